@@ -1,0 +1,50 @@
+"""A message as the queue holds it, and the Courier seam that delivers it.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hato.model.address import Address, ReversePath
+from hato.model.outcome import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    """One recipient row: `address` is where to deliver (after alias and +tag resolution);
+    `original` is the RCPT TO address as the client gave it (RFC 3461 ORCPT's default)."""
+
+    row_id: int
+    address: Address
+    original: Address
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message on disk: the body file is never rewritten; `prefix` holds the header
+    lines we added (Received, Authentication-Results, ...), CRLF-terminated, to be
+    written before the body (DESIGN.md: bodies are never rewritten)."""
+
+    queue_id: str
+    mail_from: ReversePath
+    received_at: float
+    body_path: str
+    size: int
+    prefix: bytes = b""
+    params: Mapping[str, str | None] = field(default_factory=dict)
+
+
+class Courier(Protocol):
+    """Delivers one message to some of its recipients; one outcome per recipient, in order.
+
+    Must not raise for a delivery problem: that is a TempFailed/PermFailed outcome.
+    """
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]: ...

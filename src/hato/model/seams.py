@@ -1,0 +1,31 @@
+"""The Protocols that rooms meet at, so tests can plug in fakes (clock, resolver, ...).
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Wall-clock and monotonic time; a fake in tests."""
+
+    def now(self) -> float:
+        """Seconds since the epoch (wall clock)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, never going back."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -1,0 +1,1 @@
+"""(room: see shared/DESIGN.md)"""
