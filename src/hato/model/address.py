@@ -107,9 +107,7 @@ def _parse_local_part(text: str, utf8: bool) -> tuple[str, str]:
             if ch == '"':
                 return "".join(out), text[i + 1 :]
             code = ord(ch)
-            if code in (32, 33) or 35 <= code <= 91 or 93 <= code <= 126:
-                out.append(ch)
-            elif code >= 0x80 and utf8:
+            if code in (32, 33) or 35 <= code <= 91 or 93 <= code <= 126 or (code >= 0x80 and utf8):
                 out.append(ch)
             else:
                 raise AddressError("invalid character in quoted local part")
