@@ -7,7 +7,7 @@ from hato.model.address import Address, AddressError, ReversePath, format_path, 
 from hato.model.message import Courier, QueuedMessage, QueuedRecipient
 from hato.model.outcome import Delivered, Outcome, PermFailed, TempFailed
 from hato.model.reply import Reply
-from hato.model.seams import Clock, SystemClock
+from hato.model.seams import Clock, SystemClock, UserDirectory
 
 __all__ = [
     "Address",
@@ -23,6 +23,7 @@ __all__ = [
     "ReversePath",
     "SystemClock",
     "TempFailed",
+    "UserDirectory",
     "format_path",
     "parse_path",
 ]

@@ -22,6 +22,9 @@ class QueuedRecipient:
     address: Address
     original: Address
     attempts: int = 0
+    # True when the row was found unfinished at start-up: an earlier process may have
+    # delivered it and died before recording that, so a courier should check (exactly once).
+    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from hato.model.address import Address
+
 
 class Clock(Protocol):
     """Wall-clock and monotonic time; a fake in tests."""
@@ -29,3 +31,11 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+class UserDirectory(Protocol):
+    """The accounts of our local domains (hato.accounts implements it on SQLite)."""
+
+    def exists(self, address: Address) -> bool:
+        """Whether `address` (canonical: lower-case local part, no +tag) is an account."""
+        ...
