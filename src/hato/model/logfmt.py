@@ -1,0 +1,25 @@
+"""One log line per event: ``event=NAME key=value ...`` (logfmt), shared by every room.
+
+Must not import anything of hato.
+"""
+
+from __future__ import annotations
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@<>+=,[]")
+
+
+def _value(value: object) -> str:
+    text = str(value)
+    if text and all(ch in _SAFE for ch in text):
+        return text
+    # Quote anything else; control characters are escaped so a peer cannot forge log lines.
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped)
+    return f'"{escaped}"'
+
+
+def logfmt(event: str, **fields: object) -> str:
+    """``logfmt("queued", id="A1", size=10)`` -> ``'event=queued id=A1 size=10'``."""
+    parts = [f"event={event}"]
+    parts.extend(f"{key}={_value(val)}" for key, val in fields.items() if val is not None)
+    return " ".join(parts)
