@@ -1,0 +1,55 @@
+"""The Received: trace header we prepend (RFC 5321 §4.4, RFC 3848 / RFC 6531 "with" keywords)."""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+
+from hato.model import Address
+
+
+@dataclass(frozen=True, slots=True)
+class TraceInfo:
+    helo: str
+    client_ip: str
+    hostname: str
+    esmtp: bool
+    tls: bool
+    authenticated: bool
+    smtputf8: bool
+    tls_detail: str = ""  # e.g. "version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384"
+
+
+def with_keyword(info: TraceInfo) -> str:
+    """RFC 3848 §2: SMTP / ESMTP / ESMTPA / ESMTPS / ESMTPSA; RFC 6531 §4.3 adds UTF8 forms."""
+    if not info.esmtp:
+        return "SMTP"
+    word = "ESMTP" + ("S" if info.tls else "") + ("A" if info.authenticated else "")
+    return ("UTF8" + word[1:]) if info.smtputf8 else word
+
+
+def _clean(text: str) -> str:
+    # The HELO name comes from the peer: keep it to printable characters without parentheses
+    # so it cannot break out of the comment or forge header lines (RFC 5322 §3.2.2 ccontent).
+    return "".join(ch for ch in text if ch.isprintable() and ch not in "()\\")[:255]
+
+
+def received_header(
+    info: TraceInfo, queue_id: str, recipients: list[Address], when: float
+) -> bytes:
+    """RFC 5321 §4.4 Time-stamp-line. "for" names the recipient only when there is one,
+    so a message to many does not disclose the others (RFC 5321 §7.2)."""
+    ip = info.client_ip
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    lines = [f"Received: from {_clean(info.helo) or 'unknown'} ([{literal}])"]
+    by = f"\tby {info.hostname} (Hato) with {with_keyword(info)}"
+    if info.tls and info.tls_detail:
+        lines.append(f"\t({info.tls_detail})")
+    lines.append(f"{by} id {queue_id}")
+    stamp = email.utils.formatdate(when, localtime=False)
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>; {stamp}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{stamp}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

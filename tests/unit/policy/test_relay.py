@@ -1,0 +1,44 @@
+"""Relay control: no open relay on mx, unknown users refused at RCPT time."""
+
+from hato.model import Role
+from hato.policy import (
+    Accept,
+    Defer,
+    RecipientFacts,
+    Reject,
+    SenderFacts,
+    mail_from_decision,
+    rcpt_decision,
+)
+
+
+def test_known_local_recipient_is_accepted_on_mx() -> None:
+    assert rcpt_decision(RecipientFacts(Role.MX, local_domain=True, known=True)) == Accept()
+
+
+def test_unknown_local_recipient_gets_550_5_1_1() -> None:
+    decision = rcpt_decision(RecipientFacts(Role.MX, local_domain=True, known=False))
+    assert isinstance(decision, Reject)
+    assert (decision.reply.code, decision.reply.enhanced) == (550, "5.1.1")
+
+
+def test_foreign_domain_on_mx_is_relaying_denied_even_when_authenticated() -> None:
+    for auth in (False, True):
+        facts = RecipientFacts(Role.MX, local_domain=False, known=False, authenticated=auth)
+        decision = rcpt_decision(facts)
+        assert isinstance(decision, Reject)
+        assert (decision.reply.code, decision.reply.enhanced) == (550, "5.7.1")
+
+
+def test_foreign_domain_on_submission_needs_authentication() -> None:
+    anon = rcpt_decision(RecipientFacts(Role.SUBMISSION, local_domain=False, known=False))
+    assert isinstance(anon, Reject)
+    authed = RecipientFacts(Role.SUBMISSION, local_domain=False, known=False, authenticated=True)
+    assert rcpt_decision(authed) == Accept()
+
+
+def test_full_queue_defers_mail_from_with_452_4_3_1() -> None:
+    decision = mail_from_decision(SenderFacts(Role.MX, queue_has_room=False))
+    assert isinstance(decision, Defer)
+    assert (decision.reply.code, decision.reply.enhanced) == (452, "4.3.1")
+    assert mail_from_decision(SenderFacts(Role.MX, queue_has_room=True)) == Accept()
