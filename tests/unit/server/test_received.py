@@ -17,7 +17,7 @@ BASE = TraceInfo(
 def _info(**changes: object) -> TraceInfo:
     fields = {name: getattr(BASE, name) for name in TraceInfo.__slots__}
     fields.update(changes)
-    return TraceInfo(**fields)  # type: ignore[arg-type]
+    return TraceInfo(**fields)
 
 
 def test_with_keywords() -> None:
