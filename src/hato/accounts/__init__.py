@@ -1,1 +1,11 @@
-"""(room: see shared/DESIGN.md)"""
+"""Accounts of the local domains: users and their argon2id password hashes, on SQLite.
+
+`UserStore` implements `hato.model.UserDirectory` (RCPT-time "is this a user?") and is what
+SMTP AUTH verifies passwords against and what the CLI edits.
+
+Must not import anything of hato but model.
+"""
+
+from hato.accounts.store import AccountError, UnknownUser, UserExists, UserStore, canonical_key
+
+__all__ = ["AccountError", "UnknownUser", "UserExists", "UserStore", "canonical_key"]

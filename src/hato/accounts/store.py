@@ -1,0 +1,214 @@
+"""Users and argon2id password hashes in one SQLite file (WAL).
+
+Theory of operation: every thread gets its own connection (SQLite connections must not be
+shared by concurrent threads), in autocommit mode, so every read is its own transaction and sees
+what another process (the `hato` CLI) committed a moment ago. `exists` is one SELECT on the
+primary key: cheap enough to run on the event loop for every RCPT. Writers take
+``BEGIN IMMEDIATE`` implicitly through single statements and wait up to `busy_timeout`.
+
+Passwords are hashed with argon2id (RFC 9106). The default parameters are argon2-cffi's, which
+are RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4, 16-byte salt, 32-byte tag);
+pass stronger `parameters` to raise them. Hashes made with weaker parameters are upgraded on the
+next successful `verify`. A password never leaves this module, not even in an exception.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from argon2 import Parameters, PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.profiles import RFC_9106_LOW_MEMORY
+
+from hato.model import Address
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY,          -- canonical: lower-case local part "@" lower-case domain
+    password_hash TEXT NOT NULL        -- argon2id PHC string
+) WITHOUT ROWID
+"""
+_BUSY_TIMEOUT_MS = 5000
+
+
+class AccountError(Exception):
+    """A user-store operation that cannot be done as asked."""
+
+
+class UserExists(AccountError):
+    """`add` of an address that already is an account."""
+
+
+class UnknownUser(AccountError):
+    """An operation on an address that is not an account."""
+
+
+def canonical_key(address: Address) -> str:
+    """The account key: lower-case local part, "@", lower-case domain."""
+    return f"{address.local.lower()}@{address.domain.lower()}"
+
+
+def _address_of(key: str) -> Address:
+    local, _, domain = key.rpartition("@")
+    return Address(local, domain)
+
+
+class UserStore:
+    """The accounts of our local domains (implements `hato.model.UserDirectory`).
+
+    Safe to use from several threads. The database file is created on first use, mode 0600.
+    """
+
+    def __init__(self, db_path: Path, *, parameters: Parameters = RFC_9106_LOW_MEMORY) -> None:
+        self._path = db_path
+        self._hasher = PasswordHasher.from_parameters(parameters)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._ready = False
+        self._dummy_hash: str | None = None
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _prepare_file(self) -> None:
+        """Create the database file 0600 (before SQLite would create it with the umask's mode)
+        and its schema; once per process."""
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
+        conn = self._connect()
+        try:
+            # WAL: readers (RCPT checks) never wait for a writer (the CLI), and the mode sticks to
+            # the file. SQLite gives the -wal and -shm files the database file's permissions.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, so each SELECT sees the latest committed state.
+        # check_same_thread=False only so that close() may close every thread's connection.
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if not self._ready:
+                self._prepare_file()
+                self._ready = True
+            conn = self._connect()
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection; the store may be used again afterwards."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+            self._local = threading.local()
+
+    # -- UserDirectory ---------------------------------------------------------------------
+
+    def exists(self, address: Address) -> bool:
+        row = (
+            self._conn()
+            .execute("SELECT 1 FROM users WHERE address = ?", (canonical_key(address),))
+            .fetchone()
+        )
+        return row is not None
+
+    # -- administration --------------------------------------------------------------------
+
+    def add(self, address: Address, password: str) -> None:
+        """Create an account; raises UserExists if there is one."""
+        hashed = self._hash(password)
+        key = canonical_key(address)
+        try:
+            self._conn().execute(
+                "INSERT INTO users (address, password_hash) VALUES (?, ?)", (key, hashed)
+            )
+        except sqlite3.IntegrityError:
+            raise UserExists(f"account already exists: {key}") from None
+
+    def set_password(self, address: Address, password: str) -> None:
+        """Replace an account's password; raises UnknownUser if there is no such account."""
+        hashed = self._hash(password)
+        key = canonical_key(address)
+        cursor = self._conn().execute(
+            "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, key)
+        )
+        if cursor.rowcount == 0:
+            raise UnknownUser(f"no such account: {key}")
+
+    def remove(self, address: Address) -> bool:
+        """Delete an account; False if there was none."""
+        cursor = self._conn().execute(
+            "DELETE FROM users WHERE address = ?", (canonical_key(address),)
+        )
+        return cursor.rowcount > 0
+
+    def list(self) -> list[Address]:
+        """Every account, sorted by canonical key."""
+        rows = self._conn().execute("SELECT address FROM users ORDER BY address").fetchall()
+        return [_address_of(str(row[0])) for row in rows]
+
+    # -- authentication --------------------------------------------------------------------
+
+    def verify(self, address: Address, password: str) -> bool:
+        """Whether `password` is the account's password.
+
+        An unknown account costs the same hashing time as a known one, so that the answer's
+        timing does not tell which accounts exist.
+        """
+        key = canonical_key(address)
+        dummy = self._dummy()  # made before the look-up, so the first call leaks nothing either
+        row = (
+            self._conn()
+            .execute("SELECT password_hash FROM users WHERE address = ?", (key,))
+            .fetchone()
+        )
+        if row is None:
+            self._check(dummy, password)
+            return False
+        stored = str(row[0])
+        if not self._check(stored, password):
+            return False
+        if self._hasher.check_needs_rehash(stored):
+            # Only replace the hash we checked: a concurrent set_password wins.
+            self._conn().execute(
+                "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                (self._hasher.hash(password), key, stored),
+            )
+        return True
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def _hash(self, password: str) -> str:
+        if not password:
+            raise ValueError("the password must not be empty")
+        return self._hasher.hash(password)
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        return self._dummy_hash
