@@ -1,1 +1,58 @@
-"""(room: see shared/DESIGN.md)"""
+"""Configuration: hato.toml validated into one frozen `Settings`, errors with their key path.
+
+    loaded = load_settings(path_or_None, env=os.environ, cwd=Path.cwd())
+    loaded.settings.listeners[0].port, loaded.source
+
+docs/configuration.md is the reference for every key. `app.py` hands each room its own section;
+no room below the composition root imports this package.
+
+Must not import anything of hato but model (and pydantic, tomllib).
+"""
+
+from hato.config.errors import ConfigError
+from hato.config.load import (
+    CONFIG_FILE_NAME,
+    EMBEDDED_DEFAULT,
+    EMBEDDED_SOURCE,
+    default_data_dir,
+    load_settings,
+    parse_settings,
+    settings_from_mapping,
+)
+from hato.config.sections import (
+    DomainSettings,
+    LimitsSettings,
+    ListenerSettings,
+    LocalSettings,
+    LogFormat,
+    LogLevel,
+    QueueSettings,
+    ServerSettings,
+    TlsSettings,
+)
+from hato.config.settings import LoadedSettings, Settings
+from hato.config.values import ListenAddress, parse_size
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "EMBEDDED_DEFAULT",
+    "EMBEDDED_SOURCE",
+    "ConfigError",
+    "DomainSettings",
+    "LimitsSettings",
+    "ListenAddress",
+    "ListenerSettings",
+    "LoadedSettings",
+    "LocalSettings",
+    "LogFormat",
+    "LogLevel",
+    "QueueSettings",
+    "ServerSettings",
+    "Settings",
+    "TlsSettings",
+    "default_data_dir",
+    "load_settings",
+    "parse_settings",
+    "parse_size",
+    "settings_from_mapping",
+]

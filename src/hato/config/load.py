@@ -1,0 +1,257 @@
+"""Finding, reading and validating hato.toml, and the embedded default.
+
+Which configuration is used (an interface other tools rely on): the file given with
+``--config``; else ``./hato.toml`` if it exists; else the embedded default (domain ``localhost``
+accepting any local part, one MX listener on 127.0.0.1:2525). Relative paths in a file are
+relative to the file's directory. Every section is validated on its own, and every
+[[listener]] and [[domain]] too, so that one bad value does not hide the problems after it:
+a ConfigError lists them all.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from hato.config.errors import ConfigError, translate
+from hato.config.sections import (
+    SECTIONS,
+    DomainSettings,
+    LimitsSettings,
+    ListenerSettings,
+    LocalSettings,
+    ParseContext,
+    QueueSettings,
+    ServerSettings,
+    TlsSettings,
+)
+from hato.config.settings import LoadedSettings, Settings
+from hato.config.values import domain_key, parse_domain_name, parse_listen_address, show
+from hato.model import Role
+
+M = TypeVar("M", bound=BaseModel)
+
+CONFIG_FILE_NAME = "hato.toml"
+EMBEDDED_SOURCE = "embedded default (no --config, no ./hato.toml)"
+EMBEDDED_DEFAULT: Mapping[str, Any] = {
+    "server": {"hostname": "localhost"},
+    "listener": [{"role": "mx", "address": "127.0.0.1:2525"}],
+    "domain": [{"name": "localhost", "accept_any": True}],
+}
+_EXAMPLES = {
+    "listener": 'role = "mx" and address = "0.0.0.0:25"',
+    "domain": 'name = "example.org"',
+}
+_TLS_ROLES = (Role.SUBMISSION.value, Role.SUBMISSIONS.value)
+
+
+def load_settings(
+    path: Path | None,
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    fqdn: Callable[[], str] = socket.getfqdn,
+) -> LoadedSettings:
+    """The settings from `path` (``--config``), else ./hato.toml, else the embedded default.
+
+    `env` gives HATO_HOME (the default data_dir), `cwd` the directory relative names start
+    from, `fqdn` the default server.hostname of a file that names none. Raises ConfigError.
+    """
+    if path is not None:
+        file = Path(os.path.normpath(cwd / path))
+        if not file.exists():
+            raise ConfigError(str(file), ["file does not exist (given with --config)"])
+    elif (cwd / CONFIG_FILE_NAME).is_file():
+        file = cwd / CONFIG_FILE_NAME
+    else:
+        settings = settings_from_mapping(
+            EMBEDDED_DEFAULT, base_dir=cwd, env=env, cwd=cwd, source=EMBEDDED_SOURCE, fqdn=fqdn
+        )
+        return LoadedSettings(settings, EMBEDDED_SOURCE)
+    source = str(file)
+    raw = _read_toml(file, source)
+    settings = settings_from_mapping(
+        raw, base_dir=file.parent, env=env, cwd=cwd, source=source, fqdn=fqdn
+    )
+    return LoadedSettings(settings, source)
+
+
+def parse_settings(
+    text: str,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+    source: str = "<string>",
+    fqdn: Callable[[], str] = socket.getfqdn,
+) -> Settings:
+    """Settings from TOML text, as if it were a file in `base_dir`. Raises ConfigError."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
+    return settings_from_mapping(raw, base_dir=base_dir, env=env, cwd=cwd, source=source, fqdn=fqdn)
+
+
+def default_data_dir(env: Mapping[str, str], cwd: Path) -> Path:
+    """$HATO_HOME (relative to `cwd` if relative), else `cwd`/hato-data."""
+    home = env.get("HATO_HOME", "")
+    relative = Path(home).expanduser() if home else Path("hato-data")
+    return Path(os.path.normpath(cwd / relative))
+
+
+def _read_toml(file: Path, source: str) -> dict[str, Any]:
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            source, [f"not UTF-8 (byte {exc.start}); TOML files must be UTF-8"]
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any],
+    *,
+    base_dir: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+    source: str,
+    fqdn: Callable[[], str] = socket.getfqdn,
+) -> Settings:
+    """Validate parsed TOML; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    context = ParseContext(base_dir)
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown key (valid keys: {', '.join(SECTIONS)})")
+
+    server_raw = raw.get("server", {})
+    if isinstance(server_raw, dict):
+        server_raw = {"data_dir": default_data_dir(env, cwd), **server_raw}
+        if "hostname" not in server_raw:
+            server_raw["hostname"] = _default_hostname(fqdn, problems)
+    server = _one(ServerSettings, server_raw, "server", context, problems)
+    listeners = _many(ListenerSettings, raw.get("listener"), "listener", context, problems)
+    tls = _one(TlsSettings, raw["tls"], "tls", context, problems) if "tls" in raw else None
+    limits = _one(LimitsSettings, raw.get("limits", {}), "limits", context, problems)
+    queue = _one(QueueSettings, raw.get("queue", {}), "queue", context, problems)
+    local = _one(LocalSettings, raw.get("local", {}), "local", context, problems)
+    domains = _many(DomainSettings, raw.get("domain"), "domain", context, problems)
+
+    problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
+    problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
+    if "tls" not in raw:
+        problems.extend(_tls_required(raw.get("listener")))
+    if problems or server is None or limits is None or queue is None or local is None:
+        raise ConfigError(source, problems)
+    return Settings(
+        server=server,
+        listeners=tuple(listener for _, listener in listeners),
+        tls=tls,
+        limits=limits,
+        queue=queue,
+        local=local,
+        domains=tuple(domain for _, domain in domains),
+    )
+
+
+def _default_hostname(fqdn: Callable[[], str], problems: list[str]) -> str:
+    name = fqdn()
+    try:
+        return parse_domain_name(name)
+    except ValueError:
+        problems.append(
+            f"server.hostname: not set, and this machine's name {show(name)} is not a domain "
+            'name; set hostname = "mail.example.org" (your MX host name)'
+        )
+        return "localhost"
+
+
+def _one(
+    model: type[M], raw: object, path: str, context: ParseContext, problems: list[str]
+) -> M | None:
+    try:
+        return model.model_validate(raw, context=context)
+    except ValidationError as exc:
+        problems.extend(translate(exc, path, model))
+        return None
+
+
+def _many(
+    model: type[M], raw: object, path: str, context: ParseContext, problems: list[str]
+) -> list[tuple[int, M]]:
+    """The valid entries of an array of tables, with their index; problems for the others."""
+    if raw is None or raw == []:
+        problems.append(f"{path}: at least one [[{path}]] is required, e.g. {_EXAMPLES[path]}")
+        return []
+    if not isinstance(raw, list):
+        problems.append(f"{path}: expected an array of tables ([[{path}]]), got {show(raw)}")
+        return []
+    valid = []
+    for index, item in enumerate(raw):
+        entry = _one(model, item, f"{path}[{index}]", context, problems)
+        if entry is not None:
+            valid.append((index, entry))
+    return valid
+
+
+def _entries(raw: object) -> list[tuple[int, dict[str, Any]]]:
+    """The tables of an array of tables, with their index (the cross checks read them raw, so
+    that an entry with a bad value elsewhere is still checked)."""
+    if not isinstance(raw, list):
+        return []
+    return [(index, item) for index, item in enumerate(raw) if isinstance(item, dict)]
+
+
+_IDENTITY: dict[str, tuple[Callable[[object], object], str]] = {
+    "address": (parse_listen_address, "is already used by"),
+    "name": (lambda name: domain_key(parse_domain_name(name)), "is already defined by"),
+}
+_DUPLICATE_FIX = {
+    "listener": "give each listener its own HOST:PORT",
+    "domain": "merge the two [[domain]] tables",
+}
+
+
+def _duplicates(raw: object, section: str, key: str) -> list[str]:
+    """Two [[listener]] on one address, or two [[domain]] with one name."""
+    identity, verb = _IDENTITY[key]
+    problems = []
+    seen: dict[object, int] = {}
+    for index, item in _entries(raw):
+        try:
+            value = identity(item.get(key))
+        except ValueError:
+            continue  # reported by the entry's own validation
+        if (first := seen.setdefault(value, index)) != index:
+            problems.append(
+                f"{section}[{index}].{key}: {show(item[key])} {verb} {section}[{first}]; "
+                f"{_DUPLICATE_FIX[section]}"
+            )
+    return problems
+
+
+def _tls_required(raw: object) -> list[str]:
+    # RFC 8314 §3.3 (implicit TLS) and RFC 3207 (STARTTLS): submission needs a certificate.
+    return [
+        f'tls: required by listener[{index}] (role "{item["role"]}"): add [tls] cert and key'
+        for index, item in _entries(raw)
+        if item.get("role") in _TLS_ROLES
+    ]

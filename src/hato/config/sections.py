@@ -1,0 +1,293 @@
+"""The sections of hato.toml as frozen pydantic models, one per table.
+
+Every field has a `description` saying what a valid value looks like: the loader uses it in the
+error message when a value has the wrong type. Validators raise ValueError with a message that
+names the fix; the loader adds the key path. Relative paths are resolved against
+`ParseContext.base_dir`, passed as pydantic's validation context.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
+
+from hato.config.values import (
+    ListenAddress,
+    check_readable_file,
+    parse_domain_name,
+    parse_listen_address,
+    parse_local_part,
+    parse_size,
+    parse_target,
+    resolve_path,
+    show,
+)
+from hato.model import Address, Role
+
+_SECTION = ConfigDict(frozen=True, extra="forbid")
+
+# RFC 5321 §4.5.3.1.8: a server MUST be able to buffer at least 100 recipients.
+MIN_RECIPIENTS = 100
+# RFC 5321 §4.5.3.2.7: a server SHOULD wait at least 5 minutes for the next command.
+MIN_IDLE_TIMEOUT = 300
+# RFC 5321 §4.5.3.1.6: a text line is up to 1000 octets including CRLF.
+MIN_TEXT_LINE = 1000
+_DELIMITER_CHARS = frozenset("+-_=~#%&!$*/?^`{|}'")
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """What validation needs beyond the TOML: the directory relative paths start from."""
+
+    base_dir: Path
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    if not isinstance(info.context, ParseContext):
+        raise TypeError("validate hato config sections with context=ParseContext(base_dir)")
+    return info.context.base_dir
+
+
+def _path(value: object, info: ValidationInfo) -> Path:
+    return resolve_path(value, _base_dir(info))
+
+
+def _readable_file(value: object, info: ValidationInfo) -> Path:
+    return check_readable_file(_path(value, info))
+
+
+def _target(value: object, info: ValidationInfo) -> Address:
+    # A bare local part belongs to this [[domain]]; when `name` itself is invalid the model fails
+    # anyway, so any domain serves to check the target's own syntax.
+    name = info.data.get("name")
+    return parse_target(value, name if isinstance(name, str) else "localhost")
+
+
+def _non_empty(targets: tuple[Address, ...]) -> tuple[Address, ...]:
+    if not targets:
+        raise ValueError('an alias needs at least one target (example: ["alice"])')
+    return targets
+
+
+def _at_least(minimum: int, value: int, why: str = "") -> int:
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}{why}, got {value}")
+    return value
+
+
+AbsolutePath = Annotated[Path, PlainValidator(_path)]
+ReadableFile = Annotated[Path, PlainValidator(_readable_file)]
+Size = Annotated[int, PlainValidator(parse_size)]
+Target = Annotated[Address, PlainValidator(_target)]
+LocalPart = Annotated[str, PlainValidator(parse_local_part)]
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"  # key=value lines
+    JSON = "json"  # one JSON object per line
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ServerSettings(BaseModel):
+    """[server]. The loader fills `hostname` and `data_dir` with their defaults."""
+
+    model_config = _SECTION
+
+    hostname: Annotated[str, PlainValidator(parse_domain_name)] = Field(
+        description='a domain name, e.g. "mail.example.org"'
+    )
+    data_dir: AbsolutePath = Field(description='a directory path, e.g. "/var/lib/hato"')
+    log_format: LogFormat = Field(LogFormat.TEXT, description='"text" or "json"')
+    log_level: LogLevel = Field(
+        LogLevel.INFO, description='one of "debug", "info", "warning", "error"'
+    )
+
+
+class ListenerSettings(BaseModel):
+    """One [[listener]]: a port and what it is for."""
+
+    model_config = _SECTION
+
+    role: Role = Field(description='one of "mx", "submission", "submissions"')
+    address: Annotated[ListenAddress, PlainValidator(parse_listen_address)] = Field(
+        description='HOST:PORT, e.g. "0.0.0.0:25" or "[::1]:25"'
+    )
+    max_connections: StrictInt = Field(1000, description="an integer, at least 1")
+    max_connections_per_ip: StrictInt = Field(20, description="an integer, at least 1")
+
+    @field_validator("max_connections", "max_connections_per_ip")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        return _at_least(1, value)
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+
+class TlsSettings(BaseModel):
+    """[tls]: the certificate chain and private key (PEM) for STARTTLS and implicit TLS."""
+
+    model_config = _SECTION
+
+    cert: ReadableFile = Field(description="the path of a readable PEM certificate chain file")
+    key: ReadableFile = Field(description="the path of a readable PEM private key file")
+
+
+class LimitsSettings(BaseModel):
+    """[limits]: what one SMTP session may use."""
+
+    model_config = _SECTION
+
+    max_message_size: Size = Field(
+        50 * 1024**2, description='octets as an integer, or a string like "10K", "50M", "1G"'
+    )
+    max_recipients: StrictInt = Field(100, description=f"an integer, at least {MIN_RECIPIENTS}")
+    max_bad_commands: StrictInt = Field(20, description="an integer, at least 1")
+    idle_timeout: StrictInt = Field(
+        300, description=f"seconds as an integer, at least {MIN_IDLE_TIMEOUT}"
+    )
+    session_timeout: StrictInt = Field(3600, description="seconds as an integer")
+    max_text_line: StrictInt = Field(
+        1000, description=f"octets as an integer: 0 (no limit) or at least {MIN_TEXT_LINE}"
+    )
+
+    @field_validator("max_message_size", "max_bad_commands")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        # RFC 1870 §4: SIZE 0 would mean "no fixed limit"; a limit of 0 octets accepts nothing.
+        return _at_least(1, value)
+
+    @field_validator("max_recipients")
+    @classmethod
+    def _recipients(cls, value: int) -> int:
+        # RFC 5321 §4.5.3.1.8: the minimum number of recipients that MUST be buffered is 100.
+        return _at_least(MIN_RECIPIENTS, value, " (RFC 5321 §4.5.3.1.8)")
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle(cls, value: int) -> int:
+        # RFC 5321 §4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
+        return _at_least(MIN_IDLE_TIMEOUT, value, " seconds (RFC 5321 §4.5.3.2.7)")
+
+    @field_validator("max_text_line")
+    @classmethod
+    def _text_line(cls, value: int) -> int:
+        # RFC 5321 §4.5.3.1.6: text lines of 1000 octets (with CRLF) must be accepted.
+        if value != 0 and value < MIN_TEXT_LINE:
+            raise ValueError(
+                f"must be 0 (no limit) or at least {MIN_TEXT_LINE} (RFC 5321 §4.5.3.1.6), "
+                f"got {value}"
+            )
+        return value
+
+    @field_validator("session_timeout")
+    @classmethod
+    def _session_covers_idle(cls, value: int, info: ValidationInfo) -> int:
+        idle = info.data.get("idle_timeout", MIN_IDLE_TIMEOUT)
+        return _at_least(idle, value, " seconds (limits.idle_timeout)")
+
+
+class QueueSettings(BaseModel):
+    """[queue]."""
+
+    model_config = _SECTION
+
+    min_free_space: Size = Field(
+        100 * 1024**2, description='octets as an integer, or a string like "100M", "1G"'
+    )
+
+    @field_validator("min_free_space")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        return _at_least(0, value)
+
+
+class LocalSettings(BaseModel):
+    """[local]: how local parts are matched, and the system aliases file."""
+
+    model_config = _SECTION
+
+    recipient_delimiter: str = Field(
+        "+", description='one character such as "+" or "-", or "" to turn plus-addressing off'
+    )
+    aliases_file: ReadableFile | None = Field(
+        None, description='the path of a readable aliases file, e.g. "/etc/aliases"'
+    )
+
+    @field_validator("recipient_delimiter", mode="plain")
+    @classmethod
+    def _delimiter(cls, value: object) -> str:
+        if value == "" or (isinstance(value, str) and value in _DELIMITER_CHARS):
+            return value
+        raise ValueError(
+            f'{show(value)} is not a delimiter: use one character such as "+" or "-", '
+            'or "" to turn plus-addressing off'
+        )
+
+
+class DomainSettings(BaseModel):
+    """One [[domain]]: a domain we receive mail for."""
+
+    model_config = _SECTION
+
+    name: Annotated[str, PlainValidator(parse_domain_name)] = Field(
+        description='a domain name, e.g. "example.org"'
+    )
+    catch_all: Target | None = Field(
+        None, description='a local part or an address, e.g. "alice" or "alice@example.org"'
+    )
+    accept_any: StrictBool = Field(False, description="true or false")
+    aliases: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty)]] = Field(
+        default_factory=dict,
+        description='a table of arrays, e.g. { sales = ["alice", "bob@example.org"] }',
+    )
+
+    @field_validator("accept_any")
+    @classmethod
+    def _catch_all_or_any(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("catch_all") is not None:
+            raise ValueError(
+                "true excludes catch_all: accept_any gives every local part its own mailbox, "
+                "so nothing is left for catch_all; keep one of them"
+            )
+        return value
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "server": ServerSettings,
+    "listener": ListenerSettings,
+    "tls": TlsSettings,
+    "limits": LimitsSettings,
+    "queue": QueueSettings,
+    "local": LocalSettings,
+    "domain": DomainSettings,
+}
+"""The top-level TOML keys, in the order the documentation lists them."""

@@ -1,0 +1,52 @@
+"""The validated configuration: one frozen `Settings` holding one section object per table.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hato.config.sections import (
+    DomainSettings,
+    LimitsSettings,
+    ListenerSettings,
+    LocalSettings,
+    QueueSettings,
+    ServerSettings,
+    TlsSettings,
+)
+from hato.config.values import domain_key
+from hato.model import AddressError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything hato.toml says, validated; sizes in octets, paths absolute."""
+
+    server: ServerSettings
+    listeners: tuple[ListenerSettings, ...]
+    tls: TlsSettings | None
+    limits: LimitsSettings
+    queue: QueueSettings
+    local: LocalSettings
+    domains: tuple[DomainSettings, ...]
+
+    def domain(self, name: str) -> DomainSettings | None:
+        """The [[domain]] called `name` (any case, U-label or A-label form), if it is local."""
+        try:
+            key = domain_key(name)
+        except AddressError:
+            return None
+        return next((d for d in self.domains if domain_key(d.name) == key), None)
+
+    def is_local_domain(self, name: str) -> bool:
+        return self.domain(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Settings and where they came from (a file path, or the embedded default), for humans."""
+
+    settings: Settings
+    source: str
