@@ -1,0 +1,230 @@
+"""Who is a local recipient: the RCPT-time answer for our own domains.
+
+Theory of operation: `RecipientResolver.resolve` maps an address to `NotLocal` (not one of our
+domains), `Unknown` (our domain, nobody there: the session answers 550 5.1.1), or `Local` (the
+mailboxes to deliver to and the remote addresses to forward to). For a local part the rules are
+tried in this order, and the first that yields at least one mailbox or forward wins:
+
+1. the local part is compared lower-case; one that cannot be a safe directory name is Unknown
+   (so a quoted local part like ``"../x"`` can never reach the file system);
+2. an existing user (`UserDirectory.exists`) -> that mailbox;
+3. an alias, first the domain's configured aliases, then the aliases file -> each target is
+   resolved again by these same rules (a local part of the same domain, a local address) or is a
+   forward (a remote address);
+4. ``user+tag`` -> ``user`` resolved again by these rules (the delimiter characters are
+   configurable, as in Postfix's recipient_delimiter; "" turns this off);
+5. the domain's catch-all target, resolved again by these rules;
+6. `accept_any` -> a mailbox of that local part;
+7. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
+
+Expansion stops at depth 10; a target that is already being expanded (a loop) yields nothing.
+Targets that yield nothing are listed in `Local.unresolved` for the log.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
+from hato.delivery.maildir import is_safe_mailbox_name
+from hato.model import Address, UserDirectory
+
+MAX_DEPTH = 10
+# RFC 5321 §4.5.1: "postmaster" is matched without regard to case.
+POSTMASTER = "postmaster"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDomain:
+    """One domain we deliver locally, as configured."""
+
+    name: str  # lower-case
+    catch_all: str | None = None  # local part or full address receiving unknown local parts
+    accept_any: bool = False  # every well-formed local part is a mailbox of its own
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # local part -> targets
+
+
+@dataclass(frozen=True, slots=True)
+class NotLocal:
+    """The domain is not one of ours."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """One of our domains, but no mailbox there (RFC 3463 X.1.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Deliver to `mailboxes` (lower-case local parts) and forward to `forwards`; both
+    deduplicated, in the order found. `unresolved` are alias targets that led nowhere."""
+
+    mailboxes: tuple[Address, ...]
+    forwards: tuple[Address, ...]
+    unresolved: tuple[Address, ...] = ()
+
+
+Resolution = NotLocal | Unknown | Local
+
+
+@dataclass(frozen=True, slots=True)
+class _Domain:
+    name: str
+    catch_all: AliasTarget | None
+    accept_any: bool
+    aliases: Mapping[str, tuple[AliasTarget, ...]]
+
+
+@dataclass(slots=True)
+class _Found:
+    mailboxes: dict[Address, None] = field(default_factory=dict)
+    forwards: dict[Address, None] = field(default_factory=dict)
+    unresolved: dict[Address, None] = field(default_factory=dict)
+
+
+def _domain_forms(name: str) -> set[str]:
+    """The spellings of a domain that mean the same: as given, A-label and U-label (IDNA)."""
+    forms = {name.lower()}
+    with contextlib.suppress(UnicodeError):
+        forms.add(name.encode("idna").decode("ascii").lower())
+    if name.isascii():
+        with contextlib.suppress(UnicodeError):
+            forms.add(name.encode("ascii").decode("idna").lower())
+    return forms
+
+
+def _config_target(domain: str, what: str, text: str) -> AliasTarget:
+    try:
+        return parse_target(text)
+    except AliasFileError as exc:
+        raise ValueError(f"local domain {domain!r}: {what}: {exc}") from None
+
+
+class RecipientResolver:
+    """Resolves RCPT addresses of our local domains (rules in the module docstring)."""
+
+    def __init__(
+        self,
+        domains: Sequence[LocalDomain],
+        users: UserDirectory,
+        alias_file: AliasTable | None = None,
+        delimiter: str = "+",
+    ) -> None:
+        self._users = users
+        self._alias_file = alias_file or AliasTable({})
+        self._delimiters = frozenset(delimiter)
+        self._domains: dict[str, _Domain] = {}
+        for config in domains:
+            domain = self._compile(config)
+            for form in _domain_forms(domain.name):
+                if form in self._domains:
+                    raise ValueError(f"local domain {config.name!r} is configured twice")
+                self._domains[form] = domain
+        for key in self._alias_file.entries:
+            _, at, name = key.rpartition("@")
+            if at and name not in self._domains:
+                where = self._alias_file.origins.get(key, "aliases file")
+                raise AliasFileError(f"{where}: alias {key!r}: {name} is not a local domain")
+
+    @staticmethod
+    def _compile(config: LocalDomain) -> _Domain:
+        name = config.name.lower()
+        catch_all = None
+        if config.catch_all is not None:
+            catch_all = _config_target(name, "catch_all", config.catch_all)
+        aliases = {
+            local.lower(): tuple(
+                _config_target(name, f"alias {local!r}", target) for target in targets
+            )
+            for local, targets in config.aliases.items()
+        }
+        return _Domain(name, catch_all, config.accept_any, aliases)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self._domains
+
+    def resolve(self, address: Address) -> Resolution:
+        domain = self._domains.get(address.domain.lower())
+        if domain is None:
+            return NotLocal()
+        local = address.local.lower()
+        found = _Found()
+        if not self._local_part(domain, local, 0, frozenset(), found):
+            return Unknown()
+        return Local(tuple(found.mailboxes), tuple(found.forwards), tuple(found.unresolved))
+
+    def _local_part(
+        self,
+        domain: _Domain,
+        local: str,
+        depth: int,
+        path: frozenset[tuple[str, str]],
+        found: _Found,
+    ) -> bool:
+        """Apply the rules to `local` (lower-case) in `domain`; True if anything was found."""
+        key = (domain.name, local)
+        if key in path or depth > MAX_DEPTH:
+            return False  # a loop, or too deep
+        if not is_safe_mailbox_name(local):
+            return False  # never a directory name: no path traversal through a local part
+        path = path | {key}
+        mailbox = Address(local, domain.name)
+        if self._users.exists(mailbox):
+            found.mailboxes[mailbox] = None
+            return True
+        targets = domain.aliases.get(local)
+        if targets is None:
+            targets = self._alias_file.lookup(local, domain.name)
+        if targets is not None and self._targets(domain, targets, depth + 1, path, found):
+            return True
+        base = self._without_tag(local)
+        if base is not None and self._local_part(domain, base, depth + 1, path, found):
+            return True
+        if domain.catch_all is not None and self._targets(
+            domain, (domain.catch_all,), depth + 1, path, found
+        ):
+            return True
+        if domain.accept_any or local == POSTMASTER:
+            found.mailboxes[mailbox] = None
+            return True
+        return False
+
+    def _targets(
+        self,
+        domain: _Domain,
+        targets: tuple[AliasTarget, ...],
+        depth: int,
+        path: frozenset[tuple[str, str]],
+        found: _Found,
+    ) -> bool:
+        any_found = False
+        for target in targets:
+            if isinstance(target, str):
+                ok = self._local_part(domain, target.lower(), depth, path, found)
+                address = Address(target, domain.name)
+            else:
+                address = target
+                target_domain = self._domains.get(target.domain.lower())
+                if target_domain is None:
+                    found.forwards[target] = None
+                    ok = True
+                else:
+                    ok = self._local_part(target_domain, target.local.lower(), depth, path, found)
+            if ok:
+                any_found = True
+            else:
+                found.unresolved[address] = None
+        return any_found
+
+    def _without_tag(self, local: str) -> str | None:
+        """``user`` for ``user+tag`` (first delimiter wins), or None."""
+        if not self._delimiters:
+            return None
+        for i, ch in enumerate(local):
+            if ch in self._delimiters:
+                return local[:i] if i > 0 else None
+        return None
