@@ -1,0 +1,111 @@
+"""Pytest glue for the integration tests: the real server process and the Debian peers.
+
+`make_server()` starts the real `hato serve` (or, with HATO_IT_TARGET=postfix, a private Postfix,
+to prove the harness itself) on a free loopback port with its own config and data dir. On a test
+failure every server's log is attached to the report; teardown stops each server with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+from peers.hato import HatoServer
+from peers.net import find_peer, in_ci
+from peers.postfix import PostfixServer
+from peers.server import MailServer, MailSetup
+
+_SERVERS = pytest.StashKey[list[MailServer]]()
+_HERE = Path(__file__).parent
+
+MakeServer = Callable[..., MailServer]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for server in item.stash.get(_SERVERS, []):
+            log = server.log_text().splitlines()[-300:]
+            report.sections.append((f"{server.name} log ({server.port})", "\n".join(log)))
+    return report
+
+
+def _require_peer(name: str) -> str:
+    """The path of a peer binary; missing: fail in CI, skip (with the reason) elsewhere."""
+    path = find_peer(name)
+    if path is None:
+        reason = f"peer {name!r} is not installed (.ci/run installs it from Debian)"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def target_name() -> str:
+    name = os.environ.get("HATO_IT_TARGET", "hato")
+    if name not in ("hato", "postfix"):
+        raise pytest.UsageError(f"HATO_IT_TARGET must be hato or postfix, not {name!r}")
+    return name
+
+
+@pytest.fixture
+def require_peer() -> Callable[[str], str]:
+    """`require_peer("swaks")` -> its path, or the test fails in CI / skips elsewhere."""
+    return _require_peer
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A scratch directory every peer can reach (Postfix's users must traverse its parents)."""
+    path = Path(tempfile.mkdtemp(prefix="hato-it-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[MakeServer]:
+    servers: list[MailServer] = []
+    request.node.stash[_SERVERS] = servers
+
+    def make(setup: MailSetup | None = None, data_dir: Path | None = None) -> MailServer:
+        data = data_dir or workdir / f"data{len(servers)}"
+        server: MailServer
+        if target_name() == "postfix":
+            _require_peer("postfix")
+            server = PostfixServer(data, setup)
+        else:
+            server = HatoServer(data, setup)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    errors = []
+    for server in servers:
+        try:
+            server.stop()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("; ".join(errors))
+
+
+@pytest.fixture
+def mx(make_server: MakeServer) -> MailServer:
+    """The server with the default setup: example.org accepts any local part, users.test has
+    alice only. Its host, port and data_dir are attributes."""
+    return make_server()

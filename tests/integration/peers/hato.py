@@ -1,0 +1,168 @@
+"""The real Hato process: `hato serve --config FILE` with a temporary config and data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from .net import LOOPBACK, free_port, wait_for_banner
+from .server import MailSetup, format_size
+
+
+def hato_binary() -> str:
+    """The `hato` console script of the interpreter running us (the project's venv)."""
+    candidate = Path(sys.executable).with_name("hato")
+    return str(candidate) if candidate.exists() else "hato"
+
+
+def _toml_str(value: str) -> str:
+    # A JSON string is a valid TOML basic string for the characters we use.
+    return json.dumps(value, ensure_ascii=False)
+
+
+class HatoServer:
+    """One Hato process; `start()` may be called again after `stop()`/`kill()` (same data dir)."""
+
+    name = "hato"
+    stores_crlf = True
+
+    def __init__(self, data_dir: Path, setup: MailSetup | None = None, port: int = 0) -> None:
+        self.setup = setup or MailSetup()
+        self.host = LOOPBACK
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.work = data_dir.parent / f"{data_dir.name}-run"
+        self.config = self.work / "hato.toml"
+        self.log = self.work / "hato.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._written = False
+
+    def _config_text(self) -> str:
+        s = self.setup
+        lines = [
+            "[server]",
+            'hostname = "hato.test"',
+            f"data_dir = {_toml_str(str(self.data_dir))}",
+            "",
+            "[[listener]]",
+            'role = "mx"',
+            f'address = "{self.host}:{self.port}"',
+        ]
+        for domain in s.domains:
+            lines += ["", "[[domain]]", f"name = {_toml_str(domain.name)}"]
+            if domain.accept_any:
+                lines.append("accept_any = true")
+        lines += [
+            "",
+            "[limits]",
+            f'max_message_size = "{format_size(s.max_message_size)}"',
+            f"max_recipients = {s.max_recipients}",
+            "",
+            "[queue]",
+            f'min_free_space = "{format_size(s.min_free_space)}"',
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "HATO_HOME": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
+
+    def _prepare(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self._config_text(), encoding="utf-8")
+        for domain in self.setup.domains:
+            for user in domain.users:
+                address = f"{user}@{domain.name}"
+                done = subprocess.run(
+                    [hato_binary(), "user", "add", address, "--config", str(self.config)],
+                    input=b"integration-test-password\n",
+                    capture_output=True,
+                    cwd=self.work,
+                    env=self._env(),
+                    timeout=60,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(
+                        f"hato user add {user}@{domain.name} failed ({done.returncode}): "
+                        f"{done.stdout!r} {done.stderr!r}"
+                    )
+        self._written = True
+
+    def start(self) -> None:
+        if not self._written:
+            self._prepare()
+        self._log_file = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [hato_binary(), "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
+            cwd=self.work,
+            env=self._env(),
+        )
+        try:
+            wait_for_banner(self.host, self.port, time.monotonic() + 30, alive=self.alive)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            log = self.log_text()
+            raise RuntimeError(f"hato serve did not start: {exc}\n--- log ---\n{log}") from exc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return True
+
+    def stop(self) -> None:
+        if not self._signal_and_wait(signal.SIGTERM, 15):
+            self.kill()
+            raise RuntimeError("hato did not exit within 15 s of SIGTERM")
+
+    def kill(self) -> None:
+        self._signal_and_wait(signal.SIGKILL, 15)
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def mailbox(self, user: str, domain: str) -> Path:
+        return self.data_dir / "mailboxes" / domain / user
+
+    def mailboxes(self) -> Path:
+        return self.data_dir / "mailboxes"
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def peak_rss_kib(self) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return None

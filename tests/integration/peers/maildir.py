@@ -1,0 +1,83 @@
+"""Reading what a server delivered into Maildir (and Maildir++) directories."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+# A header field line or a folded continuation (RFC 5322 §2.2, §2.2.3).
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*|[ \t][^\r\n]*")
+MARKER_HEADER = b"X-Hato-Test-Marker"
+_MARKER = re.compile(rb"^" + MARKER_HEADER + rb": *(\S+)", re.MULTILINE)
+
+
+def messages(root: Path) -> list[Path]:
+    """Delivered messages of one Maildir: files in new/ and cur/ (tmp/ is still being written)."""
+    found: list[Path] = []
+    for sub in ("new", "cur"):
+        directory = root / sub
+        if directory.is_dir():
+            found.extend(p for p in directory.iterdir() if p.is_file())
+    return sorted(found)
+
+
+def all_messages(base: Path) -> list[Path]:
+    """Every delivered message in every Maildir under `base`."""
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.rglob("*") if p.is_file() and p.parent.name in ("new", "cur"))
+
+
+def wait_for_count(root: Path, count: int, timeout: float) -> list[Path]:
+    """Poll until at least `count` messages are in the Maildir or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = messages(root)
+        if len(found) >= count or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def split_added(stored: bytes, sent: bytes) -> bytes:
+    """Check that `stored` is added header lines followed by exactly `sent`; return the prefix.
+
+    Raises AssertionError with the differing bytes when the body is not byte-exact.
+    """
+    if not stored.endswith(sent):
+        limit = min(len(stored), len(sent))
+        tail = stored[len(stored) - limit :]
+        first = next((i for i in range(limit) if tail[i] != sent[i]), limit)
+        raise AssertionError(
+            f"stored message does not end with the sent bytes; first difference at offset "
+            f"{first} of the last {limit}: stored {tail[first : first + 80]!r} "
+            f"vs sent {sent[first : first + 80]!r}"
+        )
+    prefix = stored[: len(stored) - len(sent)]
+    eol = b"\r\n" if b"\r\n" in prefix else b"\n"
+    lines = prefix.split(eol)
+    assert lines[-1] == b"", f"added headers do not end with a line end: {prefix!r}"
+    bad = [line for line in lines[:-1] if not _HEADER_LINE.fullmatch(line)]
+    assert not bad, f"added prefix has non-header lines {bad!r}"
+    return prefix
+
+
+def markers(paths: list[Path]) -> Counter[str]:
+    """How many delivered messages carry each test marker header."""
+    counts: Counter[str] = Counter()
+    for path in paths:
+        head = path.read_bytes().split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        for found in _MARKER.findall(head):
+            counts[found.decode("ascii")] += 1
+    return counts
+
+
+def stored_form(stores_crlf: bool, sent: bytes) -> bytes:
+    """What byte-exact storage of `sent` looks like (Postfix stores LF line ends, Hato CRLF)."""
+    return sent if stores_crlf else sent.replace(b"\r\n", b"\n")
+
+
+def find_marker(paths: list[Path], marker: str) -> list[Path]:
+    """The delivered messages whose marker header is `marker`."""
+    return [p for p in paths if markers([p]).get(marker)]

@@ -1,0 +1,109 @@
+"""Loopback helpers: free ports, banner waits, finding peer binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A free, high TCP port on loopback (bind port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RawSession:
+    """A raw SMTP connection for scripted dialogs: bytes out exactly as given, replies parsed."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self._buf = b""
+
+    def reply(self) -> tuple[int, list[bytes]]:
+        """Read one reply. RFC 5321 §4.2.1: "ddd-" continues a reply, "ddd " ends it."""
+        lines: list[bytes] = []
+        while True:
+            while b"\r\n" not in self._buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed by peer after {lines!r} {self._buf!r}")
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\r\n", 1)
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                return int(line[:3]), lines
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, line: bytes) -> tuple[int, list[bytes]]:
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"QUIT\r\n")
+            self.reply()
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> RawSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def banner(host: str, port: int, timeout: float = 5.0) -> bytes:
+    """Connect, read the greeting and QUIT. Returns the last greeting line."""
+    with RawSession(host, port, timeout) as session:
+        return session.reply()[1][-1]
+
+
+def wait_for_banner(
+    host: str, port: int, deadline: float, alive: Callable[[], bool] | None = None
+) -> bytes:
+    """Poll until the port answers a 220 greeting (RFC 5321 §4.3.1) or the deadline passes.
+
+    `alive`, when given, is a callable returning False once the server process has died.
+    """
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"server on {host}:{port} exited before answering")
+        try:
+            line = banner(host, port, timeout=2.0)
+        except OSError as exc:
+            last_error = exc
+            time.sleep(0.05)
+            continue
+        if line.startswith(b"220"):
+            return line
+        raise RuntimeError(f"server on {host}:{port} greeted with {line!r}, not 220")
+    raise TimeoutError(f"no 220 banner on {host}:{port} in time (last error: {last_error})")
+
+
+def find_peer(name: str) -> str | None:
+    """The path of a Debian peer binary, also looking in the sbin directories."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/sbin", "/usr/lib/postfix/sbin"):
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

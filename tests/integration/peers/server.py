@@ -1,0 +1,71 @@
+"""What every server under test offers the tests: one shape for Hato and a private Postfix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSetup:
+    """A local domain: either every local part is accepted, or only `users` exist."""
+
+    name: str
+    accept_any: bool = False
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MailSetup:
+    """The part of the configuration a test cares about."""
+
+    domains: tuple[DomainSetup, ...] = field(
+        default_factory=lambda: (
+            DomainSetup("example.org", accept_any=True),
+            DomainSetup("users.test", users=("alice",)),
+        )
+    )
+    max_message_size: int = 1024 * 1024
+    max_recipients: int = 100
+    min_free_space: int = 1024 * 1024
+
+
+class MailServer(Protocol):
+    """A running (or stoppable) SMTP server that delivers into Maildirs on this machine."""
+
+    name: str
+    host: str
+    port: int
+    data_dir: Path
+    # True when the server stores messages with CRLF line ends (Hato), False for LF (Postfix).
+    stores_crlf: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM or the server's own stop command)."""
+
+    def kill(self) -> None:
+        """Stop without warning (SIGKILL to every process of the server)."""
+
+    def alive(self) -> bool: ...
+
+    def mailbox(self, user: str, domain: str) -> Path:
+        """The Maildir root a message for user@domain lands in."""
+
+    def mailboxes(self) -> Path:
+        """The directory holding every Maildir of this server."""
+
+    def log_text(self) -> str: ...
+
+    def peak_rss_kib(self) -> int | None:
+        """Peak resident memory of the main process (VmHWM), while it runs."""
+
+
+def format_size(size: int) -> str:
+    """A size as the config files write it: "1M", "64K" or plain bytes."""
+    for unit, factor in (("M", 1024 * 1024), ("K", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
