@@ -1,0 +1,234 @@
+"""RecipientResolver: the RCPT-time rules, one by one."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hato.delivery import (
+    AliasFileError,
+    AliasTable,
+    Local,
+    LocalDomain,
+    NotLocal,
+    RecipientResolver,
+    Unknown,
+)
+from hato.model import Address
+
+ORG = "example.org"
+
+
+class Users:
+    """A fake UserDirectory that records what it was asked."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.accounts = {Address.parse(a) for a in addresses}
+        self.asked: list[Address] = []
+
+    def exists(self, address: Address) -> bool:
+        self.asked.append(address)
+        return address in self.accounts
+
+
+def a(text: str) -> Address:
+    return Address.parse(text)
+
+
+def mailboxes(*texts: str) -> Local:
+    return Local(tuple(a(t) for t in texts), ())
+
+
+def resolver(
+    *domains: LocalDomain,
+    users: Users | None = None,
+    alias_file: AliasTable | None = None,
+    delimiter: str = "+",
+) -> RecipientResolver:
+    return RecipientResolver(
+        domains or (LocalDomain(ORG),),
+        users or Users("alice@example.org", "bob@example.org"),
+        alias_file,
+        delimiter,
+    )
+
+
+def test_not_local_domain() -> None:
+    r = resolver()
+    assert r.resolve(a("alice@example.net")) == NotLocal()
+    assert not r.is_local_domain("example.net")
+    assert r.is_local_domain("EXAMPLE.org")
+
+
+def test_idn_domain_matches_in_both_spellings() -> None:
+    r = resolver(LocalDomain("bücher.example"), users=Users("anna@bücher.example"))
+    assert r.is_local_domain("xn--bcher-kva.example")
+    assert r.resolve(Address("anna", "xn--bcher-kva.example")) == mailboxes("anna@bücher.example")
+
+
+def test_user_is_its_mailbox_compared_lower_case() -> None:
+    users = Users("alice@example.org")
+    r = resolver(users=users)
+    assert r.resolve(a("Alice@example.org")) == mailboxes("alice@example.org")
+    assert users.asked == [a("alice@example.org")]
+
+
+def test_unknown_local_part() -> None:
+    assert resolver().resolve(a("carol@example.org")) == Unknown()
+
+
+@pytest.mark.parametrize(
+    "local",
+    ["../../etc", "..", ".", ".hidden", "a/b", "a\\b", "a\x00b", "a\nb", "a\x7fb", "x" * 65, ""],
+)
+def test_unsafe_local_part_is_never_a_mailbox(local: str) -> None:
+    # Even where every local part would be accepted, and where aliases match the name.
+    domain = LocalDomain(ORG, accept_any=True, catch_all="alice", aliases={local or "x": ("bob",)})
+    r = resolver(domain)
+    assert r.resolve(Address(local, ORG)) == Unknown()
+
+
+def test_quoted_local_part_traversal_from_the_wire() -> None:
+    r = resolver(LocalDomain(ORG, accept_any=True))
+    address = Address.parse('"../../../tmp/x"@example.org')
+    assert address.local == "../../../tmp/x"
+    assert r.resolve(address) == Unknown()
+
+
+def test_sixty_four_octets_is_still_fine() -> None:
+    r = resolver(LocalDomain(ORG, accept_any=True))
+    assert r.resolve(Address("x" * 64, ORG)) == mailboxes(f"{'x' * 64}@{ORG}")
+
+
+def test_config_alias_expands_to_users_and_forwards() -> None:
+    domain = LocalDomain(ORG, aliases={"Team": ("alice", "BOB", "Ext@Remote.example", "alice")})
+    result = resolver(domain).resolve(a("team@example.org"))
+    assert result == Local(
+        (a("alice@example.org"), a("bob@example.org")), (Address("Ext", "remote.example"),)
+    )
+
+
+def test_alias_recursion_across_local_domains() -> None:
+    org = LocalDomain(ORG, aliases={"sales": ("team@example.net",)})
+    net = LocalDomain("example.net", aliases={"team": ("lead",), "lead": ("alice@example.org",)})
+    assert resolver(org, net).resolve(a("sales@example.org")) == mailboxes("alice@example.org")
+
+
+def test_config_alias_before_alias_file() -> None:
+    table = AliasTable.parse("info: bob\n")
+    r = resolver(LocalDomain(ORG, aliases={"info": ("alice",)}), alias_file=table)
+    assert r.resolve(a("info@example.org")) == mailboxes("alice@example.org")
+
+
+def test_alias_file_plain_and_domain_keys() -> None:
+    org = LocalDomain(ORG)
+    net = LocalDomain("example.net")
+    table = AliasTable.parse("info: alice@example.org\nsales@example.net: bob@example.org\n")
+    r = resolver(org, net, alias_file=table)
+    assert r.resolve(a("info@example.net")) == mailboxes("alice@example.org")
+    assert r.resolve(a("info@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("sales@example.net")) == mailboxes("bob@example.org")
+    assert r.resolve(a("sales@example.org")) == Unknown()
+
+
+def test_alias_file_key_for_a_foreign_domain_is_a_config_error() -> None:
+    table = AliasTable.parse("info@elsewhere.example: alice\n", source="/etc/aliases")
+    with pytest.raises(AliasFileError, match=r"/etc/aliases:1: .*not a local domain"):
+        resolver(alias_file=table)
+
+
+def test_user_wins_over_alias() -> None:
+    r = resolver(LocalDomain(ORG, aliases={"alice": ("bob",)}))
+    assert r.resolve(a("alice@example.org")) == mailboxes("alice@example.org")
+
+
+def test_alias_loop_is_unknown() -> None:
+    domain = LocalDomain(ORG, aliases={"a": ("b",), "b": ("c",), "c": ("a",)})
+    assert resolver(domain).resolve(a("a@example.org")) == Unknown()
+
+
+def test_alias_loop_keeps_the_other_targets() -> None:
+    domain = LocalDomain(ORG, aliases={"list": ("list", "alice", "ghost")})
+    result = resolver(domain).resolve(a("list@example.org"))
+    assert result == Local(
+        (a("alice@example.org"),), (), (a("list@example.org"), a("ghost@example.org"))
+    )
+
+
+def test_depth_limit() -> None:
+    chain = {f"a{i}": (f"a{i + 1}",) for i in range(20)}
+    chain["a20"] = ("alice",)
+    r = resolver(LocalDomain(ORG, aliases=chain))
+    # aN expands 21 - N times before reaching alice; at most 10 expansions are followed.
+    assert r.resolve(a("a15@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("a11@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("a10@example.org")) == Unknown()
+
+
+def test_plus_tag_is_stripped() -> None:
+    r = resolver()
+    assert r.resolve(a("Alice+Lists@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("alice+a+b@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("+alice@example.org")) == Unknown()
+    assert r.resolve(a("carol+x@example.org")) == Unknown()
+
+
+def test_plus_tag_alias_and_exact_alias() -> None:
+    domain = LocalDomain(ORG, aliases={"team": ("alice",), "team+ops": ("bob",)})
+    r = resolver(domain)
+    assert r.resolve(a("team+ops@example.org")) == mailboxes("bob@example.org")
+    assert r.resolve(a("team+dev@example.org")) == mailboxes("alice@example.org")
+
+
+def test_delimiter_configurable_and_off() -> None:
+    assert resolver(delimiter="-").resolve(a("alice-x@example.org")) == mailboxes(
+        "alice@example.org"
+    )
+    assert resolver(delimiter="+-").resolve(a("bob-x@example.org")) == mailboxes("bob@example.org")
+    assert resolver(delimiter="").resolve(a("alice+x@example.org")) == Unknown()
+
+
+def test_catch_all_local_part_and_address() -> None:
+    r = resolver(LocalDomain(ORG, catch_all="bob"))
+    assert r.resolve(a("anything@example.org")) == mailboxes("bob@example.org")
+    assert r.resolve(a("alice@example.org")) == mailboxes("alice@example.org")
+    remote = resolver(LocalDomain(ORG, catch_all="ops@remote.example"))
+    assert remote.resolve(a("x@example.org")) == Local((), (a("ops@remote.example"),))
+
+
+def test_catch_all_that_leads_nowhere_is_unknown() -> None:
+    r = resolver(LocalDomain(ORG, catch_all="nobody"))
+    assert r.resolve(a("x@example.org")) == Unknown()
+
+
+def test_accept_any_and_its_order_after_catch_all() -> None:
+    r = resolver(LocalDomain(ORG, accept_any=True))
+    assert r.resolve(a("New.Person@example.org")) == mailboxes("new.person@example.org")
+    both = resolver(LocalDomain(ORG, accept_any=True, catch_all="bob"))
+    assert both.resolve(a("x@example.org")) == mailboxes("bob@example.org")
+
+
+def test_postmaster_always_accepted() -> None:
+    r = resolver()
+    assert r.resolve(a("PostMaster@example.org")) == mailboxes("postmaster@example.org")
+    assert r.resolve(a("postmaster+x@example.org")) == mailboxes("postmaster@example.org")
+
+
+def test_postmaster_alias_wins_and_falls_back_when_it_leads_nowhere() -> None:
+    good = AliasTable.parse("postmaster: alice\n")
+    assert resolver(alias_file=good).resolve(a("postmaster@example.org")) == mailboxes(
+        "alice@example.org"
+    )
+    dead = AliasTable.parse("postmaster: root\n")
+    result = resolver(alias_file=dead).resolve(a("postmaster@example.org"))
+    assert result == Local((a("postmaster@example.org"),), (), (a("root@example.org"),))
+
+
+def test_bad_config_targets_are_errors() -> None:
+    with pytest.raises(ValueError, match=re.escape("'example.org': alias 'x': target '|cmd'")):
+        resolver(LocalDomain(ORG, aliases={"x": ("|cmd",)}))
+    with pytest.raises(ValueError, match="catch_all"):
+        resolver(LocalDomain(ORG, catch_all="a b"))
+    with pytest.raises(ValueError, match="configured twice"):
+        resolver(LocalDomain(ORG), LocalDomain("Example.Org"))
