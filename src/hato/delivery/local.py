@@ -17,8 +17,9 @@ tried in this order, and the first that yields at least one mailbox or forward w
 6. `accept_any` -> a mailbox of that local part;
 7. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
 
-At most 10 expansions (alias, +tag, catch-all) are followed; a target that is already being expanded (a loop) yields nothing.
-Targets that yield nothing are listed in `Local.unresolved` for the log.
+At most 10 expansions (alias, +tag, catch-all) are followed; a target that is already being
+expanded (a loop) yields nothing. Targets that yield nothing are listed in `Local.unresolved`
+for the log.
 
 Must not import anything of hato but model.
 """
