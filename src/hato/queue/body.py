@@ -1,0 +1,139 @@
+"""One incoming message body, streamed to its spool file; the error a failed write becomes.
+
+Must not import anything of hato but model.
+
+Theory of operation: `write()` runs on the event loop for every chunk the session gets. It
+only appends to a memory buffer and writes the buffer to the file once it holds 64 KiB, so
+the loop pays one write(2) per 64 KiB and never an fsync. An OSError (ENOSPC, EIO) is kept
+rather than raised: the session goes on reading the DATA it must consume anyway, and
+`Queue.commit()` raises it as QueueWriteError so the client gets 451/452, never 250.
+The rest of the buffer, the fsync and the close happen in `seal()`, which the queue runs in
+its fsync thread pool.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+
+from hato.model import Reply, logfmt
+
+log = logging.getLogger("hato.queue")
+
+FLUSH_AT = 64 * 1024
+
+
+class QueueWriteError(Exception):
+    """The message could not be made durable; nothing of it stays in the queue."""
+
+    def __init__(self, code: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.errno = code
+        self.detail = detail
+
+    @property
+    def insufficient_storage(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+    @property
+    def reply(self) -> Reply:
+        """What the session answers instead of 250."""
+        if self.insufficient_storage:
+            # RFC 5321 §4.2.2 452 insufficient system storage; RFC 3463 §3.4 X.3.1 system full.
+            return Reply(452, "4.3.1", "Insufficient system storage")
+        # RFC 5321 §4.2.2 451 local error in processing; RFC 3463 §3.4 X.3.0.
+        return Reply(451, "4.3.0", "Local error in processing")
+
+    @classmethod
+    def from_os(cls, exc: OSError, what: str) -> QueueWriteError:
+        return cls(exc.errno, f"{what}: {exc.strerror or exc}")
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    SEALED = "sealed"  # handed to commit(): no more writes
+    DISCARDED = "discarded"
+
+
+class BodyWriter:
+    """The body of one message being received; get one from `Queue.new_body()`."""
+
+    __slots__ = ("_buf", "_error", "_fd", "_state", "path", "queue_id", "size")
+
+    def __init__(self, queue_id: str, path: str, fd: int, error: OSError | None = None) -> None:
+        self.queue_id = queue_id
+        self.path = path
+        self.size = 0  # octets written so far
+        self._fd = fd
+        self._buf = bytearray()
+        self._error = error
+        self._state = _State.OPEN
+
+    @property
+    def error(self) -> OSError | None:
+        """The first write error, if any (commit() raises it as QueueWriteError)."""
+        return self._error
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk; never raises for an I/O error (see the module docstring)."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"body {self.queue_id} is {self._state.value}")
+        self.size += len(data)
+        if self._error is not None:
+            return
+        self._buf += data
+        if len(self._buf) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._error = exc
+        finally:
+            view.release()
+            self._buf.clear()
+
+    def seal(self) -> None:
+        """Write what is buffered, fsync and close the file (in a worker thread).
+
+        Raises the remembered or a new OSError; the caller then discards the body.
+        """
+        if self._error is None and self._buf:
+            self._flush()
+        if self._error is not None:
+            raise self._error
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def mark_sealed(self) -> None:
+        """No more writes: commit() has taken the body."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"body {self.queue_id} is {self._state.value}")
+        self._state = _State.SEALED
+
+    def discard(self) -> None:
+        """Abandon the message: close and unlink the file. Safe to call more than once."""
+        self._state = _State.DISCARDED
+        self._buf.clear()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                log.warning(logfmt("body-close-failed", id=self.queue_id, error=exc.strerror))
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # Left behind, it is an orphan without a row: recovery at the next start removes it.
+            log.warning(logfmt("body-unlink-failed", id=self.queue_id, error=exc.strerror))

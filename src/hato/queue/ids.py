@@ -1,0 +1,70 @@
+"""Queue ids: short, unique, sortable by time, safe as file names.
+
+Must not import anything of hato but model.
+
+An id is 14 characters of Crockford base32 (upper case, no I L O U): 10 for the
+milliseconds since the epoch (50 bits) and 4 for a 20-bit sequence that starts at a random
+value each millisecond. Within one process ids are strictly increasing even when the wall
+clock steps back (the last millisecond is reused and the sequence counts up), so sorting
+ids sorts messages by arrival.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hato.model import Clock
+
+# Crockford's alphabet is in ascending ASCII order, so string order is numeric order.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TIME_CHARS = 10
+_SEQ_CHARS = 4
+_SEQ_BITS = 5 * _SEQ_CHARS
+_SEQ_MAX = (1 << _SEQ_BITS) - 1
+ID_LENGTH = _TIME_CHARS + _SEQ_CHARS
+
+
+class Rng(Protocol):
+    """The part of `random.Random` the queue uses; `random.SystemRandom()` in production."""
+
+    def random(self) -> float: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+
+def _encode(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def is_queue_id(text: str) -> bool:
+    """Whether `text` has the shape of a queue id (used to tell our files from strangers)."""
+    return len(text) == ID_LENGTH and all(ch in _ALPHABET for ch in text)
+
+
+class QueueIdGenerator:
+    """Makes queue ids from a clock and a random source (both injected for tests)."""
+
+    __slots__ = ("_clock", "_last_ms", "_rng", "_seq")
+
+    def __init__(self, clock: Clock, rng: Rng) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._last_ms = -1
+        self._seq = 0
+
+    def next(self) -> str:
+        ms = int(self._clock.now() * 1000)
+        if ms > self._last_ms:
+            self._last_ms = ms
+            # Start low in the sequence space so a burst within one ms cannot overflow it.
+            self._seq = self._rng.getrandbits(_SEQ_BITS - 1)
+        else:
+            self._seq += 1
+            if self._seq > _SEQ_MAX:
+                self._last_ms += 1
+                self._seq = self._rng.getrandbits(_SEQ_BITS - 1)
+        return _encode(self._last_ms, _TIME_CHARS) + _encode(self._seq, _SEQ_CHARS)

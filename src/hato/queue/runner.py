@@ -1,0 +1,222 @@
+"""The queue runner: hands queued messages to a Courier and records what happened.
+
+Must not import anything of hato but model and smtp.
+
+Theory of operation. Work comes from two places: messages just committed (handed over in
+memory by `Queue.commit`, already leased to us: no polling delay and no extra write), and
+rows that are due (deferred rows whose next attempt has come, rows of a previous process
+given back at open, rows whose lease ran out), leased in one write. Each message is one
+courier call, at most `max_in_flight` at a time; the outcomes go through the same group-
+commit writer as new messages. The due-row scan sleeps until the earliest next attempt (at
+most `max_sleep`), or until `wake()`.
+
+An in-flight attempt is bounded by `attempt_timeout`, shorter than the lease, so a lease
+never runs out under a live attempt; the rows in flight are also never taken twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from typing import assert_never
+
+from hato.model import (
+    Clock,
+    Courier,
+    Delivered,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    Reply,
+    TempFailed,
+    format_path,
+    logfmt,
+)
+from hato.queue.body import QueueWriteError
+from hato.queue.ids import Rng
+from hato.queue.schedule import Schedule, expired_reply, retry_at
+from hato.queue.sqlite import Pending, RowUpdate, Status
+from hato.queue.store import Queue
+
+log = logging.getLogger("hato.queue")
+
+# What a recipient's row says when the courier raised or gave a wrong answer (detail: the log).
+COURIER_ERROR = Reply(451, "4.3.0", "temporary delivery failure")
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        queue: Queue,
+        courier: Courier,
+        *,
+        clock: Clock,
+        schedule: Schedule | None = None,
+        rng: Rng | None = None,
+        max_in_flight: int = 32,
+        attempt_timeout: float = 600.0,
+        max_sleep: float = 60.0,
+        scan_limit: int = 500,
+    ) -> None:
+        if attempt_timeout >= queue.lease_seconds:
+            raise ValueError("attempt_timeout must be shorter than the queue's lease")
+        self._queue = queue
+        self._courier = courier
+        self._clock = clock
+        self._schedule = schedule if schedule is not None else Schedule()
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._attempt_timeout = attempt_timeout
+        self._max_sleep = max_sleep
+        self._scan_limit = scan_limit
+        self._in_flight: set[int] = set()  # row ids being delivered now
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Scan for due rows now (after a clock jump, or an operator's flush)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._fresh_loop(tg))
+            tg.create_task(self._due_loop(tg))
+
+    async def _fresh_loop(self, tg: asyncio.TaskGroup) -> None:
+        while True:
+            for pending in await self._queue.wait_fresh():
+                # Too little lease left for a whole attempt: leave the rows to the due scan,
+                # which takes them once the lease has run out.
+                if self._clock.now() + self._attempt_timeout >= pending.lease_until:
+                    continue
+                await self._dispatch(tg, pending)
+
+    async def _due_loop(self, tg: asyncio.TaskGroup) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                batch = await self._queue.take_due(limit=self._scan_limit, exclude=self._in_flight)
+                if len(batch) >= self._scan_limit:
+                    delay = 0.0
+                else:
+                    delay = await self._delay_until_due()
+            except QueueWriteError as exc:
+                log.error(logfmt("scan-failed", errno=exc.errno, error=exc.detail))
+                batch, delay = [], self._max_sleep
+            for pending in batch:
+                await self._dispatch(tg, pending)
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    async def _delay_until_due(self) -> float:
+        due = await self._queue.next_due()
+        if due is None:
+            return self._max_sleep
+        # At least a little: a row that is due but in flight here must not make us spin.
+        return min(max(due - self._clock.now(), 0.01), self._max_sleep)
+
+    async def _dispatch(self, tg: asyncio.TaskGroup, pending: Pending) -> None:
+        await self._slots.acquire()
+        self._in_flight.update(r.row_id for r in pending.recipients)
+        tg.create_task(self._attempt(pending))
+
+    async def _attempt(self, pending: Pending) -> None:
+        try:
+            outcomes, unknown = await self._deliver(pending.message, pending.recipients)
+            updates = [
+                self._update(pending.message, rcpt, outcome, unknown)
+                for rcpt, outcome in zip(pending.recipients, outcomes, strict=True)
+            ]
+            await self._queue.record(pending.message.queue_id, updates)
+        except QueueWriteError as exc:
+            # The rows stay leased; the due scan takes them again once the lease runs out.
+            log.error(
+                logfmt(
+                    "record-failed", id=pending.message.queue_id, errno=exc.errno, error=exc.detail
+                )
+            )
+        finally:
+            self._in_flight.difference_update(r.row_id for r in pending.recipients)
+            self._slots.release()
+
+    async def _deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> tuple[Sequence[Outcome], bool]:
+        """The courier's outcomes, and whether they are guesses (the attempt's end unknown)."""
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                outcomes = await self._courier.deliver(message, recipients)
+        except Exception as exc:
+            # STYLE.md: the one catch-all around a queue attempt. Whatever went wrong, it is a
+            # temporary failure of this attempt; we cannot know whether the message went out,
+            # so the next attempt is marked recovered (the courier checks: exactly once).
+            log.warning(
+                logfmt("courier-error", id=message.queue_id, error=f"{type(exc).__name__}: {exc}")
+            )
+            return [TempFailed(COURIER_ERROR)] * len(recipients), True
+        if len(outcomes) != len(recipients):
+            log.error(
+                logfmt(
+                    "courier-error",
+                    id=message.queue_id,
+                    error="outcome count mismatch",
+                    expected=len(recipients),
+                    got=len(outcomes),
+                )
+            )
+            return [TempFailed(COURIER_ERROR)] * len(recipients), True
+        return outcomes, False
+
+    def _update(
+        self, message: QueuedMessage, rcpt: QueuedRecipient, outcome: Outcome, unknown: bool
+    ) -> RowUpdate:
+        now = self._clock.now()
+        attempts = rcpt.attempts + 1
+        fields = {"id": message.queue_id, "to": f"<{rcpt.address}>", "attempts": attempts}
+        match outcome:
+            case Delivered(detail=detail):
+                log.info(logfmt("delivered", **fields, detail=detail or None))
+                return RowUpdate(rcpt.row_id, Status.DELIVERED, attempts, now, detail or None)
+            case TempFailed(reply=reply):
+                at = retry_at(
+                    self._schedule,
+                    attempts=attempts,
+                    received_at=message.received_at,
+                    now=now,
+                    rng=self._rng,
+                )
+                if at is None:
+                    final = expired_reply(reply)
+                    log.info(logfmt("expired", **fields, reply=str(reply)))
+                    self._bounce(message, rcpt, final)
+                    return RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(final))
+                log.info(logfmt("deferred", **fields, next=round(at - now), reply=str(reply)))
+                return RowUpdate(rcpt.row_id, Status.QUEUED, attempts, at, str(reply), unknown)
+            case PermFailed(reply=reply):
+                log.info(logfmt("failed", **fields, reply=str(reply)))
+                self._bounce(message, rcpt, reply)
+                return RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(reply))
+            case _:
+                assert_never(outcome)
+
+    def _bounce(self, message: QueuedMessage, rcpt: QueuedRecipient, reply: Reply) -> None:
+        if message.mail_from is None:
+            # RFC 5321 §6.1 / §4.5.5: never send a notification about a notification.
+            log.info(logfmt("bounce-suppressed", id=message.queue_id, reason="null-sender"))
+            return
+        log.info(
+            logfmt(
+                "bounce-needed",
+                id=message.queue_id,
+                to=format_path(message.mail_from),
+                rcpt=f"<{rcpt.original}>",
+                reply=str(reply),
+            )
+        )

@@ -1,0 +1,292 @@
+"""The queue's tables in SQLite, and the statements the writer thread runs on them.
+
+Must not import anything of hato but model. Every function here runs in the writer thread
+(or, at open, before it starts), inside a transaction the caller owns.
+
+One row per recipient (DESIGN.md: exactly once): its status, attempts, next attempt, last
+reply and lease. A row is taken for delivery by setting a lease (owner, until); a lease
+that ran out belongs to nobody, so a node that died gives its rows back by itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from hato.model import Address, QueuedMessage, QueuedRecipient, ReversePath, format_path, logfmt
+from hato.model import parse_path as _parse_path
+
+log = logging.getLogger("hato.queue")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    queue_id    TEXT PRIMARY KEY,
+    mail_from   TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size        INTEGER NOT NULL,
+    prefix      BLOB NOT NULL,
+    params      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    row_id       INTEGER PRIMARY KEY,
+    queue_id     TEXT NOT NULL,
+    address      TEXT NOT NULL,
+    original     TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'failed', 'held')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply   TEXT,
+    lease_owner  TEXT,
+    lease_until  REAL,
+    recovered    INTEGER NOT NULL DEFAULT 0,
+    updated_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
+CREATE INDEX IF NOT EXISTS recipients_message ON recipients (queue_id);
+"""
+
+
+class Status(enum.Enum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    HELD = "held"  # kept, not tried: e.g. its body file is missing (an operator looks)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    queue_id: str
+    mail_from: ReversePath
+    received_at: float
+    size: int
+    prefix: bytes
+    params: Mapping[str, str | None]
+    recipients: Sequence[tuple[Address, Address]]  # (deliver-to, original)
+
+
+@dataclass(frozen=True, slots=True)
+class RowUpdate:
+    """The result of one attempt for one recipient row."""
+
+    row_id: int
+    status: Status
+    attempts: int
+    next_attempt: float
+    last_reply: str | None
+    recovered: bool = False  # the attempt's outcome is unknown (the courier raised)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A message and those of its recipients this node holds a lease on, ready to deliver."""
+
+    message: QueuedMessage
+    recipients: tuple[QueuedRecipient, ...]
+    lease_until: float
+
+
+def connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves (the writer batches them).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # DESIGN.md, 250 means durable: every COMMIT fsyncs the WAL.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(_SCHEMA)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def insert_message(
+    conn: sqlite3.Connection, msg: NewMessage, *, node_id: str, lease_until: float
+) -> tuple[int, ...]:
+    """Insert a message and its recipient rows, leased to `node_id`; returns the row ids."""
+    conn.execute(
+        "INSERT INTO messages (queue_id, mail_from, received_at, size, prefix, params)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            msg.queue_id,
+            format_path(msg.mail_from),
+            msg.received_at,
+            msg.size,
+            msg.prefix,
+            json.dumps(dict(msg.params), separators=(",", ":")),
+        ),
+    )
+    row_ids = []
+    for address, original in msg.recipients:
+        cur = conn.execute(
+            "INSERT INTO recipients (queue_id, address, original, status, next_attempt,"
+            " lease_owner, lease_until, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                msg.queue_id,
+                str(address),
+                str(original),
+                msg.received_at,
+                node_id,
+                lease_until,
+                msg.received_at,
+            ),
+        )
+        assert cur.lastrowid is not None
+        row_ids.append(cur.lastrowid)
+    return tuple(row_ids)
+
+
+def _message_from_row(row: sqlite3.Row | tuple[object, ...], messages_dir: str) -> QueuedMessage:
+    queue_id, mail_from, received_at, size, prefix, params = row
+    assert isinstance(queue_id, str) and isinstance(mail_from, str)
+    assert isinstance(received_at, float) and isinstance(size, int)
+    assert isinstance(prefix, bytes) and isinstance(params, str)
+    return QueuedMessage(
+        queue_id=queue_id,
+        mail_from=_parse_path(mail_from, allow_null=True),
+        received_at=received_at,
+        body_path=os.path.join(messages_dir, queue_id),
+        size=size,
+        prefix=prefix,
+        params=json.loads(params),
+    )
+
+
+def take_due(
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    node_id: str,
+    lease_until: float,
+    limit: int,
+    exclude: Collection[int],
+    messages_dir: str,
+) -> list[Pending]:
+    """Lease up to `limit` due rows (queued, next attempt reached, lease free or run out).
+
+    `exclude` holds rows this process is delivering right now, never taken twice.
+    """
+    rows = conn.execute(
+        "SELECT row_id, queue_id, address, original, attempts, recovered FROM recipients"
+        " WHERE status = 'queued' AND next_attempt <= ?"
+        " AND (lease_until IS NULL OR lease_until <= ?)"
+        " ORDER BY next_attempt LIMIT ?",
+        (now, now, limit),
+    ).fetchall()
+    by_message: dict[str, list[QueuedRecipient]] = {}
+    for row_id, queue_id, address, original, attempts, recovered in rows:
+        if row_id in exclude:
+            continue
+        by_message.setdefault(queue_id, []).append(
+            QueuedRecipient(
+                row_id=row_id,
+                address=Address.parse(address),
+                original=Address.parse(original),
+                attempts=attempts,
+                recovered=bool(recovered),
+            )
+        )
+    conn.executemany(
+        "UPDATE recipients SET lease_owner = ?, lease_until = ? WHERE row_id = ?",
+        [(node_id, lease_until, r.row_id) for rs in by_message.values() for r in rs],
+    )
+    out = []
+    for queue_id, recipients in by_message.items():
+        row = conn.execute(
+            "SELECT queue_id, mail_from, received_at, size, prefix, params FROM messages"
+            " WHERE queue_id = ?",
+            (queue_id,),
+        ).fetchone()
+        if row is None:
+            log.error(logfmt("message-row-missing", id=queue_id))
+            continue
+        out.append(Pending(_message_from_row(row, messages_dir), tuple(recipients), lease_until))
+    return out
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    """The earliest time a queued row becomes due (next attempt reached and lease free)."""
+    row = conn.execute(
+        "SELECT MIN(MAX(next_attempt, COALESCE(lease_until, 0))) FROM recipients"
+        " WHERE status = 'queued'"
+    ).fetchone()
+    value = row[0] if row else None
+    return float(value) if value is not None else None
+
+
+def record_outcomes(
+    conn: sqlite3.Connection, queue_id: str, updates: Sequence[RowUpdate], now: float
+) -> bool:
+    """Write the outcome of one attempt; delete the message once no row is left to try.
+
+    Returns True when the message was deleted (its body file is then to be unlinked).
+    """
+    conn.executemany(
+        "UPDATE recipients SET status = ?, attempts = ?, next_attempt = ?, last_reply = ?,"
+        " recovered = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+        " WHERE row_id = ?",
+        [
+            (
+                u.status.value,
+                u.attempts,
+                u.next_attempt,
+                u.last_reply,
+                int(u.recovered),
+                now,
+                u.row_id,
+            )
+            for u in updates
+        ],
+    )
+    (left,) = conn.execute(
+        "SELECT COUNT(*) FROM recipients WHERE queue_id = ? AND status IN ('queued', 'held')",
+        (queue_id,),
+    ).fetchone()
+    if left:
+        return False
+    conn.execute("DELETE FROM recipients WHERE queue_id = ?", (queue_id,))
+    conn.execute("DELETE FROM messages WHERE queue_id = ?", (queue_id,))
+    return True
+
+
+def recover(conn: sqlite3.Connection, messages_dir: str, *, now: float) -> list[str]:
+    """Bring the store back to a consistent state after a stop or crash; returns problems.
+
+    - a body file without a message row never got 250: delete it;
+    - a message row without its body file cannot be delivered: hold its rows, report it;
+    - a queued row still leased was perhaps being delivered when the process died: free it
+      and mark it recovered, so the courier checks before delivering again (exactly once).
+    """
+    problems: list[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        known = {qid for (qid,) in conn.execute("SELECT queue_id FROM messages")}
+        files = set(os.listdir(messages_dir))
+        for name in sorted(files - known):
+            os.unlink(os.path.join(messages_dir, name))
+            log.info(logfmt("orphan-body-removed", id=name))
+        for queue_id in sorted(known - files):
+            conn.execute(
+                "UPDATE recipients SET status = 'held', last_reply = ?, lease_owner = NULL,"
+                " lease_until = NULL, updated_at = ? WHERE queue_id = ? AND status = 'queued'",
+                ("body file missing", now, queue_id),
+            )
+            problem = logfmt("body-missing", id=queue_id, action="held")
+            log.error(problem)
+            problems.append(problem)
+        cur = conn.execute(
+            "UPDATE recipients SET recovered = 1, lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE status = 'queued' AND lease_owner IS NOT NULL",
+            (now,),
+        )
+        if cur.rowcount:
+            log.info(logfmt("recovered", rows=cur.rowcount))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+    return problems

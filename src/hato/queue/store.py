@@ -1,0 +1,369 @@
+"""The durable queue: spool files plus the SQLite store, behind one asyncio API.
+
+Must not import anything of hato but model and smtp.
+
+Theory of operation (DESIGN.md: 250 means durable). `new_body()` creates
+`root/messages/<queue_id>` at once (O_EXCL, 0600); the session streams the body into it.
+`commit()` hands the body to a small thread pool that writes the rest, fsyncs and closes the
+file (concurrent fsyncs share journal commits), then to the group-commit writer thread,
+which fsyncs the directory once per batch and inserts the message and recipient rows in
+one transaction. `commit()` returns only after that transaction is durable; the event loop
+never waits on an fsync or on SQLite. A message row is the commit point: a body file
+without one is deleted at the next open, and a failed commit deletes its body at once.
+The new message is handed to the runner in memory (no polling), its rows already leased
+to this node in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import errno
+import logging
+import os
+import random
+import sqlite3
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from hato.model import (
+    Address,
+    Clock,
+    QueuedMessage,
+    QueuedRecipient,
+    ReversePath,
+    format_path,
+    logfmt,
+)
+from hato.queue import sqlite as store
+from hato.queue.body import BodyWriter, QueueWriteError
+from hato.queue.ids import QueueIdGenerator, Rng
+from hato.queue.sqlite import NewMessage, Pending, RowUpdate
+from hato.queue.writer import GroupCommitWriter, Job
+
+log = logging.getLogger("hato.queue")
+
+T = TypeVar("T")
+
+MIB = 1024 * 1024
+# Like Postfix's queue_minfree: refuse new mail (452 at MAIL FROM) below this much free space,
+# plus twice the announced SIZE (room for the body and for the database and logs beside it).
+DEFAULT_MIN_FREE = 100 * MIB
+FREE_SPACE_CACHE = 1.0  # seconds between statvfs calls
+DEFAULT_LEASE = 900.0  # seconds a node holds rows it is delivering
+
+
+def statvfs_free(path: Path) -> int:
+    """Bytes available to unprivileged users on the file system of `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _sqlite_errno(exc: sqlite3.Error) -> int:
+    code = getattr(exc, "sqlite_errorcode", None)
+    # SQLITE_FULL (13) is a full disk; anything else is an I/O or internal error to us.
+    return errno.ENOSPC if code == sqlite3.SQLITE_FULL else errno.EIO
+
+
+def _as_write_error(exc: BaseException, what: str) -> QueueWriteError:
+    if isinstance(exc, QueueWriteError):
+        return exc
+    if isinstance(exc, OSError):
+        return QueueWriteError.from_os(exc, what)
+    if isinstance(exc, sqlite3.Error):
+        return QueueWriteError(_sqlite_errno(exc), f"{what}: {exc}")
+    return QueueWriteError(None, f"{what}: {type(exc).__name__}: {exc}")
+
+
+class Queue:
+    """Open with `await Queue.open(...)`; close with `await queue.close()`."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        clock: Clock,
+        node_id: str,
+        rng: Rng,
+        conn: sqlite3.Connection,
+        dir_fd: int,
+        problems: Sequence[str],
+        min_free: int,
+        lease_seconds: float,
+        fsync_threads: int,
+        free_space: Callable[[Path], int],
+    ) -> None:
+        self.root = root
+        self.messages_dir = str(root / "messages")
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.problems: tuple[str, ...] = tuple(problems)
+        self._clock = clock
+        self._ids = QueueIdGenerator(clock, rng)
+        self._conn = conn
+        self._dir_fd = dir_fd
+        self._min_free = min_free
+        self._free_space = free_space
+        self._free: int | None = None
+        self._free_at = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=fsync_threads, thread_name_prefix="hato-fsync"
+        )
+        self.writer = GroupCommitWriter(conn, dir_fd, self._loop)
+        self.writer.start()
+        self._fresh: collections.deque[Pending] = collections.deque()
+        self._fresh_ready = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        root: Path,
+        *,
+        clock: Clock,
+        node_id: str,
+        rng: Rng | None = None,
+        min_free: int = DEFAULT_MIN_FREE,
+        lease_seconds: float = DEFAULT_LEASE,
+        fsync_threads: int = 16,
+        free_space: Callable[[Path], int] = statvfs_free,
+    ) -> Queue:
+        """Create the directories (0700), open the store, and recover (see `store.recover`)."""
+        now = clock.now()
+
+        def setup() -> tuple[sqlite3.Connection, int, list[str]]:
+            os.makedirs(root / "messages", mode=0o700, exist_ok=True)
+            conn = store.connect(str(root / "queue.db"))
+            try:
+                problems = store.recover(conn, str(root / "messages"), now=now)
+                dir_fd = os.open(root / "messages", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except BaseException:
+                conn.close()
+                raise
+            return conn, dir_fd, problems
+
+        conn, dir_fd, problems = await asyncio.to_thread(setup)
+        return cls(
+            root=root,
+            clock=clock,
+            node_id=node_id,
+            rng=rng if rng is not None else random.SystemRandom(),
+            conn=conn,
+            dir_fd=dir_fd,
+            problems=problems,
+            min_free=min_free,
+            lease_seconds=lease_seconds,
+            fsync_threads=fsync_threads,
+            free_space=free_space,
+        )
+
+    # ---- receiving ----
+
+    def has_room(self, size_hint: int = 0) -> bool:
+        """Whether to take a new message of about `size_hint` octets (RFC 1870 SIZE=).
+
+        False below `min_free + 2 * size_hint` free bytes; the session then answers
+        452 4.3.1 at MAIL FROM (RFC 1870 §6.2, RFC 3463 §3.4).
+        """
+        now = self._clock.monotonic()
+        if self._free is None or now - self._free_at >= FREE_SPACE_CACHE:
+            try:
+                self._free = self._free_space(self.root)
+            except OSError as exc:
+                log.error(logfmt("statvfs-failed", error=exc.strerror))
+                self._free = 0
+            self._free_at = now
+        return self._free >= self._min_free + 2 * max(size_hint, 0)
+
+    def new_body(self) -> BodyWriter:
+        """A new spool file to stream one body into; never raises for an I/O error."""
+        self._check_open()
+        queue_id = self._ids.next()
+        path = os.path.join(self.messages_dir, queue_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            return BodyWriter(queue_id, path, -1, error=exc)
+        return BodyWriter(queue_id, path, fd)
+
+    async def commit(
+        self,
+        body: BodyWriter,
+        *,
+        mail_from: ReversePath,
+        recipients: Sequence[tuple[Address, Address]],
+        prefix: bytes,
+        params: Mapping[str, str | None],
+    ) -> str:
+        """Make the message durable and return its queue id; only then may the session say 250.
+
+        Raises QueueWriteError (the body is gone, no row exists) if that cannot be done.
+        """
+        self._check_open()
+        if not recipients:
+            # RFC 5321 §3.3: DATA needs at least one accepted RCPT; a session bug if not.
+            raise ValueError("a message needs at least one recipient")
+        if body.error is not None:
+            error = QueueWriteError.from_os(body.error, "write body")
+            body.discard()
+            self._log_refused(body, error)
+            raise error
+        body.mark_sealed()
+        received_at = self._clock.now()
+        msg = NewMessage(
+            queue_id=body.queue_id,
+            mail_from=mail_from,
+            received_at=received_at,
+            size=body.size,
+            prefix=prefix,
+            params=dict(params),
+            recipients=tuple(recipients),
+        )
+        lease_until = received_at + self.lease_seconds
+        future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
+        job: Job[tuple[int, ...]] = Job(
+            run=lambda conn: store.insert_message(
+                conn, msg, node_id=self.node_id, lease_until=lease_until
+            ),
+            future=future,
+            sync_dir=True,
+            on_failure=body.discard,
+            on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until),
+        )
+        self._pool.submit(self._seal_then_insert, body, job)
+        try:
+            await future
+        except (OSError, sqlite3.Error, ValueError, QueueWriteError) as exc:
+            error = _as_write_error(exc, "commit")
+            self._log_refused(body, error)
+            raise error from exc
+        return msg.queue_id
+
+    def _seal_then_insert(self, body: BodyWriter, job: Job[tuple[int, ...]]) -> None:
+        """In the fsync pool: make the body durable, then queue the rows for the writer."""
+        try:
+            body.seal()
+        except OSError as exc:
+            body.discard()
+            self._loop.call_soon_threadsafe(_fail, job.future, exc)
+            return
+        self.writer.submit(job)
+
+    def _queued(self, msg: NewMessage, row_ids: tuple[int, ...], lease_until: float) -> None:
+        """On the loop, once the rows are durable: log and hand the message to the runner."""
+        log.info(
+            logfmt(
+                "queued",
+                id=msg.queue_id,
+                size=msg.size,
+                nrcpt=len(row_ids),
+                **{"from": format_path(msg.mail_from)},
+            )
+        )
+        message = QueuedMessage(
+            queue_id=msg.queue_id,
+            mail_from=msg.mail_from,
+            received_at=msg.received_at,
+            body_path=os.path.join(self.messages_dir, msg.queue_id),
+            size=msg.size,
+            prefix=msg.prefix,
+            params=msg.params,
+        )
+        rcpts = tuple(
+            QueuedRecipient(row_id=row_id, address=address, original=original)
+            for row_id, (address, original) in zip(row_ids, msg.recipients, strict=True)
+        )
+        self._fresh.append(Pending(message, rcpts, lease_until))
+        self._fresh_ready.set()
+
+    def _log_refused(self, body: BodyWriter, error: QueueWriteError) -> None:
+        log.warning(
+            logfmt("queue-write-failed", id=body.queue_id, errno=error.errno, error=error.detail)
+        )
+
+    # ---- for the runner ----
+
+    async def wait_fresh(self) -> list[Pending]:
+        """Wait for newly committed messages and take them all (the runner's fast path)."""
+        while not self._fresh:
+            self._fresh_ready.clear()
+            await self._fresh_ready.wait()
+        out = list(self._fresh)
+        self._fresh.clear()
+        return out
+
+    async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
+        """Lease and return due rows (at most `limit`), grouped by message."""
+        now = self._clock.now()
+        exclude = frozenset(exclude)
+        return await self._write(
+            lambda conn: store.take_due(
+                conn,
+                now=now,
+                node_id=self.node_id,
+                lease_until=now + self.lease_seconds,
+                limit=limit,
+                exclude=exclude,
+                messages_dir=self.messages_dir,
+            )
+        )
+
+    async def next_due(self) -> float | None:
+        return await self._write(store.next_due)
+
+    async def record(self, queue_id: str, updates: Sequence[RowUpdate]) -> bool:
+        """Record one attempt's outcomes; True when the message is finished and removed."""
+        now = self._clock.now()
+        path = os.path.join(self.messages_dir, queue_id)
+
+        def unlink_if_done(done: bool) -> None:
+            if done:
+                # After the commit: a crash in between leaves an orphan body, removed at open.
+                os.unlink(path)
+
+        done = await self._write(
+            lambda conn: store.record_outcomes(conn, queue_id, updates, now),
+            after_commit=unlink_if_done,
+        )
+        if done:
+            log.info(logfmt("removed", id=queue_id))
+        return done
+
+    async def _write(
+        self,
+        run: Callable[[sqlite3.Connection], T],
+        after_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        self._check_open()
+        future: asyncio.Future[T] = self._loop.create_future()
+        self.writer.submit(Job(run=run, future=future, after_commit=after_commit))
+        try:
+            return await future
+        except (OSError, sqlite3.Error, ValueError) as exc:
+            raise _as_write_error(exc, "queue store") from exc
+
+    # ---- shutdown ----
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the queue is closed")
+
+    async def close(self) -> None:
+        """Finish pending commits, then stop the threads and close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
+        await asyncio.to_thread(self.writer.stop)
+        # The writer settles futures with call_soon_threadsafe; let those callbacks run.
+        await asyncio.sleep(0)
+        self._conn.close()
+        os.close(self._dir_fd)
+
+
+def _fail(future: asyncio.Future[T], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,145 @@
+"""Fakes shared by the queue tests: a clock, a fixed random source, a scripted courier."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from hato.model import (
+    Address,
+    Delivered,
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+)
+from hato.queue import Queue
+
+T = TypeVar("T")
+
+T0 = 1_800_000_000.0  # a fixed wall-clock start (2027-01-15)
+MIB = 1024 * 1024
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.wall = now
+        self.mono = 1000.0
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class FixedRng:
+    """random() is always `value`; getrandbits counts up (deterministic ids)."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+        self.bits = 0
+
+    def random(self) -> float:
+        return self.value
+
+    def getrandbits(self, k: int, /) -> int:
+        self.bits += 1
+        return self.bits % (1 << k)
+
+
+def addr(text: str) -> Address:
+    return Address.parse(text)
+
+
+def rcpts(*texts: str) -> list[tuple[Address, Address]]:
+    return [(addr(t), addr(t)) for t in texts]
+
+
+async def open_queue(root: Path, clock: FakeClock, **kwargs: object) -> Queue:
+    return await Queue.open(
+        root,
+        clock=clock,
+        node_id="node-a",
+        rng=FixedRng(),
+        free_space=lambda _path: 10_000 * MIB,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def commit_message(
+    queue: Queue,
+    body: bytes = b"Subject: hi\r\n\r\nhello\r\n",
+    *,
+    to: Sequence[str] = ("bob@example.org",),
+    mail_from: str | None = "alice@example.com",
+    prefix: bytes = b"Received: by test\r\n",
+) -> str:
+    writer = queue.new_body()
+    writer.write(body)
+    return await queue.commit(
+        writer,
+        mail_from=addr(mail_from) if mail_from is not None else None,
+        recipients=rcpts(*to),
+        prefix=prefix,
+        params={"BODY": "8BITMIME"},
+    )
+
+
+@dataclass
+class Call:
+    message: QueuedMessage
+    recipients: tuple[QueuedRecipient, ...]
+
+
+@dataclass
+class ScriptedCourier:
+    """Answers each recipient from `script` (by address text; Delivered by default)."""
+
+    script: dict[str, Outcome | Exception] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # when set, deliveries wait for it
+    active: int = 0
+    max_active: int = 0
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]:
+        self.calls.append(Call(message, tuple(recipients)))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            outcomes: list[Outcome] = []
+            for rcpt in recipients:
+                answer = self.script.get(str(rcpt.address), Delivered("250 ok"))
+                if isinstance(answer, Exception):
+                    raise answer
+                outcomes.append(answer)
+            return outcomes
+        finally:
+            self.active -= 1
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait (real time, briefly) until `predicate()` holds; fail the test if it never does."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    async def wrapper() -> T:
+        return await main()
+
+    return asyncio.run(wrapper())

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import random
+
+from queue_fakes import FakeClock
+
+from hato.queue import QueueIdGenerator, is_queue_id
+
+
+def test_ids_are_short_filename_safe_and_unique() -> None:
+    gen = QueueIdGenerator(FakeClock(), random.Random(1))
+    ids = [gen.next() for _ in range(5000)]  # all in the same millisecond
+    assert len(set(ids)) == 5000
+    assert all(is_queue_id(i) and len(i) == 14 and i.isalnum() and i.isupper() for i in ids)
+
+
+def test_ids_sort_by_time() -> None:
+    clock = FakeClock()
+    gen = QueueIdGenerator(clock, random.Random(2))
+    ids = []
+    for _ in range(200):
+        ids.append(gen.next())
+        ids.append(gen.next())
+        clock.advance(0.0007)
+    assert ids == sorted(ids)
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back() -> None:
+    clock = FakeClock()
+    gen = QueueIdGenerator(clock, random.Random(3))
+    first = gen.next()
+    clock.advance(-60)
+    second = gen.next()
+    assert second > first
+
+
+def test_later_time_gives_a_later_id_whatever_the_randomness() -> None:
+    clock = FakeClock()
+    high = QueueIdGenerator(clock, random.Random(4))
+    a = high.next()
+    clock.advance(0.001)
+    b = QueueIdGenerator(clock, random.Random(5)).next()
+    assert a < b
+    assert not is_queue_id("../etc/passwd") and not is_queue_id("0123456789ABCI")

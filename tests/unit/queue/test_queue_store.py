@@ -1,0 +1,308 @@
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from queue_fakes import MIB, T0, FakeClock, addr, commit_message, open_queue, rcpts, run
+
+from hato.queue import Queue, QueueWriteError
+
+
+def rows(root: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(root / "queue.db") as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def bodies(root: Path) -> list[str]:
+    return sorted(os.listdir(root / "messages"))
+
+
+def test_a_commit_is_on_disk_when_it_returns(tmp_path: Path) -> None:
+    async def main() -> str:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            return await commit_message(
+                queue, b"Subject: x\r\n\r\nbody\r\n", to=("bob@example.org", "carol@example.net")
+            )
+        finally:
+            await queue.close()
+
+    queue_id = run(main)
+    assert (tmp_path / "messages" / queue_id).read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
+    assert rows(
+        tmp_path, "SELECT queue_id, mail_from, received_at, size, prefix FROM messages"
+    ) == [(queue_id, "<alice@example.com>", T0, 20, b"Received: by test\r\n")]
+    assert rows(tmp_path, "SELECT address, status, attempts, lease_owner FROM recipients") == [
+        ("bob@example.org", "queued", 0, "node-a"),
+        ("carol@example.net", "queued", 0, "node-a"),
+    ]
+    assert rows(tmp_path, "PRAGMA journal_mode") == [("wal",)]
+    assert (tmp_path / "messages").stat().st_mode & 0o777 == 0o700
+
+
+def test_large_bodies_stream_in_chunks_and_keep_every_byte(tmp_path: Path) -> None:
+    chunk = bytes(range(256)) * 100  # 25.6 KB, not a multiple of the 64 KiB flush size
+
+    async def main() -> str:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            writer = queue.new_body()
+            for _ in range(41):
+                writer.write(chunk)
+            assert writer.size == 41 * len(chunk)
+            return await queue.commit(
+                writer, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
+            )
+        finally:
+            await queue.close()
+
+    queue_id = run(main)
+    assert (tmp_path / "messages" / queue_id).read_bytes() == chunk * 41
+    assert rows(tmp_path, "SELECT mail_from, size FROM messages") == [("<>", 41 * len(chunk))]
+
+
+def test_many_concurrent_commits_all_land_with_unique_ordered_ids(tmp_path: Path) -> None:
+    async def main() -> list[str]:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            ids = await asyncio.gather(
+                *(
+                    commit_message(queue, b"m%d\r\n" % i, to=(f"u{i}@example.org",))
+                    for i in range(200)
+                )
+            )
+            assert queue.writer.batches < 200  # group commit did group
+            return ids
+        finally:
+            await queue.close()
+
+    ids = run(main)
+    assert len(set(ids)) == 200
+    assert ids == sorted(ids)  # bodies were opened in this order
+    assert bodies(tmp_path) == sorted(ids)
+    assert rows(tmp_path, "SELECT COUNT(*) FROM recipients") == [(200,)]
+
+
+def test_reopening_recovers_orphans_and_frees_leases(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    async def first_life() -> tuple[str, str]:
+        queue = await open_queue(tmp_path, clock)
+        kept = await commit_message(queue)
+        orphan = queue.new_body()  # the process dies before DATA ends: never got 250
+        orphan.write(b"half a message")
+        await queue.close()
+        return kept, orphan.queue_id
+
+    kept, orphan_id = run(first_life)
+    assert bodies(tmp_path) == sorted([kept, orphan_id])
+
+    async def second_life() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            assert queue.problems == ()
+            due = await queue.take_due(limit=10, exclude=())
+            assert [p.message.queue_id for p in due] == [kept]
+            (rcpt,) = due[0].recipients
+            assert rcpt.recovered and rcpt.address == addr("bob@example.org")
+            assert due[0].message.prefix == b"Received: by test\r\n"
+            assert due[0].message.params == {"BODY": "8BITMIME"}
+        finally:
+            await queue.close()
+
+    run(second_life)
+    assert bodies(tmp_path) == [kept]
+
+
+def test_a_row_without_its_body_is_held_and_reported(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        queue_id = await commit_message(queue)
+        await queue.close()
+        os.unlink(tmp_path / "messages" / queue_id)
+        queue = await open_queue(tmp_path, clock)
+        try:
+            assert queue.problems == (f"event=body-missing id={queue_id} action=held",)
+            assert await queue.take_due(limit=10, exclude=()) == []
+        finally:
+            await queue.close()
+
+    run(main)
+    assert rows(tmp_path, "SELECT status FROM recipients") == [("held",)]
+
+
+def _assert_nothing_queued(root: Path) -> None:
+    assert bodies(root) == []
+    assert rows(root, "SELECT COUNT(*) FROM messages") == [(0,)]
+    assert rows(root, "SELECT COUNT(*) FROM recipients") == [(0,)]
+
+
+def test_enospc_while_writing_is_reported_at_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            writer = queue.new_body()
+            monkeypatch.setattr("hato.queue.body.os.write", full)
+            writer.write(b"x" * 100_000)  # over the flush size: the write fails, silently
+            writer.write(b"more DATA the session keeps reading")
+            assert writer.error is not None and writer.size == 100_035
+            with pytest.raises(QueueWriteError) as info:
+                await queue.commit(
+                    writer, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
+                )
+            assert info.value.insufficient_storage
+            assert (info.value.reply.code, info.value.reply.enhanced) == (452, "4.3.1")
+        finally:
+            await queue.close()
+
+    run(main)
+    _assert_nothing_queued(tmp_path)
+
+
+def test_an_fsync_error_fails_the_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            monkeypatch.setattr("hato.queue.body.os.fsync", broken)
+            with pytest.raises(QueueWriteError) as info:
+                await commit_message(queue)
+            assert info.value.errno == errno.EIO and not info.value.insufficient_storage
+            assert info.value.reply.code == 451
+        finally:
+            await queue.close()
+
+    run(main)
+    _assert_nothing_queued(tmp_path)
+
+
+def test_a_full_database_fails_only_the_message_that_does_not_fit(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            await commit_message(queue)
+            # A real SQLITE_FULL: cap the database file at its current size plus a little.
+            (pages,) = await queue._write(lambda c: c.execute("PRAGMA page_count").fetchone())
+            await queue._write(lambda c: c.execute(f"PRAGMA max_page_count={pages + 4}"))
+            small = commit_message(queue, to=("small@example.org",))
+            huge = commit_message(queue, to=("huge@example.org",), prefix=b"X" * MIB)
+            results = await asyncio.gather(small, huge, return_exceptions=True)
+            assert isinstance(results[0], str)
+            assert isinstance(results[1], QueueWriteError) and results[1].insufficient_storage
+            assert sorted(bodies(tmp_path)) == sorted(
+                str(r[0]) for r in rows(tmp_path, "SELECT queue_id FROM messages")
+            )
+        finally:
+            await queue.close()
+
+    run(main)
+    addresses = rows(tmp_path, "SELECT address FROM recipients ORDER BY row_id")
+    assert addresses == [("bob@example.org",), ("small@example.org",)]
+    assert len(bodies(tmp_path)) == 2
+
+
+def test_a_body_file_that_cannot_be_created_fails_at_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_inodes(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            monkeypatch.setattr("hato.queue.store.os.open", no_inodes)
+            writer = queue.new_body()
+            monkeypatch.undo()
+            writer.write(b"data")
+            with pytest.raises(QueueWriteError):
+                await queue.commit(
+                    writer, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
+                )
+        finally:
+            await queue.close()
+
+    run(main)
+    _assert_nothing_queued(tmp_path)
+
+
+def test_a_cancelled_commit_still_lands_and_reaches_the_runner(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            task = asyncio.ensure_future(commit_message(queue))
+            await asyncio.sleep(0)
+            task.cancel()
+            fresh = await asyncio.wait_for(queue.wait_fresh(), 5)
+            assert [p.recipients[0].address for p in fresh] == [addr("bob@example.org")]
+        finally:
+            await queue.close()
+
+    run(main)
+    assert len(bodies(tmp_path)) == 1
+    assert rows(tmp_path, "SELECT COUNT(*) FROM recipients") == [(1,)]
+
+
+def test_discard_removes_the_file_and_writes_after_commit_are_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            dropped = queue.new_body()
+            dropped.write(b"abc")
+            dropped.discard()
+            dropped.discard()
+            assert bodies(tmp_path) == []
+            writer = queue.new_body()
+            await queue.commit(
+                writer, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
+            )
+            with pytest.raises(RuntimeError):
+                writer.write(b"late")
+            with pytest.raises(ValueError):
+                await queue.commit(
+                    queue.new_body(), mail_from=None, recipients=[], prefix=b"", params={}
+                )
+        finally:
+            await queue.close()
+
+    run(main)
+
+
+def test_has_room_follows_free_space_with_a_one_second_cache(tmp_path: Path) -> None:
+    clock = FakeClock()
+    free = [500 * MIB]
+    calls: list[Path] = []
+
+    def free_space(path: Path) -> int:
+        calls.append(path)
+        return free[0]
+
+    async def main() -> None:
+        queue = await Queue.open(
+            tmp_path, clock=clock, node_id="n", free_space=free_space, min_free=100 * MIB
+        )
+        try:
+            assert queue.has_room()
+            assert queue.has_room(200 * MIB)  # 100 MiB + 2 x 200 MiB = 500 MiB
+            assert not queue.has_room(201 * MIB)
+            free[0] = 50 * MIB
+            assert queue.has_room()  # cached
+            clock.advance(1.0)
+            assert not queue.has_room()
+            assert calls == [tmp_path, tmp_path]
+        finally:
+            await queue.close()
+
+    run(main)
