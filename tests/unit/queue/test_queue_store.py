@@ -306,3 +306,39 @@ def test_has_room_follows_free_space_with_a_one_second_cache(tmp_path: Path) -> 
             await queue.close()
 
     run(main)
+
+
+def test_the_directory_is_fsynced_once_per_batch_and_its_failure_fails_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dir_syncs: list[int] = []
+    real_fsync = os.fsync
+
+    dir_fd: list[int] = []
+
+    def counting(fd: int) -> None:  # os.fsync is patched for the process: count the directory
+        if fd in dir_fd:
+            dir_syncs.append(fd)
+        real_fsync(fd)
+
+    def broken(fd: int) -> None:
+        if fd in dir_fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        dir_fd.append(queue._dir_fd)
+        try:
+            monkeypatch.setattr("hato.queue.writer.os.fsync", counting)
+            await asyncio.gather(*(commit_message(queue) for _ in range(50)))
+            assert 1 <= len(dir_syncs) == queue.writer.batches < 50
+            monkeypatch.setattr("hato.queue.writer.os.fsync", broken)
+            with pytest.raises(QueueWriteError):
+                await commit_message(queue)
+        finally:
+            await queue.close()
+
+    run(main)
+    assert len(bodies(tmp_path)) == 50
+    assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(50,)]
