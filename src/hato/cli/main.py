@@ -1,0 +1,147 @@
+"""The ``hato`` command: argument parsing, dispatch, and errors as one line each on stderr.
+
+Start-up time matters (``hato-sendmail`` will share this package), so only argparse and the
+stdlib are imported here; each handler imports what it needs (config, accounts, app) itself.
+
+Exit codes: 0 done; 1 the command failed (bad address, unknown user, invalid config in
+check-config); 2 bad usage; 78 EX_CONFIG (sysexits.h) when the configuration cannot be used.
+
+Must not import anything of hato at module level but hato.cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from hato import __version__
+from hato.cli.errors import EX_CONFIG, EX_FAILURE, EX_USAGE, CommandError
+
+if TYPE_CHECKING:
+    from hato.config import LoadedSettings, Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A command line argparse cannot use."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line instead of argparse's usage block, and no SystemExit in the middle of main().
+        raise UsageError(f"{self.prog}: {message} (see: {self.prog} --help)")
+
+
+def load(args: argparse.Namespace, *, exit_code: int = EX_CONFIG) -> LoadedSettings:
+    """The settings for this command (--config, ./hato.toml or the embedded default)."""
+    from hato.config import ConfigError, load_settings  # here, not on top: start-up time
+
+    try:
+        return load_settings(args.config, env=os.environ, cwd=Path.cwd())
+    except ConfigError as exc:
+        raise CommandError(exc.lines(), exit_code) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    from hato.app import serve  # the whole server: only for `hato serve`
+
+    return serve(loaded.settings, source=loaded.source)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    loaded = load(args, exit_code=EX_FAILURE)
+    print(f"{loaded.source}: OK")
+    for line in summary(loaded.settings):
+        print(f"  {line}")
+    return 0
+
+
+def summary(settings: Settings) -> list[str]:
+    """What a configuration amounts to, in a few lines for a human."""
+    domains = ", ".join(
+        d.name + (" (any local part)" if d.accept_any else "") for d in settings.domains
+    )
+    listeners = ", ".join(f"{lst.role.value} {lst.address}" for lst in settings.listeners)
+    lines = [
+        f"hostname:  {settings.server.hostname}",
+        f"data dir:  {settings.server.data_dir}",
+        f"listeners: {listeners}",
+        f"domains:   {domains}",
+    ]
+    if settings.tls is not None:
+        lines.append(f"tls:       {settings.tls.cert}")
+    return lines
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"hato {__version__}")
+    return 0
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the configuration file (default: ./hato.toml, else the embedded default)",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hato.cli import users  # it imports hato.cli.main
+
+    parser = _Parser(prog="hato", description="Hato, a mail server.")
+    parser.add_argument("--version", action="version", version=f"hato {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    _with_config(command("serve", _serve, "run the mail server until SIGTERM"))
+    _with_config(command("check-config", _check_config, "validate the configuration"))
+    command("version", _version, "print the version")
+
+    user = commands.add_parser("user", help="manage the accounts", description="manage accounts")
+    actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, handler, help_text, takes_address in (
+        ("add", users.add, "create an account (password on stdin)", True),
+        ("remove", users.remove, "delete an account", True),
+        ("list", users.list_users, "print every account, one per line", False),
+        ("passwd", users.passwd, "change a password (password on stdin)", True),
+    ):
+        sub = _with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub.set_defaults(handler=handler)
+        if takes_address:
+            sub.add_argument("address", metavar="ADDRESS", help="local@domain")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``hato`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EX_USAGE
+    except SystemExit as exc:  # --help and --version end here
+        return exc.code if isinstance(exc.code, int) else 0
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as exc:
+        for line in exc.lines:
+            print(f"hato: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hato: interrupted", file=sys.stderr)
+        return 130
