@@ -202,7 +202,8 @@ class MaildirCourier:
             body = os.read(body_fd, body_size) if body_size <= SMALL_BODY else None
             if body is not None and len(body) != body_size:
                 raise OSError(errno.EIO, "short read of the body file")
-            head = f"Return-Path: {format_path(message.mail_from)}\r\n".encode()
+            # "replace": a stray surrogate from the wire must not make delivery raise.
+            head = f"Return-Path: {format_path(message.mail_from)}\r\n".encode("utf-8", "replace")
             for i, rcpt in enumerate(recipients):
                 try:
                     new_dir = self._deliver_one(message, rcpt, head, body_fd, body, body_size)
