@@ -34,6 +34,17 @@ from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget, parse
 from hato.delivery.maildir import is_safe_mailbox_name
 from hato.model import Address, UserDirectory
 
+__all__ = [  # AliasTable and AliasFileError re-exported: callers build a resolver from here
+    "AliasFileError",
+    "AliasTable",
+    "Local",
+    "LocalDomain",
+    "NotLocal",
+    "RecipientResolver",
+    "Resolution",
+    "Unknown",
+]
+
 MAX_DEPTH = 10
 # RFC 5321 §4.5.1: "postmaster" is matched without regard to case.
 POSTMASTER = "postmaster"
