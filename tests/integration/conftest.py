@@ -107,5 +107,5 @@ def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[MakeS
 @pytest.fixture
 def mx(make_server: MakeServer) -> MailServer:
     """The server with the default setup: example.org accepts any local part, users.test has
-    alice only. Its host, port and data_dir are attributes."""
+    alice and load only. Its host, port and data_dir are attributes."""
     return make_server()

@@ -81,3 +81,13 @@ def stored_form(stores_crlf: bool, sent: bytes) -> bytes:
 def find_marker(paths: list[Path], marker: str) -> list[Path]:
     """The delivered messages whose marker header is `marker`."""
     return [p for p in paths if markers([p]).get(marker)]
+
+
+def wait_for_marker(root: Path, marker: str, timeout: float) -> list[Path]:
+    """Poll a Maildir until a message with `marker` appears (or `timeout` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = find_marker(messages(root), marker)
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)

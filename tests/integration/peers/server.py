@@ -23,7 +23,7 @@ class MailSetup:
     domains: tuple[DomainSetup, ...] = field(
         default_factory=lambda: (
             DomainSetup("example.org", accept_any=True),
-            DomainSetup("users.test", users=("alice",)),
+            DomainSetup("users.test", users=("alice", "load")),
         )
     )
     max_message_size: int = 1024 * 1024
