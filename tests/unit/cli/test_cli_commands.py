@@ -1,0 +1,256 @@
+"""`hato` commands run in-process: exit codes, stdout and stderr as a user sees them."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hato.accounts import UserStore
+from hato.cli import main
+from hato.model import Address
+
+CONFIG = """
+[server]
+hostname = "mail.example.org"
+data_dir = "data"
+
+[[listener]]
+role = "mx"
+address = "127.0.0.1:2525"
+
+[[domain]]
+name = "example.org"
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory with ./hato.toml (data_dir ./data), as the current directory."""
+    (tmp_path / "hato.toml").write_text(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HATO_HOME", raising=False)
+    return tmp_path
+
+
+def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "version") == (0, "hato 0.1.0\n", "")
+    assert run(capsys, "--version") == (0, "hato 0.1.0\n", "")
+
+
+def test_version_imports_neither_pydantic_nor_the_server() -> None:
+    code = (
+        "import sys; from hato.cli import main; main(['version']); "
+        "print(sorted(m for m in ('pydantic', 'hato.config', 'hato.app', 'hato.accounts', "
+        "'argon2') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout == "hato 0.1.0\n[]\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "hato: the following arguments are required: COMMAND (see: hato --help)\n"),
+        (("frob",), "hato: argument COMMAND: invalid choice: 'frob'"),
+        (("user", "add"), "hato user add: the following arguments are required: ADDRESS"),
+        (("user",), "hato user: the following arguments are required: ACTION"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "user", "--help")
+    assert code == 0 and "passwd" in out
+
+
+def test_check_config_summary(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "check-config")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"{workdir}/hato.toml: OK",
+        "  hostname:  mail.example.org",
+        f"  data dir:  {workdir}/data",
+        "  listeners: mx 127.0.0.1:2525",
+        "  domains:   example.org",
+    ]
+
+
+def test_check_config_without_a_file_shows_the_embedded_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HATO_HOME", str(tmp_path / "home"))
+    code, out, _ = run(capsys, "check-config")
+    assert code == 0
+    assert out.splitlines()[0] == "embedded default (no --config, no ./hato.toml): OK"
+    assert f"  data dir:  {tmp_path}/home" in out.splitlines()
+    assert "  domains:   localhost (any local part)" in out.splitlines()
+
+
+def test_check_config_lists_every_problem_and_exits_1(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = CONFIG.replace('"127.0.0.1:2525"', '"foo"') + "[limits]\nmax_recipients = 10\n"
+    (workdir / "bad.toml").write_text(bad)
+    code, out, err = run(capsys, "check-config", "--config", "bad.toml")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f'hato: {workdir}/bad.toml: listener[0].address: "foo" is not HOST:PORT '
+        '(example: "0.0.0.0:25", "[::1]:25")',
+        f"hato: {workdir}/bad.toml: limits.max_recipients: must be at least 100 "
+        "(RFC 5321 §4.5.3.1.8), got 10",
+    ]
+
+
+def test_a_missing_config_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = f"hato: {workdir}/nope.toml: file does not exist (given with --config)\n"
+    assert run(capsys, "check-config", "--config", "nope.toml") == (1, "", expected)
+    # serve stops at the configuration (EX_CONFIG) before anything of the server starts.
+    assert run(capsys, "serve", "--config", "nope.toml") == (78, "", expected)
+    assert run(capsys, "user", "list", "--config", "nope.toml") == (78, "", expected)
+
+
+def test_user_add_list_remove(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "user", "list") == (0, "", "")
+    assert not (workdir / "data").exists()  # listing creates nothing
+    stdin(monkeypatch, "s3cret pass\nignored second line\n")
+    assert run(capsys, "user", "add", "Alice@Example.ORG") == (0, "added Alice@example.org\n", "")
+    stdin(monkeypatch, "other\r\n")
+    assert run(capsys, "user", "add", "bob@example.org") == (0, "added bob@example.org\n", "")
+    assert run(capsys, "user", "list") == (0, "alice@example.org\nbob@example.org\n", "")
+
+    store = UserStore(workdir / "data" / "users.db")
+    try:
+        assert store.verify(Address("alice", "example.org"), "s3cret pass")
+        assert store.verify(Address("bob", "example.org"), "other")
+    finally:
+        store.close()
+
+    assert run(capsys, "user", "remove", "bob@example.org") == (0, "removed bob@example.org\n", "")
+    assert run(capsys, "user", "list") == (0, "alice@example.org\n", "")
+    assert run(capsys, "user", "remove", "bob@example.org") == (
+        1,
+        "",
+        "hato: no such user: bob@example.org (see: hato user list)\n",
+    )
+
+
+def test_user_add_refusals(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin(monkeypatch, "\n")
+    assert run(capsys, "user", "add", "alice@example.org") == (
+        1,
+        "",
+        "hato: the password must not be empty (give it as the first line of stdin)\n",
+    )
+    stdin(monkeypatch, "")
+    assert run(capsys, "user", "add", "alice@example.org")[0] == 1
+    stdin(monkeypatch, "pw\n")
+    code, _, err = run(capsys, "user", "add", "alice@")
+    assert code == 1
+    assert err.startswith('hato: "alice@" is not an address (')
+    stdin(monkeypatch, "pw\n")
+    assert run(capsys, "user", "add", "alice@example.net") == (
+        1,
+        "",
+        f"hato: example.net is not a local domain of {workdir}/hato.toml (local domains: "
+        'example.org); add a [[domain]] with name = "example.net" first\n',
+    )
+    stdin(monkeypatch, "pw\n")
+    assert run(capsys, "user", "add", "alice@example.org")[0] == 0
+    stdin(monkeypatch, "pw2\n")
+    assert run(capsys, "user", "add", "ALICE@example.org") == (
+        1,
+        "",
+        "hato: ALICE@example.org already exists; change its password with: "
+        "hato user passwd ALICE@example.org\n",
+    )
+
+
+def test_user_passwd(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin(monkeypatch, "new\n")
+    assert run(capsys, "user", "passwd", "alice@example.org") == (
+        1,
+        "",
+        f"hato: no accounts yet: {workdir}/data/users.db does not exist (see: hato user add)\n",
+    )
+    stdin(monkeypatch, "old\n")
+    assert run(capsys, "user", "add", "alice@example.org")[0] == 0
+    stdin(monkeypatch, "new\n")
+    assert run(capsys, "user", "passwd", "bob@example.org") == (
+        1,
+        "",
+        "hato: no such user: bob@example.org (see: hato user list)\n",
+    )
+    stdin(monkeypatch, "new\n")
+    assert run(capsys, "user", "passwd", "alice@example.org") == (
+        0,
+        "changed the password of alice@example.org\n",
+        "",
+    )
+    store = UserStore(workdir / "data" / "users.db")
+    try:
+        assert store.verify(Address("alice", "example.org"), "new")
+        assert not store.verify(Address("alice", "example.org"), "old")
+    finally:
+        store.close()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("typed", "code", "err"),
+    [
+        (["pw", "pw"], 0, ""),
+        (["pw", "pW"], 1, "hato: the two passwords differ; nothing was changed\n"),
+    ],
+)
+def test_a_terminal_is_asked_twice(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    typed: list[str],
+    code: int,
+    err: str,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", FakeTerminal("never read\n"))
+    answers = iter(typed)
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr("getpass.getpass", fake_getpass)
+    assert run(capsys, "user", "add", "alice@example.org")[::2] == (code, err)
+    assert prompts == ["New password: ", "Repeat the password: "]
