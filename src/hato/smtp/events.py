@@ -130,6 +130,12 @@ class CloseConnection:
     reply: Reply
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The client closed its side (EOF) without QUIT. Nothing was sent; a message in
+    progress is gone (throw its spooled body away). Close the transport; feed nothing more."""
+
+
 Event = (
     Hello
     | MailFrom
@@ -145,6 +151,7 @@ Event = (
     | AuthCancelled
     | ProtocolError
     | CloseConnection
+    | ConnectionLost
 )
 
 

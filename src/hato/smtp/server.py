@@ -1,0 +1,375 @@
+"""The sans-IO SMTP server core (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+ENHANCEDSTATUSCODES, CHUNKING, DSN parameters, STARTTLS and AUTH).
+
+Theory of operation
+-------------------
+The session feeds socket bytes with receive_data() (b"" is EOF) and calls next_event()
+until it returns NEED_DATA (read more, then write data_to_send()) or PAUSED (we owe an
+answer). Events come out one at a time, in input order:
+
+* A *decision* event (Hello, MailFrom, RcptTo, MessageEnd, StartTLSRequest, AuthRequest,
+  AuthResponse) stops parsing until the session answers it with accept(), reply() or
+  auth_challenge(); so pipelined commands (RFC 2920) are answered strictly in order.
+* Everything else the core answers by itself (syntax and sequence errors, NOOP, RSET,
+  the 354 of DATA, ...) and reports with an informational event where the session needs
+  to know (ProtocolError, TransactionReset, DataStart, BodyChunk, MessageAborted, ...).
+* CloseConnection (our last reply is queued) and ConnectionLost (EOF from the client)
+  end the conversation; feeding more raises LocalProtocolError.
+
+Replies accumulate in an output buffer; the session writes data_to_send() once per read.
+The verbs each state takes are the one table states.ALLOWED; anything not in it is
+503 5.5.1. One handler per verb lives in verbs.py. The input is framed by framing.py:
+CRLF-only command lines (a bare CR or LF closes the connection: SMTP smuggling), DATA
+bodies scanned a whole read at a time, and BDAT chunks counted exactly. Peer errors never
+raise, they become replies; only our own misuse raises LocalProtocolError.
+
+Must not import asyncio, socket, ssl, time or logging.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections import deque
+from typing import assert_never
+
+from hato.model import Reply
+from hato.smtp import replies as R
+from hato.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    AuthRequest,
+    AuthResponse,
+    BodyChunk,
+    ConnectionLost,
+    Event,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageEnd,
+    ProtocolError,
+    RcptTo,
+    Sentinel,
+    ServerSettings,
+    StartTLSRequest,
+)
+from hato.smtp.framing import LineStatus, discard_line, find_line
+from hato.smtp.states import LocalProtocolError, State
+from hato.smtp.verbs import Decision, VerbHandlers
+
+
+class ServerConnection(VerbHandlers):
+    """One SMTP server connection, without I/O. See the module docstring."""
+
+    def __init__(self, settings: ServerSettings, *, tls_active: bool = False) -> None:
+        self._settings = settings
+        self._tls_active = tls_active
+        self._state = State.INITIAL
+        self._authenticated = False
+        self._hello_name: str | None = None
+        self._esmtp = False
+        # buf[pos-2:pos] are always two consumed bytes (see hato.smtp.framing)
+        self._buf = b"\r\n"
+        self._pos = 2
+        self._eof = False
+        self._discarding = False  # skipping the rest of an over-long line
+        self._skip = 0  # octets of a refused BDAT chunk still to skip
+        self._events = deque()
+        self._decision = None
+        self._out = []
+        self._errors = 0
+        self._reset_message_state()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @property
+    def hello_name(self) -> str | None:
+        return self._hello_name
+
+    @property
+    def esmtp(self) -> bool:
+        """True once an EHLO (not HELO) was accepted."""
+        return self._esmtp
+
+    # ---- the session's side ----
+    def greet(self, reply: Reply | None = None) -> None:
+        """Queue the banner: 220 by default; 554 = RFC 5321 §3.1 reject mode; 421 = close."""
+        if self._state is not State.INITIAL:
+            raise LocalProtocolError("greet() called twice")
+        # RFC 2034 §3: the greeting carries no enhanced status code.
+        reply = reply or Reply(220, None, f"{self._settings.hostname} ESMTP Hato")
+        if reply.code == 220:
+            self._state = State.GREETED
+            self._send(reply)
+        elif reply.code == 554:
+            self._state = State.REJECTING
+            self._send(reply)
+        elif reply.code == 421:
+            self._close(reply)
+        else:
+            raise LocalProtocolError(f"a greeting is 220, 421 or 554, not {reply.code}")
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; b"" means EOF."""
+        if self._state is State.CLOSED:
+            raise LocalProtocolError("receive_data() after the connection was closed")
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("receive_data() after EOF")
+        if self._state is State.TLS_HANDSHAKE:
+            raise LocalProtocolError("receive_data() before tls_established()")
+        # Keep two consumed bytes as context (hato.smtp.framing); drop the rest.
+        self._buf = self._buf[self._pos - 2 :] + data
+        self._pos = 2
+
+    def next_event(self) -> Event | Sentinel:
+        """The next event; NEED_DATA to read more, PAUSED while we owe an answer."""
+        while not self._events and self._decision is None and self._step():
+            pass
+        if self._events:
+            return self._events.popleft()
+        if self._decision is not None or self._state is State.TLS_HANDSHAKE:
+            return PAUSED
+        if self._eof and self._state is not State.CLOSED:
+            self._state = State.CLOSED
+            return ConnectionLost()
+        return NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer; clears it."""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def accept(self, text: str | None = None) -> None:
+        """The standard positive answer to the pending decision event."""
+        event = self._take_decision()
+        match event:
+            case Hello():
+                self._accept_hello(event, text)
+            case MailFrom():
+                self._send(R.with_text(R.MAIL_OK, text))
+                self._state = State.MAIL
+                self._txn_smtputf8 = event.smtputf8
+            case RcptTo():
+                self._send(R.with_text(R.RCPT_OK, text))
+                self._accepted += 1
+                self._state = State.RCPT
+            case MessageEnd():
+                self._send(R.with_text(R.MESSAGE_OK, text))
+                self._end_transaction()
+            case StartTLSRequest():
+                self._send(R.with_text(R.STARTTLS_READY, text))
+                self._start_tls()
+            case AuthRequest() | AuthResponse():
+                self._send(R.with_text(R.AUTH_OK, text))
+                self._authenticated = True
+                self._state = State.READY
+            case _:
+                assert_never(event)
+
+    def reply(self, reply: Reply) -> None:
+        """Any other (negative) answer to the pending decision event."""
+        if reply.code < 400:
+            raise LocalProtocolError("use accept() or auth_challenge() for a positive answer")
+        event = self._take_decision()
+        if reply.code == 421:
+            # RFC 5321 §3.8: 421 means the server closes the channel.
+            self._close(reply)
+            return
+        self._send(reply)
+        match event:
+            case RcptTo():
+                self._refused += 1
+            case MessageEnd():
+                self._end_transaction()
+            case AuthRequest() | AuthResponse():
+                self._state = State.READY
+            case Hello() | MailFrom() | StartTLSRequest():
+                pass
+            case _:
+                assert_never(event)
+
+    def auth_challenge(self, data: bytes) -> None:
+        """RFC 4954 §4: a 334 continuation carrying base64(data)."""
+        if not isinstance(self._decision, AuthRequest | AuthResponse):
+            raise LocalProtocolError("auth_challenge() without a pending AUTH event")
+        self._take_decision()
+        # No enhanced code on a 3xx (RFC 3463 §3.1).
+        self._out.append(b"334 " + binascii.b2a_base64(data, newline=False) + b"\r\n")
+        self._state = State.AUTH
+
+    def tls_established(self) -> None:
+        """RFC 3207 §4.2: after the handshake, forget everything; EHLO is needed again."""
+        if self._state is not State.TLS_HANDSHAKE:
+            raise LocalProtocolError("tls_established() without an accepted STARTTLS")
+        self._tls_active = True
+        self._state = State.GREETED
+        self._hello_name = None
+        self._esmtp = False
+        self._authenticated = False
+
+    # ---- answering ----
+    def _take_decision(self) -> Decision:
+        event = self._decision
+        if event is None or self._events:
+            raise LocalProtocolError("no decision event is pending")
+        self._decision = None
+        return event
+
+    def _accept_hello(self, event: Hello, text: str | None) -> None:
+        host = self._settings.hostname
+        first = host if text is None else f"{host} {text}"
+        lines = [first, *self.capabilities()] if event.kind == "EHLO" else [first]
+        # RFC 2034 §3: replies to EHLO/HELO carry no enhanced status code.
+        self._send(Reply(250, None, "\n".join(lines)))
+        self._hello_name = event.domain
+        self._esmtp = event.kind == "EHLO"
+        if self._state is State.GREETED:
+            self._state = State.READY
+
+    def _start_tls(self) -> None:
+        # RFC 3207 §4.2 / CVE-2011-0411: bytes pipelined after STARTTLS are discarded
+        # unanswered; they came in clear text and may have been injected.
+        extra = len(self._buf) - self._pos
+        self._buf = b"\r\n"
+        self._pos = 2
+        self._discarding = False
+        self._state = State.TLS_HANDSHAKE
+        if extra:
+            detail = f"{extra} octets pipelined after STARTTLS discarded"
+            self._events.append(ProtocolError(R.STARTTLS_READY, detail))
+
+    def _end_message(self, refusal: Reply | None, size: int) -> None:
+        if refusal is None:
+            self._decide(MessageEnd(size))
+            return
+        self._send(refusal)
+        self._events.append(MessageAborted(refusal))
+        self._end_transaction()
+
+    # ---- input stepping ----
+    def _step(self) -> bool:
+        """Parse one unit of input; False when nothing more can be done now."""
+        state = self._state
+        if state in (State.INITIAL, State.CLOSED, State.TLS_HANDSHAKE):
+            return False
+        if self._skip:
+            return self._skip_octets()
+        if self._discarding:
+            return self._discard()
+        if state is State.DATA:
+            return self._step_data()
+        if state is State.BDAT and self._chunk_left is not None:
+            return self._step_chunk()
+        return self._step_line()
+
+    def _line_limit(self) -> int:
+        # RFC 4954 §4: AUTH lines may be up to 12288 octets; others RFC 5321 §4.5.3.1.4.
+        if self._state is State.AUTH or self._buf[self._pos : self._pos + 5].upper() == b"AUTH ":
+            return self._settings.max_auth_line
+        return self._settings.max_command_line
+
+    def _step_line(self) -> bool:
+        limit = self._line_limit()
+        found = find_line(self._buf, self._pos, limit)
+        if found is LineStatus.NEED_MORE:
+            return False
+        if found is LineStatus.BARE:
+            # RFC 5321 §2.3.8: refuse bare CR/LF and stop parsing (SMTP smuggling).
+            self._events.append(ProtocolError(R.BARE_CR_LF, "bare CR or LF in a command line"))
+            self._close(R.BARE_CR_LF)
+        elif found is LineStatus.TOO_LONG:
+            # Skip the rest of the line up to its CRLF, without buffering it.
+            self._pos += limit - 1
+            self._discarding = True
+            if self._state is State.AUTH:
+                self._state = State.READY
+                self._error(R.AUTH_LINE_TOO_LONG, "AUTH response line too long")
+            else:
+                self._error(R.LINE_TOO_LONG, f"command line over {limit} octets")
+        else:
+            line = self._buf[self._pos : found - 1]
+            self._pos = found + 1
+            if self._state is State.AUTH:
+                self._on_auth_line(line)
+            else:
+                self._on_command(line)
+        return True
+
+    def _discard(self) -> bool:
+        pos, status = discard_line(self._buf, self._pos)
+        if status is LineStatus.BARE:
+            self._events.append(ProtocolError(R.BARE_CR_LF, "bare CR or LF in a long line"))
+            self._close(R.BARE_CR_LF)
+            return True
+        progressed = pos != self._pos
+        self._pos = pos
+        if status is None:
+            self._discarding = False
+            return True
+        return progressed
+
+    def _skip_octets(self) -> bool:
+        take = min(self._skip, len(self._buf) - self._pos)
+        self._pos += take
+        self._skip -= take
+        return take > 0
+
+    def _step_data(self) -> bool:
+        scanner = self._scanner
+        assert scanner is not None
+        scan = scanner.scan(self._buf, self._pos)
+        if scan.bare:
+            # RFC 5321 §2.3.8 / §4.1.1.4: DATA ends only on CRLF.CRLF; a bare CR or LF
+            # could smuggle a second message past another server: refuse, close.
+            self._events.append(MessageAborted(R.BARE_CR_LF_IN_DATA))
+            self._close(R.BARE_CR_LF_IN_DATA)
+            return True
+        progressed = scan.pos != self._pos
+        self._pos = scan.pos
+        if scan.chunk is not None:
+            self._events.append(BodyChunk(scan.chunk))
+        if scan.ended:
+            self._end_message(scanner.refusal, scanner.size)
+        return progressed
+
+    def _step_chunk(self) -> bool:
+        left = self._chunk_left
+        assert left is not None
+        take = min(left, len(self._buf) - self._pos)
+        if take:
+            piece = self._buf[self._pos : self._pos + take]
+            self._pos += take
+            left -= take
+            self._bare.add(piece)
+            self._msg_size += take
+            limit = self._settings.max_message_size
+            if self._msg_refusal is None and limit and self._msg_size > limit:
+                # RFC 3030 §4.2 with RFC 1870: BDAT octets count against SIZE.
+                self._msg_refusal = R.MESSAGE_TOO_BIG
+            if self._msg_refusal is None:
+                self._events.append(BodyChunk(piece))
+        self._chunk_left = left
+        if left:
+            return take > 0
+        self._chunk_left = None
+        if not self._chunk_last:
+            # RFC 3030 §2: each non-LAST chunk gets its own 250.
+            self._send(R.chunk_received(self._chunk_size))
+            return True
+        # We offer 8BITMIME, not BINARYMIME: a bare CR/LF is refused (RFC 5321 §2.3.8).
+        refusal = R.BARE_CR_LF_IN_DATA if self._bare.bare else self._msg_refusal
+        self._end_message(refusal, self._msg_size)
+        return True
