@@ -17,12 +17,10 @@ import pytest
 from peers.hato import HatoServer
 from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
-from peers.server import MailServer, MailSetup
+from peers.server import MailServer, MailSetup, MakeServer
 
 _SERVERS = pytest.StashKey[list[MailServer]]()
 _HERE = Path(__file__).parent
-
-MakeServer = Callable[..., MailServer]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

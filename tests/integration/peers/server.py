@@ -69,3 +69,11 @@ def format_size(size: int) -> str:
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return str(size)
+
+
+class MakeServer(Protocol):
+    """The `make_server` fixture: start a server (Hato, or Postfix to prove the harness)."""
+
+    def __call__(
+        self, setup: MailSetup | None = None, data_dir: Path | None = None
+    ) -> MailServer: ...
