@@ -1,0 +1,202 @@
+"""Hato and a private Postfix side by side under Postfix's smtp-source load generator.
+
+For each session count S it runs `smtp-source -s S -m M -l 10240` against each server, waits until
+all M messages are in the Maildir, and reports: messages/s accepted (smtp-source's wall time) and
+delivered (until the last Maildir file), the Hato/Postfix ratio, CPU seconds per 1,000 messages
+(machine-wide busy time from /proc/stat during the run, minus smtp-source's own CPU from
+RUSAGE_CHILDREN and the benchmark's polling from RUSAGE_SELF), and Hato's peak RSS (VmHWM).
+Prints a Markdown table. Not a test.
+
+    sudo .venv/bin/python benchmarks/smtp_vs_postfix.py            # M = 2000, S = 1, 20, 50
+    sudo .venv/bin/python benchmarks/smtp_vs_postfix.py --quick    # M = 200
+    ... --servers postfix   # only one side
+
+Needs root (the private Postfix runs its daemons as the postfix user) and Postfix's smtp-source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+
+from peers import maildir
+from peers.hato import HatoServer
+from peers.net import find_peer
+from peers.postfix import PostfixServer
+from peers.server import DomainSetup, MailServer, MailSetup
+
+DOMAIN = "bench.test"
+MESSAGE_BYTES = 10240
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    server: str
+    sessions: int
+    messages: int
+    accept_seconds: float
+    deliver_seconds: float
+    cpu_seconds: float
+    peak_rss_kib: int | None
+
+    @property
+    def accept_rate(self) -> float:
+        return self.messages / self.accept_seconds
+
+    @property
+    def deliver_rate(self) -> float:
+        return self.messages / self.deliver_seconds
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return self.cpu_seconds * 1000 / self.messages
+
+
+def busy_seconds() -> float:
+    """Machine-wide non-idle CPU time so far (all CPUs), from the first line of /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu() -> float:
+    """CPU time of the measuring side: our finished (waited-for) children, i.e. the smtp-source
+    runs (RUSAGE_CHILDREN), plus this process's own Maildir polling (RUSAGE_SELF). The servers
+    under test are not counted here: Hato is reaped only after the runs, Postfix daemonizes."""
+    total = 0.0
+    for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int) -> Result:
+    user = f"s{sessions}"
+    box = server.mailbox(user, DOMAIN)
+    before = len(maildir.messages(box))
+    busy0, client0, start = busy_seconds(), client_cpu(), time.monotonic()
+    load = ["-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_BYTES)]
+    envelope = ["-f", "bench@client.test", "-t", f"{user}@{DOMAIN}"]
+    done = subprocess.run(
+        [smtp_source, *load, *envelope, f"{server.host}:{server.port}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    accepted = time.monotonic()
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source against {server.name} failed: {done.stderr[-2000:]}")
+    deadline = accepted + 900
+    while len(maildir.messages(box)) < before + messages:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name}: not all {messages} messages delivered in time")
+        time.sleep(0.02)
+    delivered = time.monotonic()
+    cpu = (busy_seconds() - busy0) - (client_cpu() - client0)
+    return Result(
+        server.name,
+        sessions,
+        messages,
+        accepted - start,
+        delivered - start,
+        cpu,
+        server.peak_rss_kib(),
+    )
+
+
+def table(results: list[Result]) -> str:
+    postfix = {r.sessions: r for r in results if r.server == "postfix"}
+    lines = [
+        "| server | sessions | messages | accepted msg/s | delivered msg/s | "
+        "Hato/Postfix (delivered) | CPU s / 1,000 msgs | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = ""
+        if r.server == "hato" and r.sessions in postfix:
+            ratio = f"{r.deliver_rate / postfix[r.sessions].deliver_rate:.2f}"
+        rss = f"{r.peak_rss_kib / 1024:.0f}" if r.peak_rss_kib else ""
+        lines.append(
+            f"| {r.server} | {r.sessions} | {r.messages} | {r.accept_rate:.0f} | "
+            f"{r.deliver_rate:.0f} | {ratio} | {r.cpu_per_1000:.2f} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    postconf = subprocess.run(["postconf", "-dh", "mail_version"], capture_output=True, text=True)
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}, Postfix {postconf.stdout.strip()}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="200 messages per run")
+    parser.add_argument("--messages", type=int, help="messages per run (default 2000)")
+    parser.add_argument("--sessions", default="1,20,50", help="comma-separated session counts")
+    parser.add_argument("--servers", default="postfix,hato", help="postfix, hato or both")
+    args = parser.parse_args()
+    messages = args.messages or (200 if args.quick else 2000)
+    sessions = [int(s) for s in args.sessions.split(",")]
+    smtp_source = find_peer("smtp-source")
+    if smtp_source is None or os.geteuid() != 0:
+        print("needs root and Postfix's smtp-source (apt-get install postfix)", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="hato-bench-"))
+    work.chmod(0o755)  # the postfix user must reach its queue below this directory
+    setup = MailSetup(
+        domains=(DomainSetup(DOMAIN, accept_any=True),),
+        max_message_size=10 * 1024 * 1024,
+        max_recipients=100,
+        min_free_space=16 * 1024 * 1024,
+    )
+    servers: list[MailServer] = []
+    for name in args.servers.split(","):
+        cls = PostfixServer if name == "postfix" else HatoServer
+        servers.append(cls(work / name, setup))
+    results: list[Result] = []
+    try:
+        for server in servers:
+            server.start()
+        for count in sessions:
+            for server in servers:
+                result = run_load(server, smtp_source, count, messages)
+                print(
+                    f"{server.name:8} S={count:<3} accepted {result.accept_rate:7.0f}/s "
+                    f"delivered {result.deliver_rate:7.0f}/s cpu/1000 {result.cpu_per_1000:.2f}s",
+                    file=sys.stderr,
+                )
+                results.append(result)
+    finally:
+        for server in servers:
+            try:
+                server.stop()
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"smtp-source -s S -m {messages} -l {MESSAGE_BYTES}; {machine()}\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
