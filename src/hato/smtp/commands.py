@@ -33,6 +33,10 @@ class Verb(enum.Enum):
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
 
+    # Members are singletons: identity hashing in C keeps the per-command table lookups
+    # cheap (Enum's own __hash__ is a Python-level call).
+    __hash__ = object.__hash__
+
 
 # RFC 5321 §2.4: verbs are case-insensitive; the table is keyed by the upper-case bytes.
 VERBS: dict[bytes, Verb] = {verb.value.encode("ascii"): verb for verb in Verb}
@@ -86,6 +90,9 @@ def _split_path(rest: str) -> tuple[str, str] | None:
     """Split "<path> params" at the ">" that closes the path (a quoted local part may hold ">")."""
     if not rest.startswith("<"):
         return None
+    if '"' not in rest:
+        end = rest.find(">")
+        return None if end < 0 else (rest[: end + 1], rest[end + 1 :])
     quoted = False
     i = 1
     while i < len(rest):

@@ -150,10 +150,7 @@ class DataScanner:
         # RFC 5321 §4.5.2: a leading "." of a line is removed. buf[pos-2:pos] is the context
         # that lets "\r\n." match across the region's start; replace() never changes bytes
         # before the dot, so dropping those two context bytes afterwards is exact.
-        segment = buf[pos - 2 : stop]
-        if b"\r\n." in segment:
-            return segment.replace(b"\r\n.", b"\r\n")[2:]
-        return segment[2:]
+        return buf[pos - 2 : stop].replace(b"\r\n.", b"\r\n")[2:]
 
 
 class BareCounter:

@@ -27,6 +27,8 @@ class State(enum.Enum):
     TLS_HANDSHAKE = "tls-handshake"  # STARTTLS accepted: waiting for tls_established()
     CLOSED = "closed"
 
+    __hash__ = object.__hash__  # identity hashing in C, as for commands.Verb
+
 
 _ANYTIME = frozenset({Verb.NOOP, Verb.RSET, Verb.QUIT, Verb.VRFY, Verb.EXPN, Verb.HELP})
 _HELLO = frozenset({Verb.EHLO, Verb.HELO})
