@@ -4,9 +4,12 @@ Must not import anything of hato but model.
 
 Theory of operation: `write()` runs on the event loop for every chunk the session gets. It
 only appends to a memory buffer and writes the buffer to the file once it holds 64 KiB, so
-the loop pays one write(2) per 64 KiB and never an fsync. An OSError (ENOSPC, EIO) is kept
-rather than raised: the session goes on reading the DATA it must consume anyway, and
-`Queue.commit()` raises it as QueueWriteError so the client gets 451/452, never 250.
+the loop pays one write(2) per 64 KiB and never an fsync. The file itself is created only
+then (creating a file can cost far more than writing it), so a message under 64 KiB, most
+mail, is created, written, fsynced and closed in one go by a worker thread in `seal()`.
+An OSError (ENOSPC, EIO) is kept rather than raised: the session goes on reading the DATA
+it must consume anyway, and `Queue.commit()` raises it as QueueWriteError so the client gets
+451/452, never 250.
 The rest of the buffer, the fsync and the close happen in `seal()`, which the queue runs in
 its fsync thread pool.
 """
@@ -62,13 +65,13 @@ class BodyWriter:
 
     __slots__ = ("_buf", "_error", "_fd", "_state", "path", "queue_id", "size")
 
-    def __init__(self, queue_id: str, path: str, fd: int, error: OSError | None = None) -> None:
+    def __init__(self, queue_id: str, path: str) -> None:
         self.queue_id = queue_id
         self.path = path
         self.size = 0  # octets written so far
-        self._fd = fd
+        self._fd = -1  # the file is created at the first flush
         self._buf = bytearray()
-        self._error = error
+        self._error: OSError | None = None
         self._state = _State.OPEN
 
     @property
@@ -90,6 +93,11 @@ class BodyWriter:
     def _flush(self) -> None:
         view = memoryview(self._buf)
         try:
+            if self._fd < 0:
+                # O_EXCL: a queue id is never reused, so an existing file is somebody else's.
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
@@ -104,7 +112,7 @@ class BodyWriter:
 
         Raises the remembered or a new OSError; the caller then discards the body.
         """
-        if self._error is None and self._buf:
+        if self._error is None and (self._buf or self._fd < 0):
             self._flush()
         if self._error is not None:
             raise self._error

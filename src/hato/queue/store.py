@@ -26,7 +26,7 @@ import random
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hato.model import (
     Address,
@@ -117,6 +117,7 @@ class Queue:
         self._fresh: collections.deque[Pending] = collections.deque()
         self._fresh_ready = asyncio.Event()
         self._closed = False
+        self._pending: set[asyncio.Future[Any]] = set()  # commits and writes not yet settled
 
     @classmethod
     async def open(
@@ -179,15 +180,10 @@ class Queue:
         return self._free >= self._min_free + 2 * max(size_hint, 0)
 
     def new_body(self) -> BodyWriter:
-        """A new spool file to stream one body into; never raises for an I/O error."""
+        """A new spool file to stream one body into (no I/O until 64 KiB have come)."""
         self._check_open()
         queue_id = self._ids.next()
-        path = os.path.join(self.messages_dir, queue_id)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            return BodyWriter(queue_id, path, -1, error=exc)
-        return BodyWriter(queue_id, path, fd)
+        return BodyWriter(queue_id, os.path.join(self.messages_dir, queue_id))
 
     async def commit(
         self,
@@ -233,6 +229,7 @@ class Queue:
             on_failure=body.discard,
             on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until),
         )
+        self._track(future)
         self._pool.submit(self._seal_then_insert, body, job)
         try:
             await future
@@ -322,7 +319,8 @@ class Queue:
         def unlink_if_done(done: bool) -> None:
             if done:
                 # After the commit: a crash in between leaves an orphan body, removed at open.
-                os.unlink(path)
+                # In the pool, not in the writer thread that every commit waits for.
+                self._pool.submit(_unlink, path)
 
         done = await self._write(
             lambda conn: store.record_outcomes(conn, queue_id, updates, now),
@@ -339,6 +337,7 @@ class Queue:
     ) -> T:
         self._check_open()
         future: asyncio.Future[T] = self._loop.create_future()
+        self._track(future)
         self.writer.submit(Job(run=run, future=future, after_commit=after_commit))
         try:
             return await future
@@ -346,6 +345,10 @@ class Queue:
             raise _as_write_error(exc, "queue store") from exc
 
     # ---- shutdown ----
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -356,12 +359,22 @@ class Queue:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._pool.shutdown, wait=True)
+        # Every commit settles once its body is sealed and its rows are written; after that
+        # no job can reach the pool or the writer any more. Then the writer, then the pool
+        # (it may still unlink bodies of messages the writer finished).
+        if self._pending:
+            await asyncio.wait(set(self._pending))
         await asyncio.to_thread(self.writer.stop)
-        # The writer settles futures with call_soon_threadsafe; let those callbacks run.
-        await asyncio.sleep(0)
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
         self._conn.close()
         os.close(self._dir_fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.warning(logfmt("body-unlink-failed", path=path, error=exc.strerror))
 
 
 def _fail(future: asyncio.Future[T], exc: BaseException) -> None:

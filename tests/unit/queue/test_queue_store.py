@@ -94,7 +94,7 @@ def test_reopening_recovers_orphans_and_frees_leases(tmp_path: Path) -> None:
         queue = await open_queue(tmp_path, clock)
         kept = await commit_message(queue)
         orphan = queue.new_body()  # the process dies before DATA ends: never got 250
-        orphan.write(b"half a message")
+        orphan.write(b"half a message" * 10_000)  # over 64 KiB: the file exists
         await queue.close()
         return kept, orphan.queue_id
 
@@ -217,21 +217,34 @@ def test_a_full_database_fails_only_the_message_that_does_not_fit(tmp_path: Path
 def test_a_body_file_that_cannot_be_created_fails_at_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_inodes(*args: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_open = os.open
+
+    def no_inodes(path: str, *args: int) -> int:
+        if str(path).startswith(str(tmp_path / "messages")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args)
 
     async def main() -> None:
         queue = await open_queue(tmp_path, FakeClock())
         try:
-            monkeypatch.setattr("hato.queue.store.os.open", no_inodes)
-            writer = queue.new_body()
-            monkeypatch.undo()
-            writer.write(b"data")
-            with pytest.raises(QueueWriteError):
-                await queue.commit(
-                    writer, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
-                )
+            small = queue.new_body()
+            small.write(b"data")  # under 64 KiB: nothing touches the disk before commit
+            big = queue.new_body()
+            monkeypatch.setattr("hato.queue.body.os.open", no_inodes)
+            big.write(b"x" * 70_000)
+            assert big.error is not None and small.error is None
+            for writer in (small, big):
+                with pytest.raises(QueueWriteError) as info:
+                    await queue.commit(
+                        writer,
+                        mail_from=None,
+                        recipients=rcpts("b@example.org"),
+                        prefix=b"",
+                        params={},
+                    )
+                assert info.value.insufficient_storage
         finally:
+            monkeypatch.undo()
             await queue.close()
 
     run(main)
