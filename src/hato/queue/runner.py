@@ -88,10 +88,6 @@ class QueueRunner:
     async def _fresh_loop(self, tg: asyncio.TaskGroup) -> None:
         while True:
             for pending in await self._queue.wait_fresh():
-                # Too little lease left for a whole attempt: leave the rows to the due scan,
-                # which takes them once the lease has run out.
-                if self._clock.now() + self._attempt_timeout >= pending.lease_until:
-                    continue
                 await self._dispatch(tg, pending)
 
     async def _due_loop(self, tg: asyncio.TaskGroup) -> None:
@@ -124,6 +120,12 @@ class QueueRunner:
 
     async def _dispatch(self, tg: asyncio.TaskGroup, pending: Pending) -> None:
         await self._slots.acquire()
+        if self._clock.now() + self._attempt_timeout >= pending.lease_until:
+            # Too little lease left for a whole attempt (it waited long for a slot): leave
+            # the rows to the due scan, which takes them again once the lease has run out.
+            self._slots.release()
+            log.info(logfmt("lease-too-short", id=pending.message.queue_id))
+            return
         self._in_flight.update(r.row_id for r in pending.recipients)
         tg.create_task(self._attempt(pending))
 

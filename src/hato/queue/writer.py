@@ -1,6 +1,6 @@
 """Group commit: one thread owns the SQLite connection and commits many jobs at once.
 
-Must not import anything of hato but model.
+Must not import anything of hato but model and this room.
 
 Theory of operation: jobs (a function of the connection) arrive on a thread-safe queue.
 The writer thread blocks for the first one, then takes every job already waiting (a batch),
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from hato.model import logfmt
+from hato.queue.body import QueueWriteError
 
 log = logging.getLogger("hato.queue")
 
@@ -114,9 +115,10 @@ class GroupCommitWriter:
             log.exception(logfmt("writer-error", jobs=len(batch), error=type(exc).__name__))
             if self._conn.in_transaction:
                 self._conn.rollback()
+            failure = QueueWriteError(None, f"queue writer: {type(exc).__name__}: {exc}")
             for job in batch:
                 if job.error is None:
-                    job.error = exc
+                    job.error = failure
         for job in batch:
             try:
                 if job.error is None and job.after_commit is not None:

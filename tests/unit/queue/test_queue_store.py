@@ -355,3 +355,21 @@ def test_the_directory_is_fsynced_once_per_batch_and_its_failure_fails_the_commi
     run(main)
     assert len(bodies(tmp_path)) == 50
     assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(50,)]
+
+
+def test_a_bug_in_one_batch_fails_that_batch_and_the_writer_lives_on(tmp_path: Path) -> None:
+    def buggy(conn: sqlite3.Connection) -> None:
+        raise KeyError("a bug")
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            with pytest.raises(QueueWriteError) as info:
+                await queue._write(buggy)
+            assert info.value.errno is None and info.value.reply.code == 451
+            assert await commit_message(queue)
+        finally:
+            await queue.close()
+
+    run(main)
+    assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(1,)]
