@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hato.model import Reply
 from hato.smtp import (
@@ -44,9 +44,9 @@ class Driver:
     _stage: str = ""
 
     @classmethod
-    def make(cls, *, greet: bool = True, tls_active: bool = False, **settings: object) -> Driver:
-        options: dict[str, object] = {"hostname": "mx.example.org", **settings}
-        conn = ServerConnection(ServerSettings(**options), tls_active=tls_active)  # type: ignore[arg-type]
+    def make(cls, *, greet: bool = True, tls_active: bool = False, **settings: Any) -> Driver:
+        options: dict[str, Any] = {"hostname": "mx.example.org", **settings}
+        conn = ServerConnection(ServerSettings(**options), tls_active=tls_active)
         driver = cls(conn)
         if greet:
             conn.greet()
@@ -61,7 +61,8 @@ class Driver:
         """Feed `data` in one read, answer every decision, return what the server sent."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        self.conn.receive_data(data)
+        if data:  # b"" would be EOF: use eof() for that
+            self.conn.receive_data(data)
         self.pump()
         return self.conn.data_to_send().decode("utf-8")
 
