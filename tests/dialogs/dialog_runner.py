@@ -1,0 +1,212 @@
+"""Scripted SMTP dialogs: a tiny format, a parser and a runner against the sans-IO core.
+
+Format (one scenario per file, tests/dialogs/scripts/*.dialog):
+
+    # a comment; blank lines are ignored
+    % max_recipients=2        server settings (int, true/false, a,b tuple, PLAIN, = 1-tuple)
+    C: EHLO client.example    the client sends this line + CRLF
+    X: a\\nb\\r\\n              raw bytes (escapes \\r \\n \\\\ \\xNN), no CRLF added
+    S: 250 2.1.0 Ok           the next reply line starts with this text
+    S: 250                    a bare 3-digit code matches one whole reply (all its lines)
+    S: (closed)               the server has closed the connection
+
+Consecutive C:/X: lines go out in one write (pipelining); S: lines then match the replies
+in order, and at the end nothing may be left unmatched. The format assumes nothing about
+the server but its replies, so the same scripts can run against a live server (settings
+from `%` lines then describe how that server must be configured).
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hato.model import Reply
+from hato.smtp import (
+    AuthRequest,
+    AuthResponse,
+    CloseConnection,
+    ConnectionLost,
+    Event,
+    Hello,
+    MailFrom,
+    MessageEnd,
+    RcptTo,
+    Sentinel,
+    ServerConnection,
+    ServerSettings,
+    StartTLSRequest,
+)
+
+
+class DialogError(AssertionError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    text: str
+    line_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectClosed:
+    line_no: int
+
+
+Step = Send | Expect | ExpectClosed
+
+
+@dataclass
+class Dialog:
+    settings: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+
+def _setting_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return tuple(part for part in text.split(",") if part)
+    return text
+
+
+def parse_dialog(text: str) -> Dialog:
+    dialog = Dialog()
+    pending = b""
+    for line_no, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        tag, rest = line[:2], line[3:] if line[2:3] == " " else line[2:]
+        if tag == "C:":
+            pending += rest.encode("utf-8") + b"\r\n"
+            continue
+        if tag == "X:":
+            pending += codecs.escape_decode(rest.encode("utf-8"))[0]
+            continue
+        if pending:
+            dialog.steps.append(Send(pending))
+            pending = b""
+        if tag == "S:":
+            step: Step = ExpectClosed(line_no) if rest == "(closed)" else Expect(rest, line_no)
+            dialog.steps.append(step)
+        elif line.startswith("%"):
+            key, _, value = line[1:].strip().partition("=")
+            dialog.settings[key.strip()] = _setting_value(value.strip())
+        else:
+            raise DialogError(f"line {line_no}: unknown line {line!r}")
+    if pending:
+        dialog.steps.append(Send(pending))
+    return dialog
+
+
+class TestApp:
+    """The app behind the core in dialogs: recipients @example.org are accepted, others
+    refused 550 5.1.1; messages are accepted; AUTH PLAIN accepts alice:secret."""
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self.conn = conn
+        self.queued = 0
+
+    def answer(self, event: Event) -> None:
+        match event:
+            case RcptTo() if event.address.domain != "example.org":
+                self.conn.reply(Reply(550, "5.1.1", "No such user"))
+            case MessageEnd():
+                self.queued += 1
+                self.conn.accept(f"Ok: queued as TEST{self.queued}")
+            case StartTLSRequest():
+                self.conn.accept()
+                self.conn.tls_established()  # a handshake that always succeeds
+            case AuthRequest() if event.initial is None:
+                self.conn.auth_challenge(b"")
+            case AuthRequest() | AuthResponse():
+                data = event.initial if isinstance(event, AuthRequest) else event.data
+                if data == b"\0alice\0secret":
+                    self.conn.accept()
+                else:
+                    self.conn.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
+            case Hello() | MailFrom() | RcptTo():
+                self.conn.accept()
+            case _:
+                pass
+
+
+class CoreServer:
+    """Runs a dialog against hato.smtp.ServerConnection."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        options: dict[str, Any] = {"hostname": "mx.example.org", **settings}
+        tls_active = bool(options.pop("tls_active", False))
+        self.conn = ServerConnection(ServerSettings(**options), tls_active=tls_active)
+        self.app = TestApp(self.conn)
+        self.closed = False
+        self.conn.greet()
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return  # a live server would have hung up: the bytes go nowhere
+        self.conn.receive_data(data)
+        while not self.closed:
+            event = self.conn.next_event()
+            if isinstance(event, Sentinel):
+                return
+            self.app.answer(event)
+            self.closed = isinstance(event, CloseConnection | ConnectionLost)
+
+    def output(self) -> bytes:
+        return self.conn.data_to_send()
+
+
+def _split_replies(data: bytes) -> list[list[str]]:
+    replies: list[list[str]] = []
+    current: list[str] = []
+    for line in data.decode("utf-8").split("\r\n")[:-1]:
+        current.append(line)
+        if line[3:4] != "-":
+            replies.append(current)
+            current = []
+    if current:
+        replies.append(current)
+    return replies
+
+
+def run_dialog(dialog: Dialog) -> None:
+    server = CoreServer(dialog.settings)
+    lines: list[str] = []  # received reply lines not matched yet
+    for step in dialog.steps:
+        if isinstance(step, Send):
+            server.send(step.data)
+            continue
+        for reply in _split_replies(server.output()):
+            lines.extend(reply)
+        if isinstance(step, ExpectClosed):
+            if not server.closed:
+                raise DialogError(f"line {step.line_no}: expected the server to close")
+            continue
+        if not lines:
+            raise DialogError(f"line {step.line_no}: expected {step.text!r}, got nothing")
+        if len(step.text) == 3 and step.text.isdigit():
+            # a bare code matches a whole reply: its continuation lines and its last line
+            while lines and lines[0][3:4] == "-" and lines[0].startswith(step.text):
+                lines.pop(0)
+        got = lines.pop(0)
+        if not got.startswith(step.text):
+            raise DialogError(f"line {step.line_no}: expected {step.text!r}, got {got!r}")
+    lines.extend(line for reply in _split_replies(server.output()) for line in reply)
+    if lines:
+        raise DialogError(f"unexpected replies at the end: {lines!r}")
+
+
+def run_file(path: Path) -> None:
+    run_dialog(parse_dialog(path.read_text(encoding="utf-8")))
