@@ -21,8 +21,8 @@ def _message(marker: str) -> bytes:
         + b": "
         + marker.encode()
         + b"\r\n\r\n"
-        + b"0123456789abcdef" * 256
-        + b"\r\n"
+        # RFC 5321 §4.5.3.1.6: text lines stay under 1000 octets; 4 KiB in 64 lines.
+        + (b"0123456789abcdef" * 4 + b"\r\n") * 64
     )
 
 
