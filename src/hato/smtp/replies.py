@@ -56,7 +56,6 @@ TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 # ---- limits and message refusals ----
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-LINE_TOO_LONG_IN_DATA = Reply(554, "5.6.0", "Message line longer than 1000 octets")
 BARE_CR_LF_IN_DATA = Reply(550, "5.6.0", "Message refused: bare CR or LF not allowed")
 REJECTING = Reply(503, "5.5.1", "No service here, only QUIT")
 
