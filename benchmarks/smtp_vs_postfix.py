@@ -168,6 +168,8 @@ def main() -> int:
         max_message_size=10 * 1024 * 1024,
         max_recipients=100,
         min_free_space=16 * 1024 * 1024,
+        # Hato allows 20 connections per client IP by default; the load comes from one IP.
+        max_connections_per_ip=200,
     )
     servers: list[MailServer] = []
     for name in args.servers.split(","):

@@ -55,6 +55,8 @@ class HatoServer:
             'role = "mx"',
             f'address = "{self.host}:{self.port}"',
         ]
+        if s.max_connections_per_ip is not None:
+            lines.append(f"max_connections_per_ip = {s.max_connections_per_ip}")
         for domain in s.domains:
             lines += ["", "[[domain]]", f"name = {_toml_str(domain.name)}"]
             if domain.accept_any:

@@ -76,6 +76,7 @@ message_size_limit = {max_size}
 virtual_mailbox_limit = 0
 smtpd_recipient_limit = {max_rcpt}
 queue_minfree = {min_free}
+smtpd_client_connection_count_limit = {per_ip}
 """
 
 
@@ -127,6 +128,7 @@ class PostfixServer:
                 max_size=setup.max_message_size,
                 max_rcpt=setup.max_recipients,
                 min_free=setup.min_free_space,
+                per_ip=setup.max_connections_per_ip or 50,  # 50 is Postfix's default
             )
         )
         (self.etc / "master.cf").write_text(_MASTER_CF.format(host=self.host, port=self.port))

@@ -29,6 +29,8 @@ class MailSetup:
     max_message_size: int = 1024 * 1024
     max_recipients: int = 100
     min_free_space: int = 1024 * 1024
+    # Simultaneous connections from one client IP (None: the server's default; Hato's is 20).
+    max_connections_per_ip: int | None = None
 
 
 class MailServer(Protocol):
