@@ -26,14 +26,25 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
 from hato.model import Address
+from hato.model.auth import ScramCredentials
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     address TEXT PRIMARY KEY,          -- canonical: lower-case local part "@" lower-case domain
-    password_hash TEXT NOT NULL        -- argon2id PHC string
+    password_hash TEXT NOT NULL,       -- argon2id PHC string
+    scram_salt BLOB,                   -- RFC 5802 §3 / RFC 7677: SCRAM-SHA-256 credentials,
+    scram_iterations INTEGER,          -- derived from the password when it is set; NULL for
+    scram_stored_key BLOB,             -- accounts made before SCRAM existed (they can still
+    scram_server_key BLOB              -- use PLAIN/LOGIN)
 ) WITHOUT ROWID
 """
+_SCRAM_COLUMNS = (
+    "scram_salt BLOB",
+    "scram_iterations INTEGER",
+    "scram_stored_key BLOB",
+    "scram_server_key BLOB",
+)
 _BUSY_TIMEOUT_MS = 5000
 
 
@@ -91,6 +102,10 @@ class UserStore:
             # the file. SQLite gives the -wal and -shm files the database file's permissions.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+            have = {str(row[1]) for row in conn.execute("PRAGMA table_info(users)")}
+            for column in _SCRAM_COLUMNS:
+                if column.split()[0] not in have:  # a version 1 file: add the SCRAM columns
+                    conn.execute(f"ALTER TABLE users ADD COLUMN {column}")
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         finally:
             conn.close()
@@ -138,10 +153,13 @@ class UserStore:
     def add(self, address: Address, password: str) -> None:
         """Create an account; raises UserExists if there is one."""
         hashed = self._hash(password)
+        scram = ScramCredentials.derive(password, os.urandom(16))
         key = canonical_key(address)
         try:
             self._conn().execute(
-                "INSERT INTO users (address, password_hash) VALUES (?, ?)", (key, hashed)
+                "INSERT INTO users (address, password_hash, scram_salt, scram_iterations,"
+                " scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?)",
+                (key, hashed, scram.salt, scram.iterations, scram.stored_key, scram.server_key),
             )
         except sqlite3.IntegrityError:
             raise UserExists(f"account already exists: {key}") from None
@@ -149,9 +167,12 @@ class UserStore:
     def set_password(self, address: Address, password: str) -> None:
         """Replace an account's password; raises UnknownUser if there is no such account."""
         hashed = self._hash(password)
+        scram = ScramCredentials.derive(password, os.urandom(16))
         key = canonical_key(address)
         cursor = self._conn().execute(
-            "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, key)
+            "UPDATE users SET password_hash = ?, scram_salt = ?, scram_iterations = ?,"
+            " scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
+            (hashed, scram.salt, scram.iterations, scram.stored_key, scram.server_key, key),
         )
         if cursor.rowcount == 0:
             raise UnknownUser(f"no such account: {key}")
@@ -169,6 +190,21 @@ class UserStore:
         return [_address_of(str(row[0])) for row in rows]
 
     # -- authentication --------------------------------------------------------------------
+
+    def scram_credentials(self, address: Address) -> ScramCredentials | None:
+        """The account's SCRAM-SHA-256 credentials, or None (no account, or none stored)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT scram_salt, scram_iterations, scram_stored_key, scram_server_key"
+                " FROM users WHERE address = ?",
+                (canonical_key(address),),
+            )
+            .fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return ScramCredentials(bytes(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]))
 
     def verify(self, address: Address, password: str) -> bool:
         """Whether `password` is the account's password.

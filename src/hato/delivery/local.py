@@ -159,15 +159,25 @@ class RecipientResolver:
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self._domains
 
-    def resolve(self, address: Address) -> Resolution:
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
+        """The RCPT-time answer for `address`. With `wildcards` off, catch-all, accept_any and
+        the postmaster fallback are not used: what is left names the address's real owners
+        (users, aliases, +tag forms), which is what sender-login binding needs."""
         domain = self._domains.get(address.domain.lower())
         if domain is None:
             return NotLocal()
         local = address.local.lower()
         found = _Found()
-        if not self._local_part(domain, local, 0, frozenset(), found):
+        if not self._local_part(domain, local, 0, frozenset(), found, wildcards):
             return Unknown()
         return Local(tuple(found.mailboxes), tuple(found.forwards), tuple(found.unresolved))
+
+    def owns(self, user: Address, address: Address) -> bool:
+        """Whether the account `user` may use `address` as its own: the address itself, its
+        +tag forms, or an alias that delivers to `user`'s mailbox (never a catch-all)."""
+        mailbox = Address(user.local.lower(), user.domain.lower())
+        resolution = self.resolve(address, wildcards=False)
+        return isinstance(resolution, Local) and mailbox in resolution.mailboxes
 
     def _local_part(
         self,
@@ -176,6 +186,7 @@ class RecipientResolver:
         depth: int,
         path: frozenset[tuple[str, str]],
         found: _Found,
+        wildcards: bool = True,
     ) -> bool:
         """Apply the rules to `local` (lower-case) in `domain`; True if anything was found."""
         key = (domain.name, local)
@@ -191,11 +202,15 @@ class RecipientResolver:
         targets = domain.aliases.get(local)
         if targets is None:
             targets = self._alias_file.lookup(local, domain.name)
-        if targets is not None and self._targets(domain, targets, depth + 1, path, found):
+        if targets is not None and self._targets(
+            domain, targets, depth + 1, path, found, wildcards
+        ):
             return True
         base = self._without_tag(local)
-        if base is not None and self._local_part(domain, base, depth + 1, path, found):
+        if base is not None and self._local_part(domain, base, depth + 1, path, found, wildcards):
             return True
+        if not wildcards:
+            return False
         if domain.catch_all is not None and self._targets(
             domain, (domain.catch_all,), depth + 1, path, found
         ):
@@ -212,11 +227,12 @@ class RecipientResolver:
         depth: int,
         path: frozenset[tuple[str, str]],
         found: _Found,
+        wildcards: bool = True,
     ) -> bool:
         any_found = False
         for target in targets:
             if isinstance(target, str):
-                ok = self._local_part(domain, target.lower(), depth, path, found)
+                ok = self._local_part(domain, target.lower(), depth, path, found, wildcards)
                 address = Address(target, domain.name)
             else:
                 address = target
@@ -225,7 +241,9 @@ class RecipientResolver:
                     found.forwards[target] = None
                     ok = True
                 else:
-                    ok = self._local_part(target_domain, target.local.lower(), depth, path, found)
+                    ok = self._local_part(
+                        target_domain, target.local.lower(), depth, path, found, wildcards
+                    )
             if ok:
                 any_found = True
             else:

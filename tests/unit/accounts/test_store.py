@@ -14,6 +14,7 @@ from argon2.low_level import Type
 
 from hato.accounts import UnknownUser, UserExists, UserStore, canonical_key
 from hato.model import Address, UserDirectory
+from hato.model.auth import ScramCredentials
 
 # Cheap argon2id parameters so the tests stay fast; production uses the RFC 9106 defaults.
 FAST = Parameters(
@@ -187,3 +188,29 @@ def test_reusable_after_close(store: UserStore) -> None:
     store.add(ALICE, "pw")
     store.close()
     assert store.exists(ALICE)
+
+
+def test_scram_credentials_follow_the_password(store: UserStore) -> None:
+    alice = Address("alice", "example.org")
+    assert store.scram_credentials(alice) is None
+    store.add(alice, "pencil")
+    creds = store.scram_credentials(Address("ALICE", "example.org"))
+    assert creds is not None and creds.iterations >= 4096
+    assert creds == ScramCredentials.derive("pencil", creds.salt, creds.iterations)
+    store.set_password(alice, "crayon")
+    again = store.scram_credentials(alice)
+    assert again is not None and again.salt != creds.salt
+    assert again == ScramCredentials.derive("crayon", again.salt, again.iterations)
+
+
+def test_version_1_file_gains_scram_columns(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE users (address TEXT PRIMARY KEY, password_hash TEXT NOT NULL)")
+    conn.execute("INSERT INTO users VALUES ('old@example.org', 'x')")
+    conn.commit()
+    conn.close()
+    store = UserStore(db, parameters=FAST)
+    assert store.exists(Address("old", "example.org"))
+    assert store.scram_credentials(Address("old", "example.org")) is None
+    store.add(Address("new", "example.org"), "pw")
+    assert store.scram_credentials(Address("new", "example.org")) is not None

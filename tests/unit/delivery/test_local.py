@@ -232,3 +232,24 @@ def test_bad_config_targets_are_errors() -> None:
         resolver(LocalDomain(ORG, catch_all="a b"))
     with pytest.raises(ValueError, match="configured twice"):
         resolver(LocalDomain(ORG), LocalDomain("Example.Org"))
+
+
+def test_owns_its_address_tags_and_aliases_but_not_catch_all_or_others() -> None:
+    r = resolver(
+        LocalDomain(ORG, catch_all="alice", aliases={"sales": ("alice", "bob"), "ceo": ("bob",)})
+    )
+    alice = a("alice@example.org")
+    assert r.owns(alice, a("alice@example.org"))
+    assert r.owns(alice, a("Alice+news@example.org"))
+    assert r.owns(alice, a("sales@example.org"))  # an alias that delivers to her
+    assert not r.owns(alice, a("ceo@example.org"))  # an alias of someone else
+    assert not r.owns(alice, a("bob@example.org"))
+    assert not r.owns(alice, a("nobody@example.org"))  # would only reach her via catch-all
+    assert not r.owns(alice, a("alice@example.net"))  # not a local domain
+    assert r.resolve(a("nobody@example.org")) == mailboxes("alice@example.org")
+
+
+def test_owns_ignores_accept_any_and_postmaster_fallback() -> None:
+    r = resolver(LocalDomain(ORG, accept_any=True))
+    assert not r.owns(a("alice@example.org"), a("someone@example.org"))
+    assert not r.owns(a("alice@example.org"), a("postmaster@example.org"))
