@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING
 from hato.accounts import UserStore
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver
 from hato.delivery.maildir import MaildirCourier
+from hato.delivery.router import RoutingCourier
 from hato.model import Role, SystemClock, logfmt
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.server.session import ListenerState, SessionContext, SmtpSession
@@ -180,7 +181,8 @@ async def run(settings: Settings, source: str) -> None:
         log.error(logfmt("queue-problem", detail=problem))
     users = UserStore(data_dir / "users.db")
     resolver = build_resolver(settings, users)
-    courier = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
+    maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
+    courier = RoutingCourier(resolver.is_local_domain, maildir)
     runner = QueueRunner(queue, courier, clock=clock, schedule=Schedule())
     runner_task: asyncio.Task[None] | None = None
 
@@ -241,7 +243,7 @@ async def run(settings: Settings, source: str) -> None:
         if runner_task is not None and not runner_task.done():
             runner_task.cancel()
         await queue.close()
-        courier.close()
+        maildir.close()
         users.close()
 
 
