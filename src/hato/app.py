@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +26,11 @@ from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.model import Role, SystemClock, logfmt
 from hato.queue import Queue, QueueRunner, Schedule
-from hato.server.session import ListenerState, SessionContext, SmtpSession
+from hato.server.context import ListenerState, SessionContext
+from hato.server.session import SmtpSession
+from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
 from hato.smtp import ServerSettings
+from hato.smtp.sasl import MECHANISMS
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -39,6 +43,7 @@ EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 DRAIN_SECONDS = 30.0
+TLS_WATCH_SECONDS = 30.0  # how often certificate files are checked for a renewal
 
 
 class StartupError(Exception):
@@ -85,15 +90,56 @@ def configure_logging(fmt: str, level: str, stream: IO[str] | None = None) -> No
 # ---- building the rooms ----
 
 
-def server_settings(settings: Settings, role: Role) -> ServerSettings:
+def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings:
+    """What the core of a listener of this role offers and enforces."""
     limits = settings.limits
+    submission = role is not Role.MX
     return ServerSettings(
         hostname=settings.server.hostname,
         max_message_size=limits.max_message_size,
         max_recipients=limits.max_recipients,
         max_bad_commands=limits.max_bad_commands,
         max_text_line=limits.max_text_line,
+        # RFC 3207 on mx when a certificate is configured; always on port 587.
+        offer_starttls=tls and role is not Role.SUBMISSIONS,
+        # RFC 4954 / RFC 6409: AUTH only on submission roles (never on mx), only after TLS.
+        auth_mechanisms=MECHANISMS if submission else (),
+        require_auth=submission,  # RFC 6409 §4.3 / RFC 4954 §6: 530 5.7.0 before AUTH
+        require_tls=role is Role.SUBMISSION,  # RFC 3207 §4: 530 5.7.0 before STARTTLS
     )
+
+
+def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
+    """The configured certificate, or a self-signed one when a submission listener needs TLS
+    and none is configured (the embedded default)."""
+    try:
+        if settings.tls is not None:
+            return ReloadingContext.load(Path(settings.tls.cert), Path(settings.tls.key))
+        if all(listener.role is Role.MX for listener in settings.listeners):
+            return None
+        cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)
+        log.warning(
+            logfmt(
+                "tls-self-signed",
+                cert=cert,
+                detail="no [tls] configured: using a self-signed certificate",
+            )
+        )
+        return ReloadingContext.load(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+
+
+def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
+    """RFC 8314 port 465: the listener's context hands each handshake the current (reloaded)
+    context through the SNI callback, which runs for every ClientHello."""
+    front = server_context(tls.cert, tls.key)
+
+    def pick(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        sock.context = tls.current
+
+    front.sni_callback = pick
+    return front
 
 
 def build_resolver(settings: Settings, users: UserStore) -> RecipientResolver:
@@ -144,6 +190,7 @@ async def _bind(
     host: str,
     port: int,
     factory: Callable[[], asyncio.BaseProtocol],
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -153,6 +200,8 @@ async def _bind(
             port,
             backlog=4096,  # a large backlog: slow clients down rather than refuse them
             reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=30.0 if tls is not None else None,
         )
     except OSError as exc:
         raise StartupError(
@@ -167,13 +216,7 @@ async def run(settings: Settings, source: str) -> None:
     clock = SystemClock()
     data_dir = Path(settings.server.data_dir)
     node_id = f"{socket.gethostname()}:{os.getpid()}"
-    for listener in settings.listeners:
-        if listener.role is not Role.MX:
-            raise StartupError(
-                f'listener role "{listener.role.value}" ({listener.address}) is not supported by '
-                'this version yet; use role = "mx"',
-                EX_CONFIG,
-            )
+    tls = build_tls(settings, data_dir)
     queue = await Queue.open(
         data_dir / "queue", clock=clock, node_id=node_id, min_free=settings.queue.min_free_space
     )
@@ -186,6 +229,7 @@ async def run(settings: Settings, source: str) -> None:
     runner = QueueRunner(queue, courier, clock=clock, schedule=Schedule())
     runner_task: asyncio.Task[None] | None = None
 
+    verify_slots = asyncio.Semaphore(2)  # argon2id checks at once (~64 MiB, ~150 ms each)
     states: list[ListenerState] = []
     servers: list[asyncio.Server] = []
     try:
@@ -196,29 +240,30 @@ async def run(settings: Settings, source: str) -> None:
                 max_connections=listener.max_connections,
                 max_per_ip=listener.max_connections_per_ip,
             )
+            implicit = role is Role.SUBMISSIONS
             ctx = SessionContext(
                 role=role,
-                settings=server_settings(settings, role),
+                settings=server_settings(settings, role, tls is not None),
                 queue=queue,
                 resolver=resolver,
                 clock=clock,
                 idle_timeout=float(settings.limits.idle_timeout),
                 session_timeout=float(settings.limits.session_timeout),
                 listener=state,
+                tls=tls,
+                implicit_tls=implicit,
+                accounts=users if role is not Role.MX else None,
+                verify_slots=verify_slots,
             )
             factory = _session_factory(ctx)
-            servers.append(await _bind(loop, listener.host, listener.port, factory))
+            wrap = implicit_tls_context(tls) if implicit and tls is not None else None
+            servers.append(await _bind(loop, listener.host, listener.port, factory, wrap))
             states.append(state)
             log.info(logfmt("listening", role=role.value, address=listener.address))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.warning(
-                logfmt("reload-unsupported", detail="SIGHUP reload is not supported yet; restart")
-            ),
-        )
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls, True)
         log.info(
             logfmt(
                 "ready",
@@ -230,12 +275,15 @@ async def run(settings: Settings, source: str) -> None:
         )
         async with asyncio.TaskGroup() as tasks:
             runner_task = tasks.create_task(runner.run())
+            watcher = tasks.create_task(_watch_tls(tls)) if tls is not None else None
             await stop.wait()
             log.info(logfmt("stopping", detail="draining sessions"))
             for server in servers:
                 server.close()
             await _drain(states)
             runner_task.cancel()
+            if watcher is not None:
+                watcher.cancel()
     finally:
         for server in servers:
             server.close()
@@ -245,6 +293,24 @@ async def run(settings: Settings, source: str) -> None:
         await queue.close()
         maildir.close()
         users.close()
+
+
+def _reload_tls(tls: ReloadingContext | None, force: bool) -> None:
+    """SIGHUP, or the files changed: new handshakes use the new certificate; sessions already
+    on TLS keep theirs, so nothing is dropped."""
+    if tls is None:
+        return
+    try:
+        if tls.refresh(force=force):
+            log.info(logfmt("tls-reloaded", cert=tls.cert, not_after=tls.not_after().isoformat()))
+    except TLSConfigError as exc:
+        log.error(logfmt("tls-reload-failed", detail=str(exc), kept="the previous certificate"))
+
+
+async def _watch_tls(tls: ReloadingContext) -> None:
+    while True:
+        await asyncio.sleep(TLS_WATCH_SECONDS)
+        _reload_tls(tls, False)
 
 
 def _session_factory(ctx: SessionContext) -> Callable[[], SmtpSession]:

@@ -5,7 +5,13 @@ here turns them into Accept / Reject(reply) / Defer(reply).
 """
 
 from hato.policy.decision import Accept, Decision, Defer, Reject
-from hato.policy.relay import RecipientFacts, SenderFacts, mail_from_decision, rcpt_decision
+from hato.policy.relay import (
+    RecipientFacts,
+    SenderFacts,
+    header_from_decision,
+    mail_from_decision,
+    rcpt_decision,
+)
 
 __all__ = [
     "Accept",
@@ -14,6 +20,7 @@ __all__ = [
     "RecipientFacts",
     "Reject",
     "SenderFacts",
+    "header_from_decision",
     "mail_from_decision",
     "rcpt_decision",
 ]

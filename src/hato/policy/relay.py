@@ -14,6 +14,11 @@ from hato.model import Reply, Role
 from hato.policy.decision import Accept, Decision, Defer, Reject
 
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+OWN_DOMAIN_ON_MX = Reply(
+    550, "5.7.1", "Sender in a local domain: authenticate on the submission port (587) to send"
+)
+NOT_YOUR_SENDER = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+NOT_YOUR_FROM = Reply(553, "5.7.1", "From: address not owned by the authenticated user")
 UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
@@ -22,6 +27,9 @@ NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 class SenderFacts:
     role: Role
     queue_has_room: bool
+    authenticated: bool = False
+    sender_is_local: bool = False  # the envelope sender's domain is one of ours
+    sender_owned: bool = False  # the authenticated user owns the envelope sender (or it is <>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,21 @@ def mail_from_decision(facts: SenderFacts) -> Decision:
     if not facts.queue_has_room:
         # RFC 5321 §4.2.3 / RFC 3463 §3.4: 452 4.3.1 when the spool has no room.
         return Defer(NO_STORAGE)
+    if facts.authenticated:
+        # Sender-login binding (RFC 6409 §6.1: the submission server may check that the
+        # sender is one the user is authorized to use); RFC 3463 X.7.1 not authorized.
+        return Accept() if facts.sender_owned else Reject(NOT_YOUR_SENDER)
+    if facts.role is Role.MX and facts.sender_is_local:
+        # Our own users send through submission with AUTH; from the outside, a sender in our
+        # domain on port 25 is a spoof of one of them (RFC 7208 §1 describes the threat).
+        return Reject(OWN_DOMAIN_ON_MX)
+    return Accept()
+
+
+def header_from_decision(authenticated: bool, from_owned: bool) -> Decision:
+    """After DATA on submission: every From: address must be the user's (as for MAIL FROM)."""
+    if authenticated and not from_owned:
+        return Reject(NOT_YOUR_FROM)
     return Accept()
 
 

@@ -3,30 +3,32 @@
 Theory of operation: an asyncio Protocol (not streams: one callback per read, no per-line
 awaits). Every read is fed to `ServerConnection.receive_data`; events are drained until the core
 needs more data or waits for a decision; all replies produced by one read are written in one
-`transport.write` (batching; PIPELINING per RFC 2920). Only the end of a message needs to wait for
-I/O (the durable queue commit): reading is paused meanwhile and the core stays PAUSED, so replies
-keep their order and a fast client cannot pile up input.
+`transport.write` (batching; PIPELINING per RFC 2920). A decision that needs I/O (the durable
+queue commit, the TLS handshake, a password check) runs as one task while reading is paused and
+the core stays PAUSED, so replies keep their order and a fast client cannot pile up input.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
-from hato.delivery.local import Local, NotLocal, RecipientResolver
-from hato.model import Address, Clock, Reply, Role, logfmt
+from hato.delivery.local import Local, NotLocal
+from hato.model import Address, Reply, logfmt
 from hato.policy import (
     Accept,
-    Defer,
     RecipientFacts,
-    Reject,
     SenderFacts,
+    header_from_decision,
     mail_from_decision,
     rcpt_decision,
 )
-from hato.queue import Queue, QueueWriteError
+from hato.queue import QueueWriteError
+from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
+from hato.server.context import SessionContext
+from hato.server.headers import HeaderCapture
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
     NEED_DATA,
@@ -45,7 +47,6 @@ from hato.smtp import (
     ProtocolError,
     RcptTo,
     ServerConnection,
-    ServerSettings,
     StartTLSRequest,
     TransactionReset,
 )
@@ -56,84 +57,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("hato.smtpd")
 
 TEMP_FAILURE = Reply(451, "4.3.0", "Temporary local problem, please try again later")
-NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 SESSION_TOO_LONG = Reply(421, "4.4.2", "Session too long, closing connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
-NOT_SUPPORTED = Reply(502, "5.5.1", "Command not supported here")
-
-
-@dataclass(slots=True)
-class SessionContext:
-    """What every session of one listener shares (built once by the composition root)."""
-
-    role: Role
-    settings: ServerSettings
-    queue: Queue
-    resolver: RecipientResolver
-    clock: Clock
-    idle_timeout: float
-    session_timeout: float
-    listener: ListenerState
-
-
-@dataclass(slots=True)
-class ListenerState:
-    """Connection accounting for one listener (limits per listener and per client IP)."""
-
-    name: str
-    max_connections: int
-    max_per_ip: int
-    active: int = 0
-    per_ip: dict[str, int] = field(default_factory=dict)
-    sessions: set[SmtpSession] = field(default_factory=set)
-    empty: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
-
-    def __post_init__(self) -> None:
-        self.empty.set()
-
-    def admit(self, ip: str) -> bool:
-        return self.active < self.max_connections and self.per_ip.get(ip, 0) < self.max_per_ip
-
-    def enter(self, session: SmtpSession, ip: str) -> None:
-        self.active += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        self.sessions.add(session)
-        self.empty.clear()
-
-    def leave(self, session: SmtpSession, ip: str) -> None:
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        self.active -= 1
-        if not self.sessions:
-            self.empty.set()
-        left = self.per_ip.get(ip, 1) - 1
-        if left <= 0:
-            self.per_ip.pop(ip, None)
-        else:
-            self.per_ip[ip] = left
+NO_TLS = Reply(454, "4.7.0", "TLS not available")
+INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
+TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 
 
 class SmtpSession(asyncio.Protocol):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.conn = ServerConnection(ctx.settings)
+        self.conn = ServerConnection(ctx.settings, tls_active=ctx.implicit_tls)
         self.client_ip = "unknown"
         self.client_port = 0
         self.session_id = ""
         self.body: BodyWriter | None = None
+        self.headers: HeaderCapture | None = None
         self.mail_from: MailFrom | None = None
         self.recipients: list[tuple[Address, Address]] = []  # (deliver-to, original)
         self.rcpt_originals: list[Address] = []
-        self.busy = False  # a queue commit is in flight
+        self.user: Address | None = None  # the authenticated account
+        self.auth: AuthExchange | None = None
+        self.tls_detail = ""
+        self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
         self.draining = False
         self.last_activity = 0.0
         self.started = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.commit_task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.messages = 0
 
     # ---- asyncio callbacks ----
@@ -144,6 +98,8 @@ class SmtpSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        if self.ctx.implicit_tls:
+            self._note_tls(transport)
         now = self.ctx.clock.monotonic()
         self.started = self.last_activity = now
         self.session_id = f"{id(self):x}"
@@ -158,7 +114,7 @@ class SmtpSession(asyncio.Protocol):
                     reason="connection-limit",
                 )
             )
-            transport.write(Reply(421, "4.7.0", "Too many connections, try again later").to_bytes())
+            transport.write(TOO_MANY.to_bytes())
             transport.close()
             self.closing = True
             return
@@ -170,6 +126,7 @@ class SmtpSession(asyncio.Protocol):
                 listener=listener.name,
                 client=self.client_ip,
                 port=self.client_port,
+                tls=self.conn.tls_active,
             )
         )
         self.conn.greet()
@@ -184,7 +141,7 @@ class SmtpSession(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool | None:
-        if not self.closing:
+        if not self.closing and not self.busy:
             self.conn.receive_data(b"")
             self._process()
         return None  # let the transport close itself
@@ -193,6 +150,8 @@ class SmtpSession(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
+        if self.task is not None and self.task.get_name() != "commit":
+            self.task.cancel()  # a handshake or a password check; a commit runs to its end
         self._discard_body()
         self.ctx.listener.leave(self, self.client_ip)
         log.info(
@@ -217,7 +176,7 @@ class SmtpSession(asyncio.Protocol):
         except Exception:
             # STYLE.md: the one catch-all at the top of a session: answer 421, log, close.
             log.exception(logfmt("session-error", session=self.session_id))
-            self._close_with(Reply(421, "4.3.0", "Internal error, closing connection"))
+            self._close_with(INTERNAL_ERROR)
             return
         self._flush()
 
@@ -231,9 +190,12 @@ class SmtpSession(asyncio.Protocol):
                 self._on_rcpt(event)
             case DataStart():
                 self.body = self.ctx.queue.new_body()
+                self.headers = HeaderCapture() if self.user is not None else None
             case BodyChunk(data=data):
                 if self.body is not None:
                     self.body.write(data)
+                if self.headers is not None:
+                    self.headers.feed(data)
             case MessageEnd():
                 self._on_message_end()
             case MessageAborted(reply=reply):
@@ -253,38 +215,84 @@ class SmtpSession(asyncio.Protocol):
                         detail=detail,
                     )
                 )
-            case CloseConnection():
+            case CloseConnection() | ConnectionLost():
+                self._discard_body()
                 self._flush()
                 self.closing = True
                 if self.transport is not None:
                     self.transport.close()
-            case ConnectionLost():
-                self._discard_body()
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.close()
-            case StartTLSRequest() | AuthRequest() | AuthResponse():
-                # Not offered on this listener, so the core never asks; answer safely anyway.
-                self.conn.reply(NOT_SUPPORTED)
+            case StartTLSRequest():
+                self._on_starttls()
+            case AuthRequest(mechanism=mechanism, initial=initial):
+                self.auth = AuthExchange(self.ctx.accounts or _NO_ACCOUNTS, self.ctx.verify_slots)
+                self._begin(self._auth_step(self.auth.start(mechanism, initial), mechanism))
+            case AuthResponse(data=data):
+                if self.auth is not None:
+                    self._begin(self._auth_step(self.auth.respond(data), None))
             case AuthCancelled():
-                pass
+                self.auth = None
             case _:
                 raise AssertionError(f"unhandled SMTP event {event!r}")
 
-    # ---- verbs that need a decision ----
+    def _begin(self, work: Coroutine[Any, Any, None], name: str = "work") -> None:
+        """Run one decision that needs I/O; reading pauses until it has answered."""
+        self.busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(self._guard(work), name=name)
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(logfmt("session-error", session=self.session_id))
+            self._close_with(INTERNAL_ERROR)
+        finally:
+            self.busy = False
+            self.task = None
+        if self.closing:
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._process()
+        if self.draining and self.body is None and not self.closing:
+            self._close_with(SHUTTING_DOWN)
+
+    # ---- MAIL, RCPT, end of message ----
 
     def _on_mail(self, event: MailFrom) -> None:
         self._discard_body()
         self._reset_transaction()
+        path = event.path
+        resolver = self.ctx.resolver
         facts = SenderFacts(
-            role=self.ctx.role, queue_has_room=self.ctx.queue.has_room(event.size or 0)
+            role=self.ctx.role,
+            queue_has_room=self.ctx.queue.has_room(event.size or 0),
+            authenticated=self.user is not None,
+            sender_is_local=path is not None and resolver.is_local_domain(path.domain),
+            sender_owned=path is None or (self.user is not None and self._owns(path)),
         )
         decision = mail_from_decision(facts)
         if isinstance(decision, Accept):
             self.mail_from = event
             self.conn.accept()
         else:
+            log.info(
+                logfmt(
+                    "mail-refused",
+                    session=self.session_id,
+                    client=self.client_ip,
+                    sender=path,
+                    user=self.user,
+                    reply=decision.reply.code,
+                )
+            )
             self.conn.reply(decision.reply)
+
+    def _owns(self, address: Address) -> bool:
+        return self.user is not None and self.ctx.resolver.owns(self.user, address)
 
     def _on_rcpt(self, event: RcptTo) -> None:
         resolution = self.ctx.resolver.resolve(event.address)
@@ -292,44 +300,60 @@ class SmtpSession(asyncio.Protocol):
             role=self.ctx.role,
             local_domain=not isinstance(resolution, NotLocal),
             known=isinstance(resolution, Local),
+            authenticated=self.user is not None,
         )
         decision = rcpt_decision(facts)
-        match decision:
-            case Accept():
-                if isinstance(resolution, Local):
-                    # Aliases may expand to several mailboxes; each gets one queue row, once.
-                    known = {dest for dest, _ in self.recipients}
-                    for dest in (*resolution.mailboxes, *resolution.forwards):
-                        if dest not in known:
-                            self.recipients.append((dest, event.address))
-                            known.add(dest)
-                else:
-                    self.recipients.append((event.address, event.address))
-                self.rcpt_originals.append(event.address)
-                self.conn.accept()
-            case Reject(reply=reply) | Defer(reply=reply):
-                log.info(
-                    logfmt(
-                        "rcpt-refused",
-                        session=self.session_id,
-                        client=self.client_ip,
-                        rcpt=event.address,
-                        reply=reply.code,
-                    )
+        if not isinstance(decision, Accept):
+            log.info(
+                logfmt(
+                    "rcpt-refused",
+                    session=self.session_id,
+                    client=self.client_ip,
+                    rcpt=event.address,
+                    reply=decision.reply.code,
                 )
-                self.conn.reply(reply)
+            )
+            self.conn.reply(decision.reply)
+            return
+        # Aliases may expand to several mailboxes; each gets one queue row, once.
+        targets = (
+            (*resolution.mailboxes, *resolution.forwards)
+            if isinstance(resolution, Local)
+            else (event.address,)
+        )
+        known = {dest for dest, _ in self.recipients}
+        for dest in targets:
+            if dest not in known:
+                self.recipients.append((dest, event.address))
+                known.add(dest)
+        self.rcpt_originals.append(event.address)
+        self.conn.accept()
 
     def _on_message_end(self) -> None:
-        body, mail = self.body, self.mail_from
-        self.body = None
+        body, mail, headers = self.body, self.mail_from, self.headers
+        self.body = self.headers = None
         if body is None or mail is None or not self.recipients:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self.conn.reply(TEMP_FAILURE)
             return
-        self.busy = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self.commit_task = asyncio.get_running_loop().create_task(self._commit(body, mail))
+        if headers is not None:
+            owned = all(a is not None and self._owns(a) for a in headers.from_addresses())
+            decision = header_from_decision(self.user is not None, owned)
+            if not isinstance(decision, Accept):
+                log.info(
+                    logfmt(
+                        "message-refused",
+                        session=self.session_id,
+                        user=self.user,
+                        reason="from-not-owned",
+                        reply=decision.reply.code,
+                    )
+                )
+                body.discard()
+                self._reset_transaction()
+                self.conn.reply(decision.reply)
+                return
+        self._begin(self._commit(body, mail), name="commit")
 
     async def _commit(self, body: BodyWriter, mail: MailFrom) -> None:
         recipients, originals = self.recipients, self.rcpt_originals
@@ -340,25 +364,26 @@ class SmtpSession(asyncio.Protocol):
             hostname=self.ctx.settings.hostname,
             esmtp=self.conn.esmtp,
             tls=self.conn.tls_active,
-            authenticated=self.conn.authenticated,
+            authenticated=self.user is not None,
             smtputf8=mail.smtputf8,
+            tls_detail=self.tls_detail,
         )
         prefix = received_header(info, body.queue_id, originals, self.ctx.clock.now())
-        params: dict[str, str | None] = dict(mail.params)
         try:
             queue_id = await self.ctx.queue.commit(
-                body, mail_from=mail.path, recipients=recipients, prefix=prefix, params=params
+                body,
+                mail_from=mail.path,
+                recipients=recipients,
+                prefix=prefix,
+                params=dict(mail.params),
             )
         except QueueWriteError as exc:
-            reply = exc.reply
             log.warning(
-                logfmt("queue-write-failed", session=self.session_id, error=exc, reply=reply.code)
+                logfmt(
+                    "queue-write-failed", session=self.session_id, error=exc, reply=exc.reply.code
+                )
             )
-            self._answer_after_commit(reply)
-            return
-        except Exception:
-            log.exception(logfmt("queue-commit-error", session=self.session_id))
-            self._answer_after_commit(TEMP_FAILURE)
+            self._answer(exc.reply)
             return
         self.messages += 1
         log.info(
@@ -367,27 +392,102 @@ class SmtpSession(asyncio.Protocol):
                 session=self.session_id,
                 id=queue_id,
                 client=self.client_ip,
+                user=self.user,
                 nrcpt=len(recipients),
             )
         )
-        self._answer_after_commit(None, f"Ok: queued as {queue_id}")
+        self._answer(None, f"Ok: queued as {queue_id}")
 
-    def _answer_after_commit(self, reply: Reply | None, text: str | None = None) -> None:
-        self.busy = False
-        self.commit_task = None
+    # ---- STARTTLS (RFC 3207) ----
+
+    def _on_starttls(self) -> None:
+        if self.ctx.tls is None or self.transport is None:
+            self.conn.reply(NO_TLS)
+            return
+        # The core discards anything pipelined after STARTTLS (RFC 3207 §4.2, CVE-2011-0411).
+        self.conn.accept()
+        self._flush()
+        self._begin(self._handshake(self.transport), name="tls")
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        assert self.ctx.tls is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(
+                transport,
+                self,
+                self.ctx.tls.current,
+                server_side=True,
+                ssl_handshake_timeout=self.ctx.tls_handshake_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info(
+                logfmt("tls-failed", session=self.session_id, client=self.client_ip, error=exc)
+            )
+            self.closing = True
+            transport.abort()
+            return
+        if new is None:
+            self.closing = True
+            return
+        self.transport = new
+        self._note_tls(new)
+        self.conn.tls_established()  # RFC 3207 §4.2: forget everything, EHLO again
+        self.user = None
+        log.info(logfmt("tls", session=self.session_id, detail=self.tls_detail))
+
+    def _note_tls(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            self.tls_detail = (
+                f"using {ssl_object.version()} with cipher {cipher[0] if cipher else '?'}"
+            )
+
+    # ---- AUTH (RFC 4954) ----
+
+    async def _auth_step(self, step: Coroutine[Any, Any, object], mechanism: str | None) -> None:
+        result = await step
+        match result:
+            case SendChallenge(data=data):
+                self.conn.auth_challenge(data)
+            case Success(user=user):
+                self.user = user
+                self.auth = None
+                log.info(
+                    logfmt(
+                        "auth",
+                        session=self.session_id,
+                        client=self.client_ip,
+                        user=user,
+                        result="ok",
+                    )
+                )
+                self.conn.accept()
+            case Failure(reply=reply, reason=reason, username=username):
+                self.auth = None
+                # One line a fail2ban filter can match (contrib/fail2ban); never the password.
+                log.warning(
+                    logfmt(
+                        "auth-failed",
+                        session=self.session_id,
+                        client=self.client_ip,
+                        user=username or None,
+                        mechanism=mechanism,
+                        reason=reason,
+                    )
+                )
+                self.conn.reply(reply)
+
+    # ---- helpers ----
+
+    def _answer(self, reply: Reply | None, text: str | None = None) -> None:
         if self.closing:
             return
         if reply is None:
             self.conn.accept(text)
         else:
             self.conn.reply(reply)
-        if self.transport is not None:
-            self.transport.resume_reading()
-        self._process()
-        if self.draining and not self.closing:
-            self._close_with(SHUTTING_DOWN)
-
-    # ---- helpers ----
 
     def _reset_transaction(self) -> None:
         self.mail_from = None
@@ -398,6 +498,7 @@ class SmtpSession(asyncio.Protocol):
         if self.body is not None:
             self.body.discard()
             self.body = None
+        self.headers = None
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
@@ -415,12 +516,11 @@ class SmtpSession(asyncio.Protocol):
     # ---- timeouts (RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command) ----
 
     def _arm_timer(self) -> None:
-        loop = asyncio.get_running_loop()
         now = self.ctx.clock.monotonic()
         due = min(
             self.last_activity + self.ctx.idle_timeout, self.started + self.ctx.session_timeout
         )
-        self.timer = loop.call_later(max(0.05, due - now), self._on_timer)
+        self.timer = asyncio.get_running_loop().call_later(max(0.05, due - now), self._on_timer)
 
     def _on_timer(self) -> None:
         if self.closing:
@@ -445,3 +545,16 @@ class SmtpSession(asyncio.Protocol):
         if self.busy or self.body is not None:
             return
         self._close_with(SHUTTING_DOWN)
+
+
+class _NoAccounts:
+    """AUTH where no account store is wired (never offered then; refuse safely)."""
+
+    def verify(self, address: Address, password: str) -> bool:
+        return False
+
+    def scram_credentials(self, address: Address) -> None:
+        return None
+
+
+_NO_ACCOUNTS = _NoAccounts()

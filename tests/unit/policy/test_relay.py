@@ -7,6 +7,7 @@ from hato.policy import (
     RecipientFacts,
     Reject,
     SenderFacts,
+    header_from_decision,
     mail_from_decision,
     rcpt_decision,
 )
@@ -42,3 +43,31 @@ def test_full_queue_defers_mail_from_with_452_4_3_1() -> None:
     assert isinstance(decision, Defer)
     assert (decision.reply.code, decision.reply.enhanced) == (452, "4.3.1")
     assert mail_from_decision(SenderFacts(Role.MX, queue_has_room=True)) == Accept()
+
+
+def test_own_domain_sender_on_mx_without_auth_is_refused() -> None:
+    facts = SenderFacts(Role.MX, queue_has_room=True, sender_is_local=True)
+    decision = mail_from_decision(facts)
+    assert isinstance(decision, Reject)
+    assert (decision.reply.code, decision.reply.enhanced) == (550, "5.7.1")
+    assert "submission" in decision.reply.text
+    foreign = SenderFacts(Role.MX, queue_has_room=True, sender_is_local=False)
+    assert mail_from_decision(foreign) == Accept()
+
+
+def test_authenticated_sender_must_be_owned() -> None:
+    for role in (Role.SUBMISSION, Role.SUBMISSIONS):
+        owned = SenderFacts(role, queue_has_room=True, authenticated=True, sender_owned=True)
+        assert mail_from_decision(owned) == Accept()
+        stolen = SenderFacts(role, queue_has_room=True, authenticated=True, sender_owned=False)
+        decision = mail_from_decision(stolen)
+        assert isinstance(decision, Reject)
+        assert (decision.reply.code, decision.reply.enhanced) == (553, "5.7.1")
+
+
+def test_header_from_must_be_owned_when_authenticated() -> None:
+    assert header_from_decision(authenticated=True, from_owned=True) == Accept()
+    assert header_from_decision(authenticated=False, from_owned=False) == Accept()
+    decision = header_from_decision(authenticated=True, from_owned=False)
+    assert isinstance(decision, Reject)
+    assert (decision.reply.code, decision.reply.enhanced) == (553, "5.7.1")

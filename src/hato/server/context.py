@@ -1,0 +1,75 @@
+"""What the sessions of one listener share: settings and rooms (built once by the composition
+root), and the connection accounting that enforces the per-listener and per-IP limits."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hato.delivery.local import RecipientResolver
+from hato.model import Clock, Role
+from hato.queue import Queue
+from hato.server.auth import Accounts
+from hato.server.tls import ReloadingContext
+from hato.smtp import ServerSettings
+
+if TYPE_CHECKING:
+    from hato.server.session import SmtpSession
+
+
+@dataclass(slots=True)
+class ListenerState:
+    """Connection accounting for one listener (limits per listener and per client IP)."""
+
+    name: str
+    max_connections: int
+    max_per_ip: int
+    active: int = 0
+    per_ip: dict[str, int] = field(default_factory=dict)
+    sessions: set[SmtpSession] = field(default_factory=set)
+    empty: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
+
+    def __post_init__(self) -> None:
+        self.empty.set()
+
+    def admit(self, ip: str) -> bool:
+        return self.active < self.max_connections and self.per_ip.get(ip, 0) < self.max_per_ip
+
+    def enter(self, session: SmtpSession, ip: str) -> None:
+        self.active += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.sessions.add(session)
+        self.empty.clear()
+
+    def leave(self, session: SmtpSession, ip: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.active -= 1
+        if not self.sessions:
+            self.empty.set()
+        left = self.per_ip.get(ip, 1) - 1
+        if left <= 0:
+            self.per_ip.pop(ip, None)
+        else:
+            self.per_ip[ip] = left
+
+
+@dataclass(slots=True)
+class SessionContext:
+    """Everything a session of one listener needs."""
+
+    role: Role
+    settings: ServerSettings
+    queue: Queue
+    resolver: RecipientResolver
+    clock: Clock
+    idle_timeout: float
+    session_timeout: float
+    listener: ListenerState
+    tls: ReloadingContext | None = None  # STARTTLS (or implicit TLS) when set
+    implicit_tls: bool = False  # RFC 8314 §3.3: the listener's sockets are TLS from the start
+    accounts: Accounts | None = None  # AUTH, on submission roles
+    verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    tls_handshake_timeout: float = 30.0
