@@ -89,7 +89,11 @@ def test_a_full_disk_gets_4xx_and_loses_nothing(tiny_disk: Path, make_server: Ma
         time.sleep(0.1)
         counts = maildir.markers(maildir.messages(box))
     missing = accepted - counts.keys()
-    assert not missing, f"{len(missing)} of {len(accepted)} messages answered 250 are missing"
+    # A 250'd message still queued (deferred after ENOSPC in the Maildir) counts as missing here:
+    # the sender was told "delivered soon", and the mailbox owner does not see it.
+    assert not missing, (
+        f"{len(missing)} of {len(accepted)} messages answered 250 are not in the Maildir 30 s later"
+    )
     assert all(counts[m] == 1 for m in accepted)
 
     # Still serving: a new connection is greeted and gets a 4xx or 250 for a transaction.
