@@ -254,6 +254,7 @@ async def run(settings: Settings, source: str) -> None:
                 implicit_tls=implicit,
                 accounts=users if role is not Role.MX else None,
                 verify_slots=verify_slots,
+                postmaster_domain=settings.domains[0].name,
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None

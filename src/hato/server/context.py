@@ -73,3 +73,4 @@ class SessionContext:
     accounts: Accounts | None = None  # AUTH, on submission roles
     verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     tls_handshake_timeout: float = 30.0
+    postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered

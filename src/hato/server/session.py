@@ -295,7 +295,16 @@ class SmtpSession(asyncio.Protocol):
         return self.user is not None and self.ctx.resolver.owns(self.user, address)
 
     def _on_rcpt(self, event: RcptTo) -> None:
-        resolution = self.ctx.resolver.resolve(event.address)
+        address = event.address
+        if (
+            address.local.lower() == "postmaster"
+            and address.domain == self.ctx.settings.hostname.lower()
+            and not self.ctx.resolver.is_local_domain(address.domain)
+        ):
+            # RFC 5321 §4.5.1: "RCPT TO:<Postmaster>" (the core names it postmaster@hostname)
+            # must always be accepted: it goes to the postmaster of our first domain.
+            address = Address("postmaster", self.ctx.postmaster_domain)
+        resolution = self.ctx.resolver.resolve(address)
         facts = RecipientFacts(
             role=self.ctx.role,
             local_domain=not isinstance(resolution, NotLocal),
