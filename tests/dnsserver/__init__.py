@@ -1,4 +1,5 @@
-"""An in-process DNS server for tests (see server.py), importable from any test directory.
+"""Test DNS: an in-process DNS server (server.py) and a fake Resolver (fake.py), importable
+from any test directory.
 
 A test module puts `tests/` on the path and defines its own fixture (a fixture imported from
 another module would be flagged by ruff as redefined):
@@ -12,6 +13,7 @@ another module would be flagged by ruff as redefined):
             yield server
 """
 
+from dnsserver.fake import FakeResolver, FakeValue
 from dnsserver.server import DnsTestServer, ZoneDict, ZoneValue
 
-__all__ = ["DnsTestServer", "ZoneDict", "ZoneValue"]
+__all__ = ["DnsTestServer", "FakeResolver", "FakeValue", "ZoneDict", "ZoneValue"]
