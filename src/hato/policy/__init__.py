@@ -1,26 +1,51 @@
-"""Decisions as values: relay control, port roles, and (later) rate limits and DNSBLs.
+"""Decisions as values: relay control, port roles, network rules (OP25B, DNSBL), AUTH
+throttling and per-user sending limits.
 
 May import hato.model only. Nothing here does I/O: the session gathers the facts, a function
-here turns them into Accept / Reject(reply) / Defer(reply).
+here turns them into Accept / Reject(reply) / Defer(reply). State (throttles, limits) takes
+its time from a `Clock`; DNS comes through the `Resolver` seam.
 """
 
-from hato.policy.decision import Accept, Decision, Defer, Reject
-from hato.policy.relay import (
-    RecipientFacts,
-    SenderFacts,
-    header_from_decision,
-    mail_from_decision,
-    rcpt_decision,
+from hato.policy.authlimit import (
+    AUTH_BLOCKED,
+    AUTH_FAILED,
+    AuthFailure,
+    AuthThrottle,
+    AuthThrottleSettings,
 )
+from hato.policy.decision import Accept, Decision, Defer, Reject
+from hato.policy.networks import (
+    ClientNetwork,
+    ConnectionVerdict,
+    ListenerNetworkRules,
+    NetworkTable,
+    connection_check,
+    connection_decision,
+)
+from hato.policy.ratelimit import SendLimiter, SendLimitSettings, SpikeAlert
+from hato.policy.relay import RecipientFacts, SenderFacts, mail_from_decision, rcpt_decision
 
 __all__ = [
+    "AUTH_BLOCKED",
+    "AUTH_FAILED",
     "Accept",
+    "AuthFailure",
+    "AuthThrottle",
+    "AuthThrottleSettings",
+    "ClientNetwork",
+    "ConnectionVerdict",
     "Decision",
     "Defer",
+    "ListenerNetworkRules",
+    "NetworkTable",
     "RecipientFacts",
     "Reject",
+    "SendLimitSettings",
+    "SendLimiter",
     "SenderFacts",
-    "header_from_decision",
+    "SpikeAlert",
+    "connection_check",
+    "connection_decision",
     "mail_from_decision",
     "rcpt_decision",
 ]
