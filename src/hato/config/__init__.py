@@ -19,6 +19,12 @@ from hato.config.load import (
     parse_settings,
     settings_from_mapping,
 )
+from hato.config.policy_sections import (
+    AUTH_MECHANISMS,
+    AuthSettings,
+    DnsSettings,
+    NetworkSettings,
+)
 from hato.config.sections import (
     DomainSettings,
     LimitsSettings,
@@ -34,10 +40,13 @@ from hato.config.settings import LoadedSettings, Settings
 from hato.config.values import ListenAddress, parse_size
 
 __all__ = [
+    "AUTH_MECHANISMS",
     "CONFIG_FILE_NAME",
     "EMBEDDED_DEFAULT",
     "EMBEDDED_SOURCE",
+    "AuthSettings",
     "ConfigError",
+    "DnsSettings",
     "DomainSettings",
     "LimitsSettings",
     "ListenAddress",
@@ -46,6 +55,7 @@ __all__ = [
     "LocalSettings",
     "LogFormat",
     "LogLevel",
+    "NetworkSettings",
     "QueueSettings",
     "ServerSettings",
     "Settings",

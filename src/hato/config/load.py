@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from hato.config.errors import ConfigError, translate
+from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
     SECTIONS,
     DomainSettings,
@@ -154,12 +155,19 @@ def settings_from_mapping(
     queue = _one(QueueSettings, raw.get("queue", {}), "queue", context, problems)
     local = _one(LocalSettings, raw.get("local", {}), "local", context, problems)
     domains = _many(DomainSettings, raw.get("domain"), "domain", context, problems)
+    auth = _one(AuthSettings, raw.get("auth", {}), "auth", context, problems)
+    networks = _many(NetworkSettings, raw.get("network", []), "network", context, problems, 0)
+    dns = _one(DnsSettings, raw.get("dns", {}), "dns", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
+    problems.extend(_duplicates(raw.get("network"), "network", "name"))
+    problems.extend(_network_references(raw.get("listener"), raw.get("network")))
     if "tls" not in raw:
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
+        raise ConfigError(source, problems)
+    if auth is None or dns is None:
         raise ConfigError(source, problems)
     return Settings(
         server=server,
@@ -169,6 +177,9 @@ def settings_from_mapping(
         queue=queue,
         local=local,
         domains=tuple(domain for _, domain in domains),
+        auth=auth,
+        networks=tuple(network for _, network in networks),
+        dns=dns,
     )
 
 
@@ -195,9 +206,16 @@ def _one(
 
 
 def _many(
-    model: type[M], raw: object, path: str, context: ParseContext, problems: list[str]
+    model: type[M],
+    raw: object,
+    path: str,
+    context: ParseContext,
+    problems: list[str],
+    minimum: int = 1,
 ) -> list[tuple[int, M]]:
     """The valid entries of an array of tables, with their index; problems for the others."""
+    if minimum == 0 and raw == []:
+        return []
     if raw is None or raw == []:
         problems.append(f"{path}: at least one [[{path}]] is required, e.g. {_EXAMPLES[path]}")
         return []
@@ -221,18 +239,20 @@ def _entries(raw: object) -> list[tuple[int, dict[str, Any]]]:
 
 
 _IDENTITY: dict[str, tuple[Callable[[object], object], str]] = {
-    "address": (parse_listen_address, "is already used by"),
-    "name": (lambda name: domain_key(parse_domain_name(name)), "is already defined by"),
+    "listener": (parse_listen_address, "is already used by"),
+    "domain": (lambda name: domain_key(parse_domain_name(name)), "is already defined by"),
+    "network": (lambda name: name if isinstance(name, str) else None, "is already defined by"),
 }
 _DUPLICATE_FIX = {
     "listener": "give each listener its own HOST:PORT",
     "domain": "merge the two [[domain]] tables",
+    "network": "merge the two [[network]] tables or rename one",
 }
 
 
 def _duplicates(raw: object, section: str, key: str) -> list[str]:
-    """Two [[listener]] on one address, or two [[domain]] with one name."""
-    identity, verb = _IDENTITY[key]
+    """Two [[listener]] on one address, two [[domain]] or [[network]] with one name."""
+    identity, verb = _IDENTITY[section]
     problems = []
     seen: dict[object, int] = {}
     for index, item in _entries(raw):
@@ -240,11 +260,30 @@ def _duplicates(raw: object, section: str, key: str) -> list[str]:
             value = identity(item.get(key))
         except ValueError:
             continue  # reported by the entry's own validation
+        if value is None:
+            continue
         if (first := seen.setdefault(value, index)) != index:
             problems.append(
                 f"{section}[{index}].{key}: {show(item[key])} {verb} {section}[{first}]; "
                 f"{_DUPLICATE_FIX[section]}"
             )
+    return problems
+
+
+def _network_references(listeners: object, networks: object) -> list[str]:
+    """Every name in a listener's refuse_networks / allow_networks is a [[network]]."""
+    names = {item.get("name") for _, item in _entries(networks)}
+    known = ", ".join(sorted(str(n) for n in names if isinstance(n, str))) or "none defined"
+    problems = []
+    for index, item in _entries(listeners):
+        for key in ("refuse_networks", "allow_networks"):
+            values = item.get(key, [])
+            for position, name in enumerate(values if isinstance(values, list) else []):
+                if isinstance(name, str) and name not in names:
+                    problems.append(
+                        f"listener[{index}].{key}[{position}]: no [[network]] named {show(name)} "
+                        f"(defined: {known}); add a [[network]] with that name"
+                    )
     return problems
 
 

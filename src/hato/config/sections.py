@@ -24,10 +24,12 @@ from pydantic import (
     PlainValidator,
     StrictBool,
     StrictInt,
+    StrictStr,
     ValidationInfo,
     field_validator,
 )
 
+from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.values import (
     ListenAddress,
     check_readable_file,
@@ -88,6 +90,12 @@ def _non_empty(targets: tuple[Address, ...]) -> tuple[Address, ...]:
     return targets
 
 
+def _non_empty_grant(targets: tuple[Address, ...]) -> tuple[Address, ...]:
+    if not targets:
+        raise ValueError('a grant needs at least one address (example: ["sales"])')
+    return targets
+
+
 def _at_least(minimum: int, value: int, why: str = "") -> int:
     if value < minimum:
         raise ValueError(f"must be at least {minimum}{why}, got {value}")
@@ -139,6 +147,12 @@ class ListenerSettings(BaseModel):
     )
     max_connections: StrictInt = Field(1000, description="an integer, at least 1")
     max_connections_per_ip: StrictInt = Field(20, description="an integer, at least 1")
+    refuse_networks: tuple[StrictStr, ...] = Field(
+        (), description='an array of [[network]] names, e.g. ["dynamic"]'
+    )
+    allow_networks: tuple[StrictStr, ...] = Field(
+        (), description='an array of [[network]] names, e.g. ["office"]; [] = everyone'
+    )
 
     @field_validator("max_connections", "max_connections_per_ip")
     @classmethod
@@ -180,6 +194,27 @@ class LimitsSettings(BaseModel):
     max_text_line: StrictInt = Field(
         1000, description=f"octets as an integer: 0 (no limit) or at least {MIN_TEXT_LINE}"
     )
+    messages_per_hour: StrictInt = Field(200, description="an integer: 0 (no limit) or more")
+    recipients_per_hour: StrictInt = Field(1000, description="an integer: 0 (no limit) or more")
+    spike_recipients: StrictInt = Field(300, description="an integer: 0 (off) or more")
+    spike_window: StrictInt = Field(300, description="seconds as an integer, 60..3600")
+    spike_hold: StrictBool = Field(True, description="true or false")
+    hold_time: StrictInt = Field(
+        86_400, description="seconds as an integer: 0 (until released) or more"
+    )
+
+    @field_validator("messages_per_hour", "recipients_per_hour", "spike_recipients", "hold_time")
+    @classmethod
+    def _zero_or_more(cls, value: int) -> int:
+        return _at_least(0, value)
+
+    @field_validator("spike_window")
+    @classmethod
+    def _spike_window(cls, value: int) -> int:
+        # Counted in one-minute buckets over at most the hour the limits use.
+        if not 60 <= value <= 3600:
+            raise ValueError(f"must be 60..3600 seconds (whole minutes are counted), got {value}")
+        return value
 
     @field_validator("max_message_size", "max_bad_commands")
     @classmethod
@@ -271,6 +306,12 @@ class DomainSettings(BaseModel):
         default_factory=dict,
         description='a table of arrays, e.g. { sales = ["alice", "bob@example.org"] }',
     )
+    send_as: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty_grant)]] = (
+        Field(
+            default_factory=dict,
+            description='a table of arrays, e.g. { alice = ["sales", "info@example.net"] }',
+        )
+    )
 
     @field_validator("accept_any")
     @classmethod
@@ -291,5 +332,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "queue": QueueSettings,
     "local": LocalSettings,
     "domain": DomainSettings,
+    "auth": AuthSettings,
+    "network": NetworkSettings,
+    "dns": DnsSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
     DomainSettings,
     LimitsSettings,
@@ -31,6 +32,13 @@ class Settings:
     queue: QueueSettings
     local: LocalSettings
     domains: tuple[DomainSettings, ...]
+    auth: AuthSettings
+    networks: tuple[NetworkSettings, ...]
+    dns: DnsSettings
+
+    def network(self, name: str) -> NetworkSettings | None:
+        """The [[network]] called `name`."""
+        return next((n for n in self.networks if n.name == name), None)
 
     def domain(self, name: str) -> DomainSettings | None:
         """The [[domain]] called `name` (any case, U-label or A-label form), if it is local."""

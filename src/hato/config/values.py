@@ -147,3 +147,62 @@ def check_readable_file(path: Path) -> Path:
     if not os.access(path, os.R_OK):
         raise ValueError(f"file {path} is not readable by this user (check owner and mode)")
     return path
+
+
+def parse_seconds(value: object) -> float:
+    """A duration in seconds: an integer or a float (not a string, not a boolean)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{show(value)} is not a number of seconds (example: 1.5)")
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_cidr(value: object) -> IPNetwork:
+    """``"198.51.100.0/24"``, ``"2001:db8::/32"`` or one address (a /32 or /128)."""
+    if not isinstance(value, str):
+        raise ValueError(f'{show(value)} is not a CIDR (example: "198.51.100.0/24")')
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f'{show(value)} is not a CIDR (example: "198.51.100.0/24" or "2001:db8::/48")'
+        ) from None
+    raise ValueError(f'{show(value)} has host bits set; did you mean "{loose}"?')
+
+
+def parse_nameserver(value: object) -> str:
+    """A name server: ``"192.0.2.53"``, ``"127.0.0.1:5353"``, ``"::1"``, ``"[::1]:5353"``.
+
+    Returned in the same form, normalized; only IP addresses (a name would need DNS itself).
+    """
+    bad = (
+        f'{show(value)} is not a name server address (example: "127.0.0.1", '
+        '"127.0.0.1:5353", "[::1]:53")'
+    )
+    if not isinstance(value, str):
+        raise ValueError(bad)
+    host, port = value, ""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(bad)
+        port = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(bad) from None
+    if port == "" and (value.endswith(":") or value.endswith("]:")):
+        raise ValueError(bad)
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ValueError(f"{show(value)}: port must be 1..65535")
+    if not port:
+        return str(address)
+    return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"
