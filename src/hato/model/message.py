@@ -31,7 +31,11 @@ class QueuedRecipient:
 class QueuedMessage:
     """A message on disk: the body file is never rewritten; `prefix` holds the header
     lines we added (Received, Authentication-Results, ...), CRLF-terminated, to be
-    written before the body (DESIGN.md: bodies are never rewritten)."""
+    written before the body (DESIGN.md: bodies are never rewritten).
+
+    A small body is stored inline in the queue row instead of a file: then `body` holds
+    its bytes and `body_path` is "". A courier reads `body` when it is not None, else the
+    file at `body_path`."""
 
     queue_id: str
     mail_from: ReversePath
@@ -40,6 +44,7 @@ class QueuedMessage:
     size: int
     prefix: bytes = b""
     params: Mapping[str, str | None] = field(default_factory=dict)
+    body: bytes | None = None
 
 
 class Courier(Protocol):

@@ -19,9 +19,14 @@ class Delivered:
 
 @dataclass(frozen=True, slots=True)
 class TempFailed:
-    """Try again later; `reply` says why (kept on the recipient row)."""
+    """Try again later; `reply` says why (kept on the recipient row).
+
+    `retry_after` (seconds) is the courier's hint that the cause is likely to pass soon
+    (e.g. a full disk that an admin frees): the queue then tries again after at most that
+    long instead of its normal backoff. None: the normal backoff."""
 
     reply: Reply
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class QueueRunner:
         self._scan_limit = scan_limit
         self._in_flight: set[int] = set()  # row ids being delivered now
         self._wake = asyncio.Event()
+        self._sleep_until = float("inf")  # when the due scan will look next (wall clock)
 
     def wake(self) -> None:
         """Scan for due rows now (after a clock jump, or an operator's flush)."""
@@ -105,11 +106,13 @@ class QueueRunner:
             for pending in batch:
                 await self._dispatch(tg, pending)
             if delay > 0:
+                self._sleep_until = self._clock.now() + delay
                 try:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+            self._sleep_until = float("inf")
 
     async def _delay_until_due(self) -> float:
         due = await self._queue.next_due()
@@ -136,7 +139,12 @@ class QueueRunner:
                 self._update(pending.message, rcpt, outcome, unknown)
                 for rcpt, outcome in zip(pending.recipients, outcomes, strict=True)
             ]
-            await self._queue.record(pending.message.queue_id, updates)
+            await self._queue.record(
+                pending.message.queue_id, updates, has_file=pending.message.body is None
+            )
+            retries = [u.next_attempt for u in updates if u.status is Status.QUEUED]
+            if retries and min(retries) < self._sleep_until:
+                self._wake.set()  # a retry due sooner than the scan would look (retry_after)
         except QueueWriteError as exc:
             # The rows stay leased; the due scan takes them again once the lease runs out.
             log.error(
@@ -186,7 +194,7 @@ class QueueRunner:
             case Delivered(detail=detail):
                 log.info(logfmt("delivered", **fields, detail=detail or None))
                 return RowUpdate(rcpt.row_id, Status.DELIVERED, attempts, now, detail or None)
-            case TempFailed(reply=reply):
+            case TempFailed(reply=reply, retry_after=hint):
                 at = retry_at(
                     self._schedule,
                     attempts=attempts,
@@ -194,6 +202,10 @@ class QueueRunner:
                     now=now,
                     rng=self._rng,
                 )
+                if at is not None and hint is not None:
+                    # The courier expects the cause to pass soon (a disk that fills and is
+                    # freed): never later than the normal backoff, sooner if it says so.
+                    at = min(at, now + max(hint, 0.0))
                 if at is None:
                     final = expired_reply(reply)
                     log.info(logfmt("expired", **fields, reply=str(reply)))

@@ -23,7 +23,8 @@ from hato.model import parse_path as _parse_path
 
 log = logging.getLogger("hato.queue")
 
-SCHEMA_VERSION = 1
+# 2: messages.body (a small body stored inline; NULL when it is a file in messages/).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL,
     size        INTEGER NOT NULL,
     prefix      BLOB NOT NULL,
-    params      TEXT NOT NULL
+    params      TEXT NOT NULL,
+    body        BLOB
 );
 CREATE TABLE IF NOT EXISTS recipients (
     row_id       INTEGER PRIMARY KEY,
@@ -69,6 +71,7 @@ class NewMessage:
     prefix: bytes
     params: Mapping[str, str | None]
     recipients: Sequence[tuple[Address, Address]]  # (deliver-to, original)
+    body: bytes | None = None  # inline body; None: the file messages/<queue_id>
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,9 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "body" not in columns:  # a version 1 store: every body there is a file
+        conn.execute("ALTER TABLE messages ADD COLUMN body BLOB")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn
 
@@ -109,8 +115,8 @@ def insert_message(
 ) -> tuple[int, ...]:
     """Insert a message and its recipient rows, leased to `node_id`; returns the row ids."""
     conn.execute(
-        "INSERT INTO messages (queue_id, mail_from, received_at, size, prefix, params)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (queue_id, mail_from, received_at, size, prefix, params, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             msg.queue_id,
             format_path(msg.mail_from),
@@ -118,6 +124,7 @@ def insert_message(
             msg.size,
             msg.prefix,
             json.dumps(dict(msg.params), separators=(",", ":")),
+            msg.body,
         ),
     )
     row_ids = []
@@ -141,18 +148,20 @@ def insert_message(
 
 
 def _message_from_row(row: sqlite3.Row | tuple[object, ...], messages_dir: str) -> QueuedMessage:
-    queue_id, mail_from, received_at, size, prefix, params = row
+    queue_id, mail_from, received_at, size, prefix, params, body = row
     assert isinstance(queue_id, str) and isinstance(mail_from, str)
     assert isinstance(received_at, float) and isinstance(size, int)
     assert isinstance(prefix, bytes) and isinstance(params, str)
+    assert body is None or isinstance(body, bytes)
     return QueuedMessage(
         queue_id=queue_id,
         mail_from=_parse_path(mail_from, allow_null=True),
         received_at=received_at,
-        body_path=os.path.join(messages_dir, queue_id),
+        body_path="" if body is not None else os.path.join(messages_dir, queue_id),
         size=size,
         prefix=prefix,
         params=json.loads(params),
+        body=body,
     )
 
 
@@ -197,7 +206,7 @@ def take_due(
     out = []
     for queue_id, recipients in by_message.items():
         row = conn.execute(
-            "SELECT queue_id, mail_from, received_at, size, prefix, params FROM messages"
+            "SELECT queue_id, mail_from, received_at, size, prefix, params, body FROM messages"
             " WHERE queue_id = ?",
             (queue_id,),
         ).fetchone()
@@ -257,19 +266,25 @@ def recover(conn: sqlite3.Connection, messages_dir: str, *, now: float) -> list[
     """Bring the store back to a consistent state after a stop or crash; returns problems.
 
     - a body file without a message row never got 250: delete it;
-    - a message row without its body file cannot be delivered: hold its rows, report it;
+    - a message row without its body (no file, and none inline) cannot be delivered: hold
+      its rows, report it;
     - a queued row still leased was perhaps being delivered when the process died: free it
       and mark it recovered, so the courier checks before delivering again (exactly once).
     """
     problems: list[str] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        known = {qid for (qid,) in conn.execute("SELECT queue_id FROM messages")}
+        known: set[str] = set()
+        with_file: set[str] = set()
+        for qid, inline in conn.execute("SELECT queue_id, body IS NOT NULL FROM messages"):
+            known.add(qid)
+            if not inline:
+                with_file.add(qid)
         files = set(os.listdir(messages_dir))
         for name in sorted(files - known):
             os.unlink(os.path.join(messages_dir, name))
             log.info(logfmt("orphan-body-removed", id=name))
-        for queue_id in sorted(known - files):
+        for queue_id in sorted(with_file - files):
             conn.execute(
                 "UPDATE recipients SET status = 'held', last_reply = ?, lease_owner = NULL,"
                 " lease_until = NULL, updated_at = ? WHERE queue_id = ? AND status = 'queued'",

@@ -2,14 +2,19 @@
 
 Must not import anything of hato but model and smtp.
 
-Theory of operation (DESIGN.md: 250 means durable). `new_body()` creates
-`root/messages/<queue_id>` at once (O_EXCL, 0600); the session streams the body into it.
-`commit()` hands the body to a small thread pool that writes the rest, fsyncs and closes the
-file (concurrent fsyncs share journal commits), then to the group-commit writer thread,
-which fsyncs the directory once per batch and inserts the message and recipient rows in
-one transaction. `commit()` returns only after that transaction is durable; the event loop
-never waits on an fsync or on SQLite. A message row is the commit point: a body file
-without one is deleted at the next open, and a failed commit deletes its body at once.
+Theory of operation (DESIGN.md: 250 means durable). `new_body()` gives the session a
+`BodyWriter` to stream the body into; it stays in memory up to 64 KiB and only then becomes
+the file `root/messages/<queue_id>` (O_EXCL, 0600). At `commit()`:
+- a body still in memory (most mail) goes straight to the group-commit writer thread and is
+  inserted as a BLOB in the message row, in the same transaction as the recipient rows: no
+  file, no fsync of its own, no directory fsync, no unlink later; the batch's one WAL fsync
+  (synchronous=FULL) makes it durable;
+- a body that became a file goes to a small thread pool that writes the rest, fsyncs and
+  closes it (concurrent fsyncs share journal commits), then to the writer thread, which
+  fsyncs the directory once per batch and inserts the rows.
+`commit()` returns only after that transaction is durable; the event loop never waits on an
+fsync or on SQLite. A message row is the commit point: a body file without one is deleted
+at the next open, and a failed commit deletes its body at once.
 The new message is handed to the runner in memory (no polling), its rows already leased
 to this node in the same transaction.
 """
@@ -51,7 +56,8 @@ MIB = 1024 * 1024
 # Like Postfix's queue_minfree: refuse new mail (452 at MAIL FROM) below this much free space,
 # plus twice the announced SIZE (room for the body and for the database and logs beside it).
 DEFAULT_MIN_FREE = 100 * MIB
-FREE_SPACE_CACHE = 1.0  # seconds between statvfs calls
+FREE_SPACE_CACHE = 1.0  # seconds a free-space figure may be reused ...
+FREE_SPACE_MARGIN = 512 * MIB  # ... and only while it is this far above what is needed
 DEFAULT_LEASE = 900.0  # seconds a node holds rows it is delivering
 
 
@@ -129,7 +135,7 @@ class Queue:
         rng: Rng | None = None,
         min_free: int = DEFAULT_MIN_FREE,
         lease_seconds: float = DEFAULT_LEASE,
-        fsync_threads: int = 16,
+        fsync_threads: int = 4,
         free_space: Callable[[Path], int] = statvfs_free,
     ) -> Queue:
         """Create the directories (0700), open the store, and recover (see `store.recover`)."""
@@ -169,18 +175,23 @@ class Queue:
         False below `min_free + 2 * size_hint` free bytes; the session then answers
         452 4.3.1 at MAIL FROM (RFC 1870 §6.2, RFC 3463 §3.4).
         """
+        needed = self._min_free + 2 * max(size_hint, 0)
         now = self._clock.monotonic()
-        if self._free is None or now - self._free_at >= FREE_SPACE_CACHE:
+        # statvfs costs ~2 us: reuse a figure only when it was far above the limit (a second
+        # of intake cannot use the margin up); near the limit, ask every time, so a disk that
+        # just filled (or was just freed) is seen at once.
+        fresh = self._free is not None and now - self._free_at < FREE_SPACE_CACHE
+        if not (fresh and self._free is not None and self._free >= needed + FREE_SPACE_MARGIN):
             try:
                 self._free = self._free_space(self.root)
             except OSError as exc:
                 log.error(logfmt("statvfs-failed", error=exc.strerror))
                 self._free = 0
             self._free_at = now
-        return self._free >= self._min_free + 2 * max(size_hint, 0)
+        return self._free >= needed
 
     def new_body(self) -> BodyWriter:
-        """A new spool file to stream one body into (no I/O until 64 KiB have come)."""
+        """A new body to stream into (in memory; a spool file only once 64 KiB have come)."""
         self._check_open()
         queue_id = self._ids.next()
         return BodyWriter(queue_id, os.path.join(self.messages_dir, queue_id))
@@ -208,6 +219,7 @@ class Queue:
             self._log_refused(body, error)
             raise error
         body.mark_sealed()
+        inline = body.take_inline() if body.inline else None
         received_at = self._clock.now()
         msg = NewMessage(
             queue_id=body.queue_id,
@@ -217,6 +229,7 @@ class Queue:
             prefix=prefix,
             params=dict(params),
             recipients=tuple(recipients),
+            body=inline,
         )
         lease_until = received_at + self.lease_seconds
         future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
@@ -225,12 +238,15 @@ class Queue:
                 conn, msg, node_id=self.node_id, lease_until=lease_until
             ),
             future=future,
-            sync_dir=True,
+            sync_dir=inline is None,
             on_failure=body.discard,
             on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until),
         )
         self._track(future)
-        self._pool.submit(self._seal_then_insert, body, job)
+        if inline is None:
+            self._pool.submit(self._seal_then_insert, body, job)
+        else:
+            self.writer.submit(job)  # nothing to fsync but the WAL: no pool, no file
         try:
             await future
         except (OSError, sqlite3.Error, ValueError, QueueWriteError) as exc:
@@ -264,10 +280,11 @@ class Queue:
             queue_id=msg.queue_id,
             mail_from=msg.mail_from,
             received_at=msg.received_at,
-            body_path=os.path.join(self.messages_dir, msg.queue_id),
+            body_path="" if msg.body is not None else os.path.join(self.messages_dir, msg.queue_id),
             size=msg.size,
             prefix=msg.prefix,
             params=msg.params,
+            body=msg.body,
         )
         rcpts = tuple(
             QueuedRecipient(row_id=row_id, address=address, original=original)
@@ -311,13 +328,19 @@ class Queue:
     async def next_due(self) -> float | None:
         return await self._write(store.next_due)
 
-    async def record(self, queue_id: str, updates: Sequence[RowUpdate]) -> bool:
-        """Record one attempt's outcomes; True when the message is finished and removed."""
+    async def record(
+        self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
+    ) -> bool:
+        """Record one attempt's outcomes; True when the message is finished and removed.
+
+        `has_file`: the body is a spool file (to unlink once the message is removed); False
+        for a body stored inline in its row, which goes with the row.
+        """
         now = self._clock.now()
         path = os.path.join(self.messages_dir, queue_id)
 
         def unlink_if_done(done: bool) -> None:
-            if done:
+            if done and has_file:
                 # After the commit: a crash in between leaves an orphan body, removed at open.
                 # In the pool, not in the writer thread that every commit waits for.
                 self._pool.submit(_unlink, path)

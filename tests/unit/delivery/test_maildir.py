@@ -294,7 +294,8 @@ def test_disk_errors_are_temp_failures_and_leave_nothing(
     monkeypatch.setattr(os, function, failing(code))
     outcomes = run(courier, msg, [rcpt(2, "alice@example.org"), rcpt(3, "bob@example.org")])
     monkeypatch.undo()
-    assert outcomes == [TempFailed(reply), TempFailed(reply)]
+    # Retried soon (10 s after a first attempt), not after the queue's normal backoff.
+    assert outcomes == [TempFailed(reply, retry_after=10.0), TempFailed(reply, retry_after=10.0)]
     box = root / "example.org" / "alice"
     assert len(files(box / "new")) == 1  # only the first message
     assert files(box / "tmp") == []
@@ -307,10 +308,10 @@ def test_failed_dir_fsync_is_temp_failure_and_retry_is_idempotent(
     msg = message(tmp_path)
     run(courier, msg, [rcpt(1, "alice@example.org")])
     monkeypatch.setattr(maildir_module, "_fsync_dir", failing(errno.EIO))
-    [outcome] = run(courier, msg, [rcpt(2, "alice@example.org")])
-    assert isinstance(outcome, TempFailed)
+    [outcome] = run(courier, msg, [rcpt(2, "alice@example.org", attempts=2)])
+    assert isinstance(outcome, TempFailed) and outcome.retry_after == 40.0  # 10 s, 20 s, 40 s
     monkeypatch.undo()
-    assert run(courier, msg, [rcpt(2, "alice@example.org", attempts=1)]) == [Delivered("maildir")]
+    assert run(courier, msg, [rcpt(2, "alice@example.org", attempts=3)]) == [Delivered("maildir")]
     assert len(files(root / "example.org" / "alice" / "new")) == 2
 
 
@@ -361,3 +362,86 @@ def test_mailbox_removed_behind_our_back_is_made_again(
 
 def test_no_recipients(courier: MaildirCourier, tmp_path: Path) -> None:
     assert run(courier, message(tmp_path), []) == []
+
+
+def test_inline_body_is_written_without_a_file(
+    courier: MaildirCourier, root: Path, tmp_path: Path
+) -> None:
+    msg = QueuedMessage(
+        "Q8in", Address("s", "example.net"), RECEIVED_AT, "", len(BODY), PREFIX, body=BODY
+    )
+    assert run(courier, msg, [rcpt(1, "alice@example.org")]) == [Delivered("maildir")]
+    [name] = files(root / "example.org" / "alice" / "new")
+    data = (root / "example.org" / "alice" / "new" / name).read_bytes()
+    assert data == expected_content("alice@example.org")
+    assert name.endswith(f",S={len(data)}")
+
+
+def test_waiting_deliveries_are_one_batch_with_one_fsync_per_new_dir(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    courier = MaildirCourier(root, "mx.example.org", clock=FakeClock())
+    synced: list[str] = []
+    real = maildir_module._fsync_dir
+
+    def counting(path: str) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(maildir_module, "_fsync_dir", counting)
+
+    async def main() -> list[list[Outcome]]:
+        first = QueuedMessage("Q0", None, RECEIVED_AT, "", 4, body=b"x\r\n")
+        await courier.deliver(first, [rcpt(99, "alice@example.org")])  # mailboxes exist now
+        await courier.deliver(first, [rcpt(98, "bob@example.org")])
+        synced.clear()
+        batches = courier.batches
+        messages = [
+            QueuedMessage(f"Q{i}", None, RECEIVED_AT, "", 4, body=b"%d\r\n" % i)
+            for i in range(1, 21)
+        ]
+        results = await asyncio.gather(
+            *(
+                courier.deliver(m, [rcpt(i, "alice@example.org"), rcpt(100 + i, "bob@example.org")])
+                for i, m in enumerate(messages)
+            )
+        )
+        # The 20 calls were queued before the worker woke: far fewer batches than calls.
+        assert courier.batches - batches < 20
+        return results
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        courier.close()
+    assert results == [[Delivered("maildir")] * 2] * 20
+    assert len(files(root / "example.org" / "alice" / "new")) == 21
+    assert len(files(root / "example.org" / "bob" / "new")) == 21
+    # One fsync of each new/ per batch, never one per message.
+    assert len(synced) < 40 and set(synced) == {
+        str(root / "example.org" / box / "new") for box in ("alice", "bob")
+    }
+
+
+def test_a_failed_copy_in_a_batch_fails_alone(
+    courier: MaildirCourier, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = message(tmp_path)
+    run(courier, msg, [rcpt(1, "alice@example.org"), rcpt(2, "bob@example.org")])
+    real_rename = os.rename
+
+    def no_rename_for_bob(src: str, dst: str) -> None:
+        if "/bob/" in src:
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", no_rename_for_bob)
+    outcomes = run(courier, msg, [rcpt(3, "alice@example.org"), rcpt(4, "bob@example.org")])
+    monkeypatch.undo()
+    assert outcomes == [
+        Delivered("maildir"),
+        TempFailed(Reply(451, "4.3.0", "Local error in processing, try again later"), 10.0),
+    ]
+    assert files(root / "example.org" / "bob" / "tmp") == []
+    assert len(files(root / "example.org" / "bob" / "new")) == 1
+    assert len(files(root / "example.org" / "alice" / "new")) == 2

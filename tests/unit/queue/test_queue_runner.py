@@ -275,3 +275,77 @@ def test_the_runner_refuses_an_attempt_timeout_longer_than_the_lease(tmp_path: P
             await queue.close()
 
     run(main)
+
+
+def test_inline_and_file_bodies_both_reach_the_courier_and_leave_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "hato.queue")
+    clock = FakeClock()
+    courier = ScriptedCourier()
+    big = b"a line of the big body\r\n" * 3000  # 72,000 octets: a spool file
+
+    async def main() -> tuple[str, str]:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock):
+                small_id = await commit_message(queue, b"small\r\n")
+                big_id = await commit_message(queue, big)
+                assert os.listdir(tmp_path / "messages") == [big_id]
+                await eventually(lambda: caplog.text.count("event=removed") == 2)
+            return small_id, big_id
+        finally:
+            await queue.close()
+
+    small_id, big_id = run(main)
+    by_id = {call.message.queue_id: call.message for call in courier.calls}
+    assert (by_id[small_id].body, by_id[small_id].body_path) == (b"small\r\n", "")
+    assert by_id[big_id].body is None
+    assert Path(by_id[big_id].body_path) == tmp_path / "messages" / big_id
+    assert os.listdir(tmp_path / "messages") == []
+    assert recipient_rows(tmp_path) == []
+
+
+def test_a_retry_after_hint_brings_the_retry_forward(tmp_path: Path) -> None:
+    clock = FakeClock()
+    full = TempFailed(Reply(452, "4.3.1", "disk full"), retry_after=10.0)
+    courier = ScriptedCourier({"a@example.org": full})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock) as runner:
+                await commit_message(queue, to=("a@example.org",))
+                await eventually(lambda: recipient_rows(tmp_path)[0][2] == 1)
+                # Sooner than the normal first retry (300 s), as the courier asked.
+                assert recipient_rows(tmp_path)[0][3] == clock.now() + 10
+                # The due scan, asleep for its 60 s when nothing was due, was woken by the
+                # recorded retry and now plans to look when that retry is due.
+                await eventually(lambda: runner._sleep_until == clock.now() + 10)
+                courier.script.clear()
+                clock.advance(10)
+                runner.wake()  # the fake clock does not end real sleeps
+                await eventually(lambda: recipient_rows(tmp_path) == [])
+        finally:
+            await queue.close()
+
+    run(main)
+    assert len(courier.calls) == 2
+
+
+def test_a_retry_after_hint_never_delays_past_the_normal_backoff(tmp_path: Path) -> None:
+    clock = FakeClock()
+    lazy = TempFailed(Reply(451, "4.3.0", "later"), retry_after=10_000.0)
+    courier = ScriptedCourier({"a@example.org": lazy})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock):
+                await commit_message(queue, to=("a@example.org",))
+                await eventually(lambda: recipient_rows(tmp_path)[0][2] == 1)
+                assert recipient_rows(tmp_path)[0][3] == clock.now() + 300
+        finally:
+            await queue.close()
+
+    run(main)

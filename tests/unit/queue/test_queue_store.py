@@ -18,7 +18,11 @@ def rows(root: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
 
 
 def bodies(root: Path) -> list[str]:
+    """The spool files (bodies that reached 64 KiB; smaller ones are inline in their row)."""
     return sorted(os.listdir(root / "messages"))
+
+
+BIG = b"0123456789abcde\n" * 4200  # 67,200 octets: over the 64 KiB flush size, a spool file
 
 
 def test_a_commit_is_on_disk_when_it_returns(tmp_path: Path) -> None:
@@ -32,10 +36,19 @@ def test_a_commit_is_on_disk_when_it_returns(tmp_path: Path) -> None:
             await queue.close()
 
     queue_id = run(main)
-    assert (tmp_path / "messages" / queue_id).read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
+    assert bodies(tmp_path) == []  # a small body is stored inline, in the same transaction
     assert rows(
-        tmp_path, "SELECT queue_id, mail_from, received_at, size, prefix FROM messages"
-    ) == [(queue_id, "<alice@example.com>", T0, 20, b"Received: by test\r\n")]
+        tmp_path, "SELECT queue_id, mail_from, received_at, size, prefix, body FROM messages"
+    ) == [
+        (
+            queue_id,
+            "<alice@example.com>",
+            T0,
+            20,
+            b"Received: by test\r\n",
+            b"Subject: x\r\n\r\nbody\r\n",
+        )
+    ]
     assert rows(tmp_path, "SELECT address, status, attempts, lease_owner FROM recipients") == [
         ("bob@example.org", "queued", 0, "node-a"),
         ("carol@example.net", "queued", 0, "node-a"),
@@ -62,7 +75,9 @@ def test_large_bodies_stream_in_chunks_and_keep_every_byte(tmp_path: Path) -> No
 
     queue_id = run(main)
     assert (tmp_path / "messages" / queue_id).read_bytes() == chunk * 41
-    assert rows(tmp_path, "SELECT mail_from, size FROM messages") == [("<>", 41 * len(chunk))]
+    assert rows(tmp_path, "SELECT mail_from, size, body FROM messages") == [
+        ("<>", 41 * len(chunk), None)
+    ]
 
 
 def test_many_concurrent_commits_all_land_with_unique_ordered_ids(tmp_path: Path) -> None:
@@ -83,7 +98,9 @@ def test_many_concurrent_commits_all_land_with_unique_ordered_ids(tmp_path: Path
     ids = run(main)
     assert len(set(ids)) == 200
     assert ids == sorted(ids)  # bodies were opened in this order
-    assert bodies(tmp_path) == sorted(ids)
+    assert bodies(tmp_path) == []
+    stored = rows(tmp_path, "SELECT queue_id, body FROM messages ORDER BY queue_id")
+    assert stored == [(queue_id, b"m%d\r\n" % i) for i, queue_id in enumerate(ids)]
     assert rows(tmp_path, "SELECT COUNT(*) FROM recipients") == [(200,)]
 
 
@@ -92,7 +109,7 @@ def test_reopening_recovers_orphans_and_frees_leases(tmp_path: Path) -> None:
 
     async def first_life() -> tuple[str, str]:
         queue = await open_queue(tmp_path, clock)
-        kept = await commit_message(queue)
+        kept = await commit_message(queue, BIG)
         orphan = queue.new_body()  # the process dies before DATA ends: never got 250
         orphan.write(b"half a message" * 10_000)  # over 64 KiB: the file exists
         await queue.close()
@@ -123,18 +140,24 @@ def test_a_row_without_its_body_is_held_and_reported(tmp_path: Path) -> None:
 
     async def main() -> None:
         queue = await open_queue(tmp_path, clock)
-        queue_id = await commit_message(queue)
+        queue_id = await commit_message(queue, BIG)
+        inline_id = await commit_message(queue)  # inline: no file to miss
         await queue.close()
         os.unlink(tmp_path / "messages" / queue_id)
         queue = await open_queue(tmp_path, clock)
         try:
             assert queue.problems == (f"event=body-missing id={queue_id} action=held",)
-            assert await queue.take_due(limit=10, exclude=()) == []
+            due = await queue.take_due(limit=10, exclude=())
+            assert [(p.message.queue_id, p.message.body_path) for p in due] == [(inline_id, "")]
+            assert due[0].message.body == b"Subject: hi\r\n\r\nhello\r\n"
         finally:
             await queue.close()
 
     run(main)
-    assert rows(tmp_path, "SELECT status FROM recipients") == [("held",)]
+    assert rows(tmp_path, "SELECT status FROM recipients ORDER BY row_id") == [
+        ("held",),
+        ("queued",),
+    ]
 
 
 def _assert_nothing_queued(root: Path) -> None:
@@ -179,7 +202,7 @@ def test_an_fsync_error_fails_the_commit(tmp_path: Path, monkeypatch: pytest.Mon
         try:
             monkeypatch.setattr("hato.queue.body.os.fsync", broken)
             with pytest.raises(QueueWriteError) as info:
-                await commit_message(queue)
+                await commit_message(queue, BIG)
             assert info.value.errno == errno.EIO and not info.value.insufficient_storage
             assert info.value.reply.code == 451
         finally:
@@ -193,15 +216,17 @@ def test_a_full_database_fails_only_the_message_that_does_not_fit(tmp_path: Path
     async def main() -> None:
         queue = await open_queue(tmp_path, FakeClock())
         try:
-            await commit_message(queue)
+            await commit_message(queue, BIG)
             # A real SQLITE_FULL: cap the database file at its current size plus a little.
             (pages,) = await queue._write(lambda c: c.execute("PRAGMA page_count").fetchone())
             await queue._write(lambda c: c.execute(f"PRAGMA max_page_count={pages + 4}"))
-            small = commit_message(queue, to=("small@example.org",))
-            huge = commit_message(queue, to=("huge@example.org",), prefix=b"X" * MIB)
-            results = await asyncio.gather(small, huge, return_exceptions=True)
+            small = commit_message(queue, BIG, to=("small@example.org",))
+            huge = commit_message(queue, BIG, to=("huge@example.org",), prefix=b"X" * MIB)
+            inline = commit_message(queue, b"x" * 60_000, to=("inline@example.org",))
+            results = await asyncio.gather(small, huge, inline, return_exceptions=True)
             assert isinstance(results[0], str)
-            assert isinstance(results[1], QueueWriteError) and results[1].insufficient_storage
+            for refused in results[1:]:
+                assert isinstance(refused, QueueWriteError) and refused.insufficient_storage
             assert sorted(bodies(tmp_path)) == sorted(
                 str(r[0]) for r in rows(tmp_path, "SELECT queue_id FROM messages")
             )
@@ -228,27 +253,27 @@ def test_a_body_file_that_cannot_be_created_fails_at_commit(
         queue = await open_queue(tmp_path, FakeClock())
         try:
             small = queue.new_body()
-            small.write(b"data")  # under 64 KiB: nothing touches the disk before commit
+            small.write(b"data")  # under 64 KiB: never a file, stored inline in its row
             big = queue.new_body()
             monkeypatch.setattr("hato.queue.body.os.open", no_inodes)
             big.write(b"x" * 70_000)
             assert big.error is not None and small.error is None
-            for writer in (small, big):
-                with pytest.raises(QueueWriteError) as info:
-                    await queue.commit(
-                        writer,
-                        mail_from=None,
-                        recipients=rcpts("b@example.org"),
-                        prefix=b"",
-                        params={},
-                    )
-                assert info.value.insufficient_storage
+            with pytest.raises(QueueWriteError) as info:
+                await queue.commit(
+                    big, mail_from=None, recipients=rcpts("b@example.org"), prefix=b"", params={}
+                )
+            assert info.value.insufficient_storage
+            await queue.commit(
+                small, mail_from=None, recipients=rcpts("c@example.org"), prefix=b"", params={}
+            )
         finally:
             monkeypatch.undo()
             await queue.close()
 
     run(main)
-    _assert_nothing_queued(tmp_path)
+    assert bodies(tmp_path) == []
+    assert rows(tmp_path, "SELECT body FROM messages") == [(b"data",)]
+    assert rows(tmp_path, "SELECT address FROM recipients") == [("c@example.org",)]
 
 
 def test_a_cancelled_commit_still_lands_and_reaches_the_runner(tmp_path: Path) -> None:
@@ -264,7 +289,7 @@ def test_a_cancelled_commit_still_lands_and_reaches_the_runner(tmp_path: Path) -
             await queue.close()
 
     run(main)
-    assert len(bodies(tmp_path)) == 1
+    assert rows(tmp_path, "SELECT COUNT(*) FROM messages WHERE body IS NOT NULL") == [(1,)]
     assert rows(tmp_path, "SELECT COUNT(*) FROM recipients") == [(1,)]
 
 
@@ -293,7 +318,9 @@ def test_discard_removes_the_file_and_writes_after_commit_are_refused(tmp_path: 
     run(main)
 
 
-def test_has_room_follows_free_space_with_a_one_second_cache(tmp_path: Path) -> None:
+def test_has_room_asks_every_time_near_the_limit_and_caches_only_far_above(
+    tmp_path: Path,
+) -> None:
     clock = FakeClock()
     free = [500 * MIB]
     calls: list[Path] = []
@@ -310,11 +337,19 @@ def test_has_room_follows_free_space_with_a_one_second_cache(tmp_path: Path) -> 
             assert queue.has_room()
             assert queue.has_room(200 * MIB)  # 100 MiB + 2 x 200 MiB = 500 MiB
             assert not queue.has_room(201 * MIB)
+            free[0] = 50 * MIB  # the disk just filled: seen at once, no stale figure
+            assert not queue.has_room()
+            free[0] = 150 * MIB  # and freed again
+            assert queue.has_room()
+            assert len(calls) == 5
+            free[0] = 10_000 * MIB  # far above the limit: one figure serves a second
+            assert queue.has_room()
             free[0] = 50 * MIB
-            assert queue.has_room()  # cached
+            assert queue.has_room()  # cached: a second of intake cannot use 9 GiB up
+            assert len(calls) == 6
             clock.advance(1.0)
             assert not queue.has_room()
-            assert calls == [tmp_path, tmp_path]
+            assert len(calls) == 7
         finally:
             await queue.close()
 
@@ -344,17 +379,21 @@ def test_the_directory_is_fsynced_once_per_batch_and_its_failure_fails_the_commi
         dir_fd.append(queue._dir_fd)
         try:
             monkeypatch.setattr("hato.queue.writer.os.fsync", counting)
-            await asyncio.gather(*(commit_message(queue) for _ in range(50)))
-            assert 1 <= len(dir_syncs) == queue.writer.batches < 50
+            await asyncio.gather(*(commit_message(queue) for _ in range(20)))
+            assert dir_syncs == []  # inline bodies: no file, no directory entry to sync
+            batches = queue.writer.batches
+            await asyncio.gather(*(commit_message(queue, BIG) for _ in range(30)))
+            assert 1 <= len(dir_syncs) == queue.writer.batches - batches < 30
             monkeypatch.setattr("hato.queue.writer.os.fsync", broken)
+            await commit_message(queue)  # inline: the directory is not involved
             with pytest.raises(QueueWriteError):
-                await commit_message(queue)
+                await commit_message(queue, BIG)
         finally:
             await queue.close()
 
     run(main)
-    assert len(bodies(tmp_path)) == 50
-    assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(50,)]
+    assert len(bodies(tmp_path)) == 30
+    assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(51,)]
 
 
 def test_a_bug_in_one_batch_fails_that_batch_and_the_writer_lives_on(tmp_path: Path) -> None:
@@ -373,3 +412,40 @@ def test_a_bug_in_one_batch_fails_that_batch_and_the_writer_lives_on(tmp_path: P
 
     run(main)
     assert rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(1,)]
+
+
+def test_a_version_1_store_is_upgraded_and_its_file_bodies_still_deliver(tmp_path: Path) -> None:
+    (tmp_path / "messages").mkdir()
+    (tmp_path / "messages" / "01OLD").write_bytes(b"old body\r\n")
+    with sqlite3.connect(tmp_path / "queue.db") as conn:
+        conn.executescript(
+            "CREATE TABLE messages (queue_id TEXT PRIMARY KEY, mail_from TEXT NOT NULL,"
+            " received_at REAL NOT NULL, size INTEGER NOT NULL, prefix BLOB NOT NULL,"
+            " params TEXT NOT NULL);"
+            "INSERT INTO messages VALUES ('01OLD', '<a@example.com>', 1.5, 10, x'', '{}');"
+        )
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            assert queue.problems == ()
+            await queue._write(
+                lambda c: c.execute(
+                    "INSERT INTO recipients (queue_id, address, original, status,"
+                    " next_attempt, updated_at) VALUES ('01OLD', 'b@example.org',"
+                    " 'b@example.org', 'queued', 0, 0)"
+                )
+            )
+            (due,) = await queue.take_due(limit=10, exclude=())
+            assert due.message.body is None
+            assert due.message.body_path == str(tmp_path / "messages" / "01OLD")
+            await commit_message(queue)  # and new mail is stored inline
+        finally:
+            await queue.close()
+
+    run(main)
+    assert rows(tmp_path, "PRAGMA user_version") == [(2,)]
+    assert rows(tmp_path, "SELECT queue_id, body IS NULL FROM messages ORDER BY body") == [
+        ("01OLD", 1),
+        (rows(tmp_path, "SELECT queue_id FROM messages WHERE body IS NOT NULL")[0][0], 0),
+    ]
