@@ -23,7 +23,13 @@ from hato.policy.networks import (
     connection_decision,
 )
 from hato.policy.ratelimit import SendLimiter, SendLimitSettings, SpikeAlert
-from hato.policy.relay import RecipientFacts, SenderFacts, mail_from_decision, rcpt_decision
+from hato.policy.relay import (
+    RecipientFacts,
+    SenderFacts,
+    header_from_decision,
+    mail_from_decision,
+    rcpt_decision,
+)
 
 __all__ = [
     "AUTH_BLOCKED",
@@ -46,6 +52,7 @@ __all__ = [
     "SpikeAlert",
     "connection_check",
     "connection_decision",
+    "header_from_decision",
     "mail_from_decision",
     "rcpt_decision",
 ]
