@@ -1,0 +1,379 @@
+"""DMARC (RFC 7489, with RFC 9091's `np`): does the From: domain's owner vouch for this message,
+and what should happen to it if not?
+
+Theory of operation: the caller has run SPF (on the RFC5321.MailFrom identity) and DKIM, and
+hands in their outcomes as small values (`SpfOutcome`, `DkimOutcome`), together with the
+RFC5322.From domain that `from_domain(headers)` extracted (§6.6.1). `evaluate` finds the policy
+record at `_dmarc.<from-domain>`, else at `_dmarc.<organizational domain>` (§6.6.3; the
+organizational domain comes from the Public Suffix List, §3.2), checks identifier alignment
+(§3.1), and gives a `DmarcResult`: the status for Authentication-Results (pass / fail / none /
+temperror / permerror) and the disposition the domain asks for (none / quarantine / reject),
+after `pct` sampling (§6.6.4) with the random source passed in. What to do with the
+disposition (reject with 550 5.7.1, file into Junk, only report) is the caller's choice.
+
+Must not import anything of hato except `hato.model` (and this room); all DNS goes through
+`model.Resolver`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Protocol
+
+from publicsuffixlist import PublicSuffixList
+
+from hato.model.dns import DnsNameError, DnsStatus, RdType, Resolver, normalize_name
+
+
+class DmarcPolicy(enum.Enum):
+    """RFC 7489 §6.3 "p": what the domain owner asks for mail that fails."""
+
+    NONE = "none"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+
+
+class Alignment(enum.Enum):
+    """RFC 7489 §3.1: relaxed (same organizational domain) or strict (same domain)."""
+
+    RELAXED = "r"
+    STRICT = "s"
+
+
+class DmarcStatus(enum.Enum):
+    """The `dmarc=` result of RFC 7489 §11.2 / RFC 8601 §2.7.x."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NONE = "none"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+
+
+class DmarcRecordError(ValueError):
+    """The record is not a valid DMARC record (RFC 7489 §6.3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRecord:
+    """RFC 7489 §6.3 tags (and RFC 9091 §4.1 `np`). `rua`/`ruf` are kept as written."""
+
+    policy: DmarcPolicy
+    subdomain_policy: DmarcPolicy | None = None
+    nonexistent_policy: DmarcPolicy | None = None
+    pct: int = 100
+    adkim: Alignment = Alignment.RELAXED
+    aspf: Alignment = Alignment.RELAXED
+    rua: tuple[str, ...] = ()
+    ruf: tuple[str, ...] = ()
+    fo: tuple[str, ...] = ("0",)
+
+
+@dataclass(frozen=True, slots=True)
+class SpfOutcome:
+    """The SPF check of the RFC5321.MailFrom identity: its domain (for a null reverse-path, the
+    HELO domain, RFC 7489 §3.1.2 via RFC 7208 §2.4) and the result ("pass", "fail", ...)."""
+
+    domain: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class DkimOutcome:
+    """One DKIM signature's verification: its d= domain and result ("pass", "fail", ...)."""
+
+    domain: str
+    result: str
+    selector: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcResult:
+    """What `evaluate` decided. `disposition` is what to do with the message (after pct);
+    `policy` the policy that applied (p, sp or np) before sampling; `policy_domain` where
+    the record was found; `detail` for the log only."""
+
+    status: DmarcStatus
+    disposition: DmarcPolicy
+    from_domain: str
+    policy_domain: str = ""
+    record: DmarcRecord | None = None
+    policy: DmarcPolicy | None = None
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    sampled_out: bool = False
+    detail: str = ""
+
+
+class FromProblem(enum.Enum):
+    """RFC 7489 §6.6.1: why no single RFC5322.From domain could be found. The caller treats
+    each as DMARC permerror and, on the mx role, rejects (550 5.7.1) or quarantines."""
+
+    NO_FROM = "no From header"
+    SEVERAL_FROM_HEADERS = "more than one From header"
+    NO_ADDRESS = "From header has no address with a domain"
+    SEVERAL_DOMAINS = "From header has addresses in several domains"
+    BAD_DOMAIN = "From domain is not a valid domain name"
+
+
+class Rng(Protocol):
+    """A random source: `random.Random` fits; tests pass a fixed one."""
+
+    def random(self) -> float: ...
+
+
+# -- the From domain (RFC 7489 §6.6.1) --------------------------------------------------------
+
+
+def from_domain(headers: Iterable[tuple[str, str]]) -> str | FromProblem:
+    """The one RFC5322.From domain (lower case, A-labels), or the problem that prevents it.
+
+    `headers`: (name, unfolded value) pairs of the message header, in order. Several
+    addresses in one From field are accepted when all share one domain (there is then only
+    one policy to apply); otherwise, like no From or several From fields, a `FromProblem`.
+    """
+    values = [value for name, value in headers if name.strip().lower() == "from"]
+    if not values:
+        return FromProblem.NO_FROM
+    if len(values) > 1:
+        return FromProblem.SEVERAL_FROM_HEADERS  # RFC 5322 §3.6: exactly one From field
+    domains = {
+        address.rpartition("@")[2].strip().rstrip(".").lower()
+        for _name, address in getaddresses(values)
+        if "@" in address
+    }
+    domains.discard("")
+    if not domains:
+        return FromProblem.NO_ADDRESS
+    if len(domains) > 1:
+        return FromProblem.SEVERAL_DOMAINS
+    domain = domains.pop()
+    try:
+        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return FromProblem.BAD_DOMAIN
+    if domain.startswith("[") or not all(0 < len(lab) <= 63 for lab in ascii_domain.split(".")):
+        return FromProblem.BAD_DOMAIN
+    return ascii_domain
+
+
+# -- the organizational domain and alignment (RFC 7489 §3.1, §3.2) ----------------------------
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the list bundled with the package (parsed once)
+
+
+def organizational_domain(domain: str) -> str:
+    """RFC 7489 §3.2: the public suffix plus one label; a public suffix itself stays as is."""
+    domain = normalize_name(domain)
+    return _public_suffixes().privatesuffix(domain) or domain
+
+
+def aligned(identifier: str, author_domain: str, mode: Alignment) -> bool:
+    """RFC 7489 §3.1.1, §3.1.2: strict needs the same domain, relaxed the same
+    organizational domain."""
+    identifier, author_domain = normalize_name(identifier), normalize_name(author_domain)
+    if mode is Alignment.STRICT or identifier == author_domain:
+        return identifier == author_domain
+    return organizational_domain(identifier) == organizational_domain(author_domain)
+
+
+# -- the record (RFC 7489 §6.3, §6.4) ---------------------------------------------------------
+
+
+def _policy(value: str, tag: str) -> DmarcPolicy:
+    try:
+        return DmarcPolicy(value.lower())
+    except ValueError:
+        raise DmarcRecordError(f"{tag}={value!r} is not none, quarantine or reject") from None
+
+
+def _uris(value: str) -> tuple[str, ...]:
+    # RFC 7489 §6.4: dmarc-uri *(*WSP "," *WSP dmarc-uri); kept as written.
+    return tuple(uri.strip() for uri in value.split(",") if uri.strip())
+
+
+def _has_valid_uri(uris: tuple[str, ...]) -> bool:
+    # RFC 7489 §6.2: a reporting URI is an absolute URI with a scheme (mailto: in practice).
+    return any(uri.partition(":")[0].isalpha() and ":" in uri for uri in uris)
+
+
+def _tags(text: str) -> dict[str, str]:
+    # RFC 7489 §6.4: tag=value pairs separated by ";", white space around them ignored.
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, equals, value = part.partition("=")
+        if not equals:
+            raise DmarcRecordError(f"not a tag=value pair: {part.strip()!r}")
+        tags.setdefault(name.strip().lower(), value.strip())
+    return tags
+
+
+def is_dmarc_record(text: str) -> bool:
+    # RFC 7489 §6.6.3 step 2: records that do not start with "v=DMARC1" are discarded.
+    first = text.split(";", 1)[0].replace(" ", "").replace("\t", "")
+    return first == "v=DMARC1"
+
+
+def parse_record(text: str) -> DmarcRecord:
+    """Parse a DMARC TXT record. RFC 7489 §6.6.3: a record without a valid p (or with a bad
+    sp) but with a valid rua URI acts as p=none; otherwise it is a DmarcRecordError.
+    Unknown tags are ignored (§6.3)."""
+    if not is_dmarc_record(text):
+        raise DmarcRecordError("record does not start with v=DMARC1")
+    tags = _tags(text)
+    rua, ruf = _uris(tags.get("rua", "")), _uris(tags.get("ruf", ""))
+    try:
+        policy = _policy(tags.get("p", ""), "p")
+        sp = _policy(tags["sp"], "sp") if "sp" in tags else None
+    except DmarcRecordError:
+        if not _has_valid_uri(rua):
+            raise
+        policy, sp = DmarcPolicy.NONE, None  # RFC 7489 §6.6.3: act as if p=none
+    np = _policy(tags["np"], "np") if "np" in tags else None  # RFC 9091 §4.1
+    pct_text = tags.get("pct", "100")
+    # RFC 7489 §6.3: pct is an integer 0..100.
+    if not pct_text.isdigit() or int(pct_text) > 100:
+        raise DmarcRecordError(f"pct={pct_text!r} is not 0..100")
+    return DmarcRecord(
+        policy=policy,
+        subdomain_policy=sp,
+        nonexistent_policy=np,
+        pct=int(pct_text),
+        adkim=_alignment(tags.get("adkim", "r"), "adkim"),
+        aspf=_alignment(tags.get("aspf", "r"), "aspf"),
+        rua=rua,
+        ruf=ruf,
+        fo=tuple(opt.strip() for opt in tags.get("fo", "0").split(":")),
+    )
+
+
+def _alignment(value: str, tag: str) -> Alignment:
+    try:
+        return Alignment(value.lower())
+    except ValueError:
+        raise DmarcRecordError(f"{tag}={value!r} is not r or s") from None
+
+
+# -- policy discovery and evaluation (RFC 7489 §6.6) ------------------------------------------
+
+
+class _TempError(Exception):
+    pass
+
+
+async def _records_at(domain: str, resolver: Resolver) -> list[str]:
+    """The v=DMARC1 texts at _dmarc.<domain>; _TempError when DNS cannot say."""
+    try:
+        answer = await resolver.query(f"_dmarc.{domain}", RdType.TXT)
+    except DnsNameError:
+        return []
+    if answer.status is DnsStatus.TEMPFAIL:
+        raise _TempError(f"_dmarc.{domain}: {answer.detail or 'temporary DNS failure'}")
+    texts = (raw.decode("utf-8", errors="replace") for raw in answer.texts())
+    return [text for text in texts if is_dmarc_record(text)]
+
+
+async def _exists(domain: str, resolver: Resolver) -> bool:
+    """RFC 9091 §2.1: a domain exists unless A, AAAA and MX all answer NXDOMAIN or NODATA.
+    A DNS failure counts as existing: np must not apply on a guess."""
+    for rdtype in (RdType.A, RdType.AAAA, RdType.MX):
+        try:
+            answer = await resolver.query(domain, rdtype)
+        except DnsNameError:
+            return False
+        if answer.status not in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
+            return True
+    return False
+
+
+async def evaluate(
+    from_domain: str,
+    spf: SpfOutcome | None,
+    dkim: Sequence[DkimOutcome],
+    *,
+    resolver: Resolver,
+    rng: Rng,
+) -> DmarcResult:
+    """RFC 7489 §6.6: the DMARC verdict for a message whose RFC5322.From domain is
+    `from_domain` (from `from_domain(headers)`). `spf` is None when SPF was not checked."""
+    author = normalize_name(from_domain)
+    org = organizational_domain(author)
+    try:
+        # RFC 7489 §6.6.3: the author domain first, then the organizational domain.
+        policy_domain, texts = author, await _records_at(author, resolver)
+        if not texts and org != author:
+            policy_domain, texts = org, await _records_at(org, resolver)
+    except _TempError as error:
+        return DmarcResult(DmarcStatus.TEMPERROR, DmarcPolicy.NONE, author, detail=str(error))
+    if len(texts) != 1:
+        # RFC 7489 §6.6.3 step 5: none, or several records: DMARC does not apply.
+        detail = "no DMARC record" if not texts else f"{len(texts)} DMARC records"
+        return DmarcResult(DmarcStatus.NONE, DmarcPolicy.NONE, author, policy_domain, detail=detail)
+    try:
+        record = parse_record(texts[0])
+    except DmarcRecordError as error:
+        # RFC 7489 §6.6.3 step 6: an invalid record means no DMARC processing.
+        return DmarcResult(
+            DmarcStatus.PERMERROR, DmarcPolicy.NONE, author, policy_domain, detail=str(error)
+        )
+    spf_ok = (
+        spf is not None
+        and spf.result.lower() == "pass"
+        and aligned(spf.domain, author, record.aspf)
+    )
+    dkim_ok = any(
+        d.result.lower() == "pass" and aligned(d.domain, author, record.adkim) for d in dkim
+    )
+    policy = await _applicable_policy(record, author, policy_domain, resolver)
+    if spf_ok or dkim_ok:
+        # RFC 7489 §4.2: one aligned pass is enough.
+        return DmarcResult(
+            DmarcStatus.PASS,
+            DmarcPolicy.NONE,
+            author,
+            policy_domain,
+            record,
+            policy,
+            spf_aligned=spf_ok,
+            dkim_aligned=dkim_ok,
+        )
+    disposition, sampled_out = _sample(policy, record.pct, rng)
+    return DmarcResult(
+        DmarcStatus.FAIL,
+        disposition,
+        author,
+        policy_domain,
+        record,
+        policy,
+        sampled_out=sampled_out,
+        detail="no aligned SPF or DKIM pass",
+    )
+
+
+async def _applicable_policy(
+    record: DmarcRecord, author: str, policy_domain: str, resolver: Resolver
+) -> DmarcPolicy:
+    if policy_domain == author:
+        return record.policy  # RFC 7489 §6.3: p for the domain that published it
+    # RFC 9091 §4.1: np for a non-existent subdomain, else sp, else p (RFC 7489 §6.3).
+    if record.nonexistent_policy is not None and not await _exists(author, resolver):
+        return record.nonexistent_policy
+    return record.subdomain_policy or record.policy
+
+
+def _sample(policy: DmarcPolicy, pct: int, rng: Rng) -> tuple[DmarcPolicy, bool]:
+    """RFC 7489 §6.6.4: the policy applies to pct% of failing mail; the rest gets the next
+    policy down (reject -> quarantine, quarantine -> none)."""
+    if policy is DmarcPolicy.NONE or pct >= 100 or rng.random() * 100 < pct:
+        return policy, False
+    lesser = DmarcPolicy.QUARANTINE if policy is DmarcPolicy.REJECT else DmarcPolicy.NONE
+    return lesser, True
