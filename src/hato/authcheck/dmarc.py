@@ -26,6 +26,7 @@ from typing import Protocol
 
 from publicsuffixlist import PublicSuffixList
 
+from hato.authcheck.spf import SpfResult
 from hato.model.dns import DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 
 
@@ -80,6 +81,11 @@ class SpfOutcome:
 
     domain: str
     result: str
+
+    @classmethod
+    def of(cls, spf: SpfResult) -> SpfOutcome:
+        """From a `check_mail_from` result."""
+        return cls(spf.domain, spf.result.value)
 
 
 @dataclass(frozen=True, slots=True)
