@@ -1,0 +1,280 @@
+"""DMARC (RFC 7489, RFC 9091) on a fake resolver: records, the From domain, alignment, policy
+choice (p, sp, np), pct sampling; each case with the action a receiver would take."""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from hato.authcheck.dmarc import (
+    Alignment,
+    DkimOutcome,
+    DmarcPolicy,
+    DmarcRecord,
+    DmarcRecordError,
+    DmarcResult,
+    DmarcStatus,
+    FromProblem,
+    SpfOutcome,
+    evaluate,
+    from_domain,
+    organizational_domain,
+    parse_record,
+)
+from hato.authcheck.spf import SpfResult, SpfResultCode
+from hato.model.dns import DnsStatus, RdType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
+from dnsserver import FakeResolver, FakeValue
+
+SAMPLES = Path("/work/shared/vectors/dmarc")
+if not SAMPLES.exists():
+    SAMPLES = Path(__file__).resolve().parents[4] / "shared" / "vectors" / "dmarc"
+
+
+class FixedRng:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+ZONE: dict[tuple[str, RdType], FakeValue] = {
+    ("_dmarc.example.com", RdType.TXT): ["v=DMARC1; p=reject; rua=mailto:d@example.com"],
+    ("_dmarc.strict.example", RdType.TXT): ["v=DMARC1; p=reject; adkim=s; aspf=s"],
+    ("_dmarc.example.net", RdType.TXT): ["v=DMARC1; p=reject; sp=quarantine; np=reject"],
+    ("sub.example.net", RdType.A): ["192.0.2.1"],
+    ("_dmarc.example.org", RdType.TXT): ["v=DMARC1; p=quarantine; pct=25"],
+    ("_dmarc.two.example", RdType.TXT): ["v=DMARC1; p=reject", "v=DMARC1; p=none"],
+    ("_dmarc.bad.example", RdType.TXT): ["v=DMARC1; p=maybe"],
+    ("_dmarc.example.edu", RdType.TXT): ["spf-like text", "v=DMARC1;p=none"],
+}
+
+SPF_PASS = SpfOutcome("example.com", "pass")
+
+
+def _evaluate(
+    author: str,
+    spf: SpfOutcome | None,
+    dkim: Sequence[DkimOutcome] = (),
+    *,
+    rng: float = 0.0,
+    resolver: FakeResolver | None = None,
+) -> DmarcResult:
+    resolver = resolver or FakeResolver(ZONE)
+    return asyncio.run(evaluate(author, spf, dkim, resolver=resolver, rng=FixedRng(rng)))
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def test_parse_full_record() -> None:
+    record = parse_record(
+        "v=DMARC1; p=Quarantine; sp=reject; np=none; pct=50; adkim=s; aspf=r; "
+        "rua=mailto:a@example.com, mailto:b@example.com!10m; ruf=mailto:f@example.com; "
+        "fo=1:d; ri=3600; x-unknown=1"
+    )
+    assert record == DmarcRecord(
+        policy=DmarcPolicy.QUARANTINE,
+        subdomain_policy=DmarcPolicy.REJECT,
+        nonexistent_policy=DmarcPolicy.NONE,
+        pct=50,
+        adkim=Alignment.STRICT,
+        aspf=Alignment.RELAXED,
+        rua=("mailto:a@example.com", "mailto:b@example.com!10m"),
+        ruf=("mailto:f@example.com",),
+        fo=("1", "d"),
+    )
+
+
+def test_parse_defaults() -> None:
+    assert parse_record("v=DMARC1; p=none") == DmarcRecord(DmarcPolicy.NONE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "v=DMARC1",
+        "v=DMARC1; p=maybe",
+        "v=DMARC2; p=none",
+        "p=none; v=DMARC1",
+        "v=DMARC1; p=none; pct=101",
+    ],
+)
+def test_invalid_records(text: str) -> None:
+    with pytest.raises(DmarcRecordError):
+        parse_record(text)
+
+
+def test_invalid_p_with_a_rua_acts_as_p_none() -> None:
+    # RFC 7489 §6.6.3: a bad p, but a valid rua: act as p=none (so reports still flow).
+    assert parse_record("v=DMARC1; p=bogus; rua=mailto:r@example.com").policy is DmarcPolicy.NONE
+
+
+# -- the From domain --------------------------------------------------------------------------
+
+
+def _sample_headers(name: str) -> list[tuple[str, str]]:
+    message = email.parser.BytesHeaderParser().parsebytes((SAMPLES / name).read_bytes())
+    return [(key, str(value)) for key, value in message.items()]
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("test.message", "example.com"),
+        ("testcomma.message", "example.com"),
+        ("test.message_sub", "sub.example.net"),
+        ("test.message_multi", FromProblem.SEVERAL_DOMAINS),
+        ("test.message_multi2", FromProblem.SEVERAL_DOMAINS),
+        ("test.nofrom.message", FromProblem.NO_ADDRESS),
+    ],
+)
+def test_from_domain_of_sample_messages(sample: str, expected: str | FromProblem) -> None:
+    assert from_domain(_sample_headers(sample)) == expected
+
+
+def test_from_domain_problems_and_forms() -> None:
+    assert from_domain([("To", "a@example.com")]) is FromProblem.NO_FROM
+    two = [("From", "a@example.com"), ("FROM", "b@example.com")]
+    assert from_domain(two) is FromProblem.SEVERAL_FROM_HEADERS
+    same = [("From", "A <a@Example.COM>, B <b@example.com.>")]
+    assert from_domain(same) == "example.com"
+    assert from_domain([("From", "x@[192.0.2.1]")]) is FromProblem.BAD_DOMAIN
+    assert from_domain([("From", "Hato <hato@例え.jp>")]) == "xn--r8jz45g.jp"
+
+
+# -- alignment and policy ---------------------------------------------------------------------
+
+
+def test_organizational_domain() -> None:
+    assert organizational_domain("a.b.example.co.jp") == "example.co.jp"
+    assert organizational_domain("Mail.Example.COM.") == "example.com"
+    assert organizational_domain("co.jp") == "co.jp"
+
+
+def test_aligned_pass_with_spf_and_dkim() -> None:
+    result = _evaluate("example.com", SPF_PASS, [DkimOutcome("example.com", "pass")])
+    assert (result.status, result.disposition) == (DmarcStatus.PASS, DmarcPolicy.NONE)
+    assert (result.spf_aligned, result.dkim_aligned) == (True, True)
+    assert result.policy is DmarcPolicy.REJECT
+    assert result.record is not None and result.record.rua == ("mailto:d@example.com",)
+
+
+def test_spf_only_pass_relaxed() -> None:
+    # RFC 7489 §3.1.2: relaxed SPF alignment: bounces.example.com aligns with example.com.
+    spf = SpfOutcome.of(SpfResult(SpfResultCode.PASS, "bounces.example.com"))
+    result = _evaluate("example.com", spf, [DkimOutcome("example.com", "fail")])
+    assert (result.status, result.spf_aligned, result.dkim_aligned) == (
+        DmarcStatus.PASS,
+        True,
+        False,
+    )
+
+
+def test_dkim_only_pass() -> None:
+    spf = SpfOutcome("mailer.example", "pass")  # passes, but not aligned
+    result = _evaluate("example.com", spf, [DkimOutcome("mail.example.com", "pass")])
+    assert (result.status, result.spf_aligned, result.dkim_aligned) == (
+        DmarcStatus.PASS,
+        False,
+        True,
+    )
+
+
+def test_fail_rejects_when_nothing_aligned_passes() -> None:
+    spf = SpfOutcome("example.com", "softfail")
+    dkim = [DkimOutcome("example.com", "fail"), DkimOutcome("other.example", "pass")]
+    result = _evaluate("example.com", spf, dkim)
+    assert (result.status, result.disposition) == (DmarcStatus.FAIL, DmarcPolicy.REJECT)
+
+
+def test_strict_alignment_needs_the_exact_domain() -> None:
+    sub_spf = SpfOutcome("bounce.strict.example", "pass")
+    sub_dkim = [DkimOutcome("mail.strict.example", "pass")]
+    failed = _evaluate("strict.example", sub_spf, sub_dkim)
+    assert (failed.status, failed.disposition) == (DmarcStatus.FAIL, DmarcPolicy.REJECT)
+    exact = _evaluate("strict.example", None, [DkimOutcome("STRICT.example", "pass")])
+    assert (exact.status, exact.dkim_aligned) == (DmarcStatus.PASS, True)
+
+
+def test_subdomain_policy_from_the_organizational_domain() -> None:
+    # RFC 7489 §6.6.3: no _dmarc.sub.example.net, so the org record applies, with its sp.
+    resolver = FakeResolver(ZONE)
+    result = _evaluate("sub.example.net", None, resolver=resolver)
+    assert (result.status, result.policy_domain) == (DmarcStatus.FAIL, "example.net")
+    assert result.disposition is DmarcPolicy.QUARANTINE
+    assert ("_dmarc.sub.example.net", RdType.TXT) in resolver.asked
+
+
+def test_np_for_a_non_existent_subdomain() -> None:
+    # RFC 9091 §4.1: ghost.example.net has no A, AAAA or MX: np=reject applies, not sp.
+    result = _evaluate("ghost.example.net", None)
+    assert (result.policy, result.disposition) == (DmarcPolicy.REJECT, DmarcPolicy.REJECT)
+
+
+def test_np_is_not_applied_when_existence_is_unknown() -> None:
+    unknown = {("ghost.example.net", t): DnsStatus.TEMPFAIL for t in (RdType.A, RdType.MX)}
+    resolver = FakeResolver({**ZONE, **unknown})
+    result = _evaluate("ghost.example.net", None, resolver=resolver)
+    assert result.disposition is DmarcPolicy.QUARANTINE
+
+
+def test_org_domain_itself_uses_p() -> None:
+    assert _evaluate("example.net", None).disposition is DmarcPolicy.REJECT
+
+
+def test_missing_record_is_none_and_no_action() -> None:
+    result = _evaluate("nodmarc.example", SpfOutcome("nodmarc.example", "fail"))
+    assert (result.status, result.disposition) == (DmarcStatus.NONE, DmarcPolicy.NONE)
+    assert result.record is None
+
+
+def test_several_records_mean_no_policy() -> None:
+    assert _evaluate("two.example", None).status is DmarcStatus.NONE
+
+
+def test_other_txt_records_are_ignored() -> None:
+    result = _evaluate("example.edu", None)
+    assert (result.status, result.disposition) == (DmarcStatus.FAIL, DmarcPolicy.NONE)
+
+
+def test_invalid_record_is_permerror_without_action() -> None:
+    result = _evaluate("bad.example", None)
+    assert (result.status, result.disposition) == (DmarcStatus.PERMERROR, DmarcPolicy.NONE)
+
+
+def test_dns_failure_is_temperror() -> None:
+    resolver = FakeResolver(ZONE)
+    resolver.tempfail.add("_dmarc.example.com")
+    result = _evaluate("example.com", SPF_PASS, resolver=resolver)
+    assert (result.status, result.disposition) == (DmarcStatus.TEMPERROR, DmarcPolicy.NONE)
+    org_down = FakeResolver(ZONE)
+    org_down.tempfail.add("_dmarc.example.org")
+    assert _evaluate("a.example.org", None, resolver=org_down).status is DmarcStatus.TEMPERROR
+
+
+@pytest.mark.parametrize(
+    ("draw", "disposition", "sampled_out"),
+    [(0.10, DmarcPolicy.QUARANTINE, False), (0.80, DmarcPolicy.NONE, True)],
+)
+def test_pct_sampling(draw: float, disposition: DmarcPolicy, sampled_out: bool) -> None:
+    # RFC 7489 §6.6.4: pct=25 quarantines a quarter; the rest gets the next policy down.
+    result = _evaluate("example.org", None, rng=draw)
+    assert (result.status, result.disposition, result.sampled_out) == (
+        DmarcStatus.FAIL,
+        disposition,
+        sampled_out,
+    )
+
+
+def test_pct_turns_reject_into_quarantine() -> None:
+    resolver = FakeResolver({("_dmarc.example.com", RdType.TXT): ["v=DMARC1; p=reject; pct=0"]})
+    result = _evaluate("example.com", None, rng=0.0, resolver=resolver)
+    assert (result.disposition, result.policy) == (DmarcPolicy.QUARANTINE, DmarcPolicy.REJECT)
