@@ -217,7 +217,7 @@ def _parse_ip(text: str, qualifier: str, kind: str, rest: str) -> _Term:
     return _Term(text, qualifier, kind, network=network)
 
 
-def parse_record(text: str) -> _Record:
+def _parse_record(text: str) -> _Record:
     """Parse a whole `v=spf1` record (RFC 7208 §4.6.1, §12); _PermError on any error."""
     # RFC 7208 §3.1: records are 7-bit ASCII; §4.6.1: terms are separated by spaces only.
     if not text.isascii():
@@ -395,7 +395,7 @@ async def _spf_record(check: _Check, domain: str) -> _Record | None:
         text = found[0].decode("ascii")
     except UnicodeDecodeError:
         raise _PermError("non-ASCII SPF record") from None  # §3.1
-    return parse_record(text)
+    return _parse_record(text)
 
 
 async def _evaluate(check: _Check, domain: str, *, want_exp: bool) -> SpfResult:
