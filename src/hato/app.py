@@ -24,13 +24,22 @@ from hato.accounts import UserStore
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
-from hato.model import Role, SystemClock, logfmt
+from hato.dns import DnsCache, DnsPythonResolver
+from hato.model import Address, Role, SystemClock, logfmt
+from hato.policy import (
+    AuthThrottle,
+    AuthThrottleSettings,
+    ClientNetwork,
+    ListenerNetworkRules,
+    NetworkTable,
+    SendLimiter,
+    SendLimitSettings,
+)
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.server.context import ListenerState, SessionContext
 from hato.server.session import SmtpSession
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
 from hato.smtp import ServerSettings
-from hato.smtp.sasl import MECHANISMS
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -103,10 +112,46 @@ def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings
         # RFC 3207 on mx when a certificate is configured; always on port 587.
         offer_starttls=tls and role is not Role.SUBMISSIONS,
         # RFC 4954 / RFC 6409: AUTH only on submission roles (never on mx), only after TLS.
-        auth_mechanisms=MECHANISMS if submission else (),
+        auth_mechanisms=tuple(settings.auth.mechanisms) if submission else (),
         require_auth=submission,  # RFC 6409 §4.3 / RFC 4954 §6: 530 5.7.0 before AUTH
         require_tls=role is Role.SUBMISSION,  # RFC 3207 §4: 530 5.7.0 before STARTTLS
     )
+
+
+def auth_throttle_settings(settings: Settings) -> AuthThrottleSettings:
+    a = settings.auth
+    return AuthThrottleSettings(
+        failure_delay=a.failure_delay,
+        max_failure_delay=a.max_failure_delay,
+        max_failures=a.max_failures,
+        max_account_failures=a.max_account_failures,
+        failure_window=a.failure_window,
+        block_time=a.block_time,
+    )
+
+
+def send_limit_settings(settings: Settings) -> SendLimitSettings:
+    limits = settings.limits
+    return SendLimitSettings(
+        messages_per_hour=limits.messages_per_hour,
+        recipients_per_hour=limits.recipients_per_hour,
+        spike_recipients=limits.spike_recipients,
+        spike_window=limits.spike_window,
+        spike_hold=limits.spike_hold,
+        hold_time=limits.hold_time,
+    )
+
+
+def send_as_grants(settings: Settings) -> dict[Address, frozenset[Address]]:
+    """[[domain]] send_as: the extra sender addresses of each account, lower-case."""
+    grants: dict[Address, set[Address]] = {}
+    for domain in settings.domains:
+        for local, targets in domain.send_as.items():
+            user = Address(local.lower(), domain.name.lower())
+            grants.setdefault(user, set()).update(
+                Address(t.local.lower(), t.domain.lower()) for t in targets
+            )
+    return {user: frozenset(addresses) for user, addresses in grants.items()}
 
 
 def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
@@ -230,6 +275,15 @@ async def run(settings: Settings, source: str) -> None:
     runner_task: asyncio.Task[None] | None = None
 
     verify_slots = asyncio.Semaphore(2)  # argon2id checks at once (~64 MiB, ~150 ms each)
+    dns = DnsPythonResolver(
+        settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
+    )
+    networks = NetworkTable.of(
+        ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
+    )
+    throttle = AuthThrottle(clock, auth_throttle_settings(settings))
+    limiter = SendLimiter(clock, send_limit_settings(settings))
+    send_as = send_as_grants(settings)
     states: list[ListenerState] = []
     servers: list[asyncio.Server] = []
     try:
@@ -255,6 +309,14 @@ async def run(settings: Settings, source: str) -> None:
                 accounts=users if role is not Role.MX else None,
                 verify_slots=verify_slots,
                 postmaster_domain=settings.domains[0].name,
+                throttle=throttle,
+                limiter=limiter,
+                network_rules=ListenerNetworkRules(
+                    tuple(listener.refuse_networks), tuple(listener.allow_networks)
+                ),
+                networks=networks,
+                dns=dns,
+                send_as=send_as,
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hato.delivery.local import RecipientResolver
-from hato.model import Clock, Role
+from hato.model import Address, Clock, Role
+from hato.model.dns import Resolver
+from hato.policy import (
+    AuthThrottle,
+    ListenerNetworkRules,
+    NetworkTable,
+    SendLimiter,
+)
 from hato.queue import Queue
 from hato.server.auth import Accounts
 from hato.server.tls import ReloadingContext
@@ -74,3 +81,10 @@ class SessionContext:
     verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     tls_handshake_timeout: float = 30.0
     postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered
+    throttle: AuthThrottle | None = None  # AUTH failure delays and client blocks
+    limiter: SendLimiter | None = None  # per-user sending limits (authenticated mail)
+    network_rules: ListenerNetworkRules = field(default_factory=ListenerNetworkRules)
+    networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
+    dns: Resolver | None = None  # for DNSBL-backed network rules
+    # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
+    send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

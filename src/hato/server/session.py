@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hato.delivery.local import Local, NotLocal
 from hato.model import Address, Reply, logfmt
+from hato.model.dns import Resolver
 from hato.policy import (
+    AUTH_BLOCKED,
     Accept,
     RecipientFacts,
     SenderFacts,
+    connection_check,
     header_from_decision,
     mail_from_decision,
     rcpt_decision,
@@ -129,9 +132,27 @@ class SmtpSession(asyncio.Protocol):
                 tls=self.conn.tls_active,
             )
         )
+        self._arm_timer()
+        throttle = self.ctx.throttle
+        if throttle is not None and throttle.blocked(self.client_ip):
+            log.warning(
+                logfmt(
+                    "connection-refused",
+                    listener=listener.name,
+                    client=self.client_ip,
+                    reason="auth-blocked",
+                )
+            )
+            self.conn.greet(AUTH_BLOCKED)
+            self._process()
+            return
+        rules = self.ctx.network_rules
+        if (rules.refuse or rules.allow) and self.ctx.dns is not None:
+            # OP25B network rules may need a DNSBL answer before the greeting.
+            self._begin(self._check_network(self.ctx.dns), name="network")
+            return
         self.conn.greet()
         self._flush()
-        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -260,6 +281,37 @@ class SmtpSession(asyncio.Protocol):
         if self.draining and self.body is None and not self.closing:
             self._close_with(SHUTTING_DOWN)
 
+    async def _check_network(self, dns: Resolver) -> None:
+        verdict = await connection_check(
+            self.client_ip, self.ctx.network_rules, self.ctx.networks, dns
+        )
+        for match in verdict.unknown:
+            log.warning(
+                logfmt(
+                    "dnsbl-tempfail",
+                    session=self.session_id,
+                    client=self.client_ip,
+                    network=match.network,
+                    detail=match.detail,
+                )
+            )
+        if isinstance(verdict.decision, Accept):
+            self.conn.greet()
+            return
+        reply = verdict.decision.reply
+        log.info(
+            logfmt(
+                "connection-refused",
+                listener=self.ctx.listener.name,
+                client=self.client_ip,
+                reason="network",
+                reply=reply.code,
+            )
+        )
+        # RFC 5321 §3.1: a 554 greeting; the core then answers 503 to all but QUIT. A 4xx
+        # greeting (421) closes at once.
+        self.conn.greet(reply)
+
     # ---- MAIL, RCPT, end of message ----
 
     def _on_mail(self, event: MailFrom) -> None:
@@ -275,6 +327,8 @@ class SmtpSession(asyncio.Protocol):
             sender_owned=path is None or (self.user is not None and self._owns(path)),
         )
         decision = mail_from_decision(facts)
+        if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
+            decision = self.ctx.limiter.check_message(str(self.user))
         if isinstance(decision, Accept):
             self.mail_from = event
             self.conn.accept()
@@ -292,7 +346,13 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reply(decision.reply)
 
     def _owns(self, address: Address) -> bool:
-        return self.user is not None and self.ctx.resolver.owns(self.user, address)
+        user = self.user
+        if user is None:
+            return False
+        if self.ctx.resolver.owns(user, address):
+            return True
+        grants = self.ctx.send_as.get(Address(user.local.lower(), user.domain.lower()), ())
+        return Address(address.local.lower(), address.domain.lower()) in grants
 
     def _on_rcpt(self, event: RcptTo) -> None:
         address = event.address
@@ -312,6 +372,9 @@ class SmtpSession(asyncio.Protocol):
             authenticated=self.user is not None,
         )
         decision = rcpt_decision(facts)
+        if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
+            count = len(self.rcpt_originals) + 1
+            decision = self.ctx.limiter.check_recipients(str(self.user), count)
         if not isinstance(decision, Accept):
             log.info(
                 logfmt(
@@ -405,6 +468,10 @@ class SmtpSession(asyncio.Protocol):
                 nrcpt=len(recipients),
             )
         )
+        if self.user is not None and self.ctx.limiter is not None:
+            alert = self.ctx.limiter.record(str(self.user), len(originals))
+            if alert is not None:
+                log.warning(logfmt(alert.event, **alert.fields()))
         self._answer(None, f"Ok: queued as {queue_id}")
 
     # ---- STARTTLS (RFC 3207) ----
@@ -463,6 +530,8 @@ class SmtpSession(asyncio.Protocol):
             case Success(user=user):
                 self.user = user
                 self.auth = None
+                if self.ctx.throttle is not None:
+                    self.ctx.throttle.record_success(self.client_ip, str(user))
                 log.info(
                     logfmt(
                         "auth",
@@ -475,6 +544,13 @@ class SmtpSession(asyncio.Protocol):
                 self.conn.accept()
             case Failure(reply=reply, reason=reason, username=username):
                 self.auth = None
+                blocked = False
+                if self.ctx.throttle is not None and reply.code == 535:
+                    # RFC 4954 §4 leaves the pace to us: each failure waits longer, and too
+                    # many from one client (or against one account) block the client a while.
+                    failure = self.ctx.throttle.record_failure(self.client_ip, username or None)
+                    reply, blocked = failure.reply, failure.blocked
+                    await asyncio.sleep(failure.delay)
                 # One line a fail2ban filter can match (contrib/fail2ban); never the password.
                 log.warning(
                     logfmt(
@@ -484,6 +560,7 @@ class SmtpSession(asyncio.Protocol):
                         user=username or None,
                         mechanism=mechanism,
                         reason=reason,
+                        blocked="yes" if blocked else None,
                     )
                 )
                 self.conn.reply(reply)
