@@ -38,3 +38,47 @@ __all__ = [
     "from_domain",
     "organizational_domain",
 ]
+
+# DKIM, ARC and Authentication-Results (dkim.py, arc.py, results.py).
+from hato.authcheck.arc import ArcResult, ArcSealer, ArcStatus, verify_arc
+from hato.authcheck.dkim import (
+    DkimAlgorithm,
+    DkimError,
+    DkimResult,
+    DkimSigner,
+    DkimStatus,
+    SigningKey,
+    generate_key,
+    load_signing_key,
+    verify_dkim,
+)
+from hato.authcheck.results import (
+    MethodResult,
+    build_header,
+    dkim_methods,
+    find_forged,
+    spf_method,
+    without_fields,
+)
+
+__all__ = [
+    "ArcResult",
+    "ArcSealer",
+    "ArcStatus",
+    "DkimAlgorithm",
+    "DkimError",
+    "DkimResult",
+    "DkimSigner",
+    "DkimStatus",
+    "MethodResult",
+    "SigningKey",
+    "build_header",
+    "dkim_methods",
+    "find_forged",
+    "generate_key",
+    "load_signing_key",
+    "spf_method",
+    "verify_arc",
+    "verify_dkim",
+    "without_fields",
+]

@@ -1,0 +1,299 @@
+"""ARC (RFC 8617): verifying received chains with dkimpy, sealing on `cryptography` when we forward.
+
+Theory of operation. Verification works like DKIM's: the key records named by every
+ARC-Message-Signature and ARC-Seal are fetched through the `Resolver` seam first, then dkimpy's
+ARC validator runs with a `dnsfunc` that answers from them. Sealing adds one ARC Set (RFC 8617
+§4.1): an ARC-Authentication-Results copying our own Authentication-Results, an
+ARC-Message-Signature (a DKIM signature without v=, relaxed/relaxed, body streamed), and an
+ARC-Seal over all ARC Sets. Tags are written in the "standardized" order of the ARC test suite
+(sorted by name), so the suite's expected signatures can be reproduced byte for byte.
+
+Imports: model (DNS seam, Clock), the DKIM primitives of `hato.authcheck.dkim`, dkimpy.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dkim  # type: ignore[import-untyped]
+from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
+
+from hato.authcheck.dkim import (
+    DEFAULT_SIGNED_HEADERS,
+    DnsFunc,
+    HeaderField,
+    RelaxedBodyHasher,
+    SigningKey,
+    answer_dnsfunc,
+    domain_ascii,
+    fetch_keys,
+    header_hash_input,
+    key_name,
+    relaxed_header,
+    split_header_fields,
+)
+from hato.authcheck.results import HEADER_NAME, MethodResult, authserv_id_of, resinfo_entries
+from hato.model.dns import Resolver
+from hato.model.seams import Clock
+
+AAR = b"arc-authentication-results"
+AMS = b"arc-message-signature"
+SEAL = b"arc-seal"
+_SET_ORDER = (AAR, AMS, SEAL)  # RFC 8617 §5.1.1: within an ARC Set, AAR then AMS then AS
+MAX_INSTANCE = 50  # RFC 8617 §4.2.1: i= is 1 to 50
+_FOLD_WIDTH = 76
+
+
+class ArcStatus(enum.Enum):
+    """RFC 8617 §4.4: the chain validation status, also the AR ``arc=`` result."""
+
+    NONE = "none"
+    PASS = "pass"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class ArcSetResult:
+    instance: int
+    domain: str  # d= of the ARC-Seal
+    selector: str
+    cv: str  # as the seal claims it
+    message_signature_valid: bool
+    seal_valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ArcResult:
+    status: ArcStatus
+    instances: int = 0  # the highest i= found
+    reason: str = ""
+    sets: tuple[ArcSetResult, ...] = ()
+
+    def method_result(self) -> MethodResult:
+        # RFC 8617 §10.1 registers the "arc" method; header.oldest-pass is optional.
+        comment = f"i={self.instances}" if self.instances else ""
+        reason = "" if self.status is ArcStatus.PASS else self.reason
+        return MethodResult("arc", self.status.value, reason=reason, comment=comment)
+
+
+def _tags(value: bytes) -> dict[bytes, bytes] | None:
+    try:
+        return dict(parse_tag_value(value))
+    except (InvalidTagValueList, ValueError):
+        return None
+
+
+def _instance(field: HeaderField) -> int:
+    tags = _tags(field.value.split(b";", 1)[0] if field.name.lower() == AAR else field.value)
+    raw = (tags or {}).get(b"i", b"")
+    return int(raw) if raw.isdigit() else 0
+
+
+def arc_fields(fields: Sequence[HeaderField]) -> list[tuple[int, HeaderField]]:
+    return [(_instance(f), f) for f in fields if f.name.lower() in _SET_ORDER]
+
+
+async def verify_arc(message: bytes, resolver: Resolver, *, min_rsa_bits: int = 1024) -> ArcResult:
+    """RFC 8617 §5.2: validate the ARC chain of `message` (headers and body)."""
+    fields = split_header_fields(message)
+    found = arc_fields(fields)
+    if not found:
+        return ArcResult(ArcStatus.NONE, reason="no ARC sets")
+    names = []
+    for _, field in found:
+        tags = _tags(field.value) if field.name.lower() != AAR else None
+        if tags and tags.get(b"d") and tags.get(b"s"):
+            names.append(key_name(tags[b"s"].decode("ascii", "replace"), tags[b"d"].decode()))
+    answers = await fetch_keys(resolver, names)
+    return _validate(message, answer_dnsfunc(answers), min_rsa_bits)
+
+
+def _validate(message: bytes, dnsfunc: DnsFunc, min_rsa_bits: int) -> ArcResult:
+    try:
+        validator = dkim.ARC(message, minkey=min_rsa_bits)
+        cv, details, reason = validator.verify(dnsfunc=dnsfunc)
+    except dkim.DKIMException as error:
+        # RFC 8617 §5.2: a chain that cannot be parsed or validated is "fail".
+        return ArcResult(ArcStatus.FAIL, reason=str(error))
+    sets = tuple(
+        ArcSetResult(
+            instance=int(d["instance"]),
+            domain=bytes(d.get("as-domain", b"")).decode("ascii", "replace"),
+            selector=bytes(d.get("as-selector", b"")).decode("ascii", "replace"),
+            cv=bytes(d.get("cv", b"")).decode("ascii", "replace"),
+            message_signature_valid=bool(d.get("ams-valid")),
+            seal_valid=bool(d.get("as-valid")),
+        )
+        for d in details
+    )
+    instances = max((s.instance for s in sets), default=0)
+    status = {dkim.CV_Pass: ArcStatus.PASS, dkim.CV_None: ArcStatus.NONE}.get(cv, ArcStatus.FAIL)
+    return ArcResult(status, instances, str(reason), sets)
+
+
+def our_results(header_block: bytes, authserv_id: str) -> list[str]:
+    """The entries of every Authentication-Results field of ours, in order (what the AAR
+    copies: RFC 8617 §4.1.1)."""
+    ours = authserv_id.lower()
+    entries: list[str] = []
+    for field in split_header_fields(header_block):
+        if field.name.lower() == HEADER_NAME.lower() and authserv_id_of(field.value) == ours:
+            entries.extend(resinfo_entries(field.value)[1])
+    return entries
+
+
+class ArcSealer:
+    """Adds our ARC Set to a message we forward (RFC 8617 §5.1)."""
+
+    def __init__(
+        self,
+        domain: str,
+        selector: str,
+        key: SigningKey,
+        authserv_id: str,
+        clock: Clock,
+        *,
+        headers: Sequence[str] = DEFAULT_SIGNED_HEADERS,
+    ) -> None:
+        self.domain = domain_ascii(domain)
+        self.selector = selector.lower()
+        self.key = key
+        self.authserv_id = authserv_id
+        self._clock = clock
+        # RFC 8617 §4.1.2: the AMS MUST NOT sign ARC-Seal; ARC and AR fields change per hop.
+        skip = {SEAL, AMS, AAR, HEADER_NAME.lower(), b"dkim-signature"}
+        self._headers = tuple(h.lower() for h in headers if h.lower().encode() not in skip)
+
+    def seal(
+        self,
+        header_block: bytes,
+        body_chunks: Iterable[bytes],
+        chain: ArcStatus,
+        *,
+        results: Sequence[str] | None = None,
+    ) -> bytes | None:
+        """ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results fields to prepend,
+        or None when the chain must not be extended. `chain`: what `verify_arc` found.
+        `results`: the AAR entries; by default our Authentication-Results in the block."""
+        fields = split_header_fields(header_block)
+        existing = arc_fields(fields)
+        instance = max((i for i, _ in existing), default=0) + 1
+        if _latest_cv(existing) == "fail" or instance > MAX_INSTANCE:
+            # RFC 8617 §5.2 step 2: a chain whose latest seal says cv=fail is over; §4.2.1:
+            # at most 50 sets.
+            return None
+        if (instance == 1) != (chain is ArcStatus.NONE):
+            # RFC 8617 §4.4: cv=none only for i=1; a later set without a verdict is a failure.
+            chain = ArcStatus.NONE if instance == 1 else ArcStatus.FAIL
+        entries = (
+            list(results) if results is not None else our_results(header_block, self.authserv_id)
+        )
+        aar_value = f"i={instance}; {self.authserv_id}"
+        for entry in entries or ["none"]:
+            aar_value += ";\r\n\t" + entry
+        aar = b"ARC-Authentication-Results: " + aar_value.encode("utf-8") + b"\r\n"
+        ams = self._message_signature(fields, body_chunks, instance)
+        seal = self._seal(existing, aar, ams, instance, chain)
+        return seal + ams + aar
+
+    def _message_signature(
+        self, fields: list[HeaderField], body_chunks: Iterable[bytes], instance: int
+    ) -> bytes:
+        hasher = RelaxedBodyHasher()
+        for chunk in body_chunks:
+            hasher.update(chunk)
+        present = {f.name.lower().decode("ascii", "replace") for f in fields}
+        # RFC 8617 §4.1.2 (as RFC 6376 §5.4): From MUST be signed.
+        names = [n for n in self._headers if n in present or n == "from"]
+        signed: list[str] = []
+        for name in names:
+            count = sum(1 for f in fields if f.name.lower().decode("ascii", "replace") == name)
+            signed.extend([name] * max(count, 1))
+        tags = [
+            ("a", self.key.algorithm.value),
+            ("b", ""),
+            ("bh", base64.b64encode(hasher.digest()).decode("ascii")),
+            ("c", "relaxed/relaxed"),
+            ("d", self.domain),
+            ("h", ":".join(signed)),
+            ("i", str(instance)),
+            ("s", self.selector),
+            ("t", str(int(self._clock.now()))),
+        ]
+        unsigned = _format("ARC-Message-Signature", tags, None)
+        data = header_hash_input(fields, signed) + _canon_last(unsigned)
+        return _format("ARC-Message-Signature", tags, self.key.sign(data))
+
+    def _seal(
+        self,
+        existing: list[tuple[int, HeaderField]],
+        aar: bytes,
+        ams: bytes,
+        instance: int,
+        chain: ArcStatus,
+    ) -> bytes:
+        tags = [
+            ("a", self.key.algorithm.value),
+            ("b", ""),
+            ("cv", chain.value),
+            ("d", self.domain),
+            ("i", str(instance)),
+            ("s", self.selector),
+            ("t", str(int(self._clock.now()))),
+        ]
+        unsigned = _format("ARC-Seal", tags, None)
+        ours = [_canon(aar), _canon(ams)]
+        if chain is ArcStatus.FAIL:
+            # RFC 8617 §5.1.2: sealing a failed chain, the seal covers only its own set.
+            data = b"".join(ours)
+        else:
+            # RFC 8617 §5.1.1: every set in instance order, AAR, AMS, AS within each.
+            ordered = sorted(existing, key=lambda p: (p[0], _SET_ORDER.index(p[1].name.lower())))
+            data = b"".join(relaxed_header(f.name, f.value) for _, f in ordered) + b"".join(ours)
+        data += _canon_last(unsigned)
+        return _format("ARC-Seal", tags, self.key.sign(data))
+
+
+def _latest_cv(existing: list[tuple[int, HeaderField]]) -> str:
+    seals = [(i, f) for i, f in existing if f.name.lower() == SEAL]
+    if not seals:
+        return ""
+    tags = _tags(max(seals, key=lambda p: p[0])[1].value) or {}
+    return tags.get(b"cv", b"").decode("ascii", "replace").strip().lower()
+
+
+def _canon(field: bytes) -> bytes:
+    name, value = field.split(b":", 1)
+    return relaxed_header(name, value)
+
+
+def _canon_last(field: bytes) -> bytes:
+    # RFC 6376 §3.7 (used by RFC 8617 §5.1): the field being signed goes last, b= empty,
+    # without its final CRLF.
+    return _canon(field)[:-2]
+
+
+def _format(name: str, tags: Sequence[tuple[str, str]], signature: bytes | None) -> bytes:
+    """``Name: a=..; b=..; ...`` folded at tag boundaries; b= on a line of its own."""
+    lines: list[str] = []
+    line = name + ":"
+    for index, (key, value) in enumerate(tags):
+        piece = f"{key}={value}" + (";" if index < len(tags) - 1 else "")
+        if key == "b":
+            # b= is not folded: the seal signs the AMS as written, and the ARC suite's
+            # "standardized" form (which we reproduce) has no whitespace inside b=. Its
+            # line stays far below RFC 5322 §2.1.1's 998 octets (684 for RSA-4096).
+            text = base64.b64encode(signature).decode("ascii") if signature else ""
+            lines.append(line)
+            lines.append(f"\tb={text};")
+            line = ""
+            continue
+        if line and len(line) + 1 + len(piece) > _FOLD_WIDTH:
+            lines.append(line)
+            line = ""
+        line = (line + " " if line else "\t") + piece
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
