@@ -61,7 +61,7 @@ from hato.authcheck.results import (
     without_fields,
 )
 
-__all__ = [
+__all__ += [
     "ArcResult",
     "ArcSealer",
     "ArcStatus",
