@@ -2,7 +2,8 @@
 
 Which configuration is used (an interface other tools rely on): the file given with
 ``--config``; else ``./hato.toml`` if it exists; else the embedded default (domain ``localhost``
-accepting any local part, one MX listener on 127.0.0.1:2525). Relative paths in a file are
+accepting any local part, an MX listener on 127.0.0.1:2525, submission on 127.0.0.1:2587 and
+127.0.0.1:2465 with a self-signed certificate). Relative paths in a file are
 relative to the file's directory. Every section is validated on its own, and every
 [[listener]] and [[domain]] too, so that one bad value does not hide the problems after it:
 a ConfigError lists them all.
@@ -44,7 +45,13 @@ CONFIG_FILE_NAME = "hato.toml"
 EMBEDDED_SOURCE = "embedded default (no --config, no ./hato.toml)"
 EMBEDDED_DEFAULT: Mapping[str, Any] = {
     "server": {"hostname": "localhost"},
-    "listener": [{"role": "mx", "address": "127.0.0.1:2525"}],
+    "listener": [
+        {"role": "mx", "address": "127.0.0.1:2525"},
+        # Submission with a self-signed certificate (made in DATA_DIR/tls on first start), so a
+        # newcomer can try STARTTLS and AUTH too (users: `hato user add ADDRESS`).
+        {"role": "submission", "address": "127.0.0.1:2587"},
+        {"role": "submissions", "address": "127.0.0.1:2465"},
+    ],
     "domain": [{"name": "localhost", "accept_any": True}],
 }
 _EXAMPLES = {
@@ -163,7 +170,8 @@ def settings_from_mapping(
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
     problems.extend(_duplicates(raw.get("network"), "network", "name"))
     problems.extend(_network_references(raw.get("listener"), raw.get("network")))
-    if "tls" not in raw:
+    if "tls" not in raw and source != EMBEDDED_SOURCE:
+        # The embedded default is the one place a self-signed certificate is made instead.
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
         raise ConfigError(source, problems)

@@ -146,7 +146,8 @@ class ListenerSettings(BaseModel):
         description='HOST:PORT, e.g. "0.0.0.0:25" or "[::1]:25"'
     )
     max_connections: StrictInt = Field(1000, description="an integer, at least 1")
-    max_connections_per_ip: StrictInt = Field(20, description="an integer, at least 1")
+    # Postfix's smtpd_client_connection_count_limit default: 50.
+    max_connections_per_ip: StrictInt = Field(50, description="an integer, at least 1")
     refuse_networks: tuple[StrictStr, ...] = Field(
         (), description='an array of [[network]] names, e.g. ["dynamic"]'
     )

@@ -111,7 +111,7 @@ def test_a_full_file_gives_typed_absolute_values(tmp_path: Path) -> None:
         465,
         "[::1]:465",
     )
-    assert subs.max_connections == 1000 and subs.max_connections_per_ip == 20
+    assert subs.max_connections == 1000 and subs.max_connections_per_ip == 50
     assert s.tls is not None
     assert s.tls.cert == tmp_path / "etc" / "certs" / "fullchain.pem"
     assert s.tls.key == tmp_path / "etc" / "certs" / "privkey.pem"
@@ -159,7 +159,12 @@ def test_without_any_file_the_embedded_default_is_used(tmp_path: Path) -> None:
     assert loaded.source == EMBEDDED_SOURCE
     assert s.server.hostname == "localhost"
     assert s.server.data_dir == tmp_path / "hato-data"
-    assert [(lst.role, str(lst.address)) for lst in s.listeners] == [(Role.MX, "127.0.0.1:2525")]
+    assert [(lst.role, str(lst.address)) for lst in s.listeners] == [
+        (Role.MX, "127.0.0.1:2525"),
+        (Role.SUBMISSION, "127.0.0.1:2587"),
+        (Role.SUBMISSIONS, "127.0.0.1:2465"),
+    ]
+    assert s.tls is None  # the server makes a self-signed certificate for these
     assert [(d.name, d.accept_any) for d in s.domains] == [("localhost", True)]
     assert s.tls is None
 
