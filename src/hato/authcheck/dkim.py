@@ -396,9 +396,15 @@ def answer_dnsfunc(answers: Mapping[str, DnsAnswer]) -> DnsFunc:
 
 
 async def verify_dkim(
-    message: bytes, resolver: Resolver, *, max_signatures: int = 8, min_rsa_bits: int = 1024
+    message: bytes,
+    resolver: Resolver,
+    *,
+    max_signatures: int = 8,
+    min_rsa_bits: int = 1024,
+    accept_rsa_sha1: bool = False,
 ) -> tuple[DkimResult, ...]:
-    """Every DKIM-Signature of `message` (headers and body), top first; () when unsigned."""
+    """Every DKIM-Signature of `message` (headers and body), top first; () when unsigned.
+    `accept_rsa_sha1` breaks RFC 8301 §3.1 on purpose (for interop tests with old signers)."""
     fields = split_header_fields(message)
     signatures = [f for f in fields if f.name.lower() == b"dkim-signature"][:max_signatures]
     tags: list[dict[bytes, bytes] | None] = [_parse_tags(f.value) for f in signatures]
@@ -415,7 +421,7 @@ async def verify_dkim(
         if checker is None:
             results.append(DkimResult(DkimStatus.NEUTRAL, reason=broken))
         else:
-            results.append(_verify_one(checker, index, sig, answers, dnsfunc))
+            results.append(_verify_one(checker, index, sig, answers, dnsfunc, accept_rsa_sha1))
     return tuple(results)
 
 
@@ -425,6 +431,7 @@ def _verify_one(
     sig: dict[bytes, bytes] | None,
     answers: Mapping[str, DnsAnswer],
     dnsfunc: DnsFunc,
+    accept_rsa_sha1: bool,
 ) -> DkimResult:
     if sig is None or not _has_key_tags(sig):
         # RFC 8601 §2.7.1: a signature with syntax errors is "neutral".
@@ -438,7 +445,7 @@ def _verify_one(
         identity=_text(sig, b"i") or "@" + domain,
         signature_prefix=re.sub(r"\s+", "", _text(sig, b"b"))[:8],
     )
-    if algorithm == "rsa-sha1":
+    if algorithm == "rsa-sha1" and not accept_rsa_sha1:
         # RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures valid.
         return _with(base, DkimStatus.PERMERROR, "rsa-sha1 is not accepted")
     answer = answers[key_name(selector, domain)]
