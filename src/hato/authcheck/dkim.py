@@ -475,11 +475,14 @@ def _verify_one(
 
 
 def _key_problem(record: bytes, algorithm: str) -> str:
+    tags = _parse_tags(record)
+    if tags is not None and not tags.get(b"p", b"").strip():
+        # RFC 6376 §3.6.1: an empty p= means the key was revoked.
+        return "key revoked"
     try:
         _, _, ktag, _ = dkim.evaluate_pk(b"key", record)
     except dkim.KeyFormatError as error:
-        # RFC 6376 §3.6.1: an empty p= means the key was revoked.
-        return "key revoked" if "missing public key" in str(error) else f"bad key: {error}"
+        return f"bad key: {error}"
     except (ValueError, TypeError) as error:
         return f"bad key: {error}"
     # RFC 6376 §6.1.2 step 6: the key type must match the signature algorithm.
