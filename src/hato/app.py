@@ -37,7 +37,9 @@ from hato.policy import (
 )
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.server.context import ListenerState, SessionContext
+from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.session import SmtpSession
+from hato.server.signing import OutboundSigner, load_signers
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
 from hato.smtp import ServerSettings
 
@@ -284,6 +286,21 @@ async def run(settings: Settings, source: str) -> None:
     throttle = AuthThrottle(clock, auth_throttle_settings(settings))
     limiter = SendLimiter(clock, send_limit_settings(settings))
     send_as = send_as_grants(settings)
+    check = settings.authcheck
+    authserv_id = check.authserv_id or settings.server.hostname
+    inbound = (
+        InboundChecker(
+            dns,
+            authserv_id=authserv_id,
+            clock=clock,
+            enforcement=Enforcement(check.dmarc.value),
+            budget=check.budget,
+        )
+        if check.inbound
+        else None
+    )
+    selectors = {d.name: d.dkim_selector for d in settings.domains}
+    signer = OutboundSigner(load_signers(data_dir / "dkim", selectors, clock) if check.sign else {})
     states: list[ListenerState] = []
     servers: list[asyncio.Server] = []
     try:
@@ -317,6 +334,8 @@ async def run(settings: Settings, source: str) -> None:
                 networks=networks,
                 dns=dns,
                 send_as=send_as,
+                inbound=inbound if role is Role.MX else None,
+                signer=signer if role is not Role.MX else None,
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None

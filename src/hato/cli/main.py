@@ -95,7 +95,7 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hato.cli import users  # it imports hato.cli.main
+    from hato.cli import dkim, users  # they import hato.cli.main
 
     parser = _Parser(prog="hato", description="Hato, a mail server.")
     parser.add_argument("--version", action="version", version=f"hato {__version__}")
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(command("check-config", _check_config, "validate the configuration"))
     command("version", _version, "print the version")
 
+    dkim.register(commands)
     user = commands.add_parser("user", help="manage the accounts", description="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, help_text, takes_address in (

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
@@ -165,6 +166,7 @@ def settings_from_mapping(
     auth = _one(AuthSettings, raw.get("auth", {}), "auth", context, problems)
     networks = _many(NetworkSettings, raw.get("network", []), "network", context, problems, 0)
     dns = _one(DnsSettings, raw.get("dns", {}), "dns", context, problems)
+    authcheck = _one(AuthcheckSettings, raw.get("authcheck", {}), "authcheck", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -175,7 +177,7 @@ def settings_from_mapping(
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
         raise ConfigError(source, problems)
-    if auth is None or dns is None:
+    if auth is None or dns is None or authcheck is None:
         raise ConfigError(source, problems)
     return Settings(
         server=server,
@@ -188,6 +190,7 @@ def settings_from_mapping(
         auth=auth,
         networks=tuple(network for _, network in networks),
         dns=dns,
+        authcheck=authcheck,
     )
 
 

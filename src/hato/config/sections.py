@@ -11,6 +11,7 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.values import (
     ListenAddress,
@@ -291,6 +293,17 @@ class LocalSettings(BaseModel):
         )
 
 
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _selector(value: object) -> str:
+    # RFC 6376 §3.1: a selector is a sequence of sub-domain labels; we keep to one label so
+    # it is also a safe file name.
+    if isinstance(value, str) and _SELECTOR.fullmatch(value):
+        return value.lower()
+    raise ValueError(f"{show(value)} is not a selector (letters, digits, '-'; e.g. \"s2026\")")
+
+
 class DomainSettings(BaseModel):
     """One [[domain]]: a domain we receive mail for."""
 
@@ -306,6 +319,11 @@ class DomainSettings(BaseModel):
     aliases: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty)]] = Field(
         default_factory=dict,
         description='a table of arrays, e.g. { sales = ["alice", "bob@example.org"] }',
+    )
+    dkim_selector: Annotated[str, PlainValidator(_selector)] = Field(
+        "hato",
+        description="the DKIM selector whose key (DATA_DIR/dkim/DOMAIN/SELECTOR.key, made by "
+        '"hato dkim keygen DOMAIN") signs this domain\'s mail, e.g. "s2026"',
     )
     send_as: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty_grant)]] = (
         Field(
@@ -336,5 +354,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "auth": AuthSettings,
     "network": NetworkSettings,
     "dns": DnsSettings,
+    "authcheck": AuthcheckSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

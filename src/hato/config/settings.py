@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
     DomainSettings,
@@ -35,6 +36,7 @@ class Settings:
     auth: AuthSettings
     networks: tuple[NetworkSettings, ...]
     dns: DnsSettings
+    authcheck: AuthcheckSettings
 
     def network(self, name: str) -> NetworkSettings | None:
         """The [[network]] called `name`."""

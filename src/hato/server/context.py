@@ -18,6 +18,8 @@ from hato.policy import (
 )
 from hato.queue import Queue
 from hato.server.auth import Accounts
+from hato.server.inbound import InboundChecker
+from hato.server.signing import OutboundSigner
 from hato.server.tls import ReloadingContext
 from hato.smtp import ServerSettings
 
@@ -86,5 +88,7 @@ class SessionContext:
     network_rules: ListenerNetworkRules = field(default_factory=ListenerNetworkRules)
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
+    inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
+    signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -66,6 +66,9 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 NO_TLS = Reply(454, "4.7.0", "TLS not available")
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
+MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
+# Not an ESMTP keyword (RFC 5321 §4.1.2: no "."), so it is never passed on to a next hop.
+QUARANTINE_PARAM = "hato.folder"
 
 
 class SmtpSession(asyncio.Protocol):
@@ -92,6 +95,8 @@ class SmtpSession(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.messages = 0
+        self.capture: list[bytes] | None = None  # the message, for authentication checks
+        self.captured = 0
 
     # ---- asyncio callbacks ----
 
@@ -212,11 +217,19 @@ class SmtpSession(asyncio.Protocol):
             case DataStart():
                 self.body = self.ctx.queue.new_body()
                 self.headers = HeaderCapture() if self.user is not None else None
+                self.capture = [] if self._wants_capture() else None
+                self.captured = 0
             case BodyChunk(data=data):
                 if self.body is not None:
                     self.body.write(data)
                 if self.headers is not None:
                     self.headers.feed(data)
+                if self.capture is not None:
+                    self.captured += len(data)
+                    if self.captured > MAX_CHECKED_SIZE:
+                        self.capture = None  # too large to check or sign: said in the log
+                    else:
+                        self.capture.append(data)
             case MessageEnd():
                 self._on_message_end()
             case MessageAborted(reply=reply):
@@ -401,9 +414,16 @@ class SmtpSession(asyncio.Protocol):
         self.rcpt_originals.append(event.address)
         self.conn.accept()
 
+    def _wants_capture(self) -> bool:
+        if self.user is None:
+            return self.ctx.inbound is not None
+        return bool(self.ctx.signer)
+
     def _on_message_end(self) -> None:
         body, mail, headers = self.body, self.mail_from, self.headers
         self.body = self.headers = None
+        captured = b"".join(self.capture) if self.capture is not None else None
+        self.capture = None
         if body is None or mail is None or not self.recipients:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self.conn.reply(TEMP_FAILURE)
@@ -425,11 +445,68 @@ class SmtpSession(asyncio.Protocol):
                 self._reset_transaction()
                 self.conn.reply(decision.reply)
                 return
-        self._begin(self._commit(body, mail), name="commit")
+        from_addresses = headers.from_addresses() if headers is not None else []
+        self._begin(self._commit(body, mail, captured, from_addresses), name="commit")
 
-    async def _commit(self, body: BodyWriter, mail: MailFrom) -> None:
+    async def _authenticate(
+        self, mail: MailFrom, captured: bytes | None, from_addresses: list[Address | None]
+    ) -> tuple[bytes, dict[str, str | None], Reply | None]:
+        """The header lines to prepend (DKIM-Signature, Authentication-Results), extra queue
+        params, or the refusal a DMARC policy asks for."""
+        params: dict[str, str | None] = dict(mail.params)
+        if self.user is not None:
+            if captured is None or not self.ctx.signer:
+                if self.ctx.signer:
+                    log.warning(
+                        logfmt(
+                            "dkim-sign-skipped", session=self.session_id, reason="message too large"
+                        )
+                    )
+                return b"", params, None
+            signature = self.ctx.signer.sign(captured, [*from_addresses, mail.path])
+            return signature, params, None
+        checker = self.ctx.inbound
+        if checker is None:
+            return b"", params, None
+        if captured is None:
+            log.warning(
+                logfmt("authcheck-skipped", session=self.session_id, reason="message too large")
+            )
+            return b"", params, None
+        verdict = await checker.check(
+            client_ip=self.client_ip,
+            helo=self.conn.hello_name or "",
+            mail_from=mail.path,
+            message=captured,
+        )
+        log.info(
+            logfmt(
+                "authcheck",
+                session=self.session_id,
+                client=self.client_ip,
+                result=verdict.summary,
+                quarantine=verdict.quarantine or None,
+                refuse=verdict.refuse.code if verdict.refuse else None,
+            )
+        )
+        if verdict.quarantine:
+            params[QUARANTINE_PARAM] = "Junk"
+        return verdict.header, params, verdict.refuse
+
+    async def _commit(
+        self,
+        body: BodyWriter,
+        mail: MailFrom,
+        captured: bytes | None,
+        from_addresses: list[Address | None],
+    ) -> None:
         recipients, originals = self.recipients, self.rcpt_originals
         self._reset_transaction()
+        added, params, refusal = await self._authenticate(mail, captured, from_addresses)
+        if refusal is not None:
+            body.discard()
+            self._answer(refusal)
+            return
         info = TraceInfo(
             helo=self.conn.hello_name or "",
             client_ip=self.client_ip,
@@ -440,14 +517,15 @@ class SmtpSession(asyncio.Protocol):
             smtputf8=mail.smtputf8,
             tls_detail=self.tls_detail,
         )
-        prefix = received_header(info, body.queue_id, originals, self.ctx.clock.now())
+        # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
+        prefix = added + received_header(info, body.queue_id, originals, self.ctx.clock.now())
         try:
             queue_id = await self.ctx.queue.commit(
                 body,
                 mail_from=mail.path,
                 recipients=recipients,
                 prefix=prefix,
-                params=dict(mail.params),
+                params=params,
             )
         except QueueWriteError as exc:
             log.warning(
@@ -585,6 +663,7 @@ class SmtpSession(asyncio.Protocol):
             self.body.discard()
             self.body = None
         self.headers = None
+        self.capture = None
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()

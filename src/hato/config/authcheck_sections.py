@@ -1,0 +1,51 @@
+"""[authcheck] of hato.toml: judging inbound mail (SPF, DKIM, DMARC, ARC) and signing ours.
+
+Same rules as sections.py: every field has a `description`; validators raise ValueError naming
+the fix; the loader adds the key path.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool
+
+from hato.config.values import parse_domain_name, parse_seconds
+
+_SECTION = ConfigDict(frozen=True, extra="forbid")
+Seconds = Annotated[float, PlainValidator(parse_seconds)]
+
+
+class DmarcEnforcement(enum.StrEnum):
+    POLICY = "policy"  # follow the sender domain's p=: reject -> 550 5.7.1, quarantine -> Junk
+    QUARANTINE = "quarantine"  # never refuse: what the policy would reject goes to Junk
+    REPORT = "report"  # only say so in Authentication-Results
+
+
+class AuthcheckSettings(BaseModel):
+    """[authcheck]."""
+
+    model_config = _SECTION
+
+    inbound: StrictBool = Field(
+        True,
+        description="true or false: check SPF, DKIM, ARC and DMARC of mail received on mx "
+        "listeners and add Authentication-Results",
+    )
+    authserv_id: Annotated[str, PlainValidator(parse_domain_name)] | None = Field(
+        None, description="the authserv-id of our Authentication-Results (default: hostname)"
+    )
+    dmarc: DmarcEnforcement = Field(
+        DmarcEnforcement.POLICY, description='"policy", "quarantine" or "report"'
+    )
+    budget: Seconds = Field(
+        20.0, description="seconds all checks of one message may take (then temperror)"
+    )
+    sign: StrictBool = Field(
+        True,
+        description="true or false: DKIM-sign authenticated mail of domains that have a key "
+        "(hato dkim keygen)",
+    )

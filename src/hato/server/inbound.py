@@ -1,0 +1,172 @@
+"""Judging the mail we receive on `mx`: SPF, DKIM, ARC and DMARC, the Authentication-Results
+header we add (RFC 8601), and what the DMARC policy asks us to do with the message.
+
+Theory of operation: the session hands over the whole message (header section and body, as
+received, bounded in size) once DATA has ended and before the queue commit; the checks run
+concurrently through the DNS seam, under one time budget; anything that cannot be decided in
+time is a temperror, never a hang. The verdict is a value: the header lines to prepend and
+whether to accept, refuse (550 5.7.1) or quarantine (deliver to the Junk folder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from hato.authcheck import (
+    ArcResult,
+    ArcStatus,
+    DkimOutcome,
+    DkimResult,
+    DkimStatus,
+    DmarcPolicy,
+    DmarcResult,
+    DmarcStatus,
+    FromProblem,
+    MethodResult,
+    SpfOutcome,
+    SpfResult,
+    SpfResultCode,
+    build_header,
+    check_mail_from,
+    dkim_methods,
+    evaluate,
+    from_domain,
+    spf_method,
+    verify_arc,
+    verify_dkim,
+)
+from hato.model import Clock, Reply, ReversePath
+from hato.model.dns import Resolver
+
+DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
+
+
+class Enforcement(enum.Enum):
+    POLICY = "policy"  # follow p=/sp=/np=: reject -> 550 5.7.1, quarantine -> Junk
+    QUARANTINE = "quarantine"  # never refuse: reject policies are quarantined too
+    REPORT = "report"  # only say so in Authentication-Results
+
+
+@dataclass(frozen=True, slots=True)
+class InboundVerdict:
+    header: bytes  # the Authentication-Results field to prepend
+    refuse: Reply | None = None
+    quarantine: bool = False
+    summary: str = ""  # "spf=pass dkim=pass dmarc=pass" for the log
+
+
+class InboundChecker:
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        authserv_id: str,
+        clock: Clock,
+        enforcement: Enforcement = Enforcement.POLICY,
+        budget: float = 20.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._authserv_id = authserv_id
+        self._clock = clock
+        self._enforcement = enforcement
+        self._budget = budget
+        self._rng = rng or random.Random()
+
+    async def check(
+        self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes
+    ) -> InboundVerdict:
+        sender = "" if mail_from is None else str(mail_from)
+        spf, dkim, arc = await asyncio.gather(
+            self._spf(client_ip, helo, sender),
+            self._dkim(message),
+            self._arc(message),
+        )
+        dmarc = await self._dmarc(message, spf, dkim)
+        methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
+        methods.extend(dkim_methods(dkim))
+        methods.append(_dmarc_method(dmarc))
+        if arc.status is not ArcStatus.NONE:
+            methods.append(arc.method_result())
+        header = build_header(self._authserv_id, methods)
+        summary = " ".join(f"{m.method}={m.result}" for m in methods)
+        return self._decide(header, dmarc, summary)
+
+    def _decide(
+        self, header: bytes, dmarc: DmarcResult | FromProblem, summary: str
+    ) -> InboundVerdict:
+        if isinstance(dmarc, FromProblem) or dmarc.status is not DmarcStatus.FAIL:
+            return InboundVerdict(header, summary=summary)
+        # RFC 7489 §6.6.4 / §10.2: the receiver applies the policy as local policy allows.
+        if self._enforcement is Enforcement.REPORT:
+            return InboundVerdict(header, summary=summary)
+        if dmarc.disposition is DmarcPolicy.REJECT and self._enforcement is Enforcement.POLICY:
+            return InboundVerdict(header, refuse=DMARC_REJECT, summary=summary)
+        if dmarc.disposition in (DmarcPolicy.REJECT, DmarcPolicy.QUARANTINE):
+            return InboundVerdict(header, quarantine=True, summary=summary)
+        return InboundVerdict(header, summary=summary)
+
+    async def _spf(self, ip: str, helo: str, sender: str) -> SpfResult:
+        try:
+            async with asyncio.timeout(self._budget):
+                return await check_mail_from(
+                    ip,
+                    sender,
+                    helo=helo,
+                    resolver=self._resolver,
+                    receiver=self._authserv_id,
+                    now=self._clock.now(),
+                )
+        except TimeoutError:
+            domain = sender.rpartition("@")[2] or helo
+            return SpfResult(SpfResultCode.TEMPERROR, domain, detail="time budget exceeded")
+
+    async def _dkim(self, message: bytes) -> tuple[DkimResult, ...]:
+        try:
+            async with asyncio.timeout(self._budget):
+                return await verify_dkim(message, self._resolver)
+        except TimeoutError:
+            return (DkimResult(DkimStatus.TEMPERROR, reason="time budget exceeded"),)
+
+    async def _arc(self, message: bytes) -> ArcResult:
+        try:
+            async with asyncio.timeout(self._budget):
+                return await verify_arc(message, self._resolver)
+        except TimeoutError:
+            return ArcResult(ArcStatus.FAIL, reason="time budget exceeded")
+
+    async def _dmarc(
+        self, message: bytes, spf: SpfResult, dkim: tuple[DkimResult, ...]
+    ) -> DmarcResult | FromProblem:
+        end = message.find(b"\r\n\r\n")
+        headers = BytesHeaderParser(policy=compat32).parsebytes(
+            message if end < 0 else message[: end + 4]
+        )
+        author = from_domain((name, str(value)) for name, value in headers.items())
+        if isinstance(author, FromProblem):
+            return author
+        outcomes = [DkimOutcome(r.domain, r.status.value, r.selector) for r in dkim if r.domain]
+        try:
+            async with asyncio.timeout(self._budget):
+                return await evaluate(
+                    author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
+                )
+        except TimeoutError:
+            return DmarcResult(
+                DmarcStatus.TEMPERROR, DmarcPolicy.NONE, author, detail="time budget exceeded"
+            )
+
+
+def _dmarc_method(dmarc: DmarcResult | FromProblem) -> MethodResult:
+    # RFC 7489 §11.2: dmarc=<result> header.from=<domain>; policy.dmarc (RFC 8601 registry).
+    if isinstance(dmarc, FromProblem):
+        return MethodResult("dmarc", "permerror", reason=dmarc.value)
+    props: tuple[tuple[str, str], ...] = (("header.from", dmarc.from_domain),)
+    if dmarc.policy is not None:
+        props += (("policy.dmarc", dmarc.policy.value),)
+    return MethodResult("dmarc", dmarc.status.value, properties=props)

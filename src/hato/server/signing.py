@@ -1,0 +1,62 @@
+"""DKIM signing of the mail our users send (RFC 6376): which domain signs, and the header.
+
+The signature goes into the stored prefix, so the body file stays exactly as received.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from hato.authcheck import DkimError, DkimSigner, load_signing_key
+from hato.model import Address, Clock, logfmt
+
+log = logging.getLogger("hato.dkim")
+
+
+def key_path(dkim_dir: Path, domain: str, selector: str) -> Path:
+    """Where `hato dkim keygen` keeps a domain's private key."""
+    return dkim_dir / domain.lower() / f"{selector.lower()}.key"
+
+
+def load_signers(
+    dkim_dir: Path, selectors: Mapping[str, str], clock: Clock
+) -> dict[str, DkimSigner]:
+    """A signer for every local domain whose key file exists (domain -> selector)."""
+    signers: dict[str, DkimSigner] = {}
+    for domain, selector in selectors.items():
+        path = key_path(dkim_dir, domain, selector)
+        if not path.exists():
+            continue
+        try:
+            key = load_signing_key(path.read_bytes())
+        except (OSError, DkimError) as exc:
+            log.error(logfmt("dkim-key-unusable", domain=domain, path=path, error=exc))
+            continue
+        signers[domain.lower()] = DkimSigner(domain, selector, key, clock)
+        log.info(logfmt("dkim-key", domain=domain, selector=selector))
+    return signers
+
+
+class OutboundSigner:
+    def __init__(self, signers: Mapping[str, DkimSigner]) -> None:
+        self._signers = dict(signers)
+
+    def __bool__(self) -> bool:
+        return bool(self._signers)
+
+    def sign(self, message: bytes, candidates: list[Address | None]) -> bytes:
+        """The DKIM-Signature for `message` by the first candidate domain we hold a key for
+        (the From: domain first, for DMARC alignment, RFC 7489 §3.1.1), or b""."""
+        for address in candidates:
+            signer = self._signers.get(address.domain.lower()) if address else None
+            if signer is None:
+                continue
+            end = message.find(b"\r\n\r\n")
+            if end < 0:
+                headers, body = message, b""
+            else:
+                headers, body = message[: end + 2], message[end + 4 :]
+            return signer.sign(headers, (body,))
+        return b""
