@@ -12,7 +12,9 @@ and in ``cur/``, where a reader may have moved it (adding ``:2,flags``), and not
 
 All file work runs in worker threads (one by default), never on the event loop. A worker takes
 every ``deliver()`` call waiting at that moment as one batch: it writes all the tmp files, then
-fsyncs each, renames each into ``new/``, fsyncs each distinct ``new/`` directory once for the
+makes them durable (an fsync for a single file; for several, one syncfs(2) per file system, one
+journal commit instead of one per file), renames each into ``new/``, fsyncs each distinct
+``new/`` directory once for the
 whole batch, and settles every caller with one wake-up of the event loop. The busier the server,
 the bigger the batches (the same idea as the queue's group commit). A small body comes inline
 in the message (``QueuedMessage.body``); a file body up to 256 KiB is read once, a bigger one
@@ -28,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import queue
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,8 @@ SMALL_BODY = 256 * 1024
 _CHUNK = 1024 * 1024
 # Copies (files) written per batch at most: each holds an open descriptor until its fsync.
 MAX_BATCH_COPIES = 256
+# From this many files of a batch on one file system, one syncfs(2) instead of an fsync each.
+SYNCFS_FROM = 2
 # After a local failure (full disk, EIO): try again after 10 s, 20 s, 40 s, ... (at most 5 min;
 # the queue's normal backoff is the upper bound anyway).
 LOCAL_RETRY_FIRST = 10.0
@@ -159,6 +164,58 @@ def _mkdir(path: str) -> bool:
     return True
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):  # not Linux (or no syncfs in its C library)
+        return None
+    return function
+
+
+# syncfs(2) through ctypes (which lets go of the GIL for the call); None where there is none.
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(fd: int) -> None:
+    """Write back every dirty file of the file system of `fd` and commit its journal once.
+
+    Since Linux 5.8 it also reports a writeback error of any file there (as fsync does)."""
+    assert _SYNCFS is not None
+    if _SYNCFS(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _sync_files(copies: Sequence[_Copy]) -> dict[int, OSError | None]:
+    """Make the written files of a batch durable; returns each descriptor's error (or None).
+
+    One file: fsync(2). Several: one syncfs(2) per file system instead of one fsync each. On
+    ext4 every fsync of a new file is its own journal commit and waits for it (~200 us here),
+    so a batch of N files waited N commits; syncfs writes them all back and commits once
+    (~35 us a file). The file system holds the mailboxes, so there is little else to write."""
+    result: dict[int, OSError | None] = {}
+    by_dev: dict[int, list[int]] = {}
+    for copy in copies:
+        by_dev.setdefault(copy.dev, []).append(copy.fd)
+    for fds in by_dev.values():
+        if len(fds) >= SYNCFS_FROM and _SYNCFS is not None:
+            try:
+                _syncfs(fds[0])
+                error: OSError | None = None
+            except OSError as exc:
+                error = exc  # we cannot tell which file failed: none of them is durable
+            result.update((fd, error) for fd in fds)
+            continue
+        for fd in fds:
+            try:
+                os.fsync(fd)
+                result[fd] = None
+            except OSError as exc:
+                result[fd] = exc
+    return result
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -188,6 +245,7 @@ class _Copy:
     fd: int = -1  # -1: already delivered by an earlier attempt, nothing to write
     tmp_path: str = ""
     new_path: str = ""
+    dev: int = 0  # the file system of the file (one syncfs per file system)
 
 
 class _Stop:
@@ -215,7 +273,8 @@ class MaildirCourier:
         self._max_threads = max(1, max_threads)
         self._requests: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._known: set[str] = set()  # mailbox dirs seen to exist (skips the mkdirs)
+        # Mailbox dirs seen to exist (skips the mkdirs) -> the file system they are on.
+        self._known: dict[str, int] = {}
         self.batches = 0  # counters for the benchmark and tests
         self.requests_done = 0
 
@@ -270,12 +329,14 @@ class MaildirCourier:
                 return
 
     def _deliver_batch(self, batch: list[_Request]) -> None:
-        """Write every copy of every message to tmp/, then fsync each file, rename each into
-        new/, and fsync each distinct new/ directory once for the whole batch."""
+        """Write every copy of every message to tmp/, make them durable (`_sync_files`),
+        rename each into new/, and fsync each distinct new/ directory once for the batch."""
         started = self._clock.monotonic()
         copies: list[_Copy] = []
         for request in batch:
             self._write_request(request, copies)
+        # Maildir: every file is durable before its rename into new/ (DESIGN.md: durable).
+        synced = _sync_files([copy for copy in copies if copy.fd >= 0])
         written: list[_Copy] = []
         for copy in copies:
             if copy.fd < 0:
@@ -283,8 +344,9 @@ class MaildirCourier:
                 continue
             try:
                 try:
-                    # Maildir: fsync before the rename into new/ (DESIGN.md: durable).
-                    os.fsync(copy.fd)
+                    error = synced.get(copy.fd)
+                    if error is not None:
+                        raise error
                 finally:
                     os.close(copy.fd)
                 os.rename(copy.tmp_path, copy.new_path)
@@ -414,7 +476,7 @@ class MaildirCourier:
         if (rcpt.recovered or rcpt.attempts > 0) and self._already_there(mailbox, base, name):
             return _Copy(request, index, new_dir)
         tmp_path = f"{mailbox}/tmp/{name}"
-        fd = self._open_tmp(mailbox, tmp_path)
+        fd, dev = self._open_tmp(mailbox, tmp_path)
         try:
             if body is not None:
                 _write_all(fd, header + body)
@@ -426,17 +488,20 @@ class MaildirCourier:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_path)
             raise
-        return _Copy(request, index, new_dir, fd, tmp_path, f"{new_dir}/{name}")
+        return _Copy(request, index, new_dir, fd, tmp_path, f"{new_dir}/{name}", dev)
 
-    def _open_tmp(self, mailbox: str, tmp_path: str) -> int:
-        if mailbox in self._known:
+    def _open_tmp(self, mailbox: str, tmp_path: str) -> tuple[int, int]:
+        """Create the tmp/ file; returns it and the device (file system) it is on."""
+        dev = self._known.get(mailbox)
+        if dev is not None:
             try:
-                return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE)
+                return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE), dev
             except FileNotFoundError:
-                self._known.discard(mailbox)  # removed behind our back: make it again
+                del self._known[mailbox]  # removed behind our back: make it again
         self._make_mailbox(mailbox)
-        self._known.add(mailbox)
-        return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE)
+        dev = os.stat(f"{mailbox}/tmp").st_dev
+        self._known[mailbox] = dev
+        return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE), dev
 
     def _make_mailbox(self, mailbox: str) -> None:
         """Create root, domain and mailbox dirs and tmp/ new/ cur/, each 0700 (only the

@@ -445,3 +445,28 @@ def test_a_failed_copy_in_a_batch_fails_alone(
     assert files(root / "example.org" / "bob" / "tmp") == []
     assert len(files(root / "example.org" / "bob" / "new")) == 1
     assert len(files(root / "example.org" / "alice" / "new")) == 2
+
+
+@pytest.mark.skipif(maildir_module._SYNCFS is None, reason="syncfs(2) is Linux only")
+def test_a_batch_is_synced_with_one_syncfs_and_its_failure_fails_every_copy(
+    courier: MaildirCourier, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = message(tmp_path)
+    run(courier, msg, [rcpt(1, "alice@example.org"), rcpt(2, "bob@example.org")])
+    calls: list[int] = []
+    real = maildir_module._syncfs
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(maildir_module, "_syncfs", counting)
+    outcomes = run(courier, msg, [rcpt(3, "alice@example.org"), rcpt(4, "bob@example.org")])
+    assert outcomes == [Delivered("maildir")] * 2 and len(calls) == 1
+    monkeypatch.setattr(maildir_module, "_syncfs", failing(errno.EIO))
+    outcomes = run(courier, msg, [rcpt(5, "alice@example.org"), rcpt(6, "bob@example.org")])
+    local_error = Reply(451, "4.3.0", "Local error in processing, try again later")
+    assert outcomes == [TempFailed(local_error, retry_after=10.0)] * 2
+    for box in ("alice", "bob"):
+        assert len(files(root / "example.org" / box / "new")) == 2  # not the failed batch
+        assert files(root / "example.org" / box / "tmp") == []
