@@ -1,0 +1,172 @@
+"""The users' public keys and key-failure policies, in DATA_DIR/keys.db (SQLite, mode 0600).
+
+Only public keys are stored: `import_key` refuses private key material. One key per address
+(a new import replaces the old one). The policy says what happens to mail for a user whose key
+cannot be used (expired since import, say): DEFER (the default: 4xx, the mail waits) or
+PLAINTEXT (stored in the clear with a warning header). Either way the admin is told (logged).
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from hato.crypto.keys import KeyKind, PublicKey, parse_public_key
+from hato.crypto.wkdhash import wkd_hash
+from hato.model import Address
+
+KEYS_DB = "keys.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    address TEXT PRIMARY KEY,      -- lower-case local part "@" lower-case domain
+    local TEXT NOT NULL,           -- as given, for printing
+    domain TEXT NOT NULL,
+    kind TEXT NOT NULL,            -- "openpgp" | "smime"
+    data BLOB NOT NULL,            -- binary OpenPGP certificate or X.509 DER: public only
+    fingerprint TEXT NOT NULL,
+    expires TEXT,                  -- ISO 8601 UTC, NULL: never
+    algorithm TEXT NOT NULL,
+    wkd_hash TEXT NOT NULL,        -- z-base-32 SHA-1 of the lower-case local part
+    imported TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_wkd ON keys (domain, wkd_hash);
+CREATE TABLE IF NOT EXISTS policies (
+    address TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
+"""
+
+
+class FailurePolicy(enum.Enum):
+    """What to do with mail for a user whose key cannot be used."""
+
+    DEFER = "defer"
+    PLAINTEXT = "plaintext"
+
+
+class KeyLookup(Protocol):
+    """What the session and delivery need from the key store."""
+
+    def get(self, address: Address) -> PublicKey | None: ...
+
+    def policy(self, address: Address) -> FailurePolicy: ...
+
+
+def canonical(address: Address) -> str:
+    """The key of an address: lower-case local part, "@", lower-case domain (as accounts)."""
+    return f"{address.local.lower()}@{address.domain.lower()}"
+
+
+class KeyStore:
+    """The key database; safe to share between threads (one connection behind a lock)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._path = db_path
+        try:
+            fd = os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)  # created 0600 before SQLite could create it with the umask's mode
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> KeyStore:
+        return cls(data_dir / KEYS_DB)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def import_key(self, data: bytes, address: Address, now: dt.datetime) -> PublicKey:
+        """Check `data` (raises KeyImportError) and store it as the key of `address`."""
+        key = parse_public_key(data, address, now)
+        self.put(key, now)
+        return key
+
+    def put(self, key: PublicKey, now: dt.datetime) -> None:
+        address = key.address
+        row = (
+            canonical(address),
+            address.local,
+            address.domain.lower(),
+            key.kind.value,
+            key.data,
+            key.fingerprint,
+            key.expires.isoformat() if key.expires else None,
+            key.algorithm,
+            wkd_hash(address.local),
+            now.isoformat(),
+        )
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+
+    def get(self, address: Address) -> PublicKey | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE address = ?", (canonical(address),)
+            ).fetchone()
+        return _key(row) if row else None
+
+    def remove(self, address: Address) -> bool:
+        with self._lock:
+            cursor = self._conn.execute("DELETE FROM keys WHERE address = ?", (canonical(address),))
+        return cursor.rowcount > 0
+
+    def list(self) -> list[PublicKey]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY address").fetchall()
+        return [_key(row) for row in rows]
+
+    def find_wkd(self, domain: str, hashed: str) -> PublicKey | None:
+        """The OpenPGP key published by WKD for `hashed` (z-base-32) at `domain`."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE domain = ? AND wkd_hash = ? AND kind = ?",
+                (domain.lower(), hashed.lower(), KeyKind.OPENPGP.value),
+            ).fetchone()
+        return _key(row) if row else None
+
+    # -- policies --------------------------------------------------------------------------
+
+    def policy(self, address: Address) -> FailurePolicy:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT policy FROM policies WHERE address = ?", (canonical(address),)
+            ).fetchone()
+        return FailurePolicy(row[0]) if row else FailurePolicy.DEFER
+
+    def set_policy(self, address: Address, policy: FailurePolicy) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO policies VALUES (?, ?)", (canonical(address), policy.value)
+            )
+
+
+_COLUMNS = "local, domain, kind, data, fingerprint, expires, algorithm"
+
+
+def _key(row: tuple[str, str, str, bytes, str, str | None, str]) -> PublicKey:
+    local, domain, kind, data, fingerprint, expires, algorithm = row
+    return PublicKey(
+        KeyKind(kind),
+        Address(local, domain),
+        bytes(data),
+        fingerprint,
+        dt.datetime.fromisoformat(expires) if expires else None,
+        algorithm,
+    )
