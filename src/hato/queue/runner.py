@@ -127,6 +127,7 @@ class QueueRunner:
             # Too little lease left for a whole attempt (it waited long for a slot): leave
             # the rows to the due scan, which takes them again once the lease has run out.
             self._slots.release()
+            self._queue.release(pending.message.queue_id)
             log.info(logfmt("lease-too-short", id=pending.message.queue_id))
             return
         self._in_flight.update(r.row_id for r in pending.recipients)
@@ -134,9 +135,11 @@ class QueueRunner:
 
     async def _attempt(self, pending: Pending) -> None:
         try:
-            outcomes, unknown = await self._deliver(pending.message, pending.recipients)
+            # A small body not handed over in memory (a backlog, or a due scan) is read now.
+            message = await self._queue.load_body(pending.message)
+            outcomes, unknown = await self._deliver(message, pending.recipients)
             updates = [
-                self._update(pending.message, rcpt, outcome, unknown)
+                self._update(message, rcpt, outcome, unknown)
                 for rcpt, outcome in zip(pending.recipients, outcomes, strict=True)
             ]
             await self._queue.record(
@@ -155,6 +158,7 @@ class QueueRunner:
         finally:
             self._in_flight.difference_update(r.row_id for r in pending.recipients)
             self._slots.release()
+            self._queue.release(pending.message.queue_id)
 
     async def _deliver(
         self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]

@@ -148,21 +148,31 @@ def insert_message(
 
 
 def _message_from_row(row: sqlite3.Row | tuple[object, ...], messages_dir: str) -> QueuedMessage:
-    queue_id, mail_from, received_at, size, prefix, params, body = row
+    """The message without an inline body (the runner loads it with `load_body` when it
+    starts the attempt, so a scan of many rows does not hold their bodies in memory)."""
+    queue_id, mail_from, received_at, size, prefix, params, inline = row
     assert isinstance(queue_id, str) and isinstance(mail_from, str)
     assert isinstance(received_at, float) and isinstance(size, int)
     assert isinstance(prefix, bytes) and isinstance(params, str)
-    assert body is None or isinstance(body, bytes)
     return QueuedMessage(
         queue_id=queue_id,
         mail_from=_parse_path(mail_from, allow_null=True),
         received_at=received_at,
-        body_path="" if body is not None else os.path.join(messages_dir, queue_id),
+        body_path="" if inline else os.path.join(messages_dir, queue_id),
         size=size,
         prefix=prefix,
         params=json.loads(params),
-        body=body,
     )
+
+
+def load_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
+    """The inline body of a message (None: no such message, or its body is a file)."""
+    row = conn.execute("SELECT body FROM messages WHERE queue_id = ?", (queue_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    body = row[0]
+    assert isinstance(body, bytes)
+    return body
 
 
 def take_due(
@@ -206,8 +216,8 @@ def take_due(
     out = []
     for queue_id, recipients in by_message.items():
         row = conn.execute(
-            "SELECT queue_id, mail_from, received_at, size, prefix, params, body FROM messages"
-            " WHERE queue_id = ?",
+            "SELECT queue_id, mail_from, received_at, size, prefix, params, body IS NOT NULL"
+            " FROM messages WHERE queue_id = ?",
             (queue_id,),
         ).fetchone()
         if row is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import errno
 import logging
 import os
@@ -59,6 +60,10 @@ DEFAULT_MIN_FREE = 100 * MIB
 FREE_SPACE_CACHE = 1.0  # seconds a free-space figure may be reused ...
 FREE_SPACE_MARGIN = 512 * MIB  # ... and only while it is this far above what is needed
 DEFAULT_LEASE = 900.0  # seconds a node holds rows it is delivering
+# Inline bodies handed to the runner in memory at most (RSS stays bounded under a backlog);
+# past it, new messages go to the runner without their body, which it loads when it starts
+# their attempt (`load_body`).
+FRESH_BODY_BUDGET = 16 * MIB
 
 
 def statvfs_free(path: Path) -> int:
@@ -122,6 +127,8 @@ class Queue:
         self.writer.start()
         self._fresh: collections.deque[Pending] = collections.deque()
         self._fresh_ready = asyncio.Event()
+        self._held: dict[str, int] = {}  # inline bodies handed over in memory: id -> octets
+        self._held_bytes = 0
         self._closed = False
         self._pending: set[asyncio.Future[Any]] = set()  # commits and writes not yet settled
 
@@ -276,6 +283,13 @@ class Queue:
                 **{"from": format_path(msg.mail_from)},
             )
         )
+        body = msg.body
+        if body is not None:
+            if self._held_bytes + len(body) > FRESH_BODY_BUDGET:
+                body = None  # still in its row: the runner loads it when its turn comes
+            else:
+                self._held[msg.queue_id] = len(body)
+                self._held_bytes += len(body)
         message = QueuedMessage(
             queue_id=msg.queue_id,
             mail_from=msg.mail_from,
@@ -284,7 +298,7 @@ class Queue:
             size=msg.size,
             prefix=msg.prefix,
             params=msg.params,
-            body=msg.body,
+            body=body,
         )
         rcpts = tuple(
             QueuedRecipient(row_id=row_id, address=address, original=original)
@@ -324,6 +338,18 @@ class Queue:
                 messages_dir=self.messages_dir,
             )
         )
+
+    async def load_body(self, message: QueuedMessage) -> QueuedMessage:
+        """`message` with its inline body, when it came without (`body` None, `body_path` "")."""
+        if message.body is not None or message.body_path:
+            return message
+        queue_id = message.queue_id
+        body = await self._write(lambda conn: store.load_body(conn, queue_id))
+        return message if body is None else dataclasses.replace(message, body=body)
+
+    def release(self, queue_id: str) -> None:
+        """The runner is done with this message's attempt: its body no longer counts."""
+        self._held_bytes -= self._held.pop(queue_id, 0)
 
     async def next_due(self) -> float | None:
         return await self._write(store.next_due)

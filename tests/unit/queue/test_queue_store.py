@@ -149,7 +149,9 @@ def test_a_row_without_its_body_is_held_and_reported(tmp_path: Path) -> None:
             assert queue.problems == (f"event=body-missing id={queue_id} action=held",)
             due = await queue.take_due(limit=10, exclude=())
             assert [(p.message.queue_id, p.message.body_path) for p in due] == [(inline_id, "")]
-            assert due[0].message.body == b"Subject: hi\r\n\r\nhello\r\n"
+            assert due[0].message.body is None  # a scan holds no bodies: loaded per attempt
+            loaded = await queue.load_body(due[0].message)
+            assert loaded.body == b"Subject: hi\r\n\r\nhello\r\n"
         finally:
             await queue.close()
 
@@ -449,3 +451,29 @@ def test_a_version_1_store_is_upgraded_and_its_file_bodies_still_deliver(tmp_pat
         ("01OLD", 1),
         (rows(tmp_path, "SELECT queue_id FROM messages WHERE body IS NOT NULL")[0][0], 0),
     ]
+
+
+def test_inline_bodies_held_for_the_runner_stay_within_a_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hato.queue.store.FRESH_BODY_BUDGET", 25_000)
+    body = b"x" * 10_000
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            for _ in range(3):
+                await commit_message(queue, body)
+            fresh = await queue.wait_fresh()
+            # Two fit in the budget; the third goes without its body, loaded when its turn comes.
+            assert [p.message.body is not None for p in fresh] == [True, True, False]
+            third = fresh[2].message
+            assert third.body_path == "" and (await queue.load_body(third)).body == body
+            queue.release(fresh[0].message.queue_id)  # one attempt done: room again
+            await commit_message(queue, body)
+            (fourth,) = await queue.wait_fresh()
+            assert fourth.message.body == body
+        finally:
+            await queue.close()
+
+    run(main)
