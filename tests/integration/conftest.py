@@ -17,7 +17,8 @@ import pytest
 from peers.hato import HatoServer
 from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
-from peers.server import MailServer, MailSetup, MakeServer
+from peers.server import DomainSetup, MailServer, MailSetup, MakeServer, TlsFiles
+from peers.tls import TestCA, make_test_ca
 
 _SERVERS = pytest.StashKey[list[MailServer]]()
 _HERE = Path(__file__).parent
@@ -77,7 +78,7 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture
 def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[MakeServer]:
     servers: list[MailServer] = []
-    request.node.stash[_SERVERS] = servers
+    attached = request.node.stash.setdefault(_SERVERS, [])
 
     def make(setup: MailSetup | None = None, data_dir: Path | None = None) -> MailServer:
         data = data_dir or workdir / f"data{len(servers)}"
@@ -88,6 +89,7 @@ def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[MakeS
         else:
             server = HatoServer(data, setup)
         servers.append(server)
+        attached.append(server)
         server.start()
         return server
 
@@ -107,3 +109,67 @@ def mx(make_server: MakeServer) -> MailServer:
     """The server with the default setup: example.org accepts any local part, users.test has
     alice and load only. Its host, port and data_dir are attributes."""
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> Iterator[TestCA]:
+    """A test CA and a server certificate for loopback, shared by the tests of one worker."""
+    path = Path(tempfile.mkdtemp(prefix="hato-it-ca-"))
+    path.chmod(0o755)
+    yield make_test_ca(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def submission_setup(ca: TestCA) -> MailSetup:
+    """mx + submission + submissions with the test CA's certificate.
+
+    users.test has the accounts alice, bob and carol; `sales` and `team` are aliases that
+    deliver to alice (team also to bob); example.org accepts any local part (no accounts).
+    """
+    return MailSetup(
+        domains=(
+            DomainSetup("example.org", accept_any=True),
+            DomainSetup(
+                "users.test",
+                users=("alice", "bob", "carol"),
+                aliases=(("sales", ("alice",)), ("team", ("alice", "bob"))),
+            ),
+        ),
+        submission=True,
+        tls=TlsFiles(ca.server_cert, ca.server_key),
+    )
+
+
+@pytest.fixture
+def hato_submission(make_server: MakeServer, test_ca: TestCA) -> HatoServer:
+    """Hato with mx, submission (STARTTLS) and submissions (implicit TLS) listeners."""
+    if target_name() != "hato":
+        pytest.skip("the submission tests are about Hato's own listeners")
+    server = make_server(submission_setup(test_ca))
+    assert isinstance(server, HatoServer)
+    return server
+
+
+@pytest.fixture(scope="module")
+def _module_submission(test_ca: TestCA) -> Iterator[HatoServer]:
+    if target_name() != "hato":
+        pytest.skip("the submission tests are about Hato's own listeners")
+    path = Path(tempfile.mkdtemp(prefix="hato-it-mod-"))
+    path.chmod(0o755)
+    server = HatoServer(path / "data", submission_setup(test_ca))
+    server.start()
+    yield server
+    try:
+        server.stop()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_submission(request: pytest.FixtureRequest, _module_submission: HatoServer) -> HatoServer:
+    """Like `hato_submission`, but one process for the whole test module (for many small
+    dialog tests); its log is attached to a failing test's report all the same."""
+    if not _module_submission.alive():
+        pytest.fail(f"the module's hato process died:\n{_module_submission.log_text()[-3000:]}")
+    request.node.stash.setdefault(_SERVERS, []).append(_module_submission)
+    return _module_submission

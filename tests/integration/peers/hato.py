@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from .net import LOOPBACK, free_port, wait_for_banner
-from .server import MailSetup, format_size
+from .server import USER_PASSWORD, AuthSetup, MailSetup, format_size
 
 
 def hato_binary() -> str:
@@ -36,6 +36,9 @@ class HatoServer:
         self.setup = setup or MailSetup()
         self.host = LOOPBACK
         self.port = port or free_port()
+        # Used only when `setup.submission` is set.
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
         self.data_dir = data_dir
         self.work = data_dir.parent / f"{data_dir.name}-run"
         self.config = self.work / "hato.toml"
@@ -57,10 +60,37 @@ class HatoServer:
         ]
         if s.max_connections_per_ip is not None:
             lines.append(f"max_connections_per_ip = {s.max_connections_per_ip}")
+        if s.submission:
+            for role, port in (
+                ("submission", self.submission_port),
+                ("submissions", self.submissions_port),
+            ):
+                lines += ["", "[[listener]]", f'role = "{role}"', f'address = "{self.host}:{port}"']
+        if s.tls is not None:
+            lines += [
+                "",
+                "[tls]",
+                f"cert = {_toml_str(str(s.tls.cert))}",
+                f"key = {_toml_str(str(s.tls.key))}",
+            ]
+        if s.auth is not None:
+            lines += ["", "[auth]"]
+            for key in AuthSetup.__slots__:
+                value = getattr(s.auth, key)
+                if isinstance(value, float):
+                    lines.append(f"{key} = {value!r}")
+                elif isinstance(value, int):
+                    lines.append(f"{key} = {value}")
         for domain in s.domains:
             lines += ["", "[[domain]]", f"name = {_toml_str(domain.name)}"]
             if domain.accept_any:
                 lines.append("accept_any = true")
+            if domain.aliases:
+                table = ", ".join(
+                    f"{_toml_str(local)} = [{', '.join(_toml_str(t) for t in targets)}]"
+                    for local, targets in domain.aliases
+                )
+                lines.append(f"aliases = {{ {table} }}")
         lines += [
             "",
             "[limits]",
@@ -69,6 +99,11 @@ class HatoServer:
             "",
             "[queue]",
             f'min_free_space = "{format_size(s.min_free_space)}"',
+            "",
+            # Tests talk to loopback only: no SPF/DKIM/DMARC lookups through the machine's
+            # resolver. Tests of those checks enable them with an in-process DNS server.
+            "[authcheck]",
+            "inbound = false",
             "",
         ]
         return "\n".join(lines)
@@ -85,7 +120,7 @@ class HatoServer:
                 address = f"{user}@{domain.name}"
                 done = subprocess.run(
                     [hato_binary(), "user", "add", address, "--config", str(self.config)],
-                    input=b"integration-test-password\n",
+                    input=USER_PASSWORD.encode() + b"\n",
                     capture_output=True,
                     cwd=self.work,
                     env=self._env(),

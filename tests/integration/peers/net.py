@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,35 @@ def free_port() -> int:
 class RawSession:
     """A raw SMTP connection for scripted dialogs: bytes out exactly as given, replies parsed."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str = "hato.test",
+    ) -> None:
+        """With `tls`, the connection starts with a TLS handshake (implicit TLS, RFC 8314)."""
+        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self._buf = b""
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received but not yet read as a reply."""
+        return self._buf
+
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str = "hato.test") -> None:
+        """Switch this connection to TLS (after the server's 220 to STARTTLS, RFC 3207 §4).
+
+        Plaintext already received but not read is dropped, as a careful client would.
+        """
+        self._buf = b""
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
+    def tls_version(self) -> str | None:
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
 
     def reply(self) -> tuple[int, list[bytes]]:
         """Read one reply. RFC 5321 §4.2.1: "ddd-" continues a reply, "ddd " ends it."""

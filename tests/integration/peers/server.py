@@ -14,6 +14,32 @@ class DomainSetup:
     name: str
     accept_any: bool = False
     users: tuple[str, ...] = ()
+    # Aliases of this domain: (local part, (target, ...)); a target without "@" is local.
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# Every account the harness creates (`hato user add`) gets this password.
+USER_PASSWORD = "integration-test-password"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A PEM certificate chain and its key, given to the server as its [tls] section."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSetup:
+    """The [auth] throttle settings a test sets (None: the server's default)."""
+
+    failure_delay: float | None = None
+    max_failure_delay: float | None = None
+    max_failures: int | None = None
+    max_account_failures: int | None = None
+    failure_window: float | None = None
+    block_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +57,12 @@ class MailSetup:
     min_free_space: int = 1024 * 1024
     # Simultaneous connections from one client IP (None: the server's default; Hato's is 20).
     max_connections_per_ip: int | None = None
+    # Also listen with the roles "submission" (STARTTLS, RFC 3207) and "submissions" (implicit
+    # TLS, RFC 8314) on `submission_port` / `submissions_port` of the server (Hato only).
+    submission: bool = False
+    # The [tls] section; None: no [tls] (Hato then makes a self-signed certificate itself).
+    tls: TlsFiles | None = None
+    auth: AuthSetup | None = None
 
 
 class MailServer(Protocol):
