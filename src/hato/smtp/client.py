@@ -228,6 +228,8 @@ class ClientConnection:
                 if ok:
                     self.accepted.append(self._rcpt_index)
                 self._rcpt_index += 1
+                if not self.mail_accepted and not self._expected:
+                    self._state = self._ready()  # a refused MAIL: no transaction is open
             case Expect.DATA:
                 # RFC 5321 §4.1.1.4: 354 starts the body; anything else ends the transaction.
                 self._state = ClientState.DATA if reply.code == 354 else self._ready()
