@@ -95,7 +95,7 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hato.cli import dkim, users  # they import hato.cli.main
+    from hato.cli import dkim, dnsrecords, users  # they import hato.cli.main
 
     parser = _Parser(prog="hato", description="Hato, a mail server.")
     parser.add_argument("--version", action="version", version=f"hato {__version__}")
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("version", _version, "print the version")
 
     dkim.register(commands)
+    dnsrecords.register(commands)
     user = commands.add_parser("user", help="manage the accounts", description="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, help_text, takes_address in (
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if takes_address:
             sub.add_argument("address", metavar="ADDRESS", help="local@domain")
+
+    from hato.cli import key  # it imports hato.cli.main
+
+    key.register(commands)
     return parser
 
 

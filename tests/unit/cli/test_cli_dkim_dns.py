@@ -1,0 +1,114 @@
+"""`hato dkim keygen` and `hato dns [--check]` (issue 5 §6), against an in-process DNS server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hato.authcheck import load_signing_key
+from hato.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dnsserver import DnsTestServer
+
+CONFIG = """
+[server]
+hostname = "mail.example.org"
+data_dir = "data"
+
+[[listener]]
+role = "mx"
+address = "127.0.0.1:2525"
+
+[[domain]]
+name = "example.org"
+
+[dns]
+nameservers = ["{ns}"]
+timeout = 2
+"""
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsTestServer]:
+    with DnsTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns_server: DnsTestServer) -> Path:
+    (tmp_path / "hato.toml").write_text(CONFIG.replace("{ns}", dns_server.nameserver))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HATO_HOME", raising=False)
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keygen_writes_a_private_key_and_prints_its_record(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "dkim", "keygen", "example.org", "--algorithm", "ed25519")
+    assert (code, err) == (0, "")
+    key_file = workdir / "data" / "dkim" / "example.org" / "hato.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    txt = load_signing_key(key_file.read_bytes()).dns_txt()
+    assert f'hato._domainkey.example.org. IN TXT "{txt}"' in out
+    # A second key for the same selector is refused; rotation uses a new selector.
+    code, _, err = run(capsys, "dkim", "keygen", "example.org")
+    assert code == 1 and "exists" in err
+    code, out, _ = run(capsys, "dkim", "keygen", "example.org", "--selector", "s2")
+    assert code == 0 and 'set dkim_selector = "s2"' in out
+
+
+def test_keygen_refuses_a_foreign_domain(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "dkim", "keygen", "example.net")
+    assert code == 1 and "not a local domain" in err
+
+
+def test_dns_prints_every_record(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "dkim", "keygen", "example.org")
+    code, out, _ = run(capsys, "dns", "--ip", "192.0.2.25")
+    assert code == 0
+    assert "mail.example.org. IN A 192.0.2.25" in out
+    assert "example.org. IN MX 10 mail.example.org." in out
+    assert 'example.org. IN TXT "v=spf1 mx ip4:192.0.2.25 -all"' in out
+    assert "hato._domainkey.example.org. IN TXT" in out
+    assert '_dmarc.example.org. IN TXT "v=DMARC1; p=quarantine' in out
+    assert '_mta-sts.example.org. IN TXT "v=STSv1; id=' in out
+    assert '_smtp._tls.example.org. IN TXT "v=TLSRPTv1;' in out
+    assert "mx: mail.example.org" in out
+
+
+def test_dns_check_says_what_is_wrong_then_ok(
+    workdir: Path, capsys: pytest.CaptureFixture[str], dns_server: DnsTestServer
+) -> None:
+    dns_server.load(
+        {
+            "example.org": {"MX": [(10, "other.example.net")], "TXT": ["v=spf1 -all"]},
+            "_dmarc.example.org": {"TXT": ["v=DMARC1; p=none"]},
+        }
+    )
+    code, out, _ = run(capsys, "dns", "--check")
+    assert code == 1
+    assert "PROBLEM  example.org MX: points to other.example.net, not mail.example.org" in out
+    assert "OK       example.org TXT" in out
+    assert "PROBLEM  _mta-sts.example.org TXT: nxdomain" in out
+    dns_server.load(
+        {
+            "example.org": {"MX": [(10, "mail.example.org")], "TXT": ["v=spf1 mx -all"]},
+            "_dmarc.example.org": {"TXT": ["v=DMARC1; p=reject"]},
+            "_mta-sts.example.org": {"TXT": ["v=STSv1; id=1"]},
+            "_smtp._tls.example.org": {"TXT": ["v=TLSRPTv1; rua=mailto:x@example.org"]},
+        }
+    )
+    code, out, _ = run(capsys, "dns", "--check")
+    assert code == 0, out
+    assert "PROBLEM" not in out
