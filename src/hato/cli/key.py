@@ -1,0 +1,202 @@
+"""``hato key import|show|remove|policy|encrypt-existing|wkd-export``: users' public keys in
+DATA_DIR/keys.db, and encryption of mail already in their Maildir.
+
+Must not import anything of hato at module level but hato.cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hato.cli.errors import CommandError
+from hato.cli.main import load
+
+if TYPE_CHECKING:
+    from hato.config import LoadedSettings
+    from hato.crypto import KeyStore, PublicKey
+    from hato.model import Address
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``key`` command group (called by hato.cli.main.build_parser)."""
+    from hato.cli.main import _with_config
+
+    key = commands.add_parser(
+        "key", help="manage users' encryption keys", description="manage users' public keys"
+    )
+    actions = key.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
+        sub = _with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = action("import", import_key, "store a user's public key (OpenPGP or S/MIME)")
+    sub.add_argument("address", metavar="ADDRESS", help="local@domain")
+    sub.add_argument("file", metavar="FILE", type=Path, help="the certificate ('-' for stdin)")
+    action("show", show, "print a user's key").add_argument("address", metavar="ADDRESS")
+    action("remove", remove, "delete a user's key").add_argument("address", metavar="ADDRESS")
+    sub = action("policy", policy, "what to do when the user's key cannot be used")
+    sub.add_argument("address", metavar="ADDRESS")
+    sub.add_argument("policy", choices=("defer", "plaintext"), help="defer (default) or plaintext")
+    sub = action("encrypt-existing", encrypt_existing, "encrypt the mail stored for a user")
+    sub.add_argument("address", metavar="ADDRESS")
+    sub = action("wkd-export", wkd_export, "write the Web Key Directory files")
+    sub.add_argument("directory", metavar="DIR", type=Path)
+
+
+def import_key(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    address = _local_address(args.address, loaded)
+    from hato.crypto import KeyImportError
+
+    data = _read(args.file)
+    with _store(loaded) as store:
+        try:
+            key = store.import_key(data, address, _now())
+        except KeyImportError as exc:
+            raise CommandError(f"key not imported for {address}: {exc}") from None
+    print(f"imported the {key.kind.value} key {key.fingerprint} for {address}")
+    print(f"mail for {address} is now stored encrypted (see: hato key encrypt-existing)")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    address = _address(args.address)
+    with _store(loaded) as store:
+        key = store.get(address)
+        chosen = store.policy(address)
+    if key is None:
+        raise CommandError(f"no key for {address} (see: hato key import {address} FILE)")
+    for line in _describe(key, chosen.value):
+        print(line)
+    return 0
+
+
+def _describe(key: PublicKey, chosen: str) -> list[str]:
+    from hato.crypto import KeyKind, advanced_url
+
+    expires = f"{key.expires:%Y-%m-%d}" if key.expires else "never"
+    if key.expired(_now()):
+        expires += " (EXPIRED: mail follows the policy)"
+    lines = [
+        f"address:     {key.address}",
+        f"type:        {key.kind.value} ({key.algorithm})",
+        f"fingerprint: {key.fingerprint}",
+        f"expires:     {expires}",
+        f"on failure:  {chosen}",
+    ]
+    if key.kind is KeyKind.OPENPGP:
+        lines.append(f"wkd:         {advanced_url(key.address)}")
+    return lines
+
+
+def remove(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    address = _address(args.address)
+    with _store(loaded) as store:
+        if not store.remove(address):
+            raise CommandError(f"no key for {address}")
+    print(f"removed the key of {address}; new mail for it is stored in the clear")
+    return 0
+
+
+def policy(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    address = _local_address(args.address, loaded)
+    from hato.crypto import FailurePolicy
+
+    with _store(loaded) as store:
+        store.set_policy(address, FailurePolicy(args.policy))
+    print(f"when the key of {address} cannot be used, mail is: {args.policy}")
+    return 0
+
+
+def encrypt_existing(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    address = _address(args.address)
+    from hato.crypto import EncryptionError, encrypt_maildir
+
+    with _store(loaded) as store:
+        key = store.get(address)
+    if key is None:
+        raise CommandError(f"no key for {address} (see: hato key import {address} FILE)")
+    data_dir = Path(loaded.settings.server.data_dir)
+    mailbox = data_dir / "mailboxes" / address.domain.lower() / address.local.lower()
+    if not mailbox.is_dir():
+        raise CommandError(f"no mailbox for {address}: {mailbox} does not exist")
+    try:
+        result = encrypt_maildir(mailbox, key, now=_now())
+    except (EncryptionError, OSError) as exc:
+        raise CommandError(f"cannot encrypt the mail of {address}: {exc}") from None
+    print(
+        f"{address}: {len(result.encrypted)} encrypted, {len(result.already)} already encrypted"
+        f", {len(result.failed)} failed"
+    )
+    for name, why in result.failed:
+        print(f"  not encrypted: {name}: {why}")
+    return 1 if result.failed else 0
+
+
+def wkd_export(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    from hato.crypto.wkd import export_wkd
+
+    with _store(loaded) as store:
+        keys = store.list()
+    try:
+        written = export_wkd(keys, args.directory)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.directory}: {exc.strerror or exc}") from None
+    print(f"wrote {len(written)} files under {args.directory}")
+    return 0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _read(path: Path) -> bytes:
+    import sys
+
+    try:
+        return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _address(text: str) -> Address:
+    from hato.cli.users import _parse_address
+
+    return _parse_address(text)
+
+
+def _local_address(text: str, loaded: LoadedSettings) -> Address:
+    from hato.cli.users import _local_address as local
+
+    return local(text, loaded)
+
+
+@contextlib.contextmanager
+def _store(loaded: LoadedSettings) -> Iterator[KeyStore]:
+    from hato.crypto import KeyStore
+
+    data_dir = Path(loaded.settings.server.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = KeyStore.in_data_dir(data_dir)
+    except (OSError, sqlite3.Error) as exc:
+        raise CommandError(f"cannot open the key store in {data_dir}: {exc}") from None
+    try:
+        yield store
+    except (OSError, sqlite3.Error) as exc:
+        raise CommandError(f"cannot use the key store in {data_dir}: {exc}") from None
+    finally:
+        store.close()
