@@ -49,6 +49,7 @@ class Result:
     deliver_seconds: float
     cpu_seconds: float
     peak_rss_kib: int | None
+    process_cpu_seconds: float | None = None  # the server process alone (Hato: one process)
 
     @property
     def accept_rate(self) -> float:
@@ -61,6 +62,12 @@ class Result:
     @property
     def cpu_per_1000(self) -> float:
         return self.cpu_seconds * 1000 / self.messages
+
+    @property
+    def process_ms_per_message(self) -> float | None:
+        if self.process_cpu_seconds is None:
+            return None
+        return self.process_cpu_seconds * 1000 / self.messages
 
 
 def busy_seconds() -> float:
@@ -81,10 +88,22 @@ def client_cpu() -> float:
     return total
 
 
+def process_cpu(server: MailServer) -> float | None:
+    """User + system CPU seconds of the server's main process and all its threads (Hato is one
+    process; Postfix's work is spread over daemons that come and go: None). Unlike the
+    machine-wide figure, other work on the machine does not inflate it."""
+    proc = getattr(server, "proc", None)
+    if proc is None:
+        return None
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int) -> Result:
     user = f"s{sessions}"
     box = server.mailbox(user, DOMAIN)
     before = len(maildir.messages(box))
+    proc0 = process_cpu(server)
     busy0, client0, start = busy_seconds(), client_cpu(), time.monotonic()
     load = ["-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_BYTES)]
     envelope = ["-f", "bench@client.test", "-t", f"{user}@{DOMAIN}"]
@@ -104,6 +123,8 @@ def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int)
         time.sleep(0.02)
     delivered = time.monotonic()
     cpu = (busy_seconds() - busy0) - (client_cpu() - client0)
+    proc1 = process_cpu(server)
+    own = proc1 - proc0 if proc0 is not None and proc1 is not None else None
     return Result(
         server.name,
         sessions,
@@ -112,6 +133,7 @@ def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int)
         delivered - start,
         cpu,
         server.peak_rss_kib(),
+        own,
     )
 
 
@@ -119,17 +141,20 @@ def table(results: list[Result]) -> str:
     postfix = {r.sessions: r for r in results if r.server == "postfix"}
     lines = [
         "| server | sessions | messages | accepted msg/s | delivered msg/s | "
-        "Hato/Postfix (delivered) | CPU s / 1,000 msgs | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Hato/Postfix (delivered) | CPU s / 1,000 msgs | server process CPU ms/msg | "
+        "peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ratio = ""
         if r.server == "hato" and r.sessions in postfix:
             ratio = f"{r.deliver_rate / postfix[r.sessions].deliver_rate:.2f}"
         rss = f"{r.peak_rss_kib / 1024:.0f}" if r.peak_rss_kib else ""
+        own = r.process_ms_per_message
+        own_text = f"{own:.2f}" if own is not None else ""
         lines.append(
             f"| {r.server} | {r.sessions} | {r.messages} | {r.accept_rate:.0f} | "
-            f"{r.deliver_rate:.0f} | {ratio} | {r.cpu_per_1000:.2f} | {rss} |"
+            f"{r.deliver_rate:.0f} | {ratio} | {r.cpu_per_1000:.2f} | {own_text} | {rss} |"
         )
     return "\n".join(lines)
 

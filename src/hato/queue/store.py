@@ -63,7 +63,7 @@ DEFAULT_LEASE = 900.0  # seconds a node holds rows it is delivering
 # Inline bodies handed to the runner in memory at most (RSS stays bounded under a backlog);
 # past it, new messages go to the runner without their body, which it loads when it starts
 # their attempt (`load_body`).
-FRESH_BODY_BUDGET = 16 * MIB
+FRESH_BODY_BUDGET = 8 * MIB
 
 
 def statvfs_free(path: Path) -> int:
