@@ -1,0 +1,155 @@
+"""Sender authentication end to end (issue 5): the real server judges inbound mail with SPF,
+DKIM and DMARC through an in-process DNS server, and DKIM-signs what its users send."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+from peers import maildir
+from peers.hato import HatoServer, hato_binary
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
+
+from hato.authcheck import DkimAlgorithm, DkimStatus, generate_key, verify_dkim
+from hato.dns import DnsPythonResolver
+from hato.server.tls import ensure_self_signed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer, ZoneValue
+
+SENDER_KEY, SENDER_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
+
+
+def _txt(value: str) -> tuple[str, ...]:
+    # RFC 1035 §3.3.14: at most 255 octets per character-string.
+    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
+
+
+ZONE: dict[str, dict[str, list[ZoneValue]]] = {
+    "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+    "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
+    "s1._domainkey.sender.test": {"TXT": [_txt(SENDER_TXT)]},
+    "spoofed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.spoofed.test": {"TXT": ["v=DMARC1; p=reject"]},
+    "relaxed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.relaxed.test": {"TXT": ["v=DMARC1; p=none"]},
+}
+
+
+class CheckingHato(HatoServer):
+    """The harness server with inbound checks on and our test DNS server as its resolver."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.nameserver = nameserver
+
+    def _config_text(self) -> str:
+        text = super()._config_text().replace("inbound = false", "inbound = true")
+        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsTestServer]:
+    with DnsTestServer(ZONE) as server:
+        yield server
+
+
+@pytest.fixture
+def checking(tmp_path: Path, dns_server: DnsTestServer) -> Iterator[CheckingHato]:
+    cert, key = ensure_self_signed(tmp_path / "tls", "hato.test")
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", users=("alice", "bob")),),
+        submission=True,
+        tls=TlsFiles(cert, key),
+    )
+    server = CheckingHato(tmp_path / "data", setup, dns_server.nameserver)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _message(sender: str, marker: str) -> bytes:
+    return (
+        f"From: <{sender}>\r\nTo: <bob@example.org>\r\nSubject: auth test\r\n"
+        f"Message-ID: <{marker}@test>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhello\r\n"
+    ).encode()
+
+
+def test_signed_aligned_mail_passes_spf_dkim_and_dmarc(checking: CheckingHato) -> None:
+    raw = _message("news@sender.test", "pass-1")
+    signature = dkim.sign(raw, b"s1", b"sender.test", SENDER_KEY, include_headers=[b"from"])
+    with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
+        smtp.sendmail("news@sender.test", ["bob@example.org"], signature + raw)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "pass-1", 20)
+    header = found.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    results = header[header.index("Authentication-Results: hato.test;") :]
+    assert "spf=pass" in results and "dkim=pass" in results and "dmarc=pass" in results
+
+
+def test_dmarc_reject_policy_refuses_a_spoof_with_550_5_7_1(checking: CheckingHato) -> None:
+    with (
+        smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        smtp.sendmail("ceo@spoofed.test", ["bob@example.org"], _message("ceo@spoofed.test", "x"))
+    assert refused.value.smtp_code == 550
+    error = refused.value.smtp_error
+    assert (error.decode() if isinstance(error, bytes) else error).startswith("5.7.1")
+    assert not list(checking.mailbox("bob", "example.org").glob("new/*"))
+
+
+def test_failing_mail_of_a_p_none_domain_is_delivered_with_the_verdict(
+    checking: CheckingHato,
+) -> None:
+    with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
+        smtp.sendmail("a@relaxed.test", ["bob@example.org"], _message("a@relaxed.test", "none-1"))
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "none-1", 20)
+    text = found.read_bytes().decode()
+    assert "spf=fail" in text and "dkim=none" in text and "dmarc=fail" in text
+
+
+def test_mail_our_users_send_is_dkim_signed_and_verifies(
+    checking: CheckingHato, dns_server: DnsTestServer
+) -> None:
+    keygen = subprocess.run(
+        [hato_binary(), "dkim", "keygen", "example.org", "--config", str(checking.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=checking.work,
+    )
+    record = keygen.stdout.splitlines()[-1]
+    assert record.startswith("hato._domainkey.example.org. IN TXT ")
+    txt = "".join(part for part in record.split('"')[1::2])
+    zone = dict(ZONE)
+    zone["hato._domainkey.example.org"] = {"TXT": [_txt(txt)]}
+    dns_server.load(zone)
+    checking.stop()
+    checking.start()  # keys are loaded at start-up
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(checking.host, checking.submission_port, timeout=30) as smtp:
+        smtp.starttls(context=context)
+        smtp.login("alice@example.org", USER_PASSWORD)
+        smtp.sendmail(
+            "alice@example.org", ["bob@example.org"], _message("alice@example.org", "signed-1")
+        )
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "signed-1", 20)
+    stored = found.read_bytes()
+    assert b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=hato;" in stored
+
+    resolver = DnsPythonResolver([dns_server.nameserver], timeout=2)
+    (result,) = asyncio.run(verify_dkim(stored, resolver))
+    assert result.status is DkimStatus.PASS, result
+    tampered = stored.replace(b"hello", b"hullo")
+    (bad,) = asyncio.run(verify_dkim(tampered, resolver))
+    assert bad.status is DkimStatus.FAIL
