@@ -1,0 +1,281 @@
+"""The outbound courier: SMTP (or LMTP) to other hosts, by MX, transport table or smarthost.
+
+Theory of operation: `OutboundCourier.deliver` groups a message's recipients by destination
+(the recipient domain for MX routing, or the relay/LMTP host or smarthost that the transport
+table names) and delivers the groups concurrently, each inside a concurrency slot for its
+destination and a time bound for the whole attempt. For one group:
+
+1. the hops: the MX hosts in order (RFC 5321 §5.1; implicit MX; null MX and NXDOMAIN are
+   permanent; a DNS failure temporary), the address literal, or the configured host;
+2. the TLS policy per hop (tlspolicy.decide: the domain's table level, MTA-STS, DANE,
+   REQUIRETLS); a refusal is kept as the recipients' reply and the next hop is tried;
+3. per hop, each address (AAAA first, then A; loopback and our own addresses are a mail loop
+   unless allowed); a pooled session is reused (RSET), else one is opened; a peer whose EHLO
+   names us is a loop too (5.4.6);
+4. one transaction; Delivered and 5xx outcomes are final, 4xx recipients go on to the next
+   address or hop (RFC 5321 §5.1: try the next MX); a connection-level failure does the same
+   for all of them, except a 5xx greeting/AUTH, which is final, and a failed opportunistic TLS
+   handshake, after which the same address is tried once without TLS (RFC 3207 §4.1).
+What is still pending when the hops run out keeps the last reply it got.
+
+Must not import anything of hato but model, smtp and delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+
+from hato.delivery.dane import DaneLookup, lookup_tlsa
+from hato.delivery.mtasts import MtaSts
+from hato.delivery.mx import (
+    DNS_TEMPFAIL,
+    MAIL_LOOP,
+    NO_ADDRESS,
+    RouteError,
+    host_addresses,
+    ip_literal,
+    is_loopback,
+    route_domain,
+)
+from hato.delivery.outbound_attempt import Attempt, Session
+from hato.delivery.outbound_pool import ConnectionPool, Limiter, PoolKey
+from hato.delivery.smtp_client import (
+    Capabilities,
+    ClientSession,
+    ConnectOptions,
+    DeliveryError,
+    TlsMode,
+)
+from hato.delivery.tlspolicy import HopTls, PolicyInputs, PolicyRefusal, TlsLevel, decide
+from hato.delivery.transport import OutboundSettings, Smarthost, TransportKind
+from hato.model import (
+    Clock,
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+    Reply,
+    TempFailed,
+    logfmt,
+)
+from hato.model.dns import Resolver
+
+log = logging.getLogger("hato.delivery.outbound")
+
+ATTEMPT_TIMEOUT = Reply(451, "4.4.1", "Delivery attempt timed out")
+NO_MAIL_SERVER = Reply(550, "5.1.2", "Recipient domain has no mail server address")
+
+
+Opener = Callable[[ConnectOptions], Awaitable[Session]]
+_ERRORS = (DeliveryError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a group of recipients goes; `name` is the concurrency key and log name."""
+
+    kind: TransportKind
+    name: str
+    domain: str  # the recipient domain (A-label) whose policy applies
+    tls: TlsLevel | None = None
+    host: str = ""  # RELAY/LMTP: the host; MX with an address literal: the address
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    host: str
+    port: int
+    trusted: bool  # DNSSEC-validated MX, an address literal, or a host the admin configured
+    dane_eligible: bool = False  # RFC 7672 §2.2.1: only hosts from a secure MX RRset
+    lmtp: bool = False
+    smarthost: Smarthost | None = None
+    implicit: bool = False  # RFC 5321 §5.1 implicit MX: the domain itself
+
+
+class OutboundCourier:
+    """hato.model.Courier for mail to other hosts; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: OutboundSettings,
+        resolver: Resolver,
+        *,
+        clock: Clock,
+        rng: random.Random | None = None,
+        mta_sts: MtaSts | None = None,
+        dane_resolver: Resolver | None = None,
+        verify_context: ssl.SSLContext | None = None,
+        opener: Opener | None = None,
+        own_names: Collection[str] = (),
+    ) -> None:
+        self._settings = settings
+        self._resolver = resolver
+        self._rng = rng or random.Random()
+        self._mta_sts = mta_sts
+        self._dane_resolver = dane_resolver
+        self._verify_context = verify_context or ssl.create_default_context()
+        self._open: Opener = opener or ClientSession.open
+        self._own_names = frozenset(n.rstrip(".").lower() for n in (settings.helo_name, *own_names))
+        self.pool: ConnectionPool[Session] = ConnectionPool(
+            clock, settings.idle_timeout, settings.max_messages_per_connection, _ERRORS
+        )
+        self.limiter = Limiter(settings.max_connections_per_domain, settings.max_connections)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    async def run_sweeper(self) -> None:
+        await self.pool.run_sweeper()
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> list[Outcome]:
+        groups: dict[Destination, list[QueuedRecipient]] = {}
+        for rcpt in recipients:
+            groups.setdefault(self._destination(rcpt), []).append(rcpt)
+        done: dict[int, Outcome] = {}
+        async with asyncio.TaskGroup() as tasks:
+            for dest, rcpts in groups.items():
+                tasks.create_task(self._group(dest, message, rcpts, done))
+        return [done[r.row_id] for r in recipients]
+
+    def _destination(self, rcpt: QueuedRecipient) -> Destination:
+        address = rcpt.address
+        if address.is_literal:
+            # RFC 5321 §5.1 / §4.1.3: an address literal is delivered to that address.
+            literal = ip_literal(address.domain) or address.domain
+            return Destination(TransportKind.MX, address.domain, address.domain, host=literal)
+        domain = address.domain_ascii
+        transport = self._settings.transport_for(domain)
+        kind = transport.kind or TransportKind.MX
+        target = transport.target
+        if kind is TransportKind.SMARTHOST:
+            return Destination(kind, "smarthost", "", transport.tls)
+        if target is not None:
+            return Destination(kind, str(target), "", transport.tls, target.host, target.port)
+        return Destination(kind, domain, domain, transport.tls)
+
+    async def _group(
+        self,
+        dest: Destination,
+        message: QueuedMessage,
+        rcpts: list[QueuedRecipient],
+        done: dict[int, Outcome],
+    ) -> None:
+        async with self.limiter.slot(dest.name):
+            try:
+                async with asyncio.timeout(self._settings.attempt_timeout):
+                    outcomes = await Attempt(self, dest, message, rcpts).run()
+            except TimeoutError:
+                outcomes = {r.row_id: TempFailed(ATTEMPT_TIMEOUT) for r in rcpts}
+        done.update(outcomes)
+
+    # -- used by _Attempt --------------------------------------------------------------------
+
+    async def hops(self, dest: Destination) -> list[Hop] | RouteError:
+        mx_port = self._settings.mx_port
+        match dest.kind:
+            case TransportKind.SMARTHOST:
+                smarthost = self._settings.smarthost
+                assert smarthost is not None  # transport_for only answers it when configured
+                return [Hop(smarthost.host, smarthost.port, True, smarthost=smarthost)]
+            case TransportKind.RELAY | TransportKind.LMTP:
+                lmtp = dest.kind is TransportKind.LMTP
+                return [Hop(dest.host, dest.port, True, lmtp=lmtp)]
+            case TransportKind.MX if dest.host:
+                return [Hop(dest.host, mx_port, True)]
+            case TransportKind.MX:
+                route = await route_domain(self._resolver, dest.domain, self._rng, self._own_names)
+                if isinstance(route, RouteError):
+                    log.info(logfmt("route_failed", domain=dest.domain, detail=route.detail))
+                    return route
+                return [
+                    Hop(h.name, mx_port, h.secure, h.secure, implicit=h.implicit)
+                    for h in route.hosts
+                ]
+
+    async def policy_inputs(self, dest: Destination, requiretls: bool) -> PolicyInputs:
+        sts = None
+        if dest.kind is TransportKind.MX and not dest.host and self._mta_sts is not None:
+            sts = await self._mta_sts.policy_for(dest.domain)
+        return PolicyInputs(dest.domain or dest.name, dest.tls, sts, requiretls)
+
+    async def hop_tls(self, inputs: PolicyInputs, hop: Hop) -> HopTls | PolicyRefusal:
+        if hop.smarthost is not None:
+            level = TlsLevel.VERIFY if hop.smarthost.verify_certificate else TlsLevel.ENCRYPT
+            return HopTls(level, "the smarthost settings")
+        dane: DaneLookup | None = None
+        wants_dane = hop.dane_eligible or inputs.configured is TlsLevel.DANE
+        if self._dane_resolver is not None and wants_dane and ip_literal(hop.host) is None:
+            dane = await lookup_tlsa(self._dane_resolver, hop.host, hop.port)
+        return decide(inputs, hop.host, dane, hop.trusted)
+
+    async def addresses(self, hop: Hop) -> list[str] | Reply:
+        found = await host_addresses(self._resolver, hop.host)
+        if not found.addresses:
+            log.info(logfmt("host_unresolved", host=hop.host, detail=found.detail or "no A/AAAA"))
+            if found.tempfail:
+                return DNS_TEMPFAIL
+            # RFC 5321 §5.1: a domain without MX and without address records gets no mail.
+            return NO_MAIL_SERVER if hop.implicit else NO_ADDRESS
+        usable = [a for a in found.addresses if not self._is_self(a)]
+        if not usable:
+            # RFC 5321 §5.1 / Postfix: delivering to ourselves would loop.
+            log.warning(logfmt("mail_loop", host=hop.host, addresses=",".join(found.addresses)))
+            return MAIL_LOOP
+        return usable
+
+    def _is_self(self, address: str) -> bool:
+        own = address in self._settings.own_addresses
+        return own or (is_loopback(address) and not self._settings.allow_loopback)
+
+    def is_us(self, capabilities: Capabilities) -> bool:
+        """The peer's EHLO names our own host (RFC 5321 §4.1.1.1 greeting domain)."""
+        name = capabilities.server_name.rstrip(".").lower()
+        return bool(name) and name in self._own_names
+
+    def options(self, hop: Hop, address: str, tls: HopTls, plaintext: bool) -> ConnectOptions:
+        s = self._settings
+        server_name = "" if ip_literal(hop.host) else hop.host
+        base = ConnectOptions(
+            host=address,
+            port=hop.port,
+            helo_name=s.helo_name,
+            server_name=server_name,
+            lmtp=hop.lmtp,
+            connect_timeout=s.connect_timeout,
+            source_address=s.source_address,
+        )
+        if plaintext or tls.level is TlsLevel.NONE:
+            return replace(base, tls_mode=TlsMode.NONE)
+        if hop.smarthost is not None:
+            mode = TlsMode.IMPLICIT if hop.smarthost.implicit_tls else TlsMode.REQUIRED
+            context = self._verify_context if tls.level is TlsLevel.VERIFY else None
+            # RFC 4954 §4 / RFC 8314: credentials only ever go over TLS (the driver checks it).
+            return replace(base, tls_mode=mode, ssl_context=context, auth=hop.smarthost.auth)
+        match tls.level:
+            case TlsLevel.MAY:
+                return replace(base, tls_mode=TlsMode.OPPORTUNISTIC)
+            case TlsLevel.ENCRYPT:
+                return replace(base, tls_mode=TlsMode.REQUIRED)
+            case TlsLevel.VERIFY:
+                context = self._verify_context
+                return replace(base, tls_mode=TlsMode.REQUIRED, ssl_context=context)
+            case TlsLevel.DANE:
+                verify = tls.dane.verifier() if tls.dane is not None else None
+                return replace(base, tls_mode=TlsMode.REQUIRED, verify_peer=verify)
+        raise AssertionError(tls.level)  # pragma: no cover - NONE handled above
+
+    async def connect(self, options: ConnectOptions, key: PoolKey) -> Session:
+        session = await self.pool.take(key)
+        if session is not None:
+            log.debug(logfmt("connection_reused", host=options.host, port=options.port))
+            return session
+        session = await self._open(options)
+        self.pool.lent(session)
+        return session

@@ -1,0 +1,227 @@
+"""One delivery attempt of one destination group, for the outbound courier (outbound.py).
+
+`Attempt.run` walks the hops and addresses the courier hands it and keeps, per recipient, the
+final outcome (Delivered, 5xx) or the latest temporary one; see outbound.py's docstring.
+
+Must not import anything of hato but model, smtp and delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from hato.delivery.mx import MAIL_LOOP, NO_ADDRESS, RouteError
+from hato.delivery.outbound_pool import PoolKey
+from hato.delivery.smtp_client import (
+    BodySource,
+    Capabilities,
+    ConnectOptions,
+    DeliveryError,
+    MailParams,
+    RecipientSpec,
+    SendResult,
+    TlsInfo,
+    body_from_message,
+)
+from hato.delivery.tlspolicy import HopTls, PolicyInputs, PolicyRefusal, TlsLevel
+from hato.model import (
+    Delivered,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    Reply,
+    ReversePath,
+    TempFailed,
+    logfmt,
+)
+
+if TYPE_CHECKING:
+    from hato.delivery.outbound import Destination, Hop, OutboundCourier
+
+log = logging.getLogger("hato.delivery.outbound")
+
+CONNECTION_LOST = Reply(421, "4.4.2", "Connection to the mail server lost")
+# RFC 8689 §4.2.1 / §5: the next hop must offer REQUIRETLS.
+NEEDS_REQUIRETLS = Reply(550, "5.7.30", "REQUIRETLS support required")
+
+
+class Session(Protocol):
+    """What the courier needs of hato.delivery.smtp_client.ClientSession (fakes in tests)."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def tls(self) -> TlsInfo | None: ...
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def send(
+        self,
+        mail_from: ReversePath,
+        recipients: Sequence[RecipientSpec],
+        body: BodySource,
+        *,
+        mail_params: MailParams | None = None,
+    ) -> SendResult: ...
+
+    async def reset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def pool_key(options: ConnectOptions, tls: HopTls) -> PoolKey:
+    auth = options.auth[0] if options.auth else None
+    mode = f"{options.tls_mode.name}/{tls.level.value}"
+    return PoolKey(options.host, options.port, mode, options.server_name, options.lmtp, auth)
+
+
+class Attempt:
+    """One delivery attempt of one group (see the module docstring, steps 1-4)."""
+
+    def __init__(
+        self,
+        courier: OutboundCourier,
+        dest: Destination,
+        message: QueuedMessage,
+        rcpts: list[QueuedRecipient],
+    ) -> None:
+        self.courier = courier
+        self.dest = dest
+        self.message = message
+        self.pending = list(rcpts)
+        self.final: dict[int, Outcome] = {}
+        self.latest: dict[int, Outcome] = {r.row_id: TempFailed(NO_ADDRESS) for r in rcpts}
+        self.requiretls = "REQUIRETLS" in {k.upper() for k in message.params}
+
+    async def run(self) -> dict[int, Outcome]:
+        hops = await self.courier.hops(self.dest)
+        if isinstance(hops, RouteError):
+            failure = _failed(hops.reply)
+            return {r.row_id: failure for r in self.pending}
+        inputs = await self.courier.policy_inputs(self.dest, self.requiretls)
+        for hop in hops:
+            if not self.pending:
+                break
+            await self._hop(inputs, hop)
+        return {**self.latest, **self.final}
+
+    async def _hop(self, inputs: PolicyInputs, hop: Hop) -> None:
+        tls = await self.courier.hop_tls(inputs, hop)
+        if isinstance(tls, PolicyRefusal):
+            log.warning(logfmt("tls_policy_refused", host=hop.host, reply=str(tls.reply)))
+            self._fail_all(TempFailed(tls.reply))
+            return
+        addresses = await self.courier.addresses(hop)
+        if isinstance(addresses, Reply):
+            self._fail_all(_failed(addresses))  # final only if no later hop does better
+            return
+        for address in addresses:
+            if not self.pending:
+                return
+            await self._address(hop, address, tls)
+
+    async def _address(self, hop: Hop, address: str, tls: HopTls) -> None:
+        options = self.courier.options(hop, address, tls, plaintext=False)
+        try:
+            await self._transaction(options, tls)
+        except DeliveryError as exc:
+            if exc.stage == "tls" and tls.level is TlsLevel.MAY and not exc.tls_policy:
+                # RFC 3207 §4.1 / RFC 7435: opportunistic TLS failed; plaintext beats no mail.
+                log.info(logfmt("starttls_failed_retry_plain", host=hop.host, address=address))
+                plain = self.courier.options(hop, address, tls, plaintext=True)
+                try:
+                    await self._transaction(plain, tls)
+                except DeliveryError as again:
+                    self._connection_failed(hop, address, again)
+                return
+            self._connection_failed(hop, address, exc)
+
+    def _connection_failed(self, hop: Hop, address: str, exc: DeliveryError) -> None:
+        log.info(
+            logfmt("connection_failed", host=hop.host, address=address, stage=exc.stage,
+                   reply=str(exc.reply))
+        )  # fmt: skip
+        if exc.permanent and not exc.tls_policy:
+            # A 5xx greeting or AUTH answer is the server's final word (RFC 5321 §3.1).
+            self._fail_all(PermFailed(exc.reply))
+            self._finish_all()
+        else:
+            self._fail_all(TempFailed(exc.reply))
+
+    async def _transaction(self, options: ConnectOptions, tls: HopTls) -> None:
+        key = pool_key(options, tls)
+        session = await self.courier.connect(options, key)
+        keep = False
+        try:
+            if self.courier.is_us(session.capabilities):
+                log.warning(
+                    logfmt("mail_loop", host=options.host, peer=session.capabilities.server_name)
+                )
+                self._fail_all(PermFailed(MAIL_LOOP))
+                self._finish_all()
+                return
+            if self.requiretls and not session.capabilities.requiretls:
+                self._fail_all(PermFailed(NEEDS_REQUIRETLS))  # the next hop may offer it
+                keep = session.usable
+                return
+            result = await self._send(session)
+            self._record(options, result.outcomes)
+            keep = session.usable
+        finally:
+            if keep:
+                await self.courier.pool.park(key, session)
+            else:
+                await self.courier.pool.discard(session)
+
+    async def _send(self, session: Session) -> SendResult:
+        params = self.message.params
+        mail_params = MailParams(
+            envid=params.get("ENVID"), ret=params.get("RET"), requiretls=self.requiretls
+        )
+        # RFC 3461 §4.2: ORCPT carries the address the client originally gave.
+        specs = [RecipientSpec(r.address, orcpt=f"rfc822;{r.original}") for r in self.pending]
+        body = body_from_message(self.message)
+        try:
+            return await session.send(self.message.mail_from, specs, body, mail_params=mail_params)
+        except (OSError, TimeoutError):
+            return SendResult(tuple(TempFailed(CONNECTION_LOST) for _ in specs))
+
+    def _record(self, options: ConnectOptions, outcomes: Sequence[Outcome]) -> None:
+        still: list[QueuedRecipient] = []
+        for rcpt, outcome in zip(self.pending, outcomes, strict=True):
+            log.info(
+                logfmt("delivery", id=self.message.queue_id, rcpt=str(rcpt.address),
+                       host=options.host, port=options.port, result=_describe(outcome))
+            )  # fmt: skip
+            self.latest[rcpt.row_id] = outcome
+            if isinstance(outcome, TempFailed):
+                still.append(rcpt)  # RFC 5321 §5.1: a 4xx here: the next MX may take it
+            else:
+                self.final[rcpt.row_id] = outcome
+        self.pending = still
+
+    def _fail_all(self, outcome: Outcome) -> None:
+        for rcpt in self.pending:
+            self.latest[rcpt.row_id] = outcome
+
+    def _finish_all(self) -> None:
+        for rcpt in self.pending:
+            self.final[rcpt.row_id] = self.latest[rcpt.row_id]
+        self.pending = []
+
+
+def _failed(reply: Reply) -> Outcome:
+    return PermFailed(reply) if reply.is_permanent else TempFailed(reply)
+
+
+def _describe(outcome: Outcome) -> str:
+    match outcome:
+        case Delivered(detail=detail):
+            return f"delivered {detail}".strip()
+        case TempFailed(reply=reply) | PermFailed(reply=reply):
+            return str(reply)
