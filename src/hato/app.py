@@ -335,6 +335,7 @@ async def run(settings: Settings, source: str) -> None:
                 dns=dns,
                 send_as=send_as,
                 inbound=inbound if role is Role.MX else None,
+                authserv_id=authserv_id,
                 signer=signer if role is not Role.MX else None,
             )
             factory = _session_factory(ctx)

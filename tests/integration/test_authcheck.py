@@ -94,6 +94,22 @@ def test_signed_aligned_mail_passes_spf_dkim_and_dmarc(checking: CheckingHato) -
     assert "spf=pass" in results and "dkim=pass" in results and "dmarc=pass" in results
 
 
+def test_forged_results_in_our_name_are_removed(checking: CheckingHato) -> None:
+    forged = (
+        b"Authentication-Results: HATO.TEST; dkim=pass; dmarc=pass\r\n"
+        b"Authentication-Results: other.example; spf=pass\r\n"
+    )
+    with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
+        smtp.sendmail(
+            "a@relaxed.test", ["bob@example.org"], forged + _message("a@relaxed.test", "forged-1")
+        )
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "forged-1", 20)
+    text = found.read_bytes().decode()
+    assert "HATO.TEST; dkim=pass" not in text  # the forgery is gone...
+    assert "Authentication-Results: other.example; spf=pass" in text  # ...others' stay
+    assert text.count("Authentication-Results: hato.test;") == 1  # only our own verdict
+
+
 def test_dmarc_reject_policy_refuses_a_spoof_with_550_5_7_1(checking: CheckingHato) -> None:
     with (
         smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp,

@@ -89,6 +89,7 @@ class SessionContext:
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
     inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
+    authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

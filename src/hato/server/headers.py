@@ -8,6 +8,7 @@ import email.utils
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from hato.authcheck import find_forged, without_fields
 from hato.model import Address, AddressError
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -49,3 +50,47 @@ class HeaderCapture:
             except AddressError:
                 out.append(None)
         return out
+
+
+class ForgedResultsFilter:
+    """Holds back the header section as it streams in, then lets it through without any
+    Authentication-Results field claiming our authserv-id (RFC 8601 §5: a border MTA removes
+    those before adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on."""
+
+    __slots__ = ("_authserv_id", "_buf", "_passing", "removed")
+
+    def __init__(self, authserv_id: str) -> None:
+        self._authserv_id = authserv_id
+        self._buf = bytearray()
+        self._passing = False
+        self.removed = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to store now (b"" while the header section is still coming)."""
+        if self._passing:
+            return data
+        start = max(0, len(self._buf) - 3)
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n", start)
+        if self._buf.startswith(b"\r\n"):
+            end = -2  # no header section
+        if end == -1 and len(self._buf) < MAX_HEADER_BYTES:
+            return b""
+        return self._release(end)
+
+    def finish(self) -> bytes:
+        """What is still held at the end of the message (a message that is all headers)."""
+        if self._passing:
+            return b""
+        return self._release(len(self._buf) - 2 if self._buf.endswith(b"\r\n") else -1)
+
+    def _release(self, end: int) -> bytes:
+        self._passing = True
+        data = bytes(self._buf)
+        self._buf.clear()
+        if end < 0:
+            return data
+        block, rest = data[: end + 2], data[end + 2 :]
+        forged = find_forged(block, self._authserv_id)
+        self.removed = len(forged)
+        return (without_fields(block, forged) if forged else block) + rest

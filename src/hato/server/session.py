@@ -31,7 +31,7 @@ from hato.policy import (
 from hato.queue import QueueWriteError
 from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
 from hato.server.context import SessionContext
-from hato.server.headers import HeaderCapture
+from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
     NEED_DATA,
@@ -96,6 +96,7 @@ class SmtpSession(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.messages = 0
         self.capture: list[bytes] | None = None  # the message, for authentication checks
+        self.forged: ForgedResultsFilter | None = None
         self.captured = 0
 
     # ---- asyncio callbacks ----
@@ -216,12 +217,15 @@ class SmtpSession(asyncio.Protocol):
                 self._on_rcpt(event)
             case DataStart():
                 self.body = self.ctx.queue.new_body()
+                self.forged = (
+                    ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
+                )
                 self.headers = HeaderCapture() if self.user is not None else None
                 self.capture = [] if self._wants_capture() else None
                 self.captured = 0
             case BodyChunk(data=data):
                 if self.body is not None:
-                    self.body.write(data)
+                    self.body.write(self.forged.feed(data) if self.forged else data)
                 if self.headers is not None:
                     self.headers.feed(data)
                 if self.capture is not None:
@@ -424,6 +428,16 @@ class SmtpSession(asyncio.Protocol):
         self.body = self.headers = None
         captured = b"".join(self.capture) if self.capture is not None else None
         self.capture = None
+        if self.forged is not None and body is not None:
+            body.write(self.forged.finish())
+            if self.forged.removed:
+                # RFC 8601 §5: a claim in our name that we did not make is removed.
+                log.info(
+                    logfmt(
+                        "forged-results-removed", session=self.session_id, count=self.forged.removed
+                    )
+                )
+        self.forged = None
         if body is None or mail is None or not self.recipients:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self.conn.reply(TEMP_FAILURE)
@@ -664,6 +678,7 @@ class SmtpSession(asyncio.Protocol):
             self.body = None
         self.headers = None
         self.capture = None
+        self.forged = None
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
