@@ -19,6 +19,13 @@ from hato.config.load import (
     parse_settings,
     settings_from_mapping,
 )
+from hato.config.outbound_sections import (
+    DeliverySettings,
+    SmarthostSettings,
+    SmarthostTls,
+    TlsPolicyName,
+    TransportSettings,
+)
 from hato.config.policy_sections import (
     AUTH_MECHANISMS,
     AuthSettings,
@@ -46,6 +53,7 @@ __all__ = [
     "EMBEDDED_SOURCE",
     "AuthSettings",
     "ConfigError",
+    "DeliverySettings",
     "DnsSettings",
     "DomainSettings",
     "LimitsSettings",
@@ -59,7 +67,11 @@ __all__ = [
     "QueueSettings",
     "ServerSettings",
     "Settings",
+    "SmarthostSettings",
+    "SmarthostTls",
+    "TlsPolicyName",
     "TlsSettings",
+    "TransportSettings",
     "default_data_dir",
     "load_settings",
     "parse_settings",

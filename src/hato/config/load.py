@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
+from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
     SECTIONS,
@@ -167,17 +168,28 @@ def settings_from_mapping(
     networks = _many(NetworkSettings, raw.get("network", []), "network", context, problems, 0)
     dns = _one(DnsSettings, raw.get("dns", {}), "dns", context, problems)
     authcheck = _one(AuthcheckSettings, raw.get("authcheck", {}), "authcheck", context, problems)
+    delivery = _one(DeliverySettings, raw.get("delivery", {}), "delivery", context, problems)
+    transports = _many(
+        TransportSettings, raw.get("transport", []), "transport", context, problems, 0
+    )
+    smarthost = (
+        _one(SmarthostSettings, raw["smarthost"], "smarthost", context, problems)
+        if "smarthost" in raw
+        else None
+    )
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
     problems.extend(_duplicates(raw.get("network"), "network", "name"))
+    problems.extend(_duplicates(raw.get("transport"), "transport", "domain"))
+    problems.extend(_smarthost_references(raw.get("transport"), "smarthost" in raw))
     problems.extend(_network_references(raw.get("listener"), raw.get("network")))
     if "tls" not in raw and source != EMBEDDED_SOURCE:
         # The embedded default is the one place a self-signed certificate is made instead.
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
         raise ConfigError(source, problems)
-    if auth is None or dns is None or authcheck is None:
+    if auth is None or dns is None or authcheck is None or delivery is None:
         raise ConfigError(source, problems)
     return Settings(
         server=server,
@@ -191,6 +203,9 @@ def settings_from_mapping(
         networks=tuple(network for _, network in networks),
         dns=dns,
         authcheck=authcheck,
+        delivery=delivery,
+        transports=tuple(transport for _, transport in transports),
+        smarthost=smarthost,
     )
 
 
@@ -253,11 +268,13 @@ _IDENTITY: dict[str, tuple[Callable[[object], object], str]] = {
     "listener": (parse_listen_address, "is already used by"),
     "domain": (lambda name: domain_key(parse_domain_name(name)), "is already defined by"),
     "network": (lambda name: name if isinstance(name, str) else None, "is already defined by"),
+    "transport": (lambda name: domain_key(parse_domain_name(name)), "is already defined by"),
 }
 _DUPLICATE_FIX = {
     "listener": "give each listener its own HOST:PORT",
     "domain": "merge the two [[domain]] tables",
     "network": "merge the two [[network]] tables or rename one",
+    "transport": "merge the two [[transport]] tables",
 }
 
 
@@ -296,6 +313,18 @@ def _network_references(listeners: object, networks: object) -> list[str]:
                         f"(defined: {known}); add a [[network]] with that name"
                     )
     return problems
+
+
+def _smarthost_references(transports: object, has_smarthost: bool) -> list[str]:
+    """A [[transport]] with smarthost = true needs a [smarthost]."""
+    if has_smarthost:
+        return []
+    return [
+        f"transport[{index}].smarthost: there is no [smarthost]; add one with its host "
+        '(e.g. host = "smtp.provider.net") or remove this key'
+        for index, item in _entries(transports)
+        if item.get("smarthost") is True
+    ]
 
 
 def _tls_required(raw: object) -> list[str]:

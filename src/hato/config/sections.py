@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.values import (
     ListenAddress,
@@ -355,5 +356,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "network": NetworkSettings,
     "dns": DnsSettings,
     "authcheck": AuthcheckSettings,
+    "delivery": DeliverySettings,
+    "transport": TransportSettings,
+    "smarthost": SmarthostSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

@@ -5,9 +5,10 @@ Must not import anything of hato but model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
     DomainSettings,
@@ -37,6 +38,9 @@ class Settings:
     networks: tuple[NetworkSettings, ...]
     dns: DnsSettings
     authcheck: AuthcheckSettings
+    delivery: DeliverySettings = field(default_factory=lambda: DeliverySettings.model_validate({}))
+    transports: tuple[TransportSettings, ...] = ()
+    smarthost: SmarthostSettings | None = None
 
     def network(self, name: str) -> NetworkSettings | None:
         """The [[network]] called `name`."""

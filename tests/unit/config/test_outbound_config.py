@@ -1,0 +1,136 @@
+"""[delivery], [[transport]] and [smarthost]: defaults, values, and errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hato.config import (
+    ConfigError,
+    Settings,
+    SmarthostTls,
+    TlsPolicyName,
+    parse_settings,
+)
+
+BASE = """
+[server]
+hostname = "mail.example.org"
+
+[[listener]]
+role = "mx"
+address = "127.0.0.1:2525"
+
+[[domain]]
+name = "example.org"
+"""
+
+
+def parse(extra: str, tmp_path: Path) -> Settings:
+    return parse_settings(BASE + extra, base_dir=tmp_path, env={}, cwd=tmp_path)
+
+
+def problems(extra: str, tmp_path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(extra, tmp_path)
+    return str(info.value)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = parse("", tmp_path)
+    delivery = settings.delivery
+    assert (delivery.mx_port, delivery.allow_loopback, delivery.mta_sts, delivery.dane) == (
+        25,
+        False,
+        True,
+        False,
+    )
+    assert delivery.max_connections_per_domain == 10 and delivery.idle_timeout == 5.0
+    assert settings.transports == () and settings.smarthost is None
+
+
+def test_full(tmp_path: Path) -> None:
+    (tmp_path / "smarthost.pw").write_text("s3cret\n")
+    settings = parse(
+        """
+[delivery]
+mx_port = 2525
+allow_loopback = true
+dane = true
+dane_nameservers = ["127.0.0.1:5353"]
+mta_sts_connect_to = "127.0.0.1:8443"
+
+[[transport]]
+domain = "Example.COM"
+relay = "[mx.internal]:2525"
+tls = "verify"
+
+[[transport]]
+domain = "lists.example.org"
+lmtp = "127.0.0.1:24"
+
+[[transport]]
+domain = "bank.test"
+tls = "dane"
+
+[smarthost]
+host = "smtp.provider.net"
+port = 465
+tls = "implicit"
+username = "me"
+password_file = "smarthost.pw"
+""",
+        tmp_path,
+    )
+    assert settings.delivery.mx_port == 2525 and settings.delivery.dane_nameservers == (
+        "127.0.0.1:5353",
+    )
+    assert settings.delivery.mta_sts_connect_to == "[127.0.0.1]:8443"
+    relay, lmtp, bank = settings.transports
+    assert (relay.domain, relay.relay, relay.tls) == (
+        "example.com",
+        "[mx.internal]:2525",
+        TlsPolicyName.VERIFY,
+    )
+    assert lmtp.lmtp == "[127.0.0.1]:24" and bank.tls is TlsPolicyName.DANE and bank.relay is None
+    smarthost = settings.smarthost
+    assert smarthost is not None and smarthost.tls is SmarthostTls.IMPLICIT
+    assert smarthost.secret() == "s3cret" and "s3cret" not in repr(smarthost)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("[delivery]\nmx_port = 0", "delivery.mx_port: must be 1..65535"),
+        ("[delivery]\nmax_connections = 0", "delivery.max_connections: must be at least 1"),
+        ("[delivery]\nattempt_timeout = 0", "delivery.attempt_timeout: must be more than 0"),
+        (
+            '[[transport]]\ndomain = "a.test"\nrelay = "host"',
+            'transport[0].relay: "host" needs a port',
+        ),
+        (
+            '[[transport]]\ndomain = "a.test"\nrelay = "h:1"\nlmtp = "h:2"',
+            "transport[0]: choose one of relay, lmtp, smarthost, mx (got relay, lmtp)",
+        ),
+        ('[[transport]]\ndomain = "a.test"', "transport[0]: say where mail goes"),
+        ('[[transport]]\ndomain = "a.test"\ntls = "strict"', "transport[0].tls"),
+        (
+            '[[transport]]\ndomain = "a.test"\nsmarthost = true',
+            "transport[0].smarthost: there is no [smarthost]",
+        ),
+        (
+            '[[transport]]\ndomain = "a.test"\nmx = true\n'
+            '[[transport]]\ndomain = "A.test"\nmx = true',
+            'transport[1].domain: "A.test" is already defined by transport[0]',
+        ),
+        (
+            '[smarthost]\nhost = "smtp.test"\nusername = "me"',
+            "smarthost: username and a password (or password_file) go together",
+        ),
+        ('[smarthost]\nhost = "smtp.test"\ntls = "none"', "smarthost.tls"),
+        ("[smarthost]\nport = 587", "smarthost.host"),
+    ],
+)
+def test_errors(extra: str, expected: str, tmp_path: Path) -> None:
+    assert expected in problems(extra, tmp_path)
