@@ -147,6 +147,7 @@ class ClientSession:
         self._broken = False
         self._closed = False
         self.tls: TlsInfo | None = None
+        self._stage: Stage = "greeting"  # where open() is, for a DeliveryError
 
     @property
     def capabilities(self) -> Capabilities:
@@ -188,7 +189,7 @@ class ClientSession:
             await session._setup()
         except Broken as exc:
             await session._abort()
-            raise DeliveryError("greeting", exc.reply) from exc
+            raise DeliveryError(session._stage, exc.reply) from exc
         except DeliveryError:
             await session._abort()
             raise
@@ -209,6 +210,7 @@ class ClientSession:
 
     async def _hello(self) -> None:
         options = self.options
+        self._stage = "hello"
         await self._write(self._conn.hello(options.helo_name), options.command_timeout)
         answer = await self._answer(options.command_timeout)
         if not answer.reply.is_positive and not options.lmtp and answer.reply.code != 421:
@@ -223,6 +225,7 @@ class ClientSession:
             if required:
                 raise DeliveryError("tls", TLS_NOT_OFFERED, tls_policy=True)
             return
+        self._stage = "tls"
         timeout = self.options.command_timeout
         await self._write(self._conn.starttls(), timeout)
         answer = await self._answer(timeout)
@@ -270,6 +273,7 @@ class ClientSession:
         if not self._conn.tls_active:
             # RFC 4954 §4 / RFC 8314: never send a password in clear text.
             raise DeliveryError("auth", AUTH_NEEDS_TLS, tls_policy=True)
+        self._stage = "auth"
         mechanism = choose_mechanism(self._conn.capabilities.auth)
         if mechanism is None:
             raise DeliveryError("auth", AUTH_NO_MECHANISM)

@@ -32,6 +32,7 @@ from hato.smtp.client import Answer, ClientConnection, ClientState, Expect
 CHUNK_SIZE = 64 * 1024
 NEEDS_8BITMIME = Reply(554, "5.6.3", "Message has 8-bit data and the server lacks 8BITMIME")
 BODY_READ_ERROR = Reply(451, "4.3.0", "Local error reading the message")
+NO_STATUS = Reply(451, "4.4.0", "No status for this recipient")
 
 
 class Broken(Exception):
@@ -173,9 +174,8 @@ class Transaction:
         self._scan = body.eight_bit is None and not conn.capabilities.eight_bit_mime
 
     def result(self) -> SendResult:
-        return SendResult(
-            tuple(o or TempFailed(BODY_READ_ERROR) for o in self._outcomes), self._final
-        )
+        # Every path sets an outcome per recipient; NO_STATUS is a guard, never expected.
+        return SendResult(tuple(o or TempFailed(NO_STATUS) for o in self._outcomes), self._final)
 
     def fail_open(self, reply: Reply) -> None:
         """Every recipient without an outcome yet gets TempFailed(reply)."""

@@ -382,3 +382,31 @@ def test_auth_never_over_clear_text() -> None:
         run(scenario())
     assert info.value.stage == "auth"
     assert not any(c.startswith(b"AUTH") for c in script.commands)
+
+
+def test_421_to_ehlo_names_the_hello_stage() -> None:
+    script = Script(ehlo=b"421 4.7.0 Too many connections\r\n")
+
+    async def scenario() -> None:
+        async with serving(script.handle) as port:
+            await ClientSession.open(options(port))
+
+    with pytest.raises(DeliveryError) as info:
+        run(scenario())
+    assert info.value.stage == "hello" and not info.value.permanent
+
+
+def test_unreadable_body_file_defers_without_ending_the_message(tmp_path: Path) -> None:
+    script = Script()
+    missing = QueuedMessage("Q3", ALICE, 0.0, str(tmp_path / "gone"), 10)
+
+    async def scenario() -> SendResult:
+        async with serving(script.handle) as port:
+            session = await ClientSession.open(options(port))
+            result = await session.send(ALICE, [BOB], body_from_message(missing))
+            await session.close()
+            return result
+
+    result = run(scenario())
+    assert result.outcomes == (TempFailed(Reply(451, "4.3.0", "Local error reading the message")),)
+    assert script.bodies == []
