@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from hato.delivery.mx import MAIL_LOOP, NO_ADDRESS, RouteError
 from hato.delivery.outbound_pool import PoolKey
@@ -225,3 +225,5 @@ def _describe(outcome: Outcome) -> str:
             return f"delivered {detail}".strip()
         case TempFailed(reply=reply) | PermFailed(reply=reply):
             return str(reply)
+        case _:
+            assert_never(outcome)

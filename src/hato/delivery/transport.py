@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from hato.delivery.mx import SMTP_PORT, RelayTarget
 from hato.delivery.tlspolicy import TlsLevel
+from hato.model import Address
 from hato.model.dns import normalize_name
 
 SUBMISSION_PORT = 587  # RFC 6409 §3.1
@@ -81,11 +82,20 @@ class OutboundSettings:
     max_connections_per_domain: int = 10
     max_connections: int = 100
 
+    def __post_init__(self) -> None:
+        # Keys in A-label form, lower case: what transport_for looks up (IDNA, RFC 5890).
+        keys = {_key(domain): t for domain, t in self.transports.items()}
+        object.__setattr__(self, "transports", keys)
+
     def transport_for(self, domain: str) -> Transport:
         """The [[transport]] of `domain` (exact name), else the smarthost if there is one, else
         MX routing (Postfix's transport_maps, then relayhost). The result's kind is never None."""
-        found = self.transports.get(normalize_name(domain), Transport())
+        found = self.transports.get(_key(domain), Transport())
         if found.kind is not None:
             return found
         default = TransportKind.MX if self.smarthost is None else TransportKind.SMARTHOST
         return Transport(default, None, found.tls)
+
+
+def _key(domain: str) -> str:
+    return normalize_name(Address("postmaster", domain.lower()).domain_ascii)

@@ -236,3 +236,10 @@ def test_whole_attempt_is_bounded() -> None:
         TempFailed(ATTEMPT_TIMEOUT)
     ]
     assert net.sessions[0].closed  # a session cut off mid-transaction is never reused
+
+
+def test_transport_table_matches_idn_and_case() -> None:
+    transports = {"Bücher.example": Transport(TransportKind.RELAY, RelayTarget("192.0.2.5", 25))}
+    settings = OutboundSettings("h.test", transports=transports)
+    assert settings.transport_for("xn--bcher-kva.example").kind is TransportKind.RELAY
+    assert settings.transport_for("BÜCHER.example").kind is TransportKind.RELAY
