@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from hato.accounts import UserStore
+from hato.crypto import KeyStore
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
@@ -270,6 +271,7 @@ async def run(settings: Settings, source: str) -> None:
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
     users = UserStore(data_dir / "users.db")
+    keys = KeyStore.in_data_dir(data_dir)  # users' public keys (issue 6)
     resolver = build_resolver(settings, users)
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
     courier = RoutingCourier(resolver.is_local_domain, maildir)
@@ -336,6 +338,7 @@ async def run(settings: Settings, source: str) -> None:
                 send_as=send_as,
                 inbound=inbound if role is Role.MX else None,
                 authserv_id=authserv_id,
+                keys=keys,
                 signer=signer if role is not Role.MX else None,
             )
             factory = _session_factory(ctx)
@@ -376,6 +379,7 @@ async def run(settings: Settings, source: str) -> None:
         await queue.close()
         maildir.close()
         users.close()
+        keys.close()
 
 
 def _reload_tls(tls: ReloadingContext | None, force: bool) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hato.crypto import KeyLookup
 from hato.delivery.local import RecipientResolver
 from hato.model import Address, Clock, Role
 from hato.model.dns import Resolver
@@ -89,6 +90,7 @@ class SessionContext:
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
     inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
+    keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
     authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.

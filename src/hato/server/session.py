@@ -11,10 +11,12 @@ the core stays PAUSED, so replies keep their order and a fast client cannot pile
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
 from hato.delivery.local import Local, NotLocal
 from hato.model import Address, Reply, logfmt
 from hato.model.dns import Resolver
@@ -32,6 +34,7 @@ from hato.queue import QueueWriteError
 from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
 from hato.server.context import SessionContext
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
+from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
     NEED_DATA,
@@ -67,6 +70,7 @@ NO_TLS = Reply(454, "4.7.0", "TLS not available")
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
+TOO_BIG_TO_ENCRYPT = Reply(552, "5.3.4", "Message too large to be stored encrypted")
 # Not an ESMTP keyword (RFC 5321 §4.1.2: no "."), so it is never passed on to a next hop.
 QUARANTINE_PARAM = "hato.folder"
 
@@ -97,6 +101,7 @@ class SmtpSession(asyncio.Protocol):
         self.messages = 0
         self.capture: list[bytes] | None = None  # the message, for authentication checks
         self.forged: ForgedResultsFilter | None = None
+        self.keyed = False  # a recipient of this transaction has a key (issue 6)
         self.captured = 0
 
     # ---- asyncio callbacks ----
@@ -216,7 +221,8 @@ class SmtpSession(asyncio.Protocol):
             case RcptTo():
                 self._on_rcpt(event)
             case DataStart():
-                self.body = self.ctx.queue.new_body()
+                # A keyed recipient's plaintext must never reach the spool: hold it in memory.
+                self.body = None if self.keyed else self.ctx.queue.new_body()
                 self.forged = (
                     ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
                 )
@@ -230,7 +236,7 @@ class SmtpSession(asyncio.Protocol):
                     self.headers.feed(data)
                 if self.capture is not None:
                     self.captured += len(data)
-                    if self.captured > MAX_CHECKED_SIZE:
+                    if self.captured > (MAX_MESSAGE_SIZE if self.keyed else MAX_CHECKED_SIZE):
                         self.capture = None  # too large to check or sign: said in the log
                     else:
                         self.capture.append(data)
@@ -410,6 +416,22 @@ class SmtpSession(asyncio.Protocol):
             if isinstance(resolution, Local)
             else (event.address,)
         )
+        keys = self.ctx.keys
+        if keys is not None and isinstance(resolution, Local):
+            verdict = recipient_keys(keys, resolution.mailboxes, self._now_utc())
+            if verdict.defer_reason:
+                # Issue 6 key failure policy "defer": the mail waits at the sender (4xx).
+                log.warning(
+                    logfmt(
+                        "key-failure",
+                        session=self.session_id,
+                        detail=verdict.defer_reason,
+                        action="deferred",
+                    )
+                )
+                self.conn.reply(DEFER_REPLY)
+                return
+            self.keyed = self.keyed or verdict.keyed
         known = {dest for dest, _ in self.recipients}
         for dest in targets:
             if dest not in known:
@@ -418,7 +440,12 @@ class SmtpSession(asyncio.Protocol):
         self.rcpt_originals.append(event.address)
         self.conn.accept()
 
+    def _now_utc(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.ctx.clock.now(), dt.UTC)
+
     def _wants_capture(self) -> bool:
+        if self.keyed:
+            return True
         if self.user is None:
             return self.ctx.inbound is not None
         return bool(self.ctx.signer)
@@ -428,6 +455,9 @@ class SmtpSession(asyncio.Protocol):
         self.body = self.headers = None
         captured = b"".join(self.capture) if self.capture is not None else None
         self.capture = None
+        if self.keyed and mail is not None and self.recipients:
+            self._end_keyed(mail, captured, headers)
+            return
         if self.forged is not None and body is not None:
             body.write(self.forged.finish())
             if self.forged.removed:
@@ -461,6 +491,111 @@ class SmtpSession(asyncio.Protocol):
                 return
         from_addresses = headers.from_addresses() if headers is not None else []
         self._begin(self._commit(body, mail, captured, from_addresses), name="commit")
+
+    def _end_keyed(
+        self, mail: MailFrom, captured: bytes | None, headers: HeaderCapture | None
+    ) -> None:
+        forged, self.forged = self.forged, None
+        if captured is None:
+            self._reset_transaction()
+            self.conn.reply(TOO_BIG_TO_ENCRYPT)
+            return
+        stored = captured
+        if forged is not None:
+            stored = forged.feed(captured) + forged.finish()
+        if headers is not None:
+            owned = all(a is not None and self._owns(a) for a in headers.from_addresses())
+            decision = header_from_decision(self.user is not None, owned)
+            if not isinstance(decision, Accept):
+                self._reset_transaction()
+                self.conn.reply(decision.reply)
+                return
+        from_addresses = headers.from_addresses() if headers is not None else []
+        self._begin(self._commit_keyed(mail, captured, stored, from_addresses), name="commit")
+
+    async def _commit_keyed(
+        self,
+        mail: MailFrom,
+        captured: bytes,
+        stored: bytes,
+        from_addresses: list[Address | None],
+    ) -> None:
+        recipients, originals = self.recipients, self.rcpt_originals
+        self._reset_transaction()
+        added, params, refusal = await self._authenticate(mail, captured, from_addresses)
+        if refusal is not None:
+            self._answer(refusal)
+            return
+        assert self.ctx.keys is not None
+        original_of = dict(recipients)
+        protected = await protect(
+            self.ctx.keys, stored, [dest for dest, _ in recipients], self._now_utc()
+        )
+        if protected.deferred:
+            for failure in protected.deferred:
+                log.warning(
+                    logfmt(
+                        "key-failure",
+                        session=self.session_id,
+                        rcpt=failure.recipient,
+                        detail=failure.reason,
+                        action="deferred",
+                    )
+                )
+            self._answer(DEFER_DATA_REPLY)
+            return
+        for failure in protected.in_clear:
+            log.warning(
+                logfmt(
+                    "key-failure",
+                    session=self.session_id,
+                    rcpt=failure.recipient,
+                    detail=failure.reason,
+                    action="stored-in-clear",
+                )
+            )
+        ids: list[str] = []
+        for copy in protected.copies:
+            body = self.ctx.queue.new_body()
+            body.write(copy.data)
+            rows = [(dest, original_of.get(dest, dest)) for dest in copy.recipients]
+            prefix = added + self._received(mail, body.queue_id, originals)
+            try:
+                ids.append(
+                    await self.ctx.queue.commit(
+                        body, mail_from=mail.path, recipients=rows, prefix=prefix, params=params
+                    )
+                )
+            except QueueWriteError as exc:
+                log.warning(logfmt("queue-write-failed", session=self.session_id, error=exc))
+                self._answer(exc.reply)
+                return
+        self.messages += 1
+        log.info(
+            logfmt(
+                "accepted",
+                session=self.session_id,
+                id=",".join(ids),
+                client=self.client_ip,
+                user=self.user,
+                nrcpt=len(recipients),
+                encrypted=sum(c.encrypted for c in protected.copies),
+            )
+        )
+        self._answer(None, f"Ok: queued as {' '.join(ids)}")
+
+    def _received(self, mail: MailFrom, queue_id: str, originals: list[Address]) -> bytes:
+        info = TraceInfo(
+            helo=self.conn.hello_name or "",
+            client_ip=self.client_ip,
+            hostname=self.ctx.settings.hostname,
+            esmtp=self.conn.esmtp,
+            tls=self.conn.tls_active,
+            authenticated=self.user is not None,
+            smtputf8=mail.smtputf8,
+            tls_detail=self.tls_detail,
+        )
+        return received_header(info, queue_id, originals, self.ctx.clock.now())
 
     async def _authenticate(
         self, mail: MailFrom, captured: bytes | None, from_addresses: list[Address | None]
@@ -521,18 +656,8 @@ class SmtpSession(asyncio.Protocol):
             body.discard()
             self._answer(refusal)
             return
-        info = TraceInfo(
-            helo=self.conn.hello_name or "",
-            client_ip=self.client_ip,
-            hostname=self.ctx.settings.hostname,
-            esmtp=self.conn.esmtp,
-            tls=self.conn.tls_active,
-            authenticated=self.user is not None,
-            smtputf8=mail.smtputf8,
-            tls_detail=self.tls_detail,
-        )
         # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
-        prefix = added + received_header(info, body.queue_id, originals, self.ctx.clock.now())
+        prefix = added + self._received(mail, body.queue_id, originals)
         try:
             queue_id = await self.ctx.queue.commit(
                 body,
@@ -668,6 +793,7 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reply(reply)
 
     def _reset_transaction(self) -> None:
+        self.keyed = False
         self.mail_from = None
         self.recipients = []
         self.rcpt_originals = []

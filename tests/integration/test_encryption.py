@@ -1,0 +1,170 @@
+"""Encryption at rest end to end (issue 6): the real server stores mail for a user with an
+OpenPGP or S/MIME key encrypted, GnuPG and OpenSSL open it, and no plaintext of it is anywhere in
+the data directory (spool, Maildir, SQLite, logs) — after a crash in the middle too."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from peers import maildir
+from peers.hato import HatoServer, hato_binary
+from peers.server import DomainSetup, MailSetup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
+from cryptokeys import Gpg, make_cert, need
+
+
+@pytest.fixture(scope="module")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
+    need("gpg")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    g = Gpg(home)
+    g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
+    yield g
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[HatoServer]:
+    setup = MailSetup(domains=(DomainSetup("example.org", users=("bob", "carol", "dave")),))
+    hato = HatoServer(tmp_path / "data", setup)
+    hato.start()
+    yield hato
+    hato.stop()
+
+
+def _import(server: HatoServer, address: str, key: bytes, name: str) -> None:
+    path = server.work / name
+    path.write_bytes(key)
+    subprocess.run(
+        [hato_binary(), "key", "import", address, str(path), "--config", str(server.config)],
+        check=True,
+        capture_output=True,
+        cwd=server.work,
+        timeout=60,
+    )
+
+
+def _send(server: HatoServer, rcpts: list[str], marker: str) -> None:
+    message = (
+        f"From: <alice@example.net>\r\nTo: <{rcpts[0]}>\r\nSubject: secret {marker}\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nThe plan is {marker}.\r\n"
+    ).encode()
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.sendmail("alice@example.net", rcpts, message)
+
+
+def _grep(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def _wait_files(box: Path, count: int) -> list[Path]:
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        files = sorted((box / "new").glob("*")) if (box / "new").exists() else []
+        if len(files) >= count:
+            return files
+        time.sleep(0.1)
+    raise AssertionError(f"{count} message(s) not delivered to {box}")
+
+
+def test_openpgp_user_gets_mail_only_gnupg_can_read(server: HatoServer, gpg: Gpg) -> None:
+    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    marker = uuid.uuid4().hex
+    _send(server, ["bob@example.org"], marker)
+    (stored,) = _wait_files(server.mailbox("bob", "example.org"), 1)
+    raw = stored.read_bytes()
+    assert b"multipart/encrypted" in raw and b"Subject: ..." in raw
+    plain = gpg.run("--decrypt", input=raw.split(b"\r\n\r\n", 1)[1])
+    assert f"The plan is {marker}.".encode() in plain
+    assert f"Subject: secret {marker}".encode() in plain  # the real Subject moved inside
+    assert _grep(server.data_dir, marker.encode()) == []  # spool, SQLite, Maildir
+    assert marker.encode() not in server.log.read_bytes()
+
+
+def test_a_recipient_without_a_key_is_unaffected(server: HatoServer, gpg: Gpg) -> None:
+    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    marker = uuid.uuid4().hex
+    _send(server, ["bob@example.org", "dave@example.org"], marker)
+    (for_bob,) = _wait_files(server.mailbox("bob", "example.org"), 1)
+    (for_dave,) = _wait_files(server.mailbox("dave", "example.org"), 1)
+    assert marker.encode() not in for_bob.read_bytes()
+    assert f"The plan is {marker}.".encode() in for_dave.read_bytes()
+
+
+def test_already_encrypted_mail_passes_through_untouched(server: HatoServer, gpg: Gpg) -> None:
+    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    armored = gpg.run(
+        "--armor", "--encrypt", "--recipient", "bob@example.org", input=b"already secret\r\n"
+    )
+    body = (
+        b"From: <alice@example.net>\r\nTo: <bob@example.org>\r\nSubject: pgp\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; "
+        b'protocol="application/pgp-encrypted"; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n"
+        b"--b1\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + armored.replace(b"\n", b"\r\n")
+        + b"\r\n--b1--\r\n"
+    )
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.sendmail("alice@example.net", ["bob@example.org"], body)
+    (stored,) = _wait_files(server.mailbox("bob", "example.org"), 1)
+    assert stored.read_bytes().endswith(body)  # byte for byte after our trace headers
+
+
+def test_smime_user_gets_mail_openssl_can_read(server: HatoServer, tmp_path: Path) -> None:
+    need("openssl")
+    smime = make_cert(ec.generate_private_key(ec.SECP256R1()), "carol@example.org")
+    _import(server, "carol@example.org", smime.cert_pem, "carol.pem")
+    marker = uuid.uuid4().hex
+    _send(server, ["carol@example.org"], marker)
+    (stored,) = _wait_files(server.mailbox("carol", "example.org"), 1)
+    raw = stored.read_bytes()
+    assert b"application/pkcs7-mime" in raw and marker.encode() not in raw
+    (tmp_path / "key.pem").write_bytes(smime.key_pem)
+    (tmp_path / "cert.pem").write_bytes(smime.cert_pem)
+    # Our added trace headers (Return-Path, Delivered-To, Received) sit above the S/MIME
+    # message; openssl reads the MIME entity from the headers it knows.
+    opened = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-decrypt",
+            "-inkey",
+            str(tmp_path / "key.pem"),
+            "-recip",
+            str(tmp_path / "cert.pem"),
+        ],
+        input=raw,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert f"The plan is {marker}.".encode() in opened
+    assert _grep(server.data_dir, marker.encode()) == []
+
+
+def test_crash_between_accept_and_delivery_leaves_no_plaintext(
+    server: HatoServer, gpg: Gpg
+) -> None:
+    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    marker = uuid.uuid4().hex
+    _send(server, ["bob@example.org"], marker)
+    server.kill()  # SIGKILL: the message may still be in the queue, never in the clear
+    assert _grep(server.data_dir, marker.encode()) == []
+    server.start()
+    (stored,) = _wait_files(server.mailbox("bob", "example.org"), 1)
+    assert marker.encode() in gpg.run(
+        "--decrypt", input=stored.read_bytes().split(b"\r\n\r\n", 1)[1]
+    )
+    assert _grep(server.data_dir, marker.encode()) == []
