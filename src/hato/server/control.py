@@ -1,0 +1,481 @@
+"""The control socket: how `hato queue`, `hato status` and `hato-sendmail` talk to the server.
+
+Theory of operation. A unix socket, DATA_DIR/control.sock, mode 0600 (its owner, root or the
+hato user, may use it; the file system is the access check), speaks JSON lines: one request
+object per line, one response object per line, as many as the client likes on a connection.
+Every request names an `op`:
+
+    {"op": "hello"}                          -> {"ok": true, "hostname": ..., "domain": ...}
+    {"op": "status"}                         -> queue figures, last-hour outcomes, uptime
+    {"op": "queue.list", "domain": ...}      -> {"ok": true, "rows": [...]}
+    {"op": "queue.show", "id": ...}          -> {"ok": true, "message": {...}}
+    {"op": "queue.hold" | "queue.release" | "queue.flush" | "queue.delete" | "queue.bounce",
+     "id" | "domain" | "sender": ..., "all": true}   -> {"ok": true, "result": {...}}
+    {"op": "submit", "from": "a@b" | "", "rcpt": [...], "size": N} + N octets of message
+                                             -> {"ok": true, "id": queue id}
+
+A failure is {"ok": false, "error": text} (for submit also "reply", "temporary", "refused").
+A mutating op with no selector needs "all": true (like `postsuper -d ALL`), except flush.
+
+An optional second socket (`submit_path`, mode 0666: any local user) answers only `hello` and
+`submit`; the peer's uid (SO_PEERCRED) goes into the Received header, like Postfix's pickup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, assert_never
+
+from hato.delivery.local import Local, NotLocal, Resolution, Unknown
+from hato.model import (
+    Address,
+    AddressError,
+    Clock,
+    Courier,
+    Delivered,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    Reply,
+    ReversePath,
+    TempFailed,
+    format_path,
+    logfmt,
+    parse_path,
+)
+from hato.queue import Queue, QueueWriteError
+from hato.queue.admin import Action, LiveAdmin, Selector, as_json
+
+log = logging.getLogger("hato.control")
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST_LINE = 64 * 1024
+IDLE_TIMEOUT = 60.0  # seconds a client may wait between requests
+BODY_TIMEOUT = 300.0  # seconds to send the octets of one submitted message
+_ACTIONS = {f"queue.{a.value}": a for a in Action}
+_PUBLIC_OPS = frozenset({"hello", "submit"})
+
+
+class Waker(Protocol):
+    def wake(self) -> None: ...
+
+
+class Submit(Protocol):
+    """Queue a locally submitted message; returns its queue id. Raises SubmitRefused."""
+
+    async def __call__(
+        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+    ) -> str: ...
+
+
+class SubmitRefused(Exception):
+    """The message is not queued: `reply` says why, `refused` names refused recipients."""
+
+    def __init__(self, reply: Reply, refused: Mapping[str, Reply] | None = None) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.refused = dict(refused or {})
+
+
+class RequestError(Exception):
+    """A request we cannot carry out; the text goes back to the client."""
+
+
+class ControlServer:
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        runner: Waker,
+        submit: Submit | None,
+        clock: Clock,
+        hostname: str,
+        domain: str,
+        max_message_size: int = 50 * 1024 * 1024,
+        info: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._admin = LiveAdmin(queue, clock.now, log.info)
+        self._runner = runner
+        self._submit = submit
+        self._clock = clock
+        self._hostname = hostname
+        self._domain = domain
+        self._max_message_size = max_message_size
+        self._info = info
+        self._started = clock.now()
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool
+    ) -> None:
+        uid = _peer_uid(writer)
+        try:
+            while True:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    line = await reader.readline()
+                if not line:
+                    return
+                response = await self._respond(line, reader, public=public, uid=uid)
+                writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+                await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            # ValueError: a request line over MAX_REQUEST_LINE (asyncio's LimitOverrunError).
+            log.info(logfmt("control-dropped", error=type(exc).__name__, uid=uid))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _respond(
+        self, line: bytes, reader: asyncio.StreamReader, *, public: bool, uid: int | None
+    ) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise RequestError('a request is a JSON object with an "op"')
+            op = request["op"]
+            if public and op not in _PUBLIC_OPS:
+                raise RequestError(f"{op}: not allowed on the submission socket")
+            if op == "submit":
+                return await self._on_submit(request, reader, uid)
+            return {"ok": True, **await self._dispatch(op, request)}
+        except json.JSONDecodeError:
+            return {"ok": False, "error": "not a JSON line"}
+        except RequestError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    async def _dispatch(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        if op == "hello":
+            return {"hostname": self._hostname, "domain": self._domain, "pid": os.getpid()}
+        if op == "status":
+            return await self._status()
+        selector = _selector(request)
+        if op == "queue.list":
+            return {"rows": [as_json(row) for row in await self._admin.list(selector)]}
+        if op == "queue.show":
+            if selector.queue_id is None:
+                raise RequestError('queue.show needs an "id"')
+            detail = await self._admin.show(selector.queue_id)
+            if detail is None:
+                raise RequestError(f"{selector.queue_id}: no such message in the queue")
+            return {"message": as_json(detail)}
+        action = _ACTIONS.get(op)
+        if action is None:
+            raise RequestError(f"{op}: unknown op")
+        if selector == Selector() and action is not Action.FLUSH and request.get("all") is not True:
+            raise RequestError(f'{op} of every message needs "all": true')
+        result = await self._admin.apply(action, selector)
+        if action in (Action.FLUSH, Action.RELEASE) and result.rows:
+            self._runner.wake()
+        return {"result": as_json(result)}
+
+    async def _status(self) -> dict[str, Any]:
+        stats = as_json(await self._admin.stats())
+        now = self._clock.now()
+        out: dict[str, Any] = {"pid": os.getpid(), "uptime": now - self._started, "queue": stats}
+        if self._info is not None:
+            out.update(self._info())
+        return out
+
+    async def _on_submit(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, uid: int | None
+    ) -> dict[str, Any]:
+        size = request.get("size")
+        if not isinstance(size, int) or size < 0:
+            raise RequestError('submit needs "size": the octets that follow the line')
+        if size > self._max_message_size:
+            # The octets are not read: the connection cannot be used again.
+            raise ConnectionResetError("message too big")
+        async with asyncio.timeout(BODY_TIMEOUT):
+            message = await reader.readexactly(size)
+        if self._submit is None:
+            raise RequestError("local submission is not enabled on this server")
+        sender, rcpts = request.get("from", ""), request.get("rcpt")
+        if not isinstance(sender, str) or not isinstance(rcpts, list) or not rcpts:
+            raise RequestError('submit needs "from" (a string) and "rcpt" (a list)')
+        if not all(isinstance(r, str) for r in rcpts):
+            raise RequestError('"rcpt" is a list of addresses')
+        try:
+            mail_from = _reverse_path(sender, self._domain)
+            queue_id = await self._submit(mail_from, rcpts, message, uid=uid)
+        except SubmitRefused as exc:
+            return {
+                "ok": False,
+                "error": str(exc.reply),
+                "reply": str(exc.reply),
+                "temporary": exc.reply.is_transient,
+                "refused": {k: str(v) for k, v in exc.refused.items()},
+            }
+        return {"ok": True, "id": queue_id}
+
+
+def _selector(request: dict[str, Any]) -> Selector:
+    try:
+        return Selector.from_dict(request)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _reverse_path(text: str, domain: str) -> ReversePath:
+    """A sender as sendmail's -f gives it: "", "<>", "user" (ours) or "user@domain"."""
+    text = text.strip()
+    if text in ("", "<>"):
+        return None
+    if "@" not in text.strip("<>"):
+        text = f"{text.strip('<>')}@{domain}"
+    try:
+        return parse_path(text if text.startswith("<") else f"<{text}>", allow_null=True)
+    except AddressError as exc:
+        raise SubmitRefused(Reply(553, "5.1.7", f"bad sender address: {exc}")) from None
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """A listening unix socket at `path` with `mode`, never reachable with wider rights: bound
+    under a temporary name, chmod-ed, then renamed into place (replacing a stale socket)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        sock.listen(64)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return sock
+
+
+async def serve(
+    path: Path,
+    server: ControlServer,
+    *,
+    submit_path: Path | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve the control socket (and the submission socket) until cancelled."""
+    servers = []
+    try:
+        control = bind_unix(path, 0o600)
+        servers.append(
+            await asyncio.start_unix_server(
+                lambda r, w: server.handle(r, w, public=False),
+                sock=control,
+                limit=MAX_REQUEST_LINE,
+            )
+        )
+        if submit_path is not None:
+            public = bind_unix(submit_path, 0o666)
+            servers.append(
+                await asyncio.start_unix_server(
+                    lambda r, w: server.handle(r, w, public=True),
+                    sock=public,
+                    limit=MAX_REQUEST_LINE,
+                )
+            )
+        log.info(logfmt("control-listening", path=path, submit=submit_path))
+        if ready is not None:
+            ready()
+        await asyncio.Event().wait()
+    finally:
+        for srv in servers:
+            srv.close()
+        for p in (path, submit_path):
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
+# ---- local submission (hato-sendmail) ----
+
+UNKNOWN_RCPT = Reply(550, "5.1.1", "mailbox unavailable")  # RFC 3463 §3.2 X.1.1
+BAD_RCPT = Reply(553, "5.1.3", "bad recipient address syntax")  # RFC 3463 §3.2 X.1.3
+REFUSED = Reply(550, "5.1.1", "recipient address rejected; nothing was queued")
+TOO_BIG = Reply(552, "5.3.4", "message too big")  # RFC 1870 §6.1, RFC 3463 §3.4 X.3.4
+NO_ROOM = Reply(452, "4.3.1", "insufficient system storage")  # RFC 3463 §3.4 X.3.1
+BARE_EOL = Reply(554, "5.6.0", "message has a bare CR or LF")
+# RFC 5322 §2.3: CR and LF appear only together as CRLF (and DESIGN.md: SMTP smuggling).
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class RecipientLookup(Protocol):
+    def resolve(self, address: Address) -> Resolution: ...
+
+
+class LocalSubmitter:
+    """The `submit` op: queues a message from a local program without AUTH (trusted, like
+    Postfix's pickup). A refused recipient refuses the whole message, so a sendmail caller
+    that sees EX_NOUSER knows that nothing was sent."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        resolver: RecipientLookup,
+        *,
+        hostname: str,
+        domain: str,
+        clock: Clock,
+        max_message_size: int = 50 * 1024 * 1024,
+    ) -> None:
+        self._queue = queue
+        self._resolver = resolver
+        self._hostname = hostname
+        self._domain = domain
+        self._clock = clock
+        self._max = max_message_size
+
+    async def __call__(
+        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+    ) -> str:
+        pairs, refused = self._resolve(recipients)
+        if refused:
+            raise SubmitRefused(REFUSED, refused)
+        if self._max and len(message) > self._max:
+            raise SubmitRefused(TOO_BIG)
+        if _BARE_EOL.search(message):
+            raise SubmitRefused(BARE_EOL)
+        if not self._queue.has_room(len(message)):
+            raise SubmitRefused(NO_ROOM)
+        params: dict[str, str | None] = {}
+        if not message.isascii():
+            params["BODY"] = "8BITMIME"  # RFC 6152
+        if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
+            params["SMTPUTF8"] = None  # RFC 6531 §3.4
+        body = self._queue.new_body()
+        body.write(message)
+        # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
+        who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
+        stamp = email.utils.formatdate(self._clock.now(), localtime=False)
+        prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
+        try:
+            queue_id = await self._queue.commit(
+                body, mail_from=mail_from, recipients=pairs, prefix=prefix.encode(), params=params
+            )
+        except QueueWriteError as exc:
+            raise SubmitRefused(exc.reply) from exc
+        log.info(
+            logfmt(
+                "submitted",
+                id=queue_id,
+                uid=uid,
+                nrcpt=len(pairs),
+                **{"from": format_path(mail_from)},
+            )
+        )
+        return queue_id
+
+    def _resolve(
+        self, recipients: list[str]
+    ) -> tuple[list[tuple[Address, Address]], dict[str, Reply]]:
+        pairs: dict[Address, Address] = {}
+        refused: dict[str, Reply] = {}
+        for text in recipients:
+            try:
+                address = _qualify(text, self._domain)
+            except AddressError:
+                refused[text] = BAD_RCPT
+                continue
+            resolution = self._resolver.resolve(address)
+            match resolution:
+                case NotLocal():
+                    targets: tuple[Address, ...] = (address,)
+                case Unknown():
+                    targets = ()
+                case Local(mailboxes=mailboxes, forwards=forwards):
+                    targets = (*mailboxes, *forwards)
+                case _:
+                    assert_never(resolution)
+            if not targets:
+                refused[text] = UNKNOWN_RCPT
+            for target in targets:
+                pairs.setdefault(target, address)
+        return list(pairs.items()), refused
+
+
+def _qualify(text: str, domain: str) -> Address:
+    """A recipient as a local program names it: "user" (one of ours) or "user@domain"."""
+    text = text.strip().removeprefix("<").removesuffix(">")
+    return Address.parse(text if "@" in text else f"{text}@{domain}")
+
+
+# ---- delivery figures for `hato status` ----
+
+
+class OutcomeCounter:
+    """Recipient outcomes (delivered, deferred, failed) of the last hour, in minute buckets."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, window: int = 60) -> None:
+        self._clock = clock
+        self._window = window  # minutes
+        self._buckets: dict[int, dict[str, int]] = {}
+
+    def add(self, kind: str, count: int = 1) -> None:
+        minute = int(self._clock() // 60)
+        bucket = self._buckets.setdefault(minute, {})
+        bucket[kind] = bucket.get(kind, 0) + count
+        if len(self._buckets) > self._window + 1:
+            self._prune(minute)
+
+    def _prune(self, minute: int) -> None:
+        for old in [m for m in self._buckets if m <= minute - self._window]:
+            del self._buckets[old]
+
+    def counts(self) -> dict[str, int]:
+        self._prune(int(self._clock() // 60))
+        out: dict[str, int] = {}
+        for bucket in self._buckets.values():
+            for kind, count in bucket.items():
+                out[kind] = out.get(kind, 0) + count
+        return out
+
+
+class CountingCourier:
+    """Wraps the courier the runner calls and counts what each recipient's attempt gave."""
+
+    def __init__(self, inner: Courier, counter: OutcomeCounter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]:
+        outcomes = await self._inner.deliver(message, recipients)
+        for outcome in outcomes:
+            match outcome:
+                case Delivered():
+                    self._counter.add("delivered")
+                case TempFailed():
+                    self._counter.add("deferred")
+                case PermFailed():
+                    self._counter.add("failed")
+                case _:
+                    assert_never(outcome)
+        return outcomes
