@@ -4,23 +4,28 @@ Must not import anything of hato, nor any I/O module: stdlib values only.
 """
 
 from hato.model.address import Address, AddressError, ReversePath, format_path, parse_path
+from hato.model.dsn import DEFAULT_NOTIFY, Notify, RecipientDsn, xtext_decode
 from hato.model.logfmt import logfmt
 from hato.model.message import Courier, QueuedMessage, QueuedRecipient
-from hato.model.outcome import Delivered, Outcome, PermFailed, TempFailed
+from hato.model.outcome import Delivered, Handoff, Outcome, PermFailed, TempFailed
 from hato.model.reply import Reply
 from hato.model.role import Role
 from hato.model.seams import Clock, SystemClock, UserDirectory
 
 __all__ = [
+    "DEFAULT_NOTIFY",
     "Address",
     "AddressError",
     "Clock",
     "Courier",
     "Delivered",
+    "Handoff",
+    "Notify",
     "Outcome",
     "PermFailed",
     "QueuedMessage",
     "QueuedRecipient",
+    "RecipientDsn",
     "Reply",
     "ReversePath",
     "Role",
@@ -30,4 +35,5 @@ __all__ = [
     "format_path",
     "logfmt",
     "parse_path",
+    "xtext_decode",
 ]

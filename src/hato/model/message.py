@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hato.model.address import Address, ReversePath
+from hato.model.dsn import RecipientDsn
 from hato.model.outcome import Outcome
 
 
@@ -25,6 +26,8 @@ class QueuedRecipient:
     # True when the row was found unfinished at start-up: an earlier process may have
     # delivered it and died before recording that, so a courier should check (exactly once).
     recovered: bool = False
+    # RFC 3461 NOTIFY and ORCPT as the client gave them (relayed to a next hop offering DSN).
+    dsn: RecipientDsn = field(default_factory=RecipientDsn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,19 @@ Must not import anything of hato.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from hato.model.reply import Reply
+
+
+class Handoff(enum.Enum):
+    """Where a delivered message went, which decides who reports a success (RFC 3461 §5.2)."""
+
+    MAILBOX = "mailbox"  # RFC 3461 §5.2.3: final delivery (Maildir, LMTP): we say "delivered"
+    RELAYED = "relayed"  # RFC 3461 §5.2.2: to a server without DSN: we say "relayed"
+    # RFC 3461 §5.2.1: to a server offering DSN that got NOTIFY/ORCPT: it reports, we do not.
+    RELAYED_DSN = "relayed-dsn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +25,7 @@ class Delivered:
     """The next hop (or the mailbox) has taken responsibility for the message."""
 
     detail: str = ""
+    handoff: Handoff = Handoff.MAILBOX
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,7 @@ class TempFailed:
 
     reply: Reply
     retry_after: float | None = None
+    remote_mta: str | None = None  # the host that gave `reply`; None: we made it ourselves
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +46,7 @@ class PermFailed:
     """Give up and bounce; `reply` says why."""
 
     reply: Reply
+    remote_mta: str | None = None  # the host that gave `reply`; None: we made it ourselves
 
 
 Outcome = Delivered | TempFailed | PermFailed
