@@ -27,6 +27,7 @@ from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.model import Address, Role, SystemClock, logfmt
+from hato.outbound_setup import build_outbound
 from hato.policy import (
     AuthThrottle,
     AuthThrottleSettings,
@@ -270,18 +271,19 @@ async def run(settings: Settings, source: str) -> None:
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
+    dns = DnsPythonResolver(
+        settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
+    )
     users = UserStore(data_dir / "users.db")
     keys = KeyStore.in_data_dir(data_dir)  # users' public keys (issue 6)
     resolver = build_resolver(settings, users)
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
-    courier = RoutingCourier(resolver.is_local_domain, maildir)
+    outbound = build_outbound(settings, dns, clock)
+    courier = RoutingCourier(resolver.is_local_domain, maildir, outbound)
     runner = QueueRunner(queue, courier, clock=clock, schedule=Schedule())
     runner_task: asyncio.Task[None] | None = None
 
     verify_slots = asyncio.Semaphore(2)  # argon2id checks at once (~64 MiB, ~150 ms each)
-    dns = DnsPythonResolver(
-        settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
-    )
     networks = NetworkTable.of(
         ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
     )
@@ -362,6 +364,7 @@ async def run(settings: Settings, source: str) -> None:
         async with asyncio.TaskGroup() as tasks:
             runner_task = tasks.create_task(runner.run())
             watcher = tasks.create_task(_watch_tls(tls)) if tls is not None else None
+            sweeper = tasks.create_task(outbound.run_sweeper())
             await stop.wait()
             log.info(logfmt("stopping", detail="draining sessions"))
             for server in servers:
@@ -370,6 +373,7 @@ async def run(settings: Settings, source: str) -> None:
             runner_task.cancel()
             if watcher is not None:
                 watcher.cancel()
+            sweeper.cancel()
     finally:
         for server in servers:
             server.close()
@@ -377,6 +381,7 @@ async def run(settings: Settings, source: str) -> None:
         if runner_task is not None and not runner_task.done():
             runner_task.cancel()
         await queue.close()
+        await outbound.aclose()
         maildir.close()
         users.close()
         keys.close()

@@ -95,6 +95,9 @@ class Hop:
     lmtp: bool = False
     smarthost: Smarthost | None = None
     implicit: bool = False  # RFC 5321 §5.1 implicit MX: the domain itself
+    # A host the admin named (relay, LMTP, smarthost): loopback is a legitimate target there
+    # (Dovecot's LMTP on 127.0.0.1, a local filter), unlike an MX that resolves to us.
+    configured: bool = False
 
 
 class OutboundCourier:
@@ -183,10 +186,12 @@ class OutboundCourier:
             case TransportKind.SMARTHOST:
                 smarthost = self._settings.smarthost
                 assert smarthost is not None  # transport_for only answers it when configured
-                return [Hop(smarthost.host, smarthost.port, True, smarthost=smarthost)]
+                return [
+                    Hop(smarthost.host, smarthost.port, True, smarthost=smarthost, configured=True)
+                ]
             case TransportKind.RELAY | TransportKind.LMTP:
                 lmtp = dest.kind is TransportKind.LMTP
-                return [Hop(dest.host, dest.port, True, lmtp=lmtp)]
+                return [Hop(dest.host, dest.port, True, lmtp=lmtp, configured=True)]
             case TransportKind.MX if dest.host:
                 return [Hop(dest.host, mx_port, True)]
             case TransportKind.MX:
@@ -223,7 +228,7 @@ class OutboundCourier:
                 return DNS_TEMPFAIL
             # RFC 5321 §5.1: a domain without MX and without address records gets no mail.
             return NO_MAIL_SERVER if hop.implicit else NO_ADDRESS
-        usable = [a for a in found.addresses if not self._is_self(a)]
+        usable = [a for a in found.addresses if hop.configured or not self._is_self(a)]
         if not usable:
             # RFC 5321 §5.1 / Postfix: delivering to ourselves would loop.
             log.warning(logfmt("mail_loop", host=hop.host, addresses=",".join(found.addresses)))

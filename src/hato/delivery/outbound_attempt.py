@@ -158,7 +158,8 @@ class Attempt:
         session = await self.courier.connect(options, key)
         keep = False
         try:
-            if self.courier.is_us(session.capabilities):
+            # An LMTP server (Dovecot) often greets with this machine's own name: no loop.
+            if not options.lmtp and self.courier.is_us(session.capabilities):
                 log.warning(
                     logfmt("mail_loop", host=options.host, peer=session.capabilities.server_name)
                 )

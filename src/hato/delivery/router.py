@@ -1,7 +1,7 @@
 """The courier the queue runner talks to: local domains go to Maildir, the rest onward.
 
-Outbound delivery (MX, smarthost) is not part of this version: mail for other domains stays
-queued with a temporary failure that says so, and is delivered once a transport exists.
+With no remote courier (a set-up that only receives), mail for other domains stays queued with
+a temporary failure that says so.
 
 Must not import anything of hato but model.
 """
