@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
 from hato.crypto import KeyStore
@@ -26,6 +24,7 @@ from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
+from hato.logsetup import configure_logging
 from hato.model import Address, Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import (
@@ -65,39 +64,6 @@ class StartupError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-# ---- logging: one line per event on stderr (DESIGN.md), text or JSON lines ----
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(fmt: str, level: str, stream: IO[str] | None = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        formatter = logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-    root = logging.getLogger("hato")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 # ---- building the rooms ----
@@ -435,7 +401,7 @@ def _use_uvloop() -> bool:
 
 def serve(settings: Settings, *, source: str) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code follows sysexits.h."""
-    configure_logging(settings.server.log_format, settings.server.log_level)
+    handler = configure_logging(settings.server.log_format, settings.server.log_level)
     fast = _use_uvloop()
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
     try:
@@ -443,11 +409,13 @@ def serve(settings: Settings, *, source: str) -> int:
             asyncio.run(run(settings, source))
     except StartupError as exc:
         log.error(logfmt("startup-failed", detail=str(exc)))
+        handler.flush()
         print(f"hato: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EX_OK
     log.info(logfmt("stopped"))
+    handler.flush()
     return EX_OK
 
 
