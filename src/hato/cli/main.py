@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hato.cli import key  # it imports hato.cli.main
 
     key.register(commands)
+    from hato.cli import queue, status  # they import hato.cli.main
+
+    queue.register(commands)
+    status.register(commands)
     return parser
 
 

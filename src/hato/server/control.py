@@ -104,6 +104,7 @@ class ControlServer:
         hostname: str,
         domain: str,
         max_message_size: int = 50 * 1024 * 1024,
+        counter: OutcomeCounter | None = None,
         info: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._admin = LiveAdmin(queue, clock.now, log.info)
@@ -114,6 +115,7 @@ class ControlServer:
         self._domain = domain
         self._max_message_size = max_message_size
         self._info = info
+        self._counter = counter
         self._started = clock.now()
 
     async def handle(
@@ -184,6 +186,8 @@ class ControlServer:
         stats = as_json(await self._admin.stats())
         now = self._clock.now()
         out: dict[str, Any] = {"pid": os.getpid(), "uptime": now - self._started, "queue": stats}
+        if self._counter is not None:
+            out["last_hour"] = self._counter.counts()
         if self._info is not None:
             out.update(self._info())
         return out
