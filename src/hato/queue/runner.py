@@ -12,13 +12,19 @@ most `max_sleep`), or until `wake()`.
 
 An in-flight attempt is bounded by `attempt_timeout`, shorter than the lease, so a lease
 never runs out under a live attempt; the rows in flight are also never taken twice.
+
+After an attempt, the delivery status notifications its outcomes call for (bounces, delay
+warnings, success reports: see `bounce.py`) are queued as one new message, before the
+outcomes are recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import socket
 from collections.abc import Sequence
 from typing import assert_never
 
@@ -32,12 +38,13 @@ from hato.model import (
     QueuedRecipient,
     Reply,
     TempFailed,
-    format_path,
     logfmt,
 )
 from hato.queue.body import QueueWriteError
+from hato.queue.bounce import Notifier, report_for
+from hato.queue.dsn import Action, RecipientReport
 from hato.queue.ids import Rng
-from hato.queue.schedule import Schedule, expired_reply, retry_at
+from hato.queue.schedule import Schedule, delay_warning_due, expired_reply, retry_at
 from hato.queue.sqlite import Pending, RowUpdate, Status
 from hato.queue.store import Queue
 
@@ -60,7 +67,10 @@ class QueueRunner:
         attempt_timeout: float = 600.0,
         max_sleep: float = 60.0,
         scan_limit: int = 500,
+        hostname: str | None = None,
     ) -> None:
+        """`hostname`: this MTA's name in the DSNs it sends (Reporting-MTA, MAILER-DAEMON@);
+        the composition root passes the configured one (default: the system's)."""
         if attempt_timeout >= queue.lease_seconds:
             raise ValueError("attempt_timeout must be shorter than the queue's lease")
         self._queue = queue
@@ -75,6 +85,12 @@ class QueueRunner:
         self._in_flight: set[int] = set()  # row ids being delivered now
         self._wake = asyncio.Event()
         self._sleep_until = float("inf")  # when the due scan will look next (wall clock)
+        self._notifier = Notifier(
+            queue,
+            hostname=hostname or socket.gethostname(),
+            clock=clock,
+            schedule=self._schedule,
+        )
 
     def wake(self) -> None:
         """Scan for due rows now (after a clock jump, or an operator's flush)."""
@@ -138,12 +154,16 @@ class QueueRunner:
             # A small body not handed over in memory (a backlog, or a due scan) is read now.
             message = await self._queue.load_body(pending.message)
             outcomes, unknown = await self._deliver(message, pending.recipients)
-            updates = [
+            results = [
                 self._update(message, rcpt, outcome, unknown)
                 for rcpt, outcome in zip(pending.recipients, outcomes, strict=True)
             ]
+            updates = [update for update, _ in results]
+            reports = [report for _, report in results if report is not None]
+            if reports:
+                updates = await self._notify(message, updates, reports)
             await self._queue.record(
-                pending.message.queue_id, updates, has_file=pending.message.body is None
+                pending.message.queue_id, updates, has_file=bool(pending.message.body_path)
             )
             retries = [u.next_attempt for u in updates if u.status is Status.QUEUED]
             if retries and min(retries) < self._sleep_until:
@@ -188,16 +208,52 @@ class QueueRunner:
             return [TempFailed(COURIER_ERROR)] * len(recipients), True
         return outcomes, False
 
+    async def _notify(
+        self, message: QueuedMessage, updates: list[RowUpdate], reports: list[RecipientReport]
+    ) -> list[RowUpdate]:
+        """Queue the attempt's one DSN; the updates to record (changed if it failed)."""
+        if any(r.action is Action.DELAYED for r in reports):
+            try:
+                # One delay warning per message, however many attempts and nodes defer it.
+                claimed = await self._queue.claim_delay_warning(message.queue_id)
+            except QueueWriteError as exc:
+                log.error(logfmt("dsn-failed", id=message.queue_id, error=exc.detail))
+                claimed = False
+            if not claimed:
+                reports = [r for r in reports if r.action is not Action.DELAYED]
+            if not reports:
+                return updates
+        try:
+            await self._notifier.send(message, reports)
+        except (QueueWriteError, OSError) as exc:
+            # RFC 5321 §6.1: a failure after acceptance MUST be reported. The DSN could not
+            # be queued (a full disk, an unreadable body): the failed recipients stay
+            # queued, so the next attempt decides (and bounces) them again.
+            detail = exc.detail if isinstance(exc, QueueWriteError) else str(exc)
+            log.error(logfmt("dsn-failed", id=message.queue_id, error=detail))
+            retry = self._clock.now() + self._schedule.first_retry
+            failed = {r.recipient.row_id for r in reports if r.action is Action.FAILED}
+            return [
+                dataclasses.replace(u, status=Status.QUEUED, next_attempt=retry)
+                if u.row_id in failed
+                else u
+                for u in updates
+            ]
+        return updates
+
     def _update(
         self, message: QueuedMessage, rcpt: QueuedRecipient, outcome: Outcome, unknown: bool
-    ) -> RowUpdate:
+    ) -> tuple[RowUpdate, RecipientReport | None]:
+        """The row's new state, and what its sender is to be told of it (if anything)."""
         now = self._clock.now()
         attempts = rcpt.attempts + 1
         fields = {"id": message.queue_id, "to": f"<{rcpt.address}>", "attempts": attempts}
         match outcome:
             case Delivered(detail=detail):
                 log.info(logfmt("delivered", **fields, detail=detail or None))
-                return RowUpdate(rcpt.row_id, Status.DELIVERED, attempts, now, detail or None)
+                report = report_for(message, rcpt, outcome, now=now)
+                row = RowUpdate(rcpt.row_id, Status.DELIVERED, attempts, now, detail or None)
+                return row, report
             case TempFailed(reply=reply, retry_after=hint):
                 at = retry_at(
                     self._schedule,
@@ -213,28 +269,17 @@ class QueueRunner:
                 if at is None:
                     final = expired_reply(reply)
                     log.info(logfmt("expired", **fields, reply=str(reply)))
-                    self._bounce(message, rcpt, final)
-                    return RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(final))
+                    report = report_for(message, rcpt, outcome, now=now, gave_up=True)
+                    row = RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(final))
+                    return row, report
                 log.info(logfmt("deferred", **fields, next=round(at - now), reply=str(reply)))
-                return RowUpdate(rcpt.row_id, Status.QUEUED, attempts, at, str(reply), unknown)
+                warn = delay_warning_due(self._schedule, received_at=message.received_at, now=now)
+                report = report_for(message, rcpt, outcome, now=now, warn_delay=warn)
+                row = RowUpdate(rcpt.row_id, Status.QUEUED, attempts, at, str(reply), unknown)
+                return row, report
             case PermFailed(reply=reply):
                 log.info(logfmt("failed", **fields, reply=str(reply)))
-                self._bounce(message, rcpt, reply)
-                return RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(reply))
+                report = report_for(message, rcpt, outcome, now=now)
+                return RowUpdate(rcpt.row_id, Status.FAILED, attempts, now, str(reply)), report
             case _:
                 assert_never(outcome)
-
-    def _bounce(self, message: QueuedMessage, rcpt: QueuedRecipient, reply: Reply) -> None:
-        if message.mail_from is None:
-            # RFC 5321 §6.1 / §4.5.5: never send a notification about a notification.
-            log.info(logfmt("bounce-suppressed", id=message.queue_id, reason="null-sender"))
-            return
-        log.info(
-            logfmt(
-                "bounce-needed",
-                id=message.queue_id,
-                to=format_path(message.mail_from),
-                rcpt=f"<{rcpt.original}>",
-                reply=str(reply),
-            )
-        )

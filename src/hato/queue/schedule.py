@@ -6,6 +6,8 @@ Like Postfix: the first retry after `first_retry` (minimal_backoff_time, 300 s),
 doubling with every attempt up to `max_backoff` (maximal_backoff_time, 4000 s ≈ 67 min),
 each delay spread by ±`jitter` so that a burst of deferrals does not come back as one
 burst, and the message given up after `max_lifetime` (maximal_queue_lifetime, 5 days).
+A message still not delivered after `delay_warning` (delay_warning_time, here on by default:
+4 hours) gets one "delayed" notice to its sender; None turns the warnings off.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Schedule:
     # RFC 5321 §4.5.4.1: the give-up time generally needs to be at least 4-5 days.
     max_lifetime: float = 5 * 86400.0
     jitter: float = 0.1
+    delay_warning: float | None = 4 * 3600.0
 
     def __post_init__(self) -> None:
         if self.first_retry <= 0 or self.max_backoff < self.first_retry:
@@ -31,6 +34,8 @@ class Schedule:
             raise ValueError("max_lifetime must be positive")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
+        if self.delay_warning is not None and self.delay_warning <= 0:
+            raise ValueError("delay_warning must be positive (or None: no warnings)")
 
 
 def backoff(schedule: Schedule, attempts: int, rng: Rng) -> float:
@@ -45,6 +50,12 @@ def backoff(schedule: Schedule, attempts: int, rng: Rng) -> float:
 
 def is_expired(schedule: Schedule, *, received_at: float, now: float) -> bool:
     return now - received_at >= schedule.max_lifetime
+
+
+def delay_warning_due(schedule: Schedule, *, received_at: float, now: float) -> bool:
+    """Whether a message deferred now is old enough for its delay warning (RFC 3461 §5.2.5)."""
+    warn = schedule.delay_warning
+    return warn is not None and now - received_at >= warn
 
 
 def retry_at(

@@ -18,13 +18,22 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from hato.model import Address, QueuedMessage, QueuedRecipient, ReversePath, format_path, logfmt
+from hato.model import (
+    Address,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientDsn,
+    ReversePath,
+    format_path,
+    logfmt,
+)
 from hato.model import parse_path as _parse_path
 
 log = logging.getLogger("hato.queue")
 
 # 2: messages.body (a small body stored inline; NULL when it is a file in messages/).
-SCHEMA_VERSION = 2
+# 3: recipients.notify/orcpt (RFC 3461 NOTIFY and ORCPT), messages.delay_warned.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -34,7 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
     size        INTEGER NOT NULL,
     prefix      BLOB NOT NULL,
     params      TEXT NOT NULL,
-    body        BLOB
+    body        BLOB,
+    delay_warned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     row_id       INTEGER PRIMARY KEY,
@@ -48,7 +58,9 @@ CREATE TABLE IF NOT EXISTS recipients (
     lease_owner  TEXT,
     lease_until  REAL,
     recovered    INTEGER NOT NULL DEFAULT 0,
-    updated_at   REAL NOT NULL
+    updated_at   REAL NOT NULL,
+    notify       TEXT,
+    orcpt        TEXT
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients (queue_id);
@@ -70,7 +82,7 @@ class NewMessage:
     size: int
     prefix: bytes
     params: Mapping[str, str | None]
-    recipients: Sequence[tuple[Address, Address]]  # (deliver-to, original)
+    recipients: Sequence[tuple[Address, Address, RecipientDsn]]  # (deliver-to, original, dsn)
     body: bytes | None = None  # inline body; None: the file messages/<queue_id>
 
 
@@ -103,11 +115,22 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(_SCHEMA)
+    _upgrade(conn)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring an older store up to this version in place (columns added, nothing rewritten)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
     if "body" not in columns:  # a version 1 store: every body there is a file
         conn.execute("ALTER TABLE messages ADD COLUMN body BLOB")
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return conn
+    if "delay_warned" not in columns:  # version 2: no delay warning sent yet
+        conn.execute("ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(recipients)")}
+    for name in ("notify", "orcpt"):
+        if name not in columns:  # version 2: NULL is "not given" (RFC 3461 defaults)
+            conn.execute(f"ALTER TABLE recipients ADD COLUMN {name} TEXT")
 
 
 def insert_message(
@@ -128,10 +151,11 @@ def insert_message(
         ),
     )
     row_ids = []
-    for address, original in msg.recipients:
+    for address, original, dsn in msg.recipients:
         cur = conn.execute(
             "INSERT INTO recipients (queue_id, address, original, status, next_attempt,"
-            " lease_owner, lease_until, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            " lease_owner, lease_until, updated_at, notify, orcpt)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
             (
                 msg.queue_id,
                 str(address),
@@ -140,6 +164,8 @@ def insert_message(
                 node_id,
                 lease_until,
                 msg.received_at,
+                dsn.notify_param,
+                dsn.orcpt,
             ),
         )
         assert cur.lastrowid is not None
@@ -190,14 +216,15 @@ def take_due(
     `exclude` holds rows this process is delivering right now, never taken twice.
     """
     rows = conn.execute(
-        "SELECT row_id, queue_id, address, original, attempts, recovered FROM recipients"
+        "SELECT row_id, queue_id, address, original, attempts, recovered, notify, orcpt"
+        " FROM recipients"
         " WHERE status = 'queued' AND next_attempt <= ?"
         " AND (lease_until IS NULL OR lease_until <= ?)"
         " ORDER BY next_attempt LIMIT ?",
         (now, now, limit),
     ).fetchall()
     by_message: dict[str, list[QueuedRecipient]] = {}
-    for row_id, queue_id, address, original, attempts, recovered in rows:
+    for row_id, queue_id, address, original, attempts, recovered, notify, orcpt in rows:
         if row_id in exclude:
             continue
         by_message.setdefault(queue_id, []).append(
@@ -207,6 +234,7 @@ def take_due(
                 original=Address.parse(original),
                 attempts=attempts,
                 recovered=bool(recovered),
+                dsn=RecipientDsn.parse(notify, orcpt),
             )
         )
     conn.executemany(
@@ -225,6 +253,16 @@ def take_due(
             continue
         out.append(Pending(_message_from_row(row, messages_dir), tuple(recipients), lease_until))
     return out
+
+
+def claim_delay_warning(conn: sqlite3.Connection, queue_id: str) -> bool:
+    """Mark that the message's delay warning goes out; False if it already went (or the
+    message is gone): one warning per message, whichever node or attempt asks first."""
+    cur = conn.execute(
+        "UPDATE messages SET delay_warned = 1 WHERE queue_id = ? AND delay_warned = 0",
+        (queue_id,),
+    )
+    return cur.rowcount == 1
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:

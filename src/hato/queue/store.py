@@ -39,6 +39,7 @@ from hato.model import (
     Clock,
     QueuedMessage,
     QueuedRecipient,
+    RecipientDsn,
     ReversePath,
     format_path,
     logfmt,
@@ -208,11 +209,15 @@ class Queue:
         body: BodyWriter,
         *,
         mail_from: ReversePath,
-        recipients: Sequence[tuple[Address, Address]],
+        recipients: Sequence[tuple[Address, Address] | tuple[Address, Address, RecipientDsn]],
         prefix: bytes,
         params: Mapping[str, str | None],
     ) -> str:
         """Make the message durable and return its queue id; only then may the session say 250.
+
+        `recipients`: (deliver-to, original RCPT TO) pairs, or triples with the RCPT's
+        RFC 3461 NOTIFY/ORCPT as a `RecipientDsn` (`RecipientDsn.from_params(rcpt.params)`).
+        `params`: the MAIL parameters (RET and ENVID among them, RFC 3461 §4.3, §4.4).
 
         Raises QueueWriteError (the body is gone, no row exists) if that cannot be done.
         """
@@ -235,7 +240,9 @@ class Queue:
             size=body.size,
             prefix=prefix,
             params=dict(params),
-            recipients=tuple(recipients),
+            recipients=tuple(
+                (r[0], r[1], r[2] if len(r) == 3 else RecipientDsn()) for r in recipients
+            ),
             body=inline,
         )
         lease_until = received_at + self.lease_seconds
@@ -301,8 +308,8 @@ class Queue:
             body=body,
         )
         rcpts = tuple(
-            QueuedRecipient(row_id=row_id, address=address, original=original)
-            for row_id, (address, original) in zip(row_ids, msg.recipients, strict=True)
+            QueuedRecipient(row_id=row_id, address=address, original=original, dsn=dsn)
+            for row_id, (address, original, dsn) in zip(row_ids, msg.recipients, strict=True)
         )
         self._fresh.append(Pending(message, rcpts, lease_until))
         self._fresh_ready.set()
@@ -350,6 +357,11 @@ class Queue:
     def release(self, queue_id: str) -> None:
         """The runner is done with this message's attempt: its body no longer counts."""
         self._held_bytes -= self._held.pop(queue_id, 0)
+
+    async def claim_delay_warning(self, queue_id: str) -> bool:
+        """True once per message: the caller is to send its delay warning (see
+        `sqlite.claim_delay_warning`)."""
+        return await self._write(lambda conn: store.claim_delay_warning(conn, queue_id))
 
     async def next_due(self) -> float | None:
         return await self._write(store.next_due)

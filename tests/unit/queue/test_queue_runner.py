@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import email
 import logging
 import os
 import sqlite3
@@ -122,14 +123,17 @@ def test_permanent_failures_are_final_and_ask_for_a_bounce(
             async with running(queue, courier, clock):
                 await commit_message(queue, to=("gone@example.org",))
                 await commit_message(queue, to=("gone@example.org",), mail_from=None)
-                await eventually(lambda: caplog.text.count("event=removed") == 2)
+                # Both messages, and the one bounce (to alice, delivered by the same courier).
+                await eventually(lambda: caplog.text.count("event=removed") == 3)
         finally:
             await queue.close()
 
     run(main)
-    assert caplog.text.count("event=bounce-needed") == 1
-    assert "to=<alice@example.com> rcpt=<gone@example.org>" in caplog.text
+    assert caplog.text.count("event=dsn-queued") == 1
+    assert "to=<alice@example.com> action=failed nrcpt=1" in caplog.text
     assert "event=bounce-suppressed" in caplog.text  # RFC 5321 §6.1: no bounce to <>
+    (bounce,) = [c for c in courier.calls if str(c.recipients[0].address) == "alice@example.com"]
+    assert bounce.message.mail_from is None
     assert recipient_rows(tmp_path) == []
 
 
@@ -206,15 +210,21 @@ def test_a_message_is_given_up_after_its_lifetime(
                 await eventually(lambda: recipient_rows(tmp_path)[0][2] == 1)
                 clock.advance(DAY)
                 runner.wake()
-                await eventually(lambda: "event=removed" in caplog.text)
+                await eventually(lambda: caplog.text.count("event=removed") == 2)
         finally:
             await queue.close()
 
     run(main)
-    assert len(courier.calls) == 2
+    assert len(courier.calls) == 3  # two tries, then the bounce
     assert "event=expired" in caplog.text
-    assert 'reply="451 4.4.7 delivery time expired"' in caplog.text
-    assert "event=bounce-needed" in caplog.text
+    assert "event=dsn-queued" in caplog.text and "action=failed" in caplog.text
+    assert courier.calls[2].message.body is not None
+    report = email.message_from_bytes(courier.calls[2].message.body)
+    status = report.get_payload()[1].get_payload()[1]
+    # RFC 3463 §3.5: given up for age is X.4.7; the last remote reply is the diagnostic.
+    assert (status["Action"], status["Status"]) == ("failed", "4.4.7")
+    assert "451 4.4.1 try later" in status["Diagnostic-Code"]
+    assert "body-unlink-failed" not in caplog.text  # an inline body has no file to remove
 
 
 def test_unfinished_rows_of_a_dead_process_are_delivered_on_start_as_recovered(

@@ -446,7 +446,7 @@ def test_a_version_1_store_is_upgraded_and_its_file_bodies_still_deliver(tmp_pat
             await queue.close()
 
     run(main)
-    assert rows(tmp_path, "PRAGMA user_version") == [(2,)]
+    assert rows(tmp_path, "PRAGMA user_version") == [(3,)]
     assert rows(tmp_path, "SELECT queue_id, body IS NULL FROM messages ORDER BY body") == [
         ("01OLD", 1),
         (rows(tmp_path, "SELECT queue_id FROM messages WHERE body IS NOT NULL")[0][0], 0),

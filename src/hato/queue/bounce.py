@@ -1,0 +1,185 @@
+"""Who gets told what after a delivery attempt, and queueing the notice (RFC 3461, RFC 3464).
+
+Must not import anything of hato but model and this room.
+
+Theory of operation. After each attempt the runner asks `report_for` about every recipient:
+a failure (permanent, or given up for age), a success, or a deferral past the delay-warning
+age becomes a `RecipientReport` when the recipient's NOTIFY asks for it (RFC 3461 §4.1; by
+default FAILURE and DELAY) and the message has a sender to tell (never the null path). The
+`Notifier` then builds ONE DSN for all the reports of that attempt and commits it to the
+queue as a new message from `<>`, through the same durable path as mail from a client, so it
+is delivered like any other mail (Maildir or outbound). It is committed before the attempt's
+outcomes are recorded: a crash in between can repeat a notice, never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import assert_never
+
+from hato.model import (
+    Clock,
+    Delivered,
+    Handoff,
+    Notify,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    TempFailed,
+    format_path,
+    logfmt,
+)
+from hato.queue.dsn import Action, Original, RecipientReport, build_dsn, header_section
+from hato.queue.schedule import Schedule
+from hato.queue.store import Queue
+
+log = logging.getLogger("hato.queue")
+
+MIB = 1024 * 1024
+# A failure DSN returns the whole original up to this size, else its header section (like
+# Postfix's bounce_size_limit: a bounce must not be refused for its size).
+RETURN_LIMIT = MIB
+HEADERS_LIMIT = 256 * 1024  # octets of the original read to find its header section
+READ_CHUNK = 64 * 1024
+EXPIRED_STATUS = "4.4.7"  # RFC 3463 §3.5: delivery time expired (see schedule.expired_reply)
+
+_WANTED = {
+    Action.FAILED: Notify.FAILURE,
+    Action.DELAYED: Notify.DELAY,
+    Action.DELIVERED: Notify.SUCCESS,
+    Action.RELAYED: Notify.SUCCESS,
+}
+
+
+def report_for(
+    message: QueuedMessage,
+    rcpt: QueuedRecipient,
+    outcome: Outcome,
+    *,
+    now: float,
+    gave_up: bool = False,
+    warn_delay: bool = False,
+) -> RecipientReport | None:
+    """The report the sender asked for about this recipient's outcome, if any.
+
+    `gave_up`: a TempFailed that ended the recipient (expired); `warn_delay`: a TempFailed
+    deferral old enough for the delay warning (the caller sends at most one per message).
+    """
+    match outcome:
+        case Delivered(handoff=Handoff.MAILBOX):
+            report = RecipientReport(rcpt, Action.DELIVERED, last_attempt=now)  # RFC 3461 §5.2.3
+        case Delivered(handoff=Handoff.RELAYED):
+            report = RecipientReport(rcpt, Action.RELAYED, last_attempt=now)  # RFC 3461 §5.2.2
+        case Delivered():
+            return None  # RFC 3461 §5.2.1: the next hop got NOTIFY and reports from now on
+        case PermFailed(reply=reply, remote_mta=remote):
+            report = RecipientReport(rcpt, Action.FAILED, reply, remote, now)
+        case TempFailed(reply=reply, remote_mta=remote) if gave_up:
+            report = RecipientReport(rcpt, Action.FAILED, reply, remote, now, EXPIRED_STATUS)
+        case TempFailed(reply=reply, remote_mta=remote) if warn_delay:
+            report = RecipientReport(rcpt, Action.DELAYED, reply, remote, now)  # §5.2.5
+        case TempFailed():
+            return None
+        case _:
+            assert_never(outcome)
+    if not rcpt.dsn.wants(_WANTED[report.action]):
+        if report.action is Action.FAILED:
+            log.info(logfmt("bounce-suppressed", id=message.queue_id, rcpt=f"<{rcpt.address}>",
+                            reason="notify"))  # fmt: skip
+        return None
+    if message.mail_from is None:
+        # RFC 5321 §4.5.5 / §6.1: never send a notification about a notification (or any
+        # mail from the null reverse-path): there is nobody to send it to.
+        if report.action is Action.FAILED:
+            log.info(logfmt("bounce-suppressed", id=message.queue_id, rcpt=f"<{rcpt.address}>",
+                            reason="null-sender"))  # fmt: skip
+        return None
+    return report
+
+
+def read_original(message: QueuedMessage, *, full: bool) -> Original:
+    """The original as the DSN returns it: prefix and body, or only the header section.
+
+    Blocking when the body is a file: run it in a thread.
+    """
+    if message.body is not None:
+        data = message.prefix + message.body
+        return Original(data, False) if full else Original(header_section(data), True)
+    with open(message.body_path, "rb") as f:
+        if full:
+            return Original(message.prefix + f.read(), False)
+        buf = bytearray(message.prefix)
+        while b"\r\n\r\n" not in buf and len(buf) < HEADERS_LIMIT:
+            chunk = f.read(READ_CHUNK)
+            if not chunk:
+                break
+            buf += chunk
+    return Original(header_section(bytes(buf[:HEADERS_LIMIT])), True)
+
+
+class Notifier:
+    """Builds and queues the DSN of one attempt (see the module docstring)."""
+
+    def __init__(self, queue: Queue, *, hostname: str, clock: Clock, schedule: Schedule) -> None:
+        self._queue = queue
+        self._hostname = hostname
+        self._clock = clock
+        self._schedule = schedule
+
+    def returns_full(self, message: QueuedMessage, reports: Sequence[RecipientReport]) -> bool:
+        # RFC 3461 §4.3: the whole message only in a DSN that reports a failure, and never
+        # with RET=HDRS; a large original comes back as its header section (RETURN_LIMIT).
+        if not any(r.action is Action.FAILED for r in reports):
+            return False
+        if (message.params.get("RET") or "").upper() == "HDRS":
+            return False
+        return len(message.prefix) + message.size <= RETURN_LIMIT
+
+    async def send(self, message: QueuedMessage, reports: Sequence[RecipientReport]) -> str:
+        """Queue the DSN about `reports` to the message's sender; returns the DSN's queue id.
+
+        Raises QueueWriteError (nothing queued) or OSError (the original could not be read).
+        """
+        sender = message.mail_from
+        if sender is None or not reports:
+            raise ValueError("a DSN needs a sender and at least one report")
+        full = self.returns_full(message, reports)
+        if message.body is None:
+            original = await asyncio.to_thread(read_original, message, full=full)
+        else:
+            original = read_original(message, full=full)
+        body = self._queue.new_body()
+        data = build_dsn(
+            message,
+            reports,
+            original,
+            hostname=self._hostname,
+            now=self._clock.now(),
+            dsn_id=body.queue_id,
+            expires_at=message.received_at + self._schedule.max_lifetime,
+        )
+        body.write(data)
+        params: dict[str, str | None] = {}
+        if not data.isascii():
+            params["BODY"] = "8BITMIME"  # RFC 6152 §2: the returned original has 8-bit octets
+        if "SMTPUTF8" in message.params or sender.needs_smtputf8:
+            params["SMTPUTF8"] = None  # RFC 6531 §3.4: UTF-8 headers or addresses inside
+        # RFC 3461 §6.1 / RFC 5321 §4.5.5: a DSN goes from the null reverse-path.
+        queue_id = await self._queue.commit(
+            body, mail_from=None, recipients=[(sender, sender)], prefix=b"", params=params
+        )
+        log.info(
+            logfmt(
+                "dsn-queued",
+                id=message.queue_id,
+                dsn=queue_id,
+                to=format_path(sender),
+                action=",".join(sorted({r.action.value for r in reports})),
+                nrcpt=len(reports),
+                returned="full" if full else "headers",
+            )
+        )
+        return queue_id

@@ -1,0 +1,278 @@
+"""Delivery status notifications as message bytes (RFC 3464, RFC 6522): pure functions.
+
+Must not import anything of hato but model.
+
+A DSN is a `multipart/report; report-type=delivery-status` message (RFC 6522 §3) of three
+parts: a human-readable explanation, the machine-readable `message/delivery-status` (RFC 3464
+§2: per-message fields, then one block of per-recipient fields per recipient), and the
+original message (`message/rfc822`) or only its header section (`text/rfc822-headers`,
+RFC 6522 §4). Everything we write is US-ASCII except the returned original itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hato.model import Address, QueuedMessage, QueuedRecipient, Reply, xtext_decode
+
+# RFC 3463 §2: status-code = class "." subject "." detail
+_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+MAX_FIELD = 900  # octets of one field's value (RFC 5322 §2.1.1: a line is at most 998)
+FOLD_AT = 76
+
+
+class Action(enum.Enum):
+    """RFC 3464 §2.3.3: what happened to one recipient (we never expand)."""
+
+    FAILED = "failed"
+    DELAYED = "delayed"
+    DELIVERED = "delivered"
+    RELAYED = "relayed"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientReport:
+    """One recipient's block in a DSN."""
+
+    recipient: QueuedRecipient
+    action: Action
+    reply: Reply | None = None  # the reply that decided it (None: a success, no detail)
+    remote_mta: str | None = None  # the host that gave `reply`, if it came from a peer
+    last_attempt: float | None = None  # when we last tried (wall clock)
+    status: str | None = None  # the RFC 3463 status, when not the one `reply` implies
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """The returned content: the whole message, or (`headers_only`) its header section."""
+
+    data: bytes
+    headers_only: bool
+
+
+def status_code(action: Action, reply: Reply | None) -> str:
+    """RFC 3464 §2.3.4: the RFC 3463 status; the reply's enhanced code when it has a valid
+    one of the right class, else derived from the basic code (RFC 3463 §3.1: X.0.0)."""
+    if action in (Action.DELIVERED, Action.RELAYED):
+        return "2.0.0"
+    if reply is None:
+        return "4.0.0" if action is Action.DELAYED else "5.0.0"
+    enhanced = reply.enhanced
+    if enhanced and _STATUS.fullmatch(enhanced) and enhanced[0] == str(reply.code)[0]:
+        return enhanced
+    return f"{reply.code // 100}.0.0"
+
+
+def header_section(data: bytes) -> bytes:
+    """The header lines of a message (CRLF-terminated, without the empty line after them)."""
+    if data.startswith(b"\r\n"):
+        return b""  # RFC 5322 §2.1: no header fields at all
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[: end + 2]
+    # No body: the whole text, cut to its last complete line.
+    last = data.rfind(b"\r\n")
+    return data[: last + 2] if last >= 0 else b""
+
+
+def rfc5322_date(timestamp: float) -> str:
+    """RFC 5322 §3.3 date-time, in UTC."""
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return email.utils.format_datetime(when)
+
+
+def _ascii(text: str) -> str:
+    """Printable US-ASCII only (RFC 3464 §2.1.1: the fields are US-ASCII text lines)."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+
+
+def _field(name: str, value: str) -> str:
+    """One header-style field, folded at spaces (RFC 5322 §2.2.3), CRLF-terminated."""
+    value = _ascii(value)[:MAX_FIELD]
+    line, out = f"{name}: ", []
+    for word in value.split(" "):
+        if len(line) + len(word) > FOLD_AT and line.strip() and not line.endswith(": "):
+            out.append(line.rstrip(" "))
+            line = " "  # continuation lines begin with white space
+        line += word + " "
+    out.append(line.rstrip(" "))
+    return "\r\n".join(out) + "\r\n"
+
+
+def _to(sender: Address) -> str:
+    if sender.needs_smtputf8:
+        # RFC 6532 §3.2: UTF-8 in a header field; the DSN then goes with SMTPUTF8.
+        return f"To: <{sender}>\r\n"
+    return _field("To", f"<{sender}>")
+
+
+def _address(address: Address) -> str:
+    return f"rfc822;{address}"
+
+
+def _diagnostic(reply: Reply) -> str:
+    # RFC 3464 §2.3.6: diagnostic-type ";" the remote reply as it came (all its lines).
+    return "smtp; " + " ".join(reply.lines())
+
+
+def _recipient_fields(report: RecipientReport, expires_at: float | None) -> str:
+    rcpt = report.recipient
+    fields = []
+    if rcpt.dsn.orcpt is not None:
+        # RFC 3464 §2.3.1 / RFC 3461 §6.3: Original-Recipient is the ORCPT, decoded from xtext.
+        fields.append(_field("Original-Recipient", rcpt.dsn.orcpt))
+    elif rcpt.original != rcpt.address:
+        # No ORCPT, but an alias took the RCPT TO elsewhere: report the address as given.
+        fields.append(_field("Original-Recipient", _address(rcpt.original)))
+    fields.append(_field("Final-Recipient", _address(rcpt.address)))  # RFC 3464 §2.3.2
+    fields.append(_field("Action", report.action.value))  # RFC 3464 §2.3.3
+    status = report.status or status_code(report.action, report.reply)
+    fields.append(_field("Status", status))  # RFC 3464 §2.3.4
+    if report.remote_mta:
+        fields.append(_field("Remote-MTA", f"dns; {report.remote_mta}"))  # §2.3.5
+    if report.reply is not None and report.remote_mta:
+        fields.append(_field("Diagnostic-Code", _diagnostic(report.reply)))  # §2.3.6
+    elif report.reply is not None:
+        # Our own verdict (expiry, a local error): RFC 3464 §2.3.6 "X-" types are ours.
+        fields.append(_field("Diagnostic-Code", f"X-Hato; {' '.join(report.reply.lines())}"))
+    if report.last_attempt is not None:
+        fields.append(_field("Last-Attempt-Date", rfc5322_date(report.last_attempt)))  # §2.3.7
+    if report.action is Action.DELAYED and expires_at is not None:
+        fields.append(_field("Will-Retry-Until", rfc5322_date(expires_at)))  # §2.3.9
+    return "".join(fields)
+
+
+def _explanation(
+    hostname: str, reports: Sequence[RecipientReport], expires_at: float | None
+) -> str:
+    actions = {r.action for r in reports}
+    lines = [f"This is the mail system at host {hostname}.", ""]
+    if Action.FAILED in actions:
+        lines += [
+            "Your message could not be delivered to one or more of its recipients; this is",
+            "a permanent error and the mail system has given up on them. The reason is given",
+            "below for each, and your message is attached.",
+        ]
+    if Action.DELAYED in actions:
+        until = f" until {rfc5322_date(expires_at)}" if expires_at is not None else ""
+        lines += [
+            "Your message has not been delivered yet to one or more of its recipients. The",
+            f"mail system will keep trying{until}; you need not send it again.",
+        ]
+    if actions & {Action.DELIVERED, Action.RELAYED}:
+        lines += ["Your message was delivered as you asked to be told for these recipients."]
+    lines += ["", "If you need help, write to the postmaster of this system.", ""]
+    for report in reports:
+        what = report.action.value
+        if report.reply is not None:
+            what = f"{what}: {' '.join(report.reply.lines())}"
+        lines.append(_ascii(f"<{report.recipient.address}>: {what}")[:MAX_FIELD])
+    return "\r\n".join(lines) + "\r\n"
+
+
+def subject(reports: Sequence[RecipientReport]) -> str:
+    actions = {r.action for r in reports}
+    if Action.FAILED in actions:
+        return "Undelivered Mail Returned to Sender"
+    if Action.DELAYED in actions:
+        return "Delayed Mail (still being retried)"
+    return "Successful Mail Delivery Report"
+
+
+def _boundary(dsn_id: str, parts: Sequence[bytes]) -> str:
+    # RFC 2046 §5.1.1: the boundary must not occur in any part.
+    n = 0
+    while True:
+        boundary = f"{dsn_id}.{n}/report"
+        marker = b"--" + boundary.encode("ascii")
+        if not any(marker in part for part in parts):
+            return boundary
+        n += 1
+
+
+def build_dsn(
+    message: QueuedMessage,
+    reports: Sequence[RecipientReport],
+    original: Original,
+    *,
+    hostname: str,
+    now: float,
+    dsn_id: str,
+    expires_at: float | None = None,
+) -> bytes:
+    """The whole DSN message (header and body, CRLF lines) about `message` to its sender.
+
+    `dsn_id` (the DSN's own queue id) makes its Message-ID; `expires_at` is when the queue
+    gives the message up (Will-Retry-Until of "delayed" recipients).
+    """
+    if message.mail_from is None:
+        # RFC 5321 §4.5.5 / RFC 3461 §6.1: a notification is never sent to the null path.
+        raise ValueError("no DSN for a message from the null reverse-path")
+    if not reports:
+        raise ValueError("a DSN needs at least one recipient")
+    explanation = _explanation(hostname, reports, expires_at).encode("ascii")
+    per_message = [_field("Reporting-MTA", f"dns; {hostname}")]  # RFC 3464 §2.2.2
+    per_message.append(_field("X-Hato-Queue-ID", message.queue_id))  # RFC 3464 §2.4 extension
+    envid = message.params.get("ENVID")
+    if envid:
+        # RFC 3464 §2.2.1 / RFC 3461 §4.4: ENVID as the client gave it, decoded from xtext.
+        per_message.append(_field("Original-Envelope-Id", xtext_decode(envid)))
+    per_message.append(_field("Arrival-Date", rfc5322_date(message.received_at)))  # §2.2.5
+    blocks = ["".join(per_message)] + [_recipient_fields(r, expires_at) for r in reports]
+    # RFC 3464 §2.1: the per-message block, then each per-recipient block after an empty line.
+    status = "\r\n".join(blocks).encode("ascii")
+    if original.headers_only:
+        returned_type, description = "text/rfc822-headers", "Undelivered Message Headers"
+    else:
+        returned_type, description = "message/rfc822", "Undelivered Message"
+    if not any(r.action is Action.FAILED for r in reports):
+        description = "Message Headers" if original.headers_only else "Message"
+    # RFC 2046 §5.2.1: message/rfc822 is 7bit, 8bit or binary; 8bit when any octet is.
+    cte = "7bit" if original.data.isascii() else "8bit"
+    boundary = _boundary(dsn_id, [original.data])
+    head = "".join(
+        [
+            _field("From", f"Mail Delivery System <MAILER-DAEMON@{hostname}>"),
+            _to(message.mail_from),
+            _field("Subject", subject(reports)),
+            _field("Date", rfc5322_date(now)),
+            _field("Message-ID", f"<{dsn_id}@{hostname}>"),
+            # RFC 3834 §5: a notification is an automatic reply, not to be answered in kind.
+            _field("Auto-Submitted", "auto-replied"),
+            _field("MIME-Version", "1.0"),
+            # RFC 6522 §3 / RFC 3464 §3: multipart/report with report-type=delivery-status.
+            "Content-Type: multipart/report; report-type=delivery-status;\r\n",
+            f'\tboundary="{boundary}"\r\n',
+            "\r\n",
+            "This is a MIME-encapsulated message.\r\n",
+            "\r\n",
+        ]
+    ).encode("utf-8")
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    parts = [
+        head,
+        delimiter,
+        b"Content-Description: Notification\r\n",
+        b"Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+        explanation,
+        b"\r\n",
+        delimiter,
+        b"Content-Description: Delivery report\r\n",
+        b"Content-Type: message/delivery-status\r\n\r\n",
+        status,
+        b"\r\n",
+        delimiter,
+        f"Content-Description: {description}\r\n".encode("ascii"),
+        f"Content-Type: {returned_type}\r\n".encode("ascii"),
+        f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii"),
+        original.data,
+        b"" if original.data.endswith(b"\r\n") or not original.data else b"\r\n",
+        b"\r\n",
+        f"--{boundary}--\r\n".encode("ascii"),
+    ]
+    return b"".join(parts)
