@@ -39,6 +39,8 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "spoofed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.spoofed.test": {"TXT": ["v=DMARC1; p=reject"]},
     "relaxed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "careful.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.careful.test": {"TXT": ["v=DMARC1; p=quarantine"]},
     "_dmarc.relaxed.test": {"TXT": ["v=DMARC1; p=none"]},
 }
 
@@ -120,6 +122,15 @@ def test_dmarc_reject_policy_refuses_a_spoof_with_550_5_7_1(checking: CheckingHa
     error = refused.value.smtp_error
     assert (error.decode() if isinstance(error, bytes) else error).startswith("5.7.1")
     assert not list(checking.mailbox("bob", "example.org").glob("new/*"))
+
+
+def test_dmarc_quarantine_policy_delivers_to_the_junk_folder(checking: CheckingHato) -> None:
+    with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
+        smtp.sendmail("a@careful.test", ["bob@example.org"], _message("a@careful.test", "q-1"))
+    box = checking.mailbox("bob", "example.org")
+    (found,) = maildir.wait_for_marker(box / ".Junk", "q-1", 20)
+    assert "dmarc=fail" in found.read_bytes().decode()
+    assert not list(box.glob("new/*"))  # not in the inbox
 
 
 def test_failing_mail_of_a_p_none_domain_is_delivered_with_the_verdict(

@@ -84,6 +84,11 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 BAD_MAILBOX = Reply(550, "5.1.1", "No such mailbox")
 
 
+# The queue parameter naming a Maildir++ folder to deliver into (set by the session, e.g.
+# "Junk" for DMARC quarantine). Not an ESMTP keyword (no "." there), so no client can set it.
+FOLDER_PARAM = "hato.folder"
+
+
 def is_safe_mailbox_name(name: str, max_octets: int = _MAX_LOCAL) -> bool:
     """Whether `name` can be one directory name under the mailboxes root, and nothing more.
 
@@ -446,11 +451,16 @@ class MaildirCourier:
             )
         )
 
-    def _mailbox_dir(self, rcpt: QueuedRecipient) -> str | None:
+    def _mailbox_dir(self, rcpt: QueuedRecipient, folder: str | None = None) -> str | None:
         local = rcpt.address.local.lower()
         domain = rcpt.address.domain.lower()
         if not is_safe_mailbox_name(local) or not is_safe_mailbox_name(domain, _MAX_DOMAIN):
             return None  # path traversal is impossible: never a directory outside the root
+        if folder is not None:
+            if not is_safe_mailbox_name(folder):
+                return None
+            # Maildir++: a folder is a Maildir named ".NAME" inside the user's Maildir root.
+            return f"{self._root}/{domain}/{local}/.{folder}"
         return f"{self._root}/{domain}/{local}"
 
     def _write_one(
@@ -465,7 +475,7 @@ class MaildirCourier:
         """Write one copy to tmp/ (left open for the batch's fsync), or find it delivered
         already; None for a bad mailbox name."""
         message, rcpt = request.message, request.recipients[index]
-        mailbox = self._mailbox_dir(rcpt)
+        mailbox = self._mailbox_dir(rcpt, message.params.get(FOLDER_PARAM))
         if mailbox is None:
             return None
         address = f"{rcpt.address.local.lower()}@{rcpt.address.domain.lower()}"
@@ -507,12 +517,20 @@ class MaildirCourier:
         """Create root, domain and mailbox dirs and tmp/ new/ cur/, each 0700 (only the
         missing ones), and fsync each parent whose entries changed."""
         os.makedirs(self._root, mode=_DIR_MODE, exist_ok=True)
-        domain_dir = os.path.dirname(mailbox)
         changed: list[str] = []
-        for path, parent in ((domain_dir, self._root), (mailbox, domain_dir)):
+        parent = self._root
+        for part in os.path.relpath(mailbox, self._root).split(os.sep):
+            path = f"{parent}/{part}"
             if _mkdir(path):
                 changed.append(parent)
+            parent = path
         made = [_mkdir(f"{mailbox}/{sub}") for sub in ("tmp", "new", "cur")]
+        if os.path.basename(mailbox).startswith("."):
+            # Maildir++ marks a folder with an empty "maildirfolder" file (Courier, Dovecot).
+            marker = f"{mailbox}/maildirfolder"
+            if not os.path.exists(marker):
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+                made.append(True)
         if any(made):
             changed.append(mailbox)
         for path in changed:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
 from hato.delivery.local import Local, NotLocal
+from hato.delivery.maildir import FOLDER_PARAM
 from hato.model import Address, Reply, logfmt
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -71,8 +72,7 @@ INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
 TOO_BIG_TO_ENCRYPT = Reply(552, "5.3.4", "Message too large to be stored encrypted")
-# Not an ESMTP keyword (RFC 5321 §4.1.2: no "."), so it is never passed on to a next hop.
-QUARANTINE_PARAM = "hato.folder"
+QUARANTINE_PARAM = FOLDER_PARAM  # DMARC quarantine: the Junk folder
 
 
 class SmtpSession(asyncio.Protocol):

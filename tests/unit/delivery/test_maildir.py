@@ -470,3 +470,33 @@ def test_a_batch_is_synced_with_one_syncfs_and_its_failure_fails_every_copy(
     for box in ("alice", "bob"):
         assert len(files(root / "example.org" / box / "new")) == 2  # not the failed batch
         assert files(root / "example.org" / box / "tmp") == []
+
+
+def test_folder_param_delivers_into_a_maildirpp_folder(
+    courier: MaildirCourier, root: Path, tmp_path: Path
+) -> None:
+    plain = message(tmp_path)
+    junk = QueuedMessage(
+        plain.queue_id,
+        plain.mail_from,
+        plain.received_at,
+        plain.body_path,
+        plain.size,
+        prefix=plain.prefix,
+        params={maildir_module.FOLDER_PARAM: "Junk"},
+    )
+    assert run(courier, junk, [rcpt(5, "alice@example.org")]) == [Delivered("maildir")]
+    box = root / "example.org" / "alice"
+    assert files(box / ".Junk" / "new") and (box / ".Junk" / "maildirfolder").exists()
+    assert files(box / "new") == []  # not in the inbox
+    bad = QueuedMessage(
+        plain.queue_id,
+        plain.mail_from,
+        plain.received_at,
+        plain.body_path,
+        plain.size,
+        prefix=plain.prefix,
+        params={maildir_module.FOLDER_PARAM: "../../x"},
+    )
+    (outcome,) = run(courier, bad, [rcpt(6, "alice@example.org")])
+    assert isinstance(outcome, PermFailed)  # a folder name can never leave the mailbox
