@@ -90,11 +90,13 @@ class ServerThread:
             counter=self.counter,
         )
         task = asyncio.create_task(
-            serve(self.data_dir / "control.sock", server, submit_path=self.public)
+            serve(
+                self.data_dir / "control.sock",
+                server,
+                submit_path=self.public,
+                ready=self.ready.set,
+            )
         )
-        while not (self.data_dir / "control.sock").exists():
-            await asyncio.sleep(0.005)
-        self.ready.set()
         await self.stop_event.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -190,10 +192,12 @@ def test_submit_op_and_the_public_socket(server: ServerThread) -> None:
         assert "not allowed" in client.request({"op": "queue.list"})["error"]
     ((sender, rcpts, body, uid),) = server.submit.calls
     assert (str(sender), rcpts, body, uid) == ("bob@example.org", ["root"], message, os.getuid())
-    with ControlClient(server.data_dir / "control.sock") as client:
-        # Over the limit: the octets are not read, the connection is closed.
-        with pytest.raises(ConnectionResetError):
-            client.request({"op": "submit", "from": "", "rcpt": ["a"], "size": 5000}, b"")
+    # Over the limit: the octets are not read, the connection is closed.
+    with (
+        ControlClient(server.data_dir / "control.sock") as client,
+        pytest.raises(ConnectionResetError),
+    ):
+        client.request({"op": "submit", "from": "", "rcpt": ["a"], "size": 5000}, b"")
 
 
 def test_queue_commands_through_the_running_server(
