@@ -1,0 +1,251 @@
+"""Debian receivers for Hato's outbound tests, each private and on loopback (PEERS.md):
+
+- `SmtpSink`: Postfix's smtp-sink, dumping every transaction into a file we count;
+- `PostfixTlsReceiver`: a private Postfix taking mail with STARTTLS (the test CA's certificate),
+  logging TLS and adding "using TLS" to its Received header;
+- `PostfixSubmission`: a private Postfix as a smarthost: STARTTLS required, then SASL AUTH
+  against a private Dovecot auth service, before any mail is taken;
+- `Dovecot`: a private Dovecot, either LMTP into its own Maildir or only the auth service.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .net import LOOPBACK, free_port, wait_for_banner, wait_for_listener
+from .postfix import PostfixServer
+from .server import MailSetup
+from .tls import TestCA
+
+_TLSMGR = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
+
+
+def _postfix_user() -> pwd.struct_passwd:
+    return pwd.getpwnam("postfix")
+
+
+class SmtpSink:
+    """`smtp-sink -d DIR/...` on loopback: a receiver that answers 250 to everything and
+    writes each transaction (envelope as X-*-Args lines, then the message) to one file."""
+
+    def __init__(self, binary: str, workdir: Path, port: int = 0, host: str = LOOPBACK) -> None:
+        self.binary, self.host = binary, host
+        self.port = port or free_port()
+        self.dumps = workdir / "sink-dumps"
+        self.log = workdir / "sink.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        user = _postfix_user()
+        self.dumps.mkdir(parents=True, exist_ok=True)
+        os.chown(self.dumps, user.pw_uid, user.pw_gid)
+        # -u: it refuses to run as root; -c: counters on stdout; 100: the listen backlog.
+        argv = [self.binary, "-u", "postfix", "-d", f"{self.dumps}/%H%M%S.", "-c"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*argv, f"{self.host}:{self.port}", "100"],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for_banner(self.host, self.port, time.monotonic() + 10, alive=self.alive)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def transactions(self, marker: str = "") -> list[bytes]:
+        """The dumped transactions (each a file) containing `marker`."""
+        if not self.dumps.is_dir():
+            return []
+        found = [p.read_bytes() for p in sorted(self.dumps.rglob("*")) if p.is_file()]
+        return [t for t in found if marker.encode() in t]
+
+    def wait_for(self, marker: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.transactions(marker)
+            if len(found) >= count or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+
+class PostfixTlsReceiver(PostfixServer):
+    """A private Postfix receiving with STARTTLS offered (RFC 3207), its certificate from the
+    test CA; TLS sessions are logged and named in the Received header it adds."""
+
+    name = "postfix-tls"
+
+    def __init__(self, data_dir: Path, setup: MailSetup, ca: TestCA) -> None:
+        super().__init__(data_dir, setup)
+        self.ca = ca
+
+    def _tls_lines(self) -> str:
+        return (
+            f"smtpd_tls_cert_file = {self.ca.server_cert}\n"
+            f"smtpd_tls_key_file = {self.ca.server_key}\n"
+            "smtpd_tls_security_level = may\n"
+            "smtpd_tls_received_header = yes\n"
+            "smtpd_tls_loglevel = 1\n"
+        )
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        with (self.etc / "main.cf").open("a") as main:
+            main.write(self._tls_lines())
+        with (self.etc / "master.cf").open("a") as master:
+            master.write(_TLSMGR)
+
+
+class PostfixSubmission(PostfixTlsReceiver):
+    """A private Postfix submission port (RFC 6409 style, like a provider's 587): STARTTLS is
+    required before anything else, AUTH through Dovecot SASL, and mail only after AUTH."""
+
+    name = "postfix-submission"
+
+    def __init__(self, data_dir: Path, setup: MailSetup, ca: TestCA, sasl_socket: Path) -> None:
+        super().__init__(data_dir, setup, ca)
+        self.sasl_socket = sasl_socket
+
+    def _tls_lines(self) -> str:
+        return super()._tls_lines() + (
+            "smtpd_sasl_type = dovecot\n"
+            f"smtpd_sasl_path = {self.sasl_socket}\n"
+            "smtpd_sasl_security_options = noanonymous\n"
+            "smtpd_tls_auth_only = yes\n"
+        )
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        master = self.etc / "master.cf"
+        listener = f"{self.host}:{self.port} inet n - n - - smtpd"
+        text = master.read_text()
+        assert listener in text
+        options = (
+            " -o smtpd_tls_security_level=encrypt -o smtpd_sasl_auth_enable=yes"
+            " -o smtpd_client_restrictions=permit_sasl_authenticated,reject"
+            " -o smtpd_relay_restrictions=permit_sasl_authenticated,reject"
+        )
+        master.write_text(text.replace(listener, listener + options, 1))
+
+
+_DOVECOT_COMMON = """\
+base_dir = {dir}/run
+state_dir = {dir}/state
+log_path = {dir}/dovecot.log
+ssl = no
+listen = 127.0.0.1
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {dir}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={dir}/home/%d/%n allow_all_users=yes
+}}
+"""
+
+_DOVECOT_LMTP = """\
+protocols = lmtp
+mail_location = maildir:{dir}/mail/%d/%n
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+"""
+
+_DOVECOT_AUTH = """\
+protocols = none
+service auth {{
+  unix_listener {socket} {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+class Dovecot:
+    """A private Dovecot (`dovecot -c FILE`): `lmtp=True` serves LMTP on `port` delivering to
+    `maildir(user, domain)`; else only the auth service on `auth_socket`. Mail and homes belong
+    to the postfix user (any unprivileged account would do)."""
+
+    def __init__(self, workdir: Path, *, lmtp: bool, users: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.lmtp = lmtp
+        self.port = free_port()
+        self.auth_socket = workdir / "auth"
+        self.config = workdir / "dovecot.conf"
+        self.users = users or {}
+
+    def start(self) -> None:
+        owner = _postfix_user()
+        for sub in ("run", "state", "mail", "home"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("mail", "home"):
+            os.chown(self.dir / sub, owner.pw_uid, owner.pw_gid)
+        (self.dir / "passwd").write_text(
+            "".join(f"{user}:{{PLAIN}}{password}::::::\n" for user, password in self.users.items())
+        )
+        text = _DOVECOT_COMMON.format(dir=self.dir, uid=owner.pw_uid, gid=owner.pw_gid)
+        if self.lmtp:
+            text += _DOVECOT_LMTP.format(dir=self.dir, port=self.port)
+        else:
+            text += _DOVECOT_AUTH.format(socket=self.auth_socket)
+        self.config.write_text(text)
+        done = subprocess.run(
+            ["dovecot", "-c", str(self.config)], capture_output=True, text=True, timeout=30
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"dovecot failed to start: {done.stderr}\n{self.log_text()}")
+        deadline = time.monotonic() + 15
+        if self.lmtp:
+            wait_for_listener(LOOPBACK, self.port, deadline)
+        else:
+            while not self.auth_socket.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no dovecot auth socket:\n{self.log_text()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        try:
+            pid = int((self.dir / "run" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    def maildir(self, user: str, domain: str) -> Path:
+        return self.dir / "mail" / domain / user
+
+    def log_text(self) -> str:
+        try:
+            return (self.dir / "dovecot.log").read_text(errors="replace")
+        except OSError:
+            return ""
