@@ -17,7 +17,7 @@ import pytest
 from peers.hato import HatoServer
 from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
-from peers.server import DomainSetup, MailServer, MailSetup, MakeServer, TlsFiles
+from peers.server import MailServer, MailSetup, MakeServer, submission_setup
 from peers.tls import TestCA, make_test_ca
 
 _SERVERS = pytest.StashKey[list[MailServer]]()
@@ -120,32 +120,13 @@ def test_ca() -> Iterator[TestCA]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def submission_setup(ca: TestCA) -> MailSetup:
-    """mx + submission + submissions with the test CA's certificate.
-
-    users.test has the accounts alice, bob and carol; `sales` and `team` are aliases that
-    deliver to alice (team also to bob); example.org accepts any local part (no accounts).
-    """
-    return MailSetup(
-        domains=(
-            DomainSetup("example.org", accept_any=True),
-            DomainSetup(
-                "users.test",
-                users=("alice", "bob", "carol"),
-                aliases=(("sales", ("alice",)), ("team", ("alice", "bob"))),
-            ),
-        ),
-        submission=True,
-        tls=TlsFiles(ca.server_cert, ca.server_key),
-    )
-
-
 @pytest.fixture
 def hato_submission(make_server: MakeServer, test_ca: TestCA) -> HatoServer:
-    """Hato with mx, submission (STARTTLS) and submissions (implicit TLS) listeners."""
+    """Hato with mx, submission (STARTTLS) and submissions (implicit TLS) listeners, the test
+    CA's certificate, and the accounts of `submission_setup`."""
     if target_name() != "hato":
         pytest.skip("the submission tests are about Hato's own listeners")
-    server = make_server(submission_setup(test_ca))
+    server = make_server(submission_setup(test_ca.tls_files()))
     assert isinstance(server, HatoServer)
     return server
 
@@ -156,7 +137,7 @@ def _module_submission(test_ca: TestCA) -> Iterator[HatoServer]:
         pytest.skip("the submission tests are about Hato's own listeners")
     path = Path(tempfile.mkdtemp(prefix="hato-it-mod-"))
     path.chmod(0o755)
-    server = HatoServer(path / "data", submission_setup(test_ca))
+    server = HatoServer(path / "data", submission_setup(test_ca.tls_files()))
     server.start()
     yield server
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from peers.hato import HatoServer, hato_binary
-from peers.net import RawSession, wait_for_banner
+from peers.net import RawSession, wait_for_banner, wait_for_listener
 from peers.tls import TestCA
 
 EHLO_OVER_TLS = b"250 AUTH PLAIN LOGIN SCRAM-SHA-256"
@@ -223,12 +223,12 @@ def embedded_default(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], P
         stderr=log,
     )
     try:
-        wait_for_banner(
-            "127.0.0.1",
-            EMBEDDED_PORTS["submission"],
-            time.monotonic() + 30,
-            alive=lambda: proc.poll() is None,
-        )
+        deadline = time.monotonic() + 30
+        for role in ("mx", "submission"):
+            wait_for_banner(
+                "127.0.0.1", EMBEDDED_PORTS[role], deadline, alive=lambda: proc.poll() is None
+            )
+        wait_for_listener("127.0.0.1", EMBEDDED_PORTS["submissions"], deadline)
         yield proc, data
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .net import LOOPBACK, free_port, wait_for_banner
+from .net import LOOPBACK, free_port, wait_for_banner, wait_for_listener
 from .server import USER_PASSWORD, AuthSetup, MailSetup, format_size
 
 
@@ -146,7 +146,12 @@ class HatoServer:
             env=self._env(),
         )
         try:
-            wait_for_banner(self.host, self.port, time.monotonic() + 30, alive=self.alive)
+            deadline = time.monotonic() + 30
+            wait_for_banner(self.host, self.port, deadline, alive=self.alive)
+            if self.setup.submission:
+                # The listeners are bound one after another: wait for the last ones too.
+                wait_for_banner(self.host, self.submission_port, deadline, alive=self.alive)
+                wait_for_listener(self.host, self.submissions_port, deadline, alive=self.alive)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()
             log = self.log_text()

@@ -120,6 +120,22 @@ def wait_for_banner(
     raise TimeoutError(f"no 220 banner on {host}:{port} in time (last error: {last_error})")
 
 
+def wait_for_listener(
+    host: str, port: int, deadline: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Poll until a TCP connection to the port succeeds (for implicit-TLS ports, where the
+    greeting comes only after a handshake)."""
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"server on {host}:{port} exited before listening")
+        try:
+            with socket.create_connection((host, port), timeout=2.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} in time")
+
+
 def find_peer(name: str) -> str | None:
     """The path of a Debian peer binary, also looking in the sbin directories."""
     found = shutil.which(name)

@@ -65,6 +65,27 @@ class MailSetup:
     auth: AuthSetup | None = None
 
 
+def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:
+    """mx + submission + submissions with the given certificate.
+
+    users.test has the accounts alice, bob and carol; `sales` is an alias that delivers to
+    alice, `team` to alice and bob; example.org accepts any local part (no accounts).
+    """
+    return MailSetup(
+        domains=(
+            DomainSetup("example.org", accept_any=True),
+            DomainSetup(
+                "users.test",
+                users=("alice", "bob", "carol"),
+                aliases=(("sales", ("alice",)), ("team", ("alice", "bob"))),
+            ),
+        ),
+        submission=True,
+        tls=tls,
+        auth=auth,
+    )
+
+
 class MailServer(Protocol):
     """A running (or stoppable) SMTP server that delivers into Maildirs on this machine."""
 

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .server import TlsFiles
+
 SERVER_NAMES = ("hato.test", "localhost")
 SERVER_IPS = ("127.0.0.1", "::1")
 
@@ -31,6 +33,10 @@ class TestCA:
     ca_cert: Path
     server_cert: Path  # the leaf followed by the CA (a "fullchain.pem")
     server_key: Path
+
+    def tls_files(self) -> TlsFiles:
+        """The server's side, as a MailSetup's `tls`."""
+        return TlsFiles(self.server_cert, self.server_key)
 
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts only this CA and checks the host name."""
