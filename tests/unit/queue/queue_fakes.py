@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import TypeVar
 
@@ -143,3 +146,30 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         return await main()
 
     return asyncio.run(wrapper())
+
+
+@dataclass
+class ParsedDsn:
+    """A DSN as Python's `email` package reads it (RFC 6522 multipart/report)."""
+
+    report: Message
+    human: Message
+    per_message: Message
+    recipients: list[Message]
+    returned: Message
+
+
+def _parts(msg: Message) -> list[Message]:
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    return [p for p in payload if isinstance(p, Message)]
+
+
+def parse_dsn(data: bytes) -> ParsedDsn:
+    report = email.message_from_bytes(data, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    human, status, returned = _parts(report)
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = _parts(status)
+    return ParsedDsn(report, human, blocks[0], blocks[1:], returned)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import email
 import logging
 import os
 import sqlite3
@@ -17,6 +16,7 @@ from queue_fakes import (
     commit_message,
     eventually,
     open_queue,
+    parse_dsn,
     run,
 )
 
@@ -219,8 +219,7 @@ def test_a_message_is_given_up_after_its_lifetime(
     assert "event=expired" in caplog.text
     assert "event=dsn-queued" in caplog.text and "action=failed" in caplog.text
     assert courier.calls[2].message.body is not None
-    report = email.message_from_bytes(courier.calls[2].message.body)
-    status = report.get_payload()[1].get_payload()[1]
+    (status,) = parse_dsn(courier.calls[2].message.body).recipients
     # RFC 3463 §3.5: given up for age is X.4.7; the last remote reply is the diagnostic.
     assert (status["Action"], status["Status"]) == ("failed", "4.4.7")
     assert "451 4.4.1 try later" in status["Diagnostic-Code"]
