@@ -24,14 +24,17 @@ from peers.outbound_scripted import ScriptedPeer, Step
 from peers.tls import TestCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, ZoneValue
 
 RCPT = "bob@peer.test"
 
 
 @pytest.fixture
 def dns() -> Iterator[DnsTestServer]:
-    zone = {"peer.test": {"MX": [(10, "mx.peer.test")]}, "mx.peer.test": {"A": ["127.0.0.1"]}}
+    zone: dict[str, dict[str, list[ZoneValue]]] = {
+        "peer.test": {"MX": [(10, "mx.peer.test")]},
+        "mx.peer.test": {"A": ["127.0.0.1"]},
+    }
     with DnsTestServer(zone) as server:
         yield server
 
