@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -156,6 +157,12 @@ class ControlServer:
             return {"ok": False, "error": "not a JSON line"}
         except RequestError as exc:
             return {"ok": False, "error": str(exc)}
+        except ConnectionError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            # The store could not answer (disk, lock): the detail to the log and the client.
+            log.error(logfmt("control-failed", op=line[:64], error=str(exc)))
+            return {"ok": False, "error": f"queue store: {exc}"}
 
     async def _dispatch(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
