@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from queue_fakes import MIB, T0, FakeClock, addr, commit_message, open_queue, rcpts, run
 
+from hato.model import RecipientDsn
 from hato.queue import Queue, QueueWriteError
 
 
@@ -477,3 +478,75 @@ def test_inline_bodies_held_for_the_runner_stay_within_a_budget(
             await queue.close()
 
     run(main)
+
+
+def test_notify_and_orcpt_are_kept_per_recipient_across_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    dsn = RecipientDsn.from_params({"NOTIFY": "SUCCESS,DELAY", "ORCPT": "rfc822;B+2B1@x.org"})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        body = queue.new_body()
+        body.write(b"hi\r\n")
+        await queue.commit(
+            body,
+            mail_from=addr("a@example.com"),
+            recipients=[
+                (addr("b@example.org"), addr("b@example.org"), dsn),
+                (addr("c@example.org"), addr("c@example.org")),  # the plain form still works
+            ],
+            prefix=b"",
+            params={"RET": "HDRS", "ENVID": "e1"},
+        )
+        (fresh,) = await queue.wait_fresh()
+        assert [r.dsn for r in fresh.recipients] == [dsn, RecipientDsn()]
+        await queue.close()
+        clock.advance(10)
+        queue = await open_queue(tmp_path, clock)
+        try:
+            (due,) = await queue.take_due(limit=10, exclude=())
+            assert [r.dsn for r in due.recipients] == [dsn, RecipientDsn()]
+            assert due.message.params == {"RET": "HDRS", "ENVID": "e1"}
+            # RFC 3461 §5.2.5 (one warning): the first claim wins, every later one loses.
+            assert await queue.claim_delay_warning(due.message.queue_id)
+            assert not await queue.claim_delay_warning(due.message.queue_id)
+        finally:
+            await queue.close()
+
+    run(main)
+    assert rows(tmp_path, "SELECT notify, orcpt FROM recipients ORDER BY row_id") == [
+        ("SUCCESS,DELAY", "rfc822;B+1@x.org"),
+        (None, None),
+    ]
+
+
+def test_a_version_2_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    (tmp_path / "messages").mkdir()
+    with sqlite3.connect(tmp_path / "queue.db") as conn:
+        conn.executescript(
+            "CREATE TABLE messages (queue_id TEXT PRIMARY KEY, mail_from TEXT NOT NULL,"
+            " received_at REAL NOT NULL, size INTEGER NOT NULL, prefix BLOB NOT NULL,"
+            " params TEXT NOT NULL, body BLOB);"
+            "CREATE TABLE recipients (row_id INTEGER PRIMARY KEY, queue_id TEXT NOT NULL,"
+            " address TEXT NOT NULL, original TEXT NOT NULL, status TEXT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, last_reply TEXT,"
+            " lease_owner TEXT, lease_until REAL, recovered INTEGER NOT NULL DEFAULT 0,"
+            " updated_at REAL NOT NULL);"
+            "INSERT INTO messages VALUES ('01OLD', '<a@example.com>', 1.5, 4, x'', '{}', x'6869');"
+            "INSERT INTO recipients (queue_id, address, original, status, next_attempt,"
+            " updated_at) VALUES ('01OLD', 'b@example.org', 'b@example.org', 'queued', 0, 0);"
+            "PRAGMA user_version=2;"
+        )
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, FakeClock())
+        try:
+            (due,) = await queue.take_due(limit=10, exclude=())
+            assert due.recipients[0].dsn == RecipientDsn()  # RFC 3461 §4.1 defaults
+            assert await queue.claim_delay_warning("01OLD")
+        finally:
+            await queue.close()
+
+    run(main)
+    assert rows(tmp_path, "PRAGMA user_version") == [(3,)]
+    assert rows(tmp_path, "SELECT delay_warned FROM messages") == [(1,)]
