@@ -5,27 +5,43 @@ May import model and smtp only.
 """
 
 from hato.queue.body import BodyWriter, QueueWriteError
+from hato.queue.bounce import Notifier, report_for
+from hato.queue.dsn import Action, Original, RecipientReport, build_dsn
 from hato.queue.ids import QueueIdGenerator, Rng, is_queue_id
 from hato.queue.runner import QueueRunner
-from hato.queue.schedule import Schedule, backoff, expired_reply, is_expired, retry_at
+from hato.queue.schedule import (
+    Schedule,
+    backoff,
+    delay_warning_due,
+    expired_reply,
+    is_expired,
+    retry_at,
+)
 from hato.queue.sqlite import Pending, RowUpdate, Status
 from hato.queue.store import DEFAULT_MIN_FREE, Queue
 
 __all__ = [
     "DEFAULT_MIN_FREE",
+    "Action",
     "BodyWriter",
+    "Notifier",
+    "Original",
     "Pending",
     "Queue",
     "QueueIdGenerator",
     "QueueRunner",
     "QueueWriteError",
+    "RecipientReport",
     "Rng",
     "RowUpdate",
     "Schedule",
     "Status",
     "backoff",
+    "build_dsn",
+    "delay_warning_due",
     "expired_reply",
     "is_expired",
     "is_queue_id",
+    "report_for",
     "retry_at",
 ]

@@ -171,8 +171,8 @@ def _explanation(
         what = report.action.value
         if report.reply is not None:
             what = f"{what}: {' '.join(report.reply.lines())}"
-        lines.append(_ascii(f"<{report.recipient.address}>: {what}")[:MAX_FIELD])
-    return "\r\n".join(lines) + "\r\n"
+        lines.append(f"<{report.recipient.address}>: {what}")
+    return "".join(_ascii(line)[:MAX_FIELD] + "\r\n" for line in lines)
 
 
 def subject(reports: Sequence[RecipientReport]) -> str:
