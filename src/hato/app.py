@@ -40,7 +40,7 @@ from hato.queue import Queue, QueueRunner, Schedule
 from hato.server.context import ListenerState, SessionContext
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.session import SmtpSession
-from hato.server.signing import OutboundSigner, load_signers
+from hato.server.signing import OutboundSigner, load_sealers, load_signers
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
 from hato.smtp import ServerSettings
 
@@ -270,7 +270,9 @@ async def run(settings: Settings, source: str) -> None:
         else None
     )
     selectors = {d.name: d.dkim_selector for d in settings.domains}
-    signer = OutboundSigner(load_signers(data_dir / "dkim", selectors, clock) if check.sign else {})
+    signers = load_signers(data_dir / "dkim", selectors, clock) if check.sign else {}
+    signer = OutboundSigner(signers)
+    sealers = load_sealers(signers, authserv_id, clock)
     states: list[ListenerState] = []
     servers: list[asyncio.Server] = []
     try:
@@ -308,6 +310,7 @@ async def run(settings: Settings, source: str) -> None:
                 authserv_id=authserv_id,
                 keys=keys,
                 signer=signer if role is not Role.MX else None,
+                sealers=sealers if role is Role.MX else {},
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None

@@ -17,7 +17,14 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from hato.authcheck import DkimAlgorithm, DkimStatus, generate_key, verify_dkim
+from hato.authcheck import (
+    ArcStatus,
+    DkimAlgorithm,
+    DkimStatus,
+    generate_key,
+    verify_arc,
+    verify_dkim,
+)
 from hato.dns import DnsPythonResolver
 from hato.server.tls import ensure_self_signed
 
@@ -180,3 +187,69 @@ def test_mail_our_users_send_is_dkim_signed_and_verifies(
     tampered = stored.replace(b"hello", b"hullo")
     (bad,) = asyncio.run(verify_dkim(tampered, resolver))
     assert bad.status is DkimStatus.FAIL
+
+
+class OtherHost(HatoServer):
+    """A second server with a name of its own (the same name would be a mail loop)."""
+
+    def _config_text(self) -> str:
+        return (
+            super()._config_text().replace('hostname = "hato.test"', 'hostname = "mx.remote.test"')
+        )
+
+
+class ForwardingHato(CheckingHato):
+    """Checks inbound mail, and relays mail for remote.test to another server."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str, relay: str) -> None:
+        super().__init__(data_dir, setup, nameserver)
+        self.relay = relay
+
+    def _config_text(self) -> str:
+        return (
+            super()._config_text()
+            + f'\n[[transport]]\ndomain = "remote.test"\nrelay = "{self.relay}"\n'
+        )
+
+
+def test_alias_forwarding_adds_an_arc_set_the_next_hop_can_verify(
+    tmp_path: Path, dns_server: DnsTestServer
+) -> None:
+    receiver = OtherHost(
+        tmp_path / "remote", MailSetup(domains=(DomainSetup("remote.test", accept_any=True),))
+    )
+    receiver.start()
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", aliases=(("fwd", ("carol@remote.test",)),)),)
+    )
+    forwarder = ForwardingHato(
+        tmp_path / "data", setup, dns_server.nameserver, f"{receiver.host}:{receiver.port}"
+    )
+    forwarder._prepare()
+    keygen = subprocess.run(
+        [hato_binary(), "dkim", "keygen", "example.org", "--config", str(forwarder.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=forwarder.work,
+    )
+    txt = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
+    zone = dict(ZONE)
+    zone["hato._domainkey.example.org"] = {"TXT": [_txt(txt)]}
+    dns_server.load(zone)
+    forwarder.start()
+    try:
+        raw = _message("news@sender.test", "arc-1")
+        signed = dkim.sign(raw, b"s1", b"sender.test", SENDER_KEY, include_headers=[b"from"])
+        with smtplib.SMTP(forwarder.host, forwarder.port, timeout=30) as smtp:
+            smtp.sendmail("news@sender.test", ["fwd@example.org"], signed + raw)
+        box = receiver.mailbox("carol", "remote.test")
+        (found,) = maildir.wait_for_marker(box, "arc-1", 20)
+        stored = found.read_bytes()
+        assert b"ARC-Seal: " in stored and b"ARC-Authentication-Results: i=1;" in stored
+        resolver = DnsPythonResolver([dns_server.nameserver], timeout=2)
+        result = asyncio.run(verify_arc(stored, resolver))
+        assert result.status is ArcStatus.PASS, result
+    finally:
+        forwarder.stop()
+        receiver.stop()

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
 from hato.delivery.local import RecipientResolver
 from hato.model import Address, Clock, Role
@@ -93,5 +94,6 @@ class SessionContext:
     keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
     authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
+    sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

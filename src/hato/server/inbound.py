@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -55,6 +55,7 @@ class Enforcement(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class InboundVerdict:
     header: bytes  # the Authentication-Results field to prepend
+    arc: ArcStatus = ArcStatus.NONE  # the chain found (for sealing when we forward, RFC 8617)
     refuse: Reply | None = None
     quarantine: bool = False
     summary: str = ""  # "spf=pass dkim=pass dmarc=pass" for the log
@@ -95,21 +96,19 @@ class InboundChecker:
             methods.append(arc.method_result())
         header = build_header(self._authserv_id, methods)
         summary = " ".join(f"{m.method}={m.result}" for m in methods)
-        return self._decide(header, dmarc, summary)
+        return self._decide(InboundVerdict(header, arc.status, summary=summary), dmarc)
 
-    def _decide(
-        self, header: bytes, dmarc: DmarcResult | FromProblem, summary: str
-    ) -> InboundVerdict:
+    def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
         if isinstance(dmarc, FromProblem) or dmarc.status is not DmarcStatus.FAIL:
-            return InboundVerdict(header, summary=summary)
+            return verdict
         # RFC 7489 §6.6.4 / §10.2: the receiver applies the policy as local policy allows.
         if self._enforcement is Enforcement.REPORT:
-            return InboundVerdict(header, summary=summary)
+            return verdict
         if dmarc.disposition is DmarcPolicy.REJECT and self._enforcement is Enforcement.POLICY:
-            return InboundVerdict(header, refuse=DMARC_REJECT, summary=summary)
+            return replace(verdict, refuse=DMARC_REJECT)
         if dmarc.disposition in (DmarcPolicy.REJECT, DmarcPolicy.QUARANTINE):
-            return InboundVerdict(header, quarantine=True, summary=summary)
-        return InboundVerdict(header, summary=summary)
+            return replace(verdict, quarantine=True)
+        return verdict
 
     async def _spf(self, ip: str, helo: str, sender: str) -> SpfResult:
         try:

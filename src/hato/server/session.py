@@ -35,6 +35,7 @@ from hato.queue import QueueWriteError
 from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
 from hato.server.context import SessionContext
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
+from hato.server.inbound import InboundVerdict
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
@@ -522,7 +523,9 @@ class SmtpSession(asyncio.Protocol):
     ) -> None:
         recipients, originals = self.recipients, self.rcpt_originals
         self._reset_transaction()
-        added, params, refusal = await self._authenticate(mail, captured, from_addresses)
+        added, params, refusal = await self._authenticate(
+            mail, captured, from_addresses, recipients
+        )
         if refusal is not None:
             self._answer(refusal)
             return
@@ -598,7 +601,11 @@ class SmtpSession(asyncio.Protocol):
         return received_header(info, queue_id, originals, self.ctx.clock.now())
 
     async def _authenticate(
-        self, mail: MailFrom, captured: bytes | None, from_addresses: list[Address | None]
+        self,
+        mail: MailFrom,
+        captured: bytes | None,
+        from_addresses: list[Address | None],
+        recipients: list[tuple[Address, Address]],
     ) -> tuple[bytes, dict[str, str | None], Reply | None]:
         """The header lines to prepend (DKIM-Signature, Authentication-Results), extra queue
         params, or the refusal a DMARC policy asks for."""
@@ -640,7 +647,34 @@ class SmtpSession(asyncio.Protocol):
         )
         if verdict.quarantine:
             params[QUARANTINE_PARAM] = "Junk"
-        return verdict.header, params, verdict.refuse
+        return (
+            self._arc_seal(verdict, captured, recipients) + verdict.header,
+            params,
+            verdict.refuse,
+        )
+
+    def _arc_seal(
+        self,
+        verdict: InboundVerdict,
+        captured: bytes,
+        recipients: list[tuple[Address, Address]],
+    ) -> bytes:
+        """RFC 8617 §5.1: when an alias of ours forwards the message to another domain, we add
+        an ARC set, so the next hop can see what we saw (SPF and DKIM break on forwarding)."""
+        if verdict.refuse is not None or not self.ctx.sealers:
+            return b""
+        resolver = self.ctx.resolver
+        for dest, original in recipients:
+            if resolver.is_local_domain(dest.domain):
+                continue
+            sealer = self.ctx.sealers.get(original.domain.lower())
+            if sealer is None:
+                continue
+            end = captured.find(b"\r\n\r\n")
+            head, body = (captured, b"") if end < 0 else (captured[: end + 2], captured[end + 4 :])
+            sealed = sealer.seal(verdict.header + head, (body,), verdict.arc)
+            return sealed or b""
+        return b""
 
     async def _commit(
         self,
@@ -651,7 +685,9 @@ class SmtpSession(asyncio.Protocol):
     ) -> None:
         recipients, originals = self.recipients, self.rcpt_originals
         self._reset_transaction()
-        added, params, refusal = await self._authenticate(mail, captured, from_addresses)
+        added, params, refusal = await self._authenticate(
+            mail, captured, from_addresses, recipients
+        )
         if refusal is not None:
             body.discard()
             self._answer(refusal)

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from hato.authcheck import DkimError, DkimSigner, load_signing_key
+from hato.authcheck import ArcSealer, DkimAlgorithm, DkimError, DkimSigner, load_signing_key
 from hato.model import Address, Clock, logfmt
 
 log = logging.getLogger("hato.dkim")
@@ -37,6 +37,20 @@ def load_signers(
         signers[domain.lower()] = DkimSigner(domain, selector, key, clock)
         log.info(logfmt("dkim-key", domain=domain, selector=selector))
     return signers
+
+
+def load_sealers(
+    signers: Mapping[str, DkimSigner], authserv_id: str, clock: Clock
+) -> dict[str, ArcSealer]:
+    """ARC sealers from the DKIM keys (RFC 8617 §4.1.3 uses the DKIM algorithms; verifiers
+    only know rsa-sha256 for ARC, so Ed25519 keys do not seal)."""
+    sealers: dict[str, ArcSealer] = {}
+    for domain, signer in signers.items():
+        if signer.key.algorithm is not DkimAlgorithm.RSA_SHA256:
+            log.info(logfmt("arc-seal-skipped", domain=domain, reason="key is not RSA"))
+            continue
+        sealers[domain] = ArcSealer(domain, signer.selector, signer.key, authserv_id, clock)
+    return sealers
 
 
 class OutboundSigner:
