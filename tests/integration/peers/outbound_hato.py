@@ -42,6 +42,11 @@ class OutboundHato(HatoServer):
         self.ca = ca
         self.outbound = outbound
 
+    def _env(self) -> dict[str, str]:
+        # OpenSSL's default trust store (what `ssl.create_default_context()` loads) is the
+        # test CA only, so a verified smarthost or MX certificate is checked for real.
+        return {**super()._env(), "SSL_CERT_FILE": str(self.ca.ca_cert)}
+
     def _config_text(self) -> str:
         o = self.outbound
         return (

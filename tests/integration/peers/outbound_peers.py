@@ -149,6 +149,7 @@ log_path = {dir}/dovecot.log
 ssl = no
 listen = 127.0.0.1
 disable_plaintext_auth = no
+first_valid_uid = {uid}
 auth_mechanisms = plain login
 passdb {{
   driver = passwd-file
@@ -209,11 +210,19 @@ class Dovecot:
         else:
             text += _DOVECOT_AUTH.format(socket=self.auth_socket)
         self.config.write_text(text)
-        done = subprocess.run(
-            ["dovecot", "-c", str(self.config)], capture_output=True, text=True, timeout=30
-        )
+        # The master daemonizes; its children would hold a pipe open, so its start-up errors
+        # go to a file.
+        errors = self.dir / "start.err"
+        with errors.open("wb") as err:
+            done = subprocess.run(
+                ["dovecot", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                timeout=30,
+            )
         if done.returncode != 0:
-            raise RuntimeError(f"dovecot failed to start: {done.stderr}\n{self.log_text()}")
+            raise RuntimeError(f"dovecot failed: {errors.read_text()}\n{self.log_text()}")
         deadline = time.monotonic() + 15
         if self.lmtp:
             wait_for_listener(LOOPBACK, self.port, deadline)
