@@ -9,6 +9,7 @@ local Maildir, never queued for another domain.
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import time
 import uuid
@@ -69,16 +70,19 @@ def test_mx_never_relays(shared_submission: HatoServer, recipient: str) -> None:
     assert len(found) == 1, f"{recipient} accepted but not delivered locally:\n{lines}"
     relative = found[0].relative_to(server.mailboxes())
     assert relative.parts[0] in ("example.org", "users.test"), relative
-    # Never queued for the other domain (outbound is deferred with 451 4.4.0, so it would show).
-    assert "other.test>" not in _queue_events(server), _queue_events(server)
+    # Never queued for the other domain: no delivery attempt, no route look-up for it.
+    assert _remote_attempts(server, "other.test") == [], _remote_attempts(server, "other.test")
 
 
-def _queue_events(server: HatoServer) -> str:
-    return "\n".join(
+def _remote_attempts(server: HatoServer, domain: str) -> list[str]:
+    """Log lines of the queue or the outbound courier about a recipient in `domain`: whatever
+    became of the attempt (deferred, failed for want of DNS, delivered), it shows there."""
+    recipient = re.compile(rf"to=<[^<>]*@[^<>@]*{re.escape(domain)}>|domain={re.escape(domain)}\b")
+    return [
         line
         for line in server.log_text().splitlines()
-        if "event=deferred" in line or "event=bounced" in line
-    )
+        if ("hato.queue:" in line or "hato.delivery" in line) and recipient.search(line)
+    ]
 
 
 @pytest.mark.parametrize("recipient", [*TRICKS, "alice@users.test"])
@@ -131,9 +135,12 @@ def test_after_auth_a_foreign_recipient_is_queued_not_delivered_locally(
         assert s.command(f"RCPT TO:<{recipient}>".encode())[0] == 250
         assert s.command(b"DATA")[0] == 354
         assert s.command(clients.message("alice@users.test", recipient, marker) + b".")[0] == 250
+    # Queued for the other domain: the queue runner takes it up for outbound delivery (what
+    # happens next, deferral or a bounce for want of DNS on loopback, is another room's).
     deadline = time.monotonic() + 20
-    while recipient not in _queue_events(server) and time.monotonic() < deadline:
+    attempts: list[str] = []
+    while not attempts and time.monotonic() < deadline:
+        attempts = [a for a in _remote_attempts(server, "other.test") if recipient in a]
         time.sleep(0.05)
-    events = _queue_events(server)
-    assert f"to=<{recipient}>" in events and "451 4.4.0" in events, events
+    assert attempts, server.log_text()
     assert maildir.find_marker(maildir.all_messages(server.mailboxes()), marker) == []
