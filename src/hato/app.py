@@ -37,6 +37,7 @@ from hato.policy import (
     SendLimitSettings,
 )
 from hato.queue import Queue, QueueRunner, Schedule
+from hato.server import control
 from hato.server.context import ListenerState, SessionContext
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.session import SmtpSession
@@ -85,6 +86,7 @@ def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings
         auth_mechanisms=tuple(settings.auth.mechanisms) if submission else (),
         require_auth=submission,  # RFC 6409 §4.3 / RFC 4954 §6: 530 5.7.0 before AUTH
         require_tls=role is Role.SUBMISSION,  # RFC 3207 §4: 530 5.7.0 before STARTTLS
+        dsn=True,  # RFC 3461: NOTIFY/ORCPT/RET/ENVID are kept and honoured
     )
 
 
@@ -245,8 +247,13 @@ async def run(settings: Settings, source: str) -> None:
     resolver = build_resolver(settings, users)
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
     outbound = build_outbound(settings, dns, clock)
-    courier = RoutingCourier(resolver.is_local_domain, maildir, outbound)
-    runner = QueueRunner(queue, courier, clock=clock, schedule=Schedule())
+    counter = control.OutcomeCounter()
+    courier = control.CountingCourier(
+        RoutingCourier(resolver.is_local_domain, maildir, outbound), counter
+    )
+    runner = QueueRunner(
+        queue, courier, clock=clock, schedule=Schedule(), hostname=settings.server.hostname
+    )
     runner_task: asyncio.Task[None] | None = None
 
     verify_slots = asyncio.Semaphore(2)  # argon2id checks at once (~64 MiB, ~150 ms each)
@@ -334,6 +341,27 @@ async def run(settings: Settings, source: str) -> None:
             runner_task = tasks.create_task(runner.run())
             watcher = tasks.create_task(_watch_tls(tls)) if tls is not None else None
             sweeper = tasks.create_task(outbound.run_sweeper())
+            submitter = control.LocalSubmitter(
+                queue,
+                resolver,
+                hostname=settings.server.hostname,
+                domain=settings.domains[0].name,
+                clock=clock,
+                max_message_size=settings.limits.max_message_size,
+            )
+            controller = control.ControlServer(
+                queue=queue,
+                runner=runner,
+                submit=submitter,
+                clock=clock,
+                hostname=settings.server.hostname,
+                domain=settings.domains[0].name,
+                counter=counter,
+                max_message_size=settings.limits.max_message_size,
+                info=lambda: {"listeners": [str(lst.address) for lst in settings.listeners]},
+            )
+            # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
+            control_task = tasks.create_task(control.serve(data_dir / "control.sock", controller))
             await stop.wait()
             log.info(logfmt("stopping", detail="draining sessions"))
             for server in servers:
@@ -343,6 +371,7 @@ async def run(settings: Settings, source: str) -> None:
             if watcher is not None:
                 watcher.cancel()
             sweeper.cancel()
+            control_task.cancel()
     finally:
         for server in servers:
             server.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, assert_never
 
 from hato.delivery.mx import MAIL_LOOP, NO_ADDRESS, RouteError
@@ -28,6 +29,7 @@ from hato.delivery.smtp_client import (
 from hato.delivery.tlspolicy import HopTls, PolicyInputs, PolicyRefusal, TlsLevel
 from hato.model import (
     Delivered,
+    Handoff,
     Outcome,
     PermFailed,
     QueuedMessage,
@@ -37,6 +39,7 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
+from hato.model.dsn import xtext_decode
 
 if TYPE_CHECKING:
     from hato.delivery.outbound import Destination, Hop, OutboundCourier
@@ -170,7 +173,7 @@ class Attempt:
                 self._fail_all(PermFailed(NEEDS_REQUIRETLS))  # the next hop may offer it
                 keep = session.usable
                 return
-            result = await self._send(session)
+            result = await self._send(session, options.lmtp)
             self._record(options, result.outcomes)
             keep = session.usable
         finally:
@@ -179,18 +182,40 @@ class Attempt:
             else:
                 await self.courier.pool.discard(session)
 
-    async def _send(self, session: Session) -> SendResult:
+    async def _send(self, session: Session, lmtp: bool = False) -> SendResult:
         params = self.message.params
+        envid = params.get("ENVID")
         mail_params = MailParams(
-            envid=params.get("ENVID"), ret=params.get("RET"), requiretls=self.requiretls
+            # The stored ENVID is the client's xtext; the client encodes it again (RFC 3461 §4).
+            envid=xtext_decode(envid) if envid else None,
+            ret=params.get("RET"),
+            requiretls=self.requiretls,
         )
-        # RFC 3461 §4.2: ORCPT carries the address the client originally gave.
-        specs = [RecipientSpec(r.address, orcpt=f"rfc822;{r.original}") for r in self.pending]
+        # RFC 3461 §4.1/§4.2: NOTIFY as the client asked, ORCPT as given (or the address the
+        # client gave in RCPT, when it gave no ORCPT).
+        specs = [
+            RecipientSpec(
+                r.address,
+                notify=r.dsn.notify_param,
+                orcpt=r.dsn.orcpt or f"rfc822;{r.original}",
+            )
+            for r in self.pending
+        ]
         body = body_from_message(self.message)
         try:
-            return await session.send(self.message.mail_from, specs, body, mail_params=mail_params)
+            result = await session.send(
+                self.message.mail_from, specs, body, mail_params=mail_params
+            )
         except (OSError, TimeoutError):
             return SendResult(tuple(TempFailed(CONNECTION_LOST) for _ in specs))
+        # RFC 3461 §5.2: who reports success depends on whether the next hop took the DSN
+        # request; and Remote-MTA in our own reports names the host that answered.
+        if lmtp:
+            handoff = Handoff.MAILBOX  # RFC 2033: the LMTP server delivered it finally
+        else:
+            handoff = Handoff.RELAYED_DSN if session.capabilities.dsn else Handoff.RELAYED
+        host = session.capabilities.server_name or ""
+        return SendResult(tuple(_annotate(o, handoff, host) for o in result.outcomes), result.reply)
 
     def _record(self, options: ConnectOptions, outcomes: Sequence[Outcome]) -> None:
         still: list[QueuedRecipient] = []
@@ -214,6 +239,16 @@ class Attempt:
         for rcpt in self.pending:
             self.final[rcpt.row_id] = self.latest[rcpt.row_id]
         self.pending = []
+
+
+def _annotate(outcome: Outcome, handoff: Handoff, host: str) -> Outcome:
+    match outcome:
+        case Delivered():
+            return replace(outcome, handoff=handoff)
+        case TempFailed() | PermFailed():
+            return replace(outcome, remote_mta=host or None)
+        case _:
+            assert_never(outcome)
 
 
 def _failed(reply: Reply) -> Outcome:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
 from hato.delivery.local import Local, NotLocal
 from hato.delivery.maildir import FOLDER_PARAM
-from hato.model import Address, Reply, logfmt
+from hato.model import Address, RecipientDsn, Reply, logfmt
 from hato.model.dns import Resolver
 from hato.policy import (
     AUTH_BLOCKED,
@@ -73,6 +73,7 @@ INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
 TOO_BIG_TO_ENCRYPT = Reply(552, "5.3.4", "Message too large to be stored encrypted")
+NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
 QUARANTINE_PARAM = FOLDER_PARAM  # DMARC quarantine: the Junk folder
 
 
@@ -88,6 +89,7 @@ class SmtpSession(asyncio.Protocol):
         self.headers: HeaderCapture | None = None
         self.mail_from: MailFrom | None = None
         self.recipients: list[tuple[Address, Address]] = []  # (deliver-to, original)
+        self.rcpt_dsn: dict[Address, RecipientDsn] = {}  # RFC 3461 NOTIFY/ORCPT per deliver-to
         self.rcpt_originals: list[Address] = []
         self.user: Address | None = None  # the authenticated account
         self.auth: AuthExchange | None = None
@@ -437,6 +439,7 @@ class SmtpSession(asyncio.Protocol):
         for dest in targets:
             if dest not in known:
                 self.recipients.append((dest, event.address))
+                self.rcpt_dsn[dest] = RecipientDsn.from_params(event.params)
                 known.add(dest)
         self.rcpt_originals.append(event.address)
         self.conn.accept()
@@ -521,7 +524,7 @@ class SmtpSession(asyncio.Protocol):
         stored: bytes,
         from_addresses: list[Address | None],
     ) -> None:
-        recipients, originals = self.recipients, self.rcpt_originals
+        recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self._reset_transaction()
         added, params, refusal = await self._authenticate(
             mail, captured, from_addresses, recipients
@@ -561,7 +564,10 @@ class SmtpSession(asyncio.Protocol):
         for copy in protected.copies:
             body = self.ctx.queue.new_body()
             body.write(copy.data)
-            rows = [(dest, original_of.get(dest, dest)) for dest in copy.recipients]
+            rows = [
+                (dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN))
+                for dest in copy.recipients
+            ]
             prefix = added + self._received(mail, body.queue_id, originals)
             try:
                 ids.append(
@@ -683,7 +689,7 @@ class SmtpSession(asyncio.Protocol):
         captured: bytes | None,
         from_addresses: list[Address | None],
     ) -> None:
-        recipients, originals = self.recipients, self.rcpt_originals
+        recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self._reset_transaction()
         added, params, refusal = await self._authenticate(
             mail, captured, from_addresses, recipients
@@ -698,7 +704,7 @@ class SmtpSession(asyncio.Protocol):
             queue_id = await self.ctx.queue.commit(
                 body,
                 mail_from=mail.path,
-                recipients=recipients,
+                recipients=[(dest, orig, dsn.get(dest, NO_DSN)) for dest, orig in recipients],
                 prefix=prefix,
                 params=params,
             )
@@ -830,6 +836,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _reset_transaction(self) -> None:
         self.keyed = False
+        self.rcpt_dsn = {}
         self.mail_from = None
         self.recipients = []
         self.rcpt_originals = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
@@ -18,6 +19,7 @@ from hato.delivery.transport import OutboundSettings, Smarthost, Transport, Tran
 from hato.model import (
     Address,
     Delivered,
+    Handoff,
     Outcome,
     PermFailed,
     QueuedMessage,
@@ -70,7 +72,7 @@ def reply_of(outcome: Outcome) -> Reply:
 def test_mx_hosts_in_order_ipv6_first_next_one_when_refused() -> None:
     net = FakeNet({"192.0.2.2": Peer()})
     outcomes = deliver(courier(net), "bob@example.com")
-    assert outcomes == [Delivered("250 ok")]
+    assert outcomes == [Delivered("250 ok", Handoff.RELAYED)]
     assert [o.host for o in net.opened] == ["192.0.2.1", "2001:db8::2", "192.0.2.2"]
     assert {o.port for o in net.opened} == {25}
     assert net.opened[0].server_name == "mx1.example.com"
@@ -83,7 +85,11 @@ def test_4xx_tries_next_mx_5xx_is_final() -> None:
     perm = PermFailed(Reply(550, "5.1.1", "no such user"))
     net = FakeNet({"192.0.2.1": Peer(rcpt={"grey": temp, "gone": perm}), "192.0.2.2": Peer()})
     outcomes = deliver(courier(net), "grey@example.com", "gone@example.com", "ok@example.com")
-    assert outcomes == [Delivered("250 ok"), perm, Delivered("250 ok")]
+    assert outcomes == [
+        Delivered("250 ok", Handoff.RELAYED),
+        replace(perm, remote_mta="mx.peer.test"),  # named in the DSN's Remote-MTA
+        Delivered("250 ok", Handoff.RELAYED),
+    ]
     assert [(s.address, s.recipients) for s in net.sent] == [
         ("192.0.2.1", ["grey@example.com", "gone@example.com", "ok@example.com"]),
         ("192.0.2.2", ["grey@example.com"]),
@@ -115,14 +121,14 @@ def test_implicit_mx_and_domain_without_any_address() -> None:
     }
     net = FakeNet({"192.0.2.9": Peer()})
     outcomes = deliver(courier(net, dns), "a@implicit.test", "b@bare.test")
-    assert outcomes[0] == Delivered("250 ok")
+    assert outcomes[0] == Delivered("250 ok", Handoff.RELAYED)
     assert isinstance(outcomes[1], PermFailed) and reply_of(outcomes[1]).enhanced == "5.1.2"
 
 
 def test_address_literal_and_test_port() -> None:
     net = FakeNet({"192.0.2.77": Peer()})
     c = courier(net, {}, OutboundSettings(helo_name="mail.us.test", mx_port=2525))
-    assert deliver(c, "bob@[192.0.2.77]") == [Delivered("250 ok")]
+    assert deliver(c, "bob@[192.0.2.77]") == [Delivered("250 ok", Handoff.RELAYED)]
     assert (net.opened[0].host, net.opened[0].port, net.opened[0].server_name) == (
         "192.0.2.77",
         2525,
@@ -140,7 +146,9 @@ def test_loopback_is_a_loop_unless_allowed() -> None:
     assert isinstance(outcomes[0], PermFailed) and reply_of(outcomes[0]).enhanced == "5.4.6"
     assert net.opened == []
     allowed = OutboundSettings(helo_name="mail.us.test", allow_loopback=True)
-    assert deliver(courier(net, dns, allowed), "bob@example.com") == [Delivered("250 ok")]
+    assert deliver(courier(net, dns, allowed), "bob@example.com") == [
+        Delivered("250 ok", Handoff.RELAYED)
+    ]
 
 
 def test_peer_greeting_with_our_name_is_a_loop() -> None:
@@ -166,7 +174,7 @@ def test_5xx_greeting_is_final_tls_failure_retries_plain() -> None:
     outcomes = deliver(courier(net), "bob@example.com")
     assert isinstance(outcomes[0], PermFailed) and reply_of(outcomes[0]).text == "go away"
     broken_tls = FakeNet({"192.0.2.1": Peer(starttls_fails=True)})
-    assert deliver(courier(broken_tls), "bob@example.com") == [Delivered("250 ok")]
+    assert deliver(courier(broken_tls), "bob@example.com") == [Delivered("250 ok", Handoff.RELAYED)]
     assert [o.tls_mode for o in broken_tls.opened] == [TlsMode.OPPORTUNISTIC, TlsMode.NONE]
 
 
@@ -179,7 +187,10 @@ def test_relay_and_lmtp_transports_skip_mx() -> None:
     net = FakeNet({"192.0.2.50": Peer(), "192.0.2.60": Peer()})
     resolver_table: dict[tuple[str, RdType], FakeValue] = {}
     c = courier(net, resolver_table, settings)
-    assert deliver(c, "a@example.com", "b@local.test") == [Delivered("250 ok")] * 2
+    assert deliver(c, "a@example.com", "b@local.test") == [
+        Delivered("250 ok", Handoff.RELAYED),
+        Delivered("250 ok"),  # LMTP is final delivery (RFC 2033)
+    ]
     seen = {(o.host, o.port, o.lmtp) for o in net.opened}
     assert seen == {("192.0.2.50", 2525, False), ("192.0.2.60", 24, True)}
 
@@ -189,7 +200,8 @@ def test_smarthost_takes_every_domain_in_one_transaction_with_auth_over_tls() ->
     settings = OutboundSettings(helo_name="mail.us.test", smarthost=smarthost)
     net = FakeNet({"192.0.2.25": Peer()})
     assert (
-        deliver(courier(net, {}, settings), "a@one.test", "b@two.test") == [Delivered("250 ok")] * 2
+        deliver(courier(net, {}, settings), "a@one.test", "b@two.test")
+        == [Delivered("250 ok", Handoff.RELAYED)] * 2
     )
     (options,) = net.opened
     assert options.auth == ("u", "p") and options.tls_mode is TlsMode.REQUIRED

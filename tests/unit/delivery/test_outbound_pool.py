@@ -15,7 +15,7 @@ from dnsserver import FakeResolver, FakeValue
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.outbound_pool import Limiter
 from hato.delivery.transport import OutboundSettings
-from hato.model import Address, Delivered, QueuedMessage, QueuedRecipient
+from hato.model import Address, Delivered, Handoff, QueuedMessage, QueuedRecipient
 from hato.model.dns import MxRecord, RdType
 
 DNS: dict[tuple[str, RdType], FakeValue] = {
@@ -50,7 +50,9 @@ def test_second_message_reuses_the_connection_after_rset() -> None:
 
     async def scenario() -> None:
         for n in range(3):
-            assert await courier.deliver(message(n), rcpt(n)) == [Delivered("250 ok")]
+            assert await courier.deliver(message(n), rcpt(n)) == [
+                Delivered("250 ok", Handoff.RELAYED)
+            ]
         assert courier.pool.idle_count == 1
         await courier.aclose()
 

@@ -20,6 +20,7 @@ from hato.delivery.transport import OutboundSettings, Transport
 from hato.model import (
     Address,
     Delivered,
+    Handoff,
     Outcome,
     PermFailed,
     QueuedMessage,
@@ -102,12 +103,12 @@ def test_mta_sts_enforce_match_connects_with_verification() -> None:
 
 def test_dane_needs_secure_mx_and_passes_a_verifier() -> None:
     insecure = FakeNet({"192.0.2.1": Peer()})
-    assert run(insecure, dane=True) == Delivered("250 ok")
+    assert run(insecure, dane=True) == Delivered("250 ok", Handoff.RELAYED)
     assert insecure.opened[0].verify_peer is None
     assert insecure.opened[0].tls_mode is TlsMode.OPPORTUNISTIC
     secure = FakeNet({"192.0.2.1": Peer()})
     assert run(secure, dane=True, authenticated=True, sts_mx="*.elsewhere.test") == Delivered(
-        "250 ok"
+        "250 ok", Handoff.RELAYED
     )  # DANE wins over the MTA-STS mismatch (RFC 8461 §2)
     options = secure.opened[0]
     assert options.tls_mode is TlsMode.REQUIRED and options.verify_peer is not None
@@ -122,7 +123,7 @@ def test_per_domain_levels() -> None:
         (TlsLevel.VERIFY, TlsMode.REQUIRED),
     ]:
         net = FakeNet({"192.0.2.1": Peer()})
-        assert run(net, tls=level) == Delivered("250 ok")
+        assert run(net, tls=level) == Delivered("250 ok", Handoff.RELAYED)
         assert net.opened[0].tls_mode is mode
         assert (net.opened[0].ssl_context is not None) is (level is TlsLevel.VERIFY)
     net = FakeNet({"192.0.2.1": Peer()})
@@ -135,7 +136,7 @@ def test_requiretls() -> None:
     refused = run(net, message=REQUIRETLS)  # an MX answer without DNSSEC, no MTA-STS
     assert isinstance(refused, TempFailed) and "REQUIRETLS" in refused.reply.text
     assert net.opened == []
-    assert run(net, message=REQUIRETLS, authenticated=True) == Delivered("250 ok")
+    assert run(net, message=REQUIRETLS, authenticated=True) == Delivered("250 ok", Handoff.RELAYED)
     options = net.opened[0]
     assert options.tls_mode is TlsMode.REQUIRED and options.ssl_context is not None
     params = net.sent[0].params
