@@ -7,7 +7,10 @@ may be acted on after it. RFC 8996 / RFC 8314 §4.1: TLS 1.2 at least.
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -20,7 +23,8 @@ from pathlib import Path
 import pytest
 from peers.hato import HatoServer, hato_binary
 from peers.net import RawSession, wait_for_banner, wait_for_listener
-from peers.tls import TestCA
+from peers.server import USER_PASSWORD, MakeServer, TlsFiles, submission_setup
+from peers.tls import TestCA, make_test_ca
 
 EHLO_OVER_TLS = b"250 AUTH PLAIN LOGIN SCRAM-SHA-256"
 
@@ -261,3 +265,54 @@ def test_the_embedded_default_serves_a_self_signed_certificate(
         assert session.command(b"STARTTLS")[0] == 220
         session.start_tls(context, server_hostname="localhost")
         assert session.tls_version() in ("TLSv1.2", "TLSv1.3")
+
+
+# ---- certificate renewal: new files + SIGHUP (or the file watcher), open sessions go on -------
+
+
+def test_a_renewed_certificate_is_served_without_dropping_sessions(
+    make_server: MakeServer, test_ca: TestCA, workdir: Path
+) -> None:
+    live = workdir / "live"
+    live.mkdir()
+    cert, key = live / "fullchain.pem", live / "privkey.pem"
+    shutil.copy(test_ca.server_cert, cert)
+    shutil.copy(test_ca.server_key, key)
+    server = make_server(submission_setup(TlsFiles(cert, key)))
+    if not isinstance(server, HatoServer) or server.proc is None:
+        pytest.skip("about Hato's own TLS")
+    renewed = make_test_ca(workdir / "renewed")
+
+    with RawSession(server.host, server.submissions_port, tls=test_ca.client_context()) as old:
+        assert old.reply()[0] == 220
+        assert old.command(b"EHLO client.test")[0] == 250
+        # certbot's renewal: new files in place (each replaced atomically), then a reload.
+        for source, target in ((renewed.server_key, key), (renewed.server_cert, cert)):
+            shutil.copy(source, target.with_suffix(".new"))
+            os.replace(target.with_suffix(".new"), target)
+        server.proc.send_signal(signal.SIGHUP)
+
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with RawSession(
+                    server.host, server.submissions_port, tls=renewed.client_context()
+                ) as new:
+                    assert new.reply()[0] == 220
+                break
+            except ssl.SSLCertVerificationError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        # STARTTLS on 587 serves the new certificate too.
+        with RawSession(server.host, server.submission_port) as new:
+            assert new.reply()[0] == 220
+            assert new.command(b"EHLO client.test")[0] == 250
+            assert new.command(b"STARTTLS")[0] == 220
+            new.start_tls(renewed.client_context())
+            assert new.command(b"EHLO client.test")[0] == 250
+        # The session opened before the reload is still alive and usable.
+        assert old.command(b"NOOP") == (250, [b"250 2.0.0 Ok"])
+        token = base64.b64encode(f"\0alice@users.test\0{USER_PASSWORD}".encode())
+        assert old.command(b"AUTH PLAIN " + token)[0] == 235
+    assert "event=tls-reloaded" in server.log_text()
