@@ -93,6 +93,7 @@ class SmtpSession(asyncio.Protocol):
         self.rcpt_originals: list[Address] = []
         self.user: Address | None = None  # the authenticated account
         self.auth: AuthExchange | None = None
+        self.auth_mechanism = ""  # of the exchange in progress, for the log
         self.tls_detail = ""
         self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
@@ -272,10 +273,11 @@ class SmtpSession(asyncio.Protocol):
                 self._on_starttls()
             case AuthRequest(mechanism=mechanism, initial=initial):
                 self.auth = AuthExchange(self.ctx.accounts or _NO_ACCOUNTS, self.ctx.verify_slots)
-                self._begin(self._auth_step(self.auth.start(mechanism, initial), mechanism))
+                self.auth_mechanism = mechanism
+                self._begin(self._auth_step(self.auth.start(mechanism, initial)))
             case AuthResponse(data=data):
                 if self.auth is not None:
-                    self._begin(self._auth_step(self.auth.respond(data), None))
+                    self._begin(self._auth_step(self.auth.respond(data)))
             case AuthCancelled():
                 self.auth = None
             case _:
@@ -781,8 +783,9 @@ class SmtpSession(asyncio.Protocol):
 
     # ---- AUTH (RFC 4954) ----
 
-    async def _auth_step(self, step: Coroutine[Any, Any, object], mechanism: str | None) -> None:
+    async def _auth_step(self, step: Coroutine[Any, Any, object]) -> None:
         result = await step
+        mechanism = self.auth_mechanism
         match result:
             case SendChallenge(data=data):
                 self.conn.auth_challenge(data)
