@@ -15,12 +15,13 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
 from hato.crypto import KeyStore
-from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver
+from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
@@ -47,6 +48,7 @@ from hato.smtp import ServerSettings
 
 if TYPE_CHECKING:
     from hato.config import Settings
+    from hato.config.sections import ListenerSettings
 
 log = logging.getLogger("hato")
 
@@ -228,6 +230,77 @@ async def _bind(
         ) from exc
 
 
+@dataclass(slots=True)
+class Shared:
+    """The long-lived pieces every listener shares; a reload (SIGHUP) keeps them."""
+
+    clock: SystemClock
+    data_dir: Path
+    queue: Queue
+    dns: DnsPythonResolver
+    users: UserStore
+    keys: KeyStore
+    tls: ReloadingContext | None
+    throttle: AuthThrottle
+    limiter: SendLimiter
+    verify_slots: asyncio.Semaphore
+    resolver: CurrentResolver
+
+
+class CurrentResolver:
+    """The recipient resolver of the configuration in force; a reload swaps `current`, and
+    every holder (sessions, the routing courier, local submission) sees the new one."""
+
+    def __init__(self, current: RecipientResolver) -> None:
+        self.current = current
+
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
+        return self.current.resolve(address, wildcards=wildcards)
+
+    def owns(self, user: Address, address: Address) -> bool:
+        return self.current.owns(user, address)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.current.is_local_domain(domain)
+
+
+def configured_fields(
+    settings: Settings, shared: Shared, listener: ListenerSettings
+) -> dict[str, Any]:
+    """Everything in a listener's SessionContext that the configuration decides."""
+    role = listener.role
+    check = settings.authcheck
+    authserv_id = check.authserv_id or settings.server.hostname
+    inbound = None
+    if check.inbound and role is Role.MX:
+        inbound = InboundChecker(
+            shared.dns,
+            authserv_id=authserv_id,
+            clock=shared.clock,
+            enforcement=Enforcement(check.dmarc.value),
+            budget=check.budget,
+        )
+    selectors = {d.name: d.dkim_selector for d in settings.domains}
+    signers = load_signers(shared.data_dir / "dkim", selectors, shared.clock) if check.sign else {}
+    return {
+        "settings": server_settings(settings, role, shared.tls is not None),
+        "idle_timeout": float(settings.limits.idle_timeout),
+        "session_timeout": float(settings.limits.session_timeout),
+        "postmaster_domain": settings.domains[0].name,
+        "network_rules": ListenerNetworkRules(
+            tuple(listener.refuse_networks), tuple(listener.allow_networks)
+        ),
+        "networks": NetworkTable.of(
+            ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
+        ),
+        "send_as": send_as_grants(settings),
+        "inbound": inbound,
+        "authserv_id": authserv_id,
+        "signer": OutboundSigner(signers) if role is not Role.MX else None,
+        "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
+    }
+
+
 async def run(settings: Settings, source: str) -> None:
     loop = asyncio.get_running_loop()
     clock = SystemClock()
@@ -239,14 +312,25 @@ async def run(settings: Settings, source: str) -> None:
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
-    dns = DnsPythonResolver(
-        settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
-    )
     users = UserStore(data_dir / "users.db")
-    keys = KeyStore.in_data_dir(data_dir)  # users' public keys (issue 6)
-    resolver = build_resolver(settings, users)
+    shared = Shared(
+        clock=clock,
+        data_dir=data_dir,
+        queue=queue,
+        dns=DnsPythonResolver(
+            settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
+        ),
+        users=users,
+        keys=KeyStore.in_data_dir(data_dir),  # users' public keys (issue 6)
+        tls=tls,
+        throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
+        limiter=SendLimiter(clock, send_limit_settings(settings)),
+        verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
+        resolver=CurrentResolver(build_resolver(settings, users)),
+    )
+    resolver = shared.resolver
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
-    outbound = build_outbound(settings, dns, clock)
+    outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
     courier = control.CountingCourier(
         RoutingCourier(resolver.is_local_domain, maildir, outbound), counter
@@ -255,32 +339,8 @@ async def run(settings: Settings, source: str) -> None:
         queue, courier, clock=clock, schedule=Schedule(), hostname=settings.server.hostname
     )
     runner_task: asyncio.Task[None] | None = None
-
-    verify_slots = asyncio.Semaphore(2)  # argon2id checks at once (~64 MiB, ~150 ms each)
-    networks = NetworkTable.of(
-        ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
-    )
-    throttle = AuthThrottle(clock, auth_throttle_settings(settings))
-    limiter = SendLimiter(clock, send_limit_settings(settings))
-    send_as = send_as_grants(settings)
-    check = settings.authcheck
-    authserv_id = check.authserv_id or settings.server.hostname
-    inbound = (
-        InboundChecker(
-            dns,
-            authserv_id=authserv_id,
-            clock=clock,
-            enforcement=Enforcement(check.dmarc.value),
-            budget=check.budget,
-        )
-        if check.inbound
-        else None
-    )
-    selectors = {d.name: d.dkim_selector for d in settings.domains}
-    signers = load_signers(data_dir / "dkim", selectors, clock) if check.sign else {}
-    signer = OutboundSigner(signers)
-    sealers = load_sealers(signers, authserv_id, clock)
     states: list[ListenerState] = []
+    contexts: list[SessionContext] = []
     servers: list[asyncio.Server] = []
     try:
         for listener in settings.listeners:
@@ -293,41 +353,36 @@ async def run(settings: Settings, source: str) -> None:
             implicit = role is Role.SUBMISSIONS
             ctx = SessionContext(
                 role=role,
-                settings=server_settings(settings, role, tls is not None),
                 queue=queue,
                 resolver=resolver,
                 clock=clock,
-                idle_timeout=float(settings.limits.idle_timeout),
-                session_timeout=float(settings.limits.session_timeout),
                 listener=state,
                 tls=tls,
                 implicit_tls=implicit,
                 accounts=users if role is not Role.MX else None,
-                verify_slots=verify_slots,
-                postmaster_domain=settings.domains[0].name,
-                throttle=throttle,
-                limiter=limiter,
-                network_rules=ListenerNetworkRules(
-                    tuple(listener.refuse_networks), tuple(listener.allow_networks)
-                ),
-                networks=networks,
-                dns=dns,
-                send_as=send_as,
-                inbound=inbound if role is Role.MX else None,
-                authserv_id=authserv_id,
-                keys=keys,
-                signer=signer if role is not Role.MX else None,
-                sealers=sealers if role is Role.MX else {},
+                verify_slots=shared.verify_slots,
+                throttle=shared.throttle,
+                limiter=shared.limiter,
+                dns=shared.dns,
+                keys=shared.keys,
+                **configured_fields(settings, shared, listener),
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None
             servers.append(await _bind(loop, listener.host, listener.port, factory, wrap))
             states.append(state)
+            contexts.append(ctx)
             log.info(logfmt("listening", role=role.value, address=listener.address))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls, True)
+        current = settings
+
+        def reload() -> None:
+            nonlocal current
+            current = _reload(current, source, shared, contexts)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         log.info(
             logfmt(
                 "ready",
@@ -382,7 +437,56 @@ async def run(settings: Settings, source: str) -> None:
         await outbound.aclose()
         maildir.close()
         users.close()
-        keys.close()
+        shared.keys.close()
+
+
+def _reload(
+    current: Settings, source: str, shared: Shared, contexts: list[SessionContext]
+) -> Settings:
+    """SIGHUP: read the configuration again and apply what can change without a restart
+    (domains, aliases, users' grants, limits, timeouts, network rules, authentication checks,
+    DKIM keys) to new and running sessions; certificates are reloaded too. Listeners, the data
+    directory and the outbound settings need a restart, which the log says. A configuration
+    with errors is refused whole: the running one stays."""
+    _reload_tls(shared.tls, True)
+    path = Path(source)
+    if not path.is_file():
+        log.info(logfmt("reload", detail="embedded default: nothing to read again"))
+        return current
+    from hato.config import ConfigError, load_settings
+
+    try:
+        new = load_settings(path, env=os.environ, cwd=Path.cwd()).settings
+    except ConfigError as exc:
+        for line in exc.lines():
+            log.error(logfmt("reload-refused", detail=line))
+        return current
+    if [(lst.role, str(lst.address)) for lst in new.listeners] != [
+        (lst.role, str(lst.address)) for lst in current.listeners
+    ] or new.server.data_dir != current.server.data_dir:
+        log.warning(logfmt("reload-partial", detail="listeners or data_dir changed: restart"))
+    try:
+        shared.resolver.current = build_resolver(new, shared.users)
+    except (OSError, ValueError) as exc:
+        log.error(logfmt("reload-refused", detail=str(exc)))
+        return current
+    by_listener = {(lst.role, str(lst.address)): lst for lst in new.listeners}
+    for ctx in contexts:
+        listener = next(
+            (
+                lst
+                for lst in current.listeners
+                if f"{lst.role.value}@{lst.address}" == ctx.listener.name
+            ),
+            None,
+        )
+        if listener is None:
+            continue
+        fresh = by_listener.get((listener.role, str(listener.address)), listener)
+        for name, value in configured_fields(new, shared, fresh).items():
+            setattr(ctx, name, value)
+    log.info(logfmt("reloaded", source=source, domains=",".join(d.name for d in new.domains)))
+    return new
 
 
 def _reload_tls(tls: ReloadingContext | None, force: bool) -> None:

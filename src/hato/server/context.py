@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
-from hato.delivery.local import RecipientResolver
+from hato.delivery.local import Resolution
 from hato.model import Address, Clock, Role
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -27,6 +27,17 @@ from hato.smtp import ServerSettings
 
 if TYPE_CHECKING:
     from hato.server.session import SmtpSession
+
+
+class Recipients(Protocol):
+    """What sessions ask about addresses (hato.delivery.local.RecipientResolver, or the
+    composition root's proxy that a reload swaps)."""
+
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution: ...
+
+    def owns(self, user: Address, address: Address) -> bool: ...
+
+    def is_local_domain(self, domain: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -74,7 +85,7 @@ class SessionContext:
     role: Role
     settings: ServerSettings
     queue: Queue
-    resolver: RecipientResolver
+    resolver: Recipients
     clock: Clock
     idle_timeout: float
     session_timeout: float

@@ -1,0 +1,88 @@
+"""SIGHUP (issue 7): the configuration and certificates are read again without dropping the
+sessions in progress; a broken configuration is refused and the running one stays."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.server import DomainSetup, MailSetup, TlsFiles
+
+from hato.server.tls import ensure_self_signed
+
+
+def _hup(server: HatoServer, expect: str) -> None:
+    assert server.proc is not None
+    before = server.log_text().count(expect)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while server.log_text().count(expect) <= before:
+        assert time.monotonic() < deadline, f"no {expect!r} in the log after SIGHUP"
+        time.sleep(0.05)
+
+
+def _cert_der(host: str, port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=10) as raw:
+        raw.recv(1024)
+        raw.sendall(b"EHLO c\r\n")
+        raw.recv(4096)
+        raw.sendall(b"STARTTLS\r\n")
+        raw.recv(1024)
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_sighup_applies_a_new_domain_and_keeps_open_sessions(tmp_path: Path) -> None:
+    cert, key = ensure_self_signed(tmp_path / "tls", "hato.test")
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", users=("alice",)),),
+        submission=True,
+        tls=TlsFiles(cert, key),
+    )
+    server = HatoServer(tmp_path / "data", setup)
+    server.start()
+    try:
+        open_session = smtplib.SMTP(server.host, server.port, timeout=30)
+        open_session.ehlo("before")
+        with (
+            smtplib.SMTP(server.host, server.port, timeout=30) as smtp,
+            pytest.raises(smtplib.SMTPRecipientsRefused),
+        ):
+            smtp.sendmail("a@example.net", ["x@new.test"], b"Subject: x\r\n\r\nx\r\n")
+        first_cert = _cert_der(server.host, server.submission_port)
+
+        # A broken file is refused whole; the running configuration stays.
+        good = server.config.read_text()
+        server.config.write_text(good + "\n[limits]\nmax_recipients = 10\n")
+        _hup(server, "event=reload-refused")
+        # The new configuration: one more domain, and a renewed certificate.
+        server.config.write_text(good + '\n[[domain]]\nname = "new.test"\naccept_any = true\n')
+        (tmp_path / "tls" / "selfsigned-cert.pem").unlink()
+        (tmp_path / "tls" / "selfsigned-key.pem").unlink()
+        ensure_self_signed(tmp_path / "tls", "hato.test")
+        _hup(server, "event=reloaded")
+
+        marker = "reload-1"
+        message = f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhi\r\n".encode()
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            smtp.sendmail("a@example.net", ["x@new.test"], message)
+        assert maildir.wait_for_marker(server.mailbox("x", "new.test"), marker, 20)
+        # The session opened before the reload is still there and works.
+        assert open_session.noop()[0] == 250
+        open_session.sendmail("a@example.net", ["alice@example.org"], message)
+        open_session.quit()
+        assert _cert_der(server.host, server.submission_port) != first_cert
+    finally:
+        server.stop()
