@@ -79,7 +79,8 @@ def test_fail2ban_regex_finds_every_failed_auth_and_only_the_real_ip(
         fake = "x\n2026-01-01T00:00:00.000Z WARNING hato.smtpd: event=auth-failed session=1 "
         assert _plain(session, fake + "client=198.51.100.10 user=z", "x")[0] == 535
         assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
-    time.sleep(0.3)  # the log line of the last failure is written before its reply; be safe
+    # Log lines may land a moment after the replies: wait for the last one.
+    assert server.wait_for_log(r"event=auth-failed .*user=\"x\\x0a"), server.log_text()
 
     log = workdir / "hato-copy.log"
     log.write_text(server.log_text())
@@ -156,14 +157,15 @@ def test_failed_auth_slows_down_then_421_and_a_temporary_block(
         assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
     with RawSession(server.host, server.submission_port) as s:
         assert s.reply()[0] == 421
-    log = server.log_text()
-    assert "event=connection-refused" in log and "reason=auth-blocked" in log, log
+    refused = server.wait_for_log(r"event=connection-refused .*reason=auth-blocked")
+    assert refused, server.log_text()
 
     # After block_time the client may try again, and the right password works.
     time.sleep(max(0.0, block + 0.5 - (time.monotonic() - blocked_at)))
     with _session(server, test_ca) as session:
         assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
 
+    assert server.wait_for_log(r"(?s)(event=connection-refused .*){2}"), server.log_text()
     copy = workdir / "throttle.log"
     copy.write_text(server.log_text())
     ips = _fail2ban_ips(fail2ban_regex, copy)

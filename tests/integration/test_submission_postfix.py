@@ -78,10 +78,9 @@ def test_postfix_relays_through_submission_to_a_local_mailbox(
     assert re.search(
         r"(Trusted|Verified) TLS connection established to 127\.0\.0\.1", home_server.log_text()
     ), home_server.log_text()
-    log = hato_submission.log_text()
-    assert re.search(
-        rf"event=auth session=\S+ client=127\.0\.0\.1 user={re.escape(ALICE)} result=ok", log
-    ), log
+    assert hato_submission.wait_for_log(
+        rf"event=auth session=\S+ client=127\.0\.0\.1 user={re.escape(ALICE)} result=ok"
+    ), hato_submission.log_text()
 
 
 def test_postfix_relays_to_a_remote_domain_which_hato_queues(
@@ -98,12 +97,7 @@ def test_postfix_relays_to_a_remote_domain_which_hato_queues(
     assert _wait_for_log(home_server, r"to=<friend@remote\.test>.*status=sent", 60), (
         home_server.log_text()
     )
-    deadline = time.monotonic() + 20
-    pattern = re.compile(
-        r"hato\.queue: event=(deferred|failed|delivered)\b.*to=<friend@remote\.test>"
-    )
-    while not pattern.search(hato_submission.log_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    log = hato_submission.log_text()
-    assert pattern.search(log), log
+    assert hato_submission.wait_for_log(
+        r"hato\.queue: event=(deferred|failed|delivered)\b.*to=<friend@remote\.test>", 20
+    ), hato_submission.log_text()
     assert maildir.find_marker(maildir.all_messages(hato_submission.mailboxes()), marker) == []

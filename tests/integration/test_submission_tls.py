@@ -315,4 +315,4 @@ def test_a_renewed_certificate_is_served_without_dropping_sessions(
         assert old.command(b"NOOP") == (250, [b"250 2.0.0 Ok"])
         token = base64.b64encode(f"\0alice@users.test\0{USER_PASSWORD}".encode())
         assert old.command(b"AUTH PLAIN " + token)[0] == 235
-    assert "event=tls-reloaded" in server.log_text()
+    assert server.wait_for_log("event=tls-reloaded"), server.log_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,6 +197,18 @@ class HatoServer:
             return self.log.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+        """Poll the log until a line matches `pattern` (a regex), or `timeout` seconds pass.
+
+        Log lines may be written a moment after the reply the client already holds."""
+        compiled = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = compiled.search(self.log_text())
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
 
     def peak_rss_kib(self) -> int | None:
         if self.proc is None:
