@@ -1,0 +1,350 @@
+"""Prometheus metrics: what the sessions, the queue runner and the queue say, served over HTTP.
+
+Theory of operation. One `Metrics` object owns its own `CollectorRegistry` (never the global
+one: tests build as many as they like, and nothing another library registers leaks into our
+endpoint). Everything a label can take on the hot path is bound once, up front: a session gets
+a `RoleMetrics` for its listener's role whose methods are one attribute load and one `inc()`;
+dynamic label values (a TLS version, an AUTH mechanism nobody configured) are bound on first
+use and cached. Gauges that describe state somebody else owns are read when scraped
+(`open_sessions`) or refreshed by a periodic task (`refresh_queue`), so they cannot drift.
+
+`metrics_app(metrics)` is the aiohttp application serving ``GET /metrics`` in the Prometheus
+text format; `serve_metrics(address, metrics)` binds it and runs until cancelled, and
+`bind_metrics` does the binding alone (for a composition root that binds everything before it
+says READY and drops privileges).
+
+May import model and queue (QueueStats); never config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Generic, Protocol, TypeVar, assert_never
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from hato.model import (
+    Delivered,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    Role,
+    TempFailed,
+    logfmt,
+)
+from hato.queue.admin import QueueStats
+
+log = logging.getLogger("hato.metrics")
+T = TypeVar("T")
+
+QUEUE_REFRESH_SECONDS = 15.0
+# Seconds from arrival to delivery: local delivery takes milliseconds, a deferred remote one
+# hours or days (the queue gives up after 5 days).
+LATENCY_BUCKETS = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 4 * 3600.0, 86_400.0, 5 * 86_400.0,
+)  # fmt: skip
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+
+
+class Transport(enum.Enum):
+    LOCAL = "local"  # into a mailbox (Maildir, LMTP)
+    REMOTE = "remote"  # to another server (MX or smarthost)
+
+
+class Received(enum.Enum):
+    """What a client was told at the end of a message (DATA/BDAT LAST)."""
+
+    ACCEPTED = "accepted"  # 2xx
+    TEMPFAIL = "tempfail"  # 4xx
+    REFUSED = "refused"  # 5xx
+
+
+class DeliveryResult(enum.Enum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+class MetricsBindError(Exception):
+    """The metrics endpoint cannot listen; the message names the address and the fix."""
+
+
+class HostPort(Protocol):
+    """Where to listen (config's ListenAddress has this shape)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class _Children(Generic[T]):
+    """Label children bound once; a value first seen later is bound then and cached."""
+
+    __slots__ = ("_bind", "_bound")
+
+    def __init__(self, bind: Callable[[str], T], known: Iterable[str]) -> None:
+        self._bind = bind
+        self._bound = {value: bind(value) for value in known}
+
+    def __getitem__(self, value: str) -> T:
+        child = self._bound.get(value)
+        if child is None:
+            child = self._bound[value] = self._bind(value)
+        return child
+
+
+class RoleMetrics:
+    """The counters of one listener role, pre-bound: what a session calls."""
+
+    __slots__ = ("_auth", "_connections", "_received", "_tls")
+
+    def __init__(self, metrics: Metrics, role: Role) -> None:
+        r = role.value
+        self._connections = metrics.connections.labels(r)
+        self._received = {
+            result: metrics.messages_received.labels(r, result.value) for result in Received
+        }
+        self._tls = _Children(lambda v: metrics.tls_handshakes.labels(r, v), TLS_VERSIONS)
+        self._auth = metrics.auth_mechanisms
+
+    def connection(self) -> None:
+        """A client connected (counted before the connection limits are applied)."""
+        self._connections.inc()
+
+    def message(self, code: int) -> None:
+        """The reply `code` we gave at the end of a message (RFC 5321 §4.2.1: its first
+        digit says success, temporary or permanent failure)."""
+        if code < 400:
+            self._received[Received.ACCEPTED].inc()
+        elif code < 500:
+            self._received[Received.TEMPFAIL].inc()
+        else:
+            self._received[Received.REFUSED].inc()
+
+    def tls_handshake(self, version: str | None) -> None:
+        """A finished TLS handshake; `version` is `ssl.SSLObject.version()`."""
+        self._tls[version or "unknown"].inc()
+
+    def auth_failed(self, mechanism: str | None) -> None:
+        """An AUTH exchange that ended in failure (RFC 4954 §6: 535 or 454)."""
+        self._auth[(mechanism or "unknown").upper()].inc()
+
+
+class Metrics:
+    """All of Hato's metrics, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.connections = Counter(
+            "hato_connections", "SMTP connections accepted by role", ["role"], registry=reg
+        )
+        self.sessions_open = Gauge(
+            "hato_sessions_open", "SMTP sessions open now, by role", ["role"], registry=reg
+        )
+        self.messages_received = Counter(
+            "hato_messages_received",
+            "Messages at end of data, by role and result (accepted, tempfail, refused)",
+            ["role", "result"],
+            registry=reg,
+        )
+        self.deliveries = Counter(
+            "hato_deliveries",
+            "Recipient delivery attempts by result (delivered, deferred, bounced) and transport",
+            ["result", "transport"],
+            registry=reg,
+        )
+        self.delivery_latency = Histogram(
+            "hato_delivery_latency_seconds",
+            "Seconds from arrival to delivery, per delivered recipient",
+            ["transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.tls_handshakes = Counter(
+            "hato_tls_handshakes",
+            "TLS handshakes by role and version",
+            ["role", "version"],
+            registry=reg,
+        )
+        self.auth_failures = Counter(
+            "hato_auth_failures",
+            "Failed SMTP AUTH exchanges by mechanism",
+            ["mechanism"],
+            registry=reg,
+        )
+        self.queue_messages = Gauge("hato_queue_messages", "Messages in the queue", registry=reg)
+        self.queue_bytes = Gauge("hato_queue_bytes", "Octets of the queued messages", registry=reg)
+        self.queue_recipients = Gauge(
+            "hato_queue_recipients",
+            "Recipients still to deliver: waiting (never tried), deferred, held",
+            ["state"],
+            registry=reg,
+        )
+        self.queue_oldest_age = Gauge(
+            "hato_queue_oldest_age_seconds",
+            "Age of the oldest queued message (0 when the queue is empty)",
+            registry=reg,
+        )
+        self.queue_refresh_failures = Counter(
+            "hato_queue_refresh_failures", "Queue figures that could not be read", registry=reg
+        )
+        self.auth_mechanisms = _Children(self.auth_failures.labels, AUTH_MECHANISMS)
+        self._roles = {role: RoleMetrics(self, role) for role in Role}
+        self._deliveries = {
+            (result, transport): self.deliveries.labels(result.value, transport.value)
+            for result in DeliveryResult
+            for transport in Transport
+        }
+        self._latency = {t: self.delivery_latency.labels(t.value) for t in Transport}
+        self._waiting = self.queue_recipients.labels("waiting")
+        self._deferred = self.queue_recipients.labels("deferred")
+        self._held = self.queue_recipients.labels("held")
+
+    def role(self, role: Role) -> RoleMetrics:
+        """The pre-bound counters a session of a listener with this role calls."""
+        return self._roles[role]
+
+    def open_sessions(self, role: Role, count: Callable[[], int]) -> None:
+        """The open-sessions gauge of `role` reads `count()` at each scrape (e.g. the sum of
+        `ListenerState.active` over the listeners of that role)."""
+        self.sessions_open.labels(role.value).set_function(lambda: float(count()))
+
+    def delivery(self, outcome: Outcome, transport: Transport, latency: float | None) -> None:
+        """One recipient's attempt; `latency` (seconds since arrival) is observed when
+        the outcome is Delivered."""
+        match outcome:
+            case Delivered():
+                self._deliveries[DeliveryResult.DELIVERED, transport].inc()
+                if latency is not None:
+                    self._latency[transport].observe(max(0.0, latency))
+            case TempFailed():
+                self._deliveries[DeliveryResult.DEFERRED, transport].inc()
+            case PermFailed():
+                self._deliveries[DeliveryResult.BOUNCED, transport].inc()
+            case _:
+                assert_never(outcome)
+
+    def deliveries_of(
+        self,
+        message: QueuedMessage,
+        recipients: Sequence[QueuedRecipient],
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        is_local: Callable[[str], bool],
+    ) -> None:
+        """What a Courier.deliver call gave, one `delivery` per recipient; `is_local(domain)`
+        tells a mailbox from another server, `now` is the wall clock (received_at's)."""
+        latency = now - message.received_at
+        for recipient, outcome in zip(recipients, outcomes, strict=False):
+            local = is_local(recipient.address.domain)
+            self.delivery(outcome, Transport.LOCAL if local else Transport.REMOTE, latency)
+
+    def queue(self, stats: QueueStats, now: float) -> None:
+        """Set the queue gauges from one reading of the queue."""
+        self.queue_messages.set(stats.messages)
+        self.queue_bytes.set(stats.bytes)
+        self._waiting.set(stats.queued - stats.deferred)
+        self._deferred.set(stats.deferred)
+        self._held.set(stats.held)
+        self.queue_oldest_age.set(max(0.0, now - stats.oldest) if stats.oldest else 0.0)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything, as served on /metrics."""
+        return generate_latest(self.registry)
+
+
+async def refresh_queue(
+    metrics: Metrics,
+    stats: Callable[[], Awaitable[QueueStats]],
+    now: Callable[[], float],
+    interval: float = QUEUE_REFRESH_SECONDS,
+) -> None:
+    """Read the queue figures every `interval` seconds, until cancelled. A failed reading
+    is logged and counted; the gauges keep their last values."""
+    while True:
+        try:
+            metrics.queue(await stats(), now())
+        except (sqlite3.Error, OSError) as exc:
+            metrics.queue_refresh_failures.inc()
+            log.warning(logfmt("metrics-queue-failed", error=exc))
+        await asyncio.sleep(interval)
+
+
+# ---- the HTTP endpoint ----
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """GET /metrics in the Prometheus text exposition format (prometheus_client's latest)."""
+
+    async def scrape(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+class MetricsServer:
+    """The bound endpoint: `port` is the one listened on (useful with port 0)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    async def aclose(self) -> None:
+        await self._runner.cleanup()
+
+
+async def bind_metrics(address: HostPort, metrics: Metrics) -> MetricsServer:
+    """Listen on `address`; raises MetricsBindError naming the address and the fix."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    shown = f"{host}:{address.port}"
+    runner = web.AppRunner(metrics_app(metrics), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise MetricsBindError(
+            f"metrics.address {shown}: cannot listen: {exc.strerror or exc}; "
+            "pick a free port or remove [metrics]"
+        ) from exc
+    port = address.port
+    for sockname in runner.addresses:
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            port = int(sockname[1])
+            break
+    log.info(logfmt("listening", role="metrics", address=f"{host}:{port}"))
+    return MetricsServer(runner, address.host, port)
+
+
+async def serve_metrics(address: HostPort, metrics: Metrics) -> None:
+    """Bind (MetricsBindError if it cannot) and serve until cancelled."""
+    server = await bind_metrics(address, metrics)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.aclose()
