@@ -42,6 +42,11 @@ TRICKS = [
 ]
 
 
+# An addr-spec in example.org or users.test: a dot-atom or a quoted-string local part (RFC 5322
+# §3.4.1), so the only unquoted "@" is the one before our domain.
+_LOCAL_ADDRESS = r'(?:[^"@\s]+|"(?:[^"\\]|\\.)*")@(?:example\.org|users\.test)'
+
+
 def _rcpt_on_mx(server: HatoServer, recipient: str) -> tuple[int, list[bytes]]:
     with RawSession(server.host, server.port) as session:
         assert session.reply()[0] == 220
@@ -70,6 +75,16 @@ def test_mx_never_relays(shared_submission: HatoServer, recipient: str) -> None:
     assert len(found) == 1, f"{recipient} accepted but not delivered locally:\n{lines}"
     relative = found[0].relative_to(server.mailboxes())
     assert relative.parts[0] in ("example.org", "users.test"), relative
+    # The Delivered-To: it gets is still an address of our domain: a quoted local part stays
+    # quoted (RFC 5322 §3.4.1), so nothing downstream can read it as user@other.test.
+    head = found[0].read_bytes().split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    delivered_to = [
+        line.removeprefix("Delivered-To: ")
+        for line in head.split("\r\n")
+        if line.startswith("Delivered-To: ")
+    ]
+    assert len(delivered_to) == 1, head
+    assert re.fullmatch(_LOCAL_ADDRESS, delivered_to[0]), delivered_to[0]
     # Never queued for the other domain: no delivery attempt, no route look-up for it.
     assert _remote_attempts(server, "other.test") == [], _remote_attempts(server, "other.test")
 
