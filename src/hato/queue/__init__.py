@@ -18,7 +18,7 @@ from hato.queue.schedule import (
     retry_at,
 )
 from hato.queue.sqlite import Pending, RowUpdate, Status
-from hato.queue.store import DEFAULT_MIN_FREE, Queue
+from hato.queue.store import DEFAULT_MIN_FREE, Queue, recover_offline, release_leases
 
 __all__ = [
     "DEFAULT_MIN_FREE",
@@ -42,6 +42,8 @@ __all__ = [
     "expired_reply",
     "is_expired",
     "is_queue_id",
+    "recover_offline",
+    "release_leases",
     "report_for",
     "retry_at",
 ]

@@ -145,15 +145,20 @@ class Queue:
         lease_seconds: float = DEFAULT_LEASE,
         fsync_threads: int = 4,
         free_space: Callable[[Path], int] = statvfs_free,
+        recover: bool = True,
     ) -> Queue:
-        """Create the directories (0700), open the store, and recover (see `store.recover`)."""
+        """Create the directories (0700), open the store, and recover (see `store.recover`).
+
+        With several server processes on one queue, only the supervisor recovers, before any
+        worker starts (`recover_offline`): a worker must not take an orphan-looking body file of
+        a sibling's message in progress for a leftover, so workers open with `recover=False`."""
         now = clock.now()
 
         def setup() -> tuple[sqlite3.Connection, int, list[str]]:
             os.makedirs(root / "messages", mode=0o700, exist_ok=True)
             conn = store.connect(str(root / "queue.db"))
             try:
-                problems = store.recover(conn, str(root / "messages"), now=now)
+                problems = store.recover(conn, str(root / "messages"), now=now) if recover else []
                 dir_fd = os.open(root / "messages", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except BaseException:
                 conn.close()
@@ -441,3 +446,30 @@ def _unlink(path: str) -> None:
 def _fail(future: asyncio.Future[T], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+def recover_offline(root: Path, now: float) -> list[str]:
+    """`store.recover` with no Queue open: what a supervisor runs before starting workers."""
+    os.makedirs(root / "messages", mode=0o700, exist_ok=True)
+    conn = store.connect(str(root / "queue.db"))
+    try:
+        return store.recover(conn, str(root / "messages"), now=now)
+    finally:
+        conn.close()
+
+
+def release_leases(root: Path, owner: str, now: float) -> int:
+    """Free the rows a dead worker held (`owner` is its node id), marked recovered so the courier
+    checks before delivering again (exactly once); returns how many."""
+    conn = store.connect(str(root / "queue.db"))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        cursor = conn.execute(
+            "UPDATE recipients SET recovered = 1, lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE status = 'queued' AND lease_owner = ?",
+            (now, owner),
+        )
+        conn.execute("COMMIT")
+        return cursor.rowcount
+    finally:
+        conn.close()

@@ -550,3 +550,33 @@ def test_a_version_2_store_is_upgraded_in_place(tmp_path: Path) -> None:
     run(main)
     assert rows(tmp_path, "PRAGMA user_version") == [(3,)]
     assert rows(tmp_path, "SELECT delay_warned FROM messages") == [(1,)]
+
+
+def test_recover_offline_and_release_leases_for_several_processes(tmp_path: Path) -> None:
+    """A supervisor recovers once before its workers start; a dead worker's leases are freed
+    (and marked recovered) without touching a living sibling's."""
+    import sqlite3
+
+    from hato.queue import recover_offline, release_leases
+
+    root = tmp_path / "q"
+    assert recover_offline(root, 1000.0) == []
+    conn = sqlite3.connect(root / "queue.db")
+    conn.execute(
+        "INSERT INTO messages (queue_id, mail_from, received_at, size, prefix, params)"
+        " VALUES ('M1', '', 1.0, 1, x'', '{}')"
+    )
+    for row, owner in ((1, "host:w0"), (2, "host:w1")):
+        conn.execute(
+            "INSERT INTO recipients (row_id, queue_id, address, original, status, attempts,"
+            " next_attempt, lease_owner, lease_until, updated_at)"
+            " VALUES (?, 'M1', 'a@example.org', 'a@example.org', 'queued', 0, 0, ?, 9e9, 0)",
+            (row, owner),
+        )
+    conn.commit()
+    assert release_leases(root, "host:w1", 2000.0) == 1
+    rows = dict(conn.execute("SELECT row_id, lease_owner FROM recipients").fetchall())
+    recovered = dict(conn.execute("SELECT row_id, recovered FROM recipients").fetchall())
+    conn.close()
+    assert rows == {1: "host:w0", 2: None}
+    assert recovered == {1: 0, 2: 1}
