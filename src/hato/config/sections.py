@@ -137,6 +137,18 @@ class ServerSettings(BaseModel):
     log_level: LogLevel = Field(
         LogLevel.INFO, description='one of "debug", "info", "warning", "error"'
     )
+    workers: StrictInt = Field(
+        1,
+        description="server processes sharing the listening sockets: 1, or 0 for one per CPU "
+        "(mx connections spread over all of them; submission stays in the first)",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int) -> int:
+        if not 0 <= value <= 64:
+            raise ValueError(f"must be 0 (one per CPU) or 1..64, got {value}")
+        return value
 
 
 class ListenerSettings(BaseModel):

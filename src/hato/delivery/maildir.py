@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hato.model import (
+    Address,
     Clock,
     Delivered,
     Outcome,
@@ -478,7 +479,8 @@ class MaildirCourier:
         mailbox = self._mailbox_dir(rcpt, message.params.get(FOLDER_PARAM))
         if mailbox is None:
             return None
-        address = f"{rcpt.address.local.lower()}@{rcpt.address.domain.lower()}"
+        # RFC 5322 §3.4.1: a local part that is not a dot-atom stays quoted ("a@b"@example.org).
+        address = str(Address(rcpt.address.local.lower(), rcpt.address.domain.lower()))
         header = head + f"Delivered-To: {address}\r\n".encode() + message.prefix
         base = base_name(message, rcpt, self._hostname)
         name = f"{base},S={len(header) + body_size}"
