@@ -19,6 +19,7 @@ from hato.config.load import (
     parse_settings,
     settings_from_mapping,
 )
+from hato.config.ops_sections import MetricsSettings
 from hato.config.outbound_sections import (
     DeliverySettings,
     SmarthostSettings,
@@ -63,6 +64,7 @@ __all__ = [
     "LocalSettings",
     "LogFormat",
     "LogLevel",
+    "MetricsSettings",
     "NetworkSettings",
     "QueueSettings",
     "ServerSettings",

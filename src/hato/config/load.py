@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
+from hato.config.ops_sections import MetricsSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
@@ -177,6 +178,7 @@ def settings_from_mapping(
         if "smarthost" in raw
         else None
     )
+    metrics = _one(MetricsSettings, raw.get("metrics", {}), "metrics", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -184,12 +186,13 @@ def settings_from_mapping(
     problems.extend(_duplicates(raw.get("transport"), "transport", "domain"))
     problems.extend(_smarthost_references(raw.get("transport"), "smarthost" in raw))
     problems.extend(_network_references(raw.get("listener"), raw.get("network")))
+    problems.extend(metrics_clashes(raw.get("listener"), raw.get("metrics")))
     if "tls" not in raw and source != EMBEDDED_SOURCE:
         # The embedded default is the one place a self-signed certificate is made instead.
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
         raise ConfigError(source, problems)
-    if auth is None or dns is None or authcheck is None or delivery is None:
+    if auth is None or dns is None or authcheck is None or delivery is None or metrics is None:
         raise ConfigError(source, problems)
     return Settings(
         server=server,
@@ -206,6 +209,7 @@ def settings_from_mapping(
         delivery=delivery,
         transports=tuple(transport for _, transport in transports),
         smarthost=smarthost,
+        metrics=metrics,
     )
 
 

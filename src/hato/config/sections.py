@@ -31,6 +31,14 @@ from pydantic import (
 )
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.ops_sections import (
+    GROUP_DESCRIPTION,
+    USER_DESCRIPTION,
+    MetricsSettings,
+    SystemGroup,
+    SystemUser,
+    check_group_has_user,
+)
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.values import (
@@ -149,6 +157,15 @@ class ServerSettings(BaseModel):
         if not 0 <= value <= 64:
             raise ValueError(f"must be 0 (one per CPU) or 1..64, got {value}")
         return value
+
+    user: SystemUser | None = Field(None, description=USER_DESCRIPTION)
+    group: SystemGroup | None = Field(None, description=GROUP_DESCRIPTION)
+
+    @field_validator("group")
+    @classmethod
+    def _group_has_user(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A user that failed its own validation is missing from info.data: reported already.
+        return check_group_has_user(value, user_missing=info.data.get("user", "") is None)
 
 
 class ListenerSettings(BaseModel):
@@ -371,5 +388,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "delivery": DeliverySettings,
     "transport": TransportSettings,
     "smarthost": SmarthostSettings,
+    "metrics": MetricsSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

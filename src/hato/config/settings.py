@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.ops_sections import MetricsSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
@@ -41,6 +42,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=lambda: DeliverySettings.model_validate({}))
     transports: tuple[TransportSettings, ...] = ()
     smarthost: SmarthostSettings | None = None
+    metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings.model_validate({}))
 
     def network(self, name: str) -> NetworkSettings | None:
         """The [[network]] called `name`."""
