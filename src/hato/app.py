@@ -210,9 +210,15 @@ async def _bind(
     port: int,
     factory: Callable[[], asyncio.BaseProtocol],
     tls: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    handshake = 30.0 if tls is not None else None
     try:
+        if sock is not None:  # bound by the supervisor, shared by the workers
+            return await loop.create_server(
+                factory, sock=sock, backlog=4096, ssl=tls, ssl_handshake_timeout=handshake
+            )
         return await loop.create_server(
             factory,
             host,
@@ -220,7 +226,7 @@ async def _bind(
             backlog=4096,  # a large backlog: slow clients down rather than refuse them
             reuse_address=True,
             ssl=tls,
-            ssl_handshake_timeout=30.0 if tls is not None else None,
+            ssl_handshake_timeout=handshake,
         )
     except OSError as exc:
         raise StartupError(
@@ -301,14 +307,28 @@ def configured_fields(
     }
 
 
-async def run(settings: Settings, source: str) -> None:
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """One process of several (hato.supervisor): its sockets, its name, what it runs."""
+
+    index: int
+    sockets: dict[int, socket.socket]  # listener index -> the bound socket it serves
+    node_id: str
+
+
+async def run(settings: Settings, source: str, worker: WorkerRole | None = None) -> None:
     loop = asyncio.get_running_loop()
     clock = SystemClock()
     data_dir = Path(settings.server.data_dir)
-    node_id = f"{socket.gethostname()}:{os.getpid()}"
+    node_id = worker.node_id if worker else f"{socket.gethostname()}:{os.getpid()}"
+    first = worker is None or worker.index == 0  # runs the control socket
     tls = build_tls(settings, data_dir)
     queue = await Queue.open(
-        data_dir / "queue", clock=clock, node_id=node_id, min_free=settings.queue.min_free_space
+        data_dir / "queue",
+        clock=clock,
+        node_id=node_id,
+        min_free=settings.queue.min_free_space,
+        recover=worker is None,  # with workers, the supervisor recovered before starting them
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
@@ -343,7 +363,9 @@ async def run(settings: Settings, source: str) -> None:
     contexts: list[SessionContext] = []
     servers: list[asyncio.Server] = []
     try:
-        for listener in settings.listeners:
+        for number, listener in enumerate(settings.listeners):
+            if worker is not None and number not in worker.sockets:
+                continue  # another worker serves it (submission stays in the first)
             role = listener.role
             state = ListenerState(
                 name=f"{role.value}@{listener.address}",
@@ -369,7 +391,8 @@ async def run(settings: Settings, source: str) -> None:
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None
-            servers.append(await _bind(loop, listener.host, listener.port, factory, wrap))
+            sock = worker.sockets[number] if worker is not None else None
+            servers.append(await _bind(loop, listener.host, listener.port, factory, wrap, sock))
             states.append(state)
             contexts.append(ctx)
             log.info(logfmt("listening", role=role.value, address=listener.address))
@@ -416,7 +439,11 @@ async def run(settings: Settings, source: str) -> None:
                 info=lambda: {"listeners": [str(lst.address) for lst in settings.listeners]},
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
-            control_task = tasks.create_task(control.serve(data_dir / "control.sock", controller))
+            control_task = tasks.create_task(
+                control.serve(data_dir / "control.sock", controller)
+                if first
+                else asyncio.Event().wait()
+            )
             await stop.wait()
             log.info(logfmt("stopping", detail="draining sessions"))
             for server in servers:
@@ -540,8 +567,13 @@ def serve(settings: Settings, *, source: str) -> int:
     handler = configure_logging(settings.server.log_format, settings.server.log_level)
     fast = _use_uvloop()
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
+    workers = settings.server.workers or (os.cpu_count() or 1)
     try:
         with data_dir_lock(Path(settings.server.data_dir)):
+            if workers > 1:
+                from hato.supervisor import supervise
+
+                return supervise(settings, source, workers, handler)
             asyncio.run(run(settings, source))
     except StartupError as exc:
         log.error(logfmt("startup-failed", detail=str(exc)))

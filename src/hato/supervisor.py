@@ -1,0 +1,167 @@
+"""Several server processes on one data directory (`[server] workers`), for when one core is
+the limit (issue 2: one process per core).
+
+Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
+forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
+sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
+the first also the submission listeners and the control socket, so AUTH throttling and sending
+limits stay in one process. Workers commit to the one SQLite queue (WAL; every write is
+`BEGIN IMMEDIATE`, so their group commits take turns), and each delivers what it accepted;
+retries go to whichever worker leases them first. A worker that dies is replaced, after its
+leased rows are freed and marked recovered (exactly once). Workers die with the supervisor
+(PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
+Signals: SIGTERM/SIGINT and SIGHUP are passed on to the workers.
+
+Limits: per-IP connection limits of an mx listener are counted per worker.
+
+May import every room (it is part of the composition root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hato.app import EX_CANTCREAT, EX_OK, EX_SOFTWARE, WorkerRole, run
+from hato.logsetup import configure_logging
+from hato.model import Role, logfmt
+from hato.queue import recover_offline, release_leases
+
+if TYPE_CHECKING:
+    from hato.config import Settings
+
+log = logging.getLogger("hato.supervisor")
+
+PR_SET_PDEATHSIG = 1
+RESTART_LIMIT = 5  # worker deaths within RESTART_WINDOW before the supervisor gives up
+RESTART_WINDOW = 60.0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        detail = f"listener address {host}:{port}: cannot listen: {exc.strerror}"
+        raise OSError(exc.errno, detail) from exc
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers then outlive a SIGKILLed parent
+        log.warning(logfmt("pdeathsig-unavailable"))
+
+
+def _node_id(index: int) -> str:
+    return f"{socket.gethostname()}:w{index}"
+
+
+def _start_worker(
+    settings: Settings, source: str, index: int, sockets: dict[int, socket.socket]
+) -> int:
+    logging.getLogger("hato").handlers[0].flush()  # nothing buffered may be written twice
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EX_SOFTWARE
+    try:
+        _die_with_parent()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        handler = configure_logging(settings.server.log_format, settings.server.log_level)
+        mine = {n: s for n, s in sockets.items() if index == 0 or _is_mx(settings, n)}
+        for number, sock in sockets.items():
+            if number not in mine:
+                sock.close()
+        log.info(logfmt("worker-started", worker=index, pid=os.getpid(), listeners=len(mine)))
+        asyncio.run(run(settings, source, WorkerRole(index, mine, _node_id(index))))
+        code = EX_OK
+        handler.flush()
+    except BaseException:  # the one catch-all of a worker: log, exit non-zero
+        log.exception(logfmt("worker-failed", worker=index))
+        logging.getLogger("hato").handlers[0].flush()
+    finally:
+        os._exit(code)
+
+
+def _is_mx(settings: Settings, number: int) -> bool:
+    return settings.listeners[number].role is Role.MX
+
+
+def supervise(settings: Settings, source: str, workers: int, handler: logging.Handler) -> int:
+    data_dir = Path(settings.server.data_dir)
+    try:
+        sockets = {
+            n: _listen(listener.host, listener.port)
+            for n, listener in enumerate(settings.listeners)
+        }
+    except OSError as exc:
+        log.error(logfmt("startup-failed", detail=exc.strerror))
+        handler.flush()
+        print(f"hato: {exc.strerror}", file=sys.stderr)
+        return EX_CANTCREAT
+    for problem in recover_offline(data_dir / "queue", time.time()):
+        log.error(logfmt("queue-problem", detail=problem))
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for index in range(workers):
+        children[_start_worker(settings, source, index, sockets)] = index
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info(logfmt("supervising", workers=workers, pid=os.getpid()))
+    deaths: list[float] = []
+    status = EX_OK
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            status = status or (code if code > 0 else 0)
+            continue
+        log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
+        released = release_leases(data_dir / "queue", _node_id(index), time.time())
+        if released:
+            log.info(logfmt("leases-released", worker=index, rows=released))
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < RESTART_WINDOW] + [now]
+        if len(deaths) > RESTART_LIMIT:
+            log.error(logfmt("giving-up", detail="workers keep dying"))
+            forward(signal.SIGTERM, None)
+            stopping, status = True, EX_SOFTWARE
+            continue
+        time.sleep(0.5)
+        children[_start_worker(settings, source, index, sockets)] = index
+    log.info(logfmt("stopped", workers=workers))
+    handler.flush()
+    return status

@@ -1,0 +1,58 @@
+"""`[server] workers = 2`: two processes share the listeners and the queue; a SIGKILL of the
+server takes its workers with it, and after a restart every accepted message is there once."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+from pathlib import Path
+
+from peers import maildir
+from peers.hato import HatoServer
+from peers.server import DomainSetup, MailSetup
+
+
+class TwoWorkers(HatoServer):
+    def _config_text(self) -> str:
+        return super()._config_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    server = TwoWorkers(tmp_path / "data", setup)
+    server.start()
+    assert server.proc is not None
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2
+    markers = [f"w-{n}" for n in range(20)]
+    for marker in markers:
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            body = f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhi\r\n".encode()
+            smtp.sendmail("a@example.net", ["u@example.org"], body)
+    server.kill()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived a SIGKILLed supervisor"
+        time.sleep(0.05)
+    server.start()  # the data directory is free again: nothing holds its lock
+    try:
+        box = server.mailbox("u", "example.org")
+        for marker in markers:
+            assert len(maildir.wait_for_marker(box, marker, 20)) == 1
+        assert os.path.isdir(box / "new")
+    finally:
+        server.stop()
