@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,17 @@ from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.logsetup import configure_logging
-from hato.model import Address, Role, SystemClock, logfmt
+from hato.model import (
+    Address,
+    Clock,
+    Courier,
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+    Role,
+    SystemClock,
+    logfmt,
+)
 from hato.outbound_setup import build_outbound
 from hato.policy import (
     AuthThrottle,
@@ -38,11 +48,15 @@ from hato.policy import (
     SendLimitSettings,
 )
 from hato.queue import Queue, QueueRunner, Schedule
+from hato.queue.admin import LiveAdmin
 from hato.server import control
 from hato.server.context import ListenerState, SessionContext
 from hato.server.inbound import Enforcement, InboundChecker
+from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
+from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.session import SmtpSession
 from hato.server.signing import OutboundSigner, load_sealers, load_signers
+from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
 from hato.smtp import ServerSettings
 
@@ -178,11 +192,18 @@ def build_resolver(settings: Settings, users: UserStore) -> RecipientResolver:
 
 
 @contextlib.contextmanager
-def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    """One server per data directory: the queue and the mailboxes are ours alone."""
+def data_dir_lock(data_dir: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
+    """One server per data directory: the queue and the mailboxes are ours alone. `owner`
+    (uid, gid): who the server will run as, when root starts it ([server] user)."""
     try:
+        created = not data_dir.exists()
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         handle = open(data_dir / "hato.lock", "a+")  # noqa: SIM115 - held for the whole run
+        if owner is not None:
+            # Made by root before the privilege drop, but they are the server's.
+            os.fchown(handle.fileno(), *owner)
+            if created:
+                os.chown(data_dir, *owner)
     except OSError as exc:
         raise StartupError(
             f"server.data_dir: cannot create {data_dir}: {exc.strerror}; "
@@ -202,6 +223,28 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (before privileges are dropped)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StartupError(
+            f"listener address {address}: cannot listen: {exc.strerror}; "
+            "pick a free port or stop what uses it",
+            EX_CANTCREAT,
+        ) from exc
+    sock.listen(4096)  # a large backlog: slow clients down rather than refuse them
+    sock.setblocking(False)
+    return sock
 
 
 async def _bind(
@@ -307,6 +350,24 @@ def configured_fields(
     }
 
 
+class MeasuredCourier:
+    """The courier the runner calls, counting each outcome for /metrics."""
+
+    def __init__(
+        self, inner: Courier, metrics: Metrics, clock: Clock, is_local: Callable[[str], bool]
+    ) -> None:
+        self._inner, self._metrics, self._clock, self._is_local = inner, metrics, clock, is_local
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]:
+        outcomes = await self._inner.deliver(message, recipients)
+        self._metrics.deliveries_of(
+            message, recipients, outcomes, now=self._clock.now(), is_local=self._is_local
+        )
+        return outcomes
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
     """One process of several (hato.supervisor): its sockets, its name, what it runs."""
@@ -322,7 +383,24 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     data_dir = Path(settings.server.data_dir)
     node_id = worker.node_id if worker else f"{socket.gethostname()}:{os.getpid()}"
     first = worker is None or worker.index == 0  # runs the control socket
-    tls = build_tls(settings, data_dir)
+    tls = build_tls(settings, data_dir)  # read as root: certbot's keys are root-only
+    if worker is not None:
+        sockets = worker.sockets
+    else:
+        sockets = {n: listen_socket(lst.host, lst.port) for n, lst in enumerate(settings.listeners)}
+    metrics = Metrics()
+    metrics_server = None
+    if settings.metrics.address is not None and first:
+        try:
+            metrics_server = await bind_metrics(settings.metrics.address, metrics)
+        except MetricsBindError as exc:
+            raise StartupError(str(exc), EX_CANTCREAT) from exc
+    try:
+        # Ports 25/465/587 are bound; from here on we need no privilege (issue 7).
+        drop_privileges(settings.server.user, settings.server.group, data_dir=data_dir)
+    except PrivilegeError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    notifier = Notifier.from_env()
     queue = await Queue.open(
         data_dir / "queue",
         clock=clock,
@@ -352,8 +430,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
     outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
+    routing = RoutingCourier(resolver.is_local_domain, maildir, outbound)
     courier = control.CountingCourier(
-        RoutingCourier(resolver.is_local_domain, maildir, outbound), counter
+        MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
     )
     runner = QueueRunner(
         queue, courier, clock=clock, schedule=Schedule(), hostname=settings.server.hostname
@@ -364,7 +443,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     servers: list[asyncio.Server] = []
     try:
         for number, listener in enumerate(settings.listeners):
-            if worker is not None and number not in worker.sockets:
+            if number not in sockets:
                 continue  # another worker serves it (submission stays in the first)
             role = listener.role
             state = ListenerState(
@@ -387,12 +466,14 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 limiter=shared.limiter,
                 dns=shared.dns,
                 keys=shared.keys,
+                metrics=metrics.role(role),
                 **configured_fields(settings, shared, listener),
             )
             factory = _session_factory(ctx)
             wrap = implicit_tls_context(tls) if implicit and tls is not None else None
-            sock = worker.sockets[number] if worker is not None else None
-            servers.append(await _bind(loop, listener.host, listener.port, factory, wrap, sock))
+            servers.append(
+                await _bind(loop, listener.host, listener.port, factory, wrap, sockets[number])
+            )
             states.append(state)
             contexts.append(ctx)
             log.info(logfmt("listening", role=role.value, address=listener.address))
@@ -403,7 +484,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
 
         def reload() -> None:
             nonlocal current
+            notifier.reloading()
             current = _reload(current, source, shared, contexts)
+            notifier.ready("reloaded")
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         log.info(
@@ -444,7 +527,18 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 if first
                 else asyncio.Event().wait()
             )
+            for role in {lst.role for lst in settings.listeners}:
+                metrics.open_sessions(role, _open_sessions(states, contexts, role))
+            gauges = tasks.create_task(
+                refresh_queue(metrics, LiveAdmin(queue, clock.now, log.info).stats, clock.now)
+            )
+            interval = watchdog_interval()
+            pets = tasks.create_task(
+                run_watchdog(notifier, interval) if interval else asyncio.Event().wait()
+            )
+            notifier.ready("accepting mail")
             await stop.wait()
+            notifier.stopping("draining sessions")
             log.info(logfmt("stopping", detail="draining sessions"))
             for server in servers:
                 server.close()
@@ -454,6 +548,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 watcher.cancel()
             sweeper.cancel()
             control_task.cancel()
+            gauges.cancel()
+            pets.cancel()
     finally:
         for server in servers:
             server.close()
@@ -465,6 +561,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         maildir.close()
         users.close()
         shared.keys.close()
+        if metrics_server is not None:
+            await metrics_server.aclose()
+        notifier.close()
 
 
 def _reload(
@@ -534,6 +633,14 @@ async def _watch_tls(tls: ReloadingContext) -> None:
         _reload_tls(tls, False)
 
 
+def _open_sessions(
+    states: list[ListenerState], contexts: list[SessionContext], role: Role
+) -> Callable[[], int]:
+    """The open sessions of `role`'s listeners, read when /metrics is scraped."""
+    pairs = list(zip(states, contexts, strict=True))
+    return lambda: sum(state.active for state, ctx in pairs if ctx.role is role)
+
+
 def _session_factory(ctx: SessionContext) -> Callable[[], SmtpSession]:
     return lambda: SmtpSession(ctx)
 
@@ -569,7 +676,7 @@ def serve(settings: Settings, *, source: str) -> int:
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
     workers = settings.server.workers or (os.cpu_count() or 1)
     try:
-        with data_dir_lock(Path(settings.server.data_dir)):
+        with data_dir_lock(Path(settings.server.data_dir), _owner(settings)):
             if workers > 1:
                 from hato.supervisor import supervise
 
@@ -585,6 +692,16 @@ def serve(settings: Settings, *, source: str) -> int:
     log.info(logfmt("stopped"))
     handler.flush()
     return EX_OK
+
+
+def _owner(settings: Settings) -> tuple[int, int] | None:
+    if settings.server.user is None or os.geteuid() != 0:
+        return None
+    try:
+        identity = lookup_identity(settings.server.user, settings.server.group)
+    except PrivilegeError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    return identity.uid, identity.gid
 
 
 def _version() -> str:

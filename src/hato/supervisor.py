@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hato.app import EX_CANTCREAT, EX_OK, EX_SOFTWARE, WorkerRole, run
+from hato.app import EX_OK, EX_SOFTWARE, StartupError, WorkerRole, listen_socket, run
 from hato.logsetup import configure_logging
 from hato.model import Role, logfmt
 from hato.queue import recover_offline, release_leases
@@ -44,23 +44,6 @@ log = logging.getLogger("hato.supervisor")
 PR_SET_PDEATHSIG = 1
 RESTART_LIMIT = 5  # worker deaths within RESTART_WINDOW before the supervisor gives up
 RESTART_WINDOW = 60.0
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        detail = f"listener address {host}:{port}: cannot listen: {exc.strerror}"
-        raise OSError(exc.errno, detail) from exc
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
 
 
 def _die_with_parent() -> None:
@@ -111,14 +94,14 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
     data_dir = Path(settings.server.data_dir)
     try:
         sockets = {
-            n: _listen(listener.host, listener.port)
+            n: listen_socket(listener.host, listener.port)
             for n, listener in enumerate(settings.listeners)
         }
-    except OSError as exc:
-        log.error(logfmt("startup-failed", detail=exc.strerror))
+    except StartupError as exc:
+        log.error(logfmt("startup-failed", detail=str(exc)))
         handler.flush()
-        print(f"hato: {exc.strerror}", file=sys.stderr)
-        return EX_CANTCREAT
+        print(f"hato: {exc}", file=sys.stderr)
+        return exc.exit_code
     for problem in recover_offline(data_dir / "queue", time.time()):
         log.error(logfmt("queue-problem", detail=problem))
     children: dict[int, int] = {}  # pid -> worker index

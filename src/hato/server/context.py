@@ -21,6 +21,7 @@ from hato.policy import (
 from hato.queue import Queue
 from hato.server.auth import Accounts
 from hato.server.inbound import InboundChecker
+from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.signing import OutboundSigner
 from hato.server.tls import ReloadingContext
 from hato.smtp import ServerSettings
@@ -102,6 +103,7 @@ class SessionContext:
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
     inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
+    metrics: RoleMetrics = field(default_factory=lambda: Metrics().role(Role.MX))
     keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
     authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains

@@ -137,7 +137,11 @@ def _switch(target: Identity) -> None:
 def check_data_dir(data_dir: Path, target: Identity) -> None:
     """Every directory and file under `data_dir` (to CHECK_DEPTH) is writable by us now."""
     owner = target.user if target.group == target.user else f"{target.user}:{target.group}"
-    if not data_dir.is_dir():
+    try:
+        reachable = data_dir.is_dir()
+    except PermissionError:
+        reachable = False  # a parent directory is closed to the new user
+    if not reachable:
         raise PrivilegeError(
             f"server.data_dir: {data_dir} does not exist or cannot be reached by {target.user!r}; "
             f"create it: install -d -o {target.user} -m 0700 {data_dir}"

@@ -122,6 +122,7 @@ class SmtpSession(asyncio.Protocol):
         self.started = self.last_activity = now
         self.session_id = f"{id(self):x}"
         listener = self.ctx.listener
+        self.ctx.metrics.connection()
         if not listener.admit(self.client_ip):
             # RFC 5321 §3.8: 421 when the service is not available to this client now.
             log.warning(
@@ -247,6 +248,7 @@ class SmtpSession(asyncio.Protocol):
             case MessageEnd():
                 self._on_message_end()
             case MessageAborted(reply=reply):
+                self.ctx.metrics.message(reply.code)
                 log.info(logfmt("message-refused", session=self.session_id, reply=reply))
                 self._discard_body()
                 self._reset_transaction()
@@ -776,6 +778,7 @@ class SmtpSession(asyncio.Protocol):
     def _note_tls(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
+            self.ctx.metrics.tls_handshake(ssl_object.version())
             cipher = ssl_object.cipher()
             self.tls_detail = (
                 f"using {ssl_object.version()} with cipher {cipher[0] if cipher else '?'}"
@@ -806,6 +809,7 @@ class SmtpSession(asyncio.Protocol):
                 self.conn.accept()
             case Failure(reply=reply, reason=reason, username=username):
                 self.auth = None
+                self.ctx.metrics.auth_failed(mechanism or None)
                 blocked = False
                 if self.ctx.throttle is not None and reply.code == 535:
                     # RFC 4954 §4 leaves the pace to us: each failure waits longer, and too
@@ -830,6 +834,8 @@ class SmtpSession(asyncio.Protocol):
     # ---- helpers ----
 
     def _answer(self, reply: Reply | None, text: str | None = None) -> None:
+        """The answer to the end of a message (250 once it is durable)."""
+        self.ctx.metrics.message(250 if reply is None else reply.code)
         if self.closing:
             return
         if reply is None:
