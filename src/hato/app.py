@@ -523,7 +523,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(
-                control.serve(data_dir / "control.sock", controller)
+                control.serve(
+                    data_dir / "control.sock", controller, submit_path=settings.server.submit_socket
+                )
                 if first
                 else asyncio.Event().wait()
             )

@@ -160,6 +160,11 @@ class ServerSettings(BaseModel):
 
     user: SystemUser | None = Field(None, description=USER_DESCRIPTION)
     group: SystemGroup | None = Field(None, description=GROUP_DESCRIPTION)
+    submit_socket: AbsolutePath | None = Field(
+        None,
+        description='a unix socket path, e.g. "/run/hato/submit.sock": mode 0666, takes only '
+        "submissions, so every local user (cron, PHP) can use hato-sendmail",
+    )
 
     @field_validator("group")
     @classmethod
