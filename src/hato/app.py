@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from hato.accounts import UserStore
 from hato.crypto import KeyStore
+from hato.crypto.wkd import wkd_app
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
@@ -395,6 +398,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             metrics_server = await bind_metrics(settings.metrics.address, metrics)
         except MetricsBindError as exc:
             raise StartupError(str(exc), EX_CANTCREAT) from exc
+    wkd_runner = None
+    if settings.wkd.address is not None and first:
+        wkd_runner = await serve_wkd(settings, data_dir, tls)
     try:
         # Ports 25/465/587 are bound; from here on we need no privilege (issue 7).
         drop_privileges(settings.server.user, settings.server.group, data_dir=data_dir)
@@ -565,6 +571,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         shared.keys.close()
         if metrics_server is not None:
             await metrics_server.aclose()
+        if wkd_runner is not None:
+            await wkd_runner.cleanup()
         notifier.close()
 
 
@@ -633,6 +641,35 @@ async def _watch_tls(tls: ReloadingContext) -> None:
     while True:
         await asyncio.sleep(TLS_WATCH_SECONDS)
         _reload_tls(tls, False)
+
+
+async def serve_wkd(
+    settings: Settings, data_dir: Path, tls: ReloadingContext | None
+) -> web.AppRunner:
+    """The Web Key Directory endpoint (issue 6): users' OpenPGP keys for senders' clients."""
+    address = settings.wkd.address
+    assert address is not None
+    if settings.wkd.https and tls is None:
+        raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
+    keys = KeyStore.in_data_dir(data_dir)
+    runner = web.AppRunner(wkd_app(keys), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        address.host,
+        address.port,
+        ssl_context=tls.current if settings.wkd.https and tls is not None else None,
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"wkd.address {address}: cannot listen: {exc.strerror}; pick a free port",
+            EX_CANTCREAT,
+        ) from exc
+    log.info(logfmt("listening", role="wkd", address=address, https=settings.wkd.https))
+    return runner
 
 
 def _open_sessions(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from peers import maildir
 from peers.hato import HatoServer, hato_binary
+from peers.net import free_port
 from peers.server import DomainSetup, MailSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
@@ -168,3 +171,46 @@ def test_crash_between_accept_and_delivery_leaves_no_plaintext(
         "--decrypt", input=stored.read_bytes().split(b"\r\n\r\n", 1)[1]
     )
     assert _grep(server.data_dir, marker.encode()) == []
+
+
+class WkdHato(HatoServer):
+    def __init__(self, data_dir: Path, setup: MailSetup, port: int) -> None:
+        super().__init__(data_dir, setup)
+        self.wkd_port = port
+
+    def _config_text(self) -> str:
+        return super()._config_text() + f'\n[wkd]\naddress = "127.0.0.1:{self.wkd_port}"\n'
+
+
+def test_wkd_serves_the_key_at_the_url_gnupg_computes(
+    tmp_path: Path, gpg: Gpg, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    wks = need("gpg-wks-client")
+    setup = MailSetup(domains=(DomainSetup("example.org", users=("bob",)),))
+    server = WkdHato(tmp_path / "data", setup, free_port())
+    server.start()
+    try:
+        _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+        url = subprocess.run(
+            [wks, "--print-wkd-url", "bob@example.org"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        parsed = urllib.parse.urlsplit(url)  # https://openpgpkey.example.org/.well-known/...
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.wkd_port}{parsed.path}?{parsed.query}",
+            headers={"Host": parsed.netloc},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            key = answer.read()
+        assert answer.status == 200 and key
+        fresh = tmp_path_factory.mktemp("gnupg-fresh")
+        fresh.chmod(0o700)
+        imported = Gpg(fresh).run("--import", input=key)
+        assert imported is not None
+        listing = Gpg(fresh).run("--list-keys", "bob@example.org").decode()
+        assert "bob@example.org" in listing
+    finally:
+        server.stop()

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
-from hato.config.ops_sections import MetricsSettings, metrics_clashes
+from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
@@ -179,6 +179,7 @@ def settings_from_mapping(
         else None
     )
     metrics = _one(MetricsSettings, raw.get("metrics", {}), "metrics", context, problems)
+    wkd = _one(WkdSettings, raw.get("wkd", {}), "wkd", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -192,7 +193,14 @@ def settings_from_mapping(
         problems.extend(_tls_required(raw.get("listener")))
     if problems or server is None or limits is None or queue is None or local is None:
         raise ConfigError(source, problems)
-    if auth is None or dns is None or authcheck is None or delivery is None or metrics is None:
+    if (
+        auth is None
+        or dns is None
+        or authcheck is None
+        or delivery is None
+        or metrics is None
+        or wkd is None
+    ):
         raise ConfigError(source, problems)
     return Settings(
         server=server,
@@ -210,6 +218,7 @@ def settings_from_mapping(
         transports=tuple(transport for _, transport in transports),
         smarthost=smarthost,
         metrics=metrics,
+        wkd=wkd,
     )
 
 

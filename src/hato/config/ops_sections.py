@@ -97,3 +97,20 @@ def _address(item: dict[str, Any]) -> ListenAddress | None:
         return parse_listen_address(item.get("address"))
     except ValueError:
         return None
+
+
+class WkdSettings(BaseModel):
+    """[wkd]: serve users' OpenPGP keys by Web Key Directory (draft-koch-openpgp-webkey-service)
+    so senders' mail clients find them. No address: not served (`hato key wkd-export DIR`
+    writes static files for a web server instead)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: Annotated[ListenAddress, PlainValidator(parse_listen_address)] | None = Field(
+        None,
+        description='HOST:PORT for the WKD HTTP(S) endpoint, e.g. "127.0.0.1:8443" (behind a '
+        "reverse proxy for openpgpkey.DOMAIN) or absent",
+    )
+    https: bool = Field(
+        False, description="true: serve HTTPS with the [tls] certificate (false: plain HTTP)"
+    )

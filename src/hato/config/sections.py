@@ -37,6 +37,7 @@ from hato.config.ops_sections import (
     MetricsSettings,
     SystemGroup,
     SystemUser,
+    WkdSettings,
     check_group_has_user,
 )
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
@@ -394,5 +395,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "transport": TransportSettings,
     "smarthost": SmarthostSettings,
     "metrics": MetricsSettings,
+    "wkd": WkdSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

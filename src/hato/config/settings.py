@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hato.config.authcheck_sections import AuthcheckSettings
-from hato.config.ops_sections import MetricsSettings
+from hato.config.ops_sections import MetricsSettings, WkdSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
@@ -43,6 +43,7 @@ class Settings:
     transports: tuple[TransportSettings, ...] = ()
     smarthost: SmarthostSettings | None = None
     metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings.model_validate({}))
+    wkd: WkdSettings = field(default_factory=lambda: WkdSettings.model_validate({}))
 
     def network(self, name: str) -> NetworkSettings | None:
         """The [[network]] called `name`."""
