@@ -1,0 +1,353 @@
+"""Network policy and sending limits end to end (issue 3 §5 and §6).
+
+§5, the OP25B model: named client networks (CIDRs, or a PBL-style DNSBL asked through an
+in-process DNS server) and per-listener `refuse_networks` / `allow_networks`. A refused client
+gets a 554 5.7.1 greeting (RFC 5321 §3.1) and nothing but QUIT afterwards; a DNSBL that cannot
+be asked fails open for a refuse rule and answers 421 4.4.3 for an allow rule.
+
+§6: per-user sending limits on the submission port (451 4.7.1 at MAIL past messages_per_hour,
+at RCPT past recipients_per_hour) and the spike that holds an account and logs an alert.
+
+Every client here connects from 127.0.0.1, so the servers refuse the harness itself: they are
+ready when each port greets, whatever the greeting says.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from peers import maildir
+from peers.clients import message
+from peers.hato import HatoServer, hato_binary
+from peers.net import LOOPBACK, RawSession, wait_for_listener
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
+from peers.tls import TestCA
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer
+
+# RFC 5782 §2.1: 127.0.0.1 is asked as 1.0.0.127.<zone>; an A record in 127/8 means listed.
+LISTING_ZONE = "pbl.test"
+BROKEN_ZONE = "broken-pbl.test"
+LISTED_NAME = f"1.0.0.127.{LISTING_ZONE}"
+BROKEN_NAME = f"1.0.0.127.{BROKEN_ZONE}"
+
+
+class PolicyHato(HatoServer):
+    """The harness server plus [[network]] tables, listener rules, [limits] keys and [dns]."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        setup: MailSetup,
+        *,
+        networks: str = "",
+        mx_rules: str = "",
+        submission_rules: str = "",
+        limits: str = "",
+        nameserver: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, setup)
+        self.networks = networks
+        self.mx_rules = mx_rules
+        self.submission_rules = submission_rules
+        self.limits = limits
+        self.nameserver = nameserver
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        for role, port, rules in (
+            ("mx", self.port, self.mx_rules),
+            ("submission", self.submission_port, self.submission_rules),
+        ):
+            listener = f'role = "{role}"\naddress = "{self.host}:{port}"\n'
+            assert listener in text, f"the harness config changed shape: no {listener!r}"
+            text = text.replace(listener, listener + rules + "\n" if rules else listener, 1)
+        text = text.replace("[limits]\n", f"[limits]\n{self.limits}\n", 1)
+        if self.nameserver is not None:
+            text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+        return text + "\n" + self.networks + "\n"
+
+    def start(self) -> None:
+        # HatoServer.start insists on a 220 greeting; these servers may refuse 127.0.0.1.
+        if not self._written:
+            self._prepare()
+        self._log_file = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [hato_binary(), "serve", "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
+            cwd=self.work,
+            env=self._env(),
+        )
+        deadline = time.monotonic() + 30
+        try:
+            _wait_for_greeting(self.host, self.port, deadline, self.alive)
+            if self.setup.submission:
+                _wait_for_greeting(self.host, self.submission_port, deadline, self.alive)
+                wait_for_listener(self.host, self.submissions_port, deadline, alive=self.alive)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            raise RuntimeError(f"hato serve did not start: {exc}\n{self.log_text()}") from exc
+
+
+def _wait_for_greeting(host: str, port: int, deadline: float, alive: Callable[[], bool]) -> None:
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"hato exited before {host}:{port} greeted")
+        try:
+            greeting(host, port)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"no greeting on {host}:{port} in time")
+
+
+def greeting(host: str, port: int) -> tuple[int, str]:
+    """Connect, read the greeting (code, text of its last line) and QUIT."""
+    with RawSession(host, port, timeout=10) as session:
+        code, lines = session.reply()
+    return code, lines[-1][4:].decode()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsTestServer]:
+    with DnsTestServer({LISTED_NAME: {"A": ["127.0.0.11"]}}) as server:
+        server.servfail.add(BROKEN_NAME)
+        yield server
+
+
+class Start(Protocol):
+    """The `start` fixture: start a PolicyHato with these config additions."""
+
+    def __call__(
+        self,
+        setup: MailSetup,
+        *,
+        networks: str = "",
+        mx_rules: str = "",
+        submission_rules: str = "",
+        limits: str = "",
+        nameserver: str | None = None,
+    ) -> PolicyHato: ...
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    servers: list[PolicyHato] = []
+
+    def make(
+        setup: MailSetup,
+        *,
+        networks: str = "",
+        mx_rules: str = "",
+        submission_rules: str = "",
+        limits: str = "",
+        nameserver: str | None = None,
+    ) -> PolicyHato:
+        server = PolicyHato(
+            tmp_path / f"data{len(servers)}",
+            setup,
+            networks=networks,
+            mx_rules=mx_rules,
+            submission_rules=submission_rules,
+            limits=limits,
+            nameserver=nameserver,
+        )
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+        # Shown by pytest only when the test failed ("Captured stdout teardown").
+        print(
+            f"--- hato log ({server.port}) ---\n" + "\n".join(server.log_text().splitlines()[-200:])
+        )
+
+
+def _setup(tls: TlsFiles, *users: str) -> MailSetup:
+    return MailSetup(
+        domains=(
+            DomainSetup("example.org", accept_any=True),
+            DomainSetup("users.test", users=users),
+        ),
+        submission=True,
+        tls=tls,
+    )
+
+
+def _refused_with_554_5_7_1(server: PolicyHato, port: int) -> str:
+    """The greeting's text; RFC 5321 §3.1: after a 554 greeting only QUIT is served."""
+    with RawSession(server.host, port, timeout=10) as session:
+        code, lines = session.reply()
+        assert code == 554, lines
+        text = lines[-1][4:].decode()
+        assert text.startswith("5.7.1 "), lines
+        assert session.command(b"EHLO client.test")[0] == 503
+        assert session.command(b"MAIL FROM:<a@example.net>")[0] == 503
+    return text
+
+
+# ---- §5: network policy ----------------------------------------------------------------------
+
+
+def test_op25b_mx_refuses_a_dynamic_cidr_and_points_to_the_submission_port(
+    start: Start, test_ca: TestCA
+) -> None:
+    server = start(
+        _setup(test_ca.tls_files()),
+        networks='[[network]]\nname = "dynamic"\ncidrs = ["127.0.0.0/8"]\n',
+        mx_rules='refuse_networks = ["dynamic"]',
+    )
+    text = _refused_with_554_5_7_1(server, server.port)
+    assert "587" in text and "submission" in text
+    assert server.wait_for_log(r"event=connection-refused listener=mx\S* client=127\.0\.0\.1")
+    # The rule belongs to the mx listener: the submission port still greets this client.
+    assert greeting(server.host, server.submission_port)[0] == 220
+
+
+def test_op25b_mx_refuses_a_client_listed_by_the_dnsbl(
+    start: Start, test_ca: TestCA, dns_server: DnsTestServer
+) -> None:
+    server = start(
+        _setup(test_ca.tls_files()),
+        networks=f'[[network]]\nname = "dynamic"\ndnsbl = "{LISTING_ZONE}"\n',
+        mx_rules='refuse_networks = ["dynamic"]',
+        nameserver=dns_server.nameserver,
+    )
+    text = _refused_with_554_5_7_1(server, server.port)
+    assert "587" in text
+    assert dns_server.queries_for(LISTED_NAME, "A") >= 1
+
+    # Not listed (NXDOMAIN, RFC 5782 §2.1): the same client is welcome.
+    dns_server.load({})
+    other = start(
+        _setup(test_ca.tls_files()),
+        networks=f'[[network]]\nname = "dynamic"\ndnsbl = "{LISTING_ZONE}"\n',
+        mx_rules='refuse_networks = ["dynamic"]',
+        nameserver=dns_server.nameserver,
+    )
+    assert greeting(other.host, other.port)[0] == 220
+
+
+def test_dnsbl_servfail_fails_open_for_refuse_and_answers_421_4_4_3_for_allow(
+    start: Start, test_ca: TestCA, dns_server: DnsTestServer
+) -> None:
+    server = start(
+        _setup(test_ca.tls_files()),
+        networks=f'[[network]]\nname = "listed"\ndnsbl = "{BROKEN_ZONE}"\n',
+        mx_rules='refuse_networks = ["listed"]',
+        submission_rules='allow_networks = ["listed"]',
+        nameserver=dns_server.nameserver,
+    )
+    # A refuse rule whose list cannot be asked lets the client in (mail keeps flowing)...
+    assert greeting(server.host, server.port)[0] == 220
+    assert server.wait_for_log(r"event=dnsbl-tempfail .*network=listed")
+    # ...an allow rule cannot tell, so the client is told to come back later, not refused.
+    with RawSession(server.host, server.submission_port, timeout=10) as session:
+        code, lines = session.reply()
+        assert code == 421, lines
+        assert lines[-1][4:].startswith(b"4.4.3 "), lines
+        with pytest.raises(OSError):  # RFC 5321 §3.8: 421 closes the connection
+            session.command(b"EHLO client.test")
+    assert dns_server.queries_for(BROKEN_NAME, "A") >= 1
+
+
+def test_submission_limited_to_an_office_network_refuses_others(
+    start: Start, test_ca: TestCA
+) -> None:
+    server = start(
+        _setup(test_ca.tls_files()),
+        networks='[[network]]\nname = "office"\ncidrs = ["10.99.0.0/16"]\n',
+        submission_rules='allow_networks = ["office"]',
+    )
+    _refused_with_554_5_7_1(server, server.submission_port)
+    assert server.wait_for_log(
+        r"event=connection-refused listener=submission\S* client=127\.0\.0\.1"
+    )
+    assert greeting(server.host, server.port)[0] == 220  # mx has no such rule
+
+
+def test_submission_limited_to_an_office_network_serves_the_office(
+    start: Start, test_ca: TestCA
+) -> None:
+    server = start(
+        _setup(test_ca.tls_files(), "alice"),
+        networks='[[network]]\nname = "office"\ncidrs = ["127.0.0.0/8"]\n',
+        submission_rules='allow_networks = ["office"]',
+    )
+    with _login(server, test_ca, "alice") as smtp:
+        smtp.sendmail("alice@users.test", ["x@example.org"], message("alice@users.test", "x", "o1"))
+    maildir.wait_for_marker(server.mailbox("x", "example.org"), "o1", 20)
+
+
+# ---- §6: sending limits ----------------------------------------------------------------------
+
+
+def _login(server: PolicyHato, test_ca: TestCA, user: str) -> smtplib.SMTP:
+    smtp = smtplib.SMTP(LOOPBACK, server.submission_port, timeout=30)
+    smtp.starttls(context=test_ca.client_context())
+    smtp.login(f"{user}@users.test", USER_PASSWORD)
+    return smtp
+
+
+def _send(smtp: smtplib.SMTP, user: str, recipients: list[str], marker: str) -> None:
+    sender = f"{user}@users.test"
+    smtp.sendmail(sender, recipients, message(sender, recipients[0], marker))
+
+
+def _temp_refused(reply: tuple[int, bytes]) -> None:
+    # RFC 5321 §4.2.5: 451 is transient, the client's queue retries; RFC 3463 X.7.1.
+    assert reply[0] == 451, reply
+    assert reply[1].startswith(b"4.7.1 "), reply
+
+
+def test_messages_and_recipients_per_hour_answer_451_4_7_1(start: Start, test_ca: TestCA) -> None:
+    server = start(
+        _setup(test_ca.tls_files(), "alice", "bob"),
+        limits="messages_per_hour = 2\nrecipients_per_hour = 3",
+    )
+    with _login(server, test_ca, "alice") as smtp:
+        _send(smtp, "alice", ["m@example.org"], "m1")
+        _send(smtp, "alice", ["m@example.org"], "m2")
+        _temp_refused(smtp.mail("alice@users.test"))
+    assert len(maildir.wait_for_count(server.mailbox("m", "example.org"), 2, 20)) == 2
+
+    with _login(server, test_ca, "bob") as smtp:  # another user has a count of their own
+        assert smtp.mail("bob@users.test")[0] == 250
+        for n in range(1, 4):
+            assert smtp.rcpt(f"r{n}@example.org")[0] == 250
+        _temp_refused(smtp.rcpt("r4@example.org"))
+        code, _ = smtp.data(message("bob@users.test", "r1@example.org", "r-1"))
+        assert code == 250  # the three accepted recipients still get the message
+    maildir.wait_for_marker(server.mailbox("r3", "example.org"), "r-1", 20)
+    assert not server.mailbox("r4", "example.org").exists()
+
+
+def test_a_sending_spike_holds_the_account_and_logs_an_alert(start: Start, test_ca: TestCA) -> None:
+    server = start(
+        _setup(test_ca.tls_files(), "alice", "bob"),
+        limits="spike_recipients = 5\nspike_hold = true\nspike_window = 300",
+    )
+    with _login(server, test_ca, "alice") as smtp:
+        _send(smtp, "alice", [f"s{n}@example.org" for n in range(1, 5)], "s-1")
+        _send(smtp, "alice", ["s5@example.org"], "s-2")  # the 5th recipient: a spike
+        _temp_refused(smtp.mail("alice@users.test"))
+    assert server.wait_for_log(
+        r"event=sending-spike user=alice@users\.test recipients=5 messages=2 .*held=yes"
+    )
+    with _login(server, test_ca, "alice") as smtp:  # held: a new session changes nothing
+        _temp_refused(smtp.mail("alice@users.test"))
+    with _login(server, test_ca, "bob") as smtp:  # only the spiking account is held
+        _send(smtp, "bob", ["s1@example.org"], "s-3")
+    maildir.wait_for_marker(server.mailbox("s1", "example.org"), "s-3", 20)
