@@ -22,14 +22,27 @@ import dataclasses
 import enum
 import json
 import os
+import socket
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hato.model import Reply, logfmt
+from hato.model import (
+    Address,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientDsn,
+    Reply,
+    logfmt,
+)
 from hato.queue import sqlite as store
+from hato.queue.body import QueueWriteError
+from hato.queue.bounce import Notifier, report_for
+from hato.queue.schedule import Schedule
 from hato.queue.store import Queue
 from hato.queue.writer import Job
 
@@ -301,20 +314,9 @@ def apply(
         )
     elif action is Action.DELETE:
         conn.executemany("DELETE FROM recipients WHERE row_id = ?", ids)
-    elif action is Action.BOUNCE:
-        conn.executemany(
-            "UPDATE recipients SET status = 'failed', last_reply = ?, updated_at = ?,"
-            " lease_owner = NULL, lease_until = NULL WHERE row_id = ?",
-            [(str(ADMIN_BOUNCE), now, i) for (i,) in ids],
-        )
-        for r in rows:
-            # The same event the runner writes for a permanent failure (RFC 3464 DSN due),
-            # and RFC 5321 §6.1: never a notification about a notification.
-            if r.sender == "<>":
-                log(logfmt("bounce-suppressed", id=r.queue_id, reason="null-sender"))
-            else:
-                fields = {"id": r.queue_id, "to": r.sender, "rcpt": f"<{r.original}>"}
-                log(logfmt("bounce-needed", **fields, reply=str(ADMIN_BOUNCE), by="admin"))
+    else:
+        # BOUNCE queues a DSN, which needs the queue's commit path: `bounce` below.
+        raise ValueError(f"{action.value}: not a row-only action")
     touched = tuple(dict.fromkeys(r.queue_id for r in rows))
     removed = tuple(q for q in touched if _finish_if_done(conn, q))
     for r in rows:
@@ -344,6 +346,175 @@ def _finish_if_done(conn: sqlite3.Connection, queue_id: str) -> bool:
     return True
 
 
+# ---- bounce: the rows fail and their senders get a DSN ----
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """One message's recipients an operator returns to its sender: claimed, not yet failed."""
+
+    message: QueuedMessage
+    recipients: tuple[QueuedRecipient, ...]
+
+
+def claim_for_bounce(
+    conn: sqlite3.Connection,
+    selector: Selector,
+    *,
+    now: float,
+    live: bool,
+    owner: str,
+    until: float,
+    messages_dir: str,
+) -> tuple[list[Returned], int]:
+    """Lease the selected queued and held rows to `owner` until `until`, so that neither the
+    runner nor another admin command touches them while their DSN is queued, and read what
+    the DSN needs. Returns them, and how many rows were left alone as busy."""
+    rows = [r for r in _rows(conn, selector, now, live) if r.status in ("queued", "held")]
+    ids = [r.row_id for r in rows if not r.busy]
+    conn.executemany(
+        "UPDATE recipients SET lease_owner = ?, lease_until = ? WHERE row_id = ?",
+        [(owner, until, i) for i in ids],
+    )
+    by_message: dict[str, list[QueuedRecipient]] = {}
+    for i in ids:
+        qid, address, original, attempts, recovered, notify, orcpt = conn.execute(
+            "SELECT queue_id, address, original, attempts, recovered, notify, orcpt"
+            " FROM recipients WHERE row_id = ?",
+            (i,),
+        ).fetchone()
+        rcpt = QueuedRecipient(
+            row_id=i,
+            address=Address.parse(address),
+            original=Address.parse(original),
+            attempts=attempts,
+            recovered=bool(recovered),
+            dsn=RecipientDsn.parse(notify, orcpt),
+        )
+        by_message.setdefault(qid, []).append(rcpt)
+    out = []
+    for qid, recipients in by_message.items():
+        row = conn.execute(
+            "SELECT queue_id, mail_from, received_at, size, prefix, params, body IS NOT NULL"
+            " FROM messages WHERE queue_id = ?",
+            (qid,),
+        ).fetchone()
+        message = store._message_from_row(row, messages_dir)
+        if not message.body_path:  # inline (under 64 KiB): read here, in the same snapshot
+            message = dataclasses.replace(message, body=store.load_body(conn, qid))
+        out.append(Returned(message, tuple(recipients)))
+    return out, len(rows) - len(ids)
+
+
+def finish_bounce(
+    conn: sqlite3.Connection,
+    returned: Sequence[Returned],
+    kept: Sequence[Returned],
+    *,
+    now: float,
+    owner: str,
+    log: Callable[[str], None],
+) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """Mark the `returned` rows failed (their DSN is queued) and give the `kept` ones back;
+    only rows still claimed by `owner`. Returns rows failed, messages touched, removed."""
+    failed = 0
+    for item in returned:
+        for rcpt in item.recipients:
+            cur = conn.execute(
+                "UPDATE recipients SET status = 'failed', last_reply = ?, updated_at = ?,"
+                " lease_owner = NULL, lease_until = NULL WHERE row_id = ? AND lease_owner = ?",
+                (str(ADMIN_BOUNCE), now, rcpt.row_id, owner),
+            )
+            if cur.rowcount:
+                failed += 1
+                log(logfmt("admin-bounce", id=item.message.queue_id, to=f"<{rcpt.address}>"))
+    conn.executemany(
+        "UPDATE recipients SET lease_owner = NULL, lease_until = NULL"
+        " WHERE row_id = ? AND lease_owner = ?",
+        [(r.row_id, owner) for item in kept for r in item.recipients],
+    )
+    touched = tuple(item.message.queue_id for item in returned)
+    removed = tuple(q for q in touched if _finish_if_done(conn, q))
+    return failed, touched, removed
+
+
+async def _job(
+    queue: Queue,
+    run: Callable[[sqlite3.Connection], T],
+    after: Callable[[T], None] | None = None,
+) -> T:
+    """`run` as a job of the queue's writer thread (the one owner of its connection)."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    queue.writer.submit(Job(run=run, future=future, after_commit=after))
+    return await future
+
+
+async def bounce(
+    queue: Queue,
+    notifier: Notifier,
+    selector: Selector,
+    *,
+    now: float,
+    live: bool,
+    log: Callable[[str], None],
+) -> tuple[ActionResult, tuple[str, ...]]:
+    """Return the selected recipients to their senders: claim the rows, queue one RFC 3464
+    DSN per message through `notifier` (as the runner does for a permanent failure), then
+    mark the rows failed. Returns the result and the queue ids of the DSNs.
+
+    As in the runner, the DSN is committed before the rows are marked: a crash in between
+    can repeat a notice, never lose one. RFC 5321 §6.1: a failure after acceptance MUST be
+    reported; a message whose DSN cannot be queued stays in the queue, and says so."""
+    mdir = queue.messages_dir
+    owner = f"{queue.node_id}/admin"
+    until = now + queue.lease_seconds
+    claimed, busy = await _job(
+        queue,
+        lambda c: claim_for_bounce(
+            c, selector, now=now, live=live, owner=owner, until=until, messages_dir=mdir
+        ),
+    )
+    returned, kept, notes, dsns = [], [], [], []
+    for item in claimed:
+        failure = PermFailed(ADMIN_BOUNCE)
+        # report_for honours NOTIFY (RFC 3461 §4.1) and never answers the null sender
+        # (RFC 5321 §6.1: no notification about a notification); it logs what it drops.
+        reports = [
+            report
+            for rcpt in item.recipients
+            if (report := report_for(item.message, rcpt, failure, now=now)) is not None
+        ]
+        if reports:
+            try:
+                dsns.append(await notifier.send(item.message, reports))
+            except (QueueWriteError, OSError) as exc:
+                detail = exc.detail if isinstance(exc, QueueWriteError) else str(exc)
+                log(logfmt("dsn-failed", id=item.message.queue_id, error=detail, by="admin"))
+                notes.append(f"{item.message.queue_id}: the bounce could not be queued ({detail})")
+                kept.append(item)
+                continue
+        returned.append(item)
+    failed, touched, removed = await _job(
+        queue,
+        lambda c: finish_bounce(c, returned, kept, now=now, owner=owner, log=log),
+        lambda done: _unlink_bodies(mdir, done[2]),
+    )
+    result = ActionResult(
+        Action.BOUNCE.value, failed, touched, busy, removed=removed, skipped=tuple(notes)
+    )
+    return result, tuple(dsns)
+
+
+class _Now:
+    """A `Clock` from a wall-clock function (the DSN's dates and queue ids use `now`)."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 def stats(conn: sqlite3.Connection, *, now: float, live: bool) -> QueueStats:
     messages, oldest, size = conn.execute(
         "SELECT COUNT(*), MIN(received_at), COALESCE(SUM(size), 0) FROM messages"
@@ -371,17 +542,31 @@ def stats(conn: sqlite3.Connection, *, now: float, live: bool) -> QueueStats:
 class LiveAdmin:
     """The server is running: every operation is a job of the queue's writer thread."""
 
-    def __init__(self, queue: Queue, now: Callable[[], float], log: Callable[[str], None]):
+    def __init__(
+        self,
+        queue: Queue,
+        now: Callable[[], float],
+        log: Callable[[str], None],
+        *,
+        hostname: str | None = None,
+        schedule: Schedule | None = None,
+    ) -> None:
+        """`hostname`: this MTA's name in the DSNs of `bounce` (default: the system's), as
+        the runner's; `schedule`: the runner's (its lifetime dates the DSN)."""
         self._queue = queue
         self._now = now
         self._log = log
+        self._notifier = Notifier(
+            queue,
+            hostname=hostname or socket.gethostname(),
+            clock=_Now(now),
+            schedule=schedule or Schedule(),
+        )
 
     async def _run(
         self, run: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
     ) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.writer.submit(Job(run=run, future=future, after_commit=after))
-        return await future
+        return await _job(self._queue, run, after)
 
     async def list(self, selector: Selector) -> list[RowView]:
         now = self._now()
@@ -399,6 +584,10 @@ class LiveAdmin:
 
     async def apply(self, action: Action, selector: Selector) -> ActionResult:
         now, mdir = self._now(), self._queue.messages_dir
+        if action is Action.BOUNCE:
+            notifier, log = self._notifier, self._log
+            result, _ = await bounce(self._queue, notifier, selector, now=now, live=True, log=log)
+            return result
 
         def run(conn: sqlite3.Connection) -> ActionResult:
             return apply(
@@ -411,9 +600,18 @@ class LiveAdmin:
 class OfflineAdmin:
     """The server is stopped (the caller holds DATA_DIR/hato.lock): a connection of our own."""
 
-    def __init__(self, root: Path, *, writable: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        writable: bool,
+        log: Callable[[str], None],
+        hostname: str | None = None,
+    ) -> None:
+        self.root = root
         self.messages_dir = str(root / "messages")
         self._log = log
+        self._hostname = hostname or socket.gethostname()
         db = root / "queue.db"
         if not db.exists():
             raise FileNotFoundError(f"no queue store at {db}")
@@ -438,6 +636,8 @@ class OfflineAdmin:
         return stats(self._conn, now=now, live=False)
 
     def apply(self, action: Action, selector: Selector, now: float) -> ActionResult:
+        if action is Action.BOUNCE:
+            return asyncio.run(self._bounce(selector, now))
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             result = apply(
@@ -454,6 +654,29 @@ class OfflineAdmin:
             self._conn.rollback()
             raise
         _unlink_bodies(self.messages_dir, result.removed)
+        return result
+
+    async def _bounce(self, selector: Selector, now: float) -> ActionResult:
+        """The queue opened here, without recovery (no server runs: we hold its lock), so
+        the DSNs go through the same commit path as the running server's."""
+        clock = _Now(lambda: now)
+        queue = await Queue.open(self.root, clock=clock, node_id="admin", recover=False)
+        try:
+            notifier = Notifier(queue, hostname=self._hostname, clock=clock, schedule=Schedule())
+            result, dsns = await bounce(
+                queue, notifier, selector, now=now, live=False, log=self._log
+            )
+            # Nobody here delivers them: free the DSNs' rows for the next server, now due.
+            await _job(
+                queue,
+                lambda c: c.executemany(
+                    "UPDATE recipients SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE queue_id = ?",
+                    [(q,) for q in dsns],
+                ),
+            )
+        finally:
+            await queue.close()
         return result
 
 

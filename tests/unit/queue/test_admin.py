@@ -3,13 +3,15 @@ bounce, stats, live (through the writer thread) and offline (a connection of its
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
 
 import pytest
-from queue_fakes import FakeClock, commit_message, open_queue, run
+from queue_fakes import FakeClock, commit_message, open_queue, parse_dsn, run
 
+from hato.model import Address, RecipientDsn
 from hato.queue import Queue, RowUpdate, Status
 from hato.queue.admin import (
     ADMIN_BOUNCE,
@@ -127,28 +129,130 @@ def test_delete_by_domain_removes_only_those_rows_and_then_the_message(tmp_path:
     run(main)
 
 
-def test_bounce_marks_failed_logs_the_bounce_and_removes_the_message(tmp_path: Path) -> None:
+def dsn_rows(root: Path) -> list[tuple[object, ...]]:
+    """The DSNs in the queue: messages from <>, their recipient, status and lease."""
+    with sqlite3.connect(root / "queue.db") as conn:
+        return conn.execute(
+            "SELECT m.queue_id, r.address, r.status, r.lease_owner, m.body FROM messages m"
+            " JOIN recipients r ON r.queue_id = m.queue_id WHERE m.mail_from = '<>'"
+            " ORDER BY m.queue_id"
+        ).fetchall()
+
+
+def test_bounce_queues_a_dsn_to_the_sender_then_removes_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
     logged: list[str] = []
 
     async def main() -> None:
         queue = await open_queue(tmp_path, clock)
-        admin = LiveAdmin(queue, clock.now, logged.append)
-        qid = await commit_message(queue, to=("a@example.net",), mail_from="alice@example.com")
-        null = await commit_message(queue, to=("b@example.net",), mail_from=None)
+        admin = LiveAdmin(queue, clock.now, logged.append, hostname="mx.hato.test")
+        body = b"Subject: the figures\r\nMessage-ID: <m1@example.com>\r\n\r\nfigures\r\n"
+        qid = await commit_message(queue, body, to=("a@example.net", "b@example.net"))
+        null = await commit_message(queue, to=("c@example.net",), mail_from=None)
         await defer_all(queue, clock, "451 4.3.0 later")
+        busy = await commit_message(queue, to=("d@example.net",))  # leased: being delivered
         by_sender = await admin.apply(Action.BOUNCE, Selector(sender="ALICE@example.com"))
-        assert by_sender.removed == (qid,)
-        assert any(
-            line.startswith("event=bounce-needed") and qid in line and str(ADMIN_BOUNCE) in line
-            for line in logged
+        assert (by_sender.rows, by_sender.removed, by_sender.busy) == (2, (qid,), 1)
+        assert qid not in [r[0] for r in rows(tmp_path)]
+        assert busy in [r[0] for r in rows(tmp_path)]
+        # One DSN for the message, from <> to its sender, handed to the runner like new mail.
+        handed = await queue.wait_fresh()
+        assert [p.message.queue_id for p in handed][0] == busy
+        fresh = handed[-1]
+        assert len(handed) == 2 and fresh.message.mail_from is None
+        assert [str(r.address) for r in fresh.recipients] == ["alice@example.com"]
+        assert fresh.message.body is not None
+        dsn = parse_dsn(fresh.message.body)
+        assert dsn.per_message["Reporting-MTA"] == "dns; mx.hato.test"
+        assert dsn.per_message["X-Hato-Queue-ID"] == qid
+        assert [b["Final-Recipient"] for b in dsn.recipients] == [
+            "rfc822;a@example.net",
+            "rfc822;b@example.net",
+        ]
+        assert {b["Action"] for b in dsn.recipients} == {"failed"}
+        assert {b["Status"] for b in dsn.recipients} == {"5.0.0"}
+        assert str(ADMIN_BOUNCE) in str(dsn.recipients[0]["Diagnostic-Code"])
+        assert b"figures" in fresh.message.body  # RFC 3461 §4.3: the original comes back
+        assert sum(line.startswith("event=admin-bounce") for line in logged) == 2
+        # RFC 5321 §6.1: nothing is sent about a message from the null sender.
+        nulls = await admin.apply(Action.BOUNCE, Selector(sender="<>", queue_id=null))
+        assert nulls.removed == (null,) and len(dsn_rows(tmp_path)) == 1
+        await queue.close()
+
+    with caplog.at_level(logging.INFO, logger="hato.queue"):
+        run(main)
+    assert "event=dsn-queued" in caplog.text
+    assert any("event=bounce-suppressed" in m and "null-sender" in m for m in caplog.messages)
+
+
+def test_bounce_honours_notify_never(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        admin = LiveAdmin(queue, clock.now, lambda _: None)
+        writer = queue.new_body()
+        writer.write(b"Subject: x\r\n\r\nx\r\n")
+        to = Address.parse("a@example.net")
+        never = RecipientDsn.from_params({"NOTIFY": "NEVER"})
+        qid = await queue.commit(
+            writer, mail_from=to, recipients=[(to, to, never)], prefix=b"", params={}
         )
-        nulls = await admin.apply(Action.BOUNCE, Selector(sender="<>"))
-        assert nulls.removed == (null,)
-        assert any(line.startswith("event=bounce-suppressed") and null in line for line in logged)
+        await defer_all(queue, clock, "451 4.3.0 later")
+        result = await admin.apply(Action.BOUNCE, Selector(queue_id=qid))
+        # RFC 3461 §4.1: NOTIFY=NEVER: the recipient fails, and nobody is told.
+        assert result.removed == (qid,) and dsn_rows(tmp_path) == []
         await queue.close()
 
     run(main)
+
+
+def test_a_bounce_that_cannot_be_queued_leaves_the_message_in_the_queue(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        big = b"Subject: big\r\n\r\n" + b"x" * 70_000 + b"\r\n"
+        qid = await commit_message(queue, big, to=("a@example.net",))
+        await defer_all(queue, clock, "451 4.3.0 later")
+        await queue.close()
+        os.unlink(tmp_path / "messages" / qid)
+        queue = await open_queue(tmp_path, clock)  # held: "body file missing"
+        admin = LiveAdmin(queue, clock.now, lambda _: None)
+        result = await admin.apply(Action.BOUNCE, Selector(queue_id=qid))
+        assert (result.rows, result.removed) == (0, ())
+        (note,) = result.skipped
+        assert note.startswith(f"{qid}: the bounce could not be queued (")
+        # RFC 5321 §6.1: not reported, so not failed either: still held, and not claimed.
+        (row,) = await admin.list(Selector())
+        assert (row.status, row.busy) == ("held", False)
+        assert dsn_rows(tmp_path) == []
+        await queue.close()
+
+    run(main)
+
+
+def test_offline_bounce_queues_the_dsn_for_the_next_server(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    async def setup() -> str:
+        queue = await open_queue(tmp_path, clock)
+        qid = await commit_message(queue, to=("a@example.net",))
+        await queue.close()  # left leased, as by a server that died
+        return qid
+
+    qid = run(setup)
+    admin = OfflineAdmin(tmp_path, writable=True, log=lambda _: None, hostname="mx.hato.test")
+    result = admin.apply(Action.BOUNCE, Selector(domain="example.net"), clock.now())
+    admin.close()
+    assert (result.rows, result.removed) == (1, (qid,))
+    ((_, to, status, lease_owner, body),) = dsn_rows(tmp_path)
+    # Due at once and leased to nobody: the next server delivers it.
+    assert (to, status, lease_owner) == ("alice@example.com", "queued", None)
+    assert isinstance(body, bytes)
+    assert parse_dsn(body).per_message["X-Hato-Queue-ID"] == qid
 
 
 def test_show_gives_envelope_headers_and_every_recipient(tmp_path: Path) -> None:
