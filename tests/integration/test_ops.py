@@ -1,215 +1,272 @@
-"""Operations end to end: the real `hato-sendmail` program (a subprocess, like cron or PHP
-calls it) submits over a real control socket to a queue, runner and Maildir courier; `hato
-queue` sees deferred mail, steers it, and still works with the server stopped.
-
-Until `hato serve` starts the control socket (app.py), the server side runs in this process,
-composed as app.py composes it: Queue, QueueRunner, RoutingCourier(Maildir), LocalSubmitter.
+"""Operations end to end (issue 7) against the real `hato serve`: the real `hato-sendmail`
+program (a subprocess, as cron or PHP calls it) submits through the server's control socket
+into local Maildirs; `hato queue` and `hato status` see mail a peer defers with 451, steer it,
+and still work with the server stopped; `hato queue bounce` returns mail to its sender as an
+RFC 3464 DSN that lands in the sender's Maildir (live, and queued offline for the next start).
 """
 
 from __future__ import annotations
 
-import asyncio
+import email
+import email.policy
 import os
+import re
 import subprocess
 import sys
-import threading
+import time
+from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
-from peers.maildir import all_messages, wait_for_count
-
-from hato.cli import main
-from hato.delivery.local import LocalDomain, RecipientResolver
-from hato.delivery.maildir import MaildirCourier
-from hato.delivery.router import RoutingCourier
-from hato.model import Address, SystemClock
-from hato.queue import Queue, QueueRunner
-from hato.server.control import (
-    ControlServer,
-    CountingCourier,
-    LocalSubmitter,
-    OutcomeCounter,
-    serve,
-)
+from peers import maildir
+from peers.hato import HatoServer, hato_binary
+from peers.net import LOOPBACK, free_port
+from peers.outbound_scripted import ScriptedPeer, Step
+from peers.server import DomainSetup, MailSetup
 
 SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
-CONFIG = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:1"
-
-[[domain]]
-name = "example.org"
-"""
+# What the peer answers every RCPT with: `hato queue show` must name this very text.
+GREYLIST = "451 4.7.1 Greylisted by peer.test, come back in 10 minutes"
+SENDER = "alice@example.org"
 
 
-class Users:
-    def exists(self, address: Address) -> bool:
-        return address.local in ("alice", "bob")
+class OpsHato(HatoServer):
+    """example.org with the accounts alice and bob (root is alice), and mail for remote.test
+    relayed to a scripted peer on loopback."""
 
-
-class Server:
-    """The rooms as app.py wires them, with the control socket, on a loop in a thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.ready = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.stop: asyncio.Event | None = None
-        self.counter = OutcomeCounter()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),))
-
-    async def _main(self) -> None:
-        self.stop = asyncio.Event()
-        clock = SystemClock()
-        queue = await Queue.open(self.data_dir / "queue", clock=clock, node_id="it")
-        domains = [LocalDomain("example.org", aliases={"root": ("alice",)})]
-        resolver = RecipientResolver(domains, Users())
-        maildir = MaildirCourier(self.data_dir / "mailboxes", "mail.example.org", clock=clock)
-        courier = CountingCourier(RoutingCourier(resolver.is_local_domain, maildir), self.counter)
-        runner = QueueRunner(queue, courier, clock=clock)
-        submit = LocalSubmitter(
-            queue, resolver, hostname="mail.example.org", domain="example.org", clock=clock
+    def __init__(self, data_dir: Path, peer_port: int) -> None:
+        setup = MailSetup(
+            domains=(
+                DomainSetup("example.org", users=("alice", "bob"), aliases=(("root", ("alice",)),)),
+            )
         )
-        control = ControlServer(
-            queue=queue,
-            runner=runner,
-            submit=submit,
-            clock=clock,
-            hostname="mail.example.org",
-            domain="example.org",
-            counter=self.counter,
+        super().__init__(data_dir, setup)
+        self.peer_port = peer_port
+
+    def _config_text(self) -> str:
+        return (
+            super()._config_text()
+            # The peer listens on loopback: otherwise a mail loop (RFC 5321 §5.1).
+            + "\n[delivery]\nallow_loopback = true\nconnect_timeout = 5\nattempt_timeout = 20\n"
+            + '\n[[transport]]\ndomain = "remote.test"\n'
+            + f'relay = "{LOOPBACK}:{self.peer_port}"\ntls = "none"\n'
         )
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                run = tasks.create_task(runner.run())
-                sock = tasks.create_task(
-                    serve(self.data_dir / "control.sock", control, ready=self.ready.set)
-                )
-                await self.stop.wait()
-                run.cancel()
-                sock.cancel()
-        finally:
-            await queue.close()
-            maildir.close()
 
-    def __enter__(self) -> Server:
-        self.thread.start()
-        assert self.ready.wait(10)
-        return self
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
 
-    def __exit__(self, *exc: object) -> None:
-        assert self.stop is not None
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
-        self.loop.close()
+    def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A `hato` command against this server's config (running or not)."""
+        return subprocess.run(
+            [hato_binary(), *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            cwd=self.work,
+            env=self._env(),
+            timeout=60,
+            check=False,
+        )
+
+    def sendmail(
+        self, args: list[str], stdin: bytes, *, env_socket: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """`hato-sendmail ARGS < stdin`, finding the server by $HATO_CONTROL_SOCKET, or (with
+        env_socket=False) through `-C config`, as a packager's wrapper would."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
+        if env_socket:
+            env["HATO_CONTROL_SOCKET"] = str(self.control_socket)
+        else:
+            args = ["-C", str(self.config), *args]
+        return subprocess.run(
+            [SENDMAIL, *args],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            cwd=self.work,
+            timeout=30,
+            check=False,
+        )
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "hato.toml").write_text(CONFIG)
-    (tmp_path / "data").mkdir(mode=0o700)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HATO_HOME", raising=False)
-    return tmp_path
+def peer() -> Iterator[ScriptedPeer]:
+    with ScriptedPeer(LOOPBACK, free_port(), [Step(rcpt=GREYLIST)]) as scripted:
+        yield scripted
 
 
-def sendmail(workdir: Path, args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "HATO_CONTROL_SOCKET": str(workdir / "data" / "control.sock")}
-    return subprocess.run(
-        [SENDMAIL, *args], input=stdin, capture_output=True, env=env, timeout=30, check=False
-    )
+@pytest.fixture
+def hato(workdir: Path, peer: ScriptedPeer) -> Iterator[OpsHato]:
+    server = OpsHato(workdir / "data", peer.port)
+    server.start()
+    yield server
+    server.stop()
 
 
-def test_cron_style_sendmail_delivers_to_a_local_maildir(workdir: Path) -> None:
-    with Server(workdir / "data") as server:
-        done = sendmail(
-            workdir,
-            ["-t", "-i"],
-            b"To: root\nBcc: bob@example.org\nSubject: cron output\n\nline one\n.\nline three\n",
-        )
-        assert done.returncode == 0, done.stderr
-        alice = wait_for_count(workdir / "data" / "mailboxes" / "example.org" / "alice", 1, 10)
-        bob = wait_for_count(workdir / "data" / "mailboxes" / "example.org" / "bob", 1, 10)
-        stored = alice[0].read_bytes()
-        assert b"Bcc" not in stored and b"Bcc" not in bob[0].read_bytes()
-        assert b"Delivered-To: bob@example.org\r\n" in bob[0].read_bytes()
-        # -i: the lone "." is a line of the message, and LF became CRLF.
-        assert stored.endswith(b"\r\n\r\nline one\r\n.\r\nline three\r\n")
-        assert b"(Hato, from userid %d)" % os.getuid() in stored
-        assert b"\r\nFrom: " in stored and b"\r\nMessage-ID: <" in stored
-        # Debian cron's flags: the full name goes into the From header.
-        cron = sendmail(
-            workdir,
-            ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "-f", "daemon", "alice"],
-            b"Subject: x\n\nhi\n",
-        )
-        assert cron.returncode == 0, cron.stderr
-        (msg,) = [p for p in _wait_all(workdir, 3) if b"CronDaemon" in p.read_bytes()]
-        assert b"From: CronDaemon <daemon@example.org>" in msg.read_bytes()
-        assert server.counter.counts().get("delivered") == 3
-
-
-def _wait_all(workdir: Path, count: int) -> list[Path]:
-    import time
-
-    deadline = time.monotonic() + 10
-    while len(found := all_messages(workdir / "data" / "mailboxes")) < count:
-        assert time.monotonic() < deadline, "not delivered in time"
-        time.sleep(0.02)
+def _wait_messages(root: Path, count: int, timeout: float = 15.0) -> list[Path]:
+    found = maildir.wait_for_count(root, count, timeout)
+    assert len(found) >= count, f"{len(found)} of {count} messages in {root}"
     return found
 
 
-def test_refused_recipient_exit_code_and_the_bs_dialog(workdir: Path) -> None:
-    with Server(workdir / "data"):
-        refused = sendmail(workdir, ["alice", "nobody@example.org"], b"Subject: x\n\nhi\n")
-        assert refused.returncode == 67  # EX_NOUSER: nothing was queued
-        assert b"nobody@example.org: 550 5.1.1 mailbox unavailable" in refused.stderr
-        dialog = (
-            b"EHLO localhost\r\nMAIL FROM:<script@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
-            b"DATA\r\nSubject: via -bs\r\n\r\nbody\r\n.\r\nQUIT\r\n"
-        )
-        done = sendmail(workdir, ["-bs"], dialog)
-        assert done.returncode == 0, done.stderr
-        lines = done.stdout.decode().splitlines()
-        assert lines[0] == "220 mail.example.org ESMTP Hato"
-        assert any(line.startswith("250 2.0.0 Ok: queued as ") for line in lines)
-        assert lines[-1].startswith("221")
-        (msg,) = _wait_all(workdir, 1)
-        assert b"Subject: via -bs" in msg.read_bytes()
-    assert all_messages(workdir / "data" / "mailboxes" / "example.org" / "alice") == []
-    down = sendmail(workdir, ["alice"], b"Subject: x\n\nhi\n")
-    assert down.returncode == 75 and b"not running" in down.stderr
+def test_cron_and_php_style_sendmail_deliver_to_local_maildirs(hato: OpsHato) -> None:
+    # PHP's mail() and cron scripts: `sendmail -t -i`, recipients from the header.
+    done = hato.sendmail(
+        ["-t", "-i"],
+        b"To: root\nBcc: bob@example.org\nSubject: cron output\n\nline one\n.\nline three\n",
+    )
+    assert done.returncode == 0, done.stderr
+    (stored,) = [p.read_bytes() for p in _wait_messages(hato.mailbox("alice", "example.org"), 1)]
+    (to_bob,) = [p.read_bytes() for p in _wait_messages(hato.mailbox("bob", "example.org"), 1)]
+    assert b"Bcc" not in stored and b"Bcc" not in to_bob
+    assert b"Delivered-To: bob@example.org\r\n" in to_bob
+    # -i: the lone "." is a line of the message, and LF became CRLF.
+    assert stored.endswith(b"\r\n\r\nline one\r\n.\r\nline three\r\n")
+    assert b"(Hato, from userid %d)" % os.getuid() in stored
+    assert b"\r\nFrom: " in stored and b"\r\nMessage-ID: <" in stored
+    # Debian cron's flags, the server found through -C: the full name goes into From.
+    cron = hato.sendmail(
+        ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "-f", "daemon", "alice"],
+        b"Subject: x\n\nhi\n",
+        env_socket=False,
+    )
+    assert cron.returncode == 0, cron.stderr
+    paths = _wait_messages(hato.mailbox("alice", "example.org"), 2)
+    (msg,) = [p.read_bytes() for p in paths if b"CronDaemon" in p.read_bytes()]
+    assert b"From: CronDaemon <daemon@example.org>" in msg
+    assert hato.wait_for_log(r"event=delivered .*to=<alice@example\.org>(?s:.*)event=delivered")
+    status = hato.hato("status")
+    assert "last hour:  3 delivered, 0 deferred, 0 failed" in status.stdout, status.stdout
 
 
-def test_queue_commands_with_deferred_mail_then_the_server_stopped(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+def test_refused_recipient_exit_code_the_bs_dialog_and_the_server_down(hato: OpsHato) -> None:
+    refused = hato.sendmail(["alice", "nobody@example.org"], b"Subject: x\n\nhi\n")
+    assert refused.returncode == 67, refused.stderr  # EX_NOUSER: nothing was queued
+    assert b"nobody@example.org: 550 5.1.1" in refused.stderr
+    dialog = (
+        b"EHLO localhost\r\nMAIL FROM:<script@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+        b"DATA\r\nSubject: via -bs\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+    )
+    done = hato.sendmail(["-bs"], dialog)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("220 hato.test ")
+    assert any(line.startswith("250 2.0.0 Ok: queued as ") for line in lines), lines
+    assert lines[-1].startswith("221")
+    (msg,) = _wait_messages(hato.mailbox("bob", "example.org"), 1)
+    assert b"Subject: via -bs" in msg.read_bytes()
+    assert maildir.messages(hato.mailbox("alice", "example.org")) == []
+    hato.stop()
+    assert hato.exit_code() == 0
+    down = hato.sendmail(["alice"], b"Subject: x\n\nhi\n")
+    assert down.returncode == 75, down.stderr  # EX_TEMPFAIL
+    assert b"not running" in down.stderr
+
+
+def _queued(hato: OpsHato, to: str, marker: str) -> None:
+    body = f"Subject: ops {marker}\nX-Hato-Test-Marker: {marker}\n\nbye\n".encode()
+    done = hato.sendmail(["-i", "-f", SENDER, to], body)
+    assert done.returncode == 0, done.stderr
+
+
+def _wait_listed(hato: OpsHato, pattern: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = hato.hato("queue", "list")
+        assert listed.returncode == 0, listed.stderr
+        if re.search(pattern, listed.stdout):
+            return listed.stdout
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{listed.stdout}"
+        time.sleep(0.1)
+
+
+def _queue_id(listing: str, recipient: str) -> str:
+    (line,) = [line for line in listing.splitlines() if f"-> <{recipient}>" in line]
+    return line.split()[0].rstrip("*")
+
+
+def _dsn(path: Path) -> tuple[Message, list[Message]]:
+    """A delivered DSN, and its per-recipient blocks (RFC 3464 §2.3)."""
+    report = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    payload = report.get_payload()
+    assert isinstance(payload, list)
+    status = payload[1]
+    assert isinstance(status, Message)
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = status.get_payload()
+    assert isinstance(blocks, list)
+    return report, [b for b in blocks[1:] if isinstance(b, Message)]
+
+
+def test_queue_commands_on_mail_a_peer_defers_running_and_stopped(
+    hato: OpsHato, peer: ScriptedPeer
 ) -> None:
-    with Server(workdir / "data"):
-        done = sendmail(workdir, ["carol@remote.example"], b"Subject: out\n\nbye\n")
-        assert done.returncode == 0, done.stderr
-        # No outbound courier here: the runner defers the mail with 451 4.4.0.
-        for _ in range(500):
-            assert main(["queue", "list"]) == 0
-            out = capsys.readouterr().out
-            if "attempt(s)" in out:
-                break
-            threading.Event().wait(0.02)
-        assert "<carol@remote.example>" in out
-        assert "the last reply was 451 4.4.0 Outbound delivery is not available" in out
-        qid = out.splitlines()[1].split()[0]
-        assert main(["queue", "hold", qid]) == 0
-        capsys.readouterr()
-    # Stopped: list and show read the store, and the changes go straight to it.
-    assert main(["queue", "show", qid]) == 0
-    assert "held by the administrator" in capsys.readouterr().out
-    assert main(["queue", "release", qid]) == 0
-    assert "due when it starts" in capsys.readouterr().out
-    assert main(["queue", "bounce", "--domain", "remote.example"]) == 0
-    assert f"{qid}: removed from the queue" in capsys.readouterr().out
-    mailq = sendmail(workdir, ["-bp"], b"")
+    alice = hato.mailbox("alice", "example.org")
+    _queued(hato, "carol@remote.test", "ops-carol")
+    _queued(hato, "dave@remote.test", "ops-dave")
+    _queued(hato, "erin@remote.test", "ops-erin")
+    listing = _wait_listed(hato, r"(?s)(1 attempt\(s\).*){3}")
+    carol, dave, erin = (
+        _queue_id(listing, f"{who}@remote.test") for who in ("carol", "dave", "erin")
+    )
+    assert listing.count(f"the last reply was {GREYLIST}; 1 attempt(s), next try in") == 3
+    # show names the real reason: the peer's own 451 text.
+    shown = hato.hato("queue", "show", carol)
+    assert shown.returncode == 0, shown.stderr
+    assert f"last reply: {GREYLIST}" in shown.stdout
+    assert f"why: the last reply was {GREYLIST}" in shown.stdout
+    assert "Subject: ops ops-carol" in shown.stdout and f"sender:    <{SENDER}>" in shown.stdout
+    status = hato.hato("status")
+    assert "queue:      3 message(s)" in status.stdout, status.stdout
+    assert "3 recipient(s) waiting (3 deferred), 0 held" in status.stdout
+    # flush: tried again now (the next retry is minutes away), deferred again.
+    tried = len(peer.transactions)
+    flushed = hato.hato("queue", "flush", carol)
+    assert flushed.stdout == "flushed 1 recipient(s) of 1 message(s)\n", flushed
+    _wait_listed(hato, r"2 attempt\(s\)")
+    assert len(peer.transactions) == tried + 1
+    assert hato.hato("queue", "hold", dave).returncode == 0
+    assert "held by the administrator" in _wait_listed(hato, "held")
+
+    # bounce, live: the sender gets an RFC 3464 DSN in her Maildir.
+    bounced = hato.hato("queue", "bounce", carol)
+    assert f"{carol}: removed from the queue" in bounced.stdout, bounced
+    (dsn_path,) = _wait_messages(alice, 1)
+    report, blocks = _dsn(dsn_path)
+    assert SENDER in str(report["To"]) and "MAILER-DAEMON@" in str(report["From"])
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822;carol@remote.test"]
+    assert blocks[0]["Action"] == "failed" and blocks[0]["Status"] == "5.0.0"
+    assert b"X-Hato-Queue-ID: " + carol.encode() in dsn_path.read_bytes()
+    assert b"ops-carol" in dsn_path.read_bytes()  # the original comes back
+    assert hato.wait_for_log(rf"event=dsn-queued id={carol} ")
+    assert carol not in hato.hato("queue", "list").stdout
+
+    # Stopped: list and show read the store; changes go straight to it (under hato.lock).
+    hato.stop()
+    listing = hato.hato("queue", "list").stdout
+    assert dave in listing and erin in listing and "held by the administrator" in listing
+    shown = hato.hato("queue", "show", erin)
+    assert f"last reply: {GREYLIST}" in shown.stdout, shown
+    assert "server:     not running" in hato.hato("status").stdout
+    released = hato.hato("queue", "release", dave)
+    assert released.returncode == 0 and "due when it starts" in released.stdout, released
+    deleted = hato.hato("queue", "delete", erin)
+    assert f"{erin}: removed from the queue" in deleted.stdout, deleted
+    bounced = hato.hato("queue", "bounce", "--domain", "remote.test")
+    assert f"{dave}: removed from the queue" in bounced.stdout, bounced
+    # The offline bounce's DSN waits in the queue for the next start, which delivers it.
+    mailq = hato.sendmail(["-bp"], b"")
+    assert mailq.returncode == 0 and b"<> -> <alice@example.org>" in mailq.stdout, mailq
+    hato.start()
+    paths = _wait_messages(alice, 2)
+    (second,) = [p for p in paths if p != dsn_path]
+    _, blocks = _dsn(second)
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822;dave@remote.test"]
+    assert _wait_listed(hato, "Mail queue is empty")
+    mailq = hato.sendmail(["-bp"], b"")
     assert mailq.returncode == 0 and mailq.stdout == b"Mail queue is empty\n"
+    # erin's message was deleted: gone, no bounce; the peer never accepted anything.
+    assert len(maildir.messages(alice)) == 2 and peer.delivered() == []
