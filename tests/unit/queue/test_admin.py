@@ -159,7 +159,7 @@ def test_bounce_queues_a_dsn_to_the_sender_then_removes_the_message(
         assert busy in [r[0] for r in rows(tmp_path)]
         # One DSN for the message, from <> to its sender, handed to the runner like new mail.
         handed = await queue.wait_fresh()
-        assert [p.message.queue_id for p in handed][0] == busy
+        assert handed[0].message.queue_id == busy
         fresh = handed[-1]
         assert len(handed) == 2 and fresh.message.mail_from is None
         assert [str(r.address) for r in fresh.recipients] == ["alice@example.com"]
