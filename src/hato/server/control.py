@@ -108,7 +108,7 @@ class ControlServer:
         counter: OutcomeCounter | None = None,
         info: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
-        self._admin = LiveAdmin(queue, clock.now, log.info)
+        self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname)
         self._runner = runner
         self._submit = submit
         self._clock = clock

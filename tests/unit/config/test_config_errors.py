@@ -77,7 +77,8 @@ def problems_of(text: str, base_dir: Path) -> tuple[str, ...]:
             'hostname = "mail.example.org"',
             'hostnme = "mail.example.org"',
             "server.hostnme: unknown key "
-            "(valid keys: hostname, data_dir, log_format, log_level, workers, user, group, submit_socket)",
+            "(valid keys: hostname, data_dir, log_format, log_level, workers, user, group, "
+            "submit_socket)",
         ),
         (
             'hostname = "mail.example.org"',
