@@ -459,29 +459,33 @@ class SmtpSession(asyncio.Protocol):
         return bool(self.ctx.signer)
 
     def _on_message_end(self) -> None:
+        """DATA ended: refuse a From: the user does not own, then commit (as a task)."""
         body, mail, headers = self.body, self.mail_from, self.headers
         self.body = self.headers = None
         captured = b"".join(self.capture) if self.capture is not None else None
         self.capture = None
-        if self.keyed and mail is not None and self.recipients:
-            self._end_keyed(mail, captured, headers)
-            return
-        if self.forged is not None and body is not None:
-            body.write(self.forged.finish())
-            if self.forged.removed:
-                # RFC 8601 §5: a claim in our name that we did not make is removed.
-                log.info(
-                    logfmt(
-                        "forged-results-removed", session=self.session_id, count=self.forged.removed
-                    )
-                )
-        self.forged = None
-        if body is None or mail is None or not self.recipients:
+        forged, self.forged = self.forged, None
+        if mail is None or not self.recipients or (body is None and not self.keyed):
             # Cannot happen with a correct core; refuse rather than accept blindly.
-            self.conn.reply(TEMP_FAILURE)
+            self._refuse_message(body, TEMP_FAILURE)
             return
+        stored: bytes | None = None  # the message as stored, when it is held in memory
+        if self.keyed:
+            # A keyed recipient's message never went to the spool (issue 6): it is in memory.
+            if captured is None:
+                self._refuse_message(body, TOO_BIG_TO_ENCRYPT)
+                return
+            stored = forged.feed(captured) + forged.finish() if forged else captured
+        elif forged is not None and body is not None:
+            body.write(forged.finish())
+        if forged is not None and forged.removed:
+            # RFC 8601 §5: a claim in our name that we did not make is removed.
+            log.info(
+                logfmt("forged-results-removed", session=self.session_id, count=forged.removed)
+            )
+        from_addresses = headers.from_addresses() if headers is not None else []
         if headers is not None:
-            owned = all(a is not None and self._owns(a) for a in headers.from_addresses())
+            owned = all(a is not None and self._owns(a) for a in from_addresses)
             decision = header_from_decision(self.user is not None, owned)
             if not isinstance(decision, Accept):
                 log.info(
@@ -493,109 +497,16 @@ class SmtpSession(asyncio.Protocol):
                         reply=decision.reply.code,
                     )
                 )
-                body.discard()
-                self._reset_transaction()
-                self.conn.reply(decision.reply)
+                self._refuse_message(body, decision.reply)
                 return
-        from_addresses = headers.from_addresses() if headers is not None else []
-        self._begin(self._commit(body, mail, captured, from_addresses), name="commit")
+        self._begin(self._commit(mail, body, stored, captured, from_addresses), name="commit")
 
-    def _end_keyed(
-        self, mail: MailFrom, captured: bytes | None, headers: HeaderCapture | None
-    ) -> None:
-        forged, self.forged = self.forged, None
-        if captured is None:
-            self._reset_transaction()
-            self.conn.reply(TOO_BIG_TO_ENCRYPT)
-            return
-        stored = captured
-        if forged is not None:
-            stored = forged.feed(captured) + forged.finish()
-        if headers is not None:
-            owned = all(a is not None and self._owns(a) for a in headers.from_addresses())
-            decision = header_from_decision(self.user is not None, owned)
-            if not isinstance(decision, Accept):
-                self._reset_transaction()
-                self.conn.reply(decision.reply)
-                return
-        from_addresses = headers.from_addresses() if headers is not None else []
-        self._begin(self._commit_keyed(mail, captured, stored, from_addresses), name="commit")
-
-    async def _commit_keyed(
-        self,
-        mail: MailFrom,
-        captured: bytes,
-        stored: bytes,
-        from_addresses: list[Address | None],
-    ) -> None:
-        recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
+    def _refuse_message(self, body: BodyWriter | None, reply: Reply) -> None:
+        if body is not None:
+            body.discard()
         self._reset_transaction()
-        added, params, refusal = await self._authenticate(
-            mail, captured, from_addresses, recipients
-        )
-        if refusal is not None:
-            self._answer(refusal)
-            return
-        assert self.ctx.keys is not None
-        original_of = dict(recipients)
-        protected = await protect(
-            self.ctx.keys, stored, [dest for dest, _ in recipients], self._now_utc()
-        )
-        if protected.deferred:
-            for failure in protected.deferred:
-                log.warning(
-                    logfmt(
-                        "key-failure",
-                        session=self.session_id,
-                        rcpt=failure.recipient,
-                        detail=failure.reason,
-                        action="deferred",
-                    )
-                )
-            self._answer(DEFER_DATA_REPLY)
-            return
-        for failure in protected.in_clear:
-            log.warning(
-                logfmt(
-                    "key-failure",
-                    session=self.session_id,
-                    rcpt=failure.recipient,
-                    detail=failure.reason,
-                    action="stored-in-clear",
-                )
-            )
-        ids: list[str] = []
-        for copy in protected.copies:
-            body = self.ctx.queue.new_body()
-            body.write(copy.data)
-            rows = [
-                (dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN))
-                for dest in copy.recipients
-            ]
-            prefix = added + self._received(mail, body.queue_id, originals)
-            try:
-                ids.append(
-                    await self.ctx.queue.commit(
-                        body, mail_from=mail.path, recipients=rows, prefix=prefix, params=params
-                    )
-                )
-            except QueueWriteError as exc:
-                log.warning(logfmt("queue-write-failed", session=self.session_id, error=exc))
-                self._answer(exc.reply)
-                return
-        self.messages += 1
-        log.info(
-            logfmt(
-                "accepted",
-                session=self.session_id,
-                id=",".join(ids),
-                client=self.client_ip,
-                user=self.user,
-                nrcpt=len(recipients),
-                encrypted=sum(c.encrypted for c in protected.copies),
-            )
-        )
-        self._answer(None, f"Ok: queued as {' '.join(ids)}")
+        self.ctx.metrics.message(reply.code)
+        self.conn.reply(reply)
 
     def _received(self, mail: MailFrom, queue_id: str, originals: list[Address]) -> bytes:
         info = TraceInfo(
@@ -688,54 +599,100 @@ class SmtpSession(asyncio.Protocol):
 
     async def _commit(
         self,
-        body: BodyWriter,
         mail: MailFrom,
+        body: BodyWriter | None,
+        stored: bytes | None,
         captured: bytes | None,
         from_addresses: list[Address | None],
     ) -> None:
+        """Authenticate (inbound checks or DKIM signing), then queue every copy durably and
+        only then answer 250 (DESIGN.md: 250 means durable)."""
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self._reset_transaction()
         added, params, refusal = await self._authenticate(
             mail, captured, from_addresses, recipients
         )
         if refusal is not None:
-            body.discard()
+            if body is not None:
+                body.discard()
             self._answer(refusal)
             return
-        # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
-        prefix = added + self._received(mail, body.queue_id, originals)
-        try:
-            queue_id = await self.ctx.queue.commit(
-                body,
-                mail_from=mail.path,
-                recipients=[(dest, orig, dsn.get(dest, NO_DSN)) for dest, orig in recipients],
-                prefix=prefix,
-                params=params,
-            )
-        except QueueWriteError as exc:
-            log.warning(
-                logfmt(
-                    "queue-write-failed", session=self.session_id, error=exc, reply=exc.reply.code
-                )
-            )
-            self._answer(exc.reply)
+        copies = await self._copies(body, stored, [dest for dest, _ in recipients])
+        if copies is None:
             return
+        original_of = dict(recipients)
+        ids: list[str] = []
+        for number, (copy, dests) in enumerate(copies):
+            rows = [(dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN)) for dest in dests]
+            # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
+            prefix = added + self._received(mail, copy.queue_id, originals)
+            try:
+                ids.append(
+                    await self.ctx.queue.commit(
+                        copy, mail_from=mail.path, recipients=rows, prefix=prefix, params=params
+                    )
+                )
+            except QueueWriteError as exc:
+                log.warning(
+                    logfmt(
+                        "queue-write-failed",
+                        session=self.session_id,
+                        error=exc,
+                        reply=exc.reply.code,
+                    )
+                )
+                for rest, _ in copies[number + 1 :]:
+                    rest.discard()
+                self._answer(exc.reply)
+                return
         self.messages += 1
         log.info(
             logfmt(
                 "accepted",
                 session=self.session_id,
-                id=queue_id,
+                id=",".join(ids),
                 client=self.client_ip,
                 user=self.user,
                 nrcpt=len(recipients),
+                encrypted=(len(copies) - 1) if stored is not None else None,
             )
         )
         if self.user is not None and self.ctx.limiter is not None:
             alert = self.ctx.limiter.record(str(self.user), len(originals))
             if alert is not None:
                 log.warning(logfmt(alert.event, **alert.fields()))
-        self._answer(None, f"Ok: queued as {queue_id}")
+        self._answer(None, f"Ok: queued as {' '.join(ids)}")
+
+    async def _copies(
+        self, body: BodyWriter | None, stored: bytes | None, dests: list[Address]
+    ) -> list[tuple[BodyWriter, tuple[Address, ...]]] | None:
+        """What to queue: the streamed body for everyone, or (issue 6) the plaintext copy for
+        recipients without a key and one encrypted copy per keyed recipient; None when a key
+        failed under the "defer" policy (answered 451 4.7.5)."""
+        if body is not None:
+            return [(body, tuple(dests))]
+        assert stored is not None and self.ctx.keys is not None
+        protected = await protect(self.ctx.keys, stored, dests, self._now_utc())
+        for failure in (*protected.deferred, *protected.in_clear):
+            action = "deferred" if failure in protected.deferred else "stored-in-clear"
+            log.warning(
+                logfmt(
+                    "key-failure",
+                    session=self.session_id,
+                    rcpt=failure.recipient,
+                    detail=failure.reason,
+                    action=action,
+                )
+            )
+        if protected.deferred:
+            self._answer(DEFER_DATA_REPLY)
+            return None
+        out: list[tuple[BodyWriter, tuple[Address, ...]]] = []
+        for copy in protected.copies:
+            writer = self.ctx.queue.new_body()
+            writer.write(copy.data)
+            out.append((writer, copy.recipients))
+        return out
 
     # ---- STARTTLS (RFC 3207) ----
 
