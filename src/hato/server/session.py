@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
 from hato.delivery.local import Local, NotLocal
-from hato.delivery.maildir import FOLDER_PARAM
 from hato.model import Address, RecipientDsn, Reply, logfmt
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -34,8 +33,8 @@ from hato.policy import (
 from hato.queue import QueueWriteError
 from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
 from hato.server.context import SessionContext
+from hato.server.finish import Submitted, authenticate
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
-from hato.server.inbound import InboundVerdict
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
@@ -74,7 +73,6 @@ TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
 TOO_BIG_TO_ENCRYPT = Reply(552, "5.3.4", "Message too large to be stored encrypted")
 NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
-QUARANTINE_PARAM = FOLDER_PARAM  # DMARC quarantine: the Junk folder
 
 
 class SmtpSession(asyncio.Protocol):
@@ -521,82 +519,6 @@ class SmtpSession(asyncio.Protocol):
         )
         return received_header(info, queue_id, originals, self.ctx.clock.now())
 
-    async def _authenticate(
-        self,
-        mail: MailFrom,
-        captured: bytes | None,
-        from_addresses: list[Address | None],
-        recipients: list[tuple[Address, Address]],
-    ) -> tuple[bytes, dict[str, str | None], Reply | None]:
-        """The header lines to prepend (DKIM-Signature, Authentication-Results), extra queue
-        params, or the refusal a DMARC policy asks for."""
-        params: dict[str, str | None] = dict(mail.params)
-        if self.user is not None:
-            if captured is None or not self.ctx.signer:
-                if self.ctx.signer:
-                    log.warning(
-                        logfmt(
-                            "dkim-sign-skipped", session=self.session_id, reason="message too large"
-                        )
-                    )
-                return b"", params, None
-            signature = self.ctx.signer.sign(captured, [*from_addresses, mail.path])
-            return signature, params, None
-        checker = self.ctx.inbound
-        if checker is None:
-            return b"", params, None
-        if captured is None:
-            log.warning(
-                logfmt("authcheck-skipped", session=self.session_id, reason="message too large")
-            )
-            return b"", params, None
-        verdict = await checker.check(
-            client_ip=self.client_ip,
-            helo=self.conn.hello_name or "",
-            mail_from=mail.path,
-            message=captured,
-        )
-        log.info(
-            logfmt(
-                "authcheck",
-                session=self.session_id,
-                client=self.client_ip,
-                result=verdict.summary,
-                quarantine=verdict.quarantine or None,
-                refuse=verdict.refuse.code if verdict.refuse else None,
-            )
-        )
-        if verdict.quarantine:
-            params[QUARANTINE_PARAM] = "Junk"
-        return (
-            self._arc_seal(verdict, captured, recipients) + verdict.header,
-            params,
-            verdict.refuse,
-        )
-
-    def _arc_seal(
-        self,
-        verdict: InboundVerdict,
-        captured: bytes,
-        recipients: list[tuple[Address, Address]],
-    ) -> bytes:
-        """RFC 8617 §5.1: when an alias of ours forwards the message to another domain, we add
-        an ARC set, so the next hop can see what we saw (SPF and DKIM break on forwarding)."""
-        if verdict.refuse is not None or not self.ctx.sealers:
-            return b""
-        resolver = self.ctx.resolver
-        for dest, original in recipients:
-            if resolver.is_local_domain(dest.domain):
-                continue
-            sealer = self.ctx.sealers.get(original.domain.lower())
-            if sealer is None:
-                continue
-            end = captured.find(b"\r\n\r\n")
-            head, body = (captured, b"") if end < 0 else (captured[: end + 2], captured[end + 4 :])
-            sealed = sealer.seal(verdict.header + head, (body,), verdict.arc)
-            return sealed or b""
-        return b""
-
     async def _commit(
         self,
         mail: MailFrom,
@@ -609,8 +531,19 @@ class SmtpSession(asyncio.Protocol):
         only then answer 250 (DESIGN.md: 250 means durable)."""
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self._reset_transaction()
-        added, params, refusal = await self._authenticate(
-            mail, captured, from_addresses, recipients
+        added, params, refusal = await authenticate(
+            self.ctx,
+            Submitted(
+                session=self.session_id,
+                client_ip=self.client_ip,
+                helo=self.conn.hello_name or "",
+                user=self.user,
+                mail_from=mail.path,
+                params=dict(mail.params),
+            ),
+            captured,
+            from_addresses,
+            recipients,
         )
         if refusal is not None:
             if body is not None:

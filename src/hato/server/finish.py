@@ -1,0 +1,95 @@
+"""What happens to a message between the end of DATA and the queue commit: the authentication
+of mail we receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601) or the DKIM
+signature of mail our users send (RFC 6376), and an ARC seal when our aliases forward the
+message (RFC 8617). The results are header lines for the stored prefix (the body is never
+rewritten), queue parameters, or the refusal a DMARC policy asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from hato.delivery.maildir import FOLDER_PARAM
+from hato.model import Address, Reply, ReversePath, logfmt
+from hato.server.context import SessionContext
+from hato.server.inbound import InboundVerdict
+
+log = logging.getLogger("hato.smtpd")
+
+QUARANTINE_PARAM = FOLDER_PARAM  # DMARC quarantine: the user's Junk folder
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The facts of the transaction the checks need."""
+
+    session: str
+    client_ip: str
+    helo: str
+    user: Address | None  # the authenticated account, or None
+    mail_from: ReversePath
+    params: dict[str, str | None]
+
+
+async def authenticate(
+    ctx: SessionContext,
+    facts: Submitted,
+    captured: bytes | None,
+    from_addresses: list[Address | None],
+    recipients: list[tuple[Address, Address]],
+) -> tuple[bytes, dict[str, str | None], Reply | None]:
+    """(header lines to prepend, queue params, refusal or None)."""
+    params = facts.params
+    if facts.user is not None:
+        if captured is None or not ctx.signer:
+            if ctx.signer:
+                log.warning(
+                    logfmt("dkim-sign-skipped", session=facts.session, reason="message too large")
+                )
+            return b"", params, None
+        return ctx.signer.sign(captured, [*from_addresses, facts.mail_from]), params, None
+    checker = ctx.inbound
+    if checker is None:
+        return b"", params, None
+    if captured is None:
+        log.warning(logfmt("authcheck-skipped", session=facts.session, reason="message too large"))
+        return b"", params, None
+    verdict = await checker.check(
+        client_ip=facts.client_ip, helo=facts.helo, mail_from=facts.mail_from, message=captured
+    )
+    log.info(
+        logfmt(
+            "authcheck",
+            session=facts.session,
+            client=facts.client_ip,
+            result=verdict.summary,
+            quarantine=verdict.quarantine or None,
+            refuse=verdict.refuse.code if verdict.refuse else None,
+        )
+    )
+    if verdict.quarantine:
+        params[QUARANTINE_PARAM] = "Junk"
+    return arc_seal(ctx, verdict, captured, recipients) + verdict.header, params, verdict.refuse
+
+
+def arc_seal(
+    ctx: SessionContext,
+    verdict: InboundVerdict,
+    captured: bytes,
+    recipients: list[tuple[Address, Address]],
+) -> bytes:
+    """RFC 8617 §5.1: when an alias of ours forwards the message to another domain, we add an
+    ARC set, so the next hop can see what we saw (SPF and DKIM break on forwarding)."""
+    if verdict.refuse is not None or not ctx.sealers:
+        return b""
+    for dest, original in recipients:
+        if ctx.resolver.is_local_domain(dest.domain):
+            continue
+        sealer = ctx.sealers.get(original.domain.lower())
+        if sealer is None:
+            continue
+        end = captured.find(b"\r\n\r\n")
+        head, body = (captured, b"") if end < 0 else (captured[: end + 2], captured[end + 4 :])
+        return sealer.seal(verdict.header + head, (body,), verdict.arc) or b""
+    return b""
