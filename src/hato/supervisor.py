@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hato.app import EX_OK, EX_SOFTWARE, StartupError, WorkerRole, listen_socket, run
+from hato.accounts import UserStore
+from hato.app import EX_OK, EX_SOFTWARE, StartupError, WorkerRole, build_tls, listen_socket, run
+from hato.crypto import KeyStore
 from hato.logsetup import configure_logging
-from hato.model import Role, logfmt
+from hato.model import Address, Role, logfmt
 from hato.queue import recover_offline, release_leases
 
 if TYPE_CHECKING:
@@ -90,6 +92,17 @@ def _is_mx(settings: Settings, number: int) -> bool:
     return settings.listeners[number].role is Role.MX
 
 
+def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
+    """Make, once and before any worker runs, what workers would otherwise race to create:
+    the user and key databases (switching SQLite to WAL needs the file to itself) and the
+    self-signed certificate (two workers writing key and certificate could mix the pairs)."""
+    users = UserStore(data_dir / "users.db")
+    users.exists(Address("postmaster", "invalid"))  # creates the file and its schema
+    users.close()
+    KeyStore.in_data_dir(data_dir).close()
+    build_tls(settings, data_dir)
+
+
 def supervise(settings: Settings, source: str, workers: int, handler: logging.Handler) -> int:
     data_dir = Path(settings.server.data_dir)
     try:
@@ -104,6 +117,13 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         return exc.exit_code
     for problem in recover_offline(data_dir / "queue", time.time()):
         log.error(logfmt("queue-problem", detail=problem))
+    try:
+        prepare_shared_files(settings, data_dir)
+    except StartupError as exc:
+        log.error(logfmt("startup-failed", detail=str(exc)))
+        handler.flush()
+        print(f"hato: {exc}", file=sys.stderr)
+        return exc.exit_code
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import smtplib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from peers import maildir
@@ -38,11 +39,17 @@ def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
     assert server.proc is not None
     workers = _children(server.proc.pid)
     assert len(workers) == 2
-    markers = [f"w-{n}" for n in range(20)]
-    for marker in markers:
+    markers = [f"w-{n}" for n in range(40)]
+
+    def send(marker: str) -> None:
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
             body = f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhi\r\n".encode()
             smtp.sendmail("a@example.net", ["u@example.org"], body)
+
+    # Concurrent from the first message on: both workers open the shared databases at once.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, markers))
+    assert "event=session-error" not in server.log_text()
     server.kill()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers):
