@@ -72,19 +72,7 @@ def test_sigkill_mid_load_loses_nothing_and_duplicates_nothing(make_server: Make
         accepted, attempted = set(load.accepted), set(load.attempted)
 
     server.start()  # same data dir and port
-    deadline = time.monotonic() + 90
-    counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-    while not accepted <= counts.keys() and time.monotonic() < deadline:
-        time.sleep(0.2)
-        counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-    time.sleep(2)  # let any duplicate delivery show up too
-    counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-
-    missing = accepted - counts.keys()
-    assert not missing, f"{len(missing)} of {len(accepted)} messages answered 250 were lost"
-    duplicated = {marker: n for marker, n in counts.items() if n > 1}
-    assert not duplicated, f"delivered more than once: {duplicated}"
-    assert counts.keys() <= attempted, "delivered messages nobody sent"
+    maildir.assert_each_once(server.mailboxes(), accepted, attempted, timeout=90, settle=2)
     # The server is healthy after the restart: a new message still gets through.
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
         assert smtp.sendmail("crash@client.test", ["crash@example.org"], _message("after")) == {}

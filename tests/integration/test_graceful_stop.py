@@ -157,19 +157,7 @@ def test_sigterm_mid_load_finishes_transactions_and_loses_nothing(
         attempted = set(load.attempted) | {slow_marker}
 
     server.start()  # same data dir and port
-    deadline = time.monotonic() + 60
-    counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-    while not accepted <= counts.keys() and time.monotonic() < deadline:
-        time.sleep(0.2)
-        counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-    time.sleep(1.5)  # let any duplicate delivery show up too
-    counts = maildir.markers(maildir.all_messages(server.mailboxes()))
-
-    missing = accepted - counts.keys()
-    assert not missing, f"{len(missing)} of {len(accepted)} messages answered 250 were lost"
-    duplicated = {marker: n for marker, n in counts.items() if n > 1}
-    assert not duplicated, f"delivered more than once: {duplicated}"
-    assert counts.keys() <= attempted, "delivered messages nobody sent"
+    maildir.assert_each_once(server.mailboxes(), accepted, attempted, timeout=60, settle=1.5)
     # Healthy after the restart: a new message still gets through.
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
         assert smtp.sendmail("load@client.test", [RCPT], _message("after")) == {}

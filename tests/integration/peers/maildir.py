@@ -91,3 +91,23 @@ def wait_for_marker(root: Path, marker: str, timeout: float) -> list[Path]:
         if found or time.monotonic() >= deadline:
             return found
         time.sleep(0.05)
+
+
+def assert_each_once(
+    base: Path, accepted: set[str], attempted: set[str], *, timeout: float, settle: float
+) -> None:
+    """Every marker that got 250 arrives (within `timeout`), none twice, and nothing that was
+    never sent: the exactly-once check of the crash and stop tests. `settle` waits for a late
+    duplicate after the last expected message arrived."""
+    deadline = time.monotonic() + timeout
+    counts = markers(all_messages(base))
+    while not accepted <= counts.keys() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        counts = markers(all_messages(base))
+    time.sleep(settle)
+    counts = markers(all_messages(base))
+    missing = accepted - counts.keys()
+    assert not missing, f"{len(missing)} of {len(accepted)} messages answered 250 were lost"
+    duplicated = {marker: n for marker, n in counts.items() if n > 1}
+    assert not duplicated, f"delivered more than once: {duplicated}"
+    assert counts.keys() <= attempted, "delivered messages nobody sent"
