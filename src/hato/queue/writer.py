@@ -146,13 +146,16 @@ class GroupCommitWriter:
                 job.error = dir_error
         # SQLite rolls a whole transaction back on some errors (SQLITE_FULL, SQLITE_IOERR),
         # taking the savepoints of the jobs before the failing one with it. Then run the
-        # batch once more without the failed job; if that happens again, the store itself is
-        # in trouble and the rest of the batch fails with it.
-        for second_pass in (False, True):
-            broken = self._run_jobs(todo, give_up=second_pass)
+        # batch again without the failed job, as long as each pass drops one (a full database
+        # refuses each message that does not fit, and only those); the last possible pass
+        # gives up on the rest (then the store itself is in trouble).
+        for passes_left in range(len(todo), -1, -1):
+            broken = self._run_jobs(todo, give_up=passes_left == 0)
             if not broken:
                 break
             todo = [job for job in todo if job.error is None]
+            if not todo:
+                break
 
     def _run_jobs(self, todo: list[Job[Any]], *, give_up: bool) -> bool:
         """One transaction over `todo`; True if SQLite dropped it and it must be run again."""
