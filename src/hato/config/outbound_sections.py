@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from hato.config.values import (
+    at_least,
     check_readable_file,
     parse_domain_name,
     parse_nameserver,
@@ -154,9 +155,7 @@ class DeliverySettings(BaseModel):
     @field_validator("max_messages_per_connection", "max_connections_per_domain", "max_connections")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
-        return value
+        return at_least(1, value)
 
 
 class TransportSettings(BaseModel):

@@ -24,6 +24,7 @@ from pydantic import (
 
 from hato.config.values import (
     IPNetwork,
+    at_least,
     parse_cidr,
     parse_domain_name,
     parse_nameserver,
@@ -109,9 +110,7 @@ class AuthSettings(BaseModel):
     @field_validator("max_failures", "max_account_failures")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, got {value}")
-        return value
+        return at_least(1, value)
 
 
 class NetworkSettings(BaseModel):

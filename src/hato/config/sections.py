@@ -44,6 +44,7 @@ from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, T
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.values import (
     ListenAddress,
+    at_least,
     check_readable_file,
     parse_domain_name,
     parse_listen_address,
@@ -106,12 +107,6 @@ def _non_empty_grant(targets: tuple[Address, ...]) -> tuple[Address, ...]:
     if not targets:
         raise ValueError('a grant needs at least one address (example: ["sales"])')
     return targets
-
-
-def _at_least(minimum: int, value: int, why: str = "") -> int:
-    if value < minimum:
-        raise ValueError(f"must be at least {minimum}{why}, got {value}")
-    return value
 
 
 AbsolutePath = Annotated[Path, PlainValidator(_path)]
@@ -196,7 +191,7 @@ class ListenerSettings(BaseModel):
     @field_validator("max_connections", "max_connections_per_ip")
     @classmethod
     def _positive(cls, value: int) -> int:
-        return _at_least(1, value)
+        return at_least(1, value)
 
     @property
     def host(self) -> str:
@@ -245,7 +240,7 @@ class LimitsSettings(BaseModel):
     @field_validator("messages_per_hour", "recipients_per_hour", "spike_recipients", "hold_time")
     @classmethod
     def _zero_or_more(cls, value: int) -> int:
-        return _at_least(0, value)
+        return at_least(0, value)
 
     @field_validator("spike_window")
     @classmethod
@@ -259,19 +254,19 @@ class LimitsSettings(BaseModel):
     @classmethod
     def _positive(cls, value: int) -> int:
         # RFC 1870 §4: SIZE 0 would mean "no fixed limit"; a limit of 0 octets accepts nothing.
-        return _at_least(1, value)
+        return at_least(1, value)
 
     @field_validator("max_recipients")
     @classmethod
     def _recipients(cls, value: int) -> int:
         # RFC 5321 §4.5.3.1.8: the minimum number of recipients that MUST be buffered is 100.
-        return _at_least(MIN_RECIPIENTS, value, " (RFC 5321 §4.5.3.1.8)")
+        return at_least(MIN_RECIPIENTS, value, " (RFC 5321 §4.5.3.1.8)")
 
     @field_validator("idle_timeout")
     @classmethod
     def _idle(cls, value: int) -> int:
         # RFC 5321 §4.5.3.2.7: the server timeout SHOULD be at least 5 minutes.
-        return _at_least(MIN_IDLE_TIMEOUT, value, " second")
+        return at_least(MIN_IDLE_TIMEOUT, value, " second")
 
     @field_validator("max_text_line")
     @classmethod
@@ -288,7 +283,7 @@ class LimitsSettings(BaseModel):
     @classmethod
     def _session_covers_idle(cls, value: int, info: ValidationInfo) -> int:
         idle = info.data.get("idle_timeout", MIN_IDLE_TIMEOUT)
-        return _at_least(idle, value, " seconds (limits.idle_timeout)")
+        return at_least(idle, value, " seconds (limits.idle_timeout)")
 
 
 class QueueSettings(BaseModel):
@@ -303,7 +298,7 @@ class QueueSettings(BaseModel):
     @field_validator("min_free_space")
     @classmethod
     def _not_negative(cls, value: int) -> int:
-        return _at_least(0, value)
+        return at_least(0, value)
 
 
 class LocalSettings(BaseModel):

@@ -22,6 +22,13 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
+def at_least(minimum: int, value: int, why: str = "") -> int:
+    """`value`, or a ValueError the loader turns into "KEY: must be at least N, got V"."""
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}{why}, got {value}")
+    return value
+
+
 def show(value: object) -> str:
     """A value as the user wrote it in TOML: strings quoted, booleans lower-case."""
     if isinstance(value, bool):
