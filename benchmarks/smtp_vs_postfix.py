@@ -38,6 +38,7 @@ from peers.server import DomainSetup, MailServer, MailSetup
 
 DOMAIN = "bench.test"
 MESSAGE_BYTES = 10240
+SETTLE_SECONDS = 40.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +96,20 @@ def process_cpu(server: MailServer) -> float | None:
     proc = getattr(server, "proc", None)
     if proc is None:
         return None
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    pids = [proc.pid]
+    while pids:  # the process and its workers (`[server] workers`)
+        pid = pids.pop()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int) -> Result:
     user = f"s{sessions}"
     box = server.mailbox(user, DOMAIN)
-    before = len(maildir.messages(box))
+    before = maildir.count(box)
     proc0 = process_cpu(server)
     busy0, client0, start = busy_seconds(), client_cpu(), time.monotonic()
     load = ["-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_BYTES)]
@@ -117,10 +124,10 @@ def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int)
     if done.returncode != 0:
         raise RuntimeError(f"smtp-source against {server.name} failed: {done.stderr[-2000:]}")
     deadline = accepted + 900
-    while len(maildir.messages(box)) < before + messages:
+    while maildir.count(box) < before + messages:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{server.name}: not all {messages} messages delivered in time")
-        time.sleep(0.02)
+        time.sleep(0.01)
     delivered = time.monotonic()
     cpu = (busy_seconds() - busy0) - (client_cpu() - client0)
     proc1 = process_cpu(server)
@@ -172,12 +179,45 @@ def machine() -> str:
     )
 
 
+def settle(seconds: float) -> None:
+    """Let the machine forget the previous run before the next one starts.
+
+    ext4 without a journal (as on the VM these figures come from) skips inodes freed in the last
+    30-35 seconds when it allocates a new one (`recently_deleted()` in fs/ext4/ialloc.c), scanning
+    past each of them: after a run that deleted thousands of files (Postfix removes a queue file
+    per message) every file create of the next run costs 0.3-0.6 ms instead of ~0.03 ms. Without
+    this pause the server measured second pays for the first one's deletions."""
+    os.sync()
+    time.sleep(seconds)
+
+
+class WorkersHato(HatoServer):
+    """Hato with `[server] workers` set (one process per core)."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, workers: int) -> None:
+        super().__init__(data_dir, setup)
+        self.workers = workers
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        if self.workers == 1:
+            return text
+        return text.replace("[server]\n", f"[server]\nworkers = {self.workers}\n", 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="200 messages per run")
     parser.add_argument("--messages", type=int, help="messages per run (default 2000)")
     parser.add_argument("--sessions", default="1,20,50", help="comma-separated session counts")
     parser.add_argument("--servers", default="postfix,hato", help="postfix, hato or both")
+    parser.add_argument("--workers", type=int, default=1, help="Hato's [server] workers")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_SECONDS,
+        help=f"seconds to wait (after sync) before each run (default {SETTLE_SECONDS:.0f})",
+    )
     args = parser.parse_args()
     messages = args.messages or (200 if args.quick else 2000)
     sessions = [int(s) for s in args.sessions.split(",")]
@@ -198,14 +238,17 @@ def main() -> int:
     )
     servers: list[MailServer] = []
     for name in args.servers.split(","):
-        cls = PostfixServer if name == "postfix" else HatoServer
-        servers.append(cls(work / name, setup))
+        if name == "postfix":
+            servers.append(PostfixServer(work / name, setup))
+        else:
+            servers.append(WorkersHato(work / name, setup, workers=args.workers))
     results: list[Result] = []
     try:
         for server in servers:
             server.start()
         for count in sessions:
             for server in servers:
+                settle(args.settle)
                 result = run_load(server, smtp_source, count, messages)
                 print(
                     f"{server.name:8} S={count:<3} accepted {result.accept_rate:7.0f}/s "

@@ -124,7 +124,7 @@ class Queue:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=fsync_threads, thread_name_prefix="hato-fsync"
         )
-        self.writer = GroupCommitWriter(conn, dir_fd, self._loop)
+        self.writer = GroupCommitWriter(conn, dir_fd, self._loop, str(root / "writer.lock"))
         self.writer.start()
         self._fresh: collections.deque[Pending] = collections.deque()
         self._fresh_ready = asyncio.Event()

@@ -15,6 +15,7 @@ server, the bigger the batches.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import queue
@@ -66,10 +67,19 @@ class GroupCommitWriter:
     """The writer thread; `submit()` may be called from any thread."""
 
     def __init__(
-        self, conn: sqlite3.Connection, dir_fd: int, loop: asyncio.AbstractEventLoop
+        self,
+        conn: sqlite3.Connection,
+        dir_fd: int,
+        loop: asyncio.AbstractEventLoop,
+        lock_path: str | None = None,
     ) -> None:
         self._conn = conn
         self._dir_fd = dir_fd
+        self._lock_fd = (
+            None
+            if lock_path is None
+            else os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        )
         self._loop = loop
         self._jobs: queue.SimpleQueue[Job[Any] | _Stop] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="hato-queue-writer", daemon=True)
@@ -86,6 +96,9 @@ class GroupCommitWriter:
         """Finish the jobs already submitted, then end the thread (blocks: run in a thread)."""
         self._jobs.put(_STOP)
         self._thread.join()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _main(self) -> None:
         stopping = False
@@ -159,6 +172,15 @@ class GroupCommitWriter:
 
     def _run_jobs(self, todo: list[Job[Any]], *, give_up: bool) -> bool:
         """One transaction over `todo`; True if SQLite dropped it and it must be run again."""
+        if self._lock_fd is None:
+            return self._transaction(todo, give_up=give_up)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # blocks until a sibling process commits
+        try:
+            return self._transaction(todo, give_up=give_up)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _transaction(self, todo: list[Job[Any]], *, give_up: bool) -> bool:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         for i, job in enumerate(todo):
