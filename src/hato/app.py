@@ -54,6 +54,7 @@ from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control
 from hato.server.context import ListenerState, SessionContext
+from hato.server.direct import DirectDelivery
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
@@ -443,6 +444,17 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     runner = QueueRunner(
         queue, courier, clock=clock, schedule=Schedule(), hostname=settings.server.hostname
     )
+    direct = (
+        DirectDelivery(
+            control.CountingCourier(
+                MeasuredCourier(maildir, metrics, clock, resolver.is_local_domain), counter
+            ),
+            resolver.is_local_domain,
+            clock,
+        )
+        if settings.queue.direct_local_delivery
+        else None
+    )
     runner_task: asyncio.Task[None] | None = None
     states: list[ListenerState] = []
     contexts: list[SessionContext] = []
@@ -473,6 +485,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 dns=shared.dns,
                 keys=shared.keys,
                 metrics=metrics.role(role),
+                direct=direct,
                 **configured_fields(settings, shared, listener),
             )
             factory = _session_factory(ctx)

@@ -87,6 +87,13 @@ class BodyWriter:
         """Whether the whole body is still in memory (it never reached the flush threshold)."""
         return not self._spilled and self._error is None
 
+    def peek_inline(self) -> bytes:
+        """A copy of the whole body of an inline message, which stays in the buffer (the
+        session delivers local recipients from it and may still commit the rest)."""
+        if not self.inline:
+            raise RuntimeError(f"body {self.queue_id} is a file, not inline")
+        return bytes(self._buf)
+
     def take_inline(self) -> bytes:
         """The whole body of an inline message (see `inline`); the buffer is released."""
         if not self.inline:

@@ -20,6 +20,7 @@ from hato.policy import (
 )
 from hato.queue import Queue
 from hato.server.auth import Accounts
+from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.signing import OutboundSigner
@@ -108,5 +109,6 @@ class SessionContext:
     authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
+    direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

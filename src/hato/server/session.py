@@ -527,8 +527,9 @@ class SmtpSession(asyncio.Protocol):
         captured: bytes | None,
         from_addresses: list[Address | None],
     ) -> None:
-        """Authenticate (inbound checks or DKIM signing), then queue every copy durably and
-        only then answer 250 (DESIGN.md: 250 means durable)."""
+        """Authenticate (inbound checks or DKIM signing), then deliver what can go into our
+        own Maildirs now (`ctx.direct`) and queue the rest durably; only then answer 250
+        (DESIGN.md: 250 means durable)."""
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self._reset_transaction()
         added, params, refusal = await authenticate(
@@ -559,6 +560,20 @@ class SmtpSession(asyncio.Protocol):
             rows = [(dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN)) for dest in dests]
             # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
             prefix = added + self._received(mail, copy.queue_id, originals)
+            if self.ctx.direct is not None and copy.inline:
+                # Our own mailboxes get it now; only the rest is queued (server/direct.py).
+                rows = await self.ctx.direct.deliver(
+                    copy.queue_id,
+                    mail_from=mail.path,
+                    body=copy.peek_inline(),
+                    prefix=prefix,
+                    params=params,
+                    rows=rows,
+                )
+                if not rows:
+                    copy.discard()
+                    ids.append(copy.queue_id)
+                    continue
             try:
                 ids.append(
                     await self.ctx.queue.commit(

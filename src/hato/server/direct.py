@@ -1,0 +1,110 @@
+"""Local mail delivered during the SMTP transaction, before the 250: no queue row at all.
+
+Theory of operation. A message for our own mailboxes does not need the queue: once its file is
+in the Maildir (written, fsynced, renamed into new/, new/ fsynced) it is where it is going, and
+more durable than a queue row. So after DATA the session hands the recipients that can go
+straight to a Maildir to the local courier (the same MaildirCourier the queue runner uses, with
+its batching: many sessions share one syncfs), and only the rest are queued: recipients on
+other servers, those whose delivery failed just now (a full mailbox, a disk error: the queue
+retries them), and those that asked for a success DSN (the runner writes it). The session
+answers 250 only when every recipient is either in its Maildir or in the queue (DESIGN.md:
+250 means durable; see docs/architecture.md for this refinement of the rule).
+
+The crash window is the queue's: a crash after the rename and before the client reads the 250
+leaves a delivered message the client will send again, as a crash after the queue commit does.
+
+Names: the Maildir file name carries the queue id and a row number; direct copies use negative
+row numbers (-1, -2, ...), which no queue row has, so a recipient that falls back to the queue
+can never be mistaken for one delivered here.
+
+Must not import anything of hato but model (a server-room helper of the session).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from hato.model import (
+    Address,
+    Clock,
+    Courier,
+    Delivered,
+    Notify,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientDsn,
+    ReversePath,
+    logfmt,
+)
+
+log = logging.getLogger("hato.queue")
+
+Row = tuple[Address, Address, RecipientDsn]  # deliver-to, original RCPT TO, its DSN request
+
+
+class DirectDelivery:
+    """Delivers the local recipients of a just-received message (see the module docstring).
+
+    `courier` is the local (Maildir) courier; `is_local(domain)` says which domains it serves,
+    as the queue's router decides it."""
+
+    def __init__(self, courier: Courier, is_local: Callable[[str], bool], clock: Clock) -> None:
+        self._courier = courier
+        self._is_local = is_local
+        self._clock = clock
+
+    def eligible(self, dest: Address, dsn: RecipientDsn) -> bool:
+        # RFC 3461 §4.1 NOTIFY=SUCCESS: the queue runner writes success DSNs; leave those to it.
+        return self._is_local(dest.domain) and not dsn.wants(Notify.SUCCESS)
+
+    async def deliver(
+        self,
+        queue_id: str,
+        *,
+        mail_from: ReversePath,
+        body: bytes,
+        prefix: bytes,
+        params: Mapping[str, str | None],
+        rows: Sequence[Row],
+    ) -> list[Row]:
+        """Deliver what can be delivered now; returns the rows still to be queued, in order."""
+        chosen = [i for i, (dest, _, dsn) in enumerate(rows) if self.eligible(dest, dsn)]
+        if not chosen:
+            return list(rows)
+        message = QueuedMessage(
+            queue_id=queue_id,
+            mail_from=mail_from,
+            received_at=self._clock.now(),
+            body_path="",
+            size=len(body),
+            prefix=prefix,
+            params=dict(params),
+            body=body,
+        )
+        recipients = [
+            QueuedRecipient(row_id=-(n + 1), address=dest, original=original, dsn=dsn)
+            for n, (dest, original, dsn) in enumerate(rows[i] for i in chosen)
+        ]
+        outcomes = await self._courier.deliver(message, recipients)
+        delivered: set[int] = set()
+        for i, rcpt, outcome in zip(chosen, recipients, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                delivered.add(i)
+                log.info(
+                    logfmt(
+                        "delivered",
+                        id=queue_id,
+                        to=f"<{rcpt.address}>",
+                        attempts=1,
+                        detail=outcome.detail or None,
+                        path="direct",
+                    )
+                )
+            else:  # the queue takes it over and retries (or bounces) it like any other row
+                log.info(
+                    logfmt(
+                        "direct-failed", id=queue_id, to=f"<{rcpt.address}>", reply=outcome.reply
+                    )
+                )
+        return [row for i, row in enumerate(rows) if i not in delivered]
