@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -557,6 +558,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             pets = tasks.create_task(
                 run_watchdog(notifier, interval) if interval else asyncio.Event().wait()
             )
+            # What start-up built lives as long as the process: keep it out of every garbage
+            # collection from now on (a full collection otherwise walks all of it again).
+            gc.freeze()
             notifier.ready("accepting mail")
             await stop.wait()
             notifier.stopping("draining sessions")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,9 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
 
+    # Python's docs on gc.freeze: before fork, so the collector of a worker does not touch
+    # (and copy) the pages it shares with the supervisor.
+    gc.freeze()
     for index in range(workers):
         children[_start_worker(settings, source, index, sockets)] = index
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

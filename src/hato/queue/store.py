@@ -113,7 +113,8 @@ class Queue:
         self.lease_seconds = lease_seconds
         self.problems: tuple[str, ...] = tuple(problems)
         self._clock = clock
-        self._ids = QueueIdGenerator(clock, rng)
+        # Ids need uniqueness, not secrecy: a seeded generator, not a getrandom(2) per id.
+        self._ids = QueueIdGenerator(clock, random.Random(rng.getrandbits(64)))
         self._conn = conn
         self._dir_fd = dir_fd
         self._min_free = min_free
