@@ -4,7 +4,8 @@ For each session count S it runs `smtp-source -s S -m M -l 10240` against each s
 all M messages are in the Maildir, and reports: messages/s accepted (smtp-source's wall time) and
 delivered (until the last Maildir file), the Hato/Postfix ratio, CPU seconds per 1,000 messages
 (machine-wide busy time from /proc/stat during the run, minus smtp-source's own CPU from
-RUSAGE_CHILDREN and the benchmark's polling from RUSAGE_SELF), and Hato's peak RSS (VmHWM).
+RUSAGE_CHILDREN and the benchmark's polling from RUSAGE_SELF), and Hato's memory (peak RSS; with
+workers, the sum of their PSS).
 Prints a Markdown table. Not a test.
 
     sudo .venv/bin/python benchmarks/smtp_vs_postfix.py            # M = 2000, S = 1, 20, 50
@@ -89,6 +90,34 @@ def client_cpu() -> float:
     return total
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its children (Hato's workers with `[server] workers`)."""
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return found
+
+
+def memory_kib(server: MailServer) -> int | None:
+    """Hato's memory: with one process its peak RSS (VmHWM); with workers the sum of every
+    process's PSS now (shared pages counted once: a sum of RSS would count the code and data
+    the workers share with the supervisor after fork two or three times)."""
+    proc = getattr(server, "proc", None)
+    if proc is None:
+        return None
+    pids = _tree(proc.pid)
+    if len(pids) == 1:
+        return server.peak_rss_kib()
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
 def process_cpu(server: MailServer) -> float | None:
     """User + system CPU seconds of the server's main process and all its threads (Hato is one
     process; Postfix's work is spread over daemons that come and go: None). Unlike the
@@ -97,12 +126,9 @@ def process_cpu(server: MailServer) -> float | None:
     if proc is None:
         return None
     total = 0
-    pids = [proc.pid]
-    while pids:  # the process and its workers (`[server] workers`)
-        pid = pids.pop()
+    for pid in _tree(proc.pid):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -139,7 +165,7 @@ def run_load(server: MailServer, smtp_source: str, sessions: int, messages: int)
         accepted - start,
         delivered - start,
         cpu,
-        server.peak_rss_kib(),
+        memory_kib(server),
         own,
     )
 
@@ -149,7 +175,7 @@ def table(results: list[Result]) -> str:
     lines = [
         "| server | sessions | messages | accepted msg/s | delivered msg/s | "
         "Hato/Postfix (delivered) | CPU s / 1,000 msgs | server process CPU ms/msg | "
-        "peak RSS MiB |",
+        "memory MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -213,6 +239,9 @@ def main() -> int:
     parser.add_argument("--servers", default="postfix,hato", help="postfix, hato or both")
     parser.add_argument("--workers", type=int, default=1, help="Hato's [server] workers")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every run; the table shows the medians"
+    )
+    parser.add_argument(
         "--settle",
         type=float,
         default=SETTLE_SECONDS,
@@ -246,16 +275,16 @@ def main() -> int:
     try:
         for server in servers:
             server.start()
-        for count in sessions:
-            for server in servers:
-                settle(args.settle)
-                result = run_load(server, smtp_source, count, messages)
-                print(
-                    f"{server.name:8} S={count:<3} accepted {result.accept_rate:7.0f}/s "
-                    f"delivered {result.deliver_rate:7.0f}/s cpu/1000 {result.cpu_per_1000:.2f}s",
-                    file=sys.stderr,
-                )
-                results.append(result)
+        plan = [(c, srv) for _ in range(args.rounds) for c in sessions for srv in servers]
+        for count, server in plan:
+            settle(args.settle)
+            result = run_load(server, smtp_source, count, messages)
+            print(
+                f"{server.name:8} S={count:<3} accepted {result.accept_rate:7.0f}/s "
+                f"delivered {result.deliver_rate:7.0f}/s cpu/1000 {result.cpu_per_1000:.2f}s",
+                file=sys.stderr,
+            )
+            results.append(result)
     finally:
         for server in servers:
             try:
@@ -264,8 +293,30 @@ def main() -> int:
                 print(exc, file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     print(f"smtp-source -s S -m {messages} -l {MESSAGE_BYTES}; {machine()}\n")
-    print(table(results))
+    print(table(medians(results)))
+    if args.rounds > 1:
+        print(f"\nMedians of {args.rounds} rounds; delivered msg/s of each round:\n")
+        for (name, count), runs in _by_run(results).items():
+            rates = ", ".join(f"{r.deliver_rate:.0f}" for r in runs)
+            print(f"- {name} S={count}: {rates}")
     return 0
+
+
+def _by_run(results: list[Result]) -> dict[tuple[str, int], list[Result]]:
+    by: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        by.setdefault((r.server, r.sessions), []).append(r)
+    return by
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """Per server and session count, the run with the median delivered rate (whole rows, so
+    the columns of one line come from one run)."""
+    out = []
+    for runs in _by_run(results).values():
+        ranked = sorted(runs, key=lambda r: r.deliver_rate)
+        out.append(ranked[(len(ranked) - 1) // 2])
+    return out
 
 
 if __name__ == "__main__":
