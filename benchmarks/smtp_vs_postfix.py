@@ -10,6 +10,8 @@ Prints a Markdown table. Not a test.
 
     sudo .venv/bin/python benchmarks/smtp_vs_postfix.py            # M = 2000, S = 1, 20, 50
     sudo .venv/bin/python benchmarks/smtp_vs_postfix.py --quick    # M = 200
+    ... --rounds 3      # every run three times, medians in the table
+    ... --workers 1     # Hato as one process (default: `[server] workers = 0`, one per CPU)
     ... --servers postfix   # only one side
 
 Needs root (the private Postfix runs its daemons as the postfix user) and Postfix's smtp-source.
@@ -218,7 +220,7 @@ def settle(seconds: float) -> None:
 
 
 class WorkersHato(HatoServer):
-    """Hato with `[server] workers` set (one process per core)."""
+    """Hato with `[server] workers` set (0: one process per CPU)."""
 
     def __init__(self, data_dir: Path, setup: MailSetup, workers: int) -> None:
         super().__init__(data_dir, setup)
@@ -237,7 +239,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, help="messages per run (default 2000)")
     parser.add_argument("--sessions", default="1,20,50", help="comma-separated session counts")
     parser.add_argument("--servers", default="postfix,hato", help="postfix, hato or both")
-    parser.add_argument("--workers", type=int, default=1, help="Hato's [server] workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Hato's [server] workers (default 0: one process per CPU, as for a busy server)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat every run; the table shows the medians"
     )
