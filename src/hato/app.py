@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from hato.accounts import UserStore
-from hato.crypto import KeyStore
+from hato.crypto import KEYS_DB, KeyStore
 from hato.crypto.wkd import wkd_app
+from hato.dbcache import CachedKeys, CachedUsers
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
@@ -192,7 +193,10 @@ def build_resolver(settings: Settings, users: UserStore) -> RecipientResolver:
     ]
     aliases = AliasTable.load(settings.local.aliases_file) if settings.local.aliases_file else None
     return RecipientResolver(
-        domains, users, alias_file=aliases, delimiter=settings.local.recipient_delimiter
+        domains,
+        CachedUsers(users, users.path),  # asked at every RCPT: kept until users.db changes
+        alias_file=aliases,
+        delimiter=settings.local.recipient_delimiter,
     )
 
 
@@ -435,6 +439,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         resolver=CurrentResolver(build_resolver(settings, users)),
     )
     resolver = shared.resolver
+    keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
     outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
@@ -484,7 +489,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 throttle=shared.throttle,
                 limiter=shared.limiter,
                 dns=shared.dns,
-                keys=shared.keys,
+                keys=keys,
                 metrics=metrics.role(role),
                 direct=direct,
                 **configured_fields(settings, shared, listener),

@@ -87,6 +87,11 @@ class UserStore:
 
     # -- connections -----------------------------------------------------------------------
 
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
     def _prepare_file(self) -> None:
         """Create the database file 0600 (before SQLite would create it with the umask's mode)
         and its schema; once per process."""

@@ -1,0 +1,112 @@
+"""Answers from the user and key databases, remembered until the database file changes.
+
+Every RCPT asks the user database whether the mailbox is an account and the key database
+whether its owner has a key (issue 6): two SQLite read transactions (file locks and page checks
+each, ~20 us) for answers that change only when an admin runs `hato user` or `hato key`, from
+another process. So the answers are kept, and each lookup first compares the database's
+stamp, the (inode, size, mtime) of the file and of its WAL, with the one the answers were
+read under: two stat(2) calls. Any commit by any process appends to the WAL or rewrites the
+file, so it changes the stamp and the answers are dropped. File times are coarse (a clock
+tick), so a stamp whose newest time is under two seconds old is not trusted: until it has
+aged, every lookup reads the database (a change in the same tick could hide in it).
+
+Part of the composition root (May import every room).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from hato.crypto import FailurePolicy, KeyLookup, PublicKey
+from hato.model import Address, UserDirectory
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# A stamp younger than this may not show a change made in the same clock tick.
+SETTLE_SECONDS = 2.0
+MAX_ENTRIES = 16384  # past this the answers are dropped and gathered again
+
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+class DatabaseStamp:
+    """What changes whenever an SQLite database (rollback or WAL journal) commits."""
+
+    def __init__(self, path: Path) -> None:
+        self._paths = (str(path), f"{path}-wal")
+
+    def read(self) -> Stamp:
+        stamp: list[tuple[int, int, int] | None] = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                stamp.append(None)
+            else:
+                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
+
+class StampedCache(Generic[K, V]):
+    """`lookup(key)`'s answers, valid while the database's stamp stays what it was."""
+
+    def __init__(
+        self,
+        stamp: DatabaseStamp,
+        lookup: Callable[[K], V],
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._stamp = stamp
+        self._lookup = lookup
+        self._now = now
+        self._seen: Stamp | None = None
+        self._values: dict[K, V] = {}
+
+    def get(self, key: K) -> V:
+        stamp = self._stamp.read()
+        if stamp != self._seen:
+            self._values.clear()
+            self._seen = stamp
+        newest = max((part[2] for part in stamp if part is not None), default=0)
+        if newest / 1e9 > self._now() - SETTLE_SECONDS:
+            return self._lookup(key)  # too fresh to trust: read, do not keep
+        try:
+            return self._values[key]
+        except KeyError:
+            pass
+        value = self._lookup(key)
+        if len(self._values) >= MAX_ENTRIES:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+
+class CachedUsers:
+    """A `UserDirectory` in front of the user database at `path`."""
+
+    def __init__(self, users: UserDirectory, path: Path) -> None:
+        self._exists = StampedCache(DatabaseStamp(path), users.exists)
+
+    def exists(self, address: Address) -> bool:
+        return self._exists.get(address)
+
+
+class CachedKeys:
+    """A `KeyLookup` in front of the key database at `path`."""
+
+    def __init__(self, keys: KeyLookup, path: Path) -> None:
+        stamp = DatabaseStamp(path)
+        self._get = StampedCache(stamp, keys.get)
+        self._policy = StampedCache(stamp, keys.policy)
+
+    def get(self, address: Address) -> PublicKey | None:
+        return self._get.get(address)
+
+    def policy(self, address: Address) -> FailurePolicy:
+        return self._policy.get(address)

@@ -1,0 +1,82 @@
+"""The RCPT-time answers of the user and key databases: kept until another process commits."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from hato.accounts import UserStore
+from hato.dbcache import SETTLE_SECONDS, CachedUsers, DatabaseStamp, StampedCache
+from hato.model import Address
+
+ALICE = Address("alice", "example.org")
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make the database and its WAL look `seconds` old (as if nothing wrote them lately)."""
+    then = time.time() - seconds
+    for file in (path, Path(f"{path}-wal")):
+        if file.exists():
+            os.utime(file, (then, then))
+
+
+def test_answers_are_kept_while_the_files_stay_the_same(tmp_path: Path) -> None:
+    db = tmp_path / "users.db"
+    db.write_bytes(b"x")
+    _age(db, 60)
+    calls: list[str] = []
+
+    def lookup(key: str) -> int:
+        calls.append(key)
+        return len(calls)
+
+    cache = StampedCache(DatabaseStamp(db), lookup)
+    assert cache.get("a") == 1
+    assert cache.get("a") == 1 and cache.get("b") == 2
+    assert calls == ["a", "b"]
+
+    db.write_bytes(b"xy")  # another process committed: every answer is read again
+    _age(db, 60)
+    assert cache.get("a") == 3
+
+
+def test_a_fresh_stamp_is_not_trusted(tmp_path: Path) -> None:
+    db = tmp_path / "users.db"
+    db.write_bytes(b"x")  # written just now: a change in the same clock tick could hide
+    calls: list[str] = []
+
+    def lookup(key: str) -> int:
+        calls.append(key)
+        return len(calls)
+
+    cache = StampedCache(DatabaseStamp(db), lookup)
+    cache.get("a")
+    cache.get("a")
+    assert calls == ["a", "a"]
+    later = StampedCache(DatabaseStamp(db), lookup, now=lambda: time.time() + SETTLE_SECONDS + 1)
+    later.get("a")
+    later.get("a")
+    assert calls == ["a", "a", "a"]
+
+
+def test_a_user_added_by_another_process_is_seen_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    server_side = UserStore(path)
+    cached = CachedUsers(server_side, path)
+    assert not cached.exists(ALICE)
+    _age(path, 60)
+    assert not cached.exists(ALICE)  # now answered from memory
+
+    admin = UserStore(path)  # `hato user add` in its own process
+    admin.add(ALICE, "correct horse battery staple")
+    admin.close()
+    assert cached.exists(ALICE)
+    _age(path, 60)
+    assert cached.exists(ALICE)
+
+    admin = UserStore(path)
+    admin.remove(ALICE)
+    admin.close()
+    assert not cached.exists(ALICE)
+    server_side.close()
