@@ -5,8 +5,8 @@ Theory of operation: the supervisor binds every listener itself, recovers the qu
 forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
 sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
 the first also the submission listeners and the control socket, so AUTH throttling and sending
-limits stay in one process. Workers commit to the one SQLite queue (WAL; every write is
-`BEGIN IMMEDIATE`, so their group commits take turns), and each delivers what it accepted;
+limits stay in one process. Workers commit to the one SQLite queue (WAL; their group commits
+take turns under a lock file, see queue/writer.py), and each delivers what it accepted;
 retries go to whichever worker leases them first. A worker that dies is replaced, after its
 leased rows are freed and marked recovered (exactly once). Workers die with the supervisor
 (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
