@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 import shutil
 import smtplib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
 SETUP = MailSetup(domains=(DomainSetup("example.org", users=("alice", "bob")),))
@@ -27,17 +26,6 @@ class QueueHato(HatoServer):
         if self.direct:
             return text
         return text.replace("[queue]\n", "[queue]\ndirect_local_delivery = false\n", 1)
-
-    def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [hato_binary(), *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            cwd=self.work,
-            env=self._env(),
-            timeout=60,
-            check=False,
-        )
 
 
 class QueueFirstHato(QueueHato):

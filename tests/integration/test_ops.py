@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.net import LOOPBACK, free_port
 from peers.outbound_scripted import ScriptedPeer, Step
 from peers.server import DomainSetup, MailSetup
@@ -56,18 +56,6 @@ class OpsHato(HatoServer):
     @property
     def control_socket(self) -> Path:
         return self.data_dir / "control.sock"
-
-    def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """A `hato` command against this server's config (running or not)."""
-        return subprocess.run(
-            [hato_binary(), *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            cwd=self.work,
-            env=self._env(),
-            timeout=60,
-            check=False,
-        )
 
     def sendmail(
         self, args: list[str], stdin: bytes, *, env_socket: bool = True

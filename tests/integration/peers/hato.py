@@ -109,6 +109,18 @@ class HatoServer:
         ]
         return "\n".join(lines)
 
+    def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A `hato` command against this server's config and data dir (running or not)."""
+        return subprocess.run(
+            [hato_binary(), *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            cwd=self.work,
+            env=self._env(),
+            timeout=60,
+            check=False,
+        )
+
     def _env(self) -> dict[str, str]:
         return {**os.environ, "HATO_HOME": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
 

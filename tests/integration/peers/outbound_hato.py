@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hato import HatoServer, hato_binary
+from .hato import HatoServer
 from .maildir import MARKER_HEADER
 from .server import USER_PASSWORD, MailSetup, submission_setup
 from .tls import TestCA
@@ -98,17 +97,6 @@ class OutboundHato(HatoServer):
                     f"(alive={self.alive()}); log tail:\n{tail}"
                 )
             time.sleep(0.05)
-
-    def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run a `hato` command against this server's config and data dir."""
-        return subprocess.run(
-            [hato_binary(), *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            cwd=self.work,
-            env=self._env(),
-            timeout=60,
-        )
 
     def flush(self) -> None:
         """Make deferred mail due now, as an admin would: `hato queue flush` (Postfix's
