@@ -419,6 +419,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         node_id=node_id,
         min_free=settings.queue.min_free_space,
         recover=worker is None,  # with workers, the supervisor recovered before starting them
+        id_slot=worker.index if worker is not None else 0,
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
@@ -735,7 +736,8 @@ def serve(settings: Settings, *, source: str) -> int:
     handler = configure_logging(settings.server.log_format, settings.server.log_level)
     fast = _use_uvloop()
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
-    workers = settings.server.workers or (os.cpu_count() or 1)
+    # 0: one per CPU, at most 64 (a queue id has room for 64 workers' slots, queue/ids.py).
+    workers = settings.server.workers or min(os.cpu_count() or 1, 64)
     try:
         with data_dir_lock(Path(settings.server.data_dir), _owner(settings)):
             if workers > 1:

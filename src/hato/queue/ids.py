@@ -3,10 +3,12 @@
 Must not import anything of hato but model.
 
 An id is 14 characters of Crockford base32 (upper case, no I L O U): 10 for the
-milliseconds since the epoch (50 bits) and 4 for a 20-bit sequence that starts at a random
-value each millisecond. Within one process ids are strictly increasing even when the wall
-clock steps back (the last millisecond is reused and the sequence counts up), so sorting
-ids sorts messages by arrival.
+milliseconds since the epoch (50 bits) and 4 for a 20-bit sequence: the process's slot (6
+bits: the worker's index with `[server] workers`, else 0) and a 14-bit count that starts at a
+random value each millisecond. Within one process ids are strictly increasing even when the
+wall clock steps back (the last millisecond is reused and the count goes up), so sorting ids
+sorts messages by arrival; the slot keeps the ids of two workers apart even within one
+millisecond (a shared id would fail a queue commit, or give two direct Maildir copies one name).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TIME_CHARS = 10
 _SEQ_CHARS = 4
 _SEQ_BITS = 5 * _SEQ_CHARS
-_SEQ_MAX = (1 << _SEQ_BITS) - 1
+_SLOT_BITS = 6
+MAX_SLOTS = 1 << _SLOT_BITS  # processes making ids at once ([server] workers is at most 64)
+_COUNT_BITS = _SEQ_BITS - _SLOT_BITS
+_COUNT_MAX = (1 << _COUNT_BITS) - 1
 ID_LENGTH = _TIME_CHARS + _SEQ_CHARS
 
 
@@ -48,11 +53,14 @@ def is_queue_id(text: str) -> bool:
 class QueueIdGenerator:
     """Makes queue ids from a clock and a random source (both injected for tests)."""
 
-    __slots__ = ("_clock", "_last_ms", "_rng", "_seq")
+    __slots__ = ("_clock", "_last_ms", "_rng", "_seq", "_slot")
 
-    def __init__(self, clock: Clock, rng: Rng) -> None:
+    def __init__(self, clock: Clock, rng: Rng, slot: int = 0) -> None:
+        if not 0 <= slot < MAX_SLOTS:
+            raise ValueError(f"an id slot is 0..{MAX_SLOTS - 1}, not {slot}")
         self._clock = clock
         self._rng = rng
+        self._slot = slot << _COUNT_BITS
         self._last_ms = -1
         self._seq = 0
 
@@ -60,11 +68,11 @@ class QueueIdGenerator:
         ms = int(self._clock.now() * 1000)
         if ms > self._last_ms:
             self._last_ms = ms
-            # Start low in the sequence space so a burst within one ms cannot overflow it.
-            self._seq = self._rng.getrandbits(_SEQ_BITS - 1)
+            # Start in the lower half of the count so a burst within one ms rarely overflows.
+            self._seq = self._rng.getrandbits(_COUNT_BITS - 1)
         else:
             self._seq += 1
-            if self._seq > _SEQ_MAX:
+            if self._seq > _COUNT_MAX:
                 self._last_ms += 1
-                self._seq = self._rng.getrandbits(_SEQ_BITS - 1)
-        return _encode(self._last_ms, _TIME_CHARS) + _encode(self._seq, _SEQ_CHARS)
+                self._seq = self._rng.getrandbits(_COUNT_BITS - 1)
+        return _encode(self._last_ms, _TIME_CHARS) + _encode(self._slot | self._seq, _SEQ_CHARS)

@@ -106,6 +106,7 @@ class Queue:
         lease_seconds: float,
         fsync_threads: int,
         free_space: Callable[[Path], int],
+        id_slot: int = 0,
     ) -> None:
         self.root = root
         self.messages_dir = str(root / "messages")
@@ -114,7 +115,7 @@ class Queue:
         self.problems: tuple[str, ...] = tuple(problems)
         self._clock = clock
         # Ids need uniqueness, not secrecy: a seeded generator, not a getrandom(2) per id.
-        self._ids = QueueIdGenerator(clock, random.Random(rng.getrandbits(64)))
+        self._ids = QueueIdGenerator(clock, random.Random(rng.getrandbits(64)), id_slot)
         self._conn = conn
         self._dir_fd = dir_fd
         self._min_free = min_free
@@ -147,12 +148,14 @@ class Queue:
         fsync_threads: int = 4,
         free_space: Callable[[Path], int] = statvfs_free,
         recover: bool = True,
+        id_slot: int = 0,
     ) -> Queue:
         """Create the directories (0700), open the store, and recover (see `store.recover`).
 
         With several server processes on one queue, only the supervisor recovers, before any
         worker starts (`recover_offline`): a worker must not take an orphan-looking body file of
-        a sibling's message in progress for a leftover, so workers open with `recover=False`."""
+        a sibling's message in progress for a leftover, so workers open with `recover=False`,
+        and each with its own `id_slot` (its index), so no two make the same queue id."""
         now = clock.now()
 
         def setup() -> tuple[sqlite3.Connection, int, list[str]]:
@@ -179,6 +182,7 @@ class Queue:
             lease_seconds=lease_seconds,
             fsync_threads=fsync_threads,
             free_space=free_space,
+            id_slot=id_slot,
         )
 
     # ---- receiving ----

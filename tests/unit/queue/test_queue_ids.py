@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from queue_fakes import FakeClock
 
 from hato.queue import QueueIdGenerator, is_queue_id
@@ -42,3 +43,19 @@ def test_later_time_gives_a_later_id_whatever_the_randomness() -> None:
     b = QueueIdGenerator(clock, random.Random(5)).next()
     assert a < b
     assert not is_queue_id("../etc/passwd") and not is_queue_id("0123456789ABCI")
+
+
+def test_two_workers_never_make_the_same_id_in_one_millisecond() -> None:
+    clock = FakeClock()
+    # The same random start: without the slot every id of the two would be the same.
+    first = QueueIdGenerator(clock, random.Random(7), slot=0)
+    second = QueueIdGenerator(clock, random.Random(7), slot=1)
+    ids = [gen.next() for _ in range(3000) for gen in (first, second)]
+    assert len(set(ids)) == len(ids)
+    last = QueueIdGenerator(clock, random.Random(7), slot=63)
+    assert is_queue_id(last.next())
+
+
+def test_an_id_slot_outside_the_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.63"):
+        QueueIdGenerator(FakeClock(), random.Random(1), slot=64)
