@@ -2,13 +2,15 @@
 
 Theory of operation. A message for our own mailboxes does not need the queue: once its file is
 in the Maildir (written, fsynced, renamed into new/, new/ fsynced) it is where it is going, and
-more durable than a queue row. So after DATA the session hands the recipients that can go
-straight to a Maildir to the local courier (the same MaildirCourier the queue runner uses, with
-its batching: many sessions share one syncfs), and only the rest are queued: recipients on
-other servers, those whose delivery failed just now (a full mailbox, a disk error: the queue
-retries them), and those that asked for a success DSN (the runner writes it). The session
-answers 250 only when every recipient is either in its Maildir or in the queue (DESIGN.md:
-250 means durable; see docs/architecture.md for this refinement of the rule).
+more durable than a queue row. So after DATA the session hands a message whose recipients can
+all go straight to a Maildir to the local courier (the same MaildirCourier the queue runner
+uses, with its batching: many sessions share one syncfs); those whose delivery failed just now
+(a full mailbox, a disk error) are queued, and the queue retries them. A message with any other
+recipient (on another server, or asking for a success DSN, which the runner writes) is queued
+whole: were part of it delivered and the queue commit of the rest then failed, the client's 4xx
+and retry would deliver that part twice. The session answers 250 only when every recipient is
+either in its Maildir or in the queue (DESIGN.md: 250 means durable; see docs/architecture.md
+for this refinement of the rule).
 
 The crash window is the queue's: a crash after the rename and before the client reads the 250
 leaves a delivered message the client will send again, as a crash after the queue commit does.
@@ -68,9 +70,9 @@ class DirectDelivery:
         params: Mapping[str, str | None],
         rows: Sequence[Row],
     ) -> list[Row]:
-        """Deliver what can be delivered now; returns the rows still to be queued, in order."""
-        chosen = [i for i, (dest, _, dsn) in enumerate(rows) if self.eligible(dest, dsn)]
-        if not chosen:
+        """Deliver the message now if every recipient can have it so; returns the rows still
+        to be queued, in order (all of them when one cannot)."""
+        if not all(self.eligible(dest, dsn) for dest, _, dsn in rows):
             return list(rows)
         message = QueuedMessage(
             queue_id=queue_id,
@@ -84,13 +86,12 @@ class DirectDelivery:
         )
         recipients = [
             QueuedRecipient(row_id=-(n + 1), address=dest, original=original, dsn=dsn)
-            for n, (dest, original, dsn) in enumerate(rows[i] for i in chosen)
+            for n, (dest, original, dsn) in enumerate(rows)
         ]
         outcomes = await self._courier.deliver(message, recipients)
-        delivered: set[int] = set()
-        for i, rcpt, outcome in zip(chosen, recipients, outcomes, strict=True):
+        left: list[Row] = []
+        for row, rcpt, outcome in zip(rows, recipients, outcomes, strict=True):
             if isinstance(outcome, Delivered):
-                delivered.add(i)
                 log.info(
                     logfmt(
                         "delivered",
@@ -102,9 +103,10 @@ class DirectDelivery:
                     )
                 )
             else:  # the queue takes it over and retries (or bounces) it like any other row
+                left.append(row)
                 log.info(
                     logfmt(
                         "direct-failed", id=queue_id, to=f"<{rcpt.address}>", reply=outcome.reply
                     )
                 )
-        return [row for i, row in enumerate(rows) if i not in delivered]
+        return left

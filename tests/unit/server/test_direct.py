@@ -63,20 +63,18 @@ def is_local(domain: str) -> bool:
     return domain == "example.org"
 
 
-def test_local_recipients_are_delivered_and_only_the_rest_is_left_for_the_queue() -> None:
+def test_local_recipients_are_delivered_and_only_failures_are_left_for_the_queue() -> None:
     courier = ScriptedCourier({"bob@example.org": TempFailed(FULL)})
     direct = DirectDelivery(courier, is_local, Clock())
     rows = [
         row("alice@example.org"),
-        row("carol@remote.test"),  # another server's: the queue and the MX route
         row("bob@example.org"),  # its mailbox is full: the queue retries it
-        row("dave@example.org", frozenset({Notify.SUCCESS})),  # the runner writes that DSN
         row("erin@example.org"),
     ]
 
     left = deliver(direct, rows)
 
-    assert left == [rows[1], rows[2], rows[3]]
+    assert left == [rows[1]]
     (message, recipients), *more = courier.calls
     assert not more
     assert [str(r.address) for r in recipients] == [
@@ -88,6 +86,20 @@ def test_local_recipients_are_delivered_and_only_the_rest_is_left_for_the_queue(
     assert [r.row_id for r in recipients] == [-1, -2, -3]
     assert message.body == BODY and message.prefix == PREFIX and message.size == len(BODY)
     assert message.queue_id == "Q1" and message.received_at == Clock().now()
+
+
+def test_a_message_with_any_other_recipient_is_queued_whole() -> None:
+    # Delivering part of it and then failing to queue the rest would make the client's retry
+    # deliver that part twice.
+    courier = ScriptedCourier({})
+    direct = DirectDelivery(courier, is_local, Clock())
+    for other in (
+        row("carol@remote.test"),  # another server's: the queue and the MX route
+        row("dave@example.org", frozenset({Notify.SUCCESS})),  # the runner writes that DSN
+    ):
+        rows = [row("alice@example.org"), other]
+        assert deliver(direct, rows) == rows
+    assert courier.calls == []
 
 
 def test_a_permanent_failure_is_left_for_the_queue_to_bounce() -> None:
