@@ -121,9 +121,9 @@ def memory_kib(server: MailServer) -> int | None:
 
 
 def process_cpu(server: MailServer) -> float | None:
-    """User + system CPU seconds of the server's main process and all its threads (Hato is one
-    process; Postfix's work is spread over daemons that come and go: None). Unlike the
-    machine-wide figure, other work on the machine does not inflate it."""
+    """User + system CPU seconds of the server's process, its workers and all their threads
+    (Postfix's work is spread over daemons that come and go: None). Unlike the machine-wide
+    figure, other work on the machine does not inflate it."""
     proc = getattr(server, "proc", None)
     if proc is None:
         return None
