@@ -90,7 +90,10 @@ def _pgp_mime(parsed: Parsed, outer: list[Field], inner: bytes, key: PublicKey) 
     try:
         import pysequoia
     except ImportError:
-        raise EncryptionError("OpenPGP needs pysequoia: pip install 'hato[openpgp]'") from None
+        raise EncryptionError(
+            "OpenPGP needs pysequoia, a dependency of hato that is missing here: "
+            "pip install 'pysequoia>=0.1.30' (in hato's environment)"
+        ) from None
     try:
         armored = pysequoia.encrypt(inner, [_pgp_cert(key.data)], armor=True)
     except (RuntimeError, ValueError) as exc:

@@ -114,7 +114,8 @@ def parse_openpgp(data: bytes, address: Address, now: dt.datetime) -> PublicKey:
         from pysequoia import packet
     except ImportError:
         raise KeyImportError(
-            "OpenPGP keys need the optional dependency pysequoia: pip install 'hato[openpgp]'"
+            "OpenPGP keys need pysequoia, a dependency of hato that is missing here: "
+            "pip install 'pysequoia>=0.1.30' (in hato's environment)"
         ) from None
     try:
         packets = list(packet.PacketPile.from_bytes(data))
