@@ -69,6 +69,18 @@ def login_address(username: str) -> Address | None:
         return None
 
 
+def acts_as_other(login: Address | None, authzid: str) -> bool:
+    """RFC 4616 §2 / RFC 5802 §5.1: an authorization identity other than the login itself
+    would mean acting as someone else, which nobody may do here. Accounts are compared as
+    the account store keys them (local part and domain without regard to case)."""
+    if not authzid:
+        return False
+    wanted = login_address(authzid)
+    if login is None or wanted is None:
+        return True
+    return (wanted.local.lower(), wanted.domain) != (login.local.lower(), login.domain)
+
+
 class AuthExchange:
     def __init__(self, accounts: Accounts, verify_slots: asyncio.Semaphore) -> None:
         self._accounts = accounts
@@ -97,9 +109,11 @@ class AuthExchange:
         match step:
             case Challenge(data=data):
                 return SendChallenge(data)
-            case NeedCredentials(username=username):
+            case NeedCredentials(username=username, authzid=authzid):
                 self._claimed = username
                 user = login_address(username)
+                if acts_as_other(user, authzid):
+                    return Failure(BAD_CREDENTIALS, "authorization identity differs", username)
                 creds = self._accounts.scram_credentials(user) if user else None
                 assert isinstance(mechanism, ScramSha256Mechanism)
                 return await self._follow(mechanism.credentials(creds, self._fallback_salt))
@@ -117,9 +131,7 @@ class AuthExchange:
 
     async def _verify(self, username: str, password: str, authzid: str) -> Result:
         user = login_address(username)
-        # RFC 4616 §2: an authzid other than the login itself would mean acting as someone
-        # else, which nobody may do here.
-        if authzid and (login_address(authzid) != user):
+        if acts_as_other(user, authzid):
             return Failure(BAD_CREDENTIALS, "authorization identity differs", username)
         async with self._slots:
             loop = asyncio.get_running_loop()

@@ -39,9 +39,12 @@ class VerifyPassword:
 @dataclass(frozen=True, slots=True)
 class NeedCredentials:
     """SCRAM: call `mechanism.credentials(...)` with the stored credentials of `username`
-    (or None for an unknown user, which then fails the same way as a wrong password)."""
+    (or None for an unknown user, which then fails the same way as a wrong password).
+    `authzid` is the identity asked for in the gs2-header ("" if none): the session must
+    fail the exchange unless the login may act as it (RFC 5802 §5.1)."""
 
     username: str
+    authzid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,10 @@ class ScramSha256Mechanism:
             return Failed("scram: channel binding not supported or malformed gs2 header")
         if parts[1] and not parts[1].startswith("a="):
             return Failed("scram: malformed authzid")
+        # RFC 5802 §5.1: a=saslname, the identity to act as (escaped like n=).
+        authzid = _saslname(parts[1][2:]) if parts[1] else ""
+        if authzid is None or (parts[1] and not authzid):
+            return Failed("scram: malformed authzid")
         self._gs2 = f"{parts[0]},{parts[1]},"
         bare = parts[2]
         attrs = bare.split(",")
@@ -178,7 +185,7 @@ class ScramSha256Mechanism:
         self._username = username
         self._full_nonce = client_nonce + self._nonce()
         self._stage = "credentials"
-        return NeedCredentials(username)
+        return NeedCredentials(username, authzid)
 
     def credentials(self, creds: ScramCredentials | None, fallback_salt: bytes) -> Step:
         """Continue after NeedCredentials. For an unknown user pass None: we answer with a

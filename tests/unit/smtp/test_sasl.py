@@ -82,3 +82,13 @@ def test_login() -> None:
 def test_unknown_mechanism() -> None:
     assert new_mechanism("CRAM-MD5", lambda: "n") is None
     assert isinstance(new_mechanism("scram-sha-256", lambda: "n"), ScramSha256Mechanism)
+
+
+def test_scram_passes_the_authzid_on_for_the_session_to_judge() -> None:
+    # RFC 5802 §5.1: gs2-header "n,a=saslname,"; the name is escaped like n= ("=2C" is ",").
+    mech, _ = _scram()
+    assert mech.start(b"n,a=bob=2Cx@users.test,n=user,r=abc") == NeedCredentials(
+        "user", "bob,x@users.test"
+    )
+    for bad in (b"n,a=,n=user,r=abc", b"n,a=b=ZZ,n=user,r=abc", b"n,x=bob,n=user,r=abc"):
+        assert isinstance(_scram()[0].start(bad), Failed), bad
