@@ -142,7 +142,7 @@ def _params(text: str) -> dict[str, str | None] | Bad:
 
 
 def _check_mail_param(
-    key: str, value: str | None, settings: ServerSettings, auth_offered: bool
+    key: str, value: str | None, settings: ServerSettings, auth_offered: bool, tls_active: bool
 ) -> Bad | None:
     bad_value = Bad(R.BAD_ARGUMENTS, f"invalid value for {key}")
     if key == "SIZE":
@@ -168,11 +168,20 @@ def _check_mail_param(
         # RFC 4954 §5: a server offering AUTH accepts MAIL FROM's AUTH=xtext parameter.
         ok = value is not None and (value == "<>" or _XTEXT.fullmatch(value) is not None)
         return None if ok else bad_value
+    if key == "REQUIRETLS" and settings.requiretls:
+        if not tls_active:
+            # RFC 8689 §4.1: the tag may only be given on a session that uses TLS; RFC 3463
+            # X.7.10: encryption needed.
+            return Bad(R.REQUIRETLS_NEEDS_TLS, "REQUIRETLS without TLS")
+        # RFC 8689 §2: the REQUIRETLS parameter has no value.
+        return None if value is None else bad_value
     # RFC 5321 §4.1.1.11: an unrecognized or unimplemented parameter gets 555.
     return Bad(R.BAD_PARAMETER, f"parameter {key} not offered")
 
 
-def parse_mail(arg: str, settings: ServerSettings, *, auth_offered: bool) -> MailFrom | Bad:
+def parse_mail(
+    arg: str, settings: ServerSettings, *, auth_offered: bool, tls_active: bool = False
+) -> MailFrom | Bad:
     """RFC 5321 §4.1.1.2: "MAIL FROM:" Reverse-path [SP Mail-parameters]."""
     split = _path_and_params(arg, "FROM:", R.BAD_SENDER)
     if isinstance(split, Bad):
@@ -186,7 +195,7 @@ def parse_mail(arg: str, settings: ServerSettings, *, auth_offered: bool) -> Mai
     if isinstance(params, Bad):
         return params
     for key, value in params.items():
-        refusal = _check_mail_param(key, value, settings, auth_offered)
+        refusal = _check_mail_param(key, value, settings, auth_offered, tls_active)
         if refusal is not None:
             return refusal
     smtputf8 = "SMTPUTF8" in params
@@ -201,7 +210,14 @@ def parse_mail(arg: str, settings: ServerSettings, *, auth_offered: bool) -> Mai
     body: Literal["7BIT", "8BITMIME"] | None = None
     if body_value is not None:
         body = "7BIT" if body_value.upper() == "7BIT" else "8BITMIME"
-    return MailFrom(path=path, params=params, size=size, body=body, smtputf8=smtputf8)
+    return MailFrom(
+        path=path,
+        params=params,
+        size=size,
+        body=body,
+        smtputf8=smtputf8,
+        requiretls="REQUIRETLS" in params,
+    )
 
 
 def _check_rcpt_param(key: str, value: str | None, settings: ServerSettings) -> Bad | None:

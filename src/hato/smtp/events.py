@@ -39,6 +39,7 @@ class MailFrom:
     size: int | None = None  # RFC 1870 SIZE=
     body: Literal["7BIT", "8BITMIME", "BINARYMIME"] | None = None  # RFC 6152 BODY=
     smtputf8: bool = False  # RFC 6531 SMTPUTF8
+    requiretls: bool = False  # RFC 8689 §2 REQUIRETLS (only ever accepted over TLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,3 +175,4 @@ class ServerSettings:
     chunking: bool = True  # RFC 3030 CHUNKING/BDAT
     smtputf8: bool = True  # RFC 6531
     dsn: bool = False  # RFC 3461 (advertised once outbound DSN exists)
+    requiretls: bool = True  # RFC 8689: advertised (and MAIL's parameter taken) only over TLS

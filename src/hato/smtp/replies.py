@@ -46,6 +46,8 @@ NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 NEED_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 NEED_AUTH = Reply(530, "5.7.0", "Authentication required")
+# RFC 8689 §4.1 with RFC 3463/5248 X.7.10 "encryption needed": REQUIRETLS only over TLS.
+REQUIRETLS_NEEDS_TLS = Reply(530, "5.7.10", "REQUIRETLS needs a TLS session")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")
 AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")

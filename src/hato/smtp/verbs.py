@@ -154,6 +154,9 @@ class VerbHandlers:
             caps.append("DSN")
         if s.offer_starttls and not self._tls_active:
             caps.append("STARTTLS")
+        if s.requiretls and self._tls_active:
+            # RFC 8689 §4.1 (and §2): REQUIRETLS only where the session itself is on TLS.
+            caps.append("REQUIRETLS")
         if self.auth_allowed():
             caps.append("AUTH " + " ".join(s.auth_mechanisms))
         return caps
@@ -228,7 +231,7 @@ class VerbHandlers:
             # RFC 4954 §6: 530 5.7.0 when authentication is required.
             self._error(R.NEED_AUTH, "MAIL before AUTH")
             return
-        mail = parse_mail(arg, s, auth_offered=self.auth_allowed())
+        mail = parse_mail(arg, s, auth_offered=self.auth_allowed(), tls_active=self._tls_active)
         if isinstance(mail, Bad):
             self._refuse(mail)
         else:

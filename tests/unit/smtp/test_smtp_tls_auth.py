@@ -14,6 +14,7 @@ from hato.smtp import (
     AuthRequest,
     AuthResponse,
     LocalProtocolError,
+    MailFrom,
     ProtocolError,
     StartTLSRequest,
     State,
@@ -186,3 +187,55 @@ def test_require_auth_then_mail_after_auth() -> None:
         + "MAIL FROM:<a@b.example>\r\n"
     )
     assert codes(out) == [250, 530, 235, 250]
+
+
+# ---- REQUIRETLS (RFC 8689) ----
+
+
+def test_requiretls_is_offered_only_over_tls() -> None:
+    d = Driver.make(offer_starttls=True)
+    out = d.run(EHLO)
+    assert "REQUIRETLS" not in out  # RFC 8689 §4.1: not on a clear-text session
+    d.run("STARTTLS\r\n")
+    out = d.run(EHLO)
+    assert "250-REQUIRETLS" in out or "250 REQUIRETLS" in out
+    off = Driver.make(tls_active=True, requiretls=False)
+    assert "REQUIRETLS" not in off.run(EHLO)
+
+
+def test_requiretls_parameter_over_tls_is_taken() -> None:
+    d = Driver.make(tls_active=True)
+    out = d.run(EHLO + "MAIL FROM:<a@b.example> REQUIRETLS\r\n")
+    assert codes(out) == [250, 250]
+    [mail] = d.of_type(MailFrom)
+    assert mail.requiretls and mail.params == {"REQUIRETLS": None}
+
+
+def test_requiretls_parameter_without_tls_is_530_5_7_10() -> None:
+    d = Driver.make(offer_starttls=True)
+    out = d.run(EHLO + "MAIL FROM:<a@b.example> REQUIRETLS\r\n")
+    assert replies(out)[-1] == "530 5.7.10 REQUIRETLS needs a TLS session"
+    assert not d.of_type(MailFrom)
+    assert d.of_type(ProtocolError)[-1].detail == "REQUIRETLS without TLS"
+
+
+@pytest.mark.parametrize(
+    ("settings", "line", "reply"),
+    [
+        # RFC 8689 §2: no value.
+        ({"tls_active": True}, "MAIL FROM:<a@b.example> REQUIRETLS=yes", "501 5.5.4"),
+        # Not offered: RFC 5321 §4.1.1.11.
+        ({"tls_active": True, "requiretls": False}, "MAIL FROM:<a@b.example> REQUIRETLS", "555"),
+    ],
+)
+def test_requiretls_parameter_refusals(settings: dict[str, Any], line: str, reply: str) -> None:
+    d = Driver.make(**settings)
+    out = d.run(EHLO + line + "\r\n")
+    assert replies(out)[-1].startswith(reply)
+
+
+def test_mail_without_requiretls_is_not_tagged() -> None:
+    d = Driver.make(tls_active=True)
+    d.run(EHLO + "MAIL FROM:<a@b.example>\r\n")
+    [mail] = d.of_type(MailFrom)
+    assert not mail.requiretls
