@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[impor
 
 from hato.authcheck.dkim import (
     DEFAULT_SIGNED_HEADERS,
+    DKIMPY_ERRORS,
     DnsFunc,
     HeaderField,
     RelaxedBodyHasher,
@@ -113,11 +115,11 @@ async def verify_arc(message: bytes, resolver: Resolver, *, min_rsa_bits: int = 
 
 def _validate(message: bytes, dnsfunc: DnsFunc, min_rsa_bits: int) -> ArcResult:
     try:
-        validator = dkim.ARC(message, minkey=min_rsa_bits)
+        validator = dkim.ARC(_refold_for_dkimpy(message), minkey=min_rsa_bits)
         cv, details, reason = validator.verify(dnsfunc=dnsfunc)
-    except dkim.DKIMException as error:
+    except DKIMPY_ERRORS as error:
         # RFC 8617 §5.2: a chain that cannot be parsed or validated is "fail".
-        return ArcResult(ArcStatus.FAIL, reason=str(error))
+        return ArcResult(ArcStatus.FAIL, reason=f"{type(error).__name__}: {error}")
     sets = tuple(
         ArcSetResult(
             instance=int(d["instance"]),
@@ -132,6 +134,48 @@ def _validate(message: bytes, dnsfunc: DnsFunc, min_rsa_bits: int) -> ArcResult:
     instances = max((s.instance for s in sets), default=0)
     status = {dkim.CV_Pass: ArcStatus.PASS, dkim.CV_None: ArcStatus.NONE}.get(cv, ArcStatus.FAIL)
     return ArcResult(status, instances, str(reason), sets)
+
+
+def _refold_for_dkimpy(message: bytes) -> bytes:
+    """The message with each ARC-Message-Signature refolded where dkimpy would miss it.
+
+    dkimpy (1.1.8) finds the raw AMS of instance N by looking for `` i=N;`` in the field, so a
+    field folded with a tab before ``i=N;`` (legal: RFC 6376 §3.2 allows FWS around every
+    tag, and it is how many signers fold) makes it raise IndexError. RFC 8617 §4.1.2: the AMS
+    is hashed with relaxed header canonicalization (unless c= says simple), which turns every
+    fold into one space (RFC 6376 §3.4.2), so refolding with a space changes nothing signed.
+    """
+    fields = split_header_fields(message)
+    out: list[bytes] = []
+    done = 0
+    for field in fields:
+        if field.name.lower() != AMS:
+            continue
+        refolded = _dkimpy_refold(field)
+        if refolded != field.raw:
+            out += [message[done : field.start], refolded]
+            done = field.end
+    return b"".join(out) + message[done:] if out else message
+
+
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+
+
+def _dkimpy_refold(field: HeaderField) -> bytes:
+    tags = _tags(field.value)
+    if tags is None or b"i" not in tags:
+        return field.raw
+    wanted = b" i=" + tags[b"i"] + b";"
+    canon = tags.get(b"c", b"relaxed").split(b"/")[0].strip().lower()
+    if wanted in field.value.lower() or canon != b"relaxed":
+        return field.raw
+    name, value = field.raw.split(b":", 1)
+    # RFC 6376 §3.4.2: relaxed canonicalization ignores WSP after the colon and makes every
+    # FWS one SP, so " " after the colon and "CRLF SP" for each fold sign the same bytes.
+    value = _FOLD.sub(b"\r\n ", value)
+    if not value[:1].isspace():
+        value = b" " + value
+    return name + b":" + value
 
 
 def our_results(header_block: bytes, authserv_id: str) -> list[str]:
@@ -288,12 +332,15 @@ def _format(name: str, tags: Sequence[tuple[str, str]], signature: bytes | None)
             # line stays far below RFC 5322 §2.1.1's 998 octets (684 for RSA-4096).
             text = base64.b64encode(signature).decode("ascii") if signature else ""
             lines.append(line)
-            lines.append(f"\tb={text};")
+            lines.append(f" b={text};")
             line = ""
             continue
         if line and len(line) + 1 + len(piece) > _FOLD_WIDTH:
             lines.append(line)
             line = ""
-        line = (line + " " if line else "\t") + piece
+        # Continuation lines start with SP, not HTAB: dkimpy's verifier (1.1.8) finds the AMS
+        # of instance N by the text " i=N;", so "CRLF HTAB i=1;" made it fail on our seals
+        # (RFC 6376 §3.2 allows either; relaxed canonicalization signs the same bytes).
+        line = (line + " " if line else " ") + piece
     lines.append(line)
     return ("\r\n".join(lines) + "\r\n").encode("ascii")

@@ -381,6 +381,18 @@ async def fetch_keys(resolver: Resolver, names: Iterable[str]) -> dict[str, DnsA
 
 DnsFunc = Callable[..., bytes]
 
+# What dkimpy raises on a message or field it cannot parse: its own DKIMException, and (seen on
+# odd but legal folding and on fuzzed input) IndexError, KeyError, ValueError, TypeError and
+# AttributeError from inside its parsers. RFC 6376 §6.1 / RFC 8617 §5.2: a signature or
+# chain that cannot be parsed gets a result (permerror / neutral / fail), never an error of ours.
+DKIMPY_ERRORS: tuple[type[Exception], ...] = (
+    dkim.DKIMException,
+    LookupError,
+    ValueError,
+    TypeError,
+    AttributeError,
+)
+
 
 def answer_dnsfunc(answers: Mapping[str, DnsAnswer]) -> DnsFunc:
     """dkimpy's `dnsfunc`: the first TXT record of a pre-fetched answer, else nothing."""
@@ -413,7 +425,7 @@ async def verify_dkim(
     dnsfunc = answer_dnsfunc(answers)
     try:
         checker = dkim.DKIM(message, minkey=min_rsa_bits)
-    except dkim.DKIMException as error:
+    except DKIMPY_ERRORS as error:
         checker = None
         broken = f"message not parseable: {error}"
     results: list[DkimResult] = []
@@ -469,6 +481,9 @@ def _verify_one(
         return _with(base, DkimStatus.PERMERROR, str(error))
     except dkim.DKIMException as error:
         return _with(base, DkimStatus.NEUTRAL, str(error))
+    except DKIMPY_ERRORS as error:
+        # RFC 8601 §2.7.1: a signature that cannot be processed is a permerror.
+        return _with(base, DkimStatus.PERMERROR, f"cannot parse: {type(error).__name__}")
     if not valid:
         return _with(base, DkimStatus.FAIL, "signature did not verify")
     return base
@@ -481,9 +496,7 @@ def _key_problem(record: bytes, algorithm: str) -> str:
         return "key revoked"
     try:
         _, _, ktag, _ = dkim.evaluate_pk(b"key", record)
-    except dkim.KeyFormatError as error:
-        return f"bad key: {error}"
-    except (ValueError, TypeError) as error:
+    except DKIMPY_ERRORS as error:
         return f"bad key: {error}"
     # RFC 6376 §6.1.2 step 6: the key type must match the signature algorithm.
     if not algorithm.startswith(bytes(ktag).decode("ascii") + "-"):

@@ -1,0 +1,129 @@
+"""Hato to Hato forwarding with ARC (issue 14 item 1): an alias of Hato A forwards to a domain
+that Hato B serves; A adds an ARC set (RFC 8617 §5.1), B checks it (§5.2) and records
+`arc=pass` in its Authentication-Results. Before the fix, A's seal, folded so that `i=1;`
+started a continuation line, made B's ARC check raise inside dkimpy: 421 after DATA, every
+retry, so the mail never reached B."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+from peers import maildir
+from peers.hato import HatoServer, hato_binary
+from peers.server import DomainSetup, MailSetup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer, ZoneValue
+
+
+def _txt(value: str) -> tuple[str, ...]:
+    # RFC 1035 §3.3.14: at most 255 octets per character-string.
+    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
+
+
+class CheckingHato(HatoServer):
+    """Inbound checks on, the test DNS server as resolver, its own host name, and optionally a
+    relay for remote.test."""
+
+    def __init__(
+        self, data_dir: Path, setup: MailSetup, nameserver: str, hostname: str, relay: str = ""
+    ) -> None:
+        super().__init__(data_dir, setup)
+        self.nameserver = nameserver
+        self.hostname = hostname
+        self.relay = relay
+
+    def _config_text(self) -> str:
+        text = super()._config_text().replace("inbound = false", "inbound = true")
+        text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
+        text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+        if self.relay:
+            text += "\n[delivery]\nallow_loopback = true\n"
+            text += f'\n[[transport]]\ndomain = "remote.test"\nrelay = "{self.relay}"\n'
+        return text
+
+
+def _message(marker: str) -> bytes:
+    # The header fields of everyday mail: enough of them that A's h= list is long and the
+    # i= tag of its ARC-Message-Signature is folded onto a line of its own.
+    return (
+        "From: News <news@origin.test>\r\nTo: <fwd@example.org>\r\nCc: <other@origin.test>\r\n"
+        "Reply-To: <replies@origin.test>\r\nSubject: forwarded twice\r\n"
+        "Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
+        f"Message-ID: <{marker}@origin.test>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhello through two Hatos\r\n"
+    ).encode()
+
+
+def _fields(stored: bytes) -> list[str]:
+    head = stored.split(b"\r\n\r\n", 1)[0].decode()
+    return re.split(r"\r\n(?![ \t])", head)
+
+
+def test_mail_forwarded_by_one_hato_passes_arc_at_the_next(tmp_path: Path) -> None:
+    zone: dict[str, dict[str, list[ZoneValue]]] = {
+        "origin.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+    }
+    with DnsTestServer(zone) as dns:
+        b = CheckingHato(
+            tmp_path / "b",
+            MailSetup(domains=(DomainSetup("remote.test", accept_any=True),)),
+            dns.nameserver,
+            "mx.remote.test",
+        )
+        a = CheckingHato(
+            tmp_path / "a",
+            MailSetup(
+                domains=(DomainSetup("example.org", aliases=(("fwd", ("carol@remote.test",)),)),)
+            ),
+            dns.nameserver,
+            "mx.example.org",
+            relay=f"{b.host}:{b.port}",
+        )
+        a._prepare()
+        keygen = subprocess.run(
+            [hato_binary(), "dkim", "keygen", "example.org", "--config", str(a.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=a.work,
+            env=a._env(),
+            timeout=60,
+        )
+        key_txt = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
+        dns.load({**zone, "hato._domainkey.example.org": {"TXT": [_txt(key_txt)]}})
+        b.start()
+        try:
+            a.start()
+            try:
+                with smtplib.SMTP(a.host, a.port, timeout=30) as smtp:
+                    smtp.sendmail("news@origin.test", ["fwd@example.org"], _message("arc-2"))
+                box = b.mailbox("carol", "remote.test")
+                found = maildir.wait_for_marker(box, "arc-2", 30)
+                assert len(found) == 1, (
+                    f"not delivered to B:\n{a.log_text()[-3000:]}\n{b.log_text()[-3000:]}"
+                )
+                stored = found[0].read_bytes()
+            finally:
+                a.stop()
+        finally:
+            b.stop()
+    fields = _fields(stored)
+    # The case of the bug: a continuation line of A's AMS starts with the i= tag.
+    (ams,) = [f for f in fields if f.startswith("ARC-Message-Signature:")]
+    assert re.search(r"\r\n[ \t]+i=1;", ams), ams
+    # RFC 8601 §2.2 / RFC 8617 §10.1: B's verdict on the chain.
+    (results,) = [f for f in fields if f.startswith("Authentication-Results: mx.remote.test;")]
+    assert re.search(r"\barc=pass\b", results), results
+    # And dkimpy itself (what other receivers run) validates A's seal.
+    answers = {b"hato._domainkey.example.org.": key_txt.encode()}
+    cv, _, reason = dkim.ARC(stored).verify(
+        dnsfunc=lambda name, timeout=5: answers.get(name if name.endswith(b".") else name + b".")
+    )
+    assert cv == dkim.CV_Pass, reason
