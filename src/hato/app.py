@@ -26,6 +26,7 @@ from hato.accounts import UserStore
 from hato.crypto import KEYS_DB, KeyStore
 from hato.crypto.wkd import wkd_app
 from hato.dbcache import CachedKeys, CachedUsers
+from hato.delivery.known import KnownMailboxes
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
@@ -40,6 +41,7 @@ from hato.model import (
     QueuedRecipient,
     Role,
     SystemClock,
+    UserDirectory,
     logfmt,
 )
 from hato.outbound_setup import build_outbound
@@ -181,7 +183,8 @@ def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
     return front
 
 
-def build_resolver(settings: Settings, users: UserStore) -> RecipientResolver:
+def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> RecipientResolver:
+    """The RCPT-time resolver; a UserStore's answers are cached until users.db changes."""
     domains = [
         LocalDomain(
             name=d.name,
@@ -194,7 +197,7 @@ def build_resolver(settings: Settings, users: UserStore) -> RecipientResolver:
     aliases = AliasTable.load(settings.local.aliases_file) if settings.local.aliases_file else None
     return RecipientResolver(
         domains,
-        CachedUsers(users, users.path),  # asked at every RCPT: kept until users.db changes
+        CachedUsers(users, users.path) if isinstance(users, UserStore) else users,
         alias_file=aliases,
         delimiter=settings.local.recipient_delimiter,
     )
@@ -444,7 +447,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
     outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
-    routing = RoutingCourier(resolver.is_local_domain, maildir, outbound)
+    local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
+    routing = RoutingCourier(resolver.is_local_domain, local, outbound)
     courier = control.CountingCourier(
         MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
     )
@@ -454,7 +458,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     direct = (
         DirectDelivery(
             control.CountingCourier(
-                MeasuredCourier(maildir, metrics, clock, resolver.is_local_domain), counter
+                MeasuredCourier(local, metrics, clock, resolver.is_local_domain), counter
             ),
             resolver.is_local_domain,
             clock,

@@ -56,10 +56,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     loaded = load(args, exit_code=EX_FAILURE)
-    print(f"{loaded.source}: OK")
+    from hato.cli.checks import dead_alias_targets
+
+    problems = dead_alias_targets(loaded.settings)
+    print(f"{loaded.source}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     for line in summary(loaded.settings):
         print(f"  {line}")
-    return 0
+    for line in problems:
+        print(f"hato: {line}", file=sys.stderr)
+    return EX_FAILURE if problems else 0
 
 
 def summary(settings: Settings) -> list[str]:

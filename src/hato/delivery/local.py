@@ -18,8 +18,10 @@ tried in this order, and the first that yields at least one mailbox or forward w
 7. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
 
 At most 10 expansions (alias, +tag, catch-all) are followed; a target that is already being
-expanded (a loop) yields nothing. Targets that yield nothing are listed in `Local.unresolved`
-for the log.
+expanded (a loop) yields nothing. A target that leads nowhere even on its own (an alias naming
+an address with no account: ``sales = ["alice", "bob"]`` before ``bob`` is added) is listed in
+`Local.unresolved`: the caller queues it like a mailbox, and `KnownMailboxes` fails it at
+delivery, so the sender gets a bounce for it and the log a line, never silence.
 
 Must not import anything of hato but model.
 """
@@ -170,7 +172,32 @@ class RecipientResolver:
         found = _Found()
         if not self._local_part(domain, local, 0, frozenset(), found, wildcards):
             return Unknown()
-        return Local(tuple(found.mailboxes), tuple(found.forwards), tuple(found.unresolved))
+        # A target left out only because it was met again (a loop) is delivered through the
+        # other path; only one that resolves to nothing on its own is a dead end.
+        dead = tuple(
+            target
+            for target in found.unresolved
+            if target != address and isinstance(self.resolve(target, wildcards=wildcards), Unknown)
+        )
+        return Local(tuple(found.mailboxes), tuple(found.forwards), dead)
+
+    def dead_alias_targets(self) -> list[tuple[Address, Address]]:
+        """(alias, target) for every configured alias target that leads to no mailbox."""
+        domains = {d.name: d for d in self._domains.values()}
+        entries: list[tuple[Address, tuple[AliasTarget, ...]]] = []
+        for domain in domains.values():
+            entries += [(Address(local, domain.name), t) for local, t in domain.aliases.items()]
+        for key, targets in self._alias_file.entries.items():
+            local, at, name = key.rpartition("@")
+            named = [name] if at else list(domains)
+            entries += [(Address(local if at else key, n), targets) for n in named]
+        dead: list[tuple[Address, Address]] = []
+        for alias, targets in entries:
+            for target in targets:
+                address = target if isinstance(target, Address) else Address(target, alias.domain)
+                if isinstance(self.resolve(address), Unknown):
+                    dead.append((alias, address))
+        return dead
 
     def owns(self, user: Address, address: Address) -> bool:
         """Whether the account `user` may use `address` as its own: the address itself, its

@@ -420,8 +420,8 @@ class LocalSubmitter:
                     targets: tuple[Address, ...] = (address,)
                 case Unknown():
                     targets = ()
-                case Local(mailboxes=mailboxes, forwards=forwards):
-                    targets = (*mailboxes, *forwards)
+                case Local(mailboxes=mailboxes, forwards=forwards, unresolved=dead):
+                    targets = (*mailboxes, *forwards, *dead)  # dead ones bounce at delivery
                 case _:
                     assert_never(resolution)
             if not targets:

@@ -416,8 +416,10 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reply(decision.reply)
             return
         # Aliases may expand to several mailboxes; each gets one queue row, once.
+        # An alias target without an account is queued too: it bounces at delivery, never
+        # vanishes (delivery.known).
         targets = (
-            (*resolution.mailboxes, *resolution.forwards)
+            (*resolution.mailboxes, *resolution.forwards, *resolution.unresolved)
             if isinstance(resolution, Local)
             else (event.address,)
         )

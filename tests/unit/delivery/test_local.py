@@ -151,9 +151,19 @@ def test_alias_loop_is_unknown() -> None:
 def test_alias_loop_keeps_the_other_targets() -> None:
     domain = LocalDomain(ORG, aliases={"list": ("list", "alice", "ghost")})
     result = resolver(domain).resolve(a("list@example.org"))
-    assert result == Local(
-        (a("alice@example.org"),), (), (a("list@example.org"), a("ghost@example.org"))
-    )
+    # "list" met again is a loop, delivered through alice: only ghost leads nowhere.
+    assert result == Local((a("alice@example.org"),), (), (a("ghost@example.org"),))
+
+
+def test_dead_alias_targets_names_each_target_without_a_mailbox() -> None:
+    domain = LocalDomain(ORG, aliases={"sales": ("alice", "bob"), "all": ("sales",)})
+    table = AliasTable.parse("info: nobody, alice\n")
+    users = Users("alice@example.org")
+    dead = resolver(domain, users=users, alias_file=table).dead_alias_targets()
+    assert dead == [
+        (a("sales@example.org"), a("bob@example.org")),
+        (a("info@example.org"), a("nobody@example.org")),
+    ]
 
 
 def test_depth_limit() -> None:
