@@ -1,6 +1,7 @@
 """``hato dkim keygen DOMAIN``: a DKIM signing key for one of our domains (RFC 6376, RFC 8463).
 
-The private key is written to DATA_DIR/dkim/DOMAIN/SELECTOR.key (mode 0600); the TXT record to
+The private key is written to DATA_DIR/dkim/DOMAIN/SELECTOR.key (mode 0600, owned by the
+server's user: started as root, the command writes it as that user); the TXT record to
 publish is printed. The server signs with the key of each domain's `dkim_selector` (default
 "hato") once the file exists (at the next start). Rotation: make a key with a new selector,
 publish its record, wait for DNS, set `dkim_selector` to it and restart; keep the old record
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.main import load
 
@@ -34,7 +36,8 @@ def keygen(args: argparse.Namespace) -> int:
     algorithm = (
         DkimAlgorithm.ED25519_SHA256 if args.algorithm == "ed25519" else DkimAlgorithm.RSA_SHA256
     )
-    path = Path(settings.server.data_dir) / "dkim" / domain.name.lower() / f"{selector}.key"
+    data_dir = data_dir_of(loaded, init=args.init)  # as the server's user: it must read the key
+    path = data_dir / "dkim" / domain.name.lower() / f"{selector}.key"
     if path.exists() and not args.force:
         raise CommandError(f"{path} exists; pick another --selector (rotation) or add --force")
     private_pem, txt = generate_key(algorithm)
@@ -73,6 +76,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="rsa (2048 bits, understood everywhere) or ed25519 (RFC 8463)",
     )
     sub.add_argument("--force", action="store_true", help="overwrite an existing key file")
+    add_init_flag(sub)
     sub.add_argument(
         "--config",
         type=Path,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.main import load
 
@@ -40,6 +41,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     sub = action("import", import_key, "store a user's public key (OpenPGP or S/MIME)")
     sub.add_argument("address", metavar="ADDRESS", help="local@domain")
     sub.add_argument("file", metavar="FILE", type=Path, help="the certificate ('-' for stdin)")
+    add_init_flag(sub)
     action("show", show, "print a user's key").add_argument("address", metavar="ADDRESS")
     action("remove", remove, "delete a user's key").add_argument("address", metavar="ADDRESS")
     sub = action("policy", policy, "what to do when the user's key cannot be used")
@@ -56,8 +58,8 @@ def import_key(args: argparse.Namespace) -> int:
     address = _local_address(args.address, loaded)
     from hato.crypto import KeyImportError
 
-    data = _read(args.file)
-    with _store(loaded) as store:
+    data = _read(args.file)  # before the store: read as the caller, written as the server
+    with _store(loaded, init=args.init) as store:
         try:
             key = store.import_key(data, address, _now())
         except KeyImportError as exc:
@@ -185,12 +187,12 @@ def _local_address(text: str, loaded: LoadedSettings) -> Address:
 
 
 @contextlib.contextmanager
-def _store(loaded: LoadedSettings) -> Iterator[KeyStore]:
+def _store(loaded: LoadedSettings, *, init: bool = False) -> Iterator[KeyStore]:
+    """The key store, opened as the server's user (hato.cli.datadir)."""
     from hato.crypto import KeyStore
 
-    data_dir = Path(loaded.settings.server.data_dir)
+    data_dir = data_dir_of(loaded, init=init)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = KeyStore.in_data_dir(data_dir)
     except (OSError, sqlite3.Error) as exc:
         raise CommandError(f"cannot open the key store in {data_dir}: {exc}") from None

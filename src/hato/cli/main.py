@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if takes_address:
             sub.add_argument("address", metavar="ADDRESS", help="local@domain")
+        if name in ("add", "passwd"):
+            sub.add_argument(
+                "--allow-weak",
+                action="store_true",
+                help="accept a password under 12 characters or on the common-passwords list",
+            )
+        if name == "add":
+            from hato.cli.datadir import add_init_flag
+
+            add_init_flag(sub)
 
     from hato.cli import key  # it imports hato.cli.main
 

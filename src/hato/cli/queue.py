@@ -248,7 +248,11 @@ def change(args: argparse.Namespace) -> int:
     if not ids and not selector and not every and action != "flush":
         raise CommandError(f"hato queue {action}: give queue ids, ALL, --domain or --sender", 2)
     requests = [{"id": i} for i in ids] or [{**selector, "all": True} if every else selector]
-    data_dir = _data_dir(args)
+    from hato.cli.datadir import data_dir_of
+    from hato.cli.main import load
+
+    loaded = load(args)
+    data_dir = data_dir_of(loaded, write=False)
     failed = 0
     with _connect(data_dir) as client:
         for request in requests:
@@ -260,6 +264,7 @@ def change(args: argparse.Namespace) -> int:
                     continue
                 result = answer["result"]
             else:
+                data_dir_of(loaded)  # the store is written as the server's user
                 result = _change_offline(data_dir, action, request)
             if request.get("id") and not result["rows"] and not result["busy"]:
                 print(f"hato: {request['id']}: no recipient to {action}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 A password comes from stdin: the first line without its newline, or, when stdin is a terminal,
 typed twice at a getpass prompt. It is never taken from the command line (other users could
-read it from the process list) and never printed.
+read it from the process list) and never printed. A weak one (hato.accounts.passwords: under 12
+characters, a common password, the address itself) is refused unless --allow-weak is given.
+The data directory must exist (`user add --init` makes it); every command names the one it used.
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from hato.cli.datadir import data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.main import load
 
@@ -32,32 +35,32 @@ USERS_DB = "users.db"
 def add(args: argparse.Namespace) -> int:
     loaded = load(args)
     address = _local_address(args.address, loaded)
-    password = read_password(sys.stdin)
+    password = checked(read_password(sys.stdin), address, allow_weak=args.allow_weak)
     from hato.accounts import UserExists
 
-    with _store(loaded, create=True) as store:
+    with _store(loaded, create=True, init=args.init) as store:
         try:
             store.add(address, password)
         except UserExists:
             raise CommandError(
                 f"{address} already exists; change its password with: hato user passwd {address}"
             ) from None
-    print(f"added {address}")
+    print(f"added {address} (in {_db_path(loaded)})")
     return 0
 
 
 def passwd(args: argparse.Namespace) -> int:
     loaded = load(args)
     address = _parse_address(args.address)
-    password = read_password(sys.stdin)
+    password = checked(read_password(sys.stdin), address, allow_weak=args.allow_weak)
     from hato.accounts import UnknownUser
 
     with _store(loaded, create=False) as store:
         try:
             store.set_password(address, password)
         except UnknownUser:
-            raise _no_such_user(address) from None
-    print(f"changed the password of {address}")
+            raise _no_such_user(address, loaded) from None
+    print(f"changed the password of {address} (in {_db_path(loaded)})")
     return 0
 
 
@@ -66,19 +69,34 @@ def remove(args: argparse.Namespace) -> int:
     address = _parse_address(args.address)
     with _store(loaded, create=False) as store:
         if not store.remove(address):
-            raise _no_such_user(address)
-    print(f"removed {address}")
+            raise _no_such_user(address, loaded)
+    print(f"removed {address} (from {_db_path(loaded)})")
     return 0
 
 
 def list_users(args: argparse.Namespace) -> int:
     loaded = load(args)
+    data_dir_of(loaded, write=False)  # refuses a data directory that does not exist
     if not _db_path(loaded).exists():
-        return 0  # no account was ever added
+        print(f"hato: no accounts yet in {_db_path(loaded)}", file=sys.stderr)
+        return 0
     with _store(loaded, create=False) as store:
         for address in store.list():
             print(address)
     return 0
+
+
+def checked(password: str, address: Address, *, allow_weak: bool) -> str:
+    """`password`, unless it is weak and --allow-weak was not given."""
+    from hato.accounts.passwords import weakness
+
+    why = weakness(password, address)
+    if why is not None and not allow_weak:
+        raise CommandError(
+            f"password refused: {why}; nothing was changed (a passphrase of a few unrelated "
+            "words is easy to type and hard to guess; --allow-weak accepts it anyway)"
+        )
+    return password
 
 
 def read_password(stdin: TextIO) -> str:
@@ -120,8 +138,8 @@ def _local_address(text: str, loaded: LoadedSettings) -> Address:
     return address
 
 
-def _no_such_user(address: Address) -> CommandError:
-    return CommandError(f"no such user: {address} (see: hato user list)")
+def _no_such_user(address: Address, loaded: LoadedSettings) -> CommandError:
+    return CommandError(f"no such user in {_db_path(loaded)}: {address} (see: hato user list)")
 
 
 def _db_path(loaded: LoadedSettings) -> Path:
@@ -129,15 +147,15 @@ def _db_path(loaded: LoadedSettings) -> Path:
 
 
 @contextlib.contextmanager
-def _store(loaded: LoadedSettings, *, create: bool) -> Iterator[UserStore]:
-    """The user store in server.data_dir; `create` makes the directory if it is missing."""
+def _store(loaded: LoadedSettings, *, create: bool, init: bool = False) -> Iterator[UserStore]:
+    """The user store in server.data_dir, opened as the server's user; `create` makes the
+    database if it is missing, `init` the data directory too."""
     from hato.accounts import UserStore  # here, not on top: argon2 is slow to import
 
+    data_dir_of(loaded, init=init)
     path = _db_path(loaded)
     try:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        elif not path.exists():
+        if not create and not path.exists():
             raise CommandError(f"no accounts yet: {path} does not exist (see: hato user add)")
         store = UserStore(path)
     except OSError as exc:

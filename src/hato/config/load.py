@@ -154,6 +154,7 @@ def settings_from_mapping(
             problems.append(f"{key}: unknown key (valid keys: {', '.join(SECTIONS)})")
 
     server_raw = raw.get("server", {})
+    origin = data_dir_origin(raw, env)
     if isinstance(server_raw, dict):
         server_raw = {"data_dir": default_data_dir(env, cwd), **server_raw}
         if "hostname" not in server_raw:
@@ -219,7 +220,18 @@ def settings_from_mapping(
         smarthost=smarthost,
         metrics=metrics,
         wkd=wkd,
+        data_dir_origin=origin,
     )
+
+
+def data_dir_origin(raw: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """Where server.data_dir came from, in words for an error message or a hint."""
+    server = raw.get("server")
+    if isinstance(server, dict) and "data_dir" in server:
+        return "server.data_dir"
+    if env.get("HATO_HOME"):
+        return "$HATO_HOME"
+    return "the default ./hato-data (no server.data_dir, no $HATO_HOME)"
 
 
 def _default_hostname(fqdn: Callable[[], str], problems: list[str]) -> str:

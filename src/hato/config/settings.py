@@ -44,6 +44,9 @@ class Settings:
     smarthost: SmarthostSettings | None = None
     metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings.model_validate({}))
     wkd: WkdSettings = field(default_factory=lambda: WkdSettings.model_validate({}))
+    # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
+    # messages that say which data directory a command used, and how to choose another).
+    data_dir_origin: str = "server.data_dir"
 
     def network(self, name: str) -> NetworkSettings | None:
         """The [[network]] called `name`."""

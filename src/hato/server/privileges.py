@@ -95,12 +95,13 @@ def drop_privileges(user: str | None, group: str | None, *, data_dir: Path) -> I
         log.warning(logfmt("running-as-root", detail=f"server.user {user!r} is root"))
         return target
     if os.geteuid() != target.uid or os.getegid() != target.gid:
-        _switch(target)
+        switch_to(target)
     check_data_dir(data_dir, target)
     return target
 
 
-def _switch(target: Identity) -> None:
+def switch_to(target: Identity) -> None:
+    """Become `target` for good (supplementary groups, group, user); PrivilegeError if not."""
     if os.geteuid() != 0:
         current = _user_name(os.geteuid())
         raise PrivilegeError(

@@ -135,33 +135,47 @@ def test_a_missing_config_file(workdir: Path, capsys: pytest.CaptureFixture[str]
 def test_user_add_list_remove(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(capsys, "user", "list") == (0, "", "")
-    assert not (workdir / "data").exists()  # listing creates nothing
-    stdin(monkeypatch, "s3cret pass\nignored second line\n")
-    assert run(capsys, "user", "add", "Alice@Example.ORG") == (0, "added Alice@example.org\n", "")
-    stdin(monkeypatch, "other\r\n")
-    assert run(capsys, "user", "add", "bob@example.org") == (0, "added bob@example.org\n", "")
+    db = workdir / "data" / "users.db"
+    (workdir / "data").mkdir()
+    assert run(capsys, "user", "list") == (0, "", f"hato: no accounts yet in {db}\n")
+    assert not db.exists()  # listing creates nothing
+    stdin(monkeypatch, "s3cret passphrase\nignored second line\n")
+    assert run(capsys, "user", "add", "Alice@Example.ORG") == (
+        0,
+        f"added Alice@example.org (in {db})\n",
+        "",
+    )
+    stdin(monkeypatch, "other passphrase\r\n")
+    assert run(capsys, "user", "add", "bob@example.org")[:2] == (
+        0,
+        f"added bob@example.org (in {db})\n",
+    )
     assert run(capsys, "user", "list") == (0, "alice@example.org\nbob@example.org\n", "")
 
-    store = UserStore(workdir / "data" / "users.db")
+    store = UserStore(db)
     try:
-        assert store.verify(Address("alice", "example.org"), "s3cret pass")
-        assert store.verify(Address("bob", "example.org"), "other")
+        assert store.verify(Address("alice", "example.org"), "s3cret passphrase")
+        assert store.verify(Address("bob", "example.org"), "other passphrase")
     finally:
         store.close()
 
-    assert run(capsys, "user", "remove", "bob@example.org") == (0, "removed bob@example.org\n", "")
+    assert run(capsys, "user", "remove", "bob@example.org") == (
+        0,
+        f"removed bob@example.org (from {db})\n",
+        "",
+    )
     assert run(capsys, "user", "list") == (0, "alice@example.org\n", "")
     assert run(capsys, "user", "remove", "bob@example.org") == (
         1,
         "",
-        "hato: no such user: bob@example.org (see: hato user list)\n",
+        f"hato: no such user in {db}: bob@example.org (see: hato user list)\n",
     )
 
 
 def test_user_add_refusals(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (workdir / "data").mkdir()
     stdin(monkeypatch, "\n")
     assert run(capsys, "user", "add", "alice@example.org") == (
         1,
@@ -181,9 +195,9 @@ def test_user_add_refusals(
         f"hato: example.net is not a local domain of {workdir}/hato.toml (local domains: "
         'example.org); add a [[domain]] with name = "example.net" first\n',
     )
-    stdin(monkeypatch, "pw\n")
+    stdin(monkeypatch, "pw long enough\n")
     assert run(capsys, "user", "add", "alice@example.org")[0] == 0
-    stdin(monkeypatch, "pw2\n")
+    stdin(monkeypatch, "pw2 long enough\n")
     assert run(capsys, "user", "add", "ALICE@example.org") == (
         1,
         "",
@@ -195,30 +209,32 @@ def test_user_add_refusals(
 def test_user_passwd(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stdin(monkeypatch, "new\n")
+    db = workdir / "data" / "users.db"
+    (workdir / "data").mkdir()
+    stdin(monkeypatch, "new passphrase\n")
     assert run(capsys, "user", "passwd", "alice@example.org") == (
         1,
         "",
-        f"hato: no accounts yet: {workdir}/data/users.db does not exist (see: hato user add)\n",
+        f"hato: no accounts yet: {db} does not exist (see: hato user add)\n",
     )
-    stdin(monkeypatch, "old\n")
+    stdin(monkeypatch, "old passphrase\n")
     assert run(capsys, "user", "add", "alice@example.org")[0] == 0
-    stdin(monkeypatch, "new\n")
+    stdin(monkeypatch, "new passphrase\n")
     assert run(capsys, "user", "passwd", "bob@example.org") == (
         1,
         "",
-        "hato: no such user: bob@example.org (see: hato user list)\n",
+        f"hato: no such user in {db}: bob@example.org (see: hato user list)\n",
     )
-    stdin(monkeypatch, "new\n")
+    stdin(monkeypatch, "new passphrase\n")
     assert run(capsys, "user", "passwd", "alice@example.org") == (
         0,
-        "changed the password of alice@example.org\n",
+        f"changed the password of alice@example.org (in {db})\n",
         "",
     )
-    store = UserStore(workdir / "data" / "users.db")
+    store = UserStore(db)
     try:
-        assert store.verify(Address("alice", "example.org"), "new")
-        assert not store.verify(Address("alice", "example.org"), "old")
+        assert store.verify(Address("alice", "example.org"), "new passphrase")
+        assert not store.verify(Address("alice", "example.org"), "old passphrase")
     finally:
         store.close()
 
@@ -231,8 +247,12 @@ class FakeTerminal(io.StringIO):
 @pytest.mark.parametrize(
     ("typed", "code", "err"),
     [
-        (["pw", "pw"], 0, ""),
-        (["pw", "pW"], 1, "hato: the two passwords differ; nothing was changed\n"),
+        (["pw long enough", "pw long enough"], 0, ""),
+        (
+            ["pw long enough", "pW long enough"],
+            1,
+            "hato: the two passwords differ; nothing was changed\n",
+        ),
     ],
 )
 def test_a_terminal_is_asked_twice(
@@ -243,6 +263,7 @@ def test_a_terminal_is_asked_twice(
     code: int,
     err: str,
 ) -> None:
+    (workdir / "data").mkdir()
     monkeypatch.setattr(sys, "stdin", FakeTerminal("never read\n"))
     answers = iter(typed)
     prompts: list[str] = []
@@ -254,3 +275,62 @@ def test_a_terminal_is_asked_twice(
     monkeypatch.setattr("getpass.getpass", fake_getpass)
     assert run(capsys, "user", "add", "alice@example.org")[::2] == (code, err)
     assert prompts == ["New password: ", "Repeat the password: "]
+
+
+def test_a_missing_data_dir_is_created_only_when_asked(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 13: run in the wrong directory, `user add` made a fresh ./hato-data and said "added".
+    refusal = (
+        f"hato: no data directory {workdir}/data (server.data_dir; configuration: "
+        f"{workdir}/hato.toml); nothing was changed. Use the server's: --config FILE (its "
+        "server.data_dir) or HATO_HOME; or add --init to create this one\n"
+    )
+    for argv in (
+        ("user", "add", "alice@example.org"),
+        ("user", "list"),
+        ("dkim", "keygen", "example.org"),
+    ):
+        stdin(monkeypatch, "a long passphrase\n")
+        assert run(capsys, *argv) == (1, "", refusal)
+    assert not (workdir / "data").exists()
+    stdin(monkeypatch, "a long passphrase\n")
+    assert run(capsys, "user", "add", "alice@example.org", "--init") == (
+        0,
+        f"created the data directory {workdir}/data\n"
+        f"added alice@example.org (in {workdir}/data/users.db)\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("x", "it has 1 characters; use at least 12"),
+        ("password1234", "it is on the list of common passwords that are guessed first"),
+        ("Qwerty123456!", "it is on the list of common passwords that are guessed first"),
+        ("aaaaaaaaaaaaaaa", "it repeats a few characters"),
+        ("abcabcabcabc", "it repeats a few characters"),
+        ("1234567890123", "it is a run of keys in a row (like 123456 or qwerty)"),
+        ("alice@example.org", "it is made of the address itself"),
+    ],
+)
+def test_weak_passwords_are_refused_unless_allowed(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    password: str,
+    why: str,
+) -> None:
+    (workdir / "data").mkdir()
+    stdin(monkeypatch, password + "\n")
+    code, out, err = run(capsys, "user", "add", "alice@example.org")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"hato: password refused: {why}; nothing was changed")
+    assert "--allow-weak" in err
+    stdin(monkeypatch, password + "\n")
+    assert run(capsys, "user", "add", "alice@example.org", "--allow-weak")[0] == 0
+    stdin(monkeypatch, password + "\n")
+    assert run(capsys, "user", "passwd", "alice@example.org")[0] == 1
+    stdin(monkeypatch, "correct staple horse battery\n")
+    assert run(capsys, "user", "passwd", "alice@example.org")[0] == 0

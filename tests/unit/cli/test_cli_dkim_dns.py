@@ -41,6 +41,7 @@ def dns_server() -> Iterator[DnsTestServer]:
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns_server: DnsTestServer) -> Path:
     (tmp_path / "hato.toml").write_text(CONFIG.replace("{ns}", dns_server.nameserver))
+    (tmp_path / "data").mkdir()  # the server's data directory (made at its first start)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HATO_HOME", raising=False)
     return tmp_path

@@ -237,7 +237,7 @@ def test_hato_key_commands(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HATO_HOME", raising=False)
     (tmp_path / "carol.pem").write_bytes(smime_rsa.cert_pem)
-    assert main(["key", "import", "carol@example.org", "carol.pem"]) == 0
+    assert main(["key", "import", "carol@example.org", "carol.pem", "--init"]) == 0
     assert main(["key", "import", "dave@example.org", "carol.pem"]) == 1
     assert "key not imported for dave@example.org" in capsys.readouterr().err
     assert main(["key", "policy", "carol@example.org", "plaintext"]) == 0

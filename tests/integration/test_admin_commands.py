@@ -1,0 +1,98 @@
+"""`hato user` against the real server (issue 13): a command run in the wrong place refuses
+instead of making a data directory the server never reads, and weak passwords are refused."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers.hato import HatoServer, hato_binary
+from peers.server import DomainSetup, MailSetup
+from peers.tls import TestCA
+
+PASSPHRASE = "violet harbour tram ninety"
+
+
+class HomeHato(HatoServer):
+    """Hato whose config names no data_dir: the server finds it through $HATO_HOME."""
+
+    def _config_text(self) -> str:
+        lines = super()._config_text().splitlines()
+        return "\n".join(line for line in lines if not line.startswith("data_dir")) + "\n"
+
+
+def _user_add(
+    server: HatoServer, address: str, password: str, *extra: str, cwd: Path, home: bool
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HATO_HOME"}
+    if home:
+        env["HATO_HOME"] = str(server.data_dir)
+    return subprocess.run(
+        [hato_binary(), "user", "add", address, *extra, "--config", str(server.config)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def _can_log_in(server: HatoServer, ca: TestCA, user: str, password: str) -> bool:
+    context = ssl.create_default_context(cafile=str(ca.ca_cert))
+    with smtplib.SMTP(server.host, server.submission_port, timeout=30) as smtp:
+        smtp.starttls(context=context)
+        try:
+            smtp.login(user, password)
+        except smtplib.SMTPAuthenticationError:
+            return False
+    return True
+
+
+@pytest.fixture
+def server(workdir: Path, test_ca: TestCA) -> Iterator[HatoServer]:
+    setup = MailSetup(
+        domains=(DomainSetup("users.test"),), submission=True, tls=test_ca.tls_files()
+    )
+    hato = HomeHato(workdir / "data", setup)
+    hato.start()
+    yield hato
+    hato.stop()
+
+
+def test_user_add_elsewhere_refuses_instead_of_making_a_data_dir(
+    server: HatoServer, test_ca: TestCA, workdir: Path
+) -> None:
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    done = _user_add(server, "alice@users.test", PASSPHRASE, cwd=elsewhere, home=False)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"hato: no data directory {elsewhere}/hato-data (the default")
+    assert "--init" in done.stderr
+    assert list(elsewhere.iterdir()) == []  # nothing made
+    assert not _can_log_in(server, test_ca, "alice@users.test", PASSPHRASE)
+
+    done = _user_add(server, "alice@users.test", PASSPHRASE, cwd=elsewhere, home=True)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"added alice@users.test (in {server.data_dir}/users.db)\n"
+    assert _can_log_in(server, test_ca, "alice@users.test", PASSPHRASE)
+
+
+def test_a_weak_password_is_refused_unless_allowed(
+    server: HatoServer, test_ca: TestCA, workdir: Path
+) -> None:
+    for weak, why in (("x", "it has 1 characters"), ("Password2026!", "common passwords")):
+        done = _user_add(server, "bob@users.test", weak, cwd=workdir, home=True)
+        assert done.returncode == 1
+        assert done.stderr.startswith("hato: password refused: ") and why in done.stderr
+        assert not _can_log_in(server, test_ca, "bob@users.test", weak)
+    done = _user_add(server, "bob@users.test", "x", "--allow-weak", cwd=workdir, home=True)
+    assert done.returncode == 0, done.stderr
+    assert _can_log_in(server, test_ca, "bob@users.test", "x")
