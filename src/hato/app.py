@@ -46,6 +46,7 @@ from hato.model import (
 )
 from hato.outbound_setup import build_outbound
 from hato.policy import (
+    LIMITS_DB,
     AuthThrottle,
     AuthThrottleSettings,
     ClientNetwork,
@@ -438,7 +439,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         keys=KeyStore.in_data_dir(data_dir),  # users' public keys (issue 6)
         tls=tls,
         throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
-        limiter=SendLimiter(clock, send_limit_settings(settings)),
+        limiter=SendLimiter(clock, send_limit_settings(settings), data_dir / LIMITS_DB),
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users)),
     )
@@ -596,6 +597,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         maildir.close()
         users.close()
         shared.keys.close()
+        shared.limiter.close()
         if metrics_server is not None:
             await metrics_server.aclose()
         if wkd_runner is not None:

@@ -4,9 +4,10 @@ the limit (issue 2: one process per core).
 Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
 forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
 sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
-the first also the submission listeners and the control socket, so AUTH throttling and sending
-limits stay in one process. Workers commit to the one SQLite queue (WAL; their group commits
-take turns under a lock file, see queue/writer.py), and each delivers what it accepted;
+the first also the submission listeners and the control socket, so AUTH throttling stays in
+one process (sending limits are shared through the data directory: policy/ratelimit.py).
+Workers commit to the one SQLite queue (WAL; their group commits take turns under a lock
+file, see queue/writer.py), and each delivers what it accepted;
 retries go to whichever worker leases them first. A worker that dies is replaced, after its
 leased rows are freed and marked recovered (exactly once). Workers die with the supervisor
 (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
@@ -37,6 +38,8 @@ from hato.app import EX_OK, EX_SOFTWARE, StartupError, WorkerRole, build_tls, li
 from hato.crypto import KeyStore
 from hato.logsetup import configure_logging
 from hato.model import Address, Role, logfmt
+from hato.policy import LIMITS_DB
+from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
 
 if TYPE_CHECKING:
@@ -95,12 +98,13 @@ def _is_mx(settings: Settings, number: int) -> bool:
 
 def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     """Make, once and before any worker runs, what workers would otherwise race to create:
-    the user and key databases (switching SQLite to WAL needs the file to itself) and the
+    the user, key and limits databases (switching SQLite to WAL needs the file to itself) and the
     self-signed certificate (two workers writing key and certificate could mix the pairs)."""
     users = UserStore(data_dir / "users.db")
     users.exists(Address("postmaster", "invalid"))  # creates the file and its schema
     users.close()
     KeyStore.in_data_dir(data_dir).close()
+    open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
     build_tls(settings, data_dir)
 
 

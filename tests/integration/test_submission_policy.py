@@ -17,6 +17,7 @@ from __future__ import annotations
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,6 +326,11 @@ def test_messages_and_recipients_per_hour_answer_451_4_7_1(start: Start, test_ca
 
     with _login(server, test_ca, "bob") as smtp:  # another user has a count of their own
         assert smtp.mail("bob@users.test")[0] == 250
+        for n in range(1, 4):  # reserved at RCPT, given back by the RSET
+            assert smtp.rcpt(f"z{n}@example.org")[0] == 250
+        _temp_refused(smtp.rcpt("z4@example.org"))
+        assert smtp.rset()[0] == 250
+        assert smtp.mail("bob@users.test")[0] == 250
         for n in range(1, 4):
             assert smtp.rcpt(f"r{n}@example.org")[0] == 250
         _temp_refused(smtp.rcpt("r4@example.org"))
@@ -351,3 +357,71 @@ def test_a_sending_spike_holds_the_account_and_logs_an_alert(start: Start, test_
     with _login(server, test_ca, "bob") as smtp:  # only the spiking account is held
         _send(smtp, "bob", ["s1@example.org"], "s-3")
     maildir.wait_for_marker(server.mailbox("s1", "example.org"), "s-3", 20)
+
+
+class WorkersHato(PolicyHato):
+    """Two server processes (`[server] workers = 2`) on one data directory."""
+
+    def _config_text(self) -> str:
+        return super()._config_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+
+
+def test_parallel_sessions_never_get_more_recipients_than_the_limit(
+    tmp_path: Path, test_ca: TestCA
+) -> None:
+    """20 sessions of one user, each with a MAIL FROM open, then all asking for 5 recipients
+    at once against 30 an hour: the limit is reserved at RCPT, atomically in the limits
+    database every worker shares, so exactly 30 are accepted and delivered (before, each
+    session saw only what was already delivered: all 100)."""
+    server = WorkersHato(
+        tmp_path / "data",
+        _setup(test_ca.tls_files(), "alice"),
+        limits="messages_per_hour = 0\nrecipients_per_hour = 30\nspike_recipients = 0",
+    )
+    server.start()
+    sessions, each = 20, 5
+    ready = threading.Barrier(sessions)
+    accepted: list[int] = []
+    errors: list[BaseException] = []
+
+    def one(n: int) -> None:
+        try:
+            with _login(server, test_ca, "alice") as smtp:
+                assert smtp.mail("alice@users.test")[0] == 250
+                ready.wait(timeout=60)
+                ok = [rcpt for k in range(each) if _rcpt(smtp, rcpt := f"r{n}-{k}@example.org")]
+                if ok:
+                    assert smtp.data(message("alice@users.test", ok[0], f"race-{n}"))[0] == 250
+                accepted.append(len(ok))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            ready.abort()
+
+    try:
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(sessions)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert sum(accepted) == 30, accepted
+        delivered = server.mailboxes() / "example.org"
+        deadline = time.monotonic() + 20
+        while len(maildir.all_messages(delivered)) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(maildir.all_messages(delivered)) == 30
+        with _login(server, test_ca, "alice") as smtp:  # the hour's 30 are used up
+            assert smtp.mail("alice@users.test")[0] == 250
+            _temp_refused(smtp.rcpt("late@example.org"))
+    finally:
+        server.stop()
+        print("--- hato log ---\n" + "\n".join(server.log_text().splitlines()[-100:]))
+
+
+def _rcpt(smtp: smtplib.SMTP, address: str) -> bool:
+    """Whether the recipient was accepted; a refusal must be the limit's 451 4.7.1."""
+    reply = smtp.rcpt(address)
+    if reply[0] == 250:
+        return True
+    _temp_refused(reply)
+    return False

@@ -22,7 +22,7 @@ from hato.policy.networks import (
     connection_check,
     connection_decision,
 )
-from hato.policy.ratelimit import SendLimiter, SendLimitSettings, SpikeAlert
+from hato.policy.ratelimit import LIMITS_DB, Reservation, SendLimiter, SendLimitSettings, SpikeAlert
 from hato.policy.relay import (
     RecipientFacts,
     SenderFacts,
@@ -34,6 +34,7 @@ from hato.policy.relay import (
 __all__ = [
     "AUTH_BLOCKED",
     "AUTH_FAILED",
+    "LIMITS_DB",
     "Accept",
     "AuthFailure",
     "AuthThrottle",
@@ -46,6 +47,7 @@ __all__ = [
     "NetworkTable",
     "RecipientFacts",
     "Reject",
+    "Reservation",
     "SendLimitSettings",
     "SendLimiter",
     "SenderFacts",

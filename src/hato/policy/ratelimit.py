@@ -1,27 +1,36 @@
 """Per-user sending limits, and holding an account whose sending suddenly spikes.
 
-Theory: each authenticated user has a sliding window of one hour kept as 60 one-minute buckets
-(messages, recipients); a message counts from its minute until 59 to 60 minutes later. Past
-`messages_per_hour` MAIL FROM gets 451 4.7.1, past `recipients_per_hour` RCPT TO does; the
-client's queue retries later (RFC 5321 §4.2.5: 451 is a transient local refusal; RFC 3463
-X.7.1: delivery not authorized). Counting is per minute, so memory per user is bounded (60
-buckets) whatever the limits, and no limit (0) needs no log of every message.
+Theory: each authenticated user has a sliding window of one hour counted in whole minutes; a
+message counts from its minute until 59 to 60 minutes later. Past `messages_per_hour` MAIL FROM
+gets 451 4.7.1, past `recipients_per_hour` RCPT TO does; the client's queue retries later
+(RFC 5321 §4.2.5: 451 is a transient local refusal; RFC 3463 X.7.1: delivery not authorized).
+
+Reserved, not counted afterwards: MAIL FROM reserves the message and each RCPT TO one recipient,
+each in one ``BEGIN IMMEDIATE`` transaction that reads the window and writes the reservation, so
+two sessions can never both take the last recipient of the hour (20 parallel sessions used to
+get 20 times the limit, since usage was recorded only after the 250). `confirm` after the 250
+keeps the reservation as usage; `release` when the transaction ends without one (RSET, a new
+MAIL, a refused or aborted DATA, a lost connection) gives it back. The state lives in one SQLite
+file in the data directory (WAL), shared by every worker process (`[server] workers`) and by a
+server started again; a reservation left by a process that died counts until it leaves the
+window (safe: never more than the limit).
 
 A spike is an absolute burst: at least `spike_recipients` recipients within the last
 `spike_window` seconds (whole minutes). Chosen over "N times the usual rate" because it needs no
 history, cannot be trained up slowly by an attacker, and an admin can predict it. A spike
 returns a `SpikeAlert` (the caller logs ``event=sending-spike``) and, with `spike_hold`, holds
-the user: everything they send gets 451 4.7.1 until `release(user)` or `hold_time` passes (0:
+the user: everything they send gets 451 4.7.1 until `unhold(user)` or `hold_time` passes (0:
 until released). A compromised account thus sends one burst at most, not a day of spam.
 
-May import hato.model only. Time comes from the Clock (monotonic).
+May import hato.model only. Time comes from the Clock (wall clock: shared by processes).
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from hato.model import Clock, Reply
 from hato.policy.decision import Accept, Decision, Defer
@@ -29,9 +38,27 @@ from hato.policy.decision import Accept, Decision, Defer
 # RFC 5321 §4.2.5 451 (local error, try later) / RFC 3463 X.7.1 (not authorized).
 RATE_LIMITED = Reply(451, "4.7.1", "Sending rate limit reached; try again later")
 HELD = Reply(451, "4.7.1", "Sending suspended for this account; contact your administrator")
+LIMITS_DB = "limits.db"
 
-_BUCKET = 60.0  # seconds per bucket
+_BUCKET = 60.0  # seconds per minute bucket
 _HOUR_BUCKETS = 60
+_BUSY_TIMEOUT = 10.0  # seconds a worker waits for a sibling's transaction
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (      -- one row per message, reserved at MAIL FROM
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,                -- lower-case
+    minute INTEGER NOT NULL,           -- of the last reservation or the confirmation
+    recipients INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 1 -- 1 until confirmed (250) or released
+);
+CREATE INDEX IF NOT EXISTS sent_user ON sent (user, minute);
+CREATE INDEX IF NOT EXISTS sent_minute ON sent (minute);
+CREATE TABLE IF NOT EXISTS account (
+    user TEXT PRIMARY KEY,
+    held_until REAL,                   -- NULL: not held; wall-clock end (inf: until released)
+    alerted_until REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +69,20 @@ class SendLimitSettings:
     spike_window: float = 300.0  # seconds, rounded up to whole minutes, at most an hour
     spike_hold: bool = True  # hold the user on a spike (else only alert)
     hold_time: float = 86_400.0  # seconds a hold lasts; 0 = until an admin releases it
-    max_users: int = 100_000  # users tracked at once (least recently active go first)
 
     def __post_init__(self) -> None:
         if min(self.messages_per_hour, self.recipients_per_hour, self.spike_recipients) < 0:
             raise ValueError("limits must be 0 (off) or positive")
-        if not 0 < self.spike_window <= 3600 or self.hold_time < 0 or self.max_users < 1:
-            raise ValueError("spike_window must be 1..3600 s, hold_time >= 0, max_users >= 1")
+        if not 0 < self.spike_window <= 3600 or self.hold_time < 0:
+            raise ValueError("spike_window must be 1..3600 s, hold_time >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One transaction's reserved message and recipients (a row of the `sent` table)."""
+
+    user: str
+    row: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,128 +108,162 @@ class SpikeAlert:
         }
 
 
-class _Usage:
-    """One user's buckets: [minute, messages, recipients], oldest first."""
-
-    __slots__ = ("alerted_until", "buckets")
-
-    def __init__(self) -> None:
-        self.buckets: deque[list[int]] = deque()
-        self.alerted_until = 0.0
-
-    def add(self, minute: int, recipients: int) -> None:
-        if self.buckets and self.buckets[-1][0] == minute:
-            self.buckets[-1][1] += 1
-            self.buckets[-1][2] += recipients
-        else:
-            self.buckets.append([minute, 1, recipients])
-
-    def totals(self, since_minute: int) -> tuple[int, int]:
-        """(messages, recipients) in buckets at or after `since_minute`."""
-        messages = recipients = 0
-        for minute, m, r in reversed(self.buckets):
-            if minute < since_minute:
-                break
-            messages += m
-            recipients += r
-        return messages, recipients
-
-    def prune(self, oldest_minute: int) -> None:
-        while self.buckets and self.buckets[0][0] < oldest_minute:
-            self.buckets.popleft()
-
-
 class SendLimiter:
-    """Sending limits for authenticated users; one per server process.
+    """Sending limits for authenticated users, shared through `path` (None: this process only).
 
-    MAIL FROM: ``check_message(user)``; each RCPT TO: ``check_recipients(user, n)`` with n the
-    message's recipients counting this one; after the message is queued (250):
-    ``record(user, recipients)``, logging a returned SpikeAlert. A Defer's reply is the answer.
+    MAIL FROM: ``reserve_message(user)`` gives a Reservation (or the Defer to answer); each RCPT
+    TO: ``reserve_recipient(reservation)``; after the 250 ``confirm(reservation)``, logging a
+    returned SpikeAlert; a transaction that ends otherwise: ``release(reservation)``.
     """
 
-    def __init__(self, clock: Clock, settings: SendLimitSettings | None = None) -> None:
+    def __init__(
+        self, clock: Clock, settings: SendLimitSettings | None = None, path: Path | None = None
+    ) -> None:
         self._clock = clock
         self.settings = settings or SendLimitSettings()
-        self._usage: OrderedDict[str, _Usage] = OrderedDict()
-        self._held: dict[str, float] = {}  # user -> monotonic time the hold ends (inf: never)
+        self._db = open_limits(path)
 
-    def check_message(self, user: str) -> Decision:
+    def close(self) -> None:
+        self._db.close()
+
+    def reserve_message(self, user: str) -> Reservation | Defer:
         key = _key(user)
-        if self.held(key):
-            return Defer(HELD)
-        limit = self.settings.messages_per_hour
-        if limit and self._hour(key)[0] >= limit:
-            return Defer(RATE_LIMITED)
+        with _Immediate(self._db):
+            refusal = self._refusal(key, messages=1, recipients=0)
+            if refusal is not None:
+                return refusal
+            cursor = self._db.execute(
+                "INSERT INTO sent (user, minute) VALUES (?, ?)", (key, self._minute())
+            )
+            assert cursor.lastrowid is not None
+            return Reservation(key, cursor.lastrowid)
+
+    def reserve_recipient(self, reservation: Reservation, count: int = 1) -> Decision:
+        with _Immediate(self._db):
+            refusal = self._refusal(reservation.user, messages=0, recipients=count)
+            if refusal is not None:
+                return refusal
+            self._db.execute(
+                "UPDATE sent SET recipients = recipients + ?, minute = ? WHERE id = ?",
+                (count, self._minute(), reservation.row),
+            )
         return Accept()
 
-    def check_recipients(self, user: str, count: int) -> Decision:
-        key = _key(user)
-        if self.held(key):
-            return Defer(HELD)
-        limit = self.settings.recipients_per_hour
-        if limit and self._hour(key)[1] + count > limit:
-            return Defer(RATE_LIMITED)
-        return Accept()
+    def release(self, reservation: Reservation) -> None:
+        """The transaction ended without a 250: its reservation no longer counts."""
+        with _Immediate(self._db):
+            self._db.execute("DELETE FROM sent WHERE id = ? AND pending = 1", (reservation.row,))
 
-    def record(self, user: str, recipients: int) -> SpikeAlert | None:
-        """Count one accepted message; a SpikeAlert when this message makes a spike."""
-        key, now = _key(user), self._clock.monotonic()
-        minute = int(now // _BUCKET)
-        usage = self._usage.get(key)
-        if usage is None:
-            usage = self._usage[key] = _Usage()
-            if len(self._usage) > self.settings.max_users:
-                self._usage.popitem(last=False)
-        self._usage.move_to_end(key)
-        usage.prune(minute - _HOUR_BUCKETS + 1)
-        usage.add(minute, recipients)
-        return self._spike(key, usage, minute, now)
+    def confirm(self, reservation: Reservation) -> SpikeAlert | None:
+        """The message was accepted: its reservation is usage now; a SpikeAlert when this
+        message makes a spike."""
+        now, minute = self._clock.now(), self._minute()
+        with _Immediate(self._db):
+            self._db.execute(
+                "UPDATE sent SET pending = 0, minute = ? WHERE id = ?", (minute, reservation.row)
+            )
+            self._db.execute("DELETE FROM sent WHERE minute < ?", (minute - _HOUR_BUCKETS + 1,))
+            return self._spike(reservation.user, minute, now)
 
     def held(self, user: str) -> bool:
-        key = _key(user)
-        until = self._held.get(key)
-        if until is None:
-            return False
-        if until <= self._clock.monotonic():
-            del self._held[key]
-            return False
-        return True
+        row = self._db.execute(
+            "SELECT held_until FROM account WHERE user = ?", (_key(user),)
+        ).fetchone()
+        return row is not None and row[0] is not None and row[0] > self._clock.now()
 
     def held_users(self) -> list[str]:
-        return sorted(user for user in list(self._held) if self.held(user))
+        rows = self._db.execute(
+            "SELECT user FROM account WHERE held_until > ? ORDER BY user", (self._clock.now(),)
+        )
+        return [user for (user,) in rows]
 
-    def release(self, user: str) -> bool:
+    def unhold(self, user: str) -> bool:
         """An admin lets the user send again (and resets their spike count); whether held."""
         key = _key(user)
-        usage = self._usage.get(key)
-        if usage is not None:
-            usage.buckets.clear()
-            usage.alerted_until = 0.0
-        return self._held.pop(key, None) is not None
+        was = self.held(key)
+        with _Immediate(self._db):
+            self._db.execute("DELETE FROM account WHERE user = ?", (key,))
+            self._db.execute("UPDATE sent SET recipients = 0 WHERE user = ?", (key,))
+        return was
 
     def usage(self, user: str) -> tuple[int, int]:
-        """(messages, recipients) in the current hour's window."""
-        return self._hour(_key(user))
+        """(messages, recipients) in the current hour's window, reservations included."""
+        return self._totals(_key(user), self._minute() - _HOUR_BUCKETS + 1)
 
-    def _hour(self, key: str) -> tuple[int, int]:
-        usage = self._usage.get(key)
-        if usage is None:
-            return 0, 0
-        minute = int(self._clock.monotonic() // _BUCKET)
-        return usage.totals(minute - _HOUR_BUCKETS + 1)
+    def _minute(self) -> int:
+        return int(self._clock.now() // _BUCKET)
 
-    def _spike(self, key: str, usage: _Usage, minute: int, now: float) -> SpikeAlert | None:
+    def _totals(self, key: str, since_minute: int) -> tuple[int, int]:
+        count, recipients = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM sent"
+            " WHERE user = ? AND minute >= ?",
+            (key, since_minute),
+        ).fetchone()
+        return int(count), int(recipients)
+
+    def _refusal(self, key: str, *, messages: int, recipients: int) -> Defer | None:
+        """The Defer for one more message or `recipients` more, inside a transaction."""
+        if self.held(key):
+            return Defer(HELD)
+        limit = self.settings.recipients_per_hour if recipients else 0
+        limit = self.settings.messages_per_hour if messages else limit
+        if not limit:
+            return None  # no limit: nothing to count
+        used = self._totals(key, self._minute() - _HOUR_BUCKETS + 1)[0 if messages else 1]
+        return Defer(RATE_LIMITED) if used + messages + recipients > limit else None
+
+    def _spike(self, key: str, minute: int, now: float) -> SpikeAlert | None:
         s = self.settings
-        if not s.spike_recipients or now < usage.alerted_until:
+        row = self._db.execute(
+            "SELECT alerted_until FROM account WHERE user = ?", (key,)
+        ).fetchone()
+        if not s.spike_recipients or (row is not None and now < row[0]):
             return None
         window_buckets = math.ceil(s.spike_window / _BUCKET)
-        messages, recipients = usage.totals(minute - window_buckets + 1)
+        messages, recipients = self._totals(key, minute - window_buckets + 1)
         if recipients < s.spike_recipients:
             return None
-        usage.alerted_until = now + s.spike_window  # one alert per burst, not one per message
-        if s.spike_hold:
-            self._held[key] = now + s.hold_time if s.hold_time else math.inf
+        # One alert per burst, not one per message.
+        held_until = (now + s.hold_time if s.hold_time else math.inf) if s.spike_hold else None
+        self._db.execute(
+            "INSERT INTO account (user, held_until, alerted_until) VALUES (?, ?, ?) "
+            "ON CONFLICT (user) DO UPDATE SET held_until = excluded.held_until, "
+            "alerted_until = excluded.alerted_until",
+            (key, held_until, now + s.spike_window),
+        )
         return SpikeAlert(key, recipients, messages, s.spike_window, s.spike_hold, s.hold_time)
+
+
+def open_limits(path: Path | None) -> sqlite3.Connection:
+    """The limits database at `path` (created mode 0600, WAL), or one in memory."""
+    if path is not None and not path.exists():
+        path.touch(mode=0o600)
+    db = sqlite3.connect(
+        ":memory:" if path is None else str(path),
+        timeout=_BUSY_TIMEOUT,
+        isolation_level=None,  # autocommit: transactions are the explicit BEGIN IMMEDIATE
+        check_same_thread=False,
+    )
+    if path is not None:
+        db.execute("PRAGMA journal_mode = WAL")
+        # A lost last reservation after a power cut is harmless; no fsync per RCPT.
+        db.execute("PRAGMA synchronous = NORMAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+class _Immediate:
+    """One ``BEGIN IMMEDIATE`` transaction: the write lock from the first read on, so that a
+    check and its reservation are one step for every process sharing the file."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def _key(user: str) -> str:

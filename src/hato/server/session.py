@@ -24,6 +24,7 @@ from hato.policy import (
     AUTH_BLOCKED,
     Accept,
     RecipientFacts,
+    Reservation,
     SenderFacts,
     connection_check,
     header_from_decision,
@@ -90,6 +91,8 @@ class SmtpSession(asyncio.Protocol):
         self.rcpt_dsn: dict[Address, RecipientDsn] = {}  # RFC 3461 NOTIFY/ORCPT per deliver-to
         self.rcpt_originals: list[Address] = []
         self.user: Address | None = None  # the authenticated account
+        self.quota: Reservation | None = None  # the transaction's sending-limit reservation
+        self.committing: Reservation | None = None  # that of the message being committed
         self.auth: AuthExchange | None = None
         self.auth_mechanism = ""  # of the exchange in progress, for the log
         self.tls_detail = ""
@@ -188,6 +191,7 @@ class SmtpSession(asyncio.Protocol):
         if self.task is not None and self.task.get_name() != "commit":
             self.task.cancel()  # a handshake or a password check; a commit runs to its end
         self._discard_body()
+        self._reset_transaction()
         self.ctx.listener.leave(self, self.client_ip)
         log.info(
             logfmt(
@@ -356,7 +360,11 @@ class SmtpSession(asyncio.Protocol):
         )
         decision = mail_from_decision(facts)
         if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
-            decision = self.ctx.limiter.check_message(str(self.user))
+            reserved = self.ctx.limiter.reserve_message(str(self.user))
+            if isinstance(reserved, Reservation):
+                self.quota = reserved
+            else:
+                decision = reserved
         if isinstance(decision, Accept):
             self.mail_from = event
             self.conn.accept()
@@ -400,20 +408,8 @@ class SmtpSession(asyncio.Protocol):
             authenticated=self.user is not None,
         )
         decision = rcpt_decision(facts)
-        if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
-            count = len(self.rcpt_originals) + 1
-            decision = self.ctx.limiter.check_recipients(str(self.user), count)
         if not isinstance(decision, Accept):
-            log.info(
-                logfmt(
-                    "rcpt-refused",
-                    session=self.session_id,
-                    client=self.client_ip,
-                    rcpt=event.address,
-                    reply=decision.reply.code,
-                )
-            )
-            self.conn.reply(decision.reply)
+            self._refuse_rcpt(event, decision.reply)
             return
         # Aliases may expand to several mailboxes; each gets one queue row, once.
         # An alias target without an account is queued too: it bounces at delivery, never
@@ -439,6 +435,12 @@ class SmtpSession(asyncio.Protocol):
                 self.conn.reply(DEFER_REPLY)
                 return
             self.keyed = self.keyed or verdict.keyed
+        if self.quota is not None and self.ctx.limiter is not None:
+            # Reserved last, atomically, for every worker at once (policy/ratelimit.py).
+            decision = self.ctx.limiter.reserve_recipient(self.quota)
+            if not isinstance(decision, Accept):
+                self._refuse_rcpt(event, decision.reply)
+                return
         known = {dest for dest, _ in self.recipients}
         for dest in targets:
             if dest not in known:
@@ -447,6 +449,18 @@ class SmtpSession(asyncio.Protocol):
                 known.add(dest)
         self.rcpt_originals.append(event.address)
         self.conn.accept()
+
+    def _refuse_rcpt(self, event: RcptTo, reply: Reply) -> None:
+        log.info(
+            logfmt(
+                "rcpt-refused",
+                session=self.session_id,
+                client=self.client_ip,
+                rcpt=event.address,
+                reply=reply.code,
+            )
+        )
+        self.conn.reply(reply)
 
     def _now_utc(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.ctx.clock.now(), dt.UTC)
@@ -533,6 +547,7 @@ class SmtpSession(asyncio.Protocol):
         own Maildirs now (`ctx.direct`) and queue the rest durably; only then answer 250
         (DESIGN.md: 250 means durable)."""
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
+        self.committing, self.quota = self.quota, None  # settled by the answer (`_answer`)
         self._reset_transaction()
         added, params, refusal = await authenticate(
             self.ctx,
@@ -607,10 +622,6 @@ class SmtpSession(asyncio.Protocol):
                 encrypted=(len(copies) - 1) if stored is not None else None,
             )
         )
-        if self.user is not None and self.ctx.limiter is not None:
-            alert = self.ctx.limiter.record(str(self.user), len(originals))
-            if alert is not None:
-                log.warning(logfmt(alert.event, **alert.fields()))
         self._answer(None, f"Ok: queued as {' '.join(ids)}")
 
     async def _copies(
@@ -743,6 +754,13 @@ class SmtpSession(asyncio.Protocol):
     def _answer(self, reply: Reply | None, text: str | None = None) -> None:
         """The answer to the end of a message (250 once it is durable)."""
         self.ctx.metrics.message(250 if reply is None else reply.code)
+        quota, self.committing = self.committing, None
+        if quota is not None and self.ctx.limiter is not None:
+            # A 250 keeps the reservation as usage; any other answer gives it back.
+            if reply is not None:
+                self.ctx.limiter.release(quota)
+            elif (alert := self.ctx.limiter.confirm(quota)) is not None:
+                log.warning(logfmt(alert.event, **alert.fields()))
         if self.closing:
             return
         if reply is None:
@@ -751,6 +769,9 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reply(reply)
 
     def _reset_transaction(self) -> None:
+        if self.quota is not None and self.ctx.limiter is not None:
+            self.ctx.limiter.release(self.quota)  # no 250: the reservation is given back
+        self.quota = None
         self.keyed = False
         self.rcpt_dsn = {}
         self.mail_from = None
