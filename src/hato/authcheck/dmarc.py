@@ -353,6 +353,21 @@ async def evaluate(
             dkim_aligned=dkim_ok,
         )
     disposition, sampled_out = _sample(policy, record.pct, rng)
+    if _undecided(spf, dkim, author, record):
+        # RFC 7208 §2.6.6 / RFC 6376 §6.1.2 step 3: a temporary DNS error is a temporary
+        # result; an aligned identifier that could not be checked might have passed, so
+        # DMARC cannot say "fail" (RFC 7489 §11.2: temperror). The disposition stays what
+        # a failure would get, so the caller can defer (4xx) instead of accepting or refusing.
+        return DmarcResult(
+            DmarcStatus.TEMPERROR,
+            disposition,
+            author,
+            policy_domain,
+            record,
+            policy,
+            sampled_out=sampled_out,
+            detail="aligned SPF or DKIM check had a temporary error",
+        )
     return DmarcResult(
         DmarcStatus.FAIL,
         disposition,
@@ -362,6 +377,20 @@ async def evaluate(
         policy,
         sampled_out=sampled_out,
         detail="no aligned SPF or DKIM pass",
+    )
+
+
+def _undecided(
+    spf: SpfOutcome | None, dkim: Sequence[DkimOutcome], author: str, record: DmarcRecord
+) -> bool:
+    """True when an aligned identifier's check ended in temperror (RFC 8601 §2.7.1)."""
+    spf_temp = (
+        spf is not None
+        and spf.result.lower() == "temperror"
+        and aligned(spf.domain, author, record.aspf)
+    )
+    return spf_temp or any(
+        d.result.lower() == "temperror" and aligned(d.domain, author, record.adkim) for d in dkim
     )
 
 

@@ -44,6 +44,8 @@ from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 
 DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
+# RFC 3463 §3.5: X.4.3 "directory server failure" (DNS); RFC 7489 §11.2 temperror, so retry.
+DMARC_DEFER = Reply(451, "4.4.3", "Temporary DNS failure checking the sender's domain, try later")
 
 
 class Enforcement(enum.Enum):
@@ -99,11 +101,15 @@ class InboundChecker:
         return self._decide(InboundVerdict(header, arc.status, summary=summary), dmarc)
 
     def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
-        if isinstance(dmarc, FromProblem) or dmarc.status is not DmarcStatus.FAIL:
+        if isinstance(dmarc, FromProblem) or self._enforcement is Enforcement.REPORT:
+            return verdict
+        if dmarc.status is DmarcStatus.TEMPERROR and dmarc.disposition is not DmarcPolicy.NONE:
+            # RFC 7208 §8.6 / RFC 7489 §11.2: a temporary DNS error decides nothing for good;
+            # what a failure would reject or quarantine is deferred, never refused with 5xx.
+            return replace(verdict, refuse=DMARC_DEFER)
+        if dmarc.status is not DmarcStatus.FAIL:
             return verdict
         # RFC 7489 §6.6.4 / §10.2: the receiver applies the policy as local policy allows.
-        if self._enforcement is Enforcement.REPORT:
-            return verdict
         if dmarc.disposition is DmarcPolicy.REJECT and self._enforcement is Enforcement.POLICY:
             return replace(verdict, refuse=DMARC_REJECT)
         if dmarc.disposition in (DmarcPolicy.REJECT, DmarcPolicy.QUARANTINE):
@@ -149,7 +155,13 @@ class InboundChecker:
         author = from_domain((name, str(value)) for name, value in headers.items())
         if isinstance(author, FromProblem):
             return author
-        outcomes = [DkimOutcome(r.domain, r.status.value, r.selector) for r in dkim if r.domain]
+        # A DKIM check cut off by the budget names no domain: it might have held an aligned
+        # signature, so it counts as the author's temperror.
+        outcomes = [
+            DkimOutcome(r.domain or author, r.status.value, r.selector)
+            for r in dkim
+            if r.domain or r.status is DkimStatus.TEMPERROR
+        ]
         try:
             async with asyncio.timeout(self._budget):
                 return await evaluate(

@@ -261,6 +261,32 @@ def test_dns_failure_is_temperror() -> None:
 
 
 @pytest.mark.parametrize(
+    ("spf", "dkim"),
+    [
+        (SpfOutcome("example.com", "temperror"), ()),
+        (SpfOutcome("mail.example.com", "temperror"), [DkimOutcome("other.example", "pass")]),
+        (SpfOutcome("other.example", "pass"), [DkimOutcome("example.com", "temperror")]),
+    ],
+)
+def test_aligned_temperror_without_a_pass_is_temperror_with_the_failing_disposition(
+    spf: SpfOutcome, dkim: Sequence[DkimOutcome]
+) -> None:
+    # RFC 7208 §2.6.6, RFC 7489 §11.2: an aligned check that could not finish might have
+    # passed; the caller defers what p=reject would refuse (issue 14: it was "fail", 550).
+    result = _evaluate("example.com", spf, dkim)
+    assert (result.status, result.disposition) == (DmarcStatus.TEMPERROR, DmarcPolicy.REJECT)
+
+
+def test_unaligned_temperror_cannot_change_a_failure() -> None:
+    spf = SpfOutcome("other.example", "temperror")
+    result = _evaluate("example.com", spf, [DkimOutcome("third.example", "temperror")])
+    assert (result.status, result.disposition) == (DmarcStatus.FAIL, DmarcPolicy.REJECT)
+    # And one aligned pass still decides, whatever else failed for now.
+    passed = _evaluate("example.com", spf, [DkimOutcome("example.com", "pass")])
+    assert passed.status is DmarcStatus.PASS
+
+
+@pytest.mark.parametrize(
     ("draw", "disposition", "sampled_out"),
     [(0.10, DmarcPolicy.QUARANTINE, False), (0.80, DmarcPolicy.NONE, True)],
 )
