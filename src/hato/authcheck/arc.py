@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ from hato.authcheck.dkim import (
     answer_dnsfunc,
     domain_ascii,
     fetch_keys,
+    header_block,
     header_hash_input,
     key_name,
     relaxed_header,
     split_header_fields,
 )
+from hato.authcheck.offload import Offload, in_thread
 from hato.authcheck.results import HEADER_NAME, MethodResult, authserv_id_of, resinfo_entries
 from hato.model.dns import Resolver
 from hato.model.seams import Clock
@@ -98,19 +101,60 @@ def arc_fields(fields: Sequence[HeaderField]) -> list[tuple[int, HeaderField]]:
     return [(_instance(f), f) for f in fields if f.name.lower() in _SET_ORDER]
 
 
-async def verify_arc(message: bytes, resolver: Resolver, *, min_rsa_bits: int = 1024) -> ArcResult:
-    """RFC 8617 §5.2: validate the ARC chain of `message` (headers and body)."""
-    fields = split_header_fields(message)
+async def verify_arc(
+    message: bytes,
+    resolver: Resolver,
+    *,
+    min_rsa_bits: int = 1024,
+    offload: Offload = in_thread,
+) -> ArcResult:
+    """RFC 8617 §5.2: validate the ARC chain of `message` (headers and body).
+
+    The structure is judged first, without DNS; then only the keys the verdict needs are
+    fetched (every ARC-Seal's and the newest ARC-Message-Signature's: at most 51 questions),
+    and dkimpy runs in `offload`. Older ARC-Message-Signatures are not checked (their keys
+    are not fetched, so dkimpy reports them invalid without hashing the body again)."""
+    fields = split_header_fields(header_block(message))
     found = arc_fields(fields)
     if not found:
         return ArcResult(ArcStatus.NONE, reason="no ARC sets")
+    broken = _structure_problem(found)
+    if broken:
+        return ArcResult(ArcStatus.FAIL, max(i for i, _ in found), broken)
+    newest = max(i for i, _ in found)
     names = []
-    for _, field in found:
-        tags = _tags(field.value) if field.name.lower() != AAR else None
+    for instance, field in found:
+        name = field.name.lower()
+        if name == AAR or (name == AMS and instance != newest):
+            continue
+        tags = _tags(field.value)
         if tags and tags.get(b"d") and tags.get(b"s"):
-            names.append(key_name(tags[b"s"].decode("ascii", "replace"), tags[b"d"].decode()))
+            names.append(
+                key_name(
+                    tags[b"s"].decode("ascii", "replace"), tags[b"d"].decode("ascii", "replace")
+                )
+            )
     answers = await fetch_keys(resolver, names)
-    return _validate(message, answer_dnsfunc(answers), min_rsa_bits)
+    return await offload(
+        functools.partial(_validate, message, answer_dnsfunc(answers), min_rsa_bits)
+    )
+
+
+def _structure_problem(found: list[tuple[int, HeaderField]]) -> str:
+    """Why the chain fails before any signature is checked, or "" (RFC 8617 §5.2 steps 1-3)."""
+    instances = sorted({i for i, _ in found})
+    if instances[-1] > MAX_INSTANCE or len(instances) > MAX_INSTANCE:
+        # RFC 8617 §5.2 step 1: more than 50 ARC Sets: the chain fails.
+        return f"more than {MAX_INSTANCE} ARC sets"
+    if instances != list(range(1, len(instances) + 1)):
+        # RFC 8617 §5.2 step 3.2: instances form 1..N without gaps (i=0 or junk is not one).
+        return "ARC set instances are not 1 to N"
+    for instance in instances:
+        names = sorted(f.name.lower() for i, f in found if i == instance)
+        if names != sorted(_SET_ORDER):
+            # RFC 8617 §5.2 step 3.1: exactly one AAR, AMS and AS per set.
+            return f"ARC set {instance} is incomplete or repeated"
+    return ""
 
 
 def _validate(message: bytes, dnsfunc: DnsFunc, min_rsa_bits: int) -> ArcResult:
@@ -145,7 +189,7 @@ def _refold_for_dkimpy(message: bytes) -> bytes:
     is hashed with relaxed header canonicalization (unless c= says simple), which turns every
     fold into one space (RFC 6376 §3.4.2), so refolding with a space changes nothing signed.
     """
-    fields = split_header_fields(message)
+    fields = split_header_fields(header_block(message))
     out: list[bytes] = []
     done = 0
     for field in fields:

@@ -4,9 +4,10 @@ Theory of operation. Signing never holds the body: `RelaxedBodyHasher` canonical
 chunk (a partial last line and a count of pending empty lines are all it keeps), and the header
 block is small. `DkimSigner.sign` returns the ``DKIM-Signature`` field to put in the stored
 prefix. Verification hands the whole message to dkimpy, but never lets dkimpy touch DNS: the
-selector records of every signature are fetched first through the async `Resolver` seam, and
-dkimpy's `dnsfunc` hook answers from that dict. DNS outcomes that decide a result on their own
-(no key, temporary failure) are settled before dkimpy runs.
+selector records of every signature (at most MAX_SIGNATURES) are fetched first through the
+async `Resolver` seam, and dkimpy's `dnsfunc` hook answers from that dict. DNS outcomes that
+decide a result on their own (no key, temporary failure) are settled before dkimpy runs, and
+dkimpy itself runs in an `Offload` (a worker thread), never on the event loop.
 
 Imports: model (DNS seam, Clock), cryptography, dkimpy. No I/O of its own.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
+from hato.authcheck.offload import Offload, in_thread
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 from hato.model.seams import Clock
 
@@ -42,6 +45,10 @@ DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
 DEFAULT_OVERSIGNED: tuple[str, ...] = (
     "from", "reply-to", "to", "cc", "subject", "date", "message-id", "content-type",
 )  # fmt: skip
+
+# A cap of ours: each signature costs a DNS question and a pass over the body (RFC 6376 §6.1
+# lets a verifier limit the signatures it checks).
+MAX_SIGNATURES = 8
 
 _WSP_RUN = re.compile(rb"[ \t]+")
 _WSP_EOL = re.compile(rb" \r\n")
@@ -407,21 +414,46 @@ def answer_dnsfunc(answers: Mapping[str, DnsAnswer]) -> DnsFunc:
     return dnsfunc
 
 
+def header_block(message: bytes) -> bytes:
+    """The header section of `message` with the empty line that ends it (RFC 5322 §2.1), so
+    that looking at fields never splits the body into lines."""
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[: end + 4]
+
+
 async def verify_dkim(
     message: bytes,
     resolver: Resolver,
     *,
-    max_signatures: int = 8,
+    max_signatures: int = MAX_SIGNATURES,
     min_rsa_bits: int = 1024,
     accept_rsa_sha1: bool = False,
+    offload: Offload = in_thread,
 ) -> tuple[DkimResult, ...]:
     """Every DKIM-Signature of `message` (headers and body), top first; () when unsigned.
+    Only the first `max_signatures` are verified, so one message asks at most that many DNS
+    questions; dkimpy's work runs in `offload`, never on the event loop.
     `accept_rsa_sha1` breaks RFC 8301 §3.1 on purpose (for interop tests with old signers)."""
-    fields = split_header_fields(message)
+    fields = split_header_fields(header_block(message))
     signatures = [f for f in fields if f.name.lower() == b"dkim-signature"][:max_signatures]
     tags: list[dict[bytes, bytes] | None] = [_parse_tags(f.value) for f in signatures]
     names = [key_name(_text(t, b"s"), _text(t, b"d")) for t in tags if t and _has_key_tags(t)]
+    if not tags:
+        return ()
     answers = await fetch_keys(resolver, names)
+    return await offload(
+        functools.partial(_verify_all, message, tags, answers, min_rsa_bits, accept_rsa_sha1)
+    )
+
+
+def _verify_all(
+    message: bytes,
+    tags: list[dict[bytes, bytes] | None],
+    answers: Mapping[str, DnsAnswer],
+    min_rsa_bits: int,
+    accept_rsa_sha1: bool,
+) -> tuple[DkimResult, ...]:
+    """dkimpy's part (canonicalizing and hashing the body once per signature): CPU only."""
     dnsfunc = answer_dnsfunc(answers)
     try:
         checker = dkim.DKIM(message, minkey=min_rsa_bits)

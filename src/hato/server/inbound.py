@@ -3,9 +3,12 @@ header we add (RFC 8601), and what the DMARC policy asks us to do with the messa
 
 Theory of operation: the session hands over the whole message (header section and body, as
 received, bounded in size) once DATA has ended and before the queue commit; the checks run
-concurrently through the DNS seam, under one time budget; anything that cannot be decided in
-time is a temperror, never a hang. The verdict is a value: the header lines to prepend and
-whether to accept, refuse (550 5.7.1) or quarantine (deliver to the Junk folder).
+concurrently through the DNS seam, under one time budget for the whole message (DMARC gets
+what SPF, DKIM and ARC left of it); anything that cannot be decided in time is a temperror,
+never a hang. dkimpy's hashing runs in a small pool of worker threads (`WorkerPool`), never on
+the event loop, so a big message with many signatures stalls no other session. The verdict is
+a value: the header lines to prepend and whether to accept, refuse (550 5.7.1) or quarantine
+(deliver to the Junk folder).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from hato.authcheck import (
     verify_arc,
     verify_dkim,
 )
+from hato.authcheck.offload import WorkerPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 
@@ -80,17 +84,19 @@ class InboundChecker:
         self._enforcement = enforcement
         self._budget = budget
         self._rng = rng or random.Random()
+        self._offload = WorkerPool()
 
     async def check(
         self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes
     ) -> InboundVerdict:
         sender = "" if mail_from is None else str(mail_from)
+        deadline = asyncio.get_running_loop().time() + self._budget
         spf, dkim, arc = await asyncio.gather(
-            self._spf(client_ip, helo, sender),
-            self._dkim(message),
-            self._arc(message),
+            self._spf(client_ip, helo, sender, deadline),
+            self._dkim(message, deadline),
+            self._arc(message, deadline),
         )
-        dmarc = await self._dmarc(message, spf, dkim)
+        dmarc = await self._dmarc(message, spf, dkim, deadline)
         methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
         methods.extend(dkim_methods(dkim))
         methods.append(_dmarc_method(dmarc))
@@ -116,9 +122,9 @@ class InboundChecker:
             return replace(verdict, quarantine=True)
         return verdict
 
-    async def _spf(self, ip: str, helo: str, sender: str) -> SpfResult:
+    async def _spf(self, ip: str, helo: str, sender: str, deadline: float) -> SpfResult:
         try:
-            async with asyncio.timeout(self._budget):
+            async with asyncio.timeout_at(deadline):
                 return await check_mail_from(
                     ip,
                     sender,
@@ -131,22 +137,22 @@ class InboundChecker:
             domain = sender.rpartition("@")[2] or helo
             return SpfResult(SpfResultCode.TEMPERROR, domain, detail="time budget exceeded")
 
-    async def _dkim(self, message: bytes) -> tuple[DkimResult, ...]:
+    async def _dkim(self, message: bytes, deadline: float) -> tuple[DkimResult, ...]:
         try:
-            async with asyncio.timeout(self._budget):
-                return await verify_dkim(message, self._resolver)
+            async with asyncio.timeout_at(deadline):
+                return await verify_dkim(message, self._resolver, offload=self._offload)
         except TimeoutError:
             return (DkimResult(DkimStatus.TEMPERROR, reason="time budget exceeded"),)
 
-    async def _arc(self, message: bytes) -> ArcResult:
+    async def _arc(self, message: bytes, deadline: float) -> ArcResult:
         try:
-            async with asyncio.timeout(self._budget):
-                return await verify_arc(message, self._resolver)
+            async with asyncio.timeout_at(deadline):
+                return await verify_arc(message, self._resolver, offload=self._offload)
         except TimeoutError:
             return ArcResult(ArcStatus.FAIL, reason="time budget exceeded")
 
     async def _dmarc(
-        self, message: bytes, spf: SpfResult, dkim: tuple[DkimResult, ...]
+        self, message: bytes, spf: SpfResult, dkim: tuple[DkimResult, ...], deadline: float
     ) -> DmarcResult | FromProblem:
         end = message.find(b"\r\n\r\n")
         headers = BytesHeaderParser(policy=compat32).parsebytes(
@@ -163,7 +169,7 @@ class InboundChecker:
             if r.domain or r.status is DkimStatus.TEMPERROR
         ]
         try:
-            async with asyncio.timeout(self._budget):
+            async with asyncio.timeout_at(deadline):
                 return await evaluate(
                     author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
                 )

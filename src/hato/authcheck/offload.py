@@ -1,0 +1,46 @@
+"""Where the CPU-heavy part of a check runs: never on the event loop.
+
+dkimpy canonicalizes and hashes the whole body once per signature it verifies; for a message of
+some megabytes with several signatures that is seconds of work. Run on the loop it would stall
+every other session for that long, so the checks hand it to an `Offload`: a callable that runs
+one piece of synchronous work elsewhere and lets the loop await its result. `WorkerPool` gives
+a small thread pool, so that the number of such pieces running at once is bounded (the rest
+wait in its queue, costing nothing) however many messages arrive together. A piece that is
+waited for no longer (the check's time budget ran out) still runs to its end in the pool; the
+pool's size is what bounds that cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+_T = TypeVar("_T")
+
+# Verifications that run at once per process; the machine's other cores serve the sessions.
+POOL_SIZE = 2
+
+
+class Offload(Protocol):
+    def __call__(self, work: Callable[[], _T], /) -> Awaitable[_T]: ...
+
+
+def in_thread(work: Callable[[], _T], /) -> Awaitable[_T]:
+    """The default `Offload`: asyncio's default executor (for tests and one-off calls)."""
+    return asyncio.to_thread(work)
+
+
+class WorkerPool:
+    """An `Offload` over its own pool of `size` threads, created at the first use (so that a
+    process that forks its workers after building its checkers starts no thread before)."""
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self._size = size
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self, work: Callable[[], _T], /) -> Awaitable[_T]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._size, thread_name_prefix="hato-authcheck")
+        return asyncio.get_running_loop().run_in_executor(self._pool, work)

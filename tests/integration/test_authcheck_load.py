@@ -1,0 +1,167 @@
+"""A message that is costly to check stalls nobody (issue 12, item 7): the real server checks
+a message with 20 DKIM signatures over a 1.5 MB body and 60 ARC sets, while another session
+on the same server keeps getting its replies. DNS questions are counted in the test DNS
+server's log: 8 DKIM keys at most, and no ARC key at all (more than 50 sets: RFC 8617 §5.2
+says fail, before any lookup)."""
+
+from __future__ import annotations
+
+import smtplib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.server import DomainSetup, MailSetup
+
+from hato.authcheck import DkimAlgorithm, generate_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer, ZoneValue
+
+_, KEY_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
+SIGNATURES = 20
+ARC_SETS = 60
+
+
+def _txt(value: str) -> tuple[str, ...]:
+    # RFC 1035 §3.3.14: at most 255 octets per character-string.
+    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
+
+
+def _zone() -> dict[str, dict[str, list[ZoneValue]]]:
+    zone: dict[str, dict[str, list[ZoneValue]]] = {
+        "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=none"]},
+    }
+    for n in range(SIGNATURES):
+        zone[f"s{n}._domainkey.sender.test"] = {"TXT": [_txt(KEY_TXT)]}
+    for n in range(1, ARC_SETS + 1):
+        zone[f"as{n}._domainkey.arc.test"] = {"TXT": [_txt(KEY_TXT)]}
+        zone[f"ams{n}._domainkey.arc.test"] = {"TXT": [_txt(KEY_TXT)]}
+    return zone
+
+
+class WatchedDns(DnsTestServer):
+    """Sets `dkim_asked` at the first question for a DKIM key: the check has begun."""
+
+    def __init__(self, zone: dict[str, dict[str, list[ZoneValue]]]) -> None:
+        super().__init__(zone)
+        self.dkim_asked = threading.Event()
+
+    def answer(self, request: Any) -> Any:
+        reply = super().answer(request)
+        if "._domainkey.sender.test" in str(request.q.qname):
+            self.dkim_asked.set()
+        return reply
+
+    def key_questions(self, zone: str) -> list[str]:
+        return [name for name, rtype in self.queries if name.endswith("._domainkey." + zone)]
+
+
+class CheckingHato(HatoServer):
+    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.nameserver = nameserver
+
+    def _config_text(self) -> str:
+        text = super()._config_text().replace("inbound = false", "inbound = true")
+        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+
+
+@pytest.fixture
+def dns() -> Iterator[WatchedDns]:
+    server = WatchedDns(_zone())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def checking(tmp_path: Path, dns: WatchedDns) -> Iterator[CheckingHato]:
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", users=("bob",)),), max_message_size=4 * 1024 * 1024
+    )
+    server = CheckingHato(tmp_path / "data", setup, dns.nameserver)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _costly_message() -> bytes:
+    # Syntactically valid signatures with real keys in DNS but a wrong bh=: dkimpy has to
+    # canonicalize and hash the whole body for each one before it can say "fail".
+    signatures = b"".join(
+        b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.test; s=s%d;"
+        b" h=from:subject; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=AAAA\r\n" % n
+        for n in range(SIGNATURES)
+    )
+    arc = b"".join(
+        b"ARC-Seal: i=%d; a=rsa-sha256; cv=%s; d=arc.test; s=as%d; t=1; b=AAAA\r\n"
+        b"ARC-Message-Signature: i=%d; a=rsa-sha256; c=relaxed/relaxed; d=arc.test; s=ams%d;"
+        b" h=from; bh=AAAA; t=1; b=AAAA\r\n"
+        b"ARC-Authentication-Results: i=%d; arc.test; spf=pass\r\n"
+        % (i, b"none" if i == 1 else b"pass", i, i, i, i)
+        for i in range(ARC_SETS, 0, -1)
+    )
+    body = b"".join(
+        b"line %07d of a long body, with words that canonicalization has to look at\r\n" % n
+        for n in range(20_000)
+    )
+    header = (
+        b"From: <news@sender.test>\r\nTo: <bob@example.org>\r\nSubject: costly\r\n"
+        + maildir.MARKER_HEADER
+        + b": costly-1\r\n\r\n"
+    )
+    return signatures + arc + header + body
+
+
+def test_a_costly_check_runs_beside_other_sessions_with_bounded_dns(
+    checking: CheckingHato, dns: WatchedDns
+) -> None:
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with smtplib.SMTP(checking.host, checking.port, timeout=120) as smtp:
+                smtp.sendmail("news@sender.test", ["bob@example.org"], _costly_message())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+        finally:
+            done.set()
+            dns.dkim_asked.set()  # so that the test does not wait for a check that never began
+
+    with smtplib.SMTP(checking.host, checking.port, timeout=120) as other:
+        other.ehlo("other.test")
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert dns.dkim_asked.wait(60), "the check never asked for a DKIM key"
+        assert not done.is_set(), errors
+        began = time.monotonic()
+        latencies: list[float] = []
+        while not done.is_set():
+            start = time.monotonic()
+            assert other.noop()[0] == 250
+            latencies.append(time.monotonic() - start)
+        checked = time.monotonic() - began
+        sender.join()
+    assert not errors, errors
+    # While the costly message was being checked, the other session was answered again and
+    # again, each time in a small part of the whole check's time (with the check on the event
+    # loop, one NOOP waited for nearly all of it).
+    assert len(latencies) >= 5, (latencies, checked)
+    assert max(latencies) < checked / 4, (max(latencies), checked)
+    assert len(set(dns.key_questions("sender.test"))) == 8
+    assert dns.key_questions("arc.test") == []
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "costly-1", 20)
+    header = found.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    results = header[header.index("Authentication-Results: hato.test;") :]
+    assert results.count("dkim=fail") == 8 and "arc=fail" in results

@@ -1,0 +1,134 @@
+"""What one message may cost the checks: DNS questions per message are bounded (8 DKIM
+signatures; ARC chains of at most 50 sets, RFC 8617 §5.2), and dkimpy's work runs in the
+`Offload` it is given, never on the event loop's thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
+from hato.authcheck.dkim import (
+    MAX_SIGNATURES,
+    DkimAlgorithm,
+    DkimSigner,
+    DkimStatus,
+    generate_key,
+    load_signing_key,
+    verify_dkim,
+)
+from hato.authcheck.offload import WorkerPool
+from hato.model.dns import RdType, TxtRecord
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
+from dnsserver import FakeResolver
+
+_T = TypeVar("_T")
+PEM, RECORD = generate_key(DkimAlgorithm.RSA_SHA256)
+HEADERS = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\n"
+BODY = b"Hello\r\n"
+
+
+class Clock:
+    def now(self) -> float:
+        return 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+def _resolver(names: list[str]) -> FakeResolver:
+    return FakeResolver({(n, RdType.TXT): [TxtRecord((RECORD.encode(),))] for n in names})
+
+
+def _key_questions(resolver: FakeResolver) -> list[str]:
+    return [name for name, _ in resolver.asked if "._domainkey." in name]
+
+
+class Recording:
+    """An Offload that runs the work in a worker pool and notes the threads it ran in."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self._pool = WorkerPool(1)
+
+    def __call__(self, work: Callable[[], _T], /) -> Awaitable[_T]:
+        def noted() -> _T:
+            self.threads.append(threading.current_thread().name)
+            return work()
+
+        return self._pool(noted)
+
+
+def test_only_the_first_eight_dkim_signatures_are_looked_up_and_checked() -> None:
+    key = load_signing_key(PEM)
+    selectors = [f"s{n}" for n in range(20)]
+    signatures = b"".join(
+        DkimSigner("example.com", s, key, Clock()).sign(HEADERS, [BODY]) for s in selectors
+    )
+    resolver = _resolver([f"{s}._domainkey.example.com" for s in selectors])
+    offload = Recording()
+    results = asyncio.run(verify_dkim(signatures + HEADERS + BODY, resolver, offload=offload))
+    assert len(results) == MAX_SIGNATURES == 8
+    assert all(r.status is DkimStatus.PASS for r in results)
+    assert len(_key_questions(resolver)) == MAX_SIGNATURES
+    assert len(offload.threads) == 1 and offload.threads[0].startswith("hato-authcheck")
+    assert offload.threads[0] != threading.main_thread().name
+
+
+def _sets(count: int, *, skip: int = 0) -> bytes:
+    """`count` syntactically valid (but unsigned) ARC sets, newest first."""
+    out = b""
+    for i in range(count, 0, -1):
+        if i == skip:
+            continue
+        cv = b"none" if i == 1 else b"pass"
+        out += (
+            b"ARC-Seal: i=%d; a=rsa-sha256; cv=%s; d=arc.example; s=as%d; t=1; b=AAAA\r\n"
+            b"ARC-Message-Signature: i=%d; a=rsa-sha256; c=relaxed/relaxed; d=arc.example;"
+            b" s=ams%d; h=from; bh=AAAA; t=1; b=AAAA\r\n"
+            b"ARC-Authentication-Results: i=%d; arc.example; spf=pass\r\n"
+        ) % (i, cv, i, i, i, i)
+    return out
+
+
+def test_more_than_fifty_arc_sets_fail_without_a_dns_question() -> None:
+    resolver = _resolver([])
+    result = asyncio.run(verify_arc(_sets(60) + HEADERS + BODY, resolver))
+    # RFC 8617 §5.2 step 1: at most 50 ARC Sets; more is a failed chain.
+    assert result.status is ArcStatus.FAIL and "50" in result.reason
+    assert _key_questions(resolver) == []
+
+
+def test_a_chain_with_a_gap_fails_without_a_dns_question() -> None:
+    resolver = _resolver([])
+    result = asyncio.run(verify_arc(_sets(5, skip=3) + HEADERS + BODY, resolver))
+    assert result.status is ArcStatus.FAIL
+    assert _key_questions(resolver) == []
+
+
+def test_a_long_chain_asks_for_every_seal_key_and_the_newest_signature_key_only() -> None:
+    resolver = _resolver([])
+    asyncio.run(verify_arc(_sets(50) + HEADERS + BODY, resolver))
+    asked = set(_key_questions(resolver))
+    assert asked == {f"as{i}._domainkey.arc.example" for i in range(1, 51)} | {
+        "ams50._domainkey.arc.example"
+    }
+
+
+def test_a_real_chain_still_passes_with_the_checks_in_a_worker_thread() -> None:
+    pem, record = generate_key(DkimAlgorithm.RSA_SHA256)
+    sealer = ArcSealer("fwd.example", "arc", load_signing_key(pem), "fwd.example", Clock())
+    resolver = FakeResolver(
+        {("arc._domainkey.fwd.example", RdType.TXT): [TxtRecord((record.encode(),))]}
+    )
+    first = sealer.seal(HEADERS, [BODY], ArcStatus.NONE)
+    assert first is not None
+    offload = Recording()
+    result = asyncio.run(verify_arc(first + HEADERS + BODY, resolver, offload=offload))
+    assert (result.status, result.instances) == (ArcStatus.PASS, 1)
+    assert len(offload.threads) == 1
