@@ -40,7 +40,7 @@ from hato.authcheck.dkim import (
     split_header_fields,
 )
 from hato.authcheck.offload import Offload, in_thread
-from hato.authcheck.results import HEADER_NAME, MethodResult, authserv_id_of, resinfo_entries
+from hato.authcheck.results import HEADER_NAME, MethodResult, claims_id, resinfo_entries
 from hato.model.dns import Resolver
 from hato.model.seams import Clock
 
@@ -225,10 +225,9 @@ def _dkimpy_refold(field: HeaderField) -> bytes:
 def our_results(header_block: bytes, authserv_id: str) -> list[str]:
     """The entries of every Authentication-Results field of ours, in order (what the AAR
     copies: RFC 8617 §4.1.1)."""
-    ours = authserv_id.lower()
     entries: list[str] = []
     for field in split_header_fields(header_block):
-        if field.name.lower() == HEADER_NAME.lower() and authserv_id_of(field.value) == ours:
+        if field.name.lower() == HEADER_NAME.lower() and claims_id(field.value, authserv_id):
             entries.extend(resinfo_entries(field.value)[1])
     return entries
 

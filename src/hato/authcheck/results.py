@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from hato.authcheck.dkim import DkimResult, HeaderField, split_header_fields
 from hato.authcheck.spf import SpfResult
+from hato.model import AddressError, normalize_domain
 
 HEADER_NAME = b"Authentication-Results"
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 2045 §5.1 token
@@ -102,17 +103,32 @@ def authserv_id_of(value: bytes) -> str:
     return match.group(0).lower() if match else ""
 
 
+def _id_key(authserv_id: str) -> str:
+    """The form authserv-ids are compared in. RFC 8601 §2.5: the id is a domain name in
+    practice, so `mx.example.org.` (absolute, RFC 1034 §3.1), `MX.example.org` and its
+    full-width or decomposed Unicode spellings all name the same host."""
+    name = authserv_id.strip().rstrip(".")
+    try:
+        return normalize_domain(name)
+    except AddressError:
+        return name.lower()
+
+
+def claims_id(value: bytes, authserv_id: str) -> bool:
+    """Whether an Authentication-Results value claims `authserv_id`."""
+    return _id_key(authserv_id_of(value)) == _id_key(authserv_id)
+
+
 def find_forged(header_block: bytes, authserv_id: str) -> tuple[HeaderField, ...]:
     """Every Authentication-Results field that claims our authserv-id: to be dropped.
 
     RFC 8601 §5: a border MTA MUST remove (or rename) any Authentication-Results field that
-    claims its own authserv-id before adding its own. The comparison is case-insensitive
-    (authserv-id is a domain name in practice, RFC 8601 §2.5)."""
-    ours = authserv_id.lower()
+    claims its own authserv-id before adding its own. The comparison is that of domain
+    names (RFC 8601 §2.5), see `_id_key`."""
     return tuple(
         f
         for f in split_header_fields(header_block)
-        if f.name.lower() == HEADER_NAME.lower() and authserv_id_of(f.value) == ours
+        if f.name.lower() == HEADER_NAME.lower() and claims_id(f.value, authserv_id)
     )
 
 

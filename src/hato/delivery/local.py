@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
 from hato.delivery.maildir import is_safe_mailbox_name
-from hato.model import Address, UserDirectory
+from hato.model import Address, AddressError, UserDirectory, domain_a_label, normalize_domain
 
 __all__ = [  # AliasTable and AliasFileError re-exported: callers build a resolver from here
     "AliasFileError",
@@ -101,8 +101,12 @@ class _Found:
 
 
 def _domain_forms(name: str) -> set[str]:
-    """The spellings of a domain that mean the same: as given, A-label and U-label (IDNA)."""
+    """The spellings of a domain that mean the same: as given, normalized the way addresses
+    are (model.normalize_domain: UTS #46, NFC), A-label and U-label (IDNA)."""
     forms = {name.lower()}
+    with contextlib.suppress(AddressError):
+        normal = normalize_domain(name)
+        forms |= {normal, domain_a_label(normal)}
     with contextlib.suppress(UnicodeError):
         forms.add(name.encode("idna").decode("ascii").lower())
     if name.isascii():

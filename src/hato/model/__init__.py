@@ -3,7 +3,15 @@
 Must not import anything of hato, nor any I/O module: stdlib values only.
 """
 
-from hato.model.address import Address, AddressError, ReversePath, format_path, parse_path
+from hato.model.address import (
+    Address,
+    AddressError,
+    ReversePath,
+    domain_a_label,
+    format_path,
+    normalize_domain,
+    parse_path,
+)
 from hato.model.dsn import DEFAULT_NOTIFY, Notify, RecipientDsn, xtext_decode
 from hato.model.logfmt import logfmt
 from hato.model.message import Courier, QueuedMessage, QueuedRecipient
@@ -32,8 +40,10 @@ __all__ = [
     "SystemClock",
     "TempFailed",
     "UserDirectory",
+    "domain_a_label",
     "format_path",
     "logfmt",
+    "normalize_domain",
     "parse_path",
     "xtext_decode",
 ]

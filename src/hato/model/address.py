@@ -1,6 +1,11 @@
 """Mailbox addresses and SMTP paths (RFC 5321 §4.1.2, RFC 6531 for SMTPUTF8).
 
-Must not import anything of hato.
+Domains are kept in one normal form, so that two spellings of the same name (`ｅxample.org`
+in full-width letters, `bu\u0308cher.test` decomposed) compare equal everywhere: the UTS #46
+mapping (case folding, width and compatibility forms, NFC), then IDNA2008 (RFC 5891) must
+accept the result; a name it refuses is not a domain.
+
+Must not import anything of hato; `idna` (the UTS #46 and IDNA2008 tables) is the one library.
 """
 
 from __future__ import annotations
@@ -8,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 
 class AddressError(ValueError):
@@ -50,12 +57,9 @@ class Address:
     @property
     def domain_ascii(self) -> str:
         """The domain in A-label form (IDNA), for DNS."""
-        if self.is_literal or self.domain.isascii():
+        if self.is_literal:
             return self.domain
-        try:
-            return self.domain.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise AddressError(f"domain is not a valid IDN: {self.domain!r}") from exc
+        return domain_a_label(self.domain)
 
     @property
     def needs_smtputf8(self) -> bool:
@@ -123,6 +127,32 @@ def _parse_local_part(text: str, utf8: bool) -> tuple[str, str]:
     return local, text[at:]
 
 
+def normalize_domain(text: str) -> str:
+    """The one form a domain name is compared in: lower case; a name with non-ASCII
+    characters goes through the UTS #46 mapping (non-transitional, STD3 rules: §4 of
+    Unicode TR46), which ends in NFC, and must then be valid IDNA2008 (RFC 5891 §4).
+    Raises AddressError for a name that has no such form."""
+    if text.isascii():
+        return text.lower()
+    try:
+        mapped: str = idna.uts46_remap(text, std3_rules=True, transitional=False)
+        idna.encode(mapped, uts46=False)
+    except UnicodeError as exc:  # idna.IDNAError is a UnicodeError
+        raise AddressError(f"domain is not a valid internationalized name: {exc}") from None
+    return mapped
+
+
+def domain_a_label(domain: str) -> str:
+    """A normalized domain (see `normalize_domain`) in A-label form (RFC 5890 §2.3.2.1)."""
+    if domain.isascii():
+        return domain
+    try:
+        encoded: bytes = idna.encode(domain, uts46=False)
+    except UnicodeError as exc:
+        raise AddressError(f"domain is not a valid internationalized name: {exc}") from None
+    return encoded.decode("ascii")
+
+
 def _parse_domain(text: str, utf8: bool) -> str:
     if text.startswith("["):
         if not text.endswith("]"):
@@ -142,12 +172,16 @@ def _parse_domain(text: str, utf8: bool) -> str:
         return text
     if not text or len(text.encode("utf-8")) > MAX_DOMAIN:
         raise AddressError("invalid domain length")
+    if not utf8 and not text.isascii():
+        raise AddressError("invalid domain")
+    # UTS #46 first: a full-width dot (U+3002) separates labels like ".".
+    text = normalize_domain(text)
     pattern = _SUB_DOMAIN_UTF8 if utf8 else _SUB_DOMAIN
     labels = text.split(".")
     for label in labels:
         if not pattern.fullmatch(label) or len(label.encode("utf-8")) > 63:
             raise AddressError("invalid domain")
-    return text.lower()
+    return text
 
 
 def parse_mailbox(text: str, *, utf8: bool = True) -> Address:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 
-from hato.model import Address
+from hato.model import Address, AddressError, domain_a_label, normalize_domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,20 @@ def _clean(text: str) -> str:
     return "".join(ch for ch in text if ch.isprintable() and ch not in "()\\")[:255]
 
 
+def _helo_text(info: TraceInfo) -> str:
+    """The HELO name as the header may carry it. Without SMTPUTF8 the message is ASCII only
+    (RFC 5322 §2.2; RFC 6532 §3 allows UTF-8 only for SMTPUTF8 mail, RFC 6531 §3.7.3), so a
+    U-label name is written in its A-label form (RFC 5890 §2.3.2.1); anything else that is
+    not ASCII (the core refuses such names; this is the last line) is dropped."""
+    name = _clean(info.helo)
+    if info.smtputf8 or name.isascii():
+        return name
+    try:
+        return domain_a_label(normalize_domain(name))
+    except AddressError:
+        return "".join(ch for ch in name if ch.isascii())
+
+
 def received_header(
     info: TraceInfo, queue_id: str, recipients: list[Address], when: float
 ) -> bytes:
@@ -41,7 +55,7 @@ def received_header(
     so a message to many does not disclose the others (RFC 5321 §7.2)."""
     ip = info.client_ip
     literal = f"IPv6:{ip}" if ":" in ip else ip
-    lines = [f"Received: from {_clean(info.helo) or 'unknown'} ([{literal}])"]
+    lines = [f"Received: from {_helo_text(info) or 'unknown'} ([{literal}])"]
     by = f"\tby {info.hostname} (Hato) with {with_keyword(info)}"
     if info.tls and info.tls_detail:
         lines.append(f"\t({info.tls_detail})")

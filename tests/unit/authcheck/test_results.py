@@ -70,6 +70,21 @@ def test_forged_results_found_and_dropped() -> None:
     assert find_forged(block, "hato.example") == ()
 
 
+def test_forged_results_with_another_spelling_of_our_id_are_found() -> None:
+    # RFC 8601 §2.5: the authserv-id names a host; an absolute name (trailing dot), letter
+    # case, the obsolete space before the colon (RFC 5322 §4.5) or full-width letters are
+    # all the same claim.
+    block = (
+        b"Authentication-Results: mx.hato.example.; dmarc=pass\r\n"
+        b"Authentication-Results : MX.HATO.EXAMPLE; dkim=pass\r\n"
+        b'Authentication-Results: "mx.hato.example. "; spf=pass\r\n'
+        + "Authentication-Results: ｍx.hato.example; arc=pass\r\n".encode()
+        + b"Authentication-Results: mx.hato.example.other; spf=pass\r\n\r\n"
+    )
+    assert len(find_forged(block, "mx.hato.example")) == 4
+    assert len(find_forged(block, "mx.hato.example.")) == 4
+
+
 def test_authserv_id_and_entries() -> None:
     assert authserv_id_of(b' "Quoted.Example"; none') == "quoted.example"
     assert authserv_id_of(b" ") == ""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hato.model import Address, AddressError, Reply, format_path, parse_path
+from hato.model import Address, AddressError, Reply, format_path, normalize_domain, parse_path
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,29 @@ def test_reply_wire_format() -> None:
     assert Reply(220, None, "hi").to_bytes() == b"220 hi\r\n"
     with pytest.raises(ValueError):
         Reply(250, None, "x\r\nMAIL FROM:<a@b>")
+
+
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        ("a@ｅxample.org", "example.org"),  # UTS #46 maps full-width letters
+        ("a@EXAMPLE.ORG", "example.org"),
+        ("a@example\u3002org", "example.org"),  # ideographic full stop
+        ("a@bu\u0308cher.test", "bücher.test"),  # NFD to NFC
+        ("a@BÜCHER.test", "bücher.test"),
+        ("a@straße.test", "straße.test"),  # non-transitional: ß stays
+    ],
+)
+def test_domains_have_one_normal_form(text: str, domain: str) -> None:
+    assert Address.parse(text).domain == domain
+
+
+@pytest.mark.parametrize("text", ["a@😀.test", "a@a\u0378.test", "a@exa\u200dmple.test"])
+def test_domains_without_a_normal_form_are_refused(text: str) -> None:
+    with pytest.raises(AddressError):
+        Address.parse(text)
+
+
+def test_a_labels_follow_idna2008() -> None:
+    assert Address.parse("a@straße.test").domain_ascii == "xn--strae-oqa.test"
+    assert normalize_domain("ＢÜCHER.test") == "bücher.test"

@@ -54,3 +54,13 @@ def test_hostile_helo_cannot_break_the_header() -> None:
 def test_ipv6_client_uses_address_literal_form() -> None:
     text = received_header(_info(client_ip="2001:db8::1"), "Q4", [], 0.0).decode()
     assert "([IPv6:2001:db8::1])" in text
+
+
+def test_a_unicode_helo_is_written_as_its_a_label_without_smtputf8() -> None:
+    # RFC 6532 §3: UTF-8 in a header only for SMTPUTF8 mail; RFC 5890: the A-label otherwise.
+    plain = received_header(_info(helo="Bücher.example"), "Q4", [], 0.0)
+    assert plain.isascii() and b"from xn--bcher-kva.example (" in plain
+    utf8 = received_header(_info(helo="bücher.example", smtputf8=True), "Q5", [], 0.0)
+    assert "from bücher.example (".encode() in utf8
+    odd = received_header(_info(helo="a😀.example"), "Q6", [], 0.0)
+    assert odd.isascii() and b"from a.example (" in odd
