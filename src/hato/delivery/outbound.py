@@ -204,18 +204,25 @@ class OutboundCourier:
                     for h in route.hosts
                 ]
 
-    async def policy_inputs(self, dest: Destination, requiretls: bool) -> PolicyInputs:
+    async def policy_inputs(
+        self, dest: Destination, requiretls: bool, tls_optional: bool = False
+    ) -> PolicyInputs:
         sts = None
-        if dest.kind is TransportKind.MX and not dest.host and self._mta_sts is not None:
+        wants_sts = requiretls or not tls_optional  # RFC 8689 §4.2.2: "No" ignores MTA-STS
+        if dest.kind is TransportKind.MX and not dest.host and self._mta_sts and wants_sts:
             sts = await self._mta_sts.policy_for(dest.domain)
-        return PolicyInputs(dest.domain or dest.name, dest.tls, sts, requiretls)
+        return PolicyInputs(dest.domain or dest.name, dest.tls, sts, requiretls, tls_optional)
 
     async def hop_tls(self, inputs: PolicyInputs, hop: Hop) -> HopTls | PolicyRefusal:
         if hop.smarthost is not None:
-            level = TlsLevel.VERIFY if hop.smarthost.verify_certificate else TlsLevel.ENCRYPT
-            return HopTls(level, "the smarthost settings")
+            if inputs.requiretls or hop.smarthost.verify_certificate:
+                # RFC 8689 §4.2.1: REQUIRETLS needs a verified certificate, a smarthost's too.
+                return HopTls(TlsLevel.VERIFY, "the smarthost settings")
+            return HopTls(TlsLevel.ENCRYPT, "the smarthost settings")
         dane: DaneLookup | None = None
         wants_dane = hop.dane_eligible or inputs.configured is TlsLevel.DANE
+        if inputs.tls_optional and not inputs.requiretls:
+            wants_dane = False  # RFC 8689 §4.2.2: "TLS-Required: No" ignores DANE
         if self._dane_resolver is not None and wants_dane and ip_literal(hop.host) is None:
             dane = await lookup_tlsa(self._dane_resolver, hop.host, hop.port)
         return decide(inputs, hop.host, dane, hop.trusted)

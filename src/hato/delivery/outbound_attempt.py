@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, assert_never
 
 from hato.delivery.mx import MAIL_LOOP, NO_ADDRESS, RouteError
+from hato.delivery.outbound_body import needs_smtputf8, read_head, tls_required_no, wire_body
 from hato.delivery.outbound_pool import PoolKey
 from hato.delivery.smtp_client import (
     BodySource,
@@ -24,9 +25,15 @@ from hato.delivery.smtp_client import (
     RecipientSpec,
     SendResult,
     TlsInfo,
-    body_from_message,
 )
-from hato.delivery.tlspolicy import HopTls, PolicyInputs, PolicyRefusal, TlsLevel
+from hato.delivery.tlspolicy import (
+    HopTls,
+    PolicyInputs,
+    PolicyRefusal,
+    TlsLevel,
+    requiretls_refusal,
+)
+from hato.delivery.transport import TransportKind
 from hato.model import (
     Delivered,
     Handoff,
@@ -47,8 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hato.delivery.outbound")
 
 CONNECTION_LOST = Reply(421, "4.4.2", "Connection to the mail server lost")
-# RFC 8689 §4.2.1 / §5: the next hop must offer REQUIRETLS.
-NEEDS_REQUIRETLS = Reply(550, "5.7.30", "REQUIRETLS support required")
+BODY_READ_ERROR = Reply(451, "4.3.0", "Local error reading the message")
 
 
 class Session(Protocol):
@@ -99,14 +105,27 @@ class Attempt:
         self.pending = list(rcpts)
         self.final: dict[int, Outcome] = {}
         self.latest: dict[int, Outcome] = {r.row_id: TempFailed(NO_ADDRESS) for r in rcpts}
-        self.requiretls = "REQUIRETLS" in {k.upper() for k in message.params}
+        # RFC 8689 §4.2.1: the rules bind a message with a return path (a bounce from <> is
+        # never held back by them); RFC 8689 §4.4: LMTP hands it to the mailbox (final delivery).
+        self.requiretls = (
+            "REQUIRETLS" in message.params
+            and message.mail_from is not None
+            and dest.kind is not TransportKind.LMTP
+        )
+        self.head = b""
 
     async def run(self) -> dict[int, Outcome]:
         hops = await self.courier.hops(self.dest)
         if isinstance(hops, RouteError):
             failure = _failed(hops.reply)
             return {r.row_id: failure for r in self.pending}
-        inputs = await self.courier.policy_inputs(self.dest, self.requiretls)
+        try:
+            self.head = await read_head(self.message)
+        except OSError:
+            return {r.row_id: TempFailed(BODY_READ_ERROR) for r in self.pending}
+        # RFC 8689 §4.1: "TLS-Required: No" counts only without the REQUIRETLS parameter.
+        optional = not self.requiretls and tls_required_no(self.head)
+        inputs = await self.courier.policy_inputs(self.dest, self.requiretls, optional)
         for hop in hops:
             if not self.pending:
                 break
@@ -117,7 +136,7 @@ class Attempt:
         tls = await self.courier.hop_tls(inputs, hop)
         if isinstance(tls, PolicyRefusal):
             log.warning(logfmt("tls_policy_refused", host=hop.host, reply=str(tls.reply)))
-            self._fail_all(TempFailed(tls.reply))
+            self._fail_all(_failed(tls.reply))  # a 5.7.30 (REQUIRETLS) is final with no hop left
             return
         addresses = await self.courier.addresses(hop)
         if isinstance(addresses, Reply):
@@ -153,6 +172,11 @@ class Attempt:
             # A 5xx greeting or AUTH answer is the server's final word (RFC 5321 §3.1).
             self._fail_all(PermFailed(exc.reply))
             self._finish_all()
+        elif exc.tls_policy and self.requiretls:
+            # RFC 8689 §4.2.1 steps 4-5: no verified TLS with this host; the next may do, and
+            # with none left the sender is told (RFC 8689 §5: 5.7.30).
+            reply = requiretls_refusal(f"no verified TLS with {hop.host}: {exc.reply.text}")
+            self._fail_all(PermFailed(reply))
         else:
             self._fail_all(TempFailed(exc.reply))
 
@@ -169,11 +193,20 @@ class Attempt:
                 self._fail_all(PermFailed(MAIL_LOOP))
                 self._finish_all()
                 return
-            if self.requiretls and not session.capabilities.requiretls:
-                self._fail_all(PermFailed(NEEDS_REQUIRETLS))  # the next hop may offer it
+            refusal = self._refusal(session, options.host)
+            if refusal is not None:
+                self._fail_all(PermFailed(refusal))  # the next hop may do better
                 keep = session.usable
                 return
-            result = await self._send(session, options.lmtp)
+            try:
+                body = await wire_body(self.message, self.head, session.capabilities)
+            except OSError:
+                body = BODY_READ_ERROR
+            if isinstance(body, Reply):
+                self._fail_all(_failed(body))  # the next hop may do better
+                keep = session.usable
+                return
+            result = await self._send(session, body, options.lmtp)
             self._record(options, result.outcomes)
             keep = session.usable
         finally:
@@ -182,7 +215,17 @@ class Attempt:
             else:
                 await self.courier.pool.discard(session)
 
-    async def _send(self, session: Session, lmtp: bool = False) -> SendResult:
+    def _refusal(self, session: Session, host: str) -> Reply | None:
+        tls = session.tls
+        if self.requiretls and (tls is None or not tls.verified):
+            # RFC 8689 §4.2.1 step 4: a verified certificate (a guard: the policy asked for it).
+            return requiretls_refusal(f"no verified TLS with {host}")
+        if self.requiretls and not session.capabilities.requiretls:
+            # RFC 8689 §4.2.1 step 5: the EHLO after TLS must offer REQUIRETLS.
+            return requiretls_refusal(f"{host} does not offer REQUIRETLS")
+        return None
+
+    async def _send(self, session: Session, body: BodySource, lmtp: bool = False) -> SendResult:
         params = self.message.params
         envid = params.get("ENVID")
         mail_params = MailParams(
@@ -190,6 +233,8 @@ class Attempt:
             envid=xtext_decode(envid) if envid else None,
             ret=params.get("RET"),
             requiretls=self.requiretls,
+            # RFC 6531 §3.4: SMTPUTF8 when the header section has UTF-8 (else it was downgraded).
+            smtputf8=session.capabilities.smtputf8 and needs_smtputf8(self.message, self.head),
         )
         # RFC 3461 §4.1/§4.2: NOTIFY as the client asked, ORCPT as given (or the address the
         # client gave in RCPT, when it gave no ORCPT).
@@ -201,7 +246,6 @@ class Attempt:
             )
             for r in self.pending
         ]
-        body = body_from_message(self.message)
         try:
             result = await session.send(
                 self.message.mail_from, specs, body, mail_params=mail_params

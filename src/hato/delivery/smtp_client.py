@@ -337,8 +337,10 @@ class ClientSession:
         addresses = [r.address for r in recipients]
         if mail_from is not None:
             addresses.append(mail_from)
-        if any(a.needs_smtputf8 for a in addresses) and not caps.smtputf8:
-            # RFC 6531 §3.2: no SMTPUTF8 at the server: don't send (no downgrade is done).
+        utf8 = params.smtputf8 or any(a.needs_smtputf8 for a in addresses)
+        if utf8 and not caps.smtputf8:
+            # RFC 6531 §3.2: no SMTPUTF8 at the server: don't send (a UTF-8 address has no
+            # downgrade; UTF-8 header fields were downgraded before, when they could be).
             return NEEDS_SMTPUTF8
         if params.requiretls and not (self._conn.tls_active and caps.requiretls):
             # RFC 8689 §4.2.1: not to a server without TLS and REQUIRETLS.

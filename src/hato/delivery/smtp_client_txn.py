@@ -61,6 +61,7 @@ class MailParams:
     envid: str | None = None  # RFC 3461 ENVID (unencoded)
     ret: str | None = None  # RFC 3461 RET: FULL or HDRS
     requiretls: bool = False  # RFC 8689
+    smtputf8: bool = False  # RFC 6531 §3.4: UTF-8 in the header section (addresses: implied)
 
 
 class BodySource(Protocol):
@@ -189,8 +190,10 @@ class Transaction:
     async def run(self, mail_from: ReversePath, params: MailParams) -> None:
         conn, caps = self._conn, self._conn.capabilities
         addresses = [r.address for r in self._recipients]
-        utf8 = any(a.needs_smtputf8 for a in addresses) or bool(
-            mail_from and mail_from.needs_smtputf8
+        utf8 = (
+            params.smtputf8
+            or any(a.needs_smtputf8 for a in addresses)
+            or bool(mail_from and mail_from.needs_smtputf8)
         )
         self._utf8 = utf8
         mail = conn.mail(

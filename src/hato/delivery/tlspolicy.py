@@ -15,7 +15,11 @@ Precedence, strongest first:
 4. the configured level (`may`, `encrypt`, `verify`, `dane`);
 5. RFC 3207 opportunistic STARTTLS (`may`) by default.
 REQUIRETLS (RFC 8689 §4.2.1) then raises anything below verified TLS to `verify`, and refuses a
-host reached by a route that is neither DNSSEC-validated nor matched by an MTA-STS policy.
+host reached by a route that is neither DNSSEC-validated nor matched by an MTA-STS policy, with
+a permanent 5.7.30 (the next host may still do; with none left the sender gets a DSN).
+A message with `TLS-Required: No` (RFC 8689 §4.2.2, `tls_optional`) skips steps 2 and 3: the
+recipient domain's DANE and MTA-STS policies are ignored; the admin's table level still holds
+(a table level `dane` becomes `may`, since DANE is what the sender asked us to ignore).
 
 Must not import anything of hato but model (and the delivery modules mtasts, dane).
 """
@@ -60,8 +64,8 @@ class HopTls:
 
 @dataclass(frozen=True, slots=True)
 class PolicyRefusal:
-    """This host must not be used; `reply` names the policy (RFC 3463 4.7.5: "cryptographic
-    failure"), and `permanent` is False: policies and certificates get fixed."""
+    """This host must not be used; `reply` names the policy: a 451 4.7.5 ("cryptographic
+    failure", RFC 3463: policies and certificates get fixed), or REQUIRETLS's 550 5.7.30."""
 
     reply: Reply
 
@@ -72,10 +76,16 @@ class PolicyInputs:
     configured: TlsLevel | None = None
     sts: StsPolicy | None = None
     requiretls: bool = False
+    tls_optional: bool = False  # RFC 8689 §3 "TLS-Required: No" (ignored under REQUIRETLS)
 
 
 def refusal(policy: str, detail: str) -> PolicyRefusal:
     return PolicyRefusal(Reply(451, "4.7.5", f"TLS required by {policy}: {detail}"))
+
+
+def requiretls_refusal(detail: str) -> Reply:
+    """RFC 8689 §5 / RFC 5248: 5.7.30 "REQUIRETLS support required"; permanent for this host."""
+    return Reply(550, "5.7.30", f"REQUIRETLS support required: {detail}")
 
 
 def decide(
@@ -90,9 +100,8 @@ def decide(
     sts = inputs.sts
     sts_match = sts is not None and sts.mode is StsMode.ENFORCE and sts.matches(host)
     if not (route_trusted or sts_match or hop.level is TlsLevel.DANE):
-        return refusal(
-            "REQUIRETLS (RFC 8689)", f"the route to {host} is neither DNSSEC-validated nor MTA-STS"
-        )
+        detail = f"the route to {host} is neither DNSSEC-validated nor MTA-STS"
+        return PolicyRefusal(requiretls_refusal(detail))
     if not hop.verified:
         return HopTls(TlsLevel.VERIFY, "REQUIRETLS (RFC 8689)", hop.dane)
     return hop
@@ -103,6 +112,12 @@ def _base(inputs: PolicyInputs, host: str, dane: DaneLookup | None) -> HopTls | 
     table = f"the TLS policy table entry for {domain}"
     if configured is TlsLevel.NONE:
         return HopTls(TlsLevel.NONE, table)
+    if inputs.tls_optional and not inputs.requiretls:
+        # RFC 8689 §4.2.2: "TLS-Required: No": the recipient's DANE and MTA-STS policies are
+        # ignored; STARTTLS is still tried when offered (the table level, else `may`).
+        if configured is None or configured is TlsLevel.DANE:
+            return HopTls(TlsLevel.MAY, "TLS-Required: No (RFC 8689)")
+        return HopTls(configured, table)
     if dane is not None and dane.state is DaneState.TEMPFAIL:
         # RFC 7672 §2.2: a TLSA lookup that failed must not become "no DANE".
         return refusal(f"DANE for {domain}", f"TLSA lookup for {host} failed")

@@ -146,10 +146,15 @@ class Notifier:
         sender = message.mail_from
         if sender is None or not reports:
             raise ValueError("a DSN needs a sender and at least one report")
-        full = self.returns_full(message, reports)
-        if message.body is None:
+        # RFC 8689 §5: a report about a REQUIRETLS message is redacted: none of the message
+        # (not even its header section, whatever RET asked) comes back, so the report itself
+        # needs no REQUIRETLS and reaches the sender by any path.
+        redacted = "REQUIRETLS" in message.params
+        full = not redacted and self.returns_full(message, reports)
+        original: Original | None = None
+        if not redacted and message.body is None:
             original = await asyncio.to_thread(read_original, message, full=full)
-        else:
+        elif not redacted:
             original = read_original(message, full=full)
         body = self._queue.new_body()
         data = build_dsn(
@@ -179,7 +184,7 @@ class Notifier:
                 to=format_path(sender),
                 action=",".join(sorted({r.action.value for r in reports})),
                 nrcpt=len(reports),
-                returned="full" if full else "headers",
+                returned="none" if original is None else "full" if full else "headers",
             )
         )
         return queue_id

@@ -148,7 +148,10 @@ def _recipient_fields(report: RecipientReport, expires_at: float | None) -> str:
 
 
 def _explanation(
-    hostname: str, reports: Sequence[RecipientReport], expires_at: float | None
+    hostname: str,
+    reports: Sequence[RecipientReport],
+    expires_at: float | None,
+    returned: bool = True,
 ) -> str:
     actions = {r.action for r in reports}
     lines = [f"This is the mail system at host {hostname}.", ""]
@@ -156,8 +159,10 @@ def _explanation(
         lines += [
             "Your message could not be delivered to one or more of its recipients; this is",
             "a permanent error and the mail system has given up on them. The reason is given",
-            "below for each, and your message is attached.",
+            "below for each" + (", and your message is attached." if returned else "."),
         ]
+    if not returned:
+        lines += ["Your message asked for REQUIRETLS: its content is not returned here."]
     if Action.DELAYED in actions:
         until = f" until {rfc5322_date(expires_at)}" if expires_at is not None else ""
         lines += [
@@ -198,7 +203,7 @@ def _boundary(dsn_id: str, parts: Sequence[bytes]) -> str:
 def build_dsn(
     message: QueuedMessage,
     reports: Sequence[RecipientReport],
-    original: Original,
+    original: Original | None,
     *,
     hostname: str,
     now: float,
@@ -208,14 +213,16 @@ def build_dsn(
     """The whole DSN message (header and body, CRLF lines) about `message` to its sender.
 
     `dsn_id` (the DSN's own queue id) makes its Message-ID; `expires_at` is when the queue
-    gives the message up (Will-Retry-Until of "delayed" recipients).
+    gives the message up (Will-Retry-Until of "delayed" recipients). `original` None: nothing
+    of the message is returned (RFC 6522 §3: the third part is optional).
     """
     if message.mail_from is None:
         # RFC 5321 §4.5.5 / RFC 3461 §6.1: a notification is never sent to the null path.
         raise ValueError("no DSN for a message from the null reverse-path")
     if not reports:
         raise ValueError("a DSN needs at least one recipient")
-    explanation = _explanation(hostname, reports, expires_at).encode("ascii")
+    explanation = _explanation(hostname, reports, expires_at, original is not None)
+    explanation_bytes = explanation.encode("ascii")
     per_message = [_field("Reporting-MTA", f"dns; {hostname}")]  # RFC 3464 §2.2.2
     per_message.append(_field("X-Hato-Queue-ID", message.queue_id))  # RFC 3464 §2.4 extension
     envid = message.params.get("ENVID")
@@ -226,15 +233,7 @@ def build_dsn(
     blocks = ["".join(per_message)] + [_recipient_fields(r, expires_at) for r in reports]
     # RFC 3464 §2.1: the per-message block, then each per-recipient block after an empty line.
     status = "\r\n".join(blocks).encode("ascii")
-    if original.headers_only:
-        returned_type, description = "text/rfc822-headers", "Undelivered Message Headers"
-    else:
-        returned_type, description = "message/rfc822", "Undelivered Message"
-    if not any(r.action is Action.FAILED for r in reports):
-        description = "Message Headers" if original.headers_only else "Message"
-    # RFC 2046 §5.2.1: message/rfc822 is 7bit, 8bit or binary; 8bit when any octet is.
-    cte = "7bit" if original.data.isascii() else "8bit"
-    boundary = _boundary(dsn_id, [original.data])
+    boundary = _boundary(dsn_id, [original.data if original is not None else b""])
     head = "".join(
         [
             _field("From", f"Mail Delivery System <MAILER-DAEMON@{hostname}>"),
@@ -259,13 +258,31 @@ def build_dsn(
         delimiter,
         b"Content-Description: Notification\r\n",
         b"Content-Type: text/plain; charset=us-ascii\r\n\r\n",
-        explanation,
+        explanation_bytes,
         b"\r\n",
         delimiter,
         b"Content-Description: Delivery report\r\n",
         b"Content-Type: message/delivery-status\r\n\r\n",
         status,
         b"\r\n",
+        *([] if original is None else _returned_part(delimiter, original, reports)),
+        f"--{boundary}--\r\n".encode("ascii"),
+    ]
+    return b"".join(parts)
+
+
+def _returned_part(
+    delimiter: bytes, original: Original, reports: Sequence[RecipientReport]
+) -> list[bytes]:
+    if original.headers_only:
+        returned_type, description = "text/rfc822-headers", "Undelivered Message Headers"
+    else:
+        returned_type, description = "message/rfc822", "Undelivered Message"
+    if not any(r.action is Action.FAILED for r in reports):
+        description = "Message Headers" if original.headers_only else "Message"
+    # RFC 2046 §5.2.1: message/rfc822 is 7bit, 8bit or binary; 8bit when any octet is.
+    cte = "7bit" if original.data.isascii() else "8bit"
+    return [
         delimiter,
         f"Content-Description: {description}\r\n".encode("ascii"),
         f"Content-Type: {returned_type}\r\n".encode("ascii"),
@@ -273,6 +290,4 @@ def build_dsn(
         original.data,
         b"" if original.data.endswith(b"\r\n") or not original.data else b"\r\n",
         b"\r\n",
-        f"--{boundary}--\r\n".encode("ascii"),
     ]
-    return b"".join(parts)

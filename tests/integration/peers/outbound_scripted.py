@@ -7,17 +7,23 @@ Theory of operation: every MAIL FROM starts transaction number n (counted over a
 connection after it is sent (RFC 5321 §3.8). A transaction counts as delivered when its DATA was
 answered 2xx. Hooks run in the peer's thread around the final reply to DATA, so a test can act
 at the exact moment the remote side has (or has not yet) said 250.
+
+The EHLO keywords are the test's to choose (`keywords`, e.g. without 8BITMIME or with SMTPUTF8);
+with an `ssl.SSLContext` the peer offers STARTTLS, and after the handshake adds `tls_keywords`
+(e.g. REQUIRETLS, RFC 8689 §4.1: only over TLS). Each transaction records whether it ran on TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Hook = Callable[[], None]
+DEFAULT_KEYWORDS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +38,9 @@ class Step:
 
 @dataclass(slots=True)
 class Transaction:
-    mail_from: str
+    mail_from: str  # the MAIL FROM argument, parameters included
     recipients: list[str] = field(default_factory=list)
+    tls: bool = False
     content: bytes = b""  # the message, dot-stuffing undone, CRLF line ends
     reply: str = ""  # the reply to the final dot ("" when none was sent)
 
@@ -45,9 +52,19 @@ class Transaction:
 class ScriptedPeer:
     """An SMTP server on `host`:`port` answering by `steps`; `start()`/`stop()` may repeat."""
 
-    def __init__(self, host: str, port: int, steps: Sequence[Step] = (Step(),)) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        steps: Sequence[Step] = (Step(),),
+        *,
+        keywords: Sequence[str] = DEFAULT_KEYWORDS,
+        tls: ssl.SSLContext | None = None,
+        tls_keywords: Sequence[str] = (),
+    ) -> None:
         self.host, self.port = host, port
         self.steps = list(steps)
+        self.keywords, self.tls, self.tls_keywords = list(keywords), tls, list(tls_keywords)
         self.name = "peer.test"
         self.before_data_reply: Hook | None = None
         self.after_data_reply: Hook | None = None
@@ -136,19 +153,21 @@ class ScriptedPeer:
         await self._reply(writer, f"220 {self.name} ESMTP scripted")
         txn: Transaction | None = None
         step = Step()
+        on_tls = False
         while line := await reader.readline():
             command = line.rstrip(b"\r\n").decode("utf-8", "replace")
             self.dialog.append(f"C: {command}")
             verb = command.split(" ", 1)[0].upper()
             if verb in ("EHLO", "HELO"):
-                await self._reply(
-                    writer,
-                    f"250-{self.name}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES",
-                )
+                await self._reply(writer, self._ehlo(on_tls))
+            elif verb == "STARTTLS" and self.tls is not None and not on_tls:
+                await self._reply(writer, "220 2.0.0 Ready to start TLS")
+                await writer.start_tls(self.tls)  # RFC 3207 §4.2: EHLO again follows
+                on_tls, txn = True, None
             elif verb == "MAIL":
                 with self._lock:
                     step = self._step(len(self.transactions))
-                    txn = Transaction(command[10:].strip())
+                    txn = Transaction(command[10:].strip(), tls=on_tls)
                     self.transactions.append(txn)
                 await self._reply(writer, "250 2.1.0 Ok")
             elif verb == "RCPT" and txn is not None:
@@ -172,6 +191,17 @@ class ScriptedPeer:
                 return
             else:
                 await self._reply(writer, "502 5.5.2 Error: command not recognized")
+
+    def _ehlo(self, on_tls: bool) -> str:
+        words = [*self.keywords]
+        if self.tls is not None and not on_tls:
+            words.append("STARTTLS")
+        if on_tls:
+            words += self.tls_keywords
+        lines = [self.name, *words]
+        return "\r\n".join(
+            f"250{'-' if i < len(lines) - 1 else ' '}{text}" for i, text in enumerate(lines)
+        )
 
     async def _data(
         self,

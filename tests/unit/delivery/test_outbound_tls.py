@@ -14,7 +14,7 @@ from outbound_fakes import FakeClock, FakeNet, Peer
 from dnsserver import FakeResolver, FakeValue
 from hato.delivery.mtasts import MtaSts
 from hato.delivery.outbound import OutboundCourier
-from hato.delivery.smtp_client import TlsMode
+from hato.delivery.smtp_client import DeliveryError, TlsMode
 from hato.delivery.tlspolicy import TlsLevel
 from hato.delivery.transport import OutboundSettings, Transport
 from hato.model import (
@@ -25,6 +25,7 @@ from hato.model import (
     PermFailed,
     QueuedMessage,
     QueuedRecipient,
+    Reply,
     TempFailed,
 )
 from hato.model.dns import MxRecord, RdType, TlsaRecord
@@ -134,7 +135,7 @@ def test_per_domain_levels() -> None:
 def test_requiretls() -> None:
     net = FakeNet({"192.0.2.1": Peer(requiretls=True)})
     refused = run(net, message=REQUIRETLS)  # an MX answer without DNSSEC, no MTA-STS
-    assert isinstance(refused, TempFailed) and "REQUIRETLS" in refused.reply.text
+    assert isinstance(refused, PermFailed) and refused.reply.enhanced == "5.7.30"
     assert net.opened == []
     assert run(net, message=REQUIRETLS, authenticated=True) == Delivered("250 ok", Handoff.RELAYED)
     options = net.opened[0]
@@ -145,3 +146,40 @@ def test_requiretls() -> None:
     outcome = run(lacking, message=REQUIRETLS, sts_mx="mx.example.com")
     assert isinstance(outcome, PermFailed) and outcome.reply.enhanced == "5.7.30"
     assert lacking.sent == []
+
+
+TLS_NO = QueuedMessage(
+    "Q3",
+    Address("alice", "us.test"),
+    0.0,
+    "",
+    4,
+    body=b"TLS-Required: No\r\nSubject: x\r\n\r\nHi\r\n",
+)
+
+
+def test_tls_required_no_ignores_the_mta_sts_policy() -> None:
+    net = FakeNet({"192.0.2.1": Peer()})
+    # RFC 8689 §4.2.2: the MX does not match the enforced policy, yet the mail goes.
+    assert run(net, message=TLS_NO, sts_mx="*.elsewhere.test") == Delivered(
+        "250 ok", Handoff.RELAYED
+    )
+    assert net.opened[0].tls_mode is TlsMode.OPPORTUNISTIC
+
+
+def test_tls_required_no_is_ignored_under_requiretls() -> None:
+    both = QueuedMessage(
+        "Q4", TLS_NO.mail_from, 0.0, "", 4, body=TLS_NO.body, params={"REQUIRETLS": None}
+    )
+    net = FakeNet({"192.0.2.1": Peer(requiretls=True)})
+    outcome = run(net, message=both, sts_mx="*.elsewhere.test")
+    assert isinstance(outcome, TempFailed) and outcome.reply.enhanced == "4.7.5"
+    assert net.opened == []
+
+
+def test_requiretls_certificate_failure_is_final_5_7_30() -> None:
+    refused = DeliveryError("tls", Reply(421, "4.7.5", "bad certificate"), tls_policy=True)
+    net = FakeNet({"192.0.2.1": Peer(requiretls=True, open_error=refused)})
+    outcome = run(net, message=REQUIRETLS, sts_mx="mx.example.com")
+    assert isinstance(outcome, PermFailed) and outcome.reply.enhanced == "5.7.30"
+    assert net.sent == []

@@ -73,10 +73,30 @@ def test_configured_none_turns_tls_off_even_with_mta_sts() -> None:
 
 def test_requiretls_needs_a_trusted_route_and_verified_tls() -> None:
     plain = PolicyInputs("example.com", requiretls=True)
-    assert "REQUIRETLS" in _refused(decide(plain, "mx.example.com", None, route_trusted=False))
+    refused = decide(plain, "mx.example.com", None, route_trusted=False)
+    # RFC 8689 §4.2.1 step 2: permanent for this host (RFC 5248: 5.7.30).
+    assert isinstance(refused, PolicyRefusal) and refused.reply.enhanced == "5.7.30"
+    assert (
+        refused.reply.code == 550 and "neither DNSSEC-validated nor MTA-STS" in refused.reply.text
+    )
     assert _level(decide(plain, "mx.example.com", None, route_trusted=True)) is TlsLevel.VERIFY
     sts = PolicyInputs("example.com", sts=ENFORCE, requiretls=True)
     assert _level(decide(sts, "mx.example.com", None, route_trusted=False)) is TlsLevel.VERIFY
     assert _level(decide(plain, "mx", ACTIVE, route_trusted=False)) is TlsLevel.DANE
     off = PolicyInputs("example.com", TlsLevel.NONE, requiretls=True)
     assert _level(decide(off, "mx", None, route_trusted=True)) is TlsLevel.VERIFY
+
+
+def test_tls_required_no_ignores_dane_and_mta_sts() -> None:
+    # RFC 8689 §4.2.2: the recipient's policies are ignored; STARTTLS is still tried.
+    sts = PolicyInputs("example.com", sts=ENFORCE, tls_optional=True)
+    assert _level(decide(sts, "evil.example.org", None, False)) is TlsLevel.MAY
+    assert _level(decide(sts, "mx", ACTIVE, False)) is TlsLevel.MAY
+    assert _level(decide(sts, "mx", TEMPFAIL, False)) is TlsLevel.MAY
+    table = PolicyInputs("example.com", TlsLevel.ENCRYPT, tls_optional=True)
+    assert _level(decide(table, "mx", ACTIVE, False)) is TlsLevel.ENCRYPT  # the admin's own
+    dane = PolicyInputs("example.com", TlsLevel.DANE, tls_optional=True)
+    assert _level(decide(dane, "mx", NONE, False)) is TlsLevel.MAY
+    # REQUIRETLS wins over the header (RFC 8689 §4.1).
+    both = PolicyInputs("example.com", sts=ENFORCE, requiretls=True, tls_optional=True)
+    assert isinstance(decide(both, "evil.example.org", None, False), PolicyRefusal)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -205,6 +207,31 @@ def test_ret_hdrs_and_a_large_original_return_only_the_headers(tmp_path: Path) -
         assert b"the figures" not in data and b"yyyy" not in data
         assert dsn.recipients[0]["Action"] == "failed"
     assert b"Subject: figures" in courier.dsns[0] and b"Subject: big" in courier.dsns[1]
+
+
+def test_a_requiretls_message_comes_back_redacted(tmp_path: Path) -> None:
+    clock = FakeClock()
+    courier = DsnCourier({"a@example.org": NO_USER})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock):
+                await send(queue, "a@example.org", params={"REQUIRETLS": None, "RET": "FULL"})
+                await eventually(lambda: len(courier.dsns) == 1)
+        finally:
+            await queue.close()
+
+    run(main)
+    [data] = courier.dsns
+    # RFC 8689 §5: nothing of the message (not even its Subject), whatever RET asked; the
+    # report itself goes without REQUIRETLS.
+    assert b"figures" not in data and b"message/rfc822" not in data
+    report = email.message_from_bytes(data, policy=email.policy.default)
+    parts = [p.get_content_type() for p in report.iter_parts()]
+    assert parts == ["text/plain", "message/delivery-status"]
+    assert b"Status: 5.1.1" in data and b"REQUIRETLS" in data
+    assert "REQUIRETLS" not in courier.dsn_messages[0].params
 
 
 def test_one_delay_warning_then_the_expiry_bounce(
