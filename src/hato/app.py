@@ -29,6 +29,7 @@ from hato.dbcache import CachedKeys, CachedUsers
 from hato.delivery.known import KnownMailboxes
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
+from hato.delivery.owner import OwnerError, resolve_owner
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.logsetup import configure_logging
@@ -182,6 +183,17 @@ def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
 
     front.sni_callback = pick
     return front
+
+
+def mailbox_owner(settings: Settings) -> tuple[int, int] | None:
+    """[local] mailbox_owner as (uid, gid), checked usable now (after the privilege drop)."""
+    if settings.local.mailbox_owner is None:
+        return None
+    try:
+        owner = resolve_owner(settings.local.mailbox_owner, settings.mailboxes)
+    except OwnerError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    return owner.uid, owner.gid
 
 
 def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> RecipientResolver:
@@ -445,7 +457,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
-    maildir = MaildirCourier(data_dir / "mailboxes", settings.server.hostname, clock=clock)
+    maildir = MaildirCourier(
+        settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
+    )
     outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces

@@ -130,8 +130,7 @@ def encrypt_existing(args: argparse.Namespace) -> int:
         key = store.get(address)
     if key is None:
         raise CommandError(f"no key for {address} (see: hato key import {address} FILE)")
-    data_dir = Path(loaded.settings.server.data_dir)
-    mailbox = data_dir / "mailboxes" / address.domain.lower() / address.local.lower()
+    mailbox = loaded.settings.mailboxes / address.domain.lower() / address.local.lower()
     if not mailbox.is_dir():
         raise CommandError(f"no mailbox for {address}: {mailbox} does not exist")
     try:

@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_init_flag(sub)
 
-    from hato.cli import key  # it imports hato.cli.main
+    from hato.cli import dovecot, key  # they import hato.cli.main
 
     key.register(commands)
+    dovecot.register(commands)
     from hato.cli import queue, status  # they import hato.cli.main
 
     queue.register(commands)

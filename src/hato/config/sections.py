@@ -305,7 +305,8 @@ class QueueSettings(BaseModel):
 
 
 class LocalSettings(BaseModel):
-    """[local]: how local parts are matched, and the system aliases file."""
+    """[local]: how local parts are matched, the system aliases file, where the Maildirs are
+    and whose they are."""
 
     model_config = _SECTION
 
@@ -314,6 +315,12 @@ class LocalSettings(BaseModel):
     )
     aliases_file: ReadableFile | None = Field(
         None, description='the path of a readable aliases file, e.g. "/etc/aliases"'
+    )
+    mailboxes: AbsolutePath | None = Field(
+        None, description='a directory path for the Maildirs, e.g. "/var/vmail"'
+    )
+    mailbox_owner: SystemUser | None = Field(
+        None, description='the name of an existing user owning the mail files, e.g. "vmail"'
     )
 
     @field_validator("recipient_delimiter", mode="plain")

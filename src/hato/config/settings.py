@@ -6,6 +6,7 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
@@ -62,6 +63,11 @@ class Settings:
 
     def is_local_domain(self, name: str) -> bool:
         return self.domain(name) is not None
+
+    @property
+    def mailboxes(self) -> Path:
+        """The root of the Maildirs: [local] mailboxes, else DATA_DIR/mailboxes."""
+        return self.local.mailboxes or Path(self.server.data_dir) / "mailboxes"
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,9 +270,17 @@ class MaildirCourier:
     """
 
     def __init__(
-        self, mailboxes_root: Path, hostname: str, *, clock: Clock, max_threads: int = 1
+        self,
+        mailboxes_root: Path,
+        hostname: str,
+        *,
+        clock: Clock,
+        max_threads: int = 1,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self._root = str(mailboxes_root)
+        # (uid, gid) every directory and file is given to ([local] mailbox_owner), or None.
+        self._owner = owner
         self._host = _escape_host(hostname)
         self._hostname = hostname
         self._clock = clock
@@ -507,31 +515,51 @@ class MaildirCourier:
         dev = self._known.get(mailbox)
         if dev is not None:
             try:
-                return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE), dev
+                return self._create(tmp_path), dev
             except FileNotFoundError:
                 del self._known[mailbox]  # removed behind our back: make it again
         self._make_mailbox(mailbox)
         dev = os.stat(f"{mailbox}/tmp").st_dev
         self._known[mailbox] = dev
-        return os.open(tmp_path, _OPEN_FLAGS, _FILE_MODE), dev
+        return self._create(tmp_path), dev
+
+    def _create(self, path: str) -> int:
+        fd = os.open(path, _OPEN_FLAGS, _FILE_MODE)
+        if self._owner is not None:
+            try:
+                os.fchown(fd, *self._owner)  # the reader's before it is renamed into new/
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
+
+    def _mkdir(self, path: str) -> bool:
+        """mkdir 0700 (given to the owner, if any); False if it was there already."""
+        if not _mkdir(path):
+            return False
+        if self._owner is not None:
+            os.chown(path, *self._owner)
+        return True
 
     def _make_mailbox(self, mailbox: str) -> None:
         """Create root, domain and mailbox dirs and tmp/ new/ cur/, each 0700 (only the
         missing ones), and fsync each parent whose entries changed."""
-        os.makedirs(self._root, mode=_DIR_MODE, exist_ok=True)
+        if not os.path.isdir(self._root):
+            os.makedirs(os.path.dirname(self._root), mode=_DIR_MODE, exist_ok=True)
+            self._mkdir(self._root)
         changed: list[str] = []
         parent = self._root
         for part in os.path.relpath(mailbox, self._root).split(os.sep):
             path = f"{parent}/{part}"
-            if _mkdir(path):
+            if self._mkdir(path):
                 changed.append(parent)
             parent = path
-        made = [_mkdir(f"{mailbox}/{sub}") for sub in ("tmp", "new", "cur")]
+        made = [self._mkdir(f"{mailbox}/{sub}") for sub in ("tmp", "new", "cur")]
         if os.path.basename(mailbox).startswith("."):
             # Maildir++ marks a folder with an empty "maildirfolder" file (Courier, Dovecot).
             marker = f"{mailbox}/maildirfolder"
             if not os.path.exists(marker):
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+                os.close(self._create(marker))
                 made.append(True)
         if any(made):
             changed.append(mailbox)

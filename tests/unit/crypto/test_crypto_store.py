@@ -252,3 +252,29 @@ def test_hato_key_commands(
     assert len(stored) == 2 and not set(stored.values()) & set(originals.values())
     assert main(["key", "remove", "carol@example.org"]) == 0
     assert main(["key", "show", "carol@example.org"]) == 1
+
+
+def test_encrypt_existing_keeps_dovecot_uids(tmp_path: Path, smime_ec: Smime) -> None:
+    """A renamed ,S= is renamed in dovecot-uidlist too (same UID); the stale cache goes."""
+    store = KeyStore.in_data_dir(tmp_path)
+    key = store.import_key(smime_ec.cert_pem, CAROL, NOW)
+    box = tmp_path / "box"
+    originals = make_maildir(box, 2)
+    bases = sorted(name.partition(":")[0] for name in originals)
+    (box / "dovecot-uidlist").write_text(
+        "3 V1 N3 Gx\n" + "".join(f"{uid} :{base}\n" for uid, base in enumerate(bases, 1))
+    )
+    (box / "dovecot.index.cache").write_bytes(b"plaintext headers")
+    result = encrypt_maildir(box, key, now=NOW)
+    assert len(result.encrypted) == 2 and not result.failed
+    after = sorted(name.partition(":")[0] for name in files(box))
+    assert after != bases  # the sizes changed...
+    assert (box / "dovecot-uidlist").read_text() == (  # ...and Dovecot's names with them
+        "3 V1 N3 Gx\n" + "".join(f"{uid} :{base}\n" for uid, base in enumerate(after, 1))
+    )
+    assert not (box / "dovecot.index.cache").exists()
+    assert not (box / "dovecot-uidlist.lock").exists()
+    (box / "dovecot-uidlist.lock").write_text("1:dovecot")  # Dovecot is in the mailbox
+    (box / "new" / "1800000000.M9Q1.host,S=1").write_bytes(MESSAGE)
+    busy = encrypt_maildir(box, key, now=NOW)
+    assert busy.failed and "Dovecot is using the mailbox" in busy.failed[0][1]
