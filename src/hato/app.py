@@ -359,6 +359,7 @@ def configured_fields(
     return {
         "settings": server_settings(settings, role, shared.tls is not None),
         "idle_timeout": float(settings.limits.idle_timeout),
+        "hop_limit": settings.limits.hopcount_limit,
         "session_timeout": float(settings.limits.session_timeout),
         "postmaster_domain": settings.domains[0].name,
         "network_rules": ListenerNetworkRules(
@@ -463,7 +464,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
-    routing = RoutingCourier(resolver.is_local_domain, local, outbound)
+    routing = RoutingCourier(
+        resolver.is_local_domain, local, outbound, hop_limit=settings.limits.hopcount_limit
+    )
     courier = control.CountingCourier(
         MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
     )

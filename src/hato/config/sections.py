@@ -59,6 +59,7 @@ from hato.model import Address, Role
 _SECTION = ConfigDict(frozen=True, extra="forbid")
 
 # RFC 5321 §4.5.3.1.8: a server MUST be able to buffer at least 100 recipients.
+MIN_HOPS = 10  # Received: + Delivered-To: fields of a message that is a loop
 MIN_RECIPIENTS = 100
 # RFC 5321 §4.5.3.2.7: a server SHOULD wait at least 5 minutes for the next command.
 # RFC 5321 §4.5.3.2.7 asks for at least 5 minutes (the default); shorter values are allowed
@@ -236,6 +237,13 @@ class LimitsSettings(BaseModel):
     hold_time: StrictInt = Field(
         86_400, description="seconds as an integer: 0 (until released) or more"
     )
+    hopcount_limit: StrictInt = Field(50, description=f"an integer, at least {MIN_HOPS}")
+
+    @field_validator("hopcount_limit")
+    @classmethod
+    def _hops(cls, value: int) -> int:
+        # RFC 5321 §6.3: loops MUST be stopped, and a count too small bounces honest mail.
+        return at_least(MIN_HOPS, value)
 
     @field_validator("messages_per_hour", "recipients_per_hour", "spike_recipients", "hold_time")
     @classmethod

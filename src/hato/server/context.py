@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
 from hato.delivery.local import Resolution
+from hato.delivery.loops import DEFAULT_HOP_LIMIT
 from hato.model import Address, Clock, Role
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -110,5 +111,6 @@ class SessionContext:
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
+    hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, assert_never
 
 from hato.delivery.local import Local, NotLocal, Resolution, Unknown
+from hato.delivery.loops import delivered_to_fields
 from hato.model import (
     Address,
     AddressError,
@@ -340,6 +341,8 @@ _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 class RecipientLookup(Protocol):
     def resolve(self, address: Address) -> Resolution: ...
 
+    def is_local_domain(self, domain: str) -> bool: ...
+
 
 class LocalSubmitter:
     """The `submit` op: queues a message from a local program without AUTH (trusted, like
@@ -386,9 +389,15 @@ class LocalSubmitter:
         who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
         stamp = email.utils.formatdate(self._clock.now(), localtime=False)
         prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
+        # RFC 9228: Delivered-To for our aliases that forward it (delivery/loops.py).
+        forwarded = delivered_to_fields(pairs, self._resolver.is_local_domain)
         try:
             queue_id = await self._queue.commit(
-                body, mail_from=mail_from, recipients=pairs, prefix=prefix.encode(), params=params
+                body,
+                mail_from=mail_from,
+                recipients=pairs,
+                prefix=forwarded + prefix.encode(),
+                params=params,
             )
         except QueueWriteError as exc:
             raise SubmitRefused(exc.reply) from exc

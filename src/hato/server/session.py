@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
 from hato.delivery.local import Local, NotLocal
+from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
 from hato.model import Address, RecipientDsn, Reply, logfmt
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -86,6 +87,7 @@ class SmtpSession(asyncio.Protocol):
         self.session_id = ""
         self.body: BodyWriter | None = None
         self.headers: HeaderCapture | None = None
+        self.trace: TraceFields | None = None  # the hop count (RFC 5321 §6.3)
         self.mail_from: MailFrom | None = None
         self.recipients: list[tuple[Address, Address]] = []  # (deliver-to, original)
         self.rcpt_dsn: dict[Address, RecipientDsn] = {}  # RFC 3461 NOTIFY/ORCPT per deliver-to
@@ -234,6 +236,7 @@ class SmtpSession(asyncio.Protocol):
                     ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
                 )
                 self.headers = HeaderCapture() if self.user is not None else None
+                self.trace = TraceFields()
                 self.capture = [] if self._wants_capture() else None
                 self.captured = 0
             case BodyChunk(data=data):
@@ -241,6 +244,8 @@ class SmtpSession(asyncio.Protocol):
                     self.body.write(self.forged.feed(data) if self.forged else data)
                 if self.headers is not None:
                     self.headers.feed(data)
+                if self.trace is not None:
+                    self.trace.feed(data)
                 if self.capture is not None:
                     self.captured += len(data)
                     if self.captured > (MAX_MESSAGE_SIZE if self.keyed else MAX_CHECKED_SIZE):
@@ -479,6 +484,13 @@ class SmtpSession(asyncio.Protocol):
         captured = b"".join(self.capture) if self.capture is not None else None
         self.capture = None
         forged, self.forged = self.forged, None
+        trace, self.trace = self.trace, None
+        if trace is not None and trace.loops(self.ctx.hop_limit):
+            # RFC 5321 §6.3: a loop is stopped; RFC 3463 X.4.6 routing loop detected.
+            log.info(logfmt("message-refused", session=self.session_id, reason="mail-loop",
+                            hops=trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
+            self._refuse_message(body, MAIL_LOOP)
+            return
         if mail is None or not self.recipients or (body is None and not self.keyed):
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(body, TEMP_FAILURE)
@@ -575,8 +587,10 @@ class SmtpSession(asyncio.Protocol):
         ids: list[str] = []
         for number, (copy, dests) in enumerate(copies):
             rows = [(dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN)) for dest in dests]
-            # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix.
-            prefix = added + self._received(mail, copy.queue_id, originals)
+            # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
+            # Delivered-To for the aliases that forward it (delivery/loops.py).
+            prefix = delivered_to_fields(recipients, self.ctx.resolver.is_local_domain)
+            prefix += added + self._received(mail, copy.queue_id, originals)
             if self.ctx.direct is not None and copy.inline:
                 # Our own mailboxes get it now; only the rest is queued (server/direct.py).
                 rows = await self.ctx.direct.deliver(
@@ -782,7 +796,7 @@ class SmtpSession(asyncio.Protocol):
         if self.body is not None:
             self.body.discard()
             self.body = None
-        self.headers = None
+        self.headers = self.trace = None
         self.capture = None
         self.forged = None
 

@@ -1,0 +1,163 @@
+"""Mail loops end to end (issue 12 item 10, RFC 5321 §6.3) against the real `hato serve`:
+a message that has made too many hops (Received: and Delivered-To: fields, default 50) is
+refused 554 5.4.6 at the end of DATA; one handed in by `hato-sendmail` comes back to its sender
+as a 5.4.6 bounce; and two Hato servers whose aliases forward to each other (MX records from
+the test DNS server) stop after one round trip: the returning copy carries the alias's own
+Delivered-To and is bounced 5.4.6 instead of being forwarded again."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.server import DomainSetup, MailSetup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer
+
+SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
+
+
+def _message(received: int, delivered_to: int = 0, marker: str = "loop") -> bytes:
+    trace = b"".join(
+        f"Received: from relay{n}.example.net by relay{n + 1}.example.net;\r\n"
+        f"\tMon, 7 Dec 2026 01:00:{n % 60:02d} +0000\r\n".encode()
+        for n in range(received)
+    )
+    trace += b"".join(
+        f"Delivered-To: list{n}@example.net\r\n".encode() for n in range(delivered_to)
+    )
+    return (
+        trace
+        + f"From: <someone@example.net>\r\nSubject: {marker}\r\nX-Marker: {marker}\r\n\r\n".encode()
+        + b"Received: in the body is no hop\r\n"
+    )
+
+
+@pytest.fixture
+def hato(workdir: Path) -> Iterator[HatoServer]:
+    server = HatoServer(
+        workdir / "data",
+        MailSetup(domains=(DomainSetup("example.test", users=("alice", "carol")),)),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("received", "delivered_to"), [(50, 0), (69, 0), (150, 0), (200, 0),
+                                                        (500, 0), (30, 20)])  # fmt: skip
+def test_too_many_hops_are_refused_554_5_4_6_at_the_end_of_data(
+    hato: HatoServer, received: int, delivered_to: int
+) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail("someone@example.net")[0] == 250
+        assert client.rcpt("alice@example.test")[0] == 250
+        code, text = client.data(_message(received, delivered_to))
+    assert (code, text[:6]) == (554, b"5.4.6 "), (code, text)
+    assert hato.wait_for_log(
+        rf"event=message-refused .*reason=mail-loop hops={received + delivered_to}"
+    )
+    assert maildir.messages(hato.mailbox("alice", "example.test")) == []
+
+
+def test_49_hops_are_accepted(hato: HatoServer) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=30) as client:
+        assert client.sendmail("someone@example.net", ["alice@example.test"], _message(49)) == {}
+    (stored,) = maildir.wait_for_count(hato.mailbox("alice", "example.test"), 1, 15)
+    assert b"X-Marker: loop" in stored.read_bytes()
+
+
+def test_a_looping_message_from_sendmail_bounces_with_5_4_6(hato: HatoServer) -> None:
+    sent = subprocess.run(
+        [SENDMAIL, "-f", "carol@example.test", "alice@example.test"],
+        input=_message(60).replace(b"\r\n", b"\n"),
+        capture_output=True,
+        env={**os.environ, "HATO_CONTROL_SOCKET": str(hato.data_dir / "control.sock")},
+        timeout=30,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr
+    (bounce,) = maildir.wait_for_count(hato.mailbox("carol", "example.test"), 1, 15)
+    dsn = bounce.read_bytes()
+    assert b"report-type=delivery-status" in dsn
+    assert b"Final-Recipient: rfc822;alice@example.test" in dsn
+    assert b"Status: 5.4.6" in dsn
+    assert maildir.messages(hato.mailbox("alice", "example.test")) == []
+    assert hato.wait_for_log(r"event=mail-loop .*reason=hops hops=60")
+
+
+class ForwardingHato(HatoServer):
+    """A Hato of its own host name whose MX lookups go to the test DNS server and whose
+    deliveries all go to the other server's port on loopback."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, hostname: str, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.hostname = hostname
+        self.nameserver = nameserver
+        self.peer_port = 0
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        assert 'hostname = "hato.test"' in text
+        # Each its own name: the same name in the other's greeting would be a loop of its own.
+        text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
+        return text + (
+            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
+            "connect_timeout = 5\nattempt_timeout = 20\n"
+        )
+
+
+def test_two_servers_forwarding_to_each_other_stop_after_one_round_trip(workdir: Path) -> None:
+    zone = {
+        "a.test": {"MX": [(10, "mx.a.test")]},
+        "mx.a.test": {"A": ["127.0.0.1"]},
+        "b.test": {"MX": [(10, "mx.b.test")]},
+        "mx.b.test": {"A": ["127.0.0.1"]},
+    }
+    with DnsTestServer(zone) as dns:  # type: ignore[arg-type]
+        a = ForwardingHato(
+            workdir / "a",
+            MailSetup(domains=(DomainSetup("a.test", aliases=(("loop", ("x@b.test",)),)),)),
+            "mx.a.test",
+            dns.nameserver,
+        )
+        b = ForwardingHato(
+            workdir / "b",
+            MailSetup(domains=(DomainSetup("b.test", aliases=(("x", ("loop@a.test",)),)),)),
+            "mx.b.test",
+            dns.nameserver,
+        )
+        a.peer_port, b.peer_port = b.port, a.port
+        a.start()
+        try:
+            b.start()
+            try:
+                _forward_loop(a, b)
+            finally:
+                b.stop()
+        finally:
+            a.stop()
+
+
+def _forward_loop(a: ForwardingHato, b: ForwardingHato) -> None:
+    message = b"From: <dave@c.test>\r\nSubject: round\r\nX-Marker: round\r\n\r\nand round\r\n"
+    with smtplib.SMTP(a.host, a.port, timeout=30) as client:
+        assert client.sendmail("dave@c.test", ["loop@a.test"], message) == {}
+    # The copy B sent back carries A's "Delivered-To: loop@a.test": bounced, not forwarded.
+    assert a.wait_for_log(r"event=mail-loop .*reason=delivered-to .*rcpt=loop@a\.test", 30)
+    assert a.wait_for_log(r"event=failed .*to=<x@b\.test> .*reply=\"554 5\.4\.6 ")
+    assert a.wait_for_log(r"event=dsn-queued .*to=<dave@c\.test> action=failed")
+    # One round trip: A accepted the message twice (from the client, back from B), B once.
+    assert a.log_text().count("event=mail-loop ") == 1
+    assert a.log_text().count("event=accepted ") == 2, a.log_text()
+    assert b.log_text().count("event=accepted ") == 1, b.log_text()
