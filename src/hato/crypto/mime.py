@@ -86,6 +86,13 @@ def _content_type(fields: tuple[Field, ...]) -> email.message.Message:
 
 def is_encrypted(parsed: Parsed) -> bool:
     """Whether the message is already encrypted end to end, so that it is stored as it is."""
+    decided = encrypted_type(parsed)
+    return decided if decided is not None else is_inline_pgp(parsed.body, parsed.body)
+
+
+def encrypted_type(parsed: Parsed) -> bool | None:
+    """What the Content-Type says about encryption; None for text/*, where the body decides
+    (`is_inline_pgp`)."""
     holder = _content_type(parsed.fields)
     ctype = holder.get_content_type()
     if ctype == "multipart/encrypted":  # RFC 1847 §2.2, RFC 3156 §4 (PGP/MIME)
@@ -96,12 +103,16 @@ def is_encrypted(parsed: Parsed) -> bool:
         smime_type = str(holder.get_param("smime-type", "") or "").lower()
         return smime_type in ("", "enveloped-data", "authenveloped-data")
     if ctype.startswith("text/"):
-        # RFC 4880 §6.2 inline PGP: the whole body is one armored PGP MESSAGE.
-        body = parsed.body.strip()
-        return body.startswith(b"-----BEGIN PGP MESSAGE-----") and body.endswith(
-            b"-----END PGP MESSAGE-----"
-        )
+        return None
     return False
+
+
+def is_inline_pgp(start: bytes, end: bytes) -> bool:
+    """RFC 4880 §6.2 inline PGP: the whole body is one armored PGP MESSAGE (`start`: the
+    body's beginning, `end`: its end)."""
+    return start.lstrip().startswith(b"-----BEGIN PGP MESSAGE-----") and end.rstrip().endswith(
+        b"-----END PGP MESSAGE-----"
+    )
 
 
 def to_crlf(data: bytes) -> bytes:

@@ -7,11 +7,15 @@ backups). Recipients without a key share one plaintext copy, as before. The step
 1. RCPT TO: `check_recipient(address, keys, now)`. A keyed user whose key cannot be used now
    (expired since import) and whose policy is DEFER gets `DEFER_REPLY` (450 4.7.5) for that
    recipient only; the sender's server retries, and the admin is told (log the failure).
-2. After DATA, before the queue commit: `protect_message(message, recipients, keys, now)` gives
-   one `Copy` per distinct content: the plaintext copy for unkeyed recipients, one encrypted copy
-   per keyed recipient, one warning-headed plaintext copy for the PLAINTEXT-policy failures.
-   Each copy is queued as its own message (its recipients only). `deferred` is non-empty only
-   if a key went bad between RCPT and DATA: answer 451 4.7.5 for the transaction.
+2. After DATA, before the queue commit: `protect_stream(source, recipients, keys, now, new_body)`
+   writes one body per distinct content: the plaintext copy for unkeyed recipients, one
+   encrypted copy per keyed recipient, one warning-headed plaintext copy for the
+   PLAINTEXT-policy failures. Each copy is queued as its own message (its recipients only).
+   `deferred` is non-empty only if a key went bad between RCPT and DATA: answer 451 4.7.5 for
+   the transaction. The message is read from `source` (in the session: a `SealedScratch`, so
+   that it is never in memory whole nor on disk in the clear) and every body is written as it
+   is made, so memory stays a few chunks whatever the size. `protect_message` is the same on
+   bytes, giving bytes.
 
 Spool bodies therefore never hold a keyed user's plaintext, and a crash at any point leaves only
 ciphertext or nothing for them.
@@ -22,10 +26,11 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from hato.crypto.encrypt import EncryptionError, encrypt_message
+from hato.crypto.encrypt import EncryptionError, Source, bytes_source, encrypt_stream
 from hato.crypto.keys import PublicKey
 from hato.crypto.keystore import FailurePolicy, KeyLookup, canonical
 from hato.model import Address, Reply
@@ -108,29 +113,111 @@ def split_for_encryption(
     return EncryptionPlan(tuple(plain), tuple(encrypted), tuple(failed))
 
 
-def protect_message(
-    message: bytes, recipients: Iterable[Address], keys: KeyLookup, now: dt.datetime
-) -> Protected:
-    """The copies to queue (see the module's theory of operation)."""
+class Sink(Protocol):
+    """Where one copy is written (a queue body)."""
+
+    def write(self, data: bytes, /) -> None: ...
+    def discard(self) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[S]):
+    """One body written for `recipients`."""
+
+    body: S
+    recipients: tuple[Address, ...]
+    encrypted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedStream(Generic[S]):
+    copies: tuple[Stored[S], ...]
+    deferred: tuple[KeyFailure, ...]  # DEFER policy: not queued; answer 4xx
+    in_clear: tuple[KeyFailure, ...]  # PLAINTEXT policy: queued with the warning header
+
+
+def protect_stream(
+    source: Source,
+    recipients: Iterable[Address],
+    keys: KeyLookup,
+    now: dt.datetime,
+    new_body: Callable[[], S],
+) -> ProtectedStream[S]:
+    """The copies to queue, each written into a body from `new_body` (see the module's theory
+    of operation). On an exception (the source failed) every body made is discarded."""
     plan = split_for_encryption(recipients, keys, now)
-    copies: list[Copy] = []
+    made: list[S] = []
+
+    def body() -> S:
+        made.append(new_body())
+        return made[-1]
+
+    try:
+        return _protect(source, plan, keys, now, body)
+    except BaseException:
+        for written in made:
+            written.discard()
+        raise
+
+
+def _protect(
+    source: Source,
+    plan: EncryptionPlan,
+    keys: KeyLookup,
+    now: dt.datetime,
+    new_body: Callable[[], S],
+) -> ProtectedStream[S]:
+    copies: list[Stored[S]] = []
     failed = list(plan.failed)
     if plan.plain:
-        copies.append(Copy(message, plan.plain, encrypted=False))
+        copies.append(Stored(_copy(source, new_body()), plan.plain, encrypted=False))
     for wanted in plan.encrypted:
+        target = new_body()
         try:
-            data = encrypt_message(message, wanted.key, now=now)
+            if not encrypt_stream(source, wanted.key, target.write, now=now):
+                _copy(source, target)  # already encrypted end to end: stored as it came
         except EncryptionError as exc:
+            target.discard()
             for address in wanted.recipients:
                 failed.append(KeyFailure(address, str(exc), keys.policy(address)))
             continue
-        copies.append(Copy(data, wanted.recipients, encrypted=True))
+        copies.append(Stored(target, wanted.recipients, encrypted=True))
     deferred = tuple(f for f in failed if f.policy is FailurePolicy.DEFER)
     in_clear = tuple(f for f in failed if f.policy is FailurePolicy.PLAINTEXT)
     if in_clear:
-        warned = warning_header(in_clear[0].reason) + message
-        copies.append(Copy(warned, tuple(f.recipient for f in in_clear), encrypted=False))
-    return Protected(tuple(copies), deferred, in_clear)
+        warned = new_body()
+        warned.write(warning_header(in_clear[0].reason))
+        copies.append(Stored(_copy(source, warned), tuple(f.recipient for f in in_clear), False))
+    return ProtectedStream(tuple(copies), deferred, in_clear)
+
+
+def _copy(source: Source, target: S) -> S:
+    for chunk in source():
+        target.write(chunk)
+    return target
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes, /) -> None:
+        self.data += data
+
+    def discard(self) -> None:
+        self.data.clear()
+
+
+def protect_message(
+    message: bytes, recipients: Iterable[Address], keys: KeyLookup, now: dt.datetime
+) -> Protected:
+    """`protect_stream` on bytes in memory."""
+    done = protect_stream(bytes_source(message), recipients, keys, now, _Collected)
+    copies = tuple(Copy(bytes(c.body.data), c.recipients, c.encrypted) for c in done.copies)
+    return Protected(copies, done.deferred, done.in_clear)
 
 
 def warning_header(reason: str) -> bytes:

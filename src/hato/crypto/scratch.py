@@ -1,0 +1,101 @@
+"""A keyed recipient's message while it is being received: a temporary file that holds only
+ciphertext, under a key that exists nowhere but in this process's memory.
+
+Theory of operation. The plaintext of mail for a user with a key must never reach the disk
+(docs/encryption.md), yet a message may be far too big to hold in memory while DATA lasts and
+while each recipient's copy is encrypted. So the session writes it here: every chunk is
+encrypted with AES-256-CTR under a random key and nonce before it is written, and the key is
+in memory only. The file is made by `tempfile.TemporaryFile` in the spool directory: on Linux
+an O_TMPFILE file, which has no name and vanishes with its descriptor (after a crash too);
+elsewhere it is unlinked at once. Whoever reads the disk, during or after, finds ciphertext
+whose key is gone.
+
+`write()` runs on the event loop: one cipher update per chunk and one write(2) per 64 KiB.
+`chunks()` reads the message back from its start, decrypting, as often as asked (in a worker
+thread: encryption reads it three times). An OSError while writing (ENOSPC, EIO) is kept, not
+raised, as the session must read the rest of DATA anyway; `chunks()` raises it, and the session
+answers 451/452 instead of 250.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+FLUSH_AT = 64 * 1024
+READ_SIZE = 64 * 1024
+
+
+class SealedScratch:
+    __slots__ = ("_buf", "_cipher", "_closed", "_encryptor", "_error", "_file", "size")
+
+    def __init__(self, directory: str) -> None:
+        self._cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
+        self._encryptor = self._cipher.encryptor()
+        self._buf = bytearray()
+        self._error: OSError | None = None
+        self._closed = False
+        self.size = 0  # plaintext octets written
+        self._file: BinaryIO | None = None
+        try:
+            # Owned by this object until close() (a context manager cannot span DATA).
+            self._file = tempfile.TemporaryFile(dir=directory, buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            self._error = exc
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk; never raises for an I/O error (see the module docstring)."""
+        self.size += len(data)
+        if self._error is not None:
+            return
+        self._buf += self._encryptor.update(data)
+        if len(self._buf) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._file is not None
+        view = memoryview(self._buf)
+        try:
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+        except OSError as exc:
+            self._error = exc
+        finally:
+            view.release()
+            self._buf.clear()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The message from its start, decrypted; raises the kept OSError, if any."""
+        if self._error is None and self._buf:
+            self._flush()
+        if self._error is not None:
+            raise self._error
+        assert self._file is not None
+        decryptor = self._cipher.decryptor()
+        offset = 0
+        fd = self._file.fileno()
+        while True:
+            data = os.pread(fd, READ_SIZE, offset)
+            if not data:
+                break
+            offset += len(data)
+            yield decryptor.update(data)
+
+    def close(self) -> None:
+        """Forget the file (and with it, since the key goes too, the message)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buf.clear()
+        if self._file is not None:
+            # The descriptor is gone either way, and an O_TMPFILE file with it.
+            with contextlib.suppress(OSError):
+                self._file.close()
