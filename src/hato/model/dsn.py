@@ -51,13 +51,29 @@ def xtext_decode(text: str) -> str:
     return out.decode("utf-8", errors="replace")
 
 
+# RFC 6533 §3: EmbeddedUnicodeChar = %x5C.78 "{" HEXPOINT "}" in a utf-8 address.
+_EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{2,6})\}")
+
+
+def unitext_decode(text: str) -> str:
+    """RFC 6533 §3: a utf-8-addr-unitext (or, once xtext is undone, utf-8-addr-xtext) back to
+    the address; a code point that is no character becomes U+FFFD (never an error)."""
+
+    def char(match: re.Match[str]) -> str:
+        point = int(match.group(1), 16)
+        return chr(point) if point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF else "\ufffd"
+
+    return _EMBEDDED.sub(char, text)
+
+
 @dataclass(frozen=True, slots=True)
 class RecipientDsn:
     """RFC 3461 per-recipient DSN data.
 
     `notify`: None when the client gave no NOTIFY (the RFC 3461 §4.1 default applies), the
     empty set for NOTIFY=NEVER, else the conditions asked for.
-    `orcpt`: the ORCPT parameter decoded from xtext, ``"addr-type;address"``
+    `orcpt`: the ORCPT parameter decoded from xtext (and, for the utf-8 type, from RFC 6533
+    §3's \\x{HEX} escapes), ``"addr-type;address"``
     (e.g. ``"rfc822;bob@example.org"``), or None when none was given.
     """
 
@@ -100,5 +116,9 @@ class RecipientDsn:
         if orcpt is not None:
             # RFC 3461 §4.2: ORCPT=addr-type ";" xtext; kept decoded.
             addr_type, _, address = orcpt.partition(";")
-            orcpt = f"{addr_type};{xtext_decode(address)}"
+            address = xtext_decode(address)
+            if addr_type.strip().lower() == "utf-8":
+                # RFC 6533 §3: the utf-8 type's \x{HEX} escapes are undone too.
+                address = unitext_decode(address)
+            orcpt = f"{addr_type};{address}"
         return cls.parse(params.get("NOTIFY"), orcpt)

@@ -32,7 +32,14 @@ from hato.model import (
     format_path,
     logfmt,
 )
-from hato.queue.dsn import Action, Original, RecipientReport, build_dsn, header_section
+from hato.queue.dsn import (
+    Action,
+    Original,
+    RecipientReport,
+    build_dsn,
+    header_section,
+    is_international,
+)
 from hato.queue.schedule import Schedule
 from hato.queue.store import Queue
 
@@ -170,8 +177,10 @@ class Notifier:
         params: dict[str, str | None] = {}
         if not data.isascii():
             params["BODY"] = "8BITMIME"  # RFC 6152 §2: the returned original has 8-bit octets
-        if "SMTPUTF8" in message.params or sender.needs_smtputf8:
-            params["SMTPUTF8"] = None  # RFC 6531 §3.4: UTF-8 headers or addresses inside
+        if is_international(message, reports):
+            # RFC 6531 §3.4 / RFC 6533 §6: UTF-8 headers or addresses inside (the
+            # message/global-delivery-status of a non-ASCII recipient, too).
+            params["SMTPUTF8"] = None
         # RFC 3461 §6.1 / RFC 5321 §4.5.5: a DSN goes from the null reverse-path.
         queue_id = await self._queue.commit(
             body, mail_from=None, recipients=[(sender, sender)], prefix=b"", params=params

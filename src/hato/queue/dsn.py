@@ -7,6 +7,12 @@ parts: a human-readable explanation, the machine-readable `message/delivery-stat
 §2: per-message fields, then one block of per-recipient fields per recipient), and the
 original message (`message/rfc822`) or only its header section (`text/rfc822-headers`,
 RFC 6522 §4). Everything we write is US-ASCII except the returned original itself.
+
+About a message that went with SMTPUTF8, or to or from a non-ASCII address, the DSN is the
+internationalized one of RFC 6533: `message/global-delivery-status` (§6.1), whose address
+fields use the `utf-8` address type with the address in UTF-8 (§3), the explanation in UTF-8,
+and the original as `message/global` (RFC 6532 §3.7) or `message/global-headers` (RFC 6533
+§6.3). Nothing is ever replaced by "?": a lossy address would name nobody.
 """
 
 from __future__ import annotations
@@ -91,9 +97,31 @@ def _ascii(text: str) -> str:
     return "".join(ch if " " <= ch <= "~" else "?" for ch in text)
 
 
-def _field(name: str, value: str) -> str:
+def _printable(text: str) -> str:
+    """No control characters; UTF-8 is kept (RFC 6533 §6.1: global-delivery-status fields
+    are UTF-8 text lines)."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else "?" for ch in text)
+
+
+def is_international(message: QueuedMessage, reports: Sequence[RecipientReport]) -> bool:
+    """RFC 6533: whether the DSN about `reports` must be the internationalized one (the
+    message went with SMTPUTF8, or an address to report is not ASCII)."""
+    if "SMTPUTF8" in message.params:
+        return True
+    if message.mail_from is not None and message.mail_from.needs_smtputf8:
+        return True
+    for report in reports:
+        rcpt = report.recipient
+        if rcpt.address.needs_smtputf8 or rcpt.original.needs_smtputf8:
+            return True
+        if rcpt.dsn.orcpt is not None and not rcpt.dsn.orcpt.isascii():
+            return True
+    return False
+
+
+def _field(name: str, value: str, *, utf8: bool = False) -> str:
     """One header-style field, folded at spaces (RFC 5322 §2.2.3), CRLF-terminated."""
-    value = _ascii(value)[:MAX_FIELD]
+    value = (_printable(value) if utf8 else _ascii(value))[:MAX_FIELD]
     line, out = f"{name}: ", []
     for word in value.split(" "):
         if len(line) + len(word) > FOLD_AT and line.strip() and not line.endswith(": "):
@@ -112,6 +140,9 @@ def _to(sender: Address) -> str:
 
 
 def _address(address: Address) -> str:
+    if address.needs_smtputf8:
+        # RFC 6533 §3: a non-ASCII address has the address type "utf-8", not "rfc822".
+        return f"utf-8;{address}"
     return f"rfc822;{address}"
 
 
@@ -120,16 +151,18 @@ def _diagnostic(reply: Reply) -> str:
     return "smtp; " + " ".join(reply.lines())
 
 
-def _recipient_fields(report: RecipientReport, expires_at: float | None) -> str:
+def _recipient_fields(report: RecipientReport, expires_at: float | None, utf8: bool) -> str:
     rcpt = report.recipient
     fields = []
     if rcpt.dsn.orcpt is not None:
         # RFC 3464 §2.3.1 / RFC 3461 §6.3: Original-Recipient is the ORCPT, decoded from xtext.
-        fields.append(_field("Original-Recipient", rcpt.dsn.orcpt))
+        # RFC 6533 §3: a utf-8 ORCPT is kept decoded, so the global DSN shows it in UTF-8.
+        fields.append(_field("Original-Recipient", rcpt.dsn.orcpt, utf8=utf8))
     elif rcpt.original != rcpt.address:
         # No ORCPT, but an alias took the RCPT TO elsewhere: report the address as given.
-        fields.append(_field("Original-Recipient", _address(rcpt.original)))
-    fields.append(_field("Final-Recipient", _address(rcpt.address)))  # RFC 3464 §2.3.2
+        fields.append(_field("Original-Recipient", _address(rcpt.original), utf8=utf8))
+    # RFC 3464 §2.3.2
+    fields.append(_field("Final-Recipient", _address(rcpt.address), utf8=utf8))
     fields.append(_field("Action", report.action.value))  # RFC 3464 §2.3.3
     status = report.status or status_code(report.action, report.reply)
     fields.append(_field("Status", status))  # RFC 3464 §2.3.4
@@ -152,6 +185,7 @@ def _explanation(
     reports: Sequence[RecipientReport],
     expires_at: float | None,
     returned: bool = True,
+    utf8: bool = False,
 ) -> str:
     actions = {r.action for r in reports}
     lines = [f"This is the mail system at host {hostname}.", ""]
@@ -177,7 +211,8 @@ def _explanation(
         if report.reply is not None:
             what = f"{what}: {' '.join(report.reply.lines())}"
         lines.append(f"<{report.recipient.address}>: {what}")
-    return "".join(_ascii(line)[:MAX_FIELD] + "\r\n" for line in lines)
+    clean = _printable if utf8 else _ascii
+    return "".join(clean(line)[:MAX_FIELD] + "\r\n" for line in lines)
 
 
 def subject(reports: Sequence[RecipientReport]) -> str:
@@ -221,8 +256,9 @@ def build_dsn(
         raise ValueError("no DSN for a message from the null reverse-path")
     if not reports:
         raise ValueError("a DSN needs at least one recipient")
-    explanation = _explanation(hostname, reports, expires_at, original is not None)
-    explanation_bytes = explanation.encode("ascii")
+    utf8 = is_international(message, reports)
+    explanation = _explanation(hostname, reports, expires_at, original is not None, utf8)
+    explanation_bytes = explanation.encode("utf-8")
     per_message = [_field("Reporting-MTA", f"dns; {hostname}")]  # RFC 3464 §2.2.2
     per_message.append(_field("X-Hato-Queue-ID", message.queue_id))  # RFC 3464 §2.4 extension
     envid = message.params.get("ENVID")
@@ -230,9 +266,11 @@ def build_dsn(
         # RFC 3464 §2.2.1 / RFC 3461 §4.4: ENVID as the client gave it, decoded from xtext.
         per_message.append(_field("Original-Envelope-Id", xtext_decode(envid)))
     per_message.append(_field("Arrival-Date", rfc5322_date(message.received_at)))  # §2.2.5
-    blocks = ["".join(per_message)] + [_recipient_fields(r, expires_at) for r in reports]
+    blocks = ["".join(per_message)] + [_recipient_fields(r, expires_at, utf8) for r in reports]
     # RFC 3464 §2.1: the per-message block, then each per-recipient block after an empty line.
-    status = "\r\n".join(blocks).encode("ascii")
+    status = "\r\n".join(blocks).encode("utf-8")
+    # RFC 6533 §6.1 (and RFC 6522 §3: report-type is the subtype of the report part).
+    status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
     boundary = _boundary(dsn_id, [original.data if original is not None else b""])
     head = "".join(
         [
@@ -244,8 +282,9 @@ def build_dsn(
             # RFC 3834 §5: a notification is an automatic reply, not to be answered in kind.
             _field("Auto-Submitted", "auto-replied"),
             _field("MIME-Version", "1.0"),
-            # RFC 6522 §3 / RFC 3464 §3: multipart/report with report-type=delivery-status.
-            "Content-Type: multipart/report; report-type=delivery-status;\r\n",
+            # RFC 6522 §3 / RFC 3464 §3: multipart/report whose report-type is the subtype
+            # of the machine-readable part.
+            f"Content-Type: multipart/report; report-type={status_type.split('/')[1]};\r\n",
             f'\tboundary="{boundary}"\r\n',
             "\r\n",
             "This is a MIME-encapsulated message.\r\n",
@@ -257,27 +296,31 @@ def build_dsn(
         head,
         delimiter,
         b"Content-Description: Notification\r\n",
-        b"Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+        _text_type(explanation_bytes),
         explanation_bytes,
         b"\r\n",
         delimiter,
         b"Content-Description: Delivery report\r\n",
-        b"Content-Type: message/delivery-status\r\n\r\n",
+        f"Content-Type: {status_type}\r\n".encode("ascii"),
+        _cte(status),
         status,
         b"\r\n",
-        *([] if original is None else _returned_part(delimiter, original, reports)),
+        *([] if original is None else _returned_part(delimiter, original, reports, utf8)),
         f"--{boundary}--\r\n".encode("ascii"),
     ]
     return b"".join(parts)
 
 
 def _returned_part(
-    delimiter: bytes, original: Original, reports: Sequence[RecipientReport]
+    delimiter: bytes, original: Original, reports: Sequence[RecipientReport], utf8: bool
 ) -> list[bytes]:
+    # RFC 6533 §6.3 and RFC 6532 §3.7: the internationalized types for an SMTPUTF8 original.
     if original.headers_only:
-        returned_type, description = "text/rfc822-headers", "Undelivered Message Headers"
+        returned_type = "message/global-headers" if utf8 else "text/rfc822-headers"
+        description = "Undelivered Message Headers"
     else:
-        returned_type, description = "message/rfc822", "Undelivered Message"
+        returned_type = "message/global" if utf8 else "message/rfc822"
+        description = "Undelivered Message"
     if not any(r.action is Action.FAILED for r in reports):
         description = "Message Headers" if original.headers_only else "Message"
     # RFC 2046 §5.2.1: message/rfc822 is 7bit, 8bit or binary; 8bit when any octet is.
@@ -291,3 +334,14 @@ def _returned_part(
         b"" if original.data.endswith(b"\r\n") or not original.data else b"\r\n",
         b"\r\n",
     ]
+
+
+def _text_type(text: bytes) -> bytes:
+    if text.isascii():
+        return b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    return b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+
+
+def _cte(part: bytes) -> bytes:
+    # RFC 2045 §6.1: 7bit (the default) only when every octet is; RFC 6533 §6.1 allows 8bit.
+    return b"\r\n" if part.isascii() else b"Content-Transfer-Encoding: 8bit\r\n\r\n"

@@ -68,6 +68,11 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 # RFC 3461 §4: xtext = *( xchar / hexchar ), hexchar = "+" 2(%x30-39 / %x41-46)
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+# RFC 6533 §3: utf-8-addr-unitext = 1*(QUCHAR / EmbeddedUnicodeChar), the ORCPT form of a
+# utf-8 address when the transaction uses SMTPUTF8 (QUCHAR: QCHAR or UTF-8 non-ASCII).
+_UNITEXT = re.compile(
+    r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\x\{[0-9A-Fa-f]{2,6}\})+"
+)
 # RFC 3461 §4.2 addr-type is an atom (RFC 5322 §3.2.3 atext)
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")
 _DIGITS = re.compile(r"[0-9]{1,20}")
@@ -220,7 +225,9 @@ def parse_mail(
     )
 
 
-def _check_rcpt_param(key: str, value: str | None, settings: ServerSettings) -> Bad | None:
+def _check_rcpt_param(
+    key: str, value: str | None, settings: ServerSettings, smtputf8: bool
+) -> Bad | None:
     bad_value = Bad(R.BAD_ARGUMENTS, f"invalid value for {key}")
     if key == "NOTIFY" and settings.dsn:
         # RFC 3461 §4.1: NOTIFY=NEVER / 1#( SUCCESS / FAILURE / DELAY )
@@ -237,6 +244,8 @@ def _check_rcpt_param(key: str, value: str | None, settings: ServerSettings) -> 
             return bad_value
         addr_type, sep, text = value.partition(";")
         ok = bool(sep) and _ATOM.fullmatch(addr_type) is not None and bool(text)
+        if ok and smtputf8 and addr_type.lower() == "utf-8" and not text.isascii():
+            return None if _UNITEXT.fullmatch(text) else bad_value
         return None if ok and _XTEXT.fullmatch(text) else bad_value
     # RFC 5321 §4.1.1.11: an unrecognized or unimplemented parameter gets 555.
     return Bad(R.BAD_PARAMETER, f"parameter {key} not offered")
@@ -263,7 +272,7 @@ def parse_rcpt(arg: str, settings: ServerSettings, *, smtputf8: bool) -> RcptTo 
     if isinstance(params, Bad):
         return params
     for key, value in params.items():
-        refusal = _check_rcpt_param(key, value, settings)
+        refusal = _check_rcpt_param(key, value, settings, smtputf8)
         if refusal is not None:
             return refusal
     if address.needs_smtputf8 and not smtputf8:

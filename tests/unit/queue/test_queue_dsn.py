@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 from email.message import Message
 
 import pytest
@@ -226,3 +228,47 @@ def test_notify_and_orcpt_from_rcpt_parameters() -> None:
     assert RecipientDsn.parse(some.notify_param, some.orcpt) == some  # the stored form
     assert RecipientDsn.parse(never.notify_param, None) == never
     assert xtext_decode("caf+C3+A9+2B") == "café+"
+
+
+def test_a_non_ascii_recipient_gets_the_rfc_6533_global_dsn_with_its_address_intact() -> None:
+    # Issue 14: "Final-Recipient: rfc822;j?rg.m?ller@..." named nobody. RFC 6533 §3, §6.
+    original = ORIGINAL.replace(b"quarterly figures", "Zahlen für Jörg".encode())
+    jorg = rcpt("jörg.müller@example.de", orcpt="utf-8;j\\x{F6}rg.m\\x{FC}ller@example.de")
+    alias = rcpt("zoë@example.de", 2, original="équipe@example.de")
+    reply = Reply(550, "5.1.1", "no such user")
+    data = build(
+        [
+            RecipientReport(jorg, Action.FAILED, reply, "mx.example.de", T0 + 30),
+            RecipientReport(alias, Action.FAILED, reply, "mx.example.de", T0 + 30),
+        ],
+        Original(original, False),
+        msg=message(params={"SMTPUTF8": None}),
+    )
+    assert b"j?rg" not in data and b"m?ller" not in data and b"zo?" not in data
+    report = email.message_from_bytes(data, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "global-delivery-status"
+    human, status, returned = report.iter_parts()
+    assert human.get_content_charset() == "utf-8"
+    assert "<jörg.müller@example.de>: failed" in human.get_content()
+    assert status.get_content_type() == "message/global-delivery-status"
+    text = data.decode("utf-8")
+    assert "Original-Recipient: utf-8;jörg.müller@example.de\r\n" in text
+    assert "Final-Recipient: utf-8;jörg.müller@example.de\r\n" in text
+    assert "Original-Recipient: utf-8;équipe@example.de\r\n" in text
+    assert "Final-Recipient: utf-8;zoë@example.de\r\n" in text
+    assert returned.get_content_type() == "message/global"
+    assert original in data  # octet for octet
+    headers_only = build(
+        [RecipientReport(jorg, Action.FAILED, reply, "mx.example.de")],
+        Original(header_section(original), True),
+        msg=message(params={"SMTPUTF8": None}),
+    )
+    assert b"Content-Type: message/global-headers\r\n" in headers_only
+
+
+def test_an_ascii_message_keeps_the_rfc_3464_types() -> None:
+    gone = rcpt("gone@example.org")
+    data = build([RecipientReport(gone, Action.FAILED, Reply(550, "5.1.1", "no"), "mx")])
+    assert b"report-type=delivery-status;" in data and b"message/global" not in data
+    assert data.isascii()

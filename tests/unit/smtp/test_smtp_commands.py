@@ -328,6 +328,28 @@ def test_dsn_rcpt_parameters(params: str, ok: bool) -> None:
     assert replies(out)[-1].startswith("250 2.1.5" if ok else "501 5.5.4")
 
 
+@pytest.mark.parametrize(
+    "mail_params,orcpt,ok",
+    [
+        # RFC 6533 §3: utf-8-addr-unitext (UTF-8 kept, "+" "=" "\\" as \\x{HEX}) with SMTPUTF8.
+        (" SMTPUTF8", "utf-8;jörg.müller@example.org", True),
+        (" SMTPUTF8", "utf-8;j\\x{F6}rg\\x{2B}1@example.org", True),
+        (" SMTPUTF8", "utf-8;jörg\\müller@example.org", False),
+        (" SMTPUTF8", "utf-8;jörg+müller@example.org", False),
+        (" SMTPUTF8", "rfc822;jörg@example.org", False),
+        # Without SMTPUTF8 only the 7-bit utf-8-addr-xtext form.
+        ("", "utf-8;j\\x{F6}rg@example.org", True),
+        ("", "utf-8;jörg@example.org", False),
+    ],
+)
+def test_utf8_orcpt(mail_params: str, orcpt: str, ok: bool) -> None:
+    d = Driver.make(dsn=True, smtputf8=True)
+    out = d.run(
+        EHLO + f"MAIL FROM:<a@b.example>{mail_params}\r\nRCPT TO:<x@example.org> ORCPT={orcpt}\r\n"
+    )
+    assert replies(out)[-1].startswith("250 2.1.5" if ok else "501 5.5.4"), replies(out)
+
+
 def test_rcpt_parameters_without_dsn_are_555() -> None:
     d = Driver.make()
     out = d.run(EHLO + "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@example.org> NOTIFY=NEVER\r\n")
