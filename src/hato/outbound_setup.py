@@ -73,6 +73,20 @@ def outbound_settings(settings: Settings) -> OutboundSettings:
     )
 
 
+def verify_contexts(settings: Settings) -> tuple[ssl.SSLContext, ssl.SSLContext | None]:
+    """The contexts that verify next hops: the system's trust plus [delivery] ca_file, and
+    for the smarthost its own [smarthost] ca_file alone (None: the first one)."""
+    # RFC 7817 §3 / RFC 6125: the default context checks the chain and the host name.
+    verify = ssl.create_default_context()
+    if settings.delivery.ca_file is not None:
+        verify.load_verify_locations(cafile=str(settings.delivery.ca_file))
+    sh = settings.smarthost
+    smarthost = None
+    if sh is not None and sh.ca_file is not None:
+        smarthost = ssl.create_default_context(cafile=str(sh.ca_file))
+    return verify, smarthost
+
+
 def build_outbound(settings: Settings, resolver: Resolver, clock: Clock) -> OutboundCourier:
     d = settings.delivery
     mta_sts = None
@@ -89,6 +103,13 @@ def build_outbound(settings: Settings, resolver: Resolver, clock: Clock) -> Outb
     if d.dane:
         # RFC 7672 §2.2: TLSA records count only with the AD bit of a validating resolver.
         dane = DnsPythonResolver(d.dane_nameservers or settings.dns.nameservers)
+    verify, smarthost = verify_contexts(settings)
     return OutboundCourier(
-        outbound_settings(settings), resolver, clock=clock, mta_sts=mta_sts, dane_resolver=dane
+        outbound_settings(settings),
+        resolver,
+        clock=clock,
+        mta_sts=mta_sts,
+        dane_resolver=dane,
+        verify_context=verify,
+        smarthost_context=smarthost,
     )

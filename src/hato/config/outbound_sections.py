@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,22 @@ def _readable_file(value: object, info: ValidationInfo) -> Path:
     if not isinstance(base, Path):
         raise TypeError("validate hato config sections with context=ParseContext(base_dir)")
     return check_readable_file(resolve_path(value, base))
+
+
+def _ca_bundle(value: object, info: ValidationInfo) -> Path:
+    """A readable PEM file holding at least one CA certificate (what OpenSSL can load)."""
+    path = _readable_file(value, info)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a PEM file of CA certificates ({exc}); "
+            "give the CA's certificate (-----BEGIN CERTIFICATE-----), not a key"
+        ) from None
+    return path
+
+
+CaBundle = Annotated[Path, PlainValidator(_ca_bundle)]
 
 
 def _host(value: object) -> str:
@@ -117,6 +134,11 @@ class DeliverySettings(BaseModel):
     max_messages_per_connection: StrictInt = Field(100, description="an integer, at least 1")
     max_connections_per_domain: StrictInt = Field(10, description="an integer, at least 1")
     max_connections: StrictInt = Field(100, description="an integer, at least 1")
+    ca_file: CaBundle | None = Field(
+        None,
+        description="a PEM file of CA certificates trusted for next hops, added to the "
+        "system's trust (e.g. a private CA of relays or MX hosts verified by policy)",
+    )
     mta_sts: StrictBool = Field(True, description="true or false: honour MTA-STS (RFC 8461)")
     mta_sts_connect_to: Annotated[str, PlainValidator(_host_port)] | None = Field(
         None, description=f"tests only: fetch every MTA-STS policy from {_HOSTPORT}"
@@ -200,6 +222,11 @@ class SmarthostSettings(BaseModel):
     port: StrictInt = Field(587, description="a port, 1..65535 (587 starttls, 465 implicit)")
     tls: SmarthostTls = Field(SmarthostTls.STARTTLS, description='"starttls" or "implicit"')
     verify_certificate: StrictBool = Field(True, description="true or false")
+    ca_file: CaBundle | None = Field(
+        None,
+        description="a PEM file of CA certificates: the smarthost's certificate is verified "
+        "against these only, instead of the system's trust (a private CA)",
+    )
     username: StrictStr | None = Field(None, description="the AUTH user name")
     password: StrictStr | None = Field(None, description="the AUTH password", repr=False)
     password_file: Annotated[Path, PlainValidator(_readable_file)] | None = Field(

@@ -113,6 +113,7 @@ class OutboundCourier:
         mta_sts: MtaSts | None = None,
         dane_resolver: Resolver | None = None,
         verify_context: ssl.SSLContext | None = None,
+        smarthost_context: ssl.SSLContext | None = None,
         opener: Opener | None = None,
         own_names: Collection[str] = (),
     ) -> None:
@@ -122,6 +123,8 @@ class OutboundCourier:
         self._mta_sts = mta_sts
         self._dane_resolver = dane_resolver
         self._verify_context = verify_context or ssl.create_default_context()
+        # [smarthost] ca_file: the smarthost is verified against its own CA file alone.
+        self._smarthost_context = smarthost_context or self._verify_context
         self._open: Opener = opener or ClientSession.open
         self._own_names = frozenset(n.rstrip(".").lower() for n in (settings.helo_name, *own_names))
         self.pool: ConnectionPool[Session] = ConnectionPool(
@@ -267,7 +270,7 @@ class OutboundCourier:
             return replace(base, tls_mode=TlsMode.NONE)
         if hop.smarthost is not None:
             mode = TlsMode.IMPLICIT if hop.smarthost.implicit_tls else TlsMode.REQUIRED
-            context = self._verify_context if tls.level is TlsLevel.VERIFY else None
+            context = self._smarthost_context if tls.level is TlsLevel.VERIFY else None
             # RFC 4954 §4 / RFC 8314: credentials only ever go over TLS (the driver checks it).
             return replace(base, tls_mode=mode, ssl_context=context, auth=hop.smarthost.auth)
         match tls.level:

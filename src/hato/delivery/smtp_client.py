@@ -179,7 +179,8 @@ class ClientSession:
                     limit=2 * READ_SIZE,
                 )
         except ssl.SSLError as exc:
-            raise DeliveryError("tls", TLS_FAILED, tls_policy=_is_verify_error(exc)) from exc
+            reply = tls_failure(exc)
+            raise DeliveryError("tls", reply, tls_policy=_is_verify_error(exc)) from exc
         except (OSError, TimeoutError) as exc:
             raise DeliveryError("connect", CONNECT_FAILED) from exc
         session = cls(options, reader, writer, ClientConnection(lmtp=options.lmtp))
@@ -246,11 +247,12 @@ class ClientSession:
                 )
             self._conn.tls_established()
         except ssl.SSLError as exc:
-            raise DeliveryError("tls", TLS_FAILED, tls_policy=_is_verify_error(exc)) from exc
+            reply = tls_failure(exc)
+            raise DeliveryError("tls", reply, tls_policy=_is_verify_error(exc)) from exc
         except RemoteProtocolError as exc:
             raise DeliveryError("tls", PROTOCOL_ERROR) from exc
         except (OSError, TimeoutError) as exc:
-            raise DeliveryError("tls", TLS_FAILED) from exc
+            raise DeliveryError("tls", tls_failure(exc)) from exc
         self._tls_done(context)
         await self._hello()
 
@@ -429,6 +431,23 @@ def _context(options: ConnectOptions) -> ssl.SSLContext:
     # RFC 8996: no TLS 1.0 or 1.1.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def tls_failure(exc: BaseException) -> Reply:
+    """TLS_FAILED with the reason (issue 13: "TLS handshake failed" alone left an admin
+    guessing): which certificate check failed (OpenSSL's verify message, e.g. "unable to get
+    local issuer certificate" or a host name mismatch), else the TLS alert or socket error.
+    The reply is ours, kept on the queue row and in DSNs; RFC 3463 §3.8: X.7.5 crypto failure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"certificate verify failed: {exc.verify_message or exc.reason or exc}"
+    elif isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc.strerror or exc)
+    elif isinstance(exc, TimeoutError):
+        reason = "timed out"
+    else:
+        reason = str(getattr(exc, "strerror", None) or exc) or type(exc).__name__
+    text = " ".join(reason.split())[:200]  # one line: it goes into a reply and a log field
+    return Reply(TLS_FAILED.code, TLS_FAILED.enhanced, f"{TLS_FAILED.text}: {text}")
 
 
 def _is_verify_error(exc: ssl.SSLError) -> bool:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from hato.config import (
     ConfigError,
@@ -13,6 +19,7 @@ from hato.config import (
     TlsPolicyName,
     parse_settings,
 )
+from hato.outbound_setup import verify_contexts
 
 BASE = """
 [server]
@@ -134,3 +141,63 @@ password_file = "smarthost.pw"
 )
 def test_errors(extra: str, expected: str, tmp_path: Path) -> None:
     assert expected in problems(extra, tmp_path)
+
+
+def _ca_pem(tmp_path: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "private CA")])
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=36500))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "private-ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def test_ca_files_for_next_hops(tmp_path: Path) -> None:
+    ca = _ca_pem(tmp_path)
+    settings = parse(
+        '[delivery]\nca_file = "private-ca.pem"\n'
+        '[smarthost]\nhost = "smtp.test"\nca_file = "private-ca.pem"\n',
+        tmp_path,
+    )
+    assert settings.delivery.ca_file == ca and settings.smarthost is not None
+    assert settings.smarthost.ca_file == ca
+    verify, smarthost = verify_contexts(settings)
+    der = ssl.PEM_cert_to_DER_cert(ca.read_text())
+    assert der in verify.get_ca_certs(binary_form=True)  # added to the system's trust
+    assert smarthost is not None
+    assert smarthost.get_ca_certs(binary_form=True) == [der]  # its own trust: this file only
+    assert verify_contexts(parse("", tmp_path))[1] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[delivery]\nca_file = "missing.pem"', "delivery.ca_file: file"),
+        ('[delivery]\nca_file = "key.pem"', "delivery.ca_file: "),
+        ('[smarthost]\nhost = "s.test"\nca_file = "key.pem"', "smarthost.ca_file: "),
+    ],
+)
+def test_ca_file_errors_name_the_key_and_the_fix(extra: str, expected: str, tmp_path: Path) -> None:
+    _ca_pem(tmp_path)
+    message = problems(extra, tmp_path)
+    assert expected in message
+    if "key.pem" in extra:
+        assert "not a PEM file of CA certificates" in message and "not a key" in message

@@ -175,7 +175,21 @@ def test_dane_mismatch_and_bad_name_are_tls_policy_failures(peer: Peer) -> None:
             )
         )
     assert info.value.stage == "tls" and info.value.tls_policy
+    # Issue 13: the reply names the check that failed, not only "TLS handshake failed".
+    assert info.value.reply.text.startswith("TLS handshake failed: certificate verify failed: ")
+    assert "mx.other.example" in info.value.reply.text  # OpenSSL: "Hostname mismatch, ..."
     assert peer.handler.messages == []
+
+
+def test_an_untrusted_certificate_says_why(peer: Peer, tmp_path: Path) -> None:
+    # The client trusts another CA only: the peer's certificate has no known issuer.
+    other, _ = ensure_self_signed(tmp_path / "other", "other.example")
+    trust = ssl.create_default_context(cafile=str(other))
+    with pytest.raises(DeliveryError) as info:
+        deliver(options(peer, tls_mode=TlsMode.REQUIRED, ssl_context=trust))
+    reply = info.value.reply
+    assert (reply.code, reply.enhanced) == (421, "4.7.5") and info.value.tls_policy
+    assert "certificate verify failed: " in reply.text and "\n" not in reply.text, reply
 
 
 def test_implicit_tls(tmp_path: Path) -> None:
