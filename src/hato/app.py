@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -15,7 +14,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +58,9 @@ from hato.policy import (
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control
+from hato.server.auth import ScramDecoy
 from hato.server.context import ListenerState, SessionContext
+from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
@@ -214,40 +215,6 @@ def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> Reci
         alias_file=aliases,
         delimiter=settings.local.recipient_delimiter,
     )
-
-
-@contextlib.contextmanager
-def data_dir_lock(data_dir: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
-    """One server per data directory: the queue and the mailboxes are ours alone. `owner`
-    (uid, gid): who the server will run as, when root starts it ([server] user)."""
-    try:
-        created = not data_dir.exists()
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(data_dir / "hato.lock", "a+")  # noqa: SIM115 - held for the whole run
-        if owner is not None:
-            # Made by root before the privilege drop, but they are the server's.
-            os.fchown(handle.fileno(), *owner)
-            if created:
-                os.chown(data_dir, *owner)
-    except OSError as exc:
-        raise StartupError(
-            f"server.data_dir: cannot create {data_dir}: {exc.strerror}; "
-            "choose a writable directory (or set HATO_HOME)",
-            EX_CANTCREAT,
-        ) from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise StartupError(
-            f"server.data_dir: {data_dir} is in use by another hato process; "
-            "stop it or give this one its own data_dir",
-            EX_TEMPFAIL,
-        ) from exc
-    try:
-        yield
-    finally:
-        handle.close()
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -410,6 +377,10 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     node_id = worker.node_id if worker else f"{socket.gethostname()}:{os.getpid()}"
     first = worker is None or worker.index == 0  # runs the control socket
     tls = build_tls(settings, data_dir)  # read as root: certbot's keys are root-only
+    try:
+        scram = ScramDecoy(server_secret(data_dir), settings.auth.scram_iterations)
+    except DataDirError as exc:
+        raise StartupError(str(exc), exc.exit_code) from exc
     if worker is not None:
         sockets = worker.sockets
     else:
@@ -440,7 +411,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
-    users = UserStore(data_dir / "users.db")
+    users = UserStore(data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations)
     shared = Shared(
         clock=clock,
         data_dir=data_dir,
@@ -509,7 +480,10 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 implicit_tls=implicit,
                 accounts=users if role is not Role.MX else None,
                 verify_slots=shared.verify_slots,
-                throttle=shared.throttle,
+                scram=scram,
+                # An AUTH block never extends to port 25: mail to the client's owner still
+                # arrives while its submission is blocked (and mx offers no AUTH to block).
+                throttle=shared.throttle if role is not Role.MX else None,
                 limiter=shared.limiter,
                 dns=shared.dns,
                 keys=keys,
@@ -762,13 +736,13 @@ def serve(settings: Settings, *, source: str) -> int:
     # 0: one per CPU, at most 64 (a queue id has room for 64 workers' slots, queue/ids.py).
     workers = settings.server.workers or min(os.cpu_count() or 1, 64)
     try:
-        with data_dir_lock(Path(settings.server.data_dir), _owner(settings)):
+        with locked(Path(settings.server.data_dir), _owner(settings)):
             if workers > 1:
                 from hato.supervisor import supervise
 
                 return supervise(settings, source, workers, handler)
             asyncio.run(run(settings, source))
-    except StartupError as exc:
+    except (StartupError, DataDirError) as exc:
         log.error(logfmt("startup-failed", detail=str(exc)))
         handler.flush()
         print(f"hato: {exc}", file=sys.stderr)

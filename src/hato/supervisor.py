@@ -100,7 +100,7 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     """Make, once and before any worker runs, what workers would otherwise race to create:
     the user, key and limits databases (switching SQLite to WAL needs the file to itself) and the
     self-signed certificate (two workers writing key and certificate could mix the pairs)."""
-    users = UserStore(data_dir / "users.db")
+    users = UserStore(data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations)
     users.exists(Address("postmaster", "invalid"))  # creates the file and its schema
     users.close()
     KeyStore.in_data_dir(data_dir).close()

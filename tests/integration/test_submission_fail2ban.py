@@ -23,14 +23,17 @@ CONTRIB = Path(__file__).parents[2] / "contrib" / "fail2ban"
 FILTER = CONTRIB / "filter.d" / "hato.conf"
 JAIL = CONTRIB / "jail.d" / "hato.conf"
 ALICE = "alice@users.test"
+BOB = "bob@users.test"
 
 
 def _b64(text: str) -> bytes:
     return base64.b64encode(text.encode())
 
 
-def _session(server: HatoServer, ca: TestCA) -> RawSession:
-    session = RawSession(server.host, server.submissions_port, tls=ca.client_context())
+def _session(server: HatoServer, ca: TestCA, source: str | None = None) -> RawSession:
+    session = RawSession(
+        server.host, server.submissions_port, tls=ca.client_context(), source=source
+    )
     assert session.reply()[0] == 220
     assert session.command(b"EHLO client.test")[0] == 250
     return session
@@ -185,3 +188,156 @@ def test_a_successful_login_clears_the_count(make_server: MakeServer, test_ca: T
     # Six failures in all, never three in a row: never blocked.
     with _session(server, test_ca) as session:
         assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+
+
+def _scram_wrong(session: RawSession, user: str) -> tuple[int, list[bytes]]:
+    """One SCRAM-SHA-256 exchange (RFC 5802 §5) with a proof that cannot be right."""
+    code, lines = session.command(b"AUTH SCRAM-SHA-256 " + _b64(f"n,,n={user},r=attacker"))
+    assert code == 334, lines
+    server_first = base64.b64decode(lines[-1][4:]).decode()
+    nonce = server_first.split(",")[0]
+    proof = base64.b64encode(b"\0" * 32).decode()
+    return session.command(_b64(f"c=biws,{nonce},p={proof}"))
+
+
+def _refused(server: HatoServer, port: int, source: str, ca: TestCA | None = None) -> bool:
+    """Whether a new connection from `source` is greeted 421 (True) or 220 (False)."""
+    context = ca.client_context() if ca is not None else None
+    with RawSession(server.host, port, tls=context, source=source) as s:
+        code = s.reply()[0]
+    assert code in (220, 421), code
+    return code == 421
+
+
+# ---- targeted lockout (issue 12, item 4) ------------------------------------------------------
+
+
+def test_guesses_at_bobs_account_from_elsewhere_never_block_bob(
+    make_server: MakeServer, test_ca: TestCA, workdir: Path, require_peer: Callable[[str], str]
+) -> None:
+    """Before: 30 failures at bob's account from other addresses made bob's one typo block his
+    address for 15 minutes (port 25 too), and fail2ban banned him for the refused reconnects."""
+    fail2ban_regex = require_peer("fail2ban-regex")
+    cap = 0.2
+    server = _server(
+        make_server,
+        test_ca,
+        AuthSetup(failure_delay=cap / 4, max_failure_delay=cap, max_failures=10,
+                  max_account_failures=30, block_time=600.0),
+    )  # fmt: skip
+    bob_home = "127.0.0.2"
+    with _session(server, test_ca, bob_home) as session:  # bob logs in as every day
+        assert _plain(session, BOB, USER_PASSWORD)[0] == 235
+    # Four attackers, eight guesses each, SCRAM and PLAIN: none reaches its own limit of 10,
+    # together 32 against bob's account.
+    waits: list[float] = []
+    for attacker in ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"):
+        with _session(server, test_ca, attacker) as session:
+            for guess in range(8):
+                started = time.monotonic()
+                if guess % 2:
+                    code, lines = _plain(session, BOB, f"guess-{guess}")
+                else:
+                    code, lines = _scram_wrong(session, BOB)
+                waits.append(time.monotonic() - started)
+                assert (code, lines[-1][4:9]) == (535, b"5.7.8"), lines
+    # The account's failures slow every stranger's guess at it, SCRAM and PLAIN alike: from
+    # the third guess on, each fresh attacker's first attempt already waits the longest delay.
+    assert min(waits[8::8]) >= cap * 0.9, waits
+    assert server.wait_for_log(r"event=auth-account-attacked user=bob@users.test"), (
+        server.log_text()
+    )
+    with _session(server, test_ca, "127.0.0.7") as session:  # a stranger, PLAIN
+        started = time.monotonic()
+        assert _plain(session, BOB, "one-more-guess")[0] == 535
+        assert time.monotonic() - started >= cap * 0.9
+
+    # Bob's typo: 535 (not 421), and the right password works at once.
+    with _session(server, test_ca, bob_home) as session:
+        code, lines = _plain(session, BOB, "typo")
+        assert (code, lines[-1][4:9]) == (535, b"5.7.8"), lines
+        assert _plain(session, BOB, USER_PASSWORD)[0] == 235
+    assert not _refused(server, server.submissions_port, bob_home, test_ca)
+    assert not _refused(server, server.port, bob_home)
+
+    # An attacker who reaches its own limit is blocked on the submission ports, never on 25
+    # (mail for its users still arrives).
+    loud = "127.0.0.8"
+    with _session(server, test_ca, loud) as session:
+        for _ in range(9):
+            assert _scram_wrong(session, ALICE)[0] == 535
+        code, lines = _plain(session, ALICE, "tenth")
+        assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+    assert _refused(server, server.submissions_port, loud, test_ca)
+    assert not _refused(server, server.port, loud)
+
+    assert server.wait_for_log(r"event=connection-refused .*client=127\.0\.0\.8"), server.log_text()
+    copy = workdir / "targeted.log"
+    copy.write_text(server.log_text())
+    ips = _fail2ban_ips(fail2ban_regex, copy)
+    # What fail2ban sees of each address is that address's own doing: bob's one typo, each
+    # attacker's guesses, the loud one's ten and its refused reconnect.
+    counts = {ip: ips.count(ip) for ip in set(ips)}
+    assert counts == {
+        bob_home: 1,
+        "127.0.0.3": 8, "127.0.0.4": 8, "127.0.0.5": 8, "127.0.0.6": 8,
+        "127.0.0.7": 1,
+        loud: 11,
+    }, counts  # fmt: skip
+
+
+# ---- a block reaches sessions opened before it (item 12) --------------------------------------
+
+
+def test_a_block_stops_guessing_on_sessions_opened_before_it(
+    make_server: MakeServer, test_ca: TestCA
+) -> None:
+    """Before: a client blocked after 10 failures kept guessing on connections it had opened
+    earlier (39 guesses where the limit is 10)."""
+    server = _server(
+        make_server,
+        test_ca,
+        AuthSetup(failure_delay=0.0, max_failures=3, block_time=600.0),
+    )
+    with _session(server, test_ca) as early, _session(server, test_ca) as blocking:
+        assert _scram_wrong(blocking, ALICE)[0] == 535
+        assert _scram_wrong(blocking, ALICE)[0] == 535
+        assert _scram_wrong(blocking, ALICE)[0] == 421  # the third: blocked
+        # The session opened before the block may not guess any more either.
+        code, lines = _plain(early, ALICE, "fourth")
+        assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+        with pytest.raises(OSError):
+            early.command(b"NOOP")
+    line = server.wait_for_log(r"event=auth-failed .*reason=\"client blocked\" blocked=yes")
+    assert line, server.log_text()
+
+
+# ---- an abandoned exchange is a failure (item 5) ----------------------------------------------
+
+
+def test_cancelling_auth_counts_as_a_failure_and_is_logged(
+    make_server: MakeServer, test_ca: TestCA
+) -> None:
+    """Before: "*" (RFC 4954 §4) after SCRAM's server-first message cost nothing and logged
+    nothing: free probing, invisible to fail2ban."""
+    server = _server(
+        make_server, test_ca, AuthSetup(failure_delay=0.0, max_failures=3, block_time=600.0)
+    )
+    with _session(server, test_ca) as session:
+        for attempt in range(3):
+            code, lines = session.command(
+                b"AUTH SCRAM-SHA-256 " + _b64("n,,n=carol@users.test,r=x")
+            )
+            assert code == 334, lines
+            code, lines = session.command(b"*")
+            if attempt < 2:
+                assert (code, lines[-1][4:9]) == (501, b"5.0.0"), lines
+        # The third cancel reached max_failures: 501, then the connection is closed with 421.
+        code, lines = session.reply()
+        assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+    assert _refused(server, server.submissions_port, "127.0.0.1", test_ca)
+    found = server.wait_for_log(
+        r"(?s)(event=auth-failed session=\S+ client=127\.0\.0\.1 user=carol@users.test "
+        r"mechanism=SCRAM-SHA-256 reason=cancelled.*){3}"
+    )
+    assert found, server.log_text()

@@ -11,6 +11,12 @@ are RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4, 16-byte salt, 
 pass stronger `parameters` to raise them. Hashes made with weaker parameters are upgraded on the
 next successful `verify`. A password never leaves this module, not even in an exception.
 
+SCRAM-SHA-256 keys (RFC 5802 §3) sit beside the hash and are far cheaper to attack offline (one
+PBKDF2 run per guess, no memory cost), so their iteration count is the store's
+`scram_iterations` ([auth] scram_iterations). Keys with fewer iterations are re-derived at the
+next successful `verify`, like the hashes. With `scram_iterations = 0` (SCRAM not offered) no
+keys are stored, and those already there are removed when the store is first opened.
+
 Must not import anything of hato but model.
 """
 
@@ -26,7 +32,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
 from hato.model import Address
-from hato.model.auth import ScramCredentials
+from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
 
 _SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -46,6 +52,9 @@ _SCRAM_COLUMNS = (
     "scram_server_key BLOB",
 )
 _BUSY_TIMEOUT_MS = 5000
+_NO_SCRAM = (
+    "scram_salt = NULL, scram_iterations = NULL, scram_stored_key = NULL, scram_server_key = NULL"
+)
 
 
 class AccountError(Exception):
@@ -76,8 +85,15 @@ class UserStore:
     Safe to use from several threads. The database file is created on first use, mode 0600.
     """
 
-    def __init__(self, db_path: Path, *, parameters: Parameters = RFC_9106_LOW_MEMORY) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        parameters: Parameters = RFC_9106_LOW_MEMORY,
+        scram_iterations: int = SCRAM_ITERATIONS,
+    ) -> None:
         self._path = db_path
+        self._scram_iterations = scram_iterations
         self._hasher = PasswordHasher.from_parameters(parameters)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -112,6 +128,8 @@ class UserStore:
                 if column.split()[0] not in have:  # a version 1 file: add the SCRAM columns
                     conn.execute(f"ALTER TABLE users ADD COLUMN {column}")
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            if not self._scram_iterations:
+                conn.execute(f"UPDATE users SET {_NO_SCRAM} WHERE scram_salt IS NOT NULL")
         finally:
             conn.close()
 
@@ -158,13 +176,12 @@ class UserStore:
     def add(self, address: Address, password: str) -> None:
         """Create an account; raises UserExists if there is one."""
         hashed = self._hash(password)
-        scram = ScramCredentials.derive(password, os.urandom(16))
         key = canonical_key(address)
         try:
             self._conn().execute(
                 "INSERT INTO users (address, password_hash, scram_salt, scram_iterations,"
                 " scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, hashed, scram.salt, scram.iterations, scram.stored_key, scram.server_key),
+                (key, hashed, *self._scram_row(password)),
             )
         except sqlite3.IntegrityError:
             raise UserExists(f"account already exists: {key}") from None
@@ -172,12 +189,11 @@ class UserStore:
     def set_password(self, address: Address, password: str) -> None:
         """Replace an account's password; raises UnknownUser if there is no such account."""
         hashed = self._hash(password)
-        scram = ScramCredentials.derive(password, os.urandom(16))
         key = canonical_key(address)
         cursor = self._conn().execute(
             "UPDATE users SET password_hash = ?, scram_salt = ?, scram_iterations = ?,"
             " scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
-            (hashed, scram.salt, scram.iterations, scram.stored_key, scram.server_key, key),
+            (hashed, *self._scram_row(password), key),
         )
         if cursor.rowcount == 0:
             raise UnknownUser(f"no such account: {key}")
@@ -221,7 +237,7 @@ class UserStore:
         dummy = self._dummy()  # made before the look-up, so the first call leaks nothing either
         row = (
             self._conn()
-            .execute("SELECT password_hash FROM users WHERE address = ?", (key,))
+            .execute("SELECT password_hash, scram_iterations FROM users WHERE address = ?", (key,))
             .fetchone()
         )
         if row is None:
@@ -232,11 +248,26 @@ class UserStore:
             return False
         if self._hasher.check_needs_rehash(stored):
             # Only replace the hash we checked: a concurrent set_password wins.
+            fresh = self._hasher.hash(password)
             self._conn().execute(
                 "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
-                (self._hasher.hash(password), key, stored),
+                (fresh, key, stored),
+            )
+            stored = fresh
+        if self._scram_iterations and (row[1] or 0) < self._scram_iterations:
+            self._conn().execute(
+                "UPDATE users SET scram_salt = ?, scram_iterations = ?, scram_stored_key = ?,"
+                " scram_server_key = ? WHERE address = ? AND password_hash = ?",
+                (*self._scram_row(password), key, stored),
             )
         return True
+
+    def _scram_row(self, password: str) -> tuple[bytes | int | None, ...]:
+        """The SCRAM columns for a password: salt, iterations, stored key, server key."""
+        if not self._scram_iterations:
+            return (None, None, None, None)
+        scram = ScramCredentials.derive(password, os.urandom(16), self._scram_iterations)
+        return (scram.salt, scram.iterations, scram.stored_key, scram.server_key)
 
     def _check(self, stored: str, password: str) -> bool:
         try:

@@ -157,7 +157,7 @@ def _store(loaded: LoadedSettings, *, create: bool, init: bool = False) -> Itera
     try:
         if not create and not path.exists():
             raise CommandError(f"no accounts yet: {path} does not exist (see: hato user add)")
-        store = UserStore(path)
+        store = UserStore(path, scram_iterations=loaded.settings.auth.stored_scram_iterations)
     except OSError as exc:
         raise CommandError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:

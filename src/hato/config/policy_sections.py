@@ -36,6 +36,9 @@ _SECTION = ConfigDict(frozen=True, extra="forbid")
 # RFC 4954 §4 names SASL mechanisms (RFC 4422 §3.1); these are the ones Hato implements:
 # PLAIN (RFC 4616), LOGIN (draft-murchison-sasl-login), SCRAM-SHA-256 (RFC 7677).
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+SCRAM_MIN_ITERATIONS = 4096  # RFC 7677 §4
+# PBKDF2-SHA256 rounds for SCRAM keys: ~25x RFC 7677's minimum (docs/submission.md measures it).
+SCRAM_DEFAULT_ITERATIONS = 100_000
 _NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 Seconds = Annotated[float, PlainValidator(parse_seconds)]
@@ -75,6 +78,9 @@ class AuthSettings(BaseModel):
     max_account_failures: StrictInt = Field(30, description="an integer, at least 1")
     failure_window: Seconds = Field(600.0, description="seconds, more than 0")
     block_time: Seconds = Field(900.0, description="seconds, at least 0")
+    scram_iterations: StrictInt = Field(
+        SCRAM_DEFAULT_ITERATIONS, description=f"an integer, at least {SCRAM_MIN_ITERATIONS}"
+    )
 
     @field_validator("mechanisms")
     @classmethod
@@ -111,6 +117,17 @@ class AuthSettings(BaseModel):
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         return at_least(1, value)
+
+    @field_validator("scram_iterations")
+    @classmethod
+    def _iterations(cls, value: int) -> int:
+        # RFC 7677 §4: at least 4096 iterations for SCRAM-SHA-256.
+        return at_least(SCRAM_MIN_ITERATIONS, value)
+
+    @property
+    def stored_scram_iterations(self) -> int:
+        """The count new SCRAM keys get; 0 when SCRAM is not offered, so none are stored."""
+        return self.scram_iterations if "SCRAM-SHA-256" in self.mechanisms else 0
 
 
 class NetworkSettings(BaseModel):

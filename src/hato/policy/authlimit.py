@@ -3,15 +3,21 @@
 Theory: every failed AUTH is counted twice, for the client and for the account it tried, over
 a sliding `failure_window`. The 535 reply waits `failure_delay * 2^(n-1)` seconds (capped at
 `max_failure_delay`), n being the larger of the two counts, so guessing gets slow for one
-attacker and for many attackers on one account alike. When the client reaches `max_failures`,
-or the account `max_account_failures` (a distributed guess at one password), the client gets
-421 4.7.0 and is blocked for `block_time`: its new connections get 421 4.7.0 too. The account
-itself is never locked, so an attacker cannot lock its owner out.
+attacker and for many attackers on one account alike. Only a client's *own* failures block it:
+when they reach `max_failures` it gets 421 4.7.0 and is blocked for `block_time` (its new
+submission connections and every further AUTH get 421 4.7.0 too). Failures against an account
+never block anybody: otherwise 30 guesses at bob's password from elsewhere would make bob's
+first typo block bob's own address. Neither is the account ever locked.
+
+A client that has logged in as an account recently (`trust_time`) is that account's known
+client: the account's count does not slow it down, only its own does, so the owner of an
+account under attack keeps logging in at full speed from where they always do. A success
+clears the client's count but not the account's (the owner's phone logging in every five
+minutes must not wipe out the count of a slow distributed guesser). When an account's count
+reaches `max_account_failures` the failure says so once (`account_alert`) for the log.
 
 An IPv6 client is counted by its /64 (RFC 4291 §2.5.4: the usual subnet a host picks addresses
-from at will); an IPv4-mapped address as the IPv4 address. A success clears the client's and
-the account's counts (an office behind one NAT address should not suffer for one typo); the
-per-account count still holds a guesser who also owns a valid login.
+from at will); an IPv4-mapped address as the IPv4 address.
 
 Memory is bounded: each table keeps at most `max_entries` keys (least recently used go first),
 and each key at most as many timestamps as its threshold.
@@ -38,10 +44,11 @@ class AuthThrottleSettings:
     failure_delay: float = 1.0  # seconds before the first 535; doubles per failure
     max_failure_delay: float = 16.0
     max_failures: int = 10  # per client within failure_window, then block the client
-    max_account_failures: int = 30  # per account, from any client, then block the client
+    max_account_failures: int = 30  # per account, from any client: logged as an alert
     failure_window: float = 600.0
     block_time: float = 900.0
-    max_entries: int = 100_000  # per table: clients, accounts, blocks
+    trust_time: float = 30 * 86_400.0  # a client's login makes it the account's known client
+    max_entries: int = 100_000  # per table: clients, accounts, blocks, known clients
 
     def __post_init__(self) -> None:
         if min(self.max_failures, self.max_account_failures, self.max_entries) < 1:
@@ -63,6 +70,7 @@ class AuthFailure:
     client: str  # the address as counted (an IPv6 /64)
     client_failures: int
     account_failures: int
+    account_alert: bool = False  # the account's count just reached max_account_failures
 
 
 def client_key(ip: str) -> str:
@@ -124,10 +132,13 @@ class AuthThrottle:
         self._clients = _Counter(s.max_failures, s.max_entries)
         self._accounts = _Counter(s.max_account_failures, s.max_entries)
         self._blocks: OrderedDict[str, float] = OrderedDict()
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> trusted until
 
     def delay_for(self, ip: str, account: str | None) -> float:
         """Seconds to wait before the 535 for the failures recorded so far (0 for none)."""
-        n = max(self._counts(client_key(ip), _account_key(account)))
+        client, acct = client_key(ip), _account_key(account)
+        client_n, account_n = self._counts(client, acct)
+        n = client_n if self._is_known(client, acct) else max(client_n, account_n)
         if n == 0:
             return 0.0
         s = self.settings
@@ -136,21 +147,31 @@ class AuthThrottle:
     def record_failure(self, ip: str, account: str | None) -> AuthFailure:
         now = self._clock.monotonic()
         client, acct = client_key(ip), _account_key(account)
+        before = self._counts(client, acct)[1]
         self._clients.add(client, now)
         if acct:
             self._accounts.add(acct, now)
         client_n, account_n = self._counts(client, acct)
         s = self.settings
-        blocked = client_n >= s.max_failures or account_n >= s.max_account_failures
+        # Only the client's own failures block it; the account's only slow it down.
+        blocked = client_n >= s.max_failures
         if blocked:
             self._block(client, now + s.block_time)
         reply = AUTH_BLOCKED if blocked else AUTH_FAILED
-        return AuthFailure(self.delay_for(ip, account), reply, blocked, client, client_n, account_n)
+        alert = before < s.max_account_failures <= account_n
+        return AuthFailure(
+            self.delay_for(ip, account), reply, blocked, client, client_n, account_n, alert
+        )
 
     def record_success(self, ip: str, account: str | None) -> None:
-        self._clients.forget(client_key(ip))
+        client = client_key(ip)
+        self._clients.forget(client)
         if acct := _account_key(account):
-            self._accounts.forget(acct)
+            key = (client, acct)
+            self._known[key] = self._clock.monotonic() + self.settings.trust_time
+            self._known.move_to_end(key)
+            if len(self._known) > self.settings.max_entries:
+                self._known.popitem(last=False)
 
     def blocked(self, ip: str) -> bool:
         key = client_key(ip)
@@ -170,6 +191,19 @@ class AuthThrottle:
     def sizes(self) -> tuple[int, int, int]:
         """Entries in the client, account and block tables (for metrics and tests)."""
         return len(self._clients), len(self._accounts), len(self._blocks)
+
+    def known_clients(self) -> int:
+        """Entries in the table of accounts' known clients (for tests)."""
+        return len(self._known)
+
+    def _is_known(self, client: str, account: str) -> bool:
+        until = self._known.get((client, account)) if account else None
+        if until is None:
+            return False
+        if until <= self._clock.monotonic():
+            del self._known[(client, account)]
+            return False
+        return True
 
     def _counts(self, client: str, account: str) -> tuple[int, int]:
         since = self._clock.monotonic() - self.settings.failure_window

@@ -3,19 +3,22 @@ looks up SCRAM credentials, and verifies PLAIN/LOGIN passwords off the event loo
 how many argon2id checks run at once (each costs ~150 ms of CPU and 64 MiB).
 
 The result is a value the session turns into a reply; the reply text never says whether the
-account exists (RFC 4954 §6: 535 5.7.8 for any credentials problem).
+account exists (RFC 4954 §6: 535 5.7.8 for any credentials problem). Neither does SCRAM's
+server-first message: an unknown user gets a salt and iteration count that look like an
+account's and stay the same at every try (`ScramDecoy`, keyed by the server's secret), where a
+fresh random salt each time would tell a probe that no such account exists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
 from hato.model import Address, AddressError, Reply
-from hato.model.auth import ScramCredentials
+from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
 from hato.smtp.sasl import (
     Authenticated,
     Challenge,
@@ -39,6 +42,23 @@ class Accounts(Protocol):
     def verify(self, address: Address, password: str) -> bool: ...
 
     def scram_credentials(self, address: Address) -> ScramCredentials | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScramDecoy:
+    """The SCRAM salt and iteration count shown for a user name that is not an account.
+
+    RFC 5802 §5.1 has the server send the user's salt and iteration count before any proof,
+    so they must not differ in kind between accounts and non-accounts: the salt is an HMAC of
+    the name under the server's secret (`DATA_DIR/secret`), the count the one new accounts get.
+    """
+
+    secret: bytes
+    iterations: int = SCRAM_ITERATIONS
+
+    def salt(self, username: str) -> bytes:
+        name = username.strip().lower().encode("utf-8", "surrogatepass")
+        return hmac.digest(self.secret, b"hato-scram-salt\0" + name, "sha256")[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +102,19 @@ def acts_as_other(login: Address | None, authzid: str) -> bool:
 
 
 class AuthExchange:
-    def __init__(self, accounts: Accounts, verify_slots: asyncio.Semaphore) -> None:
+    def __init__(
+        self, accounts: Accounts, verify_slots: asyncio.Semaphore, decoy: ScramDecoy
+    ) -> None:
         self._accounts = accounts
         self._slots = verify_slots
+        self._decoy = decoy
         self._mechanism: Mechanism | None = None
         self._claimed = ""
-        self._fallback_salt = os.urandom(16)
+
+    @property
+    def claimed(self) -> str:
+        """The user name the client gave so far ("" before it gave one)."""
+        return self._claimed
 
     async def start(self, mechanism: str, initial: bytes | None) -> Result:
         self._mechanism = new_mechanism(mechanism, lambda: secrets.token_urlsafe(18))
@@ -99,9 +126,6 @@ class AuthExchange:
         if self._mechanism is None:
             return Failure(BAD_CREDENTIALS, "response without exchange", self._claimed)
         return await self._follow(self._mechanism.respond(data))
-
-    def cancel(self) -> None:
-        self._mechanism = None
 
     async def _follow(self, step: Step) -> Result:
         mechanism = self._mechanism
@@ -116,7 +140,9 @@ class AuthExchange:
                     return Failure(BAD_CREDENTIALS, "authorization identity differs", username)
                 creds = self._accounts.scram_credentials(user) if user else None
                 assert isinstance(mechanism, ScramSha256Mechanism)
-                return await self._follow(mechanism.credentials(creds, self._fallback_salt))
+                decoy = self._decoy  # shown when there is no such account
+                step = mechanism.credentials(creds, decoy.salt(username), decoy.iterations)
+                return await self._follow(step)
             case VerifyPassword(username=username, password=password, authzid=authzid):
                 self._claimed = username
                 return await self._verify(username, password, authzid)

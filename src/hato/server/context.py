@@ -4,6 +4,7 @@ root), and the connection accounting that enforces the per-listener and per-IP l
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +21,7 @@ from hato.policy import (
     SendLimiter,
 )
 from hato.queue import Queue
-from hato.server.auth import Accounts
+from hato.server.auth import Accounts, ScramDecoy
 from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
@@ -97,9 +98,11 @@ class SessionContext:
     implicit_tls: bool = False  # RFC 8314 §3.3: the listener's sockets are TLS from the start
     accounts: Accounts | None = None  # AUTH, on submission roles
     verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # SCRAM's salt and count for names that are not accounts (from DATA_DIR/secret).
+    scram: ScramDecoy = field(default_factory=lambda: ScramDecoy(secrets.token_bytes(32)))
     tls_handshake_timeout: float = 30.0
     postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered
-    throttle: AuthThrottle | None = None  # AUTH failure delays and client blocks
+    throttle: AuthThrottle | None = None  # AUTH failure delays and client blocks (not on mx)
     limiter: SendLimiter | None = None  # per-user sending limits (authenticated mail)
     network_rules: ListenerNetworkRules = field(default_factory=ListenerNetworkRules)
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))

@@ -33,10 +33,10 @@ from hato.policy import (
     rcpt_decision,
 )
 from hato.queue import QueueWriteError
-from hato.server.auth import AuthExchange, Failure, SendChallenge, Success
 from hato.server.context import SessionContext
 from hato.server.finish import Submitted, authenticate
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
+from hato.server.login import Login
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.smtp import (
@@ -95,8 +95,7 @@ class SmtpSession(asyncio.Protocol):
         self.user: Address | None = None  # the authenticated account
         self.quota: Reservation | None = None  # the transaction's sending-limit reservation
         self.committing: Reservation | None = None  # that of the message being committed
-        self.auth: AuthExchange | None = None
-        self.auth_mechanism = ""  # of the exchange in progress, for the log
+        self.login = Login(ctx, self.client_ip, "")
         self.tls_detail = ""
         self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
@@ -124,6 +123,7 @@ class SmtpSession(asyncio.Protocol):
         now = self.ctx.clock.monotonic()
         self.started = self.last_activity = now
         self.session_id = f"{id(self):x}"
+        self.login = Login(self.ctx, self.client_ip, self.session_id)
         listener = self.ctx.listener
         self.ctx.metrics.connection()
         if not listener.admit(self.client_ip):
@@ -263,6 +263,8 @@ class SmtpSession(asyncio.Protocol):
                 self._discard_body()
                 self._reset_transaction()
             case ProtocolError(reply=reply, detail=detail):
+                if self.login.active:  # a garbled AUTH response ends the exchange (501)
+                    self._begin(self._auth_abandoned("bad response"))
                 log.info(
                     logfmt(
                         "protocol-error",
@@ -281,14 +283,11 @@ class SmtpSession(asyncio.Protocol):
             case StartTLSRequest():
                 self._on_starttls()
             case AuthRequest(mechanism=mechanism, initial=initial):
-                self.auth = AuthExchange(self.ctx.accounts or _NO_ACCOUNTS, self.ctx.verify_slots)
-                self.auth_mechanism = mechanism
-                self._begin(self._auth_step(self.auth.start(mechanism, initial)))
+                self._begin(self._auth_step(self.login.start(self.conn, mechanism, initial)))
             case AuthResponse(data=data):
-                if self.auth is not None:
-                    self._begin(self._auth_step(self.auth.respond(data)))
+                self._begin(self._auth_step(self.login.respond(self.conn, data)))
             case AuthCancelled():
-                self.auth = None
+                self._begin(self._auth_abandoned("cancelled"))
             case _:
                 raise AssertionError(f"unhandled SMTP event {event!r}")
 
@@ -718,50 +717,15 @@ class SmtpSession(asyncio.Protocol):
 
     # ---- AUTH (RFC 4954) ----
 
-    async def _auth_step(self, step: Coroutine[Any, Any, object]) -> None:
-        result = await step
-        mechanism = self.auth_mechanism
-        match result:
-            case SendChallenge(data=data):
-                self.conn.auth_challenge(data)
-            case Success(user=user):
-                self.user = user
-                self.auth = None
-                if self.ctx.throttle is not None:
-                    self.ctx.throttle.record_success(self.client_ip, str(user))
-                log.info(
-                    logfmt(
-                        "auth",
-                        session=self.session_id,
-                        client=self.client_ip,
-                        user=user,
-                        result="ok",
-                    )
-                )
-                self.conn.accept()
-            case Failure(reply=reply, reason=reason, username=username):
-                self.auth = None
-                self.ctx.metrics.auth_failed(mechanism or None)
-                blocked = False
-                if self.ctx.throttle is not None and reply.code == 535:
-                    # RFC 4954 §4 leaves the pace to us: each failure waits longer, and too
-                    # many from one client (or against one account) block the client a while.
-                    failure = self.ctx.throttle.record_failure(self.client_ip, username or None)
-                    reply, blocked = failure.reply, failure.blocked
-                    await asyncio.sleep(failure.delay)
-                # One line a fail2ban filter can match (contrib/fail2ban); never the password.
-                log.warning(
-                    logfmt(
-                        "auth-failed",
-                        session=self.session_id,
-                        client=self.client_ip,
-                        user=username or None,
-                        mechanism=mechanism,
-                        reason=reason,
-                        blocked="yes" if blocked else None,
-                    )
-                )
-                self.conn.reply(reply)
+    async def _auth_step(self, step: Coroutine[Any, Any, Address | None]) -> None:
+        user = await step
+        if user is not None:
+            self.user = user
+
+    async def _auth_abandoned(self, reason: str) -> None:
+        close = await self.login.abandoned(reason)
+        if close is not None:
+            self._close_with(close)
 
     # ---- helpers ----
 
@@ -845,16 +809,3 @@ class SmtpSession(asyncio.Protocol):
         if self.busy or self.body is not None:
             return
         self._close_with(SHUTTING_DOWN)
-
-
-class _NoAccounts:
-    """AUTH where no account store is wired (never offered then; refuse safely)."""
-
-    def verify(self, address: Address, password: str) -> bool:
-        return False
-
-    def scram_credentials(self, address: Address) -> None:
-        return None
-
-
-_NO_ACCOUNTS = _NoAccounts()

@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hato.model.auth import ScramCredentials
+from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
 
 MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
@@ -187,14 +187,20 @@ class ScramSha256Mechanism:
         self._stage = "credentials"
         return NeedCredentials(username, authzid)
 
-    def credentials(self, creds: ScramCredentials | None, fallback_salt: bytes) -> Step:
-        """Continue after NeedCredentials. For an unknown user pass None: we answer with a
-        plausible salt anyway so the exchange does not reveal whether the user exists."""
+    def credentials(
+        self,
+        creds: ScramCredentials | None,
+        fallback_salt: bytes,
+        fallback_iterations: int = SCRAM_ITERATIONS,
+    ) -> Step:
+        """Continue after NeedCredentials. For an unknown user pass None: we answer with the
+        fallback salt and count, which the caller keeps the same for the same name (a real
+        account's never change either), so the exchange does not reveal whether it exists."""
         if self._stage != "credentials":
             return Failed("scram: credentials out of sequence")
         self._creds = creds
         salt = creds.salt if creds else fallback_salt
-        iterations = creds.iterations if creds else 4096
+        iterations = creds.iterations if creds else fallback_iterations
         self._server_first = (
             f"r={self._full_nonce},s={base64.b64encode(salt).decode()},i={iterations}"
         )

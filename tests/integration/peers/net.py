@@ -31,9 +31,14 @@ class RawSession:
         timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
         server_hostname: str = "hato.test",
+        source: str | None = None,
     ) -> None:
-        """With `tls`, the connection starts with a TLS handshake (implicit TLS, RFC 8314)."""
-        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        """With `tls`, the connection starts with a TLS handshake (implicit TLS, RFC 8314).
+        `source`: the local address to connect from (any of 127.0.0.0/8 is loopback), so one
+        test can be several clients."""
+        self.sock: socket.socket = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         if tls is not None:
             self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self._buf = b""

@@ -214,3 +214,40 @@ def test_version_1_file_gains_scram_columns(db: Path) -> None:
     assert store.scram_credentials(Address("old", "example.org")) is None
     store.add(Address("new", "example.org"), "pw")
     assert store.scram_credentials(Address("new", "example.org")) is not None
+
+
+def test_scram_iterations_are_the_stores_and_old_keys_are_remade_at_login(db: Path) -> None:
+    old = UserStore(db, parameters=FAST, scram_iterations=4096)
+    old.add(ALICE, "pencil")
+    old.close()
+    store = UserStore(db, parameters=FAST, scram_iterations=20_000)
+    before = store.scram_credentials(ALICE)
+    assert before is not None and before.iterations == 4096
+    assert not store.verify(ALICE, "wrong")
+    assert store.scram_credentials(ALICE) == before  # only a right password re-makes them
+    assert store.verify(ALICE, "pencil")
+    after = store.scram_credentials(ALICE)
+    assert after is not None and after.iterations == 20_000 and after.salt != before.salt
+    assert after == ScramCredentials.derive("pencil", after.salt, 20_000)
+    store.add(Address("bob", "example.org"), "crayon")
+    bob = store.scram_credentials(Address("bob", "example.org"))
+    assert bob is not None and bob.iterations == 20_000
+    store.close()
+
+
+def test_without_scram_no_keys_are_stored_and_old_ones_are_removed(db: Path) -> None:
+    with_scram = UserStore(db, parameters=FAST)
+    with_scram.add(ALICE, "pencil")
+    with_scram.close()
+    store = UserStore(db, parameters=FAST, scram_iterations=0)
+    assert store.scram_credentials(ALICE) is None  # removed when the store was opened
+    store.add(Address("bob", "example.org"), "crayon")
+    assert store.scram_credentials(Address("bob", "example.org")) is None
+    assert store.verify(ALICE, "pencil") and store.scram_credentials(ALICE) is None
+    conn = sqlite3.connect(db)
+    assert (
+        conn.execute("SELECT COUNT(*) FROM users WHERE scram_stored_key IS NOT NULL").fetchone()[0]
+        == 0
+    )
+    conn.close()
+    store.close()

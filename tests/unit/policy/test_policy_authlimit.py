@@ -72,25 +72,45 @@ def test_failures_outside_the_window_are_forgotten(clock: FakeClock) -> None:
     assert failure.delay == 1.0
 
 
-def test_one_account_guessed_from_many_clients_blocks_them(clock: FakeClock) -> None:
+def test_one_account_guessed_from_many_clients_slows_them_but_blocks_nobody(
+    clock: FakeClock,
+) -> None:
     throttle = AuthThrottle(clock, SETTINGS)
-    results = [throttle.record_failure(f"198.51.100.{i}", "Alice@Example.org") for i in range(16)]
-    assert [r.blocked for r in results[:14]] == [False] * 14
-    assert results[14].blocked and results[14].account_failures == 15
+    results = [throttle.record_failure(f"198.51.100.{i}", "Alice@Example.org") for i in range(40)]
+    assert not any(r.blocked for r in results)
+    assert [r.reply for r in results] == [AUTH_FAILED] * 40
     assert results[13].delay == 16.0  # the account's count drives the delay for fresh clients
-    assert throttle.blocked("198.51.100.14") and throttle.blocked("198.51.100.15")
-    assert not throttle.blocked("198.51.100.13")
-    # the owner is not locked out: a success from elsewhere is not refused by the throttle
-    throttle.record_success("203.0.113.1", "alice@example.org")
-    assert throttle.delay_for("203.0.113.1", "alice@example.org") == 0.0
+    assert [r.account_alert for r in results].count(True) == 1 and results[14].account_alert
+    assert not any(throttle.blocked(f"198.51.100.{i}") for i in range(40))
+    # The owner's typo from a fresh address waits, but is neither blocked nor locked out.
+    typo = throttle.record_failure("203.0.113.1", "alice@example.org")
+    assert (typo.reply, typo.blocked, typo.delay) == (AUTH_FAILED, False, 16.0)
 
 
-def test_success_clears_client_and_account(clock: FakeClock) -> None:
+def test_a_known_client_of_the_account_is_not_slowed_by_others_failures(
+    clock: FakeClock,
+) -> None:
+    throttle = AuthThrottle(clock, SETTINGS)
+    throttle.record_success("203.0.113.1", "alice@example.org")  # alice's usual address
+    for i in range(30):
+        throttle.record_failure(f"198.51.100.{i}", "alice@example.org")
+    assert throttle.delay_for("198.51.100.99", "alice@example.org") == 16.0
+    typo = throttle.record_failure("203.0.113.1", "ALICE@example.org")
+    assert (typo.reply, typo.delay) == (AUTH_FAILED, 1.0)  # only her own count
+    # The trust ends after trust_time.
+    clock.t += SETTINGS.trust_time + 1
+    assert throttle.delay_for("203.0.113.1", "alice@example.org") == 0.0  # window passed too
+    assert throttle.known_clients() == 0
+
+
+def test_success_clears_the_client_but_not_the_account(clock: FakeClock) -> None:
     throttle = AuthThrottle(clock, SETTINGS)
     for _ in range(3):
         throttle.record_failure("192.0.2.1", "alice")
     throttle.record_success("192.0.2.1", "alice")
     assert throttle.record_failure("192.0.2.1", "alice").delay == 1.0
+    # Another client still sees the account's four failures.
+    assert throttle.delay_for("192.0.2.2", "alice") == 8.0
 
 
 def test_ipv6_clients_are_counted_per_64(clock: FakeClock) -> None:

@@ -1,0 +1,173 @@
+"""The data directory at start-up: one server at a time, private modes, the server's secret.
+
+Theory of operation. `hato serve` takes `DATA_DIR/hato.lock` (flock) for its whole run, so the
+queue and the mailboxes have one writer; the `hato` CLI takes the same lock for offline work.
+With the lock held, before any worker starts:
+
+* the process umask becomes 077, so whatever the server creates from now on (the queue
+  database and its WAL, spool files, certificates, DKIM keys) is its user's alone, whatever
+  umask it was started with;
+* what is already there is made private: `DATA_DIR` and every directory below it 0700, every
+  file 0600, except the `mailboxes/` tree, whose modes belong to local delivery (the Maildir
+  writer makes them 0700/0600; docs/operations.md). A data directory made by hand, or files
+  left by an older version or a `hato` command run under umask 022, would otherwise leave inline
+  message bodies (`queue/queue.db` and its WAL) and password hashes readable by every local
+  user. Each change is logged (`event=permissions-fixed`) so the operator sees what was open;
+* `DATA_DIR/secret` (32 random bytes, 0600) is made once; it keys values that must stay the
+  same across restarts and workers but be unguessable from outside (SCRAM's salt for names
+  that are not accounts, server/auth.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from hato.model import logfmt
+
+log = logging.getLogger("hato")
+
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+SECRET_FILE = "secret"
+SECRET_SIZE = 32
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# Left to local delivery (and an operator who opens it to a mailbox reader's group).
+OWN_MODES = frozenset({"mailboxes"})
+_SHOWN_FIXES = 20  # one line each; the rest are counted in a summary line
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used; the message names the path and the fix."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def locked(data_dir: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
+    """One server per data directory, made private, with its secret. `owner` (uid, gid): who
+    the server will run as, when root starts it ([server] user)."""
+    os.umask(0o077)
+    try:
+        created = not data_dir.exists()
+        data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        handle = open(data_dir / "hato.lock", "a+")  # noqa: SIM115 - held for the whole run
+        if owner is not None:
+            # Made by root before the privilege drop, but they are the server's.
+            os.fchown(handle.fileno(), *owner)
+            if created:
+                os.chown(data_dir, *owner)
+    except OSError as exc:
+        raise DataDirError(
+            f"server.data_dir: cannot create {data_dir}: {exc.strerror}; "
+            "choose a writable directory (or set HATO_HOME)",
+            EX_CANTCREAT,
+        ) from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise DataDirError(
+            f"server.data_dir: {data_dir} is in use by another hato process; "
+            "stop it or give this one its own data_dir",
+            EX_TEMPFAIL,
+        ) from exc
+    try:
+        make_private(data_dir)
+        _make_secret(data_dir, owner)
+        yield
+    finally:
+        handle.close()
+
+
+def make_private(data_dir: Path) -> int:
+    """Directories 0700 and files 0600 under `data_dir` (not the mailboxes); how many changed."""
+    fixed = _fix(data_dir, DIR_MODE, 0)
+    for top in sorted(data_dir.iterdir()):
+        if top.name in OWN_MODES:
+            continue
+        if top.is_dir() and not top.is_symlink():
+            fixed += _fix(top, DIR_MODE, fixed)
+            for root, dirs, files in os.walk(top):
+                for name in dirs:
+                    fixed += _fix(Path(root, name), DIR_MODE, fixed)
+                for name in files:
+                    fixed += _fix(Path(root, name), FILE_MODE, fixed)
+        else:
+            fixed += _fix(top, FILE_MODE, fixed)
+    if fixed > _SHOWN_FIXES:
+        log.warning(logfmt("permissions-fixed", path=data_dir, count=fixed))
+    return fixed
+
+
+def _fix(path: Path, mode: int, shown: int) -> int:
+    """Take group and other permissions away from one directory or regular file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0  # gone meanwhile (a spool file delivered by nobody: we hold the lock)
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        return 0  # sockets (control.sock is made 0600 itself), symbolic links
+    old = stat.S_IMODE(st.st_mode)
+    if old & 0o077 == 0:
+        return 0
+    new = (old & 0o700) | (mode & 0o700)
+    try:
+        os.chmod(path, new)
+    except OSError as exc:
+        log.warning(
+            logfmt("permissions-unfixable", path=path, mode=f"{old:04o}", error=exc.strerror)
+        )
+        return 0
+    if shown < _SHOWN_FIXES:
+        log.warning(logfmt("permissions-fixed", path=path, was=f"{old:04o}", now=f"{new:04o}"))
+    return 1
+
+
+def _make_secret(data_dir: Path, owner: tuple[int, int] | None) -> None:
+    path = data_dir / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DataDirError(
+            f"server.data_dir: cannot create {path}: {exc.strerror}; make {data_dir} writable",
+            EX_CANTCREAT,
+        ) from exc
+    try:
+        os.write(fd, secrets.token_bytes(SECRET_SIZE))
+        os.fsync(fd)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+
+
+def server_secret(data_dir: Path) -> bytes:
+    """The server's secret, made by `locked` (DataDirError if it is missing or damaged)."""
+    path = data_dir / SECRET_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataDirError(
+            f"server.data_dir: cannot read {path}: {exc.strerror}; start hato serve once "
+            "with this data_dir to make it",
+            EX_CANTCREAT,
+        ) from exc
+    if len(data) != SECRET_SIZE:
+        raise DataDirError(
+            f"server.data_dir: {path} is damaged ({len(data)} bytes, not {SECRET_SIZE}); "
+            "delete it and start again (a new one is made)",
+            EX_CANTCREAT,
+        )
+    return data
