@@ -90,7 +90,7 @@ def dovecot_auth(args: argparse.Namespace) -> int:
     if not database.is_file():
         print(f"hato dovecot-auth: {database}: no such file", file=sys.stderr)
         return CHECKPASSWORD_TEMPFAIL
-    store = UserStore(database)
+    store = UserStore(database, scram_iterations=settings.auth.stored_scram_iterations)
     try:
         if not store.verify(address, password):
             return CHECKPASSWORD_FAILED

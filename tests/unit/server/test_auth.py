@@ -9,6 +9,7 @@ from hato.model.auth import ScramCredentials
 from hato.server.auth import (
     AuthExchange,
     Failure,
+    ScramDecoy,
     SendChallenge,
     Success,
     acts_as_other,
@@ -28,7 +29,7 @@ class _Accounts:
 
 
 def _exchange() -> AuthExchange:
-    return AuthExchange(_Accounts(), asyncio.Semaphore(1))
+    return AuthExchange(_Accounts(), asyncio.Semaphore(1), ScramDecoy(b"k" * 32))
 
 
 @pytest.mark.parametrize(
