@@ -10,10 +10,11 @@ decides what goes out (see docs/operations.md, "SMTPUTF8 and 8-bit mail to older
    the message needs none (RFC 6531 §3.2), and offers 8BITMIME or the message is 7-bit;
 2. a message that was sent with SMTPUTF8 and has UTF-8 in its header section, to a hop without
    SMTPUTF8: the header section downgraded per RFC 2047 (downgrade.py) when that is lossless,
-   else refused with 553 5.6.7 (RFC 6531 §3.2: never sent raw);
+   else refused with 553 5.6.7 (RFC 6531 §3.2: never sent raw); the body after the header
+   section still streams from its file (`SplicedBody`);
 3. an 8-bit message to a hop without 8BITMIME: converted to 7-bit MIME (quoted-printable or
    base64, RFC 6152 §3) when it is MIME and at most CONVERT_LIMIT octets, else 554 5.6.3.
-A rewritten copy lives in memory only for this attempt; the stored message is never changed.
+A rewritten copy lives only for this attempt; the stored message is never changed.
 A DKIM signature we made at intake covers the original: a rewrite breaks it (docs).
 
 Must not import anything of hato but model, smtp and delivery.
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from hato.delivery.downgrade import downgrade_header, to_seven_bit
 from hato.delivery.smtp_client import BodySource, BytesBody, Capabilities, body_from_message
@@ -88,6 +91,54 @@ def needs_smtputf8(message: QueuedMessage, head: bytes) -> bool:
     return "SMTPUTF8" in message.params and not head.isascii()
 
 
+@dataclass(frozen=True, slots=True)
+class SplicedBody:
+    """A new header section, then the stored body file from `offset` on (`rest` octets)."""
+
+    head: bytes
+    path: str
+    offset: int
+    rest: int
+    eight_bit: bool | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.rest
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.head
+        handle = await asyncio.to_thread(open, self.path, "rb")
+        try:
+            await asyncio.to_thread(handle.seek, self.offset)
+            while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
+                yield chunk
+        finally:
+            handle.close()
+
+
+def _peek(path: str, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(2)
+
+
+async def _downgraded(message: QueuedMessage, head: bytes) -> BodySource | Reply:
+    """Step 2 for a next hop with 8BITMIME: the new header section, the rest as stored."""
+    new_head = downgrade_header(head)
+    if new_head is None:
+        return NEEDS_SMTPUTF8
+    offset = len(head) - len(message.prefix)  # where the body file goes on after its header
+    if message.body is not None:
+        rest = message.body[offset:]
+    else:
+        rest = await asyncio.to_thread(_peek, message.body_path, offset)
+    if rest and not rest.startswith(b"\r\n"):
+        return NEEDS_SMTPUTF8  # a header section beyond HEAD_LIMIT: not all of it was seen
+    if message.body is not None:
+        return BytesBody(new_head + rest)
+    return SplicedBody(new_head, message.body_path, offset, message.size - offset)
+
+
 async def wire_body(message: QueuedMessage, head: bytes, caps: Capabilities) -> BodySource | Reply:
     """What to send to a next hop with these capabilities (see the module docstring), or the
     reply that refuses the message for that hop. Raises OSError when the body cannot be read."""
@@ -95,6 +146,9 @@ async def wire_body(message: QueuedMessage, head: bytes, caps: Capabilities) -> 
     utf8_head = needs_smtputf8(message, head)
     if (caps.smtputf8 or not utf8_head) and caps.eight_bit_mime:
         return stored  # step 1 (the client declares BODY=8BITMIME unless known 7-bit)
+    if utf8_head and caps.eight_bit_mime:
+        # Step 2: RFC 6531 §3.2: never UTF-8 headers to a server without SMTPUTF8.
+        return await _downgraded(message, head)
     full = len(message.prefix) + message.size
     if not utf8_head and full > CONVERT_LIMIT:
         return stored  # too large to convert: the client's scan refuses an 8-bit octet
