@@ -27,7 +27,6 @@ from hato.authcheck.dkim import (
     DEFAULT_SIGNED_HEADERS,
     DKIMPY_ERRORS,
     DnsFunc,
-    HeaderField,
     RelaxedBodyHasher,
     SigningKey,
     answer_dnsfunc,
@@ -37,11 +36,11 @@ from hato.authcheck.dkim import (
     header_hash_input,
     key_name,
     relaxed_header,
-    split_header_fields,
 )
 from hato.authcheck.offload import Offload, in_thread
 from hato.authcheck.results import HEADER_NAME, MethodResult, claims_id, resinfo_entries
 from hato.model.dns import Resolver
+from hato.model.header import HeaderField, split_header_fields
 from hato.model.seams import Clock
 
 AAR = b"arc-authentication-results"

@@ -30,6 +30,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[impor
 
 from hato.authcheck.offload import Offload, in_thread
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
+from hato.model.header import HeaderField, split_header_fields
 from hato.model.seams import Clock
 
 # RFC 6376 §5.4.1 recommends these; we sign only those present (plus From, always).
@@ -65,39 +66,6 @@ class DkimAlgorithm(enum.Enum):
 
 
 # --- header fields and canonicalization (RFC 6376 §3.4) ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderField:
-    """One header field as it stands in a header block: `raw` is the name, colon, value and
-    line ends (continuation lines included); `start`/`end` are its offsets in the block."""
-
-    name: bytes
-    raw: bytes
-    start: int
-    end: int
-
-    @property
-    def value(self) -> bytes:
-        return self.raw.split(b":", 1)[1] if b":" in self.raw else b""
-
-
-def split_header_fields(header_block: bytes) -> list[HeaderField]:
-    """The fields of a header block, in order; stops at the empty line that ends it."""
-    fields: list[HeaderField] = []
-    offset = 0
-    for line in header_block.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and fields:
-            # RFC 5322 §2.2.3: a line starting with WSP continues the field above (folding).
-            last = fields[-1]
-            fields[-1] = HeaderField(last.name, last.raw + line, last.start, offset + len(line))
-        else:
-            name = line.split(b":", 1)[0].strip(b" \t") if b":" in line else line.strip()
-            fields.append(HeaderField(name, line, offset, offset + len(line)))
-        offset += len(line)
-    return fields
 
 
 def relaxed_header(name: bytes, value: bytes) -> bytes:

@@ -16,9 +16,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hato.authcheck.dkim import DkimResult, HeaderField, split_header_fields
+from hato.authcheck.dkim import DkimResult
 from hato.authcheck.spf import SpfResult
 from hato.model import AddressError, normalize_domain
+from hato.model.header import HeaderField, split_header_fields
 
 HEADER_NAME = b"Authentication-Results"
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 2045 §5.1 token

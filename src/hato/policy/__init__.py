@@ -24,9 +24,10 @@ from hato.policy.networks import (
 )
 from hato.policy.ratelimit import LIMITS_DB, Reservation, SendLimiter, SendLimitSettings, SpikeAlert
 from hato.policy.relay import (
+    HeaderFacts,
     RecipientFacts,
     SenderFacts,
-    header_from_decision,
+    header_decision,
     mail_from_decision,
     rcpt_decision,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectionVerdict",
     "Decision",
     "Defer",
+    "HeaderFacts",
     "ListenerNetworkRules",
     "NetworkTable",
     "RecipientFacts",
@@ -54,7 +56,7 @@ __all__ = [
     "SpikeAlert",
     "connection_check",
     "connection_decision",
-    "header_from_decision",
+    "header_decision",
     "mail_from_decision",
     "rcpt_decision",
 ]

@@ -18,7 +18,7 @@ OWN_DOMAIN_ON_MX = Reply(
     550, "5.7.1", "Sender in a local domain: authenticate on the submission port (587) to send"
 )
 NOT_YOUR_SENDER = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
-NOT_YOUR_FROM = Reply(553, "5.7.1", "From: address not owned by the authenticated user")
+SEVERAL_FROM = Reply(550, "5.7.1", "Message refused: more than one From header field")
 UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
@@ -55,11 +55,50 @@ def mail_from_decision(facts: SenderFacts) -> Decision:
     return Accept()
 
 
-def header_from_decision(authenticated: bool, from_owned: bool) -> Decision:
-    """After DATA on submission: every From: address must be the user's (as for MAIL FROM)."""
-    if authenticated and not from_owned:
-        return Reject(NOT_YOUR_FROM)
-    return Accept()
+@dataclass(frozen=True, slots=True)
+class HeaderFacts:
+    """What server/headers.py found in the whole header section of a submitted message."""
+
+    malformed_line: int = 0  # the first line that is no header field (from 1), or 0
+    unowned_field: str = ""  # the first of From/Sender/Resent-* naming an address not owned
+    from_fields: int = 1
+
+    @property
+    def problem(self) -> str:
+        """The first thing wrong, as the log names it ("" when nothing is)."""
+        if self.malformed_line:
+            return "header-malformed"
+        if self.unowned_field:
+            return f"{self.unowned_field.lower()}-not-owned"
+        if self.from_fields > 1:
+            return "several-from"
+        return ""
+
+
+def header_decision(facts: HeaderFacts) -> Decision:
+    """After DATA on submission, before the DKIM signature makes the message ours."""
+    match facts.problem:
+        case "":
+            return Accept()
+        case "header-malformed":
+            # RFC 5322 §2.2, §3.6.8: readers disagree about such a line (some stop there, some
+            # read on), so no check could say what the recipient will see. RFC 3463 X.6.0.
+            return Reject(
+                Reply(
+                    554,
+                    "5.6.0",
+                    f"Message refused: header line {facts.malformed_line} is not a header "
+                    "field (name and colon, RFC 5322 section 2.2)",
+                )
+            )
+        case "several-from":
+            # RFC 5322 §3.6: exactly one From field; a reader shows one, a check judges another.
+            return Reject(SEVERAL_FROM)
+    # RFC 6409 §6.1 (as for MAIL FROM): every author and sender address must be the user's;
+    # Sender and Resent-* are shown by readers too ("bob on behalf of alice").
+    return Reject(
+        Reply(553, "5.7.1", f"{facts.unowned_field}: address not owned by the authenticated user")
+    )
 
 
 def rcpt_decision(facts: RecipientFacts) -> Decision:

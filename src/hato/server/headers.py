@@ -1,25 +1,56 @@
-"""The header section of a message as it streams in, kept only as far as policy needs it
-(the From: check of sender-login binding). Bounded: a header section larger than the cap is
-judged on what fits."""
+"""The header section of a message as it streams in: whole, or the message is refused.
+
+Theory of operation. Every check that reads the header section (the sender-login binding of
+From, Sender and Resent-* on submission, the removal of forged Authentication-Results, DMARC's
+From on mx) must judge all of it: a verdict on a truncated section is a verdict on a message
+nobody will read, while the reader sees the fields past the cut. So the section is kept up to
+MAX_HEADER_BYTES and a longer one refuses the message (552 5.3.4, every role), never a cut.
+Fields are split by the one lenient splitter of `hato.model.header` that the DKIM signer and
+the Authentication-Results filter use too, so a check and a reader never disagree on a field.
+"""
 
 from __future__ import annotations
 
-import email.utils
-from email.parser import BytesHeaderParser
-from email.policy import compat32
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from hato.authcheck import find_forged, without_fields
-from hato.model import Address, AddressError
+from hato.model import Address, AddressError, Reply
+from hato.model.header import (
+    HeaderField,
+    field_addresses,
+    malformed_lines,
+    named,
+    split_header_fields,
+)
+from hato.policy import Accept, HeaderFacts, header_decision
 
+# Exchange Online's limit too; Postfix keeps 100 KiB (header_size_limit) and cuts the rest.
 MAX_HEADER_BYTES = 256 * 1024
+# RFC 3463 §3.4 X.3.4: message too big for system (of the header section, RFC 5322 §2.1).
+HEADER_TOO_LARGE = Reply(
+    552, "5.3.4", f"Message refused: header section larger than {MAX_HEADER_BYTES // 1024} KiB"
+)
+# RFC 5322 §3.6.2, §3.6.6: the originator fields a reader shows as who sent the message.
+_SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderVerdict:
+    authors: list[Address | None]  # of every From field; None for one that is no address
+    refusal: Reply | None = None
+    reason: str = ""  # for the log
 
 
 class HeaderCapture:
-    __slots__ = ("_buf", "done")
+    """The header section as it streams in (bounded: past MAX_HEADER_BYTES, `too_large`)."""
+
+    __slots__ = ("_buf", "done", "too_large")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.done = False
+        self.too_large = False
 
     def feed(self, data: bytes) -> None:
         if self.done:
@@ -28,34 +59,72 @@ class HeaderCapture:
         self._buf += data
         # RFC 5322 §2.1: the header section ends at the first empty line.
         end = self._buf.find(b"\r\n\r\n", start)
-        if end >= 0:
-            del self._buf[end + 2 :]
-            self.done = True
-        elif self._buf.startswith(b"\r\n"):
+        if self._buf.startswith(b"\r\n"):
             self._buf.clear()  # no header section at all
             self.done = True
-        elif len(self._buf) >= MAX_HEADER_BYTES:
-            del self._buf[MAX_HEADER_BYTES:]
+        elif end >= 0:
+            del self._buf[end + 2 :]
             self.done = True
+        if len(self._buf) > MAX_HEADER_BYTES:
+            self._buf.clear()
+            self.done = self.too_large = True
 
-    def from_addresses(self) -> list[Address | None]:
-        """The addresses of every From: field (RFC 5322 §3.6.2); None for one that does not
-        parse as an address (which no one owns)."""
-        headers = BytesHeaderParser(policy=compat32).parsebytes(bytes(self._buf))
-        values = [str(v) for v in headers.get_all("From", [])]
-        out: list[Address | None] = []
-        for _name, addr in email.utils.getaddresses(values):
-            try:
-                out.append(Address.parse(addr) if addr else None)
-            except AddressError:
-                out.append(None)
-        return out
+    def section(self) -> bytes:
+        """The whole header section (a message without a body is all header)."""
+        return bytes(self._buf)
+
+    def judge(self, user: Address | None, owns: Callable[[Address], bool]) -> HeaderVerdict:
+        """The header section's verdict: on every role its size; after AUTH (submission) its
+        form, one From field, and every From, Sender and Resent-* address owned by `user`."""
+        if self.too_large:
+            return HeaderVerdict([], HEADER_TOO_LARGE, "header-too-large")
+        if user is None:
+            return HeaderVerdict([])  # mx: DMARC judges the From fields (inbound.py)
+        fields = split_header_fields(self.section())
+        authors = [_address(text) for text in field_addresses(named(fields, b"From"))]
+        malformed = malformed_lines(self.section())
+        facts = HeaderFacts(
+            malformed_line=malformed[0] if malformed else 0,
+            unowned_field=_first_unowned(fields, owns),
+            from_fields=len(named(fields, b"From")),
+        )
+        decision = header_decision(facts)
+        if isinstance(decision, Accept):
+            return HeaderVerdict(authors)
+        return HeaderVerdict(authors, decision.reply, facts.problem)
+
+
+def _first_unowned(fields: list[HeaderField], owns: Callable[[Address], bool]) -> str:
+    """The name of the first From, Sender or Resent-* field with an address `owns` denies
+    (RFC 5322 §3.6.2: every author counts, group members too), or ""."""
+    for field in named(fields, b"From", *_SENDER_FIELDS):
+        for text in field_addresses([field]):
+            address = _address(text)
+            if address is None or not owns(address):
+                return _display_name(field.name)
+    return ""
+
+
+def _address(text: str) -> Address | None:
+    try:
+        return Address.parse(text) if text else None
+    except AddressError:
+        return None
+
+
+def _display_name(name: bytes) -> str:
+    # For the reply text: "Resent-From", whatever case the client wrote.
+    for known in (b"From", *_SENDER_FIELDS):
+        if name.lower() == known.lower():
+            return known.decode()
+    return name.decode("ascii", "replace")
 
 
 class ForgedResultsFilter:
     """Holds back the header section as it streams in, then lets it through without any
     Authentication-Results field claiming our authserv-id (RFC 8601 §5: a border MTA removes
-    those before adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on."""
+    those before adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on, and
+    the session refuses the message (HeaderCapture.too_large), so nothing it missed is kept."""
 
     __slots__ = ("_authserv_id", "_buf", "_passing", "removed")
 

@@ -28,7 +28,6 @@ from hato.policy import (
     Reservation,
     SenderFacts,
     connection_check,
-    header_from_decision,
     mail_from_decision,
     rcpt_decision,
 )
@@ -235,7 +234,7 @@ class SmtpSession(asyncio.Protocol):
                 self.forged = (
                     ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
                 )
-                self.headers = HeaderCapture() if self.user is not None else None
+                self.headers = HeaderCapture()
                 self.trace = TraceFields()
                 self.capture = [] if self._wants_capture() else None
                 self.captured = 0
@@ -477,7 +476,8 @@ class SmtpSession(asyncio.Protocol):
         return bool(self.ctx.signer)
 
     def _on_message_end(self) -> None:
-        """DATA ended: refuse a From: the user does not own, then commit (as a task)."""
+        """DATA ended: refuse a header section too large to judge whole, or (after AUTH)
+        malformed or naming senders the user does not own; then commit (as a task)."""
         body, mail, headers = self.body, self.mail_from, self.headers
         self.body = self.headers = None
         captured = b"".join(self.capture) if self.capture is not None else None
@@ -494,6 +494,12 @@ class SmtpSession(asyncio.Protocol):
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(body, TEMP_FAILURE)
             return
+        verdict = (headers or HeaderCapture()).judge(self.user, self._owns)
+        if verdict.refusal is not None:
+            log.info(logfmt("message-refused", session=self.session_id, user=self.user,
+                            reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip
+            self._refuse_message(body, verdict.refusal)
+            return
         stored: bytes | None = None  # the message as stored, when it is held in memory
         if self.keyed:
             # A keyed recipient's message never went to the spool (issue 6): it is in memory.
@@ -508,23 +514,7 @@ class SmtpSession(asyncio.Protocol):
             log.info(
                 logfmt("forged-results-removed", session=self.session_id, count=forged.removed)
             )
-        from_addresses = headers.from_addresses() if headers is not None else []
-        if headers is not None:
-            owned = all(a is not None and self._owns(a) for a in from_addresses)
-            decision = header_from_decision(self.user is not None, owned)
-            if not isinstance(decision, Accept):
-                log.info(
-                    logfmt(
-                        "message-refused",
-                        session=self.session_id,
-                        user=self.user,
-                        reason="from-not-owned",
-                        reply=decision.reply.code,
-                    )
-                )
-                self._refuse_message(body, decision.reply)
-                return
-        self._begin(self._commit(mail, body, stored, captured, from_addresses), name="commit")
+        self._begin(self._commit(mail, body, stored, captured, verdict.authors), name="commit")
 
     def _refuse_message(self, body: BodyWriter | None, reply: Reply) -> None:
         if body is not None:

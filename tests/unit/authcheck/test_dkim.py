@@ -18,10 +18,10 @@ from hato.authcheck.dkim import (
     RelaxedBodyHasher,
     generate_key,
     load_signing_key,
-    split_header_fields,
     verify_dkim,
 )
 from hato.model.dns import DnsStatus, RdType, TxtRecord
+from hato.model.header import split_header_fields
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver, FakeValue

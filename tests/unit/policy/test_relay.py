@@ -4,10 +4,11 @@ from hato.model import Role
 from hato.policy import (
     Accept,
     Defer,
+    HeaderFacts,
     RecipientFacts,
     Reject,
     SenderFacts,
-    header_from_decision,
+    header_decision,
     mail_from_decision,
     rcpt_decision,
 )
@@ -65,9 +66,19 @@ def test_authenticated_sender_must_be_owned() -> None:
         assert (decision.reply.code, decision.reply.enhanced) == (553, "5.7.1")
 
 
-def test_header_from_must_be_owned_when_authenticated() -> None:
-    assert header_from_decision(authenticated=True, from_owned=True) == Accept()
-    assert header_from_decision(authenticated=False, from_owned=False) == Accept()
-    decision = header_from_decision(authenticated=True, from_owned=False)
+def _reply(facts: HeaderFacts) -> tuple[int, str | None, str]:
+    decision = header_decision(facts)
     assert isinstance(decision, Reject)
-    assert (decision.reply.code, decision.reply.enhanced) == (553, "5.7.1")
+    return decision.reply.code, decision.reply.enhanced, decision.reply.text
+
+
+def test_header_section_must_be_well_formed_with_owned_authors() -> None:
+    assert header_decision(HeaderFacts()) == Accept()
+    assert _reply(HeaderFacts(unowned_field="From"))[:2] == (553, "5.7.1")
+    assert _reply(HeaderFacts(unowned_field="Sender"))[2].startswith("Sender: ")
+    assert _reply(HeaderFacts(from_fields=2))[:2] == (550, "5.7.1")
+    code, enhanced, text = _reply(HeaderFacts(malformed_line=3, unowned_field="From"))
+    assert (code, enhanced) == (554, "5.6.0") and "line 3" in text
+    assert (
+        HeaderFacts(unowned_field="Resent-From", from_fields=2).problem == "resent-from-not-owned"
+    )

@@ -1,0 +1,208 @@
+"""The header section of submitted mail, judged whole and the way readers read it (issue 12,
+items 1, 2 and 16), on the real server.
+
+An authenticated alice must not get a message out as bob by hiding the From: where the check
+does not look: past a size the check cut off at (1), behind a line one parser stops at and
+another reads past, or in a spelling of the field name only some parsers know (2); nor as
+"bob on behalf of alice" through Sender: or Resent-From: (16). Every such message is refused
+before the DKIM signature would make it ours, and nothing of it is delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import pytest
+from peers import clients, maildir
+from peers.hato import HatoServer
+from peers.net import RawSession
+from peers.server import USER_PASSWORD
+from peers.tls import TestCA
+
+HEADER_TOO_LARGE = (552, b"5.3.4")
+MALFORMED = (554, b"5.6.0")
+NOT_OWNED = (553, b"5.7.1")
+SEVERAL_FROM = (550, b"5.7.1")
+# More than the documented 256 KiB header limit, in lines under 1000 octets (RFC 5321 §4.5.3.1.6).
+PADDING = b"".join(b"X-Padding-%03d: %s\r\n" % (i, b"p" * 960) for i in range(300))
+
+
+def _login(server: HatoServer, ca: TestCA, user: str = "alice@users.test") -> RawSession:
+    session = RawSession(server.host, server.submissions_port, tls=ca.client_context())
+    assert session.reply()[0] == 220
+    assert session.command(b"EHLO client.test")[0] == 250
+    token = base64.b64encode(f"\0{user}\0{USER_PASSWORD}".encode()).decode()
+    assert session.command(f"AUTH PLAIN {token}".encode())[0] == 235
+    return session
+
+
+def _code(reply: tuple[int, list[bytes]]) -> tuple[int, bytes]:
+    code, lines = reply
+    return code, lines[-1][4:9]
+
+
+def _message(header: bytes, marker: str) -> bytes:
+    return (
+        header + b"\r\nTo: carol@users.test\r\nSubject: header test\r\n"
+        + maildir.MARKER_HEADER + f": {marker}\r\n\r\nbody\r\n".encode()
+    )  # fmt: skip
+
+
+def _start(session: RawSession) -> None:
+    assert session.command(b"MAIL FROM:<alice@users.test>")[0] == 250
+    assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
+
+
+def _submit(server: HatoServer, ca: TestCA, message: bytes) -> tuple[int, bytes]:
+    with _login(server, ca) as session:
+        _start(session)
+        assert session.command(b"DATA")[0] == 354
+        result = _code(session.command(message + b"."))
+        assert session.command(b"NOOP")[0] == 250  # the session goes on
+        return result
+
+
+def _assert_never_delivered(server: HatoServer, ca: TestCA, marker: str) -> None:
+    """A message sent after the refused one arrives; the refused one never does."""
+    sentinel = uuid.uuid4().hex
+    sent = clients.message("alice@users.test", "carol@users.test", sentinel)
+    assert _submit(server, ca, sent) == (250, b"2.0.0")
+    box = server.mailbox("carol", "users.test")
+    assert maildir.wait_for_marker(box, sentinel, timeout=20)
+    assert maildir.find_marker(maildir.messages(box), marker) == []
+
+
+# ---- 1: a From: past the header-size limit ----------------------------------------------------
+
+
+def test_a_from_past_the_header_limit_in_one_write_is_refused(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    marker = uuid.uuid4().hex
+    message = _message(PADDING + b"From: bob@users.test", marker)
+    assert _submit(shared_submission, test_ca, message) == HEADER_TOO_LARGE
+    _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+def test_a_from_past_the_header_limit_in_a_second_write_is_refused(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    marker = uuid.uuid4().hex
+    with _login(shared_submission, test_ca) as session:
+        _start(session)
+        assert session.command(b"DATA")[0] == 354
+        session.send(PADDING)
+        session.send(_message(b"From: ceo@bank.test", marker) + b".\r\n")
+        assert _code(session.reply()) == HEADER_TOO_LARGE
+    _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+def test_a_from_past_the_header_limit_in_a_later_bdat_chunk_is_refused(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    marker = uuid.uuid4().hex
+    with _login(shared_submission, test_ca) as session:
+        _start(session)
+        # RFC 3030 §2: the first chunk is answered (250) before the second is sent.
+        session.send(b"BDAT %d\r\n" % len(PADDING) + PADDING)
+        assert session.reply()[0] == 250
+        rest = _message(b"From: bob@users.test", marker)
+        session.send(b"BDAT %d LAST\r\n" % len(rest) + rest)
+        assert _code(session.reply()) == HEADER_TOO_LARGE
+    _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+def test_a_large_header_section_within_the_limit_is_accepted(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    marker = uuid.uuid4().hex
+    message = _message(PADDING[: 200 * 1024 // 980 * 980] + b"From: alice@users.test", marker)
+    assert _submit(shared_submission, test_ca, message)[0] == 250
+    box = shared_submission.mailbox("carol", "users.test")
+    assert maildir.wait_for_marker(box, marker, timeout=20)
+
+
+def test_the_header_limit_holds_on_mx_too(shared_submission: HatoServer) -> None:
+    # A forged Authentication-Results past the limit would otherwise pass the filter.
+    forged = b"Authentication-Results: hato.test; dmarc=pass\r\nFrom: friend@other.test"
+    with RawSession(shared_submission.host, shared_submission.port) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        assert session.command(b"MAIL FROM:<friend@other.test>")[0] == 250
+        assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
+        assert session.command(b"DATA")[0] == 354
+        message = _message(PADDING + forged, uuid.uuid4().hex)
+        assert _code(session.command(message + b".")) == HEADER_TOO_LARGE
+
+
+# ---- 2: one field splitter, and what a strict reader would refuse -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "refusal"),
+    [
+        # RFC 5322 §4.5: WSP before the colon still makes a From field (Dovecot reads it so).
+        (b"From : bob@users.test", NOT_OWNED),
+        (b"From\t: bob@users.test", NOT_OWNED),
+        (b"X-Mailer: x\r\nFrom : alice@users.test\r\nFrom\t:bob@users.test", NOT_OWNED),
+        # A line compat32 stops at, before the From the reader shows.
+        (b"this line has no colon\r\nFrom: bob@users.test", MALFORMED),
+        ("X-é: y\r\nFrom: bob@users.test".encode(), MALFORMED),  # 8-bit field name
+        (b"X Space: y\r\nFrom: bob@users.test", MALFORMED),
+        (b"From: alice@users.test\r\nnot a field\r\nFrom: bob@users.test", MALFORMED),
+        (b" From: bob@users.test", MALFORMED),  # a continuation of nothing
+        # RFC 5322 §3.6: one From field, even when each is alice's own.
+        (b"From: alice@users.test\r\nFrom: alice+2@users.test", SEVERAL_FROM),
+    ],
+)
+def test_header_sections_readers_disagree_on_are_refused(
+    shared_submission: HatoServer, test_ca: TestCA, header: bytes, refusal: tuple[int, bytes]
+) -> None:
+    marker = uuid.uuid4().hex
+    assert _submit(shared_submission, test_ca, _message(header, marker)) == refusal
+    _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+def test_the_obsolete_from_syntax_with_an_owned_address_is_accepted(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    marker = uuid.uuid4().hex
+    message = _message(b"From : Alice <alice@users.test>", marker)
+    assert _submit(shared_submission, test_ca, message)[0] == 250
+
+
+# ---- 16: Sender and Resent-* are bound like From ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"From: alice@users.test\r\nSender: bob@users.test",
+        b"From: alice@users.test\r\nSENDER : Bob <bob@users.test>",
+        b"From: alice@users.test\r\nResent-From: bob@users.test",
+        b"From: alice@users.test\r\nResent-Sender: someone@other.test",
+        b"From: alice@users.test\r\nResent-From: alice@users.test, bob@users.test",
+    ],
+)
+def test_sender_and_resent_fields_not_owned_are_refused(
+    shared_submission: HatoServer, test_ca: TestCA, header: bytes
+) -> None:
+    marker = uuid.uuid4().hex
+    assert _submit(shared_submission, test_ca, _message(header, marker)) == NOT_OWNED
+    _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"From: alice@users.test\r\nSender: alice+list@users.test",
+        b"From: sales@users.test\r\nSender: alice@users.test",
+        b"Resent-From: sales@users.test\r\nResent-Sender: alice@users.test\r\n"
+        b"From: alice@users.test",
+    ],
+)
+def test_sender_and_resent_fields_owned_are_accepted(
+    shared_submission: HatoServer, test_ca: TestCA, header: bytes
+) -> None:
+    assert _submit(shared_submission, test_ca, _message(header, uuid.uuid4().hex))[0] == 250

@@ -1,0 +1,79 @@
+"""The header section as it streams in (server/headers.py): whole or refused, judged once."""
+
+import pytest
+
+from hato.model import Address
+from hato.server.headers import MAX_HEADER_BYTES, ForgedResultsFilter, HeaderCapture
+
+ALICE = Address("alice", "users.test")
+
+
+def _owns(address: Address) -> bool:
+    return address.local.lower().startswith("alice") and address.domain == "users.test"
+
+
+def _capture(*chunks: bytes) -> HeaderCapture:
+    capture = HeaderCapture()
+    for chunk in chunks:
+        capture.feed(chunk)
+    return capture
+
+
+def test_the_section_is_the_same_whatever_the_chunks() -> None:
+    message = b"From: alice@users.test\r\nSubject: x\r\n\r\nbody\r\n\r\nmore\r\n"
+    whole = _capture(message).section()
+    assert whole == b"From: alice@users.test\r\nSubject: x\r\n"
+    for cut in range(1, len(message)):
+        assert _capture(message[:cut], message[cut:]).section() == whole
+    assert _capture(b"\r\nbody\r\n").section() == b""
+    assert _capture(b"Subject: all header\r\n").section() == b"Subject: all header\r\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 4096, 10**7])
+def test_a_section_past_the_limit_is_refused_not_cut(chunk: int) -> None:
+    padding = b"X-Pad: " + b"p" * 990 + b"\r\n"
+    message = padding * (MAX_HEADER_BYTES // len(padding) + 1) + b"From: bob@users.test\r\n\r\nx"
+    capture = _capture(*(message[i : i + chunk] for i in range(0, len(message), chunk)))
+    assert capture.too_large
+    verdict = capture.judge(None, _owns)  # on every role
+    assert verdict.refusal is not None and verdict.refusal.code == 552
+    assert verdict.reason == "header-too-large"
+
+
+def test_a_section_just_within_the_limit_is_judged() -> None:
+    head = b"From: alice@users.test\r\n"
+    pad = b"X: " + b"p" * (MAX_HEADER_BYTES - len(head) - 5) + b"\r\n"
+    capture = _capture(head + pad + b"\r\nbody")
+    assert len(capture.section()) == MAX_HEADER_BYTES and not capture.too_large
+    verdict = capture.judge(ALICE, _owns)
+    assert verdict.refusal is None and verdict.authors == [ALICE]
+
+
+@pytest.mark.parametrize(
+    ("header", "reason", "code"),
+    [
+        (b"From: alice@users.test\r\n", "", 0),
+        (b"From : bob@users.test\r\n", "from-not-owned", 553),
+        (b"From: alice@users.test\r\nSender: bob@users.test\r\n", "sender-not-owned", 553),
+        (b"resent-from: x@other.test\r\nFrom: alice@users.test\r\n", "resent-from-not-owned", 553),
+        (b"From: alice@users.test\r\nFrom: alice@users.test\r\n", "several-from", 550),
+        (b"junk\r\nFrom: alice@users.test\r\n", "header-malformed", 554),
+        (b"From: undisclosed\r\n", "from-not-owned", 553),
+    ],
+)
+def test_submission_verdicts(header: bytes, reason: str, code: int) -> None:
+    verdict = _capture(header + b"\r\nbody").judge(ALICE, _owns)
+    assert verdict.reason == reason
+    assert (verdict.refusal.code if verdict.refusal else 0) == code
+
+
+def test_mx_leaves_the_from_fields_to_dmarc() -> None:
+    verdict = _capture(b"junk\r\nFrom: a@x.test\r\nFrom: b@y.test\r\n\r\n").judge(None, _owns)
+    assert verdict.refusal is None
+
+
+def test_forged_results_filter_holds_the_section_back_until_it_ends() -> None:
+    forged = ForgedResultsFilter("hato.test")
+    assert forged.feed(b"Authentication-Results: hato.test.; dmarc=pass\r\nSubj") == b""
+    out = forged.feed(b"ect: x\r\n\r\nbody")
+    assert out == b"Subject: x\r\n\r\nbody" and forged.removed == 1
