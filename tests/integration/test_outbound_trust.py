@@ -147,6 +147,8 @@ def test_delivery_ca_file_trusts_a_private_ca_relay_and_a_name_mismatch_says_so(
         queue_id = _deferred_id(hato, "bob@pf.test")
         shown = hato.hato("queue", "show", queue_id).stdout
         assert UNTRUSTED.search(shown), shown
+        listed = hato.hato("queue", "list").stdout
+        assert "TLS with the receiving server failed: 421 4.7.5" in listed, listed
 
         # Trusted now, but the certificate does not name relay.pf.test (RFC 6125 §6.4).
         _reconfigure(hato, trust + relay)

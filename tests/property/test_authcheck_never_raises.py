@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key, verify_dkim
+from hato.authcheck.results import find_forged, without_fields
 from hato.model.dns import RdType, TxtRecord
 from hato.server.inbound import InboundChecker
 
@@ -120,3 +121,15 @@ def test_the_inbound_verdict_never_raises(message: bytes) -> None:
         checker.check(client_ip="127.0.0.1", helo="fwd.example", mail_from=None, message=message)
     )
     assert verdict.header.startswith(b"Authentication-Results: mx.dest.example;")
+
+
+@BOUNDED
+@given(messages(), st.sampled_from(list(ArcStatus)))
+def test_forwarding_seals_or_declines_for_any_fields(message: bytes, chain: ArcStatus) -> None:
+    # What the server does after the checks when an alias forwards: strip forged results
+    # (RFC 8601 §5), then add an ARC set (RFC 8617 §5.1) or decline to extend a chain.
+    head, _, body = message.partition(b"\r\n\r\n")
+    block = head + b"\r\n"
+    block = without_fields(block, find_forged(block, "fwd.example"))
+    sealed = _SEALER.seal(block, [body], chain)
+    assert sealed is None or sealed.startswith(b"ARC-Seal: ")

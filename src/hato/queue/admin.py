@@ -222,6 +222,10 @@ def _cause(last_reply: str | None) -> str:
     # RFC 3463 §3.5 X.4.3 directory server failure, X.4.4 unable to route: DNS.
     if subject in ("4.3", "4.4"):
         return f"DNS lookup failed: {last_reply}"
+    # RFC 3463 §3.8 X.7.5 cryptographic failure: the handshake itself broke (the reply says
+    # why: an untrusted or mismatched certificate is fixed with a ca_file or the right name).
+    if subject == "7.5" and "TLS handshake failed" in last_reply:
+        return f"TLS with the receiving server failed: {last_reply}"
     # RFC 3463 §3.8 / RFC 3207 and RFC 8689: X.7.5 cryptographic failure, X.7.10 encryption
     # needed: the TLS policy (MTA-STS, DANE, REQUIRETLS) would not let it go in clear.
     if subject in ("7.5", "7.10"):

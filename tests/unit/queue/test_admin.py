@@ -19,6 +19,7 @@ from hato.queue.admin import (
     LiveAdmin,
     OfflineAdmin,
     Selector,
+    _cause,
     explain,
 )
 
@@ -349,3 +350,10 @@ def test_explain_states() -> None:
     assert explain(refused, 0.0) == (
         "could not connect to the receiving server: 421 4.4.1 no; 3 attempt(s), next try in 2.0 h"
     )
+
+
+def test_a_broken_handshake_is_told_apart_from_a_tls_policy() -> None:
+
+    reply = "421 4.7.5 TLS handshake failed: certificate verify failed: certificate has expired"
+    assert _cause(reply) == f"TLS with the receiving server failed: {reply}"
+    assert _cause(TLS_REPLY).startswith("blocked by the TLS policy: ")
