@@ -20,7 +20,7 @@ import smtplib
 import ssl
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import pytest
 from peers import maildir
 from peers.net import LOOPBACK, free_port
 from peers.outbound_hato import SENDER, OutboundConfig, OutboundHato
+from peers.outbound_peers import SmtpSink
 from peers.outbound_scripted import ScriptedPeer, Transaction
 from peers.server import USER_PASSWORD
 from peers.tls import TestCA
@@ -171,6 +172,42 @@ def test_8bit_body_is_converted_for_a_hop_without_8bitmime(
     got = email.message_from_bytes(txn.content, policy=email.policy.default)
     assert isinstance(got, EmailMessage)
     assert got.get_content() == text  # the same text, CRLF line ends kept
+
+
+def test_postfix_smtp_sink_without_8bitmime_gets_ascii_mime(
+    require_peer: Callable[[str], str],
+    workdir: Path,
+    test_ca: TestCA,
+    dns: DnsTestServer,
+    peer_port: int,
+) -> None:
+    # Postfix's smtp-sink told not to announce 8BITMIME (-8; it never offers SMTPUTF8): a UTF-8
+    # Subject and an 8-bit body arrive as encoded words and quoted-printable.
+    sink = SmtpSink(require_peer("smtp-sink"), workdir / "sink", peer_port, options=("-8",))
+    sink.start()
+    try:
+        hato = _start(workdir, test_ca, dns, peer_port)
+        try:
+            marker = uuid.uuid4().hex
+            mime = "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            sent = _message(marker, subject="Grüße", extra=mime, body="Zoë\r\n")
+            _submit(hato, sent, ["SMTPUTF8", "BODY=8BITMIME"])
+            found = sink.wait_for(marker)
+        finally:
+            hato.stop()
+    finally:
+        sink.stop()
+    assert len(found) == 1, found
+    dump = found[0]
+    assert dump.isascii(), dump[:800]
+    mail_args = next(line for line in dump.splitlines() if line.startswith(b"X-Mail-Args:"))
+    assert b"SMTPUTF8" not in mail_args and b"8BITMIME" not in mail_args, mail_args
+    message = dump[dump.index(b"Received: ") :] if b"Received: " in dump else dump
+    got = email.message_from_bytes(message, policy=email.policy.default)
+    assert isinstance(got, EmailMessage)
+    assert got["Subject"] == "Grüße"
+    assert got["Content-Transfer-Encoding"] == "quoted-printable"
+    assert got.get_content().strip() == "Zoë"  # the dump ends with an empty line
 
 
 # ---- REQUIRETLS (RFC 8689) ----

@@ -15,6 +15,7 @@ import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .net import LOOPBACK, free_port, wait_for_banner, wait_for_listener
@@ -31,10 +32,18 @@ def _postfix_user() -> pwd.struct_passwd:
 
 class SmtpSink:
     """`smtp-sink -d DIR/...` on loopback: a receiver that answers 250 to everything and
-    writes each transaction (envelope as X-*-Args lines, then the message) to one file."""
+    writes each transaction (envelope as X-*-Args lines, then the message) to one file.
+    `options` are more smtp-sink flags, e.g. ("-8",): do not announce 8BITMIME."""
 
-    def __init__(self, binary: str, workdir: Path, port: int = 0, host: str = LOOPBACK) -> None:
-        self.binary, self.host = binary, host
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        port: int = 0,
+        host: str = LOOPBACK,
+        options: Sequence[str] = (),
+    ) -> None:
+        self.binary, self.host, self.options = binary, host, list(options)
         self.port = port or free_port()
         self.dumps = workdir / "sink-dumps"
         self.log = workdir / "sink.log"
@@ -45,7 +54,7 @@ class SmtpSink:
         self.dumps.mkdir(parents=True, exist_ok=True)
         os.chown(self.dumps, user.pw_uid, user.pw_gid)
         # -u: it refuses to run as root; -c: counters on stdout; 100: the listen backlog.
-        argv = [self.binary, "-u", "postfix", "-d", f"{self.dumps}/%H%M%S.", "-c"]
+        argv = [self.binary, "-u", "postfix", "-d", f"{self.dumps}/%H%M%S.", "-c", *self.options]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*argv, f"{self.host}:{self.port}", "100"],
