@@ -16,8 +16,10 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import os
 import smtplib
 import ssl
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -151,6 +153,28 @@ def test_utf8_address_in_a_header_bounces_with_5_6_7(hato: OutboundHato, peer_po
     dsn, _ = _bounce(hato)
     status = list(dsn.iter_parts())[1].as_string()
     assert "Status: 5.6.7" in status, status
+
+
+def test_hato_sendmail_utf8_subject_is_smtputf8_mail_too(
+    hato: OutboundHato, peer_port: int
+) -> None:
+    # A local program cannot ask for SMTPUTF8; UTF-8 in its header section makes the message
+    # SMTPUTF8 mail all the same (as Postfix's sendmail autodetects), so it is never sent raw.
+    marker = uuid.uuid4().hex
+    with ScriptedPeer(LOOPBACK, peer_port) as peer:
+        sent = subprocess.run(
+            [str(Path(sys.executable).with_name("hato-sendmail")), "-f", SENDER, RCPT],
+            input=_message(marker, subject="Grüße").replace(b"\r\n", b"\n"),
+            capture_output=True,
+            env={**os.environ, "HATO_CONTROL_SOCKET": str(hato.data_dir / "control.sock")},
+            timeout=30,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        txn = _delivered(peer, marker)
+    assert txn.content.isascii(), txn.content[:600]
+    got = email.message_from_bytes(txn.content, policy=email.policy.default)
+    assert got["Subject"] == "Grüße"
 
 
 # ---- 8BITMIME (RFC 6152) ----

@@ -72,6 +72,19 @@ def header_section(data: bytes) -> bytes:
     return data[: end + 2] if end >= 0 else data[: data.rfind(b"\r\n") + 2]
 
 
+def has_utf8_header(message: bytes) -> bool:
+    """RFC 6532 §3: the header section has UTF-8 (valid UTF-8 that is not ASCII); legacy
+    8-bit bytes in another charset do not count."""
+    head = header_section(message)
+    if head.isascii():
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def read_head(message: QueuedMessage) -> bytes:
     """The prefix and the body's header section (bounded by HEAD_LIMIT).
 

@@ -40,6 +40,7 @@ from typing import Any, Protocol, assert_never
 
 from hato.delivery.local import Local, NotLocal, Resolution, Unknown
 from hato.delivery.loops import delivered_to_fields
+from hato.delivery.outbound_body import has_utf8_header
 from hato.model import (
     Address,
     AddressError,
@@ -383,6 +384,10 @@ class LocalSubmitter:
             params["BODY"] = "8BITMIME"  # RFC 6152
         if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
             params["SMTPUTF8"] = None  # RFC 6531 §3.4
+        elif has_utf8_header(message):
+            # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
+            # program cannot say so (Postfix's sendmail autodetects it the same way).
+            params["SMTPUTF8"] = None
         body = self._queue.new_body()
         body.write(message)
         # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
