@@ -1,5 +1,6 @@
 """The composition root: reads settings, builds every room, binds the listeners, runs.
 
+Its pieces live in hato.boot (process, build, predrop, reload); this module wires them.
 May import every room. Nothing else imports this module except the CLI.
 """
 
@@ -12,353 +13,83 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from hato.accounts import UserStore
+from hato.boot.build import (
+    CurrentResolver,
+    MeasuredCourier,
+    Shared,
+    auth_throttle_settings,
+    build_resolver,
+    build_tls,
+    configured_fields,
+    implicit_tls_context,
+    mailbox_owner,
+    send_limit_settings,
+)
+from hato.boot.predrop import check_after_drop, preload
+from hato.boot.process import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    StartupError,
+    bind,
+    listen_socket,
+)
+from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
 from hato.crypto import KEYS_DB, KeyStore
 from hato.crypto.wkd import wkd_app
-from hato.dbcache import CachedKeys, CachedUsers
+from hato.dbcache import CachedKeys
 from hato.delivery.known import KnownMailboxes
-from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.maildir import MaildirCourier
-from hato.delivery.owner import OwnerError, resolve_owner
 from hato.delivery.router import RoutingCourier
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.logsetup import configure_logging
-from hato.model import (
-    Address,
-    Clock,
-    Courier,
-    Outcome,
-    QueuedMessage,
-    QueuedRecipient,
-    Role,
-    SystemClock,
-    UserDirectory,
-    logfmt,
-)
+from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
-from hato.policy import (
-    LIMITS_DB,
-    AuthThrottle,
-    AuthThrottleSettings,
-    ClientNetwork,
-    ListenerNetworkRules,
-    NetworkTable,
-    SendLimiter,
-    SendLimitSettings,
-)
+from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control
 from hato.server.auth import ScramDecoy
-from hato.server.context import ListenerState, SessionContext
+from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
-from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.session import SmtpSession
-from hato.server.signing import OutboundSigner, load_sealers, load_signers
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
-from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
-from hato.smtp import ServerSettings
+from hato.server.tls import ReloadingContext
 
 if TYPE_CHECKING:
     from hato.config import Settings
     from hato.config.sections import ListenerSettings
 
+__all__ = [  # what hato.supervisor and hato.cli use of the composition root
+    "EX_OK",
+    "EX_SOFTWARE",
+    "EX_TEMPFAIL",
+    "StartupError",
+    "WorkerRole",
+    "build_resolver",
+    "build_tls",
+    "listen_socket",
+    "run",
+    "serve",
+]
+
 log = logging.getLogger("hato")
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 DRAIN_SECONDS = 30.0
-TLS_WATCH_SECONDS = 30.0  # how often certificate files are checked for a renewal
-
-
-class StartupError(Exception):
-    """A problem that stops start-up; the message says what and how to fix it."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# ---- building the rooms ----
-
-
-def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings:
-    """What the core of a listener of this role offers and enforces."""
-    limits = settings.limits
-    submission = role is not Role.MX
-    return ServerSettings(
-        hostname=settings.server.hostname,
-        max_message_size=limits.max_message_size,
-        max_recipients=limits.max_recipients,
-        max_bad_commands=limits.max_bad_commands,
-        max_text_line=limits.max_text_line,
-        # RFC 3207 on mx when a certificate is configured; always on port 587.
-        offer_starttls=tls and role is not Role.SUBMISSIONS,
-        # RFC 4954 / RFC 6409: AUTH only on submission roles (never on mx), only after TLS.
-        auth_mechanisms=tuple(settings.auth.mechanisms) if submission else (),
-        require_auth=submission,  # RFC 6409 §4.3 / RFC 4954 §6: 530 5.7.0 before AUTH
-        require_tls=role is Role.SUBMISSION,  # RFC 3207 §4: 530 5.7.0 before STARTTLS
-        dsn=True,  # RFC 3461: NOTIFY/ORCPT/RET/ENVID are kept and honoured
-    )
-
-
-def auth_throttle_settings(settings: Settings) -> AuthThrottleSettings:
-    a = settings.auth
-    return AuthThrottleSettings(
-        failure_delay=a.failure_delay,
-        max_failure_delay=a.max_failure_delay,
-        max_failures=a.max_failures,
-        max_account_failures=a.max_account_failures,
-        failure_window=a.failure_window,
-        block_time=a.block_time,
-    )
-
-
-def send_limit_settings(settings: Settings) -> SendLimitSettings:
-    limits = settings.limits
-    return SendLimitSettings(
-        messages_per_hour=limits.messages_per_hour,
-        recipients_per_hour=limits.recipients_per_hour,
-        spike_recipients=limits.spike_recipients,
-        spike_window=limits.spike_window,
-        spike_hold=limits.spike_hold,
-        hold_time=limits.hold_time,
-    )
-
-
-def send_as_grants(settings: Settings) -> dict[Address, frozenset[Address]]:
-    """[[domain]] send_as: the extra sender addresses of each account, lower-case."""
-    grants: dict[Address, set[Address]] = {}
-    for domain in settings.domains:
-        for local, targets in domain.send_as.items():
-            user = Address(local.lower(), domain.name.lower())
-            grants.setdefault(user, set()).update(
-                Address(t.local.lower(), t.domain.lower()) for t in targets
-            )
-    return {user: frozenset(addresses) for user, addresses in grants.items()}
-
-
-def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
-    """The configured certificate, or a self-signed one when a submission listener needs TLS
-    and none is configured (the embedded default)."""
-    try:
-        if settings.tls is not None:
-            return ReloadingContext.load(Path(settings.tls.cert), Path(settings.tls.key))
-        if all(listener.role is Role.MX for listener in settings.listeners):
-            return None
-        cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)
-        log.warning(
-            logfmt(
-                "tls-self-signed",
-                cert=cert,
-                detail="no [tls] configured: using a self-signed certificate",
-            )
-        )
-        return ReloadingContext.load(cert, key)
-    except TLSConfigError as exc:
-        raise StartupError(str(exc), EX_CONFIG) from exc
-
-
-def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
-    """RFC 8314 port 465: the listener's context hands each handshake the current (reloaded)
-    context through the SNI callback, which runs for every ClientHello."""
-    front = server_context(tls.cert, tls.key)
-
-    def pick(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        sock.context = tls.current
-
-    front.sni_callback = pick
-    return front
-
-
-def mailbox_owner(settings: Settings) -> tuple[int, int] | None:
-    """[local] mailbox_owner as (uid, gid), checked usable now (after the privilege drop)."""
-    if settings.local.mailbox_owner is None:
-        return None
-    try:
-        owner = resolve_owner(settings.local.mailbox_owner, settings.mailboxes)
-    except OwnerError as exc:
-        raise StartupError(str(exc), EX_CONFIG) from exc
-    return owner.uid, owner.gid
-
-
-def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> RecipientResolver:
-    """The RCPT-time resolver; a UserStore's answers are cached until users.db changes."""
-    domains = [
-        LocalDomain(
-            name=d.name,
-            catch_all=str(d.catch_all) if d.catch_all else None,
-            accept_any=d.accept_any,
-            aliases={k: tuple(str(t) for t in v) for k, v in d.aliases.items()},
-        )
-        for d in settings.domains
-    ]
-    aliases = AliasTable.load(settings.local.aliases_file) if settings.local.aliases_file else None
-    return RecipientResolver(
-        domains,
-        CachedUsers(users, users.path) if isinstance(users, UserStore) else users,
-        alias_file=aliases,
-        delimiter=settings.local.recipient_delimiter,
-    )
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket (before privileges are dropped)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise StartupError(
-            f"listener address {address}: cannot listen: {exc.strerror}; "
-            "pick a free port or stop what uses it",
-            EX_CANTCREAT,
-        ) from exc
-    sock.listen(4096)  # a large backlog: slow clients down rather than refuse them
-    sock.setblocking(False)
-    return sock
-
-
-async def _bind(
-    loop: asyncio.AbstractEventLoop,
-    host: str,
-    port: int,
-    factory: Callable[[], asyncio.BaseProtocol],
-    tls: ssl.SSLContext | None = None,
-    sock: socket.socket | None = None,
-) -> asyncio.Server:
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    handshake = 30.0 if tls is not None else None
-    try:
-        if sock is not None:  # bound by the supervisor, shared by the workers
-            return await loop.create_server(
-                factory, sock=sock, backlog=4096, ssl=tls, ssl_handshake_timeout=handshake
-            )
-        return await loop.create_server(
-            factory,
-            host,
-            port,
-            backlog=4096,  # a large backlog: slow clients down rather than refuse them
-            reuse_address=True,
-            ssl=tls,
-            ssl_handshake_timeout=handshake,
-        )
-    except OSError as exc:
-        raise StartupError(
-            f"listener address {address}: cannot listen: {exc.strerror}; "
-            "pick a free port or stop what uses it",
-            EX_CANTCREAT,
-        ) from exc
-
-
-@dataclass(slots=True)
-class Shared:
-    """The long-lived pieces every listener shares; a reload (SIGHUP) keeps them."""
-
-    clock: SystemClock
-    data_dir: Path
-    queue: Queue
-    dns: DnsPythonResolver
-    users: UserStore
-    keys: KeyStore
-    tls: ReloadingContext | None
-    throttle: AuthThrottle
-    limiter: SendLimiter
-    verify_slots: asyncio.Semaphore
-    resolver: CurrentResolver
-
-
-class CurrentResolver:
-    """The recipient resolver of the configuration in force; a reload swaps `current`, and
-    every holder (sessions, the routing courier, local submission) sees the new one."""
-
-    def __init__(self, current: RecipientResolver) -> None:
-        self.current = current
-
-    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
-        return self.current.resolve(address, wildcards=wildcards)
-
-    def owns(self, user: Address, address: Address) -> bool:
-        return self.current.owns(user, address)
-
-    def is_local_domain(self, domain: str) -> bool:
-        return self.current.is_local_domain(domain)
-
-
-def configured_fields(
-    settings: Settings, shared: Shared, listener: ListenerSettings
-) -> dict[str, Any]:
-    """Everything in a listener's SessionContext that the configuration decides."""
-    role = listener.role
-    check = settings.authcheck
-    authserv_id = check.authserv_id or settings.server.hostname
-    inbound = None
-    if check.inbound and role is Role.MX:
-        inbound = InboundChecker(
-            shared.dns,
-            authserv_id=authserv_id,
-            clock=shared.clock,
-            enforcement=Enforcement(check.dmarc.value),
-            budget=check.budget,
-        )
-    selectors = {d.name: d.dkim_selector for d in settings.domains}
-    signers = load_signers(shared.data_dir / "dkim", selectors, shared.clock) if check.sign else {}
-    return {
-        "settings": server_settings(settings, role, shared.tls is not None),
-        "idle_timeout": float(settings.limits.idle_timeout),
-        "hop_limit": settings.limits.hopcount_limit,
-        "session_timeout": float(settings.limits.session_timeout),
-        "postmaster_domain": settings.domains[0].name,
-        "network_rules": ListenerNetworkRules(
-            tuple(listener.refuse_networks), tuple(listener.allow_networks)
-        ),
-        "networks": NetworkTable.of(
-            ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
-        ),
-        "send_as": send_as_grants(settings),
-        "inbound": inbound,
-        "authserv_id": authserv_id,
-        "signer": OutboundSigner(signers) if role is not Role.MX else None,
-        "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
-    }
-
-
-class MeasuredCourier:
-    """The courier the runner calls, counting each outcome for /metrics."""
-
-    def __init__(
-        self, inner: Courier, metrics: Metrics, clock: Clock, is_local: Callable[[str], bool]
-    ) -> None:
-        self._inner, self._metrics, self._clock, self._is_local = inner, metrics, clock, is_local
-
-    async def deliver(
-        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
-    ) -> Sequence[Outcome]:
-        outcomes = await self._inner.deliver(message, recipients)
-        self._metrics.deliveries_of(
-            message, recipients, outcomes, now=self._clock.now(), is_local=self._is_local
-        )
-        return outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,11 +126,21 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     wkd_runner = None
     if settings.wkd.address is not None and first:
         wkd_runner = await serve_wkd(settings, data_dir, tls)
+    # Issue 13: what needs root or the whole Python installation is done before the drop.
+    dns = DnsPythonResolver(
+        settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
+    )
+    outbound = build_outbound(settings, dns, clock)  # reads [smarthost] password_file
+    implicit = implicit_tls_context(tls) if tls is not None else None  # for port 465
+    unix = _bind_control(settings, data_dir) if first else None
+    preload()
     try:
         # Ports 25/465/587 are bound; from here on we need no privilege (issue 7).
-        drop_privileges(settings.server.user, settings.server.group, data_dir=data_dir)
+        identity = drop_privileges(settings.server.user, settings.server.group, data_dir=data_dir)
     except PrivilegeError as exc:
         raise StartupError(str(exc), EX_CONFIG) from exc
+    if identity is not None and settings.local.aliases_file is not None:
+        check_after_drop([("local.aliases_file", settings.local.aliases_file)], identity)
     notifier = Notifier.from_env()
     queue = await Queue.open(
         data_dir / "queue",
@@ -416,9 +157,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         clock=clock,
         data_dir=data_dir,
         queue=queue,
-        dns=DnsPythonResolver(
-            settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
-        ),
+        dns=dns,
         users=users,
         keys=KeyStore.in_data_dir(data_dir),  # users' public keys (issue 6)
         tls=tls,
@@ -432,7 +171,6 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     maildir = MaildirCourier(
         settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
     )
-    outbound = build_outbound(settings, shared.dns, clock)
     counter = control.OutcomeCounter()
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
@@ -457,8 +195,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     )
     runner_task: asyncio.Task[None] | None = None
     states: list[ListenerState] = []
-    contexts: list[SessionContext] = []
+    contexts: list[tuple[SessionContext, ListenerSettings]] = []
     servers: list[asyncio.Server] = []
+    ids = session_ids(clock.now(), worker.index if worker is not None else 0)
     try:
         for number, listener in enumerate(settings.listeners):
             if number not in sockets:
@@ -469,7 +208,6 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 max_connections=listener.max_connections,
                 max_per_ip=listener.max_connections_per_ip,
             )
-            implicit = role is Role.SUBMISSIONS
             ctx = SessionContext(
                 role=role,
                 queue=queue,
@@ -477,7 +215,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 clock=clock,
                 listener=state,
                 tls=tls,
-                implicit_tls=implicit,
+                implicit_tls=role is Role.SUBMISSIONS,
                 accounts=users if role is not Role.MX else None,
                 verify_slots=shared.verify_slots,
                 scram=scram,
@@ -489,28 +227,29 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 keys=keys,
                 metrics=metrics.role(role),
                 direct=direct,
-                **configured_fields(settings, shared, listener),
+                ids=ids,
+                **configured_fields(settings, shared, listener, shared.problems),
             )
-            factory = _session_factory(ctx)
-            wrap = implicit_tls_context(tls) if implicit and tls is not None else None
+            wrap = implicit if role is Role.SUBMISSIONS else None
             servers.append(
-                await _bind(loop, listener.host, listener.port, factory, wrap, sockets[number])
+                await bind(loop, listener.host, listener.port, _factory(ctx), wrap, sockets[number])
             )
             states.append(state)
-            contexts.append(ctx)
+            contexts.append((ctx, listener))
             log.info(logfmt("listening", role=role.value, address=listener.address))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        current = settings
+        live = LiveConfiguration(settings, source, shared, outbound, contexts)
 
-        def reload() -> None:
-            nonlocal current
+        def reload() -> ReloadOutcome:
             notifier.reloading()
-            current = _reload(current, source, shared, contexts)
-            notifier.ready("reloaded")
+            outcome = live.reload()
+            notifier.ready("reloaded" if outcome.applied else "reload refused (see the log)")
+            return outcome
 
-        loop.add_signal_handler(signal.SIGHUP, reload)
+        reloader = Reloader(reload, via_parent=worker is not None)
+        loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
         log.info(
             logfmt(
                 "ready",
@@ -522,7 +261,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         )
         async with asyncio.TaskGroup() as tasks:
             runner_task = tasks.create_task(runner.run())
-            watcher = tasks.create_task(_watch_tls(tls)) if tls is not None else None
+            watcher = tasks.create_task(watch_tls(tls)) if tls is not None else None
             sweeper = tasks.create_task(outbound.run_sweeper())
             submitter = control.LocalSubmitter(
                 queue,
@@ -541,18 +280,26 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 domain=settings.domains[0].name,
                 counter=counter,
                 max_message_size=settings.limits.max_message_size,
-                info=lambda: {"listeners": [str(lst.address) for lst in settings.listeners]},
+                info=lambda: {
+                    "listeners": [str(lst.address) for lst in settings.listeners],
+                    "pid": os.getppid() if worker is not None else os.getpid(),  # the server's
+                    "problems": list(shared.problems),
+                },
+                reload=reloader.request,
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(
                 control.serve(
-                    data_dir / "control.sock", controller, submit_path=settings.server.submit_socket
+                    data_dir / "control.sock",
+                    controller,
+                    submit_path=settings.server.submit_socket,
+                    bound=unix,
                 )
                 if first
                 else asyncio.Event().wait()
             )
             for role in {lst.role for lst in settings.listeners}:
-                metrics.open_sessions(role, _open_sessions(states, contexts, role))
+                metrics.open_sessions(role, _open_sessions(states, [c for c, _ in contexts], role))
             gauges = tasks.create_task(
                 refresh_queue(metrics, LiveAdmin(queue, clock.now, log.info).stats, clock.now)
             )
@@ -596,73 +343,6 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         notifier.close()
 
 
-def _reload(
-    current: Settings, source: str, shared: Shared, contexts: list[SessionContext]
-) -> Settings:
-    """SIGHUP: read the configuration again and apply what can change without a restart
-    (domains, aliases, users' grants, limits, timeouts, network rules, authentication checks,
-    DKIM keys) to new and running sessions; certificates are reloaded too. Listeners, the data
-    directory and the outbound settings need a restart, which the log says. A configuration
-    with errors is refused whole: the running one stays."""
-    _reload_tls(shared.tls, True)
-    path = Path(source)
-    if not path.is_file():
-        log.info(logfmt("reload", detail="embedded default: nothing to read again"))
-        return current
-    from hato.config import ConfigError, load_settings
-
-    try:
-        new = load_settings(path, env=os.environ, cwd=Path.cwd()).settings
-    except ConfigError as exc:
-        for line in exc.lines():
-            log.error(logfmt("reload-refused", detail=line))
-        return current
-    if [(lst.role, str(lst.address)) for lst in new.listeners] != [
-        (lst.role, str(lst.address)) for lst in current.listeners
-    ] or new.server.data_dir != current.server.data_dir:
-        log.warning(logfmt("reload-partial", detail="listeners or data_dir changed: restart"))
-    try:
-        shared.resolver.current = build_resolver(new, shared.users)
-    except (OSError, ValueError) as exc:
-        log.error(logfmt("reload-refused", detail=str(exc)))
-        return current
-    by_listener = {(lst.role, str(lst.address)): lst for lst in new.listeners}
-    for ctx in contexts:
-        listener = next(
-            (
-                lst
-                for lst in current.listeners
-                if f"{lst.role.value}@{lst.address}" == ctx.listener.name
-            ),
-            None,
-        )
-        if listener is None:
-            continue
-        fresh = by_listener.get((listener.role, str(listener.address)), listener)
-        for name, value in configured_fields(new, shared, fresh).items():
-            setattr(ctx, name, value)
-    log.info(logfmt("reloaded", source=source, domains=",".join(d.name for d in new.domains)))
-    return new
-
-
-def _reload_tls(tls: ReloadingContext | None, force: bool) -> None:
-    """SIGHUP, or the files changed: new handshakes use the new certificate; sessions already
-    on TLS keep theirs, so nothing is dropped."""
-    if tls is None:
-        return
-    try:
-        if tls.refresh(force=force):
-            log.info(logfmt("tls-reloaded", cert=tls.cert, not_after=tls.not_after().isoformat()))
-    except TLSConfigError as exc:
-        log.error(logfmt("tls-reload-failed", detail=str(exc), kept="the previous certificate"))
-
-
-async def _watch_tls(tls: ReloadingContext) -> None:
-    while True:
-        await asyncio.sleep(TLS_WATCH_SECONDS)
-        _reload_tls(tls, False)
-
-
 async def serve_wkd(
     settings: Settings, data_dir: Path, tls: ReloadingContext | None
 ) -> web.AppRunner:
@@ -700,8 +380,23 @@ def _open_sessions(
     return lambda: sum(state.active for state, ctx in pairs if ctx.role is role)
 
 
-def _session_factory(ctx: SessionContext) -> Callable[[], SmtpSession]:
+def _factory(ctx: SessionContext) -> Callable[[], SmtpSession]:
     return lambda: SmtpSession(ctx)
+
+
+def _bind_control(settings: Settings, data_dir: Path) -> tuple[socket.socket, socket.socket | None]:
+    """The control and submission sockets, bound before the privilege drop (issue 13: a
+    submission socket in root's /run/hato was an ExceptionGroup after it)."""
+    path = settings.server.submit_socket
+    try:
+        return control.bind_sockets(data_dir / "control.sock", path, _owner(settings))
+    except OSError as exc:
+        where = f"server.submit_socket: {path}" if path else f"server.data_dir: {data_dir}"
+        raise StartupError(
+            f"{where}: cannot make the socket there: {exc.strerror or exc}; "
+            "fix the directory's permissions or choose another path",
+            EX_CANTCREAT,
+        ) from exc
 
 
 async def _drain(states: list[ListenerState]) -> None:
@@ -736,7 +431,7 @@ def serve(settings: Settings, *, source: str) -> int:
     # 0: one per CPU, at most 64 (a queue id has room for 64 workers' slots, queue/ids.py).
     workers = settings.server.workers or min(os.cpu_count() or 1, 64)
     try:
-        with locked(Path(settings.server.data_dir), _owner(settings)):
+        with locked(Path(settings.server.data_dir), _owner(settings), settings.data_dir_origin):
             if workers > 1:
                 from hato.supervisor import supervise
 

@@ -126,6 +126,8 @@ def test_cron_and_php_style_sendmail_deliver_to_local_maildirs(hato: OpsHato) ->
     assert hato.wait_for_log(r"event=delivered .*to=<alice@example\.org>(?s:.*)event=delivered")
     status = hato.hato("status")
     assert "last hour:  3 delivered, 0 deferred, 0 failed" in status.stdout, status.stdout
+    # Issue 13: the counts begin at the server's start, and the screen says so.
+    assert "(this server, counted since its start " in status.stdout, status.stdout
 
 
 def test_refused_recipient_exit_code_the_bs_dialog_and_the_server_down(hato: OpsHato) -> None:

@@ -7,15 +7,21 @@ import signal
 import smtplib
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
+from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.server import DomainSetup, MailSetup, TlsFiles
+from peers.tls import TestCA
 
 from hato.server.tls import ensure_self_signed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer
 
 
 def _hup(server: HatoServer, expect: str) -> None:
@@ -86,3 +92,66 @@ def test_sighup_applies_a_new_domain_and_keeps_open_sessions(tmp_path: Path) -> 
         assert _cert_der(server.host, server.submission_port) != first_cert
     finally:
         server.stop()
+
+
+class FarHato(HatoServer):
+    """Another server, with a host name of its own (the same one would be a mail loop)."""
+
+    def _config_text(self) -> str:
+        return super()._config_text().replace('"hato.test"', '"mx.far.test"', 1)
+
+
+def test_hato_reload_applies_a_new_transport_or_names_the_keys_that_need_a_restart(
+    workdir: Path, test_ca: TestCA
+) -> None:
+    """Issue 13: after adding a [[transport]] and SIGHUP the log said `reloaded`, and the next
+    message to that domain still bounced (550 5.1.2, the old routes). Now `hato reload` applies
+    every changed key or none, and says which."""
+    with DnsTestServer({}) as dns:  # far.test does not exist in DNS: only the transport routes it
+        far = FarHato(
+            workdir / "far", MailSetup(domains=(DomainSetup("far.test", accept_any=True),))
+        )
+        far.start()
+        hato = OutboundHato(workdir / "data", test_ca, OutboundConfig(dns.nameserver))
+        hato.start()
+        try:
+            good = hato.config.read_text()
+            transport = f'\n[[transport]]\ndomain = "far.test"\nrelay = "127.0.0.1:{far.port}"\n'
+            hato.config.write_text(good + transport)
+            done = hato.hato("reload")
+            assert (done.returncode, done.stderr) == (0, ""), done.stderr
+            assert done.stdout == f"reloaded {hato.config}: changed transport\n"
+            hato.submit(["u@far.test"], message("u@far.test", "reload-transport"))
+            found = maildir.wait_for_marker(far.mailbox("u", "far.test"), "reload-transport", 30)
+            assert found, hato.log_text()[-3000:]
+
+            # A key that needs a restart refuses the whole file: the new domain is not applied.
+            hato.config.write_text(
+                good + transport + '\n[[domain]]\nname = "new.test"\naccept_any = true\n'
+            )
+            text = hato.config.read_text().replace(
+                'max_message_size = "1M"', 'max_message_size = "2M"'
+            )
+            hato.config.write_text(text)
+            done = hato.hato("reload")
+            assert done.returncode == 1
+            assert "nothing of" in done.stderr
+            assert "these keys need a restart: limits.max_message_size" in done.stderr
+            assert hato.wait_for_log(r"event=reload-refused .*keys=limits\.max_message_size")
+            assert "event=reloaded" not in hato.log_text().split("keys=limits.max_message_size")[-1]
+            with (
+                smtplib.SMTP(hato.host, hato.port, timeout=30) as smtp,
+                pytest.raises(smtplib.SMTPRecipientsRefused),
+            ):
+                smtp.sendmail("a@example.net", ["x@new.test"], b"Subject: x\r\n\r\nx\r\n")
+        finally:
+            hato.stop()
+            far.stop()
+
+
+def test_hato_reload_with_no_server_says_so(workdir: Path) -> None:
+    server = HatoServer(workdir / "data")
+    server._prepare()
+    done = server.hato("reload")
+    assert done.returncode == 75
+    assert done.stderr.startswith("hato: no server answers on ")

@@ -4,6 +4,7 @@ server takes its workers with it, and after a restart every accepted message is 
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,15 @@ def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(send, markers))
     assert "event=session-error" not in server.log_text()
+    # Issue 13: a session id names one session of one worker (the object's address repeated).
+    deadline = time.monotonic() + 10  # log lines are written in batches
+    while len(sessions := re.findall(r"event=connect session=(\S+)", server.log_text())) < 40:
+        assert time.monotonic() < deadline, sessions
+        time.sleep(0.05)
+    assert len(set(sessions)) == len(sessions), sessions
+    # `hato status` names the server's pid (the supervisor's), not a worker's.
+    status = server.hato("status")
+    assert f"server:     running, pid {server.proc.pid}, up " in status.stdout, status.stdout
     server.kill()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers):

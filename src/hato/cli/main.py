@@ -144,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     key.register(commands)
     dovecot.register(commands)
-    from hato.cli import queue, status  # they import hato.cli.main
+    from hato.cli import queue, reload, status  # they import hato.cli.main
 
     queue.register(commands)
     status.register(commands)
+    reload.register(commands)
     return parser
 
 

@@ -66,6 +66,8 @@ def report(
         warnings.append("the server is not running: mail waits in the queue")
     else:
         print(f"server:     running, pid {server['pid']}, up {_age(server['uptime'])}", file=out)
+        # What the running configuration cannot do (a DKIM key it cannot read, ...).
+        warnings.extend(str(problem) for problem in server.get("problems", []))
     for role, address, up in listeners:
         state = "accepting" if up else "NOT ACCEPTING"
         print(f"listener:   {role:<12} {address:<22} {state}", file=out)
@@ -96,9 +98,13 @@ def report(
     if queue["held"]:
         warnings.append(f"{queue['held']} recipient(s) held (hato queue list; release or delete)")
     last = server.get("last_hour") if server is not None else None
+    uptime = float(server["uptime"]) if server is not None else 0.0
     if last is None:
         last = queue.get("finished_last_hour", {})
         where = "still in the queue store"
+    elif uptime < 3600:
+        # The counts live in the server's memory: they begin at its start (issue 13).
+        where = f"this server, counted since its start {_age(uptime)} ago"
     else:
         where = "this server"
     print(

@@ -132,6 +132,11 @@ class OutboundCourier:
         )
         self.limiter = Limiter(settings.max_connections_per_domain, settings.max_connections)
 
+    def reconfigure(self, settings: OutboundSettings) -> None:
+        """A reload: the next attempts use these routes (transports, smarthost) and timeouts.
+        The pool's and limiter's sizes stay; the composition root restarts for those."""
+        self._settings = settings
+
     async def aclose(self) -> None:
         await self.pool.aclose()
 

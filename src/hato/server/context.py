@@ -4,7 +4,9 @@ root), and the connection accounting that enforces the per-listener and per-IP l
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -82,6 +84,22 @@ class ListenerState:
             self.per_ip[ip] = left
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def session_ids(started: float, worker: int = 0) -> Iterator[str]:
+    """Session ids for the log, unique per server and worker: the process's start second
+    (base 36), the worker's index and a counter (`mzq3kd.0.1f`). The object's address, used
+    before, repeated from one connection to a later one."""
+    n, stamp = int(started), ""
+    while True:
+        n, digit = divmod(n, 36)
+        stamp = _DIGITS[digit] + stamp
+        if not n:
+            break
+    return (f"{stamp}.{worker}.{count:x}" for count in itertools.count(1))
+
+
 @dataclass(slots=True)
 class SessionContext:
     """Everything a session of one listener needs."""
@@ -117,3 +135,4 @@ class SessionContext:
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)
+    ids: Iterator[str] = field(default_factory=lambda: session_ids(0.0))  # shared by listeners

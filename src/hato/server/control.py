@@ -7,6 +7,7 @@ Every request names an `op`:
 
     {"op": "hello"}                          -> {"ok": true, "hostname": ..., "domain": ...}
     {"op": "status"}                         -> queue figures, last-hour outcomes, uptime
+    {"op": "reload"}                         -> {"ok": true, "reload": {"applied": ..., ...}}
     {"op": "queue.list", "domain": ...}      -> {"ok": true, "rows": [...]}
     {"op": "queue.show", "id": ...}          -> {"ok": true, "message": {...}}
     {"op": "queue.hold" | "queue.release" | "queue.flush" | "queue.delete" | "queue.bounce",
@@ -34,7 +35,7 @@ import socket
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, assert_never
 
@@ -109,6 +110,7 @@ class ControlServer:
         max_message_size: int = 50 * 1024 * 1024,
         counter: OutcomeCounter | None = None,
         info: Callable[[], Mapping[str, Any]] | None = None,
+        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname)
         self._runner = runner
@@ -119,6 +121,7 @@ class ControlServer:
         self._max_message_size = max_message_size
         self._info = info
         self._counter = counter
+        self._reload = reload
         self._started = clock.now()
 
     async def handle(
@@ -171,6 +174,10 @@ class ControlServer:
             return {"hostname": self._hostname, "domain": self._domain, "pid": os.getpid()}
         if op == "status":
             return await self._status()
+        if op == "reload":  # boot.reload: waits for the outcome
+            if self._reload is None:
+                raise RequestError("reload: not available in this server")
+            return {"reload": await self._reload()}
         selector = _selector(request)
         if op == "queue.list":
             return {"rows": [as_json(row) for row in await self._admin.list(selector)]}
@@ -287,17 +294,36 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+def bind_sockets(
+    path: Path, submit_path: Path | None, owner: tuple[int, int] | None = None
+) -> tuple[socket.socket, socket.socket | None]:
+    """The control socket (given to `owner`, the server's user) and the submission socket,
+    bound before the privilege drop: the submission socket's directory (/run/hato) may be
+    root's. Raises OSError."""
+    control = bind_unix(path, 0o600)
+    if owner is not None:
+        os.chown(path, *owner)
+    try:
+        public = bind_unix(submit_path, 0o666) if submit_path is not None else None
+    except OSError:
+        control.close()
+        raise
+    return control, public
+
+
 async def serve(
     path: Path,
     server: ControlServer,
     *,
     submit_path: Path | None = None,
     ready: Callable[[], None] | None = None,
+    bound: tuple[socket.socket, socket.socket | None] | None = None,
 ) -> None:
-    """Serve the control socket (and the submission socket) until cancelled."""
+    """Serve the control socket (and the submission socket) until cancelled; `bound`: the
+    sockets bind_sockets made, else they are bound here."""
     servers = []
     try:
-        control = bind_unix(path, 0o600)
+        control, public = bound or bind_sockets(path, submit_path)
         servers.append(
             await asyncio.start_unix_server(
                 lambda r, w: server.handle(r, w, public=False),
@@ -305,8 +331,7 @@ async def serve(
                 limit=MAX_REQUEST_LINE,
             )
         )
-        if submit_path is not None:
-            public = bind_unix(submit_path, 0o666)
+        if public is not None:
             servers.append(
                 await asyncio.start_unix_server(
                     lambda r, w: server.handle(r, w, public=True),
@@ -323,7 +348,9 @@ async def serve(
             srv.close()
         for p in (path, submit_path):
             if p is not None:
-                with contextlib.suppress(FileNotFoundError):
+                # PermissionError: bound by root in root's directory before the privilege drop;
+                # the next start replaces it.
+                with contextlib.suppress(FileNotFoundError, PermissionError):
                     p.unlink()
 
 

@@ -53,9 +53,12 @@ class DataDirError(Exception):
 
 
 @contextlib.contextmanager
-def locked(data_dir: Path, owner: tuple[int, int] | None = None) -> Iterator[None]:
+def locked(
+    data_dir: Path, owner: tuple[int, int] | None = None, origin: str = "server.data_dir"
+) -> Iterator[None]:
     """One server per data directory, made private, with its secret. `owner` (uid, gid): who
-    the server will run as, when root starts it ([server] user)."""
+    the server will run as, when root starts it ([server] user); `origin`: where the
+    configuration got data_dir from (for the hint)."""
     os.umask(0o077)
     try:
         created = not data_dir.exists()
@@ -67,9 +70,11 @@ def locked(data_dir: Path, owner: tuple[int, int] | None = None) -> Iterator[Non
             if created:
                 os.chown(data_dir, *owner)
     except OSError as exc:
+        # Issue 13: "set HATO_HOME" is no fix when server.data_dir names the directory.
+        how = "server.data_dir" if origin == "server.data_dir" else "server.data_dir or HATO_HOME"
         raise DataDirError(
-            f"server.data_dir: cannot create {data_dir}: {exc.strerror}; "
-            "choose a writable directory (or set HATO_HOME)",
+            f"server.data_dir: cannot create {data_dir} ({origin}): {exc.strerror}; "
+            f"create it, or set {how} to a writable directory",
             EX_CANTCREAT,
         ) from exc
     try:

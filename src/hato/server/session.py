@@ -121,7 +121,7 @@ class SmtpSession(asyncio.Protocol):
             self._note_tls(transport)
         now = self.ctx.clock.monotonic()
         self.started = self.last_activity = now
-        self.session_id = f"{id(self):x}"
+        self.session_id = next(self.ctx.ids)
         self.login = Login(self.ctx, self.client_ip, self.session_id)
         listener = self.ctx.listener
         self.ctx.metrics.connection()

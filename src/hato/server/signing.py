@@ -21,18 +21,30 @@ def key_path(dkim_dir: Path, domain: str, selector: str) -> Path:
 
 
 def load_signers(
-    dkim_dir: Path, selectors: Mapping[str, str], clock: Clock
+    dkim_dir: Path, selectors: Mapping[str, str], clock: Clock, problems: list[str] | None = None
 ) -> dict[str, DkimSigner]:
-    """A signer for every local domain whose key file exists (domain -> selector)."""
+    """A signer for every local domain whose key file exists (domain -> selector).
+
+    A key that exists but cannot be read or used is an error, logged and added to `problems`
+    (shown by `hato status`): that domain's mail then goes out unsigned, and the operator must
+    hear of it (issue 13: a key made by root in a directory only root could enter was skipped
+    as if there were none)."""
     signers: dict[str, DkimSigner] = {}
     for domain, selector in selectors.items():
         path = key_path(dkim_dir, domain, selector)
-        if not path.exists():
-            continue
         try:
             key = load_signing_key(path.read_bytes())
+        except FileNotFoundError:
+            continue  # no key made for this domain: nothing to sign with, as configured
         except (OSError, DkimError) as exc:
-            log.error(logfmt("dkim-key-unusable", domain=domain, path=path, error=exc))
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.error(logfmt("dkim-key-unusable", domain=domain, path=path, error=why))
+            if problems is not None:
+                problems.append(
+                    f"DKIM key {path} of {domain} cannot be used ({why}): its mail goes out "
+                    "UNSIGNED; give it to the server's user: "
+                    f"chown -R $(stat -c %U {dkim_dir.parent}) {dkim_dir}"
+                )
             continue
         signers[domain.lower()] = DkimSigner(domain, selector, key, clock)
         log.info(logfmt("dkim-key", domain=domain, selector=selector))

@@ -1,0 +1,277 @@
+"""Building the rooms from the settings: what each listener's sessions get, the resolver, the
+TLS context, and what the running server shares (part of the composition root).
+
+Everything here is a function of the settings (and the long-lived pieces in `Shared`), so the
+same code builds the first configuration and every reload of it (boot.reload).
+
+May import every room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hato.accounts import UserStore
+from hato.boot.process import EX_CONFIG, StartupError
+from hato.crypto import KeyStore
+from hato.dbcache import CachedUsers
+from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
+from hato.delivery.owner import OwnerError, resolve_owner
+from hato.dns import DnsPythonResolver
+from hato.model import (
+    Address,
+    Clock,
+    Courier,
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+    Role,
+    SystemClock,
+    UserDirectory,
+    logfmt,
+)
+from hato.policy import (
+    AuthThrottle,
+    AuthThrottleSettings,
+    ClientNetwork,
+    ListenerNetworkRules,
+    NetworkTable,
+    SendLimiter,
+    SendLimitSettings,
+)
+from hato.queue import Queue
+from hato.server.inbound import Enforcement, InboundChecker
+from hato.server.metrics import Metrics
+from hato.server.signing import OutboundSigner, load_sealers, load_signers
+from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
+from hato.smtp import ServerSettings
+
+if TYPE_CHECKING:
+    from hato.config import Settings
+    from hato.config.sections import ListenerSettings
+
+log = logging.getLogger("hato")
+
+
+def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings:
+    """What the core of a listener of this role offers and enforces."""
+    limits = settings.limits
+    submission = role is not Role.MX
+    return ServerSettings(
+        hostname=settings.server.hostname,
+        max_message_size=limits.max_message_size,
+        max_recipients=limits.max_recipients,
+        max_bad_commands=limits.max_bad_commands,
+        max_text_line=limits.max_text_line,
+        # RFC 3207 on mx when a certificate is configured; always on port 587.
+        offer_starttls=tls and role is not Role.SUBMISSIONS,
+        # RFC 4954 / RFC 6409: AUTH only on submission roles (never on mx), only after TLS.
+        auth_mechanisms=tuple(settings.auth.mechanisms) if submission else (),
+        require_auth=submission,  # RFC 6409 §4.3 / RFC 4954 §6: 530 5.7.0 before AUTH
+        require_tls=role is Role.SUBMISSION,  # RFC 3207 §4: 530 5.7.0 before STARTTLS
+        dsn=True,  # RFC 3461: NOTIFY/ORCPT/RET/ENVID are kept and honoured
+    )
+
+
+def auth_throttle_settings(settings: Settings) -> AuthThrottleSettings:
+    a = settings.auth
+    return AuthThrottleSettings(
+        failure_delay=a.failure_delay,
+        max_failure_delay=a.max_failure_delay,
+        max_failures=a.max_failures,
+        max_account_failures=a.max_account_failures,
+        failure_window=a.failure_window,
+        block_time=a.block_time,
+    )
+
+
+def send_limit_settings(settings: Settings) -> SendLimitSettings:
+    limits = settings.limits
+    return SendLimitSettings(
+        messages_per_hour=limits.messages_per_hour,
+        recipients_per_hour=limits.recipients_per_hour,
+        spike_recipients=limits.spike_recipients,
+        spike_window=limits.spike_window,
+        spike_hold=limits.spike_hold,
+        hold_time=limits.hold_time,
+    )
+
+
+def send_as_grants(settings: Settings) -> dict[Address, frozenset[Address]]:
+    """[[domain]] send_as: the extra sender addresses of each account, lower-case."""
+    grants: dict[Address, set[Address]] = {}
+    for domain in settings.domains:
+        for local, targets in domain.send_as.items():
+            user = Address(local.lower(), domain.name.lower())
+            grants.setdefault(user, set()).update(
+                Address(t.local.lower(), t.domain.lower()) for t in targets
+            )
+    return {user: frozenset(addresses) for user, addresses in grants.items()}
+
+
+def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
+    """The configured certificate, or a self-signed one when a submission listener needs TLS
+    and none is configured (the embedded default)."""
+    try:
+        if settings.tls is not None:
+            return ReloadingContext.load(Path(settings.tls.cert), Path(settings.tls.key))
+        if all(listener.role is Role.MX for listener in settings.listeners):
+            return None
+        cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)
+        log.warning(
+            logfmt(
+                "tls-self-signed",
+                cert=cert,
+                detail="no [tls] configured: using a self-signed certificate",
+            )
+        )
+        return ReloadingContext.load(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+
+
+def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
+    """RFC 8314 port 465: the listener's context hands each handshake the current (reloaded)
+    context through the SNI callback, which runs for every ClientHello."""
+    front = server_context(tls.cert, tls.key)
+
+    def pick(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        sock.context = tls.current
+
+    front.sni_callback = pick
+    return front
+
+
+def mailbox_owner(settings: Settings) -> tuple[int, int] | None:
+    """[local] mailbox_owner as (uid, gid), checked usable now (after the privilege drop)."""
+    if settings.local.mailbox_owner is None:
+        return None
+    try:
+        owner = resolve_owner(settings.local.mailbox_owner, settings.mailboxes)
+    except OwnerError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    return owner.uid, owner.gid
+
+
+def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> RecipientResolver:
+    """The RCPT-time resolver; a UserStore's answers are cached until users.db changes."""
+    domains = [
+        LocalDomain(
+            name=d.name,
+            catch_all=str(d.catch_all) if d.catch_all else None,
+            accept_any=d.accept_any,
+            aliases={k: tuple(str(t) for t in v) for k, v in d.aliases.items()},
+        )
+        for d in settings.domains
+    ]
+    aliases = AliasTable.load(settings.local.aliases_file) if settings.local.aliases_file else None
+    return RecipientResolver(
+        domains,
+        CachedUsers(users, users.path) if isinstance(users, UserStore) else users,
+        alias_file=aliases,
+        delimiter=settings.local.recipient_delimiter,
+    )
+
+
+@dataclass(slots=True)
+class Shared:
+    """The long-lived pieces every listener shares; a reload (SIGHUP) keeps them."""
+
+    clock: SystemClock
+    data_dir: Path
+    queue: Queue
+    dns: DnsPythonResolver
+    users: UserStore
+    keys: KeyStore
+    tls: ReloadingContext | None
+    throttle: AuthThrottle
+    limiter: SendLimiter
+    verify_slots: asyncio.Semaphore
+    resolver: CurrentResolver
+    # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
+    # found, shown by `hato status` until a reload or restart finds it fixed.
+    problems: list[str] = field(default_factory=list)
+
+
+class CurrentResolver:
+    """The recipient resolver of the configuration in force; a reload swaps `current`, and
+    every holder (sessions, the routing courier, local submission) sees the new one."""
+
+    def __init__(self, current: RecipientResolver) -> None:
+        self.current = current
+
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
+        return self.current.resolve(address, wildcards=wildcards)
+
+    def owns(self, user: Address, address: Address) -> bool:
+        return self.current.owns(user, address)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.current.is_local_domain(domain)
+
+
+def configured_fields(
+    settings: Settings, shared: Shared, listener: ListenerSettings, problems: list[str]
+) -> dict[str, Any]:
+    """Everything in a listener's SessionContext that the configuration decides; what it
+    cannot do is added to `problems` (once, however many listeners ask)."""
+    role = listener.role
+    check = settings.authcheck
+    authserv_id = check.authserv_id or settings.server.hostname
+    inbound = None
+    if check.inbound and role is Role.MX:
+        inbound = InboundChecker(
+            shared.dns,
+            authserv_id=authserv_id,
+            clock=shared.clock,
+            enforcement=Enforcement(check.dmarc.value),
+            budget=check.budget,
+        )
+    selectors = {d.name: d.dkim_selector for d in settings.domains}
+    found: list[str] = []
+    signers = (
+        load_signers(shared.data_dir / "dkim", selectors, shared.clock, found) if check.sign else {}
+    )
+    problems.extend(p for p in found if p not in problems)
+    return {
+        "settings": server_settings(settings, role, shared.tls is not None),
+        "idle_timeout": float(settings.limits.idle_timeout),
+        "hop_limit": settings.limits.hopcount_limit,
+        "session_timeout": float(settings.limits.session_timeout),
+        "postmaster_domain": settings.domains[0].name,
+        "network_rules": ListenerNetworkRules(
+            tuple(listener.refuse_networks), tuple(listener.allow_networks)
+        ),
+        "networks": NetworkTable.of(
+            ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
+        ),
+        "send_as": send_as_grants(settings),
+        "inbound": inbound,
+        "authserv_id": authserv_id,
+        "signer": OutboundSigner(signers) if role is not Role.MX else None,
+        "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
+    }
+
+
+class MeasuredCourier:
+    """The courier the runner calls, counting each outcome for /metrics."""
+
+    def __init__(
+        self, inner: Courier, metrics: Metrics, clock: Clock, is_local: Callable[[str], bool]
+    ) -> None:
+        self._inner, self._metrics, self._clock, self._is_local = inner, metrics, clock, is_local
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]:
+        outcomes = await self._inner.deliver(message, recipients)
+        self._metrics.deliveries_of(
+            message, recipients, outcomes, now=self._clock.now(), is_local=self._is_local
+        )
+        return outcomes

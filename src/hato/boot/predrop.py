@@ -1,0 +1,79 @@
+"""What the server makes ready while it is still root: after `[server] user` takes effect it may
+no longer reach its own Python installation (one under /root, like pyenv's), root-only
+certificates and secrets, or a root-owned socket directory (issue 13).
+
+Theory of operation. Python imports some modules on first use: codecs (the IDNA codec that
+turns a From: domain into an A-label, and punycode under it), dnspython's record types and
+asyncio backend, parts of the email package, `_strptime`. Imported first after the drop, from
+an installation the server's user cannot read, each was an exception in a session: `421 4.3.0`
+for every message with a From: header, after `ready`. So `preload()` imports them all before
+the drop, and warms the few caches that read data files on first use (the public suffix list).
+Files are read before the drop by the callers (the TLS contexts, the smarthost password), and
+the unix sockets are bound before it (server.control.bind_unix) and given to the server's
+user. What cannot be done early is checked early: `check_after_drop` names a file the server
+will read again (aliases, on reload) that its user cannot read, as a start-up error.
+
+May import every room.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from hato.boot.process import EX_CONFIG, StartupError
+from hato.server.privileges import Identity
+
+# Packages imported piece by piece on first use, by the standard library or our dependencies.
+_LAZY_PACKAGES = ("encodings", "email", "dns.rdtypes", "dkim")
+_LAZY_MODULES = (
+    "_strptime",  # datetime.strptime, time.strptime
+    "stringprep",  # encodings.idna
+    "unicodedata",
+    "quopri",  # email: quoted-printable bodies
+    "dns.asyncbackend",
+    "dns._asyncio_backend",  # dnspython picks its asyncio backend on the first query
+    "dns.asyncresolver",
+    "dns.dnssec",
+    "dns.edns",
+    "pysequoia",
+    "pysequoia.packet",
+)
+
+
+def preload() -> None:
+    """Import now what would otherwise be imported after the privilege drop."""
+    for name in _LAZY_MODULES:
+        _import(name)
+    for package in _LAZY_PACKAGES:
+        module = _import(package)
+        path = getattr(module, "__path__", None)
+        if path is None:
+            continue
+        for info in pkgutil.walk_packages(path, f"{package}."):
+            _import(info.name)
+    from hato.authcheck.dmarc import organizational_domain
+
+    organizational_domain("mail.example.org")  # reads the bundled public suffix list once
+
+
+def _import(name: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except Exception:  # a platform's module (encodings.mbcs), an optional dependency's
+        return None
+
+
+def check_after_drop(files: Iterable[tuple[str, Path]], identity: Identity) -> None:
+    """Each (key, path) the server reads again later must be readable by us, now `identity`."""
+    for key, path in files:
+        if not os.access(path, os.R_OK):
+            raise StartupError(
+                f"{key}: {path} is not readable by user {identity.user!r}, as which the server "
+                f"reads it again on reload; fix: chgrp {identity.group} {path} && chmod g+r "
+                f"{path} (and let the group enter its directory)",
+                EX_CONFIG,
+            )

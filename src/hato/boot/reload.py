@@ -1,0 +1,276 @@
+"""Typed reload (SIGHUP, `hato reload`): every changed key applied, or none.
+
+Theory of operation. Every key of hato.toml is of one of two kinds: a *live* key, which a
+reload applies to new sessions and the next delivery attempts (listed in LIVE_KEYS, each with
+the piece of the running server that takes it), or a key that needs a restart (everything
+else: listeners, the data directory, the user, queue, DNS and metrics settings, ...). A reload
+reads the file, names every key whose value differs from the configuration in force, and then
+either applies them all, when all are live, or applies none and says which keys need a restart
+(`event=reload-refused keys=...`). A file with errors is refused whole the same way. So the
+log never says `reloaded` while some of what was changed is not in force: issue 13's case of a
+new [[transport]] that was "reloaded" while mail to its domain still bounced cannot recur.
+
+Certificates are files, not keys: their contents are read again on every reload, whatever the
+outcome (a renewal must not wait for an unrelated configuration fix).
+
+Who asks: SIGHUP (systemd's ExecReload, `kill -HUP`), or `hato reload` through the control
+socket, which waits for the outcome and prints it. With workers, the control socket's worker
+asks the supervisor (its parent) with SIGHUP, which passes it to every worker, and answers with
+its own outcome once it has reloaded (all workers read the same file).
+
+May import every room (part of the composition root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from hato.boot.build import Shared, build_resolver, configured_fields, send_limit_settings
+from hato.delivery.outbound import OutboundCourier
+from hato.model import logfmt
+from hato.outbound_setup import outbound_settings
+from hato.server.context import SessionContext
+from hato.server.tls import ReloadingContext, TLSConfigError
+
+if TYPE_CHECKING:
+    from hato.config import Settings
+    from hato.config.sections import ListenerSettings
+
+log = logging.getLogger("hato")
+
+REPLY_TIMEOUT = 30.0  # seconds `hato reload` waits for a worker's outcome
+TLS_WATCH_SECONDS = 30.0  # how often certificate files are checked for a renewal
+
+# The TOML names of the Settings fields that hold arrays of tables.
+_TOML_NAMES = {
+    "listeners": "listener",
+    "domains": "domain",
+    "networks": "network",
+    "transports": "transport",
+}
+_NOT_KEYS = frozenset({"data_dir_origin"})  # where data_dir came from, not a setting
+
+# Keys a reload applies, and what takes them (boot.build configured_fields and Runtime.apply).
+LIVE_KEYS = frozenset(
+    {
+        "domain",  # the recipient resolver, send_as grants, DKIM selectors (not the first name)
+        "network",  # client networks and their DNSBLs, for new sessions
+        "local.aliases_file",  # the resolver (the file is read again too)
+        "local.recipient_delimiter",
+        "authcheck",  # every key; the DKIM keys are read again too
+        "limits.max_recipients",
+        "limits.max_bad_commands",
+        "limits.max_text_line",
+        "limits.idle_timeout",
+        "limits.session_timeout",
+        "limits.messages_per_hour",  # the send limiter
+        "limits.recipients_per_hour",
+        "limits.spike_recipients",
+        "limits.spike_window",
+        "limits.spike_hold",
+        "limits.hold_time",
+        "auth.mechanisms",
+        "transport",  # the outbound courier's routes, for the next attempt
+        "smarthost",  # (its password_file is read again)
+        "delivery.mx_port",
+        "delivery.allow_loopback",
+        "delivery.source_address",
+        "delivery.connect_timeout",
+        "delivery.attempt_timeout",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What a reload did: `applied` the `changed` keys, or refused for `reasons`."""
+
+    applied: bool
+    source: str
+    changed: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()  # changed keys that need a restart
+    errors: tuple[str, ...] = ()  # the configuration's own problems
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "applied": self.applied,
+            "source": self.source,
+            "changed": list(self.changed),
+            "restart": list(self.restart),
+            "errors": list(self.errors),
+        }
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """The keys whose values differ: `section.key` for a table, the name for an array."""
+    keys: list[str] = []
+    for field in fields(old):
+        if field.name in _NOT_KEYS:
+            continue
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        if before == after:
+            continue
+        name = _TOML_NAMES.get(field.name, field.name)
+        if isinstance(before, BaseModel) and type(before) is type(after):
+            keys.extend(
+                f"{name}.{key}"
+                for key in type(before).model_fields
+                if getattr(before, key) != getattr(after, key)
+            )
+        else:
+            keys.append(name)
+    if old.domains and new.domains and old.domains[0].name != new.domains[0].name:
+        # The first domain qualifies bare local names (hato-sendmail) and postmaster's.
+        keys.append("domain[0].name")
+    return keys
+
+
+def needs_restart(keys: list[str]) -> list[str]:
+    """The keys that are not live (a whole live table: every key of it is live)."""
+    return [key for key in keys if key not in LIVE_KEYS and key.split(".")[0] not in LIVE_KEYS]
+
+
+def decide(old: Settings, new: Settings, source: str) -> ReloadOutcome:
+    keys = changed_keys(old, new)
+    restart = needs_restart(keys)
+    return ReloadOutcome(not restart, source, tuple(keys), tuple(restart))
+
+
+def log_outcome(outcome: ReloadOutcome) -> None:
+    if outcome.applied:
+        changed = ",".join(outcome.changed) or "nothing"
+        log.info(logfmt("reloaded", source=outcome.source, changed=changed))
+        return
+    for line in outcome.errors:
+        log.error(logfmt("reload-refused", source=outcome.source, detail=line))
+    if outcome.restart:
+        log.error(
+            logfmt(
+                "reload-refused",
+                source=outcome.source,
+                keys=",".join(outcome.restart),
+                detail="these keys need a restart; nothing of the file was applied",
+            )
+        )
+
+
+class Reloader:
+    """Runs reloads and hands their outcomes to whoever asked (`hato reload`)."""
+
+    def __init__(self, reload: Callable[[], ReloadOutcome], *, via_parent: bool) -> None:
+        self._reload = reload
+        self._via_parent = via_parent  # a worker: the supervisor signals every worker
+        self._waiting: list[asyncio.Future[ReloadOutcome]] = []
+
+    def on_signal(self) -> None:
+        """SIGHUP: reload now, and answer every `hato reload` waiting for it."""
+        outcome = self._reload()
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(outcome)
+
+    async def request(self) -> dict[str, Any]:
+        """The control socket's `reload` op."""
+        if not self._via_parent:
+            future: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
+            self._waiting.append(future)
+            self.on_signal()
+            return future.result().as_json()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        os.kill(os.getppid(), signal.SIGHUP)
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            return (await future).as_json()
+
+
+class LiveConfiguration:
+    """The configuration in force and the running pieces a reload reaches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: str,
+        shared: Shared,
+        outbound: OutboundCourier,
+        listeners: list[tuple[SessionContext, ListenerSettings]],
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self._shared = shared
+        self._outbound = outbound
+        self._listeners = listeners
+
+    def reload(self) -> ReloadOutcome:
+        """Read the file again; apply every changed key, or none (the module docstring)."""
+        reload_tls(self._shared.tls, force=True)
+        path = Path(self.source)
+        if not path.is_file():
+            outcome = ReloadOutcome(True, self.source)  # the embedded default never changes
+        else:
+            outcome = self._read_and_apply(path)
+        log_outcome(outcome)
+        return outcome
+
+    def _read_and_apply(self, path: Path) -> ReloadOutcome:
+        from hato.config import ConfigError, load_settings
+
+        try:
+            new = load_settings(path, env=os.environ, cwd=Path.cwd()).settings
+        except ConfigError as exc:
+            return ReloadOutcome(False, self.source, errors=tuple(exc.lines()))
+        outcome = decide(self.settings, new, self.source)
+        if not outcome.applied:
+            return outcome
+        try:
+            self._apply(new)
+        except (OSError, ValueError) as exc:  # an aliases or password file that cannot be read
+            return ReloadOutcome(False, self.source, outcome.changed, errors=(str(exc),))
+        return outcome
+
+    def _apply(self, new: Settings) -> None:
+        """Build everything the new configuration needs first (this may fail, and then nothing
+        changed), then put it in place (this cannot fail)."""
+        shared = self._shared
+        resolver = build_resolver(new, shared.users)
+        routes = outbound_settings(new)  # reads [smarthost] password_file again
+        problems: list[str] = []
+        fields_of = [
+            (ctx, configured_fields(new, shared, listener, problems))
+            for ctx, listener in self._listeners
+        ]
+        shared.resolver.current = resolver
+        self._outbound.reconfigure(routes)
+        shared.limiter.settings = send_limit_settings(new)
+        for ctx, values in fields_of:
+            for name, value in values.items():
+                setattr(ctx, name, value)
+        shared.problems[:] = problems
+        self.settings = new
+
+
+def reload_tls(tls: ReloadingContext | None, force: bool) -> None:
+    """SIGHUP, or the files changed: new handshakes use the new certificate; sessions already
+    on TLS keep theirs, so nothing is dropped."""
+    if tls is None:
+        return
+    try:
+        if tls.refresh(force=force):
+            log.info(logfmt("tls-reloaded", cert=tls.cert, not_after=tls.not_after().isoformat()))
+    except TLSConfigError as exc:
+        log.error(logfmt("tls-reload-failed", detail=str(exc), kept="the previous certificate"))
+
+
+async def watch_tls(tls: ReloadingContext) -> None:
+    while True:
+        await asyncio.sleep(TLS_WATCH_SECONDS)
+        reload_tls(tls, False)

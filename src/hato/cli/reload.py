@@ -1,0 +1,66 @@
+"""``hato reload``: have the running server read its configuration again, and say what came of
+it (boot.reload: every changed key applied, or none).
+
+Asks over the control socket, which answers once the reload is done. Exit codes: 0 applied;
+1 refused (keys that need a restart, or errors in the file: the lines say which, and nothing
+was applied); 75 (EX_TEMPFAIL) no server answers. systemd's ExecReload runs it, so
+`systemctl reload hato` fails when the reload did.
+
+Must not import anything of hato at module level but hato.cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from hato.cli.errors import EX_FAILURE, CommandError
+from hato.cli.queue import SOCKET_NAME, ControlClient, ServerDown, check
+
+EX_TEMPFAIL = 75  # sysexits.h: the server is not running; try again later
+
+
+def reload(args: argparse.Namespace) -> int:
+    from hato.cli.main import load
+
+    loaded = load(args)
+    path = Path(loaded.settings.server.data_dir) / SOCKET_NAME
+    try:
+        with ControlClient(path, timeout=60.0) as client:
+            outcome = check(client.request({"op": "reload"}))["reload"]
+    except ServerDown as exc:
+        raise CommandError(f"no server answers on {exc}; nothing to reload", EX_TEMPFAIL) from None
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    return report(outcome)
+
+
+def report(outcome: dict[str, Any]) -> int:
+    source = outcome.get("source", "?")
+    changed = ", ".join(outcome.get("changed", [])) or "nothing"
+    if outcome.get("applied"):
+        print(f"reloaded {source}: changed {changed}")
+        return 0
+    print(f"hato: reload refused, nothing of {source} was applied:", file=sys.stderr)
+    for line in outcome.get("errors", []):
+        print(f"hato:   {line}", file=sys.stderr)
+    restart = outcome.get("restart", [])
+    if restart:
+        print(
+            f"hato:   these keys need a restart: {', '.join(restart)} (systemctl restart hato)",
+            file=sys.stderr,
+        )
+    return EX_FAILURE
+
+
+def register(commands: Any) -> None:
+    from hato.cli.main import _with_config
+
+    sub = commands.add_parser(
+        "reload",
+        help="have the running server read its configuration again; prints the outcome",
+        description="have the running server read its configuration again",
+    )
+    _with_config(sub).set_defaults(handler=reload)
