@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from hato.boot.build import Shared, build_resolver, configured_fields, send_limit_settings
 from hato.delivery.outbound import OutboundCourier
 from hato.model import logfmt
-from hato.outbound_setup import outbound_settings
+from hato.outbound_setup import outbound_settings, verify_contexts
 from hato.server.context import SessionContext
 from hato.server.tls import ReloadingContext, TLSConfigError
 
@@ -86,6 +86,7 @@ LIVE_KEYS = frozenset(
         "delivery.source_address",
         "delivery.connect_timeout",
         "delivery.attempt_timeout",
+        "delivery.ca_file",
     }
 )
 
@@ -233,7 +234,7 @@ class LiveConfiguration:
             return outcome
         try:
             self._apply(new)
-        except (OSError, ValueError) as exc:  # an aliases or password file that cannot be read
+        except (OSError, ValueError) as exc:  # an aliases, password or CA file it cannot read
             return ReloadOutcome(False, self.source, outcome.changed, errors=(str(exc),))
         return outcome
 
@@ -243,13 +244,14 @@ class LiveConfiguration:
         shared = self._shared
         resolver = build_resolver(new, shared.users)
         routes = outbound_settings(new)  # reads [smarthost] password_file again
+        verify, smarthost = verify_contexts(new)  # and the CA files
         problems: list[str] = []
         fields_of = [
             (ctx, configured_fields(new, shared, listener, problems))
             for ctx, listener in self._listeners
         ]
         shared.resolver.current = resolver
-        self._outbound.reconfigure(routes)
+        self._outbound.reconfigure(routes, verify, smarthost)
         shared.limiter.settings = send_limit_settings(new)
         for ctx, values in fields_of:
             for name, value in values.items():

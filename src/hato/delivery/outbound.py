@@ -132,10 +132,17 @@ class OutboundCourier:
         )
         self.limiter = Limiter(settings.max_connections_per_domain, settings.max_connections)
 
-    def reconfigure(self, settings: OutboundSettings) -> None:
-        """A reload: the next attempts use these routes (transports, smarthost) and timeouts.
-        The pool's and limiter's sizes stay; the composition root restarts for those."""
+    def reconfigure(
+        self,
+        settings: OutboundSettings,
+        verify_context: ssl.SSLContext,
+        smarthost_context: ssl.SSLContext | None,
+    ) -> None:
+        """A reload: the next attempts use these routes (transports, smarthost), timeouts and
+        trust. The pool's and limiter's sizes stay; the composition root restarts for those."""
         self._settings = settings
+        self._verify_context = verify_context
+        self._smarthost_context = smarthost_context or verify_context
 
     async def aclose(self) -> None:
         await self.pool.aclose()
