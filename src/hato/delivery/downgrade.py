@@ -26,6 +26,8 @@ import re
 from email.headerregistry import AddressHeader, BaseHeader
 from email.parser import BytesHeaderParser
 
+from hato.model.header import split_header_fields
+
 _POLICY = email.policy.SMTP  # utf8=False: non-ASCII text becomes RFC 2047 encoded words
 # RFC 5322 §3.6.5 and RFC 2045 §8: unstructured fields; encoded words allowed (RFC 2047 §5(1)).
 UNSTRUCTURED = frozenset({"subject", "comments", "content-description"})
@@ -34,18 +36,11 @@ ADDRESSES = frozenset(
     {"from", "sender", "reply-to", "to", "cc", "bcc"}
     | {"resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"}
 )
-_FIELD_START = re.compile(rb"(?m)^(?![ \t])")
 MAX_DEPTH = 20  # nested multiparts / messages we follow
 # What the standard library's header parser raises on some malformed fields instead of noting
 # a defect (found by tests/property/test_downgrade_properties.py): such a field is not one we
 # can rewrite without loss.
 _PARSER_ERRORS = (email.errors.HeaderParseError, AttributeError, LookupError, ValueError, TypeError)
-
-
-def _fields(head: bytes) -> list[bytes]:
-    """The fields of a header section, each with its continuation lines and final CRLF."""
-    starts = [m.start() for m in _FIELD_START.finditer(head) if m.start() < len(head)]
-    return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=False)]
 
 
 def _same(before: BaseHeader, after: BaseHeader) -> bool:
@@ -89,7 +84,7 @@ def _downgrade_field(field: bytes) -> bytes | None:
 def downgrade_header(head: bytes) -> bytes | None:
     """`head` (header lines, CRLF-terminated) in US-ASCII, or None (see the module docstring)."""
     out = []
-    for field in _fields(head):
+    for field in (f.raw for f in split_header_fields(head)):
         if field.isascii():
             out.append(field)
             continue

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from hato.delivery.downgrade import downgrade_header, to_seven_bit
 from hato.delivery.smtp_client import BodySource, BytesBody, Capabilities, body_from_message
 from hato.model import QueuedMessage, Reply
+from hato.model.header import header_section
 
 HEAD_LIMIT = 256 * 1024  # octets of a message read to find its header section
 CONVERT_LIMIT = 10 * 1024 * 1024  # the largest message converted to 7 bit in memory
@@ -62,14 +63,6 @@ async def _read(message: QueuedMessage, limit: int, *, whole: bool) -> bytes:
         return message.prefix + message.body[: limit + 1]
     data = await asyncio.to_thread(_read_file, message.body_path, limit, whole)
     return message.prefix + data
-
-
-def header_section(data: bytes) -> bytes:
-    """The header lines of a message, CRLF-terminated, without the empty line after them."""
-    if data.startswith(b"\r\n"):
-        return b""  # RFC 5322 §2.1: no header fields at all
-    end = data.find(b"\r\n\r\n")
-    return data[: end + 2] if end >= 0 else data[: data.rfind(b"\r\n") + 2]
 
 
 def has_utf8_header(message: bytes) -> bool:

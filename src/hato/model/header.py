@@ -52,6 +52,18 @@ class HeaderField:
         return _FOLD.sub("", self.value.decode("utf-8", "replace")).strip("\r\n")
 
 
+def header_section(data: bytes) -> bytes:
+    """The header lines of a message (CRLF-terminated, without the empty line after them)."""
+    if data.startswith(b"\r\n"):
+        return b""  # RFC 5322 §2.1: no header fields at all
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[: end + 2]
+    # No body: the whole text, cut to its last complete line.
+    last = data.rfind(b"\r\n")
+    return data[: last + 2] if last >= 0 else b""
+
+
 def split_header_fields(header_block: bytes) -> list[HeaderField]:
     """The fields of a header block, in order; stops at the empty line that ends it."""
     fields: list[HeaderField] = []

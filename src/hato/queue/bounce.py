@@ -32,12 +32,12 @@ from hato.model import (
     format_path,
     logfmt,
 )
+from hato.model.header import header_section
 from hato.queue.dsn import (
     Action,
     Original,
     RecipientReport,
     build_dsn,
-    header_section,
     is_international,
 )
 from hato.queue.schedule import Schedule

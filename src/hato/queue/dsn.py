@@ -74,18 +74,6 @@ def status_code(action: Action, reply: Reply | None) -> str:
     return f"{reply.code // 100}.0.0"
 
 
-def header_section(data: bytes) -> bytes:
-    """The header lines of a message (CRLF-terminated, without the empty line after them)."""
-    if data.startswith(b"\r\n"):
-        return b""  # RFC 5322 §2.1: no header fields at all
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[: end + 2]
-    # No body: the whole text, cut to its last complete line.
-    last = data.rfind(b"\r\n")
-    return data[: last + 2] if last >= 0 else b""
-
-
 def rfc5322_date(timestamp: float) -> str:
     """RFC 5322 §3.3 date-time, in UTC."""
     when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)

@@ -10,12 +10,12 @@ import pytest
 from queue_fakes import T0, addr, parse_dsn
 
 from hato.model import Notify, QueuedMessage, QueuedRecipient, RecipientDsn, Reply, xtext_decode
+from hato.model.header import header_section
 from hato.queue.dsn import (
     Action,
     Original,
     RecipientReport,
     build_dsn,
-    header_section,
     status_code,
 )
 
