@@ -14,8 +14,9 @@ from hato.authcheck.dmarc import (
     FromProblem,
     SpfOutcome,
     evaluate,
-    from_domain,
+    from_domains,
     organizational_domain,
+    strictest,
 )
 from hato.authcheck.spf import SpfResult, SpfResultCode, check_helo, check_host, check_mail_from
 
@@ -35,8 +36,9 @@ __all__ = [
     "check_host",
     "check_mail_from",
     "evaluate",
-    "from_domain",
+    "from_domains",
     "organizational_domain",
+    "strictest",
 ]
 
 # DKIM, ARC and Authentication-Results (dkim.py, arc.py, results.py).

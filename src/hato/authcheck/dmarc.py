@@ -3,13 +3,15 @@ and what should happen to it if not?
 
 Theory of operation: the caller has run SPF (on the RFC5321.MailFrom identity) and DKIM, and
 hands in their outcomes as small values (`SpfOutcome`, `DkimOutcome`), together with the
-RFC5322.From domain that `from_domain(headers)` extracted (§6.6.1). `evaluate` finds the policy
+RFC5322.From domains that `from_domains(headers)` extracted (§6.6.1). `evaluate` finds the policy
 record at `_dmarc.<from-domain>`, else at `_dmarc.<organizational domain>` (§6.6.3; the
 organizational domain comes from the Public Suffix List, §3.2), checks identifier alignment
 (§3.1), and gives a `DmarcResult`: the status for Authentication-Results (pass / fail / none /
 temperror / permerror) and the disposition the domain asks for (none / quarantine / reject),
 after `pct` sampling (§6.6.4) with the random source passed in. What to do with the
 disposition (reject with 550 5.7.1, file into Junk, only report) is the caller's choice.
+A message with several From domains is evaluated once per domain; `strictest` names the
+result that decides (§6.6.1).
 
 Must not import anything of hato except `hato.model` (and this room); all DNS goes through
 `model.Resolver`.
@@ -27,6 +29,7 @@ from typing import Protocol
 from publicsuffixlist import PublicSuffixList
 
 from hato.authcheck.spf import SpfResult
+from hato.model import AddressError, domain_a_label, normalize_domain
 from hato.model.dns import DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 
 
@@ -116,13 +119,11 @@ class DmarcResult:
 
 
 class FromProblem(enum.Enum):
-    """RFC 7489 §6.6.1: why no single RFC5322.From domain could be found. The caller treats
-    each as DMARC permerror and, on the mx role, rejects (550 5.7.1) or quarantines."""
+    """RFC 7489 §6.6.1: why no RFC5322.From domain could be found. The caller records each
+    as DMARC permerror (there is no policy to apply)."""
 
     NO_FROM = "no From header"
-    SEVERAL_FROM_HEADERS = "more than one From header"
     NO_ADDRESS = "From header has no address with a domain"
-    SEVERAL_DOMAINS = "From header has addresses in several domains"
     BAD_DOMAIN = "From domain is not a valid domain name"
 
 
@@ -135,36 +136,62 @@ class Rng(Protocol):
 # -- the From domain (RFC 7489 §6.6.1) --------------------------------------------------------
 
 
-def from_domain(headers: Iterable[tuple[str, str]]) -> str | FromProblem:
-    """The one RFC5322.From domain (lower case, A-labels), or the problem that prevents it.
+def from_domains(headers: Iterable[tuple[str, str]]) -> tuple[str, ...] | FromProblem:
+    """Every RFC5322.From domain (lower case, A-labels, in order of appearance), or the problem
+    that leaves none.
 
-    `headers`: (name, unfolded value) pairs of the message header, in order. Several
-    addresses in one From field are accepted when all share one domain (there is then only
-    one policy to apply); otherwise, like no From or several From fields, a `FromProblem`.
+    `headers`: (name, unfolded value) pairs of the message header, in order, as
+    `hato.model.header` splits them (the way mail readers do). RFC 7489 §6.6.1: a message with
+    several From domains, in one field or in several (RFC 5322 §3.6 allows one; readers show
+    one of them), is checked with each as the Author Domain, and the strictest policy among
+    the failing ones applies (`strictest`). An address whose domain is not a domain name is
+    left out, so it cannot turn a failing domain beside it into a permerror.
     """
     values = [value for name, value in headers if name.strip().lower() == "from"]
     if not values:
         return FromProblem.NO_FROM
-    if len(values) > 1:
-        return FromProblem.SEVERAL_FROM_HEADERS  # RFC 5322 §3.6: exactly one From field
-    domains = {
-        address.rpartition("@")[2].strip().rstrip(".").lower()
-        for _name, address in getaddresses(values)
-        if "@" in address
-    }
-    domains.discard("")
-    if not domains:
+    found = [address.rpartition("@")[2] for _n, address in getaddresses(values) if "@" in address]
+    found = [domain for domain in found if domain.strip()]
+    if not found:
         return FromProblem.NO_ADDRESS
-    if len(domains) > 1:
-        return FromProblem.SEVERAL_DOMAINS
-    domain = domains.pop()
+    domains: dict[str, None] = {}
+    for domain in found:
+        ascii_domain = _author_domain(domain)
+        if ascii_domain:
+            domains[ascii_domain] = None
+    return tuple(domains) or FromProblem.BAD_DOMAIN
+
+
+def _author_domain(text: str) -> str:
+    """The A-label form of a From domain in the normal form addresses are compared in
+    (model.normalize_domain: UTS #46, NFC), or "" for what is no domain name."""
+    name = text.strip().rstrip(".")
+    if name.startswith("["):
+        return ""
     try:
-        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return FromProblem.BAD_DOMAIN
-    if domain.startswith("[") or not all(0 < len(lab) <= 63 for lab in ascii_domain.split(".")):
-        return FromProblem.BAD_DOMAIN
+        ascii_domain = domain_a_label(normalize_domain(name))
+    except AddressError:
+        return ""
+    if not all(0 < len(label) <= 63 for label in ascii_domain.split(".")):
+        return ""
     return ascii_domain
+
+
+def strictest(results: Sequence[DmarcResult]) -> DmarcResult:
+    """RFC 7489 §6.6.1: with several Author Domains, the most strict policy among the checks
+    that fail. What decides is what would be done: refuse (fail, reject) before defer (a
+    temperror where a failure would be acted on, RFC 7489 §11.2) before quarantine."""
+
+    def weight(result: DmarcResult) -> int:
+        if result.status is DmarcStatus.FAIL and result.disposition is DmarcPolicy.REJECT:
+            return 3
+        if result.status is DmarcStatus.TEMPERROR and result.disposition is not DmarcPolicy.NONE:
+            return 2
+        if result.status is DmarcStatus.FAIL and result.disposition is DmarcPolicy.QUARANTINE:
+            return 1
+        return 0
+
+    return max(results, key=weight)
 
 
 # -- the organizational domain and alignment (RFC 7489 §3.1, §3.2) ----------------------------
@@ -310,7 +337,7 @@ async def evaluate(
     rng: Rng,
 ) -> DmarcResult:
     """RFC 7489 §6.6: the DMARC verdict for a message whose RFC5322.From domain is
-    `from_domain` (from `from_domain(headers)`). `spf` is None when SPF was not checked."""
+    `from_domain` (one of `from_domains(headers)`). `spf` is None when SPF was not checked."""
     author = normalize_name(from_domain)
     org = organizational_domain(author)
     try:

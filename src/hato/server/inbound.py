@@ -17,8 +17,6 @@ import asyncio
 import enum
 import random
 from dataclasses import dataclass, replace
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from hato.authcheck import (
     ArcResult,
@@ -38,14 +36,16 @@ from hato.authcheck import (
     check_mail_from,
     dkim_methods,
     evaluate,
-    from_domain,
+    from_domains,
     spf_method,
+    strictest,
     verify_arc,
     verify_dkim,
 )
 from hato.authcheck.offload import WorkerPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
+from hato.model.header import split_header_fields
 
 DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
 # RFC 3463 §3.5: X.4.3 "directory server failure" (DNS); RFC 7489 §11.2 temperror, so retry.
@@ -99,12 +99,13 @@ class InboundChecker:
         dmarc = await self._dmarc(message, spf, dkim, deadline)
         methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
         methods.extend(dkim_methods(dkim))
-        methods.append(_dmarc_method(dmarc))
+        methods.extend(_dmarc_methods(dmarc))
         if arc.status is not ArcStatus.NONE:
             methods.append(arc.method_result())
         header = build_header(self._authserv_id, methods)
         summary = " ".join(f"{m.method}={m.result}" for m in methods)
-        return self._decide(InboundVerdict(header, arc.status, summary=summary), dmarc)
+        decisive = dmarc if isinstance(dmarc, FromProblem) else strictest(dmarc)
+        return self._decide(InboundVerdict(header, arc.status, summary=summary), decisive)
 
     def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
         if isinstance(dmarc, FromProblem) or self._enforcement is Enforcement.REPORT:
@@ -153,14 +154,29 @@ class InboundChecker:
 
     async def _dmarc(
         self, message: bytes, spf: SpfResult, dkim: tuple[DkimResult, ...], deadline: float
-    ) -> DmarcResult | FromProblem:
+    ) -> tuple[DmarcResult, ...] | FromProblem:
+        """One result per From domain (RFC 7489 §6.6.1), from the whole header section read
+        the one way every check reads it (model/header.py), never Python's parser, which
+        stops at the first malformed line and skips "From :" fields readers show."""
         end = message.find(b"\r\n\r\n")
-        headers = BytesHeaderParser(policy=compat32).parsebytes(
-            message if end < 0 else message[: end + 4]
-        )
-        author = from_domain((name, str(value)) for name, value in headers.items())
-        if isinstance(author, FromProblem):
-            return author
+        fields = split_header_fields(message if end < 0 else message[: end + 2])
+        authors = from_domains((f.name.decode("latin-1"), f.text()) for f in fields)
+        if isinstance(authors, FromProblem):
+            return authors
+        try:
+            async with asyncio.timeout_at(deadline):
+                return tuple(await asyncio.gather(*(self._evaluate(a, spf, dkim) for a in authors)))
+        except TimeoutError:
+            return tuple(
+                DmarcResult(
+                    DmarcStatus.TEMPERROR, DmarcPolicy.NONE, a, detail="time budget exceeded"
+                )
+                for a in authors
+            )
+
+    async def _evaluate(
+        self, author: str, spf: SpfResult, dkim: tuple[DkimResult, ...]
+    ) -> DmarcResult:
         # A DKIM check cut off by the budget names no domain: it might have held an aligned
         # signature, so it counts as the author's temperror.
         outcomes = [
@@ -168,21 +184,20 @@ class InboundChecker:
             for r in dkim
             if r.domain or r.status is DkimStatus.TEMPERROR
         ]
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await evaluate(
-                    author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
-                )
-        except TimeoutError:
-            return DmarcResult(
-                DmarcStatus.TEMPERROR, DmarcPolicy.NONE, author, detail="time budget exceeded"
-            )
+        return await evaluate(
+            author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
+        )
 
 
-def _dmarc_method(dmarc: DmarcResult | FromProblem) -> MethodResult:
-    # RFC 7489 §11.2: dmarc=<result> header.from=<domain>; policy.dmarc (RFC 8601 registry).
+def _dmarc_methods(dmarc: tuple[DmarcResult, ...] | FromProblem) -> tuple[MethodResult, ...]:
+    """One dmarc entry per From domain (RFC 8601 §2.2 allows a method to appear again)."""
     if isinstance(dmarc, FromProblem):
-        return MethodResult("dmarc", "permerror", reason=dmarc.value)
+        return (MethodResult("dmarc", "permerror", reason=dmarc.value),)
+    return tuple(_dmarc_method(result) for result in dmarc)
+
+
+def _dmarc_method(dmarc: DmarcResult) -> MethodResult:
+    # RFC 7489 §11.2: dmarc=<result> header.from=<domain>; policy.dmarc (RFC 8601 registry).
     props: tuple[tuple[str, str], ...] = (("header.from", dmarc.from_domain),)
     if dmarc.policy is not None:
         props += (("policy.dmarc", dmarc.policy.value),)

@@ -22,9 +22,10 @@ from hato.authcheck.dmarc import (
     FromProblem,
     SpfOutcome,
     evaluate,
-    from_domain,
+    from_domains,
     organizational_domain,
     parse_record,
+    strictest,
 )
 from hato.authcheck.spf import SpfResult, SpfResultCode
 from hato.model.dns import DnsStatus, RdType
@@ -128,26 +129,48 @@ def _sample_headers(name: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     ("sample", "expected"),
     [
-        ("test.message", "example.com"),
-        ("testcomma.message", "example.com"),
-        ("test.message_sub", "sub.example.net"),
-        ("test.message_multi", FromProblem.SEVERAL_DOMAINS),
-        ("test.message_multi2", FromProblem.SEVERAL_DOMAINS),
+        ("test.message", ("example.com",)),
+        ("testcomma.message", ("example.com",)),
+        ("test.message_sub", ("sub.example.net",)),
+        ("test.message_multi", ("example.org", "example.com")),  # in order of appearance
+        ("test.message_multi2", ("example.com", "example.org")),
         ("test.nofrom.message", FromProblem.NO_ADDRESS),
     ],
 )
-def test_from_domain_of_sample_messages(sample: str, expected: str | FromProblem) -> None:
-    assert from_domain(_sample_headers(sample)) == expected
+def test_from_domains_of_sample_messages(
+    sample: str, expected: tuple[str, ...] | FromProblem
+) -> None:
+    assert from_domains(_sample_headers(sample)) == expected
 
 
-def test_from_domain_problems_and_forms() -> None:
-    assert from_domain([("To", "a@example.com")]) is FromProblem.NO_FROM
-    two = [("From", "a@example.com"), ("FROM", "b@example.com")]
-    assert from_domain(two) is FromProblem.SEVERAL_FROM_HEADERS
+def test_from_domains_problems_and_forms() -> None:
+    assert from_domains([("To", "a@example.com")]) is FromProblem.NO_FROM
+    # RFC 7489 §6.6.1: every domain of every From field is an Author Domain.
+    two = [("From", "a@example.com"), ("FROM ", "b@example.net")]
+    assert from_domains(two) == ("example.com", "example.net")
     same = [("From", "A <a@Example.COM>, B <b@example.com.>")]
-    assert from_domain(same) == "example.com"
-    assert from_domain([("From", "x@[192.0.2.1]")]) is FromProblem.BAD_DOMAIN
-    assert from_domain([("From", "Hato <hato@例え.jp>")]) == "xn--r8jz45g.jp"
+    assert from_domains(same) == ("example.com",)
+    assert from_domains([("From", "x@[192.0.2.1]")]) is FromProblem.BAD_DOMAIN
+    # A bad domain beside a good one cannot make the message a permerror.
+    assert from_domains([("From", "x@[192.0.2.1], y@bank.example")]) == ("bank.example",)
+    assert from_domains([("From", "Hato <hato@例え.jp>")]) == ("xn--r8jz45g.jp",)
+    assert from_domains([("From", "ceo@ｂank.example")]) == ("bank.example",)  # UTS #46
+
+
+def _result(status: DmarcStatus, disposition: DmarcPolicy, domain: str) -> DmarcResult:
+    return DmarcResult(status, disposition, domain)
+
+
+def test_strictest_of_several_author_domains() -> None:
+    passed = _result(DmarcStatus.PASS, DmarcPolicy.NONE, "a.example")
+    quarantine = _result(DmarcStatus.FAIL, DmarcPolicy.QUARANTINE, "q.example")
+    reject = _result(DmarcStatus.FAIL, DmarcPolicy.REJECT, "r.example")
+    deferred = _result(DmarcStatus.TEMPERROR, DmarcPolicy.REJECT, "t.example")
+    assert strictest([passed]) is passed
+    assert strictest([passed, quarantine]) is quarantine
+    assert strictest([quarantine, passed, reject]) is reject
+    assert strictest([quarantine, deferred]) is deferred
+    assert strictest([deferred, reject]) is reject
 
 
 # -- alignment and policy ---------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""DMARC's From on the real mx, read the way mail readers read it (issue 12, item 2).
+
+RFC 7489 §6.6.1: a message with several From domains, in one From field or in several, is
+checked with each of them as the Author Domain, and the strictest policy among the failing
+ones applies. Before, two From fields (or a From the standard library's parser skipped or
+stopped before) were a DMARC permerror, and a spoof of a p=reject domain was delivered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.net import RawSession
+from peers.server import DomainSetup, MailSetup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer, ZoneValue
+
+# 127.0.0.1 (the test client) is allowed by neither domain's SPF: both fail DMARC.
+ZONE: dict[str, dict[str, list[ZoneValue]]] = {
+    "lenient.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.lenient.test": {"TXT": ["v=DMARC1; p=none"]},
+    "bank.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
+}
+DMARC_REJECT = (550, b"5.7.1")
+
+
+class CheckingHato(HatoServer):
+    """The harness server with inbound checks on and the test DNS server as its resolver."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.nameserver = nameserver
+
+    def _config_text(self) -> str:
+        text = super()._config_text().replace("inbound = false", "inbound = true")
+        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+
+
+@pytest.fixture(scope="module")
+def checking() -> Iterator[CheckingHato]:
+    path = Path(tempfile.mkdtemp(prefix="hato-it-from-"))
+    path.chmod(0o755)
+    with DnsTestServer(ZONE) as dns:
+        setup = MailSetup(domains=(DomainSetup("example.org", users=("bob",)),))
+        server = CheckingHato(path / "data", setup, dns.nameserver)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _send(server: HatoServer, header: bytes, marker: str) -> tuple[int, bytes]:
+    message = (
+        header + b"\r\nTo: bob@example.org\r\nSubject: from fields\r\n"
+        + maildir.MARKER_HEADER + f": {marker}\r\n\r\nbody\r\n.".encode()
+    )  # fmt: skip
+    with RawSession(server.host, server.port, timeout=30) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        assert session.command(b"MAIL FROM:<a@lenient.test>")[0] == 250
+        assert session.command(b"RCPT TO:<bob@example.org>")[0] == 250
+        assert session.command(b"DATA")[0] == 354
+        code, lines = session.command(message)
+        return code, lines[-1][4:9]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"From: <a@lenient.test>\r\nFrom: <ceo@bank.test>",  # two From fields
+        b"From: <ceo@bank.test>\r\nFrom: <a@lenient.test>",
+        b"From: <a@lenient.test>, <ceo@bank.test>",  # two domains in one field
+        b"From: Team: a@lenient.test, ceo@bank.test;",
+        b"From : <ceo@bank.test>",  # obsolete syntax, skipped by compat32
+        b"no colon here\r\nFrom: <ceo@bank.test>",  # compat32 stops at this line
+        "X-é: y\r\nFrom: <ceo@bank.test>".encode(),
+        b"From: <x@[192.0.2.1]>, <ceo@bank.test>",  # a bad domain beside it
+    ],
+)
+def test_a_p_reject_domain_among_the_from_domains_is_refused(
+    checking: CheckingHato, header: bytes
+) -> None:
+    marker = uuid.uuid4().hex
+    assert _send(checking, header, marker) == DMARC_REJECT
+    assert (
+        maildir.find_marker(maildir.messages(checking.mailbox("bob", "example.org")), marker) == []
+    )
+
+
+def test_each_from_domain_gets_its_own_verdict_line(checking: CheckingHato) -> None:
+    marker = uuid.uuid4().hex
+    header = b"From: <a@lenient.test>\r\nFrom: <b@Lenient.TEST.>, <c@example.org>"
+    assert _send(checking, header, marker)[0] == 250
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), marker, 20)
+    head = found.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    results = head[head.index("Authentication-Results: hato.test;") :].split("\r\n\r\n")[0]
+    assert "dmarc=fail header.from=lenient.test" in " ".join(results.split())
+    assert "dmarc=none header.from=example.org" in " ".join(results.split())
