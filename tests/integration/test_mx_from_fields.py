@@ -30,6 +30,9 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "_dmarc.lenient.test": {"TXT": ["v=DMARC1; p=none"]},
     "bank.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
+    # bücher.test allows the test client: its mail passes SPF, aligned with its From.
+    "xn--bcher-kva.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+    "_dmarc.xn--bcher-kva.test": {"TXT": ["v=DMARC1; p=reject"]},
 }
 DMARC_REJECT = (550, b"5.7.1")
 
@@ -61,7 +64,9 @@ def checking() -> Iterator[CheckingHato]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _send(server: HatoServer, header: bytes, marker: str) -> tuple[int, bytes]:
+def _send(
+    server: HatoServer, header: bytes, marker: str, mail_from: bytes = b"<a@lenient.test>"
+) -> tuple[int, bytes]:
     message = (
         header + b"\r\nTo: bob@example.org\r\nSubject: from fields\r\n"
         + maildir.MARKER_HEADER + f": {marker}\r\n\r\nbody\r\n.".encode()
@@ -69,7 +74,7 @@ def _send(server: HatoServer, header: bytes, marker: str) -> tuple[int, bytes]:
     with RawSession(server.host, server.port, timeout=30) as session:
         assert session.reply()[0] == 220
         assert session.command(b"EHLO client.test")[0] == 250
-        assert session.command(b"MAIL FROM:<a@lenient.test>")[0] == 250
+        assert session.command(b"MAIL FROM:" + mail_from)[0] == 250
         assert session.command(b"RCPT TO:<bob@example.org>")[0] == 250
         assert session.command(b"DATA")[0] == 354
         code, lines = session.command(message)
@@ -108,3 +113,15 @@ def test_each_from_domain_gets_its_own_verdict_line(checking: CheckingHato) -> N
     results = head[head.index("Authentication-Results: hato.test;") :].split("\r\n\r\n")[0]
     assert "dmarc=fail header.from=lenient.test" in " ".join(results.split())
     assert "dmarc=none header.from=example.org" in " ".join(results.split())
+
+
+def test_an_idn_sender_aligns_in_any_spelling(checking: CheckingHato) -> None:
+    # MAIL FROM names the domain in U-labels (RFC 6531), From in another spelling of it:
+    # one domain after the UTS #46 mapping, so SPF's pass is aligned (RFC 7489 §3.1.2).
+    marker = uuid.uuid4().hex
+    header = "From: <ceo@BÜCHER.test>".encode()
+    mail_from = "<ceo@bücher.test> SMTPUTF8".encode()
+    assert _send(checking, header, marker, mail_from)[0] == 250
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), marker, 20)
+    results = " ".join(found.read_bytes().split(b"\r\n\r\n", 1)[0].decode().split())
+    assert "spf=pass" in results and "dmarc=pass header.from=xn--bcher-kva.test" in results

@@ -210,11 +210,16 @@ def organizational_domain(domain: str) -> str:
 
 def aligned(identifier: str, author_domain: str, mode: Alignment) -> bool:
     """RFC 7489 §3.1.1, §3.1.2: strict needs the same domain, relaxed the same
-    organizational domain."""
-    identifier, author_domain = normalize_name(identifier), normalize_name(author_domain)
+    organizational domain. Both are compared as A-labels: the SPF domain comes from MAIL
+    FROM in U-labels (RFC 6531), the author domain from `from_domains` in A-labels."""
+    identifier, author_domain = _comparable(identifier), _comparable(author_domain)
     if mode is Alignment.STRICT or identifier == author_domain:
         return identifier == author_domain
     return organizational_domain(identifier) == organizational_domain(author_domain)
+
+
+def _comparable(domain: str) -> str:
+    return _author_domain(domain) or normalize_name(domain)
 
 
 # -- the record (RFC 7489 §6.3, §6.4) ---------------------------------------------------------

@@ -21,6 +21,7 @@ from hato.authcheck.dmarc import (
     DmarcStatus,
     FromProblem,
     SpfOutcome,
+    aligned,
     evaluate,
     from_domains,
     organizational_domain,
@@ -174,6 +175,13 @@ def test_strictest_of_several_author_domains() -> None:
 
 
 # -- alignment and policy ---------------------------------------------------------------------
+
+
+def test_alignment_compares_u_labels_and_a_labels_as_one_name() -> None:
+    # The SPF domain comes from MAIL FROM in U-labels, the author domain in A-labels.
+    assert aligned("Bücher.example", "xn--bcher-kva.example", Alignment.STRICT)
+    assert aligned("mail.bücher.example", "xn--bcher-kva.example", Alignment.RELAXED)
+    assert not aligned("bucher.example", "xn--bcher-kva.example", Alignment.RELAXED)
 
 
 def test_organizational_domain() -> None:
