@@ -59,11 +59,12 @@ from hato.outbound_setup import build_outbound
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
-from hato.server import control
+from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
+from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.session import SmtpSession
@@ -263,13 +264,20 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             runner_task = tasks.create_task(runner.run())
             watcher = tasks.create_task(watch_tls(tls)) if tls is not None else None
             sweeper = tasks.create_task(outbound.run_sweeper())
-            submitter = control.LocalSubmitter(
+            submitter = LocalSubmitter(
                 queue,
                 resolver,
                 hostname=settings.server.hostname,
                 domain=settings.domains[0].name,
                 clock=clock,
                 max_message_size=settings.limits.max_message_size,
+                senders=SenderPolicy(
+                    resolver,
+                    [d.name for d in settings.domains],
+                    server_uid=os.geteuid(),
+                    grants=settings.local.send_as,
+                ),
+                limiter=shared.limiter,
             )
             controller = control.ControlServer(
                 queue=queue,
@@ -298,6 +306,17 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 if first
                 else asyncio.Event().wait()
             )
+            # Mail hato-sendmail left while the server was down, and since (server.maildrop).
+            pickup = tasks.create_task(
+                maildrop.Pickup(
+                    maildrop.prepare(data_dir),
+                    submitter,
+                    settings.domains[0].name,
+                    settings.limits.max_message_size,
+                ).run()
+                if first
+                else asyncio.Event().wait()
+            )
             for role in {lst.role for lst in settings.listeners}:
                 metrics.open_sessions(role, _open_sessions(states, [c for c, _ in contexts], role))
             gauges = tasks.create_task(
@@ -322,6 +341,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 watcher.cancel()
             sweeper.cancel()
             control_task.cancel()
+            pickup.cancel()
             gauges.cancel()
             pets.cancel()
     finally:

@@ -149,9 +149,18 @@ def test_refused_recipient_exit_code_the_bs_dialog_and_the_server_down(hato: Ops
     assert maildir.messages(hato.mailbox("alice", "example.org")) == []
     hato.stop()
     assert hato.exit_code() == 0
-    down = hato.sendmail(["alice"], b"Subject: x\n\nhi\n")
-    assert down.returncode == 75, down.stderr  # EX_TEMPFAIL
-    assert b"not running" in down.stderr
+    # With the server down the message waits in the maildrop (issue 13 item 7) ...
+    down = hato.sendmail(["alice"], b"Subject: while stopped\n\nhi\n")
+    assert down.returncode == 0, down.stderr
+    # ... unless there is no maildrop (no server ever ran there): EX_TEMPFAIL, nothing sent.
+    (hato.data_dir / "maildrop").rename(hato.data_dir / "maildrop-away")
+    gone = hato.sendmail(["alice"], b"Subject: x\n\nhi\n")
+    assert gone.returncode == 75, gone.stderr  # EX_TEMPFAIL
+    assert b"not running" in gone.stderr
+    (hato.data_dir / "maildrop-away").rename(hato.data_dir / "maildrop")
+    hato.start()
+    (msg,) = _wait_messages(hato.mailbox("alice", "example.org"), 1)
+    assert b"Subject: while stopped" in msg.read_bytes()
 
 
 def _queued(hato: OpsHato, to: str, marker: str) -> None:

@@ -176,6 +176,7 @@ def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> Reci
         CachedUsers(users, users.path) if isinstance(users, UserStore) else users,
         alias_file=aliases,
         delimiter=settings.local.recipient_delimiter,
+        postmaster=settings.local.postmaster,
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from hato.cli.queue import SOCKET_NAME, ControlClient, ServerDown
+from hato.cli.queue import ControlClient, ServerDown
+from hato.cli.sendmail_site import Site, drop, locate, socket_candidates
 
 if TYPE_CHECKING:
     from hato.model import Reply
@@ -45,8 +47,6 @@ EX_NOUSER = 67
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
-PUBLIC_SOCKET = "/run/hato/submit.sock"
-SYSTEM_CONFIG = "/etc/hato/hato.toml"
 # Options that take a value, attached or as the next argument (sendmail 8 and Postfix).
 _WITH_VALUE = frozenset("BCFfhLNOoRrVX")
 _IGNORED = frozenset("GimnUv")  # i is -i (handled), the rest change nothing here
@@ -205,35 +205,6 @@ def _rfc5322_date(when: float) -> str:
 # ---- the server ----
 
 
-def socket_candidates(opts: Options, env: dict[str, str], cwd: Path) -> list[Path]:
-    explicit = env.get("HATO_CONTROL_SOCKET")
-    if explicit:
-        return [Path(explicit)]
-    return [data_dir(opts.config or env.get("HATO_CONFIG"), env, cwd) / SOCKET_NAME,
-            Path(PUBLIC_SOCKET)]  # fmt: skip
-
-
-def data_dir(config: str | None, env: dict[str, str], cwd: Path) -> Path:
-    """[server] data_dir as hato.config reads it, with tomllib alone (no pydantic)."""
-    for candidate in (config, SYSTEM_CONFIG, "hato.toml"):
-        if candidate is None:
-            continue
-        file = Path(os.path.normpath(cwd / candidate))
-        if file.is_file():
-            import tomllib
-
-            try:
-                raw = tomllib.loads(file.read_text("utf-8-sig"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                break
-            server = raw.get("server")
-            if isinstance(server, dict) and isinstance(server.get("data_dir"), str):
-                return Path(os.path.normpath(file.parent / server["data_dir"]))
-            break
-    home = env.get("HATO_HOME", "")
-    return Path(os.path.normpath(cwd / (Path(home).expanduser() if home else "hato-data")))
-
-
 def connect(candidates: Sequence[Path]) -> ControlClient:
     """The first socket that answers (a 0600 control socket refuses other users: go on)."""
     problems = []
@@ -280,7 +251,9 @@ def _login() -> tuple[str, str]:
 def run(
     opts: Options, stdin: IO[bytes], stdout: IO[bytes], err: IO[str], env: dict[str, str]
 ) -> int:
-    candidates = socket_candidates(opts, env, Path.cwd())
+    cwd = Path.cwd()
+    site = locate(opts.config or env.get("HATO_CONFIG"), env, cwd)
+    candidates = socket_candidates(site, env)
     if opts.mode == "m" and not opts.extract and not opts.recipients:
         raise UsageError("no recipients (give addresses, or -t to read them from the message)")
     message = read_message(stdin, opts.dot_ends) if opts.mode == "m" else b""
@@ -288,7 +261,9 @@ def run(
         client = connect(candidates)
     except ServerDown as exc:
         if opts.mode == "p":
-            return _offline_mailq(candidates[0].parent, err)
+            return _offline_mailq(site.data_dir, err)
+        if opts.mode == "m" and _dropped(site, opts, message):
+            return EX_OK  # in the maildrop: the server takes it at its start
         print(f"hato-sendmail: the mail server is not running ({exc}); not sent", file=err)
         return EX_TEMPFAIL
     with client:
@@ -304,6 +279,18 @@ def run(
             print("hato-sendmail: no recipients found in the message (-t)", file=err)
             return EX_USAGE
         return submit(client, prepared, err)
+
+
+def _dropped(site: Site, opts: Options, message: bytes) -> bool:
+    """Leave the message in the server's maildrop (server down); False if there is none."""
+    if site.domain is None:
+        return False
+    user, gecos = _login()
+    hostname = site.hostname or socket.gethostname()
+    prepared = prepare(message, opts, user=user, gecos=gecos, domain=site.domain, hostname=hostname)
+    if not prepared.recipients:
+        return False
+    return drop(site, prepared.sender, prepared.recipients, prepared.message) is not None
 
 
 def smtp_dialog(

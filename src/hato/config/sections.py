@@ -98,6 +98,14 @@ def _target(value: object, info: ValidationInfo) -> Address:
     return parse_target(value, name if isinstance(name, str) else "localhost")
 
 
+def _full_address(value: object) -> Address:
+    if isinstance(value, str) and "@" in value:
+        return parse_target(value, "localhost")
+    raise ValueError(
+        f'{show(value)} is not an address: write local@domain, e.g. "alice@example.org"'
+    )
+
+
 def _non_empty(targets: tuple[Address, ...]) -> tuple[Address, ...]:
     if not targets:
         raise ValueError('an alias needs at least one target (example: ["alice"])')
@@ -115,6 +123,7 @@ ReadableFile = Annotated[Path, PlainValidator(_readable_file)]
 Size = Annotated[int, PlainValidator(parse_size)]
 Target = Annotated[Address, PlainValidator(_target)]
 LocalPart = Annotated[str, PlainValidator(parse_local_part)]
+FullAddress = Annotated[Address, PlainValidator(_full_address)]
 
 
 class LogFormat(enum.StrEnum):
@@ -323,6 +332,14 @@ class LocalSettings(BaseModel):
     )
     aliases_file: ReadableFile | None = Field(
         None, description='the path of a readable aliases file, e.g. "/etc/aliases"'
+    )
+    postmaster: FullAddress | None = Field(
+        None, description='the address for postmaster, root and abuse, e.g. "alice@example.org"'
+    )
+    send_as: Mapping[str, tuple[FullAddress, ...]] = Field(
+        default_factory=dict,
+        description="Unix user names and the addresses each may send as locally, e.g. "
+        '{ www-data = ["noreply@example.org"] }',
     )
     mailboxes: AbsolutePath | None = Field(
         None, description='a directory path for the Maildirs, e.g. "/var/vmail"'

@@ -13,9 +13,13 @@ tried in this order, and the first that yields at least one mailbox or forward w
    forward (a remote address);
 4. ``user+tag`` -> ``user`` resolved again by these rules (the delimiter characters are
    configurable, as in Postfix's recipient_delimiter; "" turns this off);
-5. the domain's catch-all target, resolved again by these rules;
-6. `accept_any` -> a mailbox of that local part;
-7. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
+5. a role name (``postmaster``, ``root``, ``abuse``, ``mailer-daemon``) -> the configured
+   postmaster address (``[local] postmaster``); without one, ``root``, ``abuse`` and
+   ``mailer-daemon`` are resolved as ``postmaster`` of the domain (so cron's mail to root
+   reaches whoever postmaster is);
+6. the domain's catch-all target, resolved again by these rules;
+7. `accept_any` -> a mailbox of that local part;
+8. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
 
 At most 10 expansions (alias, +tag, catch-all) are followed; a target that is already being
 expanded (a loop) yields nothing. A target that leads nowhere even on its own (an alias naming
@@ -50,6 +54,9 @@ __all__ = [  # AliasTable and AliasFileError re-exported: callers build a resolv
 MAX_DEPTH = 10
 # RFC 5321 §4.5.1: "postmaster" is matched without regard to case.
 POSTMASTER = "postmaster"
+# Names programs and people write to that must reach a person: RFC 2142 §2 (abuse, postmaster),
+# root (cron, daemons) and MAILER-DAEMON (replies to bounces).
+ROLE_NAMES = frozenset({POSTMASTER, "root", "abuse", "mailer-daemon"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +138,10 @@ class RecipientResolver:
         users: UserDirectory,
         alias_file: AliasTable | None = None,
         delimiter: str = "+",
+        postmaster: Address | None = None,
     ) -> None:
         self._users = users
+        self._postmaster: AliasTarget | None = postmaster
         self._alias_file = alias_file or AliasTable({})
         self._delimiters = frozenset(delimiter)
         self._domains: dict[str, _Domain] = {}
@@ -242,6 +251,8 @@ class RecipientResolver:
             return True
         if not wildcards:
             return False
+        if local in ROLE_NAMES and self._role(domain, local, depth, path, found):
+            return True
         if domain.catch_all is not None and self._targets(
             domain, (domain.catch_all,), depth + 1, path, found
         ):
@@ -250,6 +261,20 @@ class RecipientResolver:
             found.mailboxes[mailbox] = None
             return True
         return False
+
+    def _role(
+        self,
+        domain: _Domain,
+        local: str,
+        depth: int,
+        path: frozenset[tuple[str, str]],
+        found: _Found,
+    ) -> bool:
+        if self._postmaster is not None:
+            return self._targets(domain, (self._postmaster,), depth + 1, path, found)
+        if local == POSTMASTER:
+            return False  # its own mailbox, below (after catch-all and accept_any)
+        return self._local_part(domain, POSTMASTER, depth + 1, path, found)
 
     def _targets(
         self,

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 import struct
@@ -39,12 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, assert_never
 
-from hato.delivery.local import Local, NotLocal, Resolution, Unknown
-from hato.delivery.loops import delivered_to_fields
-from hato.delivery.outbound_body import has_utf8_header
 from hato.model import (
-    Address,
-    AddressError,
     Clock,
     Courier,
     Delivered,
@@ -52,15 +45,13 @@ from hato.model import (
     PermFailed,
     QueuedMessage,
     QueuedRecipient,
-    Reply,
     ReversePath,
     TempFailed,
-    format_path,
     logfmt,
-    parse_path,
 )
-from hato.queue import Queue, QueueWriteError
+from hato.queue import Queue
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
+from hato.server.localsubmit import SubmitRefused, reverse_path
 
 log = logging.getLogger("hato.control")
 
@@ -68,6 +59,11 @@ SOCKET_NAME = "control.sock"
 MAX_REQUEST_LINE = 64 * 1024
 IDLE_TIMEOUT = 60.0  # seconds a client may wait between requests
 BODY_TIMEOUT = 300.0  # seconds to send the octets of one submitted message
+# The submission socket is open to every local user: bounded so that none of them can take
+# the server's memory or connections (each message is held whole while it is checked).
+MAX_PUBLIC_CONNECTIONS = 32
+MAX_CONNECTIONS_PER_UID = 4
+MAX_BODIES_AT_ONCE = 8  # more than one uid may hold
 _ACTIONS = {f"queue.{a.value}": a for a in Action}
 _PUBLIC_OPS = frozenset({"hello", "submit"})
 
@@ -82,15 +78,6 @@ class Submit(Protocol):
     async def __call__(
         self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
     ) -> str: ...
-
-
-class SubmitRefused(Exception):
-    """The message is not queued: `reply` says why, `refused` names refused recipients."""
-
-    def __init__(self, reply: Reply, refused: Mapping[str, Reply] | None = None) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-        self.refused = dict(refused or {})
 
 
 class RequestError(Exception):
@@ -123,11 +110,18 @@ class ControlServer:
         self._counter = counter
         self._reload = reload
         self._started = clock.now()
+        self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
+        self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
 
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool
     ) -> None:
         uid = _peer_uid(writer)
+        if public and not self._admit(uid):
+            log.warning(logfmt("control-busy", uid=uid))
+            writer.write(b'{"ok":false,"error":"too many connections; try again later"}\n')
+            writer.close()
+            return
         try:
             while True:
                 async with asyncio.timeout(IDLE_TIMEOUT):
@@ -141,9 +135,19 @@ class ControlServer:
             # ValueError: a request line over MAX_REQUEST_LINE (asyncio's LimitOverrunError).
             log.info(logfmt("control-dropped", error=type(exc).__name__, uid=uid))
         finally:
+            if public:
+                self._public[uid] -= 1
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    def _admit(self, uid: int | None) -> bool:
+        if sum(self._public.values()) >= MAX_PUBLIC_CONNECTIONS:
+            return False
+        if self._public.get(uid, 0) >= MAX_CONNECTIONS_PER_UID:
+            return False
+        self._public[uid] = self._public.get(uid, 0) + 1
+        return True
 
     async def _respond(
         self, line: bytes, reader: asyncio.StreamReader, *, public: bool, uid: int | None
@@ -217,7 +221,7 @@ class ControlServer:
         if size > self._max_message_size:
             # The octets are not read: the connection cannot be used again.
             raise ConnectionResetError("message too big")
-        async with asyncio.timeout(BODY_TIMEOUT):
+        async with self._bodies, asyncio.timeout(BODY_TIMEOUT):
             message = await reader.readexactly(size)
         if self._submit is None:
             raise RequestError("local submission is not enabled on this server")
@@ -227,7 +231,7 @@ class ControlServer:
         if not all(isinstance(r, str) for r in rcpts):
             raise RequestError('"rcpt" is a list of addresses')
         try:
-            mail_from = _reverse_path(sender, self._domain)
+            mail_from = reverse_path(sender, self._domain)
             queue_id = await self._submit(mail_from, rcpts, message, uid=uid)
         except SubmitRefused as exc:
             return {
@@ -247,19 +251,6 @@ def _selector(request: dict[str, Any]) -> Selector:
         raise RequestError(str(exc)) from None
 
 
-def _reverse_path(text: str, domain: str) -> ReversePath:
-    """A sender as sendmail's -f gives it: "", "<>", "user" (ours) or "user@domain"."""
-    text = text.strip()
-    if text in ("", "<>"):
-        return None
-    if "@" not in text.strip("<>"):
-        text = f"{text.strip('<>')}@{domain}"
-    try:
-        return parse_path(text if text.startswith("<") else f"<{text}>", allow_null=True)
-    except AddressError as exc:
-        raise SubmitRefused(Reply(553, "5.1.7", f"bad sender address: {exc}")) from None
-
-
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     sock = writer.get_extra_info("socket")
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
@@ -275,7 +266,12 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
 def bind_unix(path: Path, mode: int) -> socket.socket:
     """A listening unix socket at `path` with `mode`, never reachable with wider rights: bound
     under a temporary name, chmod-ed, then renamed into place (replacing a stale socket)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        if mode & 0o007:
+            # A socket for every user needs a directory every user can pass through (the
+            # server's umask is 077).
+            os.chmod(path.parent, 0o755)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -352,130 +348,6 @@ async def serve(
                 # the next start replaces it.
                 with contextlib.suppress(FileNotFoundError, PermissionError):
                     p.unlink()
-
-
-# ---- local submission (hato-sendmail) ----
-
-UNKNOWN_RCPT = Reply(550, "5.1.1", "mailbox unavailable")  # RFC 3463 §3.2 X.1.1
-BAD_RCPT = Reply(553, "5.1.3", "bad recipient address syntax")  # RFC 3463 §3.2 X.1.3
-REFUSED = Reply(550, "5.1.1", "recipient address rejected; nothing was queued")
-TOO_BIG = Reply(552, "5.3.4", "message too big")  # RFC 1870 §6.1, RFC 3463 §3.4 X.3.4
-NO_ROOM = Reply(452, "4.3.1", "insufficient system storage")  # RFC 3463 §3.4 X.3.1
-BARE_EOL = Reply(554, "5.6.0", "message has a bare CR or LF")
-# RFC 5322 §2.3: CR and LF appear only together as CRLF (and DESIGN.md: SMTP smuggling).
-_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-
-
-class RecipientLookup(Protocol):
-    def resolve(self, address: Address) -> Resolution: ...
-
-    def is_local_domain(self, domain: str) -> bool: ...
-
-
-class LocalSubmitter:
-    """The `submit` op: queues a message from a local program without AUTH (trusted, like
-    Postfix's pickup). A refused recipient refuses the whole message, so a sendmail caller
-    that sees EX_NOUSER knows that nothing was sent."""
-
-    def __init__(
-        self,
-        queue: Queue,
-        resolver: RecipientLookup,
-        *,
-        hostname: str,
-        domain: str,
-        clock: Clock,
-        max_message_size: int = 50 * 1024 * 1024,
-    ) -> None:
-        self._queue = queue
-        self._resolver = resolver
-        self._hostname = hostname
-        self._domain = domain
-        self._clock = clock
-        self._max = max_message_size
-
-    async def __call__(
-        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
-    ) -> str:
-        pairs, refused = self._resolve(recipients)
-        if refused:
-            raise SubmitRefused(REFUSED, refused)
-        if self._max and len(message) > self._max:
-            raise SubmitRefused(TOO_BIG)
-        if _BARE_EOL.search(message):
-            raise SubmitRefused(BARE_EOL)
-        if not self._queue.has_room(len(message)):
-            raise SubmitRefused(NO_ROOM)
-        params: dict[str, str | None] = {}
-        if not message.isascii():
-            params["BODY"] = "8BITMIME"  # RFC 6152
-        if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
-            params["SMTPUTF8"] = None  # RFC 6531 §3.4
-        elif has_utf8_header(message):
-            # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
-            # program cannot say so (Postfix's sendmail autodetects it the same way).
-            params["SMTPUTF8"] = None
-        body = self._queue.new_body()
-        body.write(message)
-        # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
-        who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
-        stamp = email.utils.formatdate(self._clock.now(), localtime=False)
-        prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
-        # RFC 9228: Delivered-To for our aliases that forward it (delivery/loops.py).
-        forwarded = delivered_to_fields(pairs, self._resolver.is_local_domain)
-        try:
-            queue_id = await self._queue.commit(
-                body,
-                mail_from=mail_from,
-                recipients=pairs,
-                prefix=forwarded + prefix.encode(),
-                params=params,
-            )
-        except QueueWriteError as exc:
-            raise SubmitRefused(exc.reply) from exc
-        log.info(
-            logfmt(
-                "submitted",
-                id=queue_id,
-                uid=uid,
-                nrcpt=len(pairs),
-                **{"from": format_path(mail_from)},
-            )
-        )
-        return queue_id
-
-    def _resolve(
-        self, recipients: list[str]
-    ) -> tuple[list[tuple[Address, Address]], dict[str, Reply]]:
-        pairs: dict[Address, Address] = {}
-        refused: dict[str, Reply] = {}
-        for text in recipients:
-            try:
-                address = _qualify(text, self._domain)
-            except AddressError:
-                refused[text] = BAD_RCPT
-                continue
-            resolution = self._resolver.resolve(address)
-            match resolution:
-                case NotLocal():
-                    targets: tuple[Address, ...] = (address,)
-                case Unknown():
-                    targets = ()
-                case Local(mailboxes=mailboxes, forwards=forwards, unresolved=dead):
-                    targets = (*mailboxes, *forwards, *dead)  # dead ones bounce at delivery
-                case _:
-                    assert_never(resolution)
-            if not targets:
-                refused[text] = UNKNOWN_RCPT
-            for target in targets:
-                pairs.setdefault(target, address)
-        return list(pairs.items()), refused
-
-
-def _qualify(text: str, domain: str) -> Address:
-    """A recipient as a local program names it: "user" (one of ours) or "user@domain"."""
-    text = text.strip().removeprefix("<").removesuffix(">")
-    return Address.parse(text if "@" in text else f"{text}@{domain}")
 
 
 # ---- delivery figures for `hato status` ----

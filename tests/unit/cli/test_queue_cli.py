@@ -20,7 +20,8 @@ from hato.cli import main
 from hato.cli.queue import ControlClient, ServerDown
 from hato.model import Address, Reply, ReversePath, SystemClock
 from hato.queue import Queue, RowUpdate, Status
-from hato.server.control import ControlServer, OutcomeCounter, SubmitRefused, serve
+from hato.server.control import ControlServer, OutcomeCounter, serve
+from hato.server.localsubmit import SubmitRefused
 
 CONFIG = """
 [server]

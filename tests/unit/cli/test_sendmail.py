@@ -14,14 +14,13 @@ from hato.cli.sendmail import (
     EX_USAGE,
     Options,
     UsageError,
-    data_dir,
     main,
     parse_args,
     prepare,
     read_message,
-    socket_candidates,
     split_headers,
 )
+from hato.cli.sendmail_site import locate, socket_candidates
 
 
 def test_php_and_debian_cron_command_lines() -> None:
@@ -101,15 +100,39 @@ def test_prepare_keeps_existing_headers_and_quotes_the_full_name() -> None:
 
 def test_socket_location(tmp_path: Path) -> None:
     config = tmp_path / "etc.toml"
-    config.write_text('[server]\ndata_dir = "spool"\n')
+    config.write_text(
+        '[server]\ndata_dir = "spool"\nsubmit_socket = "/run/x/submit.sock"\n'
+        '[[domain]]\nname = "example.org"\n'
+    )
     env = {"HATO_HOME": "/srv/hato"}
-    assert data_dir(str(config), env, Path("/x")) == tmp_path / "spool"
-    assert data_dir(None, env, tmp_path) == Path("/srv/hato")
-    assert data_dir(None, {}, tmp_path) == tmp_path / "hato-data"
-    explicit = socket_candidates(Options(), {"HATO_CONTROL_SOCKET": "/tmp/c.sock"}, tmp_path)
+    site = locate(str(config), env, Path("/x"))
+    assert (site.data_dir, site.domain) == (tmp_path / "spool", "example.org")
+    assert locate(None, env, tmp_path).data_dir == Path("/srv/hato")
+    assert locate(None, {}, tmp_path).data_dir == tmp_path / "hato-data"
+    explicit = socket_candidates(site, {"HATO_CONTROL_SOCKET": "/tmp/c.sock"})
     assert explicit == [Path("/tmp/c.sock")]
-    both = socket_candidates(Options(config=str(config)), {}, tmp_path)
-    assert both == [tmp_path / "spool" / "control.sock", Path("/run/hato/submit.sock")]
+    # The configured submit_socket, not a fixed path (issue 13 item 7).
+    both = socket_candidates(site, {})
+    assert both == [tmp_path / "spool" / "control.sock", Path("/run/x/submit.sock")]
+    default = socket_candidates(locate(None, {"HATO_HOME": "/srv/hato"}, tmp_path), {})
+    assert default == [Path("/srv/hato/control.sock"), Path("/run/hato/submit.sock")]
+
+
+def test_another_users_config_in_the_current_directory_is_not_used(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "hato.toml").write_text('[server]\ndata_dir = "/tmp/evil"\n')
+    assert locate(None, {}, tmp_path).data_dir == Path("/tmp/evil")  # ours: used
+    os.chown(tmp_path / "hato.toml", 65534, 65534)
+    if os.getuid() not in (0, 65534):
+        pytest.skip("needs root to give the file to another user")
+    assert locate(None, {}, tmp_path).data_dir == tmp_path / "hato-data"
+    (tmp_path / "hato-data").mkdir()
+    os.chown(tmp_path / "hato-data", 65534, 65534)
+    sock = tmp_path / "hato-data" / "control.sock"
+    sock.write_text("")
+    os.chown(sock, 65534, 65534)
+    assert sock not in socket_candidates(locate(None, {}, tmp_path), {})
 
 
 def test_exit_codes_for_usage_and_a_stopped_server(

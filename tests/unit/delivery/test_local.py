@@ -232,7 +232,11 @@ def test_postmaster_alias_wins_and_falls_back_when_it_leads_nowhere() -> None:
     )
     dead = AliasTable.parse("postmaster: root\n")
     result = resolver(alias_file=dead).resolve(a("postmaster@example.org"))
-    assert result == Local((a("postmaster@example.org"),), (), (a("root@example.org"),))
+    # root leads back to postmaster (a role name): not a dead end, postmaster's own mailbox.
+    assert result == Local((a("postmaster@example.org"),), (), ())
+    dead = AliasTable.parse("postmaster: ghost\n")
+    result = resolver(alias_file=dead).resolve(a("postmaster@example.org"))
+    assert result == Local((a("postmaster@example.org"),), (), (a("ghost@example.org"),))
 
 
 def test_bad_config_targets_are_errors() -> None:
@@ -263,3 +267,21 @@ def test_owns_ignores_accept_any_and_postmaster_fallback() -> None:
     r = resolver(LocalDomain(ORG, accept_any=True))
     assert not r.owns(a("alice@example.org"), a("someone@example.org"))
     assert not r.owns(a("alice@example.org"), a("postmaster@example.org"))
+
+
+def test_role_names_reach_postmaster_or_the_configured_address() -> None:
+    domain = LocalDomain(ORG, aliases={"postmaster": ("alice",)})
+    r = resolver(domain)
+    for name in ("root", "abuse", "MAILER-DAEMON", "postmaster"):
+        assert r.resolve(a(f"{name}@example.org")) == mailboxes("alice@example.org"), name
+    # Without a postmaster alias, root goes to postmaster's own mailbox (RFC 5321 §4.5.1).
+    assert resolver().resolve(a("root@example.org")) == mailboxes("postmaster@example.org")
+    configured = RecipientResolver(
+        [LocalDomain(ORG)], Users("bob@example.org"), postmaster=a("bob@example.org")
+    )
+    assert configured.resolve(a("root@example.org")) == mailboxes("bob@example.org")
+    assert configured.resolve(a("postmaster@example.org")) == mailboxes("bob@example.org")
+    # An account of that name wins.
+    assert resolver(users=Users("root@example.org")).resolve(a("root@example.org")) == (
+        mailboxes("root@example.org")
+    )

@@ -1,0 +1,303 @@
+"""Local submission: a message from a program on this machine (hato-sendmail, the maildrop).
+
+Theory of operation. A local program has no password; who it is comes from the kernel: the
+peer's uid (SO_PEERCRED) on the submission socket, the file's owner in the maildrop. As on the
+submission port, an identity may only send as its own addresses (`SenderPolicy`):
+
+- root and the user the server runs as may use any address (they could write the queue anyway);
+- a Unix user whose name is an account's local part may use what that account may: the
+  address in any of our domains, its +tag forms, the aliases delivering to it
+  (``RecipientResolver.owns``);
+- more by grant: ``[local] send_as = { www-data = ["noreply@example.org"] }``.
+
+The envelope sender (-f) and every address in the header From: are checked (RFC 5321 §3.3 and
+RFC 5322 §3.6.2, the same rule as submission: 553 5.7.1), a null sender (bounces, vacation) is
+allowed. Users other than root and the server's own have the sending limits of submission
+(``[limits]``), counted under ``unix:NAME``. A refused recipient refuses the whole message, so a
+sendmail caller that sees EX_NOUSER knows that nothing was sent.
+
+May import model, delivery (the resolver's answers), policy and queue.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import pwd
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, assert_never
+
+from hato.delivery.local import Local, NotLocal, Resolution, Unknown
+from hato.delivery.loops import delivered_to_fields
+from hato.delivery.outbound_body import has_utf8_header
+from hato.model import (
+    Address,
+    AddressError,
+    Clock,
+    Reply,
+    ReversePath,
+    format_path,
+    logfmt,
+    parse_path,
+)
+from hato.policy import Accept, Defer, Reservation, SendLimiter
+from hato.queue import Queue, QueueWriteError
+from hato.server.headers import HeaderCapture
+
+log = logging.getLogger("hato.control")
+
+UNKNOWN_RCPT = Reply(550, "5.1.1", "mailbox unavailable")  # RFC 3463 §3.2 X.1.1
+BAD_RCPT = Reply(553, "5.1.3", "bad recipient address syntax")  # RFC 3463 §3.2 X.1.3
+REFUSED = Reply(550, "5.1.1", "recipient address rejected; nothing was queued")
+TOO_BIG = Reply(552, "5.3.4", "message too big")  # RFC 1870 §6.1, RFC 3463 §3.4 X.3.4
+NO_ROOM = Reply(452, "4.3.1", "insufficient system storage")  # RFC 3463 §3.4 X.3.1
+BARE_EOL = Reply(554, "5.6.0", "message has a bare CR or LF")
+# RFC 5322 §2.3: CR and LF appear only together as CRLF (and DESIGN.md: SMTP smuggling).
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class SubmitRefused(Exception):
+    """The message is not queued: `reply` says why, `refused` names refused recipients."""
+
+    def __init__(self, reply: Reply, refused: Mapping[str, Reply] | None = None) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.refused = dict(refused or {})
+
+
+class RecipientLookup(Protocol):
+    def resolve(self, address: Address) -> Resolution: ...
+
+    def owns(self, user: Address, address: Address) -> bool: ...
+
+    def is_local_domain(self, domain: str) -> bool: ...
+
+
+def login_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+class SenderPolicy:
+    """Which addresses a local uid may send as (rules in the module docstring)."""
+
+    def __init__(
+        self,
+        resolver: RecipientLookup,
+        domains: Sequence[str],
+        *,
+        server_uid: int,
+        grants: Mapping[str, Sequence[Address]] | None = None,
+        names: Callable[[int], str | None] = login_name,
+    ) -> None:
+        self._resolver = resolver
+        self._domains = [d.lower() for d in domains]
+        self._server_uid = server_uid
+        self._grants = {k: {_canon(a) for a in v} for k, v in (grants or {}).items()}
+        self._names = names
+
+    def trusted(self, uid: int | None) -> bool:
+        """Root and the server's own user: any sender, no sending limits."""
+        return uid is not None and uid in (0, self._server_uid)
+
+    def name(self, uid: int | None) -> str | None:
+        return None if uid is None else self._names(uid)
+
+    def may_use(self, uid: int | None, address: Address) -> bool:
+        if self.trusted(uid):
+            return True
+        name = self.name(uid)
+        if name is None:
+            return False  # no peer credentials, or a uid without a name: nobody's addresses
+        if _canon(address) in self._grants.get(name, set()):
+            return True
+        local = name.lower()
+        return any(self._resolver.owns(Address(local, d), address) for d in self._domains)
+
+
+def _canon(address: Address) -> Address:
+    return Address(address.local.lower(), address.domain.lower())
+
+
+class LocalSubmitter:
+    """The `submit` op of the control socket, and the maildrop's pickup."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        resolver: RecipientLookup,
+        *,
+        hostname: str,
+        domain: str,
+        clock: Clock,
+        max_message_size: int = 50 * 1024 * 1024,
+        senders: SenderPolicy | None = None,
+        limiter: SendLimiter | None = None,
+    ) -> None:
+        self._queue = queue
+        self._resolver = resolver
+        self._hostname = hostname
+        self._domain = domain
+        self._clock = clock
+        self._max = max_message_size
+        self._senders = senders
+        self._limiter = limiter
+
+    async def __call__(
+        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+    ) -> str:
+        pairs, refused = self._resolve(recipients)
+        if refused:
+            raise SubmitRefused(REFUSED, refused)
+        if self._max and len(message) > self._max:
+            raise SubmitRefused(TOO_BIG)
+        if _BARE_EOL.search(message):
+            raise SubmitRefused(BARE_EOL)
+        self._check_senders(mail_from, message, uid)
+        if not self._queue.has_room(len(message)):
+            raise SubmitRefused(NO_ROOM)
+        reservation = self._reserve(uid, len(pairs))
+        try:
+            queue_id = await self._commit(mail_from, pairs, message, uid)
+        except BaseException:
+            if reservation is not None and self._limiter is not None:
+                self._limiter.release(reservation)  # not queued: it does not count
+            raise
+        if reservation is not None and self._limiter is not None:
+            alert = self._limiter.confirm(reservation)
+            if alert is not None:
+                log.warning(logfmt("sending-spike", **alert.fields()))
+        return queue_id
+
+    def _reserve(self, uid: int | None, count: int) -> Reservation | None:
+        """The submission port's sending limits, for a Unix user (not root or the server)."""
+        if self._limiter is None or self._senders is None or self._senders.trusted(uid):
+            return None
+        reserved = self._limiter.reserve_message(f"unix:{self._senders.name(uid) or uid}")
+        if isinstance(reserved, Defer):
+            raise SubmitRefused(reserved.reply)
+        decision = self._limiter.reserve_recipient(reserved, count)
+        if not isinstance(decision, Accept):
+            self._limiter.release(reserved)
+            raise SubmitRefused(decision.reply)
+        return reserved
+
+    def _check_senders(self, mail_from: ReversePath, message: bytes, uid: int | None) -> None:
+        """RFC 5321 §3.3 envelope sender, and the header section as on submission: From,
+        Sender and Resent-* (RFC 5322 §3.6.2, §3.6.6) must be the user's own."""
+        if self._senders is None or self._senders.trusted(uid):
+            return
+        senders = self._senders
+        who = senders.name(uid) or f"uid {uid}"
+        header = HeaderCapture()
+        header.feed(message if b"\r\n\r\n" in message else message + b"\r\n\r\n")
+        verdict = header.judge(Address(who, self._domain), lambda a: senders.may_use(uid, a))
+        refusal = verdict.refusal
+        if refusal is None and mail_from is not None and not senders.may_use(uid, mail_from):
+            # RFC 3463 §3.8 X.7.1: the envelope sender is not this user's to use.
+            refusal = Reply(553, "5.7.1", f"{mail_from} is not {who}'s to send as")
+        if refusal is not None:
+            log.warning(
+                logfmt(
+                    "local-sender-refused",
+                    uid=uid,
+                    user=who,
+                    reason=verdict.reason or "envelope-sender",
+                    reply=refusal,
+                )
+            )
+            raise SubmitRefused(refusal)
+
+    async def _commit(
+        self,
+        mail_from: ReversePath,
+        pairs: list[tuple[Address, Address]],
+        message: bytes,
+        uid: int | None,
+    ) -> str:
+        params: dict[str, str | None] = {}
+        if not message.isascii():
+            params["BODY"] = "8BITMIME"  # RFC 6152
+        if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
+            params["SMTPUTF8"] = None  # RFC 6531 §3.4
+        elif has_utf8_header(message):
+            # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
+            # program cannot say so (Postfix's sendmail autodetects it the same way).
+            params["SMTPUTF8"] = None
+        body = self._queue.new_body()
+        body.write(message)
+        # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
+        who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
+        stamp = email.utils.formatdate(self._clock.now(), localtime=False)
+        prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
+        # RFC 9228: Delivered-To for our aliases that forward it (delivery/loops.py).
+        forwarded = delivered_to_fields(pairs, self._resolver.is_local_domain)
+        try:
+            queue_id = await self._queue.commit(
+                body,
+                mail_from=mail_from,
+                recipients=pairs,
+                prefix=forwarded + prefix.encode(),
+                params=params,
+            )
+        except QueueWriteError as exc:
+            raise SubmitRefused(exc.reply) from exc
+        log.info(
+            logfmt(
+                "submitted",
+                id=queue_id,
+                uid=uid,
+                nrcpt=len(pairs),
+                **{"from": format_path(mail_from)},
+            )
+        )
+        return queue_id
+
+    def _resolve(
+        self, recipients: list[str]
+    ) -> tuple[list[tuple[Address, Address]], dict[str, Reply]]:
+        pairs: dict[Address, Address] = {}
+        refused: dict[str, Reply] = {}
+        for text in recipients:
+            try:
+                address = _qualify(text, self._domain)
+            except AddressError:
+                refused[text] = BAD_RCPT
+                continue
+            resolution = self._resolver.resolve(address)
+            match resolution:
+                case NotLocal():
+                    targets: tuple[Address, ...] = (address,)
+                case Unknown():
+                    targets = ()
+                case Local(mailboxes=mailboxes, forwards=forwards, unresolved=dead):
+                    targets = (*mailboxes, *forwards, *dead)  # dead ones bounce at delivery
+                case _:
+                    assert_never(resolution)
+            if not targets:
+                refused[text] = UNKNOWN_RCPT
+            for target in targets:
+                pairs.setdefault(target, address)
+        return list(pairs.items()), refused
+
+
+def _qualify(text: str, domain: str) -> Address:
+    """A recipient as a local program names it: "user" (one of ours) or "user@domain"."""
+    text = text.strip().removeprefix("<").removesuffix(">")
+    return Address.parse(text if "@" in text else f"{text}@{domain}")
+
+
+def reverse_path(text: str, domain: str) -> ReversePath:
+    """A sender as sendmail's -f gives it: "", "<>", "user" (ours) or "user@domain"."""
+    text = text.strip()
+    if text in ("", "<>"):
+        return None
+    if "@" not in text.strip("<>"):
+        text = f"{text.strip('<>')}@{domain}"
+    try:
+        return parse_path(text if text.startswith("<") else f"<{text}>", allow_null=True)
+    except AddressError as exc:
+        raise SubmitRefused(Reply(553, "5.1.7", f"bad sender address: {exc}")) from None

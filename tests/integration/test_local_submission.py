@@ -1,0 +1,204 @@
+"""Local submission (issue 12 item 6, issue 13 item 7) against the real `hato serve`: the real
+hato-sendmail code finds the configured submit_socket, `-t -i root` reaches a person, a local
+user may send only as its own or granted addresses and within its limits, the submission
+socket bounds connections, and mail given to hato-sendmail while the server is down waits in the
+maildrop and is delivered at the next start, with the same checks.
+
+A local user other than root: the test's Python lives under /root, which `nobody` cannot read,
+so hato-sendmail runs in a forked child of this process that becomes `nobody` (its modules
+imported before the fork): the same code, with the kernel's uid for the server to see.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+import io
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.server import DomainSetup, MailSetup
+
+# Imported before forking: `nobody` cannot read the interpreter's own files.
+from hato.cli import queue as queue_cli
+from hato.cli import sendmail as sendmail_cli
+from hato.cli import sendmail_site
+
+SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
+NOBODY = pwd.getpwnam("nobody")
+PRELOADED = (
+    queue_cli,
+    sendmail_site,
+    tomllib,
+    email.utils,
+    codecs.lookup("utf-8-sig"),
+    b"x".decode("utf-8-sig"),
+)
+
+
+class LocalHato(HatoServer):
+    def __init__(self, data_dir: Path) -> None:
+        setup = MailSetup(domains=(DomainSetup("example.test", users=("alice", "bob")),))
+        super().__init__(data_dir, setup)
+        self.submit_socket = self.work / "run" / "submit.sock"
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
+        text = text.replace("[limits]\n", "[limits]\nmessages_per_hour = 3\n", 1)
+        return text + (
+            '\n[local]\npostmaster = "alice@example.test"\n'
+            'send_as = { nobody = ["noreply@example.test"] }\n'
+        )
+
+
+@pytest.fixture
+def hato(workdir: Path) -> Iterator[LocalHato]:
+    server = LocalHato(workdir / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_text(box: Path, needle: bytes, timeout: float) -> list[Path]:
+    """Poll until a message in `box` contains `needle` (or `timeout` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [p for p in maildir.messages(box) if needle in p.read_bytes()]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def sendmail_as_nobody(config: Path, args: list[str], stdin: bytes) -> tuple[int, str]:
+    """hato.cli.sendmail.main(["-C", config, *args]) in a child that is `nobody`."""
+    read_err, write_err = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 70
+        try:
+            os.dup2(write_err, 2)
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+            os.chdir("/")
+            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+            sys.stderr = os.fdopen(2, "w")
+            code = sendmail_cli.main(["-C", str(config), *args])
+            sys.stderr.flush()
+        except BaseException as exc:
+            os.write(2, repr(exc).encode())
+        finally:
+            os._exit(code)
+    os.close(write_err)
+    with os.fdopen(read_err) as err:
+        errors = err.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), errors
+
+
+def sendmail(hato: LocalHato, args: list[str], stdin: bytes) -> subprocess.CompletedProcess[str]:
+    """The real hato-sendmail program, as root (cron's), finding the server through -C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
+    return subprocess.run(
+        [SENDMAIL, "-C", str(hato.config), *args],
+        input=stdin.decode(),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=30,
+        check=False,
+    )
+
+
+def test_local_users_send_only_as_themselves_through_the_configured_socket(
+    hato: LocalHato,
+) -> None:
+    alice = hato.mailbox("alice", "example.test")
+    # docs/operations.md's first example: root has no account or alias; it reaches the
+    # configured postmaster (alice).
+    done = sendmail(hato, ["-t", "-i", "root"], b"Subject: backup done\n\nok\n")
+    assert done.returncode == 0, done.stderr
+    maildir.wait_for_count(alice, 1, 15)
+    # nobody cannot use the 0600 control socket: the configured submit_socket takes it.
+    code, err = sendmail_as_nobody(
+        hato.config, ["-f", "noreply@example.test", "alice"], b"Subject: granted\n\nhi\n"
+    )
+    assert code == 0, err
+    (granted,) = _wait_text(alice, b"Subject: granted", 15)
+    assert b"(Hato, from userid %d)" % NOBODY.pw_uid in granted.read_bytes()
+    # Issue 12.6: nobody as bob, or with a CEO's From:, is refused; nothing is queued.
+    spoof = b"From: ceo@example.test\nSubject: wire the money\n\nnow\n"
+    code, err = sendmail_as_nobody(hato.config, ["-f", "noreply@example.test", "bob"], spoof)
+    assert code == 69 and "553 5.7.1 From:" in err, (code, err)
+    granted_from = b"From: noreply@example.test\n\nx\n"
+    code, err = sendmail_as_nobody(hato.config, ["-f", "bob@example.test", "bob"], granted_from)
+    assert code == 69 and "553 5.7.1 bob@example.test is not nobody's" in err, (code, err)
+    assert hato.wait_for_log(rf"event=local-sender-refused uid={NOBODY.pw_uid} user=nobody")
+    assert not maildir.messages(hato.mailbox("bob", "example.test"))
+    # Sending limits per Unix user: [limits] messages_per_hour = 3 (one used above).
+    for n in range(2):
+        code, err = sendmail_as_nobody(
+            hato.config, ["-f", "noreply@example.test", "alice"], b"Subject: n%d\n\nx\n" % n
+        )
+        assert code == 0, err
+    code, err = sendmail_as_nobody(
+        hato.config, ["-f", "noreply@example.test", "alice"], b"Subject: one too many\n\nx\n"
+    )
+    assert code == 75 and " 4." in err, (code, err)
+    # root is not limited.
+    assert sendmail(hato, ["alice"], b"Subject: root again\n\nx\n").returncode == 0
+
+
+def test_the_submission_socket_bounds_connections_per_user(hato: LocalHato) -> None:
+    held = []
+    try:
+        for _ in range(4):
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(str(hato.submit_socket))
+            client.sendall(b'{"op":"hello"}\n')
+            assert b'"ok":true' in client.recv(4096)
+            held.append(client)
+        extra = socket.socket(socket.AF_UNIX)
+        extra.connect(str(hato.submit_socket))
+        answer = extra.makefile("rb").readline()
+        extra.close()
+        assert json.loads(answer) == {"ok": False, "error": "too many connections; try again later"}
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_mail_sent_while_the_server_is_down_is_delivered_at_its_start(hato: LocalHato) -> None:
+    hato.stop()
+    done = sendmail(hato, ["-f", "bob@example.test", "alice"], b"Subject: while down\n\nx\n")
+    assert done.returncode == 0, done.stderr  # was 75: cron's output lost at every restart
+    drop = hato.data_dir / "maildrop"
+    assert len([p for p in drop.iterdir() if not p.name.startswith(".")]) == 1
+    # A file of nobody's claiming to be bob: the owner decides, and nobody may not be bob.
+    forged = drop / "1.1.forged"
+    forged.write_bytes(
+        b'{"from": "bob@example.test", "rcpt": ["alice"], "uid": 0}\n'
+        b"From: bob@example.test\r\nSubject: forged drop\r\n\r\nx\r\n"
+    )
+    os.chown(forged, NOBODY.pw_uid, NOBODY.pw_gid)
+    hato.start()
+    (found,) = _wait_text(hato.mailbox("alice", "example.test"), b"while down", 15)
+    assert b"(Hato, from userid 0)" in found.read_bytes()
+    assert hato.wait_for_log(rf"event=maildrop-refused file=1\.1\.forged uid={NOBODY.pw_uid}")
+    assert not list(drop.iterdir())
+    assert not _wait_text(hato.mailbox("alice", "example.test"), b"forged", 1)
