@@ -202,3 +202,23 @@ def test_mail_sent_while_the_server_is_down_is_delivered_at_its_start(hato: Loca
     assert hato.wait_for_log(rf"event=maildrop-refused file=1\.1\.forged uid={NOBODY.pw_uid}")
     assert not list(drop.iterdir())
     assert not _wait_text(hato.mailbox("alice", "example.test"), b"forged", 1)
+
+
+def test_reload_applies_postmaster_and_asks_a_restart_for_send_as(hato: LocalHato) -> None:
+    """docs/operations.md, Reloading: [local] postmaster is live, send_as needs a restart."""
+    text = hato.config.read_text()
+    hato.config.write_text(text.replace('postmaster = "alice@example.test"', 'postmaster = "bob"'))
+    bad = hato.hato("reload")
+    assert bad.returncode == 78 and "local.postmaster" in bad.stderr, bad  # not an address
+    hato.config.write_text(
+        text.replace('postmaster = "alice@example.test"', 'postmaster = "bob@example.test"')
+    )
+    applied = hato.hato("reload")
+    assert applied.returncode == 0 and "local.postmaster" in applied.stdout, applied
+    assert sendmail(hato, ["root"], b"Subject: to root\n\nx\n").returncode == 0
+    assert _wait_text(hato.mailbox("bob", "example.test"), b"to root", 15)
+    hato.config.write_text(
+        hato.config.read_text().replace('nobody = ["noreply@example.test"]', "nobody = []")
+    )
+    refused = hato.hato("reload")
+    assert refused.returncode == 1 and "local.send_as" in refused.stdout + refused.stderr, refused

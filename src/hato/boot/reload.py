@@ -66,6 +66,7 @@ LIVE_KEYS = frozenset(
         "network",  # client networks and their DNSBLs, for new sessions
         "local.aliases_file",  # the resolver (the file is read again too)
         "local.recipient_delimiter",
+        "local.postmaster",  # the resolver
         "authcheck",  # every key; the DKIM keys are read again too
         "limits.max_recipients",
         "limits.max_bad_commands",
