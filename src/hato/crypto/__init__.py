@@ -15,6 +15,7 @@ from hato.crypto.encrypt import (
 from hato.crypto.keys import KeyImportError, KeyKind, PublicKey, parse_public_key
 from hato.crypto.keystore import KEYS_DB, FailurePolicy, KeyLookup, KeyStore
 from hato.crypto.maildir import MaildirResult, encrypt_maildir
+from hato.crypto.scratch import SealedScratch
 from hato.crypto.spool import (
     DEFER_DATA_REPLY,
     DEFER_REPLY,
@@ -23,8 +24,11 @@ from hato.crypto.spool import (
     EncryptionPlan,
     KeyFailure,
     Protected,
+    ProtectedStream,
+    Stored,
     check_recipient,
     protect_message,
+    protect_stream,
     split_for_encryption,
     warning_header,
 )
@@ -48,7 +52,10 @@ __all__ = [
     "MaildirResult",
     "MessageTooLarge",
     "Protected",
+    "ProtectedStream",
     "PublicKey",
+    "SealedScratch",
+    "Stored",
     "advanced_url",
     "check_recipient",
     "direct_url",
@@ -56,6 +63,7 @@ __all__ = [
     "encrypt_message",
     "parse_public_key",
     "protect_message",
+    "protect_stream",
     "split_for_encryption",
     "warning_header",
     "wkd_hash",

@@ -89,6 +89,10 @@ class SealedScratch:
             offset += len(data)
             yield decryptor.update(data)
 
+    def discard(self) -> None:
+        """The message is refused: as `close`."""
+        self.close()
+
     def close(self) -> None:
         """Forget the file (and with it, since the key goes too, the message)."""
         if self._closed:

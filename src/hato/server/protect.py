@@ -3,20 +3,39 @@ copy per distinct content so a keyed user's plaintext never reaches the disk.
 
 Theory: at RCPT the session asks `recipient_keys` for each final mailbox; a key that cannot be
 used with the DEFER policy answers 450 4.7.5 for that recipient. If any accepted recipient has a
-key, the message is held in memory (never streamed to a spool file) and, after DATA, split by
-`hato.crypto.protect_message` into the plaintext copy for unkeyed recipients and one encrypted
-copy per keyed recipient; each is committed as its own queue entry.
+key, the message is received into a `SealedScratch` (a nameless file, encrypted under a key held
+only in memory) instead of a spool body. After DATA, `protect` runs
+`hato.crypto.protect_stream` in a small pool of worker threads (ENCRYPT_THREADS: encryption is
+CPU work, and the event loop must not wait for it): the plaintext copy for unkeyed recipients
+and one encrypted copy per keyed recipient are streamed from the scratch file into queue
+bodies, each committed as its own queue entry. Memory per message is a few chunks whatever
+its size (issue 12: a 40 MB message held in memory and split into lines took 2.6 GB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hato.crypto import FailurePolicy, KeyLookup, Protected, protect_message
-from hato.model import Address
+from hato.crypto import (
+    DEFER_DATA_REPLY,
+    FailurePolicy,
+    KeyLookup,
+    SealedScratch,
+    protect_stream,
+    split_for_encryption,
+)
+from hato.model import Address, Reply, logfmt
+from hato.queue import BodyWriter, Queue, QueueWriteError
+
+log = logging.getLogger("hato.smtpd")
+
+ENCRYPT_THREADS = 2
+_pool: ThreadPoolExecutor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +59,50 @@ def recipient_keys(keys: KeyLookup, mailboxes: Sequence[Address], now: dt.dateti
 
 
 async def protect(
-    keys: KeyLookup, message: bytes, recipients: Sequence[Address], now: dt.datetime
-) -> Protected:
-    """`protect_message` off the event loop (public-key operations cost about a millisecond)."""
+    keys: KeyLookup,
+    scratch: SealedScratch,
+    dests: Sequence[Address],
+    now: dt.datetime,
+    queue: Queue,
+    session: str,
+) -> list[tuple[BodyWriter, tuple[Address, ...]]] | Reply:
+    """The bodies to commit with their recipients, or the reply instead of 250: 451 4.7.5 when
+    a key failed under the DEFER policy, 451/452 when the scratch file could not be written or
+    read. The scratch file is closed either way."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(ENCRYPT_THREADS, thread_name_prefix="hato-encrypt")
+    plan = split_for_encryption(dests, keys, now)
+    # Queue ids come from the loop's thread: every body the worker may need is made here
+    # (the plaintext copy, one per keyed recipient, the warning-headed copy).
+    spare = [queue.new_body() for _ in range(len(plan.encrypted) + 2)]
+    spare.reverse()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, protect_message, message, recipients, keys, now)
+    try:
+        done = await loop.run_in_executor(
+            _pool, protect_stream, scratch.chunks, dests, keys, now, spare.pop
+        )
+    except OSError as exc:
+        error = QueueWriteError.from_os(exc, "message scratch file")
+        log.warning(logfmt("queue-write-failed", session=session, error=error, reply=error.reply))
+        return error.reply
+    finally:
+        scratch.close()
+        for unused in spare:
+            unused.discard()
+    for failure in (*done.deferred, *done.in_clear):
+        action = "deferred" if failure in done.deferred else "stored-in-clear"
+        log.warning(
+            logfmt(
+                "key-failure",
+                session=session,
+                rcpt=failure.recipient,
+                detail=failure.reason,
+                action=action,
+            )
+        )
+    if done.deferred:
+        for copy in done.copies:
+            copy.body.discard()
+        return DEFER_DATA_REPLY
+    return [(copy.body, copy.recipients) for copy in done.copies]

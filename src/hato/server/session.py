@@ -16,7 +16,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, MAX_MESSAGE_SIZE
+from hato.crypto import DEFER_REPLY, SealedScratch
 from hato.delivery.local import Local, NotLocal
 from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
 from hato.model import Address, RecipientDsn, Reply, logfmt
@@ -72,7 +72,6 @@ NO_TLS = Reply(454, "4.7.0", "TLS not available")
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
-TOO_BIG_TO_ENCRYPT = Reply(552, "5.3.4", "Message too large to be stored encrypted")
 NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
 
 
@@ -84,7 +83,7 @@ class SmtpSession(asyncio.Protocol):
         self.client_ip = "unknown"
         self.client_port = 0
         self.session_id = ""
-        self.body: BodyWriter | None = None
+        self.body: BodyWriter | SealedScratch | None = None  # scratch: a keyed recipient
         self.headers: HeaderCapture | None = None
         self.trace: TraceFields | None = None  # the hop count (RFC 5321 §6.3)
         self.mail_from: MailFrom | None = None
@@ -229,8 +228,12 @@ class SmtpSession(asyncio.Protocol):
             case RcptTo():
                 self._on_rcpt(event)
             case DataStart():
-                # A keyed recipient's plaintext must never reach the spool: hold it in memory.
-                self.body = None if self.keyed else self.ctx.queue.new_body()
+                # A keyed recipient's plaintext must never reach the spool (server/protect.py).
+                self.body = (
+                    SealedScratch(self.ctx.queue.messages_dir)
+                    if self.keyed
+                    else self.ctx.queue.new_body()
+                )
                 self.forged = (
                     ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
                 )
@@ -247,7 +250,7 @@ class SmtpSession(asyncio.Protocol):
                     self.trace.feed(data)
                 if self.capture is not None:
                     self.captured += len(data)
-                    if self.captured > (MAX_MESSAGE_SIZE if self.keyed else MAX_CHECKED_SIZE):
+                    if self.captured > MAX_CHECKED_SIZE:
                         self.capture = None  # too large to check or sign: said in the log
                     else:
                         self.capture.append(data)
@@ -469,8 +472,6 @@ class SmtpSession(asyncio.Protocol):
         return dt.datetime.fromtimestamp(self.ctx.clock.now(), dt.UTC)
 
     def _wants_capture(self) -> bool:
-        if self.keyed:
-            return True
         if self.user is None:
             return self.ctx.inbound is not None
         return bool(self.ctx.signer)
@@ -490,7 +491,7 @@ class SmtpSession(asyncio.Protocol):
                             hops=trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
             self._refuse_message(body, MAIL_LOOP)
             return
-        if mail is None or not self.recipients or (body is None and not self.keyed):
+        if mail is None or not self.recipients or body is None:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(body, TEMP_FAILURE)
             return
@@ -500,23 +501,16 @@ class SmtpSession(asyncio.Protocol):
                             reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip
             self._refuse_message(body, verdict.refusal)
             return
-        stored: bytes | None = None  # the message as stored, when it is held in memory
-        if self.keyed:
-            # A keyed recipient's message never went to the spool (issue 6): it is in memory.
-            if captured is None:
-                self._refuse_message(body, TOO_BIG_TO_ENCRYPT)
-                return
-            stored = forged.feed(captured) + forged.finish() if forged else captured
-        elif forged is not None and body is not None:
+        if forged is not None:
             body.write(forged.finish())
         if forged is not None and forged.removed:
             # RFC 8601 §5: a claim in our name that we did not make is removed.
             log.info(
                 logfmt("forged-results-removed", session=self.session_id, count=forged.removed)
             )
-        self._begin(self._commit(mail, body, stored, captured, verdict.authors), name="commit")
+        self._begin(self._commit(mail, body, captured, verdict.authors), name="commit")
 
-    def _refuse_message(self, body: BodyWriter | None, reply: Reply) -> None:
+    def _refuse_message(self, body: BodyWriter | SealedScratch | None, reply: Reply) -> None:
         if body is not None:
             body.discard()
         self._reset_transaction()
@@ -539,8 +533,7 @@ class SmtpSession(asyncio.Protocol):
     async def _commit(
         self,
         mail: MailFrom,
-        body: BodyWriter | None,
-        stored: bytes | None,
+        body: BodyWriter | SealedScratch,
         captured: bytes | None,
         from_addresses: list[Address | None],
     ) -> None:
@@ -569,7 +562,7 @@ class SmtpSession(asyncio.Protocol):
                 body.discard()
             self._answer(refusal)
             return
-        copies = await self._copies(body, stored, [dest for dest, _ in recipients])
+        copies = await self._copies(body, [dest for dest, _ in recipients])
         if copies is None:
             return
         original_of = dict(recipients)
@@ -622,41 +615,26 @@ class SmtpSession(asyncio.Protocol):
                 client=self.client_ip,
                 user=self.user,
                 nrcpt=len(recipients),
-                encrypted=(len(copies) - 1) if stored is not None else None,
+                encrypted=(len(copies) - 1) if isinstance(body, SealedScratch) else None,
             )
         )
         self._answer(None, f"Ok: queued as {' '.join(ids)}")
 
     async def _copies(
-        self, body: BodyWriter | None, stored: bytes | None, dests: list[Address]
+        self, body: BodyWriter | SealedScratch, dests: list[Address]
     ) -> list[tuple[BodyWriter, tuple[Address, ...]]] | None:
         """What to queue: the streamed body for everyone, or (issue 6) the plaintext copy for
-        recipients without a key and one encrypted copy per keyed recipient; None when a key
-        failed under the "defer" policy (answered 451 4.7.5)."""
-        if body is not None:
+        recipients without a key and one encrypted copy per keyed recipient; None when it was
+        answered instead (a key failed under the "defer" policy: 451 4.7.5)."""
+        if not isinstance(body, SealedScratch):
             return [(body, tuple(dests))]
-        assert stored is not None and self.ctx.keys is not None
-        protected = await protect(self.ctx.keys, stored, dests, self._now_utc())
-        for failure in (*protected.deferred, *protected.in_clear):
-            action = "deferred" if failure in protected.deferred else "stored-in-clear"
-            log.warning(
-                logfmt(
-                    "key-failure",
-                    session=self.session_id,
-                    rcpt=failure.recipient,
-                    detail=failure.reason,
-                    action=action,
-                )
-            )
-        if protected.deferred:
-            self._answer(DEFER_DATA_REPLY)
+        assert self.ctx.keys is not None
+        now, session = self._now_utc(), self.session_id
+        copies = await protect(self.ctx.keys, body, dests, now, self.ctx.queue, session)
+        if isinstance(copies, Reply):
+            self._answer(copies)
             return None
-        out: list[tuple[BodyWriter, tuple[Address, ...]]] = []
-        for copy in protected.copies:
-            writer = self.ctx.queue.new_body()
-            writer.write(copy.data)
-            out.append((writer, copy.recipients))
-        return out
+        return copies
 
     # ---- STARTTLS (RFC 3207) ----
 
