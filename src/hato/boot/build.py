@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
         if all(listener.role is Role.MX for listener in settings.listeners):
             return None
         cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)
+        _give_to_data_dir_owner(data_dir, (data_dir / "tls", cert, key))
         log.warning(
             logfmt(
                 "tls-self-signed",
@@ -134,6 +136,18 @@ def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
         return ReloadingContext.load(cert, key)
     except TLSConfigError as exc:
         raise StartupError(str(exc), EX_CONFIG) from exc
+
+
+def _give_to_data_dir_owner(data_dir: Path, paths: Sequence[Path]) -> None:
+    """Made by root before the privilege drop, but the server's (the data directory's owner):
+    else the drop's check finds them, or a later renewal cannot write them (issue 13)."""
+    if os.geteuid() != 0:
+        return
+    owner = data_dir.stat()
+    if owner.st_uid == 0:
+        return
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:

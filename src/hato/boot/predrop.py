@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def preload() -> None:
 
 def _import(name: str) -> object:
     try:
-        return importlib.import_module(name)
+        with warnings.catch_warnings():  # deprecations of modules we never use (DSA)
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
     except Exception:  # a platform's module (encodings.mbcs), an optional dependency's
         return None
 

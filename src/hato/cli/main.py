@@ -3,8 +3,11 @@
 Start-up time matters (``hato-sendmail`` will share this package), so only argparse and the
 stdlib are imported here; each handler imports what it needs (config, accounts, app) itself.
 
-Exit codes: 0 done; 1 the command failed (bad address, unknown user, invalid config in
-check-config); 2 bad usage; 78 EX_CONFIG (sysexits.h) when the configuration cannot be used.
+Exit codes: 0 done; 1 the command failed (bad address, unknown user; in check-config: the
+file is invalid, or `serve` would stop or break mail: a file the server's user cannot read, a
+data directory it cannot write, a certificate that does not match its key; warnings alone
+exit 0); 2 bad usage; 75 (`reload`, `queue`) no server answers when one must; 78 EX_CONFIG
+(sysexits.h) when the configuration cannot be used.
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -57,13 +60,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     loaded = load(args, exit_code=EX_FAILURE)
     from hato.cli.checks import dead_alias_targets
+    from hato.cli.preflight import preflight
 
-    problems = dead_alias_targets(loaded.settings)
+    found = preflight(loaded.settings)  # what serve checks, as the server's user
+    problems = found.problems + dead_alias_targets(loaded.settings)
     print(f"{loaded.source}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     for line in summary(loaded.settings):
         print(f"  {line}")
     for line in problems:
         print(f"hato: {line}", file=sys.stderr)
+    for line in found.warnings:
+        print(f"hato: warning: {line}", file=sys.stderr)
     return EX_FAILURE if problems else 0
 
 

@@ -34,7 +34,13 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     except FileNotFoundError as exc:
         raise TLSConfigError(f"tls: file {exc.filename} does not exist") from exc
     except PermissionError as exc:
-        raise TLSConfigError(f"tls: cannot read {exc.filename}: permission denied") from exc
+        # ssl's PermissionError names no file (issue 13: "cannot read None").
+        unreadable = exc.filename or next(
+            (p for p in (key, cert) if not os.access(p, os.R_OK)), f"{cert} or {key}"
+        )
+        raise TLSConfigError(
+            f"tls: cannot read {unreadable}: permission denied (hato runs as uid {os.geteuid()})"
+        ) from exc
     except ssl.SSLError as exc:
         raise TLSConfigError(
             f"tls: cert {cert} and key {key} do not load ({exc.reason}); "
