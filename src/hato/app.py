@@ -28,6 +28,7 @@ from hato.boot.build import (
     Shared,
     auth_throttle_settings,
     build_resolver,
+    build_srs,
     build_tls,
     configured_fields,
     implicit_tls_context,
@@ -154,6 +155,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
     users = UserStore(data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations)
+    srs = build_srs(settings, clock)  # after the privilege drop: the key file is the server's
     shared = Shared(
         clock=clock,
         data_dir=data_dir,
@@ -165,7 +167,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
         limiter=SendLimiter(clock, send_limit_settings(settings), data_dir / LIMITS_DB),
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
-        resolver=CurrentResolver(build_resolver(settings, users)),
+        resolver=CurrentResolver(build_resolver(settings, users, srs)),
+        srs=srs,
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
@@ -175,7 +178,11 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     counter = control.OutcomeCounter()
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
-        resolver.is_local_domain, local, outbound, hop_limit=settings.limits.hopcount_limit
+        resolver.is_local_domain,
+        local,
+        outbound,
+        hop_limit=settings.limits.hopcount_limit,
+        srs=srs,
     )
     courier = control.CountingCourier(
         MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
-from hato.boot.process import EX_CONFIG, StartupError
+from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.crypto import KeyStore
 from hato.dbcache import CachedUsers
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.owner import OwnerError, resolve_owner
+from hato.delivery.srs import Srs, load_key
 from hato.dns import DnsPythonResolver
 from hato.model import (
     Address,
@@ -173,7 +174,24 @@ def mailbox_owner(settings: Settings) -> tuple[int, int] | None:
     return owner.uid, owner.gid
 
 
-def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> RecipientResolver:
+def build_srs(settings: Settings, clock: Clock) -> tuple[Srs, Clock] | None:
+    """SRS for our aliases' forwards ([local] srs), with the data directory's key."""
+    if not settings.local.srs:
+        return None
+    try:
+        key = load_key(Path(settings.server.data_dir))
+    except (OSError, ValueError) as exc:
+        raise StartupError(
+            f"local.srs: cannot read or make the SRS key: {exc}", EX_CANTCREAT
+        ) from exc
+    return Srs(key, max_age=settings.local.srs_max_age), clock
+
+
+def build_resolver(
+    settings: Settings,
+    users: UserStore | UserDirectory,
+    srs: tuple[Srs, Clock] | None = None,
+) -> RecipientResolver:
     """The RCPT-time resolver; a UserStore's answers are cached until users.db changes."""
     domains = [
         LocalDomain(
@@ -191,6 +209,7 @@ def build_resolver(settings: Settings, users: UserStore | UserDirectory) -> Reci
         alias_file=aliases,
         delimiter=settings.local.recipient_delimiter,
         postmaster=settings.local.postmaster,
+        srs=srs,
     )
 
 
@@ -209,6 +228,7 @@ class Shared:
     limiter: SendLimiter
     verify_slots: asyncio.Semaphore
     resolver: CurrentResolver
+    srs: tuple[Srs, Clock] | None = None  # [local] srs: the resolver's reversal (a restart key)
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)

@@ -243,7 +243,7 @@ class LiveConfiguration:
         """Build everything the new configuration needs first (this may fail, and then nothing
         changed), then put it in place (this cannot fail)."""
         shared = self._shared
-        resolver = build_resolver(new, shared.users)
+        resolver = build_resolver(new, shared.users, shared.srs)
         routes = outbound_settings(new)  # reads [smarthost] password_file again
         verify, smarthost = verify_contexts(new)  # and the CA files
         problems: list[str] = []

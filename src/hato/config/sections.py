@@ -347,6 +347,16 @@ class LocalSettings(BaseModel):
     mailbox_owner: SystemUser | None = Field(
         None, description='the name of an existing user owning the mail files, e.g. "vmail"'
     )
+    srs: StrictBool = Field(True, description="true or false")
+    srs_max_age: StrictInt = Field(21, description="days as an integer, 1..1000")
+
+    @field_validator("srs_max_age")
+    @classmethod
+    def _srs_age(cls, value: int) -> int:
+        # The SRS timestamp counts days modulo 1024 (libsrs2): an older one would look new.
+        if not 1 <= value <= 1000:
+            raise ValueError(f"must be 1..1000 days (SRS timestamps wrap at 1024), got {value}")
+        return value
 
     @field_validator("recipient_delimiter", mode="plain")
     @classmethod

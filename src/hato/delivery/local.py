@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 
 from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
 from hato.delivery.maildir import is_safe_mailbox_name
-from hato.model import Address, AddressError, UserDirectory, domain_a_label, normalize_domain
+from hato.delivery.srs import Srs, is_srs
+from hato.model import (
+    Address,
+    AddressError,
+    Clock,
+    UserDirectory,
+    domain_a_label,
+    normalize_domain,
+)
 
 __all__ = [  # AliasTable and AliasFileError re-exported: callers build a resolver from here
     "AliasFileError",
@@ -130,7 +138,11 @@ def _config_target(domain: str, what: str, text: str) -> AliasTarget:
 
 
 class RecipientResolver:
-    """Resolves RCPT addresses of our local domains (rules in the module docstring)."""
+    """Resolves RCPT addresses of our local domains (rules in the module docstring).
+
+    With `srs` (and its `clock`), an SRS address of a local domain is a bounce to mail one of
+    our aliases forwarded: a valid, fresh one forwards to the original sender (or resolves
+    again, when that is one of ours), any other is Unknown (delivery/srs.py)."""
 
     def __init__(
         self,
@@ -139,9 +151,11 @@ class RecipientResolver:
         alias_file: AliasTable | None = None,
         delimiter: str = "+",
         postmaster: Address | None = None,
+        srs: tuple[Srs, Clock] | None = None,
     ) -> None:
         self._users = users
         self._postmaster: AliasTarget | None = postmaster
+        self._srs = srs
         self._alias_file = alias_file or AliasTable({})
         self._delimiters = frozenset(delimiter)
         self._domains: dict[str, _Domain] = {}
@@ -181,6 +195,8 @@ class RecipientResolver:
         domain = self._domains.get(address.domain.lower())
         if domain is None:
             return NotLocal()
+        if self._srs is not None and wildcards and is_srs(address):
+            return self._reverse(address)
         local = address.local.lower()
         found = _Found()
         if not self._local_part(domain, local, 0, frozenset(), found, wildcards):
@@ -211,6 +227,16 @@ class RecipientResolver:
                 if isinstance(self.resolve(address), Unknown):
                     dead.append((alias, address))
         return dead
+
+    def _reverse(self, address: Address) -> Resolution:
+        assert self._srs is not None
+        srs, clock = self._srs
+        sender = srs.reverse(address, clock.now())
+        if sender is None:
+            return Unknown()  # a forged or expired SRS address: 550 5.1.1
+        if self.is_local_domain(sender.domain):
+            return self.resolve(sender)  # SRS1 -> our own SRS0, or a sender of ours
+        return Local((), (sender,))
 
     def owns(self, user: Address, address: Address) -> bool:
         """Whether the account `user` may use `address` as its own: the address itself, its

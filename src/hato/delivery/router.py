@@ -5,6 +5,11 @@ hops fails whole with 5.4.6, and a copy an alias of ours would forward again alt
 message already carries that alias's Delivered-To fails with 5.4.6 (RFC 5321 §6.3); the queue
 runner bounces both to the sender.
 
+A copy an alias of ours forwards to another server goes out from an SRS address of the alias's
+domain (delivery/srs.py) when the original sender's domain is not ours: the next hop's SPF check
+then sees a sender we may send for, and its bounces come back to us to be checked and reversed.
+Our own bounces of that copy still go to the original sender (the queue keeps it).
+
 With no remote courier (a set-up that only receives), mail for other domains stays queued with
 a temporary failure that says so.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from hato.delivery.loops import (
     DEFAULT_HOP_LIMIT,
@@ -25,13 +31,16 @@ from hato.delivery.loops import (
     is_forward,
     read_trace,
 )
+from hato.delivery.srs import Srs
 from hato.model import (
+    Clock,
     Courier,
     Outcome,
     PermFailed,
     QueuedMessage,
     QueuedRecipient,
     Reply,
+    ReversePath,
     TempFailed,
     logfmt,
 )
@@ -49,8 +58,10 @@ class RoutingCourier:
         remote: Courier | None = None,
         *,
         hop_limit: int = DEFAULT_HOP_LIMIT,
+        srs: tuple[Srs, Clock] | None = None,
     ) -> None:
         self._is_local = is_local
+        self._srs = srs
         self._local = local
         self._remote = remote
         self.hop_limit = hop_limit  # 0: no limit
@@ -74,9 +85,35 @@ class RoutingCourier:
             if self._remote is None:
                 outcomes.update((r.row_id, TempFailed(NO_OUTBOUND)) for r in remote)
             else:
-                done = await self._remote.deliver(message, remote)
-                outcomes.update(zip((r.row_id for r in remote), done, strict=True))
+                for sender, rows in self._senders(message, remote).items():
+                    copy = (
+                        message
+                        if sender == message.mail_from
+                        else replace(message, mail_from=sender)
+                    )
+                    done = await self._remote.deliver(copy, rows)
+                    outcomes.update(zip((r.row_id for r in rows), done, strict=True))
         return [outcomes[r.row_id] for r in recipients]
+
+    def _senders(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient]
+    ) -> dict[ReversePath, list[QueuedRecipient]]:
+        """The remote recipients by envelope sender: SRS for our aliases' forwards of mail
+        from other domains, the message's own sender for the rest."""
+        groups: dict[ReversePath, list[QueuedRecipient]] = {}
+        sender = message.mail_from
+        for r in recipients:
+            chosen = sender
+            if (
+                self._srs is not None
+                and sender is not None
+                and not self._is_local(sender.domain)
+                and is_forward(r.address, r.original, self._is_local)
+            ):
+                srs, clock = self._srs
+                chosen = srs.forward(sender, r.original.domain, clock.now()) or sender
+            groups.setdefault(chosen, []).append(r)
+        return groups
 
     async def _loops(
         self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]

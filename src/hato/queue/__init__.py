@@ -5,7 +5,7 @@ May import model and smtp only.
 """
 
 from hato.queue.body import BodyWriter, QueueWriteError
-from hato.queue.bounce import Notifier, report_for
+from hato.queue.bounce import AUTH_PARAM, SPF_PARAM, Notifier, report_for
 from hato.queue.dsn import Action, Original, RecipientReport, build_dsn
 from hato.queue.ids import QueueIdGenerator, Rng, is_queue_id
 from hato.queue.runner import QueueRunner
@@ -21,7 +21,9 @@ from hato.queue.sqlite import Pending, RowUpdate, Status
 from hato.queue.store import DEFAULT_MIN_FREE, Queue, recover_offline, release_leases
 
 __all__ = [
+    "AUTH_PARAM",
     "DEFAULT_MIN_FREE",
+    "SPF_PARAM",
     "Action",
     "BodyWriter",
     "Notifier",

@@ -10,6 +10,14 @@ default FAILURE and DELAY) and the message has a sender to tell (never the null 
 queue as a new message from `<>`, through the same durable path as mail from a client, so it
 is delivered like any other mail (Maildir or outbound). It is committed before the attempt's
 outcomes are recorded: a crash in between can repeat a notice, never lose one.
+
+Backscatter. A notice goes to the envelope sender, which anyone can forge; so a success notice
+(NOTIFY=SUCCESS) is sent only when the sender is known to be who it says: the message was
+submitted by an account of ours (or a local program), or its MAIL FROM passed SPF when we
+received it (the queue parameters `AUTH_PARAM` and `SPF_PARAM`); otherwise the request is
+ignored and logged. A failure notice about a copy one of our aliases forwarded (a recipient row
+delivering to another domain than the RCPT TO named) returns the header section only, as with
+RET=HDRS, unless the sender authenticated: whoever forged the sender gets no copy of the body.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ RETURN_LIMIT = MIB
 HEADERS_LIMIT = 256 * 1024  # octets of the original read to find its header section
 READ_CHUNK = 64 * 1024
 EXPIRED_STATUS = "4.4.7"  # RFC 3463 §3.5: delivery time expired (see schedule.expired_reply)
+AUTH_PARAM = "hato.auth"  # queue parameter: the account (or "local") that submitted the message
+SPF_PARAM = "hato.spf"  # queue parameter: "pass" when the MAIL FROM passed SPF on receipt
 
 _WANTED = {
     Action.FAILED: Notify.FAILURE,
@@ -104,7 +114,22 @@ def report_for(
             log.info(logfmt("bounce-suppressed", id=message.queue_id, rcpt=f"<{rcpt.address}>",
                             reason="null-sender"))  # fmt: skip
         return None
+    if report.action in (Action.DELIVERED, Action.RELAYED) and not sender_verified(message):
+        # RFC 3461 §4.1 leaves it to us; a success notice to a forged sender is backscatter.
+        log.info(logfmt("dsn-success-ignored", id=message.queue_id, rcpt=f"<{rcpt.address}>",
+                        sender=format_path(message.mail_from)))  # fmt: skip
+        return None
     return report
+
+
+def sender_verified(message: QueuedMessage) -> bool:
+    """Whether the sender authenticated to us or passed SPF (see the module docstring)."""
+    return AUTH_PARAM in message.params or message.params.get(SPF_PARAM) == "pass"
+
+
+def forwarded(rcpt: QueuedRecipient) -> bool:
+    """Whether the row is an alias's copy for another domain than the one addressed."""
+    return rcpt.address.domain.lower() != rcpt.original.domain.lower()
 
 
 def read_original(message: QueuedMessage, *, full: bool) -> Original:
@@ -143,6 +168,10 @@ class Notifier:
             return False
         if (message.params.get("RET") or "").upper() == "HDRS":
             return False
+        if AUTH_PARAM not in message.params and any(
+            r.action is Action.FAILED and forwarded(r.recipient) for r in reports
+        ):
+            return False  # forwarded mail: no body to a sender we could not check
         return len(message.prefix) + message.size <= RETURN_LIMIT
 
     async def send(self, message: QueuedMessage, reports: Sequence[RecipientReport]) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hato.delivery.maildir import FOLDER_PARAM
 from hato.model import Address, Reply, ReversePath, logfmt
+from hato.queue import AUTH_PARAM, SPF_PARAM
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
 
@@ -42,6 +43,7 @@ async def authenticate(
     """(header lines to prepend, queue params, refusal or None)."""
     params = facts.params
     if facts.user is not None:
+        params[AUTH_PARAM] = str(facts.user)  # a checked sender (queue/bounce.py)
         if captured is None or not ctx.signer:
             if ctx.signer:
                 log.warning(
@@ -70,6 +72,8 @@ async def authenticate(
     )
     if verdict.quarantine:
         params[QUARANTINE_PARAM] = "Junk"
+    if verdict.spf_pass:
+        params[SPF_PARAM] = "pass"  # a checked sender: success DSNs may go to it
     return arc_seal(ctx, verdict, captured, recipients) + verdict.header, params, verdict.refuse
 
 

@@ -65,6 +65,7 @@ class InboundVerdict:
     refuse: Reply | None = None
     quarantine: bool = False
     summary: str = ""  # "spf=pass dkim=pass dmarc=pass" for the log
+    spf_pass: bool = False  # the MAIL FROM passed SPF (RFC 7208 §2.6.3): a checked sender
 
 
 class InboundChecker:
@@ -105,7 +106,10 @@ class InboundChecker:
         header = build_header(self._authserv_id, methods)
         summary = " ".join(f"{m.method}={m.result}" for m in methods)
         decisive = dmarc if isinstance(dmarc, FromProblem) else strictest(dmarc)
-        return self._decide(InboundVerdict(header, arc.status, summary=summary), decisive)
+        verdict = InboundVerdict(
+            header, arc.status, summary=summary, spf_pass=spf.result is SpfResultCode.PASS
+        )
+        return self._decide(verdict, decisive)
 
     def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
         if isinstance(dmarc, FromProblem) or self._enforcement is Enforcement.REPORT:

@@ -42,7 +42,7 @@ from hato.model import (
     parse_path,
 )
 from hato.policy import Accept, Defer, Reservation, SendLimiter
-from hato.queue import Queue, QueueWriteError
+from hato.queue import AUTH_PARAM, Queue, QueueWriteError
 from hato.server.headers import HeaderCapture
 
 log = logging.getLogger("hato.control")
@@ -218,7 +218,8 @@ class LocalSubmitter:
         message: bytes,
         uid: int | None,
     ) -> str:
-        params: dict[str, str | None] = {}
+        # A local program is trusted as an authenticated user is (queue/bounce.py).
+        params: dict[str, str | None] = {AUTH_PARAM: "local" if uid is None else f"uid:{uid}"}
         if not message.isascii():
             params["BODY"] = "8BITMIME"  # RFC 6152
         if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):

@@ -36,7 +36,7 @@ from hato.model import (
     Reply,
     TempFailed,
 )
-from hato.queue import Queue, QueueRunner, QueueWriteError, Schedule
+from hato.queue import AUTH_PARAM, SPF_PARAM, Queue, QueueRunner, QueueWriteError, Schedule
 from hato.queue.store import Queue as QueueClass
 
 HOST = "mx.hato.test"
@@ -301,6 +301,7 @@ def test_success_reports_delivered_relayed_and_none_when_the_next_hop_reports(
                     "relay@example.net",
                     "dsn@example.net",
                     "quiet@example.org",  # no NOTIFY: FAILURE,DELAY only
+                    params={AUTH_PARAM: SENDER},  # submitted by alice: a checked sender
                     box=success,
                     relay=success,
                     dsn=success,
@@ -375,3 +376,60 @@ def test_a_dsn_that_cannot_be_queued_keeps_the_failed_recipient_queued(
 
     run(main)
     assert parse_dsn(courier.dsns[0]).recipients[0]["Action"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("params", "sent"),
+    [({}, False), ({SPF_PARAM: "fail"}, False), ({SPF_PARAM: "pass"}, True)],
+)
+def test_success_dsn_only_for_a_sender_that_authenticated_or_passed_spf(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, params: dict[str, str | None], sent: bool
+) -> None:
+    """Backscatter: anyone can put a victim's address in MAIL FROM and ask NOTIFY=SUCCESS."""
+    caplog.set_level(logging.INFO, "hato.queue")
+    clock = FakeClock()
+    courier = DsnCourier({"box@example.org": Delivered("maildir")})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock):
+                await send(queue, "box@example.org", params=params, box={"NOTIFY": "SUCCESS"})
+                await eventually(lambda: caplog.text.count("event=removed") == 1 + sent)
+                await asyncio.sleep(0.05)
+        finally:
+            await queue.close()
+
+    run(main)
+    assert len(courier.dsns) == int(sent)
+    assert ("event=dsn-success-ignored" in caplog.text) is not sent
+
+
+@pytest.mark.parametrize(
+    ("params", "returned"),
+    [({}, "text/rfc822-headers"), ({AUTH_PARAM: SENDER}, "message/rfc822")],
+)
+def test_a_bounce_of_forwarded_mail_returns_headers_only_unless_the_sender_authenticated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, params: dict[str, str | None], returned: str
+) -> None:
+    caplog.set_level(logging.INFO, "hato.queue")
+    clock = FakeClock()
+    courier = DsnCourier({"x@elsewhere.example": NO_USER})
+
+    async def main() -> None:
+        queue = await open_queue(tmp_path, clock)
+        try:
+            async with running(queue, courier, clock):
+                writer = queue.new_body()
+                writer.write(BODY)
+                forward = (addr("x@elsewhere.example"), addr("alias@example.org"), RecipientDsn())
+                await queue.commit(
+                    writer, mail_from=addr(SENDER), recipients=[forward], prefix=b"", params=params
+                )
+                await eventually(lambda: caplog.text.count("event=removed") == 2)
+        finally:
+            await queue.close()
+
+    run(main)
+    (dsn,) = courier.parsed()
+    assert dsn.returned.get_content_type() == returned
