@@ -174,6 +174,12 @@ def test_a_bad_value_is_named_with_its_key_path(
         ("[limits]\nmax_message_size = 0", "limits.max_message_size: must be at least 1, got 0"),
         ("[limits]\nmax_bad_commands = 1.5", "limits.max_bad_commands: expected an integer"),
         ("[queue]\nmin_free_space = -1", "queue.min_free_space: must be at least 0, got -1"),
+        ("[limits]\nhopcount_limit = 5", "limits.hopcount_limit: must be at least 10, got 5"),
+        ("[local]\nsrs = 1", "local.srs: expected true or false"),
+        (
+            "[local]\nsrs_max_age = 2000",
+            "local.srs_max_age: must be 1..1000 days (SRS timestamps wrap at 1024), got 2000",
+        ),
         ('[local]\nrecipient_delimiter = "++"', 'local.recipient_delimiter: "++" is not a'),
         ("[local]\nrecipient_delimiter = '.'", 'local.recipient_delimiter: "." is not a'),
         ("[local]\nfoo = 1", "local.foo: unknown key (valid keys: recipient_delimiter, aliases"),
