@@ -277,6 +277,8 @@ def test_requiretls_that_cannot_be_met_bounces_5_7_30_without_the_content(
     dsn, data = _bounce(hato)
     status = list(dsn.iter_parts())[1].as_string()
     assert "Status: 5.7.30" in status, status
+    if why == "hop-lacks-requiretls":
+        assert "localhost does not offer REQUIRETLS" in " ".join(status.split()), status
     # RFC 8689 §5: the report does not return the message, not even its header section.
     assert b"secret figures" not in data and marker.encode() not in data
     assert len(list(dsn.iter_parts())) == 2

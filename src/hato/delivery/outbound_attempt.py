@@ -193,7 +193,7 @@ class Attempt:
                 self._fail_all(PermFailed(MAIL_LOOP))
                 self._finish_all()
                 return
-            refusal = self._refusal(session, options.host)
+            refusal = self._refusal(session, options.server_name or options.host)
             if refusal is not None:
                 self._fail_all(PermFailed(refusal))  # the next hop may do better
                 keep = session.usable
