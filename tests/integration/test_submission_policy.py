@@ -413,6 +413,11 @@ def test_parallel_sessions_never_get_more_recipients_than_the_limit(
         with _login(server, test_ca, "alice") as smtp:  # the hour's 30 are used up
             assert smtp.mail("alice@users.test")[0] == 250
             _temp_refused(smtp.rcpt("late@example.org"))
+        server.stop()  # new processes read the same limits database
+        server.start()
+        with _login(server, test_ca, "alice") as smtp:
+            assert smtp.mail("alice@users.test")[0] == 250
+            _temp_refused(smtp.rcpt("later@example.org"))
     finally:
         server.stop()
         print("--- hato log ---\n" + "\n".join(server.log_text().splitlines()[-100:]))
