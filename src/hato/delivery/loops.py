@@ -50,7 +50,15 @@ class TraceFields:
     def feed(self, data: bytes) -> None:
         if self.done:
             return
-        lines = (self._partial + data).split(b"\n")
+        buf = self._partial + data
+        # Only the header lines and the empty line after them are split, never the body
+        # (CRLF first: a search for LF LF is slow on a CRLF text that has none).
+        crlf = buf.find(b"\n\r\n")
+        lf = buf.find(b"\n\n", 0, crlf if crlf >= 0 else len(buf))
+        end = lf if lf >= 0 else crlf
+        if end >= 0:
+            buf = buf[: end + 1] + b"\n"
+        lines = buf.split(b"\n")
         self._partial = lines.pop()[:_MAX_LINE]
         for line in lines:
             self._line(line.removesuffix(b"\r"))
