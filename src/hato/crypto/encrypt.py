@@ -220,7 +220,7 @@ def _pgp_mime(
     try:
         recipients: tuple[pgpstream.Recipient, ...] | None = pgpstream.recipients_of(key.data)
     except ImportError:
-        raise EncryptionError("OpenPGP needs pysequoia: pip install 'hato[openpgp]'") from None
+        raise EncryptionError("OpenPGP needs pysequoia: pip install pysequoia") from None
     except pgpstream.Unstreamable:
         recipients = None
     except (RuntimeError, ValueError) as exc:
