@@ -96,3 +96,48 @@ def test_a_weak_password_is_refused_unless_allowed(
     done = _user_add(server, "bob@users.test", "x", "--allow-weak", cwd=workdir, home=True)
     assert done.returncode == 0, done.stderr
     assert _can_log_in(server, test_ca, "bob@users.test", "x")
+
+
+def _serve(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [hato_binary(), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=config.parent,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_start_up_hints_fit_the_cause(workdir: Path) -> None:
+    """Issue 13: "pick a free port" for an address this host does not have, and "set
+    HATO_HOME" when server.data_dir names the directory, sent admins the wrong way."""
+    env = {k: v for k, v in os.environ.items() if k != "HATO_HOME"}
+    blocker = workdir / "a-file"
+    blocker.write_text("")
+    config = workdir / "hato.toml"
+    base = '[[listener]]\nrole = "mx"\naddress = "{address}"\n\n[[domain]]\nname = "example.org"\n'
+    server = '[server]\nhostname = "mail.example.org"\n'
+
+    config.write_text(
+        server + f'data_dir = "{workdir / "data"}"\n' + base.format(address="192.0.2.1:2525")
+    )
+    done = _serve(config, env)
+    assert done.returncode == 73, done.stderr
+    assert "listener address 192.0.2.1:2525: cannot listen: " in done.stderr
+    assert "192.0.2.1 is not an address of this host" in done.stderr
+    assert "pick a free port" not in done.stderr
+
+    config.write_text(
+        server + f'data_dir = "{blocker / "data"}"\n' + base.format(address="127.0.0.1:2525")
+    )
+    done = _serve(config, env)
+    assert done.returncode == 73, done.stderr
+    assert f"server.data_dir: cannot create {blocker / 'data'} (server.data_dir): " in done.stderr
+    assert "HATO_HOME" not in done.stderr
+
+    config.write_text(server + base.format(address="127.0.0.1:2525"))
+    done = _serve(config, {**env, "HATO_HOME": str(blocker / "home")})
+    assert done.returncode == 73, done.stderr
+    assert "set server.data_dir or HATO_HOME to a writable directory" in done.stderr

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
@@ -22,6 +23,9 @@ from peers.tls import TestCA
 from hato.authcheck import DkimAlgorithm, generate_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
+from cryptokeys import make_cert
+
 from dnsserver import DnsTestServer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
@@ -242,5 +246,31 @@ def test_a_dkim_key_the_server_cannot_read_is_loud(workdir: Path, test_ca: TestC
         status = server.hato("status")
         assert status.returncode == 1
         assert "UNSIGNED" in status.stdout and str(key_dir / "hato.key") in status.stdout
+    finally:
+        server.stop()
+
+
+def test_encrypt_existing_as_root_leaves_the_mail_to_the_server_user(workdir: Path) -> None:
+    """Issue 13: `hato key encrypt-existing` as root left every message root:root 0600."""
+    nobody = pwd.getpwnam("nobody")
+    setup = MailSetup(domains=(DomainSetup("example.org", users=("carol",)),))
+    server = DropHato(_nobody_data(workdir), setup, "", "", {})
+    server.start()
+    try:
+        body = b"Subject: old mail\r\n" + maildir.MARKER_HEADER + b": to-encrypt\r\n\r\nhi\r\n"
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            smtp.sendmail("a@example.net", ["carol@example.org"], body)
+        box = server.mailbox("carol", "example.org")
+        assert maildir.wait_for_marker(box, "to-encrypt", 20)
+        cert = workdir / "carol.pem"
+        cert.write_bytes(make_cert(ec.generate_private_key(ec.SECP256R1())).cert_pem)
+        imported = server.hato("key", "import", "carol@example.org", str(cert))
+        assert imported.returncode == 0, imported.stderr
+        done = server.hato("key", "encrypt-existing", "carol@example.org")
+        assert done.returncode == 0, done.stderr
+        assert "1 encrypted" in done.stdout
+        made = [server.data_dir / "keys.db", *(p for p in box.rglob("*"))]
+        assert {p: p.stat().st_uid for p in made} == dict.fromkeys(made, nobody.pw_uid)
+        assert b"to-encrypt" not in b"".join(p.read_bytes() for p in box.rglob("*") if p.is_file())
     finally:
         server.stop()

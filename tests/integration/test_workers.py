@@ -60,6 +60,14 @@ def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
     # `hato status` names the server's pid (the supervisor's), not a worker's.
     status = server.hato("status")
     assert f"server:     running, pid {server.proc.pid}, up " in status.stdout, status.stdout
+    # `hato reload` reaches every worker through the supervisor and reports the outcome.
+    reloaded = server.hato("reload")
+    assert (reloaded.returncode, reloaded.stderr) == (0, ""), reloaded.stderr
+    assert reloaded.stdout == f"reloaded {server.config}: changed nothing\n"
+    deadline = time.monotonic() + 10
+    while server.log_text().count("event=reloaded ") < 2:  # both workers
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.05)
     server.kill()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in workers):

@@ -65,6 +65,9 @@ def act_as(owner: Identity | None, data_dir: Path) -> None:
             f"command runs as {me!r}: run it as root or as {owner.user!r} "
             f"(sudo -u {owner.user} hato ...)"
         )
+    from hato.boot.predrop import preload
+
+    preload()  # codecs and modules: Python may be installed where `owner` cannot read
     try:
         _switch_to(owner)
         check_data_dir(data_dir, owner)

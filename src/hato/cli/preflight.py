@@ -66,8 +66,10 @@ def _in_child(settings: Settings, identity: Identity) -> Findings:
     if pid == 0:  # the child: become the server's user, check, report, exit
         os.close(read)
         try:
+            from hato.boot.predrop import preload
             from hato.server.privileges import switch_to
 
+            preload()  # what Python would import later, from where `identity` may not read
             switch_to(identity)
             found = _as_server_user(settings, identity)
             os.write(write, json.dumps([found.problems, found.warnings]).encode())
