@@ -202,6 +202,11 @@ def test_mail_sent_while_the_server_is_down_is_delivered_at_its_start(hato: Loca
     assert hato.wait_for_log(rf"event=maildrop-refused file=1\.1\.forged uid={NOBODY.pw_uid}")
     assert not list(drop.iterdir())
     assert not _wait_text(hato.mailbox("alice", "example.test"), b"forged", 1)
+    # While running too: a file written just before the server came back is taken.
+    late = drop / ".2.2.late"
+    late.write_bytes(b'{"from": "", "rcpt": ["alice"]}\nSubject: late drop\r\n\r\nx\r\n')
+    late.rename(drop / "2.2.late")
+    assert _wait_text(hato.mailbox("alice", "example.test"), b"late drop", 15)
 
 
 def test_reload_applies_postmaster_and_asks_a_restart_for_send_as(hato: LocalHato) -> None:
