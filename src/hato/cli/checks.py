@@ -43,13 +43,21 @@ class _Accounts:
 def dead_alias_targets(settings: Settings) -> list[str]:
     """One line per alias target that leads to no mailbox, naming the fix."""
     from hato.app import build_resolver
+    from hato.delivery.local import Unknown
 
     try:
         accounts = _Accounts(settings.server.data_dir / USERS_DB)
     except sqlite3.Error as exc:
         return [f"{settings.server.data_dir / USERS_DB}: cannot read the accounts: {exc}"]
     resolver = build_resolver(settings, accounts)
-    return [
+    problems = []
+    postmaster = settings.local.postmaster
+    if postmaster is not None and isinstance(resolver.resolve(postmaster), Unknown):
+        problems.append(
+            f"local.postmaster: {postmaster} has no account, so mail to postmaster and root "
+            f"bounces; add it (hato user add {postmaster}) or name another address"
+        )
+    return problems + [
         f"alias {alias}: target {target} has no account, so its copy bounces; "
         f"add it (hato user add {target}) or remove it from the alias"
         for alias, target in resolver.dead_alias_targets()

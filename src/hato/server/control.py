@@ -19,7 +19,10 @@ A failure is {"ok": false, "error": text} (for submit also "reply", "temporary",
 A mutating op with no selector needs "all": true (like `postsuper -d ALL`), except flush.
 
 An optional second socket (`submit_path`, mode 0666: any local user) answers only `hello` and
-`submit`; the peer's uid (SO_PEERCRED) goes into the Received header, like Postfix's pickup.
+`submit`; the peer's uid (SO_PEERCRED) goes into the Received header, like Postfix's pickup, and
+decides which senders it may use and its sending limits (server.localsubmit). It takes at most
+MAX_PUBLIC_CONNECTIONS connections, MAX_CONNECTIONS_PER_UID of one uid, and reads at most
+MAX_BODIES_AT_ONCE messages (each held whole) at a time.
 """
 
 from __future__ import annotations

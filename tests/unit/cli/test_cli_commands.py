@@ -124,6 +124,19 @@ def test_check_config_lists_every_problem_and_exits_1(
     ]
 
 
+def test_check_config_names_targets_without_an_account(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = CONFIG.replace(
+        'name = "example.org"', 'name = "example.org"\naliases = { sales = ["bob"] }'
+    )
+    (workdir / "aliases.toml").write_text(text + '[local]\npostmaster = "ghost@example.org"\n')
+    code, out, err = run(capsys, "check-config", "--config", "aliases.toml")
+    assert code == 1 and out.startswith(f"{workdir}/aliases.toml: 2 problem(s)")
+    assert "hato: local.postmaster: ghost@example.org has no account" in err
+    assert "hato: alias sales@example.org: target bob@example.org has no account" in err
+
+
 def test_a_missing_config_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     expected = f"hato: {workdir}/nope.toml: file does not exist (given with --config)\n"
     assert run(capsys, "check-config", "--config", "nope.toml") == (1, "", expected)
