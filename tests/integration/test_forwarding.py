@@ -7,7 +7,9 @@ hosts c.test, the domain of the (unauthenticated, unchecked) sender dave.
 - A accepts a bounce to a valid, fresh SRS0 address and passes it on to dave; a forged hash or
   an expired stamp is refused 550 5.1.1.
 - A's own bounce of a forwarded copy returns dave's header section only, never the body.
-- NOTIFY=SUCCESS from a sender that neither authenticated nor passed SPF is ignored (logged).
+- NOTIFY=SUCCESS from a sender that neither authenticated nor passed SPF is ignored (logged);
+  dave (SPF pass: A checks inbound mail) and carol (authenticated on A's submission port) get
+  their success notices.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
-from peers.server import DomainSetup, MailSetup
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup
+from peers.tls import TestCA
 
 from hato.delivery.srs import Srs
 from hato.model import Address
@@ -35,7 +38,7 @@ ZONE = {
     "mx.a.test": {"A": ["127.0.0.1"]},
     "b.test": {"MX": [(10, "mx.b.test")]},
     "mx.b.test": {"A": ["127.0.0.1"]},
-    "c.test": {"MX": [(10, "mx.b.test")]},
+    "c.test": {"MX": [(10, "mx.b.test")], "TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
 }
 DAVE = "dave@c.test"
 
@@ -49,11 +52,15 @@ class PeerHato(HatoServer):
         self.hostname = hostname
         self.nameserver = nameserver
         self.peer_port = 0
+        self.inbound = False
+        self.test_ca: TestCA | None = None
 
     def _config_text(self) -> str:
         text = super()._config_text()
         assert 'hostname = "hato.test"' in text
         text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
+        if self.inbound:  # SPF, DKIM, DMARC of what arrives on mx, through the test DNS server
+            text = text.replace("inbound = false", "inbound = true")
         return text + (
             f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
             f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
@@ -68,12 +75,16 @@ class World:
 
 
 @pytest.fixture
-def world(workdir: Path) -> Iterator[World]:
+def world(workdir: Path, test_ca: TestCA) -> Iterator[World]:
     with DnsTestServer(ZONE) as dns:  # type: ignore[arg-type]
         aliases = (("fwd", ("x@b.test",)), ("gone", ("nobody@b.test",)))
         a = PeerHato(
             workdir / "a",
-            MailSetup(domains=(DomainSetup("a.test", users=("carol",), aliases=aliases),)),
+            MailSetup(
+                domains=(DomainSetup("a.test", users=("carol",), aliases=aliases),),
+                submission=True,
+                tls=test_ca.tls_files(),
+            ),
             "mx.a.test",
             dns.nameserver,
         )
@@ -89,6 +100,8 @@ def world(workdir: Path) -> Iterator[World]:
             dns.nameserver,
         )
         a.peer_port, b.peer_port = b.port, a.port
+        a.inbound = True
+        a.test_ca = test_ca
         a.start()
         try:
             b.start()
@@ -161,11 +174,34 @@ def test_a_bounce_of_forwarded_mail_returns_the_header_section_only(world: World
 def test_notify_success_from_an_unchecked_sender_is_ignored(world: World) -> None:
     a = world.a
     with smtplib.SMTP(a.host, a.port, timeout=30) as client:
-        refused = client.sendmail(
-            DAVE, ["carol@a.test"], _message("success-1"), rcpt_options=["NOTIFY=SUCCESS"]
+        refused = client.sendmail(  # d.test publishes no SPF: anyone may claim eve
+            "eve@d.test", ["carol@a.test"], _message("success-1"), rcpt_options=["NOTIFY=SUCCESS"]
         )
         assert refused == {}
     assert maildir.wait_for_marker(a.mailbox("carol", "a.test"), "success-1", 30)
     found = a.wait_for_log(r"event=dsn-success-ignored id=(\S+) rcpt=<carol@a\.test>", 30)
     assert found is not None
     assert f"event=dsn-queued id={found.group(1)}" not in a.log_text()
+
+
+def test_notify_success_for_an_spf_pass_or_authenticated_sender(world: World) -> None:
+    a, b = world.a, world.b
+    with smtplib.SMTP(a.host, a.port, timeout=30) as client:  # c.test's SPF lists 127.0.0.1
+        refused = client.sendmail(
+            DAVE, ["carol@a.test"], _message("success-2"), rcpt_options=["NOTIFY=SUCCESS"]
+        )
+        assert refused == {}
+    (notice,) = maildir.wait_for_count(b.mailbox("dave", "c.test"), 1, 30)
+    assert b"Action: delivered" in notice.read_bytes()
+    with smtplib.SMTP(a.host, a.submission_port, timeout=30) as client:
+        assert a.test_ca is not None
+        client.starttls(context=a.test_ca.client_context())
+        client.login("carol@a.test", USER_PASSWORD)
+        message = _message("success-3").replace(DAVE.encode(), b"carol@a.test")
+        refused = client.sendmail(
+            "carol@a.test", ["carol@a.test"], message, rcpt_options=["NOTIFY=SUCCESS"]
+        )
+        assert refused == {}
+    mails = maildir.wait_for_count(a.mailbox("carol", "a.test"), 3, 30)  # 2nd, 3rd, notice
+    assert any(b"Action: delivered" in m.read_bytes() for m in mails), a.log_text()[-3000:]
+    assert "event=dsn-success-ignored" not in a.log_text()
