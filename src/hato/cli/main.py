@@ -88,6 +88,14 @@ def summary(settings: Settings) -> list[str]:
     ]
     if settings.tls is not None:
         lines.append(f"tls:       {settings.tls.cert}")
+    if settings.local.postmaster is not None:
+        lines.append(f"postmaster: {settings.local.postmaster} (also root, abuse, MAILER-DAEMON)")
+    else:
+        first = settings.domains[0].name
+        lines.append(
+            f"postmaster: an alias or account postmaster@{first}, else its own mailbox "
+            "(set [local] postmaster to your address)"
+        )
     return lines
 
 

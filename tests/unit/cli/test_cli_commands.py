@@ -94,6 +94,8 @@ def test_check_config_summary(workdir: Path, capsys: pytest.CaptureFixture[str])
         f"  data dir:  {workdir}/data",
         "  listeners: mx 127.0.0.1:2525",
         "  domains:   example.org",
+        "  postmaster: an alias or account postmaster@example.org, else its own mailbox "
+        "(set [local] postmaster to your address)",
     ]
 
 
