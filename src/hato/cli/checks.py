@@ -49,7 +49,10 @@ def dead_alias_targets(settings: Settings) -> list[str]:
         accounts = _Accounts(settings.server.data_dir / USERS_DB)
     except sqlite3.Error as exc:
         return [f"{settings.server.data_dir / USERS_DB}: cannot read the accounts: {exc}"]
-    resolver = build_resolver(settings, accounts)
+    try:
+        resolver = build_resolver(settings, accounts)
+    except (OSError, ValueError) as exc:  # the aliases file (AliasFileError is a ValueError)
+        return [f"local.aliases_file: {exc}"]
     problems = []
     postmaster = settings.local.postmaster
     if postmaster is not None and isinstance(resolver.resolve(postmaster), Unknown):
