@@ -35,6 +35,7 @@ from hato.boot.build import (
     mailbox_owner,
     send_limit_settings,
 )
+from hato.boot.filters import SpamFilters
 from hato.boot.predrop import check_after_drop, preload
 from hato.boot.process import (
     EX_CANTCREAT,
@@ -169,6 +170,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,
+        filters=SpamFilters(metrics),
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
@@ -363,6 +365,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         users.close()
         shared.keys.close()
         shared.limiter.close()
+        await shared.filters.aclose()
         if metrics_server is not None:
             await metrics_server.aclose()
         if wkd_runner is not None:

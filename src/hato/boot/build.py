@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
+from hato.boot.filters import SpamFilters
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.crypto import KeyStore
 from hato.dbcache import CachedUsers
@@ -229,6 +230,7 @@ class Shared:
     verify_slots: asyncio.Semaphore
     resolver: CurrentResolver
     srs: tuple[Srs, Clock] | None = None  # [local] srs: the resolver's reversal (a restart key)
+    filters: SpamFilters = field(default_factory=SpamFilters)  # rspamd clients ([rspamd])
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)
@@ -291,6 +293,7 @@ def configured_fields(
         "authserv_id": authserv_id,
         "signer": OutboundSigner(signers) if role is not Role.MX else None,
         "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
+        "spam": shared.filters.for_role(settings, role),
     }
 
 

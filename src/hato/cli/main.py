@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     queue.register(commands)
     status.register(commands)
     reload.register(commands)
+    from hato.cli import spam  # it imports hato.cli.main
+
+    spam.register(commands)
     return parser
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
+from hato.config.filter_sections import RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
@@ -181,6 +182,11 @@ def settings_from_mapping(
     )
     metrics = _one(MetricsSettings, raw.get("metrics", {}), "metrics", context, problems)
     wkd = _one(WkdSettings, raw.get("wkd", {}), "wkd", context, problems)
+    rspamd = (
+        _one(RspamdSettings, raw["rspamd"], "rspamd", context, problems)
+        if "rspamd" in raw
+        else None
+    )
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -220,6 +226,7 @@ def settings_from_mapping(
         smarthost=smarthost,
         metrics=metrics,
         wkd=wkd,
+        rspamd=rspamd,
         data_dir_origin=origin,
     )
 

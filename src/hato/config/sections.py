@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.filter_sections import RspamdSettings
 from hato.config.ops_sections import (
     GROUP_DESCRIPTION,
     USER_DESCRIPTION,
@@ -436,5 +437,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "smarthost": SmarthostSettings,
     "metrics": MetricsSettings,
     "wkd": WkdSettings,
+    "rspamd": RspamdSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

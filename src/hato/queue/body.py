@@ -22,6 +22,7 @@ import enum
 import errno
 import logging
 import os
+from collections.abc import Iterator
 
 from hato.model import Reply, logfmt
 
@@ -145,6 +146,20 @@ class BodyWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def read_back(self, size: int = FLUSH_AT) -> Iterator[bytes]:
+        """The body written so far, in chunks of at most `size` octets: its file, then the
+        buffer; one chunk in memory at a time (a content filter reads the message before the
+        commit). Raises the remembered write error, or OSError when the file cannot be read.
+        The file part blocks: iterate it in a worker thread."""
+        if self._error is not None:
+            raise self._error
+        if self._spilled:
+            with open(self.path, "rb") as file:
+                while chunk := file.read(size):
+                    yield chunk
+        for start in range(0, len(self._buf), size):
+            yield bytes(self._buf[start : start + size])
 
     def mark_sealed(self) -> None:
         """No more writes: commit() has taken the body."""

@@ -28,6 +28,7 @@ from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.signing import OutboundSigner
+from hato.server.spamcheck import SpamFilter
 from hato.server.tls import ReloadingContext
 from hato.smtp import ServerSettings
 
@@ -132,6 +133,7 @@ class SessionContext:
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
+    spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -2,19 +2,25 @@
 of mail we receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601) or the DKIM
 signature of mail our users send (RFC 6376), and an ARC seal when our aliases forward the
 message (RFC 8617). The results are header lines for the stored prefix (the body is never
-rewritten), queue parameters, or the refusal a DMARC policy asks for.
+rewritten), queue parameters, or the refusal a DMARC policy asks for. Then, with our results
+known, rspamd's verdict on the message (spamcheck.py) when the listener's role asks for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
+from hato.crypto.scratch import SealedScratch
 from hato.delivery.maildir import FOLDER_PARAM
+from hato.filters import Envelope
 from hato.model import Address, Reply, ReversePath, logfmt
-from hato.queue import AUTH_PARAM, SPF_PARAM
+from hato.model.address import format_path
+from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
+from hato.server.spamcheck import Spooled, rewrite, spam_check
 
 log = logging.getLogger("hato.smtpd")
 
@@ -31,6 +37,44 @@ class Submitted:
     user: Address | None  # the authenticated account, or None
     mail_from: ReversePath
     params: dict[str, str | None]
+
+
+async def finish(
+    ctx: SessionContext,
+    facts: Submitted,
+    captured: bytes | None,
+    from_addresses: list[Address | None],
+    recipients: list[tuple[Address, Address]],
+    body: Spooled,
+) -> tuple[bytes, dict[str, str | None], Reply | None, Spooled]:
+    """(header lines to prepend, queue params, refusal or None, the message to queue: `body`
+    or, when rspamd asked for header changes, its edited copy)."""
+    added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
+    spam = ctx.spam
+    if refusal is not None or spam is None:
+        return added, params, refusal, body
+    envelope = Envelope(
+        mail_from=format_path(facts.mail_from),
+        recipients=tuple(str(original) for _, original in recipients),
+        client_ip=facts.client_ip,
+        helo=facts.helo,
+        user=str(facts.user) if facts.user is not None else None,
+        queue_id=body.queue_id if isinstance(body, BodyWriter) else facts.session,
+    )
+    verdict = await spam_check(spam, ctx.role, envelope, added, body)
+    if verdict.refusal is not None:
+        return added, params, verdict.refusal, body
+    if verdict.junk:
+        params[QUARANTINE_PARAM] = "Junk"
+    if verdict.edits_header:
+        # Made on the loop (the queue's ids are not thread-safe), of the same kind.
+        new_body: Spooled = (
+            ctx.queue.new_body()
+            if isinstance(body, BodyWriter)
+            else SealedScratch(ctx.queue.messages_dir)
+        )
+        body = await asyncio.to_thread(rewrite, body, verdict, new_body)
+    return verdict.header + added, params, None, body
 
 
 async def authenticate(

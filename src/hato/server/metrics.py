@@ -59,6 +59,10 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+RSPAMD_ACTIONS = (
+    "no action", "greylist", "add header", "rewrite subject", "soft reject", "reject",
+)  # fmt: skip
+RSPAMD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Transport(enum.Enum):
@@ -206,6 +210,26 @@ class Metrics:
         self.queue_refresh_failures = Counter(
             "hato_queue_refresh_failures", "Queue figures that could not be read", registry=reg
         )
+        self.rspamd_verdicts = Counter(
+            "hato_rspamd_verdicts",
+            "Messages rspamd judged, by its action (no action, add header, reject, ...)",
+            ["action"],
+            registry=reg,
+        )
+        self.rspamd_seconds = Histogram(
+            "hato_rspamd_check_seconds",
+            "Seconds one rspamd check took (sending the message included)",
+            buckets=RSPAMD_BUCKETS,
+            registry=reg,
+        )
+        self.rspamd_failures = Counter(
+            "hato_rspamd_unavailable",
+            "Messages rspamd did not judge (down, timeout, bad reply), by the policy applied",
+            ["policy"],
+            registry=reg,
+        )
+        self._rspamd_actions = _Children(self.rspamd_verdicts.labels, RSPAMD_ACTIONS)
+        self._rspamd_policies = _Children(self.rspamd_failures.labels, ("tempfail", "accept"))
         self.auth_mechanisms = _Children(self.auth_failures.labels, AUTH_MECHANISMS)
         self._roles = {role: RoleMetrics(self, role) for role in Role}
         self._deliveries = {
@@ -221,6 +245,15 @@ class Metrics:
     def role(self, role: Role) -> RoleMetrics:
         """The pre-bound counters a session of a listener with this role calls."""
         return self._roles[role]
+
+    def rspamd_verdict(self, action: str, seconds: float) -> None:
+        """Rspamd answered `action` after `seconds` (hato.server.spamcheck)."""
+        self._rspamd_actions[action].inc()
+        self.rspamd_seconds.observe(seconds)
+
+    def rspamd_unavailable(self, policy: str) -> None:
+        """Rspamd gave no verdict; `policy` ("tempfail" or "accept") was applied."""
+        self._rspamd_policies[policy].inc()
 
     def open_sessions(self, role: Role, count: Callable[[], int]) -> None:
         """The open-sessions gauge of `role` reads `count()` at each scrape (e.g. the sum of

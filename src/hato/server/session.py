@@ -33,7 +33,7 @@ from hato.policy import (
 )
 from hato.queue import QueueWriteError
 from hato.server.context import SessionContext
-from hato.server.finish import Submitted, authenticate
+from hato.server.finish import Submitted, finish
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
 from hato.server.protect import protect, recipient_keys
@@ -543,7 +543,7 @@ class SmtpSession(asyncio.Protocol):
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self.committing, self.quota = self.quota, None  # settled by the answer (`_answer`)
         self._reset_transaction()
-        added, params, refusal = await authenticate(
+        added, params, refusal, body = await finish(
             self.ctx,
             Submitted(
                 session=self.session_id,
@@ -556,6 +556,7 @@ class SmtpSession(asyncio.Protocol):
             captured,
             from_addresses,
             recipients,
+            body,  # rspamd may have its header edited: a copy comes back
         )
         if refusal is not None:
             if body is not None:

@@ -1,0 +1,62 @@
+"""Composition of the content filters: `[rspamd]` settings into the `SpamFilter` each listener
+role gets, with one rspamd client (one HTTP connection pool) per rspamd, kept across reloads
+and closed at shutdown."""
+
+from __future__ import annotations
+
+from hato.config import Settings
+from hato.config.filter_sections import RspamdSettings
+from hato.filters import RspamdAction, RspamdClient
+from hato.model import Role
+from hato.server.spamcheck import OnFailure, Response, SpamFilter, SpamMetrics, Uncounted
+
+
+def rspamd_client(section: RspamdSettings) -> RspamdClient:
+    return RspamdClient(
+        section.url,
+        timeout=section.timeout,
+        controller_url=section.controller_url,
+        password=section.password,
+    )
+
+
+def responses(section: RspamdSettings) -> dict[RspamdAction, Response]:
+    """[rspamd]'s mapping of rspamd's actions to ours ("no action" is always the inbox)."""
+    return {
+        RspamdAction.NO_ACTION: Response.INBOX,
+        RspamdAction.REJECT: Response(section.reject.value),
+        RspamdAction.SOFT_REJECT: Response(section.soft_reject.value),
+        RspamdAction.GREYLIST: Response(section.greylist.value),
+        RspamdAction.REWRITE_SUBJECT: Response(section.rewrite_subject.value),
+        RspamdAction.ADD_HEADER: Response(section.add_header.value),
+    }
+
+
+class SpamFilters:
+    """The rspamd clients of the process, one per (url, timeout, controller, password)."""
+
+    def __init__(self, metrics: SpamMetrics | None = None) -> None:
+        self._metrics = metrics or Uncounted()
+        self._clients: dict[tuple[str, float, str, str | None], RspamdClient] = {}
+
+    def for_role(self, settings: Settings, role: Role) -> SpamFilter | None:
+        """The check of a listener with `role`, or None when [rspamd] leaves it out."""
+        section = settings.rspamd
+        if section is None or role not in section.roles:
+            return None
+        key = (section.url, section.timeout, section.controller_url, section.password)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = rspamd_client(section)
+        return SpamFilter(
+            client=client,
+            on_failure=OnFailure(section.on_failure.value),
+            responses=responses(section),
+            max_size=section.max_size,
+            metrics=self._metrics,
+        )
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

@@ -1,0 +1,120 @@
+"""[rspamd] of hato.toml: asking a running rspamd about each message, and what to do with its
+answer.
+
+Same rules as sections.py: every field has a `description`; validators raise ValueError naming
+the fix; the loader adds the key path.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+
+from hato.config.values import parse_seconds, parse_size, show
+from hato.model import Role
+
+_SECTION = ConfigDict(frozen=True, extra="forbid")
+Seconds = Annotated[float, PlainValidator(parse_seconds)]
+Size = Annotated[int, PlainValidator(parse_size)]
+
+
+class SpamResponse(enum.StrEnum):
+    """What Hato does for one of rspamd's actions (hato.server.spamcheck.Response)."""
+
+    INBOX = "inbox"
+    JUNK = "junk"
+    SUBJECT = "subject"
+    TEMPFAIL = "tempfail"
+    REJECT = "reject"
+
+
+class RspamdFailure(enum.StrEnum):
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+def parse_http_url(value: object) -> str:
+    """An http:// URL of a host and port (rspamd's workers speak plain HTTP)."""
+    if not isinstance(value, str):
+        raise ValueError(f'{show(value)} is not a URL (e.g. "http://127.0.0.1:11333")')
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None or parts.query:
+        raise ValueError(
+            f'{show(value)} is not an http://HOST:PORT URL (e.g. "http://127.0.0.1:11333")'
+        )
+    return value.rstrip("/")
+
+
+def parse_roles(value: object) -> tuple[Role, ...]:
+    """A list of listener roles."""
+    names = [r.value for r in Role]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'{show(value)} is not a list of roles (e.g. ["mx"])')
+    roles = []
+    for item in value:
+        if item not in names:
+            raise ValueError(f"{show(item)} is not a role; use some of {', '.join(names)}")
+        roles.append(Role(item))
+    return tuple(roles)
+
+
+HttpUrl = Annotated[str, PlainValidator(parse_http_url)]
+_RESPONSES = '"inbox", "junk", "subject", "tempfail" or "reject"'
+
+
+class RspamdSettings(BaseModel):
+    """[rspamd]: no section, no check."""
+
+    model_config = _SECTION
+
+    url: HttpUrl = Field(
+        "http://127.0.0.1:11333",
+        description='rspamd\'s normal worker (POST /checkv2), e.g. "http://127.0.0.1:11333"',
+    )
+    controller_url: HttpUrl = Field(
+        "http://127.0.0.1:11334",
+        description="rspamd's controller, for hato spam learn (POST /learnspam, /learnham)",
+    )
+    password: str | None = Field(
+        None, description="the controller's password (rspamd's worker-controller password)"
+    )
+    roles: Annotated[tuple[Role, ...], PlainValidator(parse_roles)] = Field(
+        (Role.MX,),
+        description='listener roles whose mail is checked, e.g. ["mx"] or '
+        '["mx", "submission", "submissions"] (a compromised account\'s spam is refused too)',
+    )
+    timeout: Seconds = Field(
+        15.0, description="seconds one check may take, sending the message included"
+    )
+    on_failure: RspamdFailure = Field(
+        RspamdFailure.TEMPFAIL,
+        description='"tempfail" (451, the client tries again) or "accept" (deliver unchecked) '
+        "when rspamd is down, too slow or answers nonsense",
+    )
+    max_size: Size = Field(
+        20 * 1024 * 1024, description='larger messages are not checked, e.g. "20M"'
+    )
+    reject: SpamResponse = Field(
+        SpamResponse.REJECT, description=f"for rspamd's reject: {_RESPONSES}"
+    )
+    soft_reject: SpamResponse = Field(
+        SpamResponse.TEMPFAIL, description=f"for rspamd's soft reject: {_RESPONSES}"
+    )
+    greylist: SpamResponse = Field(
+        SpamResponse.TEMPFAIL, description=f"for rspamd's greylist: {_RESPONSES}"
+    )
+    rewrite_subject: SpamResponse = Field(
+        SpamResponse.SUBJECT, description=f"for rspamd's rewrite subject: {_RESPONSES}"
+    )
+    add_header: SpamResponse = Field(
+        SpamResponse.JUNK, description=f"for rspamd's add header: {_RESPONSES}"
+    )

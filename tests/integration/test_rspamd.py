@@ -1,0 +1,214 @@
+"""Rspamd integration end to end (issue 17, items 1 and 4): `hato serve` asks a private rspamd
+(Debian's package, started by the test with its own configuration) about each message on
+port 25 and acts on its verdict; rspamd down or silent follows [rspamd] on_failure; `hato
+spam learn` reaches rspamd's controller."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer, hato_binary
+from peers.net import LOOPBACK, find_peer, free_port, in_ci
+from peers.rspamd import GTUBE, GTUBE_ADD_HEADER, GTUBE_REWRITE_SUBJECT, PASSWORD, RspamdServer
+from peers.server import DomainSetup, MailSetup
+
+RECIPIENT = "someone@dest.example"
+SENDER = "alice@sender.example"
+
+
+@pytest.fixture(scope="module")
+def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdServer]:
+    if find_peer("rspamd") is None:
+        reason = "peer 'rspamd' is not installed (.ci/run installs it from Debian)"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = RspamdServer(tmp_path_factory.mktemp("rspamd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class FilteringHato(HatoServer):
+    """Hato whose mx listener asks rspamd (at `url`) about every message."""
+
+    def __init__(self, data_dir: Path, url: str, extra: str = "") -> None:
+        super().__init__(
+            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
+        )
+        self.url = url
+        self.extra = extra
+        self.controller_url = url
+
+    def _config_text(self) -> str:
+        return super()._config_text() + (
+            f'\n[rspamd]\nurl = "{self.url}"\ncontroller_url = "{self.controller_url}"\n'
+            f'password = "{PASSWORD}"\n{self.extra}'
+        )
+
+
+@pytest.fixture
+def hato(tmp_path: Path, rspamd: RspamdServer) -> Iterator[FilteringHato]:
+    server = FilteringHato(tmp_path / "data", rspamd.url)
+    server.controller_url = rspamd.controller_url
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _message(marker: str, body: str, subject: str = "lunch") -> bytes:
+    return (
+        f"From: Alice <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{marker}@sender.example>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def _send(server: HatoServer, message: bytes) -> tuple[int, str]:
+    """The reply to the end of DATA (code, text)."""
+    with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.mail(SENDER)
+        smtp.rcpt(RECIPIENT)
+        code, text = smtp.data(message)
+    return code, text.decode()
+
+
+def _head(stored: bytes) -> list[bytes]:
+    return stored.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_gtube_is_refused_and_a_clean_message_delivered_with_rspamds_headers(
+    hato: FilteringHato,
+) -> None:
+    code, text = _send(hato, _message("gtube-1", GTUBE))
+    # rspamd's reject: 550 5.7.1 with its public reason.
+    assert (code, text) == (550, "5.7.1 Gtube pattern"), hato.log_text()[-3000:]
+
+    sent = _message("clean-1", "Shall we have lunch tomorrow?")
+    code, text = _send(hato, sent)
+    assert code == 250, text
+    box = hato.mailbox("someone", "dest.example")
+    (found,) = maildir.wait_for_marker(box, "clean-1", 20)
+    stored = found.read_bytes()
+    # Unchanged apart from the fields rspamd asked for (and our Received: on top).
+    added = maildir.split_added(stored, sent)
+    names = {line.split(b":", 1)[0] for line in added.split(b"\r\n") if line[:1].isalpha()}
+    assert {b"X-Spamd-Result", b"X-Rspamd-Action", b"X-Rspamd-Queue-Id", b"Received"} <= names
+    assert b"X-Rspamd-Action: no action\r\n" in added
+    assert not maildir.find_marker(maildir.all_messages(hato.mailboxes()), "gtube-1")
+    assert hato.wait_for_log(r"event=rspamd .*action=reject .*response=reject"), hato.log_text()
+
+
+def test_add_header_goes_to_junk_and_rewrite_subject_rewrites(hato: FilteringHato) -> None:
+    box = hato.mailbox("someone", "dest.example")
+    assert _send(hato, _message("junk-1", GTUBE_ADD_HEADER))[0] == 250
+    # [rspamd] add_header = "junk" (the default): the Maildir++ Junk folder.
+    maildir.wait_for_marker(box / ".Junk", "junk-1", 20)
+    assert not maildir.find_marker(maildir.messages(box), "junk-1")
+
+    sent = _message("subject-1", GTUBE_REWRITE_SUBJECT, subject="hello")
+    assert _send(hato, sent)[0] == 250
+    (found,) = maildir.wait_for_marker(box, "subject-1", 20)
+    head = _head(found.read_bytes())
+    # RFC 5322 §3.6: one Subject, rspamd's; the body is as sent.
+    assert [h for h in head if h.lower().startswith(b"subject:")] == [
+        b"Subject: *** SPAM *** hello"
+    ]
+    assert found.read_bytes().endswith(sent.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_large_message_streams_and_forged_rspamd_fields_are_removed(
+    hato: FilteringHato,
+) -> None:
+    # Past the 64 KiB a body stays in memory: it is read back from its spool file.
+    body = "\r\n".join(f"line {n:06d} of a long and honest letter" for n in range(4000))
+    sent = _message("big-1", body).replace(
+        b"Subject:", b"X-Spamd-Result: default: False [-100 / 15.00]\r\nSubject:", 1
+    )
+    assert len(sent) > 128 * 1024
+    assert _send(hato, sent)[0] == 250
+    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1", 20)
+    stored = found.read_bytes()
+    results = [h for h in _head(stored) if h.startswith(b"X-Spamd-Result:")]
+    assert len(results) == 1 and b"-100" not in results[0], results
+    assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
+
+
+def _silent_listener() -> tuple[socket.socket, int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(16)
+    port: int = sock.getsockname()[1]
+    return sock, port
+
+
+@pytest.mark.parametrize("policy", ["tempfail", "accept"])
+def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, policy: str) -> None:
+    silent, silent_port = _silent_listener()
+    dead = f"http://{LOOPBACK}:{free_port()}"  # nothing listens: rspamd stopped
+    servers = []
+    try:
+        for name, url in (("down", dead), ("silent", f"http://{LOOPBACK}:{silent_port}")):
+            server = FilteringHato(tmp_path / name, url, f'on_failure = "{policy}"\ntimeout = 1\n')
+            servers.append(server)
+            server.start()
+            code, text = _send(server, _message(f"{name}-1", "hello"))
+            box = server.mailbox("someone", "dest.example")
+            found = server.wait_for_log(f"event=rspamd-unavailable .*action={policy}")
+            assert found, server.log_text()[-2000:]
+            if policy == "tempfail":
+                # Never a 250 for mail that was not checked.
+                assert (code, text[:5]) == (451, "4.3.0"), text
+                assert not maildir.all_messages(server.mailboxes())
+            else:
+                assert code == 250, text
+                maildir.wait_for_marker(box, f"{name}-1", 20)
+    finally:
+        for server in servers:
+            server.stop()
+        silent.close()
+
+
+def test_hato_spam_learn_reaches_rspamds_controller(
+    hato: FilteringHato, rspamd: RspamdServer, tmp_path: Path
+) -> None:
+    before = rspamd.learned()
+    message = tmp_path / "spam.eml"
+    words = " ".join(f"cheap{n} pills{n} offer{n}" for n in range(40))
+    message.write_bytes(_message("learn-1", words, subject="Buy now"))
+    learn = subprocess.run(
+        [hato_binary(), "spam", "learn", "spam", str(message), "--config", str(hato.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=hato._env(),
+    )
+    assert learn.returncode == 0, learn.stderr
+    assert "learned as spam" in learn.stdout
+    after = rspamd.learned()
+    assert after["BAYES_SPAM"] == before.get("BAYES_SPAM", 0) + 1, (before, after)
+
+    # Ham, from stdin (a Sieve pipe).
+    ham = _message("learn-2", " ".join(f"meeting{n} agenda{n} notes{n}" for n in range(40)))
+    learn = subprocess.run(
+        [hato_binary(), "spam", "learn", "ham", "--config", str(hato.config)],
+        input=ham.decode(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=hato._env(),
+    )
+    assert learn.returncode == 0, learn.stderr
+    assert rspamd.learned()["BAYES_HAM"] == before.get("BAYES_HAM", 0) + 1

@@ -1,0 +1,109 @@
+"""What Hato does with rspamd's verdict: the replies, the fields it adds, the header section
+it edits (a spooled body copied into a new one, the body after the header unchanged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hato.crypto.scratch import SealedScratch
+from hato.filters import RspamdAction, Scan
+from hato.queue.body import BodyWriter
+from hato.server.spamcheck import (
+    Response,
+    SpamOutcome,
+    edit_header,
+    field_bytes,
+    outcome,
+    rewrite,
+)
+
+SCAN = Scan(RspamdAction.REJECT, 20.0, 15.0, smtp_message="Spam\r\n from 5.6.7.8 \x01")
+
+
+def test_reject_is_550_with_rspamds_public_reason_in_printable_ascii() -> None:
+    refused = outcome(SCAN, Response.REJECT).refusal
+    assert refused is not None
+    assert (refused.code, refused.enhanced, refused.text) == (550, "5.7.1", "Spam from 5.6.7.8")
+
+
+def test_tempfail_is_451_4_7_1_with_a_default_text() -> None:
+    refused = outcome(Scan(RspamdAction.GREYLIST, 5.0, 15.0), Response.TEMPFAIL).refusal
+    assert refused is not None
+    assert (refused.code, refused.enhanced, refused.text) == (451, "4.7.1", "Try again later")
+
+
+def test_junk_and_subject_keep_rspamds_field_changes() -> None:
+    scan = Scan(
+        RspamdAction.REWRITE_SUBJECT,
+        8.0,
+        15.0,
+        add_headers=(("X-Spam", "Yes"),),
+        remove_headers=("X-Spam",),
+        subject="*** SPAM *** hi",
+    )
+    subject = outcome(scan, Response.SUBJECT)
+    assert subject.header == b"X-Spam: Yes\r\n" and subject.remove == ("X-Spam",)
+    assert subject.subject == "*** SPAM *** hi" and not subject.junk
+    junk = outcome(scan, Response.JUNK)
+    assert junk.junk and junk.subject is None
+    # Submission: no edits of a message its DKIM signature covers.
+    assert outcome(scan, Response.INBOX, edits=False) == SpamOutcome()
+
+
+def test_rspamds_folded_value_keeps_its_folding_with_crlf() -> None:
+    value = "default: False [0.90 / 15.00];\n\tA(0.00)[];\r\n B(0.90)[x]"
+    assert field_bytes("X-Spamd-Result", value) == (
+        b"X-Spamd-Result: default: False [0.90 / 15.00];\r\n\tA(0.00)[];\r\n B(0.90)[x]\r\n"
+    )
+    assert field_bytes("X-Fold", "a\nb") == b"X-Fold: a\r\n\tb\r\n"
+
+
+def test_a_non_ascii_subject_is_an_encoded_word() -> None:
+    # RFC 2047: a header field of a message without SMTPUTF8 is ASCII.
+    assert field_bytes("Subject", "*** SPAM *** Grüße") == (
+        b"Subject: =?utf-8?q?***_SPAM_***_Gr=C3=BC=C3=9Fe?=\r\n"
+    )
+
+
+def test_edit_header_removes_every_field_named_and_replaces_the_subject() -> None:
+    section = b"X-Spam: Yes\r\nSubject: one\r\n two\r\nFrom: a@b\r\nx-spam: again\r\n"
+    assert edit_header(section, ("X-Spam",), None) == b"Subject: one\r\n two\r\nFrom: a@b\r\n"
+    assert edit_header(section, (), "new") == (
+        b"Subject: new\r\nX-Spam: Yes\r\nFrom: a@b\r\nx-spam: again\r\n"
+    )
+
+
+def _writer(tmp_path: Path, name: str, data: bytes) -> BodyWriter:
+    writer = BodyWriter(name, str(tmp_path / name))
+    for start in range(0, len(data), 1000):
+        writer.write(data[start : start + 1000])
+    return writer
+
+
+@pytest.mark.parametrize("size", [10, 300_000])  # inline, and spilled to its file
+def test_rewrite_copies_a_spooled_body_with_its_header_edited(tmp_path: Path, size: int) -> None:
+    body = b"".join(b"line %07d\r\n" % n for n in range(size // 14 + 1))
+    sent = b"X-Spam: forged\r\nSubject: hi\r\n\r\n" + body
+    old = _writer(tmp_path, "old", sent)
+    new = BodyWriter("new", str(tmp_path / "new"))
+    done = rewrite(old, SpamOutcome(remove=("X-Spam",), subject="S"), new)
+    assert done is new
+    assert b"".join(new.read_back()) == b"Subject: S\r\n\r\n" + body
+    assert not (tmp_path / "old").exists()  # the old body is discarded
+
+
+def test_rewrite_makes_no_copy_when_nothing_is_to_remove(tmp_path: Path) -> None:
+    old = _writer(tmp_path, "old", b"Subject: hi\r\n\r\nbody\r\n")
+    new = BodyWriter("new", str(tmp_path / "new"))
+    assert rewrite(old, SpamOutcome(remove=("X-Spam",)), new) is old
+
+
+def test_rewrite_keeps_a_keyed_message_in_scratch_even_without_a_header(tmp_path: Path) -> None:
+    old = SealedScratch(str(tmp_path))
+    old.write(b"\r\nX-Spam: body text\r\n")
+    new = SealedScratch(str(tmp_path))
+    done = rewrite(old, SpamOutcome(subject="S"), new)
+    assert done is new
+    assert b"".join(new.chunks()) == b"Subject: S\r\n\r\nX-Spam: body text\r\n"
