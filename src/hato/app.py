@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from hato.config.sections import ListenerSettings
 
 __all__ = [  # what hato.supervisor and hato.cli use of the composition root
+    "EX_CONFIG",
     "EX_OK",
     "EX_SOFTWARE",
     "EX_TEMPFAIL",

@@ -34,13 +34,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
-from hato.app import EX_OK, EX_SOFTWARE, StartupError, WorkerRole, build_tls, listen_socket, run
+from hato.app import (
+    EX_CONFIG,
+    EX_OK,
+    EX_SOFTWARE,
+    StartupError,
+    WorkerRole,
+    build_tls,
+    listen_socket,
+    run,
+)
 from hato.crypto import KeyStore
 from hato.logsetup import configure_logging
 from hato.model import Address, Role, logfmt
 from hato.policy import LIMITS_DB
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
+from hato.server.privileges import PrivilegeError, lookup_identity
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -85,6 +95,12 @@ def _start_worker(
         asyncio.run(run(settings, source, WorkerRole(index, mine, _node_id(index))))
         code = EX_OK
         handler.flush()
+    except StartupError as exc:  # one line, and its exit code (78 stops the supervisor)
+        log.error(logfmt("startup-failed", worker=index, detail=str(exc)))
+        logging.getLogger("hato").handlers[0].flush()
+        if index == 0:
+            print(f"hato: {exc}", file=sys.stderr)
+        code = exc.exit_code
     except BaseException:  # the one catch-all of a worker: log, exit non-zero
         log.exception(logfmt("worker-failed", worker=index))
         logging.getLogger("hato").handlers[0].flush()
@@ -108,6 +124,25 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     build_tls(settings, data_dir)
 
 
+def _give_to_server_user(settings: Settings, data_dir: Path) -> None:
+    """What the supervisor made as root (the databases, the queue's files, the self-signed
+    certificate) belongs to `[server] user`, whom the workers become (issue 13: they found
+    them root's and stopped)."""
+    if settings.server.user is None or os.geteuid() != 0:
+        return
+    try:
+        who = lookup_identity(settings.server.user, settings.server.group)
+    except PrivilegeError as exc:
+        raise StartupError(str(exc), EX_CONFIG) from exc
+    made = [p for p in data_dir.iterdir() if p.name != "mailboxes"]
+    for directory in (data_dir / "queue", data_dir / "tls"):
+        if directory.is_dir():
+            made += directory.iterdir()
+    for path in made:
+        if not path.is_symlink() and path.stat().st_uid == 0:
+            os.chown(path, who.uid, who.gid)
+
+
 def supervise(settings: Settings, source: str, workers: int, handler: logging.Handler) -> int:
     data_dir = Path(settings.server.data_dir)
     try:
@@ -124,6 +159,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         log.error(logfmt("queue-problem", detail=problem))
     try:
         prepare_shared_files(settings, data_dir)
+        _give_to_server_user(settings, data_dir)
     except StartupError as exc:
         log.error(logfmt("startup-failed", detail=str(exc)))
         handler.flush()
@@ -159,6 +195,17 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             status = status or (code if code > 0 else 0)
+            continue
+        if code == EX_CONFIG:
+            # The configuration cannot work (the worker said why): restarting will not help.
+            # The first worker, which prints the one line for the admin, fails the same way
+            # and ends by itself; the others are stopped.
+            log.error(logfmt("giving-up", detail="a worker cannot start as configured"))
+            stopping, status = True, EX_CONFIG
+            for other, number in list(children.items()):
+                if number != 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(other, signal.SIGTERM)
             continue
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
         released = release_leases(data_dir / "queue", _node_id(index), time.time())

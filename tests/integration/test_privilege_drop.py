@@ -167,13 +167,18 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
         server.stop()
 
 
-def test_a_file_the_user_cannot_read_is_one_line_and_exit_78(workdir: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_the_user_cannot_read_is_one_line_and_exit_78(workdir: Path, workers: int) -> None:
     secret = _root_only(workdir)
     aliases = secret / "aliases"
     aliases.write_text("postmaster: u@example.org\n")
     setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
     server = DropHato(
-        _nobody_data(workdir), setup, "", f'\n[local]\naliases_file = "{aliases}"\n', {}
+        _nobody_data(workdir),
+        setup,
+        f"workers = {workers}\n",
+        f'\n[local]\naliases_file = "{aliases}"\n',
+        {},
     )
     server._prepare()
     done = subprocess.run(
@@ -272,5 +277,24 @@ def test_encrypt_existing_as_root_leaves_the_mail_to_the_server_user(workdir: Pa
         made = [server.data_dir / "keys.db", *(p for p in box.rglob("*"))]
         assert {p: p.stat().st_uid for p in made} == dict.fromkeys(made, nobody.pw_uid)
         assert b"to-encrypt" not in b"".join(p.read_bytes() for p in box.rglob("*") if p.is_file())
+    finally:
+        server.stop()
+
+
+def test_workers_start_as_the_server_user_on_a_new_data_dir(workdir: Path) -> None:
+    """The supervisor makes the shared databases as root before forking: they are nobody's, so
+    the workers (nobody after the drop) can use them (they stopped with a traceback)."""
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    server = DropHato(_nobody_data(workdir), setup, "workers = 2\n", "", {})
+    server.start()
+    try:
+        body = maildir.MARKER_HEADER + b": two-workers\r\n\r\nhi\r\n"
+        try:
+            with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+                smtp.sendmail("a@example.net", ["u@example.org"], body)
+        except smtplib.SMTPException as exc:
+            raise AssertionError(server.log_text()[-4000:]) from exc
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "two-workers", 20)
+        assert "Traceback" not in server.log_text()
     finally:
         server.stop()

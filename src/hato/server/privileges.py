@@ -183,6 +183,8 @@ def _walk(root: Path) -> Iterator[Path]:
 def _writable(path: Path) -> bool:
     if path.is_socket():
         return True  # control.sock: the server replaces it at start
+    if not os.path.lexists(path):
+        return True  # gone since the listing: another worker's SQLite journal, a temporary
     mode = os.W_OK | (os.X_OK | os.R_OK if path.is_dir() else os.R_OK)
     return os.access(path, mode)
 
