@@ -315,7 +315,7 @@ def _temp_refused(reply: tuple[int, bytes]) -> None:
 
 def test_messages_and_recipients_per_hour_answer_451_4_7_1(start: Start, test_ca: TestCA) -> None:
     server = start(
-        _setup(test_ca.tls_files(), "alice", "bob"),
+        _setup(test_ca.tls_files(), "alice", "bob", "carol"),
         limits="messages_per_hour = 2\nrecipients_per_hour = 3",
     )
     with _login(server, test_ca, "alice") as smtp:
@@ -338,6 +338,22 @@ def test_messages_and_recipients_per_hour_answer_451_4_7_1(start: Start, test_ca
         assert code == 250  # the three accepted recipients still get the message
     maildir.wait_for_marker(server.mailbox("r3", "example.org"), "r-1", 20)
     assert not server.mailbox("r4", "example.org").exists()
+
+    # A connection lost in the middle of a transaction gives its reservation back too.
+    smtp = _login(server, test_ca, "carol")
+    assert smtp.mail("carol@users.test")[0] == 250
+    for n in range(1, 4):
+        assert smtp.rcpt(f"c{n}@example.org")[0] == 250
+    gone = server.log_text().count("event=disconnect ")
+    smtp.close()  # the socket closed: no QUIT, no RSET
+    deadline = time.monotonic() + 20
+    while server.log_text().count("event=disconnect ") <= gone:
+        assert time.monotonic() < deadline, "the server did not see the connection end"
+        time.sleep(0.05)
+    with _login(server, test_ca, "carol") as smtp:
+        assert smtp.mail("carol@users.test")[0] == 250
+        for n in range(1, 4):
+            assert smtp.rcpt(f"c{n}@example.org")[0] == 250
 
 
 def test_a_sending_spike_holds_the_account_and_logs_an_alert(start: Start, test_ca: TestCA) -> None:
