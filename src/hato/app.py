@@ -31,7 +31,6 @@ from hato.boot.build import (
     build_srs,
     build_tls,
     configured_fields,
-    implicit_tls_context,
     mailbox_owner,
     send_limit_settings,
 )
@@ -66,6 +65,7 @@ from hato.server.auth import ScramDecoy
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
+from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
@@ -135,7 +135,6 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
     )
     outbound = build_outbound(settings, dns, clock)  # reads [smarthost] password_file
-    implicit = implicit_tls_context(tls) if tls is not None else None  # for port 465
     unix = _bind_control(settings, data_dir) if first else None
     preload()
     try:
@@ -207,7 +206,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     runner_task: asyncio.Task[None] | None = None
     states: list[ListenerState] = []
     contexts: list[tuple[SessionContext, ListenerSettings]] = []
-    servers: list[asyncio.Server] = []
+    servers: list[asyncio.Server | ImplicitTlsListener] = []
     ids = session_ids(clock.now(), worker.index if worker is not None else 0)
     try:
         for number, listener in enumerate(settings.listeners):
@@ -241,10 +240,14 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 ids=ids,
                 **configured_fields(settings, shared, listener, shared.problems),
             )
-            wrap = implicit if role is Role.SUBMISSIONS else None
-            servers.append(
-                await bind(loop, listener.host, listener.port, _factory(ctx), wrap, sockets[number])
-            )
+            if role is Role.SUBMISSIONS:  # port 465: limits hold from accept, through TLS
+                front = ImplicitTlsListener(sockets[number], ctx, _factory(ctx))
+                front.start()
+                servers.append(front)
+            else:
+                servers.append(
+                    await bind(loop, listener.host, listener.port, _factory(ctx), sockets[number])
+                )
             states.append(state)
             contexts.append((ctx, listener))
             log.info(logfmt("listening", role=role.value, address=listener.address))

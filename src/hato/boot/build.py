@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ from hato.queue import Queue
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics
 from hato.server.signing import OutboundSigner, load_sealers, load_signers
-from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed, server_context
+from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed
 from hato.smtp import ServerSettings
 
 if TYPE_CHECKING:
@@ -150,18 +149,6 @@ def _give_to_data_dir_owner(data_dir: Path, paths: Sequence[Path]) -> None:
         return
     for path in paths:
         os.chown(path, owner.st_uid, owner.st_gid)
-
-
-def implicit_tls_context(tls: ReloadingContext) -> ssl.SSLContext:
-    """RFC 8314 port 465: the listener's context hands each handshake the current (reloaded)
-    context through the SNI callback, which runs for every ClientHello."""
-    front = server_context(tls.cert, tls.key)
-
-    def pick(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        sock.context = tls.current
-
-    front.sni_callback = pick
-    return front
 
 
 def mailbox_owner(settings: Settings) -> tuple[int, int] | None:
@@ -281,6 +268,7 @@ def configured_fields(
         "idle_timeout": float(settings.limits.idle_timeout),
         "hop_limit": settings.limits.hopcount_limit,
         "session_timeout": float(settings.limits.session_timeout),
+        "tls_handshake_timeout": float(settings.limits.tls_handshake_timeout),
         "postmaster_domain": settings.domains[0].name,
         "network_rules": ListenerNetworkRules(
             tuple(listener.refuse_networks), tuple(listener.allow_networks)

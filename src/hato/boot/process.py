@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import ssl
 from collections.abc import Callable
 
 EX_OK = 0
@@ -67,23 +66,18 @@ async def bind(
     host: str,
     port: int,
     factory: Callable[[], asyncio.BaseProtocol],
-    tls: ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    handshake = 30.0 if tls is not None else None
+    """A listener of plain TCP (port 465 has its own accept loop: server/implicit.py)."""
     try:
         if sock is not None:  # bound by the supervisor, shared by the workers
-            return await loop.create_server(
-                factory, sock=sock, backlog=4096, ssl=tls, ssl_handshake_timeout=handshake
-            )
+            return await loop.create_server(factory, sock=sock, backlog=4096)
         return await loop.create_server(
             factory,
             host,
             port,
             backlog=4096,  # a large backlog: slow clients down rather than refuse them
             reuse_address=True,
-            ssl=tls,
-            ssl_handshake_timeout=handshake,
         )
     except OSError as exc:
         raise StartupError(cannot_listen(host, port, exc), EX_CANTCREAT) from exc

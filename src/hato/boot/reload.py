@@ -73,6 +73,7 @@ LIVE_KEYS = frozenset(
         "limits.max_text_line",
         "limits.idle_timeout",
         "limits.session_timeout",
+        "limits.tls_handshake_timeout",  # the next handshake
         "limits.messages_per_hour",  # the send limiter
         "limits.recipients_per_hour",
         "limits.spike_recipients",

@@ -236,6 +236,7 @@ class LimitsSettings(BaseModel):
         300, description=f"seconds as an integer, at least {MIN_IDLE_TIMEOUT}"
     )
     session_timeout: StrictInt = Field(3600, description="seconds as an integer")
+    tls_handshake_timeout: StrictInt = Field(30, description="seconds as an integer, 1..300")
     max_text_line: StrictInt = Field(
         1000, description=f"octets as an integer: 0 (no limit) or at least {MIN_TEXT_LINE}"
     )
@@ -302,6 +303,13 @@ class LimitsSettings(BaseModel):
     def _session_covers_idle(cls, value: int, info: ValidationInfo) -> int:
         idle = info.data.get("idle_timeout", MIN_IDLE_TIMEOUT)
         return at_least(idle, value, " seconds (limits.idle_timeout)")
+
+    @field_validator("tls_handshake_timeout")
+    @classmethod
+    def _handshake(cls, value: int) -> int:
+        if not 1 <= value <= 300:
+            raise ValueError(f"must be 1 to 300 seconds, got {value}")
+        return value
 
 
 class QueueSettings(BaseModel):

@@ -12,6 +12,7 @@ from hato.policy.authlimit import (
     AuthFailure,
     AuthThrottle,
     AuthThrottleSettings,
+    client_key,
 )
 from hato.policy.decision import Accept, Decision, Defer, Reject
 from hato.policy.networks import (
@@ -54,6 +55,7 @@ __all__ = [
     "SendLimiter",
     "SenderFacts",
     "SpikeAlert",
+    "client_key",
     "connection_check",
     "connection_decision",
     "header_decision",

@@ -21,6 +21,7 @@ from hato.policy import (
     ListenerNetworkRules,
     NetworkTable,
     SendLimiter,
+    client_key,
 )
 from hato.queue import Queue
 from hato.server.auth import Accounts, ScramDecoy
@@ -49,7 +50,8 @@ class Recipients(Protocol):
 
 @dataclass(slots=True)
 class ListenerState:
-    """Connection accounting for one listener (limits per listener and per client IP)."""
+    """Connection accounting for one listener (limits per listener and per client IP, an IPv6
+    client by its /64), from the moment a connection is accepted."""
 
     name: str
     max_connections: int
@@ -63,11 +65,23 @@ class ListenerState:
         self.empty.set()
 
     def admit(self, ip: str) -> bool:
-        return self.active < self.max_connections and self.per_ip.get(ip, 0) < self.max_per_ip
+        return (
+            self.active < self.max_connections and self.per_ip.get(_ip_key(ip), 0) < self.max_per_ip
+        )
+
+    def reserve(self, ip: str) -> None:
+        """Hold a place for a connection not yet a session (a TLS handshake on port 465)."""
+        self.active += 1
+        key = _ip_key(ip)
+        self.per_ip[key] = self.per_ip.get(key, 0) + 1
+
+    def release(self, ip: str) -> None:
+        """Give back a place held by `reserve`."""
+        self.active -= 1
+        self._uncount(ip)
 
     def enter(self, session: SmtpSession, ip: str) -> None:
-        self.active += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.reserve(ip)
         self.sessions.add(session)
         self.empty.clear()
 
@@ -78,11 +92,24 @@ class ListenerState:
         self.active -= 1
         if not self.sessions:
             self.empty.set()
-        left = self.per_ip.get(ip, 1) - 1
+        self._uncount(ip)
+
+    def _uncount(self, ip: str) -> None:
+        key = _ip_key(ip)
+        left = self.per_ip.get(key, 1) - 1
         if left <= 0:
-            self.per_ip.pop(ip, None)
+            self.per_ip.pop(key, None)
         else:
-            self.per_ip[ip] = left
+            self.per_ip[key] = left
+
+
+def _ip_key(ip: str) -> str:
+    """What the per-IP limit counts: an IPv6 client by its /64, as the AUTH throttle does (a
+    host picks addresses from its /64 at will, RFC 4291 §2.5.4)."""
+    try:
+        return client_key(ip)
+    except ValueError:
+        return ip  # no IP address (a test's transport): counted as it is
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"

@@ -124,7 +124,9 @@ class SmtpSession(asyncio.Protocol):
         self.login = Login(self.ctx, self.client_ip, self.session_id)
         listener = self.ctx.listener
         self.ctx.metrics.connection()
-        if not listener.admit(self.client_ip):
+        # Port 465's connections were admitted (and counted) at accept, before their TLS
+        # handshake (server/implicit.py).
+        if not self.ctx.implicit_tls and not listener.admit(self.client_ip):
             # RFC 5321 §3.8: 421 when the service is not available to this client now.
             log.warning(
                 logfmt(
