@@ -45,6 +45,7 @@ from hato.app import (
     run,
 )
 from hato.crypto import KeyStore
+from hato.delivery.srs import load_key
 from hato.logsetup import configure_logging
 from hato.model import Address, Role, logfmt
 from hato.policy import LIMITS_DB
@@ -121,6 +122,8 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     users.close()
     KeyStore.in_data_dir(data_dir).close()
     open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
+    if settings.local.srs:
+        load_key(data_dir)  # the SRS key every worker signs with
     build_tls(settings, data_dir)
 
 

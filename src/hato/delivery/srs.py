@@ -28,6 +28,7 @@ Must not import anything of hato but model. Time comes in as a parameter.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -122,17 +123,21 @@ def is_srs(address: Address) -> bool:
 
 def load_key(data_dir: Path) -> bytes:
     """The SRS key of this data directory, made (random, mode 0600) when there is none. Safe
-    when several processes start at once: the first to create the file writes it."""
+    when several processes start at once: the key is written to a file of its own name first
+    and linked into place whole, so no one reads a half-written key; the first link wins."""
     path = data_dir / SRS_KEY
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    if not path.exists():
+        tmp = data_dir / f".{SRS_KEY}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
     key = path.read_text(encoding="utf-8").strip()
     if not key:
         raise ValueError(f"{path} is empty: delete it to have a new key made")
