@@ -8,6 +8,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.net import LOOPBACK, find_peer, free_port, in_ci
 from peers.rspamd import GTUBE, GTUBE_ADD_HEADER, GTUBE_REWRITE_SUBJECT, PASSWORD, RspamdServer
-from peers.server import DomainSetup, MailSetup
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup
+from peers.tls import TestCA
 
 RECIPIENT = "someone@dest.example"
 SENDER = "alice@sender.example"
@@ -40,9 +42,11 @@ def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdServer]:
 class FilteringHato(HatoServer):
     """Hato whose mx listener asks rspamd (at `url`) about every message."""
 
-    def __init__(self, data_dir: Path, url: str, extra: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, url: str, extra: str = "", setup: MailSetup | None = None
+    ) -> None:
         super().__init__(
-            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
+            data_dir, setup or MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
         )
         self.url = url
         self.extra = extra
@@ -161,7 +165,13 @@ def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, pol
     servers = []
     try:
         for name, url in (("down", dead), ("silent", f"http://{LOOPBACK}:{silent_port}")):
-            server = FilteringHato(tmp_path / name, url, f'on_failure = "{policy}"\ntimeout = 1\n')
+            metrics_port = free_port()
+            server = FilteringHato(
+                tmp_path / name,
+                url,
+                f'on_failure = "{policy}"\ntimeout = 1\n'
+                f'\n[metrics]\naddress = "{LOOPBACK}:{metrics_port}"\n',
+            )
             servers.append(server)
             server.start()
             code, text = _send(server, _message(f"{name}-1", "hello"))
@@ -175,6 +185,10 @@ def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, pol
             else:
                 assert code == 250, text
                 maildir.wait_for_marker(box, f"{name}-1", 20)
+            # Counted for /metrics, by the policy applied.
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics") as page:
+                scraped = page.read().decode()
+            assert f'hato_rspamd_unavailable_total{{policy="{policy}"}} 1.0' in scraped
     finally:
         for server in servers:
             server.stop()
@@ -212,3 +226,40 @@ def test_hato_spam_learn_reaches_rspamds_controller(
     )
     assert learn.returncode == 0, learn.stderr
     assert rspamd.learned()["BAYES_HAM"] == before.get("BAYES_HAM", 0) + 1
+
+
+def test_a_compromised_accounts_spam_is_refused_on_submission(
+    tmp_path: Path, rspamd: RspamdServer, test_ca: TestCA
+) -> None:
+    setup = MailSetup(
+        domains=(
+            DomainSetup("sender.example", users=("alice",)),
+            DomainSetup("dest.example", accept_any=True),
+        ),
+        submission=True,
+        tls=test_ca.tls_files(),
+    )
+    server = FilteringHato(
+        tmp_path / "data", rspamd.url, 'roles = ["mx", "submission", "submissions"]\n', setup
+    )
+    server.start()
+    try:
+        with smtplib.SMTP(server.host, server.submission_port, timeout=60) as smtp:
+            smtp.starttls(context=test_ca.client_context())
+            smtp.login(SENDER, USER_PASSWORD)
+            smtp.mail(SENDER)
+            smtp.rcpt(RECIPIENT)
+            code, text = smtp.data(_message("sub-gtube", GTUBE))
+            assert (code, text) == (550, b"5.7.1 Gtube pattern")
+            # Rspamd was told who sent it.
+            assert server.wait_for_log(r"event=rspamd .*user=alice@sender.example .*reject")
+            sent = _message("sub-clean", "See you at noon.")
+            smtp.mail(SENDER)
+            smtp.rcpt(RECIPIENT)
+            assert smtp.data(sent)[0] == 250
+        box = server.mailbox("someone", "dest.example")
+        (found,) = maildir.wait_for_marker(box, "sub-clean", 20)
+        # Our user's own mail: no rspamd fields (its DKIM signature covers the header).
+        assert b"X-Spamd-Result" not in found.read_bytes()
+    finally:
+        server.stop()

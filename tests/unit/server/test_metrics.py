@@ -130,6 +130,21 @@ def test_unforeseen_label_values_are_counted_too() -> None:
     assert value(got, "hato_auth_failures_total", mechanism="UNKNOWN") == 1
 
 
+def test_rspamd_verdicts_check_time_and_failures_are_counted() -> None:
+    metrics = Metrics()
+    metrics.rspamd_verdict("no action", 0.02)
+    metrics.rspamd_verdict("reject", 0.3)
+    metrics.rspamd_unavailable("tempfail")
+    got = samples(metrics.exposition().decode())
+    assert value(got, "hato_rspamd_verdicts_total", action="no action") == 1
+    assert value(got, "hato_rspamd_verdicts_total", action="reject") == 1
+    assert value(got, "hato_rspamd_verdicts_total", action="greylist") == 0
+    assert value(got, "hato_rspamd_check_seconds_count") == 2
+    assert value(got, "hato_rspamd_check_seconds_bucket", le="0.025") == 1
+    assert value(got, "hato_rspamd_unavailable_total", policy="tempfail") == 1
+    assert value(got, "hato_rspamd_unavailable_total", policy="accept") == 0
+
+
 def test_each_metrics_object_has_its_own_registry() -> None:
     one, two = Metrics(), Metrics()
     one.role(Role.MX).connection()
