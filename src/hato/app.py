@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from hato.accounts import UserStore
 from hato.boot.build import (
     CurrentResolver,
@@ -31,6 +29,7 @@ from hato.boot.build import (
     build_srs,
     build_tls,
     configured_fields,
+    http_limits,
     mailbox_owner,
     send_limit_settings,
 )
@@ -65,6 +64,7 @@ from hato.server.auth import ScramDecoy
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
+from hato.server.httpguard import GuardedSite, serve_guarded
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
@@ -124,7 +124,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     metrics_server = None
     if settings.metrics.address is not None and first:
         try:
-            metrics_server = await bind_metrics(settings.metrics.address, metrics)
+            limits = http_limits(settings.metrics)
+            metrics_server = await bind_metrics(settings.metrics.address, metrics, limits)
         except MetricsBindError as exc:
             raise StartupError(str(exc), EX_CANTCREAT) from exc
     wkd_runner = None
@@ -373,37 +374,33 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         if metrics_server is not None:
             await metrics_server.aclose()
         if wkd_runner is not None:
-            await wkd_runner.cleanup()
+            await wkd_runner.aclose()
         notifier.close()
 
 
 async def serve_wkd(
     settings: Settings, data_dir: Path, tls: ReloadingContext | None
-) -> web.AppRunner:
-    """The Web Key Directory endpoint (issue 6): users' OpenPGP keys for senders' clients."""
+) -> GuardedSite:
+    """The Web Key Directory endpoint (issue 6): users' OpenPGP keys for senders' clients,
+    behind the connection and header-time limits of server/httpguard.py."""
     address = settings.wkd.address
     assert address is not None
     if settings.wkd.https and tls is None:
         raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
     keys = KeyStore.in_data_dir(data_dir)
-    runner = web.AppRunner(wkd_app(keys), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(
-        runner,
-        address.host,
-        address.port,
-        ssl_context=tls.current if settings.wkd.https and tls is not None else None,
-    )
+    context = tls.current if settings.wkd.https and tls is not None else None
+    limits = http_limits(settings.wkd)
     try:
-        await site.start()
+        site = await serve_guarded(
+            wkd_app(keys), address.host, address.port, "wkd", limits, context
+        )
     except OSError as exc:
-        await runner.cleanup()
         raise StartupError(
             f"wkd.address {address}: cannot listen: {exc.strerror}; pick a free port",
             EX_CANTCREAT,
         ) from exc
     log.info(logfmt("listening", role="wkd", address=address, https=settings.wkd.https))
-    return runner
+    return site
 
 
 def _open_sessions(

@@ -48,6 +48,7 @@ from hato.policy import (
     SendLimitSettings,
 )
 from hato.queue import Queue
+from hato.server.httpguard import HttpLimits
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics
 from hato.server.signing import OutboundSigner, load_sealers, load_signers
@@ -56,6 +57,7 @@ from hato.smtp import ServerSettings
 
 if TYPE_CHECKING:
     from hato.config import Settings
+    from hato.config.ops_sections import HttpLimitSettings
     from hato.config.sections import ListenerSettings
 
 log = logging.getLogger("hato")
@@ -149,6 +151,15 @@ def _give_to_data_dir_owner(data_dir: Path, paths: Sequence[Path]) -> None:
         return
     for path in paths:
         os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def http_limits(section: HttpLimitSettings) -> HttpLimits:
+    """[metrics] or [wkd]: the limits of that HTTP endpoint."""
+    return HttpLimits(
+        max_connections=section.max_connections,
+        max_per_ip=section.max_connections_per_ip,
+        header_timeout=float(section.header_timeout),
+    )
 
 
 def mailbox_owner(settings: Settings) -> tuple[int, int] | None:

@@ -13,9 +13,9 @@ import grp
 import pwd
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, field_validator
 
-from hato.config.values import ListenAddress, parse_listen_address, show
+from hato.config.values import ListenAddress, at_least, parse_listen_address, show
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"  # the port Prometheus' exporter list gives us
@@ -62,10 +62,30 @@ def check_group_has_user(group: str | None, *, user_missing: bool) -> str | None
     return group
 
 
-class MetricsSettings(BaseModel):
-    """[metrics]: the Prometheus endpoint (GET /metrics). No address: no endpoint."""
+class HttpLimitSettings(BaseModel):
+    """What [metrics] and [wkd] share: the limits of an HTTP endpoint (server/httpguard.py)."""
 
     model_config = _SECTION
+
+    max_connections: StrictInt = Field(100, description="an integer, at least 1")
+    max_connections_per_ip: StrictInt = Field(10, description="an integer, at least 1")
+    header_timeout: StrictInt = Field(10, description="seconds as an integer, 1..300")
+
+    @field_validator("max_connections", "max_connections_per_ip")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        return at_least(1, value)
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _header_timeout(cls, value: int) -> int:
+        if not 1 <= value <= 300:
+            raise ValueError(f"must be 1 to 300 seconds, got {value}")
+        return value
+
+
+class MetricsSettings(HttpLimitSettings):
+    """[metrics]: the Prometheus endpoint (GET /metrics). No address: no endpoint."""
 
     address: Annotated[ListenAddress, PlainValidator(parse_listen_address)] | None = Field(
         None,
@@ -99,7 +119,7 @@ def _address(item: dict[str, Any]) -> ListenAddress | None:
         return None
 
 
-class WkdSettings(BaseModel):
+class WkdSettings(HttpLimitSettings):
     """[wkd]: serve users' OpenPGP keys by Web Key Directory (draft-koch-openpgp-webkey-service)
     so senders' mail clients find them. No address: not served (`hato key wkd-export DIR`
     writes static files for a web server instead)."""

@@ -13,7 +13,7 @@ text format; `serve_metrics(address, metrics)` binds it and runs until cancelled
 `bind_metrics` does the binding alone (for a composition root that binds everything before it
 says READY and drops privileges).
 
-May import model and queue (QueueStats); never config.
+May import model, queue (QueueStats) and server.httpguard; never config.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from hato.model import (
     logfmt,
 )
 from hato.queue.admin import QueueStats
+from hato.server.httpguard import GuardedSite, HttpLimits, serve_guarded
 
 log = logging.getLogger("hato.metrics")
 T = TypeVar("T")
@@ -341,37 +342,33 @@ def metrics_app(metrics: Metrics) -> web.Application:
 class MetricsServer:
     """The bound endpoint: `port` is the one listened on (useful with port 0)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
-        self._runner = runner
+    def __init__(self, site: GuardedSite, host: str) -> None:
+        self._site = site
         self.host = host
-        self.port = port
+        self.port = site.port
 
     async def aclose(self) -> None:
-        await self._runner.cleanup()
+        await self._site.aclose()
 
 
-async def bind_metrics(address: HostPort, metrics: Metrics) -> MetricsServer:
-    """Listen on `address`; raises MetricsBindError naming the address and the fix."""
+async def bind_metrics(
+    address: HostPort, metrics: Metrics, limits: HttpLimits | None = None
+) -> MetricsServer:
+    """Listen on `address` (behind `limits`: server/httpguard.py); raises MetricsBindError
+    naming the address and the fix."""
     host = f"[{address.host}]" if ":" in address.host else address.host
     shown = f"{host}:{address.port}"
-    runner = web.AppRunner(metrics_app(metrics), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
     try:
-        await site.start()
+        site = await serve_guarded(
+            metrics_app(metrics), address.host, address.port, "metrics", limits or HttpLimits()
+        )
     except OSError as exc:
-        await runner.cleanup()
         raise MetricsBindError(
             f"metrics.address {shown}: cannot listen: {exc.strerror or exc}; "
             "pick a free port or remove [metrics]"
         ) from exc
-    port = address.port
-    for sockname in runner.addresses:
-        if isinstance(sockname, tuple) and len(sockname) >= 2:
-            port = int(sockname[1])
-            break
-    log.info(logfmt("listening", role="metrics", address=f"{host}:{port}"))
-    return MetricsServer(runner, address.host, port)
+    log.info(logfmt("listening", role="metrics", address=f"{host}:{site.port}"))
+    return MetricsServer(site, address.host)
 
 
 async def serve_metrics(address: HostPort, metrics: Metrics) -> None:

@@ -71,7 +71,8 @@ def test_metrics_address(tmp_path: Path) -> None:
         ),
         (
             '[metrics]\nadress = "127.0.0.1:9464"\n',
-            "metrics.adress: unknown key (valid keys: address)",
+            "metrics.adress: unknown key (valid keys: max_connections, max_connections_per_ip,"
+            " header_timeout, address)",
         ),
         (
             '[metrics]\naddress = "0.0.0.0:25"\n',

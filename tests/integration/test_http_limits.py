@@ -1,0 +1,96 @@
+"""The metrics and WKD HTTP endpoints under a slowloris (issue 12, item 13: 300 connections
+each sending a header a byte at a time were held for over 100 s): a cap on connections in
+total and per client address, and a time limit on every request header."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from peers.hato import HatoServer
+from peers.net import free_port
+
+PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: hato.test\r\nX-Slow: "  # never finished
+
+
+class HttpHato(HatoServer):
+    """The harness server with one HTTP endpoint ([metrics] or [wkd]) and small limits."""
+
+    def __init__(self, data_dir: Path, section: str) -> None:
+        super().__init__(data_dir)
+        self.section = section
+        self.http_port = free_port()
+
+    def _config_text(self) -> str:
+        return super()._config_text() + "\n".join(
+            (
+                "",
+                f"[{self.section}]",
+                f'address = "{self.host}:{self.http_port}"',
+                "max_connections = 5",
+                "max_connections_per_ip = 3",
+                "header_timeout = 2",
+                "",
+            )
+        )
+
+
+def _connect(server: HttpHato, source: str) -> socket.socket:
+    sock = socket.create_connection((server.host, server.http_port), source_address=(source, 0))
+    sock.sendall(PARTIAL)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Wait (at most 20 s) for the server to close the connection."""
+    sock.settimeout(20)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
+def _get(server: HttpHato, path: str) -> bytes:
+    with socket.create_connection((server.host, server.http_port), timeout=10) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: hato.test\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [("metrics", "/metrics"), ("wkd", "/.well-known/openpgpkey/example.org/policy")],
+)
+def test_a_slowloris_is_capped_and_timed_out(tmp_path: Path, section: str, path: str) -> None:
+    server = HttpHato(tmp_path / "data", section)
+    server.start()
+    try:
+        held = [_connect(server, "127.0.0.3") for _ in range(3)]
+        # Past the address's share: closed at once, before aiohttp reads a byte.
+        assert _closed_by_server(_connect(server, "127.0.0.3")), server.log_text()
+        # Another address gets its share until the endpoint's total (5) is reached.
+        held += [_connect(server, "127.0.0.4") for _ in range(2)]
+        assert _closed_by_server(_connect(server, "127.0.0.5")), server.log_text()
+        refused = server.wait_for_log(
+            rf"(?s)event=http-refused endpoint={section} client=127\.0\.0\.3 "
+            rf"reason=connection-limit.*event=http-refused endpoint={section} client=127\.0\.0\.5"
+        )
+        assert refused, server.log_text()
+        # Nobody finishes a header within header_timeout (2 s): every one is closed ...
+        for sock in held:
+            assert _closed_by_server(sock), server.log_text()
+        assert server.wait_for_log(rf"(?s)(event=http-timeout endpoint={section} .*){{5}}")
+        # ... and a real request is answered again.
+        answer = _get(server, path)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        server.stop()
