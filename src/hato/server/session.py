@@ -71,6 +71,9 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
 NO_TLS = Reply(454, "4.7.0", "TLS not available")
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
+# uvloop reads a busy socket up to 32 times per turn of the loop: megabytes of DATA in one go,
+# while every other session waits. After this many octets a session lets the others go first.
+BURST = 256 * 1024
 MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
 NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
 
@@ -107,6 +110,7 @@ class SmtpSession(asyncio.Protocol):
         self.forged: ForgedResultsFilter | None = None
         self.keyed = False  # a recipient of this transaction has a key (issue 6)
         self.captured = 0
+        self.burst = 0  # octets read since reading last paused for the other sessions
 
     # ---- asyncio callbacks ----
 
@@ -179,6 +183,15 @@ class SmtpSession(asyncio.Protocol):
         self.last_activity = self.ctx.clock.monotonic()
         self.conn.receive_data(data)
         self._process()
+        self.burst += len(data)
+        if self.burst >= BURST and not self.busy and not self.closing and self.transport:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume_after_burst)
+
+    def _resume_after_burst(self) -> None:
+        self.burst = 0
+        if not self.busy and not self.closing and self.transport is not None:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         if not self.closing and not self.busy:
