@@ -154,6 +154,17 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
         )
         assert done.returncode == 0, done.stderr
         assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-sendmail", 20)
+        # A reload, as nobody: the root-only key and password file it does not read again do
+        # not refuse it (their paths are unchanged).
+        server.config.write_text(
+            server.config.read_text() + '\n[[domain]]\nname = "new.test"\naccept_any = true\n'
+        )
+        reloaded = server.hato("reload")
+        assert (reloaded.returncode, reloaded.stderr) == (0, ""), reloaded.stderr
+        assert reloaded.stdout == f"reloaded {server.config}: changed domain\n"
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            smtp.sendmail("a@example.net", ["x@new.test"], maildir.MARKER_HEADER + b": new\r\n\r\n")
+        assert maildir.wait_for_marker(server.mailbox("x", "new.test"), "new", 20)
         log = server.log_text()
         assert "Traceback" not in log and "session-error" not in log, log[-3000:]
         # check-config checks as nobody: the files it read as root are warnings, not problems.

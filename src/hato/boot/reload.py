@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hato")
 
+_OUTBOUND = frozenset({"transport", "smarthost", "delivery"})
 REPLY_TIMEOUT = 30.0  # seconds `hato reload` waits for a worker's outcome
 TLS_WATCH_SECONDS = 30.0  # how often certificate files are checked for a renewal
 
@@ -228,32 +229,43 @@ class LiveConfiguration:
         from hato.config import ConfigError, load_settings
 
         try:
-            new = load_settings(path, env=os.environ, cwd=Path.cwd()).settings
+            # The files it names were read as root at start; what the reload reads again
+            # (below) must be readable by us now, and a refusal names the one that is not.
+            new = load_settings(path, env=os.environ, cwd=Path.cwd(), check_access=False).settings
         except ConfigError as exc:
             return ReloadOutcome(False, self.source, errors=tuple(exc.lines()))
+        except OSError as exc:
+            return ReloadOutcome(False, self.source, errors=(f"{path}: {exc}",))
         outcome = decide(self.settings, new, self.source)
         if not outcome.applied:
             return outcome
         try:
-            self._apply(new)
-        except (OSError, ValueError) as exc:  # an aliases, password or CA file it cannot read
+            self._apply(new, outcome.changed)
+        except OSError as exc:  # an aliases, password or CA file it cannot read
+            where = f"{exc.filename}: " if exc.filename else ""
+            why = f"{where}{exc.strerror or exc} (the server runs as uid {os.geteuid()})"
+            return ReloadOutcome(False, self.source, outcome.changed, errors=(why,))
+        except ValueError as exc:
             return ReloadOutcome(False, self.source, outcome.changed, errors=(str(exc),))
         return outcome
 
-    def _apply(self, new: Settings) -> None:
+    def _apply(self, new: Settings, changed: tuple[str, ...]) -> None:
         """Build everything the new configuration needs first (this may fail, and then nothing
         changed), then put it in place (this cannot fail)."""
         shared = self._shared
         resolver = build_resolver(new, shared.users, shared.srs)
-        routes = outbound_settings(new)  # reads [smarthost] password_file again
-        verify, smarthost = verify_contexts(new)  # and the CA files
+        outbound = None
+        if any(key.split(".")[0] in _OUTBOUND for key in changed):
+            # Only then: [smarthost] password_file and the CA files are read again.
+            outbound = (outbound_settings(new), *verify_contexts(new))
         problems: list[str] = []
         fields_of = [
             (ctx, configured_fields(new, shared, listener, problems))
             for ctx, listener in self._listeners
         ]
         shared.resolver.current = resolver
-        self._outbound.reconfigure(routes, verify, smarthost)
+        if outbound is not None:
+            self._outbound.reconfigure(*outbound)
         shared.limiter.settings = send_limit_settings(new)
         for ctx, values in fields_of:
             for name, value in values.items():

@@ -71,11 +71,14 @@ def load_settings(
     env: Mapping[str, str],
     cwd: Path,
     fqdn: Callable[[], str] = socket.getfqdn,
+    check_access: bool = True,
 ) -> LoadedSettings:
     """The settings from `path` (``--config``), else ./hato.toml, else the embedded default.
 
     `env` gives HATO_HOME (the default data_dir), `cwd` the directory relative names start
-    from, `fqdn` the default server.hostname of a file that names none. Raises ConfigError.
+    from, `fqdn` the default server.hostname of a file that names none; `check_access` False:
+    named files must exist, but this process need not be able to read them (a reload after
+    the privilege drop). Raises ConfigError.
     """
     if path is not None:
         file = Path(os.path.normpath(cwd / path))
@@ -91,7 +94,13 @@ def load_settings(
     source = str(file)
     raw = _read_toml(file, source)
     settings = settings_from_mapping(
-        raw, base_dir=file.parent, env=env, cwd=cwd, source=source, fqdn=fqdn
+        raw,
+        base_dir=file.parent,
+        env=env,
+        cwd=cwd,
+        source=source,
+        fqdn=fqdn,
+        check_access=check_access,
     )
     return LoadedSettings(settings, source)
 
@@ -146,10 +155,11 @@ def settings_from_mapping(
     cwd: Path,
     source: str,
     fqdn: Callable[[], str] = socket.getfqdn,
+    check_access: bool = True,
 ) -> Settings:
     """Validate parsed TOML; raises ConfigError listing every problem."""
     problems: list[str] = []
-    context = ParseContext(base_dir)
+    context = ParseContext(base_dir, check_access)
     for key in raw:
         if key not in SECTIONS:
             problems.append(f"{key}: unknown key (valid keys: {', '.join(SECTIONS)})")

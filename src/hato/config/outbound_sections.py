@@ -46,7 +46,8 @@ def _readable_file(value: object, info: ValidationInfo) -> Path:
     base = getattr(info.context, "base_dir", None)
     if not isinstance(base, Path):
         raise TypeError("validate hato config sections with context=ParseContext(base_dir)")
-    return check_readable_file(resolve_path(value, base))
+    access = getattr(info.context, "check_access", True)
+    return check_readable_file(resolve_path(value, base), access)
 
 
 def _ca_bundle(value: object, info: ValidationInfo) -> Path:

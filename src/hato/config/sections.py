@@ -73,9 +73,12 @@ _DELIMITER_CHARS = frozenset("+-_=~#%&!$*/?^`{|}'")
 
 @dataclass(frozen=True, slots=True)
 class ParseContext:
-    """What validation needs beyond the TOML: the directory relative paths start from."""
+    """What validation needs beyond the TOML: the directory relative paths start from, and
+    whether files must be readable by this process (a reload after the privilege drop reads
+    only what it uses, and says so when it cannot: boot.reload)."""
 
     base_dir: Path
+    check_access: bool = True
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -89,7 +92,8 @@ def _path(value: object, info: ValidationInfo) -> Path:
 
 
 def _readable_file(value: object, info: ValidationInfo) -> Path:
-    return check_readable_file(_path(value, info))
+    access = not isinstance(info.context, ParseContext) or info.context.check_access
+    return check_readable_file(_path(value, info), access)
 
 
 def _target(value: object, info: ValidationInfo) -> Address:

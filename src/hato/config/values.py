@@ -145,13 +145,23 @@ def resolve_path(value: object, base_dir: Path) -> Path:
     return Path(os.path.normpath(base_dir / path))
 
 
-def check_readable_file(path: Path) -> Path:
-    """`path` if it is a file this process can read."""
+def check_readable_file(path: Path, access: bool = True) -> Path:
+    """`path` if it is a file this process can read (`access`: check the permission too)."""
+    try:
+        path.stat()
+    except PermissionError:
+        if not access:
+            return path  # in a directory closed to us: whoever reads it will say so
+        raise ValueError(
+            f"file {path} is not readable by this user (a directory on its path is closed)"
+        ) from None
+    except OSError:
+        pass
     if not path.exists():
         raise ValueError(f"file {path} does not exist")
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    if not os.access(path, os.R_OK):
+    if access and not os.access(path, os.R_OK):
         raise ValueError(f"file {path} is not readable by this user (check owner and mode)")
     return path
 
