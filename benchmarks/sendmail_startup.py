@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from hato.model import ReversePath, SystemClock
-from hato.queue import Queue
+from hato.queue import BodyWriter, Queue
 from hato.server.control import ControlServer, serve
+from hato.server.localsubmit import LocalBody
 
 SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 MESSAGE = b"Subject: benchmark\n\n" + b"line of a cron report\n" * 50
@@ -41,8 +42,16 @@ class CountingSubmit:
     def __init__(self) -> None:
         self.count = 0
 
+    def new_body(self) -> LocalBody:
+        return LocalBody(BodyWriter("BENCH", os.devnull))
+
     async def __call__(
-        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+        self,
+        mail_from: ReversePath,
+        recipients: list[str],
+        message: bytes | LocalBody,
+        *,
+        uid: int | None,
     ) -> str:
         self.count += 1
         return f"BENCH{self.count}"

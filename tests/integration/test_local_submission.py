@@ -160,8 +160,11 @@ def test_local_users_send_only_as_themselves_through_the_configured_socket(
         hato.config, ["-f", "noreply@example.test", "alice"], b"Subject: one too many\n\nx\n"
     )
     assert code == 75 and " 4." in err, (code, err)
-    # root is not limited.
-    assert sendmail(hato, ["alice"], b"Subject: root again\n\nx\n").returncode == 0
+    # root is not limited; a big message is streamed to the queue, not held (it arrives whole).
+    big = b"".join(b"line %06d of a long report\n" % n for n in range(8000))  # ~220 KiB
+    assert sendmail(hato, ["alice"], b"Subject: root again\n\n" + big).returncode == 0
+    (stored,) = _wait_text(alice, b"root again", 15)
+    assert stored.read_bytes().endswith(big.replace(b"\n", b"\r\n"))
 
 
 def test_the_submission_socket_bounds_connections_per_user(hato: LocalHato) -> None:

@@ -22,7 +22,7 @@ An optional second socket (`submit_path`, mode 0666: any local user) answers onl
 `submit`; the peer's uid (SO_PEERCRED) goes into the Received header, like Postfix's pickup, and
 decides which senders it may use and its sending limits (server.localsubmit). It takes at most
 MAX_PUBLIC_CONNECTIONS connections, MAX_CONNECTIONS_PER_UID of one uid, and reads at most
-MAX_BODIES_AT_ONCE messages (each held whole) at a time.
+MAX_BODIES_AT_ONCE messages at a time, each streamed into the queue's body as it comes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from hato.model import (
 )
 from hato.queue import Queue
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
-from hato.server.localsubmit import SubmitRefused, reverse_path
+from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
 
 log = logging.getLogger("hato.control")
 
@@ -67,6 +67,7 @@ BODY_TIMEOUT = 300.0  # seconds to send the octets of one submitted message
 MAX_PUBLIC_CONNECTIONS = 32
 MAX_CONNECTIONS_PER_UID = 4
 MAX_BODIES_AT_ONCE = 8  # more than one uid may hold
+_CHUNK = 64 * 1024  # a submitted message is read and written on in pieces of this size
 _ACTIONS = {f"queue.{a.value}": a for a in Action}
 _PUBLIC_OPS = frozenset({"hello", "submit"})
 
@@ -78,8 +79,15 @@ class Waker(Protocol):
 class Submit(Protocol):
     """Queue a locally submitted message; returns its queue id. Raises SubmitRefused."""
 
+    def new_body(self) -> LocalBody: ...
+
     async def __call__(
-        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+        self,
+        mail_from: ReversePath,
+        recipients: list[str],
+        message: bytes | LocalBody,
+        *,
+        uid: int | None,
     ) -> str: ...
 
 
@@ -224,19 +232,34 @@ class ControlServer:
         if size > self._max_message_size:
             # The octets are not read: the connection cannot be used again.
             raise ConnectionResetError("message too big")
-        async with self._bodies, asyncio.timeout(BODY_TIMEOUT):
-            message = await reader.readexactly(size)
-        if self._submit is None:
-            raise RequestError("local submission is not enabled on this server")
         sender, rcpts = request.get("from", ""), request.get("rcpt")
+        problem = ""
         if not isinstance(sender, str) or not isinstance(rcpts, list) or not rcpts:
-            raise RequestError('submit needs "from" (a string) and "rcpt" (a list)')
-        if not all(isinstance(r, str) for r in rcpts):
-            raise RequestError('"rcpt" is a list of addresses')
+            problem = 'submit needs "from" (a string) and "rcpt" (a list)'
+        elif not all(isinstance(r, str) for r in rcpts):
+            problem = '"rcpt" is a list of addresses'
+        if self._submit is None:
+            problem = "local submission is not enabled on this server"
+        if problem or self._submit is None:
+            await _skip(reader, size)  # so that the connection can go on
+            raise RequestError(problem)
+        assert isinstance(sender, str) and isinstance(rcpts, list)
+        body = self._submit.new_body()
         try:
+            # Streamed into the queue's body file: never a whole message in memory.
+            async with self._bodies, asyncio.timeout(BODY_TIMEOUT):
+                left = size
+                while left:
+                    chunk = await reader.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", left)
+                    body.feed(chunk)
+                    left -= len(chunk)
+            body.finish()
             mail_from = reverse_path(sender, self._domain)
-            queue_id = await self._submit(mail_from, rcpts, message, uid=uid)
+            queue_id = await self._submit(mail_from, rcpts, body, uid=uid)
         except SubmitRefused as exc:
+            body.discard()
             return {
                 "ok": False,
                 "error": str(exc.reply),
@@ -244,7 +267,20 @@ class ControlServer:
                 "temporary": exc.reply.is_transient,
                 "refused": {k: str(v) for k, v in exc.refused.items()},
             }
+        except BaseException:
+            body.discard()
+            raise
         return {"ok": True, "id": queue_id}
+
+
+async def _skip(reader: asyncio.StreamReader, size: int) -> None:
+    """Read and drop `size` octets, so that the connection can go on."""
+    async with asyncio.timeout(BODY_TIMEOUT):
+        while size:
+            chunk = await reader.read(min(size, _CHUNK))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", size)
+            size -= len(chunk)
 
 
 def _selector(request: dict[str, Any]) -> Selector:

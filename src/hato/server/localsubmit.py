@@ -42,7 +42,7 @@ from hato.model import (
     parse_path,
 )
 from hato.policy import Accept, Defer, Reservation, SendLimiter
-from hato.queue import AUTH_PARAM, Queue, QueueWriteError
+from hato.queue import AUTH_PARAM, BodyWriter, Queue, QueueWriteError
 from hato.server.headers import HeaderCapture
 
 log = logging.getLogger("hato.control")
@@ -122,6 +122,53 @@ def _canon(address: Address) -> Address:
     return Address(address.local.lower(), address.domain.lower())
 
 
+class LocalBody:
+    """A submitted message as its octets come: written to the queue's body file as they come
+    (a file past 64 KiB: never held whole in memory), its header section kept for the sender
+    checks (bounded, server.headers), and a bare CR or LF looked for across chunk borders."""
+
+    def __init__(self, writer: BodyWriter) -> None:
+        self.writer = writer
+        self.header = HeaderCapture()
+        self.size = 0
+        self.ascii = True
+        self.bare_eol = False
+        self._last = b""  # the last two octets fed: the context of the next chunk
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.writer.write(data)
+        self.header.feed(data)
+        self.size += len(data)
+        self.ascii = self.ascii and data.isascii()
+        if not self.bare_eol:
+            self.bare_eol = self._has_bare_eol(self._last + data)
+        self._last = (self._last + data)[-2:]
+
+    def _has_bare_eol(self, text: bytes) -> bool:
+        seen = len(self._last)  # octets judged with the chunk before (all but a final CR)
+        for match in _BARE_EOL.finditer(text):
+            at = match.start()
+            if at < seen - 1 or (at == seen - 1 and text[at : at + 1] == b"\n"):
+                continue  # judged before
+            if at == len(text) - 1 and text.endswith(b"\r"):
+                continue  # a CR at the end: its LF may be the next chunk's first octet
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Every octet has come: a final CR is bare, a header section without its empty
+        line ends here (the message is all header)."""
+        if self._last.endswith(b"\r"):
+            self.bare_eol = True
+        if not self.header.done:
+            self.header.feed(b"\r\n" if self.header.section().endswith(b"\r\n") else b"\r\n\r\n")
+
+    def discard(self) -> None:
+        self.writer.discard()
+
+
 class LocalSubmitter:
     """The `submit` op of the control socket, and the maildrop's pickup."""
 
@@ -146,22 +193,46 @@ class LocalSubmitter:
         self._senders = senders
         self._limiter = limiter
 
+    def new_body(self) -> LocalBody:
+        """Where a submitted message's octets go as they come (control, maildrop)."""
+        return LocalBody(self._queue.new_body())
+
     async def __call__(
-        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+        self,
+        mail_from: ReversePath,
+        recipients: list[str],
+        message: bytes | LocalBody,
+        *,
+        uid: int | None,
+    ) -> str:
+        if isinstance(message, bytes):
+            body = self.new_body()
+            body.feed(message)
+            body.finish()
+        else:
+            body = message
+        try:
+            return await self._submit(mail_from, recipients, body, uid)
+        except BaseException:
+            body.discard()  # not queued (commit took it otherwise, and discard is then moot)
+            raise
+
+    async def _submit(
+        self, mail_from: ReversePath, recipients: list[str], body: LocalBody, uid: int | None
     ) -> str:
         pairs, refused = self._resolve(recipients)
         if refused:
             raise SubmitRefused(REFUSED, refused)
-        if self._max and len(message) > self._max:
+        if self._max and body.size > self._max:
             raise SubmitRefused(TOO_BIG)
-        if _BARE_EOL.search(message):
+        if body.bare_eol:
             raise SubmitRefused(BARE_EOL)
-        self._check_senders(mail_from, message, uid)
-        if not self._queue.has_room(len(message)):
+        self._check_senders(mail_from, body.header, uid)
+        if not self._queue.has_room(body.size):
             raise SubmitRefused(NO_ROOM)
         reservation = self._reserve(uid, len(pairs))
         try:
-            queue_id = await self._commit(mail_from, pairs, message, uid)
+            queue_id = await self._commit(mail_from, pairs, body, uid)
         except BaseException:
             if reservation is not None and self._limiter is not None:
                 self._limiter.release(reservation)  # not queued: it does not count
@@ -185,15 +256,15 @@ class LocalSubmitter:
             raise SubmitRefused(decision.reply)
         return reserved
 
-    def _check_senders(self, mail_from: ReversePath, message: bytes, uid: int | None) -> None:
+    def _check_senders(
+        self, mail_from: ReversePath, header: HeaderCapture, uid: int | None
+    ) -> None:
         """RFC 5321 §3.3 envelope sender, and the header section as on submission: From,
         Sender and Resent-* (RFC 5322 §3.6.2, §3.6.6) must be the user's own."""
         if self._senders is None or self._senders.trusted(uid):
             return
         senders = self._senders
         who = senders.name(uid) or f"uid {uid}"
-        header = HeaderCapture()
-        header.feed(message if b"\r\n\r\n" in message else message + b"\r\n\r\n")
         verdict = header.judge(Address(who, self._domain), lambda a: senders.may_use(uid, a))
         refusal = verdict.refusal
         if refusal is None and mail_from is not None and not senders.may_use(uid, mail_from):
@@ -215,21 +286,20 @@ class LocalSubmitter:
         self,
         mail_from: ReversePath,
         pairs: list[tuple[Address, Address]],
-        message: bytes,
+        local: LocalBody,
         uid: int | None,
     ) -> str:
         # A local program is trusted as an authenticated user is (queue/bounce.py).
         params: dict[str, str | None] = {AUTH_PARAM: "local" if uid is None else f"uid:{uid}"}
-        if not message.isascii():
+        if not local.ascii:
             params["BODY"] = "8BITMIME"  # RFC 6152
         if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
             params["SMTPUTF8"] = None  # RFC 6531 §3.4
-        elif has_utf8_header(message):
+        elif has_utf8_header(local.header.section() + b"\r\n"):
             # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
             # program cannot say so (Postfix's sendmail autodetects it the same way).
             params["SMTPUTF8"] = None
-        body = self._queue.new_body()
-        body.write(message)
+        body = local.writer
         # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
         who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
         stamp = email.utils.formatdate(self._clock.now(), localtime=False)

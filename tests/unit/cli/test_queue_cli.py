@@ -19,9 +19,9 @@ import pytest
 from hato.cli import main
 from hato.cli.queue import ControlClient, ServerDown
 from hato.model import Address, Reply, ReversePath, SystemClock
-from hato.queue import Queue, RowUpdate, Status
+from hato.queue import BodyWriter, Queue, RowUpdate, Status
 from hato.server.control import ControlServer, OutcomeCounter, serve
-from hato.server.localsubmit import SubmitRefused
+from hato.server.localsubmit import LocalBody, SubmitRefused
 
 CONFIG = """
 [server]
@@ -46,17 +46,27 @@ class FakeRunner:
 
 
 class FakeSubmit:
-    def __init__(self) -> None:
+    def __init__(self, spool: Path) -> None:
         self.calls: list[tuple[ReversePath, list[str], bytes, int | None]] = []
+        self.spool = spool
+
+    def new_body(self) -> LocalBody:
+        return LocalBody(BodyWriter("QID123", str(self.spool / "QID123")))
 
     async def __call__(
-        self, mail_from: ReversePath, recipients: list[str], message: bytes, *, uid: int | None
+        self,
+        mail_from: ReversePath,
+        recipients: list[str],
+        message: bytes | LocalBody,
+        *,
+        uid: int | None,
     ) -> str:
         if any(r.startswith("nobody") for r in recipients):
             raise SubmitRefused(
                 Reply(550, "5.1.1", "rejected"), {"nobody": Reply(550, "5.1.1", "unknown")}
             )
-        self.calls.append((mail_from, recipients, message, uid))
+        data = message if isinstance(message, bytes) else message.writer.peek_inline()
+        self.calls.append((mail_from, recipients, data, uid))
         return "QID123"
 
 
@@ -66,7 +76,7 @@ class ServerThread:
     def __init__(self, data_dir: Path, public: Path | None = None) -> None:
         self.data_dir = data_dir
         self.runner = FakeRunner()
-        self.submit = FakeSubmit()
+        self.submit = FakeSubmit(data_dir.parent)
         self.counter = OutcomeCounter()
         self.public = public
         self.ready = threading.Event()
