@@ -52,6 +52,13 @@ def preflight(settings: Settings) -> Findings:
             return found
     if identity is not None and os.geteuid() == 0 and identity.uid != 0:
         as_user = _in_child(settings, identity)
+    elif identity is not None and identity.uid != os.geteuid():
+        found.warnings.append(
+            f"server.user is {identity.user!r}: run check-config as root (as serve is started) "
+            f"or as {identity.user!r} to check the files as that user; checked as uid "
+            f"{os.geteuid()} instead"
+        )
+        as_user = _as_server_user(settings, None)
     else:
         as_user = _as_server_user(settings, identity)
     found.problems.extend(as_user.problems)
