@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from peers.hato import HatoServer
 from peers.net import free_port
+from peers.server import MailSetup, TlsFiles
+from peers.tls import TestCA
 
 PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: hato.test\r\nX-Slow: "  # never finished
 
@@ -17,8 +19,8 @@ PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: hato.test\r\nX-Slow: "  # never finis
 class HttpHato(HatoServer):
     """The harness server with one HTTP endpoint ([metrics] or [wkd]) and small limits."""
 
-    def __init__(self, data_dir: Path, section: str) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Path, section: str, tls: TlsFiles | None = None) -> None:
+        super().__init__(data_dir, MailSetup(tls=tls))
         self.section = section
         self.http_port = free_port()
 
@@ -31,6 +33,7 @@ class HttpHato(HatoServer):
                 "max_connections = 5",
                 "max_connections_per_ip = 3",
                 "header_timeout = 2",
+                *(["https = true"] if self.setup.tls is not None else []),
                 "",
             )
         )
@@ -92,5 +95,33 @@ def test_a_slowloris_is_capped_and_timed_out(tmp_path: Path, section: str, path:
         # ... and a real request is answered again.
         answer = _get(server, path)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        server.stop()
+
+
+def test_https_wkd_counts_handshakes_from_accept(tmp_path: Path, test_ca: TestCA) -> None:
+    """With https, a connection that never sends a ClientHello holds its place and is dropped
+    when header_timeout is up, like a slow header."""
+    server = HttpHato(tmp_path / "data", "wkd", test_ca.tls_files())
+    server.start()
+    try:
+        address = (server.host, server.http_port)
+        held = [socket.create_connection(address, source_address=("127.0.0.3", 0))]
+        held += [socket.create_connection(address, source_address=("127.0.0.3", 0))]
+        held += [socket.create_connection(address, source_address=("127.0.0.3", 0))]
+        extra = socket.create_connection(address, source_address=("127.0.0.3", 0))
+        assert _closed_by_server(extra), server.log_text()
+        for sock in held:
+            assert _closed_by_server(sock), server.log_text()
+        context = test_ca.client_context()
+        with (
+            socket.create_connection(address, timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="hato.test") as tls,
+        ):
+            request = "GET /.well-known/openpgpkey/example.org/policy HTTP/1.1\r\n"
+            tls.sendall(f"{request}Host: hato.test\r\nConnection: close\r\n\r\n".encode())
+            answer = tls.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert server.wait_for_log(r"event=http-refused endpoint=wkd client=127\.0\.0\.3")
     finally:
         server.stop()

@@ -13,6 +13,10 @@ through `_Guarded`, a protocol wrapped around aiohttp's own:
   (`event=http-timeout`). An idle keep-alive connection is closed the same way, which costs a
   scraper one reconnect.
 
+With TLS (WKD's `https = true`) the connection is counted from accept by an accept loop of our
+own (as on port 465, server/implicit.py): the handshake must finish within `header_timeout` and
+holds the client's place while it runs, so a flood of half-open handshakes is capped too.
+
 `serve_guarded` binds an aiohttp application behind this and returns the running site.
 May import model and policy (client_key).
 """
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -72,10 +78,13 @@ class _Count:
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, behind the limits."""
 
-    def __init__(self, inner: asyncio.Protocol, count: _Count) -> None:
+    def __init__(
+        self, inner: asyncio.Protocol, count: _Count, admitted: tuple[str, str] | None = None
+    ) -> None:
         self._inner = inner
         self._count = count
         self._transport: asyncio.Transport | None = None
+        self._admitted = admitted  # (key, client) when counted at accept, before TLS
         self._key: str | None = None  # set once admitted
         self._client = "unknown"
         self._timer: asyncio.TimerHandle | None = None
@@ -83,24 +92,17 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-        try:
-            key = client_key(self._client)
-        except ValueError:
-            key = self._client
-        if not self._count.admit(key):
-            log.warning(
-                logfmt(
-                    "http-refused",
-                    endpoint=self._count.name,
-                    client=self._client,
-                    reason="connection-limit",
-                )
-            )
-            transport.close()
-            return
-        self._key = key
+        if self._admitted is not None:
+            self._key, self._client = self._admitted
+        else:
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            key = _key(self._client)
+            if not self._count.admit(key):
+                _refused(self._count, self._client)
+                transport.close()
+                return
+            self._key = key
         self._arm()
         self._inner.connection_made(transport)
 
@@ -144,16 +146,29 @@ class _Guarded(asyncio.Protocol):
         self._transport.close()
 
 
+def _key(client: str) -> str:
+    try:
+        return client_key(client)
+    except ValueError:
+        return client  # no IP address: counted as it is
+
+
+def _refused(count: _Count, client: str) -> None:
+    log.warning(
+        logfmt("http-refused", endpoint=count.name, client=client, reason="connection-limit")
+    )
+
+
 class GuardedSite:
     """A bound endpoint: `port` is the one listened on (useful with port 0)."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, stop: Callable[[], None], port: int) -> None:
         self._runner = runner
-        self._server = server
+        self._stop = stop
         self.port = port
 
     async def aclose(self) -> None:
-        self._server.close()
+        self._stop()
         await self._runner.cleanup()
 
 
@@ -165,30 +180,92 @@ async def serve_guarded(
     limits: HttpLimits,
     tls: ssl.SSLContext | None = None,
 ) -> GuardedSite:
-    """Serve `app` on host:port behind `limits`; OSError when it cannot listen."""
+    """Serve `app` on host:port behind `limits`; OSError when it cannot listen. With `tls`,
+    connections are counted from accept, their handshake (limited to `header_timeout`)
+    included, as on port 465 (server/implicit.py)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     handler = runner.server
     assert handler is not None  # set by setup()
     count = _Count(name, limits)
+    loop = asyncio.get_running_loop()
 
-    def factory() -> asyncio.Protocol:
-        return _Guarded(cast(asyncio.Protocol, handler()), count)
+    def factory(admitted: tuple[str, str] | None = None) -> asyncio.Protocol:
+        return _Guarded(cast(asyncio.Protocol, handler()), count, admitted)
 
     try:
-        server = await asyncio.get_running_loop().create_server(
-            factory,
-            host,
-            port,
-            reuse_address=True,
-            ssl=tls,
-            ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
-        )
+        if tls is None:
+            server = await loop.create_server(factory, host, port, reuse_address=True)
+            bound = int(server.sockets[0].getsockname()[1]) if server.sockets else port
+            return GuardedSite(runner, server.close, bound)
+        sock = _listen(host, port)
     except OSError:
         await runner.cleanup()
         raise
-    bound = port
-    for sock in server.sockets:
-        bound = int(sock.getsockname()[1])
-        break
-    return GuardedSite(runner, server, bound)
+    accepting = loop.create_task(_accept_tls(sock, count, factory, tls))
+
+    def stop() -> None:
+        accepting.cancel()
+        sock.close()
+
+    return GuardedSite(runner, stop, int(sock.getsockname()[1]))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _accept_tls(
+    sock: socket.socket,
+    count: _Count,
+    factory: Callable[[tuple[str, str]], asyncio.Protocol],
+    tls: ssl.SSLContext,
+) -> None:
+    loop = asyncio.get_running_loop()
+    handshakes: set[asyncio.Task[None]] = set()
+
+    async def handshake(conn: socket.socket, key: str, client: str) -> None:
+        try:
+            await loop.connect_accepted_socket(
+                lambda: factory((key, client)),
+                conn,
+                ssl=tls,
+                ssl_handshake_timeout=count.limits.header_timeout,
+            )
+        except (OSError, TimeoutError) as exc:  # the session never began: give its place back
+            log.info(logfmt("http-timeout", endpoint=count.name, client=client, error=exc))
+            count.leave(key)
+            conn.close()
+
+    try:
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
+                log.warning(logfmt("accept-failed", endpoint=count.name, error=exc))
+                await asyncio.sleep(0.1)
+                continue
+            client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            key = _key(client)
+            if not count.admit(key):
+                _refused(count, client)
+                conn.close()
+                continue
+            task = loop.create_task(handshake(conn, key, client))
+            handshakes.add(task)
+            task.add_done_callback(handshakes.discard)
+    finally:
+        for task in list(handshakes):
+            task.cancel()
