@@ -263,3 +263,22 @@ def test_a_compromised_accounts_spam_is_refused_on_submission(
         assert b"X-Spamd-Result" not in found.read_bytes()
     finally:
         server.stop()
+
+
+def test_hato_reload_turns_the_check_on_and_points_it_elsewhere(
+    tmp_path: Path, rspamd: RspamdServer
+) -> None:
+    # Started against a port where nothing listens: every message is deferred.
+    dead = f"http://{LOOPBACK}:{free_port()}"
+    server = FilteringHato(tmp_path / "data", dead)
+    server.start()
+    try:
+        assert _send(server, _message("before", GTUBE))[0] == 451
+        server.config.write_text(server.config.read_text().replace(dead, rspamd.url))
+        done = server.hato("reload")
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr
+        assert "changed rspamd.url" in done.stdout, done.stdout
+        # The next message is checked by the rspamd the file now names.
+        assert _send(server, _message("after", GTUBE)) == (550, "5.7.1 Gtube pattern")
+    finally:
+        server.stop()

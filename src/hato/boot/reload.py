@@ -69,6 +69,7 @@ LIVE_KEYS = frozenset(
         "local.recipient_delimiter",
         "local.postmaster",  # the resolver
         "authcheck",  # every key; the DKIM keys are read again too
+        "rspamd",  # every key: the next message's check (boot.filters)
         "limits.max_recipients",
         "limits.max_bad_commands",
         "limits.max_text_line",
