@@ -282,3 +282,16 @@ def test_hato_reload_turns_the_check_on_and_points_it_elsewhere(
         assert _send(server, _message("after", GTUBE)) == (550, "5.7.1 Gtube pattern")
     finally:
         server.stop()
+
+
+def test_rspamds_reject_can_be_mapped_to_junk(tmp_path: Path, rspamd: RspamdServer) -> None:
+    server = FilteringHato(tmp_path / "data", rspamd.url, 'reject = "junk"\n')
+    server.start()
+    try:
+        code, text = _send(server, _message("gtube-junk", GTUBE))
+        assert code == 250, text
+        box = server.mailbox("someone", "dest.example")
+        maildir.wait_for_marker(box / ".Junk", "gtube-junk", 20)
+        assert not maildir.find_marker(maildir.messages(box), "gtube-junk")
+    finally:
+        server.stop()
