@@ -172,6 +172,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,
         filters=SpamFilters(metrics),
+        metrics=metrics,
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed

@@ -47,8 +47,9 @@ from hato.app import (
 from hato.crypto import KeyStore
 from hato.delivery.srs import load_key
 from hato.logsetup import configure_logging
-from hato.model import Address, Role, logfmt
+from hato.model import Address, Role, SystemClock, logfmt
 from hato.policy import LIMITS_DB
+from hato.policy.greylist import SCREEN_DB, ScreenStore
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
 from hato.server.privileges import PrivilegeError, lookup_identity
@@ -124,6 +125,8 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
     if settings.local.srs:
         load_key(data_dir)  # the SRS key every worker signs with
+    if settings.screen.active:  # greylisting and connection rates, shared by the workers
+        ScreenStore(SystemClock(), data_dir / SCREEN_DB).close()
     build_tls(settings, data_dir)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hato.accounts import UserStore
 from hato.boot.filters import SpamFilters
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
+from hato.boot.screen import build_screen
 from hato.crypto import KeyStore
 from hato.dbcache import CachedUsers
 from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
@@ -47,6 +48,7 @@ from hato.policy import (
     SendLimiter,
     SendLimitSettings,
 )
+from hato.policy.greylist import ScreenStore
 from hato.queue import Queue
 from hato.server.httpguard import HttpLimits
 from hato.server.inbound import Enforcement, InboundChecker
@@ -229,6 +231,8 @@ class Shared:
     resolver: CurrentResolver
     srs: tuple[Srs, Clock] | None = None  # [local] srs: the resolver's reversal (a restart key)
     filters: SpamFilters = field(default_factory=SpamFilters)  # rspamd clients ([rspamd])
+    metrics: Metrics = field(default_factory=Metrics)
+    screen_store: ScreenStore | None = None  # DATA_DIR/screen.db, once [screen] needs it
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)
@@ -293,6 +297,7 @@ def configured_fields(
         "signer": OutboundSigner(signers) if role is not Role.MX else None,
         "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
         "spam": shared.filters.for_role(settings, role),
+        "screen": build_screen(settings, shared, role),
     }
 
 

@@ -65,6 +65,7 @@ LIVE_KEYS = frozenset(
     {
         "domain",  # the recipient resolver, send_as grants, DKIM selectors (not the first name)
         "network",  # client networks and their DNSBLs, for new sessions
+        "screen",  # every key: the mx screen of new sessions (boot/screen.py)
         "local.aliases_file",  # the resolver (the file is read again too)
         "local.recipient_delimiter",
         "local.postmaster",  # the resolver

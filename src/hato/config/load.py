@@ -28,6 +28,7 @@ from hato.config.filter_sections import RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
     SECTIONS,
     DomainSettings,
@@ -197,6 +198,7 @@ def settings_from_mapping(
         if "rspamd" in raw
         else None
     )
+    screen = _one(ScreenSettings, raw.get("screen", {}), "screen", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -217,6 +219,7 @@ def settings_from_mapping(
         or delivery is None
         or metrics is None
         or wkd is None
+        or screen is None
     ):
         raise ConfigError(source, problems)
     return Settings(
@@ -237,6 +240,7 @@ def settings_from_mapping(
         metrics=metrics,
         wkd=wkd,
         rspamd=rspamd,
+        screen=screen,
         data_dir_origin=origin,
     )
 

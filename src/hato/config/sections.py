@@ -43,6 +43,7 @@ from hato.config.ops_sections import (
 )
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.screen_sections import ScreenSettings
 from hato.config.values import (
     ListenAddress,
     at_least,
@@ -450,5 +451,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "metrics": MetricsSettings,
     "wkd": WkdSettings,
     "rspamd": RspamdSettings,
+    "screen": ScreenSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

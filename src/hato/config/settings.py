@@ -13,6 +13,7 @@ from hato.config.filter_sections import RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
     DomainSettings,
     LimitsSettings,
@@ -47,6 +48,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings.model_validate({}))
     wkd: WkdSettings = field(default_factory=lambda: WkdSettings.model_validate({}))
     rspamd: RspamdSettings | None = None  # no [rspamd]: no check
+    screen: ScreenSettings = field(default_factory=lambda: ScreenSettings.model_validate({}))
     # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
     # messages that say which data directory a command used, and how to choose another).
     data_dir_origin: str = "server.data_dir"

@@ -147,25 +147,41 @@ _DNSBL_ERRORS = ipaddress.ip_network("127.255.255.0/24")
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
+@dataclass(frozen=True, slots=True)
+class DnsblAnswer:
+    """What one DNSBL zone said of one address: listed or not (or unknown), the answer
+    codes (for a pattern such as 127.0.0.[2..11]) and a detail for the log."""
+
+    listed: Listed
+    codes: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    detail: str = ""
+
+
 async def dnsbl_lookup(ip: str, zone: str, resolver: Resolver) -> tuple[Listed, str]:
     """Ask DNSBL `zone` about `ip`: (listed or not or unknown, detail for the log)."""
+    answer = await dnsbl_answer(ip, zone, resolver)
+    return answer.listed, answer.detail
+
+
+async def dnsbl_answer(ip: str, zone: str, resolver: Resolver) -> DnsblAnswer:
+    """Ask DNSBL `zone` about `ip`, keeping the answer codes."""
     # RFC 5782 §2.1 (IPv4: octets reversed) and §2.4 (IPv6: nibbles reversed), then the zone.
     name = f"{reversed_labels(ip)}.{zone.rstrip('.')}"
     answer = await resolver.query(name, RdType.A)
     match answer.status:
         case DnsStatus.NXDOMAIN | DnsStatus.NODATA:
             # RFC 5782 §2.1: no A record at the name means not listed.
-            return Listed.NO, ""
+            return DnsblAnswer(Listed.NO)
         case DnsStatus.TEMPFAIL:
-            return Listed.UNKNOWN, answer.detail or "tempfail"
+            return DnsblAnswer(Listed.UNKNOWN, detail=answer.detail or "tempfail")
         case DnsStatus.OK:
-            codes = [ipaddress.ip_address(a) for a in answer.addresses()]
+            codes = tuple(ipaddress.ip_address(a) for a in answer.addresses())
             shown = ",".join(str(c) for c in codes)
             if any(c in _DNSBL_ERRORS for c in codes):
-                return Listed.UNKNOWN, f"error answer {shown}"
+                return DnsblAnswer(Listed.UNKNOWN, detail=f"error answer {shown}")
             # RFC 5782 §2.1: a listed entry has an A record, conventionally in 127.0.0.0/8.
             if any(c in _LOOPBACK for c in codes):
-                return Listed.YES, shown
-            return Listed.UNKNOWN, f"answer outside 127.0.0.0/8: {shown}"
+                return DnsblAnswer(Listed.YES, codes, shown)
+            return DnsblAnswer(Listed.UNKNOWN, detail=f"answer outside 127.0.0.0/8: {shown}")
         case _:
             assert_never(answer.status)

@@ -128,7 +128,7 @@ class SendLimiter:
 
     def reserve_message(self, user: str) -> Reservation | Defer:
         key = _key(user)
-        with _Immediate(self._db):
+        with Immediate(self._db):
             refusal = self._refusal(key, messages=1, recipients=0)
             if refusal is not None:
                 return refusal
@@ -139,7 +139,7 @@ class SendLimiter:
             return Reservation(key, cursor.lastrowid)
 
     def reserve_recipient(self, reservation: Reservation, count: int = 1) -> Decision:
-        with _Immediate(self._db):
+        with Immediate(self._db):
             refusal = self._refusal(reservation.user, messages=0, recipients=count)
             if refusal is not None:
                 return refusal
@@ -151,14 +151,14 @@ class SendLimiter:
 
     def release(self, reservation: Reservation) -> None:
         """The transaction ended without a 250: its reservation no longer counts."""
-        with _Immediate(self._db):
+        with Immediate(self._db):
             self._db.execute("DELETE FROM sent WHERE id = ? AND pending = 1", (reservation.row,))
 
     def confirm(self, reservation: Reservation) -> SpikeAlert | None:
         """The message was accepted: its reservation is usage now; a SpikeAlert when this
         message makes a spike."""
         now, minute = self._clock.now(), self._minute()
-        with _Immediate(self._db):
+        with Immediate(self._db):
             self._db.execute(
                 "UPDATE sent SET pending = 0, minute = ? WHERE id = ?", (minute, reservation.row)
             )
@@ -181,7 +181,7 @@ class SendLimiter:
         """An admin lets the user send again (and resets their spike count); whether held."""
         key = _key(user)
         was = self.held(key)
-        with _Immediate(self._db):
+        with Immediate(self._db):
             self._db.execute("DELETE FROM account WHERE user = ?", (key,))
             self._db.execute("UPDATE sent SET recipients = 0 WHERE user = ?", (key,))
         return was
@@ -252,7 +252,7 @@ def open_limits(path: Path | None) -> sqlite3.Connection:
     return db
 
 
-class _Immediate:
+class Immediate:
     """One ``BEGIN IMMEDIATE`` transaction: the write lock from the first read on, so that a
     check and its reservation are one step for every process sharing the file."""
 

@@ -28,6 +28,7 @@ from hato.server.auth import Accounts, ScramDecoy
 from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
+from hato.server.screen import Screen
 from hato.server.signing import OutboundSigner
 from hato.server.spamcheck import SpamFilter
 from hato.server.tls import ReloadingContext
@@ -161,6 +162,7 @@ class SessionContext:
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
+    screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -63,6 +63,7 @@ AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 RSPAMD_ACTIONS = (
     "no action", "greylist", "add header", "rewrite subject", "soft reject", "reject",
 )  # fmt: skip
+SCREEN_REASONS = ("connection-rate", "dnsbl", "early-talker", "greylisted")
 RSPAMD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -229,6 +230,14 @@ class Metrics:
             ["policy"],
             registry=reg,
         )
+        self.screen_refusals = Counter(
+            "hato_screen_refusals",
+            "mx clients the [screen] refused or deferred, by reason (dnsbl, early-talker, "
+            "connection-rate, greylisted)",
+            ["reason"],
+            registry=reg,
+        )
+        self._screen = _Children(self.screen_refusals.labels, SCREEN_REASONS)
         self._rspamd_actions = _Children(self.rspamd_verdicts.labels, RSPAMD_ACTIONS)
         self._rspamd_policies = _Children(self.rspamd_failures.labels, ("tempfail", "accept"))
         self.auth_mechanisms = _Children(self.auth_failures.labels, AUTH_MECHANISMS)
@@ -251,6 +260,10 @@ class Metrics:
         """Rspamd answered `action` after `seconds` (hato.server.spamcheck)."""
         self._rspamd_actions[action].inc()
         self.rspamd_seconds.observe(seconds)
+
+    def screen_refused(self, reason: str) -> None:
+        """The [screen] refused a client (or deferred a triplet) for `reason`."""
+        self._screen[reason].inc()
 
     def rspamd_unavailable(self, policy: str) -> None:
         """Rspamd gave no verdict; `policy` ("tempfail" or "accept") was applied."""

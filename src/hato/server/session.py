@@ -17,17 +17,15 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_REPLY, SealedScratch
-from hato.delivery.local import Local, NotLocal
+from hato.delivery.local import Local, NotLocal, Resolution
 from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
 from hato.model import Address, RecipientDsn, Reply, logfmt
-from hato.model.dns import Resolver
 from hato.policy import (
     AUTH_BLOCKED,
     Accept,
     RecipientFacts,
     Reservation,
     SenderFacts,
-    connection_check,
     mail_from_decision,
     rcpt_decision,
 )
@@ -38,6 +36,7 @@ from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
+from hato.server.screen import Screened, network_refusal
 from hato.smtp import (
     NEED_DATA,
     PAUSED,
@@ -111,6 +110,7 @@ class SmtpSession(asyncio.Protocol):
         self.keyed = False  # a recipient of this transaction has a key (issue 6)
         self.captured = 0
         self.burst = 0  # octets read since reading last paused for the other sessions
+        self.screened = Screened()  # what the mx [screen] found before the greeting
 
     # ---- asyncio callbacks ----
 
@@ -169,16 +169,22 @@ class SmtpSession(asyncio.Protocol):
             self.conn.greet(AUTH_BLOCKED)
             self._process()
             return
-        rules = self.ctx.network_rules
-        if (rules.refuse or rules.allow) and self.ctx.dns is not None:
-            # OP25B network rules may need a DNSBL answer before the greeting.
-            self._begin(self._check_network(self.ctx.dns), name="network")
+        rules, screen = self.ctx.network_rules, self.ctx.screen
+        if screen is not None or ((rules.refuse or rules.allow) and self.ctx.dns is not None):
+            # OP25B rules and the mx [screen] may need DNS (and a wait) before the greeting;
+            # an early talker must be heard meanwhile (server/screen.py).
+            self._begin(self._before_greeting(), name="greeting")
+            if screen is not None and screen.pregreet:
+                transport.resume_reading()
             return
         self.conn.greet()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            return
+        if self.ctx.screen is not None and self.task and self.task.get_name() == "greeting":
+            self._close_with(self.ctx.screen.early_talker(self.client_ip, self.session_id))
             return
         self.last_activity = self.ctx.clock.monotonic()
         self.conn.receive_data(data)
@@ -334,33 +340,18 @@ class SmtpSession(asyncio.Protocol):
         if self.draining and self.body is None and not self.closing:
             self._close_with(SHUTTING_DOWN)
 
-    async def _check_network(self, dns: Resolver) -> None:
-        verdict = await connection_check(
-            self.client_ip, self.ctx.network_rules, self.ctx.networks, dns
-        )
-        for match in verdict.unknown:
-            log.warning(
-                logfmt(
-                    "dnsbl-tempfail",
-                    session=self.session_id,
-                    client=self.client_ip,
-                    network=match.network,
-                    detail=match.detail,
-                )
+    async def _before_greeting(self) -> None:
+        ctx = self.ctx
+        rules, dns, screen = ctx.network_rules, ctx.dns, ctx.screen
+        reply: Reply | Screened | None = None
+        if (rules.refuse or rules.allow) and dns is not None:
+            reply = await network_refusal(
+                self.client_ip, ctx.listener.name, rules, ctx.networks, dns, self.session_id
             )
-        if isinstance(verdict.decision, Accept):
-            self.conn.greet()
-            return
-        reply = verdict.decision.reply
-        log.info(
-            logfmt(
-                "connection-refused",
-                listener=self.ctx.listener.name,
-                client=self.client_ip,
-                reason="network",
-                reply=reply.code,
-            )
-        )
+        if reply is None and screen is not None:
+            reply = await screen.before_greeting(self.client_ip, self.session_id, self._write)
+        if isinstance(reply, Screened):
+            self.screened, reply = reply, None
         # RFC 5321 §3.1: a 554 greeting; the core then answers 503 to all but QUIT. A 4xx
         # greeting (421) closes at once.
         self.conn.greet(reply)
@@ -432,6 +423,24 @@ class SmtpSession(asyncio.Protocol):
         if not isinstance(decision, Accept):
             self._refuse_rcpt(event, decision.reply)
             return
+        if self.ctx.screen is not None and self.ctx.screen.rules.greylist is not None:
+            self._begin(self._greylist(event, resolution))  # RFC 6647 (server/screen.py)
+            return
+        self._add_recipient(event, resolution)
+
+    async def _greylist(self, event: RcptTo, resolution: Resolution) -> None:
+        assert self.ctx.screen is not None
+        path = self.mail_from.path if self.mail_from is not None else None
+        helo = self.conn.hello_name or ""
+        reply = await self.ctx.screen.greylist(
+            self.screened, self.client_ip, helo, path, event.address, self.session_id
+        )
+        if reply is not None:
+            self.conn.reply(reply)
+        else:
+            self._add_recipient(event, resolution)
+
+    def _add_recipient(self, event: RcptTo, resolution: Resolution) -> None:
         # Aliases may expand to several mailboxes; each gets one queue row, once.
         # An alias target without an account is queued too: it bounces at delivery, never
         # vanishes (delivery.known).
@@ -752,6 +761,10 @@ class SmtpSession(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def _close_with(self, reply: Reply) -> None:
         if self.closing or self.transport is None:
