@@ -195,8 +195,12 @@ class Reloader:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         os.kill(os.getppid(), signal.SIGHUP)
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            return (await future).as_json()
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                return (await future).as_json()
+        except TimeoutError:
+            late = f"no outcome within {REPLY_TIMEOUT:.0f} s; see the log (event=reloaded)"
+            return ReloadOutcome(False, "?", errors=(late,)).as_json()
 
 
 class LiveConfiguration:

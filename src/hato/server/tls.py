@@ -39,7 +39,9 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
             (p for p in (key, cert) if not os.access(p, os.R_OK)), f"{cert} or {key}"
         )
         raise TLSConfigError(
-            f"tls: cannot read {unreadable}: permission denied (hato runs as uid {os.geteuid()})"
+            f"tls: cannot read {unreadable}: permission denied (hato runs as uid {os.geteuid()}); "
+            "start hato as root with [server] user (it reads the files before dropping root), "
+            "or give this user read access (chgrp + chmod g+r, or a certbot deploy hook)"
         ) from exc
     except ssl.SSLError as exc:
         raise TLSConfigError(
