@@ -66,7 +66,6 @@ class Envelope:
     helo: str
     user: str | None = None  # the authenticated account: rspamd skips some checks for it
     queue_id: str = ""
-    hostname: str = ""  # the client's name, when known
 
     def headers(self) -> list[tuple[str, str]]:
         """rspamd's protocol request headers (docs: "Rspamd protocol", HTTP headers)."""
@@ -76,8 +75,6 @@ class Envelope:
             out.append(("User", self.user))
         if self.queue_id:
             out.append(("Queue-Id", self.queue_id))
-        if self.hostname:
-            out.append(("Hostname", self.hostname))
         return out
 
 
