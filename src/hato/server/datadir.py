@@ -7,9 +7,12 @@ With the lock held, before any worker starts:
 * the process umask becomes 077, so whatever the server creates from now on (the queue
   database and its WAL, spool files, certificates, DKIM keys) is its user's alone, whatever
   umask it was started with;
-* what is already there is made private: `DATA_DIR` and every directory below it 0700, every
-  file 0600, except the `mailboxes/` tree, whose modes belong to local delivery (the Maildir
-  writer makes them 0700/0600; docs/operations.md). A data directory made by hand, or files
+* what is already there is made private: every directory below `DATA_DIR` 0700, every file
+  0600, except the `mailboxes/` tree, whose modes belong to local delivery (the Maildir writer
+  makes them 0700/0600; docs/operations.md), and `maildrop/` (1733 on purpose: local users drop
+  mail there while the server is down, server/maildrop.py). `DATA_DIR` itself loses every read
+  and write bit but its owner's; a search bit (0711) an operator gave it so that local users
+  reach the maildrop is left. A data directory made by hand, or files
   left by an older version or a `hato` command run under umask 022, would otherwise leave inline
   message bodies (`queue/queue.db` and its WAL) and password hashes readable by every local
   user. Each change is logged (`event=permissions-fixed`) so the operator sees what was open;
@@ -39,8 +42,10 @@ SECRET_FILE = "secret"
 SECRET_SIZE = 32
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-# Left to local delivery (and an operator who opens it to a mailbox reader's group).
-OWN_MODES = frozenset({"mailboxes"})
+# Left to local delivery (and an operator who opens it to a mailbox reader's group), and to
+# the maildrop (1733, server/maildrop.py).
+OWN_MODES = frozenset({"mailboxes", "maildrop"})
+_TOP_KEEPS = 0o011  # DATA_DIR's search bits for group and others: the way to the maildrop
 _SHOWN_FIXES = 20  # one line each; the rest are counted in a summary line
 
 
@@ -96,7 +101,7 @@ def locked(
 
 def make_private(data_dir: Path) -> int:
     """Directories 0700 and files 0600 under `data_dir` (not the mailboxes); how many changed."""
-    fixed = _fix(data_dir, DIR_MODE, 0)
+    fixed = _fix(data_dir, DIR_MODE, 0, keep=_TOP_KEEPS)
     for top in sorted(data_dir.iterdir()):
         if top.name in OWN_MODES:
             continue
@@ -114,8 +119,8 @@ def make_private(data_dir: Path) -> int:
     return fixed
 
 
-def _fix(path: Path, mode: int, shown: int) -> int:
-    """Take group and other permissions away from one directory or regular file."""
+def _fix(path: Path, mode: int, shown: int, keep: int = 0) -> int:
+    """Take group and other permissions (but `keep`) away from one directory or file."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -123,9 +128,9 @@ def _fix(path: Path, mode: int, shown: int) -> int:
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         return 0  # sockets (control.sock is made 0600 itself), symbolic links
     old = stat.S_IMODE(st.st_mode)
-    if old & 0o077 == 0:
+    if old & 0o077 & ~keep == 0:
         return 0
-    new = (old & 0o700) | (mode & 0o700)
+    new = (old & (0o700 | keep)) | (mode & 0o700)
     try:
         os.chmod(path, new)
     except OSError as exc:

@@ -42,7 +42,7 @@ def test_everything_but_the_mailboxes_is_made_private(
     os.symlink("/etc/passwd", data / "link")
     with caplog.at_level(logging.WARNING, logger="hato"):
         fixed = make_private(data)
-    assert _mode(data) == 0o700
+    assert _mode(data) == 0o711  # its search bits stay: the way to the maildrop
     assert _mode(data / "queue") == _mode(data / "queue" / "spool") == 0o700
     for name in ("queue/queue.db", "queue/queue.db-wal", "users.db"):
         assert _mode(data / name) == 0o600, name
@@ -75,3 +75,17 @@ def test_a_damaged_secret_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataDirError) as damaged:
         server_secret(tmp_path)
     assert "is damaged (5 bytes, not 32); delete it" in str(damaged.value)
+
+
+def test_the_maildrop_and_a_0711_data_dir_are_left_as_they_are(
+    tmp_path: Path, umask_022: None
+) -> None:
+    data = tmp_path / "data"
+    drop = data / "maildrop"
+    drop.mkdir(parents=True)
+    data.chmod(0o711)  # docs/operations.md: so that local users reach the maildrop
+    drop.chmod(0o1733)
+    (drop / "from-a-user").write_bytes(b"{}\n")  # 0644: the server must still read it
+    assert make_private(data) == 0
+    assert _mode(data) == 0o711 and _mode(drop) == 0o1733
+    assert _mode(drop / "from-a-user") == 0o644
