@@ -20,7 +20,7 @@ from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
-from hato.server.spamcheck import Spooled, rewrite, spam_check
+from hato.server.spamcheck import Spooled, keep_seal, rewrite, spam_check
 
 log = logging.getLogger("hato.smtpd")
 
@@ -61,7 +61,7 @@ async def finish(
         user=str(facts.user) if facts.user is not None else None,
         queue_id=body.queue_id if isinstance(body, BodyWriter) else facts.session,
     )
-    verdict = await spam_check(spam, ctx.role, envelope, added, body)
+    verdict = keep_seal(await spam_check(spam, ctx.role, envelope, added, body), added)
     if verdict.refusal is not None:
         return added, params, verdict.refusal, body
     if verdict.junk:

@@ -21,7 +21,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header
 from typing import Protocol
 
@@ -187,6 +187,17 @@ def outcome(scan: Scan, response: Response, *, edits: bool = True) -> SpamOutcom
         subject=subject,
         junk=response is Response.JUNK,
     )
+
+
+def keep_seal(verdict: SpamOutcome, added: bytes) -> SpamOutcome:
+    """Without the header edits when our own header lines hold an ARC set: RFC 8617 §5.1,
+    the set signs the header section as received (for an alias that forwards the message),
+    and an edit made after it would break the seal the next hop checks."""
+    if not verdict.edits_header or not any(
+        line.lower().startswith(b"arc-seal:") for line in added.split(b"\r\n")
+    ):
+        return verdict
+    return replace(verdict, remove=(), subject=None)
 
 
 def public_text(scan: Scan, default: str) -> str:
