@@ -17,7 +17,7 @@ import base64
 import enum
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dkim  # type: ignore[import-untyped]
@@ -26,7 +26,6 @@ from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[impor
 from hato.authcheck.dkim import (
     DEFAULT_SIGNED_HEADERS,
     DKIMPY_ERRORS,
-    DnsFunc,
     RelaxedBodyHasher,
     SigningKey,
     answer_dnsfunc,
@@ -39,7 +38,7 @@ from hato.authcheck.dkim import (
 )
 from hato.authcheck.offload import Offload, in_thread
 from hato.authcheck.results import HEADER_NAME, MethodResult, claims_id, resinfo_entries
-from hato.model.dns import Resolver
+from hato.model.dns import DnsAnswer, Resolver
 from hato.model.header import HeaderField, split_header_fields
 from hato.model.seams import Clock
 
@@ -134,9 +133,7 @@ async def verify_arc(
                 )
             )
     answers = await fetch_keys(resolver, names)
-    return await offload(
-        functools.partial(_validate, message, answer_dnsfunc(answers), min_rsa_bits)
-    )
+    return await offload(functools.partial(_validate, message, answers, min_rsa_bits))
 
 
 def _structure_problem(found: list[tuple[int, HeaderField]]) -> str:
@@ -156,7 +153,9 @@ def _structure_problem(found: list[tuple[int, HeaderField]]) -> str:
     return ""
 
 
-def _validate(message: bytes, dnsfunc: DnsFunc, min_rsa_bits: int) -> ArcResult:
+def _validate(message: bytes, answers: Mapping[str, DnsAnswer], min_rsa_bits: int) -> ArcResult:
+    """dkimpy's part: CPU only, and picklable (it may run in another process)."""
+    dnsfunc = answer_dnsfunc(answers)
     try:
         validator = dkim.ARC(_refold_for_dkimpy(message), minkey=min_rsa_bits)
         cv, details, reason = validator.verify(dnsfunc=dnsfunc)

@@ -20,7 +20,7 @@ import enum
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import dkim  # type: ignore[import-untyped]
@@ -73,6 +73,14 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
     body = _WSP_RUN.sub(b" ", unfolded).strip(b" \t")
     return name.strip(b" \t").lower() + b":" + body + b"\r\n"
+
+
+def pieces(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    """`body` in slices for `RelaxedBodyHasher`: one regex pass over megabytes would hold the
+    GIL for a second, so a thread hashing a big body lets the event loop run between slices."""
+    view = memoryview(body)
+    for at in range(0, len(body), size):
+        yield bytes(view[at : at + size])
 
 
 class RelaxedBodyHasher:

@@ -5,8 +5,8 @@ Theory of operation: the session hands over the whole message (header section an
 received, bounded in size) once DATA has ended and before the queue commit; the checks run
 concurrently through the DNS seam, under one time budget for the whole message (DMARC gets
 what SPF, DKIM and ARC left of it); anything that cannot be decided in time is a temperror,
-never a hang. dkimpy's hashing runs in a small pool of worker threads (`WorkerPool`), never on
-the event loop, so a big message with many signatures stalls no other session. The verdict is
+never a hang. dkimpy's hashing runs in a small pool of worker processes (`ProcessPool`), never
+on the event loop, so a big message with many signatures stalls no other session. The verdict is
 a value: the header lines to prepend and whether to accept, refuse (550 5.7.1) or quarantine
 (deliver to the Junk folder).
 """
@@ -42,7 +42,7 @@ from hato.authcheck import (
     verify_arc,
     verify_dkim,
 )
-from hato.authcheck.offload import WorkerPool
+from hato.authcheck.offload import ProcessPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
@@ -85,7 +85,7 @@ class InboundChecker:
         self._enforcement = enforcement
         self._budget = budget
         self._rng = rng or random.Random()
-        self._offload = WorkerPool()
+        self._offload = ProcessPool()
 
     async def check(
         self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes

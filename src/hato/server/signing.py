@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hato.authcheck import ArcSealer, DkimAlgorithm, DkimError, DkimSigner, load_signing_key
+from hato.authcheck.dkim import pieces
 from hato.model import Address, Clock, logfmt
 
 log = logging.getLogger("hato.dkim")
@@ -84,5 +85,5 @@ class OutboundSigner:
                 headers, body = message, b""
             else:
                 headers, body = message[: end + 2], message[end + 4 :]
-            return signer.sign(headers, (body,))
+            return signer.sign(headers, pieces(body))
         return b""
