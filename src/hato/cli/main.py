@@ -96,6 +96,12 @@ def summary(settings: Settings) -> list[str]:
             f"postmaster: an alias or account postmaster@{first}, else its own mailbox "
             "(set [local] postmaster to your address)"
         )
+    if settings.rspamd is not None:
+        roles = ", ".join(role.value for role in settings.rspamd.roles)
+        lines.append(
+            f"rspamd:    {settings.rspamd.url} for {roles} "
+            f"(unreachable: {settings.rspamd.on_failure.value})"
+        )
     return lines
 
 

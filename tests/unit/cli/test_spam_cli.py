@@ -57,3 +57,13 @@ def test_a_missing_file_or_a_bad_controller_url_says_so(
     assert main(["spam", "learn", "ham", "spam.eml", "--controller", "https://x:1"]) == 1
     assert capsys.readouterr().err.startswith("hato: --controller: ")
     assert main(["spam", "learn", "maybe", "spam.eml"]) == 2  # usage
+
+
+def test_check_config_names_the_rspamd_check(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = workdir / "hato.toml"
+    config.write_text(CONFIG + '\n[rspamd]\nroles = ["mx", "submission"]\n')
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  rspamd:    http://127.0.0.1:11333 for mx, submission (unreachable: tempfail)\n" in out
