@@ -11,7 +11,8 @@ so each test client has an address of its own).
   another client still gets in;
 - greylisting: a new triplet gets 451 4.7.1 at RCPT (and again before the delay); an SPF-pass
   sender is exempt; with the delay at 0 the retry passes and the mail is delivered, and after
-  a restart the triplet is still known (DATA_DIR/screen.db).
+  a restart the triplet is still known (DATA_DIR/screen.db);
+- with `[server] workers = 2` both processes count connections and know triplets together.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ class ScreenHato(HatoServer):
         self.screen = screen
         self.nameserver = nameserver
         self.metrics_port = free_port()
+        self.extra = ""  # more of [server] (e.g. workers)
 
     def _config_text(self) -> str:
         return (
-            super()._config_text()
+            super()._config_text().replace("[server]\n", self.extra or "[server]\n", 1)
             + f"\n[screen]\n{self.screen}\n"
             + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
             + f'\n[metrics]\naddress = "127.0.0.1:{self.metrics_port}"\n'
@@ -281,3 +283,29 @@ def test_no_screen_without_its_keys(tmp_path: Path) -> None:
         assert not (server.data_dir / "screen.db").exists()
     finally:
         server.stop()
+
+
+def test_workers_share_the_rate_and_the_greylist(
+    tmp_path: Path, dns: DnsTestServer, serve: list[ScreenHato]
+) -> None:
+    """With `[server] workers = 2` both processes count one client's connections together
+    and know the same triplets (DATA_DIR/screen.db): 4 of 8 connections open at once get in,
+    and a triplet deferred by one worker passes its retry on either."""
+    screen = "connection_rate = 4\ngreylist = true\ngreylist_delay = 0"
+    server = ScreenHato(tmp_path / "data", screen, dns.nameserver)
+    serve.append(server)
+    server.extra = "[server]\nworkers = 2\n"
+    server.start()
+    sessions = [
+        RawSession(server.host, server.port, timeout=10, source="127.0.0.61") for _ in range(8)
+    ]
+    try:
+        codes = sorted(session.reply()[0] for session in sessions)
+    finally:
+        for session in sessions:
+            session.sock.close()
+    assert codes == [220] * 4 + [421] * 4
+    sender, rcpt = "a@nospf.test", "bob@example.org"
+    assert _rcpt(server, "127.0.0.62", sender, rcpt)[0] == 451
+    for _ in range(3):  # whichever worker takes the retry knows the triplet
+        assert _rcpt(server, "127.0.0.62", sender, rcpt)[0] == 250
