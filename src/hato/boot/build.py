@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
-from hato.boot.filters import SpamFilters
+from hato.boot.filters import SpamFilters, milters_for_role
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
 from hato.crypto import KeyStore
@@ -298,6 +298,7 @@ def configured_fields(
         "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
         "spam": shared.filters.for_role(settings, role),
         "screen": build_screen(settings, shared, role),
+        "milters": milters_for_role(settings, role),
     }
 
 

@@ -1,13 +1,15 @@
-"""Composition of the content filters: `[rspamd]` settings into the `SpamFilter` each listener
-role gets, with one rspamd client (one HTTP connection pool) per rspamd, kept across reloads
-and closed at shutdown."""
+"""Composition of the content filters: `[[milter]]` into each role's milters; `[rspamd]`
+settings into the `SpamFilter` each listener role gets, with one rspamd client (one HTTP
+connection pool) per rspamd, kept across reloads and closed at shutdown."""
 
 from __future__ import annotations
 
 from hato.config import Settings
 from hato.config.filter_sections import RspamdSettings
 from hato.filters import RspamdAction, RspamdClient
+from hato.milter import MilterClient, Timeouts
 from hato.model import Role
+from hato.server.miltercheck import DefaultAction, MilterFilter
 from hato.server.spamcheck import OnFailure, Response, SpamFilter, SpamMetrics, Uncounted
 
 
@@ -60,3 +62,19 @@ class SpamFilters:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def milters_for_role(settings: Settings, role: Role) -> tuple[MilterFilter, ...]:
+    """The [[milter]] list a listener with `role` asks, in order (a client per message
+    connection: nothing to keep across reloads)."""
+    return tuple(
+        MilterFilter(
+            client=MilterClient(
+                m.address, Timeouts(m.connect_timeout, m.command_timeout, m.eom_timeout)
+            ),
+            roles=m.roles,
+            default_action=DefaultAction(m.default_action.value),
+        )
+        for m in settings.milters
+        if role in m.roles
+    )

@@ -57,6 +57,7 @@ _TOML_NAMES = {
     "domains": "domain",
     "networks": "network",
     "transports": "transport",
+    "milters": "milter",
 }
 _NOT_KEYS = frozenset({"data_dir_origin"})  # where data_dir came from, not a setting
 
@@ -71,6 +72,7 @@ LIVE_KEYS = frozenset(
         "local.postmaster",  # the resolver
         "authcheck",  # every key; the DKIM keys are read again too
         "rspamd",  # every key: the next message's check (boot.filters)
+        "milter",  # every key: the next message's milters (boot.filters)
         "limits.max_recipients",
         "limits.max_bad_commands",
         "limits.max_text_line",

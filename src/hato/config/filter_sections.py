@@ -118,3 +118,47 @@ class RspamdSettings(BaseModel):
     add_header: SpamResponse = Field(
         SpamResponse.JUNK, description=f"for rspamd's add header: {_RESPONSES}"
     )
+
+
+class MilterDefault(enum.StrEnum):
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+def parse_milter_address(value: object) -> str:
+    """Postfix's milter address forms: "inet:HOST:PORT" ("inet:[::1]:PORT") or "unix:/PATH"."""
+    example = '(e.g. "inet:127.0.0.1:8891" or "unix:/run/opendkim/opendkim.sock")'
+    if not isinstance(value, str):
+        raise ValueError(f"{show(value)} is not a milter address {example}")
+    kind, _, rest = value.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return value
+    host, _, port = rest.rpartition(":")
+    if kind in ("inet", "inet6") and host and port.isdigit() and 0 < int(port) < 65536:
+        return value
+    raise ValueError(f"{show(value)} is not a milter address {example}")
+
+
+class MilterSettings(BaseModel):
+    """[[milter]]: one milter, asked at the end of DATA, in the order of the list."""
+
+    model_config = _SECTION
+
+    address: Annotated[str, PlainValidator(parse_milter_address)] = Field(
+        description='where the milter listens: "inet:127.0.0.1:8891" or "unix:/path/to/socket"'
+    )
+    roles: Annotated[tuple[Role, ...], PlainValidator(parse_roles)] = Field(
+        (Role.MX,),
+        description='listener roles whose mail the milter sees, e.g. ["mx"] or '
+        '["submission", "submissions"] (OpenDKIM signing)',
+    )
+    connect_timeout: Seconds = Field(30.0, description="seconds to connect and negotiate")
+    command_timeout: Seconds = Field(30.0, description="seconds for each reply of the milter")
+    eom_timeout: Seconds = Field(
+        300.0, description="seconds for its answer at the end of the message (progress restarts)"
+    )
+    default_action: MilterDefault = Field(
+        MilterDefault.TEMPFAIL,
+        description='"tempfail" (451, the client tries again) or "accept" (go on without '
+        "this milter) when the milter is down, too slow or answers nonsense",
+    )

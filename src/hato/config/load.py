@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.errors import ConfigError, translate
-from hato.config.filter_sections import RspamdSettings
+from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
@@ -199,6 +199,7 @@ def settings_from_mapping(
         else None
     )
     screen = _one(ScreenSettings, raw.get("screen", {}), "screen", context, problems)
+    milters = _many(MilterSettings, raw.get("milter", []), "milter", context, problems, 0)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -241,6 +242,7 @@ def settings_from_mapping(
         wkd=wkd,
         rspamd=rspamd,
         screen=screen,
+        milters=tuple(milter for _, milter in milters),
         data_dir_origin=origin,
     )
 

@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from hato.config.authcheck_sections import AuthcheckSettings
-from hato.config.filter_sections import RspamdSettings
+from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import (
     GROUP_DESCRIPTION,
     USER_DESCRIPTION,
@@ -452,5 +452,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "wkd": WkdSettings,
     "rspamd": RspamdSettings,
     "screen": ScreenSettings,
+    "milter": MilterSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hato.config.authcheck_sections import AuthcheckSettings
-from hato.config.filter_sections import RspamdSettings
+from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
@@ -49,6 +49,7 @@ class Settings:
     wkd: WkdSettings = field(default_factory=lambda: WkdSettings.model_validate({}))
     rspamd: RspamdSettings | None = None  # no [rspamd]: no check
     screen: ScreenSettings = field(default_factory=lambda: ScreenSettings.model_validate({}))
+    milters: tuple[MilterSettings, ...] = ()  # [[milter]], asked in this order
     # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
     # messages that say which data directory a command used, and how to choose another).
     data_dir_origin: str = "server.data_dir"

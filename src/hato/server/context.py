@@ -28,6 +28,7 @@ from hato.server.auth import Accounts, ScramDecoy
 from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
+from hato.server.miltercheck import MilterFilter
 from hato.server.screen import Screen
 from hato.server.signing import OutboundSigner
 from hato.server.spamcheck import SpamFilter
@@ -163,6 +164,7 @@ class SessionContext:
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
     screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
+    milters: tuple[MilterFilter, ...] = ()  # [[milter]] of this role, in order, after rspamd
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -3,7 +3,8 @@ of mail we receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601) 
 signature of mail our users send (RFC 6376), and an ARC seal when our aliases forward the
 message (RFC 8617). The results are header lines for the stored prefix (the body is never
 rewritten), queue parameters, or the refusal a DMARC policy asks for. Then, with our results
-known, rspamd's verdict on the message (spamcheck.py) when the listener's role asks for it.
+known, rspamd's verdict on the message (spamcheck.py) when the listener's role asks for it,
+then the milters' (miltercheck.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from hato.authcheck.dkim import pieces
 from hato.crypto.scratch import SealedScratch
 from hato.delivery.maildir import FOLDER_PARAM
 from hato.filters import Envelope
+from hato.milter import Command, Transaction
 from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
+from hato.server.miltercheck import milter_check
 from hato.server.spamcheck import Spooled, keep_seal, rewrite, spam_check
 
 log = logging.getLogger("hato.smtpd")
@@ -52,31 +55,105 @@ async def finish(
     """(header lines to prepend, queue params, refusal or None, the message to queue: `body`
     or, when rspamd asked for header changes, its edited copy)."""
     added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
-    spam = ctx.spam
-    if refusal is not None or spam is None:
+    if refusal is not None:
         return added, params, refusal, body
+    if ctx.spam is not None:
+        added, refusal, body = await rspamd_step(ctx, facts, recipients, added, params, body)
+        if refusal is not None:
+            return added, params, refusal, body
+    if ctx.milters:
+        milted = await milter_check(
+            ctx.milters,
+            milter_transaction(ctx, facts, recipients, queue_id(facts, body)),
+            queue_id(facts, body),
+            added,
+            body,
+            lambda: new_spooled(ctx, body),
+        )
+        if milted.junk:
+            params[QUARANTINE_PARAM] = "Junk"
+        return milted.prefix, params, milted.refusal, milted.body
+    return added, params, None, body
+
+
+def queue_id(facts: Submitted, body: Spooled) -> str:
+    return body.queue_id if isinstance(body, BodyWriter) else facts.session
+
+
+def milter_transaction(
+    ctx: SessionContext,
+    facts: Submitted,
+    recipients: list[tuple[Address, Address]],
+    queue_id: str,
+) -> Transaction:
+    """What the milters are told, with the macros Postfix gives them (its milter_*_macros
+    defaults: {j} our name, {i} the queue id, {auth_authen} the SASL login, ...)."""
+    client = f"[{facts.client_ip}]" if facts.client_ip else "localhost"
+    mail_from = format_path(facts.mail_from)
+    common = {"j": ctx.settings.hostname, "{daemon_name}": "hato", "v": "Hato"}
+    mail = {"i": queue_id, "{mail_addr}": mail_from.strip("<>")}
+    if facts.user is not None:
+        mail |= {"{auth_type}": "PLAIN", "{auth_authen}": str(facts.user)}
+    return Transaction(
+        client_name=client,
+        client_ip=facts.client_ip,
+        client_port=0,
+        helo=facts.helo,
+        mail_from=mail_from,
+        mail_args=tuple(k if v is None else f"{k}={v}" for k, v in facts.params.items()),
+        recipients=tuple(f"<{original}>" for _, original in recipients),
+        macros={
+            Command.CONNECT: common
+            | {
+                "_": f"{client} [{facts.client_ip}]",
+                "{client_addr}": facts.client_ip,
+                "{client_name}": client,
+            },
+            Command.HELO: {},
+            Command.MAIL: mail,
+            Command.DATA: {"i": queue_id},
+            Command.EOH: {"i": queue_id},
+            Command.BODYEOB: {"i": queue_id},
+        },
+    )
+
+
+def new_spooled(ctx: SessionContext, body: Spooled) -> Spooled:
+    """An empty body of the same kind as `body` (a keyed message stays encrypted)."""
+    return (
+        ctx.queue.new_body()
+        if isinstance(body, BodyWriter)
+        else SealedScratch(ctx.queue.messages_dir)
+    )
+
+
+async def rspamd_step(
+    ctx: SessionContext,
+    facts: Submitted,
+    recipients: list[tuple[Address, Address]],
+    added: bytes,
+    params: dict[str, str | None],
+    body: Spooled,
+) -> tuple[bytes, Reply | None, Spooled]:
+    """Rspamd's verdict (spamcheck.py): (header lines to prepend, refusal or None, body)."""
+    assert ctx.spam is not None
     envelope = Envelope(
         mail_from=format_path(facts.mail_from),
         recipients=tuple(str(original) for _, original in recipients),
         client_ip=facts.client_ip,
         helo=facts.helo,
         user=str(facts.user) if facts.user is not None else None,
-        queue_id=body.queue_id if isinstance(body, BodyWriter) else facts.session,
+        queue_id=queue_id(facts, body),
     )
-    verdict = keep_seal(await spam_check(spam, ctx.role, envelope, added, body), added)
+    verdict = keep_seal(await spam_check(ctx.spam, ctx.role, envelope, added, body), added)
     if verdict.refusal is not None:
-        return added, params, verdict.refusal, body
+        return added, verdict.refusal, body
     if verdict.junk:
         params[QUARANTINE_PARAM] = "Junk"
     if verdict.edits_header:
         # Made on the loop (the queue's ids are not thread-safe), of the same kind.
-        new_body: Spooled = (
-            ctx.queue.new_body()
-            if isinstance(body, BodyWriter)
-            else SealedScratch(ctx.queue.messages_dir)
-        )
-        body = await asyncio.to_thread(rewrite, body, verdict, new_body)
-    return verdict.header + added, params, None, body
+        body = await asyncio.to_thread(rewrite, body, verdict, new_spooled(ctx, body))
+    return verdict.header + added, None, body
 
 
 async def authenticate(

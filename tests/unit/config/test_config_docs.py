@@ -17,7 +17,7 @@ from hato.config.settings import Settings
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 # Settings' attribute -> the TOML table name ([[listener]] for the listeners, ...).
 ARRAYS = {"listeners": "listener", "domains": "domain", "networks": "network"}
-ARRAYS |= {"transports": "transport"}
+ARRAYS |= {"transports": "transport", "milters": "milter"}
 _HEADING = re.compile(r"^## `(\[\[?)([a-z_]+)\]\]?`", re.MULTILINE)
 
 

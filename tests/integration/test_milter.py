@@ -1,0 +1,175 @@
+"""[[milter]] end to end (issue 17, item 2): `hato serve` asks a real milter (rspamd's proxy
+worker in milter mode, Debian's `rspamd`, private configuration) about each message on
+port 25 over the milter protocol and applies its answer: the fields it adds are in the
+stored message, its refusal reaches the client; a milter that is down or silent follows
+default_action."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.milter import RspamdMilter
+from peers.net import LOOPBACK, find_peer, free_port, in_ci
+from peers.rspamd import GTUBE
+from peers.server import DomainSetup, MailSetup
+
+RECIPIENT = "someone@dest.example"
+SENDER = "alice@sender.example"
+
+
+@pytest.fixture(scope="module")
+def milter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdMilter]:
+    if find_peer("rspamd") is None:
+        reason = "peer 'rspamd' is not installed (.ci/run installs it from Debian)"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = RspamdMilter(tmp_path_factory.mktemp("rspamd-milter"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class MilteredHato(HatoServer):
+    """Hato whose mx listener asks the milters at `addresses`, in order."""
+
+    def __init__(self, data_dir: Path, addresses: list[str], extra: str = "") -> None:
+        super().__init__(
+            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
+        )
+        self.addresses = addresses
+        self.extra = extra
+
+    def _config_text(self) -> str:
+        milters = "".join(
+            f'\n[[milter]]\naddress = "{address}"\n{self.extra}' for address in self.addresses
+        )
+        return super()._config_text() + milters
+
+
+def _message(marker: str, body: str) -> bytes:
+    return (
+        f"From: Alice <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: lunch\r\n"
+        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{marker}@sender.example>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def _send(server: HatoServer, message: bytes) -> tuple[int, str]:
+    """The reply to the end of DATA (code, text)."""
+    with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.mail(SENDER)
+        smtp.rcpt(RECIPIENT)
+        code, text = smtp.data(message)
+    return code, text.decode()
+
+
+def _names(stored: bytes) -> list[bytes]:
+    head = stored.split(b"\r\n\r\n", 1)[0]
+    return [line.split(b":", 1)[0] for line in head.split(b"\r\n") if line[:1].isalpha()]
+
+
+@pytest.fixture
+def hato(tmp_path: Path, milter: RspamdMilter) -> Iterator[MilteredHato]:
+    server = MilteredHato(tmp_path / "data", [milter.milter_address])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_milters_header_fields_are_stored_and_its_reject_reaches_the_client(
+    hato: MilteredHato,
+) -> None:
+    sent = _message("clean-1", "Shall we have lunch tomorrow?")
+    code, text = _send(hato, sent)
+    assert code == 250, text
+    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "clean-1", 20)
+    stored = found.read_bytes()
+    # rspamd's milter_headers fields, asked for with SMFIR_ADDHEADER, on the stored message.
+    assert {b"X-Spamd-Result", b"X-Rspamd-Action"} <= set(_names(stored)), stored[:2000]
+    assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
+    assert hato.wait_for_log(r"event=milter .*reply=(continue|accept)"), hato.log_text()[-2000:]
+
+    code, text = _send(hato, _message("gtube-1", GTUBE))
+    # rspamd's reject, as its own SMFIR_REPLYCODE.
+    assert code // 100 == 5 and "Gtube" in text, (code, text)
+    assert text.startswith("5.7."), text
+    assert not maildir.find_marker(maildir.all_messages(hato.mailboxes()), "gtube-1")
+
+
+def test_a_large_message_goes_through_in_body_chunks(hato: MilteredHato) -> None:
+    # 300 KB: several SMFIC_BODY chunks of at most 65535 octets, streamed from the spool.
+    body = "\r\n".join(f"line {n:06d} of a long and honest letter" for n in range(8000))
+    sent = _message("big-1", body)
+    assert len(sent) > 4 * 65535
+    assert _send(hato, sent)[0] == 250
+    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1", 20)
+    stored = found.read_bytes()
+    assert b"X-Spamd-Result" in _names(stored)
+    assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
+
+
+def _silent_listener() -> tuple[socket.socket, int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOOPBACK, 0))
+    sock.listen(16)
+    port: int = sock.getsockname()[1]
+    return sock, port
+
+
+@pytest.mark.parametrize("action", ["tempfail", "accept"])
+def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: str) -> None:
+    silent, silent_port = _silent_listener()
+    down = f"inet:{LOOPBACK}:{free_port()}"  # nothing listens
+    servers = []
+    try:
+        for name, address in (("down", down), ("silent", f"inet:{LOOPBACK}:{silent_port}")):
+            server = MilteredHato(
+                tmp_path / name,
+                [address],
+                f'default_action = "{action}"\nconnect_timeout = 1\ncommand_timeout = 1\n',
+            )
+            servers.append(server)
+            server.start()
+            code, text = _send(server, _message(f"{name}-1", "hello"))
+            found = server.wait_for_log(f"event=milter-unavailable .*action={action}")
+            assert found, server.log_text()[-2000:]
+            if action == "tempfail":
+                # Never a 250 for mail the milter did not see.
+                assert (code, text[:5]) == (451, "4.3.0"), text
+                assert not maildir.all_messages(server.mailboxes())
+            else:
+                assert code == 250, text
+                maildir.wait_for_marker(server.mailbox("someone", "dest.example"), f"{name}-1", 20)
+    finally:
+        for server in servers:
+            server.stop()
+        silent.close()
+
+
+def test_milters_run_in_order_and_a_down_one_with_accept_is_passed_over(
+    tmp_path: Path, milter: RspamdMilter
+) -> None:
+    down = f"inet:{LOOPBACK}:{free_port()}"
+    server = MilteredHato(
+        tmp_path / "data", [down, milter.milter_address], 'default_action = "accept"\n'
+    )
+    server.start()
+    try:
+        code, text = _send(server, _message("gtube-2", GTUBE))
+        assert code // 100 == 5 and "Gtube" in text, (code, text)
+        assert server.wait_for_log("event=milter-unavailable .*action=accept")
+    finally:
+        server.stop()
