@@ -64,7 +64,7 @@ def import_key(args: argparse.Namespace) -> int:
             key = store.import_key(data, address, _now())
         except KeyImportError as exc:
             raise CommandError(f"key not imported for {address}: {exc}") from None
-    print(f"imported the {key.kind.value} key {key.fingerprint} for {address}")
+    print(f"imported the {key.kind.value} key {key.fingerprint} for {address} (in {_db(loaded)})")
     print(f"mail for {address} is now stored encrypted (see: hato key encrypt-existing)")
     return 0
 
@@ -106,7 +106,7 @@ def remove(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         if not store.remove(address):
             raise CommandError(f"no key for {address}")
-    print(f"removed the key of {address}; new mail for it is stored in the clear")
+    print(f"removed the key of {address} (from {_db(loaded)}); new mail is stored in the clear")
     return 0
 
 
@@ -158,6 +158,13 @@ def wkd_export(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {args.directory}: {exc.strerror or exc}") from None
     print(f"wrote {len(written)} files under {args.directory}")
     return 0
+
+
+def _db(loaded: LoadedSettings) -> Path:
+    """The key database a command used (issue 13: commands say which data directory)."""
+    from hato.crypto import KEYS_DB
+
+    return Path(loaded.settings.server.data_dir) / KEYS_DB
 
 
 def _now() -> dt.datetime:
