@@ -102,6 +102,8 @@ def summary(settings: Settings) -> list[str]:
             f"rspamd:    {settings.rspamd.url} for {roles} "
             f"(unreachable: {settings.rspamd.on_failure.value})"
         )
+    if settings.screen.active:
+        lines.append(f"screen:    {settings.screen.summary()}")
     return lines
 
 

@@ -141,3 +141,17 @@ class ScreenSettings(BaseModel):
     def active(self) -> bool:
         """Anything to do at all (else the screen costs nothing)."""
         return bool(self.dnsbl_sites or self.pregreet_wait or self.connection_rate or self.greylist)
+
+    def summary(self) -> str:
+        """One line for `hato check-config`: what the screen does on mx listeners."""
+        parts = []
+        if self.dnsbl_sites:
+            sites = ", ".join(f"{site.zone}*{site.weight}" for site in self.dnsbl_sites)
+            parts.append(f"dnsbl {sites} (refused at {self.dnsbl_threshold})")
+        if self.pregreet_wait:
+            parts.append(f"early talkers ({self.pregreet_wait:g} s)")
+        if self.connection_rate:
+            parts.append(f"{self.connection_rate} connections/min")
+        if self.greylist:
+            parts.append(f"greylisting ({self.greylist_delay:g} s)")
+        return "mx: " + "; ".join(parts) if parts else "off"

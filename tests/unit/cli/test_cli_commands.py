@@ -99,6 +99,22 @@ def test_check_config_summary(workdir: Path, capsys: pytest.CaptureFixture[str])
     ]
 
 
+def test_check_config_summary_names_the_screen(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (workdir / "hato.toml").open("a") as config:
+        config.write(
+            '\n[screen]\ndnsbl_sites = ["zen.example=127.0.0.[2..11]*3", "wl.example*-2"]\n'
+            "dnsbl_threshold = 3\npregreet_wait = 3\nconnection_rate = 60\ngreylist = true\n"
+        )
+    code, out, _ = run(capsys, "check-config")
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "  screen:    mx: dnsbl zen.example*3, wl.example*-2 (refused at 3); early talkers (3 s);"
+        " 60 connections/min; greylisting (300 s)"
+    )
+
+
 def test_check_config_without_a_file_shows_the_embedded_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
