@@ -12,10 +12,12 @@ committed: a field it adds (or inserts) goes into the stored prefix; a field it 
 deletes, or a new body, means a new spool body is written with the edits (`rebuild`) and the
 old one discarded, so no stored body is ever rewritten and the 250 still comes only once
 the modified message is durable (the caller commits it). Quarantine files the message into
-the recipients' Junk folder. Envelope changes (change sender, add or delete a recipient)
-are not applied: they are logged (`milter-envelope-change-ignored`). A milter that cannot be
-asked follows its default_action: tempfail (451 4.3.0, never a 250 for mail that was not
-checked) or accept; either way logged (`milter-unavailable`).
+the recipients' Junk folder. A message our ARC set seals (an alias forwards it) keeps its
+header section and body (RFC 8617 §5.1; `milter-edit-skipped`). Envelope changes (change
+sender, add or delete a recipient) are not applied: they are logged
+(`milter-envelope-change-ignored`). A milter that cannot be asked follows its
+default_action: tempfail (451 4.3.0, never a 250 for mail that was not checked) or accept;
+either way logged (`milter-unavailable`).
 """
 
 from __future__ import annotations
@@ -173,6 +175,11 @@ async def apply(
             case ChangeFrom() | AddRecipient() | DeleteRecipient():
                 log.warning(logfmt("milter-envelope-change-ignored", id=queue_id,
                                    milter=address, change=type(change).__name__))  # fmt: skip
+    if (edits or replacement is not None) and sealed(state.prefix):
+        # RFC 8617 §5.1: our ARC set signs the message as received (an alias forwards it);
+        # an edit made after it would break the seal the next hop checks.
+        log.warning(logfmt("milter-edit-skipped", id=queue_id, milter=address, reason="arc"))
+        return
     if edits or replacement is not None:
         # Made on the loop (the queue's ids are not thread-safe).
         fresh = new_body()
@@ -180,6 +187,11 @@ async def apply(
             rebuild, state.prefix, state.body, edits, replacement, fresh
         )
         state.prefix = b""
+
+
+def sealed(prefix: bytes) -> bool:
+    """Whether our header lines hold an ARC set (finish.arc_seal)."""
+    return any(line.lower().startswith(b"arc-seal:") for line in prefix.split(b"\r\n"))
 
 
 def edit_section(section: bytes, edits: list[ChangeHeader]) -> bytes:
