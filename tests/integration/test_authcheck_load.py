@@ -228,3 +228,49 @@ def test_signing_a_big_message_stalls_no_other_session(tmp_path: Path, dns: Watc
         assert b"DKIM-Signature: v=1; a=rsa-sha256;" in found.read_bytes()[:4096]
     finally:
         server.stop()
+
+
+def test_one_signature_over_a_big_body_is_checked_beside_other_sessions(
+    checking: CheckingHato, dns: WatchedDns
+) -> None:
+    # dkimpy canonicalizes the body with one regex pass, which holds the GIL throughout: in a
+    # thread of the server's own process that would still stall every session (hence the
+    # worker processes). One signature: the pass is nearly all of the check's time.
+    body = b"".join(b"line %07d of a long body, words and  spaces\t to canonicalize \r\n" % n
+                    for n in range(50_000))  # fmt: skip
+    message = (
+        b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.test; s=s1;"
+        b" h=from:subject; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=AAAA\r\n"
+        b"From: <news@sender.test>\r\nTo: <bob@example.org>\r\nSubject: one signature\r\n"
+        + maildir.MARKER_HEADER
+        + b": big-body-1\r\n\r\n"
+        + body
+    )
+    sender = subprocess.Popen(
+        [sys.executable, "-c", MX_SENDER, checking.host, str(checking.port)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with smtplib.SMTP(checking.host, checking.port, timeout=120) as other:
+        other.ehlo("other.test")
+        assert sender.stdin is not None
+        sender.stdin.write(message)
+        sender.stdin.close()
+        began = time.monotonic()
+        latencies: list[float] = []
+        while sender.poll() is None:
+            start = time.monotonic()
+            assert other.noop()[0] == 250
+            latencies.append(time.monotonic() - start)
+        took = time.monotonic() - began
+    assert sender.wait() == 0, sender.stderr.read() if sender.stderr else b""
+    assert len(latencies) >= 5 and max(latencies) < took / 4, (max(latencies), took)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "big-body-1", 20)
+    assert b"dkim=fail" in found.read_bytes()[:8192]
+
+
+MX_SENDER = """
+import smtplib, sys
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=120) as smtp:
+    smtp.sendmail("news@sender.test", ["bob@example.org"], sys.stdin.buffer.read())
+"""
