@@ -3,7 +3,8 @@ in-process DNS server, clients from several loopback addresses (127.0.0.0/8 is a
 so each test client has an address of its own).
 
 - an early talker (before the greeting, and between its "220-" and "220 " lines) gets
-  554 5.5.1 and is disconnected; a patient client's mail is delivered;
+  554 5.5.1 and is disconnected; a patient client's mail is delivered, and its next
+  connection is greeted at once;
 - a client a DNSBL lists gets a 554 5.7.1 greeting naming the list; one a DNSWL vouches for,
   an answer outside the site's pattern and an allow-listed address are greeted; each list
   answer is asked once (the DNS TTL cache); the refusals are counted in /metrics;
@@ -168,6 +169,9 @@ def test_early_talker_is_refused_and_a_patient_client_delivers(
             message("a@sender.test", "bob@example.org", "patient"),
         )
     maildir.wait_for_marker(server.mailbox("bob", "example.org"), "patient", timeout=15)
+    # Having waited once, it is greeted at once for a while (pregreet_ttl): no "220-" line.
+    with RawSession(server.host, server.port, timeout=10, source="127.0.0.23") as again:
+        assert again.reply()[1] == [b"220 hato.test ESMTP Hato"]
     assert server.wait_for_log(
         r"event=connection-refused .*client=127\.0\.0\.22 reason=early-talker"
     )

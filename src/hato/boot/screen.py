@@ -28,6 +28,7 @@ def screen_rules(settings: Settings) -> ScreenRules:
         threshold=s.dnsbl_threshold,
         allow=tuple(s.allow),
         pregreet_wait=s.pregreet_wait,
+        pregreet_ttl=s.pregreet_ttl,
         connection_rate=s.connection_rate,
         greylist=greylist,
     )

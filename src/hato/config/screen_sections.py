@@ -113,6 +113,9 @@ class ScreenSettings(BaseModel):
     pregreet_wait: Annotated[float, PlainValidator(_pregreet)] = Field(
         0.0, description=f"seconds, 0 (off) to {MAX_PREGREET_WAIT:g}, e.g. 3"
     )
+    pregreet_ttl: Annotated[float, _seconds_at_least(0)] = Field(
+        86_400.0, description="seconds, at least 0 (0: every connection waits)"
+    )
     connection_rate: StrictInt = Field(
         0, description="connections per minute per client (IPv6: per /64), 0 = no limit"
     )

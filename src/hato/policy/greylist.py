@@ -1,4 +1,5 @@
-"""Greylisting and the connection rate, in one SQLite file every worker shares.
+"""Greylisting, the connection rate and the early-talker passes, in one SQLite file every
+worker shares.
 
 Greylisting (RFC 6647): the first delivery attempt of an unknown triplet — the client's
 network (IPv4 /24, IPv6 /64: RFC 6647 §4.2, a sending farm retries from a neighbour), the
@@ -10,8 +11,10 @@ the caller exempts them.
 
 The connection rate (Postfix's anvil): a client network (IPv4 address, IPv6 /64) may open at
 most `limit` connections per `window` seconds, counted in a window that starts at its first
-connection; past it 421 4.7.0. Each step is one ``BEGIN IMMEDIATE`` transaction, so workers
-(`[server] workers`) count together and agree on a triplet's first sighting.
+connection; past it 421 4.7.0. A client that waited for a whole greeting is remembered for a
+while (Postfix's postscreen_greet_ttl), so that it is not made to wait again. Each step is
+one ``BEGIN IMMEDIATE`` transaction, so workers (`[server] workers`) count together and agree
+on a triplet's first sighting.
 
 The file (DATA_DIR/screen.db, WAL, no fsync per write) holds nothing that must survive a power
 cut: a lost row means one more 451, or one connection more in a minute.
@@ -44,6 +47,10 @@ CREATE TABLE IF NOT EXISTS triplet (
     PRIMARY KEY (network, sender, recipient)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS triplet_seen ON triplet (last_seen);
+CREATE TABLE IF NOT EXISTS passed (  -- clients that waited for the whole greeting
+    network TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rate (
     network TEXT PRIMARY KEY,
     started REAL NOT NULL,            -- the window's first connection
@@ -103,6 +110,19 @@ class ScreenStore:
             )
             self._sweep(now - window, "DELETE FROM rate WHERE started < ?")
         return Accept() if count <= limit else Defer(RATE_EXCEEDED)
+
+    def passed(self, network: str) -> bool:
+        """Whether `network` waited for a whole greeting lately (`remember_pass`)."""
+        row = self._db.execute("SELECT until FROM passed WHERE network = ?", (network,)).fetchone()
+        return row is not None and row[0] > self._clock.now()
+
+    def remember_pass(self, network: str, ttl: float) -> None:
+        now = self._clock.now()
+        with Immediate(self._db):
+            self._db.execute(
+                "INSERT OR REPLACE INTO passed (network, until) VALUES (?, ?)", (network, now + ttl)
+            )
+            self._sweep(now, "DELETE FROM passed WHERE until < ?")
 
     def greylist(
         self, network: str, sender: str, recipient: str, settings: GreylistSettings

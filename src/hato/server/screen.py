@@ -49,6 +49,7 @@ class ScreenRules:
     threshold: int = 1
     allow: tuple[IPNetwork, ...] = ()
     pregreet_wait: float = 0.0
+    pregreet_ttl: float = 86_400.0  # seconds a client that waited is not made to wait again
     connection_rate: int = 0  # per minute and client network
     greylist: GreylistSettings | None = None
 
@@ -75,9 +76,10 @@ class Screen:
         return self.rules.pregreet_wait > 0
 
     async def before_greeting(
-        self, ip: str, session: str, partial: Callable[[bytes], None]
+        self, ip: str, session: str, write: Callable[[bytes], bool]
     ) -> Reply | Screened:
-        """The reply to greet with instead of 220, or Screened (then the session greets)."""
+        """The reply to greet with instead of 220, or Screened (then the session greets).
+        `write` sends bytes ahead of the greeting; False once the session is closing."""
         rules = self.rules
         address = ipaddress.ip_address(ip)
         if any(address in net for net in rules.allow):
@@ -98,9 +100,14 @@ class Screen:
                                 lists=",".join(score.listed)))  # fmt: skip
                 return self._refused(ip, session, "dnsbl", decision.reply)
             allowed = bool(score.allowed) and score.total <= 0
-        if rules.pregreet_wait:
-            partial(f"220-{self.hostname} ESMTP\r\n".encode("ascii"))
+        key = client_key(ip)
+        if rules.pregreet_wait and not self.store.passed(key):
+            write(f"220-{self.hostname} ESMTP\r\n".encode("ascii"))
             await asyncio.sleep(rules.pregreet_wait)
+            if write(b"") and rules.pregreet_ttl:
+                # Postfix's postscreen_greet_ttl: a client that waited is spared the wait for
+                # a while (its next connection is greeted at once).
+                self.store.remember_pass(key, rules.pregreet_ttl)
         return Screened(allowed=allowed)
 
     def early_talker(self, ip: str, session: str) -> Reply:

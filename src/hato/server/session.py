@@ -762,9 +762,12 @@ class SmtpSession(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def _write(self, data: bytes) -> bool:
+        """Write `data` unless the session is closing; whether it is still open."""
+        if self.closing or self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.write(data)
+        return True
 
     def _close_with(self, reply: Reply) -> None:
         if self.closing or self.transport is None:

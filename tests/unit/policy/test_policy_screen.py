@@ -184,3 +184,13 @@ def test_greylist_delay_zero_passes_the_first_retry() -> None:
     settings = GreylistSettings(delay=0)
     assert isinstance(store.greylist("n", "s", "r", settings), Defer)
     assert store.greylist("n", "s", "r", settings) == Accept()
+
+
+def test_a_client_that_waited_is_remembered_for_the_ttl() -> None:
+    clock = FakeClock()
+    store = ScreenStore(clock, None)
+    assert not store.passed("192.0.2.7/32")
+    store.remember_pass("192.0.2.7/32", 60)
+    assert store.passed("192.0.2.7/32") and not store.passed("192.0.2.8/32")
+    clock.t += 60
+    assert not store.passed("192.0.2.7/32")
