@@ -123,7 +123,7 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hato.cli import dkim, dnsrecords, users  # they import hato.cli.main
+    from hato.cli import dkim, dnsrecords, doctor, users  # they import hato.cli.main
 
     parser = _Parser(prog="hato", description="Hato, a mail server.")
     parser.add_argument("--version", action="version", version=f"hato {__version__}")
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dkim.register(commands)
     dnsrecords.register(commands)
+    doctor.register(commands)
     user = commands.add_parser("user", help="manage the accounts", description="manage accounts")
     actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, help_text, takes_address in (

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.doctor_sections import DoctorSettings
 from hato.config.errors import ConfigError, translate
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
@@ -200,6 +201,7 @@ def settings_from_mapping(
     )
     screen = _one(ScreenSettings, raw.get("screen", {}), "screen", context, problems)
     milters = _many(MilterSettings, raw.get("milter", []), "milter", context, problems, 0)
+    doctor = _one(DoctorSettings, raw.get("doctor", {}), "doctor", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -221,6 +223,7 @@ def settings_from_mapping(
         or metrics is None
         or wkd is None
         or screen is None
+        or doctor is None
     ):
         raise ConfigError(source, problems)
     return Settings(
@@ -243,6 +246,7 @@ def settings_from_mapping(
         rspamd=rspamd,
         screen=screen,
         milters=tuple(milter for _, milter in milters),
+        doctor=doctor,
         data_dir_origin=origin,
     )
 

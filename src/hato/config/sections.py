@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.doctor_sections import DoctorSettings
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import (
     GROUP_DESCRIPTION,
@@ -453,5 +454,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "rspamd": RspamdSettings,
     "screen": ScreenSettings,
     "milter": MilterSettings,
+    "doctor": DoctorSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.doctor_sections import DoctorSettings
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
@@ -50,6 +51,7 @@ class Settings:
     rspamd: RspamdSettings | None = None  # no [rspamd]: no check
     screen: ScreenSettings = field(default_factory=lambda: ScreenSettings.model_validate({}))
     milters: tuple[MilterSettings, ...] = ()  # [[milter]], asked in this order
+    doctor: DoctorSettings = field(default_factory=lambda: DoctorSettings.model_validate({}))
     # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
     # messages that say which data directory a command used, and how to choose another).
     data_dir_origin: str = "server.data_dir"
