@@ -253,6 +253,8 @@ def test_greylisting_defers_a_new_triplet_and_spares_spf_pass(
     # An unknown recipient is refused for what it is, not greylisted.
     server_users = _rcpt(server, "127.0.0.41", "a@nospf.test", "nobody@users.test")
     assert server_users[0] == 550, server_users
+    # RFC 5321 §4.5.1: postmaster (and RFC 2142 abuse) is never made to wait.
+    assert _rcpt(server, "127.0.0.41", "a@nospf.test", "postmaster@example.org")[0] == 250
     # RFC 7208: spf.test authorizes 127.0.0.0/8, so its mail is not made to wait.
     assert _rcpt(server, "127.0.0.41", "a@spf.test", "bob@example.org")[0] == 250
     assert server.wait_for_log(r"event=greylisted .*client=127\.0\.0\.41 sender=a@nospf\.test")

@@ -39,6 +39,9 @@ from hato.server.metrics import Metrics
 log = logging.getLogger("hato.smtpd")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# RFC 5321 §4.5.1 (postmaster must be reachable) and RFC 2142 §2 (abuse): reports about a
+# problem with us get through at once.
+_NEVER_GREYLISTED = frozenset({"postmaster", "abuse"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ class Screen:
     ) -> Reply | None:
         """None to go on with RCPT, or the 451 4.7.1 of a new triplet."""
         settings = self.rules.greylist
-        if settings is None or screened.allowed:
+        if settings is None or screened.allowed or recipient.local.lower() in _NEVER_GREYLISTED:
             return None
         network = client_key(ip, ipv4_prefix=24)
         mail_from = str(sender) if sender is not None else ""
