@@ -315,3 +315,18 @@ def test_workers_share_the_rate_and_the_greylist(
     assert _rcpt(server, "127.0.0.62", sender, rcpt)[0] == 451
     for _ in range(3):  # whichever worker takes the retry knows the triplet
         assert _rcpt(server, "127.0.0.62", sender, rcpt)[0] == 250
+
+
+def test_reload_turns_the_screen_on(
+    tmp_path: Path, dns: DnsTestServer, serve: list[ScreenHato]
+) -> None:
+    """[screen] is a live key: `hato reload` applies it to the next connections."""
+    server = _start(serve, tmp_path, "", dns)
+    for _ in range(2):
+        assert _greeting(server, "127.0.0.71")[0] == 220
+    server.screen = "connection_rate = 1"
+    server.config.write_text(server._config_text(), encoding="utf-8")
+    done = server.hato("reload")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _greeting(server, "127.0.0.72")[0] == 220
+    assert _greeting(server, "127.0.0.72")[0] == 421
