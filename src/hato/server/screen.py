@@ -85,6 +85,8 @@ class Screen:
         `write` sends bytes ahead of the greeting; False once the session is closing."""
         rules = self.rules
         address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # RFC 4291 §2.5.5.2: an IPv4 client on a v6 socket
         if any(address in net for net in rules.allow):
             return Screened(allowed=True)
         if rules.connection_rate:
