@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
+from hato.authcheck.bodyhash import HashedBodyDKIM
 from hato.authcheck.offload import Offload, in_thread
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 from hato.model.header import HeaderField, split_header_fields
@@ -405,10 +406,13 @@ async def verify_dkim(
     min_rsa_bits: int = 1024,
     accept_rsa_sha1: bool = False,
     offload: Offload = in_thread,
+    body_hashes: Mapping[int, bytes] | None = None,
 ) -> tuple[DkimResult, ...]:
     """Every DKIM-Signature of `message` (headers and body), top first; () when unsigned.
     Only the first `max_signatures` are verified, so one message asks at most that many DNS
     questions; dkimpy's work runs in `offload`, never on the event loop.
+    With `body_hashes` (signature index -> body hash, from `bodyhash.SignatureBodies`),
+    `message` is the header section only: the body was hashed as it streamed past.
     `accept_rsa_sha1` breaks RFC 8301 §3.1 on purpose (for interop tests with old signers)."""
     fields = split_header_fields(header_block(message))
     signatures = [f for f in fields if f.name.lower() == b"dkim-signature"][:max_signatures]
@@ -417,9 +421,10 @@ async def verify_dkim(
     if not tags:
         return ()
     answers = await fetch_keys(resolver, names)
-    return await offload(
-        functools.partial(_verify_all, message, tags, answers, min_rsa_bits, accept_rsa_sha1)
+    work = functools.partial(
+        _verify_all, message, tags, answers, min_rsa_bits, accept_rsa_sha1, body_hashes
     )
+    return await offload(work)
 
 
 def _verify_all(
@@ -428,11 +433,15 @@ def _verify_all(
     answers: Mapping[str, DnsAnswer],
     min_rsa_bits: int,
     accept_rsa_sha1: bool,
+    body_hashes: Mapping[int, bytes] | None,
 ) -> tuple[DkimResult, ...]:
     """dkimpy's part (canonicalizing and hashing the body once per signature): CPU only."""
     dnsfunc = answer_dnsfunc(answers)
     try:
-        checker = dkim.DKIM(message, minkey=min_rsa_bits)
+        if body_hashes is None:
+            checker = dkim.DKIM(message, minkey=min_rsa_bits)
+        else:
+            checker = HashedBodyDKIM(message, body_hashes, min_rsa_bits)
     except DKIMPY_ERRORS as error:
         checker = None
         broken = f"message not parseable: {error}"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -63,3 +65,101 @@ class ProcessPool:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self._size, mp_context=context)
         return asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+
+# A lane hands its work over in batches of this size, and holds at most LANE_BACKLOG octets
+# that its thread has not taken yet (see `Lane`).
+LANE_BATCH = 1024 * 1024
+LANE_BACKLOG = 4 * 1024 * 1024
+
+
+class Lane:
+    """Feeds a stream of chunks to `sink`, in order, in a thread `Offload` (`WorkerPool`: the
+    sink shares the process, so it must let go of the GIL often, as `SignatureBodies` does).
+
+    `feed()` is called on the event loop and only gathers chunks into batches; each full batch
+    is queued, and one piece of work in the offload (never two at once: a lock) takes the
+    queued batches in order. Memory stays bounded: when more than LANE_BACKLOG octets wait
+    (every thread of the pool is busy with other messages), `feed()` does the waiting work
+    itself, so the loop is slowed rather than the memory grown. `finish()` (awaited) hands
+    over the last batch and returns once the sink has had everything. `abandon()` drops
+    what waits and stops the work after its current batch.
+    """
+
+    def __init__(self, sink: Callable[[bytes], None], offload: Offload) -> None:
+        self._sink = sink
+        self._offload = offload
+        self._batch: list[bytes] = []
+        self._size = 0
+        self._queue: deque[bytes] = deque()
+        self._waiting = 0  # octets queued, not yet taken
+        self._state = threading.Lock()  # guards _queue, _waiting, _running
+        self._order = threading.Lock()  # held while the sink runs: one batch at a time
+        self._running = False
+        self._abandoned = False
+        self._error: Exception | None = None  # the sink's, raised by finish()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._abandoned:
+            return
+        self._batch.append(chunk)
+        self._size += len(chunk)
+        if self._size >= LANE_BATCH:
+            self._push()
+
+    def _push(self) -> None:
+        if not self._batch:
+            return
+        batch = b"".join(self._batch)
+        self._batch, self._size = [], 0
+        with self._state:
+            self._queue.append(batch)
+            self._waiting += len(batch)
+            start, self._running = not self._running, True
+            behind = self._waiting > LANE_BACKLOG
+        if behind:
+            self._drain()
+        elif start:
+            asyncio.ensure_future(self._offload(self._work)).add_done_callback(_retrieve)
+
+    def _work(self) -> None:
+        while True:
+            self._drain()
+            with self._state:
+                if not self._queue or self._abandoned:
+                    self._running = False
+                    return
+
+    def _drain(self) -> None:
+        with self._order:
+            while True:
+                with self._state:
+                    if not self._queue or self._abandoned:
+                        return
+                    batch = self._queue.popleft()
+                    self._waiting -= len(batch)
+                try:
+                    self._sink(batch)
+                except Exception as error:  # handed to whoever awaits finish()
+                    self._error = error
+                    self.abandon()
+
+    async def finish(self) -> None:
+        self._push()
+        await self._offload(self._drain)
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        with self._state:
+            self._batch, self._size = [], 0
+            self._abandoned = True
+            self._queue.clear()
+            self._waiting = 0
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # A lane's background work is awaited by no one; its outcome is read so that a failure
+    # surfaces in `finish()` (which runs the rest itself) rather than as a stray warning.
+    if not future.cancelled():
+        future.exception()
