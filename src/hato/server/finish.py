@@ -22,6 +22,7 @@ from hato.milter import Command, Transaction
 from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
+from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
 from hato.server.miltercheck import milter_check
@@ -44,10 +45,19 @@ class Submitted:
     params: dict[str, str | None]
 
 
+def open_capture(ctx: SessionContext, user: Address | None) -> MessageCapture | None:
+    """What DATA keeps for `authenticate`: for the signer the message whole (or nothing past
+    MAX_CHECKED_SIZE), for the inbound checks the message whole or, past it, its header
+    section and the body hashes of its DKIM signatures (server/capture.py)."""
+    if user is not None:
+        return MessageCapture(None) if ctx.signer else None
+    return MessageCapture(ctx.inbound.lanes) if ctx.inbound is not None else None
+
+
 async def finish(
     ctx: SessionContext,
     facts: Submitted,
-    captured: bytes | None,
+    captured: bytes | LargeMessage | None,
     from_addresses: list[Address | None],
     recipients: list[tuple[Address, Address]],
     body: Spooled,
@@ -159,7 +169,7 @@ async def rspamd_step(
 async def authenticate(
     ctx: SessionContext,
     facts: Submitted,
-    captured: bytes | None,
+    captured: bytes | LargeMessage | None,
     from_addresses: list[Address | None],
     recipients: list[tuple[Address, Address]],
 ) -> tuple[bytes, dict[str, str | None], Reply | None]:
@@ -167,7 +177,7 @@ async def authenticate(
     params = facts.params
     if facts.user is not None:
         params[AUTH_PARAM] = str(facts.user)  # a checked sender (queue/bounce.py)
-        if captured is None or not ctx.signer:
+        if not isinstance(captured, bytes) or not ctx.signer:
             if ctx.signer:
                 log.warning(
                     logfmt("dkim-sign-skipped", session=facts.session, reason="message too large")
@@ -180,7 +190,8 @@ async def authenticate(
     if checker is None:
         return b"", params, None
     if captured is None:
-        log.warning(logfmt("authcheck-skipped", session=facts.session, reason="message too large"))
+        # Only a header section past MAX_CHECKED_SIZE, refused (552 5.3.4) before this.
+        log.warning(logfmt("authcheck-skipped", session=facts.session, reason="no header end"))
         return b"", params, None
     verdict = await checker.check(
         client_ip=facts.client_ip, helo=facts.helo, mail_from=facts.mail_from, message=captured
@@ -199,6 +210,9 @@ async def authenticate(
         params[QUARANTINE_PARAM] = "Junk"
     if verdict.spf_pass:
         params[SPF_PARAM] = "pass"  # a checked sender: success DSNs may go to it
+    if isinstance(captured, LargeMessage):
+        # RFC 8617 §5.1 seals what we verified; past MAX_CHECKED_SIZE no chain was (docs).
+        return verdict.header, params, verdict.refuse
     sealed = await arc_seal(ctx, verdict, captured, recipients)
     return sealed + verdict.header, params, verdict.refuse
 

@@ -6,7 +6,10 @@ received, bounded in size) once DATA has ended and before the queue commit; the 
 concurrently through the DNS seam, under one time budget for the whole message (DMARC gets
 what SPF, DKIM and ARC left of it); anything that cannot be decided in time is a temperror,
 never a hang. dkimpy's hashing runs in a small pool of worker processes (`ProcessPool`), never
-on the event loop, so a big message with many signatures stalls no other session. The verdict is
+on the event loop, so a big message with many signatures stalls no other session. Past 10 MiB
+only the header section is handed over, with the body hashes of its DKIM signatures computed
+in threads (`lanes`) as it streamed in (server/capture.py); SPF and DMARC are the same. The
+verdict is
 a value: the header lines to prepend and whether to accept, refuse (550 5.7.1) or quarantine
 (deliver to the Junk folder).
 """
@@ -42,10 +45,11 @@ from hato.authcheck import (
     verify_arc,
     verify_dkim,
 )
-from hato.authcheck.offload import ProcessPool
+from hato.authcheck.offload import ProcessPool, WorkerPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
+from hato.server.capture import LargeMessage
 
 DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
 # RFC 3463 §3.5: X.4.3 "directory server failure" (DNS); RFC 7489 §11.2 temperror, so retry.
@@ -85,11 +89,14 @@ class InboundChecker:
         self._enforcement = enforcement
         self._budget = budget
         self._rng = rng or random.Random()
-        self._offload = ProcessPool()
+        self.offload = ProcessPool()
+        self.lanes = WorkerPool()  # streamed body hashes (server/capture.py)
 
     async def check(
-        self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes
+        self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes | LargeMessage
     ) -> InboundVerdict:
+        """`message` whole, or past MAX_CHECKED_SIZE its header and streamed body hashes:
+        SPF and DMARC need no body and are the same for both (server/capture.py)."""
         sender = "" if mail_from is None else str(mail_from)
         deadline = asyncio.get_running_loop().time() + self._budget
         spf, dkim, arc = await asyncio.gather(
@@ -97,7 +104,8 @@ class InboundChecker:
             self._dkim(message, deadline),
             self._arc(message, deadline),
         )
-        dmarc = await self._dmarc(message, spf, dkim, deadline)
+        head = message.header if isinstance(message, LargeMessage) else message
+        dmarc = await self._dmarc(head, spf, dkim, deadline)
         methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
         methods.extend(dkim_methods(dkim))
         methods.extend(_dmarc_methods(dmarc))
@@ -142,17 +150,28 @@ class InboundChecker:
             domain = sender.rpartition("@")[2] or helo
             return SpfResult(SpfResultCode.TEMPERROR, domain, detail="time budget exceeded")
 
-    async def _dkim(self, message: bytes, deadline: float) -> tuple[DkimResult, ...]:
+    async def _dkim(self, message: bytes | LargeMessage, deadline: float) -> tuple[DkimResult, ...]:
         try:
             async with asyncio.timeout_at(deadline):
-                return await verify_dkim(message, self._resolver, offload=self._offload)
+                if isinstance(message, LargeMessage):
+                    hashes = await message.digests()
+                    return await verify_dkim(
+                        message.header, self._resolver, offload=self.offload, body_hashes=hashes
+                    )
+                return await verify_dkim(message, self._resolver, offload=self.offload)
         except TimeoutError:
+            if isinstance(message, LargeMessage):
+                message.lane.abandon()  # stop hashing what no one waits for
             return (DkimResult(DkimStatus.TEMPERROR, reason="time budget exceeded"),)
 
-    async def _arc(self, message: bytes, deadline: float) -> ArcResult:
+    async def _arc(self, message: bytes | LargeMessage, deadline: float) -> ArcResult:
+        if isinstance(message, LargeMessage):
+            # Not verified past MAX_CHECKED_SIZE (docs/configuration.md): no arc= result, and
+            # no ARC set of ours when forwarded. DMARC's verdict never rests on ARC here.
+            return ArcResult(ArcStatus.NONE, reason="message too large to verify")
         try:
             async with asyncio.timeout_at(deadline):
-                return await verify_arc(message, self._resolver, offload=self._offload)
+                return await verify_arc(message, self._resolver, offload=self.offload)
         except TimeoutError:
             return ArcResult(ArcStatus.FAIL, reason="time budget exceeded")
 

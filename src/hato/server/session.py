@@ -30,8 +30,9 @@ from hato.policy import (
     rcpt_decision,
 )
 from hato.queue import QueueWriteError
+from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
-from hato.server.finish import Submitted, finish
+from hato.server.finish import Submitted, finish, open_capture
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
 from hato.server.protect import protect, recipient_keys
@@ -73,7 +74,6 @@ TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 # uvloop reads a busy socket up to 32 times per turn of the loop: megabytes of DATA in one go,
 # while every other session waits. After this many octets a session lets the others go first.
 BURST = 256 * 1024
-MAX_CHECKED_SIZE = 10 * 1024 * 1024  # DKIM/ARC checks and signing hold the message in memory
 NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
 
 
@@ -105,10 +105,9 @@ class SmtpSession(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.messages = 0
-        self.capture: list[bytes] | None = None  # the message, for authentication checks
+        self.capture: MessageCapture | None = None  # the message, for authentication checks
         self.forged: ForgedResultsFilter | None = None
         self.keyed = False  # a recipient of this transaction has a key (issue 6)
-        self.captured = 0
         self.burst = 0  # octets read since reading last paused for the other sessions
         self.screened = Screened()  # what the mx [screen] found before the greeting
 
@@ -260,8 +259,7 @@ class SmtpSession(asyncio.Protocol):
                 )
                 self.headers = HeaderCapture()
                 self.trace = TraceFields()
-                self.capture = [] if self._wants_capture() else None
-                self.captured = 0
+                self.capture = open_capture(self.ctx, self.user)
             case BodyChunk(data=data):
                 if self.body is not None:
                     self.body.write(self.forged.feed(data) if self.forged else data)
@@ -270,11 +268,7 @@ class SmtpSession(asyncio.Protocol):
                 if self.trace is not None:
                     self.trace.feed(data)
                 if self.capture is not None:
-                    self.captured += len(data)
-                    if self.captured > MAX_CHECKED_SIZE:
-                        self.capture = None  # too large to check or sign: said in the log
-                    else:
-                        self.capture.append(data)
+                    self.capture.feed(data)
             case MessageEnd():
                 self._on_message_end()
             case MessageAborted(reply=reply):
@@ -495,17 +489,12 @@ class SmtpSession(asyncio.Protocol):
     def _now_utc(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.ctx.clock.now(), dt.UTC)
 
-    def _wants_capture(self) -> bool:
-        if self.user is None:
-            return self.ctx.inbound is not None
-        return bool(self.ctx.signer)
-
     def _on_message_end(self) -> None:
         """DATA ended: refuse a header section too large to judge whole, or (after AUTH)
         malformed or naming senders the user does not own; then commit (as a task)."""
         body, mail, headers = self.body, self.mail_from, self.headers
         self.body = self.headers = None
-        captured = b"".join(self.capture) if self.capture is not None else None
+        captured = self.capture.result() if self.capture is not None else None
         self.capture = None
         forged, self.forged = self.forged, None
         trace, self.trace = self.trace, None
@@ -558,7 +547,7 @@ class SmtpSession(asyncio.Protocol):
         self,
         mail: MailFrom,
         body: BodyWriter | SealedScratch,
-        captured: bytes | None,
+        captured: bytes | LargeMessage | None,
         from_addresses: list[Address | None],
     ) -> None:
         """Authenticate (inbound checks or DKIM signing), then deliver what can go into our
@@ -754,6 +743,8 @@ class SmtpSession(asyncio.Protocol):
             self.body.discard()
             self.body = None
         self.headers = self.trace = None
+        if self.capture is not None:
+            self.capture.abandon()
         self.capture = None
         self.forged = None
 
