@@ -95,20 +95,43 @@ class MilterClient:
     def __init__(self, address: str, timeouts: Timeouts | None = None) -> None:
         self.address = address
         self.timeouts = timeouts or Timeouts()
+        self.agreed: Negotiated | None = None  # the last negotiation (None: not yet asked)
+
+    @property
+    def wants_envelope(self) -> bool:
+        """Whether the milter may answer the connect, HELO, MAIL or RCPT step (as far as its
+        last negotiation says): only then is an early `probe` worth a connection."""
+        agreed = self.agreed
+        early = (Command.CONNECT, Command.HELO, Command.MAIL, Command.RCPT)
+        return agreed is None or any(agreed.sends(c) and agreed.answers(c) for c in early)
 
     async def check(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
         """The milter's verdict on `message` (header section and body, CRLF lines)."""
+        return await self._guarded(tx, message)
+
+    async def probe(self, tx: Transaction) -> Final | None:
+        """The milter's word on the envelope so far (connect, HELO, MAIL, each RCPT of `tx`),
+        before DATA: None to go on, else its final reply; the transaction is then aborted."""
+        return (await self._guarded(tx, None)).final
+
+    async def _guarded(self, tx: Transaction, message: AsyncIterator[bytes] | None) -> Outcome:
         try:
             return await self._check(tx, message)
         except (OSError, EOFError, TimeoutError, MilterProtocolError) as exc:
             raise MilterUnavailable(f"{self.address}: {exc or type(exc).__name__}") from exc
 
-    async def _check(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
+    async def _check(self, tx: Transaction, message: AsyncIterator[bytes] | None) -> Outcome:
         reader, writer = await asyncio.wait_for(self._open(), self.timeouts.connect)
         talk = _Talk(reader, writer, self.timeouts)
         try:
+            if message is None:
+                return Outcome(await talk.envelope(tx) or Continue())
             return await talk.message(tx, message)
         finally:
+            self.agreed = talk.agreed if talk.agreed.version else self.agreed
+            if message is None:
+                with contextlib.suppress(OSError):
+                    writer.write(simple_command(Command.ABORT))
             with contextlib.suppress(OSError, TimeoutError):
                 writer.write(simple_command(Command.QUIT))
                 writer.close()
@@ -134,7 +157,8 @@ class _Talk:
         self.replies = ReplyReader()
         self.agreed = Negotiated(0, Action(0), Step(0))
 
-    async def message(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
+    async def envelope(self, tx: Transaction) -> Final | None:
+        """Negotiate, then connect, HELO, MAIL and each RCPT: None, or the milter's word."""
         self.writer.write(optneg_command())
         reply = await self._event(self.timeouts.command)
         if not isinstance(reply, OptionsReply):
@@ -145,12 +169,19 @@ class _Talk:
             (Command.HELO, helo_command(tx.helo)),
             (Command.MAIL, mail_command(tx.mail_from, tx.mail_args)),
             *((Command.RCPT, rcpt_command(rcpt)) for rcpt in tx.recipients),
-            (Command.DATA, simple_command(Command.DATA)),
         ]
         for command, data in steps:
             final = await self._step(command, data, tx.macros)
             if final is not None:
-                return Outcome(final)
+                return final
+        return None
+
+    async def message(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
+        final = await self.envelope(tx)
+        if final is None:
+            final = await self._step(Command.DATA, simple_command(Command.DATA), tx.macros)
+        if final is not None:
+            return Outcome(final)
         body = _Split(message)
         leadspc = bool(self.agreed.steps & Step.HDR_LEADSPC)
         for name, value in await body.fields():

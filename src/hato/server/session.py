@@ -35,6 +35,7 @@ from hato.server.context import SessionContext
 from hato.server.finish import Submitted, finish, open_capture
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
+from hato.server.milterearly import rcpt_checked, recipient_checks
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.server.screen import Screened, network_refusal
@@ -417,18 +418,14 @@ class SmtpSession(asyncio.Protocol):
         if not isinstance(decision, Accept):
             self._refuse_rcpt(event, decision.reply)
             return
-        if self.ctx.screen is not None and self.ctx.screen.rules.greylist is not None:
-            self._begin(self._greylist(event, resolution))  # RFC 6647 (server/screen.py)
+        if rcpt_checked(self.ctx):
+            self._begin(self._rcpt_checks(event, resolution))  # greylisting, milters
             return
         self._add_recipient(event, resolution)
 
-    async def _greylist(self, event: RcptTo, resolution: Resolution) -> None:
-        assert self.ctx.screen is not None
-        path = self.mail_from.path if self.mail_from is not None else None
-        helo = self.conn.hello_name or ""
-        reply = await self.ctx.screen.greylist(
-            self.screened, self.client_ip, helo, path, event.address, self.session_id
-        )
+    async def _rcpt_checks(self, event: RcptTo, resolution: Resolution) -> None:
+        facts = self._submitted(self.mail_from)
+        reply = await recipient_checks(self.ctx, self.screened, facts, event.address)
         if reply is not None:
             self.conn.reply(reply)
         else:
@@ -523,6 +520,11 @@ class SmtpSession(asyncio.Protocol):
             )
         self._begin(self._commit(mail, body, captured, verdict.authors), name="commit")
 
+    def _submitted(self, mail: MailFrom | None) -> Submitted:
+        helo, path = self.conn.hello_name or "", mail.path if mail is not None else None
+        params = dict(mail.params) if mail is not None else {}
+        return Submitted(self.session_id, self.client_ip, helo, self.user, path, params)
+
     def _refuse_message(self, body: BodyWriter | SealedScratch | None, reply: Reply) -> None:
         if body is not None:
             body.discard()
@@ -558,14 +560,7 @@ class SmtpSession(asyncio.Protocol):
         self._reset_transaction()
         added, params, refusal, body = await finish(
             self.ctx,
-            Submitted(
-                session=self.session_id,
-                client_ip=self.client_ip,
-                helo=self.conn.hello_name or "",
-                user=self.user,
-                mail_from=mail.path,
-                params=dict(mail.params),
-            ),
+            self._submitted(mail),
             captured,
             from_addresses,
             recipients,
@@ -574,7 +569,7 @@ class SmtpSession(asyncio.Protocol):
         if refusal is not None:
             if body is not None:
                 body.discard()
-            self._answer(refusal)
+            self._answer(refusal if refusal.code >= 400 else None)  # a milter's discard: 250
             return
         copies = await self._copies(body, [dest for dest, _ in recipients])
         if copies is None:

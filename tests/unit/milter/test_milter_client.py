@@ -14,10 +14,12 @@ import pytest
 from hato.milter import Command, MilterClient, MilterUnavailable, Outcome, Timeouts, Transaction
 from hato.milter.protocol import (
     Accept,
+    Action,
     AddHeader,
     ChangeHeader,
     Continue,
     InsertHeader,
+    Negotiated,
     Quarantine,
     Reject,
     ReplaceBody,
@@ -180,3 +182,45 @@ def test_a_milter_that_is_down_is_unavailable() -> None:
 
     with pytest.raises(MilterUnavailable):
         asyncio.run(go())
+
+
+def test_a_probe_stops_at_the_envelope_and_aborts() -> None:
+    def answer(code: bytes, data: bytes) -> list[bytes]:
+        if code == b"R":
+            return [_p(b"y", b"550 5.1.1 No such user\0")]
+        return _continue(code, data)
+
+    async def go() -> tuple[object, list[bytes], MilterClient]:
+        seen: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    (length,) = struct.unpack("!I", await reader.readexactly(4))
+                    packet = await reader.readexactly(length)
+                    seen.append(packet[:1])
+                    if packet[:1] == b"O":
+                        writer.write(_p(b"O", struct.pack("!III", 6, 0, Step.NOHELO)))
+                    else:
+                        writer.write(b"".join(answer(packet[:1], packet[1:])))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        client = MilterClient(f"inet:127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        assert client.wants_envelope  # not asked yet
+        final = await client.probe(TX)
+        server.close()
+        return final, seen, client
+
+    final, seen, client = asyncio.run(go())
+    assert final == ReplyCode(550, "5.1.1 No such user")
+    assert [c for c in seen if c != b"D"] == [b"O", b"C", b"M", b"R", b"A", b"Q"]
+    assert client.wants_envelope
+
+
+def test_a_milter_that_answers_no_envelope_step_is_not_probed() -> None:
+    client = MilterClient("inet:127.0.0.1:9")
+    quiet = Step.NOCONNECT | Step.NOHELO | Step.NR_MAIL | Step.NORCPT
+    client.agreed = Negotiated(6, Action(0), quiet)
+    assert not client.wants_envelope

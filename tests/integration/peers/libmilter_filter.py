@@ -1,0 +1,73 @@
+"""A milter built on Sendmail's own libmilter (Debian's `python3-milter`, pymilter over
+libmilter.so), run by the system python3: `python3 libmilter_filter.py PORT`.
+
+It answers by the message's content, so one instance serves every test:
+- RCPT TO a local part "refused": 550 5.1.1 at RCPT (smfi_setreply + SMFIS_REJECT);
+- MAIL FROM a local part "tempfail": SMFIS_TEMPFAIL at MAIL;
+- at the end of every other message: adds `X-Libmilter: seen`, inserts `X-Libmilter-Top` at
+  index 0; and, when the body holds the word, CHANGE-SUBJECT changes Subject,
+  DELETE-FIELD deletes the first `X-Delete-Me`, REPLACE-BODY replaces the body,
+  QUARANTINE quarantines, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import Milter
+
+CONTINUE: int = Milter.CONTINUE
+TEMPFAIL: int = Milter.TEMPFAIL
+REJECT: int = Milter.REJECT
+DISCARD: int = Milter.DISCARD
+ACCEPT: int = Milter.ACCEPT
+
+
+class Filter(Milter.Base):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.seen = bytearray()
+
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.seen = bytearray()
+        if mailfrom.strip("<>").split("@")[0] == "tempfail":
+            return TEMPFAIL
+        return CONTINUE
+
+    def envrcpt(self, to: str, *params: str) -> int:
+        if to.strip("<>").split("@")[0] == "refused":
+            self.setreply("550", "5.1.1", "No such user here")
+            return REJECT
+        return CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        self.seen += chunk
+        return CONTINUE
+
+    def eom(self) -> int:
+        text = bytes(self.seen)
+        if b"REJECT-BODY" in text:
+            self.setreply("554", "5.7.1", "Body refused by libmilter")
+            return REJECT
+        if b"DISCARD" in text:
+            return DISCARD
+        self.addheader("X-Libmilter", "seen")
+        self.addheader("X-Libmilter-Top", "first", 0)
+        if b"CHANGE-SUBJECT" in text:
+            self.chgheader("Subject", 1, "changed by libmilter")
+        if b"DELETE-FIELD" in text:
+            self.chgheader("X-Delete-Me", 1, "")
+        if b"REPLACE-BODY" in text:
+            self.replacebody(b"replaced by libmilter\r\n")
+        if b"QUARANTINE" in text:
+            self.quarantine("test quarantine")
+        return ACCEPT
+
+
+def main() -> None:
+    Milter.factory = Filter
+    Milter.set_flags(Milter.ADDHDRS + Milter.CHGHDRS + Milter.CHGBODY + Milter.QUARANTINE)
+    Milter.runmilter("hato-test", f"inet:{sys.argv[1]}@127.0.0.1", 60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Real milters for Hato's [[milter]] tests: rspamd's proxy worker in milter mode (Debian's
+`rspamd`), on a private configuration (peers/rspamd.py) with the proxy on a loopback port of
+its own, scanning itself (`self_scan`): it adds rspamd's `milter_headers` fields to clean mail
+and refuses GTUBE with a reply code of its own; and a milter on Sendmail's libmilter itself
+(libmilter_filter.py, through Debian's `python3-milter`) that refuses at RCPT and asks for
+every modification."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .net import LOOPBACK, free_port
+from .rspamd import RspamdServer
+
+
+class RspamdMilter(RspamdServer):
+    """A private rspamd whose proxy worker speaks the milter protocol on `milter_port`."""
+
+    name = "rspamd-milter"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.milter_port = free_port()
+
+    @property
+    def milter_address(self) -> str:
+        return f"inet:{LOOPBACK}:{self.milter_port}"
+
+    def _write_config(self) -> Path:
+        config = super()._write_config()
+        with config.open("a") as out:
+            out.write(
+                f"""
+worker "rspamd_proxy" {{
+  bind_socket = "{LOOPBACK}:{self.milter_port}";
+  milter = yes;
+  timeout = 60s;
+  count = 1;
+  upstream "local" {{ default = yes; self_scan = yes; }}
+}}
+"""
+            )
+        return config
+
+    def start(self, timeout: float = 180.0) -> None:
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while True:  # the proxy binds with the other workers; wait until it accepts
+            try:
+                socket.create_connection((LOOPBACK, self.milter_port), timeout=2).close()
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    text = self.log_text()[-2000:]
+                    raise RuntimeError(f"rspamd's proxy not listening: {text}") from exc
+                time.sleep(0.1)
+
+
+LIBMILTER_SCRIPT = Path(__file__).with_name("libmilter_filter.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def libmilter_missing() -> str | None:
+    """Why the libmilter peer cannot run here, or None."""
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import Milter"], capture_output=True, check=False)
+    return None if probe.returncode == 0 else "python3-milter is not installed (.ci/run)"
+
+
+class LibMilter:
+    """libmilter_filter.py (Sendmail's libmilter through Debian's python3-milter) on a
+    loopback port."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"inet:{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        out = open(self.work / "libmilter.out", "ab")  # noqa: SIM115 (the child keeps it)
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        deadline = time.monotonic() + timeout
+        while True:  # until libmilter accepts
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"libmilter exited: {self.log_text()[-2000:]}")
+            try:
+                socket.create_connection((LOOPBACK, self.port), timeout=2).close()
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("libmilter not listening") from exc
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_text(self) -> str:
+        path = self.work / "libmilter.out"
+        return path.read_text(errors="replace") if path.exists() else ""

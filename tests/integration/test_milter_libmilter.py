@@ -1,0 +1,129 @@
+"""[[milter]] end to end against Sendmail's own libmilter (Debian's python3-milter running
+peers/libmilter_filter.py): a recipient it refuses at RCPT TO is refused to the client
+there, a sender it tempfails too; what it asks at the end of the message (added, inserted,
+changed and deleted fields, a new body, quarantine, discard, a reply code) is what the
+Maildir holds or the client hears."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import maildir
+from peers.hato import HatoServer
+from peers.net import in_ci
+from peers.rspamd_milter import LibMilter, libmilter_missing
+from peers.server import DomainSetup, MailSetup
+
+SENDER = "alice@sender.example"
+
+
+@pytest.fixture(scope="module")
+def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
+    missing = libmilter_missing()
+    if missing is not None:
+        if in_ci():
+            pytest.fail(missing)
+        pytest.skip(missing)
+    peer = LibMilter(tmp_path_factory.mktemp("libmilter"))
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+class MilteredHato(HatoServer):
+    def __init__(self, data_dir: Path, address: str) -> None:
+        super().__init__(
+            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
+        )
+        self.address = address
+
+    def _config_text(self) -> str:
+        return super()._config_text() + f'\n[[milter]]\naddress = "{self.address}"\n'
+
+
+@pytest.fixture(scope="module")
+def hato(tmp_path_factory: pytest.TempPathFactory, libmilter: LibMilter) -> Iterator[MilteredHato]:
+    server = MilteredHato(tmp_path_factory.mktemp("hato") / "data", libmilter.address)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _message(marker: str, body: str, extra: str = "") -> bytes:
+    return (
+        f"From: <{SENDER}>\r\nTo: <someone@dest.example>\r\nSubject: lunch\r\n{extra}"
+        f"Message-ID: <{marker}@sender.example>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def _head(stored: bytes) -> list[bytes]:
+    return stored.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.mail(SENDER)
+        # The milter's smfi_setreply, at RCPT TO, before any DATA.
+        assert smtp.rcpt("refused@dest.example") == (550, b"5.1.1 No such user here")
+        assert smtp.rcpt("someone@dest.example")[0] == 250
+        code, _ = smtp.data(_message("rcpt-1", "hello"))
+        assert code == 250
+        smtp.rset()
+        smtp.mail("tempfail@sender.example")
+        code, text = smtp.rcpt("someone@dest.example")
+        assert (code, text[:5]) == (450, b"4.7.1"), text
+    box = hato.mailbox("someone", "dest.example")
+    (found,) = maildir.wait_for_marker(box, "rcpt-1", 20)
+    head = _head(found.read_bytes())
+    assert b"X-Libmilter: seen" in head and b"X-Libmilter-Top: first" in head
+    assert not maildir.messages(hato.mailbox("refused", "dest.example"))
+
+
+def test_changed_and_deleted_fields_a_new_body_and_quarantine(hato: MilteredHato) -> None:
+    sent = _message(
+        "mods-1", "CHANGE-SUBJECT DELETE-FIELD REPLACE-BODY QUARANTINE", "X-Delete-Me: yes\r\n"
+    )
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.sendmail(SENDER, ["someone@dest.example"], sent)
+    box = hato.mailbox("someone", "dest.example")
+    # Quarantine: the Junk folder.
+    (found,) = maildir.wait_for_marker(box / ".Junk", "mods-1", 20)
+    stored = found.read_bytes()
+    head = _head(stored)
+    assert [h for h in head if h.startswith(b"Subject:")] == [b"Subject: changed by libmilter"]
+    assert not [h for h in head if h.startswith(b"X-Delete-Me")]
+    assert b"X-Libmilter: seen" in head
+    assert stored.split(b"\r\n\r\n", 1)[1] == b"replaced by libmilter\r\n"
+
+
+def test_discard_and_a_reply_code_at_the_end(hato: MilteredHato) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.mail(SENDER)
+        smtp.rcpt("someone@dest.example")
+        assert smtp.data(_message("discard-1", "DISCARD me"))[0] == 250
+        smtp.mail(SENDER)
+        smtp.rcpt("someone@dest.example")
+        assert smtp.data(_message("reject-1", "REJECT-BODY")) == (
+            554,
+            b"5.7.1 Body refused by libmilter",
+        )
+        smtp.mail(SENDER)
+        smtp.rcpt("someone@dest.example")
+        assert smtp.data(_message("after-1", "plain"))[0] == 250
+    box = hato.mailbox("someone", "dest.example")
+    maildir.wait_for_marker(box, "after-1", 20)
+    every = maildir.all_messages(hato.mailboxes())
+    assert not maildir.find_marker(every, "discard-1")
+    assert not maildir.find_marker(every, "reject-1")
+    assert hato.wait_for_log(r"event=milter .*reply=discard"), hato.log_text()[-2000:]
