@@ -38,7 +38,7 @@ from hato.server.login import Login
 from hato.server.milterearly import rcpt_checked, recipient_checks
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
-from hato.server.screen import Screened, network_refusal
+from hato.server.screen import Screened, before_greeting, screens
 from hato.smtp import (
     NEED_DATA,
     PAUSED,
@@ -169,12 +169,11 @@ class SmtpSession(asyncio.Protocol):
             self.conn.greet(AUTH_BLOCKED)
             self._process()
             return
-        rules, screen = self.ctx.network_rules, self.ctx.screen
-        if screen is not None or ((rules.refuse or rules.allow) and self.ctx.dns is not None):
+        if screens(self.ctx):
             # OP25B rules and the mx [screen] may need DNS (and a wait) before the greeting;
             # an early talker must be heard meanwhile (server/screen.py).
             self._begin(self._before_greeting(), name="greeting")
-            if screen is not None and screen.pregreet:
+            if self.ctx.screen is not None and self.ctx.screen.pregreet:
                 transport.resume_reading()
             return
         self.conn.greet()
@@ -336,15 +335,7 @@ class SmtpSession(asyncio.Protocol):
             self._close_with(SHUTTING_DOWN)
 
     async def _before_greeting(self) -> None:
-        ctx = self.ctx
-        rules, dns, screen = ctx.network_rules, ctx.dns, ctx.screen
-        reply: Reply | Screened | None = None
-        if (rules.refuse or rules.allow) and dns is not None:
-            reply = await network_refusal(
-                self.client_ip, ctx.listener.name, rules, ctx.networks, dns, self.session_id
-            )
-        if reply is None and screen is not None:
-            reply = await screen.before_greeting(self.client_ip, self.session_id, self._write)
+        reply = await before_greeting(self.ctx, self.client_ip, self.session_id, self._write)
         if isinstance(reply, Screened):
             self.screened, reply = reply, None
         # RFC 5321 §3.1: a 554 greeting; the core then answers 503 to all but QUIT. A 4xx
