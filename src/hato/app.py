@@ -306,7 +306,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 info=lambda: {
                     "listeners": [str(lst.address) for lst in settings.listeners],
                     "pid": os.getppid() if worker is not None else os.getpid(),  # the server's
-                    "problems": list(shared.problems),
+                    "problems": [*shared.problems, *outbound.egress_problems()],
+                    "egress": outbound.egress_problems(),  # delivery/egress.py: OP25B
                 },
                 reload=reloader.request,
             )

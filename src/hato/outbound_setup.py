@@ -53,6 +53,7 @@ def outbound_settings(settings: Settings) -> OutboundSettings:
             username=sh.username,
             password=sh.secret(),
             verify_certificate=sh.verify_certificate,
+            fallback=sh.fallback,
         )
         if sh is not None
         else None

@@ -37,7 +37,9 @@ def doctor_setup(settings: Settings) -> DoctorSetup:
         addresses = (settings.delivery.source_address,)
     smarthost = None
     if settings.smarthost is not None:
-        smarthost = SmarthostSetup(settings.smarthost.host, settings.smarthost.port, False)
+        smarthost = SmarthostSetup(
+            settings.smarthost.host, settings.smarthost.port, settings.smarthost.fallback
+        )
     return DoctorSetup(
         hostname=settings.server.hostname,
         domains=tuple(

@@ -218,9 +218,11 @@ def list_queue(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
+    notes: list[str] = []  # from the server: e.g. port 25 blocked (delivery/egress.py)
     with _connect(data_dir) as client:
         if client is not None:
-            message = check(client.request({"op": "queue.show", "id": args.id}))["message"]
+            answer = check(client.request({"op": "queue.show", "id": args.id}))
+            message, notes = answer["message"], answer.get("notes", [])
         else:
             from hato.queue.admin import as_json
 
@@ -234,6 +236,8 @@ def show(args: argparse.Namespace) -> int:
         print()
     else:
         print_show(message, sys.stdout)
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 

@@ -233,6 +233,11 @@ class SmarthostSettings(BaseModel):
     password_file: Annotated[Path, PlainValidator(_readable_file)] | None = Field(
         None, description="a readable file holding the AUTH password"
     )
+    fallback: StrictBool = Field(
+        False,
+        description="true: deliver by MX as usual, and through this host only while outbound "
+        "port 25 appears blocked (false: all outbound mail goes through it)",
+    )
 
     @field_validator("port")
     @classmethod

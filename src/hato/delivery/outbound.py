@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 from hato.delivery.dane import DaneLookup, lookup_tlsa
+from hato.delivery.egress import EgressMonitor
 from hato.delivery.mtasts import MtaSts
 from hato.delivery.mx import (
     DNS_TEMPFAIL,
@@ -131,6 +132,7 @@ class OutboundCourier:
             clock, settings.idle_timeout, settings.max_messages_per_connection, _ERRORS
         )
         self.limiter = Limiter(settings.max_connections_per_domain, settings.max_connections)
+        self.egress = EgressMonitor(clock)
 
     def reconfigure(
         self,
@@ -172,8 +174,8 @@ class OutboundCourier:
         transport = self._settings.transport_for(domain)
         kind = transport.kind or TransportKind.MX
         target = transport.target
-        if kind is TransportKind.SMARTHOST:
-            return Destination(kind, "smarthost", "", transport.tls)
+        if kind is TransportKind.SMARTHOST or (kind is TransportKind.MX and self._fallback()):
+            return Destination(TransportKind.SMARTHOST, "smarthost", "", transport.tls)
         if target is not None:
             return Destination(kind, str(target), "", transport.tls, target.host, target.port)
         return Destination(kind, domain, domain, transport.tls)
@@ -191,7 +193,22 @@ class OutboundCourier:
                     outcomes = await Attempt(self, dest, message, rcpts).run()
             except TimeoutError:
                 outcomes = {r.row_id: TempFailed(ATTEMPT_TIMEOUT) for r in rcpts}
+        deferred = [r for r in rcpts if isinstance(outcomes[r.row_id], TempFailed)]
+        if dest.kind is TransportKind.MX and deferred and self._fallback():
+            # Port 25 turned out blocked during this attempt: the smarthost takes them now.
+            smarthost = Destination(TransportKind.SMARTHOST, "smarthost", "", dest.tls)
+            await self._group(smarthost, message, deferred, done)
+            outcomes = {k: v for k, v in outcomes.items() if k not in done}
         done.update(outcomes)
+
+    def _fallback(self) -> bool:
+        smarthost = self._settings.smarthost
+        return smarthost is not None and smarthost.fallback and self.egress.use_fallback()
+
+    def egress_problems(self) -> list[str]:
+        """What `hato status` says about outbound port 25 (nothing while it works)."""
+        smarthost = self._settings.smarthost
+        return self.egress.problems(fallback=smarthost is not None and smarthost.fallback)
 
     # -- used by _Attempt --------------------------------------------------------------------
 

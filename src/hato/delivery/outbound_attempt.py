@@ -149,9 +149,18 @@ class Attempt:
 
     async def _address(self, hop: Hop, address: str, tls: HopTls) -> None:
         options = self.courier.options(hop, address, tls, plaintext=False)
+        mx = hop.smarthost is None and not hop.configured and not hop.lmtp
         try:
             await self._transaction(options, tls)
+            if mx:
+                self.courier.egress.connected()
         except DeliveryError as exc:
+            if mx:
+                # delivery/egress.py: many MX hosts failing at TCP connect means OP25B.
+                if exc.stage == "connect":
+                    self.courier.egress.connect_failed(hop.host)
+                else:
+                    self.courier.egress.connected()
             if exc.stage == "tls" and tls.level is TlsLevel.MAY and not exc.tls_policy:
                 # RFC 3207 §4.1 / RFC 7435: opportunistic TLS failed; plaintext beats no mail.
                 log.info(logfmt("starttls_failed_retry_plain", host=hop.host, address=address))

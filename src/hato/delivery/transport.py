@@ -52,6 +52,7 @@ class Smarthost:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     verify_certificate: bool = True
+    fallback: bool = False  # only while outbound port 25 appears blocked (delivery/egress.py)
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -93,7 +94,8 @@ class OutboundSettings:
         found = self.transports.get(_key(domain), Transport())
         if found.kind is not None:
             return found
-        default = TransportKind.MX if self.smarthost is None else TransportKind.SMARTHOST
+        always = self.smarthost is not None and not self.smarthost.fallback
+        default = TransportKind.SMARTHOST if always else TransportKind.MX
         return Transport(default, None, found.tls)
 
 

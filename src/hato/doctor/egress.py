@@ -50,6 +50,7 @@ port = 587                            # 587 with tls = "starttls", or 465 with t
 tls = "starttls"
 username = "you@your-provider.example"
 password_file = "/etc/hato/smarthost-password"   # the password alone, mode 0600
+fallback = true                       # MX first; the relay while port 25 is blocked
 # and let the relay send for your domains (SPF, RFC 7208 §5.2):
 #   DOMAIN. IN TXT "v=spf1 mx include:<the SPF domain your provider documents> -all\""""
 

@@ -202,7 +202,8 @@ class ControlServer:
             detail = await self._admin.show(selector.queue_id)
             if detail is None:
                 raise RequestError(f"{selector.queue_id}: no such message in the queue")
-            return {"message": as_json(detail)}
+            notes = list(self._info().get("egress", [])) if self._info is not None else []
+            return {"message": as_json(detail), "notes": notes}
         action = _ACTIONS.get(op)
         if action is None:
             raise RequestError(f"{op}: unknown op")
