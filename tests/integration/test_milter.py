@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
+from peers.milters import RspamdMilter
 from peers.net import LOOPBACK, find_peer, free_port, in_ci
 from peers.rspamd import GTUBE
-from peers.rspamd_milter import RspamdMilter
 from peers.server import DomainSetup, MailSetup
 
 RECIPIENT = "someone@dest.example"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
-from peers.net import in_ci
-from peers.rspamd_milter import LibMilter, libmilter_missing
+from peers.milters import LibMilter, OpenDkim, libmilter_missing
+from peers.net import find_peer, in_ci
 from peers.server import DomainSetup, MailSetup
 
 SENDER = "alice@sender.example"
@@ -127,3 +127,28 @@ def test_discard_and_a_reply_code_at_the_end(hato: MilteredHato) -> None:
     assert not maildir.find_marker(every, "discard-1")
     assert not maildir.find_marker(every, "reject-1")
     assert hato.wait_for_log(r"event=milter .*reply=discard"), hato.log_text()[-2000:]
+
+
+def test_opendkim_verifying_adds_its_authentication_results(tmp_path: Path) -> None:
+    if find_peer("opendkim") is None:
+        reason = "peer 'opendkim' is not installed (.ci/run installs it from Debian)"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    opendkim = OpenDkim(tmp_path / "opendkim")
+    opendkim.start()
+    server = MilteredHato(tmp_path / "data", opendkim.address)
+    server.start()
+    try:
+        with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
+            smtp.ehlo("client.sender.example")
+            smtp.sendmail(SENDER, ["someone@dest.example"], _message("dkim-1", "hello"))
+        box = server.mailbox("someone", "dest.example")
+        (found,) = maildir.wait_for_marker(box, "dkim-1", 20)
+        head = _head(found.read_bytes())
+        # OpenDKIM's SMFIR_INSHEADER at index 0: an unsigned message, dkim=none.
+        results = [h for h in head if h.startswith(b"Authentication-Results: opendkim.test;")]
+        assert results == [b"Authentication-Results: opendkim.test; dkim=none; dkim-atps=neutral"]
+    finally:
+        server.stop()
+        opendkim.stop()

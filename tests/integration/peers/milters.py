@@ -3,10 +3,12 @@
 its own, scanning itself (`self_scan`): it adds rspamd's `milter_headers` fields to clean mail
 and refuses GTUBE with a reply code of its own; and a milter on Sendmail's libmilter itself
 (libmilter_filter.py, through Debian's `python3-milter`) that refuses at RCPT and asks for
-every modification."""
+every modification; and Debian's `opendkim` in verify mode."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import subprocess
 import time
@@ -116,4 +118,61 @@ class LibMilter:
 
     def log_text(self) -> str:
         path = self.work / "libmilter.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+class OpenDkim:
+    """Debian's `opendkim` in verify mode (`Mode v`) on a loopback port, configured in its
+    own directory, in the foreground; it adds its Authentication-Results to every message
+    (`AlwaysAddARHeader`), under the authserv-id `opendkim.test`."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"inet:{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        config = self.work / "opendkim.conf"
+        config.write_text(
+            f"Mode v\nSocket inet:{self.port}@{LOOPBACK}\nAuthservID opendkim.test\n"
+            "AlwaysAddARHeader yes\nBackground no\nSyslog no\n"
+            f"PidFile {self.work}/opendkim.pid\nUserID {pwd.getpwuid(os.getuid()).pw_name}\n"
+        )
+        out = open(self.work / "opendkim.out", "ab")  # noqa: SIM115 (the child keeps it)
+        self.proc = subprocess.Popen(
+            ["opendkim", "-f", "-x", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        deadline = time.monotonic() + timeout
+        while True:  # until opendkim accepts
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"opendkim exited: {self.log_text()[-2000:]}")
+            try:
+                socket.create_connection((LOOPBACK, self.port), timeout=2).close()
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("opendkim not listening") from exc
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_text(self) -> str:
+        path = self.work / "opendkim.out"
         return path.read_text(errors="replace") if path.exists() else ""
