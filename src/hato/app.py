@@ -46,8 +46,8 @@ from hato.boot.process import (
     listen_socket,
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
+from hato.boot.web import serve_web
 from hato.crypto import KEYS_DB, KeyStore
-from hato.crypto.wkd import wkd_app
 from hato.dbcache import CachedKeys
 from hato.delivery.known import KnownMailboxes
 from hato.delivery.maildir import MaildirCourier
@@ -64,14 +64,12 @@ from hato.server.auth import ScramDecoy
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
-from hato.server.httpguard import GuardedSite, serve_guarded
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.session import SmtpSession
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
-from hato.server.tls import ReloadingContext
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -130,7 +128,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             raise StartupError(str(exc), EX_CANTCREAT) from exc
     wkd_runner = None
     if settings.wkd.address is not None and first:
-        wkd_runner = await serve_wkd(settings, data_dir, tls)
+        wkd_runner = await serve_web(settings, data_dir, tls)
     # Issue 13: what needs root or the whole Python installation is done before the drop.
     dns = DnsPythonResolver(
         settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
@@ -378,31 +376,6 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         if wkd_runner is not None:
             await wkd_runner.aclose()
         notifier.close()
-
-
-async def serve_wkd(
-    settings: Settings, data_dir: Path, tls: ReloadingContext | None
-) -> GuardedSite:
-    """The Web Key Directory endpoint (issue 6): users' OpenPGP keys for senders' clients,
-    behind the connection and header-time limits of server/httpguard.py."""
-    address = settings.wkd.address
-    assert address is not None
-    if settings.wkd.https and tls is None:
-        raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
-    keys = KeyStore.in_data_dir(data_dir)
-    context = tls.current if settings.wkd.https and tls is not None else None
-    limits = http_limits(settings.wkd)
-    try:
-        site = await serve_guarded(
-            wkd_app(keys), address.host, address.port, "wkd", limits, context
-        )
-    except OSError as exc:
-        raise StartupError(
-            f"wkd.address {address}: cannot listen: {exc.strerror}; pick a free port",
-            EX_CANTCREAT,
-        ) from exc
-    log.info(logfmt("listening", role="wkd", address=address, https=settings.wkd.https))
-    return site
 
 
 def _open_sessions(

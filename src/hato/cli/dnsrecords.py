@@ -1,8 +1,10 @@
 """``hato dns``: the DNS records each local domain needs, and ``--check`` against live DNS.
 
 Records: MX (RFC 5321 §5.1), SPF (RFC 7208), DKIM (RFC 6376 §3.6.1), DMARC (RFC 7489 §6.3),
-MTA-STS (RFC 8461 §3.1, §3.2: a TXT record and a policy file served over HTTPS), TLS-RPT
-(RFC 8460 §3), and the PTR/EHLO name to ask the hosting provider for (forward-confirmed reverse
+MTA-STS (RFC 8461 §3.1, §3.2: a TXT record whose id is a hash of the policy file the [wkd] web
+endpoint serves over HTTPS), TLS-RPT (RFC 8460 §3), the SRV records of RFC 6186 §3 that let mail
+clients find submission (and IMAP), the mta-sts/autoconfig names of the web endpoint (printed,
+not checked), and the PTR/EHLO name to ask the hosting provider for (forward-confirmed reverse
 DNS is what receivers expect of a mail server).
 
 Must not import anything of hato at module level but hato.cli.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     from hato.config import Settings
     from hato.model.dns import Resolver
 
-MTA_STS_MAX_AGE = 604800  # one week (RFC 8461 §3.2 allows up to 31557600)
-
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -34,6 +33,7 @@ class Record:
     purpose: str
     # For --check: what must be found (a TXT prefix like "v=spf1", an MX host, ...).
     expect: str = ""
+    checked: bool = True  # False: a hint --check does not look up (CNAME, SRV)
 
 
 def _quoted(text: str) -> str:
@@ -51,6 +51,10 @@ def dkim_txt(settings: Settings, domain: str, selector: str) -> str | None:
 
 
 def records(settings: Settings, ip: str | None) -> list[Record]:
+    from hato.boot.web import publications
+    from hato.server.clientsetup import sts_record
+
+    published = publications(settings)
     host = settings.server.hostname
     out: list[Record] = []
     if ip:
@@ -73,7 +77,7 @@ def records(settings: Settings, ip: str | None) -> list[Record]:
             Record(
                 f"_mta-sts.{d}",
                 "TXT",
-                _quoted(f"v=STSv1; id={time.strftime('%Y%m%d%H%M%S', time.gmtime())}"),
+                _quoted(sts_record(published[d.lower()])),
                 f"MTA-STS: a policy is at https://mta-sts.{d}/.well-known/mta-sts.txt",
                 "v=STSv1",
             ),
@@ -85,15 +89,39 @@ def records(settings: Settings, ip: str | None) -> list[Record]:
                 "v=TLSRPTv1",
             ),
         ]
+        out += _client_records(settings, d)
     return out
 
 
-def mta_sts_policy(settings: Settings) -> str:
-    # RFC 8461 §3.2: the policy file, CRLF or LF lines.
-    return (
-        f"version: STSv1\nmode: enforce\nmx: {settings.server.hostname}\n"
-        f"max_age: {MTA_STS_MAX_AGE}\n"
-    )
+def _client_records(settings: Settings, d: str) -> list[Record]:
+    """The web endpoint's names and the RFC 6186 SRV records of `d`: hints, not checked."""
+    from hato.boot.web import submission_ports
+    from hato.server.clientsetup import SubmissionSecurity
+
+    host = settings.server.hostname
+    out = [
+        Record(f"{name}.{d}", "CNAME", f"{host}.", purpose, checked=False)
+        for name, purpose in (
+            ("mta-sts", "the web endpoint ([wkd] address) serves the MTA-STS policy here"),
+            ("autoconfig", "the web endpoint answers mail clients' autoconfig here"),
+        )
+    ]
+    ports = submission_ports(settings)
+    for service, security in (
+        ("_submissions", SubmissionSecurity.IMPLICIT),
+        ("_submission", SubmissionSecurity.STARTTLS),
+    ):
+        port = next((p.port for p in ports if p.security is security), None)
+        # RFC 6186 §3.1 (and RFC 8314 §5.1 for _submissions); RFC 6186 §4: target "." says
+        # the service is not offered.
+        value = f"0 1 {port} {host}." if port is not None else "0 0 0 ."
+        purpose = f"RFC 6186: mail clients find {service[1:]} here"
+        out.append(Record(f"{service}._tcp.{d}", "SRV", value, purpose, checked=False))
+    if settings.wkd.imap_port is not None:
+        value = f"0 1 {settings.wkd.imap_port} {host}."
+        purpose = "RFC 6186 §3.2: mail clients find IMAP over TLS here"
+        out.append(Record(f"_imaps._tcp.{d}", "SRV", value, purpose, checked=False))
+    return out
 
 
 async def _check(resolver: Resolver, record: Record) -> str | None:
@@ -129,14 +157,20 @@ def dns_command(args: argparse.Namespace) -> int:
         for record in wanted:
             print(f"; {record.purpose}")
             print(f"{record.name}. IN {record.rtype} {record.value}")
-        print("; MTA-STS policy file, served as https://mta-sts.DOMAIN/.well-known/mta-sts.txt:")
-        for line in mta_sts_policy(settings).splitlines():
-            print(f";   {line}")
+        from hato.boot.web import publications
+        from hato.server.clientsetup import sts_policy
+
+        for domain, published in publications(settings).items():
+            print(f"; MTA-STS policy served at https://mta-sts.{domain}/.well-known/mta-sts.txt:")
+            for line in sts_policy(published).splitlines():
+                print(f";   {line}")
         print(f"; reverse DNS: ask your provider for PTR <your IP> -> {settings.server.hostname}")
         return 0
     from hato.dns import DnsPythonResolver
 
     resolver = DnsPythonResolver(settings.dns.nameservers, timeout=settings.dns.timeout)
+
+    wanted = [r for r in wanted if r.checked]
 
     async def run() -> list[str | None]:
         return list(await asyncio.gather(*(_check(resolver, r) for r in wanted)))
@@ -155,7 +189,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "dns",
         help="print the DNS records to publish (or --check them)",
         description="The DNS records every local domain needs: MX, SPF, DKIM, DMARC, MTA-STS, "
-        "TLS-RPT; --check compares them with what DNS answers now.",
+        "TLS-RPT, and the SRV and CNAME records of client setup; --check compares the "
+        "first ones with what DNS answers now.",
     )
     sub.set_defaults(handler=dns_command)
     sub.add_argument("--check", action="store_true", help="compare with live DNS; exit 1 if wrong")

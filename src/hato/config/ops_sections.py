@@ -13,7 +13,15 @@ import grp
 import pwd
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from hato.config.values import ListenAddress, at_least, parse_listen_address, show
 
@@ -134,3 +142,25 @@ class WkdSettings(HttpLimitSettings):
     https: bool = Field(
         False, description="true: serve HTTPS with the [tls] certificate (false: plain HTTP)"
     )
+    mta_sts: StrictBool = Field(
+        True,
+        description="true: also serve /.well-known/mta-sts.txt to Host mta-sts.DOMAIN "
+        "(RFC 8461 §3.2); false: not",
+    )
+    autoconfig: StrictBool = Field(
+        True,
+        description="true: also answer mail clients' autoconfig (Host autoconfig.DOMAIN) and "
+        "Autodiscover requests; false: not",
+    )
+    imap_port: StrictInt | None = Field(
+        None,
+        description="the IMAPS port (implicit TLS, e.g. 993) Dovecot serves on [server] hostname, "
+        "advertised to mail clients and by hato dns; absent: no IMAP advertised",
+    )
+
+    @field_validator("imap_port")
+    @classmethod
+    def _port(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(f"must be a port number 1 to 65535, got {value}")
+        return value

@@ -395,6 +395,14 @@ def _selector(value: object) -> str:
     raise ValueError(f"{show(value)} is not a selector (letters, digits, '-'; e.g. \"s2026\")")
 
 
+class StsMode(enum.StrEnum):
+    """RFC 8461 §5: what senders do when our MX fails the policy."""
+
+    ENFORCE = "enforce"
+    TESTING = "testing"
+    NONE = "none"
+
+
 class DomainSettings(BaseModel):
     """One [[domain]]: a domain we receive mail for."""
 
@@ -422,6 +430,24 @@ class DomainSettings(BaseModel):
             description='a table of arrays, e.g. { alice = ["sales", "info@example.net"] }',
         )
     )
+    mta_sts_mode: StsMode = Field(
+        StsMode.TESTING,
+        description='the MTA-STS policy mode served at mta-sts.DOMAIN: "testing" (senders '
+        'report failures but deliver), "enforce" (senders refuse our MX without valid TLS) or '
+        '"none" (withdraw the policy)',
+    )
+    # RFC 8461 §3.2: max_age is at most 31557600 seconds (about a year); one week by default.
+    mta_sts_max_age: StrictInt = Field(
+        604800, description="seconds senders may cache the MTA-STS policy, 86400..31557600"
+    )
+
+    @field_validator("mta_sts_max_age")
+    @classmethod
+    def _sts_max_age(cls, value: int) -> int:
+        # RFC 8461 §3.2: at most 31557600; below a day senders would refetch all the time.
+        if not 86400 <= value <= 31557600:
+            raise ValueError(f"must be 86400 (a day) to 31557600 (a year) seconds, got {value}")
+        return value
 
     @field_validator("accept_any")
     @classmethod

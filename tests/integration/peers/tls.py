@@ -20,7 +20,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .server import TlsFiles
 
-SERVER_NAMES = ("hato.test", "localhost")
+# The web endpoint's names for the domains of `submission_setup` (RFC 8461 §3.3: the MTA-STS
+# policy is fetched with a certificate valid for mta-sts.DOMAIN).
+SERVER_NAMES = (
+    "hato.test",
+    "localhost",
+    "mta-sts.users.test",
+    "autoconfig.users.test",
+    "mta-sts.example.org",
+    "autoconfig.example.org",
+)
 SERVER_IPS = ("127.0.0.1", "::1")
 
 
