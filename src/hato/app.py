@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
+from hato.boot.acme import renew_op, start_acme
 from hato.boot.build import (
     CurrentResolver,
     MeasuredCourier,
@@ -129,6 +130,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     wkd_runner = None
     if settings.wkd.address is not None and first:
         wkd_runner = await serve_web(settings, data_dir, tls)
+    acme = await start_acme(settings, data_dir, tls, clock) if first else None  # port 80
     # Issue 13: what needs root or the whole Python installation is done before the drop.
     dns = DnsPythonResolver(
         settings.dns.nameservers, timeout=settings.dns.timeout, cache=DnsCache(clock)
@@ -276,6 +278,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         async with asyncio.TaskGroup() as tasks:
             runner_task = tasks.create_task(runner.run())
             watcher = tasks.create_task(watch_tls(tls)) if tls is not None else None
+            renewer = tasks.create_task(acme.manager.run() if acme else asyncio.Event().wait())
             sweeper = tasks.create_task(outbound.run_sweeper())
             submitter = LocalSubmitter(
                 queue,
@@ -308,6 +311,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                     "egress": outbound.egress_problems(),  # delivery/egress.py: OP25B
                 },
                 reload=reloader.request,
+                renew=renew_op(acme),
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(
@@ -354,6 +358,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             if watcher is not None:
                 watcher.cancel()
             sweeper.cancel()
+            renewer.cancel()
             control_task.cancel()
             pickup.cancel()
             gauges.cancel()
@@ -375,6 +380,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             await metrics_server.aclose()
         if wkd_runner is not None:
             await wkd_runner.aclose()
+        if acme is not None:
+            await acme.site.aclose()
         notifier.close()
 
 

@@ -125,8 +125,14 @@ def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
     """The configured certificate, or a self-signed one when a submission listener needs TLS
     and none is configured (the embedded default)."""
     try:
+        if settings.tls is not None and settings.tls.acme is not None:
+            from hato.boot.acme import placeholder  # it imports boot.reload, which imports us
+
+            files = placeholder(data_dir, settings.server.hostname)
+            return ReloadingContext.load(files.cert, files.key)
         if settings.tls is not None:
-            return ReloadingContext.load(Path(settings.tls.cert), Path(settings.tls.key))
+            assert settings.tls.cert is not None and settings.tls.key is not None  # sections.py
+            return ReloadingContext.load(settings.tls.cert, settings.tls.key)
         if all(listener.role is Role.MX for listener in settings.listeners):
             return None
         cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)

@@ -168,8 +168,11 @@ def render(
 
 
 def _tls_lines(settings: Settings) -> list[str]:
-    if settings.tls is not None:
+    if settings.tls is not None and settings.tls.cert is not None and settings.tls.key is not None:
         cert, key = settings.tls.cert, settings.tls.key
+    elif settings.tls is not None:  # [tls] acme keeps its files here (hato.acme.store)
+        acme = Path(settings.server.data_dir) / "acme"
+        cert, key = acme / "cert.pem", acme / "key.pem"
     else:  # the self-signed certificate Hato makes for itself (hato.server.tls), if any
         tls = Path(settings.server.data_dir) / "tls"
         cert, key = tls / "selfsigned-cert.pem", tls / "selfsigned-key.pem"

@@ -87,7 +87,8 @@ def summary(settings: Settings) -> list[str]:
         f"domains:   {domains}",
     ]
     if settings.tls is not None:
-        lines.append(f"tls:       {settings.tls.cert}")
+        tls_from = settings.tls.cert if settings.tls.acme is None else settings.tls.acme.directory
+        lines.append(f"tls:       {tls_from}")
     if settings.local.postmaster is not None:
         lines.append(f"postmaster: {settings.local.postmaster} (also root, abuse, MAILER-DAEMON)")
     else:
@@ -168,11 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     key.register(commands)
     dovecot.register(commands)
-    from hato.cli import queue, reload, status  # they import hato.cli.main
+    from hato.cli import queue, reload, status, tls  # they import hato.cli.main
 
     queue.register(commands)
     status.register(commands)
     reload.register(commands)
+    tls.register(commands)
     from hato.cli import spam  # it imports hato.cli.main
 
     spam.register(commands)

@@ -38,9 +38,9 @@ def preflight(settings: Settings) -> Findings:
     from hato.server.tls import TLSConfigError, server_context
 
     found = Findings()
-    if settings.tls is not None:
+    if settings.tls is not None and settings.tls.cert is not None and settings.tls.key is not None:
         try:
-            server_context(Path(settings.tls.cert), Path(settings.tls.key))
+            server_context(settings.tls.cert, settings.tls.key)
         except TLSConfigError as exc:
             found.problems.append(str(exc))
     identity = None
@@ -125,8 +125,8 @@ def _as_server_user(settings: Settings, identity: Identity | None) -> Findings:
                 f"unsigned; fix: chown -R {who} {data_dir / 'dkim'}"
             )
     later = []
-    if settings.tls is not None:
-        later += [("tls.cert", Path(settings.tls.cert)), ("tls.key", Path(settings.tls.key))]
+    if settings.tls is not None and settings.tls.cert is not None and settings.tls.key is not None:
+        later += [("tls.cert", settings.tls.cert), ("tls.key", settings.tls.key)]
     if settings.smarthost is not None and settings.smarthost.password_file is not None:
         later.append(("smarthost.password_file", settings.smarthost.password_file))
     for key_name, path in later:

@@ -154,7 +154,7 @@ def status(args: argparse.Namespace) -> int:
         for lst in settings.listeners
     ]
     cert_path = (
-        Path(settings.tls.cert)
+        (settings.tls.cert or data_dir / "acme" / "cert.pem")  # [tls] acme: hato.acme.store
         if settings.tls is not None
         else data_dir / "tls" / "selfsigned-cert.pem"
     )

@@ -28,8 +28,10 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from hato.config.acme_sections import AcmeSettings
 from hato.config.authcheck_sections import AuthcheckSettings
 from hato.config.doctor_sections import DoctorSettings
 from hato.config.filter_sections import MilterSettings, RspamdSettings
@@ -224,8 +226,23 @@ class TlsSettings(BaseModel):
 
     model_config = _SECTION
 
-    cert: ReadableFile = Field(description="the path of a readable PEM certificate chain file")
-    key: ReadableFile = Field(description="the path of a readable PEM private key file")
+    cert: ReadableFile | None = Field(
+        None, description="the path of a readable PEM certificate chain file"
+    )
+    key: ReadableFile | None = Field(
+        None, description="the path of a readable PEM private key file"
+    )
+    acme: AcmeSettings | None = Field(
+        None, description='a table: { email = "postmaster@example.org" } (docs/operations.md)'
+    )
+
+    @model_validator(mode="after")
+    def _files_or_acme(self) -> TlsSettings:
+        if self.acme is not None and (self.cert is not None or self.key is not None):
+            raise ValueError("give either cert and key, or acme (which writes its own files)")
+        if self.acme is None and (self.cert is None or self.key is None):
+            raise ValueError('needs cert and key (paths of PEM files), or acme = { email = "..." }')
+        return self
 
 
 class LimitsSettings(BaseModel):

@@ -8,6 +8,7 @@ Every request names an `op`:
     {"op": "hello"}                          -> {"ok": true, "hostname": ..., "domain": ...}
     {"op": "status"}                         -> queue figures, last-hour outcomes, uptime
     {"op": "reload"}                         -> {"ok": true, "reload": {"applied": ..., ...}}
+    {"op": "tls.renew"}                      -> {"ok": true, "certificate": {"serial": ...}}
     {"op": "queue.list", "domain": ...}      -> {"ok": true, "rows": [...]}
     {"op": "queue.show", "id": ...}          -> {"ok": true, "message": {...}}
     {"op": "queue.hold" | "queue.release" | "queue.flush" | "queue.delete" | "queue.bounce",
@@ -109,6 +110,7 @@ class ControlServer:
         counter: OutcomeCounter | None = None,
         info: Callable[[], Mapping[str, Any]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname)
         self._runner = runner
@@ -120,6 +122,7 @@ class ControlServer:
         self._info = info
         self._counter = counter
         self._reload = reload
+        self._renew = renew  # [tls] acme: order a certificate now (boot/acme.py)
         self._started = clock.now()
         self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
         self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
@@ -193,6 +196,13 @@ class ControlServer:
             if self._reload is None:
                 raise RequestError("reload: not available in this server")
             return {"reload": await self._reload()}
+        if op == "tls.renew":
+            if self._renew is None:
+                raise RequestError("tls renew: no [tls] acme configured")
+            certificate = await self._renew()
+            if "error" in certificate:
+                raise RequestError(f"tls renew: the order failed: {certificate['error']}")
+            return {"certificate": certificate}
         selector = _selector(request)
         if op == "queue.list":
             return {"rows": [as_json(row) for row in await self._admin.list(selector)]}

@@ -74,6 +74,13 @@ class HatoServer:
                 f"cert = {_toml_str(str(s.tls.cert))}",
                 f"key = {_toml_str(str(s.tls.key))}",
             ]
+        if s.acme is not None:
+            fields = (
+                f"email = {_toml_str(s.acme.email)}, directory = {_toml_str(s.acme.directory)}, "
+                f"ca_file = {_toml_str(str(s.acme.ca_file))}, "
+                f"http_address = {_toml_str(s.acme.http_address)}"
+            )
+            lines += ["", "[tls]", f"acme = {{ {fields} }}"]
         if s.auth is not None:
             lines += ["", "[auth]"]
             for key in AuthSetup.__slots__:

@@ -31,6 +31,16 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class AcmeSetup:
+    """[tls] acme = {...}: certificates from an ACME server (e.g. Pebble) instead of files."""
+
+    email: str
+    directory: str
+    ca_file: Path
+    http_address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSetup:
     """The [auth] throttle settings a test sets (None: the server's default)."""
 
@@ -62,6 +72,7 @@ class MailSetup:
     submission: bool = False
     # The [tls] section; None: no [tls] (Hato then makes a self-signed certificate itself).
     tls: TlsFiles | None = None
+    acme: AcmeSetup | None = None  # with tls None
     auth: AuthSetup | None = None
 
 

@@ -184,7 +184,7 @@ def test_a_bad_value_is_named_with_its_key_path(
         ("[local]\nrecipient_delimiter = '.'", 'local.recipient_delimiter: "." is not a'),
         ("[local]\nfoo = 1", "local.foo: unknown key (valid keys: recipient_delimiter, aliases"),
         ("[tls]\ncert = 'c.pem'\nkey = 'k.pem'", "tls.cert: file TMP/c.pem does not exist"),
-        ("[tls]", "tls.cert: required key is missing: expected the path of a readable PEM"),
+        ("[tls]", 'tls: needs cert and key (paths of PEM files), or acme = { email = "..." }'),
         ("tls = 5", "tls: expected a table, got 5"),
         ("[extra]\nx = 1", "extra: unknown key (valid keys: server, listener, tls, limits,"),
         ("[[queue]]", "queue: expected a table, got an array"),

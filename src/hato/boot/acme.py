@@ -1,0 +1,112 @@
+"""Wires [tls] acme (hato.acme): the certificate files under DATA_DIR/acme, the HTTP-01
+listener (bound before the privilege drop: port 80), and the manager that renews.
+
+The listeners' ReloadingContext reads DATA_DIR/acme/cert.pem and key.pem; until the first
+order succeeds those hold a self-signed placeholder, so the server starts without the ACME
+server, and the manager swaps the issued certificate in through the same reload as SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hato.acme.challenge import Tokens, challenge_app
+from hato.acme.client import AcmeError, Order
+from hato.acme.manager import CertificateManager
+from hato.acme.store import CertFiles
+from hato.boot.process import EX_CANTCREAT, StartupError
+from hato.boot.reload import reload_tls
+from hato.config.acme_sections import AcmeSettings
+from hato.config.settings import Settings
+from hato.model import Clock, logfmt
+from hato.server.httpguard import GuardedSite, HttpLimits, serve_guarded
+from hato.server.tls import ReloadingContext, ensure_self_signed
+
+log = logging.getLogger("hato.boot")
+
+
+@dataclass(frozen=True, slots=True)
+class Acme:
+    manager: CertificateManager
+    site: GuardedSite
+
+
+def acme_files(data_dir: Path) -> CertFiles:
+    return CertFiles(data_dir / "acme")
+
+
+def placeholder(data_dir: Path, hostname: str) -> CertFiles:
+    """The files the listeners load; a self-signed pair until the first order succeeds."""
+    files = acme_files(data_dir)
+    if not files.cert.exists() or not files.key.exists():
+        cert, key = ensure_self_signed(data_dir / "tls", hostname)
+        files.write(cert.read_bytes(), key.read_bytes())
+    _give_to_owner(data_dir, files)
+    return files
+
+
+def _give_to_owner(data_dir: Path, files: CertFiles) -> None:
+    """Written as root before the drop, renewed by the server's user later (issue 13)."""
+    owner = data_dir.stat()
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        return
+    for path in (files.directory, files.cert, files.key):
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def names(settings: Settings) -> tuple[str, ...]:
+    """The MX/EHLO name the certificate is for."""
+    return (settings.server.hostname,)
+
+
+async def start_acme(
+    settings: Settings, data_dir: Path, tls: ReloadingContext | None, clock: Clock
+) -> Acme | None:
+    section = settings.tls.acme if settings.tls is not None else None
+    if section is None or tls is None:
+        return None
+    tokens = Tokens()
+    address = section.http_address
+    try:
+        site = await serve_guarded(
+            challenge_app(tokens), address.host, address.port, "acme", HttpLimits()
+        )
+    except OSError as exc:
+        raise StartupError(
+            f"tls.acme.http_address {address}: cannot listen: {exc.strerror}; pick a free port "
+            "(the ACME server connects to port 80 of the name, through a redirect if you like)",
+            EX_CANTCREAT,
+        ) from exc
+    log.info(logfmt("listening", role="acme-http-01", address=address))
+
+    manager = CertificateManager(
+        _order(section, names(settings)),
+        acme_files(data_dir),
+        tokens,
+        lambda: reload_tls(tls, force=True),  # what SIGHUP does: open sessions keep theirs
+        clock,
+    )
+    return Acme(manager, site)
+
+
+def _order(section: AcmeSettings, for_names: tuple[str, ...]) -> Order:
+    return Order(section.directory, section.email, for_names, section.ca_file)
+
+
+def renew_op(acme: Acme | None) -> Callable[[], Awaitable[dict[str, str]]] | None:
+    """The control socket's tls.renew (`hato tls renew`): order now, say what came of it."""
+    if acme is None:
+        return None
+    manager = acme.manager
+
+    async def renew() -> dict[str, str]:
+        try:
+            return await manager.renew()
+        except AcmeError as exc:
+            return {"error": str(exc)}
+
+    return renew

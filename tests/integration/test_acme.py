@@ -1,0 +1,149 @@
+"""[tls] acme (issue 18): Hato orders its certificate from a real ACME server, Pebble (Let's
+Encrypt's test server), answering the http-01 challenge itself; the submission listener serves
+the issued chain, and `hato tls renew` swaps in a new one without dropping an open session."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from peers.hato import HatoServer
+from peers.net import LOOPBACK, free_port
+from peers.server import AcmeSetup, DomainSetup, MailSetup
+from peers.tls import make_test_ca
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnsserver import DnsTestServer
+
+STARTTLS = ("-starttls", "smtp", "-servername", "hato.test")
+
+
+@pytest.fixture
+def pebble(require_peer: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
+    """A running Pebble: (directory URL, the CA file of its HTTPS, the http-01 port it uses)."""
+    binary = require_peer("pebble")
+    ca = make_test_ca(tmp_path / "pebble-https")  # Pebble's own HTTPS certificate
+    port, http_port = free_port(), free_port()
+    config = tmp_path / "pebble.json"
+    config.write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"{LOOPBACK}:{port}",
+                    "managementListenAddress": f"{LOOPBACK}:{free_port()}",
+                    "certificate": str(ca.server_cert),
+                    "privateKey": str(ca.server_key),
+                    "httpPort": http_port,  # where it fetches http-01 answers: Hato's
+                    "tlsPort": free_port(),
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            }
+        )
+    )
+    # The names to validate resolve to loopback through the test DNS server.
+    dns = DnsTestServer({"hato.test": {"A": ["127.0.0.1"]}})
+    dns.start()
+    env = {
+        **os.environ,
+        "PEBBLE_VA_NOSLEEP": "1",
+        "PEBBLE_WFE_NONCEREJECT": "0",
+        "PEBBLE_AUTHZREUSE": "0",  # every order is validated again
+    }
+    log = (tmp_path / "pebble.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, "-config", str(config), "-dnsserver", dns.nameserver],
+        stdout=log,
+        stderr=log,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield f"https://{LOOPBACK}:{port}/dir", ca.ca_cert, http_port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        dns.stop()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, "pebble exited"
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "pebble does not listen"
+            time.sleep(0.05)
+
+
+def _serial(port: int) -> int:
+    """The serial of the certificate a new STARTTLS handshake on `port` sees."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only looked at: s_client checks the issuer
+    with smtplib.SMTP(LOOPBACK, port, timeout=10) as client:
+        client.starttls(context=context)
+        tls = client.sock
+        assert isinstance(tls, ssl.SSLSocket)
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
+    tmp_path: Path, pebble: tuple[str, Path, int], require_peer: Callable[[str], str]
+) -> None:
+    directory, ca_file, http_port = pebble
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", users=("alice",)),),
+        submission=True,
+        acme=AcmeSetup("postmaster@example.org", directory, ca_file, f"{LOOPBACK}:{http_port}"),
+    )
+    server = HatoServer(tmp_path / "data", setup)
+    server.start()
+    try:
+        assert server.wait_for_log(r"event=acme-certificate", timeout=60), server.log_text()
+        openssl = require_peer("openssl")
+        shown = subprocess.run(
+            [openssl, "s_client", "-connect", f"{LOOPBACK}:{server.submission_port}", *STARTTLS],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        assert "Pebble Intermediate CA" in shown, shown  # the chain Pebble issued
+        key = tmp_path / "data" / "acme" / "key.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+        first = _serial(server.submission_port)
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP(LOOPBACK, server.submission_port, timeout=10) as open_session:
+            open_session.starttls(context=context)
+            assert open_session.ehlo()[0] == 250
+            renewed = server.hato("tls", "renew")
+            assert renewed.returncode == 0, renewed.stderr
+            second = _serial(server.submission_port)
+            assert second != first
+            assert format(second, "x") in renewed.stdout
+            # The session begun with the old certificate goes on.
+            assert open_session.ehlo()[0] == 250
+            assert open_session.noop()[0] == 250
+    finally:
+        server.stop()
