@@ -10,6 +10,7 @@ finalize with a CSR for a fresh key (§7.4) -> the full chain (§7.4.2). Any fai
 from __future__ import annotations
 
 import datetime
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ from josepy.jwa import RS256
 from josepy.jwk import JWK, JWKRSA
 
 from hato.acme.challenge import Tokens
+
+# Their DEBUG lines (every request and response, with nonces) would reach the log through a root
+# handler that dkimpy's arcsign installs at import; what fails comes back as AcmeError.
+for _noisy in ("acme", "urllib3"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 ORDER_TIMEOUT = 180.0  # seconds to wait for validation and issuance
 
