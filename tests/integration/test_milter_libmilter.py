@@ -106,6 +106,22 @@ def test_changed_and_deleted_fields_a_new_body_and_quarantine(hato: MilteredHato
     assert stored.split(b"\r\n\r\n", 1)[1] == b"replaced by libmilter\r\n"
 
 
+def test_recipients_added_and_deleted(hato: MilteredHato) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.sendmail(SENDER, ["someone@dest.example"], _message("env-1", "ADD-RCPT DEL-RCPT"))
+        smtp.sendmail(SENDER, ["third@dest.example"], _message("env-2", "ADD-RCPT"))
+    # SMFIR_ADDRCPT: other@ gets both; SMFIR_DELRCPT: someone@ gets neither.
+    other = hato.mailbox("other", "dest.example")
+    maildir.wait_for_marker(other, "env-1", 20)
+    maildir.wait_for_marker(other, "env-2", 20)
+    maildir.wait_for_marker(hato.mailbox("third", "dest.example"), "env-2", 20)
+    assert not maildir.find_marker(
+        maildir.messages(hato.mailbox("someone", "dest.example")), "env-1"
+    )
+    assert hato.wait_for_log("event=milter-rcpt-deleted"), hato.log_text()[-2000:]
+
+
 def test_discard_and_a_reply_code_at_the_end(hato: MilteredHato) -> None:
     with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
         smtp.ehlo("client.sender.example")

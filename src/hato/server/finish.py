@@ -25,7 +25,8 @@ from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
-from hato.server.miltercheck import milter_check
+from hato.server.miltercheck import DISCARDED, milter_check
+from hato.server.milterenvelope import apply_envelope
 from hato.server.spamcheck import Spooled, keep_seal, rewrite, spam_check
 
 log = logging.getLogger("hato.smtpd")
@@ -82,6 +83,11 @@ async def finish(
         )
         if milted.junk:
             params[QUARANTINE_PARAM] = "Junk"
+        if milted.envelope and milted.refusal is None:
+            # In place: the caller queues for `recipients` after this (milterenvelope.py).
+            apply_envelope(ctx, recipients, milted.envelope, queue_id(facts, body))
+            if not recipients:
+                return milted.prefix, params, DISCARDED, milted.body  # every one deleted
         return milted.prefix, params, milted.refusal, milted.body
     return added, params, None, body
 

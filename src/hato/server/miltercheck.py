@@ -13,8 +13,8 @@ deletes, or a new body, means a new spool body is written with the edits (`rebui
 old one discarded, so no stored body is ever rewritten and the 250 still comes only once
 the modified message is durable (the caller commits it). Quarantine files the message into
 the recipients' Junk folder. A message our ARC set seals (an alias forwards it) keeps its
-header section and body (RFC 8617 §5.1; `milter-edit-skipped`). Envelope changes (change
-sender, add or delete a recipient) are not applied: they are logged
+header section and body (RFC 8617 §5.1; `milter-edit-skipped`). Added and deleted
+recipients are collected for the caller (milterenvelope.py); a new sender is not applied
 (`milter-envelope-change-ignored`). A milter that cannot be asked follows its
 default_action: tempfail (451 4.3.0, never a 250 for mail that was not checked) or accept;
 either way logged (`milter-unavailable`).
@@ -89,7 +89,7 @@ class Milted:
     body: Spooled
     refusal: Reply | None = None  # DISCARDED (a 250) when a milter discarded it
     junk: bool = False
-    notes: list[str] = field(default_factory=list)
+    envelope: list[AddRecipient | DeleteRecipient] = field(default_factory=list)
 
 
 async def milter_check(
@@ -172,7 +172,9 @@ async def apply(
             case Quarantine(reason=reason):
                 state.junk = True
                 log.info(logfmt("milter-quarantine", id=queue_id, milter=address, reason=reason))
-            case ChangeFrom() | AddRecipient() | DeleteRecipient():
+            case AddRecipient() | DeleteRecipient():
+                state.envelope.append(change)  # applied by the caller (milterenvelope.py)
+            case ChangeFrom():
                 log.warning(logfmt("milter-envelope-change-ignored", id=queue_id,
                                    milter=address, change=type(change).__name__))  # fmt: skip
     if (edits or replacement is not None) and sealed(state.prefix):

@@ -7,7 +7,8 @@ It answers by the message's content, so one instance serves every test:
 - at the end of every other message: adds `X-Libmilter: seen`, inserts `X-Libmilter-Top` at
   index 0; and, when the body holds the word, CHANGE-SUBJECT changes Subject,
   DELETE-FIELD deletes the first `X-Delete-Me`, REPLACE-BODY replaces the body,
-  QUARANTINE quarantines, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
+  QUARANTINE quarantines, ADD-RCPT adds other@dest.example, DEL-RCPT deletes
+  someone@dest.example, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Filter(Milter.Base):  # type: ignore[misc]
             self.chgheader("X-Delete-Me", 1, "")
         if b"REPLACE-BODY" in text:
             self.replacebody(b"replaced by libmilter\r\n")
+        if b"ADD-RCPT" in text:
+            self.addrcpt("<other@dest.example>")
+        if b"DEL-RCPT" in text:
+            self.delrcpt("<someone@dest.example>")
         if b"QUARANTINE" in text:
             self.quarantine("test quarantine")
         return ACCEPT
@@ -65,7 +70,14 @@ class Filter(Milter.Base):  # type: ignore[misc]
 
 def main() -> None:
     Milter.factory = Filter
-    Milter.set_flags(Milter.ADDHDRS + Milter.CHGHDRS + Milter.CHGBODY + Milter.QUARANTINE)
+    Milter.set_flags(
+        Milter.ADDHDRS
+        + Milter.CHGHDRS
+        + Milter.CHGBODY
+        + Milter.QUARANTINE
+        + Milter.ADDRCPT
+        + Milter.DELRCPT
+    )
     Milter.runmilter("hato-test", f"inet:{sys.argv[1]}@127.0.0.1", 60)
 
 
