@@ -57,6 +57,9 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "rsa._domainkey.bank.test": {"TXT": [_txt(RSA_KEY.dns_txt())]},
     "ed._domainkey.bank.test": {"TXT": [_txt(ED_KEY.dns_txt())]},
     "lenient.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    # A p=reject domain whose SPF allows the test client: unsigned mail passes by SPF alone.
+    "trusted.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+    "_dmarc.trusted.test": {"TXT": ["v=DMARC1; p=reject"]},
 }
 
 
@@ -165,3 +168,13 @@ def test_a_large_message_signed_by_the_domain_passes_dkim_and_dmarc(
     assert "spf=fail" in results, results
     assert "dkim=pass" in results and "header.d=bank.test" in results, results
     assert "dmarc=pass header.from=bank.test" in results, results
+
+
+def test_a_large_unsigned_message_whose_spf_aligns_passes_dmarc(checking: CheckingHato) -> None:
+    marker = uuid.uuid4().hex
+    message = _message(marker).replace(b"ceo@bank.test", b"ceo@trusted.test")
+    assert _send(checking, message, b"<bounces@trusted.test>")[0] == 250
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), marker, 60)
+    head = found.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    results = " ".join(re.sub(r"\r\n[ \t]+", " ", head).split())
+    assert "spf=pass" in results and "dmarc=pass header.from=trusted.test" in results, results

@@ -68,9 +68,10 @@ class ProcessPool:
 
 
 # A lane hands its work over in batches of this size, and holds at most LANE_BACKLOG octets
-# that its thread has not taken yet (see `Lane`).
+# that its thread has not taken yet (see `Lane`): about what a message checked whole holds
+# (its first 10 MiB arrive as one batch when it turns out larger, server/capture.py).
 LANE_BATCH = 1024 * 1024
-LANE_BACKLOG = 4 * 1024 * 1024
+LANE_BACKLOG = 16 * 1024 * 1024
 
 
 class Lane:
@@ -89,7 +90,7 @@ class Lane:
     def __init__(self, sink: Callable[[bytes], None], offload: Offload) -> None:
         self._sink = sink
         self._offload = offload
-        self._batch: list[bytes] = []
+        self._batch: list[bytes | memoryview] = []
         self._size = 0
         self._queue: deque[bytes] = deque()
         self._waiting = 0  # octets queued, not yet taken
@@ -99,7 +100,7 @@ class Lane:
         self._abandoned = False
         self._error: Exception | None = None  # the sink's, raised by finish()
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         if self._abandoned:
             return
         self._batch.append(chunk)

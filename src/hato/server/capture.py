@@ -65,7 +65,7 @@ class MessageCapture:
         lane = Lane(bodies.update, self._offload)
         self._large = LargeMessage(header, bodies, lane)
         if bodies:
-            lane.feed(whole[end + 4 :])
+            lane.feed(memoryview(whole)[end + 4 :])  # copied once, into the lane's batch
         else:
             self._large.lane.abandon()  # no signature to hash the body for
 
