@@ -52,7 +52,9 @@ def pebble(require_peer: Callable[[str], str], tmp_path: Path) -> Iterator[tuple
         )
     )
     # The names to validate resolve to loopback through the test DNS server.
-    dns = DnsTestServer({"hato.test": {"A": ["127.0.0.1"]}})
+    dns = DnsTestServer(
+        {"hato.test": {"A": ["127.0.0.1"]}, "mta-sts.example.org": {"A": ["127.0.0.1"]}}
+    )
     dns.start()
     env = {
         **os.environ,
@@ -90,18 +92,51 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.05)
 
 
-def _serial(port: int) -> int:
-    """The serial of the certificate a new STARTTLS handshake on `port` sees."""
+class WebHato(HatoServer):
+    """Hato with its web endpoint on HTTPS: mta-sts.example.org is on the certificate too."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup) -> None:
+        super().__init__(data_dir, setup)
+        self.web_port = free_port()
+
+    def _config_text(self) -> str:
+        web = f'\n[wkd]\naddress = "{LOOPBACK}:{self.web_port}"\nhttps = true\n'
+        return super()._config_text() + web
+
+
+def _no_check() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # only looked at: s_client checks the issuer
+    return context
+
+
+def _smtp_cert(port: int) -> x509.Certificate:
+    """The certificate a new STARTTLS handshake on `port` sees."""
     with smtplib.SMTP(LOOPBACK, port, timeout=10) as client:
-        client.starttls(context=context)
+        client.starttls(context=_no_check())
         tls = client.sock
         assert isinstance(tls, ssl.SSLSocket)
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def _https_cert(port: int) -> x509.Certificate:
+    """The certificate a new handshake with the web endpoint sees."""
+    raw = socket.create_connection((LOOPBACK, port), timeout=10)
+    with _no_check().wrap_socket(raw, server_hostname="mta-sts.example.org") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def _names(cert: x509.Certificate) -> set[str]:
+    return set(
+        cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    )
 
 
 def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
@@ -113,7 +148,7 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
         submission=True,
         acme=AcmeSetup("postmaster@example.org", directory, ca_file, f"{LOOPBACK}:{http_port}"),
     )
-    server = HatoServer(tmp_path / "data", setup)
+    server = WebHato(tmp_path / "data", setup)
     server.start()
     try:
         assert server.wait_for_log(r"event=acme-certificate", timeout=60), server.log_text()
@@ -129,7 +164,9 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
         assert "Pebble Intermediate CA" in shown, shown  # the chain Pebble issued
         key = tmp_path / "data" / "acme" / "key.pem"
         assert key.stat().st_mode & 0o777 == 0o600
-        first = _serial(server.submission_port)
+        first = _smtp_cert(server.submission_port)
+        assert _names(first) == {"hato.test", "mta-sts.example.org"}
+        assert _https_cert(server.web_port) == first  # the web endpoint serves it too
 
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -139,9 +176,10 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
             assert open_session.ehlo()[0] == 250
             renewed = server.hato("tls", "renew")
             assert renewed.returncode == 0, renewed.stderr
-            second = _serial(server.submission_port)
-            assert second != first
-            assert format(second, "x") in renewed.stdout
+            second = _smtp_cert(server.submission_port)
+            assert second.serial_number != first.serial_number
+            assert format(second.serial_number, "x") in renewed.stdout
+            assert _https_cert(server.web_port) == second
             # The session begun with the old certificate goes on.
             assert open_session.ehlo()[0] == 250
             assert open_session.noop()[0] == 250

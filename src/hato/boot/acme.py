@@ -59,8 +59,14 @@ def _give_to_owner(data_dir: Path, files: CertFiles) -> None:
 
 
 def names(settings: Settings) -> tuple[str, ...]:
-    """The MX/EHLO name the certificate is for."""
-    return (settings.server.hostname,)
+    """The MX/EHLO name, and mta-sts.DOMAIN of every domain when the web endpoint serves the
+    MTA-STS policy over HTTPS (RFC 8461 §3.3: fetched only over HTTPS, with a valid certificate
+    for that name). Not when it serves plain HTTP: a proxy in front holds those certificates,
+    and a name that does not point here would fail the whole order."""
+    web = settings.wkd
+    served = web.address is not None and web.https and web.mta_sts
+    policy_hosts = [f"mta-sts.{domain.name}" for domain in settings.domains] if served else []
+    return tuple(dict.fromkeys([settings.server.hostname, *policy_hosts]))
 
 
 async def start_acme(

@@ -69,7 +69,7 @@ async def serve_web(
     if section.https and tls is None:
         raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
     keys = KeyStore.in_data_dir(data_dir)
-    context = tls.current if section.https and tls is not None else None
+    context = tls.front() if section.https and tls is not None else None  # follows reloads
     app = wkd_app(keys)
     add_client_setup(
         app, publications(settings), mta_sts=section.mta_sts, autoconfig=section.autoconfig

@@ -119,6 +119,20 @@ class ReloadingContext:
         self.stamp = stamp
         return True
 
+    def front(self) -> ssl.SSLContext:
+        """A context for servers that take one context for good (aiohttp's site): each
+        handshake switches to `current`, so a reload reaches them too."""
+        front = server_context(self.cert, self.key)
+
+        def switch(
+            conn: ssl.SSLObject | ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext
+        ) -> None:
+            # Called at every ClientHello, with or without SNI (RFC 6066 §3).
+            conn.context = self.current
+
+        front.sni_callback = switch
+        return front
+
     def not_after(self) -> datetime.datetime:
         cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
         return cert.not_valid_after_utc
