@@ -34,6 +34,7 @@ from hato.boot.build import (
     mailbox_owner,
     send_limit_settings,
 )
+from hato.boot.doctorwatch import watch_task
 from hato.boot.filters import SpamFilters
 from hato.boot.predrop import check_after_drop, preload
 from hato.boot.process import (
@@ -340,6 +341,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             gauges = tasks.create_task(
                 refresh_queue(metrics, LiveAdmin(queue, clock.now, log.info).stats, clock.now)
             )
+            blocked = outbound.egress.blocked
+            doctor = watch_task(settings, dns, clock, submitter, metrics, blocked)
+            doctor_task = tasks.create_task(doctor if first else asyncio.Event().wait())
             interval = watchdog_interval()
             pets = tasks.create_task(
                 run_watchdog(notifier, interval) if interval else asyncio.Event().wait()
@@ -362,6 +366,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             control_task.cancel()
             pickup.cancel()
             gauges.cancel()
+            doctor_task.cancel()
             pets.cancel()
     finally:
         for server in servers:

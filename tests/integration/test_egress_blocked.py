@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers import maildir
 from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
@@ -127,3 +128,35 @@ def test_doctor_against_the_running_server(hato: OutboundHato) -> None:
     assert egress["verdict"] == "warning"
     assert egress["detail"].startswith("port 25 is blocked on this network: 127.0.0.1:")
     assert "mail falls back to the smarthost localhost:" in egress["detail"]
+
+
+def test_the_periodic_doctor_logs_a_new_problem_and_mails_the_postmaster(
+    workdir: Path, test_ca: TestCA
+) -> None:
+    closed = _closed_port()
+    extra = (
+        f'\n[doctor]\ninterval = 1\negress_targets = ["127.0.0.1:{closed}"]\negress_timeout = 2\n'
+        'dnsbls = []\naddresses = ["127.0.0.1"]\n'
+    )
+    # example.org has no MX in this zone: the doctor's "mx" check is a problem.
+    with DnsTestServer(_zone()) as dns:
+        hato = OutboundHato(workdir / "data", test_ca, OutboundConfig(dns.nameserver, 25, extra))
+        hato.start()
+        try:
+            [line] = hato.wait_event("doctor-problem", check="mx", scope="example.org")
+            hato.wait_event("delivered", to="<postmaster@example.org>")
+            found = maildir.messages(hato.mailbox("postmaster", "example.org"))
+            assert len(found) == 1
+            report = found[0].read_bytes()
+            assert b"Subject: hato doctor on hato.test: 9 problem(s)" in report
+            assert b"Auto-Submitted: auto-generated" in report
+            assert b"\xe2\x9c\x98 mx example.org: MX is nxdomain, not hato.test" in report
+            # The same problems at the next runs (a self-test each second shows they ran):
+            # nothing new is logged or sent.
+            runs = len(hato.events("rcpt-refused", rcpt="relay-test@relay-test.invalid"))
+            hato.wait_event("rcpt-refused", count=runs + 2, rcpt="relay-test@relay-test.invalid")
+            assert len(hato.events("doctor-problem", check="mx", scope="example.org")) == 1
+            assert len(hato.events("queued")) == 1
+        finally:
+            hato.stop()
+    assert "egress-blocked" not in line

@@ -82,6 +82,11 @@ class DoctorSettings(BaseModel):
         description="our outbound IP addresses (default: [delivery] source_address, else the "
         "A/AAAA records of [server] hostname)",
     )
+    interval: Annotated[float, PlainValidator(parse_seconds)] = Field(
+        0.0,
+        description="seconds between runs of the checks inside hato serve (0: never), e.g. "
+        "86400; a change in the problems is logged, counted and mailed to the postmaster",
+    )
     cert_warn_days: StrictInt = Field(
         21, description="days: a certificate valid for fewer days is reported, 1..365"
     )
@@ -91,6 +96,13 @@ class DoctorSettings(BaseModel):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError(f"must be more than 0 seconds, got {value:g}")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value != 0 and value < 1:
+            raise ValueError(f"must be 0 (never) or at least 1 second, got {value:g}")
         return value
 
     @field_validator("cert_warn_days")

@@ -55,6 +55,9 @@ class EgressMonitor:
             self.blocked_since = None
             log.warning(logfmt("egress-unblocked"))
 
+    def blocked(self) -> bool:
+        return self.blocked_since is not None
+
     def use_fallback(self) -> bool:
         """True while blocked, except once per RECHECK_SECONDS (that attempt probes MX)."""
         if self.blocked_since is None:

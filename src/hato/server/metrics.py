@@ -237,6 +237,16 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self.egress_blocked = Gauge(
+            "hato_egress_blocked",
+            "1 while outbound port 25 appears blocked on this network (OP25B), else 0",
+            registry=reg,
+        )
+        self.doctor_problems = Gauge(
+            "hato_doctor_problems",
+            "Problems the last periodic doctor run found ([doctor] interval)",
+            registry=reg,
+        )
         self._screen = _Children(self.screen_refusals.labels, SCREEN_REASONS)
         self._rspamd_actions = _Children(self.rspamd_verdicts.labels, RSPAMD_ACTIONS)
         self._rspamd_policies = _Children(self.rspamd_failures.labels, ("tempfail", "accept"))
@@ -268,6 +278,10 @@ class Metrics:
     def rspamd_unavailable(self, policy: str) -> None:
         """Rspamd gave no verdict; `policy` ("tempfail" or "accept") was applied."""
         self._rspamd_policies[policy].inc()
+
+    def egress(self, blocked: Callable[[], bool]) -> None:
+        """hato_egress_blocked reads `blocked()` at each scrape (delivery/egress.py)."""
+        self.egress_blocked.set_function(lambda: float(blocked()))
 
     def open_sessions(self, role: Role, count: Callable[[], int]) -> None:
         """The open-sessions gauge of `role` reads `count()` at each scrape (e.g. the sum of
