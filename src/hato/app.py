@@ -48,7 +48,7 @@ from hato.boot.process import (
     listen_socket,
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
-from hato.boot.web import serve_web
+from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
 from hato.delivery.known import KnownMailboxes
@@ -63,6 +63,7 @@ from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy
+from hato.server.clientsetup import Published
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, locked, server_secret
 from hato.server.direct import DirectDelivery
@@ -129,8 +130,9 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         except MetricsBindError as exc:
             raise StartupError(str(exc), EX_CANTCREAT) from exc
     wkd_runner = None
+    published = Published(publications(settings))  # what the web endpoint serves (issue 18)
     if settings.wkd.address is not None and first:
-        wkd_runner = await serve_web(settings, data_dir, tls)
+        wkd_runner = await serve_web(settings, data_dir, tls, published)
     acme = await start_acme(settings, data_dir, tls, clock) if first else None  # port 80
     # Issue 13: what needs root or the whole Python installation is done before the drop.
     dns = DnsPythonResolver(
@@ -174,6 +176,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         srs=srs,
         filters=SpamFilters(metrics),
         metrics=metrics,
+        published=published,
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed

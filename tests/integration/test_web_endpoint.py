@@ -19,7 +19,13 @@ from peers.net import free_port
 from peers.server import MailSetup, submission_setup
 from peers.tls import TestCA
 
-from hato.delivery.mtasts import HttpsPolicyFetcher, MtaSts, StsMode, parse_policy
+from hato.delivery.mtasts import (
+    HttpsPolicyFetcher,
+    MtaSts,
+    StsMode,
+    parse_policy,
+    parse_sts_record,
+)
 from hato.dns import DnsPythonResolver
 from hato.model import SystemClock
 
@@ -104,6 +110,19 @@ def test_our_own_mta_sts_discovery_accepts_the_served_policy(web: WebHato, test_
     assert status == 404
     status, _, _ = _get(web, test_ca, "users.test", "/.well-known/mta-sts.txt")
     assert status == 404  # RFC 8461 §3.3: only at mta-sts.DOMAIN
+
+
+def test_a_reload_serves_the_new_mode_under_the_new_id(web: WebHato, test_ca: TestCA) -> None:
+    fetcher = HttpsPolicyFetcher(test_ca.client_context(), 10.0, ("127.0.0.1", web.web_port))
+    before = _sts_record(web, "users.test")
+    web.mode = "testing"
+    web.config.write_text(web._config_text())
+    applied = web.hato("reload")
+    assert applied.returncode == 0 and "domain" in applied.stdout, applied
+    after = _sts_record(web, "users.test")
+    assert after != before
+    text = asyncio.run(fetcher.fetch("users.test"))
+    assert parse_policy(text, parse_sts_record(after)).mode is StsMode.TESTING
 
 
 def test_the_mta_sts_id_follows_the_mode(tmp_path: Path, test_ca: TestCA) -> None:

@@ -50,6 +50,7 @@ from hato.policy import (
 )
 from hato.policy.greylist import ScreenStore
 from hato.queue import Queue
+from hato.server.clientsetup import Published
 from hato.server.httpguard import HttpLimits
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics
@@ -239,6 +240,8 @@ class Shared:
     filters: SpamFilters = field(default_factory=SpamFilters)  # rspamd clients ([rspamd])
     metrics: Metrics = field(default_factory=Metrics)
     screen_store: ScreenStore | None = None  # DATA_DIR/screen.db, once [screen] needs it
+    # What the web endpoint serves for each domain (MTA-STS, autoconfig); a reload swaps it.
+    published: Published = field(default_factory=Published)
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from hato.boot.build import Shared, build_resolver, configured_fields, send_limit_settings
+from hato.boot.web import publications
 from hato.delivery.outbound import OutboundCourier
 from hato.model import logfmt
 from hato.outbound_setup import outbound_settings, verify_contexts
@@ -64,7 +65,8 @@ _NOT_KEYS = frozenset({"data_dir_origin"})  # where data_dir came from, not a se
 # Keys a reload applies, and what takes them (boot.build configured_fields and Runtime.apply).
 LIVE_KEYS = frozenset(
     {
-        "domain",  # the recipient resolver, send_as grants, DKIM selectors (not the first name)
+        "domain",  # the recipient resolver, send_as grants, DKIM selectors (not the first name),
+        # the MTA-STS policy the web endpoint serves
         "network",  # client networks and their DNSBLs, for new sessions
         "screen",  # every key: the mx screen of new sessions (boot/screen.py)
         "local.aliases_file",  # the resolver (the file is read again too)
@@ -275,6 +277,7 @@ class LiveConfiguration:
         if outbound is not None:
             self._outbound.reconfigure(*outbound)
         shared.limiter.settings = send_limit_settings(new)
+        shared.published.current = publications(new)  # [[domain]] mta_sts_mode, max_age
         for ctx, values in fields_of:
             for name, value in values.items():
                 setattr(ctx, name, value)

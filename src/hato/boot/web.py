@@ -18,7 +18,12 @@ from hato.config import Settings
 from hato.crypto import KeyStore
 from hato.crypto.wkd import wkd_app
 from hato.model import Role, logfmt
-from hato.server.clientsetup import Publication, SubmissionPort, SubmissionSecurity
+from hato.server.clientsetup import (
+    Publication,
+    Published,
+    SubmissionPort,
+    SubmissionSecurity,
+)
 from hato.server.httpguard import GuardedSite, serve_guarded
 from hato.server.tls import ReloadingContext
 from hato.server.web import add_client_setup
@@ -58,7 +63,7 @@ def publications(settings: Settings) -> dict[str, Publication]:
 
 
 async def serve_web(
-    settings: Settings, data_dir: Path, tls: ReloadingContext | None
+    settings: Settings, data_dir: Path, tls: ReloadingContext | None, published: Published
 ) -> GuardedSite:
     """The web endpoint (issues 6 and 18): users' OpenPGP keys for senders' clients, the
     MTA-STS policy for senders' MTAs, setup answers for users' clients, behind the connection
@@ -71,9 +76,7 @@ async def serve_web(
     keys = KeyStore.in_data_dir(data_dir)
     context = tls.front() if section.https and tls is not None else None  # follows reloads
     app = wkd_app(keys)
-    add_client_setup(
-        app, publications(settings), mta_sts=section.mta_sts, autoconfig=section.autoconfig
-    )
+    add_client_setup(app, published, mta_sts=section.mta_sts, autoconfig=section.autoconfig)
     try:
         site = await serve_guarded(
             app, address.host, address.port, "wkd", http_limits(section), context

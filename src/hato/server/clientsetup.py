@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -41,6 +42,14 @@ class Publication:
     sts_max_age: int  # seconds, RFC 8461 §3.2: at most 31557600
     submission: tuple[SubmissionPort, ...]  # implicit TLS first (RFC 8314 §3.3 prefers it)
     imap_port: int | None  # IMAP over implicit TLS (RFC 8314 §3.3) on `hostname`, or none
+
+
+class Published:
+    """The publications of the configuration in force, by domain; a reload swaps `current`
+    (a changed [[domain]] mta_sts_mode is served at once, as `hato dns` prints its id)."""
+
+    def __init__(self, current: Mapping[str, Publication] | None = None) -> None:
+        self.current: Mapping[str, Publication] = current or {}
 
 
 def sts_policy(pub: Publication) -> str:

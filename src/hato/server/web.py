@@ -12,11 +12,16 @@ May import model only.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 from aiohttp import web
 
-from hato.server.clientsetup import Publication, autoconfig_xml, autodiscover_xml, sts_policy
+from hato.server.clientsetup import (
+    Publication,
+    Published,
+    autoconfig_xml,
+    autodiscover_xml,
+    sts_policy,
+)
 
 # Autodiscover requests are a few hundred octets; a larger body is not one.
 _MAX_AUTODISCOVER = 16 * 1024
@@ -25,16 +30,22 @@ _EMAIL = re.compile(r"<EMailAddress>\s*([^<\s]{1,254})\s*</EMailAddress>", re.IG
 
 def add_client_setup(
     app: web.Application,
-    publications: Mapping[str, Publication],
+    published: Published,
     *,
     mta_sts: bool,
     autoconfig: bool,
 ) -> None:
-    """Add the MTA-STS and/or autoconfig routes for `publications` (keyed by domain)."""
+    """Add the MTA-STS and/or autoconfig routes for the domains `published` (read at each
+    request, so a reload takes effect at once)."""
+
+    def of_address(address: str) -> Publication | None:
+        if "@" not in address:
+            return None
+        return published.current.get(address.rpartition("@")[2].lower().rstrip("."))
 
     def host_domain(request: web.Request, prefix: str) -> Publication | None:
         host = request.host.rsplit(":", 1)[0].lower().rstrip(".") if request.host else ""
-        return publications.get(host.removeprefix(prefix))
+        return published.current.get(host.removeprefix(prefix))
 
     async def policy(request: web.Request) -> web.StreamResponse:
         # RFC 8461 §3.3: the policy lives at mta-sts.DOMAIN only, as text/plain.
@@ -45,8 +56,7 @@ def add_client_setup(
 
     async def thunderbird(request: web.Request) -> web.StreamResponse:
         address = request.query.get("emailaddress", "")
-        pub = publications.get(address.rpartition("@")[2].lower()) if "@" in address else None
-        pub = pub or host_domain(request, "autoconfig.")
+        pub = of_address(address) or host_domain(request, "autoconfig.")
         if pub is None:
             raise web.HTTPNotFound()
         return web.Response(text=autoconfig_xml(pub), content_type="application/xml")
@@ -57,7 +67,7 @@ def add_client_setup(
             raise web.HTTPRequestEntityTooLarge(_MAX_AUTODISCOVER, len(body))
         found = _EMAIL.search(body.decode("utf-8", "replace"))
         address = found.group(1) if found else ""
-        pub = publications.get(address.rpartition("@")[2].lower()) if "@" in address else None
+        pub = of_address(address)
         if pub is None:
             raise web.HTTPNotFound()
         return web.Response(text=autodiscover_xml(pub, address), content_type="application/xml")

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hato.delivery.mtasts import StsMode, parse_policy, parse_sts_record
 from hato.server.clientsetup import (
     Publication,
+    Published,
     SubmissionPort,
     SubmissionSecurity,
     autoconfig_xml,
@@ -64,7 +65,8 @@ def test_autoconfig_without_imap_names_only_submission() -> None:
 
 def _app(mta_sts: bool = True, autoconfig: bool = True) -> web.Application:
     app = web.Application()
-    add_client_setup(app, {"example.org": PUB}, mta_sts=mta_sts, autoconfig=autoconfig)
+    published = Published({"example.org": PUB})
+    add_client_setup(app, published, mta_sts=mta_sts, autoconfig=autoconfig)
     return app
 
 
