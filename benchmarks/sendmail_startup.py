@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hato.model import ReversePath, SystemClock
@@ -42,7 +43,7 @@ class CountingSubmit:
     def __init__(self) -> None:
         self.count = 0
 
-    def new_body(self) -> LocalBody:
+    def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
         return LocalBody(BodyWriter("BENCH", os.devnull))
 
     async def __call__(

@@ -71,6 +71,7 @@ from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
+from hato.server.protect import KeyedCommitter
 from hato.server.session import SmtpSession
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
 
@@ -195,8 +196,15 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     courier = control.CountingCourier(
         MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
     )
+    # One way in (issue 11): DSNs to a keyed user are encrypted as SMTP mail is (server/protect).
+    committer = KeyedCommitter(queue, keys, clock)
     runner = QueueRunner(
-        queue, courier, clock=clock, schedule=Schedule(), hostname=settings.server.hostname
+        queue,
+        courier,
+        clock=clock,
+        schedule=Schedule(),
+        hostname=settings.server.hostname,
+        committer=committer,
     )
     direct = (
         DirectDelivery(
@@ -298,6 +306,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                     grants=settings.local.send_as,
                 ),
                 limiter=shared.limiter,
+                keys=keys,
             )
             controller = control.ControlServer(
                 queue=queue,
@@ -316,6 +325,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 },
                 reload=reloader.request,
                 renew=renew_op(acme),
+                committer=committer,
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(

@@ -5,7 +5,7 @@ May import model and smtp only.
 """
 
 from hato.queue.body import BodyWriter, QueueWriteError
-from hato.queue.bounce import AUTH_PARAM, SPF_PARAM, Notifier, report_for
+from hato.queue.bounce import AUTH_PARAM, SPF_PARAM, Committer, Notifier, PlainCommit, report_for
 from hato.queue.dsn import Action, Original, RecipientReport, build_dsn
 from hato.queue.ids import QueueIdGenerator, Rng, is_queue_id
 from hato.queue.runner import QueueRunner
@@ -26,9 +26,11 @@ __all__ = [
     "SPF_PARAM",
     "Action",
     "BodyWriter",
+    "Committer",
     "Notifier",
     "Original",
     "Pending",
+    "PlainCommit",
     "Queue",
     "QueueIdGenerator",
     "QueueRunner",

@@ -41,7 +41,7 @@ from hato.model import (
 )
 from hato.queue import sqlite as store
 from hato.queue.body import QueueWriteError
-from hato.queue.bounce import Notifier, report_for
+from hato.queue.bounce import Committer, Notifier, report_for
 from hato.queue.schedule import Schedule
 from hato.queue.store import Queue
 from hato.queue.writer import Job
@@ -554,9 +554,11 @@ class LiveAdmin:
         *,
         hostname: str | None = None,
         schedule: Schedule | None = None,
+        committer: Committer | None = None,
     ) -> None:
         """`hostname`: this MTA's name in the DSNs of `bounce` (default: the system's), as
-        the runner's; `schedule`: the runner's (its lifetime dates the DSN)."""
+        the runner's; `schedule`: the runner's (its lifetime dates the DSN); `committer`: the
+        runner's (queue/bounce.py)."""
         self._queue = queue
         self._now = now
         self._log = log
@@ -565,6 +567,7 @@ class LiveAdmin:
             hostname=hostname or socket.gethostname(),
             clock=_Now(now),
             schedule=schedule or Schedule(),
+            committer=committer,
         )
 
     async def _run(

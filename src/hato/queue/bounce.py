@@ -9,7 +9,11 @@ default FAILURE and DELAY) and the message has a sender to tell (never the null 
 `Notifier` then builds ONE DSN for all the reports of that attempt and commits it to the
 queue as a new message from `<>`, through the same durable path as mail from a client, so it
 is delivered like any other mail (Maildir or outbound). It is committed before the attempt's
-outcomes are recorded: a crash in between can repeat a notice, never lose one.
+outcomes are recorded: a crash in between can repeat a notice, never lose one. The commit is a
+`Committer` seam: the composition root (hato.boot) passes server.protect's `KeyedCommitter`,
+the same step as the SMTP session's and local submission's, so a notice to a user with an
+imported key is stored only as ciphertext (docs/encryption.md); the default, `plain_commit`,
+is the bare queue commit (tests and tools without keys).
 
 Backscatter. A notice goes to the envelope sender, which anyone can forge; so a success notice
 (NOTIFY=SUCCESS) is sent only when the sender is known to be who it says: the message was
@@ -25,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import assert_never
+from typing import Protocol, assert_never
 
 from hato.model import (
+    Address,
     Clock,
     Delivered,
     Handoff,
@@ -41,6 +46,7 @@ from hato.model import (
     logfmt,
 )
 from hato.model.header import header_section
+from hato.queue.body import BodyWriter
 from hato.queue.dsn import (
     Action,
     Original,
@@ -152,11 +158,55 @@ def read_original(message: QueuedMessage, *, full: bool) -> Original:
     return Original(header_section(bytes(buf[:HEADERS_LIMIT])), True)
 
 
+class Committer(Protocol):
+    """Queues `data`, a message made here (a DSN), from `<>` to `recipients`; `body` is the
+    empty body reserved for it (its queue id is named inside `data`). Returns the queue id(s).
+    Raises QueueWriteError when nothing was queued."""
+
+    async def __call__(
+        self,
+        body: BodyWriter,
+        data: bytes,
+        *,
+        recipients: list[tuple[Address, Address]],
+        params: dict[str, str | None],
+    ) -> str: ...
+
+
+class PlainCommit:
+    """The bare queue commit: `data` written into `body` as it is."""
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+
+    async def __call__(
+        self,
+        body: BodyWriter,
+        data: bytes,
+        *,
+        recipients: list[tuple[Address, Address]],
+        params: dict[str, str | None],
+    ) -> str:
+        body.write(data)
+        return await self._queue.commit(
+            body, mail_from=None, recipients=recipients, prefix=b"", params=params
+        )
+
+
 class Notifier:
     """Builds and queues the DSN of one attempt (see the module docstring)."""
 
-    def __init__(self, queue: Queue, *, hostname: str, clock: Clock, schedule: Schedule) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        hostname: str,
+        clock: Clock,
+        schedule: Schedule,
+        committer: Committer | None = None,
+    ) -> None:
         self._queue = queue
+        self._commit: Committer = committer if committer is not None else PlainCommit(queue)
         self._hostname = hostname
         self._clock = clock
         self._schedule = schedule
@@ -202,7 +252,6 @@ class Notifier:
             dsn_id=body.queue_id,
             expires_at=message.received_at + self._schedule.max_lifetime,
         )
-        body.write(data)
         params: dict[str, str | None] = {}
         if not data.isascii():
             params["BODY"] = "8BITMIME"  # RFC 6152 §2: the returned original has 8-bit octets
@@ -211,9 +260,7 @@ class Notifier:
             # message/global-delivery-status of a non-ASCII recipient, too).
             params["SMTPUTF8"] = None
         # RFC 3461 §6.1 / RFC 5321 §4.5.5: a DSN goes from the null reverse-path.
-        queue_id = await self._queue.commit(
-            body, mail_from=None, recipients=[(sender, sender)], prefix=b"", params=params
-        )
+        queue_id = await self._commit(body, data, recipients=[(sender, sender)], params=params)
         log.info(
             logfmt(
                 "dsn-queued",

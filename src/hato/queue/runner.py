@@ -41,7 +41,7 @@ from hato.model import (
     logfmt,
 )
 from hato.queue.body import QueueWriteError
-from hato.queue.bounce import Notifier, report_for
+from hato.queue.bounce import Committer, Notifier, report_for
 from hato.queue.dsn import Action, RecipientReport
 from hato.queue.ids import Rng
 from hato.queue.schedule import Schedule, delay_warning_due, expired_reply, retry_at
@@ -68,9 +68,11 @@ class QueueRunner:
         max_sleep: float = 60.0,
         scan_limit: int = 500,
         hostname: str | None = None,
+        committer: Committer | None = None,
     ) -> None:
         """`hostname`: this MTA's name in the DSNs it sends (Reporting-MTA, MAILER-DAEMON@);
-        the composition root passes the configured one (default: the system's)."""
+        the composition root passes the configured one (default: the system's). `committer`:
+        how a DSN is queued (queue/bounce.py; the composition root's encrypts keyed copies)."""
         if attempt_timeout >= queue.lease_seconds:
             raise ValueError("attempt_timeout must be shorter than the queue's lease")
         self._queue = queue
@@ -90,6 +92,7 @@ class QueueRunner:
             hostname=hostname or socket.gethostname(),
             clock=clock,
             schedule=self._schedule,
+            committer=committer,
         )
 
     def wake(self) -> None:

@@ -53,7 +53,7 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
-from hato.queue import Queue
+from hato.queue import Committer, Queue
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
 from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
 
@@ -80,7 +80,7 @@ class Waker(Protocol):
 class Submit(Protocol):
     """Queue a locally submitted message; returns its queue id. Raises SubmitRefused."""
 
-    def new_body(self) -> LocalBody: ...
+    def new_body(self, recipients: Sequence[str] = ()) -> LocalBody: ...
 
     async def __call__(
         self,
@@ -111,8 +111,10 @@ class ControlServer:
         info: Callable[[], Mapping[str, Any]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        committer: Committer | None = None,
     ) -> None:
-        self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname)
+        # `committer`: the runner's, so `hato queue bounce`'s DSNs are protected as its are.
+        self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname, committer=committer)
         self._runner = runner
         self._submit = submit
         self._clock = clock
@@ -255,7 +257,7 @@ class ControlServer:
             await _skip(reader, size)  # so that the connection can go on
             raise RequestError(problem)
         assert isinstance(sender, str) and isinstance(rcpts, list)
-        body = self._submit.new_body()
+        body = self._submit.new_body(rcpts)  # a keyed recipient: sealed scratch, not the spool
         try:
             # Streamed into the queue's body file: never a whole message in memory.
             async with self._bodies, asyncio.timeout(BODY_TIMEOUT):

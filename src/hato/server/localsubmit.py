@@ -16,11 +16,19 @@ allowed. Users other than root and the server's own have the sending limits of s
 (``[limits]``), counted under ``unix:NAME``. A refused recipient refuses the whole message, so a
 sendmail caller that sees EX_NOUSER knows that nothing was sent.
 
-May import model, delivery (the resolver's answers), policy and queue.
+Encryption at rest (issue 11, one way in): as on SMTP, the recipients are known before the
+message: when one of their mailboxes has an imported key (server.protect `recipient_keys`, the
+session's RCPT verdict) the octets go into a `SealedScratch`, never the spool, and the commit
+goes through the session's `protect`: one encrypted copy per keyed recipient. A key that
+cannot be used under the DEFER policy refuses the message for now (451 4.7.5: the maildrop
+keeps the file, hato-sendmail exits EX_TEMPFAIL).
+
+May import model, crypto, delivery (the resolver's answers), policy, queue and this room.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import pwd
@@ -28,6 +36,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, assert_never
 
+from hato.crypto import DEFER_DATA_REPLY, KeyLookup, SealedScratch
 from hato.delivery.local import Local, NotLocal, Resolution, Unknown
 from hato.delivery.loops import delivered_to_fields
 from hato.delivery.outbound_body import has_utf8_header
@@ -44,6 +53,7 @@ from hato.model import (
 from hato.policy import Accept, Defer, Reservation, SendLimiter
 from hato.queue import AUTH_PARAM, BodyWriter, Queue, QueueWriteError
 from hato.server.headers import HeaderCapture
+from hato.server.protect import keyed_copies_needed, protect
 
 log = logging.getLogger("hato.control")
 
@@ -127,7 +137,7 @@ class LocalBody:
     (a file past 64 KiB: never held whole in memory), its header section kept for the sender
     checks (bounded, server.headers), and a bare CR or LF looked for across chunk borders."""
 
-    def __init__(self, writer: BodyWriter) -> None:
+    def __init__(self, writer: BodyWriter | SealedScratch) -> None:
         self.writer = writer
         self.header = HeaderCapture()
         self.size = 0
@@ -183,8 +193,10 @@ class LocalSubmitter:
         max_message_size: int = 50 * 1024 * 1024,
         senders: SenderPolicy | None = None,
         limiter: SendLimiter | None = None,
+        keys: KeyLookup | None = None,
     ) -> None:
         self._queue = queue
+        self._keys = keys
         self._resolver = resolver
         self._hostname = hostname
         self._domain = domain
@@ -193,9 +205,23 @@ class LocalSubmitter:
         self._senders = senders
         self._limiter = limiter
 
-    def new_body(self) -> LocalBody:
-        """Where a submitted message's octets go as they come (control, maildrop)."""
+    def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
+        """Where a submitted message's octets go as they come (control, maildrop): a sealed
+        scratch file when one of `recipients` has a key (a keyed user's plaintext must never
+        reach the spool: server/protect.py), else the queue's body."""
+        if self._keyed(recipients):
+            return LocalBody(SealedScratch(self._queue.messages_dir))
         return LocalBody(self._queue.new_body())
+
+    def _keyed(self, recipients: Sequence[str]) -> bool:
+        if self._keys is None or not recipients:
+            return False
+        pairs, _ = self._resolve(list(recipients))
+        verdict = keyed_copies_needed(self._keys, [dest for dest, _ in pairs], self._now())
+        return verdict.keyed or bool(verdict.defer_reason)
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
 
     async def __call__(
         self,
@@ -206,7 +232,7 @@ class LocalSubmitter:
         uid: int | None,
     ) -> str:
         if isinstance(message, bytes):
-            body = self.new_body()
+            body = self.new_body(recipients)
             body.feed(message)
             body.finish()
         else:
@@ -228,6 +254,7 @@ class LocalSubmitter:
         if body.bare_eol:
             raise SubmitRefused(BARE_EOL)
         self._check_senders(mail_from, body.header, uid)
+        self._check_keys(pairs, body, uid)
         if not self._queue.has_room(body.size):
             raise SubmitRefused(NO_ROOM)
         reservation = self._reserve(uid, len(pairs))
@@ -242,6 +269,21 @@ class LocalSubmitter:
             if alert is not None:
                 log.warning(logfmt("sending-spike", **alert.fields()))
         return queue_id
+
+    def _check_keys(
+        self, pairs: list[tuple[Address, Address]], body: LocalBody, uid: int | None
+    ) -> None:
+        """The session's RCPT verdict on the final mailboxes (server/protect.py)."""
+        verdict = keyed_copies_needed(self._keys, [dest for dest, _ in pairs], self._now())
+        if verdict.defer_reason:
+            # Issue 6 key failure policy "defer": the mail waits (RFC 3463 §3.8 X.7.5).
+            log.warning(
+                logfmt("key-failure", uid=uid, detail=verdict.defer_reason, action="deferred")
+            )
+            raise SubmitRefused(DEFER_DATA_REPLY)
+        if verdict.keyed and not isinstance(body.writer, SealedScratch):
+            # A key imported while the octets came: they are on disk in the clear already.
+            raise SubmitRefused(DEFER_DATA_REPLY)
 
     def _reserve(self, uid: int | None, count: int) -> Reservation | None:
         """The submission port's sending limits, for a Unix user (not root or the server)."""
@@ -299,23 +341,31 @@ class LocalSubmitter:
             # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
             # program cannot say so (Postfix's sendmail autodetects it the same way).
             params["SMTPUTF8"] = None
-        body = local.writer
-        # RFC 5321 §4.4: a trace line for mail that came from a local program, not a client.
-        who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
-        stamp = email.utils.formatdate(self._clock.now(), localtime=False)
-        prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
+        copies = await self._copies(local.writer, [dest for dest, _ in pairs], uid)
+        original_of = dict(pairs)
         # RFC 9228: Delivered-To for our aliases that forward it (delivery/loops.py).
         forwarded = delivered_to_fields(pairs, self._resolver.is_local_domain)
-        try:
-            queue_id = await self._queue.commit(
-                body,
-                mail_from=mail_from,
-                recipients=pairs,
-                prefix=forwarded + prefix.encode(),
-                params=params,
-            )
-        except QueueWriteError as exc:
-            raise SubmitRefused(exc.reply) from exc
+        ids: list[str] = []
+        for number, (body, dests) in enumerate(copies):
+            # RFC 5321 §4.4: a trace line for mail that came from a local program.
+            who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
+            stamp = email.utils.formatdate(self._clock.now(), localtime=False)
+            prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
+            try:
+                ids.append(
+                    await self._queue.commit(
+                        body,
+                        mail_from=mail_from,
+                        recipients=[(dest, original_of[dest]) for dest in dests],
+                        prefix=forwarded + prefix.encode(),
+                        params=params,
+                    )
+                )
+            except QueueWriteError as exc:
+                for rest, _ in copies[number + 1 :]:
+                    rest.discard()
+                raise SubmitRefused(exc.reply) from exc
+        queue_id = ",".join(ids)
         log.info(
             logfmt(
                 "submitted",
@@ -326,6 +376,20 @@ class LocalSubmitter:
             )
         )
         return queue_id
+
+    async def _copies(
+        self, writer: BodyWriter | SealedScratch, dests: list[Address], uid: int | None
+    ) -> list[tuple[BodyWriter, tuple[Address, ...]]]:
+        """The queue body for everyone, or the SMTP session's `protect`: the plaintext copy for
+        recipients without a key and one encrypted copy per keyed recipient."""
+        if not isinstance(writer, SealedScratch):
+            return [(writer, tuple(dests))]
+        assert self._keys is not None
+        who = "local" if uid is None else f"uid:{uid}"
+        copies = await protect(self._keys, writer, dests, self._now(), self._queue, who)
+        if isinstance(copies, Reply):
+            raise SubmitRefused(copies)
+        return copies
 
     def _resolve(
         self, recipients: list[str]

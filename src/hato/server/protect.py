@@ -10,6 +10,14 @@ CPU work, and the event loop must not wait for it): the plaintext copy for unkey
 and one encrypted copy per keyed recipient are streamed from the scratch file into queue
 bodies, each committed as its own queue entry. Memory per message is a few chunks whatever
 its size (issue 12: a 40 MB message held in memory and split into lines took 2.6 GB).
+
+One way in (issue 11): this is the one step every door takes for a keyed recipient. The SMTP
+session calls `recipient_keys` at RCPT and `protect` after DATA; local submission
+(server/localsubmit.py: hato-sendmail on the control or submission socket, and the maildrop
+pickup) makes the same verdict before the first octet of the message is written and calls the
+same `protect`; the notices the server makes (DSNs, queue/bounce.py) are queued through
+`KeyedCommitter`, which the composition root gives the queue runner, and which puts the notice
+through the same sealed scratch file and `protect`.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from hato.crypto import (
     protect_stream,
     split_for_encryption,
 )
-from hato.model import Address, Reply, logfmt
+from hato.model import Address, Clock, Reply, logfmt
 from hato.queue import BodyWriter, Queue, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
@@ -106,3 +114,75 @@ async def protect(
             copy.body.discard()
         return DEFER_DATA_REPLY
     return [(copy.body, copy.recipients) for copy in done.copies]
+
+
+def keyed_copies_needed(
+    keys: KeyLookup | None, mailboxes: Sequence[Address], now: dt.datetime
+) -> KeyVerdict:
+    """The SMTP session's RCPT verdict for the other doors (local submission, DSNs)."""
+    return KeyVerdict(False) if keys is None else recipient_keys(keys, mailboxes, now)
+
+
+async def seal_and_protect(
+    keys: KeyLookup,
+    data: bytes,
+    dests: Sequence[Address],
+    now: dt.datetime,
+    queue: Queue,
+    session: str,
+) -> list[tuple[BodyWriter, tuple[Address, ...]]] | Reply:
+    """`protect` for a message made in memory (a DSN): through the same sealed scratch file."""
+    scratch = SealedScratch(queue.messages_dir)
+    scratch.write(data)
+    return await protect(keys, scratch, dests, now, queue, session)
+
+
+class KeyedCommitter:
+    """The queue's `Committer` (queue/bounce.py) for the notices the server makes: a DSN to a
+    user with an imported key is queued as that user's encrypted copy, by the same `protect`
+    as the SMTP session's, with its key-failure policy (DEFER: the notice is not queued now,
+    the runner tries again at the next attempt; PLAINTEXT: the warning-headed copy)."""
+
+    def __init__(self, queue: Queue, keys: KeyLookup, clock: Clock) -> None:
+        self._queue = queue
+        self._keys = keys
+        self._clock = clock
+
+    async def __call__(
+        self,
+        body: BodyWriter,
+        data: bytes,
+        *,
+        recipients: list[tuple[Address, Address]],
+        params: dict[str, str | None],
+    ) -> str:
+        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
+        dests = [dest for dest, _ in recipients]
+        verdict = keyed_copies_needed(self._keys, dests, now)
+        if not verdict.keyed and not verdict.defer_reason:
+            body.write(data)
+            return await self._queue.commit(
+                body, mail_from=None, recipients=recipients, prefix=b"", params=params
+            )
+        body.discard()  # its id names the notice (Message-ID); the copies get their own
+        copies = await seal_and_protect(self._keys, data, dests, now, self._queue, "dsn")
+        if isinstance(copies, Reply):
+            raise QueueWriteError(None, f"key failure: {copies}")
+        original_of = dict(recipients)
+        ids: list[str] = []
+        for number, (copy, to) in enumerate(copies):
+            try:
+                ids.append(
+                    await self._queue.commit(
+                        copy,
+                        mail_from=None,
+                        recipients=[(d, original_of.get(d, d)) for d in to],
+                        prefix=b"",
+                        params=params,
+                    )
+                )
+            except QueueWriteError:
+                for rest, _ in copies[number + 1 :]:
+                    rest.discard()
+                raise
+        return ",".join(ids)

@@ -10,7 +10,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class FakeSubmit:
         self.calls: list[tuple[ReversePath, list[str], bytes, int | None]] = []
         self.spool = spool
 
-    def new_body(self) -> LocalBody:
+    def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
         return LocalBody(BodyWriter("QID123", str(self.spool / "QID123")))
 
     async def __call__(
@@ -65,7 +65,11 @@ class FakeSubmit:
             raise SubmitRefused(
                 Reply(550, "5.1.1", "rejected"), {"nobody": Reply(550, "5.1.1", "unknown")}
             )
-        data = message if isinstance(message, bytes) else message.writer.peek_inline()
+        if isinstance(message, bytes):
+            data = message
+        else:
+            assert isinstance(message.writer, BodyWriter)
+            data = message.writer.peek_inline()
         self.calls.append((mail_from, recipients, data, uid))
         return "QID123"
 

@@ -43,6 +43,7 @@ def test_every_split_point_gives_the_verdict_of_the_whole(tmp_path: Path, data: 
         for b in range(a, len(data) + 1):
             body = _feed(tmp_path, data, [a, b])
             assert body.bare_eol == bool(BARE.search(data)), (data, a, b)
+            assert isinstance(body.writer, BodyWriter)
             assert body.writer.peek_inline() == data
             assert body.size == len(data)
             assert body.header.done
