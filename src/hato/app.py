@@ -399,7 +399,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         if wkd_runner is not None:
             await wkd_runner.aclose()
         if acme is not None:
-            await acme.site.aclose()
+            await acme.aclose()
         notifier.close()
 
 

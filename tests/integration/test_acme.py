@@ -29,11 +29,14 @@ STARTTLS = ("-starttls", "smtp", "-servername", "hato.test")
 
 
 @pytest.fixture
-def pebble(require_peer: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
-    """A running Pebble: (directory URL, the CA file of its HTTPS, the http-01 port it uses)."""
+def pebble(
+    require_peer: Callable[[str], str], tmp_path: Path
+) -> Iterator[tuple[str, Path, int, int]]:
+    """A running Pebble: (directory URL, the CA file of its HTTPS, the ports it validates
+    http-01 and tls-alpn-01 on)."""
     binary = require_peer("pebble")
     ca = make_test_ca(tmp_path / "pebble-https")  # Pebble's own HTTPS certificate
-    port, http_port = free_port(), free_port()
+    port, http_port, tls_port = free_port(), free_port(), free_port()
     config = tmp_path / "pebble.json"
     config.write_text(
         json.dumps(
@@ -44,7 +47,7 @@ def pebble(require_peer: Callable[[str], str], tmp_path: Path) -> Iterator[tuple
                     "certificate": str(ca.server_cert),
                     "privateKey": str(ca.server_key),
                     "httpPort": http_port,  # where it fetches http-01 answers: Hato's
-                    "tlsPort": free_port(),
+                    "tlsPort": tls_port,  # where it connects for tls-alpn-01: Hato's
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": False,
                 }
@@ -72,7 +75,7 @@ def pebble(require_peer: Callable[[str], str], tmp_path: Path) -> Iterator[tuple
     )
     try:
         _wait_for_port(port, proc)
-        yield f"https://{LOOPBACK}:{port}/dir", ca.ca_cert, http_port
+        yield f"https://{LOOPBACK}:{port}/dir", ca.ca_cert, http_port, tls_port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -140,9 +143,9 @@ def _names(cert: x509.Certificate) -> set[str]:
 
 
 def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
-    tmp_path: Path, pebble: tuple[str, Path, int], require_peer: Callable[[str], str]
+    tmp_path: Path, pebble: tuple[str, Path, int, int], require_peer: Callable[[str], str]
 ) -> None:
-    directory, ca_file, http_port = pebble
+    directory, ca_file, http_port, _ = pebble
     setup = MailSetup(
         domains=(DomainSetup("example.org", users=("alice",)),),
         submission=True,
@@ -152,15 +155,7 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
     server.start()
     try:
         assert server.wait_for_log(r"event=acme-certificate", timeout=60), server.log_text()
-        openssl = require_peer("openssl")
-        shown = subprocess.run(
-            [openssl, "s_client", "-connect", f"{LOOPBACK}:{server.submission_port}", *STARTTLS],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
+        shown = _s_client(require_peer("openssl"), server.submission_port)
         assert "Pebble Intermediate CA" in shown, shown  # the chain Pebble issued
         key = tmp_path / "data" / "acme" / "key.pem"
         assert key.stat().st_mode & 0o777 == 0o600
@@ -185,3 +180,43 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
             assert open_session.noop()[0] == 250
     finally:
         server.stop()
+    assert "Traceback" not in server.log_text()
+
+
+def _s_client(openssl: str, port: int) -> str:
+    return subprocess.run(
+        [openssl, "s_client", "-connect", f"{LOOPBACK}:{port}", *STARTTLS],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+
+
+def test_tls_alpn_01_answers_on_its_own_port(
+    tmp_path: Path, pebble: tuple[str, Path, int, int], require_peer: Callable[[str], str]
+) -> None:
+    """RFC 8737: with challenge = "tls-alpn-01" Pebble validates over TLS to tls_address, and
+    the http-01 port is not served at all."""
+    directory, ca_file, http_port, tls_port = pebble
+    acme = AcmeSetup(
+        "postmaster@example.org",
+        directory,
+        ca_file,
+        f"{LOOPBACK}:{http_port}",
+        challenge="tls-alpn-01",
+        tls_address=f"{LOOPBACK}:{tls_port}",
+    )
+    setup = MailSetup(domains=(DomainSetup("example.org"),), submission=True, acme=acme)
+    server = HatoServer(tmp_path / "data", setup)
+    server.start()
+    try:
+        assert server.wait_for_log(r"event=acme-certificate", timeout=60), server.log_text()
+        shown = _s_client(require_peer("openssl"), server.submission_port)
+        assert "Pebble Intermediate CA" in shown, shown
+        with pytest.raises(OSError):
+            socket.create_connection((LOOPBACK, http_port), timeout=5).close()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from acme import challenges
 from aiohttp import web
 
 PREFIX = "/.well-known/acme-challenge/"
@@ -19,13 +20,15 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 class Tokens:
     """The key authorizations of the challenges now being validated, by token."""
 
+    challenge = challenges.HTTP01
+
     def __init__(self) -> None:
         self._answers: dict[str, str] = {}
 
-    def put(self, token: str, key_authorization: str) -> None:
+    def put(self, _name: str, token: str, key_authorization: str) -> None:
         self._answers[token] = key_authorization
 
-    def remove(self, token: str) -> None:
+    def remove(self, _name: str, token: str) -> None:
         self._answers.pop(token, None)
 
     def get(self, token: str) -> str | None:

@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import datetime
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import requests
+from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
-from cryptography.utils import CryptographyDeprecationWarning
-
-with warnings.catch_warnings():  # pyOpenSSL, under acme, names DSA types at import time
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-    from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives.asymmetric import rsa
 from josepy.jwa import RS256
 from josepy.jwk import JWK, JWKRSA
 
-from hato.acme.challenge import Tokens
+
+class Responder(Protocol):
+    """Serves the answers of one challenge type: http-01 (challenge.py) or tls-alpn-01
+    (alpn.py); called from the worker thread."""
+
+    challenge: type[challenges.KeyAuthorizationChallenge]
+
+    def put(self, name: str, token: str, key_authorization: str) -> None: ...
+
+    def remove(self, name: str, token: str) -> None: ...
+
 
 # Their DEBUG lines (every request and response, with nonces) would reach the log through a root
 # handler that dkimpy's arcsign installs at import; what fails comes back as AcmeError.
@@ -49,7 +54,7 @@ class Order:
     ca_file: Path | None  # CAs to trust for the directory's HTTPS; None: the system's
 
 
-def obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Tokens) -> bytes:
+def obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Responder) -> bytes:
     """The PEM full chain of a certificate for `order.names` and the key of `key_pem`."""
     try:
         return _obtain(order, account_key_pem, key_pem, tokens)
@@ -57,7 +62,7 @@ def obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Tokens)
         raise AcmeError(f"{order.directory}: {type(exc).__name__}: {exc}") from exc
 
 
-def _obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Tokens) -> bytes:
+def _obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Responder) -> bytes:
     loaded = serialization.load_pem_private_key(account_key_pem, password=None)
     if not isinstance(loaded, rsa.RSAPrivateKey):
         raise ValueError("the account key is not RSA")
@@ -69,7 +74,7 @@ def _obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Tokens
     _account(acme, net, order.email)
     csr = crypto_util.make_csr(key_pem, list(order.names))
     orderr = acme.new_order(csr)
-    answered: list[str] = []
+    answered: list[tuple[str, str]] = []
     try:
         for authz in orderr.authorizations:
             # RFC 8555 §7.1.4: a server may reuse an authorization that is valid already.
@@ -78,8 +83,8 @@ def _obtain(order: Order, account_key_pem: bytes, key_pem: bytes, tokens: Tokens
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
         done = acme.poll_and_finalize(orderr, deadline)
     finally:
-        for token in answered:
-            tokens.remove(token)
+        for name, token in answered:
+            tokens.remove(name, token)
     return done.fullchain_pem.encode("ascii")
 
 
@@ -93,13 +98,13 @@ def _account(acme: client.ClientV2, net: client.ClientNetwork, email: str) -> No
         net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
 
 
-def _answer(acme: client.ClientV2, authz: Any, jwk: JWK, tokens: Tokens) -> str:
+def _answer(acme: client.ClientV2, authz: Any, jwk: JWK, tokens: Responder) -> tuple[str, str]:
+    name = str(authz.body.identifier.value)
     for challb in authz.body.challenges:
-        if isinstance(challb.chall, challenges.HTTP01):
+        if isinstance(challb.chall, tokens.challenge):
             response, validation = challb.response_and_validation(jwk)
-            token = challb.chall.encode("token")
-            tokens.put(token, validation)
+            token = str(challb.chall.encode("token"))
+            tokens.put(name, token, validation)
             acme.answer_challenge(challb, response)
-            return str(token)
-    name = authz.body.identifier.value
-    raise AcmeError(f"the server offers no http-01 challenge for {name}")
+            return name, token
+    raise AcmeError(f"the server offers no {tokens.challenge.typ} challenge for {name}")

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from hato.acme.challenge import Tokens
-from hato.acme.client import AcmeError, Order, obtain
+from hato.acme.client import AcmeError, Order, Responder, obtain
 from hato.acme.store import CertFiles, describe, new_key_pem, renewal_time
 from hato.model import Clock, logfmt
 
@@ -30,9 +29,12 @@ class CertificateManager:
         self,
         order: Order,
         files: CertFiles,
-        tokens: Tokens,
+        tokens: Responder,
         swap: Callable[[], None],
         clock: Clock,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        issue: Callable[[Order, bytes, bytes, Responder], bytes] = obtain,
     ) -> None:
         self._order = order
         self._files = files
@@ -40,6 +42,8 @@ class CertificateManager:
         self._swap = swap
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._sleep = sleep
+        self._obtain = issue  # client.obtain; a fake in tests
 
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -47,12 +51,12 @@ class CertificateManager:
             due = renewal_time(self._files.cert.read_bytes()).timestamp()
             wait = due - self._clock.now()
             if wait > 0:
-                await asyncio.sleep(min(wait, 86400.0))  # look again daily: the clock may jump
+                await self._sleep(min(wait, 86400.0))  # look again daily: the clock may jump
                 continue
             try:
                 await self.renew()
             except AcmeError:
-                await asyncio.sleep(backoff)
+                await self._sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
             else:
                 backoff = BACKOFF_FIRST
@@ -66,7 +70,7 @@ class CertificateManager:
             try:
                 account_key = self._files.account_key_pem()
                 chain = await asyncio.to_thread(
-                    obtain, self._order, account_key, key_pem, self._tokens
+                    self._obtain, self._order, account_key, key_pem, self._tokens
                 )
             except AcmeError as exc:
                 log.error(logfmt("acme-order-failed", names=names, detail=str(exc)))

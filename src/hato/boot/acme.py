@@ -8,12 +8,14 @@ server, and the manager swaps the issued certificate in through the same reload 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hato.acme.alpn import AlpnAnswers
 from hato.acme.challenge import Tokens, challenge_app
 from hato.acme.client import AcmeError, Order
 from hato.acme.manager import CertificateManager
@@ -23,7 +25,7 @@ from hato.boot.reload import reload_tls
 from hato.config.acme_sections import AcmeSettings
 from hato.config.settings import Settings
 from hato.model import Clock, logfmt
-from hato.server.httpguard import GuardedSite, HttpLimits, serve_guarded
+from hato.server.httpguard import HttpLimits, serve_guarded
 from hato.server.tls import ReloadingContext, ensure_self_signed
 
 log = logging.getLogger("hato.boot")
@@ -32,7 +34,7 @@ log = logging.getLogger("hato.boot")
 @dataclass(frozen=True, slots=True)
 class Acme:
     manager: CertificateManager
-    site: GuardedSite
+    aclose: Callable[[], Awaitable[None]]  # closes the challenge listener
 
 
 def acme_files(data_dir: Path) -> CertFiles:
@@ -75,28 +77,45 @@ async def start_acme(
     section = settings.tls.acme if settings.tls is not None else None
     if section is None or tls is None:
         return None
-    tokens = Tokens()
-    address = section.http_address
+    responder: Tokens | AlpnAnswers
+    close: Callable[[], Awaitable[None]]
+    if section.challenge == "tls-alpn-01":
+        key, address, port = "tls_address", section.tls_address, 443
+        responder = AlpnAnswers()
+    else:
+        key, address, port = "http_address", section.http_address, 80
+        responder = Tokens()
     try:
-        site = await serve_guarded(
-            challenge_app(tokens), address.host, address.port, "acme", HttpLimits()
-        )
+        if isinstance(responder, AlpnAnswers):
+            close = _closer(await responder.serve(address.host, address.port))
+        else:
+            app = challenge_app(responder)
+            site = await serve_guarded(app, address.host, address.port, "acme", HttpLimits())
+            close = site.aclose
     except OSError as exc:
         raise StartupError(
-            f"tls.acme.http_address {address}: cannot listen: {exc.strerror}; pick a free port "
-            "(the ACME server connects to port 80 of the name, through a redirect if you like)",
+            f"tls.acme.{key} {address}: cannot listen: {exc.strerror}; pick a free port "
+            f"(the ACME server connects to port {port} of the name; forward it here)",
             EX_CANTCREAT,
         ) from exc
-    log.info(logfmt("listening", role="acme-http-01", address=address))
+    log.info(logfmt("listening", role=f"acme-{section.challenge}", address=address))
 
     manager = CertificateManager(
         _order(section, names(settings)),
         acme_files(data_dir),
-        tokens,
+        responder,
         lambda: reload_tls(tls, force=True),  # what SIGHUP does: open sessions keep theirs
         clock,
     )
-    return Acme(manager, site)
+    return Acme(manager, close)
+
+
+def _closer(server: asyncio.AbstractServer) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return close
 
 
 def _order(section: AcmeSettings, for_names: tuple[str, ...]) -> Order:

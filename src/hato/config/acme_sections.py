@@ -9,7 +9,7 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo
@@ -64,4 +64,11 @@ class AcmeSettings(BaseModel):
     http_address: Annotated[ListenAddress, PlainValidator(parse_listen_address)] = Field(
         ListenAddress("0.0.0.0", 80),
         description='HOST:PORT where HTTP-01 challenges are answered, e.g. "0.0.0.0:80"',
+    )
+    challenge: Literal["http-01", "tls-alpn-01"] = Field(
+        "http-01", description='"http-01" (port 80) or "tls-alpn-01" (port 443, RFC 8737)'
+    )
+    tls_address: Annotated[ListenAddress, PlainValidator(parse_listen_address)] = Field(
+        ListenAddress("0.0.0.0", 443),
+        description='HOST:PORT where TLS-ALPN-01 challenges are answered, e.g. "0.0.0.0:443"',
     )

@@ -78,7 +78,9 @@ class HatoServer:
             fields = (
                 f"email = {_toml_str(s.acme.email)}, directory = {_toml_str(s.acme.directory)}, "
                 f"ca_file = {_toml_str(str(s.acme.ca_file))}, "
-                f"http_address = {_toml_str(s.acme.http_address)}"
+                f"http_address = {_toml_str(s.acme.http_address)}, "
+                f"challenge = {_toml_str(s.acme.challenge)}, "
+                f"tls_address = {_toml_str(s.acme.tls_address)}"
             )
             lines += ["", "[tls]", f"acme = {{ {fields} }}"]
         if s.auth is not None:

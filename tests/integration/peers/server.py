@@ -38,6 +38,8 @@ class AcmeSetup:
     directory: str
     ca_file: Path
     http_address: str
+    challenge: str = "http-01"
+    tls_address: str = "127.0.0.1:443"
 
 
 @dataclass(frozen=True, slots=True)

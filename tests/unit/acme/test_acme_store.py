@@ -65,11 +65,11 @@ def test_answers_known_tokens_only() -> None:
 
 async def _answers_known_tokens_only() -> None:
     tokens = Tokens()
-    tokens.put("tok_1", "tok_1.thumbprint")
+    tokens.put("hato.test", "tok_1", "tok_1.thumbprint")
     async with TestClient(TestServer(challenge_app(tokens))) as client:
         found = await client.get("/.well-known/acme-challenge/tok_1")
         assert found.status == 200
         assert await found.text() == "tok_1.thumbprint"
         assert (await client.get("/.well-known/acme-challenge/other")).status == 404
-        tokens.remove("tok_1")
+        tokens.remove("hato.test", "tok_1")
         assert (await client.get("/.well-known/acme-challenge/tok_1")).status == 404

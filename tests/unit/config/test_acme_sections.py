@@ -81,3 +81,14 @@ def test_neither_says_what_to_give(tmp_path: Path) -> None:
 def test_bad_values_name_the_key(table: str, words: str, tmp_path: Path) -> None:
     found = problems(f"acme = {table}", tmp_path)
     assert any("tls.acme" in p and words in p for p in found), found
+
+
+def test_tls_alpn_01_on_its_own_address(tmp_path: Path) -> None:
+    text = (
+        'acme = { email = "a@example.org", challenge = "tls-alpn-01", '
+        'tls_address = "127.0.0.1:8443" }'
+    )
+    acme = parse(text, tmp_path).tls.acme  # type: ignore[union-attr]
+    assert acme is not None
+    assert acme.challenge == "tls-alpn-01"
+    assert acme.tls_address == ListenAddress("127.0.0.1", 8443)
