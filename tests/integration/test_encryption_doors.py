@@ -27,6 +27,7 @@ from cryptokeys import Gpg, Smime, make_cert, need
 
 SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 REFUSED = "550 5.1.1 no such user here"
+GREYLIST = "451 4.7.1 Greylisted, come back later"
 
 
 class DoorsHato(HatoServer):
@@ -88,8 +89,9 @@ def smime() -> Smime:
 
 
 @pytest.fixture
-def peer() -> Iterator[ScriptedPeer]:
-    with ScriptedPeer(LOOPBACK, free_port(), [Step(rcpt=REFUSED)]) as scripted:
+def peer(request: pytest.FixtureRequest) -> Iterator[ScriptedPeer]:
+    reply = getattr(request, "param", REFUSED)
+    with ScriptedPeer(LOOPBACK, free_port(), [Step(rcpt=reply)]) as scripted:
         yield scripted
 
 
@@ -193,3 +195,24 @@ def test_a_bounce_to_a_keyed_user_is_stored_only_as_ciphertext(
     # The copy bob sent out was in the spool in the clear (no key for nobody@remote.test);
     # the notice returning it to bob never was.
     assert not [p for p in _grep(hato.data_dir, marker.encode()) if "Maildir" in str(p)]
+
+
+@pytest.mark.parametrize("peer", [GREYLIST], indirect=True)
+def test_an_offline_queue_bounce_to_a_keyed_user_is_stored_only_as_ciphertext(
+    hato: DoorsHato, peer: ScriptedPeer, gpg: Gpg
+) -> None:
+    marker = uuid.uuid4().hex
+    done = hato.sendmail(
+        ["-f", "bob@example.org", "later@remote.test"], _message(marker, "later@remote.test")
+    )
+    assert done.returncode == 0, done.stderr
+    assert hato.wait_for_log(r"event=deferred ")
+    hato.stop()
+    bounced = hato.hato("queue", "bounce", "--domain", "remote.test")
+    assert "removed from the queue" in bounced.stdout, bounced
+    hato.start()
+    stored = _one(hato.mailbox("bob", "example.org"))
+    assert marker.encode() not in stored
+    opened = _gpg_open(gpg, stored)
+    assert b"Final-Recipient: rfc822;later@remote.test" in opened
+    assert f"The plan is {marker}.".encode() in opened

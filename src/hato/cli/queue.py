@@ -168,6 +168,20 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
     """The store without a server: for writing, only while no server holds hato.lock."""
     from hato.queue.admin import OfflineAdmin
 
+    keys: list[Any] = []
+
+    def committer(queue: Any) -> Any:
+        """A DSN to a user with an imported key is stored encrypted, as the server's."""
+        from hato.crypto import KEYS_DB, KeyStore
+        from hato.model import SystemClock
+        from hato.queue import PlainCommit
+        from hato.server.protect import KeyedCommitter
+
+        if not (data_dir / KEYS_DB).exists():
+            return PlainCommit(queue)
+        keys.append(KeyStore(data_dir / KEYS_DB))
+        return KeyedCommitter(queue, keys[-1], SystemClock())
+
     with open(data_dir / "hato.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,13 +193,17 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
                     EX_TEMPFAIL,
                 ) from None
         try:
-            admin = OfflineAdmin(data_dir / "queue", writable=writable, log=lambda _: None)
+            admin = OfflineAdmin(
+                data_dir / "queue", writable=writable, log=lambda _: None, committer=committer
+            )
         except (FileNotFoundError, OSError) as exc:
             raise CommandError(f"{data_dir / 'queue'}: {exc}") from None
         try:
             yield admin
         finally:
             admin.close()
+            for store in keys:
+                store.close()
 
 
 def _selector(args: argparse.Namespace) -> dict[str, Any]:

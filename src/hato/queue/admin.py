@@ -614,8 +614,12 @@ class OfflineAdmin:
         writable: bool,
         log: Callable[[str], None],
         hostname: str | None = None,
+        committer: Callable[[Queue], Committer] | None = None,
     ) -> None:
+        """`committer`: how `bounce` queues a DSN into the queue opened here (queue/bounce.py;
+        the CLI's encrypts a keyed sender's copy as the server's does)."""
         self.root = root
+        self._committer = committer
         self.messages_dir = str(root / "messages")
         self._log = log
         self._hostname = hostname or socket.gethostname()
@@ -669,7 +673,13 @@ class OfflineAdmin:
         clock = _Now(lambda: now)
         queue = await Queue.open(self.root, clock=clock, node_id="admin", recover=False)
         try:
-            notifier = Notifier(queue, hostname=self._hostname, clock=clock, schedule=Schedule())
+            notifier = Notifier(
+                queue,
+                hostname=self._hostname,
+                clock=clock,
+                schedule=Schedule(),
+                committer=self._committer(queue) if self._committer is not None else None,
+            )
             result, dsns = await bounce(
                 queue, notifier, selector, now=now, live=False, log=self._log
             )
