@@ -25,6 +25,7 @@ from typing import Any
 
 from dnslib import (  # type: ignore[import-untyped]
     AAAA,
+    CAA,
     CNAME,
     MX,
     PTR,
@@ -40,7 +41,13 @@ from dnslib import (  # type: ignore[import-untyped]
 )
 from dnslib.server import DNSHandler, DNSServer  # type: ignore[import-untyped]
 
-ZoneValue = str | tuple[str, ...] | tuple[int, str] | tuple[int, int, int, bytes | str]
+ZoneValue = (
+    str
+    | tuple[str, ...]
+    | tuple[int, str]
+    | tuple[int, str, str]
+    | tuple[int, int, int, bytes | str]
+)
 ZoneDict = Mapping[str, Mapping[str, Sequence[ZoneValue]]]
 
 
@@ -67,6 +74,9 @@ def _rdata(rtype: str, value: Any) -> Any:
             return PTR(value)
         case "CNAME":
             return CNAME(value)
+        case "CAA":
+            flags, tag, text = value
+            return CAA(flags, tag, text)
         case "TLSA":
             usage, selector, mtype, data = value
             raw = binascii.unhexlify(data) if isinstance(data, str) else data

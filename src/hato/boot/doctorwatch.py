@@ -20,6 +20,7 @@ import email.utils
 import logging
 import os
 import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,8 @@ def doctor_setup(settings: Settings) -> DoctorSetup:
             for x in settings.domains
         ),
         addresses=addresses,
-        certificate=settings.tls.cert if settings.tls is not None else None,
+        certificate=_certificate(settings),
+        caa_issuer=_caa_issuer(settings),
         egress_targets=tuple(split_target(t) for t in d.egress_targets),
         egress_timeout=d.egress_timeout,
         dnsbls=d.dnsbls,
@@ -85,6 +87,36 @@ def doctor_setup(settings: Settings) -> DoctorSetup:
         ),
         cert_warn_days=d.cert_warn_days,
     )
+
+
+def _certificate(settings: Settings) -> Path | None:
+    if settings.tls is None:
+        return None
+    # [tls] acme: the certificate hato.acme.store keeps in the data directory.
+    return settings.tls.cert or Path(settings.server.data_dir) / "acme" / "cert.pem"
+
+
+# RFC 8659 §4.2: the issuer domain names CAs document for their CAA "issue" property.
+_CAA_ISSUERS = {
+    "letsencrypt.org": "letsencrypt.org",
+    "pki.goog": "pki.goog",
+    "zerossl.com": "sectigo.com",
+}
+
+
+def _caa_issuer(settings: Settings) -> str | None:
+    """The CAA issuer domain of the CA in use: [doctor] caa_issuer, else the known ACME CA of
+    [tls] acme; None when unknown."""
+    if settings.doctor.caa_issuer is not None:
+        return settings.doctor.caa_issuer
+    acme = settings.tls.acme if settings.tls is not None else None
+    if acme is None:
+        return None
+    host = urllib.parse.urlsplit(acme.directory).hostname or ""
+    for suffix, issuer in _CAA_ISSUERS.items():
+        if host == suffix or host.endswith("." + suffix):
+            return issuer
+    return None
 
 
 def policy_fetcher(settings: Settings) -> HttpsPolicyFetcher:

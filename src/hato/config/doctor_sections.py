@@ -87,6 +87,11 @@ class DoctorSettings(BaseModel):
         description="seconds between runs of the checks inside hato serve (0: never), e.g. "
         "86400; a change in the problems is logged, counted and mailed to the postmaster",
     )
+    caa_issuer: Annotated[str, PlainValidator(parse_domain_name)] | None = Field(
+        None,
+        description="the CAA issuer domain of the CA that issues our certificate, e.g. "
+        '"letsencrypt.org" (default: known from [tls] acme directory, else not checked)',
+    )
     cert_warn_days: StrictInt = Field(
         21, description="days: a certificate valid for fewer days is reported, 1..365"
     )

@@ -24,6 +24,7 @@ import dns.nameserver
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
+from dns.rdtypes.ANY.CAA import CAA
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.PTR import PTR
@@ -35,6 +36,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from hato.dns.cache import DnsCache
 from hato.model.dns import (
     AddressRecord,
+    CaaRecord,
     DnsAnswer,
     DnsNameError,
     DnsStatus,
@@ -173,4 +175,8 @@ def _record(rd: dns.rdata.Rdata) -> Record | None:
             return HostRecord(_host(rd.target))
         case TLSA():
             return TlsaRecord(rd.usage, rd.selector, rd.mtype, bytes(rd.cert))
+        case CAA():
+            return CaaRecord(
+                rd.flags, rd.tag.decode("ascii", "replace"), rd.value.decode("utf-8", "replace")
+            )
     return None

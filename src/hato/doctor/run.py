@@ -45,6 +45,7 @@ async def run_checks(
         findings += await dnschecks.tlsrpt(resolver, domain.name)
     findings += tlschecks.certificate(setup, now)
     findings += await tlschecks.tlsa(resolver, setup)
+    findings += await tlschecks.caa(resolver, setup)
     listed = await asyncio.gather(
         *(dnschecks.dnsbl(resolver, zone, a) for a in addresses for zone in setup.dnsbls)
     )

@@ -47,3 +47,4 @@ class DoctorSetup:
     smarthost: SmarthostSetup | None = None
     listeners: tuple[Listener, ...] = ()
     cert_warn_days: int = 21  # below this many days of validity: a problem
+    caa_issuer: str | None = None  # the CA's CAA issuer domain (e.g. letsencrypt.org)

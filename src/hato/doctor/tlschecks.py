@@ -166,3 +166,29 @@ def _remember(state_dir: Path | None, domain: str, policy_id: str, text: str) ->
         except OSError:
             pass  # read-only data dir: the check simply has no memory
     return stale
+
+
+async def caa(resolver: Resolver, setup: DoctorSetup) -> list[Finding]:
+    """RFC 8659 §3: a CA looks for CAA at the name, then at each parent up to the top; the
+    first RRset found decides. Its "issue" properties (§4.2) must name our CA, or renewal
+    fails. Without any CAA record every CA may issue."""
+    labels = setup.hostname.lower().split(".")
+    for start in range(len(labels) - 1):
+        name = ".".join(labels[start:])
+        answer = await resolver.query(name, RdType.CAA)
+        if answer.status is DnsStatus.TEMPFAIL:
+            return [warning("caa", setup.hostname, f"DNS did not answer for {name} CAA")]
+        records = answer.caa()
+        if not records:
+            continue
+        issuers = {r.value.split(";", 1)[0].strip().lower() for r in records if r.tag == "issue"}
+        if not issuers:
+            return [ok("caa", setup.hostname, f"CAA at {name} restricts no issuance")]
+        if setup.caa_issuer is None:
+            return [ok("caa", setup.hostname, f"CAA at {name} allows {', '.join(sorted(issuers))}")]
+        if setup.caa_issuer in issuers:
+            return [ok("caa", setup.hostname, f"CAA at {name} allows {setup.caa_issuer}")]
+        detail = f"CAA at {name} allows {', '.join(sorted(issuers))}, not {setup.caa_issuer}"
+        fix = f'{name}. IN CAA 0 issue "{setup.caa_issuer}"'
+        return [problem("caa", setup.hostname, detail + ": renewal will fail", fix)]
+    return [ok("caa", setup.hostname, "no CAA records: any CA may issue")]

@@ -32,6 +32,7 @@ class RdType(enum.StrEnum):
     PTR = "PTR"
     CNAME = "CNAME"
     TLSA = "TLSA"
+    CAA = "CAA"
 
 
 class DnsStatus(enum.Enum):
@@ -88,7 +89,16 @@ class TlsaRecord:
     data: bytes
 
 
-Record = AddressRecord | TxtRecord | MxRecord | HostRecord | TlsaRecord
+@dataclass(frozen=True, slots=True)
+class CaaRecord:
+    """RFC 8659 §4.1: flags, property tag (e.g. "issue"), value (e.g. "letsencrypt.org")."""
+
+    flags: int
+    tag: str
+    value: str
+
+
+Record = AddressRecord | TxtRecord | MxRecord | HostRecord | TlsaRecord | CaaRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,9 @@ class DnsAnswer:
 
     def tlsa(self) -> tuple[TlsaRecord, ...]:
         return tuple(r for r in self.records if isinstance(r, TlsaRecord))
+
+    def caa(self) -> tuple[CaaRecord, ...]:
+        return tuple(r for r in self.records if isinstance(r, CaaRecord))
 
 
 class DnsNameError(ValueError):

@@ -390,3 +390,24 @@ def test_port_25_blocked_with_a_smarthost_is_fine(
     assert "all mail goes through relay.example.net" in out
     assert "✔ spf example.org: 198.51.100.7 passes (ip4:198.51.100.7)" in out
     assert code == 0
+
+
+def test_caa_that_leaves_out_our_ca_is_a_problem(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RFC 8659 §3: the parent's CAA decides for mail.example.org, which has none of its own.
+    world.zone["example.org"] = {**world.zone["example.org"], "CAA": [(0, "issue", "ca.test")]}
+    world.reload_zone()
+    world.write_config(extra='caa_issuer = "letsencrypt.org"')
+    code, out = doctor(capsys)
+    assert code == 1
+    assert problems(out) == [
+        "✘ caa mail.example.org: CAA at example.org allows ca.test, not letsencrypt.org: "
+        "renewal will fail"
+    ]
+    assert 'example.org. IN CAA 0 issue "letsencrypt.org"' in out
+    world.zone["example.org"]["CAA"] = [(0, "issue", "letsencrypt.org; validationmethods=dns-01")]
+    world.reload_zone()
+    code, out = doctor(capsys)
+    assert (code, problems(out)) == (0, [])
+    assert "✔ caa mail.example.org: CAA at example.org allows letsencrypt.org" in out
