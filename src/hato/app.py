@@ -355,8 +355,11 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 refresh_queue(metrics, LiveAdmin(queue, clock.now, log.info).stats, clock.now)
             )
             blocked = outbound.egress.blocked
-            doctor = watch_task(settings, dns, clock, submitter, metrics, blocked)
-            doctor_task = tasks.create_task(doctor if first else asyncio.Event().wait())
+            doctor_task = tasks.create_task(  # the first worker only: one report, not N
+                watch_task(settings, dns, clock, submitter, metrics, blocked)
+                if first
+                else asyncio.Event().wait()
+            )
             interval = watchdog_interval()
             pets = tasks.create_task(
                 run_watchdog(notifier, interval) if interval else asyncio.Event().wait()

@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,9 +63,17 @@ def smarthost(test_ca: TestCA) -> Iterator[ScriptedPeer]:
 
 
 @pytest.fixture
-def hato(workdir: Path, test_ca: TestCA, smarthost: ScriptedPeer) -> Iterator[OutboundHato]:
+def metrics_port() -> int:
+    return _closed_port()
+
+
+@pytest.fixture
+def hato(
+    workdir: Path, test_ca: TestCA, smarthost: ScriptedPeer, metrics_port: int
+) -> Iterator[OutboundHato]:
     closed = _closed_port()
     extra = (
+        f'\n[metrics]\naddress = "127.0.0.1:{metrics_port}"\n'
         f'\n[smarthost]\nhost = "localhost"\nport = {smarthost.port}\nfallback = true\n'
         f'\n[doctor]\negress_targets = ["127.0.0.1:{closed}"]\negress_timeout = 2\n'
         'dnsbls = []\naddresses = ["127.0.0.1"]\n'
@@ -80,9 +89,17 @@ def hato(workdir: Path, test_ca: TestCA, smarthost: ScriptedPeer) -> Iterator[Ou
             server.stop()
 
 
+def _gauge(port: int, name: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+    [line] = [x for x in text.splitlines() if x.startswith(f"{name} ")]
+    return line.split()[1]
+
+
 def test_blocked_port_25_is_detected_and_mail_falls_back_to_the_smarthost(
-    hato: OutboundHato, smarthost: ScriptedPeer
+    hato: OutboundHato, smarthost: ScriptedPeer, metrics_port: int
 ) -> None:
+    assert _gauge(metrics_port, "hato_egress_blocked") == "0.0"
     markers = [uuid.uuid4().hex for _ in DOMAINS]
     ids = []
     # Four domains, one at a time: their MX hosts refuse, so each is deferred (one host down
@@ -99,6 +116,7 @@ def test_blocked_port_25_is_detected_and_mail_falls_back_to_the_smarthost(
     assert len(smarthost.delivered(markers[4])) == 1
     [blocked] = hato.events("egress-blocked")
     assert "hosts=5" in blocked
+    assert _gauge(metrics_port, "hato_egress_blocked") == "1.0"
     # Later mail skips MX altogether while blocked; logged once, not per message.
     hato.submit([f"bob@{DOMAINS[5]}"], message(f"bob@{DOMAINS[5]}", markers[5]))
     hato.wait_event("delivered", to=f"<bob@{DOMAINS[5]}>")
