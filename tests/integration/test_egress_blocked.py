@@ -14,14 +14,16 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from peers import maildir
+from peers.hato import hato_binary
 from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
@@ -178,3 +180,48 @@ def test_the_periodic_doctor_logs_a_new_problem_and_mails_the_postmaster(
         finally:
             hato.stop()
     assert "egress-blocked" not in line
+
+
+NFT_DROP_25 = """
+add table inet hato_egress_test
+add chain inet hato_egress_test out { type filter hook output priority 0 ; }
+add rule inet hato_egress_test out tcp dport 25 drop
+"""
+
+
+def test_doctor_says_blocked_when_the_network_drops_syns(
+    workdir: Path, require_peer: Callable[[str], str]
+) -> None:
+    """The other OP25B: SYNs to port 25 silently dropped (a timeout, not a refusal), in a
+    network namespace of the test's own with an nftables rule; nothing else is touched."""
+    unshare, nft = require_peer("unshare"), require_peer("nft")
+    config = workdir / "hato.toml"
+    config.write_text(
+        '[server]\nhostname = "mail.example.org"\ndata_dir = "data"\n'
+        '[[listener]]\nrole = "mx"\naddress = "127.0.0.1:2525"\n'
+        '[[domain]]\nname = "example.org"\n'
+        # Nothing answers DNS in the namespace: every DNS check fails fast, egress is the point.
+        '[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = 1\n'
+        '[doctor]\negress_targets = ["127.0.0.1:25"]\negress_timeout = 1\ndnsbls = []\n'
+        'addresses = ["127.0.0.1"]\n'
+    )
+    (workdir / "rules.nft").write_text(NFT_DROP_25)
+    script = (
+        f"ip link set lo up && {nft} -f {workdir / 'rules.nft'} && "
+        f"exec {hato_binary()} doctor --json --config {config}"
+    )
+    done = subprocess.run(
+        [unshare, "--net", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=120,
+        check=False,
+    )
+    if "Operation not permitted" in done.stderr:
+        pytest.skip(f"no network namespace here: {done.stderr.strip()}")
+    assert done.returncode == 1, done.stderr
+    [egress] = [f for f in json.loads(done.stdout)["findings"] if f["check"] == "egress-25"]
+    assert egress["verdict"] == "problem"
+    assert egress["detail"] == "port 25 is blocked on this network: 127.0.0.1:25 timed out"
+    assert "[smarthost]" in egress["fix"]
