@@ -96,7 +96,7 @@ def test_private_ca_smarthost_shows_why_then_delivers_with_its_ca_file(
         hato.submit(["bob@pf.test"], message("bob@pf.test", marker))
         queue_id = _deferred_id(hato, "bob@pf.test")
         # The reason, in the log and in the queue: OpenSSL's verify message.
-        (failed,) = hato.events("connection_failed", stage="tls")
+        (failed,) = hato.events("connection-failed", stage="tls")
         assert UNTRUSTED.search(failed), failed
         shown = hato.hato("queue", "show", queue_id)
         assert shown.returncode == 0, shown.stderr

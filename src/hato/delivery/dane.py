@@ -133,6 +133,6 @@ async def lookup_tlsa(resolver: Resolver, host: str, port: int) -> DaneLookup:
     usable = tuple(r for r in records if is_usable(r))
     if not usable:
         if any(r.usage == DANE_TA for r in records):
-            log.warning(logfmt("dane_usage_unsupported", host=host, usage=DANE_TA))
+            log.warning(logfmt("dane-usage-unsupported", host=host, usage=DANE_TA))
         return DaneLookup(DaneState.UNUSABLE, records, f"TLSA {name}: no usable record")
     return DaneLookup(DaneState.ACTIVE, usable)

@@ -376,7 +376,7 @@ class MaildirCourier:
                 _fsync_dir(new_dir)  # the renames survive a crash only once new/ is synced
             except OSError as exc:
                 # The files may be in new/ already; a retry renames onto the same names.
-                log.warning(logfmt("maildir.fsync_failed", dir=new_dir, error=exc))
+                log.warning(logfmt("maildir-fsync-failed", dir=new_dir, error=exc))
                 for copy in in_dir:
                     copy.request.outcomes[copy.index] = self._temp_failed(
                         copy.request, copy.index, exc
@@ -390,7 +390,7 @@ class MaildirCourier:
         if log.isEnabledFor(logging.DEBUG):
             elapsed_ms = round((self._clock.monotonic() - started) * 1000, 3)
             log.debug(
-                logfmt("maildir.batch", messages=len(batch), copies=len(copies), ms=elapsed_ms)
+                logfmt("maildir-batch", messages=len(batch), copies=len(copies), ms=elapsed_ms)
             )
         by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
         for request in batch:
@@ -427,7 +427,7 @@ class MaildirCourier:
                     else:
                         copies.append(copy)
         except OSError as exc:  # the body file could not be read
-            log.warning(logfmt("maildir.body_failed", queue_id=message.queue_id, error=exc))
+            log.warning(logfmt("maildir-body-failed", queue_id=message.queue_id, error=exc))
             for i in range(len(recipients)):
                 if request.outcomes[i] is None:
                     request.outcomes[i] = self._temp_failed(request, i, exc)
@@ -452,7 +452,7 @@ class MaildirCourier:
     def _log_failure(self, message: QueuedMessage, rcpt: QueuedRecipient, exc: OSError) -> None:
         log.warning(
             logfmt(
-                "maildir.failed",
+                "maildir-failed",
                 queue_id=message.queue_id,
                 row=rcpt.row_id,
                 mailbox=rcpt.address,

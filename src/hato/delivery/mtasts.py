@@ -247,7 +247,7 @@ class MtaSts:
             try:
                 ids.append(parse_sts_record(decoded))
             except StsError as exc:
-                log.info(logfmt("mta_sts_bad_record", domain=domain, error=str(exc)))
+                log.info(logfmt("mta-sts-bad-record", domain=domain, error=str(exc)))
         if len(ids) != 1:
             # RFC 8461 §3.1: several STS records (or none valid) -> as if there were none.
             return cached
@@ -264,8 +264,8 @@ class MtaSts:
             policy = parse_policy(text, policy_id)
         except (StsFetchError, StsError, TimeoutError) as exc:
             # RFC 8461 §5.1: a failed refresh keeps the cached policy until it expires.
-            log.warning(logfmt("mta_sts_fetch_failed", domain=domain, error=str(exc)))
+            log.warning(logfmt("mta-sts-fetch-failed", domain=domain, error=str(exc)))
             return cached
         self._cache[domain] = _Cached(policy, self._clock.now() + policy.max_age)
-        log.info(logfmt("mta_sts_policy", domain=domain, mode=policy.mode.value, id=policy_id))
+        log.info(logfmt("mta-sts-policy", domain=domain, mode=policy.mode.value, id=policy_id))
         return policy

@@ -229,7 +229,7 @@ class OutboundCourier:
             case TransportKind.MX:
                 route = await route_domain(self._resolver, dest.domain, self._rng, self._own_names)
                 if isinstance(route, RouteError):
-                    log.info(logfmt("route_failed", domain=dest.domain, detail=route.detail))
+                    log.info(logfmt("route-failed", domain=dest.domain, detail=route.detail))
                     return route
                 return [
                     Hop(h.name, mx_port, h.secure, h.secure, implicit=h.implicit)
@@ -262,7 +262,7 @@ class OutboundCourier:
     async def addresses(self, hop: Hop) -> list[str] | Reply:
         found = await host_addresses(self._resolver, hop.host)
         if not found.addresses:
-            log.info(logfmt("host_unresolved", host=hop.host, detail=found.detail or "no A/AAAA"))
+            log.info(logfmt("host-unresolved", host=hop.host, detail=found.detail or "no A/AAAA"))
             if found.tempfail:
                 return DNS_TEMPFAIL
             # RFC 5321 §5.1: a domain without MX and without address records gets no mail.
@@ -270,7 +270,7 @@ class OutboundCourier:
         usable = [a for a in found.addresses if hop.configured or not self._is_self(a)]
         if not usable:
             # RFC 5321 §5.1 / Postfix: delivering to ourselves would loop.
-            log.warning(logfmt("mail_loop", host=hop.host, addresses=",".join(found.addresses)))
+            log.warning(logfmt("mx-loop", host=hop.host, addresses=",".join(found.addresses)))
             return MAIL_LOOP
         return usable
 
@@ -318,7 +318,7 @@ class OutboundCourier:
     async def connect(self, options: ConnectOptions, key: PoolKey) -> Session:
         session = await self.pool.take(key)
         if session is not None:
-            log.debug(logfmt("connection_reused", host=options.host, port=options.port))
+            log.debug(logfmt("connection-reused", host=options.host, port=options.port))
             return session
         session = await self._open(options)
         self.pool.lent(session)

@@ -135,7 +135,7 @@ class Attempt:
     async def _hop(self, inputs: PolicyInputs, hop: Hop) -> None:
         tls = await self.courier.hop_tls(inputs, hop)
         if isinstance(tls, PolicyRefusal):
-            log.warning(logfmt("tls_policy_refused", host=hop.host, reply=str(tls.reply)))
+            log.warning(logfmt("tls-policy-refused", host=hop.host, reply=str(tls.reply)))
             self._fail_all(_failed(tls.reply))  # a 5.7.30 (REQUIRETLS) is final with no hop left
             return
         addresses = await self.courier.addresses(hop)
@@ -163,7 +163,7 @@ class Attempt:
                     self.courier.egress.connected()
             if exc.stage == "tls" and tls.level is TlsLevel.MAY and not exc.tls_policy:
                 # RFC 3207 §4.1 / RFC 7435: opportunistic TLS failed; plaintext beats no mail.
-                log.info(logfmt("starttls_failed_retry_plain", host=hop.host, address=address))
+                log.info(logfmt("starttls-failed-retry-plain", host=hop.host, address=address))
                 plain = self.courier.options(hop, address, tls, plaintext=True)
                 try:
                     await self._transaction(plain, tls)
@@ -174,7 +174,7 @@ class Attempt:
 
     def _connection_failed(self, hop: Hop, address: str, exc: DeliveryError) -> None:
         log.info(
-            logfmt("connection_failed", host=hop.host, address=address, stage=exc.stage,
+            logfmt("connection-failed", host=hop.host, address=address, stage=exc.stage,
                    reply=str(exc.reply))
         )  # fmt: skip
         if exc.permanent and not exc.tls_policy:
@@ -197,7 +197,7 @@ class Attempt:
             # An LMTP server (Dovecot) often greets with this machine's own name: no loop.
             if not options.lmtp and self.courier.is_us(session.capabilities):
                 log.warning(
-                    logfmt("mail_loop", host=options.host, peer=session.capabilities.server_name)
+                    logfmt("mx-loop", host=options.host, peer=session.capabilities.server_name)
                 )
                 self._fail_all(PermFailed(MAIL_LOOP))
                 self._finish_all()

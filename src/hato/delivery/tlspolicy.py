@@ -130,7 +130,7 @@ def _base(inputs: PolicyInputs, host: str, dane: DaneLookup | None) -> HopTls | 
         if sts.mode is StsMode.ENFORCE:
             # RFC 8461 §4.1 / §5: only MX hosts matching the policy may be used.
             return refusal(f"MTA-STS policy of {domain}", f"{host} does not match its mx")
-        log.warning(logfmt("mta_sts_testing_mismatch", domain=domain, host=host))
+        log.warning(logfmt("mta-sts-testing-mismatch", domain=domain, host=host))
     if sts is not None and sts.mode is StsMode.ENFORCE:
         # RFC 8461 §4.2: PKIX-verified TLS with the MX host name.
         return HopTls(TlsLevel.VERIFY, f"MTA-STS policy of {domain}")

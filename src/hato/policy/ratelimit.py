@@ -87,7 +87,7 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class SpikeAlert:
-    """A burst from one user: log it as ``logfmt(alert.event, **alert.fields())``."""
+    """A burst from one user: log it as ``logfmt("sending-spike", **alert.fields())``."""
 
     user: str
     recipients: int  # within `window` seconds
@@ -95,7 +95,6 @@ class SpikeAlert:
     window: float
     held: bool
     hold_time: float  # 0: until released
-    event: str = "sending-spike"
 
     def fields(self) -> dict[str, object]:
         return {

@@ -706,7 +706,7 @@ class SmtpSession(asyncio.Protocol):
             if reply is not None:
                 self.ctx.limiter.release(quota)
             elif (alert := self.ctx.limiter.confirm(quota)) is not None:
-                log.warning(logfmt(alert.event, **alert.fields()))
+                log.warning(logfmt("sending-spike", **alert.fields()))
         if self.closing:
             return
         if reply is None:

@@ -109,7 +109,7 @@ def test_spike_holds_the_user_and_alerts_once(clock: FakeClock) -> None:
     alert = alerts[9]
     assert alert is not None
     assert (alert.recipients, alert.messages, alert.held) == (100, 10, True)
-    line = logfmt(alert.event, **alert.fields())
+    line = logfmt("sending-spike", **alert.fields())
     assert line.startswith("event=sending-spike user=mallory@example.org recipients=100")
     assert check_message(limiter, "mallory@example.org") == Defer(HELD)
     assert check_recipients(limiter, "mallory@example.org", 1) == Defer(HELD)
