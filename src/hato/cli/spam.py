@@ -6,8 +6,9 @@ Each message (a file, or stdin when no file is named) is posted to rspamd's cont
 (`POST /learnspam` or `/learnham`, [rspamd] controller_url, with its password; --controller
 and --password-file instead, for a Sieve pipe that may not read Hato's configuration). A file is
 streamed from disk in chunks; stdin is read whole first (the request needs its length).
-A message rspamd has already learned the same way counts as done. Exit 0 when every message
-was learned, 1 when one could not be (rspamd down, refused, unreadable file).
+A message rspamd has already learned the same way counts as done; one the controller could
+not take for a passing reason of its own (5xx) is posted again, up to three times. Exit 0 when
+every message was learned, 1 when one could not be (rspamd down, refused, unreadable file).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -25,6 +26,9 @@ from hato.cli.errors import EX_FAILURE, CommandError
 from hato.cli.main import load
 
 CHUNK = 64 * 1024
+# A controller's 5xx (its statfile busy with a scan: "database is locked") is asked again
+# after these pauses; a refusal (4xx: already learned, too few tokens) is not.
+RETRY_PAUSES = (0.5, 1.0, 2.0)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
@@ -43,12 +47,16 @@ async def _learn_all(args: argparse.Namespace, client: Any) -> int:
         for path in sources:
             name = str(path) if path is not None else "stdin"
             try:
-                if path is None:
-                    data = sys.stdin.buffer.read()
-                    learned = await client.learn(spam, len(data), chunks_of(data))
-                else:
-                    size = path.stat().st_size
-                    learned = await client.learn(spam, size, _file_chunks(path))
+                data = sys.stdin.buffer.read() if path is None else None
+                for pause in (*RETRY_PAUSES, None):
+                    if data is not None:
+                        learned = await client.learn(spam, len(data), chunks_of(data))
+                    else:
+                        assert path is not None
+                        learned = await client.learn(spam, path.stat().st_size, _file_chunks(path))
+                    if not learned.temporary or pause is None:
+                        break
+                    await asyncio.sleep(pause)
             except OSError as exc:
                 print(f"hato: {name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
                 failures += 1

@@ -134,6 +134,9 @@ class Learned:
 
     learned: bool  # false: rspamd had already learned it so (or refused it), see `detail`
     detail: str
+    # The controller answered 5xx: a passing state of its own (its SQLite statfile busy,
+    # "database is locked"), worth asking again; a 4xx (already learned, too short) is not.
+    temporary: bool = False
 
 
 class RspamdClient:
@@ -166,7 +169,7 @@ class RspamdClient:
 
     async def check(self, envelope: Envelope, size: int, message: AsyncIterable[bytes]) -> Scan:
         """POST /checkv2: rspamd's verdict on the `size` octets `message` yields."""
-        reply = await self._post(
+        _, reply = await self._post(
             f"{self.url}/checkv2", envelope.headers(), size, message, controller=False
         )
         return parse_scan(reply)
@@ -174,12 +177,12 @@ class RspamdClient:
     async def learn(self, spam: bool, size: int, message: AsyncIterable[bytes]) -> Learned:
         """POST /learnspam or /learnham to the controller (its `password` when it has one)."""
         path = "learnspam" if spam else "learnham"
-        reply = await self._post(
+        status, reply = await self._post(
             f"{self.controller_url}/{path}", [], size, message, controller=True
         )
         if reply.get("success") is True:
             return Learned(True, "learned")
-        return Learned(False, str(reply.get("error", reply)))
+        return Learned(False, str(reply.get("error", reply)), temporary=status >= 500)
 
     async def _post(
         self,
@@ -189,7 +192,7 @@ class RspamdClient:
         body: AsyncIterable[bytes],
         *,
         controller: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[int, dict[str, Any]]:
         sent = [*headers, ("Content-Length", str(size))]
         if controller and self.password:
             sent.append(("Password", self.password))
@@ -211,7 +214,7 @@ class RspamdClient:
             raise RspamdUnavailable(f"HTTP {response.status} from {url}: not a JSON object")
         if controller and response.status != 200 and "error" not in reply:
             raise RspamdUnavailable(f"HTTP {response.status} from {url}")
-        return reply
+        return response.status, reply
 
 
 async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
