@@ -27,6 +27,7 @@ type: venv
 
 imports: venv
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_cycles.py
 
 unit: venv
 	$(BIN)/pytest -q -n 2 tests/unit tests/property tests/dialogs tests/vectors
