@@ -166,7 +166,7 @@ def _connect(data_dir: Path) -> Iterator[ControlClient | None]:
 @contextlib.contextmanager
 def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
     """The store without a server: for writing, only while no server holds hato.lock."""
-    from hato.queue.admin import OfflineAdmin
+    from hato.queue.offline import OfflineAdmin
 
     keys: list[Any] = []
 

@@ -399,11 +399,13 @@ def _mailq(client: ControlClient, mode: str, err: IO[str]) -> int:
 
 def _offline_mailq(data: Path, err: IO[str]) -> int:
     from hato.cli.queue import print_list
-    from hato.queue.admin import OfflineAdmin, Selector, as_json
+    from hato.queue import QueueError
+    from hato.queue.admin import Selector, as_json
+    from hato.queue.offline import OfflineAdmin
 
     try:
         admin = OfflineAdmin(data / "queue", writable=False, log=lambda _: None)
-    except OSError as exc:
+    except (OSError, QueueError) as exc:
         print(f"hato-sendmail: the mail server is not running; {exc}", file=err)
         return EX_TEMPFAIL
     try:

@@ -138,11 +138,13 @@ def status(args: argparse.Namespace) -> int:
     if server is not None:
         queue = server["queue"]
     else:
-        from hato.queue.admin import OfflineAdmin, as_json
+        from hato.queue import QueueError
+        from hato.queue.admin import as_json
+        from hato.queue.offline import OfflineAdmin
 
         try:
             admin = OfflineAdmin(data_dir / "queue", writable=False, log=lambda _: None)
-        except OSError:
+        except (OSError, QueueError):
             queue = {"messages": 0, "bytes": 0, "queued": 0, "deferred": 0, "held": 0}
         else:
             try:

@@ -1,13 +1,16 @@
-"""The durable queue: spool files, the SQLite store with group commit, the retry schedule,
-and the runner that hands messages to a Courier (see shared/DESIGN.md, room `queue`).
+"""The durable queue: the `QueueStore` seam (protocol.py) and its SQLite backend (spool files,
+the SQLite store with group commit), the retry schedule, and the runner that hands messages
+to a Courier (see shared/DESIGN.md, room `queue`).
 
-May import model and smtp only.
+May import model only.
 """
 
-from hato.queue.body import BodyWriter, QueueWriteError
+from hato.model.queuestore import Pending, QueueError, QueueWriteError, RowUpdate, Status
+from hato.queue.body import BodyWriter
 from hato.queue.bounce import AUTH_PARAM, SPF_PARAM, Committer, Notifier, PlainCommit, report_for
 from hato.queue.dsn import Action, Original, RecipientReport, build_dsn
 from hato.queue.ids import QueueIdGenerator, Rng, is_queue_id
+from hato.queue.protocol import QueueStore
 from hato.queue.runner import QueueRunner
 from hato.queue.schedule import (
     Schedule,
@@ -17,7 +20,6 @@ from hato.queue.schedule import (
     is_expired,
     retry_at,
 )
-from hato.queue.sqlite import Pending, RowUpdate, Status
 from hato.queue.store import DEFAULT_MIN_FREE, Queue, recover_offline, release_leases
 
 __all__ = [
@@ -32,8 +34,10 @@ __all__ = [
     "Pending",
     "PlainCommit",
     "Queue",
+    "QueueError",
     "QueueIdGenerator",
     "QueueRunner",
+    "QueueStore",
     "QueueWriteError",
     "RecipientReport",
     "Rng",

@@ -19,42 +19,18 @@ in `seal()`, which the queue runs in its (small) fsync thread pool.
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
 from collections.abc import Iterator
 
-from hato.model import Reply, logfmt
+from hato.model import logfmt
+from hato.model.queuestore import QueueWriteError
+
+__all__ = ["FLUSH_AT", "BodyWriter", "QueueWriteError"]
 
 log = logging.getLogger("hato.queue")
 
 FLUSH_AT = 64 * 1024
-
-
-class QueueWriteError(Exception):
-    """The message could not be made durable; nothing of it stays in the queue."""
-
-    def __init__(self, code: int | None, detail: str) -> None:
-        super().__init__(detail)
-        self.errno = code
-        self.detail = detail
-
-    @property
-    def insufficient_storage(self) -> bool:
-        return self.errno in (errno.ENOSPC, errno.EDQUOT)
-
-    @property
-    def reply(self) -> Reply:
-        """What the session answers instead of 250."""
-        if self.insufficient_storage:
-            # RFC 5321 §4.2.2 452 insufficient system storage; RFC 3463 §3.4 X.3.1 system full.
-            return Reply(452, "4.3.1", "Insufficient system storage")
-        # RFC 5321 §4.2.2 451 local error in processing; RFC 3463 §3.4 X.3.0.
-        return Reply(451, "4.3.0", "Local error in processing")
-
-    @classmethod
-    def from_os(cls, exc: OSError, what: str) -> QueueWriteError:
-        return cls(exc.errno, f"{what}: {exc.strerror or exc}")
 
 
 class _State(enum.Enum):

@@ -54,8 +54,8 @@ from hato.queue.dsn import (
     build_dsn,
     is_international,
 )
+from hato.queue.protocol import QueueStore
 from hato.queue.schedule import Schedule
-from hato.queue.store import Queue
 
 log = logging.getLogger("hato.queue")
 
@@ -176,7 +176,7 @@ class Committer(Protocol):
 class PlainCommit:
     """The bare queue commit: `data` written into `body` as it is."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: QueueStore) -> None:
         self._queue = queue
 
     async def __call__(
@@ -198,7 +198,7 @@ class Notifier:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: QueueStore,
         *,
         hostname: str,
         clock: Clock,

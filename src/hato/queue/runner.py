@@ -3,7 +3,7 @@
 Must not import anything of hato but model and smtp.
 
 Theory of operation. Work comes from two places: messages just committed (handed over in
-memory by `Queue.commit`, already leased to us: no polling delay and no extra write), and
+memory by `QueueStore.commit`, already leased to us: no polling delay and no extra write), and
 rows that are due (deferred rows whose next attempt has come, rows of a previous process
 given back at open, rows whose lease ran out), leased in one write. Each message is one
 courier call, at most `max_in_flight` at a time; the outcomes go through the same group-
@@ -40,13 +40,13 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
+from hato.model.queuestore import Pending, RowUpdate, Status
 from hato.queue.body import QueueWriteError
 from hato.queue.bounce import Committer, Notifier, report_for
 from hato.queue.dsn import Action, RecipientReport
 from hato.queue.ids import Rng
+from hato.queue.protocol import QueueStore
 from hato.queue.schedule import Schedule, delay_warning_due, expired_reply, retry_at
-from hato.queue.sqlite import Pending, RowUpdate, Status
-from hato.queue.store import Queue
 
 log = logging.getLogger("hato.queue")
 
@@ -57,7 +57,7 @@ COURIER_ERROR = Reply(451, "4.3.0", "temporary delivery failure")
 class QueueRunner:
     def __init__(
         self,
-        queue: Queue,
+        queue: QueueStore,
         courier: Courier,
         *,
         clock: Clock,

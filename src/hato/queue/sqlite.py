@@ -10,24 +10,24 @@ that ran out belongs to nobody, so a node that died gives its rows back by itsel
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 
 from hato.model import (
     Address,
     QueuedMessage,
     QueuedRecipient,
     RecipientDsn,
-    ReversePath,
     format_path,
     logfmt,
 )
 from hato.model import parse_path as _parse_path
+from hato.model.queuestore import BODY_MISSING, NewMessage, Pending, RowUpdate, Status
+
+__all__ = ["NewMessage", "Pending", "RowUpdate", "Status"]
 
 log = logging.getLogger("hato.queue")
 
@@ -65,46 +65,6 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (status, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients (queue_id);
 """
-
-
-class Status(enum.Enum):
-    QUEUED = "queued"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    HELD = "held"  # kept, not tried: e.g. its body file is missing (an operator looks)
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    queue_id: str
-    mail_from: ReversePath
-    received_at: float
-    size: int
-    prefix: bytes
-    params: Mapping[str, str | None]
-    recipients: Sequence[tuple[Address, Address, RecipientDsn]]  # (deliver-to, original, dsn)
-    body: bytes | None = None  # inline body; None: the file messages/<queue_id>
-
-
-@dataclass(frozen=True, slots=True)
-class RowUpdate:
-    """The result of one attempt for one recipient row."""
-
-    row_id: int
-    status: Status
-    attempts: int
-    next_attempt: float
-    last_reply: str | None
-    recovered: bool = False  # the attempt's outcome is unknown (the courier raised)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A message and those of its recipients this node holds a lease on, ready to deliver."""
-
-    message: QueuedMessage
-    recipients: tuple[QueuedRecipient, ...]
-    lease_until: float
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -173,7 +133,7 @@ def insert_message(
     return tuple(row_ids)
 
 
-def _message_from_row(row: sqlite3.Row | tuple[object, ...], messages_dir: str) -> QueuedMessage:
+def message_from_row(row: sqlite3.Row | tuple[object, ...], messages_dir: str) -> QueuedMessage:
     """The message without an inline body (the runner loads it with `load_body` when it
     starts the attempt, so a scan of many rows does not hold their bodies in memory)."""
     queue_id, mail_from, received_at, size, prefix, params, inline = row
@@ -251,7 +211,7 @@ def take_due(
         if row is None:
             log.error(logfmt("message-row-missing", id=queue_id))
             continue
-        out.append(Pending(_message_from_row(row, messages_dir), tuple(recipients), lease_until))
+        out.append(Pending(message_from_row(row, messages_dir), tuple(recipients), lease_until))
     return out
 
 
@@ -299,6 +259,12 @@ def record_outcomes(
             for u in updates
         ],
     )
+    return finish_if_done(conn, queue_id)
+
+
+def finish_if_done(conn: sqlite3.Connection, queue_id: str) -> bool:
+    """Delete the message once no row is left to try (none queued or held); True if it was.
+    Its body file, if any, is the caller's to unlink after the commit."""
     (left,) = conn.execute(
         "SELECT COUNT(*) FROM recipients WHERE queue_id = ? AND status IN ('queued', 'held')",
         (queue_id,),
@@ -308,6 +274,17 @@ def record_outcomes(
     conn.execute("DELETE FROM recipients WHERE queue_id = ?", (queue_id,))
     conn.execute("DELETE FROM messages WHERE queue_id = ?", (queue_id,))
     return True
+
+
+def free_leases(conn: sqlite3.Connection, owner: str, *, recovered: bool, now: float) -> int:
+    """Free the queued rows leased to `owner`; `recovered` marks them so the courier checks
+    before delivering again (the owner died mid-attempt: exactly once). Returns how many."""
+    cursor = conn.execute(
+        "UPDATE recipients SET recovered = MAX(recovered, ?), lease_owner = NULL,"
+        " lease_until = NULL, updated_at = ? WHERE status = 'queued' AND lease_owner = ?",
+        (int(recovered), now, owner),
+    )
+    return cursor.rowcount
 
 
 def recover(conn: sqlite3.Connection, messages_dir: str, *, now: float) -> list[str]:
@@ -336,7 +313,7 @@ def recover(conn: sqlite3.Connection, messages_dir: str, *, now: float) -> list[
             conn.execute(
                 "UPDATE recipients SET status = 'held', last_reply = ?, lease_owner = NULL,"
                 " lease_until = NULL, updated_at = ? WHERE queue_id = ? AND status = 'queued'",
-                ("body file missing", now, queue_id),
+                (BODY_MISSING, now, queue_id),
             )
             problem = logfmt("body-missing", id=queue_id, action="held")
             log.error(problem)

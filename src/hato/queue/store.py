@@ -1,6 +1,7 @@
-"""The durable queue: spool files plus the SQLite store, behind one asyncio API.
+"""The SQLite backend of `QueueStore` (queue/protocol.py): spool files plus the SQLite store,
+behind one asyncio API. Its statements are in `sqlite.py` and `sqlite_admin.py`.
 
-Must not import anything of hato but model and smtp.
+Must not import anything of hato but model and this room.
 
 Theory of operation (DESIGN.md: 250 means durable). `new_body()` gives the session a
 `BodyWriter` to stream the body into; it stays in memory up to 64 KiB and only then becomes
@@ -44,10 +45,11 @@ from hato.model import (
     format_path,
     logfmt,
 )
+from hato.model.queuestore import NewMessage, Pending, RowUpdate
 from hato.queue import sqlite as store
 from hato.queue.body import BodyWriter, QueueWriteError
 from hato.queue.ids import QueueIdGenerator, Rng
-from hato.queue.sqlite import NewMessage, Pending, RowUpdate
+from hato.queue.sqlite_admin import AdminJobs
 from hato.queue.writer import GroupCommitWriter, Job
 
 log = logging.getLogger("hato.queue")
@@ -89,7 +91,7 @@ def _as_write_error(exc: BaseException, what: str) -> QueueWriteError:
     return QueueWriteError(None, f"{what}: {type(exc).__name__}: {exc}")
 
 
-class Queue:
+class Queue(AdminJobs):
     """Open with `await Queue.open(...)`; close with `await queue.close()`."""
 
     def __init__(
@@ -107,8 +109,10 @@ class Queue:
         fsync_threads: int,
         free_space: Callable[[Path], int],
         id_slot: int = 0,
+        live: bool = True,
     ) -> None:
         self.root = root
+        self.live = live
         self.messages_dir = str(root / "messages")
         self.node_id = node_id
         self.lease_seconds = lease_seconds
@@ -149,13 +153,15 @@ class Queue:
         free_space: Callable[[Path], int] = statvfs_free,
         recover: bool = True,
         id_slot: int = 0,
+        live: bool = True,
     ) -> Queue:
         """Create the directories (0700), open the store, and recover (see `store.recover`).
 
         With several server processes on one queue, only the supervisor recovers, before any
         worker starts (`recover_offline`): a worker must not take an orphan-looking body file of
         a sibling's message in progress for a leftover, so workers open with `recover=False`,
-        and each with its own `id_slot` (its index), so no two make the same queue id."""
+        and each with its own `id_slot` (its index), so no two make the same queue id.
+        `live=False`: no server runs (an offline tool holds its lock), so no lease is live."""
         now = clock.now()
 
         def setup() -> tuple[sqlite3.Connection, int, list[str]]:
@@ -183,6 +189,7 @@ class Queue:
             fsync_threads=fsync_threads,
             free_space=free_space,
             id_slot=id_slot,
+            live=live,
         )
 
     # ---- receiving ----
@@ -401,6 +408,13 @@ class Queue:
             log.info(logfmt("removed", id=queue_id))
         return done
 
+    async def free_leases(self, owner: str, *, recovered: bool) -> int:
+        """Free the queued rows leased to `owner` (see `QueueStore.free_leases`)."""
+        now = self._clock.now()
+        return await self._write(
+            lambda conn: store.free_leases(conn, owner, recovered=recovered, now=now)
+        )
+
     async def _write(
         self,
         run: Callable[[sqlite3.Connection], T],
@@ -469,12 +483,8 @@ def release_leases(root: Path, owner: str, now: float) -> int:
     conn = store.connect(str(root / "queue.db"))
     try:
         conn.execute("BEGIN IMMEDIATE")
-        cursor = conn.execute(
-            "UPDATE recipients SET recovered = 1, lease_owner = NULL, lease_until = NULL,"
-            " updated_at = ? WHERE status = 'queued' AND lease_owner = ?",
-            (now, owner),
-        )
+        freed = store.free_leases(conn, owner, recovered=True, now=now)
         conn.execute("COMMIT")
-        return cursor.rowcount
+        return freed
     finally:
         conn.close()

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import socket
-import sqlite3
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -53,7 +52,7 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
-from hato.queue import Committer, Queue
+from hato.queue import Committer, Queue, QueueError
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
 from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
 
@@ -184,8 +183,11 @@ class ControlServer:
             return {"ok": False, "error": str(exc)}
         except ConnectionError:
             raise
-        except (OSError, sqlite3.Error) as exc:
+        except QueueError as exc:
             # The store could not answer (disk, lock): the detail to the log and the client.
+            log.error(logfmt("control-failed", op=line[:64], error=exc.detail))
+            return {"ok": False, "error": exc.detail}
+        except OSError as exc:
             log.error(logfmt("control-failed", op=line[:64], error=str(exc)))
             return {"ok": False, "error": f"queue store: {exc}"}
 

@@ -13,7 +13,7 @@ text format; `serve_metrics(address, metrics)` binds it and runs until cancelled
 `bind_metrics` does the binding alone (for a composition root that binds everything before it
 says READY and drops privileges).
 
-May import model, queue (QueueStats) and server.httpguard; never config.
+May import model (QueueStats) and server.httpguard; never config.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar, assert_never
 
@@ -45,7 +44,7 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
-from hato.queue.admin import QueueStats
+from hato.model.queuestore import QueueError, QueueStats
 from hato.server.httpguard import GuardedSite, HttpLimits, serve_guarded
 
 log = logging.getLogger("hato.metrics")
@@ -344,7 +343,7 @@ async def refresh_queue(
     while True:
         try:
             metrics.queue(await stats(), now())
-        except (sqlite3.Error, OSError) as exc:
+        except (QueueError, OSError) as exc:
             metrics.queue_refresh_failures.inc()
             log.warning(logfmt("metrics-queue-failed", error=exc))
         await asyncio.sleep(interval)

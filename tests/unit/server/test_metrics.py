@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from hato.model import (
     Role,
     TempFailed,
 )
-from hato.queue.admin import QueueStats
+from hato.model.queuestore import QueueError, QueueStats
 from hato.server.metrics import (
     Metrics,
     MetricsBindError,
@@ -217,7 +216,7 @@ def test_queue_gauges_follow_the_periodic_refresh_and_survive_a_failed_reading()
     metrics = Metrics()
     readings: list[Callable[[], QueueStats]] = [
         lambda: stats(messages=3, queued=5, deferred=2, held=1, oldest=900.0, bytes=4096),
-        lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")),
+        lambda: (_ for _ in ()).throw(QueueError(None, "queue store: database is locked")),
         lambda: stats(),
     ]
     seen: list[Samples] = []
