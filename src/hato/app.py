@@ -48,6 +48,7 @@ from hato.boot.process import (
     listen_socket,
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
+from hato.boot.reportwatch import build_sender, open_reports, report_task, send_op
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
@@ -178,6 +179,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         filters=SpamFilters(metrics),
         metrics=metrics,
         published=published,
+        reports=(reports := open_reports(settings, data_dir, clock, outbound)),
     )
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
@@ -308,6 +310,11 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 limiter=shared.limiter,
                 keys=keys,
             )
+            sender = (
+                build_sender(settings, reports, dns, clock, submitter, data_dir)
+                if reports is not None and first
+                else None
+            )
             controller = control.ControlServer(
                 queue=queue,
                 runner=runner,
@@ -326,6 +333,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 reload=reloader.request,
                 renew=renew_op(acme),
                 committer=committer,
+                reports=send_op(sender, clock),
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(
@@ -360,6 +368,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 if first
                 else asyncio.Event().wait()
             )
+            reports_task = tasks.create_task(report_task(settings, sender, clock))
             interval = watchdog_interval()
             pets = tasks.create_task(
                 run_watchdog(notifier, interval) if interval else asyncio.Event().wait()
@@ -383,6 +392,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             pickup.cancel()
             gauges.cancel()
             doctor_task.cancel()
+            reports_task.cancel()
             pets.cancel()
     finally:
         for server in servers:
@@ -396,6 +406,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         users.close()
         shared.keys.close()
         shared.limiter.close()
+        if reports is not None:
+            reports.close()
         await shared.filters.aclose()
         if metrics_server is not None:
             await metrics_server.aclose()

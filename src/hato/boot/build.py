@@ -50,6 +50,7 @@ from hato.policy import (
 )
 from hato.policy.greylist import ScreenStore
 from hato.queue import Queue
+from hato.reports import Recorder
 from hato.server.clientsetup import Published
 from hato.server.httpguard import HttpLimits
 from hato.server.inbound import Enforcement, InboundChecker
@@ -242,6 +243,7 @@ class Shared:
     screen_store: ScreenStore | None = None  # DATA_DIR/screen.db, once [screen] needs it
     # What the web endpoint serves for each domain (MTA-STS, autoconfig); a reload swaps it.
     published: Published = field(default_factory=Published)
+    reports: Recorder | None = None  # [reports] enabled: DATA_DIR/reports.db (boot/reportwatch)
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)
@@ -280,6 +282,7 @@ def configured_fields(
             clock=shared.clock,
             enforcement=Enforcement(check.dmarc.value),
             budget=check.budget,
+            recorder=shared.reports,
         )
     selectors = {d.name: d.dkim_selector for d in settings.domains}
     found: list[str] = []

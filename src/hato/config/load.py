@@ -29,6 +29,7 @@ from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
     SECTIONS,
@@ -202,6 +203,7 @@ def settings_from_mapping(
     screen = _one(ScreenSettings, raw.get("screen", {}), "screen", context, problems)
     milters = _many(MilterSettings, raw.get("milter", []), "milter", context, problems, 0)
     doctor = _one(DoctorSettings, raw.get("doctor", {}), "doctor", context, problems)
+    reports = _one(ReportsSettings, raw.get("reports", {}), "reports", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -224,6 +226,7 @@ def settings_from_mapping(
         or wkd is None
         or screen is None
         or doctor is None
+        or reports is None
     ):
         raise ConfigError(source, problems)
     return Settings(
@@ -247,6 +250,7 @@ def settings_from_mapping(
         screen=screen,
         milters=tuple(milter for _, milter in milters),
         doctor=doctor,
+        reports=reports,
         data_dir_origin=origin,
     )
 

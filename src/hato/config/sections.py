@@ -46,6 +46,7 @@ from hato.config.ops_sections import (
 )
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.values import (
     ListenAddress,
@@ -498,5 +499,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "screen": ScreenSettings,
     "milter": MilterSettings,
     "doctor": DoctorSettings,
+    "reports": ReportsSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

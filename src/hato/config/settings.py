@@ -14,6 +14,7 @@ from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
+from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
     DomainSettings,
@@ -52,6 +53,7 @@ class Settings:
     screen: ScreenSettings = field(default_factory=lambda: ScreenSettings.model_validate({}))
     milters: tuple[MilterSettings, ...] = ()  # [[milter]], asked in this order
     doctor: DoctorSettings = field(default_factory=lambda: DoctorSettings.model_validate({}))
+    reports: ReportsSettings = field(default_factory=lambda: ReportsSettings.model_validate({}))
     # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
     # messages that say which data directory a command used, and how to choose another).
     data_dir_origin: str = "server.data_dir"

@@ -18,7 +18,7 @@ destination and a time bound for the whole attempt. For one group:
    handshake, after which the same address is tried once without TLS (RFC 3207 §4.1).
 What is still pending when the hops run out keeps the last reply it got.
 
-Must not import anything of hato but model, smtp and delivery.
+Must not import anything of hato but model, smtp, reports (the TLS report events) and delivery.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from hato.delivery.smtp_client import (
     TlsMode,
 )
 from hato.delivery.tlspolicy import HopTls, PolicyInputs, PolicyRefusal, TlsLevel, decide
+from hato.delivery.tlsreport import TlsReporting
 from hato.delivery.transport import OutboundSettings, Smarthost, TransportKind
 from hato.model import (
     Clock,
@@ -133,6 +134,7 @@ class OutboundCourier:
         )
         self.limiter = Limiter(settings.max_connections_per_domain, settings.max_connections)
         self.egress = EgressMonitor(clock)
+        self.tls_reports: TlsReporting | None = None  # [reports] tlsrpt (delivery/tlsreport.py)
 
     def reconfigure(
         self,

@@ -3,7 +3,7 @@
 `Attempt.run` walks the hops and addresses the courier hands it and keeps, per recipient, the
 final outcome (Delivered, 5xx) or the latest temporary one; see outbound.py's docstring.
 
-Must not import anything of hato but model, smtp and delivery.
+Must not import anything of hato but model, smtp, reports (the TLS report events) and delivery.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from hato.delivery.tlspolicy import (
     TlsLevel,
     requiretls_refusal,
 )
+from hato.delivery.tlsreport import TlsReporting, failure_of, refusal_failure
 from hato.delivery.transport import TransportKind
 from hato.model import (
     Delivered,
@@ -113,6 +114,8 @@ class Attempt:
             and dest.kind is not TransportKind.LMTP
         )
         self.head = b""
+        self.inputs: PolicyInputs | None = None
+        self.tls_used = False  # the last transaction ran over TLS (for the TLS reports)
 
     async def run(self) -> dict[int, Outcome]:
         hops = await self.courier.hops(self.dest)
@@ -126,6 +129,7 @@ class Attempt:
         # RFC 8689 §4.1: "TLS-Required: No" counts only without the REQUIRETLS parameter.
         optional = not self.requiretls and tls_required_no(self.head)
         inputs = await self.courier.policy_inputs(self.dest, self.requiretls, optional)
+        self.inputs = inputs
         for hop in hops:
             if not self.pending:
                 break
@@ -136,6 +140,10 @@ class Attempt:
         tls = await self.courier.hop_tls(inputs, hop)
         if isinstance(tls, PolicyRefusal):
             log.warning(logfmt("tls-policy-refused", host=hop.host, reply=str(tls.reply)))
+            reporting = self._reporting(hop)
+            if reporting is not None:
+                failure = refusal_failure(tls)
+                reporting.failure(inputs, None, hop.host, "", failure, tls.reply.text)
             self._fail_all(_failed(tls.reply))  # a 5.7.30 (REQUIRETLS) is final with no hop left
             return
         addresses = await self.courier.addresses(hop)
@@ -150,11 +158,17 @@ class Attempt:
     async def _address(self, hop: Hop, address: str, tls: HopTls) -> None:
         options = self.courier.options(hop, address, tls, plaintext=False)
         mx = hop.smarthost is None and not hop.configured and not hop.lmtp
+        reporting = self._reporting(hop)
         try:
             await self._transaction(options, tls)
             if mx:
                 self.courier.egress.connected()
+            if reporting is not None and self.inputs is not None and self.tls_used:
+                reporting.success(self.inputs, tls, hop.host, address)
         except DeliveryError as exc:
+            if reporting is not None and self.inputs is not None and exc.stage == "tls":
+                failure = failure_of(exc, tls)
+                reporting.failure(self.inputs, tls, hop.host, address, failure, exc.reply.text)
             if mx:
                 # delivery/egress.py: many MX hosts failing at TCP connect means OP25B.
                 if exc.stage == "connect":
@@ -171,6 +185,12 @@ class Attempt:
                     self._connection_failed(hop, address, again)
                 return
             self._connection_failed(hop, address, exc)
+
+    def _reporting(self, hop: Hop) -> TlsReporting | None:
+        """[reports] tlsrpt: only MX hops are a domain's policy (RFC 8460 §4)."""
+        reporting = self.courier.tls_reports
+        mx = hop.smarthost is None and not hop.configured and not hop.lmtp
+        return reporting if mx and self.dest.domain else None
 
     def _connection_failed(self, hop: Hop, address: str, exc: DeliveryError) -> None:
         log.info(
@@ -192,6 +212,7 @@ class Attempt:
     async def _transaction(self, options: ConnectOptions, tls: HopTls) -> None:
         key = pool_key(options, tls)
         session = await self.courier.connect(options, key)
+        self.tls_used = session.tls is not None
         keep = False
         try:
             # An LMTP server (Dovecot) often greets with this machine's own name: no loop.

@@ -9,6 +9,7 @@ Every request names an `op`:
     {"op": "status"}                         -> queue figures, last-hour outcomes, uptime
     {"op": "reload"}                         -> {"ok": true, "reload": {"applied": ..., ...}}
     {"op": "tls.renew"}                      -> {"ok": true, "certificate": {"serial": ...}}
+    {"op": "reports.send"}                   -> {"ok": true, "reports": {"sent": [...], ...}}
     {"op": "queue.list", "domain": ...}      -> {"ok": true, "rows": [...]}
     {"op": "queue.show", "id": ...}          -> {"ok": true, "message": {...}}
     {"op": "queue.hold" | "queue.release" | "queue.flush" | "queue.delete" | "queue.bounce",
@@ -111,6 +112,7 @@ class ControlServer:
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
         committer: Committer | None = None,
+        reports: Callable[[], Awaitable[dict[str, list[str]]]] | None = None,
     ) -> None:
         # `committer`: the runner's, so `hato queue bounce`'s DSNs are protected as its are.
         self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname, committer=committer)
@@ -124,6 +126,7 @@ class ControlServer:
         self._counter = counter
         self._reload = reload
         self._renew = renew  # [tls] acme: order a certificate now (boot/acme.py)
+        self._reports = reports  # [reports]: send the reports now (boot/reportwatch.py)
         self._started = clock.now()
         self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
         self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
@@ -207,6 +210,10 @@ class ControlServer:
             if "error" in certificate:
                 raise RequestError(f"tls renew: the order failed: {certificate['error']}")
             return {"certificate": certificate}
+        if op == "reports.send":
+            if self._reports is None:
+                raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
+            return {"reports": await self._reports()}
         selector = _selector(request)
         if op == "queue.list":
             return {"rows": [as_json(row) for row in await self._admin.list(selector)]}

@@ -49,6 +49,8 @@ from hato.authcheck.offload import ProcessPool, WorkerPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
+from hato.reports import Recorder
+from hato.reports.capture import dmarc_events
 from hato.server.capture import LargeMessage
 
 DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
@@ -83,8 +85,10 @@ class InboundChecker:
         enforcement: Enforcement = Enforcement.POLICY,
         budget: float = 20.0,
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._resolver = resolver
+        self._recorder = recorder  # [reports]: the DMARC aggregate report data (hato.reports)
         self._authserv_id = authserv_id
         self._clock = clock
         self._enforcement = enforcement
@@ -122,7 +126,28 @@ class InboundChecker:
         verdict = InboundVerdict(
             header, arc.status, summary=summary, spf_pass=spf.result is SpfResultCode.PASS
         )
-        return self._decide(verdict, decisive)
+        verdict = self._decide(verdict, decisive)
+        if self._recorder is not None and not isinstance(dmarc, FromProblem):
+            self._record(dmarc, client_ip, sender, spf, dkim, verdict)
+        return verdict
+
+    def _record(
+        self,
+        dmarc: tuple[DmarcResult, ...],
+        client_ip: str,
+        sender: str,
+        spf: SpfResult,
+        dkim: tuple[DkimResult, ...],
+        verdict: InboundVerdict,
+    ) -> None:
+        assert self._recorder is not None
+        if verdict.refuse is DMARC_DEFER:
+            return  # RFC 7489 §11.2 temperror: the client tries again, counted then
+        applied = "reject" if verdict.refuse else "quarantine" if verdict.quarantine else "none"
+        events = dmarc_events(dmarc, time=self._clock.now(), source_ip=client_ip,
+                              mail_from=sender, spf=spf, dkim=dkim, applied=applied)  # fmt: skip
+        for event in events:
+            self._recorder.record_dmarc(event)
 
     def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
         if isinstance(dmarc, FromProblem) or self._enforcement is Enforcement.REPORT:

@@ -1,0 +1,132 @@
+"""The reports inside `hato serve` ([reports], docs/reports.md): the store every worker records
+into, the sender the first worker runs at each interval's end, and the control socket's
+`reports.send` (`hato report send`).
+
+Theory of operation: with `[reports] enabled`, each worker opens `reports.db` (WAL: many
+writers) and hands it to its mx sessions (DMARC results, server/inbound.py) and, with
+`tlsrpt`, to its outbound courier (TLS results, delivery/tlsreport.py). The first worker
+sleeps until the next interval boundary (the UTC `hour`, then every `interval` seconds after
+it), then sends the reports of everything recorded before it. A report message is DKIM-signed
+here with the key of its From domain (as submission signs) and queued by local submission
+from `from_address`. `hato report send --now` runs the same step at once, up to now.
+
+May import every room (part of the composition root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hato.delivery.outbound import OutboundCourier
+from hato.delivery.tlsreport import TlsReporting
+from hato.model import Clock, logfmt
+from hato.model.dns import Resolver
+from hato.reports import SqliteReportStore
+from hato.reports.aggregate import Submitter
+from hato.reports.sender import ReportSender, SubmitFailed
+from hato.server.control import Submit
+from hato.server.localsubmit import SubmitRefused
+from hato.server.signing import OutboundSigner, load_signers
+
+if TYPE_CHECKING:
+    from hato.config import Settings
+
+log = logging.getLogger("hato.reports")
+
+SendOp = Callable[[], Awaitable[dict[str, list[str]]]]
+
+
+def open_reports(
+    settings: Settings, data_dir: Path, clock: Clock, outbound: OutboundCourier
+) -> SqliteReportStore | None:
+    """The store to record into (None without [reports] enabled); wires the courier's TLS
+    results when [reports] tlsrpt."""
+    if not settings.reports.enabled:
+        return None
+    store = SqliteReportStore.in_data_dir(data_dir)
+    if settings.reports.tlsrpt:
+        outbound.tls_reports = TlsReporting(store, clock)
+    return store
+
+
+def submitter(settings: Settings) -> Submitter:
+    sender = settings.reports.sender(settings.domains[0].name)
+    return Submitter(
+        org_name=settings.reports.org_name or settings.server.hostname,
+        email=str(sender),
+        domain=sender.domain.lower(),
+    )
+
+
+def build_sender(
+    settings: Settings,
+    store: SqliteReportStore,
+    resolver: Resolver,
+    clock: Clock,
+    submit: Submit,
+    data_dir: Path,
+) -> ReportSender:
+    sender = settings.reports.sender(settings.domains[0].name)
+    selectors = {d.name: d.dkim_selector for d in settings.domains}
+    signer = OutboundSigner(load_signers(data_dir / "dkim", selectors, clock))
+
+    async def queue(mail_from: str, recipient: str, message: bytes) -> str:
+        signed = signer.sign(message, [sender]) + message
+        try:
+            # The server's own uid may send as any address (server/localsubmit.py).
+            return await submit(sender, [recipient], signed, uid=os.geteuid())
+        except (SubmitRefused, OSError) as exc:
+            raise SubmitFailed(str(exc)) from exc
+
+    return ReportSender(
+        store, resolver, queue, clock, submitter(settings), tlsrpt=settings.reports.tlsrpt
+    )
+
+
+def next_boundary(now: float, hour: int, interval: float) -> float:
+    """The first interval end after `now`: `hour`:00 UTC of some day, plus whole intervals."""
+    day_start = now - now % 86400 + hour * 3600
+    first = day_start - 86400 if day_start > now else day_start
+    steps = int((now - first) // interval) + 1
+    return first + steps * interval
+
+
+async def _periodic(settings: Settings, sender: ReportSender, clock: Clock) -> None:
+    r = settings.reports
+    while True:
+        end = next_boundary(clock.now(), r.hour, r.interval)
+        await asyncio.sleep(max(0.0, end - clock.now()))
+        try:
+            await sender.send(end)
+        except (OSError, TimeoutError) as exc:  # a DNS or disk failure: the next run retries
+            log.warning(logfmt("reports-failed", error=f"{type(exc).__name__}: {exc}"))
+
+
+def report_task(
+    settings: Settings, sender: ReportSender | None, clock: Clock
+) -> Coroutine[Any, Any, None]:
+    """What the first worker runs: the periodic reports (or nothing)."""
+    if sender is None:
+        return _forever()
+    return _periodic(settings, sender, clock)
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+def send_op(sender: ReportSender | None, clock: Clock) -> SendOp | None:
+    """The control socket's reports.send: report everything recorded up to now."""
+    if sender is None:
+        return None
+
+    async def send() -> dict[str, list[str]]:
+        summary = await sender.send(clock.now())
+        return {"sent": summary.sent, "skipped": summary.skipped}
+
+    return send
