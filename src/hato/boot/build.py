@@ -49,7 +49,7 @@ from hato.policy import (
     SendLimitSettings,
 )
 from hato.policy.greylist import ScreenStore
-from hato.queue import Queue
+from hato.queue import QueueStore
 from hato.reports import Recorder
 from hato.server.clientsetup import Published
 from hato.server.httpguard import HttpLimits
@@ -228,7 +228,7 @@ class Shared:
 
     clock: SystemClock
     data_dir: Path
-    queue: Queue
+    queue: QueueStore
     dns: DnsPythonResolver
     users: UserStore
     keys: KeyStore

@@ -23,7 +23,7 @@ from hato.policy import (
     SendLimiter,
     client_key,
 )
-from hato.queue import Queue
+from hato.queue import QueueStore
 from hato.server.auth import Accounts, ScramDecoy
 from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
@@ -136,7 +136,7 @@ class SessionContext:
 
     role: Role
     settings: ServerSettings
-    queue: Queue
+    queue: QueueStore
     resolver: Recipients
     clock: Clock
     idle_timeout: float

@@ -53,7 +53,7 @@ from hato.model import (
     TempFailed,
     logfmt,
 )
-from hato.queue import Committer, Queue, QueueError
+from hato.queue import Committer, QueueError, QueueStore
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
 from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
 
@@ -100,7 +100,7 @@ class ControlServer:
     def __init__(
         self,
         *,
-        queue: Queue,
+        queue: QueueStore,
         runner: Waker,
         submit: Submit | None,
         clock: Clock,

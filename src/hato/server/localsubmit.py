@@ -51,7 +51,7 @@ from hato.model import (
     parse_path,
 )
 from hato.policy import Accept, Defer, Reservation, SendLimiter
-from hato.queue import AUTH_PARAM, BodyWriter, Queue, QueueWriteError
+from hato.queue import AUTH_PARAM, BodyWriter, QueueStore, QueueWriteError
 from hato.server.headers import HeaderCapture
 from hato.server.protect import keyed_copies_needed, protect
 
@@ -184,7 +184,7 @@ class LocalSubmitter:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: QueueStore,
         resolver: RecipientLookup,
         *,
         hostname: str,

@@ -38,7 +38,7 @@ from hato.crypto import (
     split_for_encryption,
 )
 from hato.model import Address, Clock, Reply, logfmt
-from hato.queue import BodyWriter, Queue, QueueWriteError
+from hato.queue import BodyWriter, QueueStore, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
 
@@ -71,7 +71,7 @@ async def protect(
     scratch: SealedScratch,
     dests: Sequence[Address],
     now: dt.datetime,
-    queue: Queue,
+    queue: QueueStore,
     session: str,
 ) -> list[tuple[BodyWriter, tuple[Address, ...]]] | Reply:
     """The bodies to commit with their recipients, or the reply instead of 250: 451 4.7.5 when
@@ -128,7 +128,7 @@ async def seal_and_protect(
     data: bytes,
     dests: Sequence[Address],
     now: dt.datetime,
-    queue: Queue,
+    queue: QueueStore,
     session: str,
 ) -> list[tuple[BodyWriter, tuple[Address, ...]]] | Reply:
     """`protect` for a message made in memory (a DSN): through the same sealed scratch file."""
@@ -143,7 +143,7 @@ class KeyedCommitter:
     as the SMTP session's, with its key-failure policy (DEFER: the notice is not queued now,
     the runner tries again at the next attempt; PLAINTEXT: the warning-headed copy)."""
 
-    def __init__(self, queue: Queue, keys: KeyLookup, clock: Clock) -> None:
+    def __init__(self, queue: QueueStore, keys: KeyLookup, clock: Clock) -> None:
         self._queue = queue
         self._keys = keys
         self._clock = clock
