@@ -22,7 +22,7 @@ Not safe against a reader renaming the same file at the same moment (an IMAP ser
 flags): a file that changed between our read and our rename is left for the next run, but the
 window between that check and the rename remains; run it while the user is not connected.
 
-Must not import anything of hato but model.
+Must not import anything of hato but model and durable (fsync of files and directories).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from hato.crypto.encrypt import EncryptionError, encrypt_message
 from hato.crypto.keys import PublicKey
+from hato.durable.files import fsync_dir, write_all
 
 TMP_SUFFIX = ".hato-encrypt"
 # Dovecot's files in a Maildir (https://doc.dovecot.org/admin_manual/mailbox_formats/maildir/).
@@ -125,9 +126,7 @@ def _one(
         if (before.st_uid, before.st_gid) != (os.geteuid(), os.getegid()):
             os.fchown(fd, before.st_uid, before.st_gid)  # the mailbox owner's, as it was
         os.fchmod(fd, before.st_mode & 0o777)
-        view = memoryview(out)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, out)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -140,7 +139,7 @@ def _one(
         os.unlink(tmp_path)  # moved or rewritten by a reader meanwhile: leave it for next time
         return None
     os.rename(tmp_path, path)  # atomic: the name holds the original or the ciphertext
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return len(out), True
 
 
@@ -176,7 +175,7 @@ def _fix_sizes(folder: Path, sizes: dict[tuple[str, str], int]) -> dict[str, str
         for (sub, name), new in renames.items():
             os.rename(folder / sub / name, folder / sub / new)
         for sub in {sub for sub, _ in renames}:
-            _fsync_dir(folder / sub)
+            fsync_dir(folder / sub)
         if locked:
             bases = {
                 name.partition(":")[0]: new.partition(":")[0] for (_, name), new in renames.items()
@@ -206,17 +205,9 @@ def _rewrite_uidlist(uidlist: Path, bases: dict[str, str]) -> None:
         if (stat.st_uid, stat.st_gid) != (os.geteuid(), os.getegid()):
             os.fchown(fd, stat.st_uid, stat.st_gid)
         os.fchmod(fd, stat.st_mode & 0o777)
-        os.write(fd, "\n".join(lines).encode("utf-8", "surrogateescape"))
+        write_all(fd, "\n".join(lines).encode("utf-8", "surrogateescape"))
         os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, uidlist)
-    _fsync_dir(uidlist.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(uidlist.parent)

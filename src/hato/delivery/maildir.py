@@ -10,12 +10,12 @@ after a crash renames onto the same name and replaces the same message instead o
 A row found unfinished at start-up (``recovered``) or tried before is first looked up in ``new/``
 and in ``cur/``, where a reader may have moved it (adding ``:2,flags``), and not written again.
 
-All file work runs in worker threads (one by default), never on the event loop. A worker takes
-every ``deliver()`` call waiting at that moment as one batch: it writes all the tmp files, then
-makes them durable (an fsync for a single file; for several, one syncfs(2) per file system, one
-journal commit instead of one per file), renames each into ``new/``, fsyncs each distinct
-``new/`` directory once for the
-whole batch, and settles every caller with one wake-up of the event loop. The busier the server,
+All file work runs in worker threads (one by default, `hato.durable.worker`), never on the
+event loop. A worker takes every ``deliver()`` call waiting at that moment as one batch: it
+writes all the tmp files, then makes them durable (`hato.durable.files.sync_files`: an fsync
+for a single file; for several, one syncfs(2) per file system, one journal commit instead of
+one per file), renames each into ``new/``, fsyncs each distinct ``new/`` directory once for
+the whole batch, and settles every caller with one wake-up of the event loop. The busier the server,
 the bigger the batches (the same idea as the queue's group commit). A small body comes inline
 in the message (``QueuedMessage.body``); a file body up to 256 KiB is read once, a bigger one
 is copied by the kernel.
@@ -23,24 +23,23 @@ is copied by the kernel.
 A local failure (full disk, EIO) is a TempFailed with a ``retry_after`` hint (10 s, doubling
 per attempt), so mail accepted before a disk filled is delivered soon after room is made.
 
-Must not import anything of hato but model (DESIGN.md allows smtp and crypto to the room).
+Must not import anything of hato but model and durable (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
-import queue
-import threading
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hato.durable.files import fsync_dir, sync_files, write_all
+from hato.durable.worker import BatchWorker, call_on_loop
 from hato.model import (
     Address,
     Clock,
@@ -63,8 +62,6 @@ SMALL_BODY = 256 * 1024
 _CHUNK = 1024 * 1024
 # Copies (files) written per batch at most: each holds an open descriptor until its fsync.
 MAX_BATCH_COPIES = 256
-# From this many files of a batch on one file system, one syncfs(2) instead of an fsync each.
-SYNCFS_FROM = 2
 # After a local failure (full disk, EIO): try again after 10 s, 20 s, 40 s, ... (at most 5 min;
 # the queue's normal backoff is the upper bound anyway).
 LOCAL_RETRY_FIRST = 10.0
@@ -133,13 +130,6 @@ def _reply_for(exc: OSError) -> Reply:
     return LOCAL_ERROR  # EIO, EROFS, EACCES, a vanished body file, ...
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _copy_body(out_fd: int, body_fd: int, size: int) -> None:
     """Copy `size` bytes of the body file into `out_fd` without holding it in memory."""
     offset = 0
@@ -157,7 +147,7 @@ def _copy_body(out_fd: int, body_fd: int, size: int) -> None:
         chunk = os.pread(body_fd, min(_CHUNK, size - offset), offset)
         if not chunk:
             raise OSError(errno.EIO, "body file shorter than its size")
-        _write_all(out_fd, chunk)
+        write_all(out_fd, chunk)
         offset += len(chunk)
 
 
@@ -168,66 +158,6 @@ def _mkdir(path: str) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):  # not Linux (or no syncfs in its C library)
-        return None
-    return function
-
-
-# syncfs(2) through ctypes (which lets go of the GIL for the call); None where there is none.
-_SYNCFS = _load_syncfs()
-
-
-def _syncfs(fd: int) -> None:
-    """Write back every dirty file of the file system of `fd` and commit its journal once.
-
-    Since Linux 5.8 it also reports a writeback error of any file there (as fsync does)."""
-    assert _SYNCFS is not None
-    if _SYNCFS(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _sync_files(copies: Sequence[_Copy]) -> dict[int, OSError | None]:
-    """Make the written files of a batch durable; returns each descriptor's error (or None).
-
-    One file: fsync(2). Several: one syncfs(2) per file system instead of one fsync each. On
-    ext4 every fsync of a new file is its own journal commit and waits for it (~200 us here),
-    so a batch of N files waited N commits; syncfs writes them all back and commits once
-    (~35 us a file). The file system holds the mailboxes, so there is little else to write."""
-    result: dict[int, OSError | None] = {}
-    by_dev: dict[int, list[int]] = {}
-    for copy in copies:
-        by_dev.setdefault(copy.dev, []).append(copy.fd)
-    for fds in by_dev.values():
-        if len(fds) >= SYNCFS_FROM and _SYNCFS is not None:
-            try:
-                _syncfs(fds[0])
-                error: OSError | None = None
-            except OSError as exc:
-                error = exc  # we cannot tell which file failed: none of them is durable
-            result.update((fd, error) for fd in fds)
-            continue
-        for fd in fds:
-            try:
-                os.fsync(fd)
-                result[fd] = None
-            except OSError as exc:
-                result[fd] = exc
-    return result
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True, eq=False)
@@ -254,13 +184,6 @@ class _Copy:
     dev: int = 0  # the file system of the file (one syncfs per file system)
 
 
-class _Stop:
-    pass
-
-
-_STOP = _Stop()
-
-
 class MaildirCourier:
     """Delivers into Maildir++ mailboxes (implements `hato.model.Courier`).
 
@@ -284,9 +207,13 @@ class MaildirCourier:
         self._host = _escape_host(hostname)
         self._hostname = hostname
         self._clock = clock
-        self._max_threads = max(1, max_threads)
-        self._requests: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._worker = BatchWorker(
+            self._deliver_batch,
+            name="maildir",
+            max_batch=MAX_BATCH_COPIES,
+            threads=max(1, max_threads),
+            weight=lambda request: len(request.recipients),
+        )
         # Mailbox dirs seen to exist (skips the mkdirs) -> the file system they are on.
         self._known: dict[str, int] = {}
         self.batches = 0  # counters for the benchmark and tests
@@ -297,60 +224,28 @@ class MaildirCourier:
     ) -> list[Outcome]:
         if not recipients:
             return []
-        if not self._threads:
-            self._start()
+        if not self._worker.started:
+            self._worker.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Outcome]] = loop.create_future()
-        self._requests.put(_Request(message, recipients, loop, future, [None] * len(recipients)))
+        self._worker.submit(_Request(message, recipients, loop, future, [None] * len(recipients)))
         return await future
-
-    def _start(self) -> None:
-        for i in range(self._max_threads):
-            thread = threading.Thread(target=self._main, name=f"maildir-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
 
     def close(self) -> None:
         """Stop the worker threads (waits for running deliveries)."""
-        threads, self._threads = self._threads, []
-        for _ in threads:
-            self._requests.put(_STOP)
-        for thread in threads:
-            thread.join()
+        self._worker.stop()
 
     # -- the workers (threads) ---------------------------------------------------------------
 
-    def _main(self) -> None:
-        while True:
-            first = self._requests.get()
-            if isinstance(first, _Stop):
-                return
-            batch = [first]
-            copies = len(first.recipients)
-            stop = False
-            while copies < MAX_BATCH_COPIES:
-                try:
-                    nxt = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Stop):
-                    stop = True
-                    break
-                batch.append(nxt)
-                copies += len(nxt.recipients)
-            self._deliver_batch(batch)
-            if stop:
-                return
-
     def _deliver_batch(self, batch: list[_Request]) -> None:
-        """Write every copy of every message to tmp/, make them durable (`_sync_files`),
+        """Write every copy of every message to tmp/, make them durable (`sync_files`),
         rename each into new/, and fsync each distinct new/ directory once for the batch."""
         started = self._clock.monotonic()
         copies: list[_Copy] = []
         for request in batch:
             self._write_request(request, copies)
         # Maildir: every file is durable before its rename into new/ (DESIGN.md: durable).
-        synced = _sync_files([copy for copy in copies if copy.fd >= 0])
+        synced = sync_files((copy.fd, copy.dev) for copy in copies if copy.fd >= 0)
         written: list[_Copy] = []
         for copy in copies:
             if copy.fd < 0:
@@ -373,7 +268,7 @@ class MaildirCourier:
             by_dir.setdefault(copy.new_dir, []).append(copy)
         for new_dir, in_dir in by_dir.items():
             try:
-                _fsync_dir(new_dir)  # the renames survive a crash only once new/ is synced
+                fsync_dir(new_dir)  # the renames survive a crash only once new/ is synced
             except OSError as exc:
                 # The files may be in new/ already; a retry renames onto the same names.
                 log.warning(logfmt("maildir-fsync-failed", dir=new_dir, error=exc))
@@ -396,8 +291,7 @@ class MaildirCourier:
         for request in batch:
             by_loop.setdefault(request.loop, []).append(request)
         for loop, requests in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                loop.call_soon_threadsafe(_settle, requests)
+            call_on_loop(loop, _settle, requests)
 
     def _write_request(self, request: _Request, copies: list[_Copy]) -> None:
         """Open the body once and write one tmp/ file per recipient (no fsync yet)."""
@@ -499,9 +393,9 @@ class MaildirCourier:
         fd, dev = self._open_tmp(mailbox, tmp_path)
         try:
             if body is not None:
-                _write_all(fd, header + body)
+                write_all(fd, header + body)
             else:
-                _write_all(fd, header)
+                write_all(fd, header)
                 _copy_body(fd, body_fd, body_size)
         except BaseException:
             os.close(fd)
@@ -564,7 +458,7 @@ class MaildirCourier:
         if any(made):
             changed.append(mailbox)
         for path in changed:
-            _fsync_dir(path)  # new directory entries must survive a crash too
+            fsync_dir(path)  # new directory entries must survive a crash too
 
     def _already_there(self, mailbox: str, base: str, name: str) -> bool:
         """Whether an earlier attempt delivered this copy (in new/, or moved to cur/)."""

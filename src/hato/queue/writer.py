@@ -1,9 +1,10 @@
 """Group commit: one thread owns the SQLite connection and commits many jobs at once.
 
-Must not import anything of hato but model and this room.
+Must not import anything of hato but model, durable and this room.
 
 Theory of operation: jobs (a function of the connection) arrive on a thread-safe queue.
-The writer thread blocks for the first one, then takes every job already waiting (a batch),
+The writer thread (a `hato.durable.worker.BatchWorker`) blocks for the first one, then takes
+every job already waiting (a batch),
 fsyncs the messages directory once if any job in the batch added a body file, runs each
 job inside its own SAVEPOINT of ONE transaction (a failing job rolls back alone), commits
 (WAL + synchronous=FULL: the commit is one fsync of the WAL), and settles the whole batch on
@@ -18,13 +19,12 @@ import asyncio
 import fcntl
 import logging
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from hato.durable.worker import BatchWorker, call_on_loop
 from hato.model import logfmt
 from hato.queue.body import QueueWriteError
 
@@ -56,13 +56,6 @@ class Job(Generic[T]):
     error: BaseException | None = field(default=None, init=False)
 
 
-class _Stop:
-    pass
-
-
-_STOP = _Stop()
-
-
 class GroupCommitWriter:
     """The writer thread; `submit()` may be called from any thread."""
 
@@ -81,42 +74,24 @@ class GroupCommitWriter:
             else os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         )
         self._loop = loop
-        self._jobs: queue.SimpleQueue[Job[Any] | _Stop] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name="hato-queue-writer", daemon=True)
+        self._worker: BatchWorker[Job[Any]] = BatchWorker(
+            self._run_batch, name="hato-queue-writer", max_batch=MAX_BATCH
+        )
         self.batches = 0  # counters for the benchmark and tests
         self.jobs_done = 0
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def submit(self, job: Job[Any]) -> None:
-        self._jobs.put(job)
+        self._worker.submit(job)
 
     def stop(self) -> None:
         """Finish the jobs already submitted, then end the thread (blocks: run in a thread)."""
-        self._jobs.put(_STOP)
-        self._thread.join()
+        self._worker.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    def _main(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._jobs.get()
-            if isinstance(first, _Stop):
-                break
-            batch: list[Job[Any]] = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Stop):
-                    stopping = True
-                    break
-                batch.append(nxt)
-            self._run_batch(batch)
 
     def _run_batch(self, batch: list[Job[Any]]) -> None:
         try:
@@ -142,7 +117,7 @@ class GroupCommitWriter:
                 log.warning(logfmt("after-commit-failed", error=exc.strerror))
         self.batches += 1
         self.jobs_done += len(batch)
-        self._loop.call_soon_threadsafe(_settle, batch)
+        call_on_loop(self._loop, _settle, batch)
 
     def _commit_batch(self, batch: list[Job[Any]]) -> None:
         dir_error: OSError | None = None

@@ -14,6 +14,7 @@ import pytest
 
 from hato.delivery import MaildirCourier
 from hato.delivery import maildir as maildir_module
+from hato.durable import files as durable_files
 from hato.model import (
     Address,
     Courier,
@@ -205,14 +206,14 @@ def test_several_recipients_one_worker_call_one_dir_fsync_each(
     run(courier, msg, [rcpt(10, "alice@example.org"), rcpt(11, "bob@example.org")])
     synced: list[str] = []
     threads: set[str] = set()
-    real = maildir_module._fsync_dir
+    real = durable_files.fsync_dir
 
     def counting(path: str) -> None:
         synced.append(path)
         threads.add(threading.current_thread().name)
         real(path)
 
-    monkeypatch.setattr(maildir_module, "_fsync_dir", counting)
+    monkeypatch.setattr(maildir_module, "fsync_dir", counting)
     outcomes = run(courier, msg, [*recipients, rcpt(4, "alice@example.org")])
     assert outcomes == [Delivered("maildir")] * 4
     new_dirs = [p for p in synced if p.endswith("/new")]
@@ -307,7 +308,7 @@ def test_failed_dir_fsync_is_temp_failure_and_retry_is_idempotent(
 ) -> None:
     msg = message(tmp_path)
     run(courier, msg, [rcpt(1, "alice@example.org")])
-    monkeypatch.setattr(maildir_module, "_fsync_dir", failing(errno.EIO))
+    monkeypatch.setattr(maildir_module, "fsync_dir", failing(errno.EIO))
     [outcome] = run(courier, msg, [rcpt(2, "alice@example.org", attempts=2)])
     assert isinstance(outcome, TempFailed) and outcome.retry_after == 40.0  # 10 s, 20 s, 40 s
     monkeypatch.undo()
@@ -382,13 +383,13 @@ def test_waiting_deliveries_are_one_batch_with_one_fsync_per_new_dir(
 ) -> None:
     courier = MaildirCourier(root, "mx.example.org", clock=FakeClock())
     synced: list[str] = []
-    real = maildir_module._fsync_dir
+    real = durable_files.fsync_dir
 
     def counting(path: str) -> None:
         synced.append(path)
         real(path)
 
-    monkeypatch.setattr(maildir_module, "_fsync_dir", counting)
+    monkeypatch.setattr(maildir_module, "fsync_dir", counting)
 
     async def main() -> list[list[Outcome]]:
         first = QueuedMessage("Q0", None, RECEIVED_AT, "", 4, body=b"x\r\n")
@@ -447,23 +448,23 @@ def test_a_failed_copy_in_a_batch_fails_alone(
     assert len(files(root / "example.org" / "alice" / "new")) == 2
 
 
-@pytest.mark.skipif(maildir_module._SYNCFS is None, reason="syncfs(2) is Linux only")
+@pytest.mark.skipif(not durable_files.has_syncfs(), reason="syncfs(2) is Linux only")
 def test_a_batch_is_synced_with_one_syncfs_and_its_failure_fails_every_copy(
     courier: MaildirCourier, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     msg = message(tmp_path)
     run(courier, msg, [rcpt(1, "alice@example.org"), rcpt(2, "bob@example.org")])
     calls: list[int] = []
-    real = maildir_module._syncfs
+    real = durable_files.syncfs
 
     def counting(fd: int) -> None:
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(maildir_module, "_syncfs", counting)
+    monkeypatch.setattr(durable_files, "syncfs", counting)
     outcomes = run(courier, msg, [rcpt(3, "alice@example.org"), rcpt(4, "bob@example.org")])
     assert outcomes == [Delivered("maildir")] * 2 and len(calls) == 1
-    monkeypatch.setattr(maildir_module, "_syncfs", failing(errno.EIO))
+    monkeypatch.setattr(durable_files, "syncfs", failing(errno.EIO))
     outcomes = run(courier, msg, [rcpt(5, "alice@example.org"), rcpt(6, "bob@example.org")])
     local_error = Reply(451, "4.3.0", "Local error in processing, try again later")
     assert outcomes == [TempFailed(local_error, retry_after=10.0)] * 2

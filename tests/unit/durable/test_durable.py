@@ -1,0 +1,89 @@
+"""hato.durable: the durable-file kit (write, fsync, syncfs, the batching worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from hato.durable import files
+from hato.durable.worker import BatchWorker, call_on_loop
+
+
+def test_write_all_writes_everything_and_fsync_dir_syncs_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        files.write_all(fd, b"x" * 300_000)
+    finally:
+        os.close(fd)
+    files.fsync_dir(tmp_path)
+    assert path.read_bytes() == b"x" * 300_000
+    with pytest.raises(NotADirectoryError):
+        files.fsync_dir(path)
+
+
+def test_sync_files_uses_one_syncfs_per_file_system_and_fsync_for_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not files.has_syncfs():
+        pytest.skip("syncfs(2) is Linux only")
+    calls: list[int] = []
+    monkeypatch.setattr(files, "syncfs", calls.append)
+    fds = [os.open(tmp_path / str(i), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(3)]
+    try:
+        dev = os.fstat(fds[0]).st_dev
+        assert files.sync_files([(fd, dev) for fd in fds]) == dict.fromkeys(fds)
+        assert calls == [fds[0]]
+        assert files.sync_files([(fds[1], dev)]) == {fds[1]: None}
+        assert calls == [fds[0]]  # one file: its own fsync
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        monkeypatch.setattr(files, "syncfs", failing)
+        result = files.sync_files([(fd, dev) for fd in fds])
+        assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in result.values())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_waiting_jobs_are_one_batch_up_to_the_weight_limit_and_stop_finishes_them() -> None:
+    batches: list[list[int]] = []
+    worker: BatchWorker[int] = BatchWorker(batches.append, name="t", max_batch=5, weight=int)
+    for n in (1, 2, 2, 3, 1, 9, 1):
+        worker.submit(n)  # all waiting when the thread starts
+    worker.start()
+    worker.stop()
+    # A batch takes waiting jobs until its weight reaches 5 (the last one may pass it).
+    assert batches == [[1, 2, 2], [3, 1, 9], [1]]
+    assert not worker.started
+
+
+def test_call_on_loop_settles_on_the_loop_and_ignores_a_closed_loop() -> None:
+    loop = asyncio.new_event_loop()
+    seen: list[str] = []
+    try:
+
+        async def main() -> None:
+            done = asyncio.Event()
+
+            def settle(arg: str) -> None:
+                seen.append(arg)
+                done.set()
+
+            thread = threading.Thread(target=call_on_loop, args=(loop, settle, "a"))
+            thread.start()
+            await done.wait()
+            thread.join()
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    call_on_loop(loop, seen.append, "b")  # closed: nothing, no error
+    assert seen == ["a"]
