@@ -8,7 +8,6 @@ example.org accepts any local part; users.test has only alice and load.
 from __future__ import annotations
 
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from dialog_runner import DialogError, Expect, ExpectClosed, Send, parse_dialog
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from peers.hato import HatoServer
 
 LIVE = sorted((Path(__file__).parent / "live").glob("*.dialog"))

@@ -11,7 +11,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from peers.net import LOOPBACK, free_port
 from peers.server import AcmeSetup, DomainSetup, MailSetup
 from peers.tls import make_test_ca
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 STARTTLS = ("-starttls", "smtp", "-servername", "hato.test")

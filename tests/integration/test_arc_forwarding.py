@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import smtplib
 import subprocess
-import sys
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -17,7 +16,6 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 

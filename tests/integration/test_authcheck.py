@@ -7,7 +7,6 @@ import asyncio
 import smtplib
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
+from dnsserver import DnsTestServer, ZoneValue
 from hato.authcheck import (
     ArcStatus,
     DkimAlgorithm,
@@ -27,9 +27,6 @@ from hato.authcheck import (
 )
 from hato.dns import DnsPythonResolver
 from hato.server.tls import ensure_self_signed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsserver import DnsTestServer, ZoneValue
 
 SENDER_KEY, SENDER_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
 

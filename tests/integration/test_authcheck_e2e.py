@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import smtplib
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 SENDER = "alice@sender.example"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,10 +25,8 @@ from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
 
-from hato.authcheck import DkimAlgorithm, DkimSigner, SigningKey
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
+from hato.authcheck import DkimAlgorithm, DkimSigner, SigningKey
 
 SIZE = 12 * 1024 * 1024
 RSA_KEY = SigningKey(DkimAlgorithm.RSA_SHA256, rsa.generate_private_key(65537, 2048))

@@ -20,11 +20,9 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
+from dnsserver import DnsTestServer, ZoneValue
 from hato.authcheck import DkimAlgorithm, generate_key
 from hato.server.tls import ensure_self_signed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsserver import DnsTestServer, ZoneValue
 
 _, KEY_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
 SIGNATURES = 20

@@ -6,7 +6,6 @@ DMARC, a p=reject domain's mail gets 451 4.4.3, not 550 (RFC 7208 §2.6.6 and §
 from __future__ import annotations
 
 import smtplib
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,8 @@ from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-from hato.authcheck import DkimAlgorithm, generate_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
+from hato.authcheck import DkimAlgorithm, generate_key
 
 KEY, KEY_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {

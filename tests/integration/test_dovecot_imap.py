@@ -11,7 +11,6 @@ import os
 import pwd
 import re
 import smtplib
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,11 +22,8 @@ from peers.hato import HatoServer
 from peers.net import LOOPBACK
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
-from cryptokeys import make_cert
-
 from dnsserver import DnsTestServer, ZoneValue
+from kit.cryptokeys import make_cert
 
 OWNER = "nobody"  # any unprivileged account there is everywhere
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from peers.outbound_hato import SENDER, OutboundConfig, OutboundHato
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 RCPT = "jörg.müller@dest.test"

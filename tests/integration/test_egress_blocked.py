@@ -15,7 +15,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +27,6 @@ from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 import uuid
@@ -20,8 +19,7 @@ from peers.hato import HatoServer, hato_binary
 from peers.net import free_port
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
-from cryptokeys import Gpg, make_cert, need
+from kit.cryptokeys import Gpg, make_cert, need
 
 
 @pytest.fixture(scope="module")

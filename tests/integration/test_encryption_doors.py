@@ -22,8 +22,7 @@ from peers.net import LOOPBACK, free_port
 from peers.outbound_scripted import ScriptedPeer, Step
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
-from cryptokeys import Gpg, Smime, make_cert, need
+from kit.cryptokeys import Gpg, Smime, make_cert, need
 
 SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 REFUSED = "550 5.1.1 no such user here"

@@ -19,8 +19,7 @@ from peers import maildir
 from peers.hato import HatoServer, hato_binary
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
-from cryptokeys import Gpg, make_cert, need
+from kit.cryptokeys import Gpg, make_cert, need
 
 SIZE = 30 * 1024 * 1024
 MARKER = b"Zq7xK3-large"

@@ -15,7 +15,6 @@ hosts c.test, the domain of the (unauthenticated, unchecked) sender dave.
 from __future__ import annotations
 
 import smtplib
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +26,9 @@ from peers.hato import HatoServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
+from dnsserver import DnsTestServer
 from hato.delivery.srs import Srs
 from hato.model import Address
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsserver import DnsTestServer
 
 ZONE = {
     "a.test": {"MX": [(10, "mx.a.test")]},

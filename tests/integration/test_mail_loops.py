@@ -21,7 +21,6 @@ from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))

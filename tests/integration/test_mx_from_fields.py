@@ -9,7 +9,6 @@ stopped before) were a DMARC permerror, and a spoof of a p=reject domain was del
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 # 127.0.0.1 (the test client) is allowed by neither domain's SPF: both fail DMARC.

@@ -35,7 +35,6 @@ from peers.outbound_scripted import ScriptedPeer, Transaction
 from peers.server import USER_PASSWORD
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 RCPT = "bob@peer.test"

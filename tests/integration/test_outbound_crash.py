@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 RCPT = "bob@peer.test"

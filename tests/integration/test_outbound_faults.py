@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer, Step
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 RCPT = "bob@peer.test"

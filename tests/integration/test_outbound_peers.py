@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from peers.outbound_peers import Dovecot, PostfixSubmission, PostfixTlsReceiver
 from peers.server import DomainSetup, MailSetup
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ from peers.outbound_peers import SmtpSink
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {

@@ -8,7 +8,6 @@ certificates come from a second, private CA that the system does not know."""
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,7 +20,6 @@ from peers.outbound_peers import Dovecot, PostfixSubmission, PostfixTlsReceiver
 from peers.server import DomainSetup, MailSetup
 from peers.tls import TestCA, make_test_ca
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer, ZoneValue
 
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {

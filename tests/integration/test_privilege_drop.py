@@ -9,7 +9,6 @@ import pwd
 import shutil
 import smtplib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,9 @@ from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 from peers.tls import TestCA
 
-from hato.authcheck import DkimAlgorithm, generate_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "crypto"))
-from cryptokeys import make_cert
-
 from dnsserver import DnsTestServer
+from hato.authcheck import DkimAlgorithm, generate_key
+from kit.cryptokeys import make_cert
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import re
 import smtplib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -7,7 +7,6 @@ import signal
 import smtplib
 import socket
 import ssl
-import sys
 import time
 from pathlib import Path
 
@@ -18,10 +17,8 @@ from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.server import DomainSetup, MailSetup, TlsFiles
 from peers.tls import TestCA
 
-from hato.server.tls import ensure_self_signed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
+from hato.server.tls import ensure_self_signed
 
 
 def _hup(server: HatoServer, expect: str) -> None:

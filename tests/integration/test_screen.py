@@ -21,7 +21,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +32,6 @@ from peers.clients import message
 from peers.hato import HatoServer, hato_binary
 from peers.net import RawSession, free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 BL, WL, OTHER = "bl.test", "wl.test", "other.test"

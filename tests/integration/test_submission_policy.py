@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,6 @@ from peers.net import LOOPBACK, RawSession, wait_for_listener
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 from peers.tls import TestCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DnsTestServer
 
 # RFC 5782 §2.1: 127.0.0.1 is asked as 1.0.0.127.<zone>; an A record in 127/8 means listed.

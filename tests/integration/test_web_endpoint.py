@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import re
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from peers.net import free_port
 from peers.server import MailSetup, submission_setup
 from peers.tls import TestCA
 
+from dnsserver import DnsTestServer
 from hato.delivery.mtasts import (
     HttpsPolicyFetcher,
     MtaSts,
@@ -28,9 +28,6 @@ from hato.delivery.mtasts import (
 )
 from hato.dns import DnsPythonResolver
 from hato.model import SystemClock
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dnsserver import DnsTestServer
 
 
 class WebHato(HatoServer):

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key, verify_dkim
 from hato.authcheck.results import find_forged, without_fields
 from hato.model.dns import RdType, TxtRecord
 from hato.server.inbound import InboundChecker
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
-from dnsserver import FakeResolver
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/vectors -> tests/
 from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.arc import ArcSealer, ArcStatus, our_results, verify_arc
 from hato.authcheck.dkim import load_signing_key

@@ -23,6 +23,7 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.dkim import (
     DkimAlgorithm,
     DkimSigner,
@@ -32,9 +33,6 @@ from hato.authcheck.dkim import (
     verify_dkim,
 )
 from hato.model.dns import RdType, TxtRecord
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/vectors -> tests/
-from dnsserver import FakeResolver, FakeValue
 
 DATA = Path("/work/shared/vectors/dkim")
 if not DATA.exists():

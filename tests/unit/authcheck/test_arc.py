@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
+from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key
 from hato.model.dns import RdType, TxtRecord
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import FakeResolver
 
 HEADERS = (
     b"Authentication-Results: fwd.example; spf=pass smtp.mailfrom=a@example.com\r\n"

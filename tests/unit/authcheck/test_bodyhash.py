@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import sys
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -17,12 +16,10 @@ from dkim.canonicalization import Relaxed, Simple  # type: ignore[import-untyped
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.bodyhash import SPILL_AT, BodyHash, SignatureBodies
 from hato.authcheck.dkim import DkimStatus, header_block, verify_dkim
 from hato.model.dns import RdType, TxtRecord
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit/authcheck -> tests/
-from dnsserver import FakeResolver, FakeValue
 
 DATA = Path("/work/shared/vectors/dkim")
 MESSAGES = sorted(

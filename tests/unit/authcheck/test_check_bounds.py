@@ -5,12 +5,11 @@ signatures; ARC chains of at most 50 sets, RFC 8617 §5.2), and dkimpy's work ru
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
+from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import (
     MAX_SIGNATURES,
@@ -23,9 +22,6 @@ from hato.authcheck.dkim import (
 )
 from hato.authcheck.offload import WorkerPool
 from hato.model.dns import RdType, TxtRecord
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import FakeResolver
 
 _T = TypeVar("_T")
 PEM, RECORD = generate_key(DkimAlgorithm.RSA_SHA256)

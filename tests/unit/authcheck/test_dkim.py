@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 
+from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.dkim import (
     DkimAlgorithm,
     DkimError,
@@ -22,9 +22,6 @@ from hato.authcheck.dkim import (
 )
 from hato.model.dns import DnsStatus, RdType, TxtRecord
 from hato.model.header import split_header_fields
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import FakeResolver, FakeValue
 
 HEADERS = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\nX-Other: 1\r\n\r\n"
 BODY = b"line  one \t\r\n\r\nline two\r\n\r\n\r\n"

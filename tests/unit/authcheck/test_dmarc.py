@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.dmarc import (
     Alignment,
     DkimOutcome,
@@ -30,9 +30,6 @@ from hato.authcheck.dmarc import (
 )
 from hato.authcheck.spf import SpfResult, SpfResultCode
 from hato.model.dns import DnsStatus, RdType
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import FakeResolver, FakeValue
 
 SAMPLES = Path("/work/shared/vectors/dmarc")
 if not SAMPLES.exists():

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from dnsserver import DnsTestServer, ZoneDict
 from hato.authcheck.dmarc import DkimOutcome, DmarcPolicy, DmarcResult, DmarcStatus, SpfOutcome
 from hato.authcheck.dmarc import evaluate as dmarc_evaluate
 from hato.authcheck.spf import SpfResultCode, check_mail_from
 from hato.dns import DnsPythonResolver
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import DnsTestServer, ZoneDict
 
 ZONE: ZoneDict = {
     "example.com": {

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
-from pathlib import Path
 
 import pytest
 
+from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.spf import SpfResult, SpfResultCode, check_helo, check_host, check_mail_from
 from hato.model.dns import DnsStatus, MxRecord, RdType
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from dnsserver import FakeResolver, FakeValue
 
 NOW = 1_700_000_000.0
 

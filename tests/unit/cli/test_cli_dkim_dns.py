@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dnsserver import DnsTestServer
 from hato.authcheck import load_signing_key
 from hato.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dnsserver import DnsTestServer
 
 CONFIG = """
 [server]

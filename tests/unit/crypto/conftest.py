@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptokeys import Gpg, Smime, make_cert, need
+
+from kit.cryptokeys import Gpg, Smime, make_cert, need
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
 from hato.crypto import (
     EncryptionError,
@@ -20,6 +19,7 @@ from hato.crypto import (
     parse_public_key,
 )
 from hato.model import Address
+from kit.cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
 CAROL = Address.parse("carol@example.org")
 MARKER = b"Zq7xK3"

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptokeys import NOW, Gpg, Smime, make_cert
 
 from hato.crypto import KeyImportError, KeyKind, parse_public_key
 from hato.model import Address
+from kit.cryptokeys import NOW, Gpg, Smime, make_cert
 
 CAROL = Address.parse("carol@example.org")
 

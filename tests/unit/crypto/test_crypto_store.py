@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
 from hato.cli import main
 from hato.crypto import (
@@ -28,6 +27,7 @@ from hato.crypto import (
 from hato.crypto.wkd import export_wkd, wkd_app
 from hato.crypto.wkdhash import advanced_url, direct_url
 from hato.model import Address
+from kit.cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
 CAROL = Address.parse("carol@example.org")
 BOB = Address.parse("bob@example.org")

@@ -11,12 +11,11 @@ import subprocess
 import tracemalloc
 from pathlib import Path
 
-from cryptokeys import NOW, Gpg, Smime, need
-
 from hato.crypto import parse_public_key
 from hato.crypto.encrypt import encrypt_stream
 from hato.crypto.scratch import SealedScratch
 from hato.model import Address
+from kit.cryptokeys import NOW, Gpg, Smime, need
 
 CAROL = Address.parse("carol@example.org")
 MARKER = b"Zq7xK3-stream"

@@ -3,8 +3,6 @@
 import asyncio
 import datetime
 import hashlib
-import sys
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -12,7 +10,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.delivery.dane import DaneState, lookup_tlsa, tlsa_data, tlsa_matches, tlsa_name
 from hato.model.dns import DnsStatus, RdType, TlsaRecord

@@ -1,12 +1,9 @@
 """MTA-STS (RFC 8461): record and policy parsing, MX patterns, discovery and the cache."""
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.delivery.mtasts import (
     MtaSts,

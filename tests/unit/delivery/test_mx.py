@@ -2,12 +2,9 @@
 
 import asyncio
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.delivery.mx import (
     DNS_TEMPFAIL,

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from outbound_fakes import FakeClock, FakeNet, Peer
 
 from dnsserver import FakeResolver, FakeValue

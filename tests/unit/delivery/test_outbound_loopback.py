@@ -8,7 +8,6 @@ import hashlib
 import random
 import socket
 import ssl
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import DnsTestServer, ZoneDict
 from hato.delivery.dane import tlsa_data
 from hato.delivery.outbound import OutboundCourier

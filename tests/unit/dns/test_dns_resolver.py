@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import DnsTestServer, ZoneDict
 from hato.dns import DnsCache, DnsPythonResolver, parse_nameserver
 from hato.model.dns import (

@@ -11,7 +11,6 @@ import http.server
 import json
 import socket
 import ssl
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dnsserver import DnsTestServer, ZoneValue
 from hato.authcheck import generate_key, load_signing_key
 from hato.authcheck.dkim import DkimAlgorithm
 from hato.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dnsserver import DnsTestServer, ZoneValue
 
 HOST = "mail.example.org"
 OUR_IP = "192.0.2.10"

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.model.dns import DnsStatus, RdType
 from hato.policy.decision import Accept, Decision, Defer, Reject

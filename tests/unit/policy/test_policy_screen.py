@@ -4,12 +4,10 @@ keys, the connection rate and greylisting on a clock the test moves."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.config.screen_sections import ScreenSettings, parse_dnsbl_site
 from hato.model.dns import RdType

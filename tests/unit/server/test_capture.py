@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from dnsserver import FakeResolver
 from hato.authcheck import offload
 from hato.authcheck.bodyhash import BodyHash, SignatureBodies
 from hato.authcheck.offload import Lane, WorkerPool
@@ -19,9 +18,6 @@ from hato.model import Address
 from hato.model.dns import RdType
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.inbound import DMARC_DEFER, InboundChecker, InboundVerdict
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit/server -> tests/
-from dnsserver import FakeResolver
 
 T = TypeVar("T")
 
