@@ -49,6 +49,7 @@ from hato.boot.process import (
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
 from hato.boot.reportwatch import build_sender, open_reports, report_task, send_op
+from hato.boot.store import check_store
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
@@ -478,6 +479,7 @@ def serve(settings: Settings, *, source: str) -> int:
     workers = settings.server.workers or min(os.cpu_count() or 1, 64)
     try:
         with locked(Path(settings.server.data_dir), _owner(settings), settings.data_dir_origin):
+            check_store(settings)  # [store] postgresql: reachable, at our schema version
             if workers > 1:
                 from hato.supervisor import supervise
 

@@ -175,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(commands)
     reload.register(commands)
     tls.register(commands)
-    from hato.cli import spam  # it imports hato.cli.main
+    from hato.cli import spam, store  # they import hato.cli.main
 
     spam.register(commands)
+    store.register(commands)
     return parser
 
 

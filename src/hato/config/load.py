@@ -43,6 +43,7 @@ from hato.config.sections import (
     TlsSettings,
 )
 from hato.config.settings import LoadedSettings, Settings
+from hato.config.store_sections import StoreSettings
 from hato.config.values import domain_key, parse_domain_name, parse_listen_address, show
 from hato.model import Role
 
@@ -204,6 +205,7 @@ def settings_from_mapping(
     milters = _many(MilterSettings, raw.get("milter", []), "milter", context, problems, 0)
     doctor = _one(DoctorSettings, raw.get("doctor", {}), "doctor", context, problems)
     reports = _one(ReportsSettings, raw.get("reports", {}), "reports", context, problems)
+    store = _one(StoreSettings, raw.get("store", {}), "store", context, problems)
 
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
@@ -227,6 +229,7 @@ def settings_from_mapping(
         or screen is None
         or doctor is None
         or reports is None
+        or store is None
     ):
         raise ConfigError(source, problems)
     return Settings(
@@ -251,6 +254,7 @@ def settings_from_mapping(
         milters=tuple(milter for _, milter in milters),
         doctor=doctor,
         reports=reports,
+        store=store,
         data_dir_origin=origin,
     )
 

@@ -48,6 +48,7 @@ from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, T
 from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettings
 from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
+from hato.config.store_sections import StoreSettings
 from hato.config.values import (
     ListenAddress,
     at_least,
@@ -500,5 +501,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "milter": MilterSettings,
     "doctor": DoctorSettings,
     "reports": ReportsSettings,
+    "store": StoreSettings,
 }
 """The top-level TOML keys, in the order the documentation lists them."""

@@ -25,6 +25,7 @@ from hato.config.sections import (
     ServerSettings,
     TlsSettings,
 )
+from hato.config.store_sections import StoreSettings
 from hato.config.values import domain_key
 from hato.model import AddressError
 
@@ -54,6 +55,7 @@ class Settings:
     milters: tuple[MilterSettings, ...] = ()  # [[milter]], asked in this order
     doctor: DoctorSettings = field(default_factory=lambda: DoctorSettings.model_validate({}))
     reports: ReportsSettings = field(default_factory=lambda: ReportsSettings.model_validate({}))
+    store: StoreSettings = field(default_factory=lambda: StoreSettings.model_validate({}))
     # Where server.data_dir came from: "server.data_dir", "$HATO_HOME" or the default (for
     # messages that say which data directory a command used, and how to choose another).
     data_dir_origin: str = "server.data_dir"

@@ -1,0 +1,69 @@
+"""``hato store migrate``: bring the shared PostgreSQL store to this Hato's schema.
+
+Run once, from any node, before starting the new version's servers (they refuse to start
+against another schema version, saying so). Idempotent: a second run applies nothing. With
+[store] backend = "sqlite" there is nothing to migrate (the SQLite files migrate themselves).
+
+Must not import anything of hato at module level but hato.cli.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from hato.cli.errors import EX_CONFIG, CommandError
+
+EX_TEMPFAIL = 75
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    store = commands.add_parser(
+        "store", help="the shared store ([store])", description="the shared store ([store])"
+    )
+    actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = actions.add_parser(
+        "migrate",
+        help="apply the PostgreSQL schema migrations this Hato needs",
+        description="Apply the PostgreSQL schema migrations this Hato needs (idempotent).",
+    )
+    sub.set_defaults(handler=migrate_command)
+    sub.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the configuration file (default: ./hato.toml, else the embedded default)",
+    )
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    from hato.boot.process import StartupError
+    from hato.boot.store import pg_settings
+    from hato.cli.main import load
+
+    settings = load(args).settings
+    if settings.store.backend != "postgresql":
+        print("store: backend is sqlite: nothing to migrate")
+        return 0
+    try:
+        pg = pg_settings(settings, "migrate")
+    except StartupError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
+    from hato.pgstore import SCHEMA_VERSION, SchemaMismatch, StoreUnavailable, connect, migrate
+
+    try:
+        with connect(pg) as conn:
+            applied = migrate(conn)
+    except StoreUnavailable as exc:
+        raise CommandError(
+            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
+        ) from None
+    except SchemaMismatch as exc:
+        raise CommandError(f"store: {exc}", EX_CONFIG) from None
+    for version, description in applied:
+        print(f"applied migration {version}: {description}")
+    print(f"store: schema version {SCHEMA_VERSION}" + ("" if applied else " (already)"))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,104 @@
+"""Connecting to the shared PostgreSQL: one pool per process, the password from a file or libpq.
+
+Theory of operation: every connection is made with the DSN of [store], the password read from
+`password_file` at connect time (so a rotated password is picked up by the next connection, and
+it is in no settings object or log line), `statement_timeout` set for the session (a statement
+that hangs on a lock is cancelled and becomes a temporary error), and an `application_name`
+naming the node (seen in pg_stat_activity). The pool is psycopg_pool's: at most `pool_size`
+connections, each checked before it is handed out, so that after a database restart or a
+failover to a promoted replica the next use reconnects instead of failing for good.
+
+A connection that cannot be made is `StoreUnavailable`, with libpq's reason but never the DSN's
+secrets (the DSN holds none: config refuses a password in it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+CONNECT_TIMEOUT = 5  # seconds: libpq's connect_timeout
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached now (down, failing over, refusing): a temporary error."""
+
+
+@dataclass(frozen=True, slots=True)
+class PgSettings:
+    """[store] for PostgreSQL, as boot hands it down (no room imports config)."""
+
+    dsn: str
+    password_file: Path | None = None
+    pool_size: int = 10
+    statement_timeout: float = 30.0
+    application_name: str = "hato"
+
+
+def _password(settings: PgSettings) -> str | None:
+    if settings.password_file is None:
+        return None  # libpq: PGPASSWORD, then ~/.pgpass
+    try:
+        text = settings.password_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot read store.password_file {settings.password_file}: {exc.strerror}"
+        ) from None
+    lines = text.splitlines()
+    return lines[0] if lines else ""
+
+
+def connect_kwargs(settings: PgSettings) -> dict[str, Any]:
+    """The keyword arguments of psycopg.connect beside the DSN (password, timeouts)."""
+    kwargs: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "application_name": settings.application_name,
+        "options": f"-c statement_timeout={int(settings.statement_timeout * 1000)}",
+    }
+    password = _password(settings)
+    if password is not None:
+        kwargs["password"] = password
+    return kwargs
+
+
+def connect(settings: PgSettings, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """One connection outside the pool (the CLI, migrations); raises StoreUnavailable."""
+    try:
+        return psycopg.connect(settings.dsn, autocommit=autocommit, **connect_kwargs(settings))
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(reason(exc)) from None
+
+
+def reason(exc: BaseException) -> str:
+    """libpq's message, first line only (it can run over several)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_pool(settings: PgSettings, *, wait: bool = True) -> ConnectionPool[Any]:
+    """The process's pool, opened; `wait`: raise StoreUnavailable if no connection can be made
+    within the connect timeout (at start, so that a wrong DSN is said at once)."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=settings.pool_size,
+        # Called for every new connection: a rotated password file is read again.
+        kwargs=lambda: {"autocommit": True, **connect_kwargs(settings)},
+        check=ConnectionPool.check_connection,  # a dead connection is replaced, not handed out
+        open=False,
+        name=settings.application_name,
+        timeout=CONNECT_TIMEOUT + 1,  # waiting for a free connection
+    )
+    pool.open(wait=False)
+    if wait:
+        try:
+            pool.wait(timeout=CONNECT_TIMEOUT + 1)
+        except PoolTimeout:
+            pool.close()
+            connect(settings).close()  # raises StoreUnavailable with libpq's reason
+            raise StoreUnavailable("no database connection in time") from None
+    return pool

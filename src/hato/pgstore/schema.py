@@ -1,0 +1,138 @@
+"""The shared database's schema: numbered migrations, applied by `hato store migrate`, checked at
+every start.
+
+Theory of operation: `schema_version` holds one row per migration applied (its number, when,
+what). A migration runs in one transaction together with its row, under a transaction-level
+advisory lock, so two nodes (or an admin twice) migrating at once apply each step exactly once,
+and a migration that fails leaves the database as it was (PostgreSQL's DDL is transactional).
+A server refuses to start against a database whose newest applied migration is not the one its
+code was written for: older means "run hato store migrate", newer means this node runs older
+code than another node migrated to (upgrade this node). Both are said in one line.
+
+Migrations are only ever appended; a released one is never edited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+# pg_advisory_xact_lock key: "hato" in ASCII, so it is recognisable in pg_locks.
+_LOCK = 0x6861746F
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "accounts, users' public keys and key policies, sending limits and holds",
+        """
+CREATE TABLE users (
+    address text PRIMARY KEY,           -- canonical: lower-case local part "@" lower-case domain
+    password_hash text NOT NULL,        -- argon2id PHC string
+    scram_salt bytea,                   -- RFC 5802 §3 / RFC 7677 SCRAM-SHA-256 credentials
+    scram_iterations integer,
+    scram_stored_key bytea,
+    scram_server_key bytea
+);
+CREATE TABLE keys (
+    address text PRIMARY KEY,           -- lower-case local part "@" lower-case domain
+    local text NOT NULL,
+    domain text NOT NULL,
+    kind text NOT NULL,                 -- "openpgp" | "smime"
+    data bytea NOT NULL,                -- public only
+    fingerprint text NOT NULL,
+    expires text,                       -- ISO 8601 UTC, NULL: never
+    algorithm text NOT NULL,
+    wkd_hash text NOT NULL,
+    imported text NOT NULL
+);
+CREATE INDEX keys_wkd ON keys (domain, wkd_hash);
+CREATE TABLE key_policies (
+    address text PRIMARY KEY,
+    policy text NOT NULL
+);
+CREATE TABLE sent (                     -- one row per message, reserved at MAIL FROM
+    id bigserial PRIMARY KEY,
+    "user" text NOT NULL,
+    minute bigint NOT NULL,
+    recipients integer NOT NULL DEFAULT 0,
+    pending boolean NOT NULL DEFAULT true
+);
+CREATE INDEX sent_user ON sent ("user", minute);
+CREATE INDEX sent_minute ON sent (minute);
+CREATE TABLE send_accounts (
+    "user" text PRIMARY KEY,
+    held_until double precision,        -- NULL: not held; wall-clock end ('Infinity': released)
+    alerted_until double precision NOT NULL DEFAULT 0
+);
+""",
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+"""The schema this code reads and writes."""
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this code was written for; the message says which
+    way and what to do, in one line."""
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration applied (0: none, or no schema_version table yet)."""
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(found[0]) if found else 0
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+    """Apply the migrations the database lacks, each in its own transaction; the ones applied.
+
+    Raises SchemaMismatch if the database is newer than this code."""
+    applied: list[tuple[int, str]] = []
+    for version, description, sql in MIGRATIONS:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute(_VERSION_TABLE)
+            have = current_version(conn)
+            if have > SCHEMA_VERSION:
+                raise SchemaMismatch(_newer(have))
+            if have >= version:
+                continue
+            conn.execute(sql.encode())
+            conn.execute(
+                "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                (version, description),
+            )
+            applied.append((version, description))
+    return applied
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """Raise SchemaMismatch unless the database is at SCHEMA_VERSION."""
+    have = current_version(conn)
+    if have == SCHEMA_VERSION:
+        return
+    if have > SCHEMA_VERSION:
+        raise SchemaMismatch(_newer(have))
+    what = "has no Hato schema" if have == 0 else f"has schema version {have}"
+    raise SchemaMismatch(
+        f"the PostgreSQL store {what}, this Hato needs version {SCHEMA_VERSION}: "
+        "run `hato store migrate` (once, from any node)"
+    )
+
+
+def _newer(have: int) -> str:
+    return (
+        f"the PostgreSQL store has schema version {have}, newer than this Hato's "
+        f"{SCHEMA_VERSION}: another node runs a newer Hato; upgrade this one"
+    )

@@ -1,0 +1,84 @@
+"""[store]: the SQLite default, PostgreSQL with a DSN, and what a wrong [store] says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hato.config import ConfigError, Settings, parse_settings
+
+BASE = """
+[server]
+hostname = "mail.example.org"
+
+[[listener]]
+role = "mx"
+address = "0.0.0.0:25"
+
+[[domain]]
+name = "example.org"
+"""
+
+
+def parse(text: str, tmp_path: Path) -> Settings:
+    return parse_settings(
+        BASE + text, base_dir=tmp_path, env={}, cwd=tmp_path, fqdn=lambda: "h.example"
+    )
+
+
+def problems(text: str, tmp_path: Path) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, tmp_path)
+    return caught.value.problems
+
+
+def test_sqlite_is_the_default(tmp_path: Path) -> None:
+    store = parse("", tmp_path).store
+    assert store.backend == "sqlite"
+    assert store.dsn is None and store.password_file is None
+
+
+def test_postgresql_with_dsn_pool_timeout_and_password_file(tmp_path: Path) -> None:
+    (tmp_path / "pg.pw").write_text("secret\n")
+    store = parse(
+        '[store]\nbackend = "postgresql"\ndsn = "host=db port=5432 user=hato dbname=hato"\n'
+        'password_file = "pg.pw"\npool_size = 20\nstatement_timeout = 5\n',
+        tmp_path,
+    ).store
+    assert store.backend == "postgresql"
+    assert store.dsn == "host=db port=5432 user=hato dbname=hato"
+    assert store.password_file == tmp_path / "pg.pw"
+    assert (store.pool_size, store.statement_timeout) == (20, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('backend = "postgresql"', 'store: backend = "postgresql" needs dsn = '),
+        ('backend = "mysql"', "store.backend: expected "),
+        ('dsn = "host=db"', "store: dsn and password_file are for backend"),
+        (
+            'backend = "postgresql"\ndsn = "host=db password=hunter2"',
+            "store.dsn: must not contain the password",
+        ),
+        (
+            'backend = "postgresql"\ndsn = "postgresql://hato:hunter2@db/hato"',
+            "store.dsn: must not contain the password",
+        ),
+        ('backend = "postgresql"\ndsn = "host=db"\npool_size = 0', "store.pool_size: must be"),
+        (
+            'backend = "postgresql"\ndsn = "host=db"\nstatement_timeout = 0',
+            "store.statement_timeout: must be",
+        ),
+        (
+            'backend = "postgresql"\ndsn = "host=db"\npassword_file = "nope"',
+            "store.password_file: file ",
+        ),
+        ("pool = 3", "store.pool: unknown key"),
+    ],
+)
+def test_wrong_store_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(f"[store]\n{text}\n", tmp_path)
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert "hunter2" not in found[0]
