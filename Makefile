@@ -30,7 +30,7 @@ imports: venv
 	$(BIN)/python scripts/check_cycles.py
 
 unit: venv
-	$(BIN)/pytest -q -n 2 tests/unit tests/property tests/dialogs tests/vectors
+	$(BIN)/pytest -q -n 2 tests/unit tests/contract tests/property tests/dialogs tests/vectors
 
 integration: venv
 	$(BIN)/pytest -q -n 2 tests/integration
