@@ -30,8 +30,8 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "intake": ("hato.server.*", "hato.intake.*"),
     # latency: the composition root into boot/.
     "latency": ("hato.app", "hato.supervisor", "hato.boot.*"),
-    # durable: the cli commands apart from cli/main.py; route planning apart from the attempt.
-    "durable": ("hato.cli.*", "hato.delivery.outbound", "hato.delivery.outbound_attempt"),
+    # durable: route planning apart from the attempt.
+    "durable": ("hato.delivery.outbound", "hato.delivery.outbound_attempt"),
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
-from hato.cli.main import load
+from hato.cli.options import load
 
 
 def keygen(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hato.cli.main import load
+from hato.cli.options import load
 
 if TYPE_CHECKING:
     from hato.config import Settings

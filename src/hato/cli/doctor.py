@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hato.cli.errors import EX_FAILURE
-from hato.cli.main import load
+from hato.cli.options import load
 
 
 def doctor_command(args: argparse.Namespace) -> int:

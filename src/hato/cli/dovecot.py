@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.cli.errors import CommandError
-from hato.cli.main import load
+from hato.cli.options import load
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -41,16 +41,14 @@ USERS_DB = "users.db"
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``dovecot-auth`` and ``dovecot-config`` (called by hato.cli.main.build_parser)."""
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     help_text = "check an IMAP login for Dovecot (its checkpassword passdb)"
-    auth = _with_config(commands.add_parser("dovecot-auth", help=help_text, description=help_text))
+    auth = with_config(commands.add_parser("dovecot-auth", help=help_text, description=help_text))
     auth.add_argument("reply", nargs=argparse.REMAINDER, help="what to run on success")
     auth.set_defaults(handler=dovecot_auth)
     help_text = "print a Dovecot configuration serving Hato's Maildirs over IMAP"
-    conf = _with_config(
-        commands.add_parser("dovecot-config", help=help_text, description=help_text)
-    )
+    conf = with_config(commands.add_parser("dovecot-config", help=help_text, description=help_text))
     conf.add_argument("--listen", default="*, ::", help="addresses for IMAP (default: all)")
     conf.add_argument("--imap-port", type=int, default=143, help="IMAP with STARTTLS (143)")
     conf.add_argument("--imaps-port", type=int, default=993, help="IMAP over TLS (993; 0: off)")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
-from hato.cli.main import load
+from hato.cli.options import load
 
 if TYPE_CHECKING:
     from hato.config import LoadedSettings
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     """Add the ``key`` command group (called by hato.cli.main.build_parser)."""
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     key = commands.add_parser(
         "key", help="manage users' encryption keys", description="manage users' public keys"
@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     actions = key.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
-        sub = _with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub = with_config(actions.add_parser(name, help=help_text, description=help_text))
         sub.set_defaults(handler=handler)
         return sub
 

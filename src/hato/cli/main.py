@@ -9,23 +9,23 @@ data directory it cannot write, a certificate that does not match its key; warni
 exit 0); 2 bad usage; 75 (`reload`, `queue`) no server answers when one must; 78 EX_CONFIG
 (sysexits.h) when the configuration cannot be used.
 
-Must not import anything of hato at module level but hato.cli.
+Must not import anything of hato at module level but hato.cli; the commands are imported when
+the parser is built, and none of them imports this module (shared: hato.cli.options).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from hato import __version__
-from hato.cli.errors import EX_CONFIG, EX_FAILURE, EX_USAGE, CommandError
+from hato.cli.errors import EX_FAILURE, EX_USAGE, CommandError
+from hato.cli.options import load, with_config
 
 if TYPE_CHECKING:
-    from hato.config import LoadedSettings, Settings
+    from hato.config import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,16 +38,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line instead of argparse's usage block, and no SystemExit in the middle of main().
         raise UsageError(f"{self.prog}: {message} (see: {self.prog} --help)")
-
-
-def load(args: argparse.Namespace, *, exit_code: int = EX_CONFIG) -> LoadedSettings:
-    """The settings for this command (--config, ./hato.toml or the embedded default)."""
-    from hato.config import ConfigError, load_settings  # here, not on top: start-up time
-
-    try:
-        return load_settings(args.config, env=os.environ, cwd=Path.cwd())
-    except ConfigError as exc:
-        raise CommandError(exc.lines(), exit_code) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -113,18 +103,8 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the configuration file (default: ./hato.toml, else the embedded default)",
-    )
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from hato.cli import dkim, dnsrecords, doctor, users  # they import hato.cli.main
+    from hato.cli import dkim, dnsrecords, doctor, users
 
     parser = _Parser(prog="hato", description="Hato, a mail server.")
     parser.add_argument("--version", action="version", version=f"hato {__version__}")
@@ -135,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    _with_config(command("serve", _serve, "run the mail server until SIGTERM"))
-    _with_config(command("check-config", _check_config, "validate the configuration"))
+    with_config(command("serve", _serve, "run the mail server until SIGTERM"))
+    with_config(command("check-config", _check_config, "validate the configuration"))
     command("version", _version, "print the version")
 
     dkim.register(commands)
@@ -150,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", users.list_users, "print every account, one per line", False),
         ("passwd", users.passwd, "change a password (password on stdin)", True),
     ):
-        sub = _with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub = with_config(actions.add_parser(name, help=help_text, description=help_text))
         sub.set_defaults(handler=handler)
         if takes_address:
             sub.add_argument("address", metavar="ADDRESS", help="local@domain")
@@ -165,17 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
 
             add_init_flag(sub)
 
-    from hato.cli import dovecot, key  # they import hato.cli.main
+    from hato.cli import dovecot, key
 
     key.register(commands)
     dovecot.register(commands)
-    from hato.cli import queue, reload, status, tls  # they import hato.cli.main
+    from hato.cli import queue, reload, status, tls
 
     queue.register(commands)
     status.register(commands)
     reload.register(commands)
     tls.register(commands)
-    from hato.cli import spam, store  # they import hato.cli.main
+    from hato.cli import spam, store
 
     spam.register(commands)
     store.register(commands)

@@ -147,7 +147,7 @@ def print_result(result: dict[str, Any], out: IO[str]) -> None:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     return Path(load(args).settings.server.data_dir)
 
@@ -271,7 +271,7 @@ def change(args: argparse.Namespace) -> int:
         raise CommandError(f"hato queue {action}: give queue ids, ALL, --domain or --sender", 2)
     requests = [{"id": i} for i in ids] or [{**selector, "all": True} if every else selector]
     from hato.cli.datadir import data_dir_of
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     loaded = load(args)
     data_dir = data_dir_of(loaded, write=False)
@@ -307,16 +307,16 @@ def _change_offline(data_dir: Path, action: str, request: dict[str, Any]) -> dic
 
 def register(commands: Any) -> None:
     """Add ``hato queue ...`` to the ``hato`` parser's subcommands."""
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     parser = commands.add_parser("queue", help="see and steer the mail queue")
     actions = parser.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    lst = _with_config(actions.add_parser("list", help="the queued recipients (like mailq)"))
+    lst = with_config(actions.add_parser("list", help="the queued recipients (like mailq)"))
     lst.add_argument("--json", action="store_true", help="JSON instead of a table")
     lst.add_argument("--domain", help="only recipients of this domain")
     lst.add_argument("--sender", help="only messages from this envelope sender")
     lst.set_defaults(handler=list_queue)
-    sh = _with_config(actions.add_parser("show", help="one message and why it is still queued"))
+    sh = with_config(actions.add_parser("show", help="one message and why it is still queued"))
     sh.add_argument("id", metavar="ID")
     sh.add_argument("--json", action="store_true", help="JSON instead of text")
     sh.set_defaults(handler=show)
@@ -327,7 +327,7 @@ def register(commands: Any) -> None:
         ("delete", "remove without a bounce"),
         ("bounce", "give up and return to the sender"),
     ):
-        sub = _with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub = with_config(actions.add_parser(name, help=help_text, description=help_text))
         sub.add_argument("ids", nargs="*", metavar="ID", help="queue ids, or ALL")
         sub.add_argument("--domain", help="the recipients of this domain")
         sub.add_argument("--sender", help="the messages from this envelope sender")

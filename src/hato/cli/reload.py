@@ -23,7 +23,7 @@ EX_TEMPFAIL = 75  # sysexits.h: the server is not running; try again later
 
 
 def reload(args: argparse.Namespace) -> int:
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     loaded = load(args)
     path = Path(loaded.settings.server.data_dir) / SOCKET_NAME
@@ -56,11 +56,11 @@ def report(outcome: dict[str, Any]) -> int:
 
 
 def register(commands: Any) -> None:
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     sub = commands.add_parser(
         "reload",
         help="have the running server read its configuration again; prints the outcome",
         description="have the running server read its configuration again",
     )
-    _with_config(sub).set_defaults(handler=reload)
+    with_config(sub).set_defaults(handler=reload)

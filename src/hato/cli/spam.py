@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hato.cli.errors import EX_FAILURE, CommandError
-from hato.cli.main import load
+from hato.cli.options import load
 
 CHUNK = 64 * 1024
 # A controller's 5xx (its statfile busy with a scan: "database is locked") is asked again
@@ -105,14 +105,14 @@ def learn(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     spam = commands.add_parser(
         "spam", help="teach rspamd spam and ham", description="teach rspamd spam and ham"
     )
     actions = spam.add_subparsers(dest="action", metavar="ACTION", required=True)
     help_text = "post messages to rspamd's controller as spam or ham (files, or stdin)"
-    sub = _with_config(actions.add_parser("learn", help=help_text, description=help_text))
+    sub = with_config(actions.add_parser("learn", help=help_text, description=help_text))
     sub.set_defaults(handler=learn)
     sub.add_argument("kind", choices=("spam", "ham"), help="what the messages are")
     sub.add_argument("files", nargs="*", type=Path, metavar="FILE", help="message files")

@@ -122,7 +122,7 @@ def report(
 
 
 def status(args: argparse.Namespace) -> int:
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     settings = load(args).settings
     data_dir = Path(settings.server.data_dir)
@@ -173,9 +173,9 @@ def status(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     sub = commands.add_parser(
         "status", help="server, listeners, certificate, queue and warnings on one screen"
     )
-    _with_config(sub).set_defaults(handler=status)
+    with_config(sub).set_defaults(handler=status)

@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def migrate_command(args: argparse.Namespace) -> int:
     from hato.boot.process import StartupError
     from hato.boot.store import pg_settings
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     settings = load(args).settings
     if settings.store.backend != "postgresql":

@@ -21,7 +21,7 @@ RENEW_TIMEOUT = 300.0  # an order waits for validation and issuance (acme/client
 
 
 def renew(args: argparse.Namespace) -> int:
-    from hato.cli.main import load
+    from hato.cli.options import load
 
     loaded = load(args)
     path = Path(loaded.settings.server.data_dir) / SOCKET_NAME
@@ -39,10 +39,10 @@ def renew(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     tls = commands.add_parser("tls", help="TLS certificates", description="TLS certificates")
     actions = tls.add_subparsers(dest="action", metavar="ACTION", required=True)
     help_text = "order a certificate from the ACME server now ([tls] acme) and use it"
     sub = actions.add_parser("renew", help=help_text, description=help_text)
-    _with_config(sub).set_defaults(handler=renew)
+    with_config(sub).set_defaults(handler=renew)

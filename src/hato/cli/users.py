@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from hato.cli.datadir import data_dir_of
 from hato.cli.errors import CommandError
-from hato.cli.main import load
+from hato.cli.options import load
 
 if TYPE_CHECKING:
     from hato.accounts import UserStore
