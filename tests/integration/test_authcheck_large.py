@@ -27,19 +27,12 @@ from peers.server import DomainSetup, MailSetup
 
 from dnsserver import DnsTestServer, ZoneValue
 from hato.authcheck import DkimAlgorithm, DkimSigner, SigningKey
+from kit.clock import FakeClock
 
 SIZE = 12 * 1024 * 1024
 RSA_KEY = SigningKey(DkimAlgorithm.RSA_SHA256, rsa.generate_private_key(65537, 2048))
 ED_KEY = SigningKey(DkimAlgorithm.ED25519_SHA256, ed25519.Ed25519PrivateKey.generate())
 DMARC_REJECT = (550, b"5.7.1")
-
-
-class _Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 def _txt(value: str) -> tuple[str, ...]:
@@ -114,7 +107,7 @@ def _dkimpy_signed(message: bytes) -> bytes:
 
 
 def _hato_signed(message: bytes) -> bytes:
-    signer = DkimSigner("bank.test", "ed", ED_KEY, _Clock())
+    signer = DkimSigner("bank.test", "ed", ED_KEY, FakeClock(1_700_000_000.0, 0.0))
     head, _, body = message.partition(b"\r\n\r\n")
     return signer.sign(head + b"\r\n", [body]) + message
 

@@ -21,20 +21,15 @@ from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key, v
 from hato.authcheck.results import find_forged, without_fields
 from hato.model.dns import RdType, TxtRecord
 from hato.server.inbound import InboundChecker
+from kit.clock import FakeClock
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-class _Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 _PEM, _RECORD = generate_key(DkimAlgorithm.RSA_SHA256, 1024)
-_SEALER = ArcSealer("fwd.example", "arc", load_signing_key(_PEM), "fwd.example", _Clock())
+_SEALER = ArcSealer(
+    "fwd.example", "arc", load_signing_key(_PEM), "fwd.example", FakeClock(1_700_000_000.0, 0.0)
+)
 _RESOLVER = FakeResolver(
     {
         ("arc._domainkey.fwd.example", RdType.TXT): [TxtRecord((_RECORD.encode(),))],
@@ -111,7 +106,10 @@ def test_arc_and_dkim_give_a_result_for_any_fields(message: bytes) -> None:
 @given(messages())
 def test_the_inbound_verdict_never_raises(message: bytes) -> None:
     checker = InboundChecker(
-        _RESOLVER, authserv_id="mx.dest.example", clock=_Clock(), rng=random.Random(1)
+        _RESOLVER,
+        authserv_id="mx.dest.example",
+        clock=FakeClock(1_700_000_000.0, 0.0),
+        rng=random.Random(1),
     )
     verdict = asyncio.run(
         checker.check(client_ip="127.0.0.1", helo="fwd.example", mail_from=None, message=message)

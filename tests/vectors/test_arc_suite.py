@@ -23,6 +23,7 @@ from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.arc import ArcSealer, ArcStatus, our_results, verify_arc
 from hato.authcheck.dkim import load_signing_key
 from hato.model.dns import RdType, TxtRecord
+from kit.clock import FakeClock
 
 SUITE = Path("/work/shared/vectors/arc")
 if not SUITE.exists():
@@ -74,17 +75,6 @@ def test_validation(scenario: dict[str, Any], test: dict[str, Any]) -> None:
     assert result.status.value == expected, result.reason
 
 
-class _FixedClock:
-    def __init__(self, now: int) -> None:
-        self._now = float(now)
-
-    def now(self) -> float:
-        return self._now
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 def _tag_dict(value: str) -> dict[str, str]:
     tags = {}
     for part in value.split(";"):
@@ -122,7 +112,7 @@ def test_signing(scenario: dict[str, Any], test: dict[str, Any]) -> None:
         scenario["sel"],
         key,
         test["srv-id"],
-        _FixedClock(int(test["t"])),
+        FakeClock(float(test["t"]), 0.0),
         headers=test["sig-headers"].split(":"),
     )
     chain = _chain_from_results(header_block, test["srv-id"])

@@ -33,6 +33,7 @@ from hato.authcheck.dkim import (
     verify_dkim,
 )
 from hato.model.dns import RdType, TxtRecord
+from kit.clock import FakeClock
 
 DATA = Path("/work/shared/vectors/dkim")
 if not DATA.exists():
@@ -48,14 +49,6 @@ HEADERS = (
     b"\r\n"
 )
 BODY = b"Hi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n"
-
-
-class Clock:
-    def now(self) -> float:
-        return NOW
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 def _crlf(data: bytes) -> bytes:
@@ -137,7 +130,7 @@ def test_dkimpy_signed_mail_passes_with_us(key_file: str, algorithm: bytes) -> N
 @pytest.mark.parametrize("algorithm", list(DkimAlgorithm))
 def test_our_signatures_pass_dkimpy(algorithm: DkimAlgorithm) -> None:
     pem, record = generate_key(algorithm)
-    signer = DkimSigner("football.example.com", "hato", load_signing_key(pem), Clock())
+    signer = DkimSigner("football.example.com", "hato", load_signing_key(pem), FakeClock(NOW, 0.0))
     signature = signer.sign(HEADERS, [BODY[:7], BODY[7:]])
     message = signature + HEADERS + BODY
 
@@ -212,7 +205,7 @@ def test_our_signatures_pass_opendkim(tmp_path: Path, algorithm: DkimAlgorithm) 
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 for a private DNS namespace")
     pem, record = generate_key(algorithm)
-    signer = DkimSigner("football.example.com", "hato", load_signing_key(pem), Clock())
+    signer = DkimSigner("football.example.com", "hato", load_signing_key(pem), FakeClock(NOW, 0.0))
     message_file = tmp_path / "message.eml"
     message = signer.sign(HEADERS, [BODY]) + HEADERS + BODY
     resolv = tmp_path / "resolv.conf"

@@ -28,20 +28,10 @@ from hato.acme.challenge import Tokens
 from hato.acme.client import AcmeError, Order, Responder
 from hato.acme.manager import BACKOFF_FIRST, CertificateManager
 from hato.acme.store import CertFiles
+from kit.clock import FakeClock
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 ORDER = Order("https://acme.test/dir", "postmaster@example.org", ("mail.example.org",), None)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = NOW.timestamp()
-
-    def now(self) -> float:
-        return self.at
-
-    def monotonic(self) -> float:
-        return self.at
 
 
 def _cert(key_pem: bytes, issuer: str, days: int) -> bytes:
@@ -67,7 +57,7 @@ def test_orders_at_once_backs_off_then_sleeps_until_a_third_is_left(tmp_path: Pa
     placeholder_key = ec.generate_private_key(ec.SECP256R1())
     key_pem = placeholder_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     files.write(_cert(key_pem, "mail.example.org", 825), key_pem)
-    clock, sleeps, swaps = Clock(), list[float](), list[int]()
+    clock, sleeps, swaps = FakeClock(NOW.timestamp(), NOW.timestamp()), list[float](), list[int]()
     answers = iter([False, False, True])
 
     def order(_order: Order, _account: bytes, key_pem: bytes, _r: Responder) -> bytes:
@@ -77,7 +67,7 @@ def test_orders_at_once_backs_off_then_sleeps_until_a_third_is_left(tmp_path: Pa
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        clock.at += seconds
+        clock.advance(seconds)
         if len(sleeps) == 3:
             raise asyncio.CancelledError
 

@@ -8,6 +8,9 @@ from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key
 from hato.model.dns import RdType, TxtRecord
+from kit.clock import FakeClock
+
+CLOCK = FakeClock(1_700_000_000.0, 0.0)  # frozen: every signature has t=1700000000
 
 HEADERS = (
     b"Authentication-Results: fwd.example; spf=pass smtp.mailfrom=a@example.com\r\n"
@@ -16,17 +19,9 @@ HEADERS = (
 BODY = b"Hello\r\n"
 
 
-class Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 def _setup() -> tuple[ArcSealer, FakeResolver]:
     pem, record = generate_key(DkimAlgorithm.RSA_SHA256)
-    sealer = ArcSealer("fwd.example", "arc", load_signing_key(pem), "fwd.example", Clock())
+    sealer = ArcSealer("fwd.example", "arc", load_signing_key(pem), "fwd.example", CLOCK)
     resolver = FakeResolver(
         {("arc._domainkey.fwd.example", RdType.TXT): [TxtRecord((record.encode(),))]}
     )

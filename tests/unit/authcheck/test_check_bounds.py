@@ -22,19 +22,14 @@ from hato.authcheck.dkim import (
 )
 from hato.authcheck.offload import WorkerPool
 from hato.model.dns import RdType, TxtRecord
+from kit.clock import FakeClock
+
+CLOCK = FakeClock(1_700_000_000.0, 0.0)  # frozen: every signature has t=1700000000
 
 _T = TypeVar("_T")
 PEM, RECORD = generate_key(DkimAlgorithm.RSA_SHA256)
 HEADERS = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\n\r\n"
 BODY = b"Hello\r\n"
-
-
-class Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 def _resolver(names: list[str]) -> FakeResolver:
@@ -64,7 +59,7 @@ def test_only_the_first_eight_dkim_signatures_are_looked_up_and_checked() -> Non
     key = load_signing_key(PEM)
     selectors = [f"s{n}" for n in range(20)]
     signatures = b"".join(
-        DkimSigner("example.com", s, key, Clock()).sign(HEADERS, [BODY]) for s in selectors
+        DkimSigner("example.com", s, key, CLOCK).sign(HEADERS, [BODY]) for s in selectors
     )
     resolver = _resolver([f"{s}._domainkey.example.com" for s in selectors])
     offload = Recording()
@@ -118,7 +113,7 @@ def test_a_long_chain_asks_for_every_seal_key_and_the_newest_signature_key_only(
 
 def test_a_real_chain_still_passes_with_the_checks_in_a_worker_thread() -> None:
     pem, record = generate_key(DkimAlgorithm.RSA_SHA256)
-    sealer = ArcSealer("fwd.example", "arc", load_signing_key(pem), "fwd.example", Clock())
+    sealer = ArcSealer("fwd.example", "arc", load_signing_key(pem), "fwd.example", CLOCK)
     resolver = FakeResolver(
         {("arc._domainkey.fwd.example", RdType.TXT): [TxtRecord((record.encode(),))]}
     )

@@ -22,18 +22,13 @@ from hato.authcheck.dkim import (
 )
 from hato.model.dns import DnsStatus, RdType, TxtRecord
 from hato.model.header import split_header_fields
+from kit.clock import FakeClock
+
+CLOCK = FakeClock(1_700_000_000.0, 0.0)  # frozen: every signature has t=1700000000
 
 HEADERS = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: hi\r\nX-Other: 1\r\n\r\n"
 BODY = b"line  one \t\r\n\r\nline two\r\n\r\n\r\n"
 NAME = "sel._domainkey.example.com"
-
-
-class Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 @pytest.mark.parametrize(
@@ -58,7 +53,7 @@ def test_relaxed_body_any_chunking(body: bytes, canonical: bytes) -> None:
 
 def _signed(algorithm: DkimAlgorithm, **kwargs: object) -> tuple[bytes, str]:
     pem, record = generate_key(algorithm)
-    signer = DkimSigner("Example.COM", "Sel", load_signing_key(pem), Clock(), **kwargs)  # type: ignore[arg-type]
+    signer = DkimSigner("Example.COM", "Sel", load_signing_key(pem), CLOCK, **kwargs)  # type: ignore[arg-type]
     return signer.sign(HEADERS, [BODY]), record
 
 
@@ -82,7 +77,7 @@ def test_signature_tags_and_header_list() -> None:
 
 def test_from_signed_even_when_missing() -> None:
     pem, _ = generate_key(DkimAlgorithm.ED25519_SHA256)
-    signer = DkimSigner("example.com", "s", load_signing_key(pem), Clock(), oversign=())
+    signer = DkimSigner("example.com", "s", load_signing_key(pem), CLOCK, oversign=())
     signature = signer.sign(b"Subject: x\r\n\r\n", [b"x\r\n"])
     assert _tags(signature)["h"] == "from:subject"
 

@@ -112,14 +112,3 @@ class FakeNet:
         session = FakeSession(self, options, peer)
         self.sessions.append(session)
         return session
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t

@@ -26,22 +26,11 @@ from hato.model import (
     Reply,
     TempFailed,
 )
+from kit.clock import FakeClock
 
 BODY = b"Subject: hi\r\nFrom: <s@example.net>\r\n\r\nHello.\r\n"
 PREFIX = b"Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
 RECEIVED_AT = 1767225600.123456
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return RECEIVED_AT
-
-    def monotonic(self) -> float:
-        self.t += 0.001
-        return self.t
 
 
 @pytest.fixture
@@ -51,7 +40,9 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def courier(root: Path) -> Iterator[MaildirCourier]:
-    c = MaildirCourier(root, "mx.example.org", clock=FakeClock(), max_threads=2)
+    c = MaildirCourier(
+        root, "mx.example.org", clock=FakeClock(RECEIVED_AT, 1000.0, tick=0.001), max_threads=2
+    )
     yield c
     c.close()
 
@@ -122,7 +113,7 @@ def test_null_sender_and_lower_cased_mailbox(
 
 
 def test_hostname_escaped_in_name(root: Path, tmp_path: Path) -> None:
-    c = MaildirCourier(root, "odd/host:name", clock=FakeClock())
+    c = MaildirCourier(root, "odd/host:name", clock=FakeClock(RECEIVED_AT, 1000.0, tick=0.001))
     run(c, message(tmp_path), [rcpt(2, "alice@example.org")])
     c.close()
     [name] = files(root / "example.org" / "alice" / "new")
@@ -381,7 +372,9 @@ def test_inline_body_is_written_without_a_file(
 def test_waiting_deliveries_are_one_batch_with_one_fsync_per_new_dir(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    courier = MaildirCourier(root, "mx.example.org", clock=FakeClock())
+    courier = MaildirCourier(
+        root, "mx.example.org", clock=FakeClock(RECEIVED_AT, 1000.0, tick=0.001)
+    )
     synced: list[str] = []
     real = durable_files.fsync_dir
 

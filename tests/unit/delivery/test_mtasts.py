@@ -16,6 +16,7 @@ from hato.delivery.mtasts import (
     parse_sts_record,
 )
 from hato.model.dns import DnsStatus, RdType
+from kit.clock import FakeClock
 
 POLICY = (
     "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\n"
@@ -71,17 +72,6 @@ def test_mx_patterns(pattern: str, host: str, matches: bool) -> None:
     assert mx_pattern_matches(pattern, host) is matches
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 class Fetcher:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -95,9 +85,9 @@ class Fetcher:
         return self.text
 
 
-def _sts(record: str = "v=STSv1; id=one;") -> tuple[MtaSts, FakeResolver, Fetcher, Clock]:
+def _sts(record: str = "v=STSv1; id=one;") -> tuple[MtaSts, FakeResolver, Fetcher, FakeClock]:
     resolver = FakeResolver({("_mta-sts.example.com", RdType.TXT): [record]})
-    fetcher, clock = Fetcher(POLICY), Clock()
+    fetcher, clock = Fetcher(POLICY), FakeClock(1_000_000.0, 1_000_000.0)
     return MtaSts(resolver, fetcher, clock), resolver, fetcher, clock
 
 
@@ -120,7 +110,7 @@ def test_cached_policy_survives_dns_and_fetch_failures_until_expiry() -> None:
     resolver.table[("_mta-sts.example.com", RdType.TXT)] = ["v=STSv1; id=new;"]
     fetcher.fail = True
     assert asyncio.run(sts.policy_for("example.com")) is not None  # refresh failed: keep it
-    clock.t += 86401
+    clock.advance(86401)
     assert asyncio.run(sts.policy_for("example.com")) is None  # expired, and no fresh one
 
 

@@ -6,7 +6,7 @@ import asyncio
 import random
 from dataclasses import replace
 
-from outbound_fakes import FakeClock, FakeNet, Peer
+from outbound_fakes import FakeNet, Peer
 
 from dnsserver import FakeResolver, FakeValue
 from hato.delivery.mx import RelayTarget
@@ -25,6 +25,7 @@ from hato.model import (
     TempFailed,
 )
 from hato.model.dns import DnsStatus, MxRecord, RdType
+from kit.clock import FakeClock
 
 SETTINGS = OutboundSettings(helo_name="mail.us.test")
 MESSAGE = QueuedMessage("Q1", Address("alice", "us.test"), 0.0, "", 5, body=b"Hi\r\n")
@@ -50,7 +51,7 @@ def courier(
     return OutboundCourier(
         settings,
         resolver,
-        clock=FakeClock(),
+        clock=FakeClock(1000.0, 1000.0),
         rng=random.Random(1),
         opener=net.open,
         **kwargs,  # type: ignore[arg-type]

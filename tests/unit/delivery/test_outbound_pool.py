@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from outbound_fakes import FakeClock, FakeNet, Peer
+from outbound_fakes import FakeNet, Peer
 
 from dnsserver import FakeResolver, FakeValue
 from hato.delivery.outbound import OutboundCourier
@@ -14,6 +14,7 @@ from hato.delivery.outbound_pool import Limiter
 from hato.delivery.transport import OutboundSettings
 from hato.model import Address, Delivered, Handoff, QueuedMessage, QueuedRecipient
 from hato.model.dns import MxRecord, RdType
+from kit.clock import FakeClock
 
 DNS: dict[tuple[str, RdType], FakeValue] = {
     ("example.com", RdType.MX): [MxRecord(10, "mx.example.com")],
@@ -31,7 +32,7 @@ def rcpt(n: int) -> list[QueuedRecipient]:
 
 
 def setup(**settings: float) -> tuple[OutboundCourier, FakeNet, FakeClock]:
-    net, clock = FakeNet({"192.0.2.1": Peer()}), FakeClock()
+    net, clock = FakeNet({"192.0.2.1": Peer()}), FakeClock(1000.0, 1000.0)
     courier = OutboundCourier(
         OutboundSettings("mail.us.test", **settings),  # type: ignore[arg-type]
         FakeResolver(DNS),
@@ -75,9 +76,9 @@ def test_idle_connections_expire() -> None:
 
     async def scenario() -> None:
         await courier.deliver(message(1), rcpt(1))
-        clock.t += 6
+        clock.advance(6)
         await courier.deliver(message(2), rcpt(2))
-        clock.t += 6
+        clock.advance(6)
         await courier.pool.sweep()
 
     asyncio.run(scenario())

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import random
 
-from outbound_fakes import FakeClock, FakeNet, Peer
+from outbound_fakes import FakeNet, Peer
 
 from dnsserver import FakeResolver, FakeValue
 from hato.delivery.mtasts import MtaSts
@@ -26,6 +26,7 @@ from hato.model import (
     TempFailed,
 )
 from hato.model.dns import MxRecord, RdType, TlsaRecord
+from kit.clock import FakeClock
 
 MESSAGE = QueuedMessage("Q1", Address("alice", "us.test"), 0.0, "", 4, body=b"Hi\r\n")
 REQUIRETLS = QueuedMessage(
@@ -62,7 +63,7 @@ def run(
 ) -> Outcome:
     resolver = FakeResolver(dns())
     resolver.authenticated = authenticated
-    clock = FakeClock()
+    clock = FakeClock(1000.0, 1000.0)
     sts = MtaSts(resolver, Fetcher(sts_mx), clock) if sts_mx is not None else None
     transports = {"example.com": Transport(tls=tls)} if tls is not None else {}
     courier = OutboundCourier(

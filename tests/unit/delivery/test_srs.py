@@ -20,6 +20,7 @@ from hato.model import (
     QueuedRecipient,
     ReversePath,
 )
+from kit.clock import FakeClock
 
 DAY = 86_400
 NOW = 20_000 * DAY + 3600  # day 20000: 20000 % 1024 = 544 = 17 * 32 + 0 -> "RA"
@@ -82,14 +83,6 @@ def test_the_key_is_made_once_mode_0600(tmp_path: Path) -> None:
     assert (tmp_path / "srs.key").stat().st_mode & 0o777 == 0o600
 
 
-class Clock:
-    def now(self) -> float:
-        return NOW
-
-    def monotonic(self) -> float:
-        return NOW
-
-
 class Users:
     def exists(self, address: Address) -> bool:
         return address == Address("alice", "a.test")
@@ -97,7 +90,9 @@ class Users:
 
 def _resolver(srs: Srs) -> RecipientResolver:
     return RecipientResolver(
-        [LocalDomain("a.test", aliases={"fwd": ("x@b.test",)})], Users(), srs=(srs, Clock())
+        [LocalDomain("a.test", aliases={"fwd": ("x@b.test",)})],
+        Users(),
+        srs=(srs, FakeClock(NOW, NOW)),
     )
 
 
@@ -131,7 +126,9 @@ class Recorder:
 
 def test_the_router_sends_forwards_of_foreign_senders_from_an_srs_address() -> None:
     srs, remote = Srs(KEY), Recorder()
-    courier = RoutingCourier(lambda d: d == "a.test", Recorder(), remote, srs=(srs, Clock()))
+    courier = RoutingCourier(
+        lambda d: d == "a.test", Recorder(), remote, srs=(srs, FakeClock(NOW, NOW))
+    )
     rows = [
         QueuedRecipient(1, Address("x", "b.test"), Address("fwd", "a.test")),  # forwarded
         QueuedRecipient(2, Address("y", "b.test"), Address("y", "b.test")),  # addressed so

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from hato.dns import CacheSettings, DnsCache
 from hato.model.dns import AddressRecord, DnsAnswer, DnsStatus, RdType
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
+from kit.clock import FakeClock
 
 
 def answer(name: str, status: DnsStatus = DnsStatus.OK, ttl: int = 300) -> DnsAnswer:
@@ -23,12 +13,12 @@ def answer(name: str, status: DnsStatus = DnsStatus.OK, ttl: int = 300) -> DnsAn
 
 
 def test_ttl_is_clamped_and_counts_down() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0, 0.0)
     cache = DnsCache(clock, CacheSettings(min_ttl=30, max_ttl=100, max_negative_ttl=10))
     cache.put(answer("short.example", ttl=1))
     cache.put(answer("long.example", ttl=10_000))
     cache.put(answer("gone.example", DnsStatus.NXDOMAIN, ttl=3600))
-    clock.t = 20
+    clock.advance(20)
     hit = cache.get("LONG.example.", RdType.A)
     assert hit is not None and hit.ttl == 80
     assert cache.get("short.example", RdType.A) is not None  # raised to 30
@@ -37,14 +27,14 @@ def test_ttl_is_clamped_and_counts_down() -> None:
 
 
 def test_tempfail_and_zero_ttl_are_not_cached() -> None:
-    cache = DnsCache(FakeClock())
+    cache = DnsCache(FakeClock(0.0, 0.0))
     cache.put(DnsAnswer("x.example", RdType.A, DnsStatus.TEMPFAIL))
     cache.put(answer("y.example", ttl=0))
     assert len(cache) == 0
 
 
 def test_size_is_bounded_soonest_expiry_first() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0, 0.0)
     cache = DnsCache(clock, CacheSettings(max_entries=10))
     for i in range(11):
         cache.put(answer(f"n{i}.example", ttl=100 + i))

@@ -19,6 +19,7 @@ from hato.model.dns import (
     TlsaRecord,
     TxtRecord,
 )
+from kit.clock import FakeClock
 
 DIGEST = bytes(range(32))  # RFC 6698 §2.1.3: matching type 1 is a SHA-256 digest
 
@@ -35,17 +36,6 @@ ZONE: ZoneDict = {
     "_25._tcp.mx1.example.org": {"TLSA": [(3, 1, 1, DIGEST.hex())]},
     "deep.sub.example.net": {"A": ["192.0.2.9"]},
 }
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 def ask(resolver: DnsPythonResolver, name: str, rdtype: RdType) -> DnsAnswer:
@@ -117,7 +107,7 @@ def test_nxdomain_and_nodata_are_told_apart(dns_server: DnsTestServer) -> None:
 
 
 def test_servfail_is_tempfail_and_not_cached(dns_server: DnsTestServer) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, 1000.0)
     resolver = resolver_for(dns_server, DnsCache(clock))
     dns_server.servfail.add("example.org")
     answer = ask(resolver, "example.org", RdType.MX)
@@ -147,27 +137,27 @@ def test_ad_bit(dns_server: DnsTestServer) -> None:
 
 
 def test_cache_respects_ttl(dns_server: DnsTestServer) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, 1000.0)
     resolver = resolver_for(dns_server, DnsCache(clock))
     first = ask(resolver, "example.org", RdType.MX)
-    clock.t += 100
+    clock.advance(100)
     second = ask(resolver, "Example.ORG", RdType.MX)
     assert second.mx() == first.mx()
     assert second.ttl == 200
     assert dns_server.queries_for("example.org", "MX") == 1
-    clock.t += 201
+    clock.advance(201)
     ask(resolver, "example.org", RdType.MX)
     assert dns_server.queries_for("example.org", "MX") == 2
 
 
 def test_negative_answers_cached_for_negative_ttl(dns_server: DnsTestServer) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, 1000.0)
     resolver = resolver_for(dns_server, DnsCache(clock))
     ask(resolver, "nope.example.org", RdType.A)
-    clock.t += 59
+    clock.advance(59)
     assert ask(resolver, "nope.example.org", RdType.A).status is DnsStatus.NXDOMAIN
     assert dns_server.queries_for("nope.example.org", "A") == 1
-    clock.t += 2
+    clock.advance(2)
     ask(resolver, "nope.example.org", RdType.A)
     assert dns_server.queries_for("nope.example.org", "A") == 2
 

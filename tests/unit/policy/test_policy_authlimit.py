@@ -11,6 +11,7 @@ from hato.policy.authlimit import (
     AuthThrottleSettings,
     client_key,
 )
+from kit.clock import FakeClock
 
 SETTINGS = AuthThrottleSettings(
     failure_delay=1.0,
@@ -22,20 +23,9 @@ SETTINGS = AuthThrottleSettings(
 )
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 50_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(50_000.0, 50_000.0)
 
 
 def test_delay_doubles_per_failure_and_is_capped(clock: FakeClock) -> None:
@@ -55,9 +45,9 @@ def test_failures_answer_535_until_the_limit_then_421_and_block(clock: FakeClock
     assert AUTH_BLOCKED.code == 421 and AUTH_BLOCKED.enhanced == "4.7.0"
     assert throttle.blocked("192.0.2.1")
     assert not throttle.blocked("192.0.2.2")
-    clock.t += 899
+    clock.advance(899)
     assert throttle.blocked("192.0.2.1")
-    clock.t += 2
+    clock.advance(2)
     assert not throttle.blocked("192.0.2.1")
 
 
@@ -65,7 +55,7 @@ def test_failures_outside_the_window_are_forgotten(clock: FakeClock) -> None:
     throttle = AuthThrottle(clock, SETTINGS)
     for _ in range(9):
         throttle.record_failure("192.0.2.1", "alice")
-    clock.t += 601
+    clock.advance(601)
     failure = throttle.record_failure("192.0.2.1", "alice")
     assert not failure.blocked
     assert failure.client_failures == 1
@@ -98,7 +88,7 @@ def test_a_known_client_of_the_account_is_not_slowed_by_others_failures(
     typo = throttle.record_failure("203.0.113.1", "ALICE@example.org")
     assert (typo.reply, typo.delay) == (AUTH_FAILED, 1.0)  # only her own count
     # The trust ends after trust_time.
-    clock.t += SETTINGS.trust_time + 1
+    clock.advance(SETTINGS.trust_time + 1)
     assert throttle.delay_for("203.0.113.1", "alice@example.org") == 0.0  # window passed too
     assert throttle.known_clients() == 0
 

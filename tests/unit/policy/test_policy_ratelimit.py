@@ -17,22 +17,14 @@ from hato.policy.ratelimit import (
     SendLimitSettings,
     SpikeAlert,
 )
+from kit.clock import FakeClock
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 3600.0 * 1000  # on a minute boundary
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
+START = 3600.0 * 1000  # on a minute boundary
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START, START)
 
 
 def record(limiter: SendLimiter, user: str, recipients: int) -> SpikeAlert | None:
@@ -69,14 +61,14 @@ def test_messages_per_hour(clock: FakeClock) -> None:
     for _ in range(5):
         assert check_message(limiter, "alice@example.org") == Accept()
         record(limiter, "alice@example.org", 1)
-        clock.t += 60
+        clock.advance(60)
     assert check_message(limiter, "Alice@Example.org") == Defer(RATE_LIMITED)
     assert RATE_LIMITED.code == 451 and RATE_LIMITED.enhanced == "4.7.1"
     assert check_message(limiter, "bob@example.org") == Accept()
     # the first message (at minute 0) leaves the window in minute 60; we are at minute 5
-    clock.t += 55 * 60 - 1
+    clock.advance(55 * 60 - 1)
     assert check_message(limiter, "alice@example.org") == Defer(RATE_LIMITED)
-    clock.t += 1
+    clock.advance(1)
     assert check_message(limiter, "alice@example.org") == Accept()
     assert limiter.usage("alice@example.org") == (4, 4)
 
@@ -104,7 +96,7 @@ def test_spike_holds_the_user_and_alerts_once(clock: FakeClock) -> None:
     alerts = []
     for _ in range(10):
         alerts.append(record(limiter, "mallory@example.org", 10))
-        clock.t += 10
+        clock.advance(10)
     assert alerts[:9] == [None] * 9
     alert = alerts[9]
     assert alert is not None
@@ -122,9 +114,9 @@ def test_hold_ends_after_hold_time_or_on_release(clock: FakeClock) -> None:
     settings = SendLimitSettings(spike_recipients=50, hold_time=3600)
     limiter = SendLimiter(clock, settings)
     assert record(limiter, "a", 50) is not None
-    clock.t += 3599
+    clock.advance(3599)
     assert limiter.held("a")
-    clock.t += 1
+    clock.advance(1)
     assert not limiter.held("a")
     assert record(limiter, "b", 60) is not None
     assert limiter.unhold("B")
@@ -135,7 +127,7 @@ def test_hold_ends_after_hold_time_or_on_release(clock: FakeClock) -> None:
 def test_hold_time_zero_waits_for_the_admin(clock: FakeClock) -> None:
     limiter = SendLimiter(clock, SendLimitSettings(spike_recipients=50, hold_time=0))
     record(limiter, "a", 50)
-    clock.t += 86_400 * 365
+    clock.advance(86_400 * 365)
     assert check_message(limiter, "a") == Defer(HELD)
 
 
@@ -144,7 +136,7 @@ def test_spread_out_sending_is_no_spike(clock: FakeClock) -> None:
     limiter = SendLimiter(clock, settings)
     for _ in range(60):
         assert record(limiter, "newsletter", 15) is None  # 75 per 5 minutes
-        clock.t += 60
+        clock.advance(60)
 
 
 def test_alert_without_hold(clock: FakeClock) -> None:
@@ -189,7 +181,9 @@ def test_two_processes_share_the_limits_file(clock: FakeClock, tmp_path: Path) -
 def _race(
     path: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue[int]
 ) -> None:
-    limiter = SendLimiter(FakeClock(), SendLimitSettings(0, 100, spike_recipients=0), Path(path))
+    limiter = SendLimiter(
+        FakeClock(START, START), SendLimitSettings(0, 100, spike_recipients=0), Path(path)
+    )
     start.wait()
     accepted = 0
     for _ in range(10):
@@ -206,7 +200,9 @@ def test_processes_racing_for_the_last_recipients_never_exceed_the_limit(tmp_pat
     context = multiprocessing.get_context("fork")
     start, out = context.Event(), context.Queue()
     path = str(tmp_path / "limits.db")
-    SendLimiter(FakeClock(), path=Path(path)).close()  # created once, as the supervisor does
+    SendLimiter(
+        FakeClock(START, START), path=Path(path)
+    ).close()  # created once, as the supervisor does
     procs = [context.Process(target=_race, args=(path, start, out)) for _ in range(4)]
     for proc in procs:
         proc.start()

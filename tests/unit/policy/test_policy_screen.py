@@ -20,17 +20,7 @@ from hato.policy.screen import (
     dnsbl_decision,
     dnsbl_score,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
+from kit.clock import T0, FakeClock
 
 
 def site(text: str) -> DnsblSite:
@@ -133,19 +123,19 @@ def test_client_keys() -> None:
 
 
 def test_connection_rate_counts_a_minute_from_the_first_connection() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0, T0)
     store = ScreenStore(clock, None)
     assert [store.connection("a", 2) for _ in range(2)] == [Accept(), Accept()]
     assert store.connection("a", 2) == Defer(RATE_EXCEEDED)
     assert store.connection("b", 2) == Accept()
-    clock.t += 59.9
+    clock.advance(59.9)
     assert store.connection("a", 2) == Defer(RATE_EXCEEDED)
-    clock.t += 0.1  # the minute since the first connection is over
+    clock.advance(0.1)  # the minute since the first connection is over
     assert store.connection("a", 2) == Accept()
 
 
 def test_greylist_delay_retry_window_and_max_age(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0, T0)
     settings = GreylistSettings(delay=300, retry_window=3600, max_age=86_400)
     store = ScreenStore(clock, tmp_path / "screen.db")
 
@@ -156,19 +146,19 @@ def test_greylist_delay_retry_window_and_max_age(tmp_path: Path) -> None:
     first = store.greylist("192.0.2.0/24", "a@sender.example", "bob@example.org", settings)
     assert isinstance(first, Defer) and first.reply.code == 451
     assert first.reply.text == "Greylisted: please try again in 300 seconds"
-    clock.t += 299
+    clock.advance(299)
     assert not ask()
-    clock.t += 1
+    clock.advance(1)
     assert ask()  # after the delay (the recipient's case does not matter)
-    clock.t += 80_000
+    clock.advance(80_000)
     assert ask()  # known, and seen again: remembered from now on
-    clock.t += 86_401
+    clock.advance(86_401)
     assert not ask()  # unseen for longer than max_age: a new triplet again
     # A retry later than delay + retry_window starts over.
     assert not ask("carol@example.org")
-    clock.t += 300 + 3601
+    clock.advance(300 + 3601)
     assert not ask("carol@example.org")
-    clock.t += 300
+    clock.advance(300)
     assert ask("carol@example.org")
     # Another process (a sibling worker) sees the same triplets.
     sibling = ScreenStore(clock, tmp_path / "screen.db")
@@ -178,17 +168,17 @@ def test_greylist_delay_retry_window_and_max_age(tmp_path: Path) -> None:
 
 
 def test_greylist_delay_zero_passes_the_first_retry() -> None:
-    store = ScreenStore(FakeClock(), None)
+    store = ScreenStore(FakeClock(T0, T0), None)
     settings = GreylistSettings(delay=0)
     assert isinstance(store.greylist("n", "s", "r", settings), Defer)
     assert store.greylist("n", "s", "r", settings) == Accept()
 
 
 def test_a_client_that_waited_is_remembered_for_the_ttl() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0, T0)
     store = ScreenStore(clock, None)
     assert not store.passed("192.0.2.7/32")
     store.remember_pass("192.0.2.7/32", 60)
     assert store.passed("192.0.2.7/32") and not store.passed("192.0.2.8/32")
-    clock.t += 60
+    clock.advance(60)
     assert not store.passed("192.0.2.7/32")

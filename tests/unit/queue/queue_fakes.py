@@ -20,27 +20,11 @@ from hato.model import (
     QueuedRecipient,
 )
 from hato.queue import Queue
+from kit.clock import FakeClock
 
 T = TypeVar("T")
 
-T0 = 1_800_000_000.0  # a fixed wall-clock start (2027-01-15)
 MIB = 1024 * 1024
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.wall = now
-        self.mono = 1000.0
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class FixedRng:

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from queue_fakes import FakeClock, commit_message, open_queue, parse_dsn, run
+from queue_fakes import commit_message, open_queue, parse_dsn, run
 
 from hato.model import Address, RecipientDsn
 from hato.queue import Queue, QueueError, RowUpdate, Status
@@ -23,6 +23,7 @@ from hato.queue.admin import (
 )
 from hato.queue.offline import OfflineAdmin
 from hato.queue.sqlite_admin import where
+from kit.clock import FakeClock
 
 TLS_REPLY = "451 4.7.5 TLS required by MTA-STS: certificate does not match"
 DNS_REPLY = "451 4.4.3 Temporary DNS failure looking up the recipient domain"

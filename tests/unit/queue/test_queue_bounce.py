@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from queue_fakes import (
     MIB,
-    FakeClock,
     FixedRng,
     ParsedDsn,
     ScriptedCourier,
@@ -38,6 +37,7 @@ from hato.model import (
 )
 from hato.queue import AUTH_PARAM, SPF_PARAM, Queue, QueueRunner, QueueWriteError, Schedule
 from hato.queue.store import Queue as QueueClass
+from kit.clock import FakeClock
 
 HOST = "mx.hato.test"
 SENDER = "alice@example.com"

@@ -7,7 +7,7 @@ import email.policy
 from email.message import Message
 
 import pytest
-from queue_fakes import T0, addr, parse_dsn
+from queue_fakes import addr, parse_dsn
 
 from hato.model import Notify, QueuedMessage, QueuedRecipient, RecipientDsn, Reply, xtext_decode
 from hato.model.header import header_section
@@ -18,6 +18,7 @@ from hato.queue.dsn import (
     build_dsn,
     status_code,
 )
+from kit.clock import T0
 
 HOST = "mx.hato.test"
 ORIGINAL = (

@@ -3,9 +3,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from queue_fakes import FakeClock
 
 from hato.queue import QueueIdGenerator, is_queue_id
+from kit.clock import FakeClock
 
 
 def test_ids_are_short_filename_safe_and_unique() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from queue_fakes import (
-    FakeClock,
     FixedRng,
     ScriptedCourier,
     commit_message,
@@ -22,6 +21,7 @@ from queue_fakes import (
 
 from hato.model import Outcome, PermFailed, QueuedMessage, QueuedRecipient, Reply, TempFailed
 from hato.queue import Queue, QueueRunner, Schedule
+from kit.clock import FakeClock
 
 BUSY = TempFailed(Reply(451, "4.4.1", "try later"))
 NO_SUCH_USER = PermFailed(Reply(550, "5.1.1", "no such user"))

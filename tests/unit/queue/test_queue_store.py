@@ -7,10 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from queue_fakes import MIB, T0, FakeClock, addr, commit_message, open_queue, rcpts, run
+from queue_fakes import MIB, addr, commit_message, open_queue, rcpts, run
 
 from hato.model import RecipientDsn
 from hato.queue import Queue, QueueWriteError
+from kit.clock import T0, FakeClock
 
 
 def rows(root: Path, sql: str, *args: object) -> list[tuple[object, ...]]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
 from dnsserver import FakeResolver
 from hato.model import Address
 from hato.model.dns import RdType
@@ -25,16 +23,9 @@ from hato.reports import (
     TlsFailure,
 )
 from hato.server.inbound import Enforcement, InboundChecker
+from kit.clock import FakeClock
 
 NOW = 1_700_000_000.0
-
-
-class Clock:
-    def now(self) -> float:
-        return NOW
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 def _event(ip: str = "192.0.2.1", count: int = 1, time: float = NOW) -> DmarcEvent:
@@ -111,7 +102,11 @@ def _checker(store: SqliteReportStore, enforcement: Enforcement) -> InboundCheck
         }
     )
     return InboundChecker(
-        resolver, authserv_id="mx.test", clock=Clock(), enforcement=enforcement, recorder=store
+        resolver,
+        authserv_id="mx.test",
+        clock=FakeClock(NOW, 0.0),
+        enforcement=enforcement,
+        recorder=store,
     )
 
 

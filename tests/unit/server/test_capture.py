@@ -18,16 +18,9 @@ from hato.model import Address
 from hato.model.dns import RdType
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.inbound import DMARC_DEFER, InboundChecker, InboundVerdict
+from kit.clock import FakeClock
 
 T = TypeVar("T")
-
-
-class _Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 SIGNED_HEADER = (
@@ -150,7 +143,9 @@ def test_a_large_spoof_whose_body_hash_runs_out_of_time_is_deferred_not_delivere
             ("_dmarc.bank.test", RdType.TXT): ["v=DMARC1; p=reject"],
         }
     )
-    checker = InboundChecker(resolver, authserv_id="mx.test", clock=_Clock(), budget=4.0)
+    checker = InboundChecker(
+        resolver, authserv_id="mx.test", clock=FakeClock(1_700_000_000.0, 0.0), budget=4.0
+    )
     header = SIGNED_HEADER.replace(b"d=bank.test", b"d=other.test")
 
     async def run() -> InboundVerdict:

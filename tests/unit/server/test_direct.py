@@ -20,18 +20,11 @@ from hato.model import (
     TempFailed,
 )
 from hato.server.direct import DirectDelivery, Row
+from kit.clock import FakeClock
 
 BODY = b"Subject: hi\r\n\r\nHello.\r\n"
 PREFIX = b"Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
 FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
-
-
-class Clock:
-    def now(self) -> float:
-        return 1767225600.5
-
-    def monotonic(self) -> float:
-        return 1.0
 
 
 class ScriptedCourier:
@@ -65,7 +58,7 @@ def is_local(domain: str) -> bool:
 
 def test_local_recipients_are_delivered_and_only_failures_are_left_for_the_queue() -> None:
     courier = ScriptedCourier({"bob@example.org": TempFailed(FULL)})
-    direct = DirectDelivery(courier, is_local, Clock())
+    direct = DirectDelivery(courier, is_local, FakeClock(1767225600.5, 1.0))
     rows = [
         row("alice@example.org"),
         row("bob@example.org"),  # its mailbox is full: the queue retries it
@@ -85,14 +78,14 @@ def test_local_recipients_are_delivered_and_only_failures_are_left_for_the_queue
     # Negative row numbers: never a queue row's, so a fallback copy cannot share a file name.
     assert [r.row_id for r in recipients] == [-1, -2, -3]
     assert message.body == BODY and message.prefix == PREFIX and message.size == len(BODY)
-    assert message.queue_id == "Q1" and message.received_at == Clock().now()
+    assert message.queue_id == "Q1" and message.received_at == FakeClock(1767225600.5, 1.0).now()
 
 
 def test_a_message_with_any_other_recipient_is_queued_whole() -> None:
     # Delivering part of it and then failing to queue the rest would make the client's retry
     # deliver that part twice.
     courier = ScriptedCourier({})
-    direct = DirectDelivery(courier, is_local, Clock())
+    direct = DirectDelivery(courier, is_local, FakeClock(1767225600.5, 1.0))
     for other in (
         row("carol@remote.test"),  # another server's: the queue and the MX route
         row("dave@example.org", frozenset({Notify.SUCCESS})),  # the runner writes that DSN
@@ -105,22 +98,27 @@ def test_a_message_with_any_other_recipient_is_queued_whole() -> None:
 def test_a_permanent_failure_is_left_for_the_queue_to_bounce() -> None:
     courier = ScriptedCourier({"alice@example.org": PermFailed(Reply(550, "5.1.1", "No"))})
     rows = [row("alice@example.org")]
-    assert deliver(DirectDelivery(courier, is_local, Clock()), rows) == rows
+    assert deliver(DirectDelivery(courier, is_local, FakeClock(1767225600.5, 1.0)), rows) == rows
 
 
 def test_nothing_local_means_no_courier_call() -> None:
     courier = ScriptedCourier({})
     rows = [row("carol@remote.test")]
-    assert deliver(DirectDelivery(courier, is_local, Clock()), rows) == rows
+    assert deliver(DirectDelivery(courier, is_local, FakeClock(1767225600.5, 1.0)), rows) == rows
     assert courier.calls == []
 
 
 def test_with_the_real_maildir_courier_the_file_is_there_when_deliver_returns(
     tmp_path: Path,
 ) -> None:
-    maildir = MaildirCourier(tmp_path / "mail", "mx.example.org", clock=Clock())
+    maildir = MaildirCourier(
+        tmp_path / "mail", "mx.example.org", clock=FakeClock(1767225600.5, 1.0)
+    )
     try:
-        left = deliver(DirectDelivery(maildir, is_local, Clock()), [row("alice@example.org")])
+        left = deliver(
+            DirectDelivery(maildir, is_local, FakeClock(1767225600.5, 1.0)),
+            [row("alice@example.org")],
+        )
     finally:
         maildir.close()
     assert left == []

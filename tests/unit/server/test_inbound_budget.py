@@ -10,6 +10,7 @@ import asyncio
 from hato.model import Address
 from hato.model.dns import DnsAnswer, RdType
 from hato.server.inbound import InboundChecker
+from kit.clock import FakeClock
 
 MESSAGE = (
     b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.test; s=s1; h=from;"
@@ -34,17 +35,11 @@ class Silent:
         raise AssertionError("never answered")
 
 
-class Clock:
-    def now(self) -> float:
-        return 1_700_000_000.0
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 def test_a_check_whose_dns_never_answers_ends_within_the_budget_as_temperror() -> None:
     resolver = Silent()
-    checker = InboundChecker(resolver, authserv_id="mx.test", clock=Clock(), budget=1.0)
+    checker = InboundChecker(
+        resolver, authserv_id="mx.test", clock=FakeClock(1_700_000_000.0, 0.0), budget=1.0
+    )
     took = 0.0
 
     async def check() -> bytes:
