@@ -39,28 +39,12 @@ from hato.model.queuestore import (
     Status,
 )
 from hato.queue import Queue, QueueStore
+from kit.clock import T0, FakeClock
 
-T0 = 1_800_000_000.0  # a fixed wall-clock start (2027-01-15)
 LEASE = 900.0
 SMALL = b"Subject: small\r\n\r\nhello\r\n"
 BIG = b"Subject: big\r\n\r\n" + b"x" * 70_000 + b"\r\n"  # past 64 KiB: a spool file first
 PREFIX = b"Received: by contract\r\n"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = T0
-        self.mono = 1000.0
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class Backend(Protocol):
