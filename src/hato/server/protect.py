@@ -5,8 +5,8 @@ Theory: at RCPT the session asks `recipient_keys` for each final mailbox; a key 
 used with the DEFER policy answers 450 4.7.5 for that recipient. If any accepted recipient has a
 key, the message is received into a `SealedScratch` (a nameless file, encrypted under a key held
 only in memory) instead of a spool body. After DATA, `protect` runs
-`hato.crypto.protect_stream` in a small pool of worker threads (ENCRYPT_THREADS: encryption is
-CPU work, and the event loop must not wait for it): the plaintext copy for unkeyed recipients
+`hato.crypto.protect_stream` in a worker thread (ENCRYPT_THREADS: encryption is CPU work,
+and the event loop must not wait for it): the plaintext copy for unkeyed recipients
 and one encrypted copy per keyed recipient are streamed from the scratch file into queue
 bodies, each committed as its own queue entry. Memory per message is a few chunks whatever
 its size (issue 12: a 40 MB message held in memory and split into lines took 2.6 GB).
@@ -42,7 +42,10 @@ from hato.queue import BodyWriter, QueueStore, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
 
-ENCRYPT_THREADS = 2
+# One thread: the encryption is mostly Python and `cryptography` calls that keep the GIL, so
+# a second thread encrypted no faster (4 x 20 MB: 5.0-5.3 s with one or two) but made the
+# event loop wait twice as long for the GIL (mean 5-8 ms against 12 ms; issue 12 item 3).
+ENCRYPT_THREADS = 1
 _pool: ThreadPoolExecutor | None = None
 
 

@@ -8,10 +8,14 @@ import email
 import email.policy
 import os
 import subprocess
+import threading
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from hato.crypto import parse_public_key
+from hato.crypto import scratch as scratch_module
 from hato.crypto.encrypt import encrypt_stream
 from hato.crypto.scratch import SealedScratch
 from hato.model import Address
@@ -40,6 +44,35 @@ def test_the_scratch_file_holds_ciphertext_and_reads_back(tmp_path: Path) -> Non
     on_disk = os.pread(scratch._file.fileno(), scratch.size + 1, 0)
     assert len(on_disk) == scratch.size and MARKER not in on_disk
     scratch.close()
+
+
+def test_closing_a_scratch_file_with_data_does_not_wait_for_close_2(tmp_path: Path) -> None:
+    # Issue 12 item 3: closing a 50 MB O_TMPFILE frees its blocks in close(2), 14-25 ms (more
+    # while the journal is busy) that the event loop spent; it happens in a background thread.
+    scratch = _scratch(tmp_path, 20_000)
+    assert scratch._file is not None
+    fd = scratch._file.fileno()
+    gate = threading.Event()
+    held = scratch_module._CLOSER.submit(gate.wait)  # the background thread is busy
+    try:
+        scratch.close()
+        os.fstat(fd)  # still open: close() did not do the close(2) itself
+    finally:
+        gate.set()
+    held.result()
+    scratch_module.closes_done().result()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the background thread
+
+
+def test_a_scratch_file_without_data_is_closed_at_once(tmp_path: Path) -> None:
+    scratch = SealedScratch(str(tmp_path))
+    scratch.write(b"Subject: small\r\n\r\nhi\r\n")
+    assert scratch._file is not None
+    fd = scratch._file.fileno()
+    scratch.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 def _inner(outer: bytes) -> bytes:
