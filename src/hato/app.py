@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hato.accounts import UserStore
 from hato.boot.acme import renew_op, start_acme
 from hato.boot.build import (
     CurrentResolver,
@@ -49,7 +48,7 @@ from hato.boot.process import (
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
 from hato.boot.reportwatch import build_sender, open_reports, report_task, send_op
-from hato.boot.store import check_store
+from hato.boot.store import check_store, open_store_pool, open_users
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
@@ -162,7 +161,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
-    users = UserStore(data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations)
+    pool = open_store_pool(settings, node_id)  # [store] postgresql: the shared state
+    users = open_users(settings, data_dir, pool)
     srs = build_srs(settings, clock)  # after the privilege drop: the key file is the server's
     shared = Shared(
         clock=clock,

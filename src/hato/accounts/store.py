@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from argon2 import Parameters, PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -161,15 +162,23 @@ class UserStore:
             self._connections.clear()
             self._local = threading.local()
 
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """The rows of one SELECT (the SQL is written for both backends: `?` placeholders)."""
+        return self._conn().execute(sql, params).fetchall()
+
+    def _change(self, sql: str, params: tuple[object, ...]) -> int:
+        """Run one INSERT/UPDATE/DELETE; the number of rows it changed."""
+        return self._conn().execute(sql, params).rowcount
+
+    @property
+    def cache_stamp(self) -> Path | None:
+        """The file whose change invalidates a cache of `exists` (None: do not cache)."""
+        return self._path
+
     # -- UserDirectory ---------------------------------------------------------------------
 
     def exists(self, address: Address) -> bool:
-        row = (
-            self._conn()
-            .execute("SELECT 1 FROM users WHERE address = ?", (canonical_key(address),))
-            .fetchone()
-        )
-        return row is not None
+        return bool(self._query("SELECT 1 FROM users WHERE address = ?", (canonical_key(address),)))
 
     # -- administration --------------------------------------------------------------------
 
@@ -177,52 +186,46 @@ class UserStore:
         """Create an account; raises UserExists if there is one."""
         hashed = self._hash(password)
         key = canonical_key(address)
-        try:
-            self._conn().execute(
-                "INSERT INTO users (address, password_hash, scram_salt, scram_iterations,"
-                " scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, hashed, *self._scram_row(password)),
-            )
-        except sqlite3.IntegrityError:
-            raise UserExists(f"account already exists: {key}") from None
+        inserted = self._change(
+            "INSERT INTO users (address, password_hash, scram_salt, scram_iterations,"
+            " scram_stored_key, scram_server_key) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (address) DO NOTHING",
+            (key, hashed, *self._scram_row(password)),
+        )
+        if not inserted:
+            raise UserExists(f"account already exists: {key}")
 
     def set_password(self, address: Address, password: str) -> None:
         """Replace an account's password; raises UnknownUser if there is no such account."""
         hashed = self._hash(password)
         key = canonical_key(address)
-        cursor = self._conn().execute(
+        changed = self._change(
             "UPDATE users SET password_hash = ?, scram_salt = ?, scram_iterations = ?,"
             " scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
             (hashed, *self._scram_row(password), key),
         )
-        if cursor.rowcount == 0:
+        if changed == 0:
             raise UnknownUser(f"no such account: {key}")
 
     def remove(self, address: Address) -> bool:
         """Delete an account; False if there was none."""
-        cursor = self._conn().execute(
-            "DELETE FROM users WHERE address = ?", (canonical_key(address),)
-        )
-        return cursor.rowcount > 0
+        return self._change("DELETE FROM users WHERE address = ?", (canonical_key(address),)) > 0
 
     def list(self) -> list[Address]:
         """Every account, sorted by canonical key."""
-        rows = self._conn().execute("SELECT address FROM users ORDER BY address").fetchall()
+        rows = self._query("SELECT address FROM users ORDER BY address", ())
         return [_address_of(str(row[0])) for row in rows]
 
     # -- authentication --------------------------------------------------------------------
 
     def scram_credentials(self, address: Address) -> ScramCredentials | None:
         """The account's SCRAM-SHA-256 credentials, or None (no account, or none stored)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT scram_salt, scram_iterations, scram_stored_key, scram_server_key"
-                " FROM users WHERE address = ?",
-                (canonical_key(address),),
-            )
-            .fetchone()
+        rows = self._query(
+            "SELECT scram_salt, scram_iterations, scram_stored_key, scram_server_key"
+            " FROM users WHERE address = ?",
+            (canonical_key(address),),
         )
+        row = rows[0] if rows else None
         if row is None or row[0] is None:
             return None
         return ScramCredentials(bytes(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]))
@@ -235,11 +238,10 @@ class UserStore:
         """
         key = canonical_key(address)
         dummy = self._dummy()  # made before the look-up, so the first call leaks nothing either
-        row = (
-            self._conn()
-            .execute("SELECT password_hash, scram_iterations FROM users WHERE address = ?", (key,))
-            .fetchone()
+        rows = self._query(
+            "SELECT password_hash, scram_iterations FROM users WHERE address = ?", (key,)
         )
+        row = rows[0] if rows else None
         if row is None:
             self._check(dummy, password)
             return False
@@ -249,13 +251,13 @@ class UserStore:
         if self._hasher.check_needs_rehash(stored):
             # Only replace the hash we checked: a concurrent set_password wins.
             fresh = self._hasher.hash(password)
-            self._conn().execute(
+            self._change(
                 "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
                 (fresh, key, stored),
             )
             stored = fresh
         if self._scram_iterations and (row[1] or 0) < self._scram_iterations:
-            self._conn().execute(
+            self._change(
                 "UPDATE users SET scram_salt = ?, scram_iterations = ?, scram_stored_key = ?,"
                 " scram_server_key = ? WHERE address = ? AND password_hash = ?",
                 (*self._scram_row(password), key, stored),

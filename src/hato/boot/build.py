@@ -214,7 +214,11 @@ def build_resolver(
     aliases = AliasTable.load(settings.local.aliases_file) if settings.local.aliases_file else None
     return RecipientResolver(
         domains,
-        CachedUsers(users, users.path) if isinstance(users, UserStore) else users,
+        (
+            CachedUsers(users, users.cache_stamp)
+            if isinstance(users, UserStore) and users.cache_stamp is not None
+            else users
+        ),
         alias_file=aliases,
         delimiter=settings.local.recipient_delimiter,
         postmaster=settings.local.postmaster,

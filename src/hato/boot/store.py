@@ -7,13 +7,19 @@ Imports hato.pgstore (and so psycopg) only when [store] backend = "postgresql".
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from hato.accounts import UserStore
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from hato.pgstore import PgSettings
+
+USERS_DB = "users.db"
 
 _EXTRA = "pip install 'psycopg[binary]' psycopg-pool (Hato's postgres extra)"
 
@@ -55,3 +61,28 @@ def check_store(settings: Settings) -> None:
         ) from None
     except SchemaMismatch as exc:
         raise StartupError(f"store: {exc}", EX_CONFIG) from None
+
+
+def open_store_pool(settings: Settings, node: str) -> ConnectionPool[Any] | None:
+    """The process's PostgreSQL pool ([store] backend = "postgresql"), else None; raises
+    StartupError (75) if the database cannot be reached at start."""
+    if settings.store.backend != "postgresql":
+        return None
+    from hato.pgstore import StoreUnavailable, open_pool
+
+    try:
+        return open_pool(pg_settings(settings, node))
+    except StoreUnavailable as exc:
+        raise StartupError(
+            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
+        ) from None
+
+
+def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | None) -> UserStore:
+    """The accounts: DATA_DIR/users.db, or the shared store's `users` table."""
+    iterations = settings.auth.stored_scram_iterations
+    if pool is None:
+        return UserStore(data_dir / USERS_DB, scram_iterations=iterations)
+    from hato.accounts.postgres import PgUserStore
+
+    return PgUserStore(pool, scram_iterations=iterations)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hato.model import Address
 
 USERS_DB = "users.db"
+EX_TEMPFAIL = 75
 
 
 def add(args: argparse.Namespace) -> int:
@@ -77,7 +78,8 @@ def remove(args: argparse.Namespace) -> int:
 def list_users(args: argparse.Namespace) -> int:
     loaded = load(args)
     data_dir_of(loaded, write=False)  # refuses a data directory that does not exist
-    if not _db_path(loaded).exists():
+    path = _db_path(loaded)
+    if isinstance(path, Path) and not path.exists():
         print(f"hato: no accounts yet in {_db_path(loaded)}", file=sys.stderr)
         return 0
     with _store(loaded, create=False) as store:
@@ -142,18 +144,25 @@ def _no_such_user(address: Address, loaded: LoadedSettings) -> CommandError:
     return CommandError(f"no such user in {_db_path(loaded)}: {address} (see: hato user list)")
 
 
-def _db_path(loaded: LoadedSettings) -> Path:
+def _db_path(loaded: LoadedSettings) -> Path | str:
+    """Where the accounts are, for messages: DATA_DIR/users.db, or the PostgreSQL store."""
+    if loaded.settings.store.backend == "postgresql":
+        return "the PostgreSQL store"
     return loaded.settings.server.data_dir / USERS_DB
 
 
 @contextlib.contextmanager
 def _store(loaded: LoadedSettings, *, create: bool, init: bool = False) -> Iterator[UserStore]:
-    """The user store in server.data_dir, opened as the server's user; `create` makes the
-    database if it is missing, `init` the data directory too."""
+    """The user store in server.data_dir (or the PostgreSQL store), opened as the server's
+    user; `create` makes the database if it is missing, `init` the data directory too."""
+    if loaded.settings.store.backend == "postgresql":
+        with _pg_store(loaded) as store:
+            yield store
+        return
     from hato.accounts import UserStore  # here, not on top: argon2 is slow to import
 
     data_dir_of(loaded, init=init)
-    path = _db_path(loaded)
+    path = loaded.settings.server.data_dir / USERS_DB
     try:
         if not create and not path.exists():
             raise CommandError(f"no accounts yet: {path} does not exist (see: hato user add)")
@@ -166,3 +175,24 @@ def _store(loaded: LoadedSettings, *, create: bool, init: bool = False) -> Itera
         raise CommandError(f"cannot use {path}: {exc}") from None
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _pg_store(loaded: LoadedSettings) -> Iterator[UserStore]:
+    """The accounts in the shared PostgreSQL store; unreachable: exit 75."""
+    import psycopg
+
+    from hato.boot.process import StartupError
+    from hato.boot.store import open_store_pool, open_users
+
+    try:
+        pool = open_store_pool(loaded.settings, "cli")
+    except StartupError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
+    assert pool is not None
+    try:
+        yield open_users(loaded.settings, loaded.settings.server.data_dir, pool)
+    except psycopg.Error as exc:
+        raise CommandError(f"the PostgreSQL store failed: {exc}", EX_TEMPFAIL) from None
+    finally:
+        pool.close()

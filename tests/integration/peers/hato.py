@@ -33,9 +33,16 @@ class HatoServer:
     name = "hato"
     stores_crlf = True
 
-    def __init__(self, data_dir: Path, setup: MailSetup | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        setup: MailSetup | None = None,
+        port: int = 0,
+        host: str = LOOPBACK,
+    ) -> None:
+        """`host`: any of 127.0.0.0/8, so that several servers can be several machines."""
         self.setup = setup or MailSetup()
-        self.host = LOOPBACK
+        self.host = host
         self.port = port or free_port()
         # Used only when `setup.submission` is set.
         self.submission_port = free_port()
@@ -101,6 +108,17 @@ class HatoServer:
                     for local, targets in domain.aliases
                 )
                 lines.append(f"aliases = {{ {table} }}")
+        if s.store is not None:
+            dsn, password_file = s.store
+            lines += [
+                "",
+                "[store]",
+                'backend = "postgresql"',
+                f"dsn = {_toml_str(dsn)}",
+                f"password_file = {_toml_str(str(password_file))}",
+            ]
+        if s.mailboxes is not None:
+            lines += ["", "[local]", f"mailboxes = {_toml_str(str(s.mailboxes))}"]
         lines += [
             "",
             "[limits]",
@@ -208,10 +226,10 @@ class HatoServer:
         return None if self.proc is None else self.proc.poll()
 
     def mailbox(self, user: str, domain: str) -> Path:
-        return self.data_dir / "mailboxes" / domain / user
+        return self.mailboxes() / domain / user
 
     def mailboxes(self) -> Path:
-        return self.data_dir / "mailboxes"
+        return self.setup.mailboxes or self.data_dir / "mailboxes"
 
     def log_text(self) -> str:
         try:

@@ -76,6 +76,10 @@ class MailSetup:
     tls: TlsFiles | None = None
     acme: AcmeSetup | None = None  # with tls None
     auth: AuthSetup | None = None
+    # [store] backend = "postgresql": the DSN (no password) and the password file; None: SQLite.
+    store: tuple[str, Path] | None = None
+    # [local] mailboxes: a Maildir tree several servers share (None: DATA_DIR/mailboxes).
+    mailboxes: Path | None = None
 
 
 def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:

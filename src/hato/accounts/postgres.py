@@ -1,0 +1,81 @@
+"""The accounts on the shared PostgreSQL store ([store] backend = "postgresql").
+
+The same `UserStore` (argon2id hashes, SCRAM keys, re-hashing on login, the dummy hash that
+keeps an unknown account's timing like a known one's) over the `users` table of the shared
+database, so that an account added, changed or removed on one node is what every node checks
+at the next RCPT or AUTH: every call is one statement on a pooled connection in autocommit, so
+it sees every commit made before it. `exists` is not cached (there is no file to watch for
+changes); it is one primary-key look-up.
+
+The table is made by `hato store migrate` (hato.pgstore.schema, migration 1). A database that
+cannot be reached raises psycopg.OperationalError from the call that needed it; the session's
+catch-all answers 451 4.3.0 (RFC 3463 X.3.0: a temporary system problem), never 250.
+
+Must not import anything of hato but model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from argon2 import Parameters
+from argon2.profiles import RFC_9106_LOW_MEMORY
+from psycopg_pool import ConnectionPool
+
+from hato.accounts.store import UserStore
+from hato.model.auth import SCRAM_ITERATIONS
+
+
+def _pg(sql: str) -> str:
+    # The SQL is shared with the SQLite store, written with "?" placeholders; none of it holds
+    # a literal "?".
+    return sql.replace("?", "%s")
+
+
+class PgUserStore(UserStore):
+    """`UserStore` on the `users` table of the shared PostgreSQL store."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        parameters: Parameters = RFC_9106_LOW_MEMORY,
+        scram_iterations: int = SCRAM_ITERATIONS,
+        label: str = "the PostgreSQL store",
+    ) -> None:
+        super().__init__(Path(label), parameters=parameters, scram_iterations=scram_iterations)
+        self._pool = pool
+        self._label = label
+        self._cleared = False
+
+    @property
+    def cache_stamp(self) -> Path | None:
+        return None  # no file changes when another node edits the table
+
+    def __str__(self) -> str:
+        return self._label
+
+    def _clear_scram(self) -> None:
+        # [auth] scram_iterations = 0: no SCRAM keys are kept (as the SQLite store does on open).
+        if self._cleared or self._scram_iterations:
+            return
+        self._cleared = True
+        self._change(
+            "UPDATE users SET scram_salt = NULL, scram_iterations = NULL,"
+            " scram_stored_key = NULL, scram_server_key = NULL WHERE scram_salt IS NOT NULL",
+            (),
+        )
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        self._clear_scram()
+        with self._pool.connection() as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(_pg(sql), params).fetchall()
+            return rows
+
+    def _change(self, sql: str, params: tuple[object, ...]) -> int:
+        with self._pool.connection() as conn:
+            return int(conn.execute(_pg(sql), params).rowcount)
+
+    def close(self) -> None:
+        """The pool is the caller's (shared by the stores of a process): nothing to close."""

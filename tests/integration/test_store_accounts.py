@@ -1,0 +1,136 @@
+"""Accounts on the shared PostgreSQL store: the UserStore contract on a real PostgreSQL, and two
+`hato serve` nodes (127.0.0.2 and 127.0.0.4) that see an account added or removed on one of
+them at once, at AUTH and at RCPT."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from peers.hato import HatoServer, hato_binary
+from peers.net import RawSession
+from peers.postgres import PASSWORD, PostgresServer
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup, submission_setup
+from peers.tls import TestCA
+from psycopg_pool import ConnectionPool
+
+from hato.accounts import UnknownUser, UserExists
+from hato.accounts.postgres import PgUserStore
+from hato.model import Address
+from hato.pgstore import PgSettings, migrate, open_pool
+
+ALICE = Address("alice", "users.test")
+
+
+def _migrate(dsn: str) -> None:
+    with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+
+
+@pytest.fixture
+def pool(pg_dsn: str, postgres: PostgresServer) -> Iterator[ConnectionPool[psycopg.Connection]]:
+    _migrate(pg_dsn)
+    pool = open_pool(PgSettings(pg_dsn, postgres.password_file, pool_size=2))
+    yield pool
+    pool.close()
+
+
+def test_user_store_contract_on_postgresql(pool: ConnectionPool[psycopg.Connection]) -> None:
+    store = PgUserStore(pool, scram_iterations=4096)
+    other = PgUserStore(pool, scram_iterations=4096)  # another node, same database
+    assert not store.exists(ALICE)
+    store.add(ALICE, "first password")
+    assert other.exists(Address("Alice", "USERS.test"))  # accounts ignore case
+    with pytest.raises(UserExists):
+        other.add(ALICE, "again")
+    assert other.verify(ALICE, "first password")
+    assert not other.verify(ALICE, "wrong")
+    assert not other.verify(Address("nobody", "users.test"), "first password")
+    scram = other.scram_credentials(ALICE)
+    assert scram is not None and scram.iterations == 4096
+    store.set_password(ALICE, "second password")
+    assert not other.verify(ALICE, "first password") and other.verify(ALICE, "second password")
+    assert other.list() == [ALICE]
+    with pytest.raises(UnknownUser):
+        store.set_password(Address("bob", "users.test"), "x")
+    assert store.remove(ALICE) and not store.remove(ALICE)
+    assert not other.exists(ALICE) and other.list() == []
+
+
+def test_no_scram_keys_are_kept_when_scram_is_off(
+    pool: ConnectionPool[psycopg.Connection],
+) -> None:
+    PgUserStore(pool, scram_iterations=4096).add(ALICE, "a password")
+    off = PgUserStore(pool, scram_iterations=0)
+    assert off.verify(ALICE, "a password")
+    assert off.scram_credentials(ALICE) is None
+
+
+def _auth(server: HatoServer, ca: TestCA, login: str) -> int:
+    with RawSession(server.host, server.submissions_port, tls=ca.client_context()) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        token = base64.b64encode(f"\0{login}\0{USER_PASSWORD}".encode())
+        return session.command(b"AUTH PLAIN " + token)[0]
+
+
+def _rcpt(server: HatoServer, address: str) -> int:
+    with RawSession(server.host, server.port) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        assert session.command(b"MAIL FROM:<someone@example.net>")[0] == 250
+        return session.command(f"RCPT TO:<{address}>".encode())[0]
+
+
+def _user(server: HatoServer, *args: str, password: str = USER_PASSWORD) -> None:
+    done = subprocess.run(
+        [hato_binary(), "user", *args, "--config", str(server.config)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HATO_HOME": str(server.data_dir)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "PostgreSQL store" in done.stdout
+
+
+def test_an_account_added_on_node_a_authenticates_on_node_c(
+    workdir: Path, pg_dsn: str, postgres: PostgresServer, test_ca: TestCA
+) -> None:
+    _migrate(pg_dsn)
+    base = submission_setup(test_ca.tls_files())
+    store = (pg_dsn, postgres.password_file)
+    domains = (DomainSetup("users.test", users=("alice",)),)
+    a = HatoServer(
+        workdir / "a",
+        MailSetup(domains=domains, submission=True, tls=base.tls, store=store),
+        host="127.0.0.2",
+    )
+    c = HatoServer(
+        workdir / "c",
+        MailSetup(domains=(DomainSetup("users.test"),), submission=True, tls=base.tls, store=store),
+        host="127.0.0.4",
+    )
+    a.start()
+    try:
+        c.start()
+        try:
+            # alice was added (by the harness, `hato user add`) with node A's configuration.
+            assert _auth(c, test_ca, "alice@users.test") == 235
+            assert _rcpt(c, "bob@users.test") == 550
+            _user(a, "add", "bob@users.test")
+            assert _auth(c, test_ca, "bob@users.test") == 235  # at once: no reload, no cache
+            assert _rcpt(c, "bob@users.test") == 250
+            _user(c, "remove", "bob@users.test")
+            assert _auth(a, test_ca, "bob@users.test") == 535
+            assert _rcpt(a, "bob@users.test") == 550
+        finally:
+            c.stop()
+    finally:
+        a.stop()
