@@ -30,8 +30,6 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "intake": ("hato.server.*", "hato.intake.*"),
     # latency: the composition root into boot/.
     "latency": ("hato.app", "hato.supervisor", "hato.boot.*"),
-    # durable: route planning apart from the attempt.
-    "durable": ("hato.delivery.outbound", "hato.delivery.outbound_attempt"),
 }
 
 

@@ -1,7 +1,9 @@
 """One delivery attempt of one destination group, for the outbound courier (outbound.py).
 
-`Attempt.run` walks the hops and addresses the courier hands it and keeps, per recipient, the
-final outcome (Delivered, 5xx) or the latest temporary one; see outbound.py's docstring.
+`Attempt.run` walks the hops and addresses the route planner (outbound_route.py) answers and
+keeps, per recipient, the final outcome (Delivered, 5xx) or the latest temporary one; see
+outbound.py's docstring. What it needs of the courier (connections, the pool, the egress
+monitor, the TLS reports) it is handed as `Links`; it never calls back into the courier.
 
 Must not import anything of hato but model, smtp, reports (the TLS report events) and delivery.
 """
@@ -9,13 +11,15 @@ Must not import anything of hato but model, smtp, reports (the TLS report events
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol, assert_never
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, assert_never
 
+from hato.delivery.egress import EgressMonitor
 from hato.delivery.mx import MAIL_LOOP, NO_ADDRESS, RouteError
 from hato.delivery.outbound_body import needs_smtputf8, read_head, tls_required_no, wire_body
-from hato.delivery.outbound_pool import PoolKey
+from hato.delivery.outbound_pool import ConnectionPool, PoolKey
+from hato.delivery.outbound_route import Destination, Hop, RoutePlanner
 from hato.delivery.smtp_client import (
     BodySource,
     Capabilities,
@@ -48,9 +52,6 @@ from hato.model import (
     logfmt,
 )
 from hato.model.dsn import xtext_decode
-
-if TYPE_CHECKING:
-    from hato.delivery.outbound import Destination, Hop, OutboundCourier
 
 log = logging.getLogger("hato.delivery.outbound")
 
@@ -90,17 +91,29 @@ def pool_key(options: ConnectOptions, tls: HopTls) -> PoolKey:
     return PoolKey(options.host, options.port, mode, options.server_name, options.lmtp, auth)
 
 
+@dataclass(frozen=True, slots=True)
+class Links:
+    """What an attempt uses of its courier besides the route planner."""
+
+    connect: Callable[[ConnectOptions, PoolKey], Awaitable[Session]]  # pooled or new
+    pool: ConnectionPool[Session]  # to park or discard a session after the transaction
+    egress: EgressMonitor  # port 25 reachability, fed by every connection
+    tls_reports: TlsReporting | None  # [reports] tlsrpt, or None
+
+
 class Attempt:
     """One delivery attempt of one group (see the module docstring, steps 1-4)."""
 
     def __init__(
         self,
-        courier: OutboundCourier,
+        planner: RoutePlanner,
+        links: Links,
         dest: Destination,
         message: QueuedMessage,
         rcpts: list[QueuedRecipient],
     ) -> None:
-        self.courier = courier
+        self.planner = planner
+        self.links = links
         self.dest = dest
         self.message = message
         self.pending = list(rcpts)
@@ -118,7 +131,7 @@ class Attempt:
         self.tls_used = False  # the last transaction ran over TLS (for the TLS reports)
 
     async def run(self) -> dict[int, Outcome]:
-        hops = await self.courier.hops(self.dest)
+        hops = await self.planner.hops(self.dest)
         if isinstance(hops, RouteError):
             failure = _failed(hops.reply)
             return {r.row_id: failure for r in self.pending}
@@ -128,7 +141,7 @@ class Attempt:
             return {r.row_id: TempFailed(BODY_READ_ERROR) for r in self.pending}
         # RFC 8689 §4.1: "TLS-Required: No" counts only without the REQUIRETLS parameter.
         optional = not self.requiretls and tls_required_no(self.head)
-        inputs = await self.courier.policy_inputs(self.dest, self.requiretls, optional)
+        inputs = await self.planner.policy_inputs(self.dest, self.requiretls, optional)
         self.inputs = inputs
         for hop in hops:
             if not self.pending:
@@ -137,7 +150,7 @@ class Attempt:
         return {**self.latest, **self.final}
 
     async def _hop(self, inputs: PolicyInputs, hop: Hop) -> None:
-        tls = await self.courier.hop_tls(inputs, hop)
+        tls = await self.planner.hop_tls(inputs, hop)
         if isinstance(tls, PolicyRefusal):
             log.warning(logfmt("tls-policy-refused", host=hop.host, reply=str(tls.reply)))
             reporting = self._reporting(hop)
@@ -146,7 +159,7 @@ class Attempt:
                 reporting.failure(inputs, None, hop.host, "", failure, tls.reply.text)
             self._fail_all(_failed(tls.reply))  # a 5.7.30 (REQUIRETLS) is final with no hop left
             return
-        addresses = await self.courier.addresses(hop)
+        addresses = await self.planner.addresses(hop)
         if isinstance(addresses, Reply):
             self._fail_all(_failed(addresses))  # final only if no later hop does better
             return
@@ -156,13 +169,13 @@ class Attempt:
             await self._address(hop, address, tls)
 
     async def _address(self, hop: Hop, address: str, tls: HopTls) -> None:
-        options = self.courier.options(hop, address, tls, plaintext=False)
+        options = self.planner.options(hop, address, tls, plaintext=False)
         mx = hop.smarthost is None and not hop.configured and not hop.lmtp
         reporting = self._reporting(hop)
         try:
             await self._transaction(options, tls)
             if mx:
-                self.courier.egress.connected()
+                self.links.egress.connected()
             if reporting is not None and self.inputs is not None and self.tls_used:
                 reporting.success(self.inputs, tls, hop.host, address)
         except DeliveryError as exc:
@@ -172,13 +185,13 @@ class Attempt:
             if mx:
                 # delivery/egress.py: many MX hosts failing at TCP connect means OP25B.
                 if exc.stage == "connect":
-                    self.courier.egress.connect_failed(hop.host)
+                    self.links.egress.connect_failed(hop.host)
                 else:
-                    self.courier.egress.connected()
+                    self.links.egress.connected()
             if exc.stage == "tls" and tls.level is TlsLevel.MAY and not exc.tls_policy:
                 # RFC 3207 §4.1 / RFC 7435: opportunistic TLS failed; plaintext beats no mail.
                 log.info(logfmt("starttls-failed-retry-plain", host=hop.host, address=address))
-                plain = self.courier.options(hop, address, tls, plaintext=True)
+                plain = self.planner.options(hop, address, tls, plaintext=True)
                 try:
                     await self._transaction(plain, tls)
                 except DeliveryError as again:
@@ -188,7 +201,7 @@ class Attempt:
 
     def _reporting(self, hop: Hop) -> TlsReporting | None:
         """[reports] tlsrpt: only MX hops are a domain's policy (RFC 8460 §4)."""
-        reporting = self.courier.tls_reports
+        reporting = self.links.tls_reports
         mx = hop.smarthost is None and not hop.configured and not hop.lmtp
         return reporting if mx and self.dest.domain else None
 
@@ -211,12 +224,12 @@ class Attempt:
 
     async def _transaction(self, options: ConnectOptions, tls: HopTls) -> None:
         key = pool_key(options, tls)
-        session = await self.courier.connect(options, key)
+        session = await self.links.connect(options, key)
         self.tls_used = session.tls is not None
         keep = False
         try:
             # An LMTP server (Dovecot) often greets with this machine's own name: no loop.
-            if not options.lmtp and self.courier.is_us(session.capabilities):
+            if not options.lmtp and self.planner.is_us(session.capabilities):
                 log.warning(
                     logfmt("mx-loop", host=options.host, peer=session.capabilities.server_name)
                 )
@@ -241,9 +254,9 @@ class Attempt:
             keep = session.usable
         finally:
             if keep:
-                await self.courier.pool.park(key, session)
+                await self.links.pool.park(key, session)
             else:
-                await self.courier.pool.discard(session)
+                await self.links.pool.discard(session)
 
     def _refusal(self, session: Session, host: str) -> Reply | None:
         tls = session.tls
