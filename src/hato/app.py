@@ -334,7 +334,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 reload=reloader.request,
                 renew=renew_op(acme),
                 committer=committer,
-                reports=send_op(sender, clock),
+                reports=send_op(settings, sender, clock),
             )
             # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
             control_task = tasks.create_task(

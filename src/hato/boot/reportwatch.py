@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hato.reports")
 
-SendOp = Callable[[], Awaitable[dict[str, list[str]]]]
+SendOp = Callable[[bool], Awaitable[dict[str, list[str]]]]
 
 
 def open_reports(
@@ -120,13 +120,17 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
-def send_op(sender: ReportSender | None, clock: Clock) -> SendOp | None:
-    """The control socket's reports.send: report everything recorded up to now."""
+def send_op(settings: Settings, sender: ReportSender | None, clock: Clock) -> SendOp | None:
+    """The control socket's reports.send: report what is due (up to the last interval end),
+    or with `now` everything recorded up to now."""
     if sender is None:
         return None
+    r = settings.reports
 
-    async def send() -> dict[str, list[str]]:
-        summary = await sender.send(clock.now())
+    async def send(now: bool) -> dict[str, list[str]]:
+        at = clock.now()
+        end = at if now else next_boundary(at, r.hour, r.interval) - r.interval
+        summary = await sender.send(end)
         return {"sent": summary.sent, "skipped": summary.skipped}
 
     return send

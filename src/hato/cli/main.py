@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     spam.register(commands)
     store.register(commands)
+    from hato.cli import report  # it imports hato.cli.main
+
+    report.register(commands)
     return parser
 
 

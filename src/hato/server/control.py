@@ -9,7 +9,7 @@ Every request names an `op`:
     {"op": "status"}                         -> queue figures, last-hour outcomes, uptime
     {"op": "reload"}                         -> {"ok": true, "reload": {"applied": ..., ...}}
     {"op": "tls.renew"}                      -> {"ok": true, "certificate": {"serial": ...}}
-    {"op": "reports.send"}                   -> {"ok": true, "reports": {"sent": [...], ...}}
+    {"op": "reports.send", "now": true}      -> {"ok": true, "reports": {"sent": [...], ...}}
     {"op": "queue.list", "domain": ...}      -> {"ok": true, "rows": [...]}
     {"op": "queue.show", "id": ...}          -> {"ok": true, "message": {...}}
     {"op": "queue.hold" | "queue.release" | "queue.flush" | "queue.delete" | "queue.bounce",
@@ -112,7 +112,7 @@ class ControlServer:
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
         committer: Committer | None = None,
-        reports: Callable[[], Awaitable[dict[str, list[str]]]] | None = None,
+        reports: Callable[[bool], Awaitable[dict[str, list[str]]]] | None = None,
     ) -> None:
         # `committer`: the runner's, so `hato queue bounce`'s DSNs are protected as its are.
         self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname, committer=committer)
@@ -213,7 +213,7 @@ class ControlServer:
         if op == "reports.send":
             if self._reports is None:
                 raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
-            return {"reports": await self._reports()}
+            return {"reports": await self._reports(request.get("now") is True)}
         selector = _selector(request)
         if op == "queue.list":
             return {"rows": [as_json(row) for row in await self._admin.list(selector)]}
