@@ -155,12 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(commands)
     reload.register(commands)
     tls.register(commands)
-    from hato.cli import spam, store
+    from hato.cli import report, spam, store
 
     spam.register(commands)
     store.register(commands)
-    from hato.cli import report  # it imports hato.cli.main
-
     report.register(commands)
     return parser
 

@@ -65,7 +65,7 @@ def show(args: argparse.Namespace) -> int:
 
 
 def send(args: argparse.Namespace) -> int:
-    from hato.cli.main import load
+    from hato.cli.options import load
     from hato.cli.queue import SOCKET_NAME, ControlClient, ServerDown, check
 
     loaded = load(args)
@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from hato.cli.main import _with_config
+    from hato.cli.options import with_config
 
     help_text = "summarise received DMARC/TLS reports; `hato report send` sends ours now"
     sub = commands.add_parser("report", help=help_text, description=help_text)
     sub.add_argument("paths", nargs="*", metavar="FILE", help="files, Maildirs, - (stdin)")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument("--now", action="store_true", help="with send: report up to now")
-    _with_config(sub).set_defaults(handler=run)
+    with_config(sub).set_defaults(handler=run)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the shared helpers
-from outbound_fakes import FakeClock, FakeNet, Peer
+from outbound_fakes import FakeNet, Peer
 
 from dnsserver import FakeResolver
 from hato.delivery.mtasts import MtaSts
@@ -20,6 +17,7 @@ from hato.delivery.transport import OutboundSettings
 from hato.model import Address, QueuedMessage, QueuedRecipient, Reply
 from hato.model.dns import MxRecord, RdType
 from hato.reports import PolicyType, TlsEvent, TlsFailure
+from kit.clock import FakeClock
 
 MESSAGE = QueuedMessage("Q1", Address("alice", "us.test"), 0.0, "", 4, body=b"Hi\r\n")
 
