@@ -23,22 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hato.model import Reply
-from hato.smtp import (
-    AuthRequest,
-    AuthResponse,
-    CloseConnection,
-    ConnectionLost,
-    Event,
-    Hello,
-    MailFrom,
-    MessageEnd,
-    RcptTo,
-    Sentinel,
-    ServerConnection,
-    ServerSettings,
-    StartTLSRequest,
-)
+from hato.smtp import Event, MessageEnd
+from kit.smtp_core import Driver
 
 
 class DialogError(AssertionError):
@@ -110,62 +96,38 @@ def parse_dialog(text: str) -> Dialog:
     return dialog
 
 
-class TestApp:
-    """The app behind the core in dialogs: recipients @example.org are accepted, others
-    refused 550 5.1.1; messages are accepted; AUTH PLAIN accepts alice:secret."""
-
-    def __init__(self, conn: ServerConnection) -> None:
-        self.conn = conn
-        self.queued = 0
-
-    def answer(self, event: Event) -> None:
-        match event:
-            case RcptTo() if event.address.domain != "example.org":
-                self.conn.reply(Reply(550, "5.1.1", "No such user"))
-            case MessageEnd():
-                self.queued += 1
-                self.conn.accept(f"Ok: queued as TEST{self.queued}")
-            case StartTLSRequest():
-                self.conn.accept()
-                self.conn.tls_established()  # a handshake that always succeeds
-            case AuthRequest() if event.initial is None:
-                self.conn.auth_challenge(b"")
-            case AuthRequest() | AuthResponse():
-                data = event.initial if isinstance(event, AuthRequest) else event.data
-                if data == b"\0alice\0secret":
-                    self.conn.accept()
-                else:
-                    self.conn.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
-            case Hello() | MailFrom() | RcptTo():
-                self.conn.accept()
-            case _:
-                pass
-
-
 class CoreServer:
-    """Runs a dialog against hato.smtp.ServerConnection."""
+    """Runs a dialog against hato.smtp.ServerConnection through the kit's driver (its test app:
+    recipients @example.org accepted, others 550 5.1.1; STARTTLS always succeeds; AUTH PLAIN
+    accepts alice:secret), each message accepted as "Ok: queued as TEST<n>"."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        options: dict[str, Any] = {"hostname": "mx.example.org", **settings}
+        options = dict(settings)
         tls_active = bool(options.pop("tls_active", False))
-        self.conn = ServerConnection(ServerSettings(**options), tls_active=tls_active)
-        self.app = TestApp(self.conn)
-        self.closed = False
-        self.conn.greet()
+        self.queued = 0
+        self.driver = Driver.make(
+            greet=False, tls_active=tls_active, decide=self._decide, **options
+        )
+        self.driver.conn.greet()
+
+    def _decide(self, event: Event) -> str | None:
+        if isinstance(event, MessageEnd):
+            self.queued += 1
+            return f"Ok: queued as TEST{self.queued}"
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self.driver.closed
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return  # a live server would have hung up: the bytes go nowhere
-        self.conn.receive_data(data)
-        while not self.closed:
-            event = self.conn.next_event()
-            if isinstance(event, Sentinel):
-                return
-            self.app.answer(event)
-            self.closed = isinstance(event, CloseConnection | ConnectionLost)
+        self.driver.conn.receive_data(data)
+        self.driver.pump()
 
     def output(self) -> bytes:
-        return self.conn.data_to_send()
+        return self.driver.conn.data_to_send()
 
 
 def _split_replies(data: bytes) -> list[list[str]]:

@@ -12,22 +12,14 @@ from hypothesis import strategies as st
 
 from hato.model import Reply
 from hato.smtp import (
-    AuthRequest,
-    AuthResponse,
     BodyChunk,
     CloseConnection,
     ConnectionLost,
     Event,
-    Hello,
-    MailFrom,
     MessageAborted,
-    MessageEnd,
-    RcptTo,
-    Sentinel,
-    ServerConnection,
-    ServerSettings,
     StartTLSRequest,
 )
+from kit.smtp_core import Driver
 
 BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*")
@@ -92,47 +84,22 @@ class Outcome:
     output: bytes = b""
 
 
-def answer(conn: ServerConnection, event: Event) -> None:
-    """A deterministic app: refuses STARTTLS (a handshake would split the stream)."""
-    match event:
-        case RcptTo() if event.address.domain != "example.org":
-            conn.reply(Reply(550, "5.1.1", "No such user"))
-        case StartTLSRequest():
-            conn.reply(Reply(454, "4.7.0", "TLS not available"))
-        case AuthRequest() if event.initial is None:
-            conn.auth_challenge(b"")
-        case AuthRequest() | AuthResponse():
-            data = event.initial if isinstance(event, AuthRequest) else event.data
-            if data == b"\0alice\0secret":
-                conn.accept()
-            else:
-                conn.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
-        case Hello() | MailFrom() | RcptTo() | MessageEnd():
-            conn.accept()
-        case _:
-            pass
+def refuse_tls(event: Event) -> Reply | None:
+    """The kit driver's app, but STARTTLS is refused (a handshake would split the stream)."""
+    return Reply(454, "4.7.0", "TLS not available") if isinstance(event, StartTLSRequest) else None
 
 
 def run(chunks: list[bytes], **overrides: Any) -> Outcome:
-    conn = ServerConnection(ServerSettings(**{**SETTINGS, **overrides}))
-    conn.greet()
-    outcome = Outcome()
-    out = [conn.data_to_send()]
+    driver = Driver.make(greet=False, decide=refuse_tls, **{**SETTINGS, **overrides})
+    driver.conn.greet()
+    out = [driver.conn.data_to_send()]
     for chunk in [*chunks, b""]:  # b"" = EOF at the end
-        conn.receive_data(chunk)
-        while True:
-            event = conn.next_event()
-            if isinstance(event, Sentinel):
-                break
-            outcome.events.append(event)
-            answer(conn, event)
-            if isinstance(event, CloseConnection | ConnectionLost):
-                break
-        out.append(conn.data_to_send())
-        if outcome.events and isinstance(outcome.events[-1], CloseConnection | ConnectionLost):
+        driver.conn.receive_data(chunk)
+        driver.pump()
+        out.append(driver.conn.data_to_send())
+        if driver.closed:
             break
-    outcome.output = b"".join(out)
-    return outcome
+    return Outcome(driver.events, b"".join(out))
 
 
 def normalized(events: list[Event]) -> list[Event]:

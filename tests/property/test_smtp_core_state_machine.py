@@ -12,16 +12,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from hato.model import Reply
 from hato.smtp import (
     NEED_DATA,
-    Hello,
+    Event,
     LocalProtocolError,
-    MailFrom,
-    MessageEnd,
     RcptTo,
-    Sentinel,
-    ServerConnection,
-    ServerSettings,
     State,
 )
+from kit.smtp_core import Driver
 
 REPLY = re.compile(r"([2-5][0-9][0-9])([ -])[^\r\n]*")
 GREETED, READY, MAIL, RCPT, DATA, BDAT, CLOSED = (
@@ -44,31 +40,29 @@ TO_STATE = {
 }
 
 
+def refuse_nobody(event: Event) -> Reply | str | None:
+    """Every recipient here is @example.org; nobody@ is the one the app refuses."""
+    if isinstance(event, RcptTo) and event.address.local == "nobody":
+        return Reply(550, "5.1.1", "No such user")
+    return None
+
+
 class SmtpCoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.conn = ServerConnection(
-            ServerSettings(hostname="mx.example.org", max_recipients=3, max_bad_commands=10**6)
+        self.driver = Driver.make(
+            greet=False, decide=refuse_nobody, max_recipients=3, max_bad_commands=10**6
         )
-        self.conn.greet()
+        self.driver.conn.greet()
         assert self.send(b"") == [220]
         self.model = GREETED
         self.accepted = 0
         self.refused = 0
 
     def send(self, data: bytes) -> list[int]:
-        if data:
-            self.conn.receive_data(data)
-        while not isinstance(event := self.conn.next_event(), Sentinel):
-            match event:
-                case RcptTo() if event.address.local == "nobody":
-                    self.conn.reply(Reply(550, "5.1.1", "No such user"))
-                case Hello() | MailFrom() | RcptTo() | MessageEnd():
-                    self.conn.accept()
-                case _:
-                    pass  # informational events need no answer
+        output = self.driver.run(data)
         codes: list[int] = []
-        for line in self.conn.data_to_send().decode().split("\r\n")[:-1]:
+        for line in output.split("\r\n")[:-1]:
             match = REPLY.fullmatch(line)
             assert match, line
             if match.group(2) == " ":
@@ -195,13 +189,13 @@ class SmtpCoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model == CLOSED)
     @rule()
     def after_close(self) -> None:
-        assert self.conn.next_event() is NEED_DATA
+        assert self.driver.conn.next_event() is NEED_DATA
         with pytest.raises(LocalProtocolError):
-            self.conn.receive_data(b"NOOP\r\n")
+            self.driver.conn.receive_data(b"NOOP\r\n")
 
     @invariant()
     def state_matches_model(self) -> None:
-        assert self.conn.state is TO_STATE[self.model]
+        assert self.driver.conn.state is TO_STATE[self.model]
 
 
 SmtpCoreMachine.TestCase.settings = settings(

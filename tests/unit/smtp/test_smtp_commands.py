@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from smtp_driver import EHLO, TXN, Driver, codes, replies
 
 from hato.model import Address, Reply
 from hato.smtp import (
@@ -21,6 +20,7 @@ from hato.smtp import (
     State,
     TransactionReset,
 )
+from kit.smtp_core import EHLO, TXN, Driver, codes, replies
 
 
 def test_greeting_banner() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from smtp_driver import EHLO, TXN, Driver, codes, replies
 
 from hato.model import Reply
 from hato.smtp import (
@@ -18,6 +17,7 @@ from hato.smtp import (
     State,
     TransactionReset,
 )
+from kit.smtp_core import EHLO, TXN, Driver, codes, replies
 
 START = EHLO + TXN
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from smtp_driver import EHLO, Driver, b64, codes, replies
 
 from hato.model import Reply
 from hato.smtp import (
@@ -19,6 +18,7 @@ from hato.smtp import (
     StartTLSRequest,
     State,
 )
+from kit.smtp_core import EHLO, Driver, b64, codes, replies
 
 PLAIN_OK = b64(b"\0alice\0secret")
 PLAIN_WRONG = b64(b"\0alice\0wrong")

@@ -1,6 +1,14 @@
-"""A tiny session for the sans-IO core in tests: feeds bytes, answers decisions with a test
-app (recipients @example.org accepted, others 550 5.1.1; PLAIN/LOGIN for alice:secret),
-collects events and the bytes the server sent."""
+"""The one driver of the sans-IO SMTP core (hato.smtp.ServerConnection) in tests: feeds bytes,
+answers every decision with a test app (recipients @example.org accepted, others 550 5.1.1;
+STARTTLS accepted and the handshake taken as done; PLAIN/LOGIN for alice:secret), collects the
+events and the bytes the server sent. Unit tests (tests/unit/smtp), the scripted dialogs
+(tests/dialogs) and the property tests (tests/property) all drive the core through it; a test
+that needs another app passes `decide`.
+
+    driver = Driver.make(max_recipients=3)         # greeted; ServerSettings fields as keywords
+    out = driver.run("EHLO c.example\r\n")          # what the server answered, as text
+    assert codes(out) == [250]
+"""
 
 from __future__ import annotations
 
@@ -44,10 +52,19 @@ class Driver:
     _stage: str = ""
 
     @classmethod
-    def make(cls, *, greet: bool = True, tls_active: bool = False, **settings: Any) -> Driver:
+    def make(
+        cls,
+        *,
+        greet: bool = True,
+        tls_active: bool = False,
+        decide: Callable[[Event], Reply | str | None] | None = None,
+        **settings: Any,
+    ) -> Driver:
+        """A connection with `settings` (hostname mx.example.org unless given); with `greet`,
+        the 220 greeting is sent and left out of what `run` returns."""
         options: dict[str, Any] = {"hostname": "mx.example.org", **settings}
         conn = ServerConnection(ServerSettings(**options), tls_active=tls_active)
-        driver = cls(conn)
+        driver = cls(conn) if decide is None else cls(conn, decide=decide)
         if greet:
             conn.greet()
             conn.data_to_send()
