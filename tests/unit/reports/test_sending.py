@@ -37,10 +37,6 @@ NOW = 1_700_000_000.0
 US = Submitter("Hato Test", "noreply-dmarc@us.test", "us.test")
 
 
-def FakeClock(NOW) -> FakeClock:
-    return FakeClock(NOW)
-
-
 def _event(domain: str = "sender.test", ip: str = "192.0.2.1", aligned: bool = False) -> DmarcEvent:
     return DmarcEvent(
         time=NOW - 600,
