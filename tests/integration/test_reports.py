@@ -1,0 +1,196 @@
+"""DMARC aggregate and SMTP TLS reports end to end (issue 18 item 5): the real `hato serve`
+records what it sees, `hato report send --now` sends the reports through its own queue, and
+`hato report` reads what was delivered.
+
+- DMARC: a client spoofs sender.example on port 25; sender.example's DMARC record asks for
+  reports at one of our domains that agreed (RFC 7489 §7.1: the _report._dmarc record) and at
+  one that did not. The report lands in the first mailbox, validates against the schema of
+  RFC 7489 Appendix C and counts the messages; the second mailbox gets nothing.
+- TLS-RPT: mail to peer.test, whose MX does not offer STARTTLS although its DANE TLSA records
+  make TLS mandatory (RFC 7672 §2.2): the failure is recorded, and the TLS report to peer.test's
+  rua says `starttls-not-supported` under its `tlsa` policy (RFC 8460 §4.3).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import gzip
+import hashlib
+import json
+import smtplib
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import xmlschema
+from peers import maildir
+from peers.hato import HatoServer
+from peers.net import LOOPBACK, free_port
+from peers.outbound_hato import OutboundConfig, OutboundHato, message
+from peers.outbound_scripted import ScriptedPeer
+from peers.server import DomainSetup, MailSetup
+from peers.tls import TestCA
+
+from dnsserver import DnsTestServer, ZoneValue
+
+SCHEMA = Path(__file__).resolve().parents[1] / "data" / "dmarc-rua-rfc7489.xsd"
+pytestmark = pytest.mark.integration
+
+
+def _attachment(path: Path) -> tuple[EmailMessage, str, bytes]:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    (part,) = list(msg.iter_attachments())
+    assert isinstance(part, EmailMessage)
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return msg, part.get_filename() or "", gzip.decompress(payload)
+
+
+class ReportingHato(HatoServer):
+    """Inbound checks on, the test DNS server, [reports] enabled."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.nameserver = nameserver
+
+    def _config_text(self) -> str:
+        text = super()._config_text().replace("inbound = false", "inbound = true")
+        return text + (
+            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            '\n[reports]\nenabled = true\norg_name = "Hato Test Receiver"\n'
+        )
+
+
+DMARC_ZONE: dict[str, dict[str, list[ZoneValue]]] = {
+    # Only 192.0.2.1 may send for sender.example: our loopback client fails SPF.
+    "sender.example": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
+    "_dmarc.sender.example": {
+        "TXT": ["v=DMARC1; p=none; rua=mailto:dmarc@reports.test,mailto:dmarc@other.test"]
+    },
+    # RFC 7489 §7.1: reports.test agreed to receive sender.example's reports; other.test not.
+    "sender.example._report._dmarc.reports.test": {"TXT": ["v=DMARC1"]},
+}
+
+
+@pytest.fixture
+def receiver(workdir: Path) -> Iterator[ReportingHato]:
+    setup = MailSetup(
+        domains=(
+            DomainSetup("reports.test", users=("dmarc", "bob")),
+            DomainSetup("other.test", users=("dmarc",)),
+        )
+    )
+    with DnsTestServer(DMARC_ZONE) as dns:
+        server = ReportingHato(workdir / "data", setup, dns.nameserver)
+        server.start()
+        yield server
+        server.stop()
+
+
+def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
+    receiver: ReportingHato,
+) -> None:
+    for n in range(3):
+        with smtplib.SMTP(receiver.host, receiver.port, timeout=20) as smtp:
+            body = (
+                f"From: <ceo@sender.example>\r\nTo: <bob@reports.test>\r\nSubject: spoof {n}\r\n"
+                f"Message-ID: <{uuid.uuid4().hex}@sender.example>\r\n\r\nPay this.\r\n"
+            )
+            assert smtp.sendmail("ceo@sender.example", ["bob@reports.test"], body) == {}
+    assert maildir.wait_for_count(receiver.mailbox("bob", "reports.test"), 3, 20)
+
+    sent = receiver.hato("report", "send", "--now")
+    assert sent.returncode == 0, sent.stderr
+    assert "sent: dmarc sender.example -> dmarc@reports.test" in sent.stdout, sent.stdout
+    assert "dmarc@other.test: not authorised by sender.example._report._dmarc.other.test" in (
+        sent.stdout
+    )
+
+    inbox = receiver.mailbox("dmarc", "reports.test")
+    (path,) = maildir.wait_for_count(inbox, 1, 20)
+    msg, name, xml = _attachment(path)
+    assert msg["Subject"].startswith("Report Domain: sender.example Submitter: reports.test")
+    assert name.startswith("reports.test!sender.example!") and name.endswith(".xml.gz")
+    schema = xmlschema.XMLSchema(SCHEMA)
+    schema.validate(xml.decode())
+    report = schema.to_dict(xml.decode())
+    assert isinstance(report, dict)
+    (record,) = report["record"]
+    assert record["row"]["source_ip"] == "127.0.0.1"
+    assert record["row"]["count"] == 3
+    assert record["row"]["policy_evaluated"] == {
+        "disposition": "none",
+        "dkim": "fail",
+        "spf": "fail",
+    }
+    assert record["identifiers"]["header_from"] == "sender.example"
+    assert record["auth_results"]["spf"][0]["result"] == "fail"
+    assert report["report_metadata"]["org_name"] == "Hato Test Receiver"
+    # RFC 7489 §7.1: the destination that did not agree gets nothing.
+    assert maildir.messages(receiver.mailbox("dmarc", "other.test")) == []
+
+    summary = receiver.hato("report", str(inbox))
+    assert summary.returncode == 0, summary.stderr
+    assert "DMARC sender.example (p=none) reported by Hato Test Receiver" in summary.stdout
+    assert "3 messages: DMARC pass 0, fail 3" in summary.stdout
+    assert "127.0.0.1" in summary.stdout
+
+    again = receiver.hato("report", "send", "--now")  # reported rows are gone
+    assert "nothing to report" in again.stdout, again.stdout
+
+
+def test_a_tls_failure_under_dane_is_reported_to_the_tlsrpt_rua(
+    workdir: Path, test_ca: TestCA
+) -> None:
+    peer_port = free_port()
+    zone: dict[str, dict[str, list[ZoneValue]]] = {
+        "peer.test": {"MX": [(10, "localhost")]},
+        "localhost": {"A": ["127.0.0.1"]},
+        # DANE-EE records: TLS is mandatory with this MX (RFC 7672 §2.2), which has none.
+        f"_{peer_port}._tcp.localhost": {"TLSA": [(3, 1, 1, hashlib.sha256(b"k").digest())]},
+        "_smtp._tls.peer.test": {"TXT": ["v=TLSRPTv1; rua=mailto:alice@users.test"]},
+    }
+    with DnsTestServer(zone) as dns:
+        dns.authenticated = True
+        config = OutboundConfig(
+            dns.nameserver, peer_port, "dane = true\n\n[reports]\nenabled = true\n"
+        )
+        hato = OutboundHato(workdir / "data", test_ca, config)
+        hato.start()
+        try:
+            with ScriptedPeer(LOOPBACK, peer_port) as peer:
+                hato.submit(["bob@peer.test"], message("bob@peer.test", uuid.uuid4().hex))
+                hato.wait_event("deferred", to="<bob@peer.test>")
+                assert peer.transactions == []
+            sent = hato.hato("report", "send", "--now")
+            assert sent.returncode == 0, sent.stderr
+            assert "sent: tlsrpt peer.test -> alice@users.test" in sent.stdout, sent.stdout
+            inbox = hato.mailbox("alice", "users.test")
+            found = [
+                p
+                for p in maildir.wait_for_count(inbox, 1, 20)
+                if b"TLS-Report-Domain: peer.test" in p.read_bytes()
+            ]
+            assert found, hato.log_text()[-3000:]
+        finally:
+            hato.stop()
+    msg, name, body = _attachment(found[0])
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt"
+    assert name.endswith(".json.gz")
+    report = json.loads(body)
+    (policy,) = report["policies"]
+    assert policy["policy"]["policy-type"] == "tlsa"
+    assert policy["summary"]["total-failure-session-count"] >= 1
+    assert policy["summary"]["total-successful-session-count"] == 0
+    (detail,) = policy["failure-details"]
+    assert detail["result-type"] == "starttls-not-supported"
+    assert detail["receiving-mx-hostname"] == "localhost"
+    assert detail["receiving-ip"] == "127.0.0.1"
+
+    summary = hato.hato("report", str(found[0]))
+    assert "peer.test (tlsa): 0 successful" in summary.stdout, summary.stdout
+    assert "starttls-not-supported" in summary.stdout
