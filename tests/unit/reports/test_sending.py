@@ -35,6 +35,7 @@ from kit.clock import FakeClock
 SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parents[2] / "data" / "dmarc-rua-rfc7489.xsd")
 NOW = 1_700_000_000.0
 US = Submitter("Hato Test", "noreply-dmarc@us.test", "us.test")
+CLOCK = FakeClock(NOW, 0.0)
 
 
 def _event(domain: str = "sender.test", ip: str = "192.0.2.1", aligned: bool = False) -> DmarcEvent:
@@ -110,7 +111,7 @@ def test_reports_go_to_the_rua_and_only_to_an_outsider_that_agreed(tmp_path: Pat
         }
     )
     outbox = Outbox()
-    sender = ReportSender(store, resolver, outbox, FakeClock(NOW), US)
+    sender = ReportSender(store, resolver, outbox, CLOCK, US)
     summary = asyncio.run(sender.send(NOW))
     assert [rcpt for _, rcpt, _ in outbox.sent] == ["agg@sender.test", "rua@vendor.test"]
     assert any("rua@stranger.test" in s and "not authorised" in s for s in summary.skipped)
@@ -138,7 +139,7 @@ def test_the_tls_report_names_the_policy_and_the_failure(tmp_path: Path) -> None
         {("_smtp._tls.rcpt.test", RdType.TXT): ["v=TLSRPTv1; rua=mailto:tls@rcpt.test"]}
     )
     outbox = Outbox()
-    asyncio.run(ReportSender(store, resolver, outbox, FakeClock(NOW), US).send(NOW))
+    asyncio.run(ReportSender(store, resolver, outbox, CLOCK, US).send(NOW))
     ((_, rcpt, message),) = outbox.sent
     assert rcpt == "tls@rcpt.test"
     msg, name, body = _attachment(message)
@@ -172,6 +173,6 @@ def test_a_domain_without_a_tlsrpt_record_gets_nothing(tmp_path: Path) -> None:
         TlsEvent(NOW - 60, "quiet.test", PolicyType.NONE, (), "mx.quiet.test", "192.0.2.1")
     )
     outbox = Outbox()
-    summary = asyncio.run(ReportSender(store, FakeResolver(), outbox, FakeClock(NOW), US).send(NOW))
+    summary = asyncio.run(ReportSender(store, FakeResolver(), outbox, CLOCK, US).send(NOW))
     assert outbox.sent == []
     assert any("0 TLSRPT records" in s for s in summary.skipped)
