@@ -52,9 +52,9 @@ from hato.boot.store import check_store, open_store_pool, open_users
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
-from hato.delivery.known import KnownMailboxes
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
+from hato.directory.known import KnownMailboxes
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.logsetup import configure_logging
 from hato.model import Role, SystemClock, logfmt

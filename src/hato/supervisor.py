@@ -45,7 +45,7 @@ from hato.app import (
     run,
 )
 from hato.crypto import KeyStore
-from hato.delivery.srs import load_key
+from hato.directory.srs import load_key
 from hato.logsetup import configure_logging
 from hato.model import Address, Role, SystemClock, logfmt
 from hato.policy import LIMITS_DB

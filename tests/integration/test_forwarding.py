@@ -27,7 +27,7 @@ from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
 from dnsserver import DnsTestServer
-from hato.delivery.srs import Srs
+from hato.directory.srs import Srs
 from hato.model import Address
 
 ZONE = {

@@ -23,9 +23,9 @@ from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
 from hato.crypto import KeyStore
 from hato.dbcache import CachedUsers
-from hato.delivery.local import AliasTable, LocalDomain, RecipientResolver, Resolution
 from hato.delivery.owner import OwnerError, resolve_owner
-from hato.delivery.srs import Srs, load_key
+from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver, Resolution
+from hato.directory.srs import Srs, load_key
 from hato.dns import DnsPythonResolver
 from hato.model import (
     Address,

@@ -1,6 +1,6 @@
 """What `hato check-config` checks beyond the file itself: the aliases against the accounts.
 
-An alias target with no account of its own is a copy that bounces (delivery.known); the
+An alias target with no account of its own is a copy that bounces (directory.known); the
 configuration is valid, but the operator wants to hear of it before the first mail does.
 users.db is read, never created or changed (check-config may run as any user, before the
 first `hato user add`).
@@ -43,7 +43,7 @@ class _Accounts:
 def dead_alias_targets(settings: Settings) -> list[str]:
     """One line per alias target that leads to no mailbox, naming the fix."""
     from hato.app import build_resolver
-    from hato.delivery.local import Unknown
+    from hato.directory.resolver import Unknown
 
     try:
         accounts = _Accounts(settings.server.data_dir / USERS_DB)

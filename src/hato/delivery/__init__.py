@@ -1,32 +1,13 @@
-"""Delivery: where a queued message goes next. Local delivery lives here: who is a local
-recipient (`local`: domains, users, aliases, +tags, catch-all), the aliases file (`aliases`),
-and Maildir++ mailboxes (`maildir`). Outbound SMTP and LMTP belong to this room too.
+"""Delivery: where a queued message goes next. Local delivery into Maildir++ mailboxes
+(`maildir`, on the durable-file kit), the router that splits local from remote (`router`), and
+outbound SMTP and LMTP: route planning (`outbound_route`) apart from the attempt
+(`outbound_attempt`), the SMTP client driver and connection reuse. Who is a local recipient is
+the directory's answer (hato.directory).
 
-Must not import anything of hato but model, smtp and crypto (shared/DESIGN.md); the local
-delivery modules import model only.
+Must not import anything of hato but model, smtp, durable, directory and crypto
+(shared/DESIGN.md).
 """
 
-from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget
-from hato.delivery.local import (
-    Local,
-    LocalDomain,
-    NotLocal,
-    RecipientResolver,
-    Resolution,
-    Unknown,
-)
-from hato.delivery.maildir import MaildirCourier, is_safe_mailbox_name
+from hato.delivery.maildir import MaildirCourier
 
-__all__ = [
-    "AliasFileError",
-    "AliasTable",
-    "AliasTarget",
-    "Local",
-    "LocalDomain",
-    "MaildirCourier",
-    "NotLocal",
-    "RecipientResolver",
-    "Resolution",
-    "Unknown",
-    "is_safe_mailbox_name",
-]
+__all__ = ["MaildirCourier"]

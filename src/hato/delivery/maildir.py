@@ -23,7 +23,7 @@ is copied by the kernel.
 A local failure (full disk, EIO) is a TempFailed with a ``retry_after`` hint (10 s, doubling
 per attempt), so mail accepted before a disk filled is delivered soon after room is made.
 
-Must not import anything of hato but model and durable (DESIGN.md).
+Must not import anything of hato but model, durable and directory (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import contextlib
 import errno
 import logging
 import os
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hato.directory.names import MAX_DOMAIN, is_safe_mailbox_name
 from hato.durable.files import fsync_dir, sync_files, write_all
 from hato.durable.worker import BatchWorker, call_on_loop
 from hato.model import (
@@ -69,9 +69,6 @@ LOCAL_RETRY_MAX = 300.0
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-# RFC 5321 §4.5.3.1.1: a local part is at most 64 octets; §4.5.3.1.2: a domain at most 255.
-_MAX_LOCAL = 64
-_MAX_DOMAIN = 255
 
 # RFC 3463 §3.3 X.2.2 mailbox full, §3.4 X.3.1 mail system full, X.3.0 other mail system status;
 # RFC 5321 §4.2.2: 452 insufficient system storage, 451 local error in processing.
@@ -85,22 +82,6 @@ BAD_MAILBOX = Reply(550, "5.1.1", "No such mailbox")
 # The queue parameter naming a Maildir++ folder to deliver into (set by the session, e.g.
 # "Junk" for DMARC quarantine). Not an ESMTP keyword (no "." there), so no client can set it.
 FOLDER_PARAM = "hato.folder"
-
-
-def is_safe_mailbox_name(name: str, max_octets: int = _MAX_LOCAL) -> bool:
-    """Whether `name` can be one directory name under the mailboxes root, and nothing more.
-
-    Refused: "/", "\\", NUL and other control characters, "." and "..", a leading "." (hidden,
-    and Maildir++ folder names), the empty name, more than `max_octets` UTF-8 octets.
-    """
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        return False
-    try:
-        if len(name.encode("utf-8")) > max_octets:
-            return False
-    except UnicodeEncodeError:  # lone surrogates cannot be a file name
-        return False
-    return not any(unicodedata.category(ch) == "Cc" for ch in name)
 
 
 def _escape_host(host: str) -> str:
@@ -357,7 +338,7 @@ class MaildirCourier:
     def _mailbox_dir(self, rcpt: QueuedRecipient, folder: str | None = None) -> str | None:
         local = rcpt.address.local.lower()
         domain = rcpt.address.domain.lower()
-        if not is_safe_mailbox_name(local) or not is_safe_mailbox_name(domain, _MAX_DOMAIN):
+        if not is_safe_mailbox_name(local) or not is_safe_mailbox_name(domain, MAX_DOMAIN):
             return None  # path traversal is impossible: never a directory outside the root
         if folder is not None:
             if not is_safe_mailbox_name(folder):

@@ -6,7 +6,7 @@ message already carries that alias's Delivered-To fails with 5.4.6 (RFC 5321 §6
 runner bounces both to the sender.
 
 A copy an alias of ours forwards to another server goes out from an SRS address of the alias's
-domain (delivery/srs.py) when the original sender's domain is not ours: the next hop's SPF check
+domain (directory/srs.py) when the original sender's domain is not ours: the next hop's SPF check
 then sees a sender we may send for, and its bounces come back to us to be checked and reversed.
 Our own bounces of that copy still go to the original sender (the queue keeps it).
 
@@ -31,7 +31,7 @@ from hato.delivery.loops import (
     is_forward,
     read_trace,
 )
-from hato.delivery.srs import Srs
+from hato.directory.srs import Srs
 from hato.model import (
     Clock,
     Courier,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
-from hato.delivery.local import Resolution
 from hato.delivery.loops import DEFAULT_HOP_LIMIT
+from hato.directory.resolver import Resolution
 from hato.model import Address, Clock, Role
 from hato.model.dns import Resolver
 from hato.policy import (
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class Recipients(Protocol):
-    """What sessions ask about addresses (hato.delivery.local.RecipientResolver, or the
+    """What sessions ask about addresses (hato.directory.resolver.RecipientResolver, or the
     composition root's proxy that a reload swaps)."""
 
     def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution: ...

@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, assert_never
 
 from hato.crypto import DEFER_DATA_REPLY, KeyLookup, SealedScratch
-from hato.delivery.local import Local, NotLocal, Resolution, Unknown
 from hato.delivery.loops import delivered_to_fields
 from hato.delivery.outbound_body import has_utf8_header
+from hato.directory.resolver import Local, NotLocal, Resolution, Unknown
 from hato.model import (
     Address,
     AddressError,

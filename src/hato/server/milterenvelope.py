@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hato.delivery.local import Local, NotLocal
+from hato.directory.resolver import Local, NotLocal
 from hato.milter.protocol import AddRecipient, DeleteRecipient
 from hato.model import Address, logfmt
 from hato.model.address import AddressError, parse_mailbox

@@ -17,8 +17,8 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_REPLY, SealedScratch
-from hato.delivery.local import Local, NotLocal, Resolution
 from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
+from hato.directory.resolver import Local, NotLocal, Resolution
 from hato.model import Address, RecipientDsn, Reply, logfmt
 from hato.policy import (
     AUTH_BLOCKED,
@@ -425,7 +425,7 @@ class SmtpSession(asyncio.Protocol):
     def _add_recipient(self, event: RcptTo, resolution: Resolution) -> None:
         # Aliases may expand to several mailboxes; each gets one queue row, once.
         # An alias target without an account is queued too: it bounces at delivery, never
-        # vanishes (delivery.known).
+        # vanishes (directory.known).
         targets = (
             (*resolution.mailboxes, *resolution.forwards, *resolution.unresolved)
             if isinstance(resolution, Local)

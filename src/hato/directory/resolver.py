@@ -27,7 +27,7 @@ an address with no account: ``sales = ["alice", "bob"]`` before ``bob`` is added
 `Local.unresolved`: the caller queues it like a mailbox, and `KnownMailboxes` fails it at
 delivery, so the sender gets a bounce for it and the log a line, never silence.
 
-Must not import anything of hato but model.
+Must not import anything of hato but model and this room.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hato.delivery.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
-from hato.delivery.maildir import is_safe_mailbox_name
-from hato.delivery.srs import Srs, is_srs
+from hato.directory.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
+from hato.directory.names import is_safe_mailbox_name
+from hato.directory.srs import Srs, is_srs
 from hato.model import (
     Address,
     AddressError,
@@ -142,7 +142,7 @@ class RecipientResolver:
 
     With `srs` (and its `clock`), an SRS address of a local domain is a bounce to mail one of
     our aliases forwarded: a valid, fresh one forwards to the original sender (or resolves
-    again, when that is one of ours), any other is Unknown (delivery/srs.py)."""
+    again, when that is one of ours), any other is Unknown (directory/srs.py)."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hato.delivery import (
+from hato.directory import (
     AliasFileError,
     AliasTable,
     Local,

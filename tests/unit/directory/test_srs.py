@@ -9,9 +9,9 @@ import hmac
 from collections.abc import Sequence
 from pathlib import Path
 
-from hato.delivery.local import Local, LocalDomain, RecipientResolver, Unknown
 from hato.delivery.router import RoutingCourier
-from hato.delivery.srs import Srs, is_srs, load_key
+from hato.directory.resolver import Local, LocalDomain, RecipientResolver, Unknown
+from hato.directory.srs import Srs, is_srs, load_key
 from hato.model import (
     Address,
     Delivered,

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from hato.delivery.local import Resolution, Unknown
+from hato.directory.resolver import Resolution, Unknown
 from hato.model import (
     Address,
     Courier,

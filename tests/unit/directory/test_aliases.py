@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hato.delivery import AliasFileError, AliasTable
+from hato.directory import AliasFileError, AliasTable
 from hato.model import Address
 
 SAMPLE = """\

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from hato.delivery.known import NO_ACCOUNT, KnownMailboxes
-from hato.delivery.local import Local, Resolution, Unknown
+from hato.directory.known import NO_ACCOUNT, KnownMailboxes
+from hato.directory.resolver import Local, Resolution, Unknown
 from hato.model import Address, Delivered, Outcome, PermFailed, QueuedMessage, QueuedRecipient
 
 
