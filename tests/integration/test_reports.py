@@ -19,9 +19,12 @@ import gzip
 import hashlib
 import json
 import smtplib
+import ssl
+import threading
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -143,16 +146,56 @@ def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
     assert "nothing to report" in again.stdout, again.stdout
 
 
+class ReportCollector(ThreadingHTTPServer):
+    """An https: rua (RFC 8460 §5.3.1): keeps what was POSTed, answers 201."""
+
+    def __init__(self, ca: TestCA) -> None:
+        super().__init__((LOOPBACK, 0), _Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(ca.server_cert, ca.server_key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.posts: list[tuple[str, str, bytes]] = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def __enter__(self) -> ReportCollector:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(min(length, 1024 * 1024))
+        assert isinstance(self.server, ReportCollector)
+        self.server.posts.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_a_tls_failure_under_dane_is_reported_to_the_tlsrpt_rua(
     workdir: Path, test_ca: TestCA
 ) -> None:
+    with ReportCollector(test_ca) as collector:
+        _tls_failure_reported(workdir, test_ca, collector)
+
+
+def _tls_failure_reported(workdir: Path, test_ca: TestCA, collector: ReportCollector) -> None:
     peer_port = free_port()
+    https = f"https://localhost:{collector.server_address[1]}/tlsrpt"
     zone: dict[str, dict[str, list[ZoneValue]]] = {
         "peer.test": {"MX": [(10, "localhost")]},
         "localhost": {"A": ["127.0.0.1"]},
         # DANE-EE records: TLS is mandatory with this MX (RFC 7672 §2.2), which has none.
         f"_{peer_port}._tcp.localhost": {"TLSA": [(3, 1, 1, hashlib.sha256(b"k").digest())]},
-        "_smtp._tls.peer.test": {"TXT": ["v=TLSRPTv1; rua=mailto:alice@users.test"]},
+        "_smtp._tls.peer.test": {"TXT": [f"v=TLSRPTv1; rua=mailto:alice@users.test,{https}"]},
     }
     with DnsTestServer(zone) as dns:
         dns.authenticated = True
@@ -169,6 +212,7 @@ def test_a_tls_failure_under_dane_is_reported_to_the_tlsrpt_rua(
             sent = hato.hato("report", "send", "--now")
             assert sent.returncode == 0, sent.stderr
             assert "sent: tlsrpt peer.test -> alice@users.test" in sent.stdout, sent.stdout
+            assert f"sent: tlsrpt peer.test -> {https}" in sent.stdout, sent.stdout
             inbox = hato.mailbox("alice", "users.test")
             found = [
                 p
@@ -190,6 +234,10 @@ def test_a_tls_failure_under_dane_is_reported_to_the_tlsrpt_rua(
     assert detail["result-type"] == "starttls-not-supported"
     assert detail["receiving-mx-hostname"] == "localhost"
     assert detail["receiving-ip"] == "127.0.0.1"
+
+    ((path, content_type, posted),) = collector.posts  # RFC 8460 §5.3.1
+    assert (path, content_type) == ("/tlsrpt", "application/tlsrpt+gzip")
+    assert json.loads(gzip.decompress(posted)) == report
 
     summary = hato.hato("report", str(found[0]))
     assert "peer.test (tlsa): 0 successful" in summary.stdout, summary.stdout

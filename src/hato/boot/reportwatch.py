@@ -16,8 +16,11 @@ May import every room (part of the composition root).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
+import ssl
+import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +31,7 @@ from hato.model import Clock, logfmt
 from hato.model.dns import Resolver
 from hato.reports import SqliteReportStore
 from hato.reports.aggregate import Submitter
-from hato.reports.sender import ReportSender, SubmitFailed
+from hato.reports.sender import Poster, ReportSender, SubmitFailed
 from hato.server.control import Submit
 from hato.server.localsubmit import SubmitRefused
 from hato.server.signing import OutboundSigner, load_signers
@@ -39,6 +42,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("hato.reports")
 
 SendOp = Callable[[bool], Awaitable[dict[str, list[str]]]]
+POST_TIMEOUT = 30.0  # seconds for one TLS report POST
+
+
+def https_poster(timeout: float = POST_TIMEOUT) -> Poster:
+    """RFC 8460 §5.3.1: POST the gzip report as application/tlsrpt+gzip to an https: rua,
+    the server's certificate verified against the system trust (a thread: urllib blocks)."""
+    context = ssl.create_default_context()
+
+    def post(url: str, body: bytes) -> None:
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/tlsrpt+gzip"}
+        )
+        try:
+            # An HTTP error status raises urllib.error.HTTPError, an OSError.
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                response.read(65536)
+        except (http.client.HTTPException, ValueError) as exc:  # a broken answer, a bad URL
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def send(url: str, body: bytes) -> None:
+        await asyncio.to_thread(post, url, body)
+
+    return send
 
 
 def open_reports(
@@ -84,7 +110,13 @@ def build_sender(
             raise SubmitFailed(str(exc)) from exc
 
     return ReportSender(
-        store, resolver, queue, clock, submitter(settings), tlsrpt=settings.reports.tlsrpt
+        store,
+        resolver,
+        queue,
+        clock,
+        submitter(settings),
+        tlsrpt=settings.reports.tlsrpt,
+        poster=https_poster(),
     )
 
 

@@ -11,7 +11,8 @@ mail); a destination that is not authorised (RFC 7489 §7.1) or whose size limit
 exceeds (RFC 7489 §6.2 `!size`) gets nothing, and the log says why. After the run, the rows
 before `end` are deleted, sent or not: a report is not retried (RFC 7489 §7.2.1: the next
 interval's report is the new attempt), and the store stays small. TLS reports to an https:
-destination are POSTed when a poster is given (RFC 8460 §5.3.1), else skipped.
+destination are POSTed through the `Poster` seam (RFC 8460 §5.3.1; boot/reportwatch.py), or
+skipped without one.
 
 Must not import anything of hato but model and authcheck (and this room).
 """
