@@ -5,24 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from hato.boot.reload import changed_keys, decide
-from hato.config import Settings, parse_settings
+from hato.config import Settings
+from kit import config
 
-BASE = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
+BASE = config.config_text(server='data_dir = "data"')
 
 
 def _settings(extra: str = "", base: str = BASE) -> Settings:
-    return parse_settings(base + extra, base_dir=Path("/srv"), env={}, cwd=Path("/srv"))
+    return config.parse(extra, Path("/srv"), base=base)
 
 
 def test_nothing_changed() -> None:

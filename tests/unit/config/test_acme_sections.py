@@ -6,35 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from hato.config import ConfigError, Settings, parse_settings
+from hato.config import Settings
 from hato.config.acme_sections import LETS_ENCRYPT
 from hato.config.values import ListenAddress
+from kit import config
 
-BASE = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "0.0.0.0:25"
-
-[[domain]]
-name = "example.org"
-
-[tls]
-"""
+TLS = config.BASE + "\n[tls]\n"  # the text of each test goes into [tls]
 
 
 def parse(text: str, tmp_path: Path) -> Settings:
-    return parse_settings(
-        BASE + text, base_dir=tmp_path, env={}, cwd=tmp_path, fqdn=lambda: "h.example"
-    )
+    return config.parse(text, tmp_path, base=TLS)
 
 
 def problems(text: str, tmp_path: Path) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        parse(text, tmp_path)
-    return caught.value.problems
+    return config.problems(text, tmp_path, base=TLS)
 
 
 def test_defaults_are_lets_encrypt_on_port_80(tmp_path: Path) -> None:

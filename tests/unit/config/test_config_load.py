@@ -15,6 +15,7 @@ from hato.config import (
     parse_settings,
 )
 from hato.model import Address, Role
+from kit.config import BASE as MINIMAL
 
 FULL = """
 [server]
@@ -60,18 +61,6 @@ aliases = { sales = ["alice", "bob@example.net"], abuse = ["alice"] }
 [[domain]]
 name = "bücher.example"
 accept_any = true
-"""
-
-MINIMAL = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
 """
 
 

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hato.config import AUTH_MECHANISMS, ConfigError, Settings, parse_settings
+from hato.config import AUTH_MECHANISMS, Settings
 from hato.model import Address
-
-BASE = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
+from kit import config
+from kit.config import BASE
 
 FULL = """
 [server]
@@ -73,13 +63,11 @@ send_as = { alice = ["sales", "info@example.net"] }
 
 
 def parse(text: str, base_dir: Path) -> Settings:
-    return parse_settings(text, base_dir=base_dir, env={}, cwd=base_dir, fqdn=lambda: "h.example")
+    return config.parse(text, base_dir, base="")  # `text` is the whole file
 
 
 def problems_of(text: str, base_dir: Path) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        parse(text, base_dir)
-    return caught.value.problems
+    return config.problems(text, base_dir, base="")
 
 
 def test_defaults(tmp_path: Path) -> None:

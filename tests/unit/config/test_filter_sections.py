@@ -7,29 +7,12 @@ from pathlib import Path
 import pytest
 
 from hato.boot.filters import SpamFilters
-from hato.config import ConfigError, Settings, parse_settings
+from hato.config import ConfigError
 from hato.config.filter_sections import RspamdFailure, SpamResponse
 from hato.filters import RspamdAction
 from hato.model import Role
 from hato.server.spamcheck import OnFailure, Response
-
-BASE = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "0.0.0.0:25"
-
-[[domain]]
-name = "example.org"
-"""
-
-
-def parse(text: str, tmp_path: Path) -> Settings:
-    return parse_settings(
-        BASE + text, base_dir=tmp_path, env={}, cwd=tmp_path, fqdn=lambda: "h.example"
-    )
+from kit.config import parse
 
 
 def test_no_section_no_check(tmp_path: Path) -> None:

@@ -9,40 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hato.config import ConfigError, MetricsSettings, Settings, parse_settings
+from hato.config import MetricsSettings
 from hato.config.values import ListenAddress
-
-BASE = """
-[server]
-hostname = "mail.example.org"
-{server}
-
-[[listener]]
-role = "mx"
-address = "0.0.0.0:25"
-
-[[domain]]
-name = "example.org"
-"""
+from kit.config import parse, problems
 
 ME = pwd.getpwuid(os.getuid())
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
-
-
-def parse(text: str, tmp_path: Path, server: str = "") -> Settings:
-    return parse_settings(
-        BASE.format(server=server) + text,
-        base_dir=tmp_path,
-        env={},
-        cwd=tmp_path,
-        fqdn=lambda: "h.example",
-    )
-
-
-def problems(text: str, tmp_path: Path, server: str = "") -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        parse(text, tmp_path, server)
-    return caught.value.problems
 
 
 def test_metrics_are_off_unless_an_address_is_given(tmp_path: Path) -> None:
@@ -75,8 +47,8 @@ def test_metrics_address(tmp_path: Path) -> None:
             " header_timeout, address)",
         ),
         (
-            '[metrics]\naddress = "0.0.0.0:25"\n',
-            'metrics.address: "0.0.0.0:25" is already used by listener[0]; '
+            '[metrics]\naddress = "127.0.0.1:2525"\n',  # BASE's listener
+            'metrics.address: "127.0.0.1:2525" is already used by listener[0]; '
             "give the metrics endpoint its own port (e.g. 9464)",
         ),
     ],
@@ -86,9 +58,9 @@ def test_metrics_errors(text: str, expected: str, tmp_path: Path) -> None:
 
 
 def test_user_and_group_that_exist(tmp_path: Path) -> None:
-    server = parse("", tmp_path, f'user = "{ME.pw_name}"\ngroup = "{MY_GROUP}"').server
+    server = parse("", tmp_path, server=f'user = "{ME.pw_name}"\ngroup = "{MY_GROUP}"').server
     assert (server.user, server.group) == (ME.pw_name, MY_GROUP)
-    server = parse("", tmp_path, f'user = "{ME.pw_name}"').server
+    server = parse("", tmp_path, server=f'user = "{ME.pw_name}"').server
     assert (server.user, server.group) == (ME.pw_name, None)
     server = parse("", tmp_path).server
     assert (server.user, server.group) == (None, None)
@@ -117,9 +89,9 @@ def test_user_and_group_that_exist(tmp_path: Path) -> None:
     ],
 )
 def test_user_and_group_errors(server: str, expected: str, tmp_path: Path) -> None:
-    assert problems("", tmp_path, server) == (expected,)
+    assert problems("", tmp_path, server=server) == (expected,)
 
 
 def test_an_unknown_user_does_not_also_blame_the_group(tmp_path: Path) -> None:
-    found = problems("", tmp_path, f'user = "hato-nosuchuser"\ngroup = "{MY_GROUP}"')
+    found = problems("", tmp_path, server=f'user = "hato-nosuchuser"\ngroup = "{MY_GROUP}"')
     assert len(found) == 1 and found[0].startswith("server.user: no user")

@@ -14,28 +14,11 @@ from cryptography.x509.oid import NameOID
 
 from hato.config import (
     ConfigError,
-    Settings,
     SmarthostTls,
     TlsPolicyName,
-    parse_settings,
 )
 from hato.outbound_setup import verify_contexts
-
-BASE = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
-
-
-def parse(extra: str, tmp_path: Path) -> Settings:
-    return parse_settings(BASE + extra, base_dir=tmp_path, env={}, cwd=tmp_path)
+from kit.config import parse
 
 
 def problems(extra: str, tmp_path: Path) -> str:

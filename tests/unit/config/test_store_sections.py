@@ -6,31 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hato.config import ConfigError, Settings, parse_settings
-
-BASE = """
-[server]
-hostname = "mail.example.org"
-
-[[listener]]
-role = "mx"
-address = "0.0.0.0:25"
-
-[[domain]]
-name = "example.org"
-"""
-
-
-def parse(text: str, tmp_path: Path) -> Settings:
-    return parse_settings(
-        BASE + text, base_dir=tmp_path, env={}, cwd=tmp_path, fqdn=lambda: "h.example"
-    )
-
-
-def problems(text: str, tmp_path: Path) -> tuple[str, ...]:
-    with pytest.raises(ConfigError) as caught:
-        parse(text, tmp_path)
-    return caught.value.problems
+from kit.config import parse, problems
 
 
 def test_sqlite_is_the_default(tmp_path: Path) -> None:
