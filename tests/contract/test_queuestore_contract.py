@@ -51,7 +51,9 @@ class Backend(Protocol):
     clock: FakeClock
 
     async def start(self, node_id: str = "node-a", *, lease_seconds: float = LEASE) -> QueueStore:
-        """Open the storage as the first node (recovery runs: leases of the past are freed)."""
+        """Open the storage as the first node (recovery runs: leases of the past are freed),
+        seeing plenty of free space (give it a free-space figure: no test depends on the
+        machine's disk)."""
         ...
 
     async def join(self, node_id: str, *, lease_seconds: float = LEASE) -> QueueStore:
@@ -228,6 +230,18 @@ async def test_a_message_without_recipients_or_with_a_broken_body_leaves_nothing
         assert refused.value.insufficient_storage and refused.value.reply.code == 452
         stats = await store.stats(now=backend.clock.now())
         assert stats.messages == 0 and stats.queued == 0
+
+
+@contract
+async def test_new_bodies_get_distinct_queue_ids_and_room_is_reported(backend: Backend) -> None:
+    async with opened(backend) as store:
+        bodies = [store.new_body() for _ in range(50)]
+        assert len({b.queue_id for b in bodies}) == 50
+        for body in bodies:
+            body.discard()
+        assert store.has_room(10 * 1024 * 1024)
+        committed = await commit(store)
+        assert committed not in {b.queue_id for b in bodies}
 
 
 # ---- leases ----

@@ -2,7 +2,7 @@
 the SQLite store with group commit), the retry schedule, and the runner that hands messages
 to a Courier (see shared/DESIGN.md, room `queue`).
 
-May import model only.
+May import model and durable only.
 """
 
 from hato.model.queuestore import Pending, QueueError, QueueWriteError, RowUpdate, Status
