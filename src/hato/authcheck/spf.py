@@ -4,10 +4,11 @@ Theory of operation: `check_host` is the function of RFC 7208 §4. It finds the 
 `v=spf1` TXT record (§4.4, §4.5), parses the whole record first, so that a syntax error anywhere
 is a permerror (§4.6), then evaluates the mechanisms left to right (§4.6.2), following
 `include` (§5.2) and `redirect` (§6.1) recursively under one shared budget of 10 DNS-querying
-terms and 2 void lookups (§4.6.4). Errors travel as two private exceptions (`_PermError`,
-`_TempError`) to the top, where they become results; nothing else is caught. On a fail the
+terms and 2 void lookups (§4.6.4). Errors travel as two private exceptions (`PermError`,
+`TempError`) to the top, where they become results; nothing else is caught. On a fail the
 `exp=` explanation is fetched and expanded (§6.2). Macros (§7) are tokenized at parse time
-(so a bad one is a syntax error) and expanded at evaluation time (`%{p}` needs DNS).
+(spf_record.py, so a bad one is a syntax error) and expanded at evaluation time (`%{p}` needs
+DNS).
 `check_mail_from` and `check_helo` add the identity rules of §2.3 and §2.4.
 
 Must not import anything of hato except `hato.model`; all DNS goes through `model.Resolver`.
@@ -21,6 +22,17 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
+from hato.authcheck.spf_record import (
+    Macro,
+    PermError,
+    Record,
+    TempError,
+    Term,
+    Token,
+    is_spf_record,
+    parse_record,
+    tokenize,
+)
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -58,193 +70,10 @@ _QUALIFIERS = {
     "~": SpfResultCode.SOFTFAIL,
     "?": SpfResultCode.NEUTRAL,
 }
-_MECHANISMS = frozenset({"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"})
-_NEEDS_DOMAIN = frozenset({"include", "exists"})
 _DNS_TERMS = frozenset({"include", "a", "mx", "ptr", "exists"})  # §4.6.4, plus redirect
 _LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4: at most 10 DNS-querying terms per check
 _VOID_LIMIT = 2  # RFC 7208 §4.6.4: void lookups SHOULD be limited to two
 _NAME_LIMIT = 10  # RFC 7208 §4.6.4: at most 10 MX names / PTR names looked at
-
-# RFC 7208 §12: modifier name = ALPHA *( ALPHA / DIGIT / "-" / "_" / "." )
-_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9._-]*)=(.*)", re.DOTALL)
-_MECHANISM = re.compile(r"([+\-~?]?)([A-Za-z0-9]+)(.*)", re.DOTALL)
-# RFC 7208 §12: ip4-cidr-length = "/" ( "0" / %x31-39 0*1DIGIT ), ip6 up to three digits.
-_DUAL_CIDR = re.compile(r"(?:/(0|[1-9][0-9]?))?(?://(0|[1-9][0-9]{0,2}))?\Z")
-# RFC 7208 §12: toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum /
-# "-" ) alphanum ); domain-end = ( "." toplabel [ "." ] ) / macro-expand.
-_DOMAIN_END = re.compile(
-    r"\.(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\.?\Z"
-)
-_MACRO = re.compile(r"%\{([A-Za-z])([0-9]*)(r?)([.\-+,/_=]*)\}", re.IGNORECASE)
-_LETTERS = frozenset("slodiphv")  # RFC 7208 §7.2
-_EXP_LETTERS = _LETTERS | frozenset("crt")  # RFC 7208 §7.2: c, r, t only in exp text
-
-
-class _PermError(Exception):
-    pass
-
-
-class _TempError(Exception):
-    pass
-
-
-# -- macros (RFC 7208 §7) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Macro:
-    letter: str  # as written: upper case means URL-escape (§7.3)
-    digits: int  # 0 = all parts
-    reverse: bool
-    delimiters: str
-
-
-_Token = str | _Macro
-
-
-def _tokenize(text: str, *, exp: bool) -> tuple[_Token, ...]:
-    """RFC 7208 §7.1 macro-string, or _PermError for any syntax error."""
-    tokens: list[_Token] = []
-    letters = _EXP_LETTERS if exp else _LETTERS
-    pos = 0
-    while pos < len(text):
-        if text[pos] != "%":
-            end = text.find("%", pos)
-            end = len(text) if end < 0 else end
-            literal = text[pos:end]
-            # RFC 7208 §7.1: macro-literal = %x21-24 / %x26-7E (exp text also has spaces).
-            if any(not ("!" <= ch <= "~") and not (exp and ch == " ") for ch in literal):
-                raise _PermError(f"invalid character in {text!r}")
-            tokens.append(literal)
-            pos = end
-            continue
-        nxt = text[pos + 1 : pos + 2]
-        # RFC 7208 §7.1: "%%" is "%", "%_" a space, "%-" a URL-encoded space.
-        simple = {"%": "%", "_": " ", "-": "%20"}.get(nxt)
-        if simple is not None:
-            tokens.append(simple)
-            pos += 2
-            continue
-        match = _MACRO.match(text, pos)
-        if match is None or match.group(1).lower() not in letters:
-            # RFC 7208 §7.1: a "%" not followed by "{", "%", "-" or "_" is a syntax error.
-            raise _PermError(f"invalid macro in {text!r}")
-        letter, digits, reverse, delimiters = match.groups()
-        if digits and int(digits) == 0:
-            raise _PermError(f"zero transformer in {text!r}")  # §7.3: DIGIT must be nonzero
-        tokens.append(_Macro(letter, int(digits or 0), bool(reverse), delimiters))
-        pos = match.end()
-    return tuple(tokens)
-
-
-def _domain_spec(text: str) -> tuple[_Token, ...]:
-    tokens = _tokenize(text, exp=False)
-    # RFC 7208 §7.1: a domain-spec ends in a macro-expand or "." toplabel, checked as written
-    # (not after expansion).
-    if not tokens or (isinstance(tokens[-1], str) and not _DOMAIN_END.search(text)):
-        raise _PermError(f"invalid domain-spec {text!r}")
-    return tokens
-
-
-# -- the record (RFC 7208 §4.6, §5, §6) -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Term:
-    text: str
-    qualifier: str
-    kind: str
-    spec: tuple[_Token, ...] = ()
-    cidr4: int = 32
-    cidr6: int = 128
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    terms: tuple[_Term, ...]
-    redirect: tuple[_Token, ...] | None
-    exp: tuple[_Token, ...] | None
-
-
-def _parse_term(text: str) -> _Term:
-    match = _MECHANISM.fullmatch(text)
-    if match is None or match.group(2).lower() not in _MECHANISMS:
-        raise _PermError(f"unknown term {text!r}")
-    qualifier, kind, rest = match.group(1) or "+", match.group(2).lower(), match.group(3)
-    if kind in ("ip4", "ip6"):
-        return _parse_ip(text, qualifier, kind, rest)
-    spec_text, cidr4, cidr6 = rest, 32, 128
-    if kind in ("a", "mx"):
-        slash = rest.find("/")
-        cidr = _DUAL_CIDR.match(rest[slash:]) if slash >= 0 else None
-        if cidr is not None:
-            spec_text = rest[:slash]
-            cidr4 = int(cidr.group(1) or 32)
-            cidr6 = int(cidr.group(2) or 128)
-            if cidr4 > 32 or cidr6 > 128:
-                raise _PermError(f"CIDR length out of range in {text!r}")
-    if kind == "all":
-        if rest:
-            raise _PermError(f"invalid term {text!r}")
-        return _Term(text, qualifier, kind)
-    if not spec_text:
-        if kind in _NEEDS_DOMAIN:
-            raise _PermError(f"{kind} needs a domain in {text!r}")
-        return _Term(text, qualifier, kind, (), cidr4, cidr6)
-    if not spec_text.startswith(":") or len(spec_text) == 1:
-        raise _PermError(f"invalid term {text!r}")
-    return _Term(text, qualifier, kind, _domain_spec(spec_text[1:]), cidr4, cidr6)
-
-
-def _parse_ip(text: str, qualifier: str, kind: str, rest: str) -> _Term:
-    # RFC 7208 §5.6: ip4:<ip4-network>[/<cidr>], ip6:<ip6-network>[/<cidr>].
-    if not rest.startswith(":"):
-        raise _PermError(f"invalid term {text!r}")
-    address, _, length = rest[1:].partition("/")
-    limit = 32 if kind == "ip4" else 128
-    if length and (not length.isdigit() or length != str(int(length)) or int(length) > limit):
-        raise _PermError(f"invalid CIDR length in {text!r}")
-    if "/" in rest[1:] and not length:
-        raise _PermError(f"empty CIDR length in {text!r}")
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        raise _PermError(f"invalid address in {text!r}") from None
-    if ip.version != (4 if kind == "ip4" else 6):
-        raise _PermError(f"wrong address family in {text!r}")
-    network = ipaddress.ip_network(f"{ip}/{length or limit}", strict=False)
-    return _Term(text, qualifier, kind, network=network)
-
-
-def _parse_record(text: str) -> _Record:
-    """Parse a whole `v=spf1` record (RFC 7208 §4.6.1, §12); _PermError on any error."""
-    # RFC 7208 §3.1: records are 7-bit ASCII; §4.6.1: terms are separated by spaces only.
-    if not text.isascii():
-        raise _PermError("non-ASCII SPF record")
-    terms: list[_Term] = []
-    modifiers: dict[str, tuple[_Token, ...]] = {}
-    for word in text.split(" ")[1:]:
-        if not word:
-            continue
-        modifier = _MODIFIER.fullmatch(word)
-        if modifier is None:
-            terms.append(_parse_term(word))
-            continue
-        name, value = modifier.group(1).lower(), modifier.group(2)
-        if name in ("redirect", "exp"):
-            # RFC 7208 §6: redirect and exp each at most once.
-            if name in modifiers:
-                raise _PermError(f"{name}= given twice")
-            modifiers[name] = _domain_spec(value)
-        else:
-            _tokenize(value, exp=False)  # RFC 7208 §6: unknown modifiers are ignored, if valid
-    return _Record(tuple(terms), modifiers.get("redirect"), modifiers.get("exp"))
-
-
-def _is_spf_record(text: bytes) -> bool:
-    # RFC 7208 §4.5: "v=spf1" exactly (case-insensitively), then a space or the end.
-    return text[:6].lower() == b"v=spf1" and text[6:7] in (b"", b" ")
 
 
 # -- the check --------------------------------------------------------------------------------
@@ -273,23 +102,23 @@ class _Check:
         return self.sender.rpartition("@")[2]
 
     async def query(self, name: str, rdtype: RdType, *, term: bool = False) -> DnsAnswer:
-        """Ask DNS; TEMPFAIL raises _TempError (§2.6.6). `term`: count void answers (§4.6.4)."""
+        """Ask DNS; TEMPFAIL raises TempError (§2.6.6). `term`: count void answers (§4.6.4)."""
         try:
             answer = await self.resolver.query(name, rdtype)
         except DnsNameError:
             answer = DnsAnswer(name, rdtype, DnsStatus.NXDOMAIN)  # an impossible name: no such
         if answer.status is DnsStatus.TEMPFAIL:
-            raise _TempError(f"DNS {rdtype} {name}: {answer.detail or 'temporary failure'}")
+            raise TempError(f"DNS {rdtype} {name}: {answer.detail or 'temporary failure'}")
         if term and not answer.ok:
             self.voids += 1
             if self.voids > _VOID_LIMIT:
-                raise _PermError("more than 2 void lookups")
+                raise PermError("more than 2 void lookups")
         return answer
 
     def count_lookup(self) -> None:
         self.lookups += 1
         if self.lookups > _LOOKUP_LIMIT:
-            raise _PermError("more than 10 DNS-querying terms")
+            raise PermError("more than 10 DNS-querying terms")
 
     def family_type(self) -> RdType:
         return RdType.A if self.ip.version == 4 else RdType.AAAA
@@ -305,21 +134,21 @@ class _Check:
             return self.ptr_names[key]
         try:
             answer = await self.query(ipaddress.ip_address(key).reverse_pointer, RdType.PTR)
-        except _TempError:
+        except TempError:
             answer = DnsAnswer(key, RdType.PTR, DnsStatus.TEMPFAIL)  # §5.5: an error: no match
         names: list[str] = []
         for host in answer.hosts()[:_NAME_LIMIT]:
             try:
                 if self.ip in await self.addresses(host):
                     names.append(normalize_name(host))
-            except _TempError:
+            except TempError:
                 continue  # §5.5: a failed A/AAAA lookup skips that name
         self.ptr_names[key] = tuple(names)
         return self.ptr_names[key]
 
     # -- macros -------------------------------------------------------------------------------
 
-    async def expand(self, tokens: tuple[_Token, ...], domain: str, *, exp: bool = False) -> str:
+    async def expand(self, tokens: tuple[Token, ...], domain: str, *, exp: bool = False) -> str:
         parts = [t if isinstance(t, str) else await self._macro(t, domain) for t in tokens]
         text = "".join(parts)
         if exp:
@@ -330,7 +159,7 @@ class _Check:
             text = text.split(".", 1)[1]
         return text
 
-    async def _macro(self, macro: _Macro, domain: str) -> str:
+    async def _macro(self, macro: Macro, domain: str) -> str:
         value = await self._macro_value(macro.letter.lower(), domain)
         # RFC 7208 §7.3: split on the delimiters (default "."), reverse, keep the rightmost N.
         parts = re.split("[" + re.escape(macro.delimiters or ".") + "]", value)
@@ -369,7 +198,7 @@ class _Check:
                 return str(int(self.now))
             case "p":
                 return await self._validated_name(domain)
-        raise AssertionError(f"macro letter {letter} passed _tokenize")
+        raise AssertionError(f"macro letter {letter} passed tokenize")
 
     async def _validated_name(self, domain: str) -> str:
         # RFC 7208 §7.3: prefer <domain> itself, then a subdomain of it, else any; "unknown".
@@ -383,19 +212,19 @@ class _Check:
         return names[0] if names else "unknown"
 
 
-async def _spf_record(check: _Check, domain: str) -> _Record | None:
+async def _spf_record(check: _Check, domain: str) -> Record | None:
     """RFC 7208 §4.4, §4.5: the domain's one SPF record; None when there is none."""
     answer = await check.query(domain, RdType.TXT)
-    found = [text for text in answer.texts() if _is_spf_record(text)]
+    found = [text for text in answer.texts() if is_spf_record(text)]
     if len(found) > 1:
-        raise _PermError(f"{domain} has {len(found)} SPF records")  # §4.5
+        raise PermError(f"{domain} has {len(found)} SPF records")  # §4.5
     if not found:
         return None
     try:
         text = found[0].decode("ascii")
     except UnicodeDecodeError:
-        raise _PermError("non-ASCII SPF record") from None  # §3.1
-    return _parse_record(text)
+        raise PermError("non-ASCII SPF record") from None  # §3.1
+    return parse_record(text)
 
 
 async def _evaluate(check: _Check, domain: str, *, want_exp: bool) -> SpfResult:
@@ -417,12 +246,12 @@ async def _evaluate(check: _Check, domain: str, *, want_exp: bool) -> SpfResult:
         target = await check.expand(record.redirect, domain)
         redirected = await _evaluate(check, normalize_name(target), want_exp=want_exp)
         if redirected.result is SpfResultCode.NONE:
-            raise _PermError(f"redirect to {target}, which has no SPF record")
+            raise PermError(f"redirect to {target}, which has no SPF record")
         return redirected
     return SpfResult(SpfResultCode.NEUTRAL, domain, detail="no mechanism matched")  # §4.7
 
 
-async def _matches(check: _Check, term: _Term, domain: str) -> bool:
+async def _matches(check: _Check, term: Term, domain: str) -> bool:
     target = normalize_name(await check.expand(term.spec, domain)) if term.spec else domain
     ip = check.ip
     match term.kind:
@@ -435,11 +264,11 @@ async def _matches(check: _Check, term: _Term, domain: str) -> bool:
                 case SpfResultCode.PASS:
                     return True
                 case SpfResultCode.NONE:
-                    raise _PermError(f"include:{target} has no SPF record")
+                    raise PermError(f"include:{target} has no SPF record")
                 case SpfResultCode.TEMPERROR:
-                    raise _TempError(inner.detail)
+                    raise TempError(inner.detail)
                 case SpfResultCode.PERMERROR:
-                    raise _PermError(inner.detail)
+                    raise PermError(inner.detail)
             return False
         case "a":
             return _in_any(ip, await check.addresses(target, term=True), term)  # §5.3
@@ -447,7 +276,7 @@ async def _matches(check: _Check, term: _Term, domain: str) -> bool:
             # RFC 7208 §5.4, §4.6.4: more than 10 MX names is a permerror.
             hosts = [mx.host for mx in (await check.query(target, RdType.MX, term=True)).mx()]
             if len(hosts) > _NAME_LIMIT:
-                raise _PermError(f"{target} has more than 10 MX records")
+                raise PermError(f"{target} has more than 10 MX records")
             for host in hosts:
                 if host and _in_any(ip, await check.addresses(host), term):
                     return True
@@ -464,12 +293,12 @@ async def _matches(check: _Check, term: _Term, domain: str) -> bool:
     raise AssertionError(f"mechanism {term.kind} passed the parser")
 
 
-def _in_any(ip: IPAddress, addresses: list[IPAddress], term: _Term) -> bool:
+def _in_any(ip: IPAddress, addresses: list[IPAddress], term: Term) -> bool:
     length = term.cidr4 if ip.version == 4 else term.cidr6
     return any(ip in ipaddress.ip_network(f"{a}/{length}", strict=False) for a in addresses)
 
 
-async def _explanation(check: _Check, spec: tuple[_Token, ...], domain: str) -> str:
+async def _explanation(check: _Check, spec: tuple[Token, ...], domain: str) -> str:
     """RFC 7208 §6.2: any problem fetching or expanding the exp text means no explanation."""
     try:
         name = await check.expand(spec, domain)
@@ -477,8 +306,8 @@ async def _explanation(check: _Check, spec: tuple[_Token, ...], domain: str) -> 
         texts = answer.texts()
         if len(texts) != 1 or not texts[0].isascii():
             return ""
-        return await check.expand(_tokenize(texts[0].decode("ascii"), exp=True), domain, exp=True)
-    except (_PermError, _TempError):
+        return await check.expand(tokenize(texts[0].decode("ascii"), exp=True), domain, exp=True)
+    except (PermError, TempError):
         return ""
 
 
@@ -518,9 +347,9 @@ async def check_host(
         return SpfResult(SpfResultCode.NONE, domain, detail=f"not a valid domain: {domain!r}")
     try:
         return await _evaluate(check, domain, want_exp=True)
-    except _TempError as error:
+    except TempError as error:
         return SpfResult(SpfResultCode.TEMPERROR, domain, detail=str(error))
-    except _PermError as error:
+    except PermError as error:
         return SpfResult(SpfResultCode.PERMERROR, domain, detail=str(error))
 
 
