@@ -148,6 +148,13 @@ def _read_message(data: bytes, name: str, found: Found, depth: int) -> None:
     msg = email.message_from_bytes(data, policy=email.policy.default)
     if not isinstance(msg, EmailMessage) or not msg.keys():
         raise ReportError("neither XML, JSON, gzip, zip nor a message")
+    before = len(found.dmarc) + len(found.tls) + len(found.errors)
+    _read_parts(msg, name, found, depth)
+    if len(found.dmarc) + len(found.tls) + len(found.errors) == before:
+        raise ReportError("a message without a report attached")
+
+
+def _read_parts(msg: EmailMessage, name: str, found: Found, depth: int) -> None:
     parts = 0
     for part in msg.walk():
         parts += 1
@@ -198,7 +205,7 @@ def parse_dmarc(xml: bytes) -> DmarcReport:
         raise ReportError("XML with a DOCTYPE or ENTITY declaration is refused")
     try:
         root = ET.fromstring(xml)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError) as exc:  # LookupError: an unknown encoding= name
         raise ReportError(f"bad XML: {exc}") from None
     if _local(root.tag) != "feedback":
         raise ReportError(f"XML root is <{_local(root.tag)}>, not <feedback>")

@@ -113,7 +113,7 @@ class ReportSender:
         for dest in found:
             message = dmarc_message(self._submitter, dest.address, domain, report_id, gz,
                                     begin=begin, end=end, now=self._clock.now())  # fmt: skip
-            await self._deliver("dmarc", domain, dest, message, len(gz), summary)
+            await self._deliver("dmarc", domain, dest, message, summary)
 
     async def _tls(
         self, domain: str, events: list[TlsEvent], begin: int, end: int, summary: RunSummary
@@ -131,7 +131,7 @@ class ReportSender:
                 continue
             message = tlsrpt_message(self._submitter, dest.address, domain, report_id, gz,
                                      begin=begin, end=end, now=self._clock.now())  # fmt: skip
-            await self._deliver("tlsrpt", domain, dest, message, len(gz), summary)
+            await self._deliver("tlsrpt", domain, dest, message, summary)
 
     async def _deliver(
         self,
@@ -139,11 +139,12 @@ class ReportSender:
         domain: str,
         dest: Destination,
         message: bytes,
-        size: int,
         summary: RunSummary,
     ) -> None:
+        size = len(message)
         if dest.limit and size > dest.limit:
-            # RFC 7489 §6.2: the destination takes reports up to `limit` octets only.
+            # RFC 7489 §6.2: the destination takes reports up to `limit` octets only; the whole
+            # message (compressed and base64-encoded) is measured, so it never exceeds it.
             self._skipped(kind, domain, [f"{dest.uri}: {size} octets over its limit"], summary)
             return
         try:
