@@ -11,7 +11,8 @@ errors are the model's (QueueWriteError), never the database's.
 Adding a backend: write a class with the three members of `Backend` below (`clock` is the
 `FakeClock` the store must take every time it stores from; `start` opens the storage as the
 first node, running its recovery; `join` opens the same storage as another node while the
-first runs), and add it to `BACKENDS` under its name. A backend whose server is missing
+first runs), and add a function making it to `BACKENDS` under its name (it may ask the
+request for a fixture, as PostgreSQL's asks for `pg_dsn`). A backend whose server is missing
 skips with the reason outside CI (see tests/integration/peers: `require_peer`). Nothing
 else here may need changing; a test that only holds for one backend belongs in
 tests/unit/queue, not here.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from peers.postgres import PASSWORD as PG_PASSWORD
 
 from hato.model import Address, QueuedMessage
 from hato.model.queuestore import (
@@ -88,12 +90,68 @@ class SqliteBackend:
         return await self._open(node_id, lease_seconds, recover=False)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": SqliteBackend}
+class PostgresBackend:
+    """queue/postgres.py on a fresh database of the private PostgreSQL (tests/conftest.py
+    `pg_dsn`); each node its own pool and scratch directory."""
+
+    def __init__(self, root: Path, dsn: str) -> None:
+        self.root = root
+        self.dsn = dsn
+        self.clock = FakeClock()
+        self._slots = 0
+
+    async def _open(self, node_id: str, lease_seconds: float, *, recover: bool) -> QueueStore:
+        from psycopg_pool import AsyncConnectionPool
+
+        from hato.queue.postgres import PgQueue
+
+        self._slots += 1
+        pool = AsyncConnectionPool(
+            self.dsn,
+            kwargs={"password": PG_PASSWORD, "autocommit": True},
+            min_size=1,
+            max_size=4,
+            open=False,
+        )
+        await pool.open(wait=True)
+        return await PgQueue.open(
+            pool,
+            scratch=self.root / node_id,
+            clock=self.clock,
+            node_id=node_id,
+            lease_seconds=lease_seconds,
+            recover=recover,
+            id_slot=self._slots % 16,
+            close_pool=True,
+        )
+
+    async def start(self, node_id: str = "node-a", *, lease_seconds: float = LEASE) -> QueueStore:
+        return await self._open(node_id, lease_seconds, recover=True)
+
+    async def join(self, node_id: str, *, lease_seconds: float = LEASE) -> QueueStore:
+        return await self._open(node_id, lease_seconds, recover=False)
+
+
+def _postgres(request: pytest.FixtureRequest, root: Path) -> Backend:
+    import psycopg
+
+    from hato.pgstore import migrate
+
+    dsn = request.getfixturevalue("pg_dsn")  # skips (or fails in CI) without PostgreSQL
+    with psycopg.connect(dsn, password=PG_PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    return PostgresBackend(root, dsn)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": lambda _request, root: SqliteBackend(root),
+    "postgresql": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield BACKENDS[request.param](tmp_path)
+    yield BACKENDS[request.param](request, tmp_path)
 
 
 def contract(

@@ -17,7 +17,6 @@ import pytest
 from peers.hato import HatoServer
 from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
-from peers.postgres import PostgresServer, find_bindir
 from peers.server import MailServer, MailSetup, MakeServer, submission_setup
 from peers.tls import TestCA, make_test_ca
 
@@ -155,40 +154,3 @@ def shared_submission(request: pytest.FixtureRequest, _module_submission: HatoSe
         pytest.fail(f"the module's hato process died:\n{_module_submission.log_text()[-3000:]}")
     request.node.stash.setdefault(_SERVERS, []).append(_module_submission)
     return _module_submission
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A private PostgreSQL cluster (initdb in a temporary directory, a loopback port), one per
-    test worker; missing binaries: fail in CI, skip (with the reason) elsewhere."""
-    bindir = find_bindir()
-    if bindir is None:
-        reason = (
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; "
-            ".ci/run installs Debian's postgresql)"
-        )
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    path = Path(tempfile.mkdtemp(prefix="hato-it-pg-"))
-    server = PostgresServer(path, bindir)
-    server.start()
-    yield server
-    try:
-        server.stop()
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_dsn(request: pytest.FixtureRequest, postgres: PostgresServer) -> str:
-    """The DSN (no password: it is PGPASSWORD or postgres.password_file) of a new, empty
-    database of the private cluster, for this test alone."""
-    if not postgres.alive():
-        postgres.start()
-    name = f"t{len(_DATABASES)}_{os.getpid()}"
-    _DATABASES.append(name)
-    return postgres.create_database(name)
-
-
-_DATABASES: list[str] = []

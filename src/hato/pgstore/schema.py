@@ -67,6 +67,47 @@ CREATE TABLE send_accounts (
 );
 """,
     ),
+    (
+        2,
+        "the queue: messages, recipient rows with leases, bodies in chunks",
+        """
+CREATE TABLE queue_messages (
+    queue_id text PRIMARY KEY,
+    mail_from text NOT NULL,
+    received_at double precision NOT NULL,
+    size bigint NOT NULL,
+    prefix bytea NOT NULL,
+    params text NOT NULL,               -- JSON
+    body bytea,                         -- a small body inline; NULL: in queue_body_chunks
+    delay_warned boolean NOT NULL DEFAULT false
+);
+CREATE TABLE queue_body_chunks (        -- a large body, streamed in and out in chunks
+    queue_id text NOT NULL REFERENCES queue_messages ON DELETE CASCADE,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (queue_id, seq)
+);
+CREATE TABLE queue_recipients (         -- one row per recipient (exactly once)
+    row_id bigserial PRIMARY KEY,
+    queue_id text NOT NULL REFERENCES queue_messages ON DELETE CASCADE,
+    address text NOT NULL,
+    original text NOT NULL,
+    status text NOT NULL CHECK (status IN ('queued', 'delivered', 'failed', 'held')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt double precision NOT NULL,
+    last_reply text,
+    lease_owner text,                   -- the node delivering it, until lease_until
+    lease_until double precision,
+    recovered boolean NOT NULL DEFAULT false,
+    updated_at double precision NOT NULL,
+    notify text,
+    orcpt text
+);
+CREATE INDEX queue_recipients_due ON queue_recipients (next_attempt) WHERE status = 'queued';
+CREATE INDEX queue_recipients_message ON queue_recipients (queue_id);
+CREATE INDEX queue_recipients_lease ON queue_recipients (lease_owner) WHERE lease_owner IS NOT NULL;
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema this code reads and writes."""

@@ -1,0 +1,415 @@
+"""The PostgreSQL backend of `QueueStore` (queue/protocol.py), for several nodes on one database.
+
+Must not import anything of hato but model and this room. Its operator statements are in
+`postgres_admin.py`; the tables are made by `hato store migrate` (hato.pgstore.schema, 2).
+
+Theory of operation (DESIGN.md: 250 means durable, exactly once).
+- Receiving: the session streams the body into a `BodyWriter` (memory up to 64 KiB, then a
+  scratch file in this node's private `messages_dir`). `commit()` joins a group commit: the
+  first session to find no transaction running becomes the leader and writes every message
+  waiting at that moment in ONE transaction (many sessions, one WAL flush), the others wait
+  for it. A small body goes inline in its message row; a large one is read back from its
+  scratch file 1 MiB at a time into `queue_body_chunks` rows (never whole in memory), then
+  the scratch file is removed: the body is in the database, so any node can deliver it. The
+  recipient rows are inserted leased to this node; `commit()` returns (and the session may say
+  250) only after PostgreSQL's COMMIT returned, which is durable (synchronous_commit on).
+  Any failure is QueueWriteError: 451 4.3.0, never 250; nothing of the message stays.
+- Delivering: the committed message is handed to this node's runner in memory (`wait_fresh`),
+  so new mail goes out at once, not after a poll. Due rows are taken with
+  `FOR UPDATE SKIP LOCKED` and leased to this node until now + `lease_seconds`; two nodes
+  never take one row. A lease that runs out (its node died) makes the row due for any node,
+  marked `recovered` so the courier checks before delivering again (the Maildir file name
+  comes from the queue row: a redelivery overwrites the same name). A node that starts again
+  frees its own old leases the same way. `load_body` streams a chunked body into a scratch
+  file that `release` removes.
+- Every psycopg error becomes QueueError/QueueWriteError (a database that cannot be reached
+  included): the session answers 451 4.3.0, the runner backs off, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from hato.model import (
+    Address,
+    Clock,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientDsn,
+    ReversePath,
+    format_path,
+    logfmt,
+)
+from hato.model.queuestore import NewMessage, Pending, QueueError, RowUpdate
+from hato.queue.body import BodyWriter, QueueWriteError
+from hato.queue.ids import QueueIdGenerator, Rng
+from hato.queue.postgres_admin import PgAdmin, finish_if_done
+from hato.queue.postgres_rows import (
+    MESSAGE_COLUMNS,
+    fresh_dir,
+    insert_message,
+    message_from_row,
+    recipient_from_row,
+    unlink,
+    write_error,
+)
+
+log = logging.getLogger("hato.queue")
+
+DEFAULT_LEASE = 900.0
+AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    msg: NewMessage
+    body: BodyWriter
+    future: asyncio.Future[tuple[int, ...]]
+
+
+class PgQueue(PgAdmin):
+    """Open with `await PgQueue.open(pool, ...)`."""
+
+    def __init__(
+        self,
+        pool: AsyncPool,
+        *,
+        scratch: Path,
+        clock: Clock,
+        node_id: str,
+        rng: Rng,
+        lease_seconds: float,
+        min_free: int,
+        free_space: Callable[[Path], int],
+        id_slot: int,
+        close_pool: bool = False,
+    ) -> None:
+        super().__init__(pool, clock)
+        self._close_pool = close_pool
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.messages_dir = str(scratch)
+        self.problems: tuple[str, ...] = ()
+        self._scratch = scratch
+        self._ids = QueueIdGenerator(clock, random.Random(rng.getrandbits(64)), id_slot)
+        self._min_free = min_free
+        self._free_space = free_space
+        self._batch: list[_Waiting] = []
+        self._commit_lock = asyncio.Lock()
+        self._fresh: collections.deque[Pending] = collections.deque()
+        self._fresh_ready = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        pool: AsyncPool,
+        *,
+        scratch: Path,
+        clock: Clock,
+        node_id: str,
+        rng: Rng | None = None,
+        lease_seconds: float = DEFAULT_LEASE,
+        min_free: int = 0,
+        free_space: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
+        recover: bool = True,
+        id_slot: int = 0,
+        close_pool: bool = False,
+    ) -> PgQueue:
+        """`scratch`: this node's private directory for body files (emptied here).
+        `recover`: free this node's leases of an earlier life, marked recovered.
+        `close_pool`: `close()` closes the pool too (else it is the caller's)."""
+        await asyncio.to_thread(fresh_dir, scratch)
+        queue = cls(
+            pool,
+            scratch=scratch,
+            clock=clock,
+            node_id=node_id,
+            rng=rng if rng is not None else random.SystemRandom(),
+            lease_seconds=lease_seconds,
+            min_free=min_free,
+            free_space=free_space,
+            id_slot=id_slot,
+            close_pool=close_pool,
+        )
+        if recover:
+            freed = await queue.free_leases(node_id, recovered=True)
+            if freed:
+                log.info(logfmt("recovered", rows=freed))
+        return queue
+
+    # ---- receiving ----
+
+    def has_room(self, size_hint: int = 0) -> bool:
+        """Room in the scratch directory for a body of `size_hint` (RFC 1870 SIZE=)."""
+        try:
+            return self._free_space(self._scratch) >= self._min_free + 2 * max(size_hint, 0)
+        except OSError:
+            return False
+
+    def new_body(self) -> BodyWriter:
+        if self._closed:
+            raise RuntimeError("the queue is closed")
+        queue_id = self._ids.next()
+        return BodyWriter(queue_id, os.path.join(self.messages_dir, queue_id))
+
+    async def commit(
+        self,
+        body: BodyWriter,
+        *,
+        mail_from: ReversePath,
+        recipients: Sequence[tuple[Address, Address] | tuple[Address, Address, RecipientDsn]],
+        prefix: bytes,
+        params: Mapping[str, str | None],
+    ) -> str:
+        if not recipients:
+            # RFC 5321 §3.3: DATA needs at least one accepted RCPT; a session bug if not.
+            raise ValueError("a message needs at least one recipient")
+        if body.error is not None:
+            error = QueueWriteError.from_os(body.error, "write body")
+            body.discard()
+            self._refused(body.queue_id, error)
+            raise error
+        body.mark_sealed()
+        msg = NewMessage(
+            queue_id=body.queue_id,
+            mail_from=mail_from,
+            received_at=self._clock.now(),
+            size=body.size,
+            prefix=prefix,
+            params=dict(params),
+            recipients=tuple(
+                (r[0], r[1], r[2] if len(r) == 3 else RecipientDsn()) for r in recipients
+            ),
+            body=body.take_inline() if body.inline else None,
+        )
+        waiting = _Waiting(msg, body, asyncio.get_running_loop().create_future())
+        self._batch.append(waiting)
+        async with self._commit_lock:  # group commit: the first waiter writes the batch
+            if not waiting.future.done():
+                batch, self._batch = self._batch, []
+                await self._write_batch(batch)
+        try:
+            row_ids = waiting.future.result()
+        except QueueWriteError as error:
+            self._refused(msg.queue_id, error)
+            raise
+        finally:
+            body.discard()  # the scratch file: the body is in the database (or refused)
+        self._queued(msg, row_ids)
+        return msg.queue_id
+
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        try:
+            results = []
+            async with self._pool.connection() as conn, conn.transaction():
+                for item in batch:
+                    results.append(
+                        await insert_message(
+                            conn,
+                            item.msg,
+                            item.body,
+                            node_id=self.node_id,
+                            lease_until=item.msg.received_at + self.lease_seconds,
+                        )
+                    )
+                await conn.execute("NOTIFY hato_queue")  # delivered at COMMIT only
+        except (psycopg.Error, OSError, QueueError) as exc:
+            error = write_error(exc, "commit")
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        for item, row_ids in zip(batch, results, strict=True):
+            item.future.set_result(row_ids)
+
+    def _queued(self, msg: NewMessage, row_ids: tuple[int, ...]) -> None:
+        log.info(
+            logfmt(
+                "queued",
+                id=msg.queue_id,
+                size=msg.size,
+                nrcpt=len(row_ids),
+                **{"from": format_path(msg.mail_from)},
+            )
+        )
+        message = QueuedMessage(
+            queue_id=msg.queue_id,
+            mail_from=msg.mail_from,
+            received_at=msg.received_at,
+            body_path="",
+            size=msg.size,
+            prefix=msg.prefix,
+            params=msg.params,
+            body=msg.body,  # None for a chunked body: `load_body` streams it
+        )
+        rcpts = tuple(
+            QueuedRecipient(row_id=row_id, address=address, original=original, dsn=dsn)
+            for row_id, (address, original, dsn) in zip(row_ids, msg.recipients, strict=True)
+        )
+        self._fresh.append(Pending(message, rcpts, msg.received_at + self.lease_seconds))
+        self._fresh_ready.set()
+
+    def _refused(self, queue_id: str, error: QueueWriteError) -> None:
+        log.warning(
+            logfmt("queue-write-failed", id=queue_id, errno=error.errno, error=error.detail)
+        )
+
+    # ---- the runner ----
+
+    async def wait_fresh(self) -> list[Pending]:
+        while not self._fresh:
+            self._fresh_ready.clear()
+            await self._fresh_ready.wait()
+        out = list(self._fresh)
+        self._fresh.clear()
+        return out
+
+    async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
+        now = self._clock.now()
+        until = now + self.lease_seconds
+        # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
+        rows = await self._run(
+            "WITH due AS (SELECT row_id FROM queue_recipients WHERE status = 'queued'"
+            " AND next_attempt <= %(now)s AND (lease_until IS NULL OR lease_until <= %(now)s)"
+            " AND NOT (row_id = ANY(%(exclude)s)) ORDER BY next_attempt, row_id"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE queue_recipients r SET lease_owner = %(node)s, lease_until = %(until)s,"
+            " recovered = r.recovered OR r.lease_owner IS NOT NULL FROM due"
+            " WHERE r.row_id = due.row_id RETURNING r.queue_id, r.row_id, r.address,"
+            " r.original, r.attempts, r.recovered, r.notify, r.orcpt",
+            {
+                "now": now,
+                "until": until,
+                "node": self.node_id,
+                "limit": limit,
+                "exclude": list(exclude),
+            },
+        )
+        by_message: dict[str, list[QueuedRecipient]] = {}
+        for queue_id, *rest in sorted(rows, key=lambda r: int(r[1])):
+            by_message.setdefault(queue_id, []).append(recipient_from_row(rest))
+        if not by_message:
+            return []
+        found = await self._run(
+            f"SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE queue_id = ANY(%s)",
+            (list(by_message),),
+        )
+        messages = {row[0]: message_from_row(row) for row in found}
+        return [
+            Pending(messages[qid], tuple(rcpts), until)
+            for qid, rcpts in by_message.items()
+            if qid in messages
+        ]
+
+    async def next_due(self) -> float | None:
+        (row,) = await self._run(
+            "SELECT min(greatest(next_attempt, coalesce(lease_until, 0)))"
+            " FROM queue_recipients WHERE status = 'queued'",
+            (),
+        )
+        return None if row[0] is None else float(row[0])
+
+    async def load_body(self, message: QueuedMessage) -> QueuedMessage:
+        """An inline body into memory; a chunked one streamed into a scratch file."""
+        if message.body is not None or message.body_path:
+            return message
+        (row,) = await self._run(
+            "SELECT body, body IS NULL FROM queue_messages WHERE queue_id = %s",
+            (message.queue_id,),
+        ) or [(None, False)]
+        if row[0] is not None:
+            return dataclasses.replace(message, body=bytes(row[0]))
+        if not row[1]:
+            return message  # the message is gone
+        path = os.path.join(self.messages_dir, message.queue_id)
+        file = await asyncio.to_thread(open, path, "wb")
+        try:
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor()
+                async for (data,) in cursor.stream(
+                    "SELECT data FROM queue_body_chunks WHERE queue_id = %s ORDER BY seq",
+                    (message.queue_id,),
+                ):
+                    await asyncio.to_thread(file.write, data)
+        except psycopg.Error as exc:
+            file.close()
+            await asyncio.to_thread(unlink, path)
+            raise QueueError(None, f"load body: {exc}") from exc
+        await asyncio.to_thread(file.close)
+        return dataclasses.replace(message, body_path=path)
+
+    def release(self, queue_id: str) -> None:
+        unlink(os.path.join(self.messages_dir, queue_id))
+
+    async def claim_delay_warning(self, queue_id: str) -> bool:
+        rows = await self._run(
+            "UPDATE queue_messages SET delay_warned = true"
+            " WHERE queue_id = %s AND NOT delay_warned RETURNING 1",
+            (queue_id,),
+        )
+        return bool(rows)
+
+    async def record(
+        self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
+    ) -> bool:
+        """`has_file` is the SQLite store's concern: here a body goes with its rows."""
+        now = self._clock.now()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "UPDATE queue_recipients SET status = %s, attempts = %s,"
+                        " next_attempt = %s, last_reply = %s, recovered = %s,"
+                        " lease_owner = NULL, lease_until = NULL, updated_at = %s"
+                        " WHERE row_id = %s",
+                        [
+                            (
+                                u.status.value,
+                                u.attempts,
+                                u.next_attempt,
+                                u.last_reply,
+                                u.recovered,
+                                now,
+                                u.row_id,
+                            )
+                            for u in updates
+                        ],
+                    )
+                done = await finish_if_done(conn, queue_id)
+        except psycopg.Error as exc:
+            raise write_error(exc, "record") from exc
+        if done:
+            log.info(logfmt("removed", id=queue_id))
+        return done
+
+    async def free_leases(self, owner: str, *, recovered: bool) -> int:
+        rows = await self._run(
+            "UPDATE queue_recipients SET recovered = recovered OR %s, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = %s"
+            " WHERE status = 'queued' AND lease_owner = %s RETURNING 1",
+            (recovered, self._clock.now(), owner),
+        )
+        return len(rows)
+
+    async def close(self) -> None:
+        """Commits in flight finish (they hold the commit lock); the pool is the caller's."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._commit_lock:
+            pass
+        if self._close_pool:
+            await self._pool.close()
+        await asyncio.to_thread(shutil.rmtree, self._scratch, True)

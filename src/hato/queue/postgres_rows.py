@@ -1,0 +1,130 @@
+"""The PostgreSQL queue's rows: inserting a message, and reading rows back into the model's
+values. Must not import anything of hato but model and this room."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from hato.model import (
+    Address,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientDsn,
+    format_path,
+    parse_path,
+)
+from hato.model.queuestore import NewMessage
+from hato.queue.body import BodyWriter, QueueWriteError
+
+CHUNK = 1024 * 1024  # octets per queue_body_chunks row
+MESSAGE_COLUMNS = "queue_id, mail_from, received_at, size, prefix, params"
+
+
+def message_from_row(row: Sequence[Any]) -> QueuedMessage:
+    """A message without its body (the runner loads it with `load_body`)."""
+    queue_id, mail_from, received_at, size, prefix, params = row[:6]
+    return QueuedMessage(
+        queue_id=queue_id,
+        mail_from=parse_path(mail_from, allow_null=True),
+        received_at=float(received_at),
+        body_path="",
+        size=int(size),
+        prefix=bytes(prefix),
+        params=json.loads(params),
+    )
+
+
+def recipient_from_row(row: Sequence[Any]) -> QueuedRecipient:
+    row_id, address, original, attempts, recovered, notify, orcpt = row
+    return QueuedRecipient(
+        row_id=int(row_id),
+        address=Address.parse(address),
+        original=Address.parse(original),
+        attempts=int(attempts),
+        recovered=bool(recovered),
+        dsn=RecipientDsn.parse(notify, orcpt),
+    )
+
+
+async def insert_message(
+    conn: psycopg.AsyncConnection[Any],
+    msg: NewMessage,
+    body: BodyWriter,
+    *,
+    node_id: str,
+    lease_until: float,
+) -> tuple[int, ...]:
+    """Insert a message, its body (inline, or read back from its scratch file in chunks)
+    and its recipient rows leased to `node_id`; the row ids. In the caller's transaction."""
+    await conn.execute(
+        f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            msg.queue_id,
+            format_path(msg.mail_from),
+            msg.received_at,
+            msg.size,
+            msg.prefix,
+            json.dumps(dict(msg.params), separators=(",", ":")),
+            msg.body,
+        ),
+    )
+    if msg.body is None:
+        chunks = body.read_back(CHUNK)
+        seq = 0
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            await conn.execute(
+                "INSERT INTO queue_body_chunks (queue_id, seq, data) VALUES (%s, %s, %s)",
+                (msg.queue_id, seq, chunk),
+            )
+            seq += 1
+    row_ids = []
+    async with conn.cursor() as cur:
+        for address, original, dsn in msg.recipients:
+            await cur.execute(
+                "INSERT INTO queue_recipients (queue_id, address, original, status,"
+                " next_attempt, lease_owner, lease_until, updated_at, notify, orcpt)"
+                " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) RETURNING row_id",
+                (
+                    msg.queue_id,
+                    str(address),
+                    str(original),
+                    msg.received_at,
+                    node_id,
+                    lease_until,
+                    msg.received_at,
+                    dsn.notify_param,
+                    dsn.orcpt,
+                ),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            row_ids.append(int(row[0]))
+    return tuple(row_ids)
+
+
+def write_error(exc: BaseException, what: str) -> QueueWriteError:
+    if isinstance(exc, QueueWriteError):
+        return exc
+    if isinstance(exc, OSError):
+        return QueueWriteError.from_os(exc, what)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return QueueWriteError(None, f"{what}: {first}")
+
+
+def fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True)
+
+
+def unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
