@@ -181,3 +181,14 @@ def test_hato_report_on_nothing_readable_exits_1(
     junk.write_bytes(b"\x00junk")
     assert main(["report", str(junk)]) == 1
     assert "not read:" in capsys.readouterr().out
+
+
+def test_hato_report_reads_a_message_on_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = dmarc_message(
+        US, "dmarc@ours.test", "ours.test", "r-1", compress(_xml()), begin=1, end=86401, now=0.0
+    )
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(message)))
+    assert main(["report"]) == 0
+    assert "DMARC ours.test (p=reject)" in capsys.readouterr().out
