@@ -9,6 +9,7 @@ no room below the composition root imports this package.
 Must not import anything of hato but model (and pydantic, tomllib).
 """
 
+from hato.config.directory_sections import DomainSettings, LocalSettings
 from hato.config.errors import ConfigError
 from hato.config.load import (
     CONFIG_FILE_NAME,
@@ -27,17 +28,10 @@ from hato.config.outbound_sections import (
     TlsPolicyName,
     TransportSettings,
 )
-from hato.config.policy_sections import (
-    AUTH_MECHANISMS,
-    AuthSettings,
-    DnsSettings,
-    NetworkSettings,
-)
+from hato.config.policy_sections import AUTH_MECHANISMS, AuthSettings, DnsSettings, NetworkSettings
 from hato.config.sections import (
-    DomainSettings,
     LimitsSettings,
     ListenerSettings,
-    LocalSettings,
     LogFormat,
     LogLevel,
     QueueSettings,

@@ -23,8 +23,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.directory_sections import DomainSettings, LocalSettings
 from hato.config.doctor_sections import DoctorSettings
 from hato.config.errors import ConfigError, translate
+from hato.config.fields import ParseContext
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings, metrics_clashes
 from hato.config.outbound_sections import DeliverySettings, SmarthostSettings, TransportSettings
@@ -33,11 +35,8 @@ from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
     SECTIONS,
-    DomainSettings,
     LimitsSettings,
     ListenerSettings,
-    LocalSettings,
-    ParseContext,
     QueueSettings,
     ServerSettings,
     TlsSettings,

@@ -11,14 +11,9 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 import enum
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,7 +28,9 @@ from pydantic import (
 
 from hato.config.acme_sections import AcmeSettings
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.directory_sections import DomainSettings, LocalSettings
 from hato.config.doctor_sections import DoctorSettings
+from hato.config.fields import AbsolutePath, ReadableFile, Size
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import (
     GROUP_DESCRIPTION,
@@ -49,19 +46,8 @@ from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettin
 from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.store_sections import StoreSettings
-from hato.config.values import (
-    ListenAddress,
-    at_least,
-    check_readable_file,
-    parse_domain_name,
-    parse_listen_address,
-    parse_local_part,
-    parse_size,
-    parse_target,
-    resolve_path,
-    show,
-)
-from hato.model import Address, Role
+from hato.config.values import ListenAddress, at_least, parse_domain_name, parse_listen_address
+from hato.model import Role
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
 
@@ -74,67 +60,6 @@ MIN_RECIPIENTS = 100
 MIN_IDLE_TIMEOUT = 1
 # RFC 5321 §4.5.3.1.6: a text line is up to 1000 octets including CRLF.
 MIN_TEXT_LINE = 1000
-_DELIMITER_CHARS = frozenset("+-_=~#%&!$*/?^`{|}'")
-
-
-@dataclass(frozen=True, slots=True)
-class ParseContext:
-    """What validation needs beyond the TOML: the directory relative paths start from, and
-    whether files must be readable by this process (a reload after the privilege drop reads
-    only what it uses, and says so when it cannot: boot.reload)."""
-
-    base_dir: Path
-    check_access: bool = True
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    if not isinstance(info.context, ParseContext):
-        raise TypeError("validate hato config sections with context=ParseContext(base_dir)")
-    return info.context.base_dir
-
-
-def _path(value: object, info: ValidationInfo) -> Path:
-    return resolve_path(value, _base_dir(info))
-
-
-def _readable_file(value: object, info: ValidationInfo) -> Path:
-    access = not isinstance(info.context, ParseContext) or info.context.check_access
-    return check_readable_file(_path(value, info), access)
-
-
-def _target(value: object, info: ValidationInfo) -> Address:
-    # A bare local part belongs to this [[domain]]; when `name` itself is invalid the model fails
-    # anyway, so any domain serves to check the target's own syntax.
-    name = info.data.get("name")
-    return parse_target(value, name if isinstance(name, str) else "localhost")
-
-
-def _full_address(value: object) -> Address:
-    if isinstance(value, str) and "@" in value:
-        return parse_target(value, "localhost")
-    raise ValueError(
-        f'{show(value)} is not an address: write local@domain, e.g. "alice@example.org"'
-    )
-
-
-def _non_empty(targets: tuple[Address, ...]) -> tuple[Address, ...]:
-    if not targets:
-        raise ValueError('an alias needs at least one target (example: ["alice"])')
-    return targets
-
-
-def _non_empty_grant(targets: tuple[Address, ...]) -> tuple[Address, ...]:
-    if not targets:
-        raise ValueError('a grant needs at least one address (example: ["sales"])')
-    return targets
-
-
-AbsolutePath = Annotated[Path, PlainValidator(_path)]
-ReadableFile = Annotated[Path, PlainValidator(_readable_file)]
-Size = Annotated[int, PlainValidator(parse_size)]
-Target = Annotated[Address, PlainValidator(_target)]
-LocalPart = Annotated[str, PlainValidator(parse_local_part)]
-FullAddress = Annotated[Address, PlainValidator(_full_address)]
 
 
 class LogFormat(enum.StrEnum):
@@ -353,130 +278,6 @@ class QueueSettings(BaseModel):
     @classmethod
     def _not_negative(cls, value: int) -> int:
         return at_least(0, value)
-
-
-class LocalSettings(BaseModel):
-    """[local]: how local parts are matched, the system aliases file, where the Maildirs are
-    and whose they are."""
-
-    model_config = _SECTION
-
-    recipient_delimiter: str = Field(
-        "+", description='one character such as "+" or "-", or "" to turn plus-addressing off'
-    )
-    aliases_file: ReadableFile | None = Field(
-        None, description='the path of a readable aliases file, e.g. "/etc/aliases"'
-    )
-    postmaster: FullAddress | None = Field(
-        None, description='the address for postmaster, root and abuse, e.g. "alice@example.org"'
-    )
-    send_as: Mapping[str, tuple[FullAddress, ...]] = Field(
-        default_factory=dict,
-        description="Unix user names and the addresses each may send as locally, e.g. "
-        '{ www-data = ["noreply@example.org"] }',
-    )
-    mailboxes: AbsolutePath | None = Field(
-        None, description='a directory path for the Maildirs, e.g. "/var/vmail"'
-    )
-    mailbox_owner: SystemUser | None = Field(
-        None, description='the name of an existing user owning the mail files, e.g. "vmail"'
-    )
-    srs: StrictBool = Field(True, description="true or false")
-    srs_max_age: StrictInt = Field(21, description="days as an integer, 1..1000")
-
-    @field_validator("srs_max_age")
-    @classmethod
-    def _srs_age(cls, value: int) -> int:
-        # The SRS timestamp counts days modulo 1024 (libsrs2): an older one would look new.
-        if not 1 <= value <= 1000:
-            raise ValueError(f"must be 1..1000 days (SRS timestamps wrap at 1024), got {value}")
-        return value
-
-    @field_validator("recipient_delimiter", mode="plain")
-    @classmethod
-    def _delimiter(cls, value: object) -> str:
-        if value == "" or (isinstance(value, str) and value in _DELIMITER_CHARS):
-            return value
-        raise ValueError(
-            f'{show(value)} is not a delimiter: use one character such as "+" or "-", '
-            'or "" to turn plus-addressing off'
-        )
-
-
-_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def _selector(value: object) -> str:
-    # RFC 6376 §3.1: a selector is a sequence of sub-domain labels; we keep to one label so
-    # it is also a safe file name.
-    if isinstance(value, str) and _SELECTOR.fullmatch(value):
-        return value.lower()
-    raise ValueError(f"{show(value)} is not a selector (letters, digits, '-'; e.g. \"s2026\")")
-
-
-class StsMode(enum.StrEnum):
-    """RFC 8461 §5: what senders do when our MX fails the policy."""
-
-    ENFORCE = "enforce"
-    TESTING = "testing"
-    NONE = "none"
-
-
-class DomainSettings(BaseModel):
-    """One [[domain]]: a domain we receive mail for."""
-
-    model_config = _SECTION
-
-    name: Annotated[str, PlainValidator(parse_domain_name)] = Field(
-        description='a domain name, e.g. "example.org"'
-    )
-    catch_all: Target | None = Field(
-        None, description='a local part or an address, e.g. "alice" or "alice@example.org"'
-    )
-    accept_any: StrictBool = Field(False, description="true or false")
-    aliases: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty)]] = Field(
-        default_factory=dict,
-        description='a table of arrays, e.g. { sales = ["alice", "bob@example.org"] }',
-    )
-    dkim_selector: Annotated[str, PlainValidator(_selector)] = Field(
-        "hato",
-        description="the DKIM selector whose key (DATA_DIR/dkim/DOMAIN/SELECTOR.key, made by "
-        '"hato dkim keygen DOMAIN") signs this domain\'s mail, e.g. "s2026"',
-    )
-    send_as: Mapping[LocalPart, Annotated[tuple[Target, ...], AfterValidator(_non_empty_grant)]] = (
-        Field(
-            default_factory=dict,
-            description='a table of arrays, e.g. { alice = ["sales", "info@example.net"] }',
-        )
-    )
-    mta_sts_mode: StsMode = Field(
-        StsMode.TESTING,
-        description='the MTA-STS policy mode served at mta-sts.DOMAIN: "testing" (senders '
-        'report failures but deliver), "enforce" (senders refuse our MX without valid TLS) or '
-        '"none" (withdraw the policy)',
-    )
-    # RFC 8461 §3.2: max_age is at most 31557600 seconds (about a year); one week by default.
-    mta_sts_max_age: StrictInt = Field(
-        604800, description="seconds senders may cache the MTA-STS policy, 86400..31557600"
-    )
-
-    @field_validator("mta_sts_max_age")
-    @classmethod
-    def _sts_max_age(cls, value: int) -> int:
-        # RFC 8461 §3.2: at most 31557600; below a day senders would refetch all the time.
-        if not 86400 <= value <= 31557600:
-            raise ValueError(f"must be 86400 (a day) to 31557600 (a year) seconds, got {value}")
-        return value
-
-    @field_validator("accept_any")
-    @classmethod
-    def _catch_all_or_any(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("catch_all") is not None:
-            raise ValueError(
-                "true excludes catch_all: accept_any gives every local part its own mailbox, "
-                "so nothing is left for catch_all; keep one of them"
-            )
-        return value
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hato.config.authcheck_sections import AuthcheckSettings
+from hato.config.directory_sections import DomainSettings, LocalSettings
 from hato.config.doctor_sections import DoctorSettings
 from hato.config.filter_sections import MilterSettings, RspamdSettings
 from hato.config.ops_sections import MetricsSettings, WkdSettings
@@ -17,10 +18,8 @@ from hato.config.policy_sections import AuthSettings, DnsSettings, NetworkSettin
 from hato.config.reports_sections import ReportsSettings
 from hato.config.screen_sections import ScreenSettings
 from hato.config.sections import (
-    DomainSettings,
     LimitsSettings,
     ListenerSettings,
-    LocalSettings,
     QueueSettings,
     ServerSettings,
     TlsSettings,
