@@ -47,7 +47,7 @@ from hato.boot.process import (
     listen_socket,
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
-from hato.boot.reportwatch import build_sender, open_reports, report_task, send_op
+from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
 from hato.boot.store import check_store, open_store_pool, open_users
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
@@ -311,11 +311,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 limiter=shared.limiter,
                 keys=keys,
             )
-            sender = (
-                build_sender(settings, reports, dns, clock, submitter, data_dir)
-                if reports is not None and first
-                else None
-            )
+            sender = build_sender(settings, reports if first else None, dns, clock, submitter)
             controller = control.ControlServer(
                 queue=queue,
                 runner=runner,
@@ -407,8 +403,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         users.close()
         shared.keys.close()
         shared.limiter.close()
-        if reports is not None:
-            reports.close()
+        close_reports(reports)
         await shared.filters.aclose()
         if metrics_server is not None:
             await metrics_server.aclose()

@@ -89,14 +89,22 @@ def submitter(settings: Settings) -> Submitter:
     )
 
 
+def close_reports(store: SqliteReportStore | None) -> None:
+    if store is not None:
+        store.close()
+
+
 def build_sender(
     settings: Settings,
-    store: SqliteReportStore,
+    store: SqliteReportStore | None,
     resolver: Resolver,
     clock: Clock,
     submit: Submit,
-    data_dir: Path,
-) -> ReportSender:
+) -> ReportSender | None:
+    """The first worker's sender (None without a store: [reports] off, or another worker)."""
+    if store is None:
+        return None
+    data_dir = Path(settings.server.data_dir)
     sender = settings.reports.sender(settings.domains[0].name)
     selectors = {d.name: d.dkim_selector for d in settings.domains}
     signer = OutboundSigner(load_signers(data_dir / "dkim", selectors, clock))
