@@ -71,6 +71,7 @@ from hato.server.direct import DirectDelivery
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
+from hato.server.miltermetrics import MilterCounters
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.protect import KeyedCommitter
 from hato.server.session import SmtpSession
@@ -177,7 +178,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,
-        filters=SpamFilters(metrics),
+        filters=SpamFilters(metrics, MilterCounters(metrics.registry)),
         metrics=metrics,
         published=published,
         reports=(reports := open_reports(settings, data_dir, clock, outbound)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,12 +48,19 @@ class MilteredHato(HatoServer):
         )
         self.addresses = addresses
         self.extra = extra
+        self.metrics_port = free_port()
 
     def _config_text(self) -> str:
         milters = "".join(
             f'\n[[milter]]\naddress = "{address}"\n{self.extra}' for address in self.addresses
         )
-        return super()._config_text() + milters
+        metrics = f'\n[metrics]\naddress = "{LOOPBACK}:{self.metrics_port}"\n'
+        return super()._config_text() + metrics + milters
+
+    def metric_lines(self, name: str) -> list[str]:
+        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            return [x for x in page.read().decode().splitlines() if x.startswith(name + "{")]
 
 
 def _message(marker: str, body: str) -> bytes:
@@ -146,6 +154,11 @@ def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: 
             code, text = _send(server, _message(f"{name}-1", "hello"))
             found = server.wait_for_log(f"event=milter-unavailable .*action={action}")
             assert found, server.log_text()[-2000:]
+            # /metrics: the failure, its cause and the default action applied, per milter.
+            cause = "error" if name == "down" else "timeout"
+            labels = f'milter="{address}",stage="message",cause="{cause}",action="{action}"'
+            lines = server.metric_lines("hato_milter_unavailable_total")
+            assert f"hato_milter_unavailable_total{{{labels}}} 1.0" in lines, lines
             if action == "tempfail":
                 # Never a 250 for mail the milter did not see.
                 assert (code, text[:5]) == (451, "4.3.0"), text

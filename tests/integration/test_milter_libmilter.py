@@ -1,12 +1,14 @@
 """[[milter]] end to end against Sendmail's own libmilter (Debian's python3-milter running
 peers/libmilter_filter.py): a recipient it refuses at RCPT TO is refused to the client
-there, a sender it tempfails too; what it asks at the end of the message (added, inserted,
-changed and deleted fields, a new body, quarantine, discard, a reply code) is what the
-Maildir holds or the client hears."""
+there, a sender it tempfails or a HELO it rejects at MAIL FROM; what it asks at the end of
+the message (added, inserted, changed and deleted fields, a new body, a new sender, added
+and deleted recipients, quarantine, discard, a reply code) is what the Maildir and the
+queue hold or the client hears; /metrics counts it all per milter."""
 
 from __future__ import annotations
 
 import smtplib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from peers import maildir
 from peers.hato import HatoServer
 from peers.milters import LibMilter, OpenDkim, libmilter_missing
-from peers.net import find_peer, in_ci
+from peers.net import LOOPBACK, find_peer, free_port, in_ci
 from peers.server import DomainSetup, MailSetup
 
 SENDER = "alice@sender.example"
@@ -41,9 +43,27 @@ class MilteredHato(HatoServer):
             data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
         )
         self.address = address
+        self.metrics_port = free_port()
 
     def _config_text(self) -> str:
-        return super()._config_text() + f'\n[[milter]]\naddress = "{self.address}"\n'
+        return (
+            super()._config_text()
+            + f'\n[metrics]\naddress = "{LOOPBACK}:{self.metrics_port}"\n'
+            + f'\n[[milter]]\naddress = "{self.address}"\n'
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of the /metrics sample `name` with (at least) `labels`; 0 if absent."""
+        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            text = page.read().decode()
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        total = 0.0
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head.startswith(name + "{") and all(w in head for w in wanted):
+                total += float(value)
+        return total
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +97,11 @@ def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato)
         assert smtp.rcpt("someone@dest.example")[0] == 250
         code, _ = smtp.data(_message("rcpt-1", "hello"))
         assert code == 250
+        # A milter's MAIL-stage refusal is the reply to MAIL FROM (as Postfix gives it).
         smtp.rset()
-        smtp.mail("tempfail@sender.example")
-        code, text = smtp.rcpt("someone@dest.example")
-        assert (code, text[:5]) == (450, b"4.7.1"), text
+        code, text = smtp.mail("tempfail@sender.example")
+        assert (code, text[:5]) == (451, b"4.7.1"), text
+        assert smtp.mail(SENDER)[0] == 250
     box = hato.mailbox("someone", "dest.example")
     (found,) = maildir.wait_for_marker(box, "rcpt-1", 20)
     head = _head(found.read_bytes())
@@ -88,16 +109,36 @@ def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato)
     assert not maildir.messages(hato.mailbox("refused", "dest.example"))
 
 
-def test_changed_and_deleted_fields_a_new_body_and_quarantine(hato: MilteredHato) -> None:
+def test_a_helo_refused_by_a_milter_is_refused_at_mail_from(hato: MilteredHato) -> None:
+    # Postfix: a milter's HELO reject answers HELO 250 and "persists so it will apply to
+    # MAIL FROM" (smtpd.c helo_cmd).
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        assert smtp.ehlo("refused.helo.example")[0] == 250
+        assert smtp.mail(SENDER) == (550, b"5.7.1 HELO refused by libmilter")
+        assert smtp.ehlo("client.sender.example")[0] == 250
+        assert smtp.mail(SENDER)[0] == 250
+    assert hato.wait_for_log(r"event=milter-mail-refused .*reply=550"), hato.log_text()[-2000:]
+
+
+def test_changed_and_deleted_fields_a_new_body_and_quarantine_holds(hato: MilteredHato) -> None:
     sent = _message(
         "mods-1", "CHANGE-SUBJECT DELETE-FIELD REPLACE-BODY QUARANTINE", "X-Delete-Me: yes\r\n"
     )
     with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
         smtp.ehlo("client.sender.example")
         smtp.sendmail(SENDER, ["someone@dest.example"], sent)
+    # SMFIR_QUARANTINE: committed held (Postfix's hold queue), delivered once released.
+    # (The edits made a new spool copy: its queue id is the one queued.)
+    held = hato.wait_for_log(r"event=queued id=(\w+) .*held=True")
+    assert held and hato.wait_for_log("event=milter-quarantine "), hato.log_text()[-2000:]
+    queue_id = held.group(1)
+    listing = hato.hato("queue", "list").stdout
+    assert queue_id in listing and "held" in listing, listing
     box = hato.mailbox("someone", "dest.example")
-    # Quarantine: the Junk folder.
-    (found,) = maildir.wait_for_marker(box / ".Junk", "mods-1", 20)
+    assert not maildir.find_marker(maildir.messages(box), "mods-1")
+    released = hato.hato("queue", "release", queue_id)
+    assert released.returncode == 0, released
+    (found,) = maildir.wait_for_marker(box, "mods-1", 20)
     stored = found.read_bytes()
     head = _head(stored)
     assert [h for h in head if h.startswith(b"Subject:")] == [b"Subject: changed by libmilter"]
@@ -168,3 +209,43 @@ def test_opendkim_verifying_adds_its_authentication_results(tmp_path: Path) -> N
     finally:
         server.stop()
         opendkim.stop()
+
+
+def test_a_new_sender_and_a_recipient_with_parameters(hato: MilteredHato) -> None:
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.sendmail(SENDER, ["someone@dest.example"], _message("from-1", "CHG-FROM PAR-RCPT"))
+    # SMFIR_CHGFROM: the sender queued (and so the Return-Path delivery writes) is the
+    # milter's; SMFIR_ADDRCPT_PAR: par@ gets it too, its NOTIFY ignored and logged.
+    for user in ("someone", "par"):
+        (found,) = maildir.wait_for_marker(hato.mailbox(user, "dest.example"), "from-1", 20)
+        assert _head(found.read_bytes())[0] == b"Return-Path: <bounces@sender.example>"
+    assert hato.wait_for_log(r"event=milter-sender-changed .*sender=<bounces@sender.example>")
+    log = hato.log_text()
+    assert "FOO=1" in log and "NOTIFY=NEVER" in log, log[-3000:]
+
+
+def test_the_milter_metrics_count_calls_refusals_actions_and_time(hato: MilteredHato) -> None:
+    # Run after the tests above (same server): refusals before DATA, answers and every
+    # modification at the end of the message, per milter (its address).
+    milter = hato.address
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.mail(SENDER)
+        assert smtp.rcpt("refused@dest.example")[0] == 550
+        assert smtp.rcpt("someone@dest.example")[0] == 250
+        assert smtp.data(_message("metrics-1", "CHG-FROM ADD-RCPT"))[0] == 250
+    calls = "hato_milter_calls_total"
+    assert hato.metric(calls, milter=milter, stage="envelope", reply="reject") >= 2
+    assert hato.metric(calls, milter=milter, stage="envelope", reply="tempfail") >= 1
+    assert hato.metric(calls, milter=milter, stage="message", reply="accept") >= 4
+    assert hato.metric(calls, milter=milter, stage="message", reply="discard") >= 1
+    assert hato.metric(calls, milter=milter, stage="message", reply="replycode") >= 1
+    actions = "hato_milter_actions_total"
+    for action in ("addheader", "insheader", "chgheader", "replbody", "chgfrom", "addrcpt",
+                   "delrcpt", "quarantine"):  # fmt: skip
+        assert hato.metric(actions, milter=milter, action=action) >= 1, action
+    seconds = "hato_milter_seconds_count"
+    assert hato.metric(seconds, milter=milter, stage="message") >= 6
+    assert hato.metric(seconds, milter=milter, stage="envelope") >= 6
+    assert hato.metric("hato_milter_unavailable_total", milter=milter) == 0

@@ -314,7 +314,7 @@ def configured_fields(
         "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
         "spam": shared.filters.for_role(settings, role),
         "screen": build_screen(settings, shared, role),
-        "milters": milters_for_role(settings, role),
+        "milters": milters_for_role(settings, role, shared.filters.milter_metrics),
     }
 
 

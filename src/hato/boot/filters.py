@@ -10,6 +10,7 @@ from hato.filters import RspamdAction, RspamdClient
 from hato.milter import MilterClient, Timeouts
 from hato.model import Role
 from hato.server.miltercheck import DefaultAction, MilterFilter
+from hato.server.miltermetrics import UNCOUNTED, MilterMetrics
 from hato.server.spamcheck import OnFailure, Response, SpamFilter, SpamMetrics, Uncounted
 
 
@@ -37,8 +38,11 @@ def responses(section: RspamdSettings) -> dict[RspamdAction, Response]:
 class SpamFilters:
     """The rspamd clients of the process, one per (url, timeout, controller, password)."""
 
-    def __init__(self, metrics: SpamMetrics | None = None) -> None:
+    def __init__(
+        self, metrics: SpamMetrics | None = None, milter_metrics: MilterMetrics = UNCOUNTED
+    ) -> None:
         self._metrics = metrics or Uncounted()
+        self.milter_metrics = milter_metrics  # for milters_for_role
         self._clients: dict[tuple[str, float, str, str | None], RspamdClient] = {}
 
     def for_role(self, settings: Settings, role: Role) -> SpamFilter | None:
@@ -64,9 +68,11 @@ class SpamFilters:
         self._clients.clear()
 
 
-def milters_for_role(settings: Settings, role: Role) -> tuple[MilterFilter, ...]:
+def milters_for_role(
+    settings: Settings, role: Role, metrics: MilterMetrics = UNCOUNTED
+) -> tuple[MilterFilter, ...]:
     """The [[milter]] list a listener with `role` asks, in order (a client per message
-    connection: nothing to keep across reloads)."""
+    connection: nothing to keep across reloads), counting into `metrics`."""
     return tuple(
         MilterFilter(
             client=MilterClient(
@@ -74,6 +80,7 @@ def milters_for_role(settings: Settings, role: Role) -> tuple[MilterFilter, ...]
             ),
             roles=m.roles,
             default_action=DefaultAction(m.default_action.value),
+            metrics=metrics,
         )
         for m in settings.milters
         if role in m.roles

@@ -20,11 +20,18 @@ from hato.queue.schedule import (
     is_expired,
     retry_at,
 )
-from hato.queue.store import DEFAULT_MIN_FREE, Queue, recover_offline, release_leases
+from hato.queue.store import (
+    DEFAULT_MIN_FREE,
+    HOLD_PARAM,
+    Queue,
+    recover_offline,
+    release_leases,
+)
 
 __all__ = [
     "AUTH_PARAM",
     "DEFAULT_MIN_FREE",
+    "HOLD_PARAM",
     "SPF_PARAM",
     "Action",
     "BodyWriter",

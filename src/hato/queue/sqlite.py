@@ -94,9 +94,15 @@ def _upgrade(conn: sqlite3.Connection) -> None:
 
 
 def insert_message(
-    conn: sqlite3.Connection, msg: NewMessage, *, node_id: str, lease_until: float
+    conn: sqlite3.Connection,
+    msg: NewMessage,
+    *,
+    node_id: str,
+    lease_until: float,
+    held: bool = False,
 ) -> tuple[int, ...]:
-    """Insert a message and its recipient rows, leased to `node_id`; returns the row ids."""
+    """Insert a message and its recipient rows, leased to `node_id` (or, `held`, held and
+    leased to no one); returns the row ids."""
     conn.execute(
         "INSERT INTO messages (queue_id, mail_from, received_at, size, prefix, params, body)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -115,14 +121,15 @@ def insert_message(
         cur = conn.execute(
             "INSERT INTO recipients (queue_id, address, original, status, next_attempt,"
             " lease_owner, lease_until, updated_at, notify, orcpt)"
-            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 msg.queue_id,
                 str(address),
                 str(original),
+                Status.HELD.value if held else Status.QUEUED.value,
                 msg.received_at,
-                node_id,
-                lease_until,
+                None if held else node_id,
+                None if held else lease_until,
                 msg.received_at,
                 dsn.notify_param,
                 dsn.orcpt,

@@ -62,6 +62,9 @@ MIB = 1024 * 1024
 DEFAULT_MIN_FREE = 100 * MIB
 FREE_SPACE_CACHE = 1.0  # seconds a free-space figure may be reused ...
 FREE_SPACE_MARGIN = 512 * MIB  # ... and only while it is this far above what is needed
+# Queue parameter: commit the message held, tried only after `hato queue release` (a milter's
+# SMFIR_QUARANTINE: Postfix's hold queue).
+HOLD_PARAM = "hato.hold"
 DEFAULT_LEASE = 900.0  # seconds a node holds rows it is delivering
 # Inline bodies handed to the runner in memory at most (RSS stays bounded under a backlog);
 # past it, new messages go to the runner without their body, which it loads when it starts
@@ -263,15 +266,16 @@ class Queue(AdminJobs):
             body=inline,
         )
         lease_until = received_at + self.lease_seconds
+        held = HOLD_PARAM in params
         future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
         job: Job[tuple[int, ...]] = Job(
             run=lambda conn: store.insert_message(
-                conn, msg, node_id=self.node_id, lease_until=lease_until
+                conn, msg, node_id=self.node_id, lease_until=lease_until, held=held
             ),
             future=future,
             sync_dir=inline is None,
             on_failure=body.discard,
-            on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until),
+            on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until, held),
         )
         self._track(future)
         if inline is None:
@@ -296,17 +300,23 @@ class Queue(AdminJobs):
             return
         self.writer.submit(job)
 
-    def _queued(self, msg: NewMessage, row_ids: tuple[int, ...], lease_until: float) -> None:
-        """On the loop, once the rows are durable: log and hand the message to the runner."""
+    def _queued(
+        self, msg: NewMessage, row_ids: tuple[int, ...], lease_until: float, held: bool
+    ) -> None:
+        """On the loop, once the rows are durable: log and hand the message to the runner
+        (unless held: it waits for `hato queue release`)."""
         log.info(
             logfmt(
                 "queued",
                 id=msg.queue_id,
                 size=msg.size,
                 nrcpt=len(row_ids),
+                held=held or None,
                 **{"from": format_path(msg.mail_from)},
             )
         )
+        if held:
+            return
         body = msg.body
         if body is not None:
             if self._held_bytes + len(body) > FRESH_BODY_BUDGET:

@@ -39,6 +39,7 @@ from hato.model import (
     ReversePath,
     logfmt,
 )
+from hato.queue import HOLD_PARAM
 
 log = logging.getLogger("hato.queue")
 
@@ -72,7 +73,8 @@ class DirectDelivery:
     ) -> list[Row]:
         """Deliver the message now if every recipient can have it so; returns the rows still
         to be queued, in order (all of them when one cannot)."""
-        if not all(self.eligible(dest, dsn) for dest, _, dsn in rows):
+        if HOLD_PARAM in params or not all(self.eligible(dest, dsn) for dest, _, dsn in rows):
+            # A held message (a milter's quarantine) is queued held, delivered only on release.
             return list(rows)
         message = QueuedMessage(
             queue_id=queue_id,

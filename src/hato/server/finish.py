@@ -21,7 +21,7 @@ from hato.filters import Envelope
 from hato.milter import Command, Transaction
 from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.address import format_path
-from hato.queue import AUTH_PARAM, SPF_PARAM, BodyWriter
+from hato.queue import AUTH_PARAM, HOLD_PARAM, SPF_PARAM, BodyWriter
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
@@ -62,16 +62,17 @@ async def finish(
     from_addresses: list[Address | None],
     recipients: list[tuple[Address, Address]],
     body: Spooled,
-) -> tuple[bytes, dict[str, str | None], Reply | None, Spooled]:
+) -> tuple[bytes, dict[str, str | None], Reply | None, Spooled, ReversePath]:
     """(header lines to prepend, queue params, refusal or None, the message to queue: `body`
-    or, when rspamd asked for header changes, its edited copy)."""
+    or, when rspamd or a milter asked for changes, its edited copy, and the sender to queue
+    it with: MAIL FROM's, or a milter's SMFIR_CHGFROM)."""
     added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
     if refusal is not None:
-        return added, params, refusal, body
+        return added, params, refusal, body, facts.mail_from
     if ctx.spam is not None:
         added, refusal, body = await rspamd_step(ctx, facts, recipients, added, params, body)
         if refusal is not None:
-            return added, params, refusal, body
+            return added, params, refusal, body, facts.mail_from
     if ctx.milters:
         milted = await milter_check(
             ctx.milters,
@@ -81,15 +82,20 @@ async def finish(
             body,
             lambda: new_spooled(ctx, body),
         )
-        if milted.junk:
-            params[QUARANTINE_PARAM] = "Junk"
+        if milted.hold:
+            params[HOLD_PARAM] = "milter"  # committed held (queue/store.py)
+        sender = facts.mail_from
         if milted.envelope and milted.refusal is None:
             # In place: the caller queues for `recipients` after this (milterenvelope.py).
-            apply_envelope(ctx, recipients, milted.envelope, queue_id(facts, body))
+            sealed = isinstance(milted.body, SealedScratch)
+            sender = apply_envelope(
+                ctx, recipients, milted.envelope, queue_id(facts, body), sender, params,
+                sealed=sealed,
+            )  # fmt: skip
             if not recipients:
-                return milted.prefix, params, DISCARDED, milted.body  # every one deleted
-        return milted.prefix, params, milted.refusal, milted.body
-    return added, params, None, body
+                return milted.prefix, params, DISCARDED, milted.body, sender  # all deleted
+        return milted.prefix, params, milted.refusal, milted.body, sender
+    return added, params, None, body, facts.mail_from
 
 
 def queue_id(facts: Submitted, body: Spooled) -> str:

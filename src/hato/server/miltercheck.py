@@ -11,13 +11,14 @@ milter's explicit wish, as in Postfix). Its modifications apply before anything 
 committed: a field it adds (or inserts) goes into the stored prefix; a field it changes or
 deletes, or a new body, means a new spool body is written with the edits (`rebuild`) and the
 old one discarded, so no stored body is ever rewritten and the 250 still comes only once
-the modified message is durable (the caller commits it). Quarantine files the message into
-the recipients' Junk folder. A message our ARC set seals (an alias forwards it) keeps its
-header section and body (RFC 8617 §5.1; `milter-edit-skipped`). Added and deleted
-recipients are collected for the caller (milterenvelope.py); a new sender is not applied
-(`milter-envelope-change-ignored`). A milter that cannot be asked follows its
-default_action: tempfail (451 4.3.0, never a 250 for mail that was not checked) or accept;
-either way logged (`milter-unavailable`).
+the modified message is durable (the caller commits it). Quarantine (SMFIR_QUARANTINE) has
+the message committed held, as Postfix puts it in its hold queue: it stays in the queue,
+untried, until an operator runs `hato queue release` (or deletes it). A message our ARC
+set seals (an alias forwards it) keeps its header section and body (RFC 8617 §5.1;
+`milter-edit-skipped`). A new sender, added and deleted recipients are collected for the
+caller, which applies them before the commit (milterenvelope.py). A milter that cannot be
+asked follows its default_action: tempfail (451 4.3.0, never a 250 for mail that was not
+checked) or accept; either way logged (`milter-unavailable`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import enum
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +51,7 @@ from hato.milter.protocol import (
 )
 from hato.model import Reply, Role, logfmt
 from hato.model.header import split_header_fields
+from hato.server.miltermetrics import UNCOUNTED, MilterMetrics, Stage
 from hato.server.spamcheck import Spooled, field_bytes, read_back, streamed
 
 log = logging.getLogger("hato.smtpd")
@@ -78,6 +81,7 @@ class MilterFilter:
     client: MilterClient
     roles: tuple[Role, ...] = (Role.MX,)
     default_action: DefaultAction = DefaultAction.TEMPFAIL
+    metrics: MilterMetrics = UNCOUNTED  # /metrics (miltermetrics.py)
 
 
 @dataclass(slots=True)
@@ -88,8 +92,8 @@ class Milted:
     prefix: bytes
     body: Spooled
     refusal: Reply | None = None  # DISCARDED (a 250) when a milter discarded it
-    junk: bool = False
-    envelope: list[AddRecipient | DeleteRecipient] = field(default_factory=list)
+    hold: bool = False  # SMFIR_QUARANTINE: queued held (Postfix's hold queue)
+    envelope: list[AddRecipient | DeleteRecipient | ChangeFrom] = field(default_factory=list)
 
 
 async def milter_check(
@@ -104,18 +108,23 @@ async def milter_check(
     state = Milted(prefix, body)
     for milter in milters:
         address = milter.client.address
+        started = time.monotonic()
         try:
             outcome = await milter.client.check(tx, streamed(state.prefix, state.body))
         except MilterUnavailable as exc:
             action = milter.default_action
+            seconds = time.monotonic() - started
+            milter.metrics.unavailable(address, Stage.MESSAGE, exc, action.value, seconds)
             log.warning(logfmt("milter-unavailable", id=queue_id, milter=address, error=exc,
                                action=action.value))  # fmt: skip
             if action is DefaultAction.TEMPFAIL:
                 state.refusal = UNCHECKED
                 return state
             continue
-        log.info(logfmt("milter", id=queue_id, milter=address,
-                        reply=type(outcome.final).__name__.lower(),
+        reply = type(outcome.final).__name__.lower()
+        milter.metrics.answered(address, Stage.MESSAGE, reply, time.monotonic() - started)
+        milter.metrics.changed(address, outcome.modifications)
+        log.info(logfmt("milter", id=queue_id, milter=address, reply=reply,
                         changes=len(outcome.modifications) or None))  # fmt: skip
         state.refusal = refusal(outcome)
         if state.refusal is not None:
@@ -170,13 +179,10 @@ async def apply(
             case ReplaceBody(data=data):
                 replacement = [*(replacement or []), data]
             case Quarantine(reason=reason):
-                state.junk = True
+                state.hold = True
                 log.info(logfmt("milter-quarantine", id=queue_id, milter=address, reason=reason))
-            case AddRecipient() | DeleteRecipient():
+            case AddRecipient() | DeleteRecipient() | ChangeFrom():
                 state.envelope.append(change)  # applied by the caller (milterenvelope.py)
-            case ChangeFrom():
-                log.warning(logfmt("milter-envelope-change-ignored", id=queue_id,
-                                   milter=address, change=type(change).__name__))  # fmt: skip
     if (edits or replacement is not None) and sealed(state.prefix):
         # RFC 8617 §5.1: our ARC set signs the message as received (an alias forwards it);
         # an edit made after it would break the seal the next hop checks.

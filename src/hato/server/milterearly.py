@@ -1,29 +1,37 @@
-"""The checks of a recipient at RCPT TO that need a wait: greylisting (server/screen.py) and
-the milters' word, before DATA (Postfix's smtpd_milters at the
-connect, HELO, MAIL and RCPT stages).
+"""The milters' word before DATA (Postfix's smtpd_milters at the connect, HELO, MAIL and
+RCPT stages), and greylisting at RCPT TO (server/screen.py): the checks that need a wait.
 
 Theory of operation. Each milter of the listener whose last negotiation said it answers an
 envelope step (or that was not asked yet) is told, on a connection of its own, the client,
-HELO name, MAIL FROM and this recipient, each with its macros ({rcpt_addr} for the
-recipient); the transaction is then aborted (SMFIC_ABORT, SMFIC_QUIT). A reject, tempfail
-or reply code of its own at any of these steps refuses this recipient (the reply to RCPT
-TO), so the client learns early and the recipient never enters the message; the others go
-on. The whole message is shown to every milter again at the end of DATA (finish.py), where
-its modifications apply. A milter that cannot be asked here is passed over: its
-default_action applies at the end of DATA, once.
+HELO name, MAIL FROM and (at RCPT) this recipient, each with its macros ({rcpt_addr} for
+the recipient); the transaction is then aborted (SMFIC_ABORT, SMFIC_QUIT). At MAIL FROM a
+reject, tempfail or reply code of its own at the connect, HELO or MAIL step refuses MAIL
+FROM, as Postfix does: it answers a milter's MAIL refusal at once (smtpd_delay_reject does
+not apply to milters), and a connect or HELO refusal "persists so it will apply to MAIL
+FROM" (src/smtpd/smtpd.c, helo_cmd and smtpd_proto). One difference: Postfix answers a
+milter's 5xx at connect with a 554 greeting; Hato gives it at MAIL FROM too (a milter that
+refuses everyone at connect is rare, and one reply place is simpler to reason about). At
+RCPT TO a refusal refuses this recipient only, so the client learns early and the recipient
+never enters the message; the others go on. The whole message is shown to every milter
+again at the end of DATA (finish.py), where its modifications apply. A milter that cannot be
+asked here is passed over: its default_action applies at the end of DATA, once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
-from hato.milter import Command, MilterUnavailable
-from hato.milter.protocol import Reject, ReplyCode, Tempfail
+from hato.milter import Command, MilterUnavailable, Transaction
+from hato.milter.protocol import Reject as MilterReject
+from hato.milter.protocol import ReplyCode, Tempfail
 from hato.model import Address, Reply, logfmt
+from hato.policy import Accept, Decision, Defer, Reject
 from hato.server.context import SessionContext
 from hato.server.finish import Submitted, milter_transaction
 from hato.server.miltercheck import custom_reply
+from hato.server.miltermetrics import Stage
 from hato.server.screen import Screened
 
 log = logging.getLogger("hato.smtpd")
@@ -31,11 +39,31 @@ log = logging.getLogger("hato.smtpd")
 # RFC 5321 §4.2.2 550 / 450; RFC 3463 §3.8 X.7.1: delivery not authorized.
 RCPT_REJECTED = Reply(550, "5.7.1", "Recipient refused by content filter")
 RCPT_DEFERRED = Reply(450, "4.7.1", "Recipient deferred by content filter, try again later")
+# RFC 5321 §4.3.2: MAIL FROM may be answered 550 or 451; RFC 3463 §3.8 X.7.1.
+MAIL_REJECTED = Reply(550, "5.7.1", "Sender refused by content filter")
+MAIL_DEFERRED = Reply(451, "4.7.1", "Sender deferred by content filter, try again later")
 
 
 def wanted(ctx: SessionContext) -> bool:
     """Whether any milter of the listener may answer before DATA."""
     return any(m.client.wants_envelope for m in ctx.milters)
+
+
+def mail_checked(ctx: SessionContext) -> bool:
+    """Whether MAIL FROM waits for the milters' word."""
+    return wanted(ctx)
+
+
+async def milter_mail(ctx: SessionContext, facts: Submitted) -> Decision:
+    """MAIL FROM refused by the first milter that refuses the connect, HELO or MAIL step."""
+    tx = milter_transaction(ctx, facts, [], facts.session)
+    refused = await _first_refusal(ctx, tx, facts.session, "mail", MAIL_REJECTED, MAIL_DEFERRED)
+    if refused is None:
+        return Accept()
+    reply, milter = refused
+    log.info(logfmt("milter-mail-refused", session=facts.session, milter=milter,
+                    sender=f"<{facts.mail_from or ''}>", reply=reply.code))  # fmt: skip
+    return Reject(reply) if reply.code >= 500 else Defer(reply)
 
 
 def rcpt_checked(ctx: SessionContext) -> bool:
@@ -62,26 +90,47 @@ async def milter_rcpt(ctx: SessionContext, facts: Submitted, recipient: Address)
     """The refusal of `recipient` by the first milter that refuses it, or None."""
     tx = milter_transaction(ctx, facts, [(recipient, recipient)], facts.session)
     tx = replace(tx, macros={**tx.macros, Command.RCPT: {"{rcpt_addr}": str(recipient)}})
+    refused = await _first_refusal(ctx, tx, facts.session, "rcpt", RCPT_REJECTED, RCPT_DEFERRED)
+    if refused is None:
+        return None
+    reply, milter = refused
+    log.info(logfmt("milter-rcpt-refused", session=facts.session, milter=milter,
+                    recipient=recipient, reply=reply.code))  # fmt: skip
+    return reply
+
+
+async def _first_refusal(
+    ctx: SessionContext,
+    tx: Transaction,
+    session: str,
+    stage: str,
+    rejected: Reply,
+    deferred: Reply,
+) -> tuple[Reply, str] | None:
+    """The first milter's refusal of `tx`'s envelope, and that milter's address."""
     for milter in ctx.milters:
         if not milter.client.wants_envelope:
             continue
+        address, metrics = milter.client.address, milter.metrics
+        started = time.monotonic()
         try:
             final = await milter.client.probe(tx)
         except MilterUnavailable as exc:
-            log.info(logfmt("milter-unavailable", session=facts.session,
-                            milter=milter.client.address, error=exc, stage="rcpt"))  # fmt: skip
+            seconds = time.monotonic() - started
+            metrics.unavailable(address, Stage.ENVELOPE, exc, "skipped", seconds)
+            log.info(logfmt("milter-unavailable", session=session, milter=address, error=exc,
+                            stage=stage))  # fmt: skip
             continue
+        reply = type(final).__name__.lower() if final is not None else "continue"
+        seconds = time.monotonic() - started
+        metrics.answered(address, Stage.ENVELOPE, reply, seconds)
         match final:
-            case Reject():
-                reply = RCPT_REJECTED
+            case MilterReject():
+                return rejected, address
             case Tempfail():
-                reply = RCPT_DEFERRED
+                return deferred, address
             case ReplyCode(code=code, text=text):
-                reply = custom_reply(code, text)
+                return custom_reply(code, text), address
             case _:
                 continue  # continue, accept, discard (asked again at the end of DATA)
-        log.info(logfmt("milter-rcpt-refused", session=facts.session,
-                        milter=milter.client.address, recipient=recipient,
-                        reply=reply.code))  # fmt: skip
-        return reply
     return None

@@ -1,26 +1,45 @@
-"""The recipients a milter adds (SMFIR_ADDRCPT, SMFIR_ADDRCPT_PAR) or deletes (SMFIR_DELRCPT)
-at the end of the message, applied to the transaction's recipient list before the commit.
+"""The envelope changes a milter asks for at the end of the message, applied to the
+transaction before the commit (so the 250 still means what is durable is what the milters
+left): a new sender (SMFIR_CHGFROM), recipients added (SMFIR_ADDRCPT, SMFIR_ADDRCPT_PAR) or
+deleted (SMFIR_DELRCPT).
+
+A new sender replaces MAIL FROM's path ("<>" makes it the null path); of its ESMTP
+parameters RET and ENVID are taken (RFC 3461 §4.3, §4.4), the others ignored and logged, as
+Postfix 3.3+ does (MILTER_README, cleanup_chg_from). An ADDRCPT_PAR's parameters are ignored
+and logged (Postfix would take NOTIFY and ORCPT; an added recipient gets the RFC 3461
+defaults here).
 
 A deleted recipient is every row whose recipient, as the client gave it, is that address
 (case-insensitive: RFC 5321 §2.4 lets us fold the domain, and we fold the local part as our
 resolver does). An added one is resolved as a RCPT TO would be (aliases expand, a remote
-address is relayed: the milter is the admin's); an unknown local address is not added, nor a
-local one while users' keys are configured (its mail might have to be encrypted, and the
-message was spooled for the others). Each skip is logged (`milter-envelope-change-ignored`).
+address is relayed without the relay check: the milter is the admin's, and Postfix too puts
+a milter's recipients through its address rewriting and virtual aliases but not through
+smtpd_recipient_restrictions: MILTER_README "When Postfix and Milters inspect an SMTP
+session", cleanup_add_rcpt_par); an unknown local address is not added, nor a
+local one with a key when the message was spooled in the clear (its mail must be stored
+encrypted, issue 6). Each skip is logged (`milter-envelope-change-ignored`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 
 from hato.directory.resolver import Local, NotLocal
-from hato.milter.protocol import AddRecipient, DeleteRecipient
-from hato.model import Address, logfmt
+from hato.milter.protocol import AddRecipient, ChangeFrom, DeleteRecipient
+from hato.model import Address, ReversePath, logfmt
 from hato.model.address import AddressError, parse_mailbox
 from hato.server.context import SessionContext
+from hato.server.protect import recipient_keys
 
 log = logging.getLogger("hato.smtpd")
+
+# RFC 3461 §4: xtext = *( xchar / hexchar ), for ENVID (§4.4, at most 100 characters).
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2}){1,100}")
+
+EnvelopeChange = AddRecipient | DeleteRecipient | ChangeFrom
 
 
 def _address(text: str) -> Address | None:
@@ -37,23 +56,36 @@ def _key(address: Address) -> tuple[str, str]:
 def apply_envelope(
     ctx: SessionContext,
     recipients: list[tuple[Address, Address]],
-    changes: Sequence[AddRecipient | DeleteRecipient],
+    changes: Sequence[EnvelopeChange],
     queue_id: str,
-) -> None:
-    """`recipients` ((destination, as given) pairs) with `changes` applied, in place."""
+    sender: ReversePath,
+    params: dict[str, str | None],
+    *,
+    sealed: bool,
+) -> ReversePath:
+    """`recipients` ((destination, as given) pairs) and `params` (MAIL's) with `changes`
+    applied, in place; the sender to queue with. `sealed`: the body is in encrypted scratch
+    (server/protect.py splits it per key at the commit, added recipients included)."""
     for change in changes:
+        if isinstance(change, ChangeFrom):
+            sender = new_sender(change, sender, params, queue_id)
+            continue
         address = _address(change.address)
         if address is None:
             _ignored(queue_id, change, "not an address")
             continue
+        if isinstance(change, AddRecipient) and change.args.strip():
+            _ignored(queue_id, change, f"ESMTP parameters {change.args.strip()!r} ignored")
         if isinstance(change, DeleteRecipient):
             recipients[:] = [row for row in recipients if _key(row[1]) != _key(address)]
             log.info(logfmt("milter-rcpt-deleted", id=queue_id, recipient=address))
             continue
         resolution = ctx.resolver.resolve(address)
         if isinstance(resolution, Local):
-            if ctx.keys is not None:
-                _ignored(queue_id, change, "users' keys are configured")
+            if not sealed and _keyed(ctx, resolution.mailboxes):
+                # Issue 6: its mail is stored encrypted, and this body was spooled in the
+                # clear (no recipient at RCPT had a key): not added rather than leaked.
+                _ignored(queue_id, change, "the recipient has a key")
                 continue
             targets = (*resolution.mailboxes, *resolution.forwards, *resolution.unresolved)
         elif isinstance(resolution, NotLocal):
@@ -64,9 +96,44 @@ def apply_envelope(
         present = {dest for dest, _ in recipients}
         recipients.extend((dest, address) for dest in targets if dest not in present)
         log.info(logfmt("milter-rcpt-added", id=queue_id, recipient=address))
+    return sender
 
 
-def _ignored(queue_id: str, change: AddRecipient | DeleteRecipient, reason: str) -> None:
+def _keyed(ctx: SessionContext, mailboxes: Sequence[Address]) -> bool:
+    if ctx.keys is None:
+        return False
+    verdict = recipient_keys(
+        ctx.keys, mailboxes, dt.datetime.fromtimestamp(ctx.clock.now(), dt.UTC)
+    )
+    return verdict.keyed or bool(verdict.defer_reason)
+
+
+def new_sender(
+    change: ChangeFrom, sender: ReversePath, params: dict[str, str | None], queue_id: str
+) -> ReversePath:
+    """SMFIR_CHGFROM: the new reverse-path, its RET and ENVID put into `params`."""
+    text = change.address.strip()
+    if text in ("", "<>"):
+        new: ReversePath = None  # RFC 5321 §4.5.5: the null reverse-path
+    else:
+        new = _address(text)
+        if new is None:
+            _ignored(queue_id, change, "not an address")
+            return sender
+    for arg in change.args.split():
+        key, _, value = arg.partition("=")
+        key = key.upper()
+        if key == "RET" and value.upper() in ("FULL", "HDRS"):
+            params["RET"] = value.upper()  # RFC 3461 §4.3
+        elif key == "ENVID" and _XTEXT.fullmatch(value):
+            params["ENVID"] = value  # RFC 3461 §4.4, kept as sent (xtext)
+        else:
+            _ignored(queue_id, change, f"ESMTP parameter {arg!r} ignored")
+    log.info(logfmt("milter-sender-changed", id=queue_id, sender=f"<{new or ''}>"))
+    return new
+
+
+def _ignored(queue_id: str, change: EnvelopeChange, reason: str) -> None:
     log.warning(logfmt("milter-envelope-change-ignored", id=queue_id,
                        change=type(change).__name__, address=change.address,
                        reason=reason))  # fmt: skip

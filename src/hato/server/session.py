@@ -23,6 +23,7 @@ from hato.model import Address, RecipientDsn, Reply, logfmt
 from hato.policy import (
     AUTH_BLOCKED,
     Accept,
+    Decision,
     RecipientFacts,
     Reservation,
     SenderFacts,
@@ -35,7 +36,7 @@ from hato.server.context import SessionContext
 from hato.server.finish import Submitted, finish, open_capture
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
-from hato.server.milterearly import rcpt_checked, recipient_checks
+from hato.server.milterearly import mail_checked, milter_mail, rcpt_checked, recipient_checks
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
 from hato.server.screen import Screened, before_greeting, screens
@@ -357,6 +358,16 @@ class SmtpSession(asyncio.Protocol):
             sender_owned=path is None or (self.user is not None and self._owns(path)),
         )
         decision = mail_from_decision(facts)
+        if isinstance(decision, Accept) and mail_checked(self.ctx):
+            self._begin(self._mail_checks(event))  # the milters' word (milterearly.py)
+            return
+        self._mail_decided(event, decision)
+
+    async def _mail_checks(self, event: MailFrom) -> None:
+        self._mail_decided(event, await milter_mail(self.ctx, self._submitted(event)))
+
+    def _mail_decided(self, event: MailFrom, decision: Decision) -> None:
+        path = event.path
         if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
             reserved = self.ctx.limiter.reserve_message(str(self.user))
             if isinstance(reserved, Reservation):
@@ -549,7 +560,7 @@ class SmtpSession(asyncio.Protocol):
         recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
         self.committing, self.quota = self.quota, None  # settled by the answer (`_answer`)
         self._reset_transaction()
-        added, params, refusal, body = await finish(
+        added, params, refusal, body, sender = await finish(
             self.ctx,
             self._submitted(mail),
             captured,
@@ -577,7 +588,7 @@ class SmtpSession(asyncio.Protocol):
                 # Our own mailboxes get it now; only the rest is queued (server/direct.py).
                 rows = await self.ctx.direct.deliver(
                     copy.queue_id,
-                    mail_from=mail.path,
+                    mail_from=sender,
                     body=copy.peek_inline(),
                     prefix=prefix,
                     params=params,
@@ -590,7 +601,7 @@ class SmtpSession(asyncio.Protocol):
             try:
                 ids.append(
                     await self.ctx.queue.commit(
-                        copy, mail_from=mail.path, recipients=rows, prefix=prefix, params=params
+                        copy, mail_from=sender, recipients=rows, prefix=prefix, params=params
                     )
                 )
             except QueueWriteError as exc:

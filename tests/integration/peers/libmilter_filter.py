@@ -4,11 +4,14 @@ libmilter.so), run by the system python3: `python3 libmilter_filter.py PORT`.
 It answers by the message's content, so one instance serves every test:
 - RCPT TO a local part "refused": 550 5.1.1 at RCPT (smfi_setreply + SMFIS_REJECT);
 - MAIL FROM a local part "tempfail": SMFIS_TEMPFAIL at MAIL;
+- HELO/EHLO "refused.helo.example": 550 5.7.1 at HELO (smfi_setreply + SMFIS_REJECT);
 - at the end of every other message: adds `X-Libmilter: seen`, inserts `X-Libmilter-Top` at
   index 0; and, when the body holds the word, CHANGE-SUBJECT changes Subject,
   DELETE-FIELD deletes the first `X-Delete-Me`, REPLACE-BODY replaces the body,
   QUARANTINE quarantines, ADD-RCPT adds other@dest.example, DEL-RCPT deletes
-  someone@dest.example, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
+  someone@dest.example, CHG-FROM makes the sender <bounces@sender.example> with RET=HDRS
+  and ENVID=milter+2Benv (and an unknown FOO=1, to be ignored), PAR-RCPT adds
+  par@dest.example with NOTIFY=NEVER, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ ACCEPT: int = Milter.ACCEPT
 class Filter(Milter.Base):  # type: ignore[misc]
     def __init__(self) -> None:
         self.seen = bytearray()
+
+    def hello(self, hostname: str) -> int:
+        if hostname == "refused.helo.example":
+            self.setreply("550", "5.7.1", "HELO refused by libmilter")
+            return REJECT
+        return CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self.seen = bytearray()
@@ -63,6 +72,10 @@ class Filter(Milter.Base):  # type: ignore[misc]
             self.addrcpt("<other@dest.example>")
         if b"DEL-RCPT" in text:
             self.delrcpt("<someone@dest.example>")
+        if b"CHG-FROM" in text:
+            self.chgfrom("<bounces@sender.example>", "RET=HDRS ENVID=milter+2Benv FOO=1")
+        if b"PAR-RCPT" in text:
+            self.addrcpt("<par@dest.example>", "NOTIFY=NEVER")
         if b"QUARANTINE" in text:
             self.quarantine("test quarantine")
         return ACCEPT
@@ -77,6 +90,8 @@ def main() -> None:
         + Milter.QUARANTINE
         + Milter.ADDRCPT
         + Milter.DELRCPT
+        + Milter.CHGFROM
+        + Milter.ADDRCPT_PAR
     )
     Milter.runmilter("hato-test", f"inet:{sys.argv[1]}@127.0.0.1", 60)
 

@@ -117,7 +117,7 @@ def test_changed_fields_and_a_new_body_make_a_new_copy(tmp_path: Path) -> None:
     assert stored == (
         b"A-R: ok\r\nSubject: new\r\nX-Old: 1\r\nX-Absent: added\r\n\r\nline one\r\nline two\r\n"
     )
-    assert milted.junk
+    assert milted.hold
     assert second.seen == [stored]  # the next milter sees the edited message
 
 
