@@ -156,7 +156,7 @@ def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: 
             assert found, server.log_text()[-2000:]
             # /metrics: the failure, its cause and the default action applied, per milter.
             cause = "error" if name == "down" else "timeout"
-            labels = f'milter="{address}",stage="message",cause="{cause}",action="{action}"'
+            labels = f'action="{action}",cause="{cause}",milter="{address}",stage="message"'
             lines = server.metric_lines("hato_milter_unavailable_total")
             assert f"hato_milter_unavailable_total{{{labels}}} 1.0" in lines, lines
             if action == "tempfail":
