@@ -40,7 +40,7 @@ from hato.model.queuestore import (
     Selector,
     Status,
 )
-from hato.queue import Queue, QueueStore
+from hato.queue import HOLD_PARAM, Queue, QueueStore
 from kit.clock import T0, FakeClock
 
 LEASE = 900.0
@@ -465,6 +465,37 @@ async def test_hold_release_flush_and_delete(backend: Backend) -> None:
         assert await store.admin_show(qid, now=now) is None
         stats = await store.stats(now=now)
         assert stats.messages == 0
+
+
+@contract
+async def test_a_commit_with_the_hold_param_is_held_until_released(backend: Backend) -> None:
+    # HOLD_PARAM (a milter's SMFIR_QUARANTINE): durable, but not handed over nor due.
+    async with opened(backend) as store:
+        writer = store.new_body()
+        writer.write(SMALL)
+        qid = await store.commit(
+            writer,
+            mail_from=addr("alice@example.com"),
+            recipients=[(addr("bob@example.org"), addr("bob@example.org"))],
+            prefix=PREFIX,
+            params={HOLD_PARAM: "milter"},
+        )
+        other = await commit(store)
+        assert [p.message.queue_id for p in await fresh(store)] == [other]
+        now = backend.clock.now()
+        assert {r.status for r in await store.admin_list(Selector(queue_id=qid), now=now)} == {
+            "held"
+        }
+        backend.clock.advance(3600)  # `other`'s lease runs out: due again; the held one not
+        due = await store.take_due(limit=10, exclude=())
+        assert [p.message.queue_id for p in due] == [other]
+        now = backend.clock.now()
+        released = await store.admin_apply(
+            AdminAction.RELEASE, Selector(queue_id=qid), now=now, log=lambda _: None
+        )
+        assert released.rows == 1
+        (held,) = await store.take_due(limit=10, exclude=())
+        assert held.message.queue_id == qid and await content(store, held.message) == SMALL
 
 
 @contract

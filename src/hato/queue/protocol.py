@@ -93,7 +93,9 @@ class QueueStore(Protocol):
         """Make the message durable and return its queue id (only then may a session say 250).
 
         `recipients`: (deliver-to, original RCPT TO[, RFC 3461 NOTIFY/ORCPT]); `params`: the
-        MAIL parameters. Raises QueueWriteError (the body is gone, no row exists)."""
+        MAIL parameters; with HOLD_PARAM among them the rows are committed held (not handed
+        to `wait_fresh`, not due until released). Raises QueueWriteError (the body is gone,
+        no row exists)."""
         ...
 
     # ---- the runner ----
