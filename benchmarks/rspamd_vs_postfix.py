@@ -1,0 +1,277 @@
+"""Hato with rspamd against Postfix with the same rspamd as a milter, side by side in one run.
+
+One private rspamd (peers/rspamd.py's configuration: Debian's rules, no network modules, no
+DNS) serves both: Hato asks its normal worker over HTTP (`[rspamd] url`), Postfix asks its
+proxy worker in milter mode (`worker "rspamd_proxy" { milter = yes; self_scan = yes; }`,
+`smtpd_milters = inet:127.0.0.1:PORT`), so both pay for the same scan. Then, for each session
+count S, `smtp-source -s S -m M -l 10240` against each server; the rate is delivered msg/s
+(until the last Maildir file: Hato files rspamd's "add header" verdicts into .Junk, which is
+counted too). Also the cost of the check itself: each server's delivered rate without rspamd
+(`--without` to include those runs), Hato's own CPU per message and rspamd's. rspamd runs one
+scanning process per CPU on each side (`--rspamd-workers`). Prints a Markdown table.
+
+    sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py                 # M = 2000, S = 20
+    sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --rounds 3 --without
+
+Target (issue 17): Hato with rspamd at least 1.5x Postfix with rspamd, delivered, at S = 20.
+Needs root (the private Postfix runs its daemons as the postfix user), Postfix's smtp-source
+and Debian's rspamd. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+
+from peers import maildir
+from peers.milters import RspamdMilter
+from peers.net import find_peer
+from peers.postfix import PostfixServer
+from peers.server import DomainSetup, MailServer, MailSetup
+from smtp_vs_postfix import WorkersHato, busy_seconds, client_cpu, machine, process_cpu, settle
+
+DOMAIN = "bench.test"
+MESSAGE_BYTES = 10240
+
+
+class BenchRspamd(RspamdMilter):
+    """The tests' private rspamd with `workers` scanning processes on each side: the normal
+    worker (Hato's HTTP checks) and the proxy in milter mode (Postfix's, self_scan), as a
+    production rspamd runs one per CPU; the tests run one of each."""
+
+    def __init__(self, work: Path, workers: int) -> None:
+        super().__init__(work)
+        self.workers = workers
+
+    def _write_config(self) -> Path:
+        config = super()._write_config()
+        text = config.read_text()
+        for worker in ('worker "normal" {', 'worker "rspamd_proxy" {'):
+            start = text.index(worker)
+            at = text.index("count = 1;", start)
+            text = text[:at] + f"count = {self.workers};" + text[at + len("count = 1;") :]
+        config.write_text(text)
+        return config
+
+
+class RspamdHato(WorkersHato):
+    """Hato asking rspamd's normal worker about every message on port 25 (`[rspamd]`)."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, workers: int, url: str | None) -> None:
+        super().__init__(data_dir, setup, workers)
+        self.url = url
+        self.name = "hato+rspamd" if url else "hato"
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        return text + (f'\n[rspamd]\nurl = "{self.url}"\n' if self.url else "")
+
+
+class MilterPostfix(PostfixServer):
+    """Postfix asking rspamd's proxy (milter mode) about every message (`smtpd_milters`)."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, milter: str | None) -> None:
+        super().__init__(data_dir, setup)
+        self.milter = milter
+        self.name = "postfix+rspamd" if milter else "postfix"
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        if self.milter:
+            with (self.etc / "main.cf").open("a") as main_cf:
+                # Postfix's default macros; tempfail as Hato's [rspamd] on_failure default.
+                main_cf.write(
+                    f"smtpd_milters = {self.milter}\nmilter_protocol = 6\n"
+                    "milter_default_action = tempfail\n"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    server: str
+    sessions: int
+    messages: int
+    accept_seconds: float
+    deliver_seconds: float
+    cpu_seconds: float  # machine-wide, minus the load generator's
+    rspamd_cpu_seconds: float
+    process_cpu_seconds: float | None  # Hato's processes alone (Postfix's daemons: None)
+
+    @property
+    def deliver_rate(self) -> float:
+        return self.messages / self.deliver_seconds
+
+    @property
+    def accept_rate(self) -> float:
+        return self.messages / self.accept_seconds
+
+
+def rspamd_cpu(rspamd: BenchRspamd) -> float:
+    """User + system CPU seconds of rspamd's main process and its workers so far."""
+    assert rspamd.proc is not None
+    total, todo = 0, [rspamd.proc.pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def delivered(server: MailServer, user: str) -> int:
+    box = server.mailbox(user, DOMAIN)
+    return maildir.count(box) + maildir.count(box / ".Junk")
+
+
+def run_load(
+    server: MailServer, rspamd: BenchRspamd, smtp_source: str, sessions: int, messages: int
+) -> Result:
+    user = f"s{sessions}"
+    before = delivered(server, user)
+    busy0, client0, rspamd0 = busy_seconds(), client_cpu(), rspamd_cpu(rspamd)
+    own0 = process_cpu(server)
+    start = time.monotonic()
+    load = ["-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_BYTES)]
+    envelope = ["-f", "bench@client.test", "-t", f"{user}@{DOMAIN}"]
+    done = subprocess.run(
+        [smtp_source, *load, *envelope, f"{server.host}:{server.port}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    accepted = time.monotonic()
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source against {server.name} failed: {done.stderr[-2000:]}")
+    deadline = accepted + 900
+    while delivered(server, user) < before + messages:
+        if time.monotonic() > deadline:
+            got = delivered(server, user) - before
+            raise RuntimeError(f"{server.name}: {got} of {messages} delivered in time")
+        time.sleep(0.01)
+    end = time.monotonic()
+    cpu = (busy_seconds() - busy0) - (client_cpu() - client0)
+    own1 = process_cpu(server)
+    return Result(
+        server.name,
+        sessions,
+        messages,
+        accepted - start,
+        end - start,
+        cpu,
+        rspamd_cpu(rspamd) - rspamd0,
+        own1 - own0 if own0 is not None and own1 is not None else None,
+    )
+
+
+def table(results: list[Result]) -> str:
+    rate = {(r.server, r.sessions): r.deliver_rate for r in results}
+    lines = [
+        "| server | sessions | messages | accepted msg/s | delivered msg/s | vs Postfix+rspamd |"
+        " machine CPU ms/msg | Hato process CPU ms/msg | rspamd CPU ms/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        postfix = rate.get(("postfix+rspamd", r.sessions))
+        ratio = f"{r.deliver_rate / postfix:.2f}" if postfix else ""
+        own = r.process_cpu_seconds
+        own_text = f"{own * 1000 / r.messages:.2f}" if own is not None else ""
+        lines.append(
+            f"| {r.server} | {r.sessions} | {r.messages} | {r.accept_rate:.0f} | "
+            f"{r.deliver_rate:.0f} | {ratio} | {r.cpu_seconds * 1000 / r.messages:.2f} | "
+            f"{own_text} | {r.rspamd_cpu_seconds * 1000 / r.messages:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def medians(results: list[Result]) -> list[Result]:
+    by: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        by.setdefault((r.server, r.sessions), []).append(r)
+    return [sorted(v, key=lambda r: r.deliver_rate)[(len(v) - 1) // 2] for v in by.values()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", default="20", help="comma-separated session counts")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat; the table shows medians")
+    parser.add_argument("--without", action="store_true", help="also both servers without rspamd")
+    parser.add_argument("--workers", type=int, default=0, help="Hato's [server] workers")
+    parser.add_argument(
+        "--rspamd-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="rspamd's scanning processes on each side (default: one per CPU)",
+    )
+    parser.add_argument("--settle", type=float, default=40.0, help="seconds before each run")
+    args = parser.parse_args()
+    smtp_source = find_peer("smtp-source")
+    if smtp_source is None or os.geteuid() != 0 or find_peer("rspamd") is None:
+        print("needs root, Postfix's smtp-source and rspamd (apt-get install)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="hato-rspamd-bench-"))
+    work.chmod(0o755)  # the postfix user must reach its queue below this directory
+    setup = MailSetup(
+        domains=(DomainSetup(DOMAIN, accept_any=True),),
+        max_message_size=10 * 1024 * 1024,
+        max_recipients=100,
+        min_free_space=16 * 1024 * 1024,
+        max_connections_per_ip=200,  # the load comes from one IP
+    )
+    rspamd = BenchRspamd(work / "rspamd", args.rspamd_workers)
+    servers: list[MailServer] = []
+    results: list[Result] = []
+    try:
+        rspamd.start()
+        servers = [
+            MilterPostfix(work / "postfix-rspamd", setup, rspamd.milter_address),
+            RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.url),
+        ]
+        if args.without:
+            servers += [
+                MilterPostfix(work / "postfix", setup, None),
+                RspamdHato(work / "hato" / "data", setup, args.workers, None),
+            ]
+        for server in servers:
+            server.start()
+        sessions = [int(s) for s in args.sessions.split(",")]
+        for _ in range(args.rounds):
+            for count in sessions:
+                for server in servers:
+                    settle(args.settle)
+                    result = run_load(server, rspamd, smtp_source, count, args.messages)
+                    print(
+                        f"{server.name:15} S={count:<3} delivered {result.deliver_rate:6.0f}/s "
+                        f"rspamd cpu {result.rspamd_cpu_seconds * 1000 / args.messages:.2f} ms/msg",
+                        file=sys.stderr,
+                    )
+                    results.append(result)
+    finally:
+        for server in servers:
+            try:
+                server.stop()
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+        rspamd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    print(f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; {machine()}")
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
+    print(table(medians(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
