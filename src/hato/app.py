@@ -45,6 +45,7 @@ from hato.boot.process import (
     StartupError,
     bind,
     listen_socket,
+    usable_cpus,
 )
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
@@ -60,6 +61,7 @@ from hato.logsetup import configure_logging
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
+from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
 from hato.queue import Queue, QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
@@ -226,6 +228,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     contexts: list[tuple[SessionContext, ListenerSettings]] = []
     servers: list[asyncio.Server | ImplicitTlsListener] = []
     ids = session_ids(clock.now(), worker.index if worker is not None else 0)
+    # With workers, the mx limits count every worker's connections (policy/connections.py).
+    ledger = ConnectionLedger(data_dir / CONNECTIONS_DB, worker.index) if worker else None
     try:
         for number, listener in enumerate(settings.listeners):
             if number not in sockets:
@@ -235,6 +239,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
                 name=f"{role.value}@{listener.address}",
                 max_connections=listener.max_connections,
                 max_per_ip=listener.max_connections_per_ip,
+                shared=ledger if role is Role.MX else None,
             )
             ctx = SessionContext(
                 role=role,
@@ -404,6 +409,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         users.close()
         shared.keys.close()
         shared.limiter.close()
+        if ledger is not None:
+            ledger.close()
         close_reports(reports)
         await shared.filters.aclose()
         if metrics_server is not None:
@@ -471,8 +478,7 @@ def serve(settings: Settings, *, source: str) -> int:
     handler = configure_logging(settings.server.log_format, settings.server.log_level)
     fast = _use_uvloop()
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
-    # 0: one per CPU, at most 64 (a queue id has room for 64 workers' slots, queue/ids.py).
-    workers = settings.server.workers or min(os.cpu_count() or 1, 64)
+    workers = settings.server.workers or usable_cpus()
     try:
         with locked(Path(settings.server.data_dir), _owner(settings), settings.data_dir_origin):
             check_store(settings)  # [store] postgresql: reachable, at our schema version

@@ -2,7 +2,8 @@
 the limit (issue 2: one process per core).
 
 Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
-forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
+forks the workers (`[server] workers`, by default one per CPU). Each worker runs the whole
+server (sessions, queue writer, runner) on the
 sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
 the first also the submission listeners and the control socket, so AUTH throttling stays in
 one process (sending limits are shared through the data directory: policy/ratelimit.py).
@@ -13,7 +14,10 @@ leased rows are freed and marked recovered (exactly once). Workers die with the 
 (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
 Signals: SIGTERM/SIGINT and SIGHUP are passed on to the workers.
 
-Limits: per-IP connection limits of an mx listener are counted per worker.
+Limits hold across the workers: an mx listener's connections (per listener and per client)
+are counted in one shared SQLite file (policy/connections.py), emptied here at start and of a
+dead worker's rows before it is started again; connection rates and greylisting in screen.db,
+sending limits in limits.db; AUTH happens in the first worker only (submission listeners).
 
 May import every room (it is part of the composition root).
 """
@@ -48,7 +52,7 @@ from hato.crypto import KeyStore
 from hato.directory.srs import load_key
 from hato.logsetup import configure_logging
 from hato.model import Address, Role, SystemClock, logfmt
-from hato.policy import LIMITS_DB
+from hato.policy import LIMITS_DB, connections
 from hato.policy.greylist import SCREEN_DB, ScreenStore
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
@@ -123,6 +127,7 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     users.close()
     KeyStore.in_data_dir(data_dir).close()
     open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
+    connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
     if settings.local.srs:
         load_key(data_dir)  # the SRS key every worker signs with
     if settings.screen.active:  # greylisting and connection rates, shared by the workers
@@ -214,6 +219,8 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
                         os.kill(other, signal.SIGTERM)
             continue
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
+        # Its connections died with it: they no longer count against the mx limits.
+        connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
         released = release_leases(data_dir / "queue", _node_id(index), time.time())
         if released:
             log.info(logfmt("leases-released", worker=index, rows=released))

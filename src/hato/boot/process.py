@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import Callable
 
@@ -20,6 +21,19 @@ EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+
+MAX_WORKERS = 64  # a queue id has room for 64 workers' slots (queue/ids.py)
+
+
+def usable_cpus() -> int:
+    """`[server] workers = 0` (the default): one worker per CPU this process may run on (its
+    affinity mask, as taskset or a cgroup cpuset leave it; all the machine's elsewhere), at
+    most MAX_WORKERS."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    return max(1, min(count, MAX_WORKERS))
 
 
 class StartupError(Exception):

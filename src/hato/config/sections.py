@@ -88,9 +88,10 @@ class ServerSettings(BaseModel):
         LogLevel.INFO, description='one of "debug", "info", "warning", "error"'
     )
     workers: StrictInt = Field(
-        1,
-        description="server processes sharing the listening sockets: 1, or 0 for one per CPU "
-        "(mx connections spread over all of them; submission stays in the first)",
+        0,
+        description="server processes sharing the listening sockets: 0 for one per CPU (the "
+        "default), or 1..64 (mx connections spread over all of them; submission stays in the "
+        "first)",
     )
 
     @field_validator("workers")

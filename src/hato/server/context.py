@@ -50,32 +50,64 @@ class Recipients(Protocol):
     def is_local_domain(self, domain: str) -> bool: ...
 
 
+class SharedCounts(Protocol):
+    """The counts of every worker (hato.policy.connections.ConnectionLedger)."""
+
+    def claim(self, listener: str, client: str, max_total: int, max_per_client: int) -> bool: ...
+
+    def add(self, listener: str, client: str) -> None: ...
+
+    def drop(self, listener: str, client: str) -> None: ...
+
+
 @dataclass(slots=True)
 class ListenerState:
     """Connection accounting for one listener (limits per listener and per client IP, an IPv6
-    client by its /64), from the moment a connection is accepted."""
+    client by its /64), from the moment a connection is accepted. With `[server] workers` the
+    limits hold across the workers: `shared` counts every worker's connections, and `admit`
+    takes the place there at once (issue 15: per worker, one client had the limit once in
+    each worker)."""
 
     name: str
     max_connections: int
     max_per_ip: int
+    shared: SharedCounts | None = None
     active: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
     sessions: set[SmtpSession] = field(default_factory=set)
     empty: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
+    claimed: dict[str, int] = field(default_factory=dict)  # admitted in `shared`, not yet entered
 
     def __post_init__(self) -> None:
         self.empty.set()
 
     def admit(self, ip: str) -> bool:
-        return (
-            self.active < self.max_connections and self.per_ip.get(_ip_key(ip), 0) < self.max_per_ip
-        )
+        """Whether a connection of `ip` may open; with `shared`, its place is taken there
+        (`reserve` or `enter` must follow at once, as they do)."""
+        key = _ip_key(ip)
+        if self.active >= self.max_connections or self.per_ip.get(key, 0) >= self.max_per_ip:
+            return False
+        if self.shared is None:
+            return True
+        if not self.shared.claim(self.name, key, self.max_connections, self.max_per_ip):
+            return False
+        self.claimed[key] = self.claimed.get(key, 0) + 1
+        return True
 
     def reserve(self, ip: str) -> None:
         """Hold a place for a connection not yet a session (a TLS handshake on port 465)."""
         self.active += 1
         key = _ip_key(ip)
         self.per_ip[key] = self.per_ip.get(key, 0) + 1
+        if self.shared is None:
+            return
+        waiting = self.claimed.get(key, 0)
+        if waiting > 1:
+            self.claimed[key] = waiting - 1
+        elif waiting:
+            del self.claimed[key]
+        else:
+            self.shared.add(self.name, key)  # a session of port 465, admitted at accept
 
     def release(self, ip: str) -> None:
         """Give back a place held by `reserve`."""
@@ -103,6 +135,8 @@ class ListenerState:
             self.per_ip.pop(key, None)
         else:
             self.per_ip[key] = left
+        if self.shared is not None:
+            self.shared.drop(self.name, key)
 
 
 def _ip_key(ip: str) -> str:

@@ -154,7 +154,7 @@ class HatoServer:
     def _prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(self._config_text(), encoding="utf-8")
+        self.config.write_text(_one_worker_unless_set(self._config_text()), encoding="utf-8")
         for domain in self.setup.domains:
             for user in domain.users:
                 address = f"{user}@{domain.name}"
@@ -260,3 +260,11 @@ class HatoServer:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         return None
+
+
+def _one_worker_unless_set(text: str) -> str:
+    """Hato's default is one worker per CPU; a test runs one process unless it sets `workers`
+    itself (a test of several says so, and reads one process's log and metrics otherwise)."""
+    if re.search(r"^workers\s*=", text, re.MULTILINE):
+        return text
+    return text.replace("[server]\n", "[server]\nworkers = 1\n", 1)

@@ -1,0 +1,96 @@
+"""Issue 15 item 1: with several worker processes (Hato's default is one per CPU) the mx
+connection limits are exact: one client's `max_connections_per_ip` holds across all the
+workers, whichever of them accepts, and a place comes free when a connection closes in any."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from peers.hato import HatoServer
+from peers.net import RawSession
+from peers.server import DomainSetup, MailSetup
+from test_workers import _children
+
+LIMIT = 3
+CLIENT = "127.0.0.77"
+
+
+class TwoWorkers(HatoServer):
+    def _config_text(self) -> str:
+        return super()._config_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+
+
+def _open(server: HatoServer) -> tuple[RawSession, int]:
+    session = RawSession(server.host, server.port, timeout=10, source=CLIENT)
+    code, lines = session.reply()
+    if code != 220:
+        # RFC 5321 §3.8 421; RFC 3463 X.7.0: too many connections from this client.
+        assert code == 421 and b"4.7.0" in lines[0], lines
+    return session, code
+
+
+def _greeted_within(server: HatoServer, seconds: float) -> RawSession:
+    """A connection that gets its 220, once the server has counted a closed one out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        session, code = _open(server)
+        if code == 220:
+            return session
+        session.sock.close()
+        assert time.monotonic() < deadline, "no place came free"
+
+
+def test_the_per_ip_limit_holds_across_two_workers(tmp_path: Path) -> None:
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", accept_any=True),), max_connections_per_ip=LIMIT
+    )
+    server = TwoWorkers(tmp_path / "data", setup)
+    server.start()
+    assert server.proc is not None
+    first, second = workers = _children(server.proc.pid)
+    held: list[RawSession] = []
+    try:
+        # Which worker accepts is the kernel's choice; a stopped worker accepts nothing, so
+        # stopping one at a time decides it (both take from the same listening socket).
+        os.kill(first, signal.SIGSTOP)
+        for _ in range(LIMIT - 1):
+            session, code = _open(server)
+            held.append(session)
+            assert code == 220  # all in the second worker
+        os.kill(first, signal.SIGCONT)
+        os.kill(second, signal.SIGSTOP)
+        session, code = _open(server)
+        held.append(session)
+        assert code == 220  # the first worker: LIMIT in all now
+        session, code = _open(server)
+        session.sock.close()
+        assert code == 421  # counted per worker, the first had one only
+        os.kill(second, signal.SIGCONT)
+        os.kill(first, signal.SIGSTOP)
+        session, code = _open(server)
+        session.sock.close()
+        assert code == 421  # nor in the second, which had LIMIT - 1
+        # One closes in the second worker: its place is free, whoever accepts next.
+        held.pop(0).sock.close()
+        os.kill(first, signal.SIGCONT)
+        held.append(_greeted_within(server, 10))
+        session, code = _open(server)
+        session.sock.close()
+        assert code == 421
+        # Workers killed with their connections: these no longer count once replaced.
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        for session in held:
+            session.sock.close()
+        held = [_greeted_within(server, 30) for _ in range(LIMIT)]
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
+        for session in held:
+            session.sock.close()
+        server.stop()
