@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
 from peers.server import MailServer, MailSetup, MakeServer, submission_setup
 from peers.tls import TestCA, make_test_ca
+
+from kit.cryptokeys import Gpg, need
 
 _SERVERS = pytest.StashKey[list[MailServer]]()
 _HERE = Path(__file__).parent
@@ -118,6 +121,19 @@ def test_ca() -> Iterator[TestCA]:
     path.chmod(0o755)
     yield make_test_ca(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
+    """A GnuPG home with Bob's key pair (bob@example.org), one per test module: import
+    `gpg.export("bob@example.org")` into a server, decrypt with `gpg.run("--decrypt", ...)`."""
+    need("gpg")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    g = Gpg(home)
+    g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
+    yield g
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
 
 
 @pytest.fixture

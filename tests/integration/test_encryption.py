@@ -15,22 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.net import free_port
 from peers.server import DomainSetup, MailSetup
 
 from kit.cryptokeys import Gpg, make_cert, need
-
-
-@pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
-    need("gpg")
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    g = Gpg(home)
-    g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
-    yield g
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
 
 
 @pytest.fixture
@@ -40,18 +29,6 @@ def server(tmp_path: Path) -> Iterator[HatoServer]:
     hato.start()
     yield hato
     hato.stop()
-
-
-def _import(server: HatoServer, address: str, key: bytes, name: str) -> None:
-    path = server.work / name
-    path.write_bytes(key)
-    subprocess.run(
-        [hato_binary(), "key", "import", address, str(path), "--config", str(server.config)],
-        check=True,
-        capture_output=True,
-        cwd=server.work,
-        timeout=60,
-    )
 
 
 def _send(server: HatoServer, rcpts: list[str], marker: str) -> None:
@@ -80,7 +57,7 @@ def _wait_files(box: Path, count: int) -> list[Path]:
 
 
 def test_openpgp_user_gets_mail_only_gnupg_can_read(server: HatoServer, gpg: Gpg) -> None:
-    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     marker = uuid.uuid4().hex
     _send(server, ["bob@example.org"], marker)
     (stored,) = _wait_files(server.mailbox("bob", "example.org"), 1)
@@ -94,7 +71,7 @@ def test_openpgp_user_gets_mail_only_gnupg_can_read(server: HatoServer, gpg: Gpg
 
 
 def test_a_recipient_without_a_key_is_unaffected(server: HatoServer, gpg: Gpg) -> None:
-    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     marker = uuid.uuid4().hex
     _send(server, ["bob@example.org", "dave@example.org"], marker)
     (for_bob,) = _wait_files(server.mailbox("bob", "example.org"), 1)
@@ -104,7 +81,7 @@ def test_a_recipient_without_a_key_is_unaffected(server: HatoServer, gpg: Gpg) -
 
 
 def test_already_encrypted_mail_passes_through_untouched(server: HatoServer, gpg: Gpg) -> None:
-    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     armored = gpg.run(
         "--armor", "--encrypt", "--recipient", "bob@example.org", input=b"already secret\r\n"
     )
@@ -126,7 +103,7 @@ def test_already_encrypted_mail_passes_through_untouched(server: HatoServer, gpg
 def test_smime_user_gets_mail_openssl_can_read(server: HatoServer, tmp_path: Path) -> None:
     need("openssl")
     smime = make_cert(ec.generate_private_key(ec.SECP256R1()), "carol@example.org")
-    _import(server, "carol@example.org", smime.cert_pem, "carol.pem")
+    server.import_key("carol@example.org", smime.cert_pem, "carol.pem")
     marker = uuid.uuid4().hex
     _send(server, ["carol@example.org"], marker)
     (stored,) = _wait_files(server.mailbox("carol", "example.org"), 1)
@@ -158,7 +135,7 @@ def test_smime_user_gets_mail_openssl_can_read(server: HatoServer, tmp_path: Pat
 def test_crash_between_accept_and_delivery_leaves_no_plaintext(
     server: HatoServer, gpg: Gpg
 ) -> None:
-    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     marker = uuid.uuid4().hex
     _send(server, ["bob@example.org"], marker)
     server.kill()  # SIGKILL: the message may still be in the queue, never in the clear
@@ -188,7 +165,7 @@ def test_wkd_serves_the_key_at_the_url_gnupg_computes(
     server = WkdHato(tmp_path / "data", setup, free_port())
     server.start()
     try:
-        _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+        server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
         url = subprocess.run(
             [wks, "--print-wkd-url", "bob@example.org"],
             capture_output=True,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.net import LOOPBACK, free_port
 from peers.outbound_scripted import ScriptedPeer, Step
 from peers.server import DomainSetup, MailSetup
@@ -57,28 +57,6 @@ class DoorsHato(HatoServer):
             timeout=30,
             check=False,
         )
-
-    def import_key(self, address: str, key: bytes, name: str) -> None:
-        path = self.work / name
-        path.write_bytes(key)
-        subprocess.run(
-            [hato_binary(), "key", "import", address, str(path), "--config", str(self.config)],
-            check=True,
-            capture_output=True,
-            cwd=self.work,
-            timeout=60,
-        )
-
-
-@pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
-    need("gpg")
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    g = Gpg(home)
-    g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
-    yield g
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
 from kit.cryptokeys import Gpg, make_cert, need
@@ -24,17 +24,6 @@ from kit.cryptokeys import Gpg, make_cert, need
 SIZE = 30 * 1024 * 1024
 MARKER = b"Zq7xK3-large"
 LINE = b"The plan, line by line: " + MARKER + b" and some words to fill the line up.\r\n"
-
-
-@pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
-    need("gpg")
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    g = Gpg(home)
-    g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
-    yield g
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
 
 
 @pytest.fixture
@@ -47,18 +36,6 @@ def server(tmp_path: Path) -> Iterator[HatoServer]:
     hato.start()
     yield hato
     hato.stop()
-
-
-def _import(server: HatoServer, address: str, key: bytes, name: str) -> None:
-    path = server.work / name
-    path.write_bytes(key)
-    subprocess.run(
-        [hato_binary(), "key", "import", address, str(path), "--config", str(server.config)],
-        check=True,
-        capture_output=True,
-        cwd=server.work,
-        timeout=60,
-    )
 
 
 def _message() -> bytes:
@@ -104,8 +81,8 @@ def test_a_30_mb_message_to_keyed_users_streams(
 ) -> None:
     openssl = need("openssl")
     smime = make_cert(rsa.generate_private_key(65537, 2048), "carol@example.org")
-    _import(server, "carol@example.org", smime.cert_pem, "carol.pem")
-    _import(server, "bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    server.import_key("carol@example.org", smime.cert_pem, "carol.pem")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     # A small keyed message first: imports and caches warm up once per process.
     with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
         smtp.sendmail("a@example.net", ["bob@example.org", "carol@example.org"], b"\r\nhi\r\n")

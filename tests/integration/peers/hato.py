@@ -148,6 +148,15 @@ class HatoServer:
             check=False,
         )
 
+    def import_key(self, address: str, key: bytes, name: str) -> None:
+        """`hato key import` of `key` (armored OpenPGP or a PEM certificate), written to `name`
+        in the work directory first; a refusal fails the test with hato's words."""
+        path = self.work / name
+        path.write_bytes(key)
+        done = self.hato("key", "import", address, str(path))
+        if done.returncode != 0:
+            raise RuntimeError(f"hato key import {address} failed: {done.stdout!r} {done.stderr!r}")
+
     def _env(self) -> dict[str, str]:
         return {**os.environ, "HATO_HOME": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
 
