@@ -220,6 +220,9 @@ class MtaSts:
         self._clock = clock
         self._timeout = fetch_timeout
         self._cache: dict[str, _Cached] = {}
+        # The RFC 8460 §4.3 result-type of each domain's last failed policy refresh, until one
+        # succeeds (for the TLS reports: delivery/tlsreport.py).
+        self.problems: dict[str, tuple[str, str]] = {}
 
     def cached(self, domain: str) -> StsPolicy | None:
         hit = self._cache.get(normalize_name(domain))
@@ -265,7 +268,19 @@ class MtaSts:
         except (StsFetchError, StsError, TimeoutError) as exc:
             # RFC 8461 §5.1: a failed refresh keeps the cached policy until it expires.
             log.warning(logfmt("mta-sts-fetch-failed", domain=domain, error=str(exc)))
+            self.problems[domain] = (_result_type(exc), str(exc))
             return cached
+        self.problems.pop(domain, None)
         self._cache[domain] = _Cached(policy, self._clock.now() + policy.max_age)
         log.info(logfmt("mta-sts-policy", domain=domain, mode=policy.mode.value, id=policy_id))
         return policy
+
+
+def _result_type(exc: Exception) -> str:
+    """RFC 8460 §4.3: sts-policy-invalid (the text), sts-webpki-invalid (the HTTPS server's
+    certificate), else sts-policy-fetch-error."""
+    if isinstance(exc, StsError):
+        return "sts-policy-invalid"
+    if "Certificate" in str(exc) or "certificate" in str(exc):
+        return "sts-webpki-invalid"
+    return "sts-policy-fetch-error"

@@ -52,6 +52,7 @@ from hato.model import (
     logfmt,
 )
 from hato.model.dsn import xtext_decode
+from hato.reports import TlsFailure
 
 log = logging.getLogger("hato.delivery.outbound")
 
@@ -143,6 +144,7 @@ class Attempt:
         optional = not self.requiretls and tls_required_no(self.head)
         inputs = await self.planner.policy_inputs(self.dest, self.requiretls, optional)
         self.inputs = inputs
+        self._sts_problem(inputs)
         for hop in hops:
             if not self.pending:
                 break
@@ -198,6 +200,15 @@ class Attempt:
                     self._connection_failed(hop, address, again)
                 return
             self._connection_failed(hop, address, exc)
+
+    def _sts_problem(self, inputs: PolicyInputs) -> None:
+        """RFC 8460 §4.3: an MTA-STS policy that could not be fetched is a failure to report."""
+        reporting = self.links.tls_reports
+        if reporting is None or inputs.sts is not None or self.dest.kind is not TransportKind.MX:
+            return
+        problem = self.planner.sts_problem(self.dest.domain) if self.dest.domain else None
+        if problem is not None:
+            reporting.sts_failure(inputs, TlsFailure(problem[0]), problem[1])
 
     def _reporting(self, hop: Hop) -> TlsReporting | None:
         """[reports] tlsrpt: only MX hops are a domain's policy (RFC 8460 §4)."""

@@ -155,6 +155,10 @@ class RoutePlanner:
             sts = await self._mta_sts.policy_for(dest.domain)
         return PolicyInputs(dest.domain or dest.name, dest.tls, sts, requiretls, tls_optional)
 
+    def sts_problem(self, domain: str) -> tuple[str, str] | None:
+        """Why `domain`'s MTA-STS policy could not be refreshed last time (result-type, detail)."""
+        return self._mta_sts.problems.get(domain) if self._mta_sts is not None else None
+
     async def hop_tls(self, inputs: PolicyInputs, hop: Hop) -> HopTls | PolicyRefusal:
         if hop.smarthost is not None:
             if inputs.requiretls or hop.smarthost.verify_certificate:

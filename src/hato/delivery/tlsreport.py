@@ -83,6 +83,21 @@ class TlsReporting:
     ) -> None:
         self._record(inputs, tls, host, address, failure, detail)
 
+    def sts_failure(self, inputs: PolicyInputs, failure: TlsFailure, detail: str) -> None:
+        """The domain's MTA-STS policy could not be had (RFC 8460 §4.3 policy failures)."""
+        self._recorder.record_tls(
+            TlsEvent(
+                time=self._clock.now(),
+                policy_domain=inputs.domain,
+                policy_type=PolicyType.STS,
+                policy_strings=(),
+                mx_host="",
+                receiving_ip="",
+                failure=failure,
+                detail=detail[:200],
+            )
+        )
+
     def _record(
         self,
         inputs: PolicyInputs,

@@ -9,7 +9,7 @@ import random
 from outbound_fakes import FakeNet, Peer
 
 from dnsserver import FakeResolver
-from hato.delivery.mtasts import MtaSts
+from hato.delivery.mtasts import MtaSts, StsFetchError
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.smtp_client import TLS_NOT_OFFERED, DeliveryError
 from hato.delivery.tlsreport import TlsReporting
@@ -34,11 +34,16 @@ class Recorder:
 
 
 class Fetcher:
+    def __init__(self, error: str = "") -> None:
+        self.error = error
+
     async def fetch(self, domain: str) -> str:
+        if self.error:
+            raise StsFetchError(self.error)
         return "version: STSv1\nmode: enforce\nmx: mx.example.com\nmax_age: 600\n"
 
 
-def run(peer: Peer, sts: bool) -> list[TlsEvent]:
+def run(peer: Peer, sts: bool, fetch_error: str = "") -> list[TlsEvent]:
     resolver = FakeResolver(
         {
             ("example.com", RdType.MX): [MxRecord(10, "mx.example.com")],
@@ -53,7 +58,7 @@ def run(peer: Peer, sts: bool) -> list[TlsEvent]:
         clock=clock,
         rng=random.Random(1),
         opener=FakeNet({"192.0.2.1": peer}).open,
-        mta_sts=MtaSts(resolver, Fetcher(), clock) if sts else None,
+        mta_sts=MtaSts(resolver, Fetcher(fetch_error), clock) if sts else None,
     )
     recorder = Recorder()
     courier.tls_reports = TlsReporting(recorder, clock)
@@ -78,3 +83,17 @@ def test_an_expired_certificate_and_a_success() -> None:
     assert event.failure is TlsFailure.CERTIFICATE_EXPIRED
     (ok,) = run(Peer(), False)
     assert ok.failure is None and ok.policy_type is PolicyType.NONE
+
+
+def test_a_policy_that_cannot_be_fetched_is_reported_and_the_mail_still_goes() -> None:
+    # RFC 8461 §5.1: without a (cached) policy the mail goes as without MTA-STS; RFC 8460
+    # §4.3: the fetch failure is a failure of the sts policy all the same.
+    failed, delivered = run(Peer(), True, fetch_error="HTTP status 404")
+    assert (failed.policy_type, failed.failure) == (
+        PolicyType.STS,
+        TlsFailure.STS_POLICY_FETCH_ERROR,
+    )
+    assert failed.detail == "HTTP status 404"
+    assert delivered.failure is None and delivered.policy_type is PolicyType.NONE
+    (webpki, _) = run(Peer(), True, fetch_error="SSLCertVerificationError: certificate expired")
+    assert webpki.failure is TlsFailure.STS_WEBPKI_INVALID
