@@ -3,8 +3,8 @@
 What it checks, each on every backend: equal events of one hour are one counted row, events of
 other hours or with another field are rows of their own, a query sums the hours in [begin, end)
 and gives every field back as recorded; two stores on the same storage (two worker processes)
-count into the same rows; `prune` forgets the hours before its bound and says how many rows
-went; `mark_sent` / `last_sent` keep the end of the last report per kind.
+count into the same rows once flushed; `prune` forgets the hours before its bound and says how
+many rows went; `mark_sent` / `last_sent` keep the end of the last report per kind.
 
 Adding a backend: write a class with `open()` (a store on the test's own storage; called twice,
 it gives two stores on the same storage, as two workers have) and add it to `BACKENDS`. A
@@ -135,6 +135,7 @@ def test_two_workers_count_into_the_same_rows(backend: Backend) -> None:
     one, two = backend.open(), backend.open()
     one.record_dmarc(dmarc())
     two.record_dmarc(dmarc())
+    two.flush()  # what another worker holds in memory shows once it is flushed
     assert [e.count for e in one.dmarc_events(T, T + HOUR)] == [2]
     one.mark_sent("dmarc", T)
     assert two.last_sent("dmarc") == T

@@ -108,15 +108,21 @@ class ReportStore(Protocol):
     directory; a PostgreSQL store can take its place)."""
 
     def record_dmarc(self, event: DmarcEvent) -> None:
-        """Count `event`; never raises (a failure is logged)."""
+        """Count `event` (it may be kept in memory until the next flush); never raises, never
+        waits for I/O."""
         ...
 
     def record_tls(self, event: TlsEvent) -> None:
-        """Count `event`; never raises (a failure is logged)."""
+        """Count `event`, as `record_dmarc`."""
+        ...
+
+    def flush(self) -> None:
+        """Write what this store holds in memory; a failure is logged, never raised."""
         ...
 
     def dmarc_events(self, begin: float, end: float) -> Sequence[DmarcEvent]:
-        """The counted events of the hours in [begin, end), equal ones summed."""
+        """The counted events of the hours in [begin, end), equal ones summed (this store's
+        own unflushed events included)."""
         ...
 
     def tls_events(self, begin: float, end: float) -> Sequence[TlsEvent]:

@@ -1,12 +1,16 @@
 """The report store on SQLite: `reports.db` in the data directory (mode 0600, WAL).
 
-Theory of operation: each event is one UPSERT into its hour's row (the key is every reported
-field), so a day of mail from the same senders is a few rows whatever the volume. The file
-is in WAL mode with synchronous=NORMAL: a commit is a write to the log, never an fsync; a
-power cut may lose the last events, which costs a report row, never a message. Every worker
-process opens its own connection; SQLite's lock serialises the writers (a short busy timeout:
-an event that cannot be written in time is dropped and logged, never waited for). All SQL of
-the reports room lives here; a PostgreSQL store implements the same `ReportStore`.
+Theory of operation: recording is a dictionary update in memory, nothing else: equal events
+(same hour, every reported field the same) are summed there, and a flusher thread writes what
+gathered every FLUSH_SECONDS in one transaction, each row one UPSERT that adds to its hour's
+count. So a message costs no I/O on the event loop, a busy database (another worker holds the
+lock) stalls only the flusher, and a day of mail from the same senders is a few rows whatever
+the volume. The file is in WAL mode with synchronous=NORMAL: a commit is a write to the log,
+never an fsync. A crash or power cut loses the last seconds of events, which costs report
+counts, never a message; a batch that cannot be written is dropped and logged
+(`report-record-failed`). Every worker process opens its own store on the same file. Reads
+(`dmarc_events`, ...) flush this store's own batch first. All SQL of the reports room lives
+here; a PostgreSQL store implements the same `ReportStore`.
 
 Must not import anything of hato but model (and this room).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 from hato.model import logfmt
@@ -32,7 +37,8 @@ from hato.reports.records import (
 log = logging.getLogger("hato.reports")
 
 REPORTS_DB = "reports.db"
-_BUSY_TIMEOUT = 0.5  # seconds: recording must not hold a session up for long
+_BUSY_TIMEOUT = 10.0  # seconds the flusher (or a report run) waits for another worker's lock
+FLUSH_SECONDS = 2.0  # how often the flusher writes what was recorded
 
 _DMARC_KEY = (
     "hour, source_ip, header_from, envelope_from, spf_domain, spf_result, dkim, dkim_aligned, "
@@ -69,91 +75,151 @@ def _hour(time: float) -> int:
 class SqliteReportStore:
     """`ReportStore` on one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        flush_seconds: float | None = None,
+        busy_timeout: float = _BUSY_TIMEOUT,
+    ) -> None:
+        """`flush_seconds`: run the flusher thread (the server); None: writes happen at
+        `flush()`, at a read and at `close()` only (tools, tests)."""
         if path is not None and not path.exists():
             path.touch(mode=0o600)
         self._db = sqlite3.connect(
             ":memory:" if path is None else str(path),
-            timeout=_BUSY_TIMEOUT,
-            isolation_level=None,  # autocommit: each UPSERT is its own short transaction
-            check_same_thread=False,
+            timeout=busy_timeout,
+            isolation_level=None,  # autocommit; a batch is one explicit transaction
+            check_same_thread=False,  # the flusher thread and the loop, under `_db_lock`
         )
         if path is not None:
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")  # no fsync per event
+            self._db.execute("PRAGMA synchronous = NORMAL")  # no fsync per batch
         self._db.executescript(_SCHEMA)
+        self._db_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the two batches
+        self._dmarc: dict[tuple[object, ...], int] = {}
+        self._tls: dict[tuple[object, ...], int] = {}
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if flush_seconds is not None:
+            self._flusher = threading.Thread(
+                target=self._run, args=(flush_seconds,), name="reports-flush", daemon=True
+            )
+            self._flusher.start()
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> SqliteReportStore:
-        return cls(data_dir / REPORTS_DB)
+        """The server's store, with its flusher."""
+        return cls(data_dir / REPORTS_DB, flush_seconds=FLUSH_SECONDS)
+
+    def _run(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            self.flush()
 
     def record_dmarc(self, event: DmarcEvent) -> None:
         p = event.policy
         dkim = json.dumps([[d.domain, d.selector, d.result] for d in event.dkim])
-        values = (
+        key = (
             _hour(event.time), event.source_ip, event.header_from, event.envelope_from,
             event.spf_domain, event.spf_result, dkim, int(event.dkim_aligned),
             int(event.spf_aligned), event.disposition, event.reason, p.domain, p.p, p.sp,
-            p.pct, p.adkim, p.aspf, p.fo, event.count,
+            p.pct, p.adkim, p.aspf, p.fo,
         )  # fmt: skip
-        self._upsert("dmarc", _DMARC_KEY, values)
+        with self._lock:
+            self._dmarc[key] = self._dmarc.get(key, 0) + event.count
 
     def record_tls(self, event: TlsEvent) -> None:
-        values = (
+        key = (
             _hour(event.time), event.policy_domain, event.policy_type.value,
             json.dumps(list(event.policy_strings)), event.mx_host, event.receiving_ip,
-            event.failure.value if event.failure is not None else "", event.detail, event.count,
+            event.failure.value if event.failure is not None else "", event.detail,
         )  # fmt: skip
-        self._upsert("tls", _TLS_KEY, values)
+        with self._lock:
+            self._tls[key] = self._tls.get(key, 0) + event.count
 
-    def _upsert(self, table: str, key: str, values: tuple[object, ...]) -> None:
-        marks = ", ".join("?" * len(values))
-        try:
-            self._db.execute(
-                f"INSERT INTO {table} ({key}, count) VALUES ({marks}) "
-                f"ON CONFLICT ({key}) DO UPDATE SET count = count + excluded.count",
-                values,
-            )
-        except sqlite3.Error as exc:
-            # Report data is worth less than the message being received or delivered.
-            log.warning(logfmt("report-record-failed", table=table, error=str(exc)))
+    def flush(self) -> None:
+        """Write what was recorded since the last flush (one transaction)."""
+        with self._lock:
+            dmarc, self._dmarc = self._dmarc, {}
+            tls, self._tls = self._tls, {}
+        if not dmarc and not tls:
+            return
+        with self._db_lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._upsert("dmarc", _DMARC_KEY, dmarc)
+                    self._upsert("tls", _TLS_KEY, tls)
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                # Report data is worth less than the mail: the batch is dropped, not retried.
+                log.warning(logfmt("report-record-failed", events=sum(dmarc.values()) +
+                                   sum(tls.values()), error=str(exc)))  # fmt: skip
+
+    def _upsert(self, table: str, key: str, batch: dict[tuple[object, ...], int]) -> None:
+        if not batch:
+            return
+        marks = ", ".join("?" * (key.count(",") + 2))
+        self._db.executemany(
+            f"INSERT INTO {table} ({key}, count) VALUES ({marks}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET count = count + excluded.count",
+            [(*values, count) for values, count in batch.items()],
+        )
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        self.flush()
+        with self._db_lock:
+            return self._db.execute(sql, args).fetchall()
 
     def dmarc_events(self, begin: float, end: float) -> list[DmarcEvent]:
         key = _DMARC_KEY.replace("hour, ", "")
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT MIN(hour), {key}, SUM(count) FROM dmarc WHERE hour >= ? AND hour < ? "
             f"GROUP BY {key} ORDER BY policy_domain, source_ip",
             (begin, end),
-        ).fetchall()
+        )
         return [_dmarc_event(row) for row in rows]
 
     def tls_events(self, begin: float, end: float) -> list[TlsEvent]:
         key = _TLS_KEY.replace("hour, ", "")
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT MIN(hour), {key}, SUM(count) FROM tls WHERE hour >= ? AND hour < ? "
             f"GROUP BY {key} ORDER BY policy_domain, mx_host",
             (begin, end),
-        ).fetchall()
+        )
         return [_tls_event(row) for row in rows]
 
     def prune(self, before: float) -> int:
+        self.flush()
         removed = 0
-        for table in ("dmarc", "tls"):
-            removed += self._db.execute(f"DELETE FROM {table} WHERE hour < ?", (before,)).rowcount
+        with self._db_lock:
+            for table in ("dmarc", "tls"):
+                sql = f"DELETE FROM {table} WHERE hour < ?"
+                removed += self._db.execute(sql, (before,)).rowcount
         return removed
 
     def last_sent(self, kind: str) -> float | None:
-        row = self._db.execute("SELECT until FROM sent WHERE kind = ?", (kind,)).fetchone()
-        return None if row is None else float(row[0])
+        rows = self._query("SELECT until FROM sent WHERE kind = ?", (kind,))
+        return float(str(rows[0][0])) if rows else None
 
     def mark_sent(self, kind: str, end: float) -> None:
-        self._db.execute(
-            "INSERT INTO sent (kind, until) VALUES (?, ?) "
-            "ON CONFLICT (kind) DO UPDATE SET until = excluded.until",
-            (kind, end),
-        )
+        with self._db_lock:
+            self._db.execute(
+                "INSERT INTO sent (kind, until) VALUES (?, ?) "
+                "ON CONFLICT (kind) DO UPDATE SET until = excluded.until",
+                (kind, end),
+            )
 
     def close(self) -> None:
+        """Stop the flusher, write what is left, close the file."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
         self._db.close()
 
 

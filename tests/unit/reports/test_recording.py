@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -82,12 +83,28 @@ def test_tls_events_and_the_last_report_are_kept(tmp_path: Path) -> None:
 def test_a_store_that_cannot_write_logs_and_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SqliteReportStore(tmp_path / "reports.db")
+    store = SqliteReportStore(tmp_path / "reports.db", busy_timeout=0.05)
     locker = sqlite3.connect(tmp_path / "reports.db", isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
-    store.record_dmarc(_event())  # must not raise
+    store.record_dmarc(_event())  # in memory: never waits, never raises
+    store.flush()  # must not raise either
     locker.execute("ROLLBACK")
-    assert "report-record-failed" in caplog.text
+    assert "event=report-record-failed events=1" in caplog.text
+    store.record_dmarc(_event())
+    assert [e.count for e in store.dmarc_events(0, NOW + 3600)] == [1]  # the batch was dropped
+
+
+def test_the_server_store_flushes_by_itself_and_at_close(tmp_path: Path) -> None:
+    store = SqliteReportStore(tmp_path / "reports.db", flush_seconds=0.01)
+    store.record_dmarc(_event())
+    reader = SqliteReportStore(tmp_path / "reports.db")
+    deadline = time.monotonic() + 10
+    while not reader.dmarc_events(0, NOW + 3600) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for the flusher thread's write, bounded
+    assert [e.count for e in reader.dmarc_events(0, NOW + 3600)] == [1]
+    store.record_dmarc(_event())
+    store.close()  # writes what is left
+    assert [e.count for e in reader.dmarc_events(0, NOW + 3600)] == [2]
 
 
 MESSAGE = b"From: <news@sender.test>\r\nSubject: hi\r\n\r\nhello\r\n"
