@@ -19,6 +19,7 @@ Must not import anything of hato but model and authcheck (and this room).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,11 +80,13 @@ class ReportSender:
 
     async def send(self, end: float) -> RunSummary:
         summary = RunSummary()
-        dmarc = self._store.dmarc_events(0, end)
+        # The store's calls may wait for another worker's lock: in a thread, not on the loop.
+        dmarc = await asyncio.to_thread(self._store.dmarc_events, 0, end)
         await self._kind("dmarc", dmarc, end, summary)
         if self._tlsrpt:
-            await self._kind("tlsrpt", self._store.tls_events(0, end), end, summary)
-        removed = self._store.prune(end)
+            tls = await asyncio.to_thread(self._store.tls_events, 0, end)
+            await self._kind("tlsrpt", tls, end, summary)
+        removed = await asyncio.to_thread(self._store.prune, end)
         log.info(logfmt("reports-sent", sent=len(summary.sent), skipped=len(summary.skipped),
                         rows=removed))  # fmt: skip
         return summary
@@ -91,14 +94,14 @@ class ReportSender:
     async def _kind(self, kind: str, events: Sequence[E], end: float, summary: RunSummary) -> None:
         if not events:
             return
-        last = self._store.last_sent(kind)
+        last = await asyncio.to_thread(self._store.last_sent, kind)
         begin = int(last if last is not None else min(e.time for e in events))
         for domain, group in _by_domain(events).items():
             if kind == "dmarc":
                 await self._dmarc(domain, group, begin, int(end), summary)  # type: ignore[arg-type]
             else:
                 await self._tls(domain, group, begin, int(end), summary)  # type: ignore[arg-type]
-        self._store.mark_sent(kind, end)
+        await asyncio.to_thread(self._store.mark_sent, kind, end)
 
     async def _dmarc(
         self, domain: str, events: list[DmarcEvent], begin: int, end: int, summary: RunSummary
