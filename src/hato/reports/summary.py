@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from collections import Counter
 
-from hato.reports.reading import DmarcReport, Found, TlsReport
+from hato.reports.reading import DmarcReport, DmarcRow, Found, TlsReport
 
 MAX_SOURCES = 50  # lines of sources shown per report (the rest is counted)
 
@@ -33,9 +33,36 @@ def render_json(found: Found) -> str:
     )
 
 
+def merged(reports: list[DmarcReport]) -> list[DmarcReport]:
+    """One report per reporter and policy domain: the rows of all its reports summed (a
+    week of daily reports read at once is one picture), the dates from first to last."""
+    groups: dict[tuple[str, str], list[DmarcReport]] = {}
+    for report in reports:
+        groups.setdefault((report.org_name, report.policy_domain), []).append(report)
+    out = []
+    for group in groups.values():
+        rows: dict[DmarcRow, int] = {}
+        for report in group:
+            for row in report.rows:
+                key = dataclasses.replace(row, count=0)
+                rows[key] = rows.get(key, 0) + row.count
+        last = max(group, key=lambda r: r.end)
+        ids = last.report_id if len(group) == 1 else f"{len(group)} reports"
+        out.append(
+            dataclasses.replace(
+                last,
+                report_id=ids,
+                begin=min(r.begin for r in group),
+                rows=tuple(dataclasses.replace(row, count=n) for row, n in rows.items()),
+            )
+        )
+    return out
+
+
 def render_text(found: Found) -> str:
     lines: list[str] = []
-    for report in sorted(found.dmarc, key=lambda r: (r.policy_domain, r.org_name, r.begin)):
+    reports = merged(found.dmarc)
+    for report in sorted(reports, key=lambda r: (r.policy_domain, r.org_name, r.begin)):
         lines.extend(_dmarc(report))
         lines.append("")
     for tls in found.tls:

@@ -192,3 +192,14 @@ def test_hato_report_reads_a_message_on_standard_input(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(message)))
     assert main(["report"]) == 0
     assert "DMARC ours.test (p=reject)" in capsys.readouterr().out
+
+
+def test_reports_of_one_reporter_and_domain_are_summed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for day in range(3):
+        (tmp_path / f"day{day}.xml").write_bytes(_xml())
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("DMARC ours.test") == 1 and "[3 reports]" in out
+    assert "381 messages: DMARC pass 360, fail 21" in out
