@@ -15,8 +15,8 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from peers import net
 from peers.hato import HatoServer
-from peers.net import find_peer, in_ci
 from peers.postfix import PostfixServer
 from peers.server import MailServer, MailSetup, MakeServer, submission_setup
 from peers.tls import TestCA, make_test_ca
@@ -45,17 +45,6 @@ def pytest_runtest_makereport(
     return report
 
 
-def _require_peer(name: str) -> str:
-    """The path of a peer binary; missing: fail in CI, skip (with the reason) elsewhere."""
-    path = find_peer(name)
-    if path is None:
-        reason = f"peer {name!r} is not installed (.ci/run installs it from Debian)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 def target_name() -> str:
     name = os.environ.get("HATO_IT_TARGET", "hato")
     if name not in ("hato", "postfix"):
@@ -66,7 +55,7 @@ def target_name() -> str:
 @pytest.fixture
 def require_peer() -> Callable[[str], str]:
     """`require_peer("swaks")` -> its path, or the test fails in CI / skips elsewhere."""
-    return _require_peer
+    return net.require_peer
 
 
 @pytest.fixture
@@ -87,7 +76,7 @@ def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[MakeS
         data = data_dir or workdir / f"data{len(servers)}"
         server: MailServer
         if target_name() == "postfix":
-            _require_peer("postfix")
+            net.require_peer("postfix")
             server = PostfixServer(data, setup)
         else:
             server = HatoServer(data, setup)

@@ -6,79 +6,25 @@ default_action."""
 
 from __future__ import annotations
 
-import smtplib
-import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import maildir
-from peers.hato import HatoServer
-from peers.milters import RspamdMilter
-from peers.net import LOOPBACK, find_peer, free_port, in_ci
+from peers import filtering, maildir
+from peers.milters import MilteredHato, RspamdMilter
+from peers.net import LOOPBACK, free_port, require_peer
 from peers.rspamd import GTUBE
-from peers.server import DomainSetup, MailSetup
-
-RECIPIENT = "someone@dest.example"
-SENDER = "alice@sender.example"
 
 
 @pytest.fixture(scope="module")
 def milter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdMilter]:
-    if find_peer("rspamd") is None:
-        reason = "peer 'rspamd' is not installed (.ci/run installs it from Debian)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_peer("rspamd")
     server = RspamdMilter(tmp_path_factory.mktemp("rspamd-milter"))
     server.start()
     try:
         yield server
     finally:
         server.stop()
-
-
-class MilteredHato(HatoServer):
-    """Hato whose mx listener asks the milters at `addresses`, in order."""
-
-    def __init__(self, data_dir: Path, addresses: list[str], extra: str = "") -> None:
-        super().__init__(
-            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
-        )
-        self.addresses = addresses
-        self.extra = extra
-        self.metrics_port = free_port()
-
-    def _config_text(self) -> str:
-        milters = "".join(
-            f'\n[[milter]]\naddress = "{address}"\n{self.extra}' for address in self.addresses
-        )
-        metrics = f'\n[metrics]\naddress = "{LOOPBACK}:{self.metrics_port}"\n'
-        return super()._config_text() + metrics + milters
-
-    def metric_lines(self, name: str) -> list[str]:
-        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=30) as page:
-            return [x for x in page.read().decode().splitlines() if x.startswith(name + "{")]
-
-
-def _message(marker: str, body: str) -> bytes:
-    return (
-        f"From: Alice <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: lunch\r\n"
-        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{marker}@sender.example>\r\n"
-        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
-    ).encode()
-
-
-def _send(server: HatoServer, message: bytes) -> tuple[int, str]:
-    """The reply to the end of DATA (code, text)."""
-    with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
-        smtp.ehlo("client.sender.example")
-        smtp.mail(SENDER)
-        smtp.rcpt(RECIPIENT)
-        code, text = smtp.data(message)
-    return code, text.decode()
 
 
 def _names(stored: bytes) -> list[bytes]:
@@ -99,8 +45,8 @@ def hato(tmp_path: Path, milter: RspamdMilter) -> Iterator[MilteredHato]:
 def test_the_milters_header_fields_are_stored_and_its_reject_reaches_the_client(
     hato: MilteredHato,
 ) -> None:
-    sent = _message("clean-1", "Shall we have lunch tomorrow?")
-    code, text = _send(hato, sent)
+    sent = filtering.message("clean-1", "Shall we have lunch tomorrow?")
+    code, text = filtering.send(hato, sent)
     assert code == 250, text
     (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "clean-1", 20)
     stored = found.read_bytes()
@@ -109,7 +55,7 @@ def test_the_milters_header_fields_are_stored_and_its_reject_reaches_the_client(
     assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
     assert hato.wait_for_log(r"event=milter .*reply=(continue|accept)"), hato.log_text()[-2000:]
 
-    code, text = _send(hato, _message("gtube-1", GTUBE))
+    code, text = filtering.send(hato, filtering.message("gtube-1", GTUBE))
     # rspamd's reject, as its own SMFIR_REPLYCODE.
     assert code // 100 == 5 and "Gtube" in text, (code, text)
     assert text.startswith("5.7."), text
@@ -119,27 +65,18 @@ def test_the_milters_header_fields_are_stored_and_its_reject_reaches_the_client(
 def test_a_large_message_goes_through_in_body_chunks(hato: MilteredHato) -> None:
     # 300 KB: several SMFIC_BODY chunks of at most 65535 octets, streamed from the spool.
     body = "\r\n".join(f"line {n:06d} of a long and honest letter" for n in range(8000))
-    sent = _message("big-1", body)
+    sent = filtering.message("big-1", body)
     assert len(sent) > 4 * 65535
-    assert _send(hato, sent)[0] == 250
+    assert filtering.send(hato, sent)[0] == 250
     (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1", 20)
     stored = found.read_bytes()
     assert b"X-Spamd-Result" in _names(stored)
     assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
 
 
-def _silent_listener() -> tuple[socket.socket, int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((LOOPBACK, 0))
-    sock.listen(16)
-    port: int = sock.getsockname()[1]
-    return sock, port
-
-
 @pytest.mark.parametrize("action", ["tempfail", "accept"])
 def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: str) -> None:
-    silent, silent_port = _silent_listener()
+    silent, silent_port = filtering.silent_listener()
     down = f"inet:{LOOPBACK}:{free_port()}"  # nothing listens
     servers = []
     try:
@@ -151,7 +88,7 @@ def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: 
             )
             servers.append(server)
             server.start()
-            code, text = _send(server, _message(f"{name}-1", "hello"))
+            code, text = filtering.send(server, filtering.message(f"{name}-1", "hello"))
             found = server.wait_for_log(f"event=milter-unavailable .*action={action}")
             assert found, server.log_text()[-2000:]
             # /metrics: the failure, its cause and the default action applied, per milter.
@@ -181,7 +118,7 @@ def test_milters_run_in_order_and_a_down_one_with_accept_is_passed_over(
     )
     server.start()
     try:
-        code, text = _send(server, _message("gtube-2", GTUBE))
+        code, text = filtering.send(server, filtering.message("gtube-2", GTUBE))
         assert code // 100 == 5 and "Gtube" in text, (code, text)
         assert server.wait_for_log("event=milter-unavailable .*action=accept")
     finally:

@@ -8,16 +8,13 @@ queue hold or the client hears; /metrics counts it all per milter."""
 from __future__ import annotations
 
 import smtplib
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import maildir
-from peers.hato import HatoServer
-from peers.milters import LibMilter, OpenDkim, libmilter_missing
-from peers.net import LOOPBACK, find_peer, free_port, in_ci
-from peers.server import DomainSetup, MailSetup
+from peers import filtering, maildir
+from peers.milters import LibMilter, MilteredHato, OpenDkim, libmilter_missing
+from peers.net import cannot_run, require_peer
 
 SENDER = "alice@sender.example"
 
@@ -26,9 +23,7 @@ SENDER = "alice@sender.example"
 def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
     missing = libmilter_missing()
     if missing is not None:
-        if in_ci():
-            pytest.fail(missing)
-        pytest.skip(missing)
+        cannot_run(missing)
     peer = LibMilter(tmp_path_factory.mktemp("libmilter"))
     peer.start()
     try:
@@ -37,38 +32,9 @@ def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
         peer.stop()
 
 
-class MilteredHato(HatoServer):
-    def __init__(self, data_dir: Path, address: str) -> None:
-        super().__init__(
-            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
-        )
-        self.address = address
-        self.metrics_port = free_port()
-
-    def _config_text(self) -> str:
-        return (
-            super()._config_text()
-            + f'\n[metrics]\naddress = "{LOOPBACK}:{self.metrics_port}"\n'
-            + f'\n[[milter]]\naddress = "{self.address}"\n'
-        )
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of the /metrics sample `name` with (at least) `labels`; 0 if absent."""
-        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=30) as page:
-            text = page.read().decode()
-        wanted = [f'{k}="{v}"' for k, v in labels.items()]
-        total = 0.0
-        for line in text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if head.startswith(name + "{") and all(w in head for w in wanted):
-                total += float(value)
-        return total
-
-
 @pytest.fixture(scope="module")
 def hato(tmp_path_factory: pytest.TempPathFactory, libmilter: LibMilter) -> Iterator[MilteredHato]:
-    server = MilteredHato(tmp_path_factory.mktemp("hato") / "data", libmilter.address)
+    server = MilteredHato(tmp_path_factory.mktemp("hato") / "data", [libmilter.address])
     server.start()
     try:
         yield server
@@ -82,10 +48,6 @@ def _message(marker: str, body: str, extra: str = "") -> bytes:
         f"Message-ID: <{marker}@sender.example>\r\n"
         f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
     ).encode()
-
-
-def _head(stored: bytes) -> list[bytes]:
-    return stored.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
 
 def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato) -> None:
@@ -104,7 +66,7 @@ def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato)
         assert smtp.mail(SENDER)[0] == 250
     box = hato.mailbox("someone", "dest.example")
     (found,) = maildir.wait_for_marker(box, "rcpt-1", 20)
-    head = _head(found.read_bytes())
+    head = filtering.head(found.read_bytes())
     assert b"X-Libmilter: seen" in head and b"X-Libmilter-Top: first" in head
     assert not maildir.messages(hato.mailbox("refused", "dest.example"))
 
@@ -140,7 +102,7 @@ def test_changed_and_deleted_fields_a_new_body_and_quarantine_holds(hato: Milter
     assert released.returncode == 0, released
     (found,) = maildir.wait_for_marker(box, "mods-1", 20)
     stored = found.read_bytes()
-    head = _head(stored)
+    head = filtering.head(stored)
     assert [h for h in head if h.startswith(b"Subject:")] == [b"Subject: changed by libmilter"]
     assert not [h for h in head if h.startswith(b"X-Delete-Me")]
     assert b"X-Libmilter: seen" in head
@@ -187,14 +149,10 @@ def test_discard_and_a_reply_code_at_the_end(hato: MilteredHato) -> None:
 
 
 def test_opendkim_verifying_adds_its_authentication_results(tmp_path: Path) -> None:
-    if find_peer("opendkim") is None:
-        reason = "peer 'opendkim' is not installed (.ci/run installs it from Debian)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_peer("opendkim")
     opendkim = OpenDkim(tmp_path / "opendkim")
     opendkim.start()
-    server = MilteredHato(tmp_path / "data", opendkim.address)
+    server = MilteredHato(tmp_path / "data", [opendkim.address])
     server.start()
     try:
         with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
@@ -202,7 +160,7 @@ def test_opendkim_verifying_adds_its_authentication_results(tmp_path: Path) -> N
             smtp.sendmail(SENDER, ["someone@dest.example"], _message("dkim-1", "hello"))
         box = server.mailbox("someone", "dest.example")
         (found,) = maildir.wait_for_marker(box, "dkim-1", 20)
-        head = _head(found.read_bytes())
+        head = filtering.head(found.read_bytes())
         # OpenDKIM's SMFIR_INSHEADER at index 0: an unsigned message, dkim=none.
         results = [h for h in head if h.startswith(b"Authentication-Results: opendkim.test;")]
         assert results == [b"Authentication-Results: opendkim.test; dkim=none; dkim-atps=neutral"]
@@ -219,7 +177,7 @@ def test_a_new_sender_and_a_recipient_with_parameters(hato: MilteredHato) -> Non
     # milter's; SMFIR_ADDRCPT_PAR: par@ gets it too, its NOTIFY ignored and logged.
     for user in ("someone", "par"):
         (found,) = maildir.wait_for_marker(hato.mailbox(user, "dest.example"), "from-1", 20)
-        assert _head(found.read_bytes())[0] == b"Return-Path: <bounces@sender.example>"
+        assert filtering.head(found.read_bytes())[0] == b"Return-Path: <bounces@sender.example>"
     assert hato.wait_for_log(r"event=milter-sender-changed .*sender=<bounces@sender.example>")
     log = hato.log_text()
     assert "FOO=1" in log and "NOTIFY=NEVER" in log, log[-3000:]
@@ -228,7 +186,7 @@ def test_a_new_sender_and_a_recipient_with_parameters(hato: MilteredHato) -> Non
 def test_the_milter_metrics_count_calls_refusals_actions_and_time(hato: MilteredHato) -> None:
     # Run after the tests above (same server): refusals before DATA, answers and every
     # modification at the end of the message, per milter (its address).
-    milter = hato.address
+    (milter,) = hato.addresses
     with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
         smtp.ehlo("client.sender.example")
         smtp.mail(SENDER)

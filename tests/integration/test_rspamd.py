@@ -6,31 +6,23 @@ spam learn` reaches rspamd's controller."""
 from __future__ import annotations
 
 import smtplib
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import maildir
+from peers import filtering, maildir
 from peers.hato import HatoServer, hato_binary
-from peers.net import LOOPBACK, find_peer, free_port, in_ci
+from peers.net import LOOPBACK, free_port, require_peer
 from peers.rspamd import GTUBE, GTUBE_ADD_HEADER, GTUBE_REWRITE_SUBJECT, PASSWORD, RspamdServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-RECIPIENT = "someone@dest.example"
-SENDER = "alice@sender.example"
-
 
 @pytest.fixture(scope="module")
 def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdServer]:
-    if find_peer("rspamd") is None:
-        reason = "peer 'rspamd' is not installed (.ci/run installs it from Debian)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_peer("rspamd")
     server = RspamdServer(tmp_path_factory.mktemp("rspamd"))
     server.start()
     try:
@@ -70,37 +62,15 @@ def hato(tmp_path: Path, rspamd: RspamdServer) -> Iterator[FilteringHato]:
         server.stop()
 
 
-def _message(marker: str, body: str, subject: str = "lunch") -> bytes:
-    return (
-        f"From: Alice <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: {subject}\r\n"
-        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{marker}@sender.example>\r\n"
-        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\n{body}\r\n"
-    ).encode()
-
-
-def _send(server: HatoServer, message: bytes) -> tuple[int, str]:
-    """The reply to the end of DATA (code, text)."""
-    with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
-        smtp.ehlo("client.sender.example")
-        smtp.mail(SENDER)
-        smtp.rcpt(RECIPIENT)
-        code, text = smtp.data(message)
-    return code, text.decode()
-
-
-def _head(stored: bytes) -> list[bytes]:
-    return stored.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-
-
 def test_gtube_is_refused_and_a_clean_message_delivered_with_rspamds_headers(
     hato: FilteringHato,
 ) -> None:
-    code, text = _send(hato, _message("gtube-1", GTUBE))
+    code, text = filtering.send(hato, filtering.message("gtube-1", GTUBE))
     # rspamd's reject: 550 5.7.1 with its public reason.
     assert (code, text) == (550, "5.7.1 Gtube pattern"), hato.log_text()[-3000:]
 
-    sent = _message("clean-1", "Shall we have lunch tomorrow?")
-    code, text = _send(hato, sent)
+    sent = filtering.message("clean-1", "Shall we have lunch tomorrow?")
+    code, text = filtering.send(hato, sent)
     assert code == 250, text
     box = hato.mailbox("someone", "dest.example")
     (found,) = maildir.wait_for_marker(box, "clean-1", 20)
@@ -116,15 +86,15 @@ def test_gtube_is_refused_and_a_clean_message_delivered_with_rspamds_headers(
 
 def test_add_header_goes_to_junk_and_rewrite_subject_rewrites(hato: FilteringHato) -> None:
     box = hato.mailbox("someone", "dest.example")
-    assert _send(hato, _message("junk-1", GTUBE_ADD_HEADER))[0] == 250
+    assert filtering.send(hato, filtering.message("junk-1", GTUBE_ADD_HEADER))[0] == 250
     # [rspamd] add_header = "junk" (the default): the Maildir++ Junk folder.
     maildir.wait_for_marker(box / ".Junk", "junk-1", 20)
     assert not maildir.find_marker(maildir.messages(box), "junk-1")
 
-    sent = _message("subject-1", GTUBE_REWRITE_SUBJECT, subject="hello")
-    assert _send(hato, sent)[0] == 250
+    sent = filtering.message("subject-1", GTUBE_REWRITE_SUBJECT, subject="hello")
+    assert filtering.send(hato, sent)[0] == 250
     (found,) = maildir.wait_for_marker(box, "subject-1", 20)
-    head = _head(found.read_bytes())
+    head = filtering.head(found.read_bytes())
     # RFC 5322 §3.6: one Subject, rspamd's; the body is as sent.
     assert [h for h in head if h.lower().startswith(b"subject:")] == [
         b"Subject: *** SPAM *** hello"
@@ -137,30 +107,21 @@ def test_a_large_message_streams_and_forged_rspamd_fields_are_removed(
 ) -> None:
     # Past the 64 KiB a body stays in memory: it is read back from its spool file.
     body = "\r\n".join(f"line {n:06d} of a long and honest letter" for n in range(4000))
-    sent = _message("big-1", body).replace(
+    sent = filtering.message("big-1", body).replace(
         b"Subject:", b"X-Spamd-Result: default: False [-100 / 15.00]\r\nSubject:", 1
     )
     assert len(sent) > 128 * 1024
-    assert _send(hato, sent)[0] == 250
+    assert filtering.send(hato, sent)[0] == 250
     (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1", 20)
     stored = found.read_bytes()
-    results = [h for h in _head(stored) if h.startswith(b"X-Spamd-Result:")]
+    results = [h for h in filtering.head(stored) if h.startswith(b"X-Spamd-Result:")]
     assert len(results) == 1 and b"-100" not in results[0], results
     assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
 
 
-def _silent_listener() -> tuple[socket.socket, int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((LOOPBACK, 0))
-    sock.listen(16)
-    port: int = sock.getsockname()[1]
-    return sock, port
-
-
 @pytest.mark.parametrize("policy", ["tempfail", "accept"])
 def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, policy: str) -> None:
-    silent, silent_port = _silent_listener()
+    silent, silent_port = filtering.silent_listener()
     dead = f"http://{LOOPBACK}:{free_port()}"  # nothing listens: rspamd stopped
     servers = []
     try:
@@ -174,7 +135,7 @@ def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, pol
             )
             servers.append(server)
             server.start()
-            code, text = _send(server, _message(f"{name}-1", "hello"))
+            code, text = filtering.send(server, filtering.message(f"{name}-1", "hello"))
             box = server.mailbox("someone", "dest.example")
             found = server.wait_for_log(f"event=rspamd-unavailable .*action={policy}")
             assert found, server.log_text()[-2000:]
@@ -201,7 +162,7 @@ def test_hato_spam_learn_reaches_rspamds_controller(
     before = rspamd.learned()
     message = tmp_path / "spam.eml"
     words = " ".join(f"cheap{n} pills{n} offer{n}" for n in range(40))
-    message.write_bytes(_message("learn-1", words, subject="Buy now"))
+    message.write_bytes(filtering.message("learn-1", words, subject="Buy now"))
     learn = subprocess.run(
         [hato_binary(), "spam", "learn", "spam", str(message), "--config", str(hato.config)],
         capture_output=True,
@@ -215,7 +176,9 @@ def test_hato_spam_learn_reaches_rspamds_controller(
     assert after["BAYES_SPAM"] == before.get("BAYES_SPAM", 0) + 1, (before, after)
 
     # Ham, from stdin (a Sieve pipe).
-    ham = _message("learn-2", " ".join(f"meeting{n} agenda{n} notes{n}" for n in range(40)))
+    ham = filtering.message(
+        "learn-2", " ".join(f"meeting{n} agenda{n} notes{n}" for n in range(40))
+    )
     learn = subprocess.run(
         [hato_binary(), "spam", "learn", "ham", "--config", str(hato.config)],
         input=ham.decode(),
@@ -246,16 +209,16 @@ def test_a_compromised_accounts_spam_is_refused_on_submission(
     try:
         with smtplib.SMTP(server.host, server.submission_port, timeout=60) as smtp:
             smtp.starttls(context=test_ca.client_context())
-            smtp.login(SENDER, USER_PASSWORD)
-            smtp.mail(SENDER)
-            smtp.rcpt(RECIPIENT)
-            code, text = smtp.data(_message("sub-gtube", GTUBE))
+            smtp.login(filtering.SENDER, USER_PASSWORD)
+            smtp.mail(filtering.SENDER)
+            smtp.rcpt(filtering.RECIPIENT)
+            code, text = smtp.data(filtering.message("sub-gtube", GTUBE))
             assert (code, text) == (550, b"5.7.1 Gtube pattern")
             # Rspamd was told who sent it.
             assert server.wait_for_log(r"event=rspamd .*user=alice@sender.example .*reject")
-            sent = _message("sub-clean", "See you at noon.")
-            smtp.mail(SENDER)
-            smtp.rcpt(RECIPIENT)
+            sent = filtering.message("sub-clean", "See you at noon.")
+            smtp.mail(filtering.SENDER)
+            smtp.rcpt(filtering.RECIPIENT)
             assert smtp.data(sent)[0] == 250
         box = server.mailbox("someone", "dest.example")
         (found,) = maildir.wait_for_marker(box, "sub-clean", 20)
@@ -273,13 +236,16 @@ def test_hato_reload_turns_the_check_on_and_points_it_elsewhere(
     server = FilteringHato(tmp_path / "data", dead)
     server.start()
     try:
-        assert _send(server, _message("before", GTUBE))[0] == 451
+        assert filtering.send(server, filtering.message("before", GTUBE))[0] == 451
         server.config.write_text(server.config.read_text().replace(dead, rspamd.url))
         done = server.hato("reload")
         assert (done.returncode, done.stderr) == (0, ""), done.stderr
         assert "changed rspamd.url" in done.stdout, done.stdout
         # The next message is checked by the rspamd the file now names.
-        assert _send(server, _message("after", GTUBE)) == (550, "5.7.1 Gtube pattern")
+        assert filtering.send(server, filtering.message("after", GTUBE)) == (
+            550,
+            "5.7.1 Gtube pattern",
+        )
     finally:
         server.stop()
 
@@ -288,7 +254,7 @@ def test_rspamds_reject_can_be_mapped_to_junk(tmp_path: Path, rspamd: RspamdServ
     server = FilteringHato(tmp_path / "data", rspamd.url, 'reject = "junk"\n')
     server.start()
     try:
-        code, text = _send(server, _message("gtube-junk", GTUBE))
+        code, text = filtering.send(server, filtering.message("gtube-junk", GTUBE))
         assert code == 250, text
         box = server.mailbox("someone", "dest.example")
         maildir.wait_for_marker(box / ".Junk", "gtube-junk", 20)

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from peers import maildir
+from peers import maildir, net
 from peers.dovecot_imap import DovecotImap
 from peers.hato import HatoServer
-from peers.net import LOOPBACK, find_peer, in_ci
+from peers.net import LOOPBACK
 from peers.rspamd import PASSWORD, RspamdServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 
@@ -63,11 +63,7 @@ class VmailHato(HatoServer):
 
 @pytest.fixture
 def rspamd(workdir: Path) -> Iterator[RspamdServer]:
-    if find_peer("rspamd") is None:
-        reason = "peer 'rspamd' is not installed (.ci/run installs it from Debian)"
-        if in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    net.require_peer("rspamd")
     server = RspamdServer(workdir / "rspamd")
     server.start()
     try:

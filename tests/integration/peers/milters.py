@@ -12,10 +12,13 @@ import pwd
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
+from .hato import HatoServer
 from .net import LOOPBACK, free_port
 from .rspamd import RspamdServer
+from .server import DomainSetup, MailSetup
 
 
 class RspamdMilter(RspamdServer):
@@ -176,3 +179,43 @@ class OpenDkim:
     def log_text(self) -> str:
         path = self.work / "opendkim.out"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+class MilteredHato(HatoServer):
+    """Hato for dest.example (any local part) whose mx listener asks the milters at
+    `addresses`, in order, each [[milter]] table with the `extra` lines; its /metrics on a
+    port of its own."""
+
+    def __init__(self, data_dir: Path, addresses: list[str], extra: str = "") -> None:
+        super().__init__(
+            data_dir, MailSetup(domains=(DomainSetup("dest.example", accept_any=True),))
+        )
+        self.addresses = addresses
+        self.extra = extra
+        self.metrics_port = free_port()
+
+    def _config_text(self) -> str:
+        milters = "".join(
+            f'\n[[milter]]\naddress = "{address}"\n{self.extra}' for address in self.addresses
+        )
+        metrics = f'\n[metrics]\naddress = "{LOOPBACK}:{self.metrics_port}"\n'
+        return super()._config_text() + metrics + milters
+
+    def _metrics_text(self) -> str:
+        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as page:
+            text: str = page.read().decode()
+        return text
+
+    def metric_lines(self, name: str) -> list[str]:
+        return [x for x in self._metrics_text().splitlines() if x.startswith(name + "{")]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of the /metrics sample `name` with (at least) `labels`; 0 if absent."""
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        total = 0.0
+        for line in self._metrics_text().splitlines():
+            head, _, value = line.rpartition(" ")
+            if head.startswith(name + "{") and all(w in head for w in wanted):
+                total += float(value)
+        return total

@@ -9,6 +9,9 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 LOOPBACK = "127.0.0.1"
 
@@ -155,3 +158,19 @@ def find_peer(name: str) -> str | None:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """A peer or a privilege the test needs is missing: fail in CI (where .ci/run provides
+    everything), skip with the reason elsewhere."""
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_peer(name: str) -> str:
+    """The path of the Debian peer `name`; missing: `cannot_run`."""
+    path = find_peer(name)
+    if path is None:
+        cannot_run(f"peer {name!r} is not installed (.ci/run installs it from Debian)")
+    return path
