@@ -146,8 +146,12 @@ def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
     assert "nothing to report" in again.stdout, again.stdout
 
 
+STS_POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: localhost\r\nmax_age: 86400\r\n"
+
+
 class ReportCollector(ThreadingHTTPServer):
-    """An https: rua (RFC 8460 §5.3.1): keeps what was POSTed, answers 201."""
+    """An https: rua (RFC 8460 §5.3.1): keeps what was POSTed, answers 201; and the MTA-STS
+    policy host of peer.test (RFC 8461 §3.3): GET /.well-known/mta-sts.txt."""
 
     def __init__(self, ca: TestCA) -> None:
         super().__init__((LOOPBACK, 0), _Handler)
@@ -176,32 +180,53 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def do_GET(self) -> None:
+        if self.path != "/.well-known/mta-sts.txt":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(STS_POLICY)))
+        self.end_headers()
+        self.wfile.write(STS_POLICY)
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-def test_a_tls_failure_under_dane_is_reported_to_the_tlsrpt_rua(
-    workdir: Path, test_ca: TestCA
+@pytest.mark.parametrize("policy", ["tlsa", "sts"])
+def test_a_tls_failure_is_reported_to_the_tlsrpt_rua(
+    workdir: Path, test_ca: TestCA, policy: str
 ) -> None:
     with ReportCollector(test_ca) as collector:
-        _tls_failure_reported(workdir, test_ca, collector)
+        _tls_failure_reported(workdir, test_ca, collector, policy)
 
 
-def _tls_failure_reported(workdir: Path, test_ca: TestCA, collector: ReportCollector) -> None:
+def _tls_failure_reported(
+    workdir: Path, test_ca: TestCA, collector: ReportCollector, policy_type: str
+) -> None:
     peer_port = free_port()
     https = f"https://localhost:{collector.server_address[1]}/tlsrpt"
     zone: dict[str, dict[str, list[ZoneValue]]] = {
         "peer.test": {"MX": [(10, "localhost")]},
         "localhost": {"A": ["127.0.0.1"]},
-        # DANE-EE records: TLS is mandatory with this MX (RFC 7672 §2.2), which has none.
-        f"_{peer_port}._tcp.localhost": {"TLSA": [(3, 1, 1, hashlib.sha256(b"k").digest())]},
         "_smtp._tls.peer.test": {"TXT": [f"v=TLSRPTv1; rua=mailto:alice@users.test,{https}"]},
     }
-    with DnsTestServer(zone) as dns:
-        dns.authenticated = True
-        config = OutboundConfig(
-            dns.nameserver, peer_port, "dane = true\n\n[reports]\nenabled = true\n"
+    if policy_type == "tlsa":
+        # DANE-EE records: TLS is mandatory with this MX (RFC 7672 §2.2), which has none.
+        tlsa = (3, 1, 1, hashlib.sha256(b"k").digest())
+        zone[f"_{peer_port}._tcp.localhost"] = {"TLSA": [tlsa]}
+        extra = "dane = true\n"
+    else:
+        # MTA-STS enforce (RFC 8461 §5): verified TLS with localhost, which has none.
+        zone["_mta-sts.peer.test"] = {"TXT": ["v=STSv1; id=20261207"]}
+        extra = (
+            f'mta_sts_connect_to = "{LOOPBACK}:{collector.server_address[1]}"\n'
+            f'mta_sts_ca_file = "{test_ca.ca_cert}"\n'
         )
+    with DnsTestServer(zone) as dns:
+        dns.authenticated = policy_type == "tlsa"
+        config = OutboundConfig(dns.nameserver, peer_port, extra + "\n[reports]\nenabled = true\n")
         hato = OutboundHato(workdir / "data", test_ca, config)
         hato.start()
         try:
@@ -227,7 +252,9 @@ def _tls_failure_reported(workdir: Path, test_ca: TestCA, collector: ReportColle
     assert name.endswith(".json.gz")
     report = json.loads(body)
     (policy,) = report["policies"]
-    assert policy["policy"]["policy-type"] == "tlsa"
+    assert policy["policy"]["policy-type"] == policy_type
+    if policy_type == "sts":
+        assert "mode: enforce" in policy["policy"]["policy-string"]
     assert policy["summary"]["total-failure-session-count"] >= 1
     assert policy["summary"]["total-successful-session-count"] == 0
     (detail,) = policy["failure-details"]
@@ -240,5 +267,5 @@ def _tls_failure_reported(workdir: Path, test_ca: TestCA, collector: ReportColle
     assert json.loads(gzip.decompress(posted)) == report
 
     summary = hato.hato("report", str(found[0]))
-    assert "peer.test (tlsa): 0 successful" in summary.stdout, summary.stdout
+    assert f"peer.test ({policy_type}): 0 successful" in summary.stdout, summary.stdout
     assert "starttls-not-supported" in summary.stdout

@@ -29,6 +29,7 @@ SERVER_NAMES = (
     "autoconfig.users.test",
     "mta-sts.example.org",
     "autoconfig.example.org",
+    "mta-sts.peer.test",  # the MTA-STS policy host of test_reports' recipient domain
 )
 SERVER_IPS = ("127.0.0.1", "::1")
 
