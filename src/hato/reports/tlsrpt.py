@@ -55,9 +55,9 @@ def _policy(
     policy: dict[str, Any] = {"policy-type": kind, "policy-domain": domain}
     if strings:
         policy["policy-string"] = list(strings)
-    mx = sorted({e.mx_host for e in events if e.mx_host})
+    mx = [line.removeprefix("mx: ") for line in strings if line.startswith("mx: ")]
     if kind == "sts" and mx:
-        policy["mx-host"] = mx  # RFC 8460 §4.3: the MX hosts of the policy we tried
+        policy["mx-host"] = mx  # RFC 8460 §4.3: the MX patterns of the MTA-STS policy
     details: dict[tuple[str, str, str, str], int] = {}
     for e in events:
         if e.failure is not None:

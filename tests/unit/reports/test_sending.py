@@ -157,6 +157,7 @@ def test_the_tls_report_names_the_policy_and_the_failure(tmp_path: Path) -> None
     assert policy["policy"]["policy-type"] == "sts"
     assert policy["policy"]["policy-string"] == list(strings)
     assert policy["policy"]["policy-domain"] == "rcpt.test"
+    assert policy["policy"]["mx-host"] == ["mx.rcpt.test"]  # the policy's mx patterns
     assert policy["summary"] == {
         "total-successful-session-count": 1,
         "total-failure-session-count": 2,
