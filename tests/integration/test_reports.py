@@ -27,6 +27,7 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dkim  # type: ignore[import-untyped]
 import pytest
 import xmlschema
 from peers import maildir
@@ -59,6 +60,7 @@ class ReportingHato(HatoServer):
     def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
         super().__init__(data_dir, setup)
         self.nameserver = nameserver
+        self.dkim_txt = ""
 
     def _config_text(self) -> str:
         text = super()._config_text().replace("inbound = false", "inbound = true")
@@ -90,6 +92,14 @@ def receiver(workdir: Path) -> Iterator[ReportingHato]:
     with DnsTestServer(DMARC_ZONE) as dns:
         server = ReportingHato(workdir / "data", setup, dns.nameserver)
         server.start()
+        # A DKIM key for reports.test, the domain of the reports' From (noreply-dmarc@ the
+        # first [[domain]]): keys are loaded at start-up.
+        keygen = server.hato("dkim", "keygen", "reports.test")
+        assert keygen.returncode == 0, keygen.stderr
+        record = keygen.stdout.splitlines()[-1]
+        server.dkim_txt = "".join(record.split('"')[1::2])
+        server.stop()
+        server.start()
         yield server
         server.stop()
 
@@ -116,7 +126,12 @@ def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
     inbox = receiver.mailbox("dmarc", "reports.test")
     (path,) = maildir.wait_for_count(inbox, 1, 20)
     msg, name, xml = _attachment(path)
+    assert msg["From"] == "noreply-dmarc@reports.test"
     assert msg["Subject"].startswith("Report Domain: sender.example Submitter: reports.test")
+    # Signed with reports.test's key, as the submission port signs (RFC 6376).
+    assert "d=reports.test" in msg["DKIM-Signature"]
+    key = receiver.dkim_txt.encode()
+    assert dkim.verify(path.read_bytes(), dnsfunc=lambda name, timeout=5: key)
     assert name.startswith("reports.test!sender.example!") and name.endswith(".xml.gz")
     schema = xmlschema.XMLSchema(SCHEMA)
     schema.validate(xml.decode())
