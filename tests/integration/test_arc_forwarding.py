@@ -13,37 +13,28 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.authcheck import CheckingHato, txt_strings
+from peers.hato import hato_binary
 from peers.server import DomainSetup, MailSetup
 
 from dnsserver import DnsTestServer, ZoneValue
 
 
-def _txt(value: str) -> tuple[str, ...]:
-    # RFC 1035 §3.3.14: at most 255 octets per character-string.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
-
-
-class CheckingHato(HatoServer):
-    """Inbound checks on, the test DNS server as resolver, its own host name, and optionally a
-    relay for remote.test."""
+class RelayingHato(CheckingHato):
+    """A CheckingHato that relays mail for remote.test to `relay`."""
 
     def __init__(
-        self, data_dir: Path, setup: MailSetup, nameserver: str, hostname: str, relay: str = ""
+        self, data_dir: Path, setup: MailSetup, nameserver: str, hostname: str, relay: str
     ) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-        self.hostname = hostname
+        super().__init__(data_dir, setup, nameserver, hostname)
         self.relay = relay
 
     def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
-        text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-        if self.relay:
-            text += "\n[delivery]\nallow_loopback = true\n"
-            text += f'\n[[transport]]\ndomain = "remote.test"\nrelay = "{self.relay}"\n'
-        return text
+        return (
+            super()._config_text()
+            + "\n[delivery]\nallow_loopback = true\n"
+            + f'\n[[transport]]\ndomain = "remote.test"\nrelay = "{self.relay}"\n'
+        )
 
 
 def _message(marker: str) -> bytes:
@@ -75,7 +66,7 @@ def test_mail_forwarded_by_one_hato_passes_arc_at_the_next(tmp_path: Path) -> No
             dns.nameserver,
             "mx.remote.test",
         )
-        a = CheckingHato(
+        a = RelayingHato(
             tmp_path / "a",
             MailSetup(
                 domains=(DomainSetup("example.org", aliases=(("fwd", ("carol@remote.test",)),)),)
@@ -95,7 +86,7 @@ def test_mail_forwarded_by_one_hato_passes_arc_at_the_next(tmp_path: Path) -> No
             timeout=60,
         )
         key_txt = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
-        dns.load({**zone, "hato._domainkey.example.org": {"TXT": [_txt(key_txt)]}})
+        dns.load({**zone, "hato._domainkey.example.org": {"TXT": [txt_strings(key_txt)]}})
         b.start()
         try:
             a.start()

@@ -13,6 +13,7 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
+from peers.authcheck import CheckingHato, txt_strings
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
@@ -31,15 +32,10 @@ from hato.server.tls import ensure_self_signed
 SENDER_KEY, SENDER_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
 
 
-def _txt(value: str) -> tuple[str, ...]:
-    # RFC 1035 §3.3.14: at most 255 octets per character-string.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
-
-
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
     "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=reject"]},
-    "s1._domainkey.sender.test": {"TXT": [_txt(SENDER_TXT)]},
+    "s1._domainkey.sender.test": {"TXT": [txt_strings(SENDER_TXT)]},
     "spoofed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.spoofed.test": {"TXT": ["v=DMARC1; p=reject"]},
     "relaxed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
@@ -47,18 +43,6 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "_dmarc.careful.test": {"TXT": ["v=DMARC1; p=quarantine"]},
     "_dmarc.relaxed.test": {"TXT": ["v=DMARC1; p=none"]},
 }
-
-
-class CheckingHato(HatoServer):
-    """The harness server with inbound checks on and our test DNS server as its resolver."""
-
-    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
 
 
 @pytest.fixture
@@ -161,7 +145,7 @@ def test_mail_our_users_send_is_dkim_signed_and_verifies(
     assert record.startswith("hato._domainkey.example.org. IN TXT ")
     txt = "".join(part for part in record.split('"')[1::2])
     zone = dict(ZONE)
-    zone["hato._domainkey.example.org"] = {"TXT": [_txt(txt)]}
+    zone["hato._domainkey.example.org"] = {"TXT": [txt_strings(txt)]}
     dns_server.load(zone)
     checking.stop()
     checking.start()  # keys are loaded at start-up
@@ -232,7 +216,7 @@ def test_alias_forwarding_adds_an_arc_set_the_next_hop_can_verify(
     )
     txt = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
     zone = dict(ZONE)
-    zone["hato._domainkey.example.org"] = {"TXT": [_txt(txt)]}
+    zone["hato._domainkey.example.org"] = {"TXT": [txt_strings(txt)]}
     dns_server.load(zone)
     forwarder.start()
     try:

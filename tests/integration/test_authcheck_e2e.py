@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from peers import maildir
+from peers.authcheck import CheckingHato, txt_strings
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
@@ -25,17 +26,12 @@ RECIPIENT = "someone@dest.example"
 B_HOSTNAME = "mx.dest.example"
 
 
-def _txt(value: str) -> tuple[str, ...]:
-    # RFC 1035 §3.3.14: at most 255 octets per character-string; one record, several strings.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
-
-
 def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
     return {
         # A connects to B from loopback: that is sender.example's only permitted address.
         "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
         "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
-        "hato._domainkey.sender.example": {"TXT": [_txt(dkim_txt)]},
+        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
     }
 
 
@@ -56,21 +52,6 @@ class SenderHato(HatoServer):
         )
 
 
-class CheckingHato(HatoServer):
-    """Hato B: its own host name (the same name would be a mail loop), inbound checks on."""
-
-    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text()
-        assert 'hostname = "hato.test"' in text and "inbound = false" in text
-        text = text.replace('hostname = "hato.test"', f'hostname = "{B_HOSTNAME}"')
-        text = text.replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-
-
 @dataclass(frozen=True, slots=True)
 class Pair:
     a: SenderHato
@@ -81,10 +62,11 @@ class Pair:
 @pytest.fixture
 def pair(tmp_path: Path, test_ca: TestCA) -> Iterator[Pair]:
     with DnsTestServer({}) as dns:
-        b = CheckingHato(
+        b = CheckingHato(  # Hato B: its own host name, inbound checks on
             tmp_path / "b",
             MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
             dns.nameserver,
+            B_HOSTNAME,
         )
         a = SenderHato(
             tmp_path / "a",

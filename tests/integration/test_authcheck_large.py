@@ -21,6 +21,7 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from peers import maildir
+from peers.authcheck import CheckingHato, txt_strings
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
@@ -35,32 +36,17 @@ ED_KEY = SigningKey(DkimAlgorithm.ED25519_SHA256, ed25519.Ed25519PrivateKey.gene
 DMARC_REJECT = (550, b"5.7.1")
 
 
-def _txt(value: str) -> tuple[str, ...]:
-    # RFC 1035 §3.3.14: at most 255 octets per character-string.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
-
-
 # 127.0.0.1 (the test client) is allowed by no SPF record here: only DKIM can align.
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "bank.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.bank.test": {"TXT": ["v=DMARC1; p=reject"]},
-    "rsa._domainkey.bank.test": {"TXT": [_txt(RSA_KEY.dns_txt())]},
-    "ed._domainkey.bank.test": {"TXT": [_txt(ED_KEY.dns_txt())]},
+    "rsa._domainkey.bank.test": {"TXT": [txt_strings(RSA_KEY.dns_txt())]},
+    "ed._domainkey.bank.test": {"TXT": [txt_strings(ED_KEY.dns_txt())]},
     "lenient.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     # A p=reject domain whose SPF allows the test client: unsigned mail passes by SPF alone.
     "trusted.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
     "_dmarc.trusted.test": {"TXT": ["v=DMARC1; p=reject"]},
 }
-
-
-class CheckingHato(HatoServer):
-    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from peers import maildir
-from peers.hato import HatoServer, hato_binary
+from peers.authcheck import CheckingHato, txt_strings
+from peers.hato import hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
 from dnsserver import DnsTestServer, ZoneValue
@@ -29,21 +30,16 @@ SIGNATURES = 20
 ARC_SETS = 60
 
 
-def _txt(value: str) -> tuple[str, ...]:
-    # RFC 1035 §3.3.14: at most 255 octets per character-string.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
-
-
 def _zone() -> dict[str, dict[str, list[ZoneValue]]]:
     zone: dict[str, dict[str, list[ZoneValue]]] = {
         "sender.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
         "_dmarc.sender.test": {"TXT": ["v=DMARC1; p=none"]},
     }
     for n in range(SIGNATURES):
-        zone[f"s{n}._domainkey.sender.test"] = {"TXT": [_txt(KEY_TXT)]}
+        zone[f"s{n}._domainkey.sender.test"] = {"TXT": [txt_strings(KEY_TXT)]}
     for n in range(1, ARC_SETS + 1):
-        zone[f"as{n}._domainkey.arc.test"] = {"TXT": [_txt(KEY_TXT)]}
-        zone[f"ams{n}._domainkey.arc.test"] = {"TXT": [_txt(KEY_TXT)]}
+        zone[f"as{n}._domainkey.arc.test"] = {"TXT": [txt_strings(KEY_TXT)]}
+        zone[f"ams{n}._domainkey.arc.test"] = {"TXT": [txt_strings(KEY_TXT)]}
     return zone
 
 
@@ -62,16 +58,6 @@ class WatchedDns(DnsTestServer):
 
     def key_questions(self, zone: str) -> list[str]:
         return [name for name, rtype in self.queries if name.endswith("._domainkey." + zone)]
-
-
-class CheckingHato(HatoServer):
-    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
+from peers.authcheck import CheckingHato
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
@@ -30,16 +31,6 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
 }
 
 
-class CheckingHato(HatoServer):
-    def __init__(self, data_dir: Path, nameserver: str) -> None:
-        super().__init__(data_dir, MailSetup(domains=(DomainSetup("dest.test", accept_any=True),)))
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-
-
 @pytest.fixture
 def dns() -> Iterator[DnsTestServer]:
     with DnsTestServer(ZONE) as server:
@@ -48,7 +39,8 @@ def dns() -> Iterator[DnsTestServer]:
 
 @pytest.fixture
 def hato(tmp_path: Path, dns: DnsTestServer) -> Iterator[CheckingHato]:
-    server = CheckingHato(tmp_path / "data", dns.nameserver)
+    setup = MailSetup(domains=(DomainSetup("dest.test", accept_any=True),))
+    server = CheckingHato(tmp_path / "data", setup, dns.nameserver)
     server.start()
     yield server
     server.stop()

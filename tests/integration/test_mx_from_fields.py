@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from peers import maildir
+from peers.authcheck import CheckingHato
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
@@ -33,18 +34,6 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "_dmarc.xn--bcher-kva.test": {"TXT": ["v=DMARC1; p=reject"]},
 }
 DMARC_REJECT = (550, b"5.7.1")
-
-
-class CheckingHato(HatoServer):
-    """The harness server with inbound checks on and the test DNS server as its resolver."""
-
-    def __init__(self, data_dir: Path, setup: MailSetup, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-
-    def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
 
 
 @pytest.fixture(scope="module")
