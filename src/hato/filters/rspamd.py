@@ -12,11 +12,13 @@ wants the client to see. Anything that keeps us from a verdict (connection refus
 an HTTP error, a reply that is not rspamd's JSON) is one `RspamdUnavailable`: what then
 happens to the mail is the caller's policy, not ours.
 
-Must not import anything of hato but model.
+The checks go through post.py (one connection per check: rspamd closes it after each
+reply), learning through aiohttp. Must not import anything of hato but model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import re
@@ -26,6 +28,8 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
+
+from hato.filters.post import Endpoint, HttpError, post
 
 # RFC 5322 §3.6.8: field-name = 1*ftext (printable US-ASCII except ":").
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
@@ -157,7 +161,8 @@ class RspamdClient:
         self.controller_url = (controller_url or url).rstrip("/")
         self.timeout = timeout
         self.password = password
-        self._session: aiohttp.ClientSession | None = None
+        self._endpoint = Endpoint.of(self.url)
+        self._session: aiohttp.ClientSession | None = None  # the controller's (learning)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -171,11 +176,21 @@ class RspamdClient:
             self._session = None
 
     async def check(self, envelope: Envelope, size: int, message: AsyncIterable[bytes]) -> Scan:
-        """POST /checkv2: rspamd's verdict on the `size` octets `message` yields."""
-        _, reply = await self._post(
-            f"{self.url}/checkv2", envelope.headers(), size, message, controller=False
-        )
-        return parse_scan(reply)
+        """POST /checkv2: rspamd's verdict on the `size` octets `message` yields (over a
+        connection of its own, post.py: rspamd closes it after each reply anyway)."""
+        url = f"{self.url}/checkv2"
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, text = await post(
+                    self._endpoint, "/checkv2", envelope.headers(), size, message
+                )
+        except (HttpError, OSError) as exc:
+            raise RspamdUnavailable(f"{url}: {exc}") from None
+        except TimeoutError:
+            raise RspamdUnavailable(f"{url}: no answer in {self.timeout:g} s") from None
+        if status != 200:
+            raise RspamdUnavailable(f"HTTP {status} from {url}")
+        return parse_scan(_json_object(text, status, url))
 
     async def learn(self, spam: bool, size: int, message: AsyncIterable[bytes]) -> Learned:
         """POST /learnspam or /learnham to the controller (its `password` when it has one)."""
@@ -209,15 +224,20 @@ class RspamdClient:
             raise RspamdUnavailable(f"{url}: {exc}") from None
         except TimeoutError:
             raise RspamdUnavailable(f"{url}: no answer in {self.timeout:g} s") from None
-        try:
-            reply = json.loads(text)
-        except ValueError:
-            raise RspamdUnavailable(f"HTTP {response.status} from {url}: not JSON") from None
-        if not isinstance(reply, dict):
-            raise RspamdUnavailable(f"HTTP {response.status} from {url}: not a JSON object")
+        reply = _json_object(text, response.status, url)
         if controller and response.status != 200 and "error" not in reply:
             raise RspamdUnavailable(f"HTTP {response.status} from {url}")
         return response.status, reply
+
+
+def _json_object(text: bytes, status: int, url: str) -> dict[str, Any]:
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        raise RspamdUnavailable(f"HTTP {status} from {url}: not JSON") from None
+    if not isinstance(reply, dict):
+        raise RspamdUnavailable(f"HTTP {status} from {url}: not a JSON object")
+    return reply
 
 
 async def chunks_of(data: bytes) -> AsyncIterator[bytes]:

@@ -27,7 +27,7 @@ from hato.server.context import SessionContext
 from hato.server.inbound import InboundVerdict
 from hato.server.miltercheck import DISCARDED, milter_check
 from hato.server.milterenvelope import apply_envelope
-from hato.server.spamcheck import Spooled, keep_seal, rewrite, spam_check
+from hato.server.spamcheck import Spooled, keep_seal, rewritten, spam_check
 
 log = logging.getLogger("hato.smtpd")
 
@@ -173,8 +173,7 @@ async def rspamd_step(
     if verdict.junk:
         params[QUARANTINE_PARAM] = "Junk"
     if verdict.edits_header:
-        # Made on the loop (the queue's ids are not thread-safe), of the same kind.
-        body = await asyncio.to_thread(rewrite, body, verdict, new_spooled(ctx, body))
+        body = await rewritten(body, verdict, lambda: new_spooled(ctx, body))  # same kind
     return verdict.header + added, None, body
 
 

@@ -20,7 +20,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.header import Header
 from typing import Protocol
@@ -232,6 +232,28 @@ def edit_header(section: bytes, remove: tuple[str, ...], subject: str | None) ->
     kept = [f.raw for f in split_header_fields(section) if f.name.lower() not in gone]
     new = field_bytes("Subject", subject) if subject is not None else b""
     return new + b"".join(kept)
+
+
+async def rewritten(
+    body: Spooled, outcome: SpamOutcome, new_body: Callable[[], Spooled]
+) -> Spooled:
+    """`rewrite` on the loop for a body still in memory (nothing blocks: no worker-thread
+    hop, and no new body at all when rspamd's edits change nothing, the usual case: its
+    milter_headers asks to remove fields a clean message does not have); else in a thread."""
+    if not (isinstance(body, BodyWriter) and body.inline):
+        # The new body is made on the loop (the queue's ids are not thread-safe).
+        return await asyncio.to_thread(rewrite, body, outcome, new_body())
+    data = body.peek_inline()
+    # RFC 5322 §2.1: the header section ends at the first empty line (maybe the first).
+    end = -2 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
+    section, rest = (data, b"") if end == -1 else (data[: end + 2], data[end + 2 :])
+    edited = edit_header(section, outcome.remove, outcome.subject)
+    if outcome.subject is None and len(edited) == len(section):
+        return body
+    fresh = new_body()
+    fresh.write(edited + rest)
+    body.discard()
+    return fresh
 
 
 def rewrite(body: Spooled, outcome: SpamOutcome, new_body: Spooled) -> Spooled:

@@ -3,6 +3,7 @@ it edits (a spooled body copied into a new one, the body after the header unchan
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from hato.server.spamcheck import (
     keep_seal,
     outcome,
     rewrite,
+    rewritten,
 )
 
 SCAN = Scan(RspamdAction.REJECT, 20.0, 15.0, smtp_message="Spam\r\n from 5.6.7.8 \x01")
@@ -99,6 +101,28 @@ def test_rewrite_makes_no_copy_when_nothing_is_to_remove(tmp_path: Path) -> None
     old = _writer(tmp_path, "old", b"Subject: hi\r\n\r\nbody\r\n")
     new = BodyWriter("new", str(tmp_path / "new"))
     assert rewrite(old, SpamOutcome(remove=("X-Spam",)), new) is old
+
+
+@pytest.mark.parametrize("size", [10, 300_000])  # on the loop, and in a worker thread
+def test_rewritten_edits_like_rewrite_and_makes_a_body_only_for_a_change(
+    tmp_path: Path, size: int
+) -> None:
+    body = b"".join(b"line %07d\r\n" % n for n in range(size // 14 + 1))
+    made: list[BodyWriter] = []
+
+    def new_body() -> BodyWriter:
+        made.append(BodyWriter(f"new{len(made)}", str(tmp_path / f"new{len(made)}")))
+        return made[-1]
+
+    old = _writer(tmp_path, "old", b"Subject: hi\r\n\r\n" + body)
+    same = asyncio.run(rewritten(old, SpamOutcome(remove=("X-Spam",)), new_body))
+    assert same is old
+    # In memory: no new body made at all; spilled: one made in vain, discarded, in the thread.
+    assert len(made) == (0 if size == 10 else 1)
+    old = _writer(tmp_path, "old2", b"X-Spam: forged\r\nSubject: hi\r\n\r\n" + body)
+    done = asyncio.run(rewritten(old, SpamOutcome(remove=("X-Spam",), subject="S"), new_body))
+    assert done is made[-1]
+    assert b"".join(done.read_back()) == b"Subject: S\r\n\r\n" + body
 
 
 def test_rewrite_keeps_a_keyed_message_in_scratch_even_without_a_header(tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""post.py against a scripted HTTP server on loopback: the request as sent, and replies
+delimited by Content-Length, chunked coding or the close; nonsense is an HttpError."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hato.filters.post import Endpoint, HttpError, post
+
+
+async def _body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _exchange(reply: bytes) -> tuple[int, bytes, bytes]:
+    """(status, body) of a POST to a server answering `reply`, and the request it got."""
+    got = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        got.extend(head + await reader.readexactly(length))
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[int, bytes]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            endpoint = Endpoint.of(f"http://127.0.0.1:{port}/base")
+            headers = [("From", "<a@b>"), ("Helo", "evil\r\nX-Injected: 1")]
+            return await post(endpoint, "/checkv2", headers, 10, _body(b"hello", b"world"))
+        finally:
+            server.close()
+
+    status, body = asyncio.run(asyncio.wait_for(run(), 30))
+    return status, body, bytes(got)
+
+
+def test_the_request_and_a_reply_with_content_length() -> None:
+    status, body, request = _exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    assert (status, body) == (200, b"{}")
+    head, _, sent = request.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /base/checkv2 HTTP/1.1"
+    assert b"Connection: close" in lines and b"Content-Length: 10" in lines
+    # RFC 9110 §5.5: no CR/LF in a field value: a header cannot be injected.
+    assert b"Helo: evil??X-Injected: 1" in lines
+    assert sent == b"helloworld"
+
+
+def test_a_chunked_reply_and_one_ended_by_the_close() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3\r\n{"a\r\n3;x=1\r\n":1\r\n1\r\n}\r\n0\r\n\r\n'
+    )
+    assert _exchange(chunked)[:2] == (200, b'{"a":1}')
+    assert _exchange(b"HTTP/1.0 500 Oops\r\n\r\nerror text")[:2] == (500, b"error text")
+
+
+@pytest.mark.parametrize(
+    "reply", [b"SMTP/1.0 200\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", b""]
+)
+def test_nonsense_or_a_short_reply_is_an_http_error(reply: bytes) -> None:
+    with pytest.raises(HttpError):
+        _exchange(reply)
