@@ -14,6 +14,7 @@ Must not import anything of hato but model (and this room).
 from __future__ import annotations
 
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,9 +45,14 @@ def _source_ip(text: str) -> str:
     return address.exploded if address.version == 6 else str(address)
 
 
+# XML 1.0 §2.2 Char: what a document may contain at all (ElementTree escapes <, & and quotes,
+# but writes a control character as it is, which no parser would read back).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _add(parent: ET.Element, tag: str, text: object) -> ET.Element:
     child = ET.SubElement(parent, tag)
-    child.text = str(text)
+    child.text = _NOT_XML.sub("\ufffd", str(text))  # a signer's d= or s= is anyone's text
     return child
 
 

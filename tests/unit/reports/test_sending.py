@@ -46,7 +46,7 @@ def _event(domain: str = "sender.test", ip: str = "192.0.2.1", aligned: bool = F
         envelope_from=domain,
         spf_domain=domain,
         spf_result="pass" if aligned else "fail",
-        dkim=(DkimAuth(domain, "s1", "fail"), DkimAuth("<evil>&.test", "", "pass")),
+        dkim=(DkimAuth(domain, "s1", "fail"), DkimAuth("<evil>&.test", "\x01\x1b", "pass")),
         dkim_aligned=False,
         spf_aligned=aligned,
         disposition="none" if aligned else "quarantine",
@@ -67,7 +67,8 @@ def test_the_aggregate_report_validates_against_rfc_7489_appendix_c() -> None:
     ]
     assert rows[0]["policy_evaluated"]["reason"][0]["type"] == "local_policy"
     assert data["policy_published"]["p"] == "reject"
-    assert data["record"][0]["auth_results"]["dkim"][1]["domain"] == "<evil>&.test"
+    evil = data["record"][0]["auth_results"]["dkim"][1]
+    assert (evil["domain"], evil["selector"]) == ("<evil>&.test", "\ufffd\ufffd")
 
 
 def test_the_rua_size_suffix_and_the_scheme() -> None:
