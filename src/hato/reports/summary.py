@@ -59,6 +59,11 @@ def merged(reports: list[DmarcReport]) -> list[DmarcReport]:
     return out
 
 
+def _printable(line: str) -> str:
+    """A report is anyone's text: no escape sequence of theirs reaches the admin's terminal."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in line)
+
+
 def render_text(found: Found) -> str:
     lines: list[str] = []
     reports = merged(found.dmarc)
@@ -72,7 +77,7 @@ def render_text(found: Found) -> str:
         lines.append(f"not read: {error}")
     if not lines:
         lines.append("no reports found")
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return "\n".join(_printable(line) for line in lines).rstrip("\n") + "\n"
 
 
 def _dmarc(report: DmarcReport) -> list[str]:

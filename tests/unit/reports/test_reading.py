@@ -203,3 +203,15 @@ def test_reports_of_one_reporter_and_domain_are_summed(
     out = capsys.readouterr().out
     assert out.count("DMARC ours.test") == 1 and "[3 reports]" in out
     assert "381 messages: DMARC pass 360, fail 21" in out
+
+
+def test_escape_sequences_in_a_report_never_reach_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # XML 1.0 refuses control characters even as &#x1b;, JSON carries them: "\u001b".
+    hostile = {**TLSRPT, "organization-name": "Evil\x1b]2;pwned\x07"}
+    (tmp_path / "evil.json").write_text(json.dumps(hostile))
+    assert main(["report", str(tmp_path / "evil.json")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "reported by Evil\ufffd]2;pwned\ufffd" in out
