@@ -199,17 +199,29 @@ def _int(text: str) -> int:
 
 
 def parse_dmarc(xml: bytes) -> DmarcReport:
-    """An aggregate report's XML; ReportError for a DTD or anything not a <feedback>."""
+    """An aggregate report's XML; ReportError for a DTD or anything not a <feedback>. Read as
+    a stream: each <record> is taken and dropped from the tree, so memory follows the rows
+    kept, not the size of the document."""
     if _DOCTYPE.search(xml):
         # No DTD: entities (billion laughs, external files) never reach the parser.
         raise ReportError("XML with a DOCTYPE or ENTITY declaration is refused")
+    rows: list[DmarcRow] = []
+    root: ET.Element | None = None
+    depth = 0
     try:
-        root = ET.fromstring(xml)
+        for event, element in ET.iterparse(io.BytesIO(xml), events=("start", "end")):
+            depth += 1 if event == "start" else -1
+            if root is None:
+                root = element
+                if _local(root.tag) != "feedback":
+                    raise ReportError(f"XML root is <{_local(root.tag)}>, not <feedback>")
+            elif event == "end" and depth == 1 and _local(element.tag) == "record":
+                rows.append(_row(element))
+                root.remove(element)  # a <record> of <feedback>: read, and dropped
     except (ET.ParseError, LookupError) as exc:  # LookupError: an unknown encoding= name
         raise ReportError(f"bad XML: {exc}") from None
-    if _local(root.tag) != "feedback":
-        raise ReportError(f"XML root is <{_local(root.tag)}>, not <feedback>")
-    rows = tuple(_row(r) for r in root if _local(r.tag) == "record")
+    if root is None:
+        raise ReportError("bad XML: no element")
     return DmarcReport(
         org_name=_text(root, "report_metadata", "org_name"),
         report_id=_text(root, "report_metadata", "report_id"),
@@ -217,7 +229,7 @@ def parse_dmarc(xml: bytes) -> DmarcReport:
         end=_int(_text(root, "report_metadata", "date_range", "end")),
         policy_domain=_text(root, "policy_published", "domain").lower(),
         policy=_text(root, "policy_published", "p"),
-        rows=rows,
+        rows=tuple(rows),
     )
 
 
