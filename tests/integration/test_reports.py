@@ -78,6 +78,9 @@ DMARC_ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     },
     # RFC 7489 §7.1: reports.test agreed to receive sender.example's reports; other.test not.
     "sender.example._report._dmarc.reports.test": {"TXT": ["v=DMARC1"]},
+    "strict.example": {"TXT": ["v=spf1 -all"]},
+    "_dmarc.strict.example": {"TXT": ["v=DMARC1; p=reject; rua=mailto:dmarc@reports.test"]},
+    "strict.example._report._dmarc.reports.test": {"TXT": ["v=DMARC1; rua=mailto:x@y.test"]},
 }
 
 
@@ -162,6 +165,24 @@ def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
 
 
 STS_POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: localhost\r\nmax_age: 86400\r\n"
+
+
+def test_a_refused_spoof_is_reported_with_the_reject_disposition(receiver: ReportingHato) -> None:
+    with smtplib.SMTP(receiver.host, receiver.port, timeout=20) as smtp:
+        body = "From: <ceo@strict.example>\r\nTo: <bob@reports.test>\r\nSubject: x\r\n\r\nPay.\r\n"
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("ceo@strict.example", ["bob@reports.test"], body)
+    assert refused.value.smtp_code == 550 and b"5.7.1" in refused.value.smtp_error
+    sent = receiver.hato("report", "send", "--now")
+    assert "sent: dmarc strict.example -> dmarc@reports.test" in sent.stdout, sent.stdout
+    (path,) = maildir.wait_for_count(receiver.mailbox("dmarc", "reports.test"), 1, 20)
+    _, _, xml = _attachment(path)
+    report = xmlschema.XMLSchema(SCHEMA).to_dict(xml.decode())
+    assert isinstance(report, dict)
+    assert report["policy_published"]["p"] == "reject"
+    (record,) = report["record"]
+    assert record["row"]["count"] == 1
+    assert record["row"]["policy_evaluated"]["disposition"] == "reject"
 
 
 class ReportCollector(ThreadingHTTPServer):
