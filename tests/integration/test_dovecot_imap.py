@@ -17,15 +17,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from peers import maildir
-from peers.dovecot_imap import DovecotImap
+from peers.dovecot_imap import OWNER, DovecotImap, VmailHato
 from peers.hato import HatoServer
 from peers.net import LOOPBACK
-from peers.server import USER_PASSWORD, DomainSetup, MailSetup
+from peers.server import USER_PASSWORD
 
 from dnsserver import DnsTestServer, ZoneValue
 from kit.cryptokeys import make_cert
 
-OWNER = "nobody"  # any unprivileged account there is everywhere
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     "relaxed.test": {"TXT": ["v=spf1 ip4:192.0.2.1 -all"]},
     "_dmarc.relaxed.test": {"TXT": ["v=DMARC1; p=none"]},
@@ -34,32 +33,21 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
 }
 
 
-class VmailHato(HatoServer):
+class CheckingVmailHato(VmailHato):
     """Mailboxes outside the data directory, owned by OWNER; inbound checks against our DNS."""
 
     def __init__(self, data_dir: Path, nameserver: str) -> None:
-        setup = MailSetup(domains=(DomainSetup("example.test", users=("alice",)),))
-        super().__init__(data_dir, setup)
-        self.nameserver = nameserver
-        self.vmail = data_dir.parent / "vmail"
+        super().__init__(data_dir, f'\n[dns]\nnameservers = ["{nameserver}"]\ntimeout = 2\n')
 
     def _config_text(self) -> str:
-        text = super()._config_text().replace("inbound = false", "inbound = true")
-        return (
-            text
-            + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            + f'\n[local]\nmailboxes = "{self.vmail}"\nmailbox_owner = "{OWNER}"\n'
-        )
-
-    def mailbox(self, user: str, domain: str) -> Path:
-        return self.vmail / domain / user
+        return super()._config_text().replace("inbound = false", "inbound = true")
 
 
 @pytest.fixture
-def hato(workdir: Path, require_peer: Callable[[str], str]) -> Iterator[VmailHato]:
+def hato(workdir: Path, require_peer: Callable[[str], str]) -> Iterator[CheckingVmailHato]:
     require_peer("dovecot")
     with DnsTestServer(ZONE) as dns:
-        server = VmailHato(workdir / "data", dns.nameserver)
+        server = CheckingVmailHato(workdir / "data", dns.nameserver)
         server.start()
         try:
             yield server
@@ -68,13 +56,8 @@ def hato(workdir: Path, require_peer: Callable[[str], str]) -> Iterator[VmailHat
 
 
 @pytest.fixture
-def dovecot(hato: VmailHato, workdir: Path) -> Iterator[DovecotImap]:
-    imap = DovecotImap(workdir / "dovecot", "")
-    printed = hato.hato(
-        "dovecot-config", "--listen", LOOPBACK, "--imap-port", str(imap.port), "--imaps-port", "0"
-    )
-    assert printed.returncode == 0, printed.stderr
-    imap.printed = printed.stdout
+def dovecot(hato: CheckingVmailHato, workdir: Path) -> Iterator[DovecotImap]:
+    imap = DovecotImap.for_hato(hato, workdir / "dovecot")
     imap.start()
     try:
         yield imap
@@ -113,7 +96,7 @@ def _send(hato: HatoServer, sender: str, marker: str) -> bytes:
 
 
 def test_dovecot_serves_hato_mail_over_imap_and_encryption_keeps_uids(
-    hato: VmailHato, dovecot: DovecotImap
+    hato: CheckingVmailHato, dovecot: DovecotImap
 ) -> None:
     _send(hato, "a@relaxed.test", "inbox-1")
     _send(hato, "a@careful.test", "junk-1")  # DMARC p=quarantine: the Junk folder

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pytest
 from peers import maildir, net
-from peers.dovecot_imap import DovecotImap
-from peers.hato import HatoServer
+from peers.dovecot_imap import DovecotImap, VmailHato
 from peers.net import LOOPBACK
 from peers.rspamd import PASSWORD, RspamdServer
-from peers.server import USER_PASSWORD, DomainSetup, MailSetup
+from peers.server import USER_PASSWORD
 
-OWNER = "nobody"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
@@ -43,24 +41,6 @@ def _recipe() -> tuple[str, str, str, str]:
     return conf, spam, ham, rspamc.group(1)
 
 
-class VmailHato(HatoServer):
-    def __init__(self, data_dir: Path, url: str) -> None:
-        super().__init__(
-            data_dir, MailSetup(domains=(DomainSetup("example.test", users=("alice",)),))
-        )
-        self.vmail = data_dir.parent / "vmail"
-        self.url = url
-
-    def _config_text(self) -> str:
-        return super()._config_text() + (
-            f'\n[local]\nmailboxes = "{self.vmail}"\nmailbox_owner = "{OWNER}"\n'
-            f'\n[rspamd]\nurl = "{self.url}"\n'
-        )
-
-    def mailbox(self, user: str, domain: str) -> Path:
-        return self.vmail / domain / user
-
-
 @pytest.fixture
 def rspamd(workdir: Path) -> Iterator[RspamdServer]:
     net.require_peer("rspamd")
@@ -74,7 +54,7 @@ def rspamd(workdir: Path) -> Iterator[RspamdServer]:
 
 @pytest.fixture
 def hato(workdir: Path, rspamd: RspamdServer) -> Iterator[VmailHato]:
-    server = VmailHato(workdir / "data", rspamd.url)
+    server = VmailHato(workdir / "data", f'\n[rspamd]\nurl = "{rspamd.url}"\n')
     server.start()
     try:
         yield server
@@ -104,12 +84,7 @@ def dovecot(
         pipe.chmod(0o755)
     for path in (workdir, here, etc, *etc.rglob("*")):
         path.chmod(path.stat().st_mode | 0o755 if path.is_dir() else path.stat().st_mode | 0o644)
-    imap = DovecotImap(here, "")
-    printed = hato.hato(
-        "dovecot-config", "--listen", LOOPBACK, "--imap-port", str(imap.port), "--imaps-port", "0"
-    )
-    assert printed.returncode == 0, printed.stderr
-    imap.printed = printed.stdout + "\n" + conf.replace("/etc/dovecot/", f"{etc}/")
+    imap = DovecotImap.for_hato(hato, here, "\n" + conf.replace("/etc/dovecot/", f"{etc}/"))
     imap.start()
     for kind in ("spam", "ham"):
         # As the documentation says: compile the scripts (with this Dovecot's plugins).

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .dovecot_imap import DovecotMaster
 from .net import LOOPBACK, free_port, wait_for_banner, wait_for_listener
 from .postfix import PostfixServer
 from .server import MailSetup
@@ -191,7 +191,7 @@ service auth {{
 """
 
 
-class Dovecot:
+class Dovecot(DovecotMaster):
     """A private Dovecot (`dovecot -c FILE`): `lmtp=True` serves LMTP on `port` delivering to
     `maildir(user, domain)`; else only the auth service on `auth_socket`. Mail and homes belong
     to the postfix user (any unprivileged account would do)."""
@@ -219,19 +219,7 @@ class Dovecot:
         else:
             text += _DOVECOT_AUTH.format(socket=self.auth_socket)
         self.config.write_text(text)
-        # The master daemonizes; its children would hold a pipe open, so its start-up errors
-        # go to a file.
-        errors = self.dir / "start.err"
-        with errors.open("wb") as err:
-            done = subprocess.run(
-                ["dovecot", "-c", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                timeout=30,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(f"dovecot failed: {errors.read_text()}\n{self.log_text()}")
+        self._launch()  # the master daemonizes: its start-up errors go to a file
         deadline = time.monotonic() + 15
         if self.lmtp:
             wait_for_listener(LOOPBACK, self.port, deadline)
@@ -241,29 +229,5 @@ class Dovecot:
                     raise RuntimeError(f"no dovecot auth socket:\n{self.log_text()}")
                 time.sleep(0.05)
 
-    def stop(self) -> None:
-        try:
-            pid = int((self.dir / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
     def maildir(self, user: str, domain: str) -> Path:
         return self.dir / "mail" / domain / user
-
-    def log_text(self) -> str:
-        try:
-            return (self.dir / "dovecot.log").read_text(errors="replace")
-        except OSError:
-            return ""
