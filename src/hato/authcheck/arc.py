@@ -36,6 +36,7 @@ from hato.authcheck.dkim import (
     key_name,
     relaxed_header,
 )
+from hato.authcheck.fastverify import FastARC
 from hato.authcheck.offload import Offload, in_thread
 from hato.authcheck.results import HEADER_NAME, MethodResult, claims_id, resinfo_entries
 from hato.model.dns import DnsAnswer, Resolver
@@ -157,7 +158,7 @@ def _validate(message: bytes, answers: Mapping[str, DnsAnswer], min_rsa_bits: in
     """dkimpy's part: CPU only, and picklable (it may run in another process)."""
     dnsfunc = answer_dnsfunc(answers)
     try:
-        validator = dkim.ARC(_refold_for_dkimpy(message), minkey=min_rsa_bits)
+        validator = FastARC(_refold_for_dkimpy(message), minkey=min_rsa_bits)
         cv, details, reason = validator.verify(dnsfunc=dnsfunc)
     except DKIMPY_ERRORS as error:
         # RFC 8617 §5.2: a chain that cannot be parsed or validated is "fail".

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 import dkim  # type: ignore[import-untyped]
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
+from hato.authcheck.fastverify import FastDKIM
 from hato.model.header import split_header_fields
 
 # A cap of ours (dkim.MAX_SIGNATURES): the signatures a message may have verified.
@@ -202,7 +203,7 @@ class SignatureBodies:
         return {index: done[key] for index, key in self._keys.items()}
 
 
-class HashedBodyDKIM(dkim.DKIM):  # type: ignore[misc]
+class HashedBodyDKIM(FastDKIM):
     """dkimpy's verifier for a message it gets only the header section of: the body hash
     of each signature was computed by `SignatureBodies` and is compared here (RFC 6376
     §6.1.3, "body hash mismatch" as dkimpy says it); dkimpy then checks the tags, fetches

@@ -22,6 +22,7 @@ import dkim  # type: ignore[import-untyped]
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
 from hato.authcheck.bodyhash import HashedBodyDKIM
+from hato.authcheck.fastverify import FastDKIM, parsed_key
 from hato.authcheck.offload import Offload, in_thread
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
 from hato.model.header import split_header_fields
@@ -150,7 +151,7 @@ def _verify_all(
     dnsfunc = answer_dnsfunc(answers)
     try:
         if body_hashes is None:
-            checker = dkim.DKIM(message, minkey=min_rsa_bits)
+            checker = FastDKIM(message, minkey=min_rsa_bits)
         else:
             checker = HashedBodyDKIM(message, body_hashes, min_rsa_bits)
     except DKIMPY_ERRORS as error:
@@ -223,7 +224,7 @@ def _key_problem(record: bytes, algorithm: str) -> str:
         # RFC 6376 §3.6.1: an empty p= means the key was revoked.
         return "key revoked"
     try:
-        _, _, ktag, _ = dkim.evaluate_pk(b"key", record)
+        ktag = parsed_key(record).ktag
     except DKIMPY_ERRORS as error:
         return f"bad key: {error}"
     # RFC 6376 §6.1.2 step 6: the key type must match the signature algorithm.
