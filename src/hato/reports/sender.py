@@ -82,26 +82,26 @@ class ReportSender:
         summary = RunSummary()
         # The store's calls may wait for another worker's lock: in a thread, not on the loop.
         dmarc = await asyncio.to_thread(self._store.dmarc_events, 0, end)
-        await self._kind("dmarc", dmarc, end, summary)
-        if self._tlsrpt:
-            tls = await asyncio.to_thread(self._store.tls_events, 0, end)
-            await self._kind("tlsrpt", tls, end, summary)
+        if dmarc:
+            begin = await self._begin("dmarc", dmarc)
+            for domain, events in _by_domain(dmarc, lambda e: e.policy.domain).items():
+                await self._dmarc(domain, events, begin, int(end), summary)
+            await asyncio.to_thread(self._store.mark_sent, "dmarc", end)
+        tls = await asyncio.to_thread(self._store.tls_events, 0, end) if self._tlsrpt else []
+        if tls:
+            begin = await self._begin("tlsrpt", tls)
+            for domain, records in _by_domain(tls, lambda e: e.policy_domain).items():
+                await self._tls(domain, records, begin, int(end), summary)
+            await asyncio.to_thread(self._store.mark_sent, "tlsrpt", end)
         removed = await asyncio.to_thread(self._store.prune, end)
         log.info(logfmt("reports-sent", sent=len(summary.sent), skipped=len(summary.skipped),
                         rows=removed))  # fmt: skip
         return summary
 
-    async def _kind(self, kind: str, events: Sequence[E], end: float, summary: RunSummary) -> None:
-        if not events:
-            return
+    async def _begin(self, kind: str, events: Sequence[DmarcEvent] | Sequence[TlsEvent]) -> int:
+        """The interval reported: from the end of the last report, else the first event."""
         last = await asyncio.to_thread(self._store.last_sent, kind)
-        begin = int(last if last is not None else min(e.time for e in events))
-        for domain, group in _by_domain(events).items():
-            if kind == "dmarc":
-                await self._dmarc(domain, group, begin, int(end), summary)  # type: ignore[arg-type]
-            else:
-                await self._tls(domain, group, begin, int(end), summary)  # type: ignore[arg-type]
-        await asyncio.to_thread(self._store.mark_sent, kind, end)
+        return int(last if last is not None else min(e.time for e in events))
 
     async def _dmarc(
         self, domain: str, events: list[DmarcEvent], begin: int, end: int, summary: RunSummary
@@ -176,9 +176,8 @@ class ReportSender:
             summary.skipped.append(f"{kind} {domain}: {reason}")
 
 
-def _by_domain(events: Sequence[E]) -> dict[str, list[E]]:
+def _by_domain(events: Sequence[E], domain: Callable[[E], str]) -> dict[str, list[E]]:
     groups: dict[str, list[E]] = {}
     for event in events:
-        key = event.policy.domain if isinstance(event, DmarcEvent) else event.policy_domain
-        groups.setdefault(key, []).append(event)
+        groups.setdefault(domain(event), []).append(event)
     return groups
