@@ -28,8 +28,6 @@ PACKAGE = "hato"
 KNOWN: dict[str, tuple[str, ...]] = {
     # intake: the session's steps into the intake pipeline.
     "intake": ("hato.server.*", "hato.intake.*"),
-    # latency: the composition root into boot/.
-    "latency": ("hato.app", "hato.supervisor", "hato.boot.*"),
 }
 
 

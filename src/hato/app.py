@@ -1,7 +1,8 @@
 """The composition root: reads settings, builds every room, binds the listeners, runs.
 
 Its pieces live in hato.boot (process, build, predrop, reload); this module wires them.
-May import every room. Nothing else imports this module except the CLI.
+May import every room. Nothing else imports this module but hato.supervisor, whose `serve`
+(`hato serve`) runs `run` in one process or in each worker.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING
 
 from hato.boot.acme import renew_op, start_acme
 from hato.boot.build import (
-    CurrentResolver,
     MeasuredCourier,
-    Shared,
     auth_throttle_settings,
     build_resolver,
     build_srs,
@@ -45,11 +43,12 @@ from hato.boot.process import (
     StartupError,
     bind,
     listen_socket,
-    usable_cpus,
 )
-from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, watch_tls
+from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
-from hato.boot.store import check_store, open_store_pool, open_users
+from hato.boot.shared import CurrentResolver, Shared
+from hato.boot.store import open_store_pool, open_users
+from hato.boot.tlswatch import watch_tls
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
@@ -57,7 +56,6 @@ from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsCache, DnsPythonResolver
-from hato.logsetup import configure_logging
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
@@ -68,7 +66,7 @@ from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy
 from hato.server.clientsetup import Published
 from hato.server.context import ListenerState, SessionContext, session_ids
-from hato.server.datadir import DataDirError, locked, server_secret
+from hato.server.datadir import DataDirError, server_secret
 from hato.server.direct import DirectDelivery
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
@@ -94,7 +92,7 @@ __all__ = [  # what hato.supervisor and hato.cli use of the composition root
     "build_tls",
     "listen_socket",
     "run",
-    "serve",
+    "server_owner",
 ]
 
 log = logging.getLogger("hato")
@@ -188,7 +186,10 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     resolver = shared.resolver
     keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
     maildir = MaildirCourier(
-        settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
+        settings.mailboxes,
+        settings.server.hostname,
+        clock=clock,
+        owner=mailbox_owner(settings),
     )
     counter = control.OutcomeCounter()
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
@@ -439,7 +440,7 @@ def _bind_control(settings: Settings, data_dir: Path) -> tuple[socket.socket, so
     submission socket in root's /run/hato was an ExceptionGroup after it)."""
     path = settings.server.submit_socket
     try:
-        return control.bind_sockets(data_dir / "control.sock", path, _owner(settings))
+        return control.bind_sockets(data_dir / "control.sock", path, server_owner(settings))
     except OSError as exc:
         where = f"server.submit_socket: {path}" if path else f"server.data_dir: {data_dir}"
         raise StartupError(
@@ -464,42 +465,7 @@ async def _drain(states: list[ListenerState]) -> None:
                 session.transport.abort()
 
 
-def _use_uvloop() -> bool:
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
-def serve(settings: Settings, *, source: str) -> int:
-    """Run the server until SIGTERM/SIGINT; the exit code follows sysexits.h."""
-    handler = configure_logging(settings.server.log_format, settings.server.log_level)
-    fast = _use_uvloop()
-    log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
-    workers = settings.server.workers or usable_cpus()
-    try:
-        with locked(Path(settings.server.data_dir), _owner(settings), settings.data_dir_origin):
-            check_store(settings)  # [store] postgresql: reachable, at our schema version
-            if workers > 1:
-                from hato.supervisor import supervise
-
-                return supervise(settings, source, workers, handler)
-            asyncio.run(run(settings, source))
-    except (StartupError, DataDirError) as exc:
-        log.error(logfmt("startup-failed", detail=str(exc)))
-        handler.flush()
-        print(f"hato: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return EX_OK
-    log.info(logfmt("stopped"))
-    handler.flush()
-    return EX_OK
-
-
-def _owner(settings: Settings) -> tuple[int, int] | None:
+def server_owner(settings: Settings) -> tuple[int, int] | None:
     if settings.server.user is None or os.geteuid() != 0:
         return None
     try:
@@ -507,9 +473,3 @@ def _owner(settings: Settings) -> tuple[int, int] | None:
     except PrivilegeError as exc:
         raise StartupError(str(exc), EX_CONFIG) from exc
     return identity.uid, identity.gid
-
-
-def _version() -> str:
-    from hato import __version__
-
-    return __version__

@@ -1,9 +1,9 @@
-"""Several server processes on one data directory (`[server] workers`), for when one core is
-the limit (issue 2: one process per core).
+"""`hato serve` (`serve`: logging, the event loop, the data directory's lock, then hato.app's
+`run` in this process or in workers), and the supervisor of several server processes on one
+data directory (`[server] workers`, by default one per CPU; issue 2: one process per core).
 
 Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
-forks the workers (`[server] workers`, by default one per CPU). Each worker runs the whole
-server (sessions, queue writer, runner) on the
+forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
 sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
 the first also the submission listeners and the control socket, so AUTH throttling stays in
 one process (sending limits are shared through the data directory: policy/ratelimit.py).
@@ -47,7 +47,10 @@ from hato.app import (
     build_tls,
     listen_socket,
     run,
+    server_owner,
 )
+from hato.boot.process import usable_cpus
+from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
 from hato.logsetup import configure_logging
@@ -56,6 +59,7 @@ from hato.policy import LIMITS_DB, connections
 from hato.policy.greylist import SCREEN_DB, ScreenStore
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
+from hato.server.datadir import DataDirError, locked
 from hato.server.privileges import PrivilegeError, lookup_identity
 
 if TYPE_CHECKING:
@@ -236,3 +240,44 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
     log.info(logfmt("stopped", workers=workers))
     handler.flush()
     return status
+
+
+def _use_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def serve(settings: Settings, *, source: str) -> int:
+    """Run the server until SIGTERM/SIGINT; the exit code follows sysexits.h."""
+    handler = configure_logging(settings.server.log_format, settings.server.log_level)
+    fast = _use_uvloop()
+    log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
+    workers = settings.server.workers or usable_cpus()
+    try:
+        with locked(
+            Path(settings.server.data_dir), server_owner(settings), settings.data_dir_origin
+        ):
+            check_store(settings)  # [store] postgresql: reachable, at our schema version
+            if workers > 1:
+                return supervise(settings, source, workers, handler)
+            asyncio.run(run(settings, source))
+    except (StartupError, DataDirError) as exc:
+        log.error(logfmt("startup-failed", detail=str(exc)))
+        handler.flush()
+        print(f"hato: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EX_OK
+    log.info(logfmt("stopped"))
+    handler.flush()
+    return EX_OK
+
+
+def _version() -> str:
+    from hato import __version__
+
+    return __version__

@@ -58,7 +58,7 @@ def _reconfigure(hato: OutboundHato, extra: str) -> None:
     """Stop, write the new outbound config, start again: the queued message stays."""
     hato.stop()
     hato.outbound = replace(hato.outbound, extra=extra)
-    hato.config.write_text(hato._config_text(), encoding="utf-8")
+    hato.config.write_text(hato.config_text(), encoding="utf-8")
     hato.start()
 
 

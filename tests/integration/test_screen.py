@@ -323,7 +323,7 @@ def test_reload_turns_the_screen_on(
     for _ in range(2):
         assert _greeting(server, "127.0.0.71")[0] == 220
     server.screen = "connection_rate = 1"
-    server.config.write_text(server._config_text(), encoding="utf-8")
+    server.config.write_text(server.config_text(), encoding="utf-8")
     done = server.hato("reload")
     assert done.returncode == 0, done.stdout + done.stderr
     assert _greeting(server, "127.0.0.72")[0] == 220

@@ -113,7 +113,7 @@ def test_a_reload_serves_the_new_mode_under_the_new_id(web: WebHato, test_ca: Te
     fetcher = HttpsPolicyFetcher(test_ca.client_context(), 10.0, ("127.0.0.1", web.web_port))
     before = _sts_record(web, "users.test")
     web.mode = "testing"
-    web.config.write_text(web._config_text())
+    web.config.write_text(web.config_text())
     applied = web.hato("reload")
     assert applied.returncode == 0 and "domain" in applied.stdout, applied
     after = _sts_record(web, "users.test")

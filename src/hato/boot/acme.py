@@ -21,7 +21,7 @@ from hato.acme.client import AcmeError, Order
 from hato.acme.manager import CertificateManager
 from hato.acme.store import CertFiles
 from hato.boot.process import EX_CANTCREAT, StartupError
-from hato.boot.reload import reload_tls
+from hato.boot.tlswatch import reload_tls
 from hato.config.acme_sections import AcmeSettings
 from hato.config.settings import Settings
 from hato.model import Clock, logfmt

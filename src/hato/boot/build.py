@@ -9,24 +9,21 @@ May import every room.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
-from hato.boot.filters import SpamFilters, milters_for_role
+from hato.boot.filters import milters_for_role
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
-from hato.crypto import KeyStore
+from hato.boot.shared import Shared
 from hato.dbcache import CachedUsers
 from hato.delivery.owner import OwnerError, resolve_owner
-from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver, Resolution
+from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
 from hato.directory.srs import Srs, load_key
-from hato.dns import DnsPythonResolver
 from hato.model import (
     Address,
     Clock,
@@ -35,23 +32,16 @@ from hato.model import (
     QueuedMessage,
     QueuedRecipient,
     Role,
-    SystemClock,
     UserDirectory,
     logfmt,
 )
 from hato.policy import (
-    AuthThrottle,
     AuthThrottleSettings,
     ClientNetwork,
     ListenerNetworkRules,
     NetworkTable,
-    SendLimiter,
     SendLimitSettings,
 )
-from hato.policy.greylist import ScreenStore
-from hato.queue import QueueStore
-from hato.reports import Recorder
-from hato.server.clientsetup import Published
 from hato.server.httpguard import HttpLimits
 from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics
@@ -128,7 +118,7 @@ def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
     and none is configured (the embedded default)."""
     try:
         if settings.tls is not None and settings.tls.acme is not None:
-            from hato.boot.acme import placeholder  # it imports boot.reload, which imports us
+            from hato.boot.acme import placeholder  # the ACME client only when configured
 
             files = placeholder(data_dir, settings.server.hostname)
             return ReloadingContext.load(files.cert, files.key)
@@ -224,50 +214,6 @@ def build_resolver(
         postmaster=settings.local.postmaster,
         srs=srs,
     )
-
-
-@dataclass(slots=True)
-class Shared:
-    """The long-lived pieces every listener shares; a reload (SIGHUP) keeps them."""
-
-    clock: SystemClock
-    data_dir: Path
-    queue: QueueStore
-    dns: DnsPythonResolver
-    users: UserStore
-    keys: KeyStore
-    tls: ReloadingContext | None
-    throttle: AuthThrottle
-    limiter: SendLimiter
-    verify_slots: asyncio.Semaphore
-    resolver: CurrentResolver
-    srs: tuple[Srs, Clock] | None = None  # [local] srs: the resolver's reversal (a restart key)
-    filters: SpamFilters = field(default_factory=SpamFilters)  # rspamd clients ([rspamd])
-    metrics: Metrics = field(default_factory=Metrics)
-    screen_store: ScreenStore | None = None  # DATA_DIR/screen.db, once [screen] needs it
-    # What the web endpoint serves for each domain (MTA-STS, autoconfig); a reload swaps it.
-    published: Published = field(default_factory=Published)
-    reports: Recorder | None = None  # [reports] enabled: DATA_DIR/reports.db (boot/reportwatch)
-    # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
-    # found, shown by `hato status` until a reload or restart finds it fixed.
-    problems: list[str] = field(default_factory=list)
-
-
-class CurrentResolver:
-    """The recipient resolver of the configuration in force; a reload swaps `current`, and
-    every holder (sessions, the routing courier, local submission) sees the new one."""
-
-    def __init__(self, current: RecipientResolver) -> None:
-        self.current = current
-
-    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
-        return self.current.resolve(address, wildcards=wildcards)
-
-    def owns(self, user: Address, address: Address) -> bool:
-        return self.current.owns(user, address)
-
-    def is_local_domain(self, domain: str) -> bool:
-        return self.current.is_local_domain(domain)
 
 
 def configured_fields(

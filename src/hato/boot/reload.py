@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from hato.boot.build import Shared, build_resolver, configured_fields, send_limit_settings
+from hato.boot.build import build_resolver, configured_fields, send_limit_settings
+from hato.boot.shared import Shared
+from hato.boot.tlswatch import reload_tls
 from hato.boot.web import publications
 from hato.delivery.outbound import OutboundCourier
 from hato.model import logfmt
 from hato.outbound_setup import outbound_settings, verify_contexts
 from hato.server.context import SessionContext
-from hato.server.tls import ReloadingContext, TLSConfigError
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -50,7 +51,6 @@ log = logging.getLogger("hato")
 
 _OUTBOUND = frozenset({"transport", "smarthost", "delivery"})
 REPLY_TIMEOUT = 30.0  # seconds `hato reload` waits for a worker's outcome
-TLS_WATCH_SECONDS = 30.0  # how often certificate files are checked for a renewal
 
 # The TOML names of the Settings fields that hold arrays of tables.
 _TOML_NAMES = {
@@ -283,21 +283,3 @@ class LiveConfiguration:
                 setattr(ctx, name, value)
         shared.problems[:] = problems
         self.settings = new
-
-
-def reload_tls(tls: ReloadingContext | None, force: bool) -> None:
-    """SIGHUP, or the files changed: new handshakes use the new certificate; sessions already
-    on TLS keep theirs, so nothing is dropped."""
-    if tls is None:
-        return
-    try:
-        if tls.refresh(force=force):
-            log.info(logfmt("tls-reloaded", cert=tls.cert, not_after=tls.not_after().isoformat()))
-    except TLSConfigError as exc:
-        log.error(logfmt("tls-reload-failed", detail=str(exc), kept="the previous certificate"))
-
-
-async def watch_tls(tls: ReloadingContext) -> None:
-    while True:
-        await asyncio.sleep(TLS_WATCH_SECONDS)
-        reload_tls(tls, False)

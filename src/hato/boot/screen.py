@@ -12,7 +12,7 @@ from hato.policy.screen import DnsblSite
 from hato.server.screen import Screen, ScreenRules
 
 if TYPE_CHECKING:
-    from hato.boot.build import Shared
+    from hato.boot.shared import Shared
     from hato.config import Settings
 
 

@@ -136,6 +136,11 @@ class HatoServer:
         ]
         return "\n".join(lines)
 
+    def config_text(self) -> str:
+        """What `start` writes to the config file (a test that changes its settings and
+        reloads writes this again)."""
+        return _one_worker_unless_set(self._config_text())
+
     def hato(self, *args: str) -> subprocess.CompletedProcess[str]:
         """A `hato` command against this server's config and data dir (running or not)."""
         return subprocess.run(
@@ -163,7 +168,7 @@ class HatoServer:
     def _prepare(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(_one_worker_unless_set(self._config_text()), encoding="utf-8")
+        self.config.write_text(self.config_text(), encoding="utf-8")
         for domain in self.setup.domains:
             for user in domain.users:
                 address = f"{user}@{domain.name}"
