@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
-MAX_REPORT_SIZE = 50 * 1024 * 1024  # octets of one decompressed report
+MAX_REPORT_SIZE = 50 * 1024 * 1024  # octets of one decompressed report (and of a whole zip)
+MAX_EXPANDED = 4 * MAX_REPORT_SIZE  # octets decompressed in all for one input
+MAX_DEPTH = 3  # a message, its attachment, a compressed report in it: no deeper nesting
 MAX_MEMBERS = 16  # zip members read
 MAX_PARTS = 64  # MIME parts looked at in one message
 _DOCTYPE = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -84,6 +86,13 @@ class Found:
     dmarc: list[DmarcReport] = field(default_factory=list)
     tls: list[TlsReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    budget: int = MAX_EXPANDED  # octets still to be decompressed for this input
+
+    def spend(self, data: bytes) -> bytes:
+        self.budget -= len(data)
+        if self.budget < 0:
+            raise ReportError(f"decompresses to more than {MAX_EXPANDED} octets in all")
+        return data
 
 
 def read_reports(data: bytes, name: str = "-") -> Found:
@@ -95,11 +104,14 @@ def read_reports(data: bytes, name: str = "-") -> Found:
 
 def _read(data: bytes, name: str, found: Found, depth: int) -> None:
     try:
+        archive = data.startswith((b"PK\x03\x04", b"\x1f\x8b"))
+        if archive and depth >= MAX_DEPTH:
+            raise ReportError("compressed data nested too deep")
         if data.startswith(b"PK\x03\x04"):
             for member, content in _unzip(data):
-                _read(content, f"{name}:{member}", found, depth + 1)
+                _read(found.spend(content), f"{name}:{member}", found, depth + 1)
         elif data.startswith(b"\x1f\x8b"):
-            _read(gunzip(data), name, found, depth + 1)
+            _read(found.spend(gunzip(data)), name, found, depth + 1)
         elif (text := data.lstrip(b"\xef\xbb\xbf \t\r\n")).startswith(b"<"):
             found.dmarc.append(parse_dmarc(text))
         elif text.startswith(b"{"):
@@ -129,12 +141,14 @@ def _unzip(data: bytes, limit: int = MAX_REPORT_SIZE) -> list[tuple[str, bytes]]
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [i for i in archive.infolist() if not i.is_dir()][:MAX_MEMBERS]
         out = []
+        left = limit  # for the whole archive: 16 members of 50 MB would be 800 MB at once
         for info in members:
-            # The declared size can lie: read at most limit + 1 octets whatever it says.
+            # The declared size can lie: read at most what is left + 1 whatever it says.
             with archive.open(info) as member:
-                content = member.read(limit + 1)
-            if len(content) > limit:
-                raise ReportError(f"{info.filename} decompresses to more than {limit} octets")
+                content = member.read(left + 1)
+            left -= len(content)
+            if left < 0:
+                raise ReportError(f"decompresses to more than {limit} octets")
             out.append((info.filename, content))
         return out
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:

@@ -100,6 +100,20 @@ def test_a_zip_bomb_stops_at_the_bound() -> None:
     assert len(bomb) < 200_000
     found = read_reports(bomb, "bomb.zip")
     assert found.dmarc == [] and "more than" in found.errors[0]
+    # Many members under the bound each are bounded together (not 16 x 50 MB in memory).
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in range(8):
+            archive.writestr(f"r{n}.xml", b"<feedback>" + b" " * (10 * 1024 * 1024))
+    found = read_reports(buffer.getvalue(), "many.zip")
+    assert found.dmarc == [] and "more than" in found.errors[0]
+
+
+def test_nested_archives_stop() -> None:
+    nested = gzip.compress(gzip.compress(gzip.compress(gzip.compress(_xml()))))
+    found = read_reports(nested, "nested.gz")
+    assert found.dmarc == [] and "nested too deep" in found.errors[0]
+    assert read_reports(gzip.compress(_xml())).dmarc  # one level is what receivers send
 
 
 @pytest.mark.parametrize(
