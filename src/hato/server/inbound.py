@@ -6,7 +6,9 @@ received, bounded in size) once DATA has ended and before the queue commit; the 
 concurrently through the DNS seam, under one time budget for the whole message (DMARC gets
 what SPF, DKIM and ARC left of it); anything that cannot be decided in time is a temperror,
 never a hang. dkimpy's hashing runs in a small pool of worker processes (`ProcessPool`), never
-on the event loop, so a big message with many signatures stalls no other session. Past 10 MiB
+on the event loop, so a big message with many signatures stalls no other session; a message of
+at most 64 KiB is verified in a thread instead, which costs a third of the CPU
+(authcheck/offload.py, NEARBY_LIMIT). Past 10 MiB
 only the header section is handed over, with the body hashes of its DKIM signatures computed
 in threads (`lanes`) as it streamed in (server/capture.py); SPF and DMARC are the same. The
 verdict is
@@ -45,7 +47,7 @@ from hato.authcheck import (
     verify_arc,
     verify_dkim,
 )
-from hato.authcheck.offload import ProcessPool, WorkerPool
+from hato.authcheck.offload import BySize, ProcessPool, WorkerPool
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
@@ -95,6 +97,8 @@ class InboundChecker:
         self._budget = budget
         self._rng = rng or random.Random()
         self.offload = ProcessPool()
+        # Small messages are verified in a thread: cheaper than the pool (offload.NEARBY_LIMIT).
+        self.routes = BySize(WorkerPool(1), self.offload)
         self.lanes = WorkerPool()  # streamed body hashes (server/capture.py)
 
     async def check(
@@ -188,7 +192,8 @@ class InboundChecker:
                     return await verify_dkim(
                         message.header, self._resolver, offload=self.offload, body_hashes=hashes
                     )
-                return await verify_dkim(message, self._resolver, offload=self.offload)
+                offload = self.routes.for_size(len(message))
+                return await verify_dkim(message, self._resolver, offload=offload)
         except TimeoutError:
             if isinstance(message, LargeMessage):
                 message.lane.abandon()  # stop hashing what no one waits for
@@ -201,7 +206,8 @@ class InboundChecker:
             return ArcResult(ArcStatus.NONE, reason="message too large to verify")
         try:
             async with asyncio.timeout_at(deadline):
-                return await verify_arc(message, self._resolver, offload=self.offload)
+                offload = self.routes.for_size(len(message))
+                return await verify_arc(message, self._resolver, offload=offload)
         except TimeoutError:
             return ArcResult(ArcStatus.FAIL, reason="time budget exceeded")
 
