@@ -97,8 +97,19 @@ def _quiet(*_args: object) -> None:
 
 class DnsTestServer:
     def __init__(
-        self, zone: ZoneDict | str = "", *, default_ttl: int = 300, negative_ttl: int = 60
+        self,
+        zone: ZoneDict | str = "",
+        *,
+        default_ttl: int = 300,
+        negative_ttl: int = 60,
+        address: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`address`/`port`: where to listen (default a random port on 127.0.0.1); a fixed
+        port 53 on another loopback address lets a program that reads /etc/resolv.conf (which
+        has no port) be pointed at this server (benchmarks/suite.py)."""
+        self.address = address
+        self._want_port = port
         self.default_ttl = default_ttl
         self.negative_ttl = negative_ttl
         self.servfail: set[str] = set()
@@ -142,18 +153,22 @@ class DnsTestServer:
     @property
     def nameserver(self) -> str:
         """``127.0.0.1:PORT``: what DnsPythonResolver and [dns].nameservers take."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self) -> None:
         logger = _SilentLogger()
         for _attempt in range(20):
             udp = DNSServer(
-                _Answerer(self), address="127.0.0.1", port=0, logger=logger, handler=_Handler
+                _Answerer(self),
+                address=self.address,
+                port=self._want_port,
+                logger=logger,
+                handler=_Handler,
             )
             port = udp.server.server_address[1]
             try:
                 tcp = DNSServer(
-                    _Answerer(self), address="127.0.0.1", port=port, tcp=True, logger=logger
+                    _Answerer(self), address=self.address, port=port, tcp=True, logger=logger
                 )
             except OSError:
                 udp.server.server_close()
