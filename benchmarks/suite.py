@@ -45,19 +45,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite_servers as ss
 from loadclient import write_messages
-from smtp_vs_postfix import _tree, machine, settle
-from suite_idle import IdleResult, idle_cell
-from suite_report import Row, write_section
-
-from hato.authcheck.dkim.sign import DkimAlgorithm, DkimSigner, generate_key, load_signing_key
-from hato.model.seams import SystemClock
 from peers import maildir
 from peers.net import find_peer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 from peers.tls import make_test_ca
+from smtp_vs_postfix import _tree, machine, settle
+from suite_idle import IdleResult, idle_cell
+from suite_report import Row, write_section
+
+from dnsserver import DnsTestServer
+from hato.authcheck.dkim.sign import DkimAlgorithm, DkimSigner, generate_key, load_signing_key
+from hato.model.seams import SystemClock
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "bench.test"
+# The fan-out cell's domain: real accounts, so that both servers deliver into 100 Maildirs
+# (through the accept-any catch-all Postfix would write all 100 copies into one).
+FAN_DOMAIN = "fan.test"
+FAN_USERS = ("fan", *(f"{n}fan" for n in range(101)))  # smtp-source -r numbers them
 SIZE = 10240
 GROUPS = ("engine", "mx", "out", "idle", "big")
 
@@ -178,26 +183,35 @@ class PeakSampler:
         self._thread.join()
 
 
-def count_domain(side: Side) -> int:
-    """Messages in every Maildir of DOMAIN (Hato: a Maildir per local part; Postfix: one)."""
-    base = side.server.mailboxes() / DOMAIN
+def count_domain(side: Side, domain: str = DOMAIN) -> int:
+    """Messages in every Maildir of `domain` (Hato: a Maildir per local part; Postfix: one
+    for the accept-any domain, one per account otherwise)."""
+    base = side.server.mailboxes() / domain
     if not base.is_dir():
         return 0
     return sum(maildir.count(box) for box in base.iterdir() if box.is_dir())
+
+
+def count_fan(side: Side) -> int:
+    return count_domain(side, FAN_DOMAIN)
 
 
 def count_log(side: Side) -> int:
     return side.server.log_text().count(side.log_counter)
 
 
-def measured(
-    cell: str, side: Side, expect: int, load: Callable[[], None], counter: Callable[[Side], int]
-) -> Run:
+def measured(cell: str, side: Side, expect: int, load: Load, counter: Callable[[Side], int]) -> Run:
     before = counter(side)
     cpu0 = tree_cpu(side.pids())
     start = time.monotonic()
+
+    def mark() -> None:
+        """Called by the load just before its first connection (after its own start-up)."""
+        nonlocal start
+        start = time.monotonic()
+
     with PeakSampler(side) as sampler:
-        load()
+        load(mark)
         deadline = time.monotonic() + 900
         while counter(side) < before + expect:
             if time.monotonic() > deadline:
@@ -217,11 +231,15 @@ def measured(
     return run
 
 
-def smtp_source(side: Side, args: list[str]) -> Callable[[], None]:
+Load = Callable[[Callable[[], None]], None]
+
+
+def smtp_source(side: Side, args: list[str]) -> Load:
     binary = find_peer("smtp-source") or "smtp-source"
 
-    def load() -> None:
+    def load(mark: Callable[[], None]) -> None:
         target = f"{side.server.host}:{side.server.port}"
+        mark()
         done = subprocess.run([binary, *args, target], capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(f"smtp-source against {side.name}: {done.stderr[-2000:]}")
@@ -229,12 +247,26 @@ def smtp_source(side: Side, args: list[str]) -> Callable[[], None]:
     return load
 
 
-def loadclient(target: str, args: list[str]) -> Callable[[], None]:
-    def load() -> None:
+def loadclient(target: str, args: list[str]) -> Load:
+    def load(mark: Callable[[], None]) -> None:
         command = [sys.executable, str(Path(__file__).with_name("loadclient.py")), *args, target]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise RuntimeError(f"loadclient {target}: {done.stdout} {done.stderr[-2000:]}")
+        proc = subprocess.Popen(
+            [*command, "--wait"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"loadclient {target} did not start: {proc.communicate()}")
+        mark()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadclient {target}: {out} {err[-2000:]}")
 
     return load
 
@@ -250,7 +282,7 @@ class Suite:
         self.sides: dict[str, list[Side]] = {}
         self.files: dict[str, Path] = {}  # appendix: name -> config file as used
         self.notes: list[str] = []
-        self.dns: ss.DnsTestServer | None = None
+        self.dns: DnsTestServer | None = None
         self.resolv = ss.private_resolv(work)
         self.messages = args.messages or (200 if self.quick else 2000)
 
@@ -260,10 +292,13 @@ class Suite:
         self.sender_key = load_signing_key(key_pem)
         self.dns = ss.start_dns(ss.zone(key_txt))
         plain = MailSetup(
-            domains=(DomainSetup(DOMAIN, accept_any=True),),
+            domains=(
+                DomainSetup(DOMAIN, accept_any=True),
+                DomainSetup(FAN_DOMAIN, users=FAN_USERS),
+            ),
             max_message_size=20 * 1024 * 1024,
             max_recipients=100,
-            min_free_space=16 * 1024 * 1024,
+            min_free_space=32 * 1024 * 1024,  # Postfix wants 1.5x the size limit
             # Hato allows 50 connections per client IP, as Postfix: the load comes from one IP,
             # and a closing connection still counts; 200 on both sides, as smtp_vs_postfix.py.
             max_connections_per_ip=200,
@@ -282,8 +317,10 @@ class Suite:
                 self.work / "hato-idle",
                 plain,
                 replace=(
-                    ("max_connections_per_ip = 200", "max_connections_per_ip = 12000\n"
-                     "max_connections = 12000"),
+                    (
+                        "max_connections_per_ip = 200",
+                        "max_connections_per_ip = 12000\nmax_connections = 12000",
+                    ),
                 ),
             )
             self.sides["idle"] = [Side("hato", idle)]
@@ -341,7 +378,9 @@ class Suite:
         key_file.write_bytes(key_pem)
         key_file.chmod(0o600)
         dkim = ss.opendkim(addons / "opendkim", self.resolv, "s", (ss.OUT_DOMAIN, key_file))
-        dovecot, sasl = ss.dovecot_auth(addons / "dovecot", "sender@" + ss.OUT_DOMAIN, USER_PASSWORD)
+        dovecot, sasl = ss.dovecot_auth(
+            addons / "dovecot", "sender@" + ss.OUT_DOMAIN, USER_PASSWORD
+        )
         (addons / "dovecot" / "passwd").chmod(0o644)
         pf = ss.BenchPostfix(self.work / "pf-out", plain, ss.SUBMISSION_MAIN, ss.SUBMISSION_MASTER)
         pf.opendkim_port = dkim.port  # type: ignore[attr-defined]
@@ -468,12 +507,8 @@ class Suite:
         cell = "fan-out 100"
         # smtp-source -r 100: 100 recipients per message, a number prepended to each local part.
         args = ["-s", "10", "-m", str(m), "-r", "100", "-l", str(SIZE), "-f", "bench@client.test"]
-        args += ["-t", f"fan@{DOMAIN}"]
-        return (
-            cell,
-            side,
-            lambda: measured(cell, side, m * 100, smtp_source(side, args), count_domain),
-        )
+        args += ["-t", f"fan@{FAN_DOMAIN}"]
+        return cell, side, lambda: measured(cell, side, m * 100, smtp_source(side, args), count_fan)
 
     def stop(self) -> None:
         for sides in self.sides.values():
@@ -513,6 +548,7 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=10000, help="idle connections to hold")
     parser.add_argument("--note", default="", help="a line printed above the tables")
     parser.add_argument("--no-write", action="store_true", help="print, not into the docs")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (see the docstring)", file=sys.stderr)
@@ -539,7 +575,9 @@ def main() -> int:
                 runs.append(step())
         if "idle" in groups:
             settle(pause)
-            idle = idle_cell(suite.sides["idle"][0].server, args.idle, tree_pss)
+            server = suite.sides["idle"][0].server
+            assert isinstance(server, ss.BenchHato)
+            idle = idle_cell(server, args.idle, tree_pss)
         evidence = check_results(suite)
         appendix = {name: path.read_text() for name, path in suite.files.items()}
     finally:
@@ -565,11 +603,12 @@ def main() -> int:
     )
     if args.no_write:
         print(section)
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}", file=sys.stderr)
     print(json.dumps({"runs": len(runs)}), file=sys.stderr)
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ WHAT = {
     "mx": "msg/s delivered, SPF/DKIM/DMARC checked on both, DKIM-signed 10 KiB from 127.0.0.2",
     "out": "msg/s handed to smtp-sink, AUTH PLAIN after STARTTLS, DKIM signing on both",
     "big": "msg/s delivered, 10 sessions; peak PSS sampled every 0.2 s",
-    "fan-out": "recipient deliveries/s, one 10 KiB message to 100 local recipients, 10 sessions",
+    "fan-out": "recipient deliveries/s, 10 KiB messages each to 100 accounts (100 Maildirs on "
+    "both), 10 sessions",
 }
 
 
@@ -74,8 +75,7 @@ def each_run(rows: list[Row]) -> list[str]:
     for row in rows:
         by.setdefault((row.cell, row.server), []).append(row)
     return [
-        f"- {cell}, {server}: "
-        + ", ".join(f"{r.rate:.0f} msg/s ({r.cpu_ms:.2f} ms)" for r in runs)
+        f"- {cell}, {server}: " + ", ".join(f"{r.rate:.0f} msg/s ({r.cpu_ms:.2f} ms)" for r in runs)
         for (cell, server), runs in by.items()
     ]
 
@@ -143,7 +143,7 @@ def section(
         lines += ["The checks did run in the mx cell (the first stored message's fields):", ""]
         lines += [f"- {e}" for e in evidence] + [""]
     if idle is not None:
-        lines += ["#### Idle connections", ""] + idle_lines(idle) + [""]
+        lines += ["#### Idle connections", "", *idle_lines(idle), ""]
     if appendix:
         lines += ["#### Appendix: Postfix and its add-ons as configured for this run", ""]
         for name, text in appendix.items():

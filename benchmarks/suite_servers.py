@@ -23,11 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dnsserver import DnsTestServer, ZoneValue
 from peers.hato import HatoServer, hato_binary
 from peers.net import LOOPBACK, free_port
 from peers.postfix import PostfixServer
 from peers.server import MailSetup
+
+from dnsserver import DnsTestServer, ZoneValue
 
 DNS_ADDRESS = "127.0.0.153"  # loopback; port 53, so that /etc/resolv.conf can name it
 CLIENT_ADDRESS = "127.0.0.2"  # the "Internet" sender of the mx cell (not 127.0.0.1, see below)
@@ -65,7 +66,9 @@ def private_resolv(work: Path) -> Path:
 
 def in_namespace(resolv: Path, command: list[str]) -> list[str]:
     """`command` in a private mount namespace whose /etc/resolv.conf is `resolv`."""
-    script = f"mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf && exec {shlex.join(command)}"
+    script = (
+        f"mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf && exec {shlex.join(command)}"
+    )
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
 
 
@@ -188,7 +191,8 @@ skip_addresses = 192.0.2.1/32
 
 MX_MAIN = """
 # --- the mx cell: Debian's add-ons doing SPF, DKIM, DMARC (as their README.Debian set up)
-smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service unix:private/policyd-spf
+smtpd_recipient_restrictions = reject_unauth_destination,
+    check_policy_service unix:private/policyd-spf
 policyd-spf_time_limit = 3600
 smtpd_milters = inet:127.0.0.1:{postfix.opendkim_port}, inet:127.0.0.1:{postfix.opendmarc_port}
 non_smtpd_milters = $smtpd_milters
@@ -209,6 +213,7 @@ relayhost = [127.0.0.1]:{postfix.sink_port}
 """
 
 SUBMISSION_MASTER = """\
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 127.0.0.1:{postfix.submission_port} inet n - n - - smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_security_level=encrypt
@@ -222,14 +227,18 @@ SUBMISSION_MASTER = """\
 class Daemon:
     """A foreground add-on (OpenDKIM, OpenDMARC, Dovecot, smtp-sink) as one child process."""
 
-    def __init__(self, name: str, command: list[str], work: Path, port: int | None) -> None:
+    def __init__(
+        self, name: str, command: list[str], work: Path, port: int | None, ready: Path | None = None
+    ) -> None:
+        """Started once `port` accepts connections, or (port None) once `ready` exists."""
+        self.ready = ready
         self.name = name
         self.command = command
         self.work = work
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: Path | None = None) -> None:
+    def start(self) -> None:
         out = open(self.work / f"{self.name}.out", "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
             self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -245,7 +254,7 @@ class Daemon:
                     return
                 except OSError:
                     pass
-            elif ready is not None and ready.exists():
+            elif self.ready is not None and self.ready.exists():
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start: {self.log_text()[-2000:]}")
@@ -284,11 +293,16 @@ def opendkim(work: Path, resolv: Path, mode: str, key: tuple[str, Path] | None =
     if key is not None:
         domain, path = key
         lines += [f"Domain {domain}", f"Selector {SELECTOR}", f"KeyFile {path}"]
+        # The key lives in the suite's directory under /tmp, which OpenDKIM's safe-key check
+        # refuses (a world-writable parent); the key file itself is 0600.
+        lines += ["RequireSafeKeys false"]
         # Debian's default InternalHosts (127.0.0.1) is where the submission client connects
         # from; signing applies to authenticated clients as well (MTA sets the macro).
     config = work / "opendkim.conf"
     config.write_text("\n".join(lines) + "\n")
-    return Daemon("opendkim", in_namespace(resolv, ["opendkim", "-f", "-x", str(config)]), work, port)
+    return Daemon(
+        "opendkim", in_namespace(resolv, ["opendkim", "-f", "-x", str(config)]), work, port
+    )
 
 
 def opendmarc(work: Path, resolv: Path) -> Daemon:
@@ -329,7 +343,7 @@ def dovecot_auth(work: Path, user: str, password: str) -> tuple[Daemon, Path]:
         "userdb {\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}\n"
         f"service auth {{\n  unix_listener {socket_path} {{\n    mode = 0666\n  }}\n}}\n"
     )
-    daemon = Daemon("dovecot", ["dovecot", "-F", "-c", str(config)], work, None)
+    daemon = Daemon("dovecot", ["dovecot", "-F", "-c", str(config)], work, None, socket_path)
     return daemon, socket_path
 
 
