@@ -34,7 +34,7 @@ class Submitter:
 
 def _row_key(e: DmarcEvent) -> tuple[object, ...]:
     return (e.source_ip, e.disposition, e.dkim_aligned, e.spf_aligned, e.reason, e.header_from,
-            e.spf_domain, e.spf_result, e.dkim)  # fmt: skip
+            e.envelope_from, e.spf_domain, e.spf_result, e.dkim)  # fmt: skip
 
 
 def _source_ip(text: str) -> str:
@@ -104,6 +104,9 @@ def _record(root: ET.Element, event: DmarcEvent, count: int) -> None:
         reason = ET.SubElement(evaluated, "reason")
         _add(reason, "type", event.reason)
     identifiers = ET.SubElement(record, "identifiers")
+    # RFC 7489 Appendix C IdentifierType: envelope_from (the RFC 5321.MailFrom domain, empty
+    # for the null reverse path) is required before header_from.
+    _add(identifiers, "envelope_from", event.envelope_from)
     _add(identifiers, "header_from", event.header_from)
     results = ET.SubElement(record, "auth_results")
     for dkim in event.dkim:
