@@ -47,7 +47,7 @@ from hato.boot.process import (
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
 from hato.boot.shared import CurrentResolver, Shared
-from hato.boot.store import open_store_pool, open_users
+from hato.boot.store import open_queue, open_store_pool, open_users
 from hato.boot.tlswatch import watch_tls
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
@@ -60,7 +60,7 @@ from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
-from hato.queue import Queue, QueueRunner, Schedule
+from hato.queue import QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy
@@ -152,13 +152,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     if identity is not None and settings.local.aliases_file is not None:
         check_after_drop([("local.aliases_file", settings.local.aliases_file)], identity)
     notifier = Notifier.from_env()
-    queue = await Queue.open(
-        data_dir / "queue",
-        clock=clock,
-        node_id=node_id,
-        min_free=settings.queue.min_free_space,
-        recover=worker is None,  # with workers, the supervisor recovered before starting them
-        id_slot=worker.index if worker is not None else 0,
+    queue = await open_queue(  # SQLite in DATA_DIR/queue, or [store] postgresql
+        settings, data_dir, clock, node_id, worker.index if worker is not None else None
     )
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))

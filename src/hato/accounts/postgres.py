@@ -8,23 +8,31 @@ it sees every commit made before it. `exists` is not cached (there is no file to
 changes); it is one primary-key look-up.
 
 The table is made by `hato store migrate` (hato.pgstore.schema, migration 1). A database that
-cannot be reached raises psycopg.OperationalError from the call that needed it; the session's
-catch-all answers 451 4.3.0 (RFC 3463 X.3.0: a temporary system problem), never 250.
+cannot be reached raises `StoreUnavailable` from the call that needed it, and the session
+answers 451 4.3.0 (RFC 3463 X.3.0: a temporary system problem), never 250.
 
 Must not import anything of hato but model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from argon2 import Parameters
 from argon2.profiles import RFC_9106_LOW_MEMORY
 from psycopg_pool import ConnectionPool
 
 from hato.accounts.store import UserStore
 from hato.model.auth import SCRAM_ITERATIONS
+from hato.model.storeerror import StoreUnavailable
+
+WAIT = 2.0  # seconds to wait for a pooled connection
+RETRY_AFTER = 2.0  # seconds to fail at once after the database did not answer
 
 
 def _pg(sql: str) -> str:
@@ -48,6 +56,7 @@ class PgUserStore(UserStore):
         self._pool = pool
         self._label = label
         self._cleared = False
+        self._down_until = 0.0
 
     @property
     def cache_stamp(self) -> Path | None:
@@ -69,13 +78,27 @@ class PgUserStore(UserStore):
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         self._clear_scram()
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             rows: list[tuple[Any, ...]] = conn.execute(_pg(sql), params).fetchall()
             return rows
 
     def _change(self, sql: str, params: tuple[object, ...]) -> int:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             return int(conn.execute(_pg(sql), params).rowcount)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; StoreUnavailable when the database does not answer. `exists`
+        runs on the event loop, so after a failure the store fails at once for a moment
+        (RETRY_AFTER) instead of making every RCPT wait for the connect timeout."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("the PostgreSQL store is unreachable (failed a moment ago)")
+        try:
+            with self._pool.connection(timeout=WAIT) as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # down, failing over, PoolTimeout
+            self._down_until = time.monotonic() + RETRY_AFTER
+            raise StoreUnavailable(f"the PostgreSQL store failed: {exc}") from None
 
     def close(self) -> None:
         """The pool is the caller's (shared by the stores of a process): nothing to close."""

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from hato.accounts import UserStore
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
+from hato.model import Clock
+from hato.queue import Queue, QueueStore
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -86,3 +88,46 @@ def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | N
     from hato.accounts.postgres import PgUserStore
 
     return PgUserStore(pool, scram_iterations=iterations)
+
+
+async def open_queue(
+    settings: Settings,
+    data_dir: Path,
+    clock: Clock,
+    node_id: str,
+    worker: int | None,
+) -> QueueStore:
+    """The queue: DATA_DIR/queue on SQLite, or the shared PostgreSQL queue.
+
+    On PostgreSQL a node is named after the machine and its data directory (and the worker),
+    not the pid, so that a node started again frees its own leases of before at once (its
+    data directory is locked: no other live process has that name); another node's leases
+    run out by themselves."""
+    if settings.store.backend != "postgresql":
+        return await Queue.open(
+            data_dir / "queue",
+            clock=clock,
+            node_id=node_id,
+            min_free=settings.queue.min_free_space,
+            recover=worker is None,  # with workers, the supervisor recovered before them
+            id_slot=worker or 0,
+        )
+    from hato.pgstore import StoreUnavailable, open_async_pool
+    from hato.queue.postgres import PgQueue
+
+    name = f"{socket.gethostname()}:{data_dir}" + (f":w{worker}" if worker is not None else "")
+    try:
+        pool = await open_async_pool(pg_settings(settings, name))
+    except StoreUnavailable as exc:
+        raise StartupError(
+            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
+        ) from None
+    return await PgQueue.open(
+        pool,
+        scratch=data_dir / "queue" / "scratch",
+        clock=clock,
+        node_id=name,
+        min_free=settings.queue.min_free_space,
+        id_slot=worker or 0,
+        close_pool=True,
+    )

@@ -9,7 +9,7 @@ Needs the `postgres` extra (psycopg 3 and psycopg_pool): import this package onl
 [store] backend = "postgresql". Must not import anything of hato but model.
 """
 
-from hato.pgstore.pool import PgSettings, StoreUnavailable, connect, open_pool
+from hato.pgstore.pool import PgSettings, StoreUnavailable, connect, open_async_pool, open_pool
 from hato.pgstore.schema import SCHEMA_VERSION, SchemaMismatch, check_schema, migrate
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "check_schema",
     "connect",
     "migrate",
+    "open_async_pool",
     "open_pool",
 ]

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from hato.model.storeerror import StoreUnavailable as ModelStoreUnavailable
 
 CONNECT_TIMEOUT = 5  # seconds: libpq's connect_timeout
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(ModelStoreUnavailable):
     """The database cannot be reached now (down, failing over, refusing): a temporary error."""
 
 
@@ -101,4 +103,30 @@ def open_pool(settings: PgSettings, *, wait: bool = True) -> ConnectionPool[Any]
             pool.close()
             connect(settings).close()  # raises StoreUnavailable with libpq's reason
             raise StoreUnavailable("no database connection in time") from None
+    return pool
+
+
+async def open_async_pool(settings: PgSettings) -> AsyncConnectionPool[Any]:
+    """The asyncio pool of the queue (same settings); raises StoreUnavailable as `open_pool`."""
+
+    async def fresh_kwargs() -> dict[str, Any]:
+        return {"autocommit": True, **connect_kwargs(settings)}
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=settings.pool_size,
+        kwargs=fresh_kwargs,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+        name=f"{settings.application_name} queue",
+        timeout=CONNECT_TIMEOUT + 1,
+    )
+    await pool.open(wait=False)
+    try:
+        await pool.wait(timeout=CONNECT_TIMEOUT + 1)
+    except PoolTimeout:
+        await pool.close()
+        connect(settings).close()  # raises StoreUnavailable with libpq's reason
+        raise StoreUnavailable("no database connection in time") from None
     return pool

@@ -20,6 +20,7 @@ from hato.crypto import DEFER_REPLY, SealedScratch
 from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
 from hato.directory.resolver import Local, NotLocal, Resolution
 from hato.model import Address, RecipientDsn, Reply, logfmt
+from hato.model.storeerror import StoreUnavailable
 from hato.policy import (
     AUTH_BLOCKED,
     Accept,
@@ -409,7 +410,12 @@ class SmtpSession(asyncio.Protocol):
             # RFC 5321 §4.5.1: "RCPT TO:<Postmaster>" (the core names it postmaster@hostname)
             # must always be accepted: it goes to the postmaster of our first domain.
             address = Address("postmaster", self.ctx.postmaster_domain)
-        resolution = self.ctx.resolver.resolve(address)
+        try:
+            resolution = self.ctx.resolver.resolve(address)
+        except StoreUnavailable as exc:  # [store] postgresql down: 451 4.3.0, try later
+            log.warning(logfmt("store-unavailable", session=self.session_id, error=str(exc)))
+            self._refuse_rcpt(event, exc.reply)
+            return
         facts = RecipientFacts(
             role=self.ctx.role,
             local_domain=not isinstance(resolution, NotLocal),

@@ -127,6 +127,7 @@ class HatoServer:
             "",
             "[queue]",
             f'min_free_space = "{format_size(s.min_free_space)}"',
+            *([] if s.direct_local_delivery else ["direct_local_delivery = false"]),
             "",
             # Tests talk to loopback only: no SPF/DKIM/DMARC lookups through the machine's
             # resolver. Tests of those checks enable them with an in-process DNS server.

@@ -80,6 +80,8 @@ class MailSetup:
     store: tuple[str, Path] | None = None
     # [local] mailboxes: a Maildir tree several servers share (None: DATA_DIR/mailboxes).
     mailboxes: Path | None = None
+    # [queue] direct_local_delivery: false sends local mail through the queue too.
+    direct_local_delivery: bool = True
 
 
 def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:

@@ -1,0 +1,98 @@
+"""Three `hato serve` nodes (127.0.0.2, .3, .4) on one private PostgreSQL and one shared Maildir
+tree, local delivery through the shared queue: every message that got 250 on any node is
+delivered exactly once; while PostgreSQL is down every node answers 451 4.3.0 (never 250), and
+once it is back they accept and deliver again with no restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from peers.hato import HatoServer
+from peers.maildir import MARKER_HEADER, assert_each_once
+from peers.net import RawSession
+from peers.postgres import PASSWORD, PostgresServer
+from peers.server import DomainSetup, MailSetup
+
+from hato.pgstore import migrate
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+@pytest.fixture
+def nodes(workdir: Path, pg_dsn: str, postgres: PostgresServer) -> Iterator[list[HatoServer]]:
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", accept_any=True),),
+        store=(pg_dsn, postgres.password_file),
+        mailboxes=workdir / "mailboxes",
+        direct_local_delivery=False,  # through the shared queue
+    )
+    started: list[HatoServer] = []
+    try:
+        for n, host in enumerate(HOSTS):
+            node = HatoServer(workdir / f"node{n}", setup, host=host)
+            node.start()
+            started.append(node)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _send(node: HatoServer, marker: str) -> tuple[int, bytes]:
+    """One message to bob@example.org; the final reply's code and its last line."""
+    with RawSession(node.host, node.port, timeout=60) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        for line in (b"MAIL FROM:<alice@example.net>", b"RCPT TO:<bob@example.org>"):
+            code, lines = session.command(line)
+            if code != 250:
+                return code, lines[-1]
+        code, lines = session.command(b"DATA")
+        if code != 354:
+            return code, lines[-1]
+        body = MARKER_HEADER + f": {marker}\r\nSubject: {marker}\r\n\r\nhello\r\n.".encode()
+        code, lines = session.command(body)
+        return code, lines[-1]
+
+
+def test_every_node_delivers_from_the_shared_queue_exactly_once(
+    nodes: list[HatoServer], workdir: Path
+) -> None:
+    accepted, attempted = set(), set()
+    for n in range(30):
+        marker = f"m{n}"
+        attempted.add(marker)
+        code, line = _send(nodes[n % 3], marker)
+        assert code == 250, line
+        accepted.add(marker)
+    assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=60, settle=1.0)
+
+
+def test_postgresql_down_means_451_and_nothing_lost(
+    nodes: list[HatoServer], workdir: Path, postgres: PostgresServer
+) -> None:
+    accepted, attempted = set(), set()
+    for n in range(3):
+        attempted.add(f"before{n}")
+        assert _send(nodes[n], f"before{n}")[0] == 250
+        accepted.add(f"before{n}")
+    postgres.stop()
+    try:
+        for n, node in enumerate(nodes):
+            attempted.add(f"down{n}")
+            code, line = _send(node, f"down{n}")
+            # RFC 5321 §4.2.5 451, RFC 3463 X.3.0: a temporary local problem, never 250.
+            assert (code, line[4:9]) == (451, b"4.3.0"), (line, node.log_text()[-4000:])
+    finally:
+        postgres.start()
+    for n, node in enumerate(nodes):  # no restart: the pools reconnect
+        attempted.add(f"after{n}")
+        code, line = _send(node, f"after{n}")
+        assert code == 250, line
+        accepted.add(f"after{n}")
+    assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=60, settle=1.0)
