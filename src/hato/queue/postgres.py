@@ -65,6 +65,7 @@ from hato.queue.postgres_rows import (
     unlink,
     write_error,
 )
+from hato.queue.store import HOLD_PARAM
 
 log = logging.getLogger("hato.queue")
 
@@ -111,6 +112,7 @@ class PgQueue(PgAdmin):
         self._fresh: collections.deque[Pending] = collections.deque()
         self._fresh_ready = asyncio.Event()
         self._closed = False
+        self._unrecorded: dict[str, list[RowUpdate]] = {}  # outcomes `record` could not write
 
     @classmethod
     async def open(
@@ -223,6 +225,7 @@ class PgQueue(PgAdmin):
                             item.body,
                             node_id=self.node_id,
                             lease_until=item.msg.received_at + self.lease_seconds,
+                            held=HOLD_PARAM in item.msg.params,
                         )
                     )
                 await conn.execute("NOTIFY hato_queue")  # delivered at COMMIT only
@@ -258,6 +261,8 @@ class PgQueue(PgAdmin):
             QueuedRecipient(row_id=row_id, address=address, original=original, dsn=dsn)
             for row_id, (address, original, dsn) in zip(row_ids, msg.recipients, strict=True)
         )
+        if HOLD_PARAM in msg.params:
+            return  # committed held (a milter's quarantine): not delivered until released
         self._fresh.append(Pending(message, rcpts, msg.received_at + self.lease_seconds))
         self._fresh_ready.set()
 
@@ -277,6 +282,7 @@ class PgQueue(PgAdmin):
         return out
 
     async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
+        await self._record_kept()
         now = self._clock.now()
         until = now + self.lease_seconds
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
@@ -365,6 +371,28 @@ class PgQueue(PgAdmin):
         self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
     ) -> bool:
         """`has_file` is the SQLite store's concern: here a body goes with its rows."""
+        try:
+            done = await self._record(queue_id, updates)
+        except QueueWriteError:
+            # Kept, and written by the next scan once the database answers again (so a
+            # message delivered while it was down is not delivered again after the lease).
+            self._unrecorded[queue_id] = [*self._unrecorded.get(queue_id, []), *updates]
+            raise
+        if done:
+            log.info(logfmt("removed", id=queue_id))
+        return done
+
+    async def _record_kept(self) -> None:
+        """Write the outcomes `record` could not write (see there); raises as `record`."""
+        while self._unrecorded:
+            queue_id, updates = next(iter(self._unrecorded.items()))
+            done = await self._record(queue_id, updates)
+            del self._unrecorded[queue_id]
+            log.info(logfmt("record-retried", id=queue_id, rows=len(updates)))
+            if done:
+                log.info(logfmt("removed", id=queue_id))
+
+    async def _record(self, queue_id: str, updates: Sequence[RowUpdate]) -> bool:
         now = self._clock.now()
         try:
             async with self._pool.connection() as conn, conn.transaction():
@@ -390,8 +418,6 @@ class PgQueue(PgAdmin):
                 done = await finish_if_done(conn, queue_id)
         except psycopg.Error as exc:
             raise write_error(exc, "record") from exc
-        if done:
-            log.info(logfmt("removed", id=queue_id))
         return done
 
     async def free_leases(self, owner: str, *, recovered: bool) -> int:

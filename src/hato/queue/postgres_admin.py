@@ -27,8 +27,8 @@ from hato.model.queuestore import (
     AdminAction,
     BounceDone,
     MessageDetail,
-    QueueError,
     QueueStats,
+    QueueWriteError,
     Returned,
     RowView,
     Selector,
@@ -104,8 +104,9 @@ class PgAdmin:
                 cursor = await conn.execute(sql, params)
                 return await cursor.fetchall() if cursor.description else []
         except psycopg.Error as exc:
+            # QueueWriteError (a QueueError): the runner's scan backs off on it.
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise QueueError(None, f"queue store: {first}") from exc
+            raise QueueWriteError(None, f"queue store: {first}") from exc
 
     async def admin_list(self, selector: Selector, *, now: float) -> list[RowView]:
         async with self._pool.connection() as conn:

@@ -62,9 +62,11 @@ async def insert_message(
     *,
     node_id: str,
     lease_until: float,
+    held: bool = False,
 ) -> tuple[int, ...]:
     """Insert a message, its body (inline, or read back from its scratch file in chunks)
-    and its recipient rows leased to `node_id`; the row ids. In the caller's transaction."""
+    and its recipient rows leased to `node_id` (or, `held`, held and leased to nobody); the
+    row ids. In the caller's transaction."""
     await conn.execute(
         f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -92,14 +94,15 @@ async def insert_message(
             await cur.execute(
                 "INSERT INTO queue_recipients (queue_id, address, original, status,"
                 " next_attempt, lease_owner, lease_until, updated_at, notify, orcpt)"
-                " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) RETURNING row_id",
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING row_id",
                 (
                     msg.queue_id,
                     str(address),
                     str(original),
+                    "held" if held else "queued",
                     msg.received_at,
-                    node_id,
-                    lease_until,
+                    None if held else node_id,
+                    None if held else lease_until,
                     msg.received_at,
                     dsn.notify_param,
                     dsn.orcpt,
