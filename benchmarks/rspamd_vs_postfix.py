@@ -270,6 +270,13 @@ def main() -> int:
     print(f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; {machine()}")
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(table(medians(results)))
+    if args.rounds > 1:
+        print(f"\nMedians of {args.rounds} rounds; delivered msg/s of each round, in order:\n")
+        by: dict[tuple[str, int], list[Result]] = {}
+        for r in results:
+            by.setdefault((r.server, r.sessions), []).append(r)
+        for (name, count), runs in by.items():
+            print(f"- {name} S={count}: " + ", ".join(f"{r.deliver_rate:.0f}" for r in runs))
     return 0
 
 

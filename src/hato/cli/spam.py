@@ -7,7 +7,7 @@ Each message (a file, or stdin when no file is named) is posted to rspamd's cont
 and --password-file instead, for a Sieve pipe that may not read Hato's configuration). A file is
 streamed from disk in chunks; stdin is read whole first (the request needs its length).
 A message rspamd has already learned the same way counts as done; one the controller could
-not take for a passing reason of its own (5xx) is posted again, up to three times. Exit 0 when
+not take for a passing reason of its own (5xx) is posted again, up to five times. Exit 0 when
 every message was learned, 1 when one could not be (rspamd down, refused, unreadable file).
 
 Must not import anything of hato at module level but hato.cli.
@@ -27,8 +27,9 @@ from hato.cli.options import load
 
 CHUNK = 64 * 1024
 # A controller's 5xx (its statfile busy with a scan: "database is locked") is asked again
-# after these pauses; a refusal (4xx: already learned, too few tokens) is not.
-RETRY_PAUSES = (0.5, 1.0, 2.0)
+# after these pauses (15 s in all: 3.5 s was not enough on a loaded machine, CI saw it);
+# a refusal (4xx: already learned, too few tokens) is not.
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
