@@ -261,6 +261,9 @@ def is_dmarc_record(text: str) -> bool:
     return first == "v=DMARC1"
 
 
+# Parsed records by their text: a busy MX sees the same few hundred records all day, and
+# the text alone decides the result (the DNS cache decides which text is current).
+@functools.lru_cache(maxsize=1024)
 def parse_record(text: str) -> DmarcRecord:
     """Parse a DMARC TXT record. RFC 7489 §6.6.3: a record without a valid p (or with a bad
     sp) but with a valid rua URI acts as p=none; otherwise it is a DmarcRecordError.

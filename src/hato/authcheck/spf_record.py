@@ -12,6 +12,7 @@ Must not import anything of hato.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -171,6 +172,9 @@ def _parse_ip(text: str, qualifier: str, kind: str, rest: str) -> Term:
     return Term(text, qualifier, kind, network=network)
 
 
+# Parsed records by their text: a busy MX sees the same few hundred records all day, and
+# the text alone decides the result (the DNS cache decides which text is current).
+@functools.lru_cache(maxsize=1024)
 def parse_record(text: str) -> Record:
     """Parse a whole `v=spf1` record (RFC 7208 §4.6.1, §12); PermError on any error."""
     # RFC 7208 §3.1: records are 7-bit ASCII; §4.6.1: terms are separated by spaces only.
