@@ -38,7 +38,6 @@ from hato.authcheck import (
     SpfResult,
     SpfResultCode,
     build_header,
-    check_mail_from,
     dkim_methods,
     evaluate,
     from_domains,
@@ -48,6 +47,7 @@ from hato.authcheck import (
     verify_dkim,
 )
 from hato.authcheck.offload import BySize, ProcessPool, WorkerPool
+from hato.authcheck.spf_cache import SpfCache
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
@@ -97,6 +97,7 @@ class InboundChecker:
         self._budget = budget
         self._rng = rng or random.Random()
         self.offload = ProcessPool()
+        self._spf_cache = SpfCache(clock)  # results for the TTL of their answers
         # Small messages are verified in a thread: cheaper than the pool (offload.NEARBY_LIMIT).
         self.routes = BySize(WorkerPool(1), self.offload)
         self.lanes = WorkerPool()  # streamed body hashes (server/capture.py)
@@ -172,13 +173,8 @@ class InboundChecker:
     async def _spf(self, ip: str, helo: str, sender: str, deadline: float) -> SpfResult:
         try:
             async with asyncio.timeout_at(deadline):
-                return await check_mail_from(
-                    ip,
-                    sender,
-                    helo=helo,
-                    resolver=self._resolver,
-                    receiver=self._authserv_id,
-                    now=self._clock.now(),
+                return await self._spf_cache.check_mail_from(
+                    ip, sender, helo=helo, resolver=self._resolver, receiver=self._authserv_id
                 )
         except TimeoutError:
             domain = sender.rpartition("@")[2] or helo
