@@ -29,7 +29,6 @@ from hato.boot.build import (
     configured_fields,
     http_limits,
     mailbox_owner,
-    send_limit_settings,
 )
 from hato.boot.doctorwatch import watch_task
 from hato.boot.filters import SpamFilters
@@ -47,7 +46,7 @@ from hato.boot.process import (
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
 from hato.boot.shared import CurrentResolver, Shared
-from hato.boot.store import open_queue, open_store_pool, open_users
+from hato.boot.store import open_limiter, open_queue, open_store_pool, open_users
 from hato.boot.tlswatch import watch_tls
 from hato.boot.web import publications, serve_web
 from hato.crypto import KEYS_DB, KeyStore
@@ -58,7 +57,7 @@ from hato.directory.known import KnownMailboxes
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
-from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
+from hato.policy import AuthThrottle
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
 from hato.queue import QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
@@ -169,7 +168,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         keys=KeyStore.in_data_dir(data_dir),  # users' public keys (issue 6)
         tls=tls,
         throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
-        limiter=SendLimiter(clock, send_limit_settings(settings), data_dir / LIMITS_DB),
+        limiter=open_limiter(settings, clock, data_dir, pool),
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,

@@ -134,3 +134,52 @@ def test_an_account_added_on_node_a_authenticates_on_node_c(
             c.stop()
     finally:
         a.stop()
+
+
+def _send_as_alice(server: HatoServer, ca: TestCA) -> tuple[int, bytes]:
+    """AUTH as alice, one message to herself; the MAIL FROM or final reply."""
+    with RawSession(server.host, server.submissions_port, tls=ca.client_context()) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        token = base64.b64encode(f"\0alice@users.test\0{USER_PASSWORD}".encode())
+        assert session.command(b"AUTH PLAIN " + token)[0] == 235
+        code, lines = session.command(b"MAIL FROM:<alice@users.test>")
+        if code != 250:
+            return code, lines[-1]
+        assert session.command(b"RCPT TO:<alice@users.test>")[0] == 250
+        assert session.command(b"DATA")[0] == 354
+        code, lines = session.command(b"Subject: limit\r\n\r\nhello\r\n.")
+        return code, lines[-1]
+
+
+def test_a_per_user_hourly_limit_holds_across_nodes(
+    workdir: Path, pg_dsn: str, postgres: PostgresServer, test_ca: TestCA
+) -> None:
+    _migrate(pg_dsn)
+    tls = submission_setup(test_ca.tls_files()).tls
+    store = (pg_dsn, postgres.password_file)
+    nodes = [
+        HatoServer(
+            workdir / name,
+            MailSetup(
+                domains=(DomainSetup("users.test", users=users),),
+                submission=True,
+                tls=tls,
+                store=store,
+                messages_per_hour=3,
+            ),
+            host=host,
+        )
+        for name, users, host in (("a", ("alice",), "127.0.0.2"), ("c", (), "127.0.0.4"))
+    ]
+    for node in nodes:
+        node.start()
+    try:
+        replies = [_send_as_alice(nodes[n], test_ca) for n in (0, 1, 0, 1, 0)]
+        # Three messages an hour in all, whichever node they went through; then RFC 5321
+        # §4.2.5 451 with RFC 3463 X.7.1 at MAIL FROM, on both nodes.
+        assert [code for code, _ in replies] == [250, 250, 250, 451, 451], replies
+        assert all(line.startswith(b"451 4.7.1") for _, line in replies[3:]), replies
+    finally:
+        for node in nodes:
+            node.stop()

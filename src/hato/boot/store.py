@@ -14,6 +14,7 @@ from hato.accounts import UserStore
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.model import Clock
+from hato.policy import LIMITS_DB, SendLimiter
 from hato.queue import Queue, QueueStore
 
 if TYPE_CHECKING:
@@ -131,3 +132,17 @@ async def open_queue(
         id_slot=worker or 0,
         close_pool=True,
     )
+
+
+def open_limiter(
+    settings: Settings, clock: Clock, data_dir: Path, pool: ConnectionPool[Any] | None
+) -> SendLimiter:
+    """Sending limits and holds: DATA_DIR/limits.db, or the shared store's tables."""
+    from hato.boot.build import send_limit_settings
+
+    limits = send_limit_settings(settings)
+    if pool is None:
+        return SendLimiter(clock, limits, data_dir / LIMITS_DB)
+    from hato.policy.ratelimit_pg import PgSendLimiter
+
+    return PgSendLimiter(clock, limits, pool)

@@ -27,10 +27,12 @@ May import hato.model only. Time comes from the Clock (wall clock: shared by pro
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hato.model import Clock, Reply
 from hato.policy.decision import Accept, Decision, Defer
@@ -113,36 +115,52 @@ class SendLimiter:
     MAIL FROM: ``reserve_message(user)`` gives a Reservation (or the Defer to answer); each RCPT
     TO: ``reserve_recipient(reservation)``; after the 250 ``confirm(reservation)``, logging a
     returned SpikeAlert; a transaction that ends otherwise: ``release(reservation)``.
+
+    The SQL is written for SQLite and PostgreSQL alike ("?" placeholders, "user" quoted,
+    RETURNING); a backend changes only `_tx`, `_rows` and the table name `_ACCOUNT`
+    (policy/ratelimit_pg.py).
     """
+
+    _ACCOUNT = "account"
 
     def __init__(
         self, clock: Clock, settings: SendLimitSettings | None = None, path: Path | None = None
     ) -> None:
         self._clock = clock
         self.settings = settings or SendLimitSettings()
-        self._db = open_limits(path)
+        self._db = open_limits(path) if path is not None or type(self) is SendLimiter else None
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _tx(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """One transaction that holds `key`'s counts still from its first read on."""
+        assert self._db is not None
+        return Immediate(self._db)
+
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchall()
 
     def reserve_message(self, user: str) -> Reservation | Defer:
         key = _key(user)
-        with Immediate(self._db):
+        with self._tx(key):
             refusal = self._refusal(key, messages=1, recipients=0)
             if refusal is not None:
                 return refusal
-            cursor = self._db.execute(
-                "INSERT INTO sent (user, minute) VALUES (?, ?)", (key, self._minute())
+            ((row,),) = self._rows(
+                'INSERT INTO sent ("user", minute) VALUES (?, ?) RETURNING id',
+                (key, self._minute()),
             )
-            assert cursor.lastrowid is not None
-            return Reservation(key, cursor.lastrowid)
+            return Reservation(key, int(row))
 
     def reserve_recipient(self, reservation: Reservation, count: int = 1) -> Decision:
-        with Immediate(self._db):
+        with self._tx(reservation.user):
             refusal = self._refusal(reservation.user, messages=0, recipients=count)
             if refusal is not None:
                 return refusal
-            self._db.execute(
+            self._rows(
                 "UPDATE sent SET recipients = recipients + ?, minute = ? WHERE id = ?",
                 (count, self._minute(), reservation.row),
             )
@@ -150,29 +168,29 @@ class SendLimiter:
 
     def release(self, reservation: Reservation) -> None:
         """The transaction ended without a 250: its reservation no longer counts."""
-        with Immediate(self._db):
-            self._db.execute("DELETE FROM sent WHERE id = ? AND pending = 1", (reservation.row,))
+        with self._tx(reservation.user):
+            self._rows("DELETE FROM sent WHERE id = ? AND pending = ?", (reservation.row, True))
 
     def confirm(self, reservation: Reservation) -> SpikeAlert | None:
         """The message was accepted: its reservation is usage now; a SpikeAlert when this
         message makes a spike."""
         now, minute = self._clock.now(), self._minute()
-        with Immediate(self._db):
-            self._db.execute(
-                "UPDATE sent SET pending = 0, minute = ? WHERE id = ?", (minute, reservation.row)
+        with self._tx(reservation.user):
+            self._rows(
+                "UPDATE sent SET pending = ?, minute = ? WHERE id = ?",
+                (False, minute, reservation.row),
             )
-            self._db.execute("DELETE FROM sent WHERE minute < ?", (minute - _HOUR_BUCKETS + 1,))
+            self._rows("DELETE FROM sent WHERE minute < ?", (minute - _HOUR_BUCKETS + 1,))
             return self._spike(reservation.user, minute, now)
 
     def held(self, user: str) -> bool:
-        row = self._db.execute(
-            "SELECT held_until FROM account WHERE user = ?", (_key(user),)
-        ).fetchone()
-        return row is not None and row[0] is not None and row[0] > self._clock.now()
+        rows = self._rows(f'SELECT held_until FROM {self._ACCOUNT} WHERE "user" = ?', (_key(user),))
+        return bool(rows) and rows[0][0] is not None and rows[0][0] > self._clock.now()
 
     def held_users(self) -> list[str]:
-        rows = self._db.execute(
-            "SELECT user FROM account WHERE held_until > ? ORDER BY user", (self._clock.now(),)
+        rows = self._rows(
+            f'SELECT "user" FROM {self._ACCOUNT} WHERE held_until > ? ORDER BY "user"',
+            (self._clock.now(),),
         )
         return [user for (user,) in rows]
 
@@ -180,9 +198,9 @@ class SendLimiter:
         """An admin lets the user send again (and resets their spike count); whether held."""
         key = _key(user)
         was = self.held(key)
-        with Immediate(self._db):
-            self._db.execute("DELETE FROM account WHERE user = ?", (key,))
-            self._db.execute("UPDATE sent SET recipients = 0 WHERE user = ?", (key,))
+        with self._tx(key):
+            self._rows(f'DELETE FROM {self._ACCOUNT} WHERE "user" = ?', (key,))
+            self._rows('UPDATE sent SET recipients = 0 WHERE "user" = ?', (key,))
         return was
 
     def usage(self, user: str) -> tuple[int, int]:
@@ -193,11 +211,11 @@ class SendLimiter:
         return int(self._clock.now() // _BUCKET)
 
     def _totals(self, key: str, since_minute: int) -> tuple[int, int]:
-        count, recipients = self._db.execute(
+        ((count, recipients),) = self._rows(
             "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM sent"
-            " WHERE user = ? AND minute >= ?",
+            ' WHERE "user" = ? AND minute >= ?',
             (key, since_minute),
-        ).fetchone()
+        )
         return int(count), int(recipients)
 
     def _refusal(self, key: str, *, messages: int, recipients: int) -> Defer | None:
@@ -213,10 +231,8 @@ class SendLimiter:
 
     def _spike(self, key: str, minute: int, now: float) -> SpikeAlert | None:
         s = self.settings
-        row = self._db.execute(
-            "SELECT alerted_until FROM account WHERE user = ?", (key,)
-        ).fetchone()
-        if not s.spike_recipients or (row is not None and now < row[0]):
+        rows = self._rows(f'SELECT alerted_until FROM {self._ACCOUNT} WHERE "user" = ?', (key,))
+        if not s.spike_recipients or (rows and now < rows[0][0]):
             return None
         window_buckets = math.ceil(s.spike_window / _BUCKET)
         messages, recipients = self._totals(key, minute - window_buckets + 1)
@@ -224,10 +240,10 @@ class SendLimiter:
             return None
         # One alert per burst, not one per message.
         held_until = (now + s.hold_time if s.hold_time else math.inf) if s.spike_hold else None
-        self._db.execute(
-            "INSERT INTO account (user, held_until, alerted_until) VALUES (?, ?, ?) "
-            "ON CONFLICT (user) DO UPDATE SET held_until = excluded.held_until, "
-            "alerted_until = excluded.alerted_until",
+        self._rows(
+            f'INSERT INTO {self._ACCOUNT} ("user", held_until, alerted_until) VALUES (?, ?, ?)'
+            ' ON CONFLICT ("user") DO UPDATE SET held_until = excluded.held_until,'
+            " alerted_until = excluded.alerted_until",
             (key, held_until, now + s.spike_window),
         )
         return SpikeAlert(key, recipients, messages, s.spike_window, s.spike_hold, s.hold_time)

@@ -124,6 +124,11 @@ class HatoServer:
             "[limits]",
             f'max_message_size = "{format_size(s.max_message_size)}"',
             f"max_recipients = {s.max_recipients}",
+            *(
+                []
+                if s.messages_per_hour is None
+                else [f"messages_per_hour = {s.messages_per_hour}"]
+            ),
             "",
             "[queue]",
             f'min_free_space = "{format_size(s.min_free_space)}"',

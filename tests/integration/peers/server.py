@@ -82,6 +82,8 @@ class MailSetup:
     mailboxes: Path | None = None
     # [queue] direct_local_delivery: false sends local mail through the queue too.
     direct_local_delivery: bool = True
+    # [limits] messages_per_hour of authenticated senders (None: the server's default).
+    messages_per_hour: int | None = None
 
 
 def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:
