@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.clients import message
-from peers.hato import HatoServer, hato_binary
+from peers.hato import HatoServer
 from peers.net import RawSession, free_port
 
 from dnsserver import DnsTestServer
@@ -53,6 +51,8 @@ class ScreenHato(HatoServer):
     """The harness server plus [screen], [dns] and [metrics]; it is ready when its port
     greets, whatever the greeting (the harness's own client may be screened too)."""
 
+    screened = True
+
     def __init__(self, data_dir: Path, screen: str, nameserver: str) -> None:
         super().__init__(data_dir)
         self.screen = screen
@@ -67,29 +67,6 @@ class ScreenHato(HatoServer):
             + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
             + f'\n[metrics]\naddress = "127.0.0.1:{self.metrics_port}"\n'
         )
-
-    def start(self) -> None:
-        if not self._written:
-            self._prepare()
-        self._log_file = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [hato_binary(), "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=self._log_file,
-            cwd=self.work,
-            env=self._env(),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.alive():
-            try:
-                with RawSession(self.host, self.port, timeout=10, source="127.0.0.1") as s:
-                    s.reply()
-                return
-            except OSError:
-                time.sleep(0.05)  # not listening yet: poll
-        self.kill()
-        raise RuntimeError(f"hato serve did not start\n{self.log_text()}")
 
     def metric(self, name: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

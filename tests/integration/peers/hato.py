@@ -32,6 +32,9 @@ class HatoServer:
 
     name = "hato"
     stores_crlf = True
+    # A server whose own policy may screen the harness's client (a 554 greeting, or one that
+    # pregreet_wait holds back for seconds) is ready once it greets at all.
+    screened = False
 
     def __init__(
         self,
@@ -207,10 +210,18 @@ class HatoServer:
         )
         try:
             deadline = time.monotonic() + 30
-            wait_for_banner(self.host, self.port, deadline, alive=self.alive)
+            # The listeners are bound one after another: wait for the last ones too.
+            smtp_ports = [self.port] + ([self.submission_port] if self.setup.submission else [])
+            for port in smtp_ports:
+                wait_for_banner(
+                    self.host,
+                    port,
+                    deadline,
+                    alive=self.alive,
+                    any_reply=self.screened,
+                    timeout=10.0 if self.screened else 2.0,
+                )
             if self.setup.submission:
-                # The listeners are bound one after another: wait for the last ones too.
-                wait_for_banner(self.host, self.submission_port, deadline, alive=self.alive)
                 wait_for_listener(self.host, self.submissions_port, deadline, alive=self.alive)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()

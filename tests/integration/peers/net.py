@@ -106,9 +106,16 @@ def banner(host: str, port: int, timeout: float = 5.0) -> bytes:
 
 
 def wait_for_banner(
-    host: str, port: int, deadline: float, alive: Callable[[], bool] | None = None
+    host: str,
+    port: int,
+    deadline: float,
+    alive: Callable[[], bool] | None = None,
+    *,
+    any_reply: bool = False,
+    timeout: float = 2.0,
 ) -> bytes:
-    """Poll until the port answers a 220 greeting (RFC 5321 §4.3.1) or the deadline passes.
+    """Poll until the port answers a 220 greeting (RFC 5321 §4.3.1) or the deadline passes;
+    with `any_reply`, any greeting (a 554 refusal too). `timeout` bounds one wait for it.
 
     `alive`, when given, is a callable returning False once the server process has died.
     """
@@ -117,12 +124,12 @@ def wait_for_banner(
         if alive is not None and not alive():
             raise RuntimeError(f"server on {host}:{port} exited before answering")
         try:
-            line = banner(host, port, timeout=2.0)
+            line = banner(host, port, timeout=timeout)
         except OSError as exc:
             last_error = exc
             time.sleep(0.05)
             continue
-        if line.startswith(b"220"):
+        if line.startswith(b"220") or any_reply:
             return line
         raise RuntimeError(f"server on {host}:{port} greeted with {line!r}, not 220")
     raise TimeoutError(f"no 220 banner on {host}:{port} in time (last error: {last_error})")
