@@ -8,7 +8,7 @@ import itertools
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
@@ -35,9 +35,6 @@ from hato.server.spamcheck import SpamFilter
 from hato.server.tls import ReloadingContext
 from hato.smtp import ServerSettings
 
-if TYPE_CHECKING:
-    from hato.server.session import SmtpSession
-
 
 class Recipients(Protocol):
     """What sessions ask about addresses (hato.directory.resolver.RecipientResolver, or the
@@ -60,6 +57,15 @@ class SharedCounts(Protocol):
     def drop(self, listener: str, client: str) -> None: ...
 
 
+class OpenSession(Protocol):
+    """What the listener's accounting knows of a session (server/session.py's SmtpSession):
+    a graceful stop drains it, then aborts its transport."""
+
+    transport: asyncio.Transport | None
+
+    def drain(self) -> None: ...
+
+
 @dataclass(slots=True)
 class ListenerState:
     """Connection accounting for one listener (limits per listener and per client IP, an IPv6
@@ -74,7 +80,7 @@ class ListenerState:
     shared: SharedCounts | None = None
     active: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
-    sessions: set[SmtpSession] = field(default_factory=set)
+    sessions: set[OpenSession] = field(default_factory=set)
     empty: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
     claimed: dict[str, int] = field(default_factory=dict)  # admitted in `shared`, not yet entered
 
@@ -114,12 +120,12 @@ class ListenerState:
         self.active -= 1
         self._uncount(ip)
 
-    def enter(self, session: SmtpSession, ip: str) -> None:
+    def enter(self, session: OpenSession, ip: str) -> None:
         self.reserve(ip)
         self.sessions.add(session)
         self.empty.clear()
 
-    def leave(self, session: SmtpSession, ip: str) -> None:
+    def leave(self, session: OpenSession, ip: str) -> None:
         if session not in self.sessions:
             return
         self.sessions.discard(session)

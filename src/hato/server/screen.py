@@ -20,7 +20,6 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hato.authcheck.spf import SpfResultCode, check_mail_from
 from hato.model import Address, Clock, Reply, logfmt
@@ -36,9 +35,6 @@ from hato.policy.screen import (
     dnsbl_score,
 )
 from hato.server.metrics import Metrics
-
-if TYPE_CHECKING:
-    from hato.server.context import SessionContext
 
 log = logging.getLogger("hato.smtpd")
 
@@ -182,24 +178,3 @@ async def network_refusal(
     log.info(logfmt("connection-refused", listener=listener, client=ip, reason="network",
                     reply=reply.code))  # fmt: skip
     return reply
-
-
-def screens(ctx: SessionContext) -> bool:
-    """Whether a session of `ctx` has anything to do before its greeting."""
-    rules = ctx.network_rules
-    return ctx.screen is not None or (bool(rules.refuse or rules.allow) and ctx.dns is not None)
-
-
-async def before_greeting(
-    ctx: SessionContext, ip: str, session: str, write: Callable[[bytes], bool]
-) -> Reply | Screened | None:
-    """The OP25B network rules, then the mx screen: the reply to greet with instead of 220,
-    Screened (what the screen found), or None (greet as usual)."""
-    rules, dns = ctx.network_rules, ctx.dns
-    if (rules.refuse or rules.allow) and dns is not None:
-        refusal = await network_refusal(ip, ctx.listener.name, rules, ctx.networks, dns, session)
-        if refusal is not None:
-            return refusal
-    if ctx.screen is not None:
-        return await ctx.screen.before_greeting(ip, session, write)
-    return None

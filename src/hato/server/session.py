@@ -35,12 +35,13 @@ from hato.queue import QueueWriteError
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
 from hato.server.finish import Submitted, finish, open_capture
+from hato.server.greeting import before_greeting, screens
 from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
 from hato.server.milterearly import mail_checked, milter_mail, rcpt_checked, recipient_checks
 from hato.server.protect import protect, recipient_keys
 from hato.server.received import TraceInfo, received_header
-from hato.server.screen import Screened, before_greeting, screens
+from hato.server.screen import Screened
 from hato.smtp import (
     NEED_DATA,
     PAUSED,
