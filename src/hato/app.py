@@ -55,6 +55,8 @@ from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsCache, DnsPythonResolver
+from hato.intake.direct import DirectDelivery
+from hato.intake.protect import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import AuthThrottle
@@ -66,13 +68,11 @@ from hato.server.auth import ScramDecoy
 from hato.server.clientsetup import Published
 from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.datadir import DataDirError, server_secret
-from hato.server.direct import DirectDelivery
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import Metrics, MetricsBindError, bind_metrics, refresh_queue
 from hato.server.miltermetrics import MilterCounters
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
-from hato.server.protect import KeyedCommitter
 from hato.server.session import SmtpSession
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
 

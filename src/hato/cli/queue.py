@@ -173,9 +173,9 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
     def committer(queue: Any) -> Any:
         """A DSN to a user with an imported key is stored encrypted, as the server's."""
         from hato.crypto import KEYS_DB, KeyStore
+        from hato.intake.protect import KeyedCommitter
         from hato.model import SystemClock
         from hato.queue import PlainCommit
-        from hato.server.protect import KeyedCommitter
 
         if not (data_dir / KEYS_DB).exists():
             return PlainCommit(queue)

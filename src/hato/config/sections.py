@@ -272,7 +272,7 @@ class QueueSettings(BaseModel):
         100 * 1024**2, description='octets as an integer, or a string like "100M", "1G"'
     )
     # Mail for local mailboxes goes into the Maildir during the SMTP transaction, before the
-    # 250, without a queue row; false: every message is queued first (server/direct.py).
+    # 250, without a queue row; false: every message is queued first (intake/direct.py).
     direct_local_delivery: bool = Field(True, description="true or false")
 
     @field_validator("min_free_space")

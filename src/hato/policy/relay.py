@@ -57,7 +57,7 @@ def mail_from_decision(facts: SenderFacts) -> Decision:
 
 @dataclass(frozen=True, slots=True)
 class HeaderFacts:
-    """What server/headers.py found in the whole header section of a submitted message."""
+    """What intake/headers.py found in the whole header section of a submitted message."""
 
     malformed_line: int = 0  # the first line that is no header field (from 1), or 0
     unowned_field: str = ""  # the first of From/Sender/Resent-* naming an address not owned

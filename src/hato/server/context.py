@@ -11,21 +11,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hato.authcheck import ArcSealer
-from hato.crypto import KeyLookup
-from hato.delivery.loops import DEFAULT_HOP_LIMIT
-from hato.directory.resolver import Resolution
-from hato.model import Address, Clock, Role
+from hato.intake.context import IntakeContext
+from hato.model import Role
 from hato.model.dns import Resolver
 from hato.policy import (
     AuthThrottle,
     ListenerNetworkRules,
     NetworkTable,
-    SendLimiter,
     client_key,
 )
-from hato.queue import QueueStore
 from hato.server.auth import Accounts, ScramDecoy
-from hato.server.direct import DirectDelivery
 from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.miltercheck import MilterFilter
@@ -33,18 +28,6 @@ from hato.server.screen import Screen
 from hato.server.signing import OutboundSigner
 from hato.server.spamcheck import SpamFilter
 from hato.server.tls import ReloadingContext
-from hato.smtp import ServerSettings
-
-
-class Recipients(Protocol):
-    """What sessions ask about addresses (hato.directory.resolver.RecipientResolver, or the
-    composition root's proxy that a reload swaps)."""
-
-    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution: ...
-
-    def owns(self, user: Address, address: Address) -> bool: ...
-
-    def is_local_domain(self, domain: str) -> bool: ...
 
 
 class SharedCounts(Protocol):
@@ -170,15 +153,11 @@ def session_ids(started: float, worker: int = 0) -> Iterator[str]:
     return (f"{stamp}.{worker}.{count:x}" for count in itertools.count(1))
 
 
-@dataclass(slots=True)
-class SessionContext:
-    """Everything a session of one listener needs."""
+@dataclass(slots=True, kw_only=True)
+class SessionContext(IntakeContext):
+    """Everything a session of one listener needs: the pipeline's rooms (IntakeContext), and
+    what only a network session has."""
 
-    role: Role
-    settings: ServerSettings
-    queue: QueueStore
-    resolver: Recipients
-    clock: Clock
     idle_timeout: float
     session_timeout: float
     listener: ListenerState
@@ -189,23 +168,16 @@ class SessionContext:
     # SCRAM's salt and count for names that are not accounts (from DATA_DIR/secret).
     scram: ScramDecoy = field(default_factory=lambda: ScramDecoy(secrets.token_bytes(32)))
     tls_handshake_timeout: float = 30.0
-    postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered
     throttle: AuthThrottle | None = None  # AUTH failure delays and client blocks (not on mx)
-    limiter: SendLimiter | None = None  # per-user sending limits (authenticated mail)
     network_rules: ListenerNetworkRules = field(default_factory=ListenerNetworkRules)
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
     inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
     metrics: RoleMetrics = field(default_factory=lambda: Metrics().role(Role.MX))
-    keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
     authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
     signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
-    direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
     screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
     milters: tuple[MilterFilter, ...] = ()  # [[milter]] of this role, in order, after rspamd
-    hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
-    # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
-    send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)
     ids: Iterator[str] = field(default_factory=lambda: session_ids(0.0))  # shared by listeners

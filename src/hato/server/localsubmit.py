@@ -40,6 +40,8 @@ from hato.crypto import DEFER_DATA_REPLY, KeyLookup, SealedScratch
 from hato.delivery.loops import delivered_to_fields
 from hato.delivery.outbound_body import has_utf8_header
 from hato.directory.resolver import Local, NotLocal, Resolution, Unknown
+from hato.intake.headers import HeaderCapture
+from hato.intake.protect import keyed_copies_needed, protect
 from hato.model import (
     Address,
     AddressError,
@@ -52,8 +54,6 @@ from hato.model import (
 )
 from hato.policy import Accept, Defer, Reservation, SendLimiter
 from hato.queue import AUTH_PARAM, BodyWriter, QueueStore, QueueWriteError
-from hato.server.headers import HeaderCapture
-from hato.server.protect import keyed_copies_needed, protect
 
 log = logging.getLogger("hato.control")
 
@@ -208,7 +208,7 @@ class LocalSubmitter:
     def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
         """Where a submitted message's octets go as they come (control, maildrop): a sealed
         scratch file when one of `recipients` has a key (a keyed user's plaintext must never
-        reach the spool: server/protect.py), else the queue's body."""
+        reach the spool: intake/protect.py), else the queue's body."""
         if self._keyed(recipients):
             return LocalBody(SealedScratch(self._queue.messages_dir))
         return LocalBody(self._queue.new_body())
@@ -273,7 +273,7 @@ class LocalSubmitter:
     def _check_keys(
         self, pairs: list[tuple[Address, Address]], body: LocalBody, uid: int | None
     ) -> None:
-        """The session's RCPT verdict on the final mailboxes (server/protect.py)."""
+        """The session's RCPT verdict on the final mailboxes (intake/protect.py)."""
         verdict = keyed_copies_needed(self._keys, [dest for dest, _ in pairs], self._now())
         if verdict.defer_reason:
             # Issue 6 key failure policy "defer": the mail waits (RFC 3463 §3.8 X.7.5).

@@ -28,11 +28,11 @@ import re
 from collections.abc import Sequence
 
 from hato.directory.resolver import Local, NotLocal
+from hato.intake.protect import recipient_keys
 from hato.milter.protocol import AddRecipient, ChangeFrom, DeleteRecipient
 from hato.model import Address, ReversePath, logfmt
 from hato.model.address import AddressError, parse_mailbox
 from hato.server.context import SessionContext
-from hato.server.protect import recipient_keys
 
 log = logging.getLogger("hato.smtpd")
 
@@ -65,7 +65,7 @@ def apply_envelope(
 ) -> ReversePath:
     """`recipients` ((destination, as given) pairs) and `params` (MAIL's) with `changes`
     applied, in place; the sender to queue with. `sealed`: the body is in encrypted scratch
-    (server/protect.py splits it per key at the commit, added recipients included)."""
+    (intake/protect.py splits it per key at the commit, added recipients included)."""
     for change in changes:
         if isinstance(change, ChangeFrom):
             sender = new_sender(change, sender, params, queue_id)

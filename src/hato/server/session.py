@@ -11,36 +11,34 @@ the core stays PAUSED, so replies keep their order and a fast client cannot pile
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_REPLY, SealedScratch
-from hato.delivery.loops import MAIL_LOOP, TraceFields, delivered_to_fields
-from hato.directory.resolver import Local, NotLocal, Resolution
-from hato.model import Address, RecipientDsn, Reply, logfmt
-from hato.model.storeerror import StoreUnavailable
-from hato.policy import (
-    AUTH_BLOCKED,
-    Accept,
-    Decision,
-    RecipientFacts,
-    Reservation,
-    SenderFacts,
-    mail_from_decision,
-    rcpt_decision,
+from hato.delivery.loops import MAIL_LOOP, TraceFields
+from hato.directory.resolver import Resolution
+from hato.intake.headers import ForgedResultsFilter, HeaderCapture
+from hato.intake.message import commit
+from hato.intake.received import TraceInfo, received_header
+from hato.intake.recipients import (
+    add_recipient,
+    open_transaction,
+    owns,
+    resolve_recipient,
+    sender_refusal,
+    settle,
 )
+from hato.intake.transaction import Transaction
+from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
+from hato.policy import AUTH_BLOCKED, Accept, Reservation
 from hato.queue import QueueWriteError
 from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
 from hato.server.finish import Submitted, finish, open_capture
 from hato.server.greeting import before_greeting, screens
-from hato.server.headers import ForgedResultsFilter, HeaderCapture
 from hato.server.login import Login
 from hato.server.milterearly import mail_checked, milter_mail, rcpt_checked, recipient_checks
-from hato.server.protect import protect, recipient_keys
-from hato.server.received import TraceInfo, received_header
 from hato.server.screen import Screened
 from hato.smtp import (
     NEED_DATA,
@@ -78,7 +76,6 @@ TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 # uvloop reads a busy socket up to 32 times per turn of the loop: megabytes of DATA in one go,
 # while every other session waits. After this many octets a session lets the others go first.
 BURST = 256 * 1024
-NO_DSN = RecipientDsn()  # no NOTIFY/ORCPT given: RFC 3461 defaults apply
 
 
 class SmtpSession(asyncio.Protocol):
@@ -92,12 +89,8 @@ class SmtpSession(asyncio.Protocol):
         self.body: BodyWriter | SealedScratch | None = None  # scratch: a keyed recipient
         self.headers: HeaderCapture | None = None
         self.trace: TraceFields | None = None  # the hop count (RFC 5321 §6.3)
-        self.mail_from: MailFrom | None = None
-        self.recipients: list[tuple[Address, Address]] = []  # (deliver-to, original)
-        self.rcpt_dsn: dict[Address, RecipientDsn] = {}  # RFC 3461 NOTIFY/ORCPT per deliver-to
-        self.rcpt_originals: list[Address] = []
+        self.tx: Transaction | None = None  # after MAIL FROM: the envelope so far
         self.user: Address | None = None  # the authenticated account
-        self.quota: Reservation | None = None  # the transaction's sending-limit reservation
         self.committing: Reservation | None = None  # that of the message being committed
         self.login = Login(ctx, self.client_ip, "")
         self.tls_detail = ""
@@ -111,7 +104,6 @@ class SmtpSession(asyncio.Protocol):
         self.messages = 0
         self.capture: MessageCapture | None = None  # the message, for authentication checks
         self.forged: ForgedResultsFilter | None = None
-        self.keyed = False  # a recipient of this transaction has a key (issue 6)
         self.burst = 0  # octets read since reading last paused for the other sessions
         self.screened = Screened()  # what the mx [screen] found before the greeting
 
@@ -251,10 +243,10 @@ class SmtpSession(asyncio.Protocol):
             case RcptTo():
                 self._on_rcpt(event)
             case DataStart():
-                # A keyed recipient's plaintext must never reach the spool (server/protect.py).
+                # A keyed recipient's plaintext must never reach the spool (intake/protect.py).
                 self.body = (
                     SealedScratch(self.ctx.queue.messages_dir)
-                    if self.keyed
+                    if self.tx is not None and self.tx.keyed
                     else self.ctx.queue.new_body()
                 )
                 self.forged = (
@@ -350,90 +342,46 @@ class SmtpSession(asyncio.Protocol):
     def _on_mail(self, event: MailFrom) -> None:
         self._discard_body()
         self._reset_transaction()
-        path = event.path
-        resolver = self.ctx.resolver
-        facts = SenderFacts(
-            role=self.ctx.role,
-            queue_has_room=self.ctx.queue.has_room(event.size or 0),
-            authenticated=self.user is not None,
-            sender_is_local=path is not None and resolver.is_local_domain(path.domain),
-            sender_owned=path is None or (self.user is not None and self._owns(path)),
-        )
-        decision = mail_from_decision(facts)
-        if isinstance(decision, Accept) and mail_checked(self.ctx):
+        refusal = sender_refusal(self.ctx, event.path, user=self.user, size=event.size or 0)
+        if refusal is None and mail_checked(self.ctx):
             self._begin(self._mail_checks(event))  # the milters' word (milterearly.py)
             return
-        self._mail_decided(event, decision)
+        self._mail_decided(event, refusal)
 
     async def _mail_checks(self, event: MailFrom) -> None:
-        self._mail_decided(event, await milter_mail(self.ctx, self._submitted(event)))
+        decision = await milter_mail(self.ctx, self._submitted(event.path, event.params))
+        self._mail_decided(event, None if isinstance(decision, Accept) else decision.reply)
 
-    def _mail_decided(self, event: MailFrom, decision: Decision) -> None:
-        path = event.path
-        if isinstance(decision, Accept) and self.user is not None and self.ctx.limiter:
-            reserved = self.ctx.limiter.reserve_message(str(self.user))
-            if isinstance(reserved, Reservation):
-                self.quota = reserved
-            else:
-                decision = reserved
-        if isinstance(decision, Accept):
-            self.mail_from = event
+    def _mail_decided(self, event: MailFrom, refusal: Reply | None) -> None:
+        tx = refusal or open_transaction(
+            self.ctx, event.path, user=self.user, params=dict(event.params), smtputf8=event.smtputf8
+        )
+        if isinstance(tx, Transaction):
+            self.tx = tx
             self.conn.accept()
-        else:
-            log.info(
-                logfmt(
-                    "mail-refused",
-                    session=self.session_id,
-                    client=self.client_ip,
-                    sender=path,
-                    user=self.user,
-                    reply=decision.reply.code,
-                )
-            )
-            self.conn.reply(decision.reply)
+            return
+        log.info(logfmt("mail-refused", session=self.session_id, client=self.client_ip,
+                        sender=event.path, user=self.user, reply=tx.code))  # fmt: skip
+        self.conn.reply(tx)
 
     def _owns(self, address: Address) -> bool:
-        user = self.user
-        if user is None:
-            return False
-        if self.ctx.resolver.owns(user, address):
-            return True
-        grants = self.ctx.send_as.get(Address(user.local.lower(), user.domain.lower()), ())
-        return Address(address.local.lower(), address.domain.lower()) in grants
+        return self.user is not None and owns(self.ctx, self.user, address)
 
     def _on_rcpt(self, event: RcptTo) -> None:
-        address = event.address
-        if (
-            address.local.lower() == "postmaster"
-            and address.domain == self.ctx.settings.hostname.lower()
-            and not self.ctx.resolver.is_local_domain(address.domain)
-        ):
-            # RFC 5321 §4.5.1: "RCPT TO:<Postmaster>" (the core names it postmaster@hostname)
-            # must always be accepted: it goes to the postmaster of our first domain.
-            address = Address("postmaster", self.ctx.postmaster_domain)
-        try:
-            resolution = self.ctx.resolver.resolve(address)
-        except StoreUnavailable as exc:  # [store] postgresql down: 451 4.3.0, try later
-            log.warning(logfmt("store-unavailable", session=self.session_id, error=str(exc)))
-            self._refuse_rcpt(event, exc.reply)
+        if self.tx is None:
+            self._refuse_rcpt(event, TEMP_FAILURE)  # cannot happen with a correct core
             return
-        facts = RecipientFacts(
-            role=self.ctx.role,
-            local_domain=not isinstance(resolution, NotLocal),
-            known=isinstance(resolution, Local),
-            authenticated=self.user is not None,
-        )
-        decision = rcpt_decision(facts)
-        if not isinstance(decision, Accept):
-            self._refuse_rcpt(event, decision.reply)
-            return
-        if rcpt_checked(self.ctx):
+        resolution = resolve_recipient(self.ctx, self.tx, event.address, session=self.session_id)
+        if isinstance(resolution, Reply):
+            self._refuse_rcpt(event, resolution)
+        elif rcpt_checked(self.ctx):
             self._begin(self._rcpt_checks(event, resolution))  # greylisting, milters
-            return
-        self._add_recipient(event, resolution)
+        else:
+            self._add_recipient(event, resolution)
 
     async def _rcpt_checks(self, event: RcptTo, resolution: Resolution) -> None:
-        facts = self._submitted(self.mail_from)
+        assert self.tx is not None
+        facts = self._submitted(self.tx.mail_from, self.tx.params)
         reply = await recipient_checks(self.ctx, self.screened, facts, event.address)
         if reply is not None:
             self.conn.reply(reply)
@@ -441,44 +389,17 @@ class SmtpSession(asyncio.Protocol):
             self._add_recipient(event, resolution)
 
     def _add_recipient(self, event: RcptTo, resolution: Resolution) -> None:
-        # Aliases may expand to several mailboxes; each gets one queue row, once.
-        # An alias target without an account is queued too: it bounces at delivery, never
-        # vanishes (directory.known).
-        targets = (
-            (*resolution.mailboxes, *resolution.forwards, *resolution.unresolved)
-            if isinstance(resolution, Local)
-            else (event.address,)
-        )
-        keys = self.ctx.keys
-        if keys is not None and isinstance(resolution, Local):
-            verdict = recipient_keys(keys, resolution.mailboxes, self._now_utc())
-            if verdict.defer_reason:
-                # Issue 6 key failure policy "defer": the mail waits at the sender (4xx).
-                log.warning(
-                    logfmt(
-                        "key-failure",
-                        session=self.session_id,
-                        detail=verdict.defer_reason,
-                        action="deferred",
-                    )
-                )
-                self.conn.reply(DEFER_REPLY)
-                return
-            self.keyed = self.keyed or verdict.keyed
-        if self.quota is not None and self.ctx.limiter is not None:
-            # Reserved last, atomically, for every worker at once (policy/ratelimit.py).
-            decision = self.ctx.limiter.reserve_recipient(self.quota)
-            if not isinstance(decision, Accept):
-                self._refuse_rcpt(event, decision.reply)
-                return
-        known = {dest for dest, _ in self.recipients}
-        for dest in targets:
-            if dest not in known:
-                self.recipients.append((dest, event.address))
-                self.rcpt_dsn[dest] = RecipientDsn.from_params(event.params)
-                known.add(dest)
-        self.rcpt_originals.append(event.address)
-        self.conn.accept()
+        if self.tx is None:
+            return  # the transaction was reset while a check waited
+        dsn = RecipientDsn.from_params(event.params)
+        reply = add_recipient(self.ctx, self.tx, event.address, resolution, dsn,
+                              session=self.session_id)  # fmt: skip
+        if reply is None:
+            self.conn.accept()
+        elif reply is DEFER_REPLY:
+            self.conn.reply(reply)  # logged as key-failure
+        else:
+            self._refuse_rcpt(event, reply)
 
     def _refuse_rcpt(self, event: RcptTo, reply: Reply) -> None:
         log.info(
@@ -492,13 +413,10 @@ class SmtpSession(asyncio.Protocol):
         )
         self.conn.reply(reply)
 
-    def _now_utc(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.ctx.clock.now(), dt.UTC)
-
     def _on_message_end(self) -> None:
         """DATA ended: refuse a header section too large to judge whole, or (after AUTH)
         malformed or naming senders the user does not own; then commit (as a task)."""
-        body, mail, headers = self.body, self.mail_from, self.headers
+        body, tx, headers = self.body, self.tx, self.headers
         self.body = self.headers = None
         captured = self.capture.result() if self.capture is not None else None
         self.capture = None
@@ -510,7 +428,7 @@ class SmtpSession(asyncio.Protocol):
                             hops=trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
             self._refuse_message(body, MAIL_LOOP)
             return
-        if mail is None or not self.recipients or body is None:
+        if tx is None or not tx.recipients or body is None:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(body, TEMP_FAILURE)
             return
@@ -527,12 +445,11 @@ class SmtpSession(asyncio.Protocol):
             log.info(
                 logfmt("forged-results-removed", session=self.session_id, count=forged.removed)
             )
-        self._begin(self._commit(mail, body, captured, verdict.authors), name="commit")
+        self._begin(self._commit(tx, body, captured, verdict.authors), name="commit")
 
-    def _submitted(self, mail: MailFrom | None) -> Submitted:
-        helo, path = self.conn.hello_name or "", mail.path if mail is not None else None
-        params = dict(mail.params) if mail is not None else {}
-        return Submitted(self.session_id, self.client_ip, helo, self.user, path, params)
+    def _submitted(self, path: ReversePath, params: Mapping[str, str | None]) -> Submitted:
+        helo = self.conn.hello_name or ""
+        return Submitted(self.session_id, self.client_ip, helo, self.user, path, dict(params))
 
     def _refuse_message(self, body: BodyWriter | SealedScratch | None, reply: Reply) -> None:
         if body is not None:
@@ -541,7 +458,7 @@ class SmtpSession(asyncio.Protocol):
         self.ctx.metrics.message(reply.code)
         self.conn.reply(reply)
 
-    def _received(self, mail: MailFrom, queue_id: str, originals: list[Address]) -> bytes:
+    def _received(self, tx: Transaction, queue_id: str) -> bytes:
         info = TraceInfo(
             helo=self.conn.hello_name or "",
             client_ip=self.client_ip,
@@ -549,30 +466,30 @@ class SmtpSession(asyncio.Protocol):
             esmtp=self.conn.esmtp,
             tls=self.conn.tls_active,
             authenticated=self.user is not None,
-            smtputf8=mail.smtputf8,
+            smtputf8=tx.smtputf8,
             tls_detail=self.tls_detail,
         )
-        return received_header(info, queue_id, originals, self.ctx.clock.now())
+        return received_header(info, queue_id, tx.originals, self.ctx.clock.now())
 
     async def _commit(
         self,
-        mail: MailFrom,
+        tx: Transaction,
         body: BodyWriter | SealedScratch,
         captured: bytes | LargeMessage | None,
         from_addresses: list[Address | None],
     ) -> None:
-        """Authenticate (inbound checks or DKIM signing), then deliver what can go into our
-        own Maildirs now (`ctx.direct`) and queue the rest durably; only then answer 250
-        (DESIGN.md: 250 means durable)."""
-        recipients, originals, dsn = self.recipients, self.rcpt_originals, self.rcpt_dsn
-        self.committing, self.quota = self.quota, None  # settled by the answer (`_answer`)
+        """Authenticate (inbound checks or DKIM signing), rspamd and milters, then the
+        pipeline's commit (intake/message.py): only then answer 250."""
+        facts = self._submitted(tx.mail_from, tx.params)
+        self.committing, tx.quota = tx.quota, None  # settled by the answer (`_answer`)
+        self.tx = None
         self._reset_transaction()
         added, params, refusal, body, sender = await finish(
             self.ctx,
-            self._submitted(mail),
+            facts,
             captured,
             from_addresses,
-            recipients,
+            tx.recipients,  # a milter may change them, in place
             body,  # rspamd may have its header edited: a copy comes back
         )
         if refusal is not None:
@@ -580,50 +497,18 @@ class SmtpSession(asyncio.Protocol):
                 body.discard()
             self._answer(refusal if refusal.code >= 400 else None)  # a milter's discard: 250
             return
-        copies = await self._copies(body, [dest for dest, _ in recipients])
-        if copies is None:
+        try:
+            ids = await commit(self.ctx, tx, body, mail_from=sender, added=added,
+                               params=params, trace=lambda qid: self._received(tx, qid),
+                               session=self.session_id)  # fmt: skip
+        except QueueWriteError as exc:
+            log.warning(logfmt("queue-write-failed", session=self.session_id, error=exc,
+                               reply=exc.reply.code))  # fmt: skip
+            self._answer(exc.reply)
             return
-        original_of = dict(recipients)
-        ids: list[str] = []
-        for number, (copy, dests) in enumerate(copies):
-            rows = [(dest, original_of.get(dest, dest), dsn.get(dest, NO_DSN)) for dest in dests]
-            # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
-            # Delivered-To for the aliases that forward it (delivery/loops.py).
-            prefix = delivered_to_fields(recipients, self.ctx.resolver.is_local_domain)
-            prefix += added + self._received(mail, copy.queue_id, originals)
-            if self.ctx.direct is not None and copy.inline:
-                # Our own mailboxes get it now; only the rest is queued (server/direct.py).
-                rows = await self.ctx.direct.deliver(
-                    copy.queue_id,
-                    mail_from=sender,
-                    body=copy.peek_inline(),
-                    prefix=prefix,
-                    params=params,
-                    rows=rows,
-                )
-                if not rows:
-                    copy.discard()
-                    ids.append(copy.queue_id)
-                    continue
-            try:
-                ids.append(
-                    await self.ctx.queue.commit(
-                        copy, mail_from=sender, recipients=rows, prefix=prefix, params=params
-                    )
-                )
-            except QueueWriteError as exc:
-                log.warning(
-                    logfmt(
-                        "queue-write-failed",
-                        session=self.session_id,
-                        error=exc,
-                        reply=exc.reply.code,
-                    )
-                )
-                for rest, _ in copies[number + 1 :]:
-                    rest.discard()
-                self._answer(exc.reply)
-                return
+        if isinstance(ids, Reply):
+            self._answer(ids)
+            return
         self.messages += 1
         log.info(
             logfmt(
@@ -632,27 +517,11 @@ class SmtpSession(asyncio.Protocol):
                 id=",".join(ids),
                 client=self.client_ip,
                 user=self.user,
-                nrcpt=len(recipients),
-                encrypted=(len(copies) - 1) if isinstance(body, SealedScratch) else None,
+                nrcpt=len(tx.recipients),
+                encrypted=(len(ids) - 1) if isinstance(body, SealedScratch) else None,
             )
         )
         self._answer(None, f"Ok: queued as {' '.join(ids)}")
-
-    async def _copies(
-        self, body: BodyWriter | SealedScratch, dests: list[Address]
-    ) -> list[tuple[BodyWriter, tuple[Address, ...]]] | None:
-        """What to queue: the streamed body for everyone, or (issue 6) the plaintext copy for
-        recipients without a key and one encrypted copy per keyed recipient; None when it was
-        answered instead (a key failed under the "defer" policy: 451 4.7.5)."""
-        if not isinstance(body, SealedScratch):
-            return [(body, tuple(dests))]
-        assert self.ctx.keys is not None
-        now, session = self._now_utc(), self.session_id
-        copies = await protect(self.ctx.keys, body, dests, now, self.ctx.queue, session)
-        if isinstance(copies, Reply):
-            self._answer(copies)
-            return None
-        return copies
 
     # ---- STARTTLS (RFC 3207) ----
 
@@ -719,12 +588,7 @@ class SmtpSession(asyncio.Protocol):
         """The answer to the end of a message (250 once it is durable)."""
         self.ctx.metrics.message(250 if reply is None else reply.code)
         quota, self.committing = self.committing, None
-        if quota is not None and self.ctx.limiter is not None:
-            # A 250 keeps the reservation as usage; any other answer gives it back.
-            if reply is not None:
-                self.ctx.limiter.release(quota)
-            elif (alert := self.ctx.limiter.confirm(quota)) is not None:
-                log.warning(logfmt("sending-spike", **alert.fields()))
+        settle(self.ctx, quota, reply)
         if self.closing:
             return
         if reply is None:
@@ -733,14 +597,9 @@ class SmtpSession(asyncio.Protocol):
             self.conn.reply(reply)
 
     def _reset_transaction(self) -> None:
-        if self.quota is not None and self.ctx.limiter is not None:
-            self.ctx.limiter.release(self.quota)  # no 250: the reservation is given back
-        self.quota = None
-        self.keyed = False
-        self.rcpt_dsn = {}
-        self.mail_from = None
-        self.recipients = []
-        self.rcpt_originals = []
+        tx, self.tx = self.tx, None
+        if tx is not None:
+            settle(self.ctx, tx.quota, TEMP_FAILURE)  # no 250: the reservation is given back
 
     def _discard_body(self) -> None:
         if self.body is not None:

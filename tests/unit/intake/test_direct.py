@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hato.delivery import MaildirCourier
+from hato.intake.direct import DirectDelivery, Row
 from hato.model import (
     Address,
     Delivered,
@@ -19,7 +20,6 @@ from hato.model import (
     Reply,
     TempFailed,
 )
-from hato.server.direct import DirectDelivery, Row
 from kit.clock import FakeClock
 
 BODY = b"Subject: hi\r\n\r\nHello.\r\n"

@@ -1,9 +1,9 @@
-"""The header section as it streams in (server/headers.py): whole or refused, judged once."""
+"""The header section as it streams in (intake/headers.py): whole or refused, judged once."""
 
 import pytest
 
+from hato.intake.headers import MAX_HEADER_BYTES, ForgedResultsFilter, HeaderCapture
 from hato.model import Address
-from hato.server.headers import MAX_HEADER_BYTES, ForgedResultsFilter, HeaderCapture
 
 ALICE = Address("alice", "users.test")
 

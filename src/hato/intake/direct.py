@@ -19,7 +19,7 @@ Names: the Maildir file name carries the queue id and a row number; direct copie
 row numbers (-1, -2, ...), which no queue row has, so a recipient that falls back to the queue
 can never be mistaken for one delivered here.
 
-Must not import anything of hato but model (a server-room helper of the session).
+Imports nothing of hato but model: the courier and the rows come in.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Received: trace header (RFC 5321 §4.4) and its "with" keyword (RFC 3848, RFC 6531)."""
 
+from hato.intake.received import TraceInfo, received_header, with_keyword
 from hato.model import Address
-from hato.server.received import TraceInfo, received_header, with_keyword
 
 BASE = TraceInfo(
     helo="client.example",

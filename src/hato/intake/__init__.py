@@ -1,0 +1,15 @@
+"""The one pipeline every message enters by (DESIGN.md "One way in"): the SMTP session, local
+submission (hato-sendmail, the maildrop) and the server's own notices (DSNs) all build a
+`Transaction` and pass the same steps.
+
+- MAIL and RCPT (recipients.py): sender policy and binding, the RFC 5321 §4.5.1 postmaster
+  rewrite, the address book, relay control, the key verdict of encryption at rest
+  (protect.py), the sending limits.
+- End of message (message.py): the header checks (headers.py), then the copies to store
+  (plaintext, or one encrypted copy per keyed recipient: protect.py), each with its prefix
+  (Delivered-To, the door's added headers, Received: received.py) into our own Maildirs at
+  once (direct.py) or into the queue.
+
+The network checks of the SMTP door (authentication or DKIM signing, ARC, rspamd, milters)
+still live in server/ (finish.py) and run before the commit.
+"""

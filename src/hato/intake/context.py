@@ -1,0 +1,47 @@
+"""What the intake pipeline needs of the server, whatever the door: the rooms it calls (queue,
+address book, keys, limits, direct delivery) and the settings it applies. The SMTP listener's
+`SessionContext` (server/context.py) extends it with what only a network session needs; local
+submission and the DSN committer build one of their own (`IntakeContext` itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hato.crypto import KeyLookup
+from hato.delivery.loops import DEFAULT_HOP_LIMIT
+from hato.directory.resolver import Resolution
+from hato.intake.direct import DirectDelivery
+from hato.model import Address, Clock, Role
+from hato.policy import SendLimiter
+from hato.queue import QueueStore
+from hato.smtp import ServerSettings
+
+
+class Recipients(Protocol):
+    """What the pipeline asks about addresses (hato.directory.resolver.RecipientResolver, or the
+    composition root's proxy that a reload swaps)."""
+
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution: ...
+
+    def owns(self, user: Address, address: Address) -> bool: ...
+
+    def is_local_domain(self, domain: str) -> bool: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class IntakeContext:
+    """The rooms and settings of the pipeline (a reload replaces some fields in place)."""
+
+    role: Role
+    settings: ServerSettings  # our hostname (Received, milter macros), the size limit
+    queue: QueueStore
+    resolver: Recipients
+    clock: Clock
+    postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered
+    limiter: SendLimiter | None = None  # per-user sending limits (authenticated mail)
+    keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
+    direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
+    hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
+    # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
+    send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)

@@ -1,0 +1,95 @@
+"""The last end-of-message steps of the pipeline, whatever the door: encryption of the keyed
+copies, then each copy into our own Maildirs now or into the queue (DESIGN.md: 250 means
+durable).
+
+Theory of operation. The message has been received (into a queue body, or into a sealed
+scratch file when a recipient has a key: intake/protect.py) and judged (headers, the
+authentication checks or DKIM signature, rspamd and milters, by the door that has them). `commit`
+then makes the copies to store: the body itself for everyone, or the plaintext copy for the
+unkeyed recipients and one encrypted copy per keyed recipient. Each copy gets its stored
+prefix (RFC 9228 Delivered-To for the aliases that forward it, the door's added header lines,
+then its Received line, which names the copy's queue id) and is delivered into its Maildirs
+at once when every recipient of it can have it so (intake/direct.py), else committed to the
+queue. The door answers 250 only when this returned the queue ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hato.crypto import SealedScratch
+from hato.delivery.loops import delivered_to_fields
+from hato.intake.context import IntakeContext
+from hato.intake.protect import protect
+from hato.intake.recipients import now_utc
+from hato.intake.transaction import Transaction
+from hato.model import Address, Reply, ReversePath
+from hato.queue import BodyWriter, QueueWriteError
+
+Copies = list[tuple[BodyWriter, tuple[Address, ...]]]
+
+
+async def copies_of(
+    ctx: IntakeContext, body: BodyWriter | SealedScratch, dests: list[Address], session: str
+) -> Copies | Reply:
+    """What to store: the streamed body for everyone, or (issue 6) the plaintext copy for
+    recipients without a key and one encrypted copy per keyed recipient; or the reply instead
+    of 250 (a key failed under the "defer" policy: 451 4.7.5; the scratch file failed)."""
+    if not isinstance(body, SealedScratch):
+        return [(body, tuple(dests))]
+    assert ctx.keys is not None
+    return await protect(ctx.keys, body, dests, now_utc(ctx), ctx.queue, session)
+
+
+async def commit(
+    ctx: IntakeContext,
+    tx: Transaction,
+    body: BodyWriter | SealedScratch,
+    *,
+    mail_from: ReversePath,
+    added: bytes,
+    params: dict[str, str | None],
+    trace: Callable[[str], bytes],
+    session: str,
+    direct: bool = True,
+) -> list[str] | Reply:
+    """Store the message for `tx.recipients`: the queue ids, or the reply instead of 250 when
+    nothing was stored (see the module docstring). `added` are the door's header lines,
+    `trace(queue_id)` the copy's Received line; `direct` lets local copies skip the queue.
+    Raises QueueWriteError when a copy could not be queued (the copies after it are
+    discarded; those before it are stored, as a client's retry would store them again)."""
+    copies = await copies_of(ctx, body, tx.dests(), session)
+    if isinstance(copies, Reply):
+        return copies
+    forwarded = delivered_to_fields(tx.recipients, ctx.resolver.is_local_domain)
+    ids: list[str] = []
+    for number, (copy, dests) in enumerate(copies):
+        rows = tx.rows(dests)
+        # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
+        # Delivered-To for the aliases that forward it (delivery/loops.py).
+        prefix = forwarded + added + trace(copy.queue_id)
+        if direct and ctx.direct is not None and copy.inline:
+            # Our own mailboxes get it now; only the rest is queued (intake/direct.py).
+            rows = await ctx.direct.deliver(
+                copy.queue_id,
+                mail_from=mail_from,
+                body=copy.peek_inline(),
+                prefix=prefix,
+                params=params,
+                rows=rows,
+            )
+            if not rows:
+                copy.discard()
+                ids.append(copy.queue_id)
+                continue
+        try:
+            ids.append(
+                await ctx.queue.commit(
+                    copy, mail_from=mail_from, recipients=rows, prefix=prefix, params=params
+                )
+            )
+        except QueueWriteError:
+            for rest, _ in copies[number + 1 :]:
+                rest.discard()
+            raise
+    return ids
