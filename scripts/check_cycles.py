@@ -26,8 +26,6 @@ PACKAGE = "hato"
 # of its modules matches a pattern of one entry ("pkg.*": the modules under pkg). Delete an
 # entry when its cycle is gone; add none.
 KNOWN: dict[str, tuple[str, ...]] = {
-    # intake: the session's steps into the intake pipeline.
-    "intake": ("hato.server.*", "hato.intake.*"),
 }
 
 

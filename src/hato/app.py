@@ -56,7 +56,7 @@ from hato.delivery.router import RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.intake.direct import DirectDelivery
-from hato.intake.protect import KeyedCommitter
+from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
 from hato.policy import AuthThrottle
@@ -198,7 +198,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
     )
     # One way in (issue 11): DSNs to a keyed user are encrypted as SMTP mail is (server/protect).
-    committer = KeyedCommitter(queue, keys, clock)
+    committer = KeyedCommitter(queue, keys, clock, resolver, hostname=settings.server.hostname)
     runner = QueueRunner(
         queue,
         courier,

@@ -33,7 +33,9 @@ class DoorsHato(HatoServer):
     """example.org (bob, carol, dave); mail for remote.test goes to a scripted peer."""
 
     def __init__(self, data_dir: Path, peer_port: int) -> None:
-        setup = MailSetup(domains=(DomainSetup("example.org", users=("bob", "carol", "dave")),))
+        users = ("bob", "carol", "dave")
+        domain = DomainSetup("example.org", users=users, aliases=(("robert", ("bob",)),))
+        setup = MailSetup(domains=(domain,))
         super().__init__(data_dir, setup)
         self.peer_port = peer_port
 
@@ -172,6 +174,28 @@ def test_a_bounce_to_a_keyed_user_is_stored_only_as_ciphertext(
     # The copy bob sent out was in the spool in the clear (no key for nobody@remote.test);
     # the notice returning it to bob never was.
     assert not [p for p in _grep(hato.data_dir, marker.encode()) if "Maildir" in str(p)]
+
+
+def test_a_bounce_to_an_alias_of_a_keyed_user_is_stored_only_as_ciphertext(
+    hato: DoorsHato, gpg: Gpg
+) -> None:
+    marker = uuid.uuid4().hex
+    # Mail from robert@ (an alias delivering to bob) that the next hop refuses: the DSN goes
+    # to robert@, that is to bob's Maildir, encrypted to bob's key as SMTP mail to robert@ is.
+    done = hato.sendmail(
+        ["-f", "robert@example.org", "nobody@remote.test"], _message(marker, "nobody@remote.test")
+    )
+    assert done.returncode == 0, done.stderr
+    assert hato.wait_for_log(r"event=dsn-queued ")
+    stored = _one(hato.mailbox("bob", "example.org"))
+    assert marker.encode() not in stored
+    opened = _gpg_open(gpg, stored)
+    assert b"Final-Recipient: rfc822;nobody@remote.test" in opened
+    assert f"Subject: secret {marker}".encode() in opened  # the original came back inside
+    assert f"The plan is {marker}.".encode() in opened
+    # Only the copy robert@ sent out was ever in the clear (in the spool, for remote.test).
+    assert not [p for p in _grep(hato.data_dir, marker.encode()) if "Maildir" in str(p)]
+    assert not [p for p in _grep(hato.data_dir, marker.encode()) if p.suffix == ".db"]
 
 
 @pytest.mark.parametrize("peer", [GREYLIST], indirect=True)

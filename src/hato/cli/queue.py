@@ -173,7 +173,7 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
     def committer(queue: Any) -> Any:
         """A DSN to a user with an imported key is stored encrypted, as the server's."""
         from hato.crypto import KEYS_DB, KeyStore
-        from hato.intake.protect import KeyedCommitter
+        from hato.intake.notices import KeyedCommitter
         from hato.model import SystemClock
         from hato.queue import PlainCommit
 

@@ -37,7 +37,7 @@ from hato.crypto import (
     protect_stream,
     split_for_encryption,
 )
-from hato.model import Address, Clock, Reply, logfmt
+from hato.model import Address, Reply, logfmt
 from hato.queue import BodyWriter, QueueStore, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
@@ -138,54 +138,3 @@ async def seal_and_protect(
     scratch = SealedScratch(queue.messages_dir)
     scratch.write(data)
     return await protect(keys, scratch, dests, now, queue, session)
-
-
-class KeyedCommitter:
-    """The queue's `Committer` (queue/bounce.py) for the notices the server makes: a DSN to a
-    user with an imported key is queued as that user's encrypted copy, by the same `protect`
-    as the SMTP session's, with its key-failure policy (DEFER: the notice is not queued now,
-    the runner tries again at the next attempt; PLAINTEXT: the warning-headed copy)."""
-
-    def __init__(self, queue: QueueStore, keys: KeyLookup, clock: Clock) -> None:
-        self._queue = queue
-        self._keys = keys
-        self._clock = clock
-
-    async def __call__(
-        self,
-        body: BodyWriter,
-        data: bytes,
-        *,
-        recipients: list[tuple[Address, Address]],
-        params: dict[str, str | None],
-    ) -> str:
-        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
-        dests = [dest for dest, _ in recipients]
-        verdict = keyed_copies_needed(self._keys, dests, now)
-        if not verdict.keyed and not verdict.defer_reason:
-            body.write(data)
-            return await self._queue.commit(
-                body, mail_from=None, recipients=recipients, prefix=b"", params=params
-            )
-        body.discard()  # its id names the notice (Message-ID); the copies get their own
-        copies = await seal_and_protect(self._keys, data, dests, now, self._queue, "dsn")
-        if isinstance(copies, Reply):
-            raise QueueWriteError(None, f"key failure: {copies}")
-        original_of = dict(recipients)
-        ids: list[str] = []
-        for number, (copy, to) in enumerate(copies):
-            try:
-                ids.append(
-                    await self._queue.commit(
-                        copy,
-                        mail_from=None,
-                        recipients=[(d, original_of.get(d, d)) for d in to],
-                        prefix=b"",
-                        params=params,
-                    )
-                )
-            except QueueWriteError:
-                for rest, _ in copies[number + 1 :]:
-                    rest.discard()
-                raise
-        return ",".join(ids)

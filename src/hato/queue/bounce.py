@@ -10,7 +10,7 @@ default FAILURE and DELAY) and the message has a sender to tell (never the null 
 queue as a new message from `<>`, through the same durable path as mail from a client, so it
 is delivered like any other mail (Maildir or outbound). It is committed before the attempt's
 outcomes are recorded: a crash in between can repeat a notice, never lose one. The commit is a
-`Committer` seam: the composition root (hato.boot) passes server.protect's `KeyedCommitter`,
+`Committer` seam: the composition root (hato.boot) passes intake.notices' `KeyedCommitter`,
 the same step as the SMTP session's and local submission's, so a notice to a user with an
 imported key is stored only as ciphertext (docs/encryption.md); the default, `plain_commit`,
 is the bare queue commit (tests and tools without keys).
