@@ -14,7 +14,7 @@ always queued (never delivered before its commit: the runner's attempt writes it
 from __future__ import annotations
 
 from hato.crypto import DEFER_REPLY, KeyLookup, SealedScratch
-from hato.delivery.local import Local, Resolution
+from hato.directory.resolver import Local, Resolution
 from hato.intake.context import IntakeContext, Recipients
 from hato.intake.message import commit
 from hato.intake.recipients import add_recipient
