@@ -25,8 +25,7 @@ PACKAGE = "hato"
 # Cycles being removed, each with who removes it (issue 11). A found cycle is "known" when each
 # of its modules matches a pattern of one entry ("pkg.*": the modules under pkg). Delete an
 # entry when its cycle is gone; add none.
-KNOWN: dict[str, tuple[str, ...]] = {
-}
+KNOWN: dict[str, tuple[str, ...]] = {}
 
 
 def _matches(module: str, pattern: str) -> bool:
