@@ -89,8 +89,10 @@ def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def owner(component: Iterable[str]) -> str | None:
-    for who, patterns in KNOWN.items():
+def owner(
+    component: Iterable[str], known: Mapping[str, tuple[str, ...]] | None = None
+) -> str | None:
+    for who, patterns in (KNOWN if known is None else known).items():
         if all(any(_matches(m, p) for p in patterns) for m in component):
             return who
     return None
