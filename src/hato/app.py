@@ -46,10 +46,9 @@ from hato.boot.process import (
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
 from hato.boot.shared import CurrentResolver, Shared
-from hato.boot.store import open_limiter, open_queue, open_store_pool, open_users
+from hato.boot.store import open_keys, open_limiter, open_queue, open_store_pool, open_users
 from hato.boot.tlswatch import watch_tls
 from hato.boot.web import publications, serve_web
-from hato.crypto import KEYS_DB, KeyStore
 from hato.dbcache import CachedKeys
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.router import RoutingCourier
@@ -165,7 +164,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         queue=queue,
         dns=dns,
         users=users,
-        keys=KeyStore.in_data_dir(data_dir),  # users' public keys (issue 6)
+        keys=open_keys(data_dir, pool),  # users' public keys (issue 6)
         tls=tls,
         throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
         limiter=open_limiter(settings, clock, data_dir, pool),
@@ -178,7 +177,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         reports=(reports := open_reports(settings, data_dir, clock, outbound)),
     )
     resolver = shared.resolver
-    keys = CachedKeys(shared.keys, data_dir / KEYS_DB)  # asked at every RCPT, rarely changed
+    stamp = shared.keys.cache_stamp  # None: the shared PostgreSQL store, not cached
+    keys = CachedKeys(shared.keys, stamp) if stamp is not None else shared.keys
     maildir = MaildirCourier(
         settings.mailboxes,
         settings.server.hostname,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hato.accounts import UserStore
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
+from hato.crypto import KeyStore
 from hato.model import Clock
 from hato.policy import LIMITS_DB, SendLimiter
 from hato.queue import Queue, QueueStore
@@ -146,3 +147,12 @@ def open_limiter(
     from hato.policy.ratelimit_pg import PgSendLimiter
 
     return PgSendLimiter(clock, limits, pool)
+
+
+def open_keys(data_dir: Path, pool: ConnectionPool[Any] | None) -> KeyStore:
+    """Users' public keys and key policies: DATA_DIR/keys.db, or the shared store's tables."""
+    if pool is None:
+        return KeyStore.in_data_dir(data_dir)
+    from hato.crypto.keystore_pg import PgKeyStore
+
+    return PgKeyStore(pool)

@@ -198,6 +198,10 @@ def _store(loaded: LoadedSettings, *, init: bool = False) -> Iterator[KeyStore]:
     from hato.crypto import KeyStore
 
     data_dir = data_dir_of(loaded, init=init)
+    if loaded.settings.store.backend == "postgresql":
+        with _pg_store(loaded) as shared:
+            yield shared
+        return
     try:
         store = KeyStore.in_data_dir(data_dir)
     except (OSError, sqlite3.Error) as exc:
@@ -208,3 +212,23 @@ def _store(loaded: LoadedSettings, *, init: bool = False) -> Iterator[KeyStore]:
         raise CommandError(f"cannot use the key store in {data_dir}: {exc}") from None
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _pg_store(loaded: LoadedSettings) -> Iterator[KeyStore]:
+    """The keys in the shared PostgreSQL store; unreachable: exit 75."""
+    from hato.boot.process import StartupError
+    from hato.boot.store import open_keys, open_store_pool
+    from hato.model.storeerror import StoreUnavailable
+
+    try:
+        pool = open_store_pool(loaded.settings, "cli")
+    except StartupError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
+    try:
+        yield open_keys(loaded.settings.server.data_dir, pool)
+    except StoreUnavailable as exc:
+        raise CommandError(str(exc), 75) from None
+    finally:
+        if pool is not None:
+            pool.close()

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from hato.crypto.keys import KeyKind, PublicKey, parse_public_key
 from hato.crypto.wkdhash import wkd_hash
@@ -66,7 +66,10 @@ def canonical(address: Address) -> str:
 
 
 class KeyStore:
-    """The key database; safe to share between threads (one connection behind a lock)."""
+    """The key database; safe to share between threads (one connection behind a lock).
+    `crypto/keystore_pg.py` is the same store on the shared PostgreSQL (it changes `_rows`)."""
+
+    _POLICIES = "policies"
 
     def __init__(self, db_path: Path) -> None:
         self._path = db_path
@@ -90,6 +93,17 @@ class KeyStore:
         with self._lock:
             self._conn.close()
 
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (written for SQLite and PostgreSQL alike: "?" placeholders,
+        ON CONFLICT); its rows, if it returns any."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @property
+    def cache_stamp(self) -> Path | None:
+        """The file whose change invalidates a cache of `get`/`policy` (None: do not cache)."""
+        return self._path
+
     # -- keys ------------------------------------------------------------------------------
 
     def import_key(self, data: bytes, address: Address, now: dt.datetime) -> PublicKey:
@@ -112,55 +126,58 @@ class KeyStore:
             wkd_hash(address.local),
             now.isoformat(),
         )
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO keys VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        self._rows(
+            "INSERT INTO keys (address, local, domain, kind, data, fingerprint, expires,"
+            " algorithm, wkd_hash, imported) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (address) DO UPDATE SET local = excluded.local,"
+            " domain = excluded.domain, kind = excluded.kind, data = excluded.data,"
+            " fingerprint = excluded.fingerprint, expires = excluded.expires,"
+            " algorithm = excluded.algorithm, wkd_hash = excluded.wkd_hash,"
+            " imported = excluded.imported",
+            row,
+        )
 
     def get(self, address: Address) -> PublicKey | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM keys WHERE address = ?", (canonical(address),)
-            ).fetchone()
-        return _key(row) if row else None
+        rows = self._rows(f"SELECT {_COLUMNS} FROM keys WHERE address = ?", (canonical(address),))
+        return _key(rows[0]) if rows else None
 
     def remove(self, address: Address) -> bool:
-        with self._lock:
-            cursor = self._conn.execute("DELETE FROM keys WHERE address = ?", (canonical(address),))
-        return cursor.rowcount > 0
+        rows = self._rows(
+            "DELETE FROM keys WHERE address = ? RETURNING address", (canonical(address),)
+        )
+        return bool(rows)
 
     def list(self) -> list[PublicKey]:
-        with self._lock:
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY address").fetchall()
-        return [_key(row) for row in rows]
+        return [_key(row) for row in self._rows(f"SELECT {_COLUMNS} FROM keys ORDER BY address")]
 
     def find_wkd(self, domain: str, hashed: str) -> PublicKey | None:
         """The OpenPGP key published by WKD for `hashed` (z-base-32) at `domain`."""
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM keys WHERE domain = ? AND wkd_hash = ? AND kind = ?",
-                (domain.lower(), hashed.lower(), KeyKind.OPENPGP.value),
-            ).fetchone()
-        return _key(row) if row else None
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM keys WHERE domain = ? AND wkd_hash = ? AND kind = ?",
+            (domain.lower(), hashed.lower(), KeyKind.OPENPGP.value),
+        )
+        return _key(rows[0]) if rows else None
 
     # -- policies --------------------------------------------------------------------------
 
     def policy(self, address: Address) -> FailurePolicy:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT policy FROM policies WHERE address = ?", (canonical(address),)
-            ).fetchone()
-        return FailurePolicy(row[0]) if row else FailurePolicy.DEFER
+        rows = self._rows(
+            f"SELECT policy FROM {self._POLICIES} WHERE address = ?", (canonical(address),)
+        )
+        return FailurePolicy(rows[0][0]) if rows else FailurePolicy.DEFER
 
     def set_policy(self, address: Address, policy: FailurePolicy) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO policies VALUES (?, ?)", (canonical(address), policy.value)
-            )
+        self._rows(
+            f"INSERT INTO {self._POLICIES} (address, policy) VALUES (?, ?)"
+            " ON CONFLICT (address) DO UPDATE SET policy = excluded.policy",
+            (canonical(address), policy.value),
+        )
 
 
 _COLUMNS = "local, domain, kind, data, fingerprint, expires, algorithm"
 
 
-def _key(row: tuple[str, str, str, bytes, str, str | None, str]) -> PublicKey:
+def _key(row: tuple[Any, ...]) -> PublicKey:
     local, domain, kind, data, fingerprint, expires, algorithm = row
     return PublicKey(
         KeyKind(kind),
