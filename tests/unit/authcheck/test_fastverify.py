@@ -92,3 +92,18 @@ def test_an_unusable_record_is_not_kept() -> None:
         with pytest.raises(dkim.KeyFormatError):
             parsed_key(b"v=DKIM1; k=rsa; p=AAAA")
     assert parsed_key.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("canon", [b"relaxed", b"simple"])
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"X-Unsigned:  added   later\r\n",  # not in h=: still valid
+        b"From: <mallory@example.org>\r\n",  # a second From (dkimpy hashes it too): invalid
+        b"From : <mallory@example.org>\r\n",  # a space before the colon: not a From to dkimpy
+        b"subject: other\r\n",  # a signed name added above: the bottom one is still hashed
+    ],
+)
+def test_added_fields_give_dkimpys_verdict(canon: bytes, added: bytes) -> None:
+    message = added + _sign(b"hello  world\r\n", canon)
+    assert _verdict(FastDKIM, message) == _verdict(dkim.DKIM, message)
