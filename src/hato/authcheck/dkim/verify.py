@@ -218,6 +218,8 @@ def _verify_one(
     return base
 
 
+# By record text and algorithm: the same few keys sign most of the mail (fastverify.py).
+@functools.lru_cache(maxsize=1024)
 def _key_problem(record: bytes, algorithm: str) -> str:
     tags = _parse_tags(record)
     if tags is not None and not tags.get(b"p", b"").strip():
