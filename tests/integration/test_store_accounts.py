@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from peers.clients import auth_plain, submissions_session
 from peers.hato import HatoServer, hato_binary
 from peers.net import RawSession
 from peers.postgres import PASSWORD, PostgresServer
@@ -72,11 +73,8 @@ def test_no_scram_keys_are_kept_when_scram_is_off(
 
 
 def _auth(server: HatoServer, ca: TestCA, login: str) -> int:
-    with RawSession(server.host, server.submissions_port, tls=ca.client_context()) as session:
-        assert session.reply()[0] == 220
-        assert session.command(b"EHLO client.test")[0] == 250
-        token = base64.b64encode(f"\0{login}\0{USER_PASSWORD}".encode())
-        return session.command(b"AUTH PLAIN " + token)[0]
+    with submissions_session(server, ca) as session:
+        return auth_plain(session, login)[0]
 
 
 def _rcpt(server: HatoServer, address: str) -> int:

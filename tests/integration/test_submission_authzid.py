@@ -8,17 +8,11 @@ import base64
 import hashlib
 import hmac
 
+from peers.clients import submissions_session
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import USER_PASSWORD
 from peers.tls import TestCA
-
-
-def _session(server: HatoServer, ca: TestCA) -> RawSession:
-    session = RawSession(server.host, server.submissions_port, tls=ca.client_context())
-    assert session.reply()[0] == 220
-    assert session.command(b"EHLO client.test")[0] == 250
-    return session
 
 
 def _b64(data: bytes) -> bytes:
@@ -51,7 +45,7 @@ def _scram(session: RawSession, login: str, authzid: str) -> tuple[int, list[byt
 def test_plain_with_the_own_login_as_authzid_in_another_case_is_accepted(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
-    with _session(shared_submission, test_ca) as session:
+    with submissions_session(shared_submission, test_ca) as session:
         token = _b64(f"Alice@USERS.test\0alice@users.test\0{USER_PASSWORD}".encode())
         assert session.command(b"AUTH PLAIN " + token)[0] == 235
         assert session.command(b"MAIL FROM:<alice@users.test>")[0] == 250
@@ -60,7 +54,7 @@ def test_plain_with_the_own_login_as_authzid_in_another_case_is_accepted(
 def test_plain_with_another_users_authzid_is_refused(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
-    with _session(shared_submission, test_ca) as session:
+    with submissions_session(shared_submission, test_ca) as session:
         token = _b64(f"bob@users.test\0alice@users.test\0{USER_PASSWORD}".encode())
         code, lines = session.command(b"AUTH PLAIN " + token)
         assert (code, lines[-1][4:9]) == (535, b"5.7.8")
@@ -69,7 +63,7 @@ def test_plain_with_another_users_authzid_is_refused(
 def test_scram_with_another_users_authzid_is_refused(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
-    with _session(shared_submission, test_ca) as session:
+    with submissions_session(shared_submission, test_ca) as session:
         code, lines = _scram(session, "alice@users.test", "bob@users.test")
         assert (code, lines[-1][4:9]) == (535, b"5.7.8")
         # Not logged in as anyone: MAIL still needs AUTH.
@@ -79,7 +73,7 @@ def test_scram_with_another_users_authzid_is_refused(
 def test_scram_with_the_own_login_as_authzid_is_accepted(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
-    with _session(shared_submission, test_ca) as session:
+    with submissions_session(shared_submission, test_ca) as session:
         assert _scram(session, "alice@users.test", "ALICE@users.test")[0] == 235
-    with _session(shared_submission, test_ca) as session:
+    with submissions_session(shared_submission, test_ca) as session:
         assert _scram(session, "alice@users.test", "")[0] == 235

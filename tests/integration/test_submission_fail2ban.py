@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from peers.clients import auth_plain, submissions_session
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import USER_PASSWORD, AuthSetup, MakeServer, submission_setup
@@ -28,19 +29,6 @@ BOB = "bob@users.test"
 
 def _b64(text: str) -> bytes:
     return base64.b64encode(text.encode())
-
-
-def _session(server: HatoServer, ca: TestCA, source: str | None = None) -> RawSession:
-    session = RawSession(
-        server.host, server.submissions_port, tls=ca.client_context(), source=source
-    )
-    assert session.reply()[0] == 220
-    assert session.command(b"EHLO client.test")[0] == 250
-    return session
-
-
-def _plain(session: RawSession, user: str, password: str) -> tuple[int, list[bytes]]:
-    return session.command(b"AUTH PLAIN " + _b64(f"\0{user}\0{password}"))
 
 
 def _login(session: RawSession, user: str, password: str) -> tuple[int, list[bytes]]:
@@ -72,16 +60,16 @@ def test_fail2ban_regex_finds_every_failed_auth_and_only_the_real_ip(
 ) -> None:
     fail2ban_regex = require_peer("fail2ban-regex")
     server = _server(make_server, test_ca, AuthSetup(failure_delay=0.0, max_failures=100))
-    with _session(server, test_ca) as session:
+    with submissions_session(server, test_ca) as session:
         for password in ("wrong-1", "wrong-2", "wrong-3"):
-            assert _plain(session, ALICE, password)[0] == 535
+            assert auth_plain(session, ALICE, password)[0] == 535
         assert _login(session, ALICE, "wrong-4")[0] == 535
-        assert _plain(session, "nobody@users.test", "x")[0] == 535
+        assert auth_plain(session, "nobody@users.test", "x")[0] == 535
         # A client cannot plant another address (or a whole fake line) through its user name.
-        assert _plain(session, "x client=198.51.100.9 y", "x")[0] == 535
+        assert auth_plain(session, "x client=198.51.100.9 y", "x")[0] == 535
         fake = "x\n2026-01-01T00:00:00.000Z WARNING hato.smtpd: event=auth-failed session=1 "
-        assert _plain(session, fake + "client=198.51.100.10 user=z", "x")[0] == 535
-        assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+        assert auth_plain(session, fake + "client=198.51.100.10 user=z", "x")[0] == 535
+        assert auth_plain(session, ALICE, USER_PASSWORD)[0] == 235
     # Log lines may land a moment after the replies: wait for the last one.
     assert server.wait_for_log(r"event=auth-failed .*user=\"x\\x0a"), server.log_text()
 
@@ -133,17 +121,17 @@ def test_failed_auth_slows_down_then_421_and_a_temporary_block(
                   block_time=block),
     )  # fmt: skip
     # Warm up the password checker (its first argon2id run is slower); a success clears counts.
-    with _session(server, test_ca) as session:
-        assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+    with submissions_session(server, test_ca) as session:
+        assert auth_plain(session, ALICE, USER_PASSWORD)[0] == 235
     waits: list[float] = []
-    with _session(server, test_ca) as session:
+    with submissions_session(server, test_ca) as session:
         for attempt in range(3):
             started = time.monotonic()
-            code, lines = _plain(session, ALICE, f"wrong-{attempt}")
+            code, lines = auth_plain(session, ALICE, f"wrong-{attempt}")
             waits.append(time.monotonic() - started)
             assert (code, lines[-1][4:9]) == (535, b"5.7.8"), lines
         # The fourth failure reaches max_failures: 421 4.7.0 and the connection is closed.
-        code, lines = _plain(session, ALICE, "wrong-3")
+        code, lines = auth_plain(session, ALICE, "wrong-3")
         assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
         with pytest.raises(OSError):
             session.command(b"NOOP")
@@ -165,8 +153,8 @@ def test_failed_auth_slows_down_then_421_and_a_temporary_block(
 
     # After block_time the client may try again, and the right password works.
     time.sleep(max(0.0, block + 0.5 - (time.monotonic() - blocked_at)))
-    with _session(server, test_ca) as session:
-        assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+    with submissions_session(server, test_ca) as session:
+        assert auth_plain(session, ALICE, USER_PASSWORD)[0] == 235
 
     assert server.wait_for_log(r"(?s)(event=connection-refused .*){2}"), server.log_text()
     copy = workdir / "throttle.log"
@@ -181,13 +169,13 @@ def test_a_successful_login_clears_the_count(make_server: MakeServer, test_ca: T
         make_server, test_ca, AuthSetup(failure_delay=0.0, max_failures=3, block_time=60.0)
     )
     for _ in range(3):
-        with _session(server, test_ca) as session:
-            assert _plain(session, ALICE, "wrong")[0] == 535
-            assert _plain(session, ALICE, "wrong")[0] == 535
-            assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+        with submissions_session(server, test_ca) as session:
+            assert auth_plain(session, ALICE, "wrong")[0] == 535
+            assert auth_plain(session, ALICE, "wrong")[0] == 535
+            assert auth_plain(session, ALICE, USER_PASSWORD)[0] == 235
     # Six failures in all, never three in a row: never blocked.
-    with _session(server, test_ca) as session:
-        assert _plain(session, ALICE, USER_PASSWORD)[0] == 235
+    with submissions_session(server, test_ca) as session:
+        assert auth_plain(session, ALICE, USER_PASSWORD)[0] == 235
 
 
 def _scram_wrong(session: RawSession, user: str) -> tuple[int, list[bytes]]:
@@ -226,17 +214,17 @@ def test_guesses_at_bobs_account_from_elsewhere_never_block_bob(
                   max_account_failures=30, block_time=600.0),
     )  # fmt: skip
     bob_home = "127.0.0.2"
-    with _session(server, test_ca, bob_home) as session:  # bob logs in as every day
-        assert _plain(session, BOB, USER_PASSWORD)[0] == 235
+    with submissions_session(server, test_ca, bob_home) as session:  # bob logs in as every day
+        assert auth_plain(session, BOB, USER_PASSWORD)[0] == 235
     # Four attackers, eight guesses each, SCRAM and PLAIN: none reaches its own limit of 10,
     # together 32 against bob's account.
     waits: list[float] = []
     for attacker in ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"):
-        with _session(server, test_ca, attacker) as session:
+        with submissions_session(server, test_ca, attacker) as session:
             for guess in range(8):
                 started = time.monotonic()
                 if guess % 2:
-                    code, lines = _plain(session, BOB, f"guess-{guess}")
+                    code, lines = auth_plain(session, BOB, f"guess-{guess}")
                 else:
                     code, lines = _scram_wrong(session, BOB)
                 waits.append(time.monotonic() - started)
@@ -247,26 +235,26 @@ def test_guesses_at_bobs_account_from_elsewhere_never_block_bob(
     assert server.wait_for_log(r"event=auth-account-attacked user=bob@users.test"), (
         server.log_text()
     )
-    with _session(server, test_ca, "127.0.0.7") as session:  # a stranger, PLAIN
+    with submissions_session(server, test_ca, "127.0.0.7") as session:  # a stranger, PLAIN
         started = time.monotonic()
-        assert _plain(session, BOB, "one-more-guess")[0] == 535
+        assert auth_plain(session, BOB, "one-more-guess")[0] == 535
         assert time.monotonic() - started >= cap * 0.9
 
     # Bob's typo: 535 (not 421), and the right password works at once.
-    with _session(server, test_ca, bob_home) as session:
-        code, lines = _plain(session, BOB, "typo")
+    with submissions_session(server, test_ca, bob_home) as session:
+        code, lines = auth_plain(session, BOB, "typo")
         assert (code, lines[-1][4:9]) == (535, b"5.7.8"), lines
-        assert _plain(session, BOB, USER_PASSWORD)[0] == 235
+        assert auth_plain(session, BOB, USER_PASSWORD)[0] == 235
     assert not _refused(server, server.submissions_port, bob_home, test_ca)
     assert not _refused(server, server.port, bob_home)
 
     # An attacker who reaches its own limit is blocked on the submission ports, never on 25
     # (mail for its users still arrives).
     loud = "127.0.0.8"
-    with _session(server, test_ca, loud) as session:
+    with submissions_session(server, test_ca, loud) as session:
         for _ in range(9):
             assert _scram_wrong(session, ALICE)[0] == 535
-        code, lines = _plain(session, ALICE, "tenth")
+        code, lines = auth_plain(session, ALICE, "tenth")
         assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
     assert _refused(server, server.submissions_port, loud, test_ca)
     assert not _refused(server, server.port, loud)
@@ -299,12 +287,15 @@ def test_a_block_stops_guessing_on_sessions_opened_before_it(
         test_ca,
         AuthSetup(failure_delay=0.0, max_failures=3, block_time=600.0),
     )
-    with _session(server, test_ca) as early, _session(server, test_ca) as blocking:
+    with (
+        submissions_session(server, test_ca) as early,
+        submissions_session(server, test_ca) as blocking,
+    ):
         assert _scram_wrong(blocking, ALICE)[0] == 535
         assert _scram_wrong(blocking, ALICE)[0] == 535
         assert _scram_wrong(blocking, ALICE)[0] == 421  # the third: blocked
         # The session opened before the block may not guess any more either.
-        code, lines = _plain(early, ALICE, "fourth")
+        code, lines = auth_plain(early, ALICE, "fourth")
         assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
         with pytest.raises(OSError):
             early.command(b"NOOP")
@@ -323,7 +314,7 @@ def test_cancelling_auth_counts_as_a_failure_and_is_logged(
     server = _server(
         make_server, test_ca, AuthSetup(failure_delay=0.0, max_failures=3, block_time=600.0)
     )
-    with _session(server, test_ca) as session:
+    with submissions_session(server, test_ca) as session:
         for attempt in range(3):
             code, lines = session.command(
                 b"AUTH SCRAM-SHA-256 " + _b64("n,,n=carol@users.test,r=x")

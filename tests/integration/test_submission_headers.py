@@ -10,14 +10,13 @@ before the DKIM signature would make it ours, and nothing of it is delivered.
 
 from __future__ import annotations
 
-import base64
 import uuid
 
 import pytest
 from peers import clients, maildir
+from peers.clients import enhanced, logged_in
 from peers.hato import HatoServer
 from peers.net import RawSession
-from peers.server import USER_PASSWORD
 from peers.tls import TestCA
 
 HEADER_TOO_LARGE = (552, b"5.3.4")
@@ -26,20 +25,6 @@ NOT_OWNED = (553, b"5.7.1")
 SEVERAL_FROM = (550, b"5.7.1")
 # More than the documented 256 KiB header limit, in lines under 1000 octets (RFC 5321 §4.5.3.1.6).
 PADDING = b"".join(b"X-Padding-%03d: %s\r\n" % (i, b"p" * 960) for i in range(300))
-
-
-def _login(server: HatoServer, ca: TestCA, user: str = "alice@users.test") -> RawSession:
-    session = RawSession(server.host, server.submissions_port, tls=ca.client_context())
-    assert session.reply()[0] == 220
-    assert session.command(b"EHLO client.test")[0] == 250
-    token = base64.b64encode(f"\0{user}\0{USER_PASSWORD}".encode()).decode()
-    assert session.command(f"AUTH PLAIN {token}".encode())[0] == 235
-    return session
-
-
-def _code(reply: tuple[int, list[bytes]]) -> tuple[int, bytes]:
-    code, lines = reply
-    return code, lines[-1][4:9]
 
 
 def _message(header: bytes, marker: str) -> bytes:
@@ -55,10 +40,10 @@ def _start(session: RawSession) -> None:
 
 
 def _submit(server: HatoServer, ca: TestCA, message: bytes) -> tuple[int, bytes]:
-    with _login(server, ca) as session:
+    with logged_in(server, ca, "alice@users.test") as session:
         _start(session)
         assert session.command(b"DATA")[0] == 354
-        result = _code(session.command(message + b"."))
+        result = enhanced(session.command(message + b"."))
         assert session.command(b"NOOP")[0] == 250  # the session goes on
         return result
 
@@ -89,12 +74,12 @@ def test_a_from_past_the_header_limit_in_a_second_write_is_refused(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
     marker = uuid.uuid4().hex
-    with _login(shared_submission, test_ca) as session:
+    with logged_in(shared_submission, test_ca, "alice@users.test") as session:
         _start(session)
         assert session.command(b"DATA")[0] == 354
         session.send(PADDING)
         session.send(_message(b"From: ceo@bank.test", marker) + b".\r\n")
-        assert _code(session.reply()) == HEADER_TOO_LARGE
+        assert enhanced(session.reply()) == HEADER_TOO_LARGE
     _assert_never_delivered(shared_submission, test_ca, marker)
 
 
@@ -102,14 +87,14 @@ def test_a_from_past_the_header_limit_in_a_later_bdat_chunk_is_refused(
     shared_submission: HatoServer, test_ca: TestCA
 ) -> None:
     marker = uuid.uuid4().hex
-    with _login(shared_submission, test_ca) as session:
+    with logged_in(shared_submission, test_ca, "alice@users.test") as session:
         _start(session)
         # RFC 3030 §2: the first chunk is answered (250) before the second is sent.
         session.send(b"BDAT %d\r\n" % len(PADDING) + PADDING)
         assert session.reply()[0] == 250
         rest = _message(b"From: bob@users.test", marker)
         session.send(b"BDAT %d LAST\r\n" % len(rest) + rest)
-        assert _code(session.reply()) == HEADER_TOO_LARGE
+        assert enhanced(session.reply()) == HEADER_TOO_LARGE
     _assert_never_delivered(shared_submission, test_ca, marker)
 
 
@@ -133,7 +118,7 @@ def test_the_header_limit_holds_on_mx_too(shared_submission: HatoServer) -> None
         assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
         assert session.command(b"DATA")[0] == 354
         message = _message(PADDING + forged, uuid.uuid4().hex)
-        assert _code(session.command(message + b".")) == HEADER_TOO_LARGE
+        assert enhanced(session.command(message + b".")) == HEADER_TOO_LARGE
 
 
 # ---- 2: one field splitter, and what a strict reader would refuse -------------------------------

@@ -9,33 +9,18 @@ direct-to-MX spoof of our own users).
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Callable
 
 import pytest
 from peers import clients, maildir
+from peers.clients import enhanced, logged_in
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import USER_PASSWORD
 from peers.tls import TestCA
 
 NOT_OWNED = (553, b"5.7.1")
-
-
-def _login(server: HatoServer, ca: TestCA, user: str) -> RawSession:
-    """An implicit-TLS session on the submissions port, authenticated as `user` (PLAIN)."""
-    session = RawSession(server.host, server.submissions_port, tls=ca.client_context())
-    assert session.reply()[0] == 220
-    assert session.command(b"EHLO client.test")[0] == 250
-    token = base64.b64encode(f"\0{user}\0{USER_PASSWORD}".encode()).decode()
-    assert session.command(f"AUTH PLAIN {token}".encode())[0] == 235
-    return session
-
-
-def _code(reply: tuple[int, list[bytes]]) -> tuple[int, bytes]:
-    code, lines = reply
-    return code, lines[-1][4:9]
 
 
 @pytest.mark.parametrize(
@@ -53,8 +38,8 @@ def _code(reply: tuple[int, list[bytes]]) -> tuple[int, bytes]:
 def test_mail_from_not_owned_is_refused(
     shared_submission: HatoServer, test_ca: TestCA, sender: str
 ) -> None:
-    with _login(shared_submission, test_ca, "carol@users.test") as session:
-        assert _code(session.command(f"MAIL FROM:<{sender}>".encode())) == NOT_OWNED
+    with logged_in(shared_submission, test_ca, "carol@users.test") as session:
+        assert enhanced(session.command(f"MAIL FROM:<{sender}>".encode())) == NOT_OWNED
         # The session goes on: the user's own address is still fine.
         assert session.command(b"MAIL FROM:<carol@users.test>")[0] == 250
 
@@ -74,7 +59,7 @@ def test_owned_senders_are_accepted_and_delivered(
 ) -> None:
     server = shared_submission
     marker = uuid.uuid4().hex
-    with _login(server, test_ca, "alice@users.test") as session:
+    with logged_in(server, test_ca, "alice@users.test") as session:
         assert session.command(f"MAIL FROM:<{sender}>".encode())[0] == 250
         assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
         assert session.command(b"DATA")[0] == 354
@@ -105,7 +90,7 @@ def test_from_header_not_owned_is_refused_after_data(
 ) -> None:
     server = shared_submission
     marker = uuid.uuid4().hex
-    with _login(server, test_ca, "alice@users.test") as session:
+    with logged_in(server, test_ca, "alice@users.test") as session:
         assert session.command(b"MAIL FROM:<alice@users.test>")[0] == 250
         assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
         assert session.command(b"DATA")[0] == 354
@@ -113,11 +98,11 @@ def test_from_header_not_owned_is_refused_after_data(
             header + b"\r\nTo: carol@users.test\r\nSubject: spoof\r\n"
             + maildir.MARKER_HEADER + f": {marker}\r\n\r\nspoofed\r\n.".encode()
         )  # fmt: skip
-        assert _code(session.command(message)) == NOT_OWNED
+        assert enhanced(session.command(message)) == NOT_OWNED
         assert session.command(b"NOOP")[0] == 250
     # Give the queue a moment: a refused message must never be delivered.
     sentinel = uuid.uuid4().hex
-    with _login(server, test_ca, "alice@users.test") as session:
+    with logged_in(server, test_ca, "alice@users.test") as session:
         session.command(b"MAIL FROM:<alice@users.test>")
         session.command(b"RCPT TO:<carol@users.test>")
         session.command(b"DATA")
@@ -140,7 +125,7 @@ def test_from_header_not_owned_is_refused_after_data(
 def test_from_header_owned_is_accepted(
     shared_submission: HatoServer, test_ca: TestCA, header: bytes
 ) -> None:
-    with _login(shared_submission, test_ca, "alice@users.test") as session:
+    with logged_in(shared_submission, test_ca, "alice@users.test") as session:
         assert session.command(b"MAIL FROM:<alice@users.test>")[0] == 250
         assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
         assert session.command(b"DATA")[0] == 354

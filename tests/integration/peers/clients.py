@@ -1,15 +1,22 @@
-"""Running the Debian client peers (swaks, msmtp) and reading what they report.
+"""Running the Debian client peers (swaks, msmtp) and reading what they report, and the raw
+submission sessions (RFC 8314 implicit TLS, RFC 4954 AUTH) many submission tests open.
 
-The helpers return what the client printed; the tests decide what must be in it.
+The helpers return what the client printed or the server answered; the tests decide what must
+be in it.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 from pathlib import Path
 
+from .hato import HatoServer
 from .maildir import MARKER_HEADER
+from .net import RawSession
+from .server import USER_PASSWORD
+from .tls import TestCA
 
 
 def message(sender: str, to: str, marker: str, body: str = "Hello.\r\n") -> bytes:
@@ -95,3 +102,34 @@ def msmtp(
 def msmtp_dialog(output: str) -> list[str]:
     """The SMTP dialog msmtp --debug printed: "--> " client lines and "<-- " server lines."""
     return re.findall(r"^(?:-->|<--) .*$", output, re.MULTILINE)
+
+
+def submissions_session(server: HatoServer, ca: TestCA, source: str | None = None) -> RawSession:
+    """A session on the implicit-TLS submissions port (trusting the test CA), greeted and past
+    EHLO; `source` is the client's loopback address."""
+    session = RawSession(
+        server.host, server.submissions_port, tls=ca.client_context(), source=source
+    )
+    assert session.reply()[0] == 220
+    assert session.command(b"EHLO client.test")[0] == 250
+    return session
+
+
+def auth_plain(
+    session: RawSession, user: str, password: str = USER_PASSWORD
+) -> tuple[int, list[bytes]]:
+    """AUTH PLAIN with an initial response (RFC 4616), the server's answer."""
+    return session.command(b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()))
+
+
+def logged_in(server: HatoServer, ca: TestCA, user: str) -> RawSession:
+    """A submissions session authenticated as `user` (PLAIN, the test password)."""
+    session = submissions_session(server, ca)
+    assert auth_plain(session, user)[0] == 235
+    return session
+
+
+def enhanced(reply: tuple[int, list[bytes]]) -> tuple[int, bytes]:
+    """(the reply code, the enhanced status code of its last line)."""
+    code, lines = reply
+    return code, lines[-1][4:9]
