@@ -70,6 +70,8 @@ async def fetch_keys(resolver: Resolver, names: Iterable[str]) -> dict[str, DnsA
         except DnsNameError as error:
             return DnsAnswer(name, RdType.TXT, DnsStatus.NXDOMAIN, detail=str(error))
 
+    if len(wanted) == 1:  # the common case: no task group and task to make per message
+        return {wanted[0]: await one(wanted[0])}
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(n)) for n in wanted]
     return {name: task.result() for name, task in zip(wanted, tasks, strict=True)}
