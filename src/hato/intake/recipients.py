@@ -124,7 +124,7 @@ def resolve_recipient(
         role=ctx.role,
         local_domain=not isinstance(resolution, NotLocal),
         known=isinstance(resolution, Local),
-        authenticated=tx.user is not None,
+        authenticated=tx.user is not None or tx.local,
     )
     decision = rcpt_decision(facts)
     if not isinstance(decision, Accept):

@@ -23,6 +23,7 @@ class Transaction:
     mail_from: ReversePath
     params: dict[str, str | None] = field(default_factory=dict)  # MAIL FROM's ESMTP parameters
     user: Address | None = None  # the authenticated account (SMTP AUTH), or None
+    local: bool = False  # from a program on this machine: trusted to relay as `user` is
     smtputf8: bool = False  # RFC 6531 §3.4: SMTPUTF8 was given
     # (deliver-to, as given in RCPT TO): aliases expand to several rows, each once.
     recipients: list[tuple[Address, Address]] = field(default_factory=list)

@@ -16,14 +16,16 @@ allowed. Users other than root and the server's own have the sending limits of s
 (``[limits]``), counted under ``unix:NAME``. A refused recipient refuses the whole message, so a
 sendmail caller that sees EX_NOUSER knows that nothing was sent.
 
-Encryption at rest (issue 11, one way in): as on SMTP, the recipients are known before the
-message: when one of their mailboxes has an imported key (server.protect `recipient_keys`, the
-session's RCPT verdict) the octets go into a `SealedScratch`, never the spool, and the commit
-goes through the session's `protect`: one encrypted copy per keyed recipient. A key that
-cannot be used under the DEFER policy refuses the message for now (451 4.7.5: the maildrop
-keeps the file, hato-sendmail exits EX_TEMPFAIL).
+One way in (issue 11): the recipients take the intake pipeline's RCPT steps
+(intake/recipients.py: the address book, the key verdict, the sending limit, the rows of the
+`Transaction`) and the message its commit (intake/message.py: the copies, Delivered-To and a
+Received line, the queue), as on SMTP. The recipients are known before the message: when one
+of their mailboxes has an imported key the octets go into a `SealedScratch`, never the spool,
+and the commit makes one encrypted copy per keyed recipient. A key that cannot be used under
+the DEFER policy refuses the message for now (451 4.7.5: the maildrop keeps the file,
+hato-sendmail exits EX_TEMPFAIL). The message is always queued (the runner delivers it).
 
-May import model, crypto, delivery (the resolver's answers), policy, queue and this room.
+May import the rooms below the server, intake among them.
 """
 
 from __future__ import annotations
@@ -34,26 +36,30 @@ import logging
 import pwd
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, assert_never
 
-from hato.crypto import DEFER_DATA_REPLY, KeyLookup, SealedScratch
-from hato.delivery.loops import delivered_to_fields
+from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, KeyLookup, SealedScratch
 from hato.delivery.outbound_body import has_utf8_header
-from hato.directory.resolver import Local, NotLocal, Resolution, Unknown
+from hato.directory.resolver import Local, Resolution
+from hato.intake.context import IntakeContext, Recipients
 from hato.intake.headers import HeaderCapture
-from hato.intake.protect import keyed_copies_needed, protect
+from hato.intake.message import commit
+from hato.intake.protect import keyed_copies_needed
+from hato.intake.recipients import add_recipient, reserve, resolve_recipient, settle, targets_of
+from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import (
     Address,
     AddressError,
     Clock,
     Reply,
     ReversePath,
+    Role,
     format_path,
     logfmt,
     parse_path,
 )
-from hato.policy import Accept, Defer, Reservation, SendLimiter
+from hato.policy import SendLimiter
 from hato.queue import AUTH_PARAM, BodyWriter, QueueStore, QueueWriteError
+from hato.smtp import ServerSettings
 
 log = logging.getLogger("hato.control")
 
@@ -76,14 +82,6 @@ class SubmitRefused(Exception):
         self.refused = dict(refused or {})
 
 
-class RecipientLookup(Protocol):
-    def resolve(self, address: Address) -> Resolution: ...
-
-    def owns(self, user: Address, address: Address) -> bool: ...
-
-    def is_local_domain(self, domain: str) -> bool: ...
-
-
 def login_name(uid: int) -> str | None:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -96,7 +94,7 @@ class SenderPolicy:
 
     def __init__(
         self,
-        resolver: RecipientLookup,
+        resolver: Recipients,
         domains: Sequence[str],
         *,
         server_uid: int,
@@ -185,7 +183,7 @@ class LocalSubmitter:
     def __init__(
         self,
         queue: QueueStore,
-        resolver: RecipientLookup,
+        resolver: Recipients,
         *,
         hostname: str,
         domain: str,
@@ -196,14 +194,23 @@ class LocalSubmitter:
         keys: KeyLookup | None = None,
     ) -> None:
         self._queue = queue
-        self._keys = keys
-        self._resolver = resolver
         self._hostname = hostname
         self._domain = domain
         self._clock = clock
         self._max = max_message_size
         self._senders = senders
-        self._limiter = limiter
+        # A local program may send anywhere, as an authenticated user may (the RCPT steps'
+        # relay control); its mail is always queued (no direct delivery).
+        self._ctx = IntakeContext(
+            role=Role.SUBMISSION,
+            settings=ServerSettings(hostname=hostname),
+            queue=queue,
+            resolver=resolver,
+            clock=clock,
+            postmaster_domain=domain,
+            limiter=limiter,
+            keys=keys,
+        )
 
     def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
         """Where a submitted message's octets go as they come (control, maildrop): a sealed
@@ -214,14 +221,18 @@ class LocalSubmitter:
         return LocalBody(self._queue.new_body())
 
     def _keyed(self, recipients: Sequence[str]) -> bool:
-        if self._keys is None or not recipients:
+        """Whether a mailbox of `recipients` has a key (the RCPT key verdict, made again
+        when the message is complete)."""
+        keys = self._ctx.keys
+        if keys is None or not recipients:
             return False
-        pairs, _ = self._resolve(list(recipients))
-        verdict = keyed_copies_needed(self._keys, [dest for dest, _ in pairs], self._now())
+        tx, mailboxes = self._transaction(None, None), list[Address]()
+        for resolution in self._resolve(tx, list(recipients))[0].values():
+            if isinstance(resolution, Local):
+                mailboxes.extend(resolution.mailboxes)
+        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
+        verdict = keyed_copies_needed(keys, mailboxes, now)
         return verdict.keyed or bool(verdict.defer_reason)
-
-    def _now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
 
     async def __call__(
         self,
@@ -246,7 +257,8 @@ class LocalSubmitter:
     async def _submit(
         self, mail_from: ReversePath, recipients: list[str], body: LocalBody, uid: int | None
     ) -> str:
-        pairs, refused = self._resolve(recipients)
+        tx = self._transaction(mail_from, uid)
+        resolved, refused = self._resolve(tx, recipients)
         if refused:
             raise SubmitRefused(REFUSED, refused)
         if self._max and body.size > self._max:
@@ -254,49 +266,41 @@ class LocalSubmitter:
         if body.bare_eol:
             raise SubmitRefused(BARE_EOL)
         self._check_senders(mail_from, body.header, uid)
-        self._check_keys(pairs, body, uid)
         if not self._queue.has_room(body.size):
             raise SubmitRefused(NO_ROOM)
-        reservation = self._reserve(uid, len(pairs))
+        if self._senders is not None and not self._senders.trusted(uid):
+            # The submission port's sending limits, for a Unix user (not root or the server).
+            reserved = reserve(self._ctx, f"unix:{self._senders.name(uid) or uid}")
+            if isinstance(reserved, Reply):
+                raise SubmitRefused(reserved)
+            tx.quota = reserved
         try:
-            queue_id = await self._commit(mail_from, pairs, body, uid)
+            self._add(tx, resolved, body, uid)
+            queue_id = await self._commit(tx, body, uid)
         except BaseException:
-            if reservation is not None and self._limiter is not None:
-                self._limiter.release(reservation)  # not queued: it does not count
+            settle(self._ctx, tx.quota, REFUSED)  # not queued: it does not count
             raise
-        if reservation is not None and self._limiter is not None:
-            alert = self._limiter.confirm(reservation)
-            if alert is not None:
-                log.warning(logfmt("sending-spike", **alert.fields()))
+        settle(self._ctx, tx.quota, None)  # queued: the reservation is usage now
         return queue_id
 
-    def _check_keys(
-        self, pairs: list[tuple[Address, Address]], body: LocalBody, uid: int | None
+    def _transaction(self, mail_from: ReversePath, uid: int | None) -> Transaction:
+        # A local program is trusted as an authenticated user is (queue/bounce.py).
+        params: dict[str, str | None] = {AUTH_PARAM: "local" if uid is None else f"uid:{uid}"}
+        return Transaction(mail_from, params, local=True)
+
+    def _add(
+        self, tx: Transaction, resolved: dict[Address, Resolution], body: LocalBody, uid: int | None
     ) -> None:
-        """The session's RCPT verdict on the final mailboxes (intake/protect.py)."""
-        verdict = keyed_copies_needed(self._keys, [dest for dest, _ in pairs], self._now())
-        if verdict.defer_reason:
-            # Issue 6 key failure policy "defer": the mail waits (RFC 3463 §3.8 X.7.5).
-            log.warning(
-                logfmt("key-failure", uid=uid, detail=verdict.defer_reason, action="deferred")
-            )
-            raise SubmitRefused(DEFER_DATA_REPLY)
-        if verdict.keyed and not isinstance(body.writer, SealedScratch):
+        """The RCPT steps' last one for each recipient: the key verdict (intake/protect.py),
+        the sending limit, the rows; a refusal refuses the whole message."""
+        for address, resolution in resolved.items():
+            reply = add_recipient(self._ctx, tx, address, resolution, NO_DSN, session=f"uid:{uid}")
+            if reply is not None:
+                # Issue 6 key failure policy "defer": the mail waits (RFC 3463 §3.8 X.7.5).
+                raise SubmitRefused(DEFER_DATA_REPLY if reply is DEFER_REPLY else reply)
+        if tx.keyed and not isinstance(body.writer, SealedScratch):
             # A key imported while the octets came: they are on disk in the clear already.
             raise SubmitRefused(DEFER_DATA_REPLY)
-
-    def _reserve(self, uid: int | None, count: int) -> Reservation | None:
-        """The submission port's sending limits, for a Unix user (not root or the server)."""
-        if self._limiter is None or self._senders is None or self._senders.trusted(uid):
-            return None
-        reserved = self._limiter.reserve_message(f"unix:{self._senders.name(uid) or uid}")
-        if isinstance(reserved, Defer):
-            raise SubmitRefused(reserved.reply)
-        decision = self._limiter.reserve_recipient(reserved, count)
-        if not isinstance(decision, Accept):
-            self._limiter.release(reserved)
-            raise SubmitRefused(decision.reply)
-        return reserved
 
     def _check_senders(
         self, mail_from: ReversePath, header: HeaderCapture, uid: int | None
@@ -324,77 +328,41 @@ class LocalSubmitter:
             )
             raise SubmitRefused(refusal)
 
-    async def _commit(
-        self,
-        mail_from: ReversePath,
-        pairs: list[tuple[Address, Address]],
-        local: LocalBody,
-        uid: int | None,
-    ) -> str:
-        # A local program is trusted as an authenticated user is (queue/bounce.py).
-        params: dict[str, str | None] = {AUTH_PARAM: "local" if uid is None else f"uid:{uid}"}
+    async def _commit(self, tx: Transaction, local: LocalBody, uid: int | None) -> str:
+        params, mail_from = tx.params, tx.mail_from
         if not local.ascii:
             params["BODY"] = "8BITMIME"  # RFC 6152
-        if any(a.needs_smtputf8 for a, _ in pairs) or (mail_from and mail_from.needs_smtputf8):
+        if any(a.needs_smtputf8 for a in tx.dests()) or (mail_from and mail_from.needs_smtputf8):
             params["SMTPUTF8"] = None  # RFC 6531 §3.4
         elif has_utf8_header(local.header.section() + b"\r\n"):
             # RFC 6532 §3 / RFC 6531 §3.4: UTF-8 header fields are SMTPUTF8 mail; a local
             # program cannot say so (Postfix's sendmail autodetects it the same way).
             params["SMTPUTF8"] = None
-        copies = await self._copies(local.writer, [dest for dest, _ in pairs], uid)
-        original_of = dict(pairs)
-        # RFC 9228: Delivered-To for our aliases that forward it (delivery/loops.py).
-        forwarded = delivered_to_fields(pairs, self._resolver.is_local_domain)
-        ids: list[str] = []
-        for number, (body, dests) in enumerate(copies):
-            # RFC 5321 §4.4: a trace line for mail that came from a local program.
-            who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
-            stamp = email.utils.formatdate(self._clock.now(), localtime=False)
-            prefix = f"Received: by {self._hostname}{who}\r\n\tid {body.queue_id}; {stamp}\r\n"
-            try:
-                ids.append(
-                    await self._queue.commit(
-                        body,
-                        mail_from=mail_from,
-                        recipients=[(dest, original_of[dest]) for dest in dests],
-                        prefix=forwarded + prefix.encode(),
-                        params=params,
-                    )
-                )
-            except QueueWriteError as exc:
-                for rest, _ in copies[number + 1 :]:
-                    rest.discard()
-                raise SubmitRefused(exc.reply) from exc
+        who = "local" if uid is None else f"uid:{uid}"
+        try:
+            ids = await commit(self._ctx, tx, local.writer, mail_from=mail_from, added=b"",
+                               params=params, trace=lambda qid: self._received(qid, uid),
+                               session=who, direct=False)  # fmt: skip
+        except QueueWriteError as exc:
+            raise SubmitRefused(exc.reply) from exc
+        if isinstance(ids, Reply):
+            raise SubmitRefused(ids)
         queue_id = ",".join(ids)
-        log.info(
-            logfmt(
-                "submitted",
-                id=queue_id,
-                uid=uid,
-                nrcpt=len(pairs),
-                **{"from": format_path(mail_from)},
-            )
-        )
+        log.info(logfmt("submitted", id=queue_id, uid=uid, nrcpt=len(tx.recipients),
+                        **{"from": format_path(mail_from)}))  # fmt: skip
         return queue_id
 
-    async def _copies(
-        self, writer: BodyWriter | SealedScratch, dests: list[Address], uid: int | None
-    ) -> list[tuple[BodyWriter, tuple[Address, ...]]]:
-        """The queue body for everyone, or the SMTP session's `protect`: the plaintext copy for
-        recipients without a key and one encrypted copy per keyed recipient."""
-        if not isinstance(writer, SealedScratch):
-            return [(writer, tuple(dests))]
-        assert self._keys is not None
-        who = "local" if uid is None else f"uid:{uid}"
-        copies = await protect(self._keys, writer, dests, self._now(), self._queue, who)
-        if isinstance(copies, Reply):
-            raise SubmitRefused(copies)
-        return copies
+    def _received(self, queue_id: str, uid: int | None) -> bytes:
+        # RFC 5321 §4.4: a trace line for mail that came from a local program.
+        who = f" (Hato, from userid {uid})" if uid is not None else " (Hato)"
+        stamp = email.utils.formatdate(self._clock.now(), localtime=False)
+        return f"Received: by {self._hostname}{who}\r\n\tid {queue_id}; {stamp}\r\n".encode()
 
     def _resolve(
-        self, recipients: list[str]
-    ) -> tuple[list[tuple[Address, Address]], dict[str, Reply]]:
-        pairs: dict[Address, Address] = {}
+        self, tx: Transaction, recipients: list[str]
+    ) -> tuple[dict[Address, Resolution], dict[str, Reply]]:
+        """The RCPT steps' first one for each recipient: its resolution, or its refusal."""
+        resolved: dict[Address, Resolution] = {}
         refused: dict[str, Reply] = {}
         for text in recipients:
             try:
@@ -402,21 +370,14 @@ class LocalSubmitter:
             except AddressError:
                 refused[text] = BAD_RCPT
                 continue
-            resolution = self._resolver.resolve(address)
-            match resolution:
-                case NotLocal():
-                    targets: tuple[Address, ...] = (address,)
-                case Unknown():
-                    targets = ()
-                case Local(mailboxes=mailboxes, forwards=forwards, unresolved=dead):
-                    targets = (*mailboxes, *forwards, *dead)  # dead ones bounce at delivery
-                case _:
-                    assert_never(resolution)
-            if not targets:
-                refused[text] = UNKNOWN_RCPT
-            for target in targets:
-                pairs.setdefault(target, address)
-        return list(pairs.items()), refused
+            resolution = resolve_recipient(self._ctx, tx, address)
+            if isinstance(resolution, Reply):
+                refused[text] = resolution
+            elif not targets_of(address, resolution):
+                refused[text] = UNKNOWN_RCPT  # an alias that leads nowhere
+            else:
+                resolved.setdefault(address, resolution)
+        return resolved, refused
 
 
 def _qualify(text: str, domain: str) -> Address:
