@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from hato.boot.acme import renew_op, start_acme
 from hato.boot.build import (
     MeasuredCourier,
-    auth_throttle_settings,
     build_resolver,
     build_srs,
     build_tls,
@@ -46,7 +45,14 @@ from hato.boot.process import (
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, close_reports, open_reports, report_task, send_op
 from hato.boot.shared import CurrentResolver, Shared
-from hato.boot.store import open_keys, open_limiter, open_queue, open_store_pool, open_users
+from hato.boot.store import (
+    open_keys,
+    open_limiter,
+    open_queue,
+    open_store_pool,
+    open_throttle,
+    open_users,
+)
 from hato.boot.tlswatch import watch_tls
 from hato.boot.web import publications, serve_web
 from hato.dbcache import CachedKeys
@@ -58,7 +64,6 @@ from hato.intake.direct import DirectDelivery
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
 from hato.outbound_setup import build_outbound
-from hato.policy import AuthThrottle
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
 from hato.queue import QueueRunner, Schedule
 from hato.queue.admin import LiveAdmin
@@ -166,7 +171,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
         users=users,
         keys=open_keys(data_dir, pool),  # users' public keys (issue 6)
         tls=tls,
-        throttle=AuthThrottle(clock, auth_throttle_settings(settings)),
+        throttle=open_throttle(settings, clock, pool),  # AUTH failures and blocks
         limiter=open_limiter(settings, clock, data_dir, pool),
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),

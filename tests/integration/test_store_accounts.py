@@ -16,7 +16,7 @@ from peers.clients import auth_plain, submissions_session
 from peers.hato import HatoServer, hato_binary
 from peers.net import RawSession
 from peers.postgres import PASSWORD, PostgresServer
-from peers.server import USER_PASSWORD, DomainSetup, MailSetup, submission_setup
+from peers.server import USER_PASSWORD, AuthSetup, DomainSetup, MailSetup, submission_setup
 from peers.tls import TestCA
 from psycopg_pool import ConnectionPool
 
@@ -178,6 +178,53 @@ def test_a_per_user_hourly_limit_holds_across_nodes(
         # §4.2.5 451 with RFC 3463 X.7.1 at MAIL FROM, on both nodes.
         assert [code for code, _ in replies] == [250, 250, 250, 451, 451], replies
         assert all(line.startswith(b"451 4.7.1") for _, line in replies[3:]), replies
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _plain(server: HatoServer, ca: TestCA, password: str) -> int:
+    """A connection to the submissions port and one AUTH PLAIN as alice: the first reply that
+    is not a success of the dialog (the greeting of a blocked client is 421)."""
+    with RawSession(server.host, server.submissions_port, tls=ca.client_context()) as session:
+        code = session.reply()[0]
+        if code != 220:
+            return code
+        assert session.command(b"EHLO client.test")[0] == 250
+        token = base64.b64encode(f"\0alice@users.test\0{password}".encode())
+        return session.command(b"AUTH PLAIN " + token)[0]
+
+
+def test_an_auth_block_on_one_node_applies_on_the_others(
+    workdir: Path, pg_dsn: str, postgres: PostgresServer, test_ca: TestCA
+) -> None:
+    _migrate(pg_dsn)
+    tls = submission_setup(test_ca.tls_files()).tls
+    auth = AuthSetup(failure_delay=0.0, max_failures=3, block_time=60.0)
+    nodes = [
+        HatoServer(
+            workdir / name,
+            MailSetup(
+                domains=(DomainSetup("users.test", users=users),),
+                submission=True,
+                tls=tls,
+                store=(pg_dsn, postgres.password_file),
+                auth=auth,
+            ),
+            host=host,
+        )
+        for name, users, host in (("a", ("alice",), "127.0.0.2"), ("c", (), "127.0.0.4"))
+    ]
+    for node in nodes:
+        node.start()
+    try:
+        a, c = nodes
+        # Failures on both nodes count together: the third one (on A) blocks the client.
+        assert [_plain(n, test_ca, "wrong") for n in (a, c)] == [535, 535]
+        assert _plain(a, test_ca, "wrong") == 421
+        # Blocked everywhere, even with the right password (4.7.0, try again later).
+        assert _plain(c, test_ca, USER_PASSWORD) == 421
+        assert _plain(a, test_ca, USER_PASSWORD) == 421
     finally:
         for node in nodes:
             node.stop()

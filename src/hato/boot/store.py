@@ -15,7 +15,7 @@ from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
 from hato.model import Clock
-from hato.policy import LIMITS_DB, SendLimiter
+from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.queue import Queue, QueueStore
 
 if TYPE_CHECKING:
@@ -156,3 +156,17 @@ def open_keys(data_dir: Path, pool: ConnectionPool[Any] | None) -> KeyStore:
     from hato.crypto.keystore_pg import PgKeyStore
 
     return PgKeyStore(pool)
+
+
+def open_throttle(
+    settings: Settings, clock: Clock, pool: ConnectionPool[Any] | None
+) -> AuthThrottle:
+    """AUTH failure counters and blocks: this process's memory, or the shared store."""
+    from hato.boot.build import auth_throttle_settings
+
+    limits = auth_throttle_settings(settings)
+    if pool is None:
+        return AuthThrottle(clock, limits)
+    from hato.policy.authlimit_pg import PgAuthThrottle
+
+    return PgAuthThrottle(clock, limits, pool)

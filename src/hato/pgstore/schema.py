@@ -108,6 +108,22 @@ CREATE INDEX queue_recipients_message ON queue_recipients (queue_id);
 CREATE INDEX queue_recipients_lease ON queue_recipients (lease_owner) WHERE lease_owner IS NOT NULL;
 """,
     ),
+    (
+        3,
+        "AUTH failure counters and client blocks, shared by the nodes",
+        """
+CREATE TABLE auth_failures (
+    kind text NOT NULL CHECK (kind IN ('client', 'account')),
+    key text NOT NULL,                  -- the client (IPv4 address or IPv6 /64) or account
+    at double precision NOT NULL        -- wall clock
+);
+CREATE INDEX auth_failures_key ON auth_failures (kind, key, at);
+CREATE TABLE auth_blocks (
+    client text PRIMARY KEY,
+    until double precision NOT NULL     -- wall clock
+);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema this code reads and writes."""

@@ -148,9 +148,7 @@ class AuthThrottle:
         now = self._clock.monotonic()
         client, acct = client_key(ip), _account_key(account)
         before = self._counts(client, acct)[1]
-        self._clients.add(client, now)
-        if acct:
-            self._accounts.add(acct, now)
+        self._add(client, acct, now)
         client_n, account_n = self._counts(client, acct)
         s = self.settings
         # Only the client's own failures block it; the account's only slow it down.
@@ -165,7 +163,7 @@ class AuthThrottle:
 
     def record_success(self, ip: str, account: str | None) -> None:
         client = client_key(ip)
-        self._clients.forget(client)
+        self._forget(client)
         if acct := _account_key(account):
             key = (client, acct)
             self._known[key] = self._clock.monotonic() + self.settings.trust_time
@@ -185,8 +183,17 @@ class AuthThrottle:
 
     def unblock(self, ip: str) -> bool:
         """An admin lifts a block early; whether there was one."""
-        self._clients.forget(client_key(ip))
+        self._forget(client_key(ip))
         return self._blocks.pop(client_key(ip), None) is not None
+
+    def _add(self, client: str, account: str, now: float) -> None:
+        """Count one failure of `client` (and of `account`, when given) at `now`."""
+        self._clients.add(client, now)
+        if account:
+            self._accounts.add(account, now)
+
+    def _forget(self, client: str) -> None:
+        self._clients.forget(client)
 
     def sizes(self) -> tuple[int, int, int]:
         """Entries in the client, account and block tables (for metrics and tests)."""
