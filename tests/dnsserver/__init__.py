@@ -13,6 +13,6 @@ fixture (a fixture imported from another module would be flagged by ruff as rede
 """
 
 from dnsserver.fake import FakeResolver, FakeValue
-from dnsserver.server import DnsTestServer, ZoneDict, ZoneValue
+from dnsserver.server import DnsTestServer, ZoneDict, ZoneValue, txt_strings
 
-__all__ = ["DnsTestServer", "FakeResolver", "FakeValue", "ZoneDict", "ZoneValue"]
+__all__ = ["DnsTestServer", "FakeResolver", "FakeValue", "ZoneDict", "ZoneValue", "txt_strings"]

@@ -55,6 +55,12 @@ ZoneDict = Mapping[str, Mapping[str, Sequence[ZoneValue]]]
 _UDP_LIMIT = 1232
 
 
+def txt_strings(value: str) -> tuple[str, ...]:
+    """A long TXT record (a DKIM key) as one record of several character-strings."""
+    # RFC 1035 §3.3.14: at most 255 octets per character-string.
+    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
+
+
 def _key(name: str) -> str:
     return name.rstrip(".").lower()
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 from peers import maildir
-from peers.authcheck import CheckingHato, txt_strings
+from peers.authcheck import CheckingHato
 from peers.hato import hato_binary
 from peers.server import DomainSetup, MailSetup
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 
 
 class RelayingHato(CheckingHato):

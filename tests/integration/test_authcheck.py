@@ -13,11 +13,11 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato, txt_strings
+from peers.authcheck import CheckingHato
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import (
     ArcStatus,
     DkimAlgorithm,

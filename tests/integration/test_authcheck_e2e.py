@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato, txt_strings
+from peers.authcheck import CheckingHato
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 
 SENDER = "alice@sender.example"
 RECIPIENT = "someone@dest.example"

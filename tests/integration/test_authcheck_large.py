@@ -21,12 +21,12 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from peers import maildir
-from peers.authcheck import CheckingHato, txt_strings
+from peers.authcheck import CheckingHato
 from peers.hato import HatoServer
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import DkimAlgorithm, DkimSigner, SigningKey
 from kit.clock import FakeClock
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato, txt_strings
+from peers.authcheck import CheckingHato
 from peers.hato import hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import DkimAlgorithm, generate_key
 from hato.server.tls import ensure_self_signed
 

@@ -1,5 +1,6 @@
 """Hato judging inbound mail (SPF, DKIM, DMARC, ARC) against the in-process test DNS server
-(tests/dnsserver), for the sender-authentication tests."""
+(tests/dnsserver: `txt_strings` splits a DKIM key record), for the sender-authentication
+tests."""
 
 from __future__ import annotations
 
@@ -7,12 +8,6 @@ from pathlib import Path
 
 from .hato import HatoServer
 from .server import MailSetup
-
-
-def txt_strings(value: str) -> tuple[str, ...]:
-    """A long TXT record (a DKIM key) as one record of several strings."""
-    # RFC 1035 §3.3.14: at most 255 octets per character-string.
-    return tuple(value[i : i + 250] for i in range(0, len(value), 250))
 
 
 class CheckingHato(HatoServer):

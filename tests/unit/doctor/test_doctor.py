@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import generate_key, load_signing_key
 from hato.authcheck.dkim import DkimAlgorithm
 from hato.cli import main
@@ -156,10 +156,6 @@ addresses = ["{OUR_IP}"]
         self.dns.load(self.zone)
 
 
-def _chunks(text: str) -> tuple[str, ...]:
-    return tuple(text[i : i + 250] for i in range(0, len(text), 250))
-
-
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.chdir(tmp_path)
@@ -189,7 +185,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         w.write_config()
         selector = _selector(tmp_path)
         (selector_dir / f"{selector}.key").write_bytes(pem)
-        zone[f"{selector}._domainkey.example.org"] = {"TXT": [_chunks(dkim_txt)]}
+        zone[f"{selector}._domainkey.example.org"] = {"TXT": [txt_strings(dkim_txt)]}
         w.reload_zone()
         yield w
     policy.close()
@@ -243,7 +239,7 @@ def test_a_stale_dkim_key_in_dns_is_a_problem_with_the_record_to_publish(
 ) -> None:
     _, other = generate_key(DkimAlgorithm.ED25519_SHA256)
     name = next(n for n in world.zone if "._domainkey." in n)
-    world.zone[name] = {"TXT": [_chunks(other)]}
+    world.zone[name] = {"TXT": [txt_strings(other)]}
     world.reload_zone()
     code, out = doctor(capsys)
     assert code == 1
