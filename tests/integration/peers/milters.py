@@ -74,9 +74,10 @@ def libmilter_missing() -> str | None:
     return None if probe.returncode == 0 else "python3-milter is not installed (.ci/run)"
 
 
-class LibMilter:
-    """libmilter_filter.py (Sendmail's libmilter through Debian's python3-milter) on a
-    loopback port."""
+class _MilterProcess:
+    """A milter that runs as our child on a loopback port, its output in `NAME.out`."""
+
+    name = ""
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -87,26 +88,22 @@ class LibMilter:
     def address(self) -> str:
         return f"inet:{LOOPBACK}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        out = open(self.work / "libmilter.out", "ab")  # noqa: SIM115 (the child keeps it)
+    def _spawn(self, argv: list[str], timeout: float) -> None:
+        out = open(self.work / f"{self.name}.out", "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         out.close()
         deadline = time.monotonic() + timeout
-        while True:  # until libmilter accepts
+        while True:  # until the milter accepts
             if self.proc.poll() is not None:
-                raise RuntimeError(f"libmilter exited: {self.log_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited: {self.log_text()[-2000:]}")
             try:
                 socket.create_connection((LOOPBACK, self.port), timeout=2).close()
                 return
             except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("libmilter not listening") from exc
+                    raise RuntimeError(f"{self.name} not listening") from exc
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -120,23 +117,27 @@ class LibMilter:
         self.proc = None
 
     def log_text(self) -> str:
-        path = self.work / "libmilter.out"
+        path = self.work / f"{self.name}.out"
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-class OpenDkim:
+class LibMilter(_MilterProcess):
+    """libmilter_filter.py (Sendmail's libmilter through Debian's python3-milter) on a
+    loopback port."""
+
+    name = "libmilter"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._spawn([SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)], timeout)
+
+
+class OpenDkim(_MilterProcess):
     """Debian's `opendkim` in verify mode (`Mode v`) on a loopback port, configured in its
     own directory, in the foreground; it adds its Authentication-Results to every message
     (`AlwaysAddARHeader`), under the authserv-id `opendkim.test`."""
 
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"inet:{LOOPBACK}:{self.port}"
+    name = "opendkim"
 
     def start(self, timeout: float = 30.0) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -146,39 +147,7 @@ class OpenDkim:
             "AlwaysAddARHeader yes\nBackground no\nSyslog no\n"
             f"PidFile {self.work}/opendkim.pid\nUserID {pwd.getpwuid(os.getuid()).pw_name}\n"
         )
-        out = open(self.work / "opendkim.out", "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen(
-            ["opendkim", "-f", "-x", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + timeout
-        while True:  # until opendkim accepts
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"opendkim exited: {self.log_text()[-2000:]}")
-            try:
-                socket.create_connection((LOOPBACK, self.port), timeout=2).close()
-                return
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("opendkim not listening") from exc
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log_text(self) -> str:
-        path = self.work / "opendkim.out"
-        return path.read_text(errors="replace") if path.exists() else ""
+        self._spawn(["opendkim", "-f", "-x", str(config)], timeout)
 
 
 class MilteredHato(HatoServer):
