@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from peers.hato import HatoServer
-from peers.net import free_port
+from peers.net import closed_by_server, free_port
 from peers.server import MailSetup, TlsFiles
 from peers.tls import TestCA
 
@@ -45,19 +45,6 @@ def _connect(server: HttpHato, source: str) -> socket.socket:
     return sock
 
 
-def _closed_by_server(sock: socket.socket) -> bool:
-    """Wait (at most 20 s) for the server to close the connection."""
-    sock.settimeout(20)
-    try:
-        return sock.recv(100) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        sock.close()
-
-
 def _get(server: HttpHato, path: str) -> bytes:
     with socket.create_connection((server.host, server.http_port), timeout=10) as sock:
         sock.sendall(
@@ -79,10 +66,10 @@ def test_a_slowloris_is_capped_and_timed_out(tmp_path: Path, section: str, path:
     try:
         held = [_connect(server, "127.0.0.3") for _ in range(3)]
         # Past the address's share: closed at once, before aiohttp reads a byte.
-        assert _closed_by_server(_connect(server, "127.0.0.3")), server.log_text()
+        assert closed_by_server(_connect(server, "127.0.0.3")), server.log_text()
         # Another address gets its share until the endpoint's total (5) is reached.
         held += [_connect(server, "127.0.0.4") for _ in range(2)]
-        assert _closed_by_server(_connect(server, "127.0.0.5")), server.log_text()
+        assert closed_by_server(_connect(server, "127.0.0.5")), server.log_text()
         refused = server.wait_for_log(
             rf"(?s)event=http-refused endpoint={section} client=127\.0\.0\.3 "
             rf"reason=connection-limit.*event=http-refused endpoint={section} client=127\.0\.0\.5"
@@ -90,7 +77,7 @@ def test_a_slowloris_is_capped_and_timed_out(tmp_path: Path, section: str, path:
         assert refused, server.log_text()
         # Nobody finishes a header within header_timeout (2 s): every one is closed ...
         for sock in held:
-            assert _closed_by_server(sock), server.log_text()
+            assert closed_by_server(sock), server.log_text()
         assert server.wait_for_log(rf"(?s)(event=http-timeout endpoint={section} .*){{5}}")
         # ... and a real request is answered again.
         answer = _get(server, path)
@@ -110,9 +97,9 @@ def test_https_wkd_counts_handshakes_from_accept(tmp_path: Path, test_ca: TestCA
         held += [socket.create_connection(address, source_address=("127.0.0.3", 0))]
         held += [socket.create_connection(address, source_address=("127.0.0.3", 0))]
         extra = socket.create_connection(address, source_address=("127.0.0.3", 0))
-        assert _closed_by_server(extra), server.log_text()
+        assert closed_by_server(extra), server.log_text()
         for sock in held:
-            assert _closed_by_server(sock), server.log_text()
+            assert closed_by_server(sock), server.log_text()
         context = test_ca.client_context()
         with (
             socket.create_connection(address, timeout=10) as raw,

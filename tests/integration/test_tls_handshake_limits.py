@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from peers.hato import HatoServer
-from peers.net import RawSession
+from peers.net import RawSession, closed_by_server
 from peers.server import submission_setup
 from peers.tls import TestCA
 
@@ -31,17 +31,6 @@ def _connect(server: HatoServer) -> socket.socket:
     )
 
 
-def _closed_by_server(sock: socket.socket) -> bool:
-    """Wait (at most 20 s) for the server to close a connection we never wrote to."""
-    sock.settimeout(20)
-    try:
-        return sock.recv(100) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_connections_in_the_handshake_count_and_time_out(tmp_path: Path, test_ca: TestCA) -> None:
     server = HandshakeHato(tmp_path / "data", submission_setup(test_ca.tls_files()))
     server.start()
@@ -50,8 +39,7 @@ def test_connections_in_the_handshake_count_and_time_out(tmp_path: Path, test_ca
         held = [_connect(server) for _ in range(3)]
         extra = _connect(server)
         # Refused at once, before any TLS, and without a plaintext reply on port 465.
-        assert _closed_by_server(extra), server.log_text()
-        extra.close()
+        assert closed_by_server(extra), server.log_text()
         refused = server.wait_for_log(
             rf"event=connection-refused listener=submissions\S* client={ATTACKER} "
             r"reason=connection-limit"
@@ -65,8 +53,7 @@ def test_connections_in_the_handshake_count_and_time_out(tmp_path: Path, test_ca
         other.close()
         # The silent ones are dropped when the handshake time (2 s) is up ...
         for sock in held:
-            assert _closed_by_server(sock), server.log_text()
-            sock.close()
+            assert closed_by_server(sock), server.log_text()
         timed_out = server.wait_for_log(rf"(?s)(event=tls-failed \S+ client={ATTACKER} .*){{3}}")
         assert timed_out, server.log_text()
         # ... which frees the address's share for a real client.

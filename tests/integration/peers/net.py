@@ -151,6 +151,20 @@ def wait_for_listener(
     raise TimeoutError(f"nothing listens on {host}:{port} in time")
 
 
+def closed_by_server(sock: socket.socket, timeout: float = 20.0) -> bool:
+    """Wait (at most `timeout` s) for the server to close a connection we have stopped writing
+    to; the socket is closed afterwards either way."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
 def find_peer(name: str) -> str | None:
     """The path of a Debian peer binary, also looking in the sbin directories."""
     found = shutil.which(name)
