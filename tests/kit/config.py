@@ -57,3 +57,16 @@ def problems(text: str, base_dir: Path, *, base: str = BASE, server: str = "") -
         assert "Input should" not in problem and "pydantic" not in problem, problem
         assert "\n" not in problem
     return caught.value.problems
+
+
+# BASE with its data in ./data: the file a `hato` command finds as ./hato.toml.
+CLI = BASE.replace(_HOSTNAME, _HOSTNAME + 'data_dir = "data"\n', 1)
+
+
+def command_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str = CLI) -> Path:
+    """`tmp_path` as the current directory, holding `text` as ./hato.toml, with no HATO_HOME
+    from the environment: where a test runs `hato.cli.main([...])`."""
+    (tmp_path / "hato.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HATO_HOME", raising=False)
+    return tmp_path

@@ -12,28 +12,13 @@ import pytest
 from hato.accounts import UserStore
 from hato.cli import main
 from hato.model import Address
-
-CONFIG = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
+from kit.config import CLI, command_workdir
 
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory with ./hato.toml (data_dir ./data), as the current directory."""
-    (tmp_path / "hato.toml").write_text(CONFIG)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HATO_HOME", raising=False)
-    return tmp_path
+    return command_workdir(tmp_path, monkeypatch)
 
 
 def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
@@ -130,7 +115,7 @@ def test_check_config_without_a_file_shows_the_embedded_default(
 def test_check_config_lists_every_problem_and_exits_1(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = CONFIG.replace('"127.0.0.1:2525"', '"foo"') + "[limits]\nmax_recipients = 10\n"
+    bad = CLI.replace('"127.0.0.1:2525"', '"foo"') + "[limits]\nmax_recipients = 10\n"
     (workdir / "bad.toml").write_text(bad)
     code, out, err = run(capsys, "check-config", "--config", "bad.toml")
     assert (code, out) == (1, "")
@@ -145,7 +130,7 @@ def test_check_config_lists_every_problem_and_exits_1(
 def test_check_config_names_targets_without_an_account(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    text = CONFIG.replace(
+    text = CLI.replace(
         'name = "example.org"', 'name = "example.org"\naliases = { sales = ["bob"] }'
     )
     (workdir / "aliases.toml").write_text(text + '[local]\npostmaster = "ghost@example.org"\n')

@@ -10,23 +10,7 @@ import pytest
 from dnsserver import DnsTestServer
 from hato.authcheck import load_signing_key
 from hato.cli import main
-
-CONFIG = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-
-[dns]
-nameservers = ["{ns}"]
-timeout = 2
-"""
+from kit.config import CLI, command_workdir
 
 
 @pytest.fixture
@@ -37,11 +21,9 @@ def dns_server() -> Iterator[DnsTestServer]:
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns_server: DnsTestServer) -> Path:
-    (tmp_path / "hato.toml").write_text(CONFIG.replace("{ns}", dns_server.nameserver))
+    dns = f'\n[dns]\nnameservers = ["{dns_server.nameserver}"]\ntimeout = 2\n'
     (tmp_path / "data").mkdir()  # the server's data directory (made at its first start)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HATO_HOME", raising=False)
-    return tmp_path
+    return command_workdir(tmp_path, monkeypatch, CLI + dns)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,28 +14,13 @@ import pytest
 
 from hato.cli import main
 from hato.cli import spam as spam_cli
-
-CONFIG = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
+from kit.config import CLI, command_workdir
 
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "hato.toml").write_text(CONFIG)
     (tmp_path / "spam.eml").write_bytes(b"Subject: x\r\n\r\nbuy\r\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HATO_HOME", raising=False)
-    return tmp_path
+    return command_workdir(tmp_path, monkeypatch)
 
 
 def _closed_port() -> int:
@@ -68,7 +53,7 @@ def test_check_config_names_the_rspamd_check(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = workdir / "hato.toml"
-    config.write_text(CONFIG + '\n[rspamd]\nroles = ["mx", "submission"]\n')
+    config.write_text(CLI + '\n[rspamd]\nroles = ["mx", "submission"]\n')
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert "  rspamd:    http://127.0.0.1:11333 for mx, submission (unreachable: tempfail)\n" in out

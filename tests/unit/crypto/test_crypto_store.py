@@ -27,6 +27,7 @@ from hato.crypto import (
 from hato.crypto.wkd import export_wkd, wkd_app
 from hato.crypto.wkdhash import advanced_url, direct_url
 from hato.model import Address
+from kit.config import command_workdir
 from kit.cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
 CAROL = Address.parse("carol@example.org")
@@ -213,29 +214,13 @@ def test_wkd_served_and_exported_keys_import_into_gpg(
     assert (tmp_path / "wkd/direct/example.org/.well-known/openpgpkey/policy").exists()
 
 
-CONFIG = """
-[server]
-hostname = "mail.example.org"
-data_dir = "data"
-
-[[listener]]
-role = "mx"
-address = "127.0.0.1:2525"
-
-[[domain]]
-name = "example.org"
-"""
-
-
 def test_hato_key_commands(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     smime_rsa: Smime,
 ) -> None:
-    (tmp_path / "hato.toml").write_text(CONFIG)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HATO_HOME", raising=False)
+    command_workdir(tmp_path, monkeypatch)
     (tmp_path / "carol.pem").write_bytes(smime_rsa.cert_pem)
     assert main(["key", "import", "carol@example.org", "carol.pem", "--init"]) == 0
     assert main(["key", "import", "dave@example.org", "carol.pem"]) == 1
