@@ -236,7 +236,13 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
             stopping, status = True, EX_SOFTWARE
             continue
         time.sleep(0.5)
-        children[_start_worker(settings, source, index, sockets)] = index
+        if stopping:
+            continue  # SIGTERM came during the pause: it was passed on to the others only
+        pid = _start_worker(settings, source, index, sockets)
+        children[pid] = index
+        if stopping:  # SIGTERM came while it was being forked: it missed it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
     log.info(logfmt("stopped", workers=workers))
     handler.flush()
     return status
