@@ -127,9 +127,14 @@ def submission_hato(data_dir: Path, setup: MailSetup, sink: str) -> BenchHato:
     return BenchHato(
         data_dir,
         setup,
-        # Hato's per-user sending limits (200 messages an hour by default) would refuse the
-        # load after 200 messages; Postfix has none: off, as on a relay for trusted users.
-        replace=(("[limits]\n", "[limits]\nmessages_per_hour = 0\nrecipients_per_hour = 0\n"),),
+        # Hato's per-user sending limits (200 messages an hour by default) and its spike hold
+        # (300 recipients in a window) would refuse the load; Postfix has neither: off.
+        replace=(
+            (
+                "[limits]\n",
+                "[limits]\nmessages_per_hour = 0\nrecipients_per_hour = 0\nspike_recipients = 0\n",
+            ),
+        ),
         extra=(
             f'\n[dns]\nnameservers = ["{DNS_ADDRESS}:53"]\ntimeout = 2\n'
             "\n[delivery]\nallow_loopback = true\n"
