@@ -5,7 +5,8 @@ submission (hato-sendmail, the maildrop) and the server's own notices (DSNs) all
 - MAIL and RCPT (recipients.py): sender policy and binding, the RFC 5321 §4.5.1 postmaster
   rewrite, the address book, relay control, the key verdict of encryption at rest
   (protect.py), the sending limits.
-- End of message (message.py): the header checks (headers.py), then the copies to store
+- End of message: the message as it arrives and its header checks (incoming.py: the loop
+  check, headers.py), then (message.py) the copies to store
   (plaintext, or one encrypted copy per keyed recipient: protect.py), each with its prefix
   (Delivered-To, the door's added headers, Received: received.py) into our own Maildirs at
   once (direct.py) or into the queue.

@@ -16,9 +16,8 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_REPLY, SealedScratch
-from hato.delivery.loops import MAIL_LOOP, TraceFields
 from hato.directory.resolver import Resolution
-from hato.intake.headers import ForgedResultsFilter, HeaderCapture
+from hato.intake.incoming import Incoming
 from hato.intake.message import commit
 from hato.intake.received import TraceInfo, received_header
 from hato.intake.recipients import (
@@ -86,9 +85,7 @@ class SmtpSession(asyncio.Protocol):
         self.client_ip = "unknown"
         self.client_port = 0
         self.session_id = ""
-        self.body: BodyWriter | SealedScratch | None = None  # scratch: a keyed recipient
-        self.headers: HeaderCapture | None = None
-        self.trace: TraceFields | None = None  # the hop count (RFC 5321 §6.3)
+        self.incoming: Incoming | None = None  # the message DATA is bringing
         self.tx: Transaction | None = None  # after MAIL FROM: the envelope so far
         self.user: Address | None = None  # the authenticated account
         self.committing: Reservation | None = None  # that of the message being committed
@@ -103,7 +100,6 @@ class SmtpSession(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.messages = 0
         self.capture: MessageCapture | None = None  # the message, for authentication checks
-        self.forged: ForgedResultsFilter | None = None
         self.burst = 0  # octets read since reading last paused for the other sessions
         self.screened = Screened()  # what the mx [screen] found before the greeting
 
@@ -127,40 +123,21 @@ class SmtpSession(asyncio.Protocol):
         # handshake (server/implicit.py).
         if not self.ctx.implicit_tls and not listener.admit(self.client_ip):
             # RFC 5321 §3.8: 421 when the service is not available to this client now.
-            log.warning(
-                logfmt(
-                    "connection-refused",
-                    listener=listener.name,
-                    client=self.client_ip,
-                    reason="connection-limit",
-                )
-            )
+            log.warning(logfmt("connection-refused", listener=listener.name,
+                               client=self.client_ip, reason="connection-limit"))  # fmt: skip
             transport.write(TOO_MANY.to_bytes())
             transport.close()
             self.closing = True
             return
         listener.enter(self, self.client_ip)
-        log.info(
-            logfmt(
-                "connect",
-                session=self.session_id,
-                listener=listener.name,
-                client=self.client_ip,
-                port=self.client_port,
-                tls=self.conn.tls_active,
-            )
-        )
+        log.info(logfmt("connect", session=self.session_id, listener=listener.name,
+                        client=self.client_ip, port=self.client_port,
+                        tls=self.conn.tls_active))  # fmt: skip
         self._arm_timer()
         throttle = self.ctx.throttle
         if throttle is not None and throttle.blocked(self.client_ip):
-            log.warning(
-                logfmt(
-                    "connection-refused",
-                    listener=listener.name,
-                    client=self.client_ip,
-                    reason="auth-blocked",
-                )
-            )
+            log.warning(logfmt("connection-refused", listener=listener.name,
+                               client=self.client_ip, reason="auth-blocked"))  # fmt: skip
             self.conn.greet(AUTH_BLOCKED)
             self._process()
             return
@@ -208,15 +185,8 @@ class SmtpSession(asyncio.Protocol):
         self._discard_body()
         self._reset_transaction()
         self.ctx.listener.leave(self, self.client_ip)
-        log.info(
-            logfmt(
-                "disconnect",
-                session=self.session_id,
-                client=self.client_ip,
-                messages=self.messages,
-                error=exc,
-            )
-        )
+        log.info(logfmt("disconnect", session=self.session_id, client=self.client_ip,
+                        messages=self.messages, error=exc))  # fmt: skip
 
     # ---- the event pump ----
 
@@ -243,25 +213,12 @@ class SmtpSession(asyncio.Protocol):
             case RcptTo():
                 self._on_rcpt(event)
             case DataStart():
-                # A keyed recipient's plaintext must never reach the spool (intake/protect.py).
-                self.body = (
-                    SealedScratch(self.ctx.queue.messages_dir)
-                    if self.tx is not None and self.tx.keyed
-                    else self.ctx.queue.new_body()
-                )
-                self.forged = (
-                    ForgedResultsFilter(self.ctx.authserv_id) if self.ctx.authserv_id else None
-                )
-                self.headers = HeaderCapture()
-                self.trace = TraceFields()
+                keyed = self.tx is not None and self.tx.keyed
+                self.incoming = Incoming(self.ctx, keyed=keyed, authserv_id=self.ctx.authserv_id)
                 self.capture = open_capture(self.ctx, self.user)
             case BodyChunk(data=data):
-                if self.body is not None:
-                    self.body.write(self.forged.feed(data) if self.forged else data)
-                if self.headers is not None:
-                    self.headers.feed(data)
-                if self.trace is not None:
-                    self.trace.feed(data)
+                if self.incoming is not None:
+                    self.incoming.feed(data)
                 if self.capture is not None:
                     self.capture.feed(data)
             case MessageEnd():
@@ -277,15 +234,9 @@ class SmtpSession(asyncio.Protocol):
             case ProtocolError(reply=reply, detail=detail):
                 if self.login.active:  # a garbled AUTH response ends the exchange (501)
                     self._begin(self._auth_abandoned("bad response"))
-                log.info(
-                    logfmt(
-                        "protocol-error",
-                        session=self.session_id,
-                        client=self.client_ip,
-                        reply=reply.code,
-                        detail=detail,
-                    )
-                )
+                log.info(logfmt("protocol-error", session=self.session_id,
+                                client=self.client_ip, reply=reply.code,
+                                detail=detail))  # fmt: skip
             case CloseConnection() | ConnectionLost():
                 self._discard_body()
                 self._flush()
@@ -326,7 +277,7 @@ class SmtpSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
         self._process()
-        if self.draining and self.body is None and not self.closing:
+        if self.draining and self.incoming is None and not self.closing:
             self._close_with(SHUTTING_DOWN)
 
     async def _before_greeting(self) -> None:
@@ -402,50 +353,25 @@ class SmtpSession(asyncio.Protocol):
             self._refuse_rcpt(event, reply)
 
     def _refuse_rcpt(self, event: RcptTo, reply: Reply) -> None:
-        log.info(
-            logfmt(
-                "rcpt-refused",
-                session=self.session_id,
-                client=self.client_ip,
-                rcpt=event.address,
-                reply=reply.code,
-            )
-        )
+        log.info(logfmt("rcpt-refused", session=self.session_id, client=self.client_ip,
+                        rcpt=event.address, reply=reply.code))  # fmt: skip
         self.conn.reply(reply)
 
     def _on_message_end(self) -> None:
-        """DATA ended: refuse a header section too large to judge whole, or (after AUTH)
-        malformed or naming senders the user does not own; then commit (as a task)."""
-        body, tx, headers = self.body, self.tx, self.headers
-        self.body = self.headers = None
+        """DATA ended: refuse a loop, a header section too large to judge whole, or (after
+        AUTH) malformed or naming senders the user does not own; then commit (as a task)."""
+        incoming, tx, self.incoming = self.incoming, self.tx, None
         captured = self.capture.result() if self.capture is not None else None
         self.capture = None
-        forged, self.forged = self.forged, None
-        trace, self.trace = self.trace, None
-        if trace is not None and trace.loops(self.ctx.hop_limit):
-            # RFC 5321 §6.3: a loop is stopped; RFC 3463 X.4.6 routing loop detected.
-            log.info(logfmt("message-refused", session=self.session_id, reason="mail-loop",
-                            hops=trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
-            self._refuse_message(body, MAIL_LOOP)
-            return
-        if tx is None or not tx.recipients or body is None:
+        if incoming is None or tx is None or not tx.recipients:
             # Cannot happen with a correct core; refuse rather than accept blindly.
-            self._refuse_message(body, TEMP_FAILURE)
+            self._refuse_message(incoming.body if incoming else None, TEMP_FAILURE)
             return
-        verdict = (headers or HeaderCapture()).judge(self.user, self._owns)
-        if verdict.refusal is not None:
-            log.info(logfmt("message-refused", session=self.session_id, user=self.user,
-                            reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip
-            self._refuse_message(body, verdict.refusal)
+        authors = incoming.judge(self.ctx, self.user, self._owns, self.session_id)
+        if isinstance(authors, Reply):
+            self._refuse_message(None, authors)  # the body is discarded
             return
-        if forged is not None:
-            body.write(forged.finish())
-        if forged is not None and forged.removed:
-            # RFC 8601 §5: a claim in our name that we did not make is removed.
-            log.info(
-                logfmt("forged-results-removed", session=self.session_id, count=forged.removed)
-            )
-        self._begin(self._commit(tx, body, captured, verdict.authors), name="commit")
+        self._begin(self._commit(tx, incoming.body, captured, authors), name="commit")
 
     def _submitted(self, path: ReversePath, params: Mapping[str, str | None]) -> Submitted:
         helo = self.conn.hello_name or ""
@@ -510,17 +436,10 @@ class SmtpSession(asyncio.Protocol):
             self._answer(ids)
             return
         self.messages += 1
-        log.info(
-            logfmt(
-                "accepted",
-                session=self.session_id,
-                id=",".join(ids),
-                client=self.client_ip,
-                user=self.user,
-                nrcpt=len(tx.recipients),
-                encrypted=(len(ids) - 1) if isinstance(body, SealedScratch) else None,
-            )
-        )
+        encrypted = len(ids) - 1 if isinstance(body, SealedScratch) else None
+        log.info(logfmt("accepted", session=self.session_id, id=",".join(ids),
+                        client=self.client_ip, user=self.user, nrcpt=len(tx.recipients),
+                        encrypted=encrypted))  # fmt: skip
         self._answer(None, f"Ok: queued as {' '.join(ids)}")
 
     # ---- STARTTLS (RFC 3207) ----
@@ -602,14 +521,12 @@ class SmtpSession(asyncio.Protocol):
             settle(self.ctx, tx.quota, TEMP_FAILURE)  # no 250: the reservation is given back
 
     def _discard_body(self) -> None:
-        if self.body is not None:
-            self.body.discard()
-            self.body = None
-        self.headers = self.trace = None
+        if self.incoming is not None:
+            self.incoming.discard()
+            self.incoming = None
         if self.capture is not None:
             self.capture.abandon()
         self.capture = None
-        self.forged = None
 
     def _flush(self) -> None:
         out = self.conn.data_to_send()
@@ -660,6 +577,6 @@ class SmtpSession(asyncio.Protocol):
         """Stop after the transaction in progress: idle sessions get 421 now; a session
         receiving or committing a message finishes it first (its 250 or error), then 421."""
         self.draining = True
-        if self.busy or self.body is not None:
+        if self.busy or self.incoming is not None:
             return
         self._close_with(SHUTTING_DOWN)

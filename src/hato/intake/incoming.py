@@ -1,0 +1,73 @@
+"""A message's octets as DATA or BDAT brings them, and the end-of-message checks of its header
+section (the first end-of-message steps of the pipeline, for a network door).
+
+Theory of operation. Every chunk goes into the body (a queue body, or a sealed scratch file when
+a recipient has a key: intake/protect.py), minus the Authentication-Results fields that claim
+our name (RFC 8601 §5: removed as they pass, never rewritten later), and is fed to the header
+capture (intake/headers.py, bounded) and to the trace-field count (delivery/loops.py). At the
+end, `judge` refuses a loop (RFC 5321 §6.3) and a header section the sender may not send (one
+From, and after AUTH only the user's own addresses), or answers the authors for DKIM signing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from hato.crypto import SealedScratch
+from hato.delivery.loops import MAIL_LOOP, TraceFields
+from hato.intake.context import IntakeContext
+from hato.intake.headers import ForgedResultsFilter, HeaderCapture
+from hato.model import Address, Reply, logfmt
+from hato.queue import BodyWriter
+
+log = logging.getLogger("hato.smtpd")
+
+
+class Incoming:
+    """One message being received (see the module docstring)."""
+
+    def __init__(self, ctx: IntakeContext, *, keyed: bool, authserv_id: str) -> None:
+        # A keyed recipient's plaintext must never reach the spool (intake/protect.py).
+        self.body: BodyWriter | SealedScratch = (
+            SealedScratch(ctx.queue.messages_dir) if keyed else ctx.queue.new_body()
+        )
+        self.forged = ForgedResultsFilter(authserv_id) if authserv_id else None
+        self.headers = HeaderCapture()
+        self.trace = TraceFields()  # the hop count (RFC 5321 §6.3)
+
+    def feed(self, data: bytes) -> None:
+        self.body.write(self.forged.feed(data) if self.forged else data)
+        self.headers.feed(data)
+        self.trace.feed(data)
+
+    def discard(self) -> None:
+        self.body.discard()
+
+    def judge(
+        self,
+        ctx: IntakeContext,
+        user: Address | None,
+        owns: Callable[[Address], bool],
+        session: str,
+    ) -> Reply | list[Address | None]:
+        """The refusal (the body is discarded then), or the header From addresses."""
+        if self.trace.loops(ctx.hop_limit):
+            # RFC 5321 §6.3: a loop is stopped; RFC 3463 X.4.6 routing loop detected.
+            log.info(logfmt("message-refused", session=session, reason="mail-loop",
+                            hops=self.trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
+            self.discard()
+            return MAIL_LOOP
+        verdict = self.headers.judge(user, owns)
+        if verdict.refusal is not None:
+            log.info(logfmt("message-refused", session=session, user=user,
+                            reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip
+            self.discard()
+            return verdict.refusal
+        if self.forged is not None:
+            self.body.write(self.forged.finish())
+            if self.forged.removed:
+                # RFC 8601 §5: a claim in our name that we did not make is removed.
+                log.info(logfmt("forged-results-removed", session=session,
+                                count=self.forged.removed))  # fmt: skip
+        return verdict.authors

@@ -1,0 +1,79 @@
+"""The first end-of-message steps without a socket (intake/incoming.py): the loop check, the
+header section judged against the sender, our forged Authentication-Results removed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from hato.directory.resolver import NotLocal, Resolution
+from hato.intake.context import IntakeContext
+from hato.intake.incoming import Incoming
+from hato.model import Address, Reply, Role
+from hato.queue import BodyWriter, Queue
+from hato.smtp import ServerSettings
+from kit.clock import FakeClock
+
+ALICE = Address.parse("alice@example.org")
+
+
+class NoBook:
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
+        return NotLocal()
+
+    def owns(self, user: Address, address: Address) -> bool:
+        return user == address
+
+    def is_local_domain(self, domain: str) -> bool:
+        return False
+
+
+def judged(
+    tmp_path: Path, message: bytes, *, user: Address | None = None
+) -> tuple[Reply | list[Address | None], bytes]:
+    """What `judge` answers for `message`, and what the body then holds."""
+
+    async def scenario() -> tuple[Reply | list[Address | None], bytes]:
+        clock = FakeClock(1_800_000_000.0)
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            settings = ServerSettings(hostname="mx.example.org")
+            ctx = IntakeContext(role=Role.MX, settings=settings, queue=queue, resolver=NoBook(),
+                                clock=clock, hop_limit=3)  # fmt: skip
+            incoming = Incoming(ctx, keyed=False, authserv_id="mx.example.org")
+            for at in range(0, len(message), 7):  # any chunking gives the same answer
+                incoming.feed(message[at : at + 7])
+            answer = incoming.judge(ctx, user, lambda a: user is not None and a == user, "t")
+            if isinstance(answer, Reply):
+                return answer, b""
+            assert isinstance(incoming.body, BodyWriter)
+            body = incoming.body.peek_inline()
+            incoming.discard()
+            return answer, body
+        finally:
+            await queue.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_message_past_the_hop_limit_is_refused_as_a_loop(tmp_path: Path) -> None:
+    received = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n" * 4
+    answer, _ = judged(tmp_path, received + b"From: <x@remote.test>\r\n\r\nhi\r\n")
+    assert isinstance(answer, Reply) and answer.enhanced == "5.4.6"  # RFC 3463 X.4.6
+
+
+def test_after_auth_a_from_the_user_does_not_own_is_refused(tmp_path: Path) -> None:
+    answer, _ = judged(tmp_path, b"From: <bob@example.org>\r\n\r\nhi\r\n", user=ALICE)
+    assert isinstance(answer, Reply) and answer.code == 553
+
+
+def test_our_forged_results_are_removed_and_the_authors_come_back(tmp_path: Path) -> None:
+    message = (
+        b"Authentication-Results: mx.example.org; dkim=pass\r\n"
+        b"From: <alice@example.org>\r\n\r\nhi\r\n"
+    )
+    answer, body = judged(tmp_path, message, user=ALICE)
+    assert answer == [ALICE]
+    assert body == b"From: <alice@example.org>\r\n\r\nhi\r\n"
