@@ -388,6 +388,8 @@ def main() -> int:
         appendix = {name: path.read_text() for name, path in suite.files.items()}
     finally:
         suite.stop()
+        if not args.keep:  # the logs of a failed run: --keep
+            shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     rows = [Row(r.cell, r.server, r.rate, r.cpu_ms, r.pss_kib, r.peak_pss_kib) for r in runs]
     commit = subprocess.run(
@@ -409,9 +411,7 @@ def main() -> int:
     )
     if args.no_write:
         print(section)
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
+    if args.keep:
         print(f"kept {work}", file=sys.stderr)
     print(json.dumps({"runs": len(runs)}), file=sys.stderr)
     return 0
