@@ -1,6 +1,7 @@
-"""Issue 15 item 1: with several worker processes (Hato's default is one per CPU) the mx
-connection limits are exact: one client's `max_connections_per_ip` holds across all the
-workers, whichever of them accepts, and a place comes free when a connection closes in any."""
+"""Issue 15 item 1: with several worker processes (Hato's default is one per CPU) the limits
+are exact: one client's `max_connections_per_ip` holds across all the workers, whichever of
+them accepts, and a place comes free when a connection closes in any; an AUTH block holds on
+every new connection."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import signal
 import time
 from pathlib import Path
 
+from peers.clients import auth_plain, submissions_session
 from peers.hato import HatoServer
 from peers.net import RawSession
-from peers.server import DomainSetup, MailSetup
+from peers.server import AuthSetup, DomainSetup, MailSetup, submission_setup
+from peers.tls import TestCA
 from test_workers import _children
 
 LIMIT = 3
@@ -93,4 +96,29 @@ def test_the_per_ip_limit_holds_across_two_workers(tmp_path: Path) -> None:
                 os.kill(worker, signal.SIGCONT)
         for session in held:
             session.sock.close()
+        server.stop()
+
+
+def test_an_auth_block_holds_whichever_worker_a_client_reaches(
+    tmp_path: Path, test_ca: TestCA
+) -> None:
+    """AUTH is served by the first worker only (the submission listeners), so its failure
+    counts and blocks are one process's: failures on separate connections add up, and the
+    block refuses every later connection, with two workers as with one."""
+    auth = AuthSetup(failure_delay=0.05, max_failure_delay=0.1, max_failures=3, block_time=600)
+    server = TwoWorkers(tmp_path / "data", submission_setup(test_ca.tls_files(), auth))
+    server.start()
+    try:
+        for attempt in range(2):
+            with submissions_session(server, test_ca, source=CLIENT) as session:
+                code, lines = auth_plain(session, "alice@users.test", f"wrong-{attempt}")
+                assert code == 535, lines
+        with submissions_session(server, test_ca, source=CLIENT) as session:
+            code, lines = auth_plain(session, "alice@users.test", "wrong-2")
+            assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+        for _ in range(4):  # new connections, spread as the kernel likes: all refused
+            with RawSession(server.host, server.submission_port, source=CLIENT) as s:
+                code, lines = s.reply()
+                assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+    finally:
         server.stop()
