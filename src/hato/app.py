@@ -26,6 +26,7 @@ from hato.boot.build import (
     build_tls,
 )
 from hato.boot.doctorwatch import watch_task
+from hato.boot.outbound import build_outbound
 from hato.boot.predrop import check_after_drop, preload
 from hato.boot.process import (
     EX_CANTCREAT,
@@ -42,7 +43,6 @@ from hato.boot.runtime import Endpoints, Listening, Rooms, build_rooms, start_en
 from hato.boot.tlswatch import watch_tls
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.model import SystemClock, logfmt
-from hato.outbound_setup import build_outbound
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy

@@ -49,11 +49,11 @@ from hato.app import (
     run,
     server_owner,
 )
+from hato.boot.logsetup import configure_logging
 from hato.boot.process import usable_cpus
 from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
-from hato.logsetup import configure_logging
 from hato.model import Address, Role, SystemClock, logfmt
 from hato.policy import LIMITS_DB, connections
 from hato.policy.greylist import SCREEN_DB, ScreenStore

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from hato.accounts import UserStore
-from hato.dbcache import SETTLE_SECONDS, CachedUsers, DatabaseStamp, StampedCache
+from hato.boot.dbcache import SETTLE_SECONDS, CachedUsers, DatabaseStamp, StampedCache
 from hato.model import Address
 
 ALICE = Address("alice", "example.org")

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from hato.logsetup import PIPE_BUF, BatchingHandler, TextFormatter
+from hato.boot.logsetup import PIPE_BUF, BatchingHandler, TextFormatter
 
 
 def _reader() -> tuple[int, int]:

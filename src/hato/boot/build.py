@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
+from hato.boot.dbcache import CachedUsers
 from hato.boot.filters import milters_for_role
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
 from hato.boot.shared import Shared
-from hato.dbcache import CachedUsers
 from hato.delivery.owner import OwnerError, resolve_owner
 from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
 from hato.directory.srs import Srs, load_key

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from hato.boot.build import build_resolver, configured_fields, send_limit_settings
+from hato.boot.outbound import outbound_settings, verify_contexts
 from hato.boot.shared import Shared
 from hato.boot.tlswatch import reload_tls
 from hato.boot.web import publications
 from hato.delivery.outbound import OutboundCourier
 from hato.model import logfmt
-from hato.outbound_setup import outbound_settings, verify_contexts
 from hato.server.context import SessionContext
 
 if TYPE_CHECKING:

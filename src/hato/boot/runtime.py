@@ -26,6 +26,7 @@ from hato.boot.build import (
     http_limits,
     mailbox_owner,
 )
+from hato.boot.dbcache import CachedKeys
 from hato.boot.filters import SpamFilters
 from hato.boot.process import EX_CANTCREAT, StartupError, bind
 from hato.boot.reportwatch import close_reports, open_reports
@@ -40,7 +41,6 @@ from hato.boot.store import (
 )
 from hato.boot.web import publications, serve_web
 from hato.crypto import KeyLookup
-from hato.dbcache import CachedKeys
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.router import RoutingCourier

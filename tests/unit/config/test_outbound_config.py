@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hato.boot.outbound import verify_contexts
 from hato.config import (
     ConfigError,
     SmarthostTls,
     TlsPolicyName,
 )
-from hato.outbound_setup import verify_contexts
 from kit.config import parse
 
 
