@@ -113,6 +113,9 @@ class PgQueue(PgAdmin):
         self._fresh_ready = asyncio.Event()
         self._closed = False
         self._unrecorded: dict[str, list[RowUpdate]] = {}  # outcomes `record` could not write
+        # Messages whose body could not be read (the database down): nothing was attempted, so
+        # their rows' leases are given back at the next scan, not held for the lease time.
+        self._unread: set[str] = set()
 
     @classmethod
     async def open(
@@ -283,6 +286,7 @@ class PgQueue(PgAdmin):
 
     async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
         await self._record_kept()
+        await self._unlease_unread(exclude)
         now = self._clock.now()
         until = now + self.lease_seconds
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
@@ -327,8 +331,36 @@ class PgQueue(PgAdmin):
         )
         return None if row[0] is None else float(row[0])
 
+    async def _unlease_unread(self, exclude: Collection[int]) -> None:
+        """Give back this node's leases on the messages `load_body` could not read (rows in
+        flight here, `exclude`, keep theirs); raises as `_run`."""
+        if not self._unread:
+            return
+        unread, busy = list(self._unread), list(exclude)
+        await self._run(
+            "UPDATE queue_recipients SET lease_owner = NULL, lease_until = NULL"
+            " WHERE queue_id = ANY(%s) AND lease_owner = %s AND status = 'queued'"
+            " AND NOT (row_id = ANY(%s))",
+            (unread, self.node_id, busy),
+        )
+        still = await self._run(
+            "SELECT DISTINCT queue_id FROM queue_recipients"
+            " WHERE queue_id = ANY(%s) AND row_id = ANY(%s)",
+            (unread, busy),
+        )
+        self._unread.difference_update(set(unread) - {qid for (qid,) in still})
+
     async def load_body(self, message: QueuedMessage) -> QueuedMessage:
-        """An inline body into memory; a chunked one streamed into a scratch file."""
+        """An inline body into memory; a chunked one streamed into a scratch file. When the
+        database cannot be read, QueueWriteError, and the rows are given back at the next
+        scan (`_unlease_unread`) instead of waiting out their lease."""
+        try:
+            return await self._load_body(message)
+        except QueueWriteError:
+            self._unread.add(message.queue_id)
+            raise
+
+    async def _load_body(self, message: QueuedMessage) -> QueuedMessage:
         if message.body is not None or message.body_path:
             return message
         (row,) = await self._run(
@@ -352,7 +384,8 @@ class PgQueue(PgAdmin):
         except psycopg.Error as exc:
             file.close()
             await asyncio.to_thread(unlink, path)
-            raise QueueError(None, f"load body: {exc}") from exc
+            # A QueueWriteError, as from `_run`: the runner's attempt ends and the rows wait.
+            raise write_error(exc, "load body") from exc
         await asyncio.to_thread(file.close)
         return dataclasses.replace(message, body_path=path)
 
