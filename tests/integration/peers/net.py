@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -16,12 +17,43 @@ import pytest
 LOOPBACK = "127.0.0.1"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed: set[int] = set()
+# Its own generator from the OS: a per-test reseeded `random` would give two test workers the
+# same sequence.
+_random = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A free, high TCP port on loopback (bind port 0 and let the kernel choose)."""
+    """A free TCP port on loopback, below the kernel's ephemeral range when there is room: a
+    port the kernel picked for `bind(0)` is in that range, and can be taken by some client
+    connection's local end before the server binds it (CI saw "Address already in use").
+    Ports handed out before in this process are not handed out again."""
+    low = 10000
+    if _EPHEMERAL_LOW - low >= 2000:
+        for _ in range(100):
+            port = _random.randrange(low, _EPHEMERAL_LOW)
+            if port in _handed:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+            _handed.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        _handed.add(found)
+        return found
 
 
 class RawSession:
