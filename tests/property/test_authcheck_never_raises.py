@@ -19,8 +19,8 @@ from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key, verify_dkim
 from hato.authcheck.results import find_forged, without_fields
+from hato.intake.inbound import InboundChecker
 from hato.model.dns import RdType, TxtRecord
-from hato.server.inbound import InboundChecker
 from kit.clock import FakeClock
 
 BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

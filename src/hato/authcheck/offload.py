@@ -90,7 +90,7 @@ class ProcessPool:
 
 # A lane hands its work over in batches of this size, and holds at most LANE_BACKLOG octets
 # that its thread has not taken yet (see `Lane`): about what a message checked whole holds
-# (its first 10 MiB arrive as one batch when it turns out larger, server/capture.py).
+# (its first 10 MiB arrive as one batch when it turns out larger, intake/capture.py).
 LANE_BATCH = 1024 * 1024
 LANE_BACKLOG = 16 * 1024 * 1024
 

@@ -24,6 +24,8 @@ from hato.boot.shared import Shared
 from hato.delivery.owner import OwnerError, resolve_owner
 from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
 from hato.directory.srs import Srs, load_key
+from hato.intake.inbound import Enforcement, InboundChecker
+from hato.intake.signing import OutboundSigner, load_sealers, load_signers
 from hato.model import (
     Address,
     Clock,
@@ -43,9 +45,7 @@ from hato.policy import (
     SendLimitSettings,
 )
 from hato.server.httpguard import HttpLimits
-from hato.server.inbound import Enforcement, InboundChecker
 from hato.server.metrics import Metrics
-from hato.server.signing import OutboundSigner, load_sealers, load_signers
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed
 from hato.smtp import ServerSettings
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from hato.config import Settings
 from hato.config.filter_sections import RspamdSettings
 from hato.filters import RspamdAction, RspamdClient
+from hato.intake.miltercheck import DefaultAction, MilterFilter
+from hato.intake.miltermetrics import UNCOUNTED, MilterMetrics
+from hato.intake.spamcheck import OnFailure, Response, SpamFilter, SpamMetrics, Uncounted
 from hato.milter import MilterClient, Timeouts
 from hato.model import Role
-from hato.server.miltercheck import DefaultAction, MilterFilter
-from hato.server.miltermetrics import UNCOUNTED, MilterMetrics
-from hato.server.spamcheck import OnFailure, Response, SpamFilter, SpamMetrics, Uncounted
 
 
 def rspamd_client(section: RspamdSettings) -> RspamdClient:

@@ -3,7 +3,7 @@ into, the sender the first worker runs at each interval's end, and the control s
 `reports.send` (`hato report send`).
 
 Theory of operation: with `[reports] enabled`, each worker opens `reports.db` (WAL: many
-writers) and hands it to its mx sessions (DMARC results, server/inbound.py) and, with
+writers) and hands it to its mx sessions (DMARC results, intake/inbound.py) and, with
 `tlsrpt`, to its outbound courier (TLS results, delivery/tlsreport.py). The first worker
 sleeps until the next interval boundary (the UTC `hour`, then every `interval` seconds after
 it), then sends the reports of everything recorded before it. A report message is DKIM-signed
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.tlsreport import TlsReporting
+from hato.intake.signing import OutboundSigner, load_signers
 from hato.model import Clock, logfmt
 from hato.model.dns import Resolver
 from hato.reports import SqliteReportStore
@@ -34,7 +35,6 @@ from hato.reports.aggregate import Submitter
 from hato.reports.sender import Poster, ReportSender, SubmitFailed
 from hato.server.control import Submit
 from hato.server.localsubmit import SubmitRefused
-from hato.server.signing import OutboundSigner, load_signers
 
 if TYPE_CHECKING:
     from hato.config import Settings

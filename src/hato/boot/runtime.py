@@ -47,6 +47,7 @@ from hato.delivery.router import RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsPythonResolver
 from hato.intake.direct import DirectDelivery
+from hato.intake.miltermetrics import MilterCounters
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
@@ -59,7 +60,6 @@ from hato.server.context import ListenerState, SessionContext
 from hato.server.httpguard import GuardedSite
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.metrics import Metrics, MetricsBindError, MetricsServer, bind_metrics
-from hato.server.miltermetrics import MilterCounters
 from hato.server.session import SmtpSession
 from hato.server.tls import ReloadingContext
 

@@ -24,7 +24,7 @@ Size = Annotated[int, PlainValidator(parse_size)]
 
 
 class SpamResponse(enum.StrEnum):
-    """What Hato does for one of rspamd's actions (hato.server.spamcheck.Response)."""
+    """What Hato does for one of rspamd's actions (hato.intake.spamcheck.Response)."""
 
     INBOX = "inbox"
     JUNK = "junk"

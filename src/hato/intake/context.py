@@ -8,10 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hato.authcheck import ArcSealer
 from hato.crypto import KeyLookup
 from hato.delivery.loops import DEFAULT_HOP_LIMIT
 from hato.directory.resolver import Resolution
 from hato.intake.direct import DirectDelivery
+from hato.intake.inbound import InboundChecker
+from hato.intake.miltercheck import MilterFilter
+from hato.intake.signing import OutboundSigner
+from hato.intake.spamcheck import SpamFilter
 from hato.model import Address, Clock, Role
 from hato.policy import SendLimiter
 from hato.queue import QueueStore
@@ -45,3 +50,10 @@ class IntakeContext:
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)
+    # The end-of-message steps (finish.py), each where the door's role has it:
+    inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
+    authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
+    signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
+    sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
+    spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
+    milters: tuple[MilterFilter, ...] = ()  # [[milter]] of this role, in order, after rspamd

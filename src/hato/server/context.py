@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hato.authcheck import ArcSealer
 from hato.intake.context import IntakeContext
 from hato.model import Role
 from hato.model.dns import Resolver
@@ -21,12 +20,8 @@ from hato.policy import (
     client_key,
 )
 from hato.server.auth import Accounts, ScramDecoy
-from hato.server.inbound import InboundChecker
 from hato.server.metrics import Metrics, RoleMetrics
-from hato.server.miltercheck import MilterFilter
 from hato.server.screen import Screen
-from hato.server.signing import OutboundSigner
-from hato.server.spamcheck import SpamFilter
 from hato.server.tls import ReloadingContext
 
 
@@ -172,12 +167,6 @@ class SessionContext(IntakeContext):
     network_rules: ListenerNetworkRules = field(default_factory=ListenerNetworkRules)
     networks: NetworkTable = field(default_factory=lambda: NetworkTable.of(()))
     dns: Resolver | None = None  # for DNSBL-backed network rules
-    inbound: InboundChecker | None = None  # SPF/DKIM/DMARC/ARC on mail received on mx
     metrics: RoleMetrics = field(default_factory=lambda: Metrics().role(Role.MX))
-    authserv_id: str = ""  # ours (RFC 8601): forged Authentication-Results claiming it go
-    signer: OutboundSigner | None = None  # DKIM for authenticated mail of our domains
-    sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
-    spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
     screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
-    milters: tuple[MilterFilter, ...] = ()  # [[milter]] of this role, in order, after rspamd
     ids: Iterator[str] = field(default_factory=lambda: session_ids(0.0))  # shared by listeners

@@ -266,7 +266,7 @@ class Metrics:
         return self._roles[role]
 
     def rspamd_verdict(self, action: str, seconds: float) -> None:
-        """Rspamd answered `action` after `seconds` (hato.server.spamcheck)."""
+        """Rspamd answered `action` after `seconds` (hato.intake.spamcheck)."""
         self._rspamd_actions[action].inc()
         self.rspamd_seconds.observe(seconds)
 

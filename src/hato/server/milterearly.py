@@ -23,15 +23,15 @@ import logging
 import time
 from dataclasses import replace
 
+from hato.intake.finish import Submitted, milter_transaction
+from hato.intake.miltercheck import custom_reply
+from hato.intake.miltermetrics import Stage
 from hato.milter import Command, MilterUnavailable, Transaction
 from hato.milter.protocol import Reject as MilterReject
 from hato.milter.protocol import ReplyCode, Tempfail
 from hato.model import Address, Reply, logfmt
 from hato.policy import Accept, Decision, Defer, Reject
 from hato.server.context import SessionContext
-from hato.server.finish import Submitted, milter_transaction
-from hato.server.miltercheck import custom_reply
-from hato.server.miltermetrics import Stage
 from hato.server.screen import Screened
 
 log = logging.getLogger("hato.smtpd")

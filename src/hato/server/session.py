@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hato.crypto import DEFER_REPLY, SealedScratch
 from hato.directory.resolver import Resolution
+from hato.intake.capture import LargeMessage, MessageCapture
+from hato.intake.finish import Submitted, finish, open_capture
 from hato.intake.incoming import Incoming
 from hato.intake.message import commit
 from hato.intake.received import TraceInfo, received_header
@@ -32,9 +34,7 @@ from hato.intake.transaction import Transaction
 from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
 from hato.policy import AUTH_BLOCKED, Accept, Reservation
 from hato.queue import QueueWriteError
-from hato.server.capture import LargeMessage, MessageCapture
 from hato.server.context import SessionContext
-from hato.server.finish import Submitted, finish, open_capture
 from hato.server.greeting import before_greeting, screens
 from hato.server.login import Login
 from hato.server.milterearly import mail_checked, milter_mail, rcpt_checked, recipient_checks

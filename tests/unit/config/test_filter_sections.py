@@ -10,8 +10,8 @@ from hato.boot.filters import SpamFilters
 from hato.config import ConfigError
 from hato.config.filter_sections import RspamdFailure, SpamResponse
 from hato.filters import RspamdAction
+from hato.intake.spamcheck import OnFailure, Response
 from hato.model import Role
-from hato.server.spamcheck import OnFailure, Response
 from kit.config import parse
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dnsserver import FakeResolver
+from hato.intake.inbound import Enforcement, InboundChecker
 from hato.model import Address
 from hato.model.dns import RdType
 from hato.reports import (
@@ -23,7 +24,6 @@ from hato.reports import (
     TlsEvent,
     TlsFailure,
 )
-from hato.server.inbound import Enforcement, InboundChecker
 from kit.clock import FakeClock
 
 NOW = 1_700_000_000.0

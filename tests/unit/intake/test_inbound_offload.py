@@ -13,9 +13,9 @@ import dkim  # type: ignore[import-untyped]
 from dnsserver import FakeResolver
 from hato.authcheck.dkim import DkimAlgorithm, generate_key
 from hato.authcheck.offload import NEARBY_LIMIT, BySize, in_thread
+from hato.intake.inbound import InboundChecker
 from hato.model import Address
 from hato.model.dns import RdType
-from hato.server.inbound import InboundChecker
 from kit.clock import FakeClock
 
 _T = TypeVar("_T")

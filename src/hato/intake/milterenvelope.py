@@ -28,11 +28,11 @@ import re
 from collections.abc import Sequence
 
 from hato.directory.resolver import Local, NotLocal
+from hato.intake.context import IntakeContext
 from hato.intake.protect import recipient_keys
 from hato.milter.protocol import AddRecipient, ChangeFrom, DeleteRecipient
 from hato.model import Address, ReversePath, logfmt
 from hato.model.address import AddressError, parse_mailbox
-from hato.server.context import SessionContext
 
 log = logging.getLogger("hato.smtpd")
 
@@ -54,7 +54,7 @@ def _key(address: Address) -> tuple[str, str]:
 
 
 def apply_envelope(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     recipients: list[tuple[Address, Address]],
     changes: Sequence[EnvelopeChange],
     queue_id: str,
@@ -99,7 +99,7 @@ def apply_envelope(
     return sender
 
 
-def _keyed(ctx: SessionContext, mailboxes: Sequence[Address]) -> bool:
+def _keyed(ctx: IntakeContext, mailboxes: Sequence[Address]) -> bool:
     if ctx.keys is None:
         return False
     verdict = recipient_keys(

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hato.intake.miltermetrics import UNCOUNTED, MilterMetrics, Stage
+from hato.intake.spamcheck import Spooled, field_bytes, read_back, streamed
 from hato.milter import MilterClient, MilterUnavailable, Outcome, Transaction
 from hato.milter.protocol import (
     Accept,
@@ -51,8 +53,6 @@ from hato.milter.protocol import (
 )
 from hato.model import Reply, Role, logfmt
 from hato.model.header import split_header_fields
-from hato.server.miltermetrics import UNCOUNTED, MilterMetrics, Stage
-from hato.server.spamcheck import Spooled, field_bytes, read_back, streamed
 
 log = logging.getLogger("hato.smtpd")
 

@@ -1,4 +1,4 @@
-"""What DATA keeps for the checks (server/capture.py) and the ordered, bounded Lane that hashes
+"""What DATA keeps for the checks (intake/capture.py) and the ordered, bounded Lane that hashes
 a large body in threads (authcheck/offload.py)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dnsserver import FakeResolver
 from hato.authcheck import offload
 from hato.authcheck.bodyhash import BodyHash, SignatureBodies
 from hato.authcheck.offload import Lane, WorkerPool
+from hato.intake.capture import LargeMessage, MessageCapture
+from hato.intake.inbound import DMARC_DEFER, InboundChecker, InboundVerdict
 from hato.model import Address
 from hato.model.dns import RdType
-from hato.server.capture import LargeMessage, MessageCapture
-from hato.server.inbound import DMARC_DEFER, InboundChecker, InboundVerdict
 from kit.clock import FakeClock
 
 T = TypeVar("T")

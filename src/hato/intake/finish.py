@@ -18,16 +18,16 @@ from hato.authcheck.dkim import pieces
 from hato.crypto.scratch import SealedScratch
 from hato.delivery.maildir import FOLDER_PARAM
 from hato.filters import Envelope
+from hato.intake.capture import LargeMessage, MessageCapture
+from hato.intake.context import IntakeContext
+from hato.intake.inbound import InboundVerdict
+from hato.intake.miltercheck import DISCARDED, milter_check
+from hato.intake.milterenvelope import apply_envelope
+from hato.intake.spamcheck import Spooled, keep_seal, rewritten, spam_check
 from hato.milter import Command, Transaction
 from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, HOLD_PARAM, SPF_PARAM, BodyWriter
-from hato.server.capture import LargeMessage, MessageCapture
-from hato.server.context import SessionContext
-from hato.server.inbound import InboundVerdict
-from hato.server.miltercheck import DISCARDED, milter_check
-from hato.server.milterenvelope import apply_envelope
-from hato.server.spamcheck import Spooled, keep_seal, rewritten, spam_check
 
 log = logging.getLogger("hato.smtpd")
 
@@ -46,17 +46,17 @@ class Submitted:
     params: dict[str, str | None]
 
 
-def open_capture(ctx: SessionContext, user: Address | None) -> MessageCapture | None:
+def open_capture(ctx: IntakeContext, user: Address | None) -> MessageCapture | None:
     """What DATA keeps for `authenticate`: for the signer the message whole (or nothing past
     MAX_CHECKED_SIZE), for the inbound checks the message whole or, past it, its header
-    section and the body hashes of its DKIM signatures (server/capture.py)."""
+    section and the body hashes of its DKIM signatures (intake/capture.py)."""
     if user is not None:
         return MessageCapture(None) if ctx.signer else None
     return MessageCapture(ctx.inbound.lanes) if ctx.inbound is not None else None
 
 
 async def finish(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     facts: Submitted,
     captured: bytes | LargeMessage | None,
     from_addresses: list[Address | None],
@@ -103,7 +103,7 @@ def queue_id(facts: Submitted, body: Spooled) -> str:
 
 
 def milter_transaction(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     facts: Submitted,
     recipients: list[tuple[Address, Address]],
     queue_id: str,
@@ -140,7 +140,7 @@ def milter_transaction(
     )
 
 
-def new_spooled(ctx: SessionContext, body: Spooled) -> Spooled:
+def new_spooled(ctx: IntakeContext, body: Spooled) -> Spooled:
     """An empty body of the same kind as `body` (a keyed message stays encrypted)."""
     return (
         ctx.queue.new_body()
@@ -150,7 +150,7 @@ def new_spooled(ctx: SessionContext, body: Spooled) -> Spooled:
 
 
 async def rspamd_step(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     facts: Submitted,
     recipients: list[tuple[Address, Address]],
     added: bytes,
@@ -178,7 +178,7 @@ async def rspamd_step(
 
 
 async def authenticate(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     facts: Submitted,
     captured: bytes | LargeMessage | None,
     from_addresses: list[Address | None],
@@ -229,7 +229,7 @@ async def authenticate(
 
 
 async def arc_seal(
-    ctx: SessionContext,
+    ctx: IntakeContext,
     verdict: InboundVerdict,
     captured: bytes,
     recipients: list[tuple[Address, Address]],

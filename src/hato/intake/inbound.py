@@ -10,7 +10,7 @@ on the event loop, so a big message with many signatures stalls no other session
 at most 64 KiB is verified in a thread instead, which costs a third of the CPU
 (authcheck/offload.py, NEARBY_LIMIT). Past 10 MiB
 only the header section is handed over, with the body hashes of its DKIM signatures computed
-in threads (`lanes`) as it streamed in (server/capture.py); SPF and DMARC are the same. The
+in threads (`lanes`) as it streamed in (intake/capture.py); SPF and DMARC are the same. The
 verdict is
 a value: the header lines to prepend and whether to accept, refuse (550 5.7.1) or quarantine
 (deliver to the Junk folder).
@@ -48,12 +48,12 @@ from hato.authcheck import (
 )
 from hato.authcheck.offload import BySize, ProcessPool, WorkerPool
 from hato.authcheck.spf_cache import SpfCache
+from hato.intake.capture import LargeMessage
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import split_header_fields
 from hato.reports import Recorder
 from hato.reports.capture import dmarc_events
-from hato.server.capture import LargeMessage
 
 DMARC_REJECT = Reply(550, "5.7.1", "Message rejected by the sender domain's DMARC policy")
 # RFC 3463 §3.5: X.4.3 "directory server failure" (DNS); RFC 7489 §11.2 temperror, so retry.
@@ -100,13 +100,13 @@ class InboundChecker:
         self._spf_cache = SpfCache(clock)  # results for the TTL of their answers
         # Small messages are verified in a thread: cheaper than the pool (offload.NEARBY_LIMIT).
         self.routes = BySize(WorkerPool(1), self.offload)
-        self.lanes = WorkerPool()  # streamed body hashes (server/capture.py)
+        self.lanes = WorkerPool()  # streamed body hashes (intake/capture.py)
 
     async def check(
         self, *, client_ip: str, helo: str, mail_from: ReversePath, message: bytes | LargeMessage
     ) -> InboundVerdict:
         """`message` whole, or past MAX_CHECKED_SIZE its header and streamed body hashes:
-        SPF and DMARC need no body and are the same for both (server/capture.py)."""
+        SPF and DMARC need no body and are the same for both (intake/capture.py)."""
         sender = "" if mail_from is None else str(mail_from)
         deadline = asyncio.get_running_loop().time() + self._budget
         # DMARC keeps a share of the budget for its policy: a DKIM check that ran out of time

@@ -10,8 +10,7 @@ import pytest
 
 from hato.crypto.scratch import SealedScratch
 from hato.filters import RspamdAction, Scan
-from hato.queue.body import BodyWriter
-from hato.server.spamcheck import (
+from hato.intake.spamcheck import (
     Response,
     SpamOutcome,
     edit_header,
@@ -21,6 +20,7 @@ from hato.server.spamcheck import (
     rewrite,
     rewritten,
 )
+from hato.queue.body import BodyWriter
 
 SCAN = Scan(RspamdAction.REJECT, 20.0, 15.0, smtp_message="Spam\r\n from 5.6.7.8 \x01")
 

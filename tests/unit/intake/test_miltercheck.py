@@ -11,6 +11,18 @@ from pathlib import Path
 import pytest
 
 from hato.crypto.scratch import SealedScratch
+from hato.intake.miltercheck import (
+    DISCARDED,
+    UNCHECKED,
+    DefaultAction,
+    Milted,
+    MilterFilter,
+    custom_reply,
+    edit_section,
+    milter_check,
+    refusal,
+)
+from hato.intake.spamcheck import read_back
 from hato.milter import MilterClient, MilterUnavailable, Outcome, Transaction
 from hato.milter.protocol import (
     Accept,
@@ -29,18 +41,6 @@ from hato.milter.protocol import (
     Tempfail,
 )
 from hato.model import Reply
-from hato.server.miltercheck import (
-    DISCARDED,
-    UNCHECKED,
-    DefaultAction,
-    Milted,
-    MilterFilter,
-    custom_reply,
-    edit_section,
-    milter_check,
-    refusal,
-)
-from hato.server.spamcheck import read_back
 
 TX = Transaction("[192.0.2.1]", "192.0.2.1", 0, "h", "<a@b>", (), ("<c@d>",))
 MESSAGE = b"Subject: hi\r\nX-Old: 1\r\nX-Old: 2\r\n\r\nbody\r\n"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from hato.intake.milterenvelope import new_sender
 from hato.milter.protocol import ChangeFrom
 from hato.model import Address
-from hato.server.milterenvelope import new_sender
 
 OLD = Address("alice", "sender.example")
 

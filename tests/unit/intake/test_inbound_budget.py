@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
+from hato.intake.inbound import InboundChecker
 from hato.model import Address
 from hato.model.dns import DnsAnswer, RdType
-from hato.server.inbound import InboundChecker
 from kit.clock import FakeClock
 
 MESSAGE = (
