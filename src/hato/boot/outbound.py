@@ -1,7 +1,7 @@
 """Building the outbound courier from the settings (part of the composition root, kept apart
-from app.py so that file stays readable).
+from boot/app.py so that file stays readable).
 
-May import every room (like app.py).
+May import every room (like boot/app.py).
 """
 
 from __future__ import annotations

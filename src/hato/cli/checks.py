@@ -42,7 +42,7 @@ class _Accounts:
 
 def dead_alias_targets(settings: Settings) -> list[str]:
     """One line per alias target that leads to no mailbox, naming the fix."""
-    from hato.app import build_resolver
+    from hato.boot.build import build_resolver
     from hato.directory.resolver import Unknown
 
     try:

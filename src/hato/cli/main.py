@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _serve(args: argparse.Namespace) -> int:
     loaded = load(args)
-    from hato.supervisor import serve  # the whole server: only for `hato serve`
+    from hato.boot.supervisor import serve  # the whole server: only for `hato serve`
 
     return serve(loaded.settings, source=loaded.source)
 

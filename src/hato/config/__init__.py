@@ -3,7 +3,7 @@
     loaded = load_settings(path_or_None, env=os.environ, cwd=Path.cwd())
     loaded.settings.listeners[0].port, loaded.source
 
-docs/configuration.md is the reference for every key. `app.py` hands each room its own section;
+docs/configuration.md is the reference for every key. `boot/` hands each room its own section;
 no room below the composition root imports this package.
 
 Must not import anything of hato but model (and pydantic, tomllib).

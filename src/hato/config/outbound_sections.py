@@ -1,7 +1,8 @@
 """[delivery], [[transport]] and [smarthost] of hato.toml: how mail leaves for other hosts.
 
 Same rules as sections.py: every field has a `description`; validators raise ValueError naming
-the fix; the loader adds the key path. app.py turns these into hato.delivery.transport values.
+the fix; the loader adds the key path. boot/outbound.py turns these into
+hato.delivery.transport values.
 
 Must not import anything of hato but model.
 """

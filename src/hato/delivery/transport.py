@@ -1,6 +1,6 @@
 """The outbound courier's settings as values: transports, the smarthost, limits, TLS table.
 
-`app.py` builds an `OutboundSettings` from the config's [delivery], [[transport]] and
+`boot/outbound.py` builds an `OutboundSettings` from the config's [delivery], [[transport]] and
 [smarthost] sections (delivery never imports config).
 
 Must not import anything of hato but model (and delivery's own values).

@@ -3,7 +3,7 @@
     resolver = DnsPythonResolver(["127.0.0.1:5353"], timeout=5.0, cache=DnsCache(clock))
     answer = await resolver.query("example.org", RdType.MX)
 
-May import hato.model only. Nothing imports this room but server/ and app.py: every other room
+May import hato.model only. Nothing imports this room but server/ and boot/: every other room
 gets a `Resolver` passed in.
 """
 

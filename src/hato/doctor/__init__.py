@@ -1,7 +1,7 @@
 """The doctor: checks of deliverability from outside (DNS, TLS, reputation, port 25).
 
 May import hato.model, hato.authcheck and hato.delivery's pure helpers; never hato.config,
-hato.cli, hato.app, hato.server or hato.queue (the caller builds a `DoctorSetup`).
+hato.cli, hato.boot, hato.server or hato.queue (the caller builds a `DoctorSetup`).
 """
 
 from hato.doctor.report import Finding, Verdict, has_problems, render_json, render_text

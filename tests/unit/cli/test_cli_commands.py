@@ -39,7 +39,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version_imports_neither_pydantic_nor_the_server() -> None:
     code = (
         "import sys; from hato.cli import main; main(['version']); "
-        "print(sorted(m for m in ('pydantic', 'hato.config', 'hato.app', 'hato.accounts', "
+        "print(sorted(m for m in ('pydantic', 'hato.config', 'hato.boot.app', 'hato.accounts', "
         "'argon2') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""`hato serve` (`serve`: logging, the event loop, the data directory's lock, then hato.app's
+"""`hato serve` (`serve`: logging, the event loop, the data directory's lock, then hato.boot.app's
 `run` in this process or in workers), and the supervisor of several server processes on one
 data directory (`[server] workers`, by default one per CPU; issue 2: one process per core).
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
-from hato.app import (
+from hato.boot.app import (
     EX_CONFIG,
     EX_OK,
     EX_SOFTWARE,

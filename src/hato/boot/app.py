@@ -3,7 +3,7 @@
 Its pieces live in hato.boot (process, build, predrop, reload, runtime); this module wires
 them: `run` builds the endpoints and rooms (boot/runtime.py), binds the listeners, runs every
 task in one TaskGroup until SIGTERM, then drains.
-May import every room. Nothing else imports this module but hato.supervisor, whose `serve`
+May import every room. Nothing else imports this module but hato.boot.supervisor, whose `serve`
 (`hato serve`) runs `run` in one process or in each worker.
 """
 
@@ -56,7 +56,7 @@ from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
 if TYPE_CHECKING:
     from hato.config import Settings
 
-__all__ = [  # what hato.supervisor and hato.cli use of the composition root
+__all__ = [  # what hato.boot.supervisor and hato.cli use of the composition root
     "EX_CONFIG",
     "EX_OK",
     "EX_SOFTWARE",
@@ -75,7 +75,7 @@ log = logging.getLogger("hato")
 
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
-    """One process of several (hato.supervisor): its sockets, its name, what it runs."""
+    """One process of several (hato.boot.supervisor): its sockets, its name, what it runs."""
 
     index: int
     sockets: dict[int, socket.socket]  # listener index -> the bound socket it serves
