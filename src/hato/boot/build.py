@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
 from hato.boot.dbcache import CachedUsers
@@ -44,6 +44,7 @@ from hato.policy import (
     NetworkTable,
     SendLimitSettings,
 )
+from hato.server.context import ListenerConfig
 from hato.server.httpguard import HttpLimits
 from hato.server.metrics import Metrics
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed
@@ -216,9 +217,9 @@ def build_resolver(
     )
 
 
-def configured_fields(
+def listener_config(
     settings: Settings, shared: Shared, listener: ListenerSettings, problems: list[str]
-) -> dict[str, Any]:
+) -> ListenerConfig:
     """Everything in a listener's SessionContext that the configuration decides; what it
     cannot do is added to `problems` (once, however many listeners ask)."""
     role = listener.role
@@ -240,28 +241,28 @@ def configured_fields(
         load_signers(shared.data_dir / "dkim", selectors, shared.clock, found) if check.sign else {}
     )
     problems.extend(p for p in found if p not in problems)
-    return {
-        "settings": server_settings(settings, role, shared.tls is not None),
-        "idle_timeout": float(settings.limits.idle_timeout),
-        "hop_limit": settings.limits.hopcount_limit,
-        "session_timeout": float(settings.limits.session_timeout),
-        "tls_handshake_timeout": float(settings.limits.tls_handshake_timeout),
-        "postmaster_domain": settings.domains[0].name,
-        "network_rules": ListenerNetworkRules(
+    return ListenerConfig(
+        settings=server_settings(settings, role, shared.tls is not None),
+        idle_timeout=float(settings.limits.idle_timeout),
+        hop_limit=settings.limits.hopcount_limit,
+        session_timeout=float(settings.limits.session_timeout),
+        tls_handshake_timeout=float(settings.limits.tls_handshake_timeout),
+        postmaster_domain=settings.domains[0].name,
+        network_rules=ListenerNetworkRules(
             tuple(listener.refuse_networks), tuple(listener.allow_networks)
         ),
-        "networks": NetworkTable.of(
+        networks=NetworkTable.of(
             ClientNetwork(n.name, tuple(n.cidrs), n.dnsbl) for n in settings.networks
         ),
-        "send_as": send_as_grants(settings),
-        "inbound": inbound,
-        "authserv_id": authserv_id,
-        "signer": OutboundSigner(signers) if role is not Role.MX else None,
-        "sealers": load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
-        "spam": shared.filters.for_role(settings, role),
-        "screen": build_screen(settings, shared, role),
-        "milters": milters_for_role(settings, role, shared.filters.milter_metrics),
-    }
+        send_as=send_as_grants(settings),
+        inbound=inbound,
+        authserv_id=authserv_id,
+        signer=OutboundSigner(signers) if role is not Role.MX else None,
+        sealers=load_sealers(signers, authserv_id, shared.clock) if role is Role.MX else {},
+        spam=shared.filters.for_role(settings, role),
+        screen=build_screen(settings, shared, role),
+        milters=milters_for_role(settings, role, shared.filters.milter_metrics),
+    )
 
 
 class MeasuredCourier:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from hato.boot.build import build_resolver, configured_fields, send_limit_settings
+from hato.boot.build import build_resolver, listener_config, send_limit_settings
 from hato.boot.outbound import outbound_settings, verify_contexts
 from hato.boot.shared import Shared
 from hato.boot.tlswatch import reload_tls
@@ -62,7 +62,8 @@ _TOML_NAMES = {
 }
 _NOT_KEYS = frozenset({"data_dir_origin"})  # where data_dir came from, not a setting
 
-# Keys a reload applies, and what takes them (boot.build configured_fields and Runtime.apply).
+# Keys a reload applies, and what takes them (boot.build listener_config, and
+# LiveConfiguration._apply).
 LIVE_KEYS = frozenset(
     {
         "domain",  # the recipient resolver, send_as grants, DKIM selectors (not the first name),
@@ -269,8 +270,8 @@ class LiveConfiguration:
             # Only then: [smarthost] password_file and the CA files are read again.
             outbound = (outbound_settings(new), *verify_contexts(new))
         problems: list[str] = []
-        fields_of = [
-            (ctx, configured_fields(new, shared, listener, problems))
+        configs = [
+            (ctx, listener_config(new, shared, listener, problems))
             for ctx, listener in self._listeners
         ]
         shared.resolver.current = resolver
@@ -278,8 +279,7 @@ class LiveConfiguration:
             self._outbound.reconfigure(*outbound)
         shared.limiter.settings = send_limit_settings(new)
         shared.published.current = publications(new)  # [[domain]] mta_sts_mode, max_age
-        for ctx, values in fields_of:
-            for name, value in values.items():
-                setattr(ctx, name, value)
+        for ctx, config in configs:
+            ctx.configure(config)
         shared.problems[:] = problems
         self.settings = new

@@ -22,8 +22,8 @@ from hato.boot.build import (
     MeasuredCourier,
     build_resolver,
     build_srs,
-    configured_fields,
     http_limits,
+    listener_config,
     mailbox_owner,
 )
 from hato.boot.dbcache import CachedKeys
@@ -259,8 +259,12 @@ class Listening:
                 max_per_ip=listener.max_connections_per_ip,
                 shared=rooms.ledger if role is Role.MX else None,
             )
+            config = listener_config(settings, shared, listener, shared.problems)
             ctx = SessionContext(
                 role=role,
+                settings=config.settings,
+                idle_timeout=config.idle_timeout,
+                session_timeout=config.session_timeout,
                 queue=rooms.queue,
                 resolver=shared.resolver,
                 clock=shared.clock,
@@ -279,8 +283,8 @@ class Listening:
                 metrics=shared.metrics.role(role),
                 direct=rooms.direct,
                 ids=ids,
-                **configured_fields(settings, shared, listener, shared.problems),
             )
+            ctx.configure(config)  # the rest of what the configuration decides
             if role is Role.SUBMISSIONS:  # port 465: limits hold from accept, through TLS
                 front = ImplicitTlsListener(sockets[number], ctx, _factory(ctx))
                 front.start()

@@ -10,8 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hato.authcheck import ArcSealer
 from hato.intake.context import IntakeContext
-from hato.model import Role
+from hato.intake.inbound import InboundChecker
+from hato.intake.miltercheck import MilterFilter
+from hato.intake.signing import OutboundSigner
+from hato.intake.spamcheck import SpamFilter
+from hato.model import Address, Role
 from hato.model.dns import Resolver
 from hato.policy import (
     AuthThrottle,
@@ -23,6 +28,7 @@ from hato.server.auth import Accounts, ScramDecoy
 from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.screen import Screen
 from hato.server.tls import ReloadingContext
+from hato.smtp import ServerSettings
 
 
 class SharedCounts(Protocol):
@@ -148,6 +154,31 @@ def session_ids(started: float, worker: int = 0) -> Iterator[str]:
     return (f"{stamp}.{worker}.{count:x}" for count in itertools.count(1))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerConfig:
+    """What the configuration decides for one listener's sessions, as one value: built at start
+    and by every reload (boot/build.py `listener_config`) and put in place whole by
+    `SessionContext.configure`. Each field is the `SessionContext` field of the same name and
+    type (tests/unit/server/test_listener_config.py holds them to it)."""
+
+    settings: ServerSettings
+    idle_timeout: float
+    session_timeout: float
+    tls_handshake_timeout: float
+    hop_limit: int
+    postmaster_domain: str
+    network_rules: ListenerNetworkRules
+    networks: NetworkTable
+    send_as: dict[Address, frozenset[Address]]
+    inbound: InboundChecker | None
+    authserv_id: str
+    signer: OutboundSigner | None
+    sealers: dict[str, ArcSealer]
+    spam: SpamFilter | None
+    screen: Screen | None
+    milters: tuple[MilterFilter, ...]
+
+
 @dataclass(slots=True, kw_only=True)
 class SessionContext(IntakeContext):
     """Everything a session of one listener needs: the pipeline's rooms (IntakeContext), and
@@ -170,3 +201,24 @@ class SessionContext(IntakeContext):
     metrics: RoleMetrics = field(default_factory=lambda: Metrics().role(Role.MX))
     screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
     ids: Iterator[str] = field(default_factory=lambda: session_ids(0.0))  # shared by listeners
+
+    def configure(self, config: ListenerConfig) -> None:
+        """Put a listener's configuration in place, every field of it (typed: no field is set
+        by name). New sessions see it; a session already open reads it as it goes on, as the
+        values are swapped whole, never changed in place."""
+        self.settings = config.settings
+        self.idle_timeout = config.idle_timeout
+        self.session_timeout = config.session_timeout
+        self.tls_handshake_timeout = config.tls_handshake_timeout
+        self.hop_limit = config.hop_limit
+        self.postmaster_domain = config.postmaster_domain
+        self.network_rules = config.network_rules
+        self.networks = config.networks
+        self.send_as = config.send_as
+        self.inbound = config.inbound
+        self.authserv_id = config.authserv_id
+        self.signer = config.signer
+        self.sealers = config.sealers
+        self.spam = config.spam
+        self.screen = config.screen
+        self.milters = config.milters
