@@ -207,7 +207,7 @@ def _background(
         clock=clock,
         hostname=settings.server.hostname,
         domain=settings.domains[0].name,
-        counter=rooms.counter,
+        counter=rooms.tally.last_hour,
         max_message_size=settings.limits.max_message_size,
         info=lambda: {
             "listeners": [str(lst.address) for lst in settings.listeners],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +29,6 @@ from hato.intake.signing import OutboundSigner, load_sealers, load_signers
 from hato.model import (
     Address,
     Clock,
-    Courier,
-    Outcome,
-    QueuedMessage,
-    QueuedRecipient,
     Role,
     UserDirectory,
     logfmt,
@@ -46,7 +42,6 @@ from hato.policy import (
 )
 from hato.server.context import ListenerConfig
 from hato.server.httpguard import HttpLimits
-from hato.server.metrics import Metrics
 from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed
 from hato.smtp import ServerSettings
 
@@ -263,21 +258,3 @@ def listener_config(
         screen=build_screen(settings, shared, role),
         milters=milters_for_role(settings, role, shared.filters.milter_metrics),
     )
-
-
-class MeasuredCourier:
-    """The courier the runner calls, counting each outcome for /metrics."""
-
-    def __init__(
-        self, inner: Courier, metrics: Metrics, clock: Clock, is_local: Callable[[str], bool]
-    ) -> None:
-        self._inner, self._metrics, self._clock, self._is_local = inner, metrics, clock, is_local
-
-    async def deliver(
-        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
-    ) -> Sequence[Outcome]:
-        outcomes = await self._inner.deliver(message, recipients)
-        self._metrics.deliveries_of(
-            message, recipients, outcomes, now=self._clock.now(), is_local=self._is_local
-        )
-        return outcomes

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from hato.boot.acme import Acme, start_acme
 from hato.boot.build import (
-    MeasuredCourier,
     build_resolver,
     build_srs,
     http_limits,
@@ -53,10 +52,10 @@ from hato.model import Role, SystemClock, logfmt
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
 from hato.queue import QueueRunner, QueueStore, Schedule
 from hato.reports import SqliteReportStore
-from hato.server import control
 from hato.server.auth import ScramDecoy
 from hato.server.clientsetup import Published
 from hato.server.context import ListenerState, SessionContext
+from hato.server.deliverycount import DeliveryTally, OutcomeCounter
 from hato.server.httpguard import GuardedSite
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.metrics import Metrics, MetricsBindError, MetricsServer, bind_metrics
@@ -126,7 +125,7 @@ class Rooms:
     queue: QueueStore
     keys: KeyLookup  # users' keys, asked at every RCPT (cached on SQLite)
     maildir: MaildirCourier
-    counter: control.OutcomeCounter
+    tally: DeliveryTally  # what deliveries gave: /metrics and `hato status`
     committer: KeyedCommitter
     runner: QueueRunner
     direct: DirectDelivery | None
@@ -190,7 +189,7 @@ async def build_rooms(
     maildir = MaildirCourier(
         settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
     )
-    counter = control.OutcomeCounter()
+    tally = DeliveryTally(metrics, OutcomeCounter(), clock, resolver.is_local_domain)
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
         resolver.is_local_domain,
@@ -199,9 +198,7 @@ async def build_rooms(
         hop_limit=settings.limits.hopcount_limit,
         srs=srs,
     )
-    courier = control.CountingCourier(
-        MeasuredCourier(routing, metrics, clock, resolver.is_local_domain), counter
-    )
+    courier = tally.courier(routing)
     # One way in (issue 11): DSNs to a keyed user are encrypted as SMTP mail is (intake/).
     committer = KeyedCommitter(queue, keys, clock, resolver, hostname=settings.server.hostname)
     runner = QueueRunner(
@@ -214,9 +211,7 @@ async def build_rooms(
     )
     direct = (
         DirectDelivery(
-            control.CountingCourier(
-                MeasuredCourier(local, metrics, clock, resolver.is_local_domain), counter
-            ),
+            tally.courier(local),
             resolver.is_local_domain,
             clock,
         )
@@ -226,7 +221,7 @@ async def build_rooms(
     # With workers, the mx limits count every worker's connections (policy/connections.py).
     ledger = ConnectionLedger(data_dir / CONNECTIONS_DB, worker) if worker is not None else None
     return Rooms(
-        shared, queue, keys, maildir, counter, committer, runner, direct, outbound, ledger, reports
+        shared, queue, keys, maildir, tally, committer, runner, direct, outbound, ledger, reports
     )
 
 

@@ -36,21 +36,13 @@ import logging
 import os
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol
 
 from hato.model import (
     Clock,
-    Courier,
-    Delivered,
-    Outcome,
-    PermFailed,
-    QueuedMessage,
-    QueuedRecipient,
     ReversePath,
-    TempFailed,
     logfmt,
 )
 from hato.queue import Committer, QueueError, QueueStore
@@ -92,6 +84,13 @@ class Submit(Protocol):
     ) -> str: ...
 
 
+class LastHour(Protocol):
+    """The recipient outcomes of the last hour, for `hato status` (server/deliverycount.py
+    OutcomeCounter, or the sum of every worker's: server/workerfigures.py)."""
+
+    def counts(self) -> dict[str, int]: ...
+
+
 class RequestError(Exception):
     """A request we cannot carry out; the text goes back to the client."""
 
@@ -107,7 +106,7 @@ class ControlServer:
         hostname: str,
         domain: str,
         max_message_size: int = 50 * 1024 * 1024,
-        counter: OutcomeCounter | None = None,
+        counter: LastHour | None = None,
         info: Callable[[], Mapping[str, Any]] | None = None,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
@@ -409,58 +408,3 @@ async def serve(
                 # the next start replaces it.
                 with contextlib.suppress(FileNotFoundError, PermissionError):
                     p.unlink()
-
-
-# ---- delivery figures for `hato status` ----
-
-
-class OutcomeCounter:
-    """Recipient outcomes (delivered, deferred, failed) of the last hour, in minute buckets."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, window: int = 60) -> None:
-        self._clock = clock
-        self._window = window  # minutes
-        self._buckets: dict[int, dict[str, int]] = {}
-
-    def add(self, kind: str, count: int = 1) -> None:
-        minute = int(self._clock() // 60)
-        bucket = self._buckets.setdefault(minute, {})
-        bucket[kind] = bucket.get(kind, 0) + count
-        if len(self._buckets) > self._window + 1:
-            self._prune(minute)
-
-    def _prune(self, minute: int) -> None:
-        for old in [m for m in self._buckets if m <= minute - self._window]:
-            del self._buckets[old]
-
-    def counts(self) -> dict[str, int]:
-        self._prune(int(self._clock() // 60))
-        out: dict[str, int] = {}
-        for bucket in self._buckets.values():
-            for kind, count in bucket.items():
-                out[kind] = out.get(kind, 0) + count
-        return out
-
-
-class CountingCourier:
-    """Wraps the courier the runner calls and counts what each recipient's attempt gave."""
-
-    def __init__(self, inner: Courier, counter: OutcomeCounter) -> None:
-        self._inner = inner
-        self._counter = counter
-
-    async def deliver(
-        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
-    ) -> Sequence[Outcome]:
-        outcomes = await self._inner.deliver(message, recipients)
-        for outcome in outcomes:
-            match outcome:
-                case Delivered():
-                    self._counter.add("delivered")
-                case TempFailed():
-                    self._counter.add("deferred")
-                case PermFailed():
-                    self._counter.add("failed")
-                case _:
-                    assert_never(outcome)
-        return outcomes

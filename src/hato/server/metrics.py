@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, Protocol, TypeVar, assert_never
 
 from aiohttp import web
@@ -38,8 +38,6 @@ from hato.model import (
     Delivered,
     Outcome,
     PermFailed,
-    QueuedMessage,
-    QueuedRecipient,
     Role,
     TempFailed,
     logfmt,
@@ -301,22 +299,6 @@ class Metrics:
                 self._deliveries[DeliveryResult.BOUNCED, transport].inc()
             case _:
                 assert_never(outcome)
-
-    def deliveries_of(
-        self,
-        message: QueuedMessage,
-        recipients: Sequence[QueuedRecipient],
-        outcomes: Sequence[Outcome],
-        *,
-        now: float,
-        is_local: Callable[[str], bool],
-    ) -> None:
-        """What a Courier.deliver call gave, one `delivery` per recipient; `is_local(domain)`
-        tells a mailbox from another server, `now` is the wall clock (received_at's)."""
-        latency = now - message.received_at
-        for recipient, outcome in zip(recipients, outcomes, strict=False):
-            local = is_local(recipient.address.domain)
-            self.delivery(outcome, Transport.LOCAL if local else Transport.REMOTE, latency)
 
     def queue(self, stats: QueueStats, now: float) -> None:
         """Set the queue gauges from one reading of the queue."""

@@ -20,7 +20,8 @@ from hato.cli import main
 from hato.cli.queue import ControlClient, ServerDown
 from hato.model import Address, Reply, ReversePath, SystemClock
 from hato.queue import BodyWriter, Queue, RowUpdate, Status
-from hato.server.control import ControlServer, OutcomeCounter, serve
+from hato.server.control import ControlServer, serve
+from hato.server.deliverycount import OutcomeCounter
 from hato.server.localsubmit import LocalBody, SubmitRefused
 
 CONFIG = """

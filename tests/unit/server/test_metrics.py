@@ -12,12 +12,7 @@ from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
 from hato.model import (
-    Address,
-    Delivered,
-    Outcome,
     PermFailed,
-    QueuedMessage,
-    QueuedRecipient,
     Reply,
     Role,
     TempFailed,
@@ -26,7 +21,6 @@ from hato.model.queuestore import QueueError, QueueStats
 from hato.server.metrics import (
     Metrics,
     MetricsBindError,
-    Transport,
     bind_metrics,
     refresh_queue,
     serve_metrics,
@@ -149,53 +143,6 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     one.role(Role.MX).connection()
     assert value(samples(one.exposition().decode()), "hato_connections_total", role="mx") == 1
     assert value(samples(two.exposition().decode()), "hato_connections_total", role="mx") == 0
-
-
-def rcpt(text: str, row_id: int) -> QueuedRecipient:
-    local, domain = text.split("@")
-    return QueuedRecipient(row_id, Address(local, domain), Address(local, domain))
-
-
-def test_deliveries_are_counted_by_result_and_transport_with_latency() -> None:
-    metrics = Metrics()
-    message = QueuedMessage(
-        queue_id="01ABC", mail_from=None, received_at=1000.0, body_path="", size=10
-    )
-    recipients = [
-        rcpt("alice@example.org", 1),
-        rcpt("bob@example.org", 2),
-        rcpt("carol@remote.test", 3),
-        rcpt("dave@remote.test", 4),
-        rcpt("erin@remote.test", 5),
-    ]
-    outcomes: list[Outcome] = [Delivered(), BOUNCE, Delivered(), DEFER, DEFER]
-    metrics.deliveries_of(
-        message,
-        recipients,
-        outcomes,
-        now=1003.0,
-        is_local=lambda domain: domain == "example.org",
-    )
-    metrics.delivery(Delivered(), Transport.REMOTE, 7200.0)
-    metrics.delivery(Delivered(), Transport.LOCAL, None)  # counted, no latency observed
-    got = samples(metrics.exposition().decode())
-
-    def deliveries(result: str, transport: str) -> float:
-        return value(got, "hato_deliveries_total", result=result, transport=transport)
-
-    assert deliveries("delivered", "local") == 2
-    assert deliveries("bounced", "local") == 1
-    assert deliveries("delivered", "remote") == 2
-    assert deliveries("deferred", "remote") == 2
-    assert deliveries("bounced", "remote") == 0
-    latency = "hato_delivery_latency_seconds"
-    assert value(got, f"{latency}_count", transport="local") == 1
-    assert value(got, f"{latency}_sum", transport="local") == 3.0
-    assert value(got, f"{latency}_bucket", transport="local", le="2.5") == 0
-    assert value(got, f"{latency}_bucket", transport="local", le="5.0") == 1
-    assert value(got, f"{latency}_count", transport="remote") == 2
-    assert value(got, f"{latency}_bucket", transport="remote", le="3600.0") == 1
-    assert value(got, f"{latency}_bucket", transport="remote", le="14400.0") == 2
 
 
 def stats(**kwargs: int | float | None) -> QueueStats:
