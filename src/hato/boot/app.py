@@ -52,6 +52,7 @@ from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
+from hato.server.workerfigures import FIGURES_DIR, WorkerFigures
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -199,6 +200,13 @@ def _background(
         keys=rooms.keys,
     )
     sender = build_sender(settings, rooms.reports if first else None, dns, clock, submitter)
+    # With workers, each publishes its figures and the first adds them up for /metrics and
+    # `hato status` (issue 15: they were the first worker's alone).
+    figures = (
+        WorkerFigures(data_dir / FIGURES_DIR, worker.index, metrics, rooms.tally.last_hour)
+        if worker is not None
+        else None
+    )
     acme = endpoints.acme
     controller = control.ControlServer(
         queue=queue,
@@ -207,7 +215,7 @@ def _background(
         clock=clock,
         hostname=settings.server.hostname,
         domain=settings.domains[0].name,
-        counter=rooms.tally.last_hour,
+        counter=figures if figures is not None else rooms.tally.last_hour,
         max_message_size=settings.limits.max_message_size,
         info=lambda: {
             "listeners": [str(lst.address) for lst in settings.listeners],
@@ -232,6 +240,9 @@ def _background(
         work.append(acme.manager.run())
     if interval:
         work.append(run_watchdog(notifier, interval))
+    if figures is not None:
+        work.append(figures.publish_every())
+        metrics.shown_through(figures)
     if first:
         # hato queue / hato status / hato-sendmail talk to this (root only, mode 0600).
         path, submit_path = data_dir / "control.sock", settings.server.submit_socket

@@ -18,6 +18,9 @@ Limits hold across the workers: an mx listener's connections (per listener and p
 are counted in one shared SQLite file (policy/connections.py), emptied here at start and of a
 dead worker's rows before it is started again; connection rates and greylisting in screen.db,
 sending limits in limits.db; AUTH happens in the first worker only (submission listeners).
+The counters of /metrics and `hato status` are every worker's: each publishes its own into
+DATA_DIR/figures/, emptied here at start, and a dead worker's last are kept as retired
+(server/workerfigures.py).
 
 May import every room (it is part of the composition root).
 """
@@ -59,6 +62,7 @@ from hato.policy import LIMITS_DB, connections
 from hato.policy.greylist import SCREEN_DB, ScreenStore
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
+from hato.server import workerfigures
 from hato.server.datadir import DataDirError, locked
 from hato.server.privileges import PrivilegeError, lookup_identity
 
@@ -132,6 +136,7 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     KeyStore.in_data_dir(data_dir).close()
     open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
     connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
+    workerfigures.prepare(data_dir / workerfigures.FIGURES_DIR)  # what /metrics adds up
     if settings.local.srs:
         load_key(data_dir)  # the SRS key every worker signs with
     if settings.screen.active:  # greylisting and connection rates, shared by the workers
@@ -225,6 +230,8 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
         # Its connections died with it: they no longer count against the mx limits.
         connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
+        # What it counted stays in the server's totals; its replacement counts from zero.
+        workerfigures.retire(data_dir / workerfigures.FIGURES_DIR, index)
         released = release_leases(data_dir / "queue", _node_id(index), time.time())
         if released:
             log.info(logfmt("leases-released", worker=index, rows=released))

@@ -33,6 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.registry import Collector
 
 from hato.model import (
     Delivered,
@@ -156,6 +157,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         reg = self.registry
+        self._view: Collector = reg
         self.connections = Counter(
             "hato_connections", "SMTP connections accepted by role", ["role"], registry=reg
         )
@@ -309,9 +311,14 @@ class Metrics:
         self._held.set(stats.held)
         self.queue_oldest_age.set(max(0.0, now - stats.oldest) if stats.oldest else 0.0)
 
+    def shown_through(self, view: Collector) -> None:
+        """/metrics shows `view` instead of this registry alone (with workers: every worker's
+        figures added up, server/workerfigures.py)."""
+        self._view = view
+
     def exposition(self) -> bytes:
         """The Prometheus text format of everything, as served on /metrics."""
-        return generate_latest(self.registry)
+        return generate_latest(self._view)
 
 
 async def refresh_queue(
