@@ -21,22 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.boot.acme import renew_op
-from hato.boot.build import (
-    build_resolver,
-    build_tls,
-)
+from hato.boot.build import build_tls
 from hato.boot.doctorwatch import watch_task
 from hato.boot.outbound import build_outbound
 from hato.boot.predrop import check_after_drop, preload
-from hato.boot.process import (
-    EX_CANTCREAT,
-    EX_CONFIG,
-    EX_OK,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
-    StartupError,
-    listen_socket,
-)
+from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError, listen_socket
 from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
 from hato.boot.reportwatch import build_sender, report_task, send_op
 from hato.boot.runtime import Endpoints, Listening, Rooms, build_rooms, start_endpoints
@@ -57,19 +46,7 @@ from hato.server.workerfigures import FIGURES_DIR, WorkerFigures
 if TYPE_CHECKING:
     from hato.config import Settings
 
-__all__ = [  # what hato.boot.supervisor and hato.cli use of the composition root
-    "EX_CONFIG",
-    "EX_OK",
-    "EX_SOFTWARE",
-    "EX_TEMPFAIL",
-    "StartupError",
-    "WorkerRole",
-    "build_resolver",
-    "build_tls",
-    "listen_socket",
-    "run",
-    "server_owner",
-]
+__all__ = ["WorkerRole", "run", "server_owner"]  # what hato.boot.supervisor uses
 
 log = logging.getLogger("hato")
 

@@ -1,7 +1,8 @@
-"""The pieces of one server process that `hato.boot.app.run` puts together (part of the composition
-root): the endpoints the first worker serves beside mail, the rooms built after the privilege
-drop, and the listeners with the state their sessions share. `run` builds them in this order
-(build, bind, one TaskGroup, drain) and each is closed by its own `aclose`, in reverse.
+"""The pieces of one server process that `hato.boot.app.run` puts together (part of the
+composition root): the endpoints the first worker serves beside mail, the rooms built after
+the privilege drop, and the listeners with the state their sessions share. `run` builds them
+in this order (build, bind, one TaskGroup, drain) and each is closed by its own `aclose`, in
+reverse.
 
 May import every room.
 """

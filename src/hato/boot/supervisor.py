@@ -41,19 +41,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hato.accounts import UserStore
-from hato.boot.app import (
+from hato.boot.app import WorkerRole, run, server_owner
+from hato.boot.build import build_tls
+from hato.boot.logsetup import configure_logging
+from hato.boot.process import (
     EX_CONFIG,
     EX_OK,
     EX_SOFTWARE,
     StartupError,
-    WorkerRole,
-    build_tls,
     listen_socket,
-    run,
-    server_owner,
+    usable_cpus,
 )
-from hato.boot.logsetup import configure_logging
-from hato.boot.process import usable_cpus
 from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
