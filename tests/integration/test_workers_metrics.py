@@ -1,8 +1,10 @@
 """Issue 15: with `[server] workers = 2`, /metrics and `hato status` count the mail of both
-workers (they counted the first worker's alone: the one that answers them)."""
+workers (they counted the first worker's alone: the one that answers them), and what a worker
+that died had counted stays in the totals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -49,6 +51,10 @@ def _value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def _received(text: str) -> float:
+    return _value(text, "hato_messages_received_total", role="mx", result="accepted")
+
+
 def test_metrics_and_status_count_the_mail_of_every_worker(tmp_path: Path) -> None:
     setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
     server = MeasuredWorkers(tmp_path / "data", setup)
@@ -69,7 +75,7 @@ def test_metrics_and_status_count_the_mail_of_every_worker(tmp_path: Path) -> No
         deadline = time.monotonic() + 30  # the other worker publishes every 2 s
         while True:
             text = server.scrape()
-            accepted = _value(text, "hato_messages_received_total", role="mx", result="accepted")
+            accepted = _received(text)
             local = _value(text, "hato_deliveries_total", result="delivered", transport="local")
             if (accepted, local) == (5, 5):
                 break
@@ -84,7 +90,19 @@ def test_metrics_and_status_count_the_mail_of_every_worker(tmp_path: Path) -> No
             time.sleep(0.2)
         status = server.hato("status").stdout
         assert "last hour:  5 delivered, 0 deferred, 0 failed" in status, status
+        # A worker that dies: its replacement counts from zero, the totals keep what it did.
+        os.kill(second, signal.SIGKILL)
+        while len(set(_children(server.proc.pid)) - {first, second}) < 1:
+            assert time.monotonic() < deadline + 30, "the dead worker was not replaced"
+            time.sleep(0.2)
+        os.kill(first, signal.SIGSTOP)
+        _send(server, "after")  # to the replacement, which has published (0, then 1)
+        os.kill(first, signal.SIGCONT)
+        while _received(text := server.scrape()) != 6:
+            assert time.monotonic() < deadline + 30, text
+            time.sleep(0.2)
     finally:
         for worker in (first, second):
-            os.kill(worker, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
         server.stop()

@@ -76,8 +76,14 @@ def retire(directory: Path, worker: int) -> None:
     for family in dead["families"]:
         into = families.setdefault(family["name"], {**family, "samples": []})
         into["samples"] = _as_list(_add(_as_dict(into["samples"]), family["samples"]))
-    _write(directory / RETIRED, {"families": list(families.values())})
-    path.unlink()
+    try:
+        _write(directory / RETIRED, {"families": list(families.values())})
+        owner = directory.stat()
+        if os.geteuid() == 0 and owner.st_uid != 0:  # the supervisor runs as root, the first
+            os.chown(directory / RETIRED, owner.st_uid, owner.st_gid)  # worker reads it as hato
+        path.unlink()
+    except OSError as exc:  # a full disk: the totals fall back, the supervisor goes on
+        log.warning(logfmt("metrics-publish-failed", worker=worker, error=exc))
 
 
 def snapshot(metrics: Metrics, last_hour: OutcomeCounter) -> dict[str, Any]:
