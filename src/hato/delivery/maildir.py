@@ -14,11 +14,12 @@ All file work runs in worker threads (one by default, `hato.durable.worker`), ne
 event loop. A worker takes every ``deliver()`` call waiting at that moment as one batch: it
 writes all the tmp files, then makes them durable (`hato.durable.files.sync_files`: an fsync
 for a single file; for several, one syncfs(2) per file system, one journal commit instead of
-one per file), renames each into ``new/``, fsyncs each distinct ``new/`` directory once for
-the whole batch, and settles every caller with one wake-up of the event loop. The busier the server,
-the bigger the batches (the same idea as the queue's group commit). A small body comes inline
-in the message (``QueuedMessage.body``); a file body up to 256 KiB is read once, a bigger one
-is copied by the kernel.
+one per file), renames each into ``new/``, makes the renames durable (`sync_dirs`: an fsync of
+each distinct ``new/`` directory, or one syncfs per file system for several, as a message to
+100 mailboxes has), and settles every caller with one wake-up of the event loop. The busier
+the server, the bigger the batches (the same idea as the queue's group commit). A small body
+comes inline in the message (``QueuedMessage.body``); a file body up to 256 KiB is read once,
+a bigger one is copied by the kernel.
 
 A local failure (full disk, EIO) is a TempFailed with a ``retry_after`` hint (10 s, doubling
 per attempt), so mail accepted before a disk filled is delivered soon after room is made.
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hato.directory.names import MAX_DOMAIN, is_safe_mailbox_name
-from hato.durable.files import fsync_dir, sync_files, write_all
+from hato.durable.files import fsync_dir, sync_dirs, sync_files, write_all
 from hato.durable.worker import BatchWorker, call_on_loop
 from hato.model import (
     Address,
@@ -220,7 +221,7 @@ class MaildirCourier:
 
     def _deliver_batch(self, batch: list[_Request]) -> None:
         """Write every copy of every message to tmp/, make them durable (`sync_files`),
-        rename each into new/, and fsync each distinct new/ directory once for the batch."""
+        rename each into new/, and make the renames durable once for the batch (`sync_dirs`)."""
         started = self._clock.monotonic()
         copies: list[_Copy] = []
         for request in batch:
@@ -244,23 +245,22 @@ class MaildirCourier:
                 self._copy_failed(copy, exc)
             else:
                 written.append(copy)
-        by_dir: dict[str, list[_Copy]] = {}
+        # The renames survive a crash only once new/ is synced: each distinct new/ once, or one
+        # syncfs for the many new/ of a file system (`sync_dirs`).
+        dirs = sync_dirs((copy.new_dir, copy.dev) for copy in written)
+        failed: set[str] = set()
         for copy in written:
-            by_dir.setdefault(copy.new_dir, []).append(copy)
-        for new_dir, in_dir in by_dir.items():
-            try:
-                fsync_dir(new_dir)  # the renames survive a crash only once new/ is synced
-            except OSError as exc:
+            error = dirs[copy.new_dir]
+            if error is not None:
                 # The files may be in new/ already; a retry renames onto the same names.
-                log.warning(logfmt("maildir-fsync-failed", dir=new_dir, error=exc))
-                for copy in in_dir:
-                    copy.request.outcomes[copy.index] = self._temp_failed(
-                        copy.request, copy.index, exc
-                    )
-            else:
-                for copy in in_dir:
-                    if copy.request.outcomes[copy.index] is None:
-                        copy.request.outcomes[copy.index] = Delivered("maildir")
+                if copy.new_dir not in failed:
+                    failed.add(copy.new_dir)
+                    log.warning(logfmt("maildir-fsync-failed", dir=copy.new_dir, error=error))
+                copy.request.outcomes[copy.index] = self._temp_failed(
+                    copy.request, copy.index, error
+                )
+            elif copy.request.outcomes[copy.index] is None:
+                copy.request.outcomes[copy.index] = Delivered("maildir")
         self.batches += 1
         self.requests_done += len(batch)
         if log.isEnabledFor(logging.DEBUG):
@@ -369,7 +369,8 @@ class MaildirCourier:
         name = f"{base},S={len(header) + body_size}"
         new_dir = mailbox + "/new"
         if (rcpt.recovered or rcpt.attempts > 0) and self._already_there(mailbox, base, name):
-            return _Copy(request, index, new_dir)
+            # Only its new/ is synced again; on the file system it is on (`sync_dirs`).
+            return _Copy(request, index, new_dir, dev=os.stat(new_dir).st_dev)
         tmp_path = f"{mailbox}/tmp/{name}"
         fd, dev = self._open_tmp(mailbox, tmp_path)
         try:

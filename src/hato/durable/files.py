@@ -3,7 +3,9 @@
 fsync(2) of a file makes its data durable, not its directory entry: a file just created or
 renamed is only there after a crash once its directory is fsynced too (`fsync_dir`). For many
 new files on one file system, one syncfs(2) writes them all back and commits the journal once,
-where an fsync each would wait for one journal commit each (`sync_files`).
+where an fsync each would wait for one journal commit each (`sync_files`); the same holds for
+the entries of many directories (`sync_dirs`: one message to 100 local mailboxes renames a
+file into 100 new/ directories).
 """
 
 from __future__ import annotations
@@ -90,4 +92,40 @@ def sync_files(files: Iterable[tuple[int, int]]) -> dict[int, OSError | None]:
                 result[fd] = None
             except OSError as exc:
                 result[fd] = exc
+    return result
+
+
+def sync_dirs(dirs: Iterable[tuple[str, int]]) -> dict[str, OSError | None]:
+    """Make the entries of directories durable (names just created or renamed in them);
+    `dirs` are (path, device) pairs. Returns each path's error (or None).
+
+    One directory on a file system: its fsync (`fsync_dir`). Several: one syncfs(2) of that file
+    system, which commits the journal holding all of their changes once, where an fsync each
+    waited for a commit (or a disk cache flush) each: 0.3-1.2 ms a directory on a loaded ext4
+    here, against 30-60 us a directory for one syncfs of 100. Meant, as `sync_files`, for the
+    file system of the mailboxes."""
+    result: dict[str, OSError | None] = {}
+    by_dev: dict[int, dict[str, None]] = {}  # insertion-ordered sets of paths
+    for path, dev in dirs:
+        by_dev.setdefault(dev, {})[path] = None
+    for in_dev in by_dev.values():
+        paths = list(in_dev)
+        if len(paths) >= SYNCFS_FROM and _SYNCFS is not None:
+            try:
+                fd = os.open(paths[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
+                error: OSError | None = None
+            except OSError as exc:
+                error = exc  # none of them is known to be durable
+            result.update((path, error) for path in paths)
+            continue
+        for path in paths:
+            try:
+                fsync_dir(path)
+                result[path] = None
+            except OSError as exc:
+                result[path] = exc
     return result

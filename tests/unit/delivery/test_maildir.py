@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -185,7 +185,7 @@ def test_crash_after_rename_before_record_leaves_no_duplicate(
     assert len(files(box / "new")) == 1
 
 
-def test_several_recipients_one_worker_call_one_dir_fsync_each(
+def test_several_recipients_one_worker_call_one_dir_sync_for_the_batch(
     courier: MaildirCourier, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     msg = message(tmp_path)
@@ -195,25 +195,23 @@ def test_several_recipients_one_worker_call_one_dir_fsync_each(
         rcpt(3, "carol@example.net"),
     ]
     run(courier, msg, [rcpt(10, "alice@example.org"), rcpt(11, "bob@example.org")])
-    synced: list[str] = []
+    synced: list[list[tuple[str, int]]] = []
     threads: set[str] = set()
-    real = durable_files.fsync_dir
+    real = durable_files.sync_dirs
 
-    def counting(path: str) -> None:
-        synced.append(path)
+    def counting(dirs: Iterable[tuple[str, int]]) -> dict[str, OSError | None]:
+        synced.append(list(dirs))
         threads.add(threading.current_thread().name)
-        real(path)
+        return real(synced[-1])
 
-    monkeypatch.setattr(maildir_module, "fsync_dir", counting)
+    monkeypatch.setattr(maildir_module, "sync_dirs", counting)
     outcomes = run(courier, msg, [*recipients, rcpt(4, "alice@example.org")])
     assert outcomes == [Delivered("maildir")] * 4
-    new_dirs = [p for p in synced if p.endswith("/new")]
-    assert sorted(new_dirs) == sorted(
-        {
-            str(root / d / "new")
-            for d in ("example.org/alice", "example.org/bob", "example.net/carol")
-        }
+    [batch] = synced  # the renames of the whole call made durable at once
+    assert sorted({path for path, _ in batch}) == sorted(
+        str(root / d / "new") for d in ("example.net/carol", "example.org/alice", "example.org/bob")
     )
+    assert {dev for _, dev in batch} == {os.stat(root).st_dev}
     assert all(name.startswith("maildir") for name in threads)  # never on the event loop
     for to, box in (
         ("carol@example.net", "example.net/carol"),
@@ -299,7 +297,7 @@ def test_failed_dir_fsync_is_temp_failure_and_retry_is_idempotent(
 ) -> None:
     msg = message(tmp_path)
     run(courier, msg, [rcpt(1, "alice@example.org")])
-    monkeypatch.setattr(maildir_module, "fsync_dir", failing(errno.EIO))
+    monkeypatch.setattr(durable_files, "fsync_dir", failing(errno.EIO))
     [outcome] = run(courier, msg, [rcpt(2, "alice@example.org", attempts=2)])
     assert isinstance(outcome, TempFailed) and outcome.retry_after == 40.0  # 10 s, 20 s, 40 s
     monkeypatch.undo()
@@ -369,20 +367,21 @@ def test_inline_body_is_written_without_a_file(
     assert name.endswith(f",S={len(data)}")
 
 
-def test_waiting_deliveries_are_one_batch_with_one_fsync_per_new_dir(
+def test_waiting_deliveries_are_one_batch_with_one_dir_sync_per_batch(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     courier = MaildirCourier(
         root, "mx.example.org", clock=FakeClock(RECEIVED_AT, 1000.0, tick=0.001)
     )
-    synced: list[str] = []
-    real = durable_files.fsync_dir
+    synced: list[list[str]] = []
+    real = durable_files.sync_dirs
 
-    def counting(path: str) -> None:
-        synced.append(path)
-        real(path)
+    def counting(dirs: Iterable[tuple[str, int]]) -> dict[str, OSError | None]:
+        listed = list(dirs)
+        synced.append(sorted({path for path, _ in listed}))
+        return real(listed)
 
-    monkeypatch.setattr(maildir_module, "fsync_dir", counting)
+    monkeypatch.setattr(maildir_module, "sync_dirs", counting)
 
     async def main() -> list[list[Outcome]]:
         first = QueuedMessage("Q0", None, RECEIVED_AT, "", 4, body=b"x\r\n")
@@ -411,10 +410,9 @@ def test_waiting_deliveries_are_one_batch_with_one_fsync_per_new_dir(
     assert results == [[Delivered("maildir")] * 2] * 20
     assert len(files(root / "example.org" / "alice" / "new")) == 21
     assert len(files(root / "example.org" / "bob" / "new")) == 21
-    # One fsync of each new/ per batch, never one per message.
-    assert len(synced) < 40 and set(synced) == {
-        str(root / "example.org" / box / "new") for box in ("alice", "bob")
-    }
+    # The new/ directories are synced once per batch, never once per message.
+    both = sorted(str(root / "example.org" / box / "new") for box in ("alice", "bob"))
+    assert len(synced) < 20 and all(dirs == both for dirs in synced)
 
 
 def test_a_failed_copy_in_a_batch_fails_alone(
@@ -456,13 +454,42 @@ def test_a_batch_is_synced_with_one_syncfs_and_its_failure_fails_every_copy(
 
     monkeypatch.setattr(durable_files, "syncfs", counting)
     outcomes = run(courier, msg, [rcpt(3, "alice@example.org"), rcpt(4, "bob@example.org")])
-    assert outcomes == [Delivered("maildir")] * 2 and len(calls) == 1
+    # One for the files before their renames, one for the two new/ directories after them.
+    assert outcomes == [Delivered("maildir")] * 2 and len(calls) == 2
     monkeypatch.setattr(durable_files, "syncfs", failing(errno.EIO))
     outcomes = run(courier, msg, [rcpt(5, "alice@example.org"), rcpt(6, "bob@example.org")])
     local_error = Reply(451, "4.3.0", "Local error in processing, try again later")
     assert outcomes == [TempFailed(local_error, retry_after=10.0)] * 2
     for box in ("alice", "bob"):
         assert len(files(root / "example.org" / box / "new")) == 2  # not the failed batch
+        assert files(root / "example.org" / box / "tmp") == []
+
+
+@pytest.mark.skipif(not durable_files.has_syncfs(), reason="syncfs(2) is Linux only")
+def test_a_failed_sync_of_the_new_dirs_fails_their_copies_and_a_retry_is_idempotent(
+    courier: MaildirCourier, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msg = message(tmp_path)
+    run(courier, msg, [rcpt(1, "alice@example.org"), rcpt(2, "bob@example.org")])
+    real = durable_files.syncfs
+    calls: list[int] = []
+
+    def second_fails(fd: int) -> None:  # the files' syncfs works, the directories' fails
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(durable_files, "syncfs", second_fails)
+    outcomes = run(courier, msg, [rcpt(3, "alice@example.org"), rcpt(4, "bob@example.org")])
+    monkeypatch.undo()
+    local_error = Reply(451, "4.3.0", "Local error in processing, try again later")
+    assert outcomes == [TempFailed(local_error, retry_after=10.0)] * 2
+    # Renamed already but not known durable: the retry finds them and writes no second copy.
+    retry = [rcpt(3, "alice@example.org", attempts=1), rcpt(4, "bob@example.org", attempts=1)]
+    assert run(courier, msg, retry) == [Delivered("maildir")] * 2
+    for box in ("alice", "bob"):
+        assert len(files(root / "example.org" / box / "new")) == 2
         assert files(root / "example.org" / box / "tmp") == []
 
 

@@ -53,6 +53,56 @@ def test_sync_files_uses_one_syncfs_per_file_system_and_fsync_for_one_file(
             os.close(fd)
 
 
+def test_sync_dirs_uses_one_syncfs_per_file_system_and_fsync_for_one_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not files.has_syncfs():
+        pytest.skip("syncfs(2) is Linux only")
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for path in dirs:
+        path.mkdir()
+    dev = os.stat(tmp_path).st_dev
+    synced: list[int] = []
+    fsynced: list[str] = []
+    monkeypatch.setattr(files, "syncfs", synced.append)
+    monkeypatch.setattr(files, "fsync_dir", fsynced.append)
+    # A directory named twice is synced once; one syncfs for the three of one file system.
+    listed = [(str(path), dev) for path in dirs] + [(str(dirs[0]), dev)]
+    assert files.sync_dirs(listed) == dict.fromkeys(str(path) for path in dirs)
+    assert len(synced) == 1 and fsynced == []
+    # One directory on a file system (here: the other "device"): its own fsync.
+    result = files.sync_dirs([(str(dirs[0]), dev), (str(dirs[1]), dev + 1)])
+    assert result == {str(dirs[0]): None, str(dirs[1]): None}
+    assert len(synced) == 1 and fsynced == [str(dirs[0]), str(dirs[1])]
+
+
+def test_sync_dirs_reports_a_failure_for_every_directory_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not files.has_syncfs():
+        pytest.skip("syncfs(2) is Linux only")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    dev = os.stat(tmp_path).st_dev
+
+    def failing(*_args: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(files, "syncfs", failing)
+    result = files.sync_dirs([(str(tmp_path / "a"), dev), (str(tmp_path / "b"), dev)])
+    assert set(result) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in result.values())
+    # A lone directory is fsynced: a missing one gives its own error.
+    monkeypatch.undo()
+    result = files.sync_dirs([(str(tmp_path / "gone"), dev)])
+    assert isinstance(result[str(tmp_path / "gone")], FileNotFoundError)
+    # The real calls: durable, no error.
+    assert files.sync_dirs([(str(tmp_path / "a"), dev), (str(tmp_path / "b"), dev)]) == {
+        str(tmp_path / "a"): None,
+        str(tmp_path / "b"): None,
+    }
+
+
 def test_waiting_jobs_are_one_batch_up_to_the_weight_limit_and_stop_finishes_them() -> None:
     batches: list[list[int]] = []
     worker: BatchWorker[int] = BatchWorker(batches.append, name="t", max_batch=5, weight=int)
