@@ -34,12 +34,12 @@ class Transaction:
 
     def add(self, targets: tuple[Address, ...], original: Address, dsn: RecipientDsn) -> None:
         """Rows for `targets` (the resolution of `original`), each destination once."""
-        known = {dest for dest, _ in self.recipients}
         for dest in targets:
-            if dest not in known:
+            # `dsn` has a key for every destination added: no set rebuilt per RCPT (100
+            # recipients made 5,050 set insertions a message).
+            if dest not in self.dsn:
                 self.recipients.append((dest, original))
                 self.dsn[dest] = dsn
-                known.add(dest)
         self.originals.append(original)
 
     def dests(self) -> list[Address]:
