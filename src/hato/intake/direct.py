@@ -15,6 +15,12 @@ for this refinement of the rule).
 The crash window is the queue's: a crash after the rename and before the client reads the 250
 leaves a delivered message the client will send again, as a crash after the queue commit does.
 
+A small body is handed over from memory; a bigger one (64 KiB and more, spooled while it came)
+from its spool file, written out but not fsynced (`SpooledBody`): the courier streams it into
+each Maildir and fsyncs those copies, so a message delivered here never has its spool file
+fsynced, queued and copied again by the runner; the file is removed once nothing is left to
+queue (after a crash before that, the queue's start-up removes it as an orphan).
+
 Names: the Maildir file name carries the queue id and a row number; direct copies use negative
 row numbers (-1, -2, ...), which no queue row has, so a recipient that falls back to the queue
 can never be mistaken for one delivered here.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from hato.model import (
     Address,
@@ -44,6 +51,14 @@ from hato.queue import HOLD_PARAM
 log = logging.getLogger("hato.queue")
 
 Row = tuple[Address, Address, RecipientDsn]  # deliver-to, original RCPT TO, its DSN request
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledBody:
+    """A body too big to keep in memory: its spool file, all of it written (not fsynced)."""
+
+    path: str
+    size: int
 
 
 class DirectDelivery:
@@ -66,7 +81,7 @@ class DirectDelivery:
         queue_id: str,
         *,
         mail_from: ReversePath,
-        body: bytes,
+        body: bytes | SpooledBody,
         prefix: bytes,
         params: Mapping[str, str | None],
         rows: Sequence[Row],
@@ -76,15 +91,19 @@ class DirectDelivery:
         if HOLD_PARAM in params or not all(self.eligible(dest, dsn) for dest, _, dsn in rows):
             # A held message (a milter's quarantine) is queued held, delivered only on release.
             return list(rows)
+        if isinstance(body, SpooledBody):  # the courier streams it from the file
+            path, size, inline = body.path, body.size, None
+        else:
+            path, size, inline = "", len(body), body
         message = QueuedMessage(
             queue_id=queue_id,
             mail_from=mail_from,
             received_at=self._clock.now(),
-            body_path="",
-            size=len(body),
+            body_path=path,
+            size=size,
             prefix=prefix,
             params=dict(params),
-            body=body,
+            body=inline,
         )
         recipients = [
             QueuedRecipient(row_id=-(n + 1), address=dest, original=original, dsn=dsn)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from hato.crypto import SealedScratch
 from hato.delivery.loops import delivered_to_fields
 from hato.intake.context import IntakeContext
+from hato.intake.direct import SpooledBody
 from hato.intake.protect import protect
 from hato.intake.recipients import now_utc
 from hato.intake.transaction import Transaction
@@ -68,12 +69,12 @@ async def commit(
         # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
         # Delivered-To for the aliases that forward it (delivery/loops.py).
         prefix = forwarded + added + trace(copy.queue_id)
-        if direct and ctx.direct is not None and copy.inline:
+        if direct and ctx.direct is not None and (source := _direct_body(copy)) is not None:
             # Our own mailboxes get it now; only the rest is queued (intake/direct.py).
             rows = await ctx.direct.deliver(
                 copy.queue_id,
                 mail_from=mail_from,
-                body=copy.peek_inline(),
+                body=source,
                 prefix=prefix,
                 params=params,
                 rows=rows,
@@ -93,3 +94,12 @@ async def commit(
                 rest.discard()
             raise
     return ids
+
+
+def _direct_body(copy: BodyWriter) -> bytes | SpooledBody | None:
+    """What direct delivery reads the copy from: the bytes of a small body, or the spool file
+    of a big one (streamed into each Maildir, never held in memory); None after a write
+    error, which the queue commit reports (451/452)."""
+    if copy.inline:
+        return copy.peek_inline()
+    return SpooledBody(copy.path, copy.size) if copy.written_out() else None

@@ -79,6 +79,19 @@ class BodyWriter:
         self._buf = bytearray()
         return data
 
+    def written_out(self) -> bool:
+        """Write what is still buffered to the body's file (made now if need be), without an
+        fsync, so that another reader of `path` sees the whole body: a local delivery before
+        the commit reads it from there (the copies it makes are fsynced themselves; `seal()`
+        still makes this file durable should the body be queued after all). False after a
+        write error, which the commit then reports. Runs on the loop: at most one 64 KiB
+        write, as `write()` does."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"body {self.queue_id} is {self._state.value}")
+        if self._error is None and (self._buf or self._fd < 0):
+            self._flush()
+        return self._error is None
+
     def write(self, data: bytes) -> None:
         """Append a chunk; never raises for an I/O error (see the module docstring)."""
         if self._state is not _State.OPEN:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hato.delivery import MaildirCourier
-from hato.intake.direct import DirectDelivery, Row
+from hato.intake.direct import DirectDelivery, Row, SpooledBody
 from hato.model import (
     Address,
     Delivered,
@@ -127,3 +127,19 @@ def test_with_the_real_maildir_courier_the_file_is_there_when_deliver_returns(
     data = stored.read_bytes()
     assert data.endswith(PREFIX + BODY)
     assert data.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.org\r\n")
+
+
+def test_a_spooled_body_is_handed_over_as_its_file_not_read_into_memory(tmp_path: Path) -> None:
+    courier = ScriptedCourier({})
+    direct = DirectDelivery(courier, is_local, FakeClock(1767225600.5, 1.0))
+    spooled = SpooledBody(str(tmp_path / "Q1"), 300_000)
+    left = asyncio.run(
+        direct.deliver(
+            "Q1", mail_from=None, body=spooled, prefix=PREFIX, params={},
+            rows=[row("alice@example.org")],
+        )
+    )  # fmt: skip
+    assert left == []
+    ((message, _),) = courier.calls
+    assert message.body is None and message.body_path == spooled.path
+    assert message.size == 300_000

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import sqlite3
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from hato.crypto import DEFER_REPLY, FailurePolicy, KeyKind, PublicKey
+from hato.delivery import MaildirCourier
 from hato.directory.resolver import Local, NotLocal, Resolution, Unknown
 from hato.intake.context import IntakeContext
+from hato.intake.direct import DirectDelivery
 from hato.intake.message import commit
 from hato.intake.recipients import add_recipient, begin, recipient, resolve_recipient, settle
 from hato.intake.transaction import NO_DSN, Transaction
@@ -192,3 +198,63 @@ def test_add_recipient_leaves_the_transaction_unchanged_when_it_refuses(tmp_path
     tx = Transaction(FAR)
     reply = add_recipient(ctx, tx, ALICE, Local((ALICE,), ()), NO_DSN, session="t")
     assert reply is DEFER_REPLY and not tx.keyed and tx.dsn == {}
+
+
+def _direct_commit(tmp_path: Path, body_size: int) -> tuple[list[str] | Reply, list[str]]:
+    """Commit a `body_size`-octet message for alice and bob with direct delivery on (a real
+    queue and a real Maildir courier); the ids, and the addresses of the rows then queued."""
+
+    async def scenario() -> list[str] | Reply:
+        clock = FakeClock(1_800_000_000.0)
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        courier = MaildirCourier(tmp_path / "mail", "mx.example.org", clock=clock)
+        try:
+            direct = DirectDelivery(courier, Book().is_local_domain, clock)
+            ctx = with_queue(queue, Role.MX, direct=direct)
+            tx = Transaction(FAR)
+            tx.add((ALICE, BOB), SALES, NO_DSN)
+            body = queue.new_body()
+            for start in range(0, body_size, 10_000):  # as DATA comes, chunk by chunk
+                body.write(BIG_BODY[start : min(start + 10_000, body_size)])
+            return await commit(ctx, tx, body, mail_from=FAR, added=b"", params={},
+                                trace=lambda qid: f"Received: id {qid}\r\n".encode(),
+                                session="t")  # fmt: skip
+        finally:
+            courier.close()
+            await queue.close()
+
+    ids = asyncio.run(scenario())
+    with sqlite3.connect(tmp_path / "q" / "queue.db") as conn:
+        queued = [str(a) for (a,) in conn.execute("SELECT address FROM recipients")]
+    return ids, queued
+
+
+BIG_BODY = b"Subject: big\r\n\r\n" + b"0123456789abcdefghijklmnopqrstuvwxyz.\r\n" * 10_000
+
+
+@pytest.mark.parametrize("size", [100_000, len(BIG_BODY)])  # read once / copied by the kernel
+def test_a_big_message_for_our_mailboxes_goes_in_from_its_spool_file_and_is_never_queued(
+    tmp_path: Path, size: int
+) -> None:
+    ids, queued = _direct_commit(tmp_path, size)
+    assert isinstance(ids, list) and len(ids) == 1 and queued == []
+    for user in ("alice", "bob"):
+        (stored,) = (tmp_path / "mail" / "example.org" / user / "new").iterdir()
+        data = stored.read_bytes()
+        assert data.endswith(f"Received: id {ids[0]}\r\n".encode() + BIG_BODY[:size])
+        assert f"Delivered-To: {user}@example.org\r\n".encode() in data
+    assert os.listdir(tmp_path / "q" / "messages") == []  # the spool file is gone
+
+
+def test_a_big_message_for_a_mailbox_failing_now_is_queued_for_it_alone(tmp_path: Path) -> None:
+    (tmp_path / "mail" / "example.org").mkdir(parents=True)
+    (tmp_path / "mail" / "example.org" / "bob").write_bytes(b"")  # no Maildir can be made there
+    ids, queued = _direct_commit(tmp_path, len(BIG_BODY))
+    assert isinstance(ids, list) and len(ids) == 1
+    (alice,) = (tmp_path / "mail" / "example.org" / "alice" / "new").iterdir()
+    assert alice.read_bytes().endswith(BIG_BODY)
+    assert queued == ["bob@example.org"]
+    # bob's copy is queued with the whole body in its spool file.
+    assert (tmp_path / "q" / "messages" / ids[0]).read_bytes() == BIG_BODY
