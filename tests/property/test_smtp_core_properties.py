@@ -19,6 +19,7 @@ from hato.smtp import (
     MessageAborted,
     StartTLSRequest,
 )
+from hato.smtp.framing import DataScanner
 from kit.smtp_core import Driver
 
 BOUNDED = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -169,3 +170,22 @@ def test_commands_mixed_with_junk_only_give_replies(
     assert isinstance(last, CloseConnection | ConnectionLost)
     if isinstance(last, CloseConnection):
         assert outcome.output.endswith(last.reply.to_bytes())
+
+
+# Lines of many lengths, so that runs near the limit fall at every offset of a block.
+body_lines = st.lists(
+    st.builds(lambda n, c: c * n + b"\r\n", st.integers(0, 70), st.sampled_from([b"a", b"."])),
+    max_size=40,
+)
+
+
+@BOUNDED
+@given(body_lines, st.integers(min_value=1, max_value=60), st.integers(0, 5))
+def test_the_long_line_shortcut_agrees_with_the_exact_search(
+    lines: list[bytes], max_line: int, start: int
+) -> None:
+    buf = b"\r\n" + b"".join(lines)
+    scanner = DataScanner(max_line, 0)
+    first_nl = buf.find(b"\n", min(start, len(buf) - 1))
+    exact = re.compile(b"\n[^\n]{%d}" % max_line).search(buf, first_nl, len(buf)) is not None
+    assert scanner._has_long_line(buf, first_nl, len(buf)) == exact

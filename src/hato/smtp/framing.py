@@ -139,11 +139,27 @@ class DataScanner:
             too_long = self._line_len >= self._max_line
         else:
             too_long = self._line_len + first_nl - pos >= self._max_line or (
-                self._long_line.search(buf, first_nl, stop) is not None
+                self._has_long_line(buf, first_nl, stop)
             )
             self._line_len = stop - buf.rfind(b"\n", pos, stop) - 1
         if too_long:
             self.refusal = Reply(554, "5.6.0", f"Message line longer than {self._max_line} octets")
+
+    def _has_long_line(self, buf: bytes, first_nl: int, stop: int) -> bool:
+        """Whether `_long_line` matches in buf[first_nl:stop], searched only when it may.
+
+        A match is a run of max_line non-LF octets after an LF; any run that long holds a
+        whole block of (max_line + 1) // 2 octets aligned from first_nl + 1. When every such
+        block has an LF (one find() each, stopping at the block's first LF), there is no
+        match; only otherwise does the regex, which walks every line (the costliest pass of a
+        big message's scan), run."""
+        assert self._long_line is not None
+        block = (self._max_line + 1) // 2
+        find = buf.find
+        for start in range(first_nl + 1, stop - block + 1, block):
+            if find(b"\n", start, start + block) < 0:
+                return self._long_line.search(buf, first_nl, stop) is not None
+        return False
 
     @staticmethod
     def _unstuff(buf: bytes, pos: int, stop: int) -> bytes:
