@@ -15,6 +15,7 @@ queue. The door answers 250 only when this returned the queue ids.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from hato.crypto import SealedScratch
@@ -80,7 +81,11 @@ async def commit(
                 rows=rows,
             )
             if not rows:
-                copy.discard()
+                if isinstance(source, SpooledBody):
+                    # Unlinking a big file can wait for a journal commit: not on the loop.
+                    await asyncio.to_thread(copy.discard)
+                else:
+                    copy.discard()
                 ids.append(copy.queue_id)
                 continue
         try:

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import cast
 
@@ -23,7 +24,7 @@ from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Notify, RecipientDsn, Reply, Role
 from hato.model.queuestore import Pending
 from hato.policy import SendLimiter, SendLimitSettings
-from hato.queue import Queue, QueueStore
+from hato.queue import BodyWriter, Queue, QueueStore
 from hato.smtp import ServerSettings
 from kit.clock import FakeClock
 
@@ -246,6 +247,23 @@ def test_a_big_message_for_our_mailboxes_goes_in_from_its_spool_file_and_is_neve
         assert data.endswith(f"Received: id {ids[0]}\r\n".encode() + BIG_BODY[:size])
         assert f"Delivered-To: {user}@example.org\r\n".encode() in data
     assert os.listdir(tmp_path / "q" / "messages") == []  # the spool file is gone
+
+
+def test_the_spool_file_of_a_big_message_delivered_directly_is_removed_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = BodyWriter.discard
+
+    def recording(self: BodyWriter) -> None:
+        threads.append(threading.current_thread().name)
+        real(self)
+
+    monkeypatch.setattr(BodyWriter, "discard", recording)
+    ids, queued = _direct_commit(tmp_path, len(BIG_BODY))
+    assert isinstance(ids, list) and queued == []
+    assert threads and threading.main_thread().name not in threads
+    assert os.listdir(tmp_path / "q" / "messages") == []
 
 
 def test_a_big_message_for_a_mailbox_failing_now_is_queued_for_it_alone(tmp_path: Path) -> None:
