@@ -90,6 +90,11 @@ class BenchHato(HatoServer):
         self.extra = extra
         self.replace = replace
 
+    def config_text(self) -> str:
+        """The file as written: no `workers` line, so Hato's own default (one process per
+        CPU), not the one process the tests' harness pins when a test does not say."""
+        return self._config_text()
+
     def _config_text(self) -> str:
         text = super()._config_text()
         for old, new in self.replace:
