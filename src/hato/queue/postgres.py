@@ -54,6 +54,7 @@ from hato.model import (
 )
 from hato.model.queuestore import NewMessage, Pending, QueueError, RowUpdate
 from hato.queue.body import BodyWriter, QueueWriteError
+from hato.queue.commit import log_refused, sealed_message
 from hato.queue.ids import QueueIdGenerator, Rng
 from hato.queue.postgres_admin import PgAdmin, finish_if_done
 from hato.queue.postgres_rows import (
@@ -179,26 +180,13 @@ class PgQueue(PgAdmin):
         prefix: bytes,
         params: Mapping[str, str | None],
     ) -> str:
-        if not recipients:
-            # RFC 5321 §3.3: DATA needs at least one accepted RCPT; a session bug if not.
-            raise ValueError("a message needs at least one recipient")
-        if body.error is not None:
-            error = QueueWriteError.from_os(body.error, "write body")
-            body.discard()
-            self._refused(body.queue_id, error)
-            raise error
-        body.mark_sealed()
-        msg = NewMessage(
-            queue_id=body.queue_id,
+        msg = sealed_message(
+            body,
             mail_from=mail_from,
-            received_at=self._clock.now(),
-            size=body.size,
+            recipients=recipients,
             prefix=prefix,
-            params=dict(params),
-            recipients=tuple(
-                (r[0], r[1], r[2] if len(r) == 3 else RecipientDsn()) for r in recipients
-            ),
-            body=body.take_inline() if body.inline else None,
+            params=params,
+            clock=self._clock,
         )
         waiting = _Waiting(msg, body, asyncio.get_running_loop().create_future())
         self._batch.append(waiting)
@@ -209,7 +197,7 @@ class PgQueue(PgAdmin):
         try:
             row_ids = waiting.future.result()
         except QueueWriteError as error:
-            self._refused(msg.queue_id, error)
+            log_refused(msg.queue_id, error)
             raise
         finally:
             body.discard()  # the scratch file: the body is in the database (or refused)
@@ -268,11 +256,6 @@ class PgQueue(PgAdmin):
             return  # committed held (a milter's quarantine): not delivered until released
         self._fresh.append(Pending(message, rcpts, msg.received_at + self.lease_seconds))
         self._fresh_ready.set()
-
-    def _refused(self, queue_id: str, error: QueueWriteError) -> None:
-        log.warning(
-            logfmt("queue-write-failed", id=queue_id, errno=error.errno, error=error.detail)
-        )
 
     # ---- the runner ----
 

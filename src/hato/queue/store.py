@@ -48,6 +48,7 @@ from hato.model import (
 from hato.model.queuestore import NewMessage, Pending, RowUpdate
 from hato.queue import sqlite as store
 from hato.queue.body import BodyWriter, QueueWriteError
+from hato.queue.commit import log_refused, sealed_message
 from hato.queue.ids import QueueIdGenerator, Rng
 from hato.queue.sqlite_admin import AdminJobs
 from hato.queue.writer import GroupCommitWriter, Job
@@ -242,30 +243,15 @@ class Queue(AdminJobs):
         Raises QueueWriteError (the body is gone, no row exists) if that cannot be done.
         """
         self._check_open()
-        if not recipients:
-            # RFC 5321 §3.3: DATA needs at least one accepted RCPT; a session bug if not.
-            raise ValueError("a message needs at least one recipient")
-        if body.error is not None:
-            error = QueueWriteError.from_os(body.error, "write body")
-            body.discard()
-            self._log_refused(body, error)
-            raise error
-        body.mark_sealed()
-        inline = body.take_inline() if body.inline else None
-        received_at = self._clock.now()
-        msg = NewMessage(
-            queue_id=body.queue_id,
+        msg = sealed_message(
+            body,
             mail_from=mail_from,
-            received_at=received_at,
-            size=body.size,
+            recipients=recipients,
             prefix=prefix,
-            params=dict(params),
-            recipients=tuple(
-                (r[0], r[1], r[2] if len(r) == 3 else RecipientDsn()) for r in recipients
-            ),
-            body=inline,
+            params=params,
+            clock=self._clock,
         )
-        lease_until = received_at + self.lease_seconds
+        lease_until = msg.received_at + self.lease_seconds
         held = HOLD_PARAM in params
         future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
         job: Job[tuple[int, ...]] = Job(
@@ -273,12 +259,12 @@ class Queue(AdminJobs):
                 conn, msg, node_id=self.node_id, lease_until=lease_until, held=held
             ),
             future=future,
-            sync_dir=inline is None,
+            sync_dir=msg.body is None,
             on_failure=body.discard,
             on_loop=lambda row_ids: self._queued(msg, row_ids, lease_until, held),
         )
         self._track(future)
-        if inline is None:
+        if msg.body is None:
             self._pool.submit(self._seal_then_insert, body, job)
         else:
             self.writer.submit(job)  # nothing to fsync but the WAL: no pool, no file
@@ -286,7 +272,7 @@ class Queue(AdminJobs):
             await future
         except (OSError, sqlite3.Error, ValueError, QueueWriteError) as exc:
             error = _as_write_error(exc, "commit")
-            self._log_refused(body, error)
+            log_refused(body.queue_id, error)
             raise error from exc
         return msg.queue_id
 
@@ -340,11 +326,6 @@ class Queue(AdminJobs):
         )
         self._fresh.append(Pending(message, rcpts, lease_until))
         self._fresh_ready.set()
-
-    def _log_refused(self, body: BodyWriter, error: QueueWriteError) -> None:
-        log.warning(
-            logfmt("queue-write-failed", id=body.queue_id, errno=error.errno, error=error.detail)
-        )
 
     # ---- for the runner ----
 
