@@ -33,50 +33,26 @@ from hato.model.queuestore import (
     RowView,
     Selector,
 )
-from hato.queue.explain import explain
 from hato.queue.postgres_rows import message_from_row, recipient_from_row
 from hato.queue.protocol import LogSink
+from hato.queue.selector_sql import row_views, select_rows
 
 HEADER_LIMIT = 64 * 1024  # octets of a body read to find its header section
 Conn = psycopg.AsyncConnection[Any]
-_ROW_COLUMNS = (
-    "r.queue_id, m.received_at, m.size, m.mail_from, r.row_id, r.address, r.original,"
-    " r.status, r.attempts, r.next_attempt, r.last_reply, r.lease_until"
-)
-_FIELDS = [f.name for f in dataclasses.fields(RowView)][:11]
-
-
-def where(selector: Selector) -> tuple[str, list[object]]:
-    """The selector as an SQL condition on `queue_recipients r JOIN queue_messages m`."""
-    clauses, args = ["true"], list[object]()
-    if selector.queue_id is not None:
-        clauses.append("r.queue_id = %s")
-        args.append(selector.queue_id)
-    if (domain := selector.domain_key) is not None:
-        clauses.append("lower(r.address) LIKE %s ESCAPE '\\'")
-        args.append("%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"))
-    if (sender := selector.sender_key) is not None:
-        clauses.append("lower(m.mail_from) = %s")
-        args.append(sender)
-    return " AND ".join(clauses), args
 
 
 async def _rows(
     conn: Conn, selector: Selector, now: float, extra: str = "", lock: bool = False
 ) -> list[RowView]:
-    condition, args = where(selector)
-    cursor = await conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM queue_recipients r JOIN queue_messages m"
-        f" ON m.queue_id = r.queue_id WHERE {condition}{extra}"
-        f" ORDER BY m.received_at, r.queue_id, r.row_id{' FOR UPDATE OF r' if lock else ''}",
-        args,
+    sql, args = select_rows(
+        selector,
+        recipients="queue_recipients",
+        messages="queue_messages",
+        placeholder="%s",
+        extra=extra,
     )
-    out = []
-    for row in await cursor.fetchall():
-        lease = row[-1]
-        view = RowView(**dict(zip(_FIELDS, row, strict=False)), busy=(lease or 0) > now)
-        out.append(dataclasses.replace(view, why=explain(view, now)))
-    return out
+    cursor = await conn.execute(sql + (" FOR UPDATE OF r" if lock else ""), args)
+    return row_views(await cursor.fetchall(), now=now, live=True)
 
 
 async def finish_if_done(conn: Conn, queue_id: str) -> bool:

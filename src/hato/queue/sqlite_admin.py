@@ -39,53 +39,20 @@ from hato.model.queuestore import (
     Selector,
 )
 from hato.queue import sqlite as store
-from hato.queue.explain import explain
+from hato.queue.selector_sql import row_views, select_rows
 
 T = TypeVar("T")
 
 HEADER_LIMIT = 64 * 1024  # octets of a body read to find its header section
 
-_ROW_COLUMNS = (
-    "r.queue_id, m.received_at, m.size, m.mail_from, r.row_id, r.address, r.original,"
-    " r.status, r.attempts, r.next_attempt, r.last_reply, r.lease_until"
-)
-_FIELDS = [f.name for f in dataclasses.fields(RowView)][:11]
-
-
-def where(selector: Selector) -> tuple[str, list[object]]:
-    """The selector as an SQL condition on `recipients r JOIN messages m`, and its arguments."""
-    clauses, args = ["1"], list[object]()
-    if selector.queue_id is not None:
-        clauses.append("r.queue_id = ?")
-        args.append(selector.queue_id)
-    if (domain := selector.domain_key) is not None:
-        clauses.append("lower(r.address) LIKE ? ESCAPE '\\'")
-        args.append("%@" + _like_escape(domain))
-    if (sender := selector.sender_key) is not None:
-        clauses.append("lower(m.mail_from) = ?")
-        args.append(sender)
-    return " AND ".join(clauses), args
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
 
 def _rows(
     conn: sqlite3.Connection, selector: Selector, now: float, live: bool, extra: str = ""
 ) -> list[RowView]:
-    condition, args = where(selector)
-    cursor = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM recipients r JOIN messages m ON m.queue_id = r.queue_id"
-        f" WHERE {condition}{extra} ORDER BY m.received_at, r.queue_id, r.row_id",
-        args,
+    sql, args = select_rows(
+        selector, recipients="recipients", messages="messages", placeholder="?", extra=extra
     )
-    out = []
-    for row in cursor:
-        lease = row[-1]
-        view = RowView(**dict(zip(_FIELDS, row, strict=False)), busy=live and (lease or 0) > now)
-        out.append(dataclasses.replace(view, why=explain(view, now)))
-    return out
+    return row_views(conn.execute(sql, args), now=now, live=live)
 
 
 def list_rows(

@@ -22,7 +22,7 @@ from hato.queue.admin import (
     explain,
 )
 from hato.queue.offline import OfflineAdmin
-from hato.queue.sqlite_admin import where
+from hato.queue.selector_sql import where
 from kit.clock import FakeClock
 
 TLS_REPLY = "451 4.7.5 TLS required by MTA-STS: certificate does not match"
@@ -337,6 +337,15 @@ def test_release_keeps_a_message_whose_body_is_missing_held(tmp_path: Path) -> N
 def test_domain_selector_is_not_a_pattern() -> None:
     condition, args = where(Selector(domain="ex_mple.%"))
     assert args == ["%@ex\\_mple.\\%"] and "ESCAPE" in condition
+
+
+def test_selector_sql_takes_the_drivers_placeholder() -> None:
+    selector = Selector(queue_id="Q1", domain="example.org", sender="a@example.org")
+    sqlite, sqlite_args = where(selector)
+    postgres, postgres_args = where(selector, "%s")
+    assert sqlite.count("?") == 3 and "%s" not in sqlite
+    assert postgres.count("%s") == 3 and "?" not in postgres
+    assert sqlite_args == postgres_args == ["Q1", "%@example.org", "<a@example.org>"]
 
 
 def test_explain_states() -> None:
