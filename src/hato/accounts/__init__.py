@@ -6,6 +6,20 @@ SMTP AUTH verifies passwords against and what the CLI edits.
 Must not import anything of hato but model.
 """
 
-from hato.accounts.store import AccountError, UnknownUser, UserExists, UserStore, canonical_key
+from hato.accounts.store import (
+    AccountError,
+    UnknownUser,
+    UserExists,
+    UserStore,
+    canonical_key,
+    read_account_keys,
+)
 
-__all__ = ["AccountError", "UnknownUser", "UserExists", "UserStore", "canonical_key"]
+__all__ = [
+    "AccountError",
+    "UnknownUser",
+    "UserExists",
+    "UserStore",
+    "canonical_key",
+    "read_account_keys",
+]

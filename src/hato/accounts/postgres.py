@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from hato.accounts.store import UserStore
 from hato.model.auth import SCRAM_ITERATIONS
-from hato.model.storeerror import StoreUnavailable
+from hato.model.storeerror import StoreError, StoreUnavailable
 
 WAIT = 2.0  # seconds to wait for a pooled connection
 RETRY_AFTER = 2.0  # seconds to fail at once after the database did not answer
@@ -99,6 +99,8 @@ class PgUserStore(UserStore):
         except psycopg.OperationalError as exc:  # down, failing over, PoolTimeout
             self._down_until = time.monotonic() + RETRY_AFTER
             raise StoreUnavailable(f"the PostgreSQL store failed: {exc}") from None
+        except psycopg.Error as exc:  # a statement refused (e.g. the table not migrated)
+            raise StoreError(f"the PostgreSQL store failed: {exc}") from None
 
     def close(self) -> None:
         """The pool is the caller's (shared by the stores of a process): nothing to close."""

@@ -10,6 +10,7 @@ Passwords are hashed with argon2id (RFC 9106). The default parameters are argon2
 are RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4, 16-byte salt, 32-byte tag);
 pass stronger `parameters` to raise them. Hashes made with weaker parameters are upgraded on the
 next successful `verify`. A password never leaves this module, not even in an exception.
+A failure of the database raises `StoreError` (hato.model.storeerror), on either backend.
 
 SCRAM-SHA-256 keys (RFC 5802 §3) sit beside the hash and are far cheaper to attack offline (one
 PBKDF2 run per guess, no memory cost), so their iteration count is the store's
@@ -34,6 +35,7 @@ from argon2.profiles import RFC_9106_LOW_MEMORY
 
 from hato.model import Address
 from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
+from hato.model.storeerror import StoreError
 
 _SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -73,6 +75,28 @@ class UnknownUser(AccountError):
 def canonical_key(address: Address) -> str:
     """The account key: lower-case local part, "@", lower-case domain."""
     return f"{address.local.lower()}@{address.domain.lower()}"
+
+
+def read_account_keys(path: Path) -> frozenset[str]:
+    """The canonical keys of the accounts in the users.db at `path`, read only: the file is
+    neither made nor changed (`hato check-config` may run as anyone, before the first `hato
+    user add`). None if there is no file or no table yet; StoreError if it cannot be read."""
+    if not path.exists():
+        return frozenset()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    try:
+        return frozenset(str(row[0]) for row in conn.execute("SELECT address FROM users"))
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return frozenset()  # made, but no account added yet
+        raise StoreError(f"{path}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _address_of(key: str) -> Address:
@@ -164,11 +188,17 @@ class UserStore:
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         """The rows of one SELECT (the SQL is written for both backends: `?` placeholders)."""
-        return self._conn().execute(sql, params).fetchall()
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {exc}") from None
 
     def _change(self, sql: str, params: tuple[object, ...]) -> int:
         """Run one INSERT/UPDATE/DELETE; the number of rows it changed."""
-        return self._conn().execute(sql, params).rowcount
+        try:
+            return self._conn().execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {exc}") from None
 
     @property
     def cache_stamp(self) -> Path | None:

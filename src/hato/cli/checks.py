@@ -3,13 +3,11 @@
 An alias target with no account of its own is a copy that bounces (directory.known); the
 configuration is valid, but the operator wants to hear of it before the first mail does.
 users.db is read, never created or changed (check-config may run as any user, before the
-first `hato user add`).
+first `hato user add`); with [store] backend = "postgresql" the shared store's accounts are.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hato.model import Address
@@ -21,34 +19,45 @@ USERS_DB = "users.db"
 
 
 class _Accounts:
-    """The account addresses of users.db, read once (read-only); none if there is no file."""
+    """The account addresses, read once."""
 
-    def __init__(self, path: Path) -> None:
-        self._addresses: frozenset[str] = frozenset()
-        if not path.exists():
-            return
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT address FROM users")
-            self._addresses = frozenset(str(row[0]) for row in rows)
-        except sqlite3.Error:
-            pass  # no users table yet: no accounts
-        finally:
-            conn.close()
+    def __init__(self, keys: frozenset[str]) -> None:
+        self._keys = keys
 
     def exists(self, address: Address) -> bool:
-        return f"{address.local.lower()}@{address.domain.lower()}" in self._addresses
+        return f"{address.local.lower()}@{address.domain.lower()}" in self._keys
+
+
+def _account_keys(settings: Settings) -> frozenset[str]:
+    """The canonical keys of every account, on whichever backend [store] names; raises
+    StoreError (or StartupError: the shared store cannot be reached)."""
+    from hato.accounts import canonical_key, read_account_keys
+
+    if settings.store.backend != "postgresql":
+        return read_account_keys(settings.server.data_dir / USERS_DB)
+    from hato.boot.store import open_store_pool, open_users
+
+    pool = open_store_pool(settings, "cli")
+    try:
+        users = open_users(settings, settings.server.data_dir, pool)
+        return frozenset(canonical_key(address) for address in users.list())
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def dead_alias_targets(settings: Settings) -> list[str]:
     """One line per alias target that leads to no mailbox, naming the fix."""
+    from hato.boot.process import StartupError
+    from hato.model.storeerror import StoreError
+
+    try:
+        accounts = _Accounts(_account_keys(settings))
+    except (StoreError, StartupError, OSError) as exc:
+        return [f"cannot read the accounts: {exc}"]
     from hato.boot.build import build_resolver
     from hato.directory.resolver import Unknown
 
-    try:
-        accounts = _Accounts(settings.server.data_dir / USERS_DB)
-    except sqlite3.Error as exc:
-        return [f"{settings.server.data_dir / USERS_DB}: cannot read the accounts: {exc}"]
     try:
         resolver = build_resolver(settings, accounts)
     except (OSError, ValueError) as exc:  # the aliases file (AliasFileError is a ValueError)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,10 +159,12 @@ def wkd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db(loaded: LoadedSettings) -> Path:
+def _db(loaded: LoadedSettings) -> Path | str:
     """The key database a command used (issue 13: commands say which data directory)."""
     from hato.crypto import KEYS_DB
 
+    if loaded.settings.store.backend == "postgresql":
+        return "the PostgreSQL store"
     return Path(loaded.settings.server.data_dir) / KEYS_DB
 
 
@@ -194,41 +195,15 @@ def _local_address(text: str, loaded: LoadedSettings) -> Address:
 
 @contextlib.contextmanager
 def _store(loaded: LoadedSettings, *, init: bool = False) -> Iterator[KeyStore]:
-    """The key store, opened as the server's user (hato.cli.datadir)."""
-    from hato.crypto import KeyStore
+    """The key store (DATA_DIR/keys.db or the shared PostgreSQL store), opened as the server's
+    user (hato.cli.datadir)."""
+    from hato.boot.store import open_keys
+    from hato.cli.stores import store_errors, store_pool
 
     data_dir = data_dir_of(loaded, init=init)
-    if loaded.settings.store.backend == "postgresql":
-        with _pg_store(loaded) as shared:
-            yield shared
-        return
-    try:
-        store = KeyStore.in_data_dir(data_dir)
-    except (OSError, sqlite3.Error) as exc:
-        raise CommandError(f"cannot open the key store in {data_dir}: {exc}") from None
-    try:
-        yield store
-    except (OSError, sqlite3.Error) as exc:
-        raise CommandError(f"cannot use the key store in {data_dir}: {exc}") from None
-    finally:
-        store.close()
-
-
-@contextlib.contextmanager
-def _pg_store(loaded: LoadedSettings) -> Iterator[KeyStore]:
-    """The keys in the shared PostgreSQL store; unreachable: exit 75."""
-    from hato.boot.process import StartupError
-    from hato.boot.store import open_keys, open_store_pool
-    from hato.model.storeerror import StoreUnavailable
-
-    try:
-        pool = open_store_pool(loaded.settings, "cli")
-    except StartupError as exc:
-        raise CommandError(str(exc), exc.exit_code) from None
-    try:
-        yield open_keys(loaded.settings.server.data_dir, pool)
-    except StoreUnavailable as exc:
-        raise CommandError(str(exc), 75) from None
-    finally:
-        if pool is not None:
-            pool.close()
+    with store_pool(loaded) as pool, store_errors(f"the keys in {_db(loaded)}"):
+        store = open_keys(data_dir, pool)
+        try:
+            yield store
+        finally:
+            store.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from hato.model import Address
 
 USERS_DB = "users.db"
-EX_TEMPFAIL = 75
 
 
 def add(args: argparse.Namespace) -> int:
@@ -155,44 +153,17 @@ def _db_path(loaded: LoadedSettings) -> Path | str:
 def _store(loaded: LoadedSettings, *, create: bool, init: bool = False) -> Iterator[UserStore]:
     """The user store in server.data_dir (or the PostgreSQL store), opened as the server's
     user; `create` makes the database if it is missing, `init` the data directory too."""
-    if loaded.settings.store.backend == "postgresql":
-        with _pg_store(loaded) as store:
+    from hato.boot.store import open_users  # here, not on top: argon2 is slow to import
+    from hato.cli.stores import store_errors, store_pool
+
+    where = _db_path(loaded)
+    if isinstance(where, Path):  # DATA_DIR/users.db
+        data_dir_of(loaded, init=init)
+        if not create and not where.exists():
+            raise CommandError(f"no accounts yet: {where} does not exist (see: hato user add)")
+    with store_pool(loaded) as pool, store_errors(str(where)):
+        store = open_users(loaded.settings, loaded.settings.server.data_dir, pool)
+        try:
             yield store
-        return
-    from hato.accounts import UserStore  # here, not on top: argon2 is slow to import
-
-    data_dir_of(loaded, init=init)
-    path = loaded.settings.server.data_dir / USERS_DB
-    try:
-        if not create and not path.exists():
-            raise CommandError(f"no accounts yet: {path} does not exist (see: hato user add)")
-        store = UserStore(path, scram_iterations=loaded.settings.auth.stored_scram_iterations)
-    except OSError as exc:
-        raise CommandError(f"cannot open {path}: {exc.strerror or exc}") from None
-    try:
-        yield store
-    except (OSError, sqlite3.Error) as exc:
-        raise CommandError(f"cannot use {path}: {exc}") from None
-    finally:
-        store.close()
-
-
-@contextlib.contextmanager
-def _pg_store(loaded: LoadedSettings) -> Iterator[UserStore]:
-    """The accounts in the shared PostgreSQL store; unreachable: exit 75."""
-    import psycopg
-
-    from hato.boot.process import StartupError
-    from hato.boot.store import open_store_pool, open_users
-
-    try:
-        pool = open_store_pool(loaded.settings, "cli")
-    except StartupError as exc:
-        raise CommandError(str(exc), exc.exit_code) from None
-    assert pool is not None
-    try:
-        yield open_users(loaded.settings, loaded.settings.server.data_dir, pool)
-    except psycopg.Error as exc:
-        raise CommandError(f"the PostgreSQL store failed: {exc}", EX_TEMPFAIL) from None
-    finally:
-        pool.close()
+        finally:
+            store.close()

@@ -4,6 +4,7 @@ Only public keys are stored: `import_key` refuses private key material. One key 
 (a new import replaces the old one). The policy says what happens to mail for a user whose key
 cannot be used (expired since import, say): DEFER (the default: 4xx, the mail waits) or
 PLAINTEXT (stored in the clear with a warning header). Either way the admin is told (logged).
+A failure of the database raises `StoreError` (hato.model.storeerror), on either backend.
 
 Must not import anything of hato but model.
 """
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from hato.crypto.keys import KeyKind, PublicKey, parse_public_key
 from hato.crypto.wkdhash import wkd_hash
 from hato.model import Address
+from hato.model.storeerror import StoreError
 
 KEYS_DB = "keys.db"
 
@@ -80,10 +82,13 @@ class KeyStore:
         else:
             os.close(fd)  # created 0600 before SQLite could create it with the umask's mode
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db_path}: {exc}") from None
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> KeyStore:
@@ -97,7 +102,10 @@ class KeyStore:
         """Run one statement (written for SQLite and PostgreSQL alike: "?" placeholders,
         ON CONFLICT); its rows, if it returns any."""
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from None
 
     @property
     def cache_stamp(self) -> Path | None:

@@ -17,7 +17,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from hato.crypto.keystore import KeyStore
-from hato.model.storeerror import StoreUnavailable
+from hato.model.storeerror import StoreError, StoreUnavailable
 
 WAIT = 2.0  # seconds to wait for a pooled connection
 
@@ -47,3 +47,5 @@ class PgKeyStore(KeyStore):
                 return rows
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the PostgreSQL store failed: {exc}") from None
+        except psycopg.Error as exc:  # a statement refused (e.g. the table not migrated)
+            raise StoreError(f"the PostgreSQL store failed: {exc}") from None

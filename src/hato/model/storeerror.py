@@ -1,4 +1,5 @@
-"""A shared store (the PostgreSQL of several nodes) that cannot answer now.
+"""A store that failed: its backend's own error (sqlite3's, psycopg's) as the store raises it,
+so that the rooms above (the server, the CLI) need not know which backend holds it.
 
 Must not import anything of hato but model.
 """
@@ -11,7 +12,12 @@ from hato.model.reply import Reply
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Local error in processing; try again later")
 
 
-class StoreUnavailable(Exception):
+class StoreError(Exception):
+    """A store's backend failed (a locked, unreadable or corrupt file, a statement the database
+    refused); the message names the store and the backend's reason, never a password."""
+
+
+class StoreUnavailable(StoreError):
     """The shared store cannot be reached or did not answer in time: a temporary failure (the
     client retries; nothing was changed)."""
 

@@ -12,9 +12,10 @@ import pytest
 from argon2 import Parameters, PasswordHasher
 from argon2.low_level import Type
 
-from hato.accounts import UnknownUser, UserExists, UserStore, canonical_key
+from hato.accounts import UnknownUser, UserExists, UserStore, canonical_key, read_account_keys
 from hato.model import Address, UserDirectory
 from hato.model.auth import ScramCredentials
+from hato.model.storeerror import StoreError
 
 # Cheap argon2id parameters so the tests stay fast; production uses the RFC 9106 defaults.
 FAST = Parameters(
@@ -251,3 +252,31 @@ def test_without_scram_no_keys_are_stored_and_old_ones_are_removed(db: Path) -> 
     )
     conn.close()
     store.close()
+
+
+def test_a_broken_file_raises_store_error_not_sqlites(db: Path) -> None:
+    """The rooms above see model.storeerror's errors, whatever the backend (issue 11)."""
+    db.write_bytes(b"not a database, " * 512)
+    store = UserStore(db, parameters=FAST)
+    try:
+        with pytest.raises(StoreError, match="file is not a database") as raised:
+            store.exists(ALICE)
+        assert not isinstance(raised.value, sqlite3.Error)
+        with pytest.raises(StoreError):
+            store.add(ALICE, "a password")
+    finally:
+        store.close()
+    with pytest.raises(StoreError, match="file is not a database"):
+        read_account_keys(db)
+
+
+def test_read_account_keys_reads_and_never_makes_the_file(db: Path) -> None:
+    assert read_account_keys(db) == frozenset() and not db.exists()
+    sqlite3.connect(db).close()  # a file with no table yet
+    assert read_account_keys(db) == frozenset()
+    store = UserStore(db, parameters=FAST)
+    try:
+        store.add(Address("Alice", "Example.ORG"), "a password")
+    finally:
+        store.close()
+    assert read_account_keys(db) == {"alice@example.org"}

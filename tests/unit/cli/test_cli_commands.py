@@ -350,3 +350,26 @@ def test_weak_passwords_are_refused_unless_allowed(
     assert run(capsys, "user", "passwd", "alice@example.org")[0] == 1
     stdin(monkeypatch, "correct staple horse battery\n")
     assert run(capsys, "user", "passwd", "alice@example.org")[0] == 0
+
+
+def test_a_store_that_fails_is_one_line_on_either_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hato user and hato key see the stores' StoreError, not sqlite3's (issue 11)."""
+    data = workdir / "data"
+    data.mkdir()
+    for name in ("users.db", "keys.db"):
+        (data / name).write_bytes(b"not a database, " * 512)
+    assert run(capsys, "user", "list") == (
+        1,
+        "",
+        f"hato: {data / 'users.db'}: file is not a database\n",
+    )
+    assert run(capsys, "key", "show", "alice@example.org") == (
+        1,
+        "",
+        f"hato: {data / 'keys.db'}: file is not a database\n",
+    )
+    code, _, err = run(capsys, "check-config")
+    assert code == 1
+    assert f"hato: cannot read the accounts: {data / 'users.db'}: file is not a database\n" in err

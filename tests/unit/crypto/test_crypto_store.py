@@ -263,3 +263,13 @@ def test_encrypt_existing_keeps_dovecot_uids(tmp_path: Path, smime_ec: Smime) ->
     (box / "new" / "1800000000.M9Q1.host,S=1").write_bytes(MESSAGE)
     busy = encrypt_maildir(box, key, now=NOW)
     assert busy.failed and "Dovecot is using the mailbox" in busy.failed[0][1]
+
+
+def test_a_broken_key_file_raises_store_error(tmp_path: Path) -> None:
+    """The rooms above see model.storeerror's errors, not sqlite3's (issue 11)."""
+    from hato.model.storeerror import StoreError
+
+    path = tmp_path / "keys.db"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(StoreError, match="file is not a database"):
+        KeyStore(path)
