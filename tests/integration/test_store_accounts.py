@@ -21,6 +21,7 @@ from peers.tls import TestCA
 from psycopg_pool import ConnectionPool
 
 from hato.accounts import UnknownUser, UserExists
+from hato.accounts.authcache import VerifiedCache
 from hato.accounts.postgres import PgUserStore
 from hato.model import Address
 from hato.pgstore import PgSettings, migrate, open_pool
@@ -70,6 +71,21 @@ def test_no_scram_keys_are_kept_when_scram_is_off(
     off = PgUserStore(pool, scram_iterations=0)
     assert off.verify(ALICE, "a password")
     assert off.scram_credentials(ALICE) is None
+
+
+def test_a_password_changed_on_another_node_is_not_remembered(
+    pool: ConnectionPool[psycopg.Connection],
+) -> None:
+    """[auth] cache_ttl: node A remembers alice's login; node B changes the password; A's
+    next login with the old one fails (the remembered HMAC covers the stored hash)."""
+    a = PgUserStore(pool, scram_iterations=0, verified_cache=VerifiedCache(300, 10))
+    b = PgUserStore(pool, scram_iterations=0)
+    b.add(ALICE, "first password")
+    assert a.verify(ALICE, "first password") and a.verify(ALICE, "first password")
+    b.set_password(ALICE, "second password")
+    assert not a.verify(ALICE, "first password")
+    assert a.verify(ALICE, "second password")
+    assert b.remove(ALICE) and not a.verify(ALICE, "second password")
 
 
 def _auth(server: HatoServer, ca: TestCA, login: str) -> int:

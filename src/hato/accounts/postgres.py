@@ -27,6 +27,7 @@ from argon2 import Parameters
 from argon2.profiles import RFC_9106_LOW_MEMORY
 from psycopg_pool import ConnectionPool
 
+from hato.accounts.authcache import VerifiedCache
 from hato.accounts.store import UserStore
 from hato.model.auth import SCRAM_ITERATIONS
 from hato.model.storeerror import StoreError, StoreUnavailable
@@ -50,9 +51,15 @@ class PgUserStore(UserStore):
         *,
         parameters: Parameters = RFC_9106_LOW_MEMORY,
         scram_iterations: int = SCRAM_ITERATIONS,
+        verified_cache: VerifiedCache | None = None,
         label: str = "the PostgreSQL store",
     ) -> None:
-        super().__init__(Path(label), parameters=parameters, scram_iterations=scram_iterations)
+        super().__init__(
+            Path(label),
+            parameters=parameters,
+            scram_iterations=scram_iterations,
+            verified_cache=verified_cache,
+        )
         self._pool = pool
         self._label = label
         self._cleared = False

@@ -10,6 +10,8 @@ Passwords are hashed with argon2id (RFC 9106). The default parameters are argon2
 are RFC 9106 §4's second recommended option (t=3, m=64 MiB, p=4, 16-byte salt, 32-byte tag);
 pass stronger `parameters` to raise them. Hashes made with weaker parameters are upgraded on the
 next successful `verify`. A password never leaves this module, not even in an exception.
+With a `VerifiedCache` (accounts/authcache.py, [auth] cache_ttl) a password that verified
+against the stored hash a moment ago is not run through argon2id again.
 A failure of the database raises `StoreError` (hato.model.storeerror), on either backend.
 
 SCRAM-SHA-256 keys (RFC 5802 §3) sit beside the hash and are far cheaper to attack offline (one
@@ -33,6 +35,7 @@ from argon2 import Parameters, PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
+from hato.accounts.authcache import VerifiedCache
 from hato.model import Address
 from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
 from hato.model.storeerror import StoreError
@@ -116,9 +119,11 @@ class UserStore:
         *,
         parameters: Parameters = RFC_9106_LOW_MEMORY,
         scram_iterations: int = SCRAM_ITERATIONS,
+        verified_cache: VerifiedCache | None = None,
     ) -> None:
         self._path = db_path
         self._scram_iterations = scram_iterations
+        self._verified = verified_cache
         self._hasher = PasswordHasher.from_parameters(parameters)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -276,6 +281,8 @@ class UserStore:
             self._check(dummy, password)
             return False
         stored = str(row[0])
+        if self._verified is not None and self._verified.verified(key, password, stored):
+            return True  # verified within [auth] cache_ttl against this very hash
         if not self._check(stored, password):
             return False
         if self._hasher.check_needs_rehash(stored):
@@ -292,6 +299,8 @@ class UserStore:
                 " scram_server_key = ? WHERE address = ? AND password_hash = ?",
                 (*self._scram_row(password), key, stored),
             )
+        if self._verified is not None:
+            self._verified.remember(key, password, stored)
         return True
 
     def _scram_row(self, password: str) -> tuple[bytes | int | None, ...]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
+from hato.accounts.authcache import VerifiedCache
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
@@ -85,11 +86,13 @@ def open_store_pool(settings: Settings, node: str) -> ConnectionPool[Any] | None
 def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | None) -> UserStore:
     """The accounts: DATA_DIR/users.db, or the shared store's `users` table."""
     iterations = settings.auth.stored_scram_iterations
+    # [auth] cache_ttl: a password verified a moment ago is not run through argon2id again.
+    verified = VerifiedCache(settings.auth.cache_ttl, settings.auth.cache_size)
     if pool is None:
-        return UserStore(data_dir / USERS_DB, scram_iterations=iterations)
+        return UserStore(data_dir / USERS_DB, scram_iterations=iterations, verified_cache=verified)
     from hato.accounts.postgres import PgUserStore
 
-    return PgUserStore(pool, scram_iterations=iterations)
+    return PgUserStore(pool, scram_iterations=iterations, verified_cache=verified)
 
 
 async def open_queue(

@@ -83,6 +83,8 @@ class AuthSettings(BaseModel):
     scram_iterations: StrictInt = Field(
         SCRAM_DEFAULT_ITERATIONS, description=f"an integer, at least {SCRAM_MIN_ITERATIONS}"
     )
+    cache_ttl: Seconds = Field(300.0, description="seconds, at least 0 (0: no cache), e.g. 300")
+    cache_size: StrictInt = Field(10000, description="an integer, at least 1")
 
     @field_validator("mechanisms")
     @classmethod
@@ -93,7 +95,7 @@ class AuthSettings(BaseModel):
             raise ValueError("a mechanism is listed twice")
         return value
 
-    @field_validator("failure_delay", "block_time")
+    @field_validator("failure_delay", "block_time", "cache_ttl")
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:
@@ -115,7 +117,7 @@ class AuthSettings(BaseModel):
             raise ValueError(f"must be at least auth.failure_delay ({first:g}), got {value:g}")
         return value
 
-    @field_validator("max_failures", "max_account_failures")
+    @field_validator("max_failures", "max_account_failures", "cache_size")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         return at_least(1, value)

@@ -75,6 +75,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.auth.mechanisms == AUTH_MECHANISMS
     assert (settings.auth.failure_delay, settings.auth.max_failure_delay) == (1.0, 16.0)
     assert (settings.auth.max_failures, settings.auth.block_time) == (10, 900.0)
+    assert (settings.auth.cache_ttl, settings.auth.cache_size) == (300.0, 10000)
     assert settings.networks == ()
     assert settings.dns.nameservers is None and settings.dns.timeout == 5.0
     assert settings.limits.messages_per_hour == 200
@@ -157,6 +158,8 @@ def test_unknown_network_names_in_listener_rules(tmp_path: Path) -> None:
             'auth.block_time: "15m" is not a number of seconds (example: 1.5)',
         ),
         ("[auth]\nmax_failures = 0", "auth.max_failures: must be at least 1, got 0"),
+        ("[auth]\ncache_ttl = -1", "auth.cache_ttl: must be at least 0, got -1"),
+        ("[auth]\ncache_size = 0", "auth.cache_size: must be at least 1, got 0"),
         (
             '[dns]\nnameservers = ["dns.example"]',
             'dns.nameservers[0]: "dns.example" is not a name server address (example: '
