@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hato.boot.acme import renew_op
-from hato.boot.build import build_tls
+from hato.boot.build import build_tls, open_door
 from hato.boot.doctorwatch import watch_task
 from hato.boot.outbound import build_outbound
 from hato.boot.predrop import check_after_drop, preload
@@ -31,6 +31,7 @@ from hato.boot.reportwatch import build_sender, report_task, send_op
 from hato.boot.runtime import Endpoints, Listening, Rooms, build_rooms, start_endpoints
 from hato.boot.tlswatch import watch_tls
 from hato.dns import DnsCache, DnsPythonResolver
+from hato.intake.finish import Door
 from hato.model import SystemClock, logfmt
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
@@ -176,6 +177,7 @@ def _background(
         limiter=shared.limiter,
         keys=rooms.keys,
     )
+    open_door(settings, shared, submitter.context, Door.LOCAL)  # DKIM, rspamd, milters
     sender = build_sender(settings, rooms.reports if first else None, dns, clock, submitter)
     # With workers, each publishes its figures and the first adds them up for /metrics and
     # `hato status` (issue 15: they were the first worker's alone).

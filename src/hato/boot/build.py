@@ -24,6 +24,8 @@ from hato.boot.shared import Shared
 from hato.delivery.owner import OwnerError, resolve_owner
 from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
 from hato.directory.srs import Srs, load_key
+from hato.intake.context import DoorConfig, IntakeContext
+from hato.intake.finish import Door
 from hato.intake.inbound import Enforcement, InboundChecker
 from hato.intake.signing import OutboundSigner, load_sealers, load_signers
 from hato.model import (
@@ -258,3 +260,26 @@ def listener_config(
         screen=build_screen(settings, shared, role),
         milters=milters_for_role(settings, role, shared.filters.milter_metrics),
     )
+
+
+def door_config(settings: Settings, shared: Shared, door: Door) -> DoorConfig:
+    """The end-of-message rooms (intake/finish.py) of a door without a listener: local
+    submission has the submission role's (the DKIM keys with [authcheck] sign, its rspamd and
+    milters); a notice the DKIM keys only (our hostname's domain signs it)."""
+    selectors = {d.name: d.dkim_selector for d in settings.domains}
+    sign = settings.authcheck.sign
+    signers = load_signers(shared.data_dir / "dkim", selectors, shared.clock) if sign else {}
+    signer = OutboundSigner(signers) if signers else None
+    if door is not Door.LOCAL:
+        return DoorConfig(signer)
+    return DoorConfig(
+        signer,
+        spam=shared.filters.for_role(settings, Role.SUBMISSION),
+        milters=milters_for_role(settings, Role.SUBMISSION, shared.filters.milter_metrics),
+    )
+
+
+def open_door(settings: Settings, shared: Shared, ctx: IntakeContext, door: Door) -> None:
+    """Give a door's context its end-of-message rooms, and to every reload after."""
+    ctx.configure_door(door_config(settings, shared, door))
+    shared.doors.append((ctx, door))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from hato.boot.build import build_resolver, listener_config, send_limit_settings
+from hato.boot.build import build_resolver, door_config, listener_config, send_limit_settings
 from hato.boot.outbound import outbound_settings, verify_contexts
 from hato.boot.shared import Shared
 from hato.boot.tlswatch import reload_tls
@@ -274,6 +274,7 @@ class LiveConfiguration:
             (ctx, listener_config(new, shared, listener, problems))
             for ctx, listener in self._listeners
         ]
+        doors = [(ctx, door_config(new, shared, door)) for ctx, door in shared.doors]
         shared.resolver.current = resolver
         if outbound is not None:
             self._outbound.reconfigure(*outbound)
@@ -281,5 +282,7 @@ class LiveConfiguration:
         shared.published.current = publications(new)  # [[domain]] mta_sts_mode, max_age
         for ctx, config in configs:
             ctx.configure(config)
+        for door, rooms in doors:
+            door.configure_door(rooms)
         shared.problems[:] = problems
         self.settings = new

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.tlsreport import TlsReporting
-from hato.intake.signing import OutboundSigner, load_signers
 from hato.model import Clock, logfmt
 from hato.model.dns import Resolver
 from hato.reports import SqliteReportStore
@@ -104,16 +103,13 @@ def build_sender(
     """The first worker's sender (None without a store: [reports] off, or another worker)."""
     if store is None:
         return None
-    data_dir = Path(settings.server.data_dir)
     sender = settings.reports.sender(settings.domains[0].name)
-    selectors = {d.name: d.dkim_selector for d in settings.domains}
-    signer = OutboundSigner(load_signers(data_dir / "dkim", selectors, clock))
 
     async def queue(mail_from: str, recipient: str, message: bytes) -> str:
-        signed = signer.sign(message, [sender]) + message
         try:
-            # The server's own uid may send as any address (server/localsubmit.py).
-            return await submit(sender, [recipient], signed, uid=os.geteuid())
+            # The server's own uid may send as any address; the local door DKIM-signs it with
+            # the key of its From domain (server/localsubmit.py, intake/finish.py).
+            return await submit(sender, [recipient], message, uid=os.geteuid())
         except (SubmitRefused, OSError) as exc:
             raise SubmitFailed(str(exc)) from exc
 

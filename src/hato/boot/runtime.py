@@ -25,6 +25,7 @@ from hato.boot.build import (
     http_limits,
     listener_config,
     mailbox_owner,
+    open_door,
 )
 from hato.boot.dbcache import CachedKeys
 from hato.boot.filters import SpamFilters
@@ -47,6 +48,7 @@ from hato.delivery.router import RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsPythonResolver
 from hato.intake.direct import DirectDelivery
+from hato.intake.finish import Door
 from hato.intake.miltermetrics import MilterCounters
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
@@ -202,6 +204,7 @@ async def build_rooms(
     courier = tally.courier(routing)
     # One way in (issue 11): DSNs to a keyed user are encrypted as SMTP mail is (intake/).
     committer = KeyedCommitter(queue, keys, clock, resolver, hostname=settings.server.hostname)
+    open_door(settings, shared, committer.context, Door.NOTICE)  # DSNs DKIM-signed
     runner = QueueRunner(
         queue,
         courier,

@@ -17,6 +17,8 @@ from hato.crypto import KeyStore
 from hato.directory.resolver import RecipientResolver, Resolution
 from hato.directory.srs import Srs
 from hato.dns import DnsPythonResolver
+from hato.intake.context import IntakeContext
+from hato.intake.finish import Door
 from hato.model import Address, Clock, SystemClock
 from hato.policy import AuthThrottle, SendLimiter
 from hato.policy.greylist import ScreenStore
@@ -52,6 +54,9 @@ class Shared:
     # What the configuration in force cannot do (a DKIM key it cannot read, ...): logged when
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)
+    # The contexts of the doors without a listener (local submission, the notices) with their
+    # door: a reload gives them their end-of-message rooms again (boot.build door_fields).
+    doors: list[tuple[IntakeContext, Door]] = field(default_factory=list)
 
 
 class CurrentResolver:

@@ -34,6 +34,17 @@ class Recipients(Protocol):
     def is_local_domain(self, domain: str) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DoorConfig:
+    """What the configuration decides for a door without a listener (local submission, the
+    notices): its end-of-message rooms (finish.py), built at start and by every reload
+    (boot/build.py `door_config`) and put in place whole by `IntakeContext.configure_door`."""
+
+    signer: OutboundSigner | None
+    spam: SpamFilter | None = None
+    milters: tuple[MilterFilter, ...] = ()
+
+
 @dataclass(slots=True, kw_only=True)
 class IntakeContext:
     """The rooms and settings of the pipeline (a reload replaces some fields in place)."""
@@ -57,3 +68,10 @@ class IntakeContext:
     sealers: dict[str, ArcSealer] = field(default_factory=dict)  # ARC when aliases forward
     spam: SpamFilter | None = None  # rspamd's verdict at the end of DATA ([rspamd] roles)
     milters: tuple[MilterFilter, ...] = ()  # [[milter]] of this role, in order, after rspamd
+
+    def configure_door(self, config: DoorConfig) -> None:
+        """Put a door's end-of-message rooms in place, every field of it (typed, as
+        `SessionContext.configure` does for a listener)."""
+        self.signer = config.signer
+        self.spam = config.spam
+        self.milters = config.milters

@@ -1,17 +1,33 @@
-"""What happens to a message between the end of DATA and the queue commit: the authentication
-of mail we receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601) or the DKIM
-signature of mail our users send (RFC 6376), and an ARC seal when our aliases forward the
-message (RFC 8617). The results are header lines for the stored prefix (the body is never
-rewritten), queue parameters, or the refusal a DMARC policy asks for. Then, with our results
-known, rspamd's verdict on the message (spamcheck.py) when the listener's role asks for it,
-then the milters' (miltercheck.py).
+"""The end-of-message steps of the pipeline, for every door (DESIGN.md "One way in"): between
+the end of the message and its commit (message.py).
+
+Theory of operation. Which steps a message takes is decided in one place, `steps`, from its
+door (`Door`) and what the door's context has configured:
+
+- mail a client sends us without AUTH (`Door.MX`) gets the authentication checks of mail we
+  receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601: inbound.py, on mx
+  listeners), and an ARC seal when our aliases forward it (RFC 8617);
+- mail our users send (`Door.SUBMISSION` after AUTH, `Door.LOCAL` from hato-sendmail and the
+  maildrop) gets the DKIM signature of its author's domain (RFC 6376: signing.py);
+- the server's own notices (`Door.NOTICE`, DSNs from MAILER-DAEMON@hostname) get the signature
+  of the hostname's domain, or of the nearest of our signing domains above it (relaxed DMARC
+  alignment, RFC 7489 §3.1.1), so that DMARC passes at the receiver;
+- then, with our results known, rspamd's verdict (spamcheck.py) and the milters'
+  (miltercheck.py), for every door but the notices, as the door's role has them configured.
+
+The results are header lines for the stored prefix (the body is never rewritten), queue
+parameters, or the refusal a DMARC policy, rspamd or a milter asks for. `end_of_message` runs
+the steps and then the commit: the one function the SMTP session, local submission and the
+DSN door call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hato.authcheck.dkim import pieces
@@ -21,10 +37,13 @@ from hato.filters import Envelope
 from hato.intake.capture import LargeMessage, MessageCapture
 from hato.intake.context import IntakeContext
 from hato.intake.inbound import InboundVerdict
+from hato.intake.message import commit
 from hato.intake.miltercheck import DISCARDED, milter_check
 from hato.intake.milterenvelope import apply_envelope
 from hato.intake.spamcheck import Spooled, keep_seal, rewritten, spam_check
-from hato.milter import Command, Transaction
+from hato.intake.transaction import Transaction
+from hato.milter import Command
+from hato.milter import Transaction as MilterTransaction
 from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, HOLD_PARAM, SPF_PARAM, BodyWriter
@@ -34,25 +53,87 @@ log = logging.getLogger("hato.smtpd")
 QUARANTINE_PARAM = FOLDER_PARAM  # DMARC quarantine: the user's Junk folder
 
 
+class Door(enum.Enum):
+    """How a message came in (see the module docstring)."""
+
+    MX = "mx"  # a client without AUTH, on any SMTP listener
+    SUBMISSION = "submission"  # a client after AUTH
+    LOCAL = "local"  # hato-sendmail on the submit socket, the maildrop
+    NOTICE = "notice"  # the server's own DSNs
+
+
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """The facts of the transaction the checks need."""
 
     session: str
-    client_ip: str
+    client_ip: str  # "" for a door without a client (local, notice)
     helo: str
     user: Address | None  # the authenticated account, or None
     mail_from: ReversePath
     params: dict[str, str | None]
+    door: Door = Door.MX
 
 
-def open_capture(ctx: IntakeContext, user: Address | None) -> MessageCapture | None:
-    """What DATA keeps for `authenticate`: for the signer the message whole (or nothing past
-    MAX_CHECKED_SIZE), for the inbound checks the message whole or, past it, its header
-    section and the body hashes of its DKIM signatures (intake/capture.py)."""
-    if user is not None:
-        return MessageCapture(None) if ctx.signer else None
-    return MessageCapture(ctx.inbound.lanes) if ctx.inbound is not None else None
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """The end-of-message steps a message takes."""
+
+    check: bool  # SPF, DKIM, ARC, DMARC (and the ARC seal when an alias forwards it)
+    sign: bool  # our DKIM signature
+    spam: bool  # rspamd
+    milters: bool
+
+
+def steps(ctx: IntakeContext, door: Door) -> Steps:
+    """The one place that decides which steps a door's message takes (module docstring)."""
+    judged = door is not Door.NOTICE  # our own notices are not shown to rspamd or milters
+    return Steps(
+        check=door is Door.MX and ctx.inbound is not None,
+        sign=door is not Door.MX and bool(ctx.signer),
+        spam=judged and ctx.spam is not None,
+        milters=judged and bool(ctx.milters),
+    )
+
+
+def open_capture(ctx: IntakeContext, door: Door) -> MessageCapture | None:
+    """What the door keeps for `authenticate` while the message comes: for the signer the
+    message whole (or nothing past MAX_CHECKED_SIZE), for the inbound checks the message whole
+    or, past it, its header section and the body hashes of its DKIM signatures (capture.py)."""
+    plan = steps(ctx, door)
+    if plan.sign:
+        return MessageCapture(None)
+    return MessageCapture(ctx.inbound.lanes) if plan.check and ctx.inbound is not None else None
+
+
+async def end_of_message(
+    ctx: IntakeContext,
+    tx: Transaction,
+    body: Spooled,
+    facts: Submitted,
+    *,
+    captured: bytes | LargeMessage | None,
+    authors: list[Address | None],
+    trace: Callable[[str], bytes],
+    direct: bool = True,
+) -> list[str] | Reply:
+    """The end-of-message steps of `facts.door`, then the commit (message.py): the queue ids,
+    or the reply instead of 250 (DISCARDED, a 250, when a milter discarded the message: nothing
+    is stored). `authors` are the header From addresses (the signing domain's candidates).
+    Raises QueueWriteError as `commit` does."""
+    added, params, refusal, body, sender = await finish(
+        ctx,
+        facts,
+        captured,
+        authors,
+        tx.recipients,  # a milter may change them, in place
+        body,  # rspamd may have its header edited: a copy comes back
+    )
+    if refusal is not None:
+        body.discard()
+        return refusal
+    return await commit(ctx, tx, body, mail_from=sender, added=added, params=params,
+                        trace=trace, session=facts.session, direct=direct)  # fmt: skip
 
 
 async def finish(
@@ -69,11 +150,12 @@ async def finish(
     added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
     if refusal is not None:
         return added, params, refusal, body, facts.mail_from
-    if ctx.spam is not None:
+    plan = steps(ctx, facts.door)
+    if plan.spam:
         added, refusal, body = await rspamd_step(ctx, facts, recipients, added, params, body)
         if refusal is not None:
             return added, params, refusal, body, facts.mail_from
-    if ctx.milters:
+    if plan.milters:
         milted = await milter_check(
             ctx.milters,
             milter_transaction(ctx, facts, recipients, queue_id(facts, body)),
@@ -107,7 +189,7 @@ def milter_transaction(
     facts: Submitted,
     recipients: list[tuple[Address, Address]],
     queue_id: str,
-) -> Transaction:
+) -> MilterTransaction:
     """What the milters are told, with the macros Postfix gives them (its milter_*_macros
     defaults: {j} our name, {i} the queue id, {auth_authen} the SASL login, ...)."""
     client = f"[{facts.client_ip}]" if facts.client_ip else "localhost"
@@ -116,7 +198,7 @@ def milter_transaction(
     mail = {"i": queue_id, "{mail_addr}": mail_from.strip("<>")}
     if facts.user is not None:
         mail |= {"{auth_type}": "PLAIN", "{auth_authen}": str(facts.user)}
-    return Transaction(
+    return MilterTransaction(
         client_name=client,
         client_ip=facts.client_ip,
         client_port=0,
@@ -186,19 +268,13 @@ async def authenticate(
 ) -> tuple[bytes, dict[str, str | None], Reply | None]:
     """(header lines to prepend, queue params, refusal or None)."""
     params = facts.params
-    if facts.user is not None:
+    if facts.door is Door.SUBMISSION and facts.user is not None:
         params[AUTH_PARAM] = str(facts.user)  # a checked sender (queue/bounce.py)
-        if not isinstance(captured, bytes) or not ctx.signer:
-            if ctx.signer:
-                log.warning(
-                    logfmt("dkim-sign-skipped", session=facts.session, reason="message too large")
-                )
-            return b"", params, None
-        # Hashing a body of up to 10 MiB takes seconds of CPU: not on the event loop.
-        authors = [*from_addresses, facts.mail_from]
-        return await asyncio.to_thread(ctx.signer.sign, captured, authors), params, None
+    plan = steps(ctx, facts.door)
+    if plan.sign:
+        return await sign(ctx, facts, captured, from_addresses), params, None
     checker = ctx.inbound
-    if checker is None:
+    if not plan.check or checker is None:
         return b"", params, None
     if captured is None:
         # Only a header section past MAX_CHECKED_SIZE, refused (552 5.3.4) before this.
@@ -226,6 +302,25 @@ async def authenticate(
         return verdict.header, params, verdict.refuse
     sealed = await arc_seal(ctx, verdict, captured, recipients)
     return sealed + verdict.header, params, verdict.refuse
+
+
+async def sign(
+    ctx: IntakeContext,
+    facts: Submitted,
+    captured: bytes | LargeMessage | None,
+    from_addresses: list[Address | None],
+) -> bytes:
+    """Our DKIM-Signature (RFC 6376) by the first author's domain we hold a key for, the
+    envelope sender's after the From addresses; a notice's by its hostname's domain or the
+    nearest signing domain above it (RFC 7489 §3.1.1 relaxed alignment)."""
+    assert ctx.signer is not None
+    if not isinstance(captured, bytes):
+        log.warning(logfmt("dkim-sign-skipped", session=facts.session, reason="message too large"))
+        return b""
+    # Hashing a body of up to 10 MiB takes seconds of CPU: not on the event loop.
+    authors = [*from_addresses, facts.mail_from]
+    parents = facts.door is Door.NOTICE
+    return await asyncio.to_thread(ctx.signer.sign, captured, authors, parents=parents)
 
 
 async def arc_seal(

@@ -73,6 +73,11 @@ class HeaderCapture:
         """The whole header section (a message without a body is all header)."""
         return bytes(self._buf)
 
+    def authors(self, fields: list[HeaderField] | None = None) -> list[Address | None]:
+        """The addresses of every From field (None for one that is no address)."""
+        fields = split_header_fields(self.section()) if fields is None else fields
+        return [_address(text) for text in field_addresses(named(fields, b"From"))]
+
     def judge(self, user: Address | None, owns: Callable[[Address], bool]) -> HeaderVerdict:
         """The header section's verdict: on every role its size; after AUTH (submission) its
         form, one From field, and every From, Sender and Resent-* address owned by `user`."""
@@ -81,7 +86,7 @@ class HeaderCapture:
         if user is None:
             return HeaderVerdict([])  # mx: DMARC judges the From fields (inbound.py)
         fields = split_header_fields(self.section())
-        authors = [_address(text) for text in field_addresses(named(fields, b"From"))]
+        authors = self.authors(fields)
         malformed = malformed_lines(self.section())
         facts = HeaderFacts(
             malformed_line=malformed[0] if malformed else 0,

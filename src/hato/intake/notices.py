@@ -16,8 +16,10 @@ from __future__ import annotations
 from hato.crypto import DEFER_REPLY, KeyLookup, SealedScratch
 from hato.directory.resolver import Local, Resolution
 from hato.intake.context import IntakeContext, Recipients
-from hato.intake.message import commit
+from hato.intake.finish import Door, Submitted, end_of_message
+from hato.intake.headers import HeaderCapture
 from hato.intake.recipients import add_recipient
+from hato.intake.signing import OutboundSigner
 from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Clock, Reply, Role
 from hato.queue import BodyWriter, QueueStore, QueueWriteError
@@ -50,6 +52,7 @@ class KeyedCommitter:
         resolver: Recipients | None = None,
         *,
         hostname: str = "localhost",
+        signer: OutboundSigner | None = None,
     ) -> None:
         self._ctx = IntakeContext(
             role=Role.MX,
@@ -58,7 +61,13 @@ class KeyedCommitter:
             resolver=resolver if resolver is not None else _AsGiven(),
             clock=clock,
             keys=keys,
+            signer=signer,  # DKIM for the notices from MAILER-DAEMON@hostname
         )
+
+    @property
+    def context(self) -> IntakeContext:
+        """The door's context (a reload gives it new end-of-message rooms: boot.build)."""
+        return self._ctx
 
     async def __call__(
         self,
@@ -83,8 +92,12 @@ class KeyedCommitter:
             body.discard()  # its id names the notice (Message-ID); the copies get their own
             message = SealedScratch(ctx.queue.messages_dir)
         message.write(data)
-        ids = await commit(ctx, tx, message, mail_from=None, added=b"", params=params,
-                           trace=lambda _: b"", session="dsn", direct=False)  # fmt: skip
+        header = HeaderCapture()
+        header.feed(data)  # its From: MAILER-DAEMON@hostname (queue/dsn.py)
+        facts = Submitted("dsn", "", "", None, None, params, Door.NOTICE)
+        ids = await end_of_message(ctx, tx, message, facts, captured=data,
+                                   authors=header.authors(), trace=lambda _: b"",
+                                   direct=False)  # fmt: skip
         if isinstance(ids, Reply):
             raise QueueWriteError(None, f"key failure: {ids}")
         return ",".join(ids)

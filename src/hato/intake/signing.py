@@ -73,11 +73,15 @@ class OutboundSigner:
     def __bool__(self) -> bool:
         return bool(self._signers)
 
-    def sign(self, message: bytes, candidates: list[Address | None]) -> bytes:
+    def sign(
+        self, message: bytes, candidates: list[Address | None], *, parents: bool = False
+    ) -> bytes:
         """The DKIM-Signature for `message` by the first candidate domain we hold a key for
-        (the From: domain first, for DMARC alignment, RFC 7489 §3.1.1), or b""."""
+        (the From: domain first, for DMARC alignment, RFC 7489 §3.1.1), or b"". With
+        `parents`, a candidate's parent domains are tried after it, nearest first (a notice
+        from MAILER-DAEMON@mx.example.org is signed by example.org: relaxed alignment)."""
         for address in candidates:
-            signer = self._signers.get(address.domain.lower()) if address else None
+            signer = self._signer_for(address.domain, parents) if address else None
             if signer is None:
                 continue
             end = message.find(b"\r\n\r\n")
@@ -87,3 +91,11 @@ class OutboundSigner:
                 headers, body = message[: end + 2], message[end + 4 :]
             return signer.sign(headers, pieces(body))
         return b""
+
+    def _signer_for(self, domain: str, parents: bool) -> DkimSigner | None:
+        labels = domain.lower().split(".")
+        for at in range(len(labels) if parents else 1):  # the domain, then its parents
+            signer = self._signers.get(".".join(labels[at:]))
+            if signer is not None:
+                return signer
+        return None

@@ -18,8 +18,10 @@ sendmail caller that sees EX_NOUSER knows that nothing was sent.
 
 One way in (issue 11): the recipients take the intake pipeline's RCPT steps
 (intake/recipients.py: the address book, the key verdict, the sending limit, the rows of the
-`Transaction`) and the message its commit (intake/message.py: the copies, Delivered-To and a
-Received line, the queue), as on SMTP. The recipients are known before the message: when one
+`Transaction`) and the message the end-of-message steps of the local door and its commit
+(intake/finish.py: the DKIM signature of the author's domain, rspamd and the milters as the
+submission role has them; intake/message.py: the copies, Delivered-To and a Received line, the
+queue), as on SMTP. The recipients are known before the message: when one
 of their mailboxes has an imported key the octets go into a `SealedScratch`, never the spool,
 and the commit makes one encrypted copy per keyed recipient. A key that cannot be used under
 the DEFER policy refuses the message for now (451 4.7.5: the maildrop keeps the file,
@@ -40,11 +42,15 @@ from collections.abc import Callable, Mapping, Sequence
 from hato.crypto import DEFER_DATA_REPLY, DEFER_REPLY, KeyLookup, SealedScratch
 from hato.delivery.outbound_body import has_utf8_header
 from hato.directory.resolver import Local, Resolution
+from hato.intake.capture import MessageCapture
 from hato.intake.context import IntakeContext, Recipients
+from hato.intake.finish import Door, Submitted, end_of_message, open_capture
 from hato.intake.headers import HeaderCapture
-from hato.intake.message import commit
+from hato.intake.miltercheck import MilterFilter
 from hato.intake.protect import keyed_copies_needed
 from hato.intake.recipients import add_recipient, reserve, resolve_recipient, settle, targets_of
+from hato.intake.signing import OutboundSigner
+from hato.intake.spamcheck import SpamFilter
 from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import (
     Address,
@@ -133,10 +139,14 @@ def _canon(address: Address) -> Address:
 class LocalBody:
     """A submitted message as its octets come: written to the queue's body file as they come
     (a file past 64 KiB: never held whole in memory), its header section kept for the sender
-    checks (bounded, server.headers), and a bare CR or LF looked for across chunk borders."""
+    checks (bounded, server.headers), the message whole for the DKIM signer when there is one
+    (`capture`), and a bare CR or LF looked for across chunk borders."""
 
-    def __init__(self, writer: BodyWriter | SealedScratch) -> None:
+    def __init__(
+        self, writer: BodyWriter | SealedScratch, capture: MessageCapture | None = None
+    ) -> None:
         self.writer = writer
+        self.capture = capture
         self.header = HeaderCapture()
         self.size = 0
         self.ascii = True
@@ -148,6 +158,8 @@ class LocalBody:
             return
         self.writer.write(data)
         self.header.feed(data)
+        if self.capture is not None:
+            self.capture.feed(data)
         self.size += len(data)
         self.ascii = self.ascii and data.isascii()
         if not self.bare_eol:
@@ -175,6 +187,8 @@ class LocalBody:
 
     def discard(self) -> None:
         self.writer.discard()
+        if self.capture is not None:
+            self.capture.abandon()
 
 
 class LocalSubmitter:
@@ -192,6 +206,9 @@ class LocalSubmitter:
         senders: SenderPolicy | None = None,
         limiter: SendLimiter | None = None,
         keys: KeyLookup | None = None,
+        signer: OutboundSigner | None = None,
+        spam: SpamFilter | None = None,
+        milters: tuple[MilterFilter, ...] = (),
     ) -> None:
         self._queue = queue
         self._hostname = hostname
@@ -200,7 +217,8 @@ class LocalSubmitter:
         self._max = max_message_size
         self._senders = senders
         # A local program may send anywhere, as an authenticated user may (the RCPT steps'
-        # relay control); its mail is always queued (no direct delivery).
+        # relay control); its mail is always queued (no direct delivery). Its end-of-message
+        # steps are the submission role's: `signer`, `spam` and `milters` (intake/finish.py).
         self._ctx = IntakeContext(
             role=Role.SUBMISSION,
             settings=ServerSettings(hostname=hostname),
@@ -210,15 +228,24 @@ class LocalSubmitter:
             postmaster_domain=domain,
             limiter=limiter,
             keys=keys,
+            signer=signer,
+            spam=spam,
+            milters=milters,
         )
+
+    @property
+    def context(self) -> IntakeContext:
+        """The door's context (a reload gives it new end-of-message rooms: boot.build)."""
+        return self._ctx
 
     def new_body(self, recipients: Sequence[str] = ()) -> LocalBody:
         """Where a submitted message's octets go as they come (control, maildrop): a sealed
         scratch file when one of `recipients` has a key (a keyed user's plaintext must never
         reach the spool: intake/protect.py), else the queue's body."""
+        capture = open_capture(self._ctx, Door.LOCAL)
         if self._keyed(recipients):
-            return LocalBody(SealedScratch(self._queue.messages_dir))
-        return LocalBody(self._queue.new_body())
+            return LocalBody(SealedScratch(self._queue.messages_dir), capture)
+        return LocalBody(self._queue.new_body(), capture)
 
     def _keyed(self, recipients: Sequence[str]) -> bool:
         """Whether a mailbox of `recipients` has a key (the RCPT key verdict, made again
@@ -339,12 +366,19 @@ class LocalSubmitter:
             # program cannot say so (Postfix's sendmail autodetects it the same way).
             params["SMTPUTF8"] = None
         who = "local" if uid is None else f"uid:{uid}"
+        facts = Submitted(who, "", "", None, mail_from, params, Door.LOCAL)
+        captured = local.capture.result() if local.capture is not None else None
         try:
-            ids = await commit(self._ctx, tx, local.writer, mail_from=mail_from, added=b"",
-                               params=params, trace=lambda qid: self._received(qid, uid),
-                               session=who, direct=False)  # fmt: skip
+            ids = await end_of_message(self._ctx, tx, local.writer, facts, captured=captured,
+                                       authors=local.header.authors(),
+                                       trace=lambda qid: self._received(qid, uid),
+                                       direct=False)  # fmt: skip
         except QueueWriteError as exc:
             raise SubmitRefused(exc.reply) from exc
+        if isinstance(ids, Reply) and ids.code < 400:
+            log.info(logfmt("submitted", id="", uid=uid, nrcpt=0, discarded=True,
+                            **{"from": format_path(mail_from)}))  # fmt: skip
+            return ""  # a milter discarded it: accepted, nothing stored
         if isinstance(ids, Reply):
             raise SubmitRefused(ids)
         queue_id = ",".join(ids)

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 from hato.crypto import DEFER_REPLY, SealedScratch
 from hato.directory.resolver import Resolution
 from hato.intake.capture import LargeMessage, MessageCapture
-from hato.intake.finish import Submitted, finish, open_capture
+from hato.intake.finish import Door, Submitted, end_of_message, open_capture
 from hato.intake.incoming import Incoming
-from hato.intake.message import commit
 from hato.intake.received import TraceInfo, received_header
 from hato.intake.recipients import (
     add_recipient,
@@ -215,7 +214,7 @@ class SmtpSession(asyncio.Protocol):
             case DataStart():
                 keyed = self.tx is not None and self.tx.keyed
                 self.incoming = Incoming(self.ctx, keyed=keyed, authserv_id=self.ctx.authserv_id)
-                self.capture = open_capture(self.ctx, self.user)
+                self.capture = open_capture(self.ctx, self._door())
             case BodyChunk(data=data):
                 if self.incoming is not None:
                     self.incoming.feed(data)
@@ -373,9 +372,12 @@ class SmtpSession(asyncio.Protocol):
             return
         self._begin(self._commit(tx, incoming.body, captured, authors), name="commit")
 
+    def _door(self) -> Door:
+        return Door.MX if self.user is None else Door.SUBMISSION
+
     def _submitted(self, path: ReversePath, params: Mapping[str, str | None]) -> Submitted:
-        helo = self.conn.hello_name or ""
-        return Submitted(self.session_id, self.client_ip, helo, self.user, path, dict(params))
+        helo, door = self.conn.hello_name or "", self._door()
+        return Submitted(self.session_id, self.client_ip, helo, self.user, path, dict(params), door)
 
     def _refuse_message(self, body: BodyWriter | SealedScratch | None, reply: Reply) -> None:
         if body is not None:
@@ -404,36 +406,22 @@ class SmtpSession(asyncio.Protocol):
         captured: bytes | LargeMessage | None,
         from_addresses: list[Address | None],
     ) -> None:
-        """Authenticate (inbound checks or DKIM signing), rspamd and milters, then the
-        pipeline's commit (intake/message.py): only then answer 250."""
+        """The pipeline's end-of-message steps and commit (intake/finish.py): only then 250."""
         facts = self._submitted(tx.mail_from, tx.params)
         self.committing, tx.quota = tx.quota, None  # settled by the answer (`_answer`)
         self.tx = None
         self._reset_transaction()
-        added, params, refusal, body, sender = await finish(
-            self.ctx,
-            facts,
-            captured,
-            from_addresses,
-            tx.recipients,  # a milter may change them, in place
-            body,  # rspamd may have its header edited: a copy comes back
-        )
-        if refusal is not None:
-            if body is not None:
-                body.discard()
-            self._answer(refusal if refusal.code >= 400 else None)  # a milter's discard: 250
-            return
         try:
-            ids = await commit(self.ctx, tx, body, mail_from=sender, added=added,
-                               params=params, trace=lambda qid: self._received(tx, qid),
-                               session=self.session_id)  # fmt: skip
+            ids = await end_of_message(self.ctx, tx, body, facts, captured=captured,
+                                       authors=from_addresses,
+                                       trace=lambda qid: self._received(tx, qid))  # fmt: skip
         except QueueWriteError as exc:
             log.warning(logfmt("queue-write-failed", session=self.session_id, error=exc,
                                reply=exc.reply.code))  # fmt: skip
             self._answer(exc.reply)
             return
         if isinstance(ids, Reply):
-            self._answer(ids)
+            self._answer(ids if ids.code >= 400 else None)  # a milter's discard: 250
             return
         self.messages += 1
         encrypted = len(ids) - 1 if isinstance(body, SealedScratch) else None

@@ -1,0 +1,212 @@
+"""The end-of-message steps of every door without a socket (intake/finish.py): which steps each
+door takes, decided in one place, and the DKIM signature that local submission and the server's
+own notices now carry, as authenticated submission's does (issue 11 "One way in")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+
+from hato.authcheck import DkimSigner
+from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key
+from hato.crypto import KeyLookup
+from hato.directory.resolver import Local, NotLocal, Resolution
+from hato.intake.context import IntakeContext
+from hato.intake.finish import Door, Steps, Submitted, end_of_message, open_capture, steps
+from hato.intake.headers import HeaderCapture
+from hato.intake.inbound import InboundChecker
+from hato.intake.miltercheck import MilterFilter
+from hato.intake.notices import KeyedCommitter
+from hato.intake.signing import OutboundSigner
+from hato.intake.spamcheck import SpamFilter
+from hato.intake.transaction import NO_DSN, Transaction
+from hato.model import Address, Reply, Role
+from hato.model.queuestore import Pending
+from hato.queue import Queue, QueueStore
+from hato.smtp import ServerSettings
+from kit.clock import FakeClock
+
+
+class Book:
+    """example.org is ours (every address its own mailbox); anything else is remote."""
+
+    def resolve(self, address: Address, *, wildcards: bool = True) -> Resolution:
+        return Local((address,), ()) if address.domain == "example.org" else NotLocal()
+
+    def owns(self, user: Address, address: Address) -> bool:
+        return user == address
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain == "example.org"
+
+
+CLOCK = FakeClock(1_700_000_000.0)  # the signature's t=, in the past of any test run
+PEM, RECORD = generate_key(DkimAlgorithm.RSA_SHA256, rsa_bits=1024)
+SIGNER = OutboundSigner(
+    {"example.org": DkimSigner("example.org", "s1", load_signing_key(PEM), CLOCK)}
+)
+ALICE = Address.parse("alice@example.org")
+FAR = Address.parse("carol@remote.test")
+MESSAGE = (
+    b"From: Alice <alice@example.org>\r\nTo: carol@remote.test\r\nSubject: hi\r\n"
+    b"Message-ID: <1@example.org>\r\n\r\nhello\r\n"
+)
+
+
+def _dns(name: bytes, timeout: int = 5) -> bytes:
+    return RECORD.encode() if name == b"s1._domainkey.example.org." else b""
+
+
+def _context(queue: QueueStore, **rooms: object) -> IntakeContext:
+    return IntakeContext(
+        role=Role.SUBMISSION,
+        settings=ServerSettings(hostname="mx.example.org"),
+        queue=queue,
+        resolver=Book(),
+        clock=CLOCK,
+        postmaster_domain="example.org",
+        **rooms,  # type: ignore[arg-type]
+    )
+
+
+def _queued(tmp_path: Path, run: Callable[[Queue], Awaitable[object]]) -> tuple[object, Pending]:
+    async def scenario() -> tuple[object, Pending]:
+        queue = await Queue.open(
+            tmp_path / "q", clock=CLOCK, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            result = await run(queue)
+            (pending,) = await queue.wait_fresh()
+            return result, pending
+        finally:
+            await queue.close()
+
+    return asyncio.run(scenario())
+
+
+def _stored(pending: Pending, body: bytes) -> bytes:
+    return pending.message.prefix + body
+
+
+@pytest.mark.parametrize(
+    ("door", "expected"),
+    [
+        (Door.MX, Steps(check=True, sign=False, spam=True, milters=True)),
+        (Door.SUBMISSION, Steps(check=False, sign=True, spam=True, milters=True)),
+        (Door.LOCAL, Steps(check=False, sign=True, spam=True, milters=True)),
+        (Door.NOTICE, Steps(check=False, sign=True, spam=False, milters=False)),
+    ],
+)
+def test_each_door_takes_its_steps_decided_in_one_place(door: Door, expected: Steps) -> None:
+    ctx = _context(
+        cast(QueueStore, None),
+        signer=SIGNER,
+        inbound=cast(InboundChecker, object()),
+        spam=cast(SpamFilter, object()),
+        milters=(cast(MilterFilter, object()),),
+    )
+    assert steps(ctx, door) == expected
+    # Without the rooms, no door takes the steps they make.
+    assert steps(_context(cast(QueueStore, None)), door) == Steps(False, False, False, False)
+
+
+def test_local_submission_is_dkim_signed_by_its_authors_domain(tmp_path: Path) -> None:
+    async def run(queue: Queue) -> list[str] | Reply:
+        ctx = _context(queue, signer=SIGNER)
+        tx = Transaction(ALICE, {"AUTH": "uid:1000"}, local=True)
+        tx.add((FAR,), FAR, NO_DSN)
+        capture = open_capture(ctx, Door.LOCAL)
+        assert capture is not None
+        capture.feed(MESSAGE)
+        header = HeaderCapture()
+        header.feed(MESSAGE)
+        body = queue.new_body()
+        body.write(MESSAGE)
+        facts = Submitted("uid:1000", "", "", None, ALICE, tx.params, Door.LOCAL)
+        return await end_of_message(ctx, tx, body, facts, captured=capture.result(),
+                                    authors=header.authors(), trace=lambda _: b"",
+                                    direct=False)  # fmt: skip
+
+    ids, pending = _queued(tmp_path, run)
+    assert isinstance(ids, list) and len(ids) == 1
+    stored = _stored(pending, MESSAGE)
+    assert stored.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+    assert b"d=example.org" in pending.message.prefix
+    assert dkim.verify(stored, dnsfunc=_dns)
+    assert pending.message.params["AUTH"] == "uid:1000"  # the door's own, unchanged
+
+
+def test_an_unauthenticated_message_is_not_signed(tmp_path: Path) -> None:
+    async def run(queue: Queue) -> list[str] | Reply:
+        ctx = _context(queue, signer=SIGNER)
+        assert open_capture(ctx, Door.MX) is None
+        tx = Transaction(ALICE)
+        tx.add((FAR,), FAR, NO_DSN)
+        body = queue.new_body()
+        body.write(MESSAGE)
+        facts = Submitted("s", "192.0.2.1", "client", None, ALICE, {}, Door.MX)
+        return await end_of_message(ctx, tx, body, facts, captured=MESSAGE, authors=[ALICE],
+                                    trace=lambda _: b"", direct=False)  # fmt: skip
+
+    _, pending = _queued(tmp_path, run)
+    assert b"DKIM-Signature" not in pending.message.prefix
+
+
+def _notice(hostname: str) -> bytes:
+    return (
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+        "To: carol@remote.test\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\n\r\nyour mail could not be delivered\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("hostname", ["mx.example.org", "example.org"])
+def test_a_notice_is_signed_by_the_domain_of_our_hostname(tmp_path: Path, hostname: str) -> None:
+    data = _notice(hostname)
+
+    async def run(queue: Queue) -> str:
+        committer = KeyedCommitter(
+            queue, cast(KeyLookup, _NoKeys()), CLOCK, Book(), hostname=hostname, signer=SIGNER
+        )
+        return await committer(queue.new_body(), data, recipients=[(FAR, FAR)], params={})
+
+    queue_id, pending = _queued(tmp_path, run)
+    assert queue_id == pending.message.queue_id and pending.message.mail_from is None
+    stored = _stored(pending, data)
+    assert b"d=example.org" in pending.message.prefix
+    assert dkim.verify(stored, dnsfunc=_dns)
+
+
+def test_a_notice_from_a_hostname_outside_our_domains_is_not_signed(tmp_path: Path) -> None:
+    data = _notice("mail.hoster.test")
+
+    async def run(queue: Queue) -> str:
+        committer = KeyedCommitter(
+            queue, cast(KeyLookup, _NoKeys()), CLOCK, Book(), hostname="mail.hoster.test",
+            signer=SIGNER,
+        )  # fmt: skip
+        return await committer(queue.new_body(), data, recipients=[(FAR, FAR)], params={})
+
+    _, pending = _queued(tmp_path, run)
+    assert b"DKIM-Signature" not in pending.message.prefix
+
+
+def test_a_users_mail_is_signed_only_by_its_own_domain_not_a_parent() -> None:
+    sub = Address.parse("alice@sub.example.org")
+    assert SIGNER.sign(MESSAGE, [sub]) == b""
+    assert SIGNER.sign(MESSAGE, [sub], parents=True).startswith(b"DKIM-Signature:")
+
+
+class _NoKeys:
+    """Nobody has a key."""
+
+    def get(self, address: Address) -> None:
+        return None
+
+    def policy(self, address: Address) -> object:
+        raise AssertionError("no key, no policy")
