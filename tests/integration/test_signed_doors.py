@@ -1,0 +1,188 @@
+"""One way in (issue 11): the doors without a listener are DKIM-signed as authenticated
+submission is. Hato A (hostname mx.sender.example, a `hato dkim keygen` key for sender.example)
+relays dest.example and nowhere.example to Hato B, which checks SPF, DKIM and DMARC against an
+in-process DNS server.
+
+- Mail given to the real hato-sendmail on A arrives at B signed by sender.example, and B's
+  Authentication-Results say dkim=pass and dmarc=pass.
+- Mail to nowhere.example is refused by B (not its domain: 5xx at RCPT), so A bounces it to
+  alice; the DSN, from MAILER-DAEMON@mx.sender.example, carries a signature of sender.example
+  that verifies (dkimpy, against the key record B's DNS serves).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+from peers import maildir
+from peers.authcheck import CheckingHato
+from peers.hato import HatoServer, hato_binary
+from peers.server import DomainSetup, MailSetup
+
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
+
+SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
+A_HOSTNAME = "mx.sender.example"
+B_HOSTNAME = "mx.dest.example"
+
+
+def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
+    return {
+        "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
+        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
+    }
+
+
+class SenderHato(HatoServer):
+    """Hato A: a submit socket for hato-sendmail; dest.example and nowhere.example go to B."""
+
+    def __init__(self, data_dir: Path, setup: MailSetup, relay: str, nameserver: str) -> None:
+        super().__init__(data_dir, setup)
+        self.relay = relay
+        self.nameserver = nameserver
+        self.submit_socket = self.work / "run" / "submit.sock"
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        assert 'hostname = "hato.test"' in text
+        text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
+        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
+        return text + (
+            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            "\n[delivery]\nallow_loopback = true\n"
+            f'\n[[transport]]\ndomain = "dest.example"\nrelay = "{self.relay}"\n'
+            f'\n[[transport]]\ndomain = "nowhere.example"\nrelay = "{self.relay}"\n'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: SenderHato
+    b: CheckingHato
+    record: str  # the DKIM key record of hato._domainkey.sender.example
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    with DnsTestServer({}) as dns:
+        b = CheckingHato(
+            tmp_path / "b",
+            MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
+            dns.nameserver,
+            B_HOSTNAME,
+        )
+        a = SenderHato(
+            tmp_path / "a",
+            MailSetup(domains=(DomainSetup("sender.example", users=("alice",)),)),
+            f"{b.host}:{b.port}",
+            dns.nameserver,
+        )
+        a._prepare()  # writes the config the keygen reads
+        keygen = subprocess.run(
+            [hato_binary(), "dkim", "keygen", "sender.example", "--config", str(a.config)],
+            capture_output=True,
+            text=True,
+            cwd=a.work,
+            env=a._env(),
+            timeout=60,
+        )
+        assert keygen.returncode == 0, keygen.stderr
+        record = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
+        dns.load(_zone(record))
+        b.start()
+        try:
+            a.start()
+            try:
+                yield Pair(a, b, record)
+            finally:
+                a.stop()
+        finally:
+            b.stop()
+
+
+def _logs(*servers: HatoServer) -> str:
+    return "\n".join(f"--- {s.name} {s.port} ---\n{s.log_text()[-3000:]}" for s in servers)
+
+
+def _sendmail(a: SenderHato, args: list[str], message: bytes) -> None:
+    """The real hato-sendmail program, as root (cron's), finding the server through -C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
+    done = subprocess.run(
+        [SENDMAIL, "-C", str(a.config), *args],
+        input=message,
+        capture_output=True,
+        env=env,
+        cwd="/",
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _message(marker: str, to: str) -> bytes:
+    return (
+        f"From: Alice <alice@sender.example>\r\nTo: <{to}>\r\nSubject: from cron\r\n"
+        f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{marker}@sender.example>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nbackup done\r\n"
+    ).encode()
+
+
+def _header_fields(stored: bytes) -> list[str]:
+    """The unfolded header fields of a stored message (RFC 5322 §2.2.3)."""
+    head = stored.split(b"\r\n\r\n", 1)[0].decode()
+    return [re.sub(r"\r\n[ \t]+", " ", f) for f in re.split(r"\r\n(?![ \t])", head)]
+
+
+def _signature_domains(fields: list[str]) -> list[str]:
+    found = (re.search(r"\bd=([^;\s]+)", f) for f in fields if f.lower().startswith("dkim-sig"))
+    return [m[1] for m in found if m]
+
+
+def test_mail_from_hato_sendmail_is_signed_and_passes_dkim_and_dmarc_at_the_next_hop(
+    pair: Pair,
+) -> None:
+    a, b = pair.a, pair.b
+    _sendmail(a, ["-f", "alice@sender.example", "someone@dest.example"],
+              _message("local-1", "someone@dest.example"))  # fmt: skip
+    found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "local-1", 30)
+    assert len(found) == 1, f"not delivered by A to B:\n{_logs(a, b)}"
+    fields = _header_fields(found[0].read_bytes())
+    assert _signature_domains(fields) == ["sender.example"], fields
+    results = [f for f in fields if f.startswith(f"Authentication-Results: {B_HOSTNAME};")]
+    assert len(results) == 1, fields
+    assert re.search(r"\bdkim=pass\b[^;]*header\.d=sender\.example", results[0]), results[0]
+    assert re.search(r"\bdmarc=pass\b", results[0]), results[0]
+
+
+def _wait_for(box: Path, needle: bytes, timeout: float) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [p for p in maildir.messages(box) if needle in p.read_bytes()]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_a_bounce_from_our_server_carries_a_signature_that_verifies(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    _sendmail(a, ["-f", "alice@sender.example", "nobody@nowhere.example"],
+              _message("bounced-1", "nobody@nowhere.example"))  # fmt: skip
+    found = _wait_for(a.mailbox("alice", "sender.example"), b"MAILER-DAEMON@", 60)
+    assert len(found) == 1, f"no bounce for alice:\n{_logs(a, b)}"
+    stored = found[0].read_bytes()
+    fields = _header_fields(stored)
+    assert f"From: Mail Delivery System <MAILER-DAEMON@{A_HOSTNAME}>" in fields, fields
+    # Our hostname's domain signs it (relaxed alignment with MAILER-DAEMON@mx.sender.example).
+    assert _signature_domains(fields) == ["sender.example"], fields
+    record = pair.record.encode()
+    assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record), fields
