@@ -6,11 +6,10 @@ submission (hato-sendmail, the maildrop) and the server's own notices (DSNs) all
   rewrite, the address book, relay control, the key verdict of encryption at rest
   (protect.py), the sending limits.
 - End of message: the message as it arrives and its header checks (incoming.py: the loop
-  check, headers.py), then (message.py) the copies to store
-  (plaintext, or one encrypted copy per keyed recipient: protect.py), each with its prefix
-  (Delivered-To, the door's added headers, Received: received.py) into our own Maildirs at
-  once (direct.py) or into the queue.
-
-The network checks of the SMTP door (authentication or DKIM signing, ARC, rspamd, milters)
-still live in server/ (finish.py) and run before the commit.
+  check, headers.py), then one function for every door (finish.py `end_of_message`): the
+  door's steps, decided in one place (`finish.steps`: the authentication checks of inbound.py,
+  DKIM signing and ARC sealing of signing.py, rspamd of spamcheck.py, the milters of
+  miltercheck.py), then (message.py) the copies to store (plaintext, or one encrypted copy per
+  keyed recipient: protect.py), each with its prefix (Delivered-To, the door's added headers,
+  Received: received.py) into our own Maildirs at once (direct.py) or into the queue.
 """
