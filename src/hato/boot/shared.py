@@ -55,7 +55,7 @@ class Shared:
     # found, shown by `hato status` until a reload or restart finds it fixed.
     problems: list[str] = field(default_factory=list)
     # The contexts of the doors without a listener (local submission, the notices) with their
-    # door: a reload gives them their end-of-message rooms again (boot.build door_fields).
+    # door: a reload gives them their end-of-message rooms again (boot.build door_config).
     doors: list[tuple[IntakeContext, Door]] = field(default_factory=list)
 
 
