@@ -69,3 +69,38 @@ def test_a_chunked_reply_and_one_ended_by_the_close() -> None:
 def test_nonsense_or_a_short_reply_is_an_http_error(reply: bytes) -> None:
     with pytest.raises(HttpError):
         _exchange(reply)
+
+
+def test_a_reply_in_pieces_ends_at_its_length_without_waiting_for_the_close() -> None:
+    """The server sends the reply a few octets at a time and keeps the connection open:
+    the reply is complete at its Content-Length, and a large request body is written with
+    the transport's flow control (the server reads it all)."""
+    big = b"x" * (4 * 1024 * 1024)
+    got = bytearray()
+
+    async def run() -> tuple[int, bytes]:
+        release = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            got.extend(await reader.readexactly(length))
+            reply = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"a": true}'
+            for at in range(0, len(reply), 7):
+                writer.write(reply[at : at + 7])
+                await writer.drain()
+            await release.wait()  # the connection stays open until the client is done
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            endpoint = Endpoint.of(f"http://127.0.0.1:{port}")
+            half = len(big) // 2
+            return await post(endpoint, "/x", [], len(big), _body(big[:half], big[half:]))
+        finally:
+            release.set()
+            server.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == (200, b'{"a": true}')
+    assert bytes(got) == big
