@@ -7,7 +7,10 @@ queue hold or the client hears; /metrics counts it all per milter."""
 
 from __future__ import annotations
 
+import re
 import smtplib
+import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,13 +177,35 @@ def test_a_new_sender_and_a_recipient_with_parameters(hato: MilteredHato) -> Non
         smtp.ehlo("client.sender.example")
         smtp.sendmail(SENDER, ["someone@dest.example"], _message("from-1", "CHG-FROM PAR-RCPT"))
     # SMFIR_CHGFROM: the sender queued (and so the Return-Path delivery writes) is the
-    # milter's; SMFIR_ADDRCPT_PAR: par@ gets it too, its NOTIFY ignored and logged.
+    # milter's; SMFIR_ADDRCPT_PAR: par@ gets it too (its NOTIFY: the next test).
     for user in ("someone", "par"):
         (found,) = maildir.wait_for_marker(hato.mailbox(user, "dest.example"), "from-1", 20)
         assert filtering.head(found.read_bytes())[0] == b"Return-Path: <bounces@sender.example>"
     assert hato.wait_for_log(r"event=milter-sender-changed .*sender=<bounces@sender.example>")
     log = hato.log_text()
-    assert "FOO=1" in log and "NOTIFY=NEVER" in log, log[-3000:]
+    assert "FOO=1" in log, log[-3000:]  # CHGFROM's parameter we do not take, logged
+
+
+def test_a_recipient_added_with_parameters_keeps_its_notify_and_orcpt(hato: MilteredHato) -> None:
+    """SMFIR_ADDRCPT_PAR "NOTIFY=NEVER ORCPT=rfc822;owner+2Bpar@dest.example": RFC 3461
+    §4.1, §4.2 on par@'s queue row (held by the quarantine, so the row is still there to
+    read); the recipient the client gave keeps the defaults."""
+    earlier = re.findall(r"event=queued id=(\w+) .*held=True", hato.log_text())
+    with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
+        smtp.ehlo("client.sender.example")
+        smtp.sendmail(SENDER, ["someone@dest.example"], _message("par-1", "PAR-RCPT QUARANTINE"))
+    new = "".join(f"(?!{queue_id}\\b)" for queue_id in earlier)
+    held = hato.wait_for_log(rf"event=queued id={new}(\w+) .*held=True")
+    assert held, hato.log_text()[-2000:]
+    assert hato.wait_for_log(r"event=milter-rcpt-added .*recipient=par@dest.example .*notify=NEVER")
+    with sqlite3.connect(f"file:{hato.data_dir / 'queue' / 'queue.db'}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT address, notify, orcpt FROM recipients WHERE queue_id = ?", (held.group(1),)
+        ).fetchall()
+    assert sorted(rows) == [
+        ("par@dest.example", "NEVER", "rfc822;owner+par@dest.example"),
+        ("someone@dest.example", None, None),
+    ], rows
 
 
 def test_the_milter_metrics_count_calls_refusals_actions_and_time(hato: MilteredHato) -> None:
@@ -208,3 +233,45 @@ def test_the_milter_metrics_count_calls_refusals_actions_and_time(hato: Miltered
     assert hato.metric(seconds, milter=milter, stage="message") >= 6
     assert hato.metric(seconds, milter=milter, stage="envelope") >= 6
     assert hato.metric("hato_milter_unavailable_total", milter=milter) == 0
+
+
+def _greeting_and_after(server: MilteredHato) -> tuple[bytes, bytes]:
+    """The greeting, then (unless it is a 421: EHLO and QUIT sent) everything until the
+    server closes."""
+    with socket.create_connection((server.host, server.port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+        greeting = reader.readline()
+        if not greeting.startswith(b"421"):
+            sock.sendall(b"EHLO client.sender.example\r\nQUIT\r\n")
+        return greeting, reader.read()
+
+
+@pytest.mark.parametrize(
+    ("verdict", "greeting", "after"),
+    [
+        # RFC 5321 §3.1: 554, then 503 to all but QUIT, and 221 to QUIT.
+        ("reject", b"554 5.7.1 ", b"503 5.5.1 "),
+        # RFC 5321 §3.8: 421 and the connection closed, nothing more read.
+        ("tempfail", b"421 4.7.0 ", b""),
+    ],
+)
+def test_a_milter_refusing_the_connection_gets_the_client_a_refusing_greeting(
+    tmp_path: Path, libmilter: LibMilter, verdict: str, greeting: bytes, after: bytes
+) -> None:
+    del libmilter  # only its availability: this test runs one of its own
+    milter = LibMilter(tmp_path / "milter", connect=verdict)
+    milter.start()
+    server = MilteredHato(tmp_path / "data", [milter.address])
+    server.screened = True  # ready once it greets at all: it refuses everyone
+    server.start()
+    try:
+        first, rest = _greeting_and_after(server)
+        assert first.startswith(greeting), first
+        if after:
+            assert rest.startswith(after) and b"\r\n221 " in rest, rest
+        else:
+            assert rest == b"", rest
+        assert server.wait_for_log(rf"event=milter-connect-refused .*reply={first[:3].decode()}")
+    finally:
+        server.stop()
+        milter.stop()

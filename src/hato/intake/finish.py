@@ -44,7 +44,7 @@ from hato.intake.spamcheck import Spooled, keep_seal, rewritten, spam_check
 from hato.intake.transaction import Transaction
 from hato.milter import Command
 from hato.milter import Transaction as MilterTransaction
-from hato.model import Address, Reply, ReversePath, logfmt
+from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
 from hato.model.address import format_path
 from hato.queue import AUTH_PARAM, HOLD_PARAM, SPF_PARAM, BodyWriter
 
@@ -128,6 +128,7 @@ async def end_of_message(
         authors,
         tx.recipients,  # a milter may change them, in place
         body,  # rspamd may have its header edited: a copy comes back
+        tx.dsn,  # a milter's added recipients' NOTIFY/ORCPT (SMFIR_ADDRCPT_PAR)
     )
     if refusal is not None:
         body.discard()
@@ -143,10 +144,12 @@ async def finish(
     from_addresses: list[Address | None],
     recipients: list[tuple[Address, Address]],
     body: Spooled,
+    dsn: dict[Address, RecipientDsn] | None = None,
 ) -> tuple[bytes, dict[str, str | None], Reply | None, Spooled, ReversePath]:
     """(header lines to prepend, queue params, refusal or None, the message to queue: `body`
     or, when rspamd or a milter asked for changes, its edited copy, and the sender to queue
-    it with: MAIL FROM's, or a milter's SMFIR_CHGFROM)."""
+    it with: MAIL FROM's, or a milter's SMFIR_CHGFROM). A milter's recipient changes are made
+    to `recipients` and (their RFC 3461 requests) `dsn` in place."""
     added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
     if refusal is not None:
         return added, params, refusal, body, facts.mail_from
@@ -172,7 +175,7 @@ async def finish(
             sealed = isinstance(milted.body, SealedScratch)
             sender = apply_envelope(
                 ctx, recipients, milted.envelope, queue_id(facts, body), sender, params,
-                sealed=sealed,
+                sealed=sealed, dsn=dsn,
             )  # fmt: skip
             if not recipients:
                 return milted.prefix, params, DISCARDED, milted.body, sender  # all deleted

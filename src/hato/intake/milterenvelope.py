@@ -5,9 +5,10 @@ deleted (SMFIR_DELRCPT).
 
 A new sender replaces MAIL FROM's path ("<>" makes it the null path); of its ESMTP
 parameters RET and ENVID are taken (RFC 3461 §4.3, §4.4), the others ignored and logged, as
-Postfix 3.3+ does (MILTER_README, cleanup_chg_from). An ADDRCPT_PAR's parameters are ignored
-and logged (Postfix would take NOTIFY and ORCPT; an added recipient gets the RFC 3461
-defaults here).
+Postfix 3.3+ does (MILTER_README, cleanup_chg_from). Of an ADDRCPT_PAR's parameters NOTIFY
+and ORCPT (RFC 3461 §4.1, §4.2) are taken for the added rows when RCPT TO would take them (DSN
+offered, well formed), as Postfix's cleanup_addrcpt_par does; the others are ignored and
+logged. A recipient added without them gets the RFC 3461 defaults.
 
 A deleted recipient is every row whose recipient, as the client gave it, is that address
 (case-insensitive: RFC 5321 §2.4 lets us fold the domain, and we fold the local part as our
@@ -31,8 +32,9 @@ from hato.directory.resolver import Local, NotLocal
 from hato.intake.context import IntakeContext
 from hato.intake.protect import recipient_keys
 from hato.milter.protocol import AddRecipient, ChangeFrom, DeleteRecipient
-from hato.model import Address, ReversePath, logfmt
+from hato.model import Address, RecipientDsn, ReversePath, logfmt
 from hato.model.address import AddressError, parse_mailbox
+from hato.smtp.commands import rcpt_param_ok
 
 log = logging.getLogger("hato.smtpd")
 
@@ -62,10 +64,12 @@ def apply_envelope(
     params: dict[str, str | None],
     *,
     sealed: bool,
+    dsn: dict[Address, RecipientDsn] | None = None,
 ) -> ReversePath:
     """`recipients` ((destination, as given) pairs) and `params` (MAIL's) with `changes`
     applied, in place; the sender to queue with. `sealed`: the body is in encrypted scratch
-    (intake/protect.py splits it per key at the commit, added recipients included)."""
+    (intake/protect.py splits it per key at the commit, added recipients included). `dsn`:
+    the transaction's RFC 3461 requests per destination, given an added row's NOTIFY/ORCPT."""
     for change in changes:
         if isinstance(change, ChangeFrom):
             sender = new_sender(change, sender, params, queue_id)
@@ -74,8 +78,6 @@ def apply_envelope(
         if address is None:
             _ignored(queue_id, change, "not an address")
             continue
-        if isinstance(change, AddRecipient) and change.args.strip():
-            _ignored(queue_id, change, f"ESMTP parameters {change.args.strip()!r} ignored")
         if isinstance(change, DeleteRecipient):
             recipients[:] = [row for row in recipients if _key(row[1]) != _key(address)]
             log.info(logfmt("milter-rcpt-deleted", id=queue_id, recipient=address))
@@ -94,9 +96,38 @@ def apply_envelope(
             _ignored(queue_id, change, "unknown local recipient")
             continue
         present = {dest for dest, _ in recipients}
-        recipients.extend((dest, address) for dest in targets if dest not in present)
-        log.info(logfmt("milter-rcpt-added", id=queue_id, recipient=address))
+        request = added_dsn(ctx, change, queue_id, smtputf8="SMTPUTF8" in params)
+        for dest in targets:
+            if dest not in present:
+                recipients.append((dest, address))
+                if dsn is not None and request is not None:
+                    dsn[dest] = request
+        log.info(logfmt("milter-rcpt-added", id=queue_id, recipient=address,
+                        notify=request.notify_param if request else None,
+                        orcpt=request.orcpt if request else None))  # fmt: skip
     return sender
+
+
+def added_dsn(
+    ctx: IntakeContext, change: AddRecipient, queue_id: str, *, smtputf8: bool
+) -> RecipientDsn | None:
+    """The RFC 3461 request of an SMFIR_ADDRCPT_PAR's parameters: NOTIFY (§4.1) and ORCPT
+    (§4.2) when RCPT TO would take them, each other one ignored and logged; None when none
+    was taken (the row gets the defaults)."""
+    taken: dict[str, str | None] = {}
+    for arg in change.args.split():
+        key, sep, value = arg.partition("=")
+        key = key.upper()
+        given = value if sep else None
+        if (
+            key in ("NOTIFY", "ORCPT")
+            and key not in taken
+            and rcpt_param_ok(key, given, ctx.settings, smtputf8=smtputf8)
+        ):
+            taken[key] = given
+        else:
+            _ignored(queue_id, change, f"ESMTP parameter {arg!r} ignored")
+    return RecipientDsn.from_params(taken) if taken else None
 
 
 def _keyed(ctx: IntakeContext, mailboxes: Sequence[Address]) -> bool:

@@ -105,6 +105,13 @@ class MilterClient:
         early = (Command.CONNECT, Command.HELO, Command.MAIL, Command.RCPT)
         return agreed is None or any(agreed.sends(c) and agreed.answers(c) for c in early)
 
+    @property
+    def wants_connect(self) -> bool:
+        """Whether the milter may answer the connect step (as far as its last negotiation
+        says): only then is a `probe_connect` before the greeting worth a connection."""
+        agreed = self.agreed
+        return agreed is None or (agreed.sends(Command.CONNECT) and agreed.answers(Command.CONNECT))
+
     async def check(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
         """The milter's verdict on `message` (header section and body, CRLF lines)."""
         return await self._guarded(tx, message)
@@ -114,18 +121,27 @@ class MilterClient:
         before DATA: None to go on, else its final reply; the transaction is then aborted."""
         return (await self._guarded(tx, None)).final
 
-    async def _guarded(self, tx: Transaction, message: AsyncIterator[bytes] | None) -> Outcome:
+    async def probe_connect(self, tx: Transaction) -> Final | None:
+        """The milter's word on the connection alone (SMFIC_CONNECT), before the greeting:
+        None to go on, else its final reply."""
+        return (await self._guarded(tx, None, connect_only=True)).final
+
+    async def _guarded(
+        self, tx: Transaction, message: AsyncIterator[bytes] | None, *, connect_only: bool = False
+    ) -> Outcome:
         try:
-            return await self._check(tx, message)
+            return await self._check(tx, message, connect_only)
         except (OSError, EOFError, TimeoutError, MilterProtocolError) as exc:
             raise MilterUnavailable(f"{self.address}: {exc or type(exc).__name__}") from exc
 
-    async def _check(self, tx: Transaction, message: AsyncIterator[bytes] | None) -> Outcome:
+    async def _check(
+        self, tx: Transaction, message: AsyncIterator[bytes] | None, connect_only: bool = False
+    ) -> Outcome:
         reader, writer = await asyncio.wait_for(self._open(), self.timeouts.connect)
         talk = _Talk(reader, writer, self.timeouts)
         try:
             if message is None:
-                return Outcome(await talk.envelope(tx) or Continue())
+                return Outcome(await talk.envelope(tx, connect_only) or Continue())
             return await talk.message(tx, message)
         finally:
             self.agreed = talk.agreed if talk.agreed.version else self.agreed
@@ -157,8 +173,9 @@ class _Talk:
         self.replies = ReplyReader()
         self.agreed = Negotiated(0, Action(0), Step(0))
 
-    async def envelope(self, tx: Transaction) -> Final | None:
-        """Negotiate, then connect, HELO, MAIL and each RCPT: None, or the milter's word."""
+    async def envelope(self, tx: Transaction, connect_only: bool = False) -> Final | None:
+        """Negotiate, then connect, HELO, MAIL and each RCPT (or the connect step alone):
+        None, or the milter's word."""
         self.writer.write(optneg_command())
         reply = await self._event(self.timeouts.command)
         if not isinstance(reply, OptionsReply):
@@ -170,7 +187,7 @@ class _Talk:
             (Command.MAIL, mail_command(tx.mail_from, tx.mail_args)),
             *((Command.RCPT, rcpt_command(rcpt)) for rcpt in tx.recipients),
         ]
-        for command, data in steps:
+        for command, data in steps[:1] if connect_only else steps:
             final = await self._step(command, data, tx.macros)
             if final is not None:
                 return final

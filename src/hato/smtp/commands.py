@@ -251,6 +251,12 @@ def _check_rcpt_param(
     return Bad(R.BAD_PARAMETER, f"parameter {key} not offered")
 
 
+def rcpt_param_ok(key: str, value: str | None, settings: ServerSettings, *, smtputf8: bool) -> bool:
+    """Whether RCPT TO would take `key`=`value` (upper-case key): a milter's SMFIR_ADDRCPT_PAR
+    parameters are checked as a client's would be (RFC 3461 §4.1, §4.2)."""
+    return _check_rcpt_param(key, value, settings, smtputf8) is None
+
+
 def parse_rcpt(arg: str, settings: ServerSettings, *, smtputf8: bool) -> RcptTo | Bad:
     """RFC 5321 §4.1.1.3: "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" /
     Forward-path ) [SP Rcpt-parameters]."""

@@ -1,5 +1,8 @@
 """A milter built on Sendmail's own libmilter (Debian's `python3-milter`, pymilter over
-libmilter.so), run by the system python3: `python3 libmilter_filter.py PORT`.
+libmilter.so), run by the system python3: `python3 libmilter_filter.py PORT [CONNECT]`.
+
+With CONNECT ("reject" or "tempfail") it refuses every connection at the connect step
+(SMFIS_REJECT, SMFIS_TEMPFAIL); without it, it does not ask for that step at all.
 
 It answers by the message's content, so one instance serves every test:
 - RCPT TO a local part "refused": 550 5.1.1 at RCPT (smfi_setreply + SMFIS_REJECT);
@@ -75,14 +78,21 @@ class Filter(Milter.Base):  # type: ignore[misc]
         if b"CHG-FROM" in text:
             self.chgfrom("<bounces@sender.example>", "RET=HDRS ENVID=milter+2Benv FOO=1")
         if b"PAR-RCPT" in text:
-            self.addrcpt("<par@dest.example>", "NOTIFY=NEVER")
+            self.addrcpt("<par@dest.example>", "NOTIFY=NEVER ORCPT=rfc822;owner+2Bpar@dest.example")
         if b"QUARANTINE" in text:
             self.quarantine("test quarantine")
         return ACCEPT
 
 
+class ConnectFilter(Filter):
+    """Filter, refusing every connection at SMFIC_CONNECT as argv[2] says."""
+
+    def connect(self, hostname: str, family: int, hostaddr: object) -> int:
+        return REJECT if sys.argv[2] == "reject" else TEMPFAIL
+
+
 def main() -> None:
-    Milter.factory = Filter
+    Milter.factory = ConnectFilter if len(sys.argv) > 2 else Filter
     Milter.set_flags(
         Milter.ADDHDRS
         + Milter.CHGHDRS

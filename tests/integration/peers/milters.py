@@ -127,9 +127,14 @@ class LibMilter(_MilterProcess):
 
     name = "libmilter"
 
+    def __init__(self, work: Path, connect: str = "") -> None:
+        super().__init__(work)
+        self.connect = connect  # "reject" or "tempfail": every connection at SMFIC_CONNECT
+
     def start(self, timeout: float = 30.0) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        self._spawn([SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)], timeout)
+        argv = [SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)]
+        self._spawn(argv + ([self.connect] if self.connect else []), timeout)
 
 
 class OpenDkim(_MilterProcess):

@@ -224,3 +224,41 @@ def test_a_milter_that_answers_no_envelope_step_is_not_probed() -> None:
     quiet = Step.NOCONNECT | Step.NOHELO | Step.NR_MAIL | Step.NORCPT
     client.agreed = Negotiated(6, Action(0), quiet)
     assert not client.wants_envelope
+
+
+def test_a_connect_probe_tells_the_connection_alone_and_aborts() -> None:
+    """Before the greeting: SMFIC_CONNECT and nothing of the envelope; the milter's
+    reject is its word (server/milterearly.py makes it a 554 greeting)."""
+
+    async def go(steps: Step) -> tuple[object, list[bytes], MilterClient]:
+        seen: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    (length,) = struct.unpack("!I", await reader.readexactly(4))
+                    packet = await reader.readexactly(length)
+                    seen.append(packet[:1])
+                    if packet[:1] == b"O":
+                        writer.write(_p(b"O", struct.pack("!III", 6, 0, steps)))
+                    elif packet[:1] == b"C":
+                        writer.write(_p(b"r"))  # SMFIR_REJECT
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        client = MilterClient(f"inet:127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        assert client.wants_connect  # not asked yet
+        final = await client.probe_connect(TX)
+        server.close()
+        return final, seen, client
+
+    final, seen, client = asyncio.run(go(Step(0)))
+    assert isinstance(final, Reject)
+    assert [c for c in seen if c != b"D"] == [b"O", b"C", b"A", b"Q"]
+    assert client.wants_connect
+    # A milter that leaves the connect step out (SMFIP_NOCONNECT), or its reply
+    # (SMFIP_NR_CONN), is not asked before the greeting again.
+    for steps in (Step.NOCONNECT, Step.NR_CONN):
+        final, seen, client = asyncio.run(go(steps))
+        assert isinstance(final, Continue) and not client.wants_connect
