@@ -84,6 +84,24 @@ def test_gtube_is_refused_and_a_clean_message_delivered_with_rspamds_headers(
     assert hato.wait_for_log(r"event=rspamd .*action=reject .*response=reject"), hato.log_text()
 
 
+def test_the_normal_worker_on_a_unix_socket(tmp_path: Path, rspamd: RspamdServer) -> None:
+    """[rspamd] url = "unix:/PATH": the same checks over rspamd's unix bind_socket."""
+    server = FilteringHato(tmp_path / "data", f"unix:{rspamd.socket}")
+    server.controller_url = rspamd.controller_url
+    server.start()
+    try:
+        assert filtering.send(server, filtering.message("gtube-u", GTUBE)) == (
+            550,
+            "5.7.1 Gtube pattern",
+        ), server.log_text()[-3000:]
+        assert filtering.send(server, filtering.message("clean-u", "Lunch?"))[0] == 250
+        box = server.mailbox("someone", "dest.example")
+        (found,) = maildir.wait_for_marker(box, "clean-u", 20)
+        assert b"X-Rspamd-Action: no action\r\n" in found.read_bytes()
+    finally:
+        server.stop()
+
+
 def test_add_header_goes_to_junk_and_rewrite_subject_rewrites(hato: FilteringHato) -> None:
     box = hato.mailbox("someone", "dest.example")
     assert filtering.send(hato, filtering.message("junk-1", GTUBE_ADD_HEADER))[0] == 250

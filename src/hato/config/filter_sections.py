@@ -54,6 +54,19 @@ def parse_http_url(value: object) -> str:
     return value.rstrip("/")
 
 
+def parse_worker_url(value: object) -> str:
+    """rspamd's normal worker: an http://HOST:PORT URL, or "unix:/PATH" for a unix socket it
+    binds (`bind_socket = "/run/rspamd/normal.sock mode=0660"`; Postfix's address form)."""
+    if isinstance(value, str) and value.startswith("unix:"):
+        if not value.removeprefix("unix:").startswith("/"):
+            raise ValueError(
+                f"{show(value)}: a unix socket needs an absolute path, "
+                'e.g. "unix:/run/rspamd/normal.sock"'
+            )
+        return value
+    return parse_http_url(value)
+
+
 def parse_roles(value: object) -> tuple[Role, ...]:
     """A list of listener roles."""
     names = [r.value for r in Role]
@@ -76,9 +89,10 @@ class RspamdSettings(BaseModel):
 
     model_config = _SECTION
 
-    url: HttpUrl = Field(
+    url: Annotated[str, PlainValidator(parse_worker_url)] = Field(
         "http://127.0.0.1:11333",
-        description='rspamd\'s normal worker (POST /checkv2), e.g. "http://127.0.0.1:11333"',
+        description='rspamd\'s normal worker (POST /checkv2), e.g. "http://127.0.0.1:11333", '
+        'or a unix socket it binds, e.g. "unix:/run/rspamd/normal.sock"',
     )
     controller_url: HttpUrl = Field(
         "http://127.0.0.1:11334",

@@ -36,15 +36,19 @@ class HttpError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """host, port and path prefix of an http:// URL (config checked its form)."""
+    """host, port and path prefix of an http:// URL, or the path of a "unix:/PATH" socket
+    (config checked their form)."""
 
     host: str
     port: int
     prefix: str
     authority: str
+    socket: str | None = None  # a unix socket: no TCP connection's set-up and teardown
 
     @classmethod
     def of(cls, url: str) -> Endpoint:
+        if url.startswith("unix:"):
+            return cls("localhost", 0, "", "localhost", url.removeprefix("unix:"))
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
             raise ValueError(f"{url}: not an http://HOST:PORT URL")
@@ -60,9 +64,14 @@ async def post(
 ) -> tuple[int, bytes]:
     """(status, reply body) of `POST path` with the `size` octets `body` yields."""
     loop = asyncio.get_running_loop()
-    transport, exchange = await loop.create_connection(
-        lambda: _Exchange(loop), endpoint.host, endpoint.port
-    )
+    if endpoint.socket is not None:
+        transport, exchange = await loop.create_unix_connection(
+            lambda: _Exchange(loop), endpoint.socket
+        )
+    else:
+        transport, exchange = await loop.create_connection(
+            lambda: _Exchange(loop), endpoint.host, endpoint.port
+        )
     try:
         lines = [
             f"POST {endpoint.prefix}{path} HTTP/1.1",

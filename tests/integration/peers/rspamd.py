@@ -49,6 +49,7 @@ class RspamdServer:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.port = free_port()  # the normal worker (POST /checkv2)
+        self.socket = work / "run" / "normal.sock"  # the normal worker on a unix socket too
         self.controller_port = free_port()  # learning, stat
         self.log = work / "rspamd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -113,6 +114,7 @@ options {{
 logging {{ type = "file"; filename = "{self.log}"; level = "info"; }}
 worker "normal" {{
   bind_socket = "{LOOPBACK}:{self.port}";
+  bind_socket = "{self.socket} mode=0666";
   mime = true;
   count = 1;
 }}

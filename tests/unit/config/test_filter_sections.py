@@ -39,11 +39,20 @@ def test_a_section_with_its_defaults_checks_mx_only(tmp_path: Path) -> None:
     assert again is not None and again.client is spam.client
 
 
+def test_the_normal_worker_on_a_unix_socket(tmp_path: Path) -> None:
+    settings = parse('[rspamd]\nurl = "unix:/run/rspamd/normal.sock"\n', tmp_path)
+    assert settings.rspamd is not None
+    assert settings.rspamd.url == "unix:/run/rspamd/normal.sock"
+    spam = SpamFilters().for_role(settings, Role.MX)
+    assert spam is not None and spam.client._endpoint.socket == "/run/rspamd/normal.sock"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ('url = "https://127.0.0.1:11333"', 'rspamd.url: "https://127.0.0.1:11333" is not an'),
         ('url = "http://127.0.0.1"', "rspamd.url:"),
+        ('url = "unix:run/rspamd.sock"', 'rspamd.url: "unix:run/rspamd.sock": a unix socket needs'),
         ('roles = ["smtp"]', 'rspamd.roles: "smtp" is not a role'),
         ('on_failure = "drop"', "rspamd.on_failure:"),
         ('reject = "discard"', "rspamd.reject:"),

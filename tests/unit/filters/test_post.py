@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,26 @@ def test_a_reply_in_pieces_ends_at_its_length_without_waiting_for_the_close() ->
 
     assert asyncio.run(asyncio.wait_for(run(), 30)) == (200, b'{"a": true}')
     assert bytes(got) == big
+
+
+def test_a_unix_socket(tmp_path: Path) -> None:
+    """ "unix:/PATH": the same exchange over a unix socket (rspamd's bind_socket)."""
+    path = str(tmp_path / "normal.sock")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[int, bytes]:
+        server = await asyncio.start_unix_server(serve, path)
+        try:
+            endpoint = Endpoint.of(f"unix:{path}")
+            return await post(endpoint, "/checkv2", [], 5, _body(b"hello"))
+        finally:
+            server.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == (200, b"hello")
