@@ -12,6 +12,7 @@ scanning process per CPU on each side (`--rspamd-workers`). Prints a Markdown ta
 
     sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py                 # M = 2000, S = 20
     sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --rounds 3 --without
+    sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --unix   # rspamd over unix sockets
 
 Target (issue 17): Hato with rspamd at least 1.5x Postfix with rspamd, delivered, at S = 20.
 Needs root (the private Postfix runs its daemons as the postfix user), Postfix's smtp-source
@@ -48,13 +49,28 @@ class BenchRspamd(RspamdMilter):
     worker (Hato's HTTP checks) and the proxy in milter mode (Postfix's, self_scan), as a
     production rspamd runs one per CPU; the tests run one of each."""
 
-    def __init__(self, work: Path, workers: int) -> None:
+    def __init__(self, work: Path, workers: int, unix: bool = False) -> None:
         super().__init__(work)
         self.workers = workers
+        self.unix = unix  # both sides over unix sockets (`--unix`)
+        self.proxy_socket = work / "run" / "proxy.sock"
+
+    @property
+    def milter_address(self) -> str:
+        return f"unix:{self.proxy_socket}" if self.unix else super().milter_address
+
+    @property
+    def check_url(self) -> str:
+        """Hato's `[rspamd] url`: the normal worker's TCP port, or its unix socket."""
+        return f"unix:{self.socket}" if self.unix else self.url
 
     def _write_config(self) -> Path:
         config = super()._write_config()
         text = config.read_text()
+        if self.unix:  # the proxy binds a unix socket too (the postfix user may reach it)
+            start = text.index('worker "rspamd_proxy" {')
+            at = text.index("\n", start) + 1
+            text = text[:at] + f'  bind_socket = "{self.proxy_socket} mode=0666";\n' + text[at:]
         for worker in ('worker "normal" {', 'worker "rspamd_proxy" {'):
             start = text.index(worker)
             at = text.index("count = 1;", start)
@@ -216,6 +232,12 @@ def main() -> int:
         help="rspamd's scanning processes on each side (default: one per CPU)",
     )
     parser.add_argument("--settle", type=float, default=40.0, help="seconds before each run")
+    parser.add_argument(
+        "--unix",
+        action="store_true",
+        help="both servers reach rspamd over unix sockets (Hato: [rspamd] url = unix:/PATH; "
+        "Postfix: smtpd_milters = unix:/PATH), not TCP on loopback",
+    )
     args = parser.parse_args()
     smtp_source = find_peer("smtp-source")
     if smtp_source is None or os.geteuid() != 0 or find_peer("rspamd") is None:
@@ -230,14 +252,14 @@ def main() -> int:
         min_free_space=16 * 1024 * 1024,
         max_connections_per_ip=200,  # the load comes from one IP
     )
-    rspamd = BenchRspamd(work / "rspamd", args.rspamd_workers)
+    rspamd = BenchRspamd(work / "rspamd", args.rspamd_workers, args.unix)
     servers: list[MailServer] = []
     results: list[Result] = []
     try:
         rspamd.start()
         servers = [
             MilterPostfix(work / "postfix-rspamd", setup, rspamd.milter_address),
-            RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.url),
+            RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.check_url),
         ]
         if args.without:
             servers += [
@@ -267,7 +289,9 @@ def main() -> int:
         rspamd.stop()
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
-    print(f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; {machine()}")
+    transport = "unix sockets" if args.unix else "TCP on loopback"
+    print(f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; rspamd over {transport}")
+    print(machine())
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(table(medians(results)))
     if args.rounds > 1:
