@@ -260,11 +260,11 @@ def test_a_milter_refusing_the_connection_gets_the_client_a_refusing_greeting(
 ) -> None:
     del libmilter  # only its availability: this test runs one of its own
     milter = LibMilter(tmp_path / "milter", connect=verdict)
-    milter.start()
     server = MilteredHato(tmp_path / "data", [milter.address])
     server.screened = True  # ready once it greets at all: it refuses everyone
-    server.start()
     try:
+        milter.start()
+        server.start()
         first, rest = _greeting_and_after(server)
         assert first.startswith(greeting), first
         if after:

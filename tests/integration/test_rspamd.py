@@ -88,8 +88,8 @@ def test_the_normal_worker_on_a_unix_socket(tmp_path: Path, rspamd: RspamdServer
     """[rspamd] url = "unix:/PATH": the same checks over rspamd's unix bind_socket."""
     server = FilteringHato(tmp_path / "data", f"unix:{rspamd.socket}")
     server.controller_url = rspamd.controller_url
-    server.start()
     try:
+        server.start()
         assert filtering.send(server, filtering.message("gtube-u", GTUBE)) == (
             550,
             "5.7.1 Gtube pattern",
