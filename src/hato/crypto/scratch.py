@@ -12,9 +12,11 @@ whose key is gone.
 
 `write()` runs on the event loop: one cipher update per chunk and one write(2) per 64 KiB.
 `chunks()` reads the message back from its start, decrypting, as often as asked (in a worker
-thread: encryption reads it three times). An OSError while writing (ENOSPC, EIO) is kept, not
-raised, as the session must read the rest of DATA anyway; `chunks()` raises it, and the session
-answers 451/452 instead of 250.
+thread: encryption reads it three times). `sealed()` gives what another process needs to do
+the same (`read_sealed`): the descriptor, to be passed over a Unix socket, and the key, which
+then exists in that process's memory too (crypto/helper.py, for big messages). An OSError
+while writing (ENOSPC, EIO) is kept, not raised, as the session must read the rest of DATA
+anyway; `chunks()` and `sealed()` raise it, and the session answers 451/452 instead of 250.
 
 `close()` leaves the close(2) of a file that holds data to one background thread (`_CLOSER`):
 closing the last descriptor of an O_TMPFILE file frees its blocks there and then, and for a
@@ -33,6 +35,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -55,12 +58,42 @@ def _close_quietly(file: BinaryIO) -> None:
         file.close()
 
 
+@dataclass(frozen=True, slots=True)
+class SealedFile:
+    """What it takes to read a scratch file from its start: its descriptor (still owned by
+    the `SealedScratch`), the AES-256 key and the CTR nonce."""
+
+    fd: int
+    key: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+
+
+def read_sealed(sealed: SealedFile, size: int = READ_SIZE) -> Iterator[bytes]:
+    """The plaintext of a scratch file from its start, in chunks of `size` octets."""
+    decryptor = Cipher(algorithms.AES(sealed.key), modes.CTR(sealed.nonce)).decryptor()
+    offset = 0
+    while data := os.pread(sealed.fd, size, offset):
+        offset += len(data)
+        yield decryptor.update(data)
+
+
 class SealedScratch:
-    __slots__ = ("_buf", "_cipher", "_closed", "_encryptor", "_error", "_file", "_spilled", "size")
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_encryptor",
+        "_error",
+        "_file",
+        "_key",
+        "_nonce",
+        "_spilled",
+        "size",
+    )
 
     def __init__(self, directory: str) -> None:
-        self._cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
-        self._encryptor = self._cipher.encryptor()
+        self._key, self._nonce = os.urandom(32), os.urandom(16)
+        cipher = Cipher(algorithms.AES(self._key), modes.CTR(self._nonce))
+        self._encryptor = cipher.encryptor()
         self._buf = bytearray()
         self._error: OSError | None = None
         self._closed = False
@@ -98,20 +131,17 @@ class SealedScratch:
 
     def chunks(self) -> Iterator[bytes]:
         """The message from its start, decrypted; raises the kept OSError, if any."""
+        return read_sealed(self.sealed())
+
+    def sealed(self) -> SealedFile:
+        """Everything written is in the file: how to read it (see `read_sealed`); raises the
+        kept OSError, if any. The descriptor stays this object's (`close` closes it)."""
         if self._error is None and self._buf:
             self._flush()
         if self._error is not None:
             raise self._error
         assert self._file is not None
-        decryptor = self._cipher.decryptor()
-        offset = 0
-        fd = self._file.fileno()
-        while True:
-            data = os.pread(fd, READ_SIZE, offset)
-            if not data:
-                break
-            offset += len(data)
-            yield decryptor.update(data)
+        return SealedFile(self._file.fileno(), self._key, self._nonce)
 
     def discard(self) -> None:
         """The message is refused: as `close`."""

@@ -5,11 +5,14 @@ Theory: at RCPT the session asks `recipient_keys` for each final mailbox; a key 
 used with the DEFER policy answers 450 4.7.5 for that recipient. If any accepted recipient has a
 key, the message is received into a `SealedScratch` (a nameless file, encrypted under a key held
 only in memory) instead of a spool body. After DATA, `protect` runs
-`hato.crypto.protect_stream` in a worker thread (ENCRYPT_THREADS: encryption is CPU work,
-and the event loop must not wait for it): the plaintext copy for unkeyed recipients
+`hato.crypto.protect_stream` from a worker thread (one, ENCRYPT_THREADS: encryption is CPU
+work, and the event loop must not wait for it): the plaintext copy for unkeyed recipients
 and one encrypted copy per keyed recipient are streamed from the scratch file into queue
-bodies, each committed as its own queue entry. Memory per message is a few chunks whatever
-its size (issue 12: a 40 MB message held in memory and split into lines took 2.6 GB).
+bodies, each committed as its own queue entry. A message of FAR_FROM octets or more is
+encrypted by the helper process (crypto/helper.py), a second thread only waiting for it: in
+a thread the encryption held the GIL, and the event loop waited for it (issue 12 item 3).
+Memory per message is a few chunks whatever its size (issue 12: a 40 MB message held in
+memory and split into lines took 2.6 GB).
 
 One way in (issue 11): this is the one step every door takes for a keyed recipient. The SMTP
 session calls `recipient_keys` at RCPT and `protect` after DATA; local submission
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,16 +41,30 @@ from hato.crypto import (
     protect_stream,
     split_for_encryption,
 )
+from hato.crypto.helper import EncryptHelper, HelperFailed, protect_far
 from hato.model import Address, Reply, logfmt
 from hato.queue import BodyWriter, QueueStore, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
 
-# One thread: the encryption is mostly Python and `cryptography` calls that keep the GIL, so
-# a second thread encrypted no faster (4 x 20 MB: 5.0-5.3 s with one or two) but made the
-# event loop wait twice as long for the GIL (mean 5-8 ms against 12 ms; issue 12 item 3).
+# One thread for the messages encrypted here: the encryption is mostly Python and C calls
+# that keep the GIL, so a second thread encrypted no faster (4 x 20 MB: 5.0-5.3 s with one or
+# two) but made the event loop wait twice as long for the GIL (mean 5-8 ms against 12 ms;
+# issue 12 item 3). One more that only waits for the helper process (which takes one message
+# at a time), so that small keyed mail does not wait behind a big message.
 ENCRYPT_THREADS = 1
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[bool, ThreadPoolExecutor] = {}
+# From this size a message is encrypted in the helper process: its bodies are files anyway
+# (over 64 KiB), and handing it over costs about a millisecond (file creates, two messages).
+FAR_FROM = 256 * 1024
+HELPER = EncryptHelper()
+
+
+def _pool(far: bool) -> ThreadPoolExecutor:
+    if far not in _pools:
+        name = "hato-encrypt-far" if far else "hato-encrypt"
+        _pools[far] = ThreadPoolExecutor(ENCRYPT_THREADS, thread_name_prefix=name)
+    return _pools[far]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +98,29 @@ async def protect(
     """The bodies to commit with their recipients, or the reply instead of 250: 451 4.7.5 when
     a key failed under the DEFER policy, 451/452 when the scratch file could not be written or
     read. The scratch file is closed either way."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(ENCRYPT_THREADS, thread_name_prefix="hato-encrypt")
     plan = split_for_encryption(dests, keys, now)
     # Queue ids come from the loop's thread: every body the worker may need is made here
     # (the plaintext copy, one per keyed recipient, the warning-headed copy).
     spare = [queue.new_body() for _ in range(len(plan.encrypted) + 2)]
     spare.reverse()
     loop = asyncio.get_running_loop()
+    far = scratch.size >= FAR_FROM
+    if far:
+        work = functools.partial(protect_far, HELPER, scratch, dests, keys, now, spare.pop)
+    else:
+        work = functools.partial(protect_stream, scratch.chunks, dests, keys, now, spare.pop)
     try:
-        done = await loop.run_in_executor(
-            _pool, protect_stream, scratch.chunks, dests, keys, now, spare.pop
-        )
+        done = await loop.run_in_executor(_pool(far), work)
     except OSError as exc:
-        error = QueueWriteError.from_os(exc, "message scratch file")
+        error = QueueWriteError.from_os(exc, exc.filename or "message scratch file")
         log.warning(logfmt("queue-write-failed", session=session, error=error, reply=error.reply))
         return error.reply
+    except HelperFailed as exc:
+        # Nothing was stored (the bodies are gone) and the scratch file is still ours: the
+        # client is told to send again (RFC 5321 §4.2.2 451 local error in processing).
+        failed = QueueWriteError(None, str(exc))
+        log.error(logfmt("encrypt-helper-failed", session=session, error=exc, reply=failed.reply))
+        return failed.reply
     finally:
         scratch.close()
         for unused in spare:

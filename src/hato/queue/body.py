@@ -121,6 +121,23 @@ class BodyWriter:
             view.release()
             self._buf.clear()
 
+    def file_for_writer(self) -> int:
+        """Make the body a file now and give its descriptor to a writer in another process
+        (crypto/helper.py writes a big keyed copy there), which reports the octets it wrote
+        with `written_elsewhere`. The descriptor stays this body's: `seal()` fsyncs and
+        closes it, `discard()` unlinks the file. Raises the kept or a new OSError."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"body {self.queue_id} is {self._state.value}")
+        if self._error is None and (self._buf or self._fd < 0):
+            self._flush()  # creates the file, even for an empty buffer
+        if self._error is not None:
+            raise self._error
+        return self._fd
+
+    def written_elsewhere(self, octets: int) -> None:
+        """The writer given `file_for_writer()` wrote `octets` more to the file."""
+        self.size += octets
+
     def seal(self) -> None:
         """Write what is buffered, fsync and close the file (in a worker thread).
 
