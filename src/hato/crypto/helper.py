@@ -12,20 +12,23 @@ Theory of operation. `EncryptHelper` owns one child process (`python -c CHILD`),
 started at its first job and again after it died, joined by a Unix socket pair. A job is
 `protect_stream` itself, run in the child over the same inputs: the parent (in the thread
 that awaits the result) makes the queue bodies the copies may need and creates their files,
-then sends the scratch file's descriptor and the bodies' descriptors (SCM_RIGHTS, RFC-less:
-unix(7)) and a pickled `Job`: the scratch key, the recipients, the time, and a snapshot of
+then sends the scratch file's descriptor and the bodies' descriptors (SCM_RIGHTS, unix(7))
+and a pickled `Job`: the scratch key, the recipients, the time, and a snapshot of
 their keys and policies (the child never opens the key store). The child reads the scratch
 file, writes each copy straight into its body's file, and answers `Done` (which body holds
 which copy, and its size) or `Failed` (an OSError's errno and text). It writes no fsync: the
 parent's `seal()` fsyncs the same file at the queue commit, before 250, as for any body.
-One job at a time (a lock): the encryption gets one CPU at most, the sessions the rest.
+One job at a time (a lock): the encryption gets one CPU at most, the sessions the rest, and
+the child runs at nice 10 (NICENESS), so that when the CPUs are busy the event loop comes
+first and big keyed mail waits longer for its 250.
 
 Failure. The child dying mid-job (killed, out of memory) shows as EOF on the socket: `run`
 raises `HelperFailed`, the caller discards every body (the files go) and answers 451; the
 scratch file is still the caller's, so nothing was acknowledged and nothing is lost: the
 client sends again. The next job starts a new child. When the server process ends, the child
 reads EOF and exits; a body it was writing then has no queue row, and the queue's recovery
-removes it at the next start, as for a crash during an in-process write.
+removes it at the next start, as for a crash during an in-process write. (A child busy with
+a job when the server ends finishes that job first, then finds the socket closed.)
 
 Must not import anything of hato but model.
 """
@@ -372,7 +375,10 @@ def serve(sock: socket.socket) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
-        _send(sock, answer)
+        try:
+            _send(sock, answer)
+        except OSError:
+            return  # the parent is gone (EPIPE)
 
 
 def main(argv: Sequence[str]) -> int:
