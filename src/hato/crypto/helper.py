@@ -22,10 +22,11 @@ One job at a time (a lock): the encryption gets one CPU at most, the sessions th
 the child runs at nice 10 (NICENESS), so that when the CPUs are busy the event loop comes
 first and big keyed mail waits longer for its 250.
 
-Failure. The child dying mid-job (killed, out of memory) shows as EOF on the socket: `run`
-raises `HelperFailed`, the caller discards every body (the files go) and answers 451; the
-scratch file is still the caller's, so nothing was acknowledged and nothing is lost: the
-client sends again. The next job starts a new child. When the server process ends, the child
+Failure. The child dying mid-job (killed, out of memory) shows as EOF on the socket, a stuck
+one as no answer within JOB_TIMEOUT (it is killed): `run` raises `HelperFailed`, the caller
+discards every body (the files go) and answers 451; the scratch file is still the caller's,
+so nothing was acknowledged and nothing is lost: the client sends again. The next job starts
+a new child. When the server process ends, the child
 reads EOF and exits; a body it was writing then has no queue row, and the queue's recovery
 removes it at the next start, as for a crash during an in-process write. (A child busy with
 a job when the server ends finishes that job first, then finds the socket closed.)
@@ -66,6 +67,9 @@ PIECE = 1024 * 1024
 # unix(7): at most SCM_MAX_FD (253) descriptors in one message; a message with more keyed
 # recipients than that is encrypted in the caller's thread, as before.
 MAX_FDS = 253
+# RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the final dot; a job that
+# takes longer answers no one (the child is stuck: it is killed, the message gets 451).
+JOB_TIMEOUT = 600.0
 # setpriority(2): the child's nice value above the server's (see `main`).
 NICENESS = 10
 # The child's program (not `-m`: its classes would be __main__'s, which the parent cannot
@@ -163,8 +167,11 @@ class Broken:
 class EncryptHelper:
     """The helper process (see the module docstring); `run` is called from worker threads."""
 
-    def __init__(self, argv: Sequence[str] = (sys.executable, "-c", CHILD)) -> None:
+    def __init__(
+        self, argv: Sequence[str] = (sys.executable, "-c", CHILD), timeout: float = JOB_TIMEOUT
+    ) -> None:
         self._argv = tuple(argv)
+        self._timeout = timeout
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -175,7 +182,8 @@ class EncryptHelper:
 
     def run(self, job: Job, fds: Sequence[int]) -> Done:
         """Blocks until the child answered; raises OSError for `Failed`, HelperFailed when
-        the child died (it is then stopped and restarted by the next job)."""
+        the child died or gave no answer within the timeout (it is then stopped, and the next
+        job starts a new one)."""
         with self._lock:
             sock = self._ensure()
             try:
@@ -208,6 +216,7 @@ class EncryptHelper:
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
+        ours.settimeout(self._timeout)  # each send and recv; a hung child is a failed one
         self._sock = ours
         return ours
 

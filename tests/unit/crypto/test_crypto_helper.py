@@ -240,3 +240,27 @@ def test_the_snapshot_answers_as_the_key_store() -> None:
     assert snapshot.get(DAVE) is None
     assert snapshot.policy(EXP) is FailurePolicy.PLAINTEXT
     assert snapshot.policy(CAROL) is FailurePolicy.DEFER
+
+
+# Takes a job and never answers (a stuck helper).
+STUCK = """
+import socket, sys, threading
+sock = socket.socket(fileno=int(sys.argv[1]))
+socket.recv_fds(sock, 1, 256)
+threading.Event().wait()
+"""
+
+
+def test_a_helper_that_never_answers_is_stopped_and_the_job_fails(
+    tmp_path: Path, keys: Keys
+) -> None:
+    stuck = EncryptHelper((sys.executable, "-c", STUCK), timeout=0.5)
+    scratch = _scratch(tmp_path)
+    try:
+        with pytest.raises(HelperFailed):
+            protect_far(stuck, scratch, [DAVE, CAROL], keys, NOW, Bodies(tmp_path))
+        assert stuck.pid is None  # stopped (killed and reaped)
+    finally:
+        scratch.close()
+        stuck.close()
+    assert os.listdir(tmp_path) == []
