@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hato.cli import storecopy
 from hato.cli.errors import EX_CONFIG, CommandError
 
 EX_TEMPFAIL = 75
@@ -36,6 +37,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="FILE",
         help="the configuration file (default: ./hato.toml, else the embedded default)",
     )
+    storecopy.register(actions)
 
 
 def migrate_command(args: argparse.Namespace) -> int:

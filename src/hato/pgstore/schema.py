@@ -124,6 +124,51 @@ CREATE TABLE auth_blocks (
 );
 """,
     ),
+    (
+        4,
+        "the nodes' heartbeats, DMARC/TLS report data, the marks of `hato store copy`",
+        """
+CREATE TABLE nodes (                    -- one row per node, written every few seconds
+    name text PRIMARY KEY,              -- [store] node, else the host name
+    address text NOT NULL,              -- its listeners, for the admin
+    pid integer NOT NULL,
+    version text NOT NULL,
+    started timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,     -- the database's clock: no skew between nodes
+    every double precision NOT NULL,    -- seconds between its heartbeats
+    stopped timestamptz                 -- stopped cleanly then; NULL: running (or died)
+);
+CREATE TABLE report_dmarc (             -- reports/postgres.py: equal events of an hour, counted
+    hour bigint NOT NULL, source_ip text NOT NULL, header_from text NOT NULL,
+    envelope_from text NOT NULL, spf_domain text NOT NULL, spf_result text NOT NULL,
+    dkim text NOT NULL, dkim_aligned boolean NOT NULL, spf_aligned boolean NOT NULL,
+    disposition text NOT NULL, reason text NOT NULL, policy_domain text NOT NULL,
+    p text NOT NULL, sp text NOT NULL, pct integer NOT NULL, adkim text NOT NULL,
+    aspf text NOT NULL, fo text NOT NULL, count bigint NOT NULL,
+    UNIQUE (hour, source_ip, header_from, envelope_from, spf_domain, spf_result, dkim,
+            dkim_aligned, spf_aligned, disposition, reason, policy_domain, p, sp, pct, adkim,
+            aspf, fo)
+);
+CREATE TABLE report_tls (
+    hour bigint NOT NULL, policy_domain text NOT NULL, policy_type text NOT NULL,
+    policy_strings text NOT NULL, mx_host text NOT NULL, receiving_ip text NOT NULL,
+    failure text NOT NULL, detail text NOT NULL, count bigint NOT NULL,
+    UNIQUE (hour, policy_domain, policy_type, policy_strings, mx_host, receiving_ip, failure,
+            detail)
+);
+CREATE TABLE report_sent (kind text PRIMARY KEY, until double precision NOT NULL);
+CREATE TABLE report_runs (              -- one node sends the reports of an interval
+    run_end double precision PRIMARY KEY,
+    node text NOT NULL
+);
+CREATE TABLE store_copies (             -- `hato store copy`: what was copied from where
+    source text NOT NULL,
+    item text NOT NULL,
+    copied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, item)
+);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema this code reads and writes."""
