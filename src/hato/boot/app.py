@@ -213,6 +213,8 @@ def _background(
         refresh_queue(metrics, LiveAdmin(queue, clock.now, log.info).stats, clock.now),
         report_task(settings, sender, clock),
     ]
+    if rooms.heartbeat is not None:
+        work.append(rooms.heartbeat.run())  # [store] postgresql: hato status sees this node
     if shared.tls is not None:
         work.append(watch_tls(shared.tls))
     if acme is not None:

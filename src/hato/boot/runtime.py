@@ -29,6 +29,7 @@ from hato.boot.build import (
 )
 from hato.boot.dbcache import CachedKeys
 from hato.boot.filters import SpamFilters
+from hato.boot.heartbeat import Heartbeat
 from hato.boot.process import EX_CANTCREAT, StartupError, bind
 from hato.boot.reportwatch import close_reports, open_reports
 from hato.boot.shared import CurrentResolver, Shared
@@ -135,9 +136,12 @@ class Rooms:
     outbound: OutboundCourier
     ledger: ConnectionLedger | None  # with workers: the mx connection limits of all
     reports: SqliteReportStore | None  # [reports] enabled: what they count (boot/reportwatch)
+    heartbeat: Heartbeat | None = None  # [store] postgresql, the first worker: hato status
 
     async def aclose(self) -> None:
         """After the runner stopped (it writes outcomes through the queue)."""
+        if self.heartbeat is not None:
+            await asyncio.to_thread(self.heartbeat.stop)
         await self.queue.close()
         await self.outbound.aclose()
         self.maildir.close()
@@ -224,9 +228,15 @@ async def build_rooms(
     )
     # With workers, the mx limits count every worker's connections (policy/connections.py).
     ledger = ConnectionLedger(data_dir / CONNECTIONS_DB, worker) if worker is not None else None
-    return Rooms(
-        shared, queue, keys, maildir, tally, committer, runner, direct, outbound, ledger, reports
+    heartbeat = (
+        Heartbeat.of(settings, pool, metrics, supervised=worker is not None)
+        if pool is not None and not worker
+        else None
     )
+    return Rooms(
+        shared, queue, keys, maildir, tally, committer, runner, direct, outbound, ledger,
+        reports, heartbeat,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -16,9 +16,12 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hato.cli.queue import SOCKET_NAME, ControlClient, ServerDown
+
+if TYPE_CHECKING:
+    from hato.cli.cluster import Cluster
 
 CERT_WARN_DAYS = 14
 OLD_MESSAGE = 86400.0  # a message queued longer than a day deserves a look
@@ -58,8 +61,10 @@ def report(
     cert: tuple[Path, datetime.datetime | str] | None,
     now: float,
     out: IO[str],
+    cluster: Cluster | None = None,
 ) -> list[str]:
-    """Print the screen; returns the warnings (also printed)."""
+    """Print the screen; returns the warnings (also printed). `cluster`: [store] postgresql's
+    database and nodes (hato.cli.cluster); the queue is then the whole cluster's."""
     warnings: list[str] = []
     if server is None:
         print("server:     not running (no answer on the control socket)", file=out)
@@ -85,12 +90,17 @@ def report(
                 warnings.append(f"TLS certificate {path} EXPIRED on {expiry:%Y-%m-%d}")
             elif days < CERT_WARN_DAYS:
                 warnings.append(f"TLS certificate {path} expires in {days:.0f} days: renew it")
+    if cluster is not None:
+        for line in cluster.lines:
+            print(line, file=out)
+        warnings.extend(cluster.warnings)
     oldest = queue.get("oldest")
     age = f", oldest {_age(now - oldest)}" if oldest else ""
+    whole = " (the whole cluster)" if cluster is not None and cluster.queue is not None else ""
     print(
         f"queue:      {queue['messages']} message(s), {queue['bytes'] // 1024} KiB{age}; "
         f"{queue['queued']} recipient(s) waiting ({queue['deferred']} deferred), "
-        f"{queue['held']} held",
+        f"{queue['held']} held{whole}",
         file=out,
     )
     if oldest and now - oldest > OLD_MESSAGE:
@@ -135,8 +145,17 @@ def status(args: argparse.Namespace) -> int:
                 server = answer
     except ServerDown:
         pass
-    if server is not None:
+    cluster = None
+    if settings.store.backend == "postgresql":
+        from hato.cli.cluster import cluster_status
+
+        cluster = cluster_status(settings)
+    if cluster is not None and cluster.queue is not None:
+        queue = cluster.queue
+    elif server is not None:
         queue = server["queue"]
+    elif cluster is not None:
+        queue = {"messages": 0, "bytes": 0, "queued": 0, "deferred": 0, "held": 0}
     else:
         from hato.queue import QueueError
         from hato.queue.admin import as_json
@@ -167,7 +186,13 @@ def status(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             cert = (cert_path, f"cannot read: {exc}")
     warnings = report(
-        server=server, queue=queue, listeners=listeners, cert=cert, now=now, out=sys.stdout
+        server=server,
+        queue=queue,
+        listeners=listeners,
+        cert=cert,
+        now=now,
+        out=sys.stdout,
+        cluster=cluster,
     )
     return 1 if warnings else 0
 

@@ -32,6 +32,7 @@ MAX_POOL = 200
 _DSN_EXAMPLE = '"host=db.example.org port=5432 user=hato dbname=hato"'
 # A password in the DSN itself (key/value "password=..." or a URI's "user:secret@"): refused, so
 # that the config file, which many can read and which gets pasted into bug reports, holds none.
+_NODE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _DSN_PASSWORD = re.compile(r"(^|\s)password\s*=|^postgres(?:ql)?://[^/@]*:[^/@]*@", re.IGNORECASE)
 
 
@@ -78,6 +79,31 @@ class StoreSettings(BaseModel):
         30.0, description="seconds one SQL statement may take before it is cancelled, 0.1..3600"
     )
 
+    node: str | None = Field(
+        None,
+        description="this node's name in the cluster's heartbeats (hato status); "
+        "default: the host name",
+    )
+    heartbeat: Annotated[float, PlainValidator(parse_seconds)] = Field(
+        5.0, description="seconds between this node's heartbeats, 0.5..60"
+    )
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str | None) -> str | None:
+        if value is not None and not _NODE.fullmatch(value):
+            raise ValueError(
+                f"{show(value)} is not a node name: 1..63 of letters, digits, '.', '-', '_'"
+            )
+        return value
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _heartbeat(cls, value: float) -> float:
+        if not 0.5 <= value <= 60:
+            raise ValueError(f"must be 0.5..60 seconds, got {value:g}")
+        return value
+
     @field_validator("pool_size")
     @classmethod
     def _pool(cls, value: int) -> int:
@@ -96,8 +122,10 @@ class StoreSettings(BaseModel):
     def _backend_needs(self) -> StoreSettings:
         if self.backend == "postgresql" and self.dsn is None:
             raise ValueError(f'backend = "postgresql" needs dsn = {_DSN_EXAMPLE}')
-        if self.backend == "sqlite" and (self.dsn is not None or self.password_file is not None):
+        if self.backend == "sqlite" and (
+            self.dsn is not None or self.password_file is not None or self.node is not None
+        ):
             raise ValueError(
-                'dsn and password_file are for backend = "postgresql"; set it, or remove them'
+                'dsn, password_file and node are for backend = "postgresql"; set it, or remove them'
             )
         return self

@@ -241,6 +241,11 @@ class Metrics:
             "1 while outbound port 25 appears blocked on this network (OP25B), else 0",
             registry=reg,
         )
+        self.store_up = Gauge(
+            "hato_store_up",
+            "[store] postgresql: 1 while this node's heartbeat reaches the database, else 0",
+            registry=reg,
+        )
         self.doctor_problems = Gauge(
             "hato_doctor_problems",
             "Problems the last periodic doctor run found ([doctor] interval)",

@@ -119,6 +119,8 @@ class HatoServer:
                 'backend = "postgresql"',
                 f"dsn = {_toml_str(dsn)}",
                 f"password_file = {_toml_str(str(password_file))}",
+                *([] if s.node is None else [f"node = {_toml_str(s.node)}"]),
+                *([] if s.heartbeat is None else [f"heartbeat = {s.heartbeat!r}"]),
             ]
         if s.mailboxes is not None:
             lines += ["", "[local]", f"mailboxes = {_toml_str(str(s.mailboxes))}"]

@@ -78,6 +78,9 @@ class MailSetup:
     auth: AuthSetup | None = None
     # [store] backend = "postgresql": the DSN (no password) and the password file; None: SQLite.
     store: tuple[str, Path] | None = None
+    # [store] node and heartbeat (seconds) of a node on PostgreSQL (None: the defaults).
+    node: str | None = None
+    heartbeat: float | None = None
     # [local] mailboxes: a Maildir tree several servers share (None: DATA_DIR/mailboxes).
     mailboxes: Path | None = None
     # [queue] direct_local_delivery: false sends local mail through the queue too.

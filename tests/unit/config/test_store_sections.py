@@ -33,7 +33,10 @@ def test_postgresql_with_dsn_pool_timeout_and_password_file(tmp_path: Path) -> N
     [
         ('backend = "postgresql"', 'store: backend = "postgresql" needs dsn = '),
         ('backend = "mysql"', "store.backend: expected "),
-        ('dsn = "host=db"', "store: dsn and password_file are for backend"),
+        ('dsn = "host=db"', "store: dsn, password_file and node are for backend"),
+        ('node = "a"', "store: dsn, password_file and node are for backend"),
+        ('backend = "postgresql"\ndsn = "host=db"\nnode = "a b"', 'store.node: "a b" is not'),
+        ('backend = "postgresql"\ndsn = "host=db"\nheartbeat = 0.1', "store.heartbeat: must be"),
         (
             'backend = "postgresql"\ndsn = "host=db password=hunter2"',
             "store.dsn: must not contain the password",
