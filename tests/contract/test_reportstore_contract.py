@@ -4,12 +4,14 @@ What it checks, each on every backend: equal events of one hour are one counted 
 other hours or with another field are rows of their own, a query sums the hours in [begin, end)
 and gives every field back as recorded; two stores on the same storage (two worker processes)
 count into the same rows once flushed; `prune` forgets the hours before its bound and says how
-many rows went; `mark_sent` / `last_sent` keep the end of the last report per kind.
+many rows went; `mark_sent` / `last_sent` keep the end of the last report per kind; the run of
+an interval is claimed by one store only.
 
 Adding a backend: write a class with `open()` (a store on the test's own storage; called twice,
 it gives two stores on the same storage, as two workers have) and add it to `BACKENDS`. A
 backend whose server is missing skips with the reason outside CI (tests/integration/peers:
-`require_peer`). A test that only holds for one backend belongs in tests/unit/reports.
+`require_peer`); `BACKENDS` gives the request for a fixture (PostgreSQL's asks for `pg_dsn`).
+A test that only holds for one backend belongs in tests/unit/reports.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
+from peers.postgres import PASSWORD as PG_PASSWORD
 
 from hato.reports import (
     DkimAuth,
@@ -49,12 +52,51 @@ class SqliteBackend:
         return SqliteReportStore(self.path)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": SqliteBackend}
+class PostgresBackend:
+    """Stores on one database of the private PostgreSQL, as the nodes of a cluster."""
+
+    def __init__(self, dsn: str) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            kwargs={"password": PG_PASSWORD, "autocommit": True},
+            min_size=1,
+            max_size=4,
+            open=True,
+        )
+        self.opened = 0
+
+    def open(self) -> ReportStore:
+        from hato.reports.postgres import PgReportStore
+
+        self.opened += 1
+        return PgReportStore(self.pool, node=f"node-{self.opened}")
+
+
+def _postgres(request: pytest.FixtureRequest, _root: Path) -> Backend:
+    import psycopg
+
+    from hato.pgstore import migrate
+
+    dsn = request.getfixturevalue("pg_dsn")  # skips (or fails in CI) without PostgreSQL
+    with psycopg.connect(dsn, password=PG_PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    return PostgresBackend(dsn)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": lambda _request, root: SqliteBackend(root),
+    "postgresql": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield BACKENDS[request.param](tmp_path)
+    made = BACKENDS[request.param](request, tmp_path)
+    yield made
+    if isinstance(made, PostgresBackend):
+        made.pool.close()
 
 
 def dmarc(time: float = T + 10, ip: str = "192.0.2.1", disposition: str = "reject") -> DmarcEvent:
@@ -142,5 +184,14 @@ def test_two_workers_count_into_the_same_rows(backend: Backend) -> None:
     assert two.last_sent("tlsrpt") is None
     two.mark_sent("dmarc", T + HOUR)
     assert one.last_sent("dmarc") == T + HOUR
+    one.close()
+    two.close()
+
+
+def test_one_store_claims_an_interval(backend: Backend) -> None:
+    one, two = backend.open(), backend.open()
+    assert one.claim_run(T + HOUR)
+    assert not two.claim_run(T + HOUR) and not one.claim_run(T + HOUR)
+    assert two.claim_run(T + 2 * HOUR)
     one.close()
     two.close()

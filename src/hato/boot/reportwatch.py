@@ -19,6 +19,7 @@ import asyncio
 import http.client
 import logging
 import os
+import socket
 import ssl
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,6 +37,8 @@ from hato.server.control import Submit
 from hato.server.localsubmit import SubmitRefused
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from hato.config import Settings
 
 log = logging.getLogger("hato.reports")
@@ -67,13 +70,25 @@ def https_poster(timeout: float = POST_TIMEOUT) -> Poster:
 
 
 def open_reports(
-    settings: Settings, data_dir: Path, clock: Clock, outbound: OutboundCourier
+    settings: Settings,
+    data_dir: Path,
+    clock: Clock,
+    outbound: OutboundCourier,
+    pool: ConnectionPool[Any] | None = None,
 ) -> SqliteReportStore | None:
-    """The store to record into (None without [reports] enabled); wires the courier's TLS
+    """The store to record into (None without [reports] enabled): DATA_DIR/reports.db, or the
+    shared PostgreSQL's tables when `pool` ([store] postgresql); wires the courier's TLS
     results when [reports] tlsrpt."""
     if not settings.reports.enabled:
         return None
-    store = SqliteReportStore.in_data_dir(data_dir)
+    store: SqliteReportStore
+    if pool is None:
+        store = SqliteReportStore.in_data_dir(data_dir)
+    else:
+        from hato.reports.postgres import FLUSH_SECONDS, PgReportStore
+
+        node = settings.store.node or socket.gethostname()
+        store = PgReportStore(pool, node=node, flush_seconds=FLUSH_SECONDS)
     if settings.reports.tlsrpt:
         outbound.tls_reports = TlsReporting(store, clock)
     return store

@@ -41,7 +41,7 @@ from hato.boot.store import (
     open_throttle,
     open_users,
 )
-from hato.boot.web import publications, serve_web
+from hato.boot.web import LateKeys, publications, serve_web
 from hato.crypto import KeyLookup
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.outbound import OutboundCourier
@@ -83,6 +83,7 @@ class Endpoints:
 
     metrics: Metrics
     published: Published  # what the web endpoint serves (issue 18); a reload swaps it
+    wkd_keys: LateKeys = field(default_factory=LateKeys)  # the keys WKD serves
     metrics_server: MetricsServer | None = None
     web: GuardedSite | None = None
     acme: Acme | None = None
@@ -116,7 +117,9 @@ async def start_endpoints(
         except MetricsBindError as exc:
             raise StartupError(str(exc), EX_CANTCREAT) from exc
     if settings.wkd.address is not None:
-        endpoints.web = await serve_web(settings, data_dir, tls, endpoints.published)
+        endpoints.web = await serve_web(
+            settings, data_dir, tls, endpoints.published, endpoints.wkd_keys
+        )
     endpoints.acme = await start_acme(settings, data_dir, tls, clock)  # port 80
     return endpoints
 
@@ -188,8 +191,10 @@ async def build_rooms(
         filters=SpamFilters(metrics, MilterCounters(metrics.registry)),
         metrics=metrics,
         published=endpoints.published,
-        reports=(reports := open_reports(settings, data_dir, clock, outbound)),
+        reports=(reports := open_reports(settings, data_dir, clock, outbound, pool)),
     )
+    if pool is not None:
+        endpoints.wkd_keys.use(shared.keys)  # WKD serves the shared store's keys
     resolver = shared.resolver
     stamp = shared.keys.cache_stamp  # None: the shared PostgreSQL store, not cached
     keys = CachedKeys(shared.keys, stamp) if stamp is not None else shared.keys

@@ -16,7 +16,8 @@ from hato.boot.build import http_limits
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
-from hato.crypto.wkd import wkd_app
+from hato.crypto.keys import PublicKey
+from hato.crypto.wkd import WkdKeys, wkd_app
 from hato.model import Role, logfmt
 from hato.server.clientsetup import (
     Publication,
@@ -62,8 +63,27 @@ def publications(settings: Settings) -> dict[str, Publication]:
     }
 
 
+class LateKeys:
+    """The keys WKD serves. The endpoint is bound before the privilege drop, the shared store's
+    pool only after it: on PostgreSQL the store is handed in once it exists (`use`), and
+    until then nothing is found."""
+
+    def __init__(self) -> None:
+        self._keys: WkdKeys | None = None
+
+    def use(self, keys: WkdKeys) -> None:
+        self._keys = keys
+
+    def find_wkd(self, domain: str, hashed: str) -> PublicKey | None:
+        return None if self._keys is None else self._keys.find_wkd(domain, hashed)
+
+
 async def serve_web(
-    settings: Settings, data_dir: Path, tls: ReloadingContext | None, published: Published
+    settings: Settings,
+    data_dir: Path,
+    tls: ReloadingContext | None,
+    published: Published,
+    keys: LateKeys,
 ) -> GuardedSite:
     """The web endpoint (issues 6 and 18): users' OpenPGP keys for senders' clients, the
     MTA-STS policy for senders' MTAs, setup answers for users' clients, behind the connection
@@ -73,7 +93,8 @@ async def serve_web(
     assert address is not None
     if section.https and tls is None:
         raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
-    keys = KeyStore.in_data_dir(data_dir)
+    if settings.store.backend != "postgresql":  # else the shared store's, once it is open
+        keys.use(KeyStore.in_data_dir(data_dir))
     context = tls.front() if section.https and tls is not None else None  # follows reloads
     app = wkd_app(keys)
     add_client_setup(app, published, mta_sts=section.mta_sts, autoconfig=section.autoconfig)

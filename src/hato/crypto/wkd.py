@@ -19,6 +19,7 @@ from aiohttp import web
 
 from hato.crypto.keys import KeyKind, PublicKey
 from hato.crypto.wkdhash import wkd_hash
+from hato.model.storeerror import StoreUnavailable
 
 _HASH = re.compile(r"^[ybndrfg8ejkmcpqxot1uwisza345h769]{32}$")
 _DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$")
@@ -92,7 +93,10 @@ def _answer(keys: WkdKeys, domain: str, hashed: str) -> web.Response:
     domain = domain.lower().removeprefix("openpgpkey.") if domain else ""
     if not _DOMAIN.match(domain) or not _HASH.match(hashed):
         raise web.HTTPNotFound(headers=_headers())
-    key = keys.find_wkd(domain, hashed)
+    try:
+        key = keys.find_wkd(domain, hashed)
+    except StoreUnavailable:  # the shared store is down: try again later, not "no key"
+        raise web.HTTPServiceUnavailable(headers=_headers()) from None
     if key is None:
         raise web.HTTPNotFound(headers=_headers())
     return web.Response(body=key.data, content_type="application/octet-stream", headers=_headers())

@@ -139,6 +139,11 @@ class ReportStore(Protocol):
 
     def mark_sent(self, kind: str, end: float) -> None: ...
 
+    def claim_run(self, end: float) -> bool:
+        """Take the report run of the interval ending at `end`; False when it was taken
+        before (by another node on a shared store: one node sends each interval's reports)."""
+        ...
+
     def close(self) -> None: ...
 
 

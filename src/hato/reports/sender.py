@@ -80,6 +80,11 @@ class ReportSender:
 
     async def send(self, end: float) -> RunSummary:
         summary = RunSummary()
+        # Nodes on a shared store all reach the interval's end: the first to claim it sends.
+        if not await asyncio.to_thread(self._store.claim_run, end):
+            summary.skipped.append(f"the reports up to {int(end)} are another node's to send")
+            log.info(logfmt("reports-sent", sent=0, skipped=0, rows=0, by="another-node"))
+            return summary
         # The store's calls may wait for another worker's lock: in a thread, not on the loop.
         dmarc = await asyncio.to_thread(self._store.dmarc_events, 0, end)
         if dmarc:

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS tls (
     UNIQUE ({_TLS_KEY})
 );
 CREATE TABLE IF NOT EXISTS sent (kind TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (run_end REAL PRIMARY KEY, node TEXT NOT NULL);
 """
 
 
@@ -73,7 +74,13 @@ def _hour(time: float) -> int:
 
 
 class SqliteReportStore:
-    """`ReportStore` on one SQLite file (see the module docstring)."""
+    """`ReportStore` on one SQLite file (see the module docstring). `reports/postgres.py` is
+    the same store on the shared PostgreSQL: it changes the tables' names and the few methods
+    that touch the database (`_write`, `_query`, `_change`, `_close_db`)."""
+
+    _DMARC, _TLS, _SENT, _RUNS = "dmarc", "tls", "sent", "runs"
+    _BOOL: type[int] = int  # how an aligned flag is stored
+    node = "this node"
 
     def __init__(
         self,
@@ -97,6 +104,9 @@ class SqliteReportStore:
             self._db.execute("PRAGMA synchronous = NORMAL")  # no fsync per batch
         self._db.executescript(_SCHEMA)
         self._db_lock = threading.Lock()
+        self._start(flush_seconds)
+
+    def _start(self, flush_seconds: float | None) -> None:
         self._lock = threading.Lock()  # guards the two batches
         self._dmarc: dict[tuple[object, ...], int] = {}
         self._tls: dict[tuple[object, ...], int] = {}
@@ -122,8 +132,8 @@ class SqliteReportStore:
         dkim = json.dumps([[d.domain, d.selector, d.result] for d in event.dkim])
         key = (
             _hour(event.time), event.source_ip, event.header_from, event.envelope_from,
-            event.spf_domain, event.spf_result, dkim, int(event.dkim_aligned),
-            int(event.spf_aligned), event.disposition, event.reason, p.domain, p.p, p.sp,
+            event.spf_domain, event.spf_result, dkim, self._BOOL(event.dkim_aligned),
+            self._BOOL(event.spf_aligned), event.disposition, event.reason, p.domain, p.p, p.sp,
             p.pct, p.adkim, p.aspf, p.fo,
         )  # fmt: skip
         with self._lock:
@@ -145,12 +155,17 @@ class SqliteReportStore:
             tls, self._tls = self._tls, {}
         if not dmarc and not tls:
             return
+        self._write(dmarc, tls)
+
+    def _write(
+        self, dmarc: dict[tuple[object, ...], int], tls: dict[tuple[object, ...], int]
+    ) -> None:
         with self._db_lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._upsert("dmarc", _DMARC_KEY, dmarc)
-                    self._upsert("tls", _TLS_KEY, tls)
+                    self._upsert(self._DMARC, _DMARC_KEY, dmarc)
+                    self._upsert(self._TLS, _TLS_KEY, tls)
                     self._db.execute("COMMIT")
                 except sqlite3.Error:
                     self._db.execute("ROLLBACK")
@@ -175,10 +190,15 @@ class SqliteReportStore:
         with self._db_lock:
             return self._db.execute(sql, args).fetchall()
 
+    def _change(self, sql: str, args: tuple[object, ...]) -> int:
+        """Run one INSERT/UPDATE/DELETE; the rows it changed."""
+        with self._db_lock:
+            return int(self._db.execute(sql, args).rowcount)
+
     def dmarc_events(self, begin: float, end: float) -> list[DmarcEvent]:
         key = _DMARC_KEY.replace("hour, ", "")
         rows = self._query(
-            f"SELECT MIN(hour), {key}, SUM(count) FROM dmarc WHERE hour >= ? AND hour < ? "
+            f"SELECT MIN(hour), {key}, SUM(count) FROM {self._DMARC} WHERE hour >= ? AND hour < ? "
             f"GROUP BY {key} ORDER BY policy_domain, source_ip",
             (begin, end),
         )
@@ -187,7 +207,7 @@ class SqliteReportStore:
     def tls_events(self, begin: float, end: float) -> list[TlsEvent]:
         key = _TLS_KEY.replace("hour, ", "")
         rows = self._query(
-            f"SELECT MIN(hour), {key}, SUM(count) FROM tls WHERE hour >= ? AND hour < ? "
+            f"SELECT MIN(hour), {key}, SUM(count) FROM {self._TLS} WHERE hour >= ? AND hour < ? "
             f"GROUP BY {key} ORDER BY policy_domain, mx_host",
             (begin, end),
         )
@@ -196,23 +216,29 @@ class SqliteReportStore:
     def prune(self, before: float) -> int:
         self.flush()
         removed = 0
-        with self._db_lock:
-            for table in ("dmarc", "tls"):
-                sql = f"DELETE FROM {table} WHERE hour < ?"
-                removed += self._db.execute(sql, (before,)).rowcount
+        for table in (self._DMARC, self._TLS):
+            removed += self._change(f"DELETE FROM {table} WHERE hour < ?", (before,))
         return removed
 
     def last_sent(self, kind: str) -> float | None:
-        rows = self._query("SELECT until FROM sent WHERE kind = ?", (kind,))
+        rows = self._query(f"SELECT until FROM {self._SENT} WHERE kind = ?", (kind,))
         return float(str(rows[0][0])) if rows else None
 
     def mark_sent(self, kind: str, end: float) -> None:
-        with self._db_lock:
-            self._db.execute(
-                "INSERT INTO sent (kind, until) VALUES (?, ?) "
-                "ON CONFLICT (kind) DO UPDATE SET until = excluded.until",
-                (kind, end),
+        self._change(
+            f"INSERT INTO {self._SENT} (kind, until) VALUES (?, ?) "
+            "ON CONFLICT (kind) DO UPDATE SET until = excluded.until",
+            (kind, end),
+        )
+
+    def claim_run(self, end: float) -> bool:
+        return bool(
+            self._change(
+                f"INSERT INTO {self._RUNS} (run_end, node) VALUES (?, ?) "
+                "ON CONFLICT (run_end) DO NOTHING",
+                (end, self.node),
             )
+        )
 
     def close(self) -> None:
         """Stop the flusher, write what is left, close the file."""
@@ -220,6 +246,9 @@ class SqliteReportStore:
         if self._flusher is not None:
             self._flusher.join()
         self.flush()
+        self._close_db()
+
+    def _close_db(self) -> None:
         self._db.close()
 
 
