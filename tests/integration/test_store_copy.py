@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,13 @@ def test_copy_sqlite_to_postgresql_and_back(
         assert_each_once(node.mailboxes(), set(SIZES), set(SIZES), timeout=60, settle=0.5)
         with submissions_session(node, test_ca) as session:
             assert auth_plain(session, "alice@users.test")[0] == 235
+        # From PostgreSQL, refused while a node runs on it (its heartbeat is recent).
+        deadline = time.monotonic() + 30
+        while " up " not in node.hato("status").stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        busy = back.hato("store", "copy", "--from", "postgresql", "--to", "sqlite")
+        assert busy.returncode == 75, busy.stdout + busy.stderr
+        assert "run on the PostgreSQL store (heartbeat seen lately); stop every node" in busy.stderr
     finally:
         node.stop()
     assert _count(pg_dsn, "queue_messages") == 0
