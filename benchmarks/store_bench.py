@@ -15,7 +15,8 @@ Every cell sends 10 KiB messages with smtp-source (Postfix's) to an accept-any d
 PostgreSQL queue) and is delivered into Maildirs by a queue runner (on PostgreSQL, into one
 shared Maildir tree), which is the path the store carries. The sessions are split over the
 nodes (50 = 25 + 25, 17 + 17 + 16), one smtp-source per node, all at once; a cell ends when the
-last message is in a Maildir. Each node is one process (`workers = 1`), on 127.0.0.2, .3, .4.
+last message is in a Maildir. Each node is one process (`workers = 1`; `--workers 0` gives
+Hato's default, one per CPU), on 127.0.0.2, .3, .4.
 PostgreSQL is a private cluster (Debian's binaries, initdb in a temporary directory, fsync on,
 synchronous_commit on: its defaults), a fresh database per cell. On one machine the nodes and
 PostgreSQL share the CPUs: more nodes here cannot mean more throughput, only what it costs;
@@ -165,7 +166,8 @@ def run_cell(
             setup = _setup(mailboxes, store)
             if store is not None:
                 setup = replace(setup, node=f"bench{n}")
-            node = ss.BenchHato(work / f"{name}-{rnd}-node{n}", setup)
+            workers = ("[server]\n", f"[server]\nworkers = {args.workers}\n")
+            node = ss.BenchHato(work / f"{name}-{rnd}-node{n}", setup, replace=(workers,))
             node.host = HOSTS[n]
             node.start()
             nodes.append(node)
@@ -222,6 +224,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs of every cell; medians")
     parser.add_argument("--settle", type=float, default=35.0, help="seconds before each run")
     parser.add_argument("--only", default=",".join(CELLS), help=f"cells among {CELLS}")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="[server] workers of each node (0: one per CPU)"
+    )
     args = parser.parse_args()
     cells = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = set(cells) - set(CELLS)
@@ -248,7 +253,7 @@ def main() -> int:
             postgres.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{machine()}; {args.messages} messages of 10 KiB a cell, {args.sessions} sessions, "
-          f"median of {args.rounds} round(s)\n")  # fmt: skip
+          f"workers = {args.workers}, median of {args.rounds} round(s)\n")  # fmt: skip
     print("| cell | messages | delivered msg/s | Hato CPU ms/msg | PostgreSQL CPU ms/msg "
           "| PostgreSQL commits/msg | WAL records/msg | WAL fsyncs/msg "
           "| WAL KiB/msg |")  # fmt: skip
