@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import os
 import socket
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,14 +202,10 @@ def _copy(conn: psycopg.Connection[Any], data_dir: Path, *, to_pg: bool) -> list
             if not path.exists():
                 print(f"{table.item}: none ({path} does not exist)")
                 continue
-            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-                db.execute("PRAGMA query_only = 1")
-                done = tablecopy.sqlite_to_pg(table, db, conn, sqlite_source)
+            done = tablecopy.file_to_pg(table, path, conn, sqlite_source)
         else:
             _make_sqlite(name, path)
-            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-                db.execute("PRAGMA busy_timeout = 10000")
-                done = tablecopy.pg_to_sqlite(table, conn, db, pg_source)
+            done = tablecopy.pg_to_file(table, conn, path, pg_source)
         print(done.line())
         sys.stdout.flush()
     queue = data_dir / "queue"

@@ -18,9 +18,11 @@ Must not import anything of hato but model.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -76,6 +78,20 @@ def _pages(rows: Iterator[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
             page = []
     if page:
         yield page
+
+
+def file_to_pg(t: Table, path: Path, conn: psycopg.Connection[Any], source: str) -> Copied:
+    """Copy `t` from the SQLite file `path` (only read) into PostgreSQL."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA query_only = 1")
+        return sqlite_to_pg(t, db, conn, source)
+
+
+def pg_to_file(t: Table, conn: psycopg.Connection[Any], path: Path, source: str) -> Copied:
+    """Copy `t` from PostgreSQL into the SQLite file `path` (its schema made by its room)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA busy_timeout = 10000")
+        return pg_to_sqlite(t, conn, db, source)
 
 
 def sqlite_to_pg(
