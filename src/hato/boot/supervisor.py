@@ -19,8 +19,8 @@ are counted in one shared SQLite file (policy/connections.py), emptied here at s
 dead worker's rows before it is started again; connection rates and greylisting in screen.db,
 sending limits in limits.db; AUTH happens in the first worker only (submission listeners).
 The counters of /metrics and `hato status` are every worker's: each publishes its own into
-DATA_DIR/figures/, emptied here at start, and a dead worker's last are kept as retired
-(server/workerfigures.py).
+DATA_DIR/figures/, emptied here at start (through descriptors: the directory is the server
+user's), and a dead worker's last are taken over by its replacement (server/workerfigures.py).
 
 May import every room (it is part of the composition root).
 """
@@ -45,6 +45,7 @@ from hato.boot.app import WorkerRole, run, server_owner
 from hato.boot.build import build_tls
 from hato.boot.logsetup import configure_logging
 from hato.boot.process import (
+    EX_CANTCREAT,
     EX_CONFIG,
     EX_OK,
     EX_SOFTWARE,
@@ -134,7 +135,13 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     KeyStore.in_data_dir(data_dir).close()
     open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
     connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
-    workerfigures.prepare(data_dir / workerfigures.FIGURES_DIR)  # what /metrics adds up
+    try:  # what /metrics adds up: made and emptied without following the server user's links
+        workerfigures.prepare(data_dir, server_owner(settings))
+    except OSError as exc:
+        figures = data_dir / workerfigures.FIGURES_DIR
+        raise StartupError(
+            f"server.data_dir: cannot prepare {figures}: {exc.strerror}; remove it", EX_CANTCREAT
+        ) from exc
     if settings.local.srs:
         load_key(data_dir)  # the SRS key every worker signs with
     if settings.screen.active:  # greylisting and connection rates, shared by the workers
@@ -228,8 +235,8 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
         # Its connections died with it: they no longer count against the mx limits.
         connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
-        # What it counted stays in the server's totals; its replacement counts from zero.
-        workerfigures.retire(data_dir / workerfigures.FIGURES_DIR, index)
+        # What it counted stays in the totals: its replacement takes it over (as the server's
+        # user: root does not read or write in DATA_DIR/figures/, server/workerfigures.py).
         released = release_leases(data_dir / "queue", _node_id(index), time.time())
         if released:
             log.info(logfmt("leases-released", worker=index, rows=released))

@@ -15,10 +15,17 @@ latency, TLS, AUTH failures, rspamd, milters, the screen) and the open sessions 
 from the same store) or what only the first does (the doctor, egress): those are the first's.
 
 Totals never fall back: the supervisor empties the directory at start (`prepare`, no server
-runs), and when a worker dies it adds the worker's last published figures into retired.json
-(`retire`) before starting its replacement, which counts from zero; retired.json is counted as
-a worker (not in the last hour, which a dead worker no longer has). What a dead worker counted
-after its last publication is lost.
+runs), and a worker that replaces a dead one takes over what its predecessor last published
+(`WorkerFigures.take_over`, before its own first publication): its worker-N.json keeps the dead
+worker's counts added to its own, replaced whole, so no reader ever sees them twice or not at
+all (not in the last hour, which a dead worker no longer has). What a dead worker counted after
+its last publication is lost.
+
+The directory is the server user's: the supervisor, root, never reads, writes or follows a link
+in it. It only makes it or empties it, through file descriptors (`prepare`: a link or a file in
+its place is removed, not followed; unlink never follows one). The workers read each other's
+files bounded (MAX_FIGURES_BYTES), not through a link, and checked in shape: a file that is not
+what a worker writes is left out, never a failed /metrics.
 
 May import model, server.metrics and server.deliverycount.
 """
@@ -27,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +54,8 @@ log = logging.getLogger("hato.metrics")
 
 FIGURES_DIR = "figures"  # under DATA_DIR
 PUBLISH_SECONDS = 2.0
-RETIRED = "retired.json"
+DIR_MODE = 0o700
+MAX_FIGURES_BYTES = 1 << 20  # one worker's figures are a few hundred samples, some 50 kB
 SUMMED_TYPES = frozenset({"counter", "histogram", "summary"})
 SUMMED_GAUGES = frozenset({"hato_sessions_open"})  # each worker's own sessions
 
@@ -57,37 +67,51 @@ def worker_file(directory: Path, worker: int) -> Path:
     return directory / f"worker-{worker}.json"
 
 
-def prepare(directory: Path) -> None:
-    """At the supervisor's start, before any worker: no worker has counted anything yet."""
-    directory.mkdir(mode=0o700, exist_ok=True)
-    for path in directory.iterdir():
-        path.unlink()
-
-
-def retire(directory: Path, worker: int) -> None:
-    """A worker died: its last figures go into retired.json (the supervisor, before starting
-    its replacement), so the server's totals do not fall back when the new one starts at 0."""
-    path = worker_file(directory, worker)
-    dead = _read(path)
-    if dead is None:
-        return
-    retired = _read(directory / RETIRED) or {"families": []}
-    families = _families(retired)
-    for family in dead["families"]:
-        into = families.setdefault(family["name"], {**family, "samples": []})
-        into["samples"] = _as_list(_add(_as_dict(into["samples"]), family["samples"]))
+def prepare(data_dir: Path, owner: tuple[int, int] | None = None) -> None:
+    """At the supervisor's start (root), before any worker: DATA_DIR/figures/ is a directory of
+    its own, `owner`'s (the server's user), and empty; no worker has counted anything yet.
+    Only through descriptors, so nothing the server's user put there (a symbolic link in place
+    of the directory or of a file in it) makes root write, give away or empty anything else.
+    Raises OSError when it cannot be made so."""
+    top = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _write(directory / RETIRED, {"families": list(families.values())})
-        owner = directory.stat()
-        if os.geteuid() == 0 and owner.st_uid != 0:  # the supervisor runs as root, the first
-            os.chown(directory / RETIRED, owner.st_uid, owner.st_gid)  # worker reads it as hato
-        path.unlink()
-    except OSError as exc:  # a full disk: the totals fall back, the supervisor goes on
-        log.warning(logfmt("metrics-publish-failed", worker=worker, error=exc))
+        fd = _own_directory(top)
+    finally:
+        os.close(top)
+    try:
+        if owner is not None and (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != owner:
+            os.fchown(fd, *owner)  # made by root here, written by the workers
+        for name in os.listdir(fd):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(name, dir_fd=fd)  # a link itself, never what it points to
+    finally:
+        os.close(fd)
 
 
-def snapshot(metrics: Metrics, last_hour: OutcomeCounter) -> dict[str, Any]:
-    """This worker's figures that are added up, as JSON."""
+def _own_directory(top: int) -> int:
+    """FIGURES_DIR under the directory `top`, opened without following a link; whatever else
+    has its name (a link, a file) is removed first."""
+    for _ in range(3):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(FIGURES_DIR, DIR_MODE, dir_fd=top)
+        try:
+            return os.open(
+                FIGURES_DIR,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=top,
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(FIGURES_DIR, dir_fd=top)  # the link or file, not its target
+    raise OSError(errno.ELOOP, "something keeps replacing it", FIGURES_DIR)
+
+
+def snapshot(
+    metrics: Metrics, last_hour: OutcomeCounter, inherited: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """This worker's figures that are added up, as JSON (with a dead predecessor's)."""
     families = [
         {
             "name": family.name,
@@ -102,7 +126,7 @@ def snapshot(metrics: Metrics, last_hour: OutcomeCounter) -> dict[str, Any]:
         for family in metrics.registry.collect()
         if _summed(family.type, family.name)
     ]
-    return {"families": families, "last_hour": last_hour.counts()}
+    return {"families": _merged(families, inherited or []), "last_hour": last_hour.counts()}
 
 
 class WorkerFigures(Collector):
@@ -116,12 +140,22 @@ class WorkerFigures(Collector):
         self._worker = worker
         self._metrics = metrics
         self._last_hour = last_hour
+        self._inherited: list[dict[str, Any]] = []  # a dead predecessor's last figures
+
+    def take_over(self) -> None:
+        """Before the first publication: what a dead worker of this number last published
+        stays in this one's (the directory is emptied at start, so nothing is found then)."""
+        found = _read(worker_file(self._directory, self._worker))
+        self._inherited = found["families"] if found is not None else []
 
     def publish(self) -> None:
-        _write(worker_file(self._directory, self._worker), snapshot(self._metrics, self._last_hour))
+        figures = snapshot(self._metrics, self._last_hour, self._inherited)
+        _write(worker_file(self._directory, self._worker), figures)
 
     async def publish_every(self, interval: float = PUBLISH_SECONDS) -> None:
-        """Publish until cancelled, and once more then (a worker that stops)."""
+        """Take over a dead predecessor's figures, then publish until cancelled, and once more
+        then (a worker that stops)."""
+        self.take_over()
         try:
             while True:
                 self._publish_logged()
@@ -141,7 +175,8 @@ class WorkerFigures(Collector):
             paths = sorted(p for p in self._directory.iterdir() if p.name != mine)
         except FileNotFoundError:
             return []
-        return [found for p in paths if p.suffix == ".json" and (found := _read(p)) is not None]
+        found = [f for p in paths if p.suffix == ".json" and (f := _read(p)) is not None]
+        return [*found, {"families": self._inherited}]  # in mine, which is not read
 
     def counts(self) -> dict[str, int]:
         """`hato status`'s last hour: this worker's and the others' latest."""
@@ -198,21 +233,86 @@ def _families(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {family["name"]: family for family in figures.get("families", [])}
 
 
+def _merged(mine: list[dict[str, Any]], inherited: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    families = _families({"families": mine})
+    for family in inherited:
+        into = families.setdefault(family["name"], {**family, "samples": []})
+        into["samples"] = _as_list(_add(_as_dict(into["samples"]), family["samples"]))
+    return list(families.values())
+
+
 def _read(path: Path) -> dict[str, Any] | None:
+    """Another worker's figures: a regular file (not through a link), at most
+    MAX_FIGURES_BYTES, of the shape `snapshot` writes; None (logged) for anything else."""
     try:
-        found = json.loads(path.read_bytes())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        log.warning(logfmt("metrics-figures-unreadable", path=path, error=exc))
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = b""
+        while len(data) <= MAX_FIGURES_BYTES and (chunk := os.read(fd, 1 << 16)):
+            data += chunk
+        if len(data) > MAX_FIGURES_BYTES:
+            raise ValueError(f"larger than {MAX_FIGURES_BYTES} bytes")
+        found = _checked(json.loads(data))
     except (OSError, ValueError) as exc:
         log.warning(logfmt("metrics-figures-unreadable", path=path, error=exc))
         return None
-    return found if isinstance(found, dict) else None
+    finally:
+        os.close(fd)
+    return found
+
+
+def _checked(found: object) -> dict[str, Any]:
+    """`found` if it has the shape `snapshot` writes, else ValueError (what is added up later
+    never meets a wrong type)."""
+    if not isinstance(found, dict) or not isinstance(found.get("families"), list):
+        raise ValueError("no families")
+    for family in found["families"]:
+        if not (
+            isinstance(family, dict)
+            and all(isinstance(family.get(key), str) for key in ("name", "type", "help"))
+            and isinstance(family.get("samples"), list)
+            and all(_is_sample(sample) for sample in family["samples"])
+        ):
+            raise ValueError("a family of the wrong shape")
+    last_hour = found.get("last_hour", {})
+    if not isinstance(last_hour, dict) or not all(
+        isinstance(kind, str) and _is_number(count) for kind, count in last_hour.items()
+    ):
+        raise ValueError("a last hour of the wrong shape")
+    return found
+
+
+def _is_sample(sample: object) -> bool:
+    return (
+        isinstance(sample, list)
+        and len(sample) == 3
+        and isinstance(sample[0], str)
+        and isinstance(sample[1], dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in sample[1].items())
+        and _is_number(sample[2])
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _write(path: Path, figures: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     try:
-        temporary.write_text(json.dumps(figures, separators=(",", ":")))
+        # Made anew (O_EXCL): a link planted in its place is removed, not written through.
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(temporary, flags, 0o600), "w") as out:
+            out.write(json.dumps(figures, separators=(",", ":")))
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -41,7 +41,7 @@ class Worker:
 def test_the_first_worker_shows_every_worker_s_counts(tmp_path: Path) -> None:
     workerfigures.prepare(tmp_path)
     clock = FakeClock()
-    first, second = Worker(tmp_path, 0, clock), Worker(tmp_path, 1, clock)
+    first, second = Worker(tmp_path / "figures", 0, clock), Worker(tmp_path / "figures", 1, clock)
     first.metrics.shown_through(first.figures)
     first.serve(2, sessions=1)
     second.serve(3, sessions=4)
@@ -66,21 +66,85 @@ def test_the_first_worker_shows_every_worker_s_counts(tmp_path: Path) -> None:
 def test_a_dead_worker_s_counts_stay_in_the_totals(tmp_path: Path) -> None:
     workerfigures.prepare(tmp_path)
     clock = FakeClock()
-    first, dead = Worker(tmp_path, 0, clock), Worker(tmp_path, 1, clock)
+    first, dead = Worker(tmp_path / "figures", 0, clock), Worker(tmp_path / "figures", 1, clock)
     first.metrics.shown_through(first.figures)
     dead.serve(3)
     dead.figures.publish()
-    workerfigures.retire(tmp_path, 1)  # the supervisor, before starting its replacement
-    replacement = Worker(tmp_path, 1, clock)
+    replacement = Worker(tmp_path / "figures", 1, clock)
+    replacement.figures.take_over()  # as it starts, before its first publication
     replacement.serve(1)
     replacement.figures.publish()
     first.serve(2)
     assert scraped(first.metrics)["hato_connections_total", frozenset({("role", "mx")})] == 6
     # The last hour is what the running workers did (a dead one's went with it).
     assert first.figures.counts() == {"delivered": 3}
-    # A second death adds to what was retired.
-    workerfigures.retire(tmp_path, 1)
+    # A second death: the next replacement takes over both.
+    again = Worker(tmp_path / "figures", 1, clock)
+    again.figures.take_over()
+    again.figures.publish()
     assert scraped(first.metrics)["hato_connections_total", frozenset({("role", "mx")})] == 6
     # A start empties it all.
     workerfigures.prepare(tmp_path)
     assert scraped(first.metrics)["hato_connections_total", frozenset({("role", "mx")})] == 2
+
+
+# The directory is the server user's; the supervisor that prepares it is root. What a
+# compromised worker plants there must not make root (or another worker) write, read or empty
+# anything else.
+
+
+def test_a_link_in_place_of_the_directory_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_text("root:x:0:0\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "figures").symlink_to(elsewhere)
+    workerfigures.prepare(data)
+    assert (elsewhere / "passwd").read_text() == "root:x:0:0\n"  # not emptied
+    figures = data / "figures"
+    assert figures.is_dir() and not figures.is_symlink() and list(figures.iterdir()) == []
+
+
+def test_links_in_the_directory_are_removed_not_their_targets(tmp_path: Path) -> None:
+    victim = tmp_path / "shadow"
+    victim.write_text("secret\n")
+    workerfigures.prepare(tmp_path)
+    figures = tmp_path / "figures"
+    (figures / "worker-1.json").symlink_to(victim)
+    (figures / "worker-1.tmp").symlink_to(victim)
+    workerfigures.prepare(tmp_path)
+    assert list(figures.iterdir()) == [] and victim.read_text() == "secret\n"
+
+
+def test_a_worker_does_not_write_through_a_planted_temporary(tmp_path: Path) -> None:
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    workerfigures.prepare(tmp_path)
+    figures = tmp_path / "figures"
+    (figures / "worker-1.tmp").symlink_to(victim)
+    worker = Worker(figures, 1, FakeClock())
+    worker.serve(1)
+    worker.figures.publish()
+    assert victim.read_text() == "root:x:0:0\n"
+    assert not (figures / "worker-1.tmp").exists() and (figures / "worker-1.json").is_file()
+
+
+def test_what_is_not_a_worker_s_figures_is_left_out(tmp_path: Path) -> None:
+    workerfigures.prepare(tmp_path)
+    figures = tmp_path / "figures"
+    clock = FakeClock()
+    first, second = Worker(figures, 0, clock), Worker(figures, 1, clock)
+    first.metrics.shown_through(first.figures)
+    second.serve(3)
+    second.figures.publish()
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes((figures / "worker-1.json").read_bytes())
+    (figures / "worker-2.json").symlink_to(outside)  # not read through a link
+    huge = b'{"families":[],"pad":"' + b"x" * workerfigures.MAX_FIGURES_BYTES + b'"}'
+    (figures / "worker-3.json").write_bytes(huge)  # not read past the bound
+    (figures / "worker-4.json").write_text('{"families":[{"name":1}]}')  # the wrong shape
+    (figures / "worker-5.json").write_text('{"families":[],"last_hour":{"delivered":"x"}}')
+    first.serve(1)
+    assert scraped(first.metrics)["hato_connections_total", frozenset({("role", "mx")})] == 4
+    assert first.figures.counts() == {"delivered": 4}
