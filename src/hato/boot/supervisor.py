@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -152,20 +153,54 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
 def _give_to_server_user(settings: Settings, data_dir: Path) -> None:
     """What the supervisor made as root (the databases, the queue's files, the self-signed
     certificate) belongs to `[server] user`, whom the workers become (issue 13: they found
-    them root's and stopped)."""
+    them root's and stopped). Through descriptors, never following a link: the directory is
+    that user's, who could have put a link to /etc (or to /etc/shadow) in place of queue/ or
+    of a file; and a file with other links (a hard link to a system file) is not given."""
     if settings.server.user is None or os.geteuid() != 0:
         return
     try:
         who = lookup_identity(settings.server.user, settings.server.group)
     except PrivilegeError as exc:
         raise StartupError(str(exc), EX_CONFIG) from exc
-    made = [p for p in data_dir.iterdir() if p.name != "mailboxes"]
-    for directory in (data_dir / "queue", data_dir / "tls"):
-        if directory.is_dir():
-            made += directory.iterdir()
-    for path in made:
-        if not path.is_symlink() and path.stat().st_uid == 0:
-            os.chown(path, who.uid, who.gid)
+    top = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _give_entries(top, (who.uid, who.gid), skip={"mailboxes"})
+        for name in ("queue", "tls"):
+            try:
+                below = os.open(name, _NOFOLLOW_DIR, dir_fd=top)
+            except OSError:
+                continue  # none, or a link in its place (ELOOP): not followed
+            try:
+                _give_entries(below, (who.uid, who.gid))
+            finally:
+                os.close(below)
+    finally:
+        os.close(top)
+
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOFOLLOW_ANY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _give_entries(
+    directory: int, owner: tuple[int, int], skip: frozenset[str] | set[str] = frozenset()
+) -> None:
+    """Root's regular files and directories in `directory` (a descriptor) become `owner`'s."""
+    for name in os.listdir(directory):
+        if name in skip:
+            continue
+        try:
+            fd = os.open(name, _NOFOLLOW_ANY, dir_fd=directory)
+        except OSError:
+            continue  # gone, or a link (ELOOP), a socket: nothing to give
+        try:
+            st = os.fstat(fd)  # what is given is what was checked: no swap in between
+            if st.st_uid == 0 and (
+                stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
+            ):  # not a hard link's other name (a system file's)
+                os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
 
 
 def supervise(settings: Settings, source: str, workers: int, handler: logging.Handler) -> int:

@@ -24,6 +24,7 @@ With the lock held, before any worker starts:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -31,6 +32,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from hato.model import logfmt
 
@@ -68,10 +70,14 @@ def locked(
     try:
         created = not data_dir.exists()
         data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        handle = open(data_dir / "hato.lock", "a+")  # noqa: SIM115 - held for the whole run
+        handle = _open_lock(data_dir / "hato.lock")
         if owner is not None:
-            # Made by root before the privilege drop, but they are the server's.
-            os.fchown(handle.fileno(), *owner)
+            # Made by root before the privilege drop, but they are the server's. The one
+            # opened and checked (not through a link, not another name of a system file: the
+            # directory is the server user's, who could put /etc/passwd there).
+            st = os.fstat(handle.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                os.fchown(handle.fileno(), *owner)
             if created:
                 os.chown(data_dir, *owner)
     except OSError as exc:
@@ -120,19 +126,28 @@ def make_private(data_dir: Path) -> int:
 
 
 def _fix(path: Path, mode: int, shown: int, keep: int = 0) -> int:
-    """Take group and other permissions (but `keep`) away from one directory or file."""
+    """Take group and other permissions (but `keep`) away from one directory or file: the one
+    opened without following a link (root runs this in a directory its server's user owns)."""
     try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return 0  # gone meanwhile (a spool file delivered by nobody: we hold the lock)
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        return 0  # sockets (control.sock is made 0600 itself), symbolic links
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return 0  # gone meanwhile, a symbolic link (ELOOP), a socket (control.sock is 0600)
+    try:
+        return _fix_open(fd, path, mode, shown, keep)
+    finally:
+        os.close(fd)
+
+
+def _fix_open(fd: int, path: Path, mode: int, shown: int, keep: int) -> int:
+    st = os.fstat(fd)
+    if not (stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1)):
+        return 0  # another name of a file elsewhere (a hard link to a system file) is left
     old = stat.S_IMODE(st.st_mode)
     if old & 0o077 & ~keep == 0:
         return 0
     new = (old & (0o700 | keep)) | (mode & 0o700)
     try:
-        os.chmod(path, new)
+        os.fchmod(fd, new)
     except OSError as exc:
         log.warning(
             logfmt("permissions-unfixable", path=path, mode=f"{old:04o}", error=exc.strerror)
@@ -141,6 +156,20 @@ def _fix(path: Path, mode: int, shown: int, keep: int = 0) -> int:
     if shown < _SHOWN_FIXES:
         log.warning(logfmt("permissions-fixed", path=path, was=f"{old:04o}", now=f"{new:04o}"))
     return 1
+
+
+def _open_lock(path: Path) -> IO[str]:
+    """DATA_DIR/hato.lock, made if need be, never through a symbolic link (ELOOP)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a+")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _make_secret(data_dir: Path, owner: tuple[int, int] | None) -> None:

@@ -89,3 +89,36 @@ def test_the_maildrop_and_a_0711_data_dir_are_left_as_they_are(
     assert make_private(data) == 0
     assert _mode(data) == 0o711 and _mode(drop) == 0o1733
     assert _mode(drop / "from-a-user") == 0o644
+
+
+# Root runs `locked` (and so make_private) in a directory its server's user owns: what that
+# user planted there must not make root give away or change a file elsewhere.
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+def test_a_link_in_place_of_the_lock_is_not_given_away(tmp_path: Path) -> None:
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hato.lock").symlink_to(victim)
+    with pytest.raises(DataDirError), locked(data, owner=(65534, 65534)):
+        pass
+    assert victim.stat().st_uid == 0 and victim.read_text() == "root:x:0:0\n"
+    os.unlink(data / "hato.lock")
+    os.link(victim, data / "hato.lock")  # another name of it: not given either
+    with locked(data, owner=(65534, 65534)):
+        pass
+    assert victim.stat().st_uid == 0
+
+
+def test_a_hard_link_to_a_file_elsewhere_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    victim.chmod(0o644)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.link(victim, data / "users.db")
+    (data / "elsewhere.db").symlink_to(victim)
+    make_private(data)
+    assert _mode(victim) == 0o644
