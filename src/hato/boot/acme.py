@@ -26,7 +26,8 @@ from hato.config.acme_sections import AcmeSettings
 from hato.config.settings import Settings
 from hato.model import Clock, logfmt
 from hato.server.httpguard import HttpLimits, serve_guarded
-from hato.server.tls import ReloadingContext, ensure_self_signed
+from hato.server.privileges import acting_as_owner, give_to
+from hato.server.tls import ReloadingContext, ensure_self_signed, self_signed_files
 
 log = logging.getLogger("hato.boot")
 
@@ -44,10 +45,11 @@ def acme_files(data_dir: Path) -> CertFiles:
 def placeholder(data_dir: Path, hostname: str) -> CertFiles:
     """The files the listeners load; a self-signed pair until the first order succeeds."""
     files = acme_files(data_dir)
+    _give_to_owner(data_dir, files)  # root's from an older version: the user's first
     if not files.cert.exists() or not files.key.exists():
-        cert, key = ensure_self_signed(data_dir / "tls", hostname)
-        files.write(cert.read_bytes(), key.read_bytes())
-    _give_to_owner(data_dir, files)
+        with acting_as_owner(data_dir):  # root, but no write through the user's links
+            cert, key = ensure_self_signed(data_dir / "tls", hostname)
+            files.write(cert.read_bytes(), key.read_bytes())
     return files
 
 
@@ -56,8 +58,9 @@ def _give_to_owner(data_dir: Path, files: CertFiles) -> None:
     owner = data_dir.stat()
     if os.geteuid() != 0 or owner.st_uid == 0:
         return
-    for path in (files.directory, files.cert, files.key):
-        os.chown(path, owner.st_uid, owner.st_gid)
+    tls = data_dir / "tls"
+    for path in (files.directory, files.cert, files.key, tls, *self_signed_files(tls)):
+        give_to(path, owner.st_uid, owner.st_gid)  # not through a link the user planted
 
 
 def names(settings: Settings) -> tuple[str, ...]:

@@ -44,7 +44,13 @@ from hato.policy import (
 )
 from hato.server.context import ListenerConfig
 from hato.server.httpguard import HttpLimits
-from hato.server.tls import ReloadingContext, TLSConfigError, ensure_self_signed
+from hato.server.privileges import acting_as_owner, give_to
+from hato.server.tls import (
+    ReloadingContext,
+    TLSConfigError,
+    ensure_self_signed,
+    self_signed_files,
+)
 from hato.smtp import ServerSettings
 
 if TYPE_CHECKING:
@@ -125,8 +131,12 @@ def build_tls(settings: Settings, data_dir: Path) -> ReloadingContext | None:
             return ReloadingContext.load(settings.tls.cert, settings.tls.key)
         if all(listener.role is Role.MX for listener in settings.listeners):
             return None
-        cert, key = ensure_self_signed(data_dir / "tls", settings.server.hostname)
-        _give_to_data_dir_owner(data_dir, (data_dir / "tls", cert, key))
+        tls = data_dir / "tls"
+        # Root's from an older version: the user's first. Then made as that user (root, but
+        # never writing through a link the user planted).
+        _give_to_data_dir_owner(data_dir, (tls, *self_signed_files(tls)))
+        with acting_as_owner(data_dir):
+            cert, key = ensure_self_signed(tls, settings.server.hostname)
         log.warning(
             logfmt(
                 "tls-self-signed",
@@ -148,7 +158,7 @@ def _give_to_data_dir_owner(data_dir: Path, paths: Sequence[Path]) -> None:
     if owner.st_uid == 0:
         return
     for path in paths:
-        os.chown(path, owner.st_uid, owner.st_gid)
+        give_to(path, owner.st_uid, owner.st_gid)  # not through a link the user planted
 
 
 def http_limits(section: HttpLimitSettings) -> HttpLimits:

@@ -64,7 +64,7 @@ from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
 from hato.server import workerfigures
 from hato.server.datadir import DataDirError, locked
-from hato.server.privileges import PrivilegeError, lookup_identity
+from hato.server.privileges import PrivilegeError, acting_as_owner, lookup_identity
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -129,13 +129,22 @@ def _is_mx(settings: Settings, number: int) -> bool:
 def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
     """Make, once and before any worker runs, what workers would otherwise race to create:
     the user, key and limits databases (switching SQLite to WAL needs the file to itself) and the
-    self-signed certificate (two workers writing key and certificate could mix the pairs)."""
-    users = UserStore(data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations)
-    users.exists(Address("postmaster", "invalid"))  # creates the file and its schema
-    users.close()
-    KeyStore.in_data_dir(data_dir).close()
-    open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
-    connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
+    self-signed certificate (two workers writing key and certificate could mix the pairs).
+    As the data directory's owner (the server's user), not as root: a link that user put there
+    must not make root write a system file (server/privileges.py)."""
+    with acting_as_owner(data_dir):
+        users = UserStore(
+            data_dir / "users.db", scram_iterations=settings.auth.stored_scram_iterations
+        )
+        users.exists(Address("postmaster", "invalid"))  # creates the file and its schema
+        users.close()
+        KeyStore.in_data_dir(data_dir).close()
+        open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
+        connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
+        if settings.local.srs:
+            load_key(data_dir)  # the SRS key every worker signs with
+        if settings.screen.active:  # greylisting and connection rates, shared by the workers
+            ScreenStore(SystemClock(), data_dir / SCREEN_DB).close()
     try:  # what /metrics adds up: made and emptied without following the server user's links
         workerfigures.prepare(data_dir, server_owner(settings))
     except OSError as exc:
@@ -143,11 +152,7 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
         raise StartupError(
             f"server.data_dir: cannot prepare {figures}: {exc.strerror}; remove it", EX_CANTCREAT
         ) from exc
-    if settings.local.srs:
-        load_key(data_dir)  # the SRS key every worker signs with
-    if settings.screen.active:  # greylisting and connection rates, shared by the workers
-        ScreenStore(SystemClock(), data_dir / SCREEN_DB).close()
-    build_tls(settings, data_dir)
+    build_tls(settings, data_dir)  # as root: [tls] cert and key may be root's alone
 
 
 def _give_to_server_user(settings: Settings, data_dir: Path) -> None:
@@ -218,6 +223,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
     for problem in recover_offline(data_dir / "queue", time.time()):
         log.error(logfmt("queue-problem", detail=problem))
     try:
+        _give_to_server_user(settings, data_dir)  # the queue recovered, an older version's
         prepare_shared_files(settings, data_dir)
         _give_to_server_user(settings, data_dir)
     except StartupError as exc:

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -323,9 +325,12 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     return int(uid)
 
 
-def bind_unix(path: Path, mode: int) -> socket.socket:
-    """A listening unix socket at `path` with `mode`, never reachable with wider rights: bound
-    under a temporary name, chmod-ed, then renamed into place (replacing a stale socket)."""
+def bind_unix(path: Path, mode: int, owner: tuple[int, int] | None = None) -> socket.socket:
+    """A listening unix socket at `path` with `mode` (and `owner`), never reachable with wider
+    rights: bound under a temporary name, chmod-ed, then renamed into place (replacing a stale
+    socket). The temporary name is changed through a descriptor of what is there, a socket:
+    root binds DATA_DIR/control.sock in a directory the server's user owns, whose processes
+    could put a link to /etc/shadow in its place between the bind and the chmod."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True)
         if mode & 0o007:
@@ -338,7 +343,7 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(tmp))
-        os.chmod(tmp, mode)
+        _set_mode(tmp, mode, owner)
         os.replace(tmp, path)
         sock.listen(64)
         sock.setblocking(False)
@@ -350,15 +355,27 @@ def bind_unix(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+def _set_mode(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
+    """chmod (and chown) the socket at `path`, never what a link there points to."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.EEXIST, "replaced by something else than the socket", str(path))
+        where = f"/proc/self/fd/{fd}"  # the inode opened (Linux), not a name to resolve again
+        os.chmod(where, mode)
+        if owner is not None:
+            os.chown(where, *owner)
+    finally:
+        os.close(fd)
+
+
 def bind_sockets(
     path: Path, submit_path: Path | None, owner: tuple[int, int] | None = None
 ) -> tuple[socket.socket, socket.socket | None]:
     """The control socket (given to `owner`, the server's user) and the submission socket,
     bound before the privilege drop: the submission socket's directory (/run/hato) may be
     root's. Raises OSError."""
-    control = bind_unix(path, 0o600)
-    if owner is not None:
-        os.chown(path, *owner)
+    control = bind_unix(path, 0o600, owner)
     try:
         public = bind_unix(submit_path, 0o666) if submit_path is not None else None
     except OSError:

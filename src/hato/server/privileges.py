@@ -11,15 +11,26 @@ allowed, with a warning on every start. Afterwards the data directory and what i
 bounded depth) must be writable by the new user; if not, start-up stops with the command that
 fixes it.
 
+Before the drop, root must not write in the data directory as root: the directory is the
+server user's, and whoever runs as that user (a compromised worker) can put a symbolic or hard
+link there to a system file that root would then write, truncate or give away. So what root
+makes there it makes `acting_as_owner` (its effective ids the data directory owner's, for the
+while: a link then grants only what that user may anyway), and what it must give to that user
+it gives with `give_to` (the file opened without following a link, given only if it is root's
+and has no other name).
+
 May import model; nothing else of hato.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import grp
 import logging
 import os
 import pwd
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +198,53 @@ def _writable(path: Path) -> bool:
         return True  # gone since the listing: another worker's SQLite journal, a temporary
     mode = os.W_OK | (os.X_OK | os.R_OK if path.is_dir() else os.R_OK)
     return os.access(path, mode)
+
+
+@contextlib.contextmanager
+def acting_as_owner(data_dir: Path) -> Iterator[None]:
+    """Root, for the while, with the effective ids (and only group) of `data_dir`'s owner:
+    what it makes is that user's, and no link that user planted makes it write elsewhere.
+    Nothing changes when not root or when the data directory is root's. The real and saved
+    uid stay 0 (no process of that user may signal or trace this one meanwhile)."""
+    owner = os.stat(data_dir)
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups([owner.st_gid])
+    os.setegid(owner.st_gid)
+    os.seteuid(owner.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
+
+
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def give_to(path: Path, uid: int, gid: int) -> None:
+    """`path`, made by root, becomes uid:gid's: not through a symbolic link (nothing is
+    given), and not a file with another name (a hard link to a system file). Raises OSError
+    but FileNotFoundError (gone: nothing to give)."""
+    try:
+        fd = os.open(path, _NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket (opened by nobody)
+            return
+        raise
+    try:
+        st = os.fstat(fd)  # the file given is the one checked: no swap in between
+        if st.st_uid == 0 and (
+            stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
+        ):
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 def _user_name(uid: int) -> str:

@@ -51,9 +51,14 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def self_signed_files(directory: Path) -> tuple[Path, Path]:
+    """The self-signed certificate's and key's paths in `directory`."""
+    return directory / "selfsigned-cert.pem", directory / "selfsigned-key.pem"
+
+
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     """Create (once) a self-signed certificate for `hostname` in `directory`."""
-    cert_path, key_path = directory / "selfsigned-cert.pem", directory / "selfsigned-key.pem"
+    cert_path, key_path = self_signed_files(directory)
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
