@@ -182,7 +182,14 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
         keys.append(KeyStore(data_dir / KEYS_DB))
         return KeyedCommitter(queue, keys[-1], SystemClock())
 
-    with open(data_dir / "hato.lock", "a+") as lock:
+    from hato.server.datadir import open_lock
+
+    # Not through a link: `hato queue list` runs as root in the server user's directory.
+    try:
+        lock = open_lock(data_dir / "hato.lock")
+    except OSError as exc:
+        raise CommandError(f"{data_dir / 'hato.lock'}: {exc.strerror or exc}") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -70,7 +70,7 @@ def locked(
     try:
         created = not data_dir.exists()
         data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        handle = _open_lock(data_dir / "hato.lock")
+        handle = open_lock(data_dir / "hato.lock")
         if owner is not None:
             # Made by root before the privilege drop, but they are the server's. The one
             # opened and checked (not through a link, not another name of a system file: the
@@ -158,7 +158,7 @@ def _fix_open(fd: int, path: Path, mode: int, shown: int, keep: int) -> int:
     return 1
 
 
-def _open_lock(path: Path) -> IO[str]:
+def open_lock(path: Path) -> IO[str]:
     """DATA_DIR/hato.lock, made if need be, never through a symbolic link (ELOOP)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(path, flags, FILE_MODE)

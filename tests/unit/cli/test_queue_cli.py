@@ -262,3 +262,16 @@ def test_queue_commands_with_the_server_stopped(
     assert "server:     not running" in out and "1 held" in out
     code, out, _ = cli(capsys, "queue", "delete", qid)
     assert code == 0 and f"{qid}: removed from the queue" in out
+
+
+def test_the_offline_lock_is_not_opened_through_a_link(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ServerThread(workdir / "data"):
+        pass
+    victim = workdir / "nologin"  # root creating /etc/nologin locks every user out
+    (workdir / "data" / "hato.lock").unlink(missing_ok=True)
+    (workdir / "data" / "hato.lock").symlink_to(victim)
+    code, _, err = cli(capsys, "queue", "list")
+    assert code != 0 and "hato.lock" in err
+    assert not victim.exists()
