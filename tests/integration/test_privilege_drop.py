@@ -304,3 +304,36 @@ def test_workers_start_as_the_server_user_on_a_new_data_dir(workdir: Path) -> No
         assert "Traceback" not in server.log_text()
     finally:
         server.stop()
+
+
+def test_links_the_server_user_planted_do_not_make_root_write_or_give_away(
+    workdir: Path,
+) -> None:
+    """The data directory is nobody's; whoever runs as nobody (a compromised worker) may plant
+    links there before the next start. Root (the supervisor, and each worker before its drop)
+    must not follow them: not empty another directory, not write or give away a system file."""
+    data = _nobody_data(workdir)
+    etc = workdir / "etc"
+    etc.mkdir()
+    passwd, shadow = etc / "passwd", etc / "shadow"
+    passwd.write_text("root:x:0:0\n")
+    shadow.write_text("root:$6$hash\n")
+    (data / "figures").symlink_to(etc)  # root emptied it at start
+    tls = data / "tls"
+    tls.mkdir()
+    os.chown(tls, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+    (tls / "selfsigned-cert.pem").symlink_to(passwd)  # root wrote the certificate into it
+    (tls / "selfsigned-key.tmp").symlink_to(shadow)  # root wrote the key into it
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    server = DropHato(data, setup, "workers = 2\n", "", {})
+    server.start()
+    try:
+        body = maildir.MARKER_HEADER + b": planted\r\n\r\nhi\r\n"
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            smtp.sendmail("a@example.net", ["u@example.org"], body)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "planted", 20)
+    finally:
+        server.stop()
+    assert sorted(p.name for p in etc.iterdir()) == ["passwd", "shadow"]
+    assert passwd.read_text() == "root:x:0:0\n" and shadow.read_text() == "root:$6$hash\n"
+    assert passwd.stat().st_uid == 0 and shadow.stat().st_uid == 0

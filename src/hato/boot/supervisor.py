@@ -220,10 +220,14 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         handler.flush()
         print(f"hato: {exc}", file=sys.stderr)
         return exc.exit_code
-    for problem in recover_offline(data_dir / "queue", time.time()):
-        log.error(logfmt("queue-problem", detail=problem))
     try:
-        _give_to_server_user(settings, data_dir)  # the queue recovered, an older version's
+        _give_to_server_user(settings, data_dir)  # root's files of an older version
+        # The data directory is the server user's: root works in it as that user (no link
+        # planted there makes root write elsewhere, server/privileges.py).
+        with acting_as_owner(data_dir):
+            problems = recover_offline(data_dir / "queue", time.time())
+        for problem in problems:
+            log.error(logfmt("queue-problem", detail=problem))
         prepare_shared_files(settings, data_dir)
         _give_to_server_user(settings, data_dir)
     except StartupError as exc:
@@ -275,10 +279,12 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
             continue
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
         # Its connections died with it: they no longer count against the mx limits.
-        connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
+        with acting_as_owner(data_dir):
+            connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
         # What it counted stays in the totals: its replacement takes it over (as the server's
         # user: root does not read or write in DATA_DIR/figures/, server/workerfigures.py).
-        released = release_leases(data_dir / "queue", _node_id(index), time.time())
+        with acting_as_owner(data_dir):
+            released = release_leases(data_dir / "queue", _node_id(index), time.time())
         if released:
             log.info(logfmt("leases-released", worker=index, rows=released))
         now = time.monotonic()

@@ -26,6 +26,7 @@ from hato.server.clientsetup import (
     SubmissionSecurity,
 )
 from hato.server.httpguard import GuardedSite, serve_guarded
+from hato.server.privileges import acting_as_owner
 from hato.server.tls import ReloadingContext
 from hato.server.web import add_client_setup
 
@@ -94,7 +95,8 @@ async def serve_web(
     if section.https and tls is None:
         raise StartupError("wkd.https: needs a certificate: add [tls] cert and key", EX_CONFIG)
     if settings.store.backend != "postgresql":  # else the shared store's, once it is open
-        keys.use(KeyStore.in_data_dir(data_dir))
+        with acting_as_owner(data_dir):  # before the drop: as the data directory's owner
+            keys.use(KeyStore.in_data_dir(data_dir))
     context = tls.front() if section.https and tls is not None else None  # follows reloads
     app = wkd_app(keys)
     add_client_setup(app, published, mta_sts=section.mta_sts, autoconfig=section.autoconfig)
