@@ -106,30 +106,31 @@ def locked(
 
 
 def make_private(data_dir: Path) -> int:
-    """Directories 0700 and files 0600 under `data_dir` (not the mailboxes); how many changed."""
+    """Directories 0700 and files 0600 under `data_dir` (not the mailboxes); how many changed.
+    Walked through directory descriptors (os.fwalk), every entry opened without following a
+    link: root runs this in a directory its server's user owns, who could swap a directory
+    for a link to /etc while it is walked."""
     fixed = _fix(data_dir, DIR_MODE, 0, keep=_TOP_KEEPS)
-    for top in sorted(data_dir.iterdir()):
-        if top.name in OWN_MODES:
-            continue
-        if top.is_dir() and not top.is_symlink():
-            fixed += _fix(top, DIR_MODE, fixed)
-            for root, dirs, files in os.walk(top):
-                for name in dirs:
-                    fixed += _fix(Path(root, name), DIR_MODE, fixed)
-                for name in files:
-                    fixed += _fix(Path(root, name), FILE_MODE, fixed)
-        else:
-            fixed += _fix(top, FILE_MODE, fixed)
+    for root, dirs, files, root_fd in os.fwalk(data_dir, follow_symlinks=False):
+        if Path(root) == data_dir:
+            dirs[:] = sorted(d for d in dirs if d not in OWN_MODES)  # not walked into
+            files = [f for f in files if f not in OWN_MODES]
+        for name in dirs:
+            fixed += _fix(Path(root, name), DIR_MODE, fixed, dir_fd=root_fd)
+        for name in files:
+            fixed += _fix(Path(root, name), FILE_MODE, fixed, dir_fd=root_fd)
     if fixed > _SHOWN_FIXES:
         log.warning(logfmt("permissions-fixed", path=data_dir, count=fixed))
     return fixed
 
 
-def _fix(path: Path, mode: int, shown: int, keep: int = 0) -> int:
+def _fix(path: Path, mode: int, shown: int, keep: int = 0, dir_fd: int | None = None) -> int:
     """Take group and other permissions (but `keep`) away from one directory or file: the one
-    opened without following a link (root runs this in a directory its server's user owns)."""
+    opened without following a link (root runs this in a directory its server's user owns).
+    With `dir_fd`, `path`'s name is opened in that directory."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path.name if dir_fd is not None else path, flags, dir_fd=dir_fd)
     except OSError:
         return 0  # gone meanwhile, a symbolic link (ELOOP), a socket (control.sock is 0600)
     try:
