@@ -135,3 +135,14 @@ def test_memory_holds_keyed_hashes_not_passwords(clock: FakeClock) -> None:
     assert again._entries["alice@example.org"][0] != cache._entries["alice@example.org"][0]
     # The parts are length-prefixed: moving a character from one to the next does not match.
     assert not cache.verified("alice@example.org", "correct horse$", "argon2id$stored")
+
+
+def test_a_cached_success_is_the_account_s_alone(store: UserStore) -> None:
+    """Alice's remembered password opens neither bob's account nor a name that is none."""
+    store.add(BOB, "bob's own phrase")
+    argon2 = Counted(store)
+    assert store.verify(ALICE, "correct horse")
+    assert not store.verify(BOB, "correct horse")
+    assert not store.verify(CAROL, "correct horse")  # no account: the dummy verification
+    assert argon2.calls == 3
+    assert store.verify(BOB, "bob's own phrase")
