@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hato.accounts import UserStore
 from hato.accounts.authcache import VerifiedCache
+from hato.boot.pgsettings import pg_settings as pg_settings  # re-exported (hato.cli.store)
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
@@ -22,30 +23,7 @@ from hato.queue import Queue, QueueStore
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from hato.pgstore import PgSettings
-
 USERS_DB = "users.db"
-
-_EXTRA = "pip install 'psycopg[binary]' psycopg-pool (Hato's postgres extra)"
-
-
-def pg_settings(settings: Settings, node: str | None = None) -> PgSettings:
-    """The PostgreSQL settings of [store]; raises StartupError (78) if psycopg is missing."""
-    try:
-        from hato.pgstore import PgSettings
-    except ImportError:
-        raise StartupError(
-            f'store.backend: "postgresql" needs psycopg 3 and its pool: {_EXTRA}', EX_CONFIG
-        ) from None
-    store = settings.store
-    assert store.dsn is not None  # config: backend "postgresql" needs a dsn
-    return PgSettings(
-        dsn=store.dsn,
-        password_file=store.password_file,
-        pool_size=store.pool_size,
-        statement_timeout=store.statement_timeout,
-        application_name=f"hato {node or socket.gethostname()}"[:63],
-    )
 
 
 def check_store(settings: Settings) -> None:

@@ -3,15 +3,19 @@
 Theory of operation. Hato writes the Maildirs; Dovecot reads them over IMAP as the mailbox owner
 (``[local] mailbox_owner``, e.g. ``vmail``; Dovecot refuses uid 0). A user has one password for
 submission and IMAP: Dovecot's passdb is ``checkpassword`` running ``hato dovecot-auth``, which
-checks the password against users.db with the same argon2id verification as SMTP AUTH (no hash
-is exported, so ``hato user passwd`` takes effect at once). ``hato dovecot-config`` prints a
+checks the password against the accounts ``hato user`` edits (users.db, or the shared PostgreSQL
+store's ``users`` table with [store] backend = "postgresql", so that a user added on one node
+logs in over IMAP on every node) with the same argon2id verification as SMTP AUTH (no hash is
+exported, so ``hato user passwd`` takes effect at once). ``hato dovecot-config`` prints a
 complete configuration for all this.
 
 The checkpassword interface (https://cr.yp.to/checkpwd/interface.html, as Dovecot uses it):
 file descriptor 3 holds ``user NUL password NUL ...``; on success the program sets USER to the
 canonical name and runs the program named by its remaining arguments (Dovecot's
 checkpassword-reply); exit 1 is a wrong password or an unknown user, 111 a temporary failure
-(users.db cannot be read), 2 a misuse.
+(the accounts cannot be read: users.db missing or unreadable, the PostgreSQL store down or
+refusing, a configuration that does not load), 2 a misuse. A failure of the store is never
+exit 1: Dovecot would tell the user the password is wrong (and an uncaught exception exits 1).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -19,10 +23,12 @@ Must not import anything of hato at module level but hato.cli.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +36,7 @@ from hato.cli.errors import CommandError
 from hato.cli.options import load
 
 if TYPE_CHECKING:
+    from hato.accounts import UserStore
     from hato.config import Settings
 
 CHECKPASSWORD_FAILED = 1
@@ -37,6 +44,7 @@ CHECKPASSWORD_MISUSE = 2
 CHECKPASSWORD_TEMPFAIL = 111
 _MAX_INPUT = 512  # the interface's limit on what fd 3 holds
 USERS_DB = "users.db"
+PG_NODE = "dovecot-auth"  # its connection's application_name: "hato dovecot-auth"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -77,28 +85,72 @@ def dovecot_auth(args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"hato dovecot-auth: {' '.join(exc.lines)}", file=sys.stderr)
         return CHECKPASSWORD_TEMPFAIL
-    from hato.accounts import UserStore
     from hato.model import Address, AddressError
+    from hato.model.storeerror import StoreError
 
     try:
         address = Address.parse(user)
     except AddressError:
         return CHECKPASSWORD_FAILED
-    database = Path(settings.server.data_dir) / USERS_DB
-    if not database.is_file():
-        print(f"hato dovecot-auth: {database}: no such file", file=sys.stderr)
-        return CHECKPASSWORD_TEMPFAIL
-    store = UserStore(database, scram_iterations=settings.auth.stored_scram_iterations)
     try:
-        if not store.verify(address, password):
-            return CHECKPASSWORD_FAILED
-    except Exception as exc:
-        print(f"hato dovecot-auth: {database}: {exc}", file=sys.stderr)
+        with _accounts(settings) as store:
+            if not store.verify(address, password):
+                return CHECKPASSWORD_FAILED
+    except (StoreError, OSError, CommandError) as exc:
+        print(f"hato dovecot-auth: {_reason(exc)}", file=sys.stderr)
         return CHECKPASSWORD_TEMPFAIL
-    finally:
-        store.close()
+    except Exception as exc:  # a traceback exits 1: "wrong password" to Dovecot
+        print(f"hato dovecot-auth: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return CHECKPASSWORD_TEMPFAIL
     os.environ["USER"] = f"{address.local.lower()}@{address.domain.lower()}"
     os.execvp(args.reply[0], args.reply)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, CommandError):
+        return " ".join(exc.lines)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename or 'the accounts'}: {exc.strerror}"
+    return str(exc)  # a StoreError names its store
+
+
+@contextlib.contextmanager
+def _accounts(settings: Settings) -> Iterator[UserStore]:
+    """The accounts `hato user` edits: DATA_DIR/users.db, or the shared PostgreSQL store's
+    `users` table. Raises CommandError when they cannot be opened (users.db missing, psycopg
+    not installed); a store that fails later raises hato.model.storeerror's errors.
+
+    Only what the backend needs is imported (this runs once per IMAP login): not
+    hato.boot.store, which wires every room; psycopg only with PostgreSQL."""
+    if settings.store.backend != "postgresql":
+        from hato.accounts import UserStore
+
+        database = Path(settings.server.data_dir) / USERS_DB
+        if not database.is_file():
+            raise CommandError(f"{database}: no such file (see: hato user add)")
+        store = UserStore(database, scram_iterations=settings.auth.stored_scram_iterations)
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    from hato.boot.pgsettings import pg_settings
+    from hato.boot.process import StartupError
+
+    try:
+        pg = pg_settings(settings, PG_NODE)
+    except StartupError as exc:  # psycopg missing
+        raise CommandError(str(exc), exc.exit_code) from None
+    from hato.accounts.postgres import PgUserStore
+    from hato.pgstore import open_pool
+
+    # No wait for the pool here: the look-up waits for its connection (at most
+    # hato.accounts.postgres.WAIT), and a database that does not answer is StoreUnavailable.
+    pool = open_pool(pg, wait=False)
+    try:
+        yield PgUserStore(pool, scram_iterations=settings.auth.stored_scram_iterations)
+    finally:
+        pool.close()
 
 
 def dovecot_config(args: argparse.Namespace) -> int:
@@ -121,9 +173,10 @@ def render(
     owner = pwd.getpwnam(owner_name)
     hato = shutil.which("hato") or str(Path(sys.executable).with_name("hato"))
     conf = f" --config {Path(config).resolve()}" if config is not None else ""
-    # The checkpassword program reads users.db: it runs as users.db's owner (the auth
-    # process's user; Dovecot's own default user cannot read Hato's data directory).
-    auth_user = _owner_name(Path(settings.server.data_dir) / USERS_DB)
+    # The checkpassword program reads the accounts: it runs (as the auth process's user) as
+    # the owner of users.db, or with PostgreSQL of store.password_file (else of the data
+    # directory, whose user has the ~/.pgpass): Dovecot's own default user can read neither.
+    auth_user = _owner_name(_auth_file(settings))
     lines = [
         "# Dovecot serving Hato's Maildirs over IMAP (printed by `hato dovecot-config`).",
         "protocols = imap",
@@ -181,6 +234,15 @@ def _tls_lines(settings: Settings) -> list[str]:
             ]
     # Passwords only over TLS (or on loopback): Dovecot's disable_plaintext_auth default.
     return ["ssl = yes", f"ssl_cert = <{cert}", f"ssl_key = <{key}"]
+
+
+def _auth_file(settings: Settings) -> Path:
+    """The file whose owner `hato dovecot-auth` must run as to read the accounts."""
+    if settings.store.backend != "postgresql":
+        return Path(settings.server.data_dir) / USERS_DB
+    if settings.store.password_file is not None:
+        return Path(settings.store.password_file)
+    return Path(settings.server.data_dir)
 
 
 def _owner_name(path: Path) -> str:
