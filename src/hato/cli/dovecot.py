@@ -141,14 +141,27 @@ def _accounts(settings: Settings) -> Iterator[UserStore]:
         pg = pg_settings(settings, PG_NODE)
     except StartupError as exc:  # psycopg missing
         raise CommandError(str(exc), exc.exit_code) from None
+    import logging
+
     from hato.accounts.postgres import PgUserStore
-    from hato.pgstore import open_pool
+    from hato.model.storeerror import StoreUnavailable
+    from hato.pgstore import connect, open_pool
 
     # No wait for the pool here: the look-up waits for its connection (at most
     # hato.accounts.postgres.WAIT), and a database that does not answer is StoreUnavailable.
+    # The pool's own warnings (one per attempt) would fill Dovecot's log: libpq's reason is
+    # said once, below.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     pool = open_pool(pg, wait=False)
     try:
         yield PgUserStore(pool, scram_iterations=settings.auth.stored_scram_iterations)
+    except StoreUnavailable:
+        pool.close()
+        try:
+            connect(pg).close()
+        except StoreUnavailable as exc:  # libpq's reason, first line
+            raise StoreUnavailable(f"the PostgreSQL store is unreachable: {exc}") from None
+        raise
     finally:
         pool.close()
 
