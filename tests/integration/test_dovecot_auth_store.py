@@ -2,17 +2,25 @@
 checkpassword passdb calls it (user NUL password NUL on file descriptor 3, the reply program as
 its arguments), on a node that has no users.db, it logs in a user `hato user add` added with
 another node's configuration, and says 111 (a temporary failure: Dovecot answers "try again",
-never "wrong password") while the database is down."""
+never "wrong password") while the database is down; and a private Dovecot configured by node B's
+`hato dovecot-config` says so over IMAP."""
 
 from __future__ import annotations
 
+import dataclasses
+import imaplib
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
+from peers.dovecot_imap import DovecotImap, VmailHato
 from peers.hato import hato_binary
+from peers.net import LOOPBACK
 from peers.postgres import PASSWORD, PostgresServer
+from peers.server import DomainSetup
 
 from hato.pgstore import migrate
 
@@ -118,3 +126,45 @@ def test_the_database_down_is_a_temporary_failure_not_a_wrong_password(
     finally:
         postgres.start()
     assert _dovecot_auth(b, BOB, BOB_PASSWORD).returncode == 0
+
+
+def test_imap_on_node_b_logs_in_a_user_added_on_node_a_and_says_try_later_when_down(
+    workdir: Path, pg_dsn: str, postgres: PostgresServer, require_peer: Callable[[str], str]
+) -> None:
+    require_peer("dovecot")
+    a, _ = _nodes(workdir, pg_dsn, postgres)
+    added = _hato(a, "user", "add", BOB, stdin=BOB_PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    assert postgres.password_file is not None
+    node_b = VmailHato(workdir / "node-b" / "data")  # serves example.test, no account of its own
+    node_b.setup = dataclasses.replace(
+        node_b.setup,
+        domains=(DomainSetup("users.test"),),
+        store=(pg_dsn, postgres.password_file),
+    )
+    node_b.start()
+    try:
+        imap = DovecotImap.for_hato(node_b, workdir / "dovecot")
+        imap.start()
+        try:
+            with imaplib.IMAP4(LOOPBACK, imap.port) as client:
+                try:
+                    client.login(BOB, BOB_PASSWORD)
+                except imaplib.IMAP4.error as exc:
+                    raise AssertionError(f"{exc}: {imap.log_text()}") from exc
+            failed = pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED")
+            with imaplib.IMAP4(LOOPBACK, imap.port) as client, failed:
+                client.login(BOB, "not the password")
+            postgres.stop()
+            try:
+                # checkpassword's 111: Dovecot's "Temporary authentication failure".
+                later = pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE")
+                with imaplib.IMAP4(LOOPBACK, imap.port) as client, later:
+                    client.login(BOB, BOB_PASSWORD)
+            finally:
+                postgres.start()
+            assert "the PostgreSQL store is unreachable" in imap.log_text(), imap.log_text()
+        finally:
+            imap.stop()
+    finally:
+        node_b.stop()

@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from argon2 import Parameters
 from argon2.profiles import RFC_9106_LOW_MEMORY
-from psycopg_pool import ConnectionPool
 
 from hato.accounts.authcache import VerifiedCache
 from hato.accounts.store import UserStore
@@ -42,12 +42,22 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+class ConnectionSource(Protocol):
+    """Where each call takes its connection: the process's psycopg_pool.ConnectionPool (the
+    server, `hato user`), or the one connection of a one-shot process (`hato dovecot-auth`,
+    whose process must not start the pool's threads: see hato.cli.dovecot)."""
+
+    def connection(
+        self, timeout: float | None = None
+    ) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
 class PgUserStore(UserStore):
     """`UserStore` on the `users` table of the shared PostgreSQL store."""
 
     def __init__(
         self,
-        pool: ConnectionPool[Any],
+        pool: ConnectionSource,
         *,
         parameters: Parameters = RFC_9106_LOW_MEMORY,
         scram_iterations: int = SCRAM_ITERATIONS,

@@ -36,8 +36,11 @@ from hato.cli.errors import CommandError
 from hato.cli.options import load
 
 if TYPE_CHECKING:
+    import psycopg
+
     from hato.accounts import UserStore
     from hato.config import Settings
+    from hato.pgstore import PgSettings
 
 CHECKPASSWORD_FAILED = 1
 CHECKPASSWORD_MISUSE = 2
@@ -141,29 +144,40 @@ def _accounts(settings: Settings) -> Iterator[UserStore]:
         pg = pg_settings(settings, PG_NODE)
     except StartupError as exc:  # psycopg missing
         raise CommandError(str(exc), exc.exit_code) from None
-    import logging
-
     from hato.accounts.postgres import PgUserStore
-    from hato.model.storeerror import StoreUnavailable
-    from hato.pgstore import connect, open_pool
 
-    # No wait for the pool here: the look-up waits for its connection (at most
-    # hato.accounts.postgres.WAIT), and a database that does not answer is StoreUnavailable.
-    # The pool's own warnings (one per attempt) would fill Dovecot's log: libpq's reason is
-    # said once, below.
-    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-    pool = open_pool(pg, wait=False)
+    source = _OneConnection(pg)
     try:
-        yield PgUserStore(pool, scram_iterations=settings.auth.stored_scram_iterations)
-    except StoreUnavailable:
-        pool.close()
-        try:
-            connect(pg).close()
-        except StoreUnavailable as exc:  # libpq's reason, first line
-            raise StoreUnavailable(f"the PostgreSQL store is unreachable: {exc}") from None
-        raise
+        yield PgUserStore(source, scram_iterations=settings.auth.stored_scram_iterations)
     finally:
-        pool.close()
+        source.close()
+
+
+class _OneConnection:
+    """The one connection of this one-shot process, made at first use (a
+    hato.accounts.postgres.ConnectionSource). Not a pool: a pool starts threads, and each
+    thread's malloc arena counts against Dovecot's limit on the auth process's address space
+    (default_vsz_limit, 256M), leaving argon2id's 64 MiB no room."""
+
+    def __init__(self, pg: PgSettings) -> None:
+        self._pg = pg
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        from hato.model.storeerror import StoreUnavailable
+        from hato.pgstore import connect
+
+        if self._conn is None:
+            try:
+                self._conn = connect(self._pg)  # within libpq's connect_timeout
+            except StoreUnavailable as exc:  # libpq's reason, first line
+                raise StoreUnavailable(f"the PostgreSQL store is unreachable: {exc}") from None
+        yield self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 def dovecot_config(args: argparse.Namespace) -> int:
