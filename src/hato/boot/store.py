@@ -95,12 +95,13 @@ async def open_queue(
             recover=worker is None,  # with workers, the supervisor recovered before them
             id_slot=worker or 0,
         )
-    from hato.pgstore import StoreUnavailable, open_async_pool
+    from hato.pgstore import StoreUnavailable, connect_listener, open_async_pool
     from hato.queue.postgres import PgQueue
 
     name = f"{socket.gethostname()}:{data_dir}" + (f":w{worker}" if worker is not None else "")
+    pg = pg_settings(settings, name)
     try:
-        pool = await open_async_pool(pg_settings(settings, name))
+        pool = await open_async_pool(pg)
     except StoreUnavailable as exc:
         raise StartupError(
             f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
@@ -113,6 +114,7 @@ async def open_queue(
         min_free=settings.queue.min_free_space,
         id_slot=worker or 0,
         close_pool=True,
+        listen=lambda: connect_listener(pg),  # LISTEN hato_queue: other nodes' new mail
     )
 
 

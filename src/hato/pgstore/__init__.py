@@ -9,7 +9,14 @@ Needs the `postgres` extra (psycopg 3 and psycopg_pool): import this package onl
 [store] backend = "postgresql". Must not import anything of hato but model.
 """
 
-from hato.pgstore.pool import PgSettings, StoreUnavailable, connect, open_async_pool, open_pool
+from hato.pgstore.pool import (
+    PgSettings,
+    StoreUnavailable,
+    connect,
+    connect_listener,
+    open_async_pool,
+    open_pool,
+)
 from hato.pgstore.schema import SCHEMA_VERSION, SchemaMismatch, check_schema, migrate
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "StoreUnavailable",
     "check_schema",
     "connect",
+    "connect_listener",
     "migrate",
     "open_async_pool",
     "open_pool",

@@ -75,6 +75,21 @@ def connect(settings: PgSettings, *, autocommit: bool = True) -> psycopg.Connect
         raise StoreUnavailable(reason(exc)) from None
 
 
+async def connect_listener(settings: PgSettings) -> psycopg.AsyncConnection[Any]:
+    """A dedicated connection of the queue's LISTEN (queue/postgres_listen.py): autocommit,
+    with TCP keepalives so that a server gone without a word (a failover, a cut network) is
+    noticed within about a minute instead of never. Raises psycopg's OperationalError."""
+    return await psycopg.AsyncConnection.connect(
+        settings.dsn,
+        autocommit=True,
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
+        **connect_kwargs(settings),
+    )
+
+
 def reason(exc: BaseException) -> str:
     """libpq's message, first line only (it can run over several)."""
     text = str(exc).strip().splitlines()

@@ -13,6 +13,10 @@ Theory of operation (DESIGN.md: 250 means durable, exactly once).
   the scratch file is removed: the body is in the database, so any node can deliver it. The
   recipient rows are inserted leased to this node; `commit()` returns (and the session may say
   250) only after PostgreSQL's COMMIT returned, which is durable (synchronous_commit on).
+  When this node's runner is busy (every delivery slot taken: `watch`'s `busy`), the rows
+  are committed leased to nobody and the transaction says `NOTIFY hato_queue`: every other
+  node's `watch` (postgres_listen.py) wakes its due scan, so an idle node takes the mail at
+  once instead of it waiting here for a slot.
   Any failure is QueueWriteError: 451 4.3.0, never 250; nothing of the message stays.
 - Delivering: the committed message is handed to this node's runner in memory (`wait_fresh`),
   so new mail goes out at once, not after a poll. Due rows are taken with
@@ -57,12 +61,14 @@ from hato.queue.body import BodyWriter, QueueWriteError
 from hato.queue.commit import log_refused, sealed_message
 from hato.queue.ids import QueueIdGenerator, Rng
 from hato.queue.postgres_admin import PgAdmin, finish_if_done
+from hato.queue.postgres_listen import CHANNEL, Connect, Listener
 from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
     fresh_dir,
     insert_message,
     message_from_row,
     recipient_from_row,
+    stream_body,
     unlink,
     write_error,
 )
@@ -78,7 +84,7 @@ AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 class _Waiting:
     msg: NewMessage
     body: BodyWriter
-    future: asyncio.Future[tuple[int, ...]]
+    future: asyncio.Future[tuple[bool, tuple[int, ...]]]  # (leased here, row ids)
 
 
 class PgQueue(PgAdmin):
@@ -97,6 +103,7 @@ class PgQueue(PgAdmin):
         free_space: Callable[[Path], int],
         id_slot: int,
         close_pool: bool = False,
+        listen: Connect | None = None,
     ) -> None:
         super().__init__(pool, clock)
         self._close_pool = close_pool
@@ -113,6 +120,10 @@ class PgQueue(PgAdmin):
         self._fresh: collections.deque[Pending] = collections.deque()
         self._fresh_ready = asyncio.Event()
         self._closed = False
+        # LISTEN hato_queue, run by `watch`
+        self.listener = None if listen is None else Listener(listen, node_id, self._woken)
+        self._wake: Callable[[], None] | None = None  # `watch`'s: this node's due scan
+        self._busy: Callable[[], bool] = lambda: False  # `watch`'s: no free delivery slot
         self._unrecorded: dict[str, list[RowUpdate]] = {}  # outcomes `record` could not write
         # Messages whose body could not be read (the database down): nothing was attempted, so
         # their rows' leases are given back at the next scan, not held for the lease time.
@@ -133,10 +144,13 @@ class PgQueue(PgAdmin):
         recover: bool = True,
         id_slot: int = 0,
         close_pool: bool = False,
+        listen: Connect | None = None,
     ) -> PgQueue:
         """`scratch`: this node's private directory for body files (emptied here).
         `recover`: free this node's leases of an earlier life, marked recovered.
-        `close_pool`: `close()` closes the pool too (else it is the caller's)."""
+        `close_pool`: `close()` closes the pool too (else it is the caller's).
+        `listen`: makes the dedicated connection `watch` listens on (None: `watch` only
+        hears this node's own wake-ups)."""
         await asyncio.to_thread(fresh_dir, scratch)
         queue = cls(
             pool,
@@ -149,6 +163,7 @@ class PgQueue(PgAdmin):
             free_space=free_space,
             id_slot=id_slot,
             close_pool=close_pool,
+            listen=listen,
         )
         if recover:
             freed = await queue.free_leases(node_id, recovered=True)
@@ -195,16 +210,19 @@ class PgQueue(PgAdmin):
                 batch, self._batch = self._batch, []
                 await self._write_batch(batch)
         try:
-            row_ids = waiting.future.result()
+            mine, row_ids = waiting.future.result()
         except QueueWriteError as error:
             log_refused(msg.queue_id, error)
             raise
         finally:
             body.discard()  # the scratch file: the body is in the database (or refused)
-        self._queued(msg, row_ids)
+        self._queued(msg, row_ids, mine)
         return msg.queue_id
 
     async def _write_batch(self, batch: list[_Waiting]) -> None:
+        # Leased here and handed over in memory, unless this node's runner has no free slot:
+        # then leased to nobody, and the other nodes told.
+        mine = not self._busy()
         try:
             results = []
             async with self._pool.connection() as conn, conn.transaction():
@@ -214,21 +232,24 @@ class PgQueue(PgAdmin):
                             conn,
                             item.msg,
                             item.body,
-                            node_id=self.node_id,
+                            node_id=self.node_id if mine else None,
                             lease_until=item.msg.received_at + self.lease_seconds,
                             held=HOLD_PARAM in item.msg.params,
                         )
                     )
-                await conn.execute("NOTIFY hato_queue")  # delivered at COMMIT only
+                if not mine:  # delivered at COMMIT only
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
         except (psycopg.Error, OSError, QueueError) as exc:
             error = write_error(exc, "commit")
             for item in batch:
                 item.future.set_exception(error)
             return
         for item, row_ids in zip(batch, results, strict=True):
-            item.future.set_result(row_ids)
+            item.future.set_result((mine, row_ids))
+        if not mine and self._wake is not None:
+            self._wake()  # this node's own due scan too, once a slot is free
 
-    def _queued(self, msg: NewMessage, row_ids: tuple[int, ...]) -> None:
+    def _queued(self, msg: NewMessage, row_ids: tuple[int, ...], mine: bool) -> None:
         log.info(
             logfmt(
                 "queued",
@@ -252,8 +273,10 @@ class PgQueue(PgAdmin):
             QueuedRecipient(row_id=row_id, address=address, original=original, dsn=dsn)
             for row_id, (address, original, dsn) in zip(row_ids, msg.recipients, strict=True)
         )
-        if HOLD_PARAM in msg.params:
-            return  # committed held (a milter's quarantine): not delivered until released
+        if HOLD_PARAM in msg.params or not mine:
+            # Committed held (a milter's quarantine): not delivered until released. Leased to
+            # nobody (this runner busy): for whichever node's due scan takes it first.
+            return
         self._fresh.append(Pending(message, rcpts, msg.received_at + self.lease_seconds))
         self._fresh_ready.set()
 
@@ -266,6 +289,23 @@ class PgQueue(PgAdmin):
         out = list(self._fresh)
         self._fresh.clear()
         return out
+
+    async def watch(self, wake: Callable[[], None], busy: Callable[[], bool]) -> None:
+        """Call `wake` when another node made rows due (LISTEN hato_queue on a dedicated
+        connection, reconnecting with backoff), or this one committed rows it does not take
+        itself (while `busy()`); until cancelled."""
+        self._wake, self._busy = wake, busy
+        try:
+            if self.listener is None:
+                await asyncio.Event().wait()  # only this node's own wake-ups
+            else:
+                await self.listener.run()
+        finally:
+            self._wake, self._busy = None, lambda: False
+
+    def _woken(self) -> None:
+        if self._wake is not None:
+            self._wake()
 
     async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
         await self._record_kept()
@@ -355,33 +395,11 @@ class PgQueue(PgAdmin):
         if not row[1]:
             return message  # the message is gone
         path = os.path.join(self.messages_dir, message.queue_id)
-        file = await asyncio.to_thread(open, path, "wb")
-        try:
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor()
-                async for (data,) in cursor.stream(
-                    "SELECT data FROM queue_body_chunks WHERE queue_id = %s ORDER BY seq",
-                    (message.queue_id,),
-                ):
-                    await asyncio.to_thread(file.write, data)
-        except psycopg.Error as exc:
-            file.close()
-            await asyncio.to_thread(unlink, path)
-            # A QueueWriteError, as from `_run`: the runner's attempt ends and the rows wait.
-            raise write_error(exc, "load body") from exc
-        await asyncio.to_thread(file.close)
+        await stream_body(self._pool, message.queue_id, path)
         return dataclasses.replace(message, body_path=path)
 
     def release(self, queue_id: str) -> None:
         unlink(os.path.join(self.messages_dir, queue_id))
-
-    async def claim_delay_warning(self, queue_id: str) -> bool:
-        rows = await self._run(
-            "UPDATE queue_messages SET delay_warned = true"
-            " WHERE queue_id = %s AND NOT delay_warned RETURNING 1",
-            (queue_id,),
-        )
-        return bool(rows)
 
     async def record(
         self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
@@ -435,15 +453,6 @@ class PgQueue(PgAdmin):
         except psycopg.Error as exc:
             raise write_error(exc, "record") from exc
         return done
-
-    async def free_leases(self, owner: str, *, recovered: bool) -> int:
-        rows = await self._run(
-            "UPDATE queue_recipients SET recovered = recovered OR %s, lease_owner = NULL,"
-            " lease_until = NULL, updated_at = %s"
-            " WHERE status = 'queued' AND lease_owner = %s RETURNING 1",
-            (recovered, self._clock.now(), owner),
-        )
-        return len(rows)
 
     async def close(self) -> None:
         """Commits in flight finish (they hold the commit lock); the pool is the caller's."""

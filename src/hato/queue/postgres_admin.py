@@ -73,6 +73,23 @@ class PgAdmin:
         self._pool = pool
         self._clock = clock
 
+    async def claim_delay_warning(self, queue_id: str) -> bool:
+        rows = await self._run(
+            "UPDATE queue_messages SET delay_warned = true"
+            " WHERE queue_id = %s AND NOT delay_warned RETURNING 1",
+            (queue_id,),
+        )
+        return bool(rows)
+
+    async def free_leases(self, owner: str, *, recovered: bool) -> int:
+        rows = await self._run(
+            "UPDATE queue_recipients SET recovered = recovered OR %s, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = %s"
+            " WHERE status = 'queued' AND lease_owner = %s RETURNING 1",
+            (recovered, self._clock.now(), owner),
+        )
+        return len(rows)
+
     async def _run(self, sql: str, params: Sequence[object] | dict[str, object]) -> list[Any]:
         """One statement in its own transaction; its rows (none for a statement without)."""
         try:
@@ -152,6 +169,9 @@ class PgAdmin:
                 await conn.execute(sql + " AND row_id = ANY(%s)", [*args, ids])
             touched = tuple(dict.fromkeys(r.queue_id for r in rows))
             removed = tuple([q for q in touched if await finish_if_done(conn, q)])
+            if ids and action in (AdminAction.RELEASE, AdminAction.FLUSH):
+                # Due now: every node's runner wakes (postgres_listen.py), at COMMIT only.
+                await conn.execute("SELECT pg_notify('hato_queue', '')")
         for r in rows:
             log(logfmt(f"admin-{action.value}", id=r.queue_id, to=f"<{r.recipient}>"))
         return ActionResult(

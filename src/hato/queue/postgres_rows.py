@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from hato.model import (
     Address,
@@ -60,13 +61,13 @@ async def insert_message(
     msg: NewMessage,
     body: BodyWriter,
     *,
-    node_id: str,
+    node_id: str | None,
     lease_until: float,
     held: bool = False,
 ) -> tuple[int, ...]:
     """Insert a message, its body (inline, or read back from its scratch file in chunks)
-    and its recipient rows leased to `node_id` (or, `held`, held and leased to nobody); the
-    row ids. In the caller's transaction."""
+    and its recipient rows leased to `node_id` (or, `held` or no `node_id`, leased to
+    nobody); the row ids. In the caller's transaction."""
     await conn.execute(
         f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -102,7 +103,7 @@ async def insert_message(
                     "held" if held else "queued",
                     msg.received_at,
                     None if held else node_id,
-                    None if held else lease_until,
+                    None if held or node_id is None else lease_until,
                     msg.received_at,
                     dsn.notify_param,
                     dsn.orcpt,
@@ -112,6 +113,28 @@ async def insert_message(
             assert row is not None
             row_ids.append(int(row[0]))
     return tuple(row_ids)
+
+
+async def stream_body(
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], queue_id: str, path: str
+) -> None:
+    """A chunked body streamed from the database into the file `path` (never whole in
+    memory); raises QueueWriteError (the file removed) when the database cannot be read."""
+    file = await asyncio.to_thread(open, path, "wb")
+    try:
+        async with pool.connection() as conn:
+            cursor = conn.cursor()
+            async for (data,) in cursor.stream(
+                "SELECT data FROM queue_body_chunks WHERE queue_id = %s ORDER BY seq",
+                (queue_id,),
+            ):
+                await asyncio.to_thread(file.write, data)
+    except psycopg.Error as exc:
+        file.close()
+        await asyncio.to_thread(unlink, path)
+        # A QueueWriteError, as from `_run`: the runner's attempt ends and the rows wait.
+        raise write_error(exc, "load body") from exc
+    await asyncio.to_thread(file.close)
 
 
 def write_error(exc: BaseException, what: str) -> QueueWriteError:

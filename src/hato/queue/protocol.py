@@ -11,7 +11,9 @@ passes the one contract suite, tests/contract/test_queuestore_contract.py.
 
 The promises (DESIGN.md: 250 means durable, exactly once):
 - `commit` returns only once the message and its recipient rows are durable; the rows are
-  then leased to this node and the message is handed to `wait_fresh` in memory. It raises
+  then leased to this node and the message is handed to `wait_fresh` in memory (a store
+  shared by several nodes may instead leave them to any node when this node's runner is
+  busy, see `watch`, and wake the others). It raises
   QueueWriteError, with nothing of the message left, when that cannot be done.
 - A row is delivered by one node at a time: `take_due` leases due rows to this node
   (`node_id`) until now + `lease_seconds`; a lease that ran out belongs to nobody again, so
@@ -102,6 +104,13 @@ class QueueStore(Protocol):
 
     async def wait_fresh(self) -> list[Pending]:
         """Wait for messages committed by this process and take them (already leased)."""
+        ...
+
+    async def watch(self, wake: Callable[[], None], busy: Callable[[], bool]) -> None:
+        """Call `wake` whenever rows may have become due that this process was not handed
+        in memory (another node's commit or an operator's release or flush: PostgreSQL's
+        LISTEN/NOTIFY), until cancelled; `busy()`: this process's runner has no free delivery
+        slot (a shared store then leaves new mail to other nodes). SQLite: never wakes."""
         ...
 
     async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:

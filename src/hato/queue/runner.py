@@ -5,7 +5,9 @@ Must not import anything of hato but model and smtp.
 Theory of operation. Work comes from two places: messages just committed (handed over in
 memory by `QueueStore.commit`, already leased to us: no polling delay and no extra write), and
 rows that are due (deferred rows whose next attempt has come, rows of a previous process
-given back at open, rows whose lease ran out), leased in one write. Each message is one
+given back at open, rows whose lease ran out, rows another node committed or an operator
+released: `QueueStore.watch` wakes the scan), leased in one write. Both wait for a free
+delivery slot before taking work, so a busy node leaves new mail to idle ones. Each message is one
 courier call, at most `max_in_flight` at a time; the outcomes go through the same group-
 commit writer as new messages. The due-row scan sleeps until the earliest next attempt (at
 most `max_sleep`), or until `wake()`.
@@ -104,14 +106,23 @@ class QueueRunner:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._fresh_loop(tg))
             tg.create_task(self._due_loop(tg))
+            tg.create_task(self._queue.watch(self.wake, self._slots.locked))  # other nodes
+
+    async def _free_slot(self) -> None:
+        """Until a delivery slot is free. Work is taken only then: a shared store leaves the
+        mail of a busy node to idle ones (queue/postgres.py)."""
+        async with self._slots:
+            pass
 
     async def _fresh_loop(self, tg: asyncio.TaskGroup) -> None:
         while True:
+            await self._free_slot()
             for pending in await self._queue.wait_fresh():
                 await self._dispatch(tg, pending)
 
     async def _due_loop(self, tg: asyncio.TaskGroup) -> None:
         while True:
+            await self._free_slot()
             self._wake.clear()
             try:
                 batch = await self._queue.take_due(limit=self._scan_limit, exclude=self._in_flight)

@@ -199,11 +199,8 @@ class Queue(AdminJobs):
     # ---- receiving ----
 
     def has_room(self, size_hint: int = 0) -> bool:
-        """Whether to take a new message of about `size_hint` octets (RFC 1870 SIZE=).
-
-        False below `min_free + 2 * size_hint` free bytes; the session then answers
-        452 4.3.1 at MAIL FROM (RFC 1870 §6.2, RFC 3463 §3.4).
-        """
+        """Whether to take a new message of about `size_hint` octets (RFC 1870 SIZE=): not below
+        `min_free + 2 * size_hint` free bytes (452 4.3.1 at MAIL, RFC 1870 §6.2, RFC 3463 §3.4)."""
         needed = self._min_free + 2 * max(size_hint, 0)
         now = self._clock.monotonic()
         # statvfs costs ~2 us: reuse a figure only when it was far above the limit (a second
@@ -338,6 +335,10 @@ class Queue(AdminJobs):
         self._fresh.clear()
         return out
 
+    async def watch(self, wake: Callable[[], None], busy: Callable[[], bool]) -> None:
+        """One node: every commit is handed over in memory, nothing else wakes the runner."""
+        await asyncio.Event().wait()
+
     async def take_due(self, *, limit: int, exclude: Collection[int]) -> list[Pending]:
         """Lease and return due rows (at most `limit`), grouped by message."""
         now = self._clock.now()
@@ -378,10 +379,8 @@ class Queue(AdminJobs):
         self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
     ) -> bool:
         """Record one attempt's outcomes; True when the message is finished and removed.
-
         `has_file`: the body is a spool file (to unlink once the message is removed); False
-        for a body stored inline in its row, which goes with the row.
-        """
+        for a body stored inline in its row, which goes with the row."""
         now = self._clock.now()
         path = os.path.join(self.messages_dir, queue_id)
 
