@@ -218,6 +218,7 @@ async def build_rooms(
         queue,
         courier,
         clock=clock,
+        attempt_timeout=attempt_bound(queue.lease_seconds, settings.delivery.attempt_timeout),
         schedule=Schedule(),
         hostname=settings.server.hostname,
         committer=committer,
@@ -242,6 +243,13 @@ async def build_rooms(
         shared, queue, keys, maildir, tally, committer, runner, direct, outbound, ledger,
         reports, heartbeat,
     )  # fmt: skip
+
+
+def attempt_bound(lease: float, delivery_timeout: float) -> float:
+    """The runner's bound on one attempt: 10 minutes, less when the lease is short ([store]
+    lease_time, which config keeps above delivery.attempt_timeout): between the two, so an
+    attempt ends, and is recorded, before its lease runs out."""
+    return min(600.0, (lease + delivery_timeout) / 2)
 
 
 @dataclass(slots=True)

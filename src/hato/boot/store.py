@@ -114,6 +114,7 @@ async def open_queue(
         min_free=settings.queue.min_free_space,
         id_slot=worker or 0,
         close_pool=True,
+        lease_seconds=settings.store.lease_time,
         listen=lambda: connect_listener(pg),  # LISTEN hato_queue: other nodes' new mail
     )
 

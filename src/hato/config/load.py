@@ -206,6 +206,8 @@ def settings_from_mapping(
     reports = _one(ReportsSettings, raw.get("reports", {}), "reports", context, problems)
     store = _one(StoreSettings, raw.get("store", {}), "store", context, problems)
 
+    if store is not None and delivery is not None:
+        problems.extend(_lease_room(store, delivery))
     problems.extend(_duplicates(raw.get("listener"), "listener", "address"))
     problems.extend(_duplicates(raw.get("domain"), "domain", "name"))
     problems.extend(_duplicates(raw.get("network"), "network", "name"))
@@ -383,6 +385,17 @@ def _smarthost_references(transports: object, has_smarthost: bool) -> list[str]:
         '(e.g. host = "smtp.provider.net") or remove this key'
         for index, item in _entries(transports)
         if item.get("smarthost") is True
+    ]
+
+
+def _lease_room(store: StoreSettings, delivery: DeliverySettings) -> list[str]:
+    """A node must finish an attempt and record it within its lease (else another node takes
+    the rows while it still delivers them)."""
+    if store.backend != "postgresql" or store.lease_time > delivery.attempt_timeout:
+        return []
+    return [
+        f"store.lease_time: {store.lease_time:g} s must be more than delivery.attempt_timeout "
+        f"({delivery.attempt_timeout:g} s): raise lease_time or lower attempt_timeout"
     ]
 
 

@@ -29,6 +29,8 @@ from hato.config.values import check_readable_file, parse_seconds, resolve_path,
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
 MAX_POOL = 200
+DEFAULT_LEASE_TIME = 900.0  # as the queue's DEFAULT_LEASE
+MIN_LEASE, MAX_LEASE = 1.0, 86_400.0
 _DSN_EXAMPLE = '"host=db.example.org port=5432 user=hato dbname=hato"'
 # A password in the DSN itself (key/value "password=..." or a URI's "user:secret@"): refused, so
 # that the config file, which many can read and which gets pasted into bug reports, holds none.
@@ -102,6 +104,19 @@ class StoreSettings(BaseModel):
     def _heartbeat(cls, value: float) -> float:
         if not 0.5 <= value <= 60:
             raise ValueError(f"must be 0.5..60 seconds, got {value:g}")
+        return value
+
+    lease_time: Annotated[float, PlainValidator(parse_seconds)] = Field(
+        DEFAULT_LEASE_TIME,
+        description="seconds a node holds the queue rows it delivers; a dead node's rows go to "
+        f"another node after it, {MIN_LEASE:g}..{MAX_LEASE:g}, more than delivery.attempt_timeout",
+    )
+
+    @field_validator("lease_time")
+    @classmethod
+    def _lease(cls, value: float) -> float:
+        if not MIN_LEASE <= value <= MAX_LEASE:
+            raise ValueError(f"must be {MIN_LEASE:g}..{MAX_LEASE:g} seconds, got {value:g}")
         return value
 
     @field_validator("pool_size")

@@ -28,6 +28,13 @@ def test_postgresql_with_dsn_pool_timeout_and_password_file(tmp_path: Path) -> N
     assert (store.pool_size, store.statement_timeout) == (20, 5.0)
 
 
+def test_lease_time_is_15_minutes_unless_set(tmp_path: Path) -> None:
+    pg = '[store]\nbackend = "postgresql"\ndsn = "host=db"\n'
+    assert parse(pg, tmp_path).store.lease_time == 900.0
+    short = parse(pg + "lease_time = 5\n[delivery]\nattempt_timeout = 3\n", tmp_path)
+    assert short.store.lease_time == 5.0
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -53,6 +60,13 @@ def test_postgresql_with_dsn_pool_timeout_and_password_file(tmp_path: Path) -> N
         (
             'backend = "postgresql"\ndsn = "host=db"\npassword_file = "nope"',
             "store.password_file: file ",
+        ),
+        ('backend = "postgresql"\ndsn = "host=db"\nlease_time = 0', "store.lease_time: must be"),
+        ('backend = "postgresql"\ndsn = "host=db"\nlease_time = "soon"', "store.lease_time: "),
+        (
+            # The default delivery.attempt_timeout is 600 s: an attempt would outlive its lease.
+            'backend = "postgresql"\ndsn = "host=db"\nlease_time = 300',
+            "store.lease_time: 300 s must be more than delivery.attempt_timeout (600 s)",
         ),
         ("pool = 3", "store.pool: unknown key"),
     ],
