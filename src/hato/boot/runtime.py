@@ -219,6 +219,9 @@ async def build_rooms(
         courier,
         clock=clock,
         attempt_timeout=attempt_bound(queue.lease_seconds, settings.delivery.attempt_timeout),
+        # Another node's lease that ran out (it died) is seen by the next scan: at the latest
+        # a quarter of the lease time after it ran out (and every minute).
+        max_sleep=min(60.0, queue.lease_seconds / 4),
         schedule=Schedule(),
         hostname=settings.server.hostname,
         committer=committer,

@@ -122,6 +122,10 @@ class HatoServer:
                 *([] if s.node is None else [f"node = {_toml_str(s.node)}"]),
                 *([] if s.heartbeat is None else [f"heartbeat = {s.heartbeat!r}"]),
             ]
+            if s.lease_time is not None:
+                half = s.lease_time / 2
+                lines += [f"lease_time = {s.lease_time!r}", "[delivery]"]
+                lines += [f"attempt_timeout = {half!r}"]
         if s.mailboxes is not None:
             lines += ["", "[local]", f"mailboxes = {_toml_str(str(s.mailboxes))}"]
         lines += [

@@ -81,6 +81,8 @@ class MailSetup:
     # [store] node and heartbeat (seconds) of a node on PostgreSQL (None: the defaults).
     node: str | None = None
     heartbeat: float | None = None
+    # [store] lease_time (with store; [delivery] attempt_timeout is set to half of it).
+    lease_time: float | None = None
     # [local] mailboxes: a Maildir tree several servers share (None: DATA_DIR/mailboxes).
     mailboxes: Path | None = None
     # [queue] direct_local_delivery: false sends local mail through the queue too.
