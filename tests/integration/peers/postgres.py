@@ -175,6 +175,31 @@ class PostgresServer:
                 raise RuntimeError(f"postgres not ready in {timeout:g} s")
             time.sleep(0.1)
 
+    def replica(self, work: Path) -> PostgresServer:
+        """A streaming replica of this running server, in `work`, not started: a base backup
+        taken with `pg_basebackup -R` (which writes standby.signal and primary_conninfo), the
+        same role and password, its own loopback port. `promote()` makes it the primary."""
+        replica = PostgresServer(work, self.bindir)
+        work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o755)
+        replica.socket_dir.mkdir(exist_ok=True)
+        replica._own(replica.socket_dir)
+        replica.password_file.write_text(PASSWORD + "\n")
+        replica.password_file.chmod(0o600)
+        replica._own(work)
+        replica._run(
+            str(self.bindir / "pg_basebackup"),
+            *("-h", LOOPBACK, "-p", str(self.port), "-U", USER),
+            *("-D", str(replica.data), "-R", "-X", "stream", "--no-sync"),
+            "--checkpoint=fast",  # a spread checkpoint makes the backup wait a minute or more
+            env={"PGPASSWORD": PASSWORD, "PATH": os.environ.get("PATH", "")},
+        )
+        return replica
+
+    def promote(self) -> None:
+        """A replica becomes a primary (`pg_ctl promote`, waiting until it accepts writes)."""
+        self._run(str(self.bindir / "pg_ctl"), "promote", "-D", str(self.data), "-w", "-t", "60")
+
     def _ready(self) -> bool:
         done = subprocess.run(
             [str(self.bindir / "pg_isready"), "-h", LOOPBACK, "-p", str(self.port), "-q"],

@@ -1,0 +1,134 @@
+"""A failover of the shared PostgreSQL to a promoted streaming replica, survived with no restart.
+
+Two `hato serve` nodes (127.0.0.2, .3) whose DSN lists two servers with
+`target_session_attrs=read-write`: a private primary, and a replica of it made with
+`pg_basebackup -R` (both on loopback, on ports of their own). The primary is stopped: every
+node answers 451 4.3.0 (the replica refuses writes, so libpq finds no read-write server), never
+250. The replica is promoted (`pg_ctl promote`): every node takes mail again, with no restart,
+its queue's LISTEN connection comes back on the new primary, and everything that got 250,
+before and after, is delivered exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from peers.hato import HatoServer
+from peers.maildir import MARKER_HEADER, assert_each_once
+from peers.net import LOOPBACK, RawSession
+from peers.postgres import PASSWORD, USER, PostgresServer
+from peers.server import DomainSetup, MailSetup
+
+from hato.pgstore import migrate
+
+HOSTS = ("127.0.0.2", "127.0.0.3")
+RESUME = 60.0  # seconds the nodes may take to find the new primary (pool and LISTEN backoff)
+
+
+@pytest.fixture
+def servers(workdir: Path, postgres: PostgresServer) -> Iterator[tuple[PostgresServer, ...]]:
+    """A private primary and its streaming replica (the session's server gives the binaries)."""
+    primary = PostgresServer(workdir / "pg-primary", postgres.bindir)
+    started = [primary]
+    try:
+        primary.start()
+        dsn = primary.create_database("hato")
+        with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+            migrate(conn)
+        replica = primary.replica(workdir / "pg-replica")
+        started.append(replica)
+        replica.start()
+        yield primary, replica
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def nodes(workdir: Path, servers: tuple[PostgresServer, ...]) -> Iterator[list[HatoServer]]:
+    primary, replica = servers
+    dsn = (
+        f"host={LOOPBACK},{LOOPBACK} port={primary.port},{replica.port} user={USER}"
+        " dbname=hato target_session_attrs=read-write"
+    )
+    setup = MailSetup(
+        domains=(DomainSetup("example.org", accept_any=True),),
+        store=(dsn, primary.password_file),
+        mailboxes=workdir / "mailboxes",
+        direct_local_delivery=False,
+        lease_time=20.0,  # the runners scan at least every 5 s: failed records are retried soon
+    )
+    started: list[HatoServer] = []
+    try:
+        for n, host in enumerate(HOSTS):
+            node = HatoServer(workdir / f"node{n}", setup, host=host)
+            node.start()
+            started.append(node)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _send(node: HatoServer, marker: str) -> tuple[int, bytes]:
+    """One message to bob@example.org; the first reply that is not a success, or the last."""
+    with RawSession(node.host, node.port, timeout=60) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        for line in (b"MAIL FROM:<alice@example.net>", b"RCPT TO:<bob@example.org>"):
+            code, lines = session.command(line)
+            if code != 250:
+                return code, lines[-1]
+        code, lines = session.command(b"DATA")
+        if code != 354:
+            return code, lines[-1]
+        body = MARKER_HEADER + f": {marker}\r\nSubject: {marker}\r\n\r\nhello\r\n.".encode()
+        code, lines = session.command(body)
+        return code, lines[-1]
+
+
+def _temporary(code: int, line: bytes) -> bool:
+    # RFC 5321 §4.2.5 451, RFC 3463 X.3.0: a temporary local problem.
+    return (code, line[4:9]) == (451, b"4.3.0")
+
+
+def test_failover_to_a_promoted_replica_needs_no_restart(
+    nodes: list[HatoServer], servers: tuple[PostgresServer, ...], workdir: Path
+) -> None:
+    primary, replica = servers
+    accepted, attempted = set(), set()
+    for n, node in enumerate(nodes):
+        attempted.add(f"before{n}")
+        code, line = _send(node, f"before{n}")
+        assert code == 250, line
+        accepted.add(f"before{n}")
+    primary.stop()
+    for n, node in enumerate(nodes):
+        attempted.add(f"down{n}")
+        code, line = _send(node, f"down{n}")
+        assert _temporary(code, line), (line, node.log_text()[-3000:])
+    replica.promote()
+    for n, node in enumerate(nodes):
+        # Until the node's pools have a connection to the new primary: 451, never anything else.
+        deadline = time.monotonic() + RESUME
+        tries = 0
+        while True:
+            marker = f"after{n}.{tries}"
+            attempted.add(marker)
+            code, line = _send(node, marker)
+            if code == 250:
+                accepted.add(marker)
+                break
+            assert _temporary(code, line), line
+            assert time.monotonic() < deadline, (line, node.log_text()[-3000:])
+            tries += 1
+            time.sleep(0.5)
+    deadline = time.monotonic() + RESUME
+    for node in nodes:  # the LISTEN connection too: once at start, once on the new primary
+        while node.log_text().count("event=queue-listening") < 2:
+            assert time.monotonic() < deadline, node.log_text()[-3000:]
+            time.sleep(0.1)
+    assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=90, settle=1.0)
