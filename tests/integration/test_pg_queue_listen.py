@@ -6,6 +6,7 @@ notification, not by a poll."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,11 +63,10 @@ def dsn(pg_dsn: str) -> str:
     return pg_dsn
 
 
-@asynccontextmanager
-async def node(
-    dsn: str, root: Path, name: str, clock: FakeClock, courier: Courier, slot: int
-) -> AsyncIterator[PgQueue]:
-    """A node: its queue (listening on a connection of its own) and its runner, running."""
+async def open_queue(
+    dsn: str, root: Path, name: str, clock: FakeClock, slot: int, rng: random.Random | None = None
+) -> PgQueue:
+    """A node's queue, with its own pool and LISTEN connection."""
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
         dsn,
         kwargs={"password": PASSWORD, "autocommit": True},
@@ -80,15 +80,24 @@ async def node(
     async def listen() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(dsn, password=PASSWORD, autocommit=True)
 
-    queue = await PgQueue.open(
+    return await PgQueue.open(
         pool,
         scratch=root / name,
         clock=clock,
         node_id=name,
+        rng=rng,
         id_slot=slot,
         close_pool=True,
         listen=listen,
     )
+
+
+@asynccontextmanager
+async def node(
+    dsn: str, root: Path, name: str, clock: FakeClock, courier: Courier, slot: int
+) -> AsyncIterator[PgQueue]:
+    """A node: its queue (listening on a connection of its own) and its runner, running."""
+    queue = await open_queue(dsn, root, name, clock, slot)
     runner = QueueRunner(
         queue, courier, clock=clock, max_in_flight=1, max_sleep=POLL, hostname="mx.test"
     )
@@ -189,5 +198,31 @@ def test_the_listener_comes_back_after_the_database_restarts(
             second = await commit(a, "after the restart")
             await idle.wait_for(second)
             busy.go.set()
+
+    asyncio.run(main())
+
+
+def test_nodes_never_make_the_same_queue_id(dsn: str, tmp_path: Path) -> None:
+    """Two nodes with the same clock, the same random source and the same configured slot
+    would make the same ids: each claims a slot of its own in the database at open."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        a = await open_queue(dsn, tmp_path, "node-a", clock, 0, random.Random(7))
+        b = await open_queue(dsn, tmp_path, "node-b", clock, 0, random.Random(7))
+        try:
+            assert (await commit(a, "one")) != (await commit(b, "two"))
+            ids = [a.new_body().queue_id for _ in range(100)]
+            ids += [b.new_body().queue_id for _ in range(100)]
+            assert len(set(ids)) == 200
+        finally:
+            await a.close()
+            await b.close()
+        # A node that closed gave its slot back: the next one takes it.
+        c = await open_queue(dsn, tmp_path, "node-c", clock, 0, random.Random(7))
+        try:
+            assert c._ids.slot == 0
+        finally:
+            await c.close()
 
     asyncio.run(main())

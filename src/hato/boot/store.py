@@ -17,6 +17,7 @@ from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
 from hato.model import Clock
+from hato.model.queuestore import QueueError
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.queue import Queue, QueueStore
 
@@ -106,17 +107,23 @@ async def open_queue(
         raise StartupError(
             f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
         ) from None
-    return await PgQueue.open(
-        pool,
-        scratch=data_dir / "queue" / "scratch",
-        clock=clock,
-        node_id=name,
-        min_free=settings.queue.min_free_space,
-        id_slot=worker or 0,
-        close_pool=True,
-        lease_seconds=settings.store.lease_time,
-        listen=lambda: connect_listener(pg),  # LISTEN hato_queue: other nodes' new mail
-    )
+    try:
+        return await PgQueue.open(
+            pool,
+            scratch=data_dir / "queue" / "scratch",
+            clock=clock,
+            node_id=name,
+            min_free=settings.queue.min_free_space,
+            id_slot=worker or 0,
+            close_pool=True,
+            lease_seconds=settings.store.lease_time,
+            listen=lambda: connect_listener(pg),  # LISTEN hato_queue; the id slot's lock
+        )
+    except QueueError as exc:  # the listener's connection could not be made
+        await pool.close()
+        raise StartupError(
+            f"store.dsn: the PostgreSQL store is unreachable: {exc.detail}", EX_TEMPFAIL
+        ) from None
 
 
 def open_limiter(

@@ -9,6 +9,8 @@ random value each millisecond. Within one process ids are strictly increasing ev
 wall clock steps back (the last millisecond is reused and the count goes up), so sorting ids
 sorts messages by arrival; the slot keeps the ids of two workers apart even within one
 millisecond (a shared id would fail a queue commit, or give two direct Maildir copies one name).
+On the shared PostgreSQL queue the slot is claimed in the database instead (every process of
+every node a slot of its own: queue/postgres_listen.py), so nodes never make the same id.
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ class QueueIdGenerator:
         self._slot = slot << _COUNT_BITS
         self._last_ms = -1
         self._seq = 0
+
+    @property
+    def slot(self) -> int:
+        return self._slot >> _COUNT_BITS
+
+    @slot.setter
+    def slot(self, slot: int) -> None:
+        """Another slot from now on (a node of the PostgreSQL queue claimed a free one)."""
+        if not 0 <= slot < MAX_SLOTS:
+            raise ValueError(f"an id slot is 0..{MAX_SLOTS - 1}, not {slot}")
+        self._slot = slot << _COUNT_BITS
 
     def next(self) -> str:
         ms = int(self._clock.now() * 1000)

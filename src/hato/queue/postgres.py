@@ -121,7 +121,9 @@ class PgQueue(PgAdmin):
         self._fresh_ready = asyncio.Event()
         self._closed = False
         # LISTEN hato_queue, run by `watch`
-        self.listener = None if listen is None else Listener(listen, node_id, self._woken)
+        self.listener = (
+            None if listen is None else Listener(listen, node_id, self._woken, self._reslot)
+        )
         self._wake: Callable[[], None] | None = None  # `watch`'s: this node's due scan
         self._busy: Callable[[], bool] = lambda: False  # `watch`'s: no free delivery slot
         self._unrecorded: dict[str, list[RowUpdate]] = {}  # outcomes `record` could not write
@@ -165,6 +167,11 @@ class PgQueue(PgAdmin):
             close_pool=close_pool,
             listen=listen,
         )
+        if queue.listener is not None:
+            try:  # an id slot of this process's own among all nodes' (postgres_listen.py)
+                await queue.listener.open(id_slot)
+            except psycopg.Error as exc:
+                raise write_error(exc, "listen") from exc
         if recover:
             freed = await queue.free_leases(node_id, recovered=True)
             if freed:
@@ -302,6 +309,9 @@ class PgQueue(PgAdmin):
                 await self.listener.run()
         finally:
             self._wake, self._busy = None, lambda: False
+
+    def _reslot(self, slot: int) -> None:
+        self._ids.slot = slot
 
     def _woken(self) -> None:
         if self._wake is not None:
@@ -461,6 +471,8 @@ class PgQueue(PgAdmin):
         self._closed = True
         async with self._commit_lock:
             pass
+        if self.listener is not None:
+            await self.listener.close()  # if `watch` never ran
         if self._close_pool:
             await self._pool.close()
         await asyncio.to_thread(shutil.rmtree, self._scratch, True)

@@ -15,6 +15,15 @@ network goes away), the listener connects again with a growing delay (1 s doubli
 with jitter, so that many nodes do not reconnect in step), and wakes the runner once it is
 back, since a notification sent meanwhile was lost. TCP keepalives (set by whoever makes the
 connection) notice a peer that vanished without a word.
+
+The same connection holds this process's queue id slot (queue/ids.py: 6 bits of every id): a
+session-level advisory lock on (SLOT_LOCKS, slot), taken with `pg_try_advisory_lock` on the
+first free slot at open, so that no two live processes of any nodes make ids in one slot (two
+nodes' ids could otherwise collide within one millisecond, and the commit of the second would
+fail). PostgreSQL frees the lock when the connection ends (the process died, or the database
+went away); on reconnecting the listener takes its slot again, or another free one if a new
+process took it meanwhile. With every slot taken (more than 64 processes on one database) the
+process keeps its slot and says so: ids then stay unique only by their random part.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ from typing import Any
 import psycopg
 
 from hato.model import logfmt
+from hato.queue.ids import MAX_SLOTS
 
 log = logging.getLogger("hato.queue")
 
 CHANNEL = "hato_queue"
+SLOT_LOCKS = 0x4861746F  # "Hato": the advisory lock class of queue id slots
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 
@@ -52,22 +63,59 @@ class Listener:
         connect: Connect,
         node_id: str,
         wake: Callable[[], None],
+        slot: Callable[[int], None],
         *,
         rng: random.Random | None = None,
     ) -> None:
+        """`slot(n)`: this process makes its ids in slot n from now on."""
         self._connect = connect
         self._node_id = node_id
         self._wake = wake
+        self._set_slot = slot
+        self._slot: int | None = None
         self._rng = rng if rng is not None else random.Random()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
         self.listening = asyncio.Event()
         self.lost = asyncio.Event()
+
+    async def open(self, preferred: int) -> None:
+        """Connect and claim an id slot (`preferred` if free) before the first id is made;
+        raises psycopg's error. `run` listens on this connection."""
+        self._slot = preferred
+        self._conn = await self._connect()
+        await self._claim(self._conn)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _claim(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        mine = self._slot if self._slot is not None else 0
+        others = [n for n in range(MAX_SLOTS) if n != mine]
+        self._rng.shuffle(others)
+        for slot in (mine, *others):
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (SLOT_LOCKS, slot))
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                if slot != self._slot:
+                    log.info(logfmt("queue-id-slot", slot=slot, was=self._slot))
+                self._slot = slot
+                self._set_slot(slot)
+                return
+        log.warning(logfmt("queue-id-slots-full", slot=mine, slots=MAX_SLOTS))
 
     async def run(self) -> None:
         delay = MIN_BACKOFF
         while True:
             try:
-                conn = await self._connect()
+                conn, self._conn = self._conn, None
+                claimed = conn is not None  # by `open`
+                if conn is None:
+                    conn = await self._connect()
                 async with conn:
+                    if not claimed:
+                        await self._claim(conn)
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     self.lost.clear()
