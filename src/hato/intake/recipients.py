@@ -49,13 +49,18 @@ def sender_refusal(
     ctx: IntakeContext, mail_from: ReversePath, *, user: Address | None, size: int = 0
 ) -> Reply | None:
     """The first MAIL step: the reply refusing the sender, or None."""
-    facts = SenderFacts(
-        role=ctx.role,
-        queue_has_room=ctx.queue.has_room(size),
-        authenticated=user is not None,
-        sender_is_local=mail_from is not None and ctx.resolver.is_local_domain(mail_from.domain),
-        sender_owned=mail_from is None or (user is not None and owns(ctx, user, mail_from)),
-    )
+    try:
+        facts = SenderFacts(
+            role=ctx.role,
+            queue_has_room=ctx.queue.has_room(size),
+            authenticated=user is not None,
+            sender_is_local=mail_from is not None
+            and ctx.resolver.is_local_domain(mail_from.domain),
+            sender_owned=mail_from is None or (user is not None and owns(ctx, user, mail_from)),
+        )
+    except StoreUnavailable as exc:  # an alias or account to look up: 451 4.3.0, try later
+        log.warning(logfmt("store-unavailable", user=user, error=str(exc)))
+        return exc.reply
     decision = mail_from_decision(facts)
     return None if isinstance(decision, Accept) else decision.reply
 
@@ -99,7 +104,11 @@ def reserve(ctx: IntakeContext, who: str) -> Reservation | Reply | None:
     """The message's place under `who`'s sending limits (policy/ratelimit.py), if any."""
     if ctx.limiter is None:
         return None
-    reserved = ctx.limiter.reserve_message(who)
+    try:
+        reserved = ctx.limiter.reserve_message(who)
+    except StoreUnavailable as exc:  # [store] postgresql down: 451 4.3.0 at MAIL, try later
+        log.warning(logfmt("store-unavailable", user=who, error=str(exc)))
+        return exc.reply
     return reserved if isinstance(reserved, Reservation) else reserved.reply
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from hato.model import Address, AddressError, Reply
 from hato.model.auth import SCRAM_ITERATIONS, ScramCredentials
+from hato.model.storeerror import StoreUnavailable
 from hato.smtp.sasl import (
     Authenticated,
     Challenge,
@@ -33,6 +34,8 @@ from hato.smtp.sasl import (
 
 BAD_CREDENTIALS = Reply(535, "5.7.8", "Authentication credentials invalid")
 UNSUPPORTED = Reply(504, "5.5.4", "Unrecognized authentication type")
+# RFC 4954 §6: 454 4.7.0 when the server cannot check the credentials now (the account store
+# cannot be reached): no failed login, the client tries again later.
 TEMP_AUTH_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
 
 
@@ -138,7 +141,10 @@ class AuthExchange:
                 user = login_address(username)
                 if acts_as_other(user, authzid):
                     return Failure(BAD_CREDENTIALS, "authorization identity differs", username)
-                creds = self._accounts.scram_credentials(user) if user else None
+                try:
+                    creds = self._accounts.scram_credentials(user) if user else None
+                except StoreUnavailable as exc:
+                    return Failure(TEMP_AUTH_FAILURE, str(exc), username)
                 assert isinstance(mechanism, ScramSha256Mechanism)
                 decoy = self._decoy  # shown when there is no such account
                 step = mechanism.credentials(creds, decoy.salt(username), decoy.iterations)
@@ -156,6 +162,12 @@ class AuthExchange:
         raise AssertionError(f"unexpected SASL step {step!r}")
 
     async def _verify(self, username: str, password: str, authzid: str) -> Result:
+        try:
+            return await self._check(username, password, authzid)
+        except StoreUnavailable as exc:
+            return Failure(TEMP_AUTH_FAILURE, str(exc), username)
+
+    async def _check(self, username: str, password: str, authzid: str) -> Result:
         user = login_address(username)
         if acts_as_other(user, authzid):
             return Failure(BAD_CREDENTIALS, "authorization identity differs", username)

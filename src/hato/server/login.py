@@ -104,6 +104,11 @@ class Login:
                 return user
             case Failure(reply=reply, reason=reason, username=username):
                 self._exchange = None
+                if reply.code == 454:  # the account store is down: no guess, not counted
+                    log.warning(logfmt("store-unavailable", session=self._session_id,
+                                       user=username or None, error=reason))  # fmt: skip
+                    conn.reply(reply)
+                    return None
                 if reply.code != 535:  # 504: a mechanism we do not offer is no guess
                     self._log_failure(username, reason, blocked=False)
                     conn.reply(reply)

@@ -6,6 +6,7 @@ import pytest
 
 from hato.model import Address
 from hato.model.auth import ScramCredentials
+from hato.model.storeerror import StoreUnavailable
 from hato.server.auth import (
     AuthExchange,
     Failure,
@@ -67,3 +68,30 @@ def test_scram_with_another_users_authzid_fails_before_any_challenge() -> None:
     assert isinstance(result, Failure) and result.reply.code == 535
     own = b"n,a=Alice@users.test,n=alice@users.test,r=abcdef"
     assert isinstance(asyncio.run(_exchange().start("SCRAM-SHA-256", own)), SendChallenge)
+
+
+class _DownAccounts:
+    """The shared account store cannot be reached ([store] postgresql down)."""
+
+    def verify(self, address: Address, password: str) -> bool:
+        raise StoreUnavailable("connection refused")
+
+    def scram_credentials(self, address: Address) -> ScramCredentials | None:
+        raise StoreUnavailable("connection refused")
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "initial"),
+    [
+        ("PLAIN", f"\0alice@users.test\0{PASSWORD}".encode()),
+        ("SCRAM-SHA-256", b"n,,n=alice@users.test,r=abcdef"),
+    ],
+)
+def test_an_unreachable_account_store_is_a_temporary_failure(
+    mechanism: str, initial: bytes
+) -> None:
+    exchange = AuthExchange(_DownAccounts(), asyncio.Semaphore(1), ScramDecoy(b"k" * 32))
+    result = asyncio.run(exchange.start(mechanism, initial))
+    # RFC 4954 §6: 454 4.7.0 Temporary authentication failure (not 535: no wrong password).
+    assert isinstance(result, Failure)
+    assert (result.reply.code, result.reply.enhanced) == (454, "4.7.0")
