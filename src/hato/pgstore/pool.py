@@ -24,6 +24,11 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from hato.model.storeerror import StoreUnavailable as ModelStoreUnavailable
 
 CONNECT_TIMEOUT = 5  # seconds: libpq's connect_timeout
+# psycopg_pool retries a lost connection in the background with a delay that doubles without
+# bound (1, 2, 4, ... 64 s) until reconnect_timeout: after an outage of a minute the pool would
+# wait another minute before trying, and every session meanwhile gets 451. Giving up soon
+# instead lets the next caller that finds the pool empty start a new attempt at once.
+RECONNECT_TIMEOUT = 2 * CONNECT_TIMEOUT
 
 
 class StoreUnavailable(ModelStoreUnavailable):
@@ -109,6 +114,7 @@ def open_pool(settings: PgSettings, *, wait: bool = True) -> ConnectionPool[Any]
         open=False,
         name=settings.application_name,
         timeout=CONNECT_TIMEOUT + 1,  # waiting for a free connection
+        reconnect_timeout=RECONNECT_TIMEOUT,
     )
     pool.open(wait=False)
     if wait:
@@ -136,6 +142,7 @@ async def open_async_pool(settings: PgSettings) -> AsyncConnectionPool[Any]:
         open=False,
         name=f"{settings.application_name} queue",
         timeout=CONNECT_TIMEOUT + 1,
+        reconnect_timeout=RECONNECT_TIMEOUT,
     )
     await pool.open(wait=False)
     try:
