@@ -6,14 +6,21 @@ in-process DNS server.
 - Mail given to the real hato-sendmail on A arrives at B signed by sender.example, and B's
   Authentication-Results say dkim=pass and dmarc=pass.
 - Mail to nowhere.example is refused by B (not its domain: 5xx at RCPT), so A bounces it to
-  alice; the DSN, from MAILER-DAEMON@mx.sender.example, carries a signature of sender.example
-  that verifies (dkimpy, against the key record B's DNS serves).
+  alice; alice's mail came by hato-sendmail (local submission: our own user's), so the DSN,
+  from MAILER-DAEMON@mx.sender.example, carries a signature of sender.example that verifies
+  (dkimpy, against the key record B's DNS serves).
+- Mail from outside, on A's port 25 without AUTH, to A's alias gone@sender.example, which
+  forwards to nowhere.example: accepted, then refused by B, so A bounces it to the outside
+  sender at dest.example (through B). That DSN returns what a stranger chose, so A does not
+  sign it (queue/bounce.py "Signing", RFC 6376 §8); it still passes DMARC at B by SPF on
+  A's HELO name (mx.sender.example's record).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import smtplib
 import subprocess
 import sys
 import time
@@ -38,6 +45,7 @@ B_HOSTNAME = "mx.dest.example"
 def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
     return {
         "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        A_HOSTNAME: {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # SPF of the DSNs' HELO
         "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
         "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
     }
@@ -83,7 +91,15 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         )
         a = SenderHato(
             tmp_path / "a",
-            MailSetup(domains=(DomainSetup("sender.example", users=("alice",)),)),
+            MailSetup(
+                domains=(
+                    DomainSetup(
+                        "sender.example",
+                        users=("alice",),
+                        aliases=(("gone", ("nobody@nowhere.example",)),),
+                    ),
+                )
+            ),
             f"{b.host}:{b.port}",
             dns.nameserver,
         )
@@ -186,3 +202,19 @@ def test_a_bounce_from_our_server_carries_a_signature_that_verifies(pair: Pair) 
     assert _signature_domains(fields) == ["sender.example"], fields
     record = pair.record.encode()
     assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record), fields
+
+
+def test_a_bounce_of_mail_from_outside_is_not_signed(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    with smtplib.SMTP(a.host, a.port, timeout=30) as client:  # port 25's role: no AUTH
+        client.sendmail("carol@dest.example", ["gone@sender.example"],
+                        _message("outside-1", "gone@sender.example"))  # fmt: skip
+    found = _wait_for(b.mailbox("carol", "dest.example"), b"MAILER-DAEMON@", 60)
+    assert len(found) == 1, f"no bounce for carol:\n{_logs(a, b)}"
+    fields = _header_fields(found[0].read_bytes())
+    assert f"From: Mail Delivery System <MAILER-DAEMON@{A_HOSTNAME}>" in fields, fields
+    assert _signature_domains(fields) == [], fields  # no DKIM-Signature by us
+    results = [f for f in fields if f.startswith(f"Authentication-Results: {B_HOSTNAME};")]
+    assert len(results) == 1, fields
+    assert re.search(r"\bdkim=none\b", results[0]), results[0]
+    assert re.search(r"\bdmarc=pass\b", results[0]), results[0]  # by SPF on the HELO name

@@ -9,9 +9,12 @@ door (`Door`) and what the door's context has configured:
   listeners), and an ARC seal when our aliases forward it (RFC 8617);
 - mail our users send (`Door.SUBMISSION` after AUTH, `Door.LOCAL` from hato-sendmail and the
   maildrop) gets the DKIM signature of its author's domain (RFC 6376: signing.py);
-- the server's own notices (`Door.NOTICE`, DSNs from MAILER-DAEMON@hostname) get the signature
-  of the hostname's domain, or of the nearest of our signing domains above it (relaxed DMARC
-  alignment, RFC 7489 §3.1.1), so that DMARC passes at the receiver;
+- the server's own notices about our users' mail (`Door.NOTICE`, DSNs from
+  MAILER-DAEMON@hostname about mail that carried AUTH_PARAM) get the signature of the
+  hostname's domain, or of the nearest of our signing domains above it (relaxed DMARC
+  alignment, RFC 7489 §3.1.1), so that DMARC passes at the receiver; notices about mail from
+  outside (`Door.OUTSIDE_NOTICE`) are not signed: they return content a stranger chose, and a
+  signature vouches for it (RFC 6376 §8; queue/bounce.py "Signing");
 - then, with our results known, rspamd's verdict (spamcheck.py) and the milters'
   (miltercheck.py), for every door but the notices, as the door's role has them configured.
 
@@ -59,7 +62,12 @@ class Door(enum.Enum):
     MX = "mx"  # a client without AUTH, on any SMTP listener
     SUBMISSION = "submission"  # a client after AUTH
     LOCAL = "local"  # hato-sendmail on the submit socket, the maildrop
-    NOTICE = "notice"  # the server's own DSNs
+    NOTICE = "notice"  # the server's own DSNs about our users' mail
+    OUTSIDE_NOTICE = "outside-notice"  # the server's own DSNs about mail from outside
+
+
+NOTICES = (Door.NOTICE, Door.OUTSIDE_NOTICE)
+SIGNED = (Door.SUBMISSION, Door.LOCAL, Door.NOTICE)  # never content a stranger chose
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +95,10 @@ class Steps:
 
 def steps(ctx: IntakeContext, door: Door) -> Steps:
     """The one place that decides which steps a door's message takes (module docstring)."""
-    judged = door is not Door.NOTICE  # our own notices are not shown to rspamd or milters
+    judged = door not in NOTICES  # our own notices are not shown to rspamd or milters
     return Steps(
         check=door is Door.MX and ctx.inbound is not None,
-        sign=door is not Door.MX and bool(ctx.signer),
+        sign=door in SIGNED and bool(ctx.signer),
         spam=judged and ctx.spam is not None,
         milters=judged and bool(ctx.milters),
     )

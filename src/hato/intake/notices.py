@@ -9,6 +9,10 @@ copy is encrypted by the same `protect` (intake/protect.py) and never stored in 
 key failure policy applies as to any mail: DEFER queues nothing now (the runner tries the
 notice again at the next attempt), PLAINTEXT stores the warning-headed copy. A notice is
 always queued (never delivered before its commit: the runner's attempt writes it).
+
+A notice about our own user's mail (`ours`: authenticated or local submission) goes through
+`Door.NOTICE`, DKIM-signed; one about mail from outside through `Door.OUTSIDE_NOTICE`,
+unsigned: it returns content a stranger chose (queue/bounce.py "Signing", RFC 6376 §8).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class KeyedCommitter:
         *,
         recipients: list[tuple[Address, Address]],
         params: dict[str, str | None],
+        ours: bool,
     ) -> str:
         ctx = self._ctx
         # RFC 3461 §6.1 / RFC 5321 §4.5.5: a DSN goes from the null reverse-path.
@@ -94,7 +99,8 @@ class KeyedCommitter:
         message.write(data)
         header = HeaderCapture()
         header.feed(data)  # its From: MAILER-DAEMON@hostname (queue/dsn.py)
-        facts = Submitted("dsn", "", "", None, None, params, Door.NOTICE)
+        door = Door.NOTICE if ours else Door.OUTSIDE_NOTICE  # signed only if ours (docstring)
+        facts = Submitted("dsn", "", "", None, None, params, door)
         ids = await end_of_message(ctx, tx, message, facts, captured=data,
                                    authors=header.authors(), trace=lambda _: b"",
                                    direct=False)  # fmt: skip

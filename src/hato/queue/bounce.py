@@ -22,6 +22,14 @@ received it (the queue parameters `AUTH_PARAM` and `SPF_PARAM`); otherwise the r
 ignored and logged. A failure notice about a copy one of our aliases forwarded (a recipient row
 delivering to another domain than the RCPT TO named) returns the header section only, as with
 RET=HDRS, unless the sender authenticated: whoever forged the sender gets no copy of the body.
+
+Signing. A notice carries the original (whole, up to RETURN_LIMIT, or its header section) as
+the RFC 3464 report's third part, and the delay and success notices name what the sender
+chose; so the committer is told whether the original was our own user's (`AUTH_PARAM`:
+authenticated submission or local submission), and signs the notice with our domain's DKIM
+key only then (intake/notices.py). A notice about mail from outside is not signed: RFC 6376
+§8 (a signer vouches for what it signs) and anyone could otherwise have content of their
+choosing returned to a forged sender under our signature.
 """
 
 from __future__ import annotations
@@ -133,6 +141,11 @@ def sender_verified(message: QueuedMessage) -> bool:
     return AUTH_PARAM in message.params or message.params.get(SPF_PARAM) == "pass"
 
 
+def submitted_here(message: QueuedMessage) -> bool:
+    """Whether the message was our own user's: authenticated or local submission."""
+    return AUTH_PARAM in message.params
+
+
 def forwarded(rcpt: QueuedRecipient) -> bool:
     """Whether the row is an alias's copy for another domain than the one addressed."""
     return rcpt.address.domain.lower() != rcpt.original.domain.lower()
@@ -160,7 +173,8 @@ def read_original(message: QueuedMessage, *, full: bool) -> Original:
 
 class Committer(Protocol):
     """Queues `data`, a message made here (a DSN), from `<>` to `recipients`; `body` is the
-    empty body reserved for it (its queue id is named inside `data`). Returns the queue id(s).
+    empty body reserved for it (its queue id is named inside `data`). `ours`: the original
+    was our own user's (see "Signing" in the module docstring). Returns the queue id(s).
     Raises QueueWriteError when nothing was queued."""
 
     async def __call__(
@@ -170,6 +184,7 @@ class Committer(Protocol):
         *,
         recipients: list[tuple[Address, Address]],
         params: dict[str, str | None],
+        ours: bool,
     ) -> str: ...
 
 
@@ -186,6 +201,7 @@ class PlainCommit:
         *,
         recipients: list[tuple[Address, Address]],
         params: dict[str, str | None],
+        ours: bool,
     ) -> str:
         body.write(data)
         return await self._queue.commit(
@@ -260,7 +276,10 @@ class Notifier:
             # message/global-delivery-status of a non-ASCII recipient, too).
             params["SMTPUTF8"] = None
         # RFC 3461 §6.1 / RFC 5321 §4.5.5: a DSN goes from the null reverse-path.
-        queue_id = await self._commit(body, data, recipients=[(sender, sender)], params=params)
+        # Signed only when the original was our user's ("Signing", module docstring).
+        queue_id = await self._commit(
+            body, data, recipients=[(sender, sender)], params=params, ours=submitted_here(message)
+        )
         log.info(
             logfmt(
                 "dsn-queued",

@@ -27,7 +27,9 @@ from hato.intake.spamcheck import SpamFilter
 from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Reply, Role
 from hato.model.queuestore import Pending
-from hato.queue import Queue, QueueStore
+from hato.queue import AUTH_PARAM, SPF_PARAM, Notifier, Queue, QueueStore
+from hato.queue.dsn import Action, RecipientReport
+from hato.queue.schedule import Schedule
 from hato.smtp import ServerSettings
 from kit.clock import FakeClock
 
@@ -100,6 +102,7 @@ def _stored(pending: Pending, body: bytes) -> bytes:
         (Door.SUBMISSION, Steps(check=False, sign=True, spam=True, milters=True)),
         (Door.LOCAL, Steps(check=False, sign=True, spam=True, milters=True)),
         (Door.NOTICE, Steps(check=False, sign=True, spam=False, milters=False)),
+        (Door.OUTSIDE_NOTICE, Steps(check=False, sign=False, spam=False, milters=False)),
     ],
 )
 def test_each_door_takes_its_steps_decided_in_one_place(door: Door, expected: Steps) -> None:
@@ -173,7 +176,9 @@ def test_a_notice_is_signed_by_the_domain_of_our_hostname(tmp_path: Path, hostna
         committer = KeyedCommitter(
             queue, cast(KeyLookup, _NoKeys()), CLOCK, Book(), hostname=hostname, signer=SIGNER
         )
-        return await committer(queue.new_body(), data, recipients=[(FAR, FAR)], params={})
+        return await committer(
+            queue.new_body(), data, recipients=[(FAR, FAR)], params={}, ours=True
+        )
 
     queue_id, pending = _queued(tmp_path, run)
     assert queue_id == pending.message.queue_id and pending.message.mail_from is None
@@ -190,10 +195,66 @@ def test_a_notice_from_a_hostname_outside_our_domains_is_not_signed(tmp_path: Pa
             queue, cast(KeyLookup, _NoKeys()), CLOCK, Book(), hostname="mail.hoster.test",
             signer=SIGNER,
         )  # fmt: skip
-        return await committer(queue.new_body(), data, recipients=[(FAR, FAR)], params={})
+        return await committer(
+            queue.new_body(), data, recipients=[(FAR, FAR)], params={}, ours=True
+        )
 
     _, pending = _queued(tmp_path, run)
     assert b"DKIM-Signature" not in pending.message.prefix
+
+
+@pytest.mark.parametrize(
+    ("params", "signed"),
+    [
+        ({AUTH_PARAM: "alice@example.org"}, True),  # authenticated submission
+        ({AUTH_PARAM: "local"}, True),  # local submission (hato-sendmail, the maildrop)
+        ({}, False),  # from outside: the DSN returns content a stranger chose
+        ({SPF_PARAM: "pass"}, False),  # a checked sender is still not our user
+    ],
+)
+def test_a_dsn_is_signed_only_about_our_own_users_mail(
+    tmp_path: Path, params: dict[str, str | None], signed: bool
+) -> None:
+    # queue/bounce.py "Signing": the Notifier tells the committer whether the original carried
+    # AUTH_PARAM; RFC 6376 §8, we do not vouch for content we do not control.
+    original = MESSAGE + b"Click here: https://phish.test/\r\n"
+
+    async def scenario() -> Pending:
+        queue = await Queue.open(
+            tmp_path / "q", clock=CLOCK, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            body = queue.new_body()
+            body.write(original)
+            await queue.commit(
+                body, mail_from=FAR, recipients=[(ALICE, ALICE)], prefix=b"", params=params
+            )
+            (first,) = await queue.wait_fresh()
+            committer = KeyedCommitter(
+                queue, cast(KeyLookup, _NoKeys()), CLOCK, Book(), hostname="mx.example.org",
+                signer=SIGNER,
+            )  # fmt: skip
+            notifier = Notifier(queue, hostname="mx.example.org", clock=CLOCK,
+                                schedule=Schedule(), committer=committer)  # fmt: skip
+            failed = Reply(552, "5.2.2", "over quota")
+            (rcpt,) = first.recipients
+            await notifier.send(
+                first.message, [RecipientReport(rcpt, Action.FAILED, failed, None, CLOCK.now())]
+            )
+            (notice,) = await queue.wait_fresh()
+            return notice
+        finally:
+            await queue.close()
+
+    notice = asyncio.run(scenario())
+    assert notice.message.mail_from is None
+    assert notice.recipients[0].address == FAR
+    assert (b"DKIM-Signature" in notice.message.prefix) is signed
+    if signed:
+        data = notice.message.body
+        if data is None:
+            data = Path(notice.message.body_path).read_bytes()
+        assert dkim.verify(notice.message.prefix + data, dnsfunc=_dns)
 
 
 def test_a_users_mail_is_signed_only_by_its_own_domain_not_a_parent() -> None:
