@@ -19,6 +19,10 @@ from peers import filtering, maildir
 from peers.milters import LibMilter, MilteredHato, OpenDkim, libmilter_missing
 from peers.net import cannot_run, require_peer
 
+# The metrics test counts what the tests before it did on the same module-scoped server: keep
+# the module on one xdist worker (scripts/test runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("libmilter")
+
 SENDER = "alice@sender.example"
 
 
