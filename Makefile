@@ -33,6 +33,6 @@ unit: venv
 	$(BIN)/pytest -q -n 2 tests/unit tests/contract tests/property tests/dialogs tests/vectors
 
 integration: venv
-	$(BIN)/pytest -q -n 2 --dist loadgroup tests/integration
+	$(BIN)/pytest -q -n 2 --dist loadfile tests/integration
 
 test: lint type imports unit integration

@@ -19,9 +19,8 @@ from peers import filtering, maildir
 from peers.milters import LibMilter, MilteredHato, OpenDkim, libmilter_missing
 from peers.net import cannot_run, require_peer
 
-# The metrics test counts what the tests before it did on the same module-scoped server: keep
-# the module on one xdist worker (scripts/test runs with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("libmilter")
+# The metrics test counts what the tests before it did on the same module-scoped server: the
+# module must run on one xdist worker, in order (scripts/test runs with --dist loadfile).
 
 SENDER = "alice@sender.example"
 
