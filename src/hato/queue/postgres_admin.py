@@ -34,6 +34,7 @@ from hato.model.queuestore import (
     Selector,
 )
 from hato.queue.postgres_rows import message_from_row, recipient_from_row
+from hato.queue.postgres_totals import FINISHED_SQL, MESSAGES_SQL, RECIPIENTS_SQL, stats_of
 from hato.queue.protocol import LogSink
 from hato.queue.selector_sql import row_views, select_rows
 
@@ -244,29 +245,7 @@ class PgAdmin:
         return BounceDone(failed, touched, removed)
 
     async def stats(self, *, now: float) -> QueueStats:
-        ((messages, oldest, size),) = await self._run(
-            "SELECT count(*), min(received_at), coalesce(sum(size), 0) FROM queue_messages", ()
-        )
-        ((queued, deferred, held, busy),) = await self._run(
-            "SELECT count(*) FILTER (WHERE status = 'queued'),"
-            " count(*) FILTER (WHERE status = 'queued' AND attempts > 0),"
-            " count(*) FILTER (WHERE status = 'held'),"
-            " count(*) FILTER (WHERE lease_until > %s)"
-            " FROM queue_recipients WHERE status IN ('queued', 'held')",
-            (now,),
-        )
-        finished = await self._run(
-            "SELECT status, count(*) FROM queue_recipients"
-            " WHERE status IN ('delivered', 'failed') AND updated_at > %s GROUP BY status",
-            (now - 3600,),
-        )
-        return QueueStats(
-            messages=int(messages),
-            queued=int(queued),
-            deferred=int(deferred),
-            held=int(held),
-            busy=int(busy),
-            oldest=None if oldest is None else float(oldest),
-            bytes=int(size),
-            finished_last_hour={str(s): int(n) for s, n in finished},
-        )
+        (messages,) = await self._run(MESSAGES_SQL, ())
+        (recipients,) = await self._run(RECIPIENTS_SQL, (now,))
+        finished = await self._run(FINISHED_SQL, (now - 3600,))
+        return stats_of(messages, recipients, finished)
