@@ -17,8 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from peers.hato import HatoServer
-from peers.maildir import MARKER_HEADER, all_messages, assert_each_once, markers
-from peers.net import LOOPBACK, RawSession
+from peers.maildir import all_messages, assert_each_once, markers
+from peers.net import LOOPBACK
+from peers.nodes import running_nodes, send_marked
 from peers.postgres import PASSWORD, USER, PostgresServer
 from peers.server import DomainSetup, MailSetup
 
@@ -61,33 +62,8 @@ def nodes(workdir: Path, servers: tuple[PostgresServer, ...]) -> Iterator[list[H
         direct_local_delivery=False,
         lease_time=20.0,  # the runners scan at least every 5 s: failed records are retried soon
     )
-    started: list[HatoServer] = []
-    try:
-        for n, host in enumerate(HOSTS):
-            node = HatoServer(workdir / f"node{n}", setup, host=host)
-            node.start()
-            started.append(node)
+    with running_nodes(workdir, setup, HOSTS) as started:
         yield started
-    finally:
-        for node in started:
-            node.stop()
-
-
-def _send(node: HatoServer, marker: str) -> tuple[int, bytes]:
-    """One message to bob@example.org; the first reply that is not a success, or the last."""
-    with RawSession(node.host, node.port, timeout=60) as session:
-        assert session.reply()[0] == 220
-        assert session.command(b"EHLO client.test")[0] == 250
-        for line in (b"MAIL FROM:<alice@example.net>", b"RCPT TO:<bob@example.org>"):
-            code, lines = session.command(line)
-            if code != 250:
-                return code, lines[-1]
-        code, lines = session.command(b"DATA")
-        if code != 354:
-            return code, lines[-1]
-        body = MARKER_HEADER + f": {marker}\r\nSubject: {marker}\r\n\r\nhello\r\n.".encode()
-        code, lines = session.command(body)
-        return code, lines[-1]
 
 
 def _temporary(code: int, line: bytes) -> bool:
@@ -102,13 +78,13 @@ def test_failover_to_a_promoted_replica_needs_no_restart(
     accepted, attempted = set(), set()
     for n, node in enumerate(nodes):
         attempted.add(f"before{n}")
-        code, line = _send(node, f"before{n}")
+        code, line = send_marked(node, f"before{n}")
         assert code == 250, line
         accepted.add(f"before{n}")
     primary.stop()
     for n, node in enumerate(nodes):
         attempted.add(f"down{n}")
-        code, line = _send(node, f"down{n}")
+        code, line = send_marked(node, f"down{n}")
         assert _temporary(code, line), (line, node.log_text()[-3000:])
     replica.promote()
     for n, node in enumerate(nodes):
@@ -118,7 +94,7 @@ def test_failover_to_a_promoted_replica_needs_no_restart(
         while True:
             marker = f"after{n}.{tries}"
             attempted.add(marker)
-            code, line = _send(node, marker)
+            code, line = send_marked(node, marker)
             if code == 250:
                 accepted.add(marker)
                 break

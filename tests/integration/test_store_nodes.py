@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from peers.hato import HatoServer
-from peers.maildir import MARKER_HEADER, all_messages, assert_each_once, markers
-from peers.net import RawSession
+from peers.maildir import all_messages, assert_each_once, markers
+from peers.nodes import running_nodes, send_marked
 from peers.postgres import PASSWORD, PostgresServer
 from peers.server import DomainSetup, MailSetup
 
@@ -32,33 +32,8 @@ def nodes(workdir: Path, pg_dsn: str, postgres: PostgresServer) -> Iterator[list
         mailboxes=workdir / "mailboxes",
         direct_local_delivery=False,  # through the shared queue
     )
-    started: list[HatoServer] = []
-    try:
-        for n, host in enumerate(HOSTS):
-            node = HatoServer(workdir / f"node{n}", setup, host=host)
-            node.start()
-            started.append(node)
+    with running_nodes(workdir, setup, HOSTS) as started:
         yield started
-    finally:
-        for node in started:
-            node.stop()
-
-
-def _send(node: HatoServer, marker: str) -> tuple[int, bytes]:
-    """One message to bob@example.org; the final reply's code and its last line."""
-    with RawSession(node.host, node.port, timeout=60) as session:
-        assert session.reply()[0] == 220
-        assert session.command(b"EHLO client.test")[0] == 250
-        for line in (b"MAIL FROM:<alice@example.net>", b"RCPT TO:<bob@example.org>"):
-            code, lines = session.command(line)
-            if code != 250:
-                return code, lines[-1]
-        code, lines = session.command(b"DATA")
-        if code != 354:
-            return code, lines[-1]
-        body = MARKER_HEADER + f": {marker}\r\nSubject: {marker}\r\n\r\nhello\r\n.".encode()
-        code, lines = session.command(body)
-        return code, lines[-1]
 
 
 def test_every_node_delivers_from_the_shared_queue_exactly_once(
@@ -68,7 +43,7 @@ def test_every_node_delivers_from_the_shared_queue_exactly_once(
     for n in range(30):
         marker = f"m{n}"
         attempted.add(marker)
-        code, line = _send(nodes[n % 3], marker)
+        code, line = send_marked(nodes[n % 3], marker)
         assert code == 250, line
         accepted.add(marker)
     assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=60, settle=1.0)
@@ -80,13 +55,13 @@ def test_postgresql_down_means_451_and_nothing_lost(
     accepted, attempted = set(), set()
     for n in range(3):
         attempted.add(f"before{n}")
-        assert _send(nodes[n], f"before{n}")[0] == 250
+        assert send_marked(nodes[n], f"before{n}")[0] == 250
         accepted.add(f"before{n}")
     postgres.stop()
     try:
         for n, node in enumerate(nodes):
             attempted.add(f"down{n}")
-            code, line = _send(node, f"down{n}")
+            code, line = send_marked(node, f"down{n}")
             # RFC 5321 §4.2.5 451, RFC 3463 X.3.0: a temporary local problem, never 250.
             assert (code, line[4:9]) == (451, b"4.3.0"), (line, node.log_text()[-4000:])
     finally:
@@ -95,7 +70,7 @@ def test_postgresql_down_means_451_and_nothing_lost(
     # (at most a minute later: queue/runner.py max_sleep), not delivered again.
     for n, node in enumerate(nodes):  # no restart: the pools reconnect
         attempted.add(f"after{n}")
-        code, line = _send(node, f"after{n}")
+        code, line = send_marked(node, f"after{n}")
         assert code == 250, line
         accepted.add(f"after{n}")
     # A delivery tried while the database was down was deferred by the usual schedule (its
