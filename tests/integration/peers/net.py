@@ -31,15 +31,32 @@ _handed: set[int] = set()
 _random = random.SystemRandom()
 
 
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This test process's own part of [low, high): pytest-xdist's workers (gw0, gw1, ...) each
+    keep their own `_handed`, so two of them could otherwise pick the same port between one's
+    probe and its server's bind (CI saw "Address already in use" with two workers)."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        index = int(name.removeprefix("gw"))
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        return low, high
+    if not 0 <= index < count:
+        return low, high
+    size = (high - low) // count
+    return low + index * size, low + (index + 1) * size
+
+
 def free_port() -> int:
     """A free TCP port on loopback, below the kernel's ephemeral range when there is room: a
     port the kernel picked for `bind(0)` is in that range, and can be taken by some client
     connection's local end before the server binds it (CI saw "Address already in use").
-    Ports handed out before in this process are not handed out again."""
-    low = 10000
-    if _EPHEMERAL_LOW - low >= 2000:
+    Ports handed out before in this process are not handed out again, nor ports of another
+    test worker's slice."""
+    low, high = _worker_slice(10000, _EPHEMERAL_LOW)
+    if high - low >= 1000:
         for _ in range(100):
-            port = _random.randrange(low, _EPHEMERAL_LOW)
+            port = _random.randrange(low, high)
             if port in _handed:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from peers.net import free_port
 
 from dnsserver import DnsTestServer, ZoneDict
 from hato.delivery.dane import tlsa_data
@@ -59,13 +59,6 @@ class Receiver:
     port: int
     handler: Handler
     cert_der: bytes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import ClientSession
+from peers.net import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from hato.model import (
@@ -208,12 +209,6 @@ def test_a_port_in_use_is_a_clear_error() -> None:
     message = str(error.value)
     assert f"metrics.address 127.0.0.1:{port}: cannot listen" in message
     assert "pick a free port or remove [metrics]" in message
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_serve_metrics_answers_until_cancelled_then_frees_the_port() -> None:
