@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from typing import IO
 
+import pytest
+
+from hato.boot import logsetup
 from hato.boot.logsetup import PIPE_BUF, BatchingHandler, TextFormatter
 
 
@@ -66,3 +71,77 @@ def test_writes_hold_whole_lines_within_pipe_buf() -> None:
     assert len(data) > PIPE_BUF  # several writes were needed
     handler.close()
     os.close(read_fd)
+
+
+_STREAMS: list[IO[str]] = []  # the handler writes to the stream's descriptor: keep it open
+
+
+Saved = tuple[list[logging.Handler], bool]
+
+
+def _configured(fmt: str) -> tuple[int, logging.Handler, Saved]:
+    read_fd, write_fd = _reader()
+    hato = logging.getLogger("hato")
+    saved = (list(hato.handlers), hato.propagate)
+    _STREAMS.append(os.fdopen(write_fd, "w"))
+    handler = logsetup.configure_logging(fmt, "info", _STREAMS[-1])
+    return read_fd, handler, saved
+
+
+def _restore(read_fd: int, handler: logging.Handler, saved: Saved) -> None:
+    handler.close()
+    hato = logging.getLogger("hato")
+    hato.handlers[:], hato.propagate = saved
+    logsetup._fast = None
+    os.close(read_fd)
+    _STREAMS.pop().close()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_info_lines_of_hato_loggers_skip_the_record_but_read_the_same(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1764281127.743)  # both paths read the clock
+    log = logging.getLogger("hato.test.fast")
+    read_fd, handler, saved = _configured(fmt)
+    try:
+        assert isinstance(log, logsetup._FastLogger)  # made at import: converted
+        taken: list[str] = []
+        monkeypatch.setattr(handler, "handle", lambda record: taken.append(record.msg))
+        log.info("event=fast n=1")
+        assert taken == []  # not through a LogRecord
+        monkeypatch.undo()
+        monkeypatch.setattr(time, "time", lambda: 1764281127.743)
+        logging.Logger.info(log, "event=fast n=1")  # the ordinary path, for comparison
+        handler.flush()
+        fast, slow = _drain(read_fd).decode().splitlines()
+        assert fast == slow
+        if fmt == "text":
+            assert fast == "2025-11-27T22:05:27.743Z INFO hato.test.fast: event=fast n=1"
+        else:
+            assert json.loads(fast)["msg"] == "event=fast n=1"
+    finally:
+        _restore(read_fd, handler, saved)
+
+
+def test_a_filter_or_another_handler_on_the_way_takes_the_ordinary_path() -> None:
+    log = logging.getLogger("hato.test.slow")
+    read_fd, handler, saved = _configured("text")
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign,assignment]
+    try:
+        log.addHandler(other)
+        log.info("event=a")
+        log.removeHandler(other)
+        dropped = logging.Filter("nothing")  # passes no record of hato.test.slow
+        handler.addFilter(dropped)
+        log.info("event=b")
+        handler.removeFilter(dropped)
+        log.info("event=%s", "c")  # arguments: ordinary path, same line
+        handler.flush()
+        lines = _drain(read_fd).decode().splitlines()
+        assert [r.getMessage() for r in seen] == ["event=a"]
+        assert [line.split(": ", 1)[1] for line in lines] == ["event=a", "event=c"]
+    finally:
+        _restore(read_fd, handler, saved)
