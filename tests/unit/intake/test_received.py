@@ -1,6 +1,10 @@
 """The Received: trace header (RFC 5321 §4.4) and its "with" keyword (RFC 3848, RFC 6531)."""
 
-from hato.intake.received import TraceInfo, received_header, with_keyword
+import email.utils
+
+import pytest
+
+from hato.intake.received import TraceInfo, received_header, rfc5322_date, with_keyword
 from hato.model import Address
 
 BASE = TraceInfo(
@@ -64,3 +68,14 @@ def test_a_unicode_helo_is_written_as_its_a_label_without_smtputf8() -> None:
     assert "from bücher.example (".encode() in utf8
     odd = received_header(_info(helo="a😀.example"), "Q6", [], 0.0)
     assert odd.isascii() and b"from a.example (" in odd
+
+
+@pytest.mark.parametrize(
+    "when",
+    [0.0, 1764281127.0, 1764281127.4, 1764281127.9999994, 1764281127.9999996, 1764281128.5],
+)
+def test_the_date_is_formatdates_also_when_remembered(when: float) -> None:
+    expected = email.utils.formatdate(when, localtime=False)
+    assert rfc5322_date(when) == expected
+    assert rfc5322_date(when) == expected  # from the remembered second
+    assert rfc5322_date(when + 3600) == email.utils.formatdate(when + 3600, localtime=False)
