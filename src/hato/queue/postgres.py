@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -60,14 +61,16 @@ from hato.model.queuestore import NewMessage, Pending, QueueError, RowUpdate
 from hato.queue.body import BodyWriter, QueueWriteError
 from hato.queue.commit import log_refused, sealed_message
 from hato.queue.ids import QueueIdGenerator, Rng
-from hato.queue.postgres_admin import PgAdmin, finish_if_done
+from hato.queue.postgres_admin import PgAdmin
 from hato.queue.postgres_listen import CHANNEL, Connect, Listener
+from hato.queue.postgres_record import OutcomeWriter, write_outcomes
 from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
     fresh_dir,
     insert_message,
     message_from_row,
     recipient_from_row,
+    row_ids,
     stream_body,
     unlink,
     write_error,
@@ -127,6 +130,7 @@ class PgQueue(PgAdmin):
         self._wake: Callable[[], None] | None = None  # `watch`'s: this node's due scan
         self._busy: Callable[[], bool] = lambda: False  # `watch`'s: no free delivery slot
         self._unrecorded: dict[str, list[RowUpdate]] = {}  # outcomes `record` could not write
+        self._outcomes = OutcomeWriter(pool, clock)  # `record`'s group writer
         # Messages whose body could not be read (the database down): nothing was attempted, so
         # their rows' leases are given back at the next scan, not held for the lease time.
         self._unread: set[str] = set()
@@ -230,29 +234,36 @@ class PgQueue(PgAdmin):
         # Leased here and handed over in memory, unless this node's runner has no free slot:
         # then leased to nobody, and the other nodes told.
         mine = not self._busy()
+        # Pipeline mode (one round trip for the whole group) unless a body goes in chunks:
+        # those are sent one at a time, so that no more than a chunk waits in memory.
+        inline = all(item.msg.body is not None for item in batch)
         try:
-            results = []
-            async with self._pool.connection() as conn, conn.transaction():
-                for item in batch:
-                    results.append(
-                        await insert_message(
-                            conn,
-                            item.msg,
-                            item.body,
-                            node_id=self.node_id if mine else None,
-                            lease_until=item.msg.received_at + self.lease_seconds,
-                            held=HOLD_PARAM in item.msg.params,
-                        )
+            async with (
+                self._pool.connection() as conn,
+                conn.pipeline() if inline else contextlib.nullcontext(),
+                conn.transaction(),
+            ):
+                cursors = [
+                    await insert_message(
+                        conn,
+                        item.msg,
+                        item.body,
+                        node_id=self.node_id if mine else None,
+                        lease_until=item.msg.received_at + self.lease_seconds,
+                        held=HOLD_PARAM in item.msg.params,
                     )
+                    for item in batch
+                ]
                 if not mine:  # delivered at COMMIT only
                     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
+                results = [await row_ids(cursor) for cursor in cursors]
         except (psycopg.Error, OSError, QueueError) as exc:
             error = write_error(exc, "commit")
             for item in batch:
                 item.future.set_exception(error)
             return
-        for item, row_ids in zip(batch, results, strict=True):
-            item.future.set_result((mine, row_ids))
+        for item, ids in zip(batch, results, strict=True):
+            item.future.set_result((mine, ids))
         if not mine and self._wake is not None:
             self._wake()  # this node's own due scan too, once a slot is free
 
@@ -323,15 +334,19 @@ class PgQueue(PgAdmin):
         now = self._clock.now()
         until = now + self.lease_seconds
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
+        # One statement: the rows leased, and their messages read with them.
+        message_columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
         rows = await self._run(
             "WITH due AS (SELECT row_id FROM queue_recipients WHERE status = 'queued'"
             " AND next_attempt <= %(now)s AND (lease_until IS NULL OR lease_until <= %(now)s)"
             " AND NOT (row_id = ANY(%(exclude)s)) ORDER BY next_attempt, row_id"
-            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            " UPDATE queue_recipients r SET lease_owner = %(node)s, lease_until = %(until)s,"
-            " recovered = r.recovered OR r.lease_owner IS NOT NULL FROM due"
-            " WHERE r.row_id = due.row_id RETURNING r.queue_id, r.row_id, r.address,"
-            " r.original, r.attempts, r.recovered, r.notify, r.orcpt",
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " taken AS (UPDATE queue_recipients r SET lease_owner = %(node)s,"
+            " lease_until = %(until)s, recovered = r.recovered OR r.lease_owner IS NOT NULL"
+            " FROM due WHERE r.row_id = due.row_id RETURNING r.queue_id, r.row_id, r.address,"
+            " r.original, r.attempts, r.recovered, r.notify, r.orcpt)"
+            f" SELECT t.*, {message_columns} FROM taken t"
+            " JOIN queue_messages m ON m.queue_id = t.queue_id",
             {
                 "now": now,
                 "until": until,
@@ -341,20 +356,12 @@ class PgQueue(PgAdmin):
             },
         )
         by_message: dict[str, list[QueuedRecipient]] = {}
-        for queue_id, *rest in sorted(rows, key=lambda r: int(r[1])):
-            by_message.setdefault(queue_id, []).append(recipient_from_row(rest))
-        if not by_message:
-            return []
-        found = await self._run(
-            f"SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE queue_id = ANY(%s)",
-            (list(by_message),),
-        )
-        messages = {row[0]: message_from_row(row) for row in found}
-        return [
-            Pending(messages[qid], tuple(rcpts), until)
-            for qid, rcpts in by_message.items()
-            if qid in messages
-        ]
+        messages: dict[str, QueuedMessage] = {}
+        for row in sorted(rows, key=lambda r: int(r[1])):
+            by_message.setdefault(row[0], []).append(recipient_from_row(row[1:8]))
+            if row[0] not in messages:
+                messages[row[0]] = message_from_row(row[8:])
+        return [Pending(messages[qid], tuple(rcpts), until) for qid, rcpts in by_message.items()]
 
     async def next_due(self) -> float | None:
         (row,) = await self._run(
@@ -414,9 +421,10 @@ class PgQueue(PgAdmin):
     async def record(
         self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
     ) -> bool:
-        """`has_file` is the SQLite store's concern: here a body goes with its rows."""
+        """`has_file` is the SQLite store's concern: here a body goes with its rows. Grouped
+        with the other attempts ending now (postgres_record.py: one transaction)."""
         try:
-            done = await self._record(queue_id, updates)
+            done = await self._outcomes.record(queue_id, updates)
         except QueueWriteError:
             # Kept, and written by the next scan once the database answers again (so a
             # message delivered while it was down is not delivered again after the lease).
@@ -427,42 +435,21 @@ class PgQueue(PgAdmin):
         return done
 
     async def _record_kept(self) -> None:
-        """Write the outcomes `record` could not write (see there); raises as `record`."""
-        while self._unrecorded:
-            queue_id, updates = next(iter(self._unrecorded.items()))
-            done = await self._record(queue_id, updates)
-            del self._unrecorded[queue_id]
-            log.info(logfmt("record-retried", id=queue_id, rows=len(updates)))
-            if done:
-                log.info(logfmt("removed", id=queue_id))
-
-    async def _record(self, queue_id: str, updates: Sequence[RowUpdate]) -> bool:
-        now = self._clock.now()
+        """Write the outcomes `record` could not write (see there), in one transaction;
+        raises as `record`."""
+        if not self._unrecorded:
+            return
+        kept = dict(self._unrecorded)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "UPDATE queue_recipients SET status = %s, attempts = %s,"
-                        " next_attempt = %s, last_reply = %s, recovered = %s,"
-                        " lease_owner = NULL, lease_until = NULL, updated_at = %s"
-                        " WHERE row_id = %s",
-                        [
-                            (
-                                u.status.value,
-                                u.attempts,
-                                u.next_attempt,
-                                u.last_reply,
-                                u.recovered,
-                                now,
-                                u.row_id,
-                            )
-                            for u in updates
-                        ],
-                    )
-                done = await finish_if_done(conn, queue_id)
+            done = await write_outcomes(self._pool, list(kept.items()), self._clock.now())
         except psycopg.Error as exc:
             raise write_error(exc, "record") from exc
-        return done
+        for queue_id, updates in kept.items():
+            if self._unrecorded.get(queue_id) is updates:
+                del self._unrecorded[queue_id]
+            log.info(logfmt("record-retried", id=queue_id, rows=len(updates)))
+            if queue_id in done:
+                log.info(logfmt("removed", id=queue_id))
 
     async def close(self) -> None:
         """Commits in flight finish (they hold the commit lock); the pool is the caller's."""

@@ -64,10 +64,11 @@ async def insert_message(
     node_id: str | None,
     lease_until: float,
     held: bool = False,
-) -> tuple[int, ...]:
+) -> psycopg.AsyncCursor[Any]:
     """Insert a message, its body (inline, or read back from its scratch file in chunks)
     and its recipient rows leased to `node_id` (or, `held` or no `node_id`, leased to
-    nobody); the row ids. In the caller's transaction."""
+    nobody), in the caller's transaction: two statements for an inline body, which a caller
+    in pipeline mode sends without waiting. The cursor whose rows `row_ids` reads."""
     await conn.execute(
         f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -89,30 +90,33 @@ async def insert_message(
                 (msg.queue_id, seq, chunk),
             )
             seq += 1
-    row_ids = []
-    async with conn.cursor() as cur:
-        for address, original, dsn in msg.recipients:
-            await cur.execute(
-                "INSERT INTO queue_recipients (queue_id, address, original, status,"
-                " next_attempt, lease_owner, lease_until, updated_at, notify, orcpt)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING row_id",
-                (
-                    msg.queue_id,
-                    str(address),
-                    str(original),
-                    "held" if held else "queued",
-                    msg.received_at,
-                    None if held else node_id,
-                    None if held or node_id is None else lease_until,
-                    msg.received_at,
-                    dsn.notify_param,
-                    dsn.orcpt,
-                ),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            row_ids.append(int(row[0]))
-    return tuple(row_ids)
+    # Every recipient in one statement; row_id is a sequence, drawn in the VALUES' order.
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(msg.recipients))
+    params: list[object] = []
+    for address, original, dsn in msg.recipients:
+        params += [
+            msg.queue_id,
+            str(address),
+            str(original),
+            "held" if held else "queued",
+            msg.received_at,
+            None if held else node_id,
+            None if held or node_id is None else lease_until,
+            msg.received_at,
+            dsn.notify_param,
+            dsn.orcpt,
+        ]
+    return await conn.execute(
+        "INSERT INTO queue_recipients (queue_id, address, original, status,"
+        " next_attempt, lease_owner, lease_until, updated_at, notify, orcpt)"
+        f" VALUES {values} RETURNING row_id",
+        params,
+    )
+
+
+async def row_ids(cursor: psycopg.AsyncCursor[Any]) -> tuple[int, ...]:
+    """The recipient row ids of `insert_message`, in the order of its recipients."""
+    return tuple(sorted(int(row_id) for (row_id,) in await cursor.fetchall()))
 
 
 async def stream_body(
