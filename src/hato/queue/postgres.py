@@ -80,6 +80,7 @@ from hato.queue.store import HOLD_PARAM
 log = logging.getLogger("hato.queue")
 
 DEFAULT_LEASE = 900.0
+DUE_BODIES = 4 * 1024 * 1024  # octets of inline bodies a due scan reads with its rows
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
 
@@ -334,7 +335,8 @@ class PgQueue(PgAdmin):
         now = self._clock.now()
         until = now + self.lease_seconds
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
-        # One statement: the rows leased, and their messages read with them.
+        # One statement: the rows leased, and their messages read with them, inline bodies
+        # included up to DUE_BODIES octets (once per message; the others: `load_body`).
         message_columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
         rows = await self._run(
             "WITH due AS (SELECT row_id FROM queue_recipients WHERE status = 'queued'"
@@ -344,15 +346,20 @@ class PgQueue(PgAdmin):
             " taken AS (UPDATE queue_recipients r SET lease_owner = %(node)s,"
             " lease_until = %(until)s, recovered = r.recovered OR r.lease_owner IS NOT NULL"
             " FROM due WHERE r.row_id = due.row_id RETURNING r.queue_id, r.row_id, r.address,"
-            " r.original, r.attempts, r.recovered, r.notify, r.orcpt)"
-            f" SELECT t.*, {message_columns} FROM taken t"
-            " JOIN queue_messages m ON m.queue_id = t.queue_id",
+            " r.original, r.attempts, r.recovered, r.notify, r.orcpt),"
+            f" joined AS (SELECT t.*, {message_columns}, m.body, row_number() OVER"
+            " (PARTITION BY t.queue_id ORDER BY t.row_id) = 1 AS first FROM taken t"
+            " JOIN queue_messages m ON m.queue_id = t.queue_id)"
+            " SELECT *, CASE WHEN first AND sum(CASE WHEN first THEN"
+            " coalesce(octet_length(body), 0) ELSE 0 END) OVER (ORDER BY row_id)"
+            " <= %(budget)s THEN body END FROM joined",
             {
                 "now": now,
                 "until": until,
                 "node": self.node_id,
                 "limit": limit,
                 "exclude": list(exclude),
+                "budget": DUE_BODIES,
             },
         )
         by_message: dict[str, list[QueuedRecipient]] = {}
@@ -360,7 +367,8 @@ class PgQueue(PgAdmin):
         for row in sorted(rows, key=lambda r: int(r[1])):
             by_message.setdefault(row[0], []).append(recipient_from_row(row[1:8]))
             if row[0] not in messages:
-                messages[row[0]] = message_from_row(row[8:])
+                body = None if row[-1] is None else bytes(row[-1])
+                messages[row[0]] = dataclasses.replace(message_from_row(row[8:14]), body=body)
         return [Pending(messages[qid], tuple(rcpts), until) for qid, rcpts in by_message.items()]
 
     async def next_due(self) -> float | None:

@@ -1,0 +1,226 @@
+"""The PostgreSQL queue records the outcomes of a runner's batch in one transaction (issue 16:
+queue/postgres_record.py), and a node that dies between its deliveries and that transaction's
+COMMIT costs at worst a redelivery onto the same Maildir names, never a loss or a second copy.
+On the private PostgreSQL; one PgQueue node (then a second) with its runner in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from peers.postgres import PASSWORD
+from psycopg_pool import AsyncConnectionPool
+
+from hato.delivery.maildir import MaildirCourier
+from hato.model import (
+    Address,
+    Delivered,
+    Outcome,
+    QueuedMessage,
+    QueuedRecipient,
+    Reply,
+    TempFailed,
+)
+from hato.model.queuestore import RowUpdate
+from hato.pgstore import migrate
+from hato.queue import postgres_record
+from hato.queue.postgres import PgQueue
+from hato.queue.runner import QueueRunner
+from kit.clock import FakeClock
+
+BOUND = 30.0  # what "at once" may take on a loaded machine
+LEASE = 900.0
+N = 6
+
+
+@pytest.fixture
+def dsn(pg_dsn: str) -> str:
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    return pg_dsn
+
+
+async def open_queue(dsn: str, root: Path, name: str, clock: FakeClock) -> PgQueue:
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        dsn, kwargs={"password": PASSWORD, "autocommit": True}, min_size=1, max_size=4, open=False
+    )
+    await pool.open(wait=True)
+    return await PgQueue.open(
+        pool, scratch=root / name, clock=clock, node_id=name, lease_seconds=LEASE, close_pool=True
+    )
+
+
+async def commit(queue: PgQueue, n: int, recipients: Sequence[str]) -> str:
+    body = queue.new_body()
+    body.write(f"Subject: {n}\r\nMessage-ID: <{n}@example.com>\r\n\r\nhello\r\n".encode())
+    return await queue.commit(
+        body,
+        mail_from=Address.parse("alice@example.com"),
+        recipients=[(Address.parse(r), Address.parse(r)) for r in recipients],
+        prefix=b"",
+        params={},
+    )
+
+
+class Recorded:
+    """Counts the queue's `record` calls (wraps it): `calls` begun (the attempt's courier has
+    returned), `count` finished; `wait(n)` until n finished, `wait(n, begun=True)` begun."""
+
+    def __init__(self, queue: PgQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.count = 0
+        self.changed = asyncio.Event()
+        real = queue.record
+
+        async def record(
+            queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True
+        ) -> bool:
+            self.calls += 1
+            self.changed.set()
+            try:
+                return await real(queue_id, updates, has_file=has_file)
+            finally:
+                self.count += 1
+                self.changed.set()
+
+        monkeypatch.setattr(queue, "record", record)
+
+    async def wait(self, n: int, *, begun: bool = False) -> None:
+        async with asyncio.timeout(BOUND):
+            while (self.calls if begun else self.count) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class Answers:
+    """Delivers the even messages (by subject) and defers the odd ones, without waiting."""
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> Sequence[Outcome]:
+        body = message.body or b""
+        odd = int(body.split(b"Subject: ")[1].split(b"\r\n")[0]) % 2
+        outcome: Outcome = TempFailed(Reply(451, "4.2.0", "later")) if odd else Delivered("ok")
+        return [outcome] * len(recipients)
+
+
+def _xmins(dsn: str) -> list[tuple[str, int, str]]:
+    """Every recipient row left: its message, attempts, and the transaction that wrote it."""
+    with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT queue_id, attempts, xmin::text FROM queue_recipients ORDER BY row_id"
+        ).fetchall()
+    return [(str(q), int(a), str(x)) for q, a, x in rows]
+
+
+def test_a_batch_of_outcomes_is_one_transaction(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        queue = await open_queue(dsn, tmp_path, "node-a", clock)
+        try:
+            ids = [await commit(queue, n, [f"u{n}@example.org"]) for n in range(N)]
+            recorded = Recorded(queue, monkeypatch)
+            runner = QueueRunner(queue, Answers(), clock=clock, hostname="mx.test")
+            task = asyncio.create_task(runner.run())  # takes the N committed messages at once
+            try:
+                await recorded.wait(N)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await queue.close()
+        rows = _xmins(dsn)
+        # The delivered messages are gone; the deferred ones wait, tried once, all their rows
+        # written by ONE transaction (one xmin), not one transaction per attempt.
+        assert [q for q, _, _ in rows] == ids[1::2]
+        assert {a for _, a, _ in rows} == {1}
+        assert len({x for _, _, x in rows}) == 1
+
+    asyncio.run(main())
+
+
+def _files(root: Path) -> dict[str, list[str]]:
+    return {
+        box.name: sorted(p.name for p in (box / "new").iterdir())
+        for box in sorted((root / "example.org").iterdir())
+    }
+
+
+def test_a_node_dying_before_its_outcomes_commit_means_a_redelivery_onto_the_same_names(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mail = tmp_path / "mail"
+
+    async def main() -> dict[str, list[str]]:
+        clock = FakeClock()
+        real_write = postgres_record.write_outcomes
+
+        async def dies(*args: Any, **kwargs: Any) -> set[str]:
+            await asyncio.Event().wait()  # the node "dies" before its outcomes' COMMIT
+            raise AssertionError("not reached")
+
+        monkeypatch.setattr(postgres_record, "write_outcomes", dies)
+        a = await open_queue(dsn, tmp_path, "node-a", clock)
+        courier = MaildirCourier(mail, "mx.test", clock=clock)
+        try:
+            for n in range(N):
+                await commit(a, n, ["bob@example.org", "carol@example.org"])
+            delivered = Recorded(a, monkeypatch)
+            task = asyncio.create_task(QueueRunner(a, courier, clock=clock).run())
+            await delivered.wait(N, begun=True)  # every attempt delivered, none recorded
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await a.close()  # frees nothing: the rows stay leased to node-a
+            courier.close()
+        first = _files(mail)
+        assert [len(names) for names in first.values()] == [N, N]
+        assert len(_xmins(dsn)) == 2 * N  # nothing recorded
+
+        monkeypatch.setattr(postgres_record, "write_outcomes", real_write)
+        clock.advance(LEASE + 1)  # node-a's leases run out: any node takes the rows
+        b = await open_queue(dsn, tmp_path, "node-b", clock)
+        courier = MaildirCourier(mail, "mx.test", clock=clock)
+        recorded = Recorded(b, monkeypatch)
+        try:
+            task = asyncio.create_task(QueueRunner(b, courier, clock=clock).run())
+            try:
+                await recorded.wait(N)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            await b.close()
+            courier.close()
+        assert _xmins(dsn) == []  # every message delivered and removed
+        assert _files(mail) == first  # the same names, no second copy
+        return first
+
+    asyncio.run(main())
+
+
+def test_a_due_scan_reads_the_inline_bodies_with_the_rows(dsn: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        queue = await open_queue(dsn, tmp_path, "node-a", clock)
+        try:
+            queue_id = await commit(queue, 1, ["bob@example.org", "carol@example.org"])
+            await queue.wait_fresh()
+            assert await queue.free_leases("node-a", recovered=False) == 2
+            [pending] = await queue.take_due(limit=10, exclude=())
+        finally:
+            await queue.close()
+        assert pending.message.queue_id == queue_id
+        assert [str(r.address) for r in pending.recipients] == [
+            "bob@example.org",
+            "carol@example.org",
+        ]
+        assert pending.message.body is not None and b"Subject: 1\r\n" in pending.message.body
+
+    asyncio.run(main())
