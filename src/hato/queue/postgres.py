@@ -24,8 +24,11 @@ Theory of operation (DESIGN.md: 250 means durable, exactly once).
   never take one row. A lease that runs out (its node died) makes the row due for any node,
   marked `recovered` so the courier checks before delivering again (the Maildir file name
   comes from the queue row: a redelivery overwrites the same name). A node that starts again
-  frees its own old leases the same way. `load_body` streams a chunked body into a scratch
-  file that `release` removes.
+  frees its own old leases the same way. The due scan is one statement that also reads the
+  messages and their inline bodies (up to DUE_BODIES a scan); `load_body` reads the rest, and
+  streams a chunked body into a scratch file that `release` removes.
+- Recording: `record` joins a group as `commit` does (postgres_record.py): the outcomes of
+  every attempt ending at one moment go in one transaction, one round trip.
 - Every psycopg error becomes QueueError/QueueWriteError (a database that cannot be reached
   included): the session answers 451 4.3.0, the runner backs off, nothing is lost.
 """
