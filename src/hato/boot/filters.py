@@ -60,6 +60,7 @@ class SpamFilters:
             responses=responses(section),
             max_size=section.max_size,
             metrics=self._metrics,
+            trust_our_checks=section.trust_our_checks,
         )
 
     async def aclose(self) -> None:

@@ -117,6 +117,12 @@ class RspamdSettings(BaseModel):
     max_size: Size = Field(
         20 * 1024 * 1024, description='larger messages are not checked, e.g. "20M"'
     )
+    trust_our_checks: bool = Field(
+        False,
+        description="tell rspamd our SPF/DKIM/DMARC/ARC results (a Settings header: its own "
+        "checks off, our results as its symbols) instead of having it check again; its "
+        "settings rules of low priority then do not apply to the scan",
+    )
     reject: SpamResponse = Field(
         SpamResponse.REJECT, description=f"for rspamd's reject: {_RESPONSES}"
     )

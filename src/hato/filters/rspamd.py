@@ -12,6 +12,10 @@ wants the client to see. Anything that keeps us from a verdict (connection refus
 an HTTP error, a reply that is not rspamd's JSON) is one `RspamdUnavailable`: what then
 happens to the mail is the caller's policy, not ours.
 
+With `settings`, the request carries rspamd's `Settings` header (settings for this scan
+only, which its settings module applies): Hato tells rspamd the SPF, DKIM, DMARC and ARC
+results it has, so that rspamd does not check them again (intake/spamauth.py).
+
 The checks go through post.py (one connection per check: rspamd closes it after each
 reply), learning through aiohttp. Must not import anything of hato but model.
 """
@@ -74,6 +78,9 @@ class Envelope:
     helo: str
     user: str | None = None  # the authenticated account: rspamd skips some checks for it
     queue_id: str = ""
+    # rspamd's `Settings` for this scan (UCL/JSON): e.g. its checks we have done, turned off,
+    # and our results inserted as its symbols (hato.intake.spamauth).
+    settings: str | None = None
 
     def headers(self) -> list[tuple[str, str]]:
         """rspamd's protocol request headers (docs: "Rspamd protocol", HTTP headers)."""
@@ -83,6 +90,8 @@ class Envelope:
             out.append(("User", self.user))
         if self.queue_id:
             out.append(("Queue-Id", self.queue_id))
+        if self.settings:
+            out.append(("Settings", self.settings))
         return out
 
 

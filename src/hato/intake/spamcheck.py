@@ -1,17 +1,18 @@
 """Rspamd's verdict on a message at the end of DATA, and what Hato does with it.
 
-Theory of operation. Once our own SPF/DKIM/DMARC results are known (finish.py), the message
-as it will be stored (our Authentication-Results on top, then the spooled body, read back
-chunk by chunk: never a second full copy in memory) goes to rspamd with the envelope, the
-client's IP and HELO name and the authenticated user. Rspamd's action becomes one of ours,
-as `[rspamd]` maps it: refuse (550 5.7.1 with rspamd's public reason), try later (451 4.7.1),
-deliver into the Junk folder (Maildir++ `.Junk`, as DMARC quarantine does), rewrite the
-Subject, or deliver to the inbox; the header fields rspamd asks to add or remove are applied
-on every delivered message. Header changes other than additions need a new header section:
-the message is copied into a new spool body with the section edited (`rewrite`), before
-anything is committed, so no stored body is ever rewritten. When rspamd cannot answer, the
-configured policy decides: tempfail (451, never a 250 for mail that was not checked) or
-accept unchecked; either way it is logged (`rspamd-unavailable`) and counted.
+Theory of operation. Once our own SPF/DKIM/DMARC results are known (finish.py), the message as
+it will be stored (our Authentication-Results on top, then the spooled body, read back chunk by
+chunk: never a second full copy in memory) goes to rspamd with the envelope, the client's IP
+and HELO name and the authenticated user (and, with `trust_our_checks`, our SPF/DKIM/DMARC/ARC
+results as rspamd's own symbols, its checks off: spamauth.py). Rspamd's action becomes one of
+ours, as `[rspamd]` maps it: refuse (550 5.7.1 with rspamd's public reason), try later (451
+4.7.1), deliver into the Junk folder (Maildir++ `.Junk`, as DMARC quarantine does), rewrite the
+Subject, or deliver to the inbox; the header fields rspamd asks to add or remove are applied on
+every delivered message. Header changes other than additions need a new header section: the
+message is copied into a new spool body with the section edited (`rewrite`), before anything is
+committed, so no stored body is ever rewritten. When rspamd cannot answer, the configured
+policy decides: tempfail (451, never a 250 for mail that was not checked) or accept unchecked;
+either way it is logged (`rspamd-unavailable`) and counted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Protocol
 
 from hato.crypto.scratch import SealedScratch
 from hato.filters import Envelope, RspamdAction, RspamdClient, RspamdUnavailable, Scan
+from hato.intake.spamauth import rspamd_settings
 from hato.model import Reply, Role, logfmt
 from hato.model.header import split_header_fields
 from hato.queue import BodyWriter
@@ -94,6 +96,8 @@ class SpamFilter:
     )
     max_size: int = 20 * 1024 * 1024
     metrics: SpamMetrics = field(default_factory=Uncounted)
+    # Tell rspamd our SPF/DKIM/DMARC/ARC results instead of having it check again (spamauth.py).
+    trust_our_checks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ async def spam_check(
     if size > spam.max_size:
         log.info(logfmt("rspamd-skipped", id=envelope.queue_id, size=size, reason="too large"))
         return ACCEPTED
+    if spam.trust_our_checks and (settings := rspamd_settings(prefix)) is not None:
+        envelope = replace(envelope, settings=settings)
     started = time.monotonic()
     try:
         scan = await spam.client.check(envelope, size, streamed(prefix, body))
