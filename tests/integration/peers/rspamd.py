@@ -213,3 +213,26 @@ worker "controller" {{
             if path.exists():
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
+
+
+class CheckingRspamd(RspamdServer):
+    """The private rspamd with its SPF, DKIM, DMARC and ARC checks on, as packaged (Debian's
+    rspamd.conf loads the dkim C module through `options.filters`, which our configuration
+    replaces), asking the test DNS server at `nameserver`, and checking loopback clients too
+    (`check_local`: the tests' clients are on loopback, which rspamd otherwise trusts)."""
+
+    def __init__(self, work: Path, nameserver: str) -> None:
+        super().__init__(work)
+        self.nameserver = nameserver
+
+    def _write_config(self) -> Path:
+        config = super()._write_config()
+        for module in ("spf", "dkim", "dmarc", "arc"):
+            (self.work / "local.d" / f"{module}.conf").write_text("check_local = true;\n")
+        text = config.read_text()
+        dns = f'nameserver = ["{LOOPBACK}:9"]'
+        assert dns in text
+        text = text.replace(dns, f'nameserver = ["{self.nameserver}"]')
+        text = text.replace("options {", 'options {\n  filters = "chartable,dkim,regexp";', 1)
+        config.write_text(text)
+        return config
