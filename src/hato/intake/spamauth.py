@@ -25,6 +25,8 @@ import json
 from hato.authcheck.results import HEADER_NAME, resinfo_entries
 from hato.model.header import split_header_fields
 
+Inserted = tuple[str, tuple[str, ...]]  # a symbol and its options
+
 # The check each method's result replaces: rspamd's callback symbols (spf.lua SPF_CHECK, the
 # dkim C module's DKIM_CHECK, dmarc.lua DMARC_CHECK, arc.lua ARC_CHECK).
 CHECKS = {"spf": "SPF_CHECK", "dkim": "DKIM_CHECK", "dmarc": "DMARC_CHECK", "arc": "ARC_CHECK"}
@@ -81,10 +83,9 @@ def rspamd_settings(added: bytes) -> str | None:
         if found is None:
             continue  # unknown here: rspamd checks it
         done.add(method)
-        for name, option in found:
+        for name, inserted in found:
             options = symbols.setdefault(name, [])
-            if option and option not in options:
-                options.append(option)
+            options += [o for o in inserted if o and o not in options]
     if not done:
         return None
     settings = {
@@ -94,29 +95,27 @@ def rspamd_settings(added: bytes) -> str | None:
     return json.dumps(settings, separators=(",", ":"))  # JSON is UCL
 
 
-def _symbols(
-    method: str, results: list[tuple[str, dict[str, str]]]
-) -> list[tuple[str, str]] | None:
-    """(symbol, option) for one method's results; None when one cannot be mapped."""
-    out: list[tuple[str, str]] = []
+def _symbols(method: str, results: list[tuple[str, dict[str, str]]]) -> list[Inserted] | None:
+    """(symbol, its options, as rspamd's own check words them) for one method's results;
+    None when one cannot be mapped."""
+    out: list[Inserted] = []
     for result, props in results:
         if method == "spf" and result in SPF:
-            out.append((SPF[result], props.get("smtp.mailfrom") or props.get("smtp.helo", "")))
+            out.append((SPF[result], (props.get("smtp.mailfrom") or props.get("smtp.helo", ""),)))
         elif method == "dkim" and result == "none":
-            out.append(("R_DKIM_NA", ""))
+            out.append(("R_DKIM_NA", ()))
         elif method == "dkim" and result in DKIM:
             symbol, mark = DKIM[result]
-            domain = props.get("header.d", "")
-            out += [(symbol, domain), ("DKIM_TRACE", f"{domain}:{mark}" if domain else "")]
-        elif method == "dmarc" and result == "fail":
-            policy = props.get("policy.dmarc", "none")
-            out.append(
-                (DMARC_FAIL.get(policy, "DMARC_POLICY_SOFTFAIL"), props.get("header.from", ""))
-            )
-        elif method == "dmarc" and result in DMARC:
-            out.append((DMARC[result], props.get("header.from", "")))
+            domain, selector = props.get("header.d", ""), props.get("header.s", "")
+            key = f"{domain}:s={selector}" if domain and selector else domain
+            out += [(symbol, (key,)), ("DKIM_TRACE", (f"{domain}:{mark}" if domain else "",))]
+        elif method == "dmarc" and (result == "fail" or result in DMARC):
+            policy = props.get("policy.dmarc", "")
+            fail = DMARC_FAIL.get(policy, "DMARC_POLICY_SOFTFAIL")
+            symbol = fail if result == "fail" else DMARC[result]
+            out.append((symbol, (props.get("header.from", ""), policy)))
         elif method == "arc" and result in ARC:
-            out.append((ARC[result], ""))
+            out.append((ARC[result], ()))
         else:
             return None
     return out if method in CHECKS else None

@@ -20,7 +20,9 @@ def _settings(*results: MethodResult, extra: bytes = b"") -> dict[str, object]:
 def test_failing_message_keeps_the_failing_symbols() -> None:
     settings = _settings(
         MethodResult("spf", "fail", properties=(("smtp.mailfrom", "a@sender.test"),)),
-        MethodResult("dkim", "fail", reason="bad signature", properties=(("header.d", "s.test"),)),
+        MethodResult(
+            "dkim", "fail", reason="bad", properties=(("header.d", "s.test"), ("header.s", "k"))
+        ),
         MethodResult(
             "dmarc", "fail", properties=(("header.from", "sender.test"), ("policy.dmarc", "reject"))
         ),
@@ -30,9 +32,9 @@ def test_failing_message_keeps_the_failing_symbols() -> None:
     assert settings["symbols_disabled"] == ["SPF_CHECK", "DKIM_CHECK", "DMARC_CHECK", "ARC_CHECK"]
     assert settings["symbols"] == {
         "R_SPF_FAIL": {"score": 1.0, "options": ["a@sender.test"]},
-        "R_DKIM_REJECT": {"score": 1.0, "options": ["s.test"]},
+        "R_DKIM_REJECT": {"score": 1.0, "options": ["s.test:s=k"]},
         "DKIM_TRACE": {"score": 1.0, "options": ["s.test:-"]},
-        "DMARC_POLICY_REJECT": {"score": 1.0, "options": ["sender.test"]},
+        "DMARC_POLICY_REJECT": {"score": 1.0, "options": ["sender.test", "reject"]},
         "ARC_NA": {"score": 1.0, "options": []},
     }
 
