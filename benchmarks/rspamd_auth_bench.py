@@ -2,16 +2,17 @@
 (`[rspamd] trust_our_checks`, hato.intake.spamauth): a private rspamd with its checks on (the
 tests' configuration plus spf, dkim, dmarc and arc as packaged, also for loopback clients:
 `peers.rspamd.CheckingRspamd`) asking a test DNS server, and a 10 KB message DKIM-signed
-(RSA-2048) by a domain whose SPF and DMARC (p=reject) records pass, as a legitimate sender's
-mail. The same message is scanned `--messages` times as rspamd checks it itself, then as Hato
-asks with its results in a `Settings` header, alternating for `--rounds`; for each, rspamd's
-CPU per scan (its main process and workers, /proc) and the verdict's score. One scan at a
-time through Hato's own client (`RspamdClient`). Not a test.
+(RSA-2048) by its sender's domain, whose SPF and DMARC (p=reject) records pass, as a legitimate
+sender's mail. `--messages` messages are scanned as rspamd checks them itself, then others as
+Hato asks with its results in a `Settings` header, alternating for `--rounds`; for each,
+rspamd's CPU per scan (its main process and workers, /proc) and the verdict's score. One scan
+at a time through Hato's own client (`RspamdClient`). Not a test.
 
     .venv/bin/python benchmarks/rspamd_auth_bench.py --messages 500 --rounds 3
 
-rspamd caches the SPF record and the DKIM key (one sender here), so the "checks itself" side
-is its cheapest case; many senders cost it more.
+Each message comes from a sender domain rspamd has not seen (its SPF record, DMARC record
+and DKIM key are not cached), as on an MX; `--one-sender` scans mail of one domain (cached
+after the first, rspamd's cheapest case).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
@@ -40,91 +42,124 @@ from hato.filters import Envelope, RspamdClient, chunks_of
 from hato.intake.spamauth import rspamd_settings
 
 KEY = SigningKey(DkimAlgorithm.RSA_SHA256, rsa.generate_private_key(65537, 2048))
-ZONE: dict[str, dict[str, list[ZoneValue]]] = {
-    "example.com": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-    "_dmarc.example.com": {"TXT": ["v=DMARC1; p=reject"]},
-    "sel._domainkey.example.com": {"TXT": [txt_strings(KEY.dns_txt())]},
-}
+PEM = KEY.private_pem()
 HEAD = (
-    b"From: Joe <joe@example.com>\r\nTo: Sue <sue@example.net>\r\nSubject: benchmark\r\n"
-    b"Date: Fri, 11 Jul 2003 21:00:37 -0700\r\nMessage-ID: <bench@example.com>\r\n"
-    b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    "From: Joe <joe@{d}>\r\nTo: Sue <sue@example.net>\r\nSubject: benchmark\r\n"
+    "Date: Fri, 11 Jul 2003 21:00:37 -0700\r\nMessage-ID: <bench-{n}@{d}>\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
 )
 BODY = (b"The quick brown fox jumps over the lazy dog, again and again.  \r\n" * 160)[:10_240]
-# What Hato's inbound checks write for it (inbound.py), on top of what it shows rspamd.
-OURS = build_header(
-    "mx.example.net",
-    [
-        MethodResult("spf", "pass", properties=(("smtp.mailfrom", "joe@example.com"),)),
-        MethodResult("dkim", "pass", properties=(("header.d", "example.com"), ("header.s", "sel"))),
-        MethodResult(
-            "dmarc", "pass", properties=(("header.from", "example.com"), ("policy.dmarc", "reject"))
-        ),
-        MethodResult("arc", "none"),
-    ],
-)
 
 
-def signed(message: bytes) -> bytes:
-    """`message` with a DKIM signature of example.com (dkimpy, as a sending MTA signs)."""
+def zone(domains: list[str]) -> dict[str, dict[str, list[ZoneValue]]]:
+    """Each sender domain: SPF allowing the client, DMARC p=reject, the DKIM key."""
+    out: dict[str, dict[str, list[ZoneValue]]] = {}
+    for domain in domains:
+        out[domain] = {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]}
+        out[f"_dmarc.{domain}"] = {"TXT": ["v=DMARC1; p=reject"]}
+        out[f"sel._domainkey.{domain}"] = {"TXT": [txt_strings(KEY.dns_txt())]}
+    return out
+
+
+def ours(domain: str) -> bytes:
+    """What Hato's inbound checks write for it (inbound.py), on top of what rspamd is shown."""
+    return build_header(
+        "mx.example.net",
+        [
+            MethodResult("spf", "pass", properties=(("smtp.mailfrom", f"joe@{domain}"),)),
+            MethodResult("dkim", "pass", properties=(("header.d", domain), ("header.s", "sel"))),
+            MethodResult(
+                "dmarc", "pass", properties=(("header.from", domain), ("policy.dmarc", "reject"))
+            ),
+            MethodResult("arc", "none"),
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One message as Hato shows it to rspamd: with and without our results."""
+
+    message: bytes
+    plain: Envelope
+    trusting: Envelope
+
+
+def prepared(domain: str, number: int) -> Scan:
+    """A message from joe@`domain`, DKIM-signed by `domain` (dkimpy, as a sending MTA signs)."""
+    message = (HEAD.format(d=domain, n=number)).encode() + b"\r\n" + BODY
     signature = dkim.sign(
         message,
         b"sel",
-        b"example.com",
-        KEY.private_pem(),
+        domain.encode(),
+        PEM,
         canonicalize=(b"relaxed", b"relaxed"),
         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
     )
-    return bytes(signature) + message
+    added = ours(domain)
+    plain = Envelope(f"<joe@{domain}>", ("<sue@example.net>",), "127.0.0.1", "mx.example.net")
+    return Scan(
+        added + bytes(signature) + message, plain, replace(plain, settings=rspamd_settings(added))
+    )
 
 
-async def scans(client: RspamdClient, envelope: Envelope, message: bytes, count: int) -> float:
+async def scans(client: RspamdClient, batch: list[Scan], trusting: bool) -> float:
     """The last scan's score."""
     score = 0.0
-    for _ in range(count):
-        score = (await client.check(envelope, len(message), chunks_of(message))).score
+    for scan in batch:
+        envelope = scan.trusting if trusting else scan.plain
+        size = len(scan.message)
+        score = (await client.check(envelope, size, chunks_of(scan.message))).score
     return score
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--messages", type=int, default=500, help="scans per side and round")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    message = OURS + signed(HEAD + b"\r\n" + BODY)
-    plain = Envelope("<joe@example.com>", ("<sue@example.net>",), "127.0.0.1", "mx.example.com")
-    trusting = Envelope(
-        plain.mail_from,
-        plain.recipients,
-        plain.client_ip,
-        plain.helo,
-        settings=rspamd_settings(OURS),
+    parser.add_argument(
+        "--one-sender", action="store_true", help="every message from one domain (cached)"
     )
+    args = parser.parse_args()
+    # Each side and round gets its own senders (none seen before: no cached SPF record,
+    # DMARC record or DKIM key), unless --one-sender.
+    count = 2 * args.rounds + 1
+    batches = [
+        [
+            prepared("example.com" if args.one_sender else f"s{b}-{n}.example.com", n)
+            for n in range(args.messages)
+        ]
+        for b in range(count)
+    ]
+    domains = sorted({s.plain.mail_from.strip("<>").split("@")[1] for b in batches for s in b})
     cpu: dict[str, list[float]] = {"rspamd checks": [], "Hato's results": []}
     scores: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="hato-rspamd-auth-") as work,
-        DnsTestServer(ZONE) as dns,
+        DnsTestServer(zone(domains)) as dns,
     ):
         rspamd = CheckingRspamd(Path(work), dns.nameserver)
         rspamd.start()
         try:
             client = RspamdClient(rspamd.url, timeout=30)
-            for envelope in (plain, trusting):  # warm up: keys, records, caches
-                asyncio.run(scans(client, envelope, message, 20))
-            for _ in range(args.rounds):
-                for name, envelope in (("rspamd checks", plain), ("Hato's results", trusting)):
+            asyncio.run(scans(client, batches[0][:20], False))  # warm up
+            asyncio.run(scans(client, batches[0][20:40], True))
+            for r in range(args.rounds):
+                for side, trusting in (("rspamd checks", False), ("Hato's results", True)):
+                    batch = batches[1 + 2 * r + trusting]
                     before = rspamd_cpu(rspamd)  # type: ignore[arg-type]
-                    scores[name] = asyncio.run(scans(client, envelope, message, args.messages))
+                    scores[side] = asyncio.run(scans(client, batch, trusting))
                     used = rspamd_cpu(rspamd) - before  # type: ignore[arg-type]
-                    cpu[name].append(used * 1000 / args.messages)
+                    cpu[side].append(used * 1000 / args.messages)
         finally:
             rspamd.stop()
-    for name, values in cpu.items():
+    senders = "one sender domain" if args.one_sender else "a new sender domain per message"
+    print(f"{args.messages} scans per side and round, {senders}")
+    for side, values in cpu.items():
         each = ", ".join(f"{v:.2f}" for v in values)
         print(
-            f"{name:15} rspamd CPU ms/scan: median {statistics.median(values):.2f} ({each}); "
-            f"score {scores[name]:.2f}"
+            f"{side:15} rspamd CPU ms/scan: median {statistics.median(values):.2f} ({each}); "
+            f"score {scores[side]:.2f}"
         )
 
 

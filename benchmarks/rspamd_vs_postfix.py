@@ -13,6 +13,13 @@ scanning process per CPU on each side (`--rspamd-workers`). Prints a Markdown ta
     sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py                 # M = 2000, S = 20
     sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --rounds 3 --without
     sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --unix   # rspamd over unix sockets
+    sudo .venv/bin/python benchmarks/rspamd_vs_postfix.py --auth   # sender checks, as on an MX
+
+Without `--auth` neither side checks SPF, DKIM, DMARC or ARC: the tests' rspamd has those
+modules off (and would skip them for the loopback load anyway), and the harness's Hato has
+`[authcheck] inbound = false`. With it, both do as for Internet mail: rspamd (its modules on,
+`check_local`, a test DNS server with the sender's SPF and DMARC records) checks Postfix's
+messages, and Hato checks its own and tells rspamd its results (`trust_our_checks`).
 
 Target (issue 17): Hato with rspamd at least 1.5x Postfix with rspamd, delivered, at S = 20.
 Needs root (the private Postfix runs its daemons as the postfix user), Postfix's smtp-source
@@ -32,16 +39,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from peers import maildir
 from peers.milters import RspamdMilter
 from peers.net import find_peer
 from peers.postfix import PostfixServer
+from peers.rspamd import enable_checks
 from peers.server import DomainSetup, MailServer, MailSetup
 from smtp_vs_postfix import WorkersHato, busy_seconds, client_cpu, machine, process_cpu, settle
 
+from dnsserver import DnsTestServer, ZoneValue
+
 DOMAIN = "bench.test"
 MESSAGE_BYTES = 10240
+SENDER = "bench@client.test"
+# `--auth`: the sender's domain, as an Internet sender's (SPF allows the load's address).
+SENDER_ZONE: dict[str, dict[str, list[ZoneValue]]] = {
+    "client.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+    "_dmarc.client.test": {"TXT": ["v=DMARC1; p=reject"]},
+}
 
 
 class BenchRspamd(RspamdMilter):
@@ -49,10 +66,13 @@ class BenchRspamd(RspamdMilter):
     worker (Hato's HTTP checks) and the proxy in milter mode (Postfix's, self_scan), as a
     production rspamd runs one per CPU; the tests run one of each."""
 
-    def __init__(self, work: Path, workers: int, unix: bool = False) -> None:
+    def __init__(
+        self, work: Path, workers: int, unix: bool = False, nameserver: str | None = None
+    ) -> None:
         super().__init__(work)
         self.workers = workers
         self.unix = unix  # both sides over unix sockets (`--unix`)
+        self.nameserver = nameserver  # `--auth`: its SPF/DKIM/DMARC/ARC checks on, this DNS
         self.proxy_socket = work / "run" / "proxy.sock"
 
     @property
@@ -76,20 +96,40 @@ class BenchRspamd(RspamdMilter):
             at = text.index("count = 1;", start)
             text = text[:at] + f"count = {self.workers};" + text[at + len("count = 1;") :]
         config.write_text(text)
+        if self.nameserver is not None:
+            enable_checks(self.work, config, self.nameserver)
         return config
 
 
 class RspamdHato(WorkersHato):
-    """Hato asking rspamd's normal worker about every message on port 25 (`[rspamd]`)."""
+    """Hato asking rspamd's normal worker about every message on port 25 (`[rspamd]`); with
+    `nameserver` (`--auth`), checking SPF/DKIM/DMARC/ARC itself against it and telling rspamd
+    its results (`trust_our_checks`)."""
 
-    def __init__(self, data_dir: Path, setup: MailSetup, workers: int, url: str | None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        setup: MailSetup,
+        workers: int,
+        url: str | None,
+        nameserver: str | None = None,
+    ) -> None:
         super().__init__(data_dir, setup, workers)
         self.url = url
+        self.nameserver = nameserver
         self.name = "hato+rspamd" if url else "hato"
 
     def _config_text(self) -> str:
         text = super()._config_text()
-        return text + (f'\n[rspamd]\nurl = "{self.url}"\n' if self.url else "")
+        if self.nameserver is not None:
+            assert "inbound = false" in text
+            text = text.replace("inbound = false", "inbound = true")
+            text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+        if self.url:
+            text += f'\n[rspamd]\nurl = "{self.url}"\n'
+            if self.nameserver is not None:
+                text += "trust_our_checks = true\n"
+        return text
 
 
 class MilterPostfix(PostfixServer):
@@ -160,7 +200,7 @@ def run_load(
     own0 = process_cpu(server)
     start = time.monotonic()
     load = ["-s", str(sessions), "-m", str(messages), "-l", str(MESSAGE_BYTES)]
-    envelope = ["-f", "bench@client.test", "-t", f"{user}@{DOMAIN}"]
+    envelope = ["-f", SENDER, "-t", f"{user}@{DOMAIN}"]
     done = subprocess.run(
         [smtp_source, *load, *envelope, f"{server.host}:{server.port}"],
         capture_output=True,
@@ -238,6 +278,13 @@ def main() -> int:
         help="both servers reach rspamd over unix sockets (Hato: [rspamd] url = unix:/PATH; "
         "Postfix: smtpd_milters = unix:/PATH), not TCP on loopback",
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="SPF/DKIM/DMARC/ARC checked as for Internet mail: rspamd's checks on, also for the "
+        "loopback load, against a test DNS server; Hato checks itself and tells rspamd its "
+        "results ([rspamd] trust_our_checks); Postfix's rspamd checks",
+    )
     args = parser.parse_args()
     smtp_source = find_peer("smtp-source")
     if smtp_source is None or os.geteuid() != 0 or find_peer("rspamd") is None:
@@ -252,19 +299,22 @@ def main() -> int:
         min_free_space=16 * 1024 * 1024,
         max_connections_per_ip=200,  # the load comes from one IP
     )
-    rspamd = BenchRspamd(work / "rspamd", args.rspamd_workers, args.unix)
+    dns = DnsTestServer(SENDER_ZONE)
+    dns.start()
+    ns = dns.nameserver if args.auth else None
+    rspamd = BenchRspamd(work / "rspamd", args.rspamd_workers, args.unix, ns)
     servers: list[MailServer] = []
     results: list[Result] = []
     try:
         rspamd.start()
         servers = [
             MilterPostfix(work / "postfix-rspamd", setup, rspamd.milter_address),
-            RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.check_url),
+            RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.check_url, ns),
         ]
         if args.without:
             servers += [
                 MilterPostfix(work / "postfix", setup, None),
-                RspamdHato(work / "hato" / "data", setup, args.workers, None),
+                RspamdHato(work / "hato" / "data", setup, args.workers, None, ns),
             ]
         for server in servers:
             server.start()
@@ -287,10 +337,19 @@ def main() -> int:
             except RuntimeError as exc:
                 print(exc, file=sys.stderr)
         rspamd.stop()
+        dns.stop()
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
     transport = "unix sockets" if args.unix else "TCP on loopback"
-    print(f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; rspamd over {transport}")
+    checks = (
+        "SPF/DKIM/DMARC/ARC checked (rspamd for Postfix; Hato itself, rspamd told)"
+        if args.auth
+        else "no SPF/DKIM/DMARC/ARC checks on either side"
+    )
+    print(
+        f"smtp-source -s S -m {args.messages} -l {MESSAGE_BYTES}; rspamd over {transport}; "
+        + checks
+    )
     print(machine())
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print(table(medians(results)))

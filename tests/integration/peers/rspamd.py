@@ -215,11 +215,24 @@ worker "controller" {{
         return "\n".join(parts)
 
 
+def enable_checks(work: Path, config: Path, nameserver: str) -> None:
+    """Rspamd's SPF, DKIM, DMARC and ARC checks on, as packaged (Debian's rspamd.conf loads
+    the dkim C module, with chartable and regexp, through `options.filters`, which our
+    configuration replaces), asking the DNS server at `nameserver`, and for loopback clients
+    too (`check_local`: the tests' clients are on loopback, which rspamd otherwise trusts)."""
+    for module in ("spf", "dkim", "dmarc", "arc"):
+        (work / "local.d" / f"{module}.conf").write_text("check_local = true;\n")
+    text = config.read_text()
+    dns = f'nameserver = ["{LOOPBACK}:9"]'
+    assert dns in text
+    text = text.replace(dns, f'nameserver = ["{nameserver}"]')
+    text = text.replace("options {", 'options {\n  filters = "chartable,dkim,regexp";', 1)
+    config.write_text(text)
+
+
 class CheckingRspamd(RspamdServer):
-    """The private rspamd with its SPF, DKIM, DMARC and ARC checks on, as packaged (Debian's
-    rspamd.conf loads the dkim C module through `options.filters`, which our configuration
-    replaces), asking the test DNS server at `nameserver`, and checking loopback clients too
-    (`check_local`: the tests' clients are on loopback, which rspamd otherwise trusts)."""
+    """The private rspamd with its SPF, DKIM, DMARC and ARC checks on (`enable_checks`),
+    asking the test DNS server at `nameserver`."""
 
     def __init__(self, work: Path, nameserver: str) -> None:
         super().__init__(work)
@@ -227,12 +240,5 @@ class CheckingRspamd(RspamdServer):
 
     def _write_config(self) -> Path:
         config = super()._write_config()
-        for module in ("spf", "dkim", "dmarc", "arc"):
-            (self.work / "local.d" / f"{module}.conf").write_text("check_local = true;\n")
-        text = config.read_text()
-        dns = f'nameserver = ["{LOOPBACK}:9"]'
-        assert dns in text
-        text = text.replace(dns, f'nameserver = ["{self.nameserver}"]')
-        text = text.replace("options {", 'options {\n  filters = "chartable,dkim,regexp";', 1)
-        config.write_text(text)
+        enable_checks(self.work, config, self.nameserver)
         return config
