@@ -19,7 +19,9 @@ Without `--auth` neither side checks SPF, DKIM, DMARC or ARC: the tests' rspamd 
 modules off (and would skip them for the loopback load anyway), and the harness's Hato has
 `[authcheck] inbound = false`. With it, both do as for Internet mail: rspamd (its modules on,
 `check_local`, a test DNS server with the sender's SPF and DMARC records) checks Postfix's
-messages, and Hato checks its own and tells rspamd its results (`trust_our_checks`).
+messages, and Hato checks its own and tells rspamd its results (`trust_our_checks`); a third
+server, `hato+rspamd-rechecks`, is the same Hato without `trust_our_checks` (rspamd checks
+again what Hato checked), in the same run.
 
 Target (issue 17): Hato with rspamd at least 1.5x Postfix with rspamd, delivered, at S = 20.
 Needs root (the private Postfix runs its daemons as the postfix user), Postfix's smtp-source
@@ -113,11 +115,13 @@ class RspamdHato(WorkersHato):
         workers: int,
         url: str | None,
         nameserver: str | None = None,
+        trust: bool = True,
     ) -> None:
         super().__init__(data_dir, setup, workers)
         self.url = url
         self.nameserver = nameserver
-        self.name = "hato+rspamd" if url else "hato"
+        self.trust = trust  # with `nameserver`: trust_our_checks (else rspamd checks again)
+        self.name = ("hato+rspamd" if trust else "hato+rspamd-rechecks") if url else "hato"
 
     def _config_text(self) -> str:
         text = super()._config_text()
@@ -127,7 +131,7 @@ class RspamdHato(WorkersHato):
             text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
         if self.url:
             text += f'\n[rspamd]\nurl = "{self.url}"\n'
-            if self.nameserver is not None:
+            if self.nameserver is not None and self.trust:
                 text += "trust_our_checks = true\n"
         return text
 
@@ -311,6 +315,9 @@ def main() -> int:
             MilterPostfix(work / "postfix-rspamd", setup, rspamd.milter_address),
             RspamdHato(work / "hato-rspamd" / "data", setup, args.workers, rspamd.check_url, ns),
         ]
+        if args.auth:  # the same without trust_our_checks: rspamd checks again
+            hato = work / "hato-rechecks" / "data"
+            servers.append(RspamdHato(hato, setup, args.workers, rspamd.check_url, ns, False))
         if args.without:
             servers += [
                 MilterPostfix(work / "postfix", setup, None),
