@@ -46,9 +46,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     sub = commands.add_parser(
         "doctor",
         help="check deliverability from outside (DNS, TLS, block lists, port 25)",
-        description="Check, per domain, what receivers see: MX, PTR, SPF, DKIM, DMARC, "
-        "MTA-STS, TLS-RPT, TLSA, the certificate, block lists, open relay, submission, and "
-        "whether outbound port 25 is blocked. Exit 1 if anything is wrong.",
+        description="Check, per domain, what receivers see: MX, PTR, SPF (and the hostname's), "
+        "DKIM, DMARC, MTA-STS, TLS-RPT, TLSA, the certificate, block lists, open relay, "
+        "submission, and whether outbound port 25 is blocked. Exit 1 if anything is wrong.",
     )
     sub.set_defaults(handler=doctor_command)
     sub.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -3,9 +3,11 @@
 MX (RFC 5321 §5.1) and the MX name's A/AAAA; PTR and forward-confirmed reverse DNS of each
 outbound address against the EHLO name (RFC 8601 §3's iprev; receivers such as Gmail refuse
 mail from addresses without it); SPF (RFC 7208: present, one record, within the 10-lookup and
-2-void-lookup limits of §4.6.4, passing for each outbound address); DKIM (RFC 6376 §3.6.1: the
-key in DNS is the key we sign with); DMARC (RFC 7489 §6.3); TLS-RPT (RFC 8460 §3); DNSBLs
-(RFC 5782 §2.1: a listed address has an A record 127.0.0.x under the list's zone).
+2-void-lookup limits of §4.6.4, passing for each outbound address); SPF of the HELO name
+(RFC 7208 §2.3, §2.4: what receivers check for our unsigned bounces, sent with an empty MAIL
+FROM); DKIM (RFC 6376 §3.6.1: the key in DNS is the key we sign with); DMARC (RFC 7489 §6.3);
+TLS-RPT (RFC 8460 §3); DNSBLs (RFC 5782 §2.1: a listed address has an A record 127.0.0.x under
+the list's zone).
 
 May import hato.model, hato.authcheck and hato.doctor only.
 """
@@ -122,6 +124,47 @@ async def spf(
             detail = f"{address} gets {result.result.value} ({result.detail or result.mechanism})"
             findings.append(problem("spf", domain, detail, fix))
     return findings or [ok("spf", domain, "one record, within the lookup limits")]
+
+
+_HELO_WHY = (
+    "bounces of mail from outside are sent unsigned with an empty MAIL FROM, so receivers "
+    "check SPF for the HELO name (RFC 7208 §2.3, §2.4) and DMARC passes only by it"
+)
+
+
+async def helo_spf(
+    resolver: Resolver, setup: DoctorSetup, addresses: tuple[str, ...]
+) -> list[Finding]:
+    """SPF for `[server] hostname`, the HELO identity and, with an empty MAIL FROM, the
+    MAIL FROM identity too (RFC 7208 §2.4: postmaster@ the HELO name). `addresses`: ours."""
+    name = setup.hostname
+    if setup.smarthost is not None and not setup.smarthost.fallback:
+        return []  # all mail leaves through the relay, under its HELO name, not ours
+    if name.lower() in (d.name.lower() for d in setup.domains):
+        return []  # the domain's own spf check evaluates this record for these addresses
+    own = await host_addresses(resolver, name)
+    terms = "".join(f" ip{6 if ':' in a else 4}:{a}" for a in addresses if a not in own)
+    fix = f'{name}. IN TXT "v=spf1 a{terms} -all"'
+    answer = await resolver.query(name, RdType.TXT)
+    if answer.status is DnsStatus.TEMPFAIL:
+        return [warning("spf-helo", name, f"DNS did not answer: {answer.detail}")]
+    if not any(_is_spf(t.strip()) for t in answer.texts()):
+        return [warning("spf-helo", name, f"no SPF record (v=spf1): {_HELO_WHY}", fix)]
+    now = time.time()
+    findings: list[Finding] = []
+    for address in addresses:
+        result = await check_host(
+            address, name, f"postmaster@{name}", helo=name, resolver=resolver, now=now
+        )
+        if result.result is SpfResultCode.PASS:
+            findings.append(ok("spf-helo", name, f"{address} passes ({result.mechanism})"))
+        elif result.result is SpfResultCode.TEMPERROR:
+            findings.append(warning("spf-helo", name, f"temperror: {result.detail}"))
+        else:
+            got = f"{result.result.value} ({result.detail or result.mechanism})"
+            detail = f"{address} gets {got}: {_HELO_WHY}"
+            findings.append(warning("spf-helo", name, detail, fix))
+    return findings or [ok("spf-helo", name, "an SPF record (no outbound address to check)")]
 
 
 def _is_spf(text: bytes) -> bool:

@@ -36,6 +36,7 @@ async def run_checks(
         senders = relay if not setup.smarthost.fallback else addresses + relay
     for address in addresses:
         findings += await dnschecks.ptr(resolver, setup, address)
+    findings += await dnschecks.helo_spf(resolver, setup, addresses)
     for domain in setup.domains:
         findings += await dnschecks.mx(resolver, setup, domain.name)
         findings += await dnschecks.spf(resolver, setup, domain.name, senders)

@@ -167,7 +167,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     selector_dir.mkdir(parents=True)
     zone: dict[str, dict[str, list[ZoneValue]]] = {
         "example.org": {"MX": [(10, HOST)], "TXT": ["v=spf1 mx -all"]},
-        HOST: {"A": [OUR_IP]},
+        HOST: {"A": [OUR_IP], "TXT": ["v=spf1 a -all"]},
         "10.2.0.192.in-addr.arpa": {"PTR": [HOST]},
         "_dmarc.example.org": {"TXT": [f"v=DMARC1; p=quarantine; rua=mailto:{POSTMASTER}"]},
         "_mta-sts.example.org": {"TXT": ["v=STSv1; id=20260101"]},
@@ -210,13 +210,18 @@ def problems(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("✘")]
 
 
+def warnings(out: str, check: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"! {check} ")]
+
+
 def test_a_correct_set_up_passes_every_check(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out = doctor(capsys)
     assert problems(out) == [], out
     assert code == 0
-    for check in ("mx", "mx-address", "ptr", "spf", "dkim", "dmarc", "mta-sts", "tls-rpt"):
+    checks = ("mx", "mx-address", "ptr", "spf", "spf-helo", "dkim", "dmarc", "mta-sts", "tls-rpt")
+    for check in checks:
         assert any(line.startswith(f"✔ {check} ") for line in out.splitlines()), (check, out)
     assert "✔ certificate mail.example.org: valid for 89 more days" in out
     assert f"✔ dnsbl {OUR_IP}: not listed on bl.test" in out
@@ -276,6 +281,49 @@ def test_spf_that_leaves_out_our_address_is_a_problem(
     code, out = doctor(capsys)
     assert code == 1
     assert problems(out) == [f"✘ spf example.org: {OUR_IP} gets fail (-all)"]
+
+
+HELO_WHY = (
+    "bounces of mail from outside are sent unsigned with an empty MAIL FROM, so receivers "
+    "check SPF for the HELO name (RFC 7208 §2.3, §2.4) and DMARC passes only by it"
+)
+
+
+def test_no_spf_for_the_hostname_is_a_warning_with_the_record_to_publish(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    del world.zone[HOST]["TXT"]
+    world.reload_zone()
+    code, out = doctor(capsys)
+    assert (code, problems(out)) == (0, [])
+    assert warnings(out, "spf-helo") == [f"! spf-helo {HOST}: no SPF record (v=spf1): {HELO_WHY}"]
+    assert f'      {HOST}. IN TXT "v=spf1 a -all"' in out.splitlines()
+
+
+def test_spf_for_the_hostname_that_leaves_out_our_address_is_a_warning(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.zone[HOST]["TXT"] = ["v=spf1 ip4:198.51.100.1 -all"]
+    world.reload_zone()
+    code, out = doctor(capsys)
+    assert (code, problems(out)) == (0, [])
+    assert warnings(out, "spf-helo") == [
+        f"! spf-helo {HOST}: {OUR_IP} gets fail (-all): {HELO_WHY}"
+    ]
+    assert f'      {HOST}. IN TXT "v=spf1 a -all"' in out.splitlines()
+
+
+def test_the_record_for_the_hostname_names_addresses_its_a_records_leave_out(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # [doctor] addresses sends from OUR_IP; the hostname's A record is another address.
+    world.zone[HOST]["A"] = ["192.0.2.99"]
+    world.reload_zone()
+    _, out = doctor(capsys)
+    assert warnings(out, "spf-helo") == [
+        f"! spf-helo {HOST}: {OUR_IP} gets fail (-all): {HELO_WHY}"
+    ]
+    assert f'      {HOST}. IN TXT "v=spf1 a ip4:{OUR_IP} -all"' in out.splitlines()
 
 
 def test_a_missing_ptr_is_a_problem_naming_the_record(
@@ -382,6 +430,7 @@ def test_port_25_blocked_with_a_smarthost_is_fine(
     assert problems(out) == [], out
     assert "all mail goes through relay.example.net" in out
     assert "✔ spf example.org: 198.51.100.7 passes (ip4:198.51.100.7)" in out
+    assert " spf-helo " not in out  # the relay's HELO name is the one receivers check
     assert code == 0
 
 
