@@ -50,7 +50,6 @@ from hato.directory.known import KnownMailboxes
 from hato.dns import DnsPythonResolver
 from hato.intake.direct import DirectDelivery
 from hato.intake.finish import Door
-from hato.intake.miltermetrics import MilterCounters
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
@@ -188,7 +187,7 @@ async def build_rooms(
         verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,
-        filters=SpamFilters(metrics, MilterCounters(metrics.registry)),
+        filters=SpamFilters(metrics, metrics.milters),
         metrics=metrics,
         published=endpoints.published,
         reports=(reports := open_reports(settings, data_dir, clock, outbound, pool)),

@@ -13,7 +13,8 @@ text format; `serve_metrics(address, metrics)` binds it and runs until cancelled
 `bind_metrics` does the binding alone (for a composition root that binds everything before it
 says READY and drops privileges).
 
-May import model (QueueStats) and server.httpguard; never config.
+May import model (QueueStats), server.httpguard and intake.miltermetrics (what the milter
+checks count); never config.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
+from hato.intake.miltermetrics import ACTIONS, Stage, cause
+from hato.milter import MilterUnavailable
+from hato.milter.protocol import Modification
 from hato.model import (
     Delivered,
     Outcome,
@@ -63,6 +67,8 @@ RSPAMD_ACTIONS = (
 )  # fmt: skip
 SCREEN_REASONS = ("connection-rate", "dnsbl", "early-talker", "greylisted")
 RSPAMD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A milter's answer at the end of the message may wait for a virus scan: up to minutes.
+MILTER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0)
 
 
 class Transport(enum.Enum):
@@ -151,6 +157,30 @@ class RoleMetrics:
         self._auth[(mechanism or "unknown").upper()].inc()
 
 
+class MilterCounters:
+    """The Prometheus side of `hato.intake.miltermetrics.MilterMetrics`, on the milter
+    families of `Metrics` (`Metrics.milters`)."""
+
+    __slots__ = ("_metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def answered(self, milter: str, stage: Stage, reply: str, seconds: float) -> None:
+        self._metrics.milter_calls.labels(milter, stage.value, reply).inc()
+        self._metrics.milter_seconds.labels(milter, stage.value).observe(seconds)
+
+    def changed(self, milter: str, changes: tuple[Modification, ...]) -> None:
+        for change in changes:
+            self._metrics.milter_actions.labels(milter, ACTIONS[type(change)]).inc()
+
+    def unavailable(
+        self, milter: str, stage: Stage, error: MilterUnavailable, action: str, seconds: float
+    ) -> None:
+        self._metrics.milter_failures.labels(milter, stage.value, cause(error), action).inc()
+        self._metrics.milter_seconds.labels(milter, stage.value).observe(seconds)
+
+
 class Metrics:
     """All of Hato's metrics, in a registry of their own."""
 
@@ -229,6 +259,32 @@ class Metrics:
             ["policy"],
             registry=reg,
         )
+        self.milter_calls = Counter(
+            "hato_milter_calls",
+            "Milter conversations that got an answer, by milter, stage and final reply",
+            ["milter", "stage", "reply"],
+            registry=reg,
+        )
+        self.milter_actions = Counter(
+            "hato_milter_actions",
+            "Modifications milters asked for at the end of the message, by milter and action",
+            ["milter", "action"],
+            registry=reg,
+        )
+        self.milter_failures = Counter(
+            "hato_milter_unavailable",
+            "Milter conversations that failed (timeout, error), by the action then taken",
+            ["milter", "stage", "cause", "action"],
+            registry=reg,
+        )
+        self.milter_seconds = Histogram(
+            "hato_milter_seconds",
+            "Seconds one milter conversation took, by milter and stage",
+            ["milter", "stage"],
+            buckets=MILTER_BUCKETS,
+            registry=reg,
+        )
+        self.milters = MilterCounters(self)  # what the milter checks count through
         self.screen_refusals = Counter(
             "hato_screen_refusals",
             "mx clients the [screen] refused or deferred, by reason (dnsbl, early-talker, "
