@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 from peers import maildir
-from peers.authcheck import CheckingHato
-from peers.hato import hato_binary
+from peers.authcheck import CheckingHato, dkim_keygen
 from peers.server import DomainSetup, MailSetup
 
 from dnsserver import DnsTestServer, ZoneValue, txt_strings
@@ -76,16 +74,7 @@ def test_mail_forwarded_by_one_hato_passes_arc_at_the_next(tmp_path: Path) -> No
             relay=f"{b.host}:{b.port}",
         )
         a._prepare()
-        keygen = subprocess.run(
-            [hato_binary(), "dkim", "keygen", "example.org", "--config", str(a.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=a.work,
-            env=a._env(),
-            timeout=60,
-        )
-        key_txt = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
+        key_txt = dkim_keygen(a, "example.org")
         dns.load({**zone, "hato._domainkey.example.org": {"TXT": [txt_strings(key_txt)]}})
         b.start()
         try:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato
-from peers.hato import HatoServer, hato_binary
+from peers.authcheck import CheckingHato, logs, signing_pair
+from peers.hato import HatoServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
@@ -78,32 +77,8 @@ def pair(tmp_path: Path, test_ca: TestCA) -> Iterator[Pair]:
             f"{b.host}:{b.port}",
             dns.nameserver,
         )
-        a._prepare()  # writes the config the keygen reads, and adds alice
-        keygen = subprocess.run(
-            [hato_binary(), "dkim", "keygen", "sender.example", "--config", str(a.config)],
-            capture_output=True,
-            text=True,
-            cwd=a.work,
-            env=a._env(),
-            timeout=60,
-        )
-        assert keygen.returncode == 0, keygen.stderr
-        record = keygen.stdout.splitlines()[-1]
-        assert record.startswith("hato._domainkey.sender.example. IN TXT "), keygen.stdout
-        dns.load(_zone("".join(record.split('"')[1::2])))
-        b.start()
-        try:
-            a.start()
-            try:
-                yield Pair(a, b, test_ca)
-            finally:
-                a.stop()
-        finally:
-            b.stop()
-
-
-def _logs(*servers: HatoServer) -> str:
-    return "\n".join(f"--- {s.name} {s.port} ---\n{s.log_text()[-3000:]}" for s in servers)
+        with signing_pair(a, b, dns, "sender.example", _zone):
+            yield Pair(a, b, test_ca)
 
 
 def _message(marker: str) -> bytes:
@@ -114,12 +89,6 @@ def _message(marker: str) -> bytes:
     ).encode()
 
 
-def _header_fields(stored: bytes) -> list[str]:
-    """The unfolded header fields of a stored message (RFC 5322 §2.2.3)."""
-    head = stored.split(b"\r\n\r\n", 1)[0].decode()
-    return [re.sub(r"\r\n[ \t]+", " ", f) for f in re.split(r"\r\n(?![ \t])", head)]
-
-
 def test_signed_submission_passes_spf_dkim_and_dmarc_at_the_next_hop(pair: Pair) -> None:
     a, b = pair.a, pair.b
     with smtplib.SMTP(a.host, a.submission_port, timeout=30) as smtp:
@@ -128,8 +97,8 @@ def test_signed_submission_passes_spf_dkim_and_dmarc_at_the_next_hop(pair: Pair)
         refused = smtp.sendmail(SENDER, [RECIPIENT], _message("e2e-1"))
     assert refused == {}
     found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "e2e-1", 30)
-    assert len(found) == 1, f"not delivered by A to B:\n{_logs(a, b)}"
-    fields = _header_fields(found[0].read_bytes())
+    assert len(found) == 1, f"not delivered by A to B:\n{logs(a, b)}"
+    fields = maildir.header_fields(found[0].read_bytes())
 
     # A's signature, made with the key of `hato dkim keygen` (selector "hato").
     signatures = [f for f in fields if f.lower().startswith("dkim-signature:")]
@@ -171,7 +140,7 @@ def test_unsigned_mail_claiming_alice_sent_straight_to_b_is_refused_by_dmarc(pai
         pytest.raises(smtplib.SMTPDataError) as refused,
     ):
         smtp.sendmail("bounce@spoofer.example", [RECIPIENT], _message("spoof-1"))
-    assert refused.value.smtp_code == 550, _logs(b)
+    assert refused.value.smtp_code == 550, logs(b)
     error = refused.value.smtp_error
     text = error.decode() if isinstance(error, bytes) else error
     assert text.startswith("5.7.1"), text

@@ -31,8 +31,8 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato
-from peers.hato import HatoServer, hato_binary
+from peers.authcheck import CheckingHato, logs, signing_pair
+from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
 from dnsserver import DnsTestServer, ZoneValue, txt_strings
@@ -103,31 +103,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             f"{b.host}:{b.port}",
             dns.nameserver,
         )
-        a._prepare()  # writes the config the keygen reads
-        keygen = subprocess.run(
-            [hato_binary(), "dkim", "keygen", "sender.example", "--config", str(a.config)],
-            capture_output=True,
-            text=True,
-            cwd=a.work,
-            env=a._env(),
-            timeout=60,
-        )
-        assert keygen.returncode == 0, keygen.stderr
-        record = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2])
-        dns.load(_zone(record))
-        b.start()
-        try:
-            a.start()
-            try:
-                yield Pair(a, b, record)
-            finally:
-                a.stop()
-        finally:
-            b.stop()
-
-
-def _logs(*servers: HatoServer) -> str:
-    return "\n".join(f"--- {s.name} {s.port} ---\n{s.log_text()[-3000:]}" for s in servers)
+        with signing_pair(a, b, dns, "sender.example", _zone) as record:
+            yield Pair(a, b, record)
 
 
 def _sendmail(a: SenderHato, args: list[str], message: bytes) -> None:
@@ -153,12 +130,6 @@ def _message(marker: str, to: str) -> bytes:
     ).encode()
 
 
-def _header_fields(stored: bytes) -> list[str]:
-    """The unfolded header fields of a stored message (RFC 5322 §2.2.3)."""
-    head = stored.split(b"\r\n\r\n", 1)[0].decode()
-    return [re.sub(r"\r\n[ \t]+", " ", f) for f in re.split(r"\r\n(?![ \t])", head)]
-
-
 def _signature_domains(fields: list[str]) -> list[str]:
     found = (re.search(r"\bd=([^;\s]+)", f) for f in fields if f.lower().startswith("dkim-sig"))
     return [m[1] for m in found if m]
@@ -171,8 +142,8 @@ def test_mail_from_hato_sendmail_is_signed_and_passes_dkim_and_dmarc_at_the_next
     _sendmail(a, ["-f", "alice@sender.example", "someone@dest.example"],
               _message("local-1", "someone@dest.example"))  # fmt: skip
     found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "local-1", 30)
-    assert len(found) == 1, f"not delivered by A to B:\n{_logs(a, b)}"
-    fields = _header_fields(found[0].read_bytes())
+    assert len(found) == 1, f"not delivered by A to B:\n{logs(a, b)}"
+    fields = maildir.header_fields(found[0].read_bytes())
     assert _signature_domains(fields) == ["sender.example"], fields
     results = [f for f in fields if f.startswith(f"Authentication-Results: {B_HOSTNAME};")]
     assert len(results) == 1, fields
@@ -194,9 +165,9 @@ def test_a_bounce_from_our_server_carries_a_signature_that_verifies(pair: Pair) 
     _sendmail(a, ["-f", "alice@sender.example", "nobody@nowhere.example"],
               _message("bounced-1", "nobody@nowhere.example"))  # fmt: skip
     found = _wait_for(a.mailbox("alice", "sender.example"), b"MAILER-DAEMON@", 60)
-    assert len(found) == 1, f"no bounce for alice:\n{_logs(a, b)}"
+    assert len(found) == 1, f"no bounce for alice:\n{logs(a, b)}"
     stored = found[0].read_bytes()
-    fields = _header_fields(stored)
+    fields = maildir.header_fields(stored)
     assert f"From: Mail Delivery System <MAILER-DAEMON@{A_HOSTNAME}>" in fields, fields
     # Our hostname's domain signs it (relaxed alignment with MAILER-DAEMON@mx.sender.example).
     assert _signature_domains(fields) == ["sender.example"], fields
@@ -210,8 +181,8 @@ def test_a_bounce_of_mail_from_outside_is_not_signed(pair: Pair) -> None:
         client.sendmail("carol@dest.example", ["gone@sender.example"],
                         _message("outside-1", "gone@sender.example"))  # fmt: skip
     found = _wait_for(b.mailbox("carol", "dest.example"), b"MAILER-DAEMON@", 60)
-    assert len(found) == 1, f"no bounce for carol:\n{_logs(a, b)}"
-    fields = _header_fields(found[0].read_bytes())
+    assert len(found) == 1, f"no bounce for carol:\n{logs(a, b)}"
+    fields = maildir.header_fields(found[0].read_bytes())
     assert f"From: Mail Delivery System <MAILER-DAEMON@{A_HOSTNAME}>" in fields, fields
     assert _signature_domains(fields) == [], fields  # no DKIM-Signature by us
     results = [f for f in fields if f.startswith(f"Authentication-Results: {B_HOSTNAME};")]

@@ -1,13 +1,19 @@
 """Hato judging inbound mail (SPF, DKIM, DMARC, ARC) against the in-process test DNS server
 (tests/dnsserver: `txt_strings` splits a DKIM key record), for the sender-authentication
-tests."""
+tests; `signing_pair` starts a signing Hato A that relays to a checking Hato B."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from dnsserver import DnsTestServer, ZoneValue
 
 from .hato import HatoServer
 from .server import MailSetup
+
+Zone = dict[str, dict[str, list[ZoneValue]]]
 
 
 class CheckingHato(HatoServer):
@@ -30,3 +36,38 @@ class CheckingHato(HatoServer):
             assert 'hostname = "hato.test"' in text
             text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
         return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+
+
+def dkim_keygen(server: HatoServer, domain: str) -> str:
+    """`hato dkim keygen DOMAIN` against `server`'s config (written already): the key record's
+    text, its quoted strings joined (the TXT value to serve from the test DNS server)."""
+    keygen = server.hato("dkim", "keygen", domain)
+    assert keygen.returncode == 0, keygen.stderr
+    record = keygen.stdout.splitlines()[-1]
+    assert f"._domainkey.{domain}. IN TXT " in record, keygen.stdout
+    return "".join(record.split('"')[1::2])
+
+
+@contextlib.contextmanager
+def signing_pair(
+    a: HatoServer, b: HatoServer, dns: DnsTestServer, domain: str, zone: Callable[[str], Zone]
+) -> Iterator[str]:
+    """A gets a DKIM key for `domain`, `dns` serves `zone(its record)`, then B and A run (A
+    relays to B); yields the key record, and stops both."""
+    a._prepare()  # writes the config the keygen reads (and adds A's users)
+    record = dkim_keygen(a, domain)
+    dns.load(zone(record))
+    b.start()
+    try:
+        a.start()
+        try:
+            yield record
+        finally:
+            a.stop()
+    finally:
+        b.stop()
+
+
+def logs(*servers: HatoServer) -> str:
+    """The last lines of each server's log, for an assertion's message."""
+    return "\n".join(f"--- {s.name} {s.port} ---\n{s.log_text()[-3000:]}" for s in servers)

@@ -90,6 +90,12 @@ def stored_form(stores_crlf: bool, sent: bytes) -> bytes:
     return sent if stores_crlf else sent.replace(b"\r\n", b"\n")
 
 
+def header_fields(stored: bytes) -> list[str]:
+    """The unfolded header fields of a stored message (RFC 5322 §2.2.3)."""
+    head = stored.split(b"\r\n\r\n", 1)[0].decode()
+    return [re.sub(r"\r\n[ \t]+", " ", f) for f in re.split(r"\r\n(?![ \t])", head)]
+
+
 def find_marker(paths: list[Path], marker: str) -> list[Path]:
     """The delivered messages whose marker header is `marker`."""
     return [p for p in paths if markers([p]).get(marker)]
