@@ -16,15 +16,15 @@ import psycopg
 import pytest
 from peers.hato import HatoServer
 from peers.net import free_port
+from peers.nodes import alpha_and_beta
 from peers.postgres import PASSWORD, PostgresServer
-from peers.server import DomainSetup, MailSetup
+from peers.server import MailSetup
 from psycopg_pool import ConnectionPool
 
 from hato.crypto.keys import KeyKind, PublicKey
 from hato.crypto.keystore_pg import PgKeyStore
 from hato.crypto.wkdhash import wkd_hash
 from hato.model import Address
-from hato.pgstore import migrate
 
 
 class ReportingNode(HatoServer):
@@ -55,23 +55,9 @@ class ReportingNode(HatoServer):
 
 @pytest.fixture
 def nodes(workdir: Path, pg_dsn: str, postgres: PostgresServer) -> Iterator[list[ReportingNode]]:
-    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
-        migrate(conn)
-    started = []
-    try:
-        for name, host in (("alpha", "127.0.0.2"), ("beta", "127.0.0.4")):
-            setup = MailSetup(
-                domains=(DomainSetup("users.test", accept_any=True),),
-                store=(pg_dsn, postgres.password_file),
-                node=name,
-            )
-            node = ReportingNode(workdir / name, setup, host)
-            node.start()
-            started.append(node)
-        yield started
-    finally:
-        for node in started:
-            node.stop()
+    pw = postgres.password_file
+    with alpha_and_beta(workdir, pg_dsn, pw, "users.test", ReportingNode) as nodes:
+        yield nodes
 
 
 def test_wkd_and_reports_use_the_shared_store(nodes: list[ReportingNode], pg_dsn: str) -> None:

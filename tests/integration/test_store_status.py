@@ -14,32 +14,17 @@ from pathlib import Path
 import psycopg
 import pytest
 from peers.hato import HatoServer
+from peers.nodes import alpha_and_beta, plain_node
 from peers.postgres import PASSWORD, PostgresServer
-from peers.server import DomainSetup, MailSetup
 
-from hato.pgstore import SCHEMA_VERSION, migrate
+from hato.pgstore import SCHEMA_VERSION
 
 
 @pytest.fixture
 def nodes(workdir: Path, pg_dsn: str, postgres: PostgresServer) -> Iterator[list[HatoServer]]:
-    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
-        migrate(conn)
-    started = []
-    try:
-        for name, host in (("alpha", "127.0.0.2"), ("beta", "127.0.0.4")):
-            setup = MailSetup(
-                domains=(DomainSetup("example.org", accept_any=True),),
-                store=(pg_dsn, postgres.password_file),
-                node=name,
-                heartbeat=0.5,
-            )
-            node = HatoServer(workdir / name, setup, host=host)
-            node.start()
-            started.append(node)
-        yield started
-    finally:
-        for node in started:
-            node.stop()
+    pw = postgres.password_file
+    with alpha_and_beta(workdir, pg_dsn, pw, "example.org", plain_node, heartbeat=0.5) as nodes:
+        yield nodes
 
 
 def _status_until(node: HatoServer, pattern: str, timeout: float = 60) -> str:

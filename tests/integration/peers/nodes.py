@@ -3,31 +3,79 @@ on their loopback addresses, and send each a marked message the way the tests co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
+import psycopg
+
+from hato.pgstore import migrate
 from peers.hato import HatoServer
 from peers.maildir import MARKER_HEADER
 from peers.net import RawSession
-from peers.server import MailSetup
+from peers.postgres import PASSWORD
+from peers.server import DomainSetup, MailSetup
+
+N = TypeVar("N", bound=HatoServer)
+# Two named nodes, as two machines: their [store] node names and loopback addresses.
+ALPHA_BETA = (("alpha", "127.0.0.2"), ("beta", "127.0.0.4"))
 
 
 @contextmanager
+def started(nodes: Iterable[N]) -> Iterator[list[N]]:
+    """Each node started in turn (the next one made once the one before runs); all those
+    started are stopped after, whatever the test did to them."""
+    running: list[N] = []
+    try:
+        for node in nodes:
+            node.start()
+            running.append(node)
+        yield running
+    finally:
+        for node in running:
+            node.stop()
+
+
 def running_nodes(
     workdir: Path, setup: MailSetup, hosts: Sequence[str]
-) -> Iterator[list[HatoServer]]:
+) -> AbstractContextManager[list[HatoServer]]:
     """One node per address, each with its own data dir (workdir/nodeN); all stopped after."""
-    started: list[HatoServer] = []
-    try:
-        for n, host in enumerate(hosts):
-            node = HatoServer(workdir / f"node{n}", setup, host=host)
-            node.start()
-            started.append(node)
-        yield started
-    finally:
-        for node in started:
-            node.stop()
+    return started(
+        HatoServer(workdir / f"node{n}", setup, host=host) for n, host in enumerate(hosts)
+    )
+
+
+def plain_node(data_dir: Path, setup: MailSetup, host: str) -> HatoServer:
+    return HatoServer(data_dir, setup, host=host)
+
+
+@contextmanager
+def alpha_and_beta(
+    workdir: Path,
+    dsn: str,
+    password_file: Path,
+    domain: str,
+    make: Callable[[Path, MailSetup, str], N],
+    heartbeat: float | None = None,
+) -> Iterator[list[N]]:
+    """The schema made on the store at `dsn`, then nodes alpha (127.0.0.2) and beta (127.0.0.4)
+    on it, `make(workdir/NAME, setup, host)`, each named in [store] node and accepting any
+    recipient at `domain`."""
+    with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+
+    def node(name: str, host: str) -> N:
+        setup = MailSetup(
+            domains=(DomainSetup(domain, accept_any=True),),
+            store=(dsn, password_file),
+            node=name,
+            heartbeat=heartbeat,
+        )
+        return make(workdir / name, setup, host)
+
+    with started(node(name, host) for name, host in ALPHA_BETA) as nodes:
+        yield nodes
 
 
 def send_marked(node: HatoServer, marker: str) -> tuple[int, bytes]:
