@@ -6,7 +6,9 @@ Imports hato.pgstore (and so psycopg) only when [store] backend = "postgresql".
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,26 @@ if TYPE_CHECKING:
 USERS_DB = "users.db"
 
 
+def unreachable(reason: object) -> StartupError:
+    """The one wording of "the database does not answer" (75: a service manager, or the
+    admin, may try again later)."""
+    return StartupError(f"store.dsn: the PostgreSQL store is unreachable: {reason}", EX_TEMPFAIL)
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """pgstore's StoreUnavailable as `unreachable` (75), SchemaMismatch as a StartupError 78
+    (running again will not help: migrate, or upgrade this node)."""
+    from hato.pgstore import SchemaMismatch, StoreUnavailable
+
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise unreachable(exc) from None
+    except SchemaMismatch as exc:
+        raise StartupError(f"store: {exc}", EX_CONFIG) from None
+
+
 def check_store(settings: Settings) -> None:
     """At start: with PostgreSQL, the database answers and has this code's schema.
 
@@ -34,17 +56,10 @@ def check_store(settings: Settings) -> None:
     (running again will not help: migrate, or upgrade this node)."""
     if settings.store.backend != "postgresql":
         return
-    from hato.pgstore import SchemaMismatch, StoreUnavailable, check_schema, connect
+    from hato.pgstore import check_schema, connect
 
-    try:
-        with connect(pg_settings(settings)) as conn:
-            check_schema(conn)
-    except StoreUnavailable as exc:
-        raise StartupError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
-        ) from None
-    except SchemaMismatch as exc:
-        raise StartupError(f"store: {exc}", EX_CONFIG) from None
+    with store_errors(), connect(pg_settings(settings)) as conn:
+        check_schema(conn)
 
 
 def open_store_pool(settings: Settings, node: str) -> ConnectionPool[Any] | None:
@@ -52,14 +67,10 @@ def open_store_pool(settings: Settings, node: str) -> ConnectionPool[Any] | None
     StartupError (75) if the database cannot be reached at start."""
     if settings.store.backend != "postgresql":
         return None
-    from hato.pgstore import StoreUnavailable, open_pool
+    from hato.pgstore import open_pool
 
-    try:
+    with store_errors():
         return open_pool(pg_settings(settings, node))
-    except StoreUnavailable as exc:
-        raise StartupError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
-        ) from None
 
 
 def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | None) -> UserStore:
@@ -96,17 +107,13 @@ async def open_queue(
             recover=worker is None,  # with workers, the supervisor recovered before them
             id_slot=worker or 0,
         )
-    from hato.pgstore import StoreUnavailable, connect_listener, open_async_pool
+    from hato.pgstore import connect_listener, open_async_pool
     from hato.queue.postgres import PgQueue
 
     name = f"{socket.gethostname()}:{data_dir}" + (f":w{worker}" if worker is not None else "")
     pg = pg_settings(settings, name)
-    try:
+    with store_errors():
         pool = await open_async_pool(pg)
-    except StoreUnavailable as exc:
-        raise StartupError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
-        ) from None
     try:
         return await PgQueue.open(
             pool,
@@ -121,9 +128,7 @@ async def open_queue(
         )
     except QueueError as exc:  # the listener's connection could not be made
         await pool.close()
-        raise StartupError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc.detail}", EX_TEMPFAIL
-        ) from None
+        raise unreachable(exc.detail) from None
 
 
 def open_limiter(

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hato.cli import storecopy
-from hato.cli.errors import EX_CONFIG, CommandError
-
-EX_TEMPFAIL = 75
+from hato.cli.errors import CommandError
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -42,28 +40,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def migrate_command(args: argparse.Namespace) -> int:
     from hato.boot.process import StartupError
-    from hato.boot.store import pg_settings
+    from hato.boot.store import pg_settings, store_errors
     from hato.cli.options import load
 
     settings = load(args).settings
     if settings.store.backend != "postgresql":
         print("store: backend is sqlite: nothing to migrate")
         return 0
-    try:
-        pg = pg_settings(settings, "migrate")
-    except StartupError as exc:
-        raise CommandError(str(exc), exc.exit_code) from None
-    from hato.pgstore import SCHEMA_VERSION, SchemaMismatch, StoreUnavailable, connect, migrate
+    from hato.pgstore import SCHEMA_VERSION, connect, migrate
 
     try:
-        with connect(pg) as conn:
+        with store_errors(), connect(pg_settings(settings, "migrate")) as conn:
             applied = migrate(conn)
-    except StoreUnavailable as exc:
-        raise CommandError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
-        ) from None
-    except SchemaMismatch as exc:
-        raise CommandError(f"store: {exc}", EX_CONFIG) from None
+    except StartupError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
     for version, description in applied:
         print(f"applied migration {version}: {description}")
     print(f"store: schema version {SCHEMA_VERSION}" + ("" if applied else " (already)"))

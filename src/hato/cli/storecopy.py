@@ -156,24 +156,15 @@ def _locked(data_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _connected(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     from hato.boot.process import StartupError
-    from hato.boot.store import pg_settings
+    from hato.boot.store import pg_settings, store_errors
+    from hato.pgstore import check_schema, connect
 
     try:
-        pg = pg_settings(settings, "store-copy")
-    except StartupError as exc:
-        raise CommandError(str(exc), exc.exit_code) from None
-    from hato.pgstore import SchemaMismatch, StoreUnavailable, check_schema, connect
-
-    try:
-        with connect(pg) as conn:
+        with store_errors(), connect(pg_settings(settings, "store-copy")) as conn:
             check_schema(conn)
             yield conn
-    except StoreUnavailable as exc:
-        raise CommandError(
-            f"store.dsn: the PostgreSQL store is unreachable: {exc}", EX_TEMPFAIL
-        ) from None
-    except SchemaMismatch as exc:
-        raise CommandError(f"store: {exc}", EX_CONFIG) from None
+    except StartupError as exc:
+        raise CommandError(str(exc), exc.exit_code) from None
 
 
 def refuse_live_nodes(conn: psycopg.Connection[Any]) -> None:
