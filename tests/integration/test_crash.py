@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import smtplib
-import threading
 import time
-import uuid
 
 from peers import maildir
+from peers.load import Load
 from peers.server import MakeServer
 
 CLIENTS = 8
@@ -26,50 +25,15 @@ def _message(marker: str) -> bytes:
     )
 
 
-class Load:
-    """Concurrent smtplib clients recording which markers were sent and which got 250."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.attempted: set[str] = set()
-        self.accepted: set[str] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def client(self, number: int) -> None:
-        while not self.stop.is_set():
-            try:
-                with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
-                    while not self.stop.is_set():
-                        marker = f"{number}-{uuid.uuid4().hex}"
-                        with self.lock:
-                            self.attempted.add(marker)
-                        # sendmail returns only after the final 250 to DATA.
-                        smtp.sendmail("crash@client.test", ["crash@example.org"], _message(marker))
-                        with self.lock:
-                            self.accepted.add(marker)
-            except (OSError, smtplib.SMTPException):
-                time.sleep(0.02)
-
-
 def test_sigkill_mid_load_loses_nothing_and_duplicates_nothing(make_server: MakeServer) -> None:
     server = make_server()
-    load = Load(server.host, server.port)
-    threads = [threading.Thread(target=load.client, args=(n,), daemon=True) for n in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(load.accepted) < KILL_AFTER_ACCEPTED and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(load.accepted) >= KILL_AFTER_ACCEPTED, "the load never got going"
+    load = Load(server.host, server.port, "crash@client.test", "crash@example.org", _message)
+    load.start(CLIENTS)
+    assert load.wait_accepted(KILL_AFTER_ACCEPTED), "the load never got going"
 
     server.kill()  # mid-run: the clients are still sending
     time.sleep(0.3)
-    load.stop.set()
-    for thread in threads:
-        thread.join(timeout=20)
-    with load.lock:
-        accepted, attempted = set(load.accepted), set(load.attempted)
+    accepted, attempted = load.halt()
 
     server.start()  # same data dir and port
     maildir.assert_each_once(server.mailboxes(), accepted, attempted, timeout=90, settle=2)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import signal
 import smtplib
 import socket
-import threading
-import time
 import uuid
 
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
+from peers.load import Load
 from peers.server import MakeServer
 
 CLIENTS = 6
@@ -31,35 +30,6 @@ def _message(marker: str) -> bytes:
         + b"\r\n\r\n"
         + (b"0123456789abcdef" * 4 + b"\r\n") * 32
     )
-
-
-class Load:
-    """smtplib clients, each sending up to PER_CLIENT messages with unique markers, recording
-    which were attempted and which got 250 to DATA."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.attempted: set[str] = set()
-        self.accepted: set[str] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def client(self, number: int) -> None:
-        sent = 0
-        while not self.stop.is_set() and sent < PER_CLIENT:
-            try:
-                with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
-                    while not self.stop.is_set() and sent < PER_CLIENT:
-                        marker = f"{number}-{uuid.uuid4().hex}"
-                        sent += 1
-                        with self.lock:
-                            self.attempted.add(marker)
-                        # sendmail returns only after the final 250 to DATA.
-                        smtp.sendmail("load@client.test", [RCPT], _message(marker))
-                        with self.lock:
-                            self.accepted.add(marker)
-            except (OSError, smtplib.SMTPException):
-                time.sleep(0.05)
 
 
 class Reader:
@@ -121,14 +91,9 @@ def test_sigterm_mid_load_finishes_transactions_and_loses_nothing(
     if not isinstance(server, HatoServer):
         pytest.skip("SIGTERM draining is about hato serve")
     assert server.proc is not None
-    load = Load(server.host, server.port)
-    threads = [threading.Thread(target=load.client, args=(n,), daemon=True) for n in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 60
-    while len(load.accepted) < STOP_AFTER_ACCEPTED and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(load.accepted) >= STOP_AFTER_ACCEPTED, "the load never got going"
+    load = Load(server.host, server.port, "load@client.test", RCPT, _message, PER_CLIENT)
+    load.start(CLIENTS)
+    assert load.wait_accepted(STOP_AFTER_ACCEPTED), "the load never got going"
     slow_marker = f"slow-{uuid.uuid4().hex}"
     slow, reader = _open_transaction(server.host, server.port, slow_marker)
 
@@ -149,12 +114,9 @@ def test_sigterm_mid_load_finishes_transactions_and_loses_nothing(
     assert server.exit_code() == 0, server.log_text()[-3000:]
     server.stop()  # already gone: only closes the log
 
-    load.stop.set()
-    for thread in threads:
-        thread.join(timeout=20)
-    with load.lock:
-        accepted = set(load.accepted) | {slow_marker}
-        attempted = set(load.attempted) | {slow_marker}
+    accepted, attempted = load.halt()
+    accepted.add(slow_marker)
+    attempted.add(slow_marker)
 
     server.start()  # same data dir and port
     maildir.assert_each_once(server.mailboxes(), accepted, attempted, timeout=60, settle=1.5)
