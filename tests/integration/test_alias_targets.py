@@ -5,17 +5,13 @@ line; no mailbox is made for bob."""
 
 from __future__ import annotations
 
-import os
 import smtplib
-import subprocess
-import sys
 from pathlib import Path
 
 from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 SETUP = MailSetup(
     domains=(
         DomainSetup(
@@ -45,13 +41,10 @@ def test_alias_target_without_account_is_reported_and_bounced(workdir: Path) -> 
         assert to_alice.read_bytes().endswith(message)
         assert hato.wait_for_log(r"event=mailbox-unknown .*to=<bob@example\.test>")
         # Through hato-sendmail from carol: bob's copy comes back to her as an RFC 3464 bounce.
-        sent = subprocess.run(
-            [SENDMAIL, "-f", "carol@example.test", "sales"],
-            input=b"Subject: second\n\nagain\n",
-            capture_output=True,
-            env={**os.environ, "HATO_CONTROL_SOCKET": str(hato.data_dir / "control.sock")},
-            timeout=30,
-            check=False,
+        sent = hato.sendmail(
+            ["-f", "carol@example.test", "sales"],
+            b"Subject: second\n\nagain\n",
+            env_socket=True,
         )
         assert sent.returncode == 0, sent.stderr
         maildir.wait_for_count(hato.mailbox("alice", "example.test"), 2, 15)

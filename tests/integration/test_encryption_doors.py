@@ -7,9 +7,7 @@ copy to the original."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,6 @@ from peers.server import DomainSetup, MailSetup
 
 from kit.cryptokeys import Gpg, Smime, make_cert, need
 
-SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 REFUSED = "550 5.1.1 no such user here"
 GREYLIST = "451 4.7.1 Greylisted, come back later"
 
@@ -45,19 +42,6 @@ class DoorsHato(HatoServer):
             + "\n[delivery]\nallow_loopback = true\nconnect_timeout = 5\nattempt_timeout = 20\n"
             + '\n[[transport]]\ndomain = "remote.test"\n'
             + f'relay = "{LOOPBACK}:{self.peer_port}"\ntls = "none"\n'
-        )
-
-    def sendmail(self, args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-        """The real hato-sendmail, as root (a cron job's), finding the server through -C."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
-        return subprocess.run(
-            [SENDMAIL, "-C", str(self.config), *args],
-            input=stdin,
-            capture_output=True,
-            env=env,
-            cwd=self.work,
-            timeout=30,
-            check=False,
         )
 
 

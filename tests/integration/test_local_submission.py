@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import socket
-import subprocess
 import sys
 import time
 import tomllib
@@ -35,7 +34,6 @@ from hato.cli import queue as queue_cli
 from hato.cli import sendmail as sendmail_cli
 from hato.cli import sendmail_site
 
-SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 NOBODY = pwd.getpwnam("nobody")
 PRELOADED = (
     queue_cli,
@@ -110,28 +108,13 @@ def sendmail_as_nobody(config: Path, args: list[str], stdin: bytes) -> tuple[int
     return os.waitstatus_to_exitcode(status), errors
 
 
-def sendmail(hato: LocalHato, args: list[str], stdin: bytes) -> subprocess.CompletedProcess[str]:
-    """The real hato-sendmail program, as root (cron's), finding the server through -C."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
-    return subprocess.run(
-        [SENDMAIL, "-C", str(hato.config), *args],
-        input=stdin.decode(),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd="/",
-        timeout=30,
-        check=False,
-    )
-
-
 def test_local_users_send_only_as_themselves_through_the_configured_socket(
     hato: LocalHato,
 ) -> None:
     alice = hato.mailbox("alice", "example.test")
     # docs/operations.md's first example: root has no account or alias; it reaches the
     # configured postmaster (alice).
-    done = sendmail(hato, ["-t", "-i", "root"], b"Subject: backup done\n\nok\n")
+    done = hato.sendmail(["-t", "-i", "root"], b"Subject: backup done\n\nok\n")
     assert done.returncode == 0, done.stderr
     maildir.wait_for_count(alice, 1, 15)
     # nobody cannot use the 0600 control socket: the configured submit_socket takes it.
@@ -162,7 +145,7 @@ def test_local_users_send_only_as_themselves_through_the_configured_socket(
     assert code == 75 and " 4." in err, (code, err)
     # root is not limited; a big message is streamed to the queue, not held (it arrives whole).
     big = b"".join(b"line %06d of a long report\n" % n for n in range(8000))  # ~220 KiB
-    assert sendmail(hato, ["alice"], b"Subject: root again\n\n" + big).returncode == 0
+    assert hato.sendmail(["alice"], b"Subject: root again\n\n" + big).returncode == 0
     (stored,) = _wait_text(alice, b"root again", 15)
     assert stored.read_bytes().endswith(big.replace(b"\n", b"\r\n"))
 
@@ -188,7 +171,7 @@ def test_the_submission_socket_bounds_connections_per_user(hato: LocalHato) -> N
 
 def test_mail_sent_while_the_server_is_down_is_delivered_at_its_start(hato: LocalHato) -> None:
     hato.stop()
-    done = sendmail(hato, ["-f", "bob@example.test", "alice"], b"Subject: while down\n\nx\n")
+    done = hato.sendmail(["-f", "bob@example.test", "alice"], b"Subject: while down\n\nx\n")
     assert done.returncode == 0, done.stderr  # was 75: cron's output lost at every restart
     drop = hato.data_dir / "maildrop"
     assert len([p for p in drop.iterdir() if not p.name.startswith(".")]) == 1
@@ -223,7 +206,7 @@ def test_reload_applies_postmaster_and_asks_a_restart_for_send_as(hato: LocalHat
     )
     applied = hato.hato("reload")
     assert applied.returncode == 0 and "local.postmaster" in applied.stdout, applied
-    assert sendmail(hato, ["root"], b"Subject: to root\n\nx\n").returncode == 0
+    assert hato.sendmail(["root"], b"Subject: to root\n\nx\n").returncode == 0
     assert _wait_text(hato.mailbox("bob", "example.test"), b"to root", 15)
     hato.config.write_text(
         hato.config.read_text().replace('nobody = ["noreply@example.test"]', "nobody = []")

@@ -12,9 +12,8 @@ import email.policy
 import os
 import re
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.message import Message
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from peers.net import LOOPBACK, free_port
 from peers.outbound_scripted import ScriptedPeer, Step
 from peers.server import DomainSetup, MailSetup
 
-SENDMAIL = str(Path(sys.executable).with_name("hato-sendmail"))
 # What the peer answers every RCPT with: `hato queue show` must name this very text.
 GREYLIST = "451 4.7.1 Greylisted by peer.test, come back in 10 minutes"
 SENDER = "alice@example.org"
@@ -58,24 +56,10 @@ class OpsHato(HatoServer):
         return self.data_dir / "control.sock"
 
     def sendmail(
-        self, args: list[str], stdin: bytes, *, env_socket: bool = True
+        self, args: Sequence[str], stdin: bytes, *, env_socket: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
-        """`hato-sendmail ARGS < stdin`, finding the server by $HATO_CONTROL_SOCKET, or (with
-        env_socket=False) through `-C config`, as a packager's wrapper would."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
-        if env_socket:
-            env["HATO_CONTROL_SOCKET"] = str(self.control_socket)
-        else:
-            args = ["-C", str(self.config), *args]
-        return subprocess.run(
-            [SENDMAIL, *args],
-            input=stdin,
-            capture_output=True,
-            env=env,
-            cwd=self.work,
-            timeout=30,
-            check=False,
-        )
+        # This file's hato-sendmail finds the server by $HATO_CONTROL_SOCKET unless told not to.
+        return super().sendmail(args, stdin, env_socket=env_socket)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +21,11 @@ def hato_binary() -> str:
     """The `hato` console script of the interpreter running us (the project's venv)."""
     candidate = Path(sys.executable).with_name("hato")
     return str(candidate) if candidate.exists() else "hato"
+
+
+def sendmail_binary() -> str:
+    """The `hato-sendmail` console script beside it."""
+    return str(Path(sys.executable).with_name("hato-sendmail"))
 
 
 def _toml_str(value: str) -> str:
@@ -165,6 +171,28 @@ class HatoServer:
             cwd=self.work,
             env=self._env(),
             timeout=60,
+            check=False,
+        )
+
+    def sendmail(
+        self, args: Sequence[str], stdin: bytes, *, env_socket: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
+        """The real `hato-sendmail ARGS < stdin`, as the test's user (root in CI: a cron job's),
+        none of the test's own HATO_ variables: from / finding this server through `-C config`,
+        or (env_socket=True) by $HATO_CONTROL_SOCKET as a packager's wrapper would, from the
+        work directory (its ./hato.toml is what a stopped server is found by)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HATO_")}
+        if env_socket:
+            env["HATO_CONTROL_SOCKET"] = str(self.data_dir / "control.sock")
+        else:
+            args = ["-C", str(self.config), *args]
+        return subprocess.run(
+            [sendmail_binary(), *args],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            cwd=self.work if env_socket else "/",
+            timeout=30,
             check=False,
         )
 
