@@ -3,9 +3,9 @@
 Records: MX (RFC 5321 §5.1), SPF (RFC 7208), DKIM (RFC 6376 §3.6.1), DMARC (RFC 7489 §6.3),
 MTA-STS (RFC 8461 §3.1, §3.2: a TXT record whose id is a hash of the policy file the [wkd] web
 endpoint serves over HTTPS), TLS-RPT (RFC 8460 §3), the SRV records of RFC 6186 §3 that let mail
-clients find submission (and IMAP), the mta-sts/autoconfig names of the web endpoint (printed,
-not checked), and the PTR/EHLO name to ask the hosting provider for (forward-confirmed reverse
-DNS is what receivers expect of a mail server).
+clients find submission (and IMAP), the mta-sts/autoconfig names of the web endpoint and the SPF
+record of the HELO name (printed, not checked), and the PTR/EHLO name to ask the hosting
+provider for (forward-confirmed reverse DNS is what receivers expect of a mail server).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -60,6 +60,12 @@ def records(settings: Settings, ip: str | None) -> list[Record]:
     if ip:
         rtype = "AAAA" if ":" in ip else "A"
         out.append(Record(host, rtype, ip, "the mail server's address", ip))
+    if host.lower() not in (d.name.lower() for d in settings.domains):
+        # RFC 7208 §2.3, §2.4: bounces go out with an empty MAIL FROM (those of mail from
+        # outside unsigned), so receivers check SPF for the HELO name. A hint: hato doctor's
+        # spf-helo checks it against the outbound addresses.
+        purpose = "SPF of the HELO name: what our bounces pass DMARC by"
+        out.append(Record(host, "TXT", _quoted("v=spf1 a -all"), purpose, checked=False))
     for domain in settings.domains:
         d = domain.name
         spf = "v=spf1 mx " + (f"ip{6 if ip and ':' in ip else 4}:{ip} " if ip else "") + "-all"

@@ -58,6 +58,7 @@ def test_dns_prints_every_record(workdir: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "dns", "--ip", "192.0.2.25")
     assert code == 0
     assert "mail.example.org. IN A 192.0.2.25" in out
+    assert 'mail.example.org. IN TXT "v=spf1 a -all"' in out  # the HELO name's, for bounces
     assert "example.org. IN MX 10 mail.example.org." in out
     assert 'example.org. IN TXT "v=spf1 mx ip4:192.0.2.25 -all"' in out
     assert "hato._domainkey.example.org. IN TXT" in out
