@@ -1,6 +1,7 @@
 """docs/configuration.md documents every key: each field of each settings model (the pydantic
 sections of src/hato/config/) has a row in the table under its own section's heading
-(`## [name]` or `## [[name]]`). A key added without its documentation fails here."""
+(`## [name]` or `## [[name]]`). A key added without its documentation fails here, and so does
+a documented key no model has (a docs claim without the code)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,16 @@ def test_every_key_is_documented_under_its_section(section: str, model: type[Bas
     assert section in documented, f"docs/configuration.md has no '## `[{section}]`' section"
     missing = sorted(set(model.model_fields) - documented[section])
     assert not missing, f"[{section}] keys missing from docs/configuration.md: {missing}"
+
+
+def test_every_documented_key_exists() -> None:
+    """The other way round: a row naming a key no settings model has is a claim without code."""
+    fields: dict[str, set[str]] = {}
+    for name, model in SECTIONS:
+        fields.setdefault(name, set()).update(model.model_fields)
+    claimed = {
+        f"[{section}] {key}"
+        for section, keys in _documented().items()
+        for key in keys - fields.get(section, set())
+    }
+    assert not claimed, f"docs/configuration.md documents keys hato.toml does not have: {claimed}"
