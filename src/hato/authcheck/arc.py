@@ -106,14 +106,17 @@ async def verify_arc(
     *,
     min_rsa_bits: int = 1024,
     offload: Offload = in_thread,
+    fields: Sequence[HeaderField] | None = None,
 ) -> ArcResult:
     """RFC 8617 §5.2: validate the ARC chain of `message` (headers and body).
 
     The structure is judged first, without DNS; then only the keys the verdict needs are
     fetched (every ARC-Seal's and the newest ARC-Message-Signature's: at most 51 questions),
     and dkimpy runs in `offload`. Older ARC-Message-Signatures are not checked (their keys
-    are not fetched, so dkimpy reports them invalid without hashing the body again)."""
-    fields = split_header_fields(header_block(message))
+    are not fetched, so dkimpy reports them invalid without hashing the body again).
+    `fields`: the header section already split (`split_header_fields`), when the caller has it."""
+    if fields is None:
+        fields = split_header_fields(header_block(message))
     found = arc_fields(fields)
     if not found:
         return ArcResult(ArcStatus.NONE, reason="no ARC sets")

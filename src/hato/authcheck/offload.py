@@ -10,7 +10,8 @@ not forked: the server has threads), so the number running at once is bounded (t
 in its queue) however many messages arrive together, and the server's own GIL stays free.
 A piece that is waited for no longer (the check's time budget ran out) still runs to its end
 in the pool; the pool's size is what bounds that cost. `WorkerPool` (threads) and `in_thread`
-serve tests and work that releases the GIL.
+serve tests and work that releases the GIL. `inline` runs small, bounded work where it is
+called (see NEARBY_LIMIT for why that is the cheapest and the quickest place for it).
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ _T = TypeVar("_T")
 # Verifications that run at once per process; the machine's other cores serve the sessions.
 POOL_SIZE = 2
 
-# Messages up to this size are verified in a thread of the server's own process (`nearby`),
-# not in the process pool: handing a message to another process (pickling it, two pipe
-# writes and wake-ups each way, the executor's manager thread) cost about 1 ms of CPU per
-# message, three times dkimpy's own work on a 10 KiB message with the keys cached
-# (fastverify.py); and at this size dkimpy's regular expression passes hold the GIL for
-# well under a millisecond, so the event loop waits no longer than Python's switch interval.
+# Work on at most this many octets (a message's size times the signatures hashed over it) is
+# done where it is asked for (`inline`, on the event loop), not in the process pool nor in a
+# thread. Handing a message to another process (pickling it, two pipe writes and wake-ups
+# each way, the executor's manager thread) cost about 1 ms of CPU per message, three times
+# the verification of a 10 KiB message with the keys cached (fastverify.py). A thread of
+# our own process frees nothing either: the verification is Python holding the GIL (the
+# hashing and the RSA check in C take a few percent of it), so the loop waits for it all
+# the same; and the hand-off itself made each message wait for the GIL twice, up to
+# Python's switch interval (5 ms) each time while the loop is busy: under the mx benchmark's
+# load (10 sessions, 2026-12-07) the DKIM step took 7 ms of which 1.3 ms was the work.
+# At this bound the work is well under a millisecond, less than the loop spends on the
+# message's own SMTP commands.
 NEARBY_LIMIT = 64 * 1024
 
 
@@ -44,6 +51,12 @@ class Offload(Protocol):
 def in_thread(work: Callable[[], _T], /) -> Awaitable[_T]:
     """The default `Offload`: asyncio's default executor (for tests and one-off calls)."""
     return asyncio.to_thread(work)
+
+
+async def inline(work: Callable[[], _T], /) -> _T:
+    """An `Offload` that does the work at once, on the caller's thread: only for work that
+    NEARBY_LIMIT bounds (awaiting it never suspends)."""
+    return work()
 
 
 class WorkerPool:
@@ -61,16 +74,18 @@ class WorkerPool:
 
 
 class BySize:
-    """An `Offload` for checks of one message: `nearby` (threads) when the message is at most
-    NEARBY_LIMIT octets, else `far` (a `ProcessPool`); see NEARBY_LIMIT."""
+    """An `Offload` for checks of one message: `nearby` (`inline`) when the work is on at
+    most NEARBY_LIMIT octets, else `far` (a `ProcessPool`); see NEARBY_LIMIT."""
 
     def __init__(self, nearby: Offload, far: Offload, limit: int = NEARBY_LIMIT) -> None:
         self.nearby = nearby
         self.far = far
         self.limit = limit
 
-    def for_size(self, size: int) -> Offload:
-        return self.nearby if size <= self.limit else self.far
+    def for_size(self, size: int, passes: int = 1) -> Offload:
+        """`size`: the message's octets; `passes`: how many times the work reads them (one
+        per DKIM signature: each hashes the body under its own c= and l=)."""
+        return self.nearby if size * max(passes, 1) <= self.limit else self.far
 
 
 class ProcessPool:

@@ -46,17 +46,26 @@ class SpfCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def cached(self, ip: str, mail_from: str, *, helo: str) -> SpfResult | None:
+        """The result kept for these three while it is valid, else None (nothing asked)."""
+        key = (ip, mail_from, helo.lower())
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] > self._clock.monotonic():
+            return entry[1]
+        del self._entries[key]
+        return None
+
     async def check_mail_from(
         self, ip: str, mail_from: str, *, helo: str, resolver: Resolver, receiver: str
     ) -> SpfResult:
         """`spf.check_mail_from`, answered from the cache while the result is valid."""
+        kept = self.cached(ip, mail_from, helo=helo)
+        if kept is not None:
+            return kept
         key = (ip, mail_from, helo.lower())
-        entry = self._entries.get(key)
         now = self._clock.monotonic()
-        if entry is not None:
-            if entry[0] > now:
-                return entry[1]
-            del self._entries[key]
         watched = _Watched(resolver)
         result = await check_mail_from(
             ip, mail_from, helo=helo, resolver=watched, receiver=receiver, now=self._clock.now()

@@ -2,12 +2,15 @@
 header we add (RFC 8601), and what the DMARC policy asks us to do with the message.
 
 Theory of operation: the session hands over the whole message (header section and body, as
-received, bounded in size) once DATA has ended and before the queue commit; the checks run
-concurrently through the DNS seam, under one time budget for the whole message (DMARC gets
-what SPF, DKIM and ARC left of it); anything that cannot be decided in time is a temperror,
-never a hang. dkimpy's hashing runs in a small pool of worker processes (`ProcessPool`), never
-on the event loop, so a big message with many signatures stalls no other session; a message of
-at most 64 KiB is verified in a thread instead, which costs a third of the CPU
+received, bounded in size) once DATA has ended and before the queue commit; the header
+section is split into fields once, for DKIM, ARC and DMARC alike; the checks run concurrently
+through the DNS seam, under one time budget for the whole message (DMARC gets what SPF, DKIM
+and ARC left of it); anything that cannot be decided in time is a temperror, never a hang.
+What the caches already decided (an SPF result, no ARC set to check) starts no task.
+dkimpy's hashing runs in a small pool of worker processes (`ProcessPool`), never on the event
+loop, so a big message with many signatures stalls no other session; the verification of a
+message of at most 64 KiB (times its signatures) is done at once, on the loop, which costs a
+third of the pool's CPU and none of a thread hand-off's waits for the GIL
 (authcheck/offload.py, NEARBY_LIMIT). Past 10 MiB
 only the header section is handed over, with the body hashes of its DKIM signatures computed
 in threads (`lanes`) as it streamed in (intake/capture.py); SPF and DMARC are the same. The
@@ -46,12 +49,14 @@ from hato.authcheck import (
     verify_arc,
     verify_dkim,
 )
-from hato.authcheck.offload import BySize, ProcessPool, WorkerPool
+from hato.authcheck.arc import arc_fields
+from hato.authcheck.dkim import MAX_SIGNATURES, header_block
+from hato.authcheck.offload import BySize, ProcessPool, WorkerPool, inline
 from hato.authcheck.spf_cache import SpfCache
 from hato.intake.capture import LargeMessage
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
-from hato.model.header import split_header_fields
+from hato.model.header import HeaderField, split_header_fields
 from hato.reports import Recorder
 from hato.reports.capture import dmarc_events
 
@@ -98,8 +103,8 @@ class InboundChecker:
         self._rng = rng or random.Random()
         self.offload = ProcessPool()
         self._spf_cache = SpfCache(clock)  # results for the TTL of their answers
-        # Small messages are verified in a thread: cheaper than the pool (offload.NEARBY_LIMIT).
-        self.routes = BySize(WorkerPool(1), self.offload)
+        # Small messages are verified at once: cheaper than the pool or a thread (NEARBY_LIMIT).
+        self.routes = BySize(inline, self.offload)
         self.lanes = WorkerPool()  # streamed body hashes (intake/capture.py)
 
     async def check(
@@ -113,13 +118,23 @@ class InboundChecker:
         # (a slow body hash, a slow key server) is then a temperror the policy defers (451),
         # not one that left DMARC no time to learn p=reject and so delivered a spoof.
         early = deadline - self._budget * DMARC_SHARE
-        spf, dkim, arc = await asyncio.gather(
-            self._spf(client_ip, helo, sender, early),
-            self._dkim(message, early),
-            self._arc(message, early),
-        )
         head = message.header if isinstance(message, LargeMessage) else message
-        dmarc = await self._dmarc(head, spf, dkim, deadline)
+        fields = split_header_fields(header_block(head))  # once, for every check below
+        # Each check that may ask DNS runs concurrently with the others; one the caches have
+        # decided (a kept SPF result, a message with no ARC set) starts no task.
+        kept = self._spf_cache.cached(client_ip, sender, helo=helo)
+        chain = not isinstance(message, LargeMessage) and bool(arc_fields(fields))
+        if kept is None or chain:
+            spf, dkim, arc = await asyncio.gather(
+                self._spf(client_ip, helo, sender, early) if kept is None else _ready(kept),
+                self._dkim(message, fields, early),
+                self._arc(message, fields, early),
+            )
+        else:
+            spf = kept
+            dkim = await self._dkim(message, fields, early)
+            arc = await self._arc(message, fields, early)
+        dmarc = await self._dmarc(fields, spf, dkim, deadline)
         methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
         methods.extend(dkim_methods(dkim))
         methods.extend(_dmarc_methods(dmarc))
@@ -180,22 +195,31 @@ class InboundChecker:
             domain = sender.rpartition("@")[2] or helo
             return SpfResult(SpfResultCode.TEMPERROR, domain, detail="time budget exceeded")
 
-    async def _dkim(self, message: bytes | LargeMessage, deadline: float) -> tuple[DkimResult, ...]:
+    async def _dkim(
+        self, message: bytes | LargeMessage, fields: list[HeaderField], deadline: float
+    ) -> tuple[DkimResult, ...]:
         try:
             async with asyncio.timeout_at(deadline):
                 if isinstance(message, LargeMessage):
                     hashes = await message.digests()
                     return await verify_dkim(
-                        message.header, self._resolver, offload=self.offload, body_hashes=hashes
+                        message.header,
+                        self._resolver,
+                        offload=self.offload,
+                        body_hashes=hashes,
+                        fields=fields,
                     )
-                offload = self.routes.for_size(len(message))
-                return await verify_dkim(message, self._resolver, offload=offload)
+                signatures = sum(1 for f in fields if f.name.lower() == b"dkim-signature")
+                offload = self.routes.for_size(len(message), min(signatures, MAX_SIGNATURES))
+                return await verify_dkim(message, self._resolver, offload=offload, fields=fields)
         except TimeoutError:
             if isinstance(message, LargeMessage):
                 message.lane.abandon()  # stop hashing what no one waits for
             return (DkimResult(DkimStatus.TEMPERROR, reason="time budget exceeded"),)
 
-    async def _arc(self, message: bytes | LargeMessage, deadline: float) -> ArcResult:
+    async def _arc(
+        self, message: bytes | LargeMessage, fields: list[HeaderField], deadline: float
+    ) -> ArcResult:
         if isinstance(message, LargeMessage):
             # Not verified past MAX_CHECKED_SIZE (docs/configuration.md): no arc= result, and
             # no ARC set of ours when forwarded. DMARC's verdict never rests on ARC here.
@@ -203,23 +227,27 @@ class InboundChecker:
         try:
             async with asyncio.timeout_at(deadline):
                 offload = self.routes.for_size(len(message))
-                return await verify_arc(message, self._resolver, offload=offload)
+                return await verify_arc(message, self._resolver, offload=offload, fields=fields)
         except TimeoutError:
             return ArcResult(ArcStatus.FAIL, reason="time budget exceeded")
 
     async def _dmarc(
-        self, message: bytes, spf: SpfResult, dkim: tuple[DkimResult, ...], deadline: float
+        self,
+        fields: list[HeaderField],
+        spf: SpfResult,
+        dkim: tuple[DkimResult, ...],
+        deadline: float,
     ) -> tuple[DmarcResult, ...] | FromProblem:
         """One result per From domain (RFC 7489 §6.6.1), from the whole header section read
         the one way every check reads it (model/header.py), never Python's parser, which
         stops at the first malformed line and skips "From :" fields readers show."""
-        end = message.find(b"\r\n\r\n")
-        fields = split_header_fields(message if end < 0 else message[: end + 2])
         authors = from_domains((f.name.decode("latin-1"), f.text()) for f in fields)
         if isinstance(authors, FromProblem):
             return authors
         try:
             async with asyncio.timeout_at(deadline):
+                if len(authors) == 1:  # the common case: no task to make
+                    return (await self._evaluate(authors[0], spf, dkim),)
                 return tuple(await asyncio.gather(*(self._evaluate(a, spf, dkim) for a in authors)))
         except TimeoutError:
             return tuple(
@@ -242,6 +270,10 @@ class InboundChecker:
         return await evaluate(
             author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
         )
+
+
+async def _ready(result: SpfResult) -> SpfResult:
+    return result
 
 
 def _dmarc_methods(dmarc: tuple[DmarcResult, ...] | FromProblem) -> tuple[MethodResult, ...]:

@@ -15,7 +15,7 @@ import asyncio
 import enum
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dkim  # type: ignore[import-untyped]
@@ -25,7 +25,7 @@ from hato.authcheck.bodyhash import HashedBodyDKIM
 from hato.authcheck.fastverify import FastDKIM, parsed_key
 from hato.authcheck.offload import Offload, in_thread
 from hato.model.dns import DnsAnswer, DnsNameError, DnsStatus, RdType, Resolver, normalize_name
-from hato.model.header import split_header_fields
+from hato.model.header import HeaderField, split_header_fields
 
 # A cap of ours: each signature costs a DNS question and a pass over the body (RFC 6376 §6.1
 # lets a verifier limit the signatures it checks).
@@ -121,14 +121,17 @@ async def verify_dkim(
     accept_rsa_sha1: bool = False,
     offload: Offload = in_thread,
     body_hashes: Mapping[int, bytes] | None = None,
+    fields: Sequence[HeaderField] | None = None,
 ) -> tuple[DkimResult, ...]:
     """Every DKIM-Signature of `message` (headers and body), top first; () when unsigned.
     Only the first `max_signatures` are verified, so one message asks at most that many DNS
     questions; dkimpy's work runs in `offload`, never on the event loop.
     With `body_hashes` (signature index -> body hash, from `bodyhash.SignatureBodies`),
     `message` is the header section only: the body was hashed as it streamed past.
-    `accept_rsa_sha1` breaks RFC 8301 §3.1 on purpose (for interop tests with old signers)."""
-    fields = split_header_fields(header_block(message))
+    `accept_rsa_sha1` breaks RFC 8301 §3.1 on purpose (for interop tests with old signers).
+    `fields`: the header section already split (`split_header_fields`), when the caller has it."""
+    if fields is None:
+        fields = split_header_fields(header_block(message))
     signatures = [f for f in fields if f.name.lower() == b"dkim-signature"][:max_signatures]
     tags: list[dict[bytes, bytes] | None] = [_parse_tags(f.value) for f in signatures]
     names = [key_name(_text(t, b"s"), _text(t, b"d")) for t in tags if t and _has_key_tags(t)]
