@@ -22,6 +22,7 @@ from hato.model import AddressError, normalize_domain
 from hato.model.header import HeaderField, split_header_fields
 
 HEADER_NAME = b"Authentication-Results"
+_LOWER_NAME = HEADER_NAME.lower()
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 2045 §5.1 token
 _ATEXT = r"[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z]+"
 # RFC 8601 §2.2: pvalue may also be [ [ local-part ] "@" ] domain-name, written bare.
@@ -126,6 +127,10 @@ def find_forged(header_block: bytes, authserv_id: str) -> tuple[HeaderField, ...
     RFC 8601 §5: a border MTA MUST remove (or rename) any Authentication-Results field that
     claims its own authserv-id before adding its own. The comparison is that of domain
     names (RFC 8601 §2.5), see `_id_key`."""
+    if _LOWER_NAME not in header_block.lower():
+        # No field can be named so (names compare without regard to case, RFC 5322 §1.2.2):
+        # most messages, and the section need not be split into fields for them.
+        return ()
     return tuple(
         f
         for f in split_header_fields(header_block)

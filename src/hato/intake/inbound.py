@@ -241,7 +241,9 @@ class InboundChecker:
         """One result per From domain (RFC 7489 §6.6.1), from the whole header section read
         the one way every check reads it (model/header.py), never Python's parser, which
         stops at the first malformed line and skips "From :" fields readers show."""
-        authors = from_domains((f.name.decode("latin-1"), f.text()) for f in fields)
+        named = ((f.name.decode("latin-1"), f) for f in fields)
+        # Only From fields are read (from_domains' own test of the name): no other is unfolded.
+        authors = from_domains((n, f.text()) for n, f in named if n.strip().lower() == "from")
         if isinstance(authors, FromProblem):
             return authors
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import dkim  # type: ignore[import-untyped]
 import pytest
 
 from hato.authcheck.dkim import DkimAlgorithm, generate_key
-from hato.authcheck.fastverify import FastDKIM, parsed_key
+from hato.authcheck.fastverify import FastDKIM, parsed_key, without_b_value
 
 PEM, RECORD = generate_key(DkimAlgorithm.RSA_SHA256)
 HEAD = b"From: Alice <a@example.com>\r\nTo: b@example.net\r\nSubject:  hi  there\r\n"
@@ -107,3 +109,47 @@ def test_an_unusable_record_is_not_kept() -> None:
 def test_added_fields_give_dkimpys_verdict(canon: bytes, added: bytes) -> None:
     message = added + _sign(b"hello  world\r\n", canon)
     assert _verdict(FastDKIM, message) == _verdict(dkim.DKIM, message)
+
+
+# What a signature's value can hold around its b= tag: the pieces random values are made of.
+_PIECES = [b";", b" ", b"\t", b"\r", b"\n", b"\r\n", b"b", b"=", b"a", b"Z", b"0", b"+", b"/",
+           b"h", b"x", b"|", b"\x0b", b"\x0c", b"-", b"bh=", b" b=", b";b=", b"\r\n\t"]  # fmt: skip
+
+
+def test_b_value_removal_is_dkimpys_on_many_values() -> None:
+    # RFC 6376 §3.7: dkimpy's RE_BTAG is the oracle, on random (mostly malformed) values.
+    rng = random.Random(6376)
+    for _ in range(20_000):
+        value = b"".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        assert without_b_value(value) == dkim.RE_BTAG.sub(b"\\1", value), value
+
+
+@pytest.mark.parametrize("canon", [b"relaxed", b"simple"])
+def test_b_value_removal_is_dkimpys_on_real_signatures(canon: bytes) -> None:
+    for body in BODIES:
+        signed = _sign(body, canon)
+        value = signed.split(b":", 1)[1].split(b"\r\nFrom:", 1)[0] + b"\r\n"
+        refolded = value.replace(b"\r\n\t", b"\r\n    ").replace(b"; b=", b";\r\n\tb =\r\n ")
+        for one in (value, refolded, value.rstrip(), value + b" "):
+            assert without_b_value(one) == dkim.RE_BTAG.sub(b"\\1", one)
+
+
+def test_b_value_removal_is_linear_on_hostile_values() -> None:
+    # A 256 KiB header section's worth of white space after b=, and many b= tags: one pass,
+    # without backtracking.
+    spaces = b"; b=" + b" \t" * 128 * 1024 + b"!"
+    assert without_b_value(spaces) == b"; b=" + b" \t" * 128 * 1024 + b"!"
+    tags = b"; b=A" * 20_000
+    assert without_b_value(tags) == b"; b=" * 20_000
+
+
+def test_refolded_and_reordered_signatures_verify_like_dkimpy() -> None:
+    signed = _sign(b"hello\r\n", b"relaxed")
+    variants = [
+        signed.replace(b"; b=", b";\r\n\tb=", 1),
+        signed.replace(b"; b=", b"; b =", 1),
+        signed.replace(b"; b=", b";b=", 1),
+        signed.replace(b"; bh=", b";\r\n bh=", 1),
+    ]
+    for message in variants:
+        assert _verdict(FastDKIM, message) == _verdict(dkim.DKIM, message)
