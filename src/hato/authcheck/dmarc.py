@@ -147,9 +147,20 @@ def from_domains(headers: Iterable[tuple[str, str]]) -> tuple[str, ...] | FromPr
     the failing ones applies (`strictest`). An address whose domain is not a domain name is
     left out, so it cannot turn a failing domain beside it into a permerror.
     """
-    values = [value for name, value in headers if name.strip().lower() == "from"]
+    values = tuple(value for name, value in headers if name.strip().lower() == "from")
     if not values:
         return FromProblem.NO_FROM
+    if sum(map(len, values)) <= _KEPT_FROM_SIZE:
+        return _author_domains(values)  # a sender's From is the same message after message
+    return _author_domains.__wrapped__(values)
+
+
+# From fields up to this size have their domains kept (by their text: a function of it alone).
+_KEPT_FROM_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def _author_domains(values: tuple[str, ...]) -> tuple[str, ...] | FromProblem:
     found = [address.rpartition("@")[2] for _n, address in getaddresses(values) if "@" in address]
     found = [domain for domain in found if domain.strip()]
     if not found:
@@ -202,6 +213,7 @@ def _public_suffixes() -> PublicSuffixList:
     return PublicSuffixList()  # the list bundled with the package (parsed once)
 
 
+@functools.lru_cache(maxsize=4096)  # the list is fixed for the process: a function of `domain`
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label; a public suffix itself stays as is."""
     domain = normalize_name(domain)
@@ -218,6 +230,7 @@ def aligned(identifier: str, author_domain: str, mode: Alignment) -> bool:
     return organizational_domain(identifier) == organizational_domain(author_domain)
 
 
+@functools.lru_cache(maxsize=4096)
 def _comparable(domain: str) -> str:
     return _author_domain(domain) or normalize_name(domain)
 

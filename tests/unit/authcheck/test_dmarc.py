@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import hato.authcheck.dmarc as dmarc_module
 from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.dmarc import (
     Alignment,
@@ -153,6 +154,18 @@ def test_from_domains_problems_and_forms() -> None:
     assert from_domains([("From", "x@[192.0.2.1], y@bank.example")]) == ("bank.example",)
     assert from_domains([("From", "Hato <hato@例え.jp>")]) == ("xn--r8jz45g.jp",)
     assert from_domains([("From", "ceo@ｂank.example")]) == ("bank.example",)  # UTS #46
+
+
+def test_a_senders_from_is_read_once_and_a_long_one_is_not_kept() -> None:
+    # The domains are a function of the From fields' text: kept by it, up to 1 KiB of it.
+    kept = dmarc_module._author_domains
+    kept.cache_clear()
+    for _ in range(3):
+        assert from_domains([("From", "Bench <bench@sender.example>")]) == ("sender.example",)
+    assert (kept.cache_info().misses, kept.cache_info().hits) == (1, 2)
+    long = ", ".join(f"user{n} <u{n}@d{n}.example>" for n in range(100))
+    assert from_domains([("From", long)]) == tuple(f"d{n}.example" for n in range(100))
+    assert kept.cache_info().currsize == 1
 
 
 def _result(status: DmarcStatus, disposition: DmarcPolicy, domain: str) -> DmarcResult:
