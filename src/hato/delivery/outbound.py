@@ -10,8 +10,9 @@ destination and a time bound for the whole attempt. For one group:
 2. the TLS policy per hop (tlspolicy.decide: the domain's table level, MTA-STS, DANE,
    REQUIRETLS); a refusal is kept as the recipients' reply and the next hop is tried;
 3. per hop, each address (AAAA first, then A; loopback and our own addresses are a mail loop
-   unless allowed); a pooled session is reused (RSET), else one is opened; a peer whose EHLO
-   names us is a loop too (5.4.6);
+   unless allowed); a pooled session is reused (RSET, pipelined with the next MAIL when the
+   peer offers PIPELINING: one that turns out dead there is replaced by a new connection for
+   the same transaction), else one is opened; a peer whose EHLO names us is a loop too (5.4.6);
 4. one transaction; Delivered and 5xx outcomes are final, 4xx recipients go on to the next
    address or hop (RFC 5321 §5.1: try the next MX); a connection-level failure does the same
    for all of them, except a 5xx greeting/AUTH, which is final, and a failed opportunistic TLS
@@ -130,7 +131,9 @@ class OutboundCourier:
         async with self.limiter.slot(dest.name):
             try:
                 async with asyncio.timeout(self._settings.attempt_timeout):
-                    links = Links(self.connect, self.pool, self.egress, self.tls_reports)
+                    links = Links(
+                        self.connect, self.connect_new, self.pool, self.egress, self.tls_reports
+                    )
                     attempt = Attempt(self._planner, links, dest, message, rcpts)
                     outcomes = await attempt.run()
             except TimeoutError:
@@ -158,6 +161,10 @@ class OutboundCourier:
         if session is not None:
             log.debug(logfmt("connection-reused", host=options.host, port=options.port))
             return session
+        return await self.connect_new(options)
+
+    async def connect_new(self, options: ConnectOptions) -> Session:
+        """A new connection (after a reused one turned out dead: outbound_attempt.py)."""
         session = await self._open(options)
         self.pool.lent(session)
         return session

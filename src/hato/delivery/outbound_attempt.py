@@ -97,6 +97,7 @@ class Links:
     """What an attempt uses of its courier besides the route planner."""
 
     connect: Callable[[ConnectOptions, PoolKey], Awaitable[Session]]  # pooled or new
+    connect_new: Callable[[ConnectOptions], Awaitable[Session]]  # always a new connection
     pool: ConnectionPool[Session]  # to park or discard a session after the transaction
     egress: EgressMonitor  # port 25 reachability, fed by every connection
     tls_reports: TlsReporting | None  # [reports] tlsrpt, or None
@@ -233,9 +234,17 @@ class Attempt:
         else:
             self._fail_all(TempFailed(exc.reply))
 
-    async def _transaction(self, options: ConnectOptions, tls: HopTls) -> None:
+    async def _transaction(
+        self, options: ConnectOptions, tls: HopTls, *, new: bool = False
+    ) -> None:
+        """One transaction on a pooled session (a new one if `new`). A reused session found
+        dead by its RSET (`stale`: nothing delivered) hands the transaction to a new one."""
         key = pool_key(options, tls)
-        session = await self.links.connect(options, key)
+        if new:
+            session = await self.links.connect_new(options)
+        else:
+            session = await self.links.connect(options, key)
+        stale = False
         self.tls_used = session.tls is not None
         keep = False
         try:
@@ -261,13 +270,18 @@ class Attempt:
                 keep = session.usable
                 return
             result = await self._send(session, body, options.lmtp)
-            self._record(options, result.outcomes)
+            stale = result.stale and not new
+            if not stale:
+                self._record(options, result.outcomes)
             keep = session.usable
         finally:
             if keep:
                 await self.links.pool.park(key, session)
             else:
                 await self.links.pool.discard(session)
+        if stale:
+            log.info(logfmt("connection-stale", host=options.host, port=options.port))
+            await self._transaction(options, tls, new=True)
 
     def _refusal(self, session: Session, host: str) -> Reply | None:
         tls = session.tls
@@ -313,7 +327,8 @@ class Attempt:
         else:
             handoff = Handoff.RELAYED_DSN if session.capabilities.dsn else Handoff.RELAYED
         host = session.capabilities.server_name or ""
-        return SendResult(tuple(_annotate(o, handoff, host) for o in result.outcomes), result.reply)
+        outcomes = tuple(_annotate(o, handoff, host) for o in result.outcomes)
+        return SendResult(outcomes, result.reply, result.stale)
 
     def _record(self, options: ConnectOptions, outcomes: Sequence[Outcome]) -> None:
         still: list[QueuedRecipient] = []

@@ -1,11 +1,14 @@
 """One mail transaction over an open client connection, and the values it takes and gives.
 
 Theory of operation: `Transaction.run` writes MAIL, the RCPTs and DATA in one write when the
-server offers PIPELINING (RFC 2920), else one command per round trip; then the body, dot-stuffed
-after DATA or in BDAT chunks when the server offers CHUNKING (RFC 3030). Each recipient's outcome
+server offers PIPELINING (RFC 2920), else one command per round trip; on a reused connection the
+RSET that checks it is still there goes first in that write (`rset`). Then the body, dot-stuffed
+after DATA (the small writes of a message gathered into 64 KiB ones, its end included) or in BDAT
+chunks when the server offers CHUNKING (RFC 3030). Each recipient's outcome
 is set once: by a refused RCPT, by a refused MAIL/DATA/chunk, or by the reply to the end of the
 body (one per recipient under LMTP, RFC 2033 §4.2). `Broken` (timeout, drop, protocol error, 421)
-leaves every still-open recipient to the caller, which defers them all.
+leaves every still-open recipient to the caller, which defers them all; `Stale` (a Broken
+before the RSET was answered well) tells it that nothing of the message reached the server.
 
 Must not import hato.server, hato.queue, hato.config (DESIGN.md).
 """
@@ -41,6 +44,11 @@ class Broken(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
+
+
+class Stale(Broken):
+    """A reused connection failed before its RSET was answered with 250: the server answered
+    nothing of this transaction and never saw its body, so another connection may carry it."""
 
 
 def outcome_of(reply: Reply) -> Outcome:
@@ -131,6 +139,7 @@ def body_from_message(message: QueuedMessage) -> MessageBody:
 class SendResult:
     outcomes: tuple[Outcome, ...]  # one per recipient, in the order given
     reply: Reply | None = None  # the reply to the end of the body (SMTP), if it came
+    stale: bool = False  # Stale: nothing was delivered; a new connection may try again
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +170,11 @@ class Transaction:
         write: Write,
         read: Read,
         timeouts: Timeouts,
+        rset: bool = False,
     ) -> None:
+        """`rset`: the connection was reused; RSET first (RFC 5321 §4.1.1.5), pipelined."""
         self._conn = conn
+        self._reused = rset
         self._recipients = recipients
         self._body = body
         self._write = write
@@ -196,6 +208,12 @@ class Transaction:
             or bool(mail_from and mail_from.needs_smtputf8)
         )
         self._utf8 = utf8
+        reset = b""
+        if self._reused:
+            reset = conn.rset()
+            if not caps.pipelining:
+                await self._checked_rset(reset, b"")
+                reset = b""
         mail = conn.mail(
             mail_from,
             size=self._body.size if caps.size is not None else None,
@@ -209,7 +227,7 @@ class Transaction:
         )
         everyone = range(len(self._recipients))
         if caps.pipelining:
-            data_answer = await self._pipelined(mail)
+            data_answer = await self._pipelined(reset, mail)
         else:
             await self._write(mail, self._t.mail)
             mail_reply = (await self._read(self._t.mail)).reply
@@ -235,12 +253,15 @@ class Transaction:
             smtputf8=self._utf8,
         )
 
-    async def _pipelined(self, mail: bytes) -> Answer | None:
-        # RFC 2920 §3.1: MAIL, the RCPTs and DATA (the last of the group) in one write.
+    async def _pipelined(self, reset: bytes, mail: bytes) -> Answer | None:
+        # RFC 2920 §3.1: (RSET,) MAIL, the RCPTs and DATA (the last of the group) in one write.
         conn = self._conn
         rcpts = b"".join(self._rcpt(index) for index in range(len(self._recipients)))
         data = b"" if conn.capabilities.chunking else conn.data()
-        await self._write(mail + rcpts + data, self._t.mail)
+        if reset:
+            await self._checked_rset(reset, mail + rcpts + data)
+        else:
+            await self._write(mail + rcpts + data, self._t.mail)
         mail_reply = (await self._read(self._t.mail)).reply
         for _ in self._recipients:
             self._on_rcpt(await self._read(self._t.rcpt))
@@ -273,14 +294,19 @@ class Transaction:
         if data_answer.reply.code != 354:
             self._fail(self._accepted, data_answer.reply)
             return
+        # Small pieces (the stored prefix, the body, the end) go out together: each write is a
+        # system call here and a wake-up at the peer.
+        gathered = b""
         try:
             async for chunk in self._body.chunks():
-                data = conn.body(chunk)
+                gathered += conn.body(chunk)
                 self._check_eight_bit()
-                await self._write(data, self._t.data_block)
+                if len(gathered) >= CHUNK_SIZE:
+                    await self._write(gathered, self._t.data_block)
+                    gathered = b""
         except OSError as exc:
             raise Broken(BODY_READ_ERROR) from exc
-        await self._write(conn.end_body(), self._t.data_block)
+        await self._write(gathered + conn.end_body(), self._t.data_block)
         await self._final_replies(None)
 
     def _check_eight_bit(self) -> None:
@@ -340,3 +366,17 @@ class Transaction:
     async def _rset(self) -> None:
         await self._write(self._conn.rset(), self._t.command)
         await self._read(self._t.command)
+
+    async def _checked_rset(self, reset: bytes, more: bytes) -> None:
+        """Write the RSET (and the commands pipelined after it); its reply must be a 250.
+        Anything else is Stale: the server took none of the commands behind it (RFC 2920
+        §3.1: replies come in order; a dead connection answers none)."""
+        try:
+            await self._write(reset + more, self._t.command)
+            answer = await self._read(self._t.command)
+        except Stale:
+            raise
+        except Broken as exc:
+            raise Stale(exc.reply) from exc
+        if not answer.reply.is_positive:
+            raise Stale(answer.reply)

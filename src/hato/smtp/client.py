@@ -121,6 +121,9 @@ ALLOWED: dict[ClientState, frozenset[ClientVerb]] = {
     ClientState.MAIL: frozenset({_V.RCPT, _V.DATA, _V.BDAT, _V.RSET, _V.QUIT}),
     ClientState.DATA: frozenset({_V.BODY}),
     ClientState.BDAT: frozenset({_V.BDAT, _V.RSET, _V.QUIT}),
+    # RFC 2920 §3.1: RSET is not among the commands that must end a group, so a reused
+    # connection's RSET and the next MAIL may go out together.
+    ClientState.RSET_SENT: frozenset({_V.MAIL}),
 }
 
 

@@ -18,7 +18,7 @@ from hato.delivery.smtp_client import (
     TlsInfo,
     TlsMode,
 )
-from hato.model import Delivered, Outcome, Reply, ReversePath
+from hato.model import Delivered, Outcome, Reply, ReversePath, TempFailed
 
 CONNECT_FAILED = Reply(421, "4.4.1", "Connection refused or timed out")
 
@@ -33,6 +33,7 @@ class Peer:
     starttls_fails: bool = False
     open_error: DeliveryError | None = None
     hang: bool = False
+    closes_idle: bool = False  # drops every connection once idle: a reused one is stale
 
 
 @dataclass
@@ -74,6 +75,11 @@ class FakeSession:
     ) -> SendResult:
         if self.peer.hang:
             await asyncio.sleep(3600)
+        if self.peer.closes_idle and self.resets:
+            # What ClientSession reports when the RSET sent with MAIL finds the peer gone.
+            self.closed = True
+            stale = TempFailed(Reply(421, "4.4.2", "Connection dropped"))
+            return SendResult(tuple(stale for _ in recipients), stale=True)
         data = b"".join([chunk async for chunk in body.chunks()])
         self.net.bodies.append(data)
         self.net.sent.append(

@@ -12,7 +12,7 @@ from dnsserver import FakeResolver, FakeValue
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.outbound_pool import Limiter
 from hato.delivery.transport import OutboundSettings
-from hato.model import Address, Delivered, Handoff, QueuedMessage, QueuedRecipient
+from hato.model import Address, Delivered, Handoff, Outcome, QueuedMessage, QueuedRecipient
 from hato.model.dns import MxRecord, RdType
 from kit.clock import FakeClock
 
@@ -57,6 +57,28 @@ def test_second_message_reuses_the_connection_after_rset() -> None:
     asyncio.run(scenario())
     (session,) = net.sessions
     assert session.resets == 2 and len(net.sent) == 3 and session.closed
+
+
+def test_a_reused_connection_found_dead_hands_the_message_to_a_new_one() -> None:
+    """The peer dropped the idle connection: the RSET pipelined with MAIL finds it gone
+    (stale: nothing delivered), and the same attempt delivers on a new connection."""
+    net, clock = FakeNet({"192.0.2.1": Peer(closes_idle=True)}), FakeClock(1000.0, 1000.0)
+    courier = OutboundCourier(
+        OutboundSettings("mail.us.test"),
+        FakeResolver(DNS),
+        clock=clock,
+        rng=random.Random(1),
+        opener=net.open,
+    )
+
+    async def scenario() -> list[list[Outcome]]:
+        return [await courier.deliver(message(n), rcpt(n)) for n in range(3)]
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [[Delivered("250 ok", Handoff.RELAYED)]] * 3
+    assert len(net.sent) == 3 and len(net.sessions) == 3
+    assert [s.resets for s in net.sessions] == [1, 1, 0]  # the new ones are not reset
+    assert [s.closed for s in net.sessions] == [True, True, False]
 
 
 def test_max_messages_per_connection() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -410,3 +411,106 @@ def test_unreadable_body_file_defers_without_ending_the_message(tmp_path: Path) 
     result = run(scenario())
     assert result.outcomes == (TempFailed(Reply(451, "4.3.0", "Local error reading the message")),)
     assert script.bodies == []
+
+
+@dataclass
+class WithheldRset(Script):
+    """Answers RSET only once the next command is in: a client that waits for that reply
+    before it sends MAIL (a round trip per reused message) stalls here."""
+
+    async def _answer(
+        self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
+        if line.strip().upper() != b"RSET":
+            return await super()._answer(line, reader, writer)
+        following = await reader.readline()
+        self.commands.append(following)
+        rest = await super()._answer(following, reader, writer)
+        return None if rest is None else b"250 2.0.0 Ok\r\n" + rest
+
+
+def test_reused_connection_sends_its_rset_with_the_next_mail() -> None:
+    # RFC 2920 §3.1: RSET need not end a command group; the reset costs no round trip.
+    script = WithheldRset()
+
+    async def scenario() -> list[SendResult]:
+        async with serving(script.handle) as port:
+            session = await ClientSession.open(options(port, command_timeout=5.0))
+            results = []
+            for n in range(3):
+                if n:
+                    await session.reset()  # what the pool does before each reuse
+                results.append(await session.send(ALICE, [BOB], BytesBody(b"hi\r\n")))
+            await session.close()
+            return results
+
+    results = run(scenario())
+    assert all(isinstance(o, Delivered) for r in results for o in r.outcomes)
+    verbs = [c.split(b" ", 1)[0].strip().split(b":")[0] for c in script.commands]
+    # Each reuse: its RSET right before its MAIL, answered only after the MAIL came.
+    assert verbs == [
+        b"EHLO",
+        *[b"MAIL", b"RCPT", b"DATA"],
+        *[b"RSET", b"MAIL", b"RCPT", b"DATA"] * 2,
+        b"QUIT",
+    ]
+
+
+def test_reused_connection_closed_by_the_peer_is_stale() -> None:
+    # The peer hung up while the connection was idle: nothing of the next message reached
+    # it, so the courier may hand it to a new connection (SendResult.stale).
+    closed = asyncio.Event()
+
+    async def hang_up_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        script = Script()
+        writer.write(script.greeting)
+        while line := await reader.readline():
+            reply = await script._answer(line, reader, writer)
+            assert reply is not None
+            writer.write(reply)
+            await writer.drain()
+            if reply == script.dot:
+                break
+        writer.close()
+        closed.set()
+
+    async def scenario() -> tuple[SendResult, SendResult, bool]:
+        async with serving(hang_up_after_one) as port:
+            session = await ClientSession.open(options(port, command_timeout=5.0))
+            first = await session.send(ALICE, [BOB], BytesBody(b"hi\r\n"))
+            await closed.wait()
+            await session.reset()
+            second = await session.send(ALICE, [BOB], BytesBody(b"hi\r\n"))
+            return first, second, session.usable
+
+    first, second, usable = run(scenario())
+    assert isinstance(first.outcomes[0], Delivered) and not first.stale
+    assert second.stale and isinstance(second.outcomes[0], TempFailed) and not usable
+
+
+def test_a_small_message_goes_out_in_one_write(tmp_path: Path) -> None:
+    # The stored prefix, the body and the end of data: one write (a system call each, and a
+    # wake-up at the peer), not three.
+    script = Script()
+    queued = QueuedMessage("Q3", ALICE, 0.0, "", 6, prefix=b"Received: x\r\n", body=b"hello\r\n")
+    writes: list[bytes] = []
+
+    async def scenario() -> SendResult:
+        async with serving(script.handle) as port:
+            session = await ClientSession.open(options(port))
+            real = session._write
+
+            async def recording(data: bytes, seconds: float) -> None:
+                writes.append(data)
+                await real(data, seconds)
+
+            session._write = recording  # type: ignore[method-assign]
+            try:
+                return await session.send(ALICE, [BOB], body_from_message(queued))
+            finally:
+                await session.close()
+
+    result = run(scenario())
+    assert isinstance(result.outcomes[0], Delivered)
+    assert writes[1] == b"Received: x\r\nhello\r\n.\r\n"  # after MAIL+RCPT+DATA
+    assert script.bodies == [b"Received: x\r\nhello\r\n.\r\n"]
