@@ -89,6 +89,40 @@ def test_postfix_mx_with_starttls(
     )
 
 
+def test_postfix_mx_takes_several_messages_on_one_connection(
+    postfix_peer: None, workdir: Path, test_ca: TestCA, dns: DnsTestServer
+) -> None:
+    # Connection reuse with a real receiver: three messages one after another on one
+    # connection, each reuse's RSET pipelined with its MAIL (RFC 2920 §3.1), which Postfix
+    # (it offers PIPELINING) takes without complaint. A long idle time: a loaded machine's
+    # pauses between the messages must not close the connection.
+    postfix = PostfixTlsReceiver(workdir / "postfix", POSTFIX_DOMAINS, test_ca)
+    postfix.start()
+    try:
+        config = OutboundConfig(dns.nameserver, postfix.port, "idle_timeout = 120\n")
+        hato = _hato(workdir, test_ca, config)
+        try:
+            markers = [uuid.uuid4().hex for _ in range(3)]
+            for n, marker in enumerate(markers, 1):
+                hato.submit(["bob@pf.test"], message("bob@pf.test", marker, b"Hello.\r\n"))
+                hato.wait_event("delivered", count=n, to="<bob@pf.test>")
+            for marker in markers:
+                found = maildir.wait_for_marker(
+                    postfix.mailbox("bob", "pf.test"), marker, timeout=20
+                )
+                assert len(found) == 1, hato.log_text()[-3000:]
+        finally:
+            hato.stop()  # QUITs the pooled connection: Postfix logs its summary
+    finally:
+        postfix.stop()
+    log = postfix.log_text()
+    # smtpd's summary of each session that carried mail (the others: the harness's probes).
+    summary = [line for line in log.splitlines() if "disconnect from" in line and "mail=" in line]
+    assert len(summary) == 1, log[-3000:]
+    assert " mail=3 rcpt=3 " in summary[0] and " rset=2 " in summary[0], summary
+    assert "pipelining" not in log  # "improper command pipelining" would be a complaint
+
+
 def test_dovecot_lmtp_transport(workdir: Path, test_ca: TestCA, dns: DnsTestServer) -> None:
     dovecot = Dovecot(workdir / "dovecot", lmtp=True)
     dovecot.start()
