@@ -55,7 +55,7 @@ from hato.model import Role, SystemClock, logfmt
 from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
 from hato.queue import QueueRunner, QueueStore, Schedule
 from hato.reports import SqliteReportStore
-from hato.server.auth import ScramDecoy
+from hato.server.auth import ScramDecoy, VerifySlots
 from hato.server.clientsetup import Published
 from hato.server.context import ListenerState, SessionContext
 from hato.server.deliverycount import DeliveryTally, OutcomeCounter
@@ -184,7 +184,7 @@ async def build_rooms(
         tls=tls,
         throttle=open_throttle(settings, clock, pool),  # AUTH failures and blocks
         limiter=open_limiter(settings, clock, data_dir, pool),
-        verify_slots=asyncio.Semaphore(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
+        verify_slots=VerifySlots(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
         srs=srs,
         filters=SpamFilters(metrics, metrics.milters),

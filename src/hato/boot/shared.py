@@ -7,7 +7,6 @@ May import every room.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from hato.policy import AuthThrottle, SendLimiter
 from hato.policy.greylist import ScreenStore
 from hato.queue import QueueStore
 from hato.reports import Recorder
+from hato.server.auth import VerifySlots
 from hato.server.clientsetup import Published
 from hato.server.metrics import Metrics
 from hato.server.tls import ReloadingContext
@@ -42,7 +42,7 @@ class Shared:
     tls: ReloadingContext | None
     throttle: AuthThrottle
     limiter: SendLimiter
-    verify_slots: asyncio.Semaphore
+    verify_slots: VerifySlots
     resolver: CurrentResolver
     srs: tuple[Srs, Clock] | None = None  # [local] srs: the resolver's reversal (a restart key)
     filters: SpamFilters = field(default_factory=SpamFilters)  # rspamd clients ([rspamd])

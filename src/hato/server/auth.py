@@ -1,6 +1,10 @@
 """One SMTP AUTH exchange (RFC 4954) in a session: drives a SASL mechanism from hato.smtp.sasl,
 looks up SCRAM credentials, and verifies PLAIN/LOGIN passwords off the event loop with a cap on
-how many argon2id checks run at once (each costs ~150 ms of CPU and 64 MiB).
+how many argon2id checks run at once (each costs ~150 ms of CPU and 64 MiB). `VerifySlots` is
+that cap, and it lets one verification per account run at a time: ten sessions of one relay
+logging in together then cost one argon2id run, the other nine find it in the account store's
+cache of verified passwords ([auth] cache_ttl) when their turn comes, where each used to run
+its own (a wrong password is never cached: each still costs its full run).
 
 The result is a value the session turns into a reply; the reply text never says whether the
 account exists (RFC 4954 §6: 535 5.7.8 for any credentials problem). Neither does SCRAM's
@@ -12,8 +16,10 @@ fresh random salt each time would tell a probe that no such account exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,10 +110,35 @@ def acts_as_other(login: Address | None, authzid: str) -> bool:
     return (wanted.local.lower(), wanted.domain) != (login.local.lower(), login.domain)
 
 
+class VerifySlots(asyncio.Semaphore):
+    """How many password verifications run at once (the semaphore), and one per account."""
+
+    def __init__(self, value: int = 2) -> None:
+        super().__init__(value)
+        self._accounts: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, tasks using it
+
+    def using(self, key: str) -> int:
+        """How many logins of `key` are verifying or waiting to."""
+        return self._accounts.get(key, (None, 0))[1]
+
+    @contextlib.asynccontextmanager
+    async def account(self, key: str) -> AsyncIterator[None]:
+        """One verification of `key` at a time; the entry goes when nobody waits."""
+        lock, users = self._accounts.get(key, (asyncio.Lock(), 0))
+        self._accounts[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._accounts[key]
+            if users == 1:
+                del self._accounts[key]
+            else:
+                self._accounts[key] = (lock, users - 1)
+
+
 class AuthExchange:
-    def __init__(
-        self, accounts: Accounts, verify_slots: asyncio.Semaphore, decoy: ScramDecoy
-    ) -> None:
+    def __init__(self, accounts: Accounts, verify_slots: VerifySlots, decoy: ScramDecoy) -> None:
         self._accounts = accounts
         self._slots = verify_slots
         self._decoy = decoy
@@ -171,14 +202,16 @@ class AuthExchange:
         user = login_address(username)
         if acts_as_other(user, authzid):
             return Failure(BAD_CREDENTIALS, "authorization identity differs", username)
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            if user is None:
+        loop = asyncio.get_running_loop()
+        if user is None:
+            async with self._slots:
                 # Spend the same time as for a real account: no user enumeration by timing.
                 await loop.run_in_executor(
                     None, self._accounts.verify, Address("invalid", "invalid"), password
                 )
-                return Failure(BAD_CREDENTIALS, "bad login name", username)
+            return Failure(BAD_CREDENTIALS, "bad login name", username)
+        # Accounts are keyed without regard to case (as acts_as_other compares them).
+        async with self._slots.account(f"{user.local.lower()}@{user.domain}"), self._slots:
             ok = await loop.run_in_executor(None, self._accounts.verify, user, password)
         if not ok:
             return Failure(BAD_CREDENTIALS, "wrong password or unknown user", username)

@@ -24,7 +24,7 @@ from hato.policy import (
     NetworkTable,
     client_key,
 )
-from hato.server.auth import Accounts, ScramDecoy
+from hato.server.auth import Accounts, ScramDecoy, VerifySlots
 from hato.server.metrics import Metrics, RoleMetrics
 from hato.server.screen import Screen
 from hato.server.tls import ReloadingContext
@@ -190,7 +190,7 @@ class SessionContext(IntakeContext):
     tls: ReloadingContext | None = None  # STARTTLS (or implicit TLS) when set
     implicit_tls: bool = False  # RFC 8314 §3.3: the listener's sockets are TLS from the start
     accounts: Accounts | None = None  # AUTH, on submission roles
-    verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    verify_slots: VerifySlots = field(default_factory=lambda: VerifySlots(2))
     # SCRAM's salt and count for names that are not accounts (from DATA_DIR/secret).
     scram: ScramDecoy = field(default_factory=lambda: ScramDecoy(secrets.token_bytes(32)))
     tls_handshake_timeout: float = 30.0

@@ -13,6 +13,7 @@ from hato.server.auth import (
     ScramDecoy,
     SendChallenge,
     Success,
+    VerifySlots,
     acts_as_other,
     login_address,
 )
@@ -30,7 +31,7 @@ class _Accounts:
 
 
 def _exchange() -> AuthExchange:
-    return AuthExchange(_Accounts(), asyncio.Semaphore(1), ScramDecoy(b"k" * 32))
+    return AuthExchange(_Accounts(), VerifySlots(1), ScramDecoy(b"k" * 32))
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ class _DownAccounts:
 def test_an_unreachable_account_store_is_a_temporary_failure(
     mechanism: str, initial: bytes
 ) -> None:
-    exchange = AuthExchange(_DownAccounts(), asyncio.Semaphore(1), ScramDecoy(b"k" * 32))
+    exchange = AuthExchange(_DownAccounts(), VerifySlots(1), ScramDecoy(b"k" * 32))
     result = asyncio.run(exchange.start(mechanism, initial))
     # RFC 4954 §6: 454 4.7.0 Temporary authentication failure (not 535: no wrong password).
     assert isinstance(result, Failure)
