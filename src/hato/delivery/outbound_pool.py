@@ -3,10 +3,11 @@
 Theory of operation: `ConnectionPool` keeps sessions that finished a transaction cleanly, idle,
 per `PoolKey` (address, port, TLS level, peer name, LMTP, AUTH user), for `idle_timeout`
 seconds. `take(key)` hands out the most recently parked one after a successful RSET (RFC 5321
-§4.1.1.5: RSET clears the transaction state), or None; `park(key, session)` keeps a session
-unless it is unusable or has carried `max_messages` transactions, and then QUITs it. `sweep()`
-closes the sessions idle for too long; `run_sweeper()` does so periodically, for the app's
-TaskGroup; `aclose()` QUITs them all at shutdown.
+§4.1.1.5: RSET clears the transaction state; a session whose peer offers PIPELINING sends it
+with the next MAIL instead, see smtp_client.ClientSession.reset), or None; `park(key, session)`
+keeps a session unless it is unusable or has carried `max_messages` transactions, and then
+QUITs it. `sweep()` closes the sessions idle for too long; `run_sweeper()` does so
+periodically, for the app's TaskGroup; `aclose()` QUITs them all at shutdown.
 
 `Limiter.slot(domain)` bounds the connections in use, per destination and in total (Postfix's
 default_destination_concurrency_limit and default_process_limit); waiters are served as
