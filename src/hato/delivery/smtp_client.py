@@ -7,9 +7,8 @@ without TLS, defer). `send` runs one transaction and never raises for a delivery
 returns one `Outcome` per recipient (the peer's reply kept on it). `reset` before reusing the
 connection: with PIPELINING the RSET waits to go out in one write with the next transaction's
 commands, and a connection found dead by it is a `SendResult.stale` (nothing delivered). All
-protocol knowledge is in
-the sans-IO core `hato.smtp.client`; this module only moves bytes and keeps time: every network
-wait has a timeout (RFC 5321 §4.5.3.2).
+protocol knowledge is in the sans-IO core `hato.smtp.client`; this module only moves bytes and
+keeps time: every network wait has a timeout (RFC 5321 §4.5.3.2).
 
 Must not import hato.server, hato.queue, hato.config (DESIGN.md).
 """

@@ -47,8 +47,9 @@ class Broken(Exception):
 
 
 class Stale(Broken):
-    """A reused connection failed before its RSET was answered with 250: the server answered
-    nothing of this transaction and never saw its body, so another connection may carry it."""
+    """A reused connection failed before its RSET was answered with 250 (dropped while idle, a
+    421, a refusal): the body was never sent and the connection is dropped, so nothing of the
+    message was delivered and another connection may carry it."""
 
 
 def outcome_of(reply: Reply) -> Outcome:
@@ -369,8 +370,8 @@ class Transaction:
 
     async def _checked_rset(self, reset: bytes, more: bytes) -> None:
         """Write the RSET (and the commands pipelined after it); its reply must be a 250.
-        Anything else is Stale: the server took none of the commands behind it (RFC 2920
-        §3.1: replies come in order; a dead connection answers none)."""
+        Anything else is Stale (RFC 2920 §3.1: replies come in order, so no reply to what
+        follows was read, and the body waits for a 354 that is never read either)."""
         try:
             await self._write(reset + more, self._t.command)
             answer = await self._read(self._t.command)
