@@ -52,7 +52,7 @@ from hato.intake.direct import DirectDelivery
 from hato.intake.finish import Door
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
-from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger
+from hato.policy.connections import CONNECTIONS_TABLE, ConnectionLedger
 from hato.queue import QueueRunner, QueueStore, Schedule
 from hato.reports import SqliteReportStore
 from hato.server.auth import ScramDecoy, VerifySlots
@@ -235,7 +235,7 @@ async def build_rooms(
         else None
     )
     # With workers, the mx limits count every worker's connections (policy/connections.py).
-    ledger = ConnectionLedger(data_dir / CONNECTIONS_DB, worker) if worker is not None else None
+    ledger = ConnectionLedger(data_dir / CONNECTIONS_TABLE, worker) if worker is not None else None
     heartbeat = (
         Heartbeat.of(settings, pool, metrics, supervised=worker is not None)
         if pool is not None and not worker

@@ -15,9 +15,10 @@ leased rows are freed and marked recovered (exactly once). Workers die with the 
 Signals: SIGTERM/SIGINT and SIGHUP are passed on to the workers.
 
 Limits hold across the workers: an mx listener's connections (per listener and per client)
-are counted in one shared SQLite file (policy/connections.py), emptied here at start and of a
-dead worker's rows before it is started again; connection rates and greylisting in screen.db,
-sending limits in limits.db; AUTH happens in the first worker only (submission listeners).
+are counted in one table every worker maps (policy/connections.py), made here at start, a
+dead worker's counts zeroed before it is started again; connection rates and greylisting in
+screen.db, sending limits in limits.db; AUTH happens in the first worker only (submission
+listeners).
 The counters of /metrics and `hato status` are every worker's: each publishes its own into
 DATA_DIR/figures/, emptied here at start (through descriptors: the directory is the server
 user's), and a dead worker's last are taken over by its replacement (server/workerfigures.py).
@@ -126,7 +127,7 @@ def _is_mx(settings: Settings, number: int) -> bool:
     return settings.listeners[number].role is Role.MX
 
 
-def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
+def prepare_shared_files(settings: Settings, data_dir: Path, workers: int) -> None:
     """Make, once and before any worker runs, what workers would otherwise race to create:
     the user, key and limits databases (switching SQLite to WAL needs the file to itself) and the
     self-signed certificate (two workers writing key and certificate could mix the pairs).
@@ -140,7 +141,7 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
         users.close()
         KeyStore.in_data_dir(data_dir).close()
         open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
-        connections.reset(data_dir / connections.CONNECTIONS_DB)  # mx connection limits, too
+        _prepare_connection_table(settings, data_dir, workers)  # mx connection limits, too
         if settings.local.srs:
             load_key(data_dir)  # the SRS key every worker signs with
         if settings.screen.active:  # greylisting and connection rates, shared by the workers
@@ -153,6 +154,22 @@ def prepare_shared_files(settings: Settings, data_dir: Path) -> None:
             f"server.data_dir: cannot prepare {figures}: {exc.strerror}; remove it", EX_CANTCREAT
         ) from exc
     build_tls(settings, data_dir)  # as root: [tls] cert and key may be root's alone
+
+
+def _prepare_connection_table(settings: Settings, data_dir: Path, workers: int) -> None:
+    """The mx listeners' shared connection counts, sized for their `max_connections` (as the
+    data directory's owner, acting_as_owner). The SQLite ledger of earlier versions goes."""
+    table = data_dir / connections.CONNECTIONS_TABLE
+    mx = [listener.max_connections for listener in settings.listeners if listener.role is Role.MX]
+    try:
+        connections.reset(table, slots=connections.table_slots(mx), workers=workers)
+    except OSError as exc:
+        raise StartupError(
+            f"server.data_dir: cannot prepare {table}: {exc.strerror}; remove it", EX_CANTCREAT
+        ) from exc
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / (connections.OLD_CONNECTIONS_DB + suffix)).unlink()
 
 
 def _give_to_server_user(settings: Settings, data_dir: Path) -> None:
@@ -228,7 +245,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
             problems = recover_offline(data_dir / "queue", time.time())
         for problem in problems:
             log.error(logfmt("queue-problem", detail=problem))
-        prepare_shared_files(settings, data_dir)
+        prepare_shared_files(settings, data_dir, workers)
         _give_to_server_user(settings, data_dir)
     except StartupError as exc:
         log.error(logfmt("startup-failed", detail=str(exc)))
@@ -280,7 +297,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
         # Its connections died with it: they no longer count against the mx limits.
         with acting_as_owner(data_dir):
-            connections.forget_worker(data_dir / connections.CONNECTIONS_DB, index)
+            connections.forget_worker(data_dir / connections.CONNECTIONS_TABLE, index)
         # What it counted stays in the totals: its replacement takes it over (as the server's
         # user: root does not read or write in DATA_DIR/figures/, server/workerfigures.py).
         with acting_as_owner(data_dir):

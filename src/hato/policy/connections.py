@@ -2,136 +2,337 @@
 
 Theory: with `[server] workers`, every worker accepts on the same mx sockets, so counting open
 connections in each worker's memory let one client hold `max_connections_per_ip` connections
-per worker. Here every worker counts its open connections in one SQLite file in the data
-directory, one row per (listener, client, worker); admitting a connection is one
-``BEGIN IMMEDIATE`` transaction that sums the client's rows and the listener's total rows of
-every worker and adds one to this worker's only when both are under their limits, so two
-workers can never both take the last place. A client is an IPv4 address or an IPv6 /64 (the
-caller's key); the listener's total is kept under the client key ``*``.
+per worker. Here every worker counts its open connections in one table shared by all: the file
+DATA_DIR/connections.table, mapped (MAP_SHARED) by every worker. A key is (listener, client),
+a client being an IPv4 address or an IPv6 /64 (the caller's key), the listener's total kept
+under the client key ``*``; each key has one count per worker. Admitting a connection sums the
+client's counts and the listener's total counts of every worker and adds one to this worker's
+only when both are under their limits, all under one ``flock`` of the file, so two workers can
+never both take the last place. The lock is held for the few microseconds of the table update:
+two system calls per admitted connection and two per closed one (the SQLite file used before
+cost ~14 fcntl calls per message, its reads and writes, and busy-wait sleeps; issue 15). The
+kernel releases the lock of a worker that dies holding it.
 
-The counts describe open sockets, so they need no durability: ``synchronous = OFF`` (no fsync),
-and the supervisor empties the table at start (`reset`) and drops a dead worker's rows before
-it starts the worker again (`forget_worker`), so connections that died with a worker do not
-count.
+The table: open addressing with linear probing over a power of two of slots, each slot holding
+its key's bytes (two clients never share a count), the key's hash, and the counts. A key whose
+counts are all zero is deleted at once by backward shift (the entries after it in its probe run
+move back), so no tombstones build up and every probe run stays intact. The supervisor sizes
+the table before it forks (`table_slots`: at most two keys per open connection, so twice the
+listeners' `max_connections` and their totals, rounded up to a power of two); past three
+quarters full a connection is refused (the caller answers 421 as for a limit; logged
+``connection-table-full``), which that sizing makes impossible.
+
+The counts describe open sockets, so they need no durability (no fsync): the supervisor makes
+the table anew at start (`reset`) and zeroes a dead worker's counts before it starts the worker
+again (`forget_worker`), so connections that died with a worker do not count. The file is opened
+without following a link (O_NOFOLLOW): the data directory is the server user's, and the
+supervisor (root) works in it as that user (server/privileges.py `acting_as_owner`).
 
 May import hato.model only.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import stat
+import struct
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
-CONNECTIONS_DB = "connections.db"
+from hato.model import logfmt
+
+log = logging.getLogger("hato.connections")
+
+CONNECTIONS_TABLE = "connections.table"
+OLD_CONNECTIONS_DB = "connections.db"  # the SQLite ledger of earlier versions (unused)
 TOTAL = "*"  # the client key of a listener's total (never an IP address)
 
-_BUSY_TIMEOUT = 2.0  # seconds a worker waits for a sibling's (microseconds long) transaction
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS open_connections (
-    listener TEXT NOT NULL,
-    client TEXT NOT NULL,          -- an IPv4 address, an IPv6 /64, or "*" for the total
-    worker INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (listener, client, worker)
-) WITHOUT ROWID;
-"""
+FILE_MODE = 0o600
+MIN_SLOTS = 64
+_MAGIC = b"HATOCONN"
+_HEADER = struct.Struct("<8sII")  # magic, slots, workers
+_USED = struct.Struct("<I")  # keys in the table, at _USED_AT
+_USED_AT = _HEADER.size
+_HEADER_SIZE = 64
+# A slot: the key's hash (4 octets), its length (1; 0: an empty slot), its bytes, the counts.
+_HASH = struct.Struct("<I")
+_KEY_AT = 4
+_KEY_SPACE = 91  # the length octet and up to 90 octets of key
+_COUNTS_AT = _KEY_AT + 1 + _KEY_SPACE
+_LONG = 255  # the length octet of a key longer than 90 octets, kept as its BLAKE2b-256 digest
+_COUNT = struct.Struct("<i")
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = OFF")
-    db.executescript(_SCHEMA)
-    return db
+class TableFull(Exception):
+    """No room for one more key."""
 
 
-def reset(path: Path) -> None:
-    """At the supervisor's start, before any worker: no connection is open."""
-    db = _open(path)
+def table_slots(max_connections: Iterable[int]) -> int:
+    """Slots for listeners with these `max_connections`: every open connection uses at most
+    two keys (its client's and its listener's total, shared), so twice the connections and the
+    totals at least, rounded up to a power of two (a table at most half full)."""
+    limits = list(max_connections)
+    keys = sum(limits) + len(limits)
+    slots = MIN_SLOTS
+    while slots < 2 * keys:
+        slots *= 2
+    return slots
+
+
+def _slot_size(workers: int) -> int:
+    return (_COUNTS_AT + 4 * workers + 7) // 8 * 8
+
+
+def _key(listener: str, client: str) -> tuple[bytes, int]:
+    """The key's stored form (its length octet first) and its hash."""
+    raw = listener.encode() + b"\0" + client.encode()
+    if len(raw) < _KEY_SPACE:
+        return bytes((len(raw),)) + raw, zlib.crc32(raw)
+    return bytes((_LONG,)) + hashlib.blake2b(raw).digest()[:32], zlib.crc32(raw)
+
+
+def _open_file(path: Path, flags: int) -> int:
+    """A descriptor of the regular file `path`, never through a symbolic link (ELOOP), and not
+    another name of a file elsewhere (a hard link to a system file)."""
+    fd = os.open(path, flags, FILE_MODE)
     try:
-        db.execute("DELETE FROM open_connections")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise OSError(errno.EINVAL, "not a regular file with one name", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Table:
+    """The mapped table; every method runs under the file's lock."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        head = os.pread(fd, _HEADER.size, 0)
+        magic, self.slots, self.workers = _HEADER.unpack(head.ljust(_HEADER.size, b"\0"))
+        self.size = _slot_size(self.workers)
+        length = _HEADER_SIZE + self.slots * self.size
+        if (
+            magic != _MAGIC
+            or self.slots < 1
+            or self.slots & (self.slots - 1)
+            or os.fstat(fd).st_size != length
+        ):
+            raise OSError(errno.EINVAL, "not a connection table of this version", str(path))
+        self.mask = self.slots - 1
+        self.capacity = self.slots * 3 // 4
+        self.counts = struct.Struct(f"<{self.workers}i")
+        self.map = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def close(self) -> None:
+        self.map.close()
+
+    def find(self, entry: bytes, hashed: int) -> tuple[int, bool]:
+        """The slot of `entry`, or the empty slot that ends its probe run (False)."""
+        m, size, mask = self.map, self.size, self.mask
+        i = hashed & mask
+        for _ in range(self.slots):  # never all: a quarter of the slots stays empty
+            at = _HEADER_SIZE + i * size
+            if not m[at + _KEY_AT]:
+                return i, False
+            if m[at + _KEY_AT : at + _KEY_AT + len(entry)] == entry:
+                return i, True
+            i = (i + 1) & mask
+        raise TableFull
+
+    def total(self, i: int) -> int:
+        return sum(self.counts.unpack_from(self.map, _HEADER_SIZE + i * self.size + _COUNTS_AT))
+
+    def used(self) -> int:
+        return int(_USED.unpack_from(self.map, _USED_AT)[0])
+
+    def slot_of(self, entry: bytes, hashed: int) -> int:
+        """The slot of `entry`, made if need be (the caller made sure there is room)."""
+        i, found = self.find(entry, hashed)
+        if found:
+            return i
+        used = self.used()
+        at = _HEADER_SIZE + i * self.size
+        _HASH.pack_into(self.map, at, hashed)
+        self.map[at + _KEY_AT : at + _KEY_AT + len(entry)] = entry
+        _USED.pack_into(self.map, _USED_AT, used + 1)
+        return i
+
+    def bump(self, i: int, worker: int, step: int) -> int:
+        """Add `step` to `worker`'s count of slot `i` (never below 0); the slot's total after."""
+        at = _HEADER_SIZE + i * self.size + _COUNTS_AT + 4 * worker
+        mine = _COUNT.unpack_from(self.map, at)[0]
+        _COUNT.pack_into(self.map, at, max(0, mine + step))
+        return self.total(i)
+
+    def delete(self, i: int) -> None:
+        """Empty slot `i`; the entries after it in its probe run move back (backward shift
+        deletion: an entry moves to the hole when the hole lies between its home slot and
+        where it is), so every key stays reachable from its home slot with no empty between."""
+        m, size, mask = self.map, self.size, self.mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            at = _HEADER_SIZE + j * size
+            if not m[at + _KEY_AT]:
+                break
+            home = _HASH.unpack_from(m, at)[0] & mask
+            if (j - home) & mask >= (j - i) & mask:
+                hole = _HEADER_SIZE + i * size
+                m[hole : hole + size] = m[at : at + size]
+                i = j
+        hole = _HEADER_SIZE + i * size
+        m[hole : hole + size] = bytes(size)
+        _USED.pack_into(m, _USED_AT, self.used() - 1)
+
+    def forget(self, worker: int) -> None:
+        """Zero `worker`'s counts; keys with no count left are deleted (the table is rebuilt:
+        a rare event, a worker's death)."""
+        m, size = self.map, self.size
+        live: list[bytes] = []
+        for i in range(self.slots):
+            at = _HEADER_SIZE + i * size
+            if m[at + _KEY_AT]:
+                _COUNT.pack_into(m, at + _COUNTS_AT + 4 * worker, 0)
+                if self.total(i):
+                    live.append(m[at : at + size])
+        m[_HEADER_SIZE:] = bytes(self.slots * size)
+        for slot in live:
+            i = _HASH.unpack_from(slot)[0] & self.mask
+            while m[_HEADER_SIZE + i * size + _KEY_AT]:
+                i = (i + 1) & self.mask
+            m[_HEADER_SIZE + i * size : _HEADER_SIZE + (i + 1) * size] = slot
+        _USED.pack_into(m, _USED_AT, len(live))
+
+
+def reset(path: Path, *, slots: int, workers: int) -> None:
+    """At the supervisor's start, before any worker: a table of `slots` slots (a power of two,
+    `table_slots`) for `workers` workers, with no connection open."""
+    if slots < 1 or slots & (slots - 1) or workers < 1:
+        raise ValueError(f"a table of {slots} slots for {workers} workers")
+    fd = _open_file(path, _OPEN_FLAGS | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 0)  # every count zero (the file reads as zeros: no page is written)
+        os.ftruncate(fd, _HEADER_SIZE + slots * _slot_size(workers))
+        os.pwrite(fd, _HEADER.pack(_MAGIC, slots, workers), 0)
     finally:
-        db.close()
+        os.close(fd)
 
 
 def forget_worker(path: Path, worker: int) -> None:
     """A worker died: its connections died with it."""
-    db = _open(path)
+    fd = _open_file(path, _OPEN_FLAGS)
     try:
-        db.execute("DELETE FROM open_connections WHERE worker = ?", (worker,))
+        table = _Table(fd, path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            table.forget(worker)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            table.close()
     finally:
-        db.close()
+        os.close(fd)
 
 
 class ConnectionLedger:
     """One worker's view of the shared counts; its methods run on the event loop (each a few
-    microseconds of SQLite, as the screen's connection rate is)."""
+    microseconds under the file's lock)."""
 
     def __init__(self, path: Path, worker: int) -> None:
-        self._db = _open(path)
+        self._fd = _open_file(path, _OPEN_FLAGS)
+        try:
+            self._table = _Table(self._fd, path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        if not 0 <= worker < self._table.workers:
+            self.close()
+            raise ValueError(f"worker {worker} of a table for {self._table.workers}")
         self._worker = worker
+        self._totals: dict[str, tuple[bytes, int]] = {}
 
     def close(self) -> None:
-        self._db.close()
+        self._table.close()
+        os.close(self._fd)
 
     def claim(self, listener: str, client: str, max_total: int, max_per_client: int) -> bool:
         """Count one more connection of `client` if the listener and the client are both
-        under their limits; False (nothing counted) otherwise."""
-        with self._immediate():
-            total = self._sum(listener, TOTAL)
-            mine = self._sum(listener, client)
-            if total >= max_total or mine >= max_per_client:
+        under their limits; False (nothing counted) otherwise, or when the table is full."""
+        total, mine = self._total_key(listener), _key(listener, client)
+        table, worker = self._table, self._worker
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            t, t_found = table.find(*total)
+            c, c_found = table.find(*mine)
+            if (t_found and table.total(t) >= max_total) or (
+                c_found and table.total(c) >= max_per_client
+            ):
                 return False
-            self._add(listener, client, 1)
-            self._add(listener, TOTAL, 1)
+            if table.used() + (not t_found) + (not c_found) > table.capacity:
+                raise TableFull
+            # An insertion moves no entry: a slot found stays; one not found is looked up again.
+            table.bump(t if t_found else table.slot_of(*total), worker, 1)
+            table.bump(c if c_found else table.slot_of(*mine), worker, 1)
             return True
+        except TableFull:
+            self._full(listener, client)
+            return False
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def add(self, listener: str, client: str) -> None:
         """Count a connection whatever the limits (one already admitted elsewhere)."""
-        with self._immediate():
-            self._add(listener, client, 1)
-            self._add(listener, TOTAL, 1)
+        total, mine = self._total_key(listener), _key(listener, client)
+        table = self._table
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            t, t_found = table.find(*total)
+            c, c_found = table.find(*mine)
+            # Past the three quarters too (it cannot refuse), leaving one slot empty.
+            if table.used() + (not t_found) + (not c_found) >= table.slots:
+                raise TableFull
+            table.bump(t if t_found else table.slot_of(*total), self._worker, 1)
+            table.bump(c if c_found else table.slot_of(*mine), self._worker, 1)
+        except TableFull:
+            self._full(listener, client)  # not counted: its drop leaves the counts one low
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def drop(self, listener: str, client: str) -> None:
         """A connection counted by this worker closed."""
-        with self._immediate() as db:
-            for key in (client, TOTAL):
-                db.execute(
-                    "UPDATE open_connections SET count = count - 1 "
-                    "WHERE listener = ? AND client = ? AND worker = ?",
-                    (listener, key, self._worker),
-                )
-                db.execute(
-                    "DELETE FROM open_connections "
-                    "WHERE listener = ? AND client = ? AND worker = ? AND count <= 0",
-                    (listener, key, self._worker),
-                )
-
-    @contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
-        """One transaction that holds the write lock from its start (reads included)."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        keys = (_key(listener, client), self._total_key(listener))
+        table = self._table
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            for entry, hashed in keys:
+                i, found = table.find(entry, hashed)
+                if found and not table.bump(i, self._worker, -1):
+                    table.delete(i)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _sum(self, listener: str, client: str) -> int:
-        row = self._db.execute(
-            "SELECT coalesce(sum(count), 0) FROM open_connections "
-            "WHERE listener = ? AND client = ?",
-            (listener, client),
-        ).fetchone()
-        return int(row[0])
+    def _total_key(self, listener: str) -> tuple[bytes, int]:
+        key = self._totals.get(listener)
+        if key is None:
+            key = self._totals[listener] = _key(listener, TOTAL)
+        return key
 
-    def _add(self, listener: str, client: str, count: int) -> None:
-        self._db.execute(
-            "INSERT INTO open_connections (listener, client, worker, count) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (listener, client, worker) DO UPDATE SET count = count + excluded.count",
-            (listener, client, self._worker, count),
+    def _full(self, listener: str, client: str) -> None:
+        log.error(
+            logfmt(
+                "connection-table-full",
+                listener=listener,
+                client=client,
+                slots=self._table.slots,
+                used=self._table.used(),
+            )
         )

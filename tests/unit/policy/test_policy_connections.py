@@ -1,17 +1,17 @@
 """The mx connection limits across worker processes (issue 15 item 1): every worker counts in
-one SQLite file, so a client's limit and a listener's total hold whichever worker accepts."""
+one shared table, so a client's limit and a listener's total hold whichever worker accepts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hato.policy.connections import CONNECTIONS_DB, ConnectionLedger, forget_worker, reset
+from hato.policy.connections import CONNECTIONS_TABLE, ConnectionLedger, forget_worker, reset
 from hato.server.context import ListenerState
 
 
 def _ledgers(tmp_path: Path) -> tuple[Path, ConnectionLedger, ConnectionLedger]:
-    path = tmp_path / CONNECTIONS_DB
-    reset(path)
+    path = tmp_path / CONNECTIONS_TABLE
+    reset(path, slots=64, workers=2)
     return path, ConnectionLedger(path, 0), ConnectionLedger(path, 1)
 
 
@@ -42,7 +42,7 @@ def test_a_dead_workers_connections_stop_counting(tmp_path: Path) -> None:
     assert not first.claim("mx", "192.0.2.1", 100, 3)
     forget_worker(path, 1)
     assert first.claim("mx", "192.0.2.1", 100, 3)
-    reset(path)  # the supervisor's start: nothing is open
+    reset(path, slots=64, workers=2)  # the supervisor's start: nothing is open
     for _ in range(3):
         assert second.claim("mx", "192.0.2.1", 100, 3)
 
