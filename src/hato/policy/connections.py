@@ -167,12 +167,11 @@ class _Table:
         _USED.pack_into(self.map, _USED_AT, used + 1)
         return i
 
-    def bump(self, i: int, worker: int, step: int) -> int:
-        """Add `step` to `worker`'s count of slot `i` (never below 0); the slot's total after."""
+    def bump(self, i: int, worker: int, step: int) -> None:
+        """Add `step` to `worker`'s count of slot `i` (never below 0)."""
         at = _HEADER_SIZE + i * self.size + _COUNTS_AT + 4 * worker
         mine = _COUNT.unpack_from(self.map, at)[0]
         _COUNT.pack_into(self.map, at, max(0, mine + step))
-        return self.total(i)
 
     def delete(self, i: int) -> None:
         """Empty slot `i`; the entries after it in its probe run move back (backward shift
@@ -315,8 +314,10 @@ class ConnectionLedger:
         try:
             for entry, hashed in keys:
                 i, found = table.find(entry, hashed)
-                if found and not table.bump(i, self._worker, -1):
-                    table.delete(i)
+                if found:
+                    table.bump(i, self._worker, -1)
+                    if not table.total(i):
+                        table.delete(i)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
