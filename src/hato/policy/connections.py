@@ -195,17 +195,18 @@ class _Table:
 
     def forget(self, worker: int) -> None:
         """Zero `worker`'s counts; keys with no count left are deleted (the table is rebuilt:
-        a rare event, a worker's death)."""
+        a rare event, a worker's death). A worker killed in the middle of a deletion may have
+        left a key twice (copied back, not yet emptied where it was): it is kept once."""
         m, size = self.map, self.size
-        live: list[bytes] = []
+        live: dict[bytes, bytes] = {}
         for i in range(self.slots):
             at = _HEADER_SIZE + i * size
             if m[at + _KEY_AT]:
                 _COUNT.pack_into(m, at + _COUNTS_AT + 4 * worker, 0)
                 if self.total(i):
-                    live.append(m[at : at + size])
+                    live[m[at + _KEY_AT : at + _COUNTS_AT]] = m[at : at + size]
         m[_HEADER_SIZE:] = bytes(self.slots * size)
-        for slot in live:
+        for slot in live.values():
             i = _HASH.unpack_from(slot)[0] & self.mask
             while m[_HEADER_SIZE + i * size + _KEY_AT]:
                 i = (i + 1) & self.mask

@@ -148,6 +148,25 @@ def test_forgetting_a_worker_keeps_the_others_counts(tmp_path: Path) -> None:
     assert [_count(first, c) for c in [*clients, "*"]] == [0] * 5 and _used(first) == 0
 
 
+def test_a_key_left_twice_by_a_killed_worker_is_kept_once(tmp_path: Path) -> None:
+    """A worker killed while a deletion moved a slot back leaves that slot in two places: the
+    supervisor's `forget_worker` keeps one."""
+    path = _table(tmp_path)
+    first, second = ConnectionLedger(path, 0), ConnectionLedger(path, 1)
+    assert first.claim("mx", "192.0.2.1", BIG, 5)
+    assert second.claim("mx", "192.0.2.1", BIG, 5)
+    table = first._table
+    i, _ = table.find(*connections._key("mx", "192.0.2.1"))
+    size = table.size
+    slots = [connections._HEADER_SIZE + j * size for j in range(SLOTS)]
+    spare = next(at for at in slots if not table.map[at + connections._KEY_AT])
+    table.map[spare : spare + size] = table.map[slots[i] : slots[i] + size]
+    forget_worker(path, 1)
+    assert _count(first, "192.0.2.1") == 1 and _used(first) == 2
+    first.drop("mx", "192.0.2.1")
+    assert _count(first, "192.0.2.1") == 0 and _used(first) == 0
+
+
 def test_a_symbolic_link_in_place_of_the_table_is_not_followed(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_bytes(b"keep")
