@@ -4,8 +4,9 @@ The same `UserStore` (argon2id hashes, SCRAM keys, re-hashing on login, the dumm
 keeps an unknown account's timing like a known one's) over the `users` table of the shared
 database, so that an account added, changed or removed on one node is what every node checks
 at the next RCPT or AUTH: every call is one statement on a pooled connection in autocommit, so
-it sees every commit made before it. `exists` is not cached (there is no file to watch for
-changes); it is one primary-key look-up.
+it sees every commit made before it. `exists` is one primary-key look-up; in the server its
+True answers are kept until any node changes the table (a `NotifiedCache`, model/notified.py,
+told by LISTEN hato_directory: its docstring says why only True is kept).
 
 The table is made by `hato store migrate` (hato.pgstore.schema, migration 1). A database that
 cannot be reached raises `StoreUnavailable` from the call that needed it, and the session
@@ -28,8 +29,10 @@ from argon2 import Parameters
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
 from hato.accounts.authcache import VerifiedCache
-from hato.accounts.store import UserStore
+from hato.accounts.store import UserStore, canonical_key
+from hato.model import Address
 from hato.model.auth import SCRAM_ITERATIONS
+from hato.model.notified import NotifiedCache
 from hato.model.storeerror import StoreError, StoreUnavailable
 
 WAIT = 2.0  # seconds to wait for a pooled connection
@@ -63,7 +66,9 @@ class PgUserStore(UserStore):
         scram_iterations: int = SCRAM_ITERATIONS,
         verified_cache: VerifiedCache | None = None,
         label: str = "the PostgreSQL store",
+        cache: NotifiedCache | None = None,
     ) -> None:
+        """`cache`: keep `exists`'s True answers there (None: ask every time)."""
         super().__init__(
             Path(label),
             parameters=parameters,
@@ -74,6 +79,7 @@ class PgUserStore(UserStore):
         self._label = label
         self._cleared = False
         self._down_until = 0.0
+        self._cache = cache
 
     @property
     def cache_stamp(self) -> Path | None:
@@ -81,6 +87,12 @@ class PgUserStore(UserStore):
 
     def __str__(self) -> str:
         return self._label
+
+    def exists(self, address: Address) -> bool:
+        if self._cache is None:
+            return super().exists(address)
+        key = ("users", canonical_key(address))
+        return self._cache.get(key, lambda: super(PgUserStore, self).exists(address), bool)
 
     def _clear_scram(self) -> None:
         # [auth] scram_iterations = 0: no SCRAM keys are kept (as the SQLite store does on open).

@@ -34,6 +34,7 @@ from hato.boot.process import EX_CANTCREAT, StartupError, bind
 from hato.boot.reportwatch import close_reports, open_reports
 from hato.boot.shared import CurrentResolver, Shared
 from hato.boot.store import (
+    directory_cache,
     open_keys,
     open_limiter,
     open_queue,
@@ -129,7 +130,7 @@ class Rooms:
 
     shared: Shared
     queue: QueueStore
-    keys: KeyLookup  # users' keys, asked at every RCPT (cached on SQLite)
+    keys: KeyLookup  # users' keys, asked at every RCPT (cached: dbcache.py, model/notified.py)
     maildir: MaildirCourier
     tally: DeliveryTally  # what deliveries gave: /metrics and `hato status`
     committer: KeyedCommitter
@@ -172,7 +173,9 @@ async def build_rooms(
     for problem in queue.problems:
         log.error(logfmt("queue-problem", detail=problem))
     pool = open_store_pool(settings, node_id)  # [store] postgresql: the shared state
-    users = open_users(settings, data_dir, pool)
+    # [store] postgresql: account and key answers kept until a node changes them (issue 16)
+    cache = directory_cache(queue) if pool is not None else None
+    users = open_users(settings, data_dir, pool, cache)
     srs = build_srs(settings, clock)  # after the privilege drop: the key file is the server's
     shared = Shared(
         clock=clock,
@@ -180,7 +183,7 @@ async def build_rooms(
         queue=queue,
         dns=dns,
         users=users,
-        keys=open_keys(data_dir, pool),  # users' public keys (issue 6)
+        keys=open_keys(data_dir, pool, cache),  # users' public keys (issue 6)
         tls=tls,
         throttle=open_throttle(settings, clock, pool),  # AUTH failures and blocks
         limiter=open_limiter(settings, clock, data_dir, pool),
@@ -195,7 +198,7 @@ async def build_rooms(
     if pool is not None:
         endpoints.wkd_keys.use(shared.keys)  # WKD serves the shared store's keys
     resolver = shared.resolver
-    stamp = shared.keys.cache_stamp  # None: the shared PostgreSQL store, not cached
+    stamp = shared.keys.cache_stamp  # None: the shared PostgreSQL store (its own cache)
     keys = CachedKeys(shared.keys, stamp) if stamp is not None else shared.keys
     maildir = MaildirCourier(
         settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)

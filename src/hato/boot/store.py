@@ -19,6 +19,8 @@ from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
 from hato.model import Clock
+from hato.model.notified import CHANNEL as DIRECTORY_CHANNEL
+from hato.model.notified import NotifiedCache
 from hato.model.queuestore import QueueError
 from hato.policy import LIMITS_DB, AuthThrottle, SendLimiter
 from hato.queue import Queue, QueueStore
@@ -73,8 +75,27 @@ def open_store_pool(settings: Settings, node: str) -> ConnectionPool[Any] | None
         return open_pool(pg_settings(settings, node))
 
 
-def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | None) -> UserStore:
-    """The accounts: DATA_DIR/users.db, or the shared store's `users` table."""
+def directory_cache(queue: QueueStore) -> NotifiedCache | None:
+    """[store] postgresql: the account and key answers this process keeps, told of every
+    change by LISTEN hato_directory on the queue listener's connection (model/notified.py);
+    None on SQLite (boot/dbcache.py watches the files) or without a listener."""
+    from hato.queue.postgres import PgQueue  # psycopg: only on PostgreSQL
+
+    if not isinstance(queue, PgQueue) or queue.listener is None:
+        return None
+    cache = NotifiedCache()
+    queue.listener.subscribe(DIRECTORY_CHANNEL, cache)
+    return cache
+
+
+def open_users(
+    settings: Settings,
+    data_dir: Path,
+    pool: ConnectionPool[Any] | None,
+    cache: NotifiedCache | None = None,
+) -> UserStore:
+    """The accounts: DATA_DIR/users.db, or the shared store's `users` table (its `exists`
+    answers kept in `cache`, if given)."""
     iterations = settings.auth.stored_scram_iterations
     # [auth] cache_ttl: a password verified a moment ago is not run through argon2id again.
     verified = VerifiedCache(settings.auth.cache_ttl, settings.auth.cache_size)
@@ -82,7 +103,7 @@ def open_users(settings: Settings, data_dir: Path, pool: ConnectionPool[Any] | N
         return UserStore(data_dir / USERS_DB, scram_iterations=iterations, verified_cache=verified)
     from hato.accounts.postgres import PgUserStore
 
-    return PgUserStore(pool, scram_iterations=iterations, verified_cache=verified)
+    return PgUserStore(pool, scram_iterations=iterations, verified_cache=verified, cache=cache)
 
 
 async def open_queue(
@@ -145,13 +166,16 @@ def open_limiter(
     return PgSendLimiter(clock, limits, pool)
 
 
-def open_keys(data_dir: Path, pool: ConnectionPool[Any] | None) -> KeyStore:
-    """Users' public keys and key policies: DATA_DIR/keys.db, or the shared store's tables."""
+def open_keys(
+    data_dir: Path, pool: ConnectionPool[Any] | None, cache: NotifiedCache | None = None
+) -> KeyStore:
+    """Users' public keys and key policies: DATA_DIR/keys.db, or the shared store's tables
+    (the keys found kept in `cache`, if given)."""
     if pool is None:
         return KeyStore.in_data_dir(data_dir)
     from hato.crypto.keystore_pg import PgKeyStore
 
-    return PgKeyStore(pool)
+    return PgKeyStore(pool, cache)
 
 
 def open_throttle(

@@ -2,7 +2,9 @@
 "postgresql"): the same `KeyStore` (its SQL is written for both databases) over the `keys` and
 `key_policies` tables (hato.pgstore.schema, migration 1), so that a key imported with
 `hato key` on one node encrypts the user's mail on every node, and WKD on every node serves it.
-Nothing is cached (no file changes when another node edits the tables).
+In the server a key that is there is kept until any node changes the tables (a `NotifiedCache`,
+model/notified.py, told by LISTEN hato_directory); "no key" and policies are read every time,
+since a stale one would store in the clear the mail of a user who just uploaded a key.
 
 May import hato.model only (and this room).
 """
@@ -16,7 +18,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from hato.crypto.keystore import KeyStore
+from hato.crypto.keys import PublicKey
+from hato.crypto.keystore import KeyStore, canonical
+from hato.model import Address
+from hato.model.notified import NotifiedCache
 from hato.model.storeerror import StoreError, StoreUnavailable
 
 WAIT = 2.0  # seconds to wait for a pooled connection
@@ -27,10 +32,21 @@ class PgKeyStore(KeyStore):
 
     _POLICIES = "key_policies"
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:  # no SQLite file: no super()
+    def __init__(  # no SQLite file: no super()
+        self, pool: ConnectionPool[Any], cache: NotifiedCache | None = None
+    ) -> None:
+        """`cache`: keep the keys found there (None: ask every time)."""
         self._path = Path("the PostgreSQL store")
         self._lock = threading.Lock()
         self._pool = pool
+        self._cache = cache
+
+    def get(self, address: Address) -> PublicKey | None:
+        if self._cache is None:
+            return super().get(address)
+        key = ("keys", canonical(address))
+        # Only a key that is there is kept: a stale "no key" would mean plaintext.
+        return self._cache.get(key, lambda: super(PgKeyStore, self).get(address), _is_key)
 
     @property
     def cache_stamp(self) -> Path | None:
@@ -49,3 +65,7 @@ class PgKeyStore(KeyStore):
             raise StoreUnavailable(f"the PostgreSQL store failed: {exc}") from None
         except psycopg.Error as exc:  # a statement refused (e.g. the table not migrated)
             raise StoreError(f"the PostgreSQL store failed: {exc}") from None
+
+
+def _is_key(key: PublicKey | None) -> bool:
+    return key is not None

@@ -169,6 +169,28 @@ CREATE TABLE store_copies (             -- `hato store copy`: what was copied fr
 );
 """,
     ),
+    (
+        5,
+        "NOTIFY hato_directory on every change to accounts, keys and key policies",
+        # boot/pgcache.py: each node caches its account and key look-ups until told of a
+        # change. A statement trigger, so that every writer (hato user, hato key, the WKD
+        # upload, hato store copy, an admin's psql) notifies, in its own transaction:
+        # PostgreSQL delivers the notification at COMMIT, never for a rolled-back change.
+        """
+CREATE FUNCTION hato_directory_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('hato_directory', TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER users_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION hato_directory_changed();
+CREATE TRIGGER keys_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON keys
+    FOR EACH STATEMENT EXECUTE FUNCTION hato_directory_changed();
+CREATE TRIGGER key_policies_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON key_policies
+    FOR EACH STATEMENT EXECUTE FUNCTION hato_directory_changed();
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema this code reads and writes."""

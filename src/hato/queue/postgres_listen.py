@@ -24,6 +24,11 @@ fail). PostgreSQL frees the lock when the connection ends (the process died, or 
 went away); on reconnecting the listener takes its slot again, or another free one if a new
 process took it meanwhile. With every slot taken (more than 64 processes on one database) the
 process keeps its slot and says so: ids then stay unique only by their random part.
+
+Other rooms may `subscribe` to another channel on the same connection (boot/pgcache.py: the
+account and key cache, LISTEN hato_directory): their `on_note` gets each notification's
+payload, and their `on_state(True)` is called once LISTEN is in effect (after every
+(re)connect), `on_state(False)` whenever the connection is lost (and before the first connect).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -47,6 +52,14 @@ MIN_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
+
+class Subscriber(Protocol):
+    """Told of the notifications on one more channel, and of whether they can be heard."""
+
+    def on_note(self, payload: str) -> None: ...
+
+    def on_state(self, listening: bool) -> None: ...
 
 
 def _reason(exc: BaseException) -> str:
@@ -77,6 +90,12 @@ class Listener:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.listening = asyncio.Event()
         self.lost = asyncio.Event()
+        self._subscribers: dict[str, Subscriber] = {}
+
+    def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        """LISTEN `channel` too (from the next connect on: call before `run`)."""
+        self._subscribers[channel] = subscriber
+        subscriber.on_state(False)
 
     async def open(self, preferred: int) -> None:
         """Connect and claim an id slot (`preferred` if free) before the first id is made;
@@ -117,13 +136,18 @@ class Listener:
                     if not claimed:
                         await self._claim(conn)
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    for channel, subscriber in self._subscribers.items():
+                        await conn.execute(f"LISTEN {channel}")
+                        subscriber.on_state(True)  # what it missed meanwhile is forgotten
                     self.listening.set()
                     self.lost.clear()
                     log.info(logfmt("queue-listening", channel=CHANNEL))
                     delay = MIN_BACKOFF
                     self._wake()  # what was notified while we were not listening is lost
                     async for note in conn.notifies():
-                        if note.payload != self._node_id:
+                        if note.channel != CHANNEL:
+                            self._subscribers[note.channel].on_note(note.payload)
+                        elif note.payload != self._node_id:
                             self._wake()
             except (psycopg.Error, OSError) as exc:
                 wait = delay * (0.5 + self._rng.random())
@@ -133,6 +157,8 @@ class Listener:
             finally:
                 self.listening.clear()
                 self.lost.set()
+                for subscriber in self._subscribers.values():
+                    subscriber.on_state(False)
             # A backoff between reconnects, not synchronisation.
             await asyncio.sleep(wait)
             delay = min(delay * 2, MAX_BACKOFF)
