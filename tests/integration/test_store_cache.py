@@ -8,13 +8,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import smtplib
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from peers import maildir
+from peers.hato import HatoServer
 from peers.postgres import PASSWORD, PostgresServer
+from peers.server import DomainSetup, MailSetup
 from psycopg_pool import ConnectionPool
 
 from hato.accounts.postgres import PgUserStore
@@ -24,6 +31,7 @@ from hato.model import Address
 from hato.model.notified import CHANNEL, NotifiedCache
 from hato.pgstore import PgSettings, connect_listener, migrate, open_pool
 from hato.queue.postgres_listen import Listener
+from kit.cryptokeys import Gpg
 
 NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 ALICE = Address("alice", "users.test")
@@ -163,3 +171,58 @@ def test_every_change_to_the_tables_notifies(settings: PgSettings) -> None:
         write.execute("TRUNCATE keys")
         heard = [n.payload for n in listen.notifies(timeout=5, stop_after=3)]
         assert heard == ["key_policies", "users", "keys"]
+
+
+def _send(server: HatoServer, marker: str) -> None:
+    message = (
+        f"From: <alice@example.net>\r\nTo: <bob@example.org>\r\nSubject: secret {marker}\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nThe plan is {marker}.\r\n"
+    ).encode()
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.sendmail("alice@example.net", ["bob@example.org"], message)
+
+
+def _delivered(nodes: list[HatoServer], count: int) -> bytes:
+    """The `count`th message in bob's Maildirs (whichever node delivered it), by time."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        boxes = [node.mailbox("bob", "example.org") / "new" for node in nodes]
+        files = [p for box in boxes if box.exists() for p in box.glob("*")]
+        if len(files) >= count:
+            return sorted(files, key=lambda p: p.stat().st_mtime_ns)[count - 1].read_bytes()
+        time.sleep(0.1)  # polling the Maildir for the delivery, not synchronisation
+    raise AssertionError(f"{count} message(s) not delivered")
+
+
+def test_a_key_uploaded_on_node_a_encrypts_the_next_message_on_node_b(
+    workdir: Path, pg_dsn: str, postgres: PostgresServer, gpg: Gpg
+) -> None:
+    """bob has no key: node B stores his mail in the clear (and keeps knowing he is an
+    account). A key imported on node A: the next message through B is encrypted to it."""
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    store = (pg_dsn, postgres.password_file)
+    nodes = [
+        HatoServer(
+            workdir / name,
+            MailSetup(domains=(DomainSetup("example.org", users=users),), store=store),
+            host=host,
+        )
+        for name, users, host in (("a", ("bob",), "127.0.0.2"), ("b", (), "127.0.0.4"))
+    ]
+    for node in nodes:
+        node.start()
+    try:
+        a, b = nodes
+        first, second = uuid.uuid4().hex, uuid.uuid4().hex
+        _send(b, first)
+        assert f"The plan is {first}.".encode() in _delivered(nodes, 1)
+        a.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+        _send(b, second)
+        raw = _delivered(nodes, 2)
+        assert b"multipart/encrypted" in raw and f"The plan is {second}".encode() not in raw
+        plain = gpg.run("--decrypt", input=raw.split(b"\r\n\r\n", 1)[1])
+        assert f"The plan is {second}.".encode() in plain
+    finally:
+        for node in nodes:
+            node.stop()
