@@ -10,7 +10,9 @@ replica must receive). Not a test.
     .venv/bin/python benchmarks/store_bench.py --messages 600 --settle 1   # proves it runs
     ... --only sqlite-1,pg-1 --rounds 3 --sessions 50
 
-Every cell sends 10 KiB messages with smtp-source (Postfix's) to an accept-any domain, with
+Every cell sends 10 KiB messages with smtp-source (Postfix's) to an accept-any domain (with
+`--accounts` the recipient is an account there, as most mail's is: the account look-ups answer
+yes, which the PostgreSQL store's nodes keep, model/notified.py; without, they answer no), with
 `direct_local_delivery = false`: every message goes through the queue (SQLite, or the shared
 PostgreSQL queue) and is delivered into Maildirs by a queue runner (on PostgreSQL, into one
 shared Maildir tree), which is the path the store carries. The sessions are split over the
@@ -82,9 +84,10 @@ class Cell:
         )
 
 
-def _setup(mailboxes: Path, store: tuple[str, Path] | None) -> MailSetup:
+def _setup(mailboxes: Path, store: tuple[str, Path] | None, accounts: bool) -> MailSetup:
+    users = ("warm", "m") if accounts else ()  # made by `hato user add` before the start
     return MailSetup(
-        domains=(DomainSetup(DOMAIN, accept_any=True),),
+        domains=(DomainSetup(DOMAIN, users=users, accept_any=True),),
         max_message_size=1024 * 1024,
         min_free_space=32 * 1024 * 1024,
         max_connections_per_ip=200,  # the load comes from one address, as in suite.py
@@ -163,7 +166,7 @@ def run_cell(
     nodes = []
     try:
         for n in range(count):
-            setup = _setup(mailboxes, store)
+            setup = _setup(mailboxes, store, args.accounts and (n == 0 or store is None))
             if store is not None:
                 setup = replace(setup, node=f"bench{n}")
             workers = ("[server]\n", f"[server]\nworkers = {args.workers}\n")
@@ -221,6 +224,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000, help="per cell (all nodes)")
     parser.add_argument("--sessions", type=int, default=50, help="in all, split over the nodes")
+    parser.add_argument(
+        "--accounts",
+        action="store_true",
+        help="the recipients are accounts (as most mail's are), not only accepted",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs of every cell; medians")
     parser.add_argument("--settle", type=float, default=35.0, help="seconds before each run")
     parser.add_argument("--only", default=",".join(CELLS), help=f"cells among {CELLS}")
