@@ -15,6 +15,16 @@ file in the data directory (WAL), shared by every worker process (`[server] work
 server started again; a reservation left by a process that died counts until it leaves the
 window (safe: never more than the limit).
 
+Only what a limit that is on needs is written (issue 15 item 4: three write transactions per
+message cost ~10 % of the event loop relaying submitted mail): MAIL FROM writes only under
+`messages_per_hour` (else the message's row comes with its first counted recipient), RCPT TO
+only under `recipients_per_hour` or `spike_recipients`, and the 250 writes only when its minute
+is later than the last reservation's (the message counts from the minute of its 250) or a spike
+is found (a read first, then checked again under the lock: one alert per burst). Whether the
+250 came is known to the process holding the reservation, so `release` needs no flag in the
+file. With every limit 0 nothing is written: MAIL FROM and RCPT TO read whether the user is
+held (a hold set by another worker or process counts for the next command).
+
 A spike is an absolute burst: at least `spike_recipients` recipients within the last
 `spike_window` seconds (whole minutes). Chosen over "N times the usual rate" because it needs no
 history, cannot be trained up slowly by an attacker, and an admin can predict it. A spike
@@ -51,7 +61,7 @@ CREATE TABLE IF NOT EXISTS sent (      -- one row per message, reserved at MAIL 
     user TEXT NOT NULL,                -- lower-case
     minute INTEGER NOT NULL,           -- of the last reservation or the confirmation
     recipients INTEGER NOT NULL DEFAULT 0,
-    pending INTEGER NOT NULL DEFAULT 1 -- 1 until confirmed (250) or released
+    pending INTEGER NOT NULL DEFAULT 1 -- unused: the holder of the reservation knows of its 250
 );
 CREATE INDEX IF NOT EXISTS sent_user ON sent (user, minute);
 CREATE INDEX IF NOT EXISTS sent_minute ON sent (minute);
@@ -79,12 +89,16 @@ class SendLimitSettings:
             raise ValueError("spike_window must be 1..3600 s, hold_time >= 0")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reservation:
-    """One transaction's reserved message and recipients (a row of the `sent` table)."""
+    """One transaction's reserved message and recipients: its row of the `sent` table once
+    something is counted (None before), the minute it was last counted in, and whether the
+    250 came (a release is too late then). Held by the session: changed by the limiter."""
 
     user: str
-    row: int
+    row: int | None = None
+    minute: int = 0
+    confirmed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,42 +159,54 @@ class SendLimiter:
 
     def reserve_message(self, user: str) -> Reservation | Defer:
         key = _key(user)
+        if not self.settings.messages_per_hour:  # nothing to count: only a hold refuses
+            return Defer(HELD) if self.held(key) else Reservation(key)
         with self._tx(key):
             refusal = self._refusal(key, messages=1, recipients=0)
             if refusal is not None:
                 return refusal
-            ((row,),) = self._rows(
-                'INSERT INTO sent ("user", minute) VALUES (?, ?) RETURNING id',
-                (key, self._minute()),
-            )
-            return Reservation(key, int(row))
+            minute = self._minute()
+            return Reservation(key, self._insert(key, minute, 0), minute)
 
     def reserve_recipient(self, reservation: Reservation, count: int = 1) -> Decision:
-        with self._tx(reservation.user):
-            refusal = self._refusal(reservation.user, messages=0, recipients=count)
+        key, s = reservation.user, self.settings
+        if not (s.recipients_per_hour or s.spike_recipients):  # nothing to count
+            return Defer(HELD) if self.held(key) else Accept()
+        with self._tx(key):
+            refusal = self._refusal(key, messages=0, recipients=count)
             if refusal is not None:
                 return refusal
-            self._rows(
-                "UPDATE sent SET recipients = recipients + ?, minute = ? WHERE id = ?",
-                (count, self._minute(), reservation.row),
-            )
+            minute = self._minute()
+            if reservation.row is None:
+                reservation.row = self._insert(key, minute, count)
+            else:
+                self._rows(
+                    "UPDATE sent SET recipients = recipients + ?, minute = ? WHERE id = ?",
+                    (count, minute, reservation.row),
+                )
+            reservation.minute = minute
         return Accept()
 
     def release(self, reservation: Reservation) -> None:
         """The transaction ended without a 250: its reservation no longer counts."""
+        if reservation.confirmed or reservation.row is None:
+            return  # a confirmed message stays counted; nothing was counted
         with self._tx(reservation.user):
-            self._rows("DELETE FROM sent WHERE id = ? AND pending = ?", (reservation.row, True))
+            self._rows("DELETE FROM sent WHERE id = ?", (reservation.row,))
+        reservation.row = None
 
     def confirm(self, reservation: Reservation) -> SpikeAlert | None:
         """The message was accepted: its reservation is usage now; a SpikeAlert when this
         message makes a spike."""
+        reservation.confirmed = True
         now, minute = self._clock.now(), self._minute()
+        if reservation.row is not None and minute != reservation.minute:
+            with self._tx(reservation.user):  # counted from the minute of its 250
+                self._rows("UPDATE sent SET minute = ? WHERE id = ?", (minute, reservation.row))
+            reservation.minute = minute
+        if not self.settings.spike_recipients or self._burst(reservation.user, minute, now) is None:
+            return None  # read without the lock: most messages make no spike
         with self._tx(reservation.user):
-            self._rows(
-                "UPDATE sent SET pending = ?, minute = ? WHERE id = ?",
-                (False, minute, reservation.row),
-            )
-            self._rows("DELETE FROM sent WHERE minute < ?", (minute - _HOUR_BUCKETS + 1,))
             return self._spike(reservation.user, minute, now)
 
     def held(self, user: str) -> bool:
@@ -210,6 +236,15 @@ class SendLimiter:
     def _minute(self) -> int:
         return int(self._clock.now() // _BUCKET)
 
+    def _insert(self, key: str, minute: int, recipients: int) -> int:
+        """A new row for one message, inside a transaction; rows out of every window go."""
+        self._rows("DELETE FROM sent WHERE minute < ?", (minute - _HOUR_BUCKETS + 1,))
+        ((row,),) = self._rows(
+            'INSERT INTO sent ("user", minute, recipients) VALUES (?, ?, ?) RETURNING id',
+            (key, minute, recipients),
+        )
+        return int(row)
+
     def _totals(self, key: str, since_minute: int) -> tuple[int, int]:
         ((count, recipients),) = self._rows(
             "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM sent"
@@ -229,15 +264,23 @@ class SendLimiter:
         used = self._totals(key, self._minute() - _HOUR_BUCKETS + 1)[0 if messages else 1]
         return Defer(RATE_LIMITED) if used + messages + recipients > limit else None
 
-    def _spike(self, key: str, minute: int, now: float) -> SpikeAlert | None:
+    def _burst(self, key: str, minute: int, now: float) -> tuple[int, int] | None:
+        """(messages, recipients) within the spike window when they make a new spike."""
         s = self.settings
         rows = self._rows(f'SELECT alerted_until FROM {self._ACCOUNT} WHERE "user" = ?', (key,))
         if not s.spike_recipients or (rows and now < rows[0][0]):
             return None
         window_buckets = math.ceil(s.spike_window / _BUCKET)
         messages, recipients = self._totals(key, minute - window_buckets + 1)
-        if recipients < s.spike_recipients:
+        return (messages, recipients) if recipients >= s.spike_recipients else None
+
+    def _spike(self, key: str, minute: int, now: float) -> SpikeAlert | None:
+        """The spike found again inside the transaction (a sibling may have alerted since)."""
+        s = self.settings
+        burst = self._burst(key, minute, now)
+        if burst is None:
             return None
+        messages, recipients = burst
         # One alert per burst, not one per message.
         held_until = (now + s.hold_time if s.hold_time else math.inf) if s.spike_hold else None
         self._rows(

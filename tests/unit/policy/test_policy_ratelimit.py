@@ -221,3 +221,85 @@ def test_processes_racing_for_the_last_recipients_never_exceed_the_limit(tmp_pat
 def test_settings_are_checked(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SendLimitSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def _writes(limiter: SendLimiter) -> list[str]:
+    """The write statements `limiter` runs from now on (SQLite's trace callback)."""
+    statements: list[str] = []
+    db = limiter._db
+    assert db is not None
+    db.set_trace_callback(statements.append)
+    return statements
+
+
+def _transactions(statements: list[str]) -> int:
+    return sum(statement.startswith("BEGIN IMMEDIATE") for statement in statements)
+
+
+OFF = SendLimitSettings(0, 0, spike_recipients=0)
+
+
+def test_with_every_limit_off_a_message_writes_nothing(clock: FakeClock, tmp_path: Path) -> None:
+    """Issue 15 item 4: three write transactions per message were ~10 % of the event loop."""
+    limiter = SendLimiter(clock, OFF, tmp_path / "limits.db")
+    statements = _writes(limiter)
+    for recipients in (1, 5):
+        record(limiter, "alice", recipients)
+        assert check_recipients(limiter, "alice", 3) == Accept()  # reserved, then released
+    assert all(statement.startswith("SELECT") for statement in statements), statements
+    assert limiter.usage("alice") == (0, 0)  # nothing is counted for a limit that is off
+    limiter.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "per_message", "usage"),
+    [
+        (SendLimitSettings(5, 0, spike_recipients=0), 1, (3, 0)),  # MAIL
+        (SendLimitSettings(0, 20, spike_recipients=0), 1, (3, 3)),  # the first RCPT
+        (SendLimitSettings(0, 0, spike_recipients=50), 1, (3, 3)),  # RCPT; the 250 reads
+        (SendLimitSettings(5, 20, spike_recipients=50), 2, (3, 3)),  # MAIL, RCPT (were 3)
+    ],
+)
+def test_a_limit_that_is_on_costs_one_transaction_where_it_counts(
+    clock: FakeClock,
+    tmp_path: Path,
+    settings: SendLimitSettings,
+    per_message: int,
+    usage: tuple[int, int],
+) -> None:
+    limiter = SendLimiter(clock, settings, tmp_path / "limits.db")
+    statements = _writes(limiter)
+    for _ in range(3):
+        assert record(limiter, "alice", 1) is None
+    assert _transactions(statements) == 3 * per_message, statements
+    assert limiter.usage("alice") == usage
+    limiter.close()
+
+
+def test_a_hold_set_by_another_process_counts_at_once_with_every_limit_off(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    off = SendLimiter(clock, OFF, tmp_path / "limits.db")
+    spiking = SendLimiter(clock, SendLimitSettings(spike_recipients=5), tmp_path / "limits.db")
+    reservation = off.reserve_message("alice")
+    assert isinstance(reservation, Reservation)
+    assert record(spiking, "alice", 5) is not None  # another worker holds alice
+    assert off.reserve_recipient(reservation) == Defer(HELD)  # the next RCPT, mid-transaction
+    assert check_message(off, "alice") == Defer(HELD)
+    assert spiking.unhold("alice")  # the admin releases her
+    assert check_message(off, "alice") == Accept()
+    off.close()
+    spiking.close()
+
+
+def test_a_message_counts_from_the_minute_of_its_250(clock: FakeClock) -> None:
+    limiter = SendLimiter(clock, SendLimitSettings(1, 0, spike_recipients=0))
+    clock.advance(59)
+    reservation = limiter.reserve_message("alice")  # minute 0
+    assert isinstance(reservation, Reservation)
+    clock.advance(2)
+    assert limiter.confirm(reservation) is None  # minute 1
+    clock.advance(59 * 60)  # minute 60: minute 0 has left the window, minute 1 has not
+    assert check_message(limiter, "alice") == Defer(RATE_LIMITED)
+    clock.advance(60)
+    assert check_message(limiter, "alice") == Accept()
