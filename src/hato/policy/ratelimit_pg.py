@@ -3,10 +3,11 @@ hourly limit holds across every node (sessions on all nodes together cannot exce
 
 The same `SendLimiter` (its SQL is written for both databases) over the `sent` and
 `send_accounts` tables (hato.pgstore.schema, migration 1). Where SQLite's ``BEGIN IMMEDIATE``
-makes a check and its reservation one step, here each step is one transaction that first
-takes a transaction-level advisory lock on the user (`pg_advisory_xact_lock`), so two nodes'
-sessions of one user are serialised and never both take the last recipient of the hour, while
-other users' sessions run in parallel.
+makes a check and its reservation one step, here each step that writes is one transaction
+that first takes a transaction-level advisory lock on the user (`pg_advisory_xact_lock`), so two
+nodes' sessions of one user are serialised and never both take the last recipient of the hour,
+while other users' sessions run in parallel. As on SQLite, only a limit that is on writes: with
+every limit 0 a MAIL FROM or RCPT TO costs one query (is the user held?), no transaction.
 
 A database that does not answer raises `StoreUnavailable`: the session answers with a 4xx.
 
