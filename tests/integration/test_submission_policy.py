@@ -14,6 +14,7 @@ ready when each port greets, whatever the greeting says.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import threading
 import time
@@ -338,6 +339,33 @@ def test_a_sending_spike_holds_the_account_and_logs_an_alert(start: Start, test_
     with _login(server, test_ca, "bob") as smtp:  # only the spiking account is held
         _send(smtp, "bob", ["s1@example.org"], "s-3")
     maildir.wait_for_marker(server.mailbox("s1", "example.org"), "s-3", 20)
+
+
+def test_an_admin_lists_held_users_and_releases_one_while_the_server_runs(
+    start: Start, test_ca: TestCA
+) -> None:
+    """`hato user held` / `hato user release`: the hold in DATA_DIR/limits.db is read per
+    command, so the next MAIL FROM after a release is accepted without a restart."""
+    server = start(_setup(test_ca.tls_files(), "alice", "bob"), limits="spike_recipients = 3")
+    assert server.hato("user", "held").returncode == 0
+    refused = server.hato("user", "release", "alice@users.test")  # not held: like "not found"
+    assert refused.returncode == 1 and "alice@users.test is not held" in refused.stderr
+    with _login(server, test_ca, "alice") as smtp:
+        _send(smtp, "alice", [f"h{n}@example.org" for n in range(1, 4)], "h-1")  # a spike
+        _temp_refused(smtp.mail("alice@users.test"))
+    held = server.hato("user", "held")
+    assert held.returncode == 0, held.stderr
+    assert re.fullmatch(
+        r"alice@users\.test held until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\n", held.stdout
+    )
+    released = server.hato("user", "release", "Alice@users.test")
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.startswith("released alice@users.test")
+    assert "event=admin-unhold user=alice@users.test" in released.stderr
+    assert server.hato("user", "held").stdout == ""
+    with _login(server, test_ca, "alice") as smtp:  # the same running server takes it now
+        _send(smtp, "alice", ["h9@example.org"], "h-2")
+    maildir.wait_for_marker(server.mailbox("h9", "example.org"), "h-2", 20)
 
 
 class WorkersHato(PolicyHato):

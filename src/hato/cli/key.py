@@ -182,9 +182,9 @@ def _read(path: Path) -> bytes:
 
 
 def _address(text: str) -> Address:
-    from hato.cli.users import _parse_address
+    from hato.cli.users import parse_address
 
-    return _parse_address(text)
+    return parse_address(text)
 
 
 def _local_address(text: str, loaded: LoadedSettings) -> Address:

@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
             from hato.cli.datadir import add_init_flag
 
             add_init_flag(sub)
+    from hato.cli import holds
+
+    for name, handler, help_text in (
+        ("held", holds.held, "print the users held after a sending spike, and until when (UTC)"),
+        ("release", holds.release, "let a held user send again (resets their spike count)"),
+    ):
+        sub = with_config(actions.add_parser(name, help=help_text, description=help_text))
+        sub.set_defaults(handler=handler)
+        if name == "release":
+            sub.add_argument("address", metavar="ADDRESS", help="local@domain")
 
     from hato.cli import dovecot, key
 

@@ -50,7 +50,7 @@ def add(args: argparse.Namespace) -> int:
 
 def passwd(args: argparse.Namespace) -> int:
     loaded = load(args)
-    address = _parse_address(args.address)
+    address = parse_address(args.address)
     password = checked(read_password(sys.stdin), address, allow_weak=args.allow_weak)
     from hato.accounts import UnknownUser
 
@@ -65,7 +65,7 @@ def passwd(args: argparse.Namespace) -> int:
 
 def remove(args: argparse.Namespace) -> int:
     loaded = load(args)
-    address = _parse_address(args.address)
+    address = parse_address(args.address)
     with _store(loaded, create=False) as store:
         if not store.remove(address):
             raise _no_such_user(address, loaded)
@@ -115,7 +115,7 @@ def read_password(stdin: TextIO) -> str:
     return password
 
 
-def _parse_address(text: str) -> Address:
+def parse_address(text: str) -> Address:
     from hato.model import Address, AddressError
 
     try:
@@ -128,7 +128,7 @@ def _parse_address(text: str) -> Address:
 
 def _local_address(text: str, loaded: LoadedSettings) -> Address:
     """`text` as an address of one of our [[domain]]s."""
-    address = _parse_address(text)
+    address = parse_address(text)
     if not loaded.settings.is_local_domain(address.domain):
         local = ", ".join(d.name for d in loaded.settings.domains)
         raise CommandError(

@@ -214,11 +214,15 @@ class SendLimiter:
         return bool(rows) and rows[0][0] is not None and rows[0][0] > self._clock.now()
 
     def held_users(self) -> list[str]:
+        return [user for user, _ in self.holds()]
+
+    def holds(self) -> list[tuple[str, float]]:
+        """(user, wall-clock end of the hold: inf until released) of each held user, by name."""
         rows = self._rows(
-            f'SELECT "user" FROM {self._ACCOUNT} WHERE held_until > ? ORDER BY "user"',
+            f'SELECT "user", held_until FROM {self._ACCOUNT} WHERE held_until > ? ORDER BY "user"',
             (self._clock.now(),),
         )
-        return [user for (user,) in rows]
+        return [(str(user), float(until)) for user, until in rows]
 
     def unhold(self, user: str) -> bool:
         """An admin lets the user send again (and resets their spike count); whether held."""
