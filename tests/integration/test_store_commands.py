@@ -78,3 +78,51 @@ def test_an_unreachable_store_is_exit_75_for_user_and_key(
         code, out, err = _run(capsys, *argv)
         assert (code, out) == (75, ""), err
         assert err.startswith("hato: store.dsn: the PostgreSQL store is unreachable: ")
+
+
+def test_held_users_are_listed_and_released_on_the_shared_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_dsn: str,
+    postgres: PostgresServer,
+) -> None:
+    """`hato user held` / `release` on `send_accounts`, which every node's limiter reads per
+    command: a release from any node lets the user send on all of them."""
+    _workdir(tmp_path, monkeypatch, pg_dsn, postgres.password_file)
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+        assert _run(capsys, "user", "held") == (
+            0,
+            "",
+            "no user is held (in the PostgreSQL store)\n",
+        )
+        conn.execute(
+            'INSERT INTO send_accounts ("user", held_until, alerted_until) VALUES'
+            " ('bob@example.org', 4102444800, 0), ('alice@example.org', 'Infinity', 0),"
+            " ('old@example.org', 1, 0)"  # a hold that ended long ago
+        )
+        conn.execute(
+            "INSERT INTO sent (\"user\", minute, recipients) VALUES ('bob@example.org', 1, 9)"
+        )
+        assert _run(capsys, "user", "held") == (
+            0,
+            "alice@example.org held until released (hold_time = 0)\n"
+            "bob@example.org held until 2100-01-01T00:00:00+00:00\n",
+            "",
+        )
+        code, out, err = _run(capsys, "user", "release", "Bob@Example.org")
+        assert (code, out) == (
+            0,
+            "released bob@example.org: their mail is accepted again (in the PostgreSQL store)\n",
+        )
+        assert "event=admin-unhold user=bob@example.org" in err
+        held = conn.execute('SELECT "user" FROM send_accounts ORDER BY "user"').fetchall()
+        assert held == [("alice@example.org",), ("old@example.org",)]
+        assert conn.execute("SELECT recipients FROM sent").fetchall() == [(0,)]  # spike count
+        code, out, err = _run(capsys, "user", "release", "bob@example.org")
+        assert (code, out) == (1, "")
+        assert err == (
+            "hato: bob@example.org is not held (in the PostgreSQL store; see: hato user held);"
+            " nothing changed\n"
+        )

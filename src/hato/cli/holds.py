@@ -101,6 +101,9 @@ def _where(loaded: LoadedSettings) -> str:
 def _limiter(loaded: LoadedSettings) -> Iterator[SendLimiter | None]:
     """The sending limiter on the server's store, as the data directory's owner; None when
     DATA_DIR/limits.db does not exist yet (no user was ever counted: none is held)."""
+    # Imported here, before becoming the owner: Python may be installed where it cannot read.
+    import hato.boot.build  # what open_limiter imports
+    import hato.boot.logsetup  # noqa: F401  (what _log_unhold imports)
     from hato.boot.store import open_limiter
     from hato.cli.stores import store_errors, store_pool
     from hato.model import SystemClock
