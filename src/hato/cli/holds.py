@@ -56,10 +56,12 @@ def release(args: argparse.Namespace) -> int:
 
     user = str(parse_address(args.address)).casefold()  # as the limiter keys its users
     with _limiter(loaded) as limiter:
-        if limiter is None or not limiter.unhold(user):
+        # Asked first: `unhold` of a user not held would still reset their spike count.
+        if limiter is None or not limiter.held(user):
             raise CommandError(
                 f"{user} is not held (in {_where(loaded)}; see: hato user held); nothing changed"
             )
+        limiter.unhold(user)
     _log_unhold(loaded, user)
     print(f"released {user}: their mail is accepted again (in {_where(loaded)})")
     return 0

@@ -77,7 +77,8 @@ def test_held_and_release_with_the_server_stopped(
         ("old@example.org",),
     ]
     assert rows(db, "SELECT recipients FROM sent") == [(0,)]  # the spike count starts anew
-    assert run(capsys, "user", "release", "bob@example.org")[0] == 1
+    assert run(capsys, "user", "release", "old@example.org")[0] == 1  # its hold has ended
+    assert ("old@example.org",) in rows(db, "SELECT user FROM account")  # nothing changed
     code, out, err = run(capsys, "user", "release", "not an address")
     assert (code, out) == (1, "") and "is not an address" in err
 
