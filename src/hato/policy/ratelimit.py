@@ -29,8 +29,9 @@ A spike is an absolute burst: at least `spike_recipients` recipients within the 
 `spike_window` seconds (whole minutes). Chosen over "N times the usual rate" because it needs no
 history, cannot be trained up slowly by an attacker, and an admin can predict it. A spike
 returns a `SpikeAlert` (the caller logs ``event=sending-spike``) and, with `spike_hold`, holds
-the user: everything they send gets 451 4.7.1 until `unhold(user)` or `hold_time` passes (0:
-until released). A compromised account thus sends one burst at most, not a day of spam.
+the user: everything they send gets 451 4.7.1 until `unhold(user)` (`hato user release`) or
+`hold_time` passes (0: until released; `hato user held` lists the holds). A compromised
+account thus sends one burst at most, not a day of spam.
 
 May import hato.model only. Time comes from the Clock (wall clock: shared by processes).
 """
