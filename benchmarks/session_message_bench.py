@@ -35,7 +35,7 @@ from hato.server.context import ListenerState, SessionContext, session_ids
 from hato.server.metrics import Metrics
 from hato.server.session import SmtpSession
 
-MESSAGES = 1000
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "1000"))
 CONFIG = """
 [server]
 hostname = "mx.example.org"

@@ -80,3 +80,27 @@ def test_a_user_added_by_another_process_is_seen_at_once(tmp_path: Path) -> None
     admin.close()
     assert not cached.exists(ALICE)
     server_side.close()
+
+
+def test_a_change_after_answers_were_trusted_is_not_trusted_until_it_has_aged(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "users.db"
+    db.write_bytes(b"x")
+    _age(db, 60)
+    calls: list[str] = []
+
+    def lookup(key: str) -> int:
+        calls.append(key)
+        return len(calls)
+
+    clock = [time.time()]
+    cache = StampedCache(DatabaseStamp(db), lookup, now=lambda: clock[0])
+    cache.get("a")
+    cache.get("a")
+    assert calls == ["a"]  # an old stamp: kept
+
+    db.write_bytes(b"xy")  # committed just now: read at once, and again until it has aged
+    assert cache.get("a") == 2 and cache.get("a") == 3
+    clock[0] = time.time() + SETTLE_SECONDS + 1
+    assert cache.get("a") == 4 and cache.get("a") == 4

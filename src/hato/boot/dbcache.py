@@ -41,15 +41,15 @@ class DatabaseStamp:
         self._paths = (str(path), f"{path}-wal")
 
     def read(self) -> Stamp:
-        stamp: list[tuple[int, int, int] | None] = []
-        for path in self._paths:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                stamp.append(None)
-            else:
-                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(stamp)
+        return (_part(self._paths[0]), _part(self._paths[1]))
+
+
+def _part(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class StampedCache(Generic[K, V]):
@@ -66,6 +66,7 @@ class StampedCache(Generic[K, V]):
         self._lookup = lookup
         self._now = now
         self._seen: Stamp | None = None
+        self._trusted_from = 0.0  # when the stamp seen is old enough to trust (SETTLE_SECONDS)
         self._values: dict[K, V] = {}
 
     def get(self, key: K) -> V:
@@ -73,8 +74,10 @@ class StampedCache(Generic[K, V]):
         if stamp != self._seen:
             self._values.clear()
             self._seen = stamp
-        newest = max((part[2] for part in stamp if part is not None), default=0)
-        if newest / 1e9 > self._now() - SETTLE_SECONDS:
+            # Once per stamp, not per lookup: the time its newest part is SETTLE_SECONDS old.
+            newest = max((part[2] for part in stamp if part is not None), default=0)
+            self._trusted_from = newest / 1e9 + SETTLE_SECONDS
+        if self._now() < self._trusted_from:
             return self._lookup(key)  # too fresh to trust: read, do not keep
         try:
             return self._values[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 from dataclasses import dataclass
 
 from hato.model import Address, AddressError, domain_a_label, normalize_domain
@@ -35,12 +36,18 @@ def _clean(text: str) -> str:
 
 
 def _helo_text(info: TraceInfo) -> str:
+    return _helo_field(info.helo, info.smtputf8)
+
+
+# A long session repeats one HELO name in every message's Received line: its check is kept.
+@functools.lru_cache(maxsize=1024)
+def _helo_field(helo: str, smtputf8: bool) -> str:
     """The HELO name as the header may carry it. Without SMTPUTF8 the message is ASCII only
     (RFC 5322 §2.2; RFC 6532 §3 allows UTF-8 only for SMTPUTF8 mail, RFC 6531 §3.7.3), so a
     U-label name is written in its A-label form (RFC 5890 §2.3.2.1); anything else that is
     not ASCII (the core refuses such names; this is the last line) is dropped."""
-    name = _clean(info.helo)
-    if info.smtputf8 or name.isascii():
+    name = _clean(helo)
+    if smtputf8 or name.isascii():
         return name
     try:
         return domain_a_label(normalize_domain(name))
