@@ -59,3 +59,13 @@ def test_two_workers_never_make_the_same_id_in_one_millisecond() -> None:
 def test_an_id_slot_outside_the_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"0\.\.63"):
         QueueIdGenerator(FakeClock(), random.Random(1), slot=64)
+
+
+def test_the_pairs_table_makes_the_characters_one_at_a_time_would() -> None:
+    from hato.queue.ids import _encode, _make
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        ms, seq = rng.getrandbits(50), rng.getrandbits(20)
+        assert _make(ms, seq) == _encode(ms, 10) + _encode(seq, 4)
+    assert _make(0, 0) == "0" * 14 and _make((1 << 50) - 1, (1 << 20) - 1) == "Z" * 14
