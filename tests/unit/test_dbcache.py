@@ -6,9 +6,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from hato.accounts import UserStore
 from hato.boot.dbcache import SETTLE_SECONDS, CachedUsers, DatabaseStamp, StampedCache
-from hato.model import Address
+from hato.model import Address, moment
 
 ALICE = Address("alice", "example.org")
 
@@ -104,3 +106,38 @@ def test_a_change_after_answers_were_trusted_is_not_trusted_until_it_has_aged(
     assert cache.get("a") == 2 and cache.get("a") == 3
     clock[0] = time.time() + SETTLE_SECONDS + 1
     assert cache.get("a") == 4 and cache.get("a") == 4
+
+
+def test_within_one_step_the_stamp_is_read_once_and_a_change_is_seen_by_the_next_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "users.db"
+    server_side = UserStore(path)
+    cached = CachedUsers(server_side, path)
+    _age(path, 60)
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counted(name: str) -> os.stat_result:
+        stats.append(name)
+        return real_stat(name)
+
+    monkeypatch.setattr("hato.boot.dbcache.os.stat", counted)
+    assert moment.begin()
+    assert not moment.begin()  # nested: the outer step ends it
+    bob = Address("bob", "example.org")
+    assert not cached.exists(ALICE) and not cached.exists(bob) and not cached.exists(ALICE)
+    assert len(stats) == 2  # users.db and its WAL, once for the step's three lookups
+    moment.end()
+
+    admin = UserStore(path)  # `hato user add` between two reads of the session
+    admin.add(ALICE, "correct horse battery staple")
+    admin.close()
+    assert moment.begin()
+    assert cached.exists(ALICE)  # the next step sees it at once
+    moment.end()
+    admin = UserStore(path)
+    admin.remove(ALICE)
+    admin.close()
+    assert not cached.exists(ALICE)  # outside a step: every lookup reads the stamp
+    server_side.close()

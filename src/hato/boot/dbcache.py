@@ -8,7 +8,8 @@ stamp, the (inode, size, mtime) of the file and of its WAL, with the one the ans
 read under: two stat(2) calls. Any commit by any process appends to the WAL or rewrites the
 file, so it changes the stamp and the answers are dropped. File times are coarse (a clock
 tick), so a stamp whose newest time is under two seconds old is not trusted: until it has
-aged, every lookup reads the database (a change in the same tick could hide in it).
+aged, every lookup reads the database (a change in the same tick could hide in it). Within one
+step of the session (the commands of one read, model/moment.py) the stamp is read once.
 
 Part of the composition root (May import every room).
 """
@@ -19,10 +20,10 @@ import os
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from hato.crypto import FailurePolicy, KeyLookup, PublicKey
-from hato.model import Address, UserDirectory
+from hato.model import Address, UserDirectory, moment
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -41,7 +42,13 @@ class DatabaseStamp:
         self._paths = (str(path), f"{path}-wal")
 
     def read(self) -> Stamp:
-        return (_part(self._paths[0]), _part(self._paths[1]))
+        step = moment.memo()
+        if step is None:
+            return (_part(self._paths[0]), _part(self._paths[1]))
+        stamp = step.get(self)
+        if stamp is None:
+            stamp = step[self] = (_part(self._paths[0]), _part(self._paths[1]))
+        return cast(Stamp, stamp)
 
 
 def _part(path: str) -> tuple[int, int, int] | None:

@@ -19,7 +19,7 @@ from hato.intake.capture import MessageCapture
 from hato.intake.finish import open_capture
 from hato.intake.incoming import Incoming
 from hato.intake.transaction import Transaction
-from hato.model import Address, Reply, logfmt
+from hato.model import Address, Reply, logfmt, moment
 from hato.policy import AUTH_BLOCKED, Reservation
 from hato.server.context import SessionContext
 from hato.server.greeting import before_greeting, screens
@@ -180,6 +180,9 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
     # ---- the event pump ----
 
     def _process(self) -> None:
+        # One step: the user and key databases' stamps are read once for all its commands
+        # (model/moment.py; a change made before these octets were read is seen).
+        opened = moment.begin()
         try:
             while not self.closing and not self.busy:
                 event = self.conn.next_event()
@@ -191,6 +194,9 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             log.exception(logfmt("session-error", session=self.session_id))
             self._close_with(INTERNAL_ERROR)
             return
+        finally:
+            if opened:
+                moment.end()
         self._flush()
 
     def _handle(self, event: object) -> None:
