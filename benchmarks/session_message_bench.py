@@ -12,7 +12,9 @@ fsyncs and renames are (the courier's thread), and the loop's wake-ups by that t
 Prints microseconds per message, best of five: the event loop thread's CPU (`thread_time`:
 the session, the intake steps, the commit hand-off) and the whole process's (with the Maildir
 thread's file work and fsyncs, noisier). `--profile`: cProfile's top list of the loop thread.
-Not a test: `.venv/bin/python benchmarks/session_message_bench.py [--profile]`.
+`--pipelined N`: MAIL, N RCPTs (N local accounts) and DATA in one read instead of one command
+a read. Not a test: `.venv/bin/python benchmarks/session_message_bench.py [--profile]
+[--pipelined N]`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from hato.server.metrics import Metrics
 from hato.server.session import SmtpSession
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "1000"))
+# --pipelined N: MAIL, N RCPTs and DATA in one read (RFC 2920), as most MTAs send them.
+PIPELINED = int(sys.argv[sys.argv.index("--pipelined") + 1]) if "--pipelined" in sys.argv else 0
+RECIPIENTS = ["alice"] + [f"user{n}" for n in range(1, PIPELINED)]
 CONFIG = """
 [server]
 hostname = "mx.example.org"
@@ -98,7 +103,8 @@ async def context(data: Path) -> tuple[SessionContext, Any]:
     rooms = await build_rooms(
         settings, endpoints, clock, cast(Any, None), cast(Any, None), None, None, "bench"
     )
-    rooms.shared.users.add(Address("alice", "example.org"), "a long enough passphrase 1")
+    for name in RECIPIENTS:
+        rooms.shared.users.add(Address(name, "example.org"), "a long enough passphrase 1")
     listener = settings.listeners[0]
     config = listener_config(settings, rooms.shared, listener, [])
     ctx = SessionContext(
@@ -137,10 +143,17 @@ async def messages(ctx: SessionContext, count: int) -> tuple[float, float]:
     session.connection_made(cast(Any, transport))
     await reply_of(session, transport, b"EHLO client.example\r\n")
     thread, process = time.thread_time(), time.process_time()
+    envelope = b"MAIL FROM:<sender@client.example>\r\n" + b"".join(
+        b"RCPT TO:<%s@example.org>\r\n" % name.encode() for name in RECIPIENTS
+    )
     for _ in range(count):
-        await reply_of(session, transport, b"MAIL FROM:<sender@client.example>\r\n")
-        await reply_of(session, transport, b"RCPT TO:<alice@example.org>\r\n")
-        await reply_of(session, transport, b"DATA\r\n")
+        if PIPELINED:
+            replies = await reply_of(session, transport, envelope + b"DATA\r\n")
+            assert replies.count(b"250 ") == len(RECIPIENTS) + 1, replies
+        else:
+            await reply_of(session, transport, b"MAIL FROM:<sender@client.example>\r\n")
+            await reply_of(session, transport, b"RCPT TO:<alice@example.org>\r\n")
+            await reply_of(session, transport, b"DATA\r\n")
         for start in range(0, len(BODY), 4096):  # a socket's reads
             session.data_received(BODY[start : start + 4096])
         last = await reply_of(session, transport, b".\r\n")
