@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from hato.accounts import UserStore
-from hato.boot.dbcache import SETTLE_SECONDS, CachedUsers, DatabaseStamp, StampedCache
+from hato.boot.dbcache import (
+    SETTLE_SECONDS,
+    CachedKeys,
+    CachedUsers,
+    DatabaseStamp,
+    StampedCache,
+)
+from hato.crypto import FailurePolicy
+from hato.crypto.keystore import KeyStore
 from hato.model import Address, moment
 
 ALICE = Address("alice", "example.org")
@@ -140,4 +148,24 @@ def test_within_one_step_the_stamp_is_read_once_and_a_change_is_seen_by_the_next
     admin.remove(ALICE)
     admin.close()
     assert not cached.exists(ALICE)  # outside a step: every lookup reads the stamp
+    server_side.close()
+
+
+def test_a_key_policy_set_by_another_process_is_seen_by_the_next_step(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    server_side = KeyStore(path)
+    cached = CachedKeys(server_side, path)
+    before = cached.policy(ALICE)
+    _age(path, 60)
+    assert moment.begin()
+    assert cached.policy(ALICE) is before  # answered from memory
+    moment.end()
+    other = next(p for p in FailurePolicy if p is not before)
+
+    admin = KeyStore(path)  # `hato key policy` in its own process
+    admin.set_policy(ALICE, other)
+    admin.close()
+    assert moment.begin()
+    assert cached.policy(ALICE) is other
+    moment.end()
     server_side.close()
