@@ -45,9 +45,9 @@ class DatabaseStamp:
         step = moment.memo()
         if step is None:
             return (_part(self._paths[0]), _part(self._paths[1]))
-        stamp = step.get(self)
+        stamp = step.get(self._paths)  # by file: every cache of one database shares it
         if stamp is None:
-            stamp = step[self] = (_part(self._paths[0]), _part(self._paths[1]))
+            stamp = step[self._paths] = (_part(self._paths[0]), _part(self._paths[1]))
         return cast(Stamp, stamp)
 
 
