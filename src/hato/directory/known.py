@@ -28,6 +28,7 @@ from hato.model import (
     QueuedRecipient,
     Reply,
     logfmt,
+    moment,
 )
 
 log = logging.getLogger("hato.delivery")
@@ -50,7 +51,15 @@ class KnownMailboxes:
     async def deliver(
         self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
     ) -> list[Outcome]:
-        known = [r for r in recipients if not isinstance(self._lookup.resolve(r.address), Unknown)]
+        # One step (model/moment.py): the user database's stamp is read once for every row.
+        opened = moment.begin()
+        try:
+            known = [
+                r for r in recipients if not isinstance(self._lookup.resolve(r.address), Unknown)
+            ]
+        finally:
+            if opened:
+                moment.end()
         if len(known) == len(recipients):
             return list(await self._local.deliver(message, recipients))
         outcomes: dict[int, Outcome] = {}
