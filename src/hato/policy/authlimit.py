@@ -134,6 +134,13 @@ class AuthThrottle:
         self._blocks: OrderedDict[str, float] = OrderedDict()
         self._known: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> trusted until
 
+    def close(self) -> None:
+        """Nothing to close in memory (a shared throttle closes its file)."""
+
+    def _now(self) -> float:
+        """The time this throttle counts in: monotonic, as nothing outlives the process."""
+        return self._clock.monotonic()
+
     def delay_for(self, ip: str, account: str | None) -> float:
         """Seconds to wait before the 535 for the failures recorded so far (0 for none)."""
         client, acct = client_key(ip), _account_key(account)
@@ -145,7 +152,7 @@ class AuthThrottle:
         return float(min(s.max_failure_delay, s.failure_delay * 2 ** min(n - 1, 32)))
 
     def record_failure(self, ip: str, account: str | None) -> AuthFailure:
-        now = self._clock.monotonic()
+        now = self._now()
         client, acct = client_key(ip), _account_key(account)
         before = self._counts(client, acct)[1]
         self._add(client, acct, now)
@@ -166,7 +173,7 @@ class AuthThrottle:
         self._forget(client)
         if acct := _account_key(account):
             key = (client, acct)
-            self._known[key] = self._clock.monotonic() + self.settings.trust_time
+            self._known[key] = self._now() + self.settings.trust_time
             self._known.move_to_end(key)
             if len(self._known) > self.settings.max_entries:
                 self._known.popitem(last=False)
@@ -176,7 +183,7 @@ class AuthThrottle:
         until = self._blocks.get(key)
         if until is None:
             return False
-        if until <= self._clock.monotonic():
+        if until <= self._now():
             del self._blocks[key]
             return False
         return True
@@ -207,13 +214,13 @@ class AuthThrottle:
         until = self._known.get((client, account)) if account else None
         if until is None:
             return False
-        if until <= self._clock.monotonic():
+        if until <= self._now():
             del self._known[(client, account)]
             return False
         return True
 
     def _counts(self, client: str, account: str) -> tuple[int, int]:
-        since = self._clock.monotonic() - self.settings.failure_window
+        since = self._now() - self.settings.failure_window
         account_n = self._accounts.count(account, since) if account else 0
         return self._clients.count(client, since), account_n
 
