@@ -1,7 +1,7 @@
 """Issue 15 item 1: with several worker processes (Hato's default is one per CPU) the limits
 are exact: one client's `max_connections_per_ip` holds across all the workers, whichever of
-them accepts, and a place comes free when a connection closes in any; an AUTH block holds on
-every new connection."""
+them accepts, and a place comes free when a connection closes in any; AUTH failures on any
+worker add up to one block, which holds on every worker."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from test_workers import _children
 
 LIMIT = 3
 CLIENT = "127.0.0.77"
+OTHER = "127.0.0.78"
 
 
 class TwoWorkers(HatoServer):
@@ -99,26 +100,53 @@ def test_the_per_ip_limit_holds_across_two_workers(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_an_auth_block_holds_whichever_worker_a_client_reaches(
-    tmp_path: Path, test_ca: TestCA
-) -> None:
-    """AUTH is served by the first worker only (the submission listeners), so its failure
-    counts and blocks are one process's: failures on separate connections add up, and the
-    block refuses every later connection, with two workers as with one."""
-    auth = AuthSetup(failure_delay=0.05, max_failure_delay=0.1, max_failures=3, block_time=600)
+def test_auth_failures_on_both_workers_add_up_to_one_block(tmp_path: Path, test_ca: TestCA) -> None:
+    """Every worker serves submission (issue 15 item 1): failed AUTHs one client spreads over
+    connections that either worker accepted count together (DATA_DIR/authlimit.db) and reach
+    the block, which refuses its next connection wherever it lands; a login works on both."""
+    auth = AuthSetup(failure_delay=0.05, max_failure_delay=0.1, max_failures=4, block_time=600)
     server = TwoWorkers(tmp_path / "data", submission_setup(test_ca.tls_files(), auth))
     server.start()
-    try:
-        for attempt in range(2):
-            with submissions_session(server, test_ca, source=CLIENT) as session:
-                code, lines = auth_plain(session, "alice@users.test", f"wrong-{attempt}")
-                assert code == 535, lines
+    assert server.proc is not None
+    first, second = workers = _children(server.proc.pid)
+    ca = test_ca.client_context()
+
+    def fail(attempt: int) -> tuple[int, list[bytes]]:
         with submissions_session(server, test_ca, source=CLIENT) as session:
-            code, lines = auth_plain(session, "alice@users.test", "wrong-2")
-            assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
-        for _ in range(4):  # new connections, spread as the kernel likes: all refused
-            with RawSession(server.host, server.submission_port, source=CLIENT) as s:
-                code, lines = s.reply()
-                assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+            return auth_plain(session, "alice@users.test", f"wrong-{attempt}")
+
+    def log_in() -> None:
+        with submissions_session(server, test_ca, source=OTHER) as session:
+            code, lines = auth_plain(session, "bob@users.test")
+            assert code == 235, lines
+
+    try:
+        # A stopped worker accepts nothing: stopping one at a time decides which accepts.
+        os.kill(first, signal.SIGSTOP)
+        for attempt in range(2):
+            code, lines = fail(attempt)
+            assert code == 535, lines
+        log_in()
+        os.kill(first, signal.SIGCONT)
+        os.kill(second, signal.SIGSTOP)
+        code, lines = fail(2)
+        assert code == 535, lines  # the third: counted with the second worker's two
+        log_in()
+        os.kill(second, signal.SIGCONT)
+        os.kill(first, signal.SIGSTOP)
+        code, lines = fail(3)
+        # RFC 5321 §3.8 421; RFC 3463 X.7.0: the fourth failure blocks the client.
+        assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+        for stopped, running in ((first, second), (second, first)):
+            os.kill(running, signal.SIGCONT)
+            os.kill(stopped, signal.SIGSTOP)
+            for port, tls in ((server.submission_port, None), (server.submissions_port, ca)):
+                with RawSession(server.host, port, tls=tls, source=CLIENT) as s:
+                    code, lines = s.reply()
+                    assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
+            log_in()  # other clients are not blocked
     finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
         server.stop()

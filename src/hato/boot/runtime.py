@@ -53,6 +53,7 @@ from hato.intake.direct import DirectDelivery
 from hato.intake.finish import Door
 from hato.intake.notices import KeyedCommitter
 from hato.model import Role, SystemClock, logfmt
+from hato.policy.authlimit_sqlite import AUTHLIMIT_DB
 from hato.policy.connections import CONNECTIONS_TABLE, ConnectionLedger
 from hato.queue import QueueRunner, QueueStore, Schedule
 from hato.reports import SqliteReportStore
@@ -137,7 +138,7 @@ class Rooms:
     runner: QueueRunner
     direct: DirectDelivery | None
     outbound: OutboundCourier
-    ledger: ConnectionLedger | None  # with workers: the mx connection limits of all
+    ledger: ConnectionLedger | None  # with workers: the connection limits of all
     reports: SqliteReportStore | None  # [reports] enabled: what they count (boot/reportwatch)
     heartbeat: Heartbeat | None = None  # [store] postgresql, the first worker: hato status
 
@@ -151,6 +152,7 @@ class Rooms:
         self.shared.users.close()
         self.shared.keys.close()
         self.shared.limiter.close()
+        self.shared.throttle.close()
         if self.ledger is not None:
             self.ledger.close()
         close_reports(self.reports)
@@ -177,6 +179,8 @@ async def build_rooms(
     cache = directory_cache(queue) if pool is not None else None
     users = open_users(settings, data_dir, pool, cache)
     srs = build_srs(settings, clock)  # after the privilege drop: the key file is the server's
+    # With workers, every one serves submission: AUTH failures count in one file (issue 15).
+    auth_file = data_dir / AUTHLIMIT_DB if worker is not None else None
     shared = Shared(
         clock=clock,
         data_dir=data_dir,
@@ -185,7 +189,7 @@ async def build_rooms(
         users=users,
         keys=open_keys(data_dir, pool, cache),  # users' public keys (issue 6)
         tls=tls,
-        throttle=open_throttle(settings, clock, pool),  # AUTH failures and blocks
+        throttle=open_throttle(settings, clock, pool, auth_file),  # AUTH failures and blocks
         limiter=open_limiter(settings, clock, data_dir, pool),
         verify_slots=VerifySlots(2),  # argon2id checks at once (~64 MiB, ~150 ms each)
         resolver=CurrentResolver(build_resolver(settings, users, srs)),
@@ -237,7 +241,7 @@ async def build_rooms(
         if settings.queue.direct_local_delivery
         else None
     )
-    # With workers, the mx limits count every worker's connections (policy/connections.py).
+    # With workers, the limits count every worker's connections (policy/connections.py).
     ledger = ConnectionLedger(data_dir / CONNECTIONS_TABLE, worker) if worker is not None else None
     heartbeat = (
         Heartbeat.of(settings, pool, metrics, supervised=worker is not None)
@@ -278,13 +282,13 @@ class Listening:
         shared = rooms.shared
         for number, listener in enumerate(settings.listeners):
             if number not in sockets:
-                continue  # another worker serves it (submission stays in the first)
+                continue  # not given to this worker
             role = listener.role
             state = ListenerState(
                 name=f"{role.value}@{listener.address}",
                 max_connections=listener.max_connections,
                 max_per_ip=listener.max_connections_per_ip,
-                shared=rooms.ledger if role is Role.MX else None,
+                shared=rooms.ledger,  # with workers: every listener's counts are shared
             )
             config = listener_config(settings, shared, listener, shared.problems)
             ctx = SessionContext(

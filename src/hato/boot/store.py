@@ -179,12 +179,17 @@ def open_keys(
 
 
 def open_throttle(
-    settings: Settings, clock: Clock, pool: ConnectionPool[Any] | None
+    settings: Settings, clock: Clock, pool: ConnectionPool[Any] | None, shared: Path | None
 ) -> AuthThrottle:
-    """AUTH failure counters and blocks: this process's memory, or the shared store."""
+    """AUTH failure counters and blocks: the shared store; with workers, the file `shared`
+    (DATA_DIR/authlimit.db) they all count in; else this process's memory."""
     from hato.boot.build import auth_throttle_settings
 
     limits = auth_throttle_settings(settings)
+    if pool is None and shared is not None:
+        from hato.policy.authlimit_sqlite import SqliteAuthThrottle
+
+        return SqliteAuthThrottle(clock, limits, shared)
     if pool is None:
         return AuthThrottle(clock, limits)
     from hato.policy.authlimit_pg import PgAuthThrottle

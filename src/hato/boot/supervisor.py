@@ -4,9 +4,10 @@ data directory (`[server] workers`, by default one per CPU; issue 2: one process
 
 Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
 forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
-sockets it inherits: every worker serves the mx listeners (the kernel spreads the connections),
-the first also the submission listeners and the control socket, so AUTH throttling stays in
-one process (sending limits are shared through the data directory: policy/ratelimit.py).
+sockets it inherits: every worker serves every listener, mx and submission (587, 465) alike
+(the kernel spreads the connections), and the first also the control socket, the local
+submission socket and the endpoints (web, metrics); what limits a client is shared through the
+data directory (issue 15 item 1: authenticated submission was one worker's CPU alone).
 Workers commit to the one SQLite queue (WAL; their group commits take turns under a lock
 file, see queue/writer.py), and each delivers what it accepted;
 retries go to whichever worker leases them first. A worker that dies is replaced, after its
@@ -14,11 +15,11 @@ leased rows are freed and marked recovered (exactly once). Workers die with the 
 (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
 Signals: SIGTERM/SIGINT and SIGHUP are passed on to the workers.
 
-Limits hold across the workers: an mx listener's connections (per listener and per client)
+Limits hold across the workers: a listener's connections (per listener and per client)
 are counted in one table every worker maps (policy/connections.py), made here at start, a
 dead worker's counts zeroed before it is started again; connection rates and greylisting in
-screen.db, sending limits in limits.db; AUTH happens in the first worker only (submission
-listeners).
+screen.db, sending limits in limits.db, AUTH failures, blocks and known clients in authlimit.db
+(policy/authlimit_sqlite.py; one process alone keeps them in memory, policy/authlimit.py).
 The counters of /metrics and `hato status` are every worker's: each publishes its own into
 DATA_DIR/figures/, emptied here at start (through descriptors: the directory is the server
 user's), and a dead worker's last are taken over by its replacement (server/workerfigures.py).
@@ -58,8 +59,9 @@ from hato.boot.process import (
 from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
-from hato.model import Address, Role, SystemClock, logfmt
+from hato.model import Address, SystemClock, logfmt
 from hato.policy import LIMITS_DB, connections
+from hato.policy.authlimit_sqlite import AUTHLIMIT_DB, open_authlimit
 from hato.policy.greylist import SCREEN_DB, ScreenStore
 from hato.policy.ratelimit import open_limits
 from hato.queue import recover_offline, release_leases
@@ -102,12 +104,8 @@ def _start_worker(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         handler = configure_logging(settings.server.log_format, settings.server.log_level)
-        mine = {n: s for n, s in sockets.items() if index == 0 or _is_mx(settings, n)}
-        for number, sock in sockets.items():
-            if number not in mine:
-                sock.close()
-        log.info(logfmt("worker-started", worker=index, pid=os.getpid(), listeners=len(mine)))
-        asyncio.run(run(settings, source, WorkerRole(index, mine, _node_id(index))))
+        log.info(logfmt("worker-started", worker=index, pid=os.getpid(), listeners=len(sockets)))
+        asyncio.run(run(settings, source, WorkerRole(index, sockets, _node_id(index))))
         code = EX_OK
         handler.flush()
     except StartupError as exc:  # one line, and its exit code (78 stops the supervisor)
@@ -121,10 +119,6 @@ def _start_worker(
         logging.getLogger("hato").handlers[0].flush()
     finally:
         os._exit(code)
-
-
-def _is_mx(settings: Settings, number: int) -> bool:
-    return settings.listeners[number].role is Role.MX
 
 
 def prepare_shared_files(settings: Settings, data_dir: Path, workers: int) -> None:
@@ -141,7 +135,8 @@ def prepare_shared_files(settings: Settings, data_dir: Path, workers: int) -> No
         users.close()
         KeyStore.in_data_dir(data_dir).close()
         open_limits(data_dir / LIMITS_DB).close()  # sending limits, shared by the workers
-        _prepare_connection_table(settings, data_dir, workers)  # mx connection limits, too
+        _prepare_connection_table(settings, data_dir, workers)  # connection limits, too
+        open_authlimit(data_dir / AUTHLIMIT_DB).close()  # AUTH failures and blocks, too
         if settings.local.srs:
             load_key(data_dir)  # the SRS key every worker signs with
         if settings.screen.active:  # greylisting and connection rates, shared by the workers
@@ -157,12 +152,12 @@ def prepare_shared_files(settings: Settings, data_dir: Path, workers: int) -> No
 
 
 def _prepare_connection_table(settings: Settings, data_dir: Path, workers: int) -> None:
-    """The mx listeners' shared connection counts, sized for their `max_connections` (as the
+    """The listeners' shared connection counts, sized for their `max_connections` (as the
     data directory's owner, acting_as_owner). The SQLite ledger of earlier versions goes."""
     table = data_dir / connections.CONNECTIONS_TABLE
-    mx = [listener.max_connections for listener in settings.listeners if listener.role is Role.MX]
+    limits = [listener.max_connections for listener in settings.listeners]  # mx and submission
     try:
-        connections.reset(table, slots=connections.table_slots(mx), workers=workers)
+        connections.reset(table, slots=connections.table_slots(limits), workers=workers)
     except OSError as exc:
         raise StartupError(
             f"server.data_dir: cannot prepare {table}: {exc.strerror}; remove it", EX_CANTCREAT
@@ -295,7 +290,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
                         os.kill(other, signal.SIGTERM)
             continue
         log.error(logfmt("worker-died", worker=index, pid=pid, code=code))
-        # Its connections died with it: they no longer count against the mx limits.
+        # Its connections died with it: they no longer count against the limits.
         with acting_as_owner(data_dir):
             connections.forget_worker(data_dir / connections.CONNECTIONS_TABLE, index)
         # What it counted stays in the totals: its replacement takes it over (as the server's

@@ -1,6 +1,6 @@
 """The connection limits of a listener, counted across worker processes (issue 15 item 1).
 
-Theory: with `[server] workers`, every worker accepts on the same mx sockets, so counting open
+Theory: with `[server] workers`, every worker accepts on the same sockets, so counting open
 connections in each worker's memory let one client hold `max_connections_per_ip` connections
 per worker. Here every worker counts its open connections in one table shared by all: the file
 DATA_DIR/connections.table, mapped (MAP_SHARED) by every worker. A key is (listener, client),
