@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -145,6 +146,49 @@ def test_auth_failures_on_both_workers_add_up_to_one_block(tmp_path: Path, test_
                     code, lines = s.reply()
                     assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
             log_in()  # other clients are not blocked
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGCONT)
+        server.stop()
+
+
+def _auth_line(server: HatoServer, ca: ssl.SSLContext) -> bytes:
+    with RawSession(server.host, server.submissions_port, tls=ca) as session:
+        assert session.reply()[0] == 220
+        code, lines = session.command(b"EHLO client.test")
+        assert code == 250, lines
+        return next(line[4:] for line in lines if line[4:].startswith(b"AUTH "))
+
+
+def test_a_reload_reaches_the_submission_listeners_of_every_worker(
+    tmp_path: Path, test_ca: TestCA
+) -> None:
+    """SIGHUP is passed to every worker, and each applies a live key to its own submission
+    listeners: `[auth] mechanisms` changes what EHLO offers on both."""
+    server = TwoWorkers(tmp_path / "data", submission_setup(test_ca.tls_files(), AuthSetup()))
+    server.start()
+    assert server.proc is not None
+    first, second = workers = _children(server.proc.pid)
+    ca = test_ca.client_context()
+    try:
+        for stopped, running in ((first, second), (second, first)):
+            os.kill(running, signal.SIGCONT)
+            os.kill(stopped, signal.SIGSTOP)
+            assert b"LOGIN" in _auth_line(server, ca)
+        os.kill(second, signal.SIGCONT)
+        text = server.config.read_text()
+        server.config.write_text(text.replace("[auth]\n", '[auth]\nmechanisms = ["PLAIN"]\n', 1))
+        before = server.log_text().count("event=reloaded")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while server.log_text().count("event=reloaded") < before + 2:
+            assert time.monotonic() < deadline, "not both workers reloaded"
+            time.sleep(0.05)
+        for stopped, running in ((first, second), (second, first)):
+            os.kill(running, signal.SIGCONT)
+            os.kill(stopped, signal.SIGSTOP)
+            assert _auth_line(server, ca) == b"AUTH PLAIN"
     finally:
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
