@@ -101,6 +101,25 @@ def test_the_per_ip_limit_holds_across_two_workers(tmp_path: Path) -> None:
         server.stop()
 
 
+def _stop(server: HatoServer, stopped: int, running: int) -> None:
+    """Let `running` accept and stop `stopped`, once every connection so far has been closed
+    by the server (its `disconnect` logged): a worker stopped while it held the shared files'
+    lock (closing a connection, counting a failure) would hold up the other."""
+    deadline = time.monotonic() + 20
+    while True:
+        text = server.log_text()
+        if text.count("event=connect ") == text.count("event=disconnect "):
+            break
+        assert time.monotonic() < deadline, "connections left open"
+        time.sleep(0.02)
+    os.kill(running, signal.SIGCONT)
+    os.kill(stopped, signal.SIGSTOP)
+    # kill(2) returns before the other CPU stops it: it could still accept the next connection.
+    while (Path("/proc") / str(stopped) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the worker did not stop"
+        time.sleep(0.01)
+
+
 def test_auth_failures_on_both_workers_add_up_to_one_block(tmp_path: Path, test_ca: TestCA) -> None:
     """Every worker serves submission (issue 15 item 1): failed AUTHs one client spreads over
     connections that either worker accepted count together (DATA_DIR/authlimit.db) and reach
@@ -123,24 +142,21 @@ def test_auth_failures_on_both_workers_add_up_to_one_block(tmp_path: Path, test_
 
     try:
         # A stopped worker accepts nothing: stopping one at a time decides which accepts.
-        os.kill(first, signal.SIGSTOP)
+        _stop(server, first, second)
         for attempt in range(2):
             code, lines = fail(attempt)
             assert code == 535, lines
         log_in()
-        os.kill(first, signal.SIGCONT)
-        os.kill(second, signal.SIGSTOP)
+        _stop(server, second, first)
         code, lines = fail(2)
         assert code == 535, lines  # the third: counted with the second worker's two
         log_in()
-        os.kill(second, signal.SIGCONT)
-        os.kill(first, signal.SIGSTOP)
+        _stop(server, first, second)
         code, lines = fail(3)
         # RFC 5321 §3.8 421; RFC 3463 X.7.0: the fourth failure blocks the client.
         assert (code, lines[-1][4:9]) == (421, b"4.7.0"), lines
         for stopped, running in ((first, second), (second, first)):
-            os.kill(running, signal.SIGCONT)
-            os.kill(stopped, signal.SIGSTOP)
+            _stop(server, stopped, running)
             for port, tls in ((server.submission_port, None), (server.submissions_port, ca)):
                 with RawSession(server.host, port, tls=tls, source=CLIENT) as s:
                     code, lines = s.reply()
@@ -173,8 +189,7 @@ def test_a_reload_reaches_the_submission_listeners_of_every_worker(
     ca = test_ca.client_context()
     try:
         for stopped, running in ((first, second), (second, first)):
-            os.kill(running, signal.SIGCONT)
-            os.kill(stopped, signal.SIGSTOP)
+            _stop(server, stopped, running)
             assert b"LOGIN" in _auth_line(server, ca)
         os.kill(second, signal.SIGCONT)
         text = server.config.read_text()
@@ -186,8 +201,7 @@ def test_a_reload_reaches_the_submission_listeners_of_every_worker(
             assert time.monotonic() < deadline, "not both workers reloaded"
             time.sleep(0.05)
         for stopped, running in ((first, second), (second, first)):
-            os.kill(running, signal.SIGCONT)
-            os.kill(stopped, signal.SIGSTOP)
+            _stop(server, stopped, running)
             assert _auth_line(server, ca) == b"AUTH PLAIN"
     finally:
         for worker in workers:
