@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,5 +80,46 @@ def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
         for marker in markers:
             assert len(maildir.wait_for_marker(box, marker, 20)) == 1
         assert os.path.isdir(box / "new")
+    finally:
+        server.stop()
+
+
+def _catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (/proc's SigCgt, bit 0 is signal 1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return caught is not None and int(caught.group(1), 16) & 1 == 1
+
+
+def test_a_reload_asked_while_the_workers_start_waits_for_them(tmp_path: Path) -> None:
+    # SIGHUP's default action ends a process: a reload asked (systemd's ExecReload, an admin's
+    # kill -HUP) between the fork of a worker and its handler ended that worker. Now it waits,
+    # blocked, and is done once the worker can reload.
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    server = TwoWorkers(tmp_path / "data", setup)
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(server.start)
+        deadline = time.monotonic() + 30
+        # The supervisor forwards SIGHUP once it has forked both workers; they are still
+        # starting (building their rooms, binding nothing yet) at that moment.
+        while (
+            server.proc is None
+            or len(_children(server.proc.pid)) < 2
+            or not _catches_sighup(server.proc.pid)
+        ):
+            assert time.monotonic() < deadline and not started.done(), server.log_text()
+            time.sleep(0.001)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        started.result()
+    try:
+        deadline = time.monotonic() + 20
+        while server.log_text().count("event=reloaded ") < 2:  # both workers, once ready
+            assert time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.05)
+        assert "event=worker-died" not in server.log_text()
+        assert server.alive()
     finally:
         server.stop()

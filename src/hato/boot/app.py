@@ -107,6 +107,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
 
         reloader = Reloader(reload, via_parent=worker is not None)
         loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
+        # A SIGHUP that came while this process started (serve() blocks it) is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         domains = ",".join(d.name for d in settings.domains)
         hostname = settings.server.hostname
         log.info(

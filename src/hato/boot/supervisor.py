@@ -95,8 +95,12 @@ def _start_worker(
     settings: Settings, source: str, index: int, sockets: dict[int, socket.socket]
 ) -> int:
     logging.getLogger("hato").handlers[0].flush()  # nothing buffered may be written twice
+    # The worker starts with SIGHUP blocked: a reload asked while it starts (its default action
+    # would end it) waits until app.run can reload, which unblocks it.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
         return pid
     code = EX_SOFTWARE
     try:
@@ -265,6 +269,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         children[_start_worker(settings, source, index, sockets)] = index
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by serve()
     log.info(logfmt("supervising", workers=workers, pid=os.getpid()))
     deaths: list[float] = []
     status = EX_OK
@@ -330,6 +335,9 @@ def _use_uvloop() -> bool:
 
 def serve(settings: Settings, *, source: str) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code follows sysexits.h."""
+    # SIGHUP's default action ends a process: until a reload can be done (the supervisor's
+    # forwarding, a worker's or the one process's handler in app.run) it stays pending.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     handler = configure_logging(settings.server.log_format, settings.server.log_level)
     fast = _use_uvloop()
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
