@@ -199,13 +199,19 @@ worker "controller" {{
         return data
 
     def learned(self) -> dict[str, int]:
-        """{symbol: messages learned} of the Bayes statfiles."""
-        out: dict[str, int] = {}
-        statfiles = self.stat().get("statfiles")
-        for item in statfiles if isinstance(statfiles, list) else []:
-            if isinstance(item, dict):
-                out[str(item.get("symbol"))] = int(item.get("revision", 0))
-        return out
+        """{symbol: messages learned} of the Bayes statfiles. The controller can answer before
+        the classifier has opened them (under load CI saw a /stat without statfiles): ask
+        again until both configured ones are listed."""
+        deadline = time.monotonic() + 20
+        while True:
+            out: dict[str, int] = {}
+            statfiles = self.stat().get("statfiles")
+            for item in statfiles if isinstance(statfiles, list) else []:
+                if isinstance(item, dict):
+                    out[str(item.get("symbol"))] = int(item.get("revision", 0))
+            if {"BAYES_SPAM", "BAYES_HAM"} <= out.keys() or time.monotonic() > deadline:
+                return out
+            time.sleep(0.1)
 
     def log_text(self) -> str:
         parts = []
