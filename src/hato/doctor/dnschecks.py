@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable, Iterable
 
 from hato.authcheck.spf import SpfResultCode, check_host
 from hato.doctor.report import Finding, ok, problem, warning
@@ -110,20 +111,37 @@ async def spf(
             fix = "RFC 7208 §4.6.4: flatten includes into ip4:/ip6: terms, at most 10 lookups\n"
             fix += _spf_fix(domain, senders)
         return [problem("spf", domain, detail, fix)]
-    findings: list[Finding] = []
-    for address in senders:
-        result = await check_host(
-            address, domain, f"postmaster@{domain}", helo=setup.hostname, resolver=resolver,
-            now=now,
-        )  # fmt: skip
-        if result.result is SpfResultCode.PASS:
-            findings.append(ok("spf", domain, f"{address} passes ({result.mechanism})"))
-        elif result.result is SpfResultCode.TEMPERROR:
-            findings.append(warning("spf", domain, f"temperror: {result.detail}"))
-        else:
-            detail = f"{address} gets {result.result.value} ({result.detail or result.mechanism})"
-            findings.append(problem("spf", domain, detail, fix))
+    findings = await _each_address(
+        resolver, "spf", domain, setup.hostname, senders, now,
+        lambda detail: problem("spf", domain, detail, fix),
+    )  # fmt: skip
     return findings or [ok("spf", domain, "one record, within the lookup limits")]
+
+
+async def _each_address(
+    resolver: Resolver,
+    check: str,
+    name: str,
+    helo: str,
+    addresses: Iterable[str],
+    now: float,
+    failed: Callable[[str], Finding],
+) -> list[Finding]:
+    """SPF's verdict on `name`'s record for each of `addresses` (MAIL FROM postmaster@name):
+    a pass is ok, a temperror a warning, anything else what `failed` makes of its detail."""
+    findings: list[Finding] = []
+    for address in addresses:
+        result = await check_host(
+            address, name, f"postmaster@{name}", helo=helo, resolver=resolver, now=now
+        )
+        if result.result is SpfResultCode.PASS:
+            findings.append(ok(check, name, f"{address} passes ({result.mechanism})"))
+        elif result.result is SpfResultCode.TEMPERROR:
+            findings.append(warning(check, name, f"temperror: {result.detail}"))
+        else:
+            got = f"{result.result.value} ({result.detail or result.mechanism})"
+            findings.append(failed(f"{address} gets {got}"))
+    return findings
 
 
 _HELO_WHY = (
@@ -150,20 +168,10 @@ async def helo_spf(
         return [warning("spf-helo", name, f"DNS did not answer: {answer.detail}")]
     if not any(_is_spf(t.strip()) for t in answer.texts()):
         return [warning("spf-helo", name, f"no SPF record (v=spf1): {_HELO_WHY}", fix)]
-    now = time.time()
-    findings: list[Finding] = []
-    for address in addresses:
-        result = await check_host(
-            address, name, f"postmaster@{name}", helo=name, resolver=resolver, now=now
-        )
-        if result.result is SpfResultCode.PASS:
-            findings.append(ok("spf-helo", name, f"{address} passes ({result.mechanism})"))
-        elif result.result is SpfResultCode.TEMPERROR:
-            findings.append(warning("spf-helo", name, f"temperror: {result.detail}"))
-        else:
-            got = f"{result.result.value} ({result.detail or result.mechanism})"
-            detail = f"{address} gets {got}: {_HELO_WHY}"
-            findings.append(warning("spf-helo", name, detail, fix))
+    findings = await _each_address(
+        resolver, "spf-helo", name, name, addresses, time.time(),
+        lambda detail: warning("spf-helo", name, f"{detail}: {_HELO_WHY}", fix),
+    )  # fmt: skip
     return findings or [ok("spf-helo", name, "an SPF record (no outbound address to check)")]
 
 
