@@ -128,21 +128,7 @@ def test_sessions_logging_in_together_cost_one_verification(tmp_path: Path) -> N
 
 def test_a_remembered_success_still_meets_the_block(tmp_path: Path) -> None:
     clock = FakeClock()
-    store = UserStore(
-        tmp_path / "users.db",
-        parameters=FAST,
-        scram_iterations=0,
-        verified_cache=VerifiedCache(300, 10, now=clock.monotonic),
-    )
-    store.add(ALICE, "correct horse")
-    verified: list[str] = []
-    original = store._check
-
-    def check(stored: str, password: str) -> bool:
-        verified.append(password)
-        return original(stored, password)
-
-    store._check = check  # type: ignore[method-assign]
+    store, verified = _store(tmp_path, clock)
     throttle = AuthThrottle(
         clock, AuthThrottleSettings(failure_delay=0, max_failure_delay=0, max_failures=2)
     )
