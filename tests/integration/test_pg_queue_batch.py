@@ -95,6 +95,15 @@ class Recorded:
                 self.changed.clear()
                 await self.changed.wait()
 
+    async def run_until(self, runner: QueueRunner, n: int, *, begun: bool = False) -> None:
+        """Run `runner` until `wait(n, begun=begun)` is over, then stop it."""
+        task = asyncio.create_task(runner.run())
+        try:
+            await self.wait(n, begun=begun)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
 
 class Answers:
     """Delivers the even messages (by subject) and defers the odd ones, without waiting."""
@@ -127,12 +136,7 @@ def test_a_batch_of_outcomes_is_one_transaction(
             ids = [await commit(queue, n, [f"u{n}@example.org"]) for n in range(N)]
             recorded = Recorded(queue, monkeypatch)
             runner = QueueRunner(queue, Answers(), clock=clock, hostname="mx.test")
-            task = asyncio.create_task(runner.run())  # takes the N committed messages at once
-            try:
-                await recorded.wait(N)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await recorded.run_until(runner, N)  # it takes the N committed messages at once
         finally:
             await queue.close()
         rows = _xmins(dsn)
@@ -172,10 +176,8 @@ def test_a_node_dying_before_its_outcomes_commit_means_a_redelivery_onto_the_sam
             for n in range(N):
                 await commit(a, n, ["bob@example.org", "carol@example.org"])
             delivered = Recorded(a, monkeypatch)
-            task = asyncio.create_task(QueueRunner(a, courier, clock=clock).run())
-            await delivered.wait(N, begun=True)  # every attempt delivered, none recorded
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # Every attempt delivered, none recorded.
+            await delivered.run_until(QueueRunner(a, courier, clock=clock), N, begun=True)
         finally:
             await a.close()  # frees nothing: the rows stay leased to node-a
             courier.close()
@@ -189,12 +191,7 @@ def test_a_node_dying_before_its_outcomes_commit_means_a_redelivery_onto_the_sam
         courier = MaildirCourier(mail, "mx.test", clock=clock)
         recorded = Recorded(b, monkeypatch)
         try:
-            task = asyncio.create_task(QueueRunner(b, courier, clock=clock).run())
-            try:
-                await recorded.wait(N)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await recorded.run_until(QueueRunner(b, courier, clock=clock), N)
         finally:
             await b.close()
             courier.close()
