@@ -40,6 +40,7 @@ from hato.boot.shared import Shared
 from hato.boot.tlswatch import reload_tls
 from hato.boot.web import publications
 from hato.delivery.outbound import OutboundCourier
+from hato.directory.aliases import AliasTable
 from hato.model import logfmt
 from hato.server.context import SessionContext
 
@@ -174,6 +175,68 @@ def log_outcome(outcome: ReloadOutcome) -> None:
         )
 
 
+def read_again(current: Settings, path: Path, source: str) -> tuple[ReloadOutcome, Settings | None]:
+    """The file read again and compared with `current`: the outcome, and the new settings
+    when every changed key is live (None when the file is refused)."""
+    from hato.config import ConfigError, load_settings
+
+    try:
+        # The files it names were read as root at start; what the reload reads again
+        # (LiveConfiguration._apply) must be readable by us now, and a refusal names the one
+        # that is not.
+        new = load_settings(path, env=os.environ, cwd=Path.cwd(), check_access=False).settings
+    except ConfigError as exc:
+        return ReloadOutcome(False, source, errors=tuple(exc.lines())), None
+    except OSError as exc:
+        return ReloadOutcome(False, source, errors=(f"{path}: {exc}",)), None
+    outcome = decide(current, new, source)
+    return outcome, (new if outcome.applied else None)
+
+
+def cannot_read(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc} (the server runs as uid {os.geteuid()})"
+
+
+def read_files(new: Settings, changed: tuple[str, ...]) -> None:
+    """Read what LiveConfiguration._apply reads besides hato.toml, and may fail on (OSError,
+    ValueError): the aliases file, and for a changed outbound key the smarthost's password
+    file and the CA files."""
+    if new.local.aliases_file is not None:
+        AliasTable.load(new.local.aliases_file)
+    if any(key.split(".")[0] in _OUTBOUND for key in changed):
+        outbound_settings(new)
+        verify_contexts(new)
+
+
+class InForce:
+    """The supervisor's copy of its workers' configuration in force, from which it starts the
+    worker that replaces a dead one (which ran the file of the last reload, not the one the
+    supervisor started with). Each SIGHUP the supervisor passes on, it reads the file again
+    as the workers do (`read_again`, `read_files`, as the data directory's owner: the workers'
+    user) and keeps the new settings when they would apply them, the previous otherwise."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.settings = settings
+        self.source = source
+        self.generation = 0  # reloads asked so far: a worker forked across one missed it
+
+    def reload(self) -> None:
+        """Their outcome is the workers' to log (event=reloaded or reload-refused)."""
+        self.generation += 1
+        path = Path(self.source)
+        if not path.is_file():
+            return  # the embedded default never changes
+        outcome, new = read_again(self.settings, path, self.source)
+        if new is None:
+            return
+        try:
+            read_files(new, outcome.changed)
+        except (OSError, ValueError):
+            return  # the workers refuse it too, and keep the previous
+        self.settings = new
+
+
 class Reloader:
     """Runs reloads and hands their outcomes to whoever asked (`hato reload`)."""
 
@@ -237,25 +300,13 @@ class LiveConfiguration:
         return outcome
 
     def _read_and_apply(self, path: Path) -> ReloadOutcome:
-        from hato.config import ConfigError, load_settings
-
-        try:
-            # The files it names were read as root at start; what the reload reads again
-            # (below) must be readable by us now, and a refusal names the one that is not.
-            new = load_settings(path, env=os.environ, cwd=Path.cwd(), check_access=False).settings
-        except ConfigError as exc:
-            return ReloadOutcome(False, self.source, errors=tuple(exc.lines()))
-        except OSError as exc:
-            return ReloadOutcome(False, self.source, errors=(f"{path}: {exc}",))
-        outcome = decide(self.settings, new, self.source)
-        if not outcome.applied:
+        outcome, new = read_again(self.settings, path, self.source)
+        if new is None:
             return outcome
         try:
             self._apply(new, outcome.changed)
         except OSError as exc:  # an aliases, password or CA file it cannot read
-            where = f"{exc.filename}: " if exc.filename else ""
-            why = f"{where}{exc.strerror or exc} (the server runs as uid {os.geteuid()})"
-            return ReloadOutcome(False, self.source, outcome.changed, errors=(why,))
+            return ReloadOutcome(False, self.source, outcome.changed, errors=(cannot_read(exc),))
         except ValueError as exc:
             return ReloadOutcome(False, self.source, outcome.changed, errors=(str(exc),))
         return outcome

@@ -11,9 +11,11 @@ data directory (issue 15 item 1: authenticated submission was one worker's CPU a
 Workers commit to the one SQLite queue (WAL; their group commits take turns under a lock
 file, see queue/writer.py), and each delivers what it accepted;
 retries go to whichever worker leases them first. A worker that dies is replaced, after its
-leased rows are freed and marked recovered (exactly once). Workers die with the supervisor
-(PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no orphan holding the data directory.
-Signals: SIGTERM/SIGINT and SIGHUP are passed on to the workers.
+leased rows are freed and marked recovered (exactly once), by one that runs the configuration
+in force: the last reload's that the workers applied (boot/reload.py InForce), not start-up's.
+Workers die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no
+orphan holding the data directory. Signals: SIGTERM/SIGINT and SIGHUP are passed on to the
+workers; the supervisor reads the file again at SIGHUP too, for the workers it starts later.
 
 Limits hold across the workers: a listener's connections (per listener and per client)
 are counted in one table every worker maps (policy/connections.py), made here at start, a
@@ -56,6 +58,7 @@ from hato.boot.process import (
     listen_socket,
     usable_cpus,
 )
+from hato.boot.reload import InForce
 from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
@@ -253,6 +256,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         return exc.exit_code
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
+    in_force = InForce(settings, source)  # what a replacement worker starts with
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -261,6 +265,9 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+        if signum == signal.SIGHUP:
+            with acting_as_owner(data_dir):  # as the workers read it: as the server's user
+                in_force.reload()
 
     # Python's docs on gc.freeze: before fork, so the collector of a worker does not touch
     # (and copy) the pages it shares with the supervisor.
@@ -314,8 +321,12 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         time.sleep(0.5)
         if stopping:
             continue  # SIGTERM came during the pause: it was passed on to the others only
-        pid = _start_worker(settings, source, index, sockets)
+        asked = in_force.generation
+        pid = _start_worker(in_force.settings, source, index, sockets)
         children[pid] = index
+        if in_force.generation != asked:  # a reload asked while it was forked: it missed it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)  # (blocked until it can reload, in app.run)
         if stopping:  # SIGTERM came while it was being forked: it missed it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
