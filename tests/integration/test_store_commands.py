@@ -13,10 +13,16 @@ import psycopg
 import pytest
 from peers.net import free_port
 from peers.postgres import PASSWORD, PostgresServer
+from psycopg_pool import ConnectionPool
 
 from hato.cli import main
 from hato.pgstore import migrate
+from hato.policy.authlimit import AuthThrottleSettings
+from hato.policy.authlimit_pg import PgAuthThrottle
+from kit.clock import FakeClock
 from kit.config import CLI, command_workdir
+
+Y2100 = 4102444800.0  # 2100-01-01T00:00:00Z
 
 
 def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str, secret: Path) -> Path:
@@ -124,5 +130,50 @@ def test_held_users_are_listed_and_released_on_the_shared_store(
         assert (code, out) == (1, "")
         assert err == (
             "hato: bob@example.org is not held (in the PostgreSQL store; see: hato user held);"
+            " nothing changed\n"
+        )
+
+
+def test_auth_blocks_are_listed_and_lifted_on_the_shared_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_dsn: str,
+    postgres: PostgresServer,
+) -> None:
+    """`hato user blocked` / `unblock` on `auth_blocks`, which every node's throttle asks at
+    each connection: a block that a node made (and keeps in its memory too, for when the store
+    does not answer) and that the command lifted no longer holds on that node either."""
+    _workdir(tmp_path, monkeypatch, pg_dsn, postgres.password_file)
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    assert _run(capsys, "user", "blocked") == (
+        0,
+        "",
+        "no client is blocked for failed AUTHs (in the PostgreSQL store)\n",
+    )
+    clock = FakeClock(Y2100)  # the block ends in 2100, whenever this runs
+    kwargs = {"password": PASSWORD, "autocommit": True}
+    with ConnectionPool(pg_dsn, kwargs=kwargs) as pool:
+        node = PgAuthThrottle(clock, AuthThrottleSettings(max_failures=2, block_time=60), pool)
+        node.record_failure("192.0.2.7", "bob@example.org")
+        assert node.record_failure("192.0.2.7", "bob@example.org").blocked
+        assert _run(capsys, "user", "blocked") == (
+            0,
+            "192.0.2.7 blocked until 2100-01-01T00:01:00+00:00\n",
+            "",
+        )
+        code, out, err = _run(capsys, "user", "unblock", "192.0.2.7")
+        assert (code, out) == (
+            0,
+            "unblocked 192.0.2.7: it may authenticate again at once (in the PostgreSQL store)\n",
+        )
+        assert "event=admin-unblock client=192.0.2.7" in err
+        assert not node.blocked("192.0.2.7")  # the node that blocked it asks the store
+        assert not node.record_failure("192.0.2.7", "bob@example.org").blocked  # counts anew
+        code, out, err = _run(capsys, "user", "unblock", "192.0.2.8")
+        assert (code, out) == (1, "")
+        assert err == (
+            "hato: 192.0.2.8 is not blocked (in the PostgreSQL store; see: hato user blocked);"
             " nothing changed\n"
         )

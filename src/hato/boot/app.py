@@ -33,6 +33,7 @@ from hato.boot.tlswatch import watch_tls
 from hato.dns import DnsCache, DnsPythonResolver
 from hato.intake.finish import Door
 from hato.model import SystemClock, logfmt
+from hato.policy.admin import PolicyAdmin
 from hato.queue.admin import LiveAdmin
 from hato.server import control, maildrop
 from hato.server.auth import ScramDecoy
@@ -208,6 +209,7 @@ def _background(
         renew=renew_op(acme),
         committer=rooms.committer,
         reports=send_op(settings, sender, clock),
+        policy=PolicyAdmin(shared.throttle, shared.limiter, log.info),
     )
     interval = watchdog_interval()
     work: list[Coroutine[Any, Any, None]] = [

@@ -149,11 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_text in (
         ("held", holds.held, "print the users held after a sending spike, and until when (UTC)"),
         ("release", holds.release, "let a held user send again (resets their spike count)"),
+        ("blocked", holds.blocked, "print the clients blocked for failed AUTHs, and until when"),
+        ("unblock", holds.unblock, "let a client blocked for failed AUTHs log in again"),
     ):
         sub = with_config(actions.add_parser(name, help=help_text, description=help_text))
         sub.set_defaults(handler=handler)
         if name == "release":
             sub.add_argument("address", metavar="ADDRESS", help="local@domain")
+        if name == "unblock":
+            sub.add_argument(
+                "client", metavar="CLIENT", help="its IP address, or the IPv6 /64 listed"
+            )
 
     from hato.cli import dovecot, key
 

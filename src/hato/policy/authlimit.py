@@ -193,6 +193,12 @@ class AuthThrottle:
         self._forget(client_key(ip))
         return self._blocks.pop(client_key(ip), None) is not None
 
+    def blocks(self) -> list[tuple[str, float]]:
+        """The blocked clients as counted (IPv4 address, IPv6 /64) and when each block ends
+        (wall clock, seconds since the epoch), for `hato user blocked`."""
+        now, wall = self._now(), self._clock.now()
+        return sorted((c, wall + until - now) for c, until in self._blocks.items() if until > now)
+
     def _add(self, client: str, account: str, now: float) -> None:
         """Count one failure of `client` (and of `account`, when given) at `now`."""
         self._clients.add(client, now)

@@ -5,9 +5,10 @@ nodes count together toward the delays and the block.
 The same `AuthThrottle`; only its counters and blocks move to the `auth_failures` and
 `auth_blocks` tables (hato.pgstore.schema, migration 3), on the wall clock (nodes share no
 monotonic clock). Which clients an account knows stays per node (it only relaxes delays).
-A database that does not answer fails open for the check (`blocked` says no, a failure is
-counted on this node only): a down database must not lock every user out; the error is
-logged.
+The store is the one answer to `blocked` while it answers (so an admin's unblock, on any node,
+holds on every node). A database that does not answer fails open for the check (`blocked`
+says only what this node blocked itself, a failure is counted on this node only): a down
+database must not lock every user out; the error is logged.
 
 May import hato.model only.
 """
@@ -85,13 +86,24 @@ class PgAuthThrottle(AuthThrottle):
         super()._block(client, until)
 
     def blocked(self, ip: str) -> bool:
-        if super().blocked(ip):
-            return True
+        """The store's answer when it gives one (a block `hato user unblock` lifted on any
+        node is lifted here too); this node's own blocks only while it does not answer."""
         rows = self._rows(
             "SELECT 1 FROM auth_blocks WHERE client = %s AND until > %s",
             (client_key(ip), self._clock.now()),
         )
+        if rows is None:
+            return super().blocked(ip)
         return bool(rows)
+
+    def blocks(self) -> list[tuple[str, float]]:
+        rows = self._rows(
+            "SELECT client, until FROM auth_blocks WHERE until > %s ORDER BY client",
+            (self._clock.now(),),
+        )
+        if rows is None:
+            return super().blocks()
+        return [(str(client), float(until)) for client, until in rows]
 
     def unblock(self, ip: str) -> bool:
         rows = self._rows(

@@ -152,6 +152,12 @@ class SqliteAuthThrottle(AuthThrottle):
             self._forget(client)
             return self._db.execute("DELETE FROM blocks WHERE client = ?", (client,)).rowcount > 0
 
+    def blocks(self) -> list[tuple[str, float]]:
+        rows = self._db.execute(
+            "SELECT client, until FROM blocks WHERE until > ? ORDER BY client", (self._now(),)
+        ).fetchall()
+        return [(str(client), float(until)) for client, until in rows]
+
     def _add(self, client: str, account: str, now: float) -> None:
         self._append("client", client, now, self.settings.max_failures)
         if account:

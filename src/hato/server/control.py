@@ -16,6 +16,13 @@ Every request names an `op`:
      "id" | "domain" | "sender": ..., "all": true}   -> {"ok": true, "result": {...}}
     {"op": "submit", "from": "a@b" | "", "rcpt": [...], "size": N} + N octets of message
                                              -> {"ok": true, "id": queue id}
+    {"op": "user.held"}                      -> {"ok": true, "held": [[user, until], ...]}
+    {"op": "user.release", "user": ...}      -> {"ok": true, "released": bool}
+    {"op": "auth.blocks"}                    -> {"ok": true, "blocks": [[client, until], ...]}
+    {"op": "auth.unblock", "client": ...}    -> {"ok": true, "unblocked": key | null}
+
+(`until`: seconds since the epoch, or null for a hold that only an admin ends; the user and
+auth ops are policy/admin.py's, which logs each lifting in the server's log.)
 
 A failure is {"ok": false, "error": text} (for submit also "reply", "temporary", "refused").
 A mutating op with no selector needs "all": true (like `postsuper -d ALL`), except flush.
@@ -47,6 +54,7 @@ from hato.model import (
     ReversePath,
     logfmt,
 )
+from hato.policy.admin import NotAClient, PolicyAdmin
 from hato.queue import Committer, QueueError, QueueStore
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
 from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
@@ -114,6 +122,7 @@ class ControlServer:
         renew: Callable[[], Awaitable[dict[str, str]]] | None = None,
         committer: Committer | None = None,
         reports: Callable[[bool], Awaitable[dict[str, list[str]]]] | None = None,
+        policy: PolicyAdmin | None = None,
     ) -> None:
         # `committer`: the runner's, so `hato queue bounce`'s DSNs are protected as its are.
         self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname, committer=committer)
@@ -128,6 +137,7 @@ class ControlServer:
         self._reload = reload
         self._renew = renew  # [tls] acme: order a certificate now (boot/acme.py)
         self._reports = reports  # [reports]: send the reports now (boot/reportwatch.py)
+        self._policy = policy or PolicyAdmin(None, None, log.info)
         self._started = clock.now()
         self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
         self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
@@ -215,6 +225,8 @@ class ControlServer:
             if self._reports is None:
                 raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
             return {"reports": await self._reports(request.get("now") is True)}
+        if op.startswith(("user.", "auth.")):
+            return self._on_policy(op, request)
         selector = _selector(request)
         if op == "queue.list":
             return {"rows": [as_json(row) for row in await self._admin.list(selector)]}
@@ -235,6 +247,28 @@ class ControlServer:
         if action in (Action.FLUSH, Action.RELEASE) and result.rows:
             self._runner.wake()
         return {"result": as_json(result)}
+
+    def _on_policy(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """`hato user held|release|blocked|unblock` (policy/admin.py)."""
+        policy = self._policy
+        if op == "user.held":
+            return {"held": [[u, _finite(until)] for u, until in policy.holds()]}
+        if op == "auth.blocks":
+            return {"blocks": [list(block) for block in policy.blocks()]}
+        if op == "user.release":
+            user = request.get("user")
+            if not isinstance(user, str):
+                raise RequestError('user.release needs a "user"')
+            return {"released": policy.release(user)}
+        if op == "auth.unblock":
+            client = request.get("client")
+            if not isinstance(client, str):
+                raise RequestError('auth.unblock needs a "client"')
+            try:
+                return {"unblocked": policy.unblock(client)}
+            except NotAClient as exc:
+                raise RequestError(str(exc)) from None
+        raise RequestError(f"{op}: unknown op")
 
     async def _status(self) -> dict[str, Any]:
         stats = as_json(await self._admin.stats())
@@ -294,6 +328,11 @@ class ControlServer:
             body.discard()
             raise
         return {"ok": True, "id": queue_id}
+
+
+def _finite(until: float) -> float | None:
+    """JSON has no infinity: a hold that only an admin ends (hold_time 0) is null."""
+    return None if until == float("inf") else until
 
 
 async def _skip(reader: asyncio.StreamReader, size: int) -> None:
