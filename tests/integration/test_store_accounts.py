@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +242,16 @@ def test_an_auth_block_on_one_node_applies_on_the_others(
         # Blocked everywhere, even with the right password (4.7.0, try again later).
         assert _plain(c, test_ca, USER_PASSWORD) == 421
         assert _plain(a, test_ca, USER_PASSWORD) == 421
+        # An admin on C lifts it (`hato user unblock`, through C): A, which blocked it and
+        # keeps its own blocks in memory for when the store is down, asks the store.
+        listed = c.hato("user", "blocked")
+        assert listed.returncode == 0 and " blocked until " in listed.stdout, listed.stderr
+        client = listed.stdout.split()[0]
+        assert a.hato("user", "blocked").stdout == listed.stdout  # one list, on every node
+        done = c.hato("user", "unblock", client)
+        assert done.returncode == 0, done.stderr
+        assert c.wait_for_log(rf"event=admin-unblock client={re.escape(client)}")
+        assert [_plain(n, test_ca, USER_PASSWORD) for n in (a, c)] == [235, 235]
     finally:
         for node in nodes:
             node.stop()
