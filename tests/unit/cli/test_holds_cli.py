@@ -16,7 +16,10 @@ import pytest
 
 from hato.cli import main
 from hato.policy import LIMITS_DB
+from hato.policy.authlimit import AuthThrottleSettings
+from hato.policy.authlimit_sqlite import AUTHLIMIT_DB, SqliteAuthThrottle
 from hato.policy.ratelimit import open_limits
+from kit.clock import FakeClock
 from kit.config import CLI, command_workdir
 
 NOBODY = 65534
@@ -132,3 +135,43 @@ def test_root_acts_as_the_data_directory_s_owner(place: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert rows(data / LIMITS_DB, "SELECT user FROM account") == []
     assert {p.stat().st_uid for p in data.iterdir()} == {NOBODY}  # -wal, -shm included
+
+
+def test_blocked_and_unblock_with_the_server_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On DATA_DIR/authlimit.db, where the workers keep AUTH blocks across restarts."""
+    work = command_workdir(tmp_path, monkeypatch)
+    (work / "data").mkdir()
+    db = work / "data" / AUTHLIMIT_DB
+    none = f"no client is blocked for failed AUTHs (in {db})\n"
+    assert run(capsys, "user", "blocked") == (0, "", none)
+    assert not db.exists()  # a look does not make the file
+    throttle = SqliteAuthThrottle(FakeClock(Y2100), AuthThrottleSettings(max_failures=1), db)
+    try:
+        throttle.record_failure("192.0.2.7", None)
+        throttle.record_failure("2001:db8:1:2::5", None)
+    finally:
+        throttle.close()
+    assert run(capsys, "user", "blocked") == (
+        0,
+        "192.0.2.7 blocked until 2100-01-01T00:15:00+00:00\n"
+        "2001:db8:1:2::/64 blocked until 2100-01-01T00:15:00+00:00\n",
+        "",
+    )
+    code, out, err = run(capsys, "user", "unblock", "2001:db8:1:2::77")  # any address of it
+    assert (code, out) == (
+        0,
+        f"unblocked 2001:db8:1:2::/64: it may authenticate again at once (in {db})\n",
+    )
+    assert " INFO hato.cli: event=admin-unblock client=2001:db8:1:2::/64\n" in err
+    assert run(capsys, "user", "blocked")[1] == (
+        "192.0.2.7 blocked until 2100-01-01T00:15:00+00:00\n"
+    )
+    assert run(capsys, "user", "unblock", "192.0.2.8") == (
+        1,
+        "",
+        f"hato: 192.0.2.8 is not blocked (in {db}; see: hato user blocked); nothing changed\n",
+    )
+    code, out, err = run(capsys, "user", "unblock", "bob@example.org")
+    assert (code, out) == (1, "") and "bob@example.org: not an IP address" in err
