@@ -1,5 +1,6 @@
-"""`hato user held` and `hato user release` on DATA_DIR/limits.db with the server stopped, and
-as root in a data directory its server's user owns (a link there does not lead root astray)."""
+"""`hato user held` and `hato user release` on DATA_DIR/limits.db, and `hato user blocked` and
+`hato user unblock` on DATA_DIR/authlimit.db, with the server stopped; and as root in a data
+directory its server's user owns (a link there does not lead root astray)."""
 
 from __future__ import annotations
 
