@@ -8,6 +8,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dnsserver import FakeResolver, FakeValue
 from hato.authcheck.dkim import (
@@ -20,6 +23,7 @@ from hato.authcheck.dkim import (
     load_signing_key,
     verify_dkim,
 )
+from hato.authcheck.dkim.sign import relaxed_lines
 from hato.model.dns import DnsStatus, RdType, TxtRecord
 from hato.model.header import split_header_fields
 from kit.clock import FakeClock
@@ -49,6 +53,26 @@ def test_relaxed_body_any_chunking(body: bytes, canonical: bytes) -> None:
         for i in range(0, len(body), size):
             hasher.update(body[i : i + size])
         assert hasher.digest() == expected, size
+
+
+def _hashed(body: bytes) -> bytes:
+    hasher = RelaxedBodyHasher()
+    hasher.update(body)
+    return hasher.digest()
+
+
+@given(st.lists(st.sampled_from([b" ", b"\t", b"  \t ", b"a", b"\r\n", b"\r", b"\n"])))
+def test_relaxed_body_as_dkimpy(parts: list[bytes]) -> None:
+    """The byte-replacement canonicalization gives dkimpy's relaxed body (RFC 6376 §3.4.4)
+    for any mix of SP, HTAB, runs of both, bare CR and LF."""
+    body = b"".join(parts) + b"\r\n"
+    assert _hashed(body) == hashlib.sha256(Relaxed.canonicalize_body(body)).digest()
+
+
+def test_relaxed_lines_long_runs() -> None:
+    """A run of any length becomes one SP (the halving loop), at the end of a line none."""
+    run = b" \t" * 300_000
+    assert relaxed_lines(b"a" + run + b"b" + run + b"\r\n" + run + b"\r\n") == b"a b\r\n\r\n"
 
 
 def _signed(algorithm: DkimAlgorithm, **kwargs: object) -> tuple[bytes, str]:

@@ -39,7 +39,6 @@ DEFAULT_OVERSIGNED: tuple[str, ...] = (
 )  # fmt: skip
 
 _WSP_RUN = re.compile(rb"[ \t]+")
-_WSP_EOL = re.compile(rb" \r\n")
 _FOLD_WIDTH = 76
 
 
@@ -60,6 +59,19 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
     body = _WSP_RUN.sub(b" ", unfolded).strip(b" \t")
     return name.strip(b" \t").lower() + b":" + body + b"\r\n"
+
+
+def relaxed_lines(lines: bytes) -> bytes:
+    """RFC 6376 §3.4.4 (a) and (b) over complete lines: every WSP run becomes one SP, and the
+    SP left at the end of a line goes. Byte replacements, not a regular expression: ordinary
+    text has a single SP between words, which `[ \t]+` matched and rewrote one at a time
+    (0.5-1.5 ms for a 10 KiB body, more than the RSA signature); here each pass is a memchr,
+    and the halving loop takes log2 of the longest run passes, so no input makes it slow."""
+    if b"\t" in lines:
+        lines = lines.replace(b"\t", b" ")
+    while b"  " in lines:
+        lines = lines.replace(b"  ", b" ")
+    return lines.replace(b" \r\n", b"\r\n")
 
 
 def pieces(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
@@ -88,8 +100,7 @@ class RelaxedBodyHasher:
             return
         self._partial = data[cut:]
         # RFC 6376 §3.4.4: WSP runs become one SP, WSP at the end of a line goes.
-        lines = _WSP_EOL.sub(b"\r\n", _WSP_RUN.sub(b" ", data[:cut]))
-        self._hash_lines(lines)
+        self._hash_lines(relaxed_lines(data[:cut]))
 
     def _hash_lines(self, lines: bytes) -> None:
         # RFC 6376 §3.4.4: empty lines at the end of the body are ignored; hold them back
