@@ -70,6 +70,20 @@ def threads(pid: int, named: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def switches(pids: list[int]) -> int:
+    """Voluntary context switches of every thread of `pids` so far (a thread that ended is
+    not counted: the executor's threads live on between runs)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                text = (task / "status").read_text()
+            except OSError:
+                continue
+            total += int(text.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -117,6 +131,7 @@ def main() -> int:
         for run in range(args.runs):
             named = {pid: names(pid) for pid in workers}
             before = {pid: threads(pid, named[pid]) for pid in workers}
+            switched = switches(workers)
             spies = []
             if args.spy is not None:
                 args.spy.mkdir(parents=True, exist_ok=True)
@@ -144,7 +159,9 @@ def main() -> int:
                 }
                 shown = ", ".join(f"{n} {v:.2f}" for n, v in sorted(parts.items()) if v >= 0.01)
                 print(f"  worker {pid}: {sum(parts.values()):.2f} ms/msg ({shown})")
-            print(f"run {run}: {result.rate:.0f} msg/s, {result.cpu_ms:.2f} ms/msg")
+            waits = (switches(workers) - switched) / args.messages
+            rate, cpu = f"{result.rate:.0f} msg/s", f"{result.cpu_ms:.2f} ms/msg"
+            print(f"run {run}: {rate}, {cpu}, {waits:.1f} context switches/msg")
     finally:
         side.stop()
         print(f"work: {work}")

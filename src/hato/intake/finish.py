@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hato.authcheck.dkim import pieces
+from hato.authcheck.offload import NEARBY_LIMIT
 from hato.crypto.scratch import SealedScratch
 from hato.delivery.maildir import FOLDER_PARAM
 from hato.filters import Envelope
@@ -328,10 +329,17 @@ async def sign(
     if not isinstance(captured, bytes):
         log.warning(logfmt("dkim-sign-skipped", session=facts.session, reason="message too large"))
         return b""
-    # Hashing a body of up to 10 MiB takes seconds of CPU: not on the event loop.
     authors = [*from_addresses, facts.mail_from]
     parents = facts.door is Door.NOTICE
-    return await asyncio.to_thread(ctx.signer.sign, captured, authors, parents=parents)
+    work = functools.partial(ctx.signer.sign, captured, authors, parents=parents)
+    if len(captured) <= NEARBY_LIMIT:
+        # A small message is signed where it is (authcheck/offload.py NEARBY_LIMIT): under a
+        # millisecond, most of it the RSA signature, during which `cryptography` holds the
+        # GIL, so in a thread the loop waited for it all the same, plus the hand-off there
+        # and back (the out benchmark: a thread wake-up and a loop wake-up per message).
+        return work()
+    # Hashing a body of up to 10 MiB takes seconds of CPU: not on the event loop.
+    return await asyncio.to_thread(work)
 
 
 async def arc_seal(

@@ -14,8 +14,10 @@ import pytest
 
 from hato.authcheck import DkimSigner
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key
+from hato.authcheck.offload import NEARBY_LIMIT
 from hato.crypto import KeyLookup
 from hato.directory.resolver import Local, NotLocal, Resolution
+from hato.intake import finish
 from hato.intake.context import IntakeContext
 from hato.intake.finish import Door, Steps, Submitted, end_of_message, open_capture, steps
 from hato.intake.headers import HeaderCapture
@@ -271,3 +273,24 @@ class _NoKeys:
 
     def policy(self, address: Address) -> object:
         raise AssertionError("no key, no policy")
+
+
+def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to NEARBY_LIMIT the signature is made where it is asked for (no thread hand-off:
+    the RSA signature holds the GIL anyway); a larger body is hashed in a thread."""
+    threaded: list[int] = []
+
+    async def to_thread(work: Callable[[], bytes]) -> bytes:
+        threaded.append(1)
+        return work()
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    ctx = _context(cast(QueueStore, None), signer=SIGNER)
+    facts = Submitted("alice@example.org", "", "", None, ALICE, {}, Door.SUBMISSION)
+    large = MESSAGE + (b"x" * 78 + b"\r\n") * (NEARBY_LIMIT // 80 + 1)
+    for message, hand_offs in ((MESSAGE, 0), (large, 1)):
+        signature = asyncio.run(finish.sign(ctx, facts, message, [ALICE]))
+        assert dkim.verify(signature + message, dnsfunc=_dns)
+        assert len(threaded) == hand_offs
