@@ -7,6 +7,10 @@ neither root nor the suite's DNS server, so it can run while the suite does.
     .venv/bin/python benchmarks/out_profile.py --sessions 50 --messages 1000 --runs 3
     ... --spy DIR          # py-spy record --gil (raw, by thread) of every worker in each run
     ... --perf FILE        # perf record -g of every worker during the last run
+
+The per-thread figures count live threads only: the four lanes of an argon2id verification
+(the first login of each worker) end with it, so a cold first run's total is larger than the
+sum of its threads.
 """
 
 from __future__ import annotations
