@@ -184,9 +184,12 @@ class RspamdClient:
             await self._session.close()
             self._session = None
 
-    async def check(self, envelope: Envelope, size: int, message: AsyncIterable[bytes]) -> Scan:
-        """POST /checkv2: rspamd's verdict on the `size` octets `message` yields (over a
-        connection of its own, post.py: rspamd closes it after each reply anyway)."""
+    async def check(
+        self, envelope: Envelope, size: int, message: AsyncIterable[bytes] | tuple[bytes, ...]
+    ) -> Scan:
+        """POST /checkv2: rspamd's verdict on the `size` octets `message` yields, or holds
+        in memory as a tuple of parts (over a connection of its own, post.py: rspamd closes
+        it after each reply anyway)."""
         url = f"{self.url}/checkv2"
         try:
             async with asyncio.timeout(self.timeout):

@@ -142,6 +142,15 @@ async def streamed(prefix: bytes, body: Spooled) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def in_memory(prefix: bytes, body: Spooled) -> tuple[bytes, ...] | None:
+    """`prefix` and the message as parts of a request body, when the message is still in
+    memory (under the queue's flush threshold): written with the request head in one
+    gathering write, not joined into a new string first (post.py)."""
+    if isinstance(body, BodyWriter) and body.inline:
+        return (prefix, body.peek_inline()) if prefix else (body.peek_inline(),)
+    return None
+
+
 async def spam_check(
     spam: SpamFilter, role: Role, envelope: Envelope, prefix: bytes, body: Spooled
 ) -> SpamOutcome:
@@ -154,7 +163,8 @@ async def spam_check(
         envelope = replace(envelope, settings=settings)
     started = time.monotonic()
     try:
-        scan = await spam.client.check(envelope, size, streamed(prefix, body))
+        parts = in_memory(prefix, body)
+        scan = await spam.client.check(envelope, size, parts or streamed(prefix, body))
     except (RspamdUnavailable, OSError) as exc:
         spam.metrics.rspamd_unavailable(spam.on_failure.value)
         log.warning(logfmt("rspamd-unavailable", id=envelope.queue_id, error=exc,

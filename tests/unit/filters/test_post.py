@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,65 @@ def test_a_unix_socket(tmp_path: Path) -> None:
             server.close()
 
     assert asyncio.run(asyncio.wait_for(run(), 30)) == (200, b"hello")
+
+
+def test_a_message_in_memory_goes_with_the_head_in_one_gathering_write() -> None:
+    """A tuple of parts (a message still in memory) is written as it is, after the head,
+    in one writelines (writev), not joined into one string first; the server gets it whole."""
+    got = bytearray()
+    writes: list[tuple[bytes, ...]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        got.extend(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        real = loop.create_connection
+
+        async def spied(*args: Any, **kwargs: Any) -> Any:
+            transport, protocol = await real(*args, **kwargs)
+            original = transport.writelines
+
+            def writelines(data: tuple[bytes, ...]) -> None:
+                writes.append(tuple(data))
+                original(data)
+
+            transport.writelines = writelines  # type: ignore[method-assign,assignment]
+            return transport, protocol
+
+        loop.create_connection = spied  # type: ignore[method-assign]
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            endpoint = Endpoint.of(f"http://127.0.0.1:{port}")
+            return await post(endpoint, "/checkv2", [], 10, (b"Received: x\r\n", b"\r\nbody"))
+        finally:
+            server.close()
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == (200, b"{}")
+    assert bytes(got) == b"Received: x\r\n\r\nbody"[:10]
+    assert len(writes) == 1 and writes[0][1:] == (b"Received: x\r\n", b"\r\nbody")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n",  # announced too large
+        b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 2000,  # delimited by the close, too long
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" + b"x" * 2000,
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: padding\r\n" * 200,  # a header section without end
+    ],
+)
+def test_a_reply_too_large_is_an_http_error_without_reading_it_all(
+    reply: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rspamd is a local peer, but what we read of it is bounded all the same."""
+    monkeypatch.setattr("hato.filters.post.MAX_REPLY", 1000)
+    monkeypatch.setattr("hato.filters.post.MAX_HEADER", 1000)
+    with pytest.raises(HttpError, match=r"too large|octets"):
+        _exchange(reply)

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from hato.crypto.scratch import SealedScratch
-from hato.filters import RspamdAction, Scan
+from hato.filters import Envelope, RspamdAction, RspamdClient, Scan
 from hato.intake.spamcheck import (
+    UNCHECKED,
+    OnFailure,
     Response,
+    SpamFilter,
     SpamOutcome,
     edit_header,
     field_bytes,
@@ -19,7 +22,9 @@ from hato.intake.spamcheck import (
     outcome,
     rewrite,
     rewritten,
+    spam_check,
 )
+from hato.model import Role
 from hato.queue.body import BodyWriter
 
 SCAN = Scan(RspamdAction.REJECT, 20.0, 15.0, smtp_message="Spam\r\n from 5.6.7.8 \x01")
@@ -139,3 +144,64 @@ def test_an_arc_sealed_message_keeps_its_header_but_gets_rspamds_fields() -> Non
     sealed = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.org; s=hato; b=x\r\n"
     assert keep_seal(edits, sealed) == SpamOutcome(header=b"X-Spam: Yes\r\n", junk=True)
     assert keep_seal(edits, b"Authentication-Results: mx.example.org; spf=pass\r\n") == edits
+
+
+def _scan_against(tmp_path: Path, reply: bytes, policy: OnFailure) -> tuple[SpamOutcome, bytes]:
+    """spam_check of a message in memory against a scripted rspamd on a unix socket that
+    answers `reply` and closes; (the outcome, the request the script got)."""
+    socket = str(tmp_path / "normal.sock")
+    got = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        got.extend(head + await reader.readexactly(length))
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> SpamOutcome:
+        server = await asyncio.start_unix_server(serve, socket)
+        try:
+            spam = SpamFilter(RspamdClient(f"unix:{socket}", timeout=10), on_failure=policy)
+            envelope = Envelope("<a@b.example>", ("<c@d.example>",), "192.0.2.1", "b.example")
+            body = _writer(tmp_path, "body", b"Subject: hi\r\n\r\nbody\r\n")
+            return await spam_check(spam, Role.MX, envelope, b"Received: x\r\n", body)
+        finally:
+            server.close()
+
+    return asyncio.run(asyncio.wait_for(run(), 30)), bytes(got)
+
+
+CLEAN = b'{"action": "no action", "score": 0.5, "required_score": 15}'
+
+
+def test_a_message_in_memory_is_sent_whole_with_our_prefix(tmp_path: Path) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(CLEAN), CLEAN)
+    verdict, request = _scan_against(tmp_path, reply, OnFailure.TEMPFAIL)
+    assert verdict == SpamOutcome()
+    assert request.endswith(b"\r\n\r\nReceived: x\r\nSubject: hi\r\n\r\nbody\r\n")
+    assert b"Content-Length: 34\r\n" in request
+
+
+@pytest.mark.parametrize("policy", list(OnFailure))
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # rspamd closes the connection in the middle of its reply
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(CLEAN), CLEAN[:20]),
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        b"",
+        # a reply larger than we read (post.MAX_REPLY, made small here)
+        b"HTTP/1.1 200 OK\r\n\r\n" + b" " * 5000 + CLEAN,
+    ],
+)
+def test_rspamd_closing_mid_way_or_answering_too_much_follows_the_policy(
+    tmp_path: Path, reply: bytes, policy: OnFailure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hato.filters.post.MAX_REPLY", 4096)
+    verdict, _ = _scan_against(tmp_path, reply, policy)
+    if policy is OnFailure.TEMPFAIL:
+        assert verdict.refusal == UNCHECKED  # never a 250 for mail that was not checked
+    else:
+        assert verdict == SpamOutcome()
