@@ -243,6 +243,11 @@ def edit_header(section: bytes, remove: tuple[str, ...], subject: str | None) ->
     """The header section without the fields named in `remove` and (with `subject`) with its
     Subject fields replaced by one carrying `subject` (RFC 5322 §3.6: at most one Subject)."""
     gone = {name.lower().encode() for name in remove}
+    lowered = section.lower() if subject is None else b""
+    if subject is None and not any(name in lowered for name in gone):
+        # None of them is there, not even as a substring (rspamd's milter_headers asks every
+        # message to lose the X-Spam fields a clean message does not have): nothing to split.
+        return section
     if subject is not None:
         gone.add(b"subject")
     kept = [f.raw for f in split_header_fields(section) if f.name.lower() not in gone]
@@ -262,12 +267,12 @@ async def rewritten(
     data = body.peek_inline()
     # RFC 5322 §2.1: the header section ends at the first empty line (maybe the first).
     end = -2 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
-    section, rest = (data, b"") if end == -1 else (data[: end + 2], data[end + 2 :])
+    section = data if end == -1 else data[: end + 2]
     edited = edit_header(section, outcome.remove, outcome.subject)
     if outcome.subject is None and len(edited) == len(section):
         return body
     fresh = new_body()
-    fresh.write(edited + rest)
+    fresh.write(edited + (b"" if end == -1 else data[end + 2 :]))
     body.discard()
     return fresh
 

@@ -81,6 +81,11 @@ def test_edit_header_removes_every_field_named_and_replaces_the_subject() -> Non
     assert edit_header(section, (), "new") == (
         b"Subject: new\r\nX-Spam: Yes\r\nFrom: a@b\r\nx-spam: again\r\n"
     )
+    # None of the names there: the section itself, not split into fields and joined again;
+    # a name only inside another field's value is not a field of that name.
+    clean = b"Subject: about X-Rspamd-Action\r\nFrom: a@b\r\n"
+    assert edit_header(clean, ("X-Spam",), None) is clean
+    assert edit_header(clean, ("X-Rspamd-Action",), None) == clean
 
 
 def _writer(tmp_path: Path, name: str, data: bytes) -> BodyWriter:
