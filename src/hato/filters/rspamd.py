@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
@@ -116,7 +117,7 @@ def parse_scan(reply: Mapping[str, Any]) -> Scan:
         required=required,
         add_headers=_added(milter.get("add_headers")),
         remove_headers=tuple(
-            str(name) for name in (milter.get("remove_headers") or {}) if _field_name(str(name))
+            name for name in map(str, milter.get("remove_headers") or {}) if _field_name(name)
         ),
         subject=subject if isinstance(subject, str) else None,
         smtp_message=smtp_message if isinstance(smtp_message, str) else None,
@@ -131,15 +132,16 @@ def _added(value: object) -> tuple[tuple[str, str], ...]:
         return ()
     out: list[tuple[str, str]] = []
     for name, spec in value.items():
-        if not _field_name(str(name)):
+        if not _field_name(name := str(name)):
             continue
-        for item in spec if isinstance(spec, list) else [spec]:
+        for item in spec if isinstance(spec, list) else (spec,):
             text = item.get("value") if isinstance(item, dict) else item
             if isinstance(text, str):
-                out.append((str(name), text))
+                out.append((name, text))
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)  # rspamd names the same few fields in every reply
 def _field_name(name: str) -> bool:
     return _FIELD_NAME.fullmatch(name) is not None
 

@@ -231,6 +231,8 @@ def public_text(scan: Scan, default: str) -> str:
 def field_bytes(name: str, value: str) -> bytes:
     """One header field from rspamd's name and value, CRLF line ends, folded lines kept
     (RFC 5322 §2.2.3: a continuation line starts with WSP) and non-ASCII encoded (RFC 2047)."""
+    if value.isascii() and "\n" not in value and "\r" not in value:
+        return f"{name}: {value.strip()}\r\n".encode("ascii")  # one line: most of rspamd's
     lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not value.isascii():
         lines = [Header(" ".join(line.strip() for line in lines), "utf-8").encode()]

@@ -66,6 +66,8 @@ def test_rspamds_folded_value_keeps_its_folding_with_crlf() -> None:
         b"X-Spamd-Result: default: False [0.90 / 15.00];\r\n\tA(0.00)[];\r\n B(0.90)[x]\r\n"
     )
     assert field_bytes("X-Fold", "a\nb") == b"X-Fold: a\r\n\tb\r\n"
+    assert field_bytes("X-Fold", "a\rb") == b"X-Fold: a\r\n\tb\r\n"  # a bare CR too
+    assert field_bytes("X-Rspamd-Action", " no action ") == b"X-Rspamd-Action: no action\r\n"
 
 
 def test_a_non_ascii_subject_is_an_encoded_word() -> None:
