@@ -1,5 +1,6 @@
 """One HTTP/1.1 POST over a connection of its own, for rspamd's checks (rspamd.py): the request
-written as the body is yielded, the reply gathered by a protocol object until its end.
+written as the body is yielded (a message still in memory: its parts and the head in one
+gathering write), the reply gathered by a protocol object until its end.
 
 Why not aiohttp here: rspamd's normal worker closes the connection after every reply (3.4
 answers `Connection: close` even to a request asking keep-alive), so no pool is ever reused,
