@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 import dkim  # type: ignore[import-untyped]
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
+from hato.authcheck.canon import crlf_lines, relaxed_lines
 from hato.authcheck.fastverify import FastDKIM
 from hato.model.header import split_header_fields
 
@@ -34,9 +35,7 @@ MAX_SIGNATURES = 8
 SPILL_AT = 64 * 1024  # an unfinished line longer than this is passed on in parts
 SLICE = 64 * 1024  # the most one regex pass gets (it holds the GIL: ~5 ms)
 
-_LINE_END = re.compile(rb"\r?\n")  # as dkimpy's rfc822_parse splits lines
 _WSP_RUN = re.compile(rb"[ \t]+")
-_SP_EOL = re.compile(rb" \r\n")  # after _WSP_RUN: never rescans a long WSP run
 # RFC 6376 §3.3: sha256 for rsa-sha256 and (RFC 8463 §3) ed25519-sha256; rsa-sha1 is hashed
 # only so that its verdict is the same as dkimpy's (RFC 8301 §3.1 refuses it later).
 _HASHES = {b"rsa-sha256": "sha256", b"ed25519-sha256": "sha256", b"rsa-sha1": "sha1"}
@@ -63,10 +62,10 @@ class BodyCanonicalizer:
             self._partial = self._spill(data) if len(data) > SPILL_AT else data
             return
         self._partial = data[cut:]
-        lines = _LINE_END.sub(_CRLF, data[:cut])
+        lines = crlf_lines(data[:cut])
         if self._relaxed:
             # RFC 6376 §3.4.4: WSP at the end of a line goes, other WSP runs become one SP.
-            lines = _SP_EOL.sub(_CRLF, _WSP_RUN.sub(b" ", lines))
+            lines = relaxed_lines(lines)
         if self._open:
             # The rest of a line partly passed on: never an empty line, whatever is left.
             first = lines.index(_CRLF) + 2

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dnsserver import FakeResolver, FakeValue
+from hato.authcheck.canon import relaxed_lines
 from hato.authcheck.dkim import (
     DkimAlgorithm,
     DkimError,
@@ -23,7 +24,6 @@ from hato.authcheck.dkim import (
     load_signing_key,
     verify_dkim,
 )
-from hato.authcheck.dkim.sign import relaxed_lines
 from hato.model.dns import DnsStatus, RdType, TxtRecord
 from hato.model.header import split_header_fields
 from kit.clock import FakeClock

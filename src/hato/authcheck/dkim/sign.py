@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from hato.authcheck.canon import relaxed_lines
 from hato.model.dns import normalize_name
 from hato.model.header import HeaderField, split_header_fields
 from hato.model.seams import Clock
@@ -59,19 +60,6 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
     body = _WSP_RUN.sub(b" ", unfolded).strip(b" \t")
     return name.strip(b" \t").lower() + b":" + body + b"\r\n"
-
-
-def relaxed_lines(lines: bytes) -> bytes:
-    """RFC 6376 §3.4.4 (a) and (b) over complete lines: every WSP run becomes one SP, and the
-    SP left at the end of a line goes. Byte replacements, not a regular expression: ordinary
-    text has a single SP between words, which `[ \t]+` matched and rewrote one at a time
-    (0.5-1.5 ms for a 10 KiB body, more than the RSA signature); here each pass is a memchr,
-    and the halving loop takes log2 of the longest run passes, so no input makes it slow."""
-    if b"\t" in lines:
-        lines = lines.replace(b"\t", b" ")
-    while b"  " in lines:
-        lines = lines.replace(b"  ", b" ")
-    return lines.replace(b" \r\n", b"\r\n")
 
 
 def pieces(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
