@@ -200,24 +200,25 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self._flush()
 
     def _handle(self, event: object) -> None:
+        # The commonest events first (issue 15: each case is a type test, per event).
         match event:
-            case Hello():
-                self.conn.accept()
-            case MailFrom():
-                self._on_mail(event)
-            case RcptTo():
-                self._on_rcpt(event)
-            case DataStart():
-                keyed = self.tx is not None and self.tx.keyed
-                self.incoming = Incoming(self.ctx, keyed=keyed, authserv_id=self.ctx.authserv_id)
-                self.capture = open_capture(self.ctx, self._door())
             case BodyChunk(data=data):
                 if self.incoming is not None:
                     self.incoming.feed(data)
                 if self.capture is not None:
                     self.capture.feed(data)
+            case RcptTo():
+                self._on_rcpt(event)
+            case MailFrom():
+                self._on_mail(event)
+            case DataStart():
+                keyed = self.tx is not None and self.tx.keyed
+                self.incoming = Incoming(self.ctx, keyed=keyed, authserv_id=self.ctx.authserv_id)
+                self.capture = open_capture(self.ctx, self._door())
             case MessageEnd():
                 self._on_message_end()
+            case Hello():
+                self.conn.accept()
             case MessageAborted(reply=reply):
                 self.ctx.metrics.message(reply.code)
                 log.info(logfmt("message-refused", session=self.session_id, reply=reply))

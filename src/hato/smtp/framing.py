@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
 
 from hato.model import Reply
 from hato.smtp import replies as R
@@ -70,14 +69,12 @@ def discard_line(buf: bytes, pos: int) -> tuple[int, LineStatus | None]:
     return nl + 1, None
 
 
-@dataclass(frozen=True, slots=True)
-class DataScan:
-    """What one scan of the DATA body found."""
-
-    pos: int  # where the scan stopped consuming
-    chunk: bytes | None  # unstuffed content to hand on (None: nothing new, or refused)
-    ended: bool  # CRLF.CRLF was consumed
-    bare: bool  # bare CR or LF: the message is refused and the connection closed
+# What one scan of the DATA body found (a plain tuple: one a read, issue 15):
+# (pos: where the scan stopped consuming,
+#  chunk: unstuffed content to hand on; None: nothing new, or refused,
+#  ended: CRLF.CRLF was consumed,
+#  bare: a bare CR or LF; the message is refused and the connection closed)
+DataScan = tuple[int, bytes | None, bool, bool]
 
 
 class DataScanner:
@@ -111,12 +108,12 @@ class DataScanner:
             if stop > pos and buf[stop - 1] == CR:
                 stop -= 1
             if stop <= pos:
-                return DataScan(pos, None, ended=False, bare=False)
+                return pos, None, False, False
             resume = stop
         crlf = buf.count(b"\r\n", pos, stop)
         # RFC 5321 §2.3.8: a bare CR or LF in DATA is refused (SMTP smuggling).
         if buf.count(b"\r", pos, stop) != crlf or buf.count(b"\n", pos, stop) != crlf:
-            return DataScan(pos, None, ended=False, bare=True)
+            return pos, None, False, True
         chunk: bytes | None = None
         if self.refusal is None:
             self._check_lines(buf, pos, stop)
@@ -127,7 +124,7 @@ class DataScanner:
                 # RFC 1870 §6.3: over the maximum size: 552, the body is not kept.
                 self.refusal = R.MESSAGE_TOO_BIG
                 chunk = None
-        return DataScan(resume, chunk or None, ended=end >= 0, bare=False)
+        return resume, chunk or None, end >= 0, False
 
     def _check_lines(self, buf: bytes, pos: int, stop: int) -> None:
         # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.

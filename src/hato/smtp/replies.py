@@ -70,3 +70,37 @@ def chunk_received(size: int) -> Reply:
 def with_text(reply: Reply, text: str | None) -> Reply:
     """`reply` with the caller's text, when given."""
     return reply if text is None else Reply(reply.code, reply.enhanced, text)
+
+
+# ---- wire bytes (issue 15: a reply's to_bytes() and hashing were per command) ----
+
+# The core's own replies by identity (a C-level int hash, not the dataclass's __hash__):
+# `id()` is a safe key while _KEPT holds the objects.
+_KEPT = tuple(r for r in list(globals().values()) if type(r) is Reply)
+_FIXED = {id(r): r.to_bytes() for r in _KEPT}
+_OTHERS: dict[Reply, bytes] = {}
+
+
+def wire(reply: Reply) -> bytes:
+    """`reply.to_bytes()`: precomputed for the replies above, cached for a bounded number of
+    others (the session's refusals)."""
+    data = _FIXED.get(id(reply))
+    if data is None:
+        data = _OTHERS.get(reply)
+        if data is None:
+            data = reply.to_bytes()
+            if len(_OTHERS) < 512:
+                _OTHERS[reply] = data
+    return data
+
+
+def wire_with_text(reply: Reply, text: str | None) -> bytes:
+    """`with_text(reply, text).to_bytes()` without the intermediate Reply when the text is one
+    line (a 250's "Ok: queued as ..."); the same checks and bytes (Reply.lines)."""
+    if text is None:
+        return wire(reply)
+    if not text or "\n" in text or "\r" in text or text.endswith(" "):
+        return with_text(reply, text).to_bytes()
+    enhanced = reply.enhanced
+    head = f"{reply.code} {enhanced} " if enhanced else f"{reply.code} "
+    return (head + text + "\r\n").encode("utf-8")

@@ -52,9 +52,26 @@ from hato.smtp.events import (
     ServerSettings,
     StartTLSRequest,
 )
-from hato.smtp.framing import LineStatus, discard_line, find_line
+from hato.smtp.framing import BareCounter, LineStatus, discard_line, find_line
 from hato.smtp.states import LocalProtocolError, State
 from hato.smtp.verbs import Decision, VerbHandlers
+
+# The banner and the replies to EHLO/HELO, by listener settings (kept alive here, so their
+# id() stays theirs) and TLS state: (settings, bytes).
+_BANNERS: dict[int, tuple[ServerSettings, bytes]] = {}
+_HELLO_REPLIES: dict[tuple[int, bool, bool], tuple[ServerSettings, bytes]] = {}
+
+
+def _banner(settings: ServerSettings) -> bytes:
+    """The 220 greeting (RFC 2034 §3: no enhanced status code), made once per settings."""
+    cached = _BANNERS.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    data = Reply(220, None, f"{settings.hostname} ESMTP Hato").to_bytes()
+    if len(_BANNERS) >= 64:  # settings replaced by reloads
+        _BANNERS.clear()
+    _BANNERS[id(settings)] = (settings, data)
+    return data
 
 
 class ServerConnection(VerbHandlers):
@@ -73,10 +90,15 @@ class ServerConnection(VerbHandlers):
         self._eof = False
         self._discarding = False  # skipping the rest of an over-long line
         self._skip = 0  # octets of a refused BDAT chunk still to skip
+        self._scanned = False  # the DATA body's scan took all of this read it can
         self._events = deque()
         self._decision = None
         self._out = []
         self._errors = 0
+        # RFC 5321 §4.5.3.1.4 / RFC 4954 §4: a line is first looked for within the smaller of
+        # the two limits; only a line too long for it needs to know which applies (_step_line).
+        self._short_limit = min(settings.max_command_line, settings.max_auth_line)
+        self._bare = BareCounter()
         self._reset_message_state()
 
     @property
@@ -105,8 +127,10 @@ class ServerConnection(VerbHandlers):
         """Queue the banner: 220 by default; 554 = RFC 5321 §3.1 reject mode; 421 = close."""
         if self._state is not State.INITIAL:
             raise LocalProtocolError("greet() called twice")
-        # RFC 2034 §3: the greeting carries no enhanced status code.
-        reply = reply or Reply(220, None, f"{self._settings.hostname} ESMTP Hato")
+        if reply is None:
+            self._state = State.GREETED
+            self._out.append(_banner(self._settings))
+            return
         if reply.code == 220:
             self._state = State.GREETED
             self._send(reply)
@@ -132,13 +156,22 @@ class ServerConnection(VerbHandlers):
         # Keep two consumed bytes as context (hato.smtp.framing); drop the rest.
         self._buf = self._buf[self._pos - 2 :] + data
         self._pos = 2
+        self._scanned = False
 
     def next_event(self) -> Event | Sentinel:
         """The next event; NEED_DATA to read more, PAUSED while we owe an answer."""
-        while not self._events and self._decision is None and self._step():
-            pass
-        if self._events:
-            return self._events.popleft()
+        events = self._events
+        if events:
+            return events.popleft()
+        if self._decision is None:
+            step = self._step
+            while step():
+                if events:
+                    return events.popleft()
+                if self._decision is not None:
+                    break
+        if events:
+            return events.popleft()
         if self._decision is not None or self._state is State.TLS_HANDSHAKE:
             return PAUSED
         if self._eof and self._state is not State.CLOSED:
@@ -148,8 +181,11 @@ class ServerConnection(VerbHandlers):
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer; clears it."""
-        data = b"".join(self._out)
-        self._out.clear()
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return data
 
     def accept(self, text: str | None = None) -> None:
@@ -159,21 +195,21 @@ class ServerConnection(VerbHandlers):
             case Hello():
                 self._accept_hello(event, text)
             case MailFrom():
-                self._send(R.with_text(R.MAIL_OK, text))
+                self._out.append(R.wire_with_text(R.MAIL_OK, text))
                 self._state = State.MAIL
                 self._txn_smtputf8 = event.smtputf8
             case RcptTo():
-                self._send(R.with_text(R.RCPT_OK, text))
+                self._out.append(R.wire_with_text(R.RCPT_OK, text))
                 self._accepted += 1
                 self._state = State.RCPT
             case MessageEnd():
-                self._send(R.with_text(R.MESSAGE_OK, text))
+                self._out.append(R.wire_with_text(R.MESSAGE_OK, text))
                 self._end_transaction()
             case StartTLSRequest():
-                self._send(R.with_text(R.STARTTLS_READY, text))
+                self._out.append(R.wire_with_text(R.STARTTLS_READY, text))
                 self._start_tls()
             case AuthRequest() | AuthResponse():
-                self._send(R.with_text(R.AUTH_OK, text))
+                self._out.append(R.wire_with_text(R.AUTH_OK, text))
                 self._authenticated = True
                 self._state = State.READY
             case _:
@@ -229,11 +265,7 @@ class ServerConnection(VerbHandlers):
         return event
 
     def _accept_hello(self, event: Hello, text: str | None) -> None:
-        host = self._settings.hostname
-        first = host if text is None else f"{host} {text}"
-        lines = [first, *self.capabilities()] if event.kind == "EHLO" else [first]
-        # RFC 2034 §3: replies to EHLO/HELO carry no enhanced status code.
-        self._send(Reply(250, None, "\n".join(lines)))
+        self._out.append(self._hello_reply(event.kind == "EHLO", text))
         self._hello_name = event.domain
         self._esmtp = event.kind == "EHLO"
         if self._state is State.GREETED:
@@ -275,6 +307,25 @@ class ServerConnection(VerbHandlers):
             return self._step_chunk()
         return self._step_line()
 
+    def _hello_reply(self, ehlo: bool, text: str | None) -> bytes:
+        """The 250 to EHLO/HELO; without a text the same bytes for every connection of one
+        listener in one TLS state, so they are made once (issue 15: per connection)."""
+        key = (id(self._settings), self._tls_active, ehlo) if text is None else None
+        if key is not None:
+            cached = _HELLO_REPLIES.get(key)
+            if cached is not None and cached[0] is self._settings:
+                return cached[1]
+        host = self._settings.hostname
+        first = host if text is None else f"{host} {text}"
+        lines = [first, *self.capabilities()] if ehlo else [first]
+        # RFC 2034 §3: replies to EHLO/HELO carry no enhanced status code.
+        data = Reply(250, None, "\n".join(lines)).to_bytes()
+        if key is not None:
+            if len(_HELLO_REPLIES) >= 64:  # settings replaced by reloads
+                _HELLO_REPLIES.clear()
+            _HELLO_REPLIES[key] = (self._settings, data)
+        return data
+
     def _line_limit(self) -> int:
         # RFC 4954 §4: AUTH lines may be up to 12288 octets; others RFC 5321 §4.5.3.1.4.
         if self._state is State.AUTH or self._buf[self._pos : self._pos + 5].upper() == b"AUTH ":
@@ -282,8 +333,24 @@ class ServerConnection(VerbHandlers):
         return self._settings.max_command_line
 
     def _step_line(self) -> bool:
-        limit = self._line_limit()
-        found = find_line(self._buf, self._pos, limit)
+        found = find_line(self._buf, self._pos, self._short_limit)
+        if isinstance(found, int):  # the common case: a whole line within the smaller limit
+            line = self._buf[self._pos : found - 1]
+            self._pos = found + 1
+            if self._state is State.AUTH:
+                self._on_auth_line(line)
+            else:
+                self._on_command(line)
+            return True
+        if found is LineStatus.NEED_MORE:
+            return False
+        limit = self._short_limit
+        if found is LineStatus.TOO_LONG:
+            # The verdict of a smaller limit stands unless it is "too long" (find_line's
+            # window only grows with the limit): then the line's own limit decides.
+            limit = self._line_limit()
+            if limit != self._short_limit:
+                found = find_line(self._buf, self._pos, limit)
         if found is LineStatus.NEED_MORE:
             return False
         if found is LineStatus.BARE:
@@ -328,22 +395,27 @@ class ServerConnection(VerbHandlers):
         return take > 0
 
     def _step_data(self) -> bool:
+        if self._scanned:
+            return False
         scanner = self._scanner
         assert scanner is not None
-        scan = scanner.scan(self._buf, self._pos)
-        if scan.bare:
+        pos, chunk, ended, bare = scanner.scan(self._buf, self._pos)
+        if bare:
             # RFC 5321 §2.3.8 / §4.1.1.4: DATA ends only on CRLF.CRLF; a bare CR or LF
             # could smuggle a second message past another server: refuse, close.
             self._events.append(MessageAborted(R.BARE_CR_LF_IN_DATA))
             self._close(R.BARE_CR_LF_IN_DATA)
             return True
-        progressed = scan.pos != self._pos
-        self._pos = scan.pos
-        if scan.chunk is not None:
-            self._events.append(BodyChunk(scan.chunk))
-        if scan.ended:
+        self._pos = pos
+        if chunk is not None:
+            self._events.append(BodyChunk(chunk))
+        if ended:
             self._end_message(scanner.refusal, scanner.size)
-        return progressed
+            return True
+        # The scan took all this read allows (it stops only before a possible end marker or
+        # the CR of a CRLF); another would find nothing new: one scan a read.
+        self._scanned = True
+        return False
 
     def _step_chunk(self) -> bool:
         left = self._chunk_left

@@ -48,17 +48,11 @@ from hato.smtp.states import ALLOWED, State
 
 Decision = Hello | MailFrom | RcptTo | MessageEnd | StartTLSRequest | AuthRequest | AuthResponse
 
-_WIRE: dict[Reply, bytes] = {}
-
-
-def wire(reply: Reply) -> bytes:
-    """Reply.to_bytes(), cached for the core's own (bounded set of) replies."""
-    data = _WIRE.get(reply)
-    if data is None:
-        data = reply.to_bytes()
-        if len(_WIRE) < 512:
-            _WIRE[reply] = data
-    return data
+# Events without fields, made once (frozen values; issue 15: fewer objects per command).
+DATA_START = DataStart(bdat=False)
+BDAT_START = DataStart(bdat=True)
+TRANSACTION_RESET = TransactionReset()
+_NO_VERBS: frozenset[Verb] = frozenset()
 
 
 class VerbHandlers:
@@ -87,7 +81,7 @@ class VerbHandlers:
 
     # ---- shared helpers ----
     def _send(self, reply: Reply) -> None:
-        self._out.append(wire(reply))
+        self._out.append(R.wire(reply))
 
     def _decide(self, event: Decision) -> None:
         self._events.append(event)
@@ -119,7 +113,6 @@ class VerbHandlers:
         self._chunk_left = None
         self._chunk_size = 0
         self._chunk_last = False
-        self._bare = BareCounter()
         self._msg_size = 0
         self._msg_refusal = None
 
@@ -130,7 +123,7 @@ class VerbHandlers:
     def _reset_transaction(self) -> None:
         """RSET / a new EHLO or HELO: drop the mail transaction, if there is one."""
         if self._state in (State.MAIL, State.RCPT, State.BDAT):
-            self._events.append(TransactionReset())
+            self._events.append(TRANSACTION_RESET)
             self._end_transaction()
 
     def auth_allowed(self) -> bool:
@@ -164,8 +157,10 @@ class VerbHandlers:
     # ---- one command line ----
     def _on_command(self, line: bytes) -> None:
         verb_bytes, _, arg_bytes = line.partition(b" ")
-        # RFC 5321 §2.4: verbs are case-insensitive.
-        verb = VERBS.get(verb_bytes.upper())
+        # RFC 5321 §2.4: verbs are case-insensitive (upper-case, as clients send them, first).
+        verb = VERBS.get(verb_bytes)
+        if verb is None:
+            verb = VERBS.get(verb_bytes.upper())
         if self._state is State.REJECTING and verb is not Verb.QUIT:
             # RFC 5321 §3.1: after a 554 greeting, 503 to everything but QUIT.
             self._error(R.REJECTING, "command in reject mode")
@@ -174,7 +169,7 @@ class VerbHandlers:
             # RFC 5321 §4.2.4: 500 for an unrecognized command.
             self._error(R.UNKNOWN_COMMAND, f"unknown command {verb_bytes[:16]!r}")
             return
-        if verb not in ALLOWED.get(self._state, frozenset()):
+        if verb not in ALLOWED.get(self._state, _NO_VERBS):
             self._bad_sequence(verb, arg_bytes)
             return
         try:
@@ -265,7 +260,7 @@ class VerbHandlers:
         self._send(R.START_DATA)
         self._state = State.DATA
         self._scanner = DataScanner(self._settings.max_text_line, self._settings.max_message_size)
-        self._events.append(DataStart(bdat=False))
+        self._events.append(DATA_START)
 
     def _on_bdat(self, arg: str) -> None:
         bdat = parse_bdat(arg)
@@ -282,7 +277,8 @@ class VerbHandlers:
             return
         if self._state is State.RCPT:
             self._state = State.BDAT
-            self._events.append(DataStart(bdat=True))
+            self._bare = BareCounter()  # the new message's (read only in State.BDAT)
+            self._events.append(BDAT_START)
         self._chunk_left = self._chunk_size = bdat.size
         self._chunk_last = bdat.last
 
