@@ -14,6 +14,7 @@ Must not import asyncio, socket, ssl, time or logging.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 
 from hato.model import Reply
@@ -77,6 +78,12 @@ def discard_line(buf: bytes, pos: int) -> tuple[int, LineStatus | None]:
 DataScan = tuple[int, bytes | None, bool, bool]
 
 
+@functools.lru_cache(maxsize=16)
+def _long_line(max_text_line: int) -> re.Pattern[bytes]:
+    """The pattern of a too-long line, compiled once per limit (a DataScanner is per message)."""
+    return re.compile(b"\n[^\n]{%d}" % max_text_line)
+
+
 class DataScanner:
     """Scans a DATA body as it streams: end marker, bare CR/LF, line length, size.
 
@@ -93,7 +100,7 @@ class DataScanner:
         self._max_size = max_message_size
         # A run of `max_text_line` non-LF octets (the CR counts) after an LF is a line
         # longer than max_text_line octets including CRLF.
-        self._long_line = re.compile(b"\n[^\n]{%d}" % max_text_line) if max_text_line else None
+        self._long_line = _long_line(max_text_line) if max_text_line else None
         self._line_len = 0  # octets of the current, unfinished line already scanned
         self.size = 0  # content octets after unstuffing
         self.refusal: Reply | None = None  # set once the message is refused (reported at end)

@@ -90,7 +90,8 @@ class ServerConnection(VerbHandlers):
         self._eof = False
         self._discarding = False  # skipping the rest of an over-long line
         self._skip = 0  # octets of a refused BDAT chunk still to skip
-        self._scanned = False  # the DATA body's scan took all of this read it can
+        # Every byte of this read that can be parsed was: a step waits for receive_data().
+        self._starved = False
         self._events = deque()
         self._decision = None
         self._out = []
@@ -156,7 +157,7 @@ class ServerConnection(VerbHandlers):
         # Keep two consumed bytes as context (hato.smtp.framing); drop the rest.
         self._buf = self._buf[self._pos - 2 :] + data
         self._pos = 2
-        self._scanned = False
+        self._starved = False
 
     def next_event(self) -> Event | Sentinel:
         """The next event; NEED_DATA to read more, PAUSED while we owe an answer."""
@@ -294,6 +295,8 @@ class ServerConnection(VerbHandlers):
     # ---- input stepping ----
     def _step(self) -> bool:
         """Parse one unit of input; False when nothing more can be done now."""
+        if self._starved:
+            return False  # issue 15: not the same scan twice (one a read, one an event)
         state = self._state
         if state in (State.INITIAL, State.CLOSED, State.TLS_HANDSHAKE):
             return False
@@ -343,6 +346,7 @@ class ServerConnection(VerbHandlers):
                 self._on_command(line)
             return True
         if found is LineStatus.NEED_MORE:
+            self._starved = True
             return False
         limit = self._short_limit
         if found is LineStatus.TOO_LONG:
@@ -352,6 +356,7 @@ class ServerConnection(VerbHandlers):
             if limit != self._short_limit:
                 found = find_line(self._buf, self._pos, limit)
         if found is LineStatus.NEED_MORE:
+            self._starved = True
             return False
         if found is LineStatus.BARE:
             # RFC 5321 §2.3.8: refuse bare CR/LF and stop parsing (SMTP smuggling).
@@ -395,8 +400,6 @@ class ServerConnection(VerbHandlers):
         return take > 0
 
     def _step_data(self) -> bool:
-        if self._scanned:
-            return False
         scanner = self._scanner
         assert scanner is not None
         pos, chunk, ended, bare = scanner.scan(self._buf, self._pos)
@@ -414,7 +417,7 @@ class ServerConnection(VerbHandlers):
             return True
         # The scan took all this read allows (it stops only before a possible end marker or
         # the CR of a CRLF); another would find nothing new: one scan a read.
-        self._scanned = True
+        self._starved = True
         return False
 
     def _step_chunk(self) -> bool:
