@@ -4,6 +4,7 @@ lines looked for within the smaller line limit first, a path's parse cached."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hato.model import AddressError, Reply, parse_path
 from hato.smtp import ServerConnection, ServerSettings
 from hato.smtp import replies as R
 from hato.smtp.commands import Bad, parse_mail, parse_rcpt
-from hato.smtp.framing import LineStatus, find_line
+from hato.smtp.framing import DataScanner, LineStatus, find_line
 from kit.smtp_core import Driver
 
 BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,3 +164,20 @@ def test_a_cached_path_parse_is_the_parse(path: str) -> None:
             assert isinstance(rcpt, Bad)  # RFC 5321 §4.1.1.3: no null forward-path
         else:
             assert not isinstance(rcpt, Bad) and rcpt.address == expected
+
+
+@BOUNDED
+@given(
+    st.lists(st.sampled_from([b"\n", b"a", b"aaaaaaa", b"\r\n"]), max_size=60).map(b"".join),
+    st.integers(1, 12),
+    st.integers(0, 20),
+    st.integers(0, 20),
+)
+def test_the_long_line_walk_is_the_regex(body: bytes, max_line: int, start: int, cut: int) -> None:
+    """_has_long_line's rfind walk finds what b"\\n[^\\n]{max_line}" finds, at any region."""
+    buf = b"\r\n" + body
+    first_nl = buf.find(b"\n", min(start, len(buf) - 1))
+    first_nl = 1 if first_nl < 0 else first_nl  # the scan starts at an LF
+    stop = max(first_nl, len(buf) - cut)
+    exact = re.compile(b"\n[^\n]{%d}" % max_line).search(buf, first_nl, stop) is not None
+    assert DataScanner(max_line, 0)._has_long_line(buf, first_nl, stop) == exact

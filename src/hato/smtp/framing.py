@@ -1,7 +1,7 @@
 """Framing of the SMTP input stream: command lines, the DATA body, BDAT chunks.
 
-Everything here scans whole buffers with bytes.find/count/replace and one compiled regex
-(C speed); nothing walks the input byte by byte or line by line in Python.
+Everything here scans whole buffers with bytes.find/rfind/count/replace (C speed); nothing
+walks the input byte by byte or line by line in Python.
 
 The buffer convention (kept by server.py): `buf[pos - 2:pos]` are the last two bytes already
 consumed (b"\\r\\n" at the start and after every command line), so a DATA body scanned from
@@ -14,8 +14,6 @@ Must not import asyncio, socket, ssl, time or logging.
 from __future__ import annotations
 
 import enum
-import functools
-import re
 
 from hato.model import Reply
 from hato.smtp import replies as R
@@ -78,12 +76,6 @@ def discard_line(buf: bytes, pos: int) -> tuple[int, LineStatus | None]:
 DataScan = tuple[int, bytes | None, bool, bool]
 
 
-@functools.lru_cache(maxsize=16)
-def _long_line(max_text_line: int) -> re.Pattern[bytes]:
-    """The pattern of a too-long line, compiled once per limit (a DataScanner is per message)."""
-    return re.compile(b"\n[^\n]{%d}" % max_text_line)
-
-
 class DataScanner:
     """Scans a DATA body as it streams: end marker, bare CR/LF, line length, size.
 
@@ -93,14 +85,13 @@ class DataScanner:
     region never splits a CRLF, and counting CR, LF and CRLF in it finds any bare one.
     """
 
-    __slots__ = ("_line_len", "_long_line", "_max_line", "_max_size", "refusal", "size")
+    __slots__ = ("_line_len", "_max_line", "_max_size", "refusal", "size")
 
     def __init__(self, max_text_line: int, max_message_size: int) -> None:
+        # A run of `max_text_line` non-LF octets (the CR counts) after an LF is a line
+        # longer than max_text_line octets including CRLF; 0: no limit.
         self._max_line = max_text_line
         self._max_size = max_message_size
-        # A run of `max_text_line` non-LF octets (the CR counts) after an LF is a line
-        # longer than max_text_line octets including CRLF.
-        self._long_line = _long_line(max_text_line) if max_text_line else None
         self._line_len = 0  # octets of the current, unfinished line already scanned
         self.size = 0  # content octets after unstuffing
         self.refusal: Reply | None = None  # set once the message is refused (reported at end)
@@ -135,7 +126,7 @@ class DataScanner:
 
     def _check_lines(self, buf: bytes, pos: int, stop: int) -> None:
         # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
-        if self._long_line is None:
+        if not self._max_line:
             return
         first_nl = buf.find(b"\n", pos, stop)
         if first_nl < 0:
@@ -150,19 +141,21 @@ class DataScanner:
             self.refusal = Reply(554, "5.6.0", f"Message line longer than {self._max_line} octets")
 
     def _has_long_line(self, buf: bytes, first_nl: int, stop: int) -> bool:
-        """Whether `_long_line` matches in buf[first_nl:stop], searched only when it may.
+        """Whether an LF at or after `first_nl` is followed by max_line non-LF octets, all
+        before `stop` (the regex b"\\n[^\\n]{max_line}" over buf[first_nl:stop], exactly).
 
-        A match is a run of max_line non-LF octets after an LF; any run that long holds a
-        whole block of (max_line + 1) // 2 octets aligned from first_nl + 1. When every such
-        block has an LF (one find() each, stopping at the block's first LF), there is no
-        match; only otherwise does the regex, which walks every line (the costliest pass of a
-        big message's scan), run."""
-        assert self._long_line is not None
-        block = (self._max_line + 1) // 2
-        find = buf.find
-        for start in range(first_nl + 1, stop - block + 1, block):
-            if find(b"\n", start, start + block) < 0:
-                return self._long_line.search(buf, first_nl, stop) is not None
+        From an LF p, the last LF q within the next max_line octets (one rfind) rules out
+        every LF between p and q too (q lies within their next max_line octets), so the walk
+        goes on from q; none there is a match. Two steps pass at least max_line octets: at
+        most 2 * len / max_line C calls, and no regex walking every line (issue 15)."""
+        max_line = self._max_line
+        rfind = buf.rfind
+        p = first_nl
+        while p + max_line < stop:
+            q = rfind(b"\n", p + 1, p + max_line + 1)
+            if q < 0:
+                return True
+            p = q
         return False
 
     @staticmethod
