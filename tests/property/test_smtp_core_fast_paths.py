@@ -181,3 +181,18 @@ def test_the_long_line_walk_is_the_regex(body: bytes, max_line: int, start: int,
     stop = max(first_nl, len(buf) - cut)
     exact = re.compile(b"\n[^\n]{%d}" % max_line).search(buf, first_nl, stop) is not None
     assert DataScanner(max_line, 0)._has_long_line(buf, first_nl, stop) == exact
+
+
+def test_a_read_ending_with_bdat_0_last_still_ends_the_message() -> None:
+    """A read that ends with its last line leaves nothing to parse, except a BDAT chunk of 0
+    octets, which ends without further input (RFC 3030 §2)."""
+    d = Driver.make()
+    d.run("EHLO c.example\r\n")
+    d.run("MAIL FROM:<a@b.example>\r\n")
+    d.run("RCPT TO:<x@example.org>\r\n")
+    assert d.run("BDAT 0 LAST\r\n") == "250 2.0.0 Ok\r\n"
+    d.run("MAIL FROM:<a@b.example>\r\n")
+    d.run("RCPT TO:<x@example.org>\r\n")
+    assert d.run("BDAT 3\r\n") == ""
+    assert d.run("abc") == "250 2.0.0 3 octets received\r\n"
+    assert d.run("BDAT 0 LAST\r\n") == "250 2.0.0 Ok\r\n"

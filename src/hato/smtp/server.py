@@ -344,6 +344,11 @@ class ServerConnection(VerbHandlers):
                 self._on_auth_line(line)
             else:
                 self._on_command(line)
+            if self._pos == len(self._buf) and self._chunk_left is None:
+                # The read ended with this line (no pipelining): nothing is left to parse
+                # whatever the answer; only a BDAT chunk (of 0 octets) would go on without
+                # input.
+                self._starved = True
             return True
         if found is LineStatus.NEED_MORE:
             self._starved = True
