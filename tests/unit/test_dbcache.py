@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,17 @@ from hato.boot.dbcache import (
 )
 from hato.crypto import FailurePolicy
 from hato.crypto.keystore import KeyStore
-from hato.model import Address, moment
+from hato.directory.known import NO_ACCOUNT, KnownMailboxes
+from hato.directory.resolver import Local, LocalDomain, RecipientResolver
+from hato.model import (
+    Address,
+    Delivered,
+    Outcome,
+    PermFailed,
+    QueuedMessage,
+    QueuedRecipient,
+    moment,
+)
 
 ALICE = Address("alice", "example.org")
 
@@ -168,4 +180,40 @@ def test_a_key_policy_set_by_another_process_is_seen_by_the_next_step(tmp_path: 
     assert moment.begin()
     assert cached.policy(ALICE) is other
     moment.end()
+    server_side.close()
+
+
+class Maildir:
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> list[Outcome]:
+        return [Delivered("maildir") for _ in recipients]
+
+
+def test_a_user_removed_between_rcpt_and_delivery_is_bounced_though_rcpt_kept_the_answer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "users.db"
+    server_side = UserStore(path)
+    admin = UserStore(path)
+    admin.add(ALICE, "correct horse battery staple")
+    admin.close()
+    _age(path, 60)
+    resolver = RecipientResolver([LocalDomain("example.org")], CachedUsers(server_side, path))
+    known = KnownMailboxes(Maildir(), resolver)
+    message = QueuedMessage("Q1", None, 0.0, "", 1, b"", {}, body=b"x")
+    rows = [QueuedRecipient(-1, ALICE, ALICE)]
+    assert moment.begin()  # RCPT TO:<alice>: the answer is kept under this stamp
+    assert resolver.resolve(ALICE) == Local((ALICE,), ())
+    moment.end()
+    assert asyncio.run(known.deliver(message, rows)) == [Delivered("maildir")]  # unchanged
+
+    admin = UserStore(path)  # `hato user remove` while the message came (DATA)
+    admin.remove(ALICE)
+    admin.close()
+    assert asyncio.run(known.deliver(message, rows)) == [PermFailed(NO_ACCOUNT)]
+    admin = UserStore(path)  # and back: delivered again, even before the stamp has aged
+    admin.add(ALICE, "correct horse battery staple")
+    admin.close()
+    assert asyncio.run(known.deliver(message, rows)) == [Delivered("maildir")]
     server_side.close()

@@ -76,7 +76,9 @@ class StampedCache(Generic[K, V]):
         self._trusted_from = 0.0  # when the stamp seen is old enough to trust (SETTLE_SECONDS)
         self._values: dict[K, V] = {}
 
-    def get(self, key: K) -> V:
+    def generation(self) -> Stamp | None:
+        """The stamp the kept answers hold under, while it is old enough to trust; None when
+        it is not (every lookup reads the database). Equal tokens: the same answers."""
         stamp = self._stamp.read()
         if stamp != self._seen:
             self._values.clear()
@@ -84,7 +86,10 @@ class StampedCache(Generic[K, V]):
             # Once per stamp, not per lookup: the time its newest part is SETTLE_SECONDS old.
             newest = max((part[2] for part in stamp if part is not None), default=0)
             self._trusted_from = newest / 1e9 + SETTLE_SECONDS
-        if self._now() < self._trusted_from:
+        return stamp if self._now() >= self._trusted_from else None
+
+    def get(self, key: K) -> V:
+        if self.generation() is None:
             return self._lookup(key)  # too fresh to trust: read, do not keep
         try:
             return self._values[key]
@@ -105,6 +110,11 @@ class CachedUsers:
 
     def exists(self, address: Address) -> bool:
         return self._exists.get(address)
+
+    def generation(self) -> object | None:
+        """A token that stays equal while every `exists` answer stays the same (the database
+        unchanged, its stamp old enough to trust); None when that cannot be told."""
+        return self._exists.generation()
 
 
 class CachedKeys:

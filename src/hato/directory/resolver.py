@@ -33,8 +33,9 @@ Must not import anything of hato but model and this room.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from hato.directory.aliases import AliasFileError, AliasTable, AliasTarget, parse_target
 from hato.directory.names import is_safe_mailbox_name
@@ -65,6 +66,16 @@ POSTMASTER = "postmaster"
 # Names programs and people write to that must reach a person: RFC 2142 §2 (abuse, postmaster),
 # root (cron, daemons) and MAILER-DAEMON (replies to bounces).
 ROLE_NAMES = frozenset({POSTMASTER, "root", "abuse", "mailer-daemon"})
+MAX_KEPT = 16384  # resolutions kept under one generation of the users; past it, dropped
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """A user directory that can tell when its answers may have changed (boot/dbcache.py)."""
+
+    def generation(self) -> object | None:
+        """Equal tokens: the same `exists` answers; None: cannot be told now."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,16 @@ class RecipientResolver:
         srs: tuple[Srs, Clock] | None = None,
     ) -> None:
         self._users = users
+        # Each answer depends on the configuration (fixed: a reload builds a new resolver),
+        # the accounts and, for an SRS address, the clock. So the answers for other addresses
+        # are kept while the users' generation stays the same: the second resolution of a
+        # recipient (RCPT, then directory/known.py before its Maildir) and the next message's
+        # are a lookup, and any change to the accounts is seen as the directory sees it.
+        self._generation: Callable[[], object | None] | None = (
+            users.generation if isinstance(users, Versioned) else None
+        )
+        self._kept_under: object | None = None
+        self._kept: dict[tuple[Address, bool], Resolution] = {}
         self._postmaster: AliasTarget | None = postmaster
         self._srs = srs
         self._alias_file = alias_file or AliasTable({})
@@ -192,6 +213,22 @@ class RecipientResolver:
         """The RCPT-time answer for `address`. With `wildcards` off, catch-all, accept_any and
         the postmaster fallback are not used: what is left names the address's real owners
         (users, aliases, +tag forms), which is what sender-login binding needs."""
+        token = self._generation() if self._generation is not None else None
+        if token is None or (self._srs is not None and is_srs(address)):
+            return self._resolve(address, wildcards)  # the SRS answer ages with the clock
+        if token != self._kept_under:
+            self._kept.clear()
+            self._kept_under = token
+        key = (address, wildcards)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._resolve(address, wildcards)
+            if len(self._kept) >= MAX_KEPT:
+                self._kept.clear()
+            self._kept[key] = kept
+        return kept
+
+    def _resolve(self, address: Address, wildcards: bool) -> Resolution:
         domain = self._domains.get(address.domain.lower())
         if domain is None:
             return NotLocal()
@@ -206,7 +243,7 @@ class RecipientResolver:
         dead = tuple(
             target
             for target in found.unresolved
-            if target != address and isinstance(self.resolve(target, wildcards=wildcards), Unknown)
+            if target != address and isinstance(self._resolve(target, wildcards), Unknown)
         )
         return Local(tuple(found.mailboxes), tuple(found.forwards), dead)
 
@@ -235,7 +272,7 @@ class RecipientResolver:
         if sender is None:
             return Unknown()  # a forged or expired SRS address: 550 5.1.1
         if self.is_local_domain(sender.domain):
-            return self.resolve(sender)  # SRS1 -> our own SRS0, or a sender of ours
+            return self._resolve(sender, True)  # SRS1 -> our own SRS0, or a sender of ours
         return Local((), (sender,))
 
     def owns(self, user: Address, address: Address) -> bool:

@@ -285,3 +285,44 @@ def test_role_names_reach_postmaster_or_the_configured_address() -> None:
     assert resolver(users=Users("root@example.org")).resolve(a("root@example.org")) == (
         mailboxes("root@example.org")
     )
+
+
+class VersionedUsers(Users):
+    """A directory that tells when its answers may have changed (as boot/dbcache.py's)."""
+
+    def __init__(self, *addresses: str) -> None:
+        super().__init__(*addresses)
+        self.token: object | None = 1
+
+    def generation(self) -> object | None:
+        return self.token
+
+
+def test_answers_are_kept_while_the_users_generation_stays_the_same() -> None:
+    users = VersionedUsers("alice@example.org")
+    r = resolver(LocalDomain(ORG, aliases={"sales": ("alice", "bob")}), users=users)
+    first = r.resolve(a("sales@example.org"))
+    asked = len(users.asked)
+    assert r.resolve(a("sales@example.org")) is first  # kept: the users were not asked again
+    assert len(users.asked) == asked
+    assert r.resolve(a("sales@example.org"), wildcards=False) == first  # its own entry
+    assert len(users.asked) > asked
+
+    users.accounts.add(a("bob@example.org"))  # a change, and the new generation that tells it
+    users.token = 2
+    assert r.resolve(a("sales@example.org")) == mailboxes("alice@example.org", "bob@example.org")
+    users.accounts.clear()
+    users.token = None  # cannot be told (a fresh stamp): asked every time, nothing kept
+    assert r.resolve(a("sales@example.org")) == Unknown()
+    users.accounts.add(a("alice@example.org"))
+    assert r.resolve(a("alice@example.org")) == mailboxes("alice@example.org")
+    users.accounts.clear()
+    assert r.resolve(a("alice@example.org")) == Unknown()
+
+
+def test_without_a_generation_every_answer_asks_the_users() -> None:
+    users = Users("alice@example.org")
+    r = resolver(users=users)
+    r.resolve(a("alice@example.org"))
+    r.resolve(a("alice@example.org"))
+    assert users.asked == [a("alice@example.org")] * 2

@@ -143,3 +143,21 @@ def test_the_router_sends_forwards_of_foreign_senders_from_an_srs_address() -> N
     ours = QueuedMessage("Q2", Address("alice", "a.test"), 0.0, "", 10, body=b"\r\nx\r\n")
     asyncio.run(courier.deliver(ours, rows))  # our own domain's SPF already covers us
     assert remote.senders == [ours.mail_from, ours.mail_from]
+
+
+def test_an_srs_answer_is_not_kept_it_ages_with_the_clock() -> None:
+    class Versioned:
+        def exists(self, address: Address) -> bool:
+            return address.local == "alice"
+
+        def generation(self) -> object:
+            return 1  # the accounts never change here: only the clock moves
+
+    srs = Srs(KEY)
+    clock = FakeClock(NOW, NOW)
+    resolver = RecipientResolver([LocalDomain("a.test")], Versioned(), srs=(srs, clock))
+    bounce_to = srs.forward(Address("dave", "c.test"), "a.test", NOW)
+    assert bounce_to is not None
+    assert resolver.resolve(bounce_to) == Local((), (Address("dave", "c.test"),))
+    clock.advance(40 * DAY)  # past the SRS age limit
+    assert isinstance(resolver.resolve(bounce_to), Unknown)
