@@ -74,6 +74,8 @@ class DeliveryTally:
         self.last_hour = last_hour
         self._clock = clock
         self._is_local = is_local
+        self._local = metrics.deliveries_of(Transport.LOCAL)
+        self._remote = metrics.deliveries_of(Transport.REMOTE)
 
     def observe(
         self,
@@ -84,7 +86,7 @@ class DeliveryTally:
         latency = self._clock.now() - message.received_at
         for recipient, outcome in zip(recipients, outcomes, strict=False):
             local = self._is_local(recipient.address.domain)
-            self.metrics.delivery(outcome, Transport.LOCAL if local else Transport.REMOTE, latency)
+            (self._local if local else self._remote).count(outcome, latency)
             match outcome:
                 case Delivered():
                     self.last_hour.add("delivered")

@@ -120,6 +120,35 @@ class _Children(Generic[T]):
         return child
 
 
+class TransportDeliveries:
+    """The delivery counters of one transport, pre-bound: what the delivery tally calls for
+    each recipient (no label lookup by a key of enums per recipient)."""
+
+    __slots__ = ("_bounced", "_deferred", "_delivered", "_latency")
+
+    def __init__(self, metrics: Metrics, transport: Transport) -> None:
+        t = transport.value
+        self._delivered = metrics.deliveries.labels(DeliveryResult.DELIVERED.value, t)
+        self._deferred = metrics.deliveries.labels(DeliveryResult.DEFERRED.value, t)
+        self._bounced = metrics.deliveries.labels(DeliveryResult.BOUNCED.value, t)
+        self._latency = metrics.delivery_latency.labels(t)
+
+    def count(self, outcome: Outcome, latency: float | None) -> None:
+        """One recipient's attempt; `latency` (seconds since arrival) is observed when the
+        outcome is Delivered."""
+        match outcome:
+            case Delivered():
+                self._delivered.inc()
+                if latency is not None:
+                    self._latency.observe(latency if latency > 0.0 else 0.0)
+            case TempFailed():
+                self._deferred.inc()
+            case PermFailed():
+                self._bounced.inc()
+            case _:
+                assert_never(outcome)
+
+
 class RoleMetrics:
     """The counters of one listener role, pre-bound: what a session calls."""
 
@@ -312,12 +341,7 @@ class Metrics:
         self._rspamd_policies = _Children(self.rspamd_failures.labels, ("tempfail", "accept"))
         self.auth_mechanisms = _Children(self.auth_failures.labels, AUTH_MECHANISMS)
         self._roles = {role: RoleMetrics(self, role) for role in Role}
-        self._deliveries = {
-            (result, transport): self.deliveries.labels(result.value, transport.value)
-            for result in DeliveryResult
-            for transport in Transport
-        }
-        self._latency = {t: self.delivery_latency.labels(t.value) for t in Transport}
+        self._by_transport = {t: TransportDeliveries(self, t) for t in Transport}
         self._waiting = self.queue_recipients.labels("waiting")
         self._deferred = self.queue_recipients.labels("deferred")
         self._held = self.queue_recipients.labels("held")
@@ -351,17 +375,11 @@ class Metrics:
     def delivery(self, outcome: Outcome, transport: Transport, latency: float | None) -> None:
         """One recipient's attempt; `latency` (seconds since arrival) is observed when
         the outcome is Delivered."""
-        match outcome:
-            case Delivered():
-                self._deliveries[DeliveryResult.DELIVERED, transport].inc()
-                if latency is not None:
-                    self._latency[transport].observe(max(0.0, latency))
-            case TempFailed():
-                self._deliveries[DeliveryResult.DEFERRED, transport].inc()
-            case PermFailed():
-                self._deliveries[DeliveryResult.BOUNCED, transport].inc()
-            case _:
-                assert_never(outcome)
+        self._by_transport[transport].count(outcome, latency)
+
+    def deliveries_of(self, transport: Transport) -> TransportDeliveries:
+        """The pre-bound delivery counters of `transport`."""
+        return self._by_transport[transport]
 
     def queue(self, stats: QueueStats, now: float) -> None:
         """Set the queue gauges from one reading of the queue."""
