@@ -21,6 +21,7 @@ from hato.boot.filters import milters_for_role
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
 from hato.boot.shared import Shared
+from hato.boot.stampwatch import process_watch
 from hato.delivery.owner import OwnerError, resolve_owner
 from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
 from hato.directory.srs import Srs, load_key
@@ -213,7 +214,7 @@ def build_resolver(
     return RecipientResolver(
         domains,
         (
-            CachedUsers(users, users.cache_stamp)
+            CachedUsers(users, users.cache_stamp, process_watch())
             if isinstance(users, UserStore) and users.cache_stamp is not None
             else users
         ),

@@ -17,11 +17,13 @@ Part of the composition root (May import every room).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar, cast
 
+from hato.boot.stampwatch import StampWatch
 from hato.crypto import FailurePolicy, KeyLookup, PublicKey
 from hato.model import Address, UserDirectory, moment
 
@@ -36,19 +38,56 @@ Stamp = tuple[tuple[int, int, int] | None, ...]
 
 
 class DatabaseStamp:
-    """What changes whenever an SQLite database (rollback or WAL journal) commits."""
+    """What changes whenever an SQLite database (rollback or WAL journal) commits. With
+    `watch` (boot/stampwatch.py), the stat pair is skipped while no event says a file of the
+    database changed since it was last read."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, watch: StampWatch | None = None) -> None:
         self._paths = (str(path), f"{path}-wal")
+        self._watch = watch
+        self._watched = watch.watch(path) if watch is not None else None
+        self._last: Stamp | None = None
+        self._lock = threading.Lock()  # one thread's rearm and stat pair at a time
 
     def read(self) -> Stamp:
         step = moment.memo()
         if step is None:
-            return (_part(self._paths[0]), _part(self._paths[1]))
+            return self._read(drain=True)
         stamp = step.get(self._paths)  # by file: every cache of one database shares it
         if stamp is None:
-            stamp = step[self._paths] = (_part(self._paths[0]), _part(self._paths[1]))
+            # One read of the watch's events a step: a change during the step is the next's.
+            drain = self._watch not in step
+            stamp = step[self._paths] = self._read(drain=drain)
+            if self._watched is not None:
+                step[self._watch] = True  # read by `watch.changed` just now
         return cast(Stamp, stamp)
+
+    def _read(self, *, drain: bool) -> Stamp:
+        watch, watched = self._watch, self._watched
+        if watch is None or watched is None:
+            return (_part(self._paths[0]), _part(self._paths[1]))
+        with self._lock:
+            changed = watch.changed(watched, drain=drain)  # the events read, first
+            if self._last is not None and not changed:
+                return self._last
+            watch.rearm(watched)  # before the stat pair: a change after it is an event
+            self._last = (_part(self._paths[0]), _part(self._paths[1]))
+            return self._last
+
+
+_watched_stamps: dict[tuple[str, int], DatabaseStamp] = {}
+
+
+def _stamp_of(path: Path, watch: StampWatch | None) -> DatabaseStamp:
+    """The stamp of `path`; with a watch, one per file for the process (a reload's caches
+    share it, and its watch is not added again)."""
+    if watch is None:
+        return DatabaseStamp(path)
+    key = (str(path), id(watch))
+    stamp = _watched_stamps.get(key)
+    if stamp is None:
+        stamp = _watched_stamps[key] = DatabaseStamp(path, watch)
+    return stamp
 
 
 def _part(path: str) -> tuple[int, int, int] | None:
@@ -105,8 +144,8 @@ class StampedCache(Generic[K, V]):
 class CachedUsers:
     """A `UserDirectory` in front of the user database at `path`."""
 
-    def __init__(self, users: UserDirectory, path: Path) -> None:
-        self._exists = StampedCache(DatabaseStamp(path), users.exists)
+    def __init__(self, users: UserDirectory, path: Path, watch: StampWatch | None = None) -> None:
+        self._exists = StampedCache(_stamp_of(path, watch), users.exists)
 
     def exists(self, address: Address) -> bool:
         return self._exists.get(address)
@@ -120,8 +159,8 @@ class CachedUsers:
 class CachedKeys:
     """A `KeyLookup` in front of the key database at `path`."""
 
-    def __init__(self, keys: KeyLookup, path: Path) -> None:
-        stamp = DatabaseStamp(path)
+    def __init__(self, keys: KeyLookup, path: Path, watch: StampWatch | None = None) -> None:
+        stamp = _stamp_of(path, watch)
         self._get = StampedCache(stamp, keys.get)
         self._policy = StampedCache(stamp, keys.policy)
 

@@ -33,6 +33,7 @@ from hato.boot.heartbeat import Heartbeat
 from hato.boot.process import EX_CANTCREAT, StartupError, bind
 from hato.boot.reportwatch import close_reports, open_reports
 from hato.boot.shared import CurrentResolver, Shared
+from hato.boot.stampwatch import process_watch
 from hato.boot.store import (
     directory_cache,
     open_keys,
@@ -203,7 +204,7 @@ async def build_rooms(
         endpoints.wkd_keys.use(shared.keys)  # WKD serves the shared store's keys
     resolver = shared.resolver
     stamp = shared.keys.cache_stamp  # None: the shared PostgreSQL store (its own cache)
-    keys = CachedKeys(shared.keys, stamp) if stamp is not None else shared.keys
+    keys = CachedKeys(shared.keys, stamp, process_watch()) if stamp is not None else shared.keys
     maildir = MaildirCourier(
         settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
     )
