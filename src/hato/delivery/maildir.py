@@ -63,6 +63,7 @@ SMALL_BODY = 256 * 1024
 _CHUNK = 1024 * 1024
 # Copies (files) written per batch at most: each holds an open descriptor until its fsync.
 MAX_BATCH_COPIES = 256
+MAX_KEPT_MAILBOXES = 4096  # directory names and Delivered-To lines kept; past it, made again
 # After a local failure (full disk, EIO): try again after 10 s, 20 s, 40 s, ... (at most 5 min;
 # the queue's normal backoff is the upper bound anyway).
 LOCAL_RETRY_FIRST = 10.0
@@ -198,6 +199,8 @@ class MaildirCourier:
         )
         # Mailbox dirs seen to exist (skips the mkdirs) -> the file system they are on.
         self._known: dict[str, int] = {}
+        # (local part, domain, folder) -> the mailbox's directory and Delivered-To line.
+        self._mailboxes: dict[tuple[str, str, str | None], tuple[str, bytes]] = {}
         self.batches = 0  # counters for the benchmark and tests
         self.requests_done = 0
 
@@ -335,6 +338,23 @@ class MaildirCourier:
             )
         )
 
+    def _mailbox_of(self, rcpt: QueuedRecipient, folder: str | None) -> tuple[str, bytes] | None:
+        """(`_mailbox_dir`, the Delivered-To line) of the recipient, kept per address: the
+        same mailbox again and again on a busy server; None for a bad mailbox name."""
+        key = (rcpt.address.local, rcpt.address.domain, folder)
+        found = self._mailboxes.get(key)
+        if found is None:
+            mailbox = self._mailbox_dir(rcpt, folder)
+            if mailbox is None:
+                return None
+            # RFC 5322 §3.4.1: a local part that is not a dot-atom stays quoted
+            # ("a@b"@example.org).
+            address = str(Address(rcpt.address.local.lower(), rcpt.address.domain.lower()))
+            if len(self._mailboxes) >= MAX_KEPT_MAILBOXES:
+                self._mailboxes.clear()
+            found = self._mailboxes[key] = (mailbox, f"Delivered-To: {address}\r\n".encode())
+        return found
+
     def _mailbox_dir(self, rcpt: QueuedRecipient, folder: str | None = None) -> str | None:
         local = rcpt.address.local.lower()
         domain = rcpt.address.domain.lower()
@@ -359,12 +379,11 @@ class MaildirCourier:
         """Write one copy to tmp/ (left open for the batch's fsync), or find it delivered
         already; None for a bad mailbox name."""
         message, rcpt = request.message, request.recipients[index]
-        mailbox = self._mailbox_dir(rcpt, message.params.get(FOLDER_PARAM))
-        if mailbox is None:
+        found = self._mailbox_of(rcpt, message.params.get(FOLDER_PARAM))
+        if found is None:
             return None
-        # RFC 5322 §3.4.1: a local part that is not a dot-atom stays quoted ("a@b"@example.org).
-        address = str(Address(rcpt.address.local.lower(), rcpt.address.domain.lower()))
-        header = head + f"Delivered-To: {address}\r\n".encode() + message.prefix
+        mailbox, delivered_to = found
+        header = head + delivered_to + message.prefix
         base = base_name(message, rcpt, self._hostname)
         name = f"{base},S={len(header) + body_size}"
         new_dir = mailbox + "/new"

@@ -521,3 +521,26 @@ def test_folder_param_delivers_into_a_maildirpp_folder(
     )
     (outcome,) = run(courier, bad, [rcpt(6, "alice@example.org")])
     assert isinstance(outcome, PermFailed)  # a folder name can never leave the mailbox
+
+
+def test_a_kept_mailbox_is_per_address_and_folder(
+    courier: MaildirCourier, root: Path, tmp_path: Path
+) -> None:
+    plain = message(tmp_path)
+    junk = QueuedMessage(
+        plain.queue_id, plain.mail_from, plain.received_at, plain.body_path, plain.size,
+        prefix=plain.prefix, params={maildir_module.FOLDER_PARAM: "Junk"},
+    )  # fmt: skip
+    box = root / "example.org" / "bob"
+    for row, (msg, to) in enumerate(
+        [(plain, "Bob@Example.ORG"), (junk, "Bob@Example.ORG"), (plain, "bob@example.org")]
+    ):
+        assert run(courier, msg, [rcpt(row, to)]) == [Delivered("maildir")]
+    assert len(files(box / "new")) == 2 and len(files(box / ".Junk" / "new")) == 1
+    for name in files(box / "new"):
+        assert (box / "new" / name).read_bytes() == expected_content("bob@example.org")
+    bad = rcpt(9, "alice@example.org")
+    bad = QueuedRecipient(9, Address("../x", "example.org"), bad.original)
+    for _ in range(2):  # never kept: refused each time
+        (outcome,) = run(courier, plain, [bad])
+        assert isinstance(outcome, PermFailed)
