@@ -137,11 +137,13 @@ class StampWatch:
         with self._lock:
             if drain:
                 self._drain()
-            return watched.changed or watched.lost
+            return watched.changed or watched.lost or not self._live
 
     def rearm(self, watched: Watched) -> None:
         """Before its stamp is read: clear `changed` and watch the files as they are now (a
         change after this is an event; one before it is in the stamp read after)."""
+        if not self._live:
+            return
         with self._lock:
             watched.changed = False
             for path in watched.paths:
@@ -166,6 +168,9 @@ class StampWatch:
             try:
                 data = os.read(self._fd, 65536)
             except BlockingIOError:
+                return
+            except OSError:  # not expected: from now on every stamp is read by stat
+                self._live = False
                 return
             offset = 0
             while offset < len(data):
@@ -214,6 +219,7 @@ def _after_fork_in_child() -> None:
     global _watch, _watch_lock
     if _watch is not None:
         _watch._live = False
+        _watch._lock = threading.Lock()  # another thread may have held it at the fork
         if _watch._fd >= 0:
             os.close(_watch._fd)  # this process's reference; the parent keeps its own
             _watch._fd = -1

@@ -201,3 +201,21 @@ def test_two_databases_in_one_step_one_read_of_the_events_and_each_change_seen(
         file.write(b"2")
     again = _in_step(lambda: (keys_stamp.read(), users_stamp.read()))  # the other order
     assert isinstance(again, tuple) and again[0] == after[1] and again[1] != after[0]
+
+
+def test_a_failed_read_of_the_events_falls_back_to_stat_for_good(
+    tmp_path: Path, watch: StampWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "users.db"
+    db.write_bytes(b"x")
+    stamp = DatabaseStamp(db, watch)
+    stamp.read()
+    stats = _counting(monkeypatch)
+
+    def broken(fd: int, size: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("hato.boot.stampwatch.os.read", broken)
+    stamp.read()
+    stamp.read()
+    assert len(stats) == 4
