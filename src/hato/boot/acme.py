@@ -4,6 +4,10 @@ listener (bound before the privilege drop: port 80), and the manager that renews
 The listeners' ReloadingContext reads DATA_DIR/acme/cert.pem and key.pem; until the first
 order succeeds those hold a self-signed placeholder, so the server starts without the ACME
 server, and the manager swaps the issued certificate in through the same reload as SIGHUP.
+
+hato.acme (and under it the acme package, requests, urllib3, pyOpenSSL, josepy: ~10 MiB) is
+imported only when [tls] acme is configured: by the functions below, and before the fork and
+the privilege drop by boot/predrop.py's `preload` (issue 15 item 2: every server held it).
 """
 
 from __future__ import annotations
@@ -14,12 +18,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hato.acme.alpn import AlpnAnswers
-from hato.acme.challenge import Tokens, challenge_app
-from hato.acme.client import AcmeError, Order
-from hato.acme.manager import CertificateManager
-from hato.acme.store import CertFiles
 from hato.boot.process import EX_CANTCREAT, StartupError
 from hato.boot.tlswatch import reload_tls
 from hato.config.acme_sections import AcmeSettings
@@ -28,6 +28,14 @@ from hato.model import Clock, logfmt
 from hato.server.httpguard import HttpLimits, serve_guarded
 from hato.server.privileges import acting_as_owner, give_to
 from hato.server.tls import ReloadingContext, ensure_self_signed, self_signed_files
+
+if TYPE_CHECKING:
+    from hato.acme.client import Order
+    from hato.acme.manager import CertificateManager
+    from hato.acme.store import CertFiles
+
+# What `start_acme` uses; boot/predrop.py imports them before the fork when [tls] acme is set.
+MODULES = ("hato.acme.alpn", "hato.acme.challenge", "hato.acme.client", "hato.acme.manager")
 
 log = logging.getLogger("hato.boot")
 
@@ -39,6 +47,8 @@ class Acme:
 
 
 def acme_files(data_dir: Path) -> CertFiles:
+    from hato.acme.store import CertFiles
+
     return CertFiles(data_dir / "acme")
 
 
@@ -80,6 +90,10 @@ async def start_acme(
     section = settings.tls.acme if settings.tls is not None else None
     if section is None or tls is None:
         return None
+    from hato.acme.alpn import AlpnAnswers
+    from hato.acme.challenge import Tokens, challenge_app
+    from hato.acme.manager import CertificateManager
+
     responder: Tokens | AlpnAnswers
     close: Callable[[], Awaitable[None]]
     if section.challenge == "tls-alpn-01":
@@ -122,6 +136,8 @@ def _closer(server: asyncio.AbstractServer) -> Callable[[], Awaitable[None]]:
 
 
 def _order(section: AcmeSettings, for_names: tuple[str, ...]) -> Order:
+    from hato.acme.client import Order
+
     return Order(section.directory, section.email, for_names, section.ca_file)
 
 
@@ -130,6 +146,7 @@ def renew_op(acme: Acme | None) -> Callable[[], Awaitable[dict[str, str]]] | Non
     if acme is None:
         return None
     manager = acme.manager
+    from hato.acme.client import AcmeError
 
     async def renew() -> dict[str, str]:
         try:

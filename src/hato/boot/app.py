@@ -85,7 +85,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     )
     outbound = build_outbound(settings, dns, clock)  # reads [smarthost] password_file
     unix = _bind_control(settings, data_dir) if first else None
-    preload()
+    preload(settings)
     _drop_privileges(settings, data_dir)
     notifier = Notifier.from_env()
     index = worker.index if worker is not None else None

@@ -24,9 +24,13 @@ import pkgutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hato.boot.process import EX_CONFIG, StartupError
 from hato.server.privileges import Identity
+
+if TYPE_CHECKING:
+    from hato.config import Settings
 
 # Packages imported piece by piece on first use, by the standard library or our dependencies.
 _LAZY_PACKAGES = ("encodings", "email", "dns.rdtypes", "dkim")
@@ -52,9 +56,19 @@ _SKIPPED = frozenset(
 )  # fmt: skip
 
 
-def preload() -> None:
-    """Import now what would otherwise be imported after the privilege drop."""
-    for name in _LAZY_MODULES:
+_preloaded: list[bool] = []  # once per process: a worker inherits the supervisor's
+
+
+def preload(settings: Settings | None = None) -> None:
+    """Import now what would otherwise be imported after the privilege drop, and the optional
+    parts `settings` configures (imported where used, so that a server without them does not
+    hold them). The supervisor does it before forking the workers, which then share these
+    modules' pages with it (issue 15 item 2: each worker held its own copy); a worker's call
+    is then free."""
+    if _preloaded:
+        return
+    _preloaded.append(True)
+    for name in (*_LAZY_MODULES, *configured_modules(settings)):
         _import(name)
     for package in _LAZY_PACKAGES:
         module = _import(package)
@@ -67,6 +81,18 @@ def preload() -> None:
     from hato.authcheck.dmarc import organizational_domain
 
     organizational_domain("mail.example.org")  # reads the bundled public suffix list once
+
+
+def configured_modules(settings: Settings | None) -> tuple[str, ...]:
+    """The modules of the optional parts `settings` turns on that are imported where used."""
+    if settings is None:
+        return ()
+    from hato.boot import acme
+
+    wanted: list[str] = []
+    if settings.tls is not None and settings.tls.acme is not None:
+        wanted += acme.MODULES
+    return tuple(wanted)
 
 
 def _import(name: str) -> object:

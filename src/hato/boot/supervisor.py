@@ -49,6 +49,7 @@ from hato.accounts import UserStore
 from hato.boot.app import WorkerRole, run, server_owner
 from hato.boot.build import build_tls
 from hato.boot.logsetup import configure_logging
+from hato.boot.predrop import preload
 from hato.boot.process import (
     EX_CANTCREAT,
     EX_CONFIG,
@@ -269,6 +270,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
             with acting_as_owner(data_dir):  # as the workers read it: as the server's user
                 in_force.reload()
 
+    preload(settings)  # what each worker would import after its privilege drop: once, shared
     # Python's docs on gc.freeze: before fork, so the collector of a worker does not touch
     # (and copy) the pages it shares with the supervisor.
     gc.freeze()

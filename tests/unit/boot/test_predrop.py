@@ -4,8 +4,10 @@ message verified then wrote dkimpy's debug lines to stderr."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = (
     "import logging\n"
@@ -22,3 +24,45 @@ def test_preload_installs_no_root_log_handler() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.split() == ["0", "WARNING"], done.stdout + done.stderr
+
+
+# Issue 15 item 2: the ACME client (acme, requests, urllib3, pyOpenSSL, josepy: ~10 MiB in
+# every process) is imported only when [tls] acme is configured, then before the fork.
+SERVE_WITHOUT_ACME = (
+    "import sys\n"
+    "import hato.boot.supervisor\n"
+    "from hato.boot.predrop import preload\n"
+    "from kit import config\n"
+    "import pathlib, tempfile\n"
+    "preload(config.parse('', pathlib.Path(tempfile.mkdtemp())))\n"
+    "print(sorted(m for m in ('acme', 'requests', 'hato.acme') if m in sys.modules))\n"
+)
+SERVE_WITH_ACME = (
+    "import sys\n"
+    "import hato.boot.supervisor\n"
+    "from hato.boot.predrop import preload\n"
+    "from kit import config\n"
+    "import pathlib, tempfile\n"
+    "text = '[tls]\\nacme = { email = \"postmaster@example.org\" }\\n'\n"
+    "preload(config.parse(text, pathlib.Path(tempfile.mkdtemp())))\n"
+    "from hato.boot.acme import MODULES\n"
+    "print(all(m in sys.modules for m in ('acme.client', *MODULES)))\n"
+)
+
+
+def _fresh(probe: str) -> str:
+    tests = Path(__file__).resolve().parents[2]  # for `kit`
+    env = {**os.environ, "PYTHONPATH": str(tests)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_serve_without_acme_does_not_import_the_acme_client() -> None:
+    assert _fresh(SERVE_WITHOUT_ACME) == "[]"
+
+
+def test_preload_imports_the_acme_client_when_configured() -> None:
+    assert _fresh(SERVE_WITH_ACME) == "True"
