@@ -87,12 +87,16 @@ def configured_modules(settings: Settings | None) -> tuple[str, ...]:
     """The modules of the optional parts `settings` turns on that are imported where used."""
     if settings is None:
         return ()
-    from hato.boot import acme
+    from hato.boot import acme, web
 
     wanted: list[str] = []
     if settings.tls is not None and settings.tls.acme is not None:
         wanted += acme.MODULES
-    return tuple(wanted)
+    if settings.wkd.address is not None:
+        wanted += web.MODULES
+    if settings.metrics.address is not None:
+        wanted.append("aiohttp.web")  # server/metrics.py's metrics_app
+    return tuple(dict.fromkeys(wanted))
 
 
 def _import(name: str) -> object:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hato.boot.build import http_limits
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.config import Settings
 from hato.crypto import KeyStore
 from hato.crypto.keys import PublicKey
-from hato.crypto.wkd import WkdKeys, wkd_app
 from hato.model import Role, logfmt
 from hato.server.clientsetup import (
     Publication,
@@ -28,7 +28,13 @@ from hato.server.clientsetup import (
 from hato.server.httpguard import GuardedSite, serve_guarded
 from hato.server.privileges import acting_as_owner
 from hato.server.tls import ReloadingContext
-from hato.server.web import add_client_setup
+
+if TYPE_CHECKING:
+    from hato.crypto.wkd import WkdKeys
+
+# The endpoint's modules (and aiohttp's server under them), imported by serve_web when
+# [wkd] address is set, and before the fork by boot/predrop.py (issue 15 item 2: memory).
+MODULES = ("hato.crypto.wkd", "hato.server.web", "aiohttp.web")
 
 log = logging.getLogger("hato")
 
@@ -98,6 +104,9 @@ async def serve_web(
         with acting_as_owner(data_dir):  # before the drop: as the data directory's owner
             keys.use(KeyStore.in_data_dir(data_dir))
     context = tls.front() if section.https and tls is not None else None  # follows reloads
+    from hato.crypto.wkd import wkd_app
+    from hato.server.web import add_client_setup
+
     app = wkd_app(keys)
     add_client_setup(app, published, mta_sts=section.mta_sts, autoconfig=section.autoconfig)
     try:

@@ -29,12 +29,13 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
-
-from aiohttp import web
+from typing import TYPE_CHECKING, cast
 
 from hato.model import logfmt
 from hato.policy import client_key
+
+if TYPE_CHECKING:  # imported by serve_guarded: a server without an HTTP endpoint does not
+    from aiohttp import web  # hold aiohttp's server (issue 15 item 2)
 
 log = logging.getLogger("hato.http")
 
@@ -183,6 +184,8 @@ async def serve_guarded(
     """Serve `app` on host:port behind `limits`; OSError when it cannot listen. With `tls`,
     connections are counted from accept, their handshake (limited to `header_timeout`)
     included, as on port 465 (server/implicit.py)."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     handler = runner.server

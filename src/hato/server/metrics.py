@@ -23,9 +23,8 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, Protocol, TypeVar, assert_never
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, assert_never
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -49,6 +48,9 @@ from hato.model import (
 )
 from hato.model.queuestore import QueueError, QueueStats
 from hato.server.httpguard import GuardedSite, HttpLimits, serve_guarded
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("hato.metrics")
 T = TypeVar("T")
@@ -422,6 +424,7 @@ async def refresh_queue(
 
 def metrics_app(metrics: Metrics) -> web.Application:
     """GET /metrics in the Prometheus text exposition format (prometheus_client's latest)."""
+    from aiohttp import web  # only with [metrics] address (issue 15 item 2: memory)
 
     async def scrape(_request: web.Request) -> web.Response:
         return web.Response(

@@ -27,7 +27,8 @@ def test_preload_installs_no_root_log_handler() -> None:
 
 
 # Issue 15 item 2: the ACME client (acme, requests, urllib3, pyOpenSSL, josepy: ~10 MiB in
-# every process) is imported only when [tls] acme is configured, then before the fork.
+# every process) and aiohttp's server (the web and metrics endpoints) are imported only when
+# configured, then before the fork.
 SERVE_WITHOUT_ACME = (
     "import sys\n"
     "import hato.boot.supervisor\n"
@@ -35,7 +36,8 @@ SERVE_WITHOUT_ACME = (
     "from kit import config\n"
     "import pathlib, tempfile\n"
     "preload(config.parse('', pathlib.Path(tempfile.mkdtemp())))\n"
-    "print(sorted(m for m in ('acme', 'requests', 'hato.acme') if m in sys.modules))\n"
+    "names = ('acme', 'requests', 'hato.acme', 'aiohttp.web', 'hato.server.web')\n"
+    "print(sorted(m for m in names if m in sys.modules))\n"
 )
 SERVE_WITH_ACME = (
     "import sys\n"
@@ -66,3 +68,20 @@ def test_serve_without_acme_does_not_import_the_acme_client() -> None:
 
 def test_preload_imports_the_acme_client_when_configured() -> None:
     assert _fresh(SERVE_WITH_ACME) == "True"
+
+
+SERVE_WITH_ENDPOINTS = (
+    "import sys\n"
+    "import hato.boot.supervisor\n"
+    "from hato.boot.predrop import preload\n"
+    "from kit import config\n"
+    "import pathlib, tempfile\n"
+    'text = \'[wkd]\\naddress = "127.0.0.1:8080"\\n[metrics]\\naddress = "127.0.0.1:9100"\\n\'\n'
+    "preload(config.parse(text, pathlib.Path(tempfile.mkdtemp())))\n"
+    "from hato.boot.web import MODULES\n"
+    "print(all(m in sys.modules for m in MODULES))\n"
+)
+
+
+def test_preload_imports_the_web_endpoint_when_configured() -> None:
+    assert _fresh(SERVE_WITH_ENDPOINTS) == "True"
