@@ -7,7 +7,10 @@ PSS and private dirty memory from /proc/PID/smaps_rollup and where it lies (smap
 anonymous mappings (malloc arenas, thread stacks, Python's obmalloc arenas), shared libraries,
 other files), then sends a burst of mail (`--messages` over `--sessions` SMTP sessions at once,
 10 KiB each) and prints the same again. PSS counts a page shared by n processes as 1/n in
-each, so the sum over the processes is what they cost together.
+each, so the sum over the processes is what they cost together. The pages of files (the
+shared libraries) are shared with whatever else on the machine maps them, so their part of
+the sum moves with the machine's other processes; the anonymous part (Pss_Anon: the heap,
+Python's objects) is Hato's own and the steadier figure to compare.
 
 Not a test: `.venv/bin/python benchmarks/memory_bench.py [--messages 2000] [--sessions 20]
 [--settle 3]`. Wall time does not matter here; the figures are pages, not speeds.
@@ -84,13 +87,14 @@ def threads(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
-def report(title: str, root: int) -> int:
+def report(title: str, root: int) -> tuple[int, int]:
     print(f"--- {title}")
-    total = dirty = 0
+    total = dirty = anon = 0
     for pid in children(root):
         r = rollup(pid)
         total += r["Pss"]
         dirty += r["Private_Dirty"]
+        anon += r["Pss_Anon"]
         role = "supervisor" if pid == root else "worker"
         parts = "  ".join(
             f"{k} {pss / 1024:.1f}/{dirty / 1024:.1f}"
@@ -102,8 +106,11 @@ def report(title: str, root: int) -> int:
             f"Private_Dirty {r['Private_Dirty'] / 1024:5.1f}  Rss {r['Rss'] / 1024:5.1f}"
         )
         print(f"{'':12}(Pss/Private_Dirty MiB) {parts}")
-    print(f"PSS sum {total / 1024:.1f} MiB  Private_Dirty sum {dirty / 1024:.1f} MiB")
-    return total
+    print(
+        f"PSS sum {total / 1024:.1f} MiB  of it anonymous {anon / 1024:.1f}  "
+        f"Private_Dirty sum {dirty / 1024:.1f} MiB"
+    )
+    return total, anon
 
 
 def send(port: int, count: int) -> None:
@@ -143,11 +150,15 @@ def main() -> None:
             assert server.proc is not None
             root = server.proc.pid
             time.sleep(args.settle)  # not synchronisation: let start-up's garbage settle
-            idle = report("idle", root)
+            idle, idle_anon = report("idle", root)
             burst(server.port, args.messages, args.sessions)
             time.sleep(args.settle)
-            after = report(f"after {args.messages} messages over {args.sessions} sessions", root)
-            print(f"SUMMARY idle {idle / 1024:.1f} MiB  after burst {after / 1024:.1f} MiB")
+            title = f"after {args.messages} messages over {args.sessions} sessions"
+            after, after_anon = report(title, root)
+            print(
+                f"SUMMARY PSS idle {idle / 1024:.1f} MiB (anonymous {idle_anon / 1024:.1f}), "
+                f"after the burst {after / 1024:.1f} MiB (anonymous {after_anon / 1024:.1f})"
+            )
         finally:
             server.stop()
 
