@@ -96,6 +96,8 @@ def configured_modules(settings: Settings | None) -> tuple[str, ...]:
         wanted += web.MODULES
     if settings.metrics.address is not None:
         wanted.append("aiohttp.web")  # server/metrics.py's metrics_app
+    if settings.rspamd is not None:
+        wanted += ("aiohttp", "multidict")  # filters/rspamd.py's learning requests
     return tuple(dict.fromkeys(wanted))
 
 

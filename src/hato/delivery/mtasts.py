@@ -8,10 +8,10 @@ parsed (§3.2) and cached for its max_age. When DNS or the fetch fails, an unexp
 still applies (§5.1: this is what protects against an attacker who blocks the discovery).
 `StsPolicy.matches(host)` is the MX pattern rule of §4.1.
 
-The fetcher is a seam (`PolicyFetcher`); `HttpsPolicyFetcher` is the aiohttp one, whose URL host
-can be redirected for tests (a local HTTPS server with a test CA).
+The fetcher is a seam (`PolicyFetcher`); `HttpsPolicyFetcher` is the HTTPS one (httpsget.py),
+whose connection can be sent elsewhere for tests (a local HTTPS server with a test CA).
 
-Must not import anything of hato but model (and aiohttp).
+Must not import anything of hato but model (and delivery/httpsget.py).
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import asyncio
 import enum
 import logging
 import re
-import socket
 import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
+from hato.delivery.httpsget import HttpsGetError, https_get
 from hato.model import Clock, logfmt
 from hato.model.dns import DnsStatus, RdType, Resolver, normalize_name
 
@@ -156,51 +154,21 @@ class HttpsPolicyFetcher:
 
     async def fetch(self, domain: str) -> str:
         host = f"mta-sts.{domain}"
-        url = f"https://{host}/.well-known/mta-sts.txt"
-        resolver: aiohttp.abc.AbstractResolver | None = None
-        if self._connect_to is not None:
-            resolver = _FixedResolver(*self._connect_to)
-        connector = aiohttp.TCPConnector(ssl=self._ssl, resolver=resolver, use_dns_cache=False)
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        path = "/.well-known/mta-sts.txt"
         try:
-            async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.get(url, allow_redirects=False) as response,
-            ):
-                # RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed"; only 200 counts.
-                if response.status != 200:
-                    raise StsFetchError(f"HTTP status {response.status}")
-                if response.content_type != "text/plain":
-                    raise StsFetchError(f"content type {response.content_type!r}")
-                body = await response.content.read(MAX_POLICY_SIZE + 1)
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as exc:
+            async with asyncio.timeout(self._timeout):
+                reply = await https_get(host, path, self._ssl, MAX_POLICY_SIZE, self._connect_to)
+        except (HttpsGetError, TimeoutError, ssl.SSLError, OSError) as exc:
             raise StsFetchError(f"{type(exc).__name__}: {exc}") from None
+        # RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed"; only 200 counts.
+        if reply.status != 200:
+            raise StsFetchError(f"HTTP status {reply.status}")
+        if reply.content_type != "text/plain":
+            raise StsFetchError(f"content type {reply.content_type!r}")
+        body = reply.body
         if len(body) > MAX_POLICY_SIZE:
             raise StsFetchError("policy larger than 64 KiB")
         return body.decode("utf-8", errors="replace")
-
-
-class _FixedResolver(aiohttp.abc.AbstractResolver):
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-
-    async def resolve(
-        self, host: str, port: int = 0, family: int = 0
-    ) -> list[aiohttp.abc.ResolveResult]:
-        fam = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        return [
-            {
-                "hostname": host,
-                "host": self._host,
-                "port": self._port,
-                "family": fam,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)

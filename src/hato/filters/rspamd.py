@@ -29,12 +29,12 @@ import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
-from multidict import CIMultiDict
+from typing import TYPE_CHECKING, Any
 
 from hato.filters.post import Endpoint, HttpError, post
+
+if TYPE_CHECKING:  # imported where learning uses it: a server without [rspamd] does not
+    import aiohttp  # hold aiohttp's client (issue 15 item 2); boot/predrop.py preloads it
 
 # RFC 5322 §3.6.8: field-name = 1*ftext (printable US-ASCII except ":").
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
@@ -176,6 +176,8 @@ class RspamdClient:
         self._session: aiohttp.ClientSession | None = None  # the controller's (learning)
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             # Our own connector: rspamd is one host, reused for every message.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
@@ -225,6 +227,9 @@ class RspamdClient:
         *,
         controller: bool,
     ) -> tuple[int, dict[str, Any]]:
+        import aiohttp
+        from multidict import CIMultiDict
+
         sent = [*headers, ("Content-Length", str(size))]
         if controller and self.password:
             sent.append(("Password", self.password))
