@@ -5,6 +5,7 @@ the size limit, and replies it refuses."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -92,3 +93,14 @@ def test_status_and_redirect_are_the_callers(tmp_path: Path) -> None:
 def test_replies_it_refuses(tmp_path: Path, answer: bytes, error: str) -> None:
     with pytest.raises(HttpsGetError, match=error):
         get(tmp_path, answer)
+
+
+def test_a_refused_address_is_an_os_error(tmp_path: Path) -> None:
+    # A port nothing listens on: the connection's failure, in words, not a hang.
+    cert, _ = ensure_self_signed(tmp_path / "tls", HOST)
+    trust = ssl.create_default_context(cafile=str(cert))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(OSError, match="port"):
+            asyncio.run(https_get(HOST, "/", trust, 100, ("127.0.0.1", port)))
