@@ -128,6 +128,7 @@ class Job:
     recipients: tuple[Address, ...]
     keys: KeySnapshot
     now: dt.datetime
+    head: bytes = b""  # header lines read before the scratch file (SealedFile.head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +259,7 @@ def protect_far(
         fds = [body.file_for_writer() for body in bodies]
         sealed = scratch.sealed()
         snapshot = KeySnapshot.of(keys, recipients)
-        job = Job(sealed.key, sealed.nonce, tuple(recipients), snapshot, now)
+        job = Job(sealed.key, sealed.nonce, tuple(recipients), snapshot, now, sealed.head)
         done = helper.run(job, [sealed.fd, *fds])
         if any(not 0 <= copy.body < len(bodies) for copy in done.copies):
             raise HelperFailed("the encryption helper named a body it was not given")
@@ -342,7 +343,7 @@ class _BodyError(Exception):
 
 
 def _work(job: Job, fds: Sequence[int]) -> Done:
-    sealed = SealedFile(fds[0], job.key, job.nonce)
+    sealed = SealedFile(fds[0], job.key, job.nonce, job.head)
     free = list(enumerate(fds[1:]))
     free.reverse()
 

@@ -61,20 +61,27 @@ def _close_quietly(file: BinaryIO) -> None:
 @dataclass(frozen=True, slots=True)
 class SealedFile:
     """What it takes to read a scratch file from its start: its descriptor (still owned by
-    the `SealedScratch`), the AES-256 key and the CTR nonce."""
+    the `SealedScratch`), the AES-256 key and the CTR nonce; `head`, the header lines put in
+    front of the message after it was written (`SealedScratch.prepend`)."""
 
     fd: int
     key: bytes = field(repr=False)
     nonce: bytes = field(repr=False)
+    head: bytes = field(default=b"", repr=False)
 
 
 def read_sealed(sealed: SealedFile, size: int = READ_SIZE) -> Iterator[bytes]:
-    """The plaintext of a scratch file from its start, in chunks of `size` octets."""
+    """The plaintext of a scratch file from its start (its `head` first), in chunks of about
+    `size` octets."""
     decryptor = Cipher(algorithms.AES(sealed.key), modes.CTR(sealed.nonce)).decryptor()
     offset = 0
+    head = sealed.head
     while data := os.pread(sealed.fd, size, offset):
         offset += len(data)
-        yield decryptor.update(data)
+        yield head + decryptor.update(data) if head else decryptor.update(data)
+        head = b""
+    if head:
+        yield head  # an empty message: only the head
 
 
 class SealedScratch:
@@ -84,6 +91,7 @@ class SealedScratch:
         "_encryptor",
         "_error",
         "_file",
+        "_head",
         "_key",
         "_nonce",
         "_spilled",
@@ -95,6 +103,7 @@ class SealedScratch:
         cipher = Cipher(algorithms.AES(self._key), modes.CTR(self._nonce))
         self._encryptor = cipher.encryptor()
         self._buf = bytearray()
+        self._head = b""  # header lines put in front afterwards (prepend): memory only
         self._error: OSError | None = None
         self._closed = False
         self.size = 0  # plaintext octets written
@@ -114,6 +123,13 @@ class SealedScratch:
         self._buf += self._encryptor.update(data)
         if len(self._buf) >= FLUSH_AT:
             self._flush()
+
+    def prepend(self, lines: bytes) -> None:
+        """Put header lines in front of the message written so far (the fields the checks
+        and filters added after it came: intake/message.py). Held in memory, as the header
+        lines are (bounded by the caller), and read first by `chunks` and `read_sealed`."""
+        self._head = lines + self._head
+        self.size += len(lines)
 
     def _flush(self) -> None:
         assert self._file is not None
@@ -141,7 +157,7 @@ class SealedScratch:
         if self._error is not None:
             raise self._error
         assert self._file is not None
-        return SealedFile(self._file.fileno(), self._key, self._nonce)
+        return SealedFile(self._file.fileno(), self._key, self._nonce, self._head)
 
     def discard(self) -> None:
         """The message is refused: as `close`."""
@@ -153,6 +169,7 @@ class SealedScratch:
             return
         self._closed = True
         self._buf.clear()
+        self._head = b""
         file, self._file = self._file, None
         if file is None:
             return

@@ -8,9 +8,11 @@ authentication checks or DKIM signature, rspamd and milters, by the door that ha
 then makes the copies to store: the body itself for everyone, or the plaintext copy for the
 unkeyed recipients and one encrypted copy per keyed recipient. Each copy gets its stored
 prefix (RFC 9228 Delivered-To for the aliases that forward it, the door's added header lines,
-then its Received line, which names the copy's queue id) and is delivered into its Maildirs
-at once when every recipient of it can have it so (intake/direct.py), else committed to the
-queue. The door answers 250 only when this returned the queue ids.
+then its Received line, which names the copy's queue id; for a message with a keyed
+recipient the door's added lines go inside, in front of the message that is encrypted) and
+is delivered into its Maildirs at once when every recipient of it can have it so
+(intake/direct.py), else committed to the queue. The door answers 250 only when this
+returned the queue ids.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ async def commit(
     `trace(queue_id)` the copy's Received line; `direct` lets local copies skip the queue.
     Raises QueueWriteError when a copy could not be queued (the copies after it are
     discarded; those before it are stored, as a client's retry would store them again)."""
+    if isinstance(body, SealedScratch) and added:
+        # Issue 6: what the checks and filters added (rspamd's fields, a milter's, which may
+        # repeat what the message says) is encrypted with it, in its protected header
+        # section (RFC 9788); only the trace fields below stay outside (docs/encryption.md).
+        body.prepend(added)
+        added = b""
     copies = await copies_of(ctx, body, tx.dests(), session)
     if isinstance(copies, Reply):
         return copies

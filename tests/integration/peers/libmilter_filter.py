@@ -14,7 +14,9 @@ It answers by the message's content, so one instance serves every test:
   QUARANTINE quarantines, ADD-RCPT adds other@dest.example, DEL-RCPT deletes
   someone@dest.example, CHG-FROM makes the sender <bounces@sender.example> with RET=HDRS
   and ENVID=milter+2Benv (and an unknown FOO=1, to be ignored), PAR-RCPT adds
-  par@dest.example with NOTIFY=NEVER, DISCARD discards, REJECT-BODY rejects with 554 5.7.1.
+  par@dest.example with NOTIFY=NEVER, DISCARD discards, REJECT-BODY rejects with 554 5.7.1,
+  ECHO-SUBJECT adds `X-Libmilter-Subject` repeating the Subject (as a filter's report field
+  repeats what it found in the message: spamass-milter's URIs, say).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ACCEPT: int = Milter.ACCEPT
 class Filter(Milter.Base):  # type: ignore[misc]
     def __init__(self) -> None:
         self.seen = bytearray()
+        self.subject = ""
 
     def hello(self, hostname: str) -> int:
         if hostname == "refused.helo.example":
@@ -42,6 +45,7 @@ class Filter(Milter.Base):  # type: ignore[misc]
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self.seen = bytearray()
+        self.subject = ""
         if mailfrom.strip("<>").split("@")[0] == "tempfail":
             return TEMPFAIL
         return CONTINUE
@@ -50,6 +54,11 @@ class Filter(Milter.Base):  # type: ignore[misc]
         if to.strip("<>").split("@")[0] == "refused":
             self.setreply("550", "5.1.1", "No such user here")
             return REJECT
+        return CONTINUE
+
+    def header(self, name: str, value: str) -> int:
+        if name.lower() == "subject":
+            self.subject = value
         return CONTINUE
 
     def body(self, chunk: bytes) -> int:
@@ -65,6 +74,8 @@ class Filter(Milter.Base):  # type: ignore[misc]
             return DISCARD
         self.addheader("X-Libmilter", "seen")
         self.addheader("X-Libmilter-Top", "first", 0)
+        if b"ECHO-SUBJECT" in text:
+            self.addheader("X-Libmilter-Subject", self.subject)
         if b"CHANGE-SUBJECT" in text:
             self.chgheader("Subject", 1, "changed by libmilter")
         if b"DELETE-FIELD" in text:

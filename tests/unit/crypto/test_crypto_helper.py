@@ -137,6 +137,25 @@ def test_the_helper_stores_what_the_thread_stores(
     assert sorted(os.listdir(tmp_path / "far")) == ["q1", "q2", "q3", "q4"]
 
 
+def test_lines_put_in_front_are_read_first_by_the_helper_and_the_thread(
+    tmp_path: Path, helper: EncryptHelper, keys: Keys, gpg: Gpg, smime_rsa: Smime
+) -> None:
+    """The fields the checks and filters added after the message came (SealedScratch.prepend,
+    intake/message.py) are in every copy, inside the encrypted part of a keyed one."""
+    added = b"X-Filter-Report: " + MARKER + b" seen\r\n"
+    scratch = _scratch(tmp_path)
+    scratch.prepend(added)
+    assert b"".join(scratch.chunks()).startswith(added + b"From: Bob")
+    (tmp_path / "far").mkdir()
+    far = protect_far(helper, scratch, [DAVE, ECC], keys, NOW, Bodies(tmp_path / "far"))
+    scratch.close()
+    assert helper.pid is not None
+    plain, keyed = (_stored(c.body) for c in far.copies)
+    assert plain.startswith(added) and plain.count(MARKER) == LINES + 1
+    assert MARKER not in keyed
+    assert added in _opened(keyed, tmp_path, gpg, smime_rsa)
+
+
 def test_a_body_not_needed_is_discarded(tmp_path: Path, helper: EncryptHelper, keys: Keys) -> None:
     # EXP's policy is PLAINTEXT, so a body for the warning-headed copy is made in advance;
     # with only CAROL's copy stored, it goes.
