@@ -130,3 +130,26 @@ def test_a_keyed_recipient_is_not_added_to_mail_received_in_the_clear(
         r' recipient has a key"'
     ), hato.log_text()[-3000:]
     assert maildir.messages(hato.mailbox("other", "dest.example")) == []
+
+
+def test_mail_held_before_its_recipient_imported_a_key_is_delivered_encrypted(
+    hato: MilteredHato, gpg: Gpg
+) -> None:
+    """A milter's quarantine holds mail for late@ while late@ has no key (its plaintext copy is
+    queued); late@ imports one; `hato queue release` then delivers only ciphertext into the
+    Maildir (`hato key encrypt-existing` only sees what is already there)."""
+    marker = uuid.uuid4().hex
+    _send(hato, "late@dest.example", marker, "QUARANTINE")
+    held = hato.wait_for_log(r"event=queued id=(\w+) .*held=True")
+    assert held is not None, hato.log_text()[-2000:]
+    address = "late@dest.example"
+    gpg.run("--quick-gen-key", f"late <{address}>", "future-default", "default", "never")
+    hato.import_key(address, gpg.export(address), "late.asc")
+    released = hato.hato("queue", "release", held.group(1))
+    assert released.returncode == 0, released
+    assert f"The plan is {marker}.".encode() in _opened(hato, gpg, "late")
+    found = [
+        p for p in hato.mailboxes().rglob("*") if p.is_file() and marker.encode() in p.read_bytes()
+    ]
+    assert found == []
+    assert hato.wait_for_log(r"event=queued-copy-encrypted "), hato.log_text()[-2000:]

@@ -53,6 +53,7 @@ from hato.dns import DnsPythonResolver
 from hato.intake.direct import DirectDelivery
 from hato.intake.finish import Door
 from hato.intake.notices import KeyedCommitter
+from hato.intake.rekey import KeyedDelivery
 from hato.model import Role, SystemClock, logfmt
 from hato.policy.authlimit_sqlite import AUTHLIMIT_DB
 from hato.policy.connections import CONNECTIONS_TABLE, ConnectionLedger
@@ -212,7 +213,8 @@ async def build_rooms(
     local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
         resolver.is_local_domain,
-        local,
+        # A queued plaintext copy for a mailbox that has a key by now is encrypted first.
+        KeyedDelivery(local, keys, queue, clock),
         outbound,
         hop_limit=settings.limits.hopcount_limit,
         srs=srs,

@@ -1,0 +1,160 @@
+"""Encryption at rest for mail that waited in the queue while its recipient imported a key.
+
+Theory of operation. Intake makes the key verdict when the message comes (intake/protect.py):
+a recipient without a key then gets the plaintext copy, which is queued. A local copy that
+waits (a milter's quarantine until `hato queue release`, a Maildir that cannot be written,
+mail from hato-sendmail, which is always queued) may be delivered after its recipient has
+imported a key, and `hato key encrypt-existing` only rewrites what is already in the Maildir:
+delivered as it waited, it would stay readable in the mailbox for good. So `KeyedDelivery`
+stands in front of the local courier of the queue runner: each row whose mailbox has a key
+now, of a message that is not already encrypted (its Content-Type says multipart/encrypted or
+S/MIME enveloped data: an encrypted copy intake made, or mail encrypted end to end), is
+delivered from a copy made by the same `protect` step every door takes: the queued message,
+our header lines included, read into a sealed scratch file and encrypted per recipient into a
+body that is never committed, handed to the local courier, then dropped. The key failure
+policy applies as at intake: DEFER leaves the row to wait (4.7.5), PLAINTEXT delivers the
+warning-headed copy. Rows without a key are delivered as they are, untouched.
+
+The direct delivery at intake does not need this: its copies were made by `protect` a moment
+before, with the verdict of that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from hato.crypto import KeyLookup, SealedScratch
+from hato.crypto.mime import encrypted_type, split_message
+from hato.intake.protect import protect
+from hato.model import Clock, Courier, QueuedMessage, QueuedRecipient, Reply, logfmt
+from hato.model.outcome import Outcome, TempFailed
+from hato.queue import BodyWriter, QueueStore
+
+log = logging.getLogger("hato.queue")
+
+_HEAD = 64 * 1024  # octets read to find the header section's Content-Type
+_CHUNK = 64 * 1024
+# RFC 5321 §4.2.2 451 local error in processing; RFC 3463 §3.4 X.3.0: try again later.
+UNREADABLE = Reply(451, "4.3.0", "Local error in processing")
+
+
+class KeyedDelivery:
+    """A `Courier` in front of the local one (see the module docstring)."""
+
+    def __init__(
+        self, local: Courier, keys: KeyLookup | None, queue: QueueStore, clock: Clock
+    ) -> None:
+        self._local = local
+        self._keys = keys
+        self._queue = queue
+        self._clock = clock
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> list[Outcome]:
+        keys = self._keys
+        keyed = [r for r in recipients if keys is not None and keys.get(r.address) is not None]
+        if not keyed or await asyncio.to_thread(_already_encrypted, message):
+            return list(await self._local.deliver(message, recipients))
+        assert keys is not None
+        outcomes: dict[int, Outcome] = {}
+        rest = [r for r in recipients if r not in keyed]
+        if rest:
+            done = await self._local.deliver(message, rest)
+            outcomes.update(zip((r.row_id for r in rest), done, strict=True))
+        outcomes.update(await self._encrypted(keys, message, keyed))
+        return [outcomes[r.row_id] for r in recipients]
+
+    async def _encrypted(
+        self, keys: KeyLookup, message: QueuedMessage, rows: list[QueuedRecipient]
+    ) -> dict[int, Outcome]:
+        """`rows` delivered from their copies made now by `protect` (intake/protect.py)."""
+        scratch = SealedScratch(self._queue.messages_dir)
+        try:
+            await asyncio.to_thread(_fill, scratch, message)
+        except OSError as exc:
+            scratch.close()
+            return _all_failed(rows, UNREADABLE, message, str(exc))
+        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
+        by_address = {r.address: r for r in rows}
+        copies = await protect(keys, scratch, list(by_address), now, self._queue, message.queue_id)
+        if isinstance(copies, Reply):  # a key under the DEFER policy failed: wait (4.7.5)
+            return _all_failed(rows, copies, message, "key failure")
+        outcomes: dict[int, Outcome] = {}
+        try:
+            for copy, dests in copies:
+                mine = [by_address[d] for d in dests]
+                copied = _as_queued(message, copy)
+                if copied is None:
+                    error = str(copy.error or "the copy was not written")
+                    outcomes.update(_all_failed(mine, UNREADABLE, message, error))
+                    continue
+                log.info(logfmt("queued-copy-encrypted", id=message.queue_id, copy=copy.queue_id,
+                                rcpt=",".join(str(d) for d in dests)))  # fmt: skip
+                done = await self._local.deliver(copied, mine)
+                outcomes.update(zip((r.row_id for r in mine), done, strict=True))
+        finally:
+            for copy, _ in copies:
+                await asyncio.to_thread(copy.discard)  # never committed: dropped once delivered
+        return outcomes
+
+
+def _all_failed(
+    rows: Sequence[QueuedRecipient], reply: Reply, message: QueuedMessage, detail: str
+) -> dict[int, Outcome]:
+    log.warning(logfmt("queued-copy-not-encrypted", id=message.queue_id, error=detail,
+                       reply=reply))  # fmt: skip
+    return {r.row_id: TempFailed(reply) for r in rows}
+
+
+def _as_queued(message: QueuedMessage, copy: BodyWriter) -> QueuedMessage | None:
+    """`message` with `copy` as its body (our header lines are inside it now); None after a
+    write error."""
+    if copy.inline:
+        data = copy.peek_inline()
+        return _with_body(message, "", len(data), data)
+    if not copy.written_out():
+        return None
+    return _with_body(message, copy.path, copy.size, None)
+
+
+def _with_body(message: QueuedMessage, path: str, size: int, data: bytes | None) -> QueuedMessage:
+    return QueuedMessage(
+        message.queue_id,
+        message.mail_from,
+        message.received_at,
+        path,
+        size,
+        b"",
+        message.params,
+        data,
+    )
+
+
+def _already_encrypted(message: QueuedMessage) -> bool:
+    """Whether the queued body says it is encrypted (RFC 1847 §2.2 multipart/encrypted, RFC
+    8551 §3.2.2 enveloped data): a copy intake encrypted, or mail encrypted end to end.
+    Blocks (reads the file): run it in a worker thread."""
+    if message.body is not None:
+        head = message.body[:_HEAD]
+    else:
+        try:
+            with open(message.body_path, "rb") as file:
+                head = file.read(_HEAD)
+        except OSError:
+            return True  # the local courier reports a body it cannot read, as for any row
+    return encrypted_type(split_message(head)) is True
+
+
+def _fill(scratch: SealedScratch, message: QueuedMessage) -> None:
+    """The queued message, our header lines first, into `scratch` (blocks: a worker thread)."""
+    scratch.write(message.prefix)
+    if message.body is not None:
+        scratch.write(message.body)
+        return
+    with open(message.body_path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            scratch.write(chunk)

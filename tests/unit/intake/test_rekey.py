@@ -1,0 +1,120 @@
+"""intake/rekey.py: a queued plaintext copy whose local recipient has a key by now reaches
+the local courier only as that recipient's encrypted copy; an encrypted one, and the rows
+without a key, pass as they are; a key failure under DEFER leaves the row to wait."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hato.crypto import FailurePolicy, PublicKey, parse_public_key
+from hato.intake.rekey import KeyedDelivery
+from hato.model import Address, QueuedMessage, QueuedRecipient
+from hato.model.outcome import Delivered, Outcome, TempFailed
+from hato.queue import Queue
+from kit.clock import FakeClock
+from kit.cryptokeys import NOW, make_cert
+
+CAROL = Address.parse("carol@example.org")  # has a key
+DAVE = Address.parse("dave@example.org")  # has none
+SECRET = b"Zq7xK3-rekey"
+PLAIN = b"From: <bob@example.net>\r\nSubject: " + SECRET + b"\r\n\r\nThe plan: " + SECRET + b"\r\n"
+
+
+class Keys:
+    def __init__(self, key: PublicKey) -> None:
+        self.key = key
+
+    def get(self, address: Address) -> PublicKey | None:
+        return self.key if address == CAROL else None
+
+    def policy(self, address: Address) -> FailurePolicy:
+        return FailurePolicy.DEFER
+
+
+class Recording:
+    """The local courier: what it was given to write."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, tuple[Address, ...]]] = []
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> list[Outcome]:
+        body = message.body
+        if body is None:  # a big copy: a file (not committed, never fsynced)
+            body = await asyncio.to_thread(Path(message.body_path).read_bytes)
+        assert len(body) == message.size
+        self.got.append((message.prefix + body, tuple(r.address for r in recipients)))
+        return [Delivered() for _ in recipients]
+
+
+def _rows() -> list[QueuedRecipient]:
+    return [QueuedRecipient(1, DAVE, DAVE), QueuedRecipient(2, CAROL, CAROL)]
+
+
+def _run(
+    tmp_path: Path, keys: Keys, body: bytes, at: float, *, in_file: bool = False
+) -> tuple[Recording, list[Outcome]]:
+    async def scenario() -> tuple[Recording, list[Outcome]]:
+        clock = FakeClock(at)
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            local = Recording()
+            path = ""
+            inline_body: bytes | None = body
+            if in_file:  # as the queue holds a body over 64 KiB
+                (tmp_path / "Q1.body").write_bytes(body)
+                path, inline_body = str(tmp_path / "Q1.body"), None
+            prefix = b"Received: x\r\n"
+            message = QueuedMessage("Q1", None, at, path, len(body), prefix, {}, inline_body)
+            outcomes = await KeyedDelivery(local, keys, queue, clock).deliver(message, _rows())
+            assert os.listdir(queue.messages_dir) == []  # copies are never committed: gone
+            return local, outcomes
+        finally:
+            await queue.close()
+
+    return asyncio.run(scenario())
+
+
+def _key() -> PublicKey:
+    return parse_public_key(make_cert(rsa.generate_private_key(65537, 2048)).cert_pem, CAROL, NOW)
+
+
+@pytest.mark.parametrize("padding", [0, 300_000], ids=["inline", "file-and-helper"])
+def test_a_keyed_row_gets_its_encrypted_copy_the_other_the_queued_one(
+    tmp_path: Path, padding: int
+) -> None:
+    sent = PLAIN + b"x" * padding + b"\r\n"
+    local, outcomes = _run(tmp_path, Keys(_key()), sent, NOW.timestamp(), in_file=bool(padding))
+    assert outcomes == [Delivered(), Delivered()]
+    (dave, rows_d), (carol, rows_c) = local.got
+    assert rows_d == (DAVE,) and dave == b"Received: x\r\n" + sent
+    assert rows_c == (CAROL,) and b"application/pkcs7-mime" in carol
+    assert SECRET not in carol and b"Received: x\r\n" in carol  # trace kept outside
+    assert [
+        p for p in (tmp_path / "q").rglob("*") if p.is_file() and SECRET in p.read_bytes()
+    ] == []
+
+
+def test_an_encrypted_message_passes_as_it_is(tmp_path: Path) -> None:
+    sealed = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\r\nMIIB\r\n"
+    local, outcomes = _run(tmp_path, Keys(_key()), sealed, NOW.timestamp())
+    assert outcomes == [Delivered(), Delivered()]
+    assert local.got == [(b"Received: x\r\n" + sealed, (DAVE, CAROL))]
+
+
+def test_an_expired_key_under_defer_leaves_the_row_waiting(tmp_path: Path) -> None:
+    later = (NOW + dt.timedelta(days=400)).timestamp()  # past the certificate's 30 days
+    local, outcomes = _run(tmp_path, Keys(_key()), PLAIN, later)
+    assert outcomes[0] == Delivered() and isinstance(outcomes[1], TempFailed)
+    assert outcomes[1].reply.enhanced == "4.7.5"
+    assert local.got == [(b"Received: x\r\n" + PLAIN, (DAVE,))]
