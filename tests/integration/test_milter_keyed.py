@@ -51,10 +51,11 @@ def hato(
         server.stop()
 
 
-def _send(hato: MilteredHato, to: str, marker: str, words: str) -> None:
+def _send(hato: MilteredHato, to: str, marker: str, words: str, padding: str = "") -> None:
     message = (
         f"From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: secret {marker}\r\n"
         f"Message-ID: <{uuid.uuid4()}@sender.example>\r\n\r\n{words} The plan is {marker}.\r\n"
+        f"{padding}"
     ).encode()
     with smtplib.SMTP(hato.host, hato.port, timeout=60) as smtp:
         smtp.ehlo("client.sender.example")
@@ -105,6 +106,27 @@ def test_a_new_body_for_a_keyed_recipient_is_stored_only_as_ciphertext(
     assert b"replaced by libmilter" in opened and b"Subject: changed by libmilter" in opened
     assert f"X-Libmilter-Subject: secret {marker}".encode() in opened, opened[:3000]
     _nowhere_in_clear(hato, marker)
+
+
+def test_a_big_new_body_for_a_keyed_recipient_is_spooled_encrypted_and_bounded(
+    hato: MilteredHato, gpg: Gpg
+) -> None:
+    """SMFIR_REPLBODY in many pieces (libmilter's 65535 octets each) goes into encrypted
+    scratch as it comes, never held whole; one past the message size limit (1 MiB here) is
+    taken as the milter's failure: its default action, 451 4.3.0, nothing stored."""
+    _clear(hato, "keyed")
+    marker = uuid.uuid4().hex
+    line = "a line of the body, long enough to make the message big...................\r\n"
+    padding = line * 4_000  # 320 KB: the new body is 640 KB
+    _send(hato, "keyed@dest.example", marker, "DOUBLE-BODY", padding)
+    opened = _opened(hato, gpg, "keyed").replace(b"\r\n", b"\n")
+    once = f"DOUBLE-BODY The plan is {marker}.\n{padding}".replace("\r\n", "\n").encode()
+    assert opened.endswith(b"\n\n" + once + once)
+    _nowhere_in_clear(hato, marker)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send(hato, "keyed@dest.example", uuid.uuid4().hex, "DOUBLE-BODY", padding * 2)
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (451, b"4.3.0")
+    assert hato.wait_for_log(r"event=milter-unavailable .*new body over"), hato.log_text()[-2000:]
 
 
 def test_a_keyed_recipient_a_milter_adds_gets_only_ciphertext(hato: MilteredHato, gpg: Gpg) -> None:

@@ -175,6 +175,7 @@ async def finish(
             added,
             body,
             lambda: new_spooled(ctx, body),
+            ctx.settings.max_message_size,  # a milter's new body: no bigger than a message
         )
         if milted.hold:
             params[HOLD_PARAM] = "milter"  # committed held (queue/store.py)

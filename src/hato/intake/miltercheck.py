@@ -10,7 +10,9 @@ reply code of its own refuse the message; discard answers 250 and stores nothing
 milter's explicit wish, as in Postfix). Its modifications apply before anything is
 committed: a field it adds (or inserts) goes into the stored prefix; a field it changes or
 deletes, or a new body, means a new spool body is written with the edits (`rebuild`) and the
-old one discarded, so no stored body is ever rewritten and the 250 still comes only once
+old one discarded, so no stored body is ever rewritten; a new body is written to a spool body
+of its own as its pieces come (`NewBody`: never held in memory, at most the listener's
+message size, past which the milter is taken as unavailable) and the 250 still comes only once
 the modified message is durable (the caller commits it). Quarantine (SMFIR_QUARANTINE) has
 the message committed held, as Postfix puts it in its hold queue: it stays in the queue,
 untried, until an operator runs `hato queue release` (or deletes it). A message our ARC
@@ -44,6 +46,7 @@ from hato.milter.protocol import (
     DeleteRecipient,
     Discard,
     InsertHeader,
+    MilterProtocolError,
     Quarantine,
     Reject,
     ReplaceBody,
@@ -96,6 +99,51 @@ class Milted:
     envelope: list[AddRecipient | DeleteRecipient | ChangeFrom] = field(default_factory=list)
 
 
+class NewBody:
+    """A milter's new body (SMFIR_REPLBODY) as its pieces come: bare LFs made CRLF (RFC 5322
+    §2.3; libmilter's milters may send LF), written into a spool body of the message's kind
+    (`make`: a keyed recipient's plaintext stays in encrypted scratch), at most `limit`
+    octets (0: no limit)."""
+
+    def __init__(self, make: Callable[[], Spooled], limit: int = 0) -> None:
+        self._make = make
+        self._limit = limit
+        self.body: Spooled | None = None
+        self.size = 0
+        self._tail = b""  # the last two octets written
+
+    def __call__(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._limit and self.size > self._limit:
+            raise MilterProtocolError(f"a new body over {self._limit} octets")
+        if not data:
+            return
+        if self._tail.endswith(b"\r") and data.startswith(b"\n"):
+            out = b"\n" + _BARE_LF.sub(b"\r\n", data[1:])  # a CRLF across two pieces
+        else:
+            out = _BARE_LF.sub(b"\r\n", data)
+        self._write(out)
+
+    def _write(self, data: bytes) -> None:
+        if self.body is None:
+            self.body = self._make()
+        self.body.write(data)
+        self._tail = (self._tail + data)[-2:]
+
+    def finish(self) -> Spooled:
+        """The new body, ending with CRLF unless empty."""
+        if self._tail and self._tail != b"\r\n":
+            self._write(b"\r\n")
+        if self.body is None:
+            self.body = self._make()
+        return self.body
+
+    def discard(self) -> None:
+        if self.body is not None:
+            self.body.discard()
+            self.body = None
+
+
 async def milter_check(
     milters: tuple[MilterFilter, ...],
     tx: Transaction,
@@ -103,15 +151,21 @@ async def milter_check(
     prefix: bytes,
     body: Spooled,
     new_body: Callable[[], Spooled],
+    limit: int = 0,
 ) -> Milted:
-    """Every milter in order over `prefix` + `body`; the first refusal ends it."""
+    """Every milter in order over `prefix` + `body`; the first refusal ends it. `limit`: the
+    largest new body a milter may give (the listener's message size; 0: none)."""
     state = Milted(prefix, body)
     for milter in milters:
         address = milter.client.address
         started = time.monotonic()
+        replacement = NewBody(new_body, limit)
         try:
-            outcome = await milter.client.check(tx, streamed(state.prefix, state.body))
+            outcome = await milter.client.check(
+                tx, streamed(state.prefix, state.body), replacement=replacement
+            )
         except MilterUnavailable as exc:
+            replacement.discard()
             action = milter.default_action
             seconds = time.monotonic() - started
             milter.metrics.unavailable(address, Stage.MESSAGE, exc, action.value, seconds)
@@ -128,8 +182,9 @@ async def milter_check(
                         changes=len(outcome.modifications) or None))  # fmt: skip
         state.refusal = refusal(outcome)
         if state.refusal is not None:
+            replacement.discard()
             return state
-        await apply(state, outcome, queue_id, address, new_body)
+        await apply(state, outcome, queue_id, address, new_body, replacement)
     return state
 
 
@@ -162,11 +217,17 @@ def custom_reply(code: int, text: str) -> Reply:
 
 
 async def apply(
-    state: Milted, outcome: Outcome, queue_id: str, address: str, new_body: Callable[[], Spooled]
+    state: Milted,
+    outcome: Outcome,
+    queue_id: str,
+    address: str,
+    new_body: Callable[[], Spooled],
+    replacement: NewBody,
 ) -> None:
-    """A milter's modifications on `state`: additions in the prefix, edits in a new body."""
+    """A milter's modifications on `state`: additions in the prefix, edits in a new body
+    (the new body, if any, already in `replacement`)."""
     edits: list[ChangeHeader] = []
-    replacement: list[bytes] | None = None
+    replaced = False
     for change in outcome.modifications:
         match change:
             case AddHeader(name=name, value=value):
@@ -177,23 +238,26 @@ async def apply(
             case ChangeHeader():
                 edits.append(change)
             case ReplaceBody(data=data):
-                replacement = [*(replacement or []), data]
+                replaced = True
+                replacement(data)  # b"": the client wrote it there already
             case Quarantine(reason=reason):
                 state.hold = True
                 log.info(logfmt("milter-quarantine", id=queue_id, milter=address, reason=reason))
             case AddRecipient() | DeleteRecipient() | ChangeFrom():
                 state.envelope.append(change)  # applied by the caller (milterenvelope.py)
-    if (edits or replacement is not None) and sealed(state.prefix):
+    if (edits or replaced) and sealed(state.prefix):
         # RFC 8617 §5.1: our ARC set signs the message as received (an alias forwards it);
         # an edit made after it would break the seal the next hop checks.
         log.warning(logfmt("milter-edit-skipped", id=queue_id, milter=address, reason="arc"))
+        replacement.discard()
         return
-    if edits or replacement is not None:
+    if not replaced:
+        replacement.discard()
+    if edits or replaced:
         # Made on the loop (the queue's ids are not thread-safe).
         fresh = new_body()
-        state.body = await asyncio.to_thread(
-            rebuild, state.prefix, state.body, edits, replacement, fresh
-        )
+        new = replacement.finish() if replaced else None
+        state.body = await asyncio.to_thread(rebuild, state.prefix, state.body, edits, new, fresh)
         state.prefix = b""
 
 
@@ -226,13 +290,13 @@ def rebuild(
     prefix: bytes,
     body: Spooled,
     edits: list[ChangeHeader],
-    replacement: list[bytes] | None,
+    replacement: Spooled | None,
     new_body: Spooled,
 ) -> Spooled:
-    """`prefix` + the message, its header section edited and (with `replacement`) its body
-    replaced, written into `new_body` (of the same kind as `body`: a keyed recipient's
-    plaintext stays in encrypted scratch); the old body discarded. Blocks: run it in a
-    worker thread."""
+    """`prefix` + the message, its header section edited and (with `replacement`, a milter's
+    new body, CRLF lines) its body replaced, written into `new_body` (of the same kind as
+    `body`: a keyed recipient's plaintext stays in encrypted scratch); the old body and the
+    replacement discarded. Blocks: run it in a worker thread."""
     chunks = read_back(body)
     head = bytearray(prefix)
     rest = b""
@@ -250,9 +314,9 @@ def rebuild(
         for chunk in chunks:
             new_body.write(chunk)
     else:
-        # RFC 5322 §2.3: CRLF line ends; a milter's new body may use bare LF (libmilter's).
-        new_body.write(b"\r\n")
-        data = _BARE_LF.sub(b"\r\n", b"".join(replacement))
-        new_body.write(data if data.endswith(b"\r\n") or not data else data + b"\r\n")
+        new_body.write(b"\r\n")  # RFC 5322 §2.1: the empty line, then the new body
+        for piece in read_back(replacement):
+            new_body.write(piece)
+        replacement.discard()
     body.discard()
     return new_body

@@ -9,7 +9,12 @@ body in chunks of at most 65535 octets and SMFIC_BODYEOB, each preceded by its m
 each left out or left unanswered as the milter negotiated. Every reply is awaited within the
 command timeout; the end-of-message reply within the eom timeout, restarted by each
 SMFIR_PROGRESS. A final reply other than continue before the end (accept, discard, reject,
-tempfail, a reply code) ends the conversation there, as libmilter's MTAs do. The connection
+tempfail, a reply code) ends the conversation there, as libmilter's MTAs do. What the milter
+asks at the end is bounded: a new body (SMFIR_REPLBODY, as long as the milter likes) goes,
+piece by piece, to the caller's `replacement` writer (which refuses one past its limit), and
+the other changes may hold at most MAX_CHANGES octets; past either, the milter is taken as
+speaking nonsense (DESIGN.md: memory per message is bounded, whatever a filter echoes of an
+outsider's message). The connection
 is closed with SMFIC_QUIT. A milter that cannot be reached, is too slow, closes the
 connection or speaks nonsense raises `MilterUnavailable`: the caller applies its default
 action (Postfix's milter_default_action).
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from hato.milter.protocol import (
@@ -35,6 +41,7 @@ from hato.milter.protocol import (
     Negotiated,
     OptionsReply,
     Progress,
+    ReplaceBody,
     ReplyReader,
     Skip,
     Step,
@@ -51,6 +58,9 @@ from hato.milter.protocol import (
 from hato.model.header import split_header_fields
 
 MAX_HEADER_SECTION = 1024 * 1024  # octets of header section we split into fields
+MAX_CHANGES = 1024 * 1024  # octets of the end-of-message changes held, a new body aside
+
+Replacement = Callable[[bytes], None]  # takes a piece of a new body; raises past its limit
 
 
 class MilterUnavailable(Exception):
@@ -112,9 +122,16 @@ class MilterClient:
         agreed = self.agreed
         return agreed is None or (agreed.sends(Command.CONNECT) and agreed.answers(Command.CONNECT))
 
-    async def check(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
-        """The milter's verdict on `message` (header section and body, CRLF lines)."""
-        return await self._guarded(tx, message)
+    async def check(
+        self,
+        tx: Transaction,
+        message: AsyncIterator[bytes],
+        replacement: Replacement | None = None,
+    ) -> Outcome:
+        """The milter's verdict on `message` (header section and body, CRLF lines). With
+        `replacement`, each piece of a new body goes there, and the outcome holds an empty
+        `ReplaceBody` in its place."""
+        return await self._guarded(tx, message, replacement=replacement)
 
     async def probe(self, tx: Transaction) -> Final | None:
         """The milter's word on the envelope so far (connect, HELO, MAIL, each RCPT of `tx`),
@@ -127,18 +144,27 @@ class MilterClient:
         return (await self._guarded(tx, None, connect_only=True)).final
 
     async def _guarded(
-        self, tx: Transaction, message: AsyncIterator[bytes] | None, *, connect_only: bool = False
+        self,
+        tx: Transaction,
+        message: AsyncIterator[bytes] | None,
+        *,
+        connect_only: bool = False,
+        replacement: Replacement | None = None,
     ) -> Outcome:
         try:
-            return await self._check(tx, message, connect_only)
+            return await self._check(tx, message, connect_only, replacement)
         except (OSError, EOFError, TimeoutError, MilterProtocolError) as exc:
             raise MilterUnavailable(f"{self.address}: {exc or type(exc).__name__}") from exc
 
     async def _check(
-        self, tx: Transaction, message: AsyncIterator[bytes] | None, connect_only: bool = False
+        self,
+        tx: Transaction,
+        message: AsyncIterator[bytes] | None,
+        connect_only: bool = False,
+        replacement: Replacement | None = None,
     ) -> Outcome:
         reader, writer = await asyncio.wait_for(self._open(), self.timeouts.connect)
-        talk = _Talk(reader, writer, self.timeouts)
+        talk = _Talk(reader, writer, self.timeouts, replacement)
         try:
             if message is None:
                 return Outcome(await talk.envelope(tx, connect_only) or Continue())
@@ -167,9 +193,14 @@ class _Talk:
     """One conversation: commands out, replies awaited as negotiated."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeouts: Timeouts
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeouts: Timeouts,
+        replacement: Replacement | None = None,
     ) -> None:
         self.reader, self.writer, self.timeouts = reader, writer, timeouts
+        self.replacement = replacement
         self.replies = ReplyReader()
         self.agreed = Negotiated(0, Action(0), Step(0))
 
@@ -253,6 +284,7 @@ class _Talk:
         self.writer.write(simple_command(Command.BODYEOB))
         await asyncio.wait_for(self.writer.drain(), self.timeouts.command)
         changes: list[Modification] = []
+        held = 0
         while True:
             event = await self._event(self.timeouts.eom)
             if isinstance(event, Progress):
@@ -261,6 +293,12 @@ class _Talk:
                 raise MilterProtocolError(f"{type(event).__name__} at the end of the message")
             if isinstance(event, Final):
                 return Outcome(event, tuple(changes))
+            if isinstance(event, ReplaceBody) and self.replacement is not None:
+                self.replacement(event.data)  # to the spool, not memory (module docstring)
+                event = ReplaceBody(b"")
+            held += _octets(event)
+            if held > MAX_CHANGES:
+                raise MilterProtocolError(f"changes over {MAX_CHANGES} octets")
             changes.append(event)
 
     async def _event(self, seconds: float) -> Event:
@@ -271,6 +309,12 @@ class _Talk:
                     raise EOFError("the milter closed the connection")
                 self.replies.receive_data(data)
         return event
+
+
+def _octets(change: Modification) -> int:
+    """What a change holds in memory: the length of its texts."""
+    values = (getattr(change, f.name) for f in dataclasses.fields(change))
+    return sum(len(v) for v in values if isinstance(v, str | bytes))
 
 
 def _value(raw: bytes, leadspc: bool) -> bytes:

@@ -16,7 +16,8 @@ It answers by the message's content, so one instance serves every test:
   and ENVID=milter+2Benv (and an unknown FOO=1, to be ignored), PAR-RCPT adds
   par@dest.example with NOTIFY=NEVER, DISCARD discards, REJECT-BODY rejects with 554 5.7.1,
   ECHO-SUBJECT adds `X-Libmilter-Subject` repeating the Subject (as a filter's report field
-  repeats what it found in the message: spamass-milter's URIs, say).
+  repeats what it found in the message: spamass-milter's URIs, say), DOUBLE-BODY replaces
+  the body by itself twice (libmilter sends it in pieces of at most 65535 octets).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Filter(Milter.Base):  # type: ignore[misc]
             self.chgheader("X-Delete-Me", 1, "")
         if b"REPLACE-BODY" in text:
             self.replacebody(b"replaced by libmilter\r\n")
+        if b"DOUBLE-BODY" in text:
+            self.replacebody(text + text)
         if b"ADD-RCPT" in text:
             self.addrcpt("<other@dest.example>")
         if b"DEL-RCPT" in text:

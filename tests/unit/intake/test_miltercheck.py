@@ -5,7 +5,7 @@ discarded), quarantine as Junk, nothing edited under our ARC seal."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from hato.milter.protocol import (
     Discard,
     Final,
     InsertHeader,
+    MilterProtocolError,
     Modification,
     Quarantine,
     Reject,
@@ -54,11 +55,32 @@ class Scripted(MilterClient):
         self.final, self.changes = final, changes
         self.seen: list[bytes] = []
 
-    async def check(self, tx: Transaction, message: AsyncIterator[bytes]) -> Outcome:
+    async def check(
+        self,
+        tx: Transaction,
+        message: AsyncIterator[bytes],
+        replacement: Callable[[bytes], None] | None = None,
+    ) -> Outcome:
         self.seen.append(b"".join([chunk async for chunk in message]))
         if self.final is None:
             raise MilterUnavailable("down")
-        return Outcome(self.final, self.changes)
+        changes = self.changes
+        if replacement is not None:  # as the client does: a new body's pieces go there
+            changes = tuple(self._streamed(changes, replacement))
+        return Outcome(self.final, changes)
+
+    @staticmethod
+    def _streamed(
+        changes: tuple[Modification, ...], replacement: Callable[[bytes], None]
+    ) -> Iterator[Modification]:
+        for change in changes:
+            if isinstance(change, ReplaceBody):
+                try:
+                    replacement(change.data)
+                except MilterProtocolError as exc:
+                    raise MilterUnavailable(str(exc)) from exc
+                change = ReplaceBody(b"")
+            yield change
 
 
 def _spooled(tmp_path: Path, data: bytes = MESSAGE) -> SealedScratch:
@@ -67,10 +89,12 @@ def _spooled(tmp_path: Path, data: bytes = MESSAGE) -> SealedScratch:
     return body
 
 
-def _run(tmp_path: Path, *milters: MilterFilter, prefix: bytes = b"A-R: ok\r\n") -> Milted:
+def _run(
+    tmp_path: Path, *milters: MilterFilter, prefix: bytes = b"A-R: ok\r\n", limit: int = 0
+) -> Milted:
     body = _spooled(tmp_path)
     return asyncio.run(
-        milter_check(milters, TX, "q1", prefix, body, lambda: SealedScratch(str(tmp_path)))
+        milter_check(milters, TX, "q1", prefix, body, lambda: SealedScratch(str(tmp_path)), limit)
     )
 
 
@@ -119,6 +143,30 @@ def test_changed_fields_and_a_new_body_make_a_new_copy(tmp_path: Path) -> None:
     )
     assert milted.hold
     assert second.seen == [stored]  # the next milter sees the edited message
+
+
+def test_a_new_body_in_pieces_is_spooled_with_its_line_ends_made_crlf(tmp_path: Path) -> None:
+    # libmilter's smfi_replacebody may cut the body anywhere, a CRLF too.
+    pieces = (ReplaceBody(b"one\r"), ReplaceBody(b"\ntwo\nthree"), ReplaceBody(b""))
+    milted = _run(tmp_path, MilterFilter(Scripted(Continue(), pieces)), limit=100)
+    stored = milted.prefix + b"".join(read_back(milted.body))
+    assert stored.endswith(b"\r\n\r\none\r\ntwo\r\nthree\r\n"), stored
+
+
+@pytest.mark.parametrize("action", list(DefaultAction))
+def test_a_new_body_over_the_message_size_is_a_milter_failure(
+    tmp_path: Path, action: DefaultAction
+) -> None:
+    """DESIGN.md, memory per message is bounded: a milter's new body past the listener's
+    message size is nonsense (its default action applies), never held or stored."""
+    pieces = (ReplaceBody(b"x" * 60), ReplaceBody(b"y" * 60))
+    milter = MilterFilter(Scripted(Continue(), pieces), default_action=action)
+    milted = _run(tmp_path, milter, limit=100)
+    if action is DefaultAction.TEMPFAIL:
+        assert milted.refusal == UNCHECKED
+    else:
+        assert milted.refusal is None
+        assert milted.prefix + b"".join(read_back(milted.body)) == b"A-R: ok\r\n" + MESSAGE
 
 
 def test_a_refusal_stops_the_list_and_envelope_changes_are_not_applied(tmp_path: Path) -> None:

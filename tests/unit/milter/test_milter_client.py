@@ -52,7 +52,11 @@ async def _stream(data: bytes, size: int = 40000) -> AsyncIterator[bytes]:
 
 
 async def _run(
-    answer: Answer, steps: int = 0, message: bytes = MESSAGE, timeouts: Timeouts | None = None
+    answer: Answer,
+    steps: int = 0,
+    message: bytes = MESSAGE,
+    timeouts: Timeouts | None = None,
+    replacement: Callable[[bytes], None] | None = None,
 ) -> tuple[Outcome, list[tuple[bytes, bytes]]]:
     seen: list[tuple[bytes, bytes]] = []
 
@@ -75,7 +79,7 @@ async def _run(
     port = server.sockets[0].getsockname()[1]
     try:
         client = MilterClient(f"inet:127.0.0.1:{port}", timeouts)
-        outcome = await client.check(TX, _stream(message))
+        outcome = await client.check(TX, _stream(message), replacement=replacement)
     finally:
         server.close()
     return outcome, seen
@@ -124,6 +128,31 @@ def test_a_whole_conversation_and_the_modifications_at_the_end() -> None:
     assert all(len(d) <= 65535 for d in body)
     assert b"".join(body) == MESSAGE.split(b"\r\n\r\n", 1)[1]
     assert codes[-2:] == [b"E", b"Q"] and b"N" in codes
+
+
+def test_a_new_body_goes_to_the_writer_piece_by_piece_not_into_the_outcome() -> None:
+    pieces = [b"x" * 1_000_000, b"y" * 1_000_000, b"z\n"]  # more than MAX_CHANGES in all
+
+    def answer(code: bytes, data: bytes) -> list[bytes]:
+        if code == b"E":
+            return [*(_p(b"b", piece) for piece in pieces), _p(b"a")]
+        return _continue(code, data)
+
+    written: list[bytes] = []
+    outcome, _ = asyncio.run(_run(answer, replacement=written.append))
+    assert written == pieces
+    assert outcome == Outcome(Accept(), (ReplaceBody(b""),) * 3)
+
+
+def test_changes_past_max_changes_make_the_milter_unavailable() -> None:
+    """DESIGN.md: memory per message is bounded, whatever a milter sends back."""
+    field = _p(b"h", b"X-Echo\0" + b"e" * 600_000 + b"\0")
+
+    def answer(code: bytes, data: bytes) -> list[bytes]:
+        return [field, field, _p(b"a")] if code == b"E" else _continue(code, data)
+
+    with pytest.raises(MilterUnavailable, match="changes over"):
+        asyncio.run(_run(answer))
 
 
 def test_a_reject_at_mail_ends_the_conversation_there() -> None:
