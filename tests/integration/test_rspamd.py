@@ -19,6 +19,8 @@ from peers.rspamd import GTUBE, GTUBE_ADD_HEADER, GTUBE_REWRITE_SUBJECT, PASSWOR
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
+from kit.cryptokeys import Gpg
+
 
 @pytest.fixture(scope="module")
 def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdServer]:
@@ -279,3 +281,22 @@ def test_rspamds_reject_can_be_mapped_to_junk(tmp_path: Path, rspamd: RspamdServ
         assert not maildir.find_marker(maildir.messages(box), "gtube-junk")
     finally:
         server.stop()
+
+
+def test_rspamds_fields_are_encrypted_with_a_keyed_copy(hato: FilteringHato, gpg: Gpg) -> None:
+    """Issue 6: for a recipient with a key, the fields rspamd adds (its symbols name what it
+    found in the message) are inside the encrypted part, not in the clear in front of it;
+    only trace fields are outside (docs/encryption.md)."""
+    address = "someone@dest.example"
+    gpg.run("--quick-gen-key", f"someone <{address}>", "future-default", "default", "never")
+    hato.import_key(address, gpg.export(address), "someone.asc")
+    sent = filtering.message("keyed-1", "Shall we have lunch tomorrow?")
+    assert filtering.send(hato, sent)[0] == 250
+    (found,) = maildir.wait_for_count(hato.mailbox("someone", "dest.example"), 1, 20)
+    stored = found.read_bytes()
+    outer = stored.split(b"\r\n\r\n", 1)[0]
+    assert b"multipart/encrypted" in outer and b"X-Spamd-Result" not in outer, outer
+    assert b"X-Rspamd-" not in outer, outer
+    opened = gpg.run("--decrypt", input=stored.split(b"\r\n\r\n", 1)[1])
+    head = opened.split(b"\r\n\r\n")[0]
+    assert b"X-Spamd-Result:" in head and b"X-Rspamd-Action: no action" in head, head
