@@ -283,13 +283,19 @@ def test_rspamds_reject_can_be_mapped_to_junk(tmp_path: Path, rspamd: RspamdServ
         server.stop()
 
 
+def _keyed(hato: FilteringHato, gpg: Gpg) -> None:
+    """An OpenPGP key for someone@dest.example (made once per module) imported into `hato`."""
+    address = "someone@dest.example"
+    if gpg.export(address) == b"":
+        gpg.run("--quick-gen-key", f"someone <{address}>", "future-default", "default", "never")
+    hato.import_key(address, gpg.export(address), "someone.asc")
+
+
 def test_rspamds_fields_are_encrypted_with_a_keyed_copy(hato: FilteringHato, gpg: Gpg) -> None:
     """Issue 6: for a recipient with a key, the fields rspamd adds (its symbols name what it
     found in the message) are inside the encrypted part, not in the clear in front of it;
     only trace fields are outside (docs/encryption.md)."""
-    address = "someone@dest.example"
-    gpg.run("--quick-gen-key", f"someone <{address}>", "future-default", "default", "never")
-    hato.import_key(address, gpg.export(address), "someone.asc")
+    _keyed(hato, gpg)
     sent = filtering.message("keyed-1", "Shall we have lunch tomorrow?")
     assert filtering.send(hato, sent)[0] == 250
     (found,) = maildir.wait_for_count(hato.mailbox("someone", "dest.example"), 1, 20)
@@ -300,3 +306,27 @@ def test_rspamds_fields_are_encrypted_with_a_keyed_copy(hato: FilteringHato, gpg
     opened = gpg.run("--decrypt", input=stored.split(b"\r\n\r\n", 1)[1])
     head = opened.split(b"\r\n\r\n")[0]
     assert b"X-Spamd-Result:" in head and b"X-Rspamd-Action: no action" in head, head
+
+
+def test_hato_spam_learn_does_not_teach_rspamd_a_keyed_users_ciphertext(
+    hato: FilteringHato, rspamd: RspamdServer, gpg: Gpg
+) -> None:
+    """A keyed user moves encrypted mail to Junk (the IMAPSieve recipe pipes it to `hato
+    spam learn`): nothing is posted, so rspamd does not learn that PGP/MIME's form is spam."""
+    _keyed(hato, gpg)
+    words = " ".join(f"cheap{n} pills{n} offer{n}" for n in range(40))
+    assert filtering.send(hato, filtering.message("keyed-2", words, subject="Buy"))[0] == 250
+    (found,) = maildir.wait_for_count(hato.mailbox("someone", "dest.example"), 1, 20)
+    before = rspamd.learned()
+    for args, stdin in (([str(found)], None), ([], found.read_text())):
+        learn = subprocess.run(
+            [hato_binary(), "spam", "learn", "spam", *args, "--config", str(hato.config)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=hato._env(),
+        )
+        assert learn.returncode == 0, learn.stderr
+        assert "encrypted, its content cannot be read: not learned" in learn.stdout
+    assert rspamd.learned() == before

@@ -6,7 +6,11 @@ Each message (a file, or stdin when no file is named) is posted to rspamd's cont
 (`POST /learnspam` or `/learnham`, [rspamd] controller_url, with its password; --controller
 and --password-file instead, for a Sieve pipe that may not read Hato's configuration). A file is
 streamed from disk in chunks; stdin is read whole first (the request needs its length).
-A message rspamd has already learned the same way counts as done; one the controller could
+A message that is encrypted (RFC 1847 multipart/encrypted, RFC 8551 S/MIME enveloped data: a
+user's mail Hato stored encrypted to their key, docs/encryption.md, or mail encrypted end to
+end) is not posted and counts as done: its content cannot be read, and rspamd would learn
+only the form every encrypted message shares, teaching it that encrypted mail is spam (or
+ham). A message rspamd has already learned the same way counts as done; one the controller could
 not take for a passing reason of its own (5xx) is posted again, up to five times. Exit 0 when
 every message was learned, 1 when one could not be (rspamd down, refused, unreadable file).
 
@@ -26,6 +30,7 @@ from hato.cli.errors import EX_FAILURE, CommandError
 from hato.cli.options import load
 
 CHUNK = 64 * 1024
+HEAD = 64 * 1024  # octets read to find the header section's Content-Type
 # A controller's 5xx (its statfile busy with a scan: "database is locked") is asked again
 # after these pauses (15 s in all: 3.5 s was not enough on a loaded machine, CI saw it);
 # a refusal (4xx: already learned, too few tokens) is not.
@@ -36,6 +41,17 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
             yield chunk
+
+
+def _encrypted(data: bytes | None, path: Path | None) -> bool:
+    """Whether the message's Content-Type says it is encrypted (module docstring)."""
+    from hato.crypto.mime import encrypted_type, split_message
+
+    if data is None:
+        assert path is not None
+        with path.open("rb") as handle:
+            data = handle.read(HEAD)
+    return encrypted_type(split_message(data[:HEAD])) is True
 
 
 async def _learn_all(args: argparse.Namespace, client: Any) -> int:
@@ -49,6 +65,9 @@ async def _learn_all(args: argparse.Namespace, client: Any) -> int:
             name = str(path) if path is not None else "stdin"
             try:
                 data = sys.stdin.buffer.read() if path is None else None
+                if await asyncio.to_thread(_encrypted, data, path):
+                    print(f"{name}: encrypted, its content cannot be read: not learned")
+                    continue
                 for pause in (*RETRY_PAUSES, None):
                     if data is not None:
                         learned = await client.learn(spam, len(data), chunks_of(data))
