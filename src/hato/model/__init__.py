@@ -13,7 +13,7 @@ from hato.model.address import (
     parse_path,
 )
 from hato.model.dsn import DEFAULT_NOTIFY, Notify, RecipientDsn, xtext_decode
-from hato.model.logfmt import logfmt
+from hato.model.logfmt import logfmt, logvalue
 from hato.model.message import Courier, QueuedMessage, QueuedRecipient
 from hato.model.outcome import Delivered, Handoff, Outcome, PermFailed, TempFailed
 from hato.model.reply import Reply
@@ -43,6 +43,7 @@ __all__ = [
     "domain_a_label",
     "format_path",
     "logfmt",
+    "logvalue",
     "normalize_domain",
     "parse_path",
     "xtext_decode",

@@ -17,7 +17,7 @@ from hato.intake.inbound import InboundChecker
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.signing import OutboundSigner
 from hato.intake.spamcheck import SpamFilter
-from hato.model import Address, Role
+from hato.model import Address, Role, logvalue
 from hato.model.dns import Resolver
 from hato.policy import (
     AuthThrottle,
@@ -68,9 +68,11 @@ class ListenerState:
     sessions: set[OpenSession] = field(default_factory=set)
     empty: asyncio.Event = field(default_factory=asyncio.Event)  # set while no session is open
     claimed: dict[str, int] = field(default_factory=dict)  # admitted in `shared`, not yet entered
+    log_name: str = field(init=False, default="")  # `name` as a log line's value, made once
 
     def __post_init__(self) -> None:
         self.empty.set()
+        self.log_name = logvalue(self.name)
 
     def admit(self, ip: str) -> bool:
         """Whether a connection of `ip` may open; with `shared`, its place is taken there

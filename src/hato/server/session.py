@@ -19,7 +19,7 @@ from hato.intake.capture import MessageCapture
 from hato.intake.finish import open_capture
 from hato.intake.incoming import Incoming
 from hato.intake.transaction import Transaction
-from hato.model import Address, Reply, logfmt, moment
+from hato.model import Address, Reply, logfmt, logvalue, moment
 from hato.policy import AUTH_BLOCKED, Reservation
 from hato.server.context import SessionContext
 from hato.server.greeting import before_greeting, screens
@@ -67,6 +67,8 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
     """The protocol glue of one session (module docstring); its mail transaction steps are
     `MailTransaction`'s (mailsteps.py)."""
 
+    login: Login  # AUTH; made in `connection_made`, once the client and session id are known
+
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
@@ -78,7 +80,6 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.tx: Transaction | None = None  # after MAIL FROM: the envelope so far
         self.user: Address | None = None  # the authenticated account
         self.committing: Reservation | None = None  # that of the message being committed
-        self.login = Login(ctx, self.client_ip, "")
         self.tls_detail = ""
         self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
@@ -119,9 +120,10 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             self.closing = True
             return
         listener.enter(self, self.client_ip)
-        log.info(logfmt("connect", session=self.session_id, listener=listener.name,
-                        client=self.client_ip, port=self.client_port,
-                        tls=self.conn.tls_active))  # fmt: skip
+        # The line `logfmt` would write, built by hand (issue 15: per connection).
+        log.info(f"event=connect session={logvalue(self.session_id)} listener={listener.log_name}"
+                 f" client={logvalue(self.client_ip)} port={self.client_port}"
+                 f" tls={self.conn.tls_active}")  # fmt: skip
         self._arm_timer()
         throttle = self.ctx.throttle
         if throttle is not None and throttle.blocked(self.client_ip):
@@ -174,8 +176,9 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self._discard_body()
         self._reset_transaction()
         self.ctx.listener.leave(self, self.client_ip)
-        log.info(logfmt("disconnect", session=self.session_id, client=self.client_ip,
-                        messages=self.messages, error=exc))  # fmt: skip
+        line = (f"event=disconnect session={logvalue(self.session_id)}"
+                f" client={logvalue(self.client_ip)} messages={self.messages}")  # fmt: skip
+        log.info(line if exc is None else f"{line} error={logvalue(exc)}")
 
     # ---- the event pump ----
 
