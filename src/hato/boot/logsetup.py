@@ -116,12 +116,15 @@ class BatchingHandler(logging.Handler):
     def emit_info(self, name: str, msg: str) -> None:
         """An info line of logger `name`, formatted as `emit` formats its record."""
         formatter = self.formatter
-        if not isinstance(formatter, TextFormatter | JsonFormatter):
+        if type(formatter) is TextFormatter:
+            # `TextFormatter.format`'s line, without the record and the call (issue 15).
+            text = f"{_stamp(time.time(), formatter._cache)} INFO {name}: {msg}\n"
+        elif isinstance(formatter, TextFormatter | JsonFormatter):
+            text = formatter.format(_Line(time.time(), name, msg)) + "\n"  # type: ignore[arg-type]
+        else:
             self.handle(logging.LogRecord(name, logging.INFO, "", 0, msg, None, None))
             return
-        line = (formatter.format(_Line(time.time(), name, msg)) + "\n").encode(  # type: ignore[arg-type]
-            "utf-8", "replace"
-        )
+        line = text.encode("utf-8", "replace")
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
             self._size += len(line)
