@@ -30,6 +30,10 @@ FLUSH_INTERVAL = 0.1
 FLUSH_BYTES = 32 * 1024
 
 
+# A stamp's milliseconds, formatted once (".000Z" to ".999Z"): one index instead of a format.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def _stamp(created: float, cache: dict[int, str]) -> str:
     second = int(created)
     text = cache.get(second)
@@ -37,7 +41,7 @@ def _stamp(created: float, cache: dict[int, str]) -> str:
         cache.clear()
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         cache[second] = text
-    return f"{text}.{int((created - second) * 1000):03d}Z"
+    return text + _MILLIS[min(int((created - second) * 1000), 999)]  # 999.99... may round up
 
 
 class TextFormatter(logging.Formatter):
