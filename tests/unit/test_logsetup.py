@@ -154,7 +154,7 @@ def test_a_filter_or_another_handler_on_the_way_takes_the_ordinary_path() -> Non
         (1764281127.0005, "2025-11-27T22:05:27.000Z"),
         (1764281127.0999, "2025-11-27T22:05:27.099Z"),
         (1764281127.9995, "2025-11-27T22:05:27.999Z"),
-        (0.9999999999999999, "1970-01-01T00:00:00.999Z"),  # x 1000 rounds up to 1000.0
+        (0.9999999999999999, "1970-01-01T00:00:00.999Z"),  # the largest float below 1
     ],
 )
 def test_a_stamp_truncates_to_the_millisecond_within_its_second(created: float, stamp: str) -> None:

@@ -41,7 +41,7 @@ def _stamp(created: float, cache: dict[int, str]) -> str:
         cache.clear()
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         cache[second] = text
-    return text + _MILLIS[min(int((created - second) * 1000), 999)]  # 999.99... may round up
+    return text + _MILLIS[int((created - second) * 1000)]  # < 1000: x < 1 gives x * 1000 < 1000
 
 
 class TextFormatter(logging.Formatter):
