@@ -338,17 +338,7 @@ class ServerConnection(VerbHandlers):
     def _step_line(self) -> bool:
         found = find_line(self._buf, self._pos, self._short_limit)
         if isinstance(found, int):  # the common case: a whole line within the smaller limit
-            line = self._buf[self._pos : found - 1]
-            self._pos = found + 1
-            if self._state is State.AUTH:
-                self._on_auth_line(line)
-            else:
-                self._on_command(line)
-            if self._pos == len(self._buf) and self._chunk_left is None:
-                # The read ended with this line (no pipelining): nothing is left to parse
-                # whatever the answer; only a BDAT chunk (of 0 octets) would go on without
-                # input.
-                self._starved = True
+            self._take_line(found)
             return True
         if found is LineStatus.NEED_MORE:
             self._starved = True
@@ -377,13 +367,22 @@ class ServerConnection(VerbHandlers):
             else:
                 self._error(R.LINE_TOO_LONG, f"command line over {limit} octets")
         else:
-            line = self._buf[self._pos : found - 1]
-            self._pos = found + 1
-            if self._state is State.AUTH:
-                self._on_auth_line(line)
-            else:
-                self._on_command(line)
+            self._take_line(found)
         return True
+
+    def _take_line(self, found: int) -> None:
+        """The line ending at `found` (its LF), without CRLF, to the AUTH exchange or as a
+        command."""
+        line = self._buf[self._pos : found - 1]
+        self._pos = found + 1
+        if self._state is State.AUTH:
+            self._on_auth_line(line)
+        else:
+            self._on_command(line)
+        if self._pos == len(self._buf) and self._chunk_left is None:
+            # The read ended with this line (no pipelining): nothing is left to parse whatever
+            # the answer; only a BDAT chunk (of 0 octets) would go on without input.
+            self._starved = True
 
     def _discard(self) -> bool:
         pos, status = discard_line(self._buf, self._pos)
