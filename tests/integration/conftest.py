@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from peers import net
 from peers.hato import HatoServer
+from peers.milters import LibMilter, libmilter_missing
+from peers.net import cannot_run
 from peers.postfix import PostfixServer
 from peers.server import MailServer, MailSetup, MakeServer, submission_setup
 from peers.tls import TestCA, make_test_ca
@@ -123,6 +125,20 @@ def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gpg]:
     g.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default", "never")
     yield g
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+
+
+@pytest.fixture(scope="module")
+def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
+    """A libmilter-built test milter (tests/peers/milters), one per test module."""
+    missing = libmilter_missing()
+    if missing is not None:
+        cannot_run(missing)
+    peer = LibMilter(tmp_path_factory.mktemp("libmilter"))
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
 
 
 @pytest.fixture

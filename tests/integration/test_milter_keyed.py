@@ -13,26 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 from peers import maildir
-from peers.milters import LibMilter, MilteredHato, libmilter_missing
-from peers.net import cannot_run
+from peers.milters import LibMilter, MilteredHato
 
 from kit.cryptokeys import Gpg
 
 SENDER = "alice@sender.example"
 KEYED = ("keyed", "other")  # other@dest.example: the recipient ADD-RCPT adds
-
-
-@pytest.fixture(scope="module")
-def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
-    missing = libmilter_missing()
-    if missing is not None:
-        cannot_run(missing)
-    peer = LibMilter(tmp_path_factory.mktemp("libmilter"))
-    peer.start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture(scope="module")

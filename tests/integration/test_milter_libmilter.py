@@ -16,26 +16,13 @@ from pathlib import Path
 
 import pytest
 from peers import filtering, maildir
-from peers.milters import LibMilter, MilteredHato, OpenDkim, libmilter_missing
-from peers.net import cannot_run, require_peer
+from peers.milters import LibMilter, MilteredHato, OpenDkim
+from peers.net import require_peer
 
 # The metrics test counts what the tests before it did on the same module-scoped server: the
 # module must run on one xdist worker, in order (scripts/test runs with --dist loadfile).
 
 SENDER = "alice@sender.example"
-
-
-@pytest.fixture(scope="module")
-def libmilter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibMilter]:
-    missing = libmilter_missing()
-    if missing is not None:
-        cannot_run(missing)
-    peer = LibMilter(tmp_path_factory.mktemp("libmilter"))
-    peer.start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture(scope="module")
