@@ -18,7 +18,8 @@ tried in this order, and the first that yields at least one mailbox or forward w
    ``mailer-daemon`` are resolved as ``postmaster`` of the domain (so cron's mail to root
    reaches whoever postmaster is);
 6. the domain's catch-all target, resolved again by these rules;
-7. `accept_any` -> a mailbox of that local part;
+7. `accept_any` -> a mailbox of that local part (when rules 3 to 6 cannot apply, the user
+   store is not asked at rule 2: it would name the same mailbox);
 8. ``postmaster`` -> its own mailbox (RFC 5321 §4.5.1: postmaster must always be accepted).
 
 At most 10 expansions (alias, +tag, catch-all) are followed; a target that is already being
@@ -299,12 +300,18 @@ class RecipientResolver:
             return False  # never a directory name: no path traversal through a local part
         path = path | {key}
         mailbox = Address(local, domain.name)
-        if self._users.exists(mailbox):
-            found.mailboxes[mailbox] = None
-            return True
         targets = domain.aliases.get(local)
         if targets is None:
             targets = self._alias_file.lookup(local, domain.name)
+        if wildcards and self._plain_accept_any(domain, local, targets):
+            # Rules 2 and 7 give this same mailbox and none between them applies: whether it
+            # is an account does not change the answer, so the user store is not asked (on
+            # PostgreSQL "no such account" is a round trip every time: model/notified.py).
+            found.mailboxes[mailbox] = None
+            return True
+        if self._users.exists(mailbox):
+            found.mailboxes[mailbox] = None
+            return True
         if targets is not None and self._targets(
             domain, targets, depth + 1, path, found, wildcards
         ):
@@ -324,6 +331,19 @@ class RecipientResolver:
             found.mailboxes[mailbox] = None
             return True
         return False
+
+    def _plain_accept_any(
+        self, domain: _Domain, local: str, targets: tuple[AliasTarget, ...] | None
+    ) -> bool:
+        """Whether `local` ends at rule 7 (accept_any) if it is not an account: no alias, no
+        +tag, not a role name, no catch-all before it."""
+        return (
+            domain.accept_any
+            and domain.catch_all is None
+            and targets is None
+            and local not in ROLE_NAMES
+            and self._without_tag(local) is None
+        )
 
     def _role(
         self,

@@ -219,6 +219,27 @@ def test_accept_any_and_its_order_after_catch_all() -> None:
     assert both.resolve(a("x@example.org")) == mailboxes("bob@example.org")
 
 
+def test_accept_any_does_not_ask_the_users_when_the_answer_is_the_same() -> None:
+    # On PostgreSQL "no such account" is a round trip every time (issue 16): a plain local
+    # part of an accept_any domain is its own mailbox whether or not it is an account.
+    users = Users("alice@example.org")
+    r = resolver(LocalDomain(ORG, accept_any=True, aliases={"sales": ("bob",)}), users=users)
+    assert r.resolve(a("x@example.org")) == mailboxes("x@example.org")
+    assert r.resolve(a("alice@example.org")) == mailboxes("alice@example.org")
+    assert users.asked == []
+    # Where the answer would differ, the users are asked: a +tag, an alias, a role name,
+    # and without wildcards (the sender's own addresses).
+    assert r.resolve(a("alice+t@example.org")) == mailboxes("alice@example.org")
+    assert r.resolve(a("sales@example.org")) == mailboxes("bob@example.org")
+    assert r.resolve(a("abuse@example.org")) == mailboxes("postmaster@example.org")
+    assert isinstance(r.resolve(a("x@example.org"), wildcards=False), Unknown)
+    assert a("alice+t@example.org") in users.asked and a("x@example.org") in users.asked
+    with_catch_all = Users()
+    caught = resolver(LocalDomain(ORG, accept_any=True, catch_all="bob"), users=with_catch_all)
+    assert caught.resolve(a("x@example.org")) == mailboxes("bob@example.org")
+    assert a("x@example.org") in with_catch_all.asked
+
+
 def test_postmaster_always_accepted() -> None:
     r = resolver()
     assert r.resolve(a("PostMaster@example.org")) == mailboxes("postmaster@example.org")
