@@ -2,7 +2,8 @@
 
 Every RCPT asks whether the mailbox is an account, every delivery asks again, and every
 message asks whether its recipient has a key: on PostgreSQL each is a round trip on the event
-loop, which every session then waits for. SQLite's answers are kept until its file changes
+loop, which every session then waits for (a plain local part of an `accept_any` domain is not
+asked at all: directory/resolver.py). SQLite's answers are kept until its file changes
 (boot/dbcache.py); the shared store has no file to watch, so a change is told instead: every
 statement that changes `users`, `keys` or `key_policies`, by whichever writer (hato user, hato
 key, the WKD upload, hato store copy, psql), fires a trigger that says `NOTIFY hato_directory`
