@@ -44,7 +44,8 @@ from hato.intake.inbound import InboundVerdict
 from hato.intake.message import commit
 from hato.intake.miltercheck import DISCARDED, milter_check
 from hato.intake.milterenvelope import apply_envelope
-from hato.intake.spamcheck import Spooled, keep_seal, rewritten, spam_check
+from hato.intake.signing import split_message
+from hato.intake.spamcheck import Spooled, keep_seal, read_back, rewritten, spam_check
 from hato.intake.transaction import Transaction
 from hato.milter import Command
 from hato.milter import Transaction as MilterTransaction
@@ -159,14 +160,16 @@ async def finish(
     or, when rspamd or a milter asked for changes, its edited copy, and the sender to queue
     it with: MAIL FROM's, or a milter's SMFIR_CHGFROM). A milter's recipient changes are made
     to `recipients` and (their RFC 3461 requests) `dsn` in place."""
+    original = body
     added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
     if refusal is not None:
         return added, params, refusal, body, facts.mail_from
     plan = steps(ctx, facts.door)
+    sender = facts.mail_from
     if plan.spam:
         added, refusal, body = await rspamd_step(ctx, facts, recipients, added, params, body)
         if refusal is not None:
-            return added, params, refusal, body, facts.mail_from
+            return added, params, refusal, body, sender
     if plan.milters:
         milted = await milter_check(
             ctx.milters,
@@ -179,18 +182,26 @@ async def finish(
         )
         if milted.hold:
             params[HOLD_PARAM] = "milter"  # committed held (queue/store.py)
-        sender = facts.mail_from
-        if milted.envelope and milted.refusal is None:
+        added, refusal, body = milted.prefix, milted.refusal, milted.body
+        if milted.envelope and refusal is None:
             # In place: the caller queues for `recipients` after this (milterenvelope.py).
-            sealed = isinstance(milted.body, SealedScratch)
+            sealed = isinstance(body, SealedScratch)
             sender = apply_envelope(
                 ctx, recipients, milted.envelope, queue_id(facts, body), sender, params,
                 sealed=sealed, dsn=dsn,
             )  # fmt: skip
             if not recipients:
-                return milted.prefix, params, DISCARDED, milted.body, sender  # all deleted
-        return milted.prefix, params, milted.refusal, milted.body, sender
-    return added, params, None, body, facts.mail_from
+                return added, params, DISCARDED, body, sender  # all deleted
+        if refusal is not None:
+            return added, params, refusal, body, sender
+    if plan.sign:
+        # Last, after every step that may change the header or the body (rspamd's, the
+        # milters'), as OpenDKIM is the last milter in Postfix: RFC 6376 §5 signs the
+        # message as it leaves; an edit after it would break it (DMARC fails at the receiver).
+        changed = bool(added) or body is not original
+        added = await sign(ctx, facts, captured, added, body, from_addresses, sender,
+                           changed=changed) + added  # fmt: skip
+    return added, params, None, body, sender
 
 
 def queue_id(facts: Submitted, body: Spooled) -> str:
@@ -284,8 +295,6 @@ async def authenticate(
     if facts.door is Door.SUBMISSION and facts.user is not None:
         params[AUTH_PARAM] = str(facts.user)  # a checked sender (queue/bounce.py)
     plan = steps(ctx, facts.door)
-    if plan.sign:
-        return await sign(ctx, facts, captured, from_addresses), params, None
     checker = ctx.inbound
     if not plan.check or checker is None:
         return b"", params, None
@@ -321,19 +330,37 @@ async def sign(
     ctx: IntakeContext,
     facts: Submitted,
     captured: bytes | LargeMessage | None,
+    prefix: bytes,
+    body: Spooled,
     from_addresses: list[Address | None],
+    sender: ReversePath,
+    *,
+    changed: bool,
 ) -> bytes:
-    """Our DKIM-Signature (RFC 6376) by the first author's domain we hold a key for, the
-    envelope sender's after the From addresses; a notice's by its hostname's domain or the
-    nearest signing domain above it (RFC 7489 §3.1.1 relaxed alignment)."""
+    """Our DKIM-Signature (RFC 6376) of the message as it leaves: `prefix` + `body`, or, when
+    no step `changed` it, `captured` as it came (already in memory). Signed by the first
+    author's domain we hold a key for, the envelope sender's after the From addresses; a
+    notice's by its hostname's domain or the nearest signing domain above it (RFC 7489
+    §3.1.1 relaxed alignment)."""
     assert ctx.signer is not None
     if not isinstance(captured, bytes):
         log.warning(logfmt("dkim-sign-skipped", session=facts.session, reason="message too large"))
         return b""
-    authors = [*from_addresses, facts.mail_from]
+    authors = [*from_addresses, sender]
     parents = facts.door is Door.NOTICE
-    work = functools.partial(ctx.signer.sign, captured, authors, parents=parents)
-    if len(captured) <= NEARBY_LIMIT:
+    message = captured
+    if changed:
+        if not (isinstance(body, BodyWriter) and body.inline):
+            # Edited into a spooled body: hashed as it is read back, in a worker thread.
+            signer, chunks = ctx.signer, read_back(body)
+            return await asyncio.to_thread(
+                lambda: signer.sign_parts(
+                    *split_message(prefix, chunks), authors=authors, parents=parents
+                )
+            )
+        message = prefix + body.peek_inline()
+    work = functools.partial(ctx.signer.sign, message, authors, parents=parents)
+    if len(message) <= NEARBY_LIMIT:
         # A small message is signed where it is (authcheck/offload.py NEARBY_LIMIT): under a
         # millisecond, most of it the RSA signature, during which `cryptography` holds the
         # GIL, so in a thread the loop waited for it all the same, plus the hand-off there

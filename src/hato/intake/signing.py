@@ -5,8 +5,9 @@ The signature goes into the stored prefix, so the body file stays exactly as rec
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from hato.authcheck import ArcSealer, DkimAlgorithm, DkimError, DkimSigner, load_signing_key
@@ -92,6 +93,22 @@ class OutboundSigner:
             return signer.sign(headers, pieces(body))
         return b""
 
+    def sign_parts(
+        self,
+        headers: bytes,
+        body: Iterable[bytes],
+        *,
+        authors: list[Address | None],
+        parents: bool = False,
+    ) -> bytes:
+        """`sign` for a message already split (`split_message`): its body hashed as it is
+        read, never whole in memory."""
+        for address in authors:
+            signer = self._signer_for(address.domain, parents) if address else None
+            if signer is not None:
+                return signer.sign(headers, body)
+        return b""
+
     def _signer_for(self, domain: str, parents: bool) -> DkimSigner | None:
         labels = domain.lower().split(".")
         for at in range(len(labels) if parents else 1):  # the domain, then its parents
@@ -99,3 +116,17 @@ class OutboundSigner:
             if signer is not None:
                 return signer
         return None
+
+
+def split_message(prefix: bytes, chunks: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """`prefix` + the message read as `chunks`: (its header section, with the CRLF ending
+    its last field, and the rest of its chunks: the body). RFC 5322 §2.1: the header section
+    ends at the first empty line (maybe the first line). Blocks as `chunks` do."""
+    head = bytearray(prefix)
+    for chunk in chunks:
+        head += chunk
+        end = -2 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n")
+        if end != -1:
+            rest = bytes(head[end + 4 :])
+            return bytes(head[: end + 2]), itertools.chain((rest,), chunks)
+    return bytes(head), iter(())

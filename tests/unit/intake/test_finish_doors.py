@@ -25,7 +25,7 @@ from hato.intake.inbound import InboundChecker
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.notices import KeyedCommitter
 from hato.intake.signing import OutboundSigner
-from hato.intake.spamcheck import SpamFilter
+from hato.intake.spamcheck import SpamFilter, Spooled
 from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Reply, Role
 from hato.model.queuestore import Pending
@@ -275,6 +275,9 @@ class _NoKeys:
         raise AssertionError("no key, no policy")
 
 
+NO_BODY = cast(Spooled, None)  # unread: the message did not change
+
+
 def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -291,6 +294,8 @@ def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
     facts = Submitted("alice@example.org", "", "", None, ALICE, {}, Door.SUBMISSION)
     large = MESSAGE + (b"x" * 78 + b"\r\n") * (NEARBY_LIMIT // 80 + 1)
     for message, hand_offs in ((MESSAGE, 0), (large, 1)):
-        signature = asyncio.run(finish.sign(ctx, facts, message, [ALICE]))
+        signature = asyncio.run(
+            finish.sign(ctx, facts, message, b"", NO_BODY, [ALICE], ALICE, changed=False)
+        )
         assert dkim.verify(signature + message, dnsfunc=_dns)
         assert len(threaded) == hand_offs

@@ -1,0 +1,162 @@
+"""Our DKIM signature is made after the milters (finish.py): a milter on the submission role
+that edits our users' mail (a new body, SMFIR_REPLBODY, as a disclaimer milter does; a new
+Subject, SMFIR_CHGHEADER) does not break it, as OpenDKIM signs last in Postfix.
+
+Hato A (mx.sender.example, a `hato dkim keygen` key for sender.example) asks Sendmail's own
+libmilter (peers/libmilter_filter.py) about its submission role's mail, and relays dest.example
+to Hato B, which checks SPF, DKIM and DMARC against an in-process DNS server. Mail sent by
+AUTH on A's submission port and by the real hato-sendmail arrives at B edited by the milter,
+with a signature of sender.example that passes at B (dkim=pass, dmarc=pass) and with dkimpy
+against the key record B's DNS serves."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+from peers import filtering, maildir
+from peers.authcheck import CheckingHato, logs, signing_pair
+from peers.hato import HatoServer
+from peers.milters import LibMilter, libmilter_missing
+from peers.net import cannot_run
+from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
+
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from hato.server.tls import ensure_self_signed
+
+A_HOSTNAME = "mx.sender.example"
+B_HOSTNAME = "mx.dest.example"
+
+
+def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
+    return {
+        "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
+        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
+    }
+
+
+class MilteredSender(HatoServer):
+    """Hato A: submission and a submit socket for hato-sendmail, the libmilter at `milter` on
+    the submission role; dest.example goes to B."""
+
+    def __init__(
+        self, data_dir: Path, setup: MailSetup, relay: str, nameserver: str, milter: str
+    ) -> None:
+        super().__init__(data_dir, setup)
+        self.relay = relay
+        self.nameserver = nameserver
+        self.milter = milter
+        self.submit_socket = self.work / "run" / "submit.sock"
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        assert 'hostname = "hato.test"' in text
+        text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
+        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
+        return text + (
+            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            "\n[delivery]\nallow_loopback = true\n"
+            f'\n[[transport]]\ndomain = "dest.example"\nrelay = "{self.relay}"\n'
+            f'\n[[milter]]\naddress = "{self.milter}"\nroles = ["submission"]\n'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: MilteredSender
+    b: CheckingHato
+    record: str  # the DKIM key record of hato._domainkey.sender.example
+
+
+@pytest.fixture
+def libmilter(tmp_path: Path) -> Iterator[LibMilter]:
+    missing = libmilter_missing()
+    if missing is not None:
+        cannot_run(missing)
+    peer = LibMilter(tmp_path / "libmilter")
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, libmilter: LibMilter) -> Iterator[Pair]:
+    cert, key = ensure_self_signed(tmp_path / "tls", A_HOSTNAME)
+    with DnsTestServer({}) as dns:
+        b = CheckingHato(
+            tmp_path / "b",
+            MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
+            dns.nameserver,
+            B_HOSTNAME,
+        )
+        a = MilteredSender(
+            tmp_path / "a",
+            MailSetup(
+                domains=(DomainSetup("sender.example", users=("alice",)),),
+                submission=True,
+                tls=TlsFiles(cert, key),
+            ),
+            f"{b.host}:{b.port}",
+            dns.nameserver,
+            libmilter.address,
+        )
+        with signing_pair(a, b, dns, "sender.example", _zone) as record:
+            yield Pair(a, b, record)
+
+
+def _message(marker: str) -> bytes:
+    # CHANGE-SUBJECT and REPLACE-BODY: the libmilter's SMFIR_CHGHEADER and SMFIR_REPLBODY.
+    return (
+        "From: Alice <alice@sender.example>\r\nTo: <someone@dest.example>\r\n"
+        f"Subject: lunch\r\nDate: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
+        f"Message-ID: <{marker}@sender.example>\r\n"
+        f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nCHANGE-SUBJECT REPLACE-BODY\r\n"
+    ).encode()
+
+
+def _arrived_signed_and_passing(pair: Pair, marker: str) -> None:
+    box = pair.b.mailbox("someone", "dest.example")
+    found = maildir.wait_for_marker(box, marker, 30)
+    assert len(found) == 1, f"not delivered by A to B:\n{logs(pair.a, pair.b)}"
+    stored = found[0].read_bytes()
+    head = filtering.head(stored)
+    # The milter's edits reached B: they were made before the signature.
+    assert b"Subject: changed by libmilter" in head, head
+    assert stored.endswith(b"\r\n\r\nreplaced by libmilter\r\n"), stored[-200:]
+    assert b"X-Libmilter: seen" in head, head
+    fields = maildir.header_fields(stored)
+    signatures = [f for f in fields if f.lower().startswith("dkim-signature:")]
+    assert len(signatures) == 1 and "d=sender.example" in signatures[0], fields
+    results = [f for f in fields if f.startswith(f"Authentication-Results: {B_HOSTNAME};")]
+    assert len(results) == 1, fields
+    assert re.search(r"\bdkim=pass\b[^;]*header\.d=sender\.example", results[0]), results[0]
+    assert re.search(r"\bdmarc=pass\b", results[0]), results[0]
+    record = pair.record.encode()
+    assert dkim.verify(stored, dnsfunc=lambda name, timeout=5: record), fields
+
+
+def test_submitted_mail_a_milter_edits_is_signed_as_it_leaves(pair: Pair) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(pair.a.host, pair.a.submission_port, timeout=60) as smtp:
+        smtp.starttls(context=context)
+        smtp.login("alice@sender.example", USER_PASSWORD)
+        smtp.sendmail("alice@sender.example", ["someone@dest.example"], _message("sub-1"))
+    _arrived_signed_and_passing(pair, "sub-1")
+
+
+def test_mail_from_hato_sendmail_a_milter_edits_is_signed_as_it_leaves(pair: Pair) -> None:
+    done = pair.a.sendmail(["-f", "alice@sender.example", "someone@dest.example"],
+                           _message("local-1"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _arrived_signed_and_passing(pair, "local-1")
