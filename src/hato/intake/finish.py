@@ -6,7 +6,7 @@ door (`Door`) and what the door's context has configured:
 
 - mail a client sends us without AUTH (`Door.MX`) gets the authentication checks of mail we
   receive (SPF, DKIM, ARC, DMARC and Authentication-Results, RFC 8601: inbound.py, on mx
-  listeners), and an ARC seal when our aliases forward it (RFC 8617);
+  listeners), and, last, an ARC seal when our aliases forward it (RFC 8617);
 - mail our users send (`Door.SUBMISSION` after AUTH, `Door.LOCAL` from hato-sendmail and the
   maildrop) gets the DKIM signature of its author's domain (RFC 6376: signing.py);
 - the server's own notices about our users' mail (`Door.NOTICE`, DSNs from
@@ -18,19 +18,25 @@ door (`Door`) and what the door's context has configured:
 - then, with our results known, rspamd's verdict (spamcheck.py) and the milters'
   (miltercheck.py), for every door but the notices, as the door's role has them configured.
 
-The results are header lines for the stored prefix (the body is never rewritten), queue
-parameters, or the refusal a DMARC policy, rspamd or a milter asks for. `end_of_message` runs
-the steps and then the commit: the one function the SMTP session, local submission and the
-DSN door call.
+The order: the checks first (they judge the message as it came); then rspamd and the
+milters, which may add, change and delete header fields and replace the body; the DKIM
+signature and the ARC seal last, over the message as it leaves (our header lines on top of
+what the milters left), so that no edit comes after them: in Postfix the signer (OpenDKIM,
+OpenARC) is the last milter, for the same reason (RFC 6376 §5; RFC 8617 §5.1, a sealer makes
+its changes before it seals).
+
+The results are header lines for the stored prefix (a stored body is never rewritten; an
+edit is a new body), queue parameters, or the refusal a DMARC policy, rspamd or a milter asks
+for. `end_of_message` runs the steps and then the commit: the one function the SMTP session,
+local submission and the DSN door call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hato.authcheck.dkim import pieces
@@ -45,7 +51,7 @@ from hato.intake.message import commit
 from hato.intake.miltercheck import DISCARDED, milter_check
 from hato.intake.milterenvelope import apply_envelope
 from hato.intake.signing import split_message
-from hato.intake.spamcheck import Spooled, keep_seal, read_back, rewritten, spam_check
+from hato.intake.spamcheck import Spooled, read_back, rewritten, spam_check
 from hato.intake.transaction import Transaction
 from hato.milter import Command
 from hato.milter import Transaction as MilterTransaction
@@ -161,7 +167,7 @@ async def finish(
     it with: MAIL FROM's, or a milter's SMFIR_CHGFROM). A milter's recipient changes are made
     to `recipients` and (their RFC 3461 requests) `dsn` in place."""
     original = body
-    added, params, refusal = await authenticate(ctx, facts, captured, from_addresses, recipients)
+    added, params, refusal, verdict = await authenticate(ctx, facts, captured)
     if refusal is not None:
         return added, params, refusal, body, facts.mail_from
     plan = steps(ctx, facts.door)
@@ -194,13 +200,18 @@ async def finish(
                 return added, params, DISCARDED, body, sender  # all deleted
         if refusal is not None:
             return added, params, refusal, body, sender
+    # Last, after every step that may change the header or the body (rspamd's, the milters'),
+    # as OpenDKIM and OpenARC are the last milters in Postfix: a DKIM signature (RFC 6376 §5)
+    # and an ARC set (RFC 8617 §5.1: the sealer's changes come before its seal) cover the
+    # message as it leaves; an edit after them would break them at the next hop.
+    unchanged = captured if body is original and isinstance(captured, bytes) else None
     if plan.sign:
-        # Last, after every step that may change the header or the body (rspamd's, the
-        # milters'), as OpenDKIM is the last milter in Postfix: RFC 6376 §5 signs the
-        # message as it leaves; an edit after it would break it (DMARC fails at the receiver).
-        changed = bool(added) or body is not original
-        added = await sign(ctx, facts, captured, added, body, from_addresses, sender,
-                           changed=changed) + added  # fmt: skip
+        authors = [*from_addresses, sender]
+        added = await sign(ctx, facts, captured, added, body, unchanged, authors) + added
+    elif verdict is not None and isinstance(captured, bytes):
+        # Past MAX_CHECKED_SIZE no chain was verified: no seal (RFC 8617 §5.1 seals what we
+        # verified; docs/configuration.md).
+        added = await arc_seal(ctx, verdict, added, body, unchanged, recipients) + added
     return added, params, None, body, sender
 
 
@@ -273,7 +284,7 @@ async def rspamd_step(
         user=str(facts.user) if facts.user is not None else None,
         queue_id=queue_id(facts, body),
     )
-    verdict = keep_seal(await spam_check(ctx.spam, ctx.role, envelope, added, body), added)
+    verdict = await spam_check(ctx.spam, ctx.role, envelope, added, body)
     if verdict.refusal is not None:
         return added, verdict.refusal, body
     if verdict.junk:
@@ -287,21 +298,20 @@ async def authenticate(
     ctx: IntakeContext,
     facts: Submitted,
     captured: bytes | LargeMessage | None,
-    from_addresses: list[Address | None],
-    recipients: list[tuple[Address, Address]],
-) -> tuple[bytes, dict[str, str | None], Reply | None]:
-    """(header lines to prepend, queue params, refusal or None)."""
+) -> tuple[bytes, dict[str, str | None], Reply | None, InboundVerdict | None]:
+    """(header lines to prepend, queue params, refusal or None, the checks' verdict for the
+    ARC seal, `arc_seal`, or None when the door has no checks)."""
     params = facts.params
     if facts.door is Door.SUBMISSION and facts.user is not None:
         params[AUTH_PARAM] = str(facts.user)  # a checked sender (queue/bounce.py)
     plan = steps(ctx, facts.door)
     checker = ctx.inbound
     if not plan.check or checker is None:
-        return b"", params, None
+        return b"", params, None, None
     if captured is None:
         # Only a header section past MAX_CHECKED_SIZE, refused (552 5.3.4) before this.
         log.warning(logfmt("authcheck-skipped", session=facts.session, reason="no header end"))
-        return b"", params, None
+        return b"", params, None, None
     verdict = await checker.check(
         client_ip=facts.client_ip, helo=facts.helo, mail_from=facts.mail_from, message=captured
     )
@@ -319,11 +329,7 @@ async def authenticate(
         params[QUARANTINE_PARAM] = "Junk"
     if verdict.spf_pass:
         params[SPF_PARAM] = "pass"  # a checked sender: success DSNs may go to it
-    if isinstance(captured, LargeMessage):
-        # RFC 8617 §5.1 seals what we verified; past MAX_CHECKED_SIZE no chain was (docs).
-        return verdict.header, params, verdict.refuse
-    sealed = await arc_seal(ctx, verdict, captured, recipients)
-    return sealed + verdict.header, params, verdict.refuse
+    return verdict.header, params, verdict.refuse, verdict
 
 
 async def sign(
@@ -332,64 +338,86 @@ async def sign(
     captured: bytes | LargeMessage | None,
     prefix: bytes,
     body: Spooled,
-    from_addresses: list[Address | None],
-    sender: ReversePath,
-    *,
-    changed: bool,
+    unchanged: bytes | None,
+    authors: list[Address | None],
 ) -> bytes:
-    """Our DKIM-Signature (RFC 6376) of the message as it leaves: `prefix` + `body`, or, when
-    no step `changed` it, `captured` as it came (already in memory). Signed by the first
-    author's domain we hold a key for, the envelope sender's after the From addresses; a
-    notice's by its hostname's domain or the nearest signing domain above it (RFC 7489
-    §3.1.1 relaxed alignment)."""
-    assert ctx.signer is not None
+    """Our DKIM-Signature (RFC 6376) of the message as it leaves (`over_message`), by the
+    first of the `authors`' domains we hold a key for (the From addresses, then the envelope
+    sender); a notice's by its hostname's domain or the nearest signing domain above it
+    (RFC 7489 §3.1.1 relaxed alignment)."""
+    signer = ctx.signer
+    assert signer is not None
     if not isinstance(captured, bytes):
         log.warning(logfmt("dkim-sign-skipped", session=facts.session, reason="message too large"))
         return b""
-    authors = [*from_addresses, sender]
     parents = facts.door is Door.NOTICE
-    message = captured
-    if changed:
-        if not (isinstance(body, BodyWriter) and body.inline):
-            # Edited into a spooled body: hashed as it is read back, in a worker thread.
-            signer, chunks = ctx.signer, read_back(body)
-            return await asyncio.to_thread(
-                lambda: signer.sign_parts(
-                    *split_message(prefix, chunks), authors=authors, parents=parents
-                )
-            )
-        message = prefix + body.peek_inline()
-    work = functools.partial(ctx.signer.sign, message, authors, parents=parents)
-    if len(message) <= NEARBY_LIMIT:
+    return await over_message(
+        lambda head, rest: signer.sign_parts(head, rest, authors=authors, parents=parents),
+        prefix,
+        body,
+        unchanged,
+    )
+
+
+async def over_message(
+    work: Callable[[bytes, Iterable[bytes]], bytes],
+    prefix: bytes,
+    body: Spooled,
+    unchanged: bytes | None,
+    *,
+    nearby: bool = True,
+) -> bytes:
+    """`work(header section, body pieces)` over the message as it leaves: `prefix` (our
+    header lines), then `unchanged` (the message as it came, already in memory) or, when a
+    step changed it, `body` (read back and hashed as it is read, in a worker thread)."""
+    if unchanged is None and not (isinstance(body, BodyWriter) and body.inline):
+        chunks = read_back(body)
+        return await asyncio.to_thread(lambda: work(*split_message(prefix, chunks)))
+    if unchanged is None:
+        assert isinstance(body, BodyWriter)
+        unchanged = body.peek_inline()
+    # RFC 5322 §2.1: the header section ends at the first empty line (maybe the first).
+    end = -2 if unchanged.startswith(b"\r\n") else unchanged.find(b"\r\n\r\n")
+    head = prefix + (unchanged if end == -1 else unchanged[: end + 2])
+    rest = pieces(b"" if end == -1 else unchanged[end + 4 :])
+    if nearby and len(unchanged) <= NEARBY_LIMIT:
         # A small message is signed where it is (authcheck/offload.py NEARBY_LIMIT): under a
         # millisecond, most of it the RSA signature, during which `cryptography` holds the
         # GIL, so in a thread the loop waited for it all the same, plus the hand-off there
         # and back (the out benchmark: a thread wake-up and a loop wake-up per message).
-        return work()
+        return work(head, rest)
     # Hashing a body of up to 10 MiB takes seconds of CPU: not on the event loop.
-    return await asyncio.to_thread(work)
+    return await asyncio.to_thread(lambda: work(head, rest))
 
 
 async def arc_seal(
     ctx: IntakeContext,
     verdict: InboundVerdict,
-    captured: bytes,
+    prefix: bytes,
+    body: Spooled,
+    unchanged: bytes | None,
     recipients: list[tuple[Address, Address]],
 ) -> bytes:
     """RFC 8617 §5.1: when an alias of ours forwards the message to another domain, we add an
-    ARC set, so the next hop can see what we saw (SPF and DKIM break on forwarding). The
-    seal hashes the body: in a worker thread, not on the event loop."""
+    ARC set, so the next hop can see what we saw (SPF and DKIM break on forwarding), over
+    the message as it leaves (`over_message`: our header lines, the Authentication-Results
+    among them, on top). The seal hashes the body: in a worker thread, not on the event
+    loop."""
     if verdict.refuse is not None or not ctx.sealers:
         return b""
-    for dest, original in recipients:
-        if ctx.resolver.is_local_domain(dest.domain):
-            continue
-        sealer = ctx.sealers.get(original.domain.lower())
-        if sealer is None:
-            continue
-        end = captured.find(b"\r\n\r\n")
-        head, body = (captured, b"") if end < 0 else (captured[: end + 2], captured[end + 4 :])
-        seal = functools.partial(sealer.seal, verdict.header + head, pieces(body), verdict.arc)
-        sealed = await asyncio.to_thread(seal)
-        return sealed or b""
-    return b""
+    sealers = (
+        ctx.sealers.get(original.domain.lower())
+        for dest, original in recipients
+        if not ctx.resolver.is_local_domain(dest.domain)
+    )
+    sealer = next((s for s in sealers if s is not None), None)
+    if sealer is None:
+        return b""
+    chain = verdict.arc
+    return await over_message(
+        lambda head, rest: sealer.seal(head, rest, chain) or b"",
+        prefix,
+        body,
+        unchanged,
+        nearby=False,
+    )

@@ -15,10 +15,10 @@ of its own as its pieces come (`NewBody`: never held in memory, at most the list
 message size, past which the milter is taken as unavailable) and the 250 still comes only once
 the modified message is durable (the caller commits it). Quarantine (SMFIR_QUARANTINE) has
 the message committed held, as Postfix puts it in its hold queue: it stays in the queue,
-untried, until an operator runs `hato queue release` (or deletes it). A message our ARC
-set seals (an alias forwards it) keeps its header section and body (RFC 8617 §5.1;
-`milter-edit-skipped`). A new sender, added and deleted recipients are collected for the
-caller, which applies them before the commit (milterenvelope.py). A milter that cannot be
+untried, until an operator runs `hato queue release` (or deletes it). Our DKIM signature
+and ARC set are made after the milters (finish.py), over what they leave. A new sender,
+added and deleted recipients are collected for the caller, which applies them before the
+commit (milterenvelope.py). A milter that cannot be
 asked follows its default_action: tempfail (451 4.3.0, never a 250 for mail that was not
 checked) or accept; either way logged (`milter-unavailable`).
 """
@@ -245,12 +245,6 @@ async def apply(
                 log.info(logfmt("milter-quarantine", id=queue_id, milter=address, reason=reason))
             case AddRecipient() | DeleteRecipient() | ChangeFrom():
                 state.envelope.append(change)  # applied by the caller (milterenvelope.py)
-    if (edits or replaced) and sealed(state.prefix):
-        # RFC 8617 §5.1: our ARC set signs the message as received (an alias forwards it);
-        # an edit made after it would break the seal the next hop checks.
-        log.warning(logfmt("milter-edit-skipped", id=queue_id, milter=address, reason="arc"))
-        replacement.discard()
-        return
     if not replaced:
         replacement.discard()
     if edits or replaced:
@@ -259,11 +253,6 @@ async def apply(
         new = replacement.finish() if replaced else None
         state.body = await asyncio.to_thread(rebuild, state.prefix, state.body, edits, new, fresh)
         state.prefix = b""
-
-
-def sealed(prefix: bytes) -> bool:
-    """Whether our header lines hold an ARC set (finish.arc_seal)."""
-    return any(line.lower().startswith(b"arc-seal:") for line in prefix.split(b"\r\n"))
 
 
 def edit_section(section: bytes, edits: list[ChangeHeader]) -> bytes:

@@ -81,17 +81,9 @@ class OutboundSigner:
         (the From: domain first, for DMARC alignment, RFC 7489 §3.1.1), or b"". With
         `parents`, a candidate's parent domains are tried after it, nearest first (a notice
         from MAILER-DAEMON@mx.example.org is signed by example.org: relaxed alignment)."""
-        for address in candidates:
-            signer = self._signer_for(address.domain, parents) if address else None
-            if signer is None:
-                continue
-            end = message.find(b"\r\n\r\n")
-            if end < 0:
-                headers, body = message, b""
-            else:
-                headers, body = message[: end + 2], message[end + 4 :]
-            return signer.sign(headers, pieces(body))
-        return b""
+        end = message.find(b"\r\n\r\n")
+        headers, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 4 :])
+        return self.sign_parts(headers, pieces(body), authors=candidates, parents=parents)
 
     def sign_parts(
         self,
@@ -124,8 +116,9 @@ def split_message(prefix: bytes, chunks: Iterator[bytes]) -> tuple[bytes, Iterat
     ends at the first empty line (maybe the first line). Blocks as `chunks` do."""
     head = bytearray(prefix)
     for chunk in chunks:
+        seen = max(len(head) - 3, 0)  # where the empty line may start: not searched again
         head += chunk
-        end = -2 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n")
+        end = -2 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n", seen)
         if end != -1:
             rest = bytes(head[end + 4 :])
             return bytes(head[: end + 2]), itertools.chain((rest,), chunks)

@@ -211,17 +211,6 @@ def outcome(scan: Scan, response: Response, *, edits: bool = True) -> SpamOutcom
     )
 
 
-def keep_seal(verdict: SpamOutcome, added: bytes) -> SpamOutcome:
-    """Without the header edits when our own header lines hold an ARC set: RFC 8617 §5.1,
-    the set signs the header section as received (for an alias that forwards the message),
-    and an edit made after it would break the seal the next hop checks."""
-    if not verdict.edits_header or not any(
-        line.lower().startswith(b"arc-seal:") for line in added.split(b"\r\n")
-    ):
-        return verdict
-    return replace(verdict, remove=(), subject=None)
-
-
 def public_text(scan: Scan, default: str) -> str:
     """Rspamd's reason for the client (messages.smtp_message), printable ASCII only."""
     text = "".join(c for c in (scan.smtp_message or "") if " " <= c <= "~").strip()

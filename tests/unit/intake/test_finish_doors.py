@@ -295,7 +295,7 @@ def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
     large = MESSAGE + (b"x" * 78 + b"\r\n") * (NEARBY_LIMIT // 80 + 1)
     for message, hand_offs in ((MESSAGE, 0), (large, 1)):
         signature = asyncio.run(
-            finish.sign(ctx, facts, message, b"", NO_BODY, [ALICE], ALICE, changed=False)
+            finish.sign(ctx, facts, message, b"", NO_BODY, message, [ALICE, ALICE])
         )
         assert dkim.verify(signature + message, dnsfunc=_dns)
         assert len(threaded) == hand_offs

@@ -191,14 +191,6 @@ def test_a_milter_down_follows_its_default_action(tmp_path: Path, action: Defaul
         assert milted.refusal is None and len(after.seen) == 1
 
 
-def test_nothing_is_edited_under_our_arc_seal(tmp_path: Path) -> None:
-    prefix = b"ARC-Seal: i=1; cv=none\r\n"
-    changes = (ChangeHeader(1, "Subject", "new"), ReplaceBody(b"x"), AddHeader("X-A", "1"))
-    milted = _run(tmp_path, MilterFilter(Scripted(Continue(), changes)), prefix=prefix)
-    assert milted.prefix == prefix + b"X-A: 1\r\n"
-    assert b"".join(read_back(milted.body)) == MESSAGE
-
-
 def test_edit_section_deletes_and_replaces_by_occurrence() -> None:
     section = b"A: 1\r\nB: 2\r\nA: 3\r\n"
     assert edit_section(section, [ChangeHeader(2, "a", "")]) == b"A: 1\r\nB: 2\r\n"

@@ -18,7 +18,6 @@ from hato.intake.spamcheck import (
     SpamOutcome,
     edit_header,
     field_bytes,
-    keep_seal,
     outcome,
     rewrite,
     rewritten,
@@ -144,13 +143,6 @@ def test_rewrite_keeps_a_keyed_message_in_scratch_even_without_a_header(tmp_path
     done = rewrite(old, SpamOutcome(subject="S"), new)
     assert done is new
     assert b"".join(new.chunks()) == b"Subject: S\r\n\r\nX-Spam: body text\r\n"
-
-
-def test_an_arc_sealed_message_keeps_its_header_but_gets_rspamds_fields() -> None:
-    edits = SpamOutcome(header=b"X-Spam: Yes\r\n", remove=("X-Spam",), subject="S", junk=True)
-    sealed = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.org; s=hato; b=x\r\n"
-    assert keep_seal(edits, sealed) == SpamOutcome(header=b"X-Spam: Yes\r\n", junk=True)
-    assert keep_seal(edits, b"Authentication-Results: mx.example.org; spf=pass\r\n") == edits
 
 
 def _scan_against(tmp_path: Path, reply: bytes, policy: OnFailure) -> tuple[SpamOutcome, bytes]:
