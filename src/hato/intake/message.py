@@ -4,7 +4,10 @@ durable).
 
 Theory of operation. The message has been received (into a queue body, or into a sealed
 scratch file when a recipient has a key: intake/protect.py) and judged (headers, the
-authentication checks or DKIM signature, rspamd and milters, by the door that has them). `commit`
+authentication checks, rspamd and milters, then, last, the DKIM signature or ARC seal over
+what they left: intake/finish.py; by the door that has them). The signature is made on the
+plaintext before anything is encrypted here: it goes out with the plaintext copy of the
+unkeyed (outgoing) recipients, and inside the encrypted copies of the keyed ones. `commit`
 then makes the copies to store: the body itself for everyone, or the plaintext copy for the
 unkeyed recipients and one encrypted copy per keyed recipient. Each copy gets its stored
 prefix (RFC 9228 Delivered-To for the aliases that forward it, the door's added header lines,
