@@ -173,8 +173,8 @@ async def spam_check(
     spam.metrics.rspamd_verdict(scan.action.value, time.monotonic() - started)
     response = spam.responses.get(scan.action, Response.INBOX)
     if role is not Role.MX and response in (Response.JUNK, Response.SUBJECT, Response.INBOX):
-        # Our user's outgoing mail: only a refusal applies (its DKIM signature covers the
-        # header section, and a Junk folder is not theirs).
+        # Our user's outgoing mail: only a refusal applies (a spam Subject or rspamd's fields
+        # would go to their correspondents, and a Junk folder is not theirs).
         response = Response.INBOX
     log.info(
         logfmt(

@@ -15,7 +15,7 @@ import pytest
 from hato.authcheck import DkimSigner
 from hato.authcheck.dkim import DkimAlgorithm, generate_key, load_signing_key
 from hato.authcheck.offload import NEARBY_LIMIT
-from hato.crypto import KeyLookup
+from hato.crypto import KeyLookup, SealedScratch
 from hato.directory.resolver import Local, NotLocal, Resolution
 from hato.intake import finish
 from hato.intake.context import IntakeContext
@@ -24,7 +24,7 @@ from hato.intake.headers import HeaderCapture
 from hato.intake.inbound import InboundChecker
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.notices import KeyedCommitter
-from hato.intake.signing import OutboundSigner
+from hato.intake.signing import OutboundSigner, split_message
 from hato.intake.spamcheck import SpamFilter, Spooled
 from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Reply, Role
@@ -299,3 +299,34 @@ def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
         )
         assert dkim.verify(signature + message, dnsfunc=_dns)
         assert len(threaded) == hand_offs
+
+
+def test_an_edited_spooled_message_is_signed_as_it_leaves(tmp_path: Path) -> None:
+    """After a milter's edit the message to sign is the new spool body (here a keyed
+    message's encrypted scratch) under our header lines: read back and hashed as it is
+    read, and the signature verifies over exactly what goes out."""
+    ctx = _context(cast(QueueStore, None), signer=SIGNER)
+    facts = Submitted("alice@example.org", "", "", None, ALICE, {}, Door.SUBMISSION)
+    edited = MESSAGE.replace(b"Subject: hi", b"Subject: changed") + b"-- \r\ndisclaimer\r\n"
+    body = SealedScratch(str(tmp_path))
+    body.write(edited)
+    prefix = b"X-Milter: seen\r\n"
+    signature = asyncio.run(finish.sign(ctx, facts, MESSAGE, prefix, body, None, [ALICE]))
+    assert dkim.verify(signature + prefix + edited, dnsfunc=_dns)
+    assert not dkim.verify(signature + prefix + MESSAGE, dnsfunc=_dns)  # not the one received
+
+
+@pytest.mark.parametrize(
+    ("prefix", "chunks", "head", "rest"),
+    [
+        (b"A: 1\r\n", [b"B: 2\r\n\r", b"\nbody\r\n"], b"A: 1\r\nB: 2\r\n", b"body\r\n"),
+        (b"", [b"\r\nbody\r\n"], b"", b"body\r\n"),  # no header section
+        (b"A: 1\r\n", [b"\r\nbody"], b"A: 1\r\n", b"body"),  # only our lines
+        (b"", [b"B: 2\r\n"], b"B: 2\r\n", b""),  # no body
+    ],
+)
+def test_split_message_finds_the_empty_line_across_chunks(
+    prefix: bytes, chunks: list[bytes], head: bytes, rest: bytes
+) -> None:
+    found, body = split_message(prefix, iter(chunks))
+    assert (found, b"".join(body)) == (head, rest)
