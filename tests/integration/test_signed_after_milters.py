@@ -21,71 +21,21 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import filtering, maildir
-from peers.authcheck import CheckingHato, logs, signing_pair
-from peers.hato import HatoServer
-from peers.milters import LibMilter, libmilter_missing
-from peers.net import cannot_run
+from peers.authcheck import A_HOSTNAME, CheckingHato, SenderHato, logs, sender_zone, signing_pair
+from peers.milters import LibMilter
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import DnsTestServer
 from hato.server.tls import ensure_self_signed
 
-A_HOSTNAME = "mx.sender.example"
 B_HOSTNAME = "mx.dest.example"
-
-
-def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
-    return {
-        "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
-        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
-    }
-
-
-class MilteredSender(HatoServer):
-    """Hato A: submission and a submit socket for hato-sendmail, the libmilter at `milter` on
-    the submission role; dest.example goes to B."""
-
-    def __init__(
-        self, data_dir: Path, setup: MailSetup, relay: str, nameserver: str, milter: str
-    ) -> None:
-        super().__init__(data_dir, setup)
-        self.relay = relay
-        self.nameserver = nameserver
-        self.milter = milter
-        self.submit_socket = self.work / "run" / "submit.sock"
-
-    def _config_text(self) -> str:
-        text = super()._config_text()
-        assert 'hostname = "hato.test"' in text
-        text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
-        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
-        return text + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            "\n[delivery]\nallow_loopback = true\n"
-            f'\n[[transport]]\ndomain = "dest.example"\nrelay = "{self.relay}"\n'
-            f'\n[[milter]]\naddress = "{self.milter}"\nroles = ["submission"]\n'
-        )
 
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    a: MilteredSender
+    a: SenderHato
     b: CheckingHato
     record: str  # the DKIM key record of hato._domainkey.sender.example
-
-
-@pytest.fixture
-def libmilter(tmp_path: Path) -> Iterator[LibMilter]:
-    missing = libmilter_missing()
-    if missing is not None:
-        cannot_run(missing)
-    peer = LibMilter(tmp_path / "libmilter")
-    peer.start()
-    try:
-        yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture
@@ -98,7 +48,7 @@ def pair(tmp_path: Path, libmilter: LibMilter) -> Iterator[Pair]:
             dns.nameserver,
             B_HOSTNAME,
         )
-        a = MilteredSender(
+        a = SenderHato(
             tmp_path / "a",
             MailSetup(
                 domains=(DomainSetup("sender.example", users=("alice",)),),
@@ -107,9 +57,9 @@ def pair(tmp_path: Path, libmilter: LibMilter) -> Iterator[Pair]:
             ),
             f"{b.host}:{b.port}",
             dns.nameserver,
-            libmilter.address,
+            milter=libmilter.address,
         )
-        with signing_pair(a, b, dns, "sender.example", _zone) as record:
+        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
             yield Pair(a, b, record)
 
 

@@ -28,45 +28,12 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
-from peers.authcheck import CheckingHato, logs, signing_pair
-from peers.hato import HatoServer
+from peers.authcheck import A_HOSTNAME, CheckingHato, SenderHato, logs, sender_zone, signing_pair
 from peers.server import DomainSetup, MailSetup
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import DnsTestServer
 
-A_HOSTNAME = "mx.sender.example"
 B_HOSTNAME = "mx.dest.example"
-
-
-def _zone(dkim_txt: str) -> dict[str, dict[str, list[ZoneValue]]]:
-    return {
-        "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-        A_HOSTNAME: {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},  # SPF of the DSNs' HELO
-        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
-        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
-    }
-
-
-class SenderHato(HatoServer):
-    """Hato A: a submit socket for hato-sendmail; dest.example and nowhere.example go to B."""
-
-    def __init__(self, data_dir: Path, setup: MailSetup, relay: str, nameserver: str) -> None:
-        super().__init__(data_dir, setup)
-        self.relay = relay
-        self.nameserver = nameserver
-        self.submit_socket = self.work / "run" / "submit.sock"
-
-    def _config_text(self) -> str:
-        text = super()._config_text()
-        assert 'hostname = "hato.test"' in text
-        text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
-        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
-        return text + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            "\n[delivery]\nallow_loopback = true\n"
-            f'\n[[transport]]\ndomain = "dest.example"\nrelay = "{self.relay}"\n'
-            f'\n[[transport]]\ndomain = "nowhere.example"\nrelay = "{self.relay}"\n'
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +65,9 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             ),
             f"{b.host}:{b.port}",
             dns.nameserver,
+            relayed=("dest.example", "nowhere.example"),
         )
-        with signing_pair(a, b, dns, "sender.example", _zone) as record:
+        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
             yield Pair(a, b, record)
 
 

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, txt_strings
 
 from .hato import HatoServer
 from .server import MailSetup
@@ -36,6 +36,56 @@ class CheckingHato(HatoServer):
             assert 'hostname = "hato.test"' in text
             text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
         return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+
+
+A_HOSTNAME = "mx.sender.example"  # the signing Hato A's name (B's is its own)
+
+
+def sender_zone(dkim_txt: str) -> Zone:
+    """sender.example's SPF (and A's HELO name's, for its DSNs), DMARC p=reject, and A's DKIM
+    key record under the selector `hato`."""
+    return {
+        "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        A_HOSTNAME: {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
+        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
+        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
+    }
+
+
+class SenderHato(HatoServer):
+    """Hato A, named A_HOSTNAME: a submit socket for hato-sendmail; the `relayed` domains go
+    to `relay` (B); with `milter`, that milter on the submission role."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        setup: MailSetup,
+        relay: str,
+        nameserver: str,
+        relayed: tuple[str, ...] = ("dest.example",),
+        milter: str | None = None,
+    ) -> None:
+        super().__init__(data_dir, setup)
+        self.relay = relay
+        self.nameserver = nameserver
+        self.relayed = relayed
+        self.milter = milter
+        self.submit_socket = self.work / "run" / "submit.sock"
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        assert 'hostname = "hato.test"' in text
+        text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
+        text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
+        text += (
+            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            "\n[delivery]\nallow_loopback = true\n"
+        )
+        for domain in self.relayed:
+            text += f'\n[[transport]]\ndomain = "{domain}"\nrelay = "{self.relay}"\n'
+        if self.milter is not None:
+            text += f'\n[[milter]]\naddress = "{self.milter}"\nroles = ["submission"]\n'
+        return text
 
 
 def dkim_keygen(server: HatoServer, domain: str) -> str:
