@@ -61,6 +61,11 @@ TOO_MANY = Reply(421, "4.7.0", "Too many connections, try again later")
 # uvloop reads a busy socket up to 32 times per turn of the loop: megabytes of DATA in one go,
 # while every other session waits. After this many octets a session lets the others go first.
 BURST = 256 * 1024
+# RFC 5321 §3.8: after a 421 the server closes the channel. Over TLS, `close()` sends our
+# close_notify and then waits for the client's (the loop's ssl_shutdown_timeout, 30 s); a client
+# that never answers or never reads would hold the connection that long. RFC 8446 §6.1 does not
+# ask the closing side to wait for the reply, so a closed session is aborted after this.
+CLOSE_GRACE = 2.0
 # The heads of the lines logged for every connection, made once; their fields are added by hand
 # as `logfmt` would add them (issue 15: a `logfmt` call per line was ~4 % of a connection).
 CONNECT = logfmt("connect")
@@ -87,6 +92,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.tls_detail = ""
         self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
+        self.linger_armed = False  # the abort after CLOSE_GRACE is scheduled
         self.draining = False
         self.last_activity = 0.0
         self.started = 0.0
@@ -120,8 +126,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             log.warning(logfmt("connection-refused", listener=listener.name,
                                client=self.client_ip, reason="connection-limit"))  # fmt: skip
             transport.write(TOO_MANY.to_bytes())
-            transport.close()
-            self.closing = True
+            self._shut()
             return
         listener.enter(self, self.client_ip)
         log.info(f"{CONNECT} session={logvalue(self.session_id)} listener={listener.log_name}"
@@ -242,9 +247,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             case CloseConnection() | ConnectionLost():
                 self._discard_body()
                 self._flush()
-                self.closing = True
-                if self.transport is not None:
-                    self.transport.close()
+                self._shut()
             case StartTLSRequest():
                 self._on_starttls()
             case AuthRequest(mechanism=mechanism, initial=initial):
@@ -368,8 +371,24 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             return
         self._flush()
         self.transport.write(reply.to_bytes())
+        self._shut()
+
+    def _shut(self) -> None:
+        """Close now: the client's place in the listener's counts is given back at once (a
+        closed session holds no per-IP slot, nor a graceful stop), and what is left of the close
+        (the last bytes, TLS close_notify) gets CLOSE_GRACE before the connection is aborted."""
         self.closing = True
-        self.transport.close()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.ctx.listener.leave(self, self.client_ip)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if not self.linger_armed:
+            self.linger_armed = True
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
 
     # ---- timeouts (RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command) ----
 

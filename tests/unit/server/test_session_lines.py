@@ -32,6 +32,9 @@ class Transport:
     def close(self) -> None:
         self.closing = True
 
+    def abort(self) -> None:  # a close that lasts past CLOSE_GRACE
+        pass
+
     def pause_reading(self) -> None:
         pass
 

@@ -41,6 +41,9 @@ class Transport:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:  # a close that lasts past CLOSE_GRACE
+        pass
+
     def pause_reading(self) -> None:
         pass
 
