@@ -14,9 +14,11 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
 from peers.hato import HatoServer
 from peers.server import AuthSetup, submission_setup
 from peers.tls import TestCA
+from test_workers import TwoWorkers
 
 from hato.server.session import CLOSE_GRACE
 
@@ -137,8 +139,12 @@ class OnePerClient(HatoServer):
         return text
 
 
-def _server(tmp_path: Path, ca: TestCA) -> HatoServer:
-    server = OnePerClient(tmp_path / "data", submission_setup(ca.tls_files(), AUTH))
+class OnePerClientWorkers(OnePerClient, TwoWorkers):
+    """The same with `[server] workers = 2`: the counts and blocks are shared by the workers."""
+
+
+def _server(tmp_path: Path, ca: TestCA, kind: type[HatoServer] = OnePerClient) -> HatoServer:
+    server = kind(tmp_path / "data", submission_setup(ca.tls_files(), AUTH))
     server.start()
     return server
 
@@ -163,10 +169,12 @@ def test_a_421_over_starttls_closes_at_once_and_frees_the_place(
         server.stop()
 
 
+@pytest.mark.parametrize("kind", [OnePerClient, OnePerClientWorkers])
 def test_a_421_on_465_closes_at_once_and_the_server_stops_promptly(
-    tmp_path: Path, test_ca: TestCA
+    tmp_path: Path, test_ca: TestCA, kind: type[HatoServer]
 ) -> None:
-    server = _server(tmp_path, test_ca)
+    """With workers, each worker exits as promptly, and the supervisor with them."""
+    server = _server(tmp_path, test_ca, kind)
     assert server.proc is not None
     try:
         blocked = "127.0.0.82"
