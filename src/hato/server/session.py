@@ -92,7 +92,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.tls_detail = ""
         self.busy = False  # a task (commit, handshake, password check) is in flight
         self.closing = False
-        self.linger_armed = False  # the abort after CLOSE_GRACE is scheduled
+        self.linger: asyncio.TimerHandle | None = None  # the abort after CLOSE_GRACE
         self.draining = False
         self.last_activity = 0.0
         self.started = 0.0
@@ -179,6 +179,9 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
+        if self.linger is not None:
+            self.linger.cancel()  # closed in time: the handle would keep the session for 2 s
+            self.linger = None
         if self.task is not None and self.task.get_name() != "commit":
             self.task.cancel()  # a handshake or a password check; a commit runs to its end
         self._discard_body()
@@ -386,9 +389,8 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         if transport is None:
             return
         transport.close()
-        if not self.linger_armed:
-            self.linger_armed = True
-            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+        if self.linger is None:
+            self.linger = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
 
     # ---- timeouts (RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command) ----
 
