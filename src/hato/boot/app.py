@@ -35,7 +35,7 @@ from hato.intake.finish import Door
 from hato.model import SystemClock, logfmt
 from hato.policy.admin import PolicyAdmin
 from hato.queue.admin import LiveAdmin
-from hato.server import control, maildrop
+from hato.server import adminlog, control, maildrop
 from hato.server.auth import ScramDecoy
 from hato.server.context import session_ids
 from hato.server.datadir import DataDirError, server_secret
@@ -209,7 +209,7 @@ def _background(
         renew=renew_op(acme),
         committer=rooms.committer,
         reports=send_op(settings, sender, clock),
-        policy=PolicyAdmin(shared.throttle, shared.limiter, log.info),
+        policy=PolicyAdmin(shared.throttle, shared.limiter, adminlog.admin_log),
     )
     interval = watchdog_interval()
     work: list[Coroutine[Any, Any, None]] = [

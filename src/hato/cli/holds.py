@@ -6,17 +6,17 @@ everything they send gets 451 4.7.1 until `hold_time` passes or an admin release
 A client whose failed AUTHs reach `[auth] max_failures` is blocked for `block_time`
 (policy/authlimit.py): 421 4.7.0 at its next connections, until then or until unblocked here.
 
-With the server running, each command asks it on its control socket: the server acts (on its
-own store, or its memory: one process alone keeps the AUTH throttle there) and logs the
-release or unblock in its own log (`event=admin-unhold`, `admin-unblock`), as it logs `hato
-queue release`. With the server stopped, the command acts on the store itself, DATA_DIR/
-limits.db and authlimit.db or the shared PostgreSQL store (policy/ratelimit*.py,
-authlimit_sqlite.py, authlimit_pg.py), and logs the same line on its stderr. Every MAIL FROM
-and RCPT TO reads the hold anew and every connection the block, so the next message or login
-is taken at once, by every worker and every node. Started as root, they act as the data
-directory's owner (hato.cli.datadir): root never opens a file in the server's directory
-itself, where a link could point it at another file, and the database's -wal and -shm stay
-the server's.
+With the server running, each command asks it on its control socket: the server acts (on its own
+store, or its memory: one process alone keeps the AUTH throttle there) and logs the release or
+unblock in its own log (`event=admin-unhold`, `admin-unblock`), as it logs `hato queue release`.
+With the server stopped, the command acts on the store itself, DATA_DIR/limits.db and
+authlimit.db or the shared PostgreSQL store (policy/ratelimit*.py, authlimit_sqlite.py,
+authlimit_pg.py), and logs the same line on its stderr (hato.cli.audit; both with the invoking
+uid). Every MAIL FROM and RCPT TO reads the hold anew and every connection the block, so the
+next message or login is taken at once, by every worker and every node. Started as root, they
+act as the data directory's owner (hato.cli.datadir): root never opens a file in the server's
+directory itself, where a link could point it at another file, and the database's -wal and -shm
+stay the server's.
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
 
     from hato.config import LoadedSettings
     from hato.policy.admin import PolicyAdmin
-
-log = logging.getLogger("hato.cli")
 
 
 def held(args: argparse.Namespace) -> int:
@@ -144,27 +141,6 @@ def _ask(loaded: LoadedSettings, request: dict[str, Any]) -> dict[str, Any] | No
         raise CommandError(f"{path}: {exc.strerror or exc}; nothing changed") from None
 
 
-def _stderr_log(loaded: LoadedSettings) -> Callable[[str], None]:
-    """What a command does without the server, logged as the server logs its events
-    ([server] log_format), on the command's stderr."""
-    from hato.boot.logsetup import JsonFormatter, TextFormatter
-
-    json_format = loaded.settings.server.log_format == "json"
-
-    def write(line: str) -> None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        try:
-            log.info(line)
-        finally:
-            log.removeHandler(handler)
-
-    return write
-
-
 def _auth_where(loaded: LoadedSettings) -> str:
     if loaded.settings.store.backend == "postgresql":
         return "the PostgreSQL store"
@@ -188,13 +164,14 @@ def _offline(loaded: LoadedSettings) -> Iterator[PolicyAdmin]:
     # Imported here, before becoming the owner: Python may be installed where it cannot read.
     import hato.boot.build  # noqa: F401  (what open_limiter imports)
     from hato.boot.store import open_limiter, open_throttle
+    from hato.cli.stderrlog import stderr_log
     from hato.cli.stores import store_errors, store_pool
     from hato.model import SystemClock
     from hato.policy import LIMITS_DB
     from hato.policy.admin import PolicyAdmin
     from hato.policy.authlimit_sqlite import AUTHLIMIT_DB
 
-    logged = _stderr_log(loaded)
+    logged = stderr_log(loaded)
     settings = loaded.settings
     pg = settings.store.backend == "postgresql"
     data_dir = settings.server.data_dir if pg else data_dir_of(loaded)  # as its owner

@@ -1,6 +1,9 @@
 """``hato key import|show|remove|policy|encrypt-existing|wkd-export``: users' public keys in
 DATA_DIR/keys.db, and encryption of mail already in their Maildir.
 
+Each change is logged (`admin-key-import|remove|policy|encrypt-existing user=...`: the key's
+fingerprint, never the key) in the running server's log, else on stderr (hato.cli.audit).
+
 Must not import anything of hato at module level but hato.cli.
 """
 
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hato.cli.audit import record
 from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.options import load
@@ -56,6 +60,7 @@ def import_key(args: argparse.Namespace) -> int:
     loaded = load(args)
     address = _local_address(args.address, loaded)
     from hato.crypto import KeyImportError
+    from hato.model import logfmt
 
     data = _read(args.file)  # before the store: read as the caller, written as the server
     with _store(loaded, init=args.init) as store:
@@ -63,6 +68,8 @@ def import_key(args: argparse.Namespace) -> int:
             key = store.import_key(data, address, _now())
         except KeyImportError as exc:
             raise CommandError(f"key not imported for {address}: {exc}") from None
+    fields = {"user": str(address), "kind": key.kind.value, "fingerprint": key.fingerprint}
+    record(loaded, logfmt("admin-key-import", **fields))  # the fingerprint, never the key
     print(f"imported the {key.kind.value} key {key.fingerprint} for {address} (in {_db(loaded)})")
     print(f"mail for {address} is now stored encrypted (see: hato key encrypt-existing)")
     return 0
@@ -105,6 +112,9 @@ def remove(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         if not store.remove(address):
             raise CommandError(f"no key for {address}")
+    from hato.model import logfmt
+
+    record(loaded, logfmt("admin-key-remove", user=str(address)))
     print(f"removed the key of {address} (from {_db(loaded)}); new mail is stored in the clear")
     return 0
 
@@ -116,6 +126,9 @@ def policy(args: argparse.Namespace) -> int:
 
     with _store(loaded) as store:
         store.set_policy(address, FailurePolicy(args.policy))
+    from hato.model import logfmt
+
+    record(loaded, logfmt("admin-key-policy", user=str(address), policy=args.policy))
     print(f"when the key of {address} cannot be used, mail is: {args.policy}")
     return 0
 
@@ -136,6 +149,10 @@ def encrypt_existing(args: argparse.Namespace) -> int:
         result = encrypt_maildir(mailbox, key, now=_now())
     except (EncryptionError, OSError) as exc:
         raise CommandError(f"cannot encrypt the mail of {address}: {exc}") from None
+    from hato.model import logfmt
+
+    counts = {"encrypted": len(result.encrypted), "failed": len(result.failed)}
+    record(loaded, logfmt("admin-key-encrypt-existing", user=str(address), **counts))
     print(
         f"{address}: {len(result.encrypted)} encrypted, {len(result.already)} already encrypted"
         f", {len(result.failed)} failed"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from hato import __version__
+from hato.cli import stderrlog  # noqa: F401  (takes the invoking uid before a command changes it)
 from hato.cli.errors import EX_FAILURE, EX_USAGE, CommandError
 from hato.cli.options import load, with_config
 

@@ -3,7 +3,8 @@
 With the server running, every command is a request on DATA_DIR/control.sock (see
 hato.server.control). With it stopped, list and show read the SQLite store read-only, and the
 other commands change it directly while holding DATA_DIR/hato.lock (so no server can start
-meanwhile).
+meanwhile) and log each change (`admin-hold` ...) on stderr, as the server would in its log
+(hato.cli.audit).
 
 Must not import anything of hato at module level but hato.cli (hato-sendmail imports the
 client from here and must start fast); the queue room is imported only for offline work.
@@ -18,7 +19,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -164,8 +165,11 @@ def _connect(data_dir: Path) -> Iterator[ControlClient | None]:
 
 
 @contextlib.contextmanager
-def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
-    """The store without a server: for writing, only while no server holds hato.lock."""
+def _offline(
+    data_dir: Path, *, writable: bool, log: Callable[[str], None] = lambda _: None
+) -> Iterator[Any]:
+    """The store without a server: for writing, only while no server holds hato.lock;
+    `log`: where its changes are logged (hato.cli.audit: the command's stderr)."""
     from hato.queue.offline import OfflineAdmin
 
     keys: list[Any] = []
@@ -201,7 +205,7 @@ def _offline(data_dir: Path, *, writable: bool) -> Iterator[Any]:
                 ) from None
         try:
             admin = OfflineAdmin(
-                data_dir / "queue", writable=writable, log=lambda _: None, committer=committer
+                data_dir / "queue", writable=writable, log=log, committer=committer
             )
         except (FileNotFoundError, OSError) as exc:
             raise CommandError(f"{data_dir / 'queue'}: {exc}") from None
@@ -279,6 +283,7 @@ def change(args: argparse.Namespace) -> int:
     requests = [{"id": i} for i in ids] or [{**selector, "all": True} if every else selector]
     from hato.cli.datadir import data_dir_of
     from hato.cli.options import load
+    from hato.cli.stderrlog import stderr_log
 
     loaded = load(args)
     data_dir = data_dir_of(loaded, write=False)
@@ -294,7 +299,7 @@ def change(args: argparse.Namespace) -> int:
                 result = answer["result"]
             else:
                 data_dir_of(loaded)  # the store is written as the server's user
-                result = _change_offline(data_dir, action, request)
+                result = _change_offline(data_dir, action, request, stderr_log(loaded))
             if request.get("id") and not result["rows"] and not result["busy"]:
                 print(f"hato: {request['id']}: no recipient to {action}", file=sys.stderr)
                 failed += 1
@@ -304,10 +309,12 @@ def change(args: argparse.Namespace) -> int:
     return EX_FAILURE if failed else 0
 
 
-def _change_offline(data_dir: Path, action: str, request: dict[str, Any]) -> dict[str, Any]:
+def _change_offline(
+    data_dir: Path, action: str, request: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any]:
     from hato.queue.admin import Action, Selector, as_json
 
-    with _offline(data_dir, writable=True) as admin:
+    with _offline(data_dir, writable=True, log=log) as admin:
         result = admin.apply(Action(action), Selector.from_dict(request), time.time())
     return as_json(result)
 

@@ -5,6 +5,8 @@ typed twice at a getpass prompt. It is never taken from the command line (other 
 read it from the process list) and never printed. A weak one (hato.accounts.passwords: under 12
 characters, a common password, the address itself) is refused unless --allow-weak is given.
 The data directory must exist (`user add --init` makes it); every command names the one it used.
+Each change is logged (`admin-user-add|passwd|remove user=...`, never the password) in the
+running server's log, else on stderr (hato.cli.audit).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from hato.cli.audit import record
 from hato.cli.datadir import data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.options import load
@@ -36,6 +39,7 @@ def add(args: argparse.Namespace) -> int:
     address = _local_address(args.address, loaded)
     password = checked(read_password(sys.stdin), address, allow_weak=args.allow_weak)
     from hato.accounts import UserExists
+    from hato.model import logfmt
 
     with _store(loaded, create=True, init=args.init) as store:
         try:
@@ -44,6 +48,7 @@ def add(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{address} already exists; change its password with: hato user passwd {address}"
             ) from None
+    record(loaded, logfmt("admin-user-add", user=str(address)))  # never the password
     print(f"added {address} (in {_db_path(loaded)})")
     return 0
 
@@ -53,12 +58,14 @@ def passwd(args: argparse.Namespace) -> int:
     address = parse_address(args.address)
     password = checked(read_password(sys.stdin), address, allow_weak=args.allow_weak)
     from hato.accounts import UnknownUser
+    from hato.model import logfmt
 
     with _store(loaded, create=False) as store:
         try:
             store.set_password(address, password)
         except UnknownUser:
             raise _no_such_user(address, loaded) from None
+    record(loaded, logfmt("admin-user-passwd", user=str(address)))  # never the password
     print(f"changed the password of {address} (in {_db_path(loaded)})")
     return 0
 
@@ -66,9 +73,12 @@ def passwd(args: argparse.Namespace) -> int:
 def remove(args: argparse.Namespace) -> int:
     loaded = load(args)
     address = parse_address(args.address)
+    from hato.model import logfmt
+
     with _store(loaded, create=False) as store:
         if not store.remove(address):
             raise _no_such_user(address, loaded)
+    record(loaded, logfmt("admin-user-remove", user=str(address)))
     print(f"removed {address} (from {_db_path(loaded)})")
     return 0
 

@@ -156,9 +156,13 @@ class LiveAdmin:
     async def stats(self) -> QueueStats:
         return await self._queue.stats(now=self._now())
 
-    async def apply(self, action: Action, selector: Selector) -> ActionResult:
-        now = self._now()
+    async def apply(
+        self, action: Action, selector: Selector, log: Callable[[str], None] | None = None
+    ) -> ActionResult:
+        """`log`: where this change is logged, instead of the admin's own (e.g. with the uid
+        of the control-socket client that asked: server/control.py)."""
+        now, log = self._now(), log or self._log
         if action is Action.BOUNCE:
-            result, _ = await bounce(self._queue, self._notifier, selector, now=now, log=self._log)
+            result, _ = await bounce(self._queue, self._notifier, selector, now=now, log=log)
             return result
-        return await self._queue.admin_apply(action, selector, now=now, log=self._log)
+        return await self._queue.admin_apply(action, selector, now=now, log=log)

@@ -20,9 +20,12 @@ Every request names an `op`:
     {"op": "user.release", "user": ...}      -> {"ok": true, "released": bool}
     {"op": "auth.blocks"}                    -> {"ok": true, "blocks": [[client, until], ...]}
     {"op": "auth.unblock", "client": ...}    -> {"ok": true, "unblocked": key | null}
+    {"op": "admin.log", "line": "event=admin-...", "uid": N}   -> {"ok": true}
 
 (`until`: seconds since the epoch, or null for a hold that only an admin ends; the user and
-auth ops are policy/admin.py's, which logs each lifting in the server's log.)
+auth ops are policy/admin.py's, which logs each lifting in the server's log. `admin.log`: a
+command that changed something itself, `hato user add` say, logs it here (hato.cli.audit).
+Every admin-* line gets the uid of the command: the peer's, or the one it was started with.)
 
 A failure is {"ok": false, "error": text} (for submit also "reply", "temporary", "refused").
 A mutating op with no selector needs "all": true (like `postsuper -d ALL`), except flush.
@@ -57,6 +60,7 @@ from hato.model import (
 from hato.policy.admin import NotAClient, PolicyAdmin
 from hato.queue import Committer, QueueError, QueueStore
 from hato.queue.admin import Action, LiveAdmin, Selector, as_json
+from hato.server import adminlog
 from hato.server.localsubmit import LocalBody, SubmitRefused, reverse_path
 
 log = logging.getLogger("hato.control")
@@ -125,7 +129,9 @@ class ControlServer:
         policy: PolicyAdmin | None = None,
     ) -> None:
         # `committer`: the runner's, so `hato queue bounce`'s DSNs are protected as its are.
-        self._admin = LiveAdmin(queue, clock.now, log.info, hostname=hostname, committer=committer)
+        self._admin = LiveAdmin(
+            queue, clock.now, adminlog.admin_log, hostname=hostname, committer=committer
+        )
         self._runner = runner
         self._submit = submit
         self._clock = clock
@@ -137,7 +143,7 @@ class ControlServer:
         self._reload = reload
         self._renew = renew  # [tls] acme: order a certificate now (boot/acme.py)
         self._reports = reports  # [reports]: send the reports now (boot/reportwatch.py)
-        self._policy = policy or PolicyAdmin(None, None, log.info)
+        self._policy = policy or PolicyAdmin(None, None, adminlog.admin_log)
         self._started = clock.now()
         self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
         self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
@@ -146,6 +152,7 @@ class ControlServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool
     ) -> None:
         uid = _peer_uid(writer)
+        adminlog.PEER_UID.set(uid)  # this connection's task only (adminlog.admin_log)
         if public and not self._admit(uid):
             log.warning(logfmt("control-busy", uid=uid))
             writer.write(b'{"ok":false,"error":"too many connections; try again later"}\n')
@@ -225,6 +232,12 @@ class ControlServer:
             if self._reports is None:
                 raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
             return {"reports": await self._reports(request.get("now") is True)}
+        if op == "admin.log":
+            try:
+                adminlog.log_sent(request)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+            return {}
         if op.startswith(("user.", "auth.")):
             return self._on_policy(op, request)
         selector = _selector(request)
@@ -243,7 +256,7 @@ class ControlServer:
             raise RequestError(f"{op}: unknown op")
         if selector == Selector() and action is not Action.FLUSH and request.get("all") is not True:
             raise RequestError(f'{op} of every message needs "all": true')
-        result = await self._admin.apply(action, selector)
+        result = await self._admin.apply(action, selector, adminlog.of_this_peer())
         if action in (Action.FLUSH, Action.RELEASE) and result.rows:
             self._runner.wake()
         return {"result": as_json(result)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,17 @@ def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The exit code, stdout and stderr of `hato ARGV`, but for the `admin-*` lines a change
+    logs on stderr with no server running (kept in ADMIN_LOG: tests/integration/
+    test_admin_audit_log.py checks them)."""
     code = main(list(argv))
     out, err = capsys.readouterr()
-    return code, out, err
+    lines = err.splitlines(keepends=True)
+    ADMIN_LOG.extend(line for line in lines if " INFO hato.cli: event=admin-" in line)
+    return code, out, "".join(line for line in lines if line not in ADMIN_LOG)
+
+
+ADMIN_LOG: list[str] = []
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +169,9 @@ def test_user_add_list_remove(
         0,
         f"added Alice@example.org (in {db})\n",
         "",
+    )
+    assert ADMIN_LOG[-1].endswith(
+        f" event=admin-user-add user=Alice@example.org uid={os.getuid()}\n"
     )
     stdin(monkeypatch, "other passphrase\r\n")
     assert run(capsys, "user", "add", "bob@example.org")[:2] == (

@@ -75,7 +75,7 @@ def test_held_and_release_with_the_server_stopped(
     )
     code, out, err = run(capsys, "user", "release", "BOB@example.org")
     assert (code, out) == (0, f"released bob@example.org: their mail is accepted again (in {db})\n")
-    assert " INFO hato.cli: event=admin-unhold user=bob@example.org\n" in err
+    assert f" INFO hato.cli: event=admin-unhold user=bob@example.org uid={os.getuid()}\n" in err
     assert rows(db, "SELECT user FROM account ORDER BY user") == [
         ("alice@example.org",),
         ("old@example.org",),
@@ -165,7 +165,9 @@ def test_blocked_and_unblock_with_the_server_stopped(
         0,
         f"unblocked 2001:db8:1:2::/64: it may authenticate again at once (in {db})\n",
     )
-    assert " INFO hato.cli: event=admin-unblock client=2001:db8:1:2::/64\n" in err
+    assert (
+        f" INFO hato.cli: event=admin-unblock client=2001:db8:1:2::/64 uid={os.getuid()}\n" in err
+    )
     assert run(capsys, "user", "blocked")[1] == (
         "192.0.2.7 blocked until 2100-01-01T00:15:00+00:00\n"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import stat
@@ -253,15 +254,46 @@ def test_queue_commands_with_the_server_stopped(
         ControlClient(workdir / "data" / "control.sock")
     code, out, _ = cli(capsys, "queue", "list")
     assert code == 0 and "DNS lookup failed: 451 4.4.3 DNS failure" in out
-    code, out, _ = cli(capsys, "queue", "hold", qid)
+    code, out, err = cli(capsys, "queue", "hold", qid)
     assert code == 0 and out.startswith("held 1 recipient(s)")
+    # No server log to write to: the change is logged on the command's stderr, with its uid.
+    assert f"event=admin-hold id={qid} to=<bob@mx.test> uid={os.getuid()}\n" in err
     code, out, _ = cli(capsys, "queue", "show", qid)
     assert "held by the administrator" in out
     code, out, _ = cli(capsys, "status")
     assert code == 1  # warnings
     assert "server:     not running" in out and "1 held" in out
-    code, out, _ = cli(capsys, "queue", "delete", qid)
+    code, out, err = cli(capsys, "queue", "delete", qid)
     assert code == 0 and f"{qid}: removed from the queue" in out
+    assert f"event=admin-delete id={qid} to=<bob@mx.test> uid={os.getuid()}\n" in err
+
+
+def test_admin_changes_are_logged_by_the_running_server_with_the_uid(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue op gets the uid of the socket's peer; `admin.log` (hato.cli.audit) logs the
+    line a command sends, with the uid it was started as, and nothing but an admin-* line."""
+    assert server.queue is not None
+    qid = server.call(queue_deferred(server.queue, "bob@mx.test", "451 4.4.3 DNS failure"))
+    me = os.getuid()
+    with (
+        caplog.at_level(logging.INFO, "hato.control"),
+        ControlClient(server.data_dir / "control.sock") as client,
+    ):
+        assert client.request({"op": "queue.hold", "id": qid})["ok"]
+        line = "event=admin-user-add user=bob@example.org"
+        assert client.request({"op": "admin.log", "line": line, "uid": me}) == {"ok": True}
+        assert client.request({"op": "admin.log", "line": line, "uid": me + 1}) == {"ok": True}
+        for bad in ("event=accepted id=X", f"{line}\nevent=admin-forged x=1", "admin-x", ""):
+            answer = client.request({"op": "admin.log", "line": bad, "uid": me})
+            assert answer["ok"] is False and "admin.log needs" in answer["error"]
+        assert client.request({"op": "admin.log", "line": line})["ok"] is False  # no uid
+    logged = [r.getMessage() for r in caplog.records if "event=admin-" in r.getMessage()]
+    assert logged == [
+        f"event=admin-hold id={qid} to=<bob@mx.test> uid={me}",
+        f"{line} uid={me}",
+        f"{line} uid={me + 1} peer_uid={me}",  # started as one uid, asking as another
+    ]
 
 
 def test_the_offline_lock_is_not_opened_through_a_link(
