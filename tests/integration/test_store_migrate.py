@@ -68,8 +68,14 @@ def test_migrate_then_serve_checks_the_version(
     first = _hato("store", "migrate", "--config", str(config))
     assert first.returncode == 0, first.stderr
     assert "applied migration 1: " in first.stdout
+    versions = ",".join(str(v) for v in range(1, SCHEMA_VERSION + 1))
+    assert (  # no server to log to: on stderr, with who ran it
+        f"event=admin-store-migrate applied={versions} schema={SCHEMA_VERSION} uid={os.getuid()}"
+        in first.stderr
+    )
     again = _hato("store", "migrate", "--config", str(config))
     assert again.returncode == 0, again.stderr
+    assert "admin-store-migrate" not in again.stderr  # nothing changed, nothing logged
     assert again.stdout.strip() == f"store: schema version {SCHEMA_VERSION} (already)"
     with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
         rows = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()

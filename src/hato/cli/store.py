@@ -3,6 +3,8 @@
 Run once, from any node, before starting the new version's servers (they refuse to start
 against another schema version, saying so). Idempotent: a second run applies nothing. With
 [store] backend = "sqlite" there is nothing to migrate (the SQLite files migrate themselves).
+What it applied is logged (`admin-store-migrate`, hato.cli.audit), as `store copy` is
+(`admin-store-copy`).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -43,7 +45,8 @@ def migrate_command(args: argparse.Namespace) -> int:
     from hato.boot.store import pg_settings, store_errors
     from hato.cli.options import load
 
-    settings = load(args).settings
+    loaded = load(args)
+    settings = loaded.settings
     if settings.store.backend != "postgresql":
         print("store: backend is sqlite: nothing to migrate")
         return 0
@@ -54,6 +57,12 @@ def migrate_command(args: argparse.Namespace) -> int:
             applied = migrate(conn)
     except StartupError as exc:
         raise CommandError(str(exc), exc.exit_code) from None
+    if applied:
+        from hato.cli.audit import record
+        from hato.model import logfmt
+
+        versions = ",".join(str(version) for version, _ in applied)
+        record(loaded, logfmt("admin-store-migrate", applied=versions, schema=SCHEMA_VERSION))
     for version, description in applied:
         print(f"applied migration {version}: {description}")
     print(f"store: schema version {SCHEMA_VERSION}" + ("" if applied else " (already)"))

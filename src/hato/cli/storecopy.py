@@ -134,6 +134,11 @@ def copy_command(args: argparse.Namespace) -> int:
         if args.source == "postgresql":
             refuse_live_nodes(conn)
         problems = _copy(conn, data_dir, to_pg=args.target == "postgresql")
+    from hato.cli.audit import record
+    from hato.model import logfmt
+
+    record(loaded, logfmt("admin-store-copy", source=args.source, target=args.target,
+                          problems=len(problems)))  # fmt: skip
     for problem in problems:
         print(f"hato: {problem}", file=sys.stderr)
     return EX_FAILURE if problems else 0
