@@ -31,6 +31,9 @@ from hato.queue import Queue
 from hato.reports import DkimAuth, DmarcEvent, PolicyPublished, SqliteReportStore
 
 ALICE = Address("alice", "users.test")
+# The copied key row is no certificate: not alice's, whose queued mail the node would then
+# encrypt to it before delivery (intake/rekey.py) and, failing, keep waiting.
+CAROL = Address("carol", "users.test")
 SIZES = {"small": 2_000, "file": 200_000, "chunks": 2_500_000}  # inline; one chunk; three
 DMARC = DmarcEvent(
     time=1_800_000_000.0,
@@ -115,7 +118,7 @@ def test_copy_sqlite_to_postgresql_and_back(
     node.stop()
     asyncio.run(_queue_mail(node.data_dir / "queue"))
     keys = KeyStore(node.data_dir / "keys.db")
-    keys.put(PublicKey(KeyKind.OPENPGP, ALICE, b"\x01\x02", "0102", None, "ed25519"),
+    keys.put(PublicKey(KeyKind.OPENPGP, CAROL, b"\x01\x02", "0102", None, "ed25519"),
              dt.datetime(2026, 1, 2, tzinfo=dt.UTC))  # fmt: skip
     keys.close()
     reports = SqliteReportStore(node.data_dir / "reports.db")
