@@ -60,6 +60,12 @@ def test_keys_and_policies_behave_alike(
     one.set_policy(ALICE, FailurePolicy.DEFER)
     one.set_policy(ALICE, FailurePolicy.PLAINTEXT)
     assert other.policy(ALICE) is FailurePolicy.PLAINTEXT
+    bob = Address("bob", "users.test")
+    assert other.with_keys([ALICE, Address("ALICE", "Users.Test"), bob]) == {
+        ALICE,
+        Address("ALICE", "Users.Test"),
+    }  # one read; the address as asked
     assert one.remove(ALICE) and not one.remove(ALICE)
     assert other.get(ALICE) is None and other.list() == []
+    assert other.with_keys([ALICE, bob]) == set() and other.with_keys([]) == set()
     assert other.cache_stamp == (tmp_path / "keys.db" if backend == "sqlite" else None)

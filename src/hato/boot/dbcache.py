@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar, cast
 
@@ -157,7 +157,7 @@ class CachedUsers:
 
 
 class CachedKeys:
-    """A `KeyLookup` in front of the key database at `path`."""
+    """A `KeyIndex` in front of the key database at `path`."""
 
     def __init__(self, keys: KeyLookup, path: Path, watch: StampWatch | None = None) -> None:
         stamp = _stamp_of(path, watch)
@@ -169,3 +169,7 @@ class CachedKeys:
 
     def policy(self, address: Address) -> FailurePolicy:
         return self._policy.get(address)
+
+    def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+        """By the kept answers (a "no key" is kept here too: the file's stamp tells a change)."""
+        return {address for address in addresses if self._get.get(address) is not None}

@@ -13,7 +13,7 @@ from hato.crypto.encrypt import (
     encrypt_message,
 )
 from hato.crypto.keys import KeyImportError, KeyKind, PublicKey, parse_public_key
-from hato.crypto.keystore import KEYS_DB, FailurePolicy, KeyLookup, KeyStore
+from hato.crypto.keystore import KEYS_DB, FailurePolicy, KeyIndex, KeyLookup, KeyStore
 from hato.crypto.maildir import MaildirResult, encrypt_maildir
 from hato.crypto.scratch import SealedScratch
 from hato.crypto.spool import (
@@ -46,6 +46,7 @@ __all__ = [
     "FailurePolicy",
     "KeyFailure",
     "KeyImportError",
+    "KeyIndex",
     "KeyKind",
     "KeyLookup",
     "KeyStore",

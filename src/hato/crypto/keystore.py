@@ -16,6 +16,7 @@ import enum
 import os
 import sqlite3
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,6 +61,15 @@ class KeyLookup(Protocol):
     def get(self, address: Address) -> PublicKey | None: ...
 
     def policy(self, address: Address) -> FailurePolicy: ...
+
+
+class KeyIndex(KeyLookup, Protocol):
+    """A `KeyLookup` that also tells, in one read, which of many addresses have a key."""
+
+    def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+        """The ones of `addresses` that have a key now (as `get` would say: not cached
+        negatively, a key committed before the read is seen)."""
+        ...
 
 
 def canonical(address: Address) -> str:
@@ -149,6 +159,22 @@ class KeyStore:
         rows = self._rows(f"SELECT {_COLUMNS} FROM keys WHERE address = ?", (canonical(address),))
         return _key(rows[0]) if rows else None
 
+    def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+        """One statement per `_IN_CHUNK` addresses (a queue runner's batch: one), in autocommit
+        on PostgreSQL (the pool's connections), so no transaction of its own to commit."""
+        wanted: dict[str, list[Address]] = {}
+        for address in addresses:
+            wanted.setdefault(canonical(address), []).append(address)
+        names = list(wanted)
+        found: set[Address] = set()
+        for start in range(0, len(names), _IN_CHUNK):
+            chunk = names[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(f"SELECT address FROM keys WHERE address IN ({marks})", tuple(chunk))
+            for (name,) in rows:
+                found.update(wanted[name])
+        return found
+
     def remove(self, address: Address) -> bool:
         rows = self._rows(
             "DELETE FROM keys WHERE address = ? RETURNING address", (canonical(address),)
@@ -182,6 +208,7 @@ class KeyStore:
         )
 
 
+_IN_CHUNK = 500  # addresses per statement (under SQLite's 999 host parameters of old)
 _COLUMNS = "local, domain, kind, data, fingerprint, expires, algorithm"
 
 

@@ -15,6 +15,12 @@ body that is never committed, handed to the local courier, then dropped. The key
 policy applies as at intake: DEFER leaves the row to wait (4.7.5), PLAINTEXT delivers the
 warning-headed copy. Rows without a key are delivered as they are, untouched.
 
+Which rows have a key is asked once for all the deliveries that reach this courier in one turn
+of the event loop (the queue runner starts a batch's attempts together): one `with_keys` read
+(issue 16: on PostgreSQL, where "no key" is never kept, one round trip a batch instead of one a
+delivery). The read starts after every delivery of the turn has joined it, so a key committed
+before a batch's deliveries began is seen; its answer serves that turn only.
+
 The direct delivery at intake does not need this: its copies were made by `protect` a moment
 before, with the verdict of that moment.
 """
@@ -26,10 +32,10 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 
-from hato.crypto import KeyLookup, SealedScratch
+from hato.crypto import KeyIndex, KeyLookup, SealedScratch
 from hato.crypto.mime import encrypted_type, split_message
 from hato.intake.protect import protect
-from hato.model import Clock, Courier, QueuedMessage, QueuedRecipient, Reply, logfmt
+from hato.model import Address, Clock, Courier, QueuedMessage, QueuedRecipient, Reply, logfmt
 from hato.model.outcome import Outcome, TempFailed
 from hato.queue import BodyWriter, QueueStore
 
@@ -45,21 +51,26 @@ class KeyedDelivery:
     """A `Courier` in front of the local one (see the module docstring)."""
 
     def __init__(
-        self, local: Courier, keys: KeyLookup | None, queue: QueueStore, clock: Clock
+        self, local: Courier, keys: KeyIndex | None, queue: QueueStore, clock: Clock
     ) -> None:
         self._local = local
         self._keys = keys
         self._queue = queue
         self._clock = clock
+        # The addresses of this turn's deliveries and the answer they wait for (None: no read
+        # pending; the next delivery starts one).
+        self._asking: tuple[set[Address], asyncio.Future[set[Address]]] | None = None
 
     async def deliver(
         self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
     ) -> list[Outcome]:
         keys = self._keys
-        keyed = [r for r in recipients if keys is not None and keys.get(r.address) is not None]
+        if keys is None or not recipients:
+            return list(await self._local.deliver(message, recipients))
+        found = await self._with_keys(keys, {r.address for r in recipients})
+        keyed = [r for r in recipients if r.address in found]
         if not keyed or await asyncio.to_thread(_already_encrypted, message):
             return list(await self._local.deliver(message, recipients))
-        assert keys is not None
         outcomes: dict[int, Outcome] = {}
         rest = [r for r in recipients if r not in keyed]
         if rest:
@@ -67,6 +78,26 @@ class KeyedDelivery:
             outcomes.update(zip((r.row_id for r in rest), done, strict=True))
         outcomes.update(await self._encrypted(keys, message, keyed))
         return [outcomes[r.row_id] for r in recipients]
+
+    async def _with_keys(self, keys: KeyIndex, addresses: set[Address]) -> set[Address]:
+        """Which of `addresses` have a key: joins the read of this turn of the event loop."""
+        if self._asking is None:
+            loop = asyncio.get_running_loop()
+            self._asking = (set(), loop.create_future())
+            loop.call_soon(self._ask, keys)  # after the deliveries already ready to run
+        wanted, answer = self._asking
+        wanted.update(addresses)
+        # Shielded: one delivery cancelled (its attempt timed out) must not fail the others.
+        return await asyncio.shield(answer) & addresses
+
+    def _ask(self, keys: KeyIndex) -> None:
+        assert self._asking is not None
+        wanted, answer = self._asking
+        self._asking = None
+        try:
+            answer.set_result(keys.with_keys(wanted))
+        except Exception as exc:  # StoreError: each delivery raises it, as `get` did
+            answer.set_exception(exc)
 
     async def _encrypted(
         self, keys: KeyLookup, message: QueuedMessage, rows: list[QueuedRecipient]

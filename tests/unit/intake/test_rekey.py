@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from hato.crypto import FailurePolicy, PublicKey, parse_public_key
 from hato.intake.rekey import KeyedDelivery
 from hato.model import Address, QueuedMessage, QueuedRecipient
 from hato.model.outcome import Delivered, Outcome, TempFailed
+from hato.model.storeerror import StoreError
 from hato.queue import Queue
 from kit.clock import FakeClock
 from kit.cryptokeys import NOW, make_cert
@@ -30,9 +31,14 @@ PLAIN = b"From: <bob@example.net>\r\nSubject: " + SECRET + b"\r\n\r\nThe plan: "
 class Keys:
     def __init__(self, key: PublicKey) -> None:
         self.key = key
+        self.reads: list[set[Address]] = []  # what each `with_keys` was asked
 
     def get(self, address: Address) -> PublicKey | None:
         return self.key if address == CAROL else None
+
+    def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+        self.reads.append(set(addresses))
+        return {a for a in addresses if a == CAROL}
 
     def policy(self, address: Address) -> FailurePolicy:
         return FailurePolicy.DEFER
@@ -118,3 +124,59 @@ def test_an_expired_key_under_defer_leaves_the_row_waiting(tmp_path: Path) -> No
     assert outcomes[0] == Delivered() and isinstance(outcomes[1], TempFailed)
     assert outcomes[1].reply.enhanced == "4.7.5"
     assert local.got == [(b"Received: x\r\n" + PLAIN, (DAVE,))]
+
+
+def test_the_deliveries_of_one_batch_ask_the_key_store_once(tmp_path: Path) -> None:
+    """Issue 16: one read for all the rows a runner batch starts together (on PostgreSQL a
+    "no key" is never kept: a read a delivery was a round trip each); the next batch asks
+    again, so a key imported between batches is seen."""
+    keys = Keys(_key())
+    erin = Address.parse("erin@example.org")
+
+    async def scenario() -> list[list[Outcome]]:
+        clock = FakeClock(NOW.timestamp())
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            courier = KeyedDelivery(Recording(), keys, queue, clock)
+
+            def one(n: int, rcpt: Address) -> Awaitable[list[Outcome]]:
+                message = QueuedMessage(f"Q{n}", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+                return courier.deliver(message, [QueuedRecipient(n, rcpt, rcpt)])
+
+            batch = await asyncio.gather(one(1, DAVE), one(2, erin), one(3, CAROL))
+            assert keys.reads == [{DAVE, erin, CAROL}]
+            keys.reads.clear()
+            again = await asyncio.gather(one(4, DAVE), one(5, erin))
+            assert keys.reads == [{DAVE, erin}]  # asked again: nothing kept between batches
+            return [*batch, *again]
+        finally:
+            await queue.close()
+
+    assert asyncio.run(scenario()) == [[Delivered()]] * 5
+
+
+def test_a_failed_read_fails_every_delivery_of_the_batch(tmp_path: Path) -> None:
+    """The store's error reaches each delivery (the runner logs courier-error and retries)."""
+
+    class Down(Keys):
+        def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+            raise StoreError("the PostgreSQL store failed: down")
+
+    async def scenario() -> list[BaseException | list[Outcome]]:
+        clock = FakeClock(NOW.timestamp())
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            courier = KeyedDelivery(Recording(), Down(_key()), queue, clock)
+            message = QueuedMessage("Q1", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+            rows = [[QueuedRecipient(n, DAVE, DAVE)] for n in (1, 2)]
+            return await asyncio.gather(
+                *(courier.deliver(message, r) for r in rows), return_exceptions=True
+            )
+        finally:
+            await queue.close()
+
+    assert [type(r) for r in asyncio.run(scenario())] == [StoreError, StoreError]
