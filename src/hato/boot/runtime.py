@@ -214,7 +214,7 @@ async def build_rooms(
     routing = RoutingCourier(
         resolver.is_local_domain,
         # A queued plaintext copy for a mailbox that has a key by now is encrypted first.
-        KeyedDelivery(local, keys, queue, clock),
+        KeyedDelivery(local, keys, queue, clock, in_thread=stamp is None),
         outbound,
         hop_limit=settings.limits.hopcount_limit,
         srs=srs,

@@ -18,8 +18,10 @@ warning-headed copy. Rows without a key are delivered as they are, untouched.
 Which rows have a key is asked once for all the deliveries that reach this courier in one turn
 of the event loop (the queue runner starts a batch's attempts together): one `with_keys` read
 (issue 16: on PostgreSQL, where "no key" is never kept, one round trip a batch instead of one a
-delivery). The read starts after every delivery of the turn has joined it, so a key committed
-before a batch's deliveries began is seen; its answer serves that turn only.
+delivery). On PostgreSQL the read runs in a worker thread, one at a time: the deliveries that
+come while it runs join the next one, started when it ends (as a group commit). A read starts
+after every delivery it answers has joined it, so a key committed before a delivery began is
+seen; its answer serves those deliveries only, nothing is kept for later ones.
 
 The direct delivery at intake does not need this: its copies were made by `protect` a moment
 before, with the verdict of that moment.
@@ -51,15 +53,24 @@ class KeyedDelivery:
     """A `Courier` in front of the local one (see the module docstring)."""
 
     def __init__(
-        self, local: Courier, keys: KeyIndex | None, queue: QueueStore, clock: Clock
+        self,
+        local: Courier,
+        keys: KeyIndex | None,
+        queue: QueueStore,
+        clock: Clock,
+        *,
+        in_thread: bool = False,
     ) -> None:
+        """`in_thread`: read in a worker thread (the shared PostgreSQL store: a round trip)."""
         self._local = local
         self._keys = keys
         self._queue = queue
         self._clock = clock
-        # The addresses of this turn's deliveries and the answer they wait for (None: no read
-        # pending; the next delivery starts one).
+        self._in_thread = in_thread
+        # The addresses of the deliveries waiting for the next read, and its answer (None: no
+        # delivery waiting); the read in flight (in_thread: one at a time).
         self._asking: tuple[set[Address], asyncio.Future[set[Address]]] | None = None
+        self._reading: asyncio.Task[None] | None = None
 
     async def deliver(
         self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
@@ -80,24 +91,47 @@ class KeyedDelivery:
         return [outcomes[r.row_id] for r in recipients]
 
     async def _with_keys(self, keys: KeyIndex, addresses: set[Address]) -> set[Address]:
-        """Which of `addresses` have a key: joins the read of this turn of the event loop."""
+        """Which of `addresses` have a key: joins the next read (see the module docstring)."""
         if self._asking is None:
-            loop = asyncio.get_running_loop()
-            self._asking = (set(), loop.create_future())
-            loop.call_soon(self._ask, keys)  # after the deliveries already ready to run
+            self._asking = (set(), asyncio.get_running_loop().create_future())
+            if self._reading is None:
+                # Started once the deliveries ready to run in this turn have joined.
+                asyncio.get_running_loop().call_soon(self._ask, keys)
         wanted, answer = self._asking
         wanted.update(addresses)
         # Shielded: one delivery cancelled (its attempt timed out) must not fail the others.
         return await asyncio.shield(answer) & addresses
 
     def _ask(self, keys: KeyIndex) -> None:
+        """Start the read the deliveries so far joined (one at a time: the next waits)."""
         assert self._asking is not None
         wanted, answer = self._asking
         self._asking = None
+        if not self._in_thread:
+            try:
+                answer.set_result(keys.with_keys(wanted))
+            except Exception as exc:  # StoreError: each delivery raises it, as `get` did
+                answer.set_exception(exc)
+            return
+        self._reading = asyncio.get_running_loop().create_task(self._read(keys, wanted, answer))
+
+    async def _read(
+        self, keys: KeyIndex, wanted: set[Address], answer: asyncio.Future[set[Address]]
+    ) -> None:
         try:
-            answer.set_result(keys.with_keys(wanted))
+            answer.set_result(await asyncio.to_thread(keys.with_keys, wanted))
         except Exception as exc:  # StoreError: each delivery raises it, as `get` did
             answer.set_exception(exc)
+        except BaseException:  # cancelled (the server stops): so are the deliveries
+            answer.cancel()
+            if self._asking is not None:
+                self._asking[1].cancel()
+                self._asking = None
+            raise
+        finally:
+            self._reading = None
+            if self._asking is not None:  # deliveries came during the read: the next one
+                self._ask(keys)
 
     async def _encrypted(
         self, keys: KeyLookup, message: QueuedMessage, rows: list[QueuedRecipient]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import threading
 from collections.abc import Awaitable, Collection, Sequence
 from pathlib import Path
 
@@ -155,6 +156,49 @@ def test_the_deliveries_of_one_batch_ask_the_key_store_once(tmp_path: Path) -> N
             await queue.close()
 
     assert asyncio.run(scenario()) == [[Delivered()]] * 5
+
+
+def test_on_postgresql_the_deliveries_during_a_read_join_the_next_one(tmp_path: Path) -> None:
+    """`in_thread` (the shared store): the read runs in a worker thread; the deliveries that
+    start while it runs wait for one more read, started after they asked (so a key committed
+    before they began is seen), not one each."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Keys):
+        def with_keys(self, addresses: Collection[Address]) -> set[Address]:
+            if not self.reads:  # the first read waits until the test lets it go
+                entered.set()
+                release.wait(timeout=60)
+            return super().with_keys(addresses)
+
+    keys = Slow(_key())
+    erin = Address.parse("erin@example.org")
+
+    async def scenario() -> list[list[Outcome]]:
+        clock = FakeClock(NOW.timestamp())
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            courier = KeyedDelivery(Recording(), keys, queue, clock, in_thread=True)
+
+            def one(n: int, rcpt: Address) -> asyncio.Task[list[Outcome]]:
+                message = QueuedMessage(f"Q{n}", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+                return asyncio.create_task(
+                    courier.deliver(message, [QueuedRecipient(n, rcpt, rcpt)])
+                )
+
+            first = one(1, DAVE)
+            await asyncio.to_thread(entered.wait, 60)  # the first read is in flight
+            later = [one(2, erin), one(3, DAVE)]
+            await asyncio.sleep(0)  # they have joined the next read (one turn)
+            release.set()
+            return [await first, *[await t for t in later]]
+        finally:
+            await queue.close()
+
+    assert asyncio.run(scenario()) == [[Delivered()]] * 3
+    assert keys.reads == [{DAVE}, {erin, DAVE}]
 
 
 def test_a_failed_read_fails_every_delivery_of_the_batch(tmp_path: Path) -> None:
