@@ -161,20 +161,29 @@ def add_recipient(
     """The last RCPT step: the key verdict, the sending limit, then the rows of `given` (the
     address as RCPT TO gave it); None when the recipient is accepted, else the reply refusing
     it (the transaction is unchanged)."""
-    keys = ctx.keys
-    if keys is not None and isinstance(resolution, Local):
-        verdict = recipient_keys(keys, resolution.mailboxes, now_utc(ctx))
-        if verdict.defer_reason:
-            # Issue 6 key failure policy "defer": the mail waits at the sender (4xx).
-            log.warning(logfmt("key-failure", session=session, detail=verdict.defer_reason,
-                               action="deferred"))  # fmt: skip
-            return DEFER_REPLY
-        tx.keyed = tx.keyed or verdict.keyed
-    if tx.quota is not None and ctx.limiter is not None:
-        # Reserved last, atomically, for every worker at once (policy/ratelimit.py).
-        decision = ctx.limiter.reserve_recipient(tx.quota)
-        if not isinstance(decision, Accept):
-            return decision.reply
+    try:
+        keys = ctx.keys
+        if keys is not None and isinstance(resolution, Local):
+            verdict = recipient_keys(keys, resolution.mailboxes, now_utc(ctx))
+            if verdict.defer_reason:
+                # Issue 6 key failure policy "defer": the mail waits at the sender (4xx).
+                log.warning(logfmt("key-failure", session=session, detail=verdict.defer_reason,
+                                   action="deferred"))  # fmt: skip
+                return DEFER_REPLY
+            keyed = tx.keyed or verdict.keyed
+        else:
+            keyed = tx.keyed
+        if tx.quota is not None and ctx.limiter is not None:
+            # Reserved last, atomically, for every worker at once (policy/ratelimit.py).
+            decision = ctx.limiter.reserve_recipient(tx.quota)
+            if not isinstance(decision, Accept):
+                return decision.reply
+    except StoreUnavailable as exc:  # [store] postgresql down: 451 4.3.0, try later
+        # The key verdict or the limit could not be asked: never a 250 for mail that might
+        # be stored in the clear for a user with a key (RFC 5321 §4.2.5 451, RFC 3463 X.3.0).
+        log.warning(logfmt("store-unavailable", session=session, error=str(exc)))
+        return exc.reply
+    tx.keyed = keyed
     tx.add(targets_of(given, resolution), given, dsn)
     return None
 
