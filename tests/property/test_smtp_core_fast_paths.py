@@ -24,7 +24,8 @@ replies = st.builds(
     Reply,
     st.integers(200, 599),
     st.none() | st.sampled_from(["2.0.0", "5.1.1", "4.7.10"]),
-    st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=30),
+    # Reply texts are our own str: UTF-8 encodable (no lone surrogates).
+    st.text(alphabet=st.characters(blacklist_characters="\r", codec="utf-8"), max_size=30),
 )
 
 

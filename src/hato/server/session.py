@@ -249,6 +249,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
                                 detail=detail))  # fmt: skip
             case CloseConnection() | ConnectionLost():
                 self._discard_body()
+                self._give_back()
                 self._flush()
                 self._shut()
             case StartTLSRequest():
@@ -372,19 +373,27 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
     def _close_with(self, reply: Reply) -> None:
         if self.closing or self.transport is None:
             return
+        self._give_back()
         self._flush()
         self.transport.write(reply.to_bytes())
         self._shut()
 
-    def _shut(self) -> None:
-        """Close now: the client's place in the listener's counts is given back at once (a
-        closed session holds no per-IP slot, nor a graceful stop), and what is left of the close
-        (the last bytes, TLS close_notify) gets CLOSE_GRACE before the connection is aborted."""
+    def _give_back(self) -> None:
+        """The session ends: no more timeouts, and its place in the listener's counts (the
+        per-IP table every worker shares) is given back. Before the last reply is written: a
+        client that reads it and connects again at once must find its place free, whichever
+        worker accepts it."""
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.ctx.listener.leave(self, self.client_ip)
+
+    def _shut(self) -> None:
+        """Close now: the client's place in the listener's counts is given back at once (a
+        closed session holds no per-IP slot, nor a graceful stop), and what is left of the close
+        (the last bytes, TLS close_notify) gets CLOSE_GRACE before the connection is aborted."""
+        self._give_back()
         transport = self.transport
         if transport is None:
             return
