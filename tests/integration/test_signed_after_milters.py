@@ -15,52 +15,34 @@ import re
 import smtplib
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import filtering, maildir
-from peers.authcheck import A_HOSTNAME, CheckingHato, SenderHato, logs, sender_zone, signing_pair
+from peers.authcheck import (
+    A_HOSTNAME,
+    B_HOSTNAME,
+    Pair,
+    logs,
+    sender_and_checker,
+)
 from peers.milters import LibMilter
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from dnsserver import DnsTestServer
 from hato.server.tls import ensure_self_signed
-
-B_HOSTNAME = "mx.dest.example"
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    a: SenderHato
-    b: CheckingHato
-    record: str  # the DKIM key record of hato._domainkey.sender.example
 
 
 @pytest.fixture
 def pair(tmp_path: Path, libmilter: LibMilter) -> Iterator[Pair]:
     cert, key = ensure_self_signed(tmp_path / "tls", A_HOSTNAME)
-    with DnsTestServer({}) as dns:
-        b = CheckingHato(
-            tmp_path / "b",
-            MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
-            dns.nameserver,
-            B_HOSTNAME,
-        )
-        a = SenderHato(
-            tmp_path / "a",
-            MailSetup(
-                domains=(DomainSetup("sender.example", users=("alice",)),),
-                submission=True,
-                tls=TlsFiles(cert, key),
-            ),
-            f"{b.host}:{b.port}",
-            dns.nameserver,
-            milter=libmilter.address,
-        )
-        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
-            yield Pair(a, b, record)
+    setup = MailSetup(
+        domains=(DomainSetup("sender.example", users=("alice",)),),
+        submission=True,
+        tls=TlsFiles(cert, key),
+    )
+    with sender_and_checker(tmp_path, setup, milter=libmilter.address) as pair:
+        yield pair
 
 
 def _message(marker: str) -> bytes:

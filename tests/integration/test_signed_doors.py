@@ -22,53 +22,28 @@ import re
 import smtplib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
-from peers.authcheck import A_HOSTNAME, CheckingHato, SenderHato, logs, sender_zone, signing_pair
+from peers.authcheck import (
+    A_HOSTNAME,
+    B_HOSTNAME,
+    Pair,
+    logs,
+    sender_and_checker,
+)
 from peers.server import DomainSetup, MailSetup
-
-from dnsserver import DnsTestServer
-
-B_HOSTNAME = "mx.dest.example"
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    a: SenderHato
-    b: CheckingHato
-    record: str  # the DKIM key record of hato._domainkey.sender.example
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
-    with DnsTestServer({}) as dns:
-        b = CheckingHato(
-            tmp_path / "b",
-            MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
-            dns.nameserver,
-            B_HOSTNAME,
-        )
-        a = SenderHato(
-            tmp_path / "a",
-            MailSetup(
-                domains=(
-                    DomainSetup(
-                        "sender.example",
-                        users=("alice",),
-                        aliases=(("gone", ("nobody@nowhere.example",)),),
-                    ),
-                )
-            ),
-            f"{b.host}:{b.port}",
-            dns.nameserver,
-            relayed=("dest.example", "nowhere.example"),
-        )
-        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
-            yield Pair(a, b, record)
+    gone = ("gone", ("nobody@nowhere.example",))
+    setup = MailSetup(domains=(DomainSetup("sender.example", users=("alice",), aliases=(gone,)),))
+    relayed = ("dest.example", "nowhere.example")
+    with sender_and_checker(tmp_path, setup, relayed=relayed) as pair:
+        yield pair
 
 
 def _message(marker: str, to: str) -> bytes:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dnsserver import DnsTestServer, ZoneValue, txt_strings
 
 from .hato import HatoServer
-from .server import MailSetup
+from .server import DomainSetup, MailSetup
 
 Zone = dict[str, dict[str, list[ZoneValue]]]
 
@@ -38,7 +40,8 @@ class CheckingHato(HatoServer):
         return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
 
 
-A_HOSTNAME = "mx.sender.example"  # the signing Hato A's name (B's is its own)
+A_HOSTNAME = "mx.sender.example"  # the signing Hato A's name
+B_HOSTNAME = "mx.dest.example"  # the checking Hato B's: the same name would be a mail loop
 
 
 def sender_zone(dkim_txt: str) -> Zone:
@@ -116,6 +119,30 @@ def signing_pair(
             a.stop()
     finally:
         b.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: SenderHato
+    b: CheckingHato
+    record: str  # the DKIM key record of hato._domainkey.sender.example
+
+
+@contextlib.contextmanager
+def sender_and_checker(directory: Path, setup: MailSetup, **sender: Any) -> Iterator[Pair]:
+    """Hato A (`SenderHato` with `setup` and `sender`'s keywords) signing for sender.example
+    and relaying to Hato B (`CheckingHato`, dest.example accepting any local part), both on
+    a test DNS server serving `sender_zone`; running, and stopped after."""
+    with DnsTestServer({}) as dns:
+        b = CheckingHato(
+            directory / "b",
+            MailSetup(domains=(DomainSetup("dest.example", accept_any=True),)),
+            dns.nameserver,
+            B_HOSTNAME,
+        )
+        a = SenderHato(directory / "a", setup, f"{b.host}:{b.port}", dns.nameserver, **sender)
+        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
+            yield Pair(a, b, record)
 
 
 def logs(*servers: HatoServer) -> str:
