@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,28 @@ def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, pol
         silent.close()
 
 
+def _learn(
+    hato: FilteringHato, kind: str, *files: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`hato spam learn KIND FILES` (or stdin). A controller that has not opened its Bayes
+    statfiles yet (rspamd on a loaded machine, a few seconds after start) answers "cannot find
+    statfile backend" with a 4xx, which the command rightly does not retry: asked again here
+    until the controller is ready (bounded: 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        learn = subprocess.run(
+            [hato_binary(), "spam", "learn", kind, *files, "--config", str(hato.config)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=hato._env(),
+        )
+        if "cannot find statfile backend" not in learn.stderr or time.monotonic() > deadline:
+            return learn
+        time.sleep(0.5)
+
+
 def test_hato_spam_learn_reaches_rspamds_controller(
     hato: FilteringHato, rspamd: RspamdServer, tmp_path: Path
 ) -> None:
@@ -183,13 +206,7 @@ def test_hato_spam_learn_reaches_rspamds_controller(
     message = tmp_path / "spam.eml"
     words = " ".join(f"cheap{n} pills{n} offer{n}" for n in range(40))
     message.write_bytes(filtering.message("learn-1", words, subject="Buy now"))
-    learn = subprocess.run(
-        [hato_binary(), "spam", "learn", "spam", str(message), "--config", str(hato.config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=hato._env(),
-    )
+    learn = _learn(hato, "spam", str(message))
     assert learn.returncode == 0, learn.stderr
     assert "learned as spam" in learn.stdout
     after = rspamd.learned()
@@ -199,14 +216,7 @@ def test_hato_spam_learn_reaches_rspamds_controller(
     ham = filtering.message(
         "learn-2", " ".join(f"meeting{n} agenda{n} notes{n}" for n in range(40))
     )
-    learn = subprocess.run(
-        [hato_binary(), "spam", "learn", "ham", "--config", str(hato.config)],
-        input=ham.decode(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=hato._env(),
-    )
+    learn = _learn(hato, "ham", stdin=ham.decode())
     assert learn.returncode == 0, learn.stderr
     assert rspamd.learned()["BAYES_HAM"] == before.get("BAYES_HAM", 0) + 1
 
