@@ -5,10 +5,11 @@ without a key, pass as they are; a key failure under DEFER leaves the row to wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import threading
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Sequence
 from pathlib import Path
 
 import pytest
@@ -66,15 +67,27 @@ def _rows() -> list[QueuedRecipient]:
     return [QueuedRecipient(1, DAVE, DAVE), QueuedRecipient(2, CAROL, CAROL)]
 
 
+@contextlib.asynccontextmanager
+async def _queue(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Queue]:
+    """A queue in `tmp_path` (the copies are scratch bodies beside it), closed after."""
+    queue = await Queue.open(tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40)
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+def _plain(n: int) -> QueuedMessage:
+    """Queued message Qn: PLAIN, inline, no prefix."""
+    return QueuedMessage(f"Q{n}", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+
+
 def _run(
     tmp_path: Path, keys: Keys, body: bytes, at: float, *, in_file: bool = False
 ) -> tuple[Recording, list[Outcome]]:
     async def scenario() -> tuple[Recording, list[Outcome]]:
         clock = FakeClock(at)
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
+        async with _queue(tmp_path, clock) as queue:
             local = Recording()
             path = ""
             inline_body: bytes | None = body
@@ -86,8 +99,6 @@ def _run(
             outcomes = await KeyedDelivery(local, keys, queue, clock).deliver(message, _rows())
             assert os.listdir(queue.messages_dir) == []  # copies are never committed: gone
             return local, outcomes
-        finally:
-            await queue.close()
 
     return asyncio.run(scenario())
 
@@ -136,14 +147,11 @@ def test_the_deliveries_of_one_batch_ask_the_key_store_once(tmp_path: Path) -> N
 
     async def scenario() -> list[list[Outcome]]:
         clock = FakeClock(NOW.timestamp())
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
+        async with _queue(tmp_path, clock) as queue:
             courier = KeyedDelivery(Recording(), keys, queue, clock)
 
             def one(n: int, rcpt: Address) -> Awaitable[list[Outcome]]:
-                message = QueuedMessage(f"Q{n}", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+                message = _plain(n)
                 return courier.deliver(message, [QueuedRecipient(n, rcpt, rcpt)])
 
             batch = await asyncio.gather(one(1, DAVE), one(2, erin), one(3, CAROL))
@@ -152,8 +160,6 @@ def test_the_deliveries_of_one_batch_ask_the_key_store_once(tmp_path: Path) -> N
             again = await asyncio.gather(one(4, DAVE), one(5, erin))
             assert keys.reads == [{DAVE, erin}]  # asked again: nothing kept between batches
             return [*batch, *again]
-        finally:
-            await queue.close()
 
     assert asyncio.run(scenario()) == [[Delivered()]] * 5
 
@@ -176,14 +182,11 @@ def test_on_postgresql_the_deliveries_during_a_read_join_the_next_one(tmp_path: 
 
     async def scenario() -> list[list[Outcome]]:
         clock = FakeClock(NOW.timestamp())
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
+        async with _queue(tmp_path, clock) as queue:
             courier = KeyedDelivery(Recording(), keys, queue, clock, in_thread=True)
 
             def one(n: int, rcpt: Address) -> asyncio.Task[list[Outcome]]:
-                message = QueuedMessage(f"Q{n}", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+                message = _plain(n)
                 return asyncio.create_task(
                     courier.deliver(message, [QueuedRecipient(n, rcpt, rcpt)])
                 )
@@ -194,8 +197,6 @@ def test_on_postgresql_the_deliveries_during_a_read_join_the_next_one(tmp_path: 
             await asyncio.sleep(0)  # they have joined the next read (one turn)
             release.set()
             return [await first, *[await t for t in later]]
-        finally:
-            await queue.close()
 
     assert asyncio.run(scenario()) == [[Delivered()]] * 3
     assert keys.reads == [{DAVE}, {erin, DAVE}]
@@ -210,17 +211,12 @@ def test_a_failed_read_fails_every_delivery_of_the_batch(tmp_path: Path) -> None
 
     async def scenario() -> list[BaseException | list[Outcome]]:
         clock = FakeClock(NOW.timestamp())
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
+        async with _queue(tmp_path, clock) as queue:
             courier = KeyedDelivery(Recording(), Down(_key()), queue, clock)
-            message = QueuedMessage("Q1", None, 0.0, "", len(PLAIN), b"", {}, PLAIN)
+            message = _plain(1)
             rows = [[QueuedRecipient(n, DAVE, DAVE)] for n in (1, 2)]
             return await asyncio.gather(
                 *(courier.deliver(message, r) for r in rows), return_exceptions=True
             )
-        finally:
-            await queue.close()
 
     assert [type(r) for r in asyncio.run(scenario())] == [StoreError, StoreError]
