@@ -175,9 +175,11 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         "bl.test": {"TXT": ["a block list"]},
     }
     listener = socket.create_server(("127.0.0.1", 0))
-    closed = socket.create_server(("127.0.0.1", 0))
+    # Bound but never listening: a connect is refused, and no other test can take the
+    # port while this one runs (closing it would let a parallel test's listener answer).
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
-    closed.close()
     policy = PolicyServer(sts_chain, sts_key)
     with DnsTestServer(zone) as dns:
         dkim_txt = load_signing_key(pem).dns_txt()
@@ -190,6 +192,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         yield w
     policy.close()
     listener.close()
+    closed.close()
 
 
 def _selector(workdir: Path) -> str:
