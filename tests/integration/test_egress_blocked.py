@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import ssl
 import subprocess
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.hato import hato_binary
+from peers.net import free_port
 from peers.outbound_hato import OutboundConfig, OutboundHato, message
 from peers.outbound_scripted import ScriptedPeer
 from peers.tls import TestCA
@@ -42,13 +42,6 @@ def _zone() -> dict[str, dict[str, list[ZoneValue]]]:
     return zone
 
 
-def _closed_port() -> int:
-    probe = socket.create_server(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
 def _server_tls(ca: TestCA) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(ca.server_cert, ca.server_key)
@@ -57,21 +50,21 @@ def _server_tls(ca: TestCA) -> ssl.SSLContext:
 
 @pytest.fixture
 def smarthost(test_ca: TestCA) -> Iterator[ScriptedPeer]:
-    port = _closed_port()
+    port = free_port()
     with ScriptedPeer("127.0.0.1", port, tls=_server_tls(test_ca)) as peer:
         yield peer
 
 
 @pytest.fixture
 def metrics_port() -> int:
-    return _closed_port()
+    return free_port()
 
 
 @pytest.fixture
 def hato(
     workdir: Path, test_ca: TestCA, smarthost: ScriptedPeer, metrics_port: int
 ) -> Iterator[OutboundHato]:
-    closed = _closed_port()
+    closed = free_port()
     extra = (
         f'\n[metrics]\naddress = "127.0.0.1:{metrics_port}"\n'
         f'\n[smarthost]\nhost = "localhost"\nport = {smarthost.port}\nfallback = true\n'
@@ -151,7 +144,7 @@ def test_doctor_against_the_running_server(hato: OutboundHato) -> None:
 def test_the_periodic_doctor_logs_a_new_problem_and_mails_the_postmaster(
     workdir: Path, test_ca: TestCA
 ) -> None:
-    closed = _closed_port()
+    closed = free_port()
     extra = (
         f'\n[doctor]\ninterval = 1\negress_targets = ["127.0.0.1:{closed}"]\negress_timeout = 2\n'
         'dnsbls = []\naddresses = ["127.0.0.1"]\n'
