@@ -189,3 +189,35 @@ def test_wkd_serves_the_key_at_the_url_gnupg_computes(
         assert "bob@example.org" in listing
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("padding", [0, 300_000])  # in memory; spooled, the helper process
+def test_a_key_imported_while_the_message_comes_gets_only_ciphertext(
+    server: HatoServer, gpg: Gpg, padding: int
+) -> None:
+    # RCPT TO found no key for bob (the message is received in the clear: in memory, or a
+    # big one in its spool file); bob imports one before the final dot: what is stored for
+    # him is encrypted to it, and the plaintext body is gone.
+    marker = uuid.uuid4().hex
+    head = (
+        f"From: <alice@example.net>\r\nTo: <bob@example.org>\r\nSubject: secret {marker}\r\n"
+        f"\r\nThe plan is {marker}.\r\n" + "padding line\r\n" * (padding // 14)
+    ).encode()
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.ehlo("client.example.net")
+        assert smtp.mail("alice@example.net")[0] == 250
+        assert smtp.rcpt("bob@example.org")[0] == 250
+        smtp.putcmd("data")
+        assert smtp.getreply()[0] == 354
+        smtp.send(head)
+        server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+        smtp.send(b"The rest.\r\n.\r\n")
+        assert smtp.getreply()[0] == 250
+    (stored,) = _wait_files(server.mailbox("bob", "example.org"), 1)
+    raw = stored.read_bytes()
+    assert marker.encode() not in raw
+    assert f"The plan is {marker}.".encode() in gpg.run(
+        "--decrypt", input=raw.split(b"\r\n\r\n", 1)[1]
+    )
+    assert _grep(server.data_dir, marker.encode()) == []  # spool, SQLite, Maildir
+    assert marker.encode() not in server.log.read_bytes()

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from hato.crypto.keys import KeyKind, PublicKey, parse_public_key
 from hato.crypto.wkdhash import wkd_hash
@@ -63,6 +63,7 @@ class KeyLookup(Protocol):
     def policy(self, address: Address) -> FailurePolicy: ...
 
 
+@runtime_checkable
 class KeyIndex(KeyLookup, Protocol):
     """A `KeyLookup` that also tells, in one read, which of many addresses have a key."""
 

@@ -27,7 +27,7 @@ from hato.crypto import SealedScratch
 from hato.delivery.loops import delivered_to_fields
 from hato.intake.context import IntakeContext
 from hato.intake.direct import SpooledBody
-from hato.intake.protect import protect
+from hato.intake.protect import protect, sealed_if_keyed
 from hato.intake.recipients import now_utc
 from hato.intake.transaction import Transaction
 from hato.model import Address, Reply, ReversePath
@@ -65,6 +65,14 @@ async def commit(
     `trace(queue_id)` the copy's Received line; `direct` lets local copies skip the queue.
     Raises QueueWriteError when a copy could not be queued (the copies after it are
     discarded; those before it are stored, as a client's retry would store them again)."""
+    if isinstance(body, BodyWriter) and ctx.keys is not None:
+        # Issue 6: a key imported while the message came (after RCPT found none) is honoured
+        # too; the plaintext body is dropped before anything stores it (intake/protect.py).
+        mailboxes = [d for d in tx.dests() if ctx.resolver.is_local_domain(d.domain)]
+        moved = await sealed_if_keyed(ctx.keys, body, mailboxes, ctx.queue.messages_dir, session)
+        if isinstance(moved, Reply):
+            return moved
+        body = moved
     if isinstance(body, SealedScratch) and added:
         # Issue 6: what the checks and filters added (rspamd's fields, a milter's, which may
         # repeat what the message says) is encrypted with it, in its protected header

@@ -21,6 +21,12 @@ pickup) makes the same verdict before the first octet of the message is written 
 same `protect`; the notices the server makes (DSNs, queue/bounce.py) are queued through
 `KeyedCommitter`, which the composition root gives the queue runner, and which puts the notice
 through the same sealed scratch file and `protect`.
+
+A key imported while a message comes (after the RCPT verdict found none, so its octets were
+received in the clear) is seen at the commit: `sealed_if_keyed` moves the message into a
+sealed scratch file, the plaintext body is discarded before anything stores it, and `protect`
+makes its copies as for a recipient keyed at RCPT (so does a key that expired under the
+PLAINTEXT policy: its copy gets the warning field).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 from hato.crypto import (
     DEFER_DATA_REPLY,
     FailurePolicy,
+    KeyIndex,
     KeyLookup,
     SealedScratch,
     protect_stream,
@@ -43,6 +50,7 @@ from hato.crypto import (
 )
 from hato.crypto.helper import EncryptHelper, HelperFailed, protect_far
 from hato.model import Address, Reply, logfmt
+from hato.model.storeerror import StoreUnavailable
 from hato.queue import BodyWriter, QueueStore, QueueWriteError
 
 log = logging.getLogger("hato.smtpd")
@@ -162,3 +170,55 @@ async def seal_and_protect(
     scratch = SealedScratch(queue.messages_dir)
     scratch.write(data)
     return await protect(keys, scratch, dests, now, queue, session)
+
+
+def any_key(keys: KeyLookup, mailboxes: Sequence[Address]) -> bool:
+    """Whether one of `mailboxes` has a key now, usable or not (one read for all of them when
+    the store can: `KeyIndex.with_keys`)."""
+    if not mailboxes:
+        return False
+    if isinstance(keys, KeyIndex):
+        return bool(keys.with_keys(mailboxes))
+    return any(keys.get(mailbox) is not None for mailbox in mailboxes)
+
+
+async def sealed_if_keyed(
+    keys: KeyLookup,
+    body: BodyWriter,
+    mailboxes: Sequence[Address],
+    messages_dir: str,
+    session: str,
+) -> BodyWriter | SealedScratch | Reply:
+    """`body` (a message received in the clear: no recipient had a key at RCPT), or, when one
+    of `mailboxes` has a key by now, the message moved into a sealed scratch file for `protect`
+    (`body` is then discarded, before anything stored it); or the reply instead of 250, with
+    both discarded: 451 4.3.0 when the key store could not be asked, 451/452 when a file
+    failed."""
+    try:
+        if not any_key(keys, mailboxes):
+            return body
+    except StoreUnavailable as exc:  # never a 250 for mail that might be stored in the clear
+        body.discard()
+        log.warning(logfmt("store-unavailable", session=session, error=str(exc)))
+        return exc.reply
+    log.info(logfmt("key-since-rcpt", session=session, id=body.queue_id))
+    scratch = SealedScratch(messages_dir)
+    try:
+        if body.inline:
+            scratch.write(body.peek_inline())
+        else:  # a spooled message: read back from its file, not on the event loop
+            await asyncio.to_thread(_refill, body, scratch)
+        scratch.sealed()  # raises the scratch file's write error, if any
+    except OSError as exc:
+        scratch.close()
+        error = QueueWriteError.from_os(exc, exc.filename or "message scratch file")
+        log.warning(logfmt("queue-write-failed", session=session, error=error, reply=error.reply))
+        return error.reply
+    finally:
+        await asyncio.to_thread(body.discard)  # a big file's unlink may wait for the journal
+    return scratch
+
+
+def _refill(body: BodyWriter, scratch: SealedScratch) -> None:
+    for chunk in body.read_back():
+        scratch.write(chunk)

@@ -276,3 +276,48 @@ def test_a_big_message_for_a_mailbox_failing_now_is_queued_for_it_alone(tmp_path
     assert queued == ["bob@example.org"]
     # bob's copy is queued with the whole body in its spool file.
     assert (tmp_path / "q" / "messages" / ids[0]).read_bytes() == BIG_BODY
+
+
+class ExpiredPlaintext:
+    """alice's key expired and her policy is PLAINTEXT: her mail is stored in the clear, marked."""
+
+    def get(self, address: Address) -> PublicKey | None:
+        if address != ALICE:
+            return None
+        expires = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        return PublicKey(KeyKind.OPENPGP, address, b"", "ab" * 20, expires, "test")
+
+    def policy(self, address: Address) -> FailurePolicy:
+        return FailurePolicy.PLAINTEXT
+
+
+def test_mail_for_an_expired_key_under_plaintext_gets_the_warning_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RCPT found no usable key (the message came in the clear); the commit still marks the
+    # copy it stores in the clear and tells the admin (docs/encryption.md).
+    async def scenario() -> list[Pending]:
+        clock = FakeClock(1_800_000_000.0)
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            ctx = with_queue(queue, Role.MX, keys=ExpiredPlaintext())
+            tx = Transaction(FAR)
+            assert recipient(ctx, tx, ALICE, NO_DSN, session="t") is None
+            assert not tx.keyed
+            body = queue.new_body()
+            body.write(b"Subject: hi\r\n\r\nhello\r\n")
+            ids = await commit(ctx, tx, body, mail_from=FAR, added=b"", params={},
+                               trace=lambda qid: b"", session="t")  # fmt: skip
+            assert isinstance(ids, list)
+            return await queue.wait_fresh()
+        finally:
+            await queue.close()
+
+    with caplog.at_level("INFO"):
+        (pending,) = asyncio.run(scenario())
+    body = pending.message.body
+    assert body is not None and body.startswith(b"X-Hato-Encryption: not encrypted")
+    assert body.endswith(b"Subject: hi\r\n\r\nhello\r\n")
+    assert "event=key-failure" in caplog.text and "action=stored-in-clear" in caplog.text
