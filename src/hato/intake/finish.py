@@ -129,19 +129,16 @@ async def end_of_message(
     facts: Submitted,
     *,
     captured: bytes | LargeMessage | None,
-    authors: list[Address | None],
     trace: Callable[[str], bytes],
     direct: bool = True,
 ) -> list[str] | Reply:
     """The end-of-message steps of `facts.door`, then the commit (message.py): the queue ids,
     or the reply instead of 250 (DISCARDED, a 250, when a milter discarded the message: nothing
-    is stored). `authors` are the header From addresses (the signing domain's candidates).
-    Raises QueueWriteError as `commit` does."""
+    is stored). Raises QueueWriteError as `commit` does."""
     added, params, refusal, body, sender = await finish(
         ctx,
         facts,
         captured,
-        authors,
         tx.recipients,  # a milter may change them, in place
         body,  # rspamd may have its header edited: a copy comes back
         tx.dsn,  # a milter's added recipients' NOTIFY/ORCPT (SMFIR_ADDRCPT_PAR)
@@ -157,7 +154,6 @@ async def finish(
     ctx: IntakeContext,
     facts: Submitted,
     captured: bytes | LargeMessage | None,
-    from_addresses: list[Address | None],
     recipients: list[tuple[Address, Address]],
     body: Spooled,
     dsn: dict[Address, RecipientDsn] | None = None,
@@ -203,11 +199,11 @@ async def finish(
     # Last, after every step that may change the header or the body (rspamd's, the milters'),
     # as OpenDKIM and OpenARC are the last milters in Postfix: a DKIM signature (RFC 6376 §5)
     # and an ARC set (RFC 8617 §5.1: the sealer's changes come before its seal) cover the
-    # message as it leaves; an edit after them would break them at the next hop.
+    # message as it leaves; an edit after them would break them at the next hop. The signing
+    # domain is that of the From they leave (signing.py OutboundSigner), not the one received.
     unchanged = captured if body is original and isinstance(captured, bytes) else None
     if plan.sign:
-        authors = [*from_addresses, sender]
-        added = await sign(ctx, facts, captured, added, body, unchanged, authors) + added
+        added = await sign(ctx, facts, captured, added, body, unchanged, sender) + added
     elif verdict is not None and isinstance(captured, bytes):
         # Past MAX_CHECKED_SIZE no chain was verified: no seal (RFC 8617 §5.1 seals what we
         # verified; docs/configuration.md).
@@ -339,12 +335,13 @@ async def sign(
     prefix: bytes,
     body: Spooled,
     unchanged: bytes | None,
-    authors: list[Address | None],
+    sender: ReversePath,
 ) -> bytes:
     """Our DKIM-Signature (RFC 6376) of the message as it leaves (`over_message`), by the
-    first of the `authors`' domains we hold a key for (the From addresses, then the envelope
-    sender); a notice's by its hostname's domain or the nearest signing domain above it
-    (RFC 7489 §3.1.1 relaxed alignment)."""
+    first domain we hold a key for among the From addresses of its header section as it
+    leaves (after every edit of rspamd's and the milters'), then the envelope `sender`'s; a
+    notice's by its hostname's domain or the nearest signing domain above it (RFC 7489
+    §3.1.1 relaxed alignment)."""
     signer = ctx.signer
     assert signer is not None
     if not isinstance(captured, bytes):
@@ -352,7 +349,7 @@ async def sign(
         return b""
     parents = facts.door is Door.NOTICE
     return await over_message(
-        lambda head, rest: signer.sign_parts(head, rest, authors=authors, parents=parents),
+        lambda head, rest: signer.sign_parts(head, rest, sender=sender, parents=parents),
         prefix,
         body,
         unchanged,

@@ -75,8 +75,7 @@ class HeaderCapture:
 
     def authors(self, fields: list[HeaderField] | None = None) -> list[Address | None]:
         """The addresses of every From field (None for one that is no address)."""
-        fields = split_header_fields(self.section()) if fields is None else fields
-        return [_address(text) for text in field_addresses(named(fields, b"From"))]
+        return authors(split_header_fields(self.section()) if fields is None else fields)
 
     def judge(self, user: Address | None, owns: Callable[[Address], bool]) -> HeaderVerdict:
         """The header section's verdict: on every role its size; after AUTH (submission) its
@@ -97,6 +96,12 @@ class HeaderCapture:
         if isinstance(decision, Accept):
             return HeaderVerdict(authors)
         return HeaderVerdict(authors, decision.reply, facts.problem)
+
+
+def authors(fields: list[HeaderField]) -> list[Address | None]:
+    """The addresses of every From field of `fields` (RFC 5322 §3.6.2: every author, group
+    members too), in order; None for one that is no address."""
+    return [_address(text) for text in field_addresses(named(fields, b"From"))]
 
 
 def _first_unowned(fields: list[HeaderField], owns: Callable[[Address], bool]) -> str:

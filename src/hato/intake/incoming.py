@@ -6,7 +6,7 @@ a recipient has a key: intake/protect.py), minus the Authentication-Results fiel
 our name (RFC 8601 §5: removed as they pass, never rewritten later), and is fed to the header
 capture (intake/headers.py, bounded) and to the trace-field count (delivery/loops.py). At the
 end, `judge` refuses a loop (RFC 5321 §6.3) and a header section the sender may not send (one
-From, and after AUTH only the user's own addresses), or answers the authors for DKIM signing.
+From, and after AUTH only the user's own addresses).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class Incoming:
         user: Address | None,
         owns: Callable[[Address], bool],
         session: str,
-    ) -> Reply | list[Address | None]:
-        """The refusal (the body is discarded then), or the header From addresses."""
+    ) -> Reply | None:
+        """The refusal (the body is discarded then), or None."""
         if self.trace.loops(ctx.hop_limit):
             # RFC 5321 §6.3: a loop is stopped; RFC 3463 X.4.6 routing loop detected.
             log.info(logfmt("message-refused", session=session, reason="mail-loop",
@@ -70,4 +70,4 @@ class Incoming:
                 # RFC 8601 §5: a claim in our name that we did not make is removed.
                 log.info(logfmt("forged-results-removed", session=session,
                                 count=self.forged.removed))  # fmt: skip
-        return verdict.authors
+        return None

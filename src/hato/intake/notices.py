@@ -21,7 +21,6 @@ from hato.crypto import DEFER_REPLY, KeyLookup, SealedScratch
 from hato.directory.resolver import Local, Resolution
 from hato.intake.context import IntakeContext, Recipients
 from hato.intake.finish import Door, Submitted, end_of_message
-from hato.intake.headers import HeaderCapture
 from hato.intake.recipients import add_recipient
 from hato.intake.signing import OutboundSigner
 from hato.intake.transaction import NO_DSN, Transaction
@@ -97,12 +96,10 @@ class KeyedCommitter:
             body.discard()  # its id names the notice (Message-ID); the copies get their own
             message = SealedScratch(ctx.queue.messages_dir)
         message.write(data)
-        header = HeaderCapture()
-        header.feed(data)  # its From: MAILER-DAEMON@hostname (queue/dsn.py)
         door = Door.NOTICE if ours else Door.OUTSIDE_NOTICE  # signed only if ours (docstring)
         facts = Submitted("dsn", "", "", None, None, params, door)
-        ids = await end_of_message(ctx, tx, message, facts, captured=data,
-                                   authors=header.authors(), trace=lambda _: b"",
+        # Signed by its From: MAILER-DAEMON@hostname (queue/dsn.py), when ours.
+        ids = await end_of_message(ctx, tx, message, facts, captured=data, trace=lambda _: b"",
                                    direct=False)  # fmt: skip
         if isinstance(ids, Reply):
             raise QueueWriteError(None, f"key failure: {ids}")

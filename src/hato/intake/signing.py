@@ -12,7 +12,9 @@ from pathlib import Path
 
 from hato.authcheck import ArcSealer, DkimAlgorithm, DkimError, DkimSigner, load_signing_key
 from hato.authcheck.dkim import pieces
+from hato.intake.headers import authors
 from hato.model import Address, Clock, logfmt
+from hato.model.header import split_header_fields
 
 log = logging.getLogger("hato.dkim")
 
@@ -68,6 +70,18 @@ def load_sealers(
 
 
 class OutboundSigner:
+    """Our users' DKIM signatures, by the domain the message's own From names.
+
+    Which domain signs is read from the header section being signed, as it leaves (RFC 6376
+    §5: the signer signs the message as it is sent), never from the From the message came
+    with: the milters and rspamd run before us and may rewrite From (a list milter makes it
+    the list's address), and a signature whose d= is not the From's domain does not align
+    (RFC 7489 §3.1.1), so DMARC fails at the receiver. What may reach this From is bounded
+    by the doors: the one a client wrote was checked to be the user's own (headers.py,
+    after AUTH and on local submission); only the admin's own milters and rspamd may change
+    it after that, and their result is trusted as the admin's choice. We sign only with keys
+    we hold: a From of a domain we hold none for gets no signature of its domain."""
+
     def __init__(self, signers: Mapping[str, DkimSigner]) -> None:
         self._signers = dict(signers)
 
@@ -75,27 +89,28 @@ class OutboundSigner:
         return bool(self._signers)
 
     def sign(
-        self, message: bytes, candidates: list[Address | None], *, parents: bool = False
+        self, message: bytes, *, sender: Address | None = None, parents: bool = False
     ) -> bytes:
-        """The DKIM-Signature for `message` by the first candidate domain we hold a key for
-        (the From: domain first, for DMARC alignment, RFC 7489 §3.1.1), or b"". With
-        `parents`, a candidate's parent domains are tried after it, nearest first (a notice
-        from MAILER-DAEMON@mx.example.org is signed by example.org: relaxed alignment)."""
+        """`sign_parts` for a message whole in memory."""
         end = message.find(b"\r\n\r\n")
         headers, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 4 :])
-        return self.sign_parts(headers, pieces(body), authors=candidates, parents=parents)
+        return self.sign_parts(headers, pieces(body), sender=sender, parents=parents)
 
     def sign_parts(
         self,
         headers: bytes,
         body: Iterable[bytes],
         *,
-        authors: list[Address | None],
+        sender: Address | None = None,
         parents: bool = False,
     ) -> bytes:
-        """`sign` for a message already split (`split_message`): its body hashed as it is
-        read, never whole in memory."""
-        for address in authors:
+        """The DKIM-Signature for the message `headers` + `body` (split by `split_message`:
+        its body hashed as it is read, never whole in memory) by the first domain we hold a
+        key for among its From addresses (for DMARC alignment, RFC 7489 §3.1.1) and then the
+        envelope `sender`'s, or b"". With `parents`, a candidate's parent domains are tried
+        after it, nearest first (a notice from MAILER-DAEMON@mx.example.org is signed by
+        example.org: relaxed alignment)."""
+        for address in [*authors(split_header_fields(headers)), sender]:
             signer = self._signer_for(address.domain, parents) if address else None
             if signer is not None:
                 return signer.sign(headers, body)

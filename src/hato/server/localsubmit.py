@@ -370,7 +370,6 @@ class LocalSubmitter:
         captured = local.capture.result() if local.capture is not None else None
         try:
             ids = await end_of_message(self._ctx, tx, local.writer, facts, captured=captured,
-                                       authors=local.header.authors(),
                                        trace=lambda qid: self._received(qid, uid),
                                        direct=False)  # fmt: skip
         except QueueWriteError as exc:

@@ -138,11 +138,11 @@ class MailTransaction:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(incoming.body if incoming else None, TEMP_FAILURE)
             return
-        authors = incoming.judge(self.ctx, self.user, self._owns, self.session_id)
-        if isinstance(authors, Reply):
-            self._refuse_message(None, authors)  # the body is discarded
+        refusal = incoming.judge(self.ctx, self.user, self._owns, self.session_id)
+        if refusal is not None:
+            self._refuse_message(None, refusal)  # the body is discarded
             return
-        self._begin(self._commit(tx, incoming.body, captured, authors), name="commit")
+        self._begin(self._commit(tx, incoming.body, captured), name="commit")
 
     def _door(self) -> Door:
         return Door.MX if self.user is None else Door.SUBMISSION
@@ -176,7 +176,6 @@ class MailTransaction:
         tx: Transaction,
         body: BodyWriter | SealedScratch,
         captured: bytes | LargeMessage | None,
-        from_addresses: list[Address | None],
     ) -> None:
         """The pipeline's end-of-message steps and commit (intake/finish.py): only then 250."""
         facts = self._submitted(tx.mail_from, tx.params)
@@ -185,7 +184,6 @@ class MailTransaction:
         self._reset_transaction()
         try:
             ids = await end_of_message(self.ctx, tx, body, facts, captured=captured,
-                                       authors=from_addresses,
                                        trace=lambda qid: self._received(tx, qid))  # fmt: skip
         except QueueWriteError as exc:
             log.warning(logfmt("queue-write-failed", session=self.session_id, error=exc,

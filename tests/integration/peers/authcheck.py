@@ -44,14 +44,21 @@ A_HOSTNAME = "mx.sender.example"  # the signing Hato A's name
 B_HOSTNAME = "mx.dest.example"  # the checking Hato B's: the same name would be a mail loop
 
 
+def signed_zone(domain: str, dkim_txt: str) -> Zone:
+    """`domain`'s DMARC p=reject and A's DKIM key record of it under the selector `hato`."""
+    return {
+        f"_dmarc.{domain}": {"TXT": ["v=DMARC1; p=reject"]},
+        f"hato._domainkey.{domain}": {"TXT": [txt_strings(dkim_txt)]},
+    }
+
+
 def sender_zone(dkim_txt: str) -> Zone:
     """sender.example's SPF (and A's HELO name's, for its DSNs), DMARC p=reject, and A's DKIM
     key record under the selector `hato`."""
     return {
         "sender.example": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
         A_HOSTNAME: {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
-        "_dmarc.sender.example": {"TXT": ["v=DMARC1; p=reject"]},
-        "hato._domainkey.sender.example": {"TXT": [txt_strings(dkim_txt)]},
+        **signed_zone("sender.example", dkim_txt),
     }
 
 
@@ -103,13 +110,22 @@ def dkim_keygen(server: HatoServer, domain: str) -> str:
 
 @contextlib.contextmanager
 def signing_pair(
-    a: HatoServer, b: HatoServer, dns: DnsTestServer, domain: str, zone: Callable[[str], Zone]
+    a: HatoServer,
+    b: HatoServer,
+    dns: DnsTestServer,
+    domain: str,
+    zone: Callable[[str], Zone],
+    others: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """A gets a DKIM key for `domain`, `dns` serves `zone(its record)`, then B and A run (A
-    relays to B); yields the key record, and stops both."""
+    """A gets a DKIM key for `domain` (and for each of `others`: their `signed_zone`), `dns`
+    serves `zone(its record)`, then B and A run (A relays to B); yields the key record, and
+    stops both."""
     a._prepare()  # writes the config the keygen reads (and adds A's users)
     record = dkim_keygen(a, domain)
-    dns.load(zone(record))
+    served = zone(record)
+    for other in others:
+        served |= signed_zone(other, dkim_keygen(a, other))
+    dns.load(served)
     b.start()
     try:
         a.start()
@@ -129,10 +145,13 @@ class Pair:
 
 
 @contextlib.contextmanager
-def sender_and_checker(directory: Path, setup: MailSetup, **sender: Any) -> Iterator[Pair]:
+def sender_and_checker(
+    directory: Path, setup: MailSetup, others: tuple[str, ...] = (), **sender: Any
+) -> Iterator[Pair]:
     """Hato A (`SenderHato` with `setup` and `sender`'s keywords) signing for sender.example
-    and relaying to Hato B (`CheckingHato`, dest.example accepting any local part), both on
-    a test DNS server serving `sender_zone`; running, and stopped after."""
+    (and `others`, domains of `setup`) and relaying to Hato B (`CheckingHato`, dest.example
+    accepting any local part), both on a test DNS server serving `sender_zone` (and each
+    other's `signed_zone`); running, and stopped after."""
     with DnsTestServer({}) as dns:
         b = CheckingHato(
             directory / "b",
@@ -141,7 +160,7 @@ def sender_and_checker(directory: Path, setup: MailSetup, **sender: Any) -> Iter
             B_HOSTNAME,
         )
         a = SenderHato(directory / "a", setup, f"{b.host}:{b.port}", dns.nameserver, **sender)
-        with signing_pair(a, b, dns, "sender.example", sender_zone) as record:
+        with signing_pair(a, b, dns, "sender.example", sender_zone, others) as record:
             yield Pair(a, b, record)
 
 

@@ -17,7 +17,9 @@ It answers by the message's content, so one instance serves every test:
   par@dest.example with NOTIFY=NEVER, DISCARD discards, REJECT-BODY rejects with 554 5.7.1,
   ECHO-SUBJECT adds `X-Libmilter-Subject` repeating the Subject (as a filter's report field
   repeats what it found in the message: spamass-milter's URIs, say), DOUBLE-BODY replaces
-  the body by itself twice (libmilter sends it in pieces of at most 65535 octets).
+  the body by itself twice (libmilter sends it in pieces of at most 65535 octets),
+  FROM-LIST changes From to <team@list.example> (as a mailing-list milter rewrites it) and
+  FROM-NOKEY to <someone@nokey.example>.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class Filter(Milter.Base):  # type: ignore[misc]
             self.addheader("X-Libmilter-Subject", self.subject)
         if b"CHANGE-SUBJECT" in text:
             self.chgheader("Subject", 1, "changed by libmilter")
+        if b"FROM-LIST" in text:
+            self.chgheader("From", 1, "Team <team@list.example>")
+        if b"FROM-NOKEY" in text:
+            self.chgheader("From", 1, "<someone@nokey.example>")
         if b"DELETE-FIELD" in text:
             self.chgheader("X-Delete-Me", 1, "")
         if b"REPLACE-BODY" in text:

@@ -20,7 +20,6 @@ from hato.directory.resolver import Local, NotLocal, Resolution
 from hato.intake import finish
 from hato.intake.context import IntakeContext
 from hato.intake.finish import Door, Steps, Submitted, end_of_message, open_capture, steps
-from hato.intake.headers import HeaderCapture
 from hato.intake.inbound import InboundChecker
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.notices import KeyedCommitter
@@ -128,14 +127,11 @@ def test_local_submission_is_dkim_signed_by_its_authors_domain(tmp_path: Path) -
         capture = open_capture(ctx, Door.LOCAL)
         assert capture is not None
         capture.feed(MESSAGE)
-        header = HeaderCapture()
-        header.feed(MESSAGE)
         body = queue.new_body()
         body.write(MESSAGE)
         facts = Submitted("uid:1000", "", "", None, ALICE, tx.params, Door.LOCAL)
         return await end_of_message(ctx, tx, body, facts, captured=capture.result(),
-                                    authors=header.authors(), trace=lambda _: b"",
-                                    direct=False)  # fmt: skip
+                                    trace=lambda _: b"", direct=False)  # fmt: skip
 
     ids, pending = _queued(tmp_path, run)
     assert isinstance(ids, list) and len(ids) == 1
@@ -155,7 +151,7 @@ def test_an_unauthenticated_message_is_not_signed(tmp_path: Path) -> None:
         body = queue.new_body()
         body.write(MESSAGE)
         facts = Submitted("s", "192.0.2.1", "client", None, ALICE, {}, Door.MX)
-        return await end_of_message(ctx, tx, body, facts, captured=MESSAGE, authors=[ALICE],
+        return await end_of_message(ctx, tx, body, facts, captured=MESSAGE,
                                     trace=lambda _: b"", direct=False)  # fmt: skip
 
     _, pending = _queued(tmp_path, run)
@@ -260,9 +256,9 @@ def test_a_dsn_is_signed_only_about_our_own_users_mail(
 
 
 def test_a_users_mail_is_signed_only_by_its_own_domain_not_a_parent() -> None:
-    sub = Address.parse("alice@sub.example.org")
-    assert SIGNER.sign(MESSAGE, [sub]) == b""
-    assert SIGNER.sign(MESSAGE, [sub], parents=True).startswith(b"DKIM-Signature:")
+    sub = MESSAGE.replace(b"alice@example.org", b"alice@sub.example.org")
+    assert SIGNER.sign(sub) == b""
+    assert SIGNER.sign(sub, parents=True).startswith(b"DKIM-Signature:")
 
 
 class _NoKeys:
@@ -294,9 +290,7 @@ def test_a_small_message_is_signed_on_the_loop_a_large_one_in_a_thread(
     facts = Submitted("alice@example.org", "", "", None, ALICE, {}, Door.SUBMISSION)
     large = MESSAGE + (b"x" * 78 + b"\r\n") * (NEARBY_LIMIT // 80 + 1)
     for message, hand_offs in ((MESSAGE, 0), (large, 1)):
-        signature = asyncio.run(
-            finish.sign(ctx, facts, message, b"", NO_BODY, message, [ALICE, ALICE])
-        )
+        signature = asyncio.run(finish.sign(ctx, facts, message, b"", NO_BODY, message, ALICE))
         assert dkim.verify(signature + message, dnsfunc=_dns)
         assert len(threaded) == hand_offs
 
@@ -311,9 +305,52 @@ def test_an_edited_spooled_message_is_signed_as_it_leaves(tmp_path: Path) -> Non
     body = SealedScratch(str(tmp_path))
     body.write(edited)
     prefix = b"X-Milter: seen\r\n"
-    signature = asyncio.run(finish.sign(ctx, facts, MESSAGE, prefix, body, None, [ALICE]))
+    signature = asyncio.run(finish.sign(ctx, facts, MESSAGE, prefix, body, None, ALICE))
     assert dkim.verify(signature + prefix + edited, dnsfunc=_dns)
     assert not dkim.verify(signature + prefix + MESSAGE, dnsfunc=_dns)  # not the one received
+
+
+LIST_PEM, LIST_RECORD = generate_key(DkimAlgorithm.RSA_SHA256, rsa_bits=1024)
+TWO_DOMAINS = OutboundSigner(
+    {
+        "example.org": DkimSigner("example.org", "s1", load_signing_key(PEM), CLOCK),
+        "list.test": DkimSigner("list.test", "s1", load_signing_key(LIST_PEM), CLOCK),
+    }
+)
+
+
+def _two_domains_dns(name: bytes, timeout: int = 5) -> bytes:
+    return LIST_RECORD.encode() if name == b"s1._domainkey.list.test." else _dns(name)
+
+
+@pytest.mark.parametrize("where", ["body", "prefix"])
+def test_a_from_a_milter_rewrote_is_signed_by_its_new_domain(tmp_path: Path, where: str) -> None:
+    """The signing domain is read from the header as it leaves, after the milters: a From
+    changed (SMFIR_CHGHEADER: a new spool body) or added (SMFIR_ADDHEADER: our prefix) to
+    another domain we sign for gets that domain's signature, aligned for DMARC (RFC 7489
+    §3.1.1), not the one of the From the user sent."""
+    ctx = _context(cast(QueueStore, None), signer=TWO_DOMAINS)
+    facts = Submitted("alice@example.org", "", "", None, ALICE, {}, Door.SUBMISSION)
+    team = b"From: Team <team@list.test>\r\n"
+    if where == "body":
+        edited, prefix = MESSAGE.replace(b"From: Alice <alice@example.org>\r\n", team), b""
+    else:
+        edited, prefix = MESSAGE.replace(b"From: Alice <alice@example.org>\r\n", b""), team
+    body = SealedScratch(str(tmp_path))
+    body.write(edited)
+    signature = asyncio.run(finish.sign(ctx, facts, MESSAGE, prefix, body, None, ALICE))
+    assert b"d=list.test;" in signature, signature
+    assert dkim.verify(signature + prefix + edited, dnsfunc=_two_domains_dns)
+
+
+def test_a_from_rewritten_to_a_domain_without_our_key_is_not_signed_by_it() -> None:
+    """A From of a domain we hold no key for never gets its signature: the envelope
+    sender's domain signs if it is ours, else nothing does."""
+    stranger = MESSAGE.replace(b"alice@example.org", b"someone@elsewhere.test")
+    signed = TWO_DOMAINS.sign(stranger, sender=ALICE)
+    assert b"d=example.org;" in signed
+    assert TWO_DOMAINS.sign(stranger) == b""
+    assert TWO_DOMAINS.sign(stranger, sender=FAR) == b""
 
 
 @pytest.mark.parametrize(
