@@ -173,6 +173,9 @@ def test_pebble_issues_the_certificate_and_renewal_keeps_open_sessions(
             second = _smtp_cert(server.submission_port)
             assert second.serial_number != first.serial_number
             assert format(second.serial_number, "x") in renewed.stdout
+            serial = format(second.serial_number, "x")
+            line = f"event=admin-tls-renew serial={serial} not_after=\\S+ uid={os.getuid()}$"
+            assert server.wait_for_log(line), line  # the server's, with the asking uid
             assert _https_cert(server.web_port) == second
             # The session begun with the old certificate goes on.
             assert open_session.ehlo()[0] == 250

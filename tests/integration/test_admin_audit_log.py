@@ -1,7 +1,8 @@
-"""Every change an admin makes with `hato user` and `hato key` is one `admin-*` log line naming
-the action, its object and the uid that ran the command: in the running server's log (through
-its control socket, hato.cli.audit), or on the command's stderr with the server stopped; never
-the password or the key."""
+"""Every change an admin makes with `hato user`, `hato key` and `hato dkim` is one `admin-*`
+log line naming the action, its object and the uid that ran the command: in the running
+server's log (through its control socket, hato.cli.audit), or on the command's stderr with the
+server stopped; never the password or the key. `hato reload`, which needs the server, is
+logged by it with the uid of the control socket's peer."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def _changes(server: HatoServer) -> list[tuple[subprocess.CompletedProcess[str],
     assert key_removed.stdout.startswith("removed the key of bob@example.test"), key_removed.stderr
     removed = _hato(server, "user", "remove", "bob@example.test")
     assert removed.stdout.startswith("removed bob@example.test (from "), removed.stderr
+    keygen = _hato(server, "dkim", "keygen", "example.test")
+    assert keygen.stdout.startswith("wrote "), keygen.stderr
+    key_file = keygen.stdout.splitlines()[0].removeprefix("wrote ")
+    private = b"".join(Path(key_file).read_bytes().splitlines()[1:-1])
     body = b"".join(pem.splitlines()[1:-1])  # the certificate's base64 is not to be logged
     return [
         (added, f"event=admin-user-add user=bob@example.test uid={me}", PASSWORD.encode()),
@@ -58,6 +63,12 @@ def _changes(server: HatoServer) -> list[tuple[subprocess.CompletedProcess[str],
         ),
         (key_removed, f"event=admin-key-remove user=bob@example.test uid={me}", b"-----"),
         (removed, f"event=admin-user-remove user=bob@example.test uid={me}", b"audit-secret"),
+        (
+            keygen,
+            "event=admin-dkim-keygen domain=example.test selector=hato algorithm=rsa "
+            f"path={key_file} replaced=False uid={me}",
+            private[:40],
+        ),
     ]
 
 
@@ -69,6 +80,10 @@ def test_changes_are_logged_in_the_running_server_s_log(tmp_path: Path) -> None:
         for done, line, _secret in changes:
             assert "uid=" not in done.stderr  # the server logged it, not the command
             assert server.wait_for_log(re.escape(line) + "$"), line
+        reloaded = _hato(server, "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        line = f"event=admin-reload applied=True uid={os.getuid()}"
+        assert server.wait_for_log(re.escape(line) + "$"), line
     finally:
         server.stop()
     log = server.log_text().encode()

@@ -18,6 +18,7 @@ import email.policy
 import gzip
 import hashlib
 import json
+import os
 import smtplib
 import ssl
 import threading
@@ -136,6 +137,10 @@ def test_a_dmarc_report_is_sent_to_the_authorised_rua_and_validates(
     assert "sent: dmarc sender.example -> dmarc@reports.test" in sent.stdout, sent.stdout
     assert "dmarc@other.test: not authorised by sender.example._report._dmarc.other.test" in (
         sent.stdout
+    )
+    # Logged by the server with the uid that asked (server/control.py).
+    assert receiver.wait_for_log(
+        f"event=admin-report-send now=True sent=1 skipped=1 uid={os.getuid()}$"
     )
 
     inbox = receiver.mailbox("dmarc", "reports.test")

@@ -15,11 +15,11 @@ from peers.net import free_port
 from peers.postgres import PASSWORD, PostgresServer
 from psycopg_pool import ConnectionPool
 
-from hato.cli import main
 from hato.pgstore import migrate
 from hato.policy.authlimit import AuthThrottleSettings
 from hato.policy.authlimit_pg import PgAuthThrottle
 from kit.clock import FakeClock
+from kit.commands import ADMIN_LOG, run
 from kit.config import CLI, command_workdir
 
 Y2100 = 4102444800.0  # 2100-01-01T00:00:00Z
@@ -32,21 +32,6 @@ def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str, secret: 
     return workdir
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The exit code, stdout and stderr of `hato ARGV`, but for the `admin-*` lines a change
-    logs on stderr with no server running (kept in ADMIN_LOG: tests/integration/
-    test_admin_audit_log.py checks them)."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    lines = err.splitlines(keepends=True)
-    ADMIN_LOG.extend(line for line in lines if ADMIN_EVENT in line)
-    return code, out, "".join(line for line in lines if line not in ADMIN_LOG)
-
-
-ADMIN_LOG: list[str] = []
-ADMIN_EVENT = " INFO hato.cli: event=" + "admin-"  # split: no event name to grep for
-
-
 def test_user_and_key_commands_on_postgresql(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -56,29 +41,29 @@ def test_user_and_key_commands_on_postgresql(
 ) -> None:
     _workdir(tmp_path, monkeypatch, pg_dsn, postgres.password_file)
     # Not migrated: the database refuses the statement; one line naming the store, exit 1.
-    code, out, err = _run(capsys, "user", "list")
+    code, out, err = run(capsys, "user", "list")
     assert (code, out) == (1, "") and err.startswith("hato: the PostgreSQL store failed: ")
     assert '"users" does not exist' in err and "Traceback" not in err
-    code, out, err = _run(capsys, "key", "show", "alice@example.org")
+    code, out, err = run(capsys, "key", "show", "alice@example.org")
     assert (code, out) == (1, "") and err.startswith("hato: the PostgreSQL store failed: ")
     with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
         migrate(conn)
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough passphrase\n"))
-    assert _run(capsys, "user", "add", "alice@example.org") == (
+    assert run(capsys, "user", "add", "alice@example.org") == (
         0,
         "added alice@example.org (in the PostgreSQL store)\n",
         "",
     )
-    assert _run(capsys, "user", "list") == (0, "alice@example.org\n", "")
-    assert _run(capsys, "key", "policy", "alice@example.org", "plaintext")[0] == 0
-    code, out, err = _run(capsys, "key", "show", "alice@example.org")
+    assert run(capsys, "user", "list") == (0, "alice@example.org\n", "")
+    assert run(capsys, "key", "policy", "alice@example.org", "plaintext")[0] == 0
+    code, out, err = run(capsys, "key", "show", "alice@example.org")
     assert (code, out, err) == (
         1,
         "",
         "hato: no key for alice@example.org (see: hato key import alice@example.org FILE)\n",
     )
-    assert _run(capsys, "user", "remove", "alice@example.org")[0] == 0
-    assert _run(capsys, "user", "list") == (0, "", "")
+    assert run(capsys, "user", "remove", "alice@example.org")[0] == 0
+    assert run(capsys, "user", "list") == (0, "", "")
 
 
 def test_an_unreachable_store_is_exit_75_for_user_and_key(
@@ -90,7 +75,7 @@ def test_an_unreachable_store_is_exit_75_for_user_and_key(
     dsn = f"postgresql://hato@127.0.0.1:{free_port()}/hato?connect_timeout=2"
     _workdir(tmp_path, monkeypatch, dsn, secret)
     for argv in (("user", "list"), ("key", "show", "alice@example.org")):
-        code, out, err = _run(capsys, *argv)
+        code, out, err = run(capsys, *argv)
         assert (code, out) == (75, ""), err
         assert err.startswith("hato: store.dsn: the PostgreSQL store is unreachable: ")
 
@@ -107,7 +92,7 @@ def test_held_users_are_listed_and_released_on_the_shared_store(
     _workdir(tmp_path, monkeypatch, pg_dsn, postgres.password_file)
     with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
         migrate(conn)
-        assert _run(capsys, "user", "held") == (
+        assert run(capsys, "user", "held") == (
             0,
             "",
             "no user is held (in the PostgreSQL store)\n",
@@ -120,13 +105,13 @@ def test_held_users_are_listed_and_released_on_the_shared_store(
         conn.execute(
             "INSERT INTO sent (\"user\", minute, recipients) VALUES ('bob@example.org', 1, 9)"
         )
-        assert _run(capsys, "user", "held") == (
+        assert run(capsys, "user", "held") == (
             0,
             "alice@example.org held until released (hold_time = 0)\n"
             "bob@example.org held until 2100-01-01T00:00:00+00:00\n",
             "",
         )
-        code, out, err = _run(capsys, "user", "release", "Bob@Example.org")
+        code, out, err = run(capsys, "user", "release", "Bob@Example.org")
         assert (code, out) == (
             0,
             "released bob@example.org: their mail is accepted again (in the PostgreSQL store)\n",
@@ -135,7 +120,7 @@ def test_held_users_are_listed_and_released_on_the_shared_store(
         held = conn.execute('SELECT "user" FROM send_accounts ORDER BY "user"').fetchall()
         assert held == [("alice@example.org",), ("old@example.org",)]
         assert conn.execute("SELECT recipients FROM sent").fetchall() == [(0,)]  # spike count
-        code, out, err = _run(capsys, "user", "release", "bob@example.org")
+        code, out, err = run(capsys, "user", "release", "bob@example.org")
         assert (code, out) == (1, "")
         assert err == (
             "hato: bob@example.org is not held (in the PostgreSQL store; see: hato user held);"
@@ -156,7 +141,7 @@ def test_auth_blocks_are_listed_and_lifted_on_the_shared_store(
     _workdir(tmp_path, monkeypatch, pg_dsn, postgres.password_file)
     with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
         migrate(conn)
-    assert _run(capsys, "user", "blocked") == (
+    assert run(capsys, "user", "blocked") == (
         0,
         "",
         "no client is blocked for failed AUTHs (in the PostgreSQL store)\n",
@@ -167,12 +152,12 @@ def test_auth_blocks_are_listed_and_lifted_on_the_shared_store(
         node = PgAuthThrottle(clock, AuthThrottleSettings(max_failures=2, block_time=60), pool)
         node.record_failure("192.0.2.7", "bob@example.org")
         assert node.record_failure("192.0.2.7", "bob@example.org").blocked
-        assert _run(capsys, "user", "blocked") == (
+        assert run(capsys, "user", "blocked") == (
             0,
             "192.0.2.7 blocked until 2100-01-01T00:01:00+00:00\n",
             "",
         )
-        code, out, err = _run(capsys, "user", "unblock", "192.0.2.7")
+        code, out, err = run(capsys, "user", "unblock", "192.0.2.7")
         assert (code, out) == (
             0,
             "unblocked 192.0.2.7: it may authenticate again at once (in the PostgreSQL store)\n",
@@ -180,7 +165,7 @@ def test_auth_blocks_are_listed_and_lifted_on_the_shared_store(
         assert "event=admin-unblock client=192.0.2.7" in ADMIN_LOG[-1]
         assert not node.blocked("192.0.2.7")  # the node that blocked it asks the store
         assert not node.record_failure("192.0.2.7", "bob@example.org").blocked  # counts anew
-        code, out, err = _run(capsys, "user", "unblock", "192.0.2.8")
+        code, out, err = run(capsys, "user", "unblock", "192.0.2.8")
         assert (code, out) == (1, "")
         assert err == (
             "hato: 192.0.2.8 is not blocked (in the PostgreSQL store; see: hato user blocked);"

@@ -1,12 +1,14 @@
 """One log line for each thing an admin changes, in the server's own log when it runs.
 
 Every state-changing command (`hato user add|passwd|remove|release|unblock`, `hato key
-import|remove|policy|encrypt-existing`, `hato queue hold|release|flush|delete|bounce`) records
-one `event=admin-...` line naming the action and its object, never a password or key material,
-with the uid that ran the command. With the server running, the line goes to its log through
-the control socket (`{"op": "admin.log"}`; the queue and user ops log their own); with it
-stopped, or a server that does not take the op, the command writes it on its stderr, formatted
-as the server formats its log ([server] log_format).
+import|remove|policy|encrypt-existing|wkd-export`, `hato dkim keygen`, `hato queue
+hold|release|flush|delete|bounce`, `hato store migrate|copy`, `hato reload`, `hato tls renew`,
+`hato report send`) records one `event=admin-...` line naming the action and its object, never
+a password or key material, with the uid that ran the command. With the server running, the
+line goes to its log through the control socket (`{"op": "admin.log"}`; the queue, user,
+reload, tls and report ops log their own, server/control.py); with it stopped, or a server
+that does not take the op, the command writes it on its stderr, formatted as the server
+formats its log ([server] log_format).
 
 The uid is the one the command was started with (hato.cli.stderrlog).
 

@@ -5,7 +5,9 @@ server's user: started as root, the command writes it as that user); the TXT rec
 publish is printed. The server signs with the key of each domain's `dkim_selector` (default
 "hato") once the file exists (at the next start). Rotation: make a key with a new selector,
 publish its record, wait for DNS, set `dkim_selector` to it and restart; keep the old record
-published a few days for mail still in transit.
+published a few days for mail still in transit. The new key is logged (`admin-dkim-keygen`:
+domain, selector, algorithm, file; never the key) in the running server's log, else on stderr
+(hato.cli.audit).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hato.cli.audit import record
 from hato.cli.datadir import add_init_flag, data_dir_of
 from hato.cli.errors import CommandError
 from hato.cli.options import load
@@ -38,7 +41,8 @@ def keygen(args: argparse.Namespace) -> int:
     )
     data_dir = data_dir_of(loaded, init=args.init)  # as the server's user: it must read the key
     path = data_dir / "dkim" / domain.name.lower() / f"{selector}.key"
-    if path.exists() and not args.force:
+    replaced = path.exists()
+    if replaced and not args.force:
         raise CommandError(f"{path} exists; pick another --selector (rotation) or add --force")
     private_pem, txt = generate_key(algorithm)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -49,6 +53,10 @@ def keygen(args: argparse.Namespace) -> int:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    from hato.model import logfmt
+
+    facts = {"domain": domain.name, "selector": selector, "algorithm": args.algorithm}
+    record(loaded, logfmt("admin-dkim-keygen", **facts, path=path, replaced=replaced))
     print(f"wrote {path}")
     print("publish this TXT record:")
     # RFC 1035 §3.3.14 / RFC 6376 §3.6.2.2: one TXT string holds at most 255 octets; longer

@@ -2,7 +2,8 @@
 DATA_DIR/keys.db, and encryption of mail already in their Maildir.
 
 Each change is logged (`admin-key-import|remove|policy|encrypt-existing user=...`: the key's
-fingerprint, never the key) in the running server's log, else on stderr (hato.cli.audit).
+fingerprint, never the key; `admin-key-wkd-export`: the directory and how many files) in the
+running server's log, else on stderr (hato.cli.audit).
 
 Must not import anything of hato at module level but hato.cli.
 """
@@ -172,6 +173,9 @@ def wkd_export(args: argparse.Namespace) -> int:
         written = export_wkd(keys, args.directory)
     except OSError as exc:
         raise CommandError(f"cannot write {args.directory}: {exc.strerror or exc}") from None
+    from hato.model import logfmt
+
+    record(loaded, logfmt("admin-key-wkd-export", directory=args.directory, files=len(written)))
     print(f"wrote {len(written)} files under {args.directory}")
     return 0
 

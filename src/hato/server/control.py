@@ -217,21 +217,8 @@ class ControlServer:
             return {"hostname": self._hostname, "domain": self._domain, "pid": os.getpid()}
         if op == "status":
             return await self._status()
-        if op == "reload":  # boot.reload: waits for the outcome
-            if self._reload is None:
-                raise RequestError("reload: not available in this server")
-            return {"reload": await self._reload()}
-        if op == "tls.renew":
-            if self._renew is None:
-                raise RequestError("tls renew: no [tls] acme configured")
-            certificate = await self._renew()
-            if "error" in certificate:
-                raise RequestError(f"tls renew: the order failed: {certificate['error']}")
-            return {"certificate": certificate}
-        if op == "reports.send":
-            if self._reports is None:
-                raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
-            return {"reports": await self._reports(request.get("now") is True)}
+        if op in ("reload", "tls.renew", "reports.send"):
+            return await self._on_server(op, request.get("now") is True)
         if op == "admin.log":
             try:
                 adminlog.log_sent(request)
@@ -260,6 +247,33 @@ class ControlServer:
         if action in (Action.FLUSH, Action.RELEASE) and result.rows:
             self._runner.wake()
         return {"result": as_json(result)}
+
+    async def _on_server(self, op: str, now: bool) -> dict[str, Any]:
+        """`hato reload`, `hato tls renew`, `hato report send`: each logged with the peer's
+        uid (`admin-reload|tls-renew|report-send`, adminlog.py), whatever came of it."""
+        if op == "reload":  # boot.reload: waits for the outcome
+            if self._reload is None:
+                raise RequestError("reload: not available in this server")
+            outcome = await self._reload()
+            changed = ",".join(outcome.get("changed", [])) or None
+            applied = bool(outcome.get("applied"))
+            adminlog.admin_log(logfmt("admin-reload", applied=applied, changed=changed))
+            return {"reload": outcome}
+        if op == "tls.renew":
+            if self._renew is None:
+                raise RequestError("tls renew: no [tls] acme configured")
+            certificate = await self._renew()
+            facts = {k: certificate.get(k) for k in ("serial", "not_after", "error")}
+            adminlog.admin_log(logfmt("admin-tls-renew", **facts))  # None: left out
+            if "error" in certificate:
+                raise RequestError(f"tls renew: the order failed: {certificate['error']}")
+            return {"certificate": certificate}
+        if self._reports is None:
+            raise RequestError("report send: [reports] is not enabled (docs/reports.md)")
+        reports = await self._reports(now)
+        counts = {"sent": len(reports["sent"]), "skipped": len(reports["skipped"])}
+        adminlog.admin_log(logfmt("admin-report-send", now=now, **counts))
+        return {"reports": reports}
 
     def _on_policy(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         """`hato user held|release|blocked|unblock` (policy/admin.py)."""

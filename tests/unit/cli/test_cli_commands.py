@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hato.accounts import UserStore
-from hato.cli import main
 from hato.model import Address
+from kit.commands import ADMIN_LOG, run
 from kit.config import CLI, command_workdir
 
 
@@ -24,21 +24,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The exit code, stdout and stderr of `hato ARGV`, but for the `admin-*` lines a change
-    logs on stderr with no server running (kept in ADMIN_LOG: tests/integration/
-    test_admin_audit_log.py checks them)."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    lines = err.splitlines(keepends=True)
-    ADMIN_LOG.extend(line for line in lines if ADMIN_EVENT in line)
-    return code, out, "".join(line for line in lines if line not in ADMIN_LOG)
-
-
-ADMIN_LOG: list[str] = []
-ADMIN_EVENT = " INFO hato.cli: event=" + "admin-"  # split: no event name to grep for
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

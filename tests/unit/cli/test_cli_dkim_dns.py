@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from dnsserver import DnsTestServer
 from hato.authcheck import load_signing_key
-from hato.cli import main
+from kit.commands import ADMIN_LOG, run
 from kit.config import CLI, command_workdir
 
 
@@ -26,18 +27,17 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns_server: DnsTest
     return command_workdir(tmp_path, monkeypatch, CLI + dns)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_keygen_writes_a_private_key_and_prints_its_record(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "dkim", "keygen", "example.org", "--algorithm", "ed25519")
     assert (code, err) == (0, "")
     key_file = workdir / "data" / "dkim" / "example.org" / "hato.key"
+    # hato.cli.audit: the new key is logged (no server runs: on stderr), never its contents.
+    assert ADMIN_LOG[-1].endswith(
+        " event=admin-dkim-keygen domain=example.org selector=hato algorithm=ed25519 "
+        f"path={key_file} replaced=False uid={os.getuid()}\n"
+    )
     assert key_file.stat().st_mode & 0o777 == 0o600
     txt = load_signing_key(key_file.read_bytes()).dns_txt()
     assert f'hato._domainkey.example.org. IN TXT "{txt}"' in out
@@ -46,6 +46,9 @@ def test_keygen_writes_a_private_key_and_prints_its_record(
     assert code == 1 and "exists" in err
     code, out, _ = run(capsys, "dkim", "keygen", "example.org", "--selector", "s2")
     assert code == 0 and 'set dkim_selector = "s2"' in out
+    assert " selector=s2 algorithm=rsa " in ADMIN_LOG[-1]
+    assert run(capsys, "dkim", "keygen", "example.org", "--force")[0] == 0
+    assert f"path={key_file} replaced=True " in ADMIN_LOG[-1]
 
 
 def test_keygen_refuses_a_foreign_domain(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,7 @@ from hato.crypto import (
 from hato.crypto.wkd import export_wkd, wkd_app
 from hato.crypto.wkdhash import advanced_url, direct_url
 from hato.model import Address
+from kit.commands import ADMIN_LOG, run
 from kit.config import command_workdir
 from kit.cryptokeys import MESSAGE, NOW, Gpg, Smime, need
 
@@ -235,6 +236,11 @@ def test_hato_key_commands(
     assert "2 encrypted, 0 already encrypted, 0 failed" in capsys.readouterr().out
     stored = files(tmp_path / "data/mailboxes/example.org/carol")
     assert len(stored) == 2 and not set(stored.values()) & set(originals.values())
+    code, out, _ = run(capsys, "key", "wkd-export", str(tmp_path / "wkd"))
+    assert code == 0 and out == f"wrote 0 files under {tmp_path / 'wkd'}\n"  # S/MIME: none
+    assert ADMIN_LOG[-1].endswith(
+        f" event=admin-key-wkd-export directory={tmp_path / 'wkd'} files=0 uid={os.getuid()}\n"
+    )
     assert main(["key", "remove", "carol@example.org"]) == 0
     assert main(["key", "show", "carol@example.org"]) == 1
 
