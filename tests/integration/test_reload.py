@@ -10,6 +10,7 @@ import ssl
 import time
 from pathlib import Path
 
+import dkim  # type: ignore[import-untyped]
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
@@ -152,3 +153,50 @@ def test_hato_reload_with_no_server_says_so(workdir: Path) -> None:
     done = server.hato("reload")
     assert done.returncode == 75
     assert done.stderr.startswith("hato: no server answers on ")
+
+
+def test_hato_reload_signs_with_a_dkim_key_made_while_running(tmp_path: Path) -> None:
+    """`hato dkim keygen` then `hato reload`: the next message our users send is signed with
+    the new key, no restart (boot/reload.py reads the DKIM keys again at every reload); a
+    rollover to a new selector takes a reload too."""
+    server = HatoServer(tmp_path / "data", MailSetup(domains=(DomainSetup("example.org"),)))
+    server.start()
+    try:
+
+        def send(marker: str) -> bytes:
+            text = (
+                f"From: <root@example.org>\r\nTo: <postmaster@example.org>\r\nSubject: x\r\n"
+                f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhi\r\n"
+            )
+            done = server.sendmail(["-f", "root@example.org", "postmaster"], text.encode())
+            assert done.returncode == 0, done.stderr
+            box = server.mailbox("postmaster", "example.org")
+            (found,) = maildir.wait_for_marker(box, marker, 20)
+            return found.read_bytes()
+
+        assert b"DKIM-Signature:" not in send("before-key")
+        keygen = server.hato("dkim", "keygen", "example.org")
+        assert keygen.returncode == 0, keygen.stderr
+        record = "".join(keygen.stdout.splitlines()[-1].split('"')[1::2]).encode()
+        assert b"DKIM-Signature:" not in send("key-not-read-yet")
+        reloaded = server.hato("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        signed = send("after-reload")
+        assert b"d=example.org;" in signed and b"s=hato;" in signed, signed[:600]
+        assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record)
+        # A rollover: a key for a new selector, then dkim_selector set to it and a reload.
+        keygen = server.hato("dkim", "keygen", "example.org", "--selector", "s2")
+        assert keygen.returncode == 0, keygen.stderr
+        assert 'set dkim_selector = "s2" in [[domain]] example.org and run' in keygen.stdout
+        record = "".join(keygen.stdout.splitlines()[-2].split('"')[1::2]).encode()
+        text = server.config.read_text()
+        domain = '[[domain]]\nname = "example.org"\n'
+        assert domain in text
+        server.config.write_text(text.replace(domain, domain + 'dkim_selector = "s2"\n'))
+        reloaded = server.hato("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        rolled = send("after-rollover")
+        assert b"d=example.org;" in rolled and b"s=s2;" in rolled, rolled[:600]
+        assert dkim.verify(rolled, dnsfunc=lambda name, timeout=5: record)
+    finally:
+        server.stop()

@@ -3,10 +3,11 @@
 The private key is written to DATA_DIR/dkim/DOMAIN/SELECTOR.key (mode 0600, owned by the
 server's user: started as root, the command writes it as that user); the TXT record to
 publish is printed. The server signs with the key of each domain's `dkim_selector` (default
-"hato") once the file exists (at the next start). Rotation: make a key with a new selector,
-publish its record, wait for DNS, set `dkim_selector` to it and restart; keep the old record
-published a few days for mail still in transit. The new key is logged (`admin-dkim-keygen`:
-domain, selector, algorithm, file; never the key) in the running server's log, else on stderr
+"hato") once the file exists (at the next start or `hato reload`: a reload reads the keys
+again). Rotation: make a key with a new selector, publish its record, wait for DNS, set
+`dkim_selector` to it and run `hato reload`; keep the old record published a few days for
+mail still in transit. The new key is logged (`admin-dkim-keygen`: domain, selector,
+algorithm, file; never the key) in the running server's log, else on stderr
 (hato.cli.audit).
 
 Must not import anything of hato at module level but hato.cli.
@@ -64,7 +65,9 @@ def keygen(args: argparse.Namespace) -> int:
     strings = " ".join(f'"{txt[i : i + 250]}"' for i in range(0, len(txt), 250))
     print(f"{selector}._domainkey.{domain.name}. IN TXT {strings}")
     if selector != domain.dkim_selector:
-        print(f'then set dkim_selector = "{selector}" in [[domain]] {domain.name} and restart')
+        print(
+            f'then set dkim_selector = "{selector}" in [[domain]] {domain.name} and run hato reload'
+        )
     return 0
 
 
