@@ -79,8 +79,9 @@ class OutboundSigner:
     (RFC 7489 §3.1.1), so DMARC fails at the receiver. What may reach this From is bounded
     by the doors: the one a client wrote was checked to be the user's own (headers.py,
     after AUTH and on local submission); only the admin's own milters and rspamd may change
-    it after that, and their result is trusted as the admin's choice. We sign only with keys
-    we hold: a From of a domain we hold none for gets no signature of its domain."""
+    it after that, and their result is trusted as the admin's choice (docs/operations.md
+    "Milters"). We sign only with keys we hold: a From of a domain we hold none for gets no
+    signature of its domain (the envelope sender's signs, when we hold its key)."""
 
     def __init__(self, signers: Mapping[str, DkimSigner]) -> None:
         self._signers = dict(signers)
