@@ -213,3 +213,55 @@ def test_reload_applies_postmaster_and_asks_a_restart_for_send_as(hato: LocalHat
     )
     refused = hato.hato("reload")
     assert refused.returncode == 1 and "local.send_as" in refused.stdout + refused.stderr, refused
+
+
+class TwoDomainHato(LocalHato):
+    """example.test (the first domain) has the account `nobody`, the Unix user's; other.test
+    has an account of the same name, another person's, and an alias delivering to the first."""
+
+    def __init__(self, data_dir: Path) -> None:
+        HatoServer.__init__(
+            self,
+            data_dir,
+            MailSetup(
+                domains=(
+                    DomainSetup("example.test", users=("alice", "nobody")),
+                    DomainSetup(
+                        "other.test",
+                        users=("nobody",),
+                        aliases=(("help", ("nobody@example.test",)),),
+                    ),
+                )
+            ),
+        )
+        self.submit_socket = self.work / "run" / "submit.sock"
+
+
+def test_a_unix_user_is_its_account_in_the_first_domain_only(workdir: Path) -> None:
+    """RFC 6409 §6.1: the Unix user `nobody` is nobody@example.test (the first domain, which
+    -f and the From hato-sendmail adds default to): it may not send as nobody@other.test, an
+    account of the same name in another domain (another person's), in the envelope or in
+    From; an alias of other.test that delivers to nobody@example.test is its own."""
+    hato = TwoDomainHato(workdir / "data")
+    hato.start()
+    try:
+        message = b"From: %s\nSubject: %s\n\nx\n"
+        for sender, header in (
+            (b"nobody@other.test", b"nobody@example.test"),
+            (b"nobody@example.test", b"nobody@other.test"),
+        ):
+            code, err = sendmail_as_nobody(
+                hato.config, ["-f", sender.decode(), "alice"], message % (header, b"as other")
+            )
+            assert code == 69 and "553 5.7.1" in err, (code, err)
+        for sender in (b"nobody@example.test", b"help@other.test"):
+            code, err = sendmail_as_nobody(
+                hato.config, ["-f", sender.decode(), "alice"], message % (sender, sender)
+            )
+            assert code == 0, err
+        alice = hato.mailbox("alice", "example.test")
+        assert _wait_text(alice, b"Subject: help@other.test", 15)
+        assert _wait_text(alice, b"Subject: nobody@example.test", 15)
+        assert not _wait_text(alice, b"as other", 1)
+    finally:
+        hato.stop()

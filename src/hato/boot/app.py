@@ -173,7 +173,7 @@ def _background(
         max_message_size=settings.limits.max_message_size,
         senders=SenderPolicy(
             shared.resolver,
-            [d.name for d in settings.domains],
+            settings.domains[0].name,
             server_uid=os.geteuid(),
             grants=settings.local.send_as,
         ),

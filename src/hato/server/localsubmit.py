@@ -5,9 +5,10 @@ peer's uid (SO_PEERCRED) on the submission socket, the file's owner in the maild
 submission port, an identity may only send as its own addresses (`SenderPolicy`):
 
 - root and the user the server runs as may use any address (they could write the queue anyway);
-- a Unix user whose name is an account's local part may use what that account may: the
-  address in any of our domains, its +tag forms, the aliases delivering to it
-  (``RecipientResolver.owns``);
+- a Unix user is the account of its name in the server's first domain (the one -f and the
+  From hato-sendmail adds default to) and may use what that account may: the address, its
+  +tag forms, the aliases delivering to it in any of our domains (``RecipientResolver.owns``);
+  never an account of the same name in another domain, which is another person's;
 - more by grant: ``[local] send_as = { www-data = ["noreply@example.org"] }``.
 
 The envelope sender (-f) and every address in the header From: are checked (RFC 5321 §3.3 and
@@ -101,14 +102,14 @@ class SenderPolicy:
     def __init__(
         self,
         resolver: Recipients,
-        domains: Sequence[str],
+        domain: str,
         *,
         server_uid: int,
         grants: Mapping[str, Sequence[Address]] | None = None,
         names: Callable[[int], str | None] = login_name,
     ) -> None:
         self._resolver = resolver
-        self._domains = [d.lower() for d in domains]
+        self._domain = domain.lower()
         self._server_uid = server_uid
         self._grants = {k: {_canon(a) for a in v} for k, v in (grants or {}).items()}
         self._names = names
@@ -128,8 +129,10 @@ class SenderPolicy:
             return False  # no peer credentials, or a uid without a name: nobody's addresses
         if _canon(address) in self._grants.get(name, set()):
             return True
-        local = name.lower()
-        return any(self._resolver.owns(Address(local, d), address) for d in self._domains)
+        # RFC 6409 §6.1: the sender must be one the submitting identity may use; the Unix user
+        # is NAME@ the first domain, so alice@ another of our domains (another person's
+        # account) is not hers.
+        return self._resolver.owns(Address(name.lower(), self._domain), address)
 
 
 def _canon(address: Address) -> Address:
