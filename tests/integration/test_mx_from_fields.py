@@ -32,6 +32,8 @@ ZONE: dict[str, dict[str, list[ZoneValue]]] = {
     # bücher.test allows the test client: its mail passes SPF, aligned with its From.
     "xn--bcher-kva.test": {"TXT": ["v=spf1 ip4:127.0.0.1 -all"]},
     "_dmarc.xn--bcher-kva.test": {"TXT": ["v=DMARC1; p=reject"]},
+    # One of our own domains, which publishes p=reject (docs/submission.md).
+    "_dmarc.own.test": {"TXT": ["v=DMARC1; p=reject"]},
 }
 DMARC_REJECT = (550, b"5.7.1")
 
@@ -41,7 +43,12 @@ def checking() -> Iterator[CheckingHato]:
     path = Path(tempfile.mkdtemp(prefix="hato-it-from-"))
     path.chmod(0o755)
     with DnsTestServer(ZONE) as dns:
-        setup = MailSetup(domains=(DomainSetup("example.org", users=("bob",)),))
+        setup = MailSetup(
+            domains=(
+                DomainSetup("example.org", users=("bob",)),
+                DomainSetup("own.test", users=("ceo",)),
+            )
+        )
         server = CheckingHato(path / "data", setup, dns.nameserver)
         server.start()
         try:
@@ -79,6 +86,7 @@ def _send(
         b"no colon here\r\nFrom: <ceo@bank.test>",  # compat32 stops at this line
         "X-é: y\r\nFrom: <ceo@bank.test>".encode(),
         b"From: <x@[192.0.2.1]>, <ceo@bank.test>",  # a bad domain beside it
+        b"From: <ceo@own.test>",  # a stranger on port 25 as one of our own users
     ],
 )
 def test_a_p_reject_domain_among_the_from_domains_is_refused(
@@ -89,6 +97,37 @@ def test_a_p_reject_domain_among_the_from_domains_is_refused(
     assert (
         maildir.find_marker(maildir.messages(checking.mailbox("bob", "example.org")), marker) == []
     )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # RFC 2047 §5: an encoded-word is never an address, but readers decode it and show
+        # "ceo@bank.test"; no domain for DMARC to judge: it was delivered, dmarc=permerror.
+        b"From: =?utf-8?q?ceo=40bank.test?=",
+        b"From: =?utf-8?b?Y2VvQGJhbmsudGVzdA==?=",
+        b'From: "ceo@bank.test" <>',  # a name that reads as an address, and no address
+        b"From: Bank: ;",  # an empty group
+        b"From: " + b"(" * 600 + b"ceo@bank.test",  # comments nested past the parser's depth
+        b"Reply-To: <ceo@bank.test>",  # no From at all (RFC 5322 §3.6: it is required)
+    ],
+)
+def test_a_from_with_no_author_domain_is_refused(checking: CheckingHato, header: bytes) -> None:
+    marker = uuid.uuid4().hex
+    with RawSession(checking.host, checking.port, timeout=30) as session:
+        assert session.reply()[0] == 220
+        assert session.command(b"EHLO client.test")[0] == 250
+        assert session.command(b"MAIL FROM:<a@lenient.test>")[0] == 250
+        assert session.command(b"RCPT TO:<bob@example.org>")[0] == 250
+        assert session.command(b"DATA")[0] == 354
+        marked = maildir.MARKER_HEADER + f": {marker}\r\n\r\nx\r\n.".encode()
+        code, lines = session.command(header + b"\r\nSubject: x\r\n" + marked)
+        assert (code, lines[-1][4:9]) == DMARC_REJECT, lines
+        assert b"From" in lines[-1], lines
+        assert session.command(b"NOOP")[0] == 250  # the session goes on
+    assert checking.wait_for_log(r"event=authcheck .*dmarc=permerror.* refuse=550")
+    box = checking.mailbox("bob", "example.org")
+    assert maildir.find_marker(maildir.messages(box), marker) == []
 
 
 def test_each_from_domain_gets_its_own_verdict_line(checking: CheckingHato) -> None:

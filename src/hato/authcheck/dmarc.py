@@ -125,6 +125,7 @@ class FromProblem(enum.Enum):
     NO_FROM = "no From header"
     NO_ADDRESS = "From header has no address with a domain"
     BAD_DOMAIN = "From domain is not a valid domain name"
+    UNREADABLE = "From header too deeply nested to read"
 
 
 class Rng(Protocol):
@@ -161,7 +162,13 @@ _KEPT_FROM_SIZE = 1024
 
 @functools.lru_cache(maxsize=4096)
 def _author_domains(values: tuple[str, ...]) -> tuple[str, ...] | FromProblem:
-    found = [address.rpartition("@")[2] for _n, address in getaddresses(values) if "@" in address]
+    try:
+        parsed = getaddresses(values)
+    except RecursionError:
+        # RFC 5322 §3.2.2: comments nest; the parser recurses once per level (a few hundred
+        # "(" are enough), so a field nested that deep has no domain we can name.
+        return FromProblem.UNREADABLE
+    found = [address.rpartition("@")[2] for _n, address in parsed if "@" in address]
     found = [domain for domain in found if domain.strip()]
     if not found:
         return FromProblem.NO_ADDRESS

@@ -170,8 +170,16 @@ class InboundChecker:
             self._recorder.record_dmarc(event)
 
     def _decide(self, verdict: InboundVerdict, dmarc: DmarcResult | FromProblem) -> InboundVerdict:
-        if isinstance(dmarc, FromProblem) or self._enforcement is Enforcement.REPORT:
+        if self._enforcement is Enforcement.REPORT:
             return verdict
+        if isinstance(dmarc, FromProblem):
+            # RFC 7489 §6.6.1 leaves a message with no Author Domain to local policy. Readers
+            # still show a sender (an encoded-word decoded, RFC 2047 §5 forbids it in an
+            # address; a bare name), which no DMARC policy could vouch for: a spoof of a
+            # p=reject domain would pass. RFC 5322 §3.6: a From with a mailbox is required.
+            if self._enforcement is Enforcement.POLICY:
+                return replace(verdict, refuse=no_author(dmarc))
+            return replace(verdict, quarantine=True)
         if dmarc.status is DmarcStatus.TEMPERROR and dmarc.disposition is not DmarcPolicy.NONE:
             # RFC 7208 §8.6 / RFC 7489 §11.2: a temporary DNS error decides nothing for good;
             # what a failure would reject or quarantine is deferred, never refused with 5xx.
@@ -272,6 +280,12 @@ class InboundChecker:
         return await evaluate(
             author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
         )
+
+
+def no_author(problem: FromProblem) -> Reply:
+    """The refusal of a message whose From names no domain DMARC could judge (RFC 3463 X.7.1:
+    delivery not authorized, as a DMARC reject)."""
+    return Reply(550, "5.7.1", f"Message refused: {problem.value} (RFC 5322 section 3.6.2)")
 
 
 async def _ready(result: SpfResult) -> SpfResult:
