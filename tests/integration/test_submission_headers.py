@@ -191,3 +191,23 @@ def test_sender_and_resent_fields_owned_are_accepted(
     shared_submission: HatoServer, test_ca: TestCA, header: bytes
 ) -> None:
     assert _submit(shared_submission, test_ca, _message(header, uuid.uuid4().hex))[0] == 250
+
+
+# ---- hostile input: a field the address parser cannot read --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # RFC 5322 §3.2.2: comments nest; past the parser's depth the field has no address we
+        # can read (it was an internal error: 421, the session cut).
+        b"From: " + b"(" * 600 + b"alice@users.test",
+        b"From: alice@users.test\r\nSender: alice@users.test " + b"(" * 600,
+    ],
+)
+def test_a_sender_field_nested_too_deep_to_read_is_refused(
+    shared_submission: HatoServer, test_ca: TestCA, header: bytes
+) -> None:
+    marker = uuid.uuid4().hex
+    assert _submit(shared_submission, test_ca, _message(header, marker)) == NOT_OWNED
+    _assert_never_delivered(shared_submission, test_ca, marker)

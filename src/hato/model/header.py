@@ -100,9 +100,16 @@ def malformed_lines(header_block: bytes) -> list[int]:
 
 def field_addresses(fields: Iterable[HeaderField]) -> list[str]:
     """The addr-specs of address fields (RFC 5322 §3.4), every group member included; "" for
-    an entry that has none (which no one owns)."""
-    values = [field.text() for field in fields]
-    return [address for _name, address in getaddresses(values)] if values else []
+    an entry that has none (which no one owns), and for a field nested too deep to read."""
+    addresses: list[str] = []
+    for field in fields:
+        try:
+            addresses.extend(address for _name, address in getaddresses([field.text()]))
+        except RecursionError:
+            # RFC 5322 §3.2.2: comments nest, and the parser recurses once per level (a few
+            # hundred "(" are enough): what it cannot read names no address of anyone's.
+            addresses.append("")
+    return addresses
 
 
 def named(fields: Sequence[HeaderField], *names: bytes) -> list[HeaderField]:
