@@ -130,6 +130,25 @@ def test_a_from_with_no_author_domain_is_refused(checking: CheckingHato, header:
     assert maildir.find_marker(maildir.messages(box), marker) == []
 
 
+def test_a_from_naming_more_domains_or_text_than_dmarc_judges_is_refused(
+    checking: CheckingHato,
+) -> None:
+    # Each From domain costs DMARC one or two DNS look-ups: 40 of them in a field (a 256 KiB
+    # header section holds thousands) were all looked up, for one message of a stranger's.
+    marker = uuid.uuid4().hex
+    header = b"From: " + b", ".join(b"a@d%d.flood.test" % n for n in range(40))
+    code, text = _send(checking, header, marker)
+    assert (code, text) == DMARC_REJECT
+    assert checking.wait_for_log(r"event=authcheck .*dmarc=permerror.* refuse=550")
+    # Nor is a From longer than 4 KiB parsed: 256 KiB of groups took seconds of the loop.
+    header = b"From: " + b"\r\n ".join([b"g:a@b.test;" * 50] * 340)  # folded: 187 KB
+    assert _send(checking, header, uuid.uuid4().hex) == DMARC_REJECT
+    assert checking.wait_for_log(r"event=authcheck .*dmarc=permerror.* refuse=550")
+    # A few authors, each domain judged, are still fine (RFC 7489 §6.6.1).
+    header = b"From: " + b", ".join(b"a@d%d.few.test" % n for n in range(10))
+    assert _send(checking, header, uuid.uuid4().hex)[0] == 250
+
+
 def test_each_from_domain_gets_its_own_verdict_line(checking: CheckingHato) -> None:
     marker = uuid.uuid4().hex
     header = b"From: <a@lenient.test>\r\nFrom: <b@Lenient.TEST.>, <c@example.org>"

@@ -163,9 +163,22 @@ def test_a_senders_from_is_read_once_and_a_long_one_is_not_kept() -> None:
     for _ in range(3):
         assert from_domains([("From", "Bench <bench@sender.example>")]) == ("sender.example",)
     assert (kept.cache_info().misses, kept.cache_info().hits) == (1, 2)
-    long = ", ".join(f"user{n} <u{n}@d{n}.example>" for n in range(100))
-    assert from_domains([("From", long)]) == tuple(f"d{n}.example" for n in range(100))
+    long = ", ".join(f"user{n} {'x' * 200} <u{n}@d{n}.example>" for n in range(10))
+    assert from_domains([("From", long)]) == tuple(f"d{n}.example" for n in range(10))
     assert kept.cache_info().currsize == 1
+
+
+def test_a_from_naming_too_many_domains_or_too_long_is_not_parsed() -> None:
+    # RFC 7489 §6.6.1: each domain a policy look-up; more than MAX_AUTHOR_DOMAINS is refused.
+    many = ", ".join(f"a@d{n}.example" for n in range(dmarc_module.MAX_AUTHOR_DOMAINS + 1))
+    assert from_domains([("From", many)]) is FromProblem.TOO_MANY
+    # Past MAX_FROM_SIZE the field is not parsed at all (seconds of the event loop).
+    groups = "g:a@b;" * (dmarc_module.MAX_FROM_SIZE // 6 + 1)
+    assert from_domains([("From", groups)]) is FromProblem.TOO_LONG
+    two = [("From", "a@b.example"), ("From", " " * dmarc_module.MAX_FROM_SIZE)]
+    assert from_domains(two) is FromProblem.TOO_LONG
+    # Nested past the parser's depth: no domain to judge, not a RecursionError.
+    assert from_domains([("From", "(" * 600 + "a@b.example")]) is FromProblem.UNREADABLE
 
 
 def _result(status: DmarcStatus, disposition: DmarcPolicy, domain: str) -> DmarcResult:
