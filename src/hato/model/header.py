@@ -26,6 +26,10 @@ from email.utils import getaddresses
 # §4.5 (obs-optional): WSP may stand between the name and the colon.
 _FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+# RFC 5322 §2.1.1 lines are at most 998 octets, but folding lets a field run on for the whole
+# header section, and the address parser's time grows with it (seconds for 256 KiB, and then a
+# look-up per address); a From with its display names fits in a fraction of this.
+MAX_ADDRESS_FIELD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +104,16 @@ def malformed_lines(header_block: bytes) -> list[int]:
 
 def field_addresses(fields: Iterable[HeaderField]) -> list[str]:
     """The addr-specs of address fields (RFC 5322 §3.4), every group member included; "" for
-    an entry that has none (which no one owns), and for a field nested too deep to read."""
+    an entry that has none (which no one owns), and for a field nested too deep to read or
+    longer than MAX_ADDRESS_FIELD."""
     addresses: list[str] = []
     for field in fields:
+        text = field.text()
+        if len(text) > MAX_ADDRESS_FIELD:
+            addresses.append("")  # not parsed: no address of anyone's
+            continue
         try:
-            addresses.extend(address for _name, address in getaddresses([field.text()]))
+            addresses.extend(address for _name, address in getaddresses([text]))
         except RecursionError:
             # RFC 5322 §3.2.2: comments nest, and the parser recurses once per level (a few
             # hundred "(" are enough): what it cannot read names no address of anyone's.
