@@ -214,3 +214,17 @@ def test_a_sender_field_nested_too_deep_to_read_is_refused(
     marker = uuid.uuid4().hex
     assert _submit(shared_submission, test_ca, _message(header, marker)) == NOT_OWNED
     _assert_never_delivered(shared_submission, test_ca, marker)
+
+
+def test_a_header_section_of_thousands_of_sender_fields_is_refused_unread(
+    shared_submission: HatoServer, test_ca: TestCA
+) -> None:
+    """RFC 5322 §3.6: one From, one Sender, a Resent- block per resending. 8,000 Resent-From
+    fields of alice's own address were each parsed and looked up (seconds of the event loop
+    for one message), then accepted."""
+    marker = uuid.uuid4().hex
+    fields = b"From: alice@users.test\r\n" + b"Resent-From: alice@users.test\r\n" * 8000
+    message = _message(fields.removesuffix(b"\r\n"), marker)
+    assert _submit(shared_submission, test_ca, message) == (550, b"5.7.1")
+    assert shared_submission.wait_for_log(r"reason=too-many-originators")
+    _assert_never_delivered(shared_submission, test_ca, marker)

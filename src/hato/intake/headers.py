@@ -23,7 +23,7 @@ from hato.model.header import (
     named,
     split_header_fields,
 )
-from hato.policy import Accept, HeaderFacts, header_decision
+from hato.policy import MAX_ORIGINATOR_FIELDS, Accept, HeaderFacts, header_decision
 
 # Exchange Online's limit too; Postfix keeps 100 KiB (header_size_limit) and cuts the rest.
 MAX_HEADER_BYTES = 256 * 1024
@@ -85,6 +85,13 @@ class HeaderCapture:
         if user is None:
             return HeaderVerdict([])  # mx: DMARC judges the From fields (inbound.py)
         fields = split_header_fields(self.section())
+        originators = len(named(fields, b"From", *_SENDER_FIELDS))
+        if originators > MAX_ORIGINATOR_FIELDS:
+            # Refused before any address is parsed or looked up (policy/relay.py).
+            facts = HeaderFacts(originator_fields=originators)
+            decision = header_decision(facts)
+            assert not isinstance(decision, Accept)
+            return HeaderVerdict([], decision.reply, facts.problem)
         authors = self.authors(fields)
         malformed = malformed_lines(self.section())
         facts = HeaderFacts(

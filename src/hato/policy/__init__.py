@@ -25,6 +25,7 @@ from hato.policy.networks import (
 )
 from hato.policy.ratelimit import LIMITS_DB, Reservation, SendLimiter, SendLimitSettings, SpikeAlert
 from hato.policy.relay import (
+    MAX_ORIGINATOR_FIELDS,
     HeaderFacts,
     RecipientFacts,
     SenderFacts,
@@ -37,6 +38,7 @@ __all__ = [
     "AUTH_BLOCKED",
     "AUTH_FAILED",
     "LIMITS_DB",
+    "MAX_ORIGINATOR_FIELDS",
     "Accept",
     "AuthFailure",
     "AuthThrottle",

@@ -19,6 +19,14 @@ OWN_DOMAIN_ON_MX = Reply(
 )
 NOT_YOUR_SENDER = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 SEVERAL_FROM = Reply(550, "5.7.1", "Message refused: more than one From header field")
+# RFC 5322 §3.6: one From and one Sender; the Resent- fields once per resending (§3.6.6). Each
+# address is parsed and looked up: thousands of fields took seconds of the event loop.
+MAX_ORIGINATOR_FIELDS = 50
+TOO_MANY_ORIGINATORS = Reply(
+    550,
+    "5.7.1",
+    f"Message refused: more than {MAX_ORIGINATOR_FIELDS} From, Sender and Resent- header fields",
+)
 UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
@@ -62,10 +70,13 @@ class HeaderFacts:
     malformed_line: int = 0  # the first line that is no header field (from 1), or 0
     unowned_field: str = ""  # the first of From/Sender/Resent-* naming an address not owned
     from_fields: int = 1
+    originator_fields: int = 0  # From, Sender and Resent-* fields: past the limit, not read
 
     @property
     def problem(self) -> str:
         """The first thing wrong, as the log names it ("" when nothing is)."""
+        if self.originator_fields > MAX_ORIGINATOR_FIELDS:
+            return "too-many-originators"
         if self.malformed_line:
             return "header-malformed"
         if self.unowned_field:
@@ -94,6 +105,9 @@ def header_decision(facts: HeaderFacts) -> Decision:
         case "several-from":
             # RFC 5322 §3.6: exactly one From field; a reader shows one, a check judges another.
             return Reject(SEVERAL_FROM)
+        case "too-many-originators":
+            # RFC 5322 §3.6, §3.6.6: no real message has that many (see MAX_ORIGINATOR_FIELDS).
+            return Reject(TOO_MANY_ORIGINATORS)
     # RFC 6409 §6.1 (as for MAIL FROM): every author and sender address must be the user's;
     # Sender and Resent-* are shown by readers too ("bob on behalf of alice").
     return Reject(
