@@ -38,10 +38,16 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written += len(data)
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return self.closing
 
     def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
         self.closing = True
 
     def pause_reading(self) -> None:

@@ -81,6 +81,9 @@ class FakeTransport:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return self.closing
 

@@ -81,6 +81,9 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
+        # The loop the session runs in, asked once at connect: every `get_running_loop()` is a
+        # getpid(2) in CPython 3.11 (a fork check), and a session asked it two to four times.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.conn = ServerConnection(ctx.settings, tls_active=ctx.implicit_tls)
         self.client_ip = "unknown"
         self.client_port = 0
@@ -108,6 +111,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])
@@ -162,7 +166,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.burst += len(data)
         if self.burst >= BURST and not self.busy and not self.closing and self.transport:
             self.transport.pause_reading()
-            asyncio.get_running_loop().call_soon(self._resume_after_burst)
+            self._loop().call_soon(self._resume_after_burst)
 
     def _resume_after_burst(self) -> None:
         self.burst = 0
@@ -268,7 +272,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         self.busy = True
         if self.transport is not None:
             self.transport.pause_reading()
-        self.task = asyncio.get_running_loop().create_task(self._guard(work), name=name)
+        self.task = self._loop().create_task(self._guard(work), name=name)
 
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -310,7 +314,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         assert self.ctx.tls is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         try:
             new = await loop.start_tls(
                 transport,
@@ -398,8 +402,23 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         if transport is None:
             return
         transport.close()
-        if self.linger is None:
-            self.linger = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+        if self.linger is None and self._lingers(transport):
+            self.linger = self._loop().call_later(CLOSE_GRACE, transport.abort)
+
+    def _lingers(self, transport: asyncio.Transport) -> bool:
+        """Whether the close just asked of `transport` may last: over TLS (its close_notify),
+        during a STARTTLS handshake, or with bytes still to send. A plain TCP transport with
+        nothing to send closes at once (the socket is closed, `connection_lost` comes next
+        turn), so it needs no abort timer (issue 15: a timer made and cancelled per connection)."""
+        return (
+            self.conn.tls_active
+            or self.ctx.implicit_tls
+            or self.busy
+            or transport.get_write_buffer_size() > 0
+        )
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop if self.loop is not None else asyncio.get_running_loop()
 
     # ---- timeouts (RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command) ----
 
@@ -408,7 +427,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         due = min(
             self.last_activity + self.ctx.idle_timeout, self.started + self.ctx.session_timeout
         )
-        self.timer = asyncio.get_running_loop().call_later(max(0.05, due - now), self._on_timer)
+        self.timer = self._loop().call_later(max(0.05, due - now), self._on_timer)
 
     def _on_timer(self) -> None:
         if self.closing:

@@ -35,6 +35,9 @@ class Transport:
     def write(self, data: bytes) -> None:
         self.out += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return False
 
