@@ -13,8 +13,10 @@ Prints microseconds per message, best of five: the event loop thread's CPU (`thr
 the session, the intake steps, the commit hand-off) and the whole process's (with the Maildir
 thread's file work and fsyncs, noisier). `--profile`: cProfile's top list of the loop thread.
 `--pipelined N`: MAIL, N RCPTs (N local accounts) and DATA in one read instead of one command
-a read. Not a test: `.venv/bin/python benchmarks/session_message_bench.py [--profile]
-[--pipelined N]`.
+a read. `--short`: every message in a session of its own (connect, greeting, EHLO, the
+transaction, QUIT, close), as smtp-source's default: the difference to the long session is what
+a session costs around its message. Not a test: `.venv/bin/python
+benchmarks/session_message_bench.py [--profile] [--pipelined N] [--short]`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from hato.server.session import SmtpSession
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "1000"))
 # --pipelined N: MAIL, N RCPTs and DATA in one read (RFC 2920), as most MTAs send them.
+SHORT = "--short" in sys.argv
 PIPELINED = int(sys.argv[sys.argv.index("--pipelined") + 1]) if "--pipelined" in sys.argv else 0
 RECIPIENTS = ["alice"] + [f"user{n}" for n in range(1, PIPELINED)]
 CONFIG = """
@@ -140,7 +143,10 @@ async def reply_of(session: SmtpSession, transport: FakeTransport, data: bytes) 
 
 
 async def messages(ctx: SessionContext, count: int) -> tuple[float, float]:
-    """(loop thread CPU, process CPU) in seconds for `count` messages in one session."""
+    """(loop thread CPU, process CPU) in seconds for `count` messages in one session, or
+    each in its own with `--short`."""
+    if SHORT:
+        return await short_sessions(ctx, count)
     transport = FakeTransport()
     session = SmtpSession(ctx)
     session.connection_made(cast(Any, transport))
@@ -165,6 +171,25 @@ async def messages(ctx: SessionContext, count: int) -> tuple[float, float]:
     await reply_of(session, transport, b"QUIT\r\n")
     session.connection_lost(None)
     return thread, process
+
+
+async def short_sessions(ctx: SessionContext, count: int) -> tuple[float, float]:
+    thread, process = time.thread_time(), time.process_time()
+    for _ in range(count):
+        transport = FakeTransport()
+        session = SmtpSession(ctx)
+        session.connection_made(cast(Any, transport))
+        await reply_of(session, transport, b"EHLO client.example\r\n")
+        await reply_of(session, transport, b"MAIL FROM:<sender@client.example>\r\n")
+        await reply_of(session, transport, b"RCPT TO:<alice@example.org>\r\n")
+        await reply_of(session, transport, b"DATA\r\n")
+        for start in range(0, len(BODY), 4096):
+            session.data_received(BODY[start : start + 4096])
+        last = await reply_of(session, transport, b".\r\n")
+        assert last.startswith(b"250 "), last
+        await reply_of(session, transport, b"QUIT\r\n")
+        session.connection_lost(None)
+    return time.thread_time() - thread, time.process_time() - process
 
 
 async def main(data: Path, profile: bool) -> None:

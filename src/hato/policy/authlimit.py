@@ -27,6 +27,7 @@ May import hato.model only. Time comes from the Clock (monotonic).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -73,8 +74,11 @@ class AuthFailure:
     account_alert: bool = False  # the account's count just reached max_account_failures
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(ip: str) -> str:
-    """The unit a client is counted by: the IPv4 address, or the IPv6 /64."""
+    """The unit a client is counted by: the IPv4 address, or the IPv6 /64. Cached: a
+    submission session asks it at connect (`blocked`), and parsing the address was several
+    µs (issue 15); a text that is no address raises ValueError every time (not cached)."""
     address = ipaddress.ip_address(ip)
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:

@@ -214,3 +214,13 @@ def test_the_file_drops_what_has_passed(clock: FakeClock, tmp_path: Path) -> Non
     assert throttle.sizes() == (1, 0, 0)
     assert throttle.known_clients() == 0
     throttle.close()
+
+
+def test_client_key_cached_answers_as_parsed_and_refuses_every_time() -> None:
+    """`client_key` is cached (issue 15); a cached answer is the parse's, and a text that is no
+    address is refused on every call (an exception is not cached)."""
+    for ip in ("192.0.2.7", "::ffff:192.0.2.7", "2001:db8:0:1::5", "2001:db8:0:1:ffff::1"):
+        assert client_key(ip) == client_key.__wrapped__(ip) == client_key(ip)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            client_key("not an address")

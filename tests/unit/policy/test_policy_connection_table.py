@@ -220,3 +220,13 @@ def test_racing_processes_never_pass_the_limit(tmp_path: Path, same_client: bool
     assert held == 0 and 0 < most <= limit
     check = ConnectionLedger(path, 0)
     assert _count(check, "*") == 0 and _used(check) == 0  # every place given back
+
+
+def test_cached_keys_are_the_computed_ones() -> None:
+    """`_key` is cached (issue 15: a claim and a drop per connection): short and long keys (a
+    digest past 90 octets) are what it computes, every time."""
+    for listener, client in (("mx@127.0.0.1:25", "192.0.2.1"), ("x" * 120, "2001:db8::/64")):
+        computed = connections._key.__wrapped__(listener, client)
+        assert connections._key(listener, client) == computed
+        assert connections._key(listener, client) == computed
+    assert connections._key("x" * 120, "a")[0][0] == 255  # the long form
