@@ -65,6 +65,7 @@ class Cell:
     pg_cpu: float | None
     commits: int | None
     wal: tuple[int, int, int] | None  # the cluster's WAL records, syncs (fsyncs) and bytes
+    statements: tuple[tuple[int, str], ...] = ()  # --statements: (calls, text), most first
 
     @property
     def rate(self) -> float:
@@ -117,6 +118,25 @@ def _counters(postgres: PostgresServer, database: str) -> tuple[int, int, int, i
         ).fetchone()
     assert row is not None
     return int(row[0] or 0), int(row[1]), int(row[2]), int(row[3])
+
+
+def _statements(postgres: PostgresServer, database: str, reset: bool) -> list[tuple[int, str]]:
+    """--statements: the cell's database's statements since the reset, with their calls
+    (pg_stat_statements; BEGIN and COMMIT count as statements of their own)."""
+    import psycopg
+
+    with psycopg.connect(postgres.dsn_of(database), password=PASSWORD, autocommit=True) as c:
+        if reset:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            c.execute("SELECT pg_stat_statements_reset()")
+            return []
+        rows = c.execute(
+            "SELECT calls, query FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE d.datname = %s AND query NOT LIKE '%%pg_stat_statements%%'"
+            " ORDER BY calls DESC",
+            (database,),
+        ).fetchall()
+    return [(int(calls), " ".join(str(query).split())) for calls, query in rows]
 
 
 def _load(nodes: list[ss.BenchHato], sessions: int, messages: int, user: str) -> None:
@@ -184,6 +204,8 @@ def run_cell(
         pg_pids = [postgres.proc.pid] if postgres is not None and postgres.proc else []
         cpu0, pg0 = tree_cpu(pids), tree_cpu(pg_pids)
         counters0 = _counters(postgres, database) if postgres is not None else (0, 0, 0, 0)
+        if postgres is not None and args.statements:
+            _statements(postgres, database, reset=True)
         start = time.monotonic()
         _load(nodes, args.sessions, args.messages, "m")
         _wait(mailboxes, before + args.messages, name)
@@ -191,6 +213,11 @@ def run_cell(
         hato_cpu, pg_cpu = tree_cpu(pids) - cpu0, tree_cpu(pg_pids) - pg0
         time.sleep(1.0)  # PostgreSQL's statistics are flushed within a second of idleness
         counters = _counters(postgres, database) if postgres is not None else None
+        statements = (
+            _statements(postgres, database, reset=False)
+            if postgres is not None and args.statements
+            else []
+        )
     finally:
         for node in nodes:
             node.stop()
@@ -199,8 +226,13 @@ def run_cell(
     wal = None if counters is None else (
         counters[1] - counters0[1], counters[2] - counters0[2], counters[3] - counters0[3]
     )  # fmt: skip
-    cell = Cell(name, args.messages, seconds, hato_cpu, pg_cpu if postgres else None, commits, wal)
+    cell = Cell(
+        name, args.messages, seconds, hato_cpu, pg_cpu if postgres else None, commits, wal,
+        tuple(statements),
+    )  # fmt: skip
     print(cell.row(), file=sys.stderr, flush=True)
+    for calls, query in statements:
+        print(f"    {calls / args.messages:6.3f}/msg  {query[:150]}", file=sys.stderr, flush=True)
     return cell
 
 
@@ -233,6 +265,12 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=35.0, help="seconds before each run")
     parser.add_argument("--only", default=",".join(CELLS), help=f"cells among {CELLS}")
     parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="count every statement a message costs (pg_stat_statements, loaded for the run: "
+        "costs some CPU) and print them per message",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="[server] workers of each node (0: one per CPU)"
     )
     args = parser.parse_args()
@@ -250,7 +288,8 @@ def main() -> int:
     results: list[Cell] = []
     try:
         if bindir is not None:
-            postgres = PostgresServer(work / "pg", bindir)
+            loaded = ("shared_preload_libraries=pg_stat_statements",) if args.statements else ()
+            postgres = PostgresServer(work / "pg", bindir, loaded)
             postgres.start()
         for rnd in range(args.rounds):
             for name in cells:

@@ -36,6 +36,7 @@ from hato.boot.shared import CurrentResolver, Shared
 from hato.boot.stampwatch import process_watch
 from hato.boot.store import (
     directory_cache,
+    kept_keys,
     open_keys,
     open_limiter,
     open_queue,
@@ -143,6 +144,8 @@ class Rooms:
     ledger: ConnectionLedger | None  # with workers: the connection limits of all
     reports: SqliteReportStore | None  # [reports] enabled: what they count (boot/reportwatch)
     heartbeat: Heartbeat | None = None  # [store] postgresql, the first worker: hato status
+    # [store] postgresql: the SMTP RCPT's keys, "no key" kept too (checked at the commit)
+    rcpt_keys: KeyLookup | None = None
 
     async def aclose(self) -> None:
         """After the runner stopped (it writes outcomes through the queue)."""
@@ -253,7 +256,7 @@ async def build_rooms(
     )
     return Rooms(
         shared, queue, keys, maildir, tally, committer, runner, direct, outbound, ledger,
-        reports, heartbeat,
+        reports, heartbeat, kept_keys(shared.keys, cache),
     )  # fmt: skip
 
 
@@ -314,6 +317,7 @@ class Listening:
                 limiter=shared.limiter,
                 dns=shared.dns,
                 keys=rooms.keys,
+                rcpt_keys=rooms.rcpt_keys,  # "no key" kept: checked again at the commit
                 metrics=shared.metrics.role(role),
                 direct=rooms.direct,
                 ids=ids,

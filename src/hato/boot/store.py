@@ -17,7 +17,7 @@ from hato.accounts.authcache import VerifiedCache
 from hato.boot.pgsettings import pg_settings as pg_settings  # re-exported (hato.cli.store)
 from hato.boot.process import EX_CONFIG, EX_TEMPFAIL, StartupError
 from hato.config import Settings
-from hato.crypto import KeyStore
+from hato.crypto import KeyLookup, KeyStore
 from hato.model import Clock
 from hato.model.notified import CHANNEL as DIRECTORY_CHANNEL
 from hato.model.notified import NotifiedCache
@@ -176,6 +176,17 @@ def open_keys(
     from hato.crypto.keystore_pg import PgKeyStore
 
     return PgKeyStore(pool, cache)
+
+
+def kept_keys(keys: KeyStore, cache: NotifiedCache | None) -> KeyLookup | None:
+    """[store] postgresql with its cache: the SMTP session's RCPT view of the keys, whose "no
+    key" is kept too (crypto/keystore_pg.py KeptKeys: the queue checks those mailboxes again
+    in the commit's transaction, intake/message.py); else None (the store's own answers)."""
+    if cache is None:
+        return None
+    from hato.crypto.keystore_pg import KeptKeys, PgKeyStore
+
+    return KeptKeys(keys, cache) if isinstance(keys, PgKeyStore) else None
 
 
 def open_throttle(

@@ -4,7 +4,10 @@
 `hato key` on one node encrypts the user's mail on every node, and WKD on every node serves it.
 In the server a key that is there is kept until any node changes the tables (a `NotifiedCache`,
 model/notified.py, told by LISTEN hato_directory); "no key" and policies are read every time,
-since a stale one would store in the clear the mail of a user who just uploaded a key.
+since a stale one would store in the clear the mail of a user who just uploaded a key. Only
+`KeptKeys`, the SMTP session's RCPT view, keeps "no key" as well: its caller has the queue
+check those recipients again in the commit's own transaction (queue/postgres.py `unkeyed`),
+so a stale "no" costs a 451 for that message, never a copy in the clear.
 
 May import hato.model only (and this room).
 """
@@ -19,7 +22,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from hato.crypto.keys import PublicKey
-from hato.crypto.keystore import KeyStore, canonical
+from hato.crypto.keystore import FailurePolicy, KeyStore, canonical
 from hato.model import Address
 from hato.model.notified import NotifiedCache
 from hato.model.storeerror import StoreError, StoreUnavailable
@@ -69,3 +72,26 @@ class PgKeyStore(KeyStore):
 
 def _is_key(key: PublicKey | None) -> bool:
     return key is not None
+
+
+def _always(key: PublicKey | None) -> bool:
+    return True
+
+
+class KeptKeys:
+    """The RCPT verdict's `KeyLookup` (intake/recipients.py): `get` keeps "no key" too, while
+    LISTEN is in effect and until any notification (model/notified.py). Only for a caller
+    that passes the mailboxes it was told "no key" for to the queue's commit as `unkeyed`,
+    where they are checked again in the commit's transaction: a stale "no" then refuses the
+    message (451 4.7.5) instead of storing it in the clear. Policies are read every time."""
+
+    def __init__(self, store: PgKeyStore, cache: NotifiedCache) -> None:
+        self._store = store
+        self._cache = cache
+
+    def get(self, address: Address) -> PublicKey | None:
+        key = ("keys, no included", canonical(address))  # not the store's own entries
+        return self._cache.get(key, lambda: self._store.get(address), _always)
+
+    def policy(self, address: Address) -> FailurePolicy:
+        return self._store.policy(address)

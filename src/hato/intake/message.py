@@ -16,14 +16,24 @@ recipient the door's added lines go inside, in front of the message that is encr
 is delivered into its Maildirs at once when every recipient of it can have it so
 (intake/direct.py), else committed to the queue. The door answers 250 only when this
 returned the queue ids.
+
+A copy in the clear for mailboxes whose "no key" at RCPT was a kept answer (`tx.unkeyed`: the
+shared PostgreSQL store, crypto/keystore_pg.py KeptKeys) has them checked again: by the
+queue in the commit's own transaction (`unkeyed`, one more statement in the commit's round
+trip), or, before a delivery into the Maildirs that skips the queue, by a fresh look-up. A
+key found then refuses the message, 451 4.7.5, nothing stored: the client sends again, and
+the key encrypts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from typing import Any
 
 from hato.crypto import SealedScratch
+from hato.crypto.keystore import canonical
 from hato.delivery.loops import delivered_to_fields
 from hato.intake.context import IntakeContext
 from hato.intake.direct import SpooledBody
@@ -31,6 +41,8 @@ from hato.intake.protect import protect, sealed_if_keyed
 from hato.intake.recipients import now_utc
 from hato.intake.transaction import Transaction
 from hato.model import Address, Reply, ReversePath
+from hato.model.queuestore import KeyAppeared
+from hato.model.storeerror import StoreUnavailable
 from hato.queue import BodyWriter, QueueWriteError
 
 Copies = list[tuple[BodyWriter, tuple[Address, ...]]]
@@ -83,13 +95,28 @@ async def commit(
     if isinstance(copies, Reply):
         return copies
     forwarded = delivered_to_fields(tx.recipients, ctx.resolver.is_local_domain)
+    again = functools.partial(
+        _sealed_again, ctx, tx, mail_from=mail_from, added=added, params=params, trace=trace,
+        session=session, direct=direct,
+    )  # fmt: skip
     ids: list[str] = []
     for number, (copy, dests) in enumerate(copies):
         rows = tx.rows(dests)
         # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
         # Delivered-To for the aliases that forward it (delivery/loops.py).
         prefix = forwarded + added + trace(copy.queue_id)
+        # A plain body is the one copy; its mailboxes' "no key" may have been kept (a sealed
+        # one's copies were split by fresh look-ups, `protect`).
+        unkeyed = [] if isinstance(body, SealedScratch) else [d for d in dests if d in tx.unkeyed]
+        kept = copy.peek_inline() if unkeyed and copy.inline else None  # the commit takes it
         if direct and ctx.direct is not None and (source := _direct_body(copy)) is not None:
+            if unkeyed:  # never into a Maildir in the clear
+                keyed = _keyed_now(ctx, unkeyed)
+                if isinstance(keyed, Reply):
+                    copy.discard()
+                    return keyed
+                if keyed:
+                    return await again(copy, None)
             # Our own mailboxes get it now; only the rest is queued (intake/direct.py).
             rows = await ctx.direct.deliver(
                 copy.queue_id,
@@ -110,14 +137,63 @@ async def commit(
         try:
             ids.append(
                 await ctx.queue.commit(
-                    copy, mail_from=mail_from, recipients=rows, prefix=prefix, params=params
+                    copy,
+                    mail_from=mail_from,
+                    recipients=rows,
+                    prefix=prefix,
+                    params=params,
+                    unkeyed=[canonical(d) for d in unkeyed],
                 )
             )
+        except KeyAppeared:  # nothing stored (the only copy): sealed, keys asked afresh
+            return await again(copy, kept)
         except QueueWriteError:
             for rest, _ in copies[number + 1 :]:
                 rest.discard()
             raise
     return ids
+
+
+async def _sealed_again(
+    ctx: IntakeContext,
+    tx: Transaction,
+    copy: BodyWriter,
+    kept: bytes | None,
+    **how: Any,
+) -> list[str] | Reply:
+    """A mailbox told "no key" has one now: the message again, from a sealed scratch file, as
+    if its key had been seen at RCPT (`protect` asks every key afresh); `kept`: the inline
+    body the refused commit took, else the body's file."""
+    tx.unkeyed.clear()
+    try:
+        scratch = await asyncio.to_thread(_reseal, ctx.queue.messages_dir, copy, kept)
+    except OSError as exc:
+        return QueueWriteError.from_os(exc, "message scratch file").reply
+    return await commit(ctx, tx, scratch, **how)
+
+
+def _reseal(directory: str, copy: BodyWriter, kept: bytes | None) -> SealedScratch:
+    """`copy`'s body into a new sealed scratch file; `copy` is discarded (blocks: a thread)."""
+    scratch = SealedScratch(directory)
+    try:
+        for chunk in (kept,) if kept is not None else copy.read_back():
+            scratch.write(chunk)
+    except BaseException:
+        scratch.close()
+        raise
+    finally:
+        copy.discard()
+    return scratch
+
+
+def _keyed_now(ctx: IntakeContext, mailboxes: list[Address]) -> bool | Reply:
+    """Whether one of `mailboxes` has a key now (the store's own `get`: its "no" is never
+    kept), or the reply when the store cannot be asked."""
+    assert ctx.keys is not None  # `tx.unkeyed` is filled only with `rcpt_keys`, next to it
+    try:
+        return any(ctx.keys.get(mailbox) is not None for mailbox in mailboxes)
+    except StoreUnavailable as exc:  # RFC 5321 §4.2.2 451 (X.3.0): never a 250 unasked
+        return exc.reply
 
 
 def _direct_body(copy: BodyWriter) -> bytes | SpooledBody | None:

@@ -60,6 +60,18 @@ class QueueWriteError(QueueError):
         return cls(exc.errno, f"{what}: {exc.strerror or exc}")
 
 
+class KeyAppeared(QueueWriteError):
+    """A recipient the message was to be stored in the clear for has a key by the time of
+    the commit (imported on some node while the message came): nothing was stored, and the
+    client is to send again, which the key then encrypts (intake/message.py)."""
+
+    @property
+    def reply(self) -> Reply:
+        # RFC 5321 §4.2.2 451 requested action aborted; RFC 3463 §3.7 X.7.5 cryptographic
+        # failure (as a key under the DEFER policy: crypto/spool.py DEFER_DATA_REPLY).
+        return Reply(451, "4.7.5", "Requested action aborted: try again later")
+
+
 # ---- the runner's rows ----
 
 

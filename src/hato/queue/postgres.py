@@ -18,6 +18,9 @@ Theory of operation (DESIGN.md: 250 means durable, exactly once).
   node's `watch` (postgres_listen.py) wakes its due scan, so an idle node takes the mail at
   once instead of it waiting here for a slot.
   Any failure is QueueWriteError: 451 4.3.0, never 250; nothing of the message stays.
+  A copy stored in the clear on a kept "no key" (`unkeyed`) is checked against the `keys`
+  table in the same transaction: one of them keyed by then, it is refused (KeyAppeared,
+  451 4.7.5) and the rest of the group committed without it.
 - Delivering: the committed message is handed to this node's runner in memory (`wait_fresh`),
   so new mail goes out at once, not after a poll. Due rows are taken with
   `FOR UPDATE SKIP LOCKED` and leased to this node until now + `lease_seconds`; two nodes
@@ -60,7 +63,7 @@ from hato.model import (
     format_path,
     logfmt,
 )
-from hato.model.queuestore import NewMessage, Pending, QueueError, RowUpdate
+from hato.model.queuestore import KeyAppeared, NewMessage, Pending, QueueError, RowUpdate
 from hato.queue.body import BodyWriter, QueueWriteError
 from hato.queue.commit import log_refused, sealed_message
 from hato.queue.ids import QueueIdGenerator, Rng
@@ -69,8 +72,10 @@ from hato.queue.postgres_listen import CHANNEL, Connect, Listener
 from hato.queue.postgres_record import OutcomeWriter, write_outcomes
 from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
+    found_keys,
     fresh_dir,
     insert_message,
+    keys_among,
     message_from_row,
     recipient_from_row,
     row_ids,
@@ -92,6 +97,7 @@ class _Waiting:
     msg: NewMessage
     body: BodyWriter
     future: asyncio.Future[tuple[bool, tuple[int, ...]]]  # (leased here, row ids)
+    unkeyed: frozenset[str]  # must have no key at the commit (protocol.py)
 
 
 class PgQueue(PgAdmin):
@@ -209,6 +215,7 @@ class PgQueue(PgAdmin):
         recipients: Sequence[tuple[Address, Address] | tuple[Address, Address, RecipientDsn]],
         prefix: bytes,
         params: Mapping[str, str | None],
+        unkeyed: Collection[str] = (),
     ) -> str:
         msg = sealed_message(
             body,
@@ -218,7 +225,8 @@ class PgQueue(PgAdmin):
             params=params,
             clock=self._clock,
         )
-        waiting = _Waiting(msg, body, asyncio.get_running_loop().create_future())
+        future = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(msg, body, future, frozenset(unkeyed))
         self._batch.append(waiting)
         async with self._commit_lock:  # group commit: the first waiter writes the batch
             if not waiting.future.done():
@@ -226,11 +234,13 @@ class PgQueue(PgAdmin):
                 await self._write_batch(batch)
         try:
             mine, row_ids = waiting.future.result()
+        except KeyAppeared:
+            raise  # nothing stored; a body file stays the caller's, to seal (protocol.py)
         except QueueWriteError as error:
             log_refused(msg.queue_id, error)
+            body.discard()
             raise
-        finally:
-            body.discard()  # the scratch file: the body is in the database (or refused)
+        body.discard()  # the scratch file: the body is in the database
         self._queued(msg, row_ids, mine)
         return msg.queue_id
 
@@ -241,6 +251,7 @@ class PgQueue(PgAdmin):
         # Pipeline mode (one round trip for the whole group) unless a body goes in chunks:
         # those are sent one at a time, so that no more than a chunk waits in memory.
         inline = all(item.msg.body is not None for item in batch)
+        found: frozenset[str] = frozenset()
         try:
             async with (
                 self._pool.connection() as conn,
@@ -258,9 +269,20 @@ class PgQueue(PgAdmin):
                     )
                     for item in batch
                 ]
+                # Last, so that its snapshot is the newest: a key committed before it is seen.
+                keyed = await keys_among(conn, {a for item in batch for a in item.unkeyed})
                 if not mine:  # delivered at COMMIT only
                     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
                 results = [await row_ids(cursor) for cursor in cursors]
+                if found := await found_keys(keyed):
+                    raise KeyAppeared(None, f"a key was imported for {', '.join(sorted(found))}")
+        except KeyAppeared as appeared:  # rolled back: the others go again, without these
+            for item in batch:
+                if item.unkeyed & found:
+                    item.future.set_exception(appeared)
+            if rest := [item for item in batch if not item.unkeyed & found]:
+                await self._write_batch(rest)
+            return
         except (psycopg.Error, OSError, QueueError) as exc:
             error = write_error(exc, "commit")
             for item in batch:

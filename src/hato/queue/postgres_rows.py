@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,26 @@ async def insert_message(
         f" VALUES {values} RETURNING row_id",
         params,
     )
+
+
+async def keys_among(
+    conn: psycopg.AsyncConnection[Any], addresses: Collection[str]
+) -> psycopg.AsyncCursor[Any] | None:
+    """In a commit's transaction: which of `addresses` (canonical, crypto/keystore.py) have a
+    key in the users' `keys` table, which shares this database (pgstore/schema.py); one
+    statement, sent in the commit's pipeline (no round trip of its own). `found_keys` reads
+    its answer; None when there is nothing to ask."""
+    if not addresses:
+        return None
+    return await conn.execute(
+        "SELECT address FROM keys WHERE address = ANY(%s)", (sorted(addresses),)
+    )
+
+
+async def found_keys(cursor: psycopg.AsyncCursor[Any] | None) -> frozenset[str]:
+    if cursor is None:
+        return frozenset()
+    return frozenset(str(address) for (address,) in await cursor.fetchall())
 
 
 async def row_ids(cursor: psycopg.AsyncCursor[Any]) -> tuple[int, ...]:

@@ -91,13 +91,22 @@ class QueueStore(Protocol):
         recipients: Sequence[RecipientSpec],
         prefix: bytes,
         params: Mapping[str, str | None],
+        unkeyed: Collection[str] = (),
     ) -> str:
         """Make the message durable and return its queue id (only then may a session say 250).
 
         `recipients`: (deliver-to, original RCPT TO[, RFC 3461 NOTIFY/ORCPT]); `params`: the
         MAIL parameters; with HOLD_PARAM among them the rows are committed held (not handed
         to `wait_fresh`, not due until released). Raises QueueWriteError (the body is gone,
-        no row exists)."""
+        no row exists).
+
+        `unkeyed`: the recipients (canonical key-store addresses, crypto/keystore.py) this
+        copy is stored in the clear for on an answer "no key" that may be stale (kept in
+        memory: model/notified.py). A store that holds the users' keys itself (PostgreSQL)
+        checks them in the commit's own transaction and raises KeyAppeared, nothing stored,
+        if one has a key by then (the body's file, if it has one, is left for the caller to
+        read and discard; an inline body is gone); the SQLite queue holds no keys (keys.db
+        is another file, whose answers are never stale) and ignores it."""
         ...
 
     # ---- the runner ----

@@ -230,6 +230,7 @@ class Queue(AdminJobs):
         recipients: Sequence[tuple[Address, Address] | tuple[Address, Address, RecipientDsn]],
         prefix: bytes,
         params: Mapping[str, str | None],
+        unkeyed: Collection[str] = (),
     ) -> str:
         """Make the message durable and return its queue id; only then may the session say 250.
 
@@ -238,6 +239,7 @@ class Queue(AdminJobs):
         `params`: the MAIL parameters (RET and ENVID among them, RFC 3461 §4.3, §4.4).
 
         Raises QueueWriteError (the body is gone, no row exists) if that cannot be done.
+        `unkeyed` is not checked here: the keys are not in this store (protocol.py).
         """
         self._check_open()
         msg = sealed_message(

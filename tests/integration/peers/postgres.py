@@ -19,6 +19,7 @@ import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -46,8 +47,10 @@ class PostgresServer:
 
     name = "postgres"
 
-    def __init__(self, work: Path, bindir: Path) -> None:
+    def __init__(self, work: Path, bindir: Path, settings: Sequence[str] = ()) -> None:
+        """`settings`: more server settings, "name=value" each (passed as -c)."""
         self.work = work
+        self.settings = tuple(settings)
         self.bindir = bindir
         self.data = work / "pgdata"
         self.socket_dir = work / "run"
@@ -157,6 +160,7 @@ class PostgresServer:
                 "max_connections=200",
                 "-c",
                 "shared_buffers=32MB",
+                *(arg for setting in self.settings for arg in ("-c", setting)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._out,
