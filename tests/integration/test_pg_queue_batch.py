@@ -221,3 +221,32 @@ def test_a_due_scan_reads_the_inline_bodies_with_the_rows(dsn: str, tmp_path: Pa
         assert pending.message.body is not None and b"Subject: 1\r\n" in pending.message.body
 
     asyncio.run(main())
+
+
+def test_each_message_of_a_commit_group_gets_its_own_recipients_row_ids(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Messages committing together go in one transaction, in two statements (every message
+    row, then every recipient row: queue/postgres_rows.py), and each message gets back the
+    row ids of its own recipients, in their order."""
+
+    async def main() -> None:
+        queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
+        try:
+            wanted = {n: [f"r{n}-{k}@example.org" for k in range(1 + n % 3)] for n in range(N)}
+            ids = await asyncio.gather(*(commit(queue, n, to) for n, to in wanted.items()))
+            pending = {p.message.queue_id: p for p in await queue.wait_fresh()}
+        finally:
+            await queue.close()
+        with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+            rows = conn.execute("SELECT row_id, address, xmin::text FROM queue_recipients")
+            by_id = {int(row_id): (address, xmin) for row_id, address, xmin in rows}
+        # The first commit found no group running and went alone; the others joined one.
+        xmins = [xmin for _, xmin in by_id.values()]
+        assert max(xmins.count(x) for x in xmins) >= N - 1
+        for n, queue_id in enumerate(ids):
+            given = pending[queue_id].recipients
+            assert [str(r.address) for r in given] == wanted[n]
+            assert [by_id[r.row_id][0] for r in given] == wanted[n]
+
+    asyncio.run(main())

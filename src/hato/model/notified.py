@@ -21,9 +21,11 @@ stale are kept:
   account just added: never kept, an unknown mailbox is asked every time (as before).
 - A user's key only when there is one. A stale key encrypts to the key replaced a moment ago:
   never plaintext. A stale "no key" would store in the clear a message for a user who has just
-  uploaded a key, breaking the promise that not even the admin can read it: never kept. Key
-  policies (what to do when the key cannot be used) are not kept either: a stale "plaintext"
-  would do the same.
+  uploaded a key, breaking the promise that not even the admin can read it: not kept, but for
+  the SMTP session's RCPT (crypto/keystore_pg.py KeptKeys), whose "no" is checked again in
+  the queue's commit transaction before anything is stored (intake/message.py). Key
+  policies (what to do when the key cannot be used) are not kept: a stale "plaintext" would
+  store in the clear too.
 
 A look-up in flight when a notification arrives is not kept (a generation counter, bumped by
 every notification, must be the same before the read and after it): the read may have seen

@@ -74,7 +74,7 @@ from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
     found_keys,
     fresh_dir,
-    insert_message,
+    insert_messages,
     keys_among,
     message_from_row,
     recipient_from_row,
@@ -258,22 +258,17 @@ class PgQueue(PgAdmin):
                 conn.pipeline() if inline else contextlib.nullcontext(),
                 conn.transaction(),
             ):
-                cursors = [
-                    await insert_message(
-                        conn,
-                        item.msg,
-                        item.body,
-                        node_id=self.node_id if mine else None,
-                        lease_until=item.msg.received_at + self.lease_seconds,
-                        held=HOLD_PARAM in item.msg.params,
-                    )
-                    for item in batch
-                ]
+                inserted = await insert_messages(
+                    conn,
+                    [(item.msg, item.body, HOLD_PARAM in item.msg.params) for item in batch],
+                    node_id=self.node_id if mine else None,
+                    lease_seconds=self.lease_seconds,
+                )
                 # Last, so that its snapshot is the newest: a key committed before it is seen.
                 keyed = await keys_among(conn, {a for item in batch for a in item.unkeyed})
                 if not mine:  # delivered at COMMIT only
                     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
-                results = [await row_ids(cursor) for cursor in cursors]
+                results = await row_ids(inserted, [item.msg for item in batch])
                 if found := await found_keys(keyed):
                     raise KeyAppeared(None, f"a key was imported for {', '.join(sorted(found))}")
         except KeyAppeared as appeared:  # rolled back: the others go again, without these

@@ -56,22 +56,36 @@ def recipient_from_row(row: Sequence[Any]) -> QueuedRecipient:
     )
 
 
-async def insert_message(
+_RECIPIENT_COLUMNS = (
+    "queue_id, address, original, status, next_attempt, lease_owner, lease_until, updated_at,"
+    " notify, orcpt"
+)
+_RECIPIENT_TYPES = ("text", "text", "text", "text", "float8", "text", "float8", "float8", "text",
+                    "text")  # fmt: skip
+_MESSAGE_TYPES = ("text", "text", "float8", "bigint", "bytea", "text", "bytea")
+
+
+def _unnest(types: Sequence[str]) -> str:
+    return ", ".join(f"%s::{kind}[]" for kind in types)
+
+
+async def insert_messages(
     conn: psycopg.AsyncConnection[Any],
-    msg: NewMessage,
-    body: BodyWriter,
+    batch: Sequence[tuple[NewMessage, BodyWriter, bool]],
     *,
     node_id: str | None,
-    lease_until: float,
-    held: bool = False,
+    lease_seconds: float,
 ) -> psycopg.AsyncCursor[Any]:
-    """Insert a message, its body (inline, or read back from its scratch file in chunks)
-    and its recipient rows leased to `node_id` (or, `held` or no `node_id`, leased to
-    nobody), in the caller's transaction: two statements for an inline body, which a caller
-    in pipeline mode sends without waiting. The cursor whose rows `row_ids` reads."""
-    await conn.execute(
-        f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
+    """Insert a group's messages (`batch`: each with its body writer and whether it is held),
+    their bodies (inline in the message row, or read back from the scratch file in chunks)
+    and their recipient rows, leased to `node_id` until received + `lease_seconds` (leased to
+    nobody when held or without `node_id`), in the caller's transaction. Two statements
+    whatever the group's size, each column an array unnested (one statement text, so psycopg
+    prepares it once), then a chunked body's rows one at a time: a caller in pipeline mode
+    sends them without waiting. The cursor whose rows `row_ids` reads."""
+    columns: list[list[object]] = [[] for _ in _MESSAGE_TYPES]
+    for msg, _, _ in batch:
+        values = (
             msg.queue_id,
             format_path(msg.mail_from),
             msg.received_at,
@@ -79,39 +93,53 @@ async def insert_message(
             msg.prefix,
             json.dumps(dict(msg.params), separators=(",", ":")),
             msg.body,
-        ),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.execute(
+        f"INSERT INTO queue_messages ({MESSAGE_COLUMNS}, body)"
+        f" SELECT * FROM unnest({_unnest(_MESSAGE_TYPES)})",
+        columns,
     )
-    if msg.body is None:
-        chunks = body.read_back(CHUNK)
-        seq = 0
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            await conn.execute(
-                "INSERT INTO queue_body_chunks (queue_id, seq, data) VALUES (%s, %s, %s)",
-                (msg.queue_id, seq, chunk),
-            )
-            seq += 1
-    # Every recipient in one statement; row_id is a sequence, drawn in the VALUES' order.
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(msg.recipients))
-    params: list[object] = []
-    for address, original, dsn in msg.recipients:
-        params += [
-            msg.queue_id,
-            str(address),
-            str(original),
-            "held" if held else "queued",
-            msg.received_at,
-            None if held else node_id,
-            None if held or node_id is None else lease_until,
-            msg.received_at,
-            dsn.notify_param,
-            dsn.orcpt,
-        ]
+    for msg, body, _ in batch:
+        if msg.body is None:
+            chunks = body.read_back(CHUNK)
+            seq = 0
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                await conn.execute(
+                    "INSERT INTO queue_body_chunks (queue_id, seq, data) VALUES (%s, %s, %s)",
+                    (msg.queue_id, seq, chunk),
+                )
+                seq += 1
+    rows: list[list[object]] = [[] for _ in _RECIPIENT_TYPES]
+    for msg, _, held in batch:
+        owner = None if held else node_id
+        lease_until = None if owner is None else msg.received_at + lease_seconds
+        status = "held" if held else "queued"
+        for address, original, dsn in msg.recipients:
+            row = (msg.queue_id, str(address), str(original), status, msg.received_at, owner,
+                   lease_until, msg.received_at, dsn.notify_param, dsn.orcpt)  # fmt: skip
+            for column, value in zip(rows, row, strict=True):
+                column.append(value)
+    # row_id is a sequence, drawn in the rows' order: a message's ids, sorted, are its
+    # recipients' in order.
     return await conn.execute(
-        "INSERT INTO queue_recipients (queue_id, address, original, status,"
-        " next_attempt, lease_owner, lease_until, updated_at, notify, orcpt)"
-        f" VALUES {values} RETURNING row_id",
-        params,
+        f"INSERT INTO queue_recipients ({_RECIPIENT_COLUMNS})"
+        f" SELECT {_RECIPIENT_COLUMNS} FROM unnest({_unnest(_RECIPIENT_TYPES)})"
+        f" WITH ORDINALITY AS r ({_RECIPIENT_COLUMNS}, n) ORDER BY n RETURNING queue_id, row_id",
+        rows,
     )
+
+
+async def row_ids(
+    cursor: psycopg.AsyncCursor[Any], msgs: Sequence[NewMessage]
+) -> list[tuple[int, ...]]:
+    """The recipient row ids of `insert_messages`, for each of `msgs` in the order of its
+    recipients."""
+    ids: dict[str, list[int]] = {msg.queue_id: [] for msg in msgs}
+    for queue_id, row_id in await cursor.fetchall():
+        ids[queue_id].append(int(row_id))
+    return [tuple(sorted(ids[msg.queue_id])) for msg in msgs]
 
 
 async def keys_among(
@@ -132,11 +160,6 @@ async def found_keys(cursor: psycopg.AsyncCursor[Any] | None) -> frozenset[str]:
     if cursor is None:
         return frozenset()
     return frozenset(str(address) for (address,) in await cursor.fetchall())
-
-
-async def row_ids(cursor: psycopg.AsyncCursor[Any]) -> tuple[int, ...]:
-    """The recipient row ids of `insert_message`, in the order of its recipients."""
-    return tuple(sorted(int(row_id) for (row_id,) in await cursor.fetchall()))
 
 
 async def stream_body(
