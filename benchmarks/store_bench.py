@@ -9,6 +9,7 @@ replica must receive). Not a test.
     .venv/bin/python benchmarks/store_bench.py                       # 20,000 messages a cell
     .venv/bin/python benchmarks/store_bench.py --messages 600 --settle 1   # proves it runs
     ... --only sqlite-1,pg-1 --rounds 3 --sessions 50
+    ... --only pg-1 --statements    # and every statement a message costs (pg_stat_statements)
 
 Every cell sends 10 KiB messages with smtp-source (Postfix's) to an accept-any domain (with
 `--accounts` the recipient is an account there, as most mail's is: the account look-ups answer
