@@ -57,8 +57,9 @@ class IntakeContext:
     postmaster_domain: str = "localhost"  # where a bare <postmaster> is delivered
     limiter: SendLimiter | None = None  # per-user sending limits (authenticated mail)
     keys: KeyLookup | None = None  # users' public keys: their mail is stored encrypted
-    # The RCPT verdict's keys when its "no key" may be kept (the shared PostgreSQL store:
-    # crypto/keystore_pg.py KeptKeys): those mailboxes are checked again at the commit.
+    # The RCPT verdict's keys when its "no key" may come from memory (the shared PostgreSQL
+    # store: crypto/keystore_pg.py KeptKeys); set, the queue's commit asks the keys again in
+    # its own transaction (intake/message.py).
     rcpt_keys: KeyLookup | None = None
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop

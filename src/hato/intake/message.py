@@ -17,18 +17,22 @@ is delivered into its Maildirs at once when every recipient of it can have it so
 (intake/direct.py), else committed to the queue. The door answers 250 only when this
 returned the queue ids.
 
-A copy in the clear for mailboxes whose "no key" at RCPT was a kept answer (`tx.unkeyed`: the
-shared PostgreSQL store, crypto/keystore_pg.py KeptKeys) has them checked again: by the
-queue in the commit's own transaction (`unkeyed`, one more statement in the commit's round
-trip), or, before a delivery into the Maildirs that skips the queue, by a fresh look-up. A
-key found then refuses the message, 451 4.7.5, nothing stored: the client sends again, and
-the key encrypts it.
+A message received in the clear (no recipient had a key at RCPT) has its local mailboxes'
+keys asked again at the commit (a key imported meanwhile is honoured: intake/protect.py
+`sealed_if_keyed`). Where the queue's commit can ask them itself (the shared PostgreSQL
+store, whose `keys` table it shares: the door's `rcpt_keys` is set) and the copy is not
+delivered into the Maildirs before the queue, they are asked there instead, in the commit's
+own transaction (`unkeyed`: one more statement in the commit's round trip, no round trip of
+its own); a key found then stores nothing of the message, which is taken again from a sealed
+scratch file, as if the key had been seen at RCPT (issue 16). Either way the check also
+covers a "no key" the RCPT verdict took from memory (crypto/keystore_pg.py KeptKeys).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +44,11 @@ from hato.intake.direct import SpooledBody
 from hato.intake.protect import protect, sealed_if_keyed
 from hato.intake.recipients import now_utc
 from hato.intake.transaction import Transaction
-from hato.model import Address, Reply, ReversePath
+from hato.model import Address, Reply, ReversePath, logfmt
 from hato.model.queuestore import KeyAppeared
-from hato.model.storeerror import StoreUnavailable
 from hato.queue import BodyWriter, QueueWriteError
+
+log = logging.getLogger("hato.smtpd")
 
 Copies = list[tuple[BodyWriter, tuple[Address, ...]]]
 
@@ -77,14 +82,20 @@ async def commit(
     `trace(queue_id)` the copy's Received line; `direct` lets local copies skip the queue.
     Raises QueueWriteError when a copy could not be queued (the copies after it are
     discarded; those before it are stored, as a client's retry would store them again)."""
+    unkeyed: list[str] = []  # asked by the queue's commit (see the module docstring)
     if isinstance(body, BodyWriter) and ctx.keys is not None:
         # Issue 6: a key imported while the message came (after RCPT found none) is honoured
         # too; the plaintext body is dropped before anything stores it (intake/protect.py).
         mailboxes = [d for d in tx.dests() if ctx.resolver.is_local_domain(d.domain)]
-        moved = await sealed_if_keyed(ctx.keys, body, mailboxes, ctx.queue.messages_dir, session)
-        if isinstance(moved, Reply):
-            return moved
-        body = moved
+        if ctx.rcpt_keys is not None and not (direct and ctx.direct is not None):
+            unkeyed = [canonical(mailbox) for mailbox in mailboxes]
+        else:
+            moved = await sealed_if_keyed(
+                ctx.keys, body, mailboxes, ctx.queue.messages_dir, session
+            )
+            if isinstance(moved, Reply):
+                return moved
+            body = moved
     if isinstance(body, SealedScratch) and added:
         # Issue 6: what the checks and filters added (rspamd's fields, a milter's, which may
         # repeat what the message says) is encrypted with it, in its protected header
@@ -105,18 +116,9 @@ async def commit(
         # RFC 8601 §5 / RFC 6376 §5.6: our headers go on top, as a stored prefix; RFC 9228
         # Delivered-To for the aliases that forward it (delivery/loops.py).
         prefix = forwarded + added + trace(copy.queue_id)
-        # A plain body is the one copy; its mailboxes' "no key" may have been kept (a sealed
-        # one's copies were split by fresh look-ups, `protect`).
-        unkeyed = [] if isinstance(body, SealedScratch) else [d for d in dests if d in tx.unkeyed]
-        kept = copy.peek_inline() if unkeyed and copy.inline else None  # the commit takes it
+        # `unkeyed`: a plain body, the one copy (the commit takes an inline body: kept).
+        kept = copy.peek_inline() if unkeyed and copy.inline else None
         if direct and ctx.direct is not None and (source := _direct_body(copy)) is not None:
-            if unkeyed:  # never into a Maildir in the clear
-                keyed = _keyed_now(ctx, unkeyed)
-                if isinstance(keyed, Reply):
-                    copy.discard()
-                    return keyed
-                if keyed:
-                    return await again(copy, None)
             # Our own mailboxes get it now; only the rest is queued (intake/direct.py).
             rows = await ctx.direct.deliver(
                 copy.queue_id,
@@ -142,7 +144,7 @@ async def commit(
                     recipients=rows,
                     prefix=prefix,
                     params=params,
-                    unkeyed=[canonical(d) for d in unkeyed],
+                    unkeyed=unkeyed,
                 )
             )
         except KeyAppeared:  # nothing stored (the only copy): sealed, keys asked afresh
@@ -161,10 +163,10 @@ async def _sealed_again(
     kept: bytes | None,
     **how: Any,
 ) -> list[str] | Reply:
-    """A mailbox told "no key" has one now: the message again, from a sealed scratch file, as
+    """A mailbox has a key by the commit: the message again, from a sealed scratch file, as
     if its key had been seen at RCPT (`protect` asks every key afresh); `kept`: the inline
     body the refused commit took, else the body's file."""
-    tx.unkeyed.clear()
+    log.info(logfmt("key-since-rcpt", session=how["session"], id=copy.queue_id))
     try:
         scratch = await asyncio.to_thread(_reseal, ctx.queue.messages_dir, copy, kept)
     except OSError as exc:
@@ -184,16 +186,6 @@ def _reseal(directory: str, copy: BodyWriter, kept: bytes | None) -> SealedScrat
     finally:
         copy.discard()
     return scratch
-
-
-def _keyed_now(ctx: IntakeContext, mailboxes: list[Address]) -> bool | Reply:
-    """Whether one of `mailboxes` has a key now (the store's own `get`: its "no" is never
-    kept), or the reply when the store cannot be asked."""
-    assert ctx.keys is not None  # `tx.unkeyed` is filled only with `rcpt_keys`, next to it
-    try:
-        return any(ctx.keys.get(mailbox) is not None for mailbox in mailboxes)
-    except StoreUnavailable as exc:  # RFC 5321 §4.2.2 451 (X.3.0): never a 250 unasked
-        return exc.reply
 
 
 def _direct_body(copy: BodyWriter) -> bytes | SpooledBody | None:

@@ -79,23 +79,20 @@ def _pool(far: bool) -> ThreadPoolExecutor:
 class KeyVerdict:
     keyed: bool  # at least one of the mailboxes has a usable key
     defer_reason: str = ""  # a key cannot be used and its owner's policy is DEFER
-    unkeyed: tuple[Address, ...] = ()  # the mailboxes without a key
 
 
 def recipient_keys(keys: KeyLookup, mailboxes: Sequence[Address], now: dt.datetime) -> KeyVerdict:
     keyed = False
-    unkeyed: list[Address] = []
     for mailbox in mailboxes:
         key = keys.get(mailbox)
         if key is None:
-            unkeyed.append(mailbox)
             continue
         if key.expired(now):
             if keys.policy(mailbox) is FailurePolicy.DEFER:
                 return KeyVerdict(keyed, f"{mailbox}: key {key.fingerprint} expired")
             continue  # PLAINTEXT policy: stored in the clear with a warning header
         keyed = True
-    return KeyVerdict(keyed, unkeyed=tuple(unkeyed))
+    return KeyVerdict(keyed)
 
 
 async def protect(

@@ -161,13 +161,12 @@ def add_recipient(
     """The last RCPT step: the key verdict, the sending limit, then the rows of `given` (the
     address as RCPT TO gave it); None when the recipient is accepted, else the reply refusing
     it (the transaction is unchanged)."""
-    unkeyed: tuple[Address, ...] = ()
     try:
         keys = ctx.rcpt_keys if ctx.rcpt_keys is not None else ctx.keys
         if keys is not None and isinstance(resolution, Local):
+            # A "no key" of `rcpt_keys` may come from memory: the commit asks again
+            # (intake/message.py).
             verdict = recipient_keys(keys, resolution.mailboxes, now_utc(ctx))
-            if ctx.rcpt_keys is not None:  # a kept "no key": checked again at the commit
-                unkeyed = verdict.unkeyed
             if verdict.defer_reason:
                 # Issue 6 key failure policy "defer": the mail waits at the sender (4xx).
                 log.warning(logfmt("key-failure", session=session, detail=verdict.defer_reason,
@@ -187,7 +186,6 @@ def add_recipient(
         log.warning(logfmt("store-unavailable", session=session, error=str(exc)))
         return exc.reply
     tx.keyed = keyed
-    tx.unkeyed.update(unkeyed)
     tx.add(targets_of(given, resolution), given, dsn)
     return None
 

@@ -30,9 +30,6 @@ class Transaction:
     dsn: dict[Address, RecipientDsn] = field(default_factory=dict)  # RFC 3461, per deliver-to
     originals: list[Address] = field(default_factory=list)  # every accepted RCPT TO, in order
     keyed: bool = False  # a recipient has a key: received into a sealed scratch file (issue 6)
-    # Mailboxes given "no key" by a kept answer (IntakeContext.rcpt_keys): checked again at
-    # the commit (intake/message.py), since that answer may be a moment old.
-    unkeyed: set[Address] = field(default_factory=set)
     quota: Reservation | None = None  # the sending-limit reservation, settled by the answer
 
     def add(self, targets: tuple[Address, ...], original: Address, dsn: RecipientDsn) -> None:
