@@ -203,7 +203,31 @@ def test_two_databases_in_one_step_one_read_of_the_events_and_each_change_seen(
     assert isinstance(again, tuple) and again[0] == after[1] and again[1] != after[0]
 
 
-def test_a_failed_read_of_the_events_falls_back_to_stat_for_good(
+def test_no_read_of_the_events_while_none_are_queued(
+    tmp_path: Path, watch: StampWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "users.db"
+    db.write_bytes(b"x")
+    stamp = DatabaseStamp(db, watch)
+    before = stamp.read()
+    reads: list[int] = []
+    real_read = os.read
+
+    def counted(fd: int, size: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, size)
+
+    monkeypatch.setattr("hato.boot.stampwatch.os.read", counted)
+    for _ in range(3):
+        assert stamp.read() == before
+    assert reads == []  # FIONREAD said none: no read(2) failing with EAGAIN
+    with open(db, "ab") as file:
+        file.write(b"2")
+    assert stamp.read() != before
+    assert len(reads) == 1
+
+
+def test_a_failed_look_at_the_events_falls_back_to_stat_for_good(
     tmp_path: Path, watch: StampWatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "users.db"
@@ -212,9 +236,23 @@ def test_a_failed_read_of_the_events_falls_back_to_stat_for_good(
     stamp.read()
     stats = _counting(monkeypatch)
 
-    def broken(fd: int, size: int) -> bytes:
+    def broken(*args: object) -> bytes:
         raise OSError(5, "Input/output error")
 
+    monkeypatch.setattr("hato.boot.stampwatch.fcntl.ioctl", broken)
+    stamp.read()
+    stamp.read()
+    assert len(stats) == 4
+
+    other = tmp_path / "keys.db"
+    other.write_bytes(b"k")
+    fresh = StampWatch()
+    monkeypatch.undo()
+    stamp = DatabaseStamp(other, fresh)
+    stamp.read()
+    stats = _counting(monkeypatch)
+    with open(other, "ab") as file:  # an event is queued: then read(2) fails
+        file.write(b"2")
     monkeypatch.setattr("hato.boot.stampwatch.os.read", broken)
     stamp.read()
     stamp.read()
