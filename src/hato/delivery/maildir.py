@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hato.directory.names import MAX_DOMAIN, is_safe_mailbox_name
-from hato.durable.files import fsync_dir, sync_dirs, sync_files, write_all
+from hato.durable.files import fsync_dir, sync_dirs, sync_files, write_all, write_all_v
 from hato.durable.worker import BatchWorker, call_on_loop
 from hato.model import (
     Address,
@@ -394,7 +394,7 @@ class MaildirCourier:
         fd, dev = self._open_tmp(mailbox, tmp_path)
         try:
             if body is not None:
-                write_all(fd, header + body)
+                write_all_v(fd, (header, body))  # one writev(2), the body not copied
             else:
                 write_all(fd, header)
                 _copy_body(fd, body_fd, body_size)

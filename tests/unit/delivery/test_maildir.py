@@ -257,7 +257,7 @@ def failing(code: int) -> Callable[..., object]:
     ("function", "code", "reply"),
     [
         (
-            "write",
+            "writev",  # a body under 256 KiB goes out with its header lines in one writev(2)
             errno.ENOSPC,
             Reply(452, "4.3.1", "Insufficient system storage, try again later"),
         ),
@@ -266,7 +266,7 @@ def failing(code: int) -> Callable[..., object]:
             errno.ENOSPC,
             Reply(452, "4.3.1", "Insufficient system storage, try again later"),
         ),
-        ("write", errno.EDQUOT, Reply(452, "4.2.2", "Mailbox full, try again later")),
+        ("writev", errno.EDQUOT, Reply(452, "4.2.2", "Mailbox full, try again later")),
         ("fsync", errno.EIO, Reply(451, "4.3.0", "Local error in processing, try again later")),
     ],
 )

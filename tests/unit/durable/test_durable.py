@@ -27,6 +27,46 @@ def test_write_all_writes_everything_and_fsync_dir_syncs_a_directory(tmp_path: P
         files.fsync_dir(path)
 
 
+def test_write_all_v_is_one_writev_and_goes_on_after_a_short_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces = (b"Return-Path: <a@b>\r\n", b"", b"Delivered-To: c@d\r\n", b"y" * 10_240)
+    whole = b"".join(pieces)
+    calls: list[str] = []
+    real_writev, real_write = os.writev, os.write
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        calls.append("writev")
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr("hato.durable.files.os.writev", writev)
+    path = tmp_path / "one"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        files.write_all_v(fd, pieces)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == whole and calls == ["writev"]
+
+    for cut in (0, 1, 20, len(pieces[0]) + 5, len(whole) - 1):  # the kernel took only `cut`
+
+        def short(fd: int, buffers: list[bytes], cut: int = cut) -> int:
+            return real_write(fd, b"".join(buffers)[:cut])
+
+        def trickle(fd: int, data: memoryview) -> int:
+            return real_write(fd, data[:3000])  # and then a little at a time
+
+        monkeypatch.setattr("hato.durable.files.os.writev", short)
+        monkeypatch.setattr("hato.durable.files.os.write", trickle)
+        path = tmp_path / f"short-{cut}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            files.write_all_v(fd, pieces)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == whole
+
+
 def test_sync_files_uses_one_syncfs_per_file_system_and_fsync_for_one_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
