@@ -11,15 +11,18 @@ A row found unfinished at start-up (``recovered``) or tried before is first look
 and in ``cur/``, where a reader may have moved it (adding ``:2,flags``), and not written again.
 
 All file work runs in worker threads (one by default, `hato.durable.worker`), never on the
-event loop. A worker takes every ``deliver()`` call waiting at that moment as one batch: it
-writes all the tmp files, then makes them durable (`hato.durable.files.sync_files`: an fsync
-for a single file; for several, one syncfs(2) per file system, one journal commit instead of
-one per file), renames each into ``new/``, makes the renames durable (`sync_dirs`: an fsync of
-each distinct ``new/`` directory, or one syncfs per file system for several, as a message to
-100 mailboxes has), and settles every caller with one wake-up of the event loop. The busier
-the server, the bigger the batches (the same idea as the queue's group commit). A small body
-comes inline in the message (``QueuedMessage.body``); a file body up to 256 KiB is read once,
-a bigger one is copied by the kernel.
+event loop. The ``deliver()`` calls of one turn of an event loop (every session whose message
+ended in the same read of the sockets) reach the worker together at the end of that turn, with
+one wake-up (`BatchWorker.submit_soon`). A worker takes every call waiting at that moment as one
+batch: it writes all the tmp files, then makes them durable (`hato.durable.files.sync_files`:
+an fsync for a single file; for several, one syncfs(2) per file system, one journal commit
+instead of one per file), renames each into ``new/``, makes the renames durable (`sync_dirs`:
+an fsync of each distinct ``new/`` directory, or one syncfs per file system for several, as a
+message to 100 mailboxes has), and settles every caller with one wake-up of the event loop.
+The busier the server, the bigger the batches (the same idea as the queue's group commit). A
+small body comes inline in the message (``QueuedMessage.body``) and is written with its header
+lines in one writev(2); a file body up to 256 KiB is read once, a bigger one is copied by the
+kernel.
 
 A local failure (full disk, EIO) is a TempFailed with a ``retry_after`` hint (10 s, doubling
 per attempt), so mail accepted before a disk filled is delivered soon after room is made.
@@ -213,7 +216,10 @@ class MaildirCourier:
             self._worker.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Outcome]] = loop.create_future()
-        self._worker.submit(_Request(message, recipients, loop, future, [None] * len(recipients)))
+        # With the other deliveries of this turn of the loop: one wake-up, one batch.
+        self._worker.submit_soon(
+            loop, _Request(message, recipients, loop, future, [None] * len(recipients))
+        )
         return await future
 
     def close(self) -> None:

@@ -7,6 +7,12 @@ transaction commit). While one batch runs, the next one gathers: the busier the 
 bigger the batches, and the fsync cost is shared by everyone who was waiting. `run_batch` then
 settles its callers' futures with one wake-up of each event loop (`call_on_loop`).
 
+From an event loop, `submit_soon` gathers the jobs of one turn of the loop (the commits of every
+session whose last octets came in the same read of the sockets) and hands them over together
+at the end of that turn: one wake-up of the worker for all of them, and one batch, where a
+wake-up a job let the worker start on the first one alone and then take the GIL back and
+forth with the loop at each of its system calls while the others were still being submitted.
+
 `stop()` lets the jobs already submitted finish, then ends every thread.
 """
 
@@ -30,6 +36,15 @@ class _Stop:
 _STOP = _Stop()
 
 
+class _Group(Generic[T]):
+    """The jobs of one turn of an event loop (`submit_soon`), handed over together."""
+
+    __slots__ = ("jobs",)
+
+    def __init__(self, jobs: list[T]) -> None:
+        self.jobs = jobs
+
+
 class BatchWorker(Generic[T]):
     """`threads` threads running `run_batch` over batches of jobs of total `weight` up to
     `max_batch` (a first job heavier than that makes a batch of its own)."""
@@ -48,8 +63,11 @@ class BatchWorker(Generic[T]):
         self._max_batch = max_batch
         self._count = max(1, threads)
         self._weight = weight
-        self._jobs: queue.SimpleQueue[T | _Stop] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[T | _Group[T] | _Stop] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        # Per event loop, its jobs of this turn (`submit_soon`); each list is touched by its
+        # loop's thread only, or taken whole by `pop` (atomic) in `_hand_over` or `stop`.
+        self._soon: dict[asyncio.AbstractEventLoop, list[T]] = {}
 
     @property
     def started(self) -> bool:
@@ -66,9 +84,25 @@ class BatchWorker(Generic[T]):
         """Queue `job` (from any thread)."""
         self._jobs.put(job)
 
+    def submit_soon(self, loop: asyncio.AbstractEventLoop, job: T) -> None:
+        """From `loop`'s thread: queue `job` at the end of this turn of the loop, with every
+        other job submitted so in the same turn (one wake-up of the worker for them all)."""
+        jobs = self._soon.get(loop)
+        if jobs is None:
+            jobs = self._soon[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        jobs.append(job)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._soon.pop(loop, None)
+        if jobs:
+            self._jobs.put(_Group(jobs))
+
     def stop(self) -> None:
         """Finish the jobs already submitted, then end the threads (blocks: the caller waits
         for running batches)."""
+        for loop in list(self._soon):  # a turn that has not ended: its jobs go now
+            self._hand_over(loop)
         threads, self._threads = self._threads, []
         for _ in threads:
             self._jobs.put(_STOP)
@@ -76,15 +110,28 @@ class BatchWorker(Generic[T]):
             thread.join()
 
     def _main(self) -> None:
+        carried: list[T] = []  # jobs of a handed-over list past the last batch's limit
         while True:
-            first = self._jobs.get()
+            if carried:
+                first: T | _Group[T] | _Stop = _Group(carried)
+                carried = []
+            else:
+                first = self._jobs.get()
             if isinstance(first, _Stop):
                 return
-            batch = [first]
-            weight = self._weight
-            taken = weight(first) if weight is not None else 1
+            waiting = first.jobs if isinstance(first, _Group) else [first]
+            batch: list[T] = []
+            taken = 0
             stop = False
-            while taken < self._max_batch:
+            while True:
+                for n, job in enumerate(waiting):
+                    if batch and taken >= self._max_batch:
+                        carried = waiting[n:]
+                        break
+                    batch.append(job)
+                    taken += self._weight(job) if self._weight is not None else 1
+                if carried or taken >= self._max_batch:
+                    break
                 try:
                     nxt = self._jobs.get_nowait()
                 except queue.Empty:
@@ -92,11 +139,12 @@ class BatchWorker(Generic[T]):
                 if isinstance(nxt, _Stop):
                     stop = True
                     break
-                batch.append(nxt)
-                taken += weight(nxt) if weight is not None else 1
+                waiting = nxt.jobs if isinstance(nxt, _Group) else [nxt]
             self._run_batch(batch)
-            if stop:
+            if stop and not carried:
                 return
+            if stop:
+                self._jobs.put(_STOP)  # after the carried jobs' batches
 
 
 def call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[A], None], arg: A) -> None:

@@ -155,6 +155,41 @@ def test_waiting_jobs_are_one_batch_up_to_the_weight_limit_and_stop_finishes_the
     assert not worker.started
 
 
+def test_jobs_of_one_turn_of_the_loop_are_handed_over_together_and_split_at_the_limit() -> None:
+    batches: list[list[int]] = []
+    worker: BatchWorker[int] = BatchWorker(batches.append, name="t", max_batch=5, weight=int)
+    queued: list[int] = []
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def turn(jobs: tuple[int, ...]) -> None:
+            for n in jobs:
+                worker.submit_soon(asyncio.get_running_loop(), n)
+            queued.append(worker._jobs.qsize())  # nothing before the turn ends
+            await asyncio.sleep(0)  # the turn ends: its jobs go in one hand-over
+            queued.append(worker._jobs.qsize())
+
+        loop.run_until_complete(turn((1, 2, 2, 3, 1, 9, 1)))
+        loop.run_until_complete(turn((4,)))
+    finally:
+        loop.close()
+    assert queued == [0, 1, 1, 2]
+    worker.start()
+    worker.stop()
+    # As for jobs queued one by one: batches up to the weight limit (the last may pass it).
+    assert batches == [[1, 2, 2], [3, 1, 9], [1, 4]]
+
+    batches.clear()
+    worker.start()
+    idle = asyncio.new_event_loop()
+    try:
+        worker.submit_soon(idle, 7)  # its turn never ends: stop hands it over
+        worker.stop()
+    finally:
+        idle.close()
+    assert batches == [[7]]
+
+
 def test_call_on_loop_settles_on_the_loop_and_ignores_a_closed_loop() -> None:
     loop = asyncio.new_event_loop()
     seen: list[str] = []
