@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kit.postgres import pg_dsn, postgres
+from kit.postgres import pg_dsn, pg_pool, pg_settings, postgres
 
-__all__ = ["pg_dsn", "postgres"]
+__all__ = ["pg_dsn", "pg_pool", "pg_settings", "postgres"]
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import random
 import smtplib
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -29,26 +28,12 @@ from hato.crypto.keys import KeyKind, PublicKey
 from hato.crypto.keystore_pg import PgKeyStore
 from hato.model import Address
 from hato.model.notified import CHANNEL, NotifiedCache
-from hato.pgstore import PgSettings, connect_listener, migrate, open_pool
+from hato.pgstore import PgSettings, connect_listener, migrate
 from hato.queue.postgres_listen import Listener
 from kit.cryptokeys import Gpg
 
 NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 ALICE = Address("alice", "users.test")
-
-
-@pytest.fixture
-def settings(pg_dsn: str, postgres: PostgresServer) -> PgSettings:
-    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
-        migrate(conn)
-    return PgSettings(pg_dsn, postgres.password_file, pool_size=2)
-
-
-@pytest.fixture
-def pool(settings: PgSettings) -> Iterator[ConnectionPool[psycopg.Connection]]:
-    pool = open_pool(settings)
-    yield pool
-    pool.close()
 
 
 class Counted:
@@ -90,21 +75,21 @@ async def _heard(told: Told) -> None:
 
 
 def test_answers_are_kept_until_another_node_changes_them(
-    settings: PgSettings, pool: ConnectionPool[Any]
+    pg_settings: PgSettings, pg_pool: ConnectionPool[Any]
 ) -> None:
     async def main() -> None:
         cache = NotifiedCache()
         told = Told(cache)
         listener = Listener(
-            lambda: connect_listener(settings), "b", lambda: None, lambda n: None,
+            lambda: connect_listener(pg_settings), "b", lambda: None, lambda n: None,
             rng=random.Random(1),
         )  # fmt: skip
         listener.subscribe(CHANNEL, told)
-        counted = Counted(pool)
+        counted = Counted(pg_pool)
         users = PgUserStore(counted, scram_iterations=4096, cache=cache)  # node B
-        keys = PgKeyStore(pool, cache)
-        other_users = PgUserStore(pool, scram_iterations=4096)  # node A: no cache
-        other_keys = PgKeyStore(pool)
+        keys = PgKeyStore(pg_pool, cache)
+        other_users = PgUserStore(pg_pool, scram_iterations=4096)  # node A: no cache
+        other_keys = PgKeyStore(pg_pool)
         assert users.exists(ALICE) is False and counted.taken == 1  # not listening: asked
         task = asyncio.create_task(listener.run())
         await asyncio.wait_for(listener.listening.wait(), 30)
@@ -133,7 +118,7 @@ def test_answers_are_kept_until_another_node_changes_them(
 
         # The listening connection cut: nothing is served from memory, so a removal made
         # meanwhile (its notification lost) is seen at once.
-        with psycopg.connect(settings.dsn, password=PASSWORD, autocommit=True) as admin:
+        with psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s",
                 (f"LISTEN {CHANNEL}%",),
@@ -155,12 +140,12 @@ def test_answers_are_kept_until_another_node_changes_them(
     asyncio.run(main())
 
 
-def test_every_change_to_the_tables_notifies(settings: PgSettings) -> None:
+def test_every_change_to_the_tables_notifies(pg_settings: PgSettings) -> None:
     """The triggers (migration 5): whoever writes, by whatever statement, the commit notifies;
     a rolled-back change does not."""
     with (
-        psycopg.connect(settings.dsn, password=PASSWORD, autocommit=True) as listen,
-        psycopg.connect(settings.dsn, password=PASSWORD, autocommit=True) as write,
+        psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as listen,
+        psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as write,
     ):
         listen.execute(f"LISTEN {CHANNEL}")
         with write.transaction():

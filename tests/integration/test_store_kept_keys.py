@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from peers.postgres import PASSWORD, PostgresServer
+from peers.postgres import PASSWORD
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from hato.crypto.keystore_pg import KeptKeys, PgKeyStore
@@ -31,7 +30,7 @@ from hato.intake.transaction import NO_DSN, Transaction
 from hato.model import Address, Role
 from hato.model.notified import CHANNEL, NotifiedCache
 from hato.model.queuestore import KeyAppeared
-from hato.pgstore import PgSettings, connect_listener, migrate, open_pool
+from hato.pgstore import PgSettings, connect_listener
 from hato.queue.postgres import PgQueue
 from hato.queue.postgres_listen import Listener
 from hato.smtp import ServerSettings
@@ -42,20 +41,6 @@ BOB = Address("bob", "example.org")
 ALICE = Address("alice", "example.org")
 SENDER = Address("carol", "remote.test")
 NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def settings(pg_dsn: str, postgres: PostgresServer) -> PgSettings:
-    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
-        migrate(conn)
-    return PgSettings(pg_dsn, postgres.password_file, pool_size=2)
-
-
-@pytest.fixture
-def pool(settings: PgSettings) -> Iterator[ConnectionPool[psycopg.Connection]]:
-    pool = open_pool(settings)
-    yield pool
-    pool.close()
 
 
 class Counted:
@@ -95,7 +80,7 @@ async def _open_queue(dsn: str, root: Path) -> PgQueue:
 
 
 def test_no_key_is_kept_while_listening_until_another_node_changes_the_keys(
-    settings: PgSettings, pool: ConnectionPool[Any], gpg: Gpg
+    pg_settings: PgSettings, pg_pool: ConnectionPool[Any], gpg: Gpg
 ) -> None:
     async def main() -> None:
         cache = NotifiedCache()
@@ -110,13 +95,13 @@ def test_no_key_is_kept_while_listening_until_another_node_changes_the_keys(
                 cache.on_state(listening)
 
         listener = Listener(
-            lambda: connect_listener(settings), "b", lambda: None, lambda n: None,
+            lambda: connect_listener(pg_settings), "b", lambda: None, lambda n: None,
             rng=random.Random(1),
         )  # fmt: skip
         listener.subscribe(CHANNEL, Told())
-        counted = Counted(PgKeyStore(pool, cache))
+        counted = Counted(PgKeyStore(pg_pool, cache))
         kept = KeptKeys(counted, cache)  # type: ignore[arg-type]  # counts its store's reads
-        other = PgKeyStore(pool)  # node A
+        other = PgKeyStore(pg_pool)  # node A
         assert kept.get(BOB) is None and kept.get(BOB) is None
         assert counted.asked == 2  # not listening: nothing kept
         task = asyncio.create_task(listener.run())
@@ -135,14 +120,14 @@ def test_no_key_is_kept_while_listening_until_another_node_changes_the_keys(
 
 
 def test_the_commit_refuses_a_copy_in_the_clear_for_a_mailbox_keyed_by_then(
-    settings: PgSettings, pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path
+    pg_settings: PgSettings, pg_pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path
 ) -> None:
     """In one group commit: the message whose `unkeyed` mailbox has a key is refused, nothing
     of it stored; the other one is committed."""
-    PgKeyStore(pool).import_key(gpg.export("bob@example.org"), BOB, NOW)
+    PgKeyStore(pg_pool).import_key(gpg.export("bob@example.org"), BOB, NOW)
 
     async def main() -> None:
-        queue = await _open_queue(settings.dsn, tmp_path)
+        queue = await _open_queue(pg_settings.dsn, tmp_path)
         try:
 
             async def one(to: Address) -> str:
@@ -157,7 +142,7 @@ def test_the_commit_refuses_a_copy_in_the_clear_for_a_mailbox_keyed_by_then(
         finally:
             await queue.close()
         assert isinstance(results[0], KeyAppeared) and isinstance(results[1], str)
-        with psycopg.connect(settings.dsn, password=PASSWORD, autocommit=True) as conn:
+        with psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as conn:
             rows = conn.execute("SELECT address FROM queue_recipients").fetchall()
         assert rows == [(str(ALICE),)]
 
@@ -166,7 +151,7 @@ def test_the_commit_refuses_a_copy_in_the_clear_for_a_mailbox_keyed_by_then(
 
 @pytest.mark.parametrize("direct", [False, True], ids=["queued", "direct"])
 def test_a_key_imported_before_the_commit_is_honoured_before_its_notification(
-    settings: PgSettings, pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path, direct: bool
+    pg_settings: PgSettings, pg_pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path, direct: bool
 ) -> None:
     """bob's "no key" is kept (the cache is live; no notification will come: one in flight);
     a key imported on another node; the next message's RCPT is answered "no key" from memory,
@@ -174,7 +159,7 @@ def test_a_key_imported_before_the_commit_is_honoured_before_its_notification(
     fresh look-up) is encrypted to bob's key, with nothing in the clear."""
     cache = NotifiedCache()
     cache.on_state(True)  # LISTEN in effect; the notification of the import not yet heard
-    counted = Counted(PgKeyStore(pool, cache))
+    counted = Counted(PgKeyStore(pg_pool, cache))
     kept = KeptKeys(counted, cache)  # type: ignore[arg-type]  # counts its store's reads
 
     clock = FakeClock(1_800_000_000.0)
@@ -182,11 +167,11 @@ def test_a_key_imported_before_the_commit_is_honoured_before_its_notification(
     delivery = DirectDelivery(courier, Book().is_local_domain, clock)
 
     async def main() -> list[bytes]:
-        queue = await _open_queue(settings.dsn, tmp_path)
+        queue = await _open_queue(pg_settings.dsn, tmp_path)
         ctx = IntakeContext(
             role=Role.MX, settings=ServerSettings(hostname="mx.example.org"), queue=queue,
             resolver=Book(), clock=FakeClock(1_800_000_000.0), postmaster_domain="example.org",
-            keys=PgKeyStore(pool), rcpt_keys=kept, direct=delivery if direct else None,
+            keys=PgKeyStore(pg_pool), rcpt_keys=kept, direct=delivery if direct else None,
         )  # fmt: skip
         try:
             ids = []
@@ -200,13 +185,13 @@ def test_a_key_imported_before_the_commit_is_honoured_before_its_notification(
                 assert isinstance(done, list)
                 ids += done
                 if marker == b"first":  # on node A, after the first message's commit
-                    PgKeyStore(pool).import_key(gpg.export("bob@example.org"), BOB, NOW)
+                    PgKeyStore(pg_pool).import_key(gpg.export("bob@example.org"), BOB, NOW)
         finally:
             await queue.close()
         if direct:  # into the Maildir, by queue id (the file names carry it)
             files = list((tmp_path / "mail").rglob("new/*"))
             return [next(f.read_bytes() for f in files if qid in f.name) for qid in ids]
-        with psycopg.connect(settings.dsn, password=PASSWORD, autocommit=True) as conn:
+        with psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT queue_id, body FROM queue_messages WHERE queue_id = ANY(%s)", (ids,)
             ).fetchall()

@@ -10,9 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from peers.net import in_ci
-from peers.postgres import PostgresServer, find_bindir
+from peers.postgres import PASSWORD, PostgresServer, find_bindir
+from psycopg_pool import ConnectionPool
+
+from hato.pgstore import PgSettings, migrate, open_pool
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +54,19 @@ def pg_dsn(request: pytest.FixtureRequest, postgres: PostgresServer) -> str:
 
 
 _DATABASES: list[str] = []
+
+
+@pytest.fixture
+def pg_settings(pg_dsn: str, postgres: PostgresServer) -> PgSettings:
+    """The store's settings for this test's own database, migrated to the current schema."""
+    with psycopg.connect(pg_dsn, password=PASSWORD, autocommit=True) as conn:
+        migrate(conn)
+    return PgSettings(pg_dsn, postgres.password_file, pool_size=2)
+
+
+@pytest.fixture
+def pg_pool(pg_settings: PgSettings) -> Iterator[ConnectionPool[psycopg.Connection]]:
+    """A connection pool on `pg_settings`' database, closed after the test."""
+    pool = open_pool(pg_settings)
+    yield pool
+    pool.close()
