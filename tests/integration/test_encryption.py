@@ -221,3 +221,32 @@ def test_a_key_imported_while_the_message_comes_gets_only_ciphertext(
     )
     assert _grep(server.data_dir, marker.encode()) == []  # spool, SQLite, Maildir
     assert marker.encode() not in server.log.read_bytes()
+
+
+def test_a_key_imported_under_the_other_form_of_an_idn_domain_encrypts(tmp_path: Path) -> None:
+    # The domain is configured as bücher.example; mail comes for its A-label form (as an
+    # ASCII client writes it), and the key was imported under that form too: both name the
+    # same mailbox, so the key is bob's, whatever form the import or the mail used.
+    need("gpg")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = Gpg(home)
+    gpg.run("--quick-gen-key", "Bob <bob@xn--bcher-kva.example>", "future-default", "default")
+    setup = MailSetup(domains=(DomainSetup("bücher.example", users=("bob",)),))
+    hato = HatoServer(tmp_path / "data", setup)
+    hato.start()
+    try:
+        hato.import_key(
+            "bob@xn--bcher-kva.example", gpg.export("bob@xn--bcher-kva.example"), "bob.asc"
+        )
+        marker = uuid.uuid4().hex
+        _send(hato, ["bob@xn--bcher-kva.example"], marker)
+        (stored,) = _wait_files(hato.mailbox("bob", "bücher.example"), 1)
+        raw = stored.read_bytes()
+        assert marker.encode() not in raw
+        opened = gpg.run("--decrypt", input=raw.split(b"\r\n\r\n", 1)[1])
+        assert f"The plan is {marker}.".encode() in opened
+        assert _grep(hato.data_dir, marker.encode()) == []
+    finally:
+        hato.stop()
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)

@@ -11,6 +11,7 @@ Must not import anything of hato but model.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import os
@@ -19,6 +20,8 @@ import threading
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import idna
 
 from hato.crypto.keys import KeyKind, PublicKey, parse_public_key
 from hato.crypto.wkdhash import wkd_hash
@@ -74,8 +77,22 @@ class KeyIndex(KeyLookup, Protocol):
 
 
 def canonical(address: Address) -> str:
-    """The key of an address: lower-case local part, "@", lower-case domain (as accounts)."""
-    return f"{address.local.lower()}@{address.domain.lower()}"
+    """The key of an address: lower-case local part, "@", the domain in lower-case A-label
+    form: bücher.example and xn--bcher-kva.example are one domain (RFC 5890 §2.3.2.1), and
+    the resolver gives a mailbox in the form the configuration spells (directory/resolver.py),
+    whatever form the key was imported or the mail addressed under."""
+    return f"{address.local.lower()}@{address.domain_ascii.lower()}"
+
+
+def stored_forms(address: Address) -> tuple[str, ...]:
+    """Every key a row of `address` may have: `canonical`, then the forms an import kept
+    before keys were stored under the A-label (the domain as given: its U-label form)."""
+    local = address.local.lower()
+    forms = [canonical(address), f"{local}@{address.domain.lower()}"]
+    # Not a valid A-label (an address literal): the forms above only.
+    with contextlib.suppress(UnicodeError):  # idna.IDNAError is a UnicodeError
+        forms.append(f"{local}@{idna.decode(address.domain_ascii.lower())}")
+    return tuple(dict.fromkeys(forms))
 
 
 class KeyStore:
@@ -155,17 +172,32 @@ class KeyStore:
             " imported = excluded.imported",
             row,
         )
+        self._drop_other_forms("keys", address)
+
+    def _drop_other_forms(self, table: str, address: Address) -> None:
+        """After a write under `canonical`: the rows of the same address kept under another
+        form (see `stored_forms`) go, so that no older key or policy can be found for it."""
+        others = stored_forms(address)[1:]
+        if others:
+            marks = ",".join("?" * len(others))
+            self._rows(f"DELETE FROM {table} WHERE address IN ({marks})", others)
 
     def get(self, address: Address) -> PublicKey | None:
-        rows = self._rows(f"SELECT {_COLUMNS} FROM keys WHERE address = ?", (canonical(address),))
-        return _key(rows[0]) if rows else None
+        forms = stored_forms(address)
+        marks = ",".join("?" * len(forms))
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM keys WHERE address IN ({marks}) ORDER BY imported DESC",
+            forms,
+        )
+        return _key(rows[0]) if rows else None  # the latest import, whatever its form
 
     def with_keys(self, addresses: Collection[Address]) -> set[Address]:
         """One statement per `_IN_CHUNK` addresses (a queue runner's batch: one), in autocommit
         on PostgreSQL (the pool's connections), so no transaction of its own to commit."""
         wanted: dict[str, list[Address]] = {}
         for address in addresses:
-            wanted.setdefault(canonical(address), []).append(address)
+            for form in stored_forms(address):
+                wanted.setdefault(form, []).append(address)
         names = list(wanted)
         found: set[Address] = set()
         for start in range(0, len(names), _IN_CHUNK):
@@ -177,9 +209,9 @@ class KeyStore:
         return found
 
     def remove(self, address: Address) -> bool:
-        rows = self._rows(
-            "DELETE FROM keys WHERE address = ? RETURNING address", (canonical(address),)
-        )
+        forms = stored_forms(address)
+        marks = ",".join("?" * len(forms))
+        rows = self._rows(f"DELETE FROM keys WHERE address IN ({marks}) RETURNING address", forms)
         return bool(rows)
 
     def list(self) -> list[PublicKey]:
@@ -196,10 +228,13 @@ class KeyStore:
     # -- policies --------------------------------------------------------------------------
 
     def policy(self, address: Address) -> FailurePolicy:
+        forms = stored_forms(address)
+        marks = ",".join("?" * len(forms))
         rows = self._rows(
-            f"SELECT policy FROM {self._POLICIES} WHERE address = ?", (canonical(address),)
+            f"SELECT address, policy FROM {self._POLICIES} WHERE address IN ({marks})", forms
         )
-        return FailurePolicy(rows[0][0]) if rows else FailurePolicy.DEFER
+        chosen = dict(rows).get(forms[0], rows[0][1] if rows else None)  # canonical's first
+        return FailurePolicy(chosen) if chosen else FailurePolicy.DEFER
 
     def set_policy(self, address: Address, policy: FailurePolicy) -> None:
         self._rows(
@@ -207,6 +242,7 @@ class KeyStore:
             " ON CONFLICT (address) DO UPDATE SET policy = excluded.policy",
             (canonical(address), policy.value),
         )
+        self._drop_other_forms(self._POLICIES, address)
 
 
 _IN_CHUNK = 500  # addresses per statement (under SQLite's 999 host parameters of old)

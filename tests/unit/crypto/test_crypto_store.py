@@ -279,3 +279,29 @@ def test_a_broken_key_file_raises_store_error(tmp_path: Path) -> None:
     path.write_bytes(b"not a database, " * 512)
     with pytest.raises(StoreError, match="file is not a database"):
         KeyStore(path)
+
+
+def test_both_forms_of_an_idn_domain_name_one_key(tmp_path: Path) -> None:
+    import sqlite3
+
+    from hato.crypto import KeyKind, PublicKey
+
+    u_label = Address.parse("bob@bücher.example")
+    a_label = Address.parse("bob@xn--bcher-kva.example")
+    store = KeyStore.in_data_dir(tmp_path)
+    old = PublicKey(KeyKind.OPENPGP, u_label, b"old", "aa" * 20, None, "test")
+    store.put(old, NOW)
+    store.set_policy(u_label, FailurePolicy.PLAINTEXT)
+    # A row as an import kept it before keys were stored under the A-label form.
+    with sqlite3.connect(tmp_path / "keys.db") as conn:
+        conn.execute("UPDATE keys SET address = 'bob@bücher.example'")
+        conn.execute("UPDATE policies SET address = 'bob@bücher.example'")
+    for asked in (u_label, a_label):
+        assert store.get(asked) == old
+        assert store.policy(asked) is FailurePolicy.PLAINTEXT
+    assert store.with_keys([a_label, CAROL]) == {a_label}
+    new = PublicKey(KeyKind.OPENPGP, a_label, b"new", "bb" * 20, None, "test")
+    store.put(new, NOW + dt.timedelta(seconds=1))  # imported again, under the other form
+    assert store.get(u_label) == new and store.get(a_label) == new
+    assert len(store.list()) == 1
+    assert store.remove(u_label) and store.get(a_label) is None
