@@ -1,4 +1,5 @@
-"""What `hato check-config` checks beyond the file itself: the aliases against the accounts.
+"""What `hato check-config` checks beyond the file itself: the aliases against the accounts;
+and, for `hato key import`, which mailboxes an address's mail is stored in.
 
 An alias target with no account of its own is a copy that bounces (directory.known); the
 configuration is valid, but the operator wants to hear of it before the first mail does.
@@ -74,3 +75,20 @@ def dead_alias_targets(settings: Settings) -> list[str]:
         f"add it (hato user add {target}) or remove it from the alias"
         for alias, target in resolver.dead_alias_targets()
     ]
+
+
+def mailboxes_of(settings: Settings, address: Address) -> tuple[Address, ...]:
+    """The mailboxes mail to `address` is stored in, as the server resolves it at RCPT (none:
+    no mailbox of ours takes it); raises CommandError when the accounts cannot be read."""
+    from hato.boot.build import build_resolver
+    from hato.boot.process import StartupError
+    from hato.cli.errors import CommandError
+    from hato.directory.resolver import Local
+    from hato.model.storeerror import StoreError
+
+    try:
+        resolver = build_resolver(settings, _Accounts(_account_keys(settings)))
+    except (StoreError, StartupError, OSError, ValueError) as exc:
+        raise CommandError(f"cannot read the accounts and aliases: {exc}") from None
+    resolution = resolver.resolve(address)
+    return resolution.mailboxes if isinstance(resolution, Local) else ()

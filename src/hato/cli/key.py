@@ -59,7 +59,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def import_key(args: argparse.Namespace) -> int:
     loaded = load(args)
-    address = _local_address(args.address, loaded)
+    address = _mailbox_address(args.address, loaded)
     from hato.crypto import KeyImportError
     from hato.model import logfmt
 
@@ -122,7 +122,7 @@ def remove(args: argparse.Namespace) -> int:
 
 def policy(args: argparse.Namespace) -> int:
     loaded = load(args)
-    address = _local_address(args.address, loaded)
+    address = _mailbox_address(args.address, loaded)
     from hato.crypto import FailurePolicy
 
     with _store(loaded) as store:
@@ -212,6 +212,25 @@ def _local_address(text: str, loaded: LoadedSettings) -> Address:
     from hato.cli.users import _local_address as local
 
     return local(text, loaded)
+
+
+def _mailbox_address(text: str, loaded: LoadedSettings) -> Address:
+    """`text` as an address of ours whose mail is stored in its own mailbox: mail is encrypted
+    to the key of the mailbox it is stored in (intake/protect.py), so a key for an alias, a
+    +tag or a catch-all's address would never be used, and its mail stored in the clear."""
+    from hato.cli.checks import mailboxes_of
+    from hato.crypto.keystore import canonical
+
+    address = _local_address(text, loaded)
+    boxes = mailboxes_of(loaded.settings, address)
+    if boxes and [canonical(box) for box in boxes] != [canonical(address)]:
+        names = ", ".join(str(box) for box in boxes)
+        raise CommandError(
+            f"{address} is not a mailbox: its mail is stored in {names}, and encrypted to the "
+            f"key of that mailbox; import the key for it (hato key import ADDRESS FILE, with "
+            "a key whose user ID names that address)"
+        )
+    return address
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import os
 import subprocess
 from pathlib import Path
@@ -305,3 +306,24 @@ def test_both_forms_of_an_idn_domain_name_one_key(tmp_path: Path) -> None:
     assert store.get(u_label) == new and store.get(a_label) == new
     assert len(store.list()) == 1
     assert store.remove(u_label) and store.get(a_label) is None
+
+
+def test_a_key_for_an_alias_is_refused_it_would_never_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Mail to robert@ is stored in bob's mailbox, encrypted to bob's key: a key imported for
+    # robert@ would never be used, and the command said his mail was now stored encrypted.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from kit.config import CLI
+    from kit.cryptokeys import make_cert
+
+    command_workdir(tmp_path, monkeypatch, CLI + 'aliases = { robert = ["bob"] }\n')
+    cert = make_cert(ec.generate_private_key(ec.SECP256R1()), "robert@example.org")
+    (tmp_path / "robert.pem").write_bytes(cert.cert_pem)
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery staple\n"))
+    assert main(["user", "add", "bob@example.org", "--init"]) == 0
+    assert main(["key", "import", "robert@example.org", "robert.pem", "--init"]) == 1
+    err = capsys.readouterr().err
+    assert "robert@example.org is not a mailbox: its mail is stored in bob@example.org" in err
+    assert main(["key", "policy", "robert@example.org", "plaintext"]) == 1
