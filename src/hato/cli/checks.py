@@ -1,5 +1,6 @@
 """What `hato check-config` checks beyond the file itself: the aliases against the accounts;
-and, for `hato key import`, which mailboxes an address's mail is stored in.
+and, for `hato key import` and an offline `hato queue bounce`, the address book as the server
+has it (which mailboxes an address's mail is stored in).
 
 An alias target with no account of its own is a copy that bounces (directory.known); the
 configuration is valid, but the operator wants to hear of it before the first mail does.
@@ -15,6 +16,7 @@ from hato.model import Address
 
 if TYPE_CHECKING:
     from hato.config import Settings
+    from hato.directory.resolver import RecipientResolver
 
 USERS_DB = "users.db"
 
@@ -77,18 +79,24 @@ def dead_alias_targets(settings: Settings) -> list[str]:
     ]
 
 
-def mailboxes_of(settings: Settings, address: Address) -> tuple[Address, ...]:
-    """The mailboxes mail to `address` is stored in, as the server resolves it at RCPT (none:
-    no mailbox of ours takes it); raises CommandError when the accounts cannot be read."""
+def resolver_of(settings: Settings) -> RecipientResolver:
+    """The address book as the server has it (the accounts read once), for a command that
+    must send mail where the server would; raises CommandError when they cannot be read."""
     from hato.boot.build import build_resolver
     from hato.boot.process import StartupError
     from hato.cli.errors import CommandError
-    from hato.directory.resolver import Local
     from hato.model.storeerror import StoreError
 
     try:
-        resolver = build_resolver(settings, _Accounts(_account_keys(settings)))
+        return build_resolver(settings, _Accounts(_account_keys(settings)))
     except (StoreError, StartupError, OSError, ValueError) as exc:
         raise CommandError(f"cannot read the accounts and aliases: {exc}") from None
-    resolution = resolver.resolve(address)
+
+
+def mailboxes_of(settings: Settings, address: Address) -> tuple[Address, ...]:
+    """The mailboxes mail to `address` is stored in, as the server resolves it at RCPT (none:
+    no mailbox of ours takes it); raises CommandError when the accounts cannot be read."""
+    from hato.directory.resolver import Local
+
+    resolution = resolver_of(settings).resolve(address)
     return resolution.mailboxes if isinstance(resolution, Local) else ()

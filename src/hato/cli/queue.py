@@ -21,9 +21,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hato.cli.errors import EX_FAILURE, CommandError
+
+if TYPE_CHECKING:
+    from hato.config import Settings
 
 SOCKET_NAME = "control.sock"
 EX_TEMPFAIL = 75  # sysexits.h
@@ -166,10 +169,15 @@ def _connect(data_dir: Path) -> Iterator[ControlClient | None]:
 
 @contextlib.contextmanager
 def _offline(
-    data_dir: Path, *, writable: bool, log: Callable[[str], None] = lambda _: None
+    data_dir: Path,
+    *,
+    writable: bool,
+    log: Callable[[str], None] = lambda _: None,
+    settings: Settings | None = None,
 ) -> Iterator[Any]:
     """The store without a server: for writing, only while no server holds hato.lock;
-    `log`: where its changes are logged (hato.cli.audit: the command's stderr)."""
+    `log`: where its changes are logged (hato.cli.audit: the command's stderr); `settings`:
+    the configuration, whose address book a DSN's recipient is resolved by."""
     from hato.queue.offline import OfflineAdmin
 
     keys: list[Any] = []
@@ -184,7 +192,18 @@ def _offline(
         if not (data_dir / KEYS_DB).exists():
             return PlainCommit(queue)
         keys.append(KeyStore(data_dir / KEYS_DB))
-        return KeyedCommitter(queue, keys[-1], SystemClock())
+        if settings is None:
+            return KeyedCommitter(queue, keys[-1], SystemClock())
+        from hato.cli.checks import resolver_of
+
+        # As the server's: a notice to an alias goes to the mailboxes behind it, keyed as they are.
+        return KeyedCommitter(
+            queue,
+            keys[-1],
+            SystemClock(),
+            resolver_of(settings),
+            hostname=settings.server.hostname,
+        )
 
     from hato.server.datadir import open_lock
 
@@ -299,7 +318,9 @@ def change(args: argparse.Namespace) -> int:
                 result = answer["result"]
             else:
                 data_dir_of(loaded)  # the store is written as the server's user
-                result = _change_offline(data_dir, action, request, stderr_log(loaded))
+                result = _change_offline(
+                    data_dir, action, request, stderr_log(loaded), loaded.settings
+                )
             if request.get("id") and not result["rows"] and not result["busy"]:
                 print(f"hato: {request['id']}: no recipient to {action}", file=sys.stderr)
                 failed += 1
@@ -310,11 +331,15 @@ def change(args: argparse.Namespace) -> int:
 
 
 def _change_offline(
-    data_dir: Path, action: str, request: dict[str, Any], log: Callable[[str], None]
+    data_dir: Path,
+    action: str,
+    request: dict[str, Any],
+    log: Callable[[str], None],
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     from hato.queue.admin import Action, Selector, as_json
 
-    with _offline(data_dir, writable=True, log=log) as admin:
+    with _offline(data_dir, writable=True, log=log, settings=settings) as admin:
         result = admin.apply(Action(action), Selector.from_dict(request), time.time())
     return as_json(result)
 
