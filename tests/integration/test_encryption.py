@@ -250,3 +250,38 @@ def test_a_key_imported_under_the_other_form_of_an_idn_domain_encrypts(tmp_path:
     finally:
         hato.stop()
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+
+
+def test_a_crash_writes_no_core_dump_holding_a_keyed_users_mail(
+    server: HatoServer, gpg: Gpg
+) -> None:
+    # A core dump is the server's memory on disk: the message being received (its header
+    # section, in the clear before it is encrypted) and the scratch files' keys. `hato serve`
+    # turns core dumps off for itself and every process it starts, whatever limit it inherits.
+    import resource
+    import signal
+
+    server.stop()
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))  # as a system that keeps cores
+    try:
+        server.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    assert server.proc is not None
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    (line,) = [ln for ln in limits.splitlines() if ln.startswith("Max core file size")]
+    assert line.split()[4:6] == ["0", "0"], line
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.ehlo("client.example.net")
+        assert smtp.mail("alice@example.net")[0] == 250
+        assert smtp.rcpt("bob@example.org")[0] == 250
+        smtp.putcmd("data")
+        assert smtp.getreply()[0] == 354
+        smtp.send(f"Subject: secret {marker}\r\n\r\nThe plan is {marker}.\r\n".encode() * 50)
+        server.proc.send_signal(signal.SIGSEGV)
+        server.proc.wait(timeout=30)
+    assert _grep(server.work, marker.encode()) == []  # no core file (core_pattern "core")
+    assert _grep(server.data_dir, marker.encode()) == []

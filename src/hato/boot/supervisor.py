@@ -37,6 +37,7 @@ import ctypes
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -346,8 +347,18 @@ def _use_uvloop() -> bool:
     return True
 
 
+def no_core_dumps() -> None:
+    """A core dump is the process's memory on disk: the mail being received (a keyed user's
+    too, before it is encrypted: docs/encryption.md), the scratch files' keys, the login
+    cache's key. Off for this process and every one it starts (the hard limit too, so that
+    none turns it on again), whatever limit it inherited."""
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def serve(settings: Settings, *, source: str) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code follows sysexits.h."""
+    no_core_dumps()
     # SIGHUP's default action ends a process: until a reload can be done (the supervisor's
     # forwarding, a worker's or the one process's handler in app.run) it stays pending.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
