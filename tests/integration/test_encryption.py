@@ -285,3 +285,29 @@ def test_a_crash_writes_no_core_dump_holding_a_keyed_users_mail(
         server.proc.wait(timeout=30)
     assert _grep(server.work, marker.encode()) == []  # no core file (core_pattern "core")
     assert _grep(server.data_dir, marker.encode()) == []
+
+
+def test_a_revoked_key_uploaded_again_is_used_no_more(server: HatoServer, tmp_path: Path) -> None:
+    # bob's private key was stolen: he uploads his revocation. No mail is encrypted to that
+    # key any more, and none is stored in the clear instead: under the default policy his
+    # mail waits (450 4.7.5) until he imports a new key.
+    need("gpg")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = Gpg(home)
+    gpg.run("--quick-gen-key", "Bob <bob@example.org>", "future-default", "default")
+    server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
+    fingerprint = gpg.fingerprint("bob@example.org")
+    made = (home / "openpgp-revocs.d" / f"{fingerprint}.rev").read_bytes()
+    gpg.run("--import", input=made.replace(b"\n:-----BEGIN", b"\n-----BEGIN"))
+    (server.work / "revoked.asc").write_bytes(gpg.export("bob@example.org"))
+    done = server.hato("key", "import", "bob@example.org", str(server.work / "revoked.asc"))
+    assert done.returncode == 0, done.stderr
+    assert "is revoked: no mail is encrypted to it" in done.stdout
+    assert "mail for bob@example.org is: defer" in done.stdout
+    with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+        smtp.ehlo("client.example.net")
+        assert smtp.mail("alice@example.net")[0] == 250
+        code, text = smtp.rcpt("bob@example.org")
+        assert (code, text[:5]) == (450, b"4.7.5")
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)

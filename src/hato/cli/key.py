@@ -60,13 +60,22 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def import_key(args: argparse.Namespace) -> int:
     loaded = load(args)
     address = _mailbox_address(args.address, loaded)
-    from hato.crypto import KeyImportError
+    from hato.crypto import KeyImportError, KeyRevoked
     from hato.model import logfmt
 
     data = _read(args.file)  # before the store: read as the caller, written as the server
     with _store(loaded, init=args.init) as store:
         try:
             key = store.import_key(data, address, _now())
+        except KeyRevoked as exc:
+            if store.revoke(exc.fingerprint, address, _now()) is None:
+                raise CommandError(f"key not imported for {address}: {exc}") from None
+            chosen = store.policy(address).value
+            revoked = {"user": str(address), "fingerprint": exc.fingerprint}
+            record(loaded, logfmt("admin-key-revoke", **revoked))
+            print(f"the key {exc.fingerprint} of {address} is revoked: no mail is encrypted to it")
+            print(f"any more; until a new key is imported, mail for {address} is: {chosen}")
+            return 0
         except KeyImportError as exc:
             raise CommandError(f"key not imported for {address}: {exc}") from None
     fields = {"user": str(address), "kind": key.kind.value, "fingerprint": key.fingerprint}

@@ -12,7 +12,7 @@ from hato.crypto.encrypt import (
     MessageTooLarge,
     encrypt_message,
 )
-from hato.crypto.keys import KeyImportError, KeyKind, PublicKey, parse_public_key
+from hato.crypto.keys import KeyImportError, KeyKind, KeyRevoked, PublicKey, parse_public_key
 from hato.crypto.keystore import KEYS_DB, FailurePolicy, KeyIndex, KeyLookup, KeyStore
 from hato.crypto.maildir import MaildirResult, encrypt_maildir
 from hato.crypto.scratch import SealedScratch
@@ -49,6 +49,7 @@ __all__ = [
     "KeyIndex",
     "KeyKind",
     "KeyLookup",
+    "KeyRevoked",
     "KeyStore",
     "MaildirResult",
     "MessageTooLarge",

@@ -36,6 +36,14 @@ class KeyImportError(ValueError):
     """A key that cannot be used; the message says why, for the user who uploaded it."""
 
 
+class KeyRevoked(KeyImportError):
+    """The certificate is revoked (its owner says it must not be used any more)."""
+
+    def __init__(self, message: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
 class KeyKind(enum.Enum):
     OPENPGP = "openpgp"
     SMIME = "smime"
@@ -138,7 +146,7 @@ def parse_openpgp(data: bytes, address: Address, now: dt.datetime) -> PublicKey:
             "make a new key (e.g. gpg --quick-gen-key ADDRESS future-default)"
         ) from None
     if revoked:
-        raise KeyImportError(f"the certificate {fingerprint} is revoked")
+        raise KeyRevoked(f"the certificate {fingerprint} is revoked", fingerprint)
     if expires is not None and expires <= now:
         raise KeyImportError(
             f"the certificate expired on {expires:%Y-%m-%d}; extend it "

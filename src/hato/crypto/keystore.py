@@ -12,6 +12,7 @@ Must not import anything of hato but model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import os
@@ -147,6 +148,19 @@ class KeyStore:
         key = parse_public_key(data, address, now)
         self.put(key, now)
         return key
+
+    def revoke(self, fingerprint: str, address: Address, now: dt.datetime) -> PublicKey | None:
+        """The stored key of `address`, if its fingerprint is `fingerprint` (its owner uploaded
+        it revoked, with a key revocation signature, RFC 9580 §5.2.1.11: it must not be used
+        any more), made unusable from `now` on as an expired one is: its owner's policy
+        applies (DEFER: the mail waits) until a new key is imported, and no mail is stored in
+        the clear for it meanwhile."""
+        key = self.get(address)
+        if key is None or key.fingerprint != fingerprint.lower():
+            return None
+        ended = dataclasses.replace(key, expires=min(now, key.expires or now))
+        self.put(ended, now)
+        return ended
 
     def put(self, key: PublicKey, now: dt.datetime) -> None:
         address = key.address
