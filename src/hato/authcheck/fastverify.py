@@ -7,8 +7,9 @@ rest of a message's handling. `FastVerify` is a mixin for dkimpy's verifiers tha
 - takes the parsed key from `parsed_key`, a cache keyed by the key record's text itself (so it
   never needs a TTL: the DNS cache decides which record is current, RFC 6376 §3.6.2.1), and
 - checks an RSA signature with `cryptography` (OpenSSL), RSASSA-PKCS1-v1_5 as RFC 6376 §3.3.1
-  asks; anything `cryptography` will not take (an odd exponent or modulus) goes back to
-  dkimpy's own check, so the verdicts are dkimpy's.
+  asks; an RSA key `cryptography` will not take (an exponent not below the modulus, an even
+  one) verifies nothing: dkimpy's own check of it is Python's pow(), seconds per signature
+  for a stranger's long key and exponent. Other algorithms and digests stay dkimpy's.
 Everything else (tags, canonicalization, which headers are signed) stays dkimpy's.
 
 Imports: dkimpy, cryptography. No I/O of its own; runs in an Offload like the rest of dkimpy.
@@ -152,6 +153,12 @@ class FastVerify:
         sig_header: tuple[bytes, bytes],
         dnsfunc: Callable[..., bytes] | None,
     ) -> bool:
+        if self.ktag == b"rsa" and self._rsa_key is None:
+            # A key OpenSSL refuses (e >= n, an even e or n) verifies nothing. dkimpy would
+            # check it with Python's pow(): a stranger's 16,384-bit modulus with an exponent
+            # as long took 11 s of CPU per signature (RFC 6376 §6.1.2 step 6: an unusable
+            # key is a PERMFAIL; RFC 8301 §3.2 only asks for 1024 to 4096-bit keys).
+            return False
         if self._rsa_key is None or self.ktag != b"rsa" or sig.get(b"a") not in _DIGESTS:
             return bool(super().verify_sig_process(sig, include_headers, sig_header, dnsfunc))  # type: ignore[misc]
         # RFC 8460 §3: a TLS report's signature carries the tlsrpt service type, others not.

@@ -1,13 +1,18 @@
 """What one message may cost the checks: DNS questions per message are bounded (8 DKIM
-signatures; ARC chains of at most 50 sets, RFC 8617 §5.2), and dkimpy's work runs in the
-`Offload` it is given, never on the event loop's thread."""
+signatures; ARC chains of at most 50 sets, RFC 8617 §5.2), dkimpy's work runs in the
+`Offload` it is given, never on the event loop's thread, and no stranger's key is checked
+with Python's own big-integer arithmetic."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import dkim  # type: ignore[import-untyped]
+import pytest
 
 from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
@@ -20,6 +25,7 @@ from hato.authcheck.dkim import (
     load_signing_key,
     verify_dkim,
 )
+from hato.authcheck.fastverify import FastDKIM
 from hato.authcheck.offload import WorkerPool
 from hato.model.dns import RdType, TxtRecord
 from kit.clock import FakeClock
@@ -123,3 +129,65 @@ def test_a_real_chain_still_passes_with_the_checks_in_a_worker_thread() -> None:
     result = asyncio.run(verify_arc(first + HEADERS + BODY, resolver, offload=offload))
     assert (result.status, result.instances) == (ArcStatus.PASS, 1)
     assert len(offload.threads) == 1
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    length = len(body)
+    if length < 0x80:
+        return bytes([tag, length]) + body
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + body
+
+
+def _hostile_record(bits: int = 4096) -> bytes:
+    """A key record dkimpy parses but OpenSSL refuses: an exponent larger than the modulus.
+    dkimpy's own check of it is pow() in Python: 11 s of CPU at 16,384 bits."""
+    modulus = (1 << (bits - 1)) | 0xF00D1  # odd, `bits` long
+    exponent = modulus + 2
+    numbers = b"".join(
+        _der(0x02, n.to_bytes((n.bit_length() + 8) // 8, "big")) for n in (modulus, exponent)
+    )
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(_der(0x30, numbers))
+
+
+@pytest.fixture
+def python_rsa(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts dkimpy's pure-Python RSA checks (each is pow() with the key's exponent)."""
+    calls: list[int] = []
+    real = dkim.RSASSA_PKCS1_v1_5_verify
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_verify", counted)
+    return calls
+
+
+def test_a_key_openssl_refuses_is_a_permerror_not_python_arithmetic(python_rsa: list[int]) -> None:
+    signed = DkimSigner("example.com", "big", load_signing_key(PEM), CLOCK).sign(HEADERS, [BODY])
+    message = signed + HEADERS + BODY
+    resolver = FakeResolver(
+        {("big._domainkey.example.com", RdType.TXT): [TxtRecord((_hostile_record(),))]}
+    )
+    (result,) = asyncio.run(verify_dkim(message, resolver))
+    # RFC 6376 §6.1.2 step 6: a key that cannot be used is a PERMFAIL.
+    assert (result.status, result.reason) == (DkimStatus.PERMERROR, "bad key: RSA key not usable")
+    # dkimpy's verifier itself, asked directly, verifies nothing with it either.
+    record = _hostile_record()
+    assert FastDKIM(message).verify(dnsfunc=lambda name, timeout=5: record) is False
+    assert python_rsa == []
+
+
+def test_an_arc_seal_of_a_key_openssl_refuses_fails_without_python_arithmetic(
+    python_rsa: list[int],
+) -> None:
+    sealer = ArcSealer("fwd.example", "arc", load_signing_key(PEM), "fwd.example", CLOCK)
+    first = sealer.seal(HEADERS, [BODY], ArcStatus.NONE)
+    assert first is not None
+    resolver = FakeResolver(
+        {("arc._domainkey.fwd.example", RdType.TXT): [TxtRecord((_hostile_record(),))]}
+    )
+    result = asyncio.run(verify_arc(first + HEADERS + BODY, resolver))
+    assert result.status is ArcStatus.FAIL
+    assert python_rsa == []

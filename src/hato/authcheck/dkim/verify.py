@@ -231,9 +231,14 @@ def _key_problem(record: bytes, algorithm: str) -> str:
         # RFC 6376 §3.6.1: an empty p= means the key was revoked.
         return "key revoked"
     try:
-        ktag = parsed_key(record).ktag
+        key = parsed_key(record)
     except DKIMPY_ERRORS as error:
         return f"bad key: {error}"
+    ktag = key.ktag
+    if ktag == b"rsa" and key.rsa_key is None:
+        # RFC 6376 §6.1.2 step 6: a key that cannot be used (e >= n, an even e) is a
+        # PERMFAIL; checking it with dkimpy's Python arithmetic cost seconds (fastverify.py).
+        return "bad key: RSA key not usable"
     # RFC 6376 §6.1.2 step 6: the key type must match the signature algorithm.
     if not algorithm.startswith(bytes(ktag).decode("ascii") + "-"):
         return "key type does not match the signature algorithm"
