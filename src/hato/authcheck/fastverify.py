@@ -207,7 +207,7 @@ def _hash_headers(
     sig_header: tuple[bytes, bytes],
 ) -> list[tuple[bytes, bytes]]:
     """dkimpy's `hash_headers`, step by step, with its b= removal done by `without_b_value`."""
-    signed: list[tuple[bytes, bytes]] = dkim.select_headers(headers, include_headers)
+    signed = select_headers(headers, include_headers)
     # RFC 6376 §3.7: the signature field itself is hashed with its b= value deleted, and
     # without the CRLF that ends it.
     own = canon.canonicalize_headers([(sig_header[0], without_b_value(sig_header[1]))])
@@ -215,6 +215,24 @@ def _hash_headers(
         hasher.update(name)
         hasher.update(b":")
         hasher.update(value)
+    return signed
+
+
+def select_headers(
+    headers: list[tuple[bytes, bytes]], include_headers: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """dkimpy's `select_headers` in one pass over each list: for every name of h=, the
+    bottom-most field of that name not yet taken (RFC 6376 §5.4.2), none once they are all
+    taken. dkimpy's looks for each name from the bottom of the header section again: a
+    stranger's h= of 8,000 distinct names over as many fields cost 3.4 s of CPU."""
+    below: dict[bytes, list[int]] = {}
+    for index, (name, _) in enumerate(headers):
+        below.setdefault(name.lower(), []).append(index)
+    signed = []
+    for name in include_headers:
+        found = below.get(name)
+        if found:
+            signed.append(headers[found.pop()])
     return signed
 
 
