@@ -79,6 +79,7 @@ LIVE_KEYS = frozenset(
         "milter",  # every key: the next message's milters (boot.filters)
         "limits.max_recipients",
         "limits.max_bad_commands",
+        "limits.max_refused_recipients",
         "limits.max_text_line",
         "limits.idle_timeout",
         "limits.session_timeout",

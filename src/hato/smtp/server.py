@@ -96,6 +96,7 @@ class ServerConnection(VerbHandlers):
         self._decision = None
         self._out = []
         self._errors = 0
+        self._refused_since_message = 0  # RCPTs refused since a message was last accepted
         # RFC 5321 §4.5.3.1.4 / RFC 4954 §4: a line is first looked for within the smaller of
         # the two limits; only a line too long for it needs to know which applies (_step_line).
         self._short_limit = min(settings.max_command_line, settings.max_auth_line)
@@ -205,6 +206,7 @@ class ServerConnection(VerbHandlers):
                 self._state = State.RCPT
             case MessageEnd():
                 self._out.append(R.wire_with_text(R.MESSAGE_OK, text))
+                self._refused_since_message = 0
                 self._end_transaction()
             case StartTLSRequest():
                 self._out.append(R.wire_with_text(R.STARTTLS_READY, text))
@@ -229,6 +231,15 @@ class ServerConnection(VerbHandlers):
         match event:
             case RcptTo():
                 self._refused += 1
+                self._refused_since_message += 1
+                if self._refused_since_message >= self._settings.max_refused_recipients:
+                    # RFC 5321 §3.8: the server may close with 421. Each refused RCPT is a
+                    # look-up and a log line: a stranger guessing addresses (or flooding the
+                    # log) gets this many per connection, not one per line until the session
+                    # times out (as Postfix's smtpd_hard_error_limit, "without delivering").
+                    detail = "too many refused recipients"
+                    self._events.append(ProtocolError(R.TOO_MANY_REFUSED, detail))
+                    self._close(R.TOO_MANY_REFUSED)
             case MessageEnd():
                 self._end_transaction()
             case AuthRequest() | AuthResponse():

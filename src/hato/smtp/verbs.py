@@ -67,6 +67,7 @@ class VerbHandlers:
     _decision: Decision | None
     _out: list[bytes]
     _errors: int
+    _refused_since_message: int
     # the mail transaction
     _txn_smtputf8: bool
     _accepted: int

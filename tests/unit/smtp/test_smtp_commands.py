@@ -398,6 +398,29 @@ def test_refused_recipients_do_not_count_against_the_limit() -> None:
     assert codes(out) == [250, 250, 550, 250, 250, 452]
 
 
+BAD_RCPT = "RCPT TO:<x@other.example>\r\n"
+
+
+def test_refused_recipients_close_the_session_at_the_limit() -> None:
+    # Each refused RCPT is a look-up and a log line: a stranger guessing addresses gets
+    # max_refused_recipients of them per connection (RFC 5321 §3.8: 421 closes), across RSETs.
+    d = Driver.make(max_refused_recipients=3)
+    out = d.run(EHLO + "MAIL FROM:<a@b.example>\r\n" + BAD_RCPT * 2 + "RSET\r\n"
+                + "MAIL FROM:<a@b.example>\r\n" + BAD_RCPT * 2 + "NOOP\r\n")  # fmt: skip
+    assert codes(out) == [250, 250, 550, 550, 250, 250, 550, 421]
+    assert replies(out)[-1] == "421 4.7.0 Too many refused recipients, closing connection"
+    assert len(d.of_type(RcptTo)) == 3
+    assert isinstance(d.events[-1], CloseConnection)
+
+
+def test_an_accepted_message_starts_the_refused_count_again() -> None:
+    d = Driver.make(max_refused_recipients=3)
+    message = "MAIL FROM:<a@b.example>\r\n" + BAD_RCPT * 2 + "RCPT TO:<a@example.org>\r\n"
+    out = d.run(EHLO + (message + "DATA\r\nhi\r\n.\r\n") * 2 + "NOOP\r\n")
+    assert codes(out) == [250] + [250, 550, 550, 250, 354, 250] * 2 + [250]
+    assert not d.closed
+
+
 def test_rset_and_new_ehlo_reset_the_transaction() -> None:
     d = Driver.make()
     out = d.run(EHLO + TXN + "RSET\r\nRCPT TO:<b@example.org>\r\n" + TXN + EHLO + "DATA\r\n")
