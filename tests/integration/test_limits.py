@@ -114,3 +114,25 @@ def test_sigterm_finishes_the_message_in_progress(tmp_path: Path) -> None:
         assert len(maildir.wait_for_marker(box, marker, timeout=20)) == 1
     finally:
         server.stop()
+
+
+def test_a_stranger_guessing_recipients_is_cut_off_at_the_limit(tmp_path: Path) -> None:
+    # Each refused RCPT is a user look-up and a log line: limits.max_refused_recipients of
+    # them per connection (here 5), then 421 4.7.0 and close; RFC 5321 §3.8.
+    server = TunedHato(tmp_path / "data", MailSetup(), "max_refused_recipients = 5")
+    server.start()
+    try:
+        sock = socket.create_connection((server.host, server.port))
+        assert _banner(sock).startswith(b"220 ")
+        guesses = b"".join(b"RCPT TO:<guess%d@users.test>\r\n" % i for i in range(50))
+        sock.sendall(b"EHLO stranger.example\r\nMAIL FROM:<a@stranger.example>\r\n" + guesses)
+        replies = b""
+        while chunk := sock.recv(65536):
+            replies += chunk
+        sock.close()
+        codes = [line[:3] for line in replies.split(b"\r\n") if line[3:4] == b" "]
+        assert codes == [b"250", b"250"] + [b"550"] * 5 + [b"421"]
+        assert b"421 4.7.0 Too many refused recipients" in replies
+    finally:
+        server.stop()
+    assert server.log_text().count("event=rcpt-refused") == 5  # the 6th guess never asked
