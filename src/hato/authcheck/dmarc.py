@@ -315,14 +315,16 @@ def parse_record(text: str) -> DmarcRecord:
         policy, sp = DmarcPolicy.NONE, None  # RFC 7489 §6.6.3: act as if p=none
     np = _policy(tags["np"], "np") if "np" in tags else None  # RFC 9091 §4.1
     pct_text = tags.get("pct", "100")
-    # RFC 7489 §6.3: pct is an integer 0..100.
-    if not pct_text.isdigit() or int(pct_text) > 100:
-        raise DmarcRecordError(f"pct={pct_text!r} is not 0..100")
+    # RFC 7489 §6.3: pct is an integer 0..100; ASCII digits only, and never so many that
+    # int() refuses them (a ValueError that cut the session with 421).
+    digits = pct_text.lstrip("0") or "0"
+    if not (pct_text.isascii() and pct_text.isdigit()) or len(digits) > 3 or int(digits) > 100:
+        raise DmarcRecordError(f"pct={pct_text[:20]!r} is not 0..100")
     return DmarcRecord(
         policy=policy,
         subdomain_policy=sp,
         nonexistent_policy=np,
-        pct=int(pct_text),
+        pct=int(digits),
         adkim=_alignment(tags.get("adkim", "r"), "adkim"),
         aspf=_alignment(tags.get("aspf", "r"), "aspf"),
         rua=rua,

@@ -105,11 +105,18 @@ def test_parse_defaults() -> None:
         "v=DMARC2; p=none",
         "p=none; v=DMARC1",
         "v=DMARC1; p=none; pct=101",
+        # A stranger's record: digits int() refuses were a ValueError, the session's 421.
+        "v=DMARC1; p=reject; pct=\u00b2",
+        "v=DMARC1; p=reject; pct=" + "1" * 5000,
     ],
 )
 def test_invalid_records(text: str) -> None:
     with pytest.raises(DmarcRecordError):
         parse_record(text)
+
+
+def test_pct_with_leading_zeros_is_read() -> None:
+    assert parse_record("v=DMARC1; p=reject; pct=" + "0" * 5000 + "25").pct == 25
 
 
 def test_invalid_p_with_a_rua_acts_as_p_none() -> None:
