@@ -85,9 +85,13 @@ def tokenize(text: str, *, exp: bool) -> tuple[Token, ...]:
             # RFC 7208 §7.1: a "%" not followed by "{", "%", "-" or "_" is a syntax error.
             raise PermError(f"invalid macro in {text!r}")
         letter, digits, reverse, delimiters = match.groups()
-        if digits and int(digits) == 0:
-            raise PermError(f"zero transformer in {text!r}")  # §7.3: DIGIT must be nonzero
-        tokens.append(Macro(letter, int(digits or 0), bool(reverse), delimiters))
+        digits = digits.lstrip("0") if digits else ""
+        if match.group(2) and not digits:
+            raise PermError(f"zero transformer in {text[:60]!r}")  # §7.3: DIGIT must be nonzero
+        # §7.3: the rightmost N parts; a name has at most 127, so more digits than 3 keep all
+        # (int() refuses thousands of digits: a ValueError, the session's 421).
+        count = 0 if not digits else int(digits) if len(digits) <= 3 else 999
+        tokens.append(Macro(letter, count, bool(reverse), delimiters))
         pos = match.end()
     return tuple(tokens)
 

@@ -162,6 +162,21 @@ def test_third_void_lookup_is_a_permerror() -> None:
     assert (result.result, result.detail) == (SpfResultCode.PERMERROR, "more than 2 void lookups")
 
 
+def test_a_transformer_of_thousands_of_digits_keeps_every_part() -> None:
+    # RFC 7208 §7.3: keep the rightmost N parts; a stranger's N of 4,400 digits was a ValueError
+    # of int() that ended the session 421 internal error. More parts than a name has: all.
+    digits, zeros = "9" * 4400, "0" * 4400
+    resolver = _resolver({
+        ("example.com", RdType.TXT): [f"v=spf1 exists:%{{d{digits}}}.x.example -all"],
+        ("example.com.x.example", RdType.A): ["192.0.2.9"],
+        ("zero.example", RdType.TXT): [f"v=spf1 exists:%{{d{zeros}}}.x.example -all"],
+    })  # fmt: skip
+    result = _mail_from("192.0.2.1", "a@example.com", resolver)
+    assert result.result is SpfResultCode.PASS
+    zero = _mail_from("192.0.2.1", "a@zero.example", resolver)
+    assert (zero.result, zero.detail[:16]) == (SpfResultCode.PERMERROR, "zero transformer")
+
+
 def test_syntax_error_anywhere_is_a_permerror_even_after_a_match() -> None:
     # RFC 7208 §4.6: the whole record is parsed before evaluation.
     resolver = _resolver({("example.com", RdType.TXT): ["v=spf1 +all ip4:300.1.1.1"]})
