@@ -93,7 +93,10 @@ def _tags(value: bytes) -> dict[bytes, bytes] | None:
 def _instance(field: HeaderField) -> int:
     tags = _tags(field.value.split(b";", 1)[0] if field.name.lower() == AAR else field.value)
     raw = (tags or {}).get(b"i", b"")
-    return int(raw) if raw.isdigit() else 0
+    # RFC 8617 §4.2.1: i= is 1*2DIGIT. Longer is no instance (0: the chain fails), never an
+    # int() of thousands of digits (a ValueError; a line can be that long with
+    # limits.max_text_line = 0).
+    return int(raw) if raw.isdigit() and len(raw) <= 9 else 0
 
 
 def arc_fields(fields: Sequence[HeaderField]) -> list[tuple[int, HeaderField]]:

@@ -162,8 +162,8 @@ def hash_key(tags: Mapping[bytes, bytes]) -> HashKey | None:
     length = tags.get(b"l", b"").strip()
     if body not in (b"simple", b"relaxed") or algorithm is None or len(canon) > 2:
         return None
-    if length and not length.isdigit():
-        return None
+    if length and (not length.isdigit() or len(length) > 76):
+        return None  # RFC 6376 §3.5: sig-l-tag is 1*76DIGIT (int() refuses thousands)
     return (body == b"relaxed", algorithm, int(length) if length else None)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from dnsserver import FakeResolver
 from hato.authcheck.arc import ArcSealer, ArcStatus, verify_arc
+from hato.authcheck.bodyhash import hash_key
 from hato.authcheck.dkim import (
     MAX_SIGNATURES,
     DkimAlgorithm,
@@ -191,3 +192,18 @@ def test_an_arc_seal_of_a_key_openssl_refuses_fails_without_python_arithmetic(
     result = asyncio.run(verify_arc(first + HEADERS + BODY, resolver))
     assert result.status is ArcStatus.FAIL
     assert python_rsa == []
+
+
+def test_an_instance_of_thousands_of_digits_fails_the_chain() -> None:
+    # RFC 8617 §4.2.1: i= is 1*2DIGIT; thousands of digits (a line that long passes with
+    # limits.max_text_line = 0) were a ValueError of int(), the session's 421.
+    seal = b"ARC-Seal: i=" + b"1" * 5000 + b"; a=rsa-sha256; cv=none; d=a.example; s=s; b=AA\r\n"
+    result = asyncio.run(verify_arc(seal + _sets(1) + HEADERS + BODY, _resolver([])))
+    assert result.status is ArcStatus.FAIL
+
+
+def test_a_body_length_of_thousands_of_digits_names_no_body_hash() -> None:
+    # RFC 6376 §3.5: l= is 1*76DIGIT; the streamed body hashes (messages past 10 MiB) took
+    # int() of any length.
+    assert hash_key({b"a": b"rsa-sha256", b"l": b"1" * 5000}) is None
+    assert hash_key({b"a": b"rsa-sha256", b"l": b"1" * 76}) is not None
