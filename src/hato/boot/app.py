@@ -42,6 +42,7 @@ from hato.server.datadir import DataDirError, server_secret
 from hato.server.localsubmit import LocalSubmitter, SenderPolicy
 from hato.server.metrics import refresh_queue
 from hato.server.privileges import PrivilegeError, drop_privileges, lookup_identity
+from hato.server.spread import LoadBoard, WorkerLoad
 from hato.server.systemd import Notifier, run_watchdog, watchdog_interval
 from hato.server.workerfigures import FIGURES_DIR, WorkerFigures
 
@@ -60,6 +61,7 @@ class WorkerRole:
     index: int
     sockets: dict[int, socket.socket]  # listener index -> the bound socket it serves
     node_id: str
+    board: LoadBoard  # every worker's live connections, which spread them (server/spread.py)
 
 
 async def run(settings: Settings, source: str, worker: WorkerRole | None = None) -> None:
@@ -94,7 +96,8 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
     runner_task: asyncio.Task[None] | None = None
     try:
         ids = session_ids(clock.now(), worker.index if worker is not None else 0)
-        await listening.open(settings, sockets, rooms, scram, ids)
+        load = WorkerLoad(worker.board, worker.index) if worker is not None else None
+        await listening.open(settings, sockets, rooms, scram, ids, load)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

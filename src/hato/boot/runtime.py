@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from hato.server.httpguard import GuardedSite
 from hato.server.implicit import ImplicitTlsListener
 from hato.server.metrics import Metrics, MetricsBindError, MetricsServer, bind_metrics
 from hato.server.session import SmtpSession
+from hato.server.spread import AcceptLoop, PlainAccepts, Turn, WorkerLoad
 from hato.server.tls import ReloadingContext
 
 if TYPE_CHECKING:
@@ -274,7 +276,7 @@ class Listening:
 
     states: list[ListenerState] = field(default_factory=list)
     contexts: list[tuple[SessionContext, ListenerSettings]] = field(default_factory=list)
-    servers: list[asyncio.Server | ImplicitTlsListener] = field(default_factory=list)
+    servers: list[asyncio.Server | ImplicitTlsListener | AcceptLoop] = field(default_factory=list)
 
     async def open(
         self,
@@ -283,7 +285,11 @@ class Listening:
         rooms: Rooms,
         scram: ScramDecoy,
         ids: Iterator[str],
+        load: WorkerLoad | None = None,
     ) -> None:
+        """With `load` (several workers), every listener accepts by its own loop and takes
+        turns with the other workers (server/spread.py); alone, the plain listeners are the
+        event loop's servers."""
         loop = asyncio.get_running_loop()
         shared = rooms.shared
         for number, listener in enumerate(settings.listeners):
@@ -295,6 +301,7 @@ class Listening:
                 max_connections=listener.max_connections,
                 max_per_ip=listener.max_connections_per_ip,
                 shared=rooms.ledger,  # with workers: every listener's counts are shared
+                load=load,
             )
             config = listener_config(settings, shared, listener, shared.problems)
             ctx = SessionContext(
@@ -323,10 +330,16 @@ class Listening:
                 ids=ids,
             )
             ctx.configure(config)  # the rest of what the configuration decides
+            turn = Turn(load, time.monotonic) if load is not None else None
             if role is Role.SUBMISSIONS:  # port 465: limits hold from accept, through TLS
-                front = ImplicitTlsListener(sockets[number], ctx, _factory(ctx))
+                front = ImplicitTlsListener(sockets[number], ctx, _factory(ctx), turn)
                 front.start()
                 self.servers.append(front)
+            elif load is not None and turn is not None:
+                accepts = PlainAccepts(_factory(ctx), load)
+                plain = AcceptLoop(sockets[number], state.name, accepts, turn)
+                plain.start()
+                self.servers.append(plain)
             else:
                 self.servers.append(
                     await bind(loop, listener.host, listener.port, _factory(ctx), sockets[number])

@@ -4,10 +4,14 @@ data directory (`[server] workers`, by default one per CPU; issue 2: one process
 
 Theory of operation: the supervisor binds every listener itself, recovers the queue once, then
 forks the workers. Each worker runs the whole server (sessions, queue writer, runner) on the
-sockets it inherits: every worker serves every listener, mx and submission (587, 465) alike
-(the kernel spreads the connections), and the first also the control socket, the local
-submission socket and the endpoints (web, metrics); what limits a client is shared through the
-data directory (issue 15 item 1: authenticated submission was one worker's CPU alone).
+sockets it inherits: every worker serves every listener, mx and submission (587, 465) alike,
+and the first also the control socket, the local submission socket and the endpoints (web,
+metrics); what limits a client is shared through the data directory (issue 15 item 1:
+authenticated submission was one worker's CPU alone).
+Which worker accepts a connection is not left to the kernel's wake-up order alone: each
+publishes its live connections on a board made here before the fork (an anonymous shared
+mapping), and one past its share leaves a new connection to the others for 2 ms
+(server/spread.py; issue 15 item 2: a burst of connections went mostly to one worker).
 Workers commit to the one SQLite queue (WAL; their group commits take turns under a lock
 file, see queue/writer.py), and each delivers what it accepted;
 retries go to whichever worker leases them first. A worker that dies is replaced, after its
@@ -73,6 +77,7 @@ from hato.queue import recover_offline, release_leases
 from hato.server import workerfigures
 from hato.server.datadir import DataDirError, locked
 from hato.server.privileges import PrivilegeError, acting_as_owner, lookup_identity
+from hato.server.spread import LoadBoard
 
 if TYPE_CHECKING:
     from hato.config import Settings
@@ -97,7 +102,11 @@ def _node_id(index: int) -> str:
 
 
 def _start_worker(
-    settings: Settings, source: str, index: int, sockets: dict[int, socket.socket]
+    settings: Settings,
+    source: str,
+    index: int,
+    sockets: dict[int, socket.socket],
+    board: LoadBoard,
 ) -> int:
     logging.getLogger("hato").handlers[0].flush()  # nothing buffered may be written twice
     # The worker starts with SIGHUP blocked: a reload asked while it starts (its default action
@@ -114,7 +123,7 @@ def _start_worker(
             signal.signal(sig, signal.SIG_DFL)
         handler = configure_logging(settings.server.log_format, settings.server.log_level)
         log.info(logfmt("worker-started", worker=index, pid=os.getpid(), listeners=len(sockets)))
-        asyncio.run(run(settings, source, WorkerRole(index, sockets, _node_id(index))))
+        asyncio.run(run(settings, source, WorkerRole(index, sockets, _node_id(index), board)))
         code = EX_OK
         handler.flush()
     except StartupError as exc:  # one line, and its exit code (78 stops the supervisor)
@@ -275,8 +284,9 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
     # Python's docs on gc.freeze: before fork, so the collector of a worker does not touch
     # (and copy) the pages it shares with the supervisor.
     gc.freeze()
+    board = LoadBoard(workers)  # before the fork: every worker maps the same counts
     for index in range(workers):
-        children[_start_worker(settings, source, index, sockets)] = index
+        children[_start_worker(settings, source, index, sockets, board)] = index
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by serve()
@@ -308,6 +318,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         # Its connections died with it: they no longer count against the limits.
         with acting_as_owner(data_dir):
             connections.forget_worker(data_dir / connections.CONNECTIONS_TABLE, index)
+        board.clear(index)  # nor in the spreading of new ones (server/spread.py)
         # What it counted stays in the totals: its replacement takes it over (as the server's
         # user: root does not read or write in DATA_DIR/figures/, server/workerfigures.py).
         with acting_as_owner(data_dir):
@@ -325,7 +336,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         if stopping:
             continue  # SIGTERM came during the pause: it was passed on to the others only
         asked = in_force.generation
-        pid = _start_worker(in_force.settings, source, index, sockets)
+        pid = _start_worker(in_force.settings, source, index, sockets, board)
         children[pid] = index
         if in_force.generation != asked:  # a reload asked while it was forked: it missed it
             with contextlib.suppress(ProcessLookupError):

@@ -42,6 +42,12 @@ class SharedCounts(Protocol):
     def drop(self, listener: str, client: str) -> None: ...
 
 
+class LiveCount(Protocol):
+    """This worker's live connections on the board every worker reads (server/spread.py)."""
+
+    def add(self, step: int) -> None: ...
+
+
 class OpenSession(Protocol):
     """What the listener's accounting knows of a session (server/session.py's SmtpSession):
     a graceful stop drains it, then aborts its transport."""
@@ -63,6 +69,7 @@ class ListenerState:
     max_connections: int
     max_per_ip: int
     shared: SharedCounts | None = None
+    load: LiveCount | None = None  # with workers: what spreads connections over them
     active: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
     sessions: set[OpenSession] = field(default_factory=set)
@@ -90,6 +97,8 @@ class ListenerState:
     def reserve(self, ip: str) -> None:
         """Hold a place for a connection not yet a session (a TLS handshake on port 465)."""
         self.active += 1
+        if self.load is not None:
+            self.load.add(1)
         key = _ip_key(ip)
         self.per_ip[key] = self.per_ip.get(key, 0) + 1
         if self.shared is None:
@@ -105,6 +114,8 @@ class ListenerState:
     def release(self, ip: str) -> None:
         """Give back a place held by `reserve`."""
         self.active -= 1
+        if self.load is not None:
+            self.load.add(-1)
         self._uncount(ip)
 
     def enter(self, session: OpenSession, ip: str) -> None:
@@ -117,6 +128,8 @@ class ListenerState:
             return
         self.sessions.discard(session)
         self.active -= 1
+        if self.load is not None:
+            self.load.add(-1)
         if not self.sessions:
             self.empty.set()
         self._uncount(ip)

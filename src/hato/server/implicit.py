@@ -13,6 +13,8 @@ reaches the next handshake). The session made when the handshake is done counts 
 usual (`ListenerState.enter`); then the place held for the handshake is given back, as it is
 when a handshake fails or times out. A client past its limit is closed without a byte: on
 this port nothing may be sent in clear, and a handshake is what the limit is there to spare.
+The accepting itself is server/spread.py's loop, which with several workers leaves a
+connection to a less loaded worker.
 """
 
 from __future__ import annotations
@@ -22,63 +24,60 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from hato.model import logfmt
 from hato.server.context import SessionContext
+from hato.server.spread import AcceptLoop, Turn
 
 log = logging.getLogger("hato.smtpd")
 
 
 class ImplicitTlsListener:
     """Accepts on a bound, listening socket; `close()` stops accepting and ends handshakes
-    still in progress (sessions already made are drained by the composition root)."""
+    still in progress (sessions already made are drained by the composition root). With
+    `turn`, it takes turns with the other workers (server/spread.py)."""
 
     def __init__(
-        self, sock: socket.socket, ctx: SessionContext, factory: Callable[[], asyncio.Protocol]
+        self,
+        sock: socket.socket,
+        ctx: SessionContext,
+        factory: Callable[[], asyncio.Protocol],
+        turn: Turn | None = None,
     ) -> None:
-        self._sock = sock
         self._ctx = ctx
         self._factory = factory
-        self._accepting: asyncio.Task[None] | None = None
+        self._accepting = AcceptLoop(sock, ctx.listener.name, self._accepted, turn)
         self._handshakes: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+        self._accepting.start()
 
     def close(self) -> None:
-        if self._accepting is not None:
-            self._accepting.cancel()
+        self._accepting.close()
         for task in list(self._handshakes):
             task.cancel()
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _accepted(self, conn: socket.socket, peer: Any) -> None:
         listener = self._ctx.listener
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(self._sock)
-            except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
-                log.warning(logfmt("accept-failed", listener=listener.name, error=exc))
-                await asyncio.sleep(0.1)
-                continue
-            ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-            self._ctx.metrics.connection()
-            if not listener.admit(ip):
-                # RFC 5321 §3.8 would have us say 421, but not in clear on this port.
-                log.warning(
-                    logfmt(
-                        "connection-refused",
-                        listener=listener.name,
-                        client=ip,
-                        reason="connection-limit",
-                    )
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self._ctx.metrics.connection()
+        if not listener.admit(ip):
+            # RFC 5321 §3.8 would have us say 421, but not in clear on this port.
+            log.warning(
+                logfmt(
+                    "connection-refused",
+                    listener=listener.name,
+                    client=ip,
+                    reason="connection-limit",
                 )
-                conn.close()
-                continue
-            listener.reserve(ip)
-            task = loop.create_task(self._handshake(conn, ip))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            )
+            conn.close()
+            return
+        listener.reserve(ip)
+        task = asyncio.get_running_loop().create_task(self._handshake(conn, ip))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, conn: socket.socket, ip: str) -> None:
         tls = self._ctx.tls

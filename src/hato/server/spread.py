@@ -1,0 +1,215 @@
+"""Connections spread over the workers (issue 15 item 2): each worker accepts on the listening
+sockets it shares with the others by its own accept loop, and lets a connection go to a less
+loaded worker when it has more than its share.
+
+Theory of operation. With `[server] workers` every worker waits on the same listening sockets,
+and the kernel wakes them all for a new connection; the one that runs first used to accept the
+whole backlog (the event loop's accept drains it), so a client that opened ten connections at
+once often had nine on one worker: that worker's event loop was busy while the other idled
+(`engine long 10` in docs/performance.md). Now every worker publishes its number of live
+connections (sessions, TLS handshakes on port 465, connections accepted and not yet sessions)
+on a `LoadBoard`: one 32-bit count per worker in an anonymous shared mapping that the
+supervisor makes before it forks, so every worker inherits it. Before each accept a worker
+asks its `Turn`: with more live connections than the least loaded other worker plus one, it
+stops reading that socket for `HOLD` (2 ms) so that a less loaded worker, woken by the same
+connection, takes it. When the pause ends and the connection is still there (no other worker
+took it: one stopped, stuck, or not scheduled in time), this worker accepts it and leaves
+the next one to the others again; when that happens twice before the backlog is empty, it
+accepts everything waiting on that socket before it judges again. So a worker that does not
+take its turn delays a burst by two pauses, never strands a connection, and no connection is
+ever refused here (the limits and their 421 replies stay where they are: server/context.py,
+the session).
+
+Each count has one writer, its worker (a 4-octet aligned store, seen whole by the readers);
+a count read a moment stale only moves one connection to a worker that could have done
+without it. The supervisor zeroes the count of a worker it reaps, before its replacement
+starts. Cost per connection: two stores and one read of the board (no system call), and the
+accept done here in place of the event loop's own (one task per plain connection, for
+`connect_accepted_socket`). With one worker there is no board: the plain listeners are the
+event loop's `create_server`, as before, and port 465's loop accepts whatever comes.
+
+May import hato.model only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from hato.model import logfmt
+
+log = logging.getLogger("hato.smtpd")
+
+HOLD = 0.002  # how long a worker past its share leaves a connection to the others
+RETRY = 0.1  # after a failed accept (EMFILE and the like): the backlog waits meanwhile
+BATCH = 16  # accepts per wake-up at most: the sessions of this worker get their turn too
+
+
+class LoadBoard:
+    """Every worker's number of live connections, in memory shared by the processes forked
+    after it was made (an anonymous MAP_SHARED mapping: no file, nothing left behind)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"a board for {workers} workers")
+        self.workers = workers
+        self._map = mmap.mmap(-1, 4 * workers, flags=mmap.MAP_SHARED)
+        self.counts = memoryview(self._map).cast("i")  # aligned native ints, one per worker
+
+    def clear(self, worker: int) -> None:
+        """A worker is gone: its connections went with it."""
+        self.counts[worker] = 0
+
+
+class WorkerLoad:
+    """This worker's count on the board: `add` is called as connections open and close."""
+
+    __slots__ = ("_counts", "_index", "_others", "count")
+
+    def __init__(self, board: LoadBoard, index: int) -> None:
+        if not 0 <= index < board.workers:
+            raise ValueError(f"worker {index} of a board for {board.workers}")
+        self._counts = board.counts
+        self._index = index
+        self._others = [n for n in range(board.workers) if n != index]
+        self.count = 0
+        self._counts[index] = 0
+
+    def add(self, step: int) -> None:
+        self.count += step
+        self._counts[self._index] = self.count
+
+    def over_share(self) -> bool:
+        """More live connections here than the least loaded other worker's plus one."""
+        counts = self._counts
+        return self.count > min(counts[n] for n in self._others) + 1
+
+
+class Turn:
+    """Whether this worker accepts the connection waiting on one socket now (one per socket:
+    each has its own backlog). `wait` answers 0 (accept) or how long to leave it to the
+    others. A connection left `hold` seconds and still there is this worker's; when that
+    happens twice before the backlog is empty, the others are not taking theirs (stopped,
+    stuck) and this worker accepts whatever waits until `drained`."""
+
+    def __init__(self, load: WorkerLoad, clock: Callable[[], float], hold: float = HOLD) -> None:
+        self._load = load
+        self._clock = clock
+        self._hold = hold
+        self._since: float | None = None  # when this worker began leaving the connection
+        self._late = 0  # connections left `hold` to the others in vain, since `drained`
+        self._forced = False  # twice in vain: accept until drained
+
+    def wait(self) -> float:
+        if self._forced:
+            return 0.0
+        if not self._load.over_share():
+            self._since, self._late = None, 0
+            return 0.0
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+        left = self._since + self._hold - now
+        if left > 0:
+            return left
+        self._since = None  # this one is ours; the next is left to the others again
+        self._late += 1
+        self._forced = self._late >= 2
+        return 0.0
+
+    def drained(self) -> None:
+        """Nothing is waiting on the socket: the next connection is judged afresh."""
+        self._since, self._late, self._forced = None, 0, False
+
+
+class AcceptLoop:
+    """Accepts on a bound, listening, non-blocking socket one connection at a time, asking
+    `turn` first (None: one worker, accept whatever comes), and hands each to `accepted`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        accepted: Callable[[socket.socket, Any], None],
+        turn: Turn | None,
+    ) -> None:
+        self._sock = sock
+        self._name = name
+        self._accepted = accepted
+        self._turn = turn
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        """Stop accepting (what was accepted goes on)."""
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self._loop = None
+
+    def _readable(self) -> None:
+        turn = self._turn
+        for _ in range(BATCH):
+            if turn is not None and (left := turn.wait()) > 0:
+                self._pause(left)
+                return
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                if turn is not None:
+                    turn.drained()  # another worker took it, or nothing more came
+                return
+            except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
+                log.warning(logfmt("accept-failed", listener=self._name, error=exc))
+                self._pause(RETRY)
+                return
+            self._accepted(conn, peer)
+
+    def _pause(self, delay: float) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self._sock.fileno())
+        self._timer = self._loop.call_later(delay, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._loop is None:
+            return
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._readable()  # at once: if the connection is gone, the turn starts afresh
+
+
+class PlainAccepts:
+    """What the accept loop of a plain listener (25, 587) does with a connection: the event
+    loop makes its transport and session (`connect_accepted_socket`), counted on the board
+    meanwhile (the session counts itself from `connection_made`, server/context.py)."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], load: WorkerLoad) -> None:
+        self._factory = factory
+        self._load = load
+        self._opening: set[asyncio.Task[None]] = set()
+
+    def __call__(self, conn: socket.socket, _peer: Any) -> None:
+        self._load.add(1)
+        task = asyncio.get_running_loop().create_task(self._open(conn))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._factory, conn)
+        except OSError:  # reset before its transport was made: nothing to serve
+            conn.close()
+        finally:
+            self._load.add(-1)

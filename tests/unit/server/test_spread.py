@@ -1,0 +1,138 @@
+"""Connections spread over the workers (server/spread.py): the board every worker reads, the
+rule that leaves a connection to a less loaded worker for a bounded time, on a fake clock, and
+the accept loop on a real loopback socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+from hato.server.context import ListenerState
+from hato.server.spread import HOLD, AcceptLoop, LoadBoard, Turn, WorkerLoad
+from kit.clock import FakeClock
+
+
+def _loads(workers: int = 2) -> tuple[LoadBoard, list[WorkerLoad]]:
+    board = LoadBoard(workers)
+    return board, [WorkerLoad(board, n) for n in range(workers)]
+
+
+def test_each_worker_publishes_its_count_and_reads_the_others() -> None:
+    board, (first, second) = _loads()
+    first.add(1)
+    assert list(board.counts) == [1, 0]
+    assert not first.over_share()  # one more than the other: its share still
+    first.add(1)
+    assert first.over_share() and not second.over_share()
+    second.add(1)
+    assert not first.over_share()
+    board.clear(0)  # the supervisor reaps worker 0
+    assert list(board.counts) == [0, 1]
+
+
+def test_the_board_is_shared_with_a_forked_process() -> None:
+    board, (first, _) = _loads()
+    pid = os.fork()
+    if not pid:  # the child: a worker publishing its count
+        WorkerLoad(board, 1).add(5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert list(board.counts) == [0, 5]
+    assert not first.over_share()
+
+
+def test_a_worker_at_its_share_accepts_at_once() -> None:
+    _, (first, _) = _loads()
+    turn = Turn(first, FakeClock(mono=0.0).monotonic)
+    for _ in range(2):
+        assert turn.wait() == 0.0
+        first.add(1)
+
+
+def test_a_worker_past_its_share_leaves_the_connection_for_a_bounded_time() -> None:
+    clock = FakeClock(mono=0.0)
+    _, (first, second) = _loads()
+    first.add(2)  # 2 against 0: past the other's count plus one
+    turn = Turn(first, clock.monotonic)
+    assert turn.wait() == HOLD
+    clock.advance(HOLD / 2)
+    assert turn.wait() == HOLD / 2  # the same connection: the pause is not started again
+    second.add(2)  # the other worker took it (and another)
+    assert turn.wait() == 0.0  # back to its share: the next is judged afresh
+    second.add(-2)
+    assert turn.wait() == HOLD
+
+
+def test_a_connection_no_other_worker_takes_is_accepted_after_the_pause() -> None:
+    clock = FakeClock(mono=0.0)
+    _, (first, _) = _loads()
+    first.add(3)
+    turn = Turn(first, clock.monotonic)
+    assert turn.wait() == HOLD
+    clock.advance(HOLD)
+    assert turn.wait() == 0.0  # still there after the pause: this worker's
+    first.add(1)
+    assert turn.wait() == HOLD  # the next one is left to the others again
+    clock.advance(HOLD)
+    assert turn.wait() == 0.0  # twice in vain: the other worker is not taking any
+    for _ in range(5):
+        first.add(1)
+        assert turn.wait() == 0.0  # until the backlog is empty
+    turn.drained()
+    assert turn.wait() == HOLD  # a new burst is left to the others first
+
+
+def test_a_dead_workers_count_is_cleared_and_it_gets_the_next_connections() -> None:
+    clock = FakeClock(mono=0.0)
+    board, (first, _) = _loads()
+    first.add(4)
+    turn = Turn(first, clock.monotonic)
+    board.counts[1] = 9  # worker 1 had many; it dies
+    assert turn.wait() == 0.0
+    board.clear(1)
+    assert turn.wait() == HOLD  # its replacement starts with none
+
+
+def test_sessions_and_handshakes_count_on_the_board() -> None:
+    board, (first, _) = _loads()
+    state = ListenerState("mx@127.0.0.1:25", max_connections=10, max_per_ip=5, load=first)
+    session = object()
+    state.reserve("192.0.2.1")  # a TLS handshake of port 465
+    state.enter(session, "192.0.2.2")  # type: ignore[arg-type]
+    assert list(board.counts) == [2, 0]
+    state.release("192.0.2.1")
+    state.leave(session, "192.0.2.2")  # type: ignore[arg-type]
+    state.leave(session, "192.0.2.2")  # type: ignore[arg-type]  # twice: counted once
+    assert list(board.counts) == [0, 0]
+
+
+def test_the_accept_loop_leaves_then_takes_a_connection_no_other_worker_took() -> None:
+    async def scenario() -> list[int]:
+        listening = socket.create_server(("127.0.0.1", 0))
+        listening.setblocking(False)
+        board, (first, _) = _loads()
+        first.add(3)  # past its share: each connection waits HOLD before it is taken
+        taken: list[int] = []
+        got = asyncio.Event()
+
+        def accepted(conn: socket.socket, peer: Any) -> None:
+            taken.append(board.counts[0])
+            first.add(1)
+            conn.close()
+            got.set()
+
+        loop = AcceptLoop(listening, "mx", accepted, Turn(first, asyncio.get_running_loop().time))
+        loop.start()
+        client = socket.create_connection(listening.getsockname())
+        try:
+            async with asyncio.timeout(10):
+                await got.wait()  # the other worker (none here) did not take it
+        finally:
+            loop.close()
+            client.close()
+            listening.close()
+        return taken
+
+    assert asyncio.run(scenario()) == [3]
