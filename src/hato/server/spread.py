@@ -14,8 +14,8 @@ asks its `Turn`: with more live connections than the least loaded other worker p
 stops reading that socket for `HOLD` (2 ms) so that a less loaded worker, woken by the same
 connection, takes it. When the pause ends and the connection is still there (no other worker
 took it: one stopped, stuck, or not scheduled in time), this worker accepts it and leaves
-the next one to the others again; when that happens twice before the backlog is empty, it
-accepts everything waiting on that socket before it judges again. So a worker that does not
+the next one to the others again; when that happens twice in a row, it accepts whatever
+comes on that socket for `FREE` (0.1 s) before it judges again. So a worker that does not
 take its turn delays a burst by two pauses, never strands a connection, and no connection is
 ever refused here (the limits and their 421 replies stay where they are: server/context.py,
 the session).
@@ -45,8 +45,8 @@ from hato.model import logfmt
 log = logging.getLogger("hato.smtpd")
 
 HOLD = 0.002  # how long a worker past its share leaves a connection to the others
+FREE = 0.1  # how long it accepts without judging once the others let two connections wait
 RETRY = 0.1  # after a failed accept (EMFILE and the like): the backlog waits meanwhile
-BATCH = 16  # accepts per wake-up at most: the sessions of this worker get their turn too
 
 
 class LoadBoard:
@@ -93,19 +93,22 @@ class Turn:
     """Whether this worker accepts the connection waiting on one socket now (one per socket:
     each has its own backlog). `wait` answers 0 (accept) or how long to leave it to the
     others. A connection left `hold` seconds and still there is this worker's; when that
-    happens twice before the backlog is empty, the others are not taking theirs (stopped,
-    stuck) and this worker accepts whatever waits until `drained`."""
+    happens twice in a row, the others are not taking theirs (stopped, stuck) and this worker
+    accepts whatever comes for `free` seconds, or until the socket is `drained`."""
 
-    def __init__(self, load: WorkerLoad, clock: Callable[[], float], hold: float = HOLD) -> None:
+    def __init__(
+        self, load: WorkerLoad, clock: Callable[[], float], hold: float = HOLD, free: float = FREE
+    ) -> None:
         self._load = load
         self._clock = clock
         self._hold = hold
+        self._free = free
         self._since: float | None = None  # when this worker began leaving the connection
-        self._late = 0  # connections left `hold` to the others in vain, since `drained`
-        self._forced = False  # twice in vain: accept until drained
+        self._late = 0  # connections left `hold` to the others in vain, in a row
+        self._free_until = 0.0  # twice in vain: accept without judging until then
 
     def wait(self) -> float:
-        if self._forced:
+        if self._free_until and self._clock() < self._free_until:
             return 0.0
         if not self._load.over_share():
             self._since, self._late = None, 0
@@ -118,12 +121,13 @@ class Turn:
             return left
         self._since = None  # this one is ours; the next is left to the others again
         self._late += 1
-        self._forced = self._late >= 2
+        if self._late >= 2:
+            self._late, self._free_until = 0, now + self._free
         return 0.0
 
     def drained(self) -> None:
         """Nothing is waiting on the socket: the next connection is judged afresh."""
-        self._since, self._late, self._forced = None, 0, False
+        self._since, self._late, self._free_until = None, 0, 0.0
 
 
 class AcceptLoop:
@@ -160,22 +164,24 @@ class AcceptLoop:
         self._loop = None
 
     def _readable(self) -> None:
+        """One connection per wake-up: the readiness is level-triggered, so the loop calls
+        again while more wait, each judged with the counts the last one changed (and no
+        accept(2) is spent finding the backlog empty)."""
         turn = self._turn
-        for _ in range(BATCH):
-            if turn is not None and (left := turn.wait()) > 0:
-                self._pause(left)
-                return
-            try:
-                conn, peer = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                if turn is not None:
-                    turn.drained()  # another worker took it, or nothing more came
-                return
-            except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
-                log.warning(logfmt("accept-failed", listener=self._name, error=exc))
-                self._pause(RETRY)
-                return
-            self._accepted(conn, peer)
+        if turn is not None and (left := turn.wait()) > 0:
+            self._pause(left)
+            return
+        try:
+            conn, peer = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            if turn is not None:
+                turn.drained()  # another worker took it
+            return
+        except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
+            log.warning(logfmt("accept-failed", listener=self._name, error=exc))
+            self._pause(RETRY)
+            return
+        self._accepted(conn, peer)
 
     def _pause(self, delay: float) -> None:
         assert self._loop is not None

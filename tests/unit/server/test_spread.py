@@ -9,8 +9,10 @@ import os
 import socket
 from typing import Any
 
+import pytest
+
 from hato.server.context import ListenerState
-from hato.server.spread import HOLD, AcceptLoop, LoadBoard, Turn, WorkerLoad
+from hato.server.spread import FREE, HOLD, AcceptLoop, LoadBoard, Turn, WorkerLoad
 from kit.clock import FakeClock
 
 
@@ -79,9 +81,13 @@ def test_a_connection_no_other_worker_takes_is_accepted_after_the_pause() -> Non
     assert turn.wait() == 0.0  # twice in vain: the other worker is not taking any
     for _ in range(5):
         first.add(1)
-        assert turn.wait() == 0.0  # until the backlog is empty
-    turn.drained()
-    assert turn.wait() == HOLD  # a new burst is left to the others first
+        assert turn.wait() == 0.0  # for FREE seconds
+    clock.advance(FREE)
+    assert turn.wait() == pytest.approx(HOLD)  # then the next is left to the others again
+    clock.advance(HOLD)
+    assert turn.wait() == 0.0
+    turn.drained()  # the backlog found empty: another worker took one
+    assert turn.wait() == pytest.approx(HOLD)
 
 
 def test_a_dead_workers_count_is_cleared_and_it_gets_the_next_connections() -> None:
