@@ -45,6 +45,10 @@ def main(sessions: list[int]) -> None:
     server.start()
     assert server.proc is not None
     pids = [server.proc.pid, *_children(server.proc.pid)]
+    deadline = time.monotonic() + 60
+    while server.log_text().count("event=ready ") < len(pids) - 1:  # every worker listens
+        assert time.monotonic() < deadline, "a worker did not start"
+        time.sleep(0.1)
     try:
         for count in sessions:
             for kind, flags in (("long", ["-d"]), ("short", [])):
