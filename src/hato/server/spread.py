@@ -12,21 +12,27 @@ on a `LoadBoard`: one 32-bit count per worker in an anonymous shared mapping tha
 supervisor makes before it forks, so every worker inherits it. Before each accept a worker
 asks its `Turn`: with more live connections than the least loaded other worker plus one, it
 stops reading that socket for `HOLD` (2 ms) so that a less loaded worker, woken by the same
-connection, takes it. When the pause ends and the connection is still there (no other worker
-took it: one stopped, stuck, or not scheduled in time), this worker accepts it and leaves
-the next one to the others again; when that happens twice in a row, it accepts whatever
-comes on that socket for `FREE` (0.1 s) before it judges again. So a worker that does not
-take its turn delays a burst by two pauses, never strands a connection, and no connection is
-ever refused here (the limits and their 421 replies stay where they are: server/context.py,
-the session).
+connection, takes it. When the pause ends and the connection is still there, this worker
+pauses again while a less loaded worker is runnable (woken, waiting for a CPU on a busy
+machine: its state in /proc/PID/stat, the pids being on the board too), up to `PATIENCE`
+(50 ms); otherwise (no other worker took it: one stopped, stuck, asleep) it accepts it and
+leaves the next one to the others again; when that happens twice in a row, it accepts all
+that waits on that socket (until it finds the backlog empty, for `FREE`, 0.1 s, at most)
+before it judges again. So a worker that does not take its turn delays a burst by two
+pauses (2 ms if stopped, up to 50 ms if stuck runnable), never strands a connection, and no
+connection is ever refused here (the limits and their 421 replies stay where they are:
+server/context.py, the session).
 
 Each count has one writer, its worker (a 4-octet aligned store, seen whole by the readers);
 a count read a moment stale only moves one connection to a worker that could have done
-without it. The supervisor zeroes the count of a worker it reaps, before its replacement
-starts. Cost per connection: two stores and one read of the board (no system call), and the
-accept done here in place of the event loop's own (one task per plain connection, for
-`connect_accepted_socket`). With one worker there is no board: the plain listeners are the
-event loop's `create_server`, as before, and port 465's loop accepts whatever comes.
+without it. The supervisor zeroes the count and pid of a worker it reaps, before its
+replacement replacement starts. Cost per connection: two stores and one read of the board (no system
+call), and the accept done here in place of the event loop's own in C (a socket object, one
+task per plain connection for `connect_accepted_socket`, a few more system calls): ~35-45 µs
+of CPU more per connection on the 2-CPU build machine (docs/performance.md, "Connections
+spread over the workers"), 2-4 % of a message at a connection per message. With one worker
+there is no board: the plain listeners are the event loop's `create_server`, as before, and
+port 465's loop accepts whatever comes.
 
 May import hato.model only.
 """
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -45,8 +52,10 @@ from hato.model import logfmt
 log = logging.getLogger("hato.smtpd")
 
 HOLD = 0.002  # how long a worker past its share leaves a connection to the others
+PATIENCE = 0.05  # how long at most, while a less loaded worker is runnable (waits for a CPU)
 FREE = 0.1  # how long it accepts without judging once the others let two connections wait
 RETRY = 0.1  # after a failed accept (EMFILE and the like): the backlog waits meanwhile
+BURST = 64  # accepts per wake-up at most when accepting freely: the sessions get their turn
 
 
 class LoadBoard:
@@ -57,27 +66,32 @@ class LoadBoard:
         if workers < 1:
             raise ValueError(f"a board for {workers} workers")
         self.workers = workers
-        self._map = mmap.mmap(-1, 4 * workers, flags=mmap.MAP_SHARED)
-        self.counts = memoryview(self._map).cast("i")  # aligned native ints, one per worker
+        self._map = mmap.mmap(-1, 8 * workers, flags=mmap.MAP_SHARED)
+        whole = memoryview(self._map)
+        self.counts = whole[: 4 * workers].cast("i")  # aligned native ints, one per worker
+        self.pids = whole[4 * workers :].cast("i")  # each worker's process (0: none yet)
 
     def clear(self, worker: int) -> None:
         """A worker is gone: its connections went with it."""
         self.counts[worker] = 0
+        self.pids[worker] = 0
 
 
 class WorkerLoad:
     """This worker's count on the board: `add` is called as connections open and close."""
 
-    __slots__ = ("_counts", "_index", "_others", "count")
+    __slots__ = ("_counts", "_index", "_others", "_pids", "count")
 
     def __init__(self, board: LoadBoard, index: int) -> None:
         if not 0 <= index < board.workers:
             raise ValueError(f"worker {index} of a board for {board.workers}")
         self._counts = board.counts
+        self._pids = board.pids
         self._index = index
         self._others = [n for n in range(board.workers) if n != index]
         self.count = 0
         self._counts[index] = 0
+        self._pids[index] = os.getpid()
 
     def add(self, step: int) -> None:
         self.count += step
@@ -88,20 +102,46 @@ class WorkerLoad:
         counts = self._counts
         return self.count > min(counts[n] for n in self._others) + 1
 
+    def other_runnable(self) -> bool:
+        """Whether a less loaded worker is running or waiting for a CPU (its state in
+        /proc/PID/stat is R): woken by the connection, it will take it. Not when it is stopped
+        (T), stuck in the kernel (D), or back asleep (S: it judged it was not its turn), nor
+        when its state cannot be read. Asked only when a pause ends in vain."""
+        for n in self._others:
+            pid = self._pids[n]
+            if pid and self._counts[n] < self.count - 1 and _state(pid) == "R":
+                return True
+        return False
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):  # gone, not Linux, or /proc mounted with hidepid
+        return "?"
+
 
 class Turn:
     """Whether this worker accepts the connection waiting on one socket now (one per socket:
     each has its own backlog). `wait` answers 0 (accept) or how long to leave it to the
-    others. A connection left `hold` seconds and still there is this worker's; when that
-    happens twice in a row, the others are not taking theirs (stopped, stuck) and this worker
+    others. A connection left `hold` seconds and still there is this worker's, unless a less
+    loaded worker is runnable (then `hold` again, up to `patience` in all); when one is taken
+    so twice in a row, the others are not taking theirs (stopped, stuck) and this worker
     accepts whatever comes for `free` seconds, or until the socket is `drained`."""
 
     def __init__(
-        self, load: WorkerLoad, clock: Callable[[], float], hold: float = HOLD, free: float = FREE
+        self,
+        load: WorkerLoad,
+        clock: Callable[[], float],
+        hold: float = HOLD,
+        patience: float = PATIENCE,
+        free: float = FREE,
     ) -> None:
         self._load = load
         self._clock = clock
         self._hold = hold
+        self._patience = patience
         self._free = free
         self._since: float | None = None  # when this worker began leaving the connection
         self._late = 0  # connections left `hold` to the others in vain, in a row
@@ -119,11 +159,18 @@ class Turn:
         left = self._since + self._hold - now
         if left > 0:
             return left
+        if now - self._since < self._patience and self._load.other_runnable():
+            return self._hold  # on a busy machine a woken worker may wait for a CPU a while
         self._since = None  # this one is ours; the next is left to the others again
         self._late += 1
         if self._late >= 2:
             self._late, self._free_until = 0, now + self._free
         return 0.0
+
+    @property
+    def free(self) -> bool:
+        """Accepting without judging (the others let two connections wait)."""
+        return bool(self._free_until) and self._clock() < self._free_until
 
     def drained(self) -> None:
         """Nothing is waiting on the socket: the next connection is judged afresh."""
@@ -166,22 +213,26 @@ class AcceptLoop:
     def _readable(self) -> None:
         """One connection per wake-up: the readiness is level-triggered, so the loop calls
         again while more wait, each judged with the counts the last one changed (and no
-        accept(2) is spent finding the backlog empty)."""
+        accept(2) is spent finding the backlog empty). Once the others let two connections
+        wait (`Turn.free`), everything waiting, until the backlog is found empty."""
         turn = self._turn
-        if turn is not None and (left := turn.wait()) > 0:
-            self._pause(left)
-            return
-        try:
-            conn, peer = self._sock.accept()
-        except (BlockingIOError, InterruptedError):
-            if turn is not None:
-                turn.drained()  # another worker took it
-            return
-        except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
-            log.warning(logfmt("accept-failed", listener=self._name, error=exc))
-            self._pause(RETRY)
-            return
-        self._accepted(conn, peer)
+        for _ in range(BURST):
+            if turn is not None and (left := turn.wait()) > 0:
+                self._pause(left)
+                return
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                if turn is not None:
+                    turn.drained()  # another worker took it, or none is left
+                return
+            except OSError as exc:  # EMFILE and the like: the backlog waits meanwhile
+                log.warning(logfmt("accept-failed", listener=self._name, error=exc))
+                self._pause(RETRY)
+                return
+            self._accepted(conn, peer)
+            if turn is None or not turn.free:
+                return
 
     def _pause(self, delay: float) -> None:
         assert self._loop is not None

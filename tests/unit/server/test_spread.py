@@ -6,19 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 from typing import Any
 
 import pytest
 
 from hato.server.context import ListenerState
-from hato.server.spread import FREE, HOLD, AcceptLoop, LoadBoard, Turn, WorkerLoad
+from hato.server.spread import FREE, HOLD, PATIENCE, AcceptLoop, LoadBoard, Turn, WorkerLoad
 from kit.clock import FakeClock
 
 
 def _loads(workers: int = 2) -> tuple[LoadBoard, list[WorkerLoad]]:
+    """Workers' counts, all kept by this process: no pid on the board (no process to ask
+    whether it is runnable) but where a test puts one."""
     board = LoadBoard(workers)
-    return board, [WorkerLoad(board, n) for n in range(workers)]
+    loads = [WorkerLoad(board, n) for n in range(workers)]
+    for n in range(workers):
+        board.pids[n] = 0
+    return board, loads
 
 
 def test_each_worker_publishes_its_count_and_reads_the_others() -> None:
@@ -30,8 +36,9 @@ def test_each_worker_publishes_its_count_and_reads_the_others() -> None:
     assert first.over_share() and not second.over_share()
     second.add(1)
     assert not first.over_share()
+    board.pids[0] = 123
     board.clear(0)  # the supervisor reaps worker 0
-    assert list(board.counts) == [0, 1]
+    assert list(board.counts) == [0, 1] and board.pids[0] == 0
 
 
 def test_the_board_is_shared_with_a_forked_process() -> None:
@@ -58,13 +65,13 @@ def test_a_worker_past_its_share_leaves_the_connection_for_a_bounded_time() -> N
     _, (first, second) = _loads()
     first.add(2)  # 2 against 0: past the other's count plus one
     turn = Turn(first, clock.monotonic)
-    assert turn.wait() == HOLD
+    assert turn.wait() == pytest.approx(HOLD)
     clock.advance(HOLD / 2)
-    assert turn.wait() == HOLD / 2  # the same connection: the pause is not started again
+    assert turn.wait() == pytest.approx(HOLD / 2)  # the same connection: not paused anew
     second.add(2)  # the other worker took it (and another)
     assert turn.wait() == 0.0  # back to its share: the next is judged afresh
     second.add(-2)
-    assert turn.wait() == HOLD
+    assert turn.wait() == pytest.approx(HOLD)
 
 
 def test_a_connection_no_other_worker_takes_is_accepted_after_the_pause() -> None:
@@ -72,13 +79,14 @@ def test_a_connection_no_other_worker_takes_is_accepted_after_the_pause() -> Non
     _, (first, _) = _loads()
     first.add(3)
     turn = Turn(first, clock.monotonic)
-    assert turn.wait() == HOLD
+    assert turn.wait() == pytest.approx(HOLD)
     clock.advance(HOLD)
     assert turn.wait() == 0.0  # still there after the pause: this worker's
     first.add(1)
-    assert turn.wait() == HOLD  # the next one is left to the others again
+    assert turn.wait() == pytest.approx(HOLD)  # the next one is left to the others again
     clock.advance(HOLD)
     assert turn.wait() == 0.0  # twice in vain: the other worker is not taking any
+    assert turn.free
     for _ in range(5):
         first.add(1)
         assert turn.wait() == 0.0  # for FREE seconds
@@ -90,6 +98,33 @@ def test_a_connection_no_other_worker_takes_is_accepted_after_the_pause() -> Non
     assert turn.wait() == pytest.approx(HOLD)
 
 
+def test_a_runnable_less_loaded_worker_is_given_more_time_a_stopped_one_is_not() -> None:
+    clock = FakeClock(mono=0.0)
+    board, (first, _) = _loads()
+    first.add(2)
+    turn = Turn(first, clock.monotonic)
+    board.pids[1] = os.getpid()  # running (this test): woken, it would take the connection
+    assert turn.wait() == pytest.approx(HOLD)
+    for _ in range(int(PATIENCE / HOLD) - 1):
+        clock.advance(HOLD)
+        assert turn.wait() == pytest.approx(HOLD)  # paused again: it is waiting for a CPU
+    clock.advance(HOLD)
+    assert turn.wait() == 0.0  # PATIENCE in all: taken
+    pid = os.fork()
+    if not pid:  # a worker stopped by SIGSTOP
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(0)
+    try:
+        assert os.WIFSTOPPED(os.waitpid(pid, os.WUNTRACED)[1])
+        board.pids[1] = pid
+        assert turn.wait() == pytest.approx(HOLD)
+        clock.advance(HOLD)
+        assert turn.wait() == 0.0  # a stopped worker takes nothing: not waited for
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def test_a_dead_workers_count_is_cleared_and_it_gets_the_next_connections() -> None:
     clock = FakeClock(mono=0.0)
     board, (first, _) = _loads()
@@ -98,7 +133,7 @@ def test_a_dead_workers_count_is_cleared_and_it_gets_the_next_connections() -> N
     board.counts[1] = 9  # worker 1 had many; it dies
     assert turn.wait() == 0.0
     board.clear(1)
-    assert turn.wait() == HOLD  # its replacement starts with none
+    assert turn.wait() == pytest.approx(HOLD)  # its replacement starts with none
 
 
 def test_sessions_and_handshakes_count_on_the_board() -> None:
