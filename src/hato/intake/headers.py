@@ -7,6 +7,14 @@ nobody will read, while the reader sees the fields past the cut. So the section 
 MAX_HEADER_BYTES and a longer one refuses the message (552 5.3.4, every role), never a cut.
 Fields are split by the one lenient splitter of `hato.model.header` that the DKIM signer and
 the Authentication-Results filter use too, so a check and a reader never disagree on a field.
+
+`HeaderFilter` is the one step every door's octets pass through on their way to the body
+(intake/incoming.py for SMTP, server/localsubmit.py for hato-sendmail and the maildrop) and to
+the capture the DKIM signer, the inbound checks and the ARC sealer read: it removes the fields
+no client may give us (Return-Path, Content-Length, Bcc, Resent-Bcc, as Postfix's cleanup does)
+and the Authentication-Results claiming our authserv-id, so every later step, every stored copy
+and the signature see the same message. Checks of what the client sent (`HeaderCapture`, the
+loop count, a bare CR or LF) read the octets as they came.
 """
 
 from __future__ import annotations
@@ -137,19 +145,39 @@ def _display_name(name: bytes) -> str:
     return name.decode("ascii", "replace")
 
 
-class ForgedResultsFilter:
-    """Holds back the header section as it streams in, then lets it through without any
-    Authentication-Results field claiming our authserv-id (RFC 8601 §5: a border MTA removes
-    those before adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on, and
-    the session refuses the message (HeaderCapture.too_large), so nothing it missed is kept."""
+# RFC 5321 §4.4: Return-Path is added by the final delivery, a client should not send one and a
+# relay or final MTA may remove it; RFC 5322 §3.6.3: Bcc (and Resent-Bcc, §3.6.6) may be
+# removed before the message goes on; Content-Length is no field of RFC 5322 and a reader that
+# believes it cuts the message wrong. Postfix's cleanup removes the same four by default
+# (message_drop_headers), from every message, whatever the door.
+DROPPED_FIELDS = frozenset({b"return-path", b"content-length", b"bcc", b"resent-bcc"})
+_DROP_HINTS = (b"return-path", b"content-length", b"bcc")  # substrings of the names above
 
-    __slots__ = ("_authserv_id", "_buf", "_passing", "removed")
 
-    def __init__(self, authserv_id: str) -> None:
+def fields_to_drop(header_block: bytes) -> list[HeaderField]:
+    """The fields of `header_block` named in DROPPED_FIELDS (names compare without regard to
+    case, RFC 5322 §1.2.2; WSP before the colon counts, §4.5)."""
+    lowered = header_block.lower()
+    if not any(hint in lowered for hint in _DROP_HINTS):
+        return []  # most messages: the section need not be split into fields
+    return [f for f in split_header_fields(header_block) if f.name.lower() in DROPPED_FIELDS]
+
+
+class HeaderFilter:
+    """Holds back the header section as it streams in, then lets it through without the fields
+    no client may give us (DROPPED_FIELDS) and, with an `authserv_id`, without any
+    Authentication-Results field claiming it (RFC 8601 §5: a border MTA removes those before
+    adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on, and the session
+    refuses the message (HeaderCapture.too_large), so nothing it missed is kept."""
+
+    __slots__ = ("_authserv_id", "_buf", "_passing", "dropped", "removed")
+
+    def __init__(self, authserv_id: str = "") -> None:
         self._authserv_id = authserv_id
         self._buf = bytearray()
         self._passing = False
-        self.removed = 0
+        self.removed = 0  # forged Authentication-Results fields
+        self.dropped = 0  # DROPPED_FIELDS fields
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to store now (b"" while the header section is still coming)."""
@@ -168,7 +196,8 @@ class ForgedResultsFilter:
         """What is still held at the end of the message (a message that is all headers)."""
         if self._passing:
             return b""
-        return self._release(len(self._buf) - 2 if self._buf.endswith(b"\r\n") else -1)
+        # All of it is header section, its last line maybe without its CRLF.
+        return self._release(len(self._buf) - 2 if self._buf else -1)
 
     def _release(self, end: int) -> bytes:
         self._passing = True
@@ -177,6 +206,9 @@ class ForgedResultsFilter:
         if end < 0:
             return data
         block, rest = data[: end + 2], data[end + 2 :]
-        forged = find_forged(block, self._authserv_id)
-        self.removed = len(forged)
-        return (without_fields(block, forged) if forged else block) + rest
+        forged = find_forged(block, self._authserv_id) if self._authserv_id else ()
+        dropped = fields_to_drop(block)
+        self.removed, self.dropped = len(forged), len(dropped)
+        if forged or dropped:
+            block = without_fields(block, [*forged, *dropped])
+        return block + rest

@@ -2,11 +2,14 @@
 section (the first end-of-message steps of the pipeline, for a network door).
 
 Theory of operation. Every chunk goes into the body (a queue body, or a sealed scratch file when
-a recipient has a key: intake/protect.py), minus the Authentication-Results fields that claim
-our name (RFC 8601 §5: removed as they pass, never rewritten later), and is fed to the header
-capture (intake/headers.py, bounded) and to the trace-field count (delivery/loops.py). At the
-end, `judge` refuses a loop (RFC 5321 §6.3) and a header section the sender may not send (one
-From, and after AUTH only the user's own addresses).
+a recipient has a key: intake/protect.py) through the header filter (intake/headers.py
+`HeaderFilter`: minus the Return-Path, Content-Length, Bcc and Resent-Bcc fields no client may
+give us, RFC 5321 §4.4, and the Authentication-Results fields that claim our name, RFC 8601
+§5: removed as they pass, never rewritten later); what passes is what `feed` and `release`
+return, for the capture the signer and the checks read (server/session.py). The octets as
+they came are fed to the header capture (intake/headers.py, bounded) and to the trace-field
+count (delivery/loops.py). At the end, `judge` refuses a loop (RFC 5321 §6.3) and a header
+section the sender may not send (one From, and after AUTH only the user's own addresses).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from hato.crypto import SealedScratch
 from hato.delivery.loops import MAIL_LOOP, TraceFields
 from hato.intake.context import IntakeContext
-from hato.intake.headers import ForgedResultsFilter, HeaderCapture
+from hato.intake.headers import HeaderCapture, HeaderFilter
 from hato.model import Address, Reply, logfmt
 from hato.queue import BodyWriter
 
@@ -32,14 +35,25 @@ class Incoming:
         self.body: BodyWriter | SealedScratch = (
             SealedScratch(ctx.queue.messages_dir) if keyed else ctx.queue.new_body()
         )
-        self.forged = ForgedResultsFilter(authserv_id) if authserv_id else None
+        self.filter = HeaderFilter(authserv_id)
         self.headers = HeaderCapture()
         self.trace = TraceFields()  # the hop count (RFC 5321 §6.3)
 
-    def feed(self, data: bytes) -> None:
-        self.body.write(self.forged.feed(data) if self.forged else data)
+    def feed(self, data: bytes) -> bytes:
+        """Take a chunk; the octets that passed the header filter into the body (b"" while
+        the header section is held back)."""
+        passed = self.filter.feed(data)
+        self.body.write(passed)
         self.headers.feed(data)
         self.trace.feed(data)
+        return passed
+
+    def release(self) -> bytes:
+        """The message has ended: what the header filter still held goes into the body (a
+        message that is all header), and is returned."""
+        rest = self.filter.finish()
+        self.body.write(rest)
+        return rest
 
     def discard(self) -> None:
         self.body.discard()
@@ -64,10 +78,8 @@ class Incoming:
                             reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip
             self.discard()
             return verdict.refusal
-        if self.forged is not None:
-            self.body.write(self.forged.finish())
-            if self.forged.removed:
-                # RFC 8601 §5: a claim in our name that we did not make is removed.
-                log.info(logfmt("forged-results-removed", session=session,
-                                count=self.forged.removed))  # fmt: skip
+        if self.filter.removed:
+            # RFC 8601 §5: a claim in our name that we did not make is removed.
+            log.info(logfmt("forged-results-removed", session=session,
+                            count=self.filter.removed))  # fmt: skip
         return None

@@ -46,7 +46,7 @@ from hato.directory.resolver import Local, Resolution
 from hato.intake.capture import MessageCapture
 from hato.intake.context import IntakeContext, Recipients
 from hato.intake.finish import Door, Submitted, end_of_message, open_capture
-from hato.intake.headers import HeaderCapture
+from hato.intake.headers import HeaderCapture, HeaderFilter
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.protect import keyed_copies_needed
 from hato.intake.recipients import add_recipient, reserve, resolve_recipient, settle, targets_of
@@ -143,7 +143,10 @@ class LocalBody:
     """A submitted message as its octets come: written to the queue's body file as they come
     (a file past 64 KiB: never held whole in memory), its header section kept for the sender
     checks (bounded, server.headers), the message whole for the DKIM signer when there is one
-    (`capture`), and a bare CR or LF looked for across chunk borders."""
+    (`capture`), and a bare CR or LF looked for across chunk borders. The file and the capture
+    get it through the header filter every door has (intake/headers.py `HeaderFilter`: no
+    Return-Path, Content-Length, Bcc or Resent-Bcc of the client's, RFC 5321 §4.4); the checks
+    read the octets as they came."""
 
     def __init__(
         self, writer: BodyWriter | SealedScratch, capture: MessageCapture | None = None
@@ -151,6 +154,7 @@ class LocalBody:
         self.writer = writer
         self.capture = capture
         self.header = HeaderCapture()
+        self.filter = HeaderFilter()
         self.size = 0
         self.ascii = True
         self.bare_eol = False
@@ -159,15 +163,18 @@ class LocalBody:
     def feed(self, data: bytes) -> None:
         if not data:
             return
-        self.writer.write(data)
+        self._store(self.filter.feed(data))
         self.header.feed(data)
-        if self.capture is not None:
-            self.capture.feed(data)
         self.size += len(data)
         self.ascii = self.ascii and data.isascii()
         if not self.bare_eol:
             self.bare_eol = self._has_bare_eol(self._last + data)
         self._last = (self._last + data)[-2:]
+
+    def _store(self, data: bytes) -> None:
+        self.writer.write(data)
+        if self.capture is not None:
+            self.capture.feed(data)
 
     def _has_bare_eol(self, text: bytes) -> bool:
         seen = len(self._last)  # octets judged with the chunk before (all but a final CR)
@@ -183,6 +190,7 @@ class LocalBody:
     def finish(self) -> None:
         """Every octet has come: a final CR is bare, a header section without its empty
         line ends here (the message is all header)."""
+        self._store(self.filter.finish())
         if self._last.endswith(b"\r"):
             self.bare_eol = True
         if not self.header.done:

@@ -132,6 +132,10 @@ class MailTransaction:
         """DATA ended: refuse a loop, a header section too large to judge whole, or (after
         AUTH) malformed or naming senders the user does not own; then commit (as a task)."""
         incoming, tx, self.incoming = self.incoming, self.tx, None
+        if incoming is not None:
+            rest = incoming.release()  # what the header filter held: the message is all header
+            if self.capture is not None:
+                self.capture.feed(rest)
         captured = self.capture.result() if self.capture is not None else None
         self.capture = None
         if incoming is None or tx is None or not tx.recipients:

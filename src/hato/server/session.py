@@ -222,7 +222,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
         match event:
             case BodyChunk(data=data):
                 if self.incoming is not None:
-                    self.incoming.feed(data)
+                    data = self.incoming.feed(data)  # the signer reads what is stored
                 if self.capture is not None:
                     self.capture.feed(data)
             case RcptTo():

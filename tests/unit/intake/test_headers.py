@@ -2,7 +2,7 @@
 
 import pytest
 
-from hato.intake.headers import MAX_HEADER_BYTES, ForgedResultsFilter, HeaderCapture
+from hato.intake.headers import MAX_HEADER_BYTES, HeaderCapture, HeaderFilter
 from hato.model import Address
 
 ALICE = Address("alice", "users.test")
@@ -73,7 +73,49 @@ def test_mx_leaves_the_from_fields_to_dmarc() -> None:
 
 
 def test_forged_results_filter_holds_the_section_back_until_it_ends() -> None:
-    forged = ForgedResultsFilter("hato.test")
+    forged = HeaderFilter("hato.test")
     assert forged.feed(b"Authentication-Results: hato.test.; dmarc=pass\r\nSubj") == b""
     out = forged.feed(b"ect: x\r\n\r\nbody")
     assert out == b"Subject: x\r\n\r\nbody" and forged.removed == 1
+
+
+def _filtered(message: bytes, step: int, authserv_id: str = "") -> tuple[bytes, HeaderFilter]:
+    kept = HeaderFilter(authserv_id)
+    out = b"".join(kept.feed(message[at : at + step]) for at in range(0, len(message), step))
+    return out + kept.finish(), kept
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_the_fields_no_client_may_give_are_dropped_whatever_the_chunking(step: int) -> None:
+    # RFC 5321 §4.4 Return-Path, RFC 5322 §3.6.3 Bcc (§3.6.6 Resent-Bcc), Content-Length:
+    # Postfix's message_drop_headers; names in any case, WSP before the colon, folded values.
+    message = (
+        b"Return-Path: <forged@evil.test>\r\n"
+        b"From: <alice@users.test>\r\n"
+        b"bcc: <hidden@x.test>,\r\n <other@x.test>\r\n"
+        b"CONTENT-LENGTH : 3\r\n"
+        b"Resent-Bcc: <r@x.test>\r\n"
+        b"Subject: Return-Path: stays in a value\r\n"
+        b"\r\n"
+        b"Return-Path: <in the body, kept>\r\n"
+    )
+    out, kept = _filtered(message, step)
+    assert out == (
+        b"From: <alice@users.test>\r\n"
+        b"Subject: Return-Path: stays in a value\r\n"
+        b"\r\n"
+        b"Return-Path: <in the body, kept>\r\n"
+    )
+    assert kept.dropped == 4 and kept.removed == 0
+
+
+def test_a_message_that_is_all_header_is_filtered_too() -> None:
+    out, kept = _filtered(b"From: <a@users.test>\r\nReturn-Path: <x@evil.test>", 5)
+    assert out == b"From: <a@users.test>\r\n" and kept.dropped == 1
+
+
+def test_a_message_without_those_fields_passes_byte_for_byte() -> None:
+    message = b"From: <a@users.test>\r\nX-Bcc-Note: kept\r\n\r\nbody\r\n"
+    out, kept = _filtered(message, 3)
+    assert out == message and kept.dropped == 0
+    assert _filtered(b"\r\nReturn-Path: <body>\r\n", 2)[0] == b"\r\nReturn-Path: <body>\r\n"

@@ -45,6 +45,7 @@ def judged(
             incoming = Incoming(ctx, keyed=False, authserv_id="mx.example.org")
             for at in range(0, len(message), 7):  # any chunking gives the same answer
                 incoming.feed(message[at : at + 7])
+            incoming.release()
             answer = incoming.judge(ctx, user, lambda a: user is not None and a == user, "t")
             if isinstance(answer, Reply):
                 return answer, b""
@@ -73,6 +74,16 @@ def test_our_forged_results_are_removed(tmp_path: Path) -> None:
     message = (
         b"Authentication-Results: mx.example.org; dkim=pass\r\n"
         b"From: <alice@example.org>\r\n\r\nhi\r\n"
+    )
+    answer, body = judged(tmp_path, message, user=ALICE)
+    assert answer is None
+    assert body == b"From: <alice@example.org>\r\n\r\nhi\r\n"
+
+
+def test_a_clients_return_path_content_length_and_bcc_are_not_stored(tmp_path: Path) -> None:
+    message = (
+        b"Return-Path: <forged@evil.test>\r\nBcc: <hidden@example.org>\r\n"
+        b"Content-Length: 4\r\nFrom: <alice@example.org>\r\n\r\nhi\r\n"
     )
     answer, body = judged(tmp_path, message, user=ALICE)
     assert answer is None

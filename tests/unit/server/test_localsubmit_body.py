@@ -57,3 +57,19 @@ def test_any_chunking_of_any_octets(data: bytes, cuts: list[int]) -> None:
         body = _feed(Path(tmp), data, cuts)
     assert body.bare_eol == bool(BARE.search(data))
     assert body.ascii == data.isascii()
+
+
+@pytest.mark.parametrize("step", [1, 5, 4096])
+def test_the_stored_copy_has_no_return_path_content_length_or_bcc(
+    tmp_path: Path, step: int
+) -> None:
+    # RFC 5321 §4.4: hato-sendmail and the maildrop pass the header filter every door has.
+    data = (
+        b"Return-Path: <forged@evil.test>\r\nFrom: x@y\r\nResent-Bcc: <r@y>\r\n"
+        b"Content-Length: 2\r\nBCC: <b@y>\r\n\r\nhi\r\n"
+    )
+    body = _feed(tmp_path, data, list(range(step, len(data), step)))
+    assert isinstance(body.writer, BodyWriter)
+    assert body.writer.peek_inline() == b"From: x@y\r\n\r\nhi\r\n"
+    assert body.header.section().startswith(b"Return-Path:")  # the checks read what came
+    assert body.size == len(data)
