@@ -1,7 +1,8 @@
 """A client's own Return-Path, Content-Length, Bcc and Resent-Bcc never reach a stored copy,
 whatever the door (mx on 25, submission on 587 after AUTH, hato-sendmail): only the
 Return-Path our delivery writes is there (RFC 5321 §4.4; RFC 5322 §3.6.3; Postfix's
-message_drop_headers). Recipients named by Bcc with -t still get the message."""
+message_drop_headers). Recipients named by Bcc with -t still get the message. And no option of
+hato-sendmail's that becomes header text (-F, -f, -r) can add a field of the caller's."""
 
 from __future__ import annotations
 
@@ -96,3 +97,10 @@ def test_hato_sendmail_stores_no_return_path_and_bcc_recipients_still_get_it(
     assert done.returncode == 0, done.stderr
     for user in ("bob", "carol"):  # RFC 5322 §3.6.3: Bcc recipients get it, without the field
         _assert_only_ours(_stored(shared_submission, user, marker), ALICE)
+
+
+def test_hato_sendmail_refuses_a_full_name_with_a_line_break(shared_submission: HatoServer) -> None:
+    for args in (["-F", "Name\r\nX-Evil: 1"], ["-f", "alice@users.test\nX-Evil: 1"]):
+        done = shared_submission.sendmail([*args, "-i", BOB], b"Subject: x\n\nhi\n")
+        assert done.returncode == 64, done  # EX_USAGE: nothing was sent
+        assert done.stderr.count(b"\n") == 1 and b"control character" in done.stderr, done

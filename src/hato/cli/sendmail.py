@@ -8,7 +8,9 @@ The message is read from stdin; LF line ends become CRLF; without -i a line hold
 ends it. Date, Message-ID and From are added when missing (the sender is -f, else the login
 name of the uid, qualified with the server's first domain). With -t the recipients are taken
 from To, Cc and Bcc (and any given on the command line), and Bcc is removed. Then the message
-goes to the server's `submit` op on the control socket (hato.server.control).
+goes to the server's `submit` op on the control socket (hato.server.control). A control
+character in -F, -f or -r (text of the From field it may add) is a usage error: no option
+adds a header field.
 
 Where the socket is: $HATO_CONTROL_SOCKET; else DATA_DIR/control.sock, DATA_DIR from [server]
 data_dir of the file given by -C, $HATO_CONFIG, /etc/hato/hato.toml or ./hato.toml (the first
@@ -51,6 +53,10 @@ EX_TEMPFAIL = 75
 _WITH_VALUE = frozenset("BCFfhLNOoRrVX")
 _IGNORED = frozenset("GimnUv")  # i is -i (handled), the rest change nothing here
 _HEADER = re.compile(rb"^[!-9;-~]+[ \t]*:")  # RFC 5322 §2.2 field name, then ":"
+# RFC 5322 §2.2: a field body is printable characters and WSP, and CR and LF only fold it
+# (§2.2.3); a control character in -F, -f or -r (which become the From field hato-sendmail
+# adds) would end the field and start another of the caller's choosing: refused.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class UsageError(Exception):
@@ -96,9 +102,9 @@ def parse_args(argv: Sequence[str], prog: str = "sendmail") -> Options:
         elif flag == "i" or (flag == "o" and value == "i"):
             opts.dot_ends = False
         elif flag in ("f", "r"):
-            opts.sender = value
+            opts.sender = _header_text(flag, value)
         elif flag == "F":
-            opts.full_name = value
+            opts.full_name = _header_text(flag, value)
         elif flag == "C":
             opts.config = value
         elif flag == "q":
@@ -107,6 +113,13 @@ def parse_args(argv: Sequence[str], prog: str = "sendmail") -> Options:
             raise UsageError(f"-{flag}: unknown option")
         # -B8BITMIME, -oem, -odi, -odb, -N, -R, -V, -h, -L, -O, -X, -v: accepted, no effect.
     return opts
+
+
+def _header_text(flag: str, value: str) -> str:
+    """`value` of an option that may become header text, refused with a control character."""
+    if _CONTROL.search(value):
+        raise UsageError(f"-{flag}: a control character (CR, LF, ...) may not be in its value")
+    return value
 
 
 # ---- the message ----
@@ -180,6 +193,8 @@ def prepare(
     if "from" not in names:
         address = sender if "@" in sender or not sender else f"{sender}@{domain}"
         name = opts.full_name if opts.full_name is not None else gecos
+        if _CONTROL.search(name):
+            name = ""  # a GECOS field no From may carry (-F is refused so: parse_args)
         shown = f"{_display_name(name)} <{address}>" if name else address
         added.append(f"From: {shown}\r\n".encode())
     if "date" not in names:

@@ -144,3 +144,40 @@ def test_exit_codes_for_usage_and_a_stopped_server(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Subject: x\n\nhi\n")))
     assert main(["root"]) == EX_TEMPFAIL
     assert "the mail server is not running" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-F", "Name\r\nX-Evil: 1", "root"],
+        ["-FName\nX-Evil: 1", "root"],
+        ["-F", "Name\rX-Evil: 1", "root"],
+        ["-F", "Name\x00", "root"],
+        ["-f", "a@b.example\r\nX-Evil: 1", "root"],
+        ["-r", "a@b.example\nBcc: victim@x.example", "root"],
+    ],
+)
+def test_an_option_that_becomes_header_text_cannot_inject_a_field(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # RFC 5322 §2.2: CR and LF end a field; refused before anything is read or sent.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HATO_CONTROL_SOCKET", str(tmp_path / "none.sock"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Subject: x\n\nhi\n")))
+    assert main(argv) == EX_USAGE
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"hato-sendmail: -[fFr]: a control character .*\n", err), err
+
+
+def test_a_name_with_a_tab_or_non_ascii_is_still_a_name() -> None:
+    opts = parse_args(["-F", "Zoë\tDoe", "root"])
+    out = prepare(b"hi\r\n", opts, user="u", gecos="", domain="d", hostname="h")
+    assert 'From: "Zoë\tDoe" <u@d>\r\n'.encode() in out.message
+
+
+def test_a_gecos_with_a_line_break_gives_a_from_without_a_name() -> None:
+    out = prepare(b"hi\r\n", Options(), user="u", gecos="U\r\nX-Evil: 1", domain="d", hostname="h")
+    assert b"From: u@d\r\n" in out.message and b"X-Evil" not in out.message
