@@ -8,7 +8,8 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -71,6 +72,18 @@ def free_port() -> int:
         found: int = sock.getsockname()[1]
         _handed.add(found)
         return found
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where a connection is refused, for as long as the block runs: bound and
+    never listening. A port bound and closed again could be taken meanwhile, by another test's
+    listener or, being in the ephemeral range, by the connecting client's own local end (a TCP
+    self-connect: the "refused" port answers); a bound port is neither."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        yield port
 
 
 class RawSession:

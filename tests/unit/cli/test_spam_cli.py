@@ -4,13 +4,13 @@ path that reaches a real rspamd is tests/integration/test_rspamd.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from peers.net import refused_port
 
 from hato.cli import main
 from hato.cli import spam as spam_cli
@@ -23,18 +23,12 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return command_workdir(tmp_path, monkeypatch)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: nothing listens there
-
-
 def test_rspamd_down_is_exit_1_and_one_line(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
-    assert main(["spam", "learn", "spam", "spam.eml", "--controller", url]) == 1
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        assert main(["spam", "learn", "spam", "spam.eml", "--controller", url]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hato: spam.eml: rspamd did not learn it: "), err
 

@@ -5,11 +5,11 @@ the size limit, and replies it refuses."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from pathlib import Path
 
 import pytest
+from peers.net import refused_port
 
 from hato.delivery.httpsget import HttpsGetError, Reply, https_get
 from hato.server.tls import ensure_self_signed, server_context
@@ -99,8 +99,5 @@ def test_a_refused_address_is_an_os_error(tmp_path: Path) -> None:
     # A port nothing listens on: the connection's failure, in words, not a hang.
     cert, _ = ensure_self_signed(tmp_path / "tls", HOST)
     trust = ssl.create_default_context(cafile=str(cert))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # bound, not listening: refused
-        with pytest.raises(OSError, match="port"):
-            asyncio.run(https_get(HOST, "/", trust, 100, ("127.0.0.1", port)))
+    with refused_port() as port, pytest.raises(OSError, match="port"):
+        asyncio.run(https_get(HOST, "/", trust, 100, ("127.0.0.1", port)))

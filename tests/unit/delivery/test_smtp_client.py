@@ -4,13 +4,13 @@ peer that refuses, defers, drops and stalls at chosen stages."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from peers.net import refused_port
 from test_smtp_client_peers import CoreServer, Script, serving
 
 from hato.delivery.smtp_client import (
@@ -211,11 +211,8 @@ def test_greeting_refusal(greeting: bytes, permanent: bool) -> None:
 
 
 def test_connection_refused_and_greeting_timeout() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free_port = sock.getsockname()[1]
-    with pytest.raises(DeliveryError) as info:
-        run(ClientSession.open(options(free_port)))
+    with refused_port() as port, pytest.raises(DeliveryError) as info:
+        run(ClientSession.open(options(port)))
     assert info.value.stage == "connect" and info.value.reply.enhanced == "4.4.1"
     assert not info.value.permanent
 

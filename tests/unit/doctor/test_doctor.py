@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from peers.net import refused_port
 
 from dnsserver import DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import generate_key, load_signing_key
@@ -175,13 +176,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         "bl.test": {"TXT": ["a block list"]},
     }
     listener = socket.create_server(("127.0.0.1", 0))
-    # Bound but never listening: a connect is refused, and no other test can take the
-    # port while this one runs (closing it would let a parallel test's listener answer).
-    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
     policy = PolicyServer(sts_chain, sts_key)
-    with DnsTestServer(zone) as dns:
+    with refused_port() as closed_port, DnsTestServer(zone) as dns:
         dkim_txt = load_signing_key(pem).dns_txt()
         w = World(dns, zone, tmp_path, policy, listener.getsockname()[1], closed_port, dkim_txt)
         w.write_config()
@@ -192,7 +188,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         yield w
     policy.close()
     listener.close()
-    closed.close()
 
 
 def _selector(workdir: Path) -> str:
