@@ -3,6 +3,7 @@ per-IP limit, idle timeout; SIGTERM finishes the transaction in progress)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -36,6 +37,25 @@ def _banner(sock: socket.socket) -> bytes:
     return data
 
 
+def _until(sock: socket.socket, wanted: bytes) -> bytes:
+    """What the server sends until `wanted` is among it (10 s at most for each read)."""
+    sock.settimeout(10)
+    data = b""
+    while wanted not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def _session_of(server: HatoServer, sock: socket.socket) -> str:
+    """The session id Hato gave the connection `sock` (its connect line names the client port)."""
+    port = sock.getsockname()[1]
+    found = server.wait_for_log(rf"event=connect session=(\S+) .* port={port} ", timeout=30)
+    assert found, server.log_text()
+    return found.group(1)
+
+
 def test_per_ip_limit_answers_421_and_frees_up(tmp_path: Path) -> None:
     server = TunedHato(tmp_path / "data", MailSetup(max_connections_per_ip=3), "")
     server.start()
@@ -47,8 +67,12 @@ def test_per_ip_limit_answers_421_and_frees_up(tmp_path: Path) -> None:
         assert _banner(extra).startswith(b"421 4.7.0")
         assert extra.recv(100) == b""  # and the connection is closed
         extra.close()
-        held.pop().close()
-        time.sleep(0.3)
+        gone = held.pop()
+        session = _session_of(server, gone)
+        gone.close()
+        # Its place is free once the session has ended (it logs that after giving it back).
+        disconnect = rf"event=disconnect session={re.escape(session)} "
+        assert server.wait_for_log(disconnect, timeout=30), server.log_text()
         again = socket.create_connection((server.host, server.port))
         assert _banner(again).startswith(b"220 ")
         for sock in [*held, again]:
@@ -79,19 +103,21 @@ def test_sigterm_finishes_the_message_in_progress(tmp_path: Path) -> None:
     assert _banner(sock).startswith(b"220 ")
     marker = "drain-" + str(time.time_ns())
     sock.sendall(b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
-    time.sleep(0.5)
+    assert b"354 " in _until(sock, b"354 ")  # the transaction is in progress
     sock.sendall(f"{maildir.MARKER_HEADER.decode()}: {marker}\r\n\r\nhalf".encode())
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    # New connections are no longer taken...
-    try:
-        probe = socket.create_connection((server.host, server.port), timeout=2)
-        probe.close()
-        refused = False
-    except OSError:
-        refused = True
-    assert refused, "the listener still accepts connections after SIGTERM"
+    # New connections are no longer taken once the server says it stops (it closes its
+    # listeners right after that line: a probe in between may still get in, so a few tries).
+    assert server.wait_for_log(r"event=stopping ", timeout=30), server.log_text()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((server.host, server.port), timeout=2).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the listener still accepts connections after SIGTERM"
+        time.sleep(0.05)
     # ...but the message in progress completes with its 250, then the server says goodbye.
     sock.sendall(b" done\r\n.\r\n")
     replies = b""
