@@ -35,10 +35,13 @@ class Silent:
         raise AssertionError("never answered")
 
 
+BUDGET = 2.0  # seconds
+
+
 def test_a_check_whose_dns_never_answers_ends_within_the_budget_as_temperror() -> None:
     resolver = Silent()
     checker = InboundChecker(
-        resolver, authserv_id="mx.test", clock=FakeClock(1_700_000_000.0, 0.0), budget=1.0
+        resolver, authserv_id="mx.test", clock=FakeClock(1_700_000_000.0, 0.0), budget=BUDGET
     )
     took = 0.0
 
@@ -63,4 +66,6 @@ def test_a_check_whose_dns_never_answers_ends_within_the_budget_as_temperror() -
     assert "dkim=temperror" in header
     assert "arc=fail" in header
     assert "dmarc=temperror" in header
-    assert 1.0 <= took < 1.5, took  # one budget for all (it was 2.0: DMARC had its own)
+    # One budget for all (it was twice the budget: DMARC had its own); the margin is for a
+    # loaded machine, which can be late by a good part of a second.
+    assert BUDGET <= took < 1.9 * BUDGET, took
