@@ -85,7 +85,7 @@ class DovecotImap(DovecotMaster):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.config.write_text(self.printed + _PRIVATE.format(dir=self.dir))
         self._launch()
-        wait_for_listener(LOOPBACK, self.port, time.monotonic() + 15)
+        wait_for_listener(LOOPBACK, self.port, time.monotonic() + 60)
 
     @classmethod
     def for_hato(cls, hato: HatoServer, workdir: Path, extra: str = "") -> DovecotImap:

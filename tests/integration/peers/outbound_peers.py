@@ -62,7 +62,7 @@ class SmtpSink:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
-        wait_for_banner(self.host, self.port, time.monotonic() + 10, alive=self.alive)
+        wait_for_banner(self.host, self.port, time.monotonic() + 60, alive=self.alive)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -220,7 +220,7 @@ class Dovecot(DovecotMaster):
             text += _DOVECOT_AUTH.format(socket=self.auth_socket)
         self.config.write_text(text)
         self._launch()  # the master daemonizes: its start-up errors go to a file
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         if self.lmtp:
             wait_for_listener(LOOPBACK, self.port, deadline)
         else:
