@@ -67,7 +67,7 @@ def scan_through_hato(
         assert hato.wait_for_log(r"event=rspamd .*response=junk"), hato.log_text()
     finally:
         hato.stop()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while len(lines := TASK_LINE.findall(rspamd.log_text())) == before:
         assert time.monotonic() < deadline, rspamd.log_text()[-3000:]
         time.sleep(0.05)  # polling rspamd's log for its line, not a synchronisation sleep

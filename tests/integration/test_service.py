@@ -81,7 +81,7 @@ def test_prometheus_endpoint_counts_what_happened(tmp_path: Path) -> None:
     try:
         _send(server, "metrics-1")
         maildir.wait_for_marker(server.mailbox("u", "example.org"), "metrics-1", 20)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
                 text = page.read().decode()
