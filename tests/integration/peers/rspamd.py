@@ -35,6 +35,7 @@ NETWORKED_MODULES = (
     "ratelimit", "rbl", "replies", "reputation", "rspamd_update", "spamassassin", "spf",
     "url_redirector", "whitelist", "surbl", "p0f", "url_reputation", "url_tags", "clustering",
 )  # fmt: skip
+BAYES = frozenset({"BAYES_SPAM", "BAYES_HAM"})  # the statfiles of _write_config
 # GTUBE: rspamd's reject pattern, and (enable_test_patterns) its variants.
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 GTUBE_ADD_HEADER = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -132,6 +133,20 @@ worker "controller" {{
         return config
 
     def start(self, timeout: float = 180.0) -> None:
+        """Start rspamd and wait until it answers, and until its controller has both Bayes
+        statfiles open. rspamd opens a statfile's SQLite file once, as each worker starts
+        (rspamd 3.4, libstat/stat_config.c; the workers open, and the first creates, the same
+        files at the same moment); one it failed to open then is left out for the worker's
+        whole life: its /stat does not list it, and learning that class answers "cannot find
+        statfile backend". Such a start is made again (3 at most)."""
+        for _ in range(3):
+            self._start_once(timeout)
+            if self.learned(timeout=30).keys() >= BAYES:
+                return
+            self.stop()
+        raise RuntimeError(f"rspamd's controller has not opened {sorted(BAYES)} in 3 starts")
+
+    def _start_once(self, timeout: float) -> None:
         binary = find_peer("rspamd")
         if binary is None:
             raise RuntimeError("rspamd is not installed (.ci/run installs it from Debian)")
@@ -198,18 +213,18 @@ worker "controller" {{
         assert isinstance(data, dict)
         return data
 
-    def learned(self) -> dict[str, int]:
+    def learned(self, timeout: float = 20.0) -> dict[str, int]:
         """{symbol: messages learned} of the Bayes statfiles. The controller can answer before
         the classifier has opened them (under load CI saw a /stat without statfiles): ask
-        again until both configured ones are listed."""
-        deadline = time.monotonic() + 20
+        again until both configured ones are listed (or `timeout` seconds pass)."""
+        deadline = time.monotonic() + timeout
         while True:
             out: dict[str, int] = {}
             statfiles = self.stat().get("statfiles")
             for item in statfiles if isinstance(statfiles, list) else []:
                 if isinstance(item, dict):
                     out[str(item.get("symbol"))] = int(item.get("revision", 0))
-            if {"BAYES_SPAM", "BAYES_HAM"} <= out.keys() or time.monotonic() > deadline:
+            if out.keys() >= BAYES or time.monotonic() > deadline:
                 return out
             time.sleep(0.1)
 
