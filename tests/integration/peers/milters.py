@@ -131,7 +131,7 @@ class LibMilter(_MilterProcess):
         super().__init__(work)
         self.connect = connect  # "reject" or "tempfail": every connection at SMFIC_CONNECT
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         argv = [SYSTEM_PYTHON, "-I", str(LIBMILTER_SCRIPT), str(self.port)]
         self._spawn(argv + ([self.connect] if self.connect else []), timeout)
@@ -144,7 +144,7 @@ class OpenDkim(_MilterProcess):
 
     name = "opendkim"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         config = self.work / "opendkim.conf"
         config.write_text(
