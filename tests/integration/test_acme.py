@@ -83,7 +83,7 @@ def pebble(
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         assert proc.poll() is None, "pebble exited"
         try:

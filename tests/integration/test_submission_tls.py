@@ -227,7 +227,7 @@ def embedded_default(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], P
         stderr=log,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         for role in ("mx", "submission"):
             wait_for_banner(
                 "127.0.0.1", EMBEDDED_PORTS[role], deadline, alive=lambda: proc.poll() is None

@@ -102,7 +102,7 @@ def test_a_reload_asked_while_the_workers_start_waits_for_them(tmp_path: Path) -
     server = TwoWorkers(tmp_path / "data", setup)
     with ThreadPoolExecutor(1) as pool:
         started = pool.submit(server.start)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         # The supervisor forwards SIGHUP once it has forked both workers; they are still
         # starting (building their rooms, binding nothing yet) at that moment.
         while (

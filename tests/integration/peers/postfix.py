@@ -154,7 +154,7 @@ class PostfixServer:
         if not self._written:
             self._write_config()
         self._postfix("start")
-        wait_for_banner(self.host, self.port, time.monotonic() + 30, alive=self.alive)
+        wait_for_banner(self.host, self.port, time.monotonic() + 60, alive=self.alive)
 
     def _master_pid(self) -> int | None:
         try:
