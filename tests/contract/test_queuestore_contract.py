@@ -199,7 +199,7 @@ async def commit(
 
 
 async def fresh(store: QueueStore) -> list[Pending]:
-    return await asyncio.wait_for(store.wait_fresh(), 10)
+    return await asyncio.wait_for(store.wait_fresh(), 30)
 
 
 async def content(store: QueueStore, message: QueuedMessage) -> bytes:
