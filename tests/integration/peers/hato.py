@@ -280,9 +280,11 @@ class HatoServer:
         return True
 
     def stop(self) -> None:
-        if not self._signal_and_wait(signal.SIGTERM, 15):
+        # A stop takes a second or two; 60 s for a loaded CI machine (past the 30 s a session
+        # in a transaction is given to finish, runtime.DRAIN_SECONDS).
+        if not self._signal_and_wait(signal.SIGTERM, 60):
             self.kill()
-            raise RuntimeError("hato did not exit within 15 s of SIGTERM")
+            raise RuntimeError("hato did not exit within 60 s of SIGTERM")
 
     def kill(self) -> None:
         self._signal_and_wait(signal.SIGKILL, 15)
