@@ -154,7 +154,7 @@ def test_every_change_to_the_tables_notifies(pg_settings: PgSettings) -> None:
             write.execute("INSERT INTO key_policies (address, policy) VALUES ('a@b', 'defer')")
         write.execute("DELETE FROM users")
         write.execute("TRUNCATE keys")
-        heard = [n.payload for n in listen.notifies(timeout=5, stop_after=3)]
+        heard = [n.payload for n in listen.notifies(timeout=30, stop_after=3)]
         assert heard == ["key_policies", "users", "keys"]
 
 
