@@ -110,7 +110,7 @@ def test_sigterm_mid_load_finishes_transactions_and_loses_nothing(
     after = reader.reply()
     assert after.startswith("421") or after == "(closed)", after
     slow.close()
-    server.proc.wait(timeout=30)
+    server.proc.wait(timeout=60)  # past the 30 s drain (runtime.DRAIN_SECONDS), and a loaded exit
     assert server.exit_code() == 0, server.log_text()[-3000:]
     server.stop()  # already gone: only closes the log
 
