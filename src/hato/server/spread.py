@@ -26,7 +26,7 @@ server/context.py, the session).
 Each count has one writer, its worker (a 4-octet aligned store, seen whole by the readers);
 a count read a moment stale only moves one connection to a worker that could have done
 without it. The supervisor zeroes the count and pid of a worker it reaps, before its
-replacement replacement starts. Cost per connection: two stores and one read of the board (no system
+replacement starts. Cost per connection: two stores and one read of the board (no system
 call), and the accept done here in place of the event loop's own in C (a socket object, one
 task per plain connection for `connect_accepted_socket`, a few more system calls): ~35-45 µs
 of CPU more per connection on the 2-CPU build machine (docs/performance.md, "Connections
