@@ -158,7 +158,11 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
         assert (reloaded.returncode, reloaded.stderr) == (0, ""), reloaded.stderr
         assert reloaded.stdout == f"reloaded {server.config}: changed domain\n"
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
-            smtp.sendmail("a@example.net", ["x@new.test"], maildir.MARKER_HEADER + b": new\r\n\r\n")
+            smtp.sendmail(
+                "a@example.net",
+                ["x@new.test"],
+                b"From: <a@example.net>\r\n" + maildir.MARKER_HEADER + b": new\r\n\r\n",
+            )
         assert maildir.wait_for_marker(server.mailbox("x", "new.test"), "new", 20)
         log = server.log_text()
         assert "Traceback" not in log and "session-error" not in log, log[-3000:]
@@ -268,7 +272,11 @@ def test_encrypt_existing_as_root_leaves_the_mail_to_the_server_user(workdir: Pa
     server = DropHato(_nobody_data(workdir), setup, "", "", {})
     server.start()
     try:
-        body = b"Subject: old mail\r\n" + maildir.MARKER_HEADER + b": to-encrypt\r\n\r\nhi\r\n"
+        body = (
+            b"From: <a@example.net>\r\nSubject: old mail\r\n"
+            + maildir.MARKER_HEADER
+            + b": to-encrypt\r\n\r\nhi\r\n"
+        )
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
             smtp.sendmail("a@example.net", ["carol@example.org"], body)
         box = server.mailbox("carol", "example.org")
@@ -294,7 +302,7 @@ def test_workers_start_as_the_server_user_on_a_new_data_dir(workdir: Path) -> No
     server = DropHato(_nobody_data(workdir), setup, "workers = 2\n", "", {})
     server.start()
     try:
-        body = maildir.MARKER_HEADER + b": two-workers\r\n\r\nhi\r\n"
+        body = b"From: <a@example.net>\r\n" + maildir.MARKER_HEADER + b": two-workers\r\n\r\nhi\r\n"
         try:
             with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
                 smtp.sendmail("a@example.net", ["u@example.org"], body)

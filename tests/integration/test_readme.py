@@ -60,7 +60,9 @@ def _readme_tour() -> tuple[str, bytes, bytes]:
         re.DOTALL,
     )
     sent = re.search(
-        r'smtp\.sendmail\("me@example\.net", \["alice@localhost"\], (b"[^"]*")\)', text
+        r'message = (b"[^"]*")\n\s*smtp\.sendmail\("me@example\.test", \["alice@localhost"\], '
+        r"message\)",
+        text,
     )
     assert shown is not None and sent is not None, "the README's quick tour moved"
     message = ast.literal_eval(sent.group(1))
@@ -76,7 +78,7 @@ def _masked(data: bytes) -> str:
 def test_the_readme_shows_what_hato_writes(tour: TourHato) -> None:
     name, shown, message = _readme_tour()
     with smtplib.SMTP(tour.host, tour.port, timeout=30) as smtp:
-        smtp.sendmail("me@example.net", ["alice@localhost"], message)
+        smtp.sendmail("me@example.test", ["alice@localhost"], message)
     (stored,) = maildir.wait_for_count(tour.mailbox("alice", "localhost"), 1, 15)
     readme_name, real_name = _NAME.fullmatch(name), _NAME.fullmatch(stored.name)
     assert readme_name is not None, name
