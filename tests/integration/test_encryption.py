@@ -191,6 +191,16 @@ def test_wkd_serves_the_key_at_the_url_gnupg_computes(
         server.stop()
 
 
+def _at_data(smtp: smtplib.SMTP) -> None:
+    """alice@example.net's transaction to bob@example.org, up to DATA's 354: the message's
+    octets are the caller's to send."""
+    smtp.ehlo("client.example.net")
+    assert smtp.mail("alice@example.net")[0] == 250
+    assert smtp.rcpt("bob@example.org")[0] == 250
+    smtp.putcmd("data")
+    assert smtp.getreply()[0] == 354
+
+
 @pytest.mark.parametrize("padding", [0, 300_000])  # in memory; spooled, the helper process
 def test_a_key_imported_while_the_message_comes_gets_only_ciphertext(
     server: HatoServer, gpg: Gpg, padding: int
@@ -204,11 +214,7 @@ def test_a_key_imported_while_the_message_comes_gets_only_ciphertext(
         f"\r\nThe plan is {marker}.\r\n" + "padding line\r\n" * (padding // 14)
     ).encode()
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
-        smtp.ehlo("client.example.net")
-        assert smtp.mail("alice@example.net")[0] == 250
-        assert smtp.rcpt("bob@example.org")[0] == 250
-        smtp.putcmd("data")
-        assert smtp.getreply()[0] == 354
+        _at_data(smtp)
         smtp.send(head)
         server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
         smtp.send(b"The rest.\r\n.\r\n")
@@ -275,11 +281,7 @@ def test_a_crash_writes_no_core_dump_holding_a_keyed_users_mail(
     server.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
     marker = uuid.uuid4().hex
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
-        smtp.ehlo("client.example.net")
-        assert smtp.mail("alice@example.net")[0] == 250
-        assert smtp.rcpt("bob@example.org")[0] == 250
-        smtp.putcmd("data")
-        assert smtp.getreply()[0] == 354
+        _at_data(smtp)
         smtp.send(f"Subject: secret {marker}\r\n\r\nThe plan is {marker}.\r\n".encode() * 50)
         server.proc.send_signal(signal.SIGSEGV)
         server.proc.wait(timeout=30)
