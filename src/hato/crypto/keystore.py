@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import idna
 
@@ -67,7 +67,6 @@ class KeyLookup(Protocol):
     def policy(self, address: Address) -> FailurePolicy: ...
 
 
-@runtime_checkable
 class KeyIndex(KeyLookup, Protocol):
     """A `KeyLookup` that also tells, in one read, which of many addresses have a key."""
 

@@ -41,7 +41,7 @@ from hato.crypto.keystore import canonical
 from hato.delivery.loops import delivered_to_fields
 from hato.intake.context import IntakeContext
 from hato.intake.direct import SpooledBody
-from hato.intake.protect import protect, sealed_if_keyed
+from hato.intake.protect import protect, resealed, sealed_if_keyed
 from hato.intake.recipients import now_utc
 from hato.intake.transaction import Transaction
 from hato.model import Address, Reply, ReversePath, logfmt
@@ -168,24 +168,10 @@ async def _sealed_again(
     body the refused commit took, else the body's file."""
     log.info(logfmt("key-since-rcpt", session=how["session"], id=copy.queue_id))
     try:
-        scratch = await asyncio.to_thread(_reseal, ctx.queue.messages_dir, copy, kept)
+        scratch = await asyncio.to_thread(resealed, ctx.queue.messages_dir, copy, kept)
     except OSError as exc:
         return QueueWriteError.from_os(exc, "message scratch file").reply
     return await commit(ctx, tx, scratch, **how)
-
-
-def _reseal(directory: str, copy: BodyWriter, kept: bytes | None) -> SealedScratch:
-    """`copy`'s body into a new sealed scratch file; `copy` is discarded (blocks: a thread)."""
-    scratch = SealedScratch(directory)
-    try:
-        for chunk in (kept,) if kept is not None else copy.read_back():
-            scratch.write(chunk)
-    except BaseException:
-        scratch.close()
-        raise
-    finally:
-        copy.discard()
-    return scratch
 
 
 def _direct_body(copy: BodyWriter) -> bytes | SpooledBody | None:
