@@ -111,10 +111,11 @@ class OutboundSigner:
         envelope `sender`'s, or b"". With `parents`, a candidate's parent domains are tried
         after it, nearest first (a notice from MAILER-DAEMON@mx.example.org is signed by
         example.org: relaxed alignment)."""
-        for address in [*authors(split_header_fields(headers)), sender]:
+        fields = split_header_fields(headers)  # once, for the domain and the signature
+        for address in [*authors(fields), sender]:
             signer = self._signer_for(address.domain, parents) if address else None
             if signer is not None:
-                return signer.sign(headers, body)
+                return signer.sign(headers, body, fields)
         return b""
 
     def _signer_for(self, domain: str, parents: bool) -> DkimSigner | None:

@@ -276,12 +276,19 @@ class DkimSigner:
             names.insert(0, "from")
         return names
 
-    def sign(self, header_block: bytes, body_chunks: Iterable[bytes]) -> bytes:
-        """The ``DKIM-Signature: ...\\r\\n`` field to prepend to the message."""
+    def sign(
+        self,
+        header_block: bytes,
+        body_chunks: Iterable[bytes],
+        fields: Sequence[HeaderField] | None = None,
+    ) -> bytes:
+        """The ``DKIM-Signature: ...\\r\\n`` field to prepend to the message; `fields`:
+        `header_block` already split by `split_header_fields`, when the caller has it."""
         hasher = RelaxedBodyHasher()
         for chunk in body_chunks:
             hasher.update(chunk)
-        fields = split_header_fields(header_block)
+        if fields is None:
+            fields = split_header_fields(header_block)
         names = self.signed_names(fields)
         now = int(self._clock.now())
         tags = [
