@@ -94,13 +94,7 @@ def _arrived_signed_and_passing(pair: Pair, marker: str) -> None:
 
 
 def test_submitted_mail_a_milter_edits_is_signed_as_it_leaves(pair: Pair) -> None:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP(pair.a.host, pair.a.submission_port, timeout=60) as smtp:
-        smtp.starttls(context=context)
-        smtp.login("alice@sender.example", USER_PASSWORD)
-        smtp.sendmail("alice@sender.example", ["someone@dest.example"], _message("sub-1"))
+    _submit(pair, _message("sub-1"))
     _arrived_signed_and_passing(pair, "sub-1")
 
 
