@@ -80,6 +80,20 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
+# RFC 5321 §4.5.3.1.4: "SMTP extensions may be used to increase this limit". MAIL and RCPT
+# carry the parameters of the extensions we offer on top of the 512 octets: ORCPT up to 500
+# characters (RFC 3461 §4.2) with NOTIFY on RCPT; ENVID up to 100 (RFC 3461 §4.4), RET, SIZE
+# (RFC 1870 §3), BODY (RFC 6152), AUTH= (RFC 4954 §5), SMTPUTF8, REQUIRETLS on MAIL. A client
+# giving a 500-character ORCPT must not get "500 Line too long": 1024 octets more for them.
+PARAMETERS_ALLOWANCE = 1024
+
+
+def parameters_allowance(head: bytes) -> int:
+    """Octets a command line starting with `head` (its first five octets, upper-case) may
+    have past the plain command limit (PARAMETERS_ALLOWANCE for MAIL and RCPT, else 0)."""
+    return PARAMETERS_ALLOWANCE if head in (b"MAIL ", b"RCPT ") else 0
+
+
 @functools.lru_cache(maxsize=1024)
 def parse_hello(arg: str) -> str | Bad:
     """RFC 5321 §4.1.1.1: "EHLO" SP ( Domain / address-literal ). Cached (a pure function of

@@ -24,8 +24,9 @@ AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 BYE = Reply(221, "2.0.0", "Bye")
 # RFC 5321 §3.5.3: 252 when we will not verify; discloses nothing.
 VRFY_REPLY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-# RFC 5321 §7.3: EXPN may be disabled to disclose no list members; §4.2.4: 502 for that.
-EXPN_REPLY = Reply(502, "5.5.1", "EXPN not available")
+# RFC 5321 §7.3: EXPN is disabled here, to disclose no list members; a disabled EXPN "MUST
+# return a 252 response" (not 502), which verifies nothing.
+EXPN_REPLY = Reply(252, "2.5.0", "Cannot EXPN list, but will accept message and attempt delivery")
 HELP_REPLY = Reply(214, "2.0.0", "Hato SMTP server: see RFC 5321")
 
 # ---- syntax and sequence errors (counted as protocol errors) ----

@@ -34,6 +34,7 @@ from typing import assert_never
 
 from hato.model import Reply
 from hato.smtp import replies as R
+from hato.smtp.commands import parameters_allowance
 from hato.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -341,10 +342,12 @@ class ServerConnection(VerbHandlers):
         return data
 
     def _line_limit(self) -> int:
-        # RFC 4954 §4: AUTH lines may be up to 12288 octets; others RFC 5321 §4.5.3.1.4.
-        if self._state is State.AUTH or self._buf[self._pos : self._pos + 5].upper() == b"AUTH ":
+        # RFC 4954 §4: AUTH lines may be up to 12288 octets; others RFC 5321 §4.5.3.1.4,
+        # MAIL and RCPT lengthened by the parameters of the extensions we offer.
+        head = self._buf[self._pos : self._pos + 5].upper()
+        if self._state is State.AUTH or head == b"AUTH ":
             return self._settings.max_auth_line
-        return self._settings.max_command_line
+        return self._settings.max_command_line + parameters_allowance(head)
 
     def _step_line(self) -> bool:
         found = find_line(self._buf, self._pos, self._short_limit)

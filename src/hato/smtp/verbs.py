@@ -308,7 +308,11 @@ class VerbHandlers:
             self._send(R.VRFY_REPLY)
 
     def _on_expn(self, arg: str) -> None:
-        self._send(R.EXPN_REPLY)
+        if not arg:
+            # RFC 5321 §4.1.1.7: "EXPN" SP String CRLF; without its string, 501.
+            self._error(R.BAD_ARGUMENTS, "EXPN without argument")
+        else:
+            self._send(R.EXPN_REPLY)
 
     def _on_help(self, arg: str) -> None:
         self._send(R.HELP_REPLY)

@@ -158,7 +158,7 @@ def test_simple_verbs() -> None:
         "214 2.0.0 Hato SMTP server: see RFC 5321",
         "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
         "501 5.5.4 Invalid command arguments",
-        "502 5.5.1 EXPN not available",
+        "252 2.5.0 Cannot EXPN list, but will accept message and attempt delivery",
         "250 2.0.0 Ok",
     ]
 
@@ -527,3 +527,24 @@ def test_app_reply_421_closes() -> None:
     out = d.run(EHLO + TXN)
     assert replies(out)[-1] == "421 4.3.2 Shutting down"
     assert isinstance(d.events[-1], CloseConnection)
+
+
+def test_expn_without_argument_is_501() -> None:
+    # RFC 5321 §4.1.1.7: "EXPN" SP String CRLF.
+    d = Driver.make()
+    assert replies(d.run(EHLO + "EXPN\r\n"))[-1] == "501 5.5.4 Invalid command arguments"
+
+
+def test_mail_and_rcpt_lines_may_carry_long_parameters() -> None:
+    """RFC 5321 §4.5.3.1.4 with RFC 3461 §4.2: a RCPT with a 500-character ORCPT is over 512
+    octets and still read; other commands keep the plain limit, MAIL and RCPT a bounded one."""
+    d = Driver.make(dsn=True)
+    orcpt = "rfc822;" + "o" * 483 + "@b.example"
+    assert len(orcpt) == 500
+    rcpt = f"RCPT TO:<{'l' * 64}@example.org> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT={orcpt}\r\n"
+    assert len(rcpt) > 512
+    mail = "MAIL FROM:<a@b.example> RET=HDRS ENVID=" + "e" * 100 + " SIZE=10 " + "x" * 400
+    assert codes(d.run(EHLO + mail + "\r\n")) == [250, 555]  # read whole: an unknown parameter
+    assert codes(d.run("MAIL FROM:<a@b.example>\r\n" + rcpt)) == [250, 250]
+    assert codes(d.run("NOOP " + "x" * 600 + "\r\n")) == [500]
+    assert codes(d.run("RCPT TO:<a@b.example> " + "x" * 1600 + "\r\n")) == [500]
