@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # queue id (14 characters of Crockford's base32).
 _QUEUE_ID = re.compile(r"[0-9A-Z]{14}")
 _NAME = re.compile(r"(\d+)\.M(\d+)Q([0-9A-Z]{14})R(-?\d+)\.localhost,S=(\d+)")
-_DATE = re.compile(r"; \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} -0000")
+_DATE = re.compile(r"; \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} \+0000")
 
 
 class TourHato(HatoServer):

@@ -61,17 +61,24 @@ _last_date: tuple[int, str] = (-1, "")
 
 
 def rfc5322_date(when: float) -> str:
-    """`email.utils.formatdate(when)` (UTC, RFC 5322 §3.3), remembered for its second."""
+    """`email.utils.formatdate(when)` (UTC, RFC 5322 §3.3) with the zone "+0000", remembered
+    for its second."""
     global _last_date
     second = int(when)
     if when < 0 or when - second >= 0.999999:
         # The microsecond rounding of formatdate may carry into the next second: ask it.
-        return email.utils.formatdate(when, localtime=False)
+        return _utc_zone(email.utils.formatdate(when, localtime=False))
     cached_second, text = _last_date
     if cached_second != second:
-        text = email.utils.formatdate(second, localtime=False)
+        text = _utc_zone(email.utils.formatdate(second, localtime=False))
         _last_date = (second, text)
     return text
+
+
+def _utc_zone(text: str) -> str:
+    # RFC 5322 §3.3: "+0000" SHOULD be used for Universal Time; "-0000" (formatdate's) says
+    # the local zone is unknown, and we write UTC on purpose.
+    return text.removesuffix("-0000") + "+0000" if text.endswith("-0000") else text
 
 
 def received_header(

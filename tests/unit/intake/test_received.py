@@ -38,7 +38,7 @@ def test_single_recipient_is_named_and_lines_end_in_crlf() -> None:
     text = header.decode()
     assert text.startswith("Received: from client.example ([192.0.2.7])\r\n")
     assert "by mx.example.org (Hato) with ESMTP id Q1\r\n" in text
-    assert "\tfor <bob@example.org>; Thu, 01 Jan 1970 00:00:00 -0000\r\n" in text
+    assert "\tfor <bob@example.org>; Thu, 01 Jan 1970 00:00:00 +0000\r\n" in text
     assert header.endswith(b"\r\n") and b"\n" not in header.replace(b"\r\n", b"")
 
 
@@ -75,7 +75,11 @@ def test_a_unicode_helo_is_written_as_its_a_label_without_smtputf8() -> None:
     [0.0, 1764281127.0, 1764281127.4, 1764281127.9999994, 1764281127.9999996, 1764281128.5],
 )
 def test_the_date_is_formatdates_also_when_remembered(when: float) -> None:
-    expected = email.utils.formatdate(when, localtime=False)
-    assert rfc5322_date(when) == expected
-    assert rfc5322_date(when) == expected  # from the remembered second
-    assert rfc5322_date(when + 3600) == email.utils.formatdate(when + 3600, localtime=False)
+    # RFC 5322 §3.3: Universal Time as "+0000", not formatdate's "-0000" (zone unknown).
+    def expected(at: float) -> str:
+        return email.utils.formatdate(at, localtime=False).replace("-0000", "+0000")
+
+    assert rfc5322_date(when) == expected(when)
+    assert rfc5322_date(when).endswith(" +0000")
+    assert rfc5322_date(when) == expected(when)  # from the remembered second
+    assert rfc5322_date(when + 3600) == expected(when + 3600)
