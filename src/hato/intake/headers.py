@@ -163,17 +163,45 @@ def fields_to_drop(header_block: bytes) -> list[HeaderField]:
     return [f for f in split_header_fields(header_block) if f.name.lower() in DROPPED_FIELDS]
 
 
+# A field to add when the header section has none of that name: (lower-case name, the line).
+MissingField = tuple[bytes, bytes]
+
+
+def origin_fields(hostname: str, date: str, token: str) -> tuple[MissingField, ...]:
+    """The Date and Message-ID a message submitted without them gets (RFC 6409 §8.2: the MSA
+    MAY add Date; §8.3: it SHOULD add Message-ID; RFC 5322 §3.6: a message needs an
+    orig-date field, and SHOULD have a Message-ID). `token` makes the id unique."""
+    return (
+        (b"date", f"Date: {date}\r\n".encode()),
+        (b"message-id", f"Message-ID: <{token}@{hostname}>\r\n".encode()),
+    )
+
+
+def completed(block: bytes, fields: tuple[MissingField, ...]) -> bytes:
+    """`block` (a header section up to and with the CRLF of its last field) with every field
+    of `fields` it has none of appended (names compare without regard to case, RFC 5322
+    §1.2.2). A block not ending with CRLF (a message that is all header, sent without its
+    last CRLF) is left as it is."""
+    if not block.endswith(b"\r\n"):
+        return block
+    present = {f.name.strip(b" \t").lower() for f in split_header_fields(block)}
+    return block + b"".join(line for name, line in fields if name not in present)
+
+
 class HeaderFilter:
     """Holds back the header section as it streams in, then lets it through without the fields
     no client may give us (DROPPED_FIELDS) and, with an `authserv_id`, without any
     Authentication-Results field claiming it (RFC 8601 §5: a border MTA removes those before
-    adding its own). Bounded: past MAX_HEADER_BYTES it passes everything on, and the session
-    refuses the message (HeaderCapture.too_large), so nothing it missed is kept."""
+    adding its own); with `missing`, each of those fields the section lacks is added at its
+    end (submission: origin_fields). Bounded: past MAX_HEADER_BYTES it passes everything on,
+    and the session refuses the message (HeaderCapture.too_large), so nothing it missed is
+    kept."""
 
-    __slots__ = ("_authserv_id", "_buf", "_passing", "dropped", "removed")
+    __slots__ = ("_authserv_id", "_buf", "_missing", "_passing", "dropped", "removed")
 
-    def __init__(self, authserv_id: str = "") -> None:
+    def __init__(self, authserv_id: str = "", missing: tuple[MissingField, ...] = ()) -> None:
         self._authserv_id = authserv_id
+        self._missing = missing
         self._buf = bytearray()
         self._passing = False
         self.removed = 0  # forged Authentication-Results fields
@@ -211,4 +239,6 @@ class HeaderFilter:
         self.removed, self.dropped = len(forged), len(dropped)
         if forged or dropped:
             block = without_fields(block, [*forged, *dropped])
+        if self._missing:
+            block = completed(block, self._missing)
         return block + rest

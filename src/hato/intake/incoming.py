@@ -5,7 +5,8 @@ Theory of operation. Every chunk goes into the body (a queue body, or a sealed s
 a recipient has a key: intake/protect.py) through the header filter (intake/headers.py
 `HeaderFilter`: minus the Return-Path, Content-Length, Bcc and Resent-Bcc fields no client may
 give us, RFC 5321 §4.4, and the Authentication-Results fields that claim our name, RFC 8601
-§5: removed as they pass, never rewritten later); what passes is what `feed` and `release`
+§5: removed as they pass, never rewritten later; on submission plus the Date and Message-ID
+a message came without, RFC 6409 §8.2, §8.3); what passes is what `feed` and `release`
 return, for the capture the signer and the checks read (server/session.py). The octets as
 they came are fed to the header capture (intake/headers.py, bounded) and to the trace-field
 count (delivery/loops.py). At the end, `judge` refuses a loop (RFC 5321 §6.3) and a header
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from hato.crypto import SealedScratch
 from hato.delivery.loops import MAIL_LOOP, TraceFields
 from hato.intake.context import IntakeContext
-from hato.intake.headers import HeaderCapture, HeaderFilter
+from hato.intake.headers import HeaderCapture, HeaderFilter, MissingField
 from hato.model import Address, Reply, logfmt
 from hato.queue import BodyWriter
 
@@ -30,12 +31,21 @@ log = logging.getLogger("hato.smtpd")
 class Incoming:
     """One message being received (see the module docstring)."""
 
-    def __init__(self, ctx: IntakeContext, *, keyed: bool, authserv_id: str) -> None:
+    def __init__(
+        self,
+        ctx: IntakeContext,
+        *,
+        keyed: bool,
+        authserv_id: str,
+        missing: tuple[MissingField, ...] = (),
+    ) -> None:
+        """`missing`: the fields to add when the header section lacks them (submission:
+        headers.origin_fields)."""
         # A keyed recipient's plaintext must never reach the spool (intake/protect.py).
         self.body: BodyWriter | SealedScratch = (
             SealedScratch(ctx.queue.messages_dir) if keyed else ctx.queue.new_body()
         )
-        self.filter = HeaderFilter(authserv_id)
+        self.filter = HeaderFilter(authserv_id, missing)
         self.headers = HeaderCapture()
         self.trace = TraceFields()  # the hop count (RFC 5321 §6.3)
 

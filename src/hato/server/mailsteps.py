@@ -7,6 +7,7 @@ around it: the socket, the event pump, STARTTLS, AUTH, the timers.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,9 @@ from hato.crypto import DEFER_REPLY, SealedScratch
 from hato.directory.resolver import Resolution
 from hato.intake.capture import LargeMessage, MessageCapture
 from hato.intake.finish import Door, Submitted, end_of_message
+from hato.intake.headers import MissingField, origin_fields
 from hato.intake.incoming import Incoming
-from hato.intake.received import TraceInfo, received_header
+from hato.intake.received import TraceInfo, received_header, rfc5322_date
 from hato.intake.recipients import (
     add_recipient,
     open_transaction,
@@ -161,6 +163,15 @@ class MailTransaction:
         self._reset_transaction()
         self.ctx.metrics.message(reply.code)
         self.conn.reply(reply)
+
+    def _missing_fields(self) -> tuple[MissingField, ...]:
+        """What a message DATA brings gets when its header section lacks it: on submission
+        (after AUTH) Date and Message-ID (RFC 6409 §8.2, §8.3); nothing on mx (RFC 5321 §6.4:
+        a relay leaves the header as it is)."""
+        if self.user is None:
+            return ()
+        date = rfc5322_date(self.ctx.clock.now())
+        return origin_fields(self.ctx.settings.hostname, date, secrets.token_hex(12))
 
     def _received(self, tx: Transaction, queue_id: str) -> bytes:
         info = TraceInfo(

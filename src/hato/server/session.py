@@ -231,7 +231,12 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
                 self._on_mail(event)
             case DataStart():
                 keyed = self.tx is not None and self.tx.keyed
-                self.incoming = Incoming(self.ctx, keyed=keyed, authserv_id=self.ctx.authserv_id)
+                self.incoming = Incoming(
+                    self.ctx,
+                    keyed=keyed,
+                    authserv_id=self.ctx.authserv_id,
+                    missing=self._missing_fields(),
+                )
                 self.capture = open_capture(self.ctx, self._door())
             case MessageEnd():
                 self._on_message_end()

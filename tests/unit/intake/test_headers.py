@@ -2,7 +2,7 @@
 
 import pytest
 
-from hato.intake.headers import MAX_HEADER_BYTES, HeaderCapture, HeaderFilter
+from hato.intake.headers import MAX_HEADER_BYTES, HeaderCapture, HeaderFilter, origin_fields
 from hato.model import Address
 
 ALICE = Address("alice", "users.test")
@@ -119,3 +119,43 @@ def test_a_message_without_those_fields_passes_byte_for_byte() -> None:
     out, kept = _filtered(message, 3)
     assert out == message and kept.dropped == 0
     assert _filtered(b"\r\nReturn-Path: <body>\r\n", 2)[0] == b"\r\nReturn-Path: <body>\r\n"
+
+
+ORIGIN = origin_fields("hato.test", "Thu, 01 Jan 2026 00:00:00 +0000", "t0k3n")
+
+
+def _through_submission_filter(message: bytes, chunk: int) -> bytes:
+    header_filter = HeaderFilter(missing=ORIGIN)
+    passed = b"".join(
+        header_filter.feed(message[i : i + chunk]) for i in range(0, len(message), chunk)
+    )
+    return passed + header_filter.finish()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_a_submitted_message_without_date_and_message_id_gets_them(chunk: int) -> None:
+    # RFC 6409 §8.2, §8.3: added at the end of the header section, the body untouched.
+    message = b"From: <a@b.example>\r\nSubject: hi\r\n\r\nDate: in the body\r\n"
+    assert _through_submission_filter(message, chunk) == (
+        b"From: <a@b.example>\r\nSubject: hi\r\n"
+        b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <t0k3n@hato.test>\r\n"
+        b"\r\nDate: in the body\r\n"
+    )
+
+
+def test_fields_the_message_has_are_not_added_again() -> None:
+    message = b"DATE: Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: <a@b.example>\r\n\r\nbody\r\n"
+    assert _through_submission_filter(message, 5) == (
+        b"DATE: Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: <a@b.example>\r\n"
+        b"Message-ID: <t0k3n@hato.test>\r\n\r\nbody\r\n"
+    )
+    both = b"From: <a@b.example>\r\nmessage-id:<x@y>\r\nDate: x\r\n\r\n"
+    assert _through_submission_filter(both, 3) == both
+
+
+def test_a_message_that_is_all_header_gets_them_too() -> None:
+    assert _through_submission_filter(b"From: <a@b.example>\r\n", 4) == (
+        b"From: <a@b.example>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        b"Message-ID: <t0k3n@hato.test>\r\n"
+    )
+    assert _through_submission_filter(b"From: <a@b.example>", 4) == b"From: <a@b.example>"  # no CRLF: as it is
