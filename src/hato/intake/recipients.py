@@ -75,7 +75,10 @@ def open_transaction(
 ) -> Transaction | Reply:
     """The last MAIL step, once the sender is accepted: the transaction, with the message's
     place under the user's sending limits; or the reply when the limits refuse it."""
-    tx = Transaction(mail_from, dict(params or {}), user, smtputf8)
+    # By keyword: the fourth field is `local` (a program on this machine), not `smtputf8`; given
+    # positionally, an SMTPUTF8 transaction lost its flag (Received said ESMTPSA, not
+    # UTF8SMTPSA, RFC 6531 §4.3) and was marked local.
+    tx = Transaction(mail_from, dict(params or {}), user=user, smtputf8=smtputf8)
     if user is not None:
         reserved = reserve(ctx, str(user))
         if isinstance(reserved, Reply):

@@ -104,6 +104,14 @@ def test_an_authenticated_user_may_send_only_as_an_address_it_owns(tmp_path: Pat
     assert isinstance(begin(ctx, None, user=ALICE), Transaction)  # the null sender (RFC 5321)
 
 
+def test_smtputf8_is_kept_and_is_no_local_submission(tmp_path: Path) -> None:
+    # RFC 6531 §3.4: the transaction knows SMTPUTF8 was given (its Received says UTF8SMTP...);
+    # it was once given as the `local` field (a program on this machine) instead.
+    tx = begin(context(tmp_path, role=Role.MX), FAR, user=None, smtputf8=True)
+    assert isinstance(tx, Transaction)
+    assert tx.smtputf8 and not tx.local
+
+
 def test_an_alias_expands_to_each_mailbox_once_keeping_the_address_given(tmp_path: Path) -> None:
     ctx = context(tmp_path, role=Role.MX)
     tx = begin(ctx, FAR, user=None)
