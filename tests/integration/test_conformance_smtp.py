@@ -122,6 +122,7 @@ CASES: list[tuple[str, list[bytes], bytes, int, str]] = [
     # §4.1.2 Quoted-string local parts.
     ("quoted-local-part", [MAIL], b'RCPT TO:<"john q. doe"@example.org>', 250, "2.1.5"),
     ("quoted-local-gt", [MAIL], b'RCPT TO:<"a>b"@example.org>', 250, "2.1.5"),
+    ("quoted-local-escape", [MAIL], b'RCPT TO:<"a\\"b"@example.org>', 250, "2.1.5"),
     ("local-part-64", [MAIL], b"RCPT TO:<" + LONG_LOCAL + b"@example.org>", 250, "2.1.5"),
     ("unknown-user", [MAIL], b"RCPT TO:<nobody@users.test>", 550, "5.1.1"),
     ("relay-denied", [MAIL], b"RCPT TO:<x@elsewhere.example>", 550, "5.7.1"),
@@ -230,10 +231,13 @@ def test_hello_needs_one_domain_or_literal(server: HatoServer, argument: bytes) 
         assert codes(command(session, argument)) == (501, "5.5.4")  # RFC 5321 §4.1.1.1
 
 
-@pytest.mark.parametrize("literal", [b"[127.0.0.1]", b"[IPv6:::1]", b"[IPv6:2001:db8::1]"])
+@pytest.mark.parametrize(
+    "literal", [b"[127.0.0.1]", b"[IPv6:::1]", b"[IPv6:2001:db8::1]", b"client.test   "]
+)
 def test_hello_takes_an_address_literal(server: HatoServer, literal: bytes) -> None:
     with connect(server) as session:
-        assert command(session, b"EHLO " + literal, enhanced=False)[0] == 250  # §4.1.3
+        # §4.1.3 address literals; trailing spaces before CRLF tolerated (as Postfix does).
+        assert command(session, b"EHLO " + literal, enhanced=False)[0] == 250
 
 
 def test_mail_before_hello_is_a_sequence_error(server: HatoServer) -> None:
@@ -337,6 +341,14 @@ def test_message_over_size_is_552(server: HatoServer) -> None:
         # RFC 1870 §6.3 / RFC 5321 §4.5.3.1.10: 552 at the end of the data.
         assert codes(command(session, message_bytes("big", body) + b".")) == (552, "5.3.4")
         assert codes(command(session, b"NOOP")) == (250, "2.0.0")
+        # RFC 3030 §4.2 with RFC 1870: BDAT octets count against the same limit.
+        command(session, MAIL)
+        command(session, RCPT)
+        big = message_bytes("big-bdat", body)
+        session.send(b"BDAT %d LAST\r\n" % len(big) + big)
+        reply = session.reply()
+        check_form(reply)
+        assert codes(reply) == (552, "5.3.4")
 
 
 def test_text_line_over_1000_octets_is_refused(server: HatoServer) -> None:
