@@ -78,6 +78,14 @@ LONG_LOCAL = b"l" * 64  # RFC 5321 §4.5.3.1.1: 64 octets of local part must be 
 # RFC 3461 §4.2: ORCPT's value is up to 500 characters; the line may be 512 + 500 octets.
 ORCPT_500 = b"rfc822;" + b"o" * (500 - len(b"rfc822;@example.org")) + b"@example.org"
 
+
+def in_transaction(session: RawSession, mail: bytes = b"") -> None:
+    """EHLO, MAIL (with `mail` parameters) and one accepted RCPT."""
+    ehlo(session)
+    assert codes(command(session, MAIL + mail)) == (250, "2.1.0")
+    assert codes(command(session, RCPT)) == (250, "2.1.5")
+
+
 # (id, commands before, the command, expected code, expected enhanced code), after EHLO.
 CASES: list[tuple[str, list[bytes], bytes, int, str]] = [
     # RFC 5321 §2.4: verbs and parameter keywords are case-insensitive.
@@ -251,9 +259,7 @@ def test_mail_before_hello_is_a_sequence_error(server: HatoServer) -> None:
 
 def test_refused_ehlo_leaves_the_transaction_as_it_was(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         # RFC 5321 §4.1.4: after a failed EHLO the server stays in the state it was in.
         assert codes(command(session, b"EHLO")) == (501, "5.5.4")
         assert command(session, b"DATA")[0] == 354
@@ -263,9 +269,7 @@ def test_refused_ehlo_leaves_the_transaction_as_it_was(server: HatoServer) -> No
 
 def test_ehlo_and_rset_end_the_transaction(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         # RFC 5321 §4.1.1.5: RSET drops the transaction, keeps the EHLO.
         assert codes(command(session, b"RSET")) == (250, "2.0.0")
         assert codes(command(session, RCPT)) == (503, "5.5.1")
@@ -333,9 +337,7 @@ def test_one_hundred_recipients_are_taken(server: HatoServer) -> None:
 
 def test_message_over_size_is_552(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         assert command(session, b"DATA")[0] == 354
         body = (b"x" * 998 + b"\r\n") * 1100  # ~1.1 MB, over the 1 MiB limit
         # RFC 1870 §6.3 / RFC 5321 §4.5.3.1.10: 552 at the end of the data.
@@ -353,9 +355,7 @@ def test_message_over_size_is_552(server: HatoServer) -> None:
 
 def test_text_line_over_1000_octets_is_refused(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         command(session, b"DATA")
         body = b"y" * 999 + b"\r\n"  # 1001 octets with its CRLF (RFC 5321 §4.5.3.1.6)
         reply = command(session, message_bytes("long-line", body) + b".")
@@ -366,9 +366,7 @@ def test_text_line_over_1000_octets_is_refused(server: HatoServer) -> None:
 def test_line_of_1000_octets_is_taken_and_dot_stuffing_undone(server: HatoServer) -> None:
     body = b"z" * 998 + b"\r\n..leading dot\r\n"
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         command(session, b"DATA")
         assert codes(command(session, message_bytes("dots", body) + b"."))[0] == 250
     stored = delivered(server, "dots")
@@ -379,9 +377,7 @@ def test_line_of_1000_octets_is_taken_and_dot_stuffing_undone(server: HatoServer
 def test_8bit_body_with_8bitmime_arrives_intact(server: HatoServer) -> None:
     body = "Grüße, ½ — ☃\r\n".encode()
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL + b" BODY=8BITMIME")
-        command(session, RCPT)
+        in_transaction(session, b" BODY=8BITMIME")
         command(session, b"DATA")
         assert codes(command(session, message_bytes("8bit", body) + b"."))[0] == 250
     assert delivered(server, "8bit").endswith(body)  # RFC 6152 §3
@@ -390,9 +386,7 @@ def test_8bit_body_with_8bitmime_arrives_intact(server: HatoServer) -> None:
 def test_bdat_chunks_and_bdat_0_last(server: HatoServer) -> None:
     first = message_bytes("bdat")
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         # RFC 3030 §2: each chunk is acknowledged; BDAT 0 LAST ends the message.
         session.send(b"BDAT %d\r\n" % len(first) + first)
         assert codes(session.reply()) == (250, "2.0.0")
@@ -409,9 +403,7 @@ def test_bdat_chunks_and_bdat_0_last(server: HatoServer) -> None:
 
 def test_bdat_and_data_do_not_mix(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         session.send(b"BDAT 5\r\nhello")
         assert codes(session.reply()) == (250, "2.0.0")
         # RFC 3030 §2: DATA inside a BDAT transaction is 503; the transaction goes on.
@@ -446,9 +438,7 @@ def test_quit_closes_with_221(server: HatoServer) -> None:
 
 def test_received_return_path_and_authentication_results(server: HatoServer) -> None:
     with connect(server) as session:
-        ehlo(session)
-        command(session, MAIL)
-        command(session, RCPT)
+        in_transaction(session)
         command(session, b"DATA")
         assert codes(command(session, message_bytes("trace") + b"."))[0] == 250
     stored = delivered(server, "trace")

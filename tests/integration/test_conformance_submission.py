@@ -16,7 +16,6 @@ import email
 import email.policy
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -254,16 +253,10 @@ def test_received_names_the_protocol(
 def wait_report(server: OutboundHato, marker: str) -> EmailMessage:
     """The DSN in alice's Maildir that returns the message with `marker`."""
     box = server.mailbox("alice", "users.test")
-    deadline = time.monotonic() + READ_TIMEOUT
-    while True:
-        for path in maildir.messages(box):
-            data = path.read_bytes()
-            if b"multipart/report" in data and marker.encode() in data:
-                parsed = email.message_from_bytes(data, policy=email.policy.default)
-                assert isinstance(parsed, EmailMessage)
-                return parsed
-        assert time.monotonic() < deadline, f"no DSN about {marker}"
-        time.sleep(0.05)
+    data = maildir.wait_for_report(box, READ_TIMEOUT, marker.encode())
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
 
 
 def status_fields(report: EmailMessage) -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-import time
 from pathlib import Path
 
 from peers import maildir
@@ -39,18 +38,6 @@ def _message(marker: str) -> bytes:
     ).encode()
 
 
-def _wait_dsn(a: OutboundHato, timeout: float) -> bytes:
-    box = a.mailbox("alice", "users.test")
-    deadline = time.monotonic() + timeout
-    while True:
-        for path in maildir.messages(box):
-            data = path.read_bytes()
-            if b"multipart/report" in data:
-                return data
-        assert time.monotonic() < deadline, f"no DSN for alice:\n{a.log_text()[-3000:]}"
-        time.sleep(0.05)
-
-
 def test_bounce_of_an_smtputf8_message_names_the_non_ascii_recipient(
     tmp_path: Path, test_ca: TestCA
 ) -> None:
@@ -71,7 +58,7 @@ def test_bounce_of_an_smtputf8_message_names_the_non_ascii_recipient(
                     )
                 assert refused == {}
                 a.wait_event("dsn-queued", to="<alice@users.test>", action="failed")
-                data = _wait_dsn(a, 20)
+                data = maildir.wait_for_report(a.mailbox("alice", "users.test"), 20)
             finally:
                 a.stop()
         finally:

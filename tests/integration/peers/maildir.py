@@ -111,6 +111,19 @@ def wait_for_marker(root: Path, marker: str, timeout: float) -> list[Path]:
         time.sleep(0.05)
 
 
+def wait_for_report(root: Path, timeout: float, returning: bytes = b"") -> bytes:
+    """Poll a Maildir until a delivery report (RFC 6522 multipart/report) arrives whose bytes
+    hold `returning` (the returned message's marker, say); its bytes. Fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in messages(root):
+            data = path.read_bytes()
+            if b"multipart/report" in data and returning in data:
+                return data
+        assert time.monotonic() < deadline, f"no report in {root} within {timeout} s"
+        time.sleep(0.05)
+
+
 def assert_each_once(
     base: Path, accepted: set[str], attempted: set[str], *, timeout: float, settle: float
 ) -> None:
