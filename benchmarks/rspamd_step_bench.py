@@ -9,15 +9,20 @@ line through the server's log set-up) and `rewritten` (rspamd's header removals)
 at a time on uvloop. Prints the event loop thread's CPU (`thread_time`) per message, best of
 five runs; the stand-in's CPU is not counted. So two versions of Hato can be compared without
 rspamd's 3 ms a scan and the machine's load swamping the difference: run it alternately
-against each version (PYTHONPATH=OTHER/src). Not a test:
+against each version (PYTHONPATH=OTHER/src). `--session`: a whole message instead, in a
+session of its own as smtp-source sends it (session_message_bench.py's `--short`: connect,
+EHLO, the transaction, the direct delivery into a Maildir, QUIT), with `[rspamd]` asking the
+stand-in, and the same without `[rspamd]`; `--profile` adds cProfile's call count per message
+and its top functions (the loop thread), a count the machine's load does not move. Not a test:
 
-    .venv/bin/python benchmarks/rspamd_step_bench.py [--messages 2000]
+    .venv/bin/python benchmarks/rspamd_step_bench.py [--messages 2000] [--session [--profile]]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -114,10 +119,51 @@ async def measure(path: str, messages: int, tmp: str) -> float:
     return best
 
 
+@functools.cache
+def _plain_config() -> str:
+    """session_message_bench.py's configuration as it came (before `sessions` adds to it)."""
+    import session_message_bench as bench
+
+    return bench.CONFIG
+
+
+async def sessions(path: str | None, messages: int, profile: bool) -> str:
+    """Loop-thread CPU per message of whole short sessions (session_message_bench.py), with
+    `[rspamd]` asking the stand-in at `path` (None: without rspamd); with `profile`, cProfile's
+    calls per message and top functions."""
+    import session_message_bench as bench
+
+    bench.SHORT = True
+    plain = _plain_config()
+    bench.CONFIG = plain + (f'\n[rspamd]\nurl = "unix:{path}"\n' if path is not None else "")
+    with tempfile.TemporaryDirectory(prefix="hato-rspamd-session-") as data:
+        ctx, rooms = await bench.context(Path(data))
+        await bench.messages(ctx, 50)  # warm up
+        await asyncio.sleep(2.1)  # the database stamps settle (as session_message_bench)
+        if profile:
+            import cProfile
+            import io
+            import pstats
+
+            with cProfile.Profile(time.thread_time) as prof:
+                await bench.messages(ctx, messages)
+            out = io.StringIO()
+            stats = pstats.Stats(prof, stream=out)
+            stats.sort_stats("tottime").print_stats(30)
+            calls = getattr(stats, "total_calls", 0)
+            return f"{calls / messages:.0f} calls per message\n{out.getvalue()}"
+        runs = [(await bench.messages(ctx, messages))[0] for _ in range(5)]
+        if hasattr(rooms.maildir, "close"):
+            rooms.maildir.close()
+    return f"{min(runs) * 1e6 / messages:.0f} us of loop-thread CPU per message (best of 5)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--session", action="store_true", help="whole short sessions")
+    parser.add_argument("--profile", action="store_true", help="with --session: cProfile")
     args = parser.parse_args()
     import uvloop
 
@@ -135,6 +181,10 @@ def main() -> None:
             deadline = time.monotonic() + 30
             while not os.path.exists(path) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if args.session:
+                for label, url in (("with [rspamd]", path), ("without", None)):
+                    print(f"{label}: " + uvloop.run(sessions(url, args.messages, args.profile)))
+                return
             per = uvloop.run(measure(path, args.messages, tmp))
         finally:
             stand_in.terminate()
