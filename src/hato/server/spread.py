@@ -43,6 +43,7 @@ import asyncio
 import logging
 import mmap
 import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -115,9 +116,15 @@ class WorkerLoad:
 
 
 def _state(pid: int) -> str:
+    # os.open and one read: three system calls, where open() made seven (fstat, a failing
+    # TCGETS ioctl, lseek, a second read) and a file object; asked up to once a connection.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 4096)  # the whole file: a few hundred octets
+        finally:
+            os.close(fd)
+        return stat.rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError):  # gone, not Linux, or /proc mounted with hidepid
         return "?"
 
@@ -194,6 +201,8 @@ class AcceptLoop:
         self._turn = turn
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._backlog = select.poll()  # whether a connection waits, when a pause ends
+        self._backlog.register(sock, select.POLLIN)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -244,7 +253,12 @@ class AcceptLoop:
         if self._loop is None:
             return
         self._loop.add_reader(self._sock.fileno(), self._readable)
-        self._readable()  # at once: if the connection is gone, the turn starts afresh
+        if self._backlog.poll(0):
+            self._readable()  # at once: still there, it is judged again
+        elif self._turn is not None:
+            # Another worker took it (the usual end of a pause): the turn starts afresh,
+            # without asking the board or /proc, nor an accept(2) that finds nothing.
+            self._turn.drained()
 
 
 class PlainAccepts:

@@ -177,3 +177,51 @@ def test_the_accept_loop_leaves_then_takes_a_connection_no_other_worker_took() -
         return taken
 
     assert asyncio.run(scenario()) == [3]
+
+
+def test_a_pause_whose_connection_another_worker_took_ends_without_judging_again() -> None:
+    """The usual end of a pause: the less loaded worker took the connection. The accept loop
+    finds the backlog empty and starts the next turn afresh, instead of asking the board and
+    /proc again and pausing anew while that worker is runnable (up to PATIENCE for nothing)."""
+
+    class Counted(Turn):
+        judged = 0
+        event: asyncio.Event | None = None
+
+        def wait(self) -> float:
+            Counted.judged += 1
+            if Counted.event is not None:
+                Counted.event.set()
+            return super().wait()
+
+    async def scenario() -> tuple[int, int]:
+        listening = socket.create_server(("127.0.0.1", 0))
+        listening.setblocking(False)
+        board, (first, _) = _loads()
+        first.add(3)  # past its share
+        board.pids[1] = os.getpid()  # the other worker: runnable (this process runs)
+        clock = asyncio.get_running_loop().time
+        Counted.event = judged = asyncio.Event()
+        loop = AcceptLoop(listening, "mx", lambda conn, peer: conn.close(), Counted(first, clock))
+        loop.start()
+        client = socket.create_connection(listening.getsockname())
+        try:
+            async with asyncio.timeout(10):
+                await judged.wait()  # judged once: paused, left to the other worker
+            listening.accept()[0].close()  # the other worker takes it
+            await asyncio.sleep(PATIENCE / 2)  # many pauses' worth
+            after = Counted.judged
+            judged.clear()
+            fresh = socket.create_connection(listening.getsockname())  # the next connection
+            async with asyncio.timeout(10):
+                await judged.wait()
+            fresh.close()
+        finally:
+            loop.close()
+            client.close()
+            listening.close()
+        return after, Counted.judged - after
+
+    after, next_turn = asyncio.run(scenario())
+    assert after == 1  # the pause ended on an empty backlog: not judged again
+    assert next_turn >= 1  # and the next connection is judged as usual
