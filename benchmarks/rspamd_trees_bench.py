@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from peers.net import find_peer
-from peers.server import DomainSetup, MailSetup
-from rspamd_vs_postfix import DOMAIN, BenchRspamd, Result, RspamdHato, run_load
+from peers.server import MailSetup
+from rspamd_vs_postfix import BenchRspamd, Result, RspamdHato, load_setup, run_load, stop_all
 from smtp_vs_postfix import _tree, machine, settle
 
 
@@ -116,13 +116,7 @@ def main() -> int:
         trees.append((label, src))
     work = Path(tempfile.mkdtemp(prefix="hato-rspamd-trees-"))
     work.chmod(0o755)
-    setup = MailSetup(
-        domains=(DomainSetup(DOMAIN, accept_any=True),),
-        max_message_size=10 * 1024 * 1024,
-        max_recipients=100,
-        min_free_space=16 * 1024 * 1024,
-        max_connections_per_ip=200,
-    )
+    setup = load_setup()
     rspamd = BenchRspamd(work / "rspamd", os.cpu_count() or 1, unix=not args.tcp)
     servers: list[TreeHato] = []
     results: dict[str, list[Result]] = {label: [] for label, _ in trees}
@@ -155,12 +149,7 @@ def main() -> int:
                     flush=True,
                 )
     finally:
-        for server in servers:
-            try:
-                server.stop()
-            except RuntimeError as exc:
-                print(exc, file=sys.stderr)
-        rspamd.stop()
+        stop_all(servers, rspamd)
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nsmtp-source -s {args.sessions} -m {args.messages} -l 10240; {machine()}")
     print("| tree | Hato CPU ms/msg by round | median | delivered msg/s by round |")

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +263,27 @@ def medians(results: list[Result]) -> list[Result]:
     return [sorted(v, key=lambda r: r.deliver_rate)[(len(v) - 1) // 2] for v in by.values()]
 
 
+def load_setup() -> MailSetup:
+    """Both servers' mail setup: any recipient of DOMAIN, the load's one IP allowed many."""
+    return MailSetup(
+        domains=(DomainSetup(DOMAIN, accept_any=True),),
+        max_message_size=10 * 1024 * 1024,
+        max_recipients=100,
+        min_free_space=16 * 1024 * 1024,
+        max_connections_per_ip=200,  # the load comes from one IP
+    )
+
+
+def stop_all(servers: Sequence[MailServer], rspamd: BenchRspamd) -> None:
+    """Stop every server (a failure to stop is printed, not raised), then rspamd."""
+    for server in servers:
+        try:
+            server.stop()
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+    rspamd.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per run")
@@ -296,13 +318,7 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="hato-rspamd-bench-"))
     work.chmod(0o755)  # the postfix user must reach its queue below this directory
-    setup = MailSetup(
-        domains=(DomainSetup(DOMAIN, accept_any=True),),
-        max_message_size=10 * 1024 * 1024,
-        max_recipients=100,
-        min_free_space=16 * 1024 * 1024,
-        max_connections_per_ip=200,  # the load comes from one IP
-    )
+    setup = load_setup()
     dns = DnsTestServer(SENDER_ZONE)
     dns.start()
     ns = dns.nameserver if args.auth else None
@@ -338,12 +354,7 @@ def main() -> int:
                     )
                     results.append(result)
     finally:
-        for server in servers:
-            try:
-                server.stop()
-            except RuntimeError as exc:
-                print(exc, file=sys.stderr)
-        rspamd.stop()
+        stop_all(servers, rspamd)
         dns.stop()
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()
