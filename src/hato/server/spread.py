@@ -12,13 +12,14 @@ on a `LoadBoard`: one 32-bit count per worker in an anonymous shared mapping tha
 supervisor makes before it forks, so every worker inherits it. Before each accept a worker
 asks its `Turn`: with more live connections than the least loaded other worker plus one, it
 stops reading that socket for `HOLD` (2 ms) so that a less loaded worker, woken by the same
-connection, takes it. When the pause ends and the connection is still there, this worker
-pauses again while a less loaded worker is runnable (woken, waiting for a CPU on a busy
-machine: its state in /proc/PID/stat, the pids being on the board too), up to `PATIENCE`
-(50 ms); otherwise (no other worker took it: one stopped, stuck, asleep) it accepts it and
-leaves the next one to the others again; when that happens twice in a row, it accepts all
-that waits on that socket (until it finds the backlog empty, for `FREE`, 0.1 s, at most)
-before it judges again. So a worker that does not take its turn delays a burst by two
+connection, takes it. When the pause ends, one poll of the socket tells whether the
+connection is still there (if not, another worker took it: the next turn starts afresh); if it
+is, this worker pauses again while a less loaded worker is runnable (woken, waiting for a
+CPU on a busy machine: its state in /proc/PID/stat, the pids being on the board too), up to
+`PATIENCE` (50 ms); otherwise (no other worker took it: one stopped, stuck, asleep) it
+accepts it and leaves the next one to the others again; when that happens twice in a row, it
+accepts all that waits on that socket (until it finds the backlog empty, for `FREE`, 0.1 s,
+at most) before it judges again. So a worker that does not take its turn delays a burst by two
 pauses (2 ms if stopped, up to 50 ms if stuck runnable), never strands a connection, and no
 connection is ever refused here (the limits and their 421 replies stay where they are:
 server/context.py, the session).
