@@ -21,6 +21,7 @@ from hato.intake.incoming import Incoming
 from hato.intake.transaction import Transaction
 from hato.model import Address, Reply, logfmt, logvalue, moment
 from hato.policy import AUTH_BLOCKED, Reservation
+from hato.server.backpressure import WriteBackpressure
 from hato.server.context import SessionContext
 from hato.server.greeting import before_greeting, screens
 from hato.server.login import Login
@@ -72,9 +73,9 @@ CONNECT = logfmt("connect")
 DISCONNECT = logfmt("disconnect")
 
 
-class SmtpSession(MailTransaction, asyncio.Protocol):
+class SmtpSession(MailTransaction, WriteBackpressure, asyncio.Protocol):
     """The protocol glue of one session (module docstring); its mail transaction steps are
-    `MailTransaction`'s (mailsteps.py)."""
+    `MailTransaction`'s (mailsteps.py), its write-side flow control `WriteBackpressure`'s."""
 
     login: Login  # AUTH; made in `connection_made`, once the client and session id are known
 
@@ -170,7 +171,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
 
     def _resume_after_burst(self) -> None:
         self.burst = 0
-        if not self.busy and not self.closing and self.transport is not None:
+        if self.may_read() and self.transport is not None:
             self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
@@ -292,7 +293,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             self.task = None
         if self.closing:
             return
-        if self.transport is not None:
+        if self.transport is not None and not self.writes_paused:
             self.transport.resume_reading()
         self._process()
         if self.draining and self.incoming is None and not self.closing:
@@ -339,6 +340,7 @@ class SmtpSession(MailTransaction, asyncio.Protocol):
             self.closing = True
             return
         self.transport = new
+        self.writes_paused = False  # the plain transport's; the TLS one tells its own
         self._note_tls(new)
         self.conn.tls_established()  # RFC 3207 §4.2: forget everything, EHLO again
         self.user = None

@@ -1,0 +1,112 @@
+"""Protocol abuse without AUTH on the real server (red team, 2026-12-08): a client that never
+reads its replies, junk commands (NOOP, RSET, VRFY, HELP, ... repeated forever), failing MAIL
+FROMs and tiny BDAT chunks. Each costs the server a bounded amount of memory and work per
+session: the session stops reading, or ends with 421 4.7.0 (RFC 5321 §3.8)."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers.hato import HatoServer
+from peers.server import MailSetup
+
+# A client's pipelined RCPTs past max_recipients (each answered 452, RFC 5321 §4.5.3.1.10):
+# far more than the kernel's socket buffers on both sides hold.
+FLOOD_BYTES = 64 * 1024 * 1024
+
+
+class TunedHato(HatoServer):
+    """The harness server with extra [limits] keys."""
+
+    def __init__(self, data_dir: Path, extra_limits: str = "") -> None:
+        super().__init__(data_dir, MailSetup())
+        self.extra_limits = extra_limits
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        return text.replace("[limits]\n", f"[limits]\n{self.extra_limits}\n", 1)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[TunedHato]:
+    hato = TunedHato(tmp_path / "data")
+    hato.start()
+    try:
+        yield hato
+    finally:
+        hato.stop()
+
+
+def _connect(server: HatoServer, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
+    sock.settimeout(30)
+    sock.connect((server.host, server.port))
+    return sock
+
+
+def _replies(sock: socket.socket, count: int) -> list[bytes]:
+    """The last lines of the next `count` replies."""
+    data = b""
+    lines: list[bytes] = []
+    while len(lines) < count:
+        chunk = sock.recv(65536)
+        assert chunk, (lines, data)
+        data += chunk
+        *complete, data = data.split(b"\r\n")
+        lines += [line for line in complete if line[3:4] == b" "]
+    return lines
+
+
+def _all_replies(sock: socket.socket) -> list[bytes]:
+    """Every reply's last line until the server closes."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return [line for line in data.split(b"\r\n") if line[3:4] == b" "]
+
+
+def _send_until_stalled(sock: socket.socket, data: bytes, total: int) -> int:
+    """Send `data` repeatedly, up to `total` octets, until the server stops taking them (the
+    socket stays unwritable for 10 s); the octets sent."""
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(data)
+    offset = 0
+    while sent < total:
+        _, writable, _ = select.select([], [sock], [], 10)
+        if not writable:
+            break  # the server reads nothing more
+        try:
+            n = sock.send(view[offset:])
+        except BlockingIOError:
+            continue
+        sent += n
+        offset = (offset + n) % len(data)
+    sock.setblocking(True)
+    return sent
+
+
+def test_a_client_that_never_reads_its_replies_is_no_longer_read(server: TunedHato) -> None:
+    # RFC 2920 lets a client pipeline; it does not oblige the server to buffer the replies of
+    # a client that never reads them. Past the transport's high-water mark, the session stops
+    # reading (server/backpressure.py); before, 20 MB of EHLO grew the process by 300 MB.
+    sock = _connect(server, rcvbuf=4096)
+    sock.sendall(b"EHLO flood.example\r\nMAIL FROM:<a@flood.example>\r\n")
+    rcpts = b"".join(b"RCPT TO:<r%d@example.org>\r\n" % i for i in range(100))
+    sock.sendall(rcpts)
+    assert _replies(sock, 103)[-1].startswith(b"250 ")
+    before = server.peak_rss_kib()
+    assert before is not None
+    # Every further RCPT is answered 452 4.5.3; none of them is read by this client.
+    sent = _send_until_stalled(sock, b"RCPT TO:<over@example.org>\r\n" * 2048, FLOOD_BYTES)
+    grown = (server.peak_rss_kib() or 0) - before
+    sock.close()
+    assert sent < FLOOD_BYTES, "the server read everything a non-reading client sent"
+    assert grown < 32 * 1024, f"the server grew by {grown} KiB"
+    assert server.alive()
