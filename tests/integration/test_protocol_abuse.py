@@ -31,9 +31,11 @@ class TunedHato(HatoServer):
         return text.replace("[limits]\n", f"[limits]\n{self.extra_limits}\n", 1)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[TunedHato]:
-    hato = TunedHato(tmp_path / "data")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunedHato]:
+    """One server for the module, with the default limits (max_junk_commands 100,
+    max_bad_commands 20): each test uses its own connections."""
+    hato = TunedHato(tmp_path_factory.mktemp("abuse") / "data")
     hato.start()
     try:
         yield hato
@@ -110,3 +112,64 @@ def test_a_client_that_never_reads_its_replies_is_no_longer_read(server: TunedHa
     assert sent < FLOOD_BYTES, "the server read everything a non-reading client sent"
     assert grown < 32 * 1024, f"the server grew by {grown} KiB"
     assert server.alive()
+
+
+JUNK = [b"NOOP", b"RSET", b"VRFY someone", b"HELP", b"EXPN list", b"EHLO again.example"]
+
+
+@pytest.mark.parametrize("command", JUNK)
+def test_a_junk_command_repeated_forever_ends_the_session_with_421(
+    server: TunedHato, command: bytes
+) -> None:
+    # Postfix's smtpd_junk_command_limit: commands that move no mail, 100 (max_junk_commands)
+    # since a message was last accepted; the next gets 421 4.7.0 (RFC 5321 §3.8) and a close.
+    sock = _connect(server)
+    sock.sendall(b"EHLO junk.example\r\n" + (command + b"\r\n") * 150)
+    replies = _all_replies(sock)
+    sock.close()
+    assert replies[0] == b"220 hato.test ESMTP Hato"
+    # The EHLO is one of the 100; the 100th repetition of the command is the 101st.
+    assert len(replies) == 1 + 100 + 1, replies[-3:]
+    assert all(
+        not line.startswith((b"4", b"5")) or line.startswith(b"502") for line in replies[1:101]
+    )
+    assert replies[-1] == b"421 4.7.0 Too many commands without mail, closing connection"
+
+
+def test_tiny_bdat_chunks_count_as_junk(server: TunedHato) -> None:
+    # RFC 3030 sets no minimum chunk size; BDAT 1 a million times is a reply and an event per
+    # octet. A chunk under 1024 octets (not LAST) counts as a junk command.
+    sock = _connect(server)
+    sock.sendall(b"EHLO chunks.example\r\nMAIL FROM:<a@chunks.example>\r\n"
+                 b"RCPT TO:<alice@users.test>\r\n" + b"BDAT 1\r\nx" * 150)  # fmt: skip
+    replies = _all_replies(sock)
+    sock.close()
+    assert replies[2:4] == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"]
+    # The EHLO is one of the 100: the 100th chunk gets the 421.
+    assert replies[4:103] == [b"250 2.0.0 1 octets received"] * 99
+    assert replies[103:] == [b"421 4.7.0 Too many commands without mail, closing connection"]
+
+
+def test_an_accepted_message_starts_the_junk_count_anew(server: TunedHato) -> None:
+    sock = _connect(server)
+    message = (b"MAIL FROM:<a@friend.example>\r\nRCPT TO:<alice@users.test>\r\nDATA\r\n"
+               b"From: a@friend.example\r\nSubject: hi\r\n\r\nhello\r\n.\r\n")  # fmt: skip
+    sock.sendall(b"EHLO friend.example\r\n" + b"NOOP\r\n" * 90 + message + b"NOOP\r\n" * 95)
+    sock.sendall(b"QUIT\r\n")
+    replies = _all_replies(sock)
+    sock.close()
+    assert replies[-1].startswith(b"221 "), replies[-3:]
+    assert replies[-2] == b"250 2.0.0 Ok"
+    assert sum(line.startswith(b"250 2.0.0 Ok: queued as") for line in replies) == 1
+
+
+def test_refused_senders_count_as_errors(server: TunedHato) -> None:
+    # A sender of our own domain on port 25 is refused (550 5.7.1), each a look-up and a log
+    # line; like Postfix's smtpd_hard_error_limit, max_bad_commands (20) of them without a
+    # message accepted end the session with 421 4.7.0.
+    sock = _connect(server)
+    sock.sendall(b"EHLO spoof.example\r\n" + b"MAIL FROM:<alice@users.test>\r\n" * 40)
+    replies = _all_replies(sock)
+    sock.close()
+    assert replies[2:22] == [replies[2]] * 20 and replies[2].startswith(b"550 5.7.1 "), replies
+    assert replies[22:] == [b"421 4.7.0 Too many errors, closing connection"]

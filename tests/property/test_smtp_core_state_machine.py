@@ -50,8 +50,13 @@ def refuse_nobody(event: Event) -> Reply | str | None:
 class SmtpCoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        # Any number of errors and junk commands: the model checks states, not the limits.
         self.driver = Driver.make(
-            greet=False, decide=refuse_nobody, max_recipients=3, max_bad_commands=10**6
+            greet=False,
+            decide=refuse_nobody,
+            max_recipients=3,
+            max_bad_commands=10**6,
+            max_junk_commands=10**6,
         )
         self.driver.conn.greet()
         assert self.send(b"") == [220]

@@ -72,6 +72,7 @@ def server_settings(settings: Settings, role: Role, tls: bool) -> ServerSettings
         max_recipients=limits.max_recipients,
         max_bad_commands=limits.max_bad_commands,
         max_refused_recipients=limits.max_refused_recipients,
+        max_junk_commands=limits.max_junk_commands,
         max_text_line=limits.max_text_line,
         # RFC 3207 on mx when a certificate is configured; always on port 587.
         offer_starttls=tls and role is not Role.SUBMISSIONS,

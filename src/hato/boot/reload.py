@@ -80,6 +80,7 @@ LIVE_KEYS = frozenset(
         "limits.max_recipients",
         "limits.max_bad_commands",
         "limits.max_refused_recipients",
+        "limits.max_junk_commands",
         "limits.max_text_line",
         "limits.idle_timeout",
         "limits.session_timeout",

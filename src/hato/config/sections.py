@@ -184,6 +184,7 @@ class LimitsSettings(BaseModel):
     max_recipients: StrictInt = Field(100, description=f"an integer, at least {MIN_RECIPIENTS}")
     max_bad_commands: StrictInt = Field(20, description="an integer, at least 1")
     max_refused_recipients: StrictInt = Field(100, description="an integer, at least 1")
+    max_junk_commands: StrictInt = Field(100, description="an integer, at least 1")
     idle_timeout: StrictInt = Field(
         300, description=f"seconds as an integer, at least {MIN_IDLE_TIMEOUT}"
     )
@@ -221,7 +222,9 @@ class LimitsSettings(BaseModel):
             raise ValueError(f"must be 60..3600 seconds (whole minutes are counted), got {value}")
         return value
 
-    @field_validator("max_message_size", "max_bad_commands", "max_refused_recipients")
+    @field_validator(
+        "max_message_size", "max_bad_commands", "max_refused_recipients", "max_junk_commands"
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         # RFC 1870 §4: SIZE 0 would mean "no fixed limit"; a limit of 0 octets accepts nothing.

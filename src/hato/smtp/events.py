@@ -168,6 +168,7 @@ class ServerSettings:
     max_auth_line: int = 12288  # RFC 4954 §4
     max_bad_commands: int = 20  # protocol errors before 421 and close
     max_refused_recipients: int = 100  # refused RCPTs, none since a message, before 421
+    max_junk_commands: int = 100  # NOOP, RSET, VRFY, ..., none since a message, before 421
     offer_starttls: bool = False  # advertise STARTTLS (only while not yet on TLS)
     auth_mechanisms: tuple[str, ...] = ()  # advertised after TLS (or always if auth_over_plain)
     auth_over_plain: bool = False  # allow AUTH without TLS (never for a real listener)

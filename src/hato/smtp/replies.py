@@ -56,6 +56,7 @@ AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Invalid base64 data")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line too long")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_REFUSED = Reply(421, "4.7.0", "Too many refused recipients, closing connection")
+TOO_MANY_JUNK = Reply(421, "4.7.0", "Too many commands without mail, closing connection")
 
 # ---- limits and message refusals ----
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")

@@ -97,6 +97,7 @@ class ServerConnection(VerbHandlers):
         self._decision = None
         self._out = []
         self._errors = 0
+        self._junk = 0
         self._refused_since_message = 0  # RCPTs refused since a message was last accepted
         # RFC 5321 §4.5.3.1.4 / RFC 4954 §4: a line is first looked for within the smaller of
         # the two limits; only a line too long for it needs to know which applies (_step_line).
@@ -207,7 +208,7 @@ class ServerConnection(VerbHandlers):
                 self._state = State.RCPT
             case MessageEnd():
                 self._out.append(R.wire_with_text(R.MESSAGE_OK, text))
-                self._refused_since_message = 0
+                self._refused_since_message = self._errors = self._junk = 0
                 self._end_transaction()
             case StartTLSRequest():
                 self._out.append(R.wire_with_text(R.STARTTLS_READY, text))
@@ -243,9 +244,12 @@ class ServerConnection(VerbHandlers):
                     self._close(R.TOO_MANY_REFUSED)
             case MessageEnd():
                 self._end_transaction()
+                self._failed()  # a refused message is an error like a refused command
+            case MailFrom():
+                self._failed()  # so is a refused sender: each is a look-up and a log line
             case AuthRequest() | AuthResponse():
                 self._state = State.READY
-            case Hello() | MailFrom() | StartTLSRequest():
+            case Hello() | StartTLSRequest():
                 pass
             case _:
                 assert_never(event)

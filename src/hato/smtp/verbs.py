@@ -53,6 +53,9 @@ DATA_START = DataStart(bdat=False)
 BDAT_START = DataStart(bdat=True)
 TRANSACTION_RESET = TransactionReset()
 _NO_VERBS: frozenset[Verb] = frozenset()
+# A non-LAST BDAT chunk smaller than this carries too little to be more than overhead: it
+# counts as a junk command (RFC 3030 sets no minimum; real clients send kilobytes at least).
+SMALL_CHUNK = 1024
 
 
 class VerbHandlers:
@@ -67,6 +70,7 @@ class VerbHandlers:
     _decision: Decision | None
     _out: list[bytes]
     _errors: int
+    _junk: int  # junk commands since a message was last accepted
     _refused_since_message: int
     # the mail transaction
     _txn_smtputf8: bool
@@ -97,11 +101,30 @@ class VerbHandlers:
         """Answer a protocol error; too many of them end the connection."""
         self._send(reply)
         self._events.append(ProtocolError(reply, detail))
+        self._failed()
+
+    def _failed(self) -> None:
+        """Count one error (a protocol error, or a sender or message the session refused);
+        too many without a message accepted end the connection (Postfix's
+        smtpd_hard_error_limit, "errors ... without delivering mail")."""
         self._errors += 1
         if self._errors >= self._settings.max_bad_commands and self._state is not State.CLOSED:
             # RFC 5321 §3.8: the server may close with 421 (here: an abusive client).
             self._events.append(ProtocolError(R.TOO_MANY_ERRORS, "too many protocol errors"))
             self._close(R.TOO_MANY_ERRORS)
+
+    def _too_much_junk(self, verb: Verb) -> bool:
+        """Count a command that moves no mail (NOOP, RSET, VRFY, EXPN, HELP, EHLO, HELO, a tiny
+        BDAT chunk); past the limit since a message was last accepted, answer 421 4.7.0 and
+        close instead (RFC 5321 §3.8; Postfix's smtpd_junk_command_limit): a client repeating
+        them forever costs a reply, a log-free CPU turn and often a longer answer each."""
+        self._junk += 1
+        if self._junk <= self._settings.max_junk_commands:
+            return False
+        detail = f"{verb.value}: more than {self._settings.max_junk_commands} junk commands"
+        self._events.append(ProtocolError(R.TOO_MANY_JUNK, detail))
+        self._close(R.TOO_MANY_JUNK)
+        return True
 
     def _refuse(self, bad: Bad) -> None:
         self._error(bad.reply, bad.detail)
@@ -203,10 +226,12 @@ class VerbHandlers:
 
     # ---- the verbs ----
     def _on_ehlo(self, arg: str) -> None:
-        self._hello("EHLO", arg)
+        if not self._too_much_junk(Verb.EHLO):
+            self._hello("EHLO", arg)
 
     def _on_helo(self, arg: str) -> None:
-        self._hello("HELO", arg)
+        if not self._too_much_junk(Verb.HELO):
+            self._hello("HELO", arg)
 
     def _hello(self, kind: Literal["EHLO", "HELO"], arg: str) -> None:
         name = parse_hello(arg)
@@ -276,6 +301,8 @@ class VerbHandlers:
             self._skip = bdat.size
             self._no_recipients(Verb.BDAT)
             return
+        if not bdat.last and bdat.size < SMALL_CHUNK and self._too_much_junk(Verb.BDAT):
+            return  # closed: the framing no longer matters
         if self._state is State.RCPT:
             self._state = State.BDAT
             self._bare = BareCounter()  # the new message's (read only in State.BDAT)
@@ -284,7 +311,7 @@ class VerbHandlers:
         self._chunk_last = bdat.last
 
     def _on_rset(self, arg: str) -> None:
-        if self._no_arguments(Verb.RSET, arg):
+        if self._no_arguments(Verb.RSET, arg) or self._too_much_junk(Verb.RSET):
             return
         # RFC 5321 §4.1.1.5: RSET drops the transaction and answers 250.
         self._send(R.OK)
@@ -294,7 +321,8 @@ class VerbHandlers:
 
     def _on_noop(self, arg: str) -> None:
         # RFC 5321 §4.1.1.9: NOOP may carry a string, which is ignored.
-        self._send(R.OK)
+        if not self._too_much_junk(Verb.NOOP):
+            self._send(R.OK)
 
     def _on_quit(self, arg: str) -> None:
         if not self._no_arguments(Verb.QUIT, arg):
@@ -302,6 +330,8 @@ class VerbHandlers:
             self._close(R.BYE)
 
     def _on_vrfy(self, arg: str) -> None:
+        if self._too_much_junk(Verb.VRFY):
+            return
         if not arg:
             self._error(R.BAD_ARGUMENTS, "VRFY without argument")
         else:
@@ -311,11 +341,12 @@ class VerbHandlers:
         if not arg:
             # RFC 5321 §4.1.1.7: "EXPN" SP String CRLF; without its string, 501.
             self._error(R.BAD_ARGUMENTS, "EXPN without argument")
-        else:
+        elif not self._too_much_junk(Verb.EXPN):
             self._send(R.EXPN_REPLY)
 
     def _on_help(self, arg: str) -> None:
-        self._send(R.HELP_REPLY)
+        if not self._too_much_junk(Verb.HELP):
+            self._send(R.HELP_REPLY)
 
     def _on_starttls(self, arg: str) -> None:
         if self._no_arguments(Verb.STARTTLS, arg):  # RFC 3207 §4: 501 for parameters
