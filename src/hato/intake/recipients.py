@@ -17,13 +17,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 
 from hato.crypto import DEFER_REPLY
 from hato.directory.resolver import Local, NotLocal, Resolution
 from hato.intake.context import IntakeContext
 from hato.intake.protect import recipient_keys
 from hato.intake.transaction import Transaction
-from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
+from hato.model import (
+    Address,
+    AddressError,
+    RecipientDsn,
+    Reply,
+    ReversePath,
+    logfmt,
+    xtext_decode,
+)
 from hato.model.storeerror import StoreUnavailable
 from hato.policy import (
     Accept,
@@ -43,6 +52,26 @@ def owns(ctx: IntakeContext, user: Address, address: Address) -> bool:
         return True
     grants = ctx.send_as.get(Address(user.local.lower(), user.domain.lower()), ())
     return Address(address.local.lower(), address.domain.lower()) in grants
+
+
+def trusted_params(
+    ctx: IntakeContext, params: Mapping[str, str | None], *, user: Address | None
+) -> Mapping[str, str | None]:
+    """MAIL's parameters as the pipeline keeps them (for the milters, the queue): an AUTH=
+    mailbox the user does not own is replaced by <>. RFC 4954 §5: a server that does not trust
+    the authenticated client to name that original submitter "MUST behave as if the AUTH=<>
+    parameter was supplied"; we trust a user to name only an address of its own."""
+    value = params.get("AUTH")
+    if value is None or value == "<>":
+        return params
+    try:
+        claimed = Address.parse(xtext_decode(value))
+    except AddressError:
+        claimed = None
+    if user is not None and claimed is not None and owns(ctx, user, claimed):
+        return params
+    log.info(logfmt("auth-param-ignored", user=user, claimed=value[:100]))
+    return {**params, "AUTH": "<>"}
 
 
 def sender_refusal(

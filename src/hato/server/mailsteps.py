@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Coroutine, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hato.crypto import DEFER_REPLY, SealedScratch
@@ -25,6 +26,7 @@ from hato.intake.recipients import (
     resolve_recipient,
     sender_refusal,
     settle,
+    trusted_params,
 )
 from hato.intake.transaction import Transaction
 from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
@@ -66,6 +68,8 @@ class MailTransaction:
     def _on_mail(self, event: MailFrom) -> None:
         self._discard_body()
         self._reset_transaction()
+        if "AUTH" in event.params:  # RFC 4954 §5 (intake/recipients.py)
+            event = replace(event, params=trusted_params(self.ctx, event.params, user=self.user))
         refusal = sender_refusal(self.ctx, event.path, user=self.user, size=event.size or 0)
         if refusal is None and mail_checked(self.ctx):
             self._begin(self._mail_checks(event))  # the milters' word (milterearly.py)
