@@ -56,6 +56,9 @@ _NO_VERBS: frozenset[Verb] = frozenset()
 # A non-LAST BDAT chunk smaller than this carries too little to be more than overhead: it
 # counts as a junk command (RFC 3030 sets no minimum; real clients send kilobytes at least).
 SMALL_CHUNK = 1024
+# RCPTs past max_recipients answered 452 in one transaction before each further one also counts
+# as an error (Postfix's smtpd_recipient_overshoot_limit, 1000 by default too).
+RECIPIENT_OVERSHOOT = 1000
 
 
 class VerbHandlers:
@@ -75,6 +78,7 @@ class VerbHandlers:
     # the mail transaction
     _txn_smtputf8: bool
     _accepted: int
+    _overshoot: int  # RCPTs answered 452 for being past max_recipients
     _refused: int
     _scanner: DataScanner | None
     _chunk_left: int | None  # octets of the current BDAT chunk still to read
@@ -132,6 +136,7 @@ class VerbHandlers:
     def _reset_message_state(self) -> None:
         self._txn_smtputf8 = False
         self._accepted = 0
+        self._overshoot = 0
         self._refused = 0
         self._scanner = None
         self._chunk_left = None
@@ -264,8 +269,13 @@ class VerbHandlers:
             self._refuse(rcpt)
         elif self._accepted >= self._settings.max_recipients:
             # RFC 5321 §4.5.3.1.10: 452 for recipients past our limit; the client
-            # sends them again in a later transaction. Not a protocol error.
+            # sends them again in a later transaction. Not a protocol error, up to a point:
+            # a client that goes on forever gets each one counted as one.
             self._send(R.TOO_MANY_RECIPIENTS)
+            self._overshoot += 1
+            if self._overshoot > RECIPIENT_OVERSHOOT:
+                self._events.append(ProtocolError(R.TOO_MANY_RECIPIENTS, "recipient overshoot"))
+                self._failed()
         else:
             self._decide(rcpt)
 
