@@ -29,6 +29,10 @@ _, KEY_TXT = generate_key(DkimAlgorithm.RSA_SHA256)
 SIGNATURES = 20
 ARC_SETS = 60
 
+# The other session's NOOPs (a latency probe, in a loop as long as the check runs) are junk
+# commands each: [limits] max_junk_commands out of their way.
+PROBE_NOOPS = 10_000_000
+
 
 def _zone() -> dict[str, dict[str, list[ZoneValue]]]:
     zone: dict[str, dict[str, list[ZoneValue]]] = {
@@ -73,7 +77,9 @@ def dns() -> Iterator[WatchedDns]:
 @pytest.fixture
 def checking(tmp_path: Path, dns: WatchedDns) -> Iterator[CheckingHato]:
     setup = MailSetup(
-        domains=(DomainSetup("example.org", users=("bob",)),), max_message_size=4 * 1024 * 1024
+        domains=(DomainSetup("example.org", users=("bob",)),),
+        max_message_size=4 * 1024 * 1024,
+        max_junk_commands=PROBE_NOOPS,
     )
     server = CheckingHato(tmp_path / "data", setup, dns.nameserver)
     server.start()
@@ -173,6 +179,7 @@ def test_signing_a_big_message_stalls_no_other_session(tmp_path: Path, dns: Watc
         submission=True,
         tls=TlsFiles(cert, key),
         max_message_size=8 * 1024 * 1024,
+        max_junk_commands=PROBE_NOOPS,
     )
     server = CheckingHato(tmp_path / "data", setup, dns.nameserver)
     server._prepare()

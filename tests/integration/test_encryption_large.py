@@ -31,6 +31,9 @@ def server(tmp_path: Path) -> Iterator[HatoServer]:
     setup = MailSetup(
         domains=(DomainSetup("example.org", users=("bob", "carol", "dave")),),
         max_message_size=40 * 1024 * 1024,
+        # The other session's NOOP latency probe, in a loop as long as the big message takes,
+        # is a junk command each: [limits] max_junk_commands out of its way.
+        max_junk_commands=10_000_000,
     )
     hato = HatoServer(tmp_path / "data", setup)
     hato.start()

@@ -144,6 +144,11 @@ class HatoServer:
                 if s.messages_per_hour is None
                 else [f"messages_per_hour = {s.messages_per_hour}"]
             ),
+            *(
+                []
+                if s.max_junk_commands is None
+                else [f"max_junk_commands = {s.max_junk_commands}"]
+            ),
             "",
             "[queue]",
             f'min_free_space = "{format_size(s.min_free_space)}"',

@@ -89,6 +89,9 @@ class MailSetup:
     direct_local_delivery: bool = True
     # [limits] messages_per_hour of authenticated senders (None: the server's default).
     messages_per_hour: int | None = None
+    # [limits] max_junk_commands (None: the server's default, 100): a test whose session
+    # probes the server with NOOP in a loop sets it out of the way.
+    max_junk_commands: int | None = None
 
 
 def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:
