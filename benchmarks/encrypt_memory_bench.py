@@ -128,6 +128,7 @@ def run(work: Path, name: str, megabytes: int, count: int, keyed: bool = True) -
     setup = MailSetup(
         domains=(DomainSetup(DOMAIN, users=("carol", "bob", "dave")),),
         max_message_size=(megabytes + 5) * 1024 * 1024,
+        max_junk_commands=10_000_000,  # the NOOP probe below is a junk command each
     )
     server = HatoServer(work / name.replace(" ", "-") / "data", setup)
     server.start()
