@@ -166,7 +166,7 @@ class ServerSettings:
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, including CRLF
     max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6, including CRLF
     max_auth_line: int = 12288  # RFC 4954 §4
-    max_bad_commands: int = 20  # protocol errors before 421 and close
+    max_bad_commands: int = 20  # errors (refused MAIL, messages too), none since a message, 421
     max_refused_recipients: int = 100  # refused RCPTs, none since a message, before 421
     max_junk_commands: int = 100  # NOOP, RSET, VRFY, ..., none since a message, before 421
     offer_starttls: bool = False  # advertise STARTTLS (only while not yet on TLS)
