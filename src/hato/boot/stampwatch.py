@@ -37,7 +37,9 @@ import os
 import struct
 import termios
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 # <sys/inotify.h>
 IN_MODIFY = 0x002
@@ -81,6 +83,37 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
+def _ioctl_holding_gil() -> Callable[[int, int, int], int] | None:
+    """libc's ioctl(2), called with the GIL held (ctypes.PyDLL), or None."""
+    try:
+        ioctl = ctypes.PyDLL(None, use_errno=True).ioctl
+    except (OSError, AttributeError):
+        return None
+    ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+    ioctl.restype = ctypes.c_int
+    return cast(Callable[[int, int, int], int], ioctl)
+
+
+_IOCTL = _ioctl_holding_gil()
+
+
+def queued_octets(fd: int, answer: ctypes.c_int) -> int:
+    """inotify(7) FIONREAD: the octets of the events queued on `fd` (an overflow's too).
+
+    Asked with the GIL held: FIONREAD never blocks, and `fcntl.ioctl` lets the GIL go for
+    it, which on a busy worker hands it to the Maildir thread and makes the loop wait for
+    it back (a futex(2) pair and two context switches, for a call of a microsecond; issue
+    15). Raises OSError as `fcntl.ioctl` does."""
+    if _IOCTL is None:
+        pending = array.array("i", [0])
+        fcntl.ioctl(fd, termios.FIONREAD, pending)
+        return pending[0]
+    if _IOCTL(fd, termios.FIONREAD, ctypes.addressof(answer)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return answer.value
+
+
 def file_system_type(path: str) -> int | None:
     """statfs(2)'s f_type of the file system holding `path` (Linux), or None."""
     if _LIBC is None:
@@ -114,7 +147,7 @@ class StampWatch:
         self._watched: list[Watched] = []
         self._by_wd: dict[int, list[Watched]] = {}
         self._dirs: dict[int, list[Watched]] = {}  # directory watches
-        self._pending = array.array("i", [0])  # FIONREAD's answer (under the lock)
+        self._pending = ctypes.c_int(0)  # FIONREAD's answer (under the lock)
 
     def watch(self, path: Path) -> Watched | None:
         """Watch the database at `path` and its WAL; None where a watch would not be exact."""
@@ -173,8 +206,7 @@ class StampWatch:
         while True:
             try:
                 # inotify(7): FIONREAD counts every queued event, an overflow's too.
-                fcntl.ioctl(self._fd, termios.FIONREAD, self._pending)
-                if not self._pending[0]:
+                if not queued_octets(self._fd, self._pending):
                     return
                 data = os.read(self._fd, 65536)
             except BlockingIOError:

@@ -3,6 +3,7 @@ and every change another process makes seen by the next step, as with a stat pai
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -239,7 +240,7 @@ def test_a_failed_look_at_the_events_falls_back_to_stat_for_good(
     def broken(*args: object) -> bytes:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("hato.boot.stampwatch.fcntl.ioctl", broken)
+    monkeypatch.setattr("hato.boot.stampwatch.queued_octets", broken)
     stamp.read()
     stamp.read()
     assert len(stats) == 4
@@ -257,3 +258,24 @@ def test_a_failed_look_at_the_events_falls_back_to_stat_for_good(
     stamp.read()
     stamp.read()
     assert len(stats) == 4
+
+
+def test_the_look_at_the_events_keeps_the_gil_and_counts_what_is_queued(tmp_path: Path) -> None:
+    # FIONREAD never blocks: asked through ctypes.PyDLL, the loop keeps the GIL (fcntl.ioctl
+    # lets it go, and on a busy worker the Maildir thread takes it for a while).
+    assert stampwatch._IOCTL is not None
+    assert stampwatch._IOCTL._flags_ & ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    answer = ctypes.c_int(0)
+    try:
+        assert libc.inotify_add_watch(fd, os.fsencode(tmp_path), stampwatch.DIR_EVENTS) >= 0
+        assert stampwatch.queued_octets(fd, answer) == 0
+        (tmp_path / "users.db").write_bytes(b"x")
+        queued = stampwatch.queued_octets(fd, answer)
+        assert queued > 0
+        assert queued == len(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        stampwatch.queued_octets(fd, answer)  # closed: EBADF
