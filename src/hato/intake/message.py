@@ -31,7 +31,6 @@ covers a "no key" the RCPT verdict took from memory (crypto/keystore_pg.py KeptK
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -106,10 +105,6 @@ async def commit(
     if isinstance(copies, Reply):
         return copies
     forwarded = delivered_to_fields(tx.recipients, ctx.resolver.is_local_domain)
-    again = functools.partial(
-        _sealed_again, ctx, tx, mail_from=mail_from, added=added, params=params, trace=trace,
-        session=session, direct=direct,
-    )  # fmt: skip
     ids: list[str] = []
     for number, (copy, dests) in enumerate(copies):
         rows = tx.rows(dests)
@@ -148,7 +143,10 @@ async def commit(
                 )
             )
         except KeyAppeared:  # nothing stored (the only copy): sealed, keys asked afresh
-            return await again(copy, kept)
+            return await _sealed_again(
+                ctx, tx, copy, kept, mail_from=mail_from, added=added, params=params,
+                trace=trace, session=session, direct=direct,
+            )  # fmt: skip
         except QueueWriteError:
             for rest, _ in copies[number + 1 :]:
                 rest.discard()
