@@ -15,7 +15,6 @@ S] [--messages N] [--rounds R] [--strace]`.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import tempfile
@@ -23,12 +22,6 @@ import time
 from pathlib import Path
 
 import suite_servers as ss
-from peers.server import DomainSetup, MailSetup
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _switches(pids: list[int]) -> int:
@@ -41,10 +34,6 @@ def _switches(pids: list[int]) -> int:
                 if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
                     total += int(line.split()[1])
     return total
-
-
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _send(target: str, sessions: int, messages: int) -> float:
@@ -63,21 +52,7 @@ def main() -> None:
     parser.add_argument("--strace", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hato-longcpu-"))
-    setup = MailSetup(
-        domains=(DomainSetup("bench.test", accept_any=True),),
-        max_message_size=20 * 1024 * 1024,
-        max_recipients=100,
-        min_free_space=32 * 1024 * 1024,
-        max_connections_per_ip=200,
-    )
-    server = ss.BenchHato(work / "h", setup)
-    server.start()
-    assert server.proc is not None
-    pids = [server.proc.pid, *_children(server.proc.pid)]
-    deadline = time.monotonic() + 60
-    while server.log_text().count("event=ready ") < len(pids) - 1:  # every worker listens
-        assert time.monotonic() < deadline, "a worker did not start"
-        time.sleep(0.1)
+    server, pids = ss.default_hato(work)
     target = f"{server.host}:{server.port}"
     try:
         _send(target, args.sessions, 200)  # warm-up
@@ -89,11 +64,11 @@ def main() -> None:
                 attach = [a for pid in pids[1:] for a in ("-p", str(pid))]
                 tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *attach])
                 time.sleep(1)
-            before = sum(_cpu(pid) for pid in pids)
+            before = sum(ss.cpu_seconds(pid) for pid in pids)
             switched = _switches(pids)
             rate = _send(target, args.sessions, args.messages)
             time.sleep(0.5)  # the last batches' syncs
-            cpu = sum(_cpu(pid) for pid in pids) - before
+            cpu = sum(ss.cpu_seconds(pid) for pid in pids) - before
             switches = (_switches(pids) - switched) / args.messages
             print(
                 f"{rate:.0f} msg/s; server CPU {cpu * 1000 / args.messages:.3f} ms/msg; "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from peers.hato import HatoServer, hato_binary
 from peers.net import LOOPBACK, free_port
 from peers.postfix import PostfixServer
-from peers.server import MailSetup
+from peers.server import DomainSetup, MailSetup
 
 from dnsserver import DnsTestServer, ZoneValue
 
@@ -384,3 +384,35 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def default_hato(work: Path) -> tuple[BenchHato, list[int]]:
+    """Hato in its default configuration (one worker per CPU), accept-any local recipients
+    of bench.test, started, every worker listening: the server and its pids (the
+    supervisor's first)."""
+    setup = MailSetup(
+        domains=(DomainSetup("bench.test", accept_any=True),),
+        max_message_size=20 * 1024 * 1024,
+        max_recipients=100,
+        min_free_space=32 * 1024 * 1024,
+        max_connections_per_ip=200,
+    )
+    server = BenchHato(work / "h", setup)
+    server.start()
+    assert server.proc is not None
+    pids = [server.proc.pid, *child_pids(server.proc.pid)]
+    deadline = time.monotonic() + 60
+    while server.log_text().count("event=ready ") < len(pids) - 1:  # every worker listens
+        assert time.monotonic() < deadline, "a worker did not start"
+        time.sleep(0.1)
+    return server, pids
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process `pid` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
