@@ -45,9 +45,14 @@ _SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
 
 @dataclass(frozen=True, slots=True)
 class HeaderVerdict:
-    authors: list[Address | None]  # of every From field; None for one that is no address
+    authors: tuple[Address | None, ...]  # of every From field; None for one that is no address
     refusal: Reply | None = None
     reason: str = ""  # for the log
+
+
+# The verdict of every header section on mx, made once (a frozen dataclass costs a call per
+# field to make; issue 15: per message on the loop).
+_UNJUDGED = HeaderVerdict(())
 
 
 class HeaderCapture:
@@ -89,9 +94,9 @@ class HeaderCapture:
         """The header section's verdict: on every role its size; after AUTH (submission) its
         form, one From field, and every From, Sender and Resent-* address owned by `user`."""
         if self.too_large:
-            return HeaderVerdict([], HEADER_TOO_LARGE, "header-too-large")
+            return HeaderVerdict((), HEADER_TOO_LARGE, "header-too-large")
         if user is None:
-            return HeaderVerdict([])  # mx: DMARC judges the From fields (inbound.py)
+            return _UNJUDGED  # mx: DMARC judges the From fields (inbound.py)
         fields = split_header_fields(self.section())
         originators = len(named(fields, b"From", *_SENDER_FIELDS))
         if originators > MAX_ORIGINATOR_FIELDS:
@@ -99,8 +104,8 @@ class HeaderCapture:
             facts = HeaderFacts(originator_fields=originators)
             decision = header_decision(facts)
             assert not isinstance(decision, Accept)
-            return HeaderVerdict([], decision.reply, facts.problem)
-        authors = self.authors(fields)
+            return HeaderVerdict((), decision.reply, facts.problem)
+        authors = tuple(self.authors(fields))
         malformed = malformed_lines(self.section())
         facts = HeaderFacts(
             malformed_line=malformed[0] if malformed else 0,

@@ -80,6 +80,11 @@ class KeyVerdict:
     defer_reason: str = ""  # a key cannot be used and its owner's policy is DEFER
 
 
+# The two verdicts without a deferral, made once (a frozen dataclass costs a call per field
+# to make; issue 15: one a message at RCPT).
+_KEYED, _UNKEYED = KeyVerdict(True), KeyVerdict(False)
+
+
 def recipient_keys(keys: KeyLookup, mailboxes: Sequence[Address], now: dt.datetime) -> KeyVerdict:
     keyed = False
     for mailbox in mailboxes:
@@ -91,7 +96,7 @@ def recipient_keys(keys: KeyLookup, mailboxes: Sequence[Address], now: dt.dateti
                 return KeyVerdict(keyed, f"{mailbox}: key {key.fingerprint} expired")
             continue  # PLAINTEXT policy: stored in the clear with a warning header
         keyed = True
-    return KeyVerdict(keyed)
+    return _KEYED if keyed else _UNKEYED
 
 
 async def protect(
@@ -154,7 +159,7 @@ def keyed_copies_needed(
     keys: KeyLookup | None, mailboxes: Sequence[Address], now: dt.datetime
 ) -> KeyVerdict:
     """The SMTP session's RCPT verdict for the other doors (local submission, DSNs)."""
-    return KeyVerdict(False) if keys is None else recipient_keys(keys, mailboxes, now)
+    return _UNKEYED if keys is None else recipient_keys(keys, mailboxes, now)
 
 
 async def seal_and_protect(

@@ -46,7 +46,7 @@ def test_a_section_just_within_the_limit_is_judged() -> None:
     capture = _capture(head + pad + b"\r\nbody")
     assert len(capture.section()) == MAX_HEADER_BYTES and not capture.too_large
     verdict = capture.judge(ALICE, _owns)
-    assert verdict.refusal is None and verdict.authors == [ALICE]
+    assert verdict.refusal is None and verdict.authors == (ALICE,)
 
 
 @pytest.mark.parametrize(
