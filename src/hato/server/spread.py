@@ -185,6 +185,18 @@ class Turn:
         self._since, self._late, self._free_until = None, 0, 0.0
 
 
+class Accepted(socket.socket):
+    """An accepted connection's socket whose `family` and `type` read as the C socket's plain
+    integers: socket.socket's own properties make an enum of them at every read, and a
+    connection had them read five times (twice by `socket.accept`, three times by uvloop's
+    `connect_accepted_socket`): ~5 µs a connection (issue 15). A subclass of socket.socket
+    still, so uvloop detaches it when the transport closes the descriptor."""
+
+    __slots__ = ()
+    family = socket.SocketType.family  # type: ignore[assignment]
+    type = socket.SocketType.type  # type: ignore[assignment]
+
+
 class AcceptLoop:
     """Accepts on a bound, listening, non-blocking socket one connection at a time, asking
     `turn` first (None: one worker, accept whatever comes), and hands each to `accepted`."""
@@ -197,6 +209,10 @@ class AcceptLoop:
         turn: Turn | None,
     ) -> None:
         self._sock = sock
+        # What every accepted socket is made with (`socket.accept` reads them per connection).
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
+        # `socket.accept()` is this C method and a socket made with those values read anew.
+        self._raw_accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
         self._name = name
         self._accepted = accepted
         self._turn = turn
@@ -231,7 +247,7 @@ class AcceptLoop:
                 self._pause(left)
                 return
             try:
-                conn, peer = self._sock.accept()
+                fd, peer = self._raw_accept()
             except (BlockingIOError, InterruptedError):
                 if turn is not None:
                     turn.drained()  # another worker took it, or none is left
@@ -240,7 +256,7 @@ class AcceptLoop:
                 log.warning(logfmt("accept-failed", listener=self._name, error=exc))
                 self._pause(RETRY)
                 return
-            self._accepted(conn, peer)
+            self._accepted(Accepted(*self._kind, fileno=fd), peer)
             if turn is None or not turn.free:
                 return
 
@@ -271,16 +287,19 @@ class PlainAccepts:
         self._factory = factory
         self._load = load
         self._opening: set[asyncio.Task[None]] = set()
+        # Made in the loop that accepts; asked once (in CPython 3.11 each
+        # `get_running_loop()` is a getpid(2): two a connection).
+        self._loop = asyncio.get_running_loop()
 
     def __call__(self, conn: socket.socket, _peer: Any) -> None:
         self._load.add(1)
-        task = asyncio.get_running_loop().create_task(self._open(conn))
+        task = self._loop.create_task(self._open(conn))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
 
     async def _open(self, conn: socket.socket) -> None:
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(self._factory, conn)
         except OSError:  # reset before its transport was made: nothing to serve
             conn.close()
         finally:

@@ -8,12 +8,21 @@ import asyncio
 import os
 import signal
 import socket
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from hato.server.context import ListenerState
-from hato.server.spread import FREE, HOLD, PATIENCE, AcceptLoop, LoadBoard, Turn, WorkerLoad
+from hato.server.spread import (
+    FREE,
+    HOLD,
+    PATIENCE,
+    AcceptLoop,
+    LoadBoard,
+    PlainAccepts,
+    Turn,
+    WorkerLoad,
+)
 from kit.clock import FakeClock
 
 
@@ -225,3 +234,77 @@ def test_a_pause_whose_connection_another_worker_took_ends_without_judging_again
     after, next_turn = asyncio.run(scenario())
     assert after == 1  # the pause ended on an empty backlog: not judged again
     assert next_turn >= 1  # and the next connection is judged as usual
+
+
+class _Greeter(asyncio.Protocol):
+    """Greets, and notes its peer and when its connection is gone."""
+
+    def __init__(self, gone: asyncio.Event) -> None:
+        self.gone = gone
+        self.peer: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peer = transport.get_extra_info("peername")
+        cast(asyncio.Transport, transport).write(b"220 hi\r\n")
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone.set()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_an_accepted_connection_is_served_and_its_descriptor_closed_once(loop_kind: str) -> None:
+    """The accept loop makes the connection's socket itself (`Accepted`: family and type read
+    as plain ints, no enum made per read); the event loop's transport serves it and, closing,
+    closes the descriptor, and the socket object does not close it a second time."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")  # the `fast` extra, what the server runs on
+
+    async def scenario() -> tuple[list[socket.socket], list[Any], str]:
+        listening = socket.create_server(("127.0.0.1", 0))
+        listening.setblocking(False)
+        _, (first, _) = _loads()
+        seen: list[socket.socket] = []
+        peers: list[Any] = []
+        gone = asyncio.Event()
+
+        def factory() -> asyncio.Protocol:
+            greeter = _Greeter(gone)
+            peers.append(greeter)
+            return greeter
+
+        accepts = PlainAccepts(factory, first)
+
+        def accepted(conn: socket.socket, peer: Any) -> None:
+            seen.append(conn)
+            accepts(conn, peer)
+
+        loop = AcceptLoop(listening, "mx", accepted, None)
+        loop.start()
+        before = _open_descriptors()
+        reader, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+        try:
+            async with asyncio.timeout(10):
+                greeting = await reader.readline()
+                await gone.wait()
+            client = writer.get_extra_info("sockname")
+        finally:
+            writer.close()
+            loop.close()
+            listening.close()
+        await asyncio.sleep(0)
+        assert _open_descriptors() <= before  # the client's and the server's end are closed
+        return seen, [peers[0].peer, client], greeting.decode()
+
+    runner = asyncio.run if loop_kind == "asyncio" else uvloop.run
+    seen, (peer, client), greeting = runner(scenario())
+    assert greeting == "220 hi\r\n"
+    assert peer == client
+    (conn,) = seen
+    assert type(conn.family) is int and type(conn.type) is int  # no enum made per read
+    assert conn.family == socket.AF_INET and conn.type == socket.SOCK_STREAM
+    assert isinstance(conn, socket.socket) and conn.fileno() == -1  # detached or closed
