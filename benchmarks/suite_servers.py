@@ -386,18 +386,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def default_hato(work: Path) -> tuple[BenchHato, list[int]]:
-    """Hato in its default configuration (one worker per CPU), accept-any local recipients
-    of bench.test, started, every worker listening: the server and its pids (the
-    supervisor's first)."""
-    setup = MailSetup(
+def engine_setup() -> MailSetup:
+    """The suite's engine cell: accept-any recipients, limits out of smtp-source's way."""
+    return MailSetup(
         domains=(DomainSetup("bench.test", accept_any=True),),
         max_message_size=20 * 1024 * 1024,
         max_recipients=100,
         min_free_space=32 * 1024 * 1024,
         max_connections_per_ip=200,
     )
-    server = BenchHato(work / "h", setup)
+
+
+def default_hato(work: Path) -> tuple[BenchHato, list[int]]:
+    """Hato in its default configuration (one worker per CPU), accept-any local recipients
+    of bench.test, started, every worker listening: the server and its pids (the
+    supervisor's first)."""
+    server = BenchHato(work / "h", engine_setup())
     server.start()
     assert server.proc is not None
     pids = [server.proc.pid, *child_pids(server.proc.pid)]
