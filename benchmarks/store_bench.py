@@ -10,6 +10,7 @@ replica must receive). Not a test.
     .venv/bin/python benchmarks/store_bench.py --messages 600 --settle 1   # proves it runs
     ... --only sqlite-1,pg-1 --rounds 3 --sessions 50
     ... --only pg-1 --statements    # and every statement a message costs (pg_stat_statements)
+    ... --only sqlite-1,pg-1 --profile /tmp/prof   # py-spy's samples of each node, collapsed
 
 Every cell sends 10 KiB messages with smtp-source (Postfix's) to an accept-any domain (with
 `--accounts` the recipient is an account there, as most mail's is: the account look-ups answer
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -207,11 +209,15 @@ def run_cell(
         counters0 = _counters(postgres, database) if postgres is not None else (0, 0, 0, 0)
         if postgres is not None and args.statements:
             _statements(postgres, database, reset=True)
+        spies = _spies(args.profile, f"{name}-{rnd}", pids)
         start = time.monotonic()
         _load(nodes, args.sessions, args.messages, "m")
         _wait(mailboxes, before + args.messages, name)
         seconds = time.monotonic() - start
         hato_cpu, pg_cpu = tree_cpu(pids) - cpu0, tree_cpu(pg_pids) - pg0
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         time.sleep(1.0)  # PostgreSQL's statistics are flushed within a second of idleness
         counters = _counters(postgres, database) if postgres is not None else None
         statements = (
@@ -235,6 +241,28 @@ def run_cell(
     for calls, query in statements:
         print(f"    {calls / args.messages:6.3f}/msg  {query[:150]}", file=sys.stderr, flush=True)
     return cell
+
+
+_SPY = ("record", "--nonblocking", "--subprocesses", "--rate", "250", "--format", "raw")
+
+
+def _spies(profile: Path | None, cell: str, pids: list[int]) -> list[subprocess.Popen[bytes]]:
+    """--profile: py-spy recording each node (its workers too) at 250 Hz without pausing it,
+    as collapsed stacks (one line a stack and its count: grep-able, flamegraph.pl reads it)
+    into PROFILE/CELL-nodeN.txt; py-spy's own CPU is outside the nodes' tree, so not counted,
+    though it shares the machine's CPUs. Needs py-spy on PATH or beside Python."""
+    if profile is None:
+        return []
+    profile.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return [
+        subprocess.Popen(
+            [spy, *_SPY, "-o", str(profile / f"{cell}-node{i}.txt"), "--pid", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i, pid in enumerate(pids)
+    ]
 
 
 def _wait(mailboxes: Path, expect: int, name: str) -> None:
@@ -270,6 +298,9 @@ def main() -> int:
         action="store_true",
         help="count every statement a message costs (pg_stat_statements, loaded for the run: "
         "costs some CPU) and print them per message",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="record each node with py-spy into this folder"
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="[server] workers of each node (0: one per CPU)"

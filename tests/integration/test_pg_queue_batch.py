@@ -25,11 +25,12 @@ from hato.model import (
     Reply,
     TempFailed,
 )
-from hato.model.queuestore import RowUpdate
+from hato.model.queuestore import RowUpdate, Status
 from hato.pgstore import migrate
 from hato.queue import postgres_record
 from hato.queue.postgres import PgQueue
 from hato.queue.runner import QueueRunner
+from hato.queue.store import HOLD_PARAM
 from kit.clock import FakeClock
 
 BOUND = 30.0  # what "at once" may take on a loaded machine
@@ -250,3 +251,58 @@ def test_each_message_of_a_commit_group_gets_its_own_recipients_row_ids(
             assert [by_id[r.row_id][0] for r in given] == wanted[n]
 
     asyncio.run(main())
+
+
+def test_a_commit_group_and_its_outcomes_keep_every_octet_and_null(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The group's columns go to PostgreSQL as binary arrays (queue/postgres_rows.py
+    `_unnest`, postgres_record.py): bodies of every octet (NUL, backslashes, quotes, braces:
+    what a text array must escape) come back as they were, a group whose columns are all NULL
+    (held: leased to nobody; no DSN parameters) is written, and an outcome's reply with
+    quotes, backslashes and UTF-8 is recorded as it was."""
+    bodies = [bytes(range(256)) * 4, b'\\x00{"a,b"}\\\\\x00\r\n' * 100, b"\xff" * 60000]
+    reply = 'said "no" \\ {a,b} caf\u00e9'
+
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        clock = FakeClock()
+        queue = await open_queue(dsn, tmp_path, "node-a", clock)
+        try:
+
+            async def one(body: bytes, params: dict[str, str | None]) -> str:
+                writer = queue.new_body()
+                writer.write(body)
+                return await queue.commit(
+                    writer,
+                    mail_from=Address.parse("alice@example.com"),
+                    recipients=[(Address.parse("bob@example.org"),) * 2],
+                    prefix=b"\x00\\",
+                    params=params,
+                )
+
+            held: dict[str, str | None] = {HOLD_PARAM: None}
+            ids = await asyncio.gather(*(one(b, held) for b in bodies))
+            ids += await asyncio.gather(*(one(b, {}) for b in bodies))
+            await queue.wait_fresh()
+            await queue.free_leases("node-a", recovered=False)
+            taken = await queue.take_due(limit=10, exclude=())
+            loaded = {p.message.queue_id: (await queue.load_body(p.message)).body for p in taken}
+            for p in taken:
+                updates = [RowUpdate(r.row_id, Status.QUEUED, 1, clock.now() + 60, reply, False)
+                           for r in p.recipients]  # fmt: skip
+                await queue.record(p.message.queue_id, updates)
+        finally:
+            await queue.close()
+        with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+            stored = conn.execute(
+                "SELECT m.queue_id, m.prefix, r.lease_owner, r.last_reply FROM queue_messages m"
+                " JOIN queue_recipients r USING (queue_id)"
+            ).fetchall()
+        by_id = {str(q): (bytes(p), owner, last) for q, p, owner, last in stored}
+        assert all(prefix == b"\x00\\" for prefix, _, _ in by_id.values())
+        assert [by_id[q][1:] for q in ids[:3]] == [(None, None)] * 3  # held: nobody's
+        assert [by_id[q][1:] for q in ids[3:]] == [(None, reply)] * 3  # recorded, freed
+        return [loaded[q] or b"" for q in ids[3:]], bodies
+
+    got, bodies = asyncio.run(main())
+    assert got == bodies

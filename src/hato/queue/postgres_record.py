@@ -37,17 +37,18 @@ from hato.queue.postgres_rows import write_error
 
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
+# The arrays in binary (%b), as the commit's (postgres_rows.py `_unnest`).
 _UPDATE = (
     "UPDATE queue_recipients r SET status = u.status, attempts = u.attempts,"
     " next_attempt = u.next_attempt, last_reply = u.last_reply, recovered = u.recovered,"
     " lease_owner = NULL, lease_until = NULL, updated_at = %s"
-    " FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::double precision[],"
-    " %s::text[], %s::boolean[]) AS u(row_id, status, attempts, next_attempt, last_reply,"
+    " FROM unnest(%b::bigint[], %b::text[], %b::integer[], %b::double precision[],"
+    " %b::text[], %b::boolean[]) AS u(row_id, status, attempts, next_attempt, last_reply,"
     " recovered) WHERE r.row_id = u.row_id"
 )
 # A message is finished once none of its rows is queued or held (its rows and chunks cascade).
 _FINISH = (
-    "DELETE FROM queue_messages m WHERE m.queue_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM"
+    "DELETE FROM queue_messages m WHERE m.queue_id = ANY(%b) AND NOT EXISTS (SELECT 1 FROM"
     " queue_recipients r WHERE r.queue_id = m.queue_id AND r.status IN ('queued', 'held'))"
     " RETURNING m.queue_id"
 )
