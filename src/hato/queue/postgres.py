@@ -144,6 +144,7 @@ class PgQueue(PgAdmin):
         # Messages whose body could not be read (the database down): nothing was attempted, so
         # their rows' leases are given back at the next scan, not held for the lease time.
         self._unread: set[str] = set()
+        self._streamed: set[str] = set()  # bodies `load_body` streamed into scratch files
 
     @classmethod
     async def open(
@@ -381,6 +382,7 @@ class PgQueue(PgAdmin):
                 "exclude": list(exclude),
                 "budget": DUE_BODIES,
             },
+            binary=True,  # the bodies as their octets: no hex to write, send and decode
         )
         by_message: dict[str, list[QueuedRecipient]] = {}
         messages: dict[str, QueuedMessage] = {}
@@ -434,17 +436,23 @@ class PgQueue(PgAdmin):
         (row,) = await self._run(
             "SELECT body, body IS NULL FROM queue_messages WHERE queue_id = %s",
             (message.queue_id,),
+            binary=True,
         ) or [(None, False)]
         if row[0] is not None:
             return dataclasses.replace(message, body=bytes(row[0]))
         if not row[1]:
             return message  # the message is gone
         path = os.path.join(self.messages_dir, message.queue_id)
+        self._streamed.add(message.queue_id)
         await stream_body(self._pool, message.queue_id, path)
         return dataclasses.replace(message, body_path=path)
 
     def release(self, queue_id: str) -> None:
-        unlink(os.path.join(self.messages_dir, queue_id))
+        # Only a body streamed into a file has one to remove: no unlink, a system call on
+        # the event loop, for every message whose body was inline (most).
+        if queue_id in self._streamed:
+            self._streamed.discard(queue_id)
+            unlink(os.path.join(self.messages_dir, queue_id))
 
     async def record(
         self, queue_id: str, updates: Sequence[RowUpdate], *, has_file: bool = True

@@ -91,11 +91,14 @@ class PgAdmin:
         )
         return len(rows)
 
-    async def _run(self, sql: str, params: Sequence[object] | dict[str, object]) -> list[Any]:
-        """One statement in its own transaction; its rows (none for a statement without)."""
+    async def _run(
+        self, sql: str, params: Sequence[object] | dict[str, object], *, binary: bool = False
+    ) -> list[Any]:
+        """One statement in its own transaction; its rows (none for a statement without).
+        `binary`: the rows in PostgreSQL's binary format (a bytea as its octets, not hex)."""
         try:
             async with self._pool.connection() as conn:
-                cursor = await conn.execute(sql, params)
+                cursor = await conn.execute(sql, params, binary=binary)
                 return await cursor.fetchall() if cursor.description else []
         except psycopg.Error as exc:
             # QueueWriteError (a QueueError): the runner's scan backs off on it.
