@@ -6,6 +6,7 @@ On the private PostgreSQL; one PgQueue node (then a second) with its runner in t
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,40 @@ def test_a_commit_group_and_its_outcomes_keep_every_octet_and_null(
 
     got, bodies = asyncio.run(main())
     assert got == bodies
+
+
+def test_release_removes_a_streamed_body_file_and_leaves_no_file_behind(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A body too large to go inline is streamed into a scratch file by `load_body`, and
+    `release` removes it (only such bodies have a file: an inline one's release touches
+    nothing); the scratch directory ends empty either way."""
+    big = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 80000  # ~1.3 MB: chunked
+
+    async def main() -> tuple[bytes, list[str], list[str]]:
+        queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
+        try:
+            for body in (big, b"Subject: small\r\n\r\nhi\r\n"):
+                writer = queue.new_body()
+                writer.write(body)
+                await queue.commit(
+                    writer,
+                    mail_from=Address.parse("alice@example.com"),
+                    recipients=[(Address.parse("bob@example.org"),) * 2],
+                    prefix=b"",
+                    params={},
+                )
+            loaded = [await queue.load_body(p.message) for p in await queue.wait_fresh()]
+            streamed = next(m for m in loaded if m.body_path)
+            data = await asyncio.to_thread(Path(streamed.body_path).read_bytes)
+            before = sorted(os.listdir(queue.messages_dir))
+            for message in loaded:
+                queue.release(message.queue_id)
+            return data, before, sorted(os.listdir(queue.messages_dir))
+        finally:
+            await queue.close()
+
+    data, before, after = asyncio.run(main())
+    assert data == big
+    assert len(before) == 1  # the streamed body's file, none for the inline one
+    assert after == []
