@@ -28,7 +28,7 @@ from hato.model import (
 )
 from hato.model.queuestore import RowUpdate, Status
 from hato.pgstore import migrate
-from hato.queue import postgres_record
+from hato.queue import postgres, postgres_record
 from hato.queue.postgres import PgQueue
 from hato.queue.runner import QueueRunner
 from hato.queue.store import HOLD_PARAM
@@ -344,3 +344,57 @@ def test_release_removes_a_streamed_body_file_and_leaves_no_file_behind(
     assert data == big
     assert len(before) == 1  # the streamed body's file, none for the inline one
     assert after == []
+
+
+def test_bodies_a_due_scan_left_out_are_read_together_not_one_statement_each(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due scan reads inline bodies up to its budget (DUE_BODIES); the messages past it get
+    theirs at `load_body`, in one statement for the lot (queue/postgres.py `_kept_body`),
+    each body its own, and one released before its turn is forgotten."""
+    monkeypatch.setattr(postgres, "DUE_BODIES", 2500)  # two bodies of ~1 KiB a scan
+
+    async def main() -> tuple[dict[str, bytes], int, int, int]:
+        queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
+        try:
+            for n in range(7):
+                writer = queue.new_body()
+                writer.write(f"Subject: {n}\r\n\r\n".encode() + bytes([n]) * 1000)
+                await queue.commit(
+                    writer,
+                    mail_from=Address.parse("alice@example.com"),
+                    recipients=[(Address.parse("bob@example.org"),) * 2],
+                    prefix=b"",
+                    params={},
+                )
+            await queue.wait_fresh()
+            await queue.free_leases("node-a", recovered=False)
+            taken = await queue.take_due(limit=10, exclude=())
+            statements = 0
+            real = queue._run
+
+            async def counted(*args: Any, **kwargs: Any) -> list[Any]:
+                nonlocal statements
+                statements += 1
+                return await real(*args, **kwargs)
+
+            monkeypatch.setattr(queue, "_run", counted)
+            inline = sum(p.message.body is not None for p in taken)
+            *rest, last = [p.message for p in taken if p.message.body is None]
+            queue.release(last.queue_id)  # given up before its turn: not kept
+            bodies = {m.queue_id: (await queue.load_body(m)).body or b"" for m in rest}
+            after_group = statements
+            again = await queue.load_body(last)  # read alone, as before
+            assert again.body is not None and again.body.endswith(bytes([6]) * 1000)
+            return bodies, inline, after_group, statements
+        finally:
+            await queue.close()
+
+    bodies, inline, after_group, statements = asyncio.run(main())
+    assert inline == 2
+    assert len(bodies) == 4
+    for body in bodies.values():
+        n = int(body.split(b"Subject: ")[1].split(b"\r\n")[0])
+        assert body.endswith(bytes([n]) * 1000)
+    assert after_group == 1  # four bodies, one statement
+    assert statements == 2

@@ -28,8 +28,9 @@ Theory of operation (DESIGN.md: 250 means durable, exactly once).
   marked `recovered` so the courier checks before delivering again (the Maildir file name
   comes from the queue row: a redelivery overwrites the same name). A node that starts again
   frees its own old leases the same way. The due scan is one statement that also reads the
-  messages and their inline bodies (up to DUE_BODIES a scan); `load_body` reads the rest, and
-  streams a chunked body into a scratch file that `release` removes.
+  messages and their inline bodies (up to DUE_BODIES a scan); `load_body` reads the rest
+  (those past the budget in groups of BODY_GROUP, one statement each), and streams a chunked
+  body into a scratch file that `release` removes.
 - Recording: `record` joins a group as `commit` does (postgres_record.py): the outcomes of
   every attempt ending at one moment go in one transaction, one round trip.
 - Every psycopg error becomes QueueError/QueueWriteError (a database that cannot be reached
@@ -42,6 +43,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import random
@@ -89,6 +91,9 @@ log = logging.getLogger("hato.queue")
 
 DEFAULT_LEASE = 900.0
 DUE_BODIES = 4 * 1024 * 1024  # octets of inline bodies a due scan reads with its rows
+# Inline bodies read in one statement by `load_body` for messages a scan took past its
+# budget: at most 64 inline bodies (64 KiB each, queue/body.py) = DUE_BODIES in memory.
+BODY_GROUP = 64
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
 
@@ -145,6 +150,11 @@ class PgQueue(PgAdmin):
         # their rows' leases are given back at the next scan, not held for the lease time.
         self._unread: set[str] = set()
         self._streamed: set[str] = set()  # bodies `load_body` streamed into scratch files
+        # Messages a due scan took without their inline body (past DUE_BODIES), and the
+        # bodies read for them ahead of their own `load_body` (`_kept_body`); both emptied
+        # by `release`.
+        self._bodiless: dict[str, None] = {}
+        self._kept: dict[str, bytes] = {}
 
     @classmethod
     async def open(
@@ -358,7 +368,7 @@ class PgQueue(PgAdmin):
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
         # One statement: the rows leased, and their messages read with them, inline bodies
         # included up to DUE_BODIES octets (once per message; the others: `load_body`).
-        message_columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        message_columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(",")[1:])
         rows = await self._run(
             "WITH due AS (SELECT row_id FROM queue_recipients WHERE status = 'queued'"
             " AND next_attempt <= %(now)s AND (lease_until IS NULL OR lease_until <= %(now)s)"
@@ -371,7 +381,9 @@ class PgQueue(PgAdmin):
             f" joined AS (SELECT t.*, {message_columns}, m.body, row_number() OVER"
             " (PARTITION BY t.queue_id ORDER BY t.row_id) = 1 AS first FROM taken t"
             " JOIN queue_messages m ON m.queue_id = t.queue_id)"
-            " SELECT *, CASE WHEN first AND sum(CASE WHEN first THEN"
+            # Not `*`: the body column once, in the CASE, within the budget.
+            " SELECT queue_id, row_id, address, original, attempts, recovered, notify, orcpt,"
+            f" {MESSAGE_COLUMNS}, body IS NULL, CASE WHEN first AND sum(CASE WHEN first THEN"
             " coalesce(octet_length(body), 0) ELSE 0 END) OVER (ORDER BY row_id)"
             " <= %(budget)s THEN body END FROM joined",
             {
@@ -390,6 +402,8 @@ class PgQueue(PgAdmin):
             by_message.setdefault(row[0], []).append(recipient_from_row(row[1:8]))
             if row[0] not in messages:
                 body = None if row[-1] is None else bytes(row[-1])
+                if body is None and not row[-2]:  # inline, past the budget: `load_body`
+                    self._bodiless[row[0]] = None
                 messages[row[0]] = dataclasses.replace(message_from_row(row[8:14]), body=body)
         return [Pending(messages[qid], tuple(rcpts), until) for qid, rcpts in by_message.items()]
 
@@ -433,6 +447,8 @@ class PgQueue(PgAdmin):
     async def _load_body(self, message: QueuedMessage) -> QueuedMessage:
         if message.body is not None or message.body_path:
             return message
+        if (body := await self._kept_body(message.queue_id)) is not None:
+            return dataclasses.replace(message, body=body)
         (row,) = await self._run(
             "SELECT body, body IS NULL FROM queue_messages WHERE queue_id = %s",
             (message.queue_id,),
@@ -447,7 +463,33 @@ class PgQueue(PgAdmin):
         await stream_body(self._pool, message.queue_id, path)
         return dataclasses.replace(message, body_path=path)
 
+    async def _kept_body(self, queue_id: str) -> bytes | None:
+        """An inline body a due scan left out (past its budget), read with the next ones so
+        left (up to BODY_GROUP: one statement for them, not one each) and kept until their
+        own `load_body`; None when there is none (then the single read)."""
+        if queue_id in self._kept:
+            self._bodiless.pop(queue_id, None)
+            return self._kept.pop(queue_id)
+        if queue_id not in self._bodiless:
+            return None
+        group = [queue_id, *itertools.islice((q for q in self._bodiless if q != queue_id),
+                                             BODY_GROUP - 1)]  # fmt: skip
+        rows = await self._run(
+            "SELECT queue_id, body FROM queue_messages WHERE queue_id = ANY(%b)"
+            " AND body IS NOT NULL",
+            (group,),
+            binary=True,
+        )
+        for qid in group:
+            self._bodiless.pop(qid, None)
+        bodies = {str(qid): bytes(body) for qid, body in rows}
+        mine = bodies.pop(queue_id, None)
+        self._kept.update(bodies)
+        return mine
+
     def release(self, queue_id: str) -> None:
+        self._bodiless.pop(queue_id, None)
+        self._kept.pop(queue_id, None)
         # Only a body streamed into a file has one to remove: no unlink, a system call on
         # the event loop, for every message whose body was inline (most).
         if queue_id in self._streamed:
