@@ -68,6 +68,21 @@ async def commit(queue: PgQueue, n: int, recipients: Sequence[str]) -> str:
     )
 
 
+async def commit_body(
+    queue: PgQueue, body: bytes, params: dict[str, str | None] | None = None
+) -> str:
+    """`body` as it is, to bob@example.org."""
+    writer = queue.new_body()
+    writer.write(body)
+    return await queue.commit(
+        writer,
+        mail_from=Address.parse("alice@example.com"),
+        recipients=[(Address.parse("bob@example.org"),) * 2],
+        prefix=b"\x00\\",
+        params=params or {},
+    )
+
+
 class Recorded:
     """Counts the queue's `record` calls (wraps it): `calls` begun (the attempt's courier has
     returned), `count` finished; `wait(n)` until n finished, `wait(n, begun=True)` begun."""
@@ -269,21 +284,9 @@ def test_a_commit_group_and_its_outcomes_keep_every_octet_and_null(
         clock = FakeClock()
         queue = await open_queue(dsn, tmp_path, "node-a", clock)
         try:
-
-            async def one(body: bytes, params: dict[str, str | None]) -> str:
-                writer = queue.new_body()
-                writer.write(body)
-                return await queue.commit(
-                    writer,
-                    mail_from=Address.parse("alice@example.com"),
-                    recipients=[(Address.parse("bob@example.org"),) * 2],
-                    prefix=b"\x00\\",
-                    params=params,
-                )
-
             held: dict[str, str | None] = {HOLD_PARAM: None}
-            ids = await asyncio.gather(*(one(b, held) for b in bodies))
-            ids += await asyncio.gather(*(one(b, {}) for b in bodies))
+            ids = await asyncio.gather(*(commit_body(queue, b, held) for b in bodies))
+            ids += await asyncio.gather(*(commit_body(queue, b) for b in bodies))
             await queue.wait_fresh()
             await queue.free_leases("node-a", recovered=False)
             taken = await queue.take_due(limit=10, exclude=())
@@ -321,15 +324,7 @@ def test_release_removes_a_streamed_body_file_and_leaves_no_file_behind(
         queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
         try:
             for body in (big, b"Subject: small\r\n\r\nhi\r\n"):
-                writer = queue.new_body()
-                writer.write(body)
-                await queue.commit(
-                    writer,
-                    mail_from=Address.parse("alice@example.com"),
-                    recipients=[(Address.parse("bob@example.org"),) * 2],
-                    prefix=b"",
-                    params={},
-                )
+                await commit_body(queue, body)
             loaded = [await queue.load_body(p.message) for p in await queue.wait_fresh()]
             streamed = next(m for m in loaded if m.body_path)
             data = await asyncio.to_thread(Path(streamed.body_path).read_bytes)
@@ -358,15 +353,7 @@ def test_bodies_a_due_scan_left_out_are_read_together_not_one_statement_each(
         queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
         try:
             for n in range(7):
-                writer = queue.new_body()
-                writer.write(f"Subject: {n}\r\n\r\n".encode() + bytes([n]) * 1000)
-                await queue.commit(
-                    writer,
-                    mail_from=Address.parse("alice@example.com"),
-                    recipients=[(Address.parse("bob@example.org"),) * 2],
-                    prefix=b"",
-                    params={},
-                )
+                await commit_body(queue, f"Subject: {n}\r\n\r\n".encode() + bytes([n]) * 1000)
             await queue.wait_fresh()
             await queue.free_leases("node-a", recovered=False)
             taken = await queue.take_due(limit=10, exclude=())
