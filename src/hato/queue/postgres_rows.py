@@ -157,7 +157,7 @@ async def keys_among(
     if not addresses:
         return None
     return await conn.execute(
-        "SELECT address FROM keys WHERE address = ANY(%s)", (sorted(addresses),)
+        "SELECT address FROM keys WHERE address = ANY(%b)", (sorted(addresses),)
     )
 
 
