@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from hato.boot.dbcache import CachedUsers
 from hato.boot.filters import milters_for_role
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError
 from hato.boot.screen import build_screen
-from hato.boot.shared import Shared
+from hato.boot.shared import CurrentResolver, Shared
 from hato.boot.stampwatch import process_watch
 from hato.delivery.owner import OwnerError, resolve_owner
 from hato.directory.resolver import AliasTable, LocalDomain, RecipientResolver
@@ -41,6 +41,8 @@ from hato.policy import (
     ClientNetwork,
     ListenerNetworkRules,
     NetworkTable,
+    OwnDomainAction,
+    OwnDomains,
     SendLimitSettings,
 )
 from hato.server.context import ListenerConfig
@@ -244,6 +246,8 @@ def listener_config(
             enforcement=Enforcement(check.dmarc.value),
             budget=check.budget,
             recorder=shared.reports,
+            own=own_domains(settings),
+            is_own=_own_domain_test(shared.resolver, settings.server.hostname),
         )
     selectors = {d.name: d.dkim_selector for d in settings.domains}
     found: list[str] = []
@@ -273,6 +277,23 @@ def listener_config(
         screen=build_screen(settings, shared, role),
         milters=milters_for_role(settings, role, shared.filters.milter_metrics),
     )
+
+
+def own_domains(settings: Settings) -> OwnDomains:
+    """[authcheck] own_domains and its exceptions (policy/ownfrom.py)."""
+    check = settings.authcheck
+    return OwnDomains(
+        OwnDomainAction(check.own_domains.value),
+        tuple(check.own_domains_relays),
+        frozenset(d.rstrip(".").lower() for d in check.own_domains_arc_sealers),
+    )
+
+
+def _own_domain_test(resolver: CurrentResolver, hostname: str) -> Callable[[str], bool]:
+    """Which From domains are ours: the local domains of the configuration in force, and our
+    hostname (the From of our own DSNs, MAILER-DAEMON@hostname)."""
+    host = hostname.rstrip(".").lower()
+    return lambda domain: domain == host or resolver.is_local_domain(domain)
 
 
 def door_config(settings: Settings, shared: Shared, door: Door) -> DoorConfig:

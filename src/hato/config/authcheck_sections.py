@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool
 
-from hato.config.values import parse_domain_name, parse_seconds
+from hato.config.values import IPNetwork, parse_cidr, parse_domain_name, parse_seconds
 
 _SECTION = ConfigDict(frozen=True, extra="forbid")
 Seconds = Annotated[float, PlainValidator(parse_seconds)]
@@ -23,6 +23,12 @@ class DmarcEnforcement(enum.StrEnum):
     POLICY = "policy"  # follow the sender domain's p=: reject -> 550 5.7.1, quarantine -> Junk
     QUARANTINE = "quarantine"  # never refuse: what the policy would reject goes to Junk
     REPORT = "report"  # only say so in Authentication-Results
+
+
+class OwnDomainsEnforcement(enum.StrEnum):
+    REJECT = "reject"  # a From in our domains must pass aligned SPF or DKIM: else 550 5.7.1
+    QUARANTINE = "quarantine"  # else into the recipients' Junk folder
+    DMARC = "dmarc"  # only what the domain's own DMARC record says
 
 
 class AuthcheckSettings(BaseModel):
@@ -40,6 +46,21 @@ class AuthcheckSettings(BaseModel):
     )
     dmarc: DmarcEnforcement = Field(
         DmarcEnforcement.POLICY, description='"policy", "quarantine" or "report"'
+    )
+    own_domains: OwnDomainsEnforcement = Field(
+        OwnDomainsEnforcement.REJECT,
+        description='"reject", "quarantine" or "dmarc": what mx does with a message whose From '
+        "is in one of our domains and passes neither aligned SPF nor aligned DKIM",
+    )
+    own_domains_relays: tuple[Annotated[IPNetwork, PlainValidator(parse_cidr)], ...] = Field(
+        (),
+        description="an array of CIDRs of relays trusted with our domains on mx (a gateway in "
+        'front, our other servers), e.g. ["198.51.100.7/32"]',
+    )
+    own_domains_arc_sealers: tuple[Annotated[str, PlainValidator(parse_domain_name)], ...] = Field(
+        (),
+        description="an array of domains whose valid ARC seal vouches for a forwarded "
+        'message from our domains (a mailing list), e.g. ["lists.example.net"]',
     )
     budget: Seconds = Field(
         20.0, description="seconds all checks of one message may take (then temperror)"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hato.authcheck import (
@@ -52,11 +53,13 @@ from hato.authcheck import (
 from hato.authcheck.arc import arc_fields
 from hato.authcheck.dkim import MAX_SIGNATURES, header_block
 from hato.authcheck.offload import BySize, ProcessPool, WorkerPool, inline
+from hato.authcheck.ownfrom import as_if_reject
 from hato.authcheck.spf_cache import SpfCache
 from hato.intake.capture import LargeMessage
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
 from hato.model.header import HeaderField, split_header_fields
+from hato.policy import Defer, OwnDomains, OwnFromFacts, Quarantine, Reject, own_from_decision
 from hato.reports import Recorder
 from hato.reports.capture import dmarc_events
 
@@ -93,8 +96,14 @@ class InboundChecker:
         budget: float = 20.0,
         rng: random.Random | None = None,
         recorder: Recorder | None = None,
+        own: OwnDomains | None = None,
+        is_own: Callable[[str], bool] | None = None,
     ) -> None:
         self._resolver = resolver
+        # [authcheck] own_domains: mail claiming one of our domains (policy/ownfrom.py);
+        # `is_own` says which domains are ours (the address book in force, and our hostname).
+        self.own = own
+        self._is_own = is_own
         self._recorder = recorder  # [reports]: the DMARC aggregate report data (hato.reports)
         self._authserv_id = authserv_id
         self._clock = clock
@@ -147,6 +156,8 @@ class InboundChecker:
             header, arc.status, summary=summary, spf_pass=spf.result is SpfResultCode.PASS
         )
         verdict = self._decide(verdict, decisive)
+        if verdict.refuse is None and not isinstance(dmarc, FromProblem):
+            verdict = self._own_domains(verdict, dmarc, spf, dkim, arc, client_ip)
         if self._recorder is not None and not isinstance(dmarc, FromProblem):
             self._record(dmarc, client_ip, sender, spf, dkim, verdict)
         return verdict
@@ -191,6 +202,42 @@ class InboundChecker:
             return replace(verdict, refuse=DMARC_REJECT)
         if dmarc.disposition in (DmarcPolicy.REJECT, DmarcPolicy.QUARANTINE):
             return replace(verdict, quarantine=True)
+        return verdict
+
+    def _own_domains(
+        self,
+        verdict: InboundVerdict,
+        dmarc: tuple[DmarcResult, ...],
+        spf: SpfResult,
+        dkim: tuple[DkimResult, ...],
+        arc: ArcResult,
+        client_ip: str,
+    ) -> InboundVerdict:
+        """A From in one of our own domains is judged as if the domain said p=reject
+        (policy/ownfrom.py): a stranger's spoof of our users, to our users, is refused even
+        when our domain publishes no DMARC record or p=none (RFC 7489 §6.6.4, local policy)."""
+        rule, is_own = self.own, self._is_own
+        if rule is None or is_own is None:
+            return verdict
+        ours = [r for r in dmarc if is_own(r.from_domain)]
+        if not ours:
+            return verdict
+        kept = SpfOutcome.of(spf)
+        statuses = {as_if_reject(r, kept, _outcomes(r.from_domain, dkim)) for r in ours}
+        newest = max(arc.sets, key=lambda s: s.instance, default=None)
+        facts = OwnFromFacts(
+            passed=statuses == {DmarcStatus.PASS},
+            temperror=DmarcStatus.TEMPERROR in statuses and DmarcStatus.FAIL not in statuses,
+            relayed=rule.relayed(client_ip),
+            arc_trusted=arc.status is ArcStatus.PASS
+            and newest is not None
+            and rule.sealed_by_trusted(newest.domain),
+        )
+        decision = own_from_decision(rule, facts)
+        if isinstance(decision, Reject | Defer):
+            return replace(verdict, refuse=decision.reply, summary=verdict.summary + " own=fail")
+        if isinstance(decision, Quarantine):
+            return replace(verdict, quarantine=True, summary=verdict.summary + " own=fail")
         return verdict
 
     async def _spf(self, ip: str, helo: str, sender: str, deadline: float) -> SpfResult:
@@ -270,13 +317,7 @@ class InboundChecker:
     async def _evaluate(
         self, author: str, spf: SpfResult, dkim: tuple[DkimResult, ...]
     ) -> DmarcResult:
-        # A DKIM check cut off by the budget names no domain: it might have held an aligned
-        # signature, so it counts as the author's temperror.
-        outcomes = [
-            DkimOutcome(r.domain or author, r.status.value, r.selector)
-            for r in dkim
-            if r.domain or r.status is DkimStatus.TEMPERROR
-        ]
+        outcomes = _outcomes(author, dkim)
         return await evaluate(
             author, SpfOutcome.of(spf), outcomes, resolver=self._resolver, rng=self._rng
         )
@@ -286,6 +327,17 @@ def no_author(problem: FromProblem) -> Reply:
     """The refusal of a message whose From names no domain DMARC could judge (RFC 3463 X.7.1:
     delivery not authorized, as a DMARC reject)."""
     return Reply(550, "5.7.1", f"Message refused: {problem.value} (RFC 5322 section 3.6.2)")
+
+
+def _outcomes(author: str, dkim: tuple[DkimResult, ...]) -> list[DkimOutcome]:
+    """The signatures as DMARC reads them for `author`. A DKIM check cut off by the budget
+    names no domain: it might have held an aligned signature, so it counts as the author's
+    temperror."""
+    return [
+        DkimOutcome(r.domain or author, r.status.value, r.selector)
+        for r in dkim
+        if r.domain or r.status is DkimStatus.TEMPERROR
+    ]
 
 
 async def _ready(result: SpfResult) -> SpfResult:

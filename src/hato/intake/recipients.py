@@ -75,9 +75,15 @@ def trusted_params(
 
 
 def sender_refusal(
-    ctx: IntakeContext, mail_from: ReversePath, *, user: Address | None, size: int = 0
+    ctx: IntakeContext,
+    mail_from: ReversePath,
+    *,
+    user: Address | None,
+    size: int = 0,
+    client_ip: str = "",
 ) -> Reply | None:
     """The first MAIL step: the reply refusing the sender, or None."""
+    own = ctx.inbound.own if ctx.inbound is not None else None
     try:
         facts = SenderFacts(
             role=ctx.role,
@@ -86,6 +92,7 @@ def sender_refusal(
             sender_is_local=mail_from is not None
             and ctx.resolver.is_local_domain(mail_from.domain),
             sender_owned=mail_from is None or (user is not None and owns(ctx, user, mail_from)),
+            trusted_relay=own is not None and own.relayed(client_ip),
         )
     except StoreUnavailable as exc:  # an alias or account to look up: 451 4.3.0, try later
         log.warning(logfmt("store-unavailable", user=user, error=str(exc)))

@@ -23,6 +23,14 @@ from hato.policy.networks import (
     connection_check,
     connection_decision,
 )
+from hato.policy.ownfrom import (
+    OWN_DOMAIN_SPOOF,
+    OwnDomainAction,
+    OwnDomains,
+    OwnFromFacts,
+    Quarantine,
+    own_from_decision,
+)
 from hato.policy.ratelimit import LIMITS_DB, Reservation, SendLimiter, SendLimitSettings, SpikeAlert
 from hato.policy.relay import (
     MAX_ORIGINATOR_FIELDS,
@@ -39,6 +47,7 @@ __all__ = [
     "AUTH_FAILED",
     "LIMITS_DB",
     "MAX_ORIGINATOR_FIELDS",
+    "OWN_DOMAIN_SPOOF",
     "Accept",
     "AuthFailure",
     "AuthThrottle",
@@ -50,6 +59,10 @@ __all__ = [
     "HeaderFacts",
     "ListenerNetworkRules",
     "NetworkTable",
+    "OwnDomainAction",
+    "OwnDomains",
+    "OwnFromFacts",
+    "Quarantine",
     "RecipientFacts",
     "Reject",
     "Reservation",
@@ -62,5 +75,6 @@ __all__ = [
     "connection_decision",
     "header_decision",
     "mail_from_decision",
+    "own_from_decision",
     "rcpt_decision",
 ]

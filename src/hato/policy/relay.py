@@ -38,6 +38,7 @@ class SenderFacts:
     authenticated: bool = False
     sender_is_local: bool = False  # the envelope sender's domain is one of ours
     sender_owned: bool = False  # the authenticated user owns the envelope sender (or it is <>)
+    trusted_relay: bool = False  # the client is one of [authcheck] own_domains_relays
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +57,10 @@ def mail_from_decision(facts: SenderFacts) -> Decision:
         # Sender-login binding (RFC 6409 §6.1: the submission server may check that the
         # sender is one the user is authorized to use); RFC 3463 X.7.1 not authorized.
         return Accept() if facts.sender_owned else Reject(NOT_YOUR_SENDER)
-    if facts.role is Role.MX and facts.sender_is_local:
+    if facts.role is Role.MX and facts.sender_is_local and not facts.trusted_relay:
         # Our own users send through submission with AUTH; from the outside, a sender in our
         # domain on port 25 is a spoof of one of them (RFC 7208 §1 describes the threat).
+        # A relay the admin trusts with our domains (policy/ownfrom.py) is not the outside.
         return Reject(OWN_DOMAIN_ON_MX)
     return Accept()
 

@@ -70,7 +70,9 @@ class MailTransaction:
         self._reset_transaction()
         if "AUTH" in event.params:  # RFC 4954 §5 (intake/recipients.py)
             event = replace(event, params=trusted_params(self.ctx, event.params, user=self.user))
-        refusal = sender_refusal(self.ctx, event.path, user=self.user, size=event.size or 0)
+        refusal = sender_refusal(
+            self.ctx, event.path, user=self.user, size=event.size or 0, client_ip=self.client_ip
+        )
         if refusal is None and mail_checked(self.ctx):
             self._begin(self._mail_checks(event))  # the milters' word (milterearly.py)
             return
