@@ -41,6 +41,7 @@ from hato.crypto.mime import (
     outer_fields,
     split_message,
 )
+from hato.crypto.sealed import sealed_to
 
 if TYPE_CHECKING:
     import pysequoia
@@ -97,7 +98,9 @@ def encrypt_stream(
         yield crlf.finish()
 
     size, tail = _measure(body())
-    if _already_encrypted(parsed, tail):
+    # Stored as it came only when the body is, all of it, one encrypted message to this key
+    # (crypto/sealed.py): a label (multipart/encrypted, pkcs7-mime, an armor line) is not.
+    if _already_encrypted(parsed, tail) and sealed_to(parsed, body(), key):
         return False
     if key.expired(now or dt.datetime.now(dt.UTC)):
         raise EncryptionError(f"the key {key.fingerprint} of {key.address} has expired")

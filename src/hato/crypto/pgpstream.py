@@ -176,6 +176,16 @@ def recipients_of(cert: bytes) -> tuple[Recipient, ...]:
     return tuple(_recipient(keys[k]) for k in wanted)
 
 
+def key_ids(cert: bytes) -> frozenset[bytes]:
+    """The key IDs (RFC 4880 §12.2) of a certificate's v4 primary key and subkeys: what a
+    PKESK to one of them names (crypto/sealed.py)."""
+    ids = set()
+    for tag, body in _packets(cert):
+        if tag in (_TAG_PUBLIC_KEY, _TAG_PUBLIC_SUBKEY) and body[:1] == b"\x04":
+            ids.add(hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).digest()[-8:])
+    return frozenset(ids)
+
+
 # -- writing packets -------------------------------------------------------------------------
 
 
