@@ -121,6 +121,18 @@ def encrypt_stream(
     return True
 
 
+def stored_as_it_came(source: Source, key: PublicKey) -> bool:
+    """Whether `encrypt_stream` would store the message as it came: its body is one encrypted
+    message to `key` (crypto/sealed.py), not only labelled so."""
+    parsed, header_size = _read_header(source)
+
+    def body() -> Iterator[bytes]:
+        return _skip(source(), header_size)
+
+    _, tail = _measure(body())
+    return _already_encrypted(parsed, tail) and sealed_to(parsed, body(), key)
+
+
 def _read_header(source: Source) -> tuple[Parsed, int]:
     """The header section parsed (its `body`: the first octets of the body) and its size."""
     buf = bytearray()

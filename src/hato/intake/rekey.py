@@ -7,8 +7,9 @@ mail from hato-sendmail, which is always queued) may be delivered after its reci
 imported a key, and `hato key encrypt-existing` only rewrites what is already in the Maildir:
 delivered as it waited, it would stay readable in the mailbox for good. So `KeyedDelivery`
 stands in front of the local courier of the queue runner: each row whose mailbox has a key
-now, of a message that is not already encrypted (its Content-Type says multipart/encrypted or
-S/MIME enveloped data: an encrypted copy intake made, or mail encrypted end to end), is
+now, of a message that is not already encrypted to that key (its Content-Type says
+multipart/encrypted or S/MIME enveloped data and its body is one encrypted message to the key,
+crypto/sealed.py: an encrypted copy intake made, or mail encrypted end to end), is
 delivered from a copy made by the same `protect` step every door takes: the queued message,
 our header lines included, read into a sealed scratch file and encrypted per recipient into a
 body that is never committed, handed to the local courier, then dropped. The key failure
@@ -31,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from hato.crypto import KeyIndex, KeyLookup, SealedScratch
+from hato.crypto.encrypt import EncryptionError, stored_as_it_came
 from hato.crypto.mime import encrypted_type, split_message
 from hato.intake.protect import protect
 from hato.model import Address, Clock, Courier, QueuedMessage, QueuedRecipient, Reply, logfmt
@@ -80,7 +83,7 @@ class KeyedDelivery:
             return list(await self._local.deliver(message, recipients))
         found = await self._with_keys(keys, {r.address for r in recipients})
         keyed = [r for r in recipients if r.address in found]
-        if not keyed or await asyncio.to_thread(_already_encrypted, message):
+        if not keyed or await asyncio.to_thread(_already_encrypted, message, keys, keyed):
             return list(await self._local.deliver(message, recipients))
         outcomes: dict[int, Outcome] = {}
         rest = [r for r in recipients if r not in keyed]
@@ -199,10 +202,40 @@ def _with_body(message: QueuedMessage, path: str, size: int, data: bytes | None)
     )
 
 
-def _already_encrypted(message: QueuedMessage) -> bool:
-    """Whether the queued body says it is encrypted (RFC 1847 §2.2 multipart/encrypted, RFC
-    8551 §3.2.2 enveloped data): a copy intake encrypted, or mail encrypted end to end.
-    Blocks (reads the file): run it in a worker thread."""
+def _already_encrypted(
+    message: QueuedMessage, keys: KeyLookup, rows: Sequence[QueuedRecipient]
+) -> bool:
+    """Whether the queued body is encrypted to the key of every keyed row (a copy intake
+    encrypted, or mail encrypted end to end): it says so (RFC 1847 §2.2 multipart/encrypted,
+    RFC 8551 §3.2.2 enveloped data) and its body is one encrypted message to each key
+    (crypto/sealed.py: a label on plaintext is not enough). Blocks (reads the file, may ask
+    the key store): run it in a worker thread."""
+    if not _says_encrypted(message):
+        return False
+    source = functools.partial(_chunks, message)
+    try:
+        for row in rows:
+            key = keys.get(row.address)
+            if key is None or not stored_as_it_came(source, key):
+                return False
+    except OSError:
+        return True  # the local courier reports a body it cannot read, as for any row
+    except EncryptionError:
+        return False  # a header section too large: `protect` applies the key's policy
+    return True
+
+
+def _chunks(message: QueuedMessage) -> Iterator[bytes]:
+    """The queued body (without our header lines), in chunks."""
+    if message.body is not None:
+        yield message.body
+        return
+    with open(message.body_path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            yield chunk
+
+
+def _says_encrypted(message: QueuedMessage) -> bool:
     if message.body is not None:
         head = message.body[:_HEAD]
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hato.crypto import FailurePolicy, PublicKey, parse_public_key
+from hato.crypto import FailurePolicy, PublicKey, encrypt_message, parse_public_key
 from hato.intake.rekey import KeyedDelivery
 from hato.model import Address, QueuedMessage, QueuedRecipient
 from hato.model.outcome import Delivered, Outcome, TempFailed
@@ -124,10 +124,23 @@ def test_a_keyed_row_gets_its_encrypted_copy_the_other_the_queued_one(
 
 
 def test_an_encrypted_message_passes_as_it_is(tmp_path: Path) -> None:
-    sealed = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\r\nMIIB\r\n"
-    local, outcomes = _run(tmp_path, Keys(_key()), sealed, NOW.timestamp())
+    key = _key()
+    sealed = encrypt_message(PLAIN, key)
+    local, outcomes = _run(tmp_path, Keys(key), sealed, NOW.timestamp())
     assert outcomes == [Delivered(), Delivered()]
     assert local.got == [(b"Received: x\r\n" + sealed, (DAVE, CAROL))]
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_an_encryption_label_on_plaintext_is_not_enough(tmp_path: Path, in_file: bool) -> None:
+    # Red team 2026-12-08: the label alone let a plaintext copy through to a keyed mailbox.
+    label = b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+    sent = label + PLAIN
+    local, outcomes = _run(tmp_path, Keys(_key()), sent, NOW.timestamp(), in_file=in_file)
+    assert outcomes == [Delivered(), Delivered()]
+    (_, rows_d), (carol, rows_c) = local.got
+    assert rows_d == (DAVE,) and rows_c == (CAROL,)
+    assert SECRET not in carol and b"smime-type=enveloped-data" in carol
 
 
 def test_an_expired_key_under_defer_leaves_the_row_waiting(tmp_path: Path) -> None:
