@@ -49,22 +49,8 @@ def _nowhere(server: HatoServer, marker: str) -> None:
     assert needle not in server.log.read_bytes()
 
 
-def _stored(server: HatoServer, before: set[Path]) -> bytes:
-    box = server.mailbox("bob", "example.org") / "new"
-    import time
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        new = (set(box.glob("*")) if box.exists() else set()) - before
-        if new:
-            return new.pop().read_bytes()
-        time.sleep(0.1)
-    raise AssertionError("not delivered")
-
-
-def _box(server: HatoServer) -> set[Path]:
-    box = server.mailbox("bob", "example.org") / "new"
-    return set(box.glob("*")) if box.exists() else set()
+def _box(server: HatoServer) -> Path:
+    return server.mailbox("bob", "example.org")
 
 
 @pytest.mark.parametrize("rcpt", ["team@example.org", "bob+tag@example.org", "BOB@example.org"])
@@ -73,7 +59,7 @@ def test_bdat_to_a_keyed_mailbox_by_any_name_stores_only_ciphertext(
 ) -> None:
     marker = uuid.uuid4().hex
     message = _message(marker)
-    before = _box(server)
+    before = maildir.messages(_box(server))
     with RawSession(server.host, server.port, timeout=30) as session:
         assert session.reply()[0] == 220
         assert session.command(b"EHLO client.test")[0] == 250
@@ -84,7 +70,7 @@ def test_bdat_to_a_keyed_mailbox_by_any_name_stores_only_ciphertext(
             verb = b"BDAT %d%s" % (len(chunk), b" LAST" if last else b"")
             session.send(verb + b"\r\n" + chunk)
             assert session.reply()[0] == 250
-    stored = _stored(server, before)
+    stored = maildir.wait_for_new(_box(server), before, 30)
     assert b"The plan is " + marker.encode() in gpg.run(
         "--decrypt", input=stored.split(b"\r\n\r\n", 1)[1]
     )
@@ -93,7 +79,7 @@ def test_bdat_to_a_keyed_mailbox_by_any_name_stores_only_ciphertext(
 
 def test_queue_show_of_keyed_mail_shows_no_content(server: HatoServer) -> None:
     marker = uuid.uuid4().hex
-    before = _box(server)
+    before = maildir.messages(_box(server))
     with RawSession(server.host, server.port, timeout=30) as session:
         assert session.reply()[0] == 220
         assert session.command(b"EHLO client.test")[0] == 250
@@ -107,5 +93,5 @@ def test_queue_show_of_keyed_mail_shows_no_content(server: HatoServer) -> None:
     assert marker not in shown.stdout + shown.stderr
     if shown.returncode == 0:
         assert "secret" not in json.dumps(json.loads(shown.stdout))
-    _stored(server, before)
+    maildir.wait_for_new(_box(server), before, 30)
     _nowhere(server, marker)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
@@ -46,18 +46,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, gpg: Gpg) -> Iterator[HatoS
 
 
 def _deliver(server: HatoServer, message: bytes, rcpt: str = "bob") -> bytes:
-    """Send `message` (its last header line marks it) and the stored copy's octets."""
-    box = server.mailbox(rcpt, "example.org") / "new"
-    before = set(box.glob("*")) if box.exists() else set()
+    """Send `message` and the stored copy's octets."""
+    box = server.mailbox(rcpt, "example.org")
+    before = maildir.messages(box)
     with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
         smtp.sendmail("alice@example.net", [f"{rcpt}@example.org"], message)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        new = (set(box.glob("*")) if box.exists() else set()) - before
-        if new:
-            return new.pop().read_bytes()
-        time.sleep(0.1)
-    raise AssertionError("not delivered")
+    return maildir.wait_for_new(box, before, 30)
 
 
 def _pgp_mime(armored: bytes, preamble: bytes = b"", epilogue: bytes = b"") -> bytes:

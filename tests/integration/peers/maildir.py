@@ -52,6 +52,18 @@ def wait_for_count(root: Path, count: int, timeout: float) -> list[Path]:
         time.sleep(0.05)
 
 
+def wait_for_new(root: Path, before: list[Path], timeout: float) -> bytes:
+    """The octets of a message delivered to the Maildir that is not among `before` (its
+    `messages(root)` before the sending): for copies a marker cannot find (encrypted ones)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [p for p in messages(root) if p not in before]
+        if new:
+            return new[0].read_bytes()
+        time.sleep(0.05)
+    raise AssertionError(f"no new message in {root} within {timeout} s")
+
+
 def split_added(stored: bytes, sent: bytes) -> bytes:
     """Check that `stored` is added header lines followed by exactly `sent`; return the prefix.
 
