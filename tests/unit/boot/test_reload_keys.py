@@ -74,6 +74,7 @@ def _what_is_taken(settings: Settings, tmp_path: Path) -> list[object]:
         SimpleNamespace(
             tls=None,
             dns=None,
+            resolver=None,  # the address book: only held (own_domains), not asked here
             clock=FakeClock(),
             data_dir=tmp_path,
             reports=None,
