@@ -26,8 +26,8 @@ What cannot be seen from outside is what the sender put inside the encrypted pac
 sender who wants its words readable can always publish them elsewhere.
 
 Bounded: lines of at most 998 octets (RFC 5322 §2.1.1), a fixed number of header and armor
-lines, session-key packets of at most 4 KiB, 64 of them, DER recipient infos of at most
-64 KiB; the body is read in chunks, never held whole.
+lines, session-key packets of at most 4 KiB, 64 of them, partial body pieces of at least 512
+octets, DER recipient infos of at most 64 KiB; the body is read in chunks, never held whole.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ MAX_ARMOR_HEADERS = 5  # RFC 4880 §6.2: Version, Comment, MessageID, Hash, Char
 MAX_SESSION_PACKET = 4096  # a PKESK of RSA-16384 is about 2 KiB
 MAX_SESSION_PACKETS = 64
 MAX_RECIPIENT_INFOS = 64 * 1024
+MIN_PARTIAL = 512  # octets of a partial body length piece (see _Packets._header)
 
 # Thunderbird's "(RFC 4880 and 3156)", GPGTools' "(RFC 2440 and 3156)", ours "(RFC 3156)."
 _NOTICE = re.compile(rb"This is an OpenPGP/MIME encrypted message \(RFC \d{4}( and \d{4})?\)\.?")
@@ -312,6 +313,11 @@ class _Packets:
             return  # more header octets to come
         size, partial = length
         head.clear()
+        if partial and size < MIN_PARTIAL:
+            # RFC 4880 §4.2.2.4: the first partial length is at least 512 octets; later ones
+            # are held to it too, so that a hostile chain of 1-octet pieces (a header per
+            # octet) costs no more than real ones (encoders write 8 KiB or more).
+            raise _Unverified("partial body length under 512 octets")
         if self._data:
             self._skip, self._partial = size, partial
             if not size and not partial:
