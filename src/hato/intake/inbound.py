@@ -234,7 +234,11 @@ class InboundChecker:
             and rule.sealed_by_trusted(newest.domain),
         )
         decision = own_from_decision(rule, facts)
-        if isinstance(decision, Reject | Defer):
+        if isinstance(decision, Defer):
+            # The same reply as DMARC's temperror: not counted in the aggregate report (the
+            # client tries again, `_record`).
+            return replace(verdict, refuse=DMARC_DEFER, summary=verdict.summary + " own=temperror")
+        if isinstance(decision, Reject):
             return replace(verdict, refuse=decision.reply, summary=verdict.summary + " own=fail")
         if isinstance(decision, Quarantine):
             return replace(verdict, quarantine=True, summary=verdict.summary + " own=fail")

@@ -62,7 +62,11 @@ def test_an_aligned_dns_failure_defers() -> None:
     verdict = _verdict(OwnDomains(), resolver, client_ip="192.0.2.1")
     # MAIL FROM <> with HELO x.example: SPF is not aligned; DMARC's own lookup of
     # _dmarc.example.org fails: temperror, so 451, never 550.
-    assert verdict.refuse is not None and verdict.refuse.code == 451
+    assert verdict.refuse is not None and (verdict.refuse.code, verdict.refuse.enhanced) == (
+        451,
+        "4.4.3",
+    )
+    assert "own=temperror" in verdict.summary
 
 
 def test_a_trusted_arc_sealer_vouches_for_a_list_that_broke_the_signature() -> None:
