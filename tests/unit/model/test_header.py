@@ -2,6 +2,7 @@
 
 import pytest
 
+from hato.model import header
 from hato.model.header import field_addresses, malformed_lines, named, split_header_fields
 
 
@@ -52,3 +53,21 @@ def test_field_addresses_of_every_author() -> None:
     assert field_addresses(named(fields, b"From")) == ["a@x", "b@y", "undisclosed"]
     assert field_addresses(named(fields, b"Sender")) == ["c@z"]
     assert field_addresses([]) == []
+
+
+def test_a_field_folded_thousands_of_times_is_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hostile input (RFC 5322 §2.2.3 sets no limit on a field's lines): each continuation
+    # line used to copy the field so far into a new HeaderField, quadratic in the field.
+    made: list[int] = []
+    real = header.HeaderField
+
+    def counting(*args: object) -> header.HeaderField:
+        made.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(header, "HeaderField", counting)
+    block = b"Subject: " + b"a\r\n " * 20_000 + b"a\r\nTo: b@example.net\r\n"
+    fields = header.split_header_fields(block)
+    assert [f.name for f in fields] == [b"Subject", b"To"]
+    assert fields[0].raw == block[: fields[0].end] and fields[1].start == fields[0].end
+    assert len(made) == 2
