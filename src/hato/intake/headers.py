@@ -19,6 +19,7 @@ loop count, a bare CR or LF) read the octets as they came.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,17 @@ MAX_HEADER_BYTES = 256 * 1024
 HEADER_TOO_LARGE = Reply(
     552, "5.3.4", f"Message refused: header section larger than {MAX_HEADER_BYTES // 1024} KiB"
 )
+# Header fields per message (lines that do not continue a field, RFC 5322 §2.2.3). RFC 5322
+# §3.6 sets no maximum; each field costs every check that reads the section (split, DKIM and
+# ARC canonicalization, DMARC's From search): 60,000 4-octet fields within the 256 KiB cost
+# ~250 ms CPU at the inbound checks (docs/security.md). Real mail carries tens to a few
+# hundred (a long relay path: Postfix stops at 50 Received, hopcount_limit).
+MAX_HEADER_FIELDS = 1000
+# RFC 3463 §3.6 X.6.0: other or undefined media error (the header section's form).
+TOO_MANY_FIELDS = Reply(
+    552, "5.6.0", f"Message refused: more than {MAX_HEADER_FIELDS} header fields"
+)
+_FIELD_START = re.compile(rb"\n(?![ \t])")  # a line that starts a new field (or ends them)
 # RFC 5322 §3.6.2, §3.6.6: the originator fields a reader shows as who sent the message.
 _SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
 
@@ -95,6 +107,9 @@ class HeaderCapture:
         form, one From field, and every From, Sender and Resent-* address owned by `user`."""
         if self.too_large:
             return HeaderVerdict((), HEADER_TOO_LARGE, "header-too-large")
+        if len(_FIELD_START.findall(self._buf)) > MAX_HEADER_FIELDS:
+            # Counted in C before any field is split or checked (every role).
+            return HeaderVerdict((), TOO_MANY_FIELDS, "too-many-header-fields")
         if user is None:
             return _UNJUDGED  # mx: DMARC judges the From fields (inbound.py)
         fields = split_header_fields(self.section())

@@ -2,7 +2,14 @@
 
 import pytest
 
-from hato.intake.headers import MAX_HEADER_BYTES, HeaderCapture, HeaderFilter, origin_fields
+from hato.intake import headers
+from hato.intake.headers import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
+    HeaderCapture,
+    HeaderFilter,
+    origin_fields,
+)
 from hato.model import Address
 
 ALICE = Address("alice", "users.test")
@@ -47,6 +54,25 @@ def test_a_section_just_within_the_limit_is_judged() -> None:
     assert len(capture.section()) == MAX_HEADER_BYTES and not capture.too_large
     verdict = capture.judge(ALICE, _owns)
     assert verdict.refusal is None and verdict.authors == (ALICE,)
+
+
+@pytest.mark.parametrize("user", [None, ALICE])  # mx and submission
+def test_more_fields_than_the_limit_are_refused_before_any_is_split(
+    user: Address | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(headers, "split_header_fields", None)  # never reached
+    many = b"From: alice@users.test\r\n" + b"X:\r\n" * MAX_HEADER_FIELDS + b"\r\nbody"
+    verdict = _capture(many).judge(user, _owns)
+    assert verdict.reason == "too-many-header-fields"
+    assert verdict.refusal is not None
+    assert (verdict.refusal.code, verdict.refusal.enhanced) == (552, "5.6.0")
+
+
+def test_the_field_limit_counts_fields_not_folded_lines() -> None:
+    folded = b"From: alice@users.test\r\nX: a\r\n" + b" b\r\n" * 5000
+    fields = b"X:\r\n" * (MAX_HEADER_FIELDS - 2)
+    verdict = _capture(folded + fields + b"\r\nbody").judge(ALICE, _owns)
+    assert verdict.refusal is None and verdict.authors == [ALICE]
 
 
 @pytest.mark.parametrize(
