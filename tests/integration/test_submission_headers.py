@@ -10,7 +10,9 @@ before the DKIM signature would make it ours, and nothing of it is delivered.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from peers import clients, maildir
@@ -109,15 +111,22 @@ def test_a_large_header_section_within_the_limit_is_accepted(
     assert maildir.wait_for_marker(box, marker, timeout=20)
 
 
-def test_the_header_limit_holds_on_mx_too(shared_submission: HatoServer) -> None:
-    # A forged Authentication-Results past the limit would otherwise pass the filter.
-    forged = b"Authentication-Results: hato.test; dmarc=pass\r\nFrom: friend@other.test"
-    with RawSession(shared_submission.host, shared_submission.port) as session:
+@contextlib.contextmanager
+def _mx_data(server: HatoServer) -> Iterator[RawSession]:
+    """An unauthenticated session from friend@other.test to carol, after DATA's 354."""
+    with RawSession(server.host, server.port) as session:
         assert session.reply()[0] == 220
         assert session.command(b"EHLO client.test")[0] == 250
         assert session.command(b"MAIL FROM:<friend@other.test>")[0] == 250
         assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
         assert session.command(b"DATA")[0] == 354
+        yield session
+
+
+def test_the_header_limit_holds_on_mx_too(shared_submission: HatoServer) -> None:
+    # A forged Authentication-Results past the limit would otherwise pass the filter.
+    forged = b"Authentication-Results: hato.test; dmarc=pass\r\nFrom: friend@other.test"
+    with _mx_data(shared_submission) as session:
         message = _message(PADDING + forged, uuid.uuid4().hex)
         assert enhanced(session.command(message + b".")) == HEADER_TOO_LARGE
 
@@ -128,12 +137,7 @@ def test_more_header_fields_than_the_limit_are_refused_on_mx(
     # 60,000 4-octet fields fit the 256 KiB and cost each check per field (docs/security.md).
     marker = uuid.uuid4().hex
     many = b"From: friend@other.test\r\n" + b"X:\r\n" * 60_000
-    with RawSession(shared_submission.host, shared_submission.port) as session:
-        assert session.reply()[0] == 220
-        assert session.command(b"EHLO client.test")[0] == 250
-        assert session.command(b"MAIL FROM:<friend@other.test>")[0] == 250
-        assert session.command(b"RCPT TO:<carol@users.test>")[0] == 250
-        assert session.command(b"DATA")[0] == 354
+    with _mx_data(shared_submission) as session:
         assert enhanced(session.command(_message(many, marker) + b".")) == TOO_MANY_FIELDS
         assert session.command(b"NOOP")[0] == 250  # the session goes on
     _assert_never_delivered(shared_submission, test_ca, marker)
