@@ -72,7 +72,7 @@ def test_the_field_limit_counts_fields_not_folded_lines() -> None:
     folded = b"From: alice@users.test\r\nX: a\r\n" + b" b\r\n" * 5000
     fields = b"X:\r\n" * (MAX_HEADER_FIELDS - 2)
     verdict = _capture(folded + fields + b"\r\nbody").judge(ALICE, _owns)
-    assert verdict.refusal is None and verdict.authors == [ALICE]
+    assert verdict.refusal is None and verdict.authors == (ALICE,)
 
 
 @pytest.mark.parametrize(
