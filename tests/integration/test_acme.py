@@ -99,7 +99,7 @@ class WebHato(HatoServer):
 
     def __init__(self, data_dir: Path, setup: MailSetup) -> None:
         super().__init__(data_dir, setup)
-        self.web_port = free_port()
+        self.web_port = self.own_port("web_port")
 
     def _config_text(self) -> str:
         web = f'\n[wkd]\naddress = "{LOOPBACK}:{self.web_port}"\nhttps = true\n'

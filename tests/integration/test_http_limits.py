@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from peers.hato import HatoServer
-from peers.net import closed_by_server, free_port
+from peers.net import closed_by_server
 from peers.server import MailSetup, TlsFiles
 from peers.tls import TestCA
 
@@ -22,7 +22,7 @@ class HttpHato(HatoServer):
     def __init__(self, data_dir: Path, section: str, tls: TlsFiles | None = None) -> None:
         super().__init__(data_dir, MailSetup(tls=tls))
         self.section = section
-        self.http_port = free_port()
+        self.http_port = self.own_port("http_port")
 
     def _config_text(self) -> str:
         return super()._config_text() + "\n".join(

@@ -28,7 +28,7 @@ import pytest
 from peers import maildir
 from peers.clients import message
 from peers.hato import HatoServer
-from peers.net import RawSession, free_port
+from peers.net import RawSession
 
 from dnsserver import DnsTestServer
 
@@ -57,7 +57,7 @@ class ScreenHato(HatoServer):
         super().__init__(data_dir)
         self.screen = screen
         self.nameserver = nameserver
-        self.metrics_port = free_port()
+        self.metrics_port = self.own_port("metrics_port")
         self.extra = ""  # more of [server] (e.g. workers)
 
     def _config_text(self) -> str:

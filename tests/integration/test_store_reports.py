@@ -15,7 +15,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from peers.hato import HatoServer
-from peers.net import free_port
 from peers.nodes import alpha_and_beta
 from peers.postgres import PASSWORD, PostgresServer
 from peers.server import MailSetup
@@ -32,7 +31,7 @@ class ReportingNode(HatoServer):
 
     def __init__(self, data_dir: Path, setup: MailSetup, host: str) -> None:
         super().__init__(data_dir, setup, host=host)
-        self.web_port = free_port()
+        self.web_port = self.own_port("web_port")
 
     def _config_text(self) -> str:
         return super()._config_text() + (

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from peers.hato import HatoServer
-from peers.net import free_port
 from peers.server import MailSetup, submission_setup
 from peers.tls import TestCA
 
@@ -35,7 +34,7 @@ class WebHato(HatoServer):
 
     def __init__(self, data_dir: Path, setup: MailSetup, mode: str) -> None:
         super().__init__(data_dir, setup)
-        self.web_port = free_port()
+        self.web_port = self.own_port("web_port")
         self.mode = mode
 
     def _config_text(self) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from peers import maildir
 from peers.hato import HatoServer
-from peers.net import free_port
 from peers.server import DomainSetup, MailSetup
 from prometheus_client.parser import text_string_to_metric_families
 from test_workers import _children
@@ -24,7 +23,7 @@ from test_workers import _children
 class MeasuredWorkers(HatoServer):
     def __init__(self, data_dir: Path, setup: MailSetup) -> None:
         super().__init__(data_dir, setup)
-        self.metrics_port = free_port()
+        self.metrics_port = self.own_port("metrics_port")
 
     def _config_text(self) -> str:
         text = super()._config_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)

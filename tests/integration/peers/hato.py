@@ -52,10 +52,12 @@ class HatoServer:
         """`host`: any of 127.0.0.0/8, so that several servers can be several machines."""
         self.setup = setup or MailSetup()
         self.host = host
-        self.port = port or free_port()
+        # The ports this harness picked (not a caller's): renewed when one was taken (own_port).
+        self._own_ports: list[str] = []
+        self.port = port or self.own_port("port")
         # Used only when `setup.submission` is set.
-        self.submission_port = free_port()
-        self.submissions_port = free_port()
+        self.submission_port = self.own_port("submission_port")
+        self.submissions_port = self.own_port("submissions_port")
         self.data_dir = data_dir
         self.work = data_dir.parent / f"{data_dir.name}-run"
         self.config = self.work / "hato.toml"
@@ -63,6 +65,18 @@ class HatoServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._written = False
+
+    def own_port(self, attribute: str) -> int:
+        """A free port for the listener whose port is `self.<attribute>` (a subclass's own:
+        `self.web_port = self.own_port("web_port")`): if another process takes it between
+        free_port's probe and hato's bind, the first `start` picks a fresh one and tries again."""
+        self._own_ports.append(attribute)
+        return free_port()
+
+    def _renew_ports(self) -> None:
+        for attribute in self._own_ports:
+            setattr(self, attribute, free_port())
+        self.config.write_text(self.config_text(), encoding="utf-8")
 
     def _config_text(self) -> str:
         s = self.setup
@@ -236,8 +250,26 @@ class HatoServer:
         self._written = True
 
     def start(self) -> None:
-        if not self._written:
+        """Start `hato serve` and wait until it greets on its ports and has logged `ready`.
+
+        A port free_port found free can be taken by another test's process before hato binds
+        it (parallel tests; hato then exits 73, "Address already in use"): the first start
+        tries again with fresh ports, a few times. A restart keeps its ports (the test's peers
+        know them)."""
+        first = not self._written
+        if first:
             self._prepare()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                return
+            except _PortTaken as exc:
+                if not first or attempt == _START_ATTEMPTS:
+                    raise RuntimeError(f"hato serve did not start: {exc}") from exc
+                self._renew_ports()
+
+    def _start_once(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
             [hato_binary(), "serve", "--config", str(self.config)],
@@ -262,10 +294,31 @@ class HatoServer:
                 )
             if self.setup.submission:
                 wait_for_listener(self.host, self.submissions_port, deadline, alive=self.alive)
+            # Whoever greeted, it is this process only once it logged `ready` (a port taken
+            # by another test's server greets too, while this one exits 73).
+            self._wait_ready(offset, deadline)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()
-            log = self.log_text()
+            log = self._log_since(offset)
+            if _PORT_TAKEN in log:
+                raise _PortTaken(log.strip().splitlines()[-1]) from exc
             raise RuntimeError(f"hato serve did not start: {exc}\n--- log ---\n{log}") from exc
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log.open("rb") as file:
+                file.seek(offset)
+                return file.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _wait_ready(self, offset: int, deadline: float) -> None:
+        while _READY.search(self._log_since(offset)) is None:
+            if not self.alive():
+                raise RuntimeError("hato serve exited before it logged event=ready")
+            if time.monotonic() >= deadline:
+                raise TimeoutError("hato serve did not log event=ready in time")
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -334,6 +387,15 @@ class HatoServer:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         return None
+
+
+_START_ATTEMPTS = 5
+_PORT_TAKEN = "Address already in use"  # EADDRINUSE's strerror, in hato's one line (exit 73)
+_READY = re.compile(r"\bevent=ready\b")
+
+
+class _PortTaken(Exception):
+    """hato serve exited because one of its ports was taken meanwhile."""
 
 
 def _one_worker_unless_set(text: str) -> str:

@@ -166,7 +166,7 @@ class MilteredHato(HatoServer):
         )
         self.addresses = addresses
         self.extra = extra
-        self.metrics_port = free_port()
+        self.metrics_port = self.own_port("metrics_port")
 
     def _config_text(self) -> str:
         milters = "".join(
