@@ -13,6 +13,22 @@ fixture (a fixture imported from another module would be flagged by ruff as rede
 """
 
 from dnsserver.fake import FakeResolver, FakeValue
-from dnsserver.server import DnsTestServer, ZoneDict, ZoneValue, txt_strings
+from dnsserver.server import (
+    HATO_DNS_TIMEOUT,
+    DnsTestServer,
+    ZoneDict,
+    ZoneValue,
+    hato_dns,
+    txt_strings,
+)
 
-__all__ = ["DnsTestServer", "FakeResolver", "FakeValue", "ZoneDict", "ZoneValue", "txt_strings"]
+__all__ = [
+    "HATO_DNS_TIMEOUT",
+    "DnsTestServer",
+    "FakeResolver",
+    "FakeValue",
+    "ZoneDict",
+    "ZoneValue",
+    "hato_dns",
+    "txt_strings",
+]

@@ -17,7 +17,7 @@ from peers.authcheck import CheckingHato
 from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import (
     ArcStatus,
     DkimAlgorithm,
@@ -162,7 +162,7 @@ def test_mail_our_users_send_is_dkim_signed_and_verifies(
     stored = found.read_bytes()
     assert b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=hato;" in stored
 
-    resolver = DnsPythonResolver([dns_server.nameserver], timeout=2)
+    resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)
     (result,) = asyncio.run(verify_dkim(stored, resolver))
     assert result.status is DkimStatus.PASS, result
     tampered = stored.replace(b"hello", b"hullo")
@@ -228,7 +228,7 @@ def test_alias_forwarding_adds_an_arc_set_the_next_hop_can_verify(
         (found,) = maildir.wait_for_marker(box, "arc-1", 20)
         stored = found.read_bytes()
         assert b"ARC-Seal: " in stored and b"ARC-Authentication-Results: i=1;" in stored
-        resolver = DnsPythonResolver([dns_server.nameserver], timeout=2)
+        resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)
         result = asyncio.run(verify_arc(stored, resolver))
         assert result.status is ArcStatus.PASS, result
     finally:

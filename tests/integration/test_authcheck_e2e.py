@@ -18,7 +18,7 @@ from peers.hato import HatoServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import DnsTestServer, ZoneValue, hato_dns, txt_strings
 
 SENDER = "alice@sender.example"
 RECIPIENT = "someone@dest.example"
@@ -45,8 +45,7 @@ class SenderHato(HatoServer):
     def _config_text(self) -> str:
         # Inbound checks stay off (the harness default); DNS asks only the test server.
         return super()._config_text() + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            "\n[delivery]\nallow_loopback = true\n"
+            hato_dns(self.nameserver) + "\n[delivery]\nallow_loopback = true\n"
             f'\n[[transport]]\ndomain = "dest.example"\nrelay = "{self.relay}"\n'
         )
 

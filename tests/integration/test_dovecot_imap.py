@@ -22,7 +22,7 @@ from peers.hato import HatoServer
 from peers.net import LOOPBACK
 from peers.server import USER_PASSWORD
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, hato_dns
 from kit.cryptokeys import make_cert
 
 ZONE: dict[str, dict[str, list[ZoneValue]]] = {
@@ -37,7 +37,7 @@ class CheckingVmailHato(VmailHato):
     """Mailboxes outside the data directory, owned by OWNER; inbound checks against our DNS."""
 
     def __init__(self, data_dir: Path, nameserver: str) -> None:
-        super().__init__(data_dir, f'\n[dns]\nnameservers = ["{nameserver}"]\ntimeout = 2\n')
+        super().__init__(data_dir, hato_dns(nameserver))
 
     def _config_text(self) -> str:
         return super()._config_text().replace("inbound = false", "inbound = true")

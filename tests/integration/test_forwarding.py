@@ -26,7 +26,7 @@ from peers.hato import HatoServer
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 from hato.directory.srs import Srs
 from hato.model import Address
 
@@ -59,8 +59,8 @@ class PeerHato(HatoServer):
         if self.inbound:  # SPF, DKIM, DMARC of what arrives on mx, through the test DNS server
             text = text.replace("inbound = false", "inbound = true")
         return text + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
+            hato_dns(self.nameserver)
+            + f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
             "connect_timeout = 5\nattempt_timeout = 20\n"
         )
 

@@ -18,7 +18,7 @@ from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 
 
 def _message(received: int, delivered_to: int = 0, marker: str = "loop") -> bytes:
@@ -104,8 +104,8 @@ class ForwardingHato(HatoServer):
         # Each its own name: the same name in the other's greeting would be a loop of its own.
         text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
         return text + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
+            hato_dns(self.nameserver)
+            + f"\n[delivery]\nmx_port = {self.peer_port}\nallow_loopback = true\n"
             "connect_timeout = 5\nattempt_timeout = 20\n"
         )
 

@@ -19,7 +19,7 @@ from peers.hato import HatoServer, hato_binary
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 from hato.authcheck import DkimAlgorithm, generate_key
 from kit.cryptokeys import make_cert
 
@@ -105,8 +105,8 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
         tls=TlsFiles(cert, key),
     )
     smarthost = (
-        f'\n[dns]\nnameservers = ["{dns.nameserver}"]\ntimeout = 2\n'
-        '\n[smarthost]\nhost = "127.0.0.1"\nport = 2\nusername = "relay"\n'
+        hato_dns(dns.nameserver)
+        + '\n[smarthost]\nhost = "127.0.0.1"\nport = 2\nusername = "relay"\n'
         f'password_file = "{password}"\n'
         '\n[[transport]]\ndomain = "far.test"\nmx = true\n'
     )

@@ -15,7 +15,7 @@ from peers import maildir
 from peers.hato import HatoServer
 from peers.server import DomainSetup, MailSetup
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # What differs from one run to the next: the time (in the name and the Received date) and the
@@ -37,7 +37,7 @@ class TourHato(HatoServer):
     def _config_text(self) -> str:
         text = super()._config_text().replace('hostname = "hato.test"', 'hostname = "localhost"')
         text = text.replace("inbound = false", "inbound = true")
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+        return text + hato_dns(self.nameserver)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from peers.outbound_scripted import ScriptedPeer
 from peers.server import DomainSetup, MailSetup
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer, ZoneValue
+from dnsserver import DnsTestServer, ZoneValue, hato_dns
 
 SCHEMA = Path(__file__).resolve().parents[1] / "data" / "dmarc-rua-rfc7489.xsd"
 pytestmark = pytest.mark.integration
@@ -78,8 +78,8 @@ class ReportingHato(HatoServer):
     def _config_text(self) -> str:
         text = super()._config_text().replace("inbound = false", "inbound = true")
         return text + (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            '\n[reports]\nenabled = true\norg_name = "Hato Test Receiver"\n'
+            hato_dns(self.nameserver)
+            + '\n[reports]\nenabled = true\norg_name = "Hato Test Receiver"\n'
         )
 
 

@@ -30,7 +30,7 @@ from peers.clients import message
 from peers.hato import HatoServer
 from peers.net import RawSession
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 
 BL, WL, OTHER = "bl.test", "wl.test", "other.test"
 SITES = f'["{BL}=127.0.0.[2..11]*3", "{WL}=127.0.[0..255].[1..3]*-2", "{OTHER}"]'
@@ -64,7 +64,7 @@ class ScreenHato(HatoServer):
         return (
             super()._config_text().replace("[server]\n", self.extra or "[server]\n", 1)
             + f"\n[screen]\n{self.screen}\n"
-            + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            + hato_dns(self.nameserver)
             + f'\n[metrics]\naddress = "127.0.0.1:{self.metrics_port}"\n'
         )
 

@@ -30,7 +30,7 @@ from peers.net import LOOPBACK, RawSession
 from peers.server import USER_PASSWORD, DomainSetup, MailSetup, TlsFiles
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 
 # RFC 5782 §2.1: 127.0.0.1 is asked as 1.0.0.127.<zone>; an A record in 127/8 means listed.
 LISTING_ZONE = "pbl.test"
@@ -74,7 +74,7 @@ class PolicyHato(HatoServer):
             text = text.replace(listener, listener + rules + "\n" if rules else listener, 1)
         text = text.replace("[limits]\n", f"[limits]\n{self.limits}\n", 1)
         if self.nameserver is not None:
-            text += f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+            text += hato_dns(self.nameserver)
         return text + "\n" + self.networks + "\n"
 
 

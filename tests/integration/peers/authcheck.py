@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import DnsTestServer, ZoneValue, hato_dns, txt_strings
 
 from .hato import HatoServer
 from .server import DomainSetup, MailSetup
@@ -37,7 +37,7 @@ class CheckingHato(HatoServer):
         if self.hostname is not None:
             assert 'hostname = "hato.test"' in text
             text = text.replace('hostname = "hato.test"', f'hostname = "{self.hostname}"')
-        return text + f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
+        return text + hato_dns(self.nameserver)
 
 
 A_HOSTNAME = "mx.sender.example"  # the signing Hato A's name
@@ -87,10 +87,7 @@ class SenderHato(HatoServer):
         assert 'hostname = "hato.test"' in text
         text = text.replace('hostname = "hato.test"', f'hostname = "{A_HOSTNAME}"')
         text = text.replace("[server]\n", f'[server]\nsubmit_socket = "{self.submit_socket}"\n', 1)
-        text += (
-            f'\n[dns]\nnameservers = ["{self.nameserver}"]\ntimeout = 2\n'
-            "\n[delivery]\nallow_loopback = true\n"
-        )
+        text += hato_dns(self.nameserver) + "\n[delivery]\nallow_loopback = true\n"
         for domain in self.relayed:
             text += f'\n[[transport]]\ndomain = "{domain}"\nrelay = "{self.relay}"\n'
         if self.milter is not None:

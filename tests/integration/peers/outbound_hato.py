@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnsserver import hato_dns
+
 from .hato import HatoServer
 from .maildir import MARKER_HEADER
 from .server import USER_PASSWORD, MailSetup, submission_setup
@@ -50,7 +52,7 @@ class OutboundHato(HatoServer):
         o = self.outbound
         return (
             super()._config_text()
-            + f'\n[dns]\nnameservers = ["{o.nameserver}"]\ntimeout = 2\n'
+            + hato_dns(o.nameserver)
             # MX hosts on 127.0.0.1 would otherwise be a mail loop (RFC 5321 §5.1); the
             # receivers of the tests listen on loopback, on one port for every MX host.
             + f"\n[delivery]\nmx_port = {o.mx_port}\nallow_loopback = true\n"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dnsserver import DnsTestServer, ZoneDict
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer, ZoneDict
 from hato.authcheck.dmarc import DkimOutcome, DmarcPolicy, DmarcResult, DmarcStatus, SpfOutcome
 from hato.authcheck.dmarc import evaluate as dmarc_evaluate
 from hato.authcheck.spf import SpfResultCode, check_mail_from
@@ -40,12 +40,12 @@ def dns_server() -> Iterator[DnsTestServer]:
 def _dmarc(
     server: DnsTestServer, author: str, spf: SpfOutcome | None, dkim: list[DkimOutcome]
 ) -> DmarcResult:
-    resolver = DnsPythonResolver([server.nameserver], timeout=2.0)
+    resolver = DnsPythonResolver([server.nameserver], timeout=HATO_DNS_TIMEOUT)
     return asyncio.run(dmarc_evaluate(author, spf, dkim, resolver=resolver, rng=random.Random(7)))
 
 
 def test_spf_pass_through_include_then_aligned_dmarc_pass(dns_server: DnsTestServer) -> None:
-    resolver = DnsPythonResolver([dns_server.nameserver], timeout=2.0)
+    resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)
     spf = asyncio.run(
         check_mail_from(
             "2001:db8::25", "news@example.com", helo="mx.example.com", resolver=resolver, now=0
@@ -61,7 +61,7 @@ def test_spf_pass_through_include_then_aligned_dmarc_pass(dns_server: DnsTestSer
 
 
 def test_spf_fail_and_no_dkim_is_rejected(dns_server: DnsTestServer) -> None:
-    resolver = DnsPythonResolver([dns_server.nameserver], timeout=2.0)
+    resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)
     spf = asyncio.run(
         check_mail_from(
             "203.0.113.9", "ceo@example.com", helo="evil.test", resolver=resolver, now=0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dnsserver import DnsTestServer
+from dnsserver import DnsTestServer, hato_dns
 from hato.authcheck import load_signing_key
 from kit.commands import ADMIN_LOG, run
 from kit.config import CLI, command_workdir
@@ -22,7 +22,7 @@ def dns_server() -> Iterator[DnsTestServer]:
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dns_server: DnsTestServer) -> Path:
-    dns = f'\n[dns]\nnameservers = ["{dns_server.nameserver}"]\ntimeout = 2\n'
+    dns = hato_dns(dns_server.nameserver)
     (tmp_path / "data").mkdir()  # the server's data directory (made at its first start)
     return command_workdir(tmp_path, monkeypatch, CLI + dns)
 

@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from peers.net import free_port
 
-from dnsserver import DnsTestServer, ZoneDict
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer, ZoneDict
 from hato.delivery.dane import tlsa_data
 from hato.delivery.outbound import OutboundCourier
 from hato.delivery.tlspolicy import TlsLevel
@@ -93,7 +93,7 @@ def run(
     tls: TlsLevel | None = None,
     dane: bool = False,
 ) -> list[list[Outcome]]:
-    resolver = DnsPythonResolver([dns_server.nameserver], timeout=2.0)
+    resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)
     transports = {"example.test": Transport(tls=tls)} if tls is not None else {}
     settings = OutboundSettings("hato.test", transports, mx_port=receiver.port, allow_loopback=True)
 

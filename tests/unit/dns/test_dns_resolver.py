@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dnsserver import DnsTestServer, ZoneDict
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer, ZoneDict
 from hato.dns import DnsCache, DnsPythonResolver, parse_nameserver
 from hato.model.dns import (
     DnsAnswer,
@@ -49,7 +49,7 @@ def dns_server() -> Iterator[DnsTestServer]:
 
 
 def resolver_for(server: DnsTestServer, cache: DnsCache | None = None) -> DnsPythonResolver:
-    return DnsPythonResolver([server.nameserver], timeout=2.0, cache=cache)
+    return DnsPythonResolver([server.nameserver], timeout=HATO_DNS_TIMEOUT, cache=cache)
 
 
 def test_a_and_aaaa(dns_server: DnsTestServer) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from peers.net import refused_port
 
-from dnsserver import DnsTestServer, ZoneValue, txt_strings
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer, ZoneValue, txt_strings
 from hato.authcheck import generate_key, load_signing_key
 from hato.authcheck.dkim import DkimAlgorithm
 from hato.cli import main
@@ -138,7 +138,7 @@ key = "pki/key.pem"
 
 [dns]
 nameservers = ["{self.dns.nameserver}"]
-timeout = 2
+timeout = {HATO_DNS_TIMEOUT}
 
 [delivery]
 mta_sts_connect_to = "127.0.0.1:{self.policy.port}"
