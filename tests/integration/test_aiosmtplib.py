@@ -89,7 +89,7 @@ def test_concurrent_sends_land_byte_exact(mx: MailServer) -> None:
 
     for case in cases:
         box = mx.mailbox(case.user, case.domain)
-        found = maildir.wait_for_marker(box, case.marker, timeout=20)
+        found = maildir.wait_for_marker(box, case.marker)
         assert len(found) == 1, f"{case.user}@{case.domain} {case.options}: {found}"
         prefix = maildir.split_added(
             found[0].read_bytes(), maildir.stored_form(mx.stores_crlf, case.message())

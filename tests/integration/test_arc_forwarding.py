@@ -99,7 +99,7 @@ def _forwarded(
                 with smtplib.SMTP(a.host, a.port, timeout=30) as smtp:
                     smtp.sendmail("news@origin.test", ["fwd@example.org"], message)
                 box = b.mailbox("carol", "remote.test")
-                found = maildir.wait_for_marker(box, marker, 30)
+                found = maildir.wait_for_marker(box, marker)
                 assert len(found) == 1, (
                     f"not delivered to B:\n{a.log_text()[-3000:]}\n{b.log_text()[-3000:]}"
                 )

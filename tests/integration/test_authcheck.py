@@ -78,7 +78,7 @@ def test_signed_aligned_mail_passes_spf_dkim_and_dmarc(checking: CheckingHato) -
     signature = dkim.sign(raw, b"s1", b"sender.test", SENDER_KEY, include_headers=[b"from"])
     with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
         smtp.sendmail("news@sender.test", ["bob@example.org"], signature + raw)
-    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "pass-1", 20)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "pass-1")
     header = found.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
     results = header[header.index("Authentication-Results: hato.test;") :]
     assert "spf=pass" in results and "dkim=pass" in results and "dmarc=pass" in results
@@ -93,7 +93,7 @@ def test_forged_results_in_our_name_are_removed(checking: CheckingHato) -> None:
         smtp.sendmail(
             "a@relaxed.test", ["bob@example.org"], forged + _message("a@relaxed.test", "forged-1")
         )
-    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "forged-1", 20)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "forged-1")
     text = found.read_bytes().decode()
     assert "HATO.TEST; dkim=pass" not in text  # the forgery is gone...
     assert "Authentication-Results: other.example; spf=pass" in text  # ...others' stay
@@ -116,7 +116,7 @@ def test_dmarc_quarantine_policy_delivers_to_the_junk_folder(checking: CheckingH
     with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
         smtp.sendmail("a@careful.test", ["bob@example.org"], _message("a@careful.test", "q-1"))
     box = checking.mailbox("bob", "example.org")
-    (found,) = maildir.wait_for_marker(box / ".Junk", "q-1", 20)
+    (found,) = maildir.wait_for_marker(box / ".Junk", "q-1")
     assert "dmarc=fail" in found.read_bytes().decode()
     assert not list(box.glob("new/*"))  # not in the inbox
 
@@ -126,7 +126,7 @@ def test_failing_mail_of_a_p_none_domain_is_delivered_with_the_verdict(
 ) -> None:
     with smtplib.SMTP(checking.host, checking.port, timeout=30) as smtp:
         smtp.sendmail("a@relaxed.test", ["bob@example.org"], _message("a@relaxed.test", "none-1"))
-    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "none-1", 20)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "none-1")
     text = found.read_bytes().decode()
     assert "spf=fail" in text and "dkim=none" in text and "dmarc=fail" in text
 
@@ -158,7 +158,7 @@ def test_mail_our_users_send_is_dkim_signed_and_verifies(
         smtp.sendmail(
             "alice@example.org", ["bob@example.org"], _message("alice@example.org", "signed-1")
         )
-    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "signed-1", 20)
+    (found,) = maildir.wait_for_marker(checking.mailbox("bob", "example.org"), "signed-1")
     stored = found.read_bytes()
     assert b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=hato;" in stored
 
@@ -225,7 +225,7 @@ def test_alias_forwarding_adds_an_arc_set_the_next_hop_can_verify(
         with smtplib.SMTP(forwarder.host, forwarder.port, timeout=30) as smtp:
             smtp.sendmail("news@sender.test", ["fwd@example.org"], signed + raw)
         box = receiver.mailbox("carol", "remote.test")
-        (found,) = maildir.wait_for_marker(box, "arc-1", 20)
+        (found,) = maildir.wait_for_marker(box, "arc-1")
         stored = found.read_bytes()
         assert b"ARC-Seal: " in stored and b"ARC-Authentication-Results: i=1;" in stored
         resolver = DnsPythonResolver([dns_server.nameserver], timeout=HATO_DNS_TIMEOUT)

@@ -95,7 +95,7 @@ def test_signed_submission_passes_spf_dkim_and_dmarc_at_the_next_hop(pair: Pair)
         smtp.login(SENDER, USER_PASSWORD)
         refused = smtp.sendmail(SENDER, [RECIPIENT], _message("e2e-1"))
     assert refused == {}
-    found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "e2e-1", 30)
+    found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "e2e-1")
     assert len(found) == 1, f"not delivered by A to B:\n{logs(a, b)}"
     fields = maildir.header_fields(found[0].read_bytes())
 

@@ -96,7 +96,7 @@ def test_a_mailbox_that_cannot_take_it_now_gets_it_through_the_queue(server: Que
     (alice / "tmp").mkdir()
     flushed = server.hato("queue", "flush", queue_id)
     assert flushed.returncode == 0, flushed
-    found = maildir.wait_for_marker(alice, "direct-2", timeout=20)
+    found = maildir.wait_for_marker(alice, "direct-2")
     assert len(found) == 1
     assert server.wait_for_log(rf"event=delivered id={queue_id} to=<alice@example.org> ")
     # Exactly once, for both.
@@ -111,7 +111,7 @@ def test_with_direct_delivery_off_every_message_is_queued_first(workdir: Path) -
     try:
         queue_id = _send(hato, ["alice@example.org"], "direct-3")
         assert hato.wait_for_log(rf"event=queued id={queue_id} ")
-        found = maildir.wait_for_marker(hato.mailbox("alice", "example.org"), "direct-3", 20)
+        found = maildir.wait_for_marker(hato.mailbox("alice", "example.org"), "direct-3")
         assert len(found) == 1
         assert hato.wait_for_log(rf"event=delivered id={queue_id} to=<alice@example.org> ")
         assert "path=direct" not in hato.log_text()

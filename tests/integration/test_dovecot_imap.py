@@ -101,8 +101,8 @@ def test_dovecot_serves_hato_mail_over_imap_and_encryption_keeps_uids(
     _send(hato, "a@relaxed.test", "inbox-1")
     _send(hato, "a@careful.test", "junk-1")  # DMARC p=quarantine: the Junk folder
     box = hato.mailbox("alice", "example.test")
-    (inbox_file,) = maildir.wait_for_marker(box, "inbox-1", 20)
-    (junk_file,) = maildir.wait_for_marker(box / ".Junk", "junk-1", 20)
+    (inbox_file,) = maildir.wait_for_marker(box, "inbox-1")
+    (junk_file,) = maildir.wait_for_marker(box / ".Junk", "junk-1")
     owner = pwd.getpwnam(OWNER)
     for path in (box, box / "new", box / ".Junk", box / ".Junk" / "new", inbox_file, junk_file):
         info = path.stat()

@@ -24,7 +24,7 @@ CLIENT_FIELDS = (
 
 
 def _stored(server: HatoServer, user: str, marker: str) -> list[str]:
-    found = maildir.wait_for_marker(server.mailbox(user, "users.test"), marker, timeout=20)
+    found = maildir.wait_for_marker(server.mailbox(user, "users.test"), marker)
     assert len(found) == 1, f"expected one delivery of {marker} to {user}, got {found}"
     return maildir.header_fields(found[0].read_bytes())
 

@@ -175,7 +175,7 @@ def test_notify_success_from_an_unchecked_sender_is_ignored(world: World) -> Non
             "eve@d.test", ["carol@a.test"], _message("success-1"), rcpt_options=["NOTIFY=SUCCESS"]
         )
         assert refused == {}
-    assert maildir.wait_for_marker(a.mailbox("carol", "a.test"), "success-1", 30)
+    assert maildir.wait_for_marker(a.mailbox("carol", "a.test"), "success-1")
     found = a.wait_for_log(r"event=dsn-success-ignored id=(\S+) rcpt=<carol@a\.test>", 30)
     assert found is not None
     assert f"event=dsn-queued id={found.group(1)}" not in a.log_text()

@@ -48,7 +48,7 @@ def test_the_milters_header_fields_are_stored_and_its_reject_reaches_the_client(
     sent = filtering.message("clean-1", "Shall we have lunch tomorrow?")
     code, text = filtering.send(hato, sent)
     assert code == 250, text
-    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "clean-1", 20)
+    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "clean-1")
     stored = found.read_bytes()
     # rspamd's milter_headers fields, asked for with SMFIR_ADDHEADER, on the stored message.
     assert {b"X-Spamd-Result", b"X-Rspamd-Action"} <= set(_names(stored)), stored[:2000]
@@ -68,7 +68,7 @@ def test_a_large_message_goes_through_in_body_chunks(hato: MilteredHato) -> None
     sent = filtering.message("big-1", body)
     assert len(sent) > 4 * 65535
     assert filtering.send(hato, sent)[0] == 250
-    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1", 20)
+    (found,) = maildir.wait_for_marker(hato.mailbox("someone", "dest.example"), "big-1")
     stored = found.read_bytes()
     assert b"X-Spamd-Result" in _names(stored)
     assert stored.endswith(sent.split(b"\r\n\r\n", 1)[1])
@@ -102,7 +102,7 @@ def test_a_milter_down_or_silent_follows_default_action(tmp_path: Path, action: 
                 assert not maildir.all_messages(server.mailboxes())
             else:
                 assert code == 250, text
-                maildir.wait_for_marker(server.mailbox("someone", "dest.example"), f"{name}-1", 20)
+                maildir.wait_for_marker(server.mailbox("someone", "dest.example"), f"{name}-1")
     finally:
         for server in servers:
             server.stop()

@@ -58,7 +58,7 @@ def test_a_recipient_refused_at_rcpt_and_a_sender_tempfailed(hato: MilteredHato)
         assert (code, text[:5]) == (451, b"4.7.1"), text
         assert smtp.mail(SENDER)[0] == 250
     box = hato.mailbox("someone", "dest.example")
-    (found,) = maildir.wait_for_marker(box, "rcpt-1", 20)
+    (found,) = maildir.wait_for_marker(box, "rcpt-1")
     head = filtering.head(found.read_bytes())
     assert b"X-Libmilter: seen" in head and b"X-Libmilter-Top: first" in head
     assert not maildir.messages(hato.mailbox("refused", "dest.example"))
@@ -93,7 +93,7 @@ def test_changed_and_deleted_fields_a_new_body_and_quarantine_holds(hato: Milter
     assert not maildir.find_marker(maildir.messages(box), "mods-1")
     released = hato.hato("queue", "release", queue_id)
     assert released.returncode == 0, released
-    (found,) = maildir.wait_for_marker(box, "mods-1", 20)
+    (found,) = maildir.wait_for_marker(box, "mods-1")
     stored = found.read_bytes()
     head = filtering.head(stored)
     assert [h for h in head if h.startswith(b"Subject:")] == [b"Subject: changed by libmilter"]
@@ -109,9 +109,9 @@ def test_recipients_added_and_deleted(hato: MilteredHato) -> None:
         smtp.sendmail(SENDER, ["third@dest.example"], _message("env-2", "ADD-RCPT"))
     # SMFIR_ADDRCPT: other@ gets both; SMFIR_DELRCPT: someone@ gets neither.
     other = hato.mailbox("other", "dest.example")
-    maildir.wait_for_marker(other, "env-1", 20)
-    maildir.wait_for_marker(other, "env-2", 20)
-    maildir.wait_for_marker(hato.mailbox("third", "dest.example"), "env-2", 20)
+    maildir.wait_for_marker(other, "env-1")
+    maildir.wait_for_marker(other, "env-2")
+    maildir.wait_for_marker(hato.mailbox("third", "dest.example"), "env-2")
     assert not maildir.find_marker(
         maildir.messages(hato.mailbox("someone", "dest.example")), "env-1"
     )
@@ -134,7 +134,7 @@ def test_discard_and_a_reply_code_at_the_end(hato: MilteredHato) -> None:
         smtp.rcpt("someone@dest.example")
         assert smtp.data(_message("after-1", "plain"))[0] == 250
     box = hato.mailbox("someone", "dest.example")
-    maildir.wait_for_marker(box, "after-1", 20)
+    maildir.wait_for_marker(box, "after-1")
     every = maildir.all_messages(hato.mailboxes())
     assert not maildir.find_marker(every, "discard-1")
     assert not maildir.find_marker(every, "reject-1")
@@ -152,7 +152,7 @@ def test_opendkim_verifying_adds_its_authentication_results(tmp_path: Path) -> N
             smtp.ehlo("client.sender.example")
             smtp.sendmail(SENDER, ["someone@dest.example"], _message("dkim-1", "hello"))
         box = server.mailbox("someone", "dest.example")
-        (found,) = maildir.wait_for_marker(box, "dkim-1", 20)
+        (found,) = maildir.wait_for_marker(box, "dkim-1")
         head = filtering.head(found.read_bytes())
         # OpenDKIM's SMFIR_INSHEADER at index 0: an unsigned message, dkim=none.
         results = [h for h in head if h.startswith(b"Authentication-Results: opendkim.test;")]
@@ -169,7 +169,7 @@ def test_a_new_sender_and_a_recipient_with_parameters(hato: MilteredHato) -> Non
     # SMFIR_CHGFROM: the sender queued (and so the Return-Path delivery writes) is the
     # milter's; SMFIR_ADDRCPT_PAR: par@ gets it too (its NOTIFY: the next test).
     for user in ("someone", "par"):
-        (found,) = maildir.wait_for_marker(hato.mailbox(user, "dest.example"), "from-1", 20)
+        (found,) = maildir.wait_for_marker(hato.mailbox(user, "dest.example"), "from-1")
         assert filtering.head(found.read_bytes())[0] == b"Return-Path: <bounces@sender.example>"
     assert hato.wait_for_log(r"event=milter-sender-changed .*sender=<bounces@sender.example>")
     log = hato.log_text()

@@ -50,7 +50,7 @@ def _hato(workdir: Path, ca: TestCA, config: OutboundConfig) -> OutboundHato:
 
 
 def _one_delivered(root: Path, marker: str, sent: bytes, logs: Callable[[], str]) -> bytes:
-    found = maildir.wait_for_marker(root, marker, timeout=20)
+    found = maildir.wait_for_marker(root, marker)
     assert len(found) == 1, logs()
     stored = found[0].read_bytes()
     # Byte-exact: the receiver's and Hato's added header lines, then what alice sent (with

@@ -63,7 +63,7 @@ def _reconfigure(hato: OutboundHato, extra: str) -> None:
 
 
 def _delivered(root: Path, marker: str, logs: Callable[[], str]) -> bytes:
-    found = maildir.wait_for_marker(root, marker, timeout=20)
+    found = maildir.wait_for_marker(root, marker)
     assert len(found) == 1, logs()
     return found[0].read_bytes()
 

@@ -127,7 +127,7 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
         )
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
             smtp.sendmail("a@xn--bcher-kva.example", ["u@example.org"], message)
-        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-mx", 20)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-mx")
         # Port 465: the implicit-TLS context was made from the root-only key before the drop.
         with smtplib.SMTP_SSL(
             server.host, server.submissions_port, context=test_ca.client_context(), timeout=30
@@ -137,7 +137,7 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
                 b"From: <alice@users.test>\r\n" + maildir.MARKER_HEADER + b": drop-465\r\n\r\nx\r\n"
             )
             smtp.sendmail("alice@users.test", ["u@example.org"], body)
-        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-465", 20)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-465")
         # The submission socket in root's directory was bound before the drop.
         done = subprocess.run(
             [SENDMAIL, "-i", "u@example.org"],
@@ -148,7 +148,7 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-sendmail", 20)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "drop-sendmail")
         # A reload, as nobody: the root-only key and password file it does not read again do
         # not refuse it (their paths are unchanged).
         server.config.write_text(
@@ -163,7 +163,7 @@ def test_root_only_files_and_python_under_root_do_not_break_the_server(
                 ["x@new.test"],
                 b"From: <a@example.net>\r\n" + maildir.MARKER_HEADER + b": new\r\n\r\n",
             )
-        assert maildir.wait_for_marker(server.mailbox("x", "new.test"), "new", 20)
+        assert maildir.wait_for_marker(server.mailbox("x", "new.test"), "new")
         log = server.log_text()
         assert "Traceback" not in log and "session-error" not in log, log[-3000:]
         # check-config checks as nobody: the files it read as root are warnings, not problems.
@@ -233,7 +233,7 @@ def test_files_the_cli_makes_as_root_belong_to_the_server_user(
             smtp.starttls(context=test_ca.client_context())
             smtp.login("alice@users.test", USER_PASSWORD)
             smtp.sendmail("alice@users.test", ["alice@users.test"], body)
-        (stored,) = maildir.wait_for_marker(server.mailbox("alice", "users.test"), "signed", 20)
+        (stored,) = maildir.wait_for_marker(server.mailbox("alice", "users.test"), "signed")
         assert b"DKIM-Signature: " in stored.read_bytes()
     finally:
         server.stop()
@@ -280,7 +280,7 @@ def test_encrypt_existing_as_root_leaves_the_mail_to_the_server_user(workdir: Pa
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
             smtp.sendmail("a@example.net", ["carol@example.org"], body)
         box = server.mailbox("carol", "example.org")
-        assert maildir.wait_for_marker(box, "to-encrypt", 20)
+        assert maildir.wait_for_marker(box, "to-encrypt")
         cert = workdir / "carol.pem"
         cert.write_bytes(make_cert(ec.generate_private_key(ec.SECP256R1())).cert_pem)
         imported = server.hato("key", "import", "carol@example.org", str(cert))
@@ -308,7 +308,7 @@ def test_workers_start_as_the_server_user_on_a_new_data_dir(workdir: Path) -> No
                 smtp.sendmail("a@example.net", ["u@example.org"], body)
         except smtplib.SMTPException as exc:
             raise AssertionError(server.log_text()[-4000:]) from exc
-        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "two-workers", 20)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "two-workers")
         assert "Traceback" not in server.log_text()
     finally:
         server.stop()
@@ -339,7 +339,7 @@ def test_links_the_server_user_planted_do_not_make_root_write_or_give_away(
         body = maildir.MARKER_HEADER + b": planted\r\n\r\nhi\r\n"
         with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
             smtp.sendmail("a@example.net", ["u@example.org"], body)
-        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "planted", 20)
+        assert maildir.wait_for_marker(server.mailbox("u", "example.org"), "planted")
     finally:
         server.stop()
     assert sorted(p.name for p in etc.iterdir()) == ["passwd", "shadow"]

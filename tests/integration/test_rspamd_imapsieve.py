@@ -123,7 +123,7 @@ def test_moving_into_junk_learns_spam_and_out_of_it_learns_ham(
     ).encode()
     with smtplib.SMTP(hato.host, hato.port, timeout=30) as smtp:
         smtp.sendmail("a@elsewhere.test", ["alice@example.test"], message)
-    maildir.wait_for_marker(hato.mailbox("alice", "example.test"), "sieve-1", 20)
+    maildir.wait_for_marker(hato.mailbox("alice", "example.test"), "sieve-1")
     before = rspamd.learned()
 
     with imaplib.IMAP4(LOOPBACK, dovecot.port) as client:

@@ -143,7 +143,7 @@ def test_early_talker_is_refused_and_a_patient_client_delivers(
             ["bob@example.org"],
             message("a@sender.test", "bob@example.org", "patient"),
         )
-    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "patient", timeout=15)
+    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "patient")
     # Having waited once, it is greeted at once for a while (pregreet_ttl): no "220-" line.
     with RawSession(server.host, server.port, timeout=10, source="127.0.0.23") as again:
         assert again.reply()[1] == [b"220 hato.test ESMTP Hato"]
@@ -182,7 +182,7 @@ def test_dnsbl_listed_client_is_refused_naming_the_list(
             ["bob@example.org"],
             message("a@sender.test", "bob@example.org", "vouched"),
         )
-    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "vouched", timeout=15)
+    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "vouched")
 
 
 # ---- the connection rate ----
@@ -244,7 +244,7 @@ def test_greylisted_triplet_passes_after_the_delay_and_is_remembered(
     assert _rcpt(server, "127.0.0.51", sender, rcpt)[0] == 451
     with smtplib.SMTP(server.host, server.port, timeout=30, source_address=("127.0.0.51", 0)) as c:
         c.sendmail(sender, [rcpt], message(sender, rcpt, "retried"))
-    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "retried", timeout=15)
+    maildir.wait_for_marker(server.mailbox("bob", "example.org"), "retried")
     # The neighbour in the same /24 is the same sending farm (RFC 6647 §4.2); after a restart
     # the triplet is still known: it lives in DATA_DIR/screen.db.
     server.stop()

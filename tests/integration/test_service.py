@@ -80,7 +80,7 @@ def test_prometheus_endpoint_counts_what_happened(tmp_path: Path) -> None:
     server.start()
     try:
         _send(server, "metrics-1")
-        maildir.wait_for_marker(server.mailbox("u", "example.org"), "metrics-1", 20)
+        maildir.wait_for_marker(server.mailbox("u", "example.org"), "metrics-1")
         deadline = time.monotonic() + 30
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
@@ -112,7 +112,7 @@ def test_runs_as_the_configured_user_after_binding(workdir: Path) -> None:
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert {int(u) for u in uids} == {nobody.pw_uid}  # real, effective, saved, fs
         _send(server, "nobody-1")
-        (found,) = maildir.wait_for_marker(server.mailbox("u", "example.org"), "nobody-1", 20)
+        (found,) = maildir.wait_for_marker(server.mailbox("u", "example.org"), "nobody-1")
         assert found.stat().st_uid == nobody.pw_uid
     finally:
         server.stop()

@@ -65,7 +65,7 @@ def _message(marker: str, words: str = "CHANGE-SUBJECT REPLACE-BODY") -> bytes:
 def _arrived(pair: Pair, marker: str) -> tuple[bytes, list[str], str]:
     """The message as B stored it, its unfolded fields and B's Authentication-Results."""
     box = pair.b.mailbox("someone", "dest.example")
-    found = maildir.wait_for_marker(box, marker, 30)
+    found = maildir.wait_for_marker(box, marker)
     assert len(found) == 1, f"not delivered by A to B:\n{logs(pair.a, pair.b)}"
     stored = found[0].read_bytes()
     fields = maildir.header_fields(stored)

@@ -68,7 +68,7 @@ def test_mail_from_hato_sendmail_is_signed_and_passes_dkim_and_dmarc_at_the_next
         _message("local-1", "someone@dest.example"),
     )
     assert done.returncode == 0, done.stderr
-    found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "local-1", 30)
+    found = maildir.wait_for_marker(b.mailbox("someone", "dest.example"), "local-1")
     assert len(found) == 1, f"not delivered by A to B:\n{logs(a, b)}"
     fields = maildir.header_fields(found[0].read_bytes())
     assert _signature_domains(fields) == ["sender.example"], fields

@@ -30,7 +30,7 @@ def test_a_sent_message_lands_byte_exact_in_the_maildir(mx: MailServer) -> None:
         refused = client.sendmail(SENDER, ["bob@example.org"], sent)
     assert refused == {}
 
-    found = maildir.wait_for_marker(mx.mailbox("bob", "example.org"), marker, timeout=20)
+    found = maildir.wait_for_marker(mx.mailbox("bob", "example.org"), marker)
     assert len(found) == 1, f"expected one delivery, got {found}"
     stored = found[0].read_bytes()
     prefix = maildir.split_added(stored, maildir.stored_form(mx.stores_crlf, sent))
@@ -46,7 +46,7 @@ def test_one_message_to_two_mailboxes_lands_once_in_each(mx: MailServer) -> None
         assert client.sendmail(SENDER, ["carol@example.org", "alice@users.test"], sent) == {}
     for user, domain in (("carol", "example.org"), ("alice", "users.test")):
         box = mx.mailbox(user, domain)
-        found = maildir.wait_for_marker(box, marker, timeout=20)
+        found = maildir.wait_for_marker(box, marker)
         assert len(found) == 1, f"{user}@{domain}: {found}"
         maildir.split_added(found[0].read_bytes(), maildir.stored_form(mx.stores_crlf, sent))
 

@@ -93,4 +93,4 @@ def test_postgresql_down_means_451_and_nothing_lost(
             if accepted <= markers(all_messages(workdir / "mailboxes")).keys():
                 break
             time.sleep(0.1)
-    assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=10, settle=1.0)
+    assert_each_once(workdir / "mailboxes", accepted, attempted, timeout=60, settle=1.0)

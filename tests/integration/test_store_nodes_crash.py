@@ -166,7 +166,7 @@ def test_killed_and_stopped_nodes_lose_nothing_and_deliver_nothing_twice(
             ) from None
         assert time.monotonic() - killed_at < LEASE_BOUND
         for queue_id in held:
-            assert survivor.wait_for_log(rf"event=delivered id={queue_id}\b", timeout=10), queue_id
+            assert survivor.wait_for_log(rf"event=delivered id={queue_id}\b", timeout=60), queue_id
         assert sources[0].wait(timeout=300) == 0, outputs[0].read_text()[-2000:]
         for source in sources[1:]:
             source.wait(timeout=60)  # ended by the kill and the stop (non-zero)

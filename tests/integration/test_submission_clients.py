@@ -25,7 +25,7 @@ BOB = "bob@users.test"
 
 
 def _delivered_to_bob(server: HatoServer, marker: str) -> bytes:
-    found = maildir.wait_for_marker(server.mailbox("bob", "users.test"), marker, timeout=20)
+    found = maildir.wait_for_marker(server.mailbox("bob", "users.test"), marker)
     assert len(found) == 1, f"expected one delivery of {marker}, got {found}"
     return found[0].read_bytes()
 

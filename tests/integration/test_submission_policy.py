@@ -255,7 +255,7 @@ def test_submission_limited_to_an_office_network_serves_the_office(
     )
     with _login(server, test_ca, "alice") as smtp:
         smtp.sendmail("alice@users.test", ["x@example.org"], message("alice@users.test", "x", "o1"))
-    maildir.wait_for_marker(server.mailbox("x", "example.org"), "o1", 20)
+    maildir.wait_for_marker(server.mailbox("x", "example.org"), "o1")
 
 
 # ---- §6: sending limits ----------------------------------------------------------------------
@@ -302,7 +302,7 @@ def test_messages_and_recipients_per_hour_answer_451_4_7_1(start: Start, test_ca
         _temp_refused(smtp.rcpt("r4@example.org"))
         code, _ = smtp.data(message("bob@users.test", "r1@example.org", "r-1"))
         assert code == 250  # the three accepted recipients still get the message
-    maildir.wait_for_marker(server.mailbox("r3", "example.org"), "r-1", 20)
+    maildir.wait_for_marker(server.mailbox("r3", "example.org"), "r-1")
     assert not server.mailbox("r4", "example.org").exists()
 
     # A connection lost in the middle of a transaction gives its reservation back too.
@@ -338,7 +338,7 @@ def test_a_sending_spike_holds_the_account_and_logs_an_alert(start: Start, test_
         _temp_refused(smtp.mail("alice@users.test"))
     with _login(server, test_ca, "bob") as smtp:  # only the spiking account is held
         _send(smtp, "bob", ["s1@example.org"], "s-3")
-    maildir.wait_for_marker(server.mailbox("s1", "example.org"), "s-3", 20)
+    maildir.wait_for_marker(server.mailbox("s1", "example.org"), "s-3")
 
 
 def test_an_admin_lists_held_users_and_releases_one_while_the_server_runs(
@@ -367,7 +367,7 @@ def test_an_admin_lists_held_users_and_releases_one_while_the_server_runs(
     assert server.hato("user", "held").stdout == ""
     with _login(server, test_ca, "alice") as smtp:  # the same running server takes it now
         _send(smtp, "alice", ["h9@example.org"], "h-2")
-    maildir.wait_for_marker(server.mailbox("h9", "example.org"), "h-2", 20)
+    maildir.wait_for_marker(server.mailbox("h9", "example.org"), "h-2")
 
 
 class WorkersHato(PolicyHato):

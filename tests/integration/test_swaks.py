@@ -44,7 +44,7 @@ def test_plain_send_is_delivered(mx: MailServer, require_peer: Callable[[str], s
     assert done.returncode == 0, done.stdout + done.stderr
     assert _errors(done.stdout) == [], done.stdout
     assert any(r.startswith("250") for r in _replies(done.stdout)), done.stdout
-    found = maildir.wait_for_marker(mx.mailbox("erin", "example.org"), marker, timeout=20)
+    found = maildir.wait_for_marker(mx.mailbox("erin", "example.org"), marker)
     assert len(found) == 1
     assert b"Sent by swaks." in found[0].read_bytes()
 
@@ -63,7 +63,7 @@ def test_pipelined_send_is_delivered(mx: MailServer, require_peer: Callable[[str
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     for user, domain in (("frank", "example.org"), ("alice", "users.test")):
-        found = maildir.wait_for_marker(mx.mailbox(user, domain), marker, timeout=20)
+        found = maildir.wait_for_marker(mx.mailbox(user, domain), marker)
         assert len(found) == 1, f"{user}@{domain}"
 
 

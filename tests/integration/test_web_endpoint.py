@@ -17,7 +17,7 @@ from peers.hato import HatoServer
 from peers.server import MailSetup, submission_setup
 from peers.tls import TestCA
 
-from dnsserver import DnsTestServer
+from dnsserver import HATO_DNS_TIMEOUT, DnsTestServer
 from hato.delivery.mtasts import (
     HttpsPolicyFetcher,
     MtaSts,
@@ -88,7 +88,7 @@ def test_our_own_mta_sts_discovery_accepts_the_served_policy(web: WebHato, test_
 
     async def discover() -> object:
         with DnsTestServer({"_mta-sts.users.test": {"TXT": [record]}}) as dns:
-            resolver = DnsPythonResolver([dns.nameserver], timeout=5.0)
+            resolver = DnsPythonResolver([dns.nameserver], timeout=HATO_DNS_TIMEOUT)
             return await MtaSts(resolver, fetcher, SystemClock(), 10.0).policy_for("users.test")
 
     policy = asyncio.run(discover())

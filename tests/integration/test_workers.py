@@ -78,7 +78,7 @@ def test_two_workers_deliver_and_die_with_the_server(tmp_path: Path) -> None:
     try:
         box = server.mailbox("u", "example.org")
         for marker in markers:
-            assert len(maildir.wait_for_marker(box, marker, 20)) == 1
+            assert len(maildir.wait_for_marker(box, marker)) == 1
         assert os.path.isdir(box / "new")
     finally:
         server.stop()

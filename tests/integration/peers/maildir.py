@@ -113,8 +113,11 @@ def find_marker(paths: list[Path], marker: str) -> list[Path]:
     return [p for p in paths if markers([p]).get(marker)]
 
 
-def wait_for_marker(root: Path, marker: str, timeout: float) -> list[Path]:
-    """Poll a Maildir until a message with `marker` appears (or `timeout` seconds pass)."""
+def wait_for_marker(root: Path, marker: str, timeout: float = 60.0) -> list[Path]:
+    """Poll a Maildir until a message with `marker` appears (or `timeout` seconds pass).
+
+    The default bounds a delivery that happens: it returns as soon as the message is there,
+    and a loaded 2-core CI machine took over 20 s for a queue delivery that takes 100 ms here."""
     deadline = time.monotonic() + timeout
     while True:
         found = find_marker(messages(root), marker)

@@ -84,7 +84,7 @@ class OutboundHato(HatoServer):
         return found
 
     def wait_event(
-        self, name: str, timeout: float = 20.0, count: int = 1, **fields: str
+        self, name: str, timeout: float = 60.0, count: int = 1, **fields: str
     ) -> list[str]:
         """Poll the log until `count` matching `event=NAME` lines are there; fail loudly else."""
         deadline = time.monotonic() + timeout

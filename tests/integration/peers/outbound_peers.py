@@ -83,7 +83,7 @@ class SmtpSink:
         found = [p.read_bytes() for p in sorted(self.dumps.rglob("*")) if p.is_file()]
         return [t for t in found if marker.encode() in t]
 
-    def wait_for(self, marker: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+    def wait_for(self, marker: str, count: int = 1, timeout: float = 60.0) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while True:
             found = self.transactions(marker)

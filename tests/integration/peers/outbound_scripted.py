@@ -119,7 +119,7 @@ class ScriptedPeer:
         return [t for t in done if marker.encode() in t.content]
 
     def wait_delivered(
-        self, marker: str, count: int = 1, timeout: float = 20.0
+        self, marker: str, count: int = 1, timeout: float = 60.0
     ) -> list[Transaction]:
         deadline = time.monotonic() + timeout
         while True:
