@@ -314,6 +314,31 @@ def test_workers_start_as_the_server_user_on_a_new_data_dir(workdir: Path) -> No
         server.stop()
 
 
+def test_hato_reload_reaches_every_worker_after_the_drop(workdir: Path) -> None:
+    """`hato reload` asks the control socket's worker, which asks the supervisor: a worker
+    that is nobody may not signal the supervisor (root), and the reload failed with
+    "queue store: [Errno 1] Operation not permitted" while the new domain stayed refused."""
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    server = DropHato(_nobody_data(workdir), setup, "workers = 2\n", "", {})
+    server.start()
+    try:
+        server.config.write_text(
+            server.config_text() + '\n[[domain]]\nname = "new.test"\naccept_any = true\n'
+        )
+        done = server.hato("reload")
+        assert done.returncode == 0, (done.stdout, done.stderr, server.log_text()[-3000:])
+        assert "new.test" not in done.stderr
+        assert server.wait_for_log(r"(?s)(event=reloaded .*){2}"), server.log_text()[-3000:]
+        for _ in range(4):  # whichever worker takes the connection
+            with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+                smtp.ehlo()
+                assert smtp.mail("a@example.net")[0] == 250
+                assert smtp.rcpt("x@new.test")[0] == 250
+        assert "control-failed" not in server.log_text()
+    finally:
+        server.stop()
+
+
 def test_links_the_server_user_planted_do_not_make_root_write_or_give_away(
     workdir: Path,
 ) -> None:

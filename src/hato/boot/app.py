@@ -26,7 +26,7 @@ from hato.boot.doctorwatch import watch_task
 from hato.boot.outbound import build_outbound
 from hato.boot.predrop import check_after_drop, preload
 from hato.boot.process import EX_CANTCREAT, EX_CONFIG, StartupError, listen_socket
-from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome
+from hato.boot.reload import LiveConfiguration, Reloader, ReloadOutcome, ReloadRequests
 from hato.boot.reportwatch import build_sender, report_task, send_op
 from hato.boot.runtime import Endpoints, Listening, Rooms, build_rooms, start_endpoints
 from hato.boot.tlswatch import watch_tls
@@ -62,6 +62,7 @@ class WorkerRole:
     sockets: dict[int, socket.socket]  # listener index -> the bound socket it serves
     node_id: str
     board: LoadBoard  # every worker's live connections, which spread them (server/spread.py)
+    reloads: ReloadRequests  # how it asks the supervisor for a reload (`hato reload`)
 
 
 async def run(settings: Settings, source: str, worker: WorkerRole | None = None) -> None:
@@ -109,7 +110,7 @@ async def run(settings: Settings, source: str, worker: WorkerRole | None = None)
             notifier.ready("reloaded" if outcome.applied else "reload refused (see the log)")
             return outcome
 
-        reloader = Reloader(reload, via_parent=worker is not None)
+        reloader = Reloader(reload, ask_parent=worker.reloads.ask if worker is not None else None)
         loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
         # A SIGHUP that came while this process started (serve() blocks it) is handled now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})

@@ -24,9 +24,9 @@ May import every room (part of the composition root).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -239,12 +239,49 @@ class InForce:
         self.settings = new
 
 
+class ReloadRequests:
+    """How a worker asks the supervisor for a reload (`hato reload` on the control socket).
+
+    Not by a signal: a worker that dropped root (`[server] user`) may not signal the
+    supervisor, which stays root (kill(2): EPERM; `hato reload` failed with "Operation not
+    permitted"). A pipe made before the fork instead: a worker writes one byte, and the kernel
+    tells the supervisor with SIGIO (fcntl(2) O_ASYNC and F_SETOWN, set by the supervisor
+    itself, so the signal is sent with its own rights), which it takes as a SIGHUP."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def arm(self) -> None:
+        """In the supervisor, once it handles SIGIO: a byte written is a SIGIO to it."""
+        import fcntl
+
+        fcntl.fcntl(self.read_end, fcntl.F_SETOWN, os.getpid())
+        flags = fcntl.fcntl(self.read_end, fcntl.F_GETFL)
+        fcntl.fcntl(self.read_end, fcntl.F_SETFL, flags | os.O_ASYNC)
+
+    def drain(self) -> bool:
+        """In the supervisor: whether a request came (every byte read: one reload for all)."""
+        came = False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.read_end, 4096):
+                came = True
+        return came
+
+    def ask(self) -> None:
+        """In a worker."""
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: a reload is pending
+            os.write(self.write_end, b"r")
+
+
 class Reloader:
     """Runs reloads and hands their outcomes to whoever asked (`hato reload`)."""
 
-    def __init__(self, reload: Callable[[], ReloadOutcome], *, via_parent: bool) -> None:
+    def __init__(
+        self, reload: Callable[[], ReloadOutcome], *, ask_parent: Callable[[], None] | None
+    ) -> None:
         self._reload = reload
-        self._via_parent = via_parent  # a worker: the supervisor signals every worker
+        # A worker: the supervisor reloads and signals every worker (ReloadRequests).
+        self._ask_parent = ask_parent
         self._waiting: list[asyncio.Future[ReloadOutcome]] = []
 
     def on_signal(self) -> None:
@@ -257,14 +294,14 @@ class Reloader:
 
     async def request(self) -> dict[str, Any]:
         """The control socket's `reload` op."""
-        if not self._via_parent:
+        if self._ask_parent is None:
             future: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
             self._waiting.append(future)
             self.on_signal()
             return future.result().as_json()
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        os.kill(os.getppid(), signal.SIGHUP)
+        self._ask_parent()
         try:
             async with asyncio.timeout(REPLY_TIMEOUT):
                 return (await future).as_json()

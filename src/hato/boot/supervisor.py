@@ -20,6 +20,8 @@ in force: the last reload's that the workers applied (boot/reload.py InForce), n
 Workers die with the supervisor (PR_SET_PDEATHSIG), so a SIGKILL of the server leaves no
 orphan holding the data directory. Signals: SIGTERM/SIGINT and SIGHUP are passed on to the
 workers; the supervisor reads the file again at SIGHUP too, for the workers it starts later.
+A worker's `hato reload` reaches the supervisor through a pipe (boot/reload.py ReloadRequests:
+a worker that dropped root may not signal it).
 
 Limits hold across the workers: a listener's connections (per listener and per client)
 are counted in one table every worker maps (policy/connections.py), made here at start, a
@@ -64,7 +66,7 @@ from hato.boot.process import (
     listen_socket,
     usable_cpus,
 )
-from hato.boot.reload import InForce
+from hato.boot.reload import InForce, ReloadRequests
 from hato.boot.store import check_store
 from hato.crypto import KeyStore
 from hato.directory.srs import load_key
@@ -107,6 +109,7 @@ def _start_worker(
     index: int,
     sockets: dict[int, socket.socket],
     board: LoadBoard,
+    reloads: ReloadRequests,
 ) -> int:
     logging.getLogger("hato").handlers[0].flush()  # nothing buffered may be written twice
     # The worker starts with SIGHUP blocked: a reload asked while it starts (its default action
@@ -119,11 +122,13 @@ def _start_worker(
     code = EX_SOFTWARE
     try:
         _die_with_parent()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGIO):
             signal.signal(sig, signal.SIG_DFL)
+        os.close(reloads.read_end)  # the supervisor's (its SIGIO owner)
         handler = configure_logging(settings.server.log_format, settings.server.log_level)
         log.info(logfmt("worker-started", worker=index, pid=os.getpid(), listeners=len(sockets)))
-        asyncio.run(run(settings, source, WorkerRole(index, sockets, _node_id(index), board)))
+        role = WorkerRole(index, sockets, _node_id(index), board, reloads)
+        asyncio.run(run(settings, source, role))
         code = EX_OK
         handler.flush()
     except StartupError as exc:  # one line, and its exit code (78 stops the supervisor)
@@ -271,6 +276,10 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if signum == signal.SIGIO:  # a worker's `hato reload` (ReloadRequests)
+            if not reloads.drain():
+                return
+            signum = signal.SIGHUP
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in list(children):
@@ -285,10 +294,12 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
     # (and copy) the pages it shares with the supervisor.
     gc.freeze()
     board = LoadBoard(workers)  # before the fork: every worker maps the same counts
+    reloads = ReloadRequests()
     for index in range(workers):
-        children[_start_worker(settings, source, index, sockets, board)] = index
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        children[_start_worker(settings, source, index, sockets, board, reloads)] = index
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGIO):
         signal.signal(sig, forward)
+    reloads.arm()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by serve()
     log.info(logfmt("supervising", workers=workers, pid=os.getpid()))
     deaths: list[float] = []
@@ -336,7 +347,7 @@ def supervise(settings: Settings, source: str, workers: int, handler: logging.Ha
         if stopping:
             continue  # SIGTERM came during the pause: it was passed on to the others only
         asked = in_force.generation
-        pid = _start_worker(in_force.settings, source, index, sockets, board)
+        pid = _start_worker(in_force.settings, source, index, sockets, board, reloads)
         children[pid] = index
         if in_force.generation != asked:  # a reload asked while it was forked: it missed it
             with contextlib.suppress(ProcessLookupError):
