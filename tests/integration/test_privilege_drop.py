@@ -209,6 +209,33 @@ def test_a_file_the_user_cannot_read_is_one_line_and_exit_78(workdir: Path, work
     assert f"local.aliases_file: {aliases} is not readable by nobody" in checked.stderr
 
 
+def test_a_mailbox_owner_the_server_user_cannot_give_files_to(workdir: Path) -> None:
+    """[local] mailbox_owner needs root or that very user: with `user = "nobody"` serve stops
+    with one line and 78, and check-config says so too (it said OK)."""
+    setup = MailSetup(domains=(DomainSetup("example.org", accept_any=True),))
+    extra = '\n[local]\nmailbox_owner = "daemon"\n'
+    server = DropHato(_nobody_data(workdir), setup, "", extra, {})
+    server._prepare()
+    done = subprocess.run(
+        [hato_binary(), "serve", "--config", str(server.config)],
+        capture_output=True,
+        text=True,
+        env=server._env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("hato: ")]
+    fix = "cannot give mail files to 'daemon'; run hato as root (no [server] user)"
+    assert line.startswith("hato: local.mailbox_owner: hato runs as uid") and fix in line, line
+    checked = server.hato("check-config")
+    assert checked.returncode == 1, (checked.stdout, checked.stderr)
+    assert f"local.mailbox_owner: hato runs as uid {pwd.getpwnam('nobody').pw_uid}" in (
+        checked.stderr
+    )
+
+
 def test_files_the_cli_makes_as_root_belong_to_the_server_user(
     workdir: Path, test_ca: TestCA
 ) -> None:

@@ -4,7 +4,8 @@ would go wrong later, checked as the user the server runs as (issue 13).
 As the caller (root, when `[server] user` is set, like `serve` before its privilege drop): the
 TLS certificate and key load and match. As the server's user (a child process that becomes
 it, when the caller is root; else the caller itself): the data directory is writable, the
-aliases file is readable (serve stops at both, exit 78); DKIM keys are readable (else that
+aliases file is readable, `[local] mailbox_owner` can be given the mail files and reach them
+(serve stops at each, exit 78); DKIM keys are readable (else that
 domain's mail goes out unsigned); the TLS files and the smarthost's password file are readable
 (else a renewed certificate or a reload cannot read them; serve reads them as root at start,
 so these are warnings).
@@ -73,6 +74,7 @@ def _in_child(settings: Settings, identity: Identity) -> Findings:
     if pid == 0:  # the child: become the server's user, check, report, exit
         os.close(read)
         try:
+            import hato.delivery.owner  # noqa: F401  (_as_server_user's, imported as root)
             from hato.boot.predrop import preload
             from hato.server.privileges import switch_to
 
@@ -94,9 +96,15 @@ def _in_child(settings: Settings, identity: Identity) -> Findings:
 
 
 def _as_server_user(settings: Settings, identity: Identity | None) -> Findings:
+    from hato.delivery.owner import OwnerError, resolve_owner
     from hato.server.privileges import Identity, PrivilegeError, check_data_dir
 
     found = Findings()
+    if settings.local.mailbox_owner is not None:
+        try:  # serve stops at it, after the drop (boot.build.mailbox_owner)
+            resolve_owner(settings.local.mailbox_owner, settings.mailboxes)
+        except OwnerError as exc:
+            found.problems.append(str(exc))
     who = identity.user if identity is not None else f"uid {os.geteuid()}"
     data_dir = Path(settings.server.data_dir)
     if data_dir.exists():
