@@ -183,7 +183,38 @@ class _OneConnection:
 def dovecot_config(args: argparse.Namespace) -> int:
     settings = load(args).settings
     print(render(settings, args.config, args.listen, args.imap_port, args.imaps_port), end="")
+    hato = Path(shutil.which("hato") or Path(sys.executable).with_name("hato"))
+    programs = (hato, Path(os.path.realpath(sys.executable)))
+    blocked = unreachable_program(_owner_name(_auth_file(settings)), programs)
+    if blocked is not None:
+        print(f"hato: warning: {blocked}", file=sys.stderr)
     return 0
+
+
+def unreachable_program(user: str, programs: tuple[Path, ...]) -> str | None:
+    """Why Dovecot's auth process (`user`) could not run `hato dovecot-auth` (`programs`: the
+    script and the interpreter it runs), or None: every
+    login would then fail with "Temporary authentication failure" and only Dovecot's log would
+    say why (execv: Permission denied), e.g. for a Python installed under /root (pyenv)."""
+    from hato.delivery.owner import MailboxOwner, closed_parent
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if entry.pw_uid == 0:
+        return None
+    who = MailboxOwner(user, entry.pw_uid, entry.pw_gid)
+    for program in programs:
+        blocked = closed_parent(program / "x", who)  # the program's own x bit too
+        if blocked is not None:
+            return (
+                f"Dovecot's auth process runs hato dovecot-auth as {user!r}, who cannot run "
+                f"{program} ({blocked} is closed to it): every IMAP login would fail with a "
+                f"temporary error; install hato where {user!r} can run it (a venv of the "
+                f"system's python3), or chmod o+x {blocked}"
+            )
+    return None
 
 
 def render(

@@ -51,7 +51,7 @@ def resolve_owner(user: str, mailboxes: Path) -> MailboxOwner:
             f"local.mailbox_owner: hato runs as uid {os.geteuid()} and cannot give mail files "
             f"to {user!r}; run hato as root (no [server] user) or as {user!r} itself"
         )
-    blocked = _closed_parent(mailboxes, owner)
+    blocked = closed_parent(mailboxes, owner)
     if blocked is not None:
         raise OwnerError(
             f"local.mailboxes: {mailboxes} cannot be reached by {user!r} ({blocked} is closed "
@@ -61,8 +61,9 @@ def resolve_owner(user: str, mailboxes: Path) -> MailboxOwner:
     return owner
 
 
-def _closed_parent(path: Path, owner: MailboxOwner) -> Path | None:
-    """The first existing parent of `path` the owner may not pass through (x), or None."""
+def closed_parent(path: Path, owner: MailboxOwner) -> Path | None:
+    """The first existing parent of `path` the owner may not pass through (x), or None
+    (also `hato dovecot-config`'s check that Dovecot's auth user can run hato)."""
     for parent in reversed(path.parents):
         try:
             info = os.stat(parent)

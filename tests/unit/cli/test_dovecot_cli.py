@@ -7,12 +7,13 @@ import os
 import pwd
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from hato.accounts import UserStore
-from hato.cli.dovecot import render
+from hato.cli.dovecot import render, unreachable_program
 from hato.model import Address
 from kit.config import CLI, parse
 
@@ -59,3 +60,28 @@ def test_dovecot_config_runs_the_auth_process_as_who_can_read_the_accounts(
     (tmp_path / "data").mkdir()
     on_sqlite = render(parse(local, tmp_path, server='data_dir = "data"'), None, "*", 143, 0)
     assert "service auth {\n  user = root\n}" in on_sqlite  # users.db's (here: ours)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory closed to another user needs root")
+def test_dovecot_config_warns_when_the_auth_user_cannot_run_hato() -> None:
+    """A Python under /root (pyenv): Dovecot's checkpassword exec failed ("Temporary
+    authentication failure" at every login) and only Dovecot's log said why."""
+    with tempfile.TemporaryDirectory() as top:  # under /tmp: open to nobody (tmp_path is not)
+        Path(top).chmod(0o755)
+        _warns_of_what_is_closed(Path(top))
+
+
+def _warns_of_what_is_closed(top: Path) -> None:
+    closed = top / "root-only"
+    closed.mkdir(mode=0o700)
+    python = closed / "python3"
+    python.write_text("")
+    python.chmod(0o755)
+    opened = top / "hato"
+    opened.write_text("")
+    opened.chmod(0o755)
+    said = unreachable_program("nobody", (opened, python))
+    assert said is not None and f"cannot run {python} ({closed} is closed to it)" in said
+    assert f"chmod o+x {closed}" in said
+    assert unreachable_program("nobody", (opened,)) is None
+    assert unreachable_program("root", (opened, python)) is None
