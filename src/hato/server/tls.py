@@ -45,8 +45,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
             "or give this user read access (chgrp + chmod g+r, or a certbot deploy hook)"
         ) from exc
     except ssl.SSLError as exc:
+        # OpenSSL gives no reason for a file that holds no PEM block at all ("PEM lib").
+        why = exc.reason or "no PEM certificate or key in them"
         raise TLSConfigError(
-            f"tls: cert {cert} and key {key} do not load ({exc.reason}); "
+            f"tls: cert {cert} and key {key} do not load ({why}); "
             "give a PEM certificate chain and its matching private key"
         ) from exc
     return context
