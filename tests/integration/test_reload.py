@@ -155,6 +155,41 @@ def test_hato_reload_with_no_server_says_so(workdir: Path) -> None:
     assert done.stderr.startswith("hato: no server answers on ")
 
 
+def test_hato_reload_of_a_file_with_errors_asks_the_server_which_keeps_its_configuration(
+    workdir: Path,
+) -> None:
+    """docs/operations.md: "the file has errors: nothing is applied, each problem is logged
+    (event=reload-refused detail=...) and printed, exit 1". `hato reload` stopped at the file
+    itself (exit 78) and never asked the server, whose log said nothing."""
+    server = HatoServer(workdir / "data", MailSetup(domains=(DomainSetup("example.org", True),)))
+    server.start()
+    try:
+        good = server.config.read_text()
+        server.config.write_text(
+            good.replace(
+                '[[domain]]\nname = "example.org"', '[[domain]]\nname = "other.test"', 1
+            ).replace("max_recipients = ", 'max_recipients = "lots"\n# ', 1)
+        )
+        done = server.hato("reload")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert done.stderr.startswith("hato: reload refused, nothing of "), done.stderr
+        assert 'limits.max_recipients: expected an integer, at least 100, got "lots"' in (
+            done.stderr
+        )
+        assert server.wait_for_log(r"event=reload-refused .*limits\.max_recipients")
+        with smtplib.SMTP(server.host, server.port, timeout=30) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("a@client.test")[0] == 250
+            assert smtp.rcpt("x@example.org")[0] == 250  # the configuration in force
+            assert smtp.rcpt("x@other.test")[0] == 550
+        server.config.write_text("[server\n")  # not TOML: no data_dir to find the server by
+        done = server.hato("reload")
+        assert done.returncode == 78, (done.stdout, done.stderr)
+        assert "TOML syntax error" in done.stderr and "no server was asked" in done.stderr
+    finally:
+        server.stop()
+
+
 def test_hato_reload_signs_with_a_dkim_key_made_while_running(tmp_path: Path) -> None:
     """`hato dkim keygen` then `hato reload`: the next message our users send is signed with
     the new key, no restart (boot/reload.py reads the DKIM keys again at every reload); a

@@ -3,7 +3,9 @@ it (boot.reload: every changed key applied, or none).
 
 Asks over the control socket, which answers once the reload is done. Exit codes: 0 applied;
 1 refused (keys that need a restart, or errors in the file: the lines say which, and nothing
-was applied); 75 (EX_TEMPFAIL) no server answers. systemd's ExecReload runs it, so
+was applied; a file with errors is still sent to the server, found by its data_dir, which
+keeps what is in force and logs why); 75 (EX_TEMPFAIL) no server answers; 78 a file so broken
+that its server cannot be found (not TOML). systemd's ExecReload runs it, so
 `systemctl reload hato` fails when the reload did.
 
 Must not import anything of hato at module level but hato.cli.
@@ -16,17 +18,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hato.cli.errors import EX_FAILURE, CommandError
+from hato.cli.errors import EX_CONFIG, EX_FAILURE, CommandError
 from hato.cli.queue import SOCKET_NAME, ControlClient, ServerDown, check
 
 EX_TEMPFAIL = 75  # sysexits.h: the server is not running; try again later
 
 
 def reload(args: argparse.Namespace) -> int:
-    from hato.cli.options import load
+    import os
 
-    loaded = load(args)
-    path = Path(loaded.settings.server.data_dir) / SOCKET_NAME
+    from hato.config import ConfigError, data_dir_despite_errors, load_settings
+
+    try:
+        data_dir = Path(
+            load_settings(args.config, env=os.environ, cwd=Path.cwd()).settings.server.data_dir
+        )
+    except ConfigError as exc:
+        # The running server is asked all the same: it refuses the file, keeps what is in
+        # force and logs why (event=reload-refused); its answer names the errors.
+        found = data_dir_despite_errors(args.config, env=os.environ, cwd=Path.cwd())
+        if found is None:
+            unknown = "no server was asked (the file does not say where its data directory is)"
+            raise CommandError([*exc.lines(), unknown], EX_CONFIG) from None
+        data_dir = found
+    path = data_dir / SOCKET_NAME
     try:
         with ControlClient(path, timeout=60.0) as client:
             outcome = check(client.request({"op": "reload"}))["reload"]

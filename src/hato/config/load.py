@@ -43,7 +43,13 @@ from hato.config.sections import (
 )
 from hato.config.settings import LoadedSettings, Settings
 from hato.config.store_sections import StoreSettings
-from hato.config.values import domain_key, parse_domain_name, parse_listen_address, show
+from hato.config.values import (
+    domain_key,
+    parse_domain_name,
+    parse_listen_address,
+    resolve_path,
+    show,
+)
 from hato.model import Role
 
 M = TypeVar("M", bound=BaseModel)
@@ -106,6 +112,27 @@ def load_settings(
         check_access=check_access,
     )
     return LoadedSettings(settings, source)
+
+
+def data_dir_despite_errors(path: Path | None, *, env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The data directory a file names (or the default it leaves), read as leniently as
+    possible: for `hato reload` of a file with errors elsewhere, whose running server must
+    still be asked (it keeps the configuration in force, and logs why it refused). None when
+    even that cannot be read (no such file, not TOML, a data_dir that is not a path)."""
+    file = Path(os.path.normpath(cwd / path)) if path is not None else cwd / CONFIG_FILE_NAME
+    try:
+        raw = _read_toml(file, str(file))
+    except ConfigError:
+        return None
+    server = raw.get("server", {})
+    if not isinstance(server, dict):
+        return None
+    if "data_dir" not in server:
+        return default_data_dir(env, cwd)
+    try:
+        return resolve_path(server["data_dir"], file.parent)
+    except ValueError:
+        return None
 
 
 def parse_settings(
