@@ -265,3 +265,24 @@ def test_a_unix_user_is_its_account_in_the_first_domain_only(workdir: Path) -> N
         assert not _wait_text(alice, b"as other", 1)
     finally:
         hato.stop()
+
+
+def test_a_local_user_without_a_submit_socket_is_told_what_to_set(workdir: Path) -> None:
+    """No [server] submit_socket: nobody may not use the 0600 control socket, nor reach the
+    maildrop in the 0700 data directory. It was told "the mail server is not running" while
+    the server ran; now it is told why and what the admin sets."""
+    server = HatoServer(workdir / "data", MailSetup(domains=(DomainSetup("example.test", True),)))
+    server.start()
+    try:
+        server.data_dir.chmod(0o700)  # as hato makes it (the harness made it 0755)
+        submit = server.work / "none" / "submit.sock"  # not /run/hato's, whatever this host has
+        server.config.write_text(
+            server.config_text().replace("[server]\n", f'[server]\nsubmit_socket = "{submit}"\n', 1)
+        )
+        code, err = sendmail_as_nobody(server.config, ["root"], b"Subject: x\n\nhi\n")
+        assert code == 75, err
+        assert "not running" not in err, err
+        assert "hato-sendmail: cannot reach the mail server as nobody (" in err, err
+        assert "control.sock: Permission denied" in err and "[server] submit_socket" in err, err
+    finally:
+        server.stop()

@@ -220,15 +220,23 @@ def _rfc5322_date(when: float) -> str:
 # ---- the server ----
 
 
+class NotAllowed(ServerDown):
+    """No socket answers, and one refused this user (the server may well be running)."""
+
+
 def connect(candidates: Sequence[Path]) -> ControlClient:
     """The first socket that answers (a 0600 control socket refuses other users: go on)."""
     problems = []
+    denied = False
     for path in candidates:
         try:
             return ControlClient(path)
-        except (ServerDown, PermissionError) as exc:
-            problems.append(str(exc) if isinstance(exc, ServerDown) else f"{path}: {exc.strerror}")
-    raise ServerDown("; ".join(problems))
+        except ServerDown as exc:
+            problems.append(str(exc))
+        except PermissionError as exc:
+            problems.append(f"{path}: {exc.strerror}")
+            denied = True
+    raise (NotAllowed if denied else ServerDown)("; ".join(problems))
 
 
 def submit(client: ControlClient, prepared: Prepared, err: IO[str]) -> int:
@@ -279,7 +287,15 @@ def run(
             return _offline_mailq(site.data_dir, err)
         if opts.mode == "m" and _dropped(site, opts, message):
             return EX_OK  # in the maildrop: the server takes it at its start
-        print(f"hato-sendmail: the mail server is not running ({exc}); not sent", file=err)
+        if isinstance(exc, NotAllowed):  # "not running" misled: it ran, for root only
+            print(
+                f"hato-sendmail: cannot reach the mail server as {_login()[0]} ({exc}); "
+                "the control socket is for root and the server's user: the admin sets "
+                "[server] submit_socket for every local user (docs/operations.md); not sent",
+                file=err,
+            )
+        else:
+            print(f"hato-sendmail: the mail server is not running ({exc}); not sent", file=err)
         return EX_TEMPFAIL
     with client:
         hello = client.request({"op": "hello"})
