@@ -5,6 +5,7 @@ bound: docs/operations.md "Exit codes"), never a traceback."""
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 from pathlib import Path
@@ -105,3 +106,29 @@ def test_a_data_dir_the_server_user_cannot_write_is_one_line_and_78(workdir: Pat
     assert code == 78, line
     assert f"server.data_dir: {data} is not writable by user 'nobody'" in line, line
     assert "fix: chown -R nobody:" in line, line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a data dir of another user's needs root")
+def test_root_without_a_server_user_in_another_users_data_dir_is_one_line_and_78(
+    workdir: Path,
+) -> None:
+    """Whoever removes [server] user (to use [local] mailbox_owner, which needs root) ran a
+    root server in nobody's data directory: its root-owned files then stopped every `hato user`
+    (which acts as the directory's owner), with a chown the next start undid."""
+    data = workdir / "data"
+    data.mkdir(mode=0o700)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    code, line = _serve(workdir, "")
+    assert code == 78, line
+    assert f"server.user: not set, so hato would run as root, but server.data_dir {data}" in line
+    assert "belongs to 'nobody': set [server] user = \"nobody\"" in line
+    assert f"chown -R root: {data}" in line
+    checked = subprocess.run(
+        [hato_binary(), "check-config", "--config", str(workdir / "hato.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 1 and "server.user: not set" in checked.stderr, checked.stderr

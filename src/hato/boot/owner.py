@@ -44,6 +44,30 @@ def server_owner(user: str | None, group: str | None, data_dir: Path) -> Identit
     return Identity(_user_name(st.st_uid), st.st_uid, _group_name(st.st_gid), st.st_gid)
 
 
+def root_in_users_data_dir(user: str | None, data_dir: Path) -> str | None:
+    """Why root may not run the server with no `[server] user` in `data_dir`, or None.
+
+    A data directory of another user's is that user's server's (the commands act as its
+    owner, above): a server running as root would leave root's files there (its counters,
+    its databases), and every `hato user`, `hato key`, ... would then stop at them, with a
+    chown that the next start undoes. It happens to whoever removes `user` to use
+    `[local] mailbox_owner` (which needs root)."""
+    if user is not None or os.geteuid() != 0:
+        return None
+    try:
+        owner = data_dir.stat().st_uid
+    except OSError:
+        return None
+    if owner == 0:
+        return None
+    name = _user_name(owner)
+    return (
+        f"server.user: not set, so hato would run as root, but server.data_dir {data_dir} "
+        f'belongs to {name!r}: set [server] user = "{name}" (root drops to it after '
+        f"binding), or to run as root: chown -R root: {data_dir}"
+    )
+
+
 def create_data_dir(data_dir: Path, owner: Identity | None) -> None:
     """A new data directory (mode 0700), owned by the server's user."""
     try:

@@ -56,6 +56,7 @@ from hato.accounts import UserStore
 from hato.boot.app import WorkerRole, run, server_owner
 from hato.boot.build import build_tls
 from hato.boot.logsetup import configure_logging
+from hato.boot.owner import root_in_users_data_dir
 from hato.boot.predrop import preload
 from hato.boot.process import (
     EX_CANTCREAT,
@@ -389,6 +390,9 @@ def serve(settings: Settings, *, source: str) -> int:
     log.info(logfmt("starting", version=_version(), source=source, uvloop=fast, pid=os.getpid()))
     workers = settings.server.workers or usable_cpus()
     try:
+        mixed = root_in_users_data_dir(settings.server.user, Path(settings.server.data_dir))
+        if mixed is not None:
+            raise StartupError(mixed, EX_CONFIG)
         with locked(
             Path(settings.server.data_dir), server_owner(settings), settings.data_dir_origin
         ):

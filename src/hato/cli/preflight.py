@@ -35,10 +35,14 @@ class Findings:
 
 
 def preflight(settings: Settings) -> Findings:
+    from hato.boot.owner import root_in_users_data_dir
     from hato.server.privileges import PrivilegeError, lookup_identity
     from hato.server.tls import TLSConfigError, server_context
 
     found = Findings()
+    mixed = root_in_users_data_dir(settings.server.user, Path(settings.server.data_dir))
+    if mixed is not None:  # serve stops at it (78)
+        found.problems.append(mixed)
     if settings.tls is not None and settings.tls.cert is not None and settings.tls.key is not None:
         try:
             server_context(settings.tls.cert, settings.tls.key)
