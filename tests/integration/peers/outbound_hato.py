@@ -122,9 +122,12 @@ def _has_field(line: str, key: str, value: str) -> bool:
 
 
 def message(to: str, marker: str, body: bytes = b"Hello from Hato.\r\n") -> bytes:
-    """A small RFC 5322 message from alice, carrying a marker header tests look for."""
+    """A small RFC 5322 message from alice, carrying a marker header tests look for. It has
+    its Date and Message-ID, so the submission server adds neither (RFC 6409 §8.2, §8.3) and
+    the message arrives ending with exactly these bytes."""
     return (
         f"From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: outbound {marker}\r\n"
+        f"Date: Mon, 07 Dec 2026 12:00:00 +0000\r\n"
         f"Message-ID: <{marker}@users.test>\r\n".encode()
         + MARKER_HEADER
         + b": "
