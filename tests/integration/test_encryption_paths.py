@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from peers import maildir
-from peers.hato import HatoServer
+from peers.hato import HatoServer, serving_with_keys
 from peers.net import RawSession
 from peers.server import DomainSetup, MailSetup
 
@@ -26,13 +26,10 @@ def server(
     path = tmp_path_factory.mktemp("paths")
     domain = DomainSetup("example.org", users=("bob",), aliases=(("team", ("bob",)),))
     setup = MailSetup(domains=(domain,), direct_local_delivery=request.param)
-    hato = HatoServer(path / "data", setup)
-    hato.start()
-    hato.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
-    try:
+    with serving_with_keys(
+        path / "data", setup, {"bob@example.org": gpg.export("bob@example.org")}
+    ) as hato:
         yield hato
-    finally:
-        hato.stop()
 
 
 def _message(marker: str) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from peers import maildir
-from peers.hato import HatoServer
+from peers.hato import HatoServer, serving_with_keys
 from peers.server import DomainSetup, MailSetup
 
 from kit.cryptokeys import Gpg, make_cert, need
@@ -36,13 +36,10 @@ NOTICE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n"
 def server(tmp_path_factory: pytest.TempPathFactory, gpg: Gpg) -> Iterator[HatoServer]:
     path = tmp_path_factory.mktemp("sealed")
     setup = MailSetup(domains=(DomainSetup("example.org", users=("bob", "carol")),))
-    hato = HatoServer(path / "data", setup)
-    hato.start()
-    hato.import_key("bob@example.org", gpg.export("bob@example.org"), "bob.asc")
-    try:
+    with serving_with_keys(
+        path / "data", setup, {"bob@example.org": gpg.export("bob@example.org")}
+    ) as hato:
         yield hato
-    finally:
-        hato.stop()
 
 
 def _deliver(server: HatoServer, message: bytes, rcpt: str = "bob") -> bytes:

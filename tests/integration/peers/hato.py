@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -404,3 +405,19 @@ def _one_worker_unless_set(text: str) -> str:
     if re.search(r"^workers\s*=", text, re.MULTILINE):
         return text
     return text.replace("[server]\n", "[server]\nworkers = 1\n", 1)
+
+
+@contextmanager
+def serving_with_keys(
+    data_dir: Path, setup: MailSetup, keys: Mapping[str, bytes]
+) -> Iterator[HatoServer]:
+    """A started server with each address's key imported (`hato key import`), stopped at the
+    end, a failed import included."""
+    hato = HatoServer(data_dir, setup)
+    hato.start()
+    try:
+        for number, (address, key) in enumerate(keys.items()):
+            hato.import_key(address, key, f"key{number}.asc")
+        yield hato
+    finally:
+        hato.stop()
