@@ -51,6 +51,11 @@ class RspamdAction(enum.StrEnum):
     REJECT = "reject"
 
 
+# rspamd's action names to ours: a dict look-up per reply, not the enum's constructor (several
+# Python calls on the loop for each check).
+_ACTIONS: dict[object, RspamdAction] = {action.value: action for action in RspamdAction}
+
+
 class RspamdUnavailable(Exception):
     """No verdict: rspamd is down, too slow, or answered something we cannot read."""
 
@@ -99,7 +104,7 @@ class Envelope:
 def parse_scan(reply: Mapping[str, Any]) -> Scan:
     """The `Scan` in a /checkv2 JSON reply; RspamdUnavailable when it is not one."""
     try:
-        action = RspamdAction(reply["action"])
+        action = _ACTIONS[reply["action"]]
         score = float(reply.get("score", 0.0))
         required = float(reply.get("required_score", 0.0))
     except (KeyError, ValueError, TypeError) as exc:
@@ -116,9 +121,7 @@ def parse_scan(reply: Mapping[str, Any]) -> Scan:
         score=score,
         required=required,
         add_headers=_added(milter.get("add_headers")),
-        remove_headers=tuple(
-            name for name in map(str, milter.get("remove_headers") or {}) if _field_name(name)
-        ),
+        remove_headers=tuple(filter(_field_name, map(str, milter.get("remove_headers") or {}))),
         subject=subject if isinstance(subject, str) else None,
         smtp_message=smtp_message if isinstance(smtp_message, str) else None,
         symbols=tuple(sorted(symbols)) if isinstance(symbols, dict) else (),

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.header import Header
+from itertools import starmap
 from typing import Protocol
 
 from hato.crypto.scratch import SealedScratch
@@ -201,7 +203,7 @@ def outcome(scan: Scan, response: Response, *, edits: bool = True) -> SpamOutcom
         return SpamOutcome(refusal=Reply(451, "4.7.1", public_text(scan, DEFAULT_SOFT_TEXT)))
     if not edits:
         return ACCEPTED
-    header = b"".join(field_bytes(name, value) for name, value in scan.add_headers)
+    header = b"".join(starmap(field_bytes, scan.add_headers))
     subject = scan.subject if response is Response.SUBJECT and scan.subject else None
     return SpamOutcome(
         header=header,
@@ -230,17 +232,21 @@ def field_bytes(name: str, value: str) -> bytes:
     return "\r\n".join(out).encode("ascii", "replace") + b"\r\n"
 
 
+@functools.lru_cache(maxsize=64)  # rspamd asks every message to lose the same few fields
+def _lowered_names(remove: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(name.lower().encode() for name in remove)
+
+
 def edit_header(section: bytes, remove: tuple[str, ...], subject: str | None) -> bytes:
     """The header section without the fields named in `remove` and (with `subject`) with its
     Subject fields replaced by one carrying `subject` (RFC 5322 §3.6: at most one Subject)."""
-    gone = {name.lower().encode() for name in remove}
-    lowered = section.lower() if subject is None else b""
-    if subject is None and not any(name in lowered for name in gone):
+    gone = _lowered_names(remove)
+    if subject is None and not any(map(section.lower().__contains__, gone)):
         # None of them is there, not even as a substring (rspamd's milter_headers asks every
         # message to lose the X-Spam fields a clean message does not have): nothing to split.
         return section
     if subject is not None:
-        gone.add(b"subject")
+        gone |= {b"subject"}
     kept = [f.raw for f in split_header_fields(section) if f.name.lower() not in gone]
     new = field_bytes("Subject", subject) if subject is not None else b""
     return new + b"".join(kept)

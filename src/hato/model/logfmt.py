@@ -16,7 +16,8 @@ def logvalue(value: object) -> str:
         return text
     # Quote anything else; control characters are escaped so a peer cannot forge log lines.
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped)
+    if not escaped.isprintable():  # one C call for the usual value (a space, say), else per char
+        escaped = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped)
     return f'"{escaped}"'
 
 

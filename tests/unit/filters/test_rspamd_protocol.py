@@ -59,7 +59,13 @@ def test_a_reply_with_milter_changes_subject_and_reason() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [{}, {"action": "destroy"}, {"action": "reject", "score": "lots"}, {"action": None}],
+    [
+        {},
+        {"action": "destroy"},
+        {"action": "reject", "score": "lots"},
+        {"action": None},
+        {"action": ["reject"]},  # not a name at all (unhashable)
+    ],
 )
 def test_a_reply_that_is_not_rspamds_is_unavailable(reply: dict[str, object]) -> None:
     with pytest.raises(RspamdUnavailable):
