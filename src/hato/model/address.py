@@ -184,8 +184,19 @@ def _parse_domain(text: str, utf8: bool) -> str:
     return text
 
 
+def _utf8_text(text: str) -> None:
+    """RFC 6531 §3.3: an address is UTF-8. A lone surrogate (JSON's "\\udcff", from the
+    control socket or a maildrop file) is no character of it: an AddressError, not the
+    UnicodeEncodeError that ended the maildrop's pickup."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AddressError("not UTF-8 text") from None
+
+
 def parse_mailbox(text: str, *, utf8: bool = True) -> Address:
     """Parse RFC 5321 §4.1.2 Mailbox = Local-part "@" ( Domain / address-literal )."""
+    _utf8_text(text)
     local, rest = _parse_local_part(text, utf8)
     if not rest.startswith("@"):
         raise AddressError("mailbox needs local-part@domain")
@@ -203,6 +214,7 @@ def parse_path(text: str, *, utf8: bool = True, allow_null: bool = False) -> Rev
     """
     if not (text.startswith("<") and text.endswith(">")):
         raise AddressError("path must be enclosed in <>")
+    _utf8_text(text)
     if len(text.encode("utf-8")) > MAX_PATH + 2:
         raise AddressError("path longer than 256 octets")
     inner = text[1:-1]

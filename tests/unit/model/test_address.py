@@ -57,6 +57,16 @@ def test_non_ascii_refused_without_utf8() -> None:
         parse_path("<用户@example.org>", utf8=False)
 
 
+@pytest.mark.parametrize("text", ["a@\udcff", "\udcff@example.org", "a@x\ud800y.org"])
+def test_a_lone_surrogate_is_no_address(text: str) -> None:
+    """What JSON's "\\udcff" makes (the control socket, a maildrop file): an AddressError,
+    not the UnicodeEncodeError that ended the maildrop's pickup."""
+    with pytest.raises(AddressError):
+        Address.parse(text)
+    with pytest.raises(AddressError):
+        parse_path(f"<{text}>")
+
+
 def test_quoting_round_trip() -> None:
     for address in (Address("john doe", "x.org"), Address('a"b', "x.org"), Address("a.b", "x.org")):
         assert parse_path(format_path(address)) == address
