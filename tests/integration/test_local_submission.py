@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import codecs
 import email.utils
-import io
 import json
 import os
-import pwd
 import socket
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -27,6 +24,7 @@ from pathlib import Path
 import pytest
 from peers import maildir
 from peers.hato import HatoServer
+from peers.localuser import NOBODY, as_nobody
 from peers.server import DomainSetup, MailSetup
 
 # Imported before forking: `nobody` cannot read the interpreter's own files.
@@ -34,7 +32,6 @@ from hato.cli import queue as queue_cli
 from hato.cli import sendmail as sendmail_cli
 from hato.cli import sendmail_site
 
-NOBODY = pwd.getpwnam("nobody")
 PRELOADED = (
     queue_cli,
     sendmail_site,
@@ -83,29 +80,8 @@ def _wait_text(box: Path, needle: bytes, timeout: float) -> list[Path]:
 
 def sendmail_as_nobody(config: Path, args: list[str], stdin: bytes) -> tuple[int, str]:
     """hato.cli.sendmail.main(["-C", config, *args]) in a child that is `nobody`."""
-    read_err, write_err = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 70
-        try:
-            os.dup2(write_err, 2)
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            os.chdir("/")
-            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-            sys.stderr = os.fdopen(2, "w")
-            code = sendmail_cli.main(["-C", str(config), *args])
-            sys.stderr.flush()
-        except BaseException as exc:
-            os.write(2, repr(exc).encode())
-        finally:
-            os._exit(code)
-    os.close(write_err)
-    with os.fdopen(read_err) as err:
-        errors = err.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), errors
+    code, _, errors = as_nobody(lambda: sendmail_cli.main(["-C", str(config), *args]), stdin)
+    return code, errors
 
 
 def test_local_users_send_only_as_themselves_through_the_configured_socket(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 EX_FAILURE = 1
 EX_USAGE = 2  # argparse's convention for a bad command line
+EX_NOPERM = 77  # sysexits.h EX_NOPERM: the user may not do this (a file closed to it)
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: the configuration is wrong
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hato import __version__
 from hato.cli import stderrlog  # noqa: F401  (takes the invoking uid before a command changes it)
-from hato.cli.errors import EX_FAILURE, EX_USAGE, CommandError
+from hato.cli.errors import EX_FAILURE, EX_NOPERM, EX_USAGE, CommandError
 from hato.cli.options import load, with_config
 
 if TYPE_CHECKING:
@@ -197,6 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines:
             print(f"hato: {line}", file=sys.stderr)
         return exc.exit_code
+    except PermissionError as exc:
+        # Any local user may start `hato`; the data directory (0700, or 0711 for the maildrop)
+        # and the control socket (0600) are closed to all but root and the server's user. One
+        # line naming the file, as for every other refusal, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"hato: {where}{exc.strerror or exc}; run it as root or as the server's user",
+            file=sys.stderr,
+        )
+        return EX_NOPERM
     except KeyboardInterrupt:
         print("hato: interrupted", file=sys.stderr)
         return 130

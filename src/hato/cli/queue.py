@@ -48,6 +48,9 @@ class ControlClient:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             self._sock.close()
             raise ServerDown(f"{self.path}: {exc.strerror}") from None
+        except PermissionError as exc:  # the 0600 socket, to another user: name the file
+            self._sock.close()
+            raise PermissionError(exc.errno, exc.strerror, self.path) from None
         except OSError:
             self._sock.close()
             raise

@@ -163,6 +163,8 @@ def status(args: argparse.Namespace) -> int:
 
         try:
             admin = OfflineAdmin(data_dir / "queue", writable=False, log=lambda _: None)
+        except PermissionError:
+            raise  # another user's queue: one line (cli.main), not "0 message(s)"
         except (OSError, QueueError):
             queue = {"messages": 0, "bytes": 0, "queued": 0, "deferred": 0, "held": 0}
         else:

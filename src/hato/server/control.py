@@ -198,7 +198,9 @@ class ControlServer:
             if op == "submit":
                 return await self._on_submit(request, reader, uid)
             return {"ok": True, **await self._dispatch(op, request)}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
+            # RecursionError: "[[[[..." (any local user may write to the submission socket);
+            # it ended the connection with a traceback in the log.
             return {"ok": False, "error": "not a JSON line"}
         except RequestError as exc:
             return {"ok": False, "error": str(exc)}
