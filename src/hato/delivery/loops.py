@@ -11,8 +11,10 @@ submission, a message queued earlier). RFC 3463 §3.5 X.4.6: routing loop detect
 
 An alias that forwards adds ``Delivered-To: <alias>`` (RFC 9228 §4) to the copy it sends on
 (`delivered_to_fields`); a message that comes back carrying that field for the same alias would
-go round again, so that copy is bounced with 5.4.6 instead (`forward_loops`), before the hop
-count would stop it 50 round trips later.
+go round again (`forwards_again`): SMTP refuses it 554 5.4.6 at the end of DATA, as the hop
+count (a stranger who adds the field to mail for a forwarding alias from a forged sender got
+250, then a bounce to that sender of the header section it wrote: backscatter), and a queued
+copy is bounced with 5.4.6, before the hop count would stop it 50 round trips later.
 
 Must not import anything of hato but model.
 """
@@ -112,6 +114,18 @@ class TraceFields:
 def is_forward(dest: Address, original: Address, is_local: Callable[[str], bool]) -> bool:
     """Whether a recipient row is an alias of ours sending the message on to another server."""
     return is_local(original.domain) and not is_local(dest.domain)
+
+
+def forwards_again(
+    delivered_to: set[str], dest: Address, original: Address, is_local: Callable[[str], bool]
+) -> str | None:
+    """The alias (lower case) when the row (deliver-to `dest`, as `original` was addressed)
+    would forward a message that already carries ``Delivered-To:`` for it: a loop (RFC 9228
+    §4, RFC 5321 §6.3)."""
+    alias = f"{original.local}@{original.domain}".lower()
+    if alias in delivered_to and is_forward(dest, original, is_local):
+        return alias
+    return None
 
 
 def delivered_to_fields(

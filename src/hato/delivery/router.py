@@ -28,6 +28,7 @@ from hato.delivery.loops import (
     FORWARD_LOOP,
     MAIL_LOOP,
     TraceFields,
+    forwards_again,
     is_forward,
     read_trace,
 )
@@ -131,8 +132,8 @@ class RoutingCourier:
             return [(r.row_id, PermFailed(MAIL_LOOP)) for r in recipients]
         looped: list[tuple[int, Outcome]] = []
         for r in recipients:
-            alias = f"{r.original.local}@{r.original.domain}".lower()
-            if alias in trace.delivered_to and is_forward(r.address, r.original, self._is_local):
+            alias = forwards_again(trace.delivered_to, r.address, r.original, self._is_local)
+            if alias is not None:
                 self._log(message, trace, "delivered-to", alias)
                 looped.append((r.row_id, PermFailed(FORWARD_LOOP)))
         return looped

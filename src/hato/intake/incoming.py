@@ -9,17 +9,20 @@ give us, RFC 5321 §4.4, and the Authentication-Results fields that claim our na
 a message came without, RFC 6409 §8.2, §8.3); what passes is what `feed` and `release`
 return, for the capture the signer and the checks read (server/session.py). The octets as
 they came are fed to the header capture (intake/headers.py, bounded) and to the trace-field
-count (delivery/loops.py). At the end, `judge` refuses a loop (RFC 5321 §6.3) and a header
-section the sender may not send (one From, and after AUTH only the user's own addresses).
+count (delivery/loops.py). At the end, `judge` refuses a loop (RFC 5321 §6.3: too many hops,
+or a copy one of our aliases would forward again although the message already carries its
+Delivered-To, which would otherwise bounce after the 250 to a sender anyone can forge) and a
+header section the sender may not send (one From, and after AUTH only the user's own
+addresses).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from hato.crypto import SealedScratch
-from hato.delivery.loops import MAIL_LOOP, TraceFields
+from hato.delivery.loops import FORWARD_LOOP, MAIL_LOOP, TraceFields, forwards_again
 from hato.intake.context import IntakeContext
 from hato.intake.headers import HeaderCapture, HeaderFilter, MissingField
 from hato.model import Address, Reply, logfmt
@@ -74,14 +77,27 @@ class Incoming:
         user: Address | None,
         owns: Callable[[Address], bool],
         session: str,
+        recipients: Sequence[tuple[Address, Address]] = (),
     ) -> Reply | None:
-        """The refusal (the body is discarded then), or None."""
+        """The refusal (the body is discarded then), or None. `recipients`: the transaction's
+        (deliver-to, as addressed), for the loops of our forwarding aliases."""
         if self.trace.loops(ctx.hop_limit):
             # RFC 5321 §6.3: a loop is stopped; RFC 3463 X.4.6 routing loop detected.
             log.info(logfmt("message-refused", session=session, reason="mail-loop",
                             hops=self.trace.hops, reply=MAIL_LOOP.code))  # fmt: skip
             self.discard()
             return MAIL_LOOP
+        local = ctx.resolver.is_local_domain
+        for dest, original in recipients:
+            alias = forwards_again(self.trace.delivered_to, dest, original, local)
+            if alias is not None:
+                # RFC 9228 §4 / RFC 5321 §6.3: it came back through this alias. Refused now, the
+                # client's server tells its sender; accepted, our bounce went to a MAIL FROM
+                # anyone may forge (backscatter).
+                log.info(logfmt("message-refused", session=session, reason="forward-loop",
+                                rcpt=alias, reply=FORWARD_LOOP.code))  # fmt: skip
+                self.discard()
+                return FORWARD_LOOP
         verdict = self.headers.judge(user, owns)
         if verdict.refusal is not None:
             log.info(logfmt("message-refused", session=session, user=user,

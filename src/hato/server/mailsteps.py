@@ -150,7 +150,7 @@ class MailTransaction:
             # Cannot happen with a correct core; refuse rather than accept blindly.
             self._refuse_message(incoming.body if incoming else None, TEMP_FAILURE)
             return
-        refusal = incoming.judge(self.ctx, self.user, self._owns, self.session_id)
+        refusal = incoming.judge(self.ctx, self.user, self._owns, self.session_id, tx.recipients)
         if refusal is not None:
             self._refuse_message(None, refusal)  # the body is discarded
             return
