@@ -22,6 +22,9 @@ received it (the queue parameters `AUTH_PARAM` and `SPF_PARAM`); otherwise the r
 ignored and logged. A failure notice about a copy one of our aliases forwarded (a recipient row
 delivering to another domain than the RCPT TO named) returns the header section only, as with
 RET=HDRS, unless the sender authenticated: whoever forged the sender gets no copy of the body.
+Nor does any other failure notice to a sender that neither authenticated nor passed SPF
+(since 2026-12-08: an address refused by the LMTP back end, or an alias target without an
+account, bounced a stranger's whole body to whatever MAIL FROM it forged).
 
 Signing. A notice carries the original (whole, up to RETURN_LIMIT, or its header section) as
 the RFC 3464 report's third part, and the delay and success notices name what the sender
@@ -238,6 +241,12 @@ class Notifier:
             r.action is Action.FAILED and forwarded(r.recipient) for r in reports
         ):
             return False  # forwarded mail: no body to a sender we could not check
+        if not sender_verified(message):
+            # RFC 3461 §4.3 leaves the content to us (RFC 3464 §2: the third part is optional).
+            # A sender that neither authenticated nor passed SPF may be anyone's forged
+            # address: a failure after our 250 (an LMTP back end refusing an address, an alias
+            # target without an account, expiry) must not carry a stranger's body to it.
+            return False
         return len(message.prefix) + message.size <= RETURN_LIMIT
 
     async def send(self, message: QueuedMessage, reports: Sequence[RecipientReport]) -> str:

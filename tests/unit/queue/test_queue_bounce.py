@@ -129,7 +129,8 @@ def test_failures_of_one_attempt_are_one_dsn_to_the_sender_delivered_like_mail(
                     "a@example.org",
                     "b@example.org",
                     "c@example.org",
-                    params={"ENVID": "env+2B1", "RET": "FULL"},
+                    # A checked sender: the whole message comes back (RFC 3461 §4.3).
+                    params={"ENVID": "env+2B1", "RET": "FULL", SPF_PARAM: "pass"},
                     b={"ORCPT": "rfc822;B@example.org"},
                 )
                 await eventually(lambda: caplog.text.count("event=removed") == 2)
@@ -405,12 +406,30 @@ def test_success_dsn_only_for_a_sender_that_authenticated_or_passed_spf(
     assert ("event=dsn-success-ignored" in caplog.text) is not sent
 
 
+HEADERS, WHOLE = "text/rfc822-headers", "message/rfc822"
+
+
 @pytest.mark.parametrize(
-    ("params", "returned"),
-    [({}, "text/rfc822-headers"), ({AUTH_PARAM: SENDER}, "message/rfc822")],
+    ("original", "params", "returned"),
+    [
+        # A copy one of our aliases forwarded: the body only to an authenticated sender.
+        ("alias@example.org", {}, HEADERS),
+        ("alias@example.org", {SPF_PARAM: "pass"}, HEADERS),
+        ("alias@example.org", {AUTH_PARAM: SENDER}, WHOLE),
+        # Any other failure: the body only to a sender that authenticated or passed SPF
+        # (anyone may forge the rest: backscatter of a stranger's body, 2026-12-08).
+        ("x@elsewhere.example", {}, HEADERS),
+        ("x@elsewhere.example", {SPF_PARAM: "fail"}, HEADERS),
+        ("x@elsewhere.example", {SPF_PARAM: "pass"}, WHOLE),
+        ("x@elsewhere.example", {AUTH_PARAM: SENDER}, WHOLE),
+    ],
 )
-def test_a_bounce_of_forwarded_mail_returns_headers_only_unless_the_sender_authenticated(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, params: dict[str, str | None], returned: str
+def test_a_bounce_returns_the_body_only_to_a_checked_sender(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    original: str,
+    params: dict[str, str | None],
+    returned: str,
 ) -> None:
     caplog.set_level(logging.INFO, "hato.queue")
     clock = FakeClock()
@@ -422,7 +441,7 @@ def test_a_bounce_of_forwarded_mail_returns_headers_only_unless_the_sender_authe
             async with running(queue, courier, clock):
                 writer = queue.new_body()
                 writer.write(BODY)
-                forward = (addr("x@elsewhere.example"), addr("alias@example.org"), RecipientDsn())
+                forward = (addr("x@elsewhere.example"), addr(original), RecipientDsn())
                 await queue.commit(
                     writer, mail_from=addr(SENDER), recipients=[forward], prefix=b"", params=params
                 )
