@@ -91,3 +91,31 @@ def test_nothing_a_local_user_leaves_in_the_maildrop_stops_the_server(hato: Hato
     assert _wait_text(alice, b"Subject: after a restart")
     assert hato.alive()
     assert "Traceback" not in hato.log_text()
+
+
+def test_a_user_over_its_limit_has_its_files_passed_by(workdir: Path) -> None:
+    """[limits] messages_per_hour = 3 for `nobody`, who leaves 200 files: 3 are taken, the
+    next refused for now, and the other 196 wait without being read and judged again at every
+    look (each was, every 2 s for the rest of the hour: half a CPU for 5,000 small files)."""
+    server = HatoServer(
+        workdir / "data",
+        MailSetup(domains=(DomainSetup("example.test", users=("alice",)),), messages_per_hour=3),
+    )
+    server.start()
+    try:
+        drop = server.data_dir / "maildrop"
+        alice = server.mailbox("alice", "example.test")
+        for n in range(200):
+            head = b'{"from": "", "rcpt": ["alice"]}\n'
+            _drop(drop, f"n{n:03d}", head + b"Subject: n%d\r\n\r\nx\r\n" % n)
+        assert server.wait_for_log(r"event=maildrop-deferred file=n003 ")
+        # root's file, last in the order of names, is taken in a look after nobody's.
+        late = drop / ".zzz"
+        late.write_bytes(b'{"from": "", "rcpt": ["alice"]}\nSubject: root late\r\n\r\nx\r\n')
+        late.rename(drop / "zzz")
+        assert _wait_text(alice, b"Subject: root late")
+        assert len(maildir.messages(alice)) == 4
+        assert server.log_text().count("event=maildrop-deferred ") == 1
+        assert len(list(drop.iterdir())) == 197  # they wait for the limit, none is lost
+    finally:
+        server.stop()
