@@ -12,6 +12,8 @@ submission socket (any local user's) put a RecursionError traceback in the serve
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +111,58 @@ def test_a_request_nested_too_deep_on_the_submission_socket_is_answered(
     assert first == {"ok": False, "error": "not a JSON line"}, (out, err)
     assert second["ok"] is True  # the connection goes on
     assert "Traceback" not in hato_server.log_text()
+
+
+def _hold_bodies(user: pwd.struct_passwd, path: Path, count: int) -> tuple[int, int]:
+    """A child that is `user`, with `count` submissions on the submission socket that declare
+    1000 octets and send 10; it keeps them open until the returned pipe is closed. Returns
+    (pid, that pipe's write end), once its connections are made."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            held = []
+            for _ in range(count):
+                client = socket.socket(socket.AF_UNIX)
+                client.connect(str(path))
+                request = {"op": "submit", "from": "", "rcpt": ["a"], "size": 1000}
+                client.sendall(json.dumps(request).encode() + b"\n" + b"x" * 10)
+                held.append(client)
+            os.write(ready_w, b"ready\n")
+            os.read(done_r, 1)  # until the parent closes it
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    assert os.read(ready_r, 16) == b"ready\n"
+    os.close(ready_r)
+    return pid, done_w
+
+
+def test_local_users_sending_slowly_do_not_hold_roots_mail(hato_server: SocketHato) -> None:
+    """Two local users, four slow submissions each, held all 8 body slots of the server for
+    BODY_TIMEOUT (300 s): root's hato-sendmail (cron's mail, on the control socket) waited
+    past its client's 60 s and gave up with exit 75. Now a uid has at most 2 bodies at once on
+    the submission socket (more are refused for now: 451 4.3.2), and the control socket has
+    slots of its own."""
+    children = [
+        _hold_bodies(pwd.getpwnam(name), hato_server.submit_socket, 4)
+        for name in ("nobody", "www-data")
+    ]
+    try:
+        done = hato_server.sendmail(["a@example.test"], b"Subject: from cron\n\nx\n")
+        assert done.returncode == 0, done.stderr
+        for name in ("nobody", "www-data"):
+            uid = pwd.getpwnam(name).pw_uid
+            assert hato_server.wait_for_log(rf"event=control-busy uid={uid} reason=bodies")
+    finally:
+        for _, release in children:
+            os.close(release)  # all first: each child holds a copy of the others' ends
+        for pid, _ in children:
+            os.waitpid(pid, 0)

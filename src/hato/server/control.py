@@ -34,7 +34,10 @@ An optional second socket (`submit_path`, mode 0666: any local user) answers onl
 `submit`; the peer's uid (SO_PEERCRED) goes into the Received header, like Postfix's pickup, and
 decides which senders it may use and its sending limits (server.localsubmit). It takes at most
 MAX_PUBLIC_CONNECTIONS connections, MAX_CONNECTIONS_PER_UID of one uid, and reads at most
-MAX_BODIES_AT_ONCE messages at a time, each streamed into the queue's body as it comes.
+MAX_BODIES_AT_ONCE messages at a time, MAX_BODIES_PER_UID of one uid (another is refused for
+now), each streamed into the queue's body as it comes. The control socket's submissions (root
+and the server's user: cron's mail) have slots of their own: local users sending slowly held
+all 8 for BODY_TIMEOUT, and root's hato-sendmail gave up (exit 75) meanwhile.
 """
 
 from __future__ import annotations
@@ -73,7 +76,10 @@ BODY_TIMEOUT = 300.0  # seconds to send the octets of one submitted message
 # the server's memory or connections (each message is held whole while it is checked).
 MAX_PUBLIC_CONNECTIONS = 32
 MAX_CONNECTIONS_PER_UID = 4
-MAX_BODIES_AT_ONCE = 8  # more than one uid may hold
+MAX_BODIES_AT_ONCE = 8  # on each socket
+MAX_BODIES_PER_UID = 2  # of one uid on the submission socket, at once
+# RFC 3463 §3.4 X.3.2 system not accepting messages: try again later.
+BUSY = "451 4.3.2 too many messages at once from this user; try again later"
 _CHUNK = 64 * 1024  # a submitted message is read and written on in pieces of this size
 _ACTIONS = {f"queue.{a.value}": a for a in Action}
 _PUBLIC_OPS = frozenset({"hello", "submit"})
@@ -146,7 +152,9 @@ class ControlServer:
         self._policy = policy or PolicyAdmin(None, None, adminlog.admin_log)
         self._started = clock.now()
         self._public: dict[int | None, int] = {}  # open submission-socket connections per uid
-        self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)
+        self._bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)  # the submission socket's
+        self._own_bodies = asyncio.Semaphore(MAX_BODIES_AT_ONCE)  # the control socket's
+        self._bodies_of: dict[int | None, int] = {}  # submission-socket bodies per uid
 
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool
@@ -196,7 +204,7 @@ class ControlServer:
             if public and op not in _PUBLIC_OPS:
                 raise RequestError(f"{op}: not allowed on the submission socket")
             if op == "submit":
-                return await self._on_submit(request, reader, uid)
+                return await self._on_submit(request, reader, uid, public=public)
             return {"ok": True, **await self._dispatch(op, request)}
         except (json.JSONDecodeError, RecursionError):
             # RecursionError: "[[[[..." (any local user may write to the submission socket);
@@ -310,7 +318,12 @@ class ControlServer:
         return out
 
     async def _on_submit(
-        self, request: dict[str, Any], reader: asyncio.StreamReader, uid: int | None
+        self,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        uid: int | None,
+        *,
+        public: bool,
     ) -> dict[str, Any]:
         size = request.get("size")
         if not isinstance(size, int) or size < 0:
@@ -330,10 +343,34 @@ class ControlServer:
             await _skip(reader, size)  # so that the connection can go on
             raise RequestError(problem)
         assert isinstance(sender, str) and isinstance(rcpts, list)
+        if public and self._bodies_of.get(uid, 0) >= MAX_BODIES_PER_UID:
+            log.warning(logfmt("control-busy", uid=uid, reason="bodies"))
+            await _skip(reader, size)  # so that the connection can go on
+            return {"ok": False, "error": BUSY, "reply": BUSY, "temporary": True}
+        if public:
+            self._bodies_of[uid] = self._bodies_of.get(uid, 0) + 1
+        try:
+            return await self._receive(sender, rcpts, size, reader, uid, public=public)
+        finally:
+            if public:
+                self._bodies_of[uid] -= 1
+
+    async def _receive(
+        self,
+        sender: str,
+        rcpts: list[str],
+        size: int,
+        reader: asyncio.StreamReader,
+        uid: int | None,
+        *,
+        public: bool,
+    ) -> dict[str, Any]:
+        assert self._submit is not None
+        slots = self._bodies if public else self._own_bodies
         body = self._submit.new_body(rcpts)  # a keyed recipient: sealed scratch, not the spool
         try:
             # Streamed into the queue's body file: never a whole message in memory.
-            async with self._bodies, asyncio.timeout(BODY_TIMEOUT):
+            async with slots, asyncio.timeout(BODY_TIMEOUT):
                 left = size
                 while left:
                     chunk = await reader.read(min(left, _CHUNK))
