@@ -186,7 +186,7 @@ def _author_domains(values: tuple[str, ...]) -> tuple[str, ...] | FromProblem:
         return FromProblem.NO_ADDRESS
     domains: dict[str, None] = {}
     for domain in found:
-        ascii_domain = _author_domain(domain)
+        ascii_domain = author_domain(domain)
         if ascii_domain:
             domains[ascii_domain] = None
     if len(domains) > MAX_AUTHOR_DOMAINS:
@@ -194,7 +194,7 @@ def _author_domains(values: tuple[str, ...]) -> tuple[str, ...] | FromProblem:
     return tuple(domains) or FromProblem.BAD_DOMAIN
 
 
-def _author_domain(text: str) -> str:
+def author_domain(text: str) -> str:
     """The A-label form of a From domain in the normal form addresses are compared in
     (model.normalize_domain: UTS #46, NFC), or "" for what is no domain name."""
     name = text.strip().rstrip(".")
@@ -253,7 +253,7 @@ def aligned(identifier: str, author_domain: str, mode: Alignment) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _comparable(domain: str) -> str:
-    return _author_domain(domain) or normalize_name(domain)
+    return author_domain(domain) or normalize_name(domain)
 
 
 # -- the record (RFC 7489 §6.3, §6.4) ---------------------------------------------------------

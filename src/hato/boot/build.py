@@ -39,6 +39,7 @@ from hato.model import (
 from hato.policy import (
     AuthThrottleSettings,
     ClientNetwork,
+    DisplayNameAction,
     ListenerNetworkRules,
     NetworkTable,
     OwnDomainAction,
@@ -286,6 +287,7 @@ def own_domains(settings: Settings) -> OwnDomains:
         OwnDomainAction(check.own_domains.value),
         tuple(check.own_domains_relays),
         frozenset(d.rstrip(".").lower() for d in check.own_domains_arc_sealers),
+        DisplayNameAction(check.own_domains_display_names.value),
     )
 
 

@@ -31,6 +31,12 @@ class OwnDomainsEnforcement(enum.StrEnum):
     DMARC = "dmarc"  # only what the domain's own DMARC record says
 
 
+class DisplayNamesEnforcement(enum.StrEnum):
+    QUARANTINE = "quarantine"  # a From display name reading as our address: to Junk
+    REJECT = "reject"  # 550 5.7.1
+    ACCEPT = "accept"  # not judged
+
+
 class AuthcheckSettings(BaseModel):
     """[authcheck]."""
 
@@ -61,6 +67,12 @@ class AuthcheckSettings(BaseModel):
         (),
         description="an array of domains whose valid ARC seal vouches for a forwarded "
         'message from our domains (a mailing list), e.g. ["lists.example.net"]',
+    )
+    own_domains_display_names: DisplayNamesEnforcement = Field(
+        DisplayNamesEnforcement.QUARANTINE,
+        description='"quarantine", "reject" or "accept": what mx does with a message whose '
+        "From display name or comment reads as an address in our domains while its address "
+        "is a stranger's",
     )
     budget: Seconds = Field(
         20.0, description="seconds all checks of one message may take (then temperror)"

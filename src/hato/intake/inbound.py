@@ -53,13 +53,29 @@ from hato.authcheck import (
 from hato.authcheck.arc import arc_fields
 from hato.authcheck.dkim import MAX_SIGNATURES, header_block
 from hato.authcheck.offload import BySize, ProcessPool, WorkerPool, inline
-from hato.authcheck.ownfrom import as_if_reject
+from hato.authcheck.ownfrom import (
+    as_if_reject,
+    display_name_domains,
+    held,
+    ours_or_below,
+    sender_domains,
+)
 from hato.authcheck.spf_cache import SpfCache
 from hato.intake.capture import LargeMessage
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
-from hato.model.header import HeaderField, split_header_fields
-from hato.policy import Defer, OwnDomains, OwnFromFacts, Quarantine, Reject, own_from_decision
+from hato.model.header import HeaderField, named, split_header_fields
+from hato.policy import (
+    Accept,
+    Defer,
+    DisplayNameFacts,
+    OwnDomains,
+    OwnFromFacts,
+    Quarantine,
+    Reject,
+    display_name_decision,
+    own_from_decision,
+)
 from hato.reports import Recorder
 from hato.reports.capture import dmarc_events
 
@@ -83,6 +99,21 @@ class InboundVerdict:
     quarantine: bool = False
     summary: str = ""  # "spf=pass dkim=pass dmarc=pass" for the log
     spf_pass: bool = False  # the MAIL FROM passed SPF (RFC 7208 §2.6.3): a checked sender
+
+
+# RFC 5322 §3.6.2, §3.6.6: the originator fields besides From that readers show.
+SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
+
+
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    """What the checks of one message found, for the own-domains judgement."""
+
+    spf: SpfResult
+    dkim: tuple[DkimResult, ...]
+    arc: ArcResult
+    client_ip: str
+    fields: list[HeaderField]
 
 
 class InboundChecker:
@@ -157,7 +188,9 @@ class InboundChecker:
         )
         verdict = self._decide(verdict, decisive)
         if verdict.refuse is None and not isinstance(dmarc, FromProblem):
-            verdict = self._own_domains(verdict, dmarc, spf, dkim, arc, client_ip)
+            verdict = await self._own_domains(
+                verdict, dmarc, _Evidence(spf, dkim, arc, client_ip, fields), deadline
+            )
         if self._recorder is not None and not isinstance(dmarc, FromProblem):
             self._record(dmarc, client_ip, sender, spf, dkim, verdict)
         return verdict
@@ -204,44 +237,111 @@ class InboundChecker:
             return replace(verdict, quarantine=True)
         return verdict
 
-    def _own_domains(
+    async def _own_domains(
         self,
         verdict: InboundVerdict,
         dmarc: tuple[DmarcResult, ...],
-        spf: SpfResult,
-        dkim: tuple[DkimResult, ...],
-        arc: ArcResult,
-        client_ip: str,
+        evidence: _Evidence,
+        deadline: float,
     ) -> InboundVerdict:
-        """A From in one of our own domains is judged as if the domain said p=reject
-        (policy/ownfrom.py): a stranger's spoof of our users, to our users, is refused even
-        when our domain publishes no DMARC record or p=none (RFC 7489 §6.6.4, local policy)."""
+        """A From in one of our own domains (or below one, without a DMARC record of its own)
+        is judged as if the domain said p=reject (policy/ownfrom.py): a stranger's spoof of
+        our users, to our users, is refused even when our domain publishes no DMARC record or
+        p=none (RFC 7489 §6.6.4, local policy). Then the Sender and Resent-* addresses, the
+        same way, and last a From display name that reads as one of our addresses."""
         rule, is_own = self.own, self._is_own
         if rule is None or is_own is None:
             return verdict
-        ours = [r for r in dmarc if is_own(r.from_domain)]
-        if not ours:
-            return verdict
-        kept = SpfOutcome.of(spf)
-        statuses = {as_if_reject(r, kept, _outcomes(r.from_domain, dkim)) for r in ours}
+        facts = self._own_facts(rule, [r for r in dmarc if held(r, is_own)], evidence)
+        outcome = self._apply(verdict, own_from_decision(rule, facts), "own")
+        if outcome.refuse is not None:
+            return outcome
+        facts = replace(await self._sender_facts(rule, evidence, deadline), sender_field=True)
+        outcome = self._apply(outcome, own_from_decision(rule, facts), "own_sender")
+        if outcome.refuse is not None:
+            return outcome
+        authors = tuple(r.from_domain for r in dmarc)
+        if any(ours_or_below(a, is_own) for a in authors):
+            return outcome  # our address is the author: judged above, whatever its name says
+        froms = (f.text() for f in named(evidence.fields, b"From"))
+        if not any(ours_or_below(d, is_own) for d in display_name_domains(froms)):
+            return outcome
+        newest = max(evidence.arc.sets, key=lambda s: s.instance, default=None)
+        names = DisplayNameFacts(
+            relayed=rule.relayed(evidence.client_ip),
+            # SpamAssassin's FromNameSpoof `fns_ignore_dkim` too: a list's own signature.
+            vouched=(
+                evidence.arc.status is ArcStatus.PASS
+                and newest is not None
+                and rule.sealed_by_trusted(newest.domain)
+            )
+            or any(
+                r.status is DkimStatus.PASS and rule.sealed_by_trusted(r.domain)
+                for r in evidence.dkim
+            ),
+        )
+        return self._apply(outcome, display_name_decision(rule, names), "own_name")
+
+    def _own_facts(
+        self, rule: OwnDomains, ours: list[DmarcResult], evidence: _Evidence
+    ) -> OwnFromFacts:
+        """What the checks found for the held domains `ours` (none: a pass)."""
+        kept = SpfOutcome.of(evidence.spf)
+        statuses = {as_if_reject(r, kept, _outcomes(r.from_domain, evidence.dkim)) for r in ours}
+        arc = evidence.arc
         newest = max(arc.sets, key=lambda s: s.instance, default=None)
-        facts = OwnFromFacts(
-            passed=statuses == {DmarcStatus.PASS},
+        return OwnFromFacts(
+            passed=statuses <= {DmarcStatus.PASS},
             temperror=DmarcStatus.TEMPERROR in statuses and DmarcStatus.FAIL not in statuses,
-            relayed=rule.relayed(client_ip),
+            relayed=rule.relayed(evidence.client_ip),
             arc_trusted=arc.status is ArcStatus.PASS
             and newest is not None
             and rule.sealed_by_trusted(newest.domain),
         )
-        decision = own_from_decision(rule, facts)
+
+    async def _sender_facts(
+        self, rule: OwnDomains, evidence: _Evidence, deadline: float
+    ) -> OwnFromFacts:
+        """RFC 5322 §3.6.2 Sender, §3.6.6 Resent-From and Resent-Sender: an address of ours
+        there is held to what a From of ours is. Fields that cannot be read (past DMARC's
+        bounds for a From: 4 KiB, 10 domains) might name ours: they fail."""
+        is_own = self._is_own
+        assert is_own is not None
+        fields = named(evidence.fields, *SENDER_FIELDS)
+        if not fields:
+            return OwnFromFacts(passed=True, temperror=False)
+        domains = sender_domains(f.text() for f in fields)
+        if domains is None:
+            facts = self._own_facts(rule, [], evidence)
+            return replace(facts, passed=False, temperror=False)
+        wanted = [d for d in domains if ours_or_below(d, is_own)]
+        if not wanted:
+            return OwnFromFacts(passed=True, temperror=False)
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = [await self._evaluate(d, evidence.spf, evidence.dkim) for d in wanted]
+        except TimeoutError:
+            results = [
+                DmarcResult(DmarcStatus.TEMPERROR, DmarcPolicy.NONE, d, detail="time budget")
+                for d in wanted
+            ]
+        return self._own_facts(rule, [r for r in results if held(r, is_own)], evidence)
+
+    @staticmethod
+    def _apply(
+        verdict: InboundVerdict, decision: Accept | Reject | Defer | Quarantine, name: str
+    ) -> InboundVerdict:
+        """The verdict with an own-domains decision applied; `name` for the log summary."""
         if isinstance(decision, Defer):
             # The same reply as DMARC's temperror: not counted in the aggregate report (the
             # client tries again, `_record`).
-            return replace(verdict, refuse=DMARC_DEFER, summary=verdict.summary + " own=temperror")
+            return replace(
+                verdict, refuse=DMARC_DEFER, summary=f"{verdict.summary} {name}=temperror"
+            )
         if isinstance(decision, Reject):
-            return replace(verdict, refuse=decision.reply, summary=verdict.summary + " own=fail")
+            return replace(verdict, refuse=decision.reply, summary=f"{verdict.summary} {name}=fail")
         if isinstance(decision, Quarantine):
-            return replace(verdict, quarantine=True, summary=verdict.summary + " own=fail")
+            return replace(verdict, quarantine=True, summary=f"{verdict.summary} {name}=fail")
         return verdict
 
     async def _spf(self, ip: str, helo: str, sender: str, deadline: float) -> SpfResult:

@@ -25,10 +25,13 @@ from hato.policy.networks import (
 )
 from hato.policy.ownfrom import (
     OWN_DOMAIN_SPOOF,
+    DisplayNameAction,
+    DisplayNameFacts,
     OwnDomainAction,
     OwnDomains,
     OwnFromFacts,
     Quarantine,
+    display_name_decision,
     own_from_decision,
 )
 from hato.policy.ratelimit import LIMITS_DB, Reservation, SendLimiter, SendLimitSettings, SpikeAlert
@@ -56,6 +59,8 @@ __all__ = [
     "ConnectionVerdict",
     "Decision",
     "Defer",
+    "DisplayNameAction",
+    "DisplayNameFacts",
     "HeaderFacts",
     "ListenerNetworkRules",
     "NetworkTable",
@@ -73,6 +78,7 @@ __all__ = [
     "client_key",
     "connection_check",
     "connection_decision",
+    "display_name_decision",
     "header_decision",
     "mail_from_decision",
     "own_from_decision",
