@@ -104,6 +104,12 @@ def test_local_users_send_only_as_themselves_through_the_configured_socket(
     spoof = b"From: ceo@example.test\nSubject: wire the money\n\nnow\n"
     code, err = sendmail_as_nobody(hato.config, ["-f", "noreply@example.test", "bob"], spoof)
     assert code == 69 and "553 5.7.1 From:" in err, (code, err)
+    # RFC 5322 §3.6.2, §3.6.6: a Sender or Resent- field of bob's ("bob on behalf of") too.
+    for field in (b"Sender: bob@example.test", b"Resent-From: <bob@example.test>"):
+        message = b"From: noreply@example.test\n" + field + b"\nSubject: x\n\nnow\n"
+        code, err = sendmail_as_nobody(hato.config, ["-f", "noreply@example.test", "bob"], message)
+        name = field.split(b":")[0].decode()
+        assert code == 69 and f"553 5.7.1 {name}:" in err, (code, err)
     granted_from = b"From: noreply@example.test\n\nx\n"
     code, err = sendmail_as_nobody(hato.config, ["-f", "bob@example.test", "bob"], granted_from)
     assert code == 69 and "553 5.7.1 bob@example.test is not nobody's" in err, (code, err)

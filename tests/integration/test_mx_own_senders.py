@@ -180,7 +180,9 @@ def test_sender_fields_that_pass_aligned_or_are_not_ours_are_delivered(
     # Our own signature of a message resent by one of ours (Resent-From), forwarded back.
     marker = uuid.uuid4().hex
     raw = _message("From: <a@stranger.test>\r\nResent-From: <ceo@example.org>", marker)
-    signed = dkim.sign(raw, b"s1", b"example.org", OUR_KEY, include_headers=[b"from", b"resent-from"])
+    signed = dkim.sign(
+        raw, b"s1", b"example.org", OUR_KEY, include_headers=[b"from", b"resent-from"]
+    )
     assert _send(server, signed + raw)[0] == 250
     assert maildir.wait_for_marker(_box(server), marker, 30)
 

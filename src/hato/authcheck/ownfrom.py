@@ -51,6 +51,7 @@ _MAX_LABELS = 127
 # at the at sign and the domain stops at the next one: linear in the text.
 _AT = "@\uff20\ufe6b"
 _NOT_ADDRESS = rf"\s<>()\[\]\"',;:\\{_AT}"
+_WIDE_AT = re.compile("[\uff20\ufe6b]")
 _ADDRESS_LIKE = re.compile(rf"(?<=[^{_NOT_ADDRESS}])[{_AT}]([^{_NOT_ADDRESS}]+)")
 
 
@@ -116,8 +117,12 @@ def display_name_domains(values: Iterable[str]) -> tuple[str, ...]:
     values): the real addresses and any in display names or comments (RFC 5322 §3.4
     display-name, §3.2.2 comments), encoded-words (RFC 2047 §5, shown decoded by readers)
     decoded. The caller knows the real ones (`from_domains`); the rest are what a reader
-    shows beside them. At most MAX_FROM_SIZE of text is read (DMARC refuses a longer From)."""
+    shows beside them. At most MAX_FROM_SIZE of text is read (DMARC refuses a longer From).
+    A text with one at sign at most and no encoded-word holds no second address: () at once
+    (the common From, read for every message on mx)."""
     text = "".join(values)[:MAX_FROM_SIZE]
+    if text.count("@") <= 1 and "=?" not in text and not _WIDE_AT.search(text):
+        return ()
     if "=?" in text:
         # Undecodable: read as written.
         with contextlib.suppress(HeaderParseError, LookupError, UnicodeError, ValueError):

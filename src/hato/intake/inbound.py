@@ -252,14 +252,21 @@ class InboundChecker:
         rule, is_own = self.own, self._is_own
         if rule is None or is_own is None:
             return verdict
-        facts = self._own_facts(rule, [r for r in dmarc if held(r, is_own)], evidence)
-        outcome = self._apply(verdict, own_from_decision(rule, facts), "own")
-        if outcome.refuse is not None:
-            return outcome
-        facts = replace(await self._sender_facts(rule, evidence, deadline), sender_field=True)
-        outcome = self._apply(outcome, own_from_decision(rule, facts), "own_sender")
-        if outcome.refuse is not None:
-            return outcome
+        outcome = verdict
+        ours = [r for r in dmarc if held(r, is_own)]
+        if ours:
+            facts = self._own_facts(rule, ours, evidence)
+            outcome = self._apply(outcome, own_from_decision(rule, facts), "own")
+            if outcome.refuse is not None:
+                return outcome
+        senders = named(evidence.fields, *SENDER_FIELDS)
+        if senders:
+            found = await self._sender_facts(rule, senders, evidence, deadline)
+            if found is not None:
+                found = replace(found, sender_field=True)
+                outcome = self._apply(outcome, own_from_decision(rule, found), "own_sender")
+                if outcome.refuse is not None:
+                    return outcome
         authors = tuple(r.from_domain for r in dmarc)
         if any(ours_or_below(a, is_own) for a in authors):
             return outcome  # our address is the author: judged above, whatever its name says
@@ -300,23 +307,20 @@ class InboundChecker:
         )
 
     async def _sender_facts(
-        self, rule: OwnDomains, evidence: _Evidence, deadline: float
-    ) -> OwnFromFacts:
+        self, rule: OwnDomains, fields: list[HeaderField], evidence: _Evidence, deadline: float
+    ) -> OwnFromFacts | None:
         """RFC 5322 §3.6.2 Sender, §3.6.6 Resent-From and Resent-Sender: an address of ours
-        there is held to what a From of ours is. Fields that cannot be read (past DMARC's
-        bounds for a From: 4 KiB, 10 domains) might name ours: they fail."""
+        there is held to what a From of ours is (None: none of ours). Fields that cannot be
+        read (past DMARC's bounds for a From: 4 KiB, 10 domains) might name ours: they fail."""
         is_own = self._is_own
         assert is_own is not None
-        fields = named(evidence.fields, *SENDER_FIELDS)
-        if not fields:
-            return OwnFromFacts(passed=True, temperror=False)
         domains = sender_domains(f.text() for f in fields)
         if domains is None:
             facts = self._own_facts(rule, [], evidence)
             return replace(facts, passed=False, temperror=False)
         wanted = [d for d in domains if ours_or_below(d, is_own)]
         if not wanted:
-            return OwnFromFacts(passed=True, temperror=False)
+            return None
         try:
             async with asyncio.timeout_at(deadline):
                 results = [await self._evaluate(d, evidence.spf, evidence.dkim) for d in wanted]
@@ -325,7 +329,8 @@ class InboundChecker:
                 DmarcResult(DmarcStatus.TEMPERROR, DmarcPolicy.NONE, d, detail="time budget")
                 for d in wanted
             ]
-        return self._own_facts(rule, [r for r in results if held(r, is_own)], evidence)
+        ours = [r for r in results if held(r, is_own)]
+        return self._own_facts(rule, ours, evidence) if ours else None
 
     @staticmethod
     def _apply(

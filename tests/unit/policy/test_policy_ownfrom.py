@@ -8,13 +8,17 @@ from hato.policy import (
     OWN_DOMAIN_SPOOF,
     Accept,
     Defer,
+    DisplayNameAction,
+    DisplayNameFacts,
     OwnDomainAction,
     OwnDomains,
     OwnFromFacts,
     Quarantine,
     Reject,
+    display_name_decision,
     own_from_decision,
 )
+from hato.policy.ownfrom import OWN_NAME_SPOOF, OWN_SENDER_SPOOF
 
 FAILED = OwnFromFacts(passed=False, temperror=False)
 
@@ -52,3 +56,20 @@ def test_sealers_compare_case_and_dot_insensitively() -> None:
     rule = OwnDomains(arc_sealers=frozenset({"lists.example.net"}))
     assert rule.sealed_by_trusted("Lists.Example.NET.")
     assert not rule.sealed_by_trusted("example.net")
+
+
+def test_a_sender_field_gets_its_own_reply() -> None:
+    facts = OwnFromFacts(passed=False, temperror=False, sender_field=True)
+    assert own_from_decision(OwnDomains(), facts) == Reject(OWN_SENDER_SPOOF)
+    assert (OWN_SENDER_SPOOF.code, OWN_SENDER_SPOOF.enhanced) == (550, "5.7.1")
+    assert own_from_decision(OwnDomains(OwnDomainAction.DMARC), facts) == Accept()
+
+
+def test_a_display_name_of_ours_is_quarantined_by_default_never_refused() -> None:
+    assert display_name_decision(OwnDomains(), DisplayNameFacts()) == Quarantine()
+    strict = OwnDomains(display_names=DisplayNameAction.REJECT)
+    assert display_name_decision(strict, DisplayNameFacts()) == Reject(OWN_NAME_SPOOF)
+    for facts in (DisplayNameFacts(relayed=True), DisplayNameFacts(vouched=True)):
+        assert display_name_decision(strict, facts) == Accept()
+    off = OwnDomains(display_names=DisplayNameAction.ACCEPT)
+    assert display_name_decision(off, DisplayNameFacts()) == Accept()
