@@ -64,7 +64,7 @@ from hato.authcheck.spf_cache import SpfCache
 from hato.intake.capture import LargeMessage
 from hato.model import Clock, Reply, ReversePath
 from hato.model.dns import Resolver
-from hato.model.header import HeaderField, named, split_header_fields
+from hato.model.header import HeaderField, split_header_fields
 from hato.policy import (
     Accept,
     Defer,
@@ -101,8 +101,16 @@ class InboundVerdict:
     spf_pass: bool = False  # the MAIL FROM passed SPF (RFC 7208 §2.6.3): a checked sender
 
 
-# RFC 5322 §3.6.2, §3.6.6: the originator fields besides From that readers show.
-SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
+# RFC 5322 §3.6.2, §3.6.6: the originator fields readers show, From and the others.
+_ORIGINATOR_NAMES = frozenset({"from", "sender", "resent-from", "resent-sender"})
+
+
+def _originators(fields: list[HeaderField]) -> list[tuple[str, HeaderField]]:
+    """The From, Sender and Resent-* fields with their names in lower case, in one pass over
+    the section. A name is compared as DMARC's From always was: decoded and stripped of any
+    white space (`From\x0b:` is a From to a reader that trims more than RFC 5322 §4.5 WSP)."""
+    named = ((f.name.decode("latin-1").strip().lower(), f) for f in fields)
+    return [(n, f) for n, f in named if n in _ORIGINATOR_NAMES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +121,8 @@ class _Evidence:
     dkim: tuple[DkimResult, ...]
     arc: ArcResult
     client_ip: str
-    fields: list[HeaderField]
+    froms: list[str]  # the From fields' unfolded values
+    senders: list[HeaderField]  # the Sender and Resent-* fields
 
 
 class InboundChecker:
@@ -174,7 +183,9 @@ class InboundChecker:
             spf = kept
             dkim = await self._dkim(message, fields, early)
             arc = await self._arc(message, fields, early)
-        dmarc = await self._dmarc(fields, spf, dkim, deadline)
+        originators = _originators(fields)
+        froms = [f.text() for n, f in originators if n == "from"]
+        dmarc = await self._dmarc(froms, spf, dkim, deadline)
         methods: list[MethodResult] = [spf_method(spf, mailfrom=sender, helo=helo)]
         methods.extend(dkim_methods(dkim))
         methods.extend(_dmarc_methods(dmarc))
@@ -189,7 +200,12 @@ class InboundChecker:
         verdict = self._decide(verdict, decisive)
         if verdict.refuse is None and not isinstance(dmarc, FromProblem):
             verdict = await self._own_domains(
-                verdict, dmarc, _Evidence(spf, dkim, arc, client_ip, fields), deadline
+                verdict,
+                dmarc,
+                _Evidence(
+                    spf, dkim, arc, client_ip, froms, [f for n, f in originators if n != "from"]
+                ),
+                deadline,
             )
         if self._recorder is not None and not isinstance(dmarc, FromProblem):
             self._record(dmarc, client_ip, sender, spf, dkim, verdict)
@@ -253,13 +269,14 @@ class InboundChecker:
         if rule is None or is_own is None:
             return verdict
         outcome = verdict
-        ours = [r for r in dmarc if held(r, is_own)]
+        near = [r for r in dmarc if ours_or_below(r.from_domain, is_own)]
+        ours = [r for r in near if held(r, is_own)]
         if ours:
             facts = self._own_facts(rule, ours, evidence)
             outcome = self._apply(outcome, own_from_decision(rule, facts), "own")
             if outcome.refuse is not None:
                 return outcome
-        senders = named(evidence.fields, *SENDER_FIELDS)
+        senders = evidence.senders
         if senders:
             found = await self._sender_facts(rule, senders, evidence, deadline)
             if found is not None:
@@ -267,11 +284,9 @@ class InboundChecker:
                 outcome = self._apply(outcome, own_from_decision(rule, found), "own_sender")
                 if outcome.refuse is not None:
                     return outcome
-        authors = tuple(r.from_domain for r in dmarc)
-        if any(ours_or_below(a, is_own) for a in authors):
+        if near:
             return outcome  # our address is the author: judged above, whatever its name says
-        froms = (f.text() for f in named(evidence.fields, b"From"))
-        if not any(ours_or_below(d, is_own) for d in display_name_domains(froms)):
+        if not any(ours_or_below(d, is_own) for d in display_name_domains(evidence.froms)):
             return outcome
         newest = max(evidence.arc.sets, key=lambda s: s.instance, default=None)
         names = DisplayNameFacts(
@@ -397,17 +412,16 @@ class InboundChecker:
 
     async def _dmarc(
         self,
-        fields: list[HeaderField],
+        froms: list[str],
         spf: SpfResult,
         dkim: tuple[DkimResult, ...],
         deadline: float,
     ) -> tuple[DmarcResult, ...] | FromProblem:
-        """One result per From domain (RFC 7489 §6.6.1), from the whole header section read
-        the one way every check reads it (model/header.py), never Python's parser, which
-        stops at the first malformed line and skips "From :" fields readers show."""
-        named = ((f.name.decode("latin-1"), f) for f in fields)
-        # Only From fields are read (from_domains' own test of the name): no other is unfolded.
-        authors = from_domains((n, f.text()) for n, f in named if n.strip().lower() == "from")
+        """One result per From domain (RFC 7489 §6.6.1), from the From fields' values of the
+        whole header section read the one way every check reads it (model/header.py: the
+        name stripped, so "From :" too), never Python's parser, which stops at the first
+        malformed line and skips "From :" fields readers show."""
+        authors = from_domains(("from", text) for text in froms)
         if isinstance(authors, FromProblem):
             return authors
         try:
