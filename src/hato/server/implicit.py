@@ -28,7 +28,7 @@ from typing import Any
 
 from hato.model import logfmt
 from hato.server.context import SessionContext
-from hato.server.spread import AcceptLoop, Turn
+from hato.server.spread import AcceptLoop, Connection, Turn
 
 log = logging.getLogger("hato.smtpd")
 
@@ -58,7 +58,7 @@ class ImplicitTlsListener:
         for task in list(self._handshakes):
             task.cancel()
 
-    def _accepted(self, conn: socket.socket, peer: Any) -> None:
+    def _accepted(self, conn: Connection, peer: Any) -> None:
         listener = self._ctx.listener
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         self._ctx.metrics.connection()
@@ -72,27 +72,27 @@ class ImplicitTlsListener:
                     reason="connection-limit",
                 )
             )
-            conn.close()
+            conn.discard()
             return
         listener.reserve(ip)
         task = asyncio.get_running_loop().create_task(self._handshake(conn, ip))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, conn: socket.socket, ip: str) -> None:
+    async def _handshake(self, conn: Connection, ip: str) -> None:
         tls = self._ctx.tls
         try:
             if tls is None:
                 raise ConnectionAbortedError("no certificate")
             await asyncio.get_running_loop().connect_accepted_socket(
                 self._factory,
-                conn,
+                conn,  # type: ignore[arg-type]
                 ssl=tls.current,
                 ssl_handshake_timeout=self._ctx.tls_handshake_timeout,
             )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError and ConnectionError are OSErrors
             log.info(logfmt("tls-failed", listener=self._ctx.listener.name, client=ip, error=exc))
             with contextlib.suppress(OSError):
-                conn.close()  # the transport closed it already; else it is closed here
+                conn.discard()  # the transport closed it already; else it is closed here
         finally:
             self._ctx.listener.release(ip)

@@ -190,11 +190,52 @@ class Accepted(socket.socket):
     integers: socket.socket's own properties make an enum of them at every read, and a
     connection had them read five times (twice by `socket.accept`, three times by uvloop's
     `connect_accepted_socket`): ~5 µs a connection (issue 15). A subclass of socket.socket
-    still, so uvloop detaches it when the transport closes the descriptor."""
+    still, so uvloop detaches it when the transport closes the descriptor. Made on asyncio's
+    own event loop, which reads and writes through the socket object; on uvloop's, a
+    `Descriptor` is enough."""
 
     __slots__ = ()
     family = socket.SocketType.family  # type: ignore[assignment]
     type = socket.SocketType.type  # type: ignore[assignment]
+
+    def discard(self) -> None:
+        """Close it, unless a transport took it (then it is detached: this does nothing)."""
+        self.close()
+
+
+class Descriptor:
+    """An accepted connection's descriptor as uvloop's `connect_accepted_socket` takes it (its
+    `family`, `type` and `fileno()`), without a socket object: making one is a getsockname(2)
+    (CPython checks the descriptor is a socket), socket.py's `__init__` in Python, and a
+    `detach()` when the transport closes (issue 15: one system call and ~3 % of a connection's
+    instructions, the fourth of its getsockname and getpeername calls). uvloop reads and writes
+    the descriptor itself and calls `close()` on an attached object that is not a socket.socket
+    once its transport has closed the descriptor: so `close()` only forgets the number (closing
+    it again could close another connection's descriptor that took the number meanwhile), and
+    `discard()` closes it while no transport has taken it."""
+
+    __slots__ = ("family", "fd", "type")
+
+    def __init__(self, fd: int, family: int, kind: int) -> None:
+        self.fd = fd
+        self.family = family
+        self.type = kind
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        """uvloop's transport closed the descriptor: it is no longer this object's."""
+        self.fd = -1
+
+    def discard(self) -> None:
+        """Close the descriptor if no transport took it (none was made, or it failed before)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+Connection = Accepted | Descriptor  # what the accept loop hands over
 
 
 class AcceptLoop:
@@ -205,7 +246,7 @@ class AcceptLoop:
         self,
         sock: socket.socket,
         name: str,
-        accepted: Callable[[socket.socket, Any], None],
+        accepted: Callable[[Connection, Any], None],
         turn: Turn | None,
     ) -> None:
         self._sock = sock
@@ -217,12 +258,14 @@ class AcceptLoop:
         self._accepted = accepted
         self._turn = turn
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bare = False  # uvloop's loop: a `Descriptor` in place of a socket object
         self._timer: asyncio.TimerHandle | None = None
         self._backlog = select.poll()  # whether a connection waits, when a pause ends
         self._backlog.register(sock, select.POLLIN)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._bare = type(self._loop).__module__.partition(".")[0] == "uvloop"
         self._loop.add_reader(self._sock.fileno(), self._readable)
 
     def close(self) -> None:
@@ -256,7 +299,10 @@ class AcceptLoop:
                 log.warning(logfmt("accept-failed", listener=self._name, error=exc))
                 self._pause(RETRY)
                 return
-            self._accepted(Accepted(*self._kind, fileno=fd), peer)
+            if self._bare:
+                self._accepted(Descriptor(fd, self._kind[0], self._kind[1]), peer)
+            else:
+                self._accepted(Accepted(*self._kind, fileno=fd), peer)
             if turn is None or not turn.free:
                 return
 
@@ -291,16 +337,16 @@ class PlainAccepts:
         # `get_running_loop()` is a getpid(2): two a connection).
         self._loop = asyncio.get_running_loop()
 
-    def __call__(self, conn: socket.socket, _peer: Any) -> None:
+    def __call__(self, conn: Connection, _peer: Any) -> None:
         self._load.add(1)
         task = self._loop.create_task(self._open(conn))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
 
-    async def _open(self, conn: socket.socket) -> None:
+    async def _open(self, conn: Connection) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
+            await self._loop.connect_accepted_socket(self._factory, conn)  # type: ignore[arg-type]
         except OSError:  # reset before its transport was made: nothing to serve
-            conn.close()
+            conn.discard()
         finally:
             self._load.add(-1)

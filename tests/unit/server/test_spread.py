@@ -18,6 +18,8 @@ from hato.server.spread import (
     HOLD,
     PATIENCE,
     AcceptLoop,
+    Connection,
+    Descriptor,
     LoadBoard,
     PlainAccepts,
     Turn,
@@ -167,10 +169,10 @@ def test_the_accept_loop_leaves_then_takes_a_connection_no_other_worker_took() -
         taken: list[int] = []
         got = asyncio.Event()
 
-        def accepted(conn: socket.socket, peer: Any) -> None:
+        def accepted(conn: Connection, peer: Any) -> None:
             taken.append(board.counts[0])
             first.add(1)
-            conn.close()
+            conn.discard()
             got.set()
 
         loop = AcceptLoop(listening, "mx", accepted, Turn(first, asyncio.get_running_loop().time))
@@ -258,17 +260,18 @@ def _open_descriptors() -> int:
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_an_accepted_connection_is_served_and_its_descriptor_closed_once(loop_kind: str) -> None:
-    """The accept loop makes the connection's socket itself (`Accepted`: family and type read
-    as plain ints, no enum made per read); the event loop's transport serves it and, closing,
-    closes the descriptor, and the socket object does not close it a second time."""
+    """The accept loop makes the connection's socket itself: on asyncio's loop an `Accepted`
+    (family and type read as plain ints, no enum made per read), on uvloop's a `Descriptor` (no
+    socket object at all); the event loop's transport serves it and, closing, closes the
+    descriptor, and the object does not close it a second time."""
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")  # the `fast` extra, what the server runs on
 
-    async def scenario() -> tuple[list[socket.socket], list[Any], str]:
+    async def scenario() -> tuple[list[Connection], list[Any], str]:
         listening = socket.create_server(("127.0.0.1", 0))
         listening.setblocking(False)
         _, (first, _) = _loads()
-        seen: list[socket.socket] = []
+        seen: list[Connection] = []
         peers: list[Any] = []
         gone = asyncio.Event()
 
@@ -279,7 +282,7 @@ def test_an_accepted_connection_is_served_and_its_descriptor_closed_once(loop_ki
 
         accepts = PlainAccepts(factory, first)
 
-        def accepted(conn: socket.socket, peer: Any) -> None:
+        def accepted(conn: Connection, peer: Any) -> None:
             seen.append(conn)
             accepts(conn, peer)
 
@@ -307,4 +310,45 @@ def test_an_accepted_connection_is_served_and_its_descriptor_closed_once(loop_ki
     (conn,) = seen
     assert type(conn.family) is int and type(conn.type) is int  # no enum made per read
     assert conn.family == socket.AF_INET and conn.type == socket.SOCK_STREAM
-    assert isinstance(conn, socket.socket) and conn.fileno() == -1  # detached or closed
+    if loop_kind == "uvloop":
+        assert isinstance(conn, Descriptor)  # no socket object made per connection
+    else:
+        assert isinstance(conn, socket.socket)  # asyncio's transport reads through it
+    assert conn.fileno() == -1  # detached, or forgotten once the transport closed it
+
+
+def test_a_descriptor_the_transport_closed_is_forgotten_not_closed_again() -> None:
+    """uvloop calls `close()` on the object once its transport has closed the descriptor: by
+    then the number may be another connection's, which must stay open."""
+    reused, other = socket.socketpair()
+    try:
+        conn = Descriptor(reused.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.close()
+        conn.discard()
+        assert conn.fileno() == -1
+        os.fstat(reused.fileno())  # still open
+        reused.sendall(b"x")
+        assert other.recv(1) == b"x"
+    finally:
+        reused.close()
+        other.close()
+
+
+def test_a_descriptor_no_transport_took_is_closed() -> None:
+    """A connection uvloop cannot make a transport of (here a pipe: not a socket) is closed by
+    `PlainAccepts`, not left open; and its count on the board is given back."""
+    uvloop = pytest.importorskip("uvloop")
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    _, (first, _) = _loads()
+
+    async def scenario() -> None:
+        accepts = PlainAccepts(lambda: asyncio.Protocol(), first)
+        accepts(Descriptor(read_end, socket.AF_INET, socket.SOCK_STREAM), None)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*accepts._opening)  # the connection's task, to its end
+
+    uvloop.run(scenario())
+    with pytest.raises(OSError):
+        os.fstat(read_end)  # closed
+    assert first.count == 0
