@@ -41,12 +41,13 @@ May import hato.model only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import mmap
 import os
 import select
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hato.model import logfmt
@@ -332,21 +333,29 @@ class PlainAccepts:
     def __init__(self, factory: Callable[[], asyncio.Protocol], load: WorkerLoad) -> None:
         self._factory = factory
         self._load = load
-        self._opening: set[asyncio.Task[None]] = set()
         # Made in the loop that accepts; asked once (in CPython 3.11 each
         # `get_running_loop()` is a getpid(2): two a connection).
         self._loop = asyncio.get_running_loop()
 
     def __call__(self, conn: Connection, _peer: Any) -> None:
         self._load.add(1)
-        task = self._loop.create_task(self._open(conn))
-        self._opening.add(task)
-        task.add_done_callback(self._opening.discard)
+        self._step(self._loop.connect_accepted_socket(self._factory, conn), conn)  # type: ignore[arg-type]
 
-    async def _open(self, conn: Connection) -> None:
+    def _step(self, opening: Coroutine[Any, Any, Any], conn: Connection, _: object = None) -> None:
+        """Drive `connect_accepted_socket` by hand, as a task would, without one: its first
+        step makes the transport and the session, then it waits for `connection_made` (a
+        future it yields), and its second step returns."""
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)  # type: ignore[arg-type]
-        except OSError:  # reset before its transport was made: nothing to serve
-            conn.discard()
-        finally:
+            waiter = opening.send(None)
+        except BaseException as exc:
             self._load.add(-1)
+            if isinstance(exc, StopIteration):  # served: the session counts itself
+                return
+            if isinstance(exc, OSError):  # reset before its transport was made
+                conn.discard()
+                return
+            raise  # to the loop's exception handler, as a task's would be logged
+        if waiter is None:  # a bare yield: its next step in the next turn
+            self._loop.call_soon(self._step, opening, conn)
+        else:
+            waiter.add_done_callback(functools.partial(self._step, opening, conn))
