@@ -28,10 +28,11 @@ Each count has one writer, its worker (a 4-octet aligned store, seen whole by th
 a count read a moment stale only moves one connection to a worker that could have done
 without it. The supervisor zeroes the count and pid of a worker it reaps, before its
 replacement starts. Cost per connection: two stores and one read of the board (no system
-call), and the accept done here in place of the event loop's own in C (a socket object, one
-task per plain connection for `connect_accepted_socket`, a few more system calls): ~35-45 µs
-of CPU more per connection on the 2-CPU build machine (docs/performance.md, "Connections
-spread over the workers"), 2-4 % of a message at a connection per message. With one worker
+call), and the accept done here in place of the event loop's own in C (`connect_accepted_socket`
+driven by hand, a few more system calls): ~35-45 µs of CPU more per connection on the 2-CPU
+build machine when it made a socket object and a task per connection (docs/performance.md,
+"Connections spread over the workers"), 2-4 % of a message at a connection per message; on
+uvloop neither is made now (`Descriptor`, `PlainAccepts`). With one worker
 there is no board: the plain listeners are the event loop's `create_server`, as before, and
 port 465's loop accepts whatever comes.
 
