@@ -139,8 +139,8 @@ class _Table:
         # claim and its drop). Native byte order: the file lives only while the server runs,
         # on this machine.
         self.ints = memoryview(self.map).cast("i")
-        self._stride = self.size // 4  # ints per slot
-        self._counts = (_HEADER_SIZE + _COUNTS_AT) // 4  # slot 0's first count
+        self.stride = self.size // 4  # ints per slot
+        self.counts_at = (_HEADER_SIZE + _COUNTS_AT) // 4  # slot 0's first count
 
     def close(self) -> None:
         self.ints.release()  # the map cannot close while a view of it is held
@@ -159,8 +159,23 @@ class _Table:
             i = (i + 1) & mask
         raise TableFull
 
+    def lookup(self, entry: bytes, hashed: int) -> tuple[int, int]:
+        """`find` and `total` in one (issue 15: the calls of a claim and its drop): the slot of
+        `entry` and its total count, or the empty slot that ends its probe run and -1."""
+        m, size, mask, end = self.map, self.size, self.mask, _KEY_AT + len(entry)
+        i = hashed & mask
+        for _ in range(self.slots):  # never all: a quarter of the slots stays empty
+            at = _HEADER_SIZE + i * size
+            if not m[at + _KEY_AT]:
+                return i, -1
+            if m[at + _KEY_AT : at + end] == entry:
+                first = self.counts_at + i * self.stride
+                return i, sum(self.ints[first : first + self.workers])
+            i = (i + 1) & mask
+        raise TableFull
+
     def total(self, i: int) -> int:
-        first = self._counts + i * self._stride
+        first = self.counts_at + i * self.stride
         return sum(self.ints[first : first + self.workers])
 
     def used(self) -> int:
@@ -180,7 +195,7 @@ class _Table:
 
     def bump(self, i: int, worker: int, step: int) -> None:
         """Add `step` to `worker`'s count of slot `i` (never below 0)."""
-        at = self._counts + i * self._stride + worker
+        at = self.counts_at + i * self.stride + worker
         self.ints[at] = max(0, self.ints[at] + step)
 
     def delete(self, i: int) -> None:
@@ -212,7 +227,7 @@ class _Table:
         for i in range(self.slots):
             at = _HEADER_SIZE + i * size
             if m[at + _KEY_AT]:
-                self.ints[self._counts + i * self._stride + worker] = 0
+                self.ints[self.counts_at + i * self.stride + worker] = 0
                 if self.total(i):
                     live[m[at + _KEY_AT : at + _COUNTS_AT]] = m[at : at + size]
         m[_HEADER_SIZE:] = bytes(self.slots * size)
@@ -277,21 +292,26 @@ class ConnectionLedger:
     def claim(self, listener: str, client: str, max_total: int, max_per_client: int) -> bool:
         """Count one more connection of `client` if the listener and the client are both
         under their limits; False (nothing counted) otherwise, or when the table is full."""
-        total, mine = self._total_key(listener), _key(listener, client)
-        table, worker = self._table, self._worker
+        total = self._totals.get(listener) or self._total_key(listener)
+        mine = _key(listener, client)
+        table = self._table
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            t, t_found = table.find(*total)
-            c, c_found = table.find(*mine)
-            if (t_found and table.total(t) >= max_total) or (
-                c_found and table.total(c) >= max_per_client
-            ):
+            t, t_count = table.lookup(*total)  # -1: not in the table
+            c, c_count = table.lookup(*mine)
+            if t_count >= max_total or c_count >= max_per_client:
                 return False
-            if table.used() + (not t_found) + (not c_found) > table.capacity:
+            if table.used() + (t_count < 0) + (c_count < 0) > table.capacity:
                 raise TableFull
-            # An insertion moves no entry: a slot found stays; one not found is looked up again.
-            table.bump(t if t_found else table.slot_of(*total), worker, 1)
-            table.bump(c if c_found else table.slot_of(*mine), worker, 1)
+            # An insertion moves no entry: a slot found stays; one not found is looked up
+            # again (the first insertion may have taken the second's empty slot).
+            if t_count < 0:
+                t = table.slot_of(*total)
+            if c_count < 0:
+                c = table.slot_of(*mine)
+            ints, base, stride = table.ints, table.counts_at + self._worker, table.stride
+            ints[base + t * stride] += 1
+            ints[base + c * stride] += 1
             return True
         except TableFull:
             self._full(listener, client)
@@ -319,16 +339,23 @@ class ConnectionLedger:
 
     def drop(self, listener: str, client: str) -> None:
         """A connection counted by this worker closed."""
-        keys = (_key(listener, client), self._total_key(listener))
+        mine = _key(listener, client)
+        total = self._totals.get(listener) or self._total_key(listener)
         table = self._table
+        ints, base, stride = table.ints, table.counts_at + self._worker, table.stride
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            for entry, hashed in keys:
-                i, found = table.find(entry, hashed)
-                if found:
-                    table.bump(i, self._worker, -1)
-                    if not table.total(i):
-                        table.delete(i)
+            for entry, hashed in (mine, total):  # the client's first: its deletion may move
+                i, count = table.lookup(entry, hashed)  # the total's entry
+                if count < 0:
+                    continue
+                at = base + i * stride
+                own = ints[at]
+                if own > 0:  # never below 0
+                    ints[at] = own - 1
+                    count -= 1
+                if not count:
+                    table.delete(i)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
