@@ -328,6 +328,7 @@ class Listening:
                 metrics=shared.metrics.role(role),
                 direct=rooms.direct,
                 ids=ids,
+                loop=loop,
             )
             ctx.configure(config)  # the rest of what the configuration decides
             turn = Turn(load, time.monotonic) if load is not None else None

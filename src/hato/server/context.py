@@ -220,6 +220,10 @@ class SessionContext(IntakeContext):
     metrics: RoleMetrics = field(default_factory=lambda: Metrics().role(Role.MX))
     screen: Screen | None = None  # the mx [screen]: DNSBL scores, early talkers, greylisting
     ids: Iterator[str] = field(default_factory=lambda: session_ids(0.0))  # shared by listeners
+    # The worker's event loop, where the sessions run (None: asked of asyncio at each connect).
+    # Given by the composition root: in CPython 3.11 every `get_running_loop()` is a getpid(2)
+    # (its fork check), one a connection (issue 15).
+    loop: asyncio.AbstractEventLoop | None = None
 
     def configure(self, config: ListenerConfig) -> None:
         """Put a listener's configuration in place, every field of it (typed: no field is set

@@ -112,7 +112,7 @@ class SmtpSession(MailTransaction, WriteBackpressure, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.loop = asyncio.get_running_loop()
+        self.loop = self.ctx.loop or asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip, self.client_port = str(peer[0]), int(peer[1])

@@ -3,7 +3,7 @@ and an abort CLOSE_GRACE later only when that close may last (over TLS, whose cl
 client may never answer, or with bytes the client has not read yet). A plain TCP close with
 nothing left to send is immediate, so no abort timer is made for it (issue 15: one per
 connection). The session asks for its loop once per connection (in CPython 3.11 each
-`asyncio.get_running_loop()` is a getpid(2))."""
+`asyncio.get_running_loop()` is a getpid(2)), and not at all when its context has it."""
 
 from __future__ import annotations
 
@@ -50,18 +50,22 @@ class Transport:
         pass
 
 
-def context(implicit_tls: bool = False) -> SessionContext:
+def context(
+    implicit_tls: bool = False, loop: asyncio.AbstractEventLoop | None = None
+) -> SessionContext:
     none = cast(Any, None)
     return SessionContext(
         role=Role.MX, settings=ServerSettings(hostname="mx.example.org"), queue=none,
         resolver=none, clock=SystemClock(), idle_timeout=300.0, session_timeout=1800.0,
         listener=ListenerState("mx", max_connections=9, max_per_ip=9),
-        implicit_tls=implicit_tls,
+        implicit_tls=implicit_tls, loop=loop,
     )  # fmt: skip
 
 
-def quit_session(transport: Transport, implicit_tls: bool = False) -> SmtpSession:
-    session = SmtpSession(context(implicit_tls))
+def quit_session(
+    transport: Transport, implicit_tls: bool = False, loop: asyncio.AbstractEventLoop | None = None
+) -> SmtpSession:
+    session = SmtpSession(context(implicit_tls, loop))
     session.connection_made(cast(Any, transport))
     session.data_received(b"EHLO client.example\r\nQUIT\r\n")
     return session
@@ -132,3 +136,27 @@ def test_the_loop_is_asked_once_per_connection(monkeypatch: pytest.MonkeyPatch) 
 
     asyncio.run(scenario())
     assert asked == 1
+
+
+def test_a_context_that_has_the_loop_spares_the_question(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The composition root gives each listener's context its worker's loop (boot/runtime.py):
+    a connection then asks asyncio nothing, and its timers run on that loop."""
+    asked = 0
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        nonlocal asked
+        asked += 1
+        return real()
+
+    async def scenario() -> tuple[asyncio.AbstractEventLoop, SmtpSession]:
+        loop = real()
+        monkeypatch.setattr(asyncio, "get_running_loop", counted)
+        session = quit_session(Transport(unsent=1), loop=loop)  # the idle and abort timers
+        assert session.linger is not None
+        session.connection_lost(None)
+        return loop, session
+
+    loop, session = asyncio.run(scenario())
+    assert asked == 0
+    assert session.loop is loop
