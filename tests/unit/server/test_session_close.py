@@ -120,27 +120,11 @@ def test_a_starttls_session_lingers() -> None:
     asyncio.run(scenario())
 
 
-def test_the_loop_is_asked_once_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked = 0
-    real = asyncio.get_running_loop
-
-    def counted() -> asyncio.AbstractEventLoop:
-        nonlocal asked
-        asked += 1
-        return real()
-
-    async def scenario() -> None:
-        monkeypatch.setattr(asyncio, "get_running_loop", counted)
-        session = quit_session(Transport(unsent=1))  # the idle timer and the abort timer
-        session.connection_lost(None)
-
-    asyncio.run(scenario())
-    assert asked == 1
-
-
-def test_a_context_that_has_the_loop_spares_the_question(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The composition root gives each listener's context its worker's loop (boot/runtime.py):
-    a connection then asks asyncio nothing, and its timers run on that loop."""
+def _quit_counting_loop_questions(
+    monkeypatch: pytest.MonkeyPatch, given: bool
+) -> tuple[int, asyncio.AbstractEventLoop, SmtpSession]:
+    """A session with an idle timer and an abort timer (one unsent octet), its context given
+    the loop or not: how often it asked asyncio for its loop, the loop, the session."""
     asked = 0
     real = asyncio.get_running_loop
 
@@ -152,11 +136,24 @@ def test_a_context_that_has_the_loop_spares_the_question(monkeypatch: pytest.Mon
     async def scenario() -> tuple[asyncio.AbstractEventLoop, SmtpSession]:
         loop = real()
         monkeypatch.setattr(asyncio, "get_running_loop", counted)
-        session = quit_session(Transport(unsent=1), loop=loop)  # the idle and abort timers
+        session = quit_session(Transport(unsent=1), loop=loop if given else None)
         assert session.linger is not None
         session.connection_lost(None)
         return loop, session
 
     loop, session = asyncio.run(scenario())
+    return asked, loop, session
+
+
+def test_the_loop_is_asked_once_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked, loop, session = _quit_counting_loop_questions(monkeypatch, given=False)
+    assert asked == 1
+    assert session.loop is loop
+
+
+def test_a_context_that_has_the_loop_spares_the_question(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The composition root gives each listener's context its worker's loop (boot/runtime.py):
+    a connection then asks asyncio nothing, and its timers run on that loop."""
+    asked, loop, session = _quit_counting_loop_questions(monkeypatch, given=True)
     assert asked == 0
     assert session.loop is loop
