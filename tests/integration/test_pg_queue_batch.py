@@ -29,6 +29,7 @@ from hato.model import (
 from hato.model.queuestore import RowUpdate, Status
 from hato.pgstore import migrate
 from hato.queue import postgres, postgres_record
+from hato.queue.body import QueueWriteError
 from hato.queue.postgres import PgQueue
 from hato.queue.runner import QueueRunner
 from hato.queue.store import HOLD_PARAM
@@ -385,3 +386,71 @@ def test_bodies_a_due_scan_left_out_are_read_together_not_one_statement_each(
         assert body.endswith(bytes([n]) * 1000)
     assert after_group == 1  # four bodies, one statement
     assert statements == 2
+
+
+def _rows(dsn: str) -> list[tuple[str, str, int, str | None]]:
+    with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT queue_id, status, attempts, lease_owner FROM queue_recipients ORDER BY row_id"
+        ).fetchall()
+    return [(str(q), str(s), int(a), o) for q, s, a, o in rows]
+
+
+def test_an_outcome_group_is_all_or_nothing_without_begin_or_commit(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome group's UPDATE and DELETE are one implicit transaction of PostgreSQL's
+    pipeline, with no BEGIN or COMMIT sent (postgres_record.py): when the DELETE fails, the
+    UPDATE before it is rolled back too (no row marked delivered whose message stays), and
+    once it can run, the finished message goes with its rows (ON DELETE CASCADE of rows the
+    same transaction updated) while the deferred one's rows are updated and freed."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        queue = await open_queue(dsn, tmp_path, "node-a", clock)
+        try:
+            done_id = await commit(queue, 0, ["bob@example.org", "carol@example.org"])
+            later_id = await commit(queue, 1, ["dave@example.org"])
+            pending = {p.message.queue_id: p for p in await queue.wait_fresh()}
+            before = _rows(dsn)
+            with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE FUNCTION no_delete() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN RAISE EXCEPTION 'no delete today'; END $$"
+                )
+                conn.execute(
+                    "CREATE TRIGGER no_delete BEFORE DELETE ON queue_messages"
+                    " FOR EACH ROW EXECUTE FUNCTION no_delete()"
+                )
+
+            async def both() -> list[bool | BaseException]:
+                done = [RowUpdate(r.row_id, Status.DELIVERED, 1, clock.now(), "ok", False)
+                        for r in pending[done_id].recipients]  # fmt: skip
+                later = [RowUpdate(r.row_id, Status.QUEUED, 1, clock.now() + 60, "451", False)
+                         for r in pending[later_id].recipients]  # fmt: skip
+                return await asyncio.gather(
+                    queue.record(done_id, done), queue.record(later_id, later),
+                    return_exceptions=True,
+                )  # fmt: skip
+
+            transactions = 0  # psycopg's transaction(): BEGIN, COMMIT and a Sync after each
+            real = psycopg.AsyncConnection.transaction
+
+            def counted(self: psycopg.AsyncConnection[Any], *args: Any, **kwargs: Any) -> Any:
+                nonlocal transactions
+                transactions += 1
+                return real(self, *args, **kwargs)
+
+            monkeypatch.setattr(psycopg.AsyncConnection, "transaction", counted)
+            failed = await both()
+            assert all(isinstance(f, QueueWriteError) for f in failed), failed
+            assert _rows(dsn) == before  # nothing of the group: the UPDATE rolled back too
+            with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+                conn.execute("DROP TRIGGER no_delete ON queue_messages")
+            assert await both() == [True, False]
+            assert transactions == 0
+        finally:
+            await queue.close()
+        assert _rows(dsn) == [(later_id, "queued", 1, None)]
+
+    asyncio.run(main())

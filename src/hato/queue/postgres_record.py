@@ -63,21 +63,27 @@ async def write_outcomes(
     last = {u.row_id: u for _, us in outcomes for u in us}  # a row once: its latest outcome
     updates = [last[row_id] for row_id in sorted(last)]
     queue_ids = sorted({queue_id for queue_id, _ in outcomes})
-    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-        await conn.execute(
-            _UPDATE,
-            (
-                now,
-                [u.row_id for u in updates],
-                [u.status.value for u in updates],
-                [u.attempts for u in updates],
-                [u.next_attempt for u in updates],
-                [u.last_reply for u in updates],
-                [u.recovered for u in updates],
-            ),
-        )
-        cursor = await conn.execute(_FINISH, (queue_ids,))
-        rows = await cursor.fetchall()
+    # One implicit transaction (PostgreSQL's protocol, "Pipelining": the statements before a
+    # Sync run as one, committed at the Sync, or all rolled back by an error in any), one
+    # round trip: no BEGIN and COMMIT of their own, and none of psycopg's transaction()
+    # machinery, which syncs after its BEGIN and again at its COMMIT. The DELETE, a statement
+    # of its own, sees the UPDATE's new statuses (a data-modifying WITH would not).
+    async with pool.connection() as conn:
+        async with conn.pipeline():
+            await conn.execute(
+                _UPDATE,
+                (
+                    now,
+                    [u.row_id for u in updates],
+                    [u.status.value for u in updates],
+                    [u.attempts for u in updates],
+                    [u.next_attempt for u in updates],
+                    [u.last_reply for u in updates],
+                    [u.recovered for u in updates],
+                ),
+            )
+            cursor = await conn.execute(_FINISH, (queue_ids,))
+        rows = await cursor.fetchall()  # read at the pipeline's Sync: no flush of its own
     return {str(queue_id) for (queue_id,) in rows}
 
 
