@@ -135,6 +135,20 @@ class Answers:
         return [outcome] * len(recipients)
 
 
+class Transactions:
+    """Counts psycopg's transaction() (its BEGIN, COMMIT and a Sync after each), wrapped."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = psycopg.AsyncConnection.transaction
+
+        def counted(conn: psycopg.AsyncConnection[Any], *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return real(conn, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.AsyncConnection, "transaction", counted)
+
+
 def _xmins(dsn: str) -> list[tuple[str, int, str]]:
     """Every recipient row left: its message, attempts, and the transaction that wrote it."""
     with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
@@ -242,17 +256,20 @@ def test_a_due_scan_reads_the_inline_bodies_with_the_rows(dsn: str, tmp_path: Pa
 
 
 def test_each_message_of_a_commit_group_gets_its_own_recipients_row_ids(
-    dsn: str, tmp_path: Path
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Messages committing together go in one transaction, in two statements (every message
     row, then every recipient row: queue/postgres_rows.py), and each message gets back the
-    row ids of its own recipients, in their order."""
+    row ids of its own recipients, in their order. With inline bodies the transaction is the
+    pipeline's implicit one: no BEGIN or COMMIT (queue/postgres.py `_insert`)."""
 
     async def main() -> None:
         queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
+        transactions = Transactions(monkeypatch)
         try:
             wanted = {n: [f"r{n}-{k}@example.org" for k in range(1 + n % 3)] for n in range(N)}
             ids = await asyncio.gather(*(commit(queue, n, to) for n, to in wanted.items()))
+            assert transactions.count == 0
             pending = {p.message.queue_id: p for p in await queue.wait_fresh()}
         finally:
             await queue.close()
@@ -428,27 +445,19 @@ def test_an_outcome_group_is_all_or_nothing_without_begin_or_commit(
                         for r in pending[done_id].recipients]  # fmt: skip
                 later = [RowUpdate(r.row_id, Status.QUEUED, 1, clock.now() + 60, "451", False)
                          for r in pending[later_id].recipients]  # fmt: skip
-                return await asyncio.gather(
+                return list(await asyncio.gather(
                     queue.record(done_id, done), queue.record(later_id, later),
                     return_exceptions=True,
-                )  # fmt: skip
+                ))  # fmt: skip
 
-            transactions = 0  # psycopg's transaction(): BEGIN, COMMIT and a Sync after each
-            real = psycopg.AsyncConnection.transaction
-
-            def counted(self: psycopg.AsyncConnection[Any], *args: Any, **kwargs: Any) -> Any:
-                nonlocal transactions
-                transactions += 1
-                return real(self, *args, **kwargs)
-
-            monkeypatch.setattr(psycopg.AsyncConnection, "transaction", counted)
+            transactions = Transactions(monkeypatch)
             failed = await both()
             assert all(isinstance(f, QueueWriteError) for f in failed), failed
             assert _rows(dsn) == before  # nothing of the group: the UPDATE rolled back too
             with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
                 conn.execute("DROP TRIGGER no_delete ON queue_messages")
             assert await both() == [True, False]
-            assert transactions == 0
+            assert transactions.count == 0
         finally:
             await queue.close()
         assert _rows(dsn) == [(later_id, "queued", 1, None)]

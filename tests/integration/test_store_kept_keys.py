@@ -119,12 +119,16 @@ def test_no_key_is_kept_while_listening_until_another_node_changes_the_keys(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("size", [100, 200_000], ids=["inline", "chunked"])
 def test_the_commit_refuses_a_copy_in_the_clear_for_a_mailbox_keyed_by_then(
-    pg_settings: PgSettings, pg_pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path
+    pg_settings: PgSettings, pg_pool: ConnectionPool[Any], gpg: Gpg, tmp_path: Path, size: int
 ) -> None:
     """In one group commit: the message whose `unkeyed` mailbox has a key is refused, nothing
-    of it stored; the other one is committed."""
+    of it stored; the others are committed. The check fails the group's transaction, an
+    implicit one in pipeline mode (inline bodies) or an explicit one (a body in chunks), and
+    the others are written again without it."""
     PgKeyStore(pg_pool).import_key(gpg.export("bob@example.org"), BOB, NOW)
+    dave = Address("dave", "example.org")
 
     async def main() -> None:
         queue = await _open_queue(pg_settings.dsn, tmp_path)
@@ -132,19 +136,24 @@ def test_the_commit_refuses_a_copy_in_the_clear_for_a_mailbox_keyed_by_then(
 
             async def one(to: Address) -> str:
                 body = queue.new_body()
-                body.write(b"Subject: hi\r\n\r\nThe plan.\r\n")
+                body.write(b"Subject: hi\r\n\r\n" + b"The plan.\r\n" * (size // 11))
                 return await queue.commit(
                     body, mail_from=SENDER, recipients=[(to, to)], prefix=b"", params={},
                     unkeyed=[f"{to.local}@{to.domain}"],
                 )  # fmt: skip
 
-            results = await asyncio.gather(one(BOB), one(ALICE), return_exceptions=True)
+            # The first goes alone (no group running), the other two together.
+            results = await asyncio.gather(one(ALICE), one(BOB), one(dave), return_exceptions=True)
         finally:
             await queue.close()
-        assert isinstance(results[0], KeyAppeared) and isinstance(results[1], str)
+        assert isinstance(results[0], str) and isinstance(results[2], str)
+        assert isinstance(results[1], KeyAppeared), results[1]
+        assert str(results[1]) == "a key was imported for bob@example.org"
         with psycopg.connect(pg_settings.dsn, password=PASSWORD, autocommit=True) as conn:
-            rows = conn.execute("SELECT address FROM queue_recipients").fetchall()
-        assert rows == [(str(ALICE),)]
+            rows = conn.execute("SELECT address FROM queue_recipients ORDER BY row_id").fetchall()
+            messages = conn.execute("SELECT count(*) FROM queue_messages").fetchone()
+        assert rows == [(str(ALICE),), (str(dave),)]
+        assert messages == (2,)
 
     asyncio.run(main())
 

@@ -8,18 +8,21 @@ Theory of operation (DESIGN.md: 250 means durable, exactly once).
   scratch file in this node's private `messages_dir`). `commit()` joins a group commit: the
   first session to find no transaction running becomes the leader and writes every message
   waiting at that moment in ONE transaction (many sessions, one WAL flush), the others wait
-  for it. A small body goes inline in its message row; a large one is read back from its
-  scratch file 1 MiB at a time into `queue_body_chunks` rows (never whole in memory), then
-  the scratch file is removed: the body is in the database, so any node can deliver it. The
-  recipient rows are inserted leased to this node; `commit()` returns (and the session may say
-  250) only after PostgreSQL's COMMIT returned, which is durable (synchronous_commit on).
+  for it; with inline bodies only, that is the implicit transaction of one pipeline (no
+  BEGIN or COMMIT, one round trip: `_insert`). A small body goes inline in its message row;
+  a large one is read back from its scratch file 1 MiB at a time into `queue_body_chunks`
+  rows (never whole in memory), then the scratch file is removed: the body is in the
+  database, so any node can deliver it. The recipient rows are inserted leased to this node;
+  `commit()` returns (and the session may say 250) only after PostgreSQL's commit returned
+  (the COMMIT, or the pipeline's Sync), which is durable (synchronous_commit on).
   When this node's runner is busy (every delivery slot taken: `watch`'s `busy`), the rows
   are committed leased to nobody and the transaction says `NOTIFY hato_queue`: every other
   node's `watch` (postgres_listen.py) wakes its due scan, so an idle node takes the mail at
   once instead of it waiting here for a slot.
   Any failure is QueueWriteError: 451 4.3.0, never 250; nothing of the message stays.
   A copy stored in the clear on a kept "no key" (`unkeyed`) is checked against the `keys`
-  table in the same transaction: one of them keyed by then, it is refused (KeyAppeared,
+  table in the same transaction (a statement that fails it when a key is found,
+  postgres_rows.py `refuse_keyed`): one of them keyed by then, it is refused (KeyAppeared,
   451 4.7.5) and the rest of the group committed without it.
 - Delivering: the committed message is handed to this node's runner in memory (`wait_fresh`),
   so new mail goes out at once, not after a poll. Due rows are taken with
@@ -41,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -74,12 +76,13 @@ from hato.queue.postgres_listen import CHANNEL, Connect, Listener
 from hato.queue.postgres_record import OutcomeWriter, write_outcomes
 from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
-    found_keys,
     fresh_dir,
     insert_messages,
+    key_refused,
     keys_among,
     message_from_row,
     recipient_from_row,
+    refuse_keyed,
     row_ids,
     stream_body,
     unlink,
@@ -259,29 +262,22 @@ class PgQueue(PgAdmin):
         # Leased here and handed over in memory, unless this node's runner has no free slot:
         # then leased to nobody, and the other nodes told.
         mine = not self._busy()
-        # Pipeline mode (one round trip for the whole group) unless a body goes in chunks:
-        # those are sent one at a time, so that no more than a chunk waits in memory.
-        inline = all(item.msg.body is not None for item in batch)
+        unkeyed = {a for item in batch for a in item.unkeyed}
         found: frozenset[str] = frozenset()
         try:
-            async with (
-                self._pool.connection() as conn,
-                conn.pipeline() if inline else contextlib.nullcontext(),
-                conn.transaction(),
-            ):
-                inserted = await insert_messages(
-                    conn,
-                    [(item.msg, item.body, HOLD_PARAM in item.msg.params) for item in batch],
-                    node_id=self.node_id if mine else None,
-                    lease_seconds=self.lease_seconds,
-                )
-                # Last, so that its snapshot is the newest: a key committed before it is seen.
-                keyed = await keys_among(conn, {a for item in batch for a in item.unkeyed})
-                if not mine:  # delivered at COMMIT only
-                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
-                results = await row_ids(inserted, [item.msg for item in batch])
-                if found := await found_keys(keyed):
-                    raise KeyAppeared(None, f"a key was imported for {', '.join(sorted(found))}")
+            async with self._pool.connection() as conn:
+                try:
+                    results = await self._insert(conn, batch, mine=mine, unkeyed=unkeyed)
+                except psycopg.Error as exc:
+                    if not key_refused(exc):
+                        raise
+                    # Rolled back: which mailboxes have a key now (one read, rare).
+                    found = await keys_among(conn, unkeyed)
+                    if not found:  # removed again meanwhile: the client tries again
+                        raise QueueWriteError(None, "commit: a key came and went") from None
+                    raise KeyAppeared(
+                        None, f"a key was imported for {', '.join(sorted(found))}"
+                    ) from None
         except KeyAppeared as appeared:  # rolled back: the others go again, without these
             for item in batch:
                 if item.unkeyed & found:
@@ -298,6 +294,36 @@ class PgQueue(PgAdmin):
             item.future.set_result((mine, ids))
         if not mine and self._wake is not None:
             self._wake()  # this node's own due scan too, once a slot is free
+
+    async def _insert(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        batch: list[_Waiting],
+        *,
+        mine: bool,
+        unkeyed: set[str],
+    ) -> list[tuple[int, ...]]:
+        """The group's rows, each message's row ids. With inline bodies only: pipeline mode,
+        whose statements up to its Sync are one implicit transaction (PostgreSQL's protocol,
+        "Pipelining"), committed at the Sync or rolled back whole by an error in any: one
+        round trip and no BEGIN or COMMIT (psycopg's transaction() syncs after its BEGIN and
+        again at its COMMIT). A chunked body's rows are sent one at a time, so that no more
+        than a chunk waits in memory: an explicit transaction. Raises psycopg's errors
+        (`key_refused` for a key found, nothing written)."""
+        inline = all(item.msg.body is not None for item in batch)
+        async with conn.pipeline() if inline else conn.transaction():
+            inserted = await insert_messages(
+                conn,
+                [(item.msg, item.body, HOLD_PARAM in item.msg.params) for item in batch],
+                node_id=self.node_id if mine else None,
+                lease_seconds=self.lease_seconds,
+            )
+            # Last, so that its snapshot is the newest: a key committed before it is seen.
+            await refuse_keyed(conn, unkeyed)
+            if not mine:  # delivered at COMMIT only
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.node_id))
+        # Read once the pipeline's Sync came back: no flush of its own.
+        return await row_ids(inserted, [item.msg for item in batch])
 
     def _queued(self, msg: NewMessage, row_ids: tuple[int, ...], mine: bool) -> None:
         log.info(

@@ -147,23 +147,38 @@ async def row_ids(
     return [tuple(sorted(ids[msg.queue_id])) for msg in msgs]
 
 
+# The group's key check fails its own statement when a key is found, which rolls the group
+# back whether it is an implicit transaction (pipeline mode: no ROLLBACK can follow a result
+# read) or an explicit one. Plain SQL has no RAISE: a text that is no integer, cast to one,
+# is the error (SQLSTATE 22P02), and this mark in its message says it is this one.
+KEY_MARK = "hato: a key was imported for"
+
+
+async def refuse_keyed(conn: psycopg.AsyncConnection[Any], addresses: Collection[str]) -> None:
+    """In a commit's transaction: fail it (`key_refused` says so of the error) when any of
+    `addresses` (canonical, crypto/keystore.py) has a key in the users' `keys` table, which
+    shares this database (pgstore/schema.py); one statement, sent in the commit's pipeline
+    (no round trip of its own); nothing when there is nothing to ask."""
+    if addresses:
+        await conn.execute(
+            "SELECT (%s || ' ' || string_agg(address, ' '))::integer FROM keys"
+            " WHERE address = ANY(%b) HAVING count(*) > 0",
+            (KEY_MARK, sorted(addresses)),
+        )
+
+
+def key_refused(exc: BaseException) -> bool:
+    """Whether `exc` is `refuse_keyed`'s refusal."""
+    return isinstance(exc, psycopg.errors.InvalidTextRepresentation) and KEY_MARK in str(exc)
+
+
 async def keys_among(
     conn: psycopg.AsyncConnection[Any], addresses: Collection[str]
-) -> psycopg.AsyncCursor[Any] | None:
-    """In a commit's transaction: which of `addresses` (canonical, crypto/keystore.py) have a
-    key in the users' `keys` table, which shares this database (pgstore/schema.py); one
-    statement, sent in the commit's pipeline (no round trip of its own). `found_keys` reads
-    its answer; None when there is nothing to ask."""
-    if not addresses:
-        return None
-    return await conn.execute(
+) -> frozenset[str]:
+    """Which of `addresses` have a key now (one autocommit statement)."""
+    cursor = await conn.execute(
         "SELECT address FROM keys WHERE address = ANY(%b)", (sorted(addresses),)
     )
-
-
-async def found_keys(cursor: psycopg.AsyncCursor[Any] | None) -> frozenset[str]:
-    if cursor is None:
-        return frozenset()
     return frozenset(str(address) for (address,) in await cursor.fetchall())
 
 
