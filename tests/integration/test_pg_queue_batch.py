@@ -463,3 +463,44 @@ def test_an_outcome_group_is_all_or_nothing_without_begin_or_commit(
         assert _rows(dsn) == [(later_id, "queued", 1, None)]
 
     asyncio.run(main())
+
+
+def test_a_busy_node_keeps_the_bodies_it_committed_unleased_for_its_own_scan(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every delivery slot taken, a commit goes leased to nobody (for any node's due
+    scan); the node keeps those inline bodies (postgres_rows.py `OwnBodies`, at most
+    DUE_BODIES octets, the oldest forgotten first), so its own scan takes the rows without
+    reading the bodies back. Seen here by changing the stored bodies behind its back: the
+    kept ones come as committed, the one forgotten (past the bound) as now stored, and a
+    message committed while a slot was free is not kept."""
+    monkeypatch.setattr(postgres, "DUE_BODIES", 2500)  # two bodies of ~1 KiB kept
+
+    async def main() -> dict[str, bytes]:
+        queue = await open_queue(dsn, tmp_path, "node-a", FakeClock())
+        busy = True
+        watching = asyncio.create_task(queue.watch(lambda: None, lambda: busy))
+        try:
+            await asyncio.sleep(0)
+            for n in range(3):
+                await commit_body(queue, f"Subject: {n}\r\n\r\n".encode() + bytes([n]) * 1000)
+            busy = False
+            await commit_body(queue, b"Subject: 3\r\n\r\n" + bytes([3]) * 1000)
+            await queue.wait_fresh()
+            await queue.free_leases("node-a", recovered=False)
+            with psycopg.connect(dsn, password=PASSWORD, autocommit=True) as conn:
+                conn.execute("UPDATE queue_messages SET body = body || 'changed'::bytea")
+            taken = await queue.take_due(limit=10, exclude=())
+            loaded = [await queue.load_body(p.message) for p in taken]
+            return {m.body.split(b"\r\n")[0].decode(): m.body for m in loaded if m.body}
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            await queue.close()
+
+    bodies = asyncio.run(main())
+    assert sorted(bodies) == ["Subject: 0", "Subject: 1", "Subject: 2", "Subject: 3"]
+    # 0 forgotten (the bound), 3 committed leased here (never kept): read as stored now.
+    assert [bodies[f"Subject: {n}"].endswith(b"changed") for n in range(4)] == [
+        True, False, False, True,
+    ]  # fmt: skip

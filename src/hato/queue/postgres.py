@@ -76,6 +76,7 @@ from hato.queue.postgres_listen import CHANNEL, Connect, Listener
 from hato.queue.postgres_record import OutcomeWriter, write_outcomes
 from hato.queue.postgres_rows import (
     MESSAGE_COLUMNS,
+    OwnBodies,
     fresh_dir,
     insert_messages,
     key_refused,
@@ -158,6 +159,7 @@ class PgQueue(PgAdmin):
         # by `release`.
         self._bodiless: dict[str, None] = {}
         self._kept: dict[str, bytes] = {}
+        self._own = OwnBodies(DUE_BODIES)  # committed unleased: not read back by the scan
 
     @classmethod
     async def open(
@@ -351,7 +353,10 @@ class PgQueue(PgAdmin):
         )
         if HOLD_PARAM in msg.params or not mine:
             # Committed held (a milter's quarantine): not delivered until released. Leased to
-            # nobody (this runner busy): for whichever node's due scan takes it first.
+            # nobody (this runner busy): for whichever node's due scan takes it first; if
+            # it is this node's, its body is here already.
+            if HOLD_PARAM not in msg.params and msg.body is not None:
+                self._own.keep(msg.queue_id, msg.body)
             return
         self._fresh.append(Pending(message, rcpts, msg.received_at + self.lease_seconds))
         self._fresh_ready.set()
@@ -393,7 +398,9 @@ class PgQueue(PgAdmin):
         until = now + self.lease_seconds
         # A row whose lease ran out was perhaps delivered by the node that held it: recovered.
         # One statement: the rows leased, and their messages read with them, inline bodies
-        # included up to DUE_BODIES octets (once per message; the others: `load_body`).
+        # included up to DUE_BODIES octets (once per message; the others: `load_body`), but
+        # for those this node keeps (`_own`).
+        own = self._own.ids()
         message_columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(",")[1:])
         rows = await self._run(
             "WITH due AS (SELECT row_id FROM queue_recipients WHERE status = 'queued'"
@@ -404,12 +411,13 @@ class PgQueue(PgAdmin):
             " lease_until = %(until)s, recovered = r.recovered OR r.lease_owner IS NOT NULL"
             " FROM due WHERE r.row_id = due.row_id RETURNING r.queue_id, r.row_id, r.address,"
             " r.original, r.attempts, r.recovered, r.notify, r.orcpt),"
-            f" joined AS (SELECT t.*, {message_columns}, m.body, row_number() OVER"
-            " (PARTITION BY t.queue_id ORDER BY t.row_id) = 1 AS first FROM taken t"
-            " JOIN queue_messages m ON m.queue_id = t.queue_id)"
+            f" joined AS (SELECT t.*, {message_columns}, m.body IS NULL AS chunked,"
+            " CASE WHEN NOT (t.queue_id = ANY(%(own)s)) THEN m.body END AS body,"
+            " row_number() OVER (PARTITION BY t.queue_id ORDER BY t.row_id) = 1 AS first"
+            " FROM taken t JOIN queue_messages m ON m.queue_id = t.queue_id)"
             # Not `*`: the body column once, in the CASE, within the budget.
             " SELECT queue_id, row_id, address, original, attempts, recovered, notify, orcpt,"
-            f" {MESSAGE_COLUMNS}, body IS NULL, CASE WHEN first AND sum(CASE WHEN first THEN"
+            f" {MESSAGE_COLUMNS}, chunked, CASE WHEN first AND sum(CASE WHEN first THEN"
             " coalesce(octet_length(body), 0) ELSE 0 END) OVER (ORDER BY row_id)"
             " <= %(budget)s THEN body END FROM joined",
             {
@@ -419,6 +427,7 @@ class PgQueue(PgAdmin):
                 "limit": limit,
                 "exclude": list(exclude),
                 "budget": DUE_BODIES,
+                "own": own,
             },
             binary=True,  # the bodies as their octets: no hex to write, send and decode
         )
@@ -427,7 +436,8 @@ class PgQueue(PgAdmin):
         for row in sorted(rows, key=lambda r: int(r[1])):
             by_message.setdefault(row[0], []).append(recipient_from_row(row[1:8]))
             if row[0] not in messages:
-                body = None if row[-1] is None else bytes(row[-1])
+                kept = self._own.take(row[0])
+                body = kept if row[-1] is None else bytes(row[-1])
                 if body is None and not row[-2]:  # inline, past the budget: `load_body`
                     self._bodiless[row[0]] = None
                 messages[row[0]] = dataclasses.replace(message_from_row(row[8:14]), body=body)
@@ -515,6 +525,7 @@ class PgQueue(PgAdmin):
 
     def release(self, queue_id: str) -> None:
         self._bodiless.pop(queue_id, None)
+        self._own.take(queue_id)
         self._kept.pop(queue_id, None)
         # Only a body streamed into a file has one to remove: no unlink, a system call on
         # the event loop, for every message whose body was inline (most).

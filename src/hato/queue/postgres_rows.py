@@ -221,3 +221,35 @@ def fresh_dir(path: Path) -> None:
 def unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+class OwnBodies:
+    """The inline bodies of messages this node committed leased to nobody (its runner busy:
+    queue/postgres.py), kept until its own due scan takes them, so that the scan need not
+    read back from the database the octets this node sent it a moment before (at 50
+    sessions most messages go that way: issue 16, docs/performance.md); a message queued is
+    never rewritten, so the kept octets are the stored ones. At most `limit` octets, the
+    oldest forgotten first (another node may have taken them, or the scan reads them)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._bodies: dict[str, bytes] = {}  # in insertion order: the oldest first
+
+    def keep(self, queue_id: str, body: bytes) -> None:
+        if len(body) > self._limit:
+            return
+        self._bodies[queue_id] = body
+        self._size += len(body)
+        while self._size > self._limit:
+            self.take(next(iter(self._bodies)))
+
+    def ids(self) -> list[str]:
+        return list(self._bodies)
+
+    def take(self, queue_id: str) -> bytes | None:
+        """The kept body of `queue_id`, forgotten here; None when none is kept."""
+        body = self._bodies.pop(queue_id, None)
+        if body is not None:
+            self._size -= len(body)
+        return body
