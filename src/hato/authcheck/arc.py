@@ -36,7 +36,7 @@ from hato.authcheck.dkim import (
     key_name,
     relaxed_header,
 )
-from hato.authcheck.fastverify import FastARC
+from hato.authcheck.fastarc import FastARC
 from hato.authcheck.offload import Offload, in_thread
 from hato.authcheck.results import HEADER_NAME, MethodResult, claims_id, resinfo_entries
 from hato.model.dns import DnsAnswer, Resolver
@@ -115,8 +115,9 @@ async def verify_arc(
 
     The structure is judged first, without DNS; then only the keys the verdict needs are
     fetched (every ARC-Seal's and the newest ARC-Message-Signature's: at most 51 questions),
-    and dkimpy runs in `offload`. Older ARC-Message-Signatures are not checked (their keys
-    are not fetched, so dkimpy reports them invalid without hashing the body again).
+    and dkimpy (`FastARC`) runs in `offload`. Older ARC-Message-Signatures are not checked
+    (§5.2 step 5 reads AMS[N] only; `FastARC` reports them invalid without hashing the body
+    again, even when a seal's key is theirs too).
     `fields`: the header section already split (`split_header_fields`), when the caller has it."""
     if fields is None:
         fields = split_header_fields(header_block(message))
@@ -140,7 +141,8 @@ async def verify_arc(
                 )
             )
     answers = await fetch_keys(resolver, names)
-    return await offload(functools.partial(_validate, message, answers, min_rsa_bits))
+    refolded = _refold_for_dkimpy(message, fields)
+    return await offload(functools.partial(_validate, refolded, answers, min_rsa_bits))
 
 
 def _structure_problem(found: list[tuple[int, HeaderField]]) -> str:
@@ -164,7 +166,7 @@ def _validate(message: bytes, answers: Mapping[str, DnsAnswer], min_rsa_bits: in
     """dkimpy's part: CPU only, and picklable (it may run in another process)."""
     dnsfunc = answer_dnsfunc(answers)
     try:
-        validator = FastARC(_refold_for_dkimpy(message), minkey=min_rsa_bits)
+        validator = FastARC(message, minkey=min_rsa_bits)
         cv, details, reason = validator.verify(dnsfunc=dnsfunc)
     except DKIMPY_ERRORS as error:
         # RFC 8617 §5.2: a chain that cannot be parsed or validated is "fail".
@@ -185,7 +187,7 @@ def _validate(message: bytes, answers: Mapping[str, DnsAnswer], min_rsa_bits: in
     return ArcResult(status, instances, str(reason), sets)
 
 
-def _refold_for_dkimpy(message: bytes) -> bytes:
+def _refold_for_dkimpy(message: bytes, fields: Sequence[HeaderField]) -> bytes:
     """The message with each ARC-Message-Signature refolded where dkimpy would miss it.
 
     dkimpy (1.1.8) finds the raw AMS of instance N by looking for `` i=N;`` in the field, so a
@@ -193,8 +195,7 @@ def _refold_for_dkimpy(message: bytes) -> bytes:
     tag, and it is how many signers fold) makes it raise IndexError. RFC 8617 §4.1.2: the AMS
     is hashed with relaxed header canonicalization (unless c= says simple), which turns every
     fold into one space (RFC 6376 §3.4.2), so refolding with a space changes nothing signed.
-    """
-    fields = split_header_fields(header_block(message))
+    `fields`: the header section of `message`, split (the split made once per message)."""
     out: list[bytes] = []
     done = 0
     for field in fields:
