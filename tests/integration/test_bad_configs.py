@@ -58,6 +58,10 @@ def _serve(
         ('[limits]\nmax_recipients = "many"\n', "limits.max_recipients: expected an integer"),
         ('[queue]\nmin_free_space = "lots"\n', 'queue.min_free_space: "lots" is not a size'),
         ("[dns]\ntimeout = 0\n", "dns.timeout: must be more than 0 and at most 60 seconds"),
+        ("[limits]\nmax_header_fields = 5\n", "limits.max_header_fields: must be 100..10000"),
+        ("[queue]\ndelay_warning_time = -1\n", "queue.delay_warning_time: must be 0 (no warn"),
+        # At or past the 5-day queue lifetime the warning would never come.
+        ("[queue]\ndelay_warning_time = 432000\n", "1..431999 seconds (under the 5-day queue"),
         ("[server2]\nx = 1\n", "server2: unknown key"),
         ('[local]\nmailbox_owner = "no-such-user-here"\n', "local.mailbox_owner: "),
     ],

@@ -260,6 +260,7 @@ def listener_config(
         settings=server_settings(settings, role, shared.tls is not None),
         idle_timeout=float(settings.limits.idle_timeout),
         hop_limit=settings.limits.hopcount_limit,
+        max_header_fields=settings.limits.max_header_fields,
         session_timeout=float(settings.limits.session_timeout),
         tls_handshake_timeout=float(settings.limits.tls_handshake_timeout),
         postmaster_domain=settings.domains[0].name,
@@ -306,12 +307,14 @@ def door_config(settings: Settings, shared: Shared, door: Door) -> DoorConfig:
     sign = settings.authcheck.sign
     signers = load_signers(shared.data_dir / "dkim", selectors, shared.clock) if sign else {}
     signer = OutboundSigner(signers) if signers else None
+    fields = settings.limits.max_header_fields
     if door is not Door.LOCAL:
-        return DoorConfig(signer)
+        return DoorConfig(signer, max_header_fields=fields)
     return DoorConfig(
         signer,
         spam=shared.filters.for_role(settings, Role.SUBMISSION),
         milters=milters_for_role(settings, Role.SUBMISSION, shared.filters.milter_metrics),
+        max_header_fields=fields,
     )
 
 

@@ -82,6 +82,7 @@ LIVE_KEYS = frozenset(
         "limits.max_refused_recipients",
         "limits.max_junk_commands",
         "limits.max_text_line",
+        "limits.max_header_fields",  # the next message's header section (every door)
         "limits.idle_timeout",
         "limits.session_timeout",
         "limits.tls_handshake_timeout",  # the next handshake

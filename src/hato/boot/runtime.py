@@ -236,7 +236,8 @@ async def build_rooms(
         # Another node's lease that ran out (it died) is seen by the next scan: at the latest
         # a quarter of the lease time after it ran out (and every minute).
         max_sleep=min(60.0, queue.lease_seconds / 4),
-        schedule=Schedule(),
+        # [queue] delay_warning_time: 0 turns the delay warnings off (RFC 3461 §4.1 NOTIFY=DELAY).
+        schedule=Schedule(delay_warning=float(settings.queue.delay_warning_time) or None),
         hostname=settings.server.hostname,
         committer=committer,
     )

@@ -60,6 +60,13 @@ MIN_RECIPIENTS = 100
 MIN_IDLE_TIMEOUT = 1
 # RFC 5321 §4.5.3.1.6: a text line is up to 1000 octets including CRLF.
 MIN_TEXT_LINE = 1000
+# Header fields per message: RFC 5322 §3.6 sets no maximum. Honest mail carries tens to a few
+# hundred (a relay path stops at hopcount_limit, 50 Received); each field costs every check
+# that reads the section, so the most is ten times the default (docs/security.md).
+HEADER_FIELDS = (100, 10_000)
+# RFC 5321 §4.5.4.1: the queue gives up after 5 days (queue/schedule.py max_lifetime); a
+# delay warning due at or after that would never be sent.
+QUEUE_LIFETIME = 5 * 86_400
 
 
 class LogFormat(enum.StrEnum):
@@ -202,6 +209,17 @@ class LimitsSettings(BaseModel):
         86_400, description="seconds as an integer: 0 (until released) or more"
     )
     hopcount_limit: StrictInt = Field(50, description=f"an integer, at least {MIN_HOPS}")
+    max_header_fields: StrictInt = Field(
+        1000, description="an integer, {}..{}".format(*HEADER_FIELDS)
+    )
+
+    @field_validator("max_header_fields")
+    @classmethod
+    def _header_fields(cls, value: int) -> int:
+        low, high = HEADER_FIELDS
+        if not low <= value <= high:
+            raise ValueError(f"must be {low}..{high} header fields, got {value}")
+        return value
 
     @field_validator("hopcount_limit")
     @classmethod
@@ -278,6 +296,22 @@ class QueueSettings(BaseModel):
     # Mail for local mailboxes goes into the Maildir during the SMTP transaction, before the
     # 250, without a queue row; false: every message is queued first (intake/direct.py).
     direct_local_delivery: bool = Field(True, description="true or false")
+    # RFC 3464 action=delayed (RFC 3461 §4.1 NOTIFY=DELAY): one notice to the sender of a
+    # message still queued this long after it came (Postfix's delay_warning_time).
+    delay_warning_time: StrictInt = Field(
+        4 * 3600,
+        description=f"seconds as an integer: 0 (no warning) or 1..{QUEUE_LIFETIME - 1}",
+    )
+
+    @field_validator("delay_warning_time")
+    @classmethod
+    def _delay_warning(cls, value: int) -> int:
+        if not 0 <= value < QUEUE_LIFETIME:
+            raise ValueError(
+                f"must be 0 (no warning) or 1..{QUEUE_LIFETIME - 1} seconds (under the 5-day "
+                f"queue lifetime, after which the message is returned), got {value}"
+            )
+        return value
 
     @field_validator("min_free_space")
     @classmethod

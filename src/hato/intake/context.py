@@ -13,6 +13,7 @@ from hato.crypto import KeyLookup
 from hato.delivery.loops import DEFAULT_HOP_LIMIT
 from hato.directory.resolver import Resolution
 from hato.intake.direct import DirectDelivery
+from hato.intake.headers import MAX_HEADER_FIELDS
 from hato.intake.inbound import InboundChecker
 from hato.intake.miltercheck import MilterFilter
 from hato.intake.signing import OutboundSigner
@@ -43,6 +44,7 @@ class DoorConfig:
     signer: OutboundSigner | None
     spam: SpamFilter | None = None
     milters: tuple[MilterFilter, ...] = ()
+    max_header_fields: int = MAX_HEADER_FIELDS  # judged at the end of the message too
 
 
 @dataclass(slots=True, kw_only=True)
@@ -63,6 +65,7 @@ class IntakeContext:
     rcpt_keys: KeyLookup | None = None
     direct: DirectDelivery | None = None  # local mail into its Maildir before the 250
     hop_limit: int = DEFAULT_HOP_LIMIT  # Received: + Delivered-To: fields of a loop
+    max_header_fields: int = MAX_HEADER_FIELDS  # [limits] max_header_fields, every role
     # Extra sender addresses granted per account ([[domain]] send_as), lower-case.
     send_as: dict[Address, frozenset[Address]] = field(default_factory=dict)
     # The end-of-message steps (finish.py), each where the door's role has it:
@@ -79,3 +82,4 @@ class IntakeContext:
         self.signer = config.signer
         self.spam = config.spam
         self.milters = config.milters
+        self.max_header_fields = config.max_header_fields

@@ -44,12 +44,9 @@ HEADER_TOO_LARGE = Reply(
 # §3.6 sets no maximum; each field costs every check that reads the section (split, DKIM and
 # ARC canonicalization, DMARC's From search): 60,000 4-octet fields within the 256 KiB cost
 # ~250 ms CPU at the inbound checks (docs/security.md). Real mail carries tens to a few
-# hundred (a long relay path: Postfix stops at 50 Received, hopcount_limit).
+# hundred (a long relay path: Postfix stops at 50 Received, hopcount_limit). The default of
+# [limits] max_header_fields.
 MAX_HEADER_FIELDS = 1000
-# RFC 3463 §3.6 X.6.0: other or undefined media error (the header section's form).
-TOO_MANY_FIELDS = Reply(
-    552, "5.6.0", f"Message refused: more than {MAX_HEADER_FIELDS} header fields"
-)
 _FIELD_START = re.compile(rb"\n(?![ \t])")  # a line that starts a new field (or ends them)
 # RFC 5322 §3.6.2, §3.6.6: the originator fields a reader shows as who sent the message.
 _SENDER_FIELDS = (b"Sender", b"Resent-From", b"Resent-Sender")
@@ -102,14 +99,20 @@ class HeaderCapture:
         """The addresses of every From field (None for one that is no address)."""
         return authors(split_header_fields(self.section()) if fields is None else fields)
 
-    def judge(self, user: Address | None, owns: Callable[[Address], bool]) -> HeaderVerdict:
-        """The header section's verdict: on every role its size; after AUTH (submission) its
-        form, one From field, and every From, Sender and Resent-* address owned by `user`."""
+    def judge(
+        self,
+        user: Address | None,
+        owns: Callable[[Address], bool],
+        max_fields: int = MAX_HEADER_FIELDS,
+    ) -> HeaderVerdict:
+        """The header section's verdict: on every role its size and its number of fields (at
+        most `max_fields`); after AUTH (submission) its form, one From field, and every From,
+        Sender and Resent-* address owned by `user`."""
         if self.too_large:
             return HeaderVerdict((), HEADER_TOO_LARGE, "header-too-large")
-        if len(_FIELD_START.findall(self._buf)) > MAX_HEADER_FIELDS:
+        if len(_FIELD_START.findall(self._buf)) > max_fields:
             # Counted in C before any field is split or checked (every role).
-            return HeaderVerdict((), TOO_MANY_FIELDS, "too-many-header-fields")
+            return HeaderVerdict((), too_many_fields(max_fields), "too-many-header-fields")
         if user is None:
             return _UNJUDGED  # mx: DMARC judges the From fields (inbound.py)
         fields = split_header_fields(self.section())
@@ -131,6 +134,11 @@ class HeaderCapture:
         if isinstance(decision, Accept):
             return HeaderVerdict(authors)
         return HeaderVerdict(authors, decision.reply, facts.problem)
+
+
+def too_many_fields(limit: int) -> Reply:
+    # RFC 3463 §3.6 X.6.0: other or undefined media error (the header section's form).
+    return Reply(552, "5.6.0", f"Message refused: more than {limit} header fields")
 
 
 def authors(fields: list[HeaderField]) -> list[Address | None]:

@@ -98,7 +98,7 @@ class Incoming:
                                 rcpt=alias, reply=FORWARD_LOOP.code))  # fmt: skip
                 self.discard()
                 return FORWARD_LOOP
-        verdict = self.headers.judge(user, owns)
+        verdict = self.headers.judge(user, owns, ctx.max_header_fields)
         if verdict.refusal is not None:
             log.info(logfmt("message-refused", session=session, user=user,
                             reason=verdict.reason, reply=verdict.refusal.code))  # fmt: skip

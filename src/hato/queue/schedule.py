@@ -6,8 +6,10 @@ Like Postfix: the first retry after `first_retry` (minimal_backoff_time, 300 s),
 doubling with every attempt up to `max_backoff` (maximal_backoff_time, 4000 s ≈ 67 min),
 each delay spread by ±`jitter` so that a burst of deferrals does not come back as one
 burst, and the message given up after `max_lifetime` (maximal_queue_lifetime, 5 days).
-A message still not delivered after `delay_warning` (delay_warning_time, here on by default:
-4 hours) gets one "delayed" notice to its sender; None turns the warnings off.
+A message still not delivered after `delay_warning` (Postfix's delay_warning_time, off there
+by default; `[queue] delay_warning_time` here, on by default: 4 hours, as sendmail's
+Timeout.queuewarn) gets one "delayed" notice to its sender (RFC 3464 action=delayed, when
+RFC 3461 §4.1's NOTIFY asks for it); None turns the warnings off.
 """
 
 from __future__ import annotations

@@ -185,6 +185,7 @@ class ListenerConfig:
     session_timeout: float
     tls_handshake_timeout: float
     hop_limit: int
+    max_header_fields: int
     postmaster_domain: str
     network_rules: ListenerNetworkRules
     networks: NetworkTable
@@ -234,6 +235,7 @@ class SessionContext(IntakeContext):
         self.session_timeout = config.session_timeout
         self.tls_handshake_timeout = config.tls_handshake_timeout
         self.hop_limit = config.hop_limit
+        self.max_header_fields = config.max_header_fields
         self.postmaster_domain = config.postmaster_domain
         self.network_rules = config.network_rules
         self.networks = config.networks

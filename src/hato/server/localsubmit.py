@@ -349,7 +349,11 @@ class LocalSubmitter:
             return
         senders = self._senders
         who = senders.name(uid) or f"uid {uid}"
-        verdict = header.judge(Address(who, self._domain), lambda a: senders.may_use(uid, a))
+        verdict = header.judge(
+            Address(who, self._domain),
+            lambda a: senders.may_use(uid, a),
+            self._ctx.max_header_fields,
+        )
         refusal = verdict.refusal
         if refusal is None and mail_from is not None and not senders.may_use(uid, mail_from):
             # RFC 3463 §3.8 X.7.1: the envelope sender is not this user's to use.

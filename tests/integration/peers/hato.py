@@ -164,10 +164,20 @@ class HatoServer:
                 if s.max_junk_commands is None
                 else [f"max_junk_commands = {s.max_junk_commands}"]
             ),
+            *(
+                []
+                if s.max_header_fields is None
+                else [f"max_header_fields = {s.max_header_fields}"]
+            ),
             "",
             "[queue]",
             f'min_free_space = "{format_size(s.min_free_space)}"',
             *([] if s.direct_local_delivery else ["direct_local_delivery = false"]),
+            *(
+                []
+                if s.delay_warning_time is None
+                else [f"delay_warning_time = {s.delay_warning_time}"]
+            ),
             "",
             # Tests talk to loopback only: no SPF/DKIM/DMARC lookups through the machine's
             # resolver. Tests of those checks enable them with an in-process DNS server.

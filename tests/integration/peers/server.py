@@ -92,6 +92,10 @@ class MailSetup:
     # [limits] max_junk_commands (None: the server's default, 100): a test whose session
     # probes the server with NOOP in a loop sets it out of the way.
     max_junk_commands: int | None = None
+    # [limits] max_header_fields (None: the server's default, 1000).
+    max_header_fields: int | None = None
+    # [queue] delay_warning_time in seconds (None: the server's default, 4 h).
+    delay_warning_time: int | None = None
 
 
 def submission_setup(tls: TlsFiles, auth: AuthSetup | None = None) -> MailSetup:

@@ -159,6 +159,17 @@ def test_a_bad_value_is_named_with_its_key_path(
         ("[limits]\nmax_bad_commands = 1.5", "limits.max_bad_commands: expected an integer"),
         ("[queue]\nmin_free_space = -1", "queue.min_free_space: must be at least 0, got -1"),
         ("[limits]\nhopcount_limit = 5", "limits.hopcount_limit: must be at least 10, got 5"),
+        (
+            "[limits]\nmax_header_fields = 20000",
+            "limits.max_header_fields: must be 100..10000 header fields, got 20000",
+        ),
+        ("[limits]\nmax_header_fields = '1k'", "limits.max_header_fields: expected an integer"),
+        (
+            "[queue]\ndelay_warning_time = 432000",
+            "queue.delay_warning_time: must be 0 (no warning) or 1..431999 seconds (under the "
+            "5-day queue lifetime, after which the message is returned), got 432000",
+        ),
+        ("[queue]\ndelay_warning_time = '4h'", "queue.delay_warning_time: expected seconds as an"),
         ("[local]\nsrs = 1", "local.srs: expected true or false"),
         (
             "[local]\nsrs_max_age = 2000",
