@@ -87,7 +87,7 @@ class FastARC(FastVerify, dkim.ARC):  # type: ignore[misc]
         if b"c" not in sig:
             sig[b"c"] = b"relaxed/relaxed"
         ams_valid = False
-        if instance == max(i for i, _ in arc_headers_w_instance):
+        if instance == arc_headers_w_instance[0][0]:  # the newest: sorted_arc_headers' order
             # RFC 8617 §5.2 step 5: the newest AMS is validated; dkimpy's verdict reads no
             # other (older ones are step 6's optional "oldest-pass", not computed here).
             try:
