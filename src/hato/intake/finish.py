@@ -57,6 +57,7 @@ from hato.milter import Command
 from hato.milter import Transaction as MilterTransaction
 from hato.model import Address, RecipientDsn, Reply, ReversePath, logfmt
 from hato.model.address import format_path
+from hato.model.frozen import quick_init
 from hato.queue import AUTH_PARAM, HOLD_PARAM, SPF_PARAM, BodyWriter
 
 log = logging.getLogger("hato.smtpd")
@@ -78,6 +79,7 @@ NOTICES = (Door.NOTICE, Door.OUTSIDE_NOTICE)
 SIGNED = (Door.SUBMISSION, Door.LOCAL, Door.NOTICE)  # never content a stranger chose
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """The facts of the transaction the checks need."""

@@ -7,8 +7,10 @@ import functools
 from dataclasses import dataclass
 
 from hato.model import Address, AddressError, domain_a_label, normalize_domain
+from hato.model.frozen import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TraceInfo:
     helo: str

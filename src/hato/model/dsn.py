@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hato.model.frozen import quick_init
+
 
 class Notify(enum.Enum):
     """RFC 3461 §4.1: the conditions a NOTIFY parameter can ask a DSN for."""
@@ -66,6 +68,7 @@ def unitext_decode(text: str) -> str:
     return _EMBEDDED.sub(char, text)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RecipientDsn:
     """RFC 3461 per-recipient DSN data.

@@ -11,9 +11,11 @@ from typing import Protocol
 
 from hato.model.address import Address, ReversePath
 from hato.model.dsn import RecipientDsn
+from hato.model.frozen import quick_init
 from hato.model.outcome import Outcome
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class QueuedRecipient:
     """One recipient row: `address` is where to deliver (after alias and +tag resolution);
@@ -30,6 +32,7 @@ class QueuedRecipient:
     dsn: RecipientDsn = field(default_factory=RecipientDsn)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
     """A message on disk: the body file is never rewritten; `prefix` holds the header

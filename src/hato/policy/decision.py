@@ -23,3 +23,5 @@ class Defer:
 
 
 Decision = Accept | Reject | Defer
+
+ACCEPT = Accept()  # every Accept is equal: the per-message decisions return this one (issue 15)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hato.model import Reply, Role
-from hato.policy.decision import Accept, Decision, Defer, Reject
+from hato.model.frozen import quick_init
+from hato.policy.decision import ACCEPT, Decision, Defer, Reject
 
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 OWN_DOMAIN_ON_MX = Reply(
@@ -31,6 +32,7 @@ UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 NO_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SenderFacts:
     role: Role
@@ -41,6 +43,7 @@ class SenderFacts:
     trusted_relay: bool = False  # the client is one of [authcheck] own_domains_relays
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RecipientFacts:
     role: Role
@@ -56,13 +59,13 @@ def mail_from_decision(facts: SenderFacts) -> Decision:
     if facts.authenticated:
         # Sender-login binding (RFC 6409 §6.1: the submission server may check that the
         # sender is one the user is authorized to use); RFC 3463 X.7.1 not authorized.
-        return Accept() if facts.sender_owned else Reject(NOT_YOUR_SENDER)
+        return ACCEPT if facts.sender_owned else Reject(NOT_YOUR_SENDER)
     if facts.role is Role.MX and facts.sender_is_local and not facts.trusted_relay:
         # Our own users send through submission with AUTH; from the outside, a sender in our
         # domain on port 25 is a spoof of one of them (RFC 7208 §1 describes the threat).
         # A relay the admin trusts with our domains (policy/ownfrom.py) is not the outside.
         return Reject(OWN_DOMAIN_ON_MX)
-    return Accept()
+    return ACCEPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,7 @@ def header_decision(facts: HeaderFacts) -> Decision:
     """After DATA on submission, before the DKIM signature makes the message ours."""
     match facts.problem:
         case "":
-            return Accept()
+            return ACCEPT
         case "header-malformed":
             # RFC 5322 §2.2, §3.6.8: readers disagree about such a line (some stop there, some
             # read on), so no check could say what the recipient will see. RFC 3463 X.6.0.
@@ -120,8 +123,8 @@ def header_decision(facts: HeaderFacts) -> Decision:
 def rcpt_decision(facts: RecipientFacts) -> Decision:
     if facts.local_domain:
         # RFC 5321 §4.2.3 550 / RFC 3463 §3.2 X.1.1: bad destination mailbox address.
-        return Accept() if facts.known else Reject(UNKNOWN_USER)
+        return ACCEPT if facts.known else Reject(UNKNOWN_USER)
     if facts.role is not Role.MX and facts.authenticated:
-        return Accept()
+        return ACCEPT
     # RFC 5321 §3.6.2: relaying only for clients we know; RFC 3463 X.7.1: not authorized.
     return Reject(RELAY_DENIED)

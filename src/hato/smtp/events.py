@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hato.model import Address, Reply, ReversePath
+from hato.model.frozen import quick_init
 
 
 class Sentinel(enum.Enum):
@@ -31,6 +32,7 @@ class Hello:
     domain: str  # the client's claimed name or address literal, as sent
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MailFrom:
     path: ReversePath  # None is the null reverse-path <>
@@ -42,6 +44,7 @@ class MailFrom:
     requiretls: bool = False  # RFC 8689 §2 REQUIRETLS (only ever accepted over TLS)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RcptTo:
     address: Address  # "<postmaster>" without domain arrives as Address("postmaster", hostname)
