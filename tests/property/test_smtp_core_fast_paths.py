@@ -197,3 +197,39 @@ def test_a_read_ending_with_bdat_0_last_still_ends_the_message() -> None:
     assert d.run("BDAT 3\r\n") == ""
     assert d.run("abc") == "250 2.0.0 3 octets received\r\n"
     assert d.run("BDAT 0 LAST\r\n") == "250 2.0.0 Ok\r\n"
+
+
+def _scan_before(buf: bytes, pos: int) -> tuple[int, bytes | None, bool, bool]:
+    """DataScanner.scan as it was: the end marker found alone, every region unstuffed by
+    replace (no line-length or size limit here)."""
+    end = buf.find(b"\r\n.\r\n", pos - 2)
+    if end >= 0:
+        stop, resume = end + 2, end + 5
+    else:
+        stop = len(buf) - 4
+        if stop > pos and buf[stop - 1] == 0x0D:
+            stop -= 1
+        if stop <= pos:
+            return pos, None, False, False
+        resume = stop
+    crlf = buf.count(b"\r\n", pos, stop)
+    if buf.count(b"\r", pos, stop) != crlf or buf.count(b"\n", pos, stop) != crlf:
+        return pos, None, False, True
+    chunk = buf[pos - 2 : stop].replace(b"\r\n.", b"\r\n")[2:]
+    return resume, chunk or None, end >= 0, False
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.sampled_from([b"\r\n", b".", b"..", b"a", b"abc", b"\r\n.\r\n", b"\r", b"\n"]),
+        max_size=40,
+    ).map(b"".join),
+    st.integers(0, 30),
+)
+def test_one_search_for_dotted_lines_scans_as_before(body: bytes, start: int) -> None:
+    """scan's one search for CRLF "." (the end marker, or a stuffed line) gives what the
+    search for the end marker and the unstuffing of every region gave, at any start."""
+    buf = b"\r\n" + body
+    pos = 2 + min(start, len(body))
+    assert DataScanner(0, 0).scan(buf, pos) == _scan_before(buf, pos)
