@@ -225,19 +225,19 @@ class HeaderFilter:
     and the session refuses the message (HeaderCapture.too_large), so nothing it missed is
     kept."""
 
-    __slots__ = ("_authserv_id", "_buf", "_missing", "_passing", "dropped", "removed")
+    __slots__ = ("_authserv_id", "_buf", "_missing", "dropped", "passing", "removed")
 
     def __init__(self, authserv_id: str = "", missing: tuple[MissingField, ...] = ()) -> None:
         self._authserv_id = authserv_id
         self._missing = missing
         self._buf = bytearray()
-        self._passing = False
+        self.passing = False  # the header section has gone: the rest passes as it is
         self.removed = 0  # forged Authentication-Results fields
         self.dropped = 0  # DROPPED_FIELDS fields
 
     def feed(self, data: bytes) -> bytes:
         """The bytes to store now (b"" while the header section is still coming)."""
-        if self._passing:
+        if self.passing:
             return data
         start = max(0, len(self._buf) - 3)
         self._buf += data
@@ -250,13 +250,13 @@ class HeaderFilter:
 
     def finish(self) -> bytes:
         """What is still held at the end of the message (a message that is all headers)."""
-        if self._passing:
+        if self.passing:
             return b""
         # All of it is header section, its last line maybe without its CRLF.
         return self._release(len(self._buf) - 2 if self._buf else -1)
 
     def _release(self, end: int) -> bytes:
-        self._passing = True
+        self.passing = True
         data = bytes(self._buf)
         self._buf.clear()
         if end < 0:

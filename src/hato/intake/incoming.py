@@ -51,14 +51,21 @@ class Incoming:
         self.filter = HeaderFilter(authserv_id, missing)
         self.headers = HeaderCapture()
         self.trace = TraceFields()  # the hop count (RFC 5321 §6.3)
+        # The header section has passed the filter, the capture and the hop count: the
+        # rest goes into the body alone (issue 15: most reads of a message, on the loop).
+        self._past_header = False
 
     def feed(self, data: bytes) -> bytes:
         """Take a chunk; the octets that passed the header filter into the body (b"" while
         the header section is held back)."""
+        if self._past_header:
+            self.body.write(data)
+            return data
         passed = self.filter.feed(data)
         self.body.write(passed)
         self.headers.feed(data)
         self.trace.feed(data)
+        self._past_header = self.filter.passing and self.headers.done and self.trace.done
         return passed
 
     def release(self) -> bytes:

@@ -88,3 +88,45 @@ def test_a_clients_return_path_content_length_and_bcc_are_not_stored(tmp_path: P
     answer, body = judged(tmp_path, message, user=ALICE)
     assert answer is None
     assert body == b"From: <alice@example.org>\r\n\r\nhi\r\n"
+
+
+class Refusing:
+    """Stands for the header filter, capture and hop count once they are done: fed nothing."""
+
+    def feed(self, data: bytes) -> bytes:
+        raise AssertionError(f"fed {data!r} after the header section")
+
+
+def test_past_the_header_section_a_chunk_goes_into_the_body_alone(tmp_path: Path) -> None:
+    """Once the filter, the capture and the hop count have all seen the end of the header
+    section, the body's chunks go straight into the body (issue 15: most reads)."""
+
+    async def scenario() -> bytes:
+        clock = FakeClock(1_800_000_000.0)
+        queue = await Queue.open(
+            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
+        )
+        try:
+            settings = ServerSettings(hostname="mx.example.org")
+            ctx = IntakeContext(role=Role.MX, settings=settings, queue=queue, resolver=NoBook(),
+                                clock=clock, hop_limit=3)  # fmt: skip
+            incoming = Incoming(ctx, keyed=False, authserv_id="mx.example.org")
+            assert incoming.feed(b"Received: from a by b; x\r\nFrom: <x@r.test>\r\n") == b""
+            assert incoming.feed(b"\r\nfirst line\r\n") == (
+                b"Received: from a by b; x\r\nFrom: <x@r.test>\r\n\r\nfirst line\r\n"
+            )
+            incoming.filter = incoming.headers = incoming.trace = Refusing()  # type: ignore[assignment]
+            assert incoming.feed(b"Received: in the body, no header\r\n") == (
+                b"Received: in the body, no header\r\n"
+            )
+            assert isinstance(incoming.body, BodyWriter)
+            body = incoming.body.peek_inline()
+            incoming.discard()
+            return body
+        finally:
+            await queue.close()
+
+    assert asyncio.run(scenario()) == (
+        b"Received: from a by b; x\r\nFrom: <x@r.test>\r\n\r\nfirst line\r\n"
+        b"Received: in the body, no header\r\n"
+    )
