@@ -4,6 +4,8 @@ header section judged against the sender, our forged Authentication-Results remo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from hato.directory.resolver import NotLocal, Resolution
@@ -28,20 +30,26 @@ class NoBook:
         return False
 
 
+@asynccontextmanager
+async def _context(tmp_path: Path) -> AsyncIterator[IntakeContext]:
+    """An mx door's intake context over a queue in `tmp_path`, hop limit 3."""
+    clock = FakeClock(1_800_000_000.0)
+    queue = await Queue.open(tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40)
+    try:
+        settings = ServerSettings(hostname="mx.example.org")
+        yield IntakeContext(role=Role.MX, settings=settings, queue=queue, resolver=NoBook(),
+                            clock=clock, hop_limit=3)  # fmt: skip
+    finally:
+        await queue.close()
+
+
 def judged(
     tmp_path: Path, message: bytes, *, user: Address | None = None
 ) -> tuple[Reply | None, bytes]:
     """What `judge` answers for `message`, and what the body then holds."""
 
     async def scenario() -> tuple[Reply | None, bytes]:
-        clock = FakeClock(1_800_000_000.0)
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
-            settings = ServerSettings(hostname="mx.example.org")
-            ctx = IntakeContext(role=Role.MX, settings=settings, queue=queue, resolver=NoBook(),
-                                clock=clock, hop_limit=3)  # fmt: skip
+        async with _context(tmp_path) as ctx:
             incoming = Incoming(ctx, keyed=False, authserv_id="mx.example.org")
             for at in range(0, len(message), 7):  # any chunking gives the same answer
                 incoming.feed(message[at : at + 7])
@@ -53,8 +61,6 @@ def judged(
             body = incoming.body.peek_inline()
             incoming.discard()
             return answer, body
-        finally:
-            await queue.close()
 
     return asyncio.run(scenario())
 
@@ -102,14 +108,7 @@ def test_past_the_header_section_a_chunk_goes_into_the_body_alone(tmp_path: Path
     section, the body's chunks go straight into the body (issue 15: most reads)."""
 
     async def scenario() -> bytes:
-        clock = FakeClock(1_800_000_000.0)
-        queue = await Queue.open(
-            tmp_path / "q", clock=clock, node_id="n", free_space=lambda _: 1 << 40
-        )
-        try:
-            settings = ServerSettings(hostname="mx.example.org")
-            ctx = IntakeContext(role=Role.MX, settings=settings, queue=queue, resolver=NoBook(),
-                                clock=clock, hop_limit=3)  # fmt: skip
+        async with _context(tmp_path) as ctx:
             incoming = Incoming(ctx, keyed=False, authserv_id="mx.example.org")
             assert incoming.feed(b"Received: from a by b; x\r\nFrom: <x@r.test>\r\n") == b""
             assert incoming.feed(b"\r\nfirst line\r\n") == (
@@ -123,8 +122,6 @@ def test_past_the_header_section_a_chunk_goes_into_the_body_alone(tmp_path: Path
             body = incoming.body.peek_inline()
             incoming.discard()
             return body
-        finally:
-            await queue.close()
 
     assert asyncio.run(scenario()) == (
         b"Received: from a by b; x\r\nFrom: <x@r.test>\r\n\r\nfirst line\r\n"
