@@ -49,7 +49,7 @@ from hato.boot.web import LateKeys, publications, serve_web
 from hato.crypto import KeyLookup
 from hato.delivery.maildir import MaildirCourier
 from hato.delivery.outbound import OutboundCourier
-from hato.delivery.router import RoutingCourier
+from hato.delivery.router import MailboxRoutes, RoutingCourier
 from hato.directory.known import KnownMailboxes
 from hato.dns import DnsPythonResolver
 from hato.intake.direct import DirectDelivery
@@ -215,7 +215,10 @@ async def build_rooms(
         settings.mailboxes, settings.server.hostname, clock=clock, owner=mailbox_owner(settings)
     )
     tally = DeliveryTally(metrics, OutcomeCounter(), clock, resolver.is_local_domain)
-    local = KnownMailboxes(maildir, resolver)  # an alias target without an account bounces
+    # A [[domain]] with a [[transport]] lmtp has its mailboxes behind that LMTP server
+    # (Dovecot): local all the same (accounts, aliases, keys), handed over by the courier.
+    mailboxes = MailboxRoutes(maildir, outbound, outbound.behind_lmtp)
+    local = KnownMailboxes(mailboxes, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
         resolver.is_local_domain,
         # A queued plaintext copy for a mailbox that has a key by now is encrypted first.
@@ -244,7 +247,8 @@ async def build_rooms(
     direct = (
         DirectDelivery(
             tally.courier(local),
-            resolver.is_local_domain,
+            # Into a Maildir only: LMTP mailboxes are delivered from the queue.
+            lambda domain: resolver.is_local_domain(domain) and not outbound.behind_lmtp(domain),
             clock,
         )
         if settings.queue.direct_local_delivery

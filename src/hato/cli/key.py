@@ -152,6 +152,16 @@ def encrypt_existing(args: argparse.Namespace) -> int:
         key = store.get(address)
     if key is None:
         raise CommandError(f"no key for {address} (see: hato key import {address} FILE)")
+    from hato.config.values import domain_key
+
+    wanted = domain_key(address.domain)
+    lmtp = [t.lmtp for t in loaded.settings.transports if domain_key(t.domain) == wanted]
+    if lmtp and lmtp[0] is not None:
+        raise CommandError(
+            f"the mailboxes of {address.domain} are behind the LMTP server {lmtp[0]} "
+            "([[transport]] lmtp): the mail already there is that server's to rewrite; new "
+            "mail is encrypted before it is handed over"
+        )
     mailbox = loaded.settings.mailboxes / address.domain.lower() / address.local.lower()
     if not mailbox.is_dir():
         raise CommandError(f"no mailbox for {address}: {mailbox} does not exist")

@@ -240,6 +240,7 @@ def settings_from_mapping(
     problems.extend(_duplicates(raw.get("network"), "network", "name"))
     problems.extend(_duplicates(raw.get("transport"), "transport", "domain"))
     problems.extend(_smarthost_references(raw.get("transport"), "smarthost" in raw))
+    problems.extend(_local_routes(domains, transports))
     problems.extend(_network_references(raw.get("listener"), raw.get("network")))
     problems.extend(metrics_clashes(raw.get("listener"), raw.get("metrics")))
     if "tls" not in raw and source != EMBEDDED_SOURCE:
@@ -412,6 +413,23 @@ def _smarthost_references(transports: object, has_smarthost: bool) -> list[str]:
         '(e.g. host = "smtp.provider.net") or remove this key'
         for index, item in _entries(transports)
         if item.get("smarthost") is True
+    ]
+
+
+def _local_routes(
+    domains: list[tuple[int, DomainSettings]], transports: list[tuple[int, TransportSettings]]
+) -> list[str]:
+    """A [[domain]]'s mail goes into its mailboxes: Maildirs, or an LMTP server's (its
+    [[transport]] lmtp, docs/configuration.md); a relay, smarthost or MX route for it would
+    be ignored, so it is refused rather than taken silently."""
+    ours = {domain_key(domain.name) for _, domain in domains}
+    return [
+        f"transport[{index}]: {transport.domain} is a [[domain]], whose mail goes into its "
+        'mailboxes (Maildirs, or an LMTP server: lmtp = "HOST:PORT"); remove relay, '
+        "smarthost and mx here, or the [[domain]] to send its mail on"
+        for index, transport in transports
+        if domain_key(transport.domain) in ours
+        and (transport.relay is not None or transport.smarthost or transport.mx)
     ]
 
 

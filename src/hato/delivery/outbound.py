@@ -101,6 +101,11 @@ class OutboundCourier:
         self._settings = settings
         self._planner.reconfigure(settings, verify_context, smarthost_context)
 
+    def behind_lmtp(self, domain: str) -> bool:
+        """Whether mail for `domain` is handed over by LMTP (its [[transport]] lmtp), as the
+        settings in force say (a reload changes them)."""
+        return self._settings.transport_for(domain).kind is TransportKind.LMTP
+
     async def aclose(self) -> None:
         await self.pool.aclose()
 

@@ -13,6 +13,11 @@ Our own bounces of that copy still go to the original sender (the queue keeps it
 With no remote courier (a set-up that only receives), mail for other domains stays queued with
 a temporary failure that says so.
 
+A local domain's mailboxes are Maildirs here, or behind an LMTP server (Dovecot) when the
+domain has a `[[transport]] lmtp`: `MailboxRoutes` is the local courier that hands those over
+LMTP (the outbound courier, which knows the transport) and writes the others. Either way they
+are our mailboxes: the same recipients, keys and encryption at rest (docs/encryption.md).
+
 Must not import anything of hato but model.
 """
 
@@ -49,6 +54,31 @@ from hato.model import (
 log = logging.getLogger("hato.delivery")
 
 NO_OUTBOUND = Reply(451, "4.4.0", "Outbound delivery is not available on this server yet")
+
+
+class MailboxRoutes:
+    """The local courier: each mailbox into its Maildir (`maildir`), or over LMTP (`lmtp`, the
+    outbound courier) when `behind_lmtp(domain)` (RFC 2033: the LMTP server is the mailbox's
+    final delivery agent)."""
+
+    def __init__(self, maildir: Courier, lmtp: Courier, behind_lmtp: Callable[[str], bool]) -> None:
+        self._maildir = maildir
+        self._lmtp = lmtp
+        self._behind_lmtp = behind_lmtp
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[QueuedRecipient]
+    ) -> list[Outcome]:
+        far = [r for r in recipients if self._behind_lmtp(r.address.domain)]
+        if not far:
+            return list(await self._maildir.deliver(message, recipients))
+        near = [r for r in recipients if not self._behind_lmtp(r.address.domain)]
+        outcomes: dict[int, Outcome] = {}
+        for courier, rows in ((self._maildir, near), (self._lmtp, far)):
+            if rows:
+                done = await courier.deliver(message, rows)
+                outcomes.update(zip((r.row_id for r in rows), done, strict=True))
+        return [outcomes[r.row_id] for r in recipients]
 
 
 class RoutingCourier:

@@ -118,12 +118,25 @@ password_file = "smarthost.pw"
             '[smarthost]\nhost = "smtp.test"\nusername = "me"',
             "smarthost: username and a password (or password_file) go together",
         ),
+        (
+            '[[transport]]\ndomain = "EXAMPLE.org"\nrelay = "h:25"',
+            "transport[0]: example.org is a [[domain]], whose mail goes into its mailboxes",
+        ),
+        ('[[transport]]\ndomain = "example.org"\nmx = true', "transport[0]: example.org is a"),
         ('[smarthost]\nhost = "smtp.test"\ntls = "none"', "smarthost.tls"),
         ("[smarthost]\nport = 587", "smarthost.host"),
     ],
 )
 def test_errors(extra: str, expected: str, tmp_path: Path) -> None:
     assert expected in problems(extra, tmp_path)
+
+
+def test_a_local_domain_may_have_its_mailboxes_behind_lmtp(tmp_path: Path) -> None:
+    # docs/configuration.md: a [[domain]] with a [[transport]] lmtp (Dovecot) is ours all the
+    # same; only a route that would send its mail elsewhere is refused (test_errors).
+    text = '[[transport]]\ndomain = "example.org"\nlmtp = "127.0.0.1:24"\ntls = "none"\n'
+    (transport,) = parse(text, tmp_path).transports
+    assert transport.lmtp == "[127.0.0.1]:24"
 
 
 def _ca_pem(tmp_path: Path) -> Path:

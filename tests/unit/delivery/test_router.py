@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Sequence
 
-from hato.delivery.router import NO_OUTBOUND, RoutingCourier
+from hato.delivery.router import NO_OUTBOUND, MailboxRoutes, RoutingCourier
 from hato.model import Address, Delivered, Outcome, QueuedMessage, QueuedRecipient, TempFailed
 
 
@@ -40,3 +40,14 @@ def test_remote_courier_used_when_present() -> None:
     outcomes = asyncio.run(courier.deliver(message, [_rcpt(1, "x@remote.test")]))
     assert remote.seen == [Address("x", "remote.test")] and not local.seen
     assert outcomes == [Delivered("x")]
+
+
+def test_mailboxes_behind_lmtp_go_to_the_lmtp_courier_in_order() -> None:
+    maildir, lmtp = Recorder(), Recorder()
+    courier = MailboxRoutes(maildir, lmtp, lambda d: d == "lmtp.test")
+    message = QueuedMessage("Q3", None, 0.0, "/nonexistent", 0)
+    rcpts = [_rcpt(1, "a@lmtp.test"), _rcpt(2, "b@example.org"), _rcpt(3, "c@lmtp.test")]
+    outcomes = asyncio.run(courier.deliver(message, rcpts))
+    assert maildir.seen == [Address("b", "example.org")]
+    assert lmtp.seen == [Address("a", "lmtp.test"), Address("c", "lmtp.test")]
+    assert outcomes == [Delivered("a"), Delivered("b"), Delivered("c")]
