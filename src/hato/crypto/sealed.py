@@ -19,7 +19,16 @@ user's key:
   compressed, no signature packet outside it);
 - S/MIME (RFC 8551 §3.3, RFC 5652 §6): base64 of one ContentInfo of enveloped-data (or
   authEnveloped-data, RFC 5083) whose recipient infos name the user's certificate (its issuer
-  and serial number, or its subject key identifier), and nothing after it.
+  and serial number, or its subject key identifier), with its encrypted content, and nothing
+  after it; in DER or in BER with indefinite lengths, as clients that stream write it
+  (crypto/envelope.py).
+OpenPGP with hidden recipients (`gpg --throw-keyids`, RFC 4880 §5.1: a session-key packet
+with key ID zero, the "wild card") is not verified: whether such a packet is to the user's key
+cannot be told from the public key. For RSA it holds m^e mod n, a number below n that any
+key of the same size could have made; for ECDH (and RFC 9580's X25519) an ephemeral point and
+a key wrapped under the shared secret, which takes the private key (or the sender's ephemeral
+one) to compute. Hiding the recipient is what the sender asked for (key privacy), so it
+cannot be shown; such a message gets the second layer, as any unverified one.
 Anything else, or anything this reader does not understand, is "not verified", and the
 message is encrypted to the key as any plaintext one is (a second layer is never a loss).
 What cannot be seen from outside is what the sender put inside the encrypted packet: a
@@ -27,7 +36,8 @@ sender who wants its words readable can always publish them elsewhere.
 
 Bounded: lines of at most 998 octets (RFC 5322 §2.1.1), a fixed number of header and armor
 lines, session-key packets of at most 4 KiB, 64 of them, partial body pieces of at least 512
-octets, DER recipient infos of at most 64 KiB; the body is read in chunks, never held whole.
+octets, recipient infos of at most 64 KiB (crypto/envelope.py has the S/MIME bounds); the
+body is read in chunks, never held whole.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import email.policy
 import re
 from collections.abc import Iterator
 
+from hato.crypto.envelope import NotEnveloped, enveloped_to
 from hato.crypto.keys import KeyKind, PublicKey
 from hato.crypto.mime import Parsed
 
@@ -47,7 +58,6 @@ MAX_PART_FIELDS = 8  # header lines of one body part
 MAX_ARMOR_HEADERS = 5  # RFC 4880 §6.2: Version, Comment, MessageID, Hash, Charset
 MAX_SESSION_PACKET = 4096  # a PKESK of RSA-16384 is about 2 KiB
 MAX_SESSION_PACKETS = 64
-MAX_RECIPIENT_INFOS = 64 * 1024
 MIN_PARTIAL = 512  # octets of a partial body length piece (see _Packets._header)
 
 # Thunderbird's "(RFC 4880 and 3156)", GPGTools' "(RFC 2440 and 3156)", ours "(RFC 3156)."
@@ -55,9 +65,6 @@ _NOTICE = re.compile(rb"This is an OpenPGP/MIME encrypted message \(RFC \d{4}( a
 _ARMOR_HEADER = re.compile(rb"(Version|Comment|MessageID|Hash|Charset): [\x20-\x7e]{0,76}")
 _BEGIN, _END = b"-----BEGIN PGP MESSAGE-----", b"-----END PGP MESSAGE-----"
 _TAG_PKESK, _TAG_SKESK, _TAG_MARKER, _TAG_SEIPD, _TAG_AEAD = 1, 3, 10, 18, 20
-# RFC 5652 §6.1 id-envelopedData; RFC 5083 §1 id-ct-authEnvelopedData (DER of the OIDs).
-_ENVELOPED = bytes.fromhex("06092a864886f70d010703")
-_AUTH_ENVELOPED = bytes.fromhex("060b2a864886f70d0109100117")
 
 
 class _Unverified(Exception):
@@ -427,57 +434,9 @@ def _der_tlv(tag: int, body: bytes) -> bytes:
 
 
 def _smime(chunks: Iterator[bytes], names: tuple[bytes, ...]) -> None:
-    """RFC 5652 §3, §6.1: ContentInfo { id-envelopedData, [0] EnvelopedData { version,
-    [originatorInfo], recipientInfos SET, ... } }, definite lengths (DER), nothing after."""
-    head = bytearray()
-    total = 0
-    chunks_iter = iter(chunks)
-    for chunk in chunks_iter:
-        head += chunk
-        total += len(chunk)
-        if len(head) >= MAX_RECIPIENT_INFOS:
-            break
-    outer = _tlv(head, 0, 0x30)
-    at = outer.body
-    if head[at : at + len(_ENVELOPED)] == _ENVELOPED:
-        at += len(_ENVELOPED)
-    elif head[at : at + len(_AUTH_ENVELOPED)] == _AUTH_ENVELOPED:
-        at += len(_AUTH_ENVELOPED)
-    else:
-        raise _Unverified("not enveloped-data")
-    at = _tlv(head, at, 0xA0).body  # [0] EXPLICIT content
-    at = _tlv(head, at, 0x30).body  # EnvelopedData
-    at = _tlv(head, at, 0x02).end  # version
-    if at < len(head) and head[at] == 0xA0:
-        at = _tlv(head, at, 0xA0).end  # originatorInfo
-    infos = _tlv(head, at, 0x31)  # recipientInfos
-    if infos.end > len(head):
-        raise _Unverified("recipient infos too large")
-    found = bytes(head[infos.body : infos.end])
-    if not any(name in found for name in names):
-        raise _Unverified("not encrypted to the recipient's certificate")
-    for chunk in chunks_iter:
-        total += len(chunk)
-    if total != outer.end:
-        raise _Unverified("data after the enveloped data")
-
-
-class _Tlv:
-    __slots__ = ("body", "end")
-
-    def __init__(self, body: int, end: int) -> None:
-        self.body, self.end = body, end
-
-
-def _tlv(data: bytearray, at: int, tag: int) -> _Tlv:
-    """A DER element (X.690 §8.1) with this tag at `at`: where its content starts and ends."""
-    if at + 2 > len(data) or data[at] != tag:
-        raise _Unverified("unexpected DER")
-    first = data[at + 1]
-    if first < 0x80:
-        return _Tlv(at + 2, at + 2 + first)
-    width = first & 0x7F
-    if not 1 <= width <= 4 or at + 2 + width > len(data):
-        raise _Unverified("DER length")  # 0x80: indefinite (BER), not DER
-    size = int.from_bytes(data[at + 2 : at + 2 + width], "big")
-    return _Tlv(at + 2 + width, at + 2 + width + size)
+    """RFC 5652 §3, §6.1: one ContentInfo of enveloped-data to the certificate, in DER or in
+    BER with indefinite lengths (crypto/envelope.py), nothing after it."""
+    try:
+        enveloped_to(chunks, names)
+    except NotEnveloped as exc:
+        raise _Unverified(str(exc)) from None
