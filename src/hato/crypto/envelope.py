@@ -112,12 +112,23 @@ class _Reader:
                 raise NotEnveloped("recipient infos too large")
 
     def _pass(self, count: int) -> None:
-        """Skip `count` octets as they come."""
+        """Skip `count` octets as they come (whole chunks only counted, when not recorded:
+        the encrypted content is most of the message)."""
         while count:
-            if not self._held and not self._fill(1):
-                raise NotEnveloped("cut short")
+            if not self._held:
+                chunk = next(self._data, None)
+                if chunk is None:
+                    raise NotEnveloped("cut short")
+                if len(chunk) <= count and self.record is None:
+                    self.pos += len(chunk)
+                    count -= len(chunk)
+                    continue
+                self._held += chunk
             step = min(count, len(self._held))
-            self._consumed(self._held[:step])
+            if self.record is None:
+                self.pos += step
+            else:
+                self._consumed(self._held[:step])
             del self._held[:step]
             count -= step
 

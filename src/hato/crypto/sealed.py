@@ -58,6 +58,7 @@ MAX_PART_FIELDS = 8  # header lines of one body part
 MAX_ARMOR_HEADERS = 5  # RFC 4880 §6.2: Version, Comment, MessageID, Hash, Charset
 MAX_SESSION_PACKET = 4096  # a PKESK of RSA-16384 is about 2 KiB
 MAX_SESSION_PACKETS = 64
+BASE64_BATCH = 64 * 1024  # base64 text decoded at once (S/MIME)
 MIN_PARTIAL = 512  # octets of a partial body length piece (see _Packets._header)
 
 # Thunderbird's "(RFC 4880 and 3156)", GPGTools' "(RFC 2440 and 3156)", ours "(RFC 3156)."
@@ -251,9 +252,20 @@ class _Base64Lines:
 
 
 def _base64(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """The decoded octets, in pieces of about BASE64_BATCH (a piece per 76-character line
+    cost the reader a step per 57 octets: most of the time of a big message)."""
     decoder = _Base64Lines()
+    batch: list[bytes] = []
+    held = 0
     for line in lines:
-        yield decoder.feed(line.strip())
+        text = line.strip()
+        batch.append(text)
+        held += len(text)
+        if held >= BASE64_BATCH:
+            yield decoder.feed(b"".join(batch))
+            batch.clear()
+            held = 0
+    yield decoder.feed(b"".join(batch))
     decoder.finish()
 
 

@@ -167,3 +167,4 @@ def test_hidden_recipients_are_not_taken_as_sealed(gpg: Gpg) -> None:
         )
         message = b"Content-Type: text/plain\r\n\r\n" + armored.replace(b"\n", b"\r\n")
         assert _sealed(message, to) is not bool(args)
+        assert gpg.run("--decrypt", input=armored) == b"secret"  # the user's gpg finds its key
