@@ -56,10 +56,8 @@ class LmtpHato(HatoServer):
 def dovecot(workdir: Path) -> Iterator[Dovecot]:
     server = Dovecot(workdir / "dovecot", lmtp=True)
     server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield server  # pytest runs the rest however the test ended
+    server.stop()
 
 
 @pytest.fixture
@@ -192,3 +190,25 @@ def test_keys_and_wkd_for_an_lmtp_domain(hato: LmtpHato, gpg: Gpg, workdir: Path
     existing = hato.hato("key", "encrypt-existing", "bob@example.org")
     assert existing.returncode != 0
     assert "LMTP server" in existing.stderr, existing
+
+
+def test_a_copy_queued_in_the_clear_is_encrypted_before_lmtp_once_a_key_is_imported(
+    hato: LmtpHato, dovecot: Dovecot, gpg: Gpg
+) -> None:
+    # Dovecot is down: carol's mail (she has no key yet) waits in the queue in the clear.
+    dovecot.stop()
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP(hato.host, hato.port, timeout=30) as smtp:
+        to = "carol@example.org"
+        smtp.sendmail("someone@example.net", [to], _message(marker, "someone@example.net", to))
+    assert hato.wait_for_log(r"event=deferred .*to=<carol@example\.org>", timeout=60)
+    # She imports a key; Dovecot is back: the queue runner encrypts the copy before LMTP.
+    gpg.run("--quick-gen-key", "Carol <carol@example.org>", "future-default", "default", "never")
+    hato.import_key("carol@example.org", gpg.export("carol@example.org"), "carol.asc")
+    dovecot.start()
+    flushed = hato.hato("queue", "flush")
+    assert flushed.returncode == 0, flushed
+    (stored,) = _at_dovecot(dovecot, "carol")
+    assert f"The plan is {marker}.".encode() in _opened(gpg, stored)
+    assert _grep(dovecot.dir / "mail", marker.encode()) == []
+    assert hato.wait_for_log(r"event=queued-copy-encrypted ")

@@ -79,6 +79,16 @@ def test_check_config_summary(workdir: Path, capsys: pytest.CaptureFixture[str])
     ]
 
 
+def test_check_config_summary_names_mailboxes_behind_lmtp(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (workdir / "hato.toml").open("a") as config:
+        config.write('\n[[transport]]\ndomain = "example.org"\nlmtp = "127.0.0.1:24"\n')
+    code, out, _ = run(capsys, "check-config")
+    assert code == 0
+    assert "  domains:   example.org (mailboxes behind LMTP [127.0.0.1]:24)" in out.splitlines()
+
+
 def test_check_config_summary_names_the_screen(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
