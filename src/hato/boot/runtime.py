@@ -217,7 +217,9 @@ async def build_rooms(
     tally = DeliveryTally(metrics, OutcomeCounter(), clock, resolver.is_local_domain)
     # A [[domain]] with a [[transport]] lmtp has its mailboxes behind that LMTP server
     # (Dovecot): local all the same (accounts, aliases, keys), handed over by the courier.
-    mailboxes = MailboxRoutes(maildir, outbound, outbound.behind_lmtp)
+    # Asked at each delivery (a lambda, not the bound method: built without a courier, as
+    # tests/unit/server/test_session_stamps.py does, it is never asked).
+    mailboxes = MailboxRoutes(maildir, outbound, lambda domain: outbound.behind_lmtp(domain))
     local = KnownMailboxes(mailboxes, resolver)  # an alias target without an account bounces
     routing = RoutingCourier(
         resolver.is_local_domain,
