@@ -103,8 +103,12 @@ class OutboundCourier:
 
     def behind_lmtp(self, domain: str) -> bool:
         """Whether mail for `domain` is handed over by LMTP (its [[transport]] lmtp), as the
-        settings in force say (a reload changes them)."""
-        return self._settings.transport_for(domain).kind is TransportKind.LMTP
+        settings in force say (a reload changes them). Asked for every local delivery: with
+        no LMTP transport at all, the domain's name is not even normalized."""
+        settings = self._settings
+        if not any(t.kind is TransportKind.LMTP for t in settings.transports.values()):
+            return False
+        return settings.transport_for(domain).kind is TransportKind.LMTP
 
     async def aclose(self) -> None:
         await self.pool.aclose()
