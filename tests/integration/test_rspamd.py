@@ -177,13 +177,17 @@ def test_rspamd_down_or_silent_follows_the_configured_policy(tmp_path: Path, pol
         silent.close()
 
 
+_RSPAMD_NOT_READY = ("cannot find statfile backend", "database is locked")
+
+
 def _learn(
     hato: FilteringHato, kind: str, *files: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`hato spam learn KIND FILES` (or stdin). A controller that has not opened its Bayes
     statfiles yet (rspamd on a loaded machine, a few seconds after start) answers "cannot find
-    statfile backend" with a 4xx, which the command rightly does not retry: asked again here
-    until the controller is ready (bounded: 60 s)."""
+    statfile backend" with a 4xx, and the tests' SQLite Bayes backend (the packaged one needs
+    Redis) can answer "database is locked" while a scanning worker holds the file: the command
+    rightly does not retry either, so it is asked again here (bounded: 60 s)."""
     deadline = time.monotonic() + 60
     while True:
         learn = subprocess.run(
@@ -194,7 +198,8 @@ def _learn(
             timeout=60,
             env=hato._env(),
         )
-        if "cannot find statfile backend" not in learn.stderr or time.monotonic() > deadline:
+        transient = any(t in learn.stderr for t in _RSPAMD_NOT_READY)
+        if not transient or time.monotonic() > deadline:
             return learn
         time.sleep(0.5)
 
