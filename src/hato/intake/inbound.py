@@ -125,6 +125,17 @@ class _Evidence:
     senders: list[HeaderField]  # the Sender and Resent-* fields
 
 
+def _trusted_seal(rule: OwnDomains, arc: ArcResult) -> bool:
+    """A valid ARC chain whose newest seal is a trusted sealer's (RFC 8617 §7.2: a receiver
+    may let a chain it trusts override a DMARC failure by local policy)."""
+    newest = max(arc.sets, key=lambda s: s.instance, default=None)
+    return (
+        arc.status is ArcStatus.PASS
+        and newest is not None
+        and rule.sealed_by_trusted(newest.domain)
+    )
+
+
 class InboundChecker:
     def __init__(
         self,
@@ -288,15 +299,10 @@ class InboundChecker:
             return outcome  # our address is the author: judged above, whatever its name says
         if not any(ours_or_below(d, is_own) for d in display_name_domains(evidence.froms)):
             return outcome
-        newest = max(evidence.arc.sets, key=lambda s: s.instance, default=None)
         names = DisplayNameFacts(
             relayed=rule.relayed(evidence.client_ip),
             # SpamAssassin's FromNameSpoof `fns_ignore_dkim` too: a list's own signature.
-            vouched=(
-                evidence.arc.status is ArcStatus.PASS
-                and newest is not None
-                and rule.sealed_by_trusted(newest.domain)
-            )
+            vouched=_trusted_seal(rule, evidence.arc)
             or any(
                 r.status is DkimStatus.PASS and rule.sealed_by_trusted(r.domain)
                 for r in evidence.dkim
@@ -310,15 +316,11 @@ class InboundChecker:
         """What the checks found for the held domains `ours` (none: a pass)."""
         kept = SpfOutcome.of(evidence.spf)
         statuses = {as_if_reject(r, kept, _outcomes(r.from_domain, evidence.dkim)) for r in ours}
-        arc = evidence.arc
-        newest = max(arc.sets, key=lambda s: s.instance, default=None)
         return OwnFromFacts(
             passed=statuses <= {DmarcStatus.PASS},
             temperror=DmarcStatus.TEMPERROR in statuses and DmarcStatus.FAIL not in statuses,
             relayed=rule.relayed(evidence.client_ip),
-            arc_trusted=arc.status is ArcStatus.PASS
-            and newest is not None
-            and rule.sealed_by_trusted(newest.domain),
+            arc_trusted=_trusted_seal(rule, evidence.arc),
         )
 
     async def _sender_facts(
