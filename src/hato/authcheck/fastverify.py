@@ -309,14 +309,6 @@ def _hash_headers(
     return signed
 
 
-def select_headers(
-    headers: list[tuple[bytes, bytes]], include_headers: list[bytes]
-) -> list[tuple[bytes, bytes]]:
-    """dkimpy's `select_headers` of `headers` (their names compared lower-cased)."""
-    by_name = name_index(name.lower() for name, _ in headers)
-    return [headers[index] for index in selected(by_name, include_headers)]
-
-
 def name_index(names: Iterable[bytes]) -> dict[bytes, list[int]]:
     """Where each name is in the header section, top to bottom."""
     by_name: dict[bytes, list[int]] = {}

@@ -10,9 +10,10 @@ import pytest
 from hato.authcheck.dkim import DkimAlgorithm, generate_key
 from hato.authcheck.fastverify import (
     FastDKIM,
+    name_index,
     parsed_key,
     rfc822_headers,
-    select_headers,
+    selected,
     without_b_value,
 )
 
@@ -168,7 +169,9 @@ def test_header_selection_is_dkimpys_on_many_lists() -> None:
     for _ in range(5_000):
         headers = [(rng.choice(names), b" %d\r\n" % i) for i in range(rng.randint(0, 12))]
         wanted = [rng.choice(names).lower().rstrip() for _ in range(rng.randint(0, 12))]
-        assert select_headers(headers, list(wanted)) == dkim.select_headers(headers, wanted)
+        by_name = name_index(name.lower() for name, _ in headers)
+        ours = [headers[index] for index in selected(by_name, list(wanted))]
+        assert ours == dkim.select_headers(headers, wanted)
 
 
 class _CountedName(bytes):
