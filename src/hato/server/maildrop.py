@@ -88,7 +88,8 @@ class Pickup:
         loop = asyncio.get_running_loop()
         self._resting = {u: t for u, t in self._resting.items() if t > loop.time()}
         for name in names:
-            if name in self._kept or self._owner(name) in self._resting:
+            # Its owner is asked (an lstat) only while some user's files rest.
+            if name in self._kept or (self._resting and self._owner(name) in self._resting):
                 continue
             queued += await self._one(name)
         return queued
