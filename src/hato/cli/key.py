@@ -152,13 +152,10 @@ def encrypt_existing(args: argparse.Namespace) -> int:
         key = store.get(address)
     if key is None:
         raise CommandError(f"no key for {address} (see: hato key import {address} FILE)")
-    from hato.config.values import domain_key
-
-    wanted = domain_key(address.domain)
-    lmtp = [t.lmtp for t in loaded.settings.transports if domain_key(t.domain) == wanted]
-    if lmtp and lmtp[0] is not None:
+    lmtp = loaded.settings.lmtp_for(address.domain)
+    if lmtp is not None:
         raise CommandError(
-            f"the mailboxes of {address.domain} are behind the LMTP server {lmtp[0]} "
+            f"the mailboxes of {address.domain} are behind the LMTP server {lmtp} "
             "([[transport]] lmtp): the mail already there is that server's to rewrite; new "
             "mail is encrypted before it is handed over"
         )

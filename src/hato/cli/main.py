@@ -67,13 +67,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def summary(settings: Settings) -> list[str]:
     """What a configuration amounts to, in a few lines for a human."""
-    from hato.config.values import domain_key
-
-    lmtp = {domain_key(t.domain): t.lmtp for t in settings.transports if t.lmtp is not None}
     domains = ", ".join(
         d.name
         + (" (any local part)" if d.accept_any else "")
-        + (f" (mailboxes behind LMTP {lmtp[key]})" if (key := domain_key(d.name)) in lmtp else "")
+        + (f" (mailboxes behind LMTP {lmtp})" if (lmtp := settings.lmtp_for(d.name)) else "")
         for d in settings.domains
     )
     listeners = ", ".join(f"{lst.role.value} {lst.address}" for lst in settings.listeners)

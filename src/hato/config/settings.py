@@ -74,6 +74,15 @@ class Settings:
     def is_local_domain(self, name: str) -> bool:
         return self.domain(name) is not None
 
+    def lmtp_for(self, name: str) -> str | None:
+        """The LMTP server ("HOST:PORT") of the [[transport]] lmtp for the domain `name` (any
+        case or form), if it has one: for a [[domain]], where its mailboxes are."""
+        try:
+            key = domain_key(name)
+        except AddressError:
+            return None
+        return next((t.lmtp for t in self.transports if domain_key(t.domain) == key), None)
+
     @property
     def mailboxes(self) -> Path:
         """The root of the Maildirs: [local] mailboxes, else DATA_DIR/mailboxes."""
