@@ -148,16 +148,8 @@ class _Table:
 
     def find(self, entry: bytes, hashed: int) -> tuple[int, bool]:
         """The slot of `entry`, or the empty slot that ends its probe run (False)."""
-        m, size, mask = self.map, self.size, self.mask
-        i = hashed & mask
-        for _ in range(self.slots):  # never all: a quarter of the slots stays empty
-            at = _HEADER_SIZE + i * size
-            if not m[at + _KEY_AT]:
-                return i, False
-            if m[at + _KEY_AT : at + _KEY_AT + len(entry)] == entry:
-                return i, True
-            i = (i + 1) & mask
-        raise TableFull
+        i, count = self.lookup(entry, hashed)
+        return i, count >= 0
 
     def lookup(self, entry: bytes, hashed: int) -> tuple[int, int]:
         """`find` and `total` in one (issue 15: the calls of a claim and its drop): the slot of
